@@ -1,0 +1,218 @@
+"""Input events (contract section 3): one model per kind, a discriminated union on ``type``.
+
+Validation normalizes as it goes: timestamps become UTC epoch milliseconds, e-mails are validated
+and lower-cased, phones become E.164, currencies upper-case ISO 4217 codes.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+from schemas.identifiers import normalize_email, normalize_phone
+from schemas.timeparse import parse_timestamp
+
+CLICK_TYPES = ("page_view", "product_view", "category_view", "search", "email_open", "email_click")
+CART_TYPES = ("cart_add", "cart_remove", "checkout_started")
+PURCHASE_TYPES = ("purchase",)
+IDENTITY_TYPES = ("identify", "erase")
+
+#: Input topic of each event type (the contract's routing rule).
+TOPIC_OF_TYPE: dict[str, str] = {
+    **dict.fromkeys(CLICK_TYPES, "clicks"),
+    **dict.fromkeys(CART_TYPES, "carts"),
+    **dict.fromkeys(PURCHASE_TYPES, "purchases"),
+    **dict.fromkeys(IDENTITY_TYPES, "identities"),
+}
+INPUT_TOPICS = ("clicks", "carts", "purchases", "identities")
+#: Order of equal timestamps across kinds (contract section 4).
+KIND_ORDER = {"identities": 0, "clicks": 1, "carts": 2, "purchases": 3}
+
+_CURRENCY = re.compile(r"^[A-Z]{3}$")
+Text = Annotated[str, Field(min_length=1, max_length=512)]
+
+
+def _currency(value: str) -> str:
+    code = value.strip().upper()
+    if not _CURRENCY.match(code):
+        raise ValueError(f"currency {value[:16]!r} is not an ISO 4217 code")
+    return code
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class Context(_Model):
+    device: Text | None = None
+    os: Text | None = None
+    timezone: Text | None = None
+    locale: Text | None = None
+    campaign_id: Text | None = None
+    source: Text | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _iana(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            ZoneInfo(value)
+        except Exception:
+            raise ValueError(f"unknown IANA time zone {value[:64]!r}") from None
+        return value
+
+
+class _Timed(_Model):
+    timestamp: Annotated[
+        int,
+        WithJsonSchema({"anyOf": [{"type": "string", "format": "date-time"},
+                                  {"type": "integer", "description": "epoch milliseconds"}]}),
+    ]
+
+    @field_validator("timestamp", mode="before")
+    @classmethod
+    def _ts(cls, value: Any) -> int:
+        return parse_timestamp(value)
+
+
+class _Identified(_Timed):
+    event_id: Annotated[str, Field(min_length=1, max_length=128)]
+    user_id: Text | None = None
+    anonymous_id: Text | None = None
+    email: str | None = None
+    phone: str | None = None
+    context: Context | None = None
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, value: str | None) -> str | None:
+        return None if value is None else normalize_email(value)
+
+    @field_validator("phone")
+    @classmethod
+    def _phone(cls, value: str | None, info: ValidationInfo) -> str | None:
+        region = (info.context or {}).get("phone_region", "US")
+        return None if value is None else normalize_phone(value, region)
+
+    @model_validator(mode="after")
+    def _has_identifier(self) -> _Identified:
+        if not (self.user_id or self.anonymous_id or self.email or self._extra_email()):
+            raise ValueError("at least one of user_id, anonymous_id, email is required")
+        return self
+
+    def _extra_email(self) -> str | None:
+        return None
+
+
+class ClickEvent(_Identified):
+    type: Literal["page_view", "product_view", "category_view", "search", "email_open", "email_click"]
+    url: Annotated[str, Field(max_length=4096)] | None = None
+    product_id: Text | None = None
+    category: Text | None = None
+    query: Annotated[str, Field(max_length=1024)] | None = None
+    campaign_id: Text | None = None
+
+
+class CartEvent(_Identified):
+    type: Literal["cart_add", "cart_remove", "checkout_started"]
+    product_id: Text | None = None
+    cart_id: Text | None = None
+    category: Text | None = None
+    quantity: Annotated[int, Field(ge=1, le=100_000)] = 1
+    price: Annotated[float, Field(ge=0)] | None = None
+    currency: str = "USD"
+
+    _cur = field_validator("currency")(classmethod(lambda cls, v: _currency(v)))
+
+    @model_validator(mode="after")
+    def _product_required(self) -> CartEvent:
+        if self.type in ("cart_add", "cart_remove") and not self.product_id:
+            raise ValueError(f"product_id is required for {self.type}")
+        return self
+
+
+class LineItem(_Model):
+    product_id: Text
+    category: Text | None = None
+    quantity: Annotated[int, Field(ge=1, le=100_000)] = 1
+    price: Annotated[float, Field(ge=0)] | None = None
+
+
+class PurchaseEvent(_Identified):
+    type: Literal["purchase"]
+    order_id: Text
+    total: Annotated[float, Field(ge=0)]
+    currency: str = "USD"
+    items: list[LineItem] = Field(default_factory=list, max_length=1000)
+
+    _cur = field_validator("currency")(classmethod(lambda cls, v: _currency(v)))
+
+
+class Traits(BaseModel):
+    """Known traits are typed and normalized; other traits are kept as given."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    first_name: Text | None = None
+    last_name: Text | None = None
+    email: str | None = None
+    phone: str | None = None
+    birthday: date | None = None
+    street: Text | None = None
+    city: Text | None = None
+    postcode: Text | None = None
+    state: Text | None = None
+    country: Text | None = None
+    gender: Text | None = None
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, value: str | None) -> str | None:
+        return None if value is None else normalize_email(value)
+
+    @field_validator("phone")
+    @classmethod
+    def _phone(cls, value: str | None, info: ValidationInfo) -> str | None:
+        region = (info.context or {}).get("phone_region", "US")
+        return None if value is None else normalize_phone(value, region)
+
+
+class IdentifyEvent(_Identified):
+    type: Literal["identify"]
+    traits: Traits = Field(default_factory=Traits)
+    consent: dict[Annotated[str, Field(max_length=64)], bool] = Field(default_factory=dict)
+    source: Text | None = None
+
+    def _extra_email(self) -> str | None:
+        # A CRM or form record may carry its address only in traits: that identifies it too.
+        return self.traits.email
+
+
+class EraseEvent(_Identified):
+    type: Literal["erase"]
+
+
+class TickEvent(_Timed):
+    type: Literal["tick"]
+
+
+InputEvent = Annotated[
+    ClickEvent | CartEvent | PurchaseEvent | IdentifyEvent | EraseEvent | TickEvent,
+    Field(discriminator="type"),
+]
+INPUT_EVENT_ADAPTER: TypeAdapter[InputEvent] = TypeAdapter(InputEvent)
+KNOWN_TYPES = frozenset((*TOPIC_OF_TYPE, "tick"))

@@ -1,0 +1,33 @@
+"""Normalization of identifiers: e-mails (lower-cased, validated) and phones (E.164).
+
+Both are cached: the same few addresses come back on every event of a person.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import phonenumbers
+from email_validator import EmailNotValidError, validate_email
+
+
+@lru_cache(maxsize=65536)
+def normalize_email(raw: str) -> str:
+    """Validated, lower-cased e-mail address; ValueError when it is not one."""
+    try:
+        info = validate_email(raw.strip(), check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise ValueError(f"invalid email: {exc}") from None
+    return info.normalized.lower()
+
+
+@lru_cache(maxsize=65536)
+def normalize_phone(raw: str, default_region: str = "US") -> str:
+    """Phone number in E.164; ValueError when it cannot be a valid number."""
+    try:
+        number = phonenumbers.parse(raw, None if raw.strip().startswith("+") else default_region)
+    except phonenumbers.NumberParseException as exc:
+        raise ValueError(f"invalid phone: {exc}") from None
+    if not phonenumbers.is_valid_number(number):
+        raise ValueError(f"invalid phone: {raw[:32]!r} is not a valid number")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)

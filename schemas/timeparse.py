@@ -1,0 +1,36 @@
+"""Event timestamps: ISO-8601 with an offset (or ``Z``) or epoch milliseconds, stored as UTC ms."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+# Epoch-ms bounds we accept: 1990-01-01 .. 2200-01-01.  Outside: almost surely seconds or garbage.
+MIN_EPOCH_MS = 631_152_000_000
+MAX_EPOCH_MS = 7_258_118_400_000
+
+
+def parse_timestamp(value: object) -> int:
+    """Return UTC epoch milliseconds, or raise ValueError with a one-line reason."""
+    if isinstance(value, bool):
+        raise ValueError("timestamp must be ISO-8601 text or epoch milliseconds, not a boolean")
+    if isinstance(value, int):
+        if not MIN_EPOCH_MS <= value <= MAX_EPOCH_MS:
+            raise ValueError(f"epoch milliseconds {value} out of range (1990..2200)")
+        return value
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"cannot parse timestamp {value[:64]!r}") from None
+        if parsed.tzinfo is None:
+            raise ValueError(f"timestamp {value[:64]!r} has no UTC offset")
+        ms = int(parsed.timestamp() * 1000)
+        if not MIN_EPOCH_MS <= ms <= MAX_EPOCH_MS:
+            raise ValueError(f"timestamp {value[:64]!r} out of range (1990..2200)")
+        return ms
+    raise ValueError("timestamp must be ISO-8601 text or epoch milliseconds")
+
+
+def format_ms(ms: int) -> str:
+    """UTC ISO-8601 with milliseconds and ``Z``."""
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -1,0 +1,158 @@
+"""The app factory: one Faust app with its topics, tables and agents, built from :class:`Settings`.
+
+Topology::
+
+    clicks, carts, purchases, identities ──ingest──> <app>-profile-events (keyed by profile) ──profiles──> profiles
+                     │                                  (ticks to every partition)            │
+                     └──> dead-letter                                         profile-state table (RocksDB)
+
+Agents stay thin: they decode, call the pure functions of :mod:`streams.ingest` and
+:mod:`streams.profile`, write the table and send outputs.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+import orjson
+
+from schemas.events import INPUT_TOPICS
+from streams import topics as names
+from streams.broker import free_port
+from streams.identity import profile_key
+from streams.ingest import Accepted, Source, decode
+from streams.metrics import Metrics
+from streams.profile import apply_event, snapshot
+from streams.settings import Settings
+
+DAY_MS = 86_400_000
+
+
+@dataclass
+class Pipeline:
+    """Everything a worker's agents use, built once by :func:`create_app`."""
+
+    settings: Settings
+    app: faust.App
+    metrics: Metrics
+    inputs: Any
+    events: Any
+    profiles: Any
+    dead_letter: Any
+    profile_state: Any
+
+
+def _raw_topic(app: faust.App, *topic_names: str, **kwargs: Any) -> Any:
+    return app.topic(*topic_names, key_type=bytes, value_type=bytes,
+                     key_serializer="raw", value_serializer="raw", **kwargs)
+
+
+def create_app(settings: Settings, metrics: Metrics | None = None) -> Pipeline:
+    """Build the Faust app.  No broker is contacted until a worker starts it."""
+    in_memory = (settings.broker or "").startswith("memory://")  # agent tests: no broker, no RocksDB
+    app = faust.App(
+        settings.app_id,
+        broker="memory://" if in_memory else settings.faust_broker,
+        store="memory://" if in_memory else "rocksdb://",
+        datadir=str(settings.data_dir),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 4),
+        key_serializer="raw",
+        value_serializer="raw",
+        consumer_auto_offset_reset="earliest",
+        table_standby_replicas=0,
+        web_port=settings.web_port or free_port(),  # Faust binds it even with web_enabled=False
+        web_host="127.0.0.1",
+        web_enabled=False,
+        autodiscover=False,
+        producer_linger_ms=5,
+    )
+    metrics = metrics or Metrics()
+    p = Pipeline(
+        settings=settings,
+        app=app,
+        metrics=metrics,
+        inputs=_raw_topic(app, *INPUT_TOPICS),
+        events=_raw_topic(app, names.events_topic(settings.app_id), partitions=settings.partitions,
+                          internal=True),
+        profiles=_raw_topic(app, names.PROFILES),
+        dead_letter=_raw_topic(app, names.DEAD_LETTER),
+        profile_state=app.Table(
+            "profile-state", default=None, partitions=settings.partitions,
+            key_type=bytes, value_type=bytes,
+        ),
+    )
+    app.agent(p.inputs, name="ingest")(_ingest_agent(p))
+    app.agent(p.events, name="profiles")(_profile_agent(p))
+    return p
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _ingest_agent(p: Pipeline) -> Any:
+    settings, metrics = p.settings, p.metrics
+    partitions = range(settings.partitions)
+
+    async def ingest(stream: Any) -> None:
+        async for event in stream.events():
+            msg = event.message
+            now = _now_ms()
+            arrived = int(msg.timestamp * 1000) if msg.timestamp else now
+            source = Source(msg.topic, msg.partition, msg.offset, msg.key, arrived)
+            result = decode(event.value, source, now, settings.default_phone_region)
+            if isinstance(result, Accepted):
+                ev = result.event
+                if ev["type"] == "tick":
+                    value = orjson.dumps(ev)
+                    for partition in partitions:
+                        await p.events.send(key=None, value=value, partition=partition)
+                    continue
+                await p.events.send(key=profile_key(ev).encode(), value=orjson.dumps(ev))
+            else:
+                metrics.events.labels(msg.topic, "dead_letter").inc()
+                metrics.dead_letters.labels(result.code).inc()
+                await p.dead_letter.send(key=msg.key, value=orjson.dumps(result.record))
+
+    return ingest
+
+
+def _profile_agent(p: Pipeline) -> Any:
+    settings, metrics, table = p.settings, p.metrics, p.profile_state
+    retention_ms = int(settings.dedupe_retention_days * DAY_MS)
+    latency = metrics.event_latency.labels("profiles")
+
+    async def profiles(stream: Any) -> None:
+        async for event in stream.events():
+            ev = orjson.loads(event.value)
+            if ev["type"] == "tick":
+                continue
+            key: bytes = event.message.key
+            raw_state = table.get(key)
+            state = orjson.loads(raw_state) if raw_state is not None else None
+            applied = apply_event(state, key.decode(), ev, retention_ms)
+            topic = ev["src"][0]
+            if applied.duplicate:
+                metrics.events.labels(topic, "duplicate").inc()
+                continue
+            metrics.events.labels(topic, "processed").inc()
+            if applied.erased:
+                if state is not None:
+                    del table[key]
+                    await p.profiles.send(key=state["profile"]["profile_id"].encode(), value=None)
+                    metrics.profiles_written.labels("erased").inc()
+                continue
+            assert applied.state is not None
+            table[key] = orjson.dumps(applied.state)
+            snap = snapshot(applied.state)
+            await p.profiles.send(key=snap["profile_id"].encode(), value=orjson.dumps(snap))
+            metrics.profiles_written.labels("updated").inc()
+            latency.observe(max(0.0, (_now_ms() - ev["src"][3]) / 1000))
+
+    return profiles

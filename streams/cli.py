@@ -1,0 +1,294 @@
+"""The ``mailpulse`` command line (contract section 1).
+
+Every command prints ``--help``; a user mistake (bad flag, bad file, unreachable broker) ends with a
+one-line ``mailpulse: error: ...`` on stderr and a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from datetime import date
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from schemas.timeparse import parse_timestamp
+from streams.settings import Settings
+
+EXIT_USAGE = 2
+
+
+class UserError(Exception):
+    """A mistake the user can fix; printed as one line."""
+
+
+def _timestamp(text: str) -> int:
+    """A CLI timestamp: ISO-8601 with offset/Z, a bare date (UTC midnight), or epoch ms."""
+    value: object = int(text) if text.isdigit() else text
+    if isinstance(value, str) and len(value) == 10:
+        value = f"{value}T00:00:00Z"
+    try:
+        return parse_timestamp(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date YYYY-MM-DD") from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be greater than 0")
+    return value
+
+
+def _existing_file(text: str) -> Path:
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"no such file: {text}")
+    return path
+
+
+def _settings(**overrides: object) -> Settings:
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**clean)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        field = ".".join(str(x) for x in err["loc"])
+        raise UserError(f"setting {field} (MAILPULSE_{field.upper()}): {err['msg']}") from None
+
+
+def _bootstrap(broker: str | None) -> str:
+    settings = _settings(broker=broker)
+    if not settings.broker:
+        raise UserError("no broker: pass --broker URL or set MAILPULSE_BROKER (e.g. kafka://127.0.0.1:9092)")
+    return settings.bootstrap_servers
+
+
+def _check_broker(bootstrap: str) -> None:
+    from streams.broker import BrokerError, wait_until_ready
+
+    try:
+        wait_until_ready(bootstrap, timeout=10)
+    except BrokerError as exc:
+        raise UserError(str(exc)) from None
+
+
+# --- commands -------------------------------------------------------------------------------------
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from streams.broker import BrokerError
+    from streams.worker import run_worker
+
+    settings = _settings(broker=args.broker, clock=args.clock, log_level=args.log_level,
+                         partitions=args.partitions)
+    if settings.config is not None and not settings.config.is_file():
+        raise UserError(f"MAILPULSE_CONFIG names {settings.config}, which is not a file")
+    if settings.broker:
+        _check_broker(settings.bootstrap_servers)
+    try:
+        return run_worker(settings, demo=args.demo)
+    except BrokerError as exc:
+        raise UserError(str(exc)) from None
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from streams.broker import BrokerError, ensure_topics, start_embedded_broker
+    from streams.topics import COMPACTED_TOPICS, CONTRACT_TOPICS
+
+    try:
+        broker = start_embedded_broker(args.port)
+    except BrokerError as exc:
+        raise UserError(str(exc)) from None
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        ensure_topics(broker.bootstrap, args.partitions, COMPACTED_TOPICS, CONTRACT_TOPICS)
+        print(f"mailpulse: embedded broker listening on {broker.url}; Ctrl-C stops it", flush=True)
+        while not stop.is_set() and broker.process.poll() is None:
+            stop.wait(0.5)
+    finally:
+        broker.stop()
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import orjson
+
+    from streams.tools.generate import generate_history
+
+    events = generate_history(args.users, args.days, args.seed, args.start)
+    try:
+        with args.out.open("wb") as out:
+            for event in events:
+                out.write(orjson.dumps(event) + b"\n")
+    except OSError as exc:
+        raise UserError(f"cannot write {args.out}: {exc.strerror}") from None
+    print(f"mailpulse: wrote {len(events)} events for {args.users} users over {args.days} days to {args.out}",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from streams.tools.produce import RoutingError
+    from streams.tools.replay import ReplayError, replay_file
+
+    bootstrap = _bootstrap(args.broker)
+    _check_broker(bootstrap)
+    try:
+        sent = replay_file(args.file, bootstrap, rate=args.rate, until=args.until,
+                           show_progress=sys.stderr.isatty())
+    except (ReplayError, RoutingError) as exc:
+        raise UserError(str(exc)) from None
+    tick = f", then a tick at {args.until_text} on every input partition" if args.until is not None else ""
+    print(f"mailpulse: replayed {sent} events from {args.file}{tick}", file=sys.stderr)
+    return 0
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from streams.tools.tail import TailError, tail
+
+    bootstrap = _bootstrap(args.broker)
+    _check_broker(bootstrap)
+    try:
+        tail(args.topic, bootstrap, from_beginning=args.from_beginning, count=args.count, timeout=args.timeout)
+    except TailError as exc:
+        raise UserError(str(exc)) from None
+    except BrokenPipeError:  # `mailpulse tail ... | head`
+        return 0
+    return 0
+
+
+def cmd_schemas(args: argparse.Namespace) -> int:
+    from schemas.export import write_schemas
+
+    try:
+        written = write_schemas(args.out)
+    except OSError as exc:
+        raise UserError(f"cannot write to {args.out}: {exc.strerror}") from None
+    print(f"mailpulse: wrote {len(written)} JSON Schemas to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _not_yet(name: str) -> Callable[[argparse.Namespace], int]:
+    def command(args: argparse.Namespace) -> int:
+        raise UserError(f"`mailpulse {name}` is not available in this version yet")
+
+    return command
+
+
+# --- parser ---------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mailpulse", description="Real-time personalization pipeline for email.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def broker_flag(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--broker", help="kafka://host:port (default: MAILPULSE_BROKER)")
+
+    p = sub.add_parser("run", help="run a pipeline worker")
+    p.add_argument("--broker", help="kafka://host:port; unset: MAILPULSE_BROKER, else the embedded broker")
+    p.add_argument("--demo", action="store_true", help="also feed synthetic shop traffic")
+    p.add_argument("--clock", choices=("event", "wall"), help="event time only, or wall clock too (live)")
+    p.add_argument("--log-level", choices=("crit", "error", "warn", "info", "debug"))
+    p.add_argument("--partitions", type=_positive_int, help="partitions of topics this worker creates")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("broker", help="run the embedded broker alone, in the foreground")
+    p.add_argument("--port", type=_positive_int, default=9092)
+    p.add_argument("--partitions", type=_positive_int, default=8, help="partitions of the topics it creates")
+    p.set_defaults(func=cmd_broker)
+
+    p = sub.add_parser("generate", help="write synthetic history as JSON lines of input events")
+    p.add_argument("--users", type=_positive_int, required=True)
+    p.add_argument("--days", type=_positive_int, required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--start", type=_date, default=date(2026, 1, 1), help="first day, YYYY-MM-DD")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("replay", help="produce a JSON-lines file of input events to the input topics")
+    p.add_argument("file", type=_existing_file)
+    broker_flag(p)
+    p.add_argument("--rate", type=_positive_float, help="events per second (default: as fast as possible)")
+    p.add_argument("--until", type=_timestamp, help="afterwards, a tick at this time on every input partition")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("tail", help="print a topic's messages as JSON lines")
+    p.add_argument("topic")
+    broker_flag(p)
+    p.add_argument("--from-beginning", action="store_true")
+    p.add_argument("--count", type=_positive_int)
+    p.add_argument("--timeout", type=_positive_float, help="stop after S seconds without a new message")
+    p.set_defaults(func=cmd_tail)
+
+    p = sub.add_parser("train", help="train churn and purchase-probability models")
+    p.add_argument("--events", type=_existing_file, required=True)
+    p.add_argument("--as-of", type=_timestamp, required=True)
+    p.add_argument("--horizon-days", type=_positive_int, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=_not_yet("train"))
+
+    p = sub.add_parser("score", help="offline scoring of profiles")
+    p.add_argument("--events", type=_existing_file, required=True)
+    p.add_argument("--as-of", type=_timestamp, required=True)
+    p.add_argument("--models", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=_not_yet("score"))
+
+    p = sub.add_parser("resolve", help="batch identity resolution of identify events")
+    p.add_argument("--input", type=_existing_file, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=_not_yet("resolve"))
+
+    p = sub.add_parser("schemas", help="write one JSON Schema per topic message type")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_schemas)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    raw = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(raw)
+    if getattr(args, "until", None) is not None:
+        args.until_text = raw[raw.index("--until") + 1] if "--until" in raw else str(args.until)
+    logging.basicConfig(level=logging.WARNING, format="mailpulse: %(message)s")
+    try:
+        code: int = args.func(args)
+        return code
+    except UserError as exc:
+        print(f"mailpulse: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,26 @@
+"""Which profile an event belongs to.
+
+Foundation keying: a profile is keyed by the first of ``user_id``, ``email``, ``anonymous_id``.
+The identity-resolution work replaces :func:`profile_key` (and adds merges); the agents only ever
+call these two functions, so they do not change with it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+
+def profile_key(event: dict[str, Any]) -> str:
+    """The routing/table key of the profile an (accepted, non-tick) event belongs to."""
+    if user_id := event.get("user_id"):
+        return f"u:{user_id}"
+    email = event.get("email") or (event.get("traits") or {}).get("email")
+    if email:
+        return f"e:{email}"
+    return f"a:{event['anonymous_id']}"
+
+
+def profile_id_for(key: str) -> str:
+    """A stable, opaque profile id derived from the profile key (same input, same id)."""
+    return "p-" + hashlib.blake2b(key.encode(), digest_size=8).hexdigest()

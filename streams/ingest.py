@@ -1,0 +1,124 @@
+"""Decode, validate and normalize raw input messages: ``raw bytes -> Accepted | Rejected``.
+
+Pure functions, no I/O: errors come back as data (a :class:`Rejected` carrying the dead-letter
+record), so the agent only has to route them.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from schemas.events import INPUT_EVENT_ADAPTER, KNOWN_TYPES, TOPIC_OF_TYPE
+from schemas.timeparse import format_ms
+
+MAX_MESSAGE_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where a message was read: the dead-letter record and the metrics need it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    arrived_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """A valid input event, normalized, as the dict that travels on internal topics.
+
+    ``event["kind"]`` is the input topic its type belongs to; ``event["ts"]`` the UTC epoch ms.
+    """
+
+    event: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A bad input message: ``record`` is the contract's dead-letter value."""
+
+    code: str
+    record: dict[str, Any]
+
+
+def _text(data: bytes | None) -> tuple[str | None, bool]:
+    """The bytes as text, and whether base64 had to be used."""
+    if data is None:
+        return None, False
+    try:
+        return data.decode("utf-8"), False
+    except UnicodeDecodeError:
+        return base64.b64encode(data).decode("ascii"), True
+
+
+def reject(source: Source, raw: bytes | None, code: str, message: str, now_ms: int) -> Rejected:
+    """Build the dead-letter record for a rejected message."""
+    raw_text, raw_b64 = _text(raw)
+    key_text, key_b64 = _text(source.key)
+    record: dict[str, Any] = {
+        "topic": source.topic,
+        "partition": source.partition,
+        "offset": source.offset,
+        "key": key_text,
+        "raw": raw_text,
+        "error": {"code": code, "message": message},
+        "at": format_ms(now_ms),
+    }
+    if raw_b64:
+        record["raw_encoding"] = "base64"
+    if key_b64:
+        record["key_encoding"] = "base64"
+    return Rejected(code, record)
+
+
+def _code_for(exc: ValidationError) -> tuple[str, str]:
+    """Map the first pydantic error to a dead-letter code and a one-line message."""
+    err = exc.errors(include_url=False)[0]
+    loc = [str(part) for part in err["loc"]][1:]  # drop the union tag
+    where = ".".join(loc) or "event"
+    field = loc[-1] if loc else ""
+    if field == "timestamp":
+        code = "missing_field" if err["type"] == "missing" else "bad_timestamp"
+    elif err["type"] == "missing":
+        code = "missing_field"
+    elif field in ("email", "phone"):
+        code = "invalid_identifier"
+    else:
+        code = "schema"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    return code, f"{where}: {msg}"[:500]
+
+
+def decode(raw: bytes | None, source: Source, now_ms: int, phone_region: str = "US") -> Accepted | Rejected:
+    """Validate and normalize one raw input message."""
+    if raw is None:
+        return reject(source, raw, "empty", "message has no value (tombstone)", now_ms)
+    if len(raw) > MAX_MESSAGE_BYTES:
+        return reject(source, raw, "too_large", f"message is {len(raw)} bytes, limit {MAX_MESSAGE_BYTES}", now_ms)
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return reject(source, raw, "not_json", f"not JSON: {exc}"[:500], now_ms)
+    if not isinstance(obj, dict):
+        return reject(source, raw, "not_object", f"JSON {type(obj).__name__} is not an object", now_ms)
+    etype = obj.get("type")
+    if etype not in KNOWN_TYPES:
+        shown = repr(etype)[:64] if etype is not None else "missing"
+        return reject(source, raw, "unknown_type", f"type {shown} is not a known event type", now_ms)
+    try:
+        model = INPUT_EVENT_ADAPTER.validate_python(obj, context={"phone_region": phone_region})
+    except ValidationError as exc:
+        code, message = _code_for(exc)
+        return reject(source, raw, code, message, now_ms)
+    event = model.model_dump(mode="json", exclude_none=True)
+    event["ts"] = event.pop("timestamp")
+    event["kind"] = TOPIC_OF_TYPE.get(etype, source.topic)
+    event["src"] = [source.topic, source.partition, source.offset, source.arrived_ms]
+    return Accepted(event)

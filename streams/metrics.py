@@ -1,0 +1,63 @@
+"""The one metrics module: every Prometheus metric of the contract (section 7), fixed label sets.
+
+Metrics live in a :class:`Metrics` object with its own registry (no module-level globals), built
+once per worker by the app factory and handed to the agents.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger(__name__)
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+@dataclass
+class Metrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.events = Counter("mailpulse_events", "Input events handled", ["topic", "outcome"], registry=r)
+        self.dead_letters = Counter("mailpulse_dead_letters", "Rejected inputs", ["reason"], registry=r)
+        self.profile_merges = Counter("mailpulse_profile_merges", "Profiles merged", ["kind"], registry=r)
+        self.segment_changes = Counter(
+            "mailpulse_segment_changes", "Segment membership changes emitted", ["segment", "change"], registry=r
+        )
+        self.triggers = Counter("mailpulse_triggers", "Triggers emitted", ["type"], registry=r)
+        self.triggers_suppressed = Counter(
+            "mailpulse_triggers_suppressed", "Triggers held back by guardrails", ["type", "reason"], registry=r
+        )
+        self.consumer_lag = Gauge(
+            "mailpulse_consumer_lag", "Messages not yet processed", ["topic", "partition"], registry=r
+        )
+        self.event_latency = Histogram(
+            "mailpulse_event_latency_seconds", "Input arrival to output sent", ["output"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.scoring_seconds = Histogram(
+            "mailpulse_scoring_seconds", "Model scoring time per batch", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.model_info = Gauge("mailpulse_model_info", "1 for each loaded model", ["model", "version"], registry=r)
+        self.profiles_written = Counter(
+            "mailpulse_profiles_written", "Profile snapshots published", ["change"], registry=r
+        )
+        self.late_events = Counter("mailpulse_late_events", "Events older than the watermark", ["topic"], registry=r)
+
+    def serve(self, port: int) -> int:
+        """Serve /metrics on ``port``; if it is taken, on a free port (logged).  Returns the port."""
+        try:
+            start_http_server(port, registry=self.registry)
+            return port
+        except OSError:
+            with socket.socket() as sock:
+                sock.bind(("", 0))
+                free = int(sock.getsockname()[1])
+            start_http_server(free, registry=self.registry)
+            log.warning("metrics port %d is taken; serving /metrics on port %d instead", port, free)
+            return free

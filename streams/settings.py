@@ -1,0 +1,61 @@
+"""The one settings class: every knob of a worker, each with its environment variable.
+
+Values come from the environment (``MAILPULSE_*``) and from command-line flags, which the CLI
+passes as keyword arguments.  The object is frozen: build a new one instead of mutating.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Worker settings.  Env var = ``MAILPULSE_`` + field name in upper case."""
+
+    model_config = SettingsConfigDict(env_prefix="MAILPULSE_", frozen=True, extra="ignore")
+
+    broker: str | None = Field(
+        default=None,
+        description="MAILPULSE_BROKER: kafka://host:port[,host:port]. Unset: start the embedded broker.",
+    )
+    data_dir: Path = Field(default=Path(".mailpulse"), description="MAILPULSE_DATA_DIR: local table state.")
+    metrics_port: int = Field(default=9108, description="MAILPULSE_METRICS_PORT: Prometheus /metrics port.")
+    config: Path | None = Field(default=None, description="MAILPULSE_CONFIG: YAML of segments/triggers/guardrails.")
+    clock: Literal["event", "wall"] = Field(default="event", description="MAILPULSE_CLOCK: event or wall.")
+    wall_clock_delay_s: float = Field(default=5.0, description="MAILPULSE_WALL_CLOCK_DELAY_S: allowed lateness.")
+    app_id: str = Field(default="mailpulse", description="MAILPULSE_APP_ID: consumer group and table prefix.")
+    partitions: int = Field(default=8, ge=1, description="MAILPULSE_PARTITIONS: partitions of created topics.")
+    web_port: int = Field(default=0, description="MAILPULSE_WEB_PORT: Faust web port; 0 picks a free one.")
+    log_level: str = Field(default="warn", description="MAILPULSE_LOG_LEVEL: crit|error|warn|info|debug.")
+    dedupe_retention_days: float = Field(
+        default=7.0, gt=0, description="MAILPULSE_DEDUPE_RETENTION_DAYS: event-time retention of event ids."
+    )
+    default_phone_region: str = Field(
+        default="US", description="MAILPULSE_DEFAULT_PHONE_REGION: region for phones without +country."
+    )
+    embedded_broker_port: int = Field(
+        default=9092, description="MAILPULSE_EMBEDDED_BROKER_PORT: preferred port of the embedded broker."
+    )
+    session_timeout_s: float = Field(
+        default=10.0, ge=6, description="MAILPULSE_SESSION_TIMEOUT_S: consumer-group session timeout; a new "
+        "group's first join waits about half of it",
+    )
+    replication_factor: int = Field(default=1, ge=1, description="MAILPULSE_REPLICATION_FACTOR: of created topics.")
+    batch_size: int = Field(default=500, ge=1, description="MAILPULSE_BATCH_SIZE: events per agent batch.")
+    batch_within_s: float = Field(default=0.02, gt=0, description="MAILPULSE_BATCH_WITHIN_S: max batch wait.")
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """The broker URL as a librdkafka/aiokafka bootstrap list (no scheme)."""
+        if not self.broker:
+            raise ValueError("no broker configured")
+        return ",".join(part.split("://", 1)[-1] for part in self.broker.split(","))
+
+    @property
+    def faust_broker(self) -> str:
+        """The broker URL in Faust's form (``kafka://``)."""
+        return ";".join(f"kafka://{host}" for host in self.bootstrap_servers.split(","))

@@ -1,0 +1,78 @@
+"""Producing input events: routing by ``type`` (contract section 3) and an advisory key."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from confluent_kafka import Producer
+
+from schemas.events import INPUT_TOPICS, TOPIC_OF_TYPE
+
+
+class RoutingError(ValueError):
+    """An event whose ``type`` does not name an input topic."""
+
+
+def topic_for(event: dict[str, Any]) -> str:
+    etype = event.get("type")
+    if not isinstance(etype, str) or etype not in TOPIC_OF_TYPE:
+        raise RoutingError(f"type {etype!r} is not an input event type")
+    return TOPIC_OF_TYPE[etype]
+
+
+def key_for(event: dict[str, Any]) -> bytes | None:
+    for field in ("user_id", "anonymous_id", "email"):
+        value = event.get(field)
+        if isinstance(value, str) and value:
+            return value.encode()
+    return None
+
+
+def make_producer(bootstrap: str, **extra: Any) -> Producer:
+    conf = {
+        "bootstrap.servers": bootstrap,
+        "linger.ms": 20,
+        "batch.num.messages": 10000,
+        "queue.buffering.max.messages": 500000,
+        "enable.idempotence": False,
+        "log_level": 0,
+        **extra,
+    }
+    return Producer(conf)
+
+
+def produce(producer: Producer, topic: str, value: bytes | None, key: bytes | None = None,
+            partition: int | None = None) -> None:
+    """Produce, waiting for room when the local queue is full."""
+    kwargs: dict[str, Any] = {"key": key, "value": value}
+    if partition is not None:
+        kwargs["partition"] = partition
+    while True:
+        try:
+            producer.produce(topic, **kwargs)
+            return
+        except BufferError:
+            producer.poll(0.05)
+
+
+def partition_counts(producer: Producer, topics: tuple[str, ...] = INPUT_TOPICS) -> dict[str, int]:
+    meta = producer.list_topics(timeout=10)
+    counts: dict[str, int] = {}
+    for topic in topics:
+        if topic not in meta.topics or meta.topics[topic].error is not None:
+            raise RoutingError(f"topic {topic!r} does not exist on the broker (start `mailpulse run` first)")
+        counts[topic] = len(meta.topics[topic].partitions)
+    return counts
+
+
+def send_ticks(producer: Producer, timestamp: int | str) -> int:
+    """A ``tick`` at ``timestamp`` to every partition of every input topic; returns how many."""
+    import orjson
+
+    value = orjson.dumps({"type": "tick", "timestamp": timestamp})
+    sent = 0
+    for topic, count in partition_counts(producer).items():
+        for partition in range(count):
+            produce(producer, topic, value, partition=partition)
+            sent += 1
+    return sent

@@ -1,0 +1,55 @@
+"""``mailpulse replay``: a JSON-lines file of input events to the input topics, routed by ``type``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import orjson
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from streams.tools.produce import RoutingError, key_for, make_producer, produce, send_ticks, topic_for
+
+
+class ReplayError(ValueError):
+    """A line of the input file cannot be replayed."""
+
+
+def replay_file(path: Path, bootstrap: str, rate: float | None = None, until: int | str | None = None,
+                show_progress: bool = True) -> int:
+    """Produce every line of ``path``; returns the number of events sent."""
+    total = sum(1 for line in path.open("rb") if line.strip())
+    producer = make_producer(bootstrap)
+    sent = 0
+    started = time.monotonic()
+    progress = Progress(TextColumn("replay"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+                        TimeRemainingColumn(), disable=not show_progress, transient=False)
+    with progress, path.open("rb") as lines:
+        task = progress.add_task("replay", total=total, rate="")
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                event = orjson.loads(line)
+                if not isinstance(event, dict):
+                    raise RoutingError("not a JSON object")
+                topic = topic_for(event)
+            except (orjson.JSONDecodeError, RoutingError) as exc:
+                producer.flush(30)
+                raise ReplayError(f"{path}:{number}: {exc} ({sent} events were sent before it)") from None
+            produce(producer, topic, line.rstrip(b"\r\n"), key_for(event))
+            sent += 1
+            if rate:
+                ahead = sent / rate - (time.monotonic() - started)
+                if ahead > 0:
+                    time.sleep(ahead)
+            if sent % 1000 == 0:
+                producer.poll(0)
+                elapsed = max(time.monotonic() - started, 1e-6)
+                progress.update(task, completed=sent, rate=f"{sent / elapsed:,.0f} ev/s")
+        progress.update(task, completed=sent)
+        producer.flush(60)
+        if until is not None:
+            send_ticks(producer, until)
+            producer.flush(30)
+    return sent

@@ -1,0 +1,72 @@
+"""``mailpulse tail``: print a topic as JSON lines, reading every partition without a consumer group."""
+
+from __future__ import annotations
+
+import sys
+import time
+import uuid
+from typing import TextIO
+
+import orjson
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, TopicPartition
+
+
+class TailError(RuntimeError):
+    pass
+
+
+def render(value: bytes | None) -> bytes:
+    """One output line: the JSON value as compact JSON, ``null`` for a tombstone, else a JSON string."""
+    if value is None:
+        return b"null"
+    try:
+        return orjson.dumps(orjson.loads(value))
+    except orjson.JSONDecodeError:
+        return orjson.dumps(value.decode("utf-8", errors="replace"))
+
+
+def tail(topic: str, bootstrap: str, from_beginning: bool = False, count: int | None = None,
+         timeout: float | None = None, out: TextIO = sys.stdout) -> int:
+    """Print messages of ``topic``; returns how many were printed."""
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap,
+        "group.id": f"mailpulse-tail-{uuid.uuid4().hex}",  # required by the client; never joined
+        "enable.auto.commit": False,
+        "enable.partition.eof": False,
+        "log_level": 0,
+    })
+    try:
+        meta = consumer.list_topics(topic, timeout=10)
+        info = meta.topics.get(topic)
+        if info is None or info.error is not None or not info.partitions:
+            raise TailError(f"topic {topic!r} does not exist")
+        start = OFFSET_BEGINNING if from_beginning else OFFSET_END
+        consumer.assign([TopicPartition(topic, p, start) for p in info.partitions])
+        printed = 0
+        last = time.monotonic()
+        buffer = out.buffer if hasattr(out, "buffer") else None
+        while count is None or printed < count:
+            batch = consumer.consume(num_messages=min(500, (count - printed) if count else 500), timeout=0.2)
+            if not batch:
+                if timeout is not None and time.monotonic() - last >= timeout:
+                    break
+                continue
+            last = time.monotonic()
+            for msg in batch:
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        continue
+                    raise TailError(str(err))
+                line = render(msg.value()) + b"\n"
+                if buffer is not None:
+                    buffer.write(line)
+                else:
+                    out.write(line.decode())
+                printed += 1
+                if count is not None and printed >= count:
+                    break
+            out.flush()
+        return printed
+    finally:
+        consumer.close()

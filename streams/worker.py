@@ -1,0 +1,90 @@
+"""Running a pipeline worker: embedded broker (if none is configured), topics, metrics, Faust worker.
+
+Ctrl-C / SIGTERM: Faust's worker stops the agents, commits offsets and closes the tables; then the
+demo feed and the embedded broker are stopped, in that order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+from streams import topics as names
+from streams.app import create_app
+from streams.broker import EmbeddedBroker, ensure_topics, start_embedded_broker
+from streams.metrics import Metrics
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def locked_data_dir(base: Path) -> Iterator[Path]:
+    """A per-worker state folder under ``base``: ``worker-0``, or the next one not locked by a live
+    process, so several workers on one machine never share a RocksDB folder."""
+    base.mkdir(parents=True, exist_ok=True)
+    index = 0
+    while True:
+        folder = base / f"worker-{index}"
+        folder.mkdir(exist_ok=True)
+        handle: IO[str] = open(folder / ".lock", "w")  # noqa: SIM115 - held for the worker's life
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            index += 1
+            continue
+        try:
+            handle.write(str(os.getpid()))
+            handle.flush()
+            yield folder
+        finally:
+            handle.close()
+        return
+
+
+def run_worker(settings: Settings, demo: bool = False) -> int:
+    """Run one worker until it is stopped.  Returns the exit code."""
+    broker: EmbeddedBroker | None = None
+    if not settings.broker:
+        broker = start_embedded_broker(settings.embedded_broker_port)
+        print(f"mailpulse: embedded broker on {broker.url} (set MAILPULSE_BROKER to use another)", flush=True)
+        settings = settings.model_copy(update={"broker": broker.url})
+    demo_stop = threading.Event()
+    try:
+        ensure_topics(settings.bootstrap_servers, settings.partitions, names.COMPACTED_TOPICS,
+                      names.CONTRACT_TOPICS, settings.replication_factor)
+        with locked_data_dir(settings.data_dir) as data_dir:
+            settings = settings.model_copy(update={"data_dir": data_dir})
+            metrics = Metrics()
+            port = metrics.serve(settings.metrics_port)
+            print(f"mailpulse: metrics on http://127.0.0.1:{port}/metrics, state in {data_dir}", flush=True)
+            pipeline = create_app(settings, metrics)
+            if demo:
+                from streams.tools.demo import start_demo_feed
+
+                start_demo_feed(settings.bootstrap_servers, demo_stop)
+                print("mailpulse: demo traffic is flowing; try `mailpulse tail profiles` "
+                      "(or segment-changes, triggers) in another terminal", flush=True)
+            return _run_faust(pipeline.app, settings)
+    finally:
+        demo_stop.set()
+        if broker is not None:
+            broker.stop()
+
+
+def _run_faust(app: object, settings: Settings) -> int:
+    from faust.worker import Worker
+
+    worker = Worker(app, loglevel=settings.log_level, quiet=True)  # type: ignore[arg-type]
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
