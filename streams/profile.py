@@ -21,6 +21,7 @@ from streams.identity import profile_id_for
 State = dict[str, Any]
 Event = dict[str, Any]
 
+CART_LINE_INTERNAL = frozenset(("ts", "added_at", "cart_id"))
 ID_FIELDS = (("user_id", "user_ids"), ("anonymous_id", "anonymous_ids"), ("email", "emails"),
              ("phone", "phones"))
 
@@ -61,8 +62,8 @@ def new_state(key: str, ts: int) -> State:
                 "first_purchase_at": None,
                 "last_purchase_at": None,
             },
-            "cart": {},  # product_id -> line {product_id, category, quantity, price, currency, ts}
-            "cart_meta": {"cart_id": None, "opened_at": None, "updated_at": None},
+            "cart": {},  # product_id -> {product_id, quantity, category, price, currency, cart_id, added_at, ts}
+            "cart_meta": {"updated_at": None},  # last cart activity, removals included
             "segments": [],
             "predictions": None,
             "possible_matches": [],
@@ -111,33 +112,36 @@ def _apply_newest(
 
 
 def _apply_cart(profile: dict[str, Any], event: Event, ts: int) -> None:
+    """Cart lines carry their own times, so the cart does not depend on arrival order."""
     agg = profile["aggregates"]
     last_purchase = agg["last_purchase_at"]
     if last_purchase is not None and ts <= last_purchase:
         return  # cart activity before the last purchase: that cart was bought already
-    cart, meta = profile["cart"], profile["cart_meta"]
+    cart = profile["cart"]
     etype = event["type"]
     product = event.get("product_id")
     if etype == "cart_add" and product:
-        line = cart.get(product) or {"product_id": product, "quantity": 0}
+        line = cart.get(product) or {"product_id": product, "quantity": 0, "added_at": ts, "ts": ts}
         line["quantity"] += event.get("quantity", 1)
         for field in ("category", "price", "currency"):
             if event.get(field) is not None:
                 line[field] = event[field]
-        line["ts"] = max(ts, line.get("ts", ts))
+        line["added_at"] = min(line["added_at"], ts)
+        if ts >= line["ts"]:
+            line["ts"] = ts
+            if event.get("cart_id"):
+                line["cart_id"] = event["cart_id"]
         cart[product] = line
     elif etype == "cart_remove" and product and product in cart:
         line = cart[product]
         line["quantity"] -= event.get("quantity", 1)
         if line["quantity"] <= 0:
             del cart[product]
+    meta = profile["cart_meta"]
     if not cart:
-        meta.update(cart_id=None, opened_at=None, updated_at=None)
-        return
-    if event.get("cart_id") and (meta["updated_at"] is None or ts >= meta["updated_at"]):
-        meta["cart_id"] = event["cart_id"]
-    meta["opened_at"] = ts if meta["opened_at"] is None else min(meta["opened_at"], ts)
-    meta["updated_at"] = ts if meta["updated_at"] is None else max(meta["updated_at"], ts)
+        meta["updated_at"] = None
+    else:
+        meta["updated_at"] = ts if meta["updated_at"] is None else max(meta["updated_at"], ts)
 
 
 def _apply_purchase(profile: dict[str, Any], event: Event, ts: int) -> None:
@@ -156,7 +160,7 @@ def _apply_purchase(profile: dict[str, Any], event: Event, ts: int) -> None:
         for product in [p for p, line in cart.items() if line.get("ts", 0) <= ts]:
             del cart[product]
         if not cart:
-            profile["cart_meta"].update(cart_id=None, opened_at=None, updated_at=None)
+            profile["cart_meta"]["updated_at"] = None
 
 
 def _prune_seen(seen: dict[str, int], newest: int, retention_ms: int) -> None:
@@ -219,17 +223,17 @@ def snapshot(state: State) -> dict[str, Any]:
     p = state["profile"]
     agg = p["aggregates"]
     lines = sorted(p["cart"].values(), key=lambda line: line["product_id"])
-    items = [{k: v for k, v in line.items() if k != "ts"} for line in lines]
+    items = [{k: v for k, v in line.items() if k not in CART_LINE_INTERNAL} for line in lines]
     cart = None
     if items:
-        meta = p["cart_meta"]
+        newest = max(lines, key=lambda line: (line["ts"], line["product_id"]))
         cart = {
-            "cart_id": meta["cart_id"],
+            "cart_id": newest.get("cart_id"),
             "items": items,
             "item_count": sum(line["quantity"] for line in items),
             "value": round(sum(line.get("price", 0.0) * line["quantity"] for line in items), 2),
-            "opened_at": _iso(meta["opened_at"]),
-            "updated_at": _iso(meta["updated_at"]),
+            "opened_at": _iso(min(line["added_at"] for line in lines)),
+            "updated_at": _iso(p["cart_meta"]["updated_at"]),
         }
     return {
         "profile_id": p["profile_id"],

@@ -1,0 +1,108 @@
+"""streams.ingest: raw bytes -> Accepted | Rejected, one case per dead-letter code."""
+
+from __future__ import annotations
+
+import base64
+
+import orjson
+import pytest
+
+from schemas.outputs import DeadLetter
+from streams.ingest import MAX_MESSAGE_BYTES, Accepted, Rejected, Source, decode
+
+SRC = Source("clicks", 3, 42, b"u-1", 1_772_359_200_000)
+NOW = 1_772_359_300_000
+
+
+def ok(raw: bytes | dict[str, object]) -> dict[str, object]:
+    data = raw if isinstance(raw, bytes) else orjson.dumps(raw)
+    result = decode(data, SRC, NOW)
+    assert isinstance(result, Accepted), result
+    return result.event
+
+
+def bad(raw: bytes | dict[str, object] | None) -> Rejected:
+    data = raw if isinstance(raw, bytes) or raw is None else orjson.dumps(raw)
+    result = decode(data, SRC, NOW)
+    assert isinstance(result, Rejected), result
+    DeadLetter.model_validate(result.record)
+    return result
+
+
+BASE = {"event_id": "e-1", "type": "product_view", "timestamp": "2026-03-01T10:00:00Z", "user_id": "u-1"}
+
+
+def test_contract_examples_are_accepted_and_normalized() -> None:
+    ev = ok({**BASE, "product_id": "sku-9", "context": {"timezone": "Europe/Berlin"}})
+    assert ev["ts"] == 1_772_359_200_000 and ev["kind"] == "clicks" and ev["product_id"] == "sku-9"
+    ev = ok({"event_id": "o-1", "type": "purchase", "timestamp": "2026-03-01T10:20:00+01:00",
+             "email": "Ana@Example.com", "order_id": "o-1", "total": 199.0, "currency": "eur",
+             "items": [{"product_id": "sku-9", "quantity": 1, "price": 199.0}]})
+    assert ev["ts"] == 1_772_356_800_000 and ev["email"] == "ana@example.com" and ev["currency"] == "EUR"
+    ev = ok({"event_id": "k-1", "type": "cart_add", "timestamp": 1772359260000, "anonymous_id": "a-5",
+             "product_id": "sku-9"})
+    assert ev["quantity"] == 1 and ev["currency"] == "USD" and ev["kind"] == "carts"
+    ev = ok({"event_id": "i-1", "type": "identify", "timestamp": "2026-03-01T10:21:00Z", "user_id": "u-17",
+             "traits": {"first_name": "Ana", "phone": "(415) 555-0123", "birthday": "1990-05-17", "vip": "yes"},
+             "consent": {"email": True}})
+    assert ev["traits"] == {"first_name": "Ana", "phone": "+14155550123", "birthday": "1990-05-17", "vip": "yes"}
+    assert ok({"type": "tick", "timestamp": "2026-03-01T12:00:00Z"})["ts"] == 1_772_366_400_000
+
+
+def test_identify_with_only_a_trait_email_is_identified() -> None:
+    ev = ok({"event_id": "i-2", "type": "identify", "timestamp": 1772359260000, "traits": {"email": "X@Y.org"}})
+    assert ev["traits"]["email"] == "x@y.org"
+
+
+def test_source_travels_with_the_event() -> None:
+    assert ok(BASE)["src"] == ["clicks", 3, 42, SRC.arrived_ms]
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        (b"not json", "not_json"),
+        (b"[1, 2]", "not_object"),
+        ({**BASE, "type": "teleport"}, "unknown_type"),
+        ({k: v for k, v in BASE.items() if k != "type"}, "unknown_type"),
+        ({**BASE, "timestamp": "yesterday"}, "bad_timestamp"),
+        ({**BASE, "timestamp": "2026-03-01T10:00:00"}, "bad_timestamp"),
+        ({**BASE, "timestamp": 1772359}, "bad_timestamp"),
+        ({k: v for k, v in BASE.items() if k != "timestamp"}, "missing_field"),
+        ({k: v for k, v in BASE.items() if k != "event_id"}, "missing_field"),
+        ({**BASE, "event_id": "x" * 129}, "schema"),
+        ({"event_id": "e", "type": "page_view", "timestamp": 1772359260000}, "schema"),
+        ({**BASE, "email": "not-an-email"}, "invalid_identifier"),
+        ({**BASE, "phone": "12"}, "invalid_identifier"),
+        ({**BASE, "type": "cart_add"}, "schema"),
+        ({**BASE, "type": "cart_add", "product_id": "p", "quantity": 0}, "schema"),
+        ({**BASE, "type": "purchase", "order_id": "o"}, "missing_field"),
+        ({**BASE, "type": "purchase", "order_id": "o", "total": -1}, "schema"),
+        ({**BASE, "type": "purchase", "order_id": "o", "total": 1, "currency": "dollars"}, "schema"),
+        ({**BASE, "context": {"timezone": "Mars/Olympus"}}, "schema"),
+        ({**BASE, "user_id": 17}, "schema"),
+        (None, "empty"),
+    ],
+)
+def test_bad_input_is_rejected_with_its_code(raw: bytes | dict[str, object] | None, code: str) -> None:
+    rejected = bad(raw)
+    assert rejected.code == code
+    assert rejected.record["error"]["code"] == code and rejected.record["error"]["message"]
+    assert (rejected.record["topic"], rejected.record["partition"], rejected.record["offset"]) == ("clicks", 3, 42)
+    assert rejected.record["key"] == "u-1"
+
+
+def test_too_large_is_rejected_before_parsing() -> None:
+    raw = orjson.dumps({**BASE, "url": "x" * MAX_MESSAGE_BYTES})
+    assert bad(raw).code == "too_large"
+
+
+def test_non_utf8_raw_is_kept_as_base64() -> None:
+    raw = b"\xff\xfe garbage"
+    rejected = bad(raw)
+    assert rejected.record["raw_encoding"] == "base64"
+    assert base64.b64decode(rejected.record["raw"]) == raw
+
+
+def test_utf8_raw_is_kept_as_text() -> None:
+    assert bad(b"{oops").record["raw"] == "{oops"

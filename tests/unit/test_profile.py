@@ -1,0 +1,97 @@
+"""streams.profile: (state, event) -> state; order tolerance and dedupe."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import orjson
+
+from schemas.outputs import Profile
+from streams.profile import apply_event, snapshot
+
+DAY = 86_400_000
+T0 = 1_772_359_200_000
+RET = 7 * DAY
+
+
+def ev(event_id: str, etype: str, ts: int, **fields: Any) -> dict[str, Any]:
+    kind = {"purchase": "purchases", "identify": "identities", "erase": "identities"}.get(etype)
+    if kind is None:
+        kind = "carts" if etype.startswith("cart") or etype == "checkout_started" else "clicks"
+    return {"event_id": event_id, "type": etype, "ts": ts, "kind": kind, "user_id": "u-1",
+            "src": [kind, 0, 0, ts], **fields}
+
+
+def run(events: list[dict[str, Any]]) -> dict[str, Any] | None:
+    state = None
+    for event in events:
+        state = apply_event(state, "u:u-1", event, RET).state
+        state = orjson.loads(orjson.dumps(state)) if state else None  # as stored in the table
+    return snapshot(state) if state else None
+
+
+HISTORY = [
+    ev("c1", "product_view", T0, product_id="sku-1", context={"timezone": "Europe/Berlin"}),
+    ev("k1", "cart_add", T0 + 60_000, product_id="sku-1", price=10.0, quantity=2),
+    ev("k2", "cart_add", T0 + 120_000, product_id="sku-2", price=5.0, cart_id="cart-1"),
+    ev("o1", "purchase", T0 + 180_000, order_id="o1", total=25.0, currency="USD"),
+    ev("k3", "cart_add", T0 + 240_000, product_id="sku-3", price=7.5),
+    ev("i1", "identify", T0 + 10, email="ana@example.com", traits={"first_name": "Ana"}, consent={"email": True}),
+    ev("i2", "identify", T0 + 20, traits={"first_name": "Anna", "city": "Berlin"}, consent={"email": False}),
+]
+
+
+def test_aggregates_cart_traits_and_consent() -> None:
+    snap = run(HISTORY)
+    assert snap is not None
+    Profile.model_validate(snap)
+    agg = snap["aggregates"]
+    assert agg["orders"] == 1 and agg["total_spend"] == 25.0
+    assert agg["event_counts"] == {"product_view": 1, "cart_add": 3, "purchase": 1, "identify": 2}
+    assert snap["cart"]["items"] == [{"product_id": "sku-3", "quantity": 1, "price": 7.5}]
+    assert snap["traits"] == {"first_name": "Anna", "city": "Berlin"}
+    assert snap["consent"] == {"email": False}
+    assert snap["user_id"] == "u-1" and snap["email"] == "ana@example.com"
+    assert snap["context"] == {"timezone": "Europe/Berlin"}
+
+
+def test_same_profile_whatever_the_arrival_order() -> None:
+    expected = run(HISTORY)
+    for order in itertools.islice(itertools.permutations(HISTORY), 0, None, 97):
+        got = run(list(order))
+        assert got is not None and expected is not None
+        assert {k: v for k, v in got.items() if k != "version"} == \
+            {k: v for k, v in expected.items() if k != "version"}
+
+
+def test_purchase_read_before_the_cart_add_it_closed() -> None:
+    late_cart = [HISTORY[3], HISTORY[1], HISTORY[2]]
+    snap = run(late_cart)
+    assert snap is not None and snap["cart"] is None
+
+
+def test_cart_remove_empties_the_cart() -> None:
+    snap = run([HISTORY[1], ev("r1", "cart_remove", T0 + 70_000, product_id="sku-1", quantity=2)])
+    assert snap is not None and snap["cart"] is None
+
+
+def test_duplicate_event_id_has_no_effect() -> None:
+    state = apply_event(None, "u:u-1", HISTORY[3], RET).state
+    again = apply_event(state, "u:u-1", HISTORY[3], RET)
+    assert again.duplicate and not again.changed
+    assert again.state is not None and again.state["profile"]["aggregates"]["orders"] == 1
+
+
+def test_dedupe_memory_is_bounded_by_retention() -> None:
+    state = None
+    for n in range(500):
+        state = apply_event(state, "u:u-1", ev(f"v{n}", "page_view", T0 + n * DAY // 10), RET).state
+    assert state is not None
+    assert len(state["seen"]) <= 7 * 10 + 64 + 1
+
+
+def test_erase_removes_the_profile() -> None:
+    state = apply_event(None, "u:u-1", HISTORY[0], RET).state
+    gone = apply_event(state, "u:u-1", ev("x1", "erase", T0 + 1), RET)
+    assert gone.erased and gone.state is None
