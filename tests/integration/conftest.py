@@ -1,0 +1,155 @@
+"""Broker integration tier: a fresh embedded broker per test, real `mailpulse run` worker processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from streams.broker import EmbeddedBroker, ensure_topics, free_port, start_embedded_broker
+from streams.topics import COMPACTED_TOPICS, CONTRACT_TOPICS
+
+PARTITIONS = 8
+MAILPULSE = str(Path(sys.executable).with_name("mailpulse"))
+
+
+@pytest.fixture
+def broker() -> Iterator[EmbeddedBroker]:
+    with start_embedded_broker(free_port()) as running:
+        ensure_topics(running.bootstrap, PARTITIONS, COMPACTED_TOPICS, CONTRACT_TOPICS)
+        yield running
+
+
+@dataclass
+class Worker:
+    process: subprocess.Popen[bytes]
+    metrics_port: int
+    log: Path
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of a metric's samples whose labels include ``labels`` (0 when absent)."""
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2).read()
+        except OSError:
+            return 0.0
+        total = 0.0
+        for line in text.decode().splitlines():
+            if not line.startswith(name + "{") and not line.startswith(name + " "):
+                continue
+            head, _, value = line.rpartition(" ")
+            if all(f'{k}="{v}"' in head for k, v in labels.items()):
+                total += float(value)
+        return total
+
+    def wait_metric(self, name: str, expected: float, timeout: float = 90.0, **labels: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"worker exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
+            if self.metric(name, **labels) >= expected:
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"{name}{labels} = {self.metric(name, **labels)}, expected {expected}")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        return self.process.returncode
+
+
+@dataclass
+class WorkerFactory:
+    broker: EmbeddedBroker
+    tmp: Path
+    started: list[Worker] = field(default_factory=list)
+
+    def __call__(self, data_dir: str = "state", **env: str) -> Worker:
+        port = free_port()
+        log = self.tmp / f"worker-{len(self.started)}.log"
+        full_env = {
+            **os.environ,
+            "MAILPULSE_BROKER": self.broker.url,
+            "MAILPULSE_DATA_DIR": str(self.tmp / data_dir),
+            "MAILPULSE_METRICS_PORT": str(port),
+            "MAILPULSE_PARTITIONS": str(PARTITIONS),
+            "MAILPULSE_LOG_LEVEL": "info",
+            **env,
+        }
+        process = subprocess.Popen([MAILPULSE, "run"], env=full_env, stdout=log.open("wb"),
+                                   stderr=subprocess.STDOUT)
+        worker = Worker(process, port, log)
+        self.started.append(worker)
+        return worker
+
+    def stop_all(self) -> None:
+        for worker in self.started:
+            worker.stop()
+
+
+@pytest.fixture
+def start_worker(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[WorkerFactory]:
+    factory = WorkerFactory(broker, tmp_path)
+    yield factory
+    factory.stop_all()
+
+
+def read_topic(bootstrap: str, topic: str, done: Callable[[list[tuple[bytes | None, Any]]], bool] | None = None,
+               timeout: float = 60.0, quiet_s: float = 1.5) -> list[tuple[bytes | None, Any]]:
+    """All (key, decoded value) of ``topic`` from the beginning.  Stops when ``done`` says so, or after
+    ``quiet_s`` without a new message (only once something was read or ``done`` is None)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "test-reader", "enable.auto.commit": False,
+                         "log_level": 0})
+    try:
+        meta = consumer.list_topics(topic, timeout=10).topics[topic]
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions])
+        got: list[tuple[bytes | None, Any]] = []
+        deadline = time.monotonic() + timeout
+        last = time.monotonic()
+        while time.monotonic() < deadline:
+            batch = consumer.consume(500, timeout=0.2)
+            for msg in batch:
+                if msg.error() is None:
+                    value = msg.value()
+                    got.append((msg.key(), None if value is None else orjson.loads(value)))
+            if batch:
+                last = time.monotonic()
+            if done is not None and done(got):
+                return got
+            if done is None and time.monotonic() - last > quiet_s:
+                return got
+        if done is not None:
+            raise AssertionError(f"{topic}: condition not met within {timeout}s ({len(got)} messages)")
+        return got
+    finally:
+        consumer.close()
+
+
+def latest_by_key(messages: list[tuple[bytes | None, Any]]) -> dict[bytes | None, Any]:
+    """The compacted view of a topic: the last value per key (tombstones remove the key)."""
+    view: dict[bytes | None, Any] = {}
+    for key, value in messages:
+        if value is None:
+            view.pop(key, None)
+        else:
+            view[key] = value
+    return view
+
+
+def mailpulse(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([MAILPULSE, *args], capture_output=True, text=True, timeout=timeout)
