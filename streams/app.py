@@ -52,11 +52,10 @@ def _raw_topic(app: faust.App, *topic_names: str, **kwargs: Any) -> Any:
 
 def create_app(settings: Settings, metrics: Metrics | None = None) -> Pipeline:
     """Build the Faust app.  No broker is contacted until a worker starts it."""
-    in_memory = (settings.broker or "").startswith("memory://")  # agent tests: no broker, no RocksDB
     app = faust.App(
         settings.app_id,
-        broker="memory://" if in_memory else settings.faust_broker,
-        store="memory://" if in_memory else "rocksdb://",
+        broker=settings.faust_broker,
+        store=f"{settings.table_store}://",
         datadir=str(settings.data_dir),
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,

@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     app_id: str = Field(default="mailpulse", description="MAILPULSE_APP_ID: consumer group and table prefix.")
     partitions: int = Field(default=8, ge=1, description="MAILPULSE_PARTITIONS: partitions of created topics.")
     web_port: int = Field(default=0, description="MAILPULSE_WEB_PORT: Faust web port; 0 picks a free one.")
+    table_store: Literal["rocksdb", "memory"] = Field(
+        default="rocksdb", description="MAILPULSE_TABLE_STORE: rocksdb (durable) or memory (agent tests)."
+    )
     log_level: str = Field(default="warn", description="MAILPULSE_LOG_LEVEL: crit|error|warn|info|debug.")
     dedupe_retention_days: float = Field(
         default=7.0, gt=0, description="MAILPULSE_DEDUPE_RETENTION_DAYS: event-time retention of event ids."
