@@ -1,0 +1,148 @@
+"""Shared pieces of the benchmarks: a broker, synthetic input, a raw-consumer baseline, a worker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+from confluent_kafka import Consumer
+
+from schemas.events import INPUT_TOPICS
+from streams.broker import EmbeddedBroker, ensure_topics, free_port, start_embedded_broker
+from streams.topics import COMPACTED_TOPICS, CONTRACT_TOPICS
+from streams.tools.produce import key_for, make_producer, produce, topic_for
+
+PARTITIONS = 8
+MAILPULSE = str(Path(sys.executable).with_name("mailpulse"))
+
+
+def start_broker() -> EmbeddedBroker:
+    broker = start_embedded_broker(free_port())
+    ensure_topics(broker.bootstrap, PARTITIONS, COMPACTED_TOPICS, CONTRACT_TOPICS)
+    return broker
+
+
+def synthetic_events(n: int, users: int = 20_000, bad_every: int = 0) -> list[bytes]:
+    """Small realistic input events (clicks, carts, purchases, identifies); every ``bad_every``-th malformed."""
+    out: list[bytes] = []
+    t0 = 1_772_359_200_000
+    for i in range(n):
+        if bad_every and i % bad_every == 0:
+            out.append(b'{"type": "page_view", "timestamp": "garbage"' if i % 2 else b"not json at all")
+            continue
+        user = f"u-{(i * 7919) % users}"
+        ts = t0 + i * 50
+        r = i % 20
+        if r < 13:
+            ev = {"event_id": f"c-{i}", "type": "product_view", "timestamp": ts, "user_id": user,
+                  "product_id": f"sku-{i % 300}", "category": "books"}
+        elif r < 17:
+            ev = {"event_id": f"k-{i}", "type": "cart_add", "timestamp": ts, "user_id": user,
+                  "product_id": f"sku-{i % 300}", "price": 12.5}
+        elif r < 19:
+            ev = {"event_id": f"o-{i}", "type": "purchase", "timestamp": ts, "user_id": user,
+                  "order_id": f"o-{i}", "total": 25.0}
+        else:
+            ev = {"event_id": f"i-{i}", "type": "identify", "timestamp": ts, "user_id": user,
+                  "traits": {"first_name": "Ana", "email": f"{user}@example.com"}, "consent": {"email": True}}
+        out.append(orjson.dumps(ev))
+    return out
+
+
+def produce_all(bootstrap: str, events: list[bytes]) -> None:
+    producer = make_producer(bootstrap)
+    for raw in events:
+        try:
+            ev = orjson.loads(raw)
+            topic, key = topic_for(ev), key_for(ev)
+        except Exception:
+            topic, key = "clicks", None
+        produce(producer, topic, raw, key)
+    producer.flush(120)
+
+
+def raw_consume_rate(bootstrap: str, expected: int, topics: tuple[str, ...] = INPUT_TOPICS) -> float:
+    """Events/s of a plain confluent-kafka group consumer + orjson parse (the ceiling baseline)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-raw-{time.time_ns()}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                         "session.timeout.ms": 6000, "log_level": 0})
+    consumer.subscribe(list(topics))
+    seen, started = 0, 0.0
+    deadline = time.monotonic() + 300
+    while seen < expected and time.monotonic() < deadline:
+        for msg in consumer.consume(1000, timeout=0.5):
+            if msg.error() is None:
+                if not started:
+                    started = time.perf_counter()
+                try:
+                    orjson.loads(msg.value())
+                except orjson.JSONDecodeError:
+                    pass
+                seen += 1
+    elapsed = time.perf_counter() - started
+    consumer.close()
+    return seen / elapsed
+
+
+@dataclass
+class WorkerProcess:
+    process: subprocess.Popen[bytes]
+    metrics_port: int
+
+    def metric(self, name: str, **labels: str) -> float:
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2).read()
+        except OSError:
+            return 0.0
+        total = 0.0
+        for line in text.decode().splitlines():
+            if line.startswith(name) and all(f'{k}="{v}"' in line for k, v in labels.items()):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def cpu_seconds(self) -> float:
+        with open(f"/proc/{self.process.pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def start_worker(broker: EmbeddedBroker, app_id: str, **env: str) -> WorkerProcess:
+    port = free_port()
+    data_dir = tempfile.mkdtemp(prefix="mailpulse-bench-")
+    full_env = {**os.environ, "MAILPULSE_BROKER": broker.url, "MAILPULSE_DATA_DIR": data_dir,
+                "MAILPULSE_METRICS_PORT": str(port), "MAILPULSE_APP_ID": app_id,
+                "MAILPULSE_PARTITIONS": str(PARTITIONS), **env}
+    process = subprocess.Popen([MAILPULSE, "run"], env=full_env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    return WorkerProcess(process, port)
+
+
+def wait_processed(workers: list[WorkerProcess], expected: int, timeout: float = 600.0) -> tuple[float, float]:
+    """(seconds from the first handled event to the last, total handled) across ``workers``."""
+    first = 0.0
+    deadline = time.monotonic() + timeout
+    done = 0.0
+    while time.monotonic() < deadline:
+        done = sum(w.metric("mailpulse_events_total") for w in workers)
+        if done and not first:
+            first = time.perf_counter()
+        if done >= expected:
+            return time.perf_counter() - first, done
+        time.sleep(0.05)
+    raise RuntimeError(f"pipeline handled {done} of {expected} events within {timeout}s")
