@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -17,8 +18,8 @@ from confluent_kafka import Consumer
 
 from schemas.events import INPUT_TOPICS
 from streams.broker import EmbeddedBroker, ensure_topics, free_port, start_embedded_broker
-from streams.topics import COMPACTED_TOPICS, CONTRACT_TOPICS
 from streams.tools.produce import key_for, make_producer, produce, topic_for
+from streams.topics import COMPACTED_TOPICS, CONTRACT_TOPICS
 
 PARTITIONS = 8
 MAILPULSE = str(Path(sys.executable).with_name("mailpulse"))
@@ -82,10 +83,8 @@ def raw_consume_rate(bootstrap: str, expected: int, topics: tuple[str, ...] = IN
             if msg.error() is None:
                 if not started:
                     started = time.perf_counter()
-                try:
+                with contextlib.suppress(orjson.JSONDecodeError):
                     orjson.loads(msg.value())
-                except orjson.JSONDecodeError:
-                    pass
                 seen += 1
     elapsed = time.perf_counter() - started
     consumer.close()

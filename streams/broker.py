@@ -114,7 +114,7 @@ def start_embedded_broker(preferred_port: int = 9092, quiet: bool = True) -> Emb
     cmd = [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
            "--storage-engine", "memory://tansu/"]
     out = subprocess.DEVNULL if quiet else None
-    process = subprocess.Popen(cmd, stdout=out, stderr=out, preexec_fn=_die_with_parent)  # noqa: PLW1509
+    process = subprocess.Popen(cmd, stdout=out, stderr=out, preexec_fn=_die_with_parent)
     broker = EmbeddedBroker(port, process)
     try:
         _wait_for_port(port, process)
@@ -149,7 +149,7 @@ def embedded_broker(preferred_port: int = 9092) -> Iterator[EmbeddedBroker]:
 def ensure_topics(bootstrap: str, partitions: int, compacted: Iterable[str], names: Iterable[str],
                   replication_factor: int = 1) -> None:
     """Create the contract's topics if missing (``compacted`` ones with cleanup.policy=compact)."""
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
     admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
     existing = set(admin.list_topics(timeout=10).topics)

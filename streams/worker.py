@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+import faust
+
 from streams import topics as names
 from streams.app import create_app
 from streams.broker import EmbeddedBroker, ensure_topics, start_embedded_broker
@@ -79,10 +81,10 @@ def run_worker(settings: Settings, demo: bool = False) -> int:
             broker.stop()
 
 
-def _run_faust(app: object, settings: Settings) -> int:
+def _run_faust(app: faust.App, settings: Settings) -> int:
     from faust.worker import Worker
 
-    class QuietWorker(Worker):  # type: ignore[misc]
+    class QuietWorker(Worker):
         """Faust's terminal spinner sets the root logger to DEBUG so it can spin on every record: every
         debug line of aiokafka then builds a LogRecord (10-20% of a busy worker's CPU).  No spinner."""
 

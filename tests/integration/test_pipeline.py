@@ -11,8 +11,8 @@ import pytest
 from confluent_kafka import Producer
 
 from schemas.outputs import DeadLetter, Profile
-from streams.ingest import Accepted, Source, decode
 from streams.identity import profile_key
+from streams.ingest import Accepted, Source, decode
 from streams.profile import apply_event, snapshot
 
 from .conftest import PARTITIONS, latest_by_key, mailpulse, read_topic
