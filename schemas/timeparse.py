@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import time
+from datetime import datetime
+from functools import lru_cache
 
 # Epoch-ms bounds we accept: 1990-01-01 .. 2200-01-01.  Outside: almost surely seconds or garbage.
 MIN_EPOCH_MS = 631_152_000_000
@@ -31,6 +33,12 @@ def parse_timestamp(value: object) -> int:
     raise ValueError("timestamp must be ISO-8601 text or epoch milliseconds")
 
 
+@lru_cache(maxsize=8192)
+def _utc_second(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+
+
 def format_ms(ms: int) -> str:
-    """UTC ISO-8601 with milliseconds and ``Z``."""
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """UTC ISO-8601 with milliseconds and ``Z`` (hot: every time field of every snapshot)."""
+    seconds, millis = divmod(ms, 1000)
+    return f"{_utc_second(seconds)}.{millis:03d}Z"

@@ -25,6 +25,7 @@ from streams.broker import free_port
 from streams.identity import profile_key
 from streams.ingest import Accepted, Source, decode
 from streams.metrics import Metrics
+from streams.output import FlushBeforeCommit, Output, OutputProducer
 from streams.profile import apply_event, snapshot
 from streams.settings import Settings
 
@@ -38,10 +39,9 @@ class Pipeline:
     settings: Settings
     app: faust.App
     metrics: Metrics
+    output: Output
     inputs: Any
     events: Any
-    profiles: Any
-    dead_letter: Any
     profile_state: Any
 
 
@@ -50,8 +50,9 @@ def _raw_topic(app: faust.App, *topic_names: str, **kwargs: Any) -> Any:
                      key_serializer="raw", value_serializer="raw", **kwargs)
 
 
-def create_app(settings: Settings, metrics: Metrics | None = None) -> Pipeline:
-    """Build the Faust app.  No broker is contacted until a worker starts it."""
+def create_app(settings: Settings, metrics: Metrics | None = None, output: Output | None = None) -> Pipeline:
+    """Build the Faust app.  No broker is contacted until a worker starts it (the output producer
+    connects lazily too)."""
     app = faust.App(
         settings.app_id,
         broker=settings.faust_broker,
@@ -72,15 +73,16 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Pipeline:
         producer_linger_ms=5,
     )
     metrics = metrics or Metrics()
+    output = output or OutputProducer(settings.bootstrap_servers)
+    app.sensors.add(FlushBeforeCommit(output))
     p = Pipeline(
         settings=settings,
         app=app,
         metrics=metrics,
+        output=output,
         inputs=_raw_topic(app, *INPUT_TOPICS),
         events=_raw_topic(app, names.events_topic(settings.app_id), partitions=settings.partitions,
                           internal=True),
-        profiles=_raw_topic(app, names.PROFILES),
-        dead_letter=_raw_topic(app, names.DEAD_LETTER),
         profile_state=app.Table(
             "profile-state", default=None, partitions=settings.partitions,
             key_type=bytes, value_type=bytes,
@@ -96,7 +98,8 @@ def _now_ms() -> int:
 
 
 def _ingest_agent(p: Pipeline) -> Any:
-    settings, metrics = p.settings, p.metrics
+    settings, metrics, send = p.settings, p.metrics, p.output.send
+    events_topic = names.events_topic(settings.app_id)
     partitions = range(settings.partitions)
 
     async def ingest(stream: Any) -> None:
@@ -111,19 +114,19 @@ def _ingest_agent(p: Pipeline) -> Any:
                 if ev["type"] == "tick":
                     value = orjson.dumps(ev)
                     for partition in partitions:
-                        await p.events.send(key=None, value=value, partition=partition)
+                        send(events_topic, None, value, partition)
                     continue
-                await p.events.send(key=profile_key(ev).encode(), value=orjson.dumps(ev))
+                send(events_topic, profile_key(ev).encode(), orjson.dumps(ev))
             else:
                 metrics.events.labels(msg.topic, "dead_letter").inc()
                 metrics.dead_letters.labels(result.code).inc()
-                await p.dead_letter.send(key=msg.key, value=orjson.dumps(result.record))
+                send(names.DEAD_LETTER, msg.key, orjson.dumps(result.record))
 
     return ingest
 
 
 def _profile_agent(p: Pipeline) -> Any:
-    settings, metrics, table = p.settings, p.metrics, p.profile_state
+    settings, metrics, table, send = p.settings, p.metrics, p.profile_state, p.output.send
     retention_ms = int(settings.dedupe_retention_days * DAY_MS)
     latency = metrics.event_latency.labels("profiles")
 
@@ -144,13 +147,13 @@ def _profile_agent(p: Pipeline) -> Any:
             if applied.erased:
                 if state is not None:
                     del table[key]
-                    await p.profiles.send(key=state["profile"]["profile_id"].encode(), value=None)
+                    send(names.PROFILES, state["profile"]["profile_id"].encode(), None)
                     metrics.profiles_written.labels("erased").inc()
                 continue
             assert applied.state is not None
             table[key] = orjson.dumps(applied.state)
             snap = snapshot(applied.state)
-            await p.profiles.send(key=snap["profile_id"].encode(), value=orjson.dumps(snap))
+            send(names.PROFILES, snap["profile_id"].encode(), orjson.dumps(snap))
             metrics.profiles_written.labels("updated").inc()
             latency.observe(max(0.0, (_now_ms() - ev["src"][3]) / 1000))
 

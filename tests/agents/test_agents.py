@@ -15,21 +15,30 @@ from streams.settings import Settings
 
 
 @dataclass
-class RecordingTopic:
-    """Stands in for a Faust topic: records what an agent sends."""
+class RecordingOutput:
+    """Stands in for the output producer: records what agents send, per topic."""
 
-    sent: list[tuple[bytes | None, Any, int | None]] = field(default_factory=list)
+    sent: dict[str, list[tuple[bytes | None, Any, int | None]]] = field(default_factory=dict)
+    flushes: int = 0
 
-    async def send(self, key: bytes | None = None, value: bytes | None = None, partition: int | None = None) -> None:
-        self.sent.append((key, None if value is None else orjson.loads(value), partition))
+    def send(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> None:
+        decoded = None if value is None else orjson.loads(value)
+        self.sent.setdefault(topic, []).append((key, decoded, partition))
+
+    def flush(self, timeout: float = 30.0) -> int:
+        self.flushes += 1
+        return 0
 
 
 @pytest.fixture
 async def pipeline(tmp_path: Path) -> AsyncIterator[Pipeline]:
     settings = Settings(broker="kafka://127.0.0.1:1", table_store="memory", data_dir=tmp_path, partitions=4)
-    p = create_app(settings)
-    p.events, p.profiles, p.dead_letter = RecordingTopic(), RecordingTopic(), RecordingTopic()
-    yield p
+    yield create_app(settings, output=RecordingOutput())
+
+
+def sent(p: Pipeline, topic: str) -> list[tuple[bytes | None, Any, int | None]]:
+    assert isinstance(p.output, RecordingOutput)
+    return p.output.sent.get(topic, [])
 
 
 def agent(p: Pipeline, name: str) -> Any:
@@ -42,11 +51,12 @@ async def test_ingest_routes_good_events_by_profile_and_bad_ones_to_dead_letter(
         await ingest.put(orjson.dumps(good), key=b"whatever")
         await ingest.put(b"{broken", key=b"k")
         await ingest.put(orjson.dumps({"type": "tick", "timestamp": 1772359260000}))
-    [(key, event, _)] = [s for s in pipeline.events.sent if s[1]["type"] != "tick"]
+    internal = sent(pipeline, "mailpulse-profile-events")
+    [(key, event, _)] = [s for s in internal if s[1]["type"] != "tick"]
     assert key == b"u:u-1" and event["ts"] == 1772359200000 and event["kind"] == "clicks"
-    [(dl_key, letter, _)] = pipeline.dead_letter.sent
+    [(dl_key, letter, _)] = sent(pipeline, "dead-letter")
     assert dl_key == b"k" and letter["error"]["code"] == "not_json" and letter["raw"] == "{broken"
-    ticks = [s for s in pipeline.events.sent if s[1]["type"] == "tick"]
+    ticks = [s for s in internal if s[1]["type"] == "tick"]
     assert sorted(partition for _, _, partition in ticks) == [0, 1, 2, 3]
     assert pipeline.metrics.dead_letters.labels("not_json")._value.get() == 1
 
@@ -66,7 +76,7 @@ async def test_profiles_agent_writes_table_publishes_and_drops_duplicates(pipeli
         assert state["profile"]["aggregates"]["event_counts"] == {"page_view": 1, "product_view": 1}
         await profiles.put(_event("x-1", "erase"), key=b"u:u-1")
         assert pipeline.profile_state.get(b"u:u-1") is None
-    sent = pipeline.profiles.sent
-    assert [value["version"] if value else None for _, value, _ in sent] == [1, 2, None]
-    assert len({key for key, _, _ in sent}) == 1
+    published = sent(pipeline, "profiles")
+    assert [value["version"] if value else None for _, value, _ in published] == [1, 2, None]
+    assert len({key for key, _, _ in published}) == 1
     assert pipeline.metrics.events.labels("clicks", "duplicate")._value.get() == 1
