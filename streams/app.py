@@ -28,6 +28,7 @@ from streams.metrics import Metrics
 from streams.output import FlushBeforeCommit, Output, OutputProducer
 from streams.profile import apply_event, snapshot
 from streams.settings import Settings
+from streams.tables import profile_table
 
 DAY_MS = 86_400_000
 
@@ -83,10 +84,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None, output: Outpu
         inputs=_raw_topic(app, *INPUT_TOPICS),
         events=_raw_topic(app, names.events_topic(settings.app_id), partitions=settings.partitions,
                           internal=True),
-        profile_state=app.Table(
-            "profile-state", default=None, partitions=settings.partitions,
-            key_type=bytes, value_type=bytes,
-        ),
+        profile_state=profile_table(app, output, "profile-state", settings.partitions),
     )
     app.agent(p.inputs, name="ingest")(_ingest_agent(p))
     app.agent(p.events, name="profiles")(_profile_agent(p))

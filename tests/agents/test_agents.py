@@ -21,9 +21,14 @@ class RecordingOutput:
     sent: dict[str, list[tuple[bytes | None, Any, int | None]]] = field(default_factory=dict)
     flushes: int = 0
 
-    def send(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> None:
-        decoded = None if value is None else orjson.loads(value)
+    def send(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None,
+             on_delivered: Any = None) -> None:
+        decoded = None if value is None or topic.endswith("-changelog") else orjson.loads(value)
         self.sent.setdefault(topic, []).append((key, decoded, partition))
+
+    def send_changelog(self, topic: str, key: bytes, value: bytes | None, partition: int,
+                       on_delivered: Any = None) -> None:
+        self.send(topic, key, value, partition)
 
     def flush(self, timeout: float = 30.0) -> int:
         self.flushes += 1
@@ -76,6 +81,8 @@ async def test_profiles_agent_writes_table_publishes_and_drops_duplicates(pipeli
         assert state["profile"]["aggregates"]["event_counts"] == {"page_view": 1, "product_view": 1}
         await profiles.put(_event("x-1", "erase"), key=b"u:u-1")
         assert pipeline.profile_state.get(b"u:u-1") is None
+    changelog = sent(pipeline, "mailpulse-profile-state-changelog")
+    assert [(key, value is None) for key, value, _ in changelog][-1] == (b"u:u-1", True)
     published = sent(pipeline, "profiles")
     assert [value["version"] if value else None for _, value, _ in published] == [1, 2, None]
     assert len({key for key, _, _ in published}) == 1

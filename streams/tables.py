@@ -1,0 +1,53 @@
+"""Tables: Faust tables (RocksDB locally, rebuilt from changelog topics) whose changelog writes go
+through the worker's output producer.
+
+Why: Faust sends changelog records through its ProducerBuffer, whose flush gives up after 0.1 s
+per message and which drops what is still queued when the worker stops; offsets committed before
+that lose table updates for good (seen here: ~4% of a batch's updates gone after a clean SIGTERM).
+Our output producer is flushed before every offset commit (:class:`streams.output.FlushBeforeCommit`)
+and on shutdown, so a committed event's table write is durable.  It is also far cheaper per record.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+from faust.types import TP
+
+from streams.output import Output
+
+
+class ProfileTable(faust.Table):  # type: ignore[misc]
+    """A bytes -> bytes table; changelog records are produced by :class:`Output`."""
+
+    def __init__(self, app: faust.App, *, output: Output, **kwargs: Any) -> None:
+        super().__init__(app, key_type=bytes, value_type=bytes, **kwargs)
+        self._output = output
+
+    def send_changelog(self, partition: int | None, key: Any, value: Any,
+                       key_serializer: Any = None, value_serializer: Any = None) -> None:
+        topic = self.changelog_topic.get_topic_name()
+        assert partition is not None  # tables here are always written from a stream event
+        self._output.send_changelog(topic, key, value, partition, on_delivered=self._persisted)
+
+    # Faust's versions read the partition back from the FutureMessage its producer returns.
+    def on_key_set(self, key: Any, value: Any) -> None:
+        self.send_changelog(self.partition_for_key(key), key, value)
+        self._sensor_on_set(self, key, value)
+
+    def on_key_del(self, key: Any) -> None:
+        self.send_changelog(self.partition_for_key(key), key, None)
+        self._sensor_on_del(self, key)
+
+    def _persisted(self, topic: str, partition: int, offset: int) -> None:
+        # What Faust's own callback does: remember in the local store how far the changelog is
+        # already contained in it, so a restart only reads the changelog from there on.
+        self.data.set_persisted_offset(TP(topic, partition), offset)
+
+
+def profile_table(app: faust.App, output: Output, name: str, partitions: int) -> ProfileTable:
+    table = ProfileTable(app, output=output, name=name, default=None, partitions=partitions,
+                         beacon=app.tables.beacon)
+    app.tables.add(table)
+    return table
