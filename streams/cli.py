@@ -91,7 +91,7 @@ def _check_broker(bootstrap: str) -> None:
     from streams.broker import BrokerError, wait_until_ready
 
     try:
-        wait_until_ready(bootstrap, timeout=10)
+        wait_until_ready(bootstrap, timeout=5)
     except BrokerError as exc:
         raise UserError(str(exc)) from None
 

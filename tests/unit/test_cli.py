@@ -1,0 +1,75 @@
+"""The command line: help, exit codes, one-line errors for user mistakes (no broker needed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from streams.cli import main
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    try:
+        code = main(list(args))
+    except SystemExit as exc:  # argparse: --help and usage errors
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("command", ["run", "broker", "generate", "replay", "tail", "train", "score", "resolve",
+                                     "schemas"])
+def test_every_command_has_help(capsys: pytest.CaptureFixture[str], command: str) -> None:
+    code, out, _ = run(capsys, command, "--help")
+    assert code == 0 and out.startswith(f"usage: mailpulse {command}")
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("generate", "--users", "0", "--days", "1", "--seed", "1", "--out", "x"), "must be at least 1"),
+        (("generate", "--users", "5", "--days", "1", "--seed", "1", "--start", "2026-13-01", "--out", "x"),
+         "is not a date"),
+        (("replay", "/no/such/file.jsonl", "--broker", "kafka://127.0.0.1:1"), "no such file"),
+        (("replay", __file__, "--broker", "kafka://127.0.0.1:1", "--until", "tomorrow"), "cannot parse timestamp"),
+        (("tail", "profiles", "--timeout", "-1"), "must be greater than 0"),
+        (("run", "--clock", "sundial"), "invalid choice"),
+    ],
+)
+def test_bad_arguments_end_with_one_line(capsys: pytest.CaptureFixture[str], args: tuple[str, ...],
+                                         fragment: str) -> None:
+    code, _, err = run(capsys, *args)
+    assert code == 2
+    assert fragment in err and "Traceback" not in err
+
+
+def test_no_broker_is_a_one_line_error(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MAILPULSE_BROKER", raising=False)
+    code, _, err = run(capsys, "tail", "profiles")
+    assert code == 2 and err.count("\n") == 1 and err.startswith("mailpulse: error: no broker")
+
+
+def test_unreachable_broker_is_a_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "tail", "profiles", "--broker", "kafka://127.0.0.1:1")
+    assert code == 2 and err.startswith("mailpulse: error: broker at 127.0.0.1:1 did not answer")
+    assert "Traceback" not in err
+
+
+def test_schemas_writes_one_file_per_message_type(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, _, _ = run(capsys, "schemas", "--out", str(tmp_path))
+    assert code == 0
+    names = {p.name for p in tmp_path.iterdir()}
+    for topic in ("clicks", "carts", "purchases", "profiles", "segment-changes", "triggers", "scores",
+                  "dead-letter"):
+        assert f"{topic}.schema.json" in names
+    profile = json.loads((tmp_path / "profiles.schema.json").read_text())
+    assert "aggregates" in profile["properties"]
+
+
+def test_commands_of_later_work_say_so(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    events = tmp_path / "e.jsonl"
+    events.write_text("")
+    code, _, err = run(capsys, "resolve", "--input", str(events), "--out", str(tmp_path / "o"))
+    assert code == 2 and "not available" in err
