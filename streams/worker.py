@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,18 +52,32 @@ def locked_data_dir(base: Path) -> Iterator[Path]:
         return
 
 
+def _empty_folder(folder: Path) -> None:
+    for child in folder.iterdir():
+        if child.name == ".lock":
+            continue
+        if child.is_dir():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
 def run_worker(settings: Settings, demo: bool = False) -> int:
     """Run one worker until it is stopped.  Returns the exit code."""
     broker: EmbeddedBroker | None = None
     if not settings.broker:
         broker = start_embedded_broker(settings.embedded_broker_port)
         print(f"mailpulse: embedded broker on {broker.url} (set MAILPULSE_BROKER to use another)", flush=True)
-        settings = settings.model_copy(update={"broker": broker.url})
+        # The embedded broker keeps everything in memory: table state of an earlier run would
+        # describe topics that no longer exist, so it lives apart and starts empty.
+        settings = settings.model_copy(update={"broker": broker.url, "data_dir": settings.data_dir / "embedded"})
     demo_stop = threading.Event()
     try:
         ensure_topics(settings.bootstrap_servers, settings.partitions, names.COMPACTED_TOPICS,
                       names.CONTRACT_TOPICS, settings.replication_factor)
         with locked_data_dir(settings.data_dir) as data_dir:
+            if broker is not None:
+                _empty_folder(data_dir)
             settings = settings.model_copy(update={"data_dir": data_dir})
             metrics = Metrics()
             port = metrics.serve(settings.metrics_port)
@@ -72,8 +87,8 @@ def run_worker(settings: Settings, demo: bool = False) -> int:
                 from streams.tools.demo import start_demo_feed
 
                 start_demo_feed(settings.bootstrap_servers, demo_stop)
-                print("mailpulse: demo traffic is flowing; try `mailpulse tail profiles` "
-                      "(or segment-changes, triggers) in another terminal", flush=True)
+                print("mailpulse: demo traffic is flowing; watch it with "
+                      f"`.venv/bin/mailpulse tail profiles --broker {settings.broker}`", flush=True)
             return _run_faust(pipeline.app, settings)
     finally:
         demo_stop.set()

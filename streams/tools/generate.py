@@ -1,0 +1,362 @@
+"""Synthetic shop traffic: ``mailpulse generate`` (history) and the ``--demo`` feed (live).
+
+Deterministic for a seed: only ``random.Random(seed)`` is used, never the clock.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+GENERATOR_DOC = """\
+Each simulated person has latent traits: an activity rate (sessions per week, log-normal), a purchase
+propensity (beta), an e-mail engagement rate, two preferred categories out of eight, a time zone, a
+device, and for about a third a day on which they churn (stop all activity). People start anonymous
+(`anonymous_id`); most identify through a form (`identify` with user_id, traits, consent — about 10%
+refuse e-mail consent); later events carry their `user_id` and often their e-mail. Sessions are
+bursts of page, category and product views and searches a minute or two apart, biased to preferred
+categories; some add to cart (cart_id per cart), some remove, some check out, and whether they buy
+depends on the purchase propensity: many carts are abandoned, some bought a day or two later.
+Identified people open and click campaign e-mails at their engagement rate. About 30% of identified
+people also appear as CRM records (`identify`, source `crm`, only an e-mail and traits) with realistic
+corruption: typos, swapped name parts, nicknames, different case, a second e-mail address, missing
+fields, a new address. About 10% of timestamps are epoch milliseconds and some carry a +01:00 offset.
+"""
+
+CATEGORIES = ("electronics", "books", "fashion", "home", "beauty", "sports", "toys", "grocery")
+TIMEZONES = ("Europe/Berlin", "Europe/London", "America/New_York", "America/Los_Angeles", "Asia/Tokyo",
+             "Australia/Sydney", "Europe/Paris", "America/Chicago")
+DEVICES = (("mobile", "ios"), ("mobile", "android"), ("desktop", "windows"), ("desktop", "macos"),
+           ("tablet", "ios"))
+FIRST_NAMES = ("Robert", "William", "Elizabeth", "Katherine", "James", "Margaret", "Michael", "Jennifer",
+               "Thomas", "Susan", "Daniel", "Patricia", "Anna", "Lukas", "Sofia", "Mateo", "Emma", "Noah",
+               "Olivia", "Liam", "Isabella", "Lucas", "Mia", "Ethan", "Charlotte", "Alexander", "Amelia",
+               "Benjamin", "Harper", "Samuel")
+NICKNAMES = {"Robert": "Bob", "William": "Bill", "Elizabeth": "Liz", "Katherine": "Kate", "James": "Jim",
+             "Margaret": "Maggie", "Michael": "Mike", "Jennifer": "Jen", "Thomas": "Tom", "Susan": "Sue",
+             "Daniel": "Dan", "Patricia": "Pat", "Alexander": "Alex", "Benjamin": "Ben", "Samuel": "Sam"}
+LAST_NAMES = ("Smith", "Johnson", "Williams", "Brown", "Jones", "Garcia", "Miller", "Davis", "Martinez",
+              "Lopez", "Wilson", "Anderson", "Taylor", "Thomas", "Moore", "Martin", "Jackson", "White",
+              "Harris", "Clark", "Lewis", "Walker", "Hall", "Young", "King", "Wright", "Scott", "Green",
+              "Baker", "Adams", "Nelson", "Hill", "Campbell", "Mitchell", "Roberts", "Carter", "Phillips",
+              "Evans", "Turner", "Schmidt", "Müller", "Schneider", "Fischer", "Weber", "Meyer", "Wagner")
+STREETS = ("Main St", "Oak Avenue", "Maple Road", "Hauptstraße", "Park Lane", "High Street", "Elm Street",
+           "Cedar Court", "Lindenweg", "River Road")
+CITIES = (("Berlin", "10115", "DE"), ("Hamburg", "20095", "DE"), ("London", "SW1A 1AA", "GB"),
+          ("New York", "10001", "US"), ("Los Angeles", "90001", "US"), ("Chicago", "60601", "US"),
+          ("Paris", "75001", "FR"), ("Munich", "80331", "DE"), ("Boston", "02108", "US"))
+DOMAINS = ("example.com", "mail.example.org", "inbox.example.net", "post.example.de")
+CATALOG_SIZE = 200
+
+
+@dataclass(frozen=True)
+class Product:
+    product_id: str
+    category: str
+    price: float
+
+
+def catalog(rng: random.Random) -> list[Product]:
+    return [Product(f"sku-{n}", CATEGORIES[n % len(CATEGORIES)], round(rng.lognormvariate(3.2, 0.8), 2))
+            for n in range(CATALOG_SIZE)]
+
+
+@dataclass
+class Person:
+    index: int
+    anonymous_id: str
+    user_id: str
+    first_name: str
+    last_name: str
+    email: str
+    phone: str | None
+    birthday: str
+    street: str
+    city: tuple[str, str, str]
+    timezone: str
+    device: tuple[str, str]
+    sessions_per_week: float
+    purchase_propensity: float
+    engagement: float
+    categories: tuple[str, str]
+    consent: bool
+    identifies_after_sessions: int | None
+    churn_day: float | None
+    in_crm: bool
+    carts: int = 0
+    identified: bool = False
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _person(index: int, rng: random.Random, days: int) -> Person:
+    first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
+    domain = rng.choice(DOMAINS)
+    email = f"{first.lower()}.{last.lower()}{rng.randrange(100)}@{domain}".replace("ü", "u")
+    born = date(1950, 1, 1) + timedelta(days=rng.randrange(365 * 55))
+    churns = rng.random() < 0.35
+    return Person(
+        index=index,
+        anonymous_id=f"a-{rng.getrandbits(48):012x}",
+        user_id=f"u-{index}",
+        first_name=first,
+        last_name=last,
+        email=email,
+        phone=f"+1415555{rng.randrange(10_000):04d}" if rng.random() < 0.4 else None,
+        birthday=born.isoformat(),
+        street=f"{rng.randrange(1, 200)} {rng.choice(STREETS)}",
+        city=rng.choice(CITIES),
+        timezone=rng.choice(TIMEZONES),
+        device=rng.choice(DEVICES),
+        sessions_per_week=min(14.0, rng.lognormvariate(0.3, 0.8)),
+        purchase_propensity=rng.betavariate(1.5, 6.0),
+        engagement=rng.betavariate(2.0, 5.0),
+        categories=(rng.choice(CATEGORIES), rng.choice(CATEGORIES)),
+        consent=rng.random() >= 0.1,
+        identifies_after_sessions=rng.randrange(0, 4) if rng.random() < 0.75 else None,
+        churn_day=rng.uniform(days * 0.2, days) if churns else None,
+        in_crm=rng.random() < 0.3,
+    )
+
+
+def _typo(word: str, rng: random.Random) -> str:
+    if len(word) < 3:
+        return word
+    i = rng.randrange(1, len(word) - 1)
+    kind = rng.randrange(3)
+    if kind == 0:
+        return word[:i] + rng.choice("aeiourstnl") + word[i + 1:]
+    if kind == 1:
+        return word[:i] + word[i + 1] + word[i] + word[i + 2:]
+    return word[:i] + word[i + 1:]
+
+
+class _Clock:
+    """Renders event times: mostly ISO-8601 Z, ~10% epoch ms, ~5% with a +01:00 offset."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+
+    def stamp(self, ms: int) -> str | int:
+        roll = self.rng.random()
+        if roll < 0.10:
+            return ms
+        moment = datetime.fromtimestamp(ms // 1000, tz=UTC)
+        if roll < 0.15:
+            return moment.astimezone(timezone_plus_one()).isoformat()
+        return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def timezone_plus_one() -> Any:
+    from datetime import timezone
+
+    return timezone(timedelta(hours=1))
+
+
+class _Builder:
+    """Writes one person's events with unique, stable ids."""
+
+    def __init__(self, person: Person, rng: random.Random, clock: _Clock, products: list[Product]) -> None:
+        self.p, self.rng, self.clock, self.products = person, rng, clock, products
+        self.n = 0
+
+    def emit(self, etype: str, ms: int, **fields: Any) -> None:
+        self.n += 1
+        p = self.p
+        ids: dict[str, Any] = {"anonymous_id": p.anonymous_id}
+        if p.identified:
+            ids = {"user_id": p.user_id}
+            if self.rng.random() < 0.4:
+                ids["email"] = p.email
+            if self.rng.random() < 0.2:
+                ids["anonymous_id"] = p.anonymous_id
+        event = {"event_id": f"{etype}-{p.index}-{self.n}", "type": etype, "timestamp": self.clock.stamp(ms),
+                 **ids, **fields}
+        event["_ms"] = ms
+        p.events.append(event)
+
+    def context(self) -> dict[str, Any]:
+        p = self.p
+        return {"device": p.device[0], "os": p.device[1], "timezone": p.timezone, "locale": "en-US",
+                "source": self.rng.choice(("web", "app", "email", "ads"))}
+
+    def product(self) -> Product:
+        if self.rng.random() < 0.7:
+            category = self.rng.choice(self.p.categories)
+            choices = [pr for pr in self.products if pr.category == category]
+            return self.rng.choice(choices)
+        return self.rng.choice(self.products)
+
+    def identify(self, ms: int) -> None:
+        p = self.p
+        traits: dict[str, Any] = {"first_name": p.first_name, "last_name": p.last_name, "email": p.email,
+                                  "birthday": p.birthday, "street": p.street, "city": p.city[0],
+                                  "postcode": p.city[1], "country": p.city[2]}
+        if p.phone:
+            traits["phone"] = p.phone
+        p.identified = True
+        self.n += 1
+        p.events.append({"event_id": f"identify-{p.index}-{self.n}", "type": "identify",
+                         "timestamp": self.clock.stamp(ms), "user_id": p.user_id, "anonymous_id": p.anonymous_id,
+                         "email": p.email, "traits": traits, "consent": {"email": p.consent}, "source": "form",
+                         "_ms": ms})
+
+    def crm_record(self, ms: int) -> None:
+        p, rng = self.p, self.rng
+        first, last = p.first_name, p.last_name
+        roll = rng.random()
+        if roll < 0.3:
+            first = _typo(first, rng)
+        elif roll < 0.45:
+            last = _typo(last, rng)
+        elif roll < 0.6:
+            first = NICKNAMES.get(first, first)
+        elif roll < 0.7:
+            first, last = last, first
+        email = p.email
+        if rng.random() < 0.3:
+            email = email.upper() if rng.random() < 0.5 else email.capitalize()
+        if rng.random() < 0.1:
+            email = f"{p.first_name[0].lower()}{p.last_name.lower()}@{rng.choice(DOMAINS)}".replace("ü", "u")
+        traits: dict[str, Any] = {"first_name": first, "last_name": last, "email": email, "birthday": p.birthday,
+                                  "street": p.street, "city": p.city[0], "postcode": p.city[1],
+                                  "country": p.city[2]}
+        if rng.random() < 0.15:
+            city = rng.choice(CITIES)
+            traits.update(street=f"{rng.randrange(1, 200)} {rng.choice(STREETS)}", city=city[0],
+                          postcode=city[1], country=city[2])
+        for optional in ("birthday", "street", "postcode"):
+            if rng.random() < 0.1:
+                traits.pop(optional)
+        self.n += 1
+        p.events.append({"event_id": f"crm-{p.index}-{self.n}", "type": "identify", "timestamp": self.clock.stamp(ms),
+                         "email": email, "traits": traits, "source": "crm", "_ms": ms})
+
+    def session(self, ms: int) -> int:
+        """One browsing session from ``ms``; returns its end."""
+        p, rng = self.p, self.rng
+        ctx = self.context()
+        t = ms
+        self.emit("page_view", t, url="/", context=ctx)
+        viewed: list[Product] = []
+        for _ in range(rng.randint(1, 8)):
+            t += rng.randint(20_000, 150_000)
+            roll = rng.random()
+            if roll < 0.15:
+                self.emit("search", t, query=rng.choice(p.categories), context=ctx)
+            elif roll < 0.3:
+                self.emit("category_view", t, category=rng.choice(p.categories), url="/c", context=ctx)
+            else:
+                product = self.product()
+                viewed.append(product)
+                self.emit("product_view", t, product_id=product.product_id, category=product.category,
+                          url=f"/p/{product.product_id}", context=ctx)
+        if viewed and rng.random() < 0.25 + p.purchase_propensity:
+            t = self._cart(t, viewed, ctx)
+        return t
+
+    def _cart(self, t: int, viewed: list[Product], ctx: dict[str, Any]) -> int:
+        p, rng = self.p, self.rng
+        p.carts += 1
+        cart_id = f"cart-{p.index}-{p.carts}"
+        lines: dict[str, tuple[Product, int]] = {}
+        for product in rng.sample(viewed, k=min(len(viewed), rng.randint(1, 3))):
+            t += rng.randint(10_000, 90_000)
+            qty = 1 if rng.random() < 0.8 else 2
+            lines[product.product_id] = (product, qty)
+            self.emit("cart_add", t, product_id=product.product_id, category=product.category, quantity=qty,
+                      price=product.price, currency="USD", cart_id=cart_id, context=ctx)
+        if len(lines) > 1 and rng.random() < 0.2:
+            gone = rng.choice(sorted(lines))
+            t += rng.randint(10_000, 60_000)
+            self.emit("cart_remove", t, product_id=gone, quantity=lines.pop(gone)[1], cart_id=cart_id, context=ctx)
+        buys = rng.random() < p.purchase_propensity * 1.6
+        if buys:
+            later = rng.random() < 0.25
+            t += rng.randint(86_400_000, 2 * 86_400_000) if later else rng.randint(60_000, 600_000)
+            self.emit("checkout_started", t, cart_id=cart_id, context=ctx)
+            t += rng.randint(30_000, 300_000)
+            items = [{"product_id": pr.product_id, "category": pr.category, "quantity": q, "price": pr.price}
+                     for pr, q in lines.values()]
+            total = round(sum(pr.price * q for pr, q in lines.values()), 2)
+            self.emit("purchase", t, order_id=f"o-{p.index}-{p.carts}", total=total, currency="USD", items=items,
+                      context=ctx)
+        return t
+
+    def email(self, ms: int, campaign: str) -> None:
+        if self.p.identified and self.rng.random() < self.p.engagement:
+            self.emit("email_open", ms, campaign_id=campaign)
+            if self.rng.random() < 0.35:
+                self.emit("email_click", ms + self.rng.randint(5_000, 120_000), campaign_id=campaign,
+                          url=f"/campaign/{campaign}")
+
+
+def _simulate(person: Person, rng: random.Random, clock: _Clock, products: list[Product], start_ms: int,
+              days: int) -> None:
+    b = _Builder(person, rng, clock, products)
+    end_ms = start_ms + days * 86_400_000
+    last_ms = end_ms if person.churn_day is None else start_ms + int(person.churn_day * 86_400_000)
+    t = start_ms + rng.randrange(0, 3 * 86_400_000)
+    sessions = 0
+    rate_ms = 7 * 86_400_000 / max(person.sessions_per_week, 0.05)
+    while t < last_ms:
+        if person.identifies_after_sessions is not None and sessions == person.identifies_after_sessions:
+            b.identify(t)
+            if person.in_crm:
+                b.crm_record(t + rng.randrange(86_400_000, 10 * 86_400_000))
+        t = b.session(t)
+        sessions += 1
+        t += int(rng.expovariate(1.0) * rate_ms) + 60_000
+    # weekly campaigns: Tuesdays 09:00 UTC
+    week = start_ms + ((1 - datetime.fromtimestamp(start_ms / 1000, tz=UTC).weekday()) % 7) * 86_400_000
+    while week < min(end_ms, last_ms + 30 * 86_400_000):
+        b.email(week + 9 * 3_600_000 + rng.randrange(0, 8 * 3_600_000), f"cmp-{week // 86_400_000}")
+        week += 7 * 86_400_000
+
+
+def generate_history(users: int, days: int, seed: int, start: date) -> list[dict[str, Any]]:
+    """Input events of ``users`` people over ``days`` days from ``start``, sorted by time."""
+    rng = random.Random(seed)
+    products = catalog(rng)
+    clock = _Clock(rng)
+    start_ms = int(datetime(start.year, start.month, start.day, tzinfo=UTC).timestamp() * 1000)
+    end_ms = start_ms + days * 86_400_000
+    events: list[dict[str, Any]] = []
+    for index in range(users):
+        person = _person(index, rng, days)
+        _simulate(person, rng, clock, products, start_ms, days)
+        events.extend(e for e in person.events if e["_ms"] < end_ms)
+    events.sort(key=lambda e: (e["_ms"], e["event_id"]))
+    for event in events:
+        del event["_ms"]
+    return events
+
+
+def live_events(seed: int, now_ms: Callable[[], int], users: int = 200) -> Iterator[dict[str, Any]]:
+    """An endless stream of events stamped ``now_ms()``: sessions of a fixed population, interleaved."""
+    rng = random.Random(seed)
+    products = catalog(rng)
+    clock = _Clock(random.Random(seed + 1))
+    people = [_person(i, rng, 365) for i in range(users)]
+    run_id = now_ms()  # event ids differ between runs, so a restarted demo is not deduplicated away
+    round_no = count = 0
+    while True:
+        round_no += 1
+        person = rng.choice(people)
+        person.events.clear()
+        b = _Builder(person, rng, clock, products)
+        now = now_ms()
+        if not person.identified and rng.random() < 0.3:
+            b.identify(now)
+        elif person.identified and rng.random() < 0.1:
+            b.email(now, f"live-{round_no // 50}")
+        else:
+            b.session(now)
+        for event in person.events:
+            del event["_ms"]
+            count += 1
+            event["event_id"] = f"live-{run_id}-{count}"
+            event["timestamp"] = clock.stamp(now_ms())
+            yield event

@@ -1,0 +1,54 @@
+"""streams.tools.generate: deterministic, valid, and carrying the signal later work needs."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import date
+
+import orjson
+
+from schemas.timeparse import parse_timestamp
+from streams.ingest import Accepted, Source, decode
+from streams.tools.generate import generate_history, live_events
+
+START = date(2026, 1, 1)
+
+
+def test_same_seed_same_history_other_seed_other_history() -> None:
+    assert generate_history(50, 10, 3, START) == generate_history(50, 10, 3, START)
+    assert generate_history(50, 10, 3, START) != generate_history(50, 10, 4, START)
+
+
+def test_every_event_is_valid_unique_and_in_time_order() -> None:
+    events = generate_history(300, 20, 1, START)
+    assert len(events) > 3000
+    assert len({e["event_id"] for e in events}) == len(events)
+    times = [parse_timestamp(e["timestamp"]) for e in events]
+    assert all(a // 1000 <= b // 1000 for a, b in itertools.pairwise(times))
+    for n, event in enumerate(events):
+        assert isinstance(decode(orjson.dumps(event), Source("t", 0, n, None, 0), 0), Accepted), event
+    assert any(isinstance(e["timestamp"], int) for e in events)
+    assert any(isinstance(e["timestamp"], str) and e["timestamp"].endswith("+01:00") for e in events)
+
+
+def test_carts_are_abandoned_and_bought_crm_records_are_corrupted() -> None:
+    events = generate_history(300, 20, 2, START)
+    carts = {e["cart_id"] for e in events if e["type"] == "cart_add"}
+    ordered = {e["order_id"].replace("o-", "cart-") for e in events if e["type"] == "purchase"}
+    assert ordered and carts - ordered  # some bought, some abandoned
+    forms = {e["traits"]["email"]: e["traits"] for e in events if e.get("source") == "form"}
+    crm = [e["traits"] for e in events if e.get("source") == "crm"]
+    assert crm
+    differing = [t for t in crm if (f := forms.get(t["email"])) is None
+                 or (t["first_name"], t["last_name"]) != (f["first_name"], f["last_name"])]
+    assert differing, "no CRM record differs from its form record"
+    assert all("user_id" not in e for e in events if e.get("source") == "crm")
+
+
+def test_live_events_use_the_given_clock() -> None:
+    stream = live_events(7, lambda: 1_772_359_200_000)
+    batch = list(itertools.islice(stream, 200))
+    assert {parse_timestamp(e["timestamp"]) for e in batch} == {1_772_359_200_000}
+    assert len({e["event_id"] for e in batch}) == 200
+    for n, event in enumerate(batch):
+        assert isinstance(decode(orjson.dumps(event), Source("t", 0, n, None, 0), 0), Accepted)
