@@ -66,8 +66,9 @@ class OutputProducer:
     def _delivery_with(self, on_delivered: OnDelivered) -> Callable[[KafkaError | None, Message], None]:
         def callback(err: KafkaError | None, msg: Message) -> None:
             self._on_delivery(err, msg)
-            if err is None:
-                on_delivered(msg.topic(), msg.partition(), msg.offset())
+            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+            if err is None and topic is not None and partition is not None and offset is not None:
+                on_delivered(topic, partition, offset)
 
         return callback
 
@@ -115,7 +116,7 @@ class OutputProducer:
         return left
 
 
-class FlushBeforeCommit(Sensor):  # type: ignore[misc]
+class FlushBeforeCommit(Sensor):
     """Flushes the output producer right before Faust commits offsets, and when the worker stops."""
 
     def __init__(self, output: Output, **kwargs: Any) -> None:

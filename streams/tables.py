@@ -18,15 +18,16 @@ from faust.types import TP
 from streams.output import Output
 
 
-class ProfileTable(faust.Table):  # type: ignore[misc]
+class ProfileTable(faust.Table[bytes, bytes]):
     """A bytes -> bytes table; changelog records are produced by :class:`Output`."""
 
     def __init__(self, app: faust.App, *, output: Output, **kwargs: Any) -> None:
         super().__init__(app, key_type=bytes, value_type=bytes, **kwargs)
         self._output = output
 
-    def send_changelog(self, partition: int | None, key: Any, value: Any,
-                       key_serializer: Any = None, value_serializer: Any = None) -> None:
+    def send_changelog(  # type: ignore[override]  # no FutureMessage: the output producer reports back
+        self, partition: int | None, key: Any, value: Any, key_serializer: Any = None, value_serializer: Any = None
+    ) -> None:
         topic = self.changelog_topic.get_topic_name()
         assert partition is not None  # tables here are always written from a stream event
         self._output.send_changelog(topic, key, value, partition, on_delivered=self._persisted)
