@@ -104,8 +104,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = _settings(broker=args.broker, clock=args.clock, log_level=args.log_level,
                          partitions=args.partitions)
-    if settings.config is not None and not settings.config.is_file():
-        raise UserError(f"MAILPULSE_CONFIG names {settings.config}, which is not a file")
+    from streams.config import ConfigError, load_config
+
+    try:
+        load_config(settings.config)
+    except ConfigError as exc:
+        raise UserError(f"MAILPULSE_CONFIG {exc}") from None
     if settings.broker:
         _check_broker(settings.bootstrap_servers)
     try:

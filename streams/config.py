@@ -1,0 +1,124 @@
+"""``MAILPULSE_CONFIG``: the YAML of guardrails, triggers and segments (contract section 6).
+
+Every key is optional and falls back to the built-in default; an unknown key or a wrong value stops
+``mailpulse run`` at start with the file, the key and the reason.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Guardrails(_Strict):
+    require_consent: bool = False
+    per_type_per_day: int = Field(default=1, ge=0)
+    per_profile_per_day: int = Field(default=3, ge=0)
+
+
+class TriggerToggle(_Strict):
+    enabled: bool = True
+
+
+class CartAbandoned(TriggerToggle):
+    delay_minutes: float = Field(default=30, gt=0)
+
+
+class ChurnRiskTrigger(TriggerToggle):
+    threshold: float = Field(default=0.7, ge=0, le=1)
+
+
+class Triggers(_Strict):
+    cart_abandoned: CartAbandoned = CartAbandoned()
+    browse_abandoned: TriggerToggle = TriggerToggle()
+    post_purchase: TriggerToggle = TriggerToggle()
+    winback: TriggerToggle = TriggerToggle()
+    churn_risk: ChurnRiskTrigger = ChurnRiskTrigger()
+    birthday: TriggerToggle = TriggerToggle()
+    welcome: TriggerToggle = TriggerToggle()
+
+
+class RecentBrowsers(_Strict):
+    within_hours: float = Field(default=48, gt=0)
+
+
+class CartHolders(_Strict):
+    min_items: int = Field(default=1, ge=1)
+
+
+class WithinDays(_Strict):
+    within_days: float = Field(default=30, gt=0)
+
+
+class LapsedCustomers(_Strict):
+    after_days: float = Field(default=90, gt=0)
+
+
+class HighValue(_Strict):
+    min_spend: float = Field(default=500, ge=0)
+
+
+class ChurnRiskSegment(_Strict):
+    min_probability: float = Field(default=0.7, ge=0, le=1)
+
+
+class HighIntent(_Strict):
+    min_probability: float = Field(default=0.6, ge=0, le=1)
+    no_purchase_days: float = Field(default=7, ge=0)
+
+
+class Segments(_Strict):
+    """Thresholds of the built-in segments (custom segments come with the segment rule language)."""
+
+    recent_browsers: RecentBrowsers = RecentBrowsers()
+    cart_holders: CartHolders = CartHolders()
+    recent_buyers: WithinDays = WithinDays()
+    lapsed_customers: LapsedCustomers = LapsedCustomers()
+    high_value: HighValue = HighValue()
+    engaged_email: WithinDays = WithinDays()
+    churn_risk: ChurnRiskSegment = ChurnRiskSegment()
+    high_intent: HighIntent = HighIntent()
+
+
+class PipelineConfig(_Strict):
+    guardrails: Guardrails = Guardrails()
+    triggers: Triggers = Triggers()
+    segments: Segments = Segments()
+
+
+class ConfigError(ValueError):
+    """The config file cannot be used; the message names the file, key and reason."""
+
+
+def load_config(path: Path | None) -> PipelineConfig:
+    """The built-in defaults, overridden by the YAML file at ``path`` (if any)."""
+    if path is None:
+        return PipelineConfig()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        data: Any = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}:{where} not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        return PipelineConfig()
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping (guardrails, triggers, segments)")
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        key = ".".join(str(part) for part in err["loc"])
+        reason = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        raise ConfigError(f"{path}: {key}: {reason}") from None

@@ -1,0 +1,58 @@
+"""streams.config: defaults, overrides, and one clear error for a bad file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from streams.cli import main
+from streams.config import ConfigError, PipelineConfig, load_config
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_are_the_contract_defaults() -> None:
+    config = load_config(None)
+    assert config == PipelineConfig()
+    assert (config.guardrails.require_consent, config.guardrails.per_type_per_day,
+            config.guardrails.per_profile_per_day) == (False, 1, 3)
+    assert config.triggers.cart_abandoned.delay_minutes == 30 and config.triggers.churn_risk.threshold == 0.7
+    assert config.segments.high_value.min_spend == 500
+
+
+def test_overrides_keep_other_defaults(tmp_path: Path) -> None:
+    text = "guardrails:\n  require_consent: true\nsegments:\n  high_value: {min_spend: 800}\n"
+    config = load_config(write(tmp_path, text))
+    assert config.guardrails.require_consent and config.guardrails.per_profile_per_day == 3
+    assert config.segments.high_value.min_spend == 800 and config.triggers.welcome.enabled
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("guardrails: [1, 2\n", "not valid YAML"),
+        ("- 1\n- 2\n", "top level must be a mapping"),
+        ("guardrail:\n  require_consent: true\n", "guardrail: unknown key"),
+        ("triggers:\n  cart_abandoned: {delay_minute: 5}\n", "triggers.cart_abandoned.delay_minute: unknown key"),
+        ("triggers:\n  cart_abandoned: {delay_minutes: -5}\n",
+         "triggers.cart_abandoned.delay_minutes: Input should be greater than 0"),
+    ],
+)
+def test_bad_files_name_the_key_and_reason(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=r"config\.yaml") as err:
+        load_config(write(tmp_path, text))
+    assert message in str(err.value)
+
+
+def test_run_stops_at_start_on_a_bad_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("MAILPULSE_CONFIG", str(write(tmp_path, "segments:\n  high_value: {min_spend: lots}\n")))
+    assert main(["run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mailpulse: error: MAILPULSE_CONFIG") and "segments.high_value.min_spend" in err
+    assert err.count("\n") == 1
