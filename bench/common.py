@@ -84,7 +84,7 @@ def raw_consume_rate(bootstrap: str, expected: int, topics: tuple[str, ...] = IN
                 if not started:
                     started = time.perf_counter()
                 with contextlib.suppress(orjson.JSONDecodeError):
-                    orjson.loads(msg.value())
+                    orjson.loads(msg.value() or b"")
                 seen += 1
     elapsed = time.perf_counter() - started
     consumer.close()
