@@ -17,5 +17,8 @@ CONTRACT_TOPICS = (*INPUT_TOPICS, *OUTPUT_TOPICS)
 
 
 def events_topic(app_id: str) -> str:
-    """Internal topic: accepted events re-keyed by profile key (ticks broadcast to every partition)."""
+    """Internal topic: accepted events routed by profile key (ticks broadcast to every partition).
+
+    Each record is a batch: an orjson list of ``[profile_key, event]`` pairs (``[null, tick]`` for
+    ticks) of one partition, in ingest order; see :func:`streams.app.partition_for`."""
     return f"{app_id}-profile-events"

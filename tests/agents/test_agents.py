@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from streams.app import Pipeline, create_app
+from streams.app import Pipeline, create_app, partition_for
 from streams.settings import Settings
 
 
@@ -56,30 +56,36 @@ async def test_ingest_routes_good_events_by_profile_and_bad_ones_to_dead_letter(
         await ingest.put(orjson.dumps(good), key=b"whatever")
         await ingest.put(b"{broken", key=b"k")
         await ingest.put(orjson.dumps({"type": "tick", "timestamp": 1772359260000}))
-    internal = sent(pipeline, "mailpulse-profile-events")
-    [(key, event, _)] = [s for s in internal if s[1]["type"] != "tick"]
-    assert key == b"u:u-1" and event["ts"] == 1772359200000 and event["kind"] == "clicks"
+    internal = [(partition, key, event) for _, batch, partition in sent(pipeline, "mailpulse-profile-events")
+                for key, event in batch]
+    [(partition, key, event)] = [entry for entry in internal if entry[2]["type"] != "tick"]
+    assert key == "u:u-1" and event["ts"] == 1772359200000 and event["kind"] == "clicks"
+    assert partition == partition_for("u:u-1", 4)
     [(dl_key, letter, _)] = sent(pipeline, "dead-letter")
     assert dl_key == b"k" and letter["error"]["code"] == "not_json" and letter["raw"] == "{broken"
-    ticks = [s for s in internal if s[1]["type"] == "tick"]
-    assert sorted(partition for _, _, partition in ticks) == [0, 1, 2, 3]
+    ticks = [(partition, key) for partition, key, event in internal if event["type"] == "tick"]
+    assert sorted(ticks) == [(0, None), (1, None), (2, None), (3, None)]
     assert pipeline.metrics.dead_letters.labels("not_json")._value.get() == 1
 
 
-def _event(event_id: str, etype: str = "page_view", **extra: Any) -> bytes:
+def _event(event_id: str, etype: str = "page_view", **extra: Any) -> dict[str, Any]:
     kind = "identities" if etype == "erase" else "clicks"
-    return orjson.dumps({"event_id": event_id, "type": etype, "ts": 1772359200000, "kind": kind,
-                         "user_id": "u-1", "src": [kind, 0, 0, 1772359200000], **extra})
+    return {"event_id": event_id, "type": etype, "ts": 1772359200000, "kind": kind,
+            "user_id": "u-1", "src": [kind, 0, 0, 1772359200000], **extra}
+
+
+def _batch(*events: dict[str, Any]) -> bytes:
+    """An internal-topic record: one partition's batch of [profile key, event] pairs."""
+    return orjson.dumps([["u:u-1", ev] for ev in events])
 
 
 async def test_profiles_agent_writes_table_publishes_and_drops_duplicates(pipeline: Pipeline) -> None:
     async with agent(pipeline, "profiles").test_context() as profiles:
-        await profiles.put(_event("e-1"), key=b"u:u-1")
-        await profiles.put(_event("e-1"), key=b"u:u-1")
-        await profiles.put(_event("e-2", "product_view", product_id="sku-1"), key=b"u:u-1")
+        await profiles.put(_batch(_event("e-1"), _event("e-1")))
+        await profiles.put(_batch(_event("e-2", "product_view", product_id="sku-1")))
         state = orjson.loads(pipeline.profile_state[b"u:u-1"])
         assert state["profile"]["aggregates"]["event_counts"] == {"page_view": 1, "product_view": 1}
-        await profiles.put(_event("x-1", "erase"), key=b"u:u-1")
+        await profiles.put(_batch(_event("x-1", "erase")))
         assert pipeline.profile_state.get(b"u:u-1") is None
     changelog = sent(pipeline, "mailpulse-profile-state-changelog")
     assert [(key, value is None) for key, value, _ in changelog][-1] == (b"u:u-1", True)
