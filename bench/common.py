@@ -132,16 +132,62 @@ def start_worker(broker: EmbeddedBroker, app_id: str, **env: str) -> WorkerProce
     return WorkerProcess(process, port)
 
 
-def wait_processed(workers: list[WorkerProcess], expected: int, timeout: float = 600.0) -> tuple[float, float]:
-    """(seconds from the first handled event to the last, total handled) across ``workers``."""
+@dataclass
+class Measured:
+    seconds: float  # from the first handled event to the last
+    handled: float
+    cpu: list[float]  # CPU seconds each worker process used in that window
+
+    @property
+    def rate(self) -> float:
+        return self.handled / self.seconds
+
+
+def wait_processed(workers: list[WorkerProcess], expected: int, timeout: float = 600.0) -> Measured:
+    """Poll the workers' ``mailpulse_events_total`` until ``expected`` events are handled."""
     first = 0.0
+    cpu_first: list[float] = []
     deadline = time.monotonic() + timeout
     done = 0.0
     while time.monotonic() < deadline:
         done = sum(w.metric("mailpulse_events_total") for w in workers)
         if done and not first:
             first = time.perf_counter()
+            cpu_first = [w.cpu_seconds() for w in workers]
         if done >= expected:
-            return time.perf_counter() - first, done
-        time.sleep(0.05)
+            elapsed = time.perf_counter() - first
+            return Measured(elapsed, done, [w.cpu_seconds() - c for w, c in zip(workers, cpu_first, strict=True)])
+        time.sleep(0.02)
     raise RuntimeError(f"pipeline handled {done} of {expected} events within {timeout}s")
+
+
+def wait_assigned(workers: list[WorkerProcess], partitions: int, timeout: float = 120.0) -> None:
+    """Until the workers together own every input partition, each owns some, and that holds for 2 s."""
+    total = partitions * len(INPUT_TOPICS)
+    stable_since = 0.0
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        owned = [w.metric("mailpulse_assigned_partitions", topic=t) for w in workers for t in INPUT_TOPICS]
+        per_worker = [sum(owned[i * len(INPUT_TOPICS):(i + 1) * len(INPUT_TOPICS)]) for i in range(len(workers))]
+        if sum(per_worker) == total and all(per_worker):
+            stable_since = stable_since or time.monotonic()
+            if time.monotonic() - stable_since >= 2.0:
+                return
+        else:
+            stable_since = 0.0
+        time.sleep(0.1)
+    raise RuntimeError(f"workers did not share the {total} input partitions within {timeout}s")
+
+
+def bare_faust_rate(broker: EmbeddedBroker, expected: int) -> dict[str, float]:
+    """Events/s and CPU seconds of a stock Faust pass-through agent over the input topics."""
+    with tempfile.TemporaryDirectory(prefix="mailpulse-bench-bare-") as tmp:
+        result = Path(tmp) / "result.json"
+        env = {**os.environ, "BENCH_EVENTS": str(expected), "BENCH_RESULT": str(result),
+               "BENCH_BROKER": broker.url, "BENCH_WEB_PORT": str(free_port()), "BENCH_DATA_DIR": tmp}
+        process = subprocess.run([sys.executable, "-m", "bench.bare_faust"], env=env, timeout=600,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        if not result.exists():
+            raise RuntimeError(f"bare Faust baseline exited {process.returncode} without a result")
+        measured: dict[str, float] = orjson.loads(result.read_bytes())
+        return measured

@@ -1,7 +1,10 @@
-"""``make bench``: ingest + profile throughput against a raw consumer, measured in the same run.
+"""``make bench``: pipeline throughput against two baselines measured in the same run.
 
-Prints events/s of the full pipeline (one worker) and its ratio to a plain confluent-kafka group
-consumer that parses the same events with orjson.  BENCH_EVENTS sets the event count (default 100k).
+Baselines, on the same events in the same input topics (4 topics x 8 partitions, embedded broker):
+a raw confluent-kafka group consumer with orjson parse (the ceiling), and a stock Faust agent that
+only counts raw events (what plain Faust achieves).  Then the full pipeline (ingest -> dedupe ->
+profile table -> ``profiles``) with 1 worker and with 2 workers, each on a fresh broker whose
+workers own their partitions before the events are produced.  BENCH_EVENTS sets the count (100k).
 """
 
 from __future__ import annotations
@@ -9,31 +12,58 @@ from __future__ import annotations
 import os
 import time
 
-from bench.common import produce_all, raw_consume_rate, start_broker, start_worker, synthetic_events, wait_processed
+from bench.common import (
+    PARTITIONS,
+    Measured,
+    bare_faust_rate,
+    produce_all,
+    raw_consume_rate,
+    start_broker,
+    start_worker,
+    synthetic_events,
+    wait_assigned,
+    wait_processed,
+)
+
+
+def pipeline_run(events: list[bytes], workers: int) -> Measured:
+    with start_broker() as broker:
+        procs = [start_worker(broker, "bench-pipeline") for _ in range(workers)]
+        try:
+            wait_assigned(procs, PARTITIONS)
+            produce_all(broker.bootstrap, events)
+            return wait_processed(procs, len(events))
+        finally:
+            for proc in procs:
+                proc.stop()
 
 
 def main() -> None:
     n = int(os.environ.get("BENCH_EVENTS", "100000"))
-    print(f"bench: {n} events, 4 input topics x 8 partitions, embedded broker, {os.cpu_count()} cores")
+    print(f"bench: {n:,} events, 4 input topics x {PARTITIONS} partitions, embedded broker, {os.cpu_count()} cores")
+    events = synthetic_events(n)
     with start_broker() as broker:
-        events = synthetic_events(n)
         started = time.perf_counter()
         produce_all(broker.bootstrap, events)
         print(f"  produced in {time.perf_counter() - started:.1f}s")
-
         raw = raw_consume_rate(broker.bootstrap, n)
-        print(f"  raw confluent-kafka consume + orjson parse : {raw:>10,.0f} events/s  (baseline)")
+        bare = bare_faust_rate(broker, n)
+    one = pipeline_run(events, 1)
+    two = pipeline_run(events, 2)
 
-        worker = start_worker(broker, "bench-pipeline")
-        try:
-            cpu0 = 0.0
-            elapsed, handled = wait_processed([worker], n)
-            cpu = worker.cpu_seconds() - cpu0
-        finally:
-            worker.stop()
-        rate = handled / elapsed
-        print(f"  mailpulse pipeline, 1 worker              : {rate:>10,.0f} events/s  "
-              f"= {rate / raw:.3f} x raw   (worker CPU {cpu:.1f}s incl. start-up)")
+    def row(label: str, rate: float, cpu: str) -> None:
+        print(f"  {label:<44}{rate:>10,.0f} events/s  {rate / raw:6.3f} x raw  {rate / bare['rate']:5.2f} x bare Faust"
+              f"  {cpu}")
+
+    print()
+    row("raw confluent-kafka consume + orjson parse", raw, "")
+    row("bare Faust pass-through (stock faust.App)", bare["rate"], f"CPU {bare['cpu']:.1f}s")
+    row("mailpulse pipeline, 1 worker", one.rate, f"CPU {one.cpu[0]:.1f}s in {one.seconds:.1f}s")
+    row("mailpulse pipeline, 2 workers (total)", two.rate,
+        "CPU " + " + ".join(f"{c:.1f}s" for c in two.cpu) + f" in {two.seconds:.1f}s")
+    print(f"\n  2 workers / 1 worker: {two.rate / one.rate:.2f}x  "
+          f"(events per CPU-second: 1 worker {one.handled / sum(one.cpu):,.0f}, "
+          f"2 workers {two.handled / sum(two.cpu):,.0f}; the broker shares the same cores)")
 
 
 if __name__ == "__main__":

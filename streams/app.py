@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 import zlib
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +31,7 @@ from streams.metrics import Metrics
 from streams.output import FlushBeforeCommit, Output, OutputProducer
 from streams.profile import apply_event, snapshot
 from streams.settings import Settings
-from streams.tables import profile_table
+from streams.tables import ProfileTable, profile_table
 
 DAY_MS = 86_400_000
 
@@ -45,7 +46,7 @@ class Pipeline:
     output: Output
     inputs: Any
     events: Any
-    profile_state: Any
+    profile_state: ProfileTable
 
 
 def _raw_topic(app: faust.App, *topic_names: str, **kwargs: Any) -> Any:
@@ -78,7 +79,6 @@ def create_app(settings: Settings, metrics: Metrics | None = None, output: Outpu
     )
     metrics = metrics or Metrics()
     output = output or OutputProducer(settings.bootstrap_servers)
-    app.sensors.add(FlushBeforeCommit(output))
     p = Pipeline(
         settings=settings,
         app=app,
@@ -89,9 +89,20 @@ def create_app(settings: Settings, metrics: Metrics | None = None, output: Outpu
                           internal=True),
         profile_state=profile_table(app, output, "profile-state", settings.partitions),
     )
+    app.sensors.add(FlushBeforeCommit(output, after_flush=p.profile_state.save_persisted_offsets))
+    app.on_partitions_assigned.connect(_count_assignment(metrics))
     app.agent(p.inputs, name="ingest")(_ingest_agent(p))
     app.agent(p.events, name="profiles")(_profile_agent(p))
     return p
+
+
+def _count_assignment(metrics: Metrics) -> Any:
+    async def on_partitions_assigned(sender: Any, assigned: Any, **_: Any) -> None:
+        per_topic = Counter(tp.topic for tp in assigned)
+        for topic in (*INPUT_TOPICS, names.events_topic(sender.conf.id)):
+            metrics.assigned_partitions.labels(topic).set(per_topic.get(topic, 0))
+
+    return on_partitions_assigned
 
 
 def _now_ms() -> int:
@@ -133,7 +144,7 @@ def _ingest_agent(p: Pipeline) -> Any:
                     key = profile_key(ev)
                     routed.setdefault(partition_for(key, partitions), []).append((key, ev))
                 else:
-                    metrics.events.labels(msg.topic, "dead_letter").inc()
+                    metrics.event(msg.topic, "dead_letter").inc()
                     metrics.dead_letters.labels(result.code).inc()
                     send(names.DEAD_LETTER, msg.key, orjson.dumps(result.record))
             for partition, entries in routed.items():
@@ -153,9 +164,9 @@ def _profile_agent(p: Pipeline) -> Any:
         applied = apply_event(state, key.decode(), ev, retention_ms)
         topic = ev["src"][0]
         if applied.duplicate:
-            metrics.events.labels(topic, "duplicate").inc()
+            metrics.event(topic, "duplicate").inc()
             return
-        metrics.events.labels(topic, "processed").inc()
+        metrics.event(topic, "processed").inc()
         if applied.erased:
             if state is not None:
                 del table[key]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import socket
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -23,6 +24,7 @@ class Metrics:
 
     def __post_init__(self) -> None:
         r = self.registry
+        self._event_children: dict[tuple[str, str], Any] = {}
         self.events = Counter("mailpulse_events", "Input events handled", ["topic", "outcome"], registry=r)
         self.dead_letters = Counter("mailpulse_dead_letters", "Rejected inputs", ["reason"], registry=r)
         self.profile_merges = Counter("mailpulse_profile_merges", "Profiles merged", ["kind"], registry=r)
@@ -47,7 +49,18 @@ class Metrics:
         self.profiles_written = Counter(
             "mailpulse_profiles_written", "Profile snapshots published", ["change"], registry=r
         )
+        self.assigned_partitions = Gauge(
+            "mailpulse_assigned_partitions", "Partitions this worker owns after the last rebalance", ["topic"],
+            registry=r,
+        )
         self.late_events = Counter("mailpulse_late_events", "Events older than the watermark", ["topic"], registry=r)
+
+    def event(self, topic: str, outcome: str) -> Any:
+        """The ``mailpulse_events_total`` child for (topic, outcome), cached: agents count per event."""
+        child = self._event_children.get((topic, outcome))
+        if child is None:
+            child = self._event_children[(topic, outcome)] = self.events.labels(topic, outcome)
+        return child
 
     def serve(self, port: int) -> int:
         """Serve /metrics on ``port``; if it is taken, on a free port (logged).  Returns the port."""

@@ -45,6 +45,7 @@ class DeliveryFailed(RuntimeError):
 class OutputProducer:
     def __init__(self, bootstrap: str, **extra: Any) -> None:
         self.failed: KafkaError | None = None
+        self._unpolled = 0
         self._changelog_written: set[tuple[str, int]] = set()
         self._producer = Producer({
             "bootstrap.servers": bootstrap,
@@ -84,7 +85,11 @@ class OutputProducer:
                 break
             except BufferError:
                 self._producer.poll(0.01)
-        self._producer.poll(0)
+        # Serve delivery callbacks now and then, not per message (flush serves the rest).
+        self._unpolled += 1
+        if self._unpolled >= 256:
+            self._unpolled = 0
+            self._producer.poll(0)
 
     def send_changelog(self, topic: str, key: bytes, value: bytes | None, partition: int,
                        on_delivered: OnDelivered | None = None) -> None:
@@ -117,15 +122,21 @@ class OutputProducer:
 
 
 class FlushBeforeCommit(Sensor):
-    """Flushes the output producer right before Faust commits offsets, and when the worker stops."""
+    """Flushes the output producer right before Faust commits offsets, and when the worker stops;
+    then calls ``after_flush`` (tables record their delivered changelog offsets there)."""
 
-    def __init__(self, output: Output, **kwargs: Any) -> None:
+    def __init__(self, output: Output, after_flush: Callable[[], None] = lambda: None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.output = output
+        self.after_flush = after_flush
+
+    def _flush(self) -> None:
+        self.output.flush()
+        self.after_flush()
 
     def on_commit_initiated(self, consumer: Any) -> Any:
-        self.output.flush()
+        self._flush()
         return None
 
     async def on_stop(self) -> None:
-        self.output.flush()
+        self._flush()
