@@ -21,7 +21,6 @@ from streams.identity import profile_id_for
 State = dict[str, Any]
 Event = dict[str, Any]
 
-CART_LINE_INTERNAL = frozenset(("ts", "added_at", "cart_id"))
 ID_FIELDS = (("user_id", "user_ids"), ("anonymous_id", "anonymous_ids"), ("email", "emails"),
              ("phone", "phones"))
 
@@ -62,8 +61,11 @@ def new_state(key: str, ts: int) -> State:
                 "first_purchase_at": None,
                 "last_purchase_at": None,
             },
-            "cart": {},  # product_id -> {product_id, quantity, category, price, currency, cart_id, added_at, ts}
-            "cart_meta": {"updated_at": None},  # last cart activity, removals included
+            # product_id -> {"moves": [[ts, event_id, +/-quantity], ...], "fields": {name: [ts, event_id, value]}}
+            # since the last purchase; quantities, times and the newest field values are derived from
+            # them (see _cart_view), so the cart does not depend on the order events arrive in.
+            "cart": {},
+            "cart_meta": {"touched": None},  # newest other cart activity (e.g. checkout_started)
             "segments": [],
             "predictions": None,
             "possible_matches": [],
@@ -111,37 +113,30 @@ def _apply_newest(
             times[field] = stamp
 
 
+LINE_FIELDS = ("category", "price", "currency", "cart_id")
+
+
 def _apply_cart(profile: dict[str, Any], event: Event, ts: int) -> None:
-    """Cart lines carry their own times, so the cart does not depend on arrival order."""
-    agg = profile["aggregates"]
-    last_purchase = agg["last_purchase_at"]
+    """Records the cart move with its own time; what the cart holds is derived in :func:`_cart_view`."""
+    last_purchase = profile["aggregates"]["last_purchase_at"]
     if last_purchase is not None and ts <= last_purchase:
         return  # cart activity before the last purchase: that cart was bought already
-    cart = profile["cart"]
     etype = event["type"]
     product = event.get("product_id")
-    if etype == "cart_add" and product:
-        line = cart.get(product) or {"product_id": product, "quantity": 0, "added_at": ts, "ts": ts}
-        line["quantity"] += event.get("quantity", 1)
-        for field in ("category", "price", "currency"):
-            if event.get(field) is not None:
-                line[field] = event[field]
-        line["added_at"] = min(line["added_at"], ts)
-        if ts >= line["ts"]:
-            line["ts"] = ts
-            if event.get("cart_id"):
-                line["cart_id"] = event["cart_id"]
-        cart[product] = line
-    elif etype == "cart_remove" and product and product in cart:
-        line = cart[product]
-        line["quantity"] -= event.get("quantity", 1)
-        if line["quantity"] <= 0:
-            del cart[product]
-    meta = profile["cart_meta"]
-    if not cart:
-        meta["updated_at"] = None
-    else:
-        meta["updated_at"] = ts if meta["updated_at"] is None else max(meta["updated_at"], ts)
+    if not product or etype not in ("cart_add", "cart_remove"):
+        meta = profile["cart_meta"]
+        meta["touched"] = ts if meta["touched"] is None else max(meta["touched"], ts)
+        return
+    event_id = event.get("event_id", "")
+    line = profile["cart"].setdefault(product, {"moves": [], "fields": {}})
+    quantity = int(event.get("quantity", 1))
+    line["moves"].append([ts, event_id, quantity if etype == "cart_add" else -quantity])
+    if etype == "cart_add":
+        fields = line["fields"]
+        for name in LINE_FIELDS:
+            value = event.get(name)
+            if value is not None and (name not in fields or [ts, event_id] >= fields[name][:2]):
+                fields[name] = [ts, event_id, value]
 
 
 def _apply_purchase(profile: dict[str, Any], event: Event, ts: int) -> None:
@@ -155,12 +150,15 @@ def _apply_purchase(profile: dict[str, Any], event: Event, ts: int) -> None:
     agg["first_purchase_at"] = ts if first is None else min(first, ts)
     if last is None or ts > last:
         agg["last_purchase_at"] = ts
-        # The purchase closes every cart line last touched at or before it.
+        # The purchase closes every cart move at or before it.
         cart = profile["cart"]
-        for product in [p for p, line in cart.items() if line.get("ts", 0) <= ts]:
-            del cart[product]
-        if not cart:
-            profile["cart_meta"]["updated_at"] = None
+        for product, line in list(cart.items()):
+            line["moves"] = [move for move in line["moves"] if move[0] > ts]
+            if not line["moves"]:
+                del cart[product]
+        meta = profile["cart_meta"]
+        if meta["touched"] is not None and meta["touched"] <= ts:
+            meta["touched"] = None
 
 
 def _prune_seen(seen: dict[str, int], newest: int, retention_ms: int) -> None:
@@ -218,23 +216,48 @@ def _iso(ms: int | None) -> str | None:
     return None if ms is None else format_ms(ms)
 
 
+def _cart_view(p: dict[str, Any]) -> dict[str, Any] | None:
+    """The open cart from the moves since the last purchase, replayed in event-time order (ties by
+    event_id): a line's quantity never goes below 0; lines at 0 are not in the cart."""
+    items: list[dict[str, Any]] = []
+    opened: list[int] = []
+    newest: tuple[int, str, str | None] | None = None  # (newest add ts, product, cart_id)
+    last_move: int | None = p["cart_meta"]["touched"]
+    for product in sorted(p["cart"]):
+        line = p["cart"][product]
+        moves = sorted(line["moves"], key=lambda move: (move[0], move[1]))
+        last_move = moves[-1][0] if last_move is None else max(last_move, moves[-1][0])
+        quantity = 0
+        for _, _, delta in moves:
+            quantity = max(0, quantity + delta)
+        if quantity <= 0:
+            continue
+        adds = [move[0] for move in moves if move[2] > 0]
+        fields = line["fields"]
+        item: dict[str, Any] = {"product_id": product, "quantity": quantity}
+        item.update({name: fields[name][2] for name in ("category", "price", "currency") if name in fields})
+        items.append(item)
+        opened.append(min(adds))
+        cart_id = fields["cart_id"][2] if "cart_id" in fields else None
+        if newest is None or (max(adds), product) > newest[:2]:
+            newest = (max(adds), product, cart_id)
+    if not items or newest is None:
+        return None
+    return {
+        "cart_id": newest[2],
+        "items": items,
+        "item_count": sum(item["quantity"] for item in items),
+        "value": round(sum(item.get("price", 0.0) * item["quantity"] for item in items), 2),
+        "opened_at": _iso(min(opened)),
+        "updated_at": _iso(last_move),
+    }
+
+
 def snapshot(state: State) -> dict[str, Any]:
     """The profile as published on ``profiles`` (contract section 5): times as ISO-8601 UTC."""
     p = state["profile"]
     agg = p["aggregates"]
-    lines = sorted(p["cart"].values(), key=lambda line: line["product_id"])
-    items = [{k: v for k, v in line.items() if k not in CART_LINE_INTERNAL} for line in lines]
-    cart = None
-    if items:
-        newest = max(lines, key=lambda line: (line["ts"], line["product_id"]))
-        cart = {
-            "cart_id": newest.get("cart_id"),
-            "items": items,
-            "item_count": sum(line["quantity"] for line in items),
-            "value": round(sum(line.get("price", 0.0) * line["quantity"] for line in items), 2),
-            "opened_at": _iso(min(line["added_at"] for line in lines)),
-            "updated_at": _iso(p["cart_meta"]["updated_at"]),
-        }
+    cart = _cart_view(p)
     return {
         "profile_id": p["profile_id"],
         "user_id": p["user_id"],

@@ -95,3 +95,26 @@ def test_erase_removes_the_profile() -> None:
     state = apply_event(None, "u:u-1", HISTORY[0], RET).state
     gone = apply_event(state, "u:u-1", ev("x1", "erase", T0 + 1), RET)
     assert gone.erased and gone.state is None
+
+
+def test_same_product_added_before_and_after_a_purchase_in_any_order() -> None:
+    # Found by the kill -9 test: a line that summed both adds was kept whole (its newest add was
+    # after the purchase) when the second add arrived before the purchase.
+    events = [ev("k1", "cart_add", T0, product_id="sku-1", price=9.5, quantity=1),
+              ev("o1", "purchase", T0 + 60_000, order_id="o1", total=9.5),
+              ev("k2", "cart_add", T0 + 120_000, product_id="sku-1", price=9.0, quantity=3),
+              ev("r1", "cart_remove", T0 + 130_000, product_id="sku-1", quantity=1)]
+    for order in itertools.permutations(events):
+        snap = run(list(order))
+        assert snap is not None and snap["cart"] is not None, order
+        assert snap["cart"]["items"] == [{"product_id": "sku-1", "quantity": 2, "price": 9.0}]
+        assert snap["cart"]["opened_at"] == "2026-03-01T10:02:00.000Z"
+        assert snap["cart"]["updated_at"] == "2026-03-01T10:02:10.000Z"
+
+
+def test_remove_read_before_its_add_still_removes() -> None:
+    add = ev("k1", "cart_add", T0, product_id="sku-1", quantity=2)
+    remove = ev("r1", "cart_remove", T0 + 1000, product_id="sku-1", quantity=2)
+    assert run([remove, add]) == run([add, remove])
+    snap = run([remove, add])
+    assert snap is not None and snap["cart"] is None
