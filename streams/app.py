@@ -31,7 +31,7 @@ from streams.metrics import Metrics
 from streams.output import FlushBeforeCommit, Output, OutputProducer
 from streams.profile import apply_event, snapshot
 from streams.settings import Settings
-from streams.tables import ProfileTable, profile_table
+from streams.tables import ProfileTable, profile_table, rocksdb_options
 
 DAY_MS = 86_400_000
 
@@ -77,6 +77,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None, output: Outpu
         producer_linger_ms=5,
         cython_optimizations=True,  # the queue fast path of faust's Cython stream iterator
     )
+    app.fetch_max_wait_ms = settings.fetch_max_wait_ms
     metrics = metrics or Metrics()
     output = output or OutputProducer(settings.bootstrap_servers)
     p = Pipeline(
@@ -87,7 +88,8 @@ def create_app(settings: Settings, metrics: Metrics | None = None, output: Outpu
         inputs=_raw_topic(app, *INPUT_TOPICS),
         events=_raw_topic(app, names.events_topic(settings.app_id), partitions=settings.partitions,
                           internal=True),
-        profile_state=profile_table(app, output, "profile-state", settings.partitions),
+        profile_state=profile_table(app, output, "profile-state", settings.partitions,
+                                    rocksdb_options(settings.rocksdb_write_buffer_mb, settings.rocksdb_block_cache_mb)),
     )
     app.sensors.add(FlushBeforeCommit(output, after_flush=p.profile_state.save_persisted_offsets))
     app.on_partitions_assigned.connect(_count_assignment(metrics))

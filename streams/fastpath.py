@@ -60,8 +60,22 @@ class _Resume:
                     return stop.value
 
 
+class ShortFetchWaitThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """Faust hard-codes ``fetch_max_wait_ms=1500``.  A broker that answers a fetch only when that
+    wait is over, not as soon as data arrives (the embedded one does), then adds up to 1.5 s per hop;
+    measured here: p50 0.56 s at 1k events/s.  The wait comes from :attr:`App.fetch_max_wait_ms`."""
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = getattr(self.consumer.app, "fetch_max_wait_ms", 1500)
+        return consumer
+
+
 class FastDrainConsumer(faust_aiokafka.Consumer):
     """aiokafka consumer whose drain loop delivers without a task per message (see module doc)."""
+
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return ShortFetchWaitThread(self, loop=self.loop, beacon=self.beacon)
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - runs in workers
         callback = self.callback
@@ -141,6 +155,9 @@ class FastTransport(faust_aiokafka.Transport):
 
 class App(faust.App):
     """faust.App on :class:`FastTransport`; everything else is stock Faust."""
+
+    #: Longest a fetch waits for data at the broker (aiokafka's ``fetch_max_wait_ms``).
+    fetch_max_wait_ms: int = 1500
 
     def _new_transport(self) -> Any:
         url = self.conf.broker_consumer[0]

@@ -49,7 +49,17 @@ class Settings(BaseSettings):
     )
     replication_factor: int = Field(default=1, ge=1, description="MAILPULSE_REPLICATION_FACTOR: of created topics.")
     batch_size: int = Field(default=500, ge=1, description="MAILPULSE_BATCH_SIZE: events per agent batch.")
-    batch_within_s: float = Field(default=0.02, gt=0, description="MAILPULSE_BATCH_WITHIN_S: max batch wait.")
+    rocksdb_write_buffer_mb: int = Field(
+        default=4, ge=1, description="MAILPULSE_ROCKSDB_WRITE_BUFFER_MB: memtable size per table partition (2 of them)."
+    )
+    rocksdb_block_cache_mb: int = Field(
+        default=8, ge=1, description="MAILPULSE_ROCKSDB_BLOCK_CACHE_MB: read cache per table partition."
+    )
+    fetch_max_wait_ms: int = Field(
+        default=20, ge=1, le=10_000,
+        description="MAILPULSE_FETCH_MAX_WAIT_MS: longest a consumer fetch waits at the broker for data.",
+    )
+    batch_within_s: float = Field(default=0.005, gt=0, description="MAILPULSE_BATCH_WITHIN_S: max batch wait.")
 
     @property
     def bootstrap_servers(self) -> str:
