@@ -24,6 +24,8 @@ from bench.common import (
     wait_assigned,
     wait_processed,
 )
+from bench.latency import report as latency_report
+from bench.memory import report as memory_report
 
 
 def pipeline_run(events: list[bytes], workers: int) -> Measured:
@@ -50,6 +52,9 @@ def main() -> None:
         bare = bare_faust_rate(broker, n)
     one = pipeline_run(events, 1)
     two = pipeline_run(events, 2)
+    stormy = synthetic_events(n, bad_every=10)
+    storm = pipeline_run(stormy, 1)
+    good = sum(1 for i in range(n) if i % 10)
 
     def row(label: str, rate: float, cpu: str) -> None:
         print(f"  {label:<44}{rate:>10,.0f} events/s  {rate / raw:6.3f} x raw  {rate / bare['rate']:5.2f} x bare Faust"
@@ -64,6 +69,11 @@ def main() -> None:
     print(f"\n  2 workers / 1 worker: {two.rate / one.rate:.2f}x  "
           f"(events per CPU-second: 1 worker {one.handled / sum(one.cpu):,.0f}, "
           f"2 workers {two.handled / sum(two.cpu):,.0f}; the broker shares the same cores)")
+    good_rate = good / storm.seconds
+    print(f"\n  bad-input storm, 10% malformed, 1 worker: good events {good_rate:,.0f}/s = "
+          f"{good_rate / one.rate:.2f} x the clean run (a drop of no more than the bad share: >= 0.90)")
+    latency_report()
+    memory_report()
 
 
 if __name__ == "__main__":

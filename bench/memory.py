@@ -1,0 +1,68 @@
+"""RSS per profile: one worker's resident memory before and after it holds N profiles.
+
+Each event is an identify of a new person (e-mail, first name, consent), so N events make N
+profiles of a realistic small size in the RocksDB-backed table.  BENCH_PROFILES lists the sizes
+(default ``100000``; ``100000,1000000`` for the full figure).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import orjson
+
+from bench.common import (
+    PARTITIONS,
+    WorkerProcess,
+    produce_all,
+    start_broker,
+    start_worker,
+    wait_assigned,
+    wait_processed,
+)
+
+
+def rss_bytes(worker: WorkerProcess) -> int:
+    with open(f"/proc/{worker.process.pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def profile_events(n: int) -> list[bytes]:
+    t0 = 1_772_359_200_000
+    return [orjson.dumps({"event_id": f"m-{i}", "type": "identify", "timestamp": t0 + i, "user_id": f"mem-{i}",
+                          "traits": {"first_name": "Ana", "email": f"mem-{i}@example.com", "city": "Lyon"},
+                          "consent": {"email": True}}) for i in range(n)]
+
+
+def rss_per_profile(n: int) -> tuple[float, int, int]:
+    """(bytes per profile, RSS before, RSS after) for a worker that took in ``n`` profiles."""
+    with start_broker() as broker:
+        worker = start_worker(broker, "bench-memory")
+        try:
+            wait_assigned([worker], PARTITIONS)
+            time.sleep(1.0)
+            before = rss_bytes(worker)
+            produce_all(broker.bootstrap, profile_events(n))
+            wait_processed([worker], n, timeout=3600)
+            time.sleep(2.0)
+            after = rss_bytes(worker)
+        finally:
+            worker.stop()
+    return (after - before) / n, before, after
+
+
+def report() -> None:
+    sizes = [int(s) for s in os.environ.get("BENCH_PROFILES", "100000").split(",")]
+    print("\n  memory (RSS of one worker; profiles in the RocksDB table):")
+    for n in sizes:
+        per, before, after = rss_per_profile(n)
+        print(f"    {n:>9,} profiles  RSS {before / 2**20:6.1f} MiB -> {after / 2**20:6.1f} MiB  "
+              f"= {per:6.0f} bytes per profile")
+
+
+if __name__ == "__main__":
+    report()
