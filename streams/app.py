@@ -13,8 +13,8 @@ Agents stay thin: they decode, call the pure functions of :mod:`streams.ingest` 
 from __future__ import annotations
 
 import time
-import zlib
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,7 @@ from streams.ingest import Accepted, Source, decode
 from streams.metrics import Metrics
 from streams.output import FlushBeforeCommit, Output, OutputProducer
 from streams.profile import apply_event, snapshot
+from streams.routing import PartitionBatches, partition_for
 from streams.settings import Settings
 from streams.tables import ProfileTable, profile_table, rocksdb_options
 
@@ -111,12 +112,6 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def partition_for(key: str, partitions: int) -> int:
-    """The internal-topic (and so profile-table) partition of a profile key: stable across
-    processes and versions, so a key's state always lives in one partition."""
-    return zlib.crc32(key.encode()) % partitions
-
-
 def _ingest_agent(p: Pipeline) -> Any:
     """Decodes input events and forwards them in batches, one internal record per profile partition.
 
@@ -130,7 +125,7 @@ def _ingest_agent(p: Pipeline) -> Any:
 
     async def ingest(stream: Any) -> None:
         async for batch in stream.take_events(settings.batch_size, within=settings.batch_within_s):
-            routed: dict[int, list[Any]] = {}
+            records = PartitionBatches()
             now = _now_ms()
             for event in batch:
                 msg = event.message
@@ -139,18 +134,22 @@ def _ingest_agent(p: Pipeline) -> Any:
                 result = decode(event.value, source, now, settings.default_phone_region)
                 if isinstance(result, Accepted):
                     ev = result.event
+                    size = len(event.value) + 256  # the normalized event with its key and source fields
                     if ev["type"] == "tick":
-                        for partition in range(partitions):
-                            routed.setdefault(partition, []).append((None, ev))
-                        continue
-                    key = profile_key(ev)
-                    routed.setdefault(partition_for(key, partitions), []).append((key, ev))
+                        targets: Iterable[tuple[int, str | None]] = ((n, None) for n in range(partitions))
+                    else:
+                        key = profile_key(ev)
+                        targets = ((partition_for(key, partitions), key),)
+                    for partition, target_key in targets:
+                        full = records.add(partition, target_key, ev, size)
+                        if full is not None:
+                            send(events_topic, None, full, partition)
                 else:
                     metrics.event(msg.topic, "dead_letter").inc()
                     metrics.dead_letters.labels(result.code).inc()
                     send(names.DEAD_LETTER, msg.key, orjson.dumps(result.record))
-            for partition, entries in routed.items():
-                send(events_topic, None, orjson.dumps(entries), partition)
+            for partition, record in records.records():
+                send(events_topic, None, record, partition)
 
     return ingest
 

@@ -10,7 +10,8 @@ from typing import Any
 import orjson
 import pytest
 
-from streams.app import Pipeline, create_app, partition_for
+from streams.app import Pipeline, create_app
+from streams.routing import partition_for
 from streams.settings import Settings
 
 
