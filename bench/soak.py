@@ -1,0 +1,70 @@
+"""``make soak``: a steady input rate for a long time; RSS and open files of the worker must stay flat.
+
+Events come from the demo generator's live stream (new sessions, returning people, duplicates are
+not included); dedupe memory is bounded by its retention and the profile table lives in RocksDB, so
+after the warm-up neither RSS nor the count of open files should keep growing.  SOAK_MINUTES (30),
+SOAK_RATE (2000 events/s).  Prints a sample per minute and the growth over the second half.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import orjson
+
+from bench.common import PARTITIONS, start_broker, start_worker, wait_assigned
+from bench.memory import rss_bytes
+from streams.tools.generate import live_events
+from streams.tools.produce import key_for, make_producer, produce, topic_for
+
+
+def open_files(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def main() -> None:
+    minutes = float(os.environ.get("SOAK_MINUTES", "30"))
+    rate = int(os.environ.get("SOAK_RATE", "2000"))
+    print(f"soak: {minutes:g} min at {rate} events/s, 1 worker, embedded broker")
+    with start_broker() as broker:
+        worker = start_worker(broker, "soak")
+        try:
+            wait_assigned([worker], PARTITIONS)
+            producer = make_producer(broker.bootstrap)
+            events = live_events(seed=7, now_ms=lambda: int(time.time() * 1000), users=20_000)
+            samples: list[tuple[float, int, int, float]] = []
+            started = time.monotonic()
+            next_sample = started
+            tick = 0.05
+            next_tick = started
+            sent = 0
+            while time.monotonic() - started < minutes * 60:
+                for _ in range(int(rate * tick)):
+                    event = next(events)
+                    produce(producer, topic_for(event), orjson.dumps(event), key_for(event))
+                    sent += 1
+                producer.poll(0)
+                if time.monotonic() >= next_sample:
+                    pid = worker.process.pid
+                    handled = worker.metric("mailpulse_events_total")
+                    samples.append((time.monotonic() - started, rss_bytes(worker), open_files(pid), handled))
+                    t, rss, fds, done = samples[-1]
+                    print(f"  {t / 60:5.1f} min  sent {sent:>10,}  handled {done:>12,.0f}  "
+                          f"RSS {rss / 2**20:7.1f} MiB  open files {fds}", flush=True)
+                    next_sample += 60
+                next_tick += tick
+                time.sleep(max(0.0, next_tick - time.monotonic()))
+        finally:
+            worker.stop()
+    half = [s for s in samples if s[0] >= samples[-1][0] / 2]
+    if len(half) >= 2:
+        rss_growth = (half[-1][1] - half[0][1]) / 2**20
+        fd_growth = half[-1][2] - half[0][2]
+        lag = sent - samples[-1][3]
+        print(f"second half: RSS {rss_growth:+.1f} MiB, open files {fd_growth:+d}; "
+              f"unhandled at the last sample {lag:,.0f} events")
+
+
+if __name__ == "__main__":
+    main()
