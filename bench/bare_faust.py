@@ -2,7 +2,7 @@
 
 Run as a worker process by :func:`bench.common.bare_faust_rate`; it writes its events/s and the CPU
 seconds it used to ``BENCH_RESULT`` and exits once ``BENCH_EVENTS`` events have arrived.  Stock
-``faust.App`` on purpose (not :mod:`streams.fastpath`): this is what a plain Faust agent achieves.
+``faust.App`` on purpose (not :mod:`streams.consumer`): this is what a plain Faust agent achieves.
 """
 
 from __future__ import annotations

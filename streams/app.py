@@ -24,7 +24,7 @@ import orjson
 from schemas.events import INPUT_TOPICS
 from streams import topics as names
 from streams.broker import free_port
-from streams.fastpath import App
+from streams.consumer import App
 from streams.identity import profile_key
 from streams.ingest import Accepted, Source, decode
 from streams.metrics import Metrics

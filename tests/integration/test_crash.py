@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -11,6 +12,19 @@ from .conftest import MAILPULSE, latest_by_key, read_topic
 from .test_pipeline import _many_events, expected_profiles, write_jsonl
 
 pytestmark = pytest.mark.integration
+
+
+def assert_profiles(bootstrap: str, expected: dict[bytes, Any]) -> None:
+    """Waits until the compacted view of ``profiles`` equals ``expected``; says how it differs if not."""
+    try:
+        read_topic(bootstrap, "profiles", lambda m: latest_by_key(m) == expected, timeout=120)
+    except AssertionError:
+        got = latest_by_key(read_topic(bootstrap, "profiles"))
+        differing = sorted(k for k in expected.keys() | got.keys() if got.get(k) != expected.get(k))
+        counts = [((got.get(k) or {}).get("aggregates", {}).get("event_counts"),
+                   (expected.get(k) or {}).get("aggregates", {}).get("event_counts")) for k in differing[:5]]
+        raise AssertionError(f"{len(differing)} of {len(expected)} profiles differ; event counts got/expected: "
+                             f"{counts}") from None
 
 
 @pytest.mark.parametrize("restart_dir", ["same", "fresh"])
@@ -31,12 +45,26 @@ def test_kill_9_mid_stream_then_restart_gives_the_uninterrupted_profiles(
 
     restarted = start_worker(data_dir="state" if restart_dir == "same" else "fresh")
     assert replay.wait(60) == 0, replay.stderr.read() if replay.stderr else ""
-    try:
-        read_topic(broker.bootstrap, "profiles", lambda m: latest_by_key(m) == expected, timeout=120)
-    except AssertionError:
-        got = latest_by_key(read_topic(broker.bootstrap, "profiles"))
-        differing = sorted(k for k in expected.keys() | got.keys() if got.get(k) != expected.get(k))
-        raise AssertionError(f"{len(differing)} of {len(expected)} profiles differ, e.g. "
-                             f"{[(k, got.get(k), expected.get(k)) for k in differing[:2]]}") from None
+    assert_profiles(broker.bootstrap, expected)
     # the restarted worker re-read what the killed one had not committed, and dropped what it had applied
     assert restarted.metric("mailpulse_events_total", outcome="processed") < len(events)
+
+
+def test_a_worker_joining_and_one_leaving_mid_stream_change_nothing(broker, start_worker, tmp_path: Path) -> None:
+    events = _many_events(8000, 300)
+    expected = {k.encode(): v for k, v in expected_profiles(events).items()}
+    history = write_jsonl(tmp_path / "history.jsonl", events)
+
+    first = start_worker(data_dir="a")
+    replay = subprocess.Popen([MAILPULSE, "replay", str(history), "--broker", broker.url, "--rate", "500"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    first.wait_metric("mailpulse_events_total", 500, outcome="processed")
+    second = start_worker(data_dir="b")  # joins: the partitions are split between the two
+    second.wait_metric("mailpulse_assigned_partitions", 1)
+    assert 0 < first.metric("mailpulse_assigned_partitions", topic="clicks") < 8
+    assert first.stop() == 0  # leaves: the second takes every partition and its table state
+    second.wait_metric("mailpulse_assigned_partitions", 8, topic="clicks")
+    assert replay.wait(60) == 0, replay.stderr.read() if replay.stderr else ""
+
+    assert_profiles(broker.bootstrap, expected)
+    assert second.metric("mailpulse_events_total", outcome="processed") > 0
