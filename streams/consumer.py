@@ -39,7 +39,9 @@ class Consumer(faust_aiokafka.Consumer):
         """Fix 2 of the module doc: partitions without a committed offset start over (``earliest``)."""
         committed = await super().seek_to_committed()
         if self.app.conf.consumer_auto_offset_reset == "earliest":
-            uncommitted = [tp for tp, offset in committed.items() if not offset or offset <= 0]
+            # (changelog partitions are read by table recovery from offsets of its own)
+            uncommitted = [tp for tp, offset in committed.items()
+                           if (not offset or offset <= 0) and not tp.topic.endswith("-changelog")]
             if uncommitted:
                 await self._thread.seek_to_beginning(*uncommitted)
         return committed
