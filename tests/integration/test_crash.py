@@ -14,6 +14,19 @@ from .test_pipeline import _many_events, expected_profiles, write_jsonl
 pytestmark = pytest.mark.integration
 
 
+def replay_in_background(broker: Any, tmp_path: Path, events: list[dict[str, Any]],
+                         rate: int) -> tuple[dict[bytes, Any], subprocess.Popen[bytes]]:
+    """Starts ``mailpulse replay --rate`` of ``events``; returns the profiles they must give, and the process."""
+    history = write_jsonl(tmp_path / "history.jsonl", events)
+    replay = subprocess.Popen([MAILPULSE, "replay", str(history), "--broker", broker.url, "--rate", str(rate)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return {k.encode(): v for k, v in expected_profiles(events).items()}, replay
+
+
+def finish(replay: subprocess.Popen[bytes]) -> None:
+    assert replay.wait(60) == 0, replay.stderr.read() if replay.stderr else ""
+
+
 def assert_profiles(bootstrap: str, expected: dict[bytes, Any]) -> None:
     """Waits until the compacted view of ``profiles`` equals ``expected``; says how it differs if not."""
     try:
@@ -32,19 +45,15 @@ def test_kill_9_mid_stream_then_restart_gives_the_uninterrupted_profiles(
     broker, start_worker, tmp_path: Path, restart_dir: str
 ) -> None:
     events = _many_events(6000, 300)
-    expected = {k.encode(): v for k, v in expected_profiles(events).items()}
-    history = write_jsonl(tmp_path / "history.jsonl", events)
-
     worker = start_worker(data_dir="state")
-    replay = subprocess.Popen([MAILPULSE, "replay", str(history), "--broker", broker.url, "--rate", "1500"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    expected, replay = replay_in_background(broker, tmp_path, events, rate=1500)
     worker.wait_metric("mailpulse_events_total", 1500, outcome="processed")
     worker.process.kill()  # SIGKILL: no flush, no commit, no clean close of RocksDB
     worker.process.wait(10)
     assert worker.metric("mailpulse_events_total") == 0  # it is really gone
 
     restarted = start_worker(data_dir="state" if restart_dir == "same" else "fresh")
-    assert replay.wait(60) == 0, replay.stderr.read() if replay.stderr else ""
+    finish(replay)
     assert_profiles(broker.bootstrap, expected)
     # the restarted worker re-read what the killed one had not committed, and dropped what it had applied
     assert restarted.metric("mailpulse_events_total", outcome="processed") < len(events)
@@ -52,19 +61,14 @@ def test_kill_9_mid_stream_then_restart_gives_the_uninterrupted_profiles(
 
 def test_a_worker_joining_and_one_leaving_mid_stream_change_nothing(broker, start_worker, tmp_path: Path) -> None:
     events = _many_events(8000, 300)
-    expected = {k.encode(): v for k, v in expected_profiles(events).items()}
-    history = write_jsonl(tmp_path / "history.jsonl", events)
-
     first = start_worker(data_dir="a")
-    replay = subprocess.Popen([MAILPULSE, "replay", str(history), "--broker", broker.url, "--rate", "500"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    expected, replay = replay_in_background(broker, tmp_path, events, rate=500)
     first.wait_metric("mailpulse_events_total", 500, outcome="processed")
     second = start_worker(data_dir="b")  # joins: the partitions are split between the two
     second.wait_metric("mailpulse_assigned_partitions", 1)
     assert 0 < first.metric("mailpulse_assigned_partitions", topic="clicks") < 8
     assert first.stop() == 0  # leaves: the second takes every partition and its table state
     second.wait_metric("mailpulse_assigned_partitions", 8, topic="clicks")
-    assert replay.wait(60) == 0, replay.stderr.read() if replay.stderr else ""
-
+    finish(replay)
     assert_profiles(broker.bootstrap, expected)
     assert second.metric("mailpulse_events_total", outcome="processed") > 0
