@@ -158,6 +158,7 @@ def _profile_agent(p: Pipeline) -> Any:
     settings, metrics, table, send = p.settings, p.metrics, p.profile_state, p.output.send
     retention_ms = int(settings.dedupe_retention_days * DAY_MS)
     latency = metrics.event_latency.labels("profiles")
+    updated, erased = metrics.profiles_written.labels("updated"), metrics.profiles_written.labels("erased")
 
     def apply_one(key: bytes, ev: dict[str, Any]) -> None:
         raw_state = table.get(key)
@@ -172,13 +173,13 @@ def _profile_agent(p: Pipeline) -> Any:
             if state is not None:
                 del table[key]
                 send(names.PROFILES, state["profile"]["profile_id"].encode(), None)
-                metrics.profiles_written.labels("erased").inc()
+                erased.inc()
             return
         assert applied.state is not None
         table[key] = orjson.dumps(applied.state)
         snap = snapshot(applied.state)
         send(names.PROFILES, snap["profile_id"].encode(), orjson.dumps(snap))
-        metrics.profiles_written.labels("updated").inc()
+        updated.inc()
         latency.observe(max(0.0, (_now_ms() - ev["src"][3]) / 1000))
 
     async def profiles(stream: Any) -> None:

@@ -113,7 +113,8 @@ def _apply_newest(
             times[field] = stamp
 
 
-LINE_FIELDS = ("category", "price", "currency", "cart_id")
+ITEM_FIELDS = ("category", "price", "currency")  # published on each cart item
+LINE_FIELDS = (*ITEM_FIELDS, "cart_id")
 
 
 def _apply_cart(profile: dict[str, Any], event: Event, ts: int) -> None:
@@ -235,12 +236,12 @@ def _cart_view(p: dict[str, Any]) -> dict[str, Any] | None:
         adds = [move[0] for move in moves if move[2] > 0]
         fields = line["fields"]
         item: dict[str, Any] = {"product_id": product, "quantity": quantity}
-        item.update({name: fields[name][2] for name in ("category", "price", "currency") if name in fields})
+        item.update({name: fields[name][2] for name in ITEM_FIELDS if name in fields})
         items.append(item)
         opened.append(min(adds))
-        cart_id = fields["cart_id"][2] if "cart_id" in fields else None
-        if newest is None or (max(adds), product) > newest[:2]:
-            newest = (max(adds), product, cart_id)
+        newest_add = max(adds)
+        if newest is None or (newest_add, product) > newest[:2]:
+            newest = (newest_add, product, fields["cart_id"][2] if "cart_id" in fields else None)
     if not items or newest is None:
         return None
     return {
