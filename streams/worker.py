@@ -52,6 +52,13 @@ def locked_data_dir(base: Path) -> Iterator[Path]:
         return
 
 
+#: Written when a worker stops cleanly.  Without it the local RocksDB state may hold writes whose
+#: changelog records and offset commits never happened (kill -9, power loss): re-read events would
+#: then be dropped as duplicates and their outputs lost.  So such a folder starts empty and the
+#: tables are rebuilt from their changelog topics.
+CLEAN_STOP_MARKER = ".clean-stop"
+
+
 def _empty_folder(folder: Path) -> None:
     for child in folder.iterdir():
         if child.name == ".lock":
@@ -76,8 +83,13 @@ def run_worker(settings: Settings, demo: bool = False) -> int:
         ensure_topics(settings.bootstrap_servers, settings.partitions, names.COMPACTED_TOPICS,
                       names.CONTRACT_TOPICS, settings.replication_factor)
         with locked_data_dir(settings.data_dir) as data_dir:
-            if broker is not None:
+            clean_stop = data_dir / CLEAN_STOP_MARKER
+            if broker is None and not clean_stop.exists() and any(p.name != ".lock" for p in data_dir.iterdir()):
+                print("mailpulse: the last worker on this state folder did not stop cleanly; "
+                      "rebuilding table state from the changelog topics", flush=True)
+            if broker is not None or not clean_stop.exists():
                 _empty_folder(data_dir)
+            clean_stop.unlink(missing_ok=True)
             settings = settings.model_copy(update={"data_dir": data_dir})
             metrics = Metrics()
             port = metrics.serve(settings.metrics_port)
@@ -89,7 +101,10 @@ def run_worker(settings: Settings, demo: bool = False) -> int:
                 start_demo_feed(settings.bootstrap_servers, demo_stop)
                 print("mailpulse: demo traffic is flowing; watch it with "
                       f"`.venv/bin/mailpulse tail profiles --broker {settings.broker}`", flush=True)
-            return _run_faust(pipeline.app, settings)
+            code = _run_faust(pipeline.app, settings)
+            if code == 0:
+                clean_stop.touch()
+            return code
     finally:
         demo_stop.set()
         if broker is not None:
