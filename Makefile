@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test test-unit test-integration bench soak lint typecheck schemas clean
+.PHONY: setup run test test-unit test-integration chaos bench soak lint typecheck schemas clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,13 +18,16 @@ run: $(STAMP)
 	$(BIN)/mailpulse run --demo
 
 test: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -m "not chaos"
+
+chaos: $(STAMP)
+	$(BIN)/pytest -q -m chaos
 
 test-unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit tests/agents
 
 test-integration: $(STAMP)
-	$(BIN)/pytest -q tests/integration
+	$(BIN)/pytest -q -m "not chaos" tests/integration
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.ingest
