@@ -17,10 +17,22 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class QuietHours(_Strict):
+    """No e-mail is sent from ``start_hour`` to ``end_hour`` (local time of the profile; UTC when its
+    time zone is unknown): a trigger due then gets ``send_at`` = the next ``end_hour``."""
+
+    enabled: bool = True
+    start_hour: int = Field(default=21, ge=0, le=23)
+    end_hour: int = Field(default=8, ge=0, le=23)
+
+
 class Guardrails(_Strict):
     require_consent: bool = False
-    per_type_per_day: int = Field(default=1, ge=0)
-    per_profile_per_day: int = Field(default=3, ge=0)
+    per_type_per_day: int = Field(default=1, ge=0)  # 0: no cap
+    per_profile_per_day: int = Field(default=3, ge=0)  # 0: no cap
+    quiet_hours: QuietHours = QuietHours()
+    send_time_optimization: bool = True  # send at the profile's best e-mail engagement hour when known
+    min_engagements: int = Field(default=3, ge=1)  # e-mail opens/clicks before a best hour is trusted
 
 
 class TriggerToggle(_Strict):
@@ -31,17 +43,33 @@ class CartAbandoned(TriggerToggle):
     delay_minutes: float = Field(default=30, gt=0)
 
 
+class BrowseAbandoned(TriggerToggle):
+    delay_minutes: float = Field(default=60, gt=0)
+
+
+class PostPurchase(TriggerToggle):
+    delay_hours: float = Field(default=72, ge=0)
+
+
+class Winback(TriggerToggle):
+    after_days: float = Field(default=90, gt=0)
+
+
 class ChurnRiskTrigger(TriggerToggle):
     threshold: float = Field(default=0.7, ge=0, le=1)
 
 
+class Birthday(TriggerToggle):
+    hour: int = Field(default=9, ge=0, le=23)  # local hour of the birthday at which it fires
+
+
 class Triggers(_Strict):
     cart_abandoned: CartAbandoned = CartAbandoned()
-    browse_abandoned: TriggerToggle = TriggerToggle()
-    post_purchase: TriggerToggle = TriggerToggle()
-    winback: TriggerToggle = TriggerToggle()
+    browse_abandoned: BrowseAbandoned = BrowseAbandoned()
+    post_purchase: PostPurchase = PostPurchase()
+    winback: Winback = Winback()
     churn_risk: ChurnRiskTrigger = ChurnRiskTrigger()
-    birthday: TriggerToggle = TriggerToggle()
+    birthday: Birthday = Birthday()
     welcome: TriggerToggle = TriggerToggle()
 
 

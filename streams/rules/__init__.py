@@ -1,0 +1,1 @@
+"""Pure rules over one profile: segments, triggers, guardrails, payloads (no Faust, no I/O)."""
