@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class _Strict(BaseModel):
@@ -102,8 +102,50 @@ class HighIntent(_Strict):
     no_purchase_days: float = Field(default=7, ge=0)
 
 
+def _segment_error(detail: str) -> Exception:
+    """A validation error that ``load_config`` prints as is (a plain ValueError gets 'Value error, ')."""
+    from pydantic_core import PydanticCustomError
+
+    return PydanticCustomError("segment_rule", "{detail}", {"detail": detail})
+
+
+def _is_segment_name(name: Any) -> bool:
+    import re
+
+    return isinstance(name, str) and re.fullmatch(r"[a-z][a-z0-9_]{0,63}", name) is not None
+
+
+class CustomSegment(_Strict):
+    """A segment defined in the segment rule language (docs/segments.md); checked when the file loads."""
+
+    rule: Any
+    description: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _is_a_definition(cls, data: Any) -> Any:
+        # Most often a misspelt built-in: say so rather than "rule: Field required".
+        if not isinstance(data, dict) or "rule" not in data:
+            builtins = ", ".join(Segments.model_fields)
+            raise _segment_error(f"not a built-in segment ({builtins}) nor a custom one (needs rule:)")
+        return data
+
+    @model_validator(mode="after")
+    def _rule_compiles(self) -> CustomSegment:
+        from streams.rules.segments import RuleError, compile_rule
+
+        try:
+            compile_rule(self.rule, "rule")
+        except RuleError as exc:
+            raise _segment_error(str(exc)) from None
+        return self
+
+
 class Segments(_Strict):
-    """Thresholds of the built-in segments (custom segments come with the segment rule language)."""
+    """Thresholds of the built-in segments; every other key is a custom segment (docs/segments.md)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    __pydantic_extra__: dict[str, CustomSegment] = Field(init=False)
 
     recent_browsers: RecentBrowsers = RecentBrowsers()
     cart_holders: CartHolders = CartHolders()
@@ -113,6 +155,21 @@ class Segments(_Strict):
     engaged_email: WithinDays = WithinDays()
     churn_risk: ChurnRiskSegment = ChurnRiskSegment()
     high_intent: HighIntent = HighIntent()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _custom_names(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name in data:
+                if name not in cls.model_fields and not _is_segment_name(name):
+                    raise _segment_error(f"bad segment name {name!r} (a lowercase letter, then lowercase letters, "
+                                         "digits or _; at most 64 characters)")
+        return data
+
+    def custom(self) -> dict[str, dict[str, Any]]:
+        """The custom segment definitions by name: ``{"rule": ..., "description": ...}``."""
+        extra = self.__pydantic_extra__ or {}
+        return {name: {"rule": seg.rule, "description": seg.description} for name, seg in sorted(extra.items())}
 
 
 class PipelineConfig(_Strict):
