@@ -2,19 +2,19 @@
 
 Topology::
 
-    clicks, carts, purchases, identities ──ingest──> <app>-profile-events (keyed by profile) ──profiles──> profiles
-                     │                                  (ticks to every partition)            │
-                     └──> dead-letter                                         profile-state table (RocksDB)
+    clicks, carts, purchases, identities ──ingest──> <app>-profile-events ──profiles──> profiles
+                     │                         (by profile; input clocks      ├──> segment-changes
+                     └──> dead-letter           to every partition)           └──> triggers
+                                                       tables: profile-state, profile-due, partition-clocks
 
-Agents stay thin: they decode, call the pure functions of :mod:`streams.ingest` and
-:mod:`streams.profile`, write the table and send outputs.
+Agents stay thin: they decode, call the pure functions of :mod:`streams.ingest`,
+:mod:`streams.timeline` and :mod:`streams.watermark`, write the tables and send outputs.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,15 +24,18 @@ import orjson
 from schemas.events import INPUT_TOPICS
 from streams import topics as names
 from streams.broker import free_port
+from streams.config import PipelineConfig, load_config
 from streams.consumer import App
 from streams.identity import profile_key
 from streams.ingest import Accepted, Source, decode
 from streams.metrics import Metrics
 from streams.output import FlushBeforeCommit, Output, OutputProducer
-from streams.profile import apply_event, snapshot
+from streams.profile import State, snapshot
 from streams.routing import PartitionBatches, partition_for
 from streams.settings import Settings
 from streams.tables import ProfileTable, profile_table, rocksdb_options
+from streams.timeline import RuleSet, advance, next_due, receive
+from streams.watermark import DueIndex, expected_clocks, merge_clocks, watermark
 
 DAY_MS = 86_400_000
 
@@ -48,6 +51,11 @@ class Pipeline:
     inputs: Any
     events: Any
     profile_state: ProfileTable
+    profile_due: ProfileTable  # profile key -> next due event time (ms), the source of due_index
+    partition_clocks: ProfileTable  # b"clocks|<partition>" -> {"<topic>/<partition>": ms, "wall": ms}
+    rules: RuleSet
+    input_partitions: dict[str, int]
+    due_index: DueIndex
 
 
 def _raw_topic(app: faust.App, *topic_names: str, **kwargs: Any) -> Any:
@@ -55,9 +63,11 @@ def _raw_topic(app: faust.App, *topic_names: str, **kwargs: Any) -> Any:
                      key_serializer="raw", value_serializer="raw", **kwargs)
 
 
-def create_app(settings: Settings, metrics: Metrics | None = None, output: Output | None = None) -> Pipeline:
+def create_app(settings: Settings, metrics: Metrics | None = None, output: Output | None = None,
+               config: PipelineConfig | None = None, input_partitions: dict[str, int] | None = None) -> Pipeline:
     """Build the Faust app.  No broker is contacted until a worker starts it (the output producer
-    connects lazily too)."""
+    connects lazily too).  ``input_partitions``: partitions per input topic (the watermark waits
+    for each); default ``settings.partitions`` each."""
     app = App(
         settings.app_id,
         broker=settings.faust_broker,
@@ -81,6 +91,8 @@ def create_app(settings: Settings, metrics: Metrics | None = None, output: Outpu
     app.fetch_max_wait_ms = settings.fetch_max_wait_ms
     metrics = metrics or Metrics()
     output = output or OutputProducer(settings.bootstrap_servers)
+    config = config if config is not None else load_config(settings.config)
+    options = rocksdb_options(settings.rocksdb_write_buffer_mb, settings.rocksdb_block_cache_mb)
     p = Pipeline(
         settings=settings,
         app=app,
@@ -89,23 +101,49 @@ def create_app(settings: Settings, metrics: Metrics | None = None, output: Outpu
         inputs=_raw_topic(app, *INPUT_TOPICS),
         events=_raw_topic(app, names.events_topic(settings.app_id), partitions=settings.partitions,
                           internal=True),
-        profile_state=profile_table(app, output, "profile-state", settings.partitions,
-                                    rocksdb_options(settings.rocksdb_write_buffer_mb, settings.rocksdb_block_cache_mb)),
+        profile_state=profile_table(app, output, "profile-state", settings.partitions, options),
+        profile_due=profile_table(app, output, "profile-due", settings.partitions, options),
+        partition_clocks=profile_table(app, output, "partition-clocks", settings.partitions, options),
+        rules=RuleSet.build(config, int(settings.dedupe_retention_days * DAY_MS)),
+        input_partitions=input_partitions or {topic: settings.partitions for topic in INPUT_TOPICS},
+        due_index=DueIndex(),
     )
-    app.sensors.add(FlushBeforeCommit(output, after_flush=p.profile_state.save_persisted_offsets))
-    app.on_partitions_assigned.connect(_count_assignment(metrics))
+    tables = (p.profile_state, p.profile_due, p.partition_clocks)
+
+    def after_flush() -> None:
+        for table in tables:
+            table.save_persisted_offsets()
+
+    app.sensors.add(FlushBeforeCommit(output, after_flush=after_flush))
+    app.on_partitions_assigned.connect(_on_assignment(p))
     app.agent(p.inputs, name="ingest")(_ingest_agent(p))
     app.agent(p.events, name="profiles")(_profile_agent(p))
+    if settings.clock == "wall":
+        app.timer(interval=settings.wall_clock_interval_s)(_wall_clock(p))
     return p
 
 
-def _count_assignment(metrics: Metrics) -> Any:
+def _on_assignment(p: Pipeline) -> Any:
     async def on_partitions_assigned(sender: Any, assigned: Any, **_: Any) -> None:
+        p.due_index.reset()  # rebuilt from the profile-due table before the profile agent's next record
         per_topic = Counter(tp.topic for tp in assigned)
         for topic in (*INPUT_TOPICS, names.events_topic(sender.conf.id)):
-            metrics.assigned_partitions.labels(topic).set(per_topic.get(topic, 0))
+            p.metrics.assigned_partitions.labels(topic).set(per_topic.get(topic, 0))
 
     return on_partitions_assigned
+
+
+def _wall_clock(p: Pipeline) -> Any:
+    """``--clock wall``: the wall clock reaches every profile partition through the internal topic
+    (table writes need a stream event), so time-based rules fire with no input traffic."""
+    events_topic = names.events_topic(p.settings.app_id)
+
+    async def wall_clock() -> None:
+        record = orjson.dumps([[None, {"wall": _now_ms()}]])
+        for partition in range(p.settings.partitions):
+            p.output.send(events_topic, None, record, partition)
+
+    return wall_clock
 
 
 def _now_ms() -> int:
@@ -127,6 +165,7 @@ def _ingest_agent(p: Pipeline) -> Any:
         async for batch in stream.take_events(settings.batch_size, within=settings.batch_within_s):
             records = PartitionBatches()
             now = _now_ms()
+            clocks: dict[tuple[str, int], int] = {}
             for event in batch:
                 msg = event.message
                 arrived = int(msg.timestamp * 1000) if msg.timestamp else now
@@ -134,20 +173,27 @@ def _ingest_agent(p: Pipeline) -> Any:
                 result = decode(event.value, source, now, settings.default_phone_region)
                 if isinstance(result, Accepted):
                     ev = result.event
-                    size = len(event.value) + 256  # the normalized event with its key and source fields
+                    tp = (msg.topic, msg.partition)
+                    if ev["ts"] > clocks.get(tp, -(2**62)):
+                        clocks[tp] = ev["ts"]
                     if ev["type"] == "tick":
-                        targets: Iterable[tuple[int, str | None]] = ((n, None) for n in range(partitions))
-                    else:
-                        key = profile_key(ev)
-                        targets = ((partition_for(key, partitions), key),)
-                    for partition, target_key in targets:
-                        full = records.add(partition, target_key, ev, size)
-                        if full is not None:
-                            send(events_topic, None, full, partition)
+                        continue
+                    key = profile_key(ev)
+                    partition = partition_for(key, partitions)
+                    size = len(event.value) + 256  # the normalized event with its key and source fields
+                    full = records.add(partition, key, ev, size)
+                    if full is not None:
+                        send(events_topic, None, full, partition)
                 else:
                     metrics.event(msg.topic, "dead_letter").inc()
                     metrics.dead_letters.labels(result.code).inc()
                     send(names.DEAD_LETTER, msg.key, orjson.dumps(result.record))
+            if clocks:  # after the batch's events in each record: a clock never overtakes its events
+                update = {"clocks": [[topic, n, ts] for (topic, n), ts in clocks.items()]}
+                for partition in range(partitions):
+                    full = records.add(partition, None, update, 64)
+                    if full is not None:
+                        send(events_topic, None, full, partition)
             for partition, record in records.records():
                 send(events_topic, None, record, partition)
 
@@ -155,39 +201,120 @@ def _ingest_agent(p: Pipeline) -> Any:
 
 
 def _profile_agent(p: Pipeline) -> Any:
-    settings, metrics, table, send = p.settings, p.metrics, p.profile_state, p.output.send
-    retention_ms = int(settings.dedupe_retention_days * DAY_MS)
-    latency = metrics.event_latency.labels("profiles")
+    """Parks each profile's events until the watermark reaches them, then walks the profile forward
+    (:func:`streams.timeline.advance`): profile snapshots, segment changes and triggers."""
+    settings, metrics, send = p.settings, p.metrics, p.output.send
+    table, due_table, clock_table, index, rules = (p.profile_state, p.profile_due, p.partition_clocks,
+                                                   p.due_index, p.rules)
+    expected = expected_clocks(p.input_partitions)
+    wall_delay = int(settings.wall_clock_delay_s * 1000) if settings.clock == "wall" else None
+    partitions = settings.partitions
+    latency = {name: metrics.event_latency.labels(name) for name in (names.PROFILES, names.SEGMENT_CHANGES,
+                                                                     names.TRIGGERS)}
     updated, erased = metrics.profiles_written.labels("updated"), metrics.profiles_written.labels("erased")
 
-    def apply_one(key: bytes, ev: dict[str, Any]) -> None:
-        raw_state = table.get(key)
-        state = orjson.loads(raw_state) if raw_state is not None else None
-        applied = apply_event(state, key.decode(), ev, retention_ms)
-        topic = ev["src"][0]
-        if applied.duplicate:
-            metrics.event(topic, "duplicate").inc()
+    def load(key: bytes) -> State | None:
+        raw = table.get(key)
+        return orjson.loads(raw) if raw is not None else None
+
+    def due_entries() -> Any:
+        for key, value in due_table.items():
+            yield partition_for(key.decode(), partitions), int(value), key
+
+    def erase(key: bytes, state: State | None) -> None:
+        if state is None:
             return
-        metrics.event(topic, "processed").inc()
-        if applied.erased:
-            if state is not None:
-                del table[key]
-                send(names.PROFILES, state["profile"]["profile_id"].encode(), None)
-                erased.inc()
-            return
-        assert applied.state is not None
-        table[key] = orjson.dumps(applied.state)
-        snap = snapshot(applied.state)
-        send(names.PROFILES, snap["profile_id"].encode(), orjson.dumps(snap))
-        updated.inc()
-        latency.observe(max(0.0, (_now_ms() - ev["src"][3]) / 1000))
+        del table[key]
+        if state.get("due") is not None:
+            del due_table[key]
+        send(names.PROFILES, state["profile"]["profile_id"].encode(), None)
+        erased.inc()
+
+    def write(key: bytes, state: State, partition: int) -> None:
+        due = next_due(state)
+        if due != state.get("due"):  # "due": what the profile-due table holds for this key
+            if due is None:
+                del due_table[key]
+            else:
+                due_table[key] = str(due).encode()
+                index.push(partition, due, key)
+            state["due"] = due
+        table[key] = orjson.dumps(state)
 
     async def profiles(stream: Any) -> None:
         async for record in stream.events():
-            # One record = one partition's batch; the table writes land in this record's partition
+            # One record = one partition's batch; table writes land in this record's partition
             # because Faust takes it from the current event.
+            partition = record.message.partition
+            if not index.built:
+                index.build(due_entries())
+            clocks_key = b"clocks|%d" % partition
+            raw_clocks = clock_table.get(clocks_key)
+            clocks: dict[str, int] = orjson.loads(raw_clocks) if raw_clocks is not None else {}
+            wall = clocks.get("wall")
+            before = watermark(clocks, expected, None if wall_delay is None or wall is None else wall - wall_delay)
+            touched: dict[bytes, State | None] = {}
+            received: set[bytes] = set()
+            moved = False
             for key, ev in orjson.loads(record.value):
-                if ev["type"] != "tick":
-                    apply_one(key.encode(), ev)
+                if key is None:  # clocks of input partitions, or the wall clock
+                    if "clocks" in ev:
+                        moved |= merge_clocks(clocks, ev["clocks"])
+                    elif ev.get("wall", 0) > clocks.get("wall", 0):
+                        clocks["wall"] = ev["wall"]
+                        moved = True
+                    continue
+                kb = key.encode()
+                state = touched[kb] if kb in touched else load(kb)
+                got = receive(state, key, ev, before, rules)
+                topic = ev["src"][0]
+                if got.outcome == "duplicate":
+                    metrics.event(topic, "duplicate").inc()
+                    continue
+                metrics.event(topic, "processed").inc()
+                if got.late:
+                    metrics.late_events.labels(topic).inc()
+                if got.outcome == "erased":
+                    erase(kb, state)
+                    touched[kb] = None
+                    received.discard(kb)
+                    continue
+                touched[kb] = got.state
+                received.add(kb)
+            if moved:
+                clock_table[clocks_key] = orjson.dumps(clocks)
+            wall = clocks.get("wall")
+            now_wm = watermark(clocks, expected, None if wall_delay is None or wall is None else wall - wall_delay)
+            if now_wm is not None:
+                for _, kb in index.pop_due(partition, now_wm):
+                    if kb not in touched:
+                        touched[kb] = load(kb)
+            now = _now_ms()
+            record_arrival = int(record.message.timestamp * 1000) if record.message.timestamp else now
+            for kb, state in touched.items():
+                if state is None:
+                    continue
+                out = advance(state, now_wm, rules, now)
+                if not (out.steps or kb in received):
+                    continue  # a stale index entry: nothing was due
+                write(kb, state, partition)
+                arrived = max((ev["src"][3] for ev in out.released), default=record_arrival)
+                pid = state["profile"]["profile_id"].encode()
+                if out.changed:
+                    send(names.PROFILES, pid, orjson.dumps(snapshot(state)))
+                    updated.inc()
+                    latency[names.PROFILES].observe(max(0.0, (now - arrived) / 1000))
+                for change in out.segment_changes:
+                    send(names.SEGMENT_CHANGES, pid, orjson.dumps(change))
+                    metrics.segment_changes.labels(change["segment"], change["change"]).inc()
+                    latency[names.SEGMENT_CHANGES].observe(max(0.0, (now - arrived) / 1000))
+                for trigger in out.triggers:
+                    send(names.TRIGGERS, pid, orjson.dumps(trigger))
+                    metrics.triggers.labels(trigger["type"]).inc()
+                    latency[names.TRIGGERS].observe(max(0.0, (now - arrived) / 1000))
+                for trigger_type, reason in out.suppressed:
+                    metrics.triggers_suppressed.labels(trigger_type, reason).inc()
+                for trigger_type, reason in out.deferred:
+                    metrics.triggers_deferred.labels(trigger_type, reason).inc()
 
     return profiles

@@ -167,3 +167,11 @@ def ensure_topics(bootstrap: str, partitions: int, compacted: Iterable[str], nam
         except Exception as exc:
             if "TOPIC_ALREADY_EXISTS" not in str(exc):  # another worker created it first
                 raise BrokerError(f"cannot create topic {name}: {exc}") from exc
+
+
+def topic_partitions(bootstrap: str, topics: Iterable[str]) -> dict[str, int]:
+    """How many partitions each existing topic has (the watermark waits for every input partition)."""
+    from confluent_kafka.admin import AdminClient
+
+    metadata = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0}).list_topics(timeout=10).topics
+    return {name: len(metadata[name].partitions) for name in topics if name in metadata}

@@ -35,6 +35,10 @@ class Metrics:
         self.triggers_suppressed = Counter(
             "mailpulse_triggers_suppressed", "Triggers held back by guardrails", ["type", "reason"], registry=r
         )
+        self.triggers_deferred = Counter(
+            "mailpulse_triggers_deferred", "Triggers whose send_at guardrails moved later (quiet hours, best hour)",
+            ["type", "reason"], registry=r,
+        )
         self.consumer_lag = Gauge(
             "mailpulse_consumer_lag", "Messages not yet processed", ["topic", "partition"], registry=r
         )

@@ -63,7 +63,7 @@ def new_state(key: str, ts: int) -> State:
             },
             # product_id -> {"moves": [[ts, event_id, +/-quantity], ...], "fields": {name: [ts, event_id, value]}}
             # since the last purchase; quantities, times and the newest field values are derived from
-            # them (see _cart_view), so the cart does not depend on the order events arrive in.
+            # them (see cart_view), so the cart does not depend on the order events arrive in.
             "cart": {},
             "cart_meta": {"touched": None},  # newest other cart activity (e.g. checkout_started)
             "segments": [],
@@ -118,7 +118,7 @@ LINE_FIELDS = (*ITEM_FIELDS, "cart_id")
 
 
 def _apply_cart(profile: dict[str, Any], event: Event, ts: int) -> None:
-    """Records the cart move with its own time; what the cart holds is derived in :func:`_cart_view`."""
+    """Records the cart move with its own time; what the cart holds is derived in :func:`cart_view`."""
     last_purchase = profile["aggregates"]["last_purchase_at"]
     if last_purchase is not None and ts <= last_purchase:
         return  # cart activity before the last purchase: that cart was bought already
@@ -168,24 +168,21 @@ def _prune_seen(seen: dict[str, int], newest: int, retention_ms: int) -> None:
         del seen[event_id]
 
 
-def apply_event(state: State | None, key: str, event: Event, retention_ms: int) -> Applied:
-    """Apply one accepted, non-tick event to the profile state of ``key``."""
-    ts: int = event["ts"]
-    if state is not None:
-        seen = state["seen"]
-        if event["event_id"] in seen:
-            return Applied(state, changed=False, duplicate=True)
-    if event["type"] == "erase":
-        return Applied(None, changed=state is not None, erased=True)
-    if state is None:
-        state = new_state(key, ts)
-    profile = state["profile"]
+def remember(state: State, event: Event, retention_ms: int) -> bool:
+    """Exact dedupe: records the event id; False when it was seen before (then nothing else happens)."""
     seen = state["seen"]
-    seen[event["event_id"]] = ts
-    newest = max(seen.values())
+    event_id = event["event_id"]
+    if event_id in seen:
+        return False
+    seen[event_id] = event["ts"]
     if len(seen) > 64:  # amortize: prune only once the map has grown a little
-        _prune_seen(seen, newest, retention_ms)
+        _prune_seen(seen, max(seen.values()), retention_ms)
+    return True
 
+
+def fold_event(profile: dict[str, Any], event: Event) -> None:
+    """Folds one accepted, non-tick, non-erase event into the profile (order-tolerant)."""
+    ts: int = event["ts"]
     _apply_identifiers(profile, event, ts)
     agg = profile["aggregates"]
     etype, kind = event["type"], event["kind"]
@@ -210,6 +207,19 @@ def apply_event(state: State | None, key: str, event: Event, retention_ms: int) 
     profile["created_at"] = min(profile["created_at"], ts)
     profile["updated_at"] = max(profile["updated_at"], ts)
     profile["version"] += 1
+
+
+def apply_event(state: State | None, key: str, event: Event, retention_ms: int) -> Applied:
+    """Apply one accepted, non-tick event to the profile state of ``key`` at once (no event-time
+    ordering: :mod:`streams.timeline` adds that on top of :func:`remember` and :func:`fold_event`)."""
+    if state is not None and event["event_id"] in state["seen"]:
+        return Applied(state, changed=False, duplicate=True)
+    if event["type"] == "erase":
+        return Applied(None, changed=state is not None, erased=True)
+    if state is None:
+        state = new_state(key, event["ts"])
+    remember(state, event, retention_ms)
+    fold_event(state["profile"], event)
     return Applied(state, changed=True)
 
 
@@ -217,7 +227,7 @@ def _iso(ms: int | None) -> str | None:
     return None if ms is None else format_ms(ms)
 
 
-def _cart_view(p: dict[str, Any]) -> dict[str, Any] | None:
+def cart_view(p: dict[str, Any]) -> dict[str, Any] | None:
     """The open cart from the moves since the last purchase, replayed in event-time order (ties by
     event_id): a line's quantity never goes below 0; lines at 0 are not in the cart."""
     items: list[dict[str, Any]] = []
@@ -258,7 +268,7 @@ def snapshot(state: State) -> dict[str, Any]:
     """The profile as published on ``profiles`` (contract section 5): times as ISO-8601 UTC."""
     p = state["profile"]
     agg = p["aggregates"]
-    cart = _cart_view(p)
+    cart = cart_view(p)
     return {
         "profile_id": p["profile_id"],
         "user_id": p["user_id"],

@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     config: Path | None = Field(default=None, description="MAILPULSE_CONFIG: YAML of segments/triggers/guardrails.")
     clock: Literal["event", "wall"] = Field(default="event", description="MAILPULSE_CLOCK: event or wall.")
     wall_clock_delay_s: float = Field(default=5.0, description="MAILPULSE_WALL_CLOCK_DELAY_S: allowed lateness.")
+    wall_clock_interval_s: float = Field(
+        default=1.0, gt=0, description="MAILPULSE_WALL_CLOCK_INTERVAL_S: how often --clock wall moves the watermark."
+    )
     app_id: str = Field(default="mailpulse", description="MAILPULSE_APP_ID: consumer group and table prefix.")
     partitions: int = Field(default=8, ge=1, description="MAILPULSE_PARTITIONS: partitions of created topics.")
     web_port: int = Field(default=0, description="MAILPULSE_WEB_PORT: Faust web port; 0 picks a free one.")

@@ -18,9 +18,10 @@ from typing import IO
 
 import faust
 
+from schemas.events import INPUT_TOPICS
 from streams import topics as names
 from streams.app import create_app
-from streams.broker import EmbeddedBroker, ensure_topics, start_embedded_broker
+from streams.broker import EmbeddedBroker, ensure_topics, start_embedded_broker, topic_partitions
 from streams.metrics import Metrics
 from streams.settings import Settings
 
@@ -94,7 +95,9 @@ def run_worker(settings: Settings, demo: bool = False) -> int:
             metrics = Metrics()
             port = metrics.serve(settings.metrics_port)
             print(f"mailpulse: metrics on http://127.0.0.1:{port}/metrics, state in {data_dir}", flush=True)
-            pipeline = create_app(settings, metrics)
+            # the watermark waits for every partition the input topics really have
+            inputs = topic_partitions(settings.bootstrap_servers, INPUT_TOPICS)
+            pipeline = create_app(settings, metrics, input_partitions=inputs)
             if demo:
                 from streams.tools.demo import start_demo_feed
 

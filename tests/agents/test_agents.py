@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
+from schemas.events import INPUT_TOPICS
 from streams.app import Pipeline, create_app
 from streams.routing import partition_for
 from streams.settings import Settings
@@ -59,13 +60,16 @@ async def test_ingest_routes_good_events_by_profile_and_bad_ones_to_dead_letter(
         await ingest.put(orjson.dumps({"type": "tick", "timestamp": 1772359260000}))
     internal = [(partition, key, event) for _, batch, partition in sent(pipeline, "mailpulse-profile-events")
                 for key, event in batch]
-    [(partition, key, event)] = [entry for entry in internal if entry[2]["type"] != "tick"]
+    [(partition, key, event)] = [entry for entry in internal if entry[1] is not None]
     assert key == "u:u-1" and event["ts"] == 1772359200000 and event["kind"] == "clicks"
     assert partition == partition_for("u:u-1", 4)
     [(dl_key, letter, _)] = sent(pipeline, "dead-letter")
     assert dl_key == b"k" and letter["error"]["code"] == "not_json" and letter["raw"] == "{broken"
-    ticks = [(partition, key) for partition, key, event in internal if event["type"] == "tick"]
-    assert sorted(ticks) == [(0, None), (1, None), (2, None), (3, None)]
+    # the tick is not forwarded as an event: it moves the input partition's clock, which reaches
+    # every profile partition after the events of the same batch
+    clocks = [(partition, event["clocks"]) for partition, key, event in internal if key is None]
+    assert sorted(partition for partition, _ in clocks) == [0, 1, 2, 3]
+    assert all([ts for _, _, ts in update] == [1772359260000] for _, update in clocks)
     assert pipeline.metrics.dead_letters.labels("not_json")._value.get() == 1
 
 
@@ -75,15 +79,21 @@ def _event(event_id: str, etype: str = "page_view", **extra: Any) -> dict[str, A
             "user_id": "u-1", "src": [kind, 0, 0, 1772359200000], **extra}
 
 
-def _batch(*events: dict[str, Any]) -> bytes:
-    """An internal-topic record: one partition's batch of [profile key, event] pairs."""
-    return orjson.dumps([["u:u-1", ev] for ev in events])
+def _batch(*events: dict[str, Any], clock: int | None = None) -> bytes:
+    """An internal-topic record: one partition's batch of [profile key, event] pairs, then (when
+    ``clock`` is given) every input partition's clock moved to it."""
+    pairs: list[Any] = [["u:u-1", ev] for ev in events]
+    if clock is not None:
+        pairs.append([None, {"clocks": [[topic, n, clock] for topic in INPUT_TOPICS for n in range(4)]}])
+    return orjson.dumps(pairs)
 
 
 async def test_profiles_agent_writes_table_publishes_and_drops_duplicates(pipeline: Pipeline) -> None:
     async with agent(pipeline, "profiles").test_context() as profiles:
         await profiles.put(_batch(_event("e-1"), _event("e-1")))
-        await profiles.put(_batch(_event("e-2", "product_view", product_id="sku-1")))
+        state = orjson.loads(pipeline.profile_state[b"u:u-1"])
+        assert state["profile"]["version"] == 0  # parked: the watermark has not reached it
+        await profiles.put(_batch(_event("e-2", "product_view", product_id="sku-1"), clock=1772359200000))
         state = orjson.loads(pipeline.profile_state[b"u:u-1"])
         assert state["profile"]["aggregates"]["event_counts"] == {"page_view": 1, "product_view": 1}
         await profiles.put(_batch(_event("x-1", "erase")))
@@ -91,6 +101,23 @@ async def test_profiles_agent_writes_table_publishes_and_drops_duplicates(pipeli
     changelog = sent(pipeline, "mailpulse-profile-state-changelog")
     assert [(key, value is None) for key, value, _ in changelog][-1] == (b"u:u-1", True)
     published = sent(pipeline, "profiles")
-    assert [value["version"] if value else None for _, value, _ in published] == [1, 2, None]
+    assert [value["version"] if value else None for _, value, _ in published] == [2, None]
     assert len({key for key, _, _ in published}) == 1
     assert pipeline.metrics.events.labels("clicks", "duplicate")._value.get() == 1
+
+
+async def test_profiles_agent_emits_segment_changes_and_a_trigger_when_the_watermark_passes(pipeline: Pipeline) -> None:
+    t = 1772359200000
+    cart = _event("k-1", "cart_add", product_id="sku-1", price=20.0)
+    cart["kind"], cart["src"][0] = "carts", "carts"
+    async with agent(pipeline, "profiles").test_context() as profiles:
+        await profiles.put(_batch(cart, clock=t))
+        assert [v["segment"] for _, v, _ in sent(pipeline, "segment-changes")] == ["cart_holders"]
+        await profiles.put(_batch(clock=t + 30 * 60_000 - 1))
+        assert sent(pipeline, "triggers") == []
+        await profiles.put(_batch(clock=t + 30 * 60_000))  # only time moved
+    [(key, trigger, _)] = sent(pipeline, "triggers")
+    assert trigger["type"] == "cart_abandoned" and trigger["at"] == "2026-03-01T10:30:00.000Z"
+    assert key == trigger["profile_id"].encode()
+    assert trigger["payload"]["cart"]["items"][0]["product_id"] == "sku-1"
+    assert pipeline.metrics.triggers.labels("cart_abandoned")._value.get() == 1

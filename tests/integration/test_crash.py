@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from .conftest import MAILPULSE, latest_by_key, read_topic
+from .expected import UNTIL
 from .test_pipeline import _many_events, expected_profiles, write_jsonl
 
 pytestmark = pytest.mark.integration
@@ -18,7 +19,8 @@ def replay_in_background(broker: Any, tmp_path: Path, events: list[dict[str, Any
                          rate: int) -> tuple[dict[bytes, Any], subprocess.Popen[bytes]]:
     """Starts ``mailpulse replay --rate`` of ``events``; returns the profiles they must give, and the process."""
     history = write_jsonl(tmp_path / "history.jsonl", events)
-    replay = subprocess.Popen([MAILPULSE, "replay", str(history), "--broker", broker.url, "--rate", str(rate)],
+    replay = subprocess.Popen([MAILPULSE, "replay", str(history), "--broker", broker.url, "--rate", str(rate),
+                               "--until", UNTIL],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     return {k.encode(): v for k, v in expected_profiles(events).items()}, replay
 

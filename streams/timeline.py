@@ -1,0 +1,223 @@
+"""One person's events in event-time order, up to the watermark: ``(state, input) -> (state, outputs)``.
+
+Contract section 4.  An arriving event is deduplicated and parked in the profile's ``pending`` list
+(:func:`receive`).  :func:`advance` then walks time forward to the watermark: it releases parked
+events in (timestamp, identities < clicks < carts < purchases, event id) order, folds each into the
+profile, and fires every timer that falls due on the way (a timer at T fires before events stamped
+T).  After each step the segments are evaluated at that step's time, so an entered/exited change
+carries the event time at which it became true, also when only time changed it (a ``segments``
+timer at the next window expiry).  An event older than the profile's rule clock (late) is folded
+at once; decisions already emitted stay.
+
+The same events and watermarks give the same outputs whatever order partitions, workers and
+restarts deliver them in: that is what makes trigger ids and segment changes stable.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from schemas.timeparse import format_ms
+from streams.config import PipelineConfig
+from streams.profile import State, cart_view, fold_event, new_state, remember, snapshot
+from streams.rules import guardrails, payload, segments, triggers
+
+#: Equal timestamps are applied in this order (contract section 4).
+KIND_ORDER = {"identities": 0, "clicks": 1, "carts": 2, "purchases": 3}
+ENGAGEMENT_TYPES = ("email_open", "email_click")
+#: Most timestamps kept per event type for windowed counts (bounds the state of a very busy person).
+HISTORY_CAP = 500
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    """The compiled configuration the timeline runs with."""
+
+    config: PipelineConfig
+    segments: tuple[segments.Segment, ...]
+    windows: dict[str, int]
+    retention_ms: int
+
+    @classmethod
+    def build(cls, config: PipelineConfig, retention_ms: int) -> RuleSet:
+        compiled = segments.compile_segments(config.segments)
+        return cls(config, compiled, segments.history_windows(compiled), retention_ms)
+
+
+@dataclass
+class Outputs:
+    """What one :func:`advance` produced."""
+
+    changed: bool = False  # the profile changed: publish a snapshot
+    steps: int = 0  # events released + timers fired (state to write back when > 0)
+    segment_changes: list[dict[str, Any]] = field(default_factory=list)
+    triggers: list[dict[str, Any]] = field(default_factory=list)
+    suppressed: list[tuple[str, str]] = field(default_factory=list)  # (type, reason)
+    deferred: list[tuple[str, str]] = field(default_factory=list)  # (type, reason) send_at moved
+    released: list[dict[str, Any]] = field(default_factory=list)  # events folded, in order
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    state: State | None
+    outcome: str  # "processed" | "duplicate" | "erased"
+    late: bool = False
+
+
+def _ensure(state: State) -> State:
+    if "rules" not in state:
+        state["pending"] = []
+        state["rules"] = triggers.new_rule_state()
+    return state
+
+
+def receive(state: State | None, key: str, event: dict[str, Any], watermark: int | None,
+            rules: RuleSet) -> Received:
+    """Dedupes an accepted (non-tick) event and parks it until the watermark reaches it.  ``erase``
+    acts at once: the state is gone."""
+    if state is not None and event["event_id"] in state["seen"]:
+        return Received(state, "duplicate")
+    if event["type"] == "erase":
+        return Received(None, "erased")
+    state = _ensure(new_state(key, event["ts"]) if state is None else state)
+    remember(state, event, rules.retention_ms)
+    entry = [event["ts"], KIND_ORDER.get(event["kind"], 9), event["event_id"], event]
+    bisect.insort(state["pending"], entry, key=lambda e: (e[0], e[1], e[2]))
+    late = watermark is not None and event["ts"] < watermark
+    return Received(state, "processed", late)
+
+
+def next_due(state: State) -> int | None:
+    """The earliest event time at which :func:`advance` has work for this profile."""
+    candidates = [timer[0] for timer in state["rules"]["timers"].values()]
+    if state["pending"]:
+        candidates.append(state["pending"][0][0])
+    return min(candidates) if candidates else None
+
+
+def trigger_id(profile_id: str, trigger_type: str, cause: str) -> str:
+    """Same profile, type and cause: same id (connectors drop repeats by it)."""
+    digest = hashlib.blake2b(f"{profile_id}\x1f{trigger_type}\x1f{cause}".encode(), digest_size=16)
+    return digest.hexdigest()
+
+
+def _facts(profile: dict[str, Any], cart: dict[str, Any] | None) -> dict[str, Any]:
+    return {
+        "aggregates": profile["aggregates"],
+        "traits": profile["traits"],
+        "consent": profile["consent"],
+        "context": profile["context"],
+        "cart": {"item_count": cart["item_count"], "value": cart["value"], "lines": len(cart["items"])}
+        if cart else {"item_count": 0, "value": 0.0, "lines": 0},
+        "predictions": profile["predictions"] or {},
+    }
+
+
+def _remember_history(rules_state: dict[str, Any], event: dict[str, Any], windows: dict[str, int]) -> None:
+    window = windows.get(event["type"])
+    if window is None:
+        return
+    times: list[int] = rules_state["history"].setdefault(event["type"], [])
+    bisect.insort(times, event["ts"])
+    clock = rules_state["clock"] if rules_state["clock"] is not None else event["ts"]
+    horizon = max(clock, event["ts"]) - window
+    drop = bisect.bisect_right(times, horizon)
+    if drop or len(times) > HISTORY_CAP:
+        del times[: max(drop, len(times) - HISTORY_CAP)]
+
+
+def advance(state: State, watermark: int | None, rules: RuleSet, now_ms: int) -> Outputs:
+    """Walks the profile forward to ``watermark``: releases parked events and fires due timers, in
+    event-time order, evaluating segments after each step.  Mutates ``state``."""
+    out = Outputs()
+    if watermark is None:
+        return out
+    state = _ensure(state)
+    profile, rs, pending = state["profile"], state["rules"], state["pending"]
+    timers: dict[str, list[Any]] = rs["timers"]
+    cfg = rules.config
+    while True:
+        timer_name = min(timers, key=lambda name: (timers[name][0], name)) if timers else None
+        timer_due = timers[timer_name][0] if timer_name is not None else None
+        event_ts = pending[0][0] if pending else None
+        dues: list[triggers.Due]
+        if timer_due is not None and timer_due <= watermark and (event_ts is None or timer_due <= event_ts):
+            assert timer_name is not None
+            timer = timers.pop(timer_name)
+            step = timer_due
+            cart = cart_view(profile)
+            dues = [] if timer_name == "segments" else triggers.on_timer(
+                cfg.triggers, profile, rs, timer_name, timer, cart["item_count"] if cart else 0)
+        elif event_ts is not None and event_ts <= watermark:
+            event = pending.pop(0)[3]
+            step = event_ts
+            had_email = profile["email"] is not None
+            fold_event(profile, event)
+            out.changed = True
+            out.released.append(event)
+            _remember_history(rs, event, rules.windows)
+            if event["type"] in ENGAGEMENT_TYPES:
+                rs["engagement"] = guardrails.record_engagement(
+                    rs["engagement"], event["ts"], profile["context"].get("timezone"))
+            cart = cart_view(profile)
+            dues = triggers.on_event(cfg.triggers, profile, rs, event, cart["item_count"] if cart else 0, had_email)
+        else:
+            break
+        out.steps += 1
+        clock = step if rs["clock"] is None else max(rs["clock"], step)
+        rs["clock"] = clock
+        for due in dues:
+            _emit(state, due, rules, now_ms, out)
+        _evaluate_segments(state, cart, clock, rules, now_ms, out)
+    return out
+
+
+def _evaluate_segments(state: State, cart: dict[str, Any] | None, clock: int, rules: RuleSet, now_ms: int,
+                       out: Outputs) -> None:
+    profile, rs = state["profile"], state["rules"]
+    members, next_change = segments.evaluate(rules.segments, _facts(profile, cart), rs["history"], clock)
+    before = set(profile["segments"])
+    if members != before:
+        at, emitted = format_ms(clock), format_ms(now_ms)
+        for name in sorted(members ^ before):
+            out.segment_changes.append({
+                "profile_id": profile["profile_id"], "user_id": profile["user_id"], "email": profile["email"],
+                "segment": name, "change": "entered" if name in members else "exited",
+                "at": at, "emitted_at": emitted,
+            })
+        profile["segments"] = sorted(members)
+        out.changed = True
+    if next_change is None or next_change <= clock:
+        rs["timers"].pop("segments", None)
+    else:
+        rs["timers"]["segments"] = [next_change, "", {}]
+
+
+def _emit(state: State, due: triggers.Due, rules: RuleSet, now_ms: int, out: Outputs) -> None:
+    """Guardrails, then the trigger message (contract section 5)."""
+    profile, rs = state["profile"], state["rules"]
+    guard = rules.config.guardrails
+    rs["sent"] = guardrails.prune_sent([(at, kind) for at, kind in rs["sent"]], due.at)
+    reason = guardrails.suppression_reason(guard, profile["consent"], rs["sent"], due.type, due.at)
+    if reason is not None:
+        out.suppressed.append((due.type, reason))
+        return
+    rs["sent"].append((due.at, due.type))
+    send_at, moved = guardrails.send_time(guard, due.at, profile["context"].get("timezone"), rs["engagement"])
+    if moved is not None:
+        out.deferred.append((due.type, moved))
+    snap = snapshot(state)
+    out.triggers.append({
+        "trigger_id": trigger_id(profile["profile_id"], due.type, due.cause),
+        "type": due.type,
+        "profile_id": profile["profile_id"],
+        "user_id": profile["user_id"],
+        "email": profile["email"],
+        "at": format_ms(due.at),
+        "send_at": format_ms(send_at),
+        "payload": payload.build_payload(snap, due.type, segments=profile["segments"], details=due.details),
+        "predictions": profile["predictions"],
+    })

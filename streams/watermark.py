@@ -1,0 +1,96 @@
+"""Event-time clocks of the input partitions, the watermark, and which profiles are due.
+
+Contract section 4: each input partition's clock is the largest timestamp (ticks included) seen on
+it; the watermark is the smallest clock over every partition of the four input topics, and a
+partition that has carried nothing holds it back.  With ``--clock wall`` the wall clock minus the
+allowed delay also moves it.
+
+How the clocks reach every profile partition: the ingest agent appends, to each internal record it
+sends (one per profile partition per batch), the clocks its batch moved: ``[null, {"clocks":
+[[topic, partition, ts], ...]}]``.  The entry follows the batch's events in that record, so a
+profile partition never sees a clock before the events it covers.  Each profile partition keeps the
+largest value per input partition in a table, so the watermark survives restarts and rebalances.
+
+:class:`DueIndex` is the in-memory order of profiles by their next due time, per profile partition.
+It is derived from the ``profile-due`` table (profile key -> due ms) and rebuilt from it after every
+rebalance; nothing is scanned while running.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+
+def clock_name(topic: str, partition: int) -> str:
+    return f"{topic}/{partition}"
+
+
+def expected_clocks(input_partitions: Mapping[str, int]) -> tuple[str, ...]:
+    """Every input partition whose clock the watermark waits for."""
+    return tuple(clock_name(topic, n) for topic, count in sorted(input_partitions.items()) for n in range(count))
+
+
+def merge_clocks(clocks: dict[str, int], updates: Iterable[Sequence[Any]]) -> bool:
+    """Raises each named clock to the update's value (clocks never go back).  True if one moved."""
+    moved = False
+    for topic, partition, ts in updates:
+        name = clock_name(topic, partition)
+        if ts > clocks.get(name, -(2**62)):
+            clocks[name] = ts
+            moved = True
+    return moved
+
+
+def watermark(clocks: Mapping[str, int], expected: Sequence[str], wall_ms: int | None = None) -> int | None:
+    """The smallest clock over ``expected`` (None while one has carried nothing), raised to
+    ``wall_ms`` when the wall clock drives it too."""
+    low: int | None = None
+    for name in expected:
+        value = clocks.get(name)
+        if value is None:
+            low = None
+            break
+        if low is None or value < low:
+            low = value
+    if wall_ms is not None and (low is None or wall_ms > low):
+        return wall_ms
+    return low
+
+
+class DueIndex:
+    """Per profile partition, a heap of (due ms, profile key); stale entries are skipped on pop
+    (the table holds the truth)."""
+
+    def __init__(self) -> None:
+        self._heaps: dict[int, list[tuple[int, bytes]]] = {}
+        self.built = False
+
+    def reset(self) -> None:
+        """After a rebalance: rebuilt from the table before the next use."""
+        self._heaps.clear()
+        self.built = False
+
+    def build(self, entries: Iterable[tuple[int, int, bytes]]) -> None:
+        """From (partition, due, key) of the whole due table."""
+        self._heaps.clear()
+        for partition, due, key in entries:
+            self._heaps.setdefault(partition, []).append((due, key))
+        for heap in self._heaps.values():
+            heapq.heapify(heap)
+        self.built = True
+
+    def push(self, partition: int, due: int, key: bytes) -> None:
+        heapq.heappush(self._heaps.setdefault(partition, []), (due, key))
+
+    def pop_due(self, partition: int, upto: int) -> list[tuple[int, bytes]]:
+        """Entries of ``partition`` due at or before ``upto`` (possibly stale: check the table)."""
+        heap = self._heaps.get(partition)
+        found: list[tuple[int, bytes]] = []
+        while heap and heap[0][0] <= upto:
+            found.append(heapq.heappop(heap))
+        return found
+
+    def __len__(self) -> int:
+        return sum(len(heap) for heap in self._heaps.values())

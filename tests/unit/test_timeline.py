@@ -1,0 +1,231 @@
+"""streams.timeline: event-time order up to the watermark, timers, segment changes, triggers."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import orjson
+import pytest
+
+from schemas.timeparse import parse_timestamp
+from streams.config import PipelineConfig
+from streams.identity import profile_key
+from streams.ingest import Accepted, Source, decode
+from streams.timeline import RuleSet, advance, next_due, receive, trigger_id
+
+T0 = "2026-03-01T10:00:00Z"
+MIN = 60_000
+DAY = 86_400_000
+RULES = RuleSet.build(PipelineConfig(), 7 * DAY)
+
+
+def ms(iso: str) -> int:
+    return parse_timestamp(iso)
+
+
+def ev(event_id: str, etype: str, at: int, user: str = "u-1", **extra: Any) -> dict[str, Any]:
+    """A decoded (accepted) event, as the ingest agent forwards it."""
+    raw = {"event_id": event_id, "type": etype, "timestamp": at, "user_id": user, **extra}
+    result = decode(orjson.dumps(raw), Source("t", 0, 0, None, 0), 0)
+    assert isinstance(result, Accepted), result
+    return result.event
+
+
+class Person:
+    """One profile driven through receive/advance, collecting what it emits."""
+
+    def __init__(self, rules: RuleSet = RULES) -> None:
+        self.rules = rules
+        self.state: dict[str, Any] | None = None
+        self.changes: list[tuple[str, str, str]] = []
+        self.triggers: list[dict[str, Any]] = []
+        self.suppressed: list[tuple[str, str]] = []
+        self.late = 0
+        self.watermark: int | None = None
+
+    def arrive(self, *events: dict[str, Any]) -> Person:
+        for event in events:
+            got = receive(self.state, profile_key(event), event, self.watermark, self.rules)
+            self.state = got.state
+            self.late += got.late
+        return self
+
+    def to(self, watermark: int) -> Person:
+        self.watermark = watermark
+        assert self.state is not None
+        out = advance(self.state, watermark, self.rules, 0)
+        self.changes += [(c["segment"], c["change"], c["at"]) for c in out.segment_changes]
+        self.triggers += out.triggers
+        self.suppressed += out.suppressed
+        return self
+
+    def types(self) -> list[tuple[str, str]]:
+        return [(t["type"], t["at"]) for t in self.triggers]
+
+
+def test_events_wait_for_the_watermark_and_are_applied_in_event_time_order() -> None:
+    t = ms(T0)
+    person = Person().arrive(ev("p-1", "purchase", t + 10 * MIN, order_id="o-1", total=20.0),
+                             ev("k-1", "cart_add", t, product_id="sku-1", price=20.0))
+    assert person.state is not None and person.state["profile"]["version"] == 0  # parked
+    assert next_due(person.state) == t
+    person.to(t + 5 * MIN)
+    assert person.state["profile"]["cart"] != {}
+    assert ("cart_holders", "entered", "2026-03-01T10:00:00.000Z") in person.changes
+    person.to(t + 60 * MIN)
+    # the purchase read first still closes the cart it followed: no abandonment
+    assert person.types() == []
+    assert ("cart_holders", "exited", "2026-03-01T10:10:00.000Z") in person.changes
+
+
+def test_cart_abandoned_exactly_at_the_delay_and_not_when_bought_a_second_earlier() -> None:
+    t = ms(T0)
+    left = Person().arrive(ev("k-1", "cart_add", t, product_id="sku-1", price=5.0)).to(t + 30 * MIN - 1)
+    assert left.types() == []
+    left.to(t + 30 * MIN)
+    assert left.types() == [("cart_abandoned", "2026-03-01T10:30:00.000Z")]
+    assert left.triggers[0]["trigger_id"] == trigger_id(left.state["profile"]["profile_id"], "cart_abandoned", "k-1")  # type: ignore[index]
+
+    bought = Person().arrive(ev("k-1", "cart_add", t, product_id="sku-1", price=5.0),
+                             ev("p-1", "purchase", t + 30 * MIN - 1000, order_id="o", total=5.0)).to(t + 2 * 60 * MIN)
+    assert [tr for tr in bought.types() if tr[0] == "cart_abandoned"] == []
+
+    # a purchase stamped exactly at the deadline comes too late: the timer at T fires before events at T
+    late_buy = Person().arrive(ev("k-1", "cart_add", t, product_id="sku-1", price=5.0),
+                               ev("p-1", "purchase", t + 30 * MIN, order_id="o", total=5.0)).to(t + 2 * 60 * MIN)
+    assert ("cart_abandoned", "2026-03-01T10:30:00.000Z") in late_buy.types()
+
+
+def test_cart_abandoned_once_per_cart_and_new_activity_moves_the_deadline() -> None:
+    t = ms(T0)
+    person = Person().arrive(ev("k-1", "cart_add", t, product_id="a", price=1.0),
+                             ev("k-2", "cart_add", t + 20 * MIN, product_id="b", price=1.0)).to(t + 45 * MIN)
+    assert person.types() == []  # the second add moved the deadline to 10:50
+    person.to(t + 50 * MIN)
+    assert person.types() == [("cart_abandoned", "2026-03-01T10:50:00.000Z")]
+    assert person.triggers[0]["trigger_id"].startswith(trigger_id(person.state["profile"]["profile_id"],  # type: ignore[index]
+                                                                  "cart_abandoned", "k-2")[:8])
+    person.arrive(ev("k-3", "cart_add", t + 60 * MIN, product_id="c", price=1.0)).to(t + 3 * 60 * MIN)
+    assert len(person.types()) == 1  # same cart: once
+    # bought, then a new cart: a new abandonment is due (and held back by the 1-per-type-per-day cap)
+    person.arrive(ev("p-1", "purchase", t + 4 * 60 * MIN, order_id="o", total=3.0),
+                  ev("k-4", "cart_add", t + 5 * 60 * MIN, product_id="d", price=1.0)).to(t + 6 * 60 * MIN)
+    assert person.suppressed == [("cart_abandoned", "per_type_cap")]
+    person.arrive(ev("k-5", "cart_add", t + DAY + 6 * 60 * MIN, product_id="e", price=1.0)).to(t + 2 * DAY)
+    assert len(person.types()) == 1  # still the same (unbought) cart: once
+
+
+def test_time_alone_moves_segments_with_the_exact_event_time() -> None:
+    t = ms(T0)
+    person = Person().arrive(ev("v-1", "product_view", t, product_id="sku-1")).to(t)
+    assert person.changes == [("recent_browsers", "entered", "2026-03-01T10:00:00.000Z")]
+    person.to(t + 2 * DAY - 1)
+    assert len(person.changes) == 1
+    person.to(t + 10 * DAY)  # nobody sent anything: the watermark alone passed 48 h
+    assert person.changes[1] == ("recent_browsers", "exited", "2026-03-03T10:00:00.000Z")
+
+
+def test_lapsed_customer_and_winback_after_90_days_without_a_purchase() -> None:
+    t = ms(T0)
+    person = Person().arrive(ev("p-1", "purchase", t, order_id="o-1", total=600.0)).to(t + 200 * DAY)
+    entered = {(seg, at) for seg, change, at in person.changes if change == "entered"}
+    assert ("high_value", "2026-03-01T10:00:00.000Z") in entered
+    assert ("recent_buyers", "2026-03-01T10:00:00.000Z") in entered
+    assert ("lapsed_customers", "2026-05-30T10:00:00.000Z") in entered
+    assert ("recent_buyers", "exited", "2026-03-31T10:00:00.000Z") in person.changes
+    assert ("winback", "2026-05-30T10:00:00.000Z") in person.types()
+    assert ("post_purchase", "2026-03-04T10:00:00.000Z") in person.types()
+
+
+def test_welcome_and_birthday_and_consent() -> None:
+    t = ms(T0)
+    person = Person().arrive(ev("i-1", "identify", t, traits={"email": "a@example.com", "birthday": "1990-03-05",
+                                                             "first_name": "Ana"})).to(t + 400 * DAY)
+    types = person.types()
+    assert types[0] == ("welcome", "2026-03-01T10:00:00.000Z")
+    assert ("birthday", "2026-03-05T09:00:00.000Z") in types and ("birthday", "2027-03-05T09:00:00.000Z") in types
+    assert person.triggers[0]["payload"]["first_name"] == "Ana"
+
+    refused = Person().arrive(ev("i-1", "identify", t, traits={"email": "b@example.com"}, consent={"email": False}),
+                              ev("k-1", "cart_add", t + MIN, product_id="x", price=1.0)).to(t + DAY)
+    assert refused.triggers == []
+    assert sorted(refused.suppressed) == [("cart_abandoned", "consent_false"), ("welcome", "consent_false")]
+
+
+def test_caps_hold_back_a_second_trigger_of_a_type_within_24_hours() -> None:
+    t = ms(T0)
+    person = Person().arrive(ev("k-1", "cart_add", t, product_id="a", price=1.0),
+                             ev("r-1", "cart_remove", t + MIN, product_id="a"),
+                             ev("k-2", "cart_add", t + 2 * MIN, product_id="b", price=1.0)).to(t + 40 * MIN)
+    assert person.suppressed == []  # the emptied cart's timer was cancelled: nothing to hold back
+    assert person.types() == [("cart_abandoned", "2026-03-01T10:32:00.000Z")]
+    person.arrive(ev("p-1", "purchase", t + 60 * MIN, order_id="o", total=1.0),
+                  ev("k-3", "cart_add", t + 2 * 60 * MIN, product_id="c", price=1.0)).to(t + DAY)
+    assert person.suppressed == [("cart_abandoned", "per_type_cap")]
+    # exactly 24 h after the first one, the cap allows the next
+    person.arrive(ev("p-2", "purchase", t + DAY, order_id="o2", total=1.0),
+                  ev("k-4", "cart_add", t + DAY + 2 * MIN, product_id="d", price=1.0)).to(t + 2 * DAY)
+    assert person.types()[-1] == ("cart_abandoned", "2026-03-02T10:32:00.000Z")
+
+
+def test_late_event_is_applied_and_counted_but_decisions_stay() -> None:
+    t = ms(T0)
+    person = Person().arrive(ev("k-1", "cart_add", t, product_id="a", price=1.0)).to(t + 40 * MIN)
+    assert [x[0] for x in person.types()] == ["cart_abandoned"]
+    person.arrive(ev("p-1", "purchase", t + 20 * MIN, order_id="o", total=1.0))
+    assert person.late == 1
+    person.to(t + 40 * MIN)
+    assert person.state is not None and person.state["profile"]["aggregates"]["orders"] == 1
+    assert [x[0] for x in person.types()] == ["cart_abandoned"]  # not taken back
+
+
+def _history(seed: int) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    t = ms(T0)
+    events = []
+    for n in range(120):
+        t += rng.randint(0, 40) * MIN
+        kind = rng.choice(["product_view", "cart_add", "cart_add", "cart_remove", "purchase", "email_open",
+                           "identify"])
+        extra: dict[str, Any] = {}
+        if kind in ("cart_add", "cart_remove", "product_view"):
+            extra["product_id"] = rng.choice("abc")
+        if kind == "cart_add":
+            extra["price"] = 10.0
+        if kind == "purchase":
+            extra.update(order_id=f"o-{n}", total=float(rng.randint(1, 300)))
+        if kind == "identify":
+            extra["traits"] = {"email": "x@example.com", "birthday": "1991-03-02"}
+        events.append(ev(f"e-{n}", kind, t, **extra))
+    return events
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_same_outputs_whatever_the_arrival_order_and_watermark_steps(seed: int) -> None:
+    events = _history(seed)
+    end = events[-1]["ts"] + 200 * DAY
+    in_order = Person()
+    for event in events:
+        in_order.arrive(event).to(event["ts"])
+    in_order.to(end)
+
+    rng = random.Random(seed)
+    shuffled = Person()
+    pending = list(events)
+    rng.shuffle(pending)
+    # arrival out of order, but the watermark only passes what has arrived (no late events)
+    while pending:
+        chunk, pending = pending[: rng.randint(1, 15)], pending
+        pending = pending[len(chunk):]
+        shuffled.arrive(*chunk)
+        missing = [e["ts"] for e in pending]
+        if missing:
+            shuffled.to(min(missing) - 1)
+    shuffled.to(end)
+    assert shuffled.late == 0
+    assert sorted(t["trigger_id"] for t in shuffled.triggers) == sorted(t["trigger_id"] for t in in_order.triggers)
+    assert shuffled.changes == in_order.changes
+    assert in_order.triggers  # the history does produce triggers
+    assert shuffled.state is not None and in_order.state is not None
+    assert shuffled.state["profile"]["segments"] == in_order.state["profile"]["segments"]
