@@ -102,8 +102,9 @@ def run_worker(settings: Settings, demo: bool = False) -> int:
                 from streams.tools.demo import start_demo_feed
 
                 start_demo_feed(settings.bootstrap_servers, demo_stop)
-                print("mailpulse: demo traffic is flowing; watch it with "
-                      f"`.venv/bin/mailpulse tail profiles --broker {settings.broker}`", flush=True)
+                print("mailpulse: demo traffic is flowing (its shop clock runs 60x: a cart is abandoned after "
+                      "30 s); watch it with `.venv/bin/mailpulse tail triggers --broker "
+                      f"{settings.broker}` (or segment-changes, profiles)", flush=True)
             code = _run_faust(pipeline.app, settings)
             if code == 0:
                 clean_stop.touch()

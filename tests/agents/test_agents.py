@@ -121,3 +121,19 @@ async def test_profiles_agent_emits_segment_changes_and_a_trigger_when_the_water
     assert key == trigger["profile_id"].encode()
     assert trigger["payload"]["cart"]["items"][0]["product_id"] == "sku-1"
     assert pipeline.metrics.triggers.labels("cart_abandoned")._value.get() == 1
+
+
+async def test_wall_clock_moves_the_watermark_without_input_clocks(tmp_path: Path) -> None:
+    settings = Settings(broker="kafka://127.0.0.1:1", table_store="memory", data_dir=tmp_path, partitions=4,
+                        clock="wall", wall_clock_delay_s=5)
+    p = create_app(settings, output=RecordingOutput())
+    t = 1772359200000
+    async with agent(p, "profiles").test_context() as profiles:
+        await profiles.put(_batch(_event("e-1", "product_view", product_id="sku-1")))
+        assert sent(p, "segment-changes") == []  # no input clock has moved: parked
+        await profiles.put(orjson.dumps([[None, {"wall": t + 4_999}]]))
+        assert sent(p, "segment-changes") == []  # the wall clock minus the 5 s delay is still before it
+        await profiles.put(orjson.dumps([[None, {"wall": t + 5_000}]]))
+    [(_, change, _)] = sent(p, "segment-changes")
+    assert (change["segment"], change["change"], change["at"]) == ("recent_browsers", "entered",
+                                                                  "2026-03-01T10:00:00.000Z")

@@ -56,3 +56,12 @@ def test_run_stops_at_start_on_a_bad_config(tmp_path: Path, monkeypatch: pytest.
     err = capsys.readouterr().err
     assert err.startswith("mailpulse: error: MAILPULSE_CONFIG") and "segments.high_value.min_spend" in err
     assert err.count("\n") == 1
+
+
+def test_the_readme_config_example_loads(tmp_path: Path) -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    start = readme.index("```yaml\nguardrails:") + len("```yaml\n")
+    config = load_config(write(tmp_path, readme[start:readme.index("```", start)]))
+    assert config == load_config(write(tmp_path, "segments:\n" + readme[readme.index("  big_spenders_de:"):
+                                                                        readme.index("```", start)]))
+    assert list(config.segments.custom()) == ["big_spenders_de"]
