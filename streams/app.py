@@ -6,6 +6,8 @@ Topology::
                      │                         (by profile; input clocks      ├──> segment-changes
                      └──> dead-letter           to every partition)           └──> triggers
                                                        tables: profile-state, profile-due, partition-clocks
+    profiles ──> <app>-co-occurrence (by product) ──cooccurrence──> <app>-product-recs (compacted,
+                                                   table product-neighbours        read back by every worker)
 
 Agents stay thin: they decode, call the pure functions of :mod:`streams.ingest`,
 :mod:`streams.timeline` and :mod:`streams.watermark`, write the tables and send outputs.
@@ -30,8 +32,10 @@ from streams.identity import profile_key
 from streams.ingest import Accepted, Source, decode
 from streams.metrics import Metrics
 from streams.output import FlushBeforeCommit, Output, OutputProducer
+from streams.product_recs import ProductRecs
 from streams.profile import State, snapshot
 from streams.routing import PartitionBatches, partition_for
+from streams.rules.recommend import count_pairs, top_neighbours
 from streams.settings import Settings
 from streams.tables import ProfileTable, profile_table, rocksdb_options
 from streams.timeline import RuleSet, advance, next_due, receive
@@ -56,6 +60,9 @@ class Pipeline:
     rules: RuleSet
     input_partitions: dict[str, int]
     due_index: DueIndex
+    cooccurrence: Any
+    product_neighbours: ProfileTable  # product -> {other product: count}
+    product_recs: ProductRecs  # every product's published top neighbours (started by the worker)
 
 
 def _raw_topic(app: faust.App, *topic_names: str, **kwargs: Any) -> Any:
@@ -107,8 +114,12 @@ def create_app(settings: Settings, metrics: Metrics | None = None, output: Outpu
         rules=RuleSet.build(config, int(settings.dedupe_retention_days * DAY_MS)),
         input_partitions=input_partitions or {topic: settings.partitions for topic in INPUT_TOPICS},
         due_index=DueIndex(),
+        cooccurrence=_raw_topic(app, names.cooccurrence_topic(settings.app_id), partitions=settings.partitions,
+                                internal=True),
+        product_neighbours=profile_table(app, output, "product-neighbours", settings.partitions, options),
+        product_recs=ProductRecs(),
     )
-    tables = (p.profile_state, p.profile_due, p.partition_clocks)
+    tables = (p.profile_state, p.profile_due, p.partition_clocks, p.product_neighbours)
 
     def after_flush() -> None:
         for table in tables:
@@ -118,6 +129,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None, output: Outpu
     app.on_partitions_assigned.connect(_on_assignment(p))
     app.agent(p.inputs, name="ingest")(_ingest_agent(p))
     app.agent(p.events, name="profiles")(_profile_agent(p))
+    app.agent(p.cooccurrence, name="cooccurrence")(_cooccurrence_agent(p))
     if settings.clock == "wall":
         app.timer(interval=settings.wall_clock_interval_s)(_wall_clock(p))
     return p
@@ -212,6 +224,7 @@ def _profile_agent(p: Pipeline) -> Any:
     latency = {name: metrics.event_latency.labels(name) for name in (names.PROFILES, names.SEGMENT_CHANGES,
                                                                      names.TRIGGERS)}
     updated, erased = metrics.profiles_written.labels("updated"), metrics.profiles_written.labels("erased")
+    cooccurrence_topic, neighbours_of = names.cooccurrence_topic(settings.app_id), p.product_recs.get
 
     def load(key: bytes) -> State | None:
         raw = table.get(key)
@@ -291,10 +304,13 @@ def _profile_agent(p: Pipeline) -> Any:
                         touched[kb] = load(kb)
             now = _now_ms()
             record_arrival = int(record.message.timestamp * 1000) if record.message.timestamp else now
+            pairs: dict[str, list[list[Any]]] = {}
             for kb, state in touched.items():
                 if state is None:
                     continue
-                out = advance(state, now_wm, rules, now)
+                out = advance(state, now_wm, rules, now, neighbours_of)
+                for product, other, weight in out.pairs:
+                    pairs.setdefault(product, []).append([other, weight])
                 if not (out.steps or kb in received):
                     continue  # a stale index entry: nothing was due
                 write(kb, state, partition)
@@ -316,5 +332,33 @@ def _profile_agent(p: Pipeline) -> Any:
                     metrics.triggers_suppressed.labels(trigger_type, reason).inc()
                 for trigger_type, reason in out.deferred:
                     metrics.triggers_deferred.labels(trigger_type, reason).inc()
+            if pairs:
+                by_partition: dict[int, list[Any]] = {}
+                for product, counted in pairs.items():
+                    by_partition.setdefault(partition_for(product, partitions), []).append([product, counted])
+                for target, entries in by_partition.items():
+                    send(cooccurrence_topic, None, orjson.dumps(entries), target)
 
     return profiles
+
+
+def _cooccurrence_agent(p: Pipeline) -> Any:
+    """Adds co-occurrence counts to each product's neighbours; publishes a product's top neighbours
+    when they change (:mod:`streams.rules.recommend`)."""
+    table, send = p.product_neighbours, p.output.send
+    recs_topic = names.product_recs_topic(p.settings.app_id)
+
+    async def cooccurrence(stream: Any) -> None:
+        async for record in stream.events():
+            for product, counted in orjson.loads(record.value):
+                key = product.encode()
+                raw = table.get(key)
+                neighbours: dict[str, int] = orjson.loads(raw) if raw is not None else {}
+                before = top_neighbours(neighbours)
+                neighbours = count_pairs(neighbours, ((other, weight) for other, weight in counted))
+                table[key] = orjson.dumps(neighbours)
+                top = top_neighbours(neighbours)
+                if top != before:
+                    send(recs_topic, key, orjson.dumps(top))
+
+    return cooccurrence

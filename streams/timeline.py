@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from schemas.timeparse import format_ms
 from streams.config import PipelineConfig
 from streams.profile import State, cart_view, fold_event, new_state, remember, snapshot
-from streams.rules import guardrails, payload, segments, triggers
+from streams.rules import guardrails, payload, recommend, segments, triggers
 
 #: Equal timestamps are applied in this order (contract section 4).
 KIND_ORDER = {"identities": 0, "clicks": 1, "carts": 2, "purchases": 3}
@@ -58,6 +59,7 @@ class Outputs:
     suppressed: list[tuple[str, str]] = field(default_factory=list)  # (type, reason)
     deferred: list[tuple[str, str]] = field(default_factory=list)  # (type, reason) send_at moved
     released: list[dict[str, Any]] = field(default_factory=list)  # events folded, in order
+    pairs: list[tuple[str, str, int]] = field(default_factory=list)  # product co-occurrences to count
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +118,28 @@ def _facts(profile: dict[str, Any], cart: dict[str, Any] | None) -> dict[str, An
     }
 
 
+#: Published top neighbours of a product (None: unknown).  Passed in, so the timeline stays pure.
+NeighboursOf = Callable[[str], Sequence[str] | None]
+
+
+def _no_neighbours(product: str) -> None:
+    return None
+
+
+def _note_products(rs: dict[str, Any], event: dict[str, Any], out: Outputs) -> None:
+    if event["type"] in ("product_view", "cart_add") and event.get("product_id"):
+        products, purchased = [event["product_id"]], False
+    elif event["type"] == "purchase":
+        products = [item["product_id"] for item in event.get("items") or () if item.get("product_id")]
+        purchased = True
+        bought: list[str] = rs.setdefault("bought", [])
+        bought.extend(p for p in products if p not in bought)
+        del bought[:-recommend.BOUGHT_KEPT]
+    else:
+        return
+    out.pairs += recommend.note_products(rs.setdefault("recent_products", []), products, purchased)
+
+
 def _remember_history(rules_state: dict[str, Any], event: dict[str, Any], windows: dict[str, int]) -> None:
     window = windows.get(event["type"])
     if window is None:
@@ -129,9 +153,11 @@ def _remember_history(rules_state: dict[str, Any], event: dict[str, Any], window
         del times[: max(drop, len(times) - HISTORY_CAP)]
 
 
-def advance(state: State, watermark: int | None, rules: RuleSet, now_ms: int) -> Outputs:
+def advance(state: State, watermark: int | None, rules: RuleSet, now_ms: int,
+            neighbours_of: NeighboursOf = _no_neighbours) -> Outputs:
     """Walks the profile forward to ``watermark``: releases parked events and fires due timers, in
-    event-time order, evaluating segments after each step.  Mutates ``state``."""
+    event-time order, evaluating segments after each step.  Mutates ``state``.  ``neighbours_of``
+    looks up a product's published top neighbours (for the payload's recommendations)."""
     out = Outputs()
     if watermark is None:
         return out
@@ -159,6 +185,7 @@ def advance(state: State, watermark: int | None, rules: RuleSet, now_ms: int) ->
             out.changed = True
             out.released.append(event)
             _remember_history(rs, event, rules.windows)
+            _note_products(rs, event, out)
             if event["type"] in ENGAGEMENT_TYPES:
                 rs["engagement"] = guardrails.record_engagement(
                     rs["engagement"], event["ts"], profile["context"].get("timezone"))
@@ -170,7 +197,7 @@ def advance(state: State, watermark: int | None, rules: RuleSet, now_ms: int) ->
         clock = step if rs["clock"] is None else max(rs["clock"], step)
         rs["clock"] = clock
         for due in dues:
-            _emit(state, due, rules, now_ms, out)
+            _emit(state, due, rules, now_ms, out, neighbours_of)
         _evaluate_segments(state, cart, clock, rules, now_ms, out)
     return out
 
@@ -196,7 +223,17 @@ def _evaluate_segments(state: State, cart: dict[str, Any] | None, clock: int, ru
         rs["timers"]["segments"] = [next_change, "", {}]
 
 
-def _emit(state: State, due: triggers.Due, rules: RuleSet, now_ms: int, out: Outputs) -> None:
+def _recommendations(state: State, cart: dict[str, Any] | None, neighbours_of: NeighboursOf) -> list[dict[str, Any]]:
+    """Seeds: the cart's products, else the last products seen; never what is in the cart or bought."""
+    rs = state["rules"]
+    in_cart = [item["product_id"] for item in cart["items"]] if cart else []
+    seeds = in_cart or list(reversed(rs.get("recent_products", [])[-3:]))
+    exclude = set(in_cart) | set(rs.get("bought", []))
+    return [{"product_id": product} for product in recommend.recommend(neighbours_of, seeds, exclude)]
+
+
+def _emit(state: State, due: triggers.Due, rules: RuleSet, now_ms: int, out: Outputs,
+          neighbours_of: NeighboursOf) -> None:
     """Guardrails, then the trigger message (contract section 5)."""
     profile, rs = state["profile"], state["rules"]
     guard = rules.config.guardrails
@@ -218,6 +255,7 @@ def _emit(state: State, due: triggers.Due, rules: RuleSet, now_ms: int, out: Out
         "email": profile["email"],
         "at": format_ms(due.at),
         "send_at": format_ms(send_at),
-        "payload": payload.build_payload(snap, due.type, segments=profile["segments"], details=due.details),
+        "payload": payload.build_payload(snap, due.type, segments=profile["segments"], details=due.details,
+                                         recommendations=_recommendations(state, snap["cart"], neighbours_of)),
         "predictions": profile["predictions"],
     })

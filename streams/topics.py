@@ -17,8 +17,20 @@ CONTRACT_TOPICS = (*INPUT_TOPICS, *OUTPUT_TOPICS)
 
 
 def events_topic(app_id: str) -> str:
-    """Internal topic: accepted events routed by profile key (ticks broadcast to every partition).
+    """Internal topic: accepted events routed by profile key.
 
-    Each record is a batch: an orjson list of ``[profile_key, event]`` pairs (``[null, tick]`` for
-    ticks) of one partition, in ingest order; see :func:`streams.app.partition_for`."""
+    Each record is a batch: an orjson list of ``[profile_key, event]`` pairs of one partition, in
+    ingest order, then ``[null, {"clocks": [[topic, partition, ts], ...]}]`` (the input clocks the
+    batch moved) or ``[null, {"wall": ms}]``; see :mod:`streams.watermark`."""
     return f"{app_id}-profile-events"
+
+
+def cooccurrence_topic(app_id: str) -> str:
+    """Internal topic: product co-occurrence counts routed by product; each record an orjson list of
+    ``[product, [[other, weight], ...]]`` of one partition (see :mod:`streams.rules.recommend`)."""
+    return f"{app_id}-co-occurrence"
+
+
+def product_recs_topic(app_id: str) -> str:
+    """Internal compacted topic: product -> its top neighbours (a JSON list), read by every worker."""
+    return f"{app_id}-product-recs"

@@ -98,6 +98,10 @@ def run_worker(settings: Settings, demo: bool = False) -> int:
             # the watermark waits for every partition the input topics really have
             inputs = topic_partitions(settings.bootstrap_servers, INPUT_TOPICS)
             pipeline = create_app(settings, metrics, input_partitions=inputs)
+            recs_topic = names.product_recs_topic(settings.app_id)
+            ensure_topics(settings.bootstrap_servers, settings.partitions, [recs_topic], [recs_topic],
+                          settings.replication_factor)
+            pipeline.product_recs.start(settings.bootstrap_servers, recs_topic)
             if demo:
                 from streams.tools.demo import start_demo_feed
 
@@ -105,7 +109,10 @@ def run_worker(settings: Settings, demo: bool = False) -> int:
                 print("mailpulse: demo traffic is flowing (its shop clock runs 60x: a cart is abandoned after "
                       "30 s); watch it with `.venv/bin/mailpulse tail triggers --broker "
                       f"{settings.broker}` (or segment-changes, profiles)", flush=True)
-            code = _run_faust(pipeline.app, settings)
+            try:
+                code = _run_faust(pipeline.app, settings)
+            finally:
+                pipeline.product_recs.stop()
             if code == 0:
                 clean_stop.touch()
             return code

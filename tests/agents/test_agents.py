@@ -137,3 +137,29 @@ async def test_wall_clock_moves_the_watermark_without_input_clocks(tmp_path: Pat
     [(_, change, _)] = sent(p, "segment-changes")
     assert (change["segment"], change["change"], change["at"]) == ("recent_browsers", "entered",
                                                                   "2026-03-01T10:00:00.000Z")
+
+
+async def test_co_occurrences_are_counted_per_product_and_feed_recommendations(pipeline: Pipeline) -> None:
+    t = 1772359200000
+    views = [_event(f"v-{n}", "product_view", product_id=product) for n, product in enumerate("ab")]
+    views[1]["ts"] += 1000
+    async with agent(pipeline, "profiles").test_context() as profiles:
+        await profiles.put(_batch(*views, clock=t + 1000))
+    counted = {product: pairs for _, entries, _ in sent(pipeline, "mailpulse-co-occurrence")
+               for product, pairs in entries}
+    assert counted == {"b": [["a", 1]], "a": [["b", 1]]}
+    async with agent(pipeline, "cooccurrence").test_context() as cooccurrence:
+        for _, entries, _ in sent(pipeline, "mailpulse-co-occurrence"):
+            await cooccurrence.put(orjson.dumps(entries))
+    published = {key: value for key, value, _ in sent(pipeline, "mailpulse-product-recs")}
+    assert published == {b"a": ["b"], b"b": ["a"]}
+
+    # a trigger's payload recommends the published neighbours of the cart, leaving the cart out
+    for key, value in published.items():
+        pipeline.product_recs.apply(key, orjson.dumps([*value, "z"]))
+    cart = _event("k-1", "cart_add", product_id="a", price=2.0)
+    cart["kind"], cart["src"][0], cart["ts"] = "carts", "carts", t + 2000
+    async with agent(pipeline, "profiles").test_context() as profiles:
+        await profiles.put(_batch(cart, clock=t + 2000 + 30 * 60_000))
+    [(_, trigger, _)] = sent(pipeline, "triggers")
+    assert trigger["payload"]["recommendations"] == [{"product_id": "b"}, {"product_id": "z"}]
