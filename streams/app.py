@@ -234,13 +234,14 @@ def _profile_agent(p: Pipeline) -> Any:
         for key, value in due_table.items():
             yield partition_for(key.decode(), partitions), int(value), key
 
-    def erase(key: bytes, state: State | None) -> None:
-        if state is None:
+    def erase(key: bytes, before: State | None, marker: State) -> None:
+        """The profile, its timers and due entry go; the erasure marker stays (see ``receive``)."""
+        table[key] = orjson.dumps(marker)
+        if before is None or "profile" not in before:
             return
-        del table[key]
-        if state.get("due") is not None:
+        if before.get("due") is not None:
             del due_table[key]
-        send(names.PROFILES, state["profile"]["profile_id"].encode(), None)
+        send(names.PROFILES, before["profile"]["profile_id"].encode(), None)
         erased.inc()
 
     def write(key: bytes, state: State, partition: int) -> None:
@@ -288,9 +289,12 @@ def _profile_agent(p: Pipeline) -> Any:
                 if got.late:
                     metrics.late_events.labels(topic).inc()
                 if got.outcome == "erased":
-                    erase(kb, state)
-                    touched[kb] = None
+                    assert got.state is not None
+                    erase(kb, state, got.state)
+                    touched[kb] = got.state  # the marker: later events of this record see it
                     received.discard(kb)
+                    continue
+                if got.outcome == "forgotten":
                     continue
                 touched[kb] = got.state
                 received.add(kb)
@@ -306,7 +310,7 @@ def _profile_agent(p: Pipeline) -> Any:
             record_arrival = int(record.message.timestamp * 1000) if record.message.timestamp else now
             pairs: dict[str, list[list[Any]]] = {}
             for kb, state in touched.items():
-                if state is None:
+                if state is None or "profile" not in state:
                     continue
                 out = advance(state, now_wm, rules, now, neighbours_of)
                 for product, other, weight in out.pairs:

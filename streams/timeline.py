@@ -65,7 +65,7 @@ class Outputs:
 @dataclass(frozen=True, slots=True)
 class Received:
     state: State | None
-    outcome: str  # "processed" | "duplicate" | "erased"
+    outcome: str  # "processed" | "duplicate" | "erased" | "forgotten" (older than the profile's erasure)
     late: bool = False
 
 
@@ -78,13 +78,27 @@ def _ensure(state: State) -> State:
 
 def receive(state: State | None, key: str, event: dict[str, Any], watermark: int | None,
             rules: RuleSet) -> Received:
-    """Dedupes an accepted (non-tick) event and parks it until the watermark reaches it.  ``erase``
-    acts at once: the state is gone."""
-    if state is not None and event["event_id"] in state["seen"]:
+    """Dedupes an accepted (non-tick) event and parks it until the watermark reaches it.
+
+    ``erase`` acts at once: the state becomes an erasure marker ``{"erased_at": ts}`` (the key and
+    the time, nothing else), so that a replay of the person's older events brings nothing back;
+    events after the erasure start a new profile."""
+    erased_at = state.get("erased_at") if state is not None else None
+    if erased_at is not None and event["ts"] <= erased_at:
+        return Received(state, "forgotten")
+    if state is not None and "profile" not in state:  # an erasure marker; the event is newer
+        state = None
+    elif state is not None and event["event_id"] in state["seen"]:
         return Received(state, "duplicate")
     if event["type"] == "erase":
-        return Received(None, "erased")
-    state = _ensure(new_state(key, event["ts"]) if state is None else state)
+        previous = state.get("erased_at") if state is not None else None
+        return Received({"erased_at": event["ts"] if previous is None else max(previous, event["ts"])}, "erased")
+    if state is None:
+        state = _ensure(new_state(key, event["ts"]))
+        if erased_at is not None:
+            state["erased_at"] = erased_at
+    else:
+        state = _ensure(state)
     remember(state, event, rules.retention_ms)
     entry = [event["ts"], KIND_ORDER.get(event["kind"], 9), event["event_id"], event]
     bisect.insort(state["pending"], entry, key=lambda e: (e[0], e[1], e[2]))
@@ -94,6 +108,8 @@ def receive(state: State | None, key: str, event: dict[str, Any], watermark: int
 
 def next_due(state: State) -> int | None:
     """The earliest event time at which :func:`advance` has work for this profile."""
+    if "profile" not in state:
+        return None
     candidates = [timer[0] for timer in state["rules"]["timers"].values()]
     if state["pending"]:
         candidates.append(state["pending"][0][0])
@@ -159,7 +175,7 @@ def advance(state: State, watermark: int | None, rules: RuleSet, now_ms: int,
     event-time order, evaluating segments after each step.  Mutates ``state``.  ``neighbours_of``
     looks up a product's published top neighbours (for the payload's recommendations)."""
     out = Outputs()
-    if watermark is None:
+    if watermark is None or "profile" not in state:
         return out
     state = _ensure(state)
     profile, rs, pending = state["profile"], state["rules"], state["pending"]

@@ -229,3 +229,20 @@ def test_same_outputs_whatever_the_arrival_order_and_watermark_steps(seed: int) 
     assert in_order.triggers  # the history does produce triggers
     assert shuffled.state is not None and in_order.state is not None
     assert shuffled.state["profile"]["segments"] == in_order.state["profile"]["segments"]
+
+
+def test_erase_forgets_the_person_and_a_replay_of_older_events_brings_nothing_back() -> None:
+    t = ms(T0)
+    history = [ev("i-1", "identify", t, traits={"email": "a@example.com"}),
+               ev("k-1", "cart_add", t + MIN, product_id="a", price=1.0)]
+    person = Person().arrive(*history).to(t + 2 * MIN)
+    person.arrive(ev("x-1", "erase", t + 3 * MIN))
+    assert person.state == {"erased_at": t + 3 * MIN}
+    person.arrive(*history, ev("x-1", "erase", t + 3 * MIN)).to(t + DAY)
+    assert person.state == {"erased_at": t + 3 * MIN}
+    assert [x[0] for x in person.types()] == ["welcome"]  # from before the erasure; the cart timer is gone
+    # activity after the erasure is a new profile (that still ignores the old events)
+    person.arrive(ev("v-9", "product_view", t + DAY + MIN, product_id="b")).to(t + DAY + MIN)
+    assert person.state is not None and person.state["profile"]["aggregates"]["event_counts"] == {"product_view": 1}
+    person.arrive(*history).to(t + DAY + 2 * MIN)
+    assert person.state["profile"]["aggregates"]["event_counts"] == {"product_view": 1}
