@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test test-unit test-integration chaos bench soak lint typecheck schemas clean
+.PHONY: setup run test test-unit test-integration chaos bench soak eval-identity lint typecheck schemas clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ bench: $(STAMP)
 
 soak: $(STAMP)
 	$(BIN)/python -m bench.soak
+
+eval-identity: $(STAMP)
+	$(BIN)/python -m bench.eval_identity
 
 lint: $(STAMP)
 	$(BIN)/ruff check streams schemas models tests bench

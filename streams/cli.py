@@ -189,6 +189,19 @@ def cmd_tail(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_resolve(args: argparse.Namespace) -> int:
+    from streams.tools.resolve import ResolveError, resolve_file
+
+    try:
+        stats = resolve_file(args.input, args.out, show_progress=sys.stderr.isatty())
+    except ResolveError as exc:
+        raise UserError(str(exc)) from None
+    print(f"mailpulse: resolved {stats.records} identify events to {stats.profiles} profiles "
+          f"({stats.possible_matches} with possible matches) in {stats.seconds:.2f} s; wrote {args.out}",
+          file=sys.stderr)
+    return 0
+
+
 def cmd_schemas(args: argparse.Namespace) -> int:
     from schemas.export import write_schemas
 
@@ -267,9 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_not_yet("score"))
 
     p = sub.add_parser("resolve", help="batch identity resolution of identify events")
-    p.add_argument("--input", type=_existing_file, required=True)
-    p.add_argument("--out", type=Path, required=True)
-    p.set_defaults(func=_not_yet("resolve"))
+    p.add_argument("--input", type=_existing_file, required=True, help="JSON lines of identify events")
+    p.add_argument("--out", type=Path, required=True, help='one {"user_id", "profile_id"} line per event')
+    p.set_defaults(func=cmd_resolve)
 
     p = sub.add_parser("schemas", help="write one JSON Schema per topic message type")
     p.add_argument("--out", type=Path, required=True)

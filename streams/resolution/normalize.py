@@ -1,0 +1,153 @@
+"""Canonical forms of person traits for matching: names, nicknames, streets, postcodes, a phonetic key.
+
+Pure functions; the only state is immutable tables and ``lru_cache``s of pure functions (the same few
+names and streets come back on every record, so folding them once is most of the speed).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from functools import lru_cache
+
+# Nickname -> canonical given name. Small and built in on purpose: the common English/German forms.
+NICKNAMES: dict[str, str] = {
+    "bob": "robert", "bobby": "robert", "rob": "robert", "robbie": "robert", "bert": "robert",
+    "bill": "william", "billy": "william", "will": "william", "willy": "william",
+    "liz": "elizabeth", "lizzy": "elizabeth", "beth": "elizabeth", "betty": "elizabeth", "eliza": "elizabeth",
+    "elisabeth": "elizabeth", "libby": "elizabeth",
+    "kate": "katherine", "katie": "katherine", "kathy": "katherine", "cathy": "katherine",
+    "catherine": "katherine", "kathryn": "katherine", "kat": "katherine", "katharina": "katherine",
+    "jim": "james", "jimmy": "james", "jamie": "james",
+    "maggie": "margaret", "meg": "margaret", "peggy": "margaret", "greta": "margaret", "margarete": "margaret",
+    "mike": "michael", "mikey": "michael", "mick": "michael", "micha": "michael",
+    "jen": "jennifer", "jenny": "jennifer", "jenn": "jennifer",
+    "tom": "thomas", "tommy": "thomas",
+    "sue": "susan", "susie": "susan", "suzy": "susan", "susanne": "susan",
+    "dan": "daniel", "danny": "daniel",
+    "pat": "patricia", "patty": "patricia", "trish": "patricia",
+    "alex": "alexander", "sasha": "alexander", "xander": "alexander",
+    "ben": "benjamin", "benny": "benjamin",
+    "sam": "samuel", "sammy": "samuel",
+    "chris": "christopher", "kit": "christopher",
+    "dave": "david", "davy": "david",
+    "joe": "joseph", "joey": "joseph", "sepp": "joseph", "josef": "joseph",
+    "nick": "nicholas", "nicky": "nicholas", "niklas": "nicholas", "nico": "nicholas",
+    "tony": "anthony", "ant": "anthony",
+    "andy": "andrew", "drew": "andrew",
+    "rick": "richard", "dick": "richard", "rich": "richard", "richie": "richard",
+    "ed": "edward", "eddie": "edward", "ted": "edward", "ned": "edward",
+    "steve": "steven", "stephen": "steven",
+    "matt": "matthew", "matthias": "matthew",
+    "jon": "jonathan", "johnny": "john", "jack": "john", "hans": "johannes",
+    "charlie": "charles", "chuck": "charles",
+    "fred": "frederick", "freddie": "frederick", "fritz": "friedrich",
+    "greg": "gregory", "larry": "lawrence", "jerry": "gerald", "gerry": "gerald",
+    "ken": "kenneth", "kenny": "kenneth", "ron": "ronald", "ronnie": "ronald",
+    "tim": "timothy", "timmy": "timothy", "vicky": "victoria", "tori": "victoria",
+    "abby": "abigail", "becky": "rebecca", "becca": "rebecca", "debbie": "deborah", "deb": "deborah",
+    "jess": "jessica", "jessie": "jessica", "mandy": "amanda", "manda": "amanda",
+    "sandy": "sandra", "cindy": "cynthia", "annie": "anne", "ann": "anne",
+    "chrissy": "christina", "tina": "christina", "christine": "christina", "kristina": "christina",
+    "sophie": "sofia", "sophia": "sofia", "emmy": "emma", "millie": "amelia",
+    "lou": "louis", "lu": "lucas", "luke": "lucas", "lukas": "lucas",
+    "bella": "isabella", "izzy": "isabella", "isabel": "isabella",
+    "lotte": "charlotte", "lottie": "charlotte", "ollie": "olivia", "liv": "olivia",
+    "mo": "maurice", "max": "maximilian", "leni": "helene",
+}
+
+# Street-type abbreviations -> full word (after folding: lower case, no accents, ß -> ss).
+STREET_WORDS: dict[str, str] = {
+    "st": "street", "str": "strasse", "ave": "avenue", "av": "avenue", "rd": "road", "ln": "lane",
+    "ct": "court", "dr": "drive", "blvd": "boulevard", "pl": "place", "sq": "square", "hwy": "highway",
+    "pkwy": "parkway", "ter": "terrace", "cres": "crescent", "n": "north", "s": "south", "e": "east",
+    "w": "west", "mt": "mount", "apt": "apartment", "ste": "suite",
+}
+
+_NOT_LETTERS = re.compile(r"[^a-z0-9 ]+")
+_SPACES = re.compile(r"\s+")
+_DIGITS = re.compile(r"\d")
+
+
+@lru_cache(maxsize=65536)
+def fold(text: str) -> str:
+    """Lower case ASCII letters, digits and single spaces: ``"  Müller-Lüdenscheidt "`` -> ``"muller ludenscheidt"``."""
+    text = text.strip().lower().replace("ß", "ss").replace("æ", "ae").replace("ø", "o").replace("ł", "l")
+    if not text.isascii():
+        text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+    text = _NOT_LETTERS.sub(" ", text)
+    return _SPACES.sub(" ", text).strip()
+
+
+@lru_cache(maxsize=65536)
+def name(text: str | None) -> str:
+    """A folded name with inner spaces removed (``"Mc Donald"`` and ``"McDonald"`` are one name)."""
+    return fold(text).replace(" ", "") if text else ""
+
+
+@lru_cache(maxsize=65536)
+def given_name(text: str | None) -> str:
+    """The canonical form of a given name: nickname -> full name (``Bob`` -> ``robert``)."""
+    folded = name(text)
+    return NICKNAMES.get(folded, folded)
+
+
+_SOUNDEX = str.maketrans("bfpvcgjkqsxzdtlmnr", "111122222222334556")
+
+
+@lru_cache(maxsize=65536)
+def phonetic(text: str) -> str:
+    """A 4-character Soundex-style key of a folded name: ``"robert"`` and ``"rupert"`` -> ``"R163"``.
+
+    American Soundex with German ``sch`` folded to ``s``; h/w do not separate equal codes, vowels do.
+    Typo-tolerant for dropped, doubled or swapped vowels and for many consonant slips; the first letter is
+    kept as is, so blocking on it assumes first letters are mostly right (other keys catch the rest).
+    """
+    letters = "".join(ch for ch in text if "a" <= ch <= "z").replace("sch", "s")
+    if not letters:
+        return ""
+    codes = letters.translate(_SOUNDEX)
+    out = [letters[0].upper()]
+    last = codes[0] if codes[0].isdigit() else ""
+    for ch, code in zip(letters[1:], codes[1:], strict=True):
+        if code.isdigit():
+            if code != last:
+                out.append(code)
+                if len(out) == 4:
+                    break
+            last = code
+        elif ch not in "hw":  # a vowel separates equal codes, h/w do not
+            last = ""
+    return "".join(out).ljust(4, "0")
+
+
+@lru_cache(maxsize=65536)
+def street(text: str | None) -> tuple[str, str]:
+    """``(house_number, street_name)`` with abbreviations spelled out: ``"12a Main St."`` -> ``("12a", "main street")``.
+
+    German compounds ending in ``str``/``straße`` become ``...strasse``.
+    """
+    if not text:
+        return "", ""
+    numbers: list[str] = []
+    words: list[str] = []
+    for token in fold(text).split(" "):
+        if _DIGITS.search(token):
+            numbers.append(token)
+            continue
+        token = STREET_WORDS.get(token, token)
+        if token.endswith("str") and len(token) > 5:
+            token += "asse"
+        words.append(token)
+    return " ".join(numbers), " ".join(words)
+
+
+@lru_cache(maxsize=65536)
+def postcode(text: str | None) -> str:
+    """Upper case, no spaces or dashes: ``"sw1a 1aa"`` -> ``"SW1A1AA"``."""
+    return "".join(ch for ch in text.upper() if ch.isalnum()) if text else ""
+
+
+def birthday(text: str | None) -> str:
+    """``YYYY-MM-DD`` (what ingest already made of it), or ``""``."""
+    return text[:10] if text and len(text) >= 10 else ""
