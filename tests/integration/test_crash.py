@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from streams.identity import profile_id_for
+
 from .conftest import MAILPULSE, latest_by_key, read_topic
 from .expected import UNTIL
 from .test_pipeline import _many_events, expected_profiles, write_jsonl
@@ -39,7 +41,34 @@ def assert_profiles(bootstrap: str, expected: dict[bytes, Any]) -> None:
         counts = [((got.get(k) or {}).get("aggregates", {}).get("event_counts"),
                    (expected.get(k) or {}).get("aggregates", {}).get("event_counts")) for k in differing[:5]]
         raise AssertionError(f"{len(differing)} of {len(expected)} profiles differ; event counts got/expected: "
-                             f"{counts}") from None
+                             f"{counts}; trace: {_trace(bootstrap, differing[:2])}") from None
+
+
+def _trace(bootstrap: str, keys: list[Any]) -> str:
+    """Where the events of differing profiles went: seen in the internal topic (how often), and the
+    event ids of the last state write of each in the changelog."""
+    ids = {k: (orjson_get(bootstrap, k)) for k in keys}
+    return repr(ids)
+
+
+def orjson_get(bootstrap: str, profile_id: bytes) -> dict[str, Any]:
+    internal = read_topic(bootstrap, "mailpulse-profile-events")
+    changelog = read_topic(bootstrap, "mailpulse-profile-state-changelog")
+    seen_internal: dict[str, int] = {}
+    key_of = None
+    for _, record in internal:
+        for key, event in record:
+            if key is not None and profile_id_for(key).encode() == profile_id:
+                key_of = key
+                seen_internal[event["event_id"]] = seen_internal.get(event["event_id"], 0) + 1
+    last_seen: set[str] = set()
+    writes = 0
+    for key, state in changelog:
+        if key_of is not None and key == key_of.encode() and state is not None and "seen" in state:
+            last_seen = set(state["seen"])
+            writes += 1
+    return {"key": key_of, "internal": seen_internal, "writes": writes,
+            "not_in_last_state": sorted(set(seen_internal) - last_seen)}
 
 
 @pytest.mark.chaos  # known defect: 2 of about 10 runs lost 1 of 6000 events (README); `make chaos`
