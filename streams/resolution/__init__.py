@@ -1,10 +1,18 @@
 """Identity resolution (issue 3): exact merges through shared identifiers, fuzzy merges of identify records.
 
 Pure and deterministic: plain data in, plain data out, no module-level state. See
-:mod:`streams.resolution.resolver` for the design, :mod:`.scoring` for the pair score and
-:mod:`.normalize` for the canonical forms of traits.
+:mod:`streams.resolution.resolver` for the design, :mod:`.scoring` for the pair score,
+:mod:`.normalize` for the canonical forms of traits and :mod:`.blocks` for the stream's per-block fuzzy step.
 """
 
+from streams.resolution.blocks import (
+    BlockOutcome,
+    block_keys,
+    drop_member,
+    on_block_message,
+    person_from_record,
+    person_record,
+)
 from streams.resolution.resolver import (
     MAX_BLOCK,
     MERGE_THRESHOLD,
@@ -25,13 +33,19 @@ __all__ = [
     "MERGE_THRESHOLD",
     "POSSIBLE_THRESHOLD",
     "BatchResult",
+    "BlockOutcome",
     "Person",
     "Resolution",
     "Resolver",
+    "block_keys",
     "blocking_keys",
+    "drop_member",
     "evidence",
     "identifier_keys",
+    "on_block_message",
+    "person_from_record",
     "person_of",
+    "person_record",
     "representative",
     "resolve_all",
     "resolve_batch",
