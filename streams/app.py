@@ -28,6 +28,7 @@ from streams import topics as names
 from streams.broker import free_port
 from streams.config import PipelineConfig, load_config
 from streams.consumer import App
+from streams.dispatch import dispatch
 from streams.identity import profile_key
 from streams.ingest import Accepted, Source, decode
 from streams.metrics import Metrics
@@ -38,7 +39,7 @@ from streams.routing import PartitionBatches, partition_for
 from streams.rules.recommend import count_pairs, top_neighbours
 from streams.settings import Settings
 from streams.tables import ProfileTable, profile_table, rocksdb_options
-from streams.timeline import RuleSet, advance, next_due, receive
+from streams.timeline import RuleSet, advance, next_due
 from streams.watermark import DueIndex, expected_clocks, merge_clocks, watermark
 
 DAY_MS = 86_400_000
@@ -61,6 +62,7 @@ class Pipeline:
     input_partitions: dict[str, int]
     due_index: DueIndex
     cooccurrence: Any
+    identity_blocks: ProfileTable  # "b:<blocking key>" -> {profile key: person record} (fuzzy matching)
     product_neighbours: ProfileTable  # product -> {other product: count}
     product_recs: ProductRecs  # every product's published top neighbours (started by the worker)
 
@@ -116,10 +118,11 @@ def create_app(settings: Settings, metrics: Metrics | None = None, output: Outpu
         due_index=DueIndex(),
         cooccurrence=_raw_topic(app, names.cooccurrence_topic(settings.app_id), partitions=settings.partitions,
                                 internal=True),
+        identity_blocks=profile_table(app, output, "identity-blocks", settings.partitions, options),
         product_neighbours=profile_table(app, output, "product-neighbours", settings.partitions, options),
         product_recs=ProductRecs(),
     )
-    tables = (p.profile_state, p.profile_due, p.partition_clocks, p.product_neighbours)
+    tables = (p.profile_state, p.profile_due, p.partition_clocks, p.identity_blocks, p.product_neighbours)
 
     def after_flush() -> None:
         for table in tables:
@@ -156,6 +159,19 @@ def _wall_clock(p: Pipeline) -> Any:
             p.output.send(events_topic, None, record, partition)
 
     return wall_clock
+
+
+class StateCache(dict[str, Any]):
+    """The states one record touches, read through from a table once (``None``: no entry)."""
+
+    def __init__(self, load: Any) -> None:
+        super().__init__()
+        self._load = load
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if key not in self:
+            self[key] = self._load(key)
+        return dict.__getitem__(self, key)
 
 
 def _now_ms() -> int:
@@ -223,29 +239,24 @@ def _profile_agent(p: Pipeline) -> Any:
     partitions = settings.partitions
     latency = {name: metrics.event_latency.labels(name) for name in (names.PROFILES, names.SEGMENT_CHANGES,
                                                                      names.TRIGGERS)}
-    updated, erased = metrics.profiles_written.labels("updated"), metrics.profiles_written.labels("erased")
+    updated = metrics.profiles_written.labels("updated")
+    events_topic, block_table = names.events_topic(settings.app_id), p.identity_blocks
     cooccurrence_topic, neighbours_of = names.cooccurrence_topic(settings.app_id), p.product_recs.get
 
-    def load(key: bytes) -> State | None:
-        raw = table.get(key)
+    def load(key: str) -> State | None:
+        raw = table.get(key.encode())
         return orjson.loads(raw) if raw is not None else None
 
     def due_entries() -> Any:
         for key, value in due_table.items():
             yield partition_for(key.decode(), partitions), int(value), key
 
-    def erase(key: bytes, before: State | None, marker: State) -> None:
-        """The profile, its timers and due entry go; the erasure marker stays (see ``receive``)."""
-        table[key] = orjson.dumps(marker)
-        if before is None or "profile" not in before:
-            return
-        if before.get("due") is not None:
-            del due_table[key]
-        send(names.PROFILES, before["profile"]["profile_id"].encode(), None)
-        erased.inc()
+    def load_block(key: str) -> Any:
+        raw = block_table.get(key.encode())
+        return orjson.loads(raw) if raw is not None else None
 
     def write(key: bytes, state: State, partition: int) -> None:
-        due = next_due(state)
+        due = next_due(state) if "profile" in state else None
         if due != state.get("due"):  # "due": what the profile-due table holds for this key
             if due is None:
                 del due_table[key]
@@ -267,60 +278,69 @@ def _profile_agent(p: Pipeline) -> Any:
             clocks: dict[str, int] = orjson.loads(raw_clocks) if raw_clocks is not None else {}
             wall = clocks.get("wall")
             before = watermark(clocks, expected, None if wall_delay is None or wall is None else wall - wall_delay)
-            touched: dict[bytes, State | None] = {}
-            received: set[bytes] = set()
+            states = StateCache(load)
+            blocks = StateCache(load_block)
+            changed: set[str] = set()
+            republish: set[str] = set()
+            outbox: list[tuple[str, dict[str, Any]]] = []
             moved = False
-            for key, ev in orjson.loads(record.value):
+            for key, message in orjson.loads(record.value):
                 if key is None:  # clocks of input partitions, or the wall clock
-                    if "clocks" in ev:
-                        moved |= merge_clocks(clocks, ev["clocks"])
-                    elif ev.get("wall", 0) > clocks.get("wall", 0):
-                        clocks["wall"] = ev["wall"]
+                    if "clocks" in message:
+                        moved |= merge_clocks(clocks, message["clocks"])
+                    elif message.get("wall", 0) > clocks.get("wall", 0):
+                        clocks["wall"] = message["wall"]
                         moved = True
                     continue
-                kb = key.encode()
-                state = touched[kb] if kb in touched else load(kb)
-                got = receive(state, key, ev, before, rules)
-                topic = ev["src"][0]
-                if got.outcome == "duplicate":
-                    metrics.event(topic, "duplicate").inc()
-                    continue
-                metrics.event(topic, "processed").inc()
-                if got.late:
-                    metrics.late_events.labels(topic).inc()
-                if got.outcome == "erased":
-                    assert got.state is not None
-                    erase(kb, state, got.state)
-                    touched[kb] = got.state  # the marker: later events of this record see it
-                    received.discard(kb)
-                    continue
-                if got.outcome == "forgotten":
-                    continue
-                touched[kb] = got.state
-                received.add(kb)
+                effects = dispatch(states, blocks, key, message, before, rules)
+                if effects.outcome is not None:
+                    topic = message["src"][0]
+                    metrics.event(topic, "duplicate" if effects.outcome == "duplicate" else "processed").inc()
+                    if effects.late:
+                        metrics.late_events.labels(topic).inc()
+                if effects.changed:
+                    changed.add(key)
+                if effects.republish:
+                    republish.add(key)
+                outbox += effects.send
+                for profile_id, why in effects.tombstones:
+                    send(names.PROFILES, profile_id.encode(), None)
+                    metrics.profiles_written.labels(why).inc()
+                for kind in effects.merges:
+                    metrics.profile_merges.labels(kind).inc()
+                if effects.blocks_skipped:
+                    metrics.identity_blocks_skipped.inc(effects.blocks_skipped)
             if moved:
                 clock_table[clocks_key] = orjson.dumps(clocks)
             wall = clocks.get("wall")
             now_wm = watermark(clocks, expected, None if wall_delay is None or wall is None else wall - wall_delay)
+            due_now: set[str] = set()
             if now_wm is not None:
-                for _, kb in index.pop_due(partition, now_wm):
-                    if kb not in touched:
-                        touched[kb] = load(kb)
+                due_now = {kb.decode() for _, kb in index.pop_due(partition, now_wm)}
             now = _now_ms()
             record_arrival = int(record.message.timestamp * 1000) if record.message.timestamp else now
             pairs: dict[str, list[list[Any]]] = {}
-            for kb, state in touched.items():
-                if state is None or "profile" not in state:
+            for key in sorted(changed | due_now):
+                if key.startswith("b:"):
+                    block_table[key.encode()] = orjson.dumps(blocks.get(key))
+                    continue
+                state = states.get(key)
+                if state is None:
+                    continue
+                kb = key.encode()
+                if "profile" not in state:  # a redirect or an erasure marker
+                    if key in changed:
+                        write(kb, state, partition)
                     continue
                 out = advance(state, now_wm, rules, now, neighbours_of)
-                for product, other, weight in out.pairs:
-                    pairs.setdefault(product, []).append([other, weight])
-                if not (out.steps or kb in received):
+                if not (out.steps or key in changed):
                     continue  # a stale index entry: nothing was due
                 write(kb, state, partition)
+                for product, other, weight in out.pairs:
+                    pairs.setdefault(product, []).append([other, weight])
                 arrived = max((ev["src"][3] for ev in out.released), default=record_arrival)
                 pid = state["profile"]["profile_id"].encode()
-                if out.changed:
+                if out.changed or key in republish:
                     send(names.PROFILES, pid, orjson.dumps(snapshot(state)))
                     updated.inc()
                     latency[names.PROFILES].observe(max(0.0, (now - arrived) / 1000))
@@ -342,6 +362,15 @@ def _profile_agent(p: Pipeline) -> Any:
                     by_partition.setdefault(partition_for(product, partitions), []).append([product, counted])
                 for target, entries in by_partition.items():
                     send(cooccurrence_topic, None, orjson.dumps(entries), target)
+            if outbox:
+                routed = PartitionBatches()
+                for target_key, message in outbox:
+                    target = partition_for(target_key, partitions)
+                    full = routed.add(target, target_key, message, 512 + (4096 if "state" in message else 0))
+                    if full is not None:
+                        send(events_topic, None, full, target)
+                for target, batch in routed.records():
+                    send(events_topic, None, batch, target)
 
     return profiles
 

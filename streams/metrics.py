@@ -57,6 +57,10 @@ class Metrics:
             "mailpulse_assigned_partitions", "Partitions this worker owns after the last rebalance", ["topic"],
             registry=r,
         )
+        self.identity_blocks_skipped = Counter(
+            "mailpulse_identity_blocks_skipped", "Fuzzy-matching blocks too large to score a newcomer in",
+            registry=r,
+        )
         self.late_events = Counter("mailpulse_late_events", "Events older than the watermark", ["topic"], registry=r)
 
     def event(self, topic: str, outcome: str) -> Any:

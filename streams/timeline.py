@@ -69,7 +69,8 @@ class Received:
     late: bool = False
 
 
-def _ensure(state: State) -> State:
+def ensure_rule_state(state: State) -> State:
+    """Adds the timeline's parts (pending events, rule state) to a profile state that lacks them."""
     if "rules" not in state:
         state["pending"] = []
         state["rules"] = triggers.new_rule_state()
@@ -94,11 +95,11 @@ def receive(state: State | None, key: str, event: dict[str, Any], watermark: int
         previous = state.get("erased_at") if state is not None else None
         return Received({"erased_at": event["ts"] if previous is None else max(previous, event["ts"])}, "erased")
     if state is None:
-        state = _ensure(new_state(key, event["ts"]))
+        state = ensure_rule_state(new_state(key, event["ts"]))
         if erased_at is not None:
             state["erased_at"] = erased_at
     else:
-        state = _ensure(state)
+        state = ensure_rule_state(state)
     remember(state, event, rules.retention_ms)
     entry = [event["ts"], KIND_ORDER.get(event["kind"], 9), event["event_id"], event]
     bisect.insort(state["pending"], entry, key=lambda e: (e[0], e[1], e[2]))
@@ -177,10 +178,16 @@ def advance(state: State, watermark: int | None, rules: RuleSet, now_ms: int,
     out = Outputs()
     if watermark is None or "profile" not in state:
         return out
-    state = _ensure(state)
+    state = ensure_rule_state(state)
     profile, rs, pending = state["profile"], state["rules"], state["pending"]
     timers: dict[str, list[Any]] = rs["timers"]
     cfg = rules.config
+    if rs.pop("dirty", False) and rs["clock"] is not None:
+        # merged with another profile: its segments are evaluated again at the current time
+        cart = cart_view(profile)
+        out.steps += 1
+        out.changed = True
+        _evaluate_segments(state, cart, rs["clock"], rules, now_ms, out)
     while True:
         timer_name = min(timers, key=lambda name: (timers[name][0], name)) if timers else None
         timer_due = timers[timer_name][0] if timer_name is not None else None

@@ -9,10 +9,9 @@ import orjson
 
 from schemas.timeparse import parse_timestamp
 from streams.config import PipelineConfig
-from streams.identity import profile_key
+from streams.dispatch import run_locally
 from streams.ingest import Accepted, Source, decode
-from streams.profile import snapshot
-from streams.timeline import RuleSet, advance, receive
+from streams.timeline import RuleSet
 
 #: Where the broker tests' ``replay --until`` moves the watermark (after every generated event).
 UNTIL = "2026-03-05T00:00:00Z"
@@ -27,25 +26,18 @@ class Expected:
 
 def expected_run(events: list[dict[str, Any]], until: str = UNTIL,
                  config: PipelineConfig | None = None) -> Expected:
-    """Every event received, then the watermark moved to ``until`` once."""
+    """Every event (and every identity message it causes) delivered, then the watermark moved to
+    ``until`` once: :func:`streams.dispatch.run_locally`."""
     rules = RuleSet.build(config or PipelineConfig(), 7 * 86_400_000)
-    states: dict[str, Any] = {}
+    accepted = []
     for n, raw in enumerate(events):
         result = decode(orjson.dumps(raw), Source("t", 0, n, None, 0), 0)
-        if not isinstance(result, Accepted) or result.event["type"] == "tick":
-            continue
-        key = profile_key(result.event)
-        states[key] = receive(states.get(key), key, result.event, None, rules).state
-    changes: list[tuple[str, str, str, str]] = []
-    triggers: dict[str, dict[str, Any]] = {}
-    for state in states.values():
-        if state is None:
-            continue
-        out = advance(state, parse_timestamp(until), rules, 0)
-        changes += [(c["profile_id"], c["segment"], c["change"], c["at"]) for c in out.segment_changes]
-        triggers.update((t["trigger_id"], t) for t in out.triggers)
-    profiles = {s["profile"]["profile_id"].encode(): snapshot(s) for s in states.values() if s is not None}
-    return Expected(profiles, sorted(changes), triggers)
+        if isinstance(result, Accepted) and result.event["type"] != "tick":
+            accepted.append(result.event)
+    run = run_locally(accepted, parse_timestamp(until), rules)
+    changes = sorted((c["profile_id"], c["segment"], c["change"], c["at"]) for c in run.segment_changes)
+    return Expected({pid.encode(): snap for pid, snap in run.profiles.items()}, changes,
+                    {t["trigger_id"]: t for t in run.triggers})
 
 
 def changes_of(messages: list[tuple[bytes | None, Any]]) -> list[tuple[str, str, str, str]]:

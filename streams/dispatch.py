@@ -1,0 +1,205 @@
+"""What the profile agent does with one entry of an internal record, as a pure function over its
+states: ``dispatch(states, blocks, key, message, ...) -> Effects``.
+
+An entry is an input event routed by profile key, or a message of the identity graph
+(:mod:`streams.identity_graph`): a link, an arriving profile, a possible match, or a person record
+for a fuzzy-matching block (keys ``b:...``, state in ``blocks``).  ``states`` and ``blocks`` are
+mappings the caller backs with its tables (the agent) or with dicts (tests, ``expected_run``);
+the messages in ``Effects.send`` go back onto the internal topic, routed by their key.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Iterable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from streams import identity_graph as graph
+from streams.identity import profile_id_for, profile_key
+from streams.merge import merge_states
+from streams.profile import State, new_state, snapshot
+from streams.resolution.blocks import block_keys, on_block_message, person_record
+from streams.timeline import RuleSet, advance, ensure_rule_state, receive
+
+
+@dataclass
+class Effects:
+    send: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (target key, message)
+    tombstones: list[tuple[str, str]] = field(default_factory=list)  # (profile id, "erased" | "merged")
+    outcome: str | None = None  # input events: processed | duplicate | erased | forgotten
+    late: bool = False
+    merges: list[str] = field(default_factory=list)  # kinds of profiles absorbed into a live one here
+    republish: bool = False  # the profile changed outside the timeline (merge, possible match)
+    changed: bool = False  # the key's state changed: write it back
+    blocks_skipped: int = 0
+
+
+def dispatch(states: MutableMapping[str, State | None], blocks: MutableMapping[str, Any], key: str,
+             message: dict[str, Any], watermark: int | None, rules: RuleSet) -> Effects:
+    """Handles one entry for ``key``; updates ``states[key]`` (or ``blocks[key]``)."""
+    kind = message.get("type")
+    if kind == graph.BLOCK:
+        effects = _on_block(blocks, key, message)
+        effects.changed = True
+        return effects
+    state = states.get(key)
+    if kind == graph.LINK:
+        effects = _apply(states, key, graph.on_link(key, state, message["root"], message.get("kind", "exact")))
+    elif kind == graph.ABSORB:
+        effects = _on_absorb(states, key, state, message)
+    elif kind == graph.POSSIBLE:
+        effects = _on_possible(states, key, state, message)
+    else:
+        effects = _on_event(states, key, state, message, watermark, rules)
+    effects.changed = (effects.changed or states.get(key) is not state or effects.republish
+                       or effects.outcome in ("processed", "erased"))
+    return effects
+
+
+def _apply(states: MutableMapping[str, State | None], key: str, routing: graph.Routing) -> Effects:
+    states[key] = routing.state
+    effects = Effects(send=list(routing.send))
+    if routing.retired is not None:
+        effects.tombstones.append((routing.retired, "merged"))
+    return effects
+
+
+def _on_event(states: MutableMapping[str, State | None], key: str, state: State | None, event: dict[str, Any],
+              watermark: int | None, rules: RuleSet) -> Effects:
+    if graph.is_redirect(state):
+        assert state is not None
+        return Effects(send=[(state["merged_into"], event)])
+    was_live = graph.is_live(state)
+    published = was_live and state is not None and state["profile"]["version"] > 0
+    got = receive(state, key, event, watermark, rules)
+    effects = Effects(outcome=got.outcome, late=got.late)
+    if got.outcome == "erased":
+        states[key] = got.state
+        if was_live and state is not None:
+            if published:
+                effects.tombstones.append((state["profile"]["profile_id"], "erased"))
+            effects.send += [(block, {"type": graph.BLOCK, "key": key, "drop": True})
+                             for block in state.get("blocks", [])]
+        return effects
+    if got.outcome != "processed" or got.state is None:
+        return effects
+    new = got.state
+    routing = graph.place(key, new, event)
+    root = routing.state["merged_into"] if graph.is_redirect(routing.state) else key  # type: ignore[index]
+    record = person_record(event) if event["type"] == "identify" else None
+    if record is not None:
+        keys = block_keys(record)
+        registered: list[str] = new.setdefault("blocks", [])
+        registered.extend(b for b in keys if b not in registered)
+        effects.send += [(block, {"type": graph.BLOCK, "key": root, "person": record}) for block in keys]
+    applied = _apply(states, key, routing)
+    effects.send = applied.send + effects.send
+    effects.tombstones += applied.tombstones
+    return effects
+
+
+def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State | None,
+               message: dict[str, Any]) -> Effects:
+    if graph.is_redirect(state):
+        assert state is not None
+        return _apply(states, key, graph.forward_absorb(state, message))
+    absorbed: State = message["state"]
+    effects = Effects()
+    if state is not None and not graph.is_live(state):
+        # an erasure marker: the person was erased, and what arrives is theirs (linked before the
+        # erase reached it): it is dropped too.  Their later activity starts a new profile here.
+        return effects
+    if graph.is_live(state):
+        assert state is not None
+        merged = merge_states(state, absorbed, key)
+        merged["due"] = state.get("due")
+        effects.merges.append(message.get("kind", "exact"))
+    else:  # nothing here yet: the arriving profile settles under this key
+        merged = merge_states(ensure_rule_state(new_state(key, absorbed["profile"]["created_at"])), absorbed, key)
+    links = {*merged.get("links", []), *absorbed.get("links", []), message["from"]} - {key}
+    merged["links"] = sorted(links, key=graph.rank)
+    merged["rules"]["dirty"] = True  # segments are evaluated again at the next step
+    states[key] = merged
+    effects.republish = True
+    return effects
+
+
+def _on_possible(states: MutableMapping[str, State | None], key: str, state: State | None,
+                 message: dict[str, Any]) -> Effects:
+    if graph.is_redirect(state):
+        assert state is not None
+        return Effects(send=[(state["merged_into"], message)])
+    if not graph.is_live(state):
+        return Effects()
+    assert state is not None
+    other = profile_id_for(message["other"])
+    matches: list[dict[str, Any]] = state["profile"]["possible_matches"]
+    for match in matches:
+        if match["profile_id"] == other:
+            match["score"] = max(match["score"], message["score"])
+            break
+    else:
+        matches.append({"profile_id": other, "score": message["score"]})
+        matches.sort(key=lambda m: m["profile_id"])
+    states[key] = state
+    return Effects(republish=True)
+
+
+def _on_block(blocks: MutableMapping[str, Any], key: str, message: dict[str, Any]) -> Effects:
+    members = blocks.get(key)
+    if message.get("drop"):
+        if members and message["key"] in members:
+            blocks[key] = {k: v for k, v in members.items() if k != message["key"]}
+        return Effects()
+    outcome = on_block_message(members, message["key"], message["person"])
+    blocks[key] = outcome.members
+    effects = Effects(blocks_skipped=int(outcome.skipped))
+    for a, b, _ in outcome.links:
+        small, large = sorted((a, b), key=graph.rank)
+        effects.send.append((large, {"type": graph.LINK, "root": small, "kind": "fuzzy"}))
+    for a, b, score in outcome.possible:
+        effects.send.append((a, {"type": graph.POSSIBLE, "other": b, "score": round(score, 4)}))
+        effects.send.append((b, {"type": graph.POSSIBLE, "other": a, "score": round(score, 4)}))
+    return effects
+
+
+@dataclass
+class LocalRun:
+    """What :func:`run_locally` produced."""
+
+    states: dict[str, State | None]
+    profiles: dict[str, dict[str, Any]]  # profile_id -> snapshot of every live profile
+    segment_changes: list[dict[str, Any]]
+    triggers: list[dict[str, Any]]
+    merges: list[str]
+
+
+def run_locally(events: Iterable[dict[str, Any]], watermark: int, rules: RuleSet,
+                shuffle: random.Random | None = None) -> LocalRun:
+    """The profile hop without a broker: every (accepted, non-tick) event and every message they
+    cause delivered in FIFO order (or in a random order with ``shuffle``), then every live profile
+    advanced to ``watermark`` once.  The yardstick of tests: the stream must end up the same."""
+    states: dict[str, State | None] = {}
+    blocks: dict[str, Any] = {}
+    queue: deque[tuple[str, dict[str, Any]]] = deque((profile_key(event), event) for event in events)
+    merges: list[str] = []
+    while queue:
+        if shuffle is not None and len(queue) > 1:
+            queue.rotate(-shuffle.randrange(len(queue)))
+        key, message = queue.popleft()
+        effects = dispatch(states, blocks, key, message, None, rules)
+        queue.extend(effects.send)
+        merges += effects.merges
+    changes: list[dict[str, Any]] = []
+    triggers: list[dict[str, Any]] = []
+    profiles: dict[str, dict[str, Any]] = {}
+    for state in states.values():
+        if graph.is_live(state):
+            assert state is not None
+            out = advance(state, watermark, rules, 0)
+            changes += out.segment_changes
+            triggers += out.triggers
+            profiles[state["profile"]["profile_id"]] = snapshot(state)
+    return LocalRun(states, profiles, changes, triggers, merges)

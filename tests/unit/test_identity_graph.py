@@ -1,0 +1,137 @@
+"""Identity in the stream: links, merges and fuzzy matches through streams.dispatch, without a broker."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import orjson
+import pytest
+
+from schemas.timeparse import parse_timestamp
+from streams import identity_graph as graph
+from streams.config import PipelineConfig
+from streams.dispatch import run_locally
+from streams.identity import profile_id_for
+from streams.ingest import Accepted, Source, decode
+from streams.timeline import RuleSet
+
+RULES = RuleSet.build(PipelineConfig(), 7 * 86_400_000)
+T0 = parse_timestamp("2026-03-01T10:00:00Z")
+MIN = 60_000
+UNTIL = T0 + 3 * 86_400_000
+
+
+def ev(event_id: str, etype: str, minute: int, **fields: Any) -> dict[str, Any]:
+    raw = {"event_id": event_id, "type": etype, "timestamp": T0 + minute * MIN, **fields}
+    result = decode(orjson.dumps(raw), Source("t", 0, 0, None, 0), 0)
+    assert isinstance(result, Accepted), result
+    return result.event
+
+
+def live_keys(states: dict[str, Any]) -> list[str]:
+    return sorted(key for key, state in states.items() if graph.is_live(state))
+
+
+def test_rank_puts_user_ids_first_then_emails_anonymous_ids_phones() -> None:
+    assert graph.smallest(["a:1", "e:x@y.z", "ph:+4930", "u:9"]) == "u:9"
+    assert graph.smallest(["a:1", "ph:+4930"]) == "a:1"
+    keys = graph.identifier_keys({"user_id": "u-1", "anonymous_id": "a-1", "traits": {"email": "x@y.z"}})
+    assert keys == ["u:u-1", "e:x@y.z", "a:a-1"]
+
+
+def test_anonymous_browsing_then_identify_gives_one_profile_with_the_history() -> None:
+    events = [ev("v-1", "product_view", 0, anonymous_id="a-5", product_id="sku-1"),
+              ev("k-1", "cart_add", 1, anonymous_id="a-5", product_id="sku-1", price=9.0),
+              ev("i-1", "identify", 2, anonymous_id="a-5", user_id="u-17",
+                 traits={"email": "ana@example.com", "first_name": "Ana"}),
+              ev("v-2", "product_view", 3, email="ana@example.com", product_id="sku-2")]
+    run = run_locally(events, UNTIL, RULES)
+    assert live_keys(run.states) == ["u:u-17"]
+    assert run.states["a:a-5"] == {"merged_into": "u:u-17"} or run.states["a:a-5"]["merged_into"] == "u:u-17"
+    [profile] = run.profiles.values()
+    assert profile["profile_id"] == profile_id_for("u:u-17")
+    assert profile["aggregates"]["event_counts"] == {"product_view": 2, "cart_add": 1, "identify": 1}
+    assert profile["identifiers"]["anonymous_ids"] == ["a-5"] and profile["email"] == "ana@example.com"
+    assert run.merges and set(run.merges) == {"exact"}  # the e-mail profile of v-2 may merge too
+    # the abandoned cart of the anonymous visitor is the identified person's: with her name
+    [cart] = [t for t in run.triggers if t["type"] == "cart_abandoned"]
+    assert cart["profile_id"] == profile["profile_id"] and cart["payload"]["first_name"] == "Ana"
+
+
+def _people(seed: int) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    events = []
+    for n in range(60):
+        person = rng.randrange(8)
+        ids = rng.choice([{"anonymous_id": f"a-{person}"}, {"user_id": f"u-{person}"},
+                          {"email": f"p{person}@example.com"},
+                          {"anonymous_id": f"a-{person}-{rng.randrange(2)}", "user_id": f"u-{person}"},
+                          {"email": f"p{person}@example.com", "anonymous_id": f"a-{person}"}])
+        kind = rng.choice(["product_view", "cart_add", "purchase", "identify"])
+        extra: dict[str, Any] = {"product_id": f"sku-{rng.randrange(5)}"} if kind != "identify" else {}
+        if kind == "cart_add":
+            extra["price"] = 5.0
+        if kind == "purchase":
+            extra = {"order_id": f"o-{n}", "total": 5.0}
+        if kind == "identify":
+            extra = {"traits": {"email": f"p{person}@example.com"}} if rng.random() < 0.5 else {}
+        events.append(ev(f"e-{n}", kind, n, **ids, **extra))
+    return events
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_same_profiles_whatever_order_the_messages_arrive_in(seed: int) -> None:
+    events = _people(seed)
+    fifo = run_locally(events, UNTIL, RULES)
+    shuffled_events = list(events)
+    rng = random.Random(seed)
+    rng.shuffle(shuffled_events)
+    shuffled = run_locally(shuffled_events, UNTIL, RULES, shuffle=rng)
+    strip = {"version", "segments"}
+    assert {pid: {k: v for k, v in p.items() if k not in strip} for pid, p in shuffled.profiles.items()} == \
+        {pid: {k: v for k, v in p.items() if k not in strip} for pid, p in fifo.profiles.items()}
+    assert live_keys(shuffled.states) == live_keys(fifo.states)
+    # every person's events end in one profile at their smallest identifier
+    total = sum(sum(p["aggregates"]["event_counts"].values()) for p in fifo.profiles.values())
+    assert total == len(events)
+    for key, state in fifo.states.items():
+        if graph.is_redirect(state):
+            assert graph.rank(state["merged_into"]) < graph.rank(key)
+
+
+def test_two_crm_records_with_typos_merge_and_a_borderline_pair_only_becomes_a_possible_match() -> None:
+    crm = {"birthday": "1988-04-12", "street": "12 Baker Street", "city": "London", "postcode": "NW1 6XE"}
+    events = [ev("c-1", "identify", 0, email="jonathan.smith@example.com", source="crm",
+                 traits={"first_name": "Jonathan", "last_name": "Smith", **crm}),
+              ev("c-2", "identify", 5, email="jsmith@work.example", source="crm",
+                 traits={"first_name": "Jon", "last_name": "Smtih", **crm})]
+    run = run_locally(events, UNTIL, RULES)
+    assert len(run.profiles) == 1 and run.merges == ["fuzzy"]
+    [merged] = run.profiles.values()
+    assert merged["identifiers"]["emails"] == ["jonathan.smith@example.com", "jsmith@work.example"]
+
+    # same surname and address, different first name, no birthday: a household, not one person
+    household = [ev("h-1", "identify", 0, email="mary@example.com",
+                    traits={"first_name": "Mary", "last_name": "Smith", "street": "12 Baker Street",
+                            "city": "London", "postcode": "NW1 6XE"}),
+                 ev("h-2", "identify", 5, email="peter@example.com",
+                    traits={"first_name": "Peter", "last_name": "Smith", "street": "12 Baker Street",
+                            "city": "London", "postcode": "NW1 6XE"})]
+    run = run_locally(household, UNTIL, RULES)
+    assert len(run.profiles) == 2 and run.merges == []
+    for profile in run.profiles.values():
+        [match] = profile["possible_matches"]
+        assert match["profile_id"] in run.profiles and match["profile_id"] != profile["profile_id"]
+        assert 0.5 <= match["score"] < 0.9
+
+
+def test_erase_after_a_merge_forgets_every_identifier_of_the_person() -> None:
+    events = [ev("v-1", "product_view", 0, anonymous_id="a-5", product_id="sku-1"),
+              ev("i-1", "identify", 1, anonymous_id="a-5", user_id="u-17"),
+              ev("x-1", "erase", 2, user_id="u-17")]
+    replay = [ev("v-1", "product_view", 0, anonymous_id="a-5", product_id="sku-1"),
+              ev("v-3", "product_view", 1, anonymous_id="a-5", product_id="sku-3")]
+    run = run_locally(events + replay, UNTIL, RULES)
+    assert run.profiles == {}
+    assert run.states["u:u-17"] == {"erased_at": T0 + 2 * MIN}
