@@ -18,7 +18,7 @@ from confluent_kafka import Consumer
 
 from schemas.events import INPUT_TOPICS
 from streams.broker import EmbeddedBroker, ensure_topics, free_port, start_embedded_broker
-from streams.tools.produce import key_for, make_producer, produce, topic_for
+from streams.tools.produce import key_for, make_producer, produce, send_ticks, topic_for
 from streams.topics import COMPACTED_TOPICS, CONTRACT_TOPICS
 
 PARTITIONS = 8
@@ -58,7 +58,9 @@ def synthetic_events(n: int, users: int = 20_000, bad_every: int = 0) -> list[by
     return out
 
 
-def produce_all(bootstrap: str, events: list[bytes]) -> None:
+def produce_all(bootstrap: str, events: list[bytes], until: int | None = None) -> None:
+    """Produces ``events`` by type; with ``until``, then a tick at that time to every input partition
+    (as ``replay --until`` does), so the watermark releases every event."""
     producer = make_producer(bootstrap)
     for raw in events:
         try:
@@ -67,7 +69,14 @@ def produce_all(bootstrap: str, events: list[bytes]) -> None:
         except Exception:
             topic, key = "clicks", None
         produce(producer, topic, raw, key)
+    if until is not None:
+        send_ticks(producer, until)
     producer.flush(120)
+
+
+def events_end(n: int) -> int:
+    """A time after every event of :func:`synthetic_events` (n events)."""
+    return 1_772_359_200_000 + n * 50 + 1
 
 
 def raw_consume_rate(bootstrap: str, expected: int, topics: tuple[str, ...] = INPUT_TOPICS) -> float:
@@ -143,8 +152,11 @@ class Measured:
         return self.handled / self.seconds
 
 
-def wait_processed(workers: list[WorkerProcess], expected: int, timeout: float = 600.0) -> Measured:
-    """Poll the workers' ``mailpulse_events_total`` until ``expected`` events are handled."""
+def wait_processed(workers: list[WorkerProcess], expected: int, timeout: float = 600.0,
+                   applied: int | None = None) -> Measured:
+    """Poll the workers' ``mailpulse_events_total`` until ``expected`` events are handled and (when
+    given) ``mailpulse_events_applied_total`` until ``applied`` events are folded into profiles,
+    i.e. released by the watermark: the whole work, not only the parking of events."""
     first = 0.0
     cpu_first: list[float] = []
     deadline = time.monotonic() + timeout
@@ -154,10 +166,11 @@ def wait_processed(workers: list[WorkerProcess], expected: int, timeout: float =
         if done and not first:
             first = time.perf_counter()
             cpu_first = [w.cpu_seconds() for w in workers]
-        if done >= expected:
+        if done >= expected and (applied is None or sum(w.metric("mailpulse_events_applied_total")
+                                                         for w in workers) >= applied):
             elapsed = time.perf_counter() - first
             return Measured(elapsed, done, [w.cpu_seconds() - c for w, c in zip(workers, cpu_first, strict=True)])
-        time.sleep(0.02)
+        time.sleep(0.1)  # each poll renders every metric in the worker: keep it light
     raise RuntimeError(f"pipeline handled {done} of {expected} events within {timeout}s")
 
 

@@ -3,8 +3,9 @@
 Baselines, on the same events in the same input topics (4 topics x 8 partitions, embedded broker):
 a raw confluent-kafka group consumer with orjson parse (the ceiling), and a stock Faust agent that
 only counts raw events (what plain Faust achieves).  Then the full pipeline (ingest -> dedupe ->
-profile table -> ``profiles``) with 1 worker and with 2 workers, each on a fresh broker whose
-workers own their partitions before the events are produced.  BENCH_EVENTS sets the count (100k).
+profile table -> ``profiles``, segments, triggers) with 1 worker and with 2 workers, each on a fresh
+broker whose workers own their partitions before the events are produced, timed until every event is
+folded into its profile.  BENCH_EVENTS sets the count (100k).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from bench.common import (
     PARTITIONS,
     Measured,
     bare_faust_rate,
+    events_end,
     produce_all,
     raw_consume_rate,
     start_broker,
@@ -28,13 +30,15 @@ from bench.latency import report as latency_report
 from bench.memory import report as memory_report
 
 
-def pipeline_run(events: list[bytes], workers: int) -> Measured:
+def pipeline_run(events: list[bytes], workers: int, good: int) -> Measured:
+    """Until every event is handled and every good one is folded into its profile (the replay ends
+    with a tick on every input partition, so the watermark passes them all)."""
     with start_broker() as broker:
         procs = [start_worker(broker, "bench-pipeline") for _ in range(workers)]
         try:
             wait_assigned(procs, PARTITIONS)
-            produce_all(broker.bootstrap, events)
-            return wait_processed(procs, len(events))
+            produce_all(broker.bootstrap, events, until=events_end(len(events)))
+            return wait_processed(procs, len(events), applied=good)
         finally:
             for proc in procs:
                 proc.stop()
@@ -50,11 +54,11 @@ def main() -> None:
         print(f"  produced in {time.perf_counter() - started:.1f}s")
         raw = raw_consume_rate(broker.bootstrap, n)
         bare = bare_faust_rate(broker, n)
-    one = pipeline_run(events, 1)
-    two = pipeline_run(events, 2)
+    one = pipeline_run(events, 1, n)
+    two = pipeline_run(events, 2, n)
     stormy = synthetic_events(n, bad_every=10)
-    storm = pipeline_run(stormy, 1)
     good = sum(1 for i in range(n) if i % 10)
+    storm = pipeline_run(stormy, 1, good)
 
     def row(label: str, rate: float, cpu: str) -> None:
         print(f"  {label:<44}{rate:>10,.0f} events/s  {rate / raw:6.3f} x raw  {rate / bare['rate']:5.2f} x bare Faust"

@@ -43,6 +43,8 @@ from streams.timeline import RuleSet, advance, next_due
 from streams.watermark import DueIndex, expected_clocks, merge_clocks, watermark
 
 DAY_MS = 86_400_000
+#: Staged table writes after which the profile agent writes them out without waiting for a commit.
+STAGED_LIMIT = 20_000
 
 
 @dataclass
@@ -65,6 +67,16 @@ class Pipeline:
     identity_blocks: ProfileTable  # "b:<blocking key>" -> {profile key: person record} (fuzzy matching)
     product_neighbours: ProfileTable  # product -> {other product: count}
     product_recs: ProductRecs  # every product's published top neighbours (started by the worker)
+
+    def write_staged(self) -> None:
+        """Writes every table's staged values (before each offset commit, and when many are staged)."""
+        for table in (self.profile_state, self.profile_due, self.partition_clocks, self.identity_blocks):
+            table.write_staged()
+
+    @property
+    def staged_count(self) -> int:
+        return sum(t.staged_count for t in (self.profile_state, self.profile_due, self.partition_clocks,
+                                           self.identity_blocks))
 
 
 def _raw_topic(app: faust.App, *topic_names: str, **kwargs: Any) -> Any:
@@ -128,7 +140,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None, output: Outpu
         for table in tables:
             table.save_persisted_offsets()
 
-    app.sensors.add(FlushBeforeCommit(output, after_flush=after_flush))
+    app.sensors.add(FlushBeforeCommit(output, after_flush=after_flush, before_flush=p.write_staged))
     app.on_partitions_assigned.connect(_on_assignment(p))
     app.agent(p.inputs, name="ingest")(_ingest_agent(p))
     app.agent(p.events, name="profiles")(_profile_agent(p))
@@ -239,32 +251,30 @@ def _profile_agent(p: Pipeline) -> Any:
     partitions = settings.partitions
     latency = {name: metrics.event_latency.labels(name) for name in (names.PROFILES, names.SEGMENT_CHANGES,
                                                                      names.TRIGGERS)}
-    updated = metrics.profiles_written.labels("updated")
+    updated, applied = metrics.profiles_written.labels("updated"), metrics.events_applied
     events_topic, block_table = names.events_topic(settings.app_id), p.identity_blocks
     cooccurrence_topic, neighbours_of = names.cooccurrence_topic(settings.app_id), p.product_recs.get
 
     def load(key: str) -> State | None:
-        raw = table.get(key.encode())
+        raw = table.read(key.encode())
         return orjson.loads(raw) if raw is not None else None
 
     def due_entries() -> Any:
-        for key, value in due_table.items():
+        for key, value in due_table.items_with_staged():
             yield partition_for(key.decode(), partitions), int(value), key
 
     def load_block(key: str) -> Any:
-        raw = block_table.get(key.encode())
+        raw = block_table.read(key.encode())
         return orjson.loads(raw) if raw is not None else None
 
     def write(key: bytes, state: State, partition: int) -> None:
         due = next_due(state) if "profile" in state else None
         if due != state.get("due"):  # "due": what the profile-due table holds for this key
-            if due is None:
-                del due_table[key]
-            else:
-                due_table[key] = str(due).encode()
+            due_table.stage(key, None if due is None else str(due).encode(), partition)
+            if due is not None:
                 index.push(partition, due, key)
             state["due"] = due
-        table[key] = orjson.dumps(state)
+        table.stage(key, orjson.dumps(state), partition)
 
     async def profiles(stream: Any) -> None:
         async for record in stream.events():
@@ -274,7 +284,7 @@ def _profile_agent(p: Pipeline) -> Any:
             if not index.built:
                 index.build(due_entries())
             clocks_key = b"clocks|%d" % partition
-            raw_clocks = clock_table.get(clocks_key)
+            raw_clocks = clock_table.read(clocks_key)
             clocks: dict[str, int] = orjson.loads(raw_clocks) if raw_clocks is not None else {}
             wall = clocks.get("wall")
             before = watermark(clocks, expected, None if wall_delay is None or wall is None else wall - wall_delay)
@@ -311,7 +321,7 @@ def _profile_agent(p: Pipeline) -> Any:
                 if effects.blocks_skipped:
                     metrics.identity_blocks_skipped.inc(effects.blocks_skipped)
             if moved:
-                clock_table[clocks_key] = orjson.dumps(clocks)
+                clock_table.stage(clocks_key, orjson.dumps(clocks), partition)
             wall = clocks.get("wall")
             now_wm = watermark(clocks, expected, None if wall_delay is None or wall is None else wall - wall_delay)
             due_now: set[str] = set()
@@ -322,7 +332,7 @@ def _profile_agent(p: Pipeline) -> Any:
             pairs: dict[str, list[list[Any]]] = {}
             for key in sorted(changed | due_now):
                 if key.startswith("b:"):
-                    block_table[key.encode()] = orjson.dumps(blocks.get(key))
+                    block_table.stage(key.encode(), orjson.dumps(blocks.get(key)), partition)
                     continue
                 state = states.get(key)
                 if state is None:
@@ -336,6 +346,8 @@ def _profile_agent(p: Pipeline) -> Any:
                 if not (out.steps or key in changed):
                     continue  # a stale index entry: nothing was due
                 write(kb, state, partition)
+                if out.released:
+                    applied.inc(len(out.released))
                 for product, other, weight in out.pairs:
                     pairs.setdefault(product, []).append([other, weight])
                 arrived = max((ev["src"][3] for ev in out.released), default=record_arrival)
@@ -362,6 +374,8 @@ def _profile_agent(p: Pipeline) -> Any:
                     by_partition.setdefault(partition_for(product, partitions), []).append([product, counted])
                 for target, entries in by_partition.items():
                     send(cooccurrence_topic, None, orjson.dumps(entries), target)
+            if p.staged_count > STAGED_LIMIT:
+                p.write_staged()
             if outbox:
                 routed = PartitionBatches()
                 for target_key, message in outbox:

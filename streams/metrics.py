@@ -61,6 +61,9 @@ class Metrics:
             "mailpulse_identity_blocks_skipped", "Fuzzy-matching blocks too large to score a newcomer in",
             registry=r,
         )
+        self.events_applied = Counter(
+            "mailpulse_events_applied", "Events folded into profiles (released by the watermark)", registry=r,
+        )
         self.late_events = Counter("mailpulse_late_events", "Events older than the watermark", ["topic"], registry=r)
 
     def event(self, topic: str, outcome: str) -> Any:

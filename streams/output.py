@@ -122,15 +122,19 @@ class OutputProducer:
 
 
 class FlushBeforeCommit(Sensor):
-    """Flushes the output producer right before Faust commits offsets, and when the worker stops;
-    then calls ``after_flush`` (tables record their delivered changelog offsets there)."""
+    """Flushes the output producer right before Faust commits offsets, and when the worker stops.
+    ``before_flush`` runs first (tables write their staged values there), ``after_flush`` after it
+    (tables record their delivered changelog offsets)."""
 
-    def __init__(self, output: Output, after_flush: Callable[[], None] = lambda: None, **kwargs: Any) -> None:
+    def __init__(self, output: Output, after_flush: Callable[[], None] = lambda: None,
+                 before_flush: Callable[[], None] = lambda: None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.output = output
         self.after_flush = after_flush
+        self.before_flush = before_flush
 
     def _flush(self) -> None:
+        self.before_flush()
         self.output.flush()
         self.after_flush()
 

@@ -62,7 +62,7 @@ class Settings(BaseSettings):
         default=20, ge=1, le=10_000,
         description="MAILPULSE_FETCH_MAX_WAIT_MS: longest a consumer fetch waits at the broker for data.",
     )
-    batch_within_s: float = Field(default=0.005, gt=0, description="MAILPULSE_BATCH_WITHIN_S: max batch wait.")
+    batch_within_s: float = Field(default=0.02, gt=0, description="MAILPULSE_BATCH_WITHIN_S: max batch wait.")
 
     @property
     def bootstrap_servers(self) -> str:

@@ -25,6 +25,57 @@ class ProfileTable(faust.Table[bytes, bytes]):
         super().__init__(app, key_type=bytes, value_type=bytes, **kwargs)
         self._output = output
         self._delivered: dict[TP, int] = {}
+        self._staged: dict[bytes, tuple[int, bytes | None]] = {}
+
+    # --- write-behind ------------------------------------------------------------------------------
+    # An agent that writes a key several times between two offset commits (a profile parks an event,
+    # then folds it when the watermark passes; its due time moves) pays Faust's per-write cost (table
+    # bookkeeping, a RocksDB put, a changelog record) once instead of each time.  Staged values are
+    # read back at once by :meth:`read`, and :meth:`write_staged` runs before every commit (see
+    # :class:`streams.output.FlushBeforeCommit`), so no offset is committed before the table writes
+    # of the events it covers are in the store and the changelog.
+
+    def stage(self, key: bytes, value: bytes | None, partition: int) -> None:
+        """Sets (or with ``None`` deletes) ``key`` in ``partition`` at the next :meth:`write_staged`."""
+        self._staged[key] = (partition, value)
+
+    def read(self, key: bytes) -> bytes | None:
+        """The staged value of ``key`` if any, else the stored one."""
+        staged = self._staged.get(key)
+        return staged[1] if staged is not None else self.get(key)
+
+    @property
+    def staged_count(self) -> int:
+        return len(self._staged)
+
+    def items_with_staged(self) -> list[tuple[bytes, bytes]]:
+        """Every (key, value) of this worker's partitions, staged values included."""
+        merged = {key: value for key, value in self.items()}
+        for key, (_, value) in self._staged.items():
+            if value is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = value
+        return list(merged.items())
+
+    def write_staged(self) -> None:
+        """Writes the staged values to the local store and the changelog (the caller flushes it)."""
+        store: Any = self.data
+        by_partition = hasattr(store, "_db_for_partition")  # RocksDB: one database per partition
+        for key, (partition, value) in self._staged.items():
+            if by_partition:
+                db = store._db_for_partition(partition)
+                if value is None:
+                    db.delete(key)
+                else:
+                    store._key_index[key] = partition
+                    db.put(key, value)
+            elif value is None:
+                store.data.pop(key, None)
+            else:
+                store.data[key] = value
+            self.send_changelog(partition, key, value)
+        self._staged.clear()
 
     def send_changelog(  # type: ignore[override]  # no FutureMessage: the output producer reports back
         self, partition: int | None, key: Any, value: Any, key_serializer: Any = None, value_serializer: Any = None

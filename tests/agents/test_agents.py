@@ -91,13 +91,17 @@ def _batch(*events: dict[str, Any], clock: int | None = None) -> bytes:
 async def test_profiles_agent_writes_table_publishes_and_drops_duplicates(pipeline: Pipeline) -> None:
     async with agent(pipeline, "profiles").test_context() as profiles:
         await profiles.put(_batch(_event("e-1"), _event("e-1")))
-        state = orjson.loads(pipeline.profile_state[b"u:u-1"])
+        state = orjson.loads(pipeline.profile_state.read(b"u:u-1"))
         assert state["profile"]["version"] == 0  # parked: the watermark has not reached it
         await profiles.put(_batch(_event("e-2", "product_view", product_id="sku-1"), clock=1772359200000))
-        state = orjson.loads(pipeline.profile_state[b"u:u-1"])
+        state = orjson.loads(pipeline.profile_state.read(b"u:u-1"))
         assert state["profile"]["aggregates"]["event_counts"] == {"page_view": 1, "product_view": 1}
         await profiles.put(_batch(_event("x-1", "erase")))
         # only an erasure marker stays: the key and the time, so a replay brings nothing back
+        assert orjson.loads(pipeline.profile_state.read(b"u:u-1")) == {"erased_at": 1772359200000}
+        # table writes are staged until the next commit, which writes them first
+        assert sent(pipeline, "mailpulse-profile-state-changelog") == []
+        pipeline.write_staged()
         assert orjson.loads(pipeline.profile_state[b"u:u-1"]) == {"erased_at": 1772359200000}
     changelog = sent(pipeline, "mailpulse-profile-state-changelog")
     assert [key for key, _, _ in changelog][-1] == b"u:u-1"
