@@ -85,3 +85,29 @@ def test_erase_removes_the_person_from_every_output_also_after_a_replay(broker, 
         assert len(after) == before, f"{topic} got {after[before:]}"
     triggers = read_topic(broker.bootstrap, "triggers")
     assert not [t for _, t in triggers if t["type"] == "cart_abandoned"]  # the erased cart never fires
+
+
+def test_typo_crm_records_merge_and_a_borderline_pair_is_only_a_possible_match(broker, start_worker, tmp_path) -> None:
+    address = {"street": "12 Baker Street", "city": "London", "postcode": "NW1 6XE"}
+    records = [
+        {"event_id": "c-1", "type": "identify", "timestamp": "2026-03-01T10:00:00Z", "source": "crm",
+         "email": "jonathan.smith@example.com",
+         "traits": {"first_name": "Jonathan", "last_name": "Smith", "birthday": "1988-04-12", **address}},
+        {"event_id": "c-2", "type": "identify", "timestamp": "2026-03-01T10:01:00Z", "source": "form",
+         "email": "jsmith@work.example",
+         "traits": {"first_name": "Jon", "last_name": "Smtih", "birthday": "1988-04-12", **address}},
+        {"event_id": "h-1", "type": "identify", "timestamp": "2026-03-01T10:02:00Z", "email": "mary@example.com",
+         "traits": {"first_name": "Mary", "last_name": "Smith", **address}},
+    ]
+    worker = start_worker()
+    expected = expected_run(records, "2026-03-01T11:00:00Z")
+    replay(broker, write_jsonl(tmp_path / "crm.jsonl", records), "2026-03-01T11:00:00Z")
+    got = latest_by_key(read_topic(broker.bootstrap, "profiles", lambda m: latest_by_key(m) == expected.profiles))
+    assert got == expected.profiles
+    jonathan = got[profile_id_for("e:jonathan.smith@example.com").encode()]
+    mary = got[profile_id_for("e:mary@example.com").encode()]
+    assert len(got) == 2 and jonathan["identifiers"]["emails"] == ["jonathan.smith@example.com",
+                                                                   "jsmith@work.example"]
+    assert [m["profile_id"] for m in mary["possible_matches"]] == [jonathan["profile_id"]]
+    assert 0.5 <= mary["possible_matches"][0]["score"] < 0.9
+    assert worker.metric("mailpulse_profile_merges_total", kind="fuzzy") == 1
