@@ -4,6 +4,8 @@ Events come from the demo generator's live stream (new sessions, returning peopl
 not included); dedupe memory is bounded by its retention and the profile table lives in RocksDB, so
 after the warm-up neither RSS nor the count of open files should keep growing.  SOAK_MINUTES (30),
 SOAK_RATE (300 events/s).  Prints a sample per minute and the growth over the second half.
+Every second it also sends a tick with the wall time to every input partition, as a live upstream's
+heartbeat would, so the event-time watermark keeps moving.
 
 The embedded broker keeps every record in memory and never drops any: each input event costs it
 about 6 KiB across the input, internal, changelog and ``profiles`` topics (it reached 19.6 GiB and a
@@ -20,7 +22,7 @@ import orjson
 from bench.common import PARTITIONS, start_broker, start_worker, wait_assigned
 from bench.memory import rss_bytes
 from streams.tools.generate import live_events
-from streams.tools.produce import key_for, make_producer, produce, topic_for
+from streams.tools.produce import key_for, make_producer, produce, send_ticks, topic_for
 
 
 def open_files(pid: int) -> int:
@@ -43,7 +45,11 @@ def main() -> None:
             tick = 0.05
             next_tick = started
             sent = 0
+            next_heartbeat = started
             while time.monotonic() - started < minutes * 60:
+                if time.monotonic() >= next_heartbeat:  # an upstream heartbeat: every input partition's clock
+                    send_ticks(producer, int(time.time() * 1000))
+                    next_heartbeat += 1.0
                 for _ in range(int(rate * tick)):
                     event = next(events)
                     produce(producer, topic_for(event), orjson.dumps(event), key_for(event))
@@ -51,10 +57,10 @@ def main() -> None:
                 producer.poll(0)
                 if time.monotonic() >= next_sample:
                     pid = worker.process.pid
-                    handled = worker.metric("mailpulse_events_total")
+                    handled = worker.metric("mailpulse_events_applied_total")
                     samples.append((time.monotonic() - started, rss_bytes(worker), open_files(pid), handled))
                     t, rss, fds, done = samples[-1]
-                    print(f"  {t / 60:5.1f} min  sent {sent:>10,}  handled {done:>12,.0f}  "
+                    print(f"  {t / 60:5.1f} min  sent {sent:>10,}  applied {done:>12,.0f}  "
                           f"RSS {rss / 2**20:7.1f} MiB  open files {fds}", flush=True)
                     next_sample += 60
                 next_tick += tick

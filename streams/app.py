@@ -271,7 +271,9 @@ def _profile_agent(p: Pipeline) -> Any:
         due = next_due(state) if "profile" in state else None
         if due != state.get("due"):  # "due": what the profile-due table holds for this key
             due_table.stage(key, None if due is None else str(due).encode(), partition)
-            if due is not None:
+            if due is None:
+                index.discard(partition, key)
+            else:
                 index.push(partition, due, key)
             state["due"] = due
         table.stage(key, orjson.dumps(state), partition)

@@ -60,36 +60,58 @@ def watermark(clocks: Mapping[str, int], expected: Sequence[str], wall_ms: int |
 
 
 class DueIndex:
-    """Per profile partition, a heap of (due ms, profile key); stale entries are skipped on pop
-    (the table holds the truth)."""
+    """Per profile partition, a heap of (due ms, profile key) plus each key's current due time.
+
+    A key's due time moves often (every event, every timer); the old heap entry is left behind and
+    skipped when popped.  So that such entries cannot pile up (a win-back timer 90 days ahead is
+    popped only 90 days later), the heap is rebuilt from the current due times whenever it holds
+    more than twice as many entries as there are keys."""
 
     def __init__(self) -> None:
         self._heaps: dict[int, list[tuple[int, bytes]]] = {}
+        self._current: dict[int, dict[bytes, int]] = {}
         self.built = False
 
     def reset(self) -> None:
         """After a rebalance: rebuilt from the table before the next use."""
         self._heaps.clear()
+        self._current.clear()
         self.built = False
 
     def build(self, entries: Iterable[tuple[int, int, bytes]]) -> None:
         """From (partition, due, key) of the whole due table."""
         self._heaps.clear()
+        self._current.clear()
         for partition, due, key in entries:
-            self._heaps.setdefault(partition, []).append((due, key))
-        for heap in self._heaps.values():
-            heapq.heapify(heap)
+            self._current.setdefault(partition, {})[key] = due
+        for partition, current in self._current.items():
+            self._heaps[partition] = [(due, key) for key, due in current.items()]
+            heapq.heapify(self._heaps[partition])
         self.built = True
 
     def push(self, partition: int, due: int, key: bytes) -> None:
-        heapq.heappush(self._heaps.setdefault(partition, []), (due, key))
+        current = self._current.setdefault(partition, {})
+        current[key] = due
+        heap = self._heaps.setdefault(partition, [])
+        heapq.heappush(heap, (due, key))
+        if len(heap) > 2 * len(current) + 1024:
+            heap[:] = [(when, k) for k, when in current.items()]
+            heapq.heapify(heap)
+
+    def discard(self, partition: int, key: bytes) -> None:
+        """``key`` has nothing due any more."""
+        self._current.get(partition, {}).pop(key, None)
 
     def pop_due(self, partition: int, upto: int) -> list[tuple[int, bytes]]:
-        """Entries of ``partition`` due at or before ``upto`` (possibly stale: check the table)."""
+        """The keys of ``partition`` due at or before ``upto`` (each once; stale entries skipped)."""
         heap = self._heaps.get(partition)
+        current = self._current.get(partition, {})
         found: list[tuple[int, bytes]] = []
         while heap and heap[0][0] <= upto:
-            found.append(heapq.heappop(heap))
+            due, key = heapq.heappop(heap)
+            if current.get(key) == due:
+                del current[key]
+                found.append((due, key))
         return found
 
     def __len__(self) -> int:

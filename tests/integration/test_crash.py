@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -78,13 +79,15 @@ def test_kill_9_mid_stream_then_restart_gives_the_uninterrupted_profiles(
 ) -> None:
     events = _many_events(6000, 300)
     worker = start_worker(data_dir="state")
-    expected, replay = replay_in_background(broker, tmp_path, events, rate=1500)
+    expected, replay = replay_in_background(broker, tmp_path, events, rate=1000)
     worker.wait_metric("mailpulse_events_total", 1500, outcome="processed")
+    time.sleep(3)  # past a commit interval (2.8 s): some offsets are committed, later ones are not
     worker.process.kill()  # SIGKILL: no flush, no commit, no clean close of RocksDB
     worker.process.wait(10)
     assert worker.metric("mailpulse_events_total") == 0  # it is really gone
 
     restarted = start_worker(data_dir="state" if restart_dir == "same" else "fresh")
+    restarted.wait_metric("mailpulse_assigned_partitions", 1)
     finish(replay)
     assert_profiles(broker.bootstrap, expected)
     if restart_dir == "same":  # local RocksDB state of a killed worker may be ahead of its changelog
