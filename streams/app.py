@@ -44,7 +44,7 @@ from streams.watermark import DueIndex, expected_clocks, merge_clocks, watermark
 
 DAY_MS = 86_400_000
 #: Staged table writes after which the profile agent writes them out without waiting for a commit.
-STAGED_LIMIT = 20_000
+STAGED_LIMIT = 5_000
 
 
 @dataclass
@@ -114,6 +114,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None, output: Outpu
     output = output or OutputProducer(settings.bootstrap_servers)
     config = config if config is not None else load_config(settings.config)
     options = rocksdb_options(settings.rocksdb_write_buffer_mb, settings.rocksdb_block_cache_mb)
+    small = rocksdb_options(1, 1)  # tables of small values: due times, clocks, blocks, neighbours
     p = Pipeline(
         settings=settings,
         app=app,
@@ -123,15 +124,15 @@ def create_app(settings: Settings, metrics: Metrics | None = None, output: Outpu
         events=_raw_topic(app, names.events_topic(settings.app_id), partitions=settings.partitions,
                           internal=True),
         profile_state=profile_table(app, output, "profile-state", settings.partitions, options),
-        profile_due=profile_table(app, output, "profile-due", settings.partitions, options),
-        partition_clocks=profile_table(app, output, "partition-clocks", settings.partitions, options),
+        profile_due=profile_table(app, output, "profile-due", settings.partitions, small),
+        partition_clocks=profile_table(app, output, "partition-clocks", settings.partitions, small),
         rules=RuleSet.build(config, int(settings.dedupe_retention_days * DAY_MS)),
         input_partitions=input_partitions or {topic: settings.partitions for topic in INPUT_TOPICS},
         due_index=DueIndex(),
         cooccurrence=_raw_topic(app, names.cooccurrence_topic(settings.app_id), partitions=settings.partitions,
                                 internal=True),
-        identity_blocks=profile_table(app, output, "identity-blocks", settings.partitions, options),
-        product_neighbours=profile_table(app, output, "product-neighbours", settings.partitions, options),
+        identity_blocks=profile_table(app, output, "identity-blocks", settings.partitions, small),
+        product_neighbours=profile_table(app, output, "product-neighbours", settings.partitions, small),
         product_recs=ProductRecs(),
     )
     tables = (p.profile_state, p.profile_due, p.partition_clocks, p.identity_blocks, p.product_neighbours)
