@@ -13,7 +13,7 @@ import re
 from bisect import bisect_right
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from schemas.events import CART_TYPES, CLICK_TYPES, PURCHASE_TYPES
 
@@ -69,17 +69,20 @@ class Condition:
 
 
 @dataclass(frozen=True, slots=True)
-class AllOf(Condition):
+class _Junction(Condition):
+    """``all`` / ``any``: a child that settles on :attr:`decisive` for good decides the whole."""
+
     children: tuple[Condition, ...]
+    decisive: ClassVar[bool]
 
     def state(self, facts: Facts, history: History, t: int) -> State:
-        value, nxt = True, None
+        value, nxt = not self.decisive, None
         for child in self.children:
             v, n = child.state(facts, history, t)
-            if not v:
-                if n is None:  # false for good (until new events): so is the whole conjunction
-                    return False, None
-                value = False
+            if bool(v) == self.decisive:
+                if n is None:  # settled for good (until new events): so is the whole
+                    return self.decisive, None
+                value = self.decisive
             if n is not None and (nxt is None or n < nxt):
                 nxt = n
         return value, nxt
@@ -90,24 +93,13 @@ class AllOf(Condition):
 
 
 @dataclass(frozen=True, slots=True)
-class AnyOf(Condition):
-    children: tuple[Condition, ...]
+class AllOf(_Junction):
+    decisive: ClassVar[bool] = False
 
-    def state(self, facts: Facts, history: History, t: int) -> State:
-        value, nxt = False, None
-        for child in self.children:
-            v, n = child.state(facts, history, t)
-            if v:
-                if n is None:  # true for good (until new events): so is the disjunction
-                    return True, None
-                value = True
-            if n is not None and (nxt is None or n < nxt):
-                nxt = n
-        return value, nxt
 
-    def event_conditions(self) -> Iterator[EventCondition]:
-        for child in self.children:
-            yield from child.event_conditions()
+@dataclass(frozen=True, slots=True)
+class AnyOf(_Junction):
+    decisive: ClassVar[bool] = True
 
 
 @dataclass(frozen=True, slots=True)
