@@ -68,15 +68,19 @@ class Pipeline:
     product_neighbours: ProfileTable  # product -> {other product: count}
     product_recs: ProductRecs  # every product's published top neighbours (started by the worker)
 
+    @property
+    def tables(self) -> tuple[ProfileTable, ...]:
+        return (self.profile_state, self.profile_due, self.partition_clocks, self.identity_blocks,
+                self.product_neighbours)
+
     def write_staged(self) -> None:
         """Writes every table's staged values (before each offset commit, and when many are staged)."""
-        for table in (self.profile_state, self.profile_due, self.partition_clocks, self.identity_blocks):
+        for table in self.tables:
             table.write_staged()
 
     @property
     def staged_count(self) -> int:
-        return sum(t.staged_count for t in (self.profile_state, self.profile_due, self.partition_clocks,
-                                           self.identity_blocks))
+        return sum(table.staged_count for table in self.tables)
 
 
 def _raw_topic(app: faust.App, *topic_names: str, **kwargs: Any) -> Any:
@@ -135,14 +139,13 @@ def create_app(settings: Settings, metrics: Metrics | None = None, output: Outpu
         product_neighbours=profile_table(app, output, "product-neighbours", settings.partitions, small),
         product_recs=ProductRecs(),
     )
-    tables = (p.profile_state, p.profile_due, p.partition_clocks, p.identity_blocks, p.product_neighbours)
-
     def after_flush() -> None:
-        for table in tables:
+        for table in p.tables:
             table.save_persisted_offsets()
 
     app.sensors.add(FlushBeforeCommit(output, after_flush=after_flush, before_flush=p.write_staged))
     app.on_partitions_assigned.connect(_on_assignment(p))
+    app.on_partitions_revoked.connect(_on_revocation(p))
     app.agent(p.inputs, name="ingest")(_ingest_agent(p))
     app.agent(p.events, name="profiles")(_profile_agent(p))
     app.agent(p.cooccurrence, name="cooccurrence")(_cooccurrence_agent(p))
@@ -159,6 +162,21 @@ def _on_assignment(p: Pipeline) -> Any:
             p.metrics.assigned_partitions.labels(topic).set(per_topic.get(topic, 0))
 
     return on_partitions_assigned
+
+
+def _on_revocation(p: Pipeline) -> Any:
+    """Staged writes of partitions this worker lost are dropped: Faust commits (and so writes them)
+    while revoking, unless a commit was already running; then their events were not committed
+    either, and the new owner processes them again.  Written later, they would land in the new
+    owner's changelog partitions over its newer values."""
+    events_topic = names.events_topic(p.settings.app_id)
+
+    async def on_partitions_revoked(sender: Any, revoked: Any, **_: Any) -> None:
+        lost = {tp.partition for tp in revoked if tp.topic == events_topic}
+        for table in p.tables:
+            table.drop_staged(lost)
+
+    return on_partitions_revoked
 
 
 def _wall_clock(p: Pipeline) -> Any:
@@ -277,6 +295,8 @@ def _profile_agent(p: Pipeline) -> Any:
             else:
                 index.push(partition, due, key)
             state["due"] = due
+        if "profile" not in state:
+            state.pop("due", None)  # a redirect or erasure marker keeps nothing but its key's fate
         table.stage(key, orjson.dumps(state), partition)
 
     async def profiles(stream: Any) -> None:
@@ -335,7 +355,8 @@ def _profile_agent(p: Pipeline) -> Any:
             pairs: dict[str, list[list[Any]]] = {}
             for key in sorted(changed | due_now):
                 if key.startswith("b:"):
-                    block_table.stage(key.encode(), orjson.dumps(blocks.get(key)), partition)
+                    members = blocks.get(key)
+                    block_table.stage(key.encode(), orjson.dumps(members) if members else None, partition)
                     continue
                 state = states.get(key)
                 if state is None:
@@ -348,6 +369,9 @@ def _profile_agent(p: Pipeline) -> Any:
                 out = advance(state, now_wm, rules, now, neighbours_of)
                 if not (out.steps or key in changed):
                     continue  # a stale index entry: nothing was due
+                publish = out.changed or key in republish
+                if publish:
+                    state["published"] = True  # a later merge or erase then tombstones it
                 write(kb, state, partition)
                 if out.released:
                     applied.inc(len(out.released))
@@ -355,7 +379,7 @@ def _profile_agent(p: Pipeline) -> Any:
                     pairs.setdefault(product, []).append([other, weight])
                 arrived = max((ev["src"][3] for ev in out.released), default=record_arrival)
                 pid = state["profile"]["profile_id"].encode()
-                if out.changed or key in republish:
+                if publish:
                     send(names.PROFILES, pid, orjson.dumps(snapshot(state)))
                     updated.inc()
                     latency[names.PROFILES].observe(max(0.0, (now - arrived) / 1000))

@@ -20,7 +20,7 @@ from streams import identity_graph as graph
 from streams.identity import profile_id_for, profile_key
 from streams.merge import merge_states
 from streams.profile import State, new_state, snapshot
-from streams.resolution.blocks import block_keys, on_block_message, person_record
+from streams.resolution.blocks import block_keys, drop_member, on_block_message, person_record
 from streams.timeline import RuleSet, advance, ensure_rule_state, receive
 
 
@@ -51,6 +51,8 @@ def dispatch(states: MutableMapping[str, State | None], blocks: MutableMapping[s
         effects = _on_absorb(states, key, state, message)
     elif kind == graph.POSSIBLE:
         effects = _on_possible(states, key, state, message)
+    elif kind == graph.FORGET:
+        effects = _on_forget(states, key, state, message)
     else:
         effects = _on_event(states, key, state, message, watermark, rules)
     effects.changed = (effects.changed or states.get(key) is not state or effects.republish
@@ -72,16 +74,22 @@ def _on_event(states: MutableMapping[str, State | None], key: str, state: State 
         assert state is not None
         return Effects(send=[(state["merged_into"], event)])
     was_live = graph.is_live(state)
-    published = was_live and state is not None and state["profile"]["version"] > 0
     got = receive(state, key, event, watermark, rules)
     effects = Effects(outcome=got.outcome, late=got.late)
     if got.outcome == "erased":
-        states[key] = got.state
+        assert got.state is not None
+        marker = got.state
         if was_live and state is not None:
-            if published:
+            if state.get("due") is not None:
+                marker["due"] = state["due"]  # so the caller deletes the due entry
+            if state.get("published"):
                 effects.tombstones.append((state["profile"]["profile_id"], "erased"))
-            effects.send += [(block, {"type": graph.BLOCK, "key": key, "drop": True})
-                             for block in state.get("blocks", [])]
+            # the person's person records leave their blocks; their other identifiers forget them
+            effects.send += [(block, {"type": graph.BLOCK, "key": member, "drop": True})
+                             for block, member in state.get("blocks", [])]
+            effects.send += [(other, {"type": graph.FORGET, "root": key, "erased_at": marker["erased_at"]})
+                             for other in state.get("links", [])]
+        states[key] = marker
         return effects
     if got.outcome != "processed" or got.state is None:
         return effects
@@ -91,8 +99,8 @@ def _on_event(states: MutableMapping[str, State | None], key: str, state: State 
     record = person_record(event) if event["type"] == "identify" else None
     if record is not None:
         keys = block_keys(record)
-        registered: list[str] = new.setdefault("blocks", [])
-        registered.extend(b for b in keys if b not in registered)
+        registered: list[list[str]] = new.setdefault("blocks", [])  # [block, member key] pairs
+        registered.extend([block, root] for block in keys if [block, root] not in registered)
         effects.send += [(block, {"type": graph.BLOCK, "key": root, "person": record}) for block in keys]
     applied = _apply(states, key, routing)
     effects.send = applied.send + effects.send
@@ -107,6 +115,9 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
         return _apply(states, key, graph.forward_absorb(state, message))
     absorbed: State = message["state"]
     effects = Effects()
+    if state is not None and graph.is_live(state) and absorbed["seen"] and \
+            state["seen"].keys() >= absorbed["seen"].keys():
+        return effects  # delivered again (at least once): its events are all here already
     if state is not None and not graph.is_live(state):
         # an erasure marker: the person was erased, and what arrives is theirs (linked before the
         # erase reached it): it is dropped too.  Their later activity starts a new profile here.
@@ -120,6 +131,9 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
         merged = merge_states(ensure_rule_state(new_state(key, absorbed["profile"]["created_at"])), absorbed, key)
     links = {*merged.get("links", []), *absorbed.get("links", []), message["from"]} - {key}
     merged["links"] = sorted(links, key=graph.rank)
+    blocks = [*merged.get("blocks", [])]
+    blocks += [pair for pair in absorbed.get("blocks", []) if pair not in blocks]
+    merged["blocks"] = blocks
     merged["rules"]["dirty"] = True  # segments are evaluated again at the next step
     states[key] = merged
     effects.republish = True
@@ -151,7 +165,7 @@ def _on_block(blocks: MutableMapping[str, Any], key: str, message: dict[str, Any
     members = blocks.get(key)
     if message.get("drop"):
         if members and message["key"] in members:
-            blocks[key] = {k: v for k, v in members.items() if k != message["key"]}
+            blocks[key] = drop_member(members, message["key"]) or None
         return Effects()
     outcome = on_block_message(members, message["key"], message["person"])
     blocks[key] = outcome.members
@@ -203,3 +217,15 @@ def run_locally(events: Iterable[dict[str, Any]], watermark: int, rules: RuleSet
             triggers += out.triggers
             profiles[state["profile"]["profile_id"]] = snapshot(state)
     return LocalRun(states, profiles, changes, triggers, merges)
+
+
+def _on_forget(states: MutableMapping[str, State | None], key: str, state: State | None,
+               message: dict[str, Any]) -> Effects:
+    """The person ``key`` redirected to was erased: the key becomes an erasure marker too, so their
+    older events arriving under it are dropped and newer activity starts a new profile here."""
+    if graph.is_redirect(state) and state is not None and state["merged_into"] == message["root"]:
+        marker: State = {"erased_at": message["erased_at"]}
+        if state.get("due") is not None:
+            marker["due"] = state["due"]
+        states[key] = marker
+    return Effects()

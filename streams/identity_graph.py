@@ -35,8 +35,7 @@ from typing import Any
 from streams.identity import profile_id_for
 from streams.profile import State
 
-LINK, ABSORB, POSSIBLE, BLOCK = "_link", "_absorb", "_possible", "_block"
-STRUCTURAL = frozenset((LINK, ABSORB, POSSIBLE, BLOCK))
+LINK, ABSORB, POSSIBLE, BLOCK, FORGET = "_link", "_absorb", "_possible", "_block", "_forget"
 _PREFIX_RANK = {"u": 0, "e": 1, "a": 2, "ph": 3}
 
 
@@ -81,7 +80,6 @@ class Routing:
     state: State | None  # the key's state afterwards
     send: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (target key, message)
     retired: str | None = None  # profile_id of a live profile that became a redirect (tombstone it)
-    merged: str | None = None  # "exact" | "fuzzy": a profile was absorbed into a live one here
 
 
 def _redirect(root: str, previous: State | None) -> State:
@@ -96,8 +94,7 @@ def _give_up(key: str, state: State, root: str, kind: str, also: Iterable[str] =
     links = sorted({*state.get("links", []), *also} - {root, key}, key=rank)
     send: list[tuple[str, dict[str, Any]]] = [(root, {"type": ABSORB, "from": key, "kind": kind, "state": state})]
     send += [(k, {"type": LINK, "root": root, "kind": kind}) for k in links]
-    published = state["profile"]["version"] > 0
-    return Routing(_redirect(root, state), send=send, retired=profile_id_for(key) if published else None)
+    return Routing(_redirect(root, state), send=send, retired=profile_id_for(key) if state.get("published") else None)
 
 
 def place(key: str, state: State, event: dict[str, Any]) -> Routing:

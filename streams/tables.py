@@ -58,6 +58,11 @@ class ProfileTable(faust.Table[bytes, bytes]):
                 merged[key] = value
         return list(merged.items())
 
+    def drop_staged(self, partitions: set[int]) -> None:
+        """Forgets the staged values of ``partitions`` (lost in a rebalance, see streams.app)."""
+        if partitions:
+            self._staged = {key: staged for key, staged in self._staged.items() if staged[0] not in partitions}
+
     def write_staged(self) -> None:
         """Writes the staged values to the local store and the changelog (the caller flushes it)."""
         store: Any = self.data

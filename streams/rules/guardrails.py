@@ -48,7 +48,7 @@ def prune_sent(sent: Sequence[tuple[int, str]], t: int) -> list[tuple[int, str]]
     return [(s_at, s_type) for s_at, s_type in sent if s_at > t - DAY_MS]
 
 
-def _zone(name: str | None) -> tzinfo:
+def zone_of(name: str | None) -> tzinfo:
     """The IANA zone ``name``; UTC when missing or not a usable zone (never raises)."""
     if not name:
         return UTC
@@ -105,7 +105,7 @@ def _next_wall_hour(at: int, hour: int, zone: tzinfo) -> int:
 
 def local_hour(ts: int, timezone: str | None) -> int:
     """The hour of the day (0..23) at ``ts`` in ``timezone`` (UTC when missing or unknown)."""
-    return _local(ts, _zone(timezone)).hour
+    return _local(ts, zone_of(timezone)).hour
 
 
 def record_engagement(hours: list[int] | None, ts: int, timezone: str | None) -> list[int]:
@@ -143,7 +143,7 @@ def send_time(cfg: Guardrails, at: int, timezone: str | None, hours: Sequence[in
     e-mail hour (at most 24 h ahead), ``"quiet_hours"`` when the time fell in quiet hours and moved to
     their end.  Local wall times follow DST; a wall time skipped by DST becomes the first instant after.
     """
-    zone = _zone(timezone)
+    zone = zone_of(timezone)
     send_at: int = at
     reason: str | None = None
     hour = best_hour(hours, cfg.min_engagements) if cfg.send_time_optimization else None

@@ -30,9 +30,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from streams.config import Triggers
+from streams.rules import guardrails
 
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
@@ -56,15 +56,6 @@ def new_rule_state() -> dict[str, Any]:
     return {"clock": None, "history": {}, "timers": {}, "flags": {}, "sent": [], "engagement": None}
 
 
-def _zone(name: str | None) -> ZoneInfo:
-    if name:
-        try:
-            return ZoneInfo(name)
-        except (ZoneInfoNotFoundError, ValueError):
-            pass
-    return ZoneInfo("UTC")
-
-
 def _birthday_in(year: int, month: int, day: int) -> date:
     try:
         return date(year, month, day)
@@ -78,7 +69,7 @@ def next_birthday(birthday: str, after: int, timezone: str | None, hour: int) ->
         born = date.fromisoformat(birthday)
     except (TypeError, ValueError):
         return None
-    zone = _zone(timezone)
+    zone = guardrails.zone_of(timezone)
     local_year = datetime.fromtimestamp(after / 1000, tz=UTC).astimezone(zone).year
     for year in (local_year - 1, local_year, local_year + 1):
         day = _birthday_in(year, born.month, born.day)

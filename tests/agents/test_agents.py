@@ -99,6 +99,7 @@ async def test_profiles_agent_writes_table_publishes_and_drops_duplicates(pipeli
         await profiles.put(_batch(_event("x-1", "erase")))
         # only an erasure marker stays: the key and the time, so a replay brings nothing back
         assert orjson.loads(pipeline.profile_state.read(b"u:u-1")) == {"erased_at": 1772359200000}
+        assert pipeline.profile_due.read(b"u:u-1") is None  # its timers went with it
         # table writes are staged until the next commit, which writes them first
         assert sent(pipeline, "mailpulse-profile-state-changelog") == []
         pipeline.write_staged()

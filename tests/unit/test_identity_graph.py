@@ -135,3 +135,32 @@ def test_erase_after_a_merge_forgets_every_identifier_of_the_person() -> None:
     run = run_locally(events + replay, UNTIL, RULES)
     assert run.profiles == {}
     assert run.states["u:u-17"] == {"erased_at": T0 + 2 * MIN}
+
+
+def test_an_absorb_delivered_twice_counts_once() -> None:
+    from streams.dispatch import dispatch
+
+    states: dict[str, Any] = {}
+    blocks: dict[str, Any] = {}
+    for event in (ev("p-1", "purchase", 0, anonymous_id="a-5", order_id="o-1", total=100.0),
+                  ev("v-1", "product_view", 1, user_id="u-1", product_id="sku-1")):
+        dispatch(states, blocks, "a:a-5" if "anonymous_id" in event else "u:u-1", event, None, RULES)
+    link = dispatch(states, blocks, "a:a-5", {"type": graph.LINK, "root": "u:u-1", "kind": "exact"}, None, RULES)
+    [(target, absorb)] = [(k, m) for k, m in link.send if m["type"] == graph.ABSORB]
+    assert dispatch(states, blocks, target, absorb, None, RULES).merges == ["exact"]
+    assert dispatch(states, blocks, target, absorb, None, RULES).merges == []  # redelivered
+    state = states["u:u-1"]
+    assert len(state["pending"]) == 2  # the purchase once, the view once
+
+
+def test_after_an_erase_the_persons_other_identifiers_forget_them_and_new_activity_is_kept() -> None:
+    events = [ev("v-1", "product_view", 0, anonymous_id="a-5", product_id="sku-1"),
+              ev("i-1", "identify", 1, anonymous_id="a-5", user_id="u-1"),
+              ev("x-1", "erase", 2, user_id="u-1"),
+              # later: someone with that browser id buys under a new e-mail address
+              ev("p-1", "purchase", 10, anonymous_id="a-5", email="new@example.com", order_id="o", total=5.0)]
+    run = run_locally(events, UNTIL, RULES)
+    assert run.states["a:a-5"] == {"erased_at": T0 + 2 * MIN}
+    [profile] = run.profiles.values()
+    assert profile["email"] == "new@example.com" and profile["aggregates"]["event_counts"] == {"purchase": 1}
+    assert profile["identifiers"]["anonymous_ids"] == ["a-5"]
