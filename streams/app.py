@@ -146,6 +146,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None, output: Outpu
     app.sensors.add(FlushBeforeCommit(output, after_flush=after_flush, before_flush=p.write_staged))
     app.on_partitions_assigned.connect(_on_assignment(p))
     app.on_partitions_revoked.connect(_on_revocation(p))
+    app.on_rebalance_complete.connect(_on_recovered(p))
     app.agent(p.inputs, name="ingest")(_ingest_agent(p))
     app.agent(p.events, name="profiles")(_profile_agent(p))
     app.agent(p.cooccurrence, name="cooccurrence")(_cooccurrence_agent(p))
@@ -162,6 +163,17 @@ def _on_assignment(p: Pipeline) -> Any:
             p.metrics.assigned_partitions.labels(topic).set(per_topic.get(topic, 0))
 
     return on_partitions_assigned
+
+
+def _on_recovered(p: Pipeline) -> Any:
+    """Table recovery is done (Faust sends this before it resumes the stream partitions): the due
+    index is rebuilt from the recovered profile-due table at the next record, whatever was built
+    before (a record handled while recovery still ran would have seen part of the table)."""
+
+    async def on_rebalance_complete(sender: Any = None, **_: Any) -> None:
+        p.due_index.reset()
+
+    return on_rebalance_complete
 
 
 def _on_revocation(p: Pipeline) -> Any:
