@@ -286,17 +286,18 @@ def _profile_agent(p: Pipeline) -> Any:
     events_topic, block_table = names.events_topic(settings.app_id), p.identity_blocks
     cooccurrence_topic, neighbours_of = names.cooccurrence_topic(settings.app_id), p.product_recs.get
 
-    def load(key: str) -> State | None:
-        raw = table.read(key.encode())
-        return orjson.loads(raw) if raw is not None else None
+    def reader(source: ProfileTable) -> Any:
+        def read(key: str) -> Any:
+            raw = source.read(key.encode())
+            return orjson.loads(raw) if raw is not None else None
+
+        return read
+
+    load, load_block = reader(table), reader(block_table)
 
     def due_entries() -> Any:
         for key, value in due_table.items_with_staged():
             yield partition_for(key.decode(), partitions), int(value), key
-
-    def load_block(key: str) -> Any:
-        raw = block_table.read(key.encode())
-        return orjson.loads(raw) if raw is not None else None
 
     def write(key: bytes, state: State, partition: int) -> None:
         due = next_due(state) if "profile" in state else None

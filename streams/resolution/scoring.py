@@ -118,11 +118,17 @@ def _given(a: str, a_canon: str, b: str, b_canon: str) -> float:
     sim = _jw(a, b)
     if a_canon != a or b_canon != b:
         sim = max(sim, _jw(a_canon, b_canon))
+    return _graded(a, b, sim, FIRST_EXACT, FIRST_CLOSE, FIRST_NEAR, FIRST_DIFF)
+
+
+def _graded(a: str, b: str, sim: float, exact: float, close: float, near: float, diff: float) -> float:
+    """The evidence of two names by Jaro-Winkler ``sim``: >= 0.97 exact, >= 0.90 or one typo close,
+    >= 0.82 near, else different (given and family names differ only in the bits)."""
     if sim >= 0.97:
-        return FIRST_EXACT
+        return exact
     if sim >= 0.90 or _one_typo(a, b):
-        return FIRST_CLOSE
-    return FIRST_NEAR if sim >= 0.82 else FIRST_DIFF
+        return close
+    return near if sim >= 0.82 else diff
 
 
 def _one_typo(a: str, b: str) -> bool:
@@ -135,12 +141,7 @@ def _family(a: str, b: str) -> float:
         return 0.0
     if a == b:
         return LAST_EXACT
-    sim = _jw(a, b)
-    if sim >= 0.97:
-        return LAST_EXACT
-    if sim >= 0.90 or _one_typo(a, b):
-        return LAST_CLOSE
-    return LAST_NEAR if sim >= 0.82 else LAST_DIFF
+    return _graded(a, b, _jw(a, b), LAST_EXACT, LAST_CLOSE, LAST_NEAR, LAST_DIFF)
 
 
 def _cross(a: str, b: str) -> float:
