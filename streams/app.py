@@ -114,6 +114,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None, output: Outpu
         cython_optimizations=True,  # the queue fast path of faust's Cython stream iterator
     )
     app.fetch_max_wait_ms = settings.fetch_max_wait_ms
+    app.batched_topics = frozenset(INPUT_TOPICS)  # the ingest agent takes runs of records (streams.consumer)
     metrics = metrics or Metrics()
     output = output or OutputProducer(settings.bootstrap_servers)
     config = config if config is not None else load_config(settings.config)
@@ -182,11 +183,14 @@ def _on_revocation(p: Pipeline) -> Any:
     either, and the new owner processes them again.  Written later, they would land in the new
     owner's changelog partitions over its newer values."""
     events_topic = names.events_topic(p.settings.app_id)
+    cooccurrence_topic = names.cooccurrence_topic(p.settings.app_id)
 
     async def on_partitions_revoked(sender: Any, revoked: Any, **_: Any) -> None:
-        lost = {tp.partition for tp in revoked if tp.topic == events_topic}
-        for table in p.tables:
-            table.drop_staged(lost)
+        def lost(topic: str) -> set[int]:
+            return {tp.partition for tp in revoked if tp.topic == topic}
+
+        for table in p.tables:  # each table is written from the stream of one topic
+            table.drop_staged(lost(cooccurrence_topic if table is p.product_neighbours else events_topic))
 
     return on_partitions_revoked
 
@@ -237,28 +241,29 @@ def _ingest_agent(p: Pipeline) -> Any:
             records = PartitionBatches()
             now = _now_ms()
             clocks: dict[tuple[str, int], int] = {}
-            for event in batch:
-                msg = event.message
-                arrived = int(msg.timestamp * 1000) if msg.timestamp else now
-                source = Source(msg.topic, msg.partition, msg.offset, msg.key, arrived)
-                result = decode(event.value, source, now, settings.default_phone_region)
+            dead: Counter[tuple[str, str]] = Counter()
+            for topic, input_partition, offset, input_key, value, timestamp_ms in _input_records(batch):
+                source = Source(topic, input_partition, offset, input_key, timestamp_ms or now)
+                result = decode(value, source, now, settings.default_phone_region)
                 if isinstance(result, Accepted):
                     ev = result.event
-                    tp = (msg.topic, msg.partition)
+                    tp = (topic, input_partition)
                     if ev["ts"] > clocks.get(tp, -(2**62)):
                         clocks[tp] = ev["ts"]
                     if ev["type"] == "tick":
                         continue
                     key = profile_key(ev)
                     partition = partition_for(key, partitions)
-                    size = len(event.value) + 256  # the normalized event with its key and source fields
+                    size = len(value or b"") + 256  # the normalized event with its key and source fields
                     full = records.add(partition, key, ev, size)
                     if full is not None:
                         send(events_topic, None, full, partition)
                 else:
-                    metrics.event(msg.topic, "dead_letter").inc()
-                    metrics.dead_letters.labels(result.code).inc()
-                    send(names.DEAD_LETTER, msg.key, orjson.dumps(result.record))
+                    dead[topic, result.code] += 1
+                    send(names.DEAD_LETTER, input_key, orjson.dumps(result.record))
+            for (topic, code), count in dead.items():
+                metrics.event(topic, "dead_letter").inc(count)
+                metrics.dead_letters.labels(code).inc(count)
             if clocks:  # after the batch's events in each record: a clock never overtakes its events
                 update = {"clocks": [[topic, n, ts] for (topic, n), ts in clocks.items()]}
                 for partition in range(partitions):
@@ -269,6 +274,24 @@ def _ingest_agent(p: Pipeline) -> Any:
                 send(events_topic, None, record, partition)
 
     return ingest
+
+
+InputRecord = tuple[str, int, int, "bytes | None", "bytes | None", "int | None"]
+
+
+def _input_records(events: list[Any]) -> list[InputRecord]:
+    """(topic, partition, offset, key, value, timestamp ms) of each input record: a delivered
+    :class:`streams.consumer.RecordBatch` holds a run of aiokafka records, any other message is one."""
+    out: list[InputRecord] = []
+    for event in events:
+        value = event.value
+        if isinstance(value, list):
+            out += [(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp) for r in value]
+        else:
+            msg = event.message
+            out.append((msg.topic, msg.partition, msg.offset, msg.key, value,
+                        int(msg.timestamp * 1000) if msg.timestamp else None))
+    return out
 
 
 def _profile_agent(p: Pipeline) -> Any:
@@ -286,14 +309,11 @@ def _profile_agent(p: Pipeline) -> Any:
     events_topic, block_table = names.events_topic(settings.app_id), p.identity_blocks
     cooccurrence_topic, neighbours_of = names.cooccurrence_topic(settings.app_id), p.product_recs.get
 
-    def reader(source: ProfileTable) -> Any:
+    def reader(source: ProfileTable, partition: int) -> Any:
         def read(key: str) -> Any:
-            raw = source.read(key.encode())
-            return orjson.loads(raw) if raw is not None else None
+            return source.read_json(key.encode(), partition)
 
         return read
-
-    load, load_block = reader(table), reader(block_table)
 
     def due_entries() -> Any:
         for key, value in due_table.items_with_staged():
@@ -310,7 +330,7 @@ def _profile_agent(p: Pipeline) -> Any:
             state["due"] = due
         if "profile" not in state:
             state.pop("due", None)  # a redirect or erasure marker keeps nothing but its key's fate
-        table.stage(key, orjson.dumps(state), partition)
+        table.stage_json(key, state, partition)
 
     async def profiles(stream: Any) -> None:
         async for record in stream.events():
@@ -320,12 +340,11 @@ def _profile_agent(p: Pipeline) -> Any:
             if not index.built:
                 index.build(due_entries())
             clocks_key = b"clocks|%d" % partition
-            raw_clocks = clock_table.read(clocks_key)
-            clocks: dict[str, int] = orjson.loads(raw_clocks) if raw_clocks is not None else {}
+            clocks: dict[str, int] = clock_table.read_json(clocks_key, partition) or {}
             wall = clocks.get("wall")
             before = watermark(clocks, expected, None if wall_delay is None or wall is None else wall - wall_delay)
-            states = StateCache(load)
-            blocks = StateCache(load_block)
+            states = StateCache(reader(table, partition))
+            blocks = StateCache(reader(block_table, partition))
             changed: set[str] = set()
             republish: set[str] = set()
             outbox: list[tuple[str, dict[str, Any]]] = []
@@ -357,7 +376,7 @@ def _profile_agent(p: Pipeline) -> Any:
                 if effects.blocks_skipped:
                     metrics.identity_blocks_skipped.inc(effects.blocks_skipped)
             if moved:
-                clock_table.stage(clocks_key, orjson.dumps(clocks), partition)
+                clock_table.stage_json(clocks_key, clocks, partition)
             wall = clocks.get("wall")
             now_wm = watermark(clocks, expected, None if wall_delay is None or wall is None else wall - wall_delay)
             due_now: set[str] = set()
@@ -369,7 +388,7 @@ def _profile_agent(p: Pipeline) -> Any:
             for key in sorted(changed | due_now):
                 if key.startswith("b:"):
                     members = blocks.get(key)
-                    block_table.stage(key.encode(), orjson.dumps(members) if members else None, partition)
+                    block_table.stage_json(key.encode(), members or None, partition)
                     continue
                 state = states.get(key)
                 if state is None:
@@ -437,13 +456,13 @@ def _cooccurrence_agent(p: Pipeline) -> Any:
 
     async def cooccurrence(stream: Any) -> None:
         async for record in stream.events():
+            partition = record.message.partition
             for product, counted in orjson.loads(record.value):
                 key = product.encode()
-                raw = table.get(key)
-                neighbours: dict[str, int] = orjson.loads(raw) if raw is not None else {}
+                neighbours: dict[str, int] = table.read_json(key, partition) or {}
                 before = top_neighbours(neighbours)
                 neighbours = count_pairs(neighbours, ((other, weight) for other, weight in counted))
-                table[key] = orjson.dumps(neighbours)
+                table.stage_json(key, neighbours, partition)
                 top = top_neighbours(neighbours)
                 if top != before:
                     send(recs_topic, key, orjson.dumps(top))

@@ -13,6 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 import faust
+import orjson
+import rocksdict
 from faust.types import TP
 
 from streams.output import Output
@@ -25,7 +27,7 @@ class ProfileTable(faust.Table[bytes, bytes]):
         super().__init__(app, key_type=bytes, value_type=bytes, **kwargs)
         self._output = output
         self._delivered: dict[TP, int] = {}
-        self._staged: dict[bytes, tuple[int, bytes | None]] = {}
+        self._staged: dict[bytes, tuple[int, Any]] = {}  # key -> (partition, bytes | object | None)
 
     # --- write-behind ------------------------------------------------------------------------------
     # An agent that writes a key several times between two offset commits (a profile parks an event,
@@ -35,14 +37,44 @@ class ProfileTable(faust.Table[bytes, bytes]):
     # :class:`streams.output.FlushBeforeCommit`), so no offset is committed before the table writes
     # of the events it covers are in the store and the changelog.
 
+    # Values are staged as bytes, or as JSON-able objects (``stage_json``): an object is read back
+    # as the same object and encoded once, in ``write_staged``, however often it changed before.
+
     def stage(self, key: bytes, value: bytes | None, partition: int) -> None:
         """Sets (or with ``None`` deletes) ``key`` in ``partition`` at the next :meth:`write_staged`."""
         self._staged[key] = (partition, value)
 
-    def read(self, key: bytes) -> bytes | None:
-        """The staged value of ``key`` if any, else the stored one."""
+    def stage_json(self, key: bytes, value: Any, partition: int) -> None:
+        """Sets ``key`` to the JSON of ``value`` (``None``: deletes it) at the next :meth:`write_staged`.
+        ``value`` is kept, not copied: changes made to it before then are written too."""
+        self._staged[key] = (partition, value)
+
+    def read(self, key: bytes, partition: int | None = None) -> bytes | None:
+        """The staged value of ``key`` if any, else the stored one (``partition``: where it lives)."""
         staged = self._staged.get(key)
-        return staged[1] if staged is not None else self.get(key)
+        if staged is None:
+            return self._stored(key, partition)
+        value = staged[1]
+        return value if value is None or isinstance(value, bytes) else orjson.dumps(value)
+
+    def read_json(self, key: bytes, partition: int | None = None) -> Any:
+        """The decoded value of ``key`` (``None``: no value); a value staged by :meth:`stage_json` is
+        returned as it is, so the caller may change it and stage it again."""
+        staged = self._staged.get(key)
+        if staged is not None:
+            value = staged[1]
+            return orjson.loads(value) if isinstance(value, bytes) else value
+        raw = self._stored(key, partition)
+        return orjson.loads(raw) if raw is not None else None
+
+    def _stored(self, key: bytes, partition: int | None) -> bytes | None:
+        store: Any = self.data
+        if partition is not None and hasattr(store, "_db_for_partition"):
+            # One RocksDB get; Faust's path costs a contains, a get and key-index bookkeeping.
+            value: bytes | None = store._db_for_partition(partition).get(key)
+            return value
+        raw: bytes | None = self.get(key)
+        return raw
 
     @property
     def staged_count(self) -> int:
@@ -55,7 +87,7 @@ class ProfileTable(faust.Table[bytes, bytes]):
             if value is None:
                 merged.pop(key, None)
             else:
-                merged[key] = value
+                merged[key] = value if isinstance(value, bytes) else orjson.dumps(value)
         return list(merged.items())
 
     def drop_staged(self, partitions: set[int]) -> None:
@@ -64,22 +96,34 @@ class ProfileTable(faust.Table[bytes, bytes]):
             self._staged = {key: staged for key, staged in self._staged.items() if staged[0] not in partitions}
 
     def write_staged(self) -> None:
-        """Writes the staged values to the local store and the changelog (the caller flushes it)."""
+        """Writes the staged values to the local store (one RocksDB write batch per partition) and
+        the changelog (the caller flushes it)."""
         store: Any = self.data
-        by_partition = hasattr(store, "_db_for_partition")  # RocksDB: one database per partition
-        for key, (partition, value) in self._staged.items():
-            if by_partition:
+        rocksdict_batches = getattr(store, "use_rocksdict", False) and hasattr(store, "_db_for_partition")
+        batches: dict[int, Any] = {}
+        for key, (partition, staged) in self._staged.items():
+            value = staged if staged is None or isinstance(staged, bytes) else orjson.dumps(staged)
+            if rocksdict_batches:
+                batch = batches.get(partition)
+                if batch is None:
+                    batch = batches[partition] = rocksdict.WriteBatch(raw_mode=True)
+                if value is None:
+                    batch.delete(key)
+                else:
+                    batch.put(key, value)
+            elif hasattr(store, "_db_for_partition"):
                 db = store._db_for_partition(partition)
                 if value is None:
                     db.delete(key)
                 else:
-                    store._key_index[key] = partition
                     db.put(key, value)
             elif value is None:
                 store.data.pop(key, None)
             else:
                 store.data[key] = value
             self.send_changelog(partition, key, value)
+        for partition, batch in batches.items():
+            store._db_for_partition(partition).write(batch)
         self._staged.clear()
 
     def send_changelog(  # type: ignore[override]  # no FutureMessage: the output producer reports back
