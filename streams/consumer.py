@@ -34,8 +34,20 @@ class RecordBatch:
     """A fetched run of one partition's records, delivered as one message: ``value`` is the list of
     aiokafka records, ``offset`` the last one's, so acking it acks the run (see :meth:`Consumer.ack`)."""
 
-    __slots__ = ("topic", "partition", "offset", "first_offset", "timestamp", "timestamp_type", "headers",
-                 "key", "value", "checksum", "serialized_key_size", "serialized_value_size")
+    __slots__ = (
+        "checksum",
+        "first_offset",
+        "headers",
+        "key",
+        "offset",
+        "partition",
+        "serialized_key_size",
+        "serialized_value_size",
+        "timestamp",
+        "timestamp_type",
+        "topic",
+        "value",
+    )
 
     def __init__(self, records: list[Any]) -> None:
         last = records[-1]
@@ -79,23 +91,22 @@ class Consumer(faust_aiokafka.Consumer):
 
     async def _wait_next_records(self, timeout: float) -> Any:
         records, active_partitions = await super()._wait_next_records(timeout)
-        batched = getattr(self.app, "batched_topics", frozenset())
+        batched: frozenset[str] = getattr(self.app, "batched_topics", frozenset())
         if records and batched:
-            first_offsets = self._batch_first_offsets
-            for tp, run in records.items():
+            runs: dict[TP, list[Any]] = dict(records)
+            for tp, run in runs.items():
                 if run and tp.topic in batched:
                     batch = RecordBatch(run)
-                    records[tp] = [batch]
-                    first_offsets[tp] = batch.first_offset
+                    runs[tp] = [batch]
+                    self._batch_first_offsets[tp] = batch.first_offset
+            records = runs
         return records, active_partitions
 
     @property
     def _batch_first_offsets(self) -> dict[TP, int]:
-        try:
-            return self.__first_offsets  # type: ignore[has-type]
-        except AttributeError:
-            self.__first_offsets: dict[TP, int] = {}
-            return self.__first_offsets
+        """The first offset of the batch last delivered for each partition."""
+        first: dict[TP, int] = self.__dict__.setdefault("_mailpulse_batch_first", {})
+        return first
 
     async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
         """Faust sees a gap from the previous message's offset to this one's; for a batch only what
