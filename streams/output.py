@@ -47,6 +47,7 @@ class OutputProducer:
         self.failed: KafkaError | None = None
         self._unpolled = 0
         self._changelog_written: set[tuple[str, int]] = set()
+        self._callbacks: dict[OnDelivered, Callable[[KafkaError | None, Message], None]] = {}
         self._producer = Producer({
             "bootstrap.servers": bootstrap,
             "linger.ms": 5,
@@ -65,29 +66,36 @@ class OutputProducer:
             self.failed = err
 
     def _delivery_with(self, on_delivered: OnDelivered) -> Callable[[KafkaError | None, Message], None]:
-        def callback(err: KafkaError | None, msg: Message) -> None:
-            self._on_delivery(err, msg)
-            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
-            if err is None and topic is not None and partition is not None and offset is not None:
-                on_delivered(topic, partition, offset)
+        """One callback per ``on_delivered`` (tables pass the same one with every record)."""
+        callback = self._callbacks.get(on_delivered)
+        if callback is None:
+            on_error = self._on_delivery
 
+            def callback(err: KafkaError | None, msg: Message) -> None:
+                if err is not None:
+                    on_error(err, msg)
+                    return
+                topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+                if topic is not None and partition is not None and offset is not None:
+                    on_delivered(topic, partition, offset)
+
+            self._callbacks[on_delivered] = callback
         return callback
 
     def send(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None,
              on_delivered: OnDelivered | None = None) -> None:
         callback = self._on_delivery if on_delivered is None else self._delivery_with(on_delivered)
-        kwargs: dict[str, Any] = {"key": key, "value": value, "on_delivery": callback}
-        if partition is not None:
-            kwargs["partition"] = partition
+        produce = self._producer.produce
+        part = -1 if partition is None else partition  # -1: the producer's partitioner picks
         while True:
             try:
-                self._producer.produce(topic, **kwargs)
+                produce(topic, value, key, part, callback)
                 break
             except BufferError:
                 self._producer.poll(0.01)
         # Serve delivery callbacks now and then, not per message (flush serves the rest).
         self._unpolled += 1
-        if self._unpolled >= 256:
+        if self._unpolled >= 1024:
             self._unpolled = 0
             self._producer.poll(0)
 
