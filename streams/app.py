@@ -43,8 +43,9 @@ from streams.timeline import RuleSet, advance, next_due
 from streams.watermark import DueIndex, expected_clocks, merge_clocks, watermark
 
 DAY_MS = 86_400_000
-#: Staged table writes after which the profile agent writes them out without waiting for a commit.
-STAGED_LIMIT = 5_000
+#: Staged table writes after which the profile agent writes them out without waiting for a commit
+#: (more: fewer repeated writes of a busy key and more states read back undecoded; fewer: less memory).
+STAGED_LIMIT = 20_000
 
 
 @dataclass
