@@ -54,8 +54,7 @@ class ProfileTable(faust.Table[bytes, bytes]):
         staged = self._staged.get(key)
         if staged is None:
             return self._stored(key, partition)
-        value = staged[1]
-        return value if value is None or isinstance(value, bytes) else orjson.dumps(value)
+        return _encoded(staged[1])
 
     def read_json(self, key: bytes, partition: int | None = None) -> Any:
         """The decoded value of ``key`` (``None``: no value); a value staged by :meth:`stage_json` is
@@ -87,7 +86,7 @@ class ProfileTable(faust.Table[bytes, bytes]):
             if value is None:
                 merged.pop(key, None)
             else:
-                merged[key] = value if isinstance(value, bytes) else orjson.dumps(value)
+                merged[key] = _encoded(value)
         return list(merged.items())
 
     def drop_staged(self, partitions: set[int]) -> None:
@@ -102,7 +101,7 @@ class ProfileTable(faust.Table[bytes, bytes]):
         rocksdict_batches = getattr(store, "use_rocksdict", False) and hasattr(store, "_db_for_partition")
         batches: dict[int, Any] = {}
         for key, (partition, staged) in self._staged.items():
-            value = staged if staged is None or isinstance(staged, bytes) else orjson.dumps(staged)
+            value = _encoded(staged)
             if rocksdict_batches:
                 batch = batches.get(partition)
                 if batch is None:
@@ -155,6 +154,11 @@ class ProfileTable(faust.Table[bytes, bytes]):
         for tp, offset in self._delivered.items():
             self.data.set_persisted_offset(tp, offset)
         self._delivered.clear()
+
+
+def _encoded(staged: Any) -> bytes | None:
+    """A staged value as stored: bytes as they are, an object as its JSON."""
+    return staged if staged is None or isinstance(staged, bytes) else orjson.dumps(staged)
 
 
 def rocksdb_options(write_buffer_mb: int, block_cache_mb: int) -> dict[str, int]:
