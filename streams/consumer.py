@@ -72,6 +72,11 @@ class ShortFetchWaitThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 
 class Consumer(faust_aiokafka.Consumer):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: The first offset of the batch last delivered for each partition (fix 3).
+        self._batch_first_offsets: dict[TP, int] = {}
+
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return ShortFetchWaitThread(self, loop=self.loop, beacon=self.beacon)
 
@@ -85,7 +90,6 @@ class Consumer(faust_aiokafka.Consumer):
             if uncommitted:
                 await self._thread.seek_to_beginning(*uncommitted)
         return committed
-
 
     # --- batched delivery (fix 3) -------------------------------------------------------------------
 
@@ -101,12 +105,6 @@ class Consumer(faust_aiokafka.Consumer):
                     self._batch_first_offsets[tp] = batch.first_offset
             records = runs
         return records, active_partitions
-
-    @property
-    def _batch_first_offsets(self) -> dict[TP, int]:
-        """The first offset of the batch last delivered for each partition."""
-        first: dict[TP, int] = self.__dict__.setdefault("_mailpulse_batch_first", {})
-        return first
 
     async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
         """Faust sees a gap from the previous message's offset to this one's; for a batch only what
