@@ -307,6 +307,8 @@ def _profile_agent(p: Pipeline) -> Any:
     latency = {name: metrics.event_latency.labels(name) for name in (names.PROFILES, names.SEGMENT_CHANGES,
                                                                      names.TRIGGERS)}
     updated, applied = metrics.profiles_written.labels("updated"), metrics.events_applied
+    profile_latency = latency[names.PROFILES].observe
+    segment_latency = latency[names.SEGMENT_CHANGES].observe
     events_topic, block_table = names.events_topic(settings.app_id), p.identity_blocks
     cooccurrence_topic, neighbours_of = names.cooccurrence_topic(settings.app_id), p.product_recs.get
 
@@ -349,6 +351,7 @@ def _profile_agent(p: Pipeline) -> Any:
             changed: set[str] = set()
             republish: set[str] = set()
             outbox: list[tuple[str, dict[str, Any]]] = []
+            counts: Counter[tuple[str, str]] = Counter()  # (topic, outcome) -> events, counted once per record
             moved = False
             for key, message in orjson.loads(record.value):
                 if key is None:  # clocks of input partitions, or the wall clock
@@ -361,9 +364,9 @@ def _profile_agent(p: Pipeline) -> Any:
                 effects = dispatch(states, blocks, key, message, before, rules)
                 if effects.outcome is not None:
                     topic = message["src"][0]
-                    metrics.event(topic, "duplicate" if effects.outcome == "duplicate" else "processed").inc()
+                    counts[topic, "duplicate" if effects.outcome == "duplicate" else "processed"] += 1
                     if effects.late:
-                        metrics.late_events.labels(topic).inc()
+                        counts[topic, "late"] += 1
                 if effects.changed:
                     changed.add(key)
                 if effects.republish:
@@ -376,6 +379,11 @@ def _profile_agent(p: Pipeline) -> Any:
                     metrics.profile_merges.labels(kind).inc()
                 if effects.blocks_skipped:
                     metrics.identity_blocks_skipped.inc(effects.blocks_skipped)
+            for (topic, outcome), count in counts.items():
+                if outcome == "late":
+                    metrics.late_events.labels(topic).inc(count)
+                else:
+                    metrics.event(topic, outcome).inc(count)
             if moved:
                 clock_table.stage_json(clocks_key, clocks, partition)
             wall = clocks.get("wall")
@@ -386,6 +394,8 @@ def _profile_agent(p: Pipeline) -> Any:
             now = _now_ms()
             record_arrival = int(record.message.timestamp * 1000) if record.message.timestamp else now
             pairs: dict[str, list[list[Any]]] = {}
+            published = released = 0
+            segment_counts: Counter[tuple[str, str]] = Counter()
             for key in sorted(changed | due_now):
                 if key.startswith("b:"):
                     members = blocks.get(key)
@@ -406,28 +416,34 @@ def _profile_agent(p: Pipeline) -> Any:
                 if publish:
                     state["published"] = True  # a later merge or erase then tombstones it
                 write(kb, state, partition)
-                if out.released:
-                    applied.inc(len(out.released))
+                released += len(out.released)
                 for product, other, weight in out.pairs:
                     pairs.setdefault(product, []).append([other, weight])
                 arrived = max((ev["src"][3] for ev in out.released), default=record_arrival)
                 pid = state["profile"]["profile_id"].encode()
+                waited = max(0.0, (now - arrived) / 1000)
                 if publish:
                     send(names.PROFILES, pid, orjson.dumps(snapshot(state)))
-                    updated.inc()
-                    latency[names.PROFILES].observe(max(0.0, (now - arrived) / 1000))
+                    published += 1
+                    profile_latency(waited)
                 for change in out.segment_changes:
                     send(names.SEGMENT_CHANGES, pid, orjson.dumps(change))
-                    metrics.segment_changes.labels(change["segment"], change["change"]).inc()
-                    latency[names.SEGMENT_CHANGES].observe(max(0.0, (now - arrived) / 1000))
+                    segment_counts[change["segment"], change["change"]] += 1
+                    segment_latency(waited)
                 for trigger in out.triggers:
                     send(names.TRIGGERS, pid, orjson.dumps(trigger))
                     metrics.triggers.labels(trigger["type"]).inc()
-                    latency[names.TRIGGERS].observe(max(0.0, (now - arrived) / 1000))
+                    latency[names.TRIGGERS].observe(waited)
                 for trigger_type, reason in out.suppressed:
                     metrics.triggers_suppressed.labels(trigger_type, reason).inc()
                 for trigger_type, reason in out.deferred:
                     metrics.triggers_deferred.labels(trigger_type, reason).inc()
+            if released:
+                applied.inc(released)
+            if published:
+                updated.inc(published)
+            for (segment, change_kind), count in segment_counts.items():
+                metrics.segment_changes.labels(segment, change_kind).inc(count)
             if pairs:
                 by_partition: dict[int, list[Any]] = {}
                 for product, counted in pairs.items():

@@ -77,11 +77,16 @@ def new_state(key: str, ts: int) -> State:
     }
 
 
-def _add_identifier(profile: dict[str, Any], field: str, value: str | None, ts: int) -> None:
+def _add_identifier(profile: dict[str, Any], field: str, value: str | None, ts: int) -> bool:
+    """Records ``value`` with its first time; True when the bucket changed."""
     if not value:
-        return
+        return False
     bucket: dict[str, int] = profile["identifiers"][field]
-    bucket[value] = min(bucket.get(value, ts), ts)
+    first = bucket.get(value)
+    if first is not None and first <= ts:
+        return False
+    bucket[value] = ts
+    return True
 
 
 def _ordered(bucket: dict[str, int]) -> list[str]:
@@ -89,15 +94,21 @@ def _ordered(bucket: dict[str, int]) -> list[str]:
     return [value for value, _ in sorted(bucket.items(), key=lambda item: (item[1], item[0]))]
 
 
+def _oldest(bucket: dict[str, int]) -> str | None:
+    """The first of :func:`_ordered` (None: empty)."""
+    return min(bucket.items(), key=lambda item: (item[1], item[0]))[0] if bucket else None
+
+
 def _apply_identifiers(profile: dict[str, Any], event: Event, ts: int) -> None:
-    for single, plural in ID_FIELDS:
-        _add_identifier(profile, plural, event.get(single), ts)
-    traits = event.get("traits") or {}
-    _add_identifier(profile, "emails", traits.get("email"), ts)
-    _add_identifier(profile, "phones", traits.get("phone"), ts)
     ids = profile["identifiers"]
-    profile["user_id"] = next(iter(_ordered(ids["user_ids"])), None)
-    profile["email"] = next(iter(_ordered(ids["emails"])), None)
+    for single, plural in ID_FIELDS:
+        if _add_identifier(profile, plural, event.get(single), ts) and plural in ("user_ids", "emails"):
+            profile["user_id" if plural == "user_ids" else "email"] = _oldest(ids[plural])
+    traits = event.get("traits")
+    if traits:
+        if _add_identifier(profile, "emails", traits.get("email"), ts):
+            profile["email"] = _oldest(ids["emails"])
+        _add_identifier(profile, "phones", traits.get("phone"), ts)
 
 
 def _apply_newest(

@@ -182,9 +182,12 @@ def advance(state: State, watermark: int | None, rules: RuleSet, now_ms: int,
     profile, rs, pending = state["profile"], state["rules"], state["pending"]
     timers: dict[str, list[Any]] = rs["timers"]
     cfg = rules.config
+    if not rs.get("dirty") and (not pending or pending[0][0] > watermark) and \
+            all(timer[0] > watermark for timer in timers.values()):
+        return out  # nothing due yet
+    cart = cart_view(profile)  # changes only when a cart or purchase event is folded (below)
     if rs.pop("dirty", False) and rs["clock"] is not None:
         # merged with another profile: its segments are evaluated again at the current time
-        cart = cart_view(profile)
         out.steps += 1
         out.changed = True
         _evaluate_segments(state, cart, rs["clock"], rules, now_ms, out)
@@ -197,7 +200,6 @@ def advance(state: State, watermark: int | None, rules: RuleSet, now_ms: int,
             assert timer_name is not None
             timer = timers.pop(timer_name)
             step = timer_due
-            cart = cart_view(profile)
             dues = [] if timer_name == "segments" else triggers.on_timer(
                 cfg.triggers, profile, rs, timer_name, timer, cart["item_count"] if cart else 0)
         elif event_ts is not None and event_ts <= watermark:
@@ -212,7 +214,8 @@ def advance(state: State, watermark: int | None, rules: RuleSet, now_ms: int,
             if event["type"] in ENGAGEMENT_TYPES:
                 rs["engagement"] = guardrails.record_engagement(
                     rs["engagement"], event["ts"], profile["context"].get("timezone"))
-            cart = cart_view(profile)
+            if event["kind"] in ("carts", "purchases"):
+                cart = cart_view(profile)
             dues = triggers.on_event(cfg.triggers, profile, rs, event, cart["item_count"] if cart else 0, had_email)
         else:
             break

@@ -152,13 +152,18 @@ class EventCondition(Condition):
         start = t - self.window_ms
         if len(self.types) == 1:
             times = history.get(self.types[0], ())
+            if not times:
+                return self.min_count == 0, None
             lo, hi = bisect_right(times, start), bisect_right(times, t)
         else:  # merge the in-window parts, small by construction (the caller trims history)
             parts = []
             for kind in self.types:
                 times = history.get(kind, ())
-                parts.append(times[bisect_right(times, start):bisect_right(times, t)])
-            times = list(heapq.merge(*parts))
+                if times:
+                    part = times[bisect_right(times, start):bisect_right(times, t)]
+                    if part:
+                        parts.append(part)
+            times = parts[0] if len(parts) == 1 else list(heapq.merge(*parts))
             lo, hi = 0, len(times)
         count = hi - lo
         # The count only falls as time passes; the truth flips when it falls to max_count (if above)
