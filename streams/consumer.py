@@ -107,12 +107,14 @@ class Consumer(faust_aiokafka.Consumer):
         return records, active_partitions
 
     async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
-        """Faust sees a gap from the previous message's offset to this one's; for a batch only what
-        lies before its first record is one (the rest is the batch, acked with it)."""
+        """Faust sees a gap from the previous message's offset to this one's (both ends included); for
+        a batch only what lies before its first record is one (the rest is the batch, acked with it).
+        A gap that took in the first record too would put its offset twice in the acked list, and
+        the commit would then stop short of the batch until the next one."""
         first = self._batch_first_offsets.get(tp)
         if first is not None:
-            offset_to = min(offset_to, first)
-        if offset_from < offset_to:
+            offset_to = min(offset_to, first - 1)
+        if offset_from <= offset_to:
             await super()._add_gap(tp, offset_from, offset_to)
 
     def ack(self, message: Any) -> bool:

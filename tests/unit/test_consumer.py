@@ -1,9 +1,14 @@
 """The batched input delivery: a fetched run of one partition as one message."""
 
+import asyncio
 from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from faust.types import TP, Message
 
 from streams.app import _input_records
-from streams.consumer import RecordBatch
+from streams.consumer import App, Consumer, RecordBatch
 
 
 def record(offset: int, value: bytes, topic: str = "clicks", partition: int = 3) -> SimpleNamespace:
@@ -29,3 +34,66 @@ def test_input_records_unpack_batches_and_single_messages_alike() -> None:
         ("clicks", 3, 2, b"k", b"y", 1_002),
         ("carts", 0, 5, None, b"z", 2_500),
     ]
+
+
+# --- acking a batch: what the consumer would commit ---------------------------------------------------
+
+TP_ = TP("clicks", 3)
+
+
+def message(offset: int, value: Any) -> Message:
+    return Message(topic=TP_.topic, partition=TP_.partition, offset=offset, timestamp=1.0, timestamp_type=0,
+                   headers=[], key=None, value=value, checksum=None)
+
+
+@pytest.fixture
+def consumer(tmp_path: Any) -> Consumer:
+    """The project's consumer, never started (no broker is contacted); ``clicks`` is acked."""
+    app = App("test-ack", broker="kafka://127.0.0.1:1", autodiscover=False, datadir=str(tmp_path))
+    app.topics._acking_topics.add(TP_.topic)  # what subscribing an agent to the topic does
+    made: Consumer = app.consumer
+    return made
+
+
+def deliver(consumer: Consumer, previous_offset: int, batch: RecordBatch) -> None:
+    """What the fetch loop does when a batch follows the message at ``previous_offset``."""
+    consumer._batch_first_offsets[TP_] = batch.first_offset
+    if batch.offset - previous_offset > 1:
+        asyncio.run(consumer._add_gap(TP_, previous_offset + 1, batch.offset))
+
+
+def test_a_batch_is_committed_only_once_it_is_acked_then_up_to_its_last_record(consumer: Consumer) -> None:
+    assert consumer.ack(message(2, b"single"))
+    batch = RecordBatch([record(5, b"a"), record(6, b"b"), record(8, b"c")])  # 3, 4, 7: not in the log
+    deliver(consumer, 2, batch)
+    # Only what lies before the batch counts as a gap (intervals exclude their end).
+    assert [(i.begin, i.end) for i in consumer._gap[TP_]] == [(3, 5)]
+    assert consumer._new_offset(TP_) == 3  # the batch is still being processed: nothing of it committed
+    assert consumer.ack(message(8, batch.value))
+    assert consumer._new_offset(TP_) == 9  # at once: offset 5 is not both in the gap and acked
+
+
+def test_a_batch_right_after_the_previous_message_leaves_no_gap(consumer: Consumer) -> None:
+    deliver(consumer, 4, RecordBatch([record(5, b"a"), record(6, b"b")]))
+    assert not consumer._gap[TP_]
+
+
+def test_acking_a_batch_marks_every_offset_of_its_run(consumer: Consumer) -> None:
+    batch = RecordBatch([record(10, b"a"), record(11, b"b"), record(12, b"c")])
+    consumer._batch_first_offsets[TP_] = batch.first_offset
+    assert consumer.ack(message(12, batch.value))
+    assert sorted(consumer._acked[TP_]) == [10, 11, 12]
+    assert not consumer.ack(message(12, batch.value))  # acked once
+    assert sorted(consumer._acked[TP_]) == [10, 11, 12]
+
+
+def test_a_batch_partly_committed_already_acks_only_the_rest(consumer: Consumer) -> None:
+    consumer._committed_offset[TP_] = 11  # e.g. read again after a rebalance
+    batch = RecordBatch([record(10, b"a"), record(11, b"b"), record(12, b"c")])
+    assert consumer.ack(message(12, batch.value))
+    assert sorted(consumer._acked[TP_]) == [11, 12]
+
+
+def test_a_single_message_acks_only_its_own_offset(consumer: Consumer) -> None:
+    assert consumer.ack(message(4, b"one"))
+    assert sorted(consumer._acked[TP_]) == [4]
