@@ -46,6 +46,8 @@ DAY_MS = 86_400_000
 #: Staged table writes after which the profile agent writes them out without waiting for a commit
 #: (more: fewer repeated writes of a busy key and more states read back undecoded; fewer: less memory).
 STAGED_LIMIT = 20_000
+#: How often ``mailpulse_consumer_lag`` is updated (seconds).
+LAG_EVERY_S = 1.0
 
 
 @dataclass
@@ -154,6 +156,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None, output: Outpu
     app.agent(p.cooccurrence, name="cooccurrence")(_cooccurrence_agent(p))
     if settings.clock == "wall":
         app.timer(interval=settings.wall_clock_interval_s)(_wall_clock(p))
+    app.timer(interval=LAG_EVERY_S)(_consumer_lag(p))
     return p
 
 
@@ -194,6 +197,40 @@ def _on_revocation(p: Pipeline) -> Any:
             table.drop_staged(lost(cooccurrence_topic if table is p.product_neighbours else events_topic))
 
     return on_partitions_revoked
+
+
+def _consumer_lag(p: Pipeline) -> Any:
+    """``mailpulse_consumer_lag``: for each assigned partition of a topic the agents read, the messages
+    between the last one processed (acked, or committed) and the partition's end as of the last
+    fetch.  Partitions no longer assigned lose their series."""
+    gauge = p.metrics.consumer_lag
+    topics = {*INPUT_TOPICS, names.events_topic(p.settings.app_id), names.cooccurrence_topic(p.settings.app_id)}
+    shown: set[tuple[str, str]] = set()
+
+    async def consumer_lag() -> None:
+        consumer: Any = p.app.consumer  # a streams.consumer.Consumer (Faust's offset bookkeeping)
+        current: set[tuple[str, str]] = set()
+        for tp in consumer.assignment():
+            if tp.topic not in topics:
+                continue
+            try:  # a metric never stops the worker: a partition revoked meanwhile is skipped
+                end = consumer.highwater(tp)  # None until the partition was fetched once
+            except Exception:
+                continue
+            if end is None:
+                continue
+            acked = consumer._acked.get(tp)  # processed, not committed yet
+            committed = consumer._committed_offset.get(tp)
+            done = max(max(acked) + 1 if acked else 0, committed or 0)
+            labels = (tp.topic, str(tp.partition))
+            gauge.labels(*labels).set(max(0, end - done))
+            current.add(labels)
+        for labels in shown - current:
+            gauge.remove(*labels)
+        shown.clear()
+        shown.update(current)
+
+    return consumer_lag
 
 
 def _wall_clock(p: Pipeline) -> Any:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +146,23 @@ def test_malformed_messages_are_dead_lettered_and_good_ones_all_processed(broker
 
     assert counts(read_topic(broker.bootstrap, "profiles", lambda m: counts(m) == (666, 334))) == (666, 334)
     assert worker.metric("mailpulse_events_total", outcome="dead_letter") == 500
+
+    # Everything read: a lag series for each input partition, all at 0 (updated every second).
+    def input_lags() -> dict[tuple[str, str], float]:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{worker.metrics_port}/metrics", timeout=2).read().decode()
+        lags = {}
+        for line in text.splitlines():
+            if line.startswith("mailpulse_consumer_lag{"):
+                labels = dict(part.split("=", 1) for part in line[line.index("{") + 1:line.index("}")].split(","))
+                topic, partition = labels["topic"].strip('"'), labels["partition"].strip('"')
+                if topic in INPUT_TOPICS:
+                    lags[topic, partition] = float(line.rsplit(" ", 1)[1])
+        return lags
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (len(input_lags()) < 4 * PARTITIONS or any(input_lags().values())):
+        time.sleep(0.5)
+    assert input_lags() == {(topic, str(n)): 0.0 for topic in INPUT_TOPICS for n in range(PARTITIONS)}
 
 
 def test_replayed_duplicates_change_nothing(broker, start_worker, tmp_path: Path) -> None:
