@@ -460,7 +460,7 @@ def _profile_agent(p: Pipeline) -> Any:
                 pid = state["profile"]["profile_id"].encode()
                 waited = max(0.0, (now - arrived) / 1000)
                 if publish:
-                    send(names.PROFILES, pid, orjson.dumps(snapshot(state)))
+                    send(names.PROFILES, pid, orjson.dumps(snapshot(state, out.cart)))
                     published += 1
                     profile_latency(waited)
                 for change in out.segment_changes:

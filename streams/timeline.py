@@ -23,7 +23,7 @@ from typing import Any
 
 from schemas.timeparse import format_ms
 from streams.config import PipelineConfig
-from streams.profile import State, cart_view, fold_event, new_state, remember, snapshot
+from streams.profile import DERIVE, State, cart_view, fold_event, new_state, remember, snapshot
 from streams.rules import guardrails, payload, recommend, segments, triggers
 
 #: Equal timestamps are applied in this order (contract section 4).
@@ -60,6 +60,7 @@ class Outputs:
     deferred: list[tuple[str, str]] = field(default_factory=list)  # (type, reason) send_at moved
     released: list[dict[str, Any]] = field(default_factory=list)  # events folded, in order
     pairs: list[tuple[str, str, int]] = field(default_factory=list)  # product co-occurrences to count
+    cart: Any = DERIVE  # cart_view of the profile as advance left it, when it derived one
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,8 +224,9 @@ def advance(state: State, watermark: int | None, rules: RuleSet, now_ms: int,
         clock = step if rs["clock"] is None else max(rs["clock"], step)
         rs["clock"] = clock
         for due in dues:
-            _emit(state, due, rules, now_ms, out, neighbours_of)
+            _emit(state, due, rules, now_ms, out, neighbours_of, cart)
         _evaluate_segments(state, cart, clock, rules, now_ms, out)
+    out.cart = cart
     return out
 
 
@@ -259,7 +261,7 @@ def _recommendations(state: State, cart: dict[str, Any] | None, neighbours_of: N
 
 
 def _emit(state: State, due: triggers.Due, rules: RuleSet, now_ms: int, out: Outputs,
-          neighbours_of: NeighboursOf) -> None:
+          neighbours_of: NeighboursOf, cart: dict[str, Any] | None) -> None:
     """Guardrails, then the trigger message (contract section 5)."""
     profile, rs = state["profile"], state["rules"]
     guard = rules.config.guardrails
@@ -272,7 +274,7 @@ def _emit(state: State, due: triggers.Due, rules: RuleSet, now_ms: int, out: Out
     send_at, moved = guardrails.send_time(guard, due.at, profile["context"].get("timezone"), rs["engagement"])
     if moved is not None:
         out.deferred.append((due.type, moved))
-    snap = snapshot(state)
+    snap = snapshot(state, cart)
     out.triggers.append({
         "trigger_id": trigger_id(profile["profile_id"], due.type, due.cause),
         "type": due.type,

@@ -163,6 +163,8 @@ class EventCondition(Condition):
                     part = times[bisect_right(times, start):bisect_right(times, t)]
                     if part:
                         parts.append(part)
+            if not parts:
+                return self.min_count == 0, None
             times = parts[0] if len(parts) == 1 else list(heapq.merge(*parts))
             lo, hi = 0, len(times)
         count = hi - lo
