@@ -281,7 +281,7 @@ def cart_view(p: dict[str, Any]) -> dict[str, Any] | None:
 DERIVE: Any = object()
 
 
-def snapshot(state: State, cart: dict[str, Any] | None = DERIVE) -> dict[str, Any]:
+def snapshot(state: State, cart: Any = DERIVE) -> dict[str, Any]:
     """The profile as published on ``profiles`` (contract section 5): times as ISO-8601 UTC."""
     p = state["profile"]
     agg = p["aggregates"]
