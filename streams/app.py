@@ -32,6 +32,7 @@ from streams.dispatch import dispatch
 from streams.identity import profile_key
 from streams.ingest import Accepted, Source, decode
 from streams.metrics import Metrics
+from streams.native_memory import release_free_memory
 from streams.output import FlushBeforeCommit, Output, OutputProducer
 from streams.product_recs import ProductRecs
 from streams.profile import State, snapshot
@@ -46,6 +47,8 @@ DAY_MS = 86_400_000
 #: Staged table writes after which the profile agent writes them out without waiting for a commit
 #: (more: fewer repeated writes of a busy key and more states read back undecoded; fewer: less memory).
 STAGED_LIMIT = 20_000
+#: A write-out of at least this many staged values gives the freed memory back to the OS after it.
+TRIM_AFTER = 2_000
 #: How often ``mailpulse_consumer_lag`` is updated (seconds).
 LAG_EVERY_S = 1.0
 
@@ -78,8 +81,11 @@ class Pipeline:
 
     def write_staged(self) -> None:
         """Writes every table's staged values (before each offset commit, and when many are staged)."""
+        written = self.staged_count
         for table in self.tables:
             table.write_staged()
+        if written >= TRIM_AFTER:
+            release_free_memory()  # the decoded states just released (streams.native_memory)
 
     @property
     def staged_count(self) -> int:
