@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(BIN)/pytest -q -m "not chaos"
 
 chaos: $(STAMP)
-	$(BIN)/pytest -q -m chaos
+	$(BIN)/pytest -q -rP -m chaos
 
 test-unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit tests/agents

@@ -12,7 +12,7 @@ import pytest
 from streams.identity import profile_id_for
 
 from .conftest import MAILPULSE, latest_by_key, read_topic
-from .expected import UNTIL
+from .expected import UNTIL, changes_of, expected_run
 from .test_pipeline import _many_events, expected_profiles, write_jsonl
 
 pytestmark = pytest.mark.integration
@@ -43,6 +43,26 @@ def assert_profiles(bootstrap: str, expected: dict[bytes, Any]) -> None:
                    (expected.get(k) or {}).get("aggregates", {}).get("event_counts")) for k in differing[:5]]
         raise AssertionError(f"{len(differing)} of {len(expected)} profiles differ; event counts got/expected: "
                              f"{counts}; trace: {_trace(bootstrap, differing[:2])}") from None
+
+
+def assert_outputs(bootstrap: str, events: list[dict[str, Any]]) -> tuple[int, int]:
+    """The set of trigger ids and the set of segment changes equal an uninterrupted run's; a message
+    may come twice (an event re-read after a crash or a rebalance), with the same trigger id or the
+    same (profile, segment, change, at).  Returns and prints how many repeats there were."""
+    run = expected_run(events)
+    assert len(run.triggers) > 20 and len(run.changes) > 100  # the history does exercise the rules
+    read_topic(bootstrap, "triggers", lambda m: {v["trigger_id"] for _, v in m} >= run.triggers.keys(), timeout=120)
+    read_topic(bootstrap, "segment-changes", lambda m: set(changes_of(m)) >= set(run.changes), timeout=120)
+    ids = [v["trigger_id"] for _, v in read_topic(bootstrap, "triggers")]  # all of it (till quiet), repeats too
+    assert set(ids) == set(run.triggers), (f"missing {sorted(set(run.triggers) - set(ids))[:5]}, "
+                                           f"unexpected {sorted(set(ids) - set(run.triggers))[:5]}")
+    changes = changes_of(read_topic(bootstrap, "segment-changes"))
+    assert set(changes) == set(run.changes), (f"missing {sorted(set(run.changes) - set(changes))[:5]}, "
+                                              f"unexpected {sorted(set(changes) - set(run.changes))[:5]}")
+    repeats = len(ids) - len(set(ids)), len(changes) - len(set(changes))
+    print(f"repeated in the outputs: {repeats[0]} of {len(ids)} trigger messages (same trigger ids), "
+          f"{repeats[1]} of {len(changes)} segment changes")
+    return repeats
 
 
 def _trace(bootstrap: str, keys: list[Any]) -> str:
@@ -90,6 +110,7 @@ def test_kill_9_mid_stream_then_restart_gives_the_uninterrupted_profiles(
     restarted.wait_metric("mailpulse_assigned_partitions", 1)
     finish(replay)
     assert_profiles(broker.bootstrap, expected)
+    assert_outputs(broker.bootstrap, events)
     if restart_dir == "same":  # local RocksDB state of a killed worker may be ahead of its changelog
         assert "did not stop cleanly" in restarted.log.read_text()
     # the restarted worker re-read what the killed one had not committed, and dropped what it had applied
@@ -109,4 +130,5 @@ def test_a_worker_joining_and_one_leaving_mid_stream_change_nothing(broker, star
     second.wait_metric("mailpulse_assigned_partitions", 8, topic="clicks")
     finish(replay)
     assert_profiles(broker.bootstrap, expected)
+    assert_outputs(broker.bootstrap, events)
     assert second.metric("mailpulse_events_total", outcome="processed") > 0
