@@ -394,7 +394,8 @@ def _profile_agent(p: Pipeline) -> Any:
             changed: set[str] = set()
             republish: set[str] = set()
             outbox: list[tuple[str, dict[str, Any]]] = []
-            counts: Counter[tuple[str, str]] = Counter()  # (topic, outcome) -> events, counted once per record
+            outcomes: Counter[tuple[str, str]] = Counter()  # (topic, outcome) -> events, counted once per record
+            late: Counter[str] = Counter()  # topic -> late events
             moved = False
             for key, message in orjson.loads(record.value):
                 if key is None:  # clocks of input partitions, or the wall clock
@@ -407,9 +408,9 @@ def _profile_agent(p: Pipeline) -> Any:
                 effects = dispatch(states, blocks, key, message, before, rules)
                 if effects.outcome is not None:
                     topic = message["src"][0]
-                    counts[topic, "duplicate" if effects.outcome == "duplicate" else "processed"] += 1
+                    outcomes[topic, "duplicate" if effects.outcome == "duplicate" else "processed"] += 1
                     if effects.late:
-                        counts[topic, "late"] += 1
+                        late[topic] += 1
                 if effects.changed:
                     changed.add(key)
                 if effects.republish:
@@ -422,11 +423,10 @@ def _profile_agent(p: Pipeline) -> Any:
                     metrics.profile_merges.labels(kind).inc()
                 if effects.blocks_skipped:
                     metrics.identity_blocks_skipped.inc(effects.blocks_skipped)
-            for (topic, outcome), count in counts.items():
-                if outcome == "late":
-                    metrics.late_events.labels(topic).inc(count)
-                else:
-                    metrics.event(topic, outcome).inc(count)
+            for (topic, outcome), count in outcomes.items():
+                metrics.event(topic, outcome).inc(count)
+            for topic, count in late.items():
+                metrics.late_events.labels(topic).inc(count)
             if moved:
                 clock_table.stage_json(clocks_key, clocks, partition)
             wall = clocks.get("wall")

@@ -89,14 +89,18 @@ def _add_identifier(profile: dict[str, Any], field: str, value: str | None, ts: 
     return True
 
 
-def _ordered(bucket: dict[str, int]) -> list[str]:
+def _first_seen(item: tuple[str, int]) -> tuple[int, str]:
     """Identifiers oldest first (ties by value): the same whatever order events arrived in."""
-    return [value for value, _ in sorted(bucket.items(), key=lambda item: (item[1], item[0]))]
+    return item[1], item[0]
+
+
+def _ordered(bucket: dict[str, int]) -> list[str]:
+    return [value for value, _ in sorted(bucket.items(), key=_first_seen)]
 
 
 def _oldest(bucket: dict[str, int]) -> str | None:
     """The first of :func:`_ordered` (None: empty)."""
-    return min(bucket.items(), key=lambda item: (item[1], item[0]))[0] if bucket else None
+    return min(bucket.items(), key=_first_seen)[0] if bucket else None
 
 
 def _apply_identifiers(profile: dict[str, Any], event: Event, ts: int) -> None:

@@ -183,8 +183,8 @@ def advance(state: State, watermark: int | None, rules: RuleSet, now_ms: int,
     profile, rs, pending = state["profile"], state["rules"], state["pending"]
     timers: dict[str, list[Any]] = rs["timers"]
     cfg = rules.config
-    if not rs.get("dirty") and (not pending or pending[0][0] > watermark) and \
-            all(timer[0] > watermark for timer in timers.values()):
+    first_due = next_due(state)
+    if not rs.get("dirty") and (first_due is None or first_due > watermark):
         return out  # nothing due yet
     cart = cart_view(profile)  # changes only when a cart or purchase event is folded (below)
     if rs.pop("dirty", False) and rs["clock"] is not None:
