@@ -74,7 +74,8 @@ def test_replayed_file_yields_the_expected_profiles(broker, start_worker, tmp_pa
     assert ana["aggregates"]["total_spend"] == 199.0
     assert ana["aggregates"]["last_purchase_at"] == "2026-03-01T09:20:00.000Z"
     assert [item["product_id"] for item in ana["cart"]["items"]] == ["sku-3", "sku-9"]  # both added after it
-    assert worker.metric("mailpulse_profile_merges_total", kind="exact") >= 1
+    # (Whether this took a merge depends on arrival order: a link that reaches the e-mail's key before
+    # the purchase makes it a redirect, and nothing is absorbed.  Merges are counted in test_identity.)
 
 
 def _malformed(n: int, rng: random.Random) -> bytes:
