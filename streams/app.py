@@ -80,8 +80,16 @@ class Pipeline:
                 self.product_neighbours)
 
     def write_staged(self) -> None:
-        """Writes every table's staged values (before each offset commit, and when many are staged)."""
+        """Writes every table's staged values (before each offset commit, and when many are staged).
+
+        Everything sent before is delivered first.  A state in the changelog survives a crash, while
+        the events it took in are read again only if their offsets were not committed; re-read, they
+        are duplicates to that state and cause nothing.  So the outputs and internal messages they
+        caused (a snapshot, a trigger, the absorb carrying a profile to its root) must already be
+        in their topics when the state is written, or a crash in between would lose them for good."""
         written = self.staged_count
+        if written:
+            self.output.flush()
         for table in self.tables:
             table.write_staged()
         if written >= TRIM_AFTER:
@@ -493,8 +501,6 @@ def _profile_agent(p: Pipeline) -> Any:
                     by_partition.setdefault(partition_for(product, partitions), []).append([product, counted])
                 for target, entries in by_partition.items():
                     send(cooccurrence_topic, None, orjson.dumps(entries), target)
-            if p.staged_count > STAGED_LIMIT:
-                p.write_staged()
             if outbox:
                 routed = PartitionBatches()
                 for target_key, message in outbox:
@@ -504,6 +510,10 @@ def _profile_agent(p: Pipeline) -> Any:
                         send(events_topic, None, full, target)
                 for target, batch in routed.records():
                     send(events_topic, None, batch, target)
+            # After the outbox: a key that gave its profile away is written as a redirect only once
+            # the absorb carrying that profile is sent (write_staged delivers it first).
+            if p.staged_count > STAGED_LIMIT:
+                p.write_staged()
 
     return profiles
 

@@ -22,11 +22,13 @@ class RecordingOutput:
 
     sent: dict[str, list[tuple[bytes | None, Any, int | None]]] = field(default_factory=dict)
     flushes: int = 0
+    log: list[str] = field(default_factory=list)  # topic of each send, "flush" for each flush, in order
 
     def send(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None,
              on_delivered: Any = None) -> None:
         decoded = None if value is None or topic.endswith("-changelog") else orjson.loads(value)
         self.sent.setdefault(topic, []).append((key, decoded, partition))
+        self.log.append(topic)
 
     def send_changelog(self, topic: str, key: bytes, value: bytes | None, partition: int,
                        on_delivered: Any = None) -> None:
@@ -34,6 +36,7 @@ class RecordingOutput:
 
     def flush(self, timeout: float = 30.0) -> int:
         self.flushes += 1
+        self.log.append("flush")
         return 0
 
 
@@ -110,6 +113,20 @@ async def test_profiles_agent_writes_table_publishes_and_drops_duplicates(pipeli
     assert [value["version"] if value else None for _, value, _ in published] == [2, None]
     assert len({key for key, _, _ in published}) == 1
     assert pipeline.metrics.events.labels("clicks", "duplicate")._value.get() == 1
+
+
+async def test_what_a_state_caused_is_delivered_before_the_state_is_written(pipeline: Pipeline) -> None:
+    # After a crash the changelog's state says its events were seen, so re-reading them causes
+    # nothing: their snapshot and segment changes must be in their topics before that state is.
+    async with agent(pipeline, "profiles").test_context() as profiles:
+        await profiles.put(_batch(_event("e-1", "product_view", product_id="sku-1"), clock=1772359200000))
+    assert sent(pipeline, "profiles") and sent(pipeline, "segment-changes")
+    pipeline.write_staged()
+    log = pipeline.output.log  # type: ignore[attr-defined]
+    first_state = log.index("mailpulse-profile-state-changelog")
+    last_output = max(i for i, topic in enumerate(log[:first_state]) if not topic.endswith("-changelog")
+                      and topic != "flush")
+    assert "flush" in log[last_output:first_state], log
 
 
 async def test_profiles_agent_emits_segment_changes_and_a_trigger_when_the_watermark_passes(pipeline: Pipeline) -> None:
