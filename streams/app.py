@@ -39,7 +39,7 @@ from streams.profile import State, snapshot
 from streams.routing import PartitionBatches, partition_for
 from streams.rules.recommend import count_pairs, top_neighbours
 from streams.settings import Settings
-from streams.tables import ProfileTable, profile_table, rocksdb_options
+from streams.tables import ProfileTable, RocksDBMemory, profile_table, rocksdb_options
 from streams.timeline import RuleSet, advance, next_due
 from streams.watermark import DueIndex, expected_clocks, merge_clocks, watermark
 
@@ -135,8 +135,9 @@ def create_app(settings: Settings, metrics: Metrics | None = None, output: Outpu
     metrics = metrics or Metrics()
     output = output or OutputProducer(settings.bootstrap_servers)
     config = config if config is not None else load_config(settings.config)
-    options = rocksdb_options(settings.rocksdb_write_buffer_mb, settings.rocksdb_block_cache_mb)
-    small = rocksdb_options(1, 1)  # tables of small values: due times, clocks, blocks, neighbours
+    options = rocksdb_options(settings.rocksdb_write_buffer_mb)
+    small = rocksdb_options(1)  # tables of small values: due times, clocks, blocks, neighbours
+    memory = RocksDBMemory.with_budget(settings.rocksdb_memory_mb)
     p = Pipeline(
         settings=settings,
         app=app,
@@ -145,16 +146,16 @@ def create_app(settings: Settings, metrics: Metrics | None = None, output: Outpu
         inputs=_raw_topic(app, *INPUT_TOPICS),
         events=_raw_topic(app, names.events_topic(settings.app_id), partitions=settings.partitions,
                           internal=True),
-        profile_state=profile_table(app, output, "profile-state", settings.partitions, options),
-        profile_due=profile_table(app, output, "profile-due", settings.partitions, small),
-        partition_clocks=profile_table(app, output, "partition-clocks", settings.partitions, small),
+        profile_state=profile_table(app, output, "profile-state", settings.partitions, options, memory),
+        profile_due=profile_table(app, output, "profile-due", settings.partitions, small, memory),
+        partition_clocks=profile_table(app, output, "partition-clocks", settings.partitions, small, memory),
         rules=RuleSet.build(config, int(settings.dedupe_retention_days * DAY_MS)),
         input_partitions=input_partitions or {topic: settings.partitions for topic in INPUT_TOPICS},
         due_index=DueIndex(),
         cooccurrence=_raw_topic(app, names.cooccurrence_topic(settings.app_id), partitions=settings.partitions,
                                 internal=True),
-        identity_blocks=profile_table(app, output, "identity-blocks", settings.partitions, small),
-        product_neighbours=profile_table(app, output, "product-neighbours", settings.partitions, small),
+        identity_blocks=profile_table(app, output, "identity-blocks", settings.partitions, small, memory),
+        product_neighbours=profile_table(app, output, "product-neighbours", settings.partitions, small, memory),
         product_recs=ProductRecs(),
     )
     def after_flush() -> None:

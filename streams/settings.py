@@ -55,8 +55,9 @@ class Settings(BaseSettings):
     rocksdb_write_buffer_mb: int = Field(
         default=4, ge=1, description="MAILPULSE_ROCKSDB_WRITE_BUFFER_MB: memtable size per table partition (2 of them)."
     )
-    rocksdb_block_cache_mb: int = Field(
-        default=8, ge=1, description="MAILPULSE_ROCKSDB_BLOCK_CACHE_MB: read cache per table partition."
+    rocksdb_memory_mb: int = Field(
+        default=64, ge=4, description="MAILPULSE_ROCKSDB_MEMORY_MB: one budget for the memtables and the read "
+        "cache of all the worker's table partitions together.",
     )
     fetch_max_wait_ms: int = Field(
         default=20, ge=1, le=10_000,

@@ -10,24 +10,85 @@ and on shutdown, so a committed event's table write is durable.  It is also far 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import faust
 import orjson
 import rocksdict
+from faust.stores import rocksdb as faust_rocksdb
 from faust.types import TP
 
 from streams.output import Output
 
 
+@dataclass(frozen=True)
+class RocksDBMemory:
+    """One memory budget for every RocksDB database of a worker (all tables, all partitions).
+
+    Why: Faust gives each partition's database its own memtables and block cache.  A worker holds
+    tables x partitions of them (40 with the defaults), so its RSS grows towards the sum of their
+    bounds (~220 MiB) as they fill, whatever the data.  Here one LRU cache serves every database's
+    reads, and a write-buffer manager charges their memtables to that same cache: when memtables
+    and cached blocks together reach ``megabytes``, cached blocks are evicted and the largest
+    memtable is flushed to disk (no writer ever stalls)."""
+
+    cache: rocksdict.Cache
+    write_buffers: rocksdict.WriteBufferManager
+
+    @classmethod
+    def with_budget(cls, megabytes: int) -> RocksDBMemory:
+        size = megabytes * 2**20
+        cache = rocksdict.Cache(size)
+        return cls(cache, rocksdict.WriteBufferManager.new_write_buffer_manager_with_cache(size, False, cache))
+
+    @property
+    def used(self) -> int:
+        """Bytes in use: cached blocks and memtables (charged to the cache)."""
+        return int(self.cache.get_usage())
+
+
+class BudgetedRocksDBOptions(faust_rocksdb.RocksDBOptions):
+    """Faust's rocksdict options with the shared cache and write-buffer manager of :class:`RocksDBMemory`."""
+
+    def __init__(self, memory: RocksDBMemory, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.memory = memory
+
+    def as_options(self) -> Any:
+        options = rocksdict.Options(raw_mode=True)
+        options.create_if_missing(True)
+        options.set_max_open_files(-1 if self.max_open_files is None else self.max_open_files)  # -1: no limit
+        options.set_write_buffer_size(self.write_buffer_size)
+        options.set_target_file_size_base(self.target_file_size_base)
+        options.set_max_write_buffer_number(self.max_write_buffer_number)
+        options.set_write_buffer_manager(self.memory.write_buffers)
+        table = rocksdict.BlockBasedOptions()
+        table.set_bloom_filter(self.bloom_filter_size, block_based=True)
+        table.set_block_cache(self.memory.cache)
+        table.set_index_type(rocksdict.BlockBasedIndexType.binary_search())
+        options.set_block_based_table_factory(table)
+        return options
+
+
 class ProfileTable(faust.Table[bytes, bytes]):
     """A bytes -> bytes table; changelog records are produced by :class:`Output`."""
 
-    def __init__(self, app: faust.App, *, output: Output, **kwargs: Any) -> None:
+    def __init__(self, app: faust.App, *, output: Output, memory: RocksDBMemory | None = None,
+                 **kwargs: Any) -> None:
+        self._rocksdb_memory = memory  # before super().__init__, which may create the store
         super().__init__(app, key_type=bytes, value_type=bytes, **kwargs)
         self._output = output
         self._delivered: dict[TP, int] = {}
         self._staged: dict[bytes, tuple[int, Any]] = {}  # key -> (partition, bytes | object | None)
+
+    def _new_store_by_url(self, url: Any) -> Any:
+        """Faust's store; a RocksDB one opens its databases within the worker's :class:`RocksDBMemory`."""
+        store = super()._new_store_by_url(url)
+        if self._rocksdb_memory is not None and isinstance(store, faust_rocksdb.Store) and store.use_rocksdict:
+            options = dict(store.options or {})
+            store.rocksdb_options = BudgetedRocksDBOptions(self._rocksdb_memory, **options, use_rocksdict=True)
+        return store
 
     # --- write-behind ------------------------------------------------------------------------------
     # An agent that writes a key several times between two offset commits (a profile parks an event,
@@ -161,16 +222,16 @@ def _encoded(staged: Any) -> bytes | None:
     return staged if staged is None or isinstance(staged, bytes) else orjson.dumps(staged)
 
 
-def rocksdb_options(write_buffer_mb: int, block_cache_mb: int) -> dict[str, int]:
-    """Per partition DB.  Faust's defaults (64 MiB x 3 write buffers, a 2 GiB block cache) let one
-    worker's RSS grow by the size of every profile it has touched; these keep it bounded."""
-    return {"write_buffer_size": write_buffer_mb * 2**20, "max_write_buffer_number": 2,
-            "block_cache_size": block_cache_mb * 2**20, "block_cache_compressed_size": 0}
+def rocksdb_options(write_buffer_mb: int) -> dict[str, int]:
+    """Per partition DB: the memtable size at which it is flushed (Faust's default, 64 MiB x 3, lets
+    one worker's RSS grow by the size of every profile it has touched).  The memory of all of them
+    together is bounded by :class:`RocksDBMemory`."""
+    return {"write_buffer_size": write_buffer_mb * 2**20, "max_write_buffer_number": 2}
 
 
 def profile_table(app: faust.App, output: Output, name: str, partitions: int,
-                  options: dict[str, int] | None = None) -> ProfileTable:
+                  options: dict[str, int] | None = None, memory: RocksDBMemory | None = None) -> ProfileTable:
     table = ProfileTable(app, output=output, name=name, default=None, partitions=partitions,
-                         beacon=app.tables.beacon, options=options)
+                         beacon=app.tables.beacon, options=options, memory=memory)
     app.tables.add(table)
     return table

@@ -1,0 +1,66 @@
+"""Table stores: every RocksDB database of a worker stays within one memory budget."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import faust
+
+from streams.output import Output
+from streams.tables import BudgetedRocksDBOptions, RocksDBMemory, profile_table, rocksdb_options
+
+MIB = 2**20
+
+
+class NoOutput:
+    def send(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def send_changelog(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def flush(self, timeout: float = 0) -> int:
+        return 0
+
+
+def _tables(tmp_path: Path, memory: RocksDBMemory | None, count: int = 2) -> list:
+    app = faust.App(f"test-tables-{os.getpid()}", store="rocksdb://", datadir=str(tmp_path), web_enabled=False,
+                    autodiscover=False)
+    output: Output = NoOutput()  # type: ignore[assignment]
+    return [profile_table(app, output, f"t{i}", 2, rocksdb_options(write_buffer_mb=4), memory) for i in range(count)]
+
+
+def _fill(table: object, partition: int, megabytes: int) -> None:
+    db = table.data._db_for_partition(partition)  # type: ignore[attr-defined]
+    value = os.urandom(1024)
+    for i in range(megabytes * 1024):
+        db.put(b"key-%08d" % i, value)
+
+
+def test_every_database_of_the_worker_shares_one_budget(tmp_path: Path) -> None:
+    memory = RocksDBMemory.with_budget(6)
+    tables = _tables(tmp_path, memory)
+    assert all(isinstance(t.data.rocksdb_options, BudgetedRocksDBOptions) for t in tables)
+    assert memory.used == 0
+    _fill(tables[0], 0, 2)
+    after_one = memory.used
+    assert after_one >= 2 * MIB  # the memtable is charged to the shared cache
+    _fill(tables[1], 1, 2)
+    assert memory.used >= after_one + MIB  # another table's partition: same budget
+
+
+def test_memtables_are_flushed_when_the_budget_is_reached(tmp_path: Path) -> None:
+    memory = RocksDBMemory.with_budget(4)
+    tables = _tables(tmp_path, memory)
+    for table in tables:
+        for partition in (0, 1):
+            _fill(table, partition, 6)  # 24 MiB written, each memtable may grow to 4 MiB (x2)
+    assert memory.used <= 6 * MIB  # without the budget: up to 4 x 8 MiB of memtables
+    stored = tables[0].data._db_for_partition(0).get(b"key-%08d" % 0)
+    assert stored is not None and len(stored) == 1024  # flushed, not lost
+
+
+def test_without_a_budget_faust_options_are_kept(tmp_path: Path) -> None:
+    (table,) = _tables(tmp_path, None, count=1)
+    assert not isinstance(table.data.rocksdb_options, BudgetedRocksDBOptions)
