@@ -11,7 +11,7 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, start_http_server
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +24,7 @@ class Metrics:
 
     def __post_init__(self) -> None:
         r = self.registry
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, process_open_fds, process_cpu_seconds_total
         self._event_children: dict[tuple[str, str], Any] = {}
         self.events = Counter("mailpulse_events", "Input events handled", ["topic", "outcome"], registry=r)
         self.dead_letters = Counter("mailpulse_dead_letters", "Rejected inputs", ["reason"], registry=r)
@@ -65,6 +66,11 @@ class Metrics:
             "mailpulse_events_applied", "Events folded into profiles (released by the watermark)", registry=r,
         )
         self.late_events = Counter("mailpulse_late_events", "Events older than the watermark", ["topic"], registry=r)
+        self.rocksdb_memory = Gauge(
+            "mailpulse_rocksdb_memory_bytes",
+            "RocksDB memtables and block cache of all the worker's table partitions (MAILPULSE_ROCKSDB_MEMORY_MB)",
+            registry=r,
+        )
 
     def event(self, topic: str, outcome: str) -> Any:
         """The ``mailpulse_events_total`` child for (topic, outcome), cached: agents count per event."""

@@ -164,6 +164,9 @@ def test_malformed_messages_are_dead_lettered_and_good_ones_all_processed(broker
     while time.monotonic() < deadline and (len(input_lags()) < 4 * PARTITIONS or any(input_lags().values())):
         time.sleep(0.5)
     assert input_lags() == {(topic, str(n)): 0.0 for topic in INPUT_TOPICS for n in range(PARTITIONS)}
+    # the tables' RocksDB memory (within its budget) and the process's own figures are exported too
+    assert 0 < worker.metric("mailpulse_rocksdb_memory_bytes") <= 64 * 2**20
+    assert worker.metric("process_resident_memory_bytes") > 0
 
 
 def test_replayed_duplicates_change_nothing(broker, start_worker, tmp_path: Path) -> None:
