@@ -283,3 +283,18 @@ def test_resolve_command_stops_at_a_bad_line_with_one_line(capsys: pytest.Captur
 def test_resolve_command_missing_input_is_a_usage_error(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, _, err = run(capsys, "resolve", "--input", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "o"))
     assert code == 2 and "no such file" in err
+
+
+def test_every_normalization_cache_is_bounded() -> None:
+    """An entry costs ~300 bytes: a cache sized by the number of people grows a worker's RSS for days."""
+    import functools
+
+    from schemas import identifiers
+    from streams.resolution import normalize
+
+    caches = [value for module in (identifiers, normalize) for value in vars(module).values()
+              if isinstance(value, functools._lru_cache_wrapper)]
+    assert len(caches) >= 8
+    for cache in caches:
+        maxsize = cache.cache_parameters()["maxsize"]
+        assert maxsize is not None and maxsize <= 8192, cache
