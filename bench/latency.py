@@ -24,6 +24,10 @@ Baseline in the same run: one broker hop (confluent-kafka producer -> topic -> c
 rate).  An event crosses three hops on its way to an output reader (input topic, the internal
 profile-events topic, the output topic); 3 x the hop latency is a floor no worker can go below, and
 the tick wait comes on top.
+
+Next to the figures it prints the CPU the worker, the broker and the bench itself (producer, ticks,
+reader) used while events were sent, in cores: on a small machine the three share it, and whichever
+runs out first sets the latency.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from dataclasses import dataclass
 import orjson
 from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
 
-from bench.common import PARTITIONS, WorkerProcess, start_broker, start_worker, wait_assigned
+from bench.common import PARTITIONS, WorkerProcess, process_cpu_seconds, start_broker, start_worker, wait_assigned
 from schemas.events import INPUT_TOPICS
 from streams.tools.produce import make_producer, produce
 
@@ -118,12 +122,11 @@ class _Arrivals:
 
 
 def _paced(rate: int, seconds: float, send: Callable[[int], None], every: Callable[[], None] | None = None,
-           drained: Callable[[], bool] | None = None, producer: Producer | None = None) -> int:
+           producer: Producer | None = None) -> int:
     """Calls ``send(n)`` ``rate`` times a second for ``seconds``, in steps of ``STEP_S`` (catching up
     after a late wake-up), and ``every()`` each ``TICK_EVERY_S``, half a tick interval out of phase
     with the steps (so an event waits about half an interval for the next tick, as with events that
-    arrive at random times); then, if ``drained`` is given, keeps calling ``every()`` until
-    ``drained()`` or ``DRAIN_S``.  Returns how many were sent."""
+    arrive at random times).  Returns how many were sent."""
     started = time.perf_counter()
     next_step, next_every = started, started + TICK_EVERY_S / 2
     n = 0
@@ -143,15 +146,16 @@ def _paced(rate: int, seconds: float, send: Callable[[int], None], every: Callab
             producer.poll(0)
         wake = next_step if every is None else min(next_step, next_every)
         time.sleep(max(0.0, wake - time.perf_counter()))
-    if drained is not None:
-        deadline = time.perf_counter() + DRAIN_S
-        while not drained() and time.perf_counter() < deadline:
-            if every is not None:
-                every()
-            if producer is not None:
-                producer.poll(0)
-            time.sleep(TICK_EVERY_S)
     return n
+
+
+def _drain(drained: Callable[[], bool], every: Callable[[], None], producer: Producer) -> None:
+    """Keeps calling ``every()`` each ``TICK_EVERY_S`` until ``drained()`` or ``DRAIN_S``."""
+    deadline = time.perf_counter() + DRAIN_S
+    while not drained() and time.perf_counter() < deadline:
+        every()
+        producer.poll(0)
+        time.sleep(TICK_EVERY_S)
 
 
 def measure_hop_latency(rate: int, seconds: float = 6.0) -> Latency:
@@ -192,6 +196,7 @@ class PipelineLatency:
     outputs: dict[str, Latency]
     worker_mean_ms: dict[str, float]  # the worker's own view, input's produce-time stamp -> output sent
     halves_p50_ms: dict[str, tuple[float, float]]  # p50 of events sent in the 1st / 2nd half of the window
+    cpu_share: dict[str, float]  # "worker", "broker", "bench": cores used from the warm-up's end to the last event
 
 
 def measure_pipeline_latency(rate: int, seconds: float = 10.0) -> PipelineLatency:
@@ -224,10 +229,14 @@ def measure_pipeline_latency(rate: int, seconds: float = 10.0) -> PipelineLatenc
             producer = make_producer(broker.bootstrap, **{"linger.ms": 1})
             warm_at = time.time() * 1000 + WARMUP_S * 1000
             worker_before: dict[str, tuple[float, float]] = {}
+            pids = {"worker": worker.process.pid, "broker": broker.process.pid, "bench": os.getpid()}
+            cpu_before: dict[str, float] = {}
 
             def send(n: int) -> None:
                 if not worker_before and time.time() * 1000 >= warm_at:
                     worker_before.update(_worker_means(worker))
+                    cpu_before.update({name: process_cpu_seconds(pid) for name, pid in pids.items()},
+                                      at=time.perf_counter())
                 user = f"lat-{n}"
                 now = time.time() * 1000
                 if n % 2 == 0:
@@ -256,7 +265,10 @@ def measure_pipeline_latency(rate: int, seconds: float = 10.0) -> PipelineLatenc
             def drained() -> bool:
                 return all(matched[out] >= len(measured[out]) for out in OUTPUTS)
 
-            _paced(rate, seconds, send, every=tick, drained=drained, producer=producer)
+            _paced(rate, seconds, send, every=tick, producer=producer)
+            cpu_share = {name: (process_cpu_seconds(pid) - cpu_before[name]) / (time.perf_counter() - cpu_before["at"])
+                         for name, pid in pids.items()}
+            _drain(drained, tick, producer)
             worker_after = _worker_means(worker)
             producer.flush(10)
             arrivals.close()
@@ -279,7 +291,7 @@ def measure_pipeline_latency(rate: int, seconds: float = 10.0) -> PipelineLatenc
     for out in OUTPUTS:
         (s0, c0), (s1, c1) = worker_before.get(out, (0.0, 0.0)), worker_after[out]
         worker_mean[out] = (s1 - s0) / (c1 - c0) * 1000 if c1 > c0 else float("nan")
-    return PipelineLatency(outputs, worker_mean, halves)
+    return PipelineLatency(outputs, worker_mean, halves, cpu_share)
 
 
 def report(rates: tuple[int, ...] = (1000, 5000), seconds: float = 10.0) -> dict[int, dict[str, Latency]]:
@@ -304,6 +316,9 @@ def report(rates: tuple[int, ...] = (1000, 5000), seconds: float = 10.0) -> dict
                   f"p50 = {lat.p50_ms / hop.p50_ms:.1f} x hop)")
         print(f"    {'':>16}in the worker (input's produce stamp -> output sent), mean: "
               + ", ".join(f"{out} {pipe.worker_mean_ms[out]:.1f} ms" for out in OUTPUTS))
+        print(f"    {'':>16}CPU while events were sent (cores; this machine has {os.cpu_count()}): "
+              + ", ".join(f"{name} {share:.2f}" for name, share in pipe.cpu_share.items())
+              + " (bench: the producer, the ticks and the reader)")
         first_half, second_half = pipe.halves_p50_ms[PROFILES]
         missing = {out: lat.expected - lat.samples for out, lat in pipe.outputs.items() if lat.samples < lat.expected}
         if missing or (second_half > 2 * first_half and second_half - first_half > 50):
