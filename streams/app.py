@@ -73,7 +73,6 @@ class Pipeline:
     identity_blocks: ProfileTable  # "b:<blocking key>" -> {profile key: person record} (fuzzy matching)
     product_neighbours: ProfileTable  # product -> {other product: count}
     product_recs: ProductRecs  # every product's published top neighbours (started by the worker)
-    rocksdb_memory: RocksDBMemory  # the one memory budget of every table's RocksDB databases
 
     @property
     def tables(self) -> tuple[ProfileTable, ...]:
@@ -158,7 +157,6 @@ def create_app(settings: Settings, metrics: Metrics | None = None, output: Outpu
         identity_blocks=profile_table(app, output, "identity-blocks", settings.partitions, small, memory),
         product_neighbours=profile_table(app, output, "product-neighbours", settings.partitions, small, memory),
         product_recs=ProductRecs(),
-        rocksdb_memory=memory,
     )
     metrics.rocksdb_memory.set_function(lambda: memory.used)  # read when /metrics is scraped
     def after_flush() -> None:

@@ -56,12 +56,8 @@ class BudgetedRocksDBOptions(faust_rocksdb.RocksDBOptions):
         self.memory = memory
 
     def as_options(self) -> Any:
-        options = rocksdict.Options(raw_mode=True)
-        options.create_if_missing(True)
-        options.set_max_open_files(-1 if self.max_open_files is None else self.max_open_files)  # -1: no limit
-        options.set_write_buffer_size(self.write_buffer_size)
-        options.set_target_file_size_base(self.target_file_size_base)
-        options.set_max_write_buffer_number(self.max_write_buffer_number)
+        """Faust's options, with the shared write-buffer manager and a table factory on the shared cache."""
+        options = super().as_options()
         options.set_write_buffer_manager(self.memory.write_buffers)
         table = rocksdict.BlockBasedOptions()
         table.set_bloom_filter(self.bloom_filter_size, block_based=True)
