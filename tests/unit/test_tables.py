@@ -7,27 +7,16 @@ from pathlib import Path
 
 import faust
 
-from streams.output import Output
 from streams.tables import BudgetedRocksDBOptions, RocksDBMemory, profile_table, rocksdb_options
+from tests.fakes import RecordingOutput
 
 MIB = 2**20
-
-
-class NoOutput:
-    def send(self, *args: object, **kwargs: object) -> None:
-        pass
-
-    def send_changelog(self, *args: object, **kwargs: object) -> None:
-        pass
-
-    def flush(self, timeout: float = 0) -> int:
-        return 0
 
 
 def _tables(tmp_path: Path, memory: RocksDBMemory | None, count: int = 2) -> list:
     app = faust.App(f"test-tables-{os.getpid()}", store="rocksdb://", datadir=str(tmp_path), web_enabled=False,
                     autodiscover=False)
-    output: Output = NoOutput()  # type: ignore[assignment]
+    output = RecordingOutput()
     return [profile_table(app, output, f"t{i}", 2, rocksdb_options(write_buffer_mb=4), memory) for i in range(count)]
 
 
