@@ -45,7 +45,7 @@ from streams.watermark import DueIndex, expected_clocks, merge_clocks, watermark
 
 DAY_MS = 86_400_000
 #: Staged table writes after which the profile agent writes them out without waiting for a commit
-#: (more: fewer repeated writes of a busy key and more states read back undecoded; fewer: less memory).
+#: (more: fewer repeated writes of a busy key; fewer: less memory).
 STAGED_LIMIT = 20_000
 #: A write-out of at least this many staged values gives the freed memory back to the OS after it.
 TRIM_AFTER = 2_000
@@ -93,7 +93,7 @@ class Pipeline:
         for table in self.tables:
             table.write_staged()
         if written >= TRIM_AFTER:
-            release_free_memory()  # the decoded states just released (streams.native_memory)
+            release_free_memory()  # the staged values just released (streams.native_memory)
 
     @property
     def staged_count(self) -> int:
