@@ -100,7 +100,10 @@ def _check_broker(bootstrap: str) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from streams.broker import BrokerError
+    from streams.native_memory import limit_malloc_arenas
     from streams.worker import run_worker
+
+    limit_malloc_arenas()  # before the first Kafka client starts its threads (_check_broker's)
 
     settings = _settings(broker=args.broker, clock=args.clock, log_level=args.log_level,
                          partitions=args.partitions)
