@@ -95,6 +95,8 @@ def _first_seen(item: tuple[str, int]) -> tuple[int, str]:
 
 
 def _ordered(bucket: dict[str, int]) -> list[str]:
+    if len(bucket) < 2:  # most buckets (hot: four per snapshot)
+        return list(bucket)
     return [value for value, _ in sorted(bucket.items(), key=_first_seen)]
 
 
@@ -247,6 +249,8 @@ def _iso(ms: int | None) -> str | None:
 def cart_view(p: dict[str, Any]) -> dict[str, Any] | None:
     """The open cart from the moves since the last purchase, replayed in event-time order (ties by
     event_id): a line's quantity never goes below 0; lines at 0 are not in the cart."""
+    if not p["cart"]:  # no lines: no cart (hot: once per profile advanced)
+        return None
     items: list[dict[str, Any]] = []
     opened: list[int] = []
     newest: tuple[int, str, str | None] | None = None  # (newest add ts, product, cart_id)
