@@ -53,3 +53,20 @@ def test_memtables_are_flushed_when_the_budget_is_reached(tmp_path: Path) -> Non
 def test_without_a_budget_faust_options_are_kept(tmp_path: Path) -> None:
     (table,) = _tables(tmp_path, None, count=1)
     assert not isinstance(table.data.rocksdb_options, BudgetedRocksDBOptions)
+
+
+def test_a_staged_value_is_its_json_at_staging_time_until_written(tmp_path: Path) -> None:
+    [table] = _tables(tmp_path, RocksDBMemory.with_budget(4), count=1)
+    state = {"version": 1}
+    table.stage_json(b"k", state, 1)
+    state["version"] = 2  # a later change of the caller's object is not staged
+    assert table.read_json(b"k", 1) == {"version": 1} and table.read(b"k", 1) == b'{"version":1}'
+    assert table.data._db_for_partition(1).get(b"k") is None  # staged only
+    table.write_staged()
+    assert table.staged_count == 0
+    assert table.data._db_for_partition(1).get(b"k") == b'{"version":1}'
+    assert table.read_json(b"k", 1) == {"version": 1}
+    table.stage_json(b"k", None, 1)  # None deletes
+    assert table.read_json(b"k", 1) is None
+    table.write_staged()
+    assert table.data._db_for_partition(1).get(b"k") is None
