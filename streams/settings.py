@@ -56,7 +56,7 @@ class Settings(BaseSettings):
         default=4, ge=1, description="MAILPULSE_ROCKSDB_WRITE_BUFFER_MB: memtable size per table partition (2 of them)."
     )
     rocksdb_memory_mb: int = Field(
-        default=64, ge=4, description="MAILPULSE_ROCKSDB_MEMORY_MB: one budget for the memtables and the read "
+        default=32, ge=4, description="MAILPULSE_ROCKSDB_MEMORY_MB: one budget for the memtables and the read "
         "cache of all the worker's table partitions together.",
     )
     fetch_max_wait_ms: int = Field(
