@@ -107,7 +107,7 @@ class ProfileTable(faust.Table[bytes, bytes]):
     def stage_json(self, key: bytes, value: Any, partition: int) -> None:
         """Sets ``key`` to the JSON of ``value`` (``None``: deletes it) at the next :meth:`write_staged`.
         ``value`` is encoded now: changes made to it later are not staged."""
-        self._staged[key] = (partition, None if value is None else orjson.dumps(value))
+        self.stage(key, None if value is None else orjson.dumps(value), partition)
 
     def read(self, key: bytes, partition: int | None = None) -> bytes | None:
         """The staged value of ``key`` if any, else the stored one (``partition``: where it lives)."""
@@ -117,9 +117,8 @@ class ProfileTable(faust.Table[bytes, bytes]):
         return staged[1]
 
     def read_json(self, key: bytes, partition: int | None = None) -> Any:
-        """The decoded value of ``key`` (``None``: no value), staged or stored."""
-        staged = self._staged.get(key)
-        raw = self._stored(key, partition) if staged is None else staged[1]
+        """The decoded value of :meth:`read` (``None``: no value)."""
+        raw = self.read(key, partition)
         return orjson.loads(raw) if raw is not None else None
 
     def _stored(self, key: bytes, partition: int | None) -> bytes | None:
