@@ -5,7 +5,7 @@ Topology::
     clicks, carts, purchases, identities ──ingest──> <app>-profile-events ──profiles──> profiles
                      │                         (by profile; input clocks      ├──> segment-changes
                      └──> dead-letter           to every partition)           └──> triggers
-                                                       tables: profile-state, profile-due, partition-clocks
+                                                       tables: profile-state, partition-clocks
     profiles ──> <app>-co-occurrence (by product) ──cooccurrence──> <app>-product-recs (compacted,
                                                    table product-neighbours        read back by every worker)
 
@@ -41,7 +41,7 @@ from streams.rules.recommend import count_pairs, top_neighbours
 from streams.settings import Settings
 from streams.tables import ProfileTable, RocksDBMemory, profile_table, rocksdb_options
 from streams.timeline import RuleSet, advance, next_due
-from streams.watermark import DueIndex, expected_clocks, merge_clocks, watermark
+from streams.watermark import DueIndex, due_first, expected_clocks, merge_clocks, stored_due, watermark
 
 DAY_MS = 86_400_000
 #: Staged table writes after which the profile agent writes them out without waiting for a commit
@@ -64,7 +64,6 @@ class Pipeline:
     inputs: Any
     events: Any
     profile_state: ProfileTable
-    profile_due: ProfileTable  # profile key -> next due event time (ms), the source of due_index
     partition_clocks: ProfileTable  # b"clocks|<partition>" -> {"<topic>/<partition>": ms, "wall": ms}
     rules: RuleSet
     input_partitions: dict[str, int]
@@ -76,7 +75,7 @@ class Pipeline:
 
     @property
     def tables(self) -> tuple[ProfileTable, ...]:
-        return (self.profile_state, self.profile_due, self.partition_clocks, self.identity_blocks,
+        return (self.profile_state, self.partition_clocks, self.identity_blocks,
                 self.product_neighbours)
 
     def write_staged(self) -> None:
@@ -136,7 +135,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None, output: Outpu
     output = output or OutputProducer(settings.bootstrap_servers)
     config = config if config is not None else load_config(settings.config)
     options = rocksdb_options(settings.rocksdb_write_buffer_mb)
-    small = rocksdb_options(1)  # tables of small values: due times, clocks, blocks, neighbours
+    small = rocksdb_options(1)  # tables of small values: clocks, blocks, neighbours
     memory = RocksDBMemory.with_budget(settings.rocksdb_memory_mb)
     p = Pipeline(
         settings=settings,
@@ -147,7 +146,6 @@ def create_app(settings: Settings, metrics: Metrics | None = None, output: Outpu
         events=_raw_topic(app, names.events_topic(settings.app_id), partitions=settings.partitions,
                           internal=True),
         profile_state=profile_table(app, output, "profile-state", settings.partitions, options, memory),
-        profile_due=profile_table(app, output, "profile-due", settings.partitions, small, memory),
         partition_clocks=profile_table(app, output, "partition-clocks", settings.partitions, small, memory),
         rules=RuleSet.build(config, int(settings.dedupe_retention_days * DAY_MS)),
         input_partitions=input_partitions or {topic: settings.partitions for topic in INPUT_TOPICS},
@@ -178,7 +176,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None, output: Outpu
 
 def _on_assignment(p: Pipeline) -> Any:
     async def on_partitions_assigned(sender: Any, assigned: Any, **_: Any) -> None:
-        p.due_index.reset()  # rebuilt from the profile-due table before the profile agent's next record
+        p.due_index.reset()  # rebuilt from profile-state before the profile agent's next record
         per_topic = Counter(tp.topic for tp in assigned)
         for topic in (*INPUT_TOPICS, names.events_topic(sender.conf.id)):
             p.metrics.assigned_partitions.labels(topic).set(per_topic.get(topic, 0))
@@ -188,7 +186,7 @@ def _on_assignment(p: Pipeline) -> Any:
 
 def _on_recovered(p: Pipeline) -> Any:
     """Table recovery is done (Faust sends this before it resumes the stream partitions): the due
-    index is rebuilt from the recovered profile-due table at the next record, whatever was built
+    index is rebuilt from the recovered profile-state table at the next record, whatever was built
     before (a record handled while recovery still ran would have seen part of the table)."""
 
     async def on_rebalance_complete(sender: Any = None, **_: Any) -> None:
@@ -352,8 +350,7 @@ def _profile_agent(p: Pipeline) -> Any:
     """Parks each profile's events until the watermark reaches them, then walks the profile forward
     (:func:`streams.timeline.advance`): profile snapshots, segment changes and triggers."""
     settings, metrics, send = p.settings, p.metrics, p.output.send
-    table, due_table, clock_table, index, rules = (p.profile_state, p.profile_due, p.partition_clocks,
-                                                   p.due_index, p.rules)
+    table, clock_table, index, rules = p.profile_state, p.partition_clocks, p.due_index, p.rules
     expected = expected_clocks(p.input_partitions)
     wall_delay = int(settings.wall_clock_delay_s * 1000) if settings.clock == "wall" else None
     partitions = settings.partitions
@@ -372,13 +369,14 @@ def _profile_agent(p: Pipeline) -> Any:
         return read
 
     def due_entries() -> Any:
-        for key, value in due_table.items_with_staged():
-            yield partition_for(key.decode(), partitions), int(value), key
+        for key, value in table.items_with_staged():
+            due = stored_due(value)
+            if due is not None:
+                yield partition_for(key.decode(), partitions), due, key
 
     def write(key: bytes, state: State, partition: int) -> None:
         due = next_due(state) if "profile" in state else None
-        if due != state.get("due"):  # "due": what the profile-due table holds for this key
-            due_table.stage(key, None if due is None else str(due).encode(), partition)
+        if due != state.get("due"):  # "due": what the index holds for this key
             if due is None:
                 index.discard(partition, key)
             else:
@@ -386,7 +384,9 @@ def _profile_agent(p: Pipeline) -> Any:
             state["due"] = due
         if "profile" not in state:
             state.pop("due", None)  # a redirect or erasure marker keeps nothing but its key's fate
-        table.stage_json(key, state, partition)
+            table.stage_json(key, state, partition)
+        else:
+            table.stage_json(key, due_first(state), partition)
 
     async def profiles(stream: Any) -> None:
         async for record in stream.events():

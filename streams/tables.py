@@ -10,6 +10,7 @@ and on shutdown, so a committed event's table write is durable.  It is also far 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,15 +135,16 @@ class ProfileTable(faust.Table[bytes, bytes]):
     def staged_count(self) -> int:
         return len(self._staged)
 
-    def items_with_staged(self) -> list[tuple[bytes, bytes]]:
-        """Every (key, value) of this worker's partitions, staged values included."""
-        merged = {key: value for key, value in self.items()}
-        for key, (_, value) in self._staged.items():
-            if value is None:
-                merged.pop(key, None)
-            else:
-                merged[key] = value
-        return list(merged.items())
+    def items_with_staged(self) -> Iterator[tuple[bytes, bytes]]:
+        """Every (key, value) of this worker's partitions, staged values included.  Streamed: the
+        profile-state table of a large population does not fit in memory twice."""
+        staged = self._staged
+        for key, value in self.items():
+            if key not in staged:
+                yield key, value
+        for key, (_, value) in list(staged.items()):
+            if value is not None:
+                yield key, value
 
     def drop_staged(self, partitions: set[int]) -> None:
         """Forgets the staged values of ``partitions`` (lost in a rebalance, see streams.app)."""

@@ -12,8 +12,9 @@ profile partition never sees a clock before the events it covers.  Each profile 
 largest value per input partition in a table, so the watermark survives restarts and rebalances.
 
 :class:`DueIndex` is the in-memory order of profiles by their next due time, per profile partition.
-It is derived from the ``profile-due`` table (profile key -> due ms) and rebuilt from it after every
-rebalance; nothing is scanned while running.
+Each stored profile state carries its due time (``"due"``, written first so :func:`stored_due` reads
+it without decoding the state); the index is rebuilt from the ``profile-state`` table after every
+rebalance, and nothing is scanned while running.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+import orjson
 
 
 def clock_name(topic: str, partition: int) -> str:
@@ -116,3 +119,26 @@ class DueIndex:
 
     def __len__(self) -> int:
         return sum(len(heap) for heap in self._heaps.values())
+
+
+DUE_FIRST = b'{"due":'
+
+
+def due_first(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` with ``"due"`` as its first key, for storing (a state read back keeps that order,
+    so this copies only a state that never had a due time stored)."""
+    if next(iter(state), None) == "due":
+        return state
+    return {"due": state.get("due"), **state}
+
+
+def stored_due(raw: bytes) -> int | None:
+    """The due time of a stored profile state (None: nothing due, or not a profile).  Reads only the
+    start of a state written with :func:`due_first`; decodes any other value whole."""
+    if raw.startswith(DUE_FIRST):
+        end = raw.find(b",", len(DUE_FIRST))
+        token = raw[len(DUE_FIRST):end if end > 0 else -1]
+        return None if token == b"null" else int(token)
+    state = orjson.loads(raw)
+    due = state.get("due") if isinstance(state, dict) else None
+    return due if isinstance(due, int) else None

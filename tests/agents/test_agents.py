@@ -78,7 +78,7 @@ async def test_profiles_agent_writes_table_publishes_and_drops_duplicates(pipeli
         await profiles.put(_batch(_event("x-1", "erase")))
         # only an erasure marker stays: the key and the time, so a replay brings nothing back
         assert orjson.loads(pipeline.profile_state.read(b"u:u-1")) == {"erased_at": 1772359200000}
-        assert pipeline.profile_due.read(b"u:u-1") is None  # its timers went with it
+        assert all(b"u:u-1" not in due for due in pipeline.due_index._current.values())  # its timers went with it
         # table writes are staged until the next commit, which writes them first
         assert sent(pipeline, "mailpulse-profile-state-changelog") == []
         pipeline.write_staged()
@@ -120,6 +120,25 @@ async def test_profiles_agent_emits_segment_changes_and_a_trigger_when_the_water
     assert key == trigger["profile_id"].encode()
     assert trigger["payload"]["cart"]["items"][0]["product_id"] == "sku-1"
     assert pipeline.metrics.triggers.labels("cart_abandoned")._value.get() == 1
+
+
+@pytest.mark.parametrize("written", [False, True])
+async def test_the_due_index_is_rebuilt_from_profile_state_after_a_rebalance(pipeline: Pipeline, written: bool) -> None:
+    # The due time lives in each stored state; a rebalance resets the index, and the next record
+    # rebuilds it from the table (staged values included), so a timer set before still fires.
+    t = 1772359200000
+    cart = _event("k-1", "cart_add", product_id="sku-1", price=20.0)
+    cart["kind"], cart["src"][0] = "carts", "carts"
+    async with agent(pipeline, "profiles").test_context() as profiles:
+        partition = partition_for("u:u-1", 4)  # where the ingest agent sends the person's events
+        await profiles.put(_batch(cart, clock=t), partition=partition)
+        if written:
+            pipeline.write_staged()
+        assert orjson.loads(pipeline.profile_state.read(b"u:u-1"))["due"] == t + 30 * 60_000
+        pipeline.due_index.reset()
+        await profiles.put(_batch(clock=t + 30 * 60_000), partition=partition)
+    [(_, trigger, _)] = sent(pipeline, "triggers")
+    assert trigger["type"] == "cart_abandoned"
 
 
 async def test_wall_clock_moves_the_watermark_without_input_clocks(tmp_path: Path) -> None:
