@@ -181,3 +181,23 @@ async def test_co_occurrences_are_counted_per_product_and_feed_recommendations(p
         await profiles.put(_batch(cart, clock=t + 2000 + 30 * 60_000))
     [(_, trigger, _)] = sent(pipeline, "triggers")
     assert trigger["payload"]["recommendations"] == [{"product_id": "b"}, {"product_id": "z"}]
+
+
+async def test_free_memory_goes_back_after_a_large_write_out_and_when_the_worker_goes_idle(
+        pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+    import streams.app
+
+    trims: list[int] = []
+    monkeypatch.setattr(streams.app, "release_free_memory", lambda: trims.append(len(trims)) or True)
+    async with agent(pipeline, "profiles").test_context() as profiles:
+        await profiles.put(_batch(_event("e-1"), clock=1772359200000))
+        pipeline.write_staged()  # a small write-out: kept for later
+        assert trims == [] and pipeline.untrimmed > 0
+        pipeline.write_staged()  # the next commit has nothing staged: the worker went idle
+        assert len(trims) == 1 and pipeline.untrimmed == 0
+        pipeline.write_staged()  # idle and nothing written since: nothing to give back
+        assert len(trims) == 1
+        for n in range(streams.app.TRIM_AFTER):
+            pipeline.profile_state.stage(b"k%d" % n, b"{}", 0)
+        pipeline.write_staged()
+        assert len(trims) == 2 and pipeline.untrimmed == 0
