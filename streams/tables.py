@@ -28,7 +28,7 @@ class RocksDBMemory:
     """One memory budget for every RocksDB database of a worker (all tables, all partitions).
 
     Why: Faust gives each partition's database its own memtables and block cache.  A worker holds
-    tables x partitions of them (40 with the defaults), so its RSS grows towards the sum of their
+    tables x partitions of them (32 with the defaults), so its RSS grows towards the sum of their
     bounds (~220 MiB) as they fill, whatever the data.  Here one LRU cache serves every database's
     reads, and a write-buffer manager charges their memtables to that same cache: when memtables
     and cached blocks together reach ``megabytes``, cached blocks are evicted and the largest
