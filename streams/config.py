@@ -7,7 +7,7 @@ Every key is optional and falls back to the built-in default; an unknown key or 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -172,10 +172,23 @@ class Segments(_Strict):
         return {name: {"rule": seg.rule, "description": seg.description} for name, seg in sorted(extra.items())}
 
 
+class Scoring(_Strict):
+    """When the profile agent scores a profile with the loaded models (README "Predictions"):
+    ``delay_minutes`` of event time after its newest event (a burst of activity is scored once, when it
+    is over), then again after each of ``idle_days`` without activity, so a churn probability rises
+    while a person stays away.  ``enabled: false``: no predictions (``churn_risk`` and ``high_intent``
+    stay empty)."""
+
+    enabled: bool = True
+    delay_minutes: float = Field(default=60, gt=0)
+    idle_days: tuple[Annotated[float, Field(gt=0)], ...] = (1, 3, 7, 14, 30, 60, 90, 180, 365)
+
+
 class PipelineConfig(_Strict):
     guardrails: Guardrails = Guardrails()
     triggers: Triggers = Triggers()
     segments: Segments = Segments()
+    scoring: Scoring = Scoring()
 
 
 class ConfigError(ValueError):
@@ -199,7 +212,7 @@ def load_config(path: Path | None) -> PipelineConfig:
     if data is None:
         return PipelineConfig()
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping (guardrails, triggers, segments)")
+        raise ConfigError(f"{path}: the top level must be a mapping (guardrails, triggers, segments, scoring)")
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as exc:

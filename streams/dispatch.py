@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +21,7 @@ from streams.identity import profile_id_for, profile_key
 from streams.merge import merge_states
 from streams.profile import State, new_state, snapshot
 from streams.resolution.blocks import block_keys, drop_member, on_block_message, person_record
+from streams.rules import score_timer
 from streams.timeline import RuleSet, advance, ensure_rule_state, receive
 
 
@@ -48,7 +49,7 @@ def dispatch(states: MutableMapping[str, State | None], blocks: MutableMapping[s
     if kind == graph.LINK:
         effects = _apply(states, key, graph.on_link(key, state, message["root"], message.get("kind", "exact")))
     elif kind == graph.ABSORB:
-        effects = _on_absorb(states, key, state, message)
+        effects = _on_absorb(states, key, state, message, rules)
     elif kind == graph.POSSIBLE:
         effects = _on_possible(states, key, state, message)
     elif kind == graph.FORGET:
@@ -109,7 +110,7 @@ def _on_event(states: MutableMapping[str, State | None], key: str, state: State 
 
 
 def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State | None,
-               message: dict[str, Any]) -> Effects:
+               message: dict[str, Any], rules: RuleSet) -> Effects:
     if graph.is_redirect(state):
         assert state is not None
         return _apply(states, key, graph.forward_absorb(state, message))
@@ -135,6 +136,9 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
     blocks += [pair for pair in absorbed.get("blocks", []) if pair not in blocks]
     merged["blocks"] = blocks
     merged["rules"]["dirty"] = True  # segments are evaluated again at the next step
+    if rules.scorer is not None:
+        here = state["profile"]["predictions"] if graph.is_live(state) and state is not None else None
+        score_timer.past_changed(rules.config.scoring, merged, [here, absorbed["profile"]["predictions"]])
     states[key] = merged
     effects.republish = True
     return effects
@@ -188,35 +192,72 @@ class LocalRun:
     segment_changes: list[dict[str, Any]]
     triggers: list[dict[str, Any]]
     merges: list[str]
+    scores: list[dict[str, Any]] = field(default_factory=list)
+
+
+class LocalPipeline:
+    """The profile hop without a broker, fed in steps: :meth:`feed` delivers events and every message
+    they cause (FIFO, or in a random order with ``shuffle``); :meth:`advance` moves every live
+    profile to a watermark, as the stream does when the watermark moves.  Used by tests
+    (:func:`run_locally`) and by ``train`` and ``score``, which cut a history at several times."""
+
+    def __init__(self, rules: RuleSet, shuffle: random.Random | None = None) -> None:
+        self.rules = rules
+        self.shuffle = shuffle
+        self.states: dict[str, State | None] = {}
+        self.blocks: dict[str, Any] = {}
+        self.merges: list[str] = []
+
+    def feed(self, events: Iterable[dict[str, Any]]) -> None:
+        """Delivers accepted, non-tick events (and what they cause) until nothing is left to deliver."""
+        queue: deque[tuple[str, dict[str, Any]]] = deque((profile_key(event), event) for event in events)
+        while queue:
+            if self.shuffle is not None and len(queue) > 1:
+                queue.rotate(-self.shuffle.randrange(len(queue)))
+            key, message = queue.popleft()
+            effects = dispatch(self.states, self.blocks, key, message, None, self.rules)
+            queue.extend(effects.send)
+            self.merges += effects.merges
+
+    def advance(self, watermark: int) -> LocalRun:
+        """Every live profile walked forward to ``watermark``: what that emitted, and the snapshots."""
+        run = LocalRun(self.states, {}, [], [], self.merges)
+        for state in self.states.values():
+            if graph.is_live(state):
+                assert state is not None
+                out = advance(state, watermark, self.rules, 0)
+                run.segment_changes += out.segment_changes
+                run.triggers += out.triggers
+                run.scores += out.scores
+                run.profiles[state["profile"]["profile_id"]] = snapshot(state)
+        return run
+
+    def live(self) -> Iterator[tuple[str, State]]:
+        """(key, state) of every live profile."""
+        for key, state in self.states.items():
+            if graph.is_live(state):
+                assert state is not None
+                yield key, state
+
+    def root_of(self, key: str) -> str | None:
+        """The key of the live profile that ``key``'s person is in now (None: erased or unknown)."""
+        for _ in range(64):  # redirects point at keys of lower rank: chains are short and end
+            state = self.states.get(key)
+            if graph.is_redirect(state):
+                assert state is not None
+                key = state["merged_into"]
+            else:
+                return key if graph.is_live(state) else None
+        return None
 
 
 def run_locally(events: Iterable[dict[str, Any]], watermark: int, rules: RuleSet,
                 shuffle: random.Random | None = None) -> LocalRun:
-    """The profile hop without a broker: every (accepted, non-tick) event and every message they
-    cause delivered in FIFO order (or in a random order with ``shuffle``), then every live profile
-    advanced to ``watermark`` once.  The yardstick of tests: the stream must end up the same."""
-    states: dict[str, State | None] = {}
-    blocks: dict[str, Any] = {}
-    queue: deque[tuple[str, dict[str, Any]]] = deque((profile_key(event), event) for event in events)
-    merges: list[str] = []
-    while queue:
-        if shuffle is not None and len(queue) > 1:
-            queue.rotate(-shuffle.randrange(len(queue)))
-        key, message = queue.popleft()
-        effects = dispatch(states, blocks, key, message, None, rules)
-        queue.extend(effects.send)
-        merges += effects.merges
-    changes: list[dict[str, Any]] = []
-    triggers: list[dict[str, Any]] = []
-    profiles: dict[str, dict[str, Any]] = {}
-    for state in states.values():
-        if graph.is_live(state):
-            assert state is not None
-            out = advance(state, watermark, rules, 0)
-            changes += out.segment_changes
-            triggers += out.triggers
-            profiles[state["profile"]["profile_id"]] = snapshot(state)
-    return LocalRun(states, profiles, changes, triggers, merges)
+    """Every (accepted, non-tick) event and every message they cause delivered, then every live
+    profile advanced to ``watermark`` once.  The yardstick of tests: the stream must end up the same."""
+    local = LocalPipeline(rules, shuffle)
+    local.feed(events)
+    return local.advance(watermark)
 
 
 def _on_forget(states: MutableMapping[str, State | None], key: str, state: State | None,

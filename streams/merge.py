@@ -278,6 +278,8 @@ def merge_rules(survivor: dict[str, Any], absorbed: dict[str, Any], cart_empty: 
     a, b = survivor, absorbed
     rules: dict[str, Any] = {name: copy.deepcopy(value) for name, value in a.items()}
     rules["clock"] = _max_opt(a.get("clock"), b.get("clock"))
+    if "scored_at" in a or "scored_at" in b:  # the time of the newest prediction, which the merge keeps
+        rules["scored_at"] = _max_opt(a.get("scored_at"), b.get("scored_at"))
     a_history, b_history = a.get("history", {}), b.get("history", {})
     rules["history"] = {kind: sorted([*a_history.get(kind, []), *b_history.get(kind, [])])[-HISTORY_CAP:]
                         for kind in sorted({*a_history, *b_history})}

@@ -9,6 +9,10 @@ carries the event time at which it became true, also when only time changed it (
 timer at the next window expiry).  An event older than the profile's rule clock (late) is folded
 at once; decisions already emitted stay.
 
+A ``score`` timer (:mod:`streams.rules.score_timer`) scores the profile with ``RuleSet.scorer`` at
+event times that follow from its activity: a ``scores`` output, new ``predictions`` for the
+segments that read them, and maybe a ``churn_risk`` trigger.
+
 The same events and watermarks give the same outputs whatever order partitions, workers and
 restarts deliver them in: that is what makes trigger ids and segment changes stable.
 """
@@ -24,7 +28,7 @@ from typing import Any
 from schemas.timeparse import format_ms
 from streams.config import PipelineConfig
 from streams.profile import DERIVE, State, cart_view, fold_event, new_state, remember, snapshot
-from streams.rules import guardrails, payload, recommend, segments, triggers
+from streams.rules import guardrails, payload, recommend, score_timer, segments, triggers
 
 #: Equal timestamps are applied in this order (contract section 4).
 KIND_ORDER = {"identities": 0, "clicks": 1, "carts": 2, "purchases": 3}
@@ -33,19 +37,26 @@ ENGAGEMENT_TYPES = ("email_open", "email_click")
 HISTORY_CAP = 500
 
 
+#: ``scorer(profile, cart, at_ms)`` -> the profile's predictions at that event time
+#: (``{"churn_probability", "purchase_probability", "model_version", "at"}``): :class:`models.scoring.Predictor`.
+Scorer = Callable[[dict[str, Any], "dict[str, Any] | None", int], dict[str, Any]]
+
+
 @dataclass(frozen=True)
 class RuleSet:
-    """The compiled configuration the timeline runs with."""
+    """The compiled configuration the timeline runs with (``scorer``: None, no predictions)."""
 
     config: PipelineConfig
     segments: tuple[segments.Segment, ...]
     windows: dict[str, int]
     retention_ms: int
+    scorer: Scorer | None = None
 
     @classmethod
-    def build(cls, config: PipelineConfig, retention_ms: int) -> RuleSet:
+    def build(cls, config: PipelineConfig, retention_ms: int, scorer: Scorer | None = None) -> RuleSet:
         compiled = segments.compile_segments(config.segments)
-        return cls(config, compiled, segments.history_windows(compiled), retention_ms)
+        return cls(config, compiled, segments.history_windows(compiled), retention_ms,
+                   scorer if config.scoring.enabled else None)
 
 
 @dataclass
@@ -56,6 +67,7 @@ class Outputs:
     steps: int = 0  # events released + timers fired (state to write back when > 0)
     segment_changes: list[dict[str, Any]] = field(default_factory=list)
     triggers: list[dict[str, Any]] = field(default_factory=list)
+    scores: list[dict[str, Any]] = field(default_factory=list)  # messages for the ``scores`` topic
     suppressed: list[tuple[str, str]] = field(default_factory=list)  # (type, reason)
     deferred: list[tuple[str, str]] = field(default_factory=list)  # (type, reason) send_at moved
     released: list[dict[str, Any]] = field(default_factory=list)  # events folded, in order
@@ -201,8 +213,13 @@ def advance(state: State, watermark: int | None, rules: RuleSet, now_ms: int,
             assert timer_name is not None
             timer = timers.pop(timer_name)
             step = timer_due
-            dues = [] if timer_name == "segments" else triggers.on_timer(
-                cfg.triggers, profile, rs, timer_name, timer, cart["item_count"] if cart else 0)
+            if timer_name == "segments":
+                dues = []
+            elif timer_name == score_timer.SCORE_TIMER:
+                dues = _score(state, cart, timer_due, rules, out)
+            else:
+                dues = triggers.on_timer(cfg.triggers, profile, rs, timer_name, timer,
+                                         cart["item_count"] if cart else 0)
         elif event_ts is not None and event_ts <= watermark:
             event = pending.pop(0)[3]
             step = event_ts
@@ -218,6 +235,12 @@ def advance(state: State, watermark: int | None, rules: RuleSet, now_ms: int,
             if event["kind"] in ("carts", "purchases"):
                 cart = cart_view(profile)
             dues = triggers.on_event(cfg.triggers, profile, rs, event, cart["item_count"] if cart else 0, had_email)
+            if rules.scorer is not None:
+                scored_at = rs.get("scored_at")
+                if scored_at is not None and event_ts <= scored_at:  # late for the last score
+                    score_timer.past_changed(cfg.scoring, state, [profile["predictions"]])
+                else:
+                    score_timer.rearm(cfg.scoring, profile, rs)
         else:
             break
         out.steps += 1
@@ -228,6 +251,23 @@ def advance(state: State, watermark: int | None, rules: RuleSet, now_ms: int,
         _evaluate_segments(state, cart, clock, rules, now_ms, out)
     out.cart = cart
     return out
+
+
+def _score(state: State, cart: dict[str, Any] | None, at: int, rules: RuleSet, out: Outputs) -> list[triggers.Due]:
+    """The ``score`` timer fired: new predictions (a ``scores`` message), the next idle re-score,
+    and a ``churn_risk`` trigger when the churn probability crossed its threshold.  The segments
+    that read predictions are evaluated after this step, as after any other."""
+    if rules.scorer is None:  # scoring was switched off since the timer was set
+        return []
+    profile, rs = state["profile"], state["rules"]
+    previous = profile["predictions"]
+    current = rules.scorer(profile, cart, at)
+    profile["predictions"] = current
+    out.scores.append({"profile_id": profile["profile_id"], "user_id": profile["user_id"], **current})
+    out.changed = True
+    rs["scored_at"] = at
+    score_timer.rearm(rules.config.scoring, profile, rs)
+    return triggers.on_predictions(rules.config.triggers, previous, current, at)
 
 
 def _evaluate_segments(state: State, cart: dict[str, Any] | None, clock: int, rules: RuleSet, now_ms: int,

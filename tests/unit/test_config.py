@@ -65,3 +65,26 @@ def test_the_readme_config_example_loads(tmp_path: Path) -> None:
     assert config == load_config(write(tmp_path, "segments:\n" + readme[readme.index("  big_spenders_de:"):
                                                                         readme.index("```", start)]))
     assert list(config.segments.custom()) == ["big_spenders_de"]
+
+
+def test_run_stops_at_start_when_the_models_cannot_be_loaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("MAILPULSE_MODELS_DIR", str(tmp_path))
+    monkeypatch.delenv("MAILPULSE_CONFIG", raising=False)
+    assert main(["run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mailpulse: error: MAILPULSE_MODELS_DIR") and "no manifest.json" in err
+    assert err.count("\n") == 1
+    # without scoring, no models are needed (it then fails later, for want of a broker it may not start here)
+    monkeypatch.setenv("MAILPULSE_CONFIG", str(write(tmp_path, "scoring: {enabled: false}\n")))
+    monkeypatch.setenv("MAILPULSE_BROKER", "kafka://127.0.0.1:1")
+    assert main(["run"]) == 2
+    assert "MAILPULSE_MODELS_DIR" not in capsys.readouterr().err
+
+
+def test_scoring_keys_are_checked(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, "scoring: {delay_minutes: 5}\n")).scoring.delay_minutes == 5
+    with pytest.raises(ConfigError, match=r"scoring\.idle_days\.1"):
+        load_config(write(tmp_path, "scoring: {idle_days: [1, -3]}\n"))
+    with pytest.raises(ConfigError, match=r"scoring\.every: unknown key"):
+        load_config(write(tmp_path, "scoring: {every: 3}\n"))

@@ -201,17 +201,26 @@ def _history(seed: int) -> list[dict[str, Any]]:
     return events
 
 
+def _scored_rules() -> RuleSet:
+    from models.bundle import SHIPPED_DIR, ModelBundle
+    from models.scoring import Predictor
+
+    return RuleSet.build(PipelineConfig(), 7 * DAY, Predictor(ModelBundle.load(SHIPPED_DIR)))
+
+
+@pytest.mark.parametrize("scored", [False, True], ids=["no-model", "shipped-model"])
 @pytest.mark.parametrize("seed", range(8))
-def test_same_outputs_whatever_the_arrival_order_and_watermark_steps(seed: int) -> None:
+def test_same_outputs_whatever_the_arrival_order_and_watermark_steps(seed: int, scored: bool) -> None:
+    rules = _scored_rules() if scored else RULES
     events = _history(seed)
     end = events[-1]["ts"] + 200 * DAY
-    in_order = Person()
+    in_order = Person(rules)
     for event in events:
         in_order.arrive(event).to(event["ts"])
     in_order.to(end)
 
     rng = random.Random(seed)
-    shuffled = Person()
+    shuffled = Person(rules)
     pending = list(events)
     rng.shuffle(pending)
     # arrival out of order, but the watermark only passes what has arrived (no late events)
@@ -229,6 +238,8 @@ def test_same_outputs_whatever_the_arrival_order_and_watermark_steps(seed: int) 
     assert in_order.triggers  # the history does produce triggers
     assert shuffled.state is not None and in_order.state is not None
     assert shuffled.state["profile"]["segments"] == in_order.state["profile"]["segments"]
+    assert shuffled.state["profile"]["predictions"] == in_order.state["profile"]["predictions"]
+    assert (shuffled.state["profile"]["predictions"] is not None) == scored
 
 
 def test_erase_forgets_the_person_and_a_replay_of_older_events_brings_nothing_back() -> None:
