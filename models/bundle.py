@@ -1,0 +1,97 @@
+"""Model artifacts on disk: what ``mailpulse train`` writes and the stream and ``score`` load.
+
+A model directory holds::
+
+    manifest.json                    version, horizon, as-of, feature names, file names
+    purchase-<version>.txt           the LightGBM booster (text format)
+    metrics-<version>.json           the training report (also printed by ``train``)
+
+One binary classifier gives the probability of at least one purchase in the horizon; the churn
+probability is its complement (contract: the probability of no purchase in the horizon), so the two
+always add up to 1.  ``models/shipped`` is the directory the stream uses unless
+``MAILPULSE_MODELS_DIR`` names another.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.features import FEATURES
+
+MANIFEST = "manifest.json"
+#: The models shipped with mailpulse (trained on ``mailpulse generate`` history: see its manifest).
+SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
+#: ``mailpulse_model_info``'s ``model`` labels.
+MODEL_NAMES = ("purchase_probability", "churn_probability")
+
+
+class ModelError(ValueError):
+    """A model directory that cannot be used; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class ModelBundle:
+    version: str
+    horizon_days: float
+    as_of: str
+    booster: Any  # lightgbm.Booster
+    directory: Path
+
+    @classmethod
+    def load(cls, directory: Path) -> ModelBundle:
+        import lightgbm
+
+        path = directory / MANIFEST
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ModelError(f"{directory}: no {MANIFEST} (not a directory written by `mailpulse train`)") from None
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"{path}: cannot read: {exc}") from None
+        try:
+            version, horizon, as_of = manifest["version"], float(manifest["horizon_days"]), manifest["as_of"]
+            features, model_file = manifest["features"], manifest["files"]["purchase"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"{path}: incomplete manifest ({exc})") from None
+        if tuple(features) != FEATURES:
+            raise ModelError(f"{path}: trained with other features than this version computes; "
+                             "train again with `mailpulse train`")
+        try:
+            booster = lightgbm.Booster(model_file=str(directory / model_file))
+        except Exception as exc:  # lightgbm raises its own LightGBMError (or OSError) for a bad file
+            raise ModelError(f"{directory / model_file}: cannot load the model: {exc}") from None
+        return cls(str(version), horizon, str(as_of), booster, directory)
+
+    def purchase_probabilities(self, rows: Sequence[Sequence[float]]) -> list[float]:
+        """P(at least one purchase in the horizon) for each feature row (:func:`models.features.feature_row`)."""
+        if not rows:
+            return []
+        matrix = np.asarray(rows, dtype=np.float64)
+        return [float(p) for p in self.booster.predict(matrix, num_threads=1)]
+
+
+def write_bundle(directory: Path, booster: Any, version: str, horizon_days: float, as_of: str,
+                 report: dict[str, Any]) -> Path:
+    """Writes the model, its report and (last, so a reader never sees a half-written one) the manifest."""
+    directory.mkdir(parents=True, exist_ok=True)
+    model_file, metrics_file = f"purchase-{version}.txt", f"metrics-{version}.json"
+    booster.save_model(str(directory / model_file))
+    (directory / metrics_file).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    manifest = {
+        "version": version,
+        "horizon_days": horizon_days,
+        "as_of": as_of,
+        "features": list(FEATURES),
+        "files": {"purchase": model_file, "metrics": metrics_file},
+        "churn_probability": "1 - purchase_probability",
+    }
+    tmp = directory / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(directory / MANIFEST)
+    return directory / MANIFEST

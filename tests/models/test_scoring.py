@@ -1,0 +1,65 @@
+"""``mailpulse score``: one line per profile, with the features and model the stream scores with."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from models.bundle import MANIFEST, SHIPPED_DIR, ModelBundle
+from models.scoring import Predictor, profiles_at
+from schemas.timeparse import parse_timestamp
+from streams.cli import main
+from streams.profile import cart_view
+from streams.tools.history import read_events
+from tests.models.conftest import AS_OF
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_score_writes_one_line_per_profile_as_the_stream_would_score_it(
+        capsys: pytest.CaptureFixture[str], history: Path, tmp_path: Path) -> None:
+    out = tmp_path / "scores.jsonl"
+    code, _, err = run(capsys, "score", "--events", str(history), "--as-of", AS_OF, "--models", str(SHIPPED_DIR),
+                       "--out", str(out))
+    assert code == 0, err
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    bundle = ModelBundle.load(SHIPPED_DIR)
+    as_of = parse_timestamp(AS_OF + "T00:00:00Z")
+    local = profiles_at(read_events(history, until=as_of), as_of)
+    live = {state["profile"]["profile_id"]: state["profile"] for _, state in local.live()}
+    assert [line["profile_id"] for line in lines] == sorted(live)
+    assert 300 < len(lines) <= 400  # the generator's 400 people, minus the few who never showed up by as-of
+    predict = Predictor(bundle)
+    for line in lines:
+        assert set(line) == {"user_id", "profile_id", "churn_probability", "purchase_probability", "model_version"}
+        assert line["churn_probability"] + line["purchase_probability"] == pytest.approx(1.0, abs=1e-9)
+        assert line["model_version"] == bundle.version
+        profile = live[line["profile_id"]]
+        assert line["user_id"] == profile["user_id"]
+        # the stream's scorer, given the same profile at the same time, says the same
+        streamed = predict(profile, cart_view(profile), as_of)
+        assert (streamed["churn_probability"], streamed["purchase_probability"]) == \
+            (line["churn_probability"], line["purchase_probability"])
+    probabilities = [line["purchase_probability"] for line in lines]
+    assert max(probabilities) - min(probabilities) > 0.5  # the model tells people apart
+    assert sum(line["user_id"] is not None for line in lines) > len(lines) / 2
+
+
+def test_score_refuses_a_directory_that_is_not_a_model(capsys: pytest.CaptureFixture[str], history: Path,
+                                                       tmp_path: Path) -> None:
+    args = ["score", "--events", str(history), "--as-of", AS_OF, "--models", str(tmp_path), "--out",
+            str(tmp_path / "o.jsonl")]
+    code, _, err = run(capsys, *args)
+    assert code == 2 and "no manifest.json" in err and len(err.strip().splitlines()) == 1
+    manifest = json.loads((SHIPPED_DIR / MANIFEST).read_text())
+    manifest["features"] = manifest["features"][:-1]
+    (tmp_path / MANIFEST).write_text(json.dumps(manifest))
+    code, _, err = run(capsys, *args)
+    assert code == 2 and "trained with other features" in err
+    assert not (tmp_path / "o.jsonl").exists()

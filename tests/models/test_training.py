@@ -1,0 +1,123 @@
+"""models.training and ``mailpulse train``: examples cut from a history, labels after identity merges,
+a deterministic model and its report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from models.bundle import MANIFEST, ModelBundle
+from models.features import FEATURES
+from models.training import DAY_MS, build_examples, cutoffs
+from streams.cli import main
+from streams.ingest import Accepted, Source, decode
+from tests.models.conftest import AS_OF
+from tests.unit.test_timeline import T0, ev, ms
+
+
+def anonymous(event_id: str, etype: str, at: int, anonymous_id: str, **extra: Any) -> dict[str, Any]:
+    raw = {"event_id": event_id, "type": etype, "timestamp": at, "anonymous_id": anonymous_id, **extra}
+    result = decode(orjson.dumps(raw), Source("t", 0, 0, None, 0), 0)
+    assert isinstance(result, Accepted), result
+    return result.event
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cutoffs_step_back_one_horizon_at_a_time_and_keep_a_day_of_history() -> None:
+    assert cutoffs(0, 100 * DAY_MS, 30 * DAY_MS) == [10 * DAY_MS, 40 * DAY_MS, 70 * DAY_MS]
+    assert cutoffs(0, 100 * DAY_MS, 10 * DAY_MS, most=2) == [80 * DAY_MS, 90 * DAY_MS]
+    assert cutoffs(0, 30 * DAY_MS, 30 * DAY_MS) == []
+
+
+def test_labels_are_purchases_in_the_horizon_after_the_cut_also_through_a_later_merge() -> None:
+    t = ms(T0)
+    day = DAY_MS
+    events = [
+        ev("a-1", "product_view", t, user="u-a", product_id="x"),
+        ev("a-2", "purchase", t + 12 * day, user="u-a", order_id="oa", total=5.0),  # in (10, 20]: 1
+        ev("b-1", "product_view", t, user="u-b", product_id="x"),
+        ev("b-2", "purchase", t + 5 * day, user="u-b", order_id="ob", total=5.0),  # before the cut: 0
+        anonymous("c-1", "product_view", t + day, "anon-c", product_id="x"),
+        # anon-c becomes u-c after the cut; u-c buys: the anonymous profile at the cut is labelled 1
+        ev("c-2", "identify", t + 15 * day, user="u-c", anonymous_id="anon-c"),
+        ev("c-3", "purchase", t + 16 * day, user="u-c", order_id="oc", total=5.0),
+    ]
+    examples = build_examples(events, t + 20 * day, 10 * day, [t + 10 * day])
+    assert len(examples.rows) == 3 and all(len(row) == len(FEATURES) for row in examples.rows)
+    by_orders = sorted(zip((row[FEATURES.index("orders")] for row in examples.rows), examples.labels, strict=True))
+    # two profiles without an order at the cut (a: 1, c: 1), b with one order (0)
+    assert by_orders == [(0.0, 1), (0.0, 1), (1.0, 0)]
+    assert len(set(examples.people)) == 3
+
+
+def test_train_writes_a_versioned_model_and_prints_its_metrics_last(capsys: pytest.CaptureFixture[str],
+                                                                    history: Path, tmp_path: Path) -> None:
+    code, out, err = run(capsys, "train", "--events", str(history), "--as-of", AS_OF, "--horizon-days", "30",
+                         "--out", str(tmp_path / "m"))
+    assert code == 0, err
+    report = json.loads(out.strip().splitlines()[-1])
+    version = report["model_version"]
+    assert version.startswith("20260410-")
+    assert report["horizon_days"] == 30 and len(report["cutoffs"]) == 3
+    assert report["examples"]["train"] > 500 and report["examples"]["validation"] > 100
+    purchase = report["validation"]["purchase_probability"]
+    assert purchase["auc"] > 0.65  # far better than chance on the generator's people
+    assert purchase["log_loss"] < purchase["baseline_log_loss"]
+    manifest = json.loads((tmp_path / "m" / MANIFEST).read_text())
+    assert manifest["version"] == version and manifest["features"] == list(FEATURES)
+    assert json.loads((tmp_path / "m" / manifest["files"]["metrics"]).read_text()) == report | {
+        "seconds": json.loads((tmp_path / "m" / manifest["files"]["metrics"]).read_text())["seconds"]}
+    assert ModelBundle.load(tmp_path / "m").version == version
+    # the same history and arguments: the same model
+    code, out, err = run(capsys, "train", "--events", str(history), "--as-of", AS_OF, "--horizon-days", "30",
+                         "--out", str(tmp_path / "again"))
+    assert code == 0 and json.loads(out.strip().splitlines()[-1])["model_version"] == version
+    assert (tmp_path / "m" / manifest["files"]["purchase"]).read_bytes() == \
+        (tmp_path / "again" / manifest["files"]["purchase"]).read_bytes()
+
+
+def test_train_only_reads_events_up_to_as_of(capsys: pytest.CaptureFixture[str], history: Path,
+                                              tmp_path: Path) -> None:
+    # the history with its events after as-of, plus purchases of strangers after it; and without:
+    # the model must be the same
+    lines = history.read_bytes().splitlines(keepends=True)
+    cut = ms(AS_OF + "T00:00:00Z")
+    kept = [line for line in lines if ms(json.loads(line)["timestamp"]) <= cut]
+    assert len(kept) < len(lines)
+    extra = [json.dumps({"event_id": f"x-{n}", "type": "purchase", "timestamp": cut + 1000 + n,
+                         "user_id": f"nobody-{n}", "order_id": f"x-{n}", "total": 1.0}).encode() + b"\n"
+             for n in range(50)]
+    (tmp_path / "more.jsonl").write_bytes(b"".join(lines + extra))
+    (tmp_path / "less.jsonl").write_bytes(b"".join(kept))
+    versions = []
+    for name in ("more", "less"):
+        code, out, _ = run(capsys, "train", "--events", str(tmp_path / f"{name}.jsonl"), "--as-of", AS_OF,
+                           "--horizon-days", "30", "--out", str(tmp_path / name))
+        assert code == 0
+        versions.append(json.loads(out.strip().splitlines()[-1])["model_version"])
+    assert versions[0] == versions[1]
+
+
+@pytest.mark.parametrize(("content", "fragment"), [
+    (b'{"event_id": "e", "type": "page_view", "timestamp": "2026-03-01T00:00:00Z", "user_id": "u"}\n',
+     "too short for a 30-day horizon"),
+    (b'{"event_id": "e", "type": "page_view", "timestamp": "2026-03-01T00:00:00Z", "user_id": "u"}\nnot json\n',
+     "h.jsonl:2: not JSON"),
+    (b"", "no events at or before --as-of"),
+])
+def test_train_rejects_unusable_histories_in_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                      content: bytes, fragment: str) -> None:
+    (tmp_path / "h.jsonl").write_bytes(content)
+    code, out, err = run(capsys, "train", "--events", str(tmp_path / "h.jsonl"), "--as-of", "2026-03-10",
+                         "--horizon-days", "30", "--out", str(tmp_path / "m"))
+    assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1 and out == ""
+    assert not (tmp_path / "m").exists()
