@@ -4,8 +4,11 @@ Topology::
 
     clicks, carts, purchases, identities ──ingest──> <app>-profile-events ──profiles──> profiles
                      │                         (by profile; input clocks      ├──> segment-changes
-                     └──> dead-letter           to every partition)           └──> triggers
+                     └──> dead-letter           to every partition)           ├──> triggers
+                                                                                     └──> scores
                                                        tables: profile-state, partition-clocks
+                                                       (scores: the models of models/, at each
+                                                        profile's score timer, streams.rules.score_timer)
     profiles ──> <app>-co-occurrence (by product) ──cooccurrence──> <app>-product-recs (compacted,
                                                    table product-neighbours        read back by every worker)
 
@@ -23,6 +26,8 @@ from typing import Any
 import faust
 import orjson
 
+from models.bundle import MODEL_NAMES, SHIPPED_DIR, ModelBundle
+from models.scoring import Predictor
 from schemas.events import INPUT_TOPICS
 from streams import topics as names
 from streams.broker import free_port
@@ -144,6 +149,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None, output: Outpu
     options = rocksdb_options(settings.rocksdb_write_buffer_mb)
     small = rocksdb_options(1)  # tables of small values: clocks, blocks, neighbours
     memory = RocksDBMemory.with_budget(settings.rocksdb_memory_mb)
+    scorer = _load_scorer(settings, config, metrics)
     p = Pipeline(
         settings=settings,
         app=app,
@@ -154,7 +160,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None, output: Outpu
                           internal=True),
         profile_state=profile_table(app, output, "profile-state", settings.partitions, options, memory),
         partition_clocks=profile_table(app, output, "partition-clocks", settings.partitions, small, memory),
-        rules=RuleSet.build(config, int(settings.dedupe_retention_days * DAY_MS)),
+        rules=RuleSet.build(config, int(settings.dedupe_retention_days * DAY_MS), scorer),
         input_partitions=input_partitions or {topic: settings.partitions for topic in INPUT_TOPICS},
         due_index=DueIndex(),
         cooccurrence=_raw_topic(app, names.cooccurrence_topic(settings.app_id), partitions=settings.partitions,
@@ -179,6 +185,17 @@ def create_app(settings: Settings, metrics: Metrics | None = None, output: Outpu
         app.timer(interval=settings.wall_clock_interval_s)(_wall_clock(p))
     app.timer(interval=LAG_EVERY_S)(_consumer_lag(p))
     return p
+
+
+def _load_scorer(settings: Settings, config: PipelineConfig, metrics: Metrics) -> Predictor | None:
+    """The models the ``score`` timer uses (None: scoring switched off in the config).  Raises
+    :class:`models.bundle.ModelError` for a directory that cannot be used."""
+    if not config.scoring.enabled:
+        return None
+    bundle = ModelBundle.load(settings.models_dir or SHIPPED_DIR)
+    for model in MODEL_NAMES:
+        metrics.model_info.labels(model, bundle.version).set(1)
+    return Predictor(bundle, metrics.scoring_seconds.observe)
 
 
 def _on_assignment(p: Pipeline) -> Any:
@@ -490,6 +507,8 @@ def _profile_agent(p: Pipeline) -> Any:
                     send(names.SEGMENT_CHANGES, pid, orjson.dumps(change))
                     segment_counts[change["segment"], change["change"]] += 1
                     segment_latency(waited)
+                for score in out.scores:
+                    send(names.SCORES, pid, orjson.dumps(score))
                 for trigger in out.triggers:
                     send(names.TRIGGERS, pid, orjson.dumps(trigger))
                     metrics.triggers.labels(trigger["type"]).inc()

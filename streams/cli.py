@@ -7,9 +7,10 @@ one-line ``mailpulse: error: ...`` on stderr and a non-zero exit code, never a t
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 
@@ -110,9 +111,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     from streams.config import ConfigError, load_config
 
     try:
-        load_config(settings.config)
+        config = load_config(settings.config)
     except ConfigError as exc:
         raise UserError(f"MAILPULSE_CONFIG {exc}") from None
+    if config.scoring.enabled:
+        from models.bundle import SHIPPED_DIR, ModelBundle, ModelError
+
+        try:
+            ModelBundle.load(settings.models_dir or SHIPPED_DIR)
+        except ModelError as exc:
+            raise UserError(f"MAILPULSE_MODELS_DIR {exc}") from None
     if settings.broker:
         _check_broker(settings.bootstrap_servers)
     try:
@@ -205,6 +213,31 @@ def cmd_resolve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from models.training import TrainError, train_file
+
+    try:
+        report = train_file(args.events, args.as_of, args.horizon_days, args.out, show_progress=sys.stderr.isatty())
+    except TrainError as exc:
+        raise UserError(str(exc)) from None
+    print(f"mailpulse: trained model {report['model_version']} on {report['examples']['train']} examples "
+          f"in {report['seconds']:.1f} s; wrote {args.out}", file=sys.stderr)
+    print(json.dumps(report, sort_keys=True))
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from models.scoring import ScoreError, score_file
+
+    try:
+        stats = score_file(args.events, args.as_of, args.models, args.out, show_progress=sys.stderr.isatty())
+    except ScoreError as exc:
+        raise UserError(str(exc)) from None
+    print(f"mailpulse: scored {stats.profiles} profiles from {stats.events} events with model "
+          f"{stats.model_version} in {stats.seconds:.1f} s; wrote {args.out}", file=sys.stderr)
+    return 0
+
+
 def cmd_schemas(args: argparse.Namespace) -> int:
     from schemas.export import write_schemas
 
@@ -214,13 +247,6 @@ def cmd_schemas(args: argparse.Namespace) -> int:
         raise UserError(f"cannot write to {args.out}: {exc.strerror}") from None
     print(f"mailpulse: wrote {len(written)} JSON Schemas to {args.out}", file=sys.stderr)
     return 0
-
-
-def _not_yet(name: str) -> Callable[[argparse.Namespace], int]:
-    def command(args: argparse.Namespace) -> int:
-        raise UserError(f"`mailpulse {name}` is not available in this version yet")
-
-    return command
 
 
 # --- parser ---------------------------------------------------------------------------------------
@@ -273,14 +299,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--as-of", type=_timestamp, required=True)
     p.add_argument("--horizon-days", type=_positive_int, required=True)
     p.add_argument("--out", type=Path, required=True)
-    p.set_defaults(func=_not_yet("train"))
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("score", help="offline scoring of profiles")
     p.add_argument("--events", type=_existing_file, required=True)
     p.add_argument("--as-of", type=_timestamp, required=True)
     p.add_argument("--models", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
-    p.set_defaults(func=_not_yet("score"))
+    p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("resolve", help="batch identity resolution of identify events")
     p.add_argument("--input", type=_existing_file, required=True, help="JSON lines of identify events")

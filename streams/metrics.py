@@ -16,6 +16,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+#: A model call on one profile takes tens of microseconds.
+SCORING_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01, 0.1)
 
 
 @dataclass
@@ -48,7 +50,7 @@ class Metrics:
             buckets=LATENCY_BUCKETS, registry=r,
         )
         self.scoring_seconds = Histogram(
-            "mailpulse_scoring_seconds", "Model scoring time per batch", buckets=LATENCY_BUCKETS, registry=r
+            "mailpulse_scoring_seconds", "Model scoring time per batch", buckets=SCORING_BUCKETS, registry=r
         )
         self.model_info = Gauge("mailpulse_model_info", "1 for each loaded model", ["model", "version"], registry=r)
         self.profiles_written = Counter(

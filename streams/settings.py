@@ -63,6 +63,10 @@ class Settings(BaseSettings):
         default=20, ge=1, le=10_000,
         description="MAILPULSE_FETCH_MAX_WAIT_MS: longest a consumer fetch waits at the broker for data.",
     )
+    models_dir: Path | None = Field(
+        default=None, description="MAILPULSE_MODELS_DIR: the models to score profiles with (a `mailpulse train` "
+        "output directory); unset: the models shipped in models/shipped.",
+    )
     batch_within_s: float = Field(default=0.02, gt=0, description="MAILPULSE_BATCH_WITHIN_S: max batch wait.")
 
     @property

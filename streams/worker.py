@@ -19,6 +19,7 @@ from typing import IO
 
 import faust
 
+from models.scoring import Predictor
 from schemas.events import INPUT_TOPICS
 from streams import topics as names
 from streams.app import create_app
@@ -99,6 +100,10 @@ def run_worker(settings: Settings, demo: bool = False) -> int:
             # the watermark waits for every partition the input topics really have
             inputs = topic_partitions(settings.bootstrap_servers, INPUT_TOPICS)
             pipeline = create_app(settings, metrics, input_partitions=inputs)
+            scorer = pipeline.rules.scorer
+            if isinstance(scorer, Predictor):
+                print(f"mailpulse: scoring profiles with model {scorer.version} from {scorer.bundle.directory}",
+                      flush=True)
             recs_topic = names.product_recs_topic(settings.app_id)
             ensure_topics(settings.bootstrap_servers, settings.partitions, [recs_topic], [recs_topic],
                           settings.replication_factor)

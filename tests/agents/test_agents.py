@@ -201,3 +201,22 @@ async def test_free_memory_goes_back_after_a_large_write_out_and_when_the_worker
             pipeline.profile_state.stage(b"k%d" % n, b"{}", 0)
         pipeline.write_staged()
         assert len(trims) == 2 and pipeline.untrimmed == 0
+
+
+async def test_profiles_agent_scores_a_profile_an_hour_after_its_last_event(pipeline: Pipeline) -> None:
+    t = 1772359200000
+    version = pipeline.rules.scorer.version  # type: ignore[union-attr]
+    assert pipeline.metrics.model_info.labels("purchase_probability", version)._value.get() == 1
+    assert pipeline.metrics.model_info.labels("churn_probability", version)._value.get() == 1
+    async with agent(pipeline, "profiles").test_context() as profiles:
+        await profiles.put(_batch(_event("e-1", "product_view", product_id="sku-1"), clock=t))
+        await profiles.put(_batch(clock=t + 60 * 60_000 - 1))
+        assert sent(pipeline, "scores") == []
+        await profiles.put(_batch(clock=t + 60 * 60_000))
+    [(key, score, _)] = sent(pipeline, "scores")
+    assert key == score["profile_id"].encode() and score["user_id"] == "u-1"
+    assert score["at"] == "2026-03-01T11:00:00.000Z" and score["model_version"] == version
+    assert score["churn_probability"] + score["purchase_probability"] == pytest.approx(1.0)
+    latest = [value for _, value, _ in sent(pipeline, "profiles")][-1]
+    assert latest["predictions"] == {k: v for k, v in score.items() if k not in ("profile_id", "user_id")}
+    assert pipeline.metrics.scoring_seconds._sum.get() > 0

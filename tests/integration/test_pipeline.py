@@ -13,11 +13,11 @@ import pytest
 from confluent_kafka import Producer
 
 from schemas.events import INPUT_TOPICS
-from schemas.outputs import DeadLetter, Profile
+from schemas.outputs import DeadLetter, Profile, Score
 from streams.settings import Settings
 
 from .conftest import PARTITIONS, latest_by_key, mailpulse, read_topic
-from .expected import UNTIL, changes_of, expected_run
+from .expected import UNTIL, changes_of, expected_run, scores_of
 
 pytestmark = pytest.mark.integration
 
@@ -262,3 +262,10 @@ def test_two_workers_give_the_same_profiles_as_one(broker, start_worker, tmp_pat
     assert sorted(v["trigger_id"] for _, v in triggers) == sorted(run.triggers)
     changes = read_topic(broker.bootstrap, "segment-changes", lambda m: len(m) >= len(run.changes))
     assert changes_of(changes) == run.changes
+    # predictions: the same scores at the same event times, and the segments that read them
+    assert len(run.scores) > 100
+    scores = read_topic(broker.bootstrap, "scores", lambda m: len(m) >= len(run.scores))
+    assert scores_of(scores) == run.scores
+    for _, value in scores:
+        Score.model_validate(value)
+    assert "churn_risk" in {segment for _, segment, _, _ in run.changes}

@@ -27,6 +27,7 @@ from confluent_kafka import Producer
 
 from schemas.events import INPUT_TOPICS
 from streams.broker import EmbeddedBroker, ensure_topics, free_port, start_embedded_broker
+from streams.config import load_config
 from streams.topics import COMPACTED_TOPICS, CONTRACT_TOPICS
 
 from .conftest import PARTITIONS, Worker, WorkerFactory, latest_by_key, mailpulse, read_topic
@@ -110,8 +111,13 @@ class Scenario:
         self.workers = WorkerFactory(self.broker, tmp)
         self.history = tmp / "history.jsonl"
         self.history.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in HISTORY))
-        self.expected = expected_run(EVENTS, UNTIL)
-        self.expected_later = expected_run(EVENTS, LATER)
+        # The scenario checks the event rules by hand: the model's churn_risk triggers (which would
+        # also take their share of the caps) are off; the people are still scored and segmented.
+        self.config_file = tmp / "config.yaml"
+        self.config_file.write_text("triggers:\n  churn_risk: {enabled: false}\n")
+        config = load_config(self.config_file)
+        self.expected = expected_run(EVENTS, UNTIL, config=config)
+        self.expected_later = expected_run(EVENTS, LATER, config=config)
         self._stages: dict[str, Stage] = {}
         self.worker: Worker | None = None
 
@@ -151,7 +157,7 @@ class Scenario:
 
     def first(self) -> Stage:
         if "first" not in self._stages:
-            worker = self.worker = self.workers(data_dir="first")
+            worker = self.worker = self.workers(data_dir="first", MAILPULSE_CONFIG=str(self.config_file))
             producer = Producer({"bootstrap.servers": self.broker.bootstrap})
             for topic in INPUT_TOPICS:  # ticks before the purchase on its partition too
                 for partition in range(PARTITIONS):
@@ -187,7 +193,7 @@ class Scenario:
             self.again()
             assert self.worker is not None
             assert self.worker.stop() == 0, self.worker.log.read_text()[-3000:]
-            worker = self.worker = self.workers(data_dir="second")
+            worker = self.worker = self.workers(data_dir="second", MAILPULSE_CONFIG=str(self.config_file))
             self.replay(LATER)
             worker.wait_metric("mailpulse_events_total", len(HISTORY), outcome="duplicate")
             triggers, changes = self.outputs(self.expected_later)

@@ -66,11 +66,3 @@ def test_schemas_writes_one_file_per_message_type(capsys: pytest.CaptureFixture[
         assert f"{topic}.schema.json" in names
     profile = json.loads((tmp_path / "profiles.schema.json").read_text())
     assert "aggregates" in profile["properties"]
-
-
-def test_commands_of_later_work_say_so(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    events = tmp_path / "e.jsonl"
-    events.write_text("")
-    code, _, err = run(capsys, "score", "--events", str(events), "--as-of", "2026-03-01", "--models", str(tmp_path),
-                       "--out", str(tmp_path / "o"))
-    assert code == 2 and "not available" in err
