@@ -18,6 +18,7 @@ predictions of a run that merged them first.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 from schemas.timeparse import format_ms
@@ -34,10 +35,15 @@ def last_activity(profile: dict[str, Any]) -> int | None:
     return max(last_seen.values()) if last_seen else None
 
 
+@lru_cache(maxsize=16)
+def _offsets(delay_minutes: float, idle_days: tuple[float, ...]) -> tuple[tuple[int, str], ...]:
+    return ((int(delay_minutes * MINUTE_MS), "activity"),
+            *((int(days * DAY_MS), "idle") for days in sorted(idle_days)))
+
+
 def schedule(cfg: Scoring, last: int) -> list[tuple[int, str]]:
     """Every time a profile whose newest activity is at ``last`` is scored, with its cause."""
-    return [(last + int(cfg.delay_minutes * MINUTE_MS), "activity"),
-            *((last + int(days * DAY_MS), "idle") for days in sorted(cfg.idle_days))]
+    return [(last + offset, cause) for offset, cause in _offsets(cfg.delay_minutes, cfg.idle_days)]
 
 
 def scoring_times(cfg: Scoring, activity: list[int], until: int) -> list[int]:
@@ -58,9 +64,9 @@ def rearm(cfg: Scoring, profile: dict[str, Any], rules: dict[str, Any]) -> None:
     last = last_activity(profile)
     scored_at: int | None = rules.get("scored_at")
     if last is not None:
-        for due, cause in schedule(cfg, last):
-            if scored_at is None or due > scored_at:
-                rules["timers"][SCORE_TIMER] = [due, cause, {}]
+        for offset, cause in _offsets(cfg.delay_minutes, cfg.idle_days):  # hot: after every event
+            if scored_at is None or last + offset > scored_at:
+                rules["timers"][SCORE_TIMER] = [last + offset, cause, {}]
                 return
     rules["timers"].pop(SCORE_TIMER, None)
 
