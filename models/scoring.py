@@ -63,9 +63,14 @@ class ScoreStats:
     seconds: float
 
 
+def offline_pipeline() -> LocalPipeline:
+    """The profile hop without a broker, with the built-in rules and no scorer (``train``, ``score``)."""
+    return LocalPipeline(RuleSet.build(PipelineConfig(), RETENTION_MS))
+
+
 def profiles_at(events: list[dict[str, Any]], as_of: int) -> LocalPipeline:
     """The profiles of a history at ``as_of``: the events up to it folded as the stream folds them."""
-    local = LocalPipeline(RuleSet.build(PipelineConfig(), RETENTION_MS))
+    local = offline_pipeline()
     # in time order, as a live stream mostly delivers them (each profile's parked events stay few)
     local.feed(sorted((event for event in events if event["ts"] <= as_of), key=lambda event: event["ts"]))
     local.advance(as_of)

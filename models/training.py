@@ -25,16 +25,13 @@ import numpy as np
 
 from models.bundle import write_bundle
 from models.features import FEATURES, feature_row
+from models.scoring import offline_pipeline
 from schemas.timeparse import format_ms
-from streams.config import PipelineConfig
-from streams.dispatch import LocalPipeline
 from streams.identity import profile_key
 from streams.profile import cart_view
-from streams.timeline import RuleSet
 from streams.tools.history import HistoryError, read_events
 
 DAY_MS = 86_400_000
-RETENTION_MS = 7 * DAY_MS
 #: Most cuts of the history (the newest ones).
 MAX_CUTOFFS = 6
 #: Share of people held out for the report.
@@ -82,7 +79,7 @@ def cutoffs(first_ts: int, as_of: int, horizon_ms: int, most: int = MAX_CUTOFFS)
 def build_examples(events: list[dict[str, Any]], as_of: int, horizon_ms: int, cuts: list[int]) -> Examples:
     """One example per profile per cut (module docstring).  ``events``: accepted, none after ``as_of``."""
     ordered = sorted(events, key=lambda event: event["ts"])
-    local = LocalPipeline(RuleSet.build(PipelineConfig(), RETENTION_MS))
+    local = offline_pipeline()
     pending: list[tuple[int, str, list[float]]] = []  # (cut, key then, features)
     fed = 0
     for cut in cuts:

@@ -7,6 +7,7 @@ the first bad line stops the command with ``FILE:LINE: reason``.  Blank lines an
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +20,15 @@ class HistoryError(ValueError):
     """The history file cannot be used (a bad line, an unreadable file)."""
 
 
-def read_events(path: Path, until: int | None = None, show_progress: bool = False,
-                label: str = "reading") -> list[dict[str, Any]]:
-    """The accepted events of ``path`` (no ticks) stamped at or before ``until`` (all: None)."""
+def accepted_lines(path: Path, show_progress: bool = False,
+                   label: str = "reading") -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, accepted event) of each non-blank line of ``path``; :class:`HistoryError` at the
+    first line that is not a valid input event."""
     try:
         size = path.stat().st_size
         handle = path.open("rb")
     except OSError as exc:
         raise HistoryError(f"cannot read {path}: {exc.strerror}") from None
-    events: list[dict[str, Any]] = []
     progress = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), disable=not show_progress,
                         transient=True)
     with progress, handle:
@@ -41,9 +42,13 @@ def read_events(path: Path, until: int | None = None, show_progress: bool = Fals
             result = decode(raw, Source("history", 0, number, None, 0), 0)
             if not isinstance(result, Accepted):
                 raise HistoryError(f"{path}:{number}: {result.record['error']['message']}")
-            event = result.event
-            if event["type"] != "tick" and (until is None or event["ts"] <= until):
-                events.append(event)
+            yield number, result.event
             if number % 5000 == 0:
                 progress.update(task, completed=done)
-    return events
+
+
+def read_events(path: Path, until: int | None = None, show_progress: bool = False,
+                label: str = "reading") -> list[dict[str, Any]]:
+    """The accepted events of ``path`` (no ticks) stamped at or before ``until`` (all: None)."""
+    return [event for _, event in accepted_lines(path, show_progress, label)
+            if event["type"] != "tick" and (until is None or event["ts"] <= until)]

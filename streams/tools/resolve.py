@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from streams.ingest import Accepted, Source, decode
 from streams.resolution import BatchResult, resolve_batch
+from streams.tools.history import HistoryError, accepted_lines
 
 
 class ResolveError(ValueError):
@@ -37,32 +36,14 @@ class ResolveStats:
 
 def read_identify_events(path: Path, show_progress: bool = False) -> list[dict[str, Any]]:
     """The accepted identify events of ``path``; :class:`ResolveError` at the first bad line."""
-    try:
-        size = path.stat().st_size
-        handle = path.open("rb")
-    except OSError as exc:
-        raise ResolveError(f"cannot read {path}: {exc.strerror}") from None
     events: list[dict[str, Any]] = []
-    progress = Progress(TextColumn("resolve: reading"), BarColumn(), MofNCompleteColumn(),
-                        disable=not show_progress, transient=True)
-    with progress, handle:
-        task = progress.add_task("read", total=size)
-        done = 0
-        for number, line in enumerate(handle, start=1):
-            done += len(line)
-            raw = line.rstrip(b"\r\n")
-            if not raw.strip():
-                continue
-            result = decode(raw, Source("identities", 0, number, None, 0), 0)
-            if not isinstance(result, Accepted):
-                message = result.record["error"]["message"]
-                raise ResolveError(f"{path}:{number}: {message}")
-            event = result.event
+    try:
+        for number, event in accepted_lines(path, show_progress, "resolve: reading"):
             if event.get("type") != "identify":
                 raise ResolveError(f"{path}:{number}: a {event.get('type')} event, not an identify event")
             events.append(event)
-            if number % 5000 == 0:
-                progress.update(task, completed=done)
+    except HistoryError as exc:
+        raise ResolveError(str(exc)) from None
     return events
 
 

@@ -40,6 +40,7 @@ class Person:
         self.state: dict[str, Any] | None = None
         self.changes: list[tuple[str, str, str]] = []
         self.triggers: list[dict[str, Any]] = []
+        self.scores: list[dict[str, Any]] = []
         self.suppressed: list[tuple[str, str]] = []
         self.late = 0
         self.watermark: int | None = None
@@ -57,6 +58,7 @@ class Person:
         out = advance(self.state, watermark, self.rules, 0)
         self.changes += [(c["segment"], c["change"], c["at"]) for c in out.segment_changes]
         self.triggers += out.triggers
+        self.scores += out.scores
         self.suppressed += out.suppressed
         return self
 

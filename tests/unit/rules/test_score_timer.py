@@ -30,18 +30,6 @@ def scores_of(person: Person) -> list[tuple[str, float]]:
 class ScoredPerson(Person):
     def __init__(self, rules: RuleSet = SCORED) -> None:
         super().__init__(rules)
-        self.scores: list[dict[str, Any]] = []
-
-    def to(self, watermark: int) -> ScoredPerson:
-        from streams.timeline import advance
-
-        self.watermark = watermark
-        assert self.state is not None
-        out = advance(self.state, watermark, self.rules, 0)
-        self.changes += [(c["segment"], c["change"], c["at"]) for c in out.segment_changes]
-        self.triggers += out.triggers
-        self.scores += out.scores
-        return self
 
 
 def _profile(*times: int) -> dict[str, Any]:
