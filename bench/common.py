@@ -158,10 +158,11 @@ class Measured:
 
 
 def wait_processed(workers: list[WorkerProcess], expected: int, timeout: float = 600.0,
-                   applied: int | None = None) -> Measured:
+                   applied: int | None = None, scored: int | None = None) -> Measured:
     """Poll the workers' ``mailpulse_events_total`` until ``expected`` events are handled and (when
     given) ``mailpulse_events_applied_total`` until ``applied`` events are folded into profiles,
-    i.e. released by the watermark: the whole work, not only the parking of events."""
+    i.e. released by the watermark: the whole work, not only the parking of events; and (when given)
+    until ``scored`` profiles were scored (``mailpulse_scoring_seconds_count``)."""
     first = 0.0
     cpu_first: list[float] = []
     deadline = time.monotonic() + timeout
@@ -172,7 +173,8 @@ def wait_processed(workers: list[WorkerProcess], expected: int, timeout: float =
             first = time.perf_counter()
             cpu_first = [w.cpu_seconds() for w in workers]
         if done >= expected and (applied is None or sum(w.metric("mailpulse_events_applied_total")
-                                                         for w in workers) >= applied):
+                                                         for w in workers) >= applied) \
+                and (scored is None or sum(w.metric("mailpulse_scoring_seconds_count") for w in workers) >= scored):
             elapsed = time.perf_counter() - first
             return Measured(elapsed, done, [w.cpu_seconds() - c for w, c in zip(workers, cpu_first, strict=True)])
         time.sleep(0.1)  # each poll renders every metric in the worker: keep it light

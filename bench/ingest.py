@@ -5,13 +5,18 @@ a raw confluent-kafka group consumer with orjson parse (the ceiling), and a stoc
 only counts raw events (what plain Faust achieves).  Then the full pipeline (ingest -> dedupe ->
 profile table -> ``profiles``, segments, triggers) with 1 worker and with 2 workers, each on a fresh
 broker whose workers own their partitions before the events are produced, timed until every event is
-folded into its profile.  BENCH_EVENTS sets the count (100k).
+folded into its profile; twice more with 1 worker and the closing tick two hours later (every
+person scored once, with the other timers due by then), with scoring off and on.  BENCH_EVENTS sets the count (100k).
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 import time
+from pathlib import Path
+
+import orjson
 
 from bench.common import (
     PARTITIONS,
@@ -30,15 +35,17 @@ from bench.latency import report as latency_report
 from bench.memory import report as memory_report
 
 
-def pipeline_run(events: list[bytes], workers: int, good: int) -> Measured:
+def pipeline_run(events: list[bytes], workers: int, good: int, after_ms: int = 0,
+                 scored: int | None = None, **env: str) -> Measured:
     """Until every event is handled and every good one is folded into its profile (the replay ends
-    with a tick on every input partition, so the watermark passes them all)."""
+    with a tick on every input partition, so the watermark passes them all); with ``scored``, also
+    until that many profiles were scored (the closing tick ``after_ms`` after the last event)."""
     with start_broker() as broker:
-        procs = [start_worker(broker, "bench-pipeline") for _ in range(workers)]
+        procs = [start_worker(broker, "bench-pipeline", **env) for _ in range(workers)]
         try:
             wait_assigned(procs, PARTITIONS)
-            produce_all(broker.bootstrap, events, until=events_end(len(events)))
-            return wait_processed(procs, len(events), applied=good)
+            produce_all(broker.bootstrap, events, until=events_end(len(events)) + after_ms)
+            return wait_processed(procs, len(events), applied=good, scored=scored)
         finally:
             for proc in procs:
                 proc.stop()
@@ -55,6 +62,17 @@ def main() -> None:
         raw = raw_consume_rate(broker.bootstrap, n)
         bare = bare_faust_rate(broker, n)
     one = pipeline_run(events, 1, n)
+    # Each bench person is active every ~17 min up to the last event: their score timers (an hour
+    # after their newest event) fall after a closing tick right after it.  With the tick two hours
+    # later, each of them is scored once, and the other timers due by then fire too: measured with
+    # scoring switched off and on.
+    people = len({orjson.loads(event)["user_id"] for event in events})
+    later = 2 * 3_600_000
+    with tempfile.TemporaryDirectory() as config_dir:
+        off = Path(config_dir) / "no-scoring.yaml"
+        off.write_text("scoring: {enabled: false}\n")
+        timers = pipeline_run(events, 1, n, after_ms=later, MAILPULSE_CONFIG=str(off))
+    scored = pipeline_run(events, 1, n, after_ms=later, scored=people)
     two = pipeline_run(events, 2, n)
     stormy = synthetic_events(n, bad_every=10)
     good = sum(1 for i in range(n) if i % 10)
@@ -68,6 +86,10 @@ def main() -> None:
     row("raw confluent-kafka consume + orjson parse", raw, "")
     row("bare Faust pass-through (stock faust.App)", bare["rate"], f"CPU {bare['cpu']:.1f}s")
     row("mailpulse pipeline, 1 worker", one.rate, f"CPU {one.cpu[0]:.1f}s in {one.seconds:.1f}s")
+    row("  closing tick 2 h later, scoring off", timers.rate, f"CPU {timers.cpu[0]:.1f}s in {timers.seconds:.1f}s")
+    row("  closing tick 2 h later, scoring on", scored.rate,
+        f"CPU {scored.cpu[0]:.1f}s in {scored.seconds:.1f}s = {scored.rate / timers.rate:.2f} x scoring off "
+        f"({people:,} people scored once)")
     row("mailpulse pipeline, 2 workers (total)", two.rate,
         "CPU " + " + ".join(f"{c:.1f}s" for c in two.cpu) + f" in {two.seconds:.1f}s")
     print(f"\n  2 workers / 1 worker: {two.rate / one.rate:.2f}x  "

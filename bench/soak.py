@@ -9,6 +9,9 @@ days every state would grow for the whole soak: that is retention, not a leak). 
 minute and the growth over the second half.
 Every second it also sends a tick with the wall time to every input partition, as a live upstream's
 heartbeat would, so the event-time watermark keeps moving.
+Scoring runs on the same shortened scale (SOAK_SCORE_MINUTES, 5): a profile is scored that long
+after its newest event, then again after 3 and 6 times as long away, so score timers fire,
+re-arm and run out within the run (the built-in hour and 1-365 days would not fire in 30 minutes).
 
 The embedded broker keeps every record in memory and never drops any: each input event costs it
 about 6 KiB across the input, internal, changelog and ``profiles`` topics (it reached 19.6 GiB and a
@@ -18,7 +21,9 @@ full core after 3M events at 2000/s, and the worker fell behind it).  Hence the 
 from __future__ import annotations
 
 import os
+import tempfile
 import time
+from pathlib import Path
 
 import orjson
 
@@ -36,10 +41,15 @@ def main() -> None:
     minutes = float(os.environ.get("SOAK_MINUTES", "30"))
     rate = int(os.environ.get("SOAK_RATE", "300"))
     retention_minutes = float(os.environ.get("SOAK_RETENTION_MINUTES", "10"))
+    score_minutes = float(os.environ.get("SOAK_SCORE_MINUTES", "5"))
     print(f"soak: {minutes:g} min at {rate} events/s, 1 worker, embedded broker, "
-          f"dedupe retention {retention_minutes:g} min")
-    with start_broker() as broker:
-        worker = start_worker(broker, "soak", MAILPULSE_DEDUPE_RETENTION_DAYS=str(retention_minutes / 1440))
+          f"dedupe retention {retention_minutes:g} min, scored {score_minutes:g} min after activity")
+    with tempfile.TemporaryDirectory() as config_dir, start_broker() as broker:
+        config = Path(config_dir) / "soak.yaml"
+        idle_days = [3 * score_minutes / 1440, 6 * score_minutes / 1440]
+        config.write_text(f"scoring: {{delay_minutes: {score_minutes}, idle_days: {idle_days}}}\n")
+        worker = start_worker(broker, "soak", MAILPULSE_DEDUPE_RETENTION_DAYS=str(retention_minutes / 1440),
+                              MAILPULSE_CONFIG=str(config))
         try:
             wait_assigned([worker], PARTITIONS)
             producer = make_producer(broker.bootstrap)
@@ -65,7 +75,8 @@ def main() -> None:
                     handled = worker.metric("mailpulse_events_applied_total")
                     samples.append((time.monotonic() - started, rss_bytes(worker), open_files(pid), handled))
                     t, rss, fds, done = samples[-1]
-                    print(f"  {t / 60:5.1f} min  sent {sent:>10,}  applied {done:>12,.0f}  "
+                    scores = worker.metric("mailpulse_scoring_seconds_count")
+                    print(f"  {t / 60:5.1f} min  sent {sent:>10,}  applied {done:>12,.0f}  scores {scores:>9,.0f}  "
                           f"RSS {rss / 2**20:7.1f} MiB  open files {fds}", flush=True)
                     next_sample += 60
                 next_tick += tick
