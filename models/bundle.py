@@ -66,6 +66,9 @@ class ModelBundle:
             booster = lightgbm.Booster(model_file=str(directory / model_file))
         except Exception as exc:  # lightgbm raises its own LightGBMError (or OSError) for a bad file
             raise ModelError(f"{directory / model_file}: cannot load the model: {exc}") from None
+        if booster.num_feature() != len(FEATURES):  # predict would fail on every profile
+            raise ModelError(f"{directory / model_file}: the model takes {booster.num_feature()} features, "
+                             f"the manifest names {len(FEATURES)}")
         return cls(str(version), horizon, str(as_of), booster, directory)
 
     def purchase_probabilities(self, rows: Sequence[Sequence[float]]) -> list[float]:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import lightgbm
+import numpy as np
 import pytest
 
-from models.bundle import MANIFEST, SHIPPED_DIR, ModelBundle
+from models.bundle import MANIFEST, SHIPPED_DIR, ModelBundle, ModelError
 from models.scoring import Predictor, profiles_at
 from schemas.timeparse import parse_timestamp
 from streams.cli import main
@@ -63,3 +66,17 @@ def test_score_refuses_a_directory_that_is_not_a_model(capsys: pytest.CaptureFix
     code, _, err = run(capsys, *args)
     assert code == 2 and "trained with other features" in err
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_a_model_file_that_does_not_match_the_manifest_is_refused(tmp_path: Path) -> None:
+    shutil.copytree(SHIPPED_DIR, tmp_path / "m")
+    manifest = json.loads((tmp_path / "m" / MANIFEST).read_text())
+    rng = np.random.default_rng(1)
+    small = lightgbm.train({"objective": "binary", "verbose": -1, "num_threads": 1},
+                           lightgbm.Dataset(rng.normal(size=(200, 3)), rng.integers(0, 2, 200)), num_boost_round=2)
+    small.save_model(str(tmp_path / "m" / manifest["files"]["purchase"]))
+    with pytest.raises(ModelError, match="takes 3 features"):
+        ModelBundle.load(tmp_path / "m")
+    (tmp_path / "m" / manifest["files"]["purchase"]).write_text("not a model")
+    with pytest.raises(ModelError, match="cannot load the model"):
+        ModelBundle.load(tmp_path / "m")
