@@ -36,7 +36,7 @@ from streams.consumer import App
 from streams.dispatch import dispatch
 from streams.identity import profile_key
 from streams.ingest import Accepted, Source, decode
-from streams.metrics import Metrics
+from streams.metrics import Metrics, observe_many
 from streams.native_memory import release_free_memory
 from streams.output import FlushBeforeCommit, Output, OutputProducer
 from streams.product_recs import ProductRecs
@@ -284,6 +284,9 @@ def _wall_clock(p: Pipeline) -> Any:
     return wall_clock
 
 
+_NOT_READ: Any = object()
+
+
 class StateCache(dict[str, Any]):
     """The states one record touches, read through from a table once (``None``: no entry)."""
 
@@ -292,9 +295,10 @@ class StateCache(dict[str, Any]):
         self._load = load
 
     def get(self, key: str, default: Any = None) -> Any:
-        if key not in self:
-            self[key] = self._load(key)
-        return dict.__getitem__(self, key)
+        value = dict.get(self, key, _NOT_READ)
+        if value is _NOT_READ:
+            value = self[key] = self._load(key)
+        return value
 
 
 def _now_ms() -> int:
@@ -381,16 +385,8 @@ def _profile_agent(p: Pipeline) -> Any:
     latency = {name: metrics.event_latency.labels(name) for name in (names.PROFILES, names.SEGMENT_CHANGES,
                                                                      names.TRIGGERS)}
     updated, applied = metrics.profiles_written.labels("updated"), metrics.events_applied
-    profile_latency = latency[names.PROFILES].observe
-    segment_latency = latency[names.SEGMENT_CHANGES].observe
     events_topic, block_table = names.events_topic(settings.app_id), p.identity_blocks
     cooccurrence_topic, neighbours_of = names.cooccurrence_topic(settings.app_id), p.product_recs.get
-
-    def reader(source: ProfileTable, partition: int) -> Any:
-        def read(key: str) -> Any:
-            return source.read_json(key.encode(), partition)
-
-        return read
 
     def due_entries() -> Any:
         for key, value in table.items_with_staged():
@@ -423,8 +419,8 @@ def _profile_agent(p: Pipeline) -> Any:
             clocks: dict[str, int] = clock_table.read_json(clocks_key, partition) or {}
             wall = clocks.get("wall")
             before = watermark(clocks, expected, None if wall_delay is None or wall is None else wall - wall_delay)
-            states = StateCache(reader(table, partition))
-            blocks = StateCache(reader(block_table, partition))
+            states = StateCache(table.json_reader(partition))
+            blocks = StateCache(block_table.json_reader(partition))
             changed: set[str] = set()
             republish: set[str] = set()
             outbox: list[tuple[str, dict[str, Any]]] = []
@@ -472,6 +468,8 @@ def _profile_agent(p: Pipeline) -> Any:
             record_arrival = int(record.message.timestamp * 1000) if record.message.timestamp else now
             pairs: dict[str, list[list[Any]]] = {}
             published = released = 0
+            waits: dict[str, list[float]] = {names.PROFILES: [], names.SEGMENT_CHANGES: [], names.TRIGGERS: []}
+            profile_waits, segment_waits = waits[names.PROFILES], waits[names.SEGMENT_CHANGES]
             segment_counts: Counter[tuple[str, str]] = Counter()
             for key in sorted(changed | due_now):
                 if key.startswith("b:"):
@@ -502,21 +500,23 @@ def _profile_agent(p: Pipeline) -> Any:
                 if publish:
                     send(names.PROFILES, pid, orjson.dumps(snapshot(state, out.cart)))
                     published += 1
-                    profile_latency(waited)
+                    profile_waits.append(waited)
                 for change in out.segment_changes:
                     send(names.SEGMENT_CHANGES, pid, orjson.dumps(change))
                     segment_counts[change["segment"], change["change"]] += 1
-                    segment_latency(waited)
+                    segment_waits.append(waited)
                 for score in out.scores:
                     send(names.SCORES, pid, orjson.dumps(score))
                 for trigger in out.triggers:
                     send(names.TRIGGERS, pid, orjson.dumps(trigger))
                     metrics.triggers.labels(trigger["type"]).inc()
-                    latency[names.TRIGGERS].observe(waited)
+                    waits[names.TRIGGERS].append(waited)
                 for trigger_type, reason in out.suppressed:
                     metrics.triggers_suppressed.labels(trigger_type, reason).inc()
                 for trigger_type, reason in out.deferred:
                     metrics.triggers_deferred.labels(trigger_type, reason).inc()
+            for output_topic, waited_list in waits.items():
+                observe_many(latency[output_topic], waited_list)
             if released:
                 applied.inc(released)
             if published:

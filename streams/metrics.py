@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import socket
+from bisect import bisect_left
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,3 +95,20 @@ class Metrics:
             start_http_server(free, registry=self.registry)
             log.warning("metrics port %d is taken; serving /metrics on port %d instead", port, free)
             return free
+
+
+def observe_many(histogram: Any, amounts: Sequence[float]) -> None:
+    """``histogram.observe(a)`` for each of ``amounts``, with one increment per bucket hit and one of
+    the sum.  Why: ``observe`` takes two locks per call, ~2.4 µs; the profile agent observes a latency
+    per output message (~3 µs per event), and now does so once per record.  Uses the bucket and sum
+    values of prometheus-client's ``Histogram`` (a test checks the exposition equals ``observe``'s)."""
+    if not amounts:
+        return
+    bounds: Sequence[float] = histogram._upper_bounds
+    counts: dict[int, int] = {}
+    for amount in amounts:
+        index = bisect_left(bounds, amount)  # the first bound >= amount, as observe's "amount <= bound"
+        counts[index] = counts.get(index, 0) + 1
+    for index, count in counts.items():
+        histogram._buckets[index].inc(count)
+    histogram._sum.inc(sum(amounts))

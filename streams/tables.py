@@ -10,7 +10,7 @@ and on shutdown, so a committed event's table write is durable.  It is also far 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,6 +121,23 @@ class ProfileTable(faust.Table[bytes, bytes]):
         """The decoded value of :meth:`read` (``None``: no value)."""
         raw = self.read(key, partition)
         return orjson.loads(raw) if raw is not None else None
+
+    def json_reader(self, partition: int) -> Callable[[str], Any]:
+        """``key -> read_json(key.encode(), partition)`` for the keys of one record, with the
+        partition's database looked up once (the profile agent reads ~3 keys per event)."""
+        store: Any = self.data
+        if not hasattr(store, "_db_for_partition"):
+            return lambda key: self.read_json(key.encode(), partition)
+        db = store._db_for_partition(partition)
+        loads = orjson.loads
+
+        def read(key: str) -> Any:
+            kb = key.encode()
+            staged = self._staged.get(kb)
+            raw = db.get(kb) if staged is None else staged[1]
+            return loads(raw) if raw is not None else None
+
+        return read
 
     def _stored(self, key: bytes, partition: int | None) -> bytes | None:
         store: Any = self.data

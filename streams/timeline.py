@@ -183,6 +183,18 @@ def _remember_history(rules_state: dict[str, Any], event: dict[str, Any], window
         del times[: max(drop, len(times) - HISTORY_CAP)]
 
 
+def _first_timer(timers: dict[str, list[Any]]) -> tuple[str | None, int | None]:
+    """(name, due) of the earliest timer, ties by name; (None, None) without timers.  (A loop: a
+    profile holds one to three timers, and ``min`` with a key function cost more.)"""
+    first_name: str | None = None
+    first_due: int | None = None
+    for name, timer in timers.items():
+        due = timer[0]
+        if first_due is None or due < first_due or (due == first_due and name < first_name):  # type: ignore[operator]
+            first_name, first_due = name, due
+    return first_name, first_due
+
+
 def advance(state: State, watermark: int | None, rules: RuleSet, now_ms: int,
             neighbours_of: NeighboursOf = _no_neighbours) -> Outputs:
     """Walks the profile forward to ``watermark``: releases parked events and fires due timers, in
@@ -205,8 +217,7 @@ def advance(state: State, watermark: int | None, rules: RuleSet, now_ms: int,
         out.changed = True
         _evaluate_segments(state, cart, rs["clock"], rules, now_ms, out)
     while True:
-        timer_name = min(timers, key=lambda name: (timers[name][0], name)) if timers else None
-        timer_due = timers[timer_name][0] if timer_name is not None else None
+        timer_name, timer_due = _first_timer(timers)
         event_ts = pending[0][0] if pending else None
         dues: list[triggers.Due]
         if timer_due is not None and timer_due <= watermark and (event_ts is None or timer_due <= event_ts):
@@ -285,10 +296,13 @@ def _evaluate_segments(state: State, cart: dict[str, Any] | None, clock: int, ru
             })
         profile["segments"] = sorted(members)
         out.changed = True
+    timers = rs["timers"]
     if next_change is None or next_change <= clock:
-        rs["timers"].pop("segments", None)
+        timers.pop("segments", None)
     else:
-        rs["timers"]["segments"] = [next_change, "", {}]
+        timer = timers.get("segments")
+        if timer is None or timer[0] != next_change:
+            timers["segments"] = [next_change, "", {}]
 
 
 def _recommendations(state: State, cart: dict[str, Any] | None, neighbours_of: NeighboursOf) -> list[dict[str, Any]]:

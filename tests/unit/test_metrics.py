@@ -1,0 +1,42 @@
+"""The metrics module's batched histogram observation gives what one observe per amount gives."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+from streams.metrics import LATENCY_BUCKETS, observe_many
+
+AMOUNTS = [0.0, 0.001, 0.0011, 0.003, 0.05, 0.05, 0.7, 2.5, 29.9, 30.0, 31.0, 1e9, -1.0]
+
+
+def _exposition(registry: CollectorRegistry) -> list[bytes]:
+    """Every line but the creation times and the sum (added in another order: it may differ in the
+    last digit)."""
+    return [line for line in generate_latest(registry).splitlines()
+            if b"_created" not in line and b"_sum" not in line]
+
+
+def registry_sum(registry: CollectorRegistry) -> float:
+    value = registry.get_sample_value("latency_sum", {"output": "profiles"})
+    assert value is not None
+    return value
+
+
+def _histogram() -> tuple[CollectorRegistry, Histogram]:
+    registry = CollectorRegistry()
+    return registry, Histogram("latency", "l", ["output"], buckets=LATENCY_BUCKETS, registry=registry)
+
+
+def test_observe_many_equals_one_observe_each() -> None:
+    one_by_one, h1 = _histogram()
+    batched, h2 = _histogram()
+    for amount in AMOUNTS:
+        h1.labels("profiles").observe(amount)
+    observe_many(h2.labels("profiles"), AMOUNTS[:5])
+    observe_many(h2.labels("profiles"), AMOUNTS[5:])
+    observe_many(h2.labels("profiles"), [])
+    assert _exposition(batched) == _exposition(one_by_one)
+    assert registry_sum(batched) == pytest.approx(registry_sum(one_by_one)) == pytest.approx(sum(AMOUNTS))
+    assert b'latency_bucket{le="0.001",output="profiles"} 3.0' in generate_latest(batched)
+    assert b'latency_count{output="profiles"} 13.0' in generate_latest(batched)
