@@ -44,9 +44,9 @@ from streams.profile import State, snapshot
 from streams.routing import PartitionBatches, partition_for
 from streams.rules.recommend import count_pairs, top_neighbours
 from streams.settings import Settings
-from streams.tables import ProfileTable, RocksDBMemory, profile_table, rocksdb_options
+from streams.tables import ProfileTable, RocksDBDueIndex, RocksDBMemory, profile_table, rocksdb_options
 from streams.timeline import RuleSet, advance, next_due
-from streams.watermark import DueIndex, due_first, expected_clocks, merge_clocks, stored_due, watermark
+from streams.watermark import DueIndex, DueOrder, due_first, expected_clocks, merge_clocks, stored_due, watermark
 
 DAY_MS = 86_400_000
 #: Staged table writes after which the profile agent writes them out without waiting for a commit
@@ -72,7 +72,7 @@ class Pipeline:
     partition_clocks: ProfileTable  # b"clocks|<partition>" -> {"<topic>/<partition>": ms, "wall": ms}
     rules: RuleSet
     input_partitions: dict[str, int]
-    due_index: DueIndex
+    due_index: DueOrder
     cooccurrence: Any
     identity_blocks: ProfileTable  # "b:<blocking key>" -> {profile key: person record} (fuzzy matching)
     product_neighbours: ProfileTable  # product -> {other product: count}
@@ -162,7 +162,8 @@ def create_app(settings: Settings, metrics: Metrics | None = None, output: Outpu
         partition_clocks=profile_table(app, output, "partition-clocks", settings.partitions, small, memory),
         rules=RuleSet.build(config, int(settings.dedupe_retention_days * DAY_MS), scorer),
         input_partitions=input_partitions or {topic: settings.partitions for topic in INPUT_TOPICS},
-        due_index=DueIndex(),
+        due_index=RocksDBDueIndex(settings.data_dir / f"{settings.app_id}-due-index", memory.cache)
+        if settings.table_store == "rocksdb" else DueIndex(),
         cooccurrence=_raw_topic(app, names.cooccurrence_topic(settings.app_id), partitions=settings.partitions,
                                 internal=True),
         identity_blocks=profile_table(app, output, "identity-blocks", settings.partitions, small, memory),
@@ -396,11 +397,12 @@ def _profile_agent(p: Pipeline) -> Any:
 
     def write(key: bytes, state: State, partition: int) -> None:
         due = next_due(state) if "profile" in state else None
-        if due != state.get("due"):  # "due": what the index holds for this key
+        previous = state.get("due")  # what the index holds for this key
+        if due != previous:
             if due is None:
-                index.discard(partition, key)
+                index.discard(partition, key, previous)
             else:
-                index.push(partition, due, key)
+                index.push(partition, due, key, previous)
             state["due"] = due
         if "profile" not in state:
             state.pop("due", None)  # a redirect or erasure marker keeps nothing but its key's fate

@@ -10,8 +10,10 @@ and on shutdown, so a committed event's table write is durable.  It is also far 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import shutil
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -21,6 +23,7 @@ from faust.stores import rocksdb as faust_rocksdb
 from faust.types import TP
 
 from streams.output import Output
+from streams.watermark import DUE_BIAS, due_bytes
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,14 @@ class RocksDBMemory:
         return int(self.cache.get_usage())
 
 
+    def table_factory(self) -> rocksdict.BlockBasedOptions:
+        """Block-based tables whose blocks are cached in the shared cache."""
+        table = rocksdict.BlockBasedOptions()
+        table.set_block_cache(self.cache)
+        table.set_index_type(rocksdict.BlockBasedIndexType.binary_search())
+        return table
+
+
 class BudgetedRocksDBOptions(faust_rocksdb.RocksDBOptions):
     """Faust's rocksdict options with the shared cache and write-buffer manager of :class:`RocksDBMemory`."""
 
@@ -60,10 +71,8 @@ class BudgetedRocksDBOptions(faust_rocksdb.RocksDBOptions):
         """Faust's options, with the shared write-buffer manager and a table factory on the shared cache."""
         options = super().as_options()
         options.set_write_buffer_manager(self.memory.write_buffers)
-        table = rocksdict.BlockBasedOptions()
+        table = self.memory.table_factory()
         table.set_bloom_filter(self.bloom_filter_size, block_based=True)
-        table.set_block_cache(self.memory.cache)
-        table.set_index_type(rocksdict.BlockBasedIndexType.binary_search())
         options.set_block_based_table_factory(table)
         return options
 
@@ -242,3 +251,134 @@ def profile_table(app: faust.App, output: Output, name: str, partitions: int,
                          beacon=app.tables.beacon, options=options, memory=memory)
     app.tables.add(table)
     return table
+
+
+class RocksDBDueIndex:
+    """The due order of :class:`streams.watermark.DueIndex` kept in a local RocksDB database: one
+    key ``partition (2 bytes) + due (8 bytes) + profile key`` per profile with something due, no
+    value, no Python object per profile.
+
+    Why: every profile has a score timer, so the in-memory index holds one entry per profile of the
+    worker (~190 bytes each: ~190 MiB at 1M profiles).  Here it is a fixed cost: two memtables of
+    4 MiB at most and blocks in the worker's shared cache.  (Not charged to the shared write-buffer
+    manager: while the tables' memtables fill the budget, every write to this database made it
+    switch memtables, which cost ~30 µs per event.)  The database is scratch: not a table, no
+    changelog, no write-ahead log; it is emptied at every rebalance and rebuilt from
+    ``profile-state`` (as the in-memory index is), and deleted when it is first opened.  It opens at
+    the first :meth:`build`, in the worker's data directory.
+
+    A pushed key's old entry is deleted with the due time it was pushed with (``previous``, the
+    state's ``"due"``).  Pushes and discards are collected in one write batch, written before the
+    next pop.  Popped entries are deleted; so that a pop does not step over the tombstones of every
+    earlier pop, each partition remembers the lowest due time that can still be stored (``_low``)
+    and its next pop starts there, and the pop's iterator is bounded above at ``upto``.
+    """
+
+    def __init__(self, path: Path, cache: rocksdict.Cache | None = None) -> None:
+        self.path = path
+        self.cache = cache
+        self.built = False
+        self._db: rocksdict.Rdict | None = None
+        self._low: dict[int, int] = {}  # partition -> no entry is due earlier
+        self._pending = rocksdict.WriteBatch(raw_mode=True)  # pushes and discards since the last pop
+
+    def _open(self) -> rocksdict.Rdict:
+        if self._db is None:
+            shutil.rmtree(self.path, ignore_errors=True)  # scratch of an earlier run: rebuilt below
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            options = rocksdict.Options(raw_mode=True)
+            options.create_if_missing(True)
+            options.set_write_buffer_size(4 * 2**20)  # keys only: small memtables, flushed often
+            options.set_max_write_buffer_number(2)
+            if self.cache is not None:
+                table = rocksdict.BlockBasedOptions()
+                table.set_block_cache(self.cache)
+                options.set_block_based_table_factory(table)
+            db = rocksdict.Rdict(str(self.path), options=options)
+            write_options = rocksdict.WriteOptions()
+            write_options.disable_wal = True  # type: ignore[method-assign,assignment]  # a property; the stubs say method
+            db.set_write_options(write_options)
+            self._db = db
+        return self._db
+
+    @staticmethod
+    def _key(partition: int, due: int, key: bytes) -> bytes:
+        return partition.to_bytes(2, "big") + due_bytes(due) + key
+
+    def reset(self) -> None:
+        """After a rebalance: emptied, and rebuilt from the table before the next use."""
+        if self._db is not None:
+            self._db.delete_range(b"", b"\xff\xff")
+        self._pending = rocksdict.WriteBatch(raw_mode=True)
+        self._low.clear()
+        self.built = False
+
+    def build(self, entries: Iterable[tuple[int, int, bytes]]) -> None:
+        """From (partition, due, key) of every profile with something due."""
+        db = self._open()
+        db.delete_range(b"", b"\xff\xff")
+        self._pending = rocksdict.WriteBatch(raw_mode=True)
+        self._low.clear()
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        for count, (partition, due, key) in enumerate(entries, 1):
+            batch.put(self._key(partition, due, key), b"")
+            if count % 10_000 == 0:
+                db.write(batch)
+                batch = rocksdict.WriteBatch(raw_mode=True)
+        db.write(batch)
+        self.built = True
+
+    def push(self, partition: int, due: int, key: bytes, previous: int | None = None) -> None:
+        pending = self._pending
+        if previous is not None:
+            pending.delete(self._key(partition, previous, key))
+        pending.put(self._key(partition, due, key), b"")
+        low = self._low.get(partition)
+        if low is not None and due < low:
+            self._low[partition] = due
+
+    def discard(self, partition: int, key: bytes, previous: int | None = None) -> None:
+        if previous is not None:
+            self._pending.delete(self._key(partition, previous, key))
+
+    def _write_pending(self) -> rocksdict.Rdict:
+        db = self._open()
+        if len(self._pending):
+            db.write(self._pending)
+            self._pending = rocksdict.WriteBatch(raw_mode=True)
+        return db
+
+    def pop_due(self, partition: int, upto: int) -> list[tuple[int, bytes]]:
+        """The keys of ``partition`` due at or before ``upto``, in (due, key) order, each taken out."""
+        db = self._write_pending()
+        prefix = partition.to_bytes(2, "big")
+        end = prefix + due_bytes(upto + 1)
+        found: list[tuple[int, bytes]] = []
+        popped: list[bytes] = []
+        start = prefix + due_bytes(self._low.get(partition, -DUE_BIAS))
+        bounds = rocksdict.ReadOptions()
+        bounds.set_iterate_lower_bound(start)
+        bounds.set_iterate_upper_bound(end)  # else a seek steps over every tombstone beyond ``end``
+        entries = db.iter(bounds)
+        entries.seek(start)
+        while entries.valid():
+            stored: bytes = entries.key()
+            if stored >= end:
+                break
+            popped.append(stored)
+            found.append((int.from_bytes(stored[2:10], "big") - DUE_BIAS, stored[10:]))
+            entries.next()
+        del entries
+        if popped:
+            batch = rocksdict.WriteBatch(raw_mode=True)
+            for stored in popped:
+                batch.delete(stored)
+            db.write(batch)
+        low = self._low.get(partition)
+        self._low[partition] = upto + 1 if low is None else max(low, upto + 1)
+        return found
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None

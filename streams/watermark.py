@@ -11,17 +11,19 @@ sends (one per profile partition per batch), the clocks its batch moved: ``[null
 profile partition never sees a clock before the events it covers.  Each profile partition keeps the
 largest value per input partition in a table, so the watermark survives restarts and rebalances.
 
-:class:`DueIndex` is the in-memory order of profiles by their next due time, per profile partition.
-Each stored profile state carries its due time (``"due"``, written first so :func:`stored_due` reads
-it without decoding the state); the index is rebuilt from the ``profile-state`` table after every
-rebalance, and nothing is scanned while running.
+:class:`DueIndex` is the in-memory order of profiles by their next due time, per profile partition
+(the worker with RocksDB tables keeps the same order in a local RocksDB database instead,
+:class:`streams.tables.RocksDBDueIndex`: every profile has a timer, and a Python object per profile
+was ~190 bytes each).  Each stored profile state carries its due time (``"due"``, written first so
+:func:`stored_due` reads it without decoding the state); the index is rebuilt from the
+``profile-state`` table after every rebalance, and nothing is scanned while running.
 """
 
 from __future__ import annotations
 
 import heapq
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -62,13 +64,37 @@ def watermark(clocks: Mapping[str, int], expected: Sequence[str], wall_ms: int |
     return low
 
 
+class DueOrder(Protocol):
+    """Which profiles of a partition are due by when: :class:`DueIndex` (in memory) or
+    :class:`streams.tables.RocksDBDueIndex` (in a local RocksDB database, for large populations).
+    ``previous`` is the due time the key was last pushed with (the state's ``"due"``), so a stored
+    index can delete that entry without keeping a map of its own."""
+
+    built: bool
+
+    def reset(self) -> None: ...
+
+    def build(self, entries: Iterable[tuple[int, int, bytes]]) -> None: ...
+
+    def push(self, partition: int, due: int, key: bytes, previous: int | None = None) -> None: ...
+
+    def discard(self, partition: int, key: bytes, previous: int | None = None) -> None: ...
+
+    def pop_due(self, partition: int, upto: int) -> list[tuple[int, bytes]]: ...
+
+
 #: Added to a due time before it is written as 8 unsigned big-endian bytes (so negative times sort too).
-_DUE_BIAS = 2**63
+DUE_BIAS = 2**63
+
+
+def due_bytes(due: int) -> bytes:
+    """A due time as 8 bytes that sort as the times do."""
+    return (due + DUE_BIAS).to_bytes(8, "big")
 
 
 def _entry(due: int, key: bytes) -> bytes:
     """One heap entry: the due time and the key in one bytes object, which sorts as (due, key)."""
-    return (due + _DUE_BIAS).to_bytes(8, "big") + key
+    return (due + DUE_BIAS).to_bytes(8, "big") + key
 
 
 class DueIndex:
@@ -106,7 +132,9 @@ class DueIndex:
             self._heaps[partition] = heap
         self.built = True
 
-    def push(self, partition: int, due: int, key: bytes) -> None:
+    def push(self, partition: int, due: int, key: bytes, previous: int | None = None) -> None:
+        """``key`` is next due at ``due`` (``previous``: what it was pushed with before, if anything;
+        unused here, the dict holds each key's current entry)."""
         current = self._current.setdefault(partition, {})
         entry = _entry(due, key)
         current[key] = entry
@@ -116,8 +144,8 @@ class DueIndex:
             heap[:] = current.values()
             heapq.heapify(heap)
 
-    def discard(self, partition: int, key: bytes) -> None:
-        """``key`` has nothing due any more."""
+    def discard(self, partition: int, key: bytes, previous: int | None = None) -> None:
+        """``key`` has nothing due any more (``previous``: as in :meth:`push`)."""
         self._current.get(partition, {}).pop(key, None)
 
     def pop_due(self, partition: int, upto: int) -> list[tuple[int, bytes]]:
@@ -131,7 +159,7 @@ class DueIndex:
             key = entry[8:]
             if current.get(key) == entry:
                 del current[key]
-                found.append((int.from_bytes(entry[:8], "big") - _DUE_BIAS, key))
+                found.append((int.from_bytes(entry[:8], "big") - DUE_BIAS, key))
         return found
 
     def __len__(self) -> int:

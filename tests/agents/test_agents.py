@@ -13,6 +13,7 @@ from schemas.events import INPUT_TOPICS
 from streams.app import Pipeline, create_app
 from streams.routing import partition_for
 from streams.settings import Settings
+from streams.tables import RocksDBDueIndex
 from tests.fakes import RecordingOutput
 
 
@@ -122,10 +123,29 @@ async def test_profiles_agent_emits_segment_changes_and_a_trigger_when_the_water
     assert pipeline.metrics.triggers.labels("cart_abandoned")._value.get() == 1
 
 
+@pytest.fixture
+async def rocksdb_pipeline(tmp_path: Path) -> AsyncIterator[Pipeline]:
+    settings = Settings(broker="kafka://127.0.0.1:1", table_store="rocksdb", data_dir=tmp_path, partitions=4)
+    p = create_app(settings, output=RecordingOutput())
+
+    class Everything:
+        def __contains__(self, tp: Any) -> bool:
+            return True
+
+    # Faust's RocksDB store iterates only the partitions assigned to the worker; none are here.
+    p.app.assignor.assigned_actives = Everything  # type: ignore[method-assign]
+    yield p
+
+
+@pytest.mark.parametrize("store", ["memory", "rocksdb"])
 @pytest.mark.parametrize("written", [False, True])
-async def test_the_due_index_is_rebuilt_from_profile_state_after_a_rebalance(pipeline: Pipeline, written: bool) -> None:
+async def test_the_due_index_is_rebuilt_from_profile_state_after_a_rebalance(
+        pipeline: Pipeline, rocksdb_pipeline: Pipeline, store: str, written: bool) -> None:
     # The due time lives in each stored state; a rebalance resets the index, and the next record
     # rebuilds it from the table (staged values included), so a timer set before still fires.
+    # With RocksDB tables the index is a RocksDB database too (RocksDBDueIndex).
+    pipeline = rocksdb_pipeline if store == "rocksdb" else pipeline
+    assert isinstance(pipeline.due_index, RocksDBDueIndex) == (store == "rocksdb")
     t = 1772359200000
     cart = _event("k-1", "cart_add", product_id="sku-1", price=20.0)
     cart["kind"], cart["src"][0] = "carts", "carts"

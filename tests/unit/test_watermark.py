@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-import orjson
+from pathlib import Path
 
-from streams.watermark import DueIndex, due_first, expected_clocks, merge_clocks, stored_due, watermark
+import orjson
+import pytest
+
+from streams.tables import RocksDBDueIndex, RocksDBMemory
+from streams.watermark import DueIndex, DueOrder, due_first, expected_clocks, merge_clocks, stored_due, watermark
 
 
 def test_watermark_is_the_smallest_clock_and_waits_for_every_partition() -> None:
@@ -33,6 +37,52 @@ def test_due_index_pops_each_key_once_at_its_current_time_and_stays_bounded() ->
         index.push(2, 10**12 + n, b"busy")
     assert len(index) < 3000
     assert index.pop_due(2, 10**13) == [(10**12 + 9_999, b"busy")]
+
+
+@pytest.fixture(params=["memory", "rocksdb"])
+def due_order(request: pytest.FixtureRequest, tmp_path: Path) -> DueOrder:
+    if request.param == "memory":
+        return DueIndex()
+    return RocksDBDueIndex(tmp_path / "due-index", RocksDBMemory.with_budget(4).cache)
+
+
+def test_both_due_indexes_pop_what_is_due_once_in_due_order(due_order: DueOrder) -> None:
+    # pushed as the profile agent does: with the due time the key was pushed with before
+    index = due_order
+    index.build([(0, 100, b"a"), (1, 50, b"b"), (0, -5, b"early")])
+    assert index.built
+    index.push(0, 300, b"a", previous=100)  # moved later
+    assert index.pop_due(0, 200) == [(-5, b"early")]
+    assert index.pop_due(0, 300) == [(300, b"a")]
+    assert index.pop_due(0, 300) == []
+    index.push(0, 250, b"late")  # due before what was already popped: the next pop still has it
+    index.push(0, 400, b"z")
+    index.push(0, 400, b"y")
+    assert index.pop_due(0, 1000) == [(250, b"late"), (400, b"y"), (400, b"z")]
+    index.push(1, 80, b"c")
+    index.discard(1, b"b", previous=50)
+    assert index.pop_due(1, 1000) == [(80, b"c")]
+    previous = None
+    for n in range(2_000):  # one key whose due time keeps moving ahead
+        index.push(2, 10**12 + n, b"busy", previous)
+        previous = 10**12 + n
+    assert index.pop_due(2, 10**13) == [(10**12 + 1_999, b"busy")]
+    index.push(3, 10, b"d")
+    index.reset()
+    assert not index.built
+    index.build([(3, 20, b"e")])  # what the table holds now; nothing from before the reset
+    assert index.pop_due(3, 100) == [(20, b"e")]
+
+
+def test_the_stored_due_index_drops_the_scratch_database_of_an_earlier_run(tmp_path: Path) -> None:
+    path = tmp_path / "due-index"
+    first = RocksDBDueIndex(path)
+    first.build([(0, 1, b"left-over")])
+    first.close()
+    index = RocksDBDueIndex(path)  # a restart: the scratch database of the last run is dropped
+    index.build([(0, 2, b"k")])
+    assert index.pop_due(0, 10) == [(2, b"k")]
+    index.close()
 
 
 def test_stored_due_reads_the_due_time_of_a_state_written_due_first() -> None:
