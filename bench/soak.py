@@ -79,8 +79,10 @@ def main() -> None:
                     samples.append((time.monotonic() - started, rss_bytes(worker), open_files(pid), handled))
                     t, rss, fds, done = samples[-1]
                     scores = worker.metric("mailpulse_scoring_seconds_count")
+                    rocksdb = worker.metric("mailpulse_rocksdb_memory_bytes")
                     print(f"  {t / 60:5.1f} min  sent {sent:>10,}  applied {done:>12,.0f}  scores {scores:>9,.0f}  "
-                          f"RSS {rss / 2**20:7.1f} MiB  open files {fds}", flush=True)
+                          f"RSS {rss / 2**20:7.1f} MiB (RocksDB budget in use {rocksdb / 2**20:5.1f})  "
+                          f"open files {fds}", flush=True)
                     next_sample += 60
                 next_tick += tick
                 time.sleep(max(0.0, next_tick - time.monotonic()))
