@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test test-unit test-integration chaos bench soak eval-identity lint typecheck schemas clean
+.PHONY: setup run test test-unit test-integration chaos bench bench-hop soak eval-identity lint typecheck schemas clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ test-integration: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.ingest
+
+bench-hop: $(STAMP)
+	$(BIN)/python -m bench.profile_hop
 
 soak: $(STAMP)
 	$(BIN)/python -m bench.soak

@@ -1,0 +1,141 @@
+"""The profile hop alone: the bench's events, decoded and routed as the ingest agent does, fed to the
+real profile agent through Faust's ``test_context`` (no broker; outputs counted, not sent).
+
+Prints microseconds of the profile agent per event, next to decode + route of the same events as
+the baseline of the same run.  What the worker's own Python costs per event, without the spread
+the broker and the other processes of a 2-core machine add to ``make bench``.
+
+``python -m bench.profile_hop``.  BENCH_EVENTS (100000); BENCH_STORE (``memory`` or ``rocksdb``:
+the table store, and with it the due index); BENCH_AFTER_MS (a closing clock that far after the last
+event, so the timers due by then fire: 7200000 scores every bench person once); BENCH_PROFILE=1
+(cProfile of the hop, top 30 by own time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import cProfile
+import os
+import pstats
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench.common import events_end, synthetic_events
+from schemas.events import INPUT_TOPICS
+from streams import topics as names
+from streams.app import create_app
+from streams.identity import profile_key
+from streams.ingest import Accepted, Source, decode
+from streams.output import OnDelivered
+from streams.routing import PartitionBatches, partition_for
+from streams.settings import Settings
+from streams.tools.produce import topic_for
+from streams.worker import tune_garbage_collector
+
+PARTITIONS = 8
+BATCH = 500  # input events per ingest batch
+
+
+class CountingOutput:
+    """Counts what the agents send; keeps nothing (the hop's own cost is measured, not a producer's)."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def send(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None,
+             on_delivered: OnDelivered | None = None) -> None:
+        self.sent += 1
+
+    def send_changelog(self, topic: str, key: bytes, value: bytes | None, partition: int,
+                       on_delivered: OnDelivered | None = None) -> None:
+        self.sent += 1
+
+    def flush(self, timeout: float = 30.0) -> int:
+        return 0
+
+
+def internal_records(events: list[bytes]) -> tuple[list[tuple[int, bytes]], float]:
+    """(profile partition, internal record) as the ingest agent would send them, and the seconds
+    decode + route took."""
+    records: list[tuple[int, bytes]] = []
+    per_topic: dict[str, int] = {}
+    now = int(time.time() * 1000)
+    started = time.perf_counter()
+    for start in range(0, len(events), BATCH):
+        batch = PartitionBatches()
+        clocks: dict[tuple[str, int], int] = {}
+        for offset, value in enumerate(events[start:start + BATCH], start):
+            topic = topic_for(orjson.loads(value))
+            per_topic[topic] = per_topic.get(topic, 0) + 1
+            input_partition = per_topic[topic] % PARTITIONS
+            result = decode(value, Source(topic, input_partition, offset, None, now), now, "US")
+            if not isinstance(result, Accepted):
+                continue
+            event = result.event
+            tp = (topic, input_partition)
+            clocks[tp] = max(clocks.get(tp, event["ts"]), event["ts"])
+            key = profile_key(event)
+            partition = partition_for(key, PARTITIONS)
+            full = batch.add(partition, key, event, len(value) + 256)
+            if full is not None:
+                records.append((partition, full))
+        update = {"clocks": [[topic, n, ts] for (topic, n), ts in clocks.items()]}
+        for partition in range(PARTITIONS):
+            batch.add(partition, None, update, 64)
+        records += list(batch.records())
+    return records, time.perf_counter() - started
+
+
+async def run_hop(records: list[tuple[int, bytes]], closing_ms: int | None, store: str,
+                  profile: cProfile.Profile | None) -> tuple[float, float, int]:
+    """(seconds in the profile agent, events applied, messages sent)."""
+    output = CountingOutput()
+    with tempfile.TemporaryDirectory() as data_dir:
+        settings = Settings(broker="kafka://127.0.0.1:1", table_store=store, data_dir=Path(data_dir),
+                            partitions=PARTITIONS)
+        pipeline = create_app(settings, output=output, input_partitions={t: PARTITIONS for t in INPUT_TOPICS})
+        agent: Any = pipeline.app.agents["profiles"]
+        async with agent.test_context() as hop:
+            started = time.perf_counter()
+            if profile is not None:
+                profile.enable()
+            for partition, value in records:
+                await hop.put(value, partition=partition)
+            if closing_ms is not None:
+                clocks = [[topic, n, closing_ms] for topic in INPUT_TOPICS for n in range(PARTITIONS)]
+                closing = orjson.dumps([[None, {"clocks": clocks}]])
+                for partition in range(PARTITIONS):
+                    await hop.put(closing, partition=partition)
+            pipeline.write_staged()
+            if profile is not None:
+                profile.disable()
+            seconds = time.perf_counter() - started
+        applied = float(pipeline.metrics.events_applied._value.get())
+    return seconds, applied, output.sent
+
+
+def main() -> None:
+    n = int(os.environ.get("BENCH_EVENTS", "100000"))
+    store = os.environ.get("BENCH_STORE", "memory")
+    after = os.environ.get("BENCH_AFTER_MS")
+    profile = cProfile.Profile() if os.environ.get("BENCH_PROFILE") else None
+    tune_garbage_collector()
+    events = synthetic_events(n)
+    records, routing = internal_records(events)
+    closing = events_end(n) + int(after) if after else None
+    seconds, applied, sent = asyncio.run(run_hop(records, closing, store, profile))
+    print(f"profile hop: {n:,} events, {PARTITIONS} partitions, {store} tables, "
+          f"{len(records):,} internal records of {names.events_topic('mailpulse')}")
+    print(f"  decode + route (baseline)  {routing / n * 1e6:7.1f} us per event")
+    print(f"  profile agent              {seconds / n * 1e6:7.1f} us per event = "
+          f"{seconds / routing:.1f} x decode + route  ({applied:,.0f} applied, {sent:,} messages sent)")
+    if profile is not None:
+        pstats.Stats(profile).sort_stats("tottime").print_stats(30)
+
+
+if __name__ == "__main__":
+    main()
