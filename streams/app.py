@@ -162,7 +162,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None, output: Outpu
         partition_clocks=profile_table(app, output, "partition-clocks", settings.partitions, small, memory),
         rules=RuleSet.build(config, int(settings.dedupe_retention_days * DAY_MS), scorer),
         input_partitions=input_partitions or {topic: settings.partitions for topic in INPUT_TOPICS},
-        due_index=RocksDBDueIndex(settings.data_dir / f"{settings.app_id}-due-index", memory.cache)
+        due_index=RocksDBDueIndex(settings.data_dir / f"{settings.app_id}-due-index", memory)
         if settings.table_store == "rocksdb" else DueIndex(),
         cooccurrence=_raw_topic(app, names.cooccurrence_topic(settings.app_id), partitions=settings.partitions,
                                 internal=True),

@@ -51,7 +51,6 @@ class RocksDBMemory:
         """Bytes in use: cached blocks and memtables (charged to the cache)."""
         return int(self.cache.get_usage())
 
-
     def table_factory(self) -> rocksdict.BlockBasedOptions:
         """Block-based tables whose blocks are cached in the shared cache."""
         table = rocksdict.BlockBasedOptions()
@@ -274,9 +273,9 @@ class RocksDBDueIndex:
     and its next pop starts there, and the pop's iterator is bounded above at ``upto``.
     """
 
-    def __init__(self, path: Path, cache: rocksdict.Cache | None = None) -> None:
+    def __init__(self, path: Path, memory: RocksDBMemory | None = None) -> None:
         self.path = path
-        self.cache = cache
+        self.memory = memory  # its cache serves this database's blocks; its write buffers do not
         self.built = False
         self._db: rocksdict.Rdict | None = None
         self._low: dict[int, int] = {}  # partition -> no entry is due earlier
@@ -290,10 +289,8 @@ class RocksDBDueIndex:
             options.create_if_missing(True)
             options.set_write_buffer_size(4 * 2**20)  # keys only: small memtables, flushed often
             options.set_max_write_buffer_number(2)
-            if self.cache is not None:
-                table = rocksdict.BlockBasedOptions()
-                table.set_block_cache(self.cache)
-                options.set_block_based_table_factory(table)
+            if self.memory is not None:
+                options.set_block_based_table_factory(self.memory.table_factory())
             db = rocksdict.Rdict(str(self.path), options=options)
             write_options = rocksdict.WriteOptions()
             write_options.disable_wal = True  # type: ignore[method-assign,assignment]  # a property; the stubs say method

@@ -43,7 +43,7 @@ def test_due_index_pops_each_key_once_at_its_current_time_and_stays_bounded() ->
 def due_order(request: pytest.FixtureRequest, tmp_path: Path) -> DueOrder:
     if request.param == "memory":
         return DueIndex()
-    return RocksDBDueIndex(tmp_path / "due-index", RocksDBMemory.with_budget(4).cache)
+    return RocksDBDueIndex(tmp_path / "due-index", RocksDBMemory.with_budget(4))
 
 
 def test_both_due_indexes_pop_what_is_due_once_in_due_order(due_order: DueOrder) -> None:
