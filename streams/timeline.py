@@ -186,13 +186,11 @@ def _remember_history(rules_state: dict[str, Any], event: dict[str, Any], window
 def _first_timer(timers: dict[str, list[Any]]) -> tuple[str | None, int | None]:
     """(name, due) of the earliest timer, ties by name; (None, None) without timers.  (A loop: a
     profile holds one to three timers, and ``min`` with a key function cost more.)"""
-    first_name: str | None = None
-    first_due: int | None = None
+    first: tuple[int, str] | None = None
     for name, timer in timers.items():
-        due = timer[0]
-        if first_due is None or due < first_due or (due == first_due and name < first_name):  # type: ignore[operator]
-            first_name, first_due = name, due
-    return first_name, first_due
+        if first is None or (timer[0], name) < first:
+            first = (timer[0], name)
+    return (None, None) if first is None else (first[1], first[0])
 
 
 def advance(state: State, watermark: int | None, rules: RuleSet, now_ms: int,

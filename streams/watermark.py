@@ -94,7 +94,7 @@ def due_bytes(due: int) -> bytes:
 
 def _entry(due: int, key: bytes) -> bytes:
     """One heap entry: the due time and the key in one bytes object, which sorts as (due, key)."""
-    return (due + DUE_BIAS).to_bytes(8, "big") + key
+    return due_bytes(due) + key
 
 
 class DueIndex:
