@@ -10,7 +10,8 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 
@@ -24,6 +25,15 @@ EXIT_USAGE = 2
 
 class UserError(Exception):
     """A mistake the user can fix; printed as one line."""
+
+
+@contextmanager
+def reported_as_user_error(*errors: type[Exception], prefix: str = "") -> Iterator[None]:
+    """``errors`` raised inside become a :class:`UserError` with the same message (after ``prefix``)."""
+    try:
+        yield
+    except errors as exc:
+        raise UserError(f"{prefix}{exc}") from None
 
 
 def _timestamp(text: str) -> int:
@@ -91,10 +101,8 @@ def _bootstrap(broker: str | None) -> str:
 def _check_broker(bootstrap: str) -> None:
     from streams.broker import BrokerError, wait_until_ready
 
-    try:
+    with reported_as_user_error(BrokerError):
         wait_until_ready(bootstrap, timeout=5)
-    except BrokerError as exc:
-        raise UserError(str(exc)) from None
 
 
 # --- commands -------------------------------------------------------------------------------------
@@ -110,23 +118,17 @@ def cmd_run(args: argparse.Namespace) -> int:
                          partitions=args.partitions)
     from streams.config import ConfigError, load_config
 
-    try:
+    with reported_as_user_error(ConfigError, prefix="MAILPULSE_CONFIG "):
         config = load_config(settings.config)
-    except ConfigError as exc:
-        raise UserError(f"MAILPULSE_CONFIG {exc}") from None
     if config.scoring.enabled:
         from models.bundle import SHIPPED_DIR, ModelBundle, ModelError
 
-        try:
+        with reported_as_user_error(ModelError, prefix="MAILPULSE_MODELS_DIR "):
             ModelBundle.load(settings.models_dir or SHIPPED_DIR)
-        except ModelError as exc:
-            raise UserError(f"MAILPULSE_MODELS_DIR {exc}") from None
     if settings.broker:
         _check_broker(settings.bootstrap_servers)
-    try:
+    with reported_as_user_error(BrokerError):
         return run_worker(settings, demo=args.demo)
-    except BrokerError as exc:
-        raise UserError(str(exc)) from None
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
@@ -136,10 +138,8 @@ def cmd_broker(args: argparse.Namespace) -> int:
     from streams.broker import BrokerError, ensure_topics, start_embedded_broker
     from streams.topics import COMPACTED_TOPICS, CONTRACT_TOPICS
 
-    try:
+    with reported_as_user_error(BrokerError):
         broker = start_embedded_broker(args.port)
-    except BrokerError as exc:
-        raise UserError(str(exc)) from None
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -176,11 +176,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     bootstrap = _bootstrap(args.broker)
     _check_broker(bootstrap)
-    try:
+    with reported_as_user_error(ReplayError, RoutingError):
         sent = replay_file(args.file, bootstrap, rate=args.rate, until=args.until,
                            show_progress=sys.stderr.isatty())
-    except (ReplayError, RoutingError) as exc:
-        raise UserError(str(exc)) from None
     tick = f", then a tick at {args.until_text} on every input partition" if args.until is not None else ""
     print(f"mailpulse: replayed {sent} events from {args.file}{tick}", file=sys.stderr)
     return 0
@@ -192,9 +190,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
     bootstrap = _bootstrap(args.broker)
     _check_broker(bootstrap)
     try:
-        tail(args.topic, bootstrap, from_beginning=args.from_beginning, count=args.count, timeout=args.timeout)
-    except TailError as exc:
-        raise UserError(str(exc)) from None
+        with reported_as_user_error(TailError):
+            tail(args.topic, bootstrap, from_beginning=args.from_beginning, count=args.count, timeout=args.timeout)
     except BrokenPipeError:  # `mailpulse tail ... | head`
         return 0
     return 0
@@ -203,10 +200,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
 def cmd_resolve(args: argparse.Namespace) -> int:
     from streams.tools.resolve import ResolveError, resolve_file
 
-    try:
+    with reported_as_user_error(ResolveError):
         stats = resolve_file(args.input, args.out, show_progress=sys.stderr.isatty())
-    except ResolveError as exc:
-        raise UserError(str(exc)) from None
     print(f"mailpulse: resolved {stats.records} identify events to {stats.profiles} profiles "
           f"({stats.possible_matches} with possible matches) in {stats.seconds:.2f} s; wrote {args.out}",
           file=sys.stderr)
@@ -216,10 +211,8 @@ def cmd_resolve(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from models.training import TrainError, train_file
 
-    try:
+    with reported_as_user_error(TrainError):
         report = train_file(args.events, args.as_of, args.horizon_days, args.out, show_progress=sys.stderr.isatty())
-    except TrainError as exc:
-        raise UserError(str(exc)) from None
     print(f"mailpulse: trained model {report['model_version']} on {report['examples']['train']} examples "
           f"in {report['seconds']:.1f} s; wrote {args.out}", file=sys.stderr)
     print(json.dumps(report, sort_keys=True))
@@ -229,10 +222,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_score(args: argparse.Namespace) -> int:
     from models.scoring import ScoreError, score_file
 
-    try:
+    with reported_as_user_error(ScoreError):
         stats = score_file(args.events, args.as_of, args.models, args.out, show_progress=sys.stderr.isatty())
-    except ScoreError as exc:
-        raise UserError(str(exc)) from None
     print(f"mailpulse: scored {stats.profiles} profiles from {stats.events} events with model "
           f"{stats.model_version} in {stats.seconds:.1f} s; wrote {args.out}", file=sys.stderr)
     return 0
