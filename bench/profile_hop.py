@@ -28,10 +28,8 @@ from bench.common import events_end, synthetic_events
 from schemas.events import INPUT_TOPICS
 from streams import topics as names
 from streams.app import create_app
-from streams.identity import profile_key
-from streams.ingest import Accepted, Source, decode
 from streams.output import OnDelivered
-from streams.routing import PartitionBatches, partition_for
+from streams.routing import InputRecord, route_batch
 from streams.settings import Settings
 from streams.tools.produce import topic_for
 from streams.worker import tune_garbage_collector
@@ -59,34 +57,20 @@ class CountingOutput:
 
 
 def internal_records(events: list[bytes]) -> tuple[list[tuple[int, bytes]], float]:
-    """(profile partition, internal record) as the ingest agent would send them, and the seconds
-    decode + route took."""
+    """(profile partition, internal record) as the ingest agent sends them (the same
+    :func:`streams.routing.route_batch`), and the seconds decode + route took."""
     records: list[tuple[int, bytes]] = []
     per_topic: dict[str, int] = {}
+    inputs: list[InputRecord] = []
+    for offset, value in enumerate(events):  # each event on its topic, round-robin over partitions
+        topic = topic_for(orjson.loads(value))
+        per_topic[topic] = per_topic.get(topic, 0) + 1
+        inputs.append((topic, per_topic[topic] % PARTITIONS, offset, None, value, None))
     now = int(time.time() * 1000)
     started = time.perf_counter()
-    for start in range(0, len(events), BATCH):
-        batch = PartitionBatches()
-        clocks: dict[tuple[str, int], int] = {}
-        for offset, value in enumerate(events[start:start + BATCH], start):
-            topic = topic_for(orjson.loads(value))
-            per_topic[topic] = per_topic.get(topic, 0) + 1
-            input_partition = per_topic[topic] % PARTITIONS
-            result = decode(value, Source(topic, input_partition, offset, None, now), now, "US")
-            if not isinstance(result, Accepted):
-                continue
-            event = result.event
-            tp = (topic, input_partition)
-            clocks[tp] = max(clocks.get(tp, event["ts"]), event["ts"])
-            key = profile_key(event)
-            partition = partition_for(key, PARTITIONS)
-            full = batch.add(partition, key, event, len(value) + 256)
-            if full is not None:
-                records.append((partition, full))
-        update = {"clocks": [[topic, n, ts] for (topic, n), ts in clocks.items()]}
-        for partition in range(PARTITIONS):
-            batch.add(partition, None, update, 64)
-        records += list(batch.records())
+    for start in range(0, len(inputs), BATCH):
+        route_batch(inputs[start:start + BATCH], PARTITIONS, now, "US",
+                    lambda partition, record: records.append((partition, record)), lambda *_: None)
     return records, time.perf_counter() - started
 
 

@@ -34,14 +34,12 @@ from streams.broker import free_port
 from streams.config import PipelineConfig, load_config
 from streams.consumer import App
 from streams.dispatch import dispatch
-from streams.identity import profile_key
-from streams.ingest import Accepted, Source, decode
 from streams.metrics import Metrics, observe_many
 from streams.native_memory import release_free_memory
 from streams.output import FlushBeforeCommit, Output, OutputProducer
 from streams.product_recs import ProductRecs
 from streams.profile import State, snapshot
-from streams.routing import PartitionBatches, partition_for
+from streams.routing import InputRecord, PartitionBatches, partition_for, route_batch
 from streams.rules.recommend import count_pairs, top_neighbours
 from streams.settings import Settings
 from streams.tables import ProfileTable, RocksDBDueIndex, RocksDBMemory, profile_table, rocksdb_options
@@ -317,47 +315,25 @@ def _ingest_agent(p: Pipeline) -> Any:
     events_topic = names.events_topic(settings.app_id)
     partitions = settings.partitions
 
+    dead: Counter[tuple[str, str]] = Counter()  # (topic, code) -> dead letters of the current batch
+
+    def dead_letter(topic: str, code: str, key: bytes | None, letter: dict[str, Any]) -> None:
+        dead[topic, code] += 1
+        send(names.DEAD_LETTER, key, orjson.dumps(letter))
+
+    def forward(partition: int, record: bytes) -> None:
+        send(events_topic, None, record, partition)
+
     async def ingest(stream: Any) -> None:
         async for batch in stream.take_events(settings.batch_size, within=settings.batch_within_s):
-            records = PartitionBatches()
-            now = _now_ms()
-            clocks: dict[tuple[str, int], int] = {}
-            dead: Counter[tuple[str, str]] = Counter()
-            for topic, input_partition, offset, input_key, value, timestamp_ms in _input_records(batch):
-                source = Source(topic, input_partition, offset, input_key, timestamp_ms or now)
-                result = decode(value, source, now, settings.default_phone_region)
-                if isinstance(result, Accepted):
-                    ev = result.event
-                    tp = (topic, input_partition)
-                    if ev["ts"] > clocks.get(tp, -(2**62)):
-                        clocks[tp] = ev["ts"]
-                    if ev["type"] == "tick":
-                        continue
-                    key = profile_key(ev)
-                    partition = partition_for(key, partitions)
-                    size = len(value or b"") + 256  # the normalized event with its key and source fields
-                    full = records.add(partition, key, ev, size)
-                    if full is not None:
-                        send(events_topic, None, full, partition)
-                else:
-                    dead[topic, result.code] += 1
-                    send(names.DEAD_LETTER, input_key, orjson.dumps(result.record))
+            route_batch(_input_records(batch), partitions, _now_ms(), settings.default_phone_region,
+                        forward, dead_letter)
             for (topic, code), count in dead.items():
                 metrics.event(topic, "dead_letter").inc(count)
                 metrics.dead_letters.labels(code).inc(count)
-            if clocks:  # after the batch's events in each record: a clock never overtakes its events
-                update = {"clocks": [[topic, n, ts] for (topic, n), ts in clocks.items()]}
-                for partition in range(partitions):
-                    full = records.add(partition, None, update, 64)
-                    if full is not None:
-                        send(events_topic, None, full, partition)
-            for partition, record in records.records():
-                send(events_topic, None, record, partition)
+            dead.clear()
 
     return ingest
-
-
-InputRecord = tuple[str, int, int, "bytes | None", "bytes | None", "int | None"]
 
 
 def _input_records(events: list[Any]) -> list[InputRecord]:

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import orjson
+
+from streams.identity import profile_key
+from streams.ingest import Accepted, Source, decode
+
+#: (topic, partition, offset, key, value, timestamp ms) of one input record.
+InputRecord = tuple[str, int, int, "bytes | None", "bytes | None", "int | None"]
 
 #: Soft size limit of one internal batch record (brokers refuse records over 1 MB by default).
 RECORD_BYTES = 256 * 1024
@@ -44,3 +50,40 @@ class PartitionBatches:
         for partition, entries in self._entries.items():
             if entries:
                 yield partition, orjson.dumps(entries)
+
+
+def route_batch(inputs: Iterable[InputRecord], partitions: int, now_ms: int, phone_region: str,
+                send_record: Callable[[int, bytes], None],
+                dead_letter: Callable[[str, str, bytes | None, dict[str, Any]], None]) -> None:
+    """One ingest batch: each input decoded; accepted events (not ticks) batched by profile
+    partition into internal records, each followed by the input clocks the batch moved (a clock
+    never overtakes its events); rejects passed to ``dead_letter(topic, code, key, record)``.
+    ``send_record(partition, record)`` gets every internal record, full ones as they fill."""
+    records = PartitionBatches()
+    clocks: dict[tuple[str, int], int] = {}
+    for topic, input_partition, offset, input_key, value, timestamp_ms in inputs:
+        source = Source(topic, input_partition, offset, input_key, timestamp_ms or now_ms)
+        result = decode(value, source, now_ms, phone_region)
+        if isinstance(result, Accepted):
+            ev = result.event
+            tp = (topic, input_partition)
+            if ev["ts"] > clocks.get(tp, -(2**62)):
+                clocks[tp] = ev["ts"]
+            if ev["type"] == "tick":
+                continue
+            key = profile_key(ev)
+            partition = partition_for(key, partitions)
+            size = len(value or b"") + 256  # the normalized event with its key and source fields
+            full = records.add(partition, key, ev, size)
+            if full is not None:
+                send_record(partition, full)
+        else:
+            dead_letter(topic, result.code, input_key, result.record)
+    if clocks:
+        update = {"clocks": [[topic, n, ts] for (topic, n), ts in clocks.items()]}
+        for partition in range(partitions):
+            full = records.add(partition, None, update, 64)
+            if full is not None:
+                send_record(partition, full)
+    for partition, record in records.records():
+        send_record(partition, record)

@@ -313,9 +313,7 @@ class RocksDBDueIndex:
     def build(self, entries: Iterable[tuple[int, int, bytes]]) -> None:
         """From (partition, due, key) of every profile with something due."""
         db = self._open()
-        db.delete_range(b"", b"\xff\xff")
-        self._pending = rocksdict.WriteBatch(raw_mode=True)
-        self._low.clear()
+        self.reset()
         batch = rocksdict.WriteBatch(raw_mode=True)
         for count, (partition, due, key) in enumerate(entries, 1):
             batch.put(self._key(partition, due, key), b"")
