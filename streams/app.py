@@ -34,7 +34,7 @@ from streams.broker import free_port
 from streams.config import PipelineConfig, load_config
 from streams.consumer import App
 from streams.dispatch import dispatch
-from streams.metrics import Metrics, observe_many
+from streams.metrics import COMMIT_STAGES, Metrics, observe_many
 from streams.native_memory import release_free_memory
 from streams.output import FlushBeforeCommit, Output, OutputProducer
 from streams.product_recs import ProductRecs
@@ -173,7 +173,9 @@ def create_app(settings: Settings, metrics: Metrics | None = None, output: Outpu
         for table in p.tables:
             table.save_persisted_offsets()
 
-    app.sensors.add(FlushBeforeCommit(output, after_flush=after_flush, before_flush=p.write_staged))
+    commit_seconds = {stage: metrics.commit_seconds.labels(stage) for stage in COMMIT_STAGES}
+    app.sensors.add(FlushBeforeCommit(output, after_flush=after_flush, before_flush=p.write_staged,
+                                      observe=lambda stage, seconds: commit_seconds[stage].observe(seconds)))
     app.on_partitions_assigned.connect(_on_assignment(p))
     app.on_partitions_revoked.connect(_on_revocation(p))
     app.on_rebalance_complete.connect(_on_recovered(p))

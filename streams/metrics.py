@@ -18,6 +18,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+#: The parts of the work each offset commit waits for (``mailpulse_commit_seconds{stage}``).
+COMMIT_STAGES = ("write_out", "flush")
 #: A model call on one profile takes tens of microseconds.
 SCORING_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01, 0.1)
 
@@ -70,6 +72,14 @@ class Metrics:
             "mailpulse_events_applied", "Events folded into profiles (released by the watermark)", registry=r,
         )
         self.late_events = Counter("mailpulse_late_events", "Events older than the watermark", ["topic"], registry=r)
+        self.commit_seconds = Histogram(
+            "mailpulse_commit_seconds",
+            "Time each offset commit held the worker: write_out (staged table values to RocksDB and the "
+            "changelog queue), flush (every queued output delivered to the broker)",
+            ["stage"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        for stage in COMMIT_STAGES:
+            self.commit_seconds.labels(stage)
         self.rocksdb_memory = Gauge(
             "mailpulse_rocksdb_memory_bytes",
             "RocksDB memtables and block cache of all the worker's table partitions (MAILPULSE_ROCKSDB_MEMORY_MB)",

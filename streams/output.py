@@ -9,6 +9,7 @@ the offsets of acknowledged events, so no offset is committed ahead of the outpu
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -132,18 +133,26 @@ class OutputProducer:
 class FlushBeforeCommit(Sensor):
     """Flushes the output producer right before Faust commits offsets, and when the worker stops.
     ``before_flush`` runs first (tables write their staged values there), ``after_flush`` after it
-    (tables record their delivered changelog offsets)."""
+    (tables record their delivered changelog offsets).  ``observe(stage, seconds)`` receives how long
+    ``before_flush`` ("write_out") and the flush ("flush") held the worker: its event loop waits for
+    both, so a slow broker shows here first."""
 
     def __init__(self, output: Output, after_flush: Callable[[], None] = lambda: None,
-                 before_flush: Callable[[], None] = lambda: None, **kwargs: Any) -> None:
+                 before_flush: Callable[[], None] = lambda: None,
+                 observe: Callable[[str, float], None] = lambda stage, seconds: None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.output = output
         self.after_flush = after_flush
         self.before_flush = before_flush
+        self.observe = observe
 
     def _flush(self) -> None:
+        started = time.perf_counter()
         self.before_flush()
+        written = time.perf_counter()
         self.output.flush()
+        self.observe("write_out", written - started)
+        self.observe("flush", time.perf_counter() - written)
         self.after_flush()
 
     def on_commit_initiated(self, consumer: Any) -> Any:

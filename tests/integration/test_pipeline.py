@@ -169,6 +169,9 @@ def test_malformed_messages_are_dead_lettered_and_good_ones_all_processed(broker
     budget = Settings.model_fields["rocksdb_memory_mb"].default * 2**20  # the worker runs with the default
     assert 0 < worker.metric("mailpulse_rocksdb_memory_bytes") <= budget
     assert worker.metric("process_resident_memory_bytes") > 0
+    # the commits that wrote those events' outputs and states were timed, both stages
+    assert worker.metric("mailpulse_commit_seconds_count", stage="write_out") > 0
+    assert worker.metric("mailpulse_commit_seconds_count", stage="flush") > 0
 
 
 def test_replayed_duplicates_change_nothing(broker, start_worker, tmp_path: Path) -> None:
