@@ -64,6 +64,7 @@ def main() -> None:
             next_tick = started
             sent = 0
             next_heartbeat = started
+            last_flush = (0.0, 0.0)  # mailpulse_commit_seconds{stage="flush"}: sum, count
             while time.monotonic() - started < minutes * 60:
                 if time.monotonic() >= next_heartbeat:  # an upstream heartbeat: every input partition's clock
                     send_ticks(producer, int(time.time() * 1000))
@@ -80,9 +81,15 @@ def main() -> None:
                     t, rss, fds, done = samples[-1]
                     scores = worker.metric("mailpulse_scoring_seconds_count")
                     rocksdb = worker.metric("mailpulse_rocksdb_memory_bytes")
+                    flush = (worker.metric("mailpulse_commit_seconds_sum", stage="flush"),
+                             worker.metric("mailpulse_commit_seconds_count", stage="flush"))
+                    flush_ms = (flush[0] - last_flush[0]) / (flush[1] - last_flush[1]) * 1000 \
+                        if flush[1] > last_flush[1] else 0.0
+                    last_flush = flush
                     print(f"  {t / 60:5.1f} min  sent {sent:>10,}  applied {done:>12,.0f}  scores {scores:>9,.0f}  "
                           f"RSS {rss / 2**20:7.1f} MiB (RocksDB budget in use {rocksdb / 2**20:5.1f})  "
-                          f"open files {fds}", flush=True)
+                          f"open files {fds}  not yet read {worker.metric('mailpulse_consumer_lag'):>7,.0f}  "
+                          f"commit flush {flush_ms:5.0f} ms", flush=True)
                     next_sample += 60
                 next_tick += tick
                 time.sleep(max(0.0, next_tick - time.monotonic()))
