@@ -109,10 +109,11 @@ def _check_broker(bootstrap: str) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from streams.broker import BrokerError
-    from streams.native_memory import limit_malloc_arenas
+    from streams.native_memory import fix_mmap_threshold, limit_malloc_arenas
     from streams.worker import run_worker
 
     limit_malloc_arenas()  # before the first Kafka client starts its threads (_check_broker's)
+    fix_mmap_threshold()
 
     settings = _settings(broker=args.broker, clock=args.clock, log_level=args.log_level,
                          partitions=args.partitions)

@@ -30,3 +30,40 @@ def _limit_in_fresh_process(**env: str) -> str:
 def test_malloc_arenas_are_capped_unless_the_environment_says_how_many() -> None:
     assert _limit_in_fresh_process() == str(GLIBC)
     assert _limit_in_fresh_process(MALLOC_ARENA_MAX="4") == "False"  # glibc already read the user's choice
+
+
+_MAPPED_AFTER_A_LARGE_FREE = """
+import ctypes, sys
+from streams.native_memory import fix_mmap_threshold
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                                                     "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+libc.mallinfo2.restype = MallInfo2
+fixed = fix_mmap_threshold() if sys.argv[1] == "fixed" else None
+libc.free(libc.malloc(4 * 2**20))  # a mapped block freed: glibc raises its threshold to 4 MiB
+before = libc.mallinfo2().hblks
+block = libc.malloc(512 * 1024)
+print(fixed, libc.mallinfo2().hblks - before)  # 1: the 512 KiB block got a mapping of its own
+libc.free(block)
+"""
+
+
+def _mapped_blocks_in_fresh_process(mode: str, **env: str) -> str:
+    clean = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+    result = subprocess.run([sys.executable, "-c", _MAPPED_AFTER_A_LARGE_FREE, mode], env={**clean, **env},
+                            capture_output=True, text=True, check=True)
+    return result.stdout.strip()
+
+
+def test_fixed_mmap_threshold_keeps_large_blocks_out_of_the_heap() -> None:
+    if not GLIBC:
+        return
+    assert _mapped_blocks_in_fresh_process("glibc default") == "None 0"  # the raised threshold: heap
+    assert _mapped_blocks_in_fresh_process("fixed") == "True 1"
+    # glibc read the user's setting at start (fixed too): left alone
+    assert _mapped_blocks_in_fresh_process("fixed", MALLOC_MMAP_THRESHOLD_="262144") == "False 1"
