@@ -74,8 +74,9 @@ class Metrics:
         self.late_events = Counter("mailpulse_late_events", "Events older than the watermark", ["topic"], registry=r)
         self.commit_seconds = Histogram(
             "mailpulse_commit_seconds",
-            "Time each offset commit held the worker: write_out (staged table values to RocksDB and the "
-            "changelog queue), flush (every queued output delivered to the broker)",
+            "Time each offset commit held the worker: write_out (the outputs sent so far delivered, then "
+            "the staged table values written to RocksDB and queued for the changelog), flush (the rest "
+            "of the queue delivered: changelog records)",
             ["stage"], buckets=LATENCY_BUCKETS, registry=r,
         )
         for stage in COMMIT_STAGES:
