@@ -18,13 +18,18 @@ def test_release_free_memory_runs_and_says_whether_it_could() -> None:
     assert release_free_memory() is done  # again: same answer, no error
 
 
-def _limit_in_fresh_process(**env: str) -> str:
-    """Calls limit_malloc_arenas in a new interpreter (it changes the process for good)."""
-    code = "from streams.native_memory import limit_malloc_arenas; print(limit_malloc_arenas())"
-    clean = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
-    result = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True,
-                            check=True)
+def _fresh_process_prints(code: str, *args: str, unset: str, **env: str) -> str:
+    """What ``code`` prints in a new interpreter (mallopt changes a process for good), with the
+    environment variable ``unset`` removed and ``env`` added."""
+    clean = {k: v for k, v in os.environ.items() if k != unset}
+    result = subprocess.run([sys.executable, "-c", code, *args], env={**clean, **env}, capture_output=True,
+                            text=True, check=True)
     return result.stdout.strip()
+
+
+def _limit_in_fresh_process(**env: str) -> str:
+    code = "from streams.native_memory import limit_malloc_arenas; print(limit_malloc_arenas())"
+    return _fresh_process_prints(code, unset="MALLOC_ARENA_MAX", **env)
 
 
 def test_malloc_arenas_are_capped_unless_the_environment_says_how_many() -> None:
@@ -54,10 +59,7 @@ libc.free(block)
 
 
 def _mapped_blocks_in_fresh_process(mode: str, **env: str) -> str:
-    clean = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
-    result = subprocess.run([sys.executable, "-c", _MAPPED_AFTER_A_LARGE_FREE, mode], env={**clean, **env},
-                            capture_output=True, text=True, check=True)
-    return result.stdout.strip()
+    return _fresh_process_prints(_MAPPED_AFTER_A_LARGE_FREE, mode, unset="MALLOC_MMAP_THRESHOLD_", **env)
 
 
 def test_fixed_mmap_threshold_keeps_large_blocks_out_of_the_heap() -> None:
