@@ -41,8 +41,18 @@ def assert_profiles(bootstrap: str, expected: dict[bytes, Any]) -> None:
         differing = sorted(k for k in expected.keys() | got.keys() if got.get(k) != expected.get(k))
         counts = [((got.get(k) or {}).get("aggregates", {}).get("event_counts"),
                    (expected.get(k) or {}).get("aggregates", {}).get("event_counts")) for k in differing[:5]]
+        fields = {k: _differing_fields(got.get(k), expected.get(k)) for k in differing[:3]}
         raise AssertionError(f"{len(differing)} of {len(expected)} profiles differ; event counts got/expected: "
-                             f"{counts}; trace: {_trace(bootstrap, differing[:2])}") from None
+                             f"{counts}; fields got/expected: {fields}; "
+                             f"trace: {_trace(bootstrap, differing[:2])}") from None
+
+
+def _differing_fields(got: dict[str, Any] | None, expected: dict[str, Any] | None) -> Any:
+    """The top-level fields in which two profiles differ, with both values (a missing profile: None)."""
+    if got is None or expected is None:
+        return {"got": got is not None, "expected": expected is not None}
+    return {f: (got.get(f), expected.get(f)) for f in sorted(got.keys() | expected.keys())
+            if got.get(f) != expected.get(f)}
 
 
 def assert_outputs(bootstrap: str, events: list[dict[str, Any]]) -> tuple[int, int]:

@@ -14,6 +14,7 @@ from streams.tools.generate import generate_history
 
 from .conftest import latest_by_key, read_topic
 from .expected import expected_run
+from .test_crash import assert_profiles
 from .test_pipeline import replay, write_jsonl
 
 pytestmark = pytest.mark.integration
@@ -44,11 +45,8 @@ def test_generated_history_gives_one_profile_per_person_with_one_worker_or_two(
     if workers == 2:
         assert all(w.metric("mailpulse_events_total", outcome="processed") > 0 for w in running), "one worker idle"
 
-    def same(messages: list[tuple[bytes | None, Any]]) -> bool:
-        return latest_by_key(messages) == expected.profiles
-
-    got = latest_by_key(read_topic(broker.bootstrap, "profiles", same, timeout=120))
-    assert got == expected.profiles
+    assert_profiles(broker.bootstrap, expected.profiles)  # says which profiles and fields differ if not
+    got = latest_by_key(read_topic(broker.bootstrap, "profiles"))
     merges = {kind: sum(w.metric("mailpulse_profile_merges_total", kind=kind) for w in running)
               for kind in ("exact", "fuzzy")}
     assert merges["exact"] > 0 and merges["fuzzy"] > 0, merges
