@@ -1,4 +1,4 @@
-"""The Faust consumer mailpulse runs on: stock Faust (``kafka://``, aiokafka) with two fixes.
+"""The Faust consumer mailpulse runs on: stock Faust (``kafka://``, aiokafka) with its fixes.
 
 1. Faust hard-codes aiokafka's ``fetch_max_wait_ms=1500``.  A broker that answers a fetch only when
    that wait is over rather than as soon as data arrives (the embedded one does) then adds up to
@@ -14,6 +14,14 @@
    each fetched run of one partition is delivered as one message (:class:`RecordBatch`) instead:
    the machinery runs once per run, not per record, with its semantics unchanged (a batch is
    delivered, acked and committed as a whole; a rebalance drops or keeps it as a whole).
+
+4. Faust forgets the acked offsets of revoked partitions as a revocation starts, then lets the
+   events in flight finish (``stream_wait_empty``), and their acks record offsets again.  The
+   profile agent drops the staged table writes of revoked partitions at the end of the revocation
+   (:mod:`streams.app`), so those acks stood for work that was thrown away: a retained partition
+   could then commit past events that it had not processed again since the seek back to the
+   committed offset, and a crash or another rebalance before they were processed again lost them.
+   Here the acks of revoked partitions are forgotten once more, when the revocation is done.
 
 Tried and not kept: delivering each message inline instead of through ``wait_first`` made a bare
 pass-through ~40% faster, but lost events when a worker joined or left mid-stream
@@ -79,6 +87,18 @@ class Consumer(faust_aiokafka.Consumer):
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return ShortFetchWaitThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        """Fix 4 of the module doc: after the revocation (in-flight events included), the acks of the
+        revoked partitions are forgotten, as their staged state was; they are read again."""
+        await super().on_partitions_revoked(revoked)
+        with ack_lock:
+            for tp in revoked:
+                self._acked.pop(tp, None)
+                self._acked_index.pop(tp, None)
+                self._gap.pop(tp, None)
+                self._read_offset.pop(tp, None)
+                self._batch_first_offsets.pop(tp, None)
 
     async def seek_to_committed(self) -> Any:
         """Fix 2 of the module doc: partitions without a committed offset start over (``earliest``)."""
