@@ -93,6 +93,9 @@ class Consumer(faust_aiokafka.Consumer):
         revoked partitions are forgotten, as their staged state was; they are read again."""
         await super().on_partitions_revoked(revoked)
         with ack_lock:
+            forgotten = sum(len(self._acked.get(tp) or ()) for tp in revoked)
+            if forgotten:
+                self.log.info("Forgot %d offsets acked while partitions were revoked: read again", forgotten)
             for tp in revoked:
                 self._acked.pop(tp, None)
                 self._acked_index.pop(tp, None)
