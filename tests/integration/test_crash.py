@@ -19,11 +19,12 @@ pytestmark = pytest.mark.integration
 
 
 def replay_in_background(broker: Any, tmp_path: Path, events: list[dict[str, Any]],
-                         rate: int) -> tuple[dict[bytes, Any], subprocess.Popen[bytes]]:
-    """Starts ``mailpulse replay --rate`` of ``events``; returns the profiles they must give, and the process."""
+                         rate: int, until: str = UNTIL) -> tuple[dict[bytes, Any], subprocess.Popen[bytes]]:
+    """Starts ``mailpulse replay --rate`` of ``events``; returns the profiles they must give (without
+    identity merges: :func:`expected_profiles`), and the process."""
     history = write_jsonl(tmp_path / "history.jsonl", events)
     replay = subprocess.Popen([MAILPULSE, "replay", str(history), "--broker", broker.url, "--rate", str(rate),
-                               "--until", UNTIL],
+                               "--until", until],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     return {k.encode(): v for k, v in expected_profiles(events).items()}, replay
 
