@@ -15,13 +15,15 @@
    the machinery runs once per run, not per record, with its semantics unchanged (a batch is
    delivered, acked and committed as a whole; a rebalance drops or keeps it as a whole).
 
-4. Faust forgets the acked offsets of revoked partitions as a revocation starts, then lets the
-   events in flight finish (``stream_wait_empty``), and their acks record offsets again.  The
-   profile agent drops the staged table writes of revoked partitions at the end of the revocation
-   (:mod:`streams.app`), so those acks stood for work that was thrown away: a retained partition
-   could then commit past events that it had not processed again since the seek back to the
-   committed offset, and a crash or another rebalance before they were processed again lost them.
-   Here the acks of revoked partitions are forgotten once more, when the revocation is done.
+4. At a revocation Faust forgets the acked offsets of the revoked partitions, lets the events in
+   flight finish (``stream_wait_empty``; they ack again) and commits: that commit writes every
+   staged table value first (:class:`streams.output.FlushBeforeCommit`).  When a commit was
+   already running, Faust waits for it and skips its own; the values staged since are then dropped
+   at the end of the revocation (:mod:`streams.app`) while the acks of the events in flight stayed.
+   A partition assigned again then had acks for work thrown away: it could commit past those
+   events before it had processed them again since the seek back to its committed offset, and a
+   crash or another rebalance in between lost them.  Here the acks of revoked partitions left after
+   the revocation are forgotten too (logged: "Forgot N offsets acked while partitions were revoked").
 
 Tried and not kept: delivering each message inline instead of through ``wait_first`` made a bare
 pass-through ~40% faster, but lost events when a worker joined or left mid-stream

@@ -103,12 +103,13 @@ def test_acks_of_events_finished_during_a_revocation_are_forgotten_with_their_st
     consumer: Consumer,
 ) -> None:
     """Faust forgets the acks of revoked partitions first, then waits for the events in flight,
-    which ack again; their staged writes are dropped at the end of the revocation.  Kept, those acks
-    let the partition, assigned again and read from its committed offset 10, commit 12 before 10
-    and 11 were processed again (Faust's hole check lets one offset through)."""
+    which ack again, and commits; when a commit was already running it skips its own, and the staged
+    writes of those events are dropped at the end of the revocation.  Kept, their acks let the
+    partition, assigned again and read from its committed offset 10, commit 12 before 10 and 11 were
+    processed again (Faust's hole check lets one offset through)."""
     assert consumer.ack(message(10, b"done before"))
 
-    async def app_revocation(revoked: set[TP]) -> None:  # Faust's app handler: waits for the in-flight event
+    async def app_revocation(revoked: set[TP]) -> None:  # Faust's app handler, its commit skipped
         assert TP_ not in consumer._acked  # Faust forgot the acks first
         consumer.ack(message(11, b"in flight"))
 
