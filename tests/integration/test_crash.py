@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -128,18 +129,27 @@ def test_kill_9_mid_stream_then_restart_gives_the_uninterrupted_profiles(
     assert restarted.metric("mailpulse_events_total", outcome="processed") < len(events)
 
 
+def join_and_leave_mid_stream(start_worker: Any, start_replay: Callable[[], subprocess.Popen[bytes]]) -> Any:
+    """A first worker takes in the replay; once it processed 500 events a second one joins (the
+    partitions are split between the two), then the first leaves (the second takes every partition
+    and its table state); then the replay ends.  Returns the second worker."""
+    first = start_worker(data_dir="a")
+    replay = start_replay()
+    first.wait_metric("mailpulse_events_total", 500, outcome="processed")
+    second = start_worker(data_dir="b")
+    second.wait_metric("mailpulse_assigned_partitions", 1)
+    assert 0 < first.metric("mailpulse_assigned_partitions", topic="clicks") < 8
+    assert first.stop() == 0
+    second.wait_metric("mailpulse_assigned_partitions", 8, topic="clicks")
+    finish(replay)
+    return second
+
+
 @pytest.mark.chaos  # known defect: 1 of 6 runs lost 1 of 8000 events (README); `make chaos`
 def test_a_worker_joining_and_one_leaving_mid_stream_change_nothing(broker, start_worker, tmp_path: Path) -> None:
     events = _many_events(8000, 300)
-    first = start_worker(data_dir="a")
-    expected, replay = replay_in_background(broker, tmp_path, events, rate=500)
-    first.wait_metric("mailpulse_events_total", 500, outcome="processed")
-    second = start_worker(data_dir="b")  # joins: the partitions are split between the two
-    second.wait_metric("mailpulse_assigned_partitions", 1)
-    assert 0 < first.metric("mailpulse_assigned_partitions", topic="clicks") < 8
-    assert first.stop() == 0  # leaves: the second takes every partition and its table state
-    second.wait_metric("mailpulse_assigned_partitions", 8, topic="clicks")
-    finish(replay)
-    assert_profiles(broker.bootstrap, expected)
+    second = join_and_leave_mid_stream(
+        start_worker, lambda: replay_in_background(broker, tmp_path, events, rate=500)[1])
+    assert_profiles(broker.bootstrap, {k.encode(): v for k, v in expected_profiles(events).items()})
     assert_outputs(broker.bootstrap, events)
     assert second.metric("mailpulse_events_total", outcome="processed") > 0

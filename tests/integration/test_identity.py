@@ -14,7 +14,7 @@ from streams.tools.generate import generate_history
 
 from .conftest import latest_by_key, read_topic
 from .expected import expected_run
-from .test_crash import assert_profiles, finish, replay_in_background
+from .test_crash import assert_profiles, join_and_leave_mid_stream, replay_in_background
 from .test_pipeline import replay, write_jsonl
 
 pytestmark = pytest.mark.integration
@@ -63,15 +63,8 @@ def test_a_worker_joining_and_one_leaving_while_identities_merge_change_no_profi
     (links, absorbs and fuzzy blocks in flight while partitions move)."""
     events = generate_history(600, 6, 3, date(2026, 3, 1))
     expected = expected_run(events, UNTIL)
-    first = start_worker(data_dir="a")
-    _, replay = replay_in_background(broker, tmp_path, events, rate=500, until=UNTIL)
-    first.wait_metric("mailpulse_events_total", 500, outcome="processed")
-    second = start_worker(data_dir="b")  # joins: the partitions are split between the two
-    second.wait_metric("mailpulse_assigned_partitions", 1)
-    assert 0 < first.metric("mailpulse_assigned_partitions", topic="clicks") < 8
-    assert first.stop() == 0  # leaves: the second takes every partition and its table state
-    second.wait_metric("mailpulse_assigned_partitions", 8, topic="clicks")
-    finish(replay)
+    second = join_and_leave_mid_stream(
+        start_worker, lambda: replay_in_background(broker, tmp_path, events, rate=500, until=UNTIL)[1])
     assert_profiles(broker.bootstrap, expected.profiles)
     assert second.metric("mailpulse_profile_merges_total") > 0
 
