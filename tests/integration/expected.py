@@ -33,15 +33,20 @@ def expected_run(events: list[dict[str, Any]], until: str = UNTIL,
     ``until`` once: :func:`streams.dispatch.run_locally`."""
     # the models the workers score with (the shipped ones: the tests do not set MAILPULSE_MODELS_DIR)
     rules = RuleSet.build(config or PipelineConfig(), 7 * 86_400_000, Predictor(ModelBundle.load(SHIPPED_DIR)))
+    run = run_locally(accepted_events(events), parse_timestamp(until), rules)
+    changes = sorted((c["profile_id"], c["segment"], c["change"], c["at"]) for c in run.segment_changes)
+    return Expected({pid.encode(): snap for pid, snap in run.profiles.items()}, changes,
+                    {t["trigger_id"]: t for t in run.triggers}, scores_of([(None, s) for s in run.scores]))
+
+
+def accepted_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The input events as the ingest agent accepts and normalizes them; ticks and rejects left out."""
     accepted = []
     for n, raw in enumerate(events):
         result = decode(orjson.dumps(raw), Source("t", 0, n, None, 0), 0)
         if isinstance(result, Accepted) and result.event["type"] != "tick":
             accepted.append(result.event)
-    run = run_locally(accepted, parse_timestamp(until), rules)
-    changes = sorted((c["profile_id"], c["segment"], c["change"], c["at"]) for c in run.segment_changes)
-    return Expected({pid.encode(): snap for pid, snap in run.profiles.items()}, changes,
-                    {t["trigger_id"]: t for t in run.triggers}, scores_of([(None, s) for s in run.scores]))
+    return accepted
 
 
 def scores_of(messages: list[tuple[bytes | None, Any]]) -> list[tuple[str, str, float]]:

@@ -10,7 +10,6 @@ import random
 from datetime import date
 from typing import Any
 
-import orjson
 import pytest
 
 from schemas.timeparse import parse_timestamp
@@ -18,24 +17,15 @@ from streams import identity_graph as graph
 from streams.config import PipelineConfig
 from streams.dispatch import dispatch, run_locally
 from streams.identity import profile_key
-from streams.ingest import Accepted, Source, decode
 from streams.profile import snapshot
 from streams.routing import partition_for
 from streams.timeline import RuleSet, advance
 from streams.tools.generate import generate_history
+from tests.integration.expected import accepted_events
 
 PARTITIONS = 8
 UNTIL = parse_timestamp("2026-03-08T00:00:00Z")
 RULES = RuleSet.build(PipelineConfig(), 7 * 86_400_000, None)
-
-
-def _accepted(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    out = []
-    for n, raw in enumerate(events):
-        result = decode(orjson.dumps(raw), Source("t", 0, n, None, 0), 0)
-        if isinstance(result, Accepted) and result.event["type"] != "tick":
-            out.append(result.event)
-    return out
 
 
 def _run_with_rollbacks(events: list[dict[str, Any]], seed: int, watermark_moves: bool
@@ -99,7 +89,7 @@ def _run_with_rollbacks(events: list[dict[str, Any]], seed: int, watermark_moves
 
 @pytest.fixture(scope="module")
 def history() -> tuple[list[dict[str, Any]], Any]:
-    events = _accepted(generate_history(120, 6, 3, date(2026, 3, 1)))
+    events = accepted_events(generate_history(120, 6, 3, date(2026, 3, 1)))
     expected = run_locally(events, UNTIL, RULES)
     assert len(expected.merges) > 10 and len(expected.triggers) > 50  # merges and rules are exercised
     return events, expected
