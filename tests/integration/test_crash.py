@@ -19,15 +19,20 @@ from .test_pipeline import _many_events, expected_profiles, write_jsonl
 pytestmark = pytest.mark.integration
 
 
-def replay_in_background(broker: Any, tmp_path: Path, events: list[dict[str, Any]],
-                         rate: int, until: str = UNTIL) -> tuple[dict[bytes, Any], subprocess.Popen[bytes]]:
-    """Starts ``mailpulse replay --rate`` of ``events``; returns the profiles they must give (without
-    identity merges: :func:`expected_profiles`), and the process."""
+def start_replay(broker: Any, tmp_path: Path, events: list[dict[str, Any]], rate: int,
+                 until: str = UNTIL) -> subprocess.Popen[bytes]:
+    """Starts ``mailpulse replay --rate`` of ``events`` (ending with a tick at ``until``)."""
     history = write_jsonl(tmp_path / "history.jsonl", events)
-    replay = subprocess.Popen([MAILPULSE, "replay", str(history), "--broker", broker.url, "--rate", str(rate),
-                               "--until", until],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    return {k.encode(): v for k, v in expected_profiles(events).items()}, replay
+    return subprocess.Popen([MAILPULSE, "replay", str(history), "--broker", broker.url, "--rate", str(rate),
+                             "--until", until],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def replay_in_background(broker: Any, tmp_path: Path, events: list[dict[str, Any]],
+                         rate: int) -> tuple[dict[bytes, Any], subprocess.Popen[bytes]]:
+    """:func:`start_replay`; returns the profiles the events must give (no identity merges in these
+    histories: :func:`expected_profiles`), and the process."""
+    return {k.encode(): v for k, v in expected_profiles(events).items()}, start_replay(broker, tmp_path, events, rate)
 
 
 def finish(replay: subprocess.Popen[bytes]) -> None:
@@ -148,8 +153,7 @@ def join_and_leave_mid_stream(start_worker: Any, start_replay: Callable[[], subp
 @pytest.mark.chaos  # known defect: 1 of 6 runs lost 1 of 8000 events (README); `make chaos`
 def test_a_worker_joining_and_one_leaving_mid_stream_change_nothing(broker, start_worker, tmp_path: Path) -> None:
     events = _many_events(8000, 300)
-    second = join_and_leave_mid_stream(
-        start_worker, lambda: replay_in_background(broker, tmp_path, events, rate=500)[1])
+    second = join_and_leave_mid_stream(start_worker, lambda: start_replay(broker, tmp_path, events, rate=500))
     assert_profiles(broker.bootstrap, {k.encode(): v for k, v in expected_profiles(events).items()})
     assert_outputs(broker.bootstrap, events)
     assert second.metric("mailpulse_events_total", outcome="processed") > 0

@@ -14,7 +14,7 @@ from streams.tools.generate import generate_history
 
 from .conftest import latest_by_key, read_topic
 from .expected import expected_run
-from .test_crash import assert_profiles, join_and_leave_mid_stream, replay_in_background
+from .test_crash import assert_profiles, join_and_leave_mid_stream, start_replay
 from .test_pipeline import replay, write_jsonl
 
 pytestmark = pytest.mark.integration
@@ -63,8 +63,7 @@ def test_a_worker_joining_and_one_leaving_while_identities_merge_change_no_profi
     (links, absorbs and fuzzy blocks in flight while partitions move)."""
     events = generate_history(600, 6, 3, date(2026, 3, 1))
     expected = expected_run(events, UNTIL)
-    second = join_and_leave_mid_stream(
-        start_worker, lambda: replay_in_background(broker, tmp_path, events, rate=500, until=UNTIL)[1])
+    second = join_and_leave_mid_stream(start_worker, lambda: start_replay(broker, tmp_path, events, 500, UNTIL))
     assert_profiles(broker.bootstrap, expected.profiles)
     assert second.metric("mailpulse_profile_merges_total") > 0
 
