@@ -39,10 +39,11 @@ def finish(replay: subprocess.Popen[bytes]) -> None:
     assert replay.wait(60) == 0, replay.stderr.read() if replay.stderr else ""
 
 
-def assert_profiles(bootstrap: str, expected: dict[bytes, Any]) -> None:
-    """Waits until the compacted view of ``profiles`` equals ``expected``; says how it differs if not."""
+def assert_profiles(bootstrap: str, expected: dict[bytes, Any]) -> dict[bytes | None, Any]:
+    """Waits until the compacted view of ``profiles`` equals ``expected`` and returns it; says how it
+    differs if not."""
     try:
-        read_topic(bootstrap, "profiles", lambda m: latest_by_key(m) == expected, timeout=120)
+        return latest_by_key(read_topic(bootstrap, "profiles", lambda m: latest_by_key(m) == expected, timeout=120))
     except AssertionError:
         got = latest_by_key(read_topic(bootstrap, "profiles"))
         differing = sorted(k for k in expected.keys() | got.keys() if got.get(k) != expected.get(k))

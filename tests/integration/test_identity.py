@@ -45,8 +45,7 @@ def test_generated_history_gives_one_profile_per_person_with_one_worker_or_two(
     if workers == 2:
         assert all(w.metric("mailpulse_events_total", outcome="processed") > 0 for w in running), "one worker idle"
 
-    assert_profiles(broker.bootstrap, expected.profiles)  # says which profiles and fields differ if not
-    got = latest_by_key(read_topic(broker.bootstrap, "profiles"))
+    got = assert_profiles(broker.bootstrap, expected.profiles)  # says which profiles and fields differ if not
     merges = {kind: sum(w.metric("mailpulse_profile_merges_total", kind=kind) for w in running)
               for kind in ("exact", "fuzzy")}
     assert merges["exact"] > 0 and merges["fuzzy"] > 0, merges
