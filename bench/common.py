@@ -19,6 +19,7 @@ from confluent_kafka import Consumer
 
 from schemas.events import INPUT_TOPICS
 from streams.broker import EmbeddedBroker, ensure_topics, free_port, start_embedded_broker
+from streams.settings import bootstrap_servers
 from streams.tools.produce import key_for, make_producer, produce, send_ticks, topic_for
 from streams.topics import COMPACTED_TOPICS, CONTRACT_TOPICS
 
@@ -30,6 +31,21 @@ def start_broker() -> EmbeddedBroker:
     broker = start_embedded_broker(free_port())
     ensure_topics(broker.bootstrap, PARTITIONS, COMPACTED_TOPICS, CONTRACT_TOPICS)
     return broker
+
+
+@dataclass(frozen=True)
+class ExternalBroker:
+    """A broker the bench did not start (``kafka://host:port[,host:port]``), addressed like
+    :class:`EmbeddedBroker`; its topics are created if missing."""
+
+    url: str
+
+    @property
+    def bootstrap(self) -> str:
+        return bootstrap_servers(self.url)
+
+    def __post_init__(self) -> None:
+        ensure_topics(self.bootstrap, PARTITIONS, COMPACTED_TOPICS, CONTRACT_TOPICS)
 
 
 def synthetic_events(n: int, users: int = 20_000, bad_every: int = 0) -> list[bytes]:
@@ -140,7 +156,7 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start_worker(broker: EmbeddedBroker, app_id: str, **env: str) -> WorkerProcess:
+def start_worker(broker: EmbeddedBroker | ExternalBroker, app_id: str, **env: str) -> WorkerProcess:
     port = free_port()
     data_dir = tempfile.mkdtemp(prefix="mailpulse-bench-")
     full_env = {**os.environ, "MAILPULSE_BROKER": broker.url, "MAILPULSE_DATA_DIR": data_dir,

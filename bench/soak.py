@@ -15,6 +15,8 @@ re-arm and run out within the run (the built-in hour and 1-365 days would not fi
 Until 2026-11-30 the default was 5: a person's last score timer then fell 30 minutes after their
 activity, as long as the whole run, so no timer had run its full course before the end; with 2 the
 full course (2, 6, 12 minutes) lies within the first half, before the growth that is reported.
+SOAK_BROKER (``kafka://host:port``): run against that broker instead of an embedded one; it must be
+an empty cluster, as the worker reads the input topics from their start.
 
 The embedded broker keeps every record in memory and never drops any: each input event costs it
 about 6 KiB across the input, internal, changelog and ``profiles`` topics (it reached 19.6 GiB and a
@@ -26,14 +28,27 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import orjson
 
-from bench.common import PARTITIONS, start_broker, start_worker, wait_assigned
+from bench.common import PARTITIONS, ExternalBroker, start_broker, start_worker, wait_assigned
 from bench.memory import rss_bytes
+from streams.broker import EmbeddedBroker
 from streams.tools.generate import live_events
 from streams.tools.produce import key_for, make_producer, produce, send_ticks, topic_for
+
+
+@contextmanager
+def soak_broker(url: str | None) -> Iterator[EmbeddedBroker | ExternalBroker]:
+    """The broker at ``url``, or (None) an embedded one for the length of the soak."""
+    if url is None:
+        with start_broker() as broker:
+            yield broker
+    else:
+        yield ExternalBroker(url)
 
 
 def open_files(pid: int) -> int:
@@ -45,9 +60,10 @@ def main() -> None:
     rate = int(os.environ.get("SOAK_RATE", "300"))
     retention_minutes = float(os.environ.get("SOAK_RETENTION_MINUTES", "10"))
     score_minutes = float(os.environ.get("SOAK_SCORE_MINUTES", "2"))
-    print(f"soak: {minutes:g} min at {rate} events/s, 1 worker, embedded broker, "
+    external = os.environ.get("SOAK_BROKER")
+    print(f"soak: {minutes:g} min at {rate} events/s, 1 worker, {external or 'embedded broker'}, "
           f"dedupe retention {retention_minutes:g} min, scored {score_minutes:g} min after activity")
-    with tempfile.TemporaryDirectory() as config_dir, start_broker() as broker:
+    with tempfile.TemporaryDirectory() as config_dir, soak_broker(external) as broker:
         config = Path(config_dir) / "soak.yaml"
         idle_days = [3 * score_minutes / 1440, 6 * score_minutes / 1440]
         config.write_text(f"scoring: {{delay_minutes: {score_minutes}, idle_days: {idle_days}}}\n")

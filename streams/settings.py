@@ -74,9 +74,14 @@ class Settings(BaseSettings):
         """The broker URL as a librdkafka/aiokafka bootstrap list (no scheme)."""
         if not self.broker:
             raise ValueError("no broker configured")
-        return ",".join(part.split("://", 1)[-1] for part in self.broker.split(","))
+        return bootstrap_servers(self.broker)
 
     @property
     def faust_broker(self) -> str:
         """The broker URL in Faust's form (``kafka://``)."""
         return ";".join(f"kafka://{host}" for host in self.bootstrap_servers.split(","))
+
+
+def bootstrap_servers(url: str) -> str:
+    """``kafka://host:port[,host:port]`` as a librdkafka/aiokafka bootstrap list (no scheme)."""
+    return ",".join(part.split("://", 1)[-1] for part in url.split(","))
