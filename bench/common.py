@@ -36,16 +36,13 @@ def start_broker() -> EmbeddedBroker:
 @dataclass(frozen=True)
 class ExternalBroker:
     """A broker the bench did not start (``kafka://host:port[,host:port]``), addressed like
-    :class:`EmbeddedBroker`; its topics are created if missing."""
+    :class:`EmbeddedBroker`."""
 
     url: str
 
     @property
     def bootstrap(self) -> str:
         return bootstrap_servers(self.url)
-
-    def __post_init__(self) -> None:
-        ensure_topics(self.bootstrap, PARTITIONS, COMPACTED_TOPICS, CONTRACT_TOPICS)
 
 
 def synthetic_events(n: int, users: int = 20_000, bad_every: int = 0) -> list[bytes]:

@@ -36,19 +36,23 @@ import orjson
 
 from bench.common import PARTITIONS, ExternalBroker, start_broker, start_worker, wait_assigned
 from bench.memory import rss_bytes
-from streams.broker import EmbeddedBroker
+from streams.broker import EmbeddedBroker, ensure_topics
 from streams.tools.generate import live_events
 from streams.tools.produce import key_for, make_producer, produce, send_ticks, topic_for
+from streams.topics import COMPACTED_TOPICS, CONTRACT_TOPICS
 
 
 @contextmanager
 def soak_broker(url: str | None) -> Iterator[EmbeddedBroker | ExternalBroker]:
-    """The broker at ``url``, or (None) an embedded one for the length of the soak."""
+    """The broker at ``url`` (its topics created if missing, as :func:`start_broker` does), or
+    (None) an embedded one for the length of the soak."""
     if url is None:
         with start_broker() as broker:
             yield broker
     else:
-        yield ExternalBroker(url)
+        external = ExternalBroker(url)
+        ensure_topics(external.bootstrap, PARTITIONS, COMPACTED_TOPICS, CONTRACT_TOPICS)
+        yield external
 
 
 def open_files(pid: int) -> int:
