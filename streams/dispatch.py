@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streams import identity_graph as graph
-from streams.identity import profile_id_for, profile_key
+from streams import possible_matches
+from streams.identity import profile_key, rank
 from streams.merge import merge_states
 from streams.profile import State, new_state, snapshot
 from streams.resolution.blocks import block_keys, drop_member, on_block_message, person_record
@@ -52,6 +53,8 @@ def dispatch(states: MutableMapping[str, State | None], blocks: MutableMapping[s
         effects = _on_absorb(states, key, state, message, rules)
     elif kind == graph.POSSIBLE:
         effects = _on_possible(states, key, state, message)
+    elif kind == possible_matches.ALIAS:
+        effects = _on_alias(states, key, state, message)
     elif kind == graph.FORGET:
         effects = _on_forget(states, key, state, message)
     else:
@@ -131,10 +134,15 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
     else:  # nothing here yet: the arriving profile settles under this key
         merged = merge_states(ensure_rule_state(new_state(key, absorbed["profile"]["created_at"])), absorbed, key)
     links = {*merged.get("links", []), *absorbed.get("links", []), message["from"]} - {key}
-    merged["links"] = sorted(links, key=graph.rank)
+    merged["links"] = sorted(links, key=rank)
     blocks = [*merged.get("blocks", [])]
     blocks += [pair for pair in absorbed.get("blocks", []) if pair not in blocks]
     merged["blocks"] = blocks
+    aliases = possible_matches.union_aliases(merged.get("match_aliases", {}), absorbed.get("match_aliases", {}))
+    if aliases:
+        merged["match_aliases"] = aliases
+    # the absorbed side's possible matches now live under this key: their other sides are told
+    effects.send += possible_matches.aliases_to_send(absorbed.get("profile", {}).get("possible_matches", ()), key)
     merged["rules"]["dirty"] = True  # segments are evaluated again at the next step
     if rules.scorer is not None:
         here = state["profile"]["predictions"] if graph.is_live(state) and state is not None else None
@@ -146,21 +154,35 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
 
 def _on_possible(states: MutableMapping[str, State | None], key: str, state: State | None,
                  message: dict[str, Any]) -> Effects:
+    """A scored pair (:mod:`streams.possible_matches`); tells the other side this person's root when
+    the pair was scored under another of their keys."""
     if graph.is_redirect(state):
         assert state is not None
         return Effects(send=[(state["merged_into"], message)])
     if not graph.is_live(state):
         return Effects()
     assert state is not None
-    other = profile_id_for(message["other"])
-    matches: list[dict[str, Any]] = state["profile"]["possible_matches"]
-    for match in matches:
-        if match["profile_id"] == other:
-            match["score"] = max(match["score"], message["score"])
-            break
-    else:
-        matches.append({"profile_id": other, "score": message["score"]})
-        matches.sort(key=lambda m: m["profile_id"])
+    mine, other = message.get("to", key), message["other"]
+    if not possible_matches.record(state["profile"]["possible_matches"], mine, other, message["score"]):
+        return Effects()
+    states[key] = state
+    effects = Effects(republish=True)
+    if mine != key:
+        effects.send.append((other, {"type": possible_matches.ALIAS, "old": mine, "new": key}))
+    return effects
+
+
+def _on_alias(states: MutableMapping[str, State | None], key: str, state: State | None,
+              message: dict[str, Any]) -> Effects:
+    """The other side of a possible match is now part of the profile at ``new``."""
+    if graph.is_redirect(state):
+        assert state is not None
+        return Effects(send=[(state["merged_into"], message)])
+    if not graph.is_live(state):
+        return Effects()
+    assert state is not None
+    if not possible_matches.add_alias(state.setdefault("match_aliases", {}), message["old"], message["new"]):
+        return Effects()
     states[key] = state
     return Effects(republish=True)
 
@@ -175,11 +197,11 @@ def _on_block(blocks: MutableMapping[str, Any], key: str, message: dict[str, Any
     blocks[key] = outcome.members
     effects = Effects(blocks_skipped=int(outcome.skipped))
     for a, b, _ in outcome.links:
-        small, large = sorted((a, b), key=graph.rank)
+        small, large = sorted((a, b), key=rank)
         effects.send.append((large, {"type": graph.LINK, "root": small, "kind": "fuzzy"}))
     for a, b, score in outcome.possible:
-        effects.send.append((a, {"type": graph.POSSIBLE, "other": b, "score": round(score, 4)}))
-        effects.send.append((b, {"type": graph.POSSIBLE, "other": a, "score": round(score, 4)}))
+        effects.send.append((a, {"type": graph.POSSIBLE, "to": a, "other": b, "score": round(score, 4)}))
+        effects.send.append((b, {"type": graph.POSSIBLE, "to": b, "other": a, "score": round(score, 4)}))
     return effects
 
 

@@ -21,6 +21,16 @@ def profile_key(event: dict[str, Any]) -> str:
     return f"a:{event['anonymous_id']}"
 
 
+#: Identifier kinds by precedence: user ids, then e-mails, anonymous ids, phones.
+_KIND_RANK = {"u": 0, "e": 1, "a": 2, "ph": 3}
+
+
+def rank(key: str) -> tuple[int, str]:
+    """Order of identifier keys (``u:`` < ``e:`` < ``a:`` < ``ph:``, then by text): a person's
+    smallest key is the root of their profile, in the stream and in the batch resolver alike."""
+    return _KIND_RANK.get(key.partition(":")[0], 9), key
+
+
 def profile_id_for(key: str) -> str:
     """A stable, opaque profile id derived from the profile key (same input, same id)."""
     return "p-" + hashlib.blake2b(key.encode(), digest_size=8).hexdigest()

@@ -32,18 +32,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from streams.identity import profile_id_for
+from streams.identity import profile_id_for, rank
 from streams.profile import State
 
 LINK, ABSORB, POSSIBLE, BLOCK, FORGET = "_link", "_absorb", "_possible", "_block", "_forget"
-_PREFIX_RANK = {"u": 0, "e": 1, "a": 2, "ph": 3}
-
-
-def rank(key: str) -> tuple[int, str]:
-    prefix = key.split(":", 1)[0]
-    return _PREFIX_RANK.get(prefix, 9), key
-
-
 def smallest(keys: Iterable[str]) -> str:
     return min(keys, key=rank)
 

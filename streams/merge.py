@@ -23,10 +23,11 @@ what was published for the survivor's profile id).
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from schemas.timeparse import parse_timestamp
+from streams import possible_matches
 from streams.identity import profile_id_for
 from streams.profile import State, _ordered, cart_view
 from streams.rules import recommend
@@ -148,7 +149,6 @@ def merge_profiles(a: dict[str, Any], b: dict[str, Any], key: str) -> dict[str, 
     touched = _max_opt(a["cart_meta"]["touched"], b["cart_meta"]["touched"])
     if touched is not None and last_purchase is not None and touched <= last_purchase:
         touched = None
-    merged_ids = {a["profile_id"], b["profile_id"], profile_id_for(key)}
     return {
         "profile_id": profile_id_for(key),
         "key": key,
@@ -166,7 +166,7 @@ def merge_profiles(a: dict[str, Any], b: dict[str, Any], key: str) -> dict[str, 
         "cart_meta": {**copy.deepcopy(a["cart_meta"]), "touched": touched},
         "segments": list(a["segments"]),
         "predictions": _newest_prediction(a["predictions"], b["predictions"]),
-        "possible_matches": merge_possible_matches(a["possible_matches"], b["possible_matches"], merged_ids),
+        "possible_matches": possible_matches.union(a["possible_matches"], b["possible_matches"]),
         "created_at": min(a["created_at"], b["created_at"]),
         "updated_at": max(a["updated_at"], b["updated_at"]),
         "version": a["version"] + b["version"],
@@ -228,19 +228,6 @@ def _newest_prediction(a: dict[str, Any] | None, b: dict[str, Any] | None) -> di
         return copy.deepcopy(a if b is None else b)
     newest = max((a, b), key=lambda p: (_prediction_time(p), repr(sorted(p.items()))))
     return copy.deepcopy(newest)
-
-
-def merge_possible_matches(a: Iterable[Any], b: Iterable[Any], merged: set[str]) -> list[dict[str, Any]]:
-    """Union by profile id with the higher score, best first; the merged profiles are no candidates.
-
-    Entries are ``{"profile_id", "score"}`` objects (``[profile_id, score]`` pairs are read too)."""
-    best: dict[str, float] = {}
-    for entry in (*a, *b):
-        pid, score = (entry["profile_id"], entry["score"]) if isinstance(entry, Mapping) else entry
-        if pid not in merged:
-            best[pid] = max(best.get(pid, score), score)
-    ranked = sorted(best.items(), key=lambda item: (-item[1], item[0]))
-    return [{"profile_id": pid, "score": score} for pid, score in ranked]
 
 
 # --- parked events ----------------------------------------------------------------------------------

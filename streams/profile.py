@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from schemas.timeparse import format_ms
+from streams import possible_matches
 from streams.identity import profile_id_for
 
 State = dict[str, Any]
@@ -317,7 +318,9 @@ def snapshot(state: State, cart: Any = DERIVE) -> dict[str, Any]:
         "cart": cart,
         "segments": p["segments"],
         "predictions": p["predictions"],
-        "possible_matches": p["possible_matches"],
+        "possible_matches": possible_matches.view(p["possible_matches"], state.get("match_aliases", {}),
+                                                  {p["key"], *state.get("links", ())})
+        if p["possible_matches"] else [],
         "created_at": _iso(p["created_at"]),
         "updated_at": _iso(p["updated_at"]),
         "version": p["version"],

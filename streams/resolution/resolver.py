@@ -41,15 +41,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from streams.identity import profile_id_for
+from streams.identity import profile_id_for, rank
 from streams.resolution.normalize import phonetic
 from streams.resolution.scoring import Person, person_of, score
 
 MERGE_THRESHOLD = 0.90
 POSSIBLE_THRESHOLD = 0.50
 MAX_BLOCK = 100
-
-_KIND_RANK = {"u": 0, "e": 1, "a": 2, "ph": 3}
 
 
 def identifier_keys(event: dict[str, Any]) -> list[str]:
@@ -69,13 +67,9 @@ def identifier_keys(event: dict[str, Any]) -> list[str]:
     return sorted(keys)
 
 
-def _rank(key: str) -> tuple[int, str]:
-    return _KIND_RANK.get(key.partition(":")[0], 9), key
-
-
 def representative(keys: Iterable[str]) -> str:
     """The cluster's surviving identifier key: smallest ``u:``, else ``e:``, else ``a:``, else ``ph:``."""
-    return min(keys, key=_rank)
+    return min(keys, key=rank)
 
 
 def blocking_keys(person: Person) -> list[str]:
@@ -328,5 +322,5 @@ class Resolver:
         root = self._uf.union(ra, rb)
         gone = rb if root == ra else ra
         self._members[root].extend(self._members.pop(gone))
-        self._rep[root] = min(self._rep[root], self._rep.pop(gone), key=_rank)
+        self._rep[root] = min(self._rep[root], self._rep.pop(gone), key=rank)
         return root

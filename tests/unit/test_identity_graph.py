@@ -100,6 +100,49 @@ def test_same_profiles_whatever_order_the_messages_arrive_in(seed: int) -> None:
             assert graph.rank(state["merged_into"]) < graph.rank(key)
 
 
+def households(seed: int, addresses: int = 2) -> list[dict[str, Any]]:
+    """Families at shared addresses: each person under several identifiers (exact merges), a CRM
+    record with a shortened first name (a fuzzy merge) and the same family name and address as the
+    others (possible matches between them), in a random subset and at random times."""
+    rng = random.Random(seed)
+    events: list[dict[str, Any]] = []
+    for house in range(addresses):
+        address = {"street": f"{12 + house} Baker Street", "city": "London", "postcode": f"NW1 {house}XE"}
+        for first in ("Mary", "Peter", "Jonathan", "Susan"):
+            handle = f"{first.lower()}{house}"
+            traits = {"first_name": first, "last_name": "Smith", **address}
+            forms = [{"email": f"{handle}@example.com", "traits": traits},
+                     {"user_id": f"u-{handle}", "traits": {"email": f"{handle}@example.com"}},
+                     {"anonymous_id": f"a-{handle}", "user_id": f"u-{handle}"},
+                     {"email": f"{handle}.smith@work.example", "source": "crm",
+                      "traits": {**traits, "first_name": first[:3] if len(first) > 4 else first}}]
+            for form in forms:
+                if rng.random() < 0.8:
+                    events.append(ev(f"e-{len(events)}", "identify", rng.randrange(100), **form))
+    return events
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_possible_matches_name_the_other_persons_profile_whatever_order_the_messages_arrive_in(seed: int) -> None:
+    """A pair scored under keys that later merge into bigger profiles is renamed (``_alias``), so
+    both sides name each other's profile as it is in the end, once, and never themselves."""
+    events = households(seed)
+    fifo = run_locally(events, UNTIL, RULES)
+    assert "fuzzy" in fifo.merges and any(p["possible_matches"] for p in fifo.profiles.values())
+    for profile in fifo.profiles.values():
+        named = [m["profile_id"] for m in profile["possible_matches"]]
+        assert len(set(named)) == len(named) and profile["profile_id"] not in named
+        assert set(named) <= fifo.profiles.keys()  # live profiles, not keys merged away since
+    for again in range(3):
+        rng = random.Random(seed * 100 + again)
+        shuffled_events = list(events)
+        rng.shuffle(shuffled_events)
+        shuffled = run_locally(shuffled_events, UNTIL, RULES, shuffle=rng)
+        strip = {"version", "segments"}
+        assert {pid: {k: v for k, v in p.items() if k not in strip} for pid, p in shuffled.profiles.items()} == \
+            {pid: {k: v for k, v in p.items() if k not in strip} for pid, p in fifo.profiles.items()}
+
+
 def test_two_crm_records_with_typos_merge_and_a_borderline_pair_only_becomes_a_possible_match() -> None:
     crm = {"birthday": "1988-04-12", "street": "12 Baker Street", "city": "London", "postcode": "NW1 6XE"}
     events = [ev("c-1", "identify", 0, email="jonathan.smith@example.com", source="crm",

@@ -1,0 +1,120 @@
+"""Possible matches of a profile, named by the other person's profile as it is now, whatever order
+the identity graph's messages arrive in.
+
+A fuzzy-matching block scores two person records and sends ``_possible`` to both keys.  Either key
+may since have become, or later become, part of a bigger profile (``_absorb``, ``_link``), so the
+pair's names go stale.  The state keeps what arrived, as order-free facts, and the published view is
+derived from them (:func:`view`):
+
+- **entries** ``[mine, other, score]``: a scored pair, ``mine`` the key this side had when it was
+  scored, ``other`` the key of the other side then; one per (mine, other), the highest score.
+- **aliases** ``{old key: new key}``: the other side told us that ``old`` is now part of the profile
+  at ``new`` (an ``_alias`` message); with several, the smallest by :func:`streams.identity.rank`
+  (a person's root only ever moves to a smaller key).
+
+The profile that holds an entry whose ``mine`` is not its own key sends ``_alias {old: mine, new:
+own key}`` to ``other`` (:func:`aliases_to_send`): when it records the pair and whenever an absorb
+brings the entry to a new root.  So each side ends up knowing the other's root, and the view names
+each other person once, by the profile id of that root, without the profile's own keys.
+
+All of it is unions and maxima: delivered twice or in any order, the same view comes out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from streams.identity import profile_id_for, rank
+
+#: Message type: "the key ``old`` is now part of the profile at ``new``".
+ALIAS = "_alias"
+
+Entry = list[Any]  # [mine, other, score]
+
+
+def record(entries: list[Entry], mine: str, other: str, score: float) -> bool:
+    """Adds the scored pair (or raises its score); whether anything changed."""
+    for entry in entries:
+        if not isinstance(entry, Mapping) and entry[0] == mine and entry[1] == other:
+            if score <= entry[2]:
+                return False
+            entry[2] = score
+            return True
+    entries.append([mine, other, score])
+    entries.sort(key=_order)
+    return True
+
+
+def _order(entry: Any) -> tuple[int, str, str]:
+    return (0, entry["profile_id"], "") if isinstance(entry, Mapping) else (1, entry[0], entry[1])
+
+
+def union(a: Iterable[Any], b: Iterable[Any]) -> list[Any]:
+    """Both sides' entries, each pair once with its highest score.  Entries of the form
+    ``{"profile_id", "score"}`` (written before entries named keys) are kept as they are."""
+    pairs: dict[tuple[str, str], float] = {}
+    legacy: dict[str, float] = {}
+    for entry in (*a, *b):
+        if isinstance(entry, Mapping):
+            legacy[entry["profile_id"]] = max(legacy.get(entry["profile_id"], entry["score"]), entry["score"])
+        else:
+            pair = (entry[0], entry[1])
+            pairs[pair] = max(pairs.get(pair, entry[2]), entry[2])
+    merged: list[Any] = [[mine, other, score] for (mine, other), score in sorted(pairs.items())]
+    merged += [{"profile_id": pid, "score": score} for pid, score in sorted(legacy.items())]
+    return merged
+
+
+def add_alias(aliases: dict[str, str], old: str, new: str) -> bool:
+    """Notes that ``old`` is now part of the profile at ``new``; whether anything changed."""
+    current = aliases.get(old)
+    if old == new or (current is not None and rank(current) <= rank(new)):
+        return False
+    aliases[old] = new
+    return True
+
+
+def union_aliases(a: Mapping[str, str], b: Mapping[str, str]) -> dict[str, str]:
+    merged = dict(a)
+    for old, new in b.items():
+        add_alias(merged, old, new)
+    return merged
+
+
+def aliases_to_send(entries: Iterable[Any], own_key: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(target key, _alias message)`` for each entry held under another key of this person."""
+    told: set[tuple[str, str]] = set()
+    for entry in entries:
+        if isinstance(entry, Mapping) or entry[0] == own_key or (entry[1], entry[0]) in told:
+            continue
+        told.add((entry[1], entry[0]))
+        yield entry[1], {"type": ALIAS, "old": entry[0], "new": own_key}
+
+
+def resolve(aliases: Mapping[str, str], key: str) -> str:
+    """The key ``key`` is known to be part of now (following aliases; they only lead to smaller keys)."""
+    for _ in range(64):
+        nxt = aliases.get(key)
+        if nxt is None or rank(nxt) >= rank(key):
+            return key
+        key = nxt
+    return key
+
+
+def view(entries: Iterable[Any], aliases: Mapping[str, str], own_keys: set[str]) -> list[dict[str, Any]]:
+    """The published ``possible_matches``: ``{"profile_id", "score"}`` per other person, best first
+    (then by profile id); none of the profile's own keys."""
+    best: dict[str, float] = {}
+    for entry in entries:
+        if isinstance(entry, Mapping):
+            pid, score = entry["profile_id"], entry["score"]
+        else:
+            other = resolve(aliases, entry[1])
+            if other in own_keys:
+                continue
+            pid, score = profile_id_for(other), entry[2]
+        best[pid] = max(best.get(pid, score), score)
+    own = {profile_id_for(key) for key in own_keys}
+    ranked = sorted(((pid, s) for pid, s in best.items() if pid not in own), key=lambda item: (-item[1], item[0]))
+    return [{"profile_id": pid, "score": score} for pid, score in ranked]

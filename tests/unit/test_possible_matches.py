@@ -1,0 +1,48 @@
+"""Possible matches as order-free facts (streams.possible_matches)."""
+
+from __future__ import annotations
+
+from streams import possible_matches as pm
+from streams.identity import profile_id_for
+
+
+def test_a_pair_is_kept_once_with_its_highest_score() -> None:
+    entries: list[list[object]] = []
+    assert pm.record(entries, "e:mary@x", "e:peter@x", 0.6)
+    assert not pm.record(entries, "e:mary@x", "e:peter@x", 0.55)  # delivered again, or a lower score
+    assert pm.record(entries, "e:mary@x", "e:peter@x", 0.7)
+    assert pm.record(entries, "u:mary", "e:peter@x", 0.5)
+    assert entries == [["e:mary@x", "e:peter@x", 0.7], ["u:mary", "e:peter@x", 0.5]]
+    assert pm.union(entries, [["e:mary@x", "e:peter@x", 0.65], {"profile_id": "p-old", "score": 0.6}]) == \
+        [["e:mary@x", "e:peter@x", 0.7], ["u:mary", "e:peter@x", 0.5], {"profile_id": "p-old", "score": 0.6}]
+
+
+def test_an_alias_keeps_the_smallest_key_whatever_order_they_arrive_in() -> None:
+    first: dict[str, str] = {}
+    assert pm.add_alias(first, "a:anon", "e:peter@x") and pm.add_alias(first, "a:anon", "u:peter")
+    second: dict[str, str] = {}
+    assert pm.add_alias(second, "a:anon", "u:peter") and not pm.add_alias(second, "a:anon", "e:peter@x")
+    assert first == second == {"a:anon": "u:peter"}
+    assert not pm.add_alias(first, "u:peter", "u:peter")
+    assert pm.resolve({"a:anon": "e:peter@x", "e:peter@x": "u:peter"}, "a:anon") == "u:peter"
+    assert pm.union_aliases({"a:anon": "e:peter@x"}, {"a:anon": "u:peter", "ph:+44": "u:peter"}) == \
+        {"a:anon": "u:peter", "ph:+44": "u:peter"}
+
+
+def test_the_view_names_each_other_person_once_by_their_root_and_never_the_profile_itself() -> None:
+    entries = [["u:mary", "a:anon", 0.6], ["u:mary", "e:peter@x", 0.7], ["u:mary", "e:susan@x", 0.55],
+               ["e:mary@x", "e:mary-work@x", 0.8], {"profile_id": "p-legacy", "score": 0.5},
+               {"profile_id": profile_id_for("e:mary@x"), "score": 0.9}]
+    aliases = {"a:anon": "e:peter@x", "e:peter@x": "u:peter"}
+    view = pm.view(entries, aliases, own_keys={"u:mary", "e:mary@x", "e:mary-work@x"})
+    assert view == [{"profile_id": profile_id_for("u:peter"), "score": 0.7},
+                    {"profile_id": profile_id_for("e:susan@x"), "score": 0.55},
+                    {"profile_id": "p-legacy", "score": 0.5}]
+
+
+def test_entries_held_under_another_key_tell_the_other_side_the_new_root() -> None:
+    entries = [["u:mary", "e:peter@x", 0.7], ["e:mary@x", "e:peter@x", 0.6], ["a:m", "e:susan@x", 0.5],
+               {"profile_id": "p-legacy", "score": 0.5}]
+    assert list(pm.aliases_to_send(entries, "u:mary")) == [
+        ("e:peter@x", {"type": pm.ALIAS, "old": "e:mary@x", "new": "u:mary"}),
+        ("e:susan@x", {"type": pm.ALIAS, "old": "a:m", "new": "u:mary"})]
