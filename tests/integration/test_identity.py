@@ -11,6 +11,7 @@ import pytest
 
 from streams.identity import profile_id_for
 from streams.tools.generate import generate_history
+from tests.households import households
 
 from .conftest import latest_by_key, read_topic
 from .expected import expected_run
@@ -52,6 +53,21 @@ def test_generated_history_gives_one_profile_per_person_with_one_worker_or_two(
     # fewer profiles than identifier keys: anonymous visitors and CRM records joined their people
     keys = {e.get("user_id") or e.get("email") or e.get("anonymous_id") for e in events if e["type"] != "tick"}
     assert len(got) < len(keys)
+
+
+def test_possible_matches_between_merging_people_come_out_the_same_with_two_workers(
+    broker, start_worker, tmp_path: Path
+) -> None:
+    """Families at shared addresses: pairs of people are possible matches while each of them merges
+    across partitions (their keys route to both workers), so ``_possible`` and ``_alias`` messages
+    cross between the workers in whatever order the topics deliver them."""
+    events = households(seed=3, addresses=8)
+    expected = expected_run(events, "2026-03-02T00:00:00Z")
+    assert sum(len(p["possible_matches"]) for p in expected.profiles.values()) > 20
+    running = [start_worker(data_dir=f"w{n}") for n in range(2)]
+    replay(broker, write_jsonl(tmp_path / "households.jsonl", events), "2026-03-02T00:00:00Z")
+    assert_profiles(broker.bootstrap, expected.profiles)
+    assert all(w.metric("mailpulse_events_total", outcome="processed") > 0 for w in running), "one worker idle"
 
 
 @pytest.mark.chaos  # with the other rebalance tests: `make chaos`

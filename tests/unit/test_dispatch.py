@@ -21,8 +21,8 @@ from streams.profile import snapshot
 from streams.routing import partition_for
 from streams.timeline import RuleSet, advance
 from streams.tools.generate import generate_history
+from tests.households import households
 from tests.integration.expected import accepted_events
-from tests.unit.test_identity_graph import households
 
 PARTITIONS = 8
 UNTIL = parse_timestamp("2026-03-08T00:00:00Z")
@@ -128,7 +128,7 @@ def test_read_again_while_the_watermark_moves_gives_the_same_profiles(
 def test_read_again_possible_matches_still_name_the_other_persons_profile(seed: int, watermark_moves: bool) -> None:
     """Families at shared addresses: possible matches between people whose keys merge meanwhile
     (``_possible`` and ``_alias`` messages read twice and in any order)."""
-    events = households(seed, addresses=8)
+    events = accepted_events(households(seed, addresses=8))
     expected = run_locally(events, UNTIL, RULES)
     assert sum(len(p["possible_matches"]) for p in expected.profiles.values()) > 20
     profiles, _, _, read_twice = _run_with_rollbacks(events, seed, watermark_moves)

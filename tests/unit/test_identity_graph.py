@@ -15,6 +15,8 @@ from streams.dispatch import run_locally
 from streams.identity import profile_id_for
 from streams.ingest import Accepted, Source, decode
 from streams.timeline import RuleSet
+from tests.households import households
+from tests.integration.expected import accepted_events
 
 RULES = RuleSet.build(PipelineConfig(), 7 * 86_400_000)
 T0 = parse_timestamp("2026-03-01T10:00:00Z")
@@ -100,33 +102,11 @@ def test_same_profiles_whatever_order_the_messages_arrive_in(seed: int) -> None:
             assert graph.rank(state["merged_into"]) < graph.rank(key)
 
 
-def households(seed: int, addresses: int = 2) -> list[dict[str, Any]]:
-    """Families at shared addresses: each person under several identifiers (exact merges), a CRM
-    record with a shortened first name (a fuzzy merge) and the same family name and address as the
-    others (possible matches between them), in a random subset and at random times."""
-    rng = random.Random(seed)
-    events: list[dict[str, Any]] = []
-    for house in range(addresses):
-        address = {"street": f"{12 + house} Baker Street", "city": "London", "postcode": f"NW1 {house}XE"}
-        for first in ("Mary", "Peter", "Jonathan", "Susan"):
-            handle = f"{first.lower()}{house}"
-            traits = {"first_name": first, "last_name": "Smith", **address}
-            forms = [{"email": f"{handle}@example.com", "traits": traits},
-                     {"user_id": f"u-{handle}", "traits": {"email": f"{handle}@example.com"}},
-                     {"anonymous_id": f"a-{handle}", "user_id": f"u-{handle}"},
-                     {"email": f"{handle}.smith@work.example", "source": "crm",
-                      "traits": {**traits, "first_name": first[:3] if len(first) > 4 else first}}]
-            for form in forms:
-                if rng.random() < 0.8:
-                    events.append(ev(f"e-{len(events)}", "identify", rng.randrange(100), **form))
-    return events
-
-
 @pytest.mark.parametrize("seed", range(12))
 def test_possible_matches_name_the_other_persons_profile_whatever_order_the_messages_arrive_in(seed: int) -> None:
     """A pair scored under keys that later merge into bigger profiles is renamed (``_alias``), so
     both sides name each other's profile as it is in the end, once, and never themselves."""
-    events = households(seed)
+    events = accepted_events(households(seed))
     fifo = run_locally(events, UNTIL, RULES)
     assert "fuzzy" in fifo.merges and any(p["possible_matches"] for p in fifo.profiles.values())
     for profile in fifo.profiles.values():
