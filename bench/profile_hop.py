@@ -7,8 +7,10 @@ the broker and the other processes of a 2-core machine add to ``make bench``.
 
 ``python -m bench.profile_hop``.  BENCH_EVENTS (100000); BENCH_STORE (``memory`` or ``rocksdb``:
 the table store, and with it the due index); BENCH_AFTER_MS (a closing clock that far after the last
-event, so the timers due by then fire: 7200000 scores every bench person once); BENCH_PROFILE=1
-(cProfile of the hop, top 30 by own time).
+event, so the timers due by then fire: 7200000 scores every bench person once); BENCH_BATCH (500:
+input events per ingest batch; at low input rates batches are small, e.g. 40 gives ~5 events per
+internal record, and each event is then usually parked by one record and released by a later one);
+BENCH_PROFILE=1 (cProfile of the hop, top 30 by own time).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from streams.tools.produce import topic_for
 from streams.worker import tune_garbage_collector
 
 PARTITIONS = 8
-BATCH = 500  # input events per ingest batch
+BATCH = 500  # input events per ingest batch (BENCH_BATCH)
 
 
 class CountingOutput:
@@ -56,7 +58,7 @@ class CountingOutput:
         return 0
 
 
-def internal_records(events: list[bytes]) -> tuple[list[tuple[int, bytes]], float]:
+def internal_records(events: list[bytes], batch: int = BATCH) -> tuple[list[tuple[int, bytes]], float]:
     """(profile partition, internal record) as the ingest agent sends them (the same
     :func:`streams.routing.route_batch`), and the seconds decode + route took."""
     records: list[tuple[int, bytes]] = []
@@ -68,8 +70,8 @@ def internal_records(events: list[bytes]) -> tuple[list[tuple[int, bytes]], floa
         inputs.append((topic, per_topic[topic] % PARTITIONS, offset, None, value, None))
     now = int(time.time() * 1000)
     started = time.perf_counter()
-    for start in range(0, len(inputs), BATCH):
-        route_batch(inputs[start:start + BATCH], PARTITIONS, now, "US",
+    for start in range(0, len(inputs), batch):
+        route_batch(inputs[start:start + batch], PARTITIONS, now, "US",
                     lambda partition, record: records.append((partition, record)), lambda *_: None)
     return records, time.perf_counter() - started
 
@@ -109,7 +111,7 @@ def main() -> None:
     profile = cProfile.Profile() if os.environ.get("BENCH_PROFILE") else None
     tune_garbage_collector()
     events = synthetic_events(n)
-    records, routing = internal_records(events)
+    records, routing = internal_records(events, int(os.environ.get("BENCH_BATCH", BATCH)))
     closing = events_end(n) + int(after) if after else None
     seconds, applied, sent = asyncio.run(run_hop(records, closing, store, profile))
     print(f"profile hop: {n:,} events, {PARTITIONS} partitions, {store} tables, "

@@ -18,6 +18,7 @@ Agents stay thin: they decode, call the pure functions of :mod:`streams.ingest`,
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -45,6 +46,8 @@ from streams.settings import Settings
 from streams.tables import ProfileTable, RocksDBDueIndex, RocksDBMemory, profile_table, rocksdb_options
 from streams.timeline import RuleSet, advance, next_due
 from streams.watermark import DueIndex, DueOrder, due_first, expected_clocks, merge_clocks, stored_due, watermark
+
+log = logging.getLogger(__name__)
 
 DAY_MS = 86_400_000
 #: Staged table writes after which the profile agent writes them out without waiting for a commit
@@ -433,6 +436,9 @@ def _profile_agent(p: Pipeline) -> Any:
                     metrics.profile_merges.labels(kind).inc()
                 if effects.blocks_skipped:
                     metrics.identity_blocks_skipped.inc(effects.blocks_skipped)
+                if effects.unknown is not None:
+                    log.warning("skipped an internal message of unknown type %r for %s (a newer worker's?)",
+                                effects.unknown, key)
             for (topic, outcome), count in outcomes.items():
                 metrics.event(topic, outcome).inc(count)
             for topic, count in late.items():

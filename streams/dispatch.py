@@ -36,6 +36,7 @@ class Effects:
     republish: bool = False  # the profile changed outside the timeline (merge, possible match)
     changed: bool = False  # the key's state changed: write it back
     blocks_skipped: int = 0
+    unknown: str | None = None  # an internal message type this version does not know (skipped)
 
 
 def dispatch(states: MutableMapping[str, State | None], blocks: MutableMapping[str, Any], key: str,
@@ -57,6 +58,9 @@ def dispatch(states: MutableMapping[str, State | None], blocks: MutableMapping[s
         effects = _on_alias(states, key, state, message)
     elif kind == graph.FORGET:
         effects = _on_forget(states, key, state, message)
+    elif isinstance(kind, str) and kind.startswith("_"):
+        # from a newer worker of a rolling upgrade: skipped, not taken for an input event
+        return Effects(unknown=kind)
     else:
         effects = _on_event(states, key, state, message, watermark, rules)
     effects.changed = (effects.changed or states.get(key) is not state or effects.republish

@@ -11,7 +11,7 @@ import pytest
 from schemas.timeparse import parse_timestamp
 from streams import identity_graph as graph
 from streams.config import PipelineConfig
-from streams.dispatch import run_locally
+from streams.dispatch import dispatch, run_locally
 from streams.identity import profile_id_for
 from streams.ingest import Accepted, Source, decode
 from streams.timeline import RuleSet
@@ -161,8 +161,6 @@ def test_erase_after_a_merge_forgets_every_identifier_of_the_person() -> None:
 
 
 def test_an_absorb_delivered_twice_counts_once() -> None:
-    from streams.dispatch import dispatch
-
     states: dict[str, Any] = {}
     blocks: dict[str, Any] = {}
     for event in (ev("p-1", "purchase", 0, anonymous_id="a-5", order_id="o-1", total=100.0),
@@ -187,3 +185,10 @@ def test_after_an_erase_the_persons_other_identifiers_forget_them_and_new_activi
     [profile] = run.profiles.values()
     assert profile["email"] == "new@example.com" and profile["aggregates"]["event_counts"] == {"purchase": 1}
     assert profile["identifiers"]["anonymous_ids"] == ["a-5"]
+
+
+def test_an_internal_message_of_an_unknown_type_is_skipped_not_taken_for_an_event() -> None:
+    """A newer worker of a rolling upgrade may send message types this version does not know."""
+    states: dict[str, Any] = {}
+    effects = dispatch(states, {}, "u:1", {"type": "_from_the_future", "x": 1}, None, RULES)
+    assert effects.unknown == "_from_the_future" and not effects.changed and states == {}
