@@ -156,15 +156,22 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
     return effects
 
 
+def _not_at_a_profile(state: State | None, message: dict[str, Any]) -> Effects | None:
+    """A message for a live profile at any other key: a redirect forwards it to its root, an erasure
+    marker or an empty key drops it.  ``None`` at a live profile."""
+    if graph.is_redirect(state):
+        assert state is not None
+        return Effects(send=[(state["merged_into"], message)])
+    return None if graph.is_live(state) else Effects()
+
+
 def _on_possible(states: MutableMapping[str, State | None], key: str, state: State | None,
                  message: dict[str, Any]) -> Effects:
     """A scored pair (:mod:`streams.possible_matches`); tells the other side this person's root when
     the pair was scored under another of their keys."""
-    if graph.is_redirect(state):
-        assert state is not None
-        return Effects(send=[(state["merged_into"], message)])
-    if not graph.is_live(state):
-        return Effects()
+    elsewhere = _not_at_a_profile(state, message)
+    if elsewhere is not None:
+        return elsewhere
     assert state is not None
     mine, other = message.get("to", key), message["other"]
     if not possible_matches.record(state["profile"]["possible_matches"], mine, other, message["score"]):
@@ -179,11 +186,9 @@ def _on_possible(states: MutableMapping[str, State | None], key: str, state: Sta
 def _on_alias(states: MutableMapping[str, State | None], key: str, state: State | None,
               message: dict[str, Any]) -> Effects:
     """The other side of a possible match is now part of the profile at ``new``."""
-    if graph.is_redirect(state):
-        assert state is not None
-        return Effects(send=[(state["merged_into"], message)])
-    if not graph.is_live(state):
-        return Effects()
+    elsewhere = _not_at_a_profile(state, message)
+    if elsewhere is not None:
+        return elsewhere
     assert state is not None
     if not possible_matches.add_alias(state.setdefault("match_aliases", {}), message["old"], message["new"]):
         return Effects()
