@@ -84,12 +84,9 @@ def union_aliases(a: Mapping[str, str], b: Mapping[str, str]) -> dict[str, str]:
 
 def aliases_to_send(entries: Iterable[Any], own_key: str) -> Iterator[tuple[str, dict[str, Any]]]:
     """``(target key, _alias message)`` for each entry held under another key of this person."""
-    told: set[tuple[str, str]] = set()
-    for entry in entries:
-        if isinstance(entry, Mapping) or entry[0] == own_key or (entry[1], entry[0]) in told:
-            continue
-        told.add((entry[1], entry[0]))
-        yield entry[1], {"type": ALIAS, "old": entry[0], "new": own_key}
+    for entry in entries:  # one per (mine, other): one message each
+        if not isinstance(entry, Mapping) and entry[0] != own_key:
+            yield entry[1], {"type": ALIAS, "old": entry[0], "new": own_key}
 
 
 def resolve(aliases: Mapping[str, str], key: str) -> str:
