@@ -61,9 +61,9 @@ def union(a: Iterable[Any], b: Iterable[Any]) -> list[Any]:
         else:
             pair = (entry[0], entry[1])
             pairs[pair] = max(pairs.get(pair, entry[2]), entry[2])
-    merged: list[Any] = [[mine, other, score] for (mine, other), score in sorted(pairs.items())]
-    merged += [{"profile_id": pid, "score": score} for pid, score in sorted(legacy.items())]
-    return merged
+    merged: list[Any] = [[mine, other, score] for (mine, other), score in pairs.items()]
+    merged += [{"profile_id": pid, "score": score} for pid, score in legacy.items()]
+    return sorted(merged, key=_order)
 
 
 def add_alias(aliases: dict[str, str], old: str, new: str) -> bool:
@@ -107,10 +107,7 @@ def view(entries: Iterable[Any], aliases: Mapping[str, str], own_keys: set[str])
         if isinstance(entry, Mapping):
             pid, score = entry["profile_id"], entry["score"]
         else:
-            other = resolve(aliases, entry[1])
-            if other in own_keys:
-                continue
-            pid, score = profile_id_for(other), entry[2]
+            pid, score = profile_id_for(resolve(aliases, entry[1])), entry[2]
         best[pid] = max(best.get(pid, score), score)
     own = {profile_id_for(key) for key in own_keys}
     ranked = sorted(((pid, s) for pid, s in best.items() if pid not in own), key=lambda item: (-item[1], item[0]))
