@@ -33,10 +33,18 @@ ALIAS = "_alias"
 Entry = list[Any]  # [mine, other, score]
 
 
+def _legacy(entry: Any) -> tuple[str, float] | None:
+    """(profile id, score) of an entry written before entries named keys: ``{"profile_id", "score"}``
+    (or a ``[profile_id, score]`` pair); ``None`` for a ``[mine, other, score]`` entry."""
+    if isinstance(entry, Mapping):
+        return entry["profile_id"], entry["score"]
+    return (entry[0], entry[1]) if len(entry) == 2 else None
+
+
 def record(entries: list[Entry], mine: str, other: str, score: float) -> bool:
     """Adds the scored pair (or raises its score); whether anything changed."""
     for entry in entries:
-        if not isinstance(entry, Mapping) and entry[0] == mine and entry[1] == other:
+        if _legacy(entry) is None and entry[0] == mine and entry[1] == other:
             if score <= entry[2]:
                 return False
             entry[2] = score
@@ -47,17 +55,19 @@ def record(entries: list[Entry], mine: str, other: str, score: float) -> bool:
 
 
 def _order(entry: Any) -> tuple[int, str, str]:
-    return (0, entry["profile_id"], "") if isinstance(entry, Mapping) else (1, entry[0], entry[1])
+    legacy = _legacy(entry)
+    return (1, entry[0], entry[1]) if legacy is None else (0, legacy[0], "")
 
 
 def union(a: Iterable[Any], b: Iterable[Any]) -> list[Any]:
-    """Both sides' entries, each pair once with its highest score.  Entries of the form
-    ``{"profile_id", "score"}`` (written before entries named keys) are kept as they are."""
+    """Both sides' entries, each pair once with its highest score.  Entries written before entries
+    named keys are kept, as ``{"profile_id", "score"}``."""
     pairs: dict[tuple[str, str], float] = {}
     legacy: dict[str, float] = {}
     for entry in (*a, *b):
-        if isinstance(entry, Mapping):
-            legacy[entry["profile_id"]] = max(legacy.get(entry["profile_id"], entry["score"]), entry["score"])
+        old = _legacy(entry)
+        if old is not None:
+            legacy[old[0]] = max(legacy.get(old[0], old[1]), old[1])
         else:
             pair = (entry[0], entry[1])
             pairs[pair] = max(pairs.get(pair, entry[2]), entry[2])
@@ -85,7 +95,7 @@ def union_aliases(a: Mapping[str, str], b: Mapping[str, str]) -> dict[str, str]:
 def aliases_to_send(entries: Iterable[Any], own_key: str) -> Iterator[tuple[str, dict[str, Any]]]:
     """``(target key, _alias message)`` for each entry held under another key of this person."""
     for entry in entries:  # one per (mine, other): one message each
-        if not isinstance(entry, Mapping) and entry[0] != own_key:
+        if _legacy(entry) is None and entry[0] != own_key:
             yield entry[1], {"type": ALIAS, "old": entry[0], "new": own_key}
 
 
@@ -104,10 +114,8 @@ def view(entries: Iterable[Any], aliases: Mapping[str, str], own_keys: set[str])
     (then by profile id); none of the profile's own keys."""
     best: dict[str, float] = {}
     for entry in entries:
-        if isinstance(entry, Mapping):
-            pid, score = entry["profile_id"], entry["score"]
-        else:
-            pid, score = profile_id_for(resolve(aliases, entry[1])), entry[2]
+        old = _legacy(entry)
+        pid, score = old if old is not None else (profile_id_for(resolve(aliases, entry[1])), entry[2])
         best[pid] = max(best.get(pid, score), score)
     own = {profile_id_for(key) for key in own_keys}
     ranked = sorted(((pid, s) for pid, s in best.items() if pid not in own), key=lambda item: (-item[1], item[0]))

@@ -13,8 +13,9 @@ def test_a_pair_is_kept_once_with_its_highest_score() -> None:
     assert pm.record(entries, "e:mary@x", "e:peter@x", 0.7)
     assert pm.record(entries, "u:mary", "e:peter@x", 0.5)
     assert entries == [["e:mary@x", "e:peter@x", 0.7], ["u:mary", "e:peter@x", 0.5]]
-    assert pm.union(entries, [["e:mary@x", "e:peter@x", 0.65], {"profile_id": "p-old", "score": 0.6}]) == \
-        [{"profile_id": "p-old", "score": 0.6}, ["e:mary@x", "e:peter@x", 0.7], ["u:mary", "e:peter@x", 0.5]]
+    older = [["e:mary@x", "e:peter@x", 0.65], {"profile_id": "p-old", "score": 0.6}, ["p-older", 0.55]]
+    assert pm.union(entries, older) == [{"profile_id": "p-old", "score": 0.6}, {"profile_id": "p-older", "score": 0.55},
+                                        ["e:mary@x", "e:peter@x", 0.7], ["u:mary", "e:peter@x", 0.5]]
 
 
 def test_an_alias_keeps_the_smallest_key_whatever_order_they_arrive_in() -> None:
