@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class _Strict(BaseModel):
@@ -184,11 +184,55 @@ class Scoring(_Strict):
     idle_days: tuple[Annotated[float, Field(gt=0)], ...] = (1, 3, 7, 14, 30, 60, 90, 180, 365)
 
 
+#: Identifier values that name nobody (tag-manager and form bugs, test data): they never link anything.
+#: Compared with every identifier after trimming, case-insensitively; an empty value is always blocked.
+DEFAULT_BLOCKED_VALUES: tuple[str, ...] = (
+    "undefined", "null", "none", "nan", "0", "-1", "anonymous", "unknown", "guest", "n/a",
+    "test@test.com", "test@example.com", "email@example.com", "user@example.com", "example@example.com",
+    "noreply@example.com", "no-reply@example.com", "none@none.com", "null@null.com", "a@a.com",
+)
+
+
+class MaxPerProfile(_Strict):
+    """Most identifiers of each kind one profile may hold (contract 3, v1.1): a link past a limit does
+    not merge; it becomes a possible match and is counted (``mailpulse_identity_limited_total``)."""
+
+    user_ids: int = Field(default=5, ge=1)
+    emails: int = Field(default=10, ge=1)
+    phones: int = Field(default=5, ge=1)
+    anonymous_ids: int = Field(default=100, ge=1)
+
+
+class Identity(_Strict):
+    blocked_values: tuple[str, ...] = DEFAULT_BLOCKED_VALUES
+    max_per_profile: MaxPerProfile = MaxPerProfile()
+
+    @field_validator("blocked_values", mode="before")
+    @classmethod
+    def _as_text(cls, values: Any) -> Any:
+        """YAML reads ``null``, ``0`` and ``-1`` of the contract's example list as None and numbers."""
+        if not isinstance(values, list | tuple):
+            return values
+        return [("null" if v is None else str(v).lower() if isinstance(v, bool) else str(v))
+                if v is None or isinstance(v, bool | int | float) else v for v in values]
+
+    def blocked(self) -> frozenset[str]:
+        """The blocked values as compared: trimmed and case-folded."""
+        return frozenset(value.strip().casefold() for value in self.blocked_values)
+
+
+class TimeGuard(_Strict):
+    #: An event more than this far ahead of the worker's wall clock is dead-lettered (``future_timestamp``).
+    max_future_minutes: float = Field(default=1440, gt=0)
+
+
 class PipelineConfig(_Strict):
     guardrails: Guardrails = Guardrails()
     triggers: Triggers = Triggers()
     segments: Segments = Segments()
     scoring: Scoring = Scoring()
+    identity: Identity = Identity()
+    time: TimeGuard = TimeGuard()
 
 
 class ConfigError(ValueError):
@@ -212,7 +256,7 @@ def load_config(path: Path | None) -> PipelineConfig:
     if data is None:
         return PipelineConfig()
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping (guardrails, triggers, segments, scoring)")
+        raise ConfigError(f"{path}: the top level must be a mapping (guardrails, triggers, segments, scoring, identity, time)")
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as exc:

@@ -20,6 +20,19 @@ MAX_MESSAGE_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
+class IngestPolicy:
+    """What decoding depends on besides the message: the worker builds it from its settings and config
+    (``identity.blocked_values``, ``time.max_future_minutes``).  The default has no future guard
+    (``max_future_ms=None``), for tools that read history files."""
+
+    phone_region: str = "US"
+    #: Identifier values (trimmed, case-folded) that name nobody: dropped from the event, never linked.
+    blocked_values: frozenset[str] = frozenset()
+    #: An event more than this far ahead of ``now_ms`` is rejected (``future_timestamp``); None: no guard.
+    max_future_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Source:
     """Where a message was read: the dead-letter record and the metrics need it."""
 

@@ -81,6 +81,20 @@ class Metrics:
         )
         for stage in COMMIT_STAGES:
             self.commit_seconds.labels(stage)
+        self.identifiers_blocked = Counter(
+            "mailpulse_identifiers_blocked", "Placeholder identifier values dropped at ingest (identity.blocked_values)",
+            ["field"], registry=r,
+        )
+        self.identity_limited = Counter(
+            "mailpulse_identity_limited",
+            "Links not merged because the profile would exceed identity.max_per_profile (kept as possible matches)",
+            ["kind"], registry=r,
+        )
+        self.processing_errors = Counter(
+            "mailpulse_processing_errors",
+            "Messages or profiles whose handling raised; the input is dead-lettered (processing_error), the rest "
+            "of the batch goes on", ["agent", "stage"], registry=r,
+        )
         self.rocksdb_memory = Gauge(
             "mailpulse_rocksdb_memory_bytes",
             "RocksDB memtables and block cache of all the worker's table partitions (MAILPULSE_ROCKSDB_MEMORY_MB)",
