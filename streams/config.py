@@ -256,7 +256,8 @@ def load_config(path: Path | None) -> PipelineConfig:
     if data is None:
         return PipelineConfig()
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping (guardrails, triggers, segments, scoring, identity, time)")
+        raise ConfigError(f"{path}: the top level must be a mapping (guardrails, triggers, segments, scoring, "
+                          "identity, time)")
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as exc:

@@ -82,7 +82,8 @@ class Metrics:
         for stage in COMMIT_STAGES:
             self.commit_seconds.labels(stage)
         self.identifiers_blocked = Counter(
-            "mailpulse_identifiers_blocked", "Placeholder identifier values dropped at ingest (identity.blocked_values)",
+            "mailpulse_identifiers_blocked",
+            "Placeholder identifier values dropped at ingest (identity.blocked_values)",
             ["field"], registry=r,
         )
         self.identity_limited = Counter(
