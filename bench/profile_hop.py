@@ -30,6 +30,7 @@ from bench.common import events_end, synthetic_events
 from schemas.events import INPUT_TOPICS
 from streams import topics as names
 from streams.app import create_app
+from streams.ingest import IngestPolicy
 from streams.output import OnDelivered
 from streams.routing import InputRecord, route_batch
 from streams.settings import Settings
@@ -71,7 +72,7 @@ def internal_records(events: list[bytes], batch: int = BATCH) -> tuple[list[tupl
     now = int(time.time() * 1000)
     started = time.perf_counter()
     for start in range(0, len(inputs), batch):
-        route_batch(inputs[start:start + batch], PARTITIONS, now, "US",
+        route_batch(inputs[start:start + batch], PARTITIONS, now, IngestPolicy(),
                     lambda partition, record: records.append((partition, record)), lambda *_: None)
     return records, time.perf_counter() - started
 

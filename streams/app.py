@@ -35,6 +35,7 @@ from streams.broker import free_port
 from streams.config import PipelineConfig, load_config
 from streams.consumer import App
 from streams.dispatch import dispatch
+from streams.ingest import IngestPolicy
 from streams.metrics import COMMIT_STAGES, Metrics, observe_many
 from streams.native_memory import release_free_memory
 from streams.output import FlushBeforeCommit, Output, OutputProducer
@@ -319,6 +320,8 @@ def _ingest_agent(p: Pipeline) -> Any:
     settings, metrics, send = p.settings, p.metrics, p.output.send
     events_topic = names.events_topic(settings.app_id)
     partitions = settings.partitions
+    identity, guard = p.rules.config.identity, p.rules.config.time
+    policy = IngestPolicy(settings.default_phone_region, identity.blocked(), int(guard.max_future_minutes * 60_000))
 
     dead: Counter[tuple[str, str]] = Counter()  # (topic, code) -> dead letters of the current batch
 
@@ -331,8 +334,7 @@ def _ingest_agent(p: Pipeline) -> Any:
 
     async def ingest(stream: Any) -> None:
         async for batch in stream.take_events(settings.batch_size, within=settings.batch_within_s):
-            route_batch(_input_records(batch), partitions, _now_ms(), settings.default_phone_region,
-                        forward, dead_letter)
+            route_batch(_input_records(batch), partitions, _now_ms(), policy, forward, dead_letter)
             for (topic, code), count in dead.items():
                 metrics.event(topic, "dead_letter").inc(count)
                 metrics.dead_letters.labels(code).inc(count)

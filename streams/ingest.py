@@ -109,7 +109,11 @@ def _code_for(exc: ValidationError) -> tuple[str, str]:
     return code, f"{where}: {msg}"[:500]
 
 
-def decode(raw: bytes | None, source: Source, now_ms: int, phone_region: str = "US") -> Accepted | Rejected:
+DEFAULT_POLICY = IngestPolicy()
+
+
+def decode(raw: bytes | None, source: Source, now_ms: int,
+           policy: IngestPolicy = DEFAULT_POLICY) -> Accepted | Rejected:
     """Validate and normalize one raw input message."""
     if raw is None:
         return reject(source, raw, "empty", "message has no value (tombstone)", now_ms)
@@ -126,7 +130,7 @@ def decode(raw: bytes | None, source: Source, now_ms: int, phone_region: str = "
         shown = repr(etype)[:64] if etype is not None else "missing"
         return reject(source, raw, "unknown_type", f"type {shown} is not a known event type", now_ms)
     try:
-        model = INPUT_EVENT_ADAPTER.validate_python(obj, context={"phone_region": phone_region})
+        model = INPUT_EVENT_ADAPTER.validate_python(obj, context={"phone_region": policy.phone_region})
     except ValidationError as exc:
         code, message = _code_for(exc)
         return reject(source, raw, code, message, now_ms)

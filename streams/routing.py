@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 
 from streams.identity import profile_key
-from streams.ingest import Accepted, Source, decode
+from streams.ingest import Accepted, IngestPolicy, Source, decode
 
 #: (topic, partition, offset, key, value, timestamp ms) of one input record.
 InputRecord = tuple[str, int, int, "bytes | None", "bytes | None", "int | None"]
@@ -52,7 +52,7 @@ class PartitionBatches:
                 yield partition, orjson.dumps(entries)
 
 
-def route_batch(inputs: Iterable[InputRecord], partitions: int, now_ms: int, phone_region: str,
+def route_batch(inputs: Iterable[InputRecord], partitions: int, now_ms: int, policy: IngestPolicy,
                 send_record: Callable[[int, bytes], None],
                 dead_letter: Callable[[str, str, bytes | None, dict[str, Any]], None]) -> None:
     """One ingest batch: each input decoded; accepted events (not ticks) batched by profile
@@ -63,7 +63,7 @@ def route_batch(inputs: Iterable[InputRecord], partitions: int, now_ms: int, pho
     clocks: dict[tuple[str, int], int] = {}
     for topic, input_partition, offset, input_key, value, timestamp_ms in inputs:
         source = Source(topic, input_partition, offset, input_key, timestamp_ms or now_ms)
-        result = decode(value, source, now_ms, phone_region)
+        result = decode(value, source, now_ms, policy)
         if isinstance(result, Accepted):
             ev = result.event
             tp = (topic, input_partition)

@@ -6,6 +6,7 @@ from typing import Any
 
 import orjson
 
+from streams.ingest import IngestPolicy
 from streams.routing import PartitionBatches, partition_for, route_batch
 
 
@@ -35,7 +36,7 @@ def test_route_batch_sends_events_then_clocks_per_partition_and_rejects_to_dead_
     sent: list[tuple[int, list[Any]]] = []
     dead: list[tuple[str, str, bytes | None]] = []
     route_batch([("clicks", 0, 5, None, good, None), ("clicks", 1, 6, b"k", b"{broken", None),
-                 ("carts", 0, 7, None, tick, None)], 4, 1772359300000, "US",
+                 ("carts", 0, 7, None, tick, None)], 4, 1772359300000, IngestPolicy(),
                 lambda partition, record: sent.append((partition, orjson.loads(record))),
                 lambda topic, code, key, letter: dead.append((topic, code, key)))
     assert dead == [("clicks", "not_json", b"k")]
