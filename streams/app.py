@@ -34,19 +34,18 @@ from streams import topics as names
 from streams.broker import free_port
 from streams.config import PipelineConfig, load_config
 from streams.consumer import App
-from streams.dispatch import dispatch
-from streams.ingest import IngestPolicy
+from streams.ingest import IngestPolicy, Source, reject
 from streams.metrics import COMMIT_STAGES, Metrics, observe_many
 from streams.native_memory import release_free_memory
 from streams.output import FlushBeforeCommit, Output, OutputProducer
 from streams.product_recs import ProductRecs
-from streams.profile import State, snapshot
-from streams.routing import InputRecord, PartitionBatches, partition_for, route_batch
+from streams.record_step import RecordResult, StepContext, StepIO, step_isolated
+from streams.routing import InputRecord, partition_for, route_batch
 from streams.rules.recommend import count_pairs, top_neighbours
 from streams.settings import Settings
 from streams.tables import ProfileTable, RocksDBDueIndex, RocksDBMemory, profile_table, rocksdb_options
-from streams.timeline import RuleSet, advance, next_due
-from streams.watermark import DueIndex, DueOrder, due_first, expected_clocks, merge_clocks, stored_due, watermark
+from streams.timeline import RuleSet
+from streams.watermark import DueIndex, DueOrder, expected_clocks, stored_due
 
 log = logging.getLogger(__name__)
 
@@ -289,23 +288,6 @@ def _wall_clock(p: Pipeline) -> Any:
     return wall_clock
 
 
-_NOT_READ: Any = object()
-
-
-class StateCache(dict[str, Any]):
-    """The states one record touches, read through from a table once (``None``: no entry)."""
-
-    def __init__(self, load: Any) -> None:
-        super().__init__()
-        self._load = load
-
-    def get(self, key: str, default: Any = None) -> Any:
-        value = dict.get(self, key, _NOT_READ)
-        if value is _NOT_READ:
-            value = self[key] = self._load(key)
-        return value
-
-
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -360,17 +342,21 @@ def _input_records(events: list[Any]) -> list[InputRecord]:
 
 def _profile_agent(p: Pipeline) -> Any:
     """Parks each profile's events until the watermark reaches them, then walks the profile forward
-    (:func:`streams.timeline.advance`): profile snapshots, segment changes and triggers."""
+    (:func:`streams.timeline.advance`): profile snapshots, segment changes and triggers.  A thin loop
+    around :func:`streams.record_step.step_isolated`: read, step, apply (stage, send, count)."""
     settings, metrics, send = p.settings, p.metrics, p.output.send
-    table, clock_table, index, rules = p.profile_state, p.partition_clocks, p.due_index, p.rules
-    expected = expected_clocks(p.input_partitions)
-    wall_delay = int(settings.wall_clock_delay_s * 1000) if settings.clock == "wall" else None
+    table, clock_table, index = p.profile_state, p.partition_clocks, p.due_index
     partitions = settings.partitions
+    ctx = StepContext(
+        rules=p.rules, expected_clocks=expected_clocks(p.input_partitions),
+        wall_delay_ms=int(settings.wall_clock_delay_s * 1000) if settings.clock == "wall" else None,
+        partitions=partitions, events_topic=names.events_topic(settings.app_id),
+        cooccurrence_topic=names.cooccurrence_topic(settings.app_id),
+    )
     latency = {name: metrics.event_latency.labels(name) for name in (names.PROFILES, names.SEGMENT_CHANGES,
                                                                      names.TRIGGERS)}
     updated, applied = metrics.profiles_written.labels("updated"), metrics.events_applied
-    events_topic, block_table = names.events_topic(settings.app_id), p.identity_blocks
-    cooccurrence_topic, neighbours_of = names.cooccurrence_topic(settings.app_id), p.product_recs.get
+    block_table = p.identity_blocks
 
     def due_entries() -> Any:
         for key, value in table.items_with_staged():
@@ -378,160 +364,110 @@ def _profile_agent(p: Pipeline) -> Any:
             if due is not None:
                 yield partition_for(key.decode(), partitions), due, key
 
-    def write(key: bytes, state: State, partition: int) -> None:
-        due = next_due(state) if "profile" in state else None
-        previous = state.get("due")  # what the index holds for this key
-        if due != previous:
-            if due is None:
-                index.discard(partition, key, previous)
-            else:
-                index.push(partition, due, key, previous)
-            state["due"] = due
-        if "profile" not in state:
-            state.pop("due", None)  # a redirect or erasure marker keeps nothing but its key's fate
-            table.stage_json(key, state, partition)
-        else:
-            table.stage_json(key, due_first(state), partition)
-
     async def profiles(stream: Any) -> None:
         async for record in stream.events():
             # One record = one partition's batch; table writes land in this record's partition
             # because Faust takes it from the current event.
-            partition = record.message.partition
+            message = record.message
+            partition = message.partition
             if not index.built:
                 index.build(due_entries())
-            clocks_key = b"clocks|%d" % partition
-            clocks: dict[str, int] = clock_table.read_json(clocks_key, partition) or {}
-            wall = clocks.get("wall")
-            before = watermark(clocks, expected, None if wall_delay is None or wall is None else wall - wall_delay)
-            states = StateCache(table.json_reader(partition))
-            blocks = StateCache(block_table.json_reader(partition))
-            changed: set[str] = set()
-            republish: set[str] = set()
-            outbox: list[tuple[str, dict[str, Any]]] = []
-            outcomes: Counter[tuple[str, str]] = Counter()  # (topic, outcome) -> events, counted once per record
-            late: Counter[str] = Counter()  # topic -> late events
-            moved = False
-            for key, message in orjson.loads(record.value):
-                if key is None:  # clocks of input partitions, or the wall clock
-                    if "clocks" in message:
-                        moved |= merge_clocks(clocks, message["clocks"])
-                    elif message.get("wall", 0) > clocks.get("wall", 0):
-                        clocks["wall"] = message["wall"]
-                        moved = True
-                    continue
-                effects = dispatch(states, blocks, key, message, before, rules)
-                if effects.outcome is not None:
-                    topic = message["src"][0]
-                    outcomes[topic, "duplicate" if effects.outcome == "duplicate" else "processed"] += 1
-                    if effects.late:
-                        late[topic] += 1
-                if effects.changed:
-                    changed.add(key)
-                if effects.republish:
-                    republish.add(key)
-                outbox += effects.send
-                for profile_id, why in effects.tombstones:
-                    send(names.PROFILES, profile_id.encode(), None)
-                    metrics.profiles_written.labels(why).inc()
-                for kind in effects.merges:
-                    metrics.profile_merges.labels(kind).inc()
-                if effects.blocks_skipped:
-                    metrics.identity_blocks_skipped.inc(effects.blocks_skipped)
-                if effects.unknown is not None:
-                    log.warning("skipped an internal message of unknown type %r for %s (a newer worker's?)",
-                                effects.unknown, key)
-            for (topic, outcome), count in outcomes.items():
-                metrics.event(topic, outcome).inc(count)
-            for topic, count in late.items():
-                metrics.late_events.labels(topic).inc(count)
-            if moved:
-                clock_table.stage_json(clocks_key, clocks, partition)
-            wall = clocks.get("wall")
-            now_wm = watermark(clocks, expected, None if wall_delay is None or wall is None else wall - wall_delay)
-            due_now: set[str] = set()
-            if now_wm is not None:
-                due_now = {kb.decode() for _, kb in index.pop_due(partition, now_wm)}
             now = _now_ms()
-            record_arrival = int(record.message.timestamp * 1000) if record.message.timestamp else now
-            pairs: dict[str, list[list[Any]]] = {}
-            published = released = 0
-            waits: dict[str, list[float]] = {names.PROFILES: [], names.SEGMENT_CHANGES: [], names.TRIGGERS: []}
-            profile_waits, segment_waits = waits[names.PROFILES], waits[names.SEGMENT_CHANGES]
-            segment_counts: Counter[tuple[str, str]] = Counter()
-            for key in sorted(changed | due_now):
-                if key.startswith("b:"):
-                    members = blocks.get(key)
-                    block_table.stage_json(key.encode(), members or None, partition)
-                    continue
-                state = states.get(key)
-                if state is None:
-                    continue
-                kb = key.encode()
-                if "profile" not in state:  # a redirect or an erasure marker
-                    if key in changed:
-                        write(kb, state, partition)
-                    continue
-                out = advance(state, now_wm, rules, now, neighbours_of)
-                if not (out.steps or key in changed):
-                    continue  # a stale index entry: nothing was due
-                publish = out.changed or key in republish
-                if publish:
-                    state["published"] = True  # a later merge or erase then tombstones it
-                write(kb, state, partition)
-                released += len(out.released)
-                for product, other, weight in out.pairs:
-                    pairs.setdefault(product, []).append([other, weight])
-                arrived = max((ev["src"][3] for ev in out.released), default=record_arrival)
-                pid = state["profile"]["profile_id"].encode()
-                waited = max(0.0, (now - arrived) / 1000)
-                if publish:
-                    send(names.PROFILES, pid, orjson.dumps(snapshot(state, out.cart)))
-                    published += 1
-                    profile_waits.append(waited)
-                for change in out.segment_changes:
-                    send(names.SEGMENT_CHANGES, pid, orjson.dumps(change))
-                    segment_counts[change["segment"], change["change"]] += 1
-                    segment_waits.append(waited)
-                for score in out.scores:
-                    send(names.SCORES, pid, orjson.dumps(score))
-                for trigger in out.triggers:
-                    send(names.TRIGGERS, pid, orjson.dumps(trigger))
-                    metrics.triggers.labels(trigger["type"]).inc()
-                    waits[names.TRIGGERS].append(waited)
-                for trigger_type, reason in out.suppressed:
-                    metrics.triggers_suppressed.labels(trigger_type, reason).inc()
-                for trigger_type, reason in out.deferred:
-                    metrics.triggers_deferred.labels(trigger_type, reason).inc()
-            for output_topic, waited_list in waits.items():
-                observe_many(latency[output_topic], waited_list)
-            if released:
-                applied.inc(released)
-            if published:
-                updated.inc(published)
-            for (segment, change_kind), count in segment_counts.items():
-                metrics.segment_changes.labels(segment, change_kind).inc(count)
-            if pairs:
-                by_partition: dict[int, list[Any]] = {}
-                for product, counted in pairs.items():
-                    by_partition.setdefault(partition_for(product, partitions), []).append([product, counted])
-                for target, entries in by_partition.items():
-                    send(cooccurrence_topic, None, orjson.dumps(entries), target)
-            if outbox:
-                routed = PartitionBatches()
-                for target_key, message in outbox:
-                    target = partition_for(target_key, partitions)
-                    full = routed.add(target, target_key, message, 512 + (4096 if "state" in message else 0))
-                    if full is not None:
-                        send(events_topic, None, full, target)
-                for target, batch in routed.records():
-                    send(events_topic, None, batch, target)
-            # After the outbox: a key that gave its profile away is written as a redirect only once
+            source = Source(message.topic, partition, message.offset, None,
+                            int(message.timestamp * 1000) if message.timestamp else now)
+            try:
+                entries = orjson.loads(record.value)
+                if not isinstance(entries, list):
+                    raise TypeError("an internal record is a list of [key, message] entries")
+            except Exception as exc:  # not one of ours (or damaged): nothing in it can be applied
+                _internal_dead_letter(p, source, record.value, exc)
+                continue
+            clocks_key = b"clocks|%d" % partition
+            result = step_isolated(entries, _reader(p, partition, now, source.arrived_ms), ctx, source)
+            for topic, key, value, target in result.sends:
+                send(topic, key, value, target)
+            if result.clocks is not None:
+                clock_table.stage(clocks_key, result.clocks, partition)
+            for kb, due, previous in result.due_changes:
+                if due is None:
+                    index.discard(partition, kb, previous)
+                else:
+                    index.push(partition, due, kb, previous)
+            for kb, value in result.state_writes:
+                table.stage(kb, value, partition)
+            for kb, value in result.block_writes:
+                block_table.stage(kb, value, partition)
+            _count(p, result, latency, updated, applied)
+            # After the sends: a key that gave its profile away is written as a redirect only once
             # the absorb carrying that profile is sent (write_staged delivers it first).
             if p.staged_count > STAGED_LIMIT:
                 p.write_staged()
 
     return profiles
+
+
+def _reader(p: Pipeline, partition: int, now: int, arrived_ms: int) -> Any:
+    """``make_io()`` of one record: fresh table readers for each attempt of its step, and the due
+    index popped once (a retry gets the same keys)."""
+    popped: dict[int, set[str]] = {}
+    neighbours_of = p.product_recs.get
+
+    def pop_due(upto: int) -> set[str]:
+        if upto not in popped:
+            popped[upto] = {kb.decode() for _, kb in p.due_index.pop_due(partition, upto)}
+        return popped[upto]
+
+    def make_io() -> StepIO:
+        clocks = p.partition_clocks.read_json(b"clocks|%d" % partition, partition) or {}
+        return StepIO(partition, p.profile_state.json_reader(partition), p.identity_blocks.json_reader(partition),
+                      clocks, pop_due, now, arrived_ms, neighbours_of)
+
+    return make_io
+
+
+def _count(p: Pipeline, result: RecordResult, latency: dict[str, Any], updated: Any, applied: Any) -> None:
+    """The metrics of one record's step."""
+    metrics = p.metrics
+    for (topic, outcome), count in result.outcomes.items():
+        metrics.event(topic, outcome).inc(count)
+    for topic, count in result.late.items():
+        metrics.late_events.labels(topic).inc(count)
+    for why, count in result.profiles_written.items():
+        (updated if why == "updated" else metrics.profiles_written.labels(why)).inc(count)
+    for kind in result.merges:
+        metrics.profile_merges.labels(kind).inc()
+    for kind in result.limited:
+        metrics.identity_limited.labels(kind).inc()
+    if result.blocks_skipped:
+        metrics.identity_blocks_skipped.inc(result.blocks_skipped)
+    for unknown in result.unknown:
+        log.warning("skipped an internal message of unknown type %r (a newer worker's?)", unknown)
+    for output_topic, waited in result.waits.items():
+        observe_many(latency[output_topic], waited)
+    if result.released:
+        applied.inc(result.released)
+    for trigger_type, count in result.triggers.items():
+        metrics.triggers.labels(trigger_type).inc(count)
+    for trigger_type, reason in result.suppressed:
+        metrics.triggers_suppressed.labels(trigger_type, reason).inc()
+    for trigger_type, reason in result.deferred:
+        metrics.triggers_deferred.labels(trigger_type, reason).inc()
+    for (segment, change_kind), count in result.segment_changes.items():
+        metrics.segment_changes.labels(segment, change_kind).inc(count)
+    for stage, _ in result.failures:
+        metrics.processing_errors.labels("profiles", stage).inc()
+        metrics.dead_letters.labels("processing_error").inc()
+
+
+def _internal_dead_letter(p: Pipeline, source: Source, raw: bytes | None, exc: BaseException) -> None:
+    """An internal record (or co-occurrence record) that cannot be handled at all: dead-lettered whole."""
+    agent = "cooccurrence" if source.topic == names.cooccurrence_topic(p.settings.app_id) else "profiles"
+    log.warning("processing_error in the %s agent: %s; the record is dead-lettered", agent, type(exc).__name__)
+    letter = reject(source, raw, "processing_error", f"{agent}: {type(exc).__name__}", source.arrived_ms).record
+    letter["stage"] = agent
+    p.output.send(names.DEAD_LETTER, None, orjson.dumps(letter))
+    p.metrics.processing_errors.labels(agent, "record").inc()
+    p.metrics.dead_letters.labels("processing_error").inc()
 
 
 def _cooccurrence_agent(p: Pipeline) -> Any:
@@ -543,14 +479,21 @@ def _cooccurrence_agent(p: Pipeline) -> Any:
     async def cooccurrence(stream: Any) -> None:
         async for record in stream.events():
             partition = record.message.partition
-            for product, counted in orjson.loads(record.value):
-                key = product.encode()
-                neighbours: dict[str, int] = table.read_json(key, partition) or {}
-                before = top_neighbours(neighbours)
-                neighbours = count_pairs(neighbours, ((other, weight) for other, weight in counted))
-                table.stage_json(key, neighbours, partition)
-                top = top_neighbours(neighbours)
-                if top != before:
-                    send(recs_topic, key, orjson.dumps(top))
+            message = record.message
+            try:
+                entries = orjson.loads(record.value)
+                for product, counted in entries:
+                    key = product.encode()
+                    neighbours: dict[str, int] = table.read_json(key, partition) or {}
+                    before = top_neighbours(neighbours)
+                    neighbours = count_pairs(neighbours, ((other, weight) for other, weight in counted))
+                    top = top_neighbours(neighbours)
+                    value, recs = orjson.dumps(neighbours), orjson.dumps(top) if top != before else None
+                    table.stage(key, value, partition)
+                    if recs is not None:
+                        send(recs_topic, key, recs)
+            except Exception as exc:  # counts are a recommendation signal: what is left of the record is dropped
+                source = Source(message.topic, partition, message.offset, None, _now_ms())
+                _internal_dead_letter(p, source, record.value, exc)
 
     return cooccurrence

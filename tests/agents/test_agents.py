@@ -240,3 +240,82 @@ async def test_profiles_agent_scores_a_profile_an_hour_after_its_last_event(pipe
     latest = [value for _, value, _ in sent(pipeline, "profiles")][-1]
     assert latest["predictions"] == {k: v for k, v in score.items() if k not in ("profile_id", "user_id")}
     assert pipeline.metrics.scoring_seconds._sum.get() > 0
+
+
+def _poison_dispatch(monkeypatch: pytest.MonkeyPatch, event_id: str) -> None:
+    """The profile step's dispatch raises for one event id (a stand-in for any bug one input trips)."""
+    import streams.record_step as record_step
+
+    real = record_step.dispatch
+
+    def dispatch(states: Any, blocks: Any, key: str, message: dict[str, Any], *args: Any) -> Any:
+        if message.get("event_id") == event_id:
+            raise KeyError("boom")
+        return real(states, blocks, key, message, *args)
+
+    monkeypatch.setattr(record_step, "dispatch", dispatch)
+
+
+async def test_an_entry_that_makes_the_step_raise_is_dead_lettered_and_the_rest_of_the_record_goes_on(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _poison_dispatch(monkeypatch, "bad")
+    other = _event("o-1", "product_view", product_id="sku-2")
+    other["user_id"] = "u-2"
+    pairs = orjson.loads(_batch(_event("e-1", "product_view", product_id="sku-1"), _event("bad"),
+                                _event("e-2"), clock=1772359200000))
+    pairs.insert(1, ["u:u-2", other])
+    async with agent(pipeline, "profiles").test_context() as profiles:
+        await profiles.put(orjson.dumps(pairs))
+        await profiles.put(_batch(_event("e-3"), clock=1772359200001))  # the agent still runs
+    state = orjson.loads(pipeline.profile_state.read(b"u:u-1"))
+    assert state["profile"]["aggregates"]["event_counts"] == {"page_view": 2, "product_view": 1}
+    assert set(state["seen"]) == {"e-1", "e-2", "e-3"}
+    assert orjson.loads(pipeline.profile_state.read(b"u:u-2"))["profile"]["aggregates"]["event_counts"] == \
+        {"product_view": 1}
+    [(_, letter, _)] = sent(pipeline, "dead-letter")
+    assert letter["error"] == {"code": "processing_error", "message": "profile hop, dispatch: KeyError"}
+    assert (letter["topic"], letter["partition"], letter["offset"]) == ("clicks", 0, 0)
+    assert orjson.loads(letter["raw"])["event_id"] == "bad"
+    m = pipeline.metrics
+    assert m.processing_errors.labels("profiles", "dispatch")._value.get() == 1
+    assert m.dead_letters.labels("processing_error")._value.get() == 1
+    assert m.events.labels("clicks", "dead_letter")._value.get() == 1
+    assert m.events.labels("clicks", "processed")._value.get() == 4  # each good event once, retry or not
+
+
+async def test_a_profile_whose_advance_raises_is_left_out_and_other_profiles_go_on(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import streams.record_step as record_step
+
+    real = record_step.advance
+
+    def advance(state: Any, *args: Any, **kwargs: Any) -> Any:
+        if state["profile"]["key"] == "u:u-1":
+            raise ZeroDivisionError
+        return real(state, *args, **kwargs)
+
+    monkeypatch.setattr(record_step, "advance", advance)
+    other = _event("o-1")
+    other["user_id"] = "u-2"
+    pairs = orjson.loads(_batch(_event("e-1"), _event("e-2"), clock=1772359200000))
+    pairs.insert(0, ["u:u-2", other])
+    async with agent(pipeline, "profiles").test_context() as profiles:
+        await profiles.put(orjson.dumps(pairs))
+    assert pipeline.profile_state.read(b"u:u-1") is None  # nothing half-applied was written
+    assert orjson.loads(pipeline.profile_state.read(b"u:u-2"))["profile"]["version"] > 0
+    letters = [letter for _, letter, _ in sent(pipeline, "dead-letter")]
+    assert sorted(orjson.loads(letter["raw"])["event_id"] for letter in letters) == ["e-1", "e-2"]
+    assert {letter["error"]["message"] for letter in letters} == {"profile hop, advance: ZeroDivisionError"}
+    assert pipeline.metrics.processing_errors.labels("profiles", "advance")._value.get() == 2
+
+
+async def test_an_internal_record_that_is_not_one_is_dead_lettered_whole(pipeline: Pipeline) -> None:
+    async with agent(pipeline, "profiles").test_context() as profiles:
+        await profiles.put(b'{"not": "a list"}')
+        await profiles.put(b"\xff\xfe")
+        await profiles.put(_batch(_event("e-1"), clock=1772359200000))
+    assert orjson.loads(pipeline.profile_state.read(b"u:u-1"))["profile"]["version"] > 0
+    codes = [letter["error"]["code"] for _, letter, _ in sent(pipeline, "dead-letter")]
+    assert codes == ["processing_error", "processing_error"]

@@ -1,0 +1,347 @@
+"""One internal record of the profile hop as one step: ``step(entries, io, rules, ...) -> RecordResult``.
+
+The step reads what it needs through :class:`StepIO` and changes nothing outside the states it
+decoded for this record: every table write, due-index change, send and counter comes back in the
+:class:`RecordResult`, which the profile agent applies in one go (:func:`streams.app._profile_agent`).
+
+Why: an exception while handling one entry or one profile must not stop the agent, nor leave half
+of a record applied.  When the step raises, nothing was applied; :func:`step_isolated` runs it again
+with the culprit left out (an entry, or every entry of a profile whose advance or encoding failed)
+and dead-letters what it left out with code ``processing_error``.  States are decoded afresh for
+each attempt, so a retry starts from the tables as they were before the record.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from streams import topics as names
+from streams.dispatch import dispatch
+from streams.identity import profile_id_for
+from streams.ingest import Source, reject
+from streams.profile import snapshot
+from streams.routing import PartitionBatches, partition_for
+from streams.timeline import NeighboursOf, RuleSet, _no_neighbours, advance, next_due
+from streams.watermark import due_first, merge_clocks, watermark
+
+log = logging.getLogger(__name__)
+
+#: A state or output value larger than this is not written: its profile is treated as failing (a
+#: broker refuses records over 1 MB by default, and the commit path must never meet one).
+MAX_VALUE_BYTES = 900_000
+#: The most of an internal entry a ``processing_error`` dead letter carries as ``raw``.
+MAX_RAW_CHARS = 64 * 1024
+
+
+class StepFailure(Exception):
+    """The step raised while handling entry ``index`` (stage ``dispatch``) or profile ``key``."""
+
+    def __init__(self, stage: str, cause: BaseException, index: int | None = None, key: str | None = None) -> None:
+        super().__init__(f"{stage}: {type(cause).__name__}")
+        self.stage, self.cause, self.index, self.key = stage, cause, index, key
+
+
+@dataclass
+class StepIO:
+    """What a step reads: table values (decoded afresh on each call), the partition's input clocks,
+    the due index (``pop_due(watermark)``, the same answer for every attempt of a record), the time."""
+
+    partition: int
+    read_state: Callable[[str], Any]
+    read_block: Callable[[str], Any]
+    clocks: dict[str, int]
+    pop_due: Callable[[int], set[str]]
+    now_ms: int
+    record_arrival_ms: int
+    neighbours_of: NeighboursOf = _no_neighbours
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What stays the same for every record of a worker."""
+
+    rules: RuleSet
+    expected_clocks: Any
+    wall_delay_ms: int | None
+    partitions: int
+    events_topic: str
+    cooccurrence_topic: str
+
+
+@dataclass
+class RecordResult:
+    """Everything one record changes, for the agent to apply."""
+
+    #: (key, encoded state or None to delete) of profile-state, in the order to stage them.
+    state_writes: list[tuple[bytes, bytes | None]] = field(default_factory=list)
+    #: (key, new due or None, previous due or None) for the due index.
+    due_changes: list[tuple[bytes, int | None, int | None]] = field(default_factory=list)
+    block_writes: list[tuple[bytes, bytes | None]] = field(default_factory=list)
+    clocks: bytes | None = None  # the partition's clocks when they moved
+    #: (topic, key, value, partition or None) in the order to send them.
+    sends: list[tuple[str, bytes | None, bytes | None, int | None]] = field(default_factory=list)
+    outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)  # (input topic, outcome) -> events
+    late: Counter[str] = field(default_factory=Counter)
+    merges: list[str] = field(default_factory=list)
+    limited: list[str] = field(default_factory=list)
+    blocks_skipped: int = 0
+    profiles_written: Counter[str] = field(default_factory=Counter)  # updated | merged | erased
+    released: int = 0
+    triggers: Counter[str] = field(default_factory=Counter)
+    suppressed: list[tuple[str, str]] = field(default_factory=list)
+    deferred: list[tuple[str, str]] = field(default_factory=list)
+    segment_changes: Counter[tuple[str, str]] = field(default_factory=Counter)
+    waits: dict[str, list[float]] = field(default_factory=lambda: {
+        names.PROFILES: [], names.SEGMENT_CHANGES: [], names.TRIGGERS: []})
+    unknown: list[str] = field(default_factory=list)  # internal message types this version does not know
+    #: (stage, exception class) of each failure left out, in order; their dead letters are in ``sends``.
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+
+class _Cache(dict[str, Any]):
+    """The values one attempt touches, read through once (``None``: no entry)."""
+
+    _NOT_READ: Any = object()
+
+    def __init__(self, load: Callable[[str], Any]) -> None:
+        super().__init__()
+        self._load = load
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = dict.get(self, key, self._NOT_READ)
+        if value is self._NOT_READ:
+            value = self[key] = self._load(key)
+        return value
+
+
+def _encoded(value: Any) -> bytes:
+    data = orjson.dumps(value)
+    if len(data) > MAX_VALUE_BYTES:
+        raise ValueError(f"value of {len(data)} bytes over the limit of {MAX_VALUE_BYTES}")
+    return data
+
+
+def step(entries: list[Any], io: StepIO, ctx: StepContext, skip: frozenset[int] = frozenset(),
+         skip_keys: frozenset[str] = frozenset()) -> RecordResult:
+    """One record's entries (``[key, message]``; key ``None``: clocks) applied to the states they
+    address, then every changed or due profile advanced to the watermark.  Raises
+    :class:`StepFailure` naming the culprit; ``skip``/``skip_keys`` leave entries and profiles out."""
+    rules = ctx.rules
+    result = RecordResult()
+    clocks = io.clocks
+    wall = clocks.get("wall")
+    delay = ctx.wall_delay_ms
+    before = watermark(clocks, ctx.expected_clocks, None if delay is None or wall is None else wall - delay)
+    states, blocks = _Cache(io.read_state), _Cache(io.read_block)
+    changed: set[str] = set()
+    republish: set[str] = set()
+    outbox: list[tuple[str, str, dict[str, Any]]] = []  # (source key, target key, message)
+    moved = False
+    for index, (key, message) in enumerate(entries):
+        if index in skip or (key is not None and key in skip_keys):
+            continue
+        try:
+            if key is None:  # clocks of input partitions, or the wall clock
+                if "clocks" in message:
+                    moved |= merge_clocks(clocks, message["clocks"])
+                elif message.get("wall", 0) > clocks.get("wall", 0):
+                    clocks["wall"] = message["wall"]
+                    moved = True
+                continue
+            effects = dispatch(states, blocks, key, message, before, rules)
+        except Exception as exc:
+            raise StepFailure("dispatch", exc, index=index, key=key) from exc
+        if effects.outcome is not None:
+            topic = message["src"][0]
+            result.outcomes[topic, "duplicate" if effects.outcome == "duplicate" else "processed"] += 1
+            if effects.late:
+                result.late[topic] += 1
+        if effects.changed:
+            changed.add(key)
+        if effects.republish:
+            republish.add(key)
+        outbox += [(key, target, sent) for target, sent in effects.send]
+        for profile_id, why in effects.tombstones:
+            result.sends.append((names.PROFILES, profile_id.encode(), None, None))
+            result.profiles_written[why] += 1
+        result.merges += effects.merges
+        result.limited += getattr(effects, "limited", ())
+        result.blocks_skipped += effects.blocks_skipped
+        if effects.unknown is not None:
+            result.unknown.append(effects.unknown)
+    if moved:
+        result.clocks = orjson.dumps(clocks)
+    wall = clocks.get("wall")
+    now_wm = watermark(clocks, ctx.expected_clocks, None if delay is None or wall is None else wall - delay)
+    due_now = io.pop_due(now_wm) - skip_keys if now_wm is not None else set()
+    now = io.now_ms
+    pairs: dict[str, list[list[Any]]] = {}
+    for key in sorted(changed | due_now):
+        try:
+            _advance_one(key, states, blocks, key in changed, key in republish, now_wm, now, io, ctx, result, pairs)
+        except Exception as exc:
+            raise StepFailure("advance", exc, key=key) from exc
+    if pairs:
+        by_partition: dict[int, list[Any]] = {}
+        for product, counted in pairs.items():
+            by_partition.setdefault(partition_for(product, ctx.partitions), []).append([product, counted])
+        for target, grouped in by_partition.items():
+            result.sends.append((ctx.cooccurrence_topic, None, orjson.dumps(grouped), target))
+    if outbox:
+        _route_outbox(outbox, ctx, result)
+    return result
+
+
+def _advance_one(key: str, states: _Cache, blocks: _Cache, changed: bool, republish: bool, now_wm: int | None,
+                 now: int, io: StepIO, ctx: StepContext, result: RecordResult,
+                 pairs: dict[str, list[list[Any]]]) -> None:
+    """One changed or due key: a block written back, a redirect or marker written, or a live profile
+    advanced, written and published."""
+    if key.startswith("b:"):
+        members = blocks.get(key)
+        result.block_writes.append((key.encode(), _encoded(members) if members else None))
+        return
+    state = states.get(key)
+    if state is None:
+        return
+    kb = key.encode()
+    if "profile" not in state:  # a redirect or an erasure marker
+        if changed:
+            _write(kb, state, result)
+        return
+    out = advance(state, now_wm, ctx.rules, now, io.neighbours_of)
+    if not (out.steps or changed):
+        return  # a stale index entry: nothing was due
+    publish = out.changed or republish
+    if publish:
+        state["published"] = True  # a later merge or erase then tombstones it
+    _write(kb, state, result)
+    result.released += len(out.released)
+    for product, other, weight in out.pairs:
+        pairs.setdefault(product, []).append([other, weight])
+    arrived = max((ev["src"][3] for ev in out.released), default=io.record_arrival_ms)
+    pid = state["profile"]["profile_id"].encode()
+    waited = max(0.0, (now - arrived) / 1000)
+    if publish:
+        result.sends.append((names.PROFILES, pid, _encoded(snapshot(state, out.cart)), None))
+        result.profiles_written["updated"] += 1
+        result.waits[names.PROFILES].append(waited)
+    for change in out.segment_changes:
+        result.sends.append((names.SEGMENT_CHANGES, pid, orjson.dumps(change), None))
+        result.segment_changes[change["segment"], change["change"]] += 1
+        result.waits[names.SEGMENT_CHANGES].append(waited)
+    for score in out.scores:
+        result.sends.append((names.SCORES, pid, orjson.dumps(score), None))
+    for trigger in out.triggers:
+        result.sends.append((names.TRIGGERS, pid, _encoded(trigger), None))
+        result.triggers[trigger["type"]] += 1
+        result.waits[names.TRIGGERS].append(waited)
+    result.suppressed += out.suppressed
+    result.deferred += out.deferred
+
+
+def _write(kb: bytes, state: dict[str, Any], result: RecordResult) -> None:
+    """Stages ``state`` with its next due time first (the due index reads it from there)."""
+    live = "profile" in state
+    due = next_due(state) if live else None
+    previous = state.get("due")  # what the index holds for this key
+    if due != previous:
+        result.due_changes.append((kb, due, previous))
+        state["due"] = due
+    if not live:
+        state.pop("due", None)  # a redirect or erasure marker keeps nothing but its key's fate
+        result.state_writes.append((kb, _encoded(state)))
+    else:
+        result.state_writes.append((kb, _encoded(due_first(state))))
+
+
+def _route_outbox(outbox: list[tuple[str, str, dict[str, Any]]], ctx: StepContext, result: RecordResult) -> None:
+    """The identity messages of this record, batched per target partition onto the internal topic.
+    A message that cannot be encoded fails the key that sent it."""
+    routed = PartitionBatches()
+    for source, target_key, message in outbox:
+        target = partition_for(target_key, ctx.partitions)
+        try:
+            _encoded([target_key, message])
+        except Exception as exc:
+            raise StepFailure("route", exc, key=source) from exc
+        full = routed.add(target, target_key, message, 512 + (4096 if "state" in message else 0))
+        if full is not None:
+            result.sends.append((ctx.events_topic, None, full, target))
+    for target, batch in routed.records():
+        result.sends.append((ctx.events_topic, None, batch, target))
+
+
+def step_isolated(entries: list[Any], make_io: Callable[[], StepIO], ctx: StepContext,
+                  source: Source) -> RecordResult:
+    """:func:`step`, run again without the culprit each time it fails: a failed entry is left out,
+    a failed profile with every entry of the record addressed to it, and a failure that names
+    neither (the partition's clocks) the whole record.  What was left out is dead-lettered
+    (``processing_error``: the stage and the exception's class, no personal data).  ``make_io`` gives
+    each attempt fresh readers; ``source`` is the internal record's place."""
+    skip: set[int] = set()
+    skip_keys: set[str] = set()
+    why: dict[int | str, tuple[str, str]] = {}  # entry index or key -> (stage, exception class)
+    for _ in range(len(entries) + 2):
+        try:
+            result = step(entries, make_io(), ctx, frozenset(skip), frozenset(skip_keys))
+            break
+        except Exception as exc:
+            failure = exc if isinstance(exc, StepFailure) else StepFailure("record", exc)
+            cause = type(failure.cause).__name__
+            where = profile_id_for(failure.key) if failure.key is not None else "-"
+            log.warning("processing_error in the profile hop (%s: %s, profile %s): left out, dead-lettered",
+                        failure.stage, cause, where)
+            log.debug("processing_error detail", exc_info=failure.cause)
+            if failure.index is not None and failure.index not in skip:
+                skip.add(failure.index)
+                why[failure.index] = (failure.stage, cause)
+            elif failure.key is not None and failure.key not in skip_keys:
+                skip_keys.add(failure.key)
+                why[failure.key] = (failure.stage, cause)
+            else:  # nothing to single out: the whole record is left out
+                result = RecordResult()
+                why.update({index: (failure.stage, cause) for index in range(len(entries)) if index not in skip})
+                skip.update(range(len(entries)))
+                break
+    else:  # pragma: no cover - each attempt leaves out one more entry or key, or ends above
+        result = RecordResult()
+    if why:
+        _dead_letter(entries, skip, skip_keys, why, source, result)
+    return result
+
+
+def _dead_letter(entries: list[Any], skip: set[int], skip_keys: set[str], why: dict[int | str, tuple[str, str]],
+                 source: Source, result: RecordResult) -> None:
+    """A ``processing_error`` dead letter for every entry left out.  An input event names its input
+    place (topic, partition, offset) and carries its normalized form as ``raw``; an internal message
+    names the internal record and carries ``[key, message]``."""
+    for index, entry in enumerate(entries):
+        key, message = entry if isinstance(entry, list | tuple) and len(entry) == 2 else (None, entry)
+        if not (index in skip or (key is not None and key in skip_keys)):
+            continue
+        stage, cause = why.get(index) or why.get(key) or ("record", "Exception")  # type: ignore[arg-type]
+        result.failures.append((stage, cause))
+        if key is None and isinstance(message, dict) and ("clocks" in message or "wall" in message):
+            continue  # a clock update: nothing to keep
+        src = message.get("src") if isinstance(message, dict) else None
+        is_event = isinstance(src, list) and len(src) >= 3
+        try:
+            place = Source(str(src[0]), int(src[1]), int(src[2]), None, source.arrived_ms) if is_event else source  # type: ignore[index]
+        except Exception:
+            place, is_event = source, False
+        try:
+            raw = orjson.dumps(message if is_event else [key, message])[:MAX_RAW_CHARS]
+        except Exception:
+            raw = b"(not encodable)"
+        letter = reject(place, raw, "processing_error", f"profile hop, {stage}: {cause}", source.arrived_ms).record
+        letter["stage"] = "profiles"
+        result.sends.append((names.DEAD_LETTER, None, orjson.dumps(letter), None))
+        if is_event:
+            result.outcomes[place.topic, "dead_letter"] += 1
