@@ -243,8 +243,8 @@ def _on_revocation(p: Pipeline) -> Any:
 
 def _consumer_lag(p: Pipeline) -> Any:
     """``mailpulse_consumer_lag``: for each assigned partition of a topic the agents read, the messages
-    between the last one processed (acked, or committed) and the partition's end as of the last
-    fetch.  Partitions no longer assigned lose their series."""
+    between its committed offset and the partition's end as of the last fetch (what a restart would
+    read again).  Partitions no longer assigned lose their series."""
     gauge = p.metrics.consumer_lag
     topics = {*INPUT_TOPICS, names.events_topic(p.settings.app_id), names.cooccurrence_topic(p.settings.app_id)}
     shown: set[tuple[str, str]] = set()
@@ -261,9 +261,9 @@ def _consumer_lag(p: Pipeline) -> Any:
                 continue
             if end is None:
                 continue
-            acked = consumer._acked.get(tp)  # processed, not committed yet
-            committed = consumer._committed_offset.get(tp)
-            done = max(max(acked) + 1 if acked else 0, committed or 0)
+            # From the committed offset, not the acked ones: what a restart would read again, so a
+            # commit that is stuck (while events are still processed) shows as growing lag.
+            done = consumer._committed_offset.get(tp) or 0
             labels = (tp.topic, str(tp.partition))
             gauge.labels(*labels).set(max(0, end - done))
             current.add(labels)

@@ -175,3 +175,17 @@ def topic_partitions(bootstrap: str, topics: Iterable[str]) -> dict[str, int]:
 
     metadata = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0}).list_topics(timeout=10).topics
     return {name: len(metadata[name].partitions) for name in topics if name in metadata}
+
+
+def check_partitions(bootstrap: str, partitions: int, internal: Iterable[str], outputs: Iterable[str]) -> list[str]:
+    """Compares existing topics with ``MAILPULSE_PARTITIONS``.  An internal topic with another count
+    raises :class:`BrokerError` (profiles would split silently: a key's partition is crc32 mod the
+    count); output topics may differ (keyed by profile id, any count works): returned as warnings."""
+    counts = topic_partitions(bootstrap, [*internal, *outputs])
+    wrong = [name for name in internal if counts.get(name, partitions) != partitions]
+    if wrong:
+        more = f" (and {len(wrong) - 1} more internal topics)" if len(wrong) > 1 else ""
+        raise BrokerError(f"MAILPULSE_PARTITIONS is {partitions}, but {wrong[0]} has {counts[wrong[0]]} partitions"
+                          f"{more}: this app id first ran with another count; use it, or a new MAILPULSE_APP_ID")
+    return [f"{name} has {counts[name]} partitions, MAILPULSE_PARTITIONS is {partitions}"
+            for name in outputs if counts.get(name, partitions) != partitions]

@@ -34,3 +34,13 @@ def cooccurrence_topic(app_id: str) -> str:
 def product_recs_topic(app_id: str) -> str:
     """Internal compacted topic: product -> its top neighbours (a JSON list), read by every worker."""
     return f"{app_id}-product-recs"
+
+
+#: The worker's tables; Faust keeps each in the changelog topic ``<app_id>-<table>-changelog``.
+TABLE_NAMES = ("profile-state", "partition-clocks", "identity-blocks", "product-neighbours")
+
+
+def partitioned_internal_topics(app_id: str) -> tuple[str, ...]:
+    """The internal topics whose partition count must equal ``MAILPULSE_PARTITIONS``: a profile key's
+    partition (crc32 mod partitions) names both its internal-topic and its table partition."""
+    return (events_topic(app_id), cooccurrence_topic(app_id), *(f"{app_id}-{t}-changelog" for t in TABLE_NAMES))

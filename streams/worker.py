@@ -23,7 +23,7 @@ from models.scoring import Predictor
 from schemas.events import INPUT_TOPICS
 from streams import topics as names
 from streams.app import create_app
-from streams.broker import EmbeddedBroker, ensure_topics, start_embedded_broker, topic_partitions
+from streams.broker import EmbeddedBroker, check_partitions, ensure_topics, start_embedded_broker, topic_partitions
 from streams.metrics import Metrics
 from streams.settings import Settings
 
@@ -85,6 +85,9 @@ def run_worker(settings: Settings, demo: bool = False) -> int:
     try:
         ensure_topics(settings.bootstrap_servers, settings.partitions, names.COMPACTED_TOPICS,
                       names.CONTRACT_TOPICS, settings.replication_factor)
+        for warning in check_partitions(settings.bootstrap_servers, settings.partitions,
+                                        names.partitioned_internal_topics(settings.app_id), names.OUTPUT_TOPICS):
+            print(f"mailpulse: note: {warning}", flush=True)
         with locked_data_dir(settings.data_dir) as data_dir:
             clean_stop = data_dir / CLEAN_STOP_MARKER
             if broker is None and not clean_stop.exists() and any(p.name != ".lock" for p in data_dir.iterdir()):

@@ -319,3 +319,32 @@ async def test_an_internal_record_that_is_not_one_is_dead_lettered_whole(pipelin
     assert orjson.loads(pipeline.profile_state.read(b"u:u-1"))["profile"]["version"] > 0
     codes = [letter["error"]["code"] for _, letter, _ in sent(pipeline, "dead-letter")]
     assert codes == ["processing_error", "processing_error"]
+
+
+async def test_consumer_lag_counts_from_the_committed_offset_not_the_acked_ones(pipeline: Pipeline) -> None:
+    """A commit that is stuck while events are still processed shows as lag: what a restart reads again."""
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    from faust.types import TP
+
+    from streams.app import _consumer_lag
+
+    tp = TP("clicks", 3)
+
+    class Consumer:
+        _committed_offset: defaultdict[TP, int | None] = defaultdict(lambda: None, {tp: 40})
+        _acked = {tp: list(range(40, 95))}  # processed up to 94, committed only up to 40
+
+        def assignment(self) -> set[TP]:
+            return {tp, TP("clicks", 4)}
+
+        def highwater(self, partition: TP) -> int:
+            return 100
+
+    fake = SimpleNamespace(app=SimpleNamespace(consumer=Consumer()), metrics=pipeline.metrics,
+                           settings=pipeline.settings)
+    await _consumer_lag(fake)()  # type: ignore[arg-type]
+    gauge = pipeline.metrics.consumer_lag
+    assert gauge.labels("clicks", "3")._value.get() == 60
+    assert gauge.labels("clicks", "4")._value.get() == 100  # nothing committed yet: all of it
