@@ -22,6 +22,15 @@ log = logging.getLogger(__name__)
 
 #: Shop seconds per wall-clock second.
 DEMO_SPEED = 60
+#: How far behind the wall clock the shop clock starts.  The worker dead-letters events more than
+#: ``time.max_future_minutes`` (default 24 h) ahead of its wall clock (``future_timestamp``); at 60x
+#: the shop clock gains 59 h per hour, so starting 30 days back keeps the demo valid for ~12.6 hours.
+DEMO_HEAD_START_MS = 30 * 86_400_000
+
+
+def shop_time(started_ms: int, now_ms: int, speed: float = DEMO_SPEED) -> int:
+    """The shop clock at wall time ``now_ms`` of a demo started at ``started_ms``."""
+    return started_ms - DEMO_HEAD_START_MS + int((now_ms - started_ms) * speed)
 
 
 def _feed(bootstrap: str, stop: threading.Event, rate: float, seed: int, speed: float) -> None:
@@ -29,7 +38,7 @@ def _feed(bootstrap: str, stop: threading.Event, rate: float, seed: int, speed: 
     started = int(time.time() * 1000)
 
     def shop_now() -> int:
-        return started + int((time.time() * 1000 - started) * speed)
+        return shop_time(started, int(time.time() * 1000), speed)
 
     events = live_events(seed, shop_now)
     interval = 1.0 / rate
