@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import faust
@@ -35,7 +35,7 @@ from streams.broker import free_port
 from streams.config import PipelineConfig, load_config
 from streams.consumer import App
 from streams.ingest import IngestPolicy, Source, reject
-from streams.metrics import COMMIT_STAGES, Metrics, observe_many
+from streams.metrics import COMMIT_STAGES, WORKER_STATES, Health, Metrics, observe_many
 from streams.native_memory import release_free_memory
 from streams.output import FlushBeforeCommit, Output, OutputProducer
 from streams.product_recs import ProductRecs
@@ -57,6 +57,8 @@ STAGED_LIMIT = 20_000
 TRIM_AFTER = 2_000
 #: How often ``mailpulse_consumer_lag`` is updated (seconds).
 LAG_EVERY_S = 1.0
+#: How often the event loop reports to /healthz and ``mailpulse_worker_state`` (seconds).
+HEALTH_EVERY_S = 1.0
 
 
 @dataclass
@@ -78,6 +80,7 @@ class Pipeline:
     identity_blocks: ProfileTable  # "b:<blocking key>" -> {profile key: person record} (fuzzy matching)
     product_neighbours: ProfileTable  # product -> {other product: count}
     product_recs: ProductRecs  # every product's published top neighbours (started by the worker)
+    health: Health = field(default_factory=Health)  # what /healthz and /readyz answer
     untrimmed: int = 0  # values written out since free memory was last given back
 
     @property
@@ -188,6 +191,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None, output: Outpu
     if settings.clock == "wall":
         app.timer(interval=settings.wall_clock_interval_s)(_wall_clock(p))
     app.timer(interval=LAG_EVERY_S)(_consumer_lag(p))
+    app.timer(interval=HEALTH_EVERY_S)(_health(p))
     return p
 
 
@@ -205,6 +209,7 @@ def _load_scorer(settings: Settings, config: PipelineConfig, metrics: Metrics) -
 def _on_assignment(p: Pipeline) -> Any:
     async def on_partitions_assigned(sender: Any, assigned: Any, **_: Any) -> None:
         p.due_index.reset()  # rebuilt from profile-state before the profile agent's next record
+        p.health.ready = False  # until table recovery is done
         per_topic = Counter(tp.topic for tp in assigned)
         for topic in (*INPUT_TOPICS, names.events_topic(sender.conf.id)):
             p.metrics.assigned_partitions.labels(topic).set(per_topic.get(topic, 0))
@@ -219,6 +224,7 @@ def _on_recovered(p: Pipeline) -> Any:
 
     async def on_rebalance_complete(sender: Any = None, **_: Any) -> None:
         p.due_index.reset()
+        p.health.ready = True
 
     return on_rebalance_complete
 
@@ -232,6 +238,7 @@ def _on_revocation(p: Pipeline) -> Any:
     cooccurrence_topic = names.cooccurrence_topic(p.settings.app_id)
 
     async def on_partitions_revoked(sender: Any, revoked: Any, **_: Any) -> None:
+        p.health.ready = False
         def lost(topic: str) -> set[int]:
             return {tp.partition for tp in revoked if tp.topic == topic}
 
@@ -273,6 +280,24 @@ def _consumer_lag(p: Pipeline) -> Any:
         shown.update(current)
 
     return consumer_lag
+
+
+def _health(p: Pipeline) -> Any:
+    """Each second: the event loop turned (so /healthz knows it is not stuck), whether an agent's
+    actor crashed, and ``mailpulse_worker_state``."""
+    gauges = {state: p.metrics.worker_state.labels(state) for state in WORKER_STATES}
+    gauges["starting"].set(1)
+
+    async def health() -> None:
+        p.health.beat = time.monotonic()
+        for name, agent in p.app.agents.items():
+            if any(actor._crashed.is_set() for actor in getattr(agent, "_actors", ())):
+                p.health.crashed = name
+        state = p.health.state()
+        for name, gauge in gauges.items():
+            gauge.set(1 if name == state else 0)
+
+    return health
 
 
 def _wall_clock(p: Pipeline) -> Any:

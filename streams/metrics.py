@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
+import time
 from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from wsgiref.simple_server import make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +100,10 @@ class Metrics:
             "Messages or profiles whose handling raised; the input is dead-lettered (processing_error), the rest "
             "of the batch goes on", ["agent", "stage"], registry=r,
         )
+        self.worker_state = Gauge(
+            "mailpulse_worker_state", "1 for the state the worker is in (what /healthz and /readyz tell)", ["state"],
+            registry=r,
+        )
         self.rocksdb_memory = Gauge(
             "mailpulse_rocksdb_memory_bytes",
             "RocksDB memtables and block cache of all the worker's table partitions (MAILPULSE_ROCKSDB_MEMORY_MB)",
@@ -109,18 +117,64 @@ class Metrics:
             child = self._event_children[(topic, outcome)] = self.events.labels(topic, outcome)
         return child
 
-    def serve(self, port: int) -> int:
-        """Serve /metrics on ``port``; if it is taken, on a free port (logged).  Returns the port."""
+    def serve(self, port: int, health: Health | None = None) -> int:
+        """Serve /metrics (and with ``health``, /healthz and /readyz) on ``port``; if it is taken, on a
+        free port (logged).  Returns the port."""
         try:
-            start_http_server(port, registry=self.registry)
+            _serve(port, self.registry, health)
             return port
         except OSError:
             with socket.socket() as sock:
                 sock.bind(("", 0))
                 free = int(sock.getsockname()[1])
-            start_http_server(free, registry=self.registry)
+            _serve(free, self.registry, health)
             log.warning("metrics port %d is taken; serving /metrics on port %d instead", port, free)
             return free
+
+
+#: Seconds without a turn of the event loop after which /healthz fails.
+STALL_AFTER_S = 15.0
+WORKER_STATES = ("starting", "recovering", "running", "error")
+
+
+@dataclass
+class Health:
+    """What /healthz and /readyz answer (contract 7, v1.1), kept up to date from the event loop
+    (:func:`streams.app._health`) and read by the HTTP thread: plain values, no locks needed."""
+
+    beat: float = field(default_factory=time.monotonic)  # the event loop's last turn
+    crashed: str | None = None  # the name of an agent that crashed
+    ready: bool = False  # partitions assigned and table recovery done
+
+    def state(self, now: float | None = None) -> str:
+        if self.crashed is not None or (now or time.monotonic()) - self.beat > STALL_AFTER_S:
+            return "error"
+        return "running" if self.ready else "recovering"
+
+    def answer(self, path: str) -> tuple[bool, str]:
+        now = time.monotonic()
+        if path == "/healthz":
+            if self.crashed is not None:
+                return False, f"agent {self.crashed} crashed\n"
+            stalled = now - self.beat
+            return (True, "ok\n") if stalled <= STALL_AFTER_S else (False, f"event loop stalled {stalled:.0f} s\n")
+        return (True, "ready\n") if self.ready else (False, "partitions not assigned or tables recovering\n")
+
+
+def _serve(port: int, registry: CollectorRegistry, health: Health | None) -> None:
+    """prometheus-client's own WSGI server, with /healthz and /readyz beside /metrics."""
+    metrics_app = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        path = environ.get("PATH_INFO", "")
+        if health is not None and path in ("/healthz", "/readyz"):
+            ok, body = health.answer(path)
+            start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")])
+            return [body.encode()]
+        return metrics_app(environ, start_response)
+
+    server = make_server("", port, app, ThreadingWSGIServer, handler_class=_SilentHandler)
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
 
 
 def observe_many(histogram: Any, amounts: Sequence[float]) -> None:

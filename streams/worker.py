@@ -24,7 +24,7 @@ from schemas.events import INPUT_TOPICS
 from streams import topics as names
 from streams.app import create_app
 from streams.broker import EmbeddedBroker, check_partitions, ensure_topics, start_embedded_broker, topic_partitions
-from streams.metrics import Metrics
+from streams.metrics import Health, Metrics
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -98,11 +98,13 @@ def run_worker(settings: Settings, demo: bool = False) -> int:
             clean_stop.unlink(missing_ok=True)
             settings = settings.model_copy(update={"data_dir": data_dir})
             metrics = Metrics()
-            port = metrics.serve(settings.metrics_port)
+            health = Health()
+            port = metrics.serve(settings.metrics_port, health)
             print(f"mailpulse: metrics on http://127.0.0.1:{port}/metrics, state in {data_dir}", flush=True)
             # the watermark waits for every partition the input topics really have
             inputs = topic_partitions(settings.bootstrap_servers, INPUT_TOPICS)
             pipeline = create_app(settings, metrics, input_partitions=inputs)
+            pipeline.health = health
             scorer = pipeline.rules.scorer
             if isinstance(scorer, Predictor):
                 print(f"mailpulse: scoring profiles with model {scorer.version} from {scorer.bundle.directory}",

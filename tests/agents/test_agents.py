@@ -348,3 +348,27 @@ async def test_consumer_lag_counts_from_the_committed_offset_not_the_acked_ones(
     gauge = pipeline.metrics.consumer_lag
     assert gauge.labels("clicks", "3")._value.get() == 60
     assert gauge.labels("clicks", "4")._value.get() == 100  # nothing committed yet: all of it
+
+
+async def test_health_reports_a_crashed_agent_and_the_worker_state(pipeline: Pipeline) -> None:
+    import asyncio
+
+    from streams.app import _health
+
+    check = _health(pipeline)
+    await check()
+    assert pipeline.health.state() == "recovering"  # no partitions assigned yet
+    pipeline.health.ready = True
+    await check()
+    assert pipeline.metrics.worker_state.labels("running")._value.get() == 1
+
+    class Actor:
+        _crashed = asyncio.Event()
+
+    actor = Actor()
+    actor._crashed.set()
+    agent(pipeline, "ingest")._actors.add(actor)
+    await check()
+    assert pipeline.health.crashed == "ingest" and pipeline.health.answer("/healthz")[0] is False
+    assert pipeline.metrics.worker_state.labels("error")._value.get() == 1
+    assert pipeline.metrics.worker_state.labels("running")._value.get() == 0

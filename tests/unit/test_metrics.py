@@ -40,3 +40,33 @@ def test_observe_many_equals_one_observe_each() -> None:
     assert registry_sum(batched) == pytest.approx(registry_sum(one_by_one)) == pytest.approx(sum(AMOUNTS))
     assert b'latency_bucket{le="0.001",output="profiles"} 3.0' in generate_latest(batched)
     assert b'latency_count{output="profiles"} 13.0' in generate_latest(batched)
+
+
+def test_healthz_and_readyz_answer_from_the_health_the_event_loop_keeps() -> None:
+    import time
+    import urllib.error
+    import urllib.request
+
+    from streams.broker import free_port
+    from streams.metrics import STALL_AFTER_S, Health, Metrics
+
+    health = Health()
+    port = Metrics().serve(free_port(), health)
+
+    def get(path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read().decode()
+
+    assert get("/healthz") == (200, "ok\n")
+    assert get("/readyz")[0] == 503  # no partitions assigned yet
+    health.ready = True
+    assert get("/readyz") == (200, "ready\n") and health.state() == "running"
+    health.beat = time.monotonic() - STALL_AFTER_S - 1  # the event loop stopped turning
+    assert get("/healthz")[0] == 503 and health.state() == "error"
+    health.beat, health.crashed = time.monotonic(), "ingest"
+    assert get("/healthz") == (503, "agent ingest crashed\n")
+    status, body = get("/metrics")
+    assert status == 200 and "mailpulse_events_total" in body
