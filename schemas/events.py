@@ -6,6 +6,7 @@ and lower-cased, phones become E.164, currencies upper-case ISO 4217 codes.
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import date
 from typing import Annotated, Any, Literal
@@ -43,6 +44,40 @@ KIND_ORDER = {"identities": 0, "clicks": 1, "carts": 2, "purchases": 3}
 
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 Text = Annotated[str, Field(min_length=1, max_length=512)]
+#: The largest money amount accepted (``total``, ``price``): sums of many stay finite.
+MAX_AMOUNT = 1e9
+Amount = Annotated[float, Field(ge=0, le=MAX_AMOUNT, allow_inf_nan=False)]
+#: Limits of the one free-form part of an event, the traits it does not know: nesting depth, values
+#: (every container and leaf of all of them together) and the length of each text and key.
+MAX_TRAIT_DEPTH = 8
+MAX_TRAIT_VALUES = 500
+MAX_TRAIT_TEXT = 4096
+
+
+def free_form_problem(values: dict[str, Any]) -> str | None:
+    """Why free-form ``values`` are over the limits (None: within them).  Iterative: input nested
+    deeper than the interpreter's recursion limit is met here too."""
+    stack: list[tuple[Any, int, str]] = [(value, 1, str(key)) for key, value in values.items()]
+    seen = 0
+    while stack:
+        value, depth, where = stack.pop()
+        seen += 1
+        if seen > MAX_TRAIT_VALUES:
+            return f"unknown traits hold more than {MAX_TRAIT_VALUES} values"
+        if depth > MAX_TRAIT_DEPTH:
+            return f"traits.{where[:64]}: nested deeper than {MAX_TRAIT_DEPTH} levels"
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                if len(key) > MAX_TRAIT_TEXT:
+                    return f"traits.{where[:64]}: a key longer than {MAX_TRAIT_TEXT} characters"
+                stack.append((inner, depth + 1, where))
+        elif isinstance(value, list):
+            stack.extend((inner, depth + 1, where) for inner in value)
+        elif isinstance(value, str) and len(value) > MAX_TRAIT_TEXT:
+            return f"traits.{where[:64]}: text longer than {MAX_TRAIT_TEXT} characters"
+        elif isinstance(value, float) and not math.isfinite(value):  # pragma: no cover - JSON has none
+            return f"traits.{where[:64]}: a number that is not finite"
+    return None
 
 
 def _currency(value: str) -> str:
@@ -133,7 +168,7 @@ class CartEvent(_Identified):
     cart_id: Text | None = None
     category: Text | None = None
     quantity: Annotated[int, Field(ge=1, le=100_000)] = 1
-    price: Annotated[float, Field(ge=0)] | None = None
+    price: Amount | None = None
     currency: str = "USD"
 
     _cur = field_validator("currency")(classmethod(lambda cls, v: _currency(v)))
@@ -149,13 +184,13 @@ class LineItem(_Model):
     product_id: Text
     category: Text | None = None
     quantity: Annotated[int, Field(ge=1, le=100_000)] = 1
-    price: Annotated[float, Field(ge=0)] | None = None
+    price: Amount | None = None
 
 
 class PurchaseEvent(_Identified):
     type: Literal["purchase"]
     order_id: Text
-    total: Annotated[float, Field(ge=0)]
+    total: Amount
     currency: str = "USD"
     items: list[LineItem] = Field(default_factory=list, max_length=1000)
 
@@ -179,6 +214,16 @@ class Traits(BaseModel):
     country: Text | None = None
     gender: Text | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _bounded(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            extra = {key: value for key, value in data.items() if key not in cls.model_fields}
+            problem = free_form_problem(extra) if extra else None
+            if problem is not None:
+                raise ValueError(problem)
+        return data
+
     @field_validator("email")
     @classmethod
     def _email(cls, value: str | None) -> str | None:
@@ -194,7 +239,7 @@ class Traits(BaseModel):
 class IdentifyEvent(_Identified):
     type: Literal["identify"]
     traits: Traits = Field(default_factory=Traits)
-    consent: dict[Annotated[str, Field(max_length=64)], bool] = Field(default_factory=dict)
+    consent: dict[Annotated[str, Field(max_length=64)], bool] = Field(default_factory=dict, max_length=32)
     source: Text | None = None
 
     def _extra_email(self) -> str | None:

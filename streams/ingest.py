@@ -7,7 +7,7 @@ record), so the agent only has to route them.
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from schemas.events import INPUT_EVENT_ADAPTER, KNOWN_TYPES, TOPIC_OF_TYPE
 from schemas.timeparse import format_ms
+from streams.config import Identity
 
 MAX_MESSAGE_BYTES = 64 * 1024
 
@@ -27,7 +28,7 @@ class IngestPolicy:
 
     phone_region: str = "US"
     #: Identifier values (trimmed, case-folded) that name nobody: dropped from the event, never linked.
-    blocked_values: frozenset[str] = frozenset()
+    blocked_values: frozenset[str] = field(default_factory=lambda: Identity().blocked())
     #: An event more than this far ahead of ``now_ms`` is rejected (``future_timestamp``); None: no guard.
     max_future_ms: int | None = None
 
@@ -48,9 +49,11 @@ class Accepted:
     """A valid input event, normalized, as the dict that travels on internal topics.
 
     ``event["kind"]`` is the input topic its type belongs to; ``event["ts"]`` the UTC epoch ms.
+    ``blocked``: the identifier fields dropped as placeholders (``identity.blocked_values``).
     """
 
     event: dict[str, Any]
+    blocked: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,16 +129,61 @@ def decode(raw: bytes | None, source: Source, now_ms: int,
     if not isinstance(obj, dict):
         return reject(source, raw, "not_object", f"JSON {type(obj).__name__} is not an object", now_ms)
     etype = obj.get("type")
-    if etype not in KNOWN_TYPES:
-        shown = repr(etype)[:64] if etype is not None else "missing"
+    if not isinstance(etype, str) or etype not in KNOWN_TYPES:
+        shown = "missing" if etype is None else repr(etype)[:64] if isinstance(etype, str) else \
+            f"of JSON type {_json_type(etype)}"
         return reject(source, raw, "unknown_type", f"type {shown} is not a known event type", now_ms)
+    obj, blocked = _without_placeholders(obj, policy.blocked_values)
+    if blocked and etype != "tick" and not _has_identifier(obj, etype):
+        return reject(source, raw, "invalid_identifier",
+                      f"{blocked[0]}: a placeholder value names nobody, and no other identifier is given", now_ms)
     try:
         model = INPUT_EVENT_ADAPTER.validate_python(obj, context={"phone_region": policy.phone_region})
     except ValidationError as exc:
         code, message = _code_for(exc)
         return reject(source, raw, code, message, now_ms)
     event = model.model_dump(mode="json", exclude_none=True)
-    event["ts"] = event.pop("timestamp")
+    ts = event.pop("timestamp")
+    if policy.max_future_ms is not None and ts > now_ms + policy.max_future_ms:
+        return reject(source, raw, "future_timestamp",
+                      f"timestamp {format_ms(ts)} is more than {policy.max_future_ms // 60_000} minutes ahead of "
+                      f"the worker's clock ({format_ms(now_ms)})", now_ms)
+    event["ts"] = ts
     event["kind"] = TOPIC_OF_TYPE.get(etype, source.topic)
     event["src"] = [source.topic, source.partition, source.offset, source.arrived_ms]
-    return Accepted(event)
+    return Accepted(event, blocked)
+
+
+#: Identifier fields of an event and of its traits, as checked against ``identity.blocked_values``.
+IDENTIFIER_FIELDS = ("user_id", "anonymous_id", "email", "phone")
+TRAIT_IDENTIFIER_FIELDS = ("email", "phone")
+
+
+def _is_placeholder(value: Any, blocked: frozenset[str]) -> bool:
+    return isinstance(value, str) and (not value.strip() or value.strip().casefold() in blocked)
+
+
+def _without_placeholders(obj: dict[str, Any], blocked: frozenset[str]) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """``obj`` without identifier fields whose value names nobody, and those fields' names (a copy
+    only where one is dropped: most events have none)."""
+    dropped = [name for name in IDENTIFIER_FIELDS if _is_placeholder(obj.get(name), blocked)]
+    traits = obj.get("traits")
+    dropped_traits = [name for name in TRAIT_IDENTIFIER_FIELDS
+                      if isinstance(traits, dict) and _is_placeholder(traits.get(name), blocked)]
+    if not (dropped or dropped_traits):
+        return obj, ()
+    cleaned = {key: value for key, value in obj.items() if key not in dropped}
+    if dropped_traits:
+        assert isinstance(traits, dict)
+        cleaned["traits"] = {key: value for key, value in traits.items() if key not in dropped_traits}
+    return cleaned, (*dropped, *(f"traits.{name}" for name in dropped_traits))
+
+
+def _has_identifier(obj: dict[str, Any], etype: str) -> bool:
+    traits = obj.get("traits")
+    trait_email = traits.get("email") if etype == "identify" and isinstance(traits, dict) else None
+    return any(obj.get(name) for name in ("user_id", "anonymous_id", "email")) or bool(trait_email)
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "object", list: "array", bool: "boolean", int: "number", float: "number"}.get(type(value), "value")

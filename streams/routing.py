@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import orjson
 
 from streams.identity import profile_key
-from streams.ingest import Accepted, IngestPolicy, Source, decode
+from streams.ingest import Accepted, IngestPolicy, Source, decode, reject
 
 #: (topic, partition, offset, key, value, timestamp ms) of one input record.
 InputRecord = tuple[str, int, int, "bytes | None", "bytes | None", "int | None"]
@@ -54,31 +55,38 @@ class PartitionBatches:
 
 def route_batch(inputs: Iterable[InputRecord], partitions: int, now_ms: int, policy: IngestPolicy,
                 send_record: Callable[[int, bytes], None],
-                dead_letter: Callable[[str, str, bytes | None, dict[str, Any]], None]) -> None:
+                dead_letter: Callable[[str, str, bytes | None, dict[str, Any]], None]) -> Counter[str]:
     """One ingest batch: each input decoded; accepted events (not ticks) batched by profile
     partition into internal records, each followed by the input clocks the batch moved (a clock
     never overtakes its events); rejects passed to ``dead_letter(topic, code, key, record)``.
-    ``send_record(partition, record)`` gets every internal record, full ones as they fill."""
+    ``send_record(partition, record)`` gets every internal record, full ones as they fill.  An input
+    whose handling raises is dead-lettered (``processing_error``) and the rest go on.  Returns the
+    identifier fields dropped as placeholders, counted."""
     records = PartitionBatches()
     clocks: dict[tuple[str, int], int] = {}
+    blocked: Counter[str] = Counter()
     for topic, input_partition, offset, input_key, value, timestamp_ms in inputs:
         source = Source(topic, input_partition, offset, input_key, timestamp_ms or now_ms)
-        result = decode(value, source, now_ms, policy)
-        if isinstance(result, Accepted):
-            ev = result.event
-            tp = (topic, input_partition)
-            if ev["ts"] > clocks.get(tp, -(2**62)):
-                clocks[tp] = ev["ts"]
-            if ev["type"] == "tick":
+        try:
+            result = decode(value, source, now_ms, policy)
+            if isinstance(result, Accepted):
+                ev = result.event
+                blocked.update(result.blocked)
+                if ev["type"] != "tick":
+                    key = profile_key(ev)
+                    partition = partition_for(key, partitions)
+                    size = len(value or b"") + 256  # the normalized event with its key and source fields
+                    orjson.dumps(ev)  # fails here, on its own input, rather than with a whole record
+                    full = records.add(partition, key, ev, size)
+                    if full is not None:
+                        send_record(partition, full)
+                tp = (topic, input_partition)
+                if ev["ts"] > clocks.get(tp, -(2**62)):
+                    clocks[tp] = ev["ts"]
                 continue
-            key = profile_key(ev)
-            partition = partition_for(key, partitions)
-            size = len(value or b"") + 256  # the normalized event with its key and source fields
-            full = records.add(partition, key, ev, size)
-            if full is not None:
-                send_record(partition, full)
-        else:
-            dead_letter(topic, result.code, input_key, result.record)
+        except Exception as exc:
+            result = reject(source, value, "processing_error", f"ingest: {type(exc).__name__}", now_ms)
+        dead_letter(topic, result.code, input_key, result.record)
     if clocks:
         update = {"clocks": [[topic, n, ts] for (topic, n), ts in clocks.items()]}
         for partition in range(partitions):
@@ -87,3 +95,4 @@ def route_batch(inputs: Iterable[InputRecord], partitions: int, now_ms: int, pol
                 send_record(partition, full)
     for partition, record in records.records():
         send_record(partition, record)
+    return blocked

@@ -1,0 +1,114 @@
+"""Contract 3 (v1.1): hostile input is dead-lettered with a code or accepted with finite numbers;
+placeholder identifiers are dropped and never link; far-future events are rejected."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from schemas.events import MAX_AMOUNT, MAX_TRAIT_DEPTH, MAX_TRAIT_VALUES
+from streams.ingest import DEFAULT_POLICY, Accepted, IngestPolicy, Rejected, Source, decode
+from streams.routing import route_batch
+
+SRC = Source("clicks", 3, 42, b"u-1", 1_772_359_200_000)
+NOW = 1_772_359_300_000
+IDENTIFY = {"event_id": "i-1", "type": "identify", "timestamp": 1_772_359_200_000, "user_id": "u-1"}
+
+
+def code(raw: bytes | dict[str, Any], policy: IngestPolicy = DEFAULT_POLICY) -> str | None:
+    result = decode(raw if isinstance(raw, bytes) else orjson.dumps(raw), SRC, NOW, policy)
+    return result.code if isinstance(result, Rejected) else None
+
+
+def nested(depth: int) -> bytes:
+    return b'{"event_id":"n","type":"identify","timestamp":1772359200000,"user_id":"u","traits":' + \
+        b'{"x":' * depth + b"1" + b"}" * (depth + 1)
+
+
+@pytest.mark.parametrize("etype", [[], {"a": 1}, 1, 1.5, True])
+def test_a_type_that_is_not_text_is_an_unknown_type(etype: Any) -> None:
+    assert code({"event_id": "t1", "type": etype, "timestamp": 1767225600000, "user_id": "h1"}) == "unknown_type"
+
+
+@pytest.mark.parametrize("depth", [MAX_TRAIT_DEPTH + 1, 40, 252, 300, 1000])
+def test_traits_nested_deeper_than_the_limit_are_rejected(depth: int) -> None:
+    assert code(nested(depth)) == "schema"
+    assert code(nested(MAX_TRAIT_DEPTH)) is None
+    assert code(nested(1100)) == "not_json"  # past the JSON parser's own depth limit
+
+
+def test_free_form_traits_are_bounded_in_values_and_text() -> None:
+    assert code({**IDENTIFY, "traits": {"tags": list(range(MAX_TRAIT_VALUES))}}) == "schema"
+    assert code({**IDENTIFY, "traits": {"tags": list(range(MAX_TRAIT_VALUES - 2))}}) is None
+    assert code({**IDENTIFY, "traits": {"note": "x" * 5000}}) == "schema"
+    assert code({**IDENTIFY, "consent": {f"c{n}": True for n in range(40)}}) == "schema"
+
+
+@pytest.mark.parametrize("total", [1e308, MAX_AMOUNT * 2, -1.0])
+def test_amounts_are_finite_and_bounded(total: float) -> None:
+    purchase = {"event_id": "o", "type": "purchase", "timestamp": 1772359200000, "user_id": "u", "order_id": "o"}
+    assert code({**purchase, "total": total}) == "schema"
+    assert code({**purchase, "total": MAX_AMOUNT}) is None
+    cart = {"event_id": "k", "type": "cart_add", "timestamp": 1772359200000, "user_id": "u", "product_id": "p"}
+    assert code({**cart, "price": total}) == "schema"
+    assert code(b'{"event_id":"o","type":"purchase","timestamp":1772359200000,"user_id":"u","order_id":"o",'
+                b'"total":1e400}') == "not_json"
+
+
+def test_placeholder_identifiers_are_dropped_and_reported() -> None:
+    result = decode(orjson.dumps({**IDENTIFY, "anonymous_id": "undefined", "email": " NULL ",
+                                  "traits": {"email": "Test@Test.com", "first_name": "Ana"}}), SRC, NOW)
+    assert isinstance(result, Accepted)
+    assert "anonymous_id" not in result.event and "email" not in result.event
+    assert result.event["traits"] == {"first_name": "Ana"}
+    assert result.blocked == ("anonymous_id", "email", "traits.email")
+    # the only identifier a placeholder: nothing names the person
+    rejected = decode(orjson.dumps({**IDENTIFY, "user_id": "Unknown"}), SRC, NOW)
+    assert isinstance(rejected, Rejected) and rejected.code == "invalid_identifier"
+    assert rejected.record["error"]["message"].startswith("user_id: a placeholder value")
+    assert code({**IDENTIFY, "user_id": "   "}) == "invalid_identifier"  # empty after trimming
+    # the list is the config's: another list blocks other values
+    assert code({**IDENTIFY, "user_id": "0"}) == "invalid_identifier"
+    assert code({**IDENTIFY, "user_id": "0"}, IngestPolicy(blocked_values=frozenset({"guest"}))) is None
+
+
+def test_an_event_far_ahead_of_the_wall_clock_is_rejected_and_moves_no_clock() -> None:
+    guard = IngestPolicy(max_future_ms=86_400_000)
+    ahead = {**IDENTIFY, "timestamp": NOW + 86_400_000 + 1}
+    assert code(ahead, guard) == "future_timestamp"
+    assert code({**IDENTIFY, "timestamp": NOW + 86_400_000}, guard) is None
+    assert code(ahead) is None  # tools reading history files have no guard
+    sent: list[Any] = []
+    dead: list[str] = []
+    route_batch([("clicks", 0, 1, None, orjson.dumps({"type": "tick", "timestamp": NOW + 10 * 86_400_000}), None)],
+                2, NOW, guard, lambda p, r: sent.append(r), lambda t, c, k, letter: dead.append(c))
+    assert dead == ["future_timestamp"] and sent == []  # no clock update at all
+
+
+def test_route_batch_dead_letters_an_input_whose_handling_raises_and_routes_the_rest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import streams.routing as routing
+
+    real = routing.decode
+
+    def decode_or_fail(raw: bytes | None, *args: Any) -> Any:
+        if raw is not None and b"poison" in raw:
+            raise RecursionError("deep")
+        return real(raw, *args)
+
+    monkeypatch.setattr(routing, "decode", decode_or_fail)
+    good = [orjson.dumps({**IDENTIFY, "event_id": f"g-{n}", "anonymous_id": "undefined"}) for n in range(3)]
+    inputs = [("identities", 0, n, None, raw, None) for n, raw in enumerate(good)]
+    inputs.insert(1, ("identities", 0, 9, b"k", orjson.dumps({**IDENTIFY, "event_id": "poison"}), None))
+    sent: list[Any] = []
+    dead: list[tuple[str, dict[str, Any]]] = []
+    blocked = route_batch(inputs, 1, NOW, IngestPolicy(), lambda p, r: sent.extend(orjson.loads(r)),
+                          lambda topic, c, key, letter: dead.append((c, letter)))
+    assert [event["event_id"] for key, event in sent if key is not None] == ["g-0", "g-1", "g-2"]
+    [(dead_code, letter)] = dead
+    assert dead_code == "processing_error" and letter["error"]["message"] == "ingest: RecursionError"
+    assert letter["offset"] == 9 and letter["key"] == "k"
+    assert blocked == {"anonymous_id": 3}
