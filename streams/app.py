@@ -334,6 +334,8 @@ def _ingest_agent(p: Pipeline) -> Any:
 
     def dead_letter(topic: str, code: str, key: bytes | None, letter: dict[str, Any]) -> None:
         dead[topic, code] += 1
+        if code == "processing_error":
+            metrics.processing_errors.labels("ingest", "decode").inc()
         send(names.DEAD_LETTER, key, orjson.dumps(letter))
 
     def forward(partition: int, record: bytes) -> None:
@@ -341,7 +343,9 @@ def _ingest_agent(p: Pipeline) -> Any:
 
     async def ingest(stream: Any) -> None:
         async for batch in stream.take_events(settings.batch_size, within=settings.batch_within_s):
-            route_batch(_input_records(batch), partitions, _now_ms(), policy, forward, dead_letter)
+            blocked = route_batch(_input_records(batch), partitions, _now_ms(), policy, forward, dead_letter)
+            for field_name, count in blocked.items():
+                metrics.identifiers_blocked.labels(field_name).inc(count)
             for (topic, code), count in dead.items():
                 metrics.event(topic, "dead_letter").inc(count)
                 metrics.dead_letters.labels(code).inc(count)
