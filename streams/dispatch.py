@@ -36,6 +36,7 @@ class Effects:
     republish: bool = False  # the profile changed outside the timeline (merge, possible match)
     changed: bool = False  # the key's state changed: write it back
     blocks_skipped: int = 0
+    limited: list[str] = field(default_factory=list)  # kinds whose identity limit kept two apart
     unknown: str | None = None  # an internal message type this version does not know (skipped)
 
 
@@ -49,7 +50,7 @@ def dispatch(states: MutableMapping[str, State | None], blocks: MutableMapping[s
         return effects
     state = states.get(key)
     if kind == graph.LINK:
-        effects = _apply(states, key, graph.on_link(key, state, message["root"], message.get("kind", "exact")))
+        effects = _apply(states, key, graph.on_link(key, state, message, rules.identity_limits))
     elif kind == graph.ABSORB:
         effects = _on_absorb(states, key, state, message, rules)
     elif kind == graph.POSSIBLE:
@@ -70,9 +71,11 @@ def dispatch(states: MutableMapping[str, State | None], blocks: MutableMapping[s
 
 def _apply(states: MutableMapping[str, State | None], key: str, routing: graph.Routing) -> Effects:
     states[key] = routing.state
-    effects = Effects(send=list(routing.send))
+    effects = Effects(send=list(routing.send), limited=list(routing.limited))
     if routing.retired is not None:
         effects.tombstones.append((routing.retired, "merged"))
+    if routing.erased is not None:
+        effects.tombstones.append((routing.erased, "erased"))
     return effects
 
 
@@ -102,7 +105,7 @@ def _on_event(states: MutableMapping[str, State | None], key: str, state: State 
     if got.outcome != "processed" or got.state is None:
         return effects
     new = got.state
-    routing = graph.place(key, new, event)
+    routing = graph.place(key, new, event, rules.identity_limits)
     root = routing.state["merged_into"] if graph.is_redirect(routing.state) else key  # type: ignore[index]
     record = person_record(event) if event["type"] == "identify" else None
     if record is not None:
@@ -113,6 +116,7 @@ def _on_event(states: MutableMapping[str, State | None], key: str, state: State 
     applied = _apply(states, key, routing)
     effects.send = applied.send + effects.send
     effects.tombstones += applied.tombstones
+    effects.limited += applied.limited
     return effects
 
 
@@ -139,6 +143,8 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
         merged = merge_states(ensure_rule_state(new_state(key, absorbed["profile"]["created_at"])), absorbed, key)
     links = {*merged.get("links", []), *absorbed.get("links", []), message["from"]} - {key}
     merged["links"] = sorted(links, key=rank)
+    graph.add_claims(merged, absorbed.get("claimed", {}))
+    graph.arrived(merged, message["from"])
     blocks = [*merged.get("blocks", [])]
     blocks += [pair for pair in absorbed.get("blocks", []) if pair not in blocks]
     merged["blocks"] = blocks
@@ -224,6 +230,7 @@ class LocalRun:
     triggers: list[dict[str, Any]]
     merges: list[str]
     scores: list[dict[str, Any]] = field(default_factory=list)
+    limited: list[str] = field(default_factory=list)  # kinds of identity limits that kept two apart
 
 
 class LocalPipeline:
@@ -238,6 +245,7 @@ class LocalPipeline:
         self.states: dict[str, State | None] = {}
         self.blocks: dict[str, Any] = {}
         self.merges: list[str] = []
+        self.limited: list[str] = []
 
     def feed(self, events: Iterable[dict[str, Any]]) -> None:
         """Delivers accepted, non-tick events (and what they cause) until nothing is left to deliver."""
@@ -249,10 +257,11 @@ class LocalPipeline:
             effects = dispatch(self.states, self.blocks, key, message, None, self.rules)
             queue.extend(effects.send)
             self.merges += effects.merges
+            self.limited += effects.limited
 
     def advance(self, watermark: int) -> LocalRun:
         """Every live profile walked forward to ``watermark``: what that emitted, and the snapshots."""
-        run = LocalRun(self.states, {}, [], [], self.merges)
+        run = LocalRun(self.states, {}, [], [], self.merges, limited=self.limited)
         for state in self.states.values():
             if graph.is_live(state):
                 assert state is not None

@@ -21,6 +21,16 @@ arriving profile with :func:`streams.merge.merge_states`):
   redirect; a live profile with a larger key is absorbed; a smaller one answers with a link back.
 - Redirects forward events and absorbs to their root.
 
+Identity limits (``identity.max_per_profile``, contract 3 v1.1): two live profiles join only with
+the consent of the one that stays.  A ``_link`` that tells a live profile to join a smaller root
+is an *ask* unless it carries ``ok``: the profile sends its identifiers to that root
+(``_link {root: itself, keys}``; redirects pass it on to their root), and the root answers
+``_link {root, ok}`` if the union of both stays within the limits (it then holds the asker's
+identifiers under ``claimed`` until the profile arrives), or else keeps the two apart as a
+possible match (score 0) and counts it.  Deciding on the union makes an ask read again harmless.
+Identifiers an event adds at its root are checked there.  So people who share one identifier
+(a kiosk's anonymous id, a family e-mail) end up at most a limit's worth together, never all.
+
 Every message moves state towards smaller keys, so it ends when each component has one live
 profile at its smallest key.  Profile contents are order-tolerant folds and merges, so they come out
 the same whatever order the messages were delivered in (tested by simulation).
@@ -28,7 +38,7 @@ the same whatever order the messages were delivered in (tested by simulation).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +46,36 @@ from streams.identity import profile_id_for, rank
 from streams.profile import State
 
 LINK, ABSORB, POSSIBLE, BLOCK, FORGET = "_link", "_absorb", "_possible", "_block", "_forget"
+#: The ``identity.max_per_profile`` name of each key kind.
+LIMIT_OF_KIND = {"u": "user_ids", "e": "emails", "ph": "phones", "a": "anonymous_ids"}
+_KINDS = frozenset(LIMIT_OF_KIND.values())
+Limits = Mapping[str, int]  # user_ids | emails | phones | anonymous_ids -> most per profile
+
+
+def key_counts(keys: Iterable[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for k in keys:
+        kind = LIMIT_OF_KIND.get(k.partition(":")[0])
+        if kind is not None:
+            counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+def identity_keys(key: str, state: State) -> set[str]:
+    """The identifiers of the live profile at ``key``: its key, its links, and those of the profiles
+    it agreed to take in (``claimed``) that have not arrived yet."""
+    keys = {key, *state.get("links", ())}
+    for asker_keys in state.get("claimed", {}).values():
+        keys.update(asker_keys)
+    return keys
+
+
+def _over(keys: Iterable[str], limits: Limits) -> list[str]:
+    """The kinds of which ``keys`` hold more than ``limits`` allow."""
+    counts = key_counts(keys)
+    return [kind for kind, most in limits.items() if counts.get(kind, 0) > most]
+
+
 def smallest(keys: Iterable[str]) -> str:
     return min(keys, key=rank)
 
@@ -72,6 +112,8 @@ class Routing:
     state: State | None  # the key's state afterwards
     send: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (target key, message)
     retired: str | None = None  # profile_id of a live profile that became a redirect (tombstone it)
+    limited: list[str] = field(default_factory=list)  # kinds whose identity limit kept a link from merging
+    erased: str | None = None  # profile_id of a live profile that turned out to be an erased person's
 
 
 def _redirect(root: str, previous: State | None) -> State:
@@ -85,43 +127,125 @@ def _give_up(key: str, state: State, root: str, kind: str, also: Iterable[str] =
     """``key``'s live profile joins ``root``: its whole state travels, its links are pointed there."""
     links = sorted({*state.get("links", []), *also} - {root, key}, key=rank)
     send: list[tuple[str, dict[str, Any]]] = [(root, {"type": ABSORB, "from": key, "kind": kind, "state": state})]
-    send += [(k, {"type": LINK, "root": root, "kind": kind}) for k in links]
+    send += [(k, {"type": LINK, "root": root, "kind": kind, "from": key}) for k in links]
     return Routing(_redirect(root, state), send=send, retired=profile_id_for(key) if state.get("published") else None)
 
 
-def place(key: str, state: State, event: dict[str, Any]) -> Routing:
+def place(key: str, state: State, event: dict[str, Any], limits: Limits | None = None) -> Routing:
     """After an event was received into ``key``'s live state: if the event names a smaller key, the
-    profile joins it; otherwise the event's other identifiers not linked yet are told their root."""
+    profile joins it; otherwise the event's other identifiers not linked yet are told their root,
+    as far as the identity limits allow (the rest stay unlinked, counted in ``limited``)."""
     keys = identifier_keys(event)
     root = smallest([*keys, key])
     if root != key:
         return _give_up(key, state, root, "exact", also=keys)
     links: list[str] = state.setdefault("links", [])
     new = [k for k in keys if k != key and k not in links]
+    limited: list[str] = []
+    over: list[str] = []
+    if new and limits is not None:
+        counts = key_counts(identity_keys(key, state))
+        kept = []
+        for k in new:
+            kind = LIMIT_OF_KIND.get(k.partition(":")[0], "")
+            if kind in limits and counts.get(kind, 0) + 1 > limits[kind]:
+                limited.append(kind)
+                over.append(k)
+                continue
+            counts[kind] = counts.get(kind, 0) + 1
+            kept.append(k)
+        new = kept
+    if not new and not over:
+        return Routing(state)  # the common case: nothing new
+    send: list[tuple[str, dict[str, Any]]] = []
     if new:
         links.extend(new)
         links.sort(key=rank)
-    return Routing(state, send=[(k, {"type": LINK, "root": key, "kind": "exact"}) for k in new])
+        mine = sorted(identity_keys(key, state), key=rank)  # read as an ask if a redirect passes it on
+        send += [(k, {"type": LINK, "root": key, "kind": "exact", "keys": mine}) for k in new]
+    # an identifier beyond the limit stays apart: if it has a profile, that profile notes this one
+    send += [(k, {"type": POSSIBLE, "to": k, "other": key, "score": 0.0}) for k in over]
+    return Routing(state, send=send, limited=limited)
 
 
-def on_link(key: str, state: State | None, root: str, kind: str) -> Routing:
-    """``key`` belongs to the component of ``root``."""
+def on_link(key: str, state: State | None, message: dict[str, Any], limits: Limits | None = None) -> Routing:
+    """``key`` belongs to the component of ``message["root"]``.  Between two live profiles this is
+    an ask, answered by the smaller one (module doc, identity limits)."""
+    root, kind = message["root"], message.get("kind", "exact")
     if root == key:
         return Routing(state)
     if state is None:
+        if rank(root) > rank(key):  # an ask reached an empty key: the asker settles here
+            return Routing(None, send=[(root, {"type": LINK, "root": key, "kind": kind, "ok": True})])
         return Routing(_redirect(root, None))
     if is_redirect(state):
         current = state["merged_into"]
         if current == root:
             return Routing(state)
-        if rank(root) < rank(current):
-            return Routing({**state, "merged_into": root}, send=[(current, {"type": LINK, "root": root, "kind": kind})])
-        return Routing(state, send=[(root, {"type": LINK, "root": current, "kind": kind})])
+        if message.get("from") == current:  # this key's profile moved to ``root``
+            return Routing({**state, "merged_into": root})
+        # anyone else's word goes to this key's profile, which asks or decides (never an ``ok``:
+        # that was meant for a profile that has since joined another)
+        return Routing(state, send=[(current, {k: v for k, v in message.items() if k != "ok"})])
     if not is_live(state):  # an erasure marker: the erased person is not linked to anything again
+        if rank(root) > rank(key) and "keys" in message:
+            # a profile linked to the person before the erase reached it asks to join: it is theirs,
+            # so it is let in, and dropped on arrival (as an absorb at a marker is)
+            return Routing(state, send=[(root, {"type": LINK, "root": key, "kind": kind, "ok": True,
+                                                "erased_at": state.get("erased_at")})])
         return Routing(state)
     if rank(root) < rank(key):
-        return _give_up(key, state, root, kind)
-    return Routing(state, send=[(root, {"type": LINK, "root": key, "kind": kind})])
+        approved = message.get("keys")
+        if message.get("ok") and isinstance(approved, list) and not identity_keys(key, state) <= set(approved):
+            # this profile took others in after it asked: the root decides on all of them
+            return Routing(state, send=[(root, {"type": LINK, "root": key, "kind": kind,
+                                                "keys": sorted(identity_keys(key, state), key=rank)})])
+        if message.get("ok"):
+            routing = _give_up(key, state, root, kind)
+            if isinstance(message.get("erased_at"), int):  # the root is an erased person: so is this
+                marker: State = {"erased_at": message["erased_at"]}
+                if state.get("due") is not None:
+                    marker["due"] = state["due"]
+                routing.state = marker
+                routing.send = routing.send[1:]  # the absorb would be dropped there anyway
+                routing.retired = None
+                if state.get("published"):
+                    routing.erased = profile_id_for(key)
+            return routing
+        # ask the root whether this profile may join it
+        return Routing(state, send=[(root, {"type": LINK, "root": key, "kind": kind,
+                                            "keys": sorted(identity_keys(key, state), key=rank)})])
+    # the profile at ``root`` asks to join this one
+    theirs = message.get("keys")
+    if limits is None:
+        return Routing(state, send=[(root, {"type": LINK, "root": key, "kind": kind, "ok": True})])
+    if not isinstance(theirs, list) or not all(isinstance(k, str) for k in theirs):
+        # told without its identifiers (a link passed on by a redirect, a fuzzy match): it asks
+        return Routing(state, send=[(root, {"type": LINK, "root": key, "kind": kind})])
+    # the union, so an ask read again, or from a profile already here, is decided the same way
+    over = _over(identity_keys(key, state) | {root, *theirs}, limits)
+    if over:
+        return Routing(state, send=[(key, {"type": POSSIBLE, "to": key, "other": root, "score": 0.0}),
+                                    (root, {"type": POSSIBLE, "to": root, "other": key, "score": 0.0})],
+                       limited=over)
+    approved = sorted({root, *theirs}, key=rank)
+    add_claims(state, {root: approved})
+    return Routing(state, send=[(root, {"type": LINK, "root": key, "kind": kind, "ok": True, "keys": approved})])
+
+
+def add_claims(state: State, claims: Mapping[str, Any]) -> None:
+    """Notes the asking profiles (key -> its identifiers) a live profile agreed to take in."""
+    links = state.get("links", ())
+    for asker, keys in claims.items():
+        if asker not in links and isinstance(keys, list):
+            state.setdefault("claimed", {})[asker] = sorted({k for k in keys if isinstance(k, str)}, key=rank)
+
+
+def arrived(state: State, from_key: str) -> None:
+    """A profile this one agreed to take in has arrived: its identifiers are links now."""
+    claimed = state.get("claimed")
+    if claimed and claimed.pop(from_key, None) is not None and not claimed:
+        state.pop("claimed")
 
 
 def forward_absorb(state: State, message: dict[str, Any]) -> Routing:

@@ -12,6 +12,7 @@ the same events give the same profile whatever order partitions and workers read
 
 from __future__ import annotations
 
+from collections.abc import Container
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,16 +107,24 @@ def _oldest(bucket: dict[str, int]) -> str | None:
     return min(bucket.items(), key=_first_seen)[0] if bucket else None
 
 
-def _apply_identifiers(profile: dict[str, Any], event: Event, ts: int) -> None:
+#: The identity-graph key prefix of each identifier field (``u:<user_id>``, ...).
+KEY_PREFIX = {"user_ids": "u:", "anonymous_ids": "a:", "emails": "e:", "phones": "ph:"}
+
+
+def _apply_identifiers(profile: dict[str, Any], event: Event, ts: int, linked: Container[str] | None) -> None:
     ids = profile["identifiers"]
-    for single, plural in ID_FIELDS:
-        if _add_identifier(profile, plural, event.get(single), ts) and plural in ("user_ids", "emails"):
+    traits = event.get("traits") or {}
+    for plural, value in ((plural, event.get(single)) for single, plural in ID_FIELDS):
+        if linked is not None and value and KEY_PREFIX[plural] + value not in linked:
+            continue  # kept out of this profile by an identity limit
+        if _add_identifier(profile, plural, value, ts) and plural in ("user_ids", "emails"):
             profile["user_id" if plural == "user_ids" else "email"] = _oldest(ids[plural])
-    traits = event.get("traits")
     if traits:
-        if _add_identifier(profile, "emails", traits.get("email"), ts):
+        email, phone = traits.get("email"), traits.get("phone")
+        if email and (linked is None or "e:" + email in linked) and _add_identifier(profile, "emails", email, ts):
             profile["email"] = _oldest(ids["emails"])
-        _add_identifier(profile, "phones", traits.get("phone"), ts)
+        if phone and (linked is None or "ph:" + phone in linked):
+            _add_identifier(profile, "phones", phone, ts)
 
 
 def _apply_newest(
@@ -200,10 +209,11 @@ def remember(state: State, event: Event, retention_ms: int) -> bool:
     return True
 
 
-def fold_event(profile: dict[str, Any], event: Event) -> None:
-    """Folds one accepted, non-tick, non-erase event into the profile (order-tolerant)."""
+def fold_event(profile: dict[str, Any], event: Event, linked: Container[str] | None = None) -> None:
+    """Folds one accepted, non-tick, non-erase event into the profile (order-tolerant).  ``linked``:
+    the identity keys of the profile; an identifier of the event not among them is not recorded."""
     ts: int = event["ts"]
-    _apply_identifiers(profile, event, ts)
+    _apply_identifiers(profile, event, ts, linked)
     agg = profile["aggregates"]
     etype, kind = event["type"], event["kind"]
     agg["event_counts"][etype] = agg["event_counts"].get(etype, 0) + 1

@@ -171,7 +171,7 @@ def step(entries: list[Any], io: StepIO, ctx: StepContext, skip: frozenset[int] 
             result.sends.append((names.PROFILES, profile_id.encode(), None, None))
             result.profiles_written[why] += 1
         result.merges += effects.merges
-        result.limited += getattr(effects, "limited", ())
+        result.limited += effects.limited
         result.blocks_skipped += effects.blocks_skipped
         if effects.unknown is not None:
             result.unknown.append(effects.unknown)

@@ -20,6 +20,7 @@ restarts deliver them in: that is what makes trigger ids and segment changes sta
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -57,6 +58,11 @@ class RuleSet:
         compiled = segments.compile_segments(config.segments)
         return cls(config, compiled, segments.history_windows(compiled), retention_ms,
                    scorer if config.scoring.enabled else None)
+
+    @functools.cached_property
+    def identity_limits(self) -> dict[str, int]:
+        """``identity.max_per_profile`` as kind -> most identifiers of that kind per profile."""
+        return self.config.identity.max_per_profile.model_dump()
 
 
 @dataclass
@@ -203,6 +209,9 @@ def advance(state: State, watermark: int | None, rules: RuleSet, now_ms: int,
         return out
     state = ensure_rule_state(state)
     profile, rs, pending = state["profile"], state["rules"], state["pending"]
+    # an identifier an identity limit kept out of the links is not folded (states the identity
+    # graph never placed, as in some tests, have no links and are not limited)
+    linked = {profile["key"], *state["links"]} if "links" in state else None
     timers: dict[str, list[Any]] = rs["timers"]
     cfg = rules.config
     first_due = next_due(state)
@@ -233,7 +242,7 @@ def advance(state: State, watermark: int | None, rules: RuleSet, now_ms: int,
             event = pending.pop(0)[3]
             step = event_ts
             had_email = profile["email"] is not None
-            fold_event(profile, event)
+            fold_event(profile, event, linked)
             out.changed = True
             out.released.append(event)
             _remember_history(rs, event, rules.windows)

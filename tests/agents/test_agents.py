@@ -372,3 +372,18 @@ async def test_health_reports_a_crashed_agent_and_the_worker_state(pipeline: Pip
     assert pipeline.health.crashed == "ingest" and pipeline.health.answer("/healthz")[0] is False
     assert pipeline.metrics.worker_state.labels("error")._value.get() == 1
     assert pipeline.metrics.worker_state.labels("running")._value.get() == 0
+
+
+async def test_identifiers_past_the_identity_limit_are_not_linked_and_are_counted(pipeline: Pipeline) -> None:
+    identifies = [_event(f"i-{n}", "identify", email=f"a{n:02}@example.com", traits={}, consent={})
+                  for n in range(12)]
+    for event in identifies:
+        event["kind"] = "identities"
+    async with agent(pipeline, "profiles").test_context() as profiles:
+        await profiles.put(_batch(*identifies))
+    state = orjson.loads(pipeline.profile_state.read(b"u:u-1"))
+    assert len(state["links"]) == 10
+    links = [message for _, batch, _ in sent(pipeline, "mailpulse-profile-events") for _, message in batch
+             if message.get("type") == "_link"]
+    assert len(links) == 10
+    assert pipeline.metrics.identity_limited.labels("emails")._value.get() == 2

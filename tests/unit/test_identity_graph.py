@@ -166,7 +166,8 @@ def test_an_absorb_delivered_twice_counts_once() -> None:
     for event in (ev("p-1", "purchase", 0, anonymous_id="a-5", order_id="o-1", total=100.0),
                   ev("v-1", "product_view", 1, user_id="u-1", product_id="sku-1")):
         dispatch(states, blocks, "a:a-5" if "anonymous_id" in event else "u:u-1", event, None, RULES)
-    link = dispatch(states, blocks, "a:a-5", {"type": graph.LINK, "root": "u:u-1", "kind": "exact"}, None, RULES)
+    link = dispatch(states, blocks, "a:a-5", {"type": graph.LINK, "root": "u:u-1", "kind": "exact", "ok": True},
+                    None, RULES)
     [(target, absorb)] = [(k, m) for k, m in link.send if m["type"] == graph.ABSORB]
     assert dispatch(states, blocks, target, absorb, None, RULES).merges == ["exact"]
     assert dispatch(states, blocks, target, absorb, None, RULES).merges == []  # redelivered

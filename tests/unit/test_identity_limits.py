@@ -1,0 +1,86 @@
+"""identity.max_per_profile (contract 3, v1.1): a link that would give a profile more identifiers of a
+kind than allowed does not merge; it becomes a possible match and is counted."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from streams.config import PipelineConfig
+from streams.dispatch import run_locally
+from streams.timeline import RuleSet
+from tests.unit.test_identity_graph import UNTIL, ev
+
+RULES = RuleSet.build(PipelineConfig(), 7 * 86_400_000)
+LIMITS = RULES.identity_limits
+
+
+def _within_limits(profiles: dict[str, dict[str, Any]], limits: dict[str, int]) -> None:
+    for profile in profiles.values():
+        for kind, most in limits.items():
+            assert len(profile["identifiers"][kind]) <= most, (kind, profile["identifiers"])
+
+
+def test_the_defaults_are_the_readmes() -> None:
+    assert LIMITS == {"user_ids": 5, "emails": 10, "phones": 5, "anonymous_ids": 100}
+
+
+def _two_people_with_three_accounts_each() -> list[dict[str, Any]]:
+    events = []
+    for person in ("a", "b"):
+        events += [ev(f"{person}{n}", "identify", n, user_id=f"u-{person}{n}", email=f"{person}@example.com")
+                   for n in range(3)]
+    # one event names an account of each: six user ids would be one profile
+    events.append(ev("x", "identify", 10, user_id="u-a0", email="b@example.com"))
+    return events
+
+
+def test_a_link_past_the_limit_becomes_a_possible_match_and_is_counted() -> None:
+    run = run_locally(_two_people_with_three_accounts_each(), UNTIL, RULES)
+    assert sorted(sorted(p["identifiers"]["user_ids"]) for p in run.profiles.values()) == [
+        ["u-a0", "u-a1", "u-a2"], ["u-b0", "u-b1", "u-b2"]]
+    assert "user_ids" in run.limited
+    for profile in run.profiles.values():
+        [match] = profile["possible_matches"]
+        assert match["profile_id"] in run.profiles and match["profile_id"] != profile["profile_id"]
+        assert match["score"] == 0.0
+
+
+def test_within_a_raised_limit_the_same_link_merges() -> None:
+    config = PipelineConfig.model_validate({"identity": {"max_per_profile": {"user_ids": 6}}})
+    run = run_locally(_two_people_with_three_accounts_each(), UNTIL, RuleSet.build(config, 7 * 86_400_000))
+    [profile] = run.profiles.values()
+    assert len(profile["identifiers"]["user_ids"]) == 6 and run.limited == []
+
+
+def test_one_profile_keeps_at_most_the_limit_of_its_own_identifiers() -> None:
+    events = [ev(f"i{n}", "identify", n, user_id="u-1", email=f"address{n:02}@example.com") for n in range(14)]
+    run = run_locally(events, UNTIL, RULES)
+    [profile] = run.profiles.values()
+    assert len(profile["identifiers"]["emails"]) == LIMITS["emails"]
+    assert run.limited.count("emails") == 14 - LIMITS["emails"]
+    assert profile["aggregates"]["event_counts"] == {"identify": 14}  # the events themselves count
+
+
+@pytest.mark.parametrize("seed", [None, 1, 2, 3])
+def test_four_hundred_people_sharing_a_kiosk_id_stay_in_groups_within_the_limit(seed: int | None) -> None:
+    """A shared identifier the blocked values don't name (a shop kiosk's browser id): people meet
+    through it at most a limit's worth at a time, whatever order the messages arrive in."""
+    events = [ev(f"i{n}", "identify", n % 600, user_id=f"u-{n:03}", email=f"person{n:03}@example.com",
+                 anonymous_id="kiosk-1") for n in range(400)]
+    events += [ev(f"v{n}", "product_view", 600 + n % 60, user_id=f"u-{n:03}", product_id="sku-1")
+               for n in range(0, 400, 7)]
+    rng = None if seed is None else random.Random(seed)
+    if rng is not None:
+        rng.shuffle(events)
+    run = run_locally(events, UNTIL, RULES, shuffle=rng)
+    _within_limits(run.profiles, LIMITS)
+    people = sorted(u for p in run.profiles.values() for u in p["identifiers"]["user_ids"])
+    assert people == [f"u-{n:03}" for n in range(400)]  # nobody lost, nobody twice
+    assert len(run.profiles) >= 400 // LIMITS["user_ids"]
+    assert run.limited.count("user_ids") >= len(run.profiles) - 1
+    # each person's own events stayed with them
+    for profile in run.profiles.values():
+        assert profile["aggregates"]["event_counts"]["identify"] == len(profile["identifiers"]["user_ids"])
