@@ -37,6 +37,7 @@ class Effects:
     changed: bool = False  # the key's state changed: write it back
     blocks_skipped: int = 0
     limited: list[str] = field(default_factory=list)  # kinds whose identity limit kept two apart
+    matches_dropped: int = 0  # possible matches dropped past possible_matches.MOST
     unknown: str | None = None  # an internal message type this version does not know (skipped)
 
 
@@ -154,6 +155,7 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
     # the absorbed side's possible matches now live under this key: their other sides are told
     effects.send += possible_matches.aliases_to_send(absorbed.get("profile", {}).get("possible_matches", ()), key)
     merged["rules"]["dirty"] = True  # segments are evaluated again at the next step
+    effects.matches_dropped = possible_matches.trim(merged["profile"]["possible_matches"])
     if rules.scorer is not None:
         here = state["profile"]["predictions"] if graph.is_live(state) and state is not None else None
         score_timer.past_changed(rules.config.scoring, merged, [here, absorbed["profile"]["predictions"]])
@@ -180,10 +182,14 @@ def _on_possible(states: MutableMapping[str, State | None], key: str, state: Sta
         return elsewhere
     assert state is not None
     mine, other = message.get("to", key), message["other"]
-    if not possible_matches.record(state["profile"]["possible_matches"], mine, other, message["score"]):
+    entries = state["profile"]["possible_matches"]
+    if not possible_matches.record(entries, mine, other, message["score"]):
         return Effects()
+    dropped = possible_matches.trim(entries)
+    if dropped and not any(entry[:2] == [mine, other] for entry in entries if isinstance(entry, list)):
+        return Effects(matches_dropped=dropped)  # the new pair was the worst: nothing changed
     states[key] = state
-    effects = Effects(republish=True)
+    effects = Effects(republish=True, matches_dropped=dropped)
     if mine != key:
         effects.send.append((other, {"type": possible_matches.ALIAS, "old": mine, "new": key}))
     return effects

@@ -95,6 +95,12 @@ class Metrics:
             "Links not merged because the profile would exceed identity.max_per_profile (kept as possible matches)",
             ["kind"], registry=r,
         )
+        self.entries_dropped = Counter(
+            "mailpulse_profile_entries_dropped",
+            "Entries a bounded per-profile collection dropped (possible_matches: the lowest scores past 100)",
+            ["collection"], registry=r,
+        )
+        self.entries_dropped.labels("possible_matches")
         self.processing_errors = Counter(
             "mailpulse_processing_errors",
             "Messages or profiles whose handling raised; the input is dead-lettered (processing_error), the rest "

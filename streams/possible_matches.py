@@ -31,6 +31,9 @@ from streams.identity import profile_id_for, rank
 ALIAS = "_alias"
 
 Entry = list[Any]  # [mine, other, score]
+#: Most entries a profile keeps (the best by score); a drop is counted
+#: (``mailpulse_profile_entries_dropped_total{collection="possible_matches"}``).
+MOST = 100
 
 
 def _legacy(entry: Any) -> tuple[str, float] | None:
@@ -52,6 +55,23 @@ def record(entries: list[Entry], mine: str, other: str, score: float) -> bool:
     entries.append([mine, other, score])
     entries.sort(key=_order)
     return True
+
+
+def trim(entries: list[Any]) -> int:
+    """Keeps the :data:`MOST` best entries (highest score, then the order of :func:`_order`); how
+    many were dropped.  Top-N of a union is the top-N of the parts' top-N, so trimming keeps the
+    view order-free."""
+    if len(entries) <= MOST:
+        return 0
+    kept = sorted(entries, key=_best)[:MOST]
+    dropped = len(entries) - MOST
+    entries[:] = sorted(kept, key=_order)
+    return dropped
+
+
+def _best(entry: Any) -> tuple[float, tuple[int, str, str]]:
+    legacy = _legacy(entry)
+    return (-(legacy[1] if legacy is not None else entry[2]), _order(entry))
 
 
 def _order(entry: Any) -> tuple[int, str, str]:

@@ -90,6 +90,7 @@ class RecordResult:
     late: Counter[str] = field(default_factory=Counter)
     merges: list[str] = field(default_factory=list)
     limited: list[str] = field(default_factory=list)
+    matches_dropped: int = 0
     blocks_skipped: int = 0
     profiles_written: Counter[str] = field(default_factory=Counter)  # updated | merged | erased
     released: int = 0
@@ -172,6 +173,7 @@ def step(entries: list[Any], io: StepIO, ctx: StepContext, skip: frozenset[int] 
             result.profiles_written[why] += 1
         result.merges += effects.merges
         result.limited += effects.limited
+        result.matches_dropped += effects.matches_dropped
         result.blocks_skipped += effects.blocks_skipped
         if effects.unknown is not None:
             result.unknown.append(effects.unknown)

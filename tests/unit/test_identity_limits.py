@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from streams import possible_matches
 from streams.config import PipelineConfig
 from streams.dispatch import run_locally
 from streams.timeline import RuleSet
@@ -81,6 +82,7 @@ def test_four_hundred_people_sharing_a_kiosk_id_stay_in_groups_within_the_limit(
     assert people == [f"u-{n:03}" for n in range(400)]  # nobody lost, nobody twice
     assert len(run.profiles) >= 400 // LIMITS["user_ids"]
     assert run.limited.count("user_ids") >= len(run.profiles) - 1
+    assert all(len(p["possible_matches"]) <= possible_matches.MOST for p in run.profiles.values())
     # each person's own events stayed with them
     for profile in run.profiles.values():
         assert profile["aggregates"]["event_counts"]["identify"] == len(profile["identifiers"]["user_ids"])

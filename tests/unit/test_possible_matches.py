@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+from typing import Any
+
 from streams import possible_matches as pm
 from streams.identity import profile_id_for
 
@@ -47,3 +50,25 @@ def test_entries_held_under_another_key_tell_the_other_side_the_new_root() -> No
     assert list(pm.aliases_to_send(entries, "u:mary")) == [
         ("e:peter@x", {"type": pm.ALIAS, "old": "e:mary@x", "new": "u:mary"}),
         ("e:susan@x", {"type": pm.ALIAS, "old": "a:m", "new": "u:mary"})]
+
+
+def test_a_profile_keeps_the_best_possible_matches_and_counts_what_it_drops() -> None:
+    scored = [(f"e:p{n:03}@x", round(random.Random(n).random(), 3)) for n in range(pm.MOST + 40)]
+    everything: list[Any] = []
+    for other, score in scored:
+        pm.record(everything, "u:me", other, score)
+    best = sorted(pm.union(everything, []), key=lambda e: (-e[2], e[1]))[:pm.MOST]
+    for seed in range(3):  # any order, any split: the same best entries
+        order = list(scored)
+        random.Random(seed).shuffle(order)
+        a: list[Any] = []
+        b: list[Any] = []
+        dropped = 0
+        for i, (other, score) in enumerate(order):
+            part = a if i % 2 else b
+            pm.record(part, "u:me", other, score)
+            dropped += pm.trim(part)
+        merged = pm.union(a, b)
+        dropped += pm.trim(merged)
+        assert len(merged) == pm.MOST and sorted(map(tuple, merged)) == sorted(map(tuple, best))
+        assert dropped == len(scored) - pm.MOST
