@@ -6,7 +6,7 @@ COPY streams ./streams
 COPY schemas ./schemas
 COPY models ./models
 RUN pip install --no-cache-dir .
-ENV MAILPULSE_DATA_DIR=/data MAILPULSE_METRICS_PORT=9108
+ENV MAILPULSE_DATA_DIR=/data MAILPULSE_METRICS_PORT=9108 MAILPULSE_METRICS_HOST=0.0.0.0
 VOLUME /data
 EXPOSE 9108
 ENTRYPOINT ["mailpulse"]

@@ -123,17 +123,17 @@ class Metrics:
             child = self._event_children[(topic, outcome)] = self.events.labels(topic, outcome)
         return child
 
-    def serve(self, port: int, health: Health | None = None) -> int:
-        """Serve /metrics (and with ``health``, /healthz and /readyz) on ``port``; if it is taken, on a
-        free port (logged).  Returns the port."""
+    def serve(self, port: int, health: Health | None = None, host: str = "127.0.0.1") -> int:
+        """Serve /metrics (and with ``health``, /healthz and /readyz) on ``host:port``; if the port is
+        taken, on a free one (logged).  Returns the port."""
         try:
-            _serve(port, self.registry, health)
+            _serve(host, port, self.registry, health)
             return port
         except OSError:
             with socket.socket() as sock:
-                sock.bind(("", 0))
+                sock.bind((host, 0))
                 free = int(sock.getsockname()[1])
-            _serve(free, self.registry, health)
+            _serve(host, free, self.registry, health)
             log.warning("metrics port %d is taken; serving /metrics on port %d instead", port, free)
             return free
 
@@ -167,7 +167,7 @@ class Health:
         return (True, "ready\n") if self.ready else (False, "partitions not assigned or tables recovering\n")
 
 
-def _serve(port: int, registry: CollectorRegistry, health: Health | None) -> None:
+def _serve(host: str, port: int, registry: CollectorRegistry, health: Health | None) -> None:
     """prometheus-client's own WSGI server, with /healthz and /readyz beside /metrics."""
     metrics_app = make_wsgi_app(registry)
 
@@ -179,7 +179,7 @@ def _serve(port: int, registry: CollectorRegistry, health: Health | None) -> Non
             return [body.encode()]
         return metrics_app(environ, start_response)
 
-    server = make_server("", port, app, ThreadingWSGIServer, handler_class=_SilentHandler)
+    server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_SilentHandler)
     threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
 
 

@@ -24,6 +24,10 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Field(default=Path(".mailpulse"), description="MAILPULSE_DATA_DIR: local table state.")
     metrics_port: int = Field(default=9108, description="MAILPULSE_METRICS_PORT: Prometheus /metrics port.")
+    metrics_host: str = Field(
+        default="127.0.0.1", description="MAILPULSE_METRICS_HOST: address /metrics, /healthz and /readyz bind "
+        "to; 0.0.0.0 for every interface (containers, Kubernetes).",
+    )
     config: Path | None = Field(default=None, description="MAILPULSE_CONFIG: YAML of segments/triggers/guardrails.")
     clock: Literal["event", "wall"] = Field(default="event", description="MAILPULSE_CLOCK: event or wall.")
     wall_clock_delay_s: float = Field(default=5.0, description="MAILPULSE_WALL_CLOCK_DELAY_S: allowed lateness.")
@@ -37,6 +41,8 @@ class Settings(BaseSettings):
         default="rocksdb", description="MAILPULSE_TABLE_STORE: rocksdb (durable) or memory (agent tests)."
     )
     log_level: str = Field(default="warn", description="MAILPULSE_LOG_LEVEL: crit|error|warn|info|debug.")
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="MAILPULSE_LOG_FORMAT: text, or json (one JSON object per line).")
     dedupe_retention_days: float = Field(
         default=7.0, gt=0, description="MAILPULSE_DEDUPE_RETENTION_DAYS: event-time retention of event ids."
     )

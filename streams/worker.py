@@ -21,9 +21,11 @@ import faust
 
 from models.scoring import Predictor
 from schemas.events import INPUT_TOPICS
+from streams import logs
 from streams import topics as names
 from streams.app import create_app
 from streams.broker import EmbeddedBroker, check_partitions, ensure_topics, start_embedded_broker, topic_partitions
+from streams.logs import say
 from streams.metrics import Health, Metrics
 from streams.settings import Settings
 
@@ -74,10 +76,11 @@ def _empty_folder(folder: Path) -> None:
 
 def run_worker(settings: Settings, demo: bool = False) -> int:
     """Run one worker until it is stopped.  Returns the exit code."""
+    logs.use(settings.log_format)
     broker: EmbeddedBroker | None = None
     if not settings.broker:
         broker = start_embedded_broker(settings.embedded_broker_port)
-        print(f"mailpulse: embedded broker on {broker.url} (set MAILPULSE_BROKER to use another)", flush=True)
+        say(f"embedded broker on {broker.url} (set MAILPULSE_BROKER to use another)")
         # The embedded broker keeps everything in memory: table state of an earlier run would
         # describe topics that no longer exist, so it lives apart and starts empty.
         settings = settings.model_copy(update={"broker": broker.url, "data_dir": settings.data_dir / "embedded"})
@@ -87,28 +90,28 @@ def run_worker(settings: Settings, demo: bool = False) -> int:
                       names.CONTRACT_TOPICS, settings.replication_factor)
         for warning in check_partitions(settings.bootstrap_servers, settings.partitions,
                                         names.partitioned_internal_topics(settings.app_id), names.OUTPUT_TOPICS):
-            print(f"mailpulse: note: {warning}", flush=True)
+            say(f"note: {warning}")
         with locked_data_dir(settings.data_dir) as data_dir:
             clean_stop = data_dir / CLEAN_STOP_MARKER
             if broker is None and not clean_stop.exists() and any(p.name != ".lock" for p in data_dir.iterdir()):
-                print("mailpulse: the last worker on this state folder did not stop cleanly; "
-                      "rebuilding table state from the changelog topics", flush=True)
+                say("the last worker on this state folder did not stop cleanly; "
+                    "rebuilding table state from the changelog topics")
             if broker is not None or not clean_stop.exists():
                 _empty_folder(data_dir)
             clean_stop.unlink(missing_ok=True)
             settings = settings.model_copy(update={"data_dir": data_dir})
             metrics = Metrics()
             health = Health()
-            port = metrics.serve(settings.metrics_port, health)
-            print(f"mailpulse: metrics on http://127.0.0.1:{port}/metrics, state in {data_dir}", flush=True)
+            port = metrics.serve(settings.metrics_port, health, settings.metrics_host)
+            say(f"metrics, /healthz and /readyz on http://{settings.metrics_host}:{port} (bound there: "
+                f"MAILPULSE_METRICS_HOST), state in {data_dir}")
             # the watermark waits for every partition the input topics really have
             inputs = topic_partitions(settings.bootstrap_servers, INPUT_TOPICS)
             pipeline = create_app(settings, metrics, input_partitions=inputs)
             pipeline.health = health
             scorer = pipeline.rules.scorer
             if isinstance(scorer, Predictor):
-                print(f"mailpulse: scoring profiles with model {scorer.version} from {scorer.bundle.directory}",
-                      flush=True)
+                say(f"scoring profiles with model {scorer.version} from {scorer.bundle.directory}")
             recs_topic = names.product_recs_topic(settings.app_id)
             ensure_topics(settings.bootstrap_servers, settings.partitions, [recs_topic], [recs_topic],
                           settings.replication_factor)
@@ -117,9 +120,9 @@ def run_worker(settings: Settings, demo: bool = False) -> int:
                 from streams.tools.demo import start_demo_feed
 
                 start_demo_feed(settings.bootstrap_servers, demo_stop)
-                print("mailpulse: demo traffic is flowing (its shop clock runs 60x: a cart is abandoned after "
-                      "30 s); watch it with `.venv/bin/mailpulse tail triggers --broker "
-                      f"{settings.broker}` (or segment-changes, profiles)", flush=True)
+                say("demo traffic is flowing (its shop clock runs 60x: a cart is abandoned after "
+                    "30 s); watch it with `.venv/bin/mailpulse tail triggers --broker "
+                    f"{settings.broker}` (or segment-changes, profiles)")
             tune_garbage_collector()
             try:
                 code = _run_faust(pipeline.app, settings)
@@ -160,6 +163,7 @@ def _run_faust(app: faust.App, settings: Settings) -> int:
         def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
             self.spinner = None
             logger.setLevel(level)
+            logs.format_root()
 
     worker = QuietWorker(app, loglevel=settings.log_level, quiet=True)
     try:

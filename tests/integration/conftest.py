@@ -79,7 +79,7 @@ class WorkerFactory:
     tmp: Path
     started: list[Worker] = field(default_factory=list)
 
-    def __call__(self, data_dir: str = "state", **env: str) -> Worker:
+    def __call__(self, data_dir: str = "state", command: list[str] | None = None, **env: str) -> Worker:
         port = free_port()
         log = self.tmp / f"worker-{len(self.started)}.log"
         full_env = {
@@ -91,7 +91,7 @@ class WorkerFactory:
             "MAILPULSE_LOG_LEVEL": "info",
             **env,
         }
-        process = subprocess.Popen([MAILPULSE, "run"], env=full_env, stdout=log.open("wb"),
+        process = subprocess.Popen(command or [MAILPULSE, "run"], env=full_env, stdout=log.open("wb"),
                                    stderr=subprocess.STDOUT)
         worker = Worker(process, port, log)
         self.started.append(worker)

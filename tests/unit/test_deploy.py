@@ -40,3 +40,46 @@ def test_alerts_query_exported_metrics() -> None:
     exprs = [rule["expr"] for group in alerts["groups"] for rule in group["rules"]]
     assert exprs
     assert _named(exprs) <= _families()
+
+
+ROOT = DEPLOY.parent
+
+
+def test_compose_parses_and_refers_to_existing_files_and_the_workers_port() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.kafka.yml").read_text())
+    services = compose["services"]
+    worker = services["mailpulse"]
+    env = worker["environment"]
+    port = env["MAILPULSE_METRICS_PORT"]
+    assert env["MAILPULSE_METRICS_HOST"] == "0.0.0.0"  # reachable by Prometheus in another container
+    assert f"127.0.0.1:{port}/healthz" in " ".join(worker["healthcheck"]["test"])
+    assert (ROOT / worker["build"] / "Dockerfile").exists()
+    for service in services.values():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("."):
+                assert (ROOT / source).exists(), volume
+    prometheus = yaml.safe_load((DEPLOY / "prometheus/prometheus.yml").read_text())
+    [job] = prometheus["scrape_configs"]
+    assert job["dns_sd_configs"][0]["port"] == int(port)
+    assert all((DEPLOY / "prometheus" / name).exists() for name in prometheus["rule_files"])
+
+
+def test_kubernetes_manifests_parse_and_probe_health_and_readiness_on_the_metrics_port() -> None:
+    kustomization = yaml.safe_load((DEPLOY / "kubernetes/kustomization.yaml").read_text())
+    docs = {}
+    for name in kustomization["resources"]:
+        doc = yaml.safe_load((DEPLOY / "kubernetes" / name).read_text())
+        docs[doc["kind"]] = doc
+    [container] = docs["StatefulSet"]["spec"]["template"]["spec"]["containers"]
+    env = {item["name"]: item["value"] for item in container["env"]}
+    [port] = container["ports"]
+    assert int(env["MAILPULSE_METRICS_PORT"]) == port["containerPort"]
+    assert env["MAILPULSE_METRICS_HOST"] == "0.0.0.0"
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port["name"]}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port["name"]}
+    annotations = docs["StatefulSet"]["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(port["containerPort"])
+    assert docs["Service"]["spec"]["ports"][0]["targetPort"] == port["name"]
+    assert env["MAILPULSE_CONFIG"].startswith(container["volumeMounts"][1]["mountPath"])
+    assert "config.yaml" in docs["ConfigMap"]["data"]

@@ -1,0 +1,204 @@
+"""Operations with real servers: Prometheus scraping a live worker with the project's scrape config,
+promtool on deploy/, the dashboard's queries, JSON logs without personal data, the metrics bind
+address, and /healthz of a worker whose ingest agent crashed."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import yaml
+from confluent_kafka import Producer
+
+from schemas.events import TOPIC_OF_TYPE
+from streams.broker import free_port
+
+from .conftest import PARTITIONS, Worker
+from .test_pipeline import _many_events
+
+pytestmark = pytest.mark.integration
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+PROMETHEUS = shutil.which("prometheus")
+PROMTOOL = shutil.which("promtool")
+needs_prometheus = pytest.mark.skipif(
+    PROMETHEUS is None or PROMTOOL is None,
+    reason="Prometheus is not installed (Debian: apt-get install prometheus; .ci/run installs it)",
+)
+
+
+def _produce(bootstrap: str, events: list[dict[str, Any]], extra: list[tuple[str, bytes]] = ()) -> None:  # type: ignore[assignment]
+    producer = Producer({"bootstrap.servers": bootstrap})
+    for n, event in enumerate(events):
+        producer.produce(TOPIC_OF_TYPE[event["type"]], orjson.dumps(event), partition=n % PARTITIONS)
+    for topic, raw in extra:
+        producer.produce(topic, raw, partition=0)
+    assert producer.flush(30) == 0
+
+
+def _get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+@needs_prometheus
+def test_promtool_checks_the_config_and_the_rules_and_each_alert_fires_only_on_trouble() -> None:
+    assert PROMTOOL is not None
+    for args in (["check", "config", str(DEPLOY / "prometheus/prometheus.yml")],
+                 ["check", "rules", str(DEPLOY / "prometheus/alerts.yml")],
+                 ["test", "rules", str(DEPLOY / "prometheus/alerts_test.yml")]):
+        done = subprocess.run([PROMTOOL, *args], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr
+    alerts = yaml.safe_load((DEPLOY / "prometheus/alerts.yml").read_text())
+    tests = (DEPLOY / "prometheus/alerts_test.yml").read_text()
+    for rule in alerts["groups"][0]["rules"]:  # every alert has a test that expects it to fire
+        assert re.search(rf"alertname: {rule['alert']}\n\s+exp_alerts:\n\s+- exp_labels", tests), rule["alert"]
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path) -> Iterator[Any]:
+    """Starts Prometheus on loopback with deploy/prometheus/prometheus.yml, its targets pointed at
+    the given worker ports: ``start(ports) -> base URL``."""
+    assert PROMETHEUS is not None
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def start(ports: list[int]) -> str:
+        config = yaml.safe_load((DEPLOY / "prometheus/prometheus.yml").read_text())
+        config["global"]["scrape_interval"] = "1s"
+        config["global"]["evaluation_interval"] = "1s"
+        [job] = config["scrape_configs"]
+        job.pop("dns_sd_configs")
+        job["static_configs"] = [{"targets": [f"127.0.0.1:{port}" for port in ports]}]
+        shutil.copy(DEPLOY / "prometheus/alerts.yml", tmp_path / "alerts.yml")
+        (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+        port = free_port()
+        log = (tmp_path / "prometheus.log").open("wb")
+        processes.append(subprocess.Popen(
+            [PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+             f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT))
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if _get(base + "/-/ready", 2)[0] == 200:
+                    return base
+            except OSError:
+                pass
+            time.sleep(0.3)
+        raise AssertionError("Prometheus did not become ready: " + (tmp_path / "prometheus.log").read_text()[-2000:])
+
+    yield start
+    for process in processes:
+        process.terminate()
+        process.wait(10)
+
+
+def _query(base: str, expr: str) -> dict[str, Any]:
+    status, body = _get(base + "/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
+    answer: dict[str, Any] = json.loads(body)
+    assert status == 200 and answer["status"] == "success", (expr, answer)
+    return answer
+
+
+def _scraped_total(base: str) -> float:
+    result = _query(base, 'sum(mailpulse_events_total{outcome="processed"})')["data"]["result"]
+    return float(result[0]["value"][1]) if result else 0.0
+
+
+def _wait(what: Any, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not what():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.5)
+
+
+@needs_prometheus
+def test_prometheus_scrapes_a_live_worker_and_every_dashboard_query_runs(broker, start_worker, prometheus) -> None:
+    events = _many_events(600, 40)
+    first, second = events[:300], events[300:]
+    worker = start_worker(MAILPULSE_LOG_FORMAT="json")
+    _produce(broker.bootstrap, first)
+    worker.wait_metric("mailpulse_events_total", len(first), outcome="processed")
+    base = prometheus([worker.metrics_port])
+
+    _wait(lambda: _scraped_total(base) >= len(first))
+    targets = json.loads(_get(base + "/api/v1/targets")[1])["data"]["activeTargets"]
+    assert [(t["labels"]["job"], t["health"]) for t in targets] == [("mailpulse", "up")]
+    _produce(broker.bootstrap, second)
+    _wait(lambda: _scraped_total(base) == len(events))  # it rises after a replay
+
+    names = set(json.loads(_get(base + "/api/v1/label/__name__/values")[1])["data"])
+    assert {"mailpulse_events_total", "mailpulse_worker_state", "mailpulse_consumer_lag",
+            "mailpulse_commit_seconds_bucket", "process_resident_memory_bytes"} <= names
+    rules = json.loads(_get(base + "/api/v1/rules")[1])["data"]["groups"]
+    loaded = sorted(rule["name"] for group in rules for rule in group["rules"])
+    configured = sorted(r["alert"] for g in yaml.safe_load((DEPLOY / "prometheus/alerts.yml").read_text())["groups"]
+                        for r in g["rules"])
+    assert loaded == configured
+    _wait(lambda: _query(base, 'mailpulse_worker_state{state="running"}')["data"]["result"] != [])
+    # every query of the dashboard runs without error on the live data
+    dashboard = json.loads((DEPLOY / "grafana/dashboards/mailpulse.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel.get("targets", [])]
+    assert len(exprs) >= 14
+    for expr in exprs:
+        _query(base, expr.replace("$__rate_interval", "1m").replace("$__interval", "15s"))
+    processed = _query(base, 'sum by (outcome) (mailpulse_events_total{outcome="processed"})')["data"]["result"]
+    assert float(processed[0]["value"][1]) == len(events)
+
+    # the worker's log: one JSON object per line, no e-mail address of anyone in the events
+    worker.stop()
+    lines = worker.log.read_text().splitlines()
+    assert len(lines) > 5
+    parsed = [json.loads(line) for line in lines]  # raises on a line that is not JSON
+    assert all({"ts", "level", "logger", "message"} <= set(line) for line in parsed)
+    assert any("metrics, /healthz and /readyz on http://127.0.0.1:" in line["message"] for line in parsed)
+    text = worker.log.read_text().lower()
+    emails = {str(e["email"]).lower() for e in events if e.get("email")}
+    assert emails and not [email for email in emails if email in text]
+
+
+def _non_loopback_address() -> str | None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("10.255.255.255", 1))  # no packet is sent: it picks the outgoing interface
+            address = str(probe.getsockname()[0])
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address
+
+
+def test_metrics_bind_loopback_by_default_and_an_ingest_crash_turns_healthz_red(broker, start_worker) -> None:
+    worker: Worker = start_worker(command=[sys.executable, "-m", "tests.integration.crashing_worker"])
+    events = _many_events(50, 10)
+    _produce(broker.bootstrap, events)
+    worker.wait_metric("mailpulse_events_total", len(events), outcome="processed")
+    url = f"http://127.0.0.1:{worker.metrics_port}"
+    assert _get(url + "/healthz")[0] == 200 and _get(url + "/readyz")[0] == 200
+    other = _non_loopback_address()
+    if other is not None:  # bound to loopback only: not reachable on the machine's other address
+        with pytest.raises(OSError):
+            socket.create_connection((other, worker.metrics_port), timeout=2).close()
+
+    _produce(broker.bootstrap, [], extra=[("clicks", b'{"event_id": "crash-the-ingest-agent"}')])
+    crashed_at = time.monotonic()
+    _wait(lambda: _get(url + "/healthz")[0] == 503, timeout=20)
+    took = time.monotonic() - crashed_at
+    status, body = _get(url + "/healthz")
+    assert status == 503 and b"ingest" in body, body
+    assert worker.metric("mailpulse_worker_state", state="error") == 1
+    assert took < 10, took
