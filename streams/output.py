@@ -106,6 +106,12 @@ class OutputProducer:
         self.send(topic, key, value, partition, on_delivered)
         self._changelog_written.add((topic, partition))
 
+    def close(self, timeout: float = 10.0) -> None:
+        """Delivers what is queued and closes the client, so it does not go on reconnecting (and
+        logging it) after the broker is gone."""
+        self._flush(timeout)
+        self._producer.close()
+
     def flush(self, timeout: float = 30.0) -> int:
         """Deliver everything queued, then end each changelog partition written since the last
         flush with a one-record batch: a tombstone of :data:`END_MARKER_KEY`.

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
         default="rocksdb", description="MAILPULSE_TABLE_STORE: rocksdb (durable) or memory (agent tests)."
     )
     log_level: str = Field(default="warn", description="MAILPULSE_LOG_LEVEL: crit|error|warn|info|debug.")
+    live_view: Literal["auto", "on", "off"] = Field(
+        default="auto", description="MAILPULSE_LIVE_VIEW: the live terminal view of `run`; auto: when stdout is a "
+        "terminal and the log format is text.")
     log_format: Literal["text", "json"] = Field(
         default="text", description="MAILPULSE_LOG_FORMAT: text, or json (one JSON object per line).")
     dedupe_retention_days: float = Field(

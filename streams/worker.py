@@ -12,6 +12,7 @@ import gc
 import logging
 import os
 import shutil
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -123,13 +124,26 @@ def run_worker(settings: Settings, demo: bool = False) -> int:
                 say("demo traffic is flowing (its shop clock runs 60x: a cart is abandoned after "
                     "30 s); watch it with `.venv/bin/mailpulse tail triggers --broker "
                     f"{settings.broker}` (or segment-changes, profiles)")
+            view = None
+            if settings.live_view == "on" or (
+                    settings.live_view == "auto" and settings.log_format == "text" and sys.stdout.isatty()):
+                from streams.tools.live import LiveView
+
+                view = LiveView(metrics.registry, settings.bootstrap_servers)
+                view.start()
             tune_garbage_collector()
             try:
                 code = _run_faust(pipeline.app, settings)
             finally:
+                if view is not None:
+                    view.stop()
                 pipeline.product_recs.stop()
+                close = getattr(pipeline.output, "close", None)
+                if close is not None:
+                    close()
             if code == 0:
                 clean_stop.touch()
+                say("stopped: offsets committed, outputs delivered, tables closed")
             return code
     finally:
         demo_stop.set()
