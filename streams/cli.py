@@ -132,6 +132,26 @@ def cmd_run(args: argparse.Namespace) -> int:
         return run_worker(settings, demo=args.demo)
 
 
+def cmd_deliver(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from streams.deliver.service import run_deliver
+    from streams.logs import say
+
+    settings = _settings(broker=args.broker)
+    bootstrap = _bootstrap(settings.broker)
+    _check_broker(bootstrap)
+    if args.dry_run is None and settings.deliver_target == "webhook" and not settings.webhook_url:
+        raise UserError("MAILPULSE_DELIVER_TARGET=webhook needs MAILPULSE_WEBHOOK_URL")
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    code = run_deliver(settings, args.dry_run, stop, say)
+    say("deliver stopped")
+    return code
+
+
 def cmd_broker(args: argparse.Namespace) -> int:
     import signal
     import threading
@@ -257,6 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", choices=("crit", "error", "warn", "info", "debug"))
     p.add_argument("--partitions", type=_positive_int, help="partitions of topics this worker creates")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("deliver", help="the reference ESP connector: render triggers into e-mails and deliver "
+                       "each once (SMTP or webhook, from MAILPULSE_* settings)")
+    p.add_argument("--broker", help="kafka://host:port; unset: MAILPULSE_BROKER")
+    p.add_argument("--dry-run", type=Path, metavar="DIR", help="write each e-mail to DIR/<trigger_id>.eml instead")
+    p.set_defaults(func=cmd_deliver)
 
     p = sub.add_parser("broker", help="run the embedded broker alone, in the foreground")
     p.add_argument("--port", type=_positive_int, default=9092)

@@ -167,6 +167,37 @@ class Health:
         return (True, "ready\n") if self.ready else (False, "partitions not assigned or tables recovering\n")
 
 
+class DeliverMetrics:
+    """The metrics of ``mailpulse deliver`` (its own process and port)."""
+
+    OUTCOMES = ("sent", "failed", "duplicate", "suppressed", "held")
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        ProcessCollector(registry=r)
+        self.deliveries = Counter("mailpulse_deliveries", "Triggers handled by deliver", ["type", "outcome"],
+                                  registry=r)
+        self.delay = Histogram("mailpulse_delivery_delay_seconds", "Delivery time past the trigger's send_at",
+                               buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 14400, 86400), registry=r)
+        self.retries = Counter("mailpulse_delivery_retries", "Delivery attempts after the first", ["target"],
+                               registry=r)
+        self.ledger_entries = Gauge("mailpulse_delivery_ledger_entries", "Trigger ids in the delivery ledger",
+                                    registry=r)
+        self.held = Gauge("mailpulse_deliveries_held", "Triggers held until their send_at", registry=r)
+        self.unsubscribes = Counter("mailpulse_unsubscribes", "Unsubscribes (one-click links and bounces)",
+                                    ["source"], registry=r)
+        for source in ("unsubscribe", "bounce"):
+            self.unsubscribes.labels(source)
+
+
+def serve_wsgi(host: str, port: int, app: Any) -> int:
+    """Serves a WSGI ``app`` in a daemon thread with prometheus-client's server; returns the port
+    (a free one when ``port`` is 0)."""
+    server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_SilentHandler)
+    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
+    return int(server.server_port)
+
+
 def _serve(host: str, port: int, registry: CollectorRegistry, health: Health | None) -> None:
     """prometheus-client's own WSGI server, with /healthz and /readyz beside /metrics."""
     metrics_app = make_wsgi_app(registry)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -77,6 +77,38 @@ class Settings(BaseSettings):
         "output directory); unset: the models shipped in models/shipped.",
     )
     batch_within_s: float = Field(default=0.02, gt=0, description="MAILPULSE_BATCH_WITHIN_S: max batch wait.")
+
+    # --- mailpulse deliver (the reference ESP connector) ---
+    deliver_target: Literal["smtp", "webhook"] = Field(
+        default="smtp", description="MAILPULSE_DELIVER_TARGET: smtp or webhook (--dry-run writes files instead).")
+    smtp_host: str = Field(default="127.0.0.1", description="MAILPULSE_SMTP_HOST.")
+    smtp_port: int = Field(default=25, ge=1, le=65535, description="MAILPULSE_SMTP_PORT.")
+    smtp_security: Literal["none", "starttls", "tls"] = Field(
+        default="none", description="MAILPULSE_SMTP_SECURITY: none, starttls, or tls (implicit TLS).")
+    smtp_user: str | None = Field(default=None, description="MAILPULSE_SMTP_USER: with a password, log in.")
+    smtp_password: SecretStr | None = Field(default=None, description="MAILPULSE_SMTP_PASSWORD (never logged).")
+    mail_from: str = Field(default="shop@example.com", description="MAILPULSE_MAIL_FROM: the From: address.")
+    mail_brand: str = Field(default="Our shop", description="MAILPULSE_MAIL_BRAND: the shop's name in e-mails.")
+    shop_url: str = Field(default="https://shop.example.com", description="MAILPULSE_SHOP_URL: links in e-mails.")
+    webhook_url: str | None = Field(default=None, description="MAILPULSE_WEBHOOK_URL: the HTTP target's URL.")
+    webhook_token: SecretStr | None = Field(
+        default=None, description="MAILPULSE_WEBHOOK_TOKEN: sent as a bearer token (never logged).")
+    deliver_timeout_s: float = Field(default=10.0, gt=0, description="MAILPULSE_DELIVER_TIMEOUT_S: per attempt.")
+    deliver_attempts: int = Field(default=5, ge=1, le=50, description="MAILPULSE_DELIVER_ATTEMPTS: before "
+                                  "delivery-failed.")
+    deliver_backoff_s: float = Field(default=1.0, gt=0, description="MAILPULSE_DELIVER_BACKOFF_S: first retry "
+                                     "wait; doubled each time, with jitter.")
+    deliver_port: int = Field(default=9110, description="MAILPULSE_DELIVER_PORT: deliver's /metrics, /healthz "
+                              "and /unsubscribe.")
+    unsubscribe_url: str | None = Field(
+        default=None, description="MAILPULSE_UNSUBSCRIBE_URL: public base URL of /unsubscribe; unset: "
+        "http://MAILPULSE_METRICS_HOST:MAILPULSE_DELIVER_PORT.")
+    unsubscribe_secret: SecretStr | None = Field(
+        default=None, description="MAILPULSE_UNSUBSCRIBE_SECRET: HMAC key of unsubscribe links; unset: one is "
+        "made and kept in the deliver state folder.")
+    templates_dir: Path | None = Field(
+        default=None, description="MAILPULSE_TEMPLATES_DIR: e-mail templates that override the shipped ones, "
+        "by file name (<trigger type>.j2).")
 
     @property
     def bootstrap_servers(self) -> str:

@@ -10,10 +10,11 @@ SEGMENT_CHANGES = "segment-changes"
 TRIGGERS = "triggers"
 SCORES = "scores"
 DEAD_LETTER = "dead-letter"
+DELIVERY_FAILED = "delivery-failed"  # (v1.1) written by `mailpulse deliver`
 
 OUTPUT_TOPICS = (PROFILES, SEGMENT_CHANGES, TRIGGERS, SCORES, DEAD_LETTER)
 COMPACTED_TOPICS = (PROFILES,)
-CONTRACT_TOPICS = (*INPUT_TOPICS, *OUTPUT_TOPICS)
+CONTRACT_TOPICS = (*INPUT_TOPICS, *OUTPUT_TOPICS, DELIVERY_FAILED)
 
 
 def events_topic(app_id: str) -> str:

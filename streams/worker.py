@@ -86,6 +86,7 @@ def run_worker(settings: Settings, demo: bool = False) -> int:
         # describe topics that no longer exist, so it lives apart and starts empty.
         settings = settings.model_copy(update={"broker": broker.url, "data_dir": settings.data_dir / "embedded"})
     demo_stop = threading.Event()
+    helpers: list[threading.Thread] = []  # stopped with demo_stop, before the embedded broker
     try:
         ensure_topics(settings.bootstrap_servers, settings.partitions, names.COMPACTED_TOPICS,
                       names.CONTRACT_TOPICS, settings.replication_factor)
@@ -118,12 +119,18 @@ def run_worker(settings: Settings, demo: bool = False) -> int:
                           settings.replication_factor)
             pipeline.product_recs.start(settings.bootstrap_servers, recs_topic)
             if demo:
+                from streams.deliver.service import run_deliver
                 from streams.tools.demo import start_demo_feed
 
                 start_demo_feed(settings.bootstrap_servers, demo_stop)
+                deliver = threading.Thread(target=run_deliver, args=(settings, data_dir / "outbox", demo_stop, say),
+                                           name="deliver", daemon=True)
+                deliver.start()
+                helpers.append(deliver)
                 say("demo traffic is flowing (its shop clock runs 60x: a cart is abandoned after "
                     "30 s); watch it with `.venv/bin/mailpulse tail triggers --broker "
-                    f"{settings.broker}` (or segment-changes, profiles)")
+                    f"{settings.broker}` (or segment-changes, profiles); `mailpulse deliver --dry-run` writes their "
+                    f"e-mails to {data_dir / 'outbox'}")
             view = None
             if settings.live_view == "on" or (
                     settings.live_view == "auto" and settings.log_format == "text" and sys.stdout.isatty()):
@@ -147,6 +154,8 @@ def run_worker(settings: Settings, demo: bool = False) -> int:
             return code
     finally:
         demo_stop.set()
+        for helper in helpers:
+            helper.join(15)
         if broker is not None:
             broker.stop()
 

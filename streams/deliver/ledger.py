@@ -1,0 +1,98 @@
+"""The deliver state, in RocksDB (rocksdict): which trigger ids were delivered (or failed, or were
+being sent when the process stopped), the triggers held until their ``send_at``, and who
+unsubscribed.  Every write goes to RocksDB's log before the Kafka offset is committed, so a restart
+neither sends twice nor forgets a held trigger."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import rocksdict
+
+SENDING, SENT, FAILED, SUPPRESSED = "sending", "sent", "failed", "suppressed"
+
+
+class Ledger:
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.db = rocksdict.Rdict(str(folder / "ledger"))
+        self.entries = sum(1 for _ in self._keys(b"d:"))
+        self.held = sum(1 for _ in self._keys(b"h:"))
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _keys(self, prefix: bytes) -> Iterator[bytes]:
+        it = self.db.iter()
+        it.seek(prefix)
+        while it.valid():
+            key = it.key()
+            if not isinstance(key, bytes) or not key.startswith(prefix):
+                break
+            yield key
+            it.next()
+
+    def _get(self, key: bytes) -> bytes:
+        value = self.db[key]
+        assert isinstance(value, bytes)
+        return value
+
+    # --- delivered trigger ids ---
+    def outcome(self, trigger_id: str) -> dict[str, Any] | None:
+        raw = self.db.get(b"d:" + trigger_id.encode())
+        if raw is None:
+            return None
+        value: dict[str, Any] = orjson.loads(raw)
+        return value
+
+    def mark(self, trigger_id: str, state: str, at_ms: int, **extra: Any) -> None:
+        key = b"d:" + trigger_id.encode()
+        if self.db.get(key) is None:
+            self.entries += 1
+        self.db[key] = orjson.dumps({"state": state, "at": at_ms, **extra})
+
+    def interrupted(self) -> list[str]:
+        """Trigger ids whose sending was under way when the process stopped."""
+        return [key[2:].decode() for key in self._keys(b"d:") if orjson.loads(self._get(key)).get("state") == SENDING]
+
+    # --- held until send_at ---
+    def hold(self, send_at_ms: int, trigger_id: str, trigger: bytes) -> None:
+        key = b"h:%013d:" % max(send_at_ms, 0) + trigger_id.encode()
+        if self.db.get(key) is None:
+            self.held += 1
+        self.db[key] = trigger
+
+    def due(self, now_ms: int) -> Iterator[tuple[bytes, bytes]]:
+        """(hold key, trigger) of held triggers whose send_at has come, earliest first."""
+        for key in list(self._keys(b"h:")):
+            if int(key[2:15]) > now_ms:
+                break
+            yield key, self._get(key)
+
+    def release(self, key: bytes) -> None:
+        if self.db.get(key) is not None:
+            self.held -= 1
+            del self.db[key]
+
+    # --- unsubscribed people ---
+    def unsubscribe(self, profile_id: str, email: str, at_ms: int) -> None:
+        self.db[b"u:" + profile_id.encode()] = orjson.dumps({"at": at_ms})
+        self.db[b"ue:" + email.lower().encode()] = orjson.dumps({"at": at_ms})
+
+    def unsubscribed(self, profile_id: str, email: str) -> bool:
+        return self.db.get(b"u:" + profile_id.encode()) is not None or \
+            self.db.get(b"ue:" + email.lower().encode()) is not None
+
+    # --- the unsubscribe links' key ---
+    def secret(self) -> bytes:
+        key = b"k:unsubscribe"
+        value = self.db.get(key)
+        if value is None:
+            value = secrets.token_bytes(32)
+            self.db[key] = value
+        assert isinstance(value, bytes)
+        return value

@@ -1,0 +1,293 @@
+"""The deliver loop: ``triggers`` in (its own consumer group), e-mails out, each ``trigger_id`` at most
+once ever (contract v1.1).
+
+Per trigger: a ``send_at`` still ahead puts it in the ledger's hold (so no partition waits behind it)
+and the offset moves on; when it is due (at once, or later from the hold), the ledger is asked first
+(delivered before: skipped), the person's unsubscribe checked, the e-mail rendered, the id marked
+``sending``, the target called with retries, and the outcome written.  Offsets are committed only
+after that.  A process stopped between ``sending`` and the outcome does not send again: at start such
+ids go to ``delivery-failed`` with code ``interrupted``, so nothing is dropped silently and nothing is
+sent twice.  Failures after the retries, templates that fail and malformed triggers go to
+``delivery-failed`` too.
+"""
+
+from __future__ import annotations
+
+import email.policy
+import logging
+import threading
+import time
+import urllib.parse
+import uuid
+from collections.abc import Callable, Mapping
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+from pathlib import Path
+from typing import Any
+
+import orjson
+from confluent_kafka import Consumer, KafkaError, Producer
+from prometheus_client import make_wsgi_app
+
+from schemas.timeparse import parse_timestamp
+from streams.deliver import unsubscribe
+from streams.deliver.ledger import FAILED, SENDING, SENT, SUPPRESSED, Ledger
+from streams.deliver.render import Renderer, TemplateProblem
+from streams.deliver.targets import DryRun, Permanent, Smtp, Target, Temporary, Webhook, with_retries
+from streams.metrics import DeliverMetrics, serve_wsgi
+from streams.settings import Settings
+from streams.topics import DELIVERY_FAILED, TRIGGERS
+
+log = logging.getLogger(__name__)
+
+IDENTITIES = "identities"
+#: CRLF line ends, and header lines up to RFC 5322's 998 characters: the unsubscribe URL is one
+#: unbreakable token that the default 78 would fold into RFC 2047 encoded words mail clients cannot use.
+POLICY = email.policy.SMTP.clone(max_line_length=998)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Deliverer:
+    """One trigger at a time; its I/O (target, ledger, renderer, producer, clock) comes in."""
+
+    def __init__(self, target: Target, ledger: Ledger, renderer: Renderer, producer: Producer,
+                 metrics: DeliverMetrics, settings: Settings, unsubscribe_base: str, secret: bytes,
+                 now_ms: Callable[[], int] = _now_ms, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.target, self.ledger, self.renderer, self.producer = target, ledger, renderer, producer
+        self.metrics, self.settings, self.now_ms, self.sleep = metrics, settings, now_ms, sleep
+        self.unsubscribe_base, self.secret = unsubscribe_base, secret
+        metrics.ledger_entries.set(ledger.entries)
+        metrics.held.set(ledger.held)
+
+    # --- in ---
+    def handle(self, raw: bytes | None) -> None:
+        """A record of ``triggers``: hold it, or deliver it now."""
+        if raw is None:
+            return
+        try:
+            trigger = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            self._failed({}, 0, "bad_trigger", "not JSON")
+            return
+        problem = _malformed(trigger)
+        if problem is not None:
+            self._failed(trigger if isinstance(trigger, dict) else {}, 0, "bad_trigger", problem)
+            return
+        send_at = _send_at_ms(trigger)
+        if send_at > self.now_ms():
+            if self.ledger.outcome(trigger["trigger_id"]) is None:
+                self.ledger.hold(send_at, trigger["trigger_id"], raw)
+                self.metrics.deliveries.labels(trigger["type"], "held").inc()
+                self.metrics.held.set(self.ledger.held)
+            return
+        self.deliver(trigger)
+
+    def release_due(self) -> int:
+        """Delivers the held triggers whose send_at has come; how many."""
+        released = 0
+        for key, raw in self.ledger.due(self.now_ms()):
+            self.deliver(orjson.loads(raw))
+            self.ledger.release(key)
+            released += 1
+        if released:
+            self.metrics.held.set(self.ledger.held)
+        return released
+
+    def fail_interrupted(self) -> None:
+        """Ids left ``sending`` by a process that stopped mid-send: at most once, so not sent again."""
+        for trigger_id in self.ledger.interrupted():
+            self.ledger.mark(trigger_id, FAILED, self.now_ms(), code="interrupted")
+            self._failed({"trigger_id": trigger_id}, 1, "interrupted",
+                         "the connector stopped while sending it; not sent again (at most once)")
+
+    # --- one trigger ---
+    def deliver(self, trigger: dict[str, Any]) -> None:
+        trigger_id, kind = trigger["trigger_id"], trigger["type"]
+        if self.ledger.outcome(trigger_id) is not None:
+            self.metrics.deliveries.labels(kind, "duplicate").inc()
+            return
+        now = self.now_ms()
+        if self.ledger.unsubscribed(str(trigger.get("profile_id")), trigger["email"]):
+            self.ledger.mark(trigger_id, SUPPRESSED, now)
+            self.metrics.deliveries.labels(kind, "suppressed").inc()
+            return
+        try:
+            message = self.message(trigger)
+        except TemplateProblem as exc:
+            self.ledger.mark(trigger_id, FAILED, now, code="template_error")
+            self._failed(trigger, 0, "template_error", str(exc))
+            return
+        self.ledger.mark(trigger_id, SENDING, now)
+        retries = self.metrics.retries.labels(self.target.name)
+        try:
+            sent, attempts = with_retries(lambda: self.target.send(message, trigger), self.settings.deliver_attempts,
+                                          self.settings.deliver_backoff_s, retries.inc, self.sleep)
+        except (Temporary, Permanent) as exc:
+            code = "rejected" if isinstance(exc, Permanent) else "retries_exhausted"
+            attempts = 1 if isinstance(exc, Permanent) else self.settings.deliver_attempts
+            self.ledger.mark(trigger_id, FAILED, self.now_ms(), code=code)
+            self._failed(trigger, attempts, code, str(exc))
+            self.metrics.ledger_entries.set(self.ledger.entries)
+            return
+        done = self.now_ms()
+        self.ledger.mark(trigger_id, SENT, done, attempts=attempts)
+        self.metrics.deliveries.labels(kind, "sent").inc()
+        self.metrics.delay.observe(max(0.0, (done - _send_at_ms(trigger)) / 1000))
+        self.metrics.ledger_entries.set(self.ledger.entries)
+        if sent.bounced:
+            self.withdraw(str(trigger.get("profile_id")), trigger["email"], "bounce")
+
+    def message(self, trigger: Mapping[str, Any]) -> EmailMessage:
+        url = unsubscribe.link(self.unsubscribe_base, self.secret, str(trigger.get("profile_id")), trigger["email"])
+        rendered = self.renderer.render(trigger, url)
+        message = EmailMessage(policy=POLICY)
+        message["From"] = self.settings.mail_from
+        message["To"] = trigger["email"]
+        message["Subject"] = rendered.subject
+        message["Date"] = formatdate(self.now_ms() / 1000, usegmt=True)
+        message["Message-ID"] = make_msgid(idstring=trigger["trigger_id"], domain="mailpulse.local")
+        message["X-Mailpulse-Trigger"] = f"{trigger['type']} {trigger['trigger_id']}"
+        for name, value in unsubscribe.headers(url).items():
+            message[name] = value
+        message.set_content(rendered.text)
+        message.add_alternative(rendered.html, subtype="html")
+        return message
+
+    # --- the unsubscribe loop ---
+    def withdraw(self, profile_id: str, email: str, source: str) -> None:
+        """No more e-mail to this person: noted here (their triggers already on the way are held back)
+        and sent to the pipeline as an ``identify`` with ``consent.email=false``."""
+        now = self.now_ms()
+        self.ledger.unsubscribe(profile_id, email, now)
+        event = unsubscribe.consent_withdrawn(email, now, "unsubscribe" if source == "unsubscribe" else "bounce")
+        self.producer.produce(IDENTITIES, orjson.dumps(event), key=email.encode())
+        self.producer.flush(10)
+        self.metrics.unsubscribes.labels(source).inc()
+
+    def _failed(self, trigger: Mapping[str, Any], attempts: int, code: str, message: str) -> None:
+        kind = str(trigger.get("type") or "unknown")
+        self.metrics.deliveries.labels(kind, "failed").inc()
+        profile_id = trigger.get("profile_id")
+        record = {"trigger_id": trigger.get("trigger_id"), "type": trigger.get("type"), "profile_id": profile_id,
+                  "attempts": attempts, "error": {"code": code, "message": message[:1000]},
+                  "at": _iso(self.now_ms())}
+        self.producer.produce(DELIVERY_FAILED, orjson.dumps(record),
+                              key=profile_id.encode() if isinstance(profile_id, str) else None)
+        self.producer.flush(10)
+        log.warning("delivery failed (%s) for trigger %s", code, trigger.get("trigger_id"))
+
+
+def _iso(ms: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
+
+
+def _send_at_ms(trigger: Mapping[str, Any]) -> int:
+    for field in ("send_at", "at"):
+        value = trigger.get(field)
+        if isinstance(value, str):
+            try:
+                return parse_timestamp(value)
+            except ValueError:
+                continue
+    return 0
+
+
+def _malformed(trigger: Any) -> str | None:
+    if not isinstance(trigger, dict):
+        return "not a JSON object"
+    for field in ("trigger_id", "type", "email"):
+        if not isinstance(trigger.get(field), str) or not trigger[field].strip():
+            return f"missing or empty {field}"
+    if "@" not in trigger["email"]:
+        return "email is not an address"
+    return None
+
+
+def unsubscribe_app(deliverer: Deliverer, metrics_app: Any) -> Any:
+    """WSGI: ``POST /unsubscribe?...`` (RFC 8058 one-click) unsubscribes; ``GET`` shows a page with a
+    button that posts (link scanners follow GETs); ``/metrics``; ``/healthz``."""
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "GET")
+        if path == "/healthz":
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"ok\n"]
+        if path != "/unsubscribe":
+            return metrics_app(environ, start_response)
+        query = environ.get("QUERY_STRING", "")
+        who = unsubscribe.verify(deliverer.secret, query)
+        if who is None:
+            start_response("403 Forbidden", [("Content-Type", "text/plain")])
+            return [b"this unsubscribe link is not valid\n"]
+        if method == "POST":
+            deliverer.withdraw(who[0], who[1], "unsubscribe")
+            start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
+            return [b"<p>You are unsubscribed. You will get no more e-mails from us.</p>\n"]
+        start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
+        action = "/unsubscribe?" + urllib.parse.quote(query, safe="=&%")
+        return [f'<form method="post" action="{action}"><button>Unsubscribe</button></form>\n'.encode()]
+
+    return app
+
+
+def make_target(settings: Settings, dry_run: Path | None) -> Target:
+    if dry_run is not None:
+        return DryRun(dry_run)
+    if settings.deliver_target == "webhook":
+        if not settings.webhook_url:
+            raise ValueError("MAILPULSE_DELIVER_TARGET=webhook needs MAILPULSE_WEBHOOK_URL")
+        token = settings.webhook_token.get_secret_value() if settings.webhook_token else None
+        return Webhook(settings.webhook_url, token, settings.deliver_timeout_s)
+    password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
+    return Smtp(settings.smtp_host, settings.smtp_port, settings.smtp_security, settings.smtp_user, password,
+                settings.deliver_timeout_s)
+
+
+def run_deliver(settings: Settings, dry_run: Path | None, stop: threading.Event,
+                announce: Callable[[str], None] = lambda text: None) -> int:
+    """Runs until ``stop`` is set.  Returns the exit code."""
+    bootstrap = settings.bootstrap_servers
+    folder = settings.data_dir / "deliver"
+    ledger = Ledger(folder)
+    metrics = DeliverMetrics()
+    secret = settings.unsubscribe_secret.get_secret_value().encode() if settings.unsubscribe_secret \
+        else ledger.secret()
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,
+                         "log_level": 3})
+    target = make_target(settings, dry_run)
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{settings.app_id}-deliver",
+                         "enable.auto.commit": False, "auto.offset.reset": "earliest", "log_level": 3,
+                         "client.id": f"mailpulse-deliver-{uuid.uuid4().hex[:8]}"})
+    try:
+        deliverer = Deliverer(target, ledger, Renderer(settings.templates_dir, settings.mail_brand, settings.shop_url),
+                              producer, metrics, settings, "", secret)
+        app = unsubscribe_app(deliverer, make_wsgi_app(metrics.registry))
+        try:
+            port = serve_wsgi(settings.metrics_host, settings.deliver_port, app)
+        except OSError:  # taken (a second deliver on this machine): any free port, announced below
+            port = serve_wsgi(settings.metrics_host, 0, app)
+        deliverer.unsubscribe_base = settings.unsubscribe_url or f"http://{settings.metrics_host}:{port}"
+        announce(f"deliver: {target.name}{' to ' + str(dry_run) if dry_run else ''}; /metrics and /unsubscribe "
+                 f"on http://{settings.metrics_host}:{port}; state in {folder}")
+        deliverer.fail_interrupted()
+        consumer.subscribe([TRIGGERS])
+        while not stop.is_set():
+            batch = consumer.consume(num_messages=200, timeout=0.5)
+            for message in batch:
+                error = message.error()
+                if error is not None:
+                    if error.code() != KafkaError._PARTITION_EOF:
+                        log.warning("deliver: consumer error %s", error)
+                    continue
+                deliverer.handle(message.value())
+            if batch:
+                consumer.commit(asynchronous=False)
+            deliverer.release_due()
+        return 0
+    finally:
+        consumer.close()
+        producer.flush(10)
+        ledger.close()
