@@ -260,6 +260,8 @@ def run_deliver(settings: Settings, dry_run: Path | None, stop: threading.Event,
     target = make_target(settings, dry_run)
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{settings.app_id}-deliver",
                          "enable.auto.commit": False, "auto.offset.reset": "earliest", "log_level": 3,
+                         # a killed connector's partitions move on after this (librdkafka's default: 45 s)
+                         "session.timeout.ms": int(settings.session_timeout_s * 1000),
                          "client.id": f"mailpulse-deliver-{uuid.uuid4().hex[:8]}"})
     try:
         deliverer = Deliverer(target, ledger, Renderer(settings.templates_dir, settings.mail_brand, settings.shop_url),

@@ -89,7 +89,7 @@ def test_the_sandbox_keeps_templates_from_python_internals(tmp_path: Path) -> No
     (tmp_path / "welcome.j2").write_text(
         "{% macro subject() %}{{ ''.__class__.__mro__[1].__subclasses__() }}{% endmacro %}"
         "{% macro html() %}{% endmacro %}{% macro text() %}{% endmacro %}")
-    with pytest.raises(TemplateProblem, match=r"welcome\.j2, line 1: access to attribute .__class__. of .str. object is unsafe"):
+    with pytest.raises(TemplateProblem, match=r"welcome\.j2, line 1: access to attribute .__class__. .* unsafe"):
         Renderer(tmp_path).render(trigger("welcome"), "u")
 
 

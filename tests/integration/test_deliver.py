@@ -1,0 +1,243 @@
+"""`mailpulse deliver` against real servers on loopback: an SMTP server (aiosmtpd) and an HTTP webhook,
+with triggers on the embedded broker; kill -9 and replays; the one-click unsubscribe loop."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import os
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from email.message import EmailMessage
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiosmtpd.controller import Controller
+from confluent_kafka import Producer
+
+from streams.broker import EmbeddedBroker, free_port
+
+from .conftest import MAILPULSE, PARTITIONS, read_topic
+
+pytestmark = pytest.mark.integration
+
+PAST = "2026-03-01T10:30:00.000Z"
+
+
+def trigger(n: int, kind: str = "cart_abandoned", send_at: str = PAST, email_address: str | None = None,
+            **payload: Any) -> dict[str, Any]:
+    base = {"first_name": f"Person{n}", "cart": {
+        "items": [{"product_id": f"sku-{n}", "name": f"Mug {n}", "quantity": 2, "price": 12.5, "currency": "EUR",
+                   "line_total": 25.0}], "item_count": 2, "value": 25.0, "currency": "EUR"},
+        "recommendations": [{"product_id": f"sku-{n + 100}"}], "segments": ["cart_holders"]}
+    return {"trigger_id": f"t-{n:03d}", "type": kind, "profile_id": f"p-{n:03d}", "user_id": f"u-{n}",
+            "email": email_address or f"person{n}@example.com", "at": PAST, "send_at": send_at,
+            "payload": {**base, **payload}, "predictions": None}
+
+
+class Inbox:
+    """An SMTP server's received messages."""
+
+    def __init__(self) -> None:
+        self.messages: list[EmailMessage] = []
+        self.lock = threading.Lock()
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        message = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        with self.lock:
+            self.messages.append(message)  # type: ignore[arg-type]
+        return "250 OK"
+
+    def trigger_ids(self) -> list[str]:
+        with self.lock:
+            return [str(m["X-Mailpulse-Trigger"]).split()[1] for m in self.messages]
+
+
+@pytest.fixture
+def smtp() -> Iterator[tuple[Inbox, int]]:
+    inbox = Inbox()
+    port = free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    yield inbox, port
+    controller.stop()
+
+
+def produce(bootstrap: str, values: list[bytes], topic: str = "triggers") -> None:
+    producer = Producer({"bootstrap.servers": bootstrap})
+    for n, value in enumerate(values):
+        producer.produce(topic, value, partition=n % PARTITIONS)
+    assert producer.flush(30) == 0
+
+
+def start_deliver(broker: EmbeddedBroker, tmp: Path, port: int = 0, **env: str) -> tuple[subprocess.Popen[bytes], int]:
+    port = port or free_port()
+    full = {**os.environ, "MAILPULSE_BROKER": broker.url, "MAILPULSE_DATA_DIR": str(tmp / "deliver-state"),
+            "MAILPULSE_DELIVER_PORT": str(port), "MAILPULSE_DELIVER_BACKOFF_S": "0.05",
+            "MAILPULSE_LOG_LEVEL": "info", **env}
+    log = (tmp / f"deliver-{time.monotonic_ns()}.log").open("wb")
+    return subprocess.Popen([MAILPULSE, "deliver"], env=full, stdout=log, stderr=subprocess.STDOUT), port
+
+
+def metric(port: int, name: str, **labels: str) -> float:
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    except OSError:
+        return -1.0
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def wait(condition: Any, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def test_smtp_each_trigger_once_through_replays_and_kill_9_and_one_click_unsubscribe(
+        broker: EmbeddedBroker, smtp: tuple[Inbox, int], tmp_path: Path) -> None:
+    inbox, smtp_port = smtp
+    env = {"MAILPULSE_SMTP_HOST": "127.0.0.1", "MAILPULSE_SMTP_PORT": str(smtp_port)}
+    first = [trigger(n) for n in range(20)]
+    first[3]["payload"] = {"first_name": "there", "cart": "odd", "recommendations": None}  # sparse: fallbacks
+    first[4] = trigger(4, "churn_risk")
+    first[5] = trigger(5, "browse_abandoned", product_id="sku-5", segments=["high_value"])
+    soon = time.time() + 4
+    held = trigger(90, "welcome", send_at=time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(soon)))
+    bad = [orjson.dumps({"trigger_id": "t-bad", "type": "welcome", "profile_id": "p-bad"}), b"not json"]
+    second = [trigger(n) for n in range(20, 40)]
+
+    process, port = start_deliver(broker, tmp_path, **env)
+    produce(broker.bootstrap, [orjson.dumps(t) for t in first] + bad + [orjson.dumps(held)])
+    wait(lambda: len(inbox.trigger_ids()) >= 20)
+    process.kill()  # SIGKILL: no clean close, offsets perhaps not committed
+    process.wait(10)
+    before_kill = len(inbox.trigger_ids())
+    # everything again, and more
+    produce(broker.bootstrap, [orjson.dumps(t) for t in first + second] + [orjson.dumps(held)])
+    process, port = start_deliver(broker, tmp_path, port, **env)  # the same port: its links stay good
+    try:
+        wait(lambda: len(set(inbox.trigger_ids())) == 41)
+        produce(broker.bootstrap, [orjson.dumps(t) for t in first + second])  # and once more
+        wait(lambda: metric(port, "mailpulse_deliveries_total", outcome="duplicate") >= 40)
+        ids = inbox.trigger_ids()
+        assert sorted(ids) == sorted({t["trigger_id"] for t in first + second + [held]})  # each exactly once
+        assert time.time() >= soon - 0.5  # the held one waited for its send_at
+
+        by_id = {str(m["X-Mailpulse-Trigger"]).split()[1]: m for m in inbox.messages}
+        cart = by_id["t-007"]
+        assert cart["To"] == "person7@example.com" and cart["Subject"] == "Person7, your cart is waiting"
+        text = cart.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+        html = cart.get_body(("html",)).get_content()  # type: ignore[union-attr]
+        for part in (text, html):
+            assert "Hi Person7" in part and "Mug 7" in part and "25.00 EUR" in part and "sku-107" in part
+        sparse = by_id["t-003"]
+        assert sparse["Subject"] == "Your cart is waiting"
+        assert "Hi there" in sparse.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+        assert "COMEBACK15" in by_id["t-004"].get_body(("html",)).get_content()  # type: ignore[union-attr]
+        assert "COMEBACK15" not in html
+        browse = by_id["t-005"].get_body(("html",)).get_content()  # type: ignore[union-attr]
+        assert "still available" in browse and "shipping is on us" not in browse
+
+        letters = read_topic(broker.bootstrap, "delivery-failed", lambda m: len(m) >= 2)
+        codes = {(letter["trigger_id"], letter["error"]["code"]) for _, letter in letters}
+        assert ("t-bad", "bad_trigger") in codes and (None, "bad_trigger") in codes
+
+        # one click: the RFC 8058 POST to the List-Unsubscribe URL
+        assert cart["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        url = str(cart["List-Unsubscribe"]).strip("<>")
+        assert url.startswith(f"http://127.0.0.1:{port}/unsubscribe?")
+        forged = url[:-4] + "0000"
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(urllib.request.Request(forged, data=b"List-Unsubscribe=One-Click"), timeout=5)
+        with urllib.request.urlopen(urllib.request.Request(url, data=b"List-Unsubscribe=One-Click"),
+                                    timeout=5) as response:
+            assert response.status == 200
+        events = read_topic(broker.bootstrap, "identities", lambda m: len(m) >= 1)
+        [(_, event)] = events
+        assert event["type"] == "identify" and event["email"] == "person7@example.com"
+        assert event["consent"] == {"email": False}
+        # the person's next trigger is held back
+        produce(broker.bootstrap, [orjson.dumps({**trigger(7), "trigger_id": "t-007-later"})])
+        wait(lambda: metric(port, "mailpulse_deliveries_total", outcome="suppressed") >= 1)
+        assert "t-007-later" not in inbox.trigger_ids()
+        assert metric(port, "mailpulse_deliveries_total", outcome="sent") == 41 - before_kill  # this process's
+    finally:
+        process.terminate()
+        process.wait(20)
+    assert process.returncode == 0
+
+
+class Hook(BaseHTTPRequestHandler):
+    """A webhook target: ``t-flaky`` fails twice with 503, ``t-down`` always with 500, ``t-bounce``
+    reports a bounce; every request is recorded with its Idempotency-Key."""
+
+    seen: list[tuple[str, str, int]] = []
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        trigger_id = body["metadata"]["trigger_id"]
+        earlier = sum(1 for t, _, _ in self.seen if t == trigger_id)
+        status, reply = 200, {"id": f"msg-{trigger_id}"}
+        if trigger_id == "t-flaky" and earlier < 2:
+            status = 503
+        elif trigger_id == "t-down":
+            status = 500
+        elif trigger_id == "t-bounce":
+            reply = {"status": "bounced"}
+        self.seen.append((trigger_id, self.headers["Idempotency-Key"], status))
+        payload = json.dumps(reply).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_webhook_retries_with_a_stable_idempotency_key_and_failures_end_in_delivery_failed(
+        broker: EmbeddedBroker, tmp_path: Path) -> None:
+    Hook.seen = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    triggers = [{**trigger(1), "trigger_id": "t-flaky"}, {**trigger(2), "trigger_id": "t-down"},
+                {**trigger(3), "trigger_id": "t-bounce"}, {**trigger(4), "trigger_id": "t-fine"}]
+    process, port = start_deliver(broker, tmp_path, MAILPULSE_DELIVER_TARGET="webhook",
+                                  MAILPULSE_WEBHOOK_URL=f"http://127.0.0.1:{server.server_port}/send",
+                                  MAILPULSE_DELIVER_ATTEMPTS="4")
+    try:
+        produce(broker.bootstrap, [orjson.dumps(t) for t in triggers])
+        letters = read_topic(broker.bootstrap, "delivery-failed", lambda m: len(m) >= 1)
+        wait(lambda: metric(port, "mailpulse_deliveries_total", outcome="sent") >= 3)
+        flaky = [(key, status) for t, key, status in Hook.seen if t == "t-flaky"]
+        assert flaky == [("t-flaky", 503), ("t-flaky", 503), ("t-flaky", 200)]  # retried, delivered once
+        assert [status for t, _, status in Hook.seen if t == "t-down"] == [500] * 4
+        [(key, letter)] = letters
+        assert key == b"p-002" and letter["trigger_id"] == "t-down" and letter["attempts"] == 4
+        assert letter["error"]["code"] == "retries_exhausted" and letter["type"] == "cart_abandoned"
+        assert metric(port, "mailpulse_delivery_retries_total", target="webhook") == 2 + 3
+        # the bounce became the same event as an unsubscribe
+        [(_, event)] = read_topic(broker.bootstrap, "identities", lambda m: len(m) >= 1)
+        assert event["email"] == "person3@example.com" and event["consent"] == {"email": False}
+        assert event["source"] == "bounce"
+        # replayed: nothing is sent again
+        produce(broker.bootstrap, [orjson.dumps(t) for t in triggers])
+        wait(lambda: metric(port, "mailpulse_deliveries_total", outcome="duplicate") >= 4)
+        assert sum(1 for t, _, status in Hook.seen if status == 200) == 3
+    finally:
+        process.terminate()
+        process.wait(20)
+        server.shutdown()
