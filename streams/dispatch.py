@@ -91,6 +91,12 @@ def _on_event(states: MutableMapping[str, State | None], key: str, state: State 
     if got.outcome == "erased":
         assert got.state is not None
         marker = got.state
+        kept: set[str] = set()  # identifiers of events stamped after the erasure that had arrived before it
+        if "profile" in marker:
+            for entry in marker["pending"]:
+                kept.update(graph.identifier_keys(entry[3]))
+            kept.discard(key)
+            marker["links"] = sorted(kept, key=rank)  # as placing those events after the erase would have
         if was_live and state is not None:
             if state.get("due") is not None:
                 marker["due"] = state["due"]  # so the caller deletes the due entry
@@ -100,7 +106,7 @@ def _on_event(states: MutableMapping[str, State | None], key: str, state: State 
             effects.send += [(block, {"type": graph.BLOCK, "key": member, "drop": True})
                              for block, member in state.get("blocks", [])]
             effects.send += [(other, {"type": graph.FORGET, "root": key, "erased_at": marker["erased_at"]})
-                             for other in state.get("links", [])]
+                             for other in state.get("links", []) if other not in kept]
         states[key] = marker
         return effects
     if got.outcome != "processed" or got.state is None:

@@ -112,7 +112,18 @@ def receive(state: State | None, key: str, event: dict[str, Any], watermark: int
         return Received(state, "duplicate")
     if event["type"] == "erase":
         previous = state.get("erased_at") if state is not None else None
-        return Received({"erased_at": event["ts"] if previous is None else max(previous, event["ts"])}, "erased")
+        at = event["ts"] if previous is None else max(previous, event["ts"])
+        # events stamped after the erasure that arrived before it (still parked) are the person's
+        # later activity: they start the new profile, as they would have had they come after it
+        later = [entry for entry in state["pending"] if entry[0] > at] if state is not None else []
+        if not later:
+            return Received({"erased_at": at}, "erased")
+        fresh = ensure_rule_state(new_state(key, later[0][0]))
+        fresh["erased_at"] = at
+        for entry in later:
+            remember(fresh, entry[3], rules.retention_ms)
+        fresh["pending"] = later
+        return Received(fresh, "erased")
     if state is None:
         state = ensure_rule_state(new_state(key, event["ts"]))
         if erased_at is not None:
