@@ -22,7 +22,7 @@ ZONES = [None, "Europe/Berlin", "America/New_York", "Asia/Tokyo"]
 RULES = RuleSet.build(PipelineConfig.model_validate({"scoring": {"enabled": False}}), 7 * model.DAY)
 
 
-def person_history(rng: random.Random, n: int) -> list[dict[str, Any]]:
+def person_history(rng: random.Random, n: int, erase: bool = True) -> list[dict[str, Any]]:
     """One person's raw events: browsing, carts, purchases, identifies (an e-mail, a birthday,
     consent), e-mail opens, repeats of earlier events, now and then an erase."""
     user = f"u-{n}"
@@ -69,7 +69,7 @@ def person_history(rng: random.Random, n: int) -> list[dict[str, Any]]:
             add("page_view", url="/")
         elif r < 0.9 and events:
             events.append(dict(rng.choice(events)))  # a repeat: the same event again
-        elif r < 0.92:
+        elif r < 0.92 and erase:
             add("erase")
         else:
             add("product_view", product_id="sku-1")
