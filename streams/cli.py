@@ -81,6 +81,16 @@ def _existing_file(text: str) -> Path:
     return path
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1: {text}")
+    return value
+
+
 def _settings(**overrides: object) -> Settings:
     clean = {k: v for k, v in overrides.items() if v is not None}
     try:
@@ -179,7 +189,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from streams.tools.generate import generate_history
 
-    events = generate_history(args.users, args.days, args.seed, args.start)
+    events = generate_history(args.users, args.days, args.seed, args.start, args.repeats, args.erasures)
     try:
         with args.out.open("wb") as out:
             for event in events:
@@ -294,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=_positive_int, required=True)
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--start", type=_date, default=date(2026, 1, 1), help="first day, YYYY-MM-DD")
+    p.add_argument("--repeats", type=_fraction, default=0.0, help="fraction of events sent twice (0-1)")
+    p.add_argument("--erasures", type=_fraction, default=0.0, help="fraction of people erased at some point (0-1)")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_generate)
 

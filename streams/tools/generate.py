@@ -316,8 +316,12 @@ def _simulate(person: Person, rng: random.Random, clock: _Clock, products: list[
         week += 7 * 86_400_000
 
 
-def generate_history(users: int, days: int, seed: int, start: date) -> list[dict[str, Any]]:
-    """Input events of ``users`` people over ``days`` days from ``start``, sorted by time."""
+def generate_history(users: int, days: int, seed: int, start: date, repeats: float = 0.0,
+                     erasures: float = 0.0) -> list[dict[str, Any]]:
+    """Input events of ``users`` people over ``days`` days from ``start``, sorted by time.  With
+    ``repeats``, that fraction of events comes twice (the same event again, as an at-least-once
+    producer sends it); with ``erasures``, that fraction of people gets an ``erase`` at a random time
+    of their history.  Both off: the same history as without them."""
     rng = random.Random(seed)
     products = catalog(rng)
     clock = _Clock(rng)
@@ -331,7 +335,37 @@ def generate_history(users: int, days: int, seed: int, start: date) -> list[dict
     events.sort(key=lambda e: (e["_ms"], e["event_id"]))
     for event in events:
         del event["_ms"]
+    if repeats or erasures:
+        events = _damaged(events, random.Random(seed + 1), repeats, erasures)
     return events
+
+
+def _damaged(events: list[dict[str, Any]], rng: random.Random, repeats: float,
+             erasures: float) -> list[dict[str, Any]]:
+    """Repeats right after their original, and erasures of whole people, kept in time order."""
+    out: list[dict[str, Any]] = []
+    for event in events:
+        out.append(event)
+        if rng.random() < repeats:
+            out.append(dict(event))
+    if erasures:
+        by_person: dict[str, list[dict[str, Any]]] = {}
+        for event in events:
+            who = event.get("user_id") or event.get("anonymous_id") or event.get("email")
+            by_person.setdefault(str(who), []).append(event)
+        for n, (_, own) in enumerate(sorted(by_person.items())):
+            if rng.random() >= erasures or not own[0].get("user_id"):
+                continue
+            at = rng.choice(own)["timestamp"]
+            out.append({"event_id": f"erase-{n}", "type": "erase", "timestamp": at, "user_id": own[0]["user_id"]})
+        out.sort(key=lambda e: _ms(e["timestamp"]))
+    return out
+
+
+def _ms(timestamp: Any) -> int:
+    if isinstance(timestamp, int):
+        return timestamp
+    return int(datetime.fromisoformat(str(timestamp).replace("Z", "+00:00")).timestamp() * 1000)
 
 
 def live_events(seed: int, now_ms: Callable[[], int], users: int = 200) -> Iterator[dict[str, Any]]:

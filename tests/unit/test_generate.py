@@ -9,7 +9,7 @@ import orjson
 
 from schemas.timeparse import parse_timestamp
 from streams.ingest import Accepted, Source, decode
-from streams.tools.generate import generate_history, live_events
+from streams.tools.generate import _ms, generate_history, live_events
 
 START = date(2026, 1, 1)
 
@@ -52,3 +52,16 @@ def test_live_events_use_the_given_clock() -> None:
     assert len({e["event_id"] for e in batch}) == 200
     for n, event in enumerate(batch):
         assert isinstance(decode(orjson.dumps(event), Source("t", 0, n, None, 0), 0), Accepted)
+
+
+def test_repeats_and_erasures_behind_flags() -> None:
+    plain = generate_history(60, 20, 3, date(2026, 3, 1))
+    assert generate_history(60, 20, 3, date(2026, 3, 1), 0.0, 0.0) == plain  # off: the same history
+    damaged = generate_history(60, 20, 3, date(2026, 3, 1), repeats=0.1, erasures=0.3)
+    erases = [e for e in damaged if e["type"] == "erase"]
+    repeated = len(damaged) - len(erases) - len(plain)
+    assert 0.07 * len(plain) < repeated < 0.13 * len(plain)
+    assert len({e["event_id"] for e in damaged}) == len(plain) + len(erases)  # repeats keep their ids
+    assert 5 <= len(erases) <= 30 and all(e["user_id"] for e in erases)
+    times = [_ms(e["timestamp"]) for e in damaged]
+    assert times == sorted(times)
