@@ -99,3 +99,11 @@ def test_the_message_is_rfc_5322_with_one_click_unsubscribe_headers() -> None:
     assert POLICY.max_line_length == 998
     parsed = email.message_from_string("List-Unsubscribe: <https://x/u?p=1>\r\n\r\n")
     assert parsed["List-Unsubscribe"] == "<https://x/u?p=1>"
+
+
+def test_the_examples_under_docs_are_what_the_templates_render(tmp_path: Path) -> None:
+    from streams.deliver.examples import write
+
+    docs = Path(__file__).resolve().parents[3] / "docs" / "emails"
+    for path in write(tmp_path):
+        assert (docs / path.name).read_text() == path.read_text(), f"run: python -m streams.deliver.examples {docs}"
