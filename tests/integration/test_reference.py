@@ -7,7 +7,7 @@ compares them in batch)."""
 from __future__ import annotations
 
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any
 
 import orjson
@@ -58,4 +58,24 @@ def test_a_live_worker_agrees_with_the_reference_model(broker, start_worker, tmp
         want = sorted((k, a, None if engaged else s) for k, a, s in expected[user].triggers)
         assert sorted((k, a, None if engaged else s) for k, a, s in got_triggers[user]) == want, user
         assert sorted(got_changes[user]) == sorted(expected[user].changes), user
+
+    # the metrics move as the history says
+    unique = {e["event_id"] for e in events}
+    worker.wait_metric("mailpulse_events_total", len(unique), outcome="processed")
+    assert worker.metric("mailpulse_events_total", outcome="duplicate") == len(events) - len(unique)
+    assert worker.metric("mailpulse_dead_letters_total") == 0
+    assert worker.metric("mailpulse_profile_merges_total") == 0
+    per_type = Counter(kind for e in expected.values() for kind, _, _ in e.triggers)
+    for kind in ("cart_abandoned", "browse_abandoned", "post_purchase", "winback", "birthday", "welcome"):
+        assert worker.metric("mailpulse_triggers_total", type=kind) == per_type[kind], kind
+    held = Counter((kind, reason) for e in expected.values() for kind, _, reason in e.suppressed)
+    assert held and sum(held.values()) == worker.metric("mailpulse_triggers_suppressed_total")
+    for (kind, reason), n in held.items():
+        assert worker.metric("mailpulse_triggers_suppressed_total", type=kind, reason=reason) == n, (kind, reason)
+    moves = Counter((segment, change) for e in expected.values() for segment, change, _ in e.changes)
+    for (segment, change), n in moves.items():
+        assert worker.metric("mailpulse_segment_changes_total", segment=segment, change=change) == n
+    deferred = sum(1 for _, t in triggers if t["send_at"] != t["at"])
+    assert deferred > 0 and worker.metric("mailpulse_triggers_deferred_total") == deferred
+    assert worker.metric("mailpulse_profiles_written_total") >= len(histories)
     worker.stop()
