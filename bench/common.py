@@ -72,6 +72,43 @@ def synthetic_events(n: int, users: int = 20_000, bad_every: int = 0) -> list[by
     return out
 
 
+#: BENCH_MIX: ``bench`` (the default above), ``people`` (the issue's shop traffic: a person every 4
+#: events, 70% product views over 2,000 SKUs, 15% cart adds, 5% purchases, 10% identifies with an
+#: e-mail that links a new key) or ``views`` (``people`` with product views only).
+MIXES = ("bench", "people", "views")
+
+
+def mixed_events(n: int, mix: str | None = None) -> list[bytes]:
+    """The events of ``mix`` (default: BENCH_MIX, else ``bench``)."""
+    mix = mix or os.environ.get("BENCH_MIX", "bench")
+    if mix == "bench":
+        return synthetic_events(n)
+    if mix not in MIXES:
+        raise SystemExit(f"BENCH_MIX must be one of {', '.join(MIXES)}")
+    people = max(n // 4, 1)
+    out: list[bytes] = []
+    t0 = 1_772_359_200_000
+    for i in range(n):
+        user = f"p-{(i * 7919) % people}"
+        ts = t0 + i * 50
+        r = i % 20 if mix == "people" else 0
+        ev: dict[str, object]
+        if r < 14:
+            ev = {"event_id": f"c-{i}", "type": "product_view", "timestamp": ts, "user_id": user,
+                  "product_id": f"sku-{(i * 31) % 2000}"}
+        elif r < 17:
+            ev = {"event_id": f"k-{i}", "type": "cart_add", "timestamp": ts, "user_id": user,
+                  "product_id": f"sku-{(i * 31) % 2000}", "price": 12.5}
+        elif r < 18:
+            ev = {"event_id": f"o-{i}", "type": "purchase", "timestamp": ts, "user_id": user,
+                  "order_id": f"o-{i}", "total": 25.0}
+        else:
+            ev = {"event_id": f"i-{i}", "type": "identify", "timestamp": ts, "user_id": user,
+                  "email": f"{user}@example.com", "traits": {"first_name": "Ana"}, "consent": {"email": True}}
+        out.append(orjson.dumps(ev))
+    return out
+
+
 def produce_all(bootstrap: str, events: list[bytes], until: int | None = None) -> None:
     """Produces ``events`` by type; with ``until``, then a tick at that time to every input partition
     (as ``replay --until`` does), so the watermark releases every event."""

@@ -23,6 +23,7 @@ from bench.common import (
     Measured,
     bare_faust_rate,
     events_end,
+    mixed_events,
     produce_all,
     raw_consume_rate,
     start_broker,
@@ -54,7 +55,7 @@ def pipeline_run(events: list[bytes], workers: int, good: int, after_ms: int = 0
 def main() -> None:
     n = int(os.environ.get("BENCH_EVENTS", "100000"))
     print(f"bench: {n:,} events, 4 input topics x {PARTITIONS} partitions, embedded broker, {os.cpu_count()} cores")
-    events = synthetic_events(n)
+    events = mixed_events(n)
     with start_broker() as broker:
         started = time.perf_counter()
         produce_all(broker.bootstrap, events)

@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from bench.common import events_end, synthetic_events
+from bench.common import events_end, mixed_events
 from schemas.events import INPUT_TOPICS
 from streams import topics as names
 from streams.app import create_app
@@ -111,7 +111,7 @@ def main() -> None:
     after = os.environ.get("BENCH_AFTER_MS")
     profile = cProfile.Profile() if os.environ.get("BENCH_PROFILE") else None
     tune_garbage_collector()
-    events = synthetic_events(n)
+    events = mixed_events(n)
     records, routing = internal_records(events, int(os.environ.get("BENCH_BATCH", BATCH)))
     closing = events_end(n) + int(after) if after else None
     seconds, applied, sent = asyncio.run(run_hop(records, closing, store, profile))
