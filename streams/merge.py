@@ -29,12 +29,12 @@ from typing import Any
 from schemas.timeparse import parse_timestamp
 from streams import possible_matches
 from streams.identity import profile_id_for
-from streams.profile import State, _ordered, cart_view
+from streams.profile import SEEN_FROM, State, _ordered, cart_view
 from streams.rules import recommend
 from streams.rules.triggers import new_rule_state
 from streams.timeline import HISTORY_CAP
 
-_MERGED_KEYS = frozenset(("profile", "seen", "pending", "rules", "erased_at", "due"))
+_MERGED_KEYS = frozenset(("profile", "seen", "pending", "rules", "erased_at", "due", SEEN_FROM))
 
 
 def merge_states(survivor: State, absorbed: State, survivor_key: str) -> State:
@@ -72,6 +72,9 @@ def merge_states(survivor: State, absorbed: State, survivor_key: str) -> State:
         result["pending"] = merge_pending(a, b)
         result["rules"] = merge_rules(a.get("rules") or new_rule_state(), b.get("rules") or new_rule_state(),
                                       cart_empty=cart_view(result["profile"]) is None)
+    seen_from = _max_opt(survivor.get(SEEN_FROM), absorbed.get(SEEN_FROM))
+    if seen_from is not None:  # either side's forgotten ids: the later horizon covers both
+        result[SEEN_FROM] = seen_from
     if erased_at is not None:
         result["erased_at"] = erased_at
         _forget_until(result, erased_at)

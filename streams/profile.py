@@ -189,10 +189,25 @@ def _apply_purchase(profile: dict[str, Any], event: Event, ts: int) -> None:
             meta["touched"] = None
 
 
-def _prune_seen(seen: dict[str, int], newest: int, retention_ms: int) -> None:
+def _prune_seen(seen: dict[str, int], newest: int, retention_ms: int) -> int | None:
+    """Forgets the ids stamped before ``newest - retention_ms``; that horizon if it forgot any."""
     horizon = newest - retention_ms
-    for event_id in [e for e, t in seen.items() if t < horizon]:
+    old = [e for e, t in seen.items() if t < horizon]
+    for event_id in old:
         del seen[event_id]
+    return horizon if old else None
+
+
+#: State key: event times before this may belong to ids :func:`remember` has forgotten, so an unknown
+#: id stamped before it cannot be told from a repeat (:func:`too_old_to_check`).
+SEEN_FROM = "seen_from"
+
+
+def too_old_to_check(state: State, event: Event) -> bool:
+    """An event stamped before the dedupe window whose ids were pruned: it may be a repeat of an
+    event whose id is forgotten, so it is dropped as one (a replay never counts twice)."""
+    seen_from = state.get(SEEN_FROM)
+    return seen_from is not None and event["ts"] < seen_from and event["event_id"] not in state["seen"]
 
 
 def remember(state: State, event: Event, retention_ms: int) -> bool:
@@ -205,7 +220,9 @@ def remember(state: State, event: Event, retention_ms: int) -> bool:
     if len(seen) > 64 and len(seen) % 32 == 0:
         # Amortized: a scan per 32 new ids, not per event (a busy person keeps hundreds within the
         # retention, and each of their events scanned them all); the map overshoots by < 32.
-        _prune_seen(seen, max(seen.values()), retention_ms)
+        horizon = _prune_seen(seen, max(seen.values()), retention_ms)
+        if horizon is not None and horizon > state.get(SEEN_FROM, horizon - 1):
+            state[SEEN_FROM] = horizon
     return True
 
 
@@ -242,7 +259,7 @@ def fold_event(profile: dict[str, Any], event: Event, linked: Container[str] | N
 def apply_event(state: State | None, key: str, event: Event, retention_ms: int) -> Applied:
     """Apply one accepted, non-tick event to the profile state of ``key`` at once (no event-time
     ordering: :mod:`streams.timeline` adds that on top of :func:`remember` and :func:`fold_event`)."""
-    if state is not None and event["event_id"] in state["seen"]:
+    if state is not None and (event["event_id"] in state["seen"] or too_old_to_check(state, event)):
         return Applied(state, changed=False, duplicate=True)
     if event["type"] == "erase":
         return Applied(None, changed=state is not None, erased=True)

@@ -28,7 +28,7 @@ from typing import Any
 
 from schemas.timeparse import format_ms
 from streams.config import PipelineConfig
-from streams.profile import DERIVE, State, cart_view, fold_event, new_state, remember, snapshot
+from streams.profile import DERIVE, State, cart_view, fold_event, new_state, remember, snapshot, too_old_to_check
 from streams.rules import guardrails, payload, recommend, score_timer, segments, triggers
 
 #: Equal timestamps are applied in this order (contract section 4).
@@ -108,7 +108,7 @@ def receive(state: State | None, key: str, event: dict[str, Any], watermark: int
         return Received(state, "forgotten")
     if state is not None and "profile" not in state:  # an erasure marker; the event is newer
         state = None
-    elif state is not None and event["event_id"] in state["seen"]:
+    elif state is not None and (event["event_id"] in state["seen"] or too_old_to_check(state, event)):
         return Received(state, "duplicate")
     if event["type"] == "erase":
         previous = state.get("erased_at") if state is not None else None
