@@ -387,3 +387,21 @@ async def test_identifiers_past_the_identity_limit_are_not_linked_and_are_counte
              if message.get("type") == "_link"]
     assert len(links) == 10
     assert pipeline.metrics.identity_limited.labels("emails")._value.get() == 2
+
+
+async def test_a_fuzzy_matching_block_past_its_size_is_skipped_and_counted(pipeline: Pipeline) -> None:
+    from streams.resolution import MAX_BLOCK
+
+    people = MAX_BLOCK + 3  # same name and birthday: one block outgrows its cap
+    identifies = [{**_event(f"i-{n}", "identify", user_id=f"twin-{n}",
+                            traits={"first_name": "Maria", "last_name": "Garcia", "birthday": "1990-01-01"}),
+                   "kind": "identities"} for n in range(people)]
+    async with agent(pipeline, "profiles").test_context() as profiles:
+        for n in range(0, people, 50):
+            await profiles.put(orjson.dumps([[f"u:twin-{i}", e] for i, e in enumerate(identifies[n:n + 50], n)]))
+        blocks = [[key, message] for _, batch, _ in sent(pipeline, "mailpulse-profile-events") for key, message in batch
+                  if key is not None and message.get("type") == "_block"]
+        assert len(blocks) >= people
+        for n in range(0, len(blocks), 100):  # the block messages, delivered to their partitions' agent
+            await profiles.put(orjson.dumps(blocks[n:n + 100]))
+    assert pipeline.metrics.identity_blocks_skipped._value.get() >= 3
