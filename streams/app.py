@@ -471,6 +471,8 @@ def _count(p: Pipeline, result: RecordResult, latency: dict[str, Any], updated: 
         metrics.identity_blocks_skipped.inc(result.blocks_skipped)
     if result.matches_dropped:
         metrics.entries_dropped.labels("possible_matches").inc(result.matches_dropped)
+    for collection, count in result.entries_dropped.items():
+        metrics.entries_dropped.labels(collection).inc(count)
     for unknown in result.unknown:
         log.warning("skipped an internal message of unknown type %r (a newer worker's?)", unknown)
     for output_topic, waited in result.waits.items():

@@ -97,10 +97,12 @@ class Metrics:
         )
         self.entries_dropped = Counter(
             "mailpulse_profile_entries_dropped",
-            "Entries a bounded per-profile collection dropped (possible_matches: the lowest scores past 100)",
+            "Entries a bounded per-profile collection dropped (possible_matches: the lowest scores past 100; "
+            "traits, consent, context, cart_lines: new keys past the bound; cart_moves: oldest moves combined)",
             ["collection"], registry=r,
         )
-        self.entries_dropped.labels("possible_matches")
+        for collection in ("possible_matches", "traits", "consent", "context", "cart_lines", "cart_moves"):
+            self.entries_dropped.labels(collection)
         self.processing_errors = Counter(
             "mailpulse_processing_errors",
             "Messages or profiles whose handling raised; the input is dead-lettered (processing_error), the rest "

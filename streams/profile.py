@@ -127,13 +127,30 @@ def _apply_identifiers(profile: dict[str, Any], event: Event, ts: int, linked: C
             _add_identifier(profile, "phones", phone, ts)
 
 
+#: Bounds of the per-profile collections an event can grow (a drop is counted in
+#: ``mailpulse_profile_entries_dropped_total{collection}``).  A merge keeps both sides' entries; no
+#: event adds a new one past the bound.
+MOST_ENTRIES = {"traits": 100, "consent": 32, "context": 32, "cart_lines": 100, "cart_moves": 50}
+Dropped = dict[str, int]  # collection -> entries dropped
+
+
+def _drop(dropped: Dropped | None, collection: str) -> None:
+    if dropped is not None:
+        dropped[collection] = dropped.get(collection, 0) + 1
+
+
 def _apply_newest(
-    values: dict[str, Any], times: dict[str, list[Any]], updates: dict[str, Any], ts: int, event_id: str
+    values: dict[str, Any], times: dict[str, list[Any]], updates: dict[str, Any], ts: int, event_id: str,
+    collection: str = "traits", dropped: Dropped | None = None,
 ) -> None:
-    """Newest non-empty value per field by event time; equal times: the larger event_id wins."""
+    """Newest non-empty value per field by event time; equal times: the larger event_id wins.  A new
+    field past the collection's bound is dropped (counted)."""
     stamp = [ts, event_id]
     for field, value in updates.items():
         if value is None or value == "":
+            continue
+        if field not in values and len(values) >= MOST_ENTRIES[collection]:
+            _drop(dropped, collection)
             continue
         if stamp >= times.get(field, [-1, ""]):
             values[field] = value
@@ -144,7 +161,7 @@ ITEM_FIELDS = ("category", "price", "currency")  # published on each cart item
 LINE_FIELDS = (*ITEM_FIELDS, "cart_id")
 
 
-def _apply_cart(profile: dict[str, Any], event: Event, ts: int) -> None:
+def _apply_cart(profile: dict[str, Any], event: Event, ts: int, dropped: Dropped | None = None) -> None:
     """Records the cart move with its own time; what the cart holds is derived in :func:`cart_view`."""
     last_purchase = profile["aggregates"]["last_purchase_at"]
     if last_purchase is not None and ts <= last_purchase:
@@ -156,9 +173,20 @@ def _apply_cart(profile: dict[str, Any], event: Event, ts: int) -> None:
         meta["touched"] = ts if meta["touched"] is None else max(meta["touched"], ts)
         return
     event_id = event.get("event_id", "")
+    if product not in profile["cart"] and len(profile["cart"]) >= MOST_ENTRIES["cart_lines"]:
+        _drop(dropped, "cart_lines")
+        return
     line = profile["cart"].setdefault(product, {"moves": [], "fields": {}})
     quantity = int(event.get("quantity", 1))
-    line["moves"].append([ts, event_id, quantity if etype == "cart_add" else -quantity])
+    moves = line["moves"]
+    moves.append([ts, event_id, quantity if etype == "cart_add" else -quantity])
+    if len(moves) > MOST_ENTRIES["cart_moves"]:
+        # the two oldest moves become one at the later one's time: the line's quantity stays, and a
+        # purchase between their times now closes both (an approximation of a very busy line)
+        moves.sort(key=lambda move: (move[0], move[1]))
+        first, second = moves[0], moves[1]
+        moves[:2] = [[second[0], second[1], first[2] + second[2]]]
+        _drop(dropped, "cart_moves")
     if etype == "cart_add":
         fields = line["fields"]
         for name in LINE_FIELDS:
@@ -226,9 +254,11 @@ def remember(state: State, event: Event, retention_ms: int) -> bool:
     return True
 
 
-def fold_event(profile: dict[str, Any], event: Event, linked: Container[str] | None = None) -> None:
+def fold_event(profile: dict[str, Any], event: Event, linked: Container[str] | None = None,
+               dropped: Dropped | None = None) -> None:
     """Folds one accepted, non-tick, non-erase event into the profile (order-tolerant).  ``linked``:
-    the identity keys of the profile; an identifier of the event not among them is not recorded."""
+    the identity keys of the profile; an identifier of the event not among them is not recorded.
+    ``dropped`` counts the entries a bound of :data:`MOST_ENTRIES` kept out."""
     ts: int = event["ts"]
     _apply_identifiers(profile, event, ts, linked)
     agg = profile["aggregates"]
@@ -239,17 +269,19 @@ def fold_event(profile: dict[str, Any], event: Event, linked: Container[str] | N
     agg["first_seen"][kind] = ts if first is None else min(first, ts)
     agg["last_seen"][kind] = ts if last is None else max(last, ts)
     if context := event.get("context"):
-        _apply_newest(profile["context"], profile["context_times"], context, ts, event["event_id"])
+        _apply_newest(profile["context"], profile["context_times"], context, ts, event["event_id"], "context",
+                      dropped)
 
     if kind == "carts":
-        _apply_cart(profile, event, ts)
+        _apply_cart(profile, event, ts, dropped)
     elif kind == "purchases":
         _apply_purchase(profile, event, ts)
     elif etype == "identify":
         traits = event.get("traits") or {}
         event_id = event["event_id"]
-        _apply_newest(profile["traits"], profile["trait_times"], traits, ts, event_id)
-        _apply_newest(profile["consent"], profile["consent_times"], event.get("consent") or {}, ts, event_id)
+        _apply_newest(profile["traits"], profile["trait_times"], traits, ts, event_id, "traits", dropped)
+        _apply_newest(profile["consent"], profile["consent_times"], event.get("consent") or {}, ts, event_id,
+                      "consent", dropped)
 
     profile["created_at"] = min(profile["created_at"], ts)
     profile["updated_at"] = max(profile["updated_at"], ts)

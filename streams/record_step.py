@@ -91,6 +91,7 @@ class RecordResult:
     merges: list[str] = field(default_factory=list)
     limited: list[str] = field(default_factory=list)
     matches_dropped: int = 0
+    entries_dropped: Counter[str] = field(default_factory=Counter)  # collection -> entries a bound kept out
     blocks_skipped: int = 0
     profiles_written: Counter[str] = field(default_factory=Counter)  # updated | merged | erased
     released: int = 0
@@ -245,6 +246,7 @@ def _advance_one(key: str, states: _Cache, blocks: _Cache, changed: bool, republ
         result.triggers[trigger["type"]] += 1
         result.waits[names.TRIGGERS].append(waited)
     result.suppressed += out.suppressed
+    result.entries_dropped.update(out.dropped)
     result.deferred += out.deferred
 
 

@@ -79,6 +79,7 @@ class Outputs:
     released: list[dict[str, Any]] = field(default_factory=list)  # events folded, in order
     pairs: list[tuple[str, str, int]] = field(default_factory=list)  # product co-occurrences to count
     cart: Any = DERIVE  # cart_view of the profile as advance left it, when it derived one
+    dropped: dict[str, int] = field(default_factory=dict)  # entries a bound of profile.MOST_ENTRIES kept out
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,7 +254,7 @@ def advance(state: State, watermark: int | None, rules: RuleSet, now_ms: int,
             event = pending.pop(0)[3]
             step = event_ts
             had_email = profile["email"] is not None
-            fold_event(profile, event, linked)
+            fold_event(profile, event, linked, out.dropped)
             out.changed = True
             out.released.append(event)
             _remember_history(rs, event, rules.windows)

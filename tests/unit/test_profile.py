@@ -118,3 +118,26 @@ def test_remove_read_before_its_add_still_removes() -> None:
     assert run([remove, add]) == run([add, remove])
     snap = run([remove, add])
     assert snap is not None and snap["cart"] is None
+
+
+def test_what_events_add_to_a_profile_is_bounded_and_each_drop_counted() -> None:
+    from streams.profile import MOST_ENTRIES, cart_view, fold_event, new_state
+
+    profile = new_state("u:u-1", T0)["profile"]
+    dropped: dict[str, int] = {}
+    for n in range(150):  # an upstream that sends a new trait name with every identify
+        fold_event(profile, ev(f"i{n}", "identify", T0 + n, traits={f"field_{n}": "x"}, consent={f"c{n}": True}),
+                   dropped=dropped)
+    assert len(profile["traits"]) == MOST_ENTRIES["traits"] and len(profile["consent"]) == MOST_ENTRIES["consent"]
+    assert dropped["traits"] == 150 - MOST_ENTRIES["traits"]
+    assert dropped["consent"] == 150 - MOST_ENTRIES["consent"]
+    for n in range(130):  # a bot filling the cart
+        fold_event(profile, ev(f"k{n}", "cart_add", T0 + 1000 + n, product_id=f"sku-{n}", price=1.0), dropped=dropped)
+    assert len(profile["cart"]) == MOST_ENTRIES["cart_lines"] and dropped["cart_lines"] == 30
+    for n in range(120):  # one line added and removed again and again: its moves are combined
+        kind = "cart_add" if n % 2 == 0 else "cart_remove"
+        fold_event(profile, ev(f"m{n}", kind, T0 + 5000 + n, product_id="sku-0", quantity=2), dropped=dropped)
+    assert len(profile["cart"]["sku-0"]["moves"]) <= MOST_ENTRIES["cart_moves"]
+    assert dropped["cart_moves"] == 121 - MOST_ENTRIES["cart_moves"]
+    view = cart_view(profile)
+    assert view is not None and next(i for i in view["items"] if i["product_id"] == "sku-0")["quantity"] == 1
