@@ -103,6 +103,11 @@ class Metrics:
         )
         for collection in ("possible_matches", "traits", "consent", "context", "cart_lines", "cart_moves"):
             self.entries_dropped.labels(collection)
+        self.released_early = Counter(
+            "mailpulse_events_released_early",
+            "Parked events applied before the watermark reached them: a profile parks at most 1,000 while an "
+            "input partition holds the watermark back", registry=r,
+        )
         self.processing_errors = Counter(
             "mailpulse_processing_errors",
             "Messages or profiles whose handling raised; the input is dead-lettered (processing_error), the rest "

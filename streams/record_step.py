@@ -92,6 +92,7 @@ class RecordResult:
     limited: list[str] = field(default_factory=list)
     matches_dropped: int = 0
     entries_dropped: Counter[str] = field(default_factory=Counter)  # collection -> entries a bound kept out
+    released_early: int = 0  # parked events applied before the watermark (timeline.MOST_PARKED)
     blocks_skipped: int = 0
     profiles_written: Counter[str] = field(default_factory=Counter)  # updated | merged | erased
     released: int = 0
@@ -247,6 +248,7 @@ def _advance_one(key: str, states: _Cache, blocks: _Cache, changed: bool, republ
         result.waits[names.TRIGGERS].append(waited)
     result.suppressed += out.suppressed
     result.entries_dropped.update(out.dropped)
+    result.released_early += out.released_early
     result.deferred += out.deferred
 
 

@@ -36,6 +36,9 @@ KIND_ORDER = {"identities": 0, "clicks": 1, "carts": 2, "purchases": 3}
 ENGAGEMENT_TYPES = ("email_open", "email_click")
 #: Most timestamps kept per event type for windowed counts (bounds the state of a very busy person).
 HISTORY_CAP = 500
+#: Most events a profile parks while the watermark is held back; the oldest past it are applied at
+#: once (``mailpulse_events_released_early_total``), so a stalled input partition bounds memory.
+MOST_PARKED = 1000
 
 
 #: ``scorer(profile, cart, at_ms)`` -> the profile's predictions at that event time
@@ -80,6 +83,7 @@ class Outputs:
     pairs: list[tuple[str, str, int]] = field(default_factory=list)  # product co-occurrences to count
     cart: Any = DERIVE  # cart_view of the profile as advance left it, when it derived one
     dropped: dict[str, int] = field(default_factory=dict)  # entries a bound of profile.MOST_ENTRIES kept out
+    released_early: int = 0  # parked events applied before the watermark (past MOST_PARKED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +221,17 @@ def advance(state: State, watermark: int | None, rules: RuleSet, now_ms: int,
     event-time order, evaluating segments after each step.  Mutates ``state``.  ``neighbours_of``
     looks up a product's published top neighbours (for the payload's recommendations)."""
     out = Outputs()
-    if watermark is None or "profile" not in state:
+    if "profile" not in state:
+        return out
+    pending_now = state.get("pending") or ()
+    if len(pending_now) > MOST_PARKED:
+        # the watermark is held back (an input partition carries nothing): this profile may not park
+        # without bound, so its oldest events are applied as if the watermark had reached them
+        forced = pending_now[len(pending_now) - MOST_PARKED - 1][0]
+        if watermark is None or forced > watermark:
+            out.released_early = len(pending_now) - MOST_PARKED
+            watermark = forced
+    if watermark is None:
         return out
     state = ensure_rule_state(state)
     profile, rs, pending = state["profile"], state["rules"], state["pending"]

@@ -259,3 +259,19 @@ def test_erase_forgets_the_person_and_a_replay_of_older_events_brings_nothing_ba
     assert person.state is not None and person.state["profile"]["aggregates"]["event_counts"] == {"product_view": 1}
     person.arrive(*history).to(t + DAY + 2 * MIN)
     assert person.state["profile"]["aggregates"]["event_counts"] == {"product_view": 1}
+
+
+def test_a_profile_parks_at_most_a_bound_while_the_watermark_is_held_back() -> None:
+    from streams.timeline import MOST_PARKED
+
+    state = None
+    t0 = ms("2026-03-01T10:00:00Z")
+    for n in range(MOST_PARKED + 200):
+        got = receive(state, "u:u-1", ev(f"v{n}", "product_view", t0 + n, product_id="sku-1"), None, RULES)
+        state = got.state
+    assert state is not None and len(state["pending"]) == MOST_PARKED + 200
+    out = advance(state, None, RULES, 0)  # no watermark at all: an input partition carried nothing
+    assert out.released_early == 200 and len(out.released) == 200
+    assert len(state["pending"]) == MOST_PARKED
+    assert [e["event_id"] for e in out.released] == [f"v{n}" for n in range(200)]  # the oldest first
+    assert state["profile"]["aggregates"]["event_counts"] == {"product_view": 200}
