@@ -93,10 +93,12 @@ def _on_event(states: MutableMapping[str, State | None], key: str, state: State 
         marker = got.state
         kept: set[str] = set()  # identifiers of events stamped after the erasure that had arrived before it
         if "profile" in marker:
-            for entry in marker["pending"]:
-                kept.update(graph.identifier_keys(entry[3]))
-            kept.discard(key)
-            marker["links"] = sorted(kept, key=rank)  # as placing those events after the erase would have
+            named = {k for entry in marker["pending"] for k in graph.identifier_keys(entry[3])} - {key}
+            # as placing those events after the erase would have: within the identity limits
+            admitted, _, limited = graph.admit(key, marker, sorted(named, key=rank), rules.identity_limits)
+            kept = set(admitted)
+            marker["links"] = admitted
+            effects.limited += limited
         if was_live and state is not None:
             if state.get("due") is not None:
                 marker["due"] = state["due"]  # so the caller deletes the due entry

@@ -76,6 +76,34 @@ def _over(keys: Iterable[str], limits: Limits) -> list[str]:
     return [kind for kind, most in limits.items() if counts.get(kind, 0) > most]
 
 
+def admit(key: str, state: State, candidates: Iterable[str], limits: Limits | None) -> tuple[list[str], list[str],
+                                                                                         list[str]]:
+    """(admitted, kept out, kinds of those kept out): the ``candidates`` the live profile at ``key``
+    may add to its identifiers, in order, without passing ``limits``."""
+    candidates = list(candidates)
+    if limits is None:
+        return candidates, [], []
+    counts = key_counts(identity_keys(key, state))
+    admitted: list[str] = []
+    over: list[str] = []
+    kinds: list[str] = []
+    for k in candidates:
+        kind = LIMIT_OF_KIND.get(k.partition(":")[0], "")
+        if kind in limits and counts.get(kind, 0) + 1 > limits[kind]:
+            over.append(k)
+            kinds.append(kind)
+            continue
+        counts[kind] = counts.get(kind, 0) + 1
+        admitted.append(k)
+    return admitted, over, kinds
+
+
+def _ask(key: str, state: State, root: str, kind: str) -> Routing:
+    """The live profile at ``key`` asks ``root`` to take it in, with all its identifiers."""
+    return Routing(state, send=[(root, {"type": LINK, "root": key, "kind": kind,
+                                        "keys": sorted(identity_keys(key, state), key=rank)})])
+
+
 def smallest(keys: Iterable[str]) -> str:
     return min(keys, key=rank)
 
@@ -141,22 +169,9 @@ def place(key: str, state: State, event: dict[str, Any], limits: Limits | None =
         return _give_up(key, state, root, "exact", also=keys)
     links: list[str] = state.setdefault("links", [])
     new = [k for k in keys if k != key and k not in links]
-    limited: list[str] = []
-    over: list[str] = []
-    if new and limits is not None:
-        counts = key_counts(identity_keys(key, state))
-        kept = []
-        for k in new:
-            kind = LIMIT_OF_KIND.get(k.partition(":")[0], "")
-            if kind in limits and counts.get(kind, 0) + 1 > limits[kind]:
-                limited.append(kind)
-                over.append(k)
-                continue
-            counts[kind] = counts.get(kind, 0) + 1
-            kept.append(k)
-        new = kept
-    if not new and not over:
+    if not new:
         return Routing(state)  # the common case: nothing new
+    new, over, limited = admit(key, state, new, limits)
     send: list[tuple[str, dict[str, Any]]] = []
     if new:
         links.extend(new)
@@ -197,9 +212,7 @@ def on_link(key: str, state: State | None, message: dict[str, Any], limits: Limi
     if rank(root) < rank(key):
         approved = message.get("keys")
         if message.get("ok") and isinstance(approved, list) and not identity_keys(key, state) <= set(approved):
-            # this profile took others in after it asked: the root decides on all of them
-            return Routing(state, send=[(root, {"type": LINK, "root": key, "kind": kind,
-                                                "keys": sorted(identity_keys(key, state), key=rank)})])
+            return _ask(key, state, root, kind)  # it took others in after it asked: the root decides on all
         if message.get("ok"):
             routing = _give_up(key, state, root, kind)
             if isinstance(message.get("erased_at"), int):  # the root is an erased person: so is this
@@ -212,9 +225,7 @@ def on_link(key: str, state: State | None, message: dict[str, Any], limits: Limi
                 if state.get("published"):
                     routing.erased = profile_id_for(key)
             return routing
-        # ask the root whether this profile may join it
-        return Routing(state, send=[(root, {"type": LINK, "root": key, "kind": kind,
-                                            "keys": sorted(identity_keys(key, state), key=rank)})])
+        return _ask(key, state, root, kind)  # ask the root whether this profile may join it
     # the profile at ``root`` asks to join this one
     theirs = message.get("keys")
     if limits is None:

@@ -86,3 +86,12 @@ def test_four_hundred_people_sharing_a_kiosk_id_stay_in_groups_within_the_limit(
     # each person's own events stayed with them
     for profile in run.profiles.values():
         assert profile["aggregates"]["event_counts"]["identify"] == len(profile["identifiers"]["user_ids"])
+
+
+def test_events_after_an_erase_that_arrived_before_it_keep_the_limits() -> None:
+    later = [ev(f"i{n}", "identify", 10 + n, user_id="u-1", email=f"address{n:02}@example.com") for n in range(14)]
+    run = run_locally([*later, ev("x", "erase", 5, user_id="u-1")], UNTIL, RULES)  # the erase arrives last
+    [profile] = run.profiles.values()
+    assert len(profile["identifiers"]["emails"]) == LIMITS["emails"]
+    assert sum(1 for link in run.states["u:u-1"]["links"] if link.startswith("e:")) == LIMITS["emails"]
+    assert profile["aggregates"]["event_counts"] == {"identify": 14}
