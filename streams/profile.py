@@ -227,15 +227,17 @@ def _prune_seen(seen: dict[str, int], newest: int, retention_ms: int) -> int | N
 
 
 #: State key: event times before this may belong to ids :func:`remember` has forgotten, so an unknown
-#: id stamped before it cannot be told from a repeat (:func:`too_old_to_check`).
+#: id stamped before it cannot be told from a repeat (:func:`repeated`).
 SEEN_FROM = "seen_from"
 
 
-def too_old_to_check(state: State, event: Event) -> bool:
-    """An event stamped before the dedupe window whose ids were pruned: it may be a repeat of an
-    event whose id is forgotten, so it is dropped as one (a replay never counts twice)."""
+def repeated(state: State, event: Event) -> bool:
+    """The event was applied before: its id is held, or it is stamped before the window whose ids
+    were forgotten (it cannot be told from a repeat, so it counts as one: a replay never counts twice)."""
+    if event["event_id"] in state["seen"]:
+        return True
     seen_from = state.get(SEEN_FROM)
-    return seen_from is not None and event["ts"] < seen_from and event["event_id"] not in state["seen"]
+    return seen_from is not None and event["ts"] < seen_from
 
 
 def remember(state: State, event: Event, retention_ms: int) -> bool:
@@ -291,7 +293,7 @@ def fold_event(profile: dict[str, Any], event: Event, linked: Container[str] | N
 def apply_event(state: State | None, key: str, event: Event, retention_ms: int) -> Applied:
     """Apply one accepted, non-tick event to the profile state of ``key`` at once (no event-time
     ordering: :mod:`streams.timeline` adds that on top of :func:`remember` and :func:`fold_event`)."""
-    if state is not None and (event["event_id"] in state["seen"] or too_old_to_check(state, event)):
+    if state is not None and repeated(state, event):
         return Applied(state, changed=False, duplicate=True)
     if event["type"] == "erase":
         return Applied(None, changed=state is not None, erased=True)

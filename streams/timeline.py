@@ -28,7 +28,7 @@ from typing import Any
 
 from schemas.timeparse import format_ms
 from streams.config import PipelineConfig
-from streams.profile import DERIVE, State, cart_view, fold_event, new_state, remember, snapshot, too_old_to_check
+from streams.profile import DERIVE, State, cart_view, fold_event, new_state, remember, repeated, snapshot
 from streams.rules import guardrails, payload, recommend, score_timer, segments, triggers
 
 #: Equal timestamps are applied in this order (contract section 4).
@@ -113,7 +113,7 @@ def receive(state: State | None, key: str, event: dict[str, Any], watermark: int
         return Received(state, "forgotten")
     if state is not None and "profile" not in state:  # an erasure marker; the event is newer
         state = None
-    elif state is not None and (event["event_id"] in state["seen"] or too_old_to_check(state, event)):
+    elif state is not None and repeated(state, event):
         return Received(state, "duplicate")
     if event["type"] == "erase":
         previous = state.get("erased_at") if state is not None else None
@@ -235,14 +235,14 @@ def advance(state: State, watermark: int | None, rules: RuleSet, now_ms: int,
         return out
     state = ensure_rule_state(state)
     profile, rs, pending = state["profile"], state["rules"], state["pending"]
-    # an identifier an identity limit kept out of the links is not folded (states the identity
-    # graph never placed, as in some tests, have no links and are not limited)
-    linked = {profile["key"], *state["links"]} if "links" in state else None
     timers: dict[str, list[Any]] = rs["timers"]
     cfg = rules.config
     first_due = next_due(state)
     if not rs.get("dirty") and (first_due is None or first_due > watermark):
         return out  # nothing due yet
+    # an identifier an identity limit kept out of the links is not folded (states the identity
+    # graph never placed, as in some tests, have no links and are not limited)
+    linked = {profile["key"], *state["links"]} if "links" in state else None
     cart = cart_view(profile)  # changes only when a cart or purchase event is folded (below)
     if rs.pop("dirty", False) and rs["clock"] is not None:
         # merged with another profile: its segments are evaluated again at the current time
