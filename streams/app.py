@@ -469,8 +469,6 @@ def _count(p: Pipeline, result: RecordResult, latency: dict[str, Any], updated: 
         metrics.identity_limited.labels(kind).inc()
     if result.blocks_skipped:
         metrics.identity_blocks_skipped.inc(result.blocks_skipped)
-    if result.matches_dropped:
-        metrics.entries_dropped.labels("possible_matches").inc(result.matches_dropped)
     for collection, count in result.entries_dropped.items():
         metrics.entries_dropped.labels(collection).inc(count)
     if result.released_early:

@@ -7,7 +7,6 @@ once per worker by the app factory and handed to the agents.
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 from bisect import bisect_left
@@ -134,13 +133,9 @@ class Metrics:
         """Serve /metrics (and with ``health``, /healthz and /readyz) on ``host:port``; if the port is
         taken, on a free one (logged).  Returns the port."""
         try:
-            _serve(host, port, self.registry, health)
-            return port
+            return _serve(host, port, self.registry, health)
         except OSError:
-            with socket.socket() as sock:
-                sock.bind((host, 0))
-                free = int(sock.getsockname()[1])
-            _serve(host, free, self.registry, health)
+            free = _serve(host, 0, self.registry, health)
             log.warning("metrics port %d is taken; serving /metrics on port %d instead", port, free)
             return free
 
@@ -177,8 +172,6 @@ class Health:
 class DeliverMetrics:
     """The metrics of ``mailpulse deliver`` (its own process and port)."""
 
-    OUTCOMES = ("sent", "failed", "duplicate", "suppressed", "held")
-
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         ProcessCollector(registry=r)
@@ -197,15 +190,15 @@ class DeliverMetrics:
             self.unsubscribes.labels(source)
 
 
-def serve_wsgi(host: str, port: int, app: Any) -> int:
+def serve_wsgi(host: str, port: int, app: Any, name: str = "metrics-http") -> int:
     """Serves a WSGI ``app`` in a daemon thread with prometheus-client's server; returns the port
     (a free one when ``port`` is 0)."""
     server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_SilentHandler)
-    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
+    threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
     return int(server.server_port)
 
 
-def _serve(host: str, port: int, registry: CollectorRegistry, health: Health | None) -> None:
+def _serve(host: str, port: int, registry: CollectorRegistry, health: Health | None) -> int:
     """prometheus-client's own WSGI server, with /healthz and /readyz beside /metrics."""
     metrics_app = make_wsgi_app(registry)
 
@@ -217,8 +210,7 @@ def _serve(host: str, port: int, registry: CollectorRegistry, health: Health | N
             return [body.encode()]
         return metrics_app(environ, start_response)
 
-    server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_SilentHandler)
-    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+    return serve_wsgi(host, port, app)
 
 
 def observe_many(histogram: Any, amounts: Sequence[float]) -> None:

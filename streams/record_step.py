@@ -90,7 +90,6 @@ class RecordResult:
     late: Counter[str] = field(default_factory=Counter)
     merges: list[str] = field(default_factory=list)
     limited: list[str] = field(default_factory=list)
-    matches_dropped: int = 0
     entries_dropped: Counter[str] = field(default_factory=Counter)  # collection -> entries a bound kept out
     released_early: int = 0  # parked events applied before the watermark (timeline.MOST_PARKED)
     blocks_skipped: int = 0
@@ -175,7 +174,8 @@ def step(entries: list[Any], io: StepIO, ctx: StepContext, skip: frozenset[int] 
             result.profiles_written[why] += 1
         result.merges += effects.merges
         result.limited += effects.limited
-        result.matches_dropped += effects.matches_dropped
+        if effects.matches_dropped:
+            result.entries_dropped["possible_matches"] += effects.matches_dropped
         result.blocks_skipped += effects.blocks_skipped
         if effects.unknown is not None:
             result.unknown.append(effects.unknown)
