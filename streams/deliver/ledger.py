@@ -67,10 +67,14 @@ class Ledger:
         self.db[key] = trigger
 
     def due(self, now_ms: int) -> Iterator[tuple[bytes, bytes]]:
-        """(hold key, trigger) of held triggers whose send_at has come, earliest first."""
-        for key in list(self._keys(b"h:")):
+        """(hold key, trigger) of held triggers whose send_at has come, earliest first.  Only those are
+        read (keys sort by send_at); the caller may release them as it goes."""
+        due = []
+        for key in self._keys(b"h:"):
             if int(key[2:15]) > now_ms:
                 break
+            due.append(key)
+        for key in due:
             yield key, self._get(key)
 
     def release(self, key: bytes) -> None:

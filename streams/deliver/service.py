@@ -29,7 +29,7 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, Producer
 from prometheus_client import make_wsgi_app
 
-from schemas.timeparse import parse_timestamp
+from schemas.timeparse import format_ms, parse_timestamp
 from streams.deliver import unsubscribe
 from streams.deliver.ledger import FAILED, SENDING, SENT, SUPPRESSED, Ledger
 from streams.deliver.render import Renderer, TemplateProblem
@@ -120,6 +120,10 @@ class Deliverer:
             self.ledger.mark(trigger_id, FAILED, now, code="template_error")
             self._failed(trigger, 0, "template_error", str(exc))
             return
+        except (ValueError, TypeError) as exc:  # e.g. an address or subject with a line break
+            self.ledger.mark(trigger_id, FAILED, now, code="bad_trigger")
+            self._failed(trigger, 0, "bad_trigger", f"cannot be an e-mail: {type(exc).__name__}: {exc}")
+            return
         self.ledger.mark(trigger_id, SENDING, now)
         retries = self.metrics.retries.labels(self.target.name)
         try:
@@ -173,15 +177,11 @@ class Deliverer:
         profile_id = trigger.get("profile_id")
         record = {"trigger_id": trigger.get("trigger_id"), "type": trigger.get("type"), "profile_id": profile_id,
                   "attempts": attempts, "error": {"code": code, "message": message[:1000]},
-                  "at": _iso(self.now_ms())}
+                  "at": format_ms(self.now_ms())}
         self.producer.produce(DELIVERY_FAILED, orjson.dumps(record),
                               key=profile_id.encode() if isinstance(profile_id, str) else None)
         self.producer.flush(10)
         log.warning("delivery failed (%s) for trigger %s", code, trigger.get("trigger_id"))
-
-
-def _iso(ms: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
 
 
 def _send_at_ms(trigger: Mapping[str, Any]) -> int:
@@ -268,9 +268,9 @@ def run_deliver(settings: Settings, dry_run: Path | None, stop: threading.Event,
                               producer, metrics, settings, "", secret)
         app = unsubscribe_app(deliverer, make_wsgi_app(metrics.registry))
         try:
-            port = serve_wsgi(settings.metrics_host, settings.deliver_port, app)
+            port = serve_wsgi(settings.metrics_host, settings.deliver_port, app, "deliver-http")
         except OSError:  # taken (a second deliver on this machine): any free port, announced below
-            port = serve_wsgi(settings.metrics_host, 0, app)
+            port = serve_wsgi(settings.metrics_host, 0, app, "deliver-http")
         deliverer.unsubscribe_base = settings.unsubscribe_url or f"http://{settings.metrics_host}:{port}"
         announce(f"deliver: {target.name}{' to ' + str(dry_run) if dry_run else ''}; /metrics and /unsubscribe "
                  f"on http://{settings.metrics_host}:{port}; state in {folder}")

@@ -40,7 +40,8 @@ class Target(Protocol):
 
 def with_retries(send: Callable[[], Sent], attempts: int, backoff_s: float, on_retry: Callable[[], None],
                  sleep: Callable[[float], None] = time.sleep, rng: random.Random | None = None) -> tuple[Sent, int]:
-    """(result, attempts made); re-raises the last error once ``attempts`` are used up."""
+    """(result, attempts made); re-raises the last error once ``attempts`` are used up.  An error a
+    target does not classify is :class:`Permanent` (not retried, never raised past here)."""
     rng = rng or random.Random()
     for attempt in range(1, attempts + 1):
         try:
@@ -48,8 +49,12 @@ def with_retries(send: Callable[[], Sent], attempts: int, backoff_s: float, on_r
         except Temporary:
             if attempt == attempts:
                 raise
-            on_retry()
-            sleep(rng.uniform(0, backoff_s * 2 ** (attempt - 1)))  # "full jitter"
+        except Permanent:
+            raise
+        except Exception as exc:
+            raise Permanent(f"{type(exc).__name__}: {exc}"[:300]) from None
+        on_retry()
+        sleep(rng.uniform(0, backoff_s * 2 ** (attempt - 1)))  # "full jitter"
     raise AssertionError("unreachable")
 
 

@@ -1,0 +1,66 @@
+"""The deliver step with its I/O handed in: inputs that would make it raise end in delivery-failed."""
+
+from __future__ import annotations
+
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from streams.deliver.ledger import Ledger
+from streams.deliver.render import Renderer
+from streams.deliver.service import Deliverer
+from streams.deliver.targets import DryRun, Sent
+from streams.metrics import DeliverMetrics
+from streams.settings import Settings
+
+
+class Recorder:
+    """A producer that keeps what it was given."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, Any]] = []
+
+    def produce(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+        self.sent.append((topic, orjson.loads(value)))
+
+    def flush(self, timeout: float = 0) -> int:
+        return 0
+
+
+class Broken:
+    name = "broken"
+
+    def send(self, message: EmailMessage, trigger: dict[str, Any]) -> Sent:
+        raise UnicodeEncodeError("ascii", "é", 0, 1, "a target that fails unclassified")
+
+
+def deliverer(tmp: Path, target: Any) -> tuple[Deliverer, Recorder]:
+    producer = Recorder()
+    return Deliverer(target, Ledger(tmp / "state"), Renderer(), producer, DeliverMetrics(),  # type: ignore[arg-type]
+                     Settings(deliver_attempts=3, deliver_backoff_s=0.001), "http://u", b"k" * 32,
+                     now_ms=lambda: 1_800_000_000_000, sleep=lambda s: None), producer
+
+
+def trigger(**fields: Any) -> bytes:
+    return orjson.dumps({"trigger_id": "t-1", "type": "welcome", "profile_id": "p-1", "email": "ana@example.com",
+                         "send_at": "2026-03-01T10:00:00.000Z", "payload": {"first_name": "Ana"}, **fields})
+
+
+def test_an_address_an_e_mail_cannot_carry_goes_to_delivery_failed(tmp_path: Path) -> None:
+    step, producer = deliverer(tmp_path, DryRun(tmp_path / "out"))
+    step.handle(trigger(email="ana@example.com\nBcc: all@example.com"))
+    [(topic, letter)] = producer.sent
+    assert topic == "delivery-failed" and letter["error"]["code"] == "bad_trigger"
+    assert not list((tmp_path / "out").iterdir())
+
+
+def test_a_target_that_fails_unclassified_is_not_retried_and_goes_to_delivery_failed(tmp_path: Path) -> None:
+    step, producer = deliverer(tmp_path, Broken())
+    step.handle(trigger())
+    [(topic, letter)] = producer.sent
+    assert topic == "delivery-failed" and letter["error"]["code"] == "rejected" and letter["attempts"] == 1
+    assert "UnicodeEncodeError" in letter["error"]["message"]
+    step.handle(trigger())  # read again: at most once
+    assert len(producer.sent) == 1
