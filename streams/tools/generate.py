@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from schemas.timeparse import parse_timestamp
+
 GENERATOR_DOC = """\
 Each simulated person has latent traits: an activity rate (sessions per week, log-normal), a purchase
 propensity (beta), an e-mail engagement rate, two preferred categories out of eight, a time zone, a
@@ -358,14 +360,8 @@ def _damaged(events: list[dict[str, Any]], rng: random.Random, repeats: float,
                 continue
             at = rng.choice(own)["timestamp"]
             out.append({"event_id": f"erase-{n}", "type": "erase", "timestamp": at, "user_id": own[0]["user_id"]})
-        out.sort(key=lambda e: _ms(e["timestamp"]))
+        out.sort(key=lambda e: parse_timestamp(e["timestamp"]))
     return out
-
-
-def _ms(timestamp: Any) -> int:
-    if isinstance(timestamp, int):
-        return timestamp
-    return int(datetime.fromisoformat(str(timestamp).replace("Z", "+00:00")).timestamp() * 1000)
 
 
 def live_events(seed: int, now_ms: Callable[[], int], users: int = 200) -> Iterator[dict[str, Any]]:

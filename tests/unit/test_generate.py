@@ -9,7 +9,7 @@ import orjson
 
 from schemas.timeparse import parse_timestamp
 from streams.ingest import Accepted, Source, decode
-from streams.tools.generate import _ms, generate_history, live_events
+from streams.tools.generate import generate_history, live_events
 
 START = date(2026, 1, 1)
 
@@ -63,5 +63,5 @@ def test_repeats_and_erasures_behind_flags() -> None:
     assert 0.07 * len(plain) < repeated < 0.13 * len(plain)
     assert len({e["event_id"] for e in damaged}) == len(plain) + len(erases)  # repeats keep their ids
     assert 5 <= len(erases) <= 30 and all(e["user_id"] for e in erases)
-    times = [_ms(e["timestamp"]) for e in damaged]
+    times = [parse_timestamp(e["timestamp"]) for e in damaged]
     assert times == sorted(times)
