@@ -31,6 +31,30 @@ def broker() -> Iterator[EmbeddedBroker]:
         yield running
 
 
+def metric_at(port: int, name: str, **labels: str) -> float:
+    """Sum of the samples of metric ``name`` on ``port`` whose labels include ``labels`` (0 when absent
+    or when nothing answers)."""
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
+    except OSError:
+        return 0.0
+    total = 0.0
+    for line in text.decode().splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        head, _, value = line.rpartition(" ")
+        if all(f'{k}="{v}"' in head for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 60.0, every_s: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(every_s)
+
+
 @dataclass
 class Worker:
     process: subprocess.Popen[bytes]
@@ -39,18 +63,7 @@ class Worker:
 
     def metric(self, name: str, **labels: str) -> float:
         """Sum of a metric's samples whose labels include ``labels`` (0 when absent)."""
-        try:
-            text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2).read()
-        except OSError:
-            return 0.0
-        total = 0.0
-        for line in text.decode().splitlines():
-            if not line.startswith(name + "{") and not line.startswith(name + " "):
-                continue
-            head, _, value = line.rpartition(" ")
-            if all(f'{k}="{v}"' in head for k, v in labels.items()):
-                total += float(value)
-        return total
+        return metric_at(self.metrics_port, name, **labels)
 
     def wait_metric(self, name: str, expected: float, timeout: float = 90.0, **labels: str) -> None:
         deadline = time.monotonic() + timeout

@@ -24,7 +24,8 @@ from confluent_kafka import Producer
 
 from streams.broker import EmbeddedBroker, free_port
 
-from .conftest import MAILPULSE, PARTITIONS, read_topic
+from .conftest import MAILPULSE, PARTITIONS, read_topic, wait_until
+from .conftest import metric_at as metric
 
 pytestmark = pytest.mark.integration
 
@@ -86,25 +87,6 @@ def start_deliver(broker: EmbeddedBroker, tmp: Path, port: int = 0, **env: str) 
     return subprocess.Popen([MAILPULSE, "deliver"], env=full, stdout=log, stderr=subprocess.STDOUT), port
 
 
-def metric(port: int, name: str, **labels: str) -> float:
-    try:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
-    except OSError:
-        return -1.0
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name) and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
-def wait(condition: Any, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)
-
-
 def test_smtp_each_trigger_once_through_replays_and_kill_9_and_one_click_unsubscribe(
         broker: EmbeddedBroker, smtp: tuple[Inbox, int], tmp_path: Path) -> None:
     inbox, smtp_port = smtp
@@ -120,7 +102,7 @@ def test_smtp_each_trigger_once_through_replays_and_kill_9_and_one_click_unsubsc
 
     process, port = start_deliver(broker, tmp_path, **env)
     produce(broker.bootstrap, [orjson.dumps(t) for t in first] + bad + [orjson.dumps(held)])
-    wait(lambda: len(inbox.trigger_ids()) >= 20)
+    wait_until(lambda: len(inbox.trigger_ids()) >= 20)
     process.kill()  # SIGKILL: no clean close, offsets perhaps not committed
     process.wait(10)
     before_kill = len(inbox.trigger_ids())
@@ -128,9 +110,9 @@ def test_smtp_each_trigger_once_through_replays_and_kill_9_and_one_click_unsubsc
     produce(broker.bootstrap, [orjson.dumps(t) for t in first + second] + [orjson.dumps(held)])
     process, port = start_deliver(broker, tmp_path, port, **env)  # the same port: its links stay good
     try:
-        wait(lambda: len(set(inbox.trigger_ids())) == 41)
+        wait_until(lambda: len(set(inbox.trigger_ids())) == 41)
         produce(broker.bootstrap, [orjson.dumps(t) for t in first + second])  # and once more
-        wait(lambda: metric(port, "mailpulse_deliveries_total", outcome="duplicate") >= 40)
+        wait_until(lambda: metric(port, "mailpulse_deliveries_total", outcome="duplicate") >= 40)
         ids = inbox.trigger_ids()
         assert sorted(ids) == sorted({t["trigger_id"] for t in first + second + [held]})  # each exactly once
         assert time.time() >= soon - 0.5  # the held one waited for its send_at
@@ -170,7 +152,7 @@ def test_smtp_each_trigger_once_through_replays_and_kill_9_and_one_click_unsubsc
         assert event["consent"] == {"email": False}
         # the person's next trigger is held back
         produce(broker.bootstrap, [orjson.dumps({**trigger(7), "trigger_id": "t-007-later"})])
-        wait(lambda: metric(port, "mailpulse_deliveries_total", outcome="suppressed") >= 1)
+        wait_until(lambda: metric(port, "mailpulse_deliveries_total", outcome="suppressed") >= 1)
         assert "t-007-later" not in inbox.trigger_ids()
         assert metric(port, "mailpulse_deliveries_total", outcome="sent") == 41 - before_kill  # this process's
     finally:
@@ -221,7 +203,7 @@ def test_webhook_retries_with_a_stable_idempotency_key_and_failures_end_in_deliv
     try:
         produce(broker.bootstrap, [orjson.dumps(t) for t in triggers])
         letters = read_topic(broker.bootstrap, "delivery-failed", lambda m: len(m) >= 1)
-        wait(lambda: metric(port, "mailpulse_deliveries_total", outcome="sent") >= 3)
+        wait_until(lambda: metric(port, "mailpulse_deliveries_total", outcome="sent") >= 3)
         flaky = [(key, status) for t, key, status in Hook.seen if t == "t-flaky"]
         assert flaky == [("t-flaky", 503), ("t-flaky", 503), ("t-flaky", 200)]  # retried, delivered once
         assert [status for t, _, status in Hook.seen if t == "t-down"] == [500] * 4
@@ -235,7 +217,7 @@ def test_webhook_retries_with_a_stable_idempotency_key_and_failures_end_in_deliv
         assert event["source"] == "bounce"
         # replayed: nothing is sent again
         produce(broker.bootstrap, [orjson.dumps(t) for t in triggers])
-        wait(lambda: metric(port, "mailpulse_deliveries_total", outcome="duplicate") >= 4)
+        wait_until(lambda: metric(port, "mailpulse_deliveries_total", outcome="duplicate") >= 4)
         assert sum(1 for t, _, status in Hook.seen if status == 200) == 3
     finally:
         process.terminate()

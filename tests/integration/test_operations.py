@@ -25,7 +25,7 @@ from confluent_kafka import Producer
 from schemas.events import TOPIC_OF_TYPE
 from streams.broker import free_port
 
-from .conftest import PARTITIONS, Worker
+from .conftest import PARTITIONS, Worker, wait_until
 from .test_pipeline import _many_events
 
 pytestmark = pytest.mark.integration
@@ -120,13 +120,6 @@ def _scraped_total(base: str) -> float:
     return float(result[0]["value"][1]) if result else 0.0
 
 
-def _wait(what: Any, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not what():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.5)
-
-
 @needs_prometheus
 def test_prometheus_scrapes_a_live_worker_and_every_dashboard_query_runs(broker, start_worker, prometheus) -> None:
     events = _many_events(600, 40)
@@ -136,11 +129,11 @@ def test_prometheus_scrapes_a_live_worker_and_every_dashboard_query_runs(broker,
     worker.wait_metric("mailpulse_events_total", len(first), outcome="processed")
     base = prometheus([worker.metrics_port])
 
-    _wait(lambda: _scraped_total(base) >= len(first))
+    wait_until(lambda: _scraped_total(base) >= len(first))
     targets = json.loads(_get(base + "/api/v1/targets")[1])["data"]["activeTargets"]
     assert [(t["labels"]["job"], t["health"]) for t in targets] == [("mailpulse", "up")]
     _produce(broker.bootstrap, second)
-    _wait(lambda: _scraped_total(base) == len(events))  # it rises after a replay
+    wait_until(lambda: _scraped_total(base) == len(events))  # it rises after a replay
 
     names = set(json.loads(_get(base + "/api/v1/label/__name__/values")[1])["data"])
     assert {"mailpulse_events_total", "mailpulse_worker_state", "mailpulse_consumer_lag",
@@ -150,7 +143,7 @@ def test_prometheus_scrapes_a_live_worker_and_every_dashboard_query_runs(broker,
     configured = sorted(r["alert"] for g in yaml.safe_load((DEPLOY / "prometheus/alerts.yml").read_text())["groups"]
                         for r in g["rules"])
     assert loaded == configured
-    _wait(lambda: _query(base, 'mailpulse_worker_state{state="running"}')["data"]["result"] != [])
+    wait_until(lambda: _query(base, 'mailpulse_worker_state{state="running"}')["data"]["result"] != [])
     # every query of the dashboard runs without error on the live data
     dashboard = json.loads((DEPLOY / "grafana/dashboards/mailpulse.json").read_text())
     exprs = [t["expr"] for panel in dashboard["panels"] for t in panel.get("targets", [])]
@@ -196,7 +189,7 @@ def test_metrics_bind_loopback_by_default_and_an_ingest_crash_turns_healthz_red(
 
     _produce(broker.bootstrap, [], extra=[("clicks", b'{"event_id": "crash-the-ingest-agent"}')])
     crashed_at = time.monotonic()
-    _wait(lambda: _get(url + "/healthz")[0] == 503, timeout=20)
+    wait_until(lambda: _get(url + "/healthz")[0] == 503, timeout=20)
     took = time.monotonic() - crashed_at
     status, body = _get(url + "/healthz")
     assert status == 503 and b"ingest" in body, body
