@@ -172,7 +172,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None, output: Outpu
                                 internal=True),
         identity_blocks=profile_table(app, output, "identity-blocks", settings.partitions, small, memory),
         product_neighbours=profile_table(app, output, "product-neighbours", settings.partitions, small, memory),
-        product_recs=ProductRecs(),
+        product_recs=ProductRecs(metrics.product_recs_read.inc),
     )
     metrics.rocksdb_memory.set_function(lambda: memory.used)  # read when /metrics is scraped
     def after_flush() -> None:

@@ -116,6 +116,10 @@ class Metrics:
             "mailpulse_worker_state", "1 for the state the worker is in (what /healthz and /readyz tell)", ["state"],
             registry=r,
         )
+        self.product_recs_read = Counter(
+            "mailpulse_product_recs_read",
+            "Records of the product-recs topic read into this worker's replica (payload recommendations)", registry=r,
+        )
         self.rocksdb_memory = Gauge(
             "mailpulse_rocksdb_memory_bytes",
             "RocksDB memtables and block cache of all the worker's table partitions (MAILPULSE_ROCKSDB_MEMORY_MB)",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import orjson
 
@@ -20,8 +20,9 @@ log = logging.getLogger(__name__)
 
 
 class ProductRecs:
-    def __init__(self) -> None:
+    def __init__(self, on_read: Callable[[], object] = lambda: None) -> None:
         self._top: dict[str, list[str]] = {}
+        self._on_read = on_read  # called for each record read (a metric)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -48,18 +49,33 @@ class ProductRecs:
             self._thread.join(5)
 
     def _run(self, bootstrap: str, topic: str) -> None:
+        """Reads until stopped.  A failure (a metadata timeout on a busy broker, a lost connection)
+        starts a new consumer from the beginning after a pause, instead of leaving the replica
+        empty for the rest of the worker's life."""
+        while not self._stop.is_set():
+            try:
+                self._read(bootstrap, topic)
+            except Exception as exc:  # recommendations are optional: never take the worker down
+                log.warning("product recommendations reader restarts after %s", type(exc).__name__)
+                self._stop.wait(1.0)
+
+    def _read(self, bootstrap: str, topic: str) -> None:
         from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
         consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "mailpulse-product-recs-reader",
-                             "enable.auto.commit": False, "log_level": 0})
+                             "enable.auto.commit": False, "auto.offset.reset": "earliest", "log_level": 0})
         try:
-            partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+            partitions: list[int] = []
+            while not partitions and not self._stop.is_set():  # the topic may not be visible yet
+                metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
+                partitions = sorted(metadata.partitions) if metadata is not None and metadata.error is None else []
+                if not partitions:
+                    self._stop.wait(0.5)
             consumer.assign([TopicPartition(topic, n, OFFSET_BEGINNING) for n in partitions])
             while not self._stop.is_set():
                 for message in consumer.consume(1000, timeout=0.5):
                     if message.error() is None:
                         self.apply(message.key(), message.value())
-        except Exception:  # recommendations are optional: never take the worker down
-            log.exception("product recommendations reader stopped")
+                        self._on_read()
         finally:
             consumer.close()

@@ -44,6 +44,8 @@ def test_a_cart_e_mail_recommends_what_others_viewed_with_the_cart(broker, start
                       lambda m: any(k == b"sku-mug" and v and "sku-teapot" in v for k, v in m), timeout=90)
     [mug] = [v for k, v in recs if k == b"sku-mug"][-1:]
     assert mug[:2] == ["sku-teapot", "sku-spoon"]  # the stronger neighbour first
+    # the worker's replica of the topic is eventually consistent: wait until it has read as much
+    worker.wait_metric("mailpulse_product_recs_read_total", len(recs))
 
     # later, Ana puts the mug in her cart and leaves
     ana = [{"event_id": "a-1", "type": "identify", "timestamp": iso(T0 + 61 * MIN), "user_id": "ana",
