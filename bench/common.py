@@ -74,8 +74,10 @@ def synthetic_events(n: int, users: int = 20_000, bad_every: int = 0) -> list[by
 
 #: BENCH_MIX: ``bench`` (the default above), ``people`` (the issue's shop traffic: a person every 4
 #: events, 70% product views over 2,000 SKUs, 15% cart adds, 5% purchases, 10% identifies with an
-#: e-mail that links a new key) or ``views`` (``people`` with product views only).
-MIXES = ("bench", "people", "views")
+#: e-mail that links a new key), ``views`` (``people`` with product views only) or ``identifies``
+#: (``views`` with every tenth event an ``identify`` of that mix: an identify's cost is then
+#: (cost of ``identifies`` - 0.9 x cost of ``views``) / 0.1 per event).
+MIXES = ("bench", "people", "views", "identifies")
 
 
 def mixed_events(n: int, mix: str | None = None) -> list[bytes]:
@@ -91,7 +93,7 @@ def mixed_events(n: int, mix: str | None = None) -> list[bytes]:
     for i in range(n):
         user = f"p-{(i * 7919) % people}"
         ts = t0 + i * 50
-        r = i % 20 if mix == "people" else 0
+        r = i % 20 if mix == "people" else 19 if mix == "identifies" and i % 10 == 9 else 0
         ev: dict[str, object]
         if r < 14:
             ev = {"event_id": f"c-{i}", "type": "product_view", "timestamp": ts, "user_id": user,
