@@ -103,8 +103,25 @@ def main() -> None:
           + ", ".join(f"{good / storm.seconds:,.0f}/s = {ratio:.2f} x {clean.rate:,.0f}/s"
                       for (clean, storm), ratio in zip(storm_pairs, ratios, strict=True))
           + f"; mean {sum(ratios) / len(ratios):.2f} x (a drop of no more than the bad share: >= 0.90)")
+    if os.environ.get("BENCH_MIX", "bench") == "bench":
+        people_mix(n)
     latency_report()
     memory_report()
+
+
+def people_mix(n: int) -> None:
+    """The same three rates on the shop traffic of many people (``BENCH_MIX=people``: at most about
+    four events per person, 10% identifies linking an e-mail), where few events share a state read."""
+    events = mixed_events(n, "people")
+    with start_broker() as broker:
+        produce_all(broker.bootstrap, events)
+        raw = raw_consume_rate(broker.bootstrap, n)
+        bare = bare_faust_rate(broker, n)
+    one = pipeline_run(events, 1, n)
+    print(f"\n  people mix ({n:,} events of {n // 4:,} people): raw {raw:,.0f}/s, bare Faust {bare['rate']:,.0f}/s "
+          f"(CPU {bare['cpu']:.1f}s), 1 worker {one.rate:,.0f}/s = {one.rate / raw:.3f} x raw, "
+          f"{one.rate / bare['rate']:.2f} x bare Faust, CPU {one.cpu[0]:.1f}s = "
+          f"{one.cpu[0] / n * 1e6:.0f} us per event")
 
 
 if __name__ == "__main__":
