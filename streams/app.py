@@ -39,7 +39,7 @@ from streams.metrics import COMMIT_STAGES, WORKER_STATES, Health, Metrics, obser
 from streams.native_memory import release_free_memory
 from streams.output import FlushBeforeCommit, Output, OutputProducer
 from streams.product_recs import ProductRecs
-from streams.record_step import RecordResult, StepContext, StepIO, step_isolated
+from streams.record_step import RecordResult, StepContext, StepIO, apply_result, step_isolated
 from streams.routing import InputRecord, partition_for, route_batch
 from streams.rules.recommend import count_pairs, top_neighbours
 from streams.settings import Settings
@@ -373,8 +373,8 @@ def _profile_agent(p: Pipeline) -> Any:
     """Parks each profile's events until the watermark reaches them, then walks the profile forward
     (:func:`streams.timeline.advance`): profile snapshots, segment changes and triggers.  A thin loop
     around :func:`streams.record_step.step_isolated`: read, step, apply (stage, send, count)."""
-    settings, metrics, send = p.settings, p.metrics, p.output.send
-    table, clock_table, index = p.profile_state, p.partition_clocks, p.due_index
+    settings, metrics = p.settings, p.metrics
+    table, index = p.profile_state, p.due_index
     partitions = settings.partitions
     ctx = StepContext(
         rules=p.rules, expected_clocks=expected_clocks(p.input_partitions),
@@ -385,7 +385,7 @@ def _profile_agent(p: Pipeline) -> Any:
     latency = {name: metrics.event_latency.labels(name) for name in (names.PROFILES, names.SEGMENT_CHANGES,
                                                                      names.TRIGGERS)}
     updated, applied = metrics.profiles_written.labels("updated"), metrics.events_applied
-    block_table = p.identity_blocks
+    sink = _AgentSink(p)
 
     def due_entries() -> Any:
         for key, value in table.items_with_staged():
@@ -411,28 +411,36 @@ def _profile_agent(p: Pipeline) -> Any:
             except Exception as exc:  # not one of ours (or damaged): nothing in it can be applied
                 _internal_dead_letter(p, source, record.value, exc)
                 continue
-            clocks_key = b"clocks|%d" % partition
             result = step_isolated(entries, _reader(p, partition, now, source.arrived_ms), ctx, source)
-            for topic, key, value, target in result.sends:
-                send(topic, key, value, target)
-            if result.clocks is not None:
-                clock_table.stage(clocks_key, result.clocks, partition)
-            for kb, due, previous in result.due_changes:
-                if due is None:
-                    index.discard(partition, kb, previous)
-                else:
-                    index.push(partition, due, kb, previous)
-            for kb, value in result.state_writes:
-                table.stage(kb, value, partition)
-            for kb, value in result.block_writes:
-                block_table.stage(kb, value, partition)
+            apply_result(result, partition, sink)
             _count(p, result, latency, updated, applied)
-            # After the sends: a key that gave its profile away is written as a redirect only once
-            # the absorb carrying that profile is sent (write_staged delivers it first).
             if p.staged_count > STAGED_LIMIT:
                 p.write_staged()
 
     return profiles
+
+
+class _AgentSink:
+    """A step's result into the worker's producer, staged table writes and due index."""
+
+    def __init__(self, p: Pipeline) -> None:
+        self._p = p
+        self.send = p.output.send
+
+    def stage_state(self, key: bytes, value: bytes | None, partition: int) -> None:
+        self._p.profile_state.stage(key, value, partition)
+
+    def stage_block(self, key: bytes, value: bytes | None, partition: int) -> None:
+        self._p.identity_blocks.stage(key, value, partition)
+
+    def stage_clocks(self, value: bytes, partition: int) -> None:
+        self._p.partition_clocks.stage(b"clocks|%d" % partition, value, partition)
+
+    def push_due(self, partition: int, due: int, key: bytes, previous: int | None) -> None:
+        self._p.due_index.push(partition, due, key, previous)
+
+    def discard_due(self, partition: int, key: bytes, previous: int | None) -> None:
+        self._p.due_index.discard(partition, key, previous)
 
 
 def _reader(p: Pipeline, partition: int, now: int, arrived_ms: int) -> Any:

@@ -17,7 +17,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -104,6 +104,42 @@ class RecordResult:
     unknown: list[str] = field(default_factory=list)  # internal message types this version does not know
     #: (stage, exception class) of each failure left out, in order; their dead letters are in ``sends``.
     failures: list[tuple[str, str]] = field(default_factory=list)
+
+
+class RecordSink(Protocol):
+    """Where one record's result goes: the agent's producer, tables and due index, or a test's."""
+
+    def send(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None) -> None: ...
+
+    def stage_state(self, key: bytes, value: bytes | None, partition: int) -> None: ...
+
+    def stage_block(self, key: bytes, value: bytes | None, partition: int) -> None: ...
+
+    def stage_clocks(self, value: bytes, partition: int) -> None: ...
+
+    def push_due(self, partition: int, due: int, key: bytes, previous: int | None) -> None: ...
+
+    def discard_due(self, partition: int, key: bytes, previous: int | None) -> None: ...
+
+
+def apply_result(result: RecordResult, partition: int, sink: RecordSink) -> None:
+    """What the profile agent does with a step's result, in its order: the sends, then the clocks,
+    the due index, the states and the blocks.  (A key that gave its profile away is written as a
+    redirect only once the absorb carrying that profile is sent: the writes are staged, and the
+    stage is written after the sends are delivered.)"""
+    for topic, key, value, target in result.sends:
+        sink.send(topic, key, value, target)
+    if result.clocks is not None:
+        sink.stage_clocks(result.clocks, partition)
+    for kb, due, previous in result.due_changes:
+        if due is None:
+            sink.discard_due(partition, kb, previous)
+        else:
+            sink.push_due(partition, due, kb, previous)
+    for kb, value in result.state_writes:
+        sink.stage_state(kb, value, partition)
+    for kb, value in result.block_writes:
+        sink.stage_block(kb, value, partition)
 
 
 class _Cache(dict[str, Any]):
