@@ -38,6 +38,7 @@ class Effects:
     blocks_skipped: int = 0
     limited: list[str] = field(default_factory=list)  # kinds whose identity limit kept two apart
     matches_dropped: int = 0  # possible matches dropped past possible_matches.MOST
+    seen_dropped: int = 0  # event ids forgotten past profile.MOST_SEEN
     unknown: str | None = None  # an internal message type this version does not know (skipped)
 
 
@@ -87,7 +88,7 @@ def _on_event(states: MutableMapping[str, State | None], key: str, state: State 
         return Effects(send=[(state["merged_into"], event)])
     was_live = graph.is_live(state)
     got = receive(state, key, event, watermark, rules)
-    effects = Effects(outcome=got.outcome, late=got.late)
+    effects = Effects(outcome=got.outcome, late=got.late, seen_dropped=got.seen_dropped)
     if got.outcome == "erased":
         assert got.state is not None
         marker = got.state

@@ -240,7 +240,15 @@ def repeated(state: State, event: Event) -> bool:
     return seen_from is not None and event["ts"] < seen_from
 
 
-def remember(state: State, event: Event, retention_ms: int) -> bool:
+#: The most event ids a profile holds for exact dedupe, whatever the retention: past it the oldest
+#: are forgotten (counted as ``seen`` in ``mailpulse_profile_entries_dropped_total``) and the
+#: forgotten window's horizon moves up to them, so a replay of one of them still counts as a repeat.
+#: A person's real traffic keeps tens to hundreds within the retention; a bot or a replay loop
+#: under one id would otherwise grow the state towards the broker's message limit.
+MOST_SEEN = 2_000
+
+
+def remember(state: State, event: Event, retention_ms: int, dropped: Dropped | None = None) -> bool:
     """Exact dedupe: records the event id; False when it was seen before (then nothing else happens)."""
     seen = state["seen"]
     event_id = event["event_id"]
@@ -251,9 +259,24 @@ def remember(state: State, event: Event, retention_ms: int) -> bool:
         # Amortized: a scan per 32 new ids, not per event (a busy person keeps hundreds within the
         # retention, and each of their events scanned them all); the map overshoots by < 32.
         horizon = _prune_seen(seen, max(seen.values()), retention_ms)
+        if len(seen) > MOST_SEEN:
+            horizon = max(horizon or 0, _trim_seen(seen, MOST_SEEN - 32, dropped))
         if horizon is not None and horizon > state.get(SEEN_FROM, horizon - 1):
             state[SEEN_FROM] = horizon
     return True
+
+
+def _trim_seen(seen: dict[str, int], keep: int, dropped: Dropped | None) -> int:
+    """Forgets all but the ``keep`` newest ids (with every id stamped at the same time as the newest
+    one forgotten); the horizon after them."""
+    times = sorted(seen.values())
+    horizon = times[len(times) - keep - 1] + 1
+    old = [e for e, t in seen.items() if t < horizon]
+    for event_id in old:
+        del seen[event_id]
+    if dropped is not None:
+        dropped["seen"] = dropped.get("seen", 0) + len(old)
+    return horizon
 
 
 def fold_event(profile: dict[str, Any], event: Event, linked: Container[str] | None = None,

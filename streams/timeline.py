@@ -91,6 +91,7 @@ class Received:
     state: State | None
     outcome: str  # "processed" | "duplicate" | "erased" | "forgotten" (older than the profile's erasure)
     late: bool = False
+    seen_dropped: int = 0  # event ids forgotten past profile.MOST_SEEN
 
 
 def ensure_rule_state(state: State) -> State:
@@ -135,11 +136,12 @@ def receive(state: State | None, key: str, event: dict[str, Any], watermark: int
             state["erased_at"] = erased_at
     else:
         state = ensure_rule_state(state)
-    remember(state, event, rules.retention_ms)
+    dropped: dict[str, int] = {}
+    remember(state, event, rules.retention_ms, dropped)
     entry = [event["ts"], KIND_ORDER.get(event["kind"], 9), event["event_id"], event]
     bisect.insort(state["pending"], entry, key=lambda e: (e[0], e[1], e[2]))
     late = watermark is not None and event["ts"] < watermark
-    return Received(state, "processed", late)
+    return Received(state, "processed", late, dropped.get("seen", 0))
 
 
 def next_due(state: State) -> int | None:

@@ -91,6 +91,25 @@ def test_dedupe_memory_is_bounded_by_retention() -> None:
     assert len(state["seen"]) <= 7 * 10 + 64 + 1
 
 
+def test_dedupe_memory_is_bounded_by_count_and_a_forgotten_id_still_counts_as_a_repeat() -> None:
+    """A bot under one id, 10,000 events in an hour (all within the retention): the state keeps at most
+    MOST_SEEN ids, the rest are counted, and an old one sent again is still a repeat."""
+    from streams.profile import MOST_SEEN, remember, repeated
+
+    state = apply_event(None, "u:u-1", ev("v0", "page_view", T0), RET).state
+    assert state is not None
+    dropped: dict[str, int] = {}
+    for n in range(1, 10_000):
+        event = ev(f"v{n}", "page_view", T0 + n * 360)
+        assert not repeated(state, event)
+        assert remember(state, event, RET, dropped)
+    assert MOST_SEEN - 32 <= len(state["seen"]) <= MOST_SEEN + 32
+    assert dropped["seen"] == 10_000 - len(state["seen"])
+    assert repeated(state, ev("v5", "page_view", T0 + 5 * 360))  # forgotten, still not counted twice
+    assert repeated(state, ev("v9999", "page_view", T0 + 9999 * 360))  # held
+    assert not repeated(state, ev("new", "page_view", T0 + 10_000 * 360))
+
+
 def test_erase_removes_the_profile() -> None:
     state = apply_event(None, "u:u-1", HISTORY[0], RET).state
     gone = apply_event(state, "u:u-1", ev("x1", "erase", T0 + 1), RET)

@@ -25,7 +25,7 @@ from streams import topics as names
 from streams.config import PipelineConfig
 from streams.dispatch import run_locally
 from streams.ingest import IngestPolicy, Source
-from streams.record_step import StepContext, StepIO, apply_result, step_isolated
+from streams.record_step import MAX_VALUE_BYTES, StepContext, StepIO, apply_result, step_isolated
 from streams.routing import InputRecord, partition_for, route_batch
 from streams.timeline import RuleSet
 from streams.tools.generate import generate_history
@@ -268,3 +268,27 @@ def test_keys_stay_in_their_partition(history: tuple[list[Any], Any]) -> None:
     hop = run(raw, 1, rollbacks=True)
     for partition, tables in enumerate(hop.tables):
         assert all(partition_for(key.decode(), PARTITIONS) == partition for key in tables["states"])
+
+
+def test_a_profile_fed_far_past_its_dedupe_bound_keeps_committing_and_counts_the_drops() -> None:
+    """3,000 events of one person in one record: the step succeeds, the stored state stays small, and
+    what the bound dropped is in the result (``mailpulse_profile_entries_dropped_total{collection="seen"}``)."""
+    t0 = parse_timestamp("2026-03-01T10:00:00Z")
+    raw = [{"event_id": f"v{n}", "type": "page_view", "timestamp": t0 + n * 1000, "user_id": "bot"}
+           for n in range(3000)]
+    hop = Hop()
+    records = internal_records(raw, random.Random(0), clocks=False)
+    entries = [entry for _, record in records for entry in orjson.loads(record)]
+    [partition] = {p for p, _ in records}
+    tables = hop.tables[partition]
+    io = StepIO(partition, lambda key: None if (v := tables["states"].get(key.encode())) is None else orjson.loads(v),
+                lambda key: None, {}, lambda upto: set(), NOW, NOW)
+    result = step_isolated(entries, lambda: io, CTX, Source(CTX.events_topic, partition, 0, None, NOW))
+    assert not result.failures
+    apply_result(result, partition, hop)
+    [(_key, value)] = tables["states"].items()
+    state = orjson.loads(value)
+    # 1,000 parked events (timeline.MOST_PARKED, the rest released early) and 2,000 ids: far below the limit
+    assert len(state["seen"]) <= 2000 + 32 and len(state["pending"]) <= 1000 and len(value) < MAX_VALUE_BYTES / 3
+    assert result.entries_dropped["seen"] == 3000 - len(orjson.loads(value)["seen"])
+    assert result.outcomes["clicks", "duplicate"] == 150  # the 5% the ingest forwarded twice
