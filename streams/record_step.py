@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 #: A state or output value larger than this is not written: its profile is treated as failing (a
 #: broker refuses records over 1 MB by default, and the commit path must never meet one).
 MAX_VALUE_BYTES = 900_000
+#: A live state larger than this releases its parked events at once (folded, as past
+#: ``timeline.MOST_PARKED``, counted in ``released_early``): parked events are what can make a
+#: bounded state big (up to 1,000 input messages of up to 64 KiB each), and folding them shrinks it.
+SOFT_STATE_BYTES = MAX_VALUE_BYTES // 3
 #: The most of an internal entry a ``processing_error`` dead letter carries as ``raw``.
 MAX_RAW_CHARS = 64 * 1024
 
@@ -263,7 +267,14 @@ def _advance_one(key: str, states: _Cache, blocks: _Cache, changed: bool, republ
     publish = out.changed or republish
     if publish:
         state["published"] = True  # a later merge or erase then tombstones it
-    _write(kb, state, result)
+
+    def release_parked() -> None:
+        out.extend(advance(state, now_wm, ctx.rules, now, io.neighbours_of, most_parked=0))
+        if out.changed:
+            state["published"] = True
+
+    _write(kb, state, result, release_parked)
+    publish = out.changed or republish
     result.released += len(out.released)
     for product, other, weight in out.pairs:
         pairs.setdefault(product, []).append([other, weight])
@@ -290,19 +301,29 @@ def _advance_one(key: str, states: _Cache, blocks: _Cache, changed: bool, republ
     result.deferred += out.deferred
 
 
-def _write(kb: bytes, state: dict[str, Any], result: RecordResult) -> None:
-    """Stages ``state`` with its next due time first (the due index reads it from there)."""
+def _write(kb: bytes, state: dict[str, Any], result: RecordResult,
+           release_parked: Callable[[], None] | None = None) -> None:
+    """Stages ``state`` with its next due time first (the due index reads it from there).  A live
+    state over :data:`SOFT_STATE_BYTES` with parked events calls ``release_parked`` and is encoded
+    again."""
     live = "profile" in state
-    due = next_due(state) if live else None
     previous = state.get("due")  # what the index holds for this key
-    if due != previous:
-        result.due_changes.append((kb, due, previous))
-        state["due"] = due
     if not live:
         state.pop("due", None)  # a redirect or erasure marker keeps nothing but its key's fate
-        result.state_writes.append((kb, _encoded(state)))
+        data = _encoded(state)
+        due = None
     else:
-        result.state_writes.append((kb, _encoded(due_first(state))))
+        state["due"] = due = next_due(state)
+        data = orjson.dumps(due_first(state))
+        if len(data) > SOFT_STATE_BYTES and state.get("pending") and release_parked is not None:
+            release_parked()
+            state["due"] = due = next_due(state)
+            data = orjson.dumps(due_first(state))
+        if len(data) > MAX_VALUE_BYTES:
+            raise ValueError(f"value of {len(data)} bytes over the limit of {MAX_VALUE_BYTES}")
+    if due != previous:
+        result.due_changes.append((kb, due, previous))
+    result.state_writes.append((kb, data))
 
 
 def _route_outbox(outbox: list[tuple[str, str, dict[str, Any]]], ctx: StepContext, result: RecordResult) -> None:

@@ -85,6 +85,23 @@ class Outputs:
     dropped: dict[str, int] = field(default_factory=dict)  # entries a bound of profile.MOST_ENTRIES kept out
     released_early: int = 0  # parked events applied before the watermark (past MOST_PARKED)
 
+    def extend(self, later: Outputs) -> None:
+        """Adds what a second :func:`advance` of the same profile produced."""
+        self.changed |= later.changed
+        self.steps += later.steps
+        self.segment_changes += later.segment_changes
+        self.triggers += later.triggers
+        self.scores += later.scores
+        self.suppressed += later.suppressed
+        self.deferred += later.deferred
+        self.released += later.released
+        self.pairs += later.pairs
+        if later.cart is not DERIVE:
+            self.cart = later.cart
+        for collection, count in later.dropped.items():
+            self.dropped[collection] = self.dropped.get(collection, 0) + count
+        self.released_early += later.released_early
+
 
 @dataclass(frozen=True, slots=True)
 class Received:
@@ -218,20 +235,21 @@ def _first_timer(timers: dict[str, list[Any]]) -> tuple[str | None, int | None]:
 
 
 def advance(state: State, watermark: int | None, rules: RuleSet, now_ms: int,
-            neighbours_of: NeighboursOf = _no_neighbours) -> Outputs:
+            neighbours_of: NeighboursOf = _no_neighbours, most_parked: int = MOST_PARKED) -> Outputs:
     """Walks the profile forward to ``watermark``: releases parked events and fires due timers, in
     event-time order, evaluating segments after each step.  Mutates ``state``.  ``neighbours_of``
-    looks up a product's published top neighbours (for the payload's recommendations)."""
+    looks up a product's published top neighbours (for the payload's recommendations).  Past
+    ``most_parked`` parked events the oldest are released early (0: all of them)."""
     out = Outputs()
     if "profile" not in state:
         return out
     pending_now = state.get("pending") or ()
-    if len(pending_now) > MOST_PARKED:
+    if len(pending_now) > most_parked:
         # the watermark is held back (an input partition carries nothing): this profile may not park
         # without bound, so its oldest events are applied as if the watermark had reached them
-        forced = pending_now[len(pending_now) - MOST_PARKED - 1][0]
+        forced = pending_now[len(pending_now) - most_parked - 1][0]
         if watermark is None or forced > watermark:
-            out.released_early = len(pending_now) - MOST_PARKED
+            out.released_early = len(pending_now) - most_parked
             watermark = forced
     if watermark is None:
         return out

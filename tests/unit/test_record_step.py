@@ -292,3 +292,34 @@ def test_a_profile_fed_far_past_its_dedupe_bound_keeps_committing_and_counts_the
     assert len(state["seen"]) <= 2000 + 32 and len(state["pending"]) <= 1000 and len(value) < MAX_VALUE_BYTES / 3
     assert result.entries_dropped["seen"] == 3000 - len(orjson.loads(value)["seen"])
     assert result.outcomes["clicks", "duplicate"] == 150  # the 5% the ingest forwarded twice
+
+
+def test_a_profile_whose_parked_events_grow_large_folds_them_instead_of_failing() -> None:
+    """Parked events are bounded by count (1,000), but 1,000 input messages of up to 64 KiB would be
+    far over a broker's message limit: past a third of the limit the state folds its parked events
+    early (counted), and every event is processed, none dead-lettered."""
+    t0 = parse_timestamp("2026-03-01T10:00:00Z")
+    raw = [{"event_id": f"s{n}", "type": "search", "timestamp": t0 + n * 1000, "user_id": "big",
+            "query": "q" * 1000, "context": {f"k{i}": "v" * 200 for i in range(20)}} for n in range(300)]
+    hop = Hop()
+    records = internal_records(raw, random.Random(0), clocks=False)
+    for partition, record in records:
+        hop.log[partition].append(record)
+    [partition] = {p for p, _ in records}
+    released_early = 0
+    while hop.unread():
+        tables = hop.tables[partition]
+        io = StepIO(partition, lambda key: None if (v := tables["states"].get(key.encode())) is None
+                    else orjson.loads(v), lambda key: None, {}, lambda upto: set(), NOW, NOW)
+        value = hop.log[partition][hop.position[partition]]
+        hop.position[partition] += 1
+        result = step_isolated(orjson.loads(value), lambda io=io: io, CTX,  # type: ignore[misc]
+                               Source(CTX.events_topic, partition, 0, None, NOW))
+        assert not result.failures
+        apply_result(result, partition, hop)
+        released_early += result.released_early
+    state = orjson.loads(hop.tables[partition]["states"][b"u:big"])
+    assert released_early > 0 and len(state["pending"]) < 300
+    assert len(hop.tables[partition]["states"][b"u:big"]) < MAX_VALUE_BYTES
+    assert state["profile"]["aggregates"]["event_counts"]["search"] + len(state["pending"]) == 300
+    assert not hop.outputs.get(names.DEAD_LETTER)
