@@ -98,6 +98,10 @@ class Settings(BaseSettings):
                                   "delivery-failed.")
     deliver_backoff_s: float = Field(default=1.0, gt=0, description="MAILPULSE_DELIVER_BACKOFF_S: first retry "
                                      "wait; doubled each time, with jitter.")
+    deliver_ledger_days: float = Field(
+        default=30.0, gt=0, description="MAILPULSE_DELIVER_LEDGER_DAYS: trigger ids delivered longer ago are "
+        "forgotten (checked hourly); keep it above the triggers topic's retention (7 days by default), or a "
+        "trigger read again after that would be sent again.")
     deliver_port: int = Field(default=9110, description="MAILPULSE_DELIVER_PORT: deliver's /metrics, /healthz "
                               "and /unsubscribe.")
     unsubscribe_url: str | None = Field(

@@ -1,7 +1,11 @@
 """The deliver state, in RocksDB (rocksdict): which trigger ids were delivered (or failed, or were
 being sent when the process stopped), the triggers held until their ``send_at``, and who
 unsubscribed.  Every write goes to RocksDB's log before the Kafka offset is committed, so a restart
-neither sends twice nor forgets a held trigger."""
+neither sends twice nor forgets a held trigger.
+
+Keys: ``d:<trigger id>`` the outcome; ``t:<first marked, ms>:<trigger id>`` the same ids by age, so
+that :meth:`Ledger.prune` forgets the oldest without a scan; ``h:<send_at, ms>:<trigger id>`` held
+triggers; ``u:``/``ue:`` unsubscribed profile ids and addresses (kept); ``k:`` the link secret."""
 
 from __future__ import annotations
 
@@ -20,6 +24,10 @@ class Ledger:
     def __init__(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.db = rocksdict.Rdict(str(folder / "ledger"))
+        if self.db.get(b"k:aged") is None:  # a ledger from before the age index: index what it holds
+            for key in list(self._keys(b"d:")):
+                self.db[b"t:%013d:" % max(orjson.loads(self._get(key)).get("at", 0), 0) + key[2:]] = b""
+            self.db[b"k:aged"] = b"1"
         self.entries = sum(1 for _ in self._keys(b"d:"))
         self.held = sum(1 for _ in self._keys(b"h:"))
 
@@ -53,7 +61,23 @@ class Ledger:
         key = b"d:" + trigger_id.encode()
         if self.db.get(key) is None:
             self.entries += 1
+            self.db[b"t:%013d:" % max(at_ms, 0) + trigger_id.encode()] = b""
         self.db[key] = orjson.dumps({"state": state, "at": at_ms, **extra})
+
+    def prune(self, before_ms: int) -> int:
+        """Forgets the trigger ids first marked before ``before_ms``; how many.  (A trigger read
+        again after that would be delivered again: the retention must exceed the triggers topic's.)"""
+        old = []
+        for key in self._keys(b"t:"):
+            if int(key[2:15]) >= before_ms:
+                break
+            old.append(key)
+        for key in old:
+            del self.db[key]
+            if self.db.get(b"d:" + key[16:]) is not None:
+                del self.db[b"d:" + key[16:]]
+                self.entries -= 1
+        return len(old)
 
     def interrupted(self) -> list[str]:
         """Trigger ids whose sending was under way when the process stopped."""

@@ -96,6 +96,14 @@ class Deliverer:
             self.metrics.held.set(self.ledger.held)
         return released
 
+    def prune(self) -> int:
+        """Forgets trigger ids older than the ledger's retention; how many."""
+        pruned = self.ledger.prune(self.now_ms() - int(self.settings.deliver_ledger_days * 86_400_000))
+        if pruned:
+            self.metrics.ledger_pruned.inc(pruned)
+            self.metrics.ledger_entries.set(self.ledger.entries)
+        return pruned
+
     def fail_interrupted(self) -> None:
         """Ids left ``sending`` by a process that stopped mid-send: at most once, so not sent again."""
         for trigger_id in self.ledger.interrupted():
@@ -276,7 +284,11 @@ def run_deliver(settings: Settings, dry_run: Path | None, stop: threading.Event,
                  f"on http://{settings.metrics_host}:{port}; state in {folder}")
         deliverer.fail_interrupted()
         consumer.subscribe([TRIGGERS])
+        pruned_at = 0.0
         while not stop.is_set():
+            if time.monotonic() - pruned_at > 3600 or not pruned_at:
+                deliverer.prune()
+                pruned_at = time.monotonic()
             batch = consumer.consume(num_messages=200, timeout=0.5)
             for message in batch:
                 error = message.error()

@@ -1,0 +1,60 @@
+"""The delivery ledger is bounded: trigger ids older than the retention are forgotten, oldest first,
+without a scan of the rest, and counted; held triggers and unsubscribes are kept."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+
+from streams.deliver.ledger import SENT, Ledger
+from streams.deliver.service import Deliverer
+from streams.deliver.targets import DryRun
+from streams.metrics import DeliverMetrics
+from streams.settings import Settings
+
+from .test_service import Recorder
+
+DAY = 86_400_000
+NOW = 1_800_000_000_000
+
+
+def test_prune_forgets_the_ids_marked_before_the_cut_and_nothing_else(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path)
+    for n in range(10):
+        ledger.mark(f"t-{n}", SENT, NOW - (10 - n) * DAY)
+    ledger.mark("t-3", SENT, NOW)  # marked again later: its age is its first mark
+    ledger.hold(NOW + DAY, "t-held", b"{}")
+    ledger.unsubscribe("p-1", "ana@example.com", NOW - 100 * DAY)
+
+    assert ledger.prune(NOW - 5 * DAY) == 5
+    assert [n for n in range(10) if ledger.outcome(f"t-{n}") is not None] == [5, 6, 7, 8, 9]
+    assert ledger.entries == 5 and ledger.held == 1
+    assert ledger.unsubscribed("p-1", "ana@example.com")
+    assert ledger.prune(NOW - 5 * DAY) == 0
+    ledger.close()
+    again = Ledger(tmp_path)
+    assert again.entries == 5 and again.prune(NOW + 1) == 5 and again.entries == 0
+
+
+def test_a_ledger_written_before_the_age_index_is_indexed_once_when_opened(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path)
+    for n in range(4):  # as the version before wrote them: the outcome only
+        ledger.db[f"d:old-{n}".encode()] = orjson.dumps({"state": SENT, "at": NOW - (4 - n) * DAY})
+    del ledger.db[b"k:aged"]
+    ledger.close()
+    ledger = Ledger(tmp_path)
+    assert ledger.entries == 4
+    assert ledger.prune(NOW - 2 * DAY) == 2
+    assert ledger.outcome("old-0") is None and ledger.outcome("old-3") is not None
+
+
+def test_the_deliverer_prunes_past_its_setting_and_counts_it(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "state")
+    for n in range(6):
+        ledger.mark(f"t-{n}", SENT, NOW - n * DAY)
+    metrics = DeliverMetrics()
+    deliverer = Deliverer(DryRun(tmp_path / "out"), ledger, None, Recorder(), metrics,  # type: ignore[arg-type]
+                          Settings(deliver_ledger_days=2.5), "http://u", b"k" * 32, now_ms=lambda: NOW)
+    assert deliverer.prune() == 3
+    assert metrics.ledger_pruned._value.get() == 3 and metrics.ledger_entries._value.get() == 3
