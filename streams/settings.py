@@ -76,6 +76,10 @@ class Settings(BaseSettings):
         default=None, description="MAILPULSE_MODELS_DIR: the models to score profiles with (a `mailpulse train` "
         "output directory); unset: the models shipped in models/shipped.",
     )
+    identity_model: Path | None = Field(
+        default=None, description="MAILPULSE_IDENTITY_MODEL: a fitted identity model (`mailpulse resolve "
+        "--save-model`) that fuzzy matching scores with; unset: the shipped one.",
+    )
     batch_within_s: float = Field(default=0.02, gt=0, description="MAILPULSE_BATCH_WITHIN_S: max batch wait.")
 
     # --- mailpulse deliver (the reference ESP connector) ---

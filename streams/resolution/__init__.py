@@ -1,7 +1,9 @@
 """Identity resolution (issue 3): exact merges through shared identifiers, fuzzy merges of identify records.
 
-Pure and deterministic: plain data in, plain data out, no module-level state. See
-:mod:`streams.resolution.resolver` for the design, :mod:`.scoring` for the pair score,
+Pure and deterministic: plain data in, plain data out; the only module-level state is the shipped
+model, read once from ``default_model.json`` on first use, and bounded caches of pure functions. See
+:mod:`streams.resolution.resolver` for the design, :mod:`.scoring` for the pair score, :mod:`.compare`
+for the comparison levels, :mod:`.model` for the Fellegi-Sunter model and its EM fit,
 :mod:`.normalize` for the canonical forms of traits and :mod:`.blocks` for the stream's per-block fuzzy step.
 """
 
@@ -13,6 +15,7 @@ from streams.resolution.blocks import (
     person_from_record,
     person_record,
 )
+from streams.resolution.model import Model, default_model, fit_model
 from streams.resolution.resolver import (
     MAX_BLOCK,
     MERGE_THRESHOLD,
@@ -21,6 +24,7 @@ from streams.resolution.resolver import (
     Resolution,
     Resolver,
     blocking_keys,
+    candidate_pairs,
     identifier_keys,
     representative,
     resolve_all,
@@ -34,13 +38,17 @@ __all__ = [
     "POSSIBLE_THRESHOLD",
     "BatchResult",
     "BlockOutcome",
+    "Model",
     "Person",
     "Resolution",
     "Resolver",
     "block_keys",
     "blocking_keys",
+    "candidate_pairs",
+    "default_model",
     "drop_member",
     "evidence",
+    "fit_model",
     "identifier_keys",
     "on_block_message",
     "person_from_record",

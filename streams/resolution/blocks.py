@@ -15,7 +15,8 @@ lives in a partitioned table, so the fuzzy part is split by block.
 Every pair of members of a block is scored exactly when the later of the two arrives, against the other's
 record as stored at that moment. So for messages with distinct profile keys the union of reported links
 does not depend on arrival order, as long as the block never holds more than ``max_block`` members (then
-it equals the pairs the batch resolver would link in that block). Pure functions; no state of their own.
+it equals the links the batch resolver finds in that block; the batch also keeps two clusters apart when
+a link between them is unsound, which a block cannot see). Pure functions; no state of their own.
 """
 
 from __future__ import annotations

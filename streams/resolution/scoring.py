@@ -1,18 +1,22 @@
-"""Field-aware match score of two identify records, in [0, 1].
+"""Match probability of two identify records, in [0, 1]: a learned Fellegi-Sunter model and a few rules.
 
-The score is a Fellegi-Sunter style sum of per-field evidence (in bits: log2 of how much more likely
-the observed agreement is for the same person than for two different people), plus a prior, squashed
-with a logistic: ``score = 1 / (1 + 2 ** -(PRIOR_BITS + sum(field bits)))``.
-
-* names: Jaro-Winkler per part, given names also through the nickname table, first/last swapped
-  tried too (the better reading counts, minus a small penalty);
-* birthday: exact, day/month swapped, or one digit off (a typo) count for, anything else strongly against;
-* postcode exact or same 3-character prefix; city Jaro-Winkler; street ``token_set_ratio`` on the
-  street name plus an exact house number;
-* a shared e-mail local part with another domain is good evidence; an equal normalized e-mail or
-  phone number is decisive (score 1.0) -- those are exact merges in the identity graph anyway;
-* a field missing on either side adds 0 bits: it neither helps nor hurts. Disagreeing addresses cost
-  little (people move), disagreeing birthdays cost a lot.
+* :func:`.compare.compare` gives each field a comparison level (exact, one typo, Jaro-Winkler bands,
+  spaces or word order ignored, names crossed, day and month transposed, one digit off, missing, ...);
+* the model (:mod:`.model`, shipped as ``default_model.json``) turns the levels into the probability
+  that the two records are one person: ``m`` and ``u`` probabilities per level, learned from data, with
+  latent classes for people who moved and for households;
+* an equal normalized e-mail address or phone number is decisive (1.0) -- those are exact merges in the
+  identity graph anyway;
+* **not enough to merge**: agreements that strangers reach in a large population, however the model
+  scores them, are capped at :data:`UNSPECIFIC_MAX` (a possible match at most under the default
+  thresholds), see :func:`capped`: family name and address alone (a household); names without an
+  agreeing birthday (exact, or day and month transposed), street or postcode (a name in a town, or with
+  a birthday one digit off); a given name and a birthday without a family name or an address; names
+  and a neighbouring house number (one digit off) without a birthday. A shared e-mail local part lifts
+  each of these;
+* **one household**: a pair the model places in one household with probability >= :data:`HOUSEHOLD_SURE`
+  whose birthdays are not known to differ scores at least :data:`HOUSEHOLD_SCORE`, so it is kept as a
+  possible match (for a person to look at) rather than dropped.
 
 :class:`Person` is plain data derived from one accepted identify event (see :func:`person_of`).
 """
@@ -22,47 +26,35 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from rapidfuzz.distance import OSA, JaroWinkler
-from rapidfuzz.fuzz import token_set_ratio
-
 from streams.resolution import normalize as norm
+from streams.resolution.compare import (
+    BIRTHDAY,
+    EMAIL,
+    FAMILY,
+    FIELDS,
+    GIVEN,
+    HOUSE,
+    LEVELS,
+    MISSING,
+    POSTCODE,
+    STREET,
+    compare,
+)
+from streams.resolution.model import Model, default_model
 
-# --- evidence in bits (documented defaults; tuned on `make eval-identity`) ---------------------------
-PRIOR_BITS = -9.0            # two records of one block are, a priori, rarely the same person
-LAST_EXACT = 5.0             # Jaro-Winkler >= 0.97
-LAST_CLOSE = 3.5             # >= 0.90, or one typo (OSA distance 1) in names of 4+ letters
-LAST_NEAR = 1.0              # >= 0.82
-LAST_DIFF = -5.0
-FIRST_EXACT = 3.5            # equal, or equal after nickname canonicalization (Bob = Robert)
-FIRST_CLOSE = 2.5            # Jaro-Winkler >= 0.90, or one typo in names of 4+ letters
-FIRST_NEAR = 0.5             # >= 0.82
-FIRST_INITIAL = 1.0          # "R" vs "Robert"
-FIRST_DIFF = -4.0
-SWAP_PENALTY = 1.5           # first and last name swapped (both compared on the family-name scale)
-BIRTHDAY_EXACT = 7.0
-BIRTHDAY_SWAPPED = 4.0       # day and month swapped (US vs European order)
-BIRTHDAY_TYPO = 2.0          # one digit off
-BIRTHDAY_DIFF = -7.0
-POSTCODE_EXACT = 3.0
-POSTCODE_PREFIX = 1.0        # same first 3 characters
-POSTCODE_DIFF = -0.5
-CITY_SAME = 1.0              # Jaro-Winkler >= 0.90
-CITY_DIFF = -0.5
-STREET_EXACT = 4.0           # street name token_set_ratio >= 85 and the same house number
-STREET_NO_NUMBER = 1.5       # street name matches, a house number is missing
-STREET_OTHER_NUMBER = 0.0    # same street, another house number
-STREET_DIFF = -0.5
-EMAIL_LOCAL = 4.0            # same e-mail local part at another domain
-GENDER_DIFF = -4.0
-# Family name and address alone identify a household, not a person: without a comparable given name,
-# birthday or e-mail local part the score is capped here (a possible match under the default thresholds).
+# Agreements strangers reach (a household, a name in a town, ...; see capped()): the score is capped here.
 UNSPECIFIC_MAX = 0.8
+# A pair surely of one household (P(one person or one household) >= HOUSEHOLD_SURE) whose birthdays do
+# not differ is a possible match at least, with this score (the default possible-match threshold).
+HOUSEHOLD_SURE = 0.9
+HOUSEHOLD_SCORE = 0.5
 
 _GENERIC_LOCALS = frozenset({"info", "contact", "mail", "email", "office", "admin", "hello", "kontakt", "test",
                              "noreply", "no-reply", "support", "service"})
-
-_jw = JaroWinkler.normalized_similarity
-_osa = OSA.distance
+_BIRTHDAY_DIFFERS = (LEVELS["birthday"].index("year"), LEVELS["birthday"].index("different"))
+_BIRTHDAY_AGREES = (LEVELS["birthday"].index("exact"), LEVELS["birthday"].index("day_month"))
+_SHARED = LEVELS["email"].index("shared")
+_HOUSE_NEAR = LEVELS["house"].index("near")
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,126 +100,56 @@ def person_of(event: dict[str, Any]) -> Person:
         emails=frozenset(emails), phones=frozenset(phones), locals=frozenset(locals_))
 
 
-def _given(a: str, a_canon: str, b: str, b_canon: str) -> float:
-    if not a or not b:
-        return 0.0
-    if a_canon == b_canon:
-        return FIRST_EXACT
-    if len(a) == 1 or len(b) == 1:
-        return FIRST_INITIAL if a[0] == b[0] else FIRST_DIFF
-    sim = _jw(a, b)
-    if a_canon != a or b_canon != b:
-        sim = max(sim, _jw(a_canon, b_canon))
-    return _graded(a, b, sim, FIRST_EXACT, FIRST_CLOSE, FIRST_NEAR, FIRST_DIFF)
+def capped(levels: tuple[int, ...]) -> bool:
+    """Whether the pair is one of the agreements strangers reach (see the module): then the score is
+    capped at :data:`UNSPECIFIC_MAX`, whatever the model says."""
+    shared_local = levels[EMAIL] == _SHARED
+    address = bool(levels[POSTCODE] or levels[STREET])
+    if not (levels[GIVEN] or levels[BIRTHDAY] or shared_local):
+        return True  # a household: family name and address only
+    if not (levels[BIRTHDAY] in _BIRTHDAY_AGREES or shared_local or address):
+        return True  # a name in a town, or with a birthday one digit off
+    if not (levels[FAMILY] or address or shared_local):
+        return True  # a given name and a birthday
+    # names and a neighbour's house number, no birthday to tell neighbours apart
+    return levels[BIRTHDAY] == MISSING and not shared_local and levels[HOUSE] == _HOUSE_NEAR
 
 
-def _graded(a: str, b: str, sim: float, exact: float, close: float, near: float, diff: float) -> float:
-    """The evidence of two names by Jaro-Winkler ``sim``: >= 0.97 exact, >= 0.90 or one typo close,
-    >= 0.82 near, else different (given and family names differ only in the bits)."""
-    if sim >= 0.97:
-        return exact
-    if sim >= 0.90 or _one_typo(a, b):
-        return close
-    return near if sim >= 0.82 else diff
+def score_levels(levels: tuple[int, ...], model: Model) -> float:
+    """:func:`score` of a pair from its comparison levels (no identifier shared)."""
+    person, household = model.probabilities(levels)
+    result = person
+    if capped(levels):
+        result = min(result, UNSPECIFIC_MAX)
+    if result < HOUSEHOLD_SCORE and household >= HOUSEHOLD_SURE and levels[BIRTHDAY] not in _BIRTHDAY_DIFFERS:
+        result = HOUSEHOLD_SCORE
+    return result
 
 
-def _one_typo(a: str, b: str) -> bool:
-    """One substitution, insertion, deletion or swap of neighbours, in names long enough for it to say much."""
-    return len(a) >= 4 and len(b) >= 4 and abs(len(a) - len(b)) <= 1 and _osa(a, b, score_cutoff=1) <= 1
+def evidence(a: Person, b: Person, model: Model | None = None) -> dict[str, float]:
+    """The evidence of each field in bits (``log2(m / u)`` of its level) and the resulting probabilities,
+    for explanations and tests; ``inf`` marks a decisive identifier.
 
-
-def _family(a: str, b: str) -> float:
-    if not a or not b:
-        return 0.0
-    if a == b:
-        return LAST_EXACT
-    return _graded(a, b, _jw(a, b), LAST_EXACT, LAST_CLOSE, LAST_NEAR, LAST_DIFF)
-
-
-def _cross(a: str, b: str) -> float:
-    """A name part against the other record's other part (swapped names): family scale, initials allowed."""
-    if (len(a) == 1 or len(b) == 1) and a and b:
-        return FIRST_INITIAL if a[0] == b[0] else FIRST_DIFF
-    return _family(a, b)
-
-
-def _names(a: Person, b: Person) -> float:
-    straight = _given(a.first, a.first_canon, b.first, b.first_canon) + _family(a.last, b.last)
-    if straight >= FIRST_EXACT + LAST_EXACT or not ((a.first and b.last) or (a.last and b.first)):
-        return straight
-    # Both cross comparisons on the family-name scale: symmetric in a and b, like every part of the score.
-    swapped = _cross(a.first, b.last) + _cross(a.last, b.first) - SWAP_PENALTY
-    return max(straight, swapped)
-
-
-def _birthday(a: str, b: str) -> float:
-    if not a or not b:
-        return 0.0
-    if a == b:
-        return BIRTHDAY_EXACT
-    if a[:4] == b[:4] and a[5:7] == b[8:10] and a[8:10] == b[5:7]:
-        return BIRTHDAY_SWAPPED
-    if sum(x != y for x, y in zip(a, b, strict=False)) == 1:
-        return BIRTHDAY_TYPO
-    return BIRTHDAY_DIFF
-
-
-def _address(a: Person, b: Person) -> float:
-    bits = 0.0
-    if a.postcode and b.postcode:
-        if a.postcode == b.postcode:
-            bits += POSTCODE_EXACT
-        elif len(a.postcode) >= 4 and a.postcode[:3] == b.postcode[:3]:
-            bits += POSTCODE_PREFIX
-        else:
-            bits += POSTCODE_DIFF
-    if a.city and b.city:
-        bits += CITY_SAME if a.city == b.city or _jw(a.city, b.city) >= 0.90 else CITY_DIFF
-    if a.street and b.street:
-        if a.street == b.street or token_set_ratio(a.street, b.street) >= 85:
-            if not a.house or not b.house:
-                bits += STREET_NO_NUMBER
-            else:
-                bits += STREET_EXACT if a.house == b.house else STREET_OTHER_NUMBER
-        else:
-            bits += STREET_DIFF
-    return bits
-
-
-def _specific(a: Person, b: Person) -> bool:
-    """Whether anything person-specific (not just family name and address) could be compared."""
-    return bool((a.first and b.first) or (a.birthday and b.birthday) or a.locals & b.locals)
-
-
-def evidence(a: Person, b: Person) -> dict[str, float]:
-    """The bits each field contributes (for explanations and tests); ``inf`` marks a decisive identifier.
-
-    ``"specific"`` is 1.0 when a given name, birthday or e-mail local part could be compared (else the
-    score is capped at :data:`UNSPECIFIC_MAX`).
+    Keys: the field names of :data:`~streams.resolution.compare.FIELDS`, ``"p_person"`` (the model's
+    probability of one person), ``"p_household"`` (of one person or one household), ``"capped"`` (1.0
+    when the :data:`UNSPECIFIC_MAX` cap applies) and ``"score"`` (what :func:`score` returns).
     """
     if a.emails & b.emails or a.phones & b.phones:
-        return {"identifier": float("inf")}
-    return {
-        "prior": PRIOR_BITS,
-        "names": _names(a, b),
-        "birthday": _birthday(a.birthday, b.birthday),
-        "address": _address(a, b),
-        "email_local": EMAIL_LOCAL if a.locals & b.locals else 0.0,
-        "gender": GENDER_DIFF if a.gender and b.gender and a.gender != b.gender else 0.0,
-        "specific": 1.0 if _specific(a, b) else 0.0,
-    }
+        return {"identifier": float("inf"), "score": 1.0}
+    model = model or default_model()
+    levels = compare(a, b)
+    person, household = model.probabilities(levels)
+    return {**model.weights(levels), "p_person": person, "p_household": household,
+            "capped": 1.0 if capped(levels) else 0.0, "score": score_levels(levels, model)}
 
 
-def score(a: Person, b: Person) -> float:
-    """Probability-like confidence in [0, 1] that ``a`` and ``b`` are one person; symmetric by construction."""
+def levels_of(a: Person, b: Person) -> dict[str, str]:
+    """The comparison level of each field, by name (for explanations)."""
+    return {name: LEVELS[name][level] for name, level in zip(FIELDS, compare(a, b), strict=True)}
+
+
+def score(a: Person, b: Person, model: Model | None = None) -> float:
+    """Probability in [0, 1] that ``a`` and ``b`` are one person (after the rules above); symmetric."""
     if a.emails & b.emails or a.phones & b.phones:
         return 1.0
-    bits = PRIOR_BITS + _names(a, b) + _birthday(a.birthday, b.birthday) + _address(a, b)
-    if a.locals & b.locals:
-        bits += EMAIL_LOCAL
-    if a.gender and b.gender and a.gender != b.gender:
-        bits += GENDER_DIFF
-    result = 1.0 if bits > 60 else 1.0 / (1.0 + 2.0 ** -bits)
-    if not _specific(a, b):
-        return min(result, UNSPECIFIC_MAX)
-    return result
+    return score_levels(compare(a, b), model or default_model())

@@ -19,7 +19,12 @@ from typing import Any
 import orjson
 
 from streams.resolution import BatchResult, resolve_batch
+from streams.resolution.model import Model, default_model
 from streams.tools.history import HistoryError, accepted_lines
+
+#: Fewer records than this are scored with the shipped model even under ``--model fit``: EM on a
+#: handful of pairs learns noise (a pair of four records is not a population).
+MIN_FIT_RECORDS = 500
 
 
 class ResolveError(ValueError):
@@ -32,6 +37,7 @@ class ResolveStats:
     profiles: int
     possible_matches: int      # profiles with at least one possible match
     seconds: float
+    model: str = "shipped"     # what scored: fitted, shipped, or the file given
 
 
 def read_identify_events(path: Path, show_progress: bool = False) -> list[dict[str, Any]]:
@@ -47,11 +53,26 @@ def read_identify_events(path: Path, show_progress: bool = False) -> list[dict[s
     return events
 
 
-def resolve_file(path: Path, out: Path, show_progress: bool = False) -> ResolveStats:
-    """Resolve the identify events of ``path``; write one ``{"user_id", "profile_id"}`` line each to ``out``."""
+def resolve_file(path: Path, out: Path, show_progress: bool = False, model: str = "fit",
+                 save_model: Path | None = None) -> ResolveStats:
+    """Resolve the identify events of ``path``; write one ``{"user_id", "profile_id"}`` line each to ``out``.
+    ``model``: ``fit`` (fitted on these records, unsupervised), ``shipped``, or a saved model file;
+    ``save_model``: where to write the model that scored (``MAILPULSE_IDENTITY_MODEL`` of ``run``)."""
     started = time.monotonic()
     events = read_identify_events(path, show_progress)
-    result: BatchResult = resolve_batch(events)
+    chosen: Model | None = None
+    if model not in ("fit", "shipped"):
+        try:
+            chosen = Model.load(Path(model))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ResolveError(f"--model {model}: {exc}") from None
+    fit = model == "fit" and len(events) >= MIN_FIT_RECORDS
+    result: BatchResult = resolve_batch(events, model=chosen, fit=fit)
+    if save_model is not None:
+        try:
+            (result.model or default_model()).save(save_model)
+        except OSError as exc:
+            raise ResolveError(f"--save-model {save_model}: {exc}") from None
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
         with tmp.open("wb") as handle:
@@ -62,4 +83,6 @@ def resolve_file(path: Path, out: Path, show_progress: bool = False) -> ResolveS
         tmp.unlink(missing_ok=True)
         raise ResolveError(f"cannot write {out}: {exc.strerror}") from None
     return ResolveStats(records=len(events), profiles=len(set(result.profile_ids)),
-                        possible_matches=len(result.possible_matches), seconds=time.monotonic() - started)
+                        possible_matches=len(result.possible_matches), seconds=time.monotonic() - started,
+                        model="fitted on the input" if fit else model if chosen is not None else
+                        f"shipped (fewer than {MIN_FIT_RECORDS} records to fit on)" if model == "fit" else "shipped")

@@ -280,6 +280,54 @@ def test_resolve_command_stops_at_a_bad_line_with_one_line(capsys: pytest.Captur
     assert "Traceback" not in err and not out.exists()
 
 
+@pytest.mark.parametrize("model", ["fit", "shipped"])
+def test_resolve_command_fits_by_default_and_its_model_can_be_saved_and_used_again(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, model: str) -> None:
+    src, out, saved = tmp_path / "in.jsonl", tmp_path / "out.jsonl", tmp_path / "model.json"
+    src.write_text(_lines(*RAW))
+    code, _, err = run(capsys, "resolve", "--input", str(src), "--out", str(out), "--model", model,
+                       "--save-model", str(saved))
+    assert code == 0, err
+    first = out.read_text()
+    assert "model shipped" in err  # four records: too few to fit on, so --model fit uses the shipped one too
+    code, _, err = run(capsys, "resolve", "--input", str(src), "--out", str(out), "--model", str(saved))
+    assert code == 0, err
+    assert out.read_text() == first  # the saved model decides the same
+
+
+def test_resolve_command_fits_on_enough_records(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    first = ["Anna", "Bernd", "Clara", "Dieter", "Elif", "Frank", "Greta", "Hakan", "Ines", "Jonas"]
+    last = ["Meyer", "Schulz", "Yilmaz", "Novak", "Berger", "Krause", "Vogel", "Lang", "Roth", "Kaya"]
+    lines = []
+    for n in range(300):  # 300 people, two records each: the second with the family name mistyped
+        person = {"first_name": first[n % 10], "birthday": f"19{50 + n % 40}-0{1 + n % 9}-1{n % 10}",
+                  "postcode": f"{10000 + n * 7}", "city": "Berlin", "street": f"Hauptstr. {n}"}
+        for k, family in enumerate((last[n // 10 % 10], last[n // 10 % 10][:-1] + "x")):
+            lines.append({"event_id": f"{n}-{k}", "type": "identify", "timestamp": 1772359200000 + n,
+                          "user_id": f"u-{n}-{k}", "traits": {**person, "last_name": family}})
+    src, out, saved = tmp_path / "in.jsonl", tmp_path / "out.jsonl", tmp_path / "model.json"
+    src.write_text(_lines(*lines))
+    code, _, err = run(capsys, "resolve", "--input", str(src), "--out", str(out), "--save-model", str(saved))
+    assert code == 0, err
+    assert "model fitted on the input" in err
+    assert json.loads(saved.read_text())["info"]["fitted_on"] == "the records resolved"
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len({r["profile_id"] for r in rows}) <= 330  # most of the 300 pairs found
+
+
+def test_resolve_and_run_refuse_an_unusable_model_file_with_one_line(capsys: pytest.CaptureFixture[str],
+                                                                    tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    src, bad = tmp_path / "in.jsonl", tmp_path / "bad.json"
+    src.write_text(_lines(*RAW))
+    bad.write_text('{"format": "something else"}')
+    code, _, err = run(capsys, "resolve", "--input", str(src), "--out", str(tmp_path / "o"), "--model", str(bad))
+    assert code == 2 and err.count("\n") == 1 and "--model" in err and "Traceback" not in err
+    monkeypatch.setenv("MAILPULSE_IDENTITY_MODEL", str(bad))
+    code, _, err = run(capsys, "run", "--broker", "kafka://127.0.0.1:1")
+    assert code == 2 and "MAILPULSE_IDENTITY_MODEL" in err and "Traceback" not in err
+
+
 def test_resolve_command_missing_input_is_a_usage_error(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, _, err = run(capsys, "resolve", "--input", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "o"))
     assert code == 2 and "no such file" in err
