@@ -308,8 +308,8 @@ def test_a_profile_whose_parked_events_grow_large_folds_them_instead_of_failing(
     [partition] = {p for p, _ in records}
     released_early = 0
     while hop.unread():
-        tables = hop.tables[partition]
-        io = StepIO(partition, lambda key: None if (v := tables["states"].get(key.encode())) is None
+        states = hop.tables[partition]["states"]
+        io = StepIO(partition, lambda key, states=states: None if (v := states.get(key.encode())) is None  # type: ignore[misc]
                     else orjson.loads(v), lambda key: None, {}, lambda upto: set(), NOW, NOW)
         value = hop.log[partition][hop.position[partition]]
         hop.position[partition] += 1
