@@ -78,7 +78,10 @@ def test_a_worker_joining_and_one_leaving_while_identities_merge_change_no_profi
     (links, absorbs and fuzzy blocks in flight while partitions move)."""
     events = generate_history(600, 6, 3, date(2026, 3, 1))
     expected = expected_run(events, UNTIL)
-    second = join_and_leave_mid_stream(start_worker, lambda: start_replay(broker, tmp_path, events, 500, UNTIL))
+    half = len(events) // 2
+    second = join_and_leave_mid_stream(start_worker, lambda first: start_replay(
+        broker, tmp_path, events[:half] if first else events[half:], 500, None if first else UNTIL,
+        "first" if first else "second"))
     assert_profiles(broker.bootstrap, expected.profiles)
     assert second.metric("mailpulse_profile_merges_total") > 0
 
