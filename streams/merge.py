@@ -4,8 +4,9 @@ Identity resolution finds that two profiles are the same person; the absorbed pr
 travels to the survivor's key and :func:`merge_states` combines them.  The result is the state one
 profile keyed ``survivor_key`` would have had after receiving the events of both (folded to the same
 watermarks).  It is built from the same order-tolerant rules as :func:`streams.profile.fold_event`:
-counts add, first/last times take min/max, traits, consent, context and cart fields keep the value
-with the newest ``[ts, event_id]`` stamp, and a purchase closes every cart move at or before it.  So
+counts add, first/last times take min/max, the purchase lists join (newest kept), traits, consent,
+context and cart fields keep the value with the newest ``[ts, event_id]`` stamp, and a purchase closes
+every cart move at or before it.  So
 ``merge(a, b)`` and ``merge(b, a)`` give the same profile content, and merging is associative: the
 order the identity graph delivers merges in does not matter.
 
@@ -29,7 +30,7 @@ from typing import Any
 from schemas.timeparse import parse_timestamp
 from streams import possible_matches
 from streams.identity import profile_id_for
-from streams.profile import SEEN_FROM, State, _ordered, cart_view
+from streams.profile import SEEN_FROM, State, _ordered, cart_view, keep_newest_purchases, listed_purchases
 from streams.rules import recommend
 from streams.rules.triggers import new_rule_state
 from streams.timeline import HISTORY_CAP
@@ -187,6 +188,9 @@ def _merge_aggregates(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         "spend_by_currency": _add_money(a["spend_by_currency"], b["spend_by_currency"]),
         "first_purchase_at": _min_opt(a["first_purchase_at"], b["first_purchase_at"]),
         "last_purchase_at": _max_opt(a["last_purchase_at"], b["last_purchase_at"]),
+        # both sides' purchases (two events, never one folded twice) by time, the newest kept as a
+        # profile folding all of them keeps them (a state from before the list: see listed_purchases)
+        "purchases": keep_newest_purchases([list(entry) for entry in (*listed_purchases(a), *listed_purchases(b))]),
     }
 
 

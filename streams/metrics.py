@@ -98,10 +98,12 @@ class Metrics:
             "mailpulse_profile_entries_dropped",
             "Entries a bounded per-profile collection dropped (possible_matches: the lowest scores past 100; "
             "traits, consent, context, cart_lines: new keys past the bound; cart_moves: oldest moves combined; "
-            "seen: the oldest event ids past 2,000, whose window then counts as seen)",
+            "purchases: the oldest past 100; seen: the oldest event ids past 2,000, whose window then counts as "
+            "seen)",
             ["collection"], registry=r,
         )
-        for collection in ("possible_matches", "traits", "consent", "context", "cart_lines", "cart_moves", "seen"):
+        for collection in ("possible_matches", "traits", "consent", "context", "cart_lines", "cart_moves",
+                           "purchases", "seen"):
             self.entries_dropped.labels(collection)
         self.released_early = Counter(
             "mailpulse_events_released_early",

@@ -62,6 +62,9 @@ def new_state(key: str, ts: int) -> State:
                 "spend_by_currency": {},
                 "first_purchase_at": None,
                 "last_purchase_at": None,
+                # [[ts, total], ...] of the newest purchases, oldest first (bound: MOST_ENTRIES["purchases"]);
+                # a state written before this list existed has none: see listed_purchases
+                "purchases": [],
             },
             # product_id -> {"moves": [[ts, event_id, +/-quantity], ...], "fields": {name: [ts, event_id, value]}}
             # since the last purchase; quantities, times and the newest field values are derived from
@@ -130,7 +133,8 @@ def _apply_identifiers(profile: dict[str, Any], event: Event, ts: int, linked: C
 #: Bounds of the per-profile collections an event can grow (a drop is counted in
 #: ``mailpulse_profile_entries_dropped_total{collection}``).  A merge keeps both sides' entries; no
 #: event adds a new one past the bound.
-MOST_ENTRIES = {"traits": 100, "consent": 32, "context": 32, "cart_lines": 100, "cart_moves": 50}
+MOST_ENTRIES = {"traits": 100, "consent": 32, "context": 32, "cart_lines": 100, "cart_moves": 50,
+                "purchases": 100}
 Dropped = dict[str, int]  # collection -> entries dropped
 
 
@@ -195,11 +199,49 @@ def _apply_cart(profile: dict[str, Any], event: Event, ts: int, dropped: Dropped
                 fields[name] = [ts, event_id, value]
 
 
-def _apply_purchase(profile: dict[str, Any], event: Event, ts: int) -> None:
+def listed_purchases(agg: dict[str, Any]) -> list[list[Any]]:
+    """``aggregates["purchases"]``; for a state stored before that list existed, one made from its
+    lifetime aggregates: its orders spread evenly from the first purchase to the last, each with an
+    equal share of the spend, the newest :data:`MOST_ENTRIES` of them (a new list: ``agg`` is not changed)."""
+    purchases: list[list[Any]] | None = agg.get("purchases")
+    if purchases is not None:
+        return purchases
+    orders, first, last = agg["orders"], agg["first_purchase_at"], agg["last_purchase_at"]
+    if not orders or first is None or last is None:
+        return []
+    share = round(float(agg["total_spend"]) / orders, 2)
+    steps = max(orders - 1, 1)
+    return [[first + round((last - first) * i / steps), share] for i in range(orders)][-MOST_ENTRIES["purchases"]:]
+
+
+def keep_newest_purchases(purchases: list[list[Any]], dropped: Dropped | None = None) -> list[list[Any]]:
+    """``purchases`` (``[ts, total]`` pairs) sorted by time, the newest :data:`MOST_ENTRIES` kept; each
+    older one left out is counted.  The same list whatever order the purchases came in."""
+    purchases.sort()
+    excess = len(purchases) - MOST_ENTRIES["purchases"]
+    if excess > 0:
+        del purchases[:excess]
+        for _ in range(excess):
+            _drop(dropped, "purchases")
+    return purchases
+
+
+def _apply_purchase(profile: dict[str, Any], event: Event, ts: int, dropped: Dropped | None = None) -> None:
     agg = profile["aggregates"]
+    if "purchases" not in agg:  # a state stored before the list: made from what it knows, before this purchase
+        agg["purchases"] = listed_purchases(agg)
     agg["orders"] += 1
     total = float(event.get("total", 0.0))
     agg["total_spend"] = round(agg["total_spend"] + total, 2)
+    # every purchase event counts, as in ``orders``: a repeated event is deduplicated by its event id
+    # before it is folded, two events with one order id are two orders
+    purchases = agg["purchases"]
+    purchases.append([ts, round(total, 2)])
+    if len(purchases) > 1 and purchases[-2] > purchases[-1]:  # arrived out of time order (rare)
+        keep_newest_purchases(purchases, dropped)
+    elif len(purchases) > MOST_ENTRIES["purchases"]:
+        del purchases[0]
+        _drop(dropped, "purchases")
     currency = event.get("currency", "USD")
     agg["spend_by_currency"][currency] = round(agg["spend_by_currency"].get(currency, 0.0) + total, 2)
     first, last = agg["first_purchase_at"], agg["last_purchase_at"]
@@ -300,7 +342,7 @@ def fold_event(profile: dict[str, Any], event: Event, linked: Container[str] | N
     if kind == "carts":
         _apply_cart(profile, event, ts, dropped)
     elif kind == "purchases":
-        _apply_purchase(profile, event, ts)
+        _apply_purchase(profile, event, ts, dropped)
     elif etype == "identify":
         traits = event.get("traits") or {}
         event_id = event["event_id"]
