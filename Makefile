@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test test-unit test-integration chaos bench bench-hop soak eval-identity lint typecheck schemas clean
+.PHONY: setup run test test-unit test-integration chaos bench bench-hop soak eval-identity models lint typecheck schemas clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,13 @@ bench-hop: $(STAMP)
 
 soak: $(STAMP)
 	$(BIN)/python -m bench.soak
+
+# The shipped models (models/shipped/README.md): the demo shop's generated history, trained as a user would.
+MODELS_HISTORY := $(VENV)/models-history.jsonl
+models: $(STAMP)
+	$(BIN)/mailpulse generate --users 2000 --days 150 --seed 11 --start 2026-01-01 --out $(MODELS_HISTORY)
+	rm -f models/shipped/purchase-*.txt models/shipped/metrics-*.json
+	$(BIN)/mailpulse train --events $(MODELS_HISTORY) --as-of 2026-05-31 --horizon-days 30 --out models/shipped >/dev/null
 
 eval-identity: $(STAMP)
 	$(BIN)/python -m bench.eval_identity

@@ -2,13 +2,16 @@
 
 A model directory holds::
 
-    manifest.json                    version, horizon, as-of, feature names, file names
+    manifest.json                    version, horizon, as-of, feature names, calibration, file names
     purchase-<version>.txt           the LightGBM booster (text format)
     metrics-<version>.json           the training report (also printed by ``train``)
+    MODEL_CARD.md                    the report for people: data, split, metrics against the baselines
+    roc.png, calibration.png         the test set's ROC and calibration curves
 
-One binary classifier gives the probability of at least one purchase in the horizon; the churn
-probability is its complement (contract: the probability of no purchase in the horizon), so the two
-always add up to 1.  ``models/shipped`` is the directory the stream uses unless
+One binary classifier gives the probability of at least one purchase in the horizon; its raw output
+goes through the isotonic calibration the manifest holds (none in a manifest without one).  The
+churn probability is its complement (contract: the probability of no purchase in the horizon), so the
+two always add up to 1.  ``models/shipped`` is the directory the stream uses unless
 ``MAILPULSE_MODELS_DIR`` names another.
 """
 
@@ -22,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from models.evaluation import Isotonic
 from models.features import FEATURES
 
 MANIFEST = "manifest.json"
@@ -42,6 +46,7 @@ class ModelBundle:
     as_of: str
     booster: Any  # lightgbm.Booster
     directory: Path
+    calibration: Isotonic | None = None
 
     @classmethod
     def load(cls, directory: Path) -> ModelBundle:
@@ -57,6 +62,7 @@ class ModelBundle:
         try:
             version, horizon, as_of = manifest["version"], float(manifest["horizon_days"]), manifest["as_of"]
             features, model_file = manifest["features"], manifest["files"]["purchase"]
+            calibration = None if manifest.get("calibration") is None else Isotonic.from_json(manifest["calibration"])
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"{path}: incomplete manifest ({exc})") from None
         if tuple(features) != FEATURES:
@@ -69,29 +75,36 @@ class ModelBundle:
         if booster.num_feature() != len(FEATURES):  # predict would fail on every profile
             raise ModelError(f"{directory / model_file}: the model takes {booster.num_feature()} features, "
                              f"the manifest names {len(FEATURES)}")
-        return cls(str(version), horizon, str(as_of), booster, directory)
+        return cls(str(version), horizon, str(as_of), booster, directory, calibration)
 
     def purchase_probabilities(self, rows: Sequence[Sequence[float]]) -> list[float]:
         """P(at least one purchase in the horizon) for each feature row (:func:`models.features.feature_row`)."""
         if not rows:
             return []
         matrix = np.asarray(rows, dtype=np.float64)
-        return [float(p) for p in self.booster.predict(matrix, num_threads=1)]
+        raw = [float(p) for p in self.booster.predict(matrix, num_threads=1)]
+        return raw if self.calibration is None else [self.calibration.one(p) for p in raw]
 
 
-def write_bundle(directory: Path, booster: Any, version: str, horizon_days: float, as_of: str,
-                 report: dict[str, Any]) -> Path:
-    """Writes the model, its report and (last, so a reader never sees a half-written one) the manifest."""
+def write_bundle(directory: Path, booster: Any, calibration: Isotonic | None, version: str, horizon_days: float,
+                 as_of: str, report: dict[str, Any], documents: dict[str, tuple[str, bytes]] | None = None) -> Path:
+    """Writes the model, its report, ``documents`` (name in the manifest -> (file name, content)) and
+    (last, so a reader never sees a half-written one) the manifest."""
     directory.mkdir(parents=True, exist_ok=True)
     model_file, metrics_file = f"purchase-{version}.txt", f"metrics-{version}.json"
     booster.save_model(str(directory / model_file))
     (directory / metrics_file).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    files = {"purchase": model_file, "metrics": metrics_file}
+    for name, (file_name, content) in (documents or {}).items():
+        (directory / file_name).write_bytes(content)
+        files[name] = file_name
     manifest = {
         "version": version,
         "horizon_days": horizon_days,
         "as_of": as_of,
         "features": list(FEATURES),
-        "files": {"purchase": model_file, "metrics": metrics_file},
+        "calibration": None if calibration is None else calibration.to_json(),
+        "files": files,
         "churn_probability": "1 - purchase_probability",
     }
     tmp = directory / f".{MANIFEST}.tmp"

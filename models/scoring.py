@@ -64,8 +64,13 @@ class ScoreStats:
 
 
 def offline_pipeline() -> LocalPipeline:
-    """The profile hop without a broker, with the built-in rules and no scorer (``train``, ``score``)."""
-    return LocalPipeline(RuleSet.build(PipelineConfig(), RETENTION_MS))
+    """The profile hop without a broker and without what the features do not read (``train``,
+    ``score``): no scorer, no segments, every trigger off.  Profiles fold, merge and close their carts
+    exactly as in the stream (segments and triggers only write ``segments`` and the rule state)."""
+    config = PipelineConfig.model_validate(
+        {"triggers": {name: {"enabled": False} for name in PipelineConfig().triggers.model_dump()},
+         "scoring": {"enabled": False}})
+    return LocalPipeline(RuleSet(config, (), {}, RETENTION_MS))
 
 
 def profiles_at(events: list[dict[str, Any]], as_of: int) -> LocalPipeline:

@@ -194,7 +194,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from streams.tools.generate import generate_history
 
-    events = generate_history(args.users, args.days, args.seed, args.start, args.repeats, args.erasures)
+    events = generate_history(args.users, args.days, args.seed, args.start, args.repeats, args.erasures,
+                              args.purchases)
     try:
         with args.out.open("wb") as out:
             for event in events:
@@ -247,10 +248,12 @@ def cmd_resolve(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from models.report import report_table
     from models.training import TrainError, train_file
 
     with reported_as_user_error(TrainError):
         report = train_file(args.events, args.as_of, args.horizon_days, args.out, show_progress=sys.stderr.isatty())
+    print(report_table(report), file=sys.stderr)
     print(f"mailpulse: trained model {report['model_version']} on {report['examples']['train']} examples "
           f"in {report['seconds']:.1f} s; wrote {args.out}", file=sys.stderr)
     print(json.dumps(report, sort_keys=True))
@@ -313,6 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start", type=_date, default=date(2026, 1, 1), help="first day, YYYY-MM-DD")
     p.add_argument("--repeats", type=_fraction, default=0.0, help="fraction of events sent twice (0-1)")
     p.add_argument("--erasures", type=_fraction, default=0.0, help="fraction of people erased at some point (0-1)")
+    p.add_argument("--purchases", choices=("sessions", "btyd"), default="sessions",
+                   help="sessions: browsing sessions whose carts are bought at a personal propensity (default); "
+                        "btyd: customers buying as BG/NBD's buy-till-you-die process, with product views")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_generate)
 

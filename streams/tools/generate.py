@@ -28,6 +28,28 @@ corruption: typos, swapped name parts, nicknames, different case, a second e-mai
 fields, a new address. About 10% of timestamps are epoch milliseconds and some carry a +01:00 offset.
 """
 
+BTYD_DOC = """\
+`--purchases btyd`: customers whose purchases follow the buy-till-you-die process of the BG/NBD model
+(Fader, Hardie and Lee 2005). Each customer is acquired at a uniform time of the period with an
+`identify` (user_id, an e-mail address of their own and consent: a sign-up at checkout) and a first
+purchase. While alive they buy as a Poisson process with a rate drawn from a gamma distribution
+(shape r, rate alpha per day); after each repeat purchase they drop out for good with a probability
+p drawn from a beta distribution (a, b): see `BTYD_PARAMS`. Orders hold one to three catalogue
+products. Customers also look at products (`product_view`) as a Poisson process at a rate
+proportional to their purchase rate (a per-customer number of views per purchase, gamma
+distributed); dropping out does not end the views but cuts their rate to `BTYD_VIEWS_AFTER_DROPOUT`
+of it. No anonymous browsing, carts, e-mail campaigns or CRM records.
+"""
+#: The BG/NBD parameters of ``--purchases btyd`` (rates per day): mean rate r / alpha = 0.025 a day
+#: (0.75 a month) while alive, mean drop-out probability a / (a + b) = 0.2 per repeat purchase.
+BTYD_PARAMS = {"r": 0.75, "alpha": 30.0, "a": 0.8, "b": 3.2}
+#: Product views per purchase while alive: gamma(shape, scale) per customer (mean shape * scale).
+BTYD_VIEWS_PER_PURCHASE = (2.0, 1.0)
+#: The share of their view rate that customers keep after dropping out.
+BTYD_VIEWS_AFTER_DROPOUT = 0.2
+#: The purchase processes ``generate`` offers (``--purchases``).
+PURCHASE_PROCESSES = ("sessions", "btyd")
+
 CATEGORIES = ("electronics", "books", "fashion", "home", "beauty", "sports", "toys", "grocery")
 TIMEZONES = ("Europe/Berlin", "Europe/London", "America/New_York", "America/Los_Angeles", "Asia/Tokyo",
              "Australia/Sydney", "Europe/Paris", "America/Chicago")
@@ -318,12 +340,73 @@ def _simulate(person: Person, rng: random.Random, clock: _Clock, products: list[
         week += 7 * 86_400_000
 
 
+def _btyd_customer(index: int, rng: random.Random, clock: _Clock, products: list[Product], start_ms: int,
+                   days: int) -> list[dict[str, Any]]:
+    """One customer of ``--purchases btyd`` (:data:`BTYD_DOC`): their events, each with ``_ms``."""
+    day = 86_400_000
+    end_ms = start_ms + days * day
+    person = _person(index, rng, days)
+    # one address per customer: the default's name-based ones repeat among tens of thousands of people,
+    # and a shared address links two customers into one profile
+    person.email = f"{person.email.split('@')[0]}.{index}@{person.email.split('@')[1]}"
+    person.identified = True
+    b = _Builder(person, rng, clock, products)
+    rate = max(rng.gammavariate(BTYD_PARAMS["r"], 1.0 / BTYD_PARAMS["alpha"]), 1e-9)  # purchases a day
+    dropout = rng.betavariate(BTYD_PARAMS["a"], BTYD_PARAMS["b"])
+    views = rate * rng.gammavariate(*BTYD_VIEWS_PER_PURCHASE)  # views a day while alive
+    acquired = start_ms + int(rng.random() * days * day)
+    signed_up = acquired - rng.randint(60_000, 600_000)
+    b.n += 1  # a sign-up at checkout: e-mail and consent only (no name, so no fuzzy matching)
+    person.events.append({"event_id": f"identify-{index}-{b.n}", "type": "identify",
+                          "timestamp": clock.stamp(signed_up), "user_id": person.user_id, "email": person.email,
+                          "traits": {"email": person.email}, "consent": {"email": person.consent}, "source": "form",
+                          "_ms": signed_up})
+
+    def purchase(ms: int) -> None:
+        person.carts += 1
+        lines = [(b.product(), 1 if rng.random() < 0.8 else 2) for _ in range(rng.randint(1, 3))]
+        items = [{"product_id": pr.product_id, "category": pr.category, "quantity": q, "price": pr.price}
+                 for pr, q in lines]
+        total = round(sum(pr.price * q for pr, q in lines), 2)
+        b.emit("purchase", ms, order_id=f"o-{index}-{person.carts}", total=total, currency="USD", items=items)
+
+    purchase(acquired)
+    t, died = acquired, end_ms
+    while True:  # repeat purchases while alive; drop-out after each with probability `dropout`
+        t += int(rng.expovariate(rate) * day) + 1
+        if t >= end_ms:
+            break
+        purchase(t)
+        if rng.random() < dropout:
+            died = t
+            break
+    t = acquired
+    while views > 0:
+        current = views if t < died else views * BTYD_VIEWS_AFTER_DROPOUT
+        step = int(rng.expovariate(current) * day) + 1
+        if t < died < t + step:  # the rate changes at the drop-out: draw again from there (memoryless)
+            t = died
+            continue
+        t += step
+        if t >= end_ms:
+            break
+        product = b.product()
+        b.emit("product_view", t, product_id=product.product_id, category=product.category,
+               url=f"/p/{product.product_id}")
+    for event in person.events:  # logged in: their user_id (and now and then their e-mail), no cookie id
+        event.pop("anonymous_id", None)
+    return person.events
+
+
 def generate_history(users: int, days: int, seed: int, start: date, repeats: float = 0.0,
-                     erasures: float = 0.0) -> list[dict[str, Any]]:
+                     erasures: float = 0.0, purchases: str = "sessions") -> list[dict[str, Any]]:
     """Input events of ``users`` people over ``days`` days from ``start``, sorted by time.  With
     ``repeats``, that fraction of events comes twice (the same event again, as an at-least-once
     producer sends it); with ``erasures``, that fraction of people gets an ``erase`` at a random time
-    of their history.  Both off: the same history as without them."""
+    of their history.  Both off: the same history as without them.  ``purchases``: ``sessions`` (the
+    default: :data:`GENERATOR_DOC`) or ``btyd`` (:data:`BTYD_DOC`)."""
+    if purchases not in PURCHASE_PROCESSES:
+        raise ValueError(f"purchases must be one of {', '.join(PURCHASE_PROCESSES)}, not {purchases!r}")
     rng = random.Random(seed)
     products = catalog(rng)
     clock = _Clock(rng)
@@ -331,6 +414,10 @@ def generate_history(users: int, days: int, seed: int, start: date, repeats: flo
     end_ms = start_ms + days * 86_400_000
     events: list[dict[str, Any]] = []
     for index in range(users):
+        if purchases == "btyd":
+            events.extend(e for e in _btyd_customer(index, rng, clock, products, start_ms, days)
+                          if start_ms <= e["_ms"] < end_ms)
+            continue
         person = _person(index, rng, days)
         _simulate(person, rng, clock, products, start_ms, days)
         events.extend(e for e in person.events if e["_ms"] < end_ms)

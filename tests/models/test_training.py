@@ -15,7 +15,8 @@ from models.features import FEATURES
 from models.training import DAY_MS, build_examples, cutoffs
 from streams.cli import main
 from streams.ingest import Accepted, Source, decode
-from tests.models.conftest import AS_OF
+from streams.tools.generate import BTYD_PARAMS
+from tests.models.conftest import AS_OF, BTYD_AS_OF
 from tests.unit.test_timeline import T0, ev, ms
 
 
@@ -69,11 +70,13 @@ def test_train_writes_a_versioned_model_and_prints_its_metrics_last(capsys: pyte
     assert version.startswith("20260410-")
     assert report["horizon_days"] == 30 and len(report["cutoffs"]) == 3
     assert report["examples"]["train"] > 500 and report["examples"]["validation"] > 100
-    purchase = report["validation"]["purchase_probability"]
-    assert purchase["auc"] > 0.65  # far better than chance on the generator's people
-    assert purchase["log_loss"] < purchase["baseline_log_loss"]
+    assert report["examples"]["test"] > 100 and report["split"]["kind"] == "time"
+    test = report["test"]["all"]
+    assert test["model"]["roc_auc"] > 0.65  # far better than chance on the generator's people
+    assert test["model"]["log_loss"] < test["base_rate_log_loss"]
     manifest = json.loads((tmp_path / "m" / MANIFEST).read_text())
     assert manifest["version"] == version and manifest["features"] == list(FEATURES)
+    assert manifest["calibration"]["method"] == "isotonic"
     assert json.loads((tmp_path / "m" / manifest["files"]["metrics"]).read_text()) == report | {
         "seconds": json.loads((tmp_path / "m" / manifest["files"]["metrics"]).read_text())["seconds"]}
     assert ModelBundle.load(tmp_path / "m").version == version
@@ -121,3 +124,37 @@ def test_train_rejects_unusable_histories_in_one_line(capsys: pytest.CaptureFixt
                          "--horizon-days", "30", "--out", str(tmp_path / "m"))
     assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1 and out == ""
     assert not (tmp_path / "m").exists()
+
+
+def test_train_on_a_btyd_history_reports_the_model_against_bgnbd_and_the_heuristic(
+        capsys: pytest.CaptureFixture[str], btyd_history: Path, tmp_path: Path) -> None:
+    code, out, err = run(capsys, "train", "--events", str(btyd_history), "--as-of", BTYD_AS_OF, "--horizon-days",
+                         "30", "--out", str(tmp_path / "m"))
+    assert code == 0, err
+    report = json.loads(out.strip().splitlines()[-1])
+    directory = tmp_path / "m"
+    manifest = json.loads((directory / MANIFEST).read_text())
+    files = manifest["files"]
+    assert set(files) == {"purchase", "metrics", "card", "roc", "calibration"}
+    assert json.loads((directory / files["metrics"]).read_text())["model_version"] == report["model_version"]
+    for image in ("roc", "calibration"):
+        assert (directory / files[image]).read_bytes().startswith(b"\x89PNG")
+    card = (directory / files["card"]).read_text()
+    assert files["card"] == "MODEL_CARD.md" and report["model_version"] in card and "BG/NBD" in card
+    assert "churned at time c" in card
+    # every example at the test cut is a customer here (acquired with a purchase)
+    test = report["test"]["all"]
+    assert report["test"]["customers"]["examples"] == test["examples"] > 1000
+    assert report["split"]["kind"] == "time" and len(report["cutoffs"]) == 6
+    for name in ("model", "BG/NBD", "heuristic"):
+        assert set(test[name]) == {"roc_auc", "pr_auc", "brier", "ece", "log_loss"}
+        assert 0.5 < test[name]["roc_auc"] < 1.0
+    assert test["model"]["roc_auc"] > test["heuristic"]["roc_auc"]
+    assert test["model"]["pr_auc"] > test["heuristic"]["pr_auc"]
+    assert test["model"]["brier"] < test["heuristic"]["brier"]
+    # BG/NBD recovers about the parameters the generator draws its customers with
+    bg = report["bgnbd"]
+    assert bg["r"] == pytest.approx(BTYD_PARAMS["r"], rel=0.3) and bg["alpha"] == pytest.approx(BTYD_PARAMS["alpha"],
+                                                                                               rel=0.3)
+    # the table goes to stderr, the report stays the last line of stdout
+    assert "ROC-AUC" in err and "BG/NBD" in err
