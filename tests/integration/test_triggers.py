@@ -195,7 +195,9 @@ class Scenario:
             assert self.worker.stop() == 0, self.worker.log.read_text()[-3000:]
             worker = self.worker = self.workers(data_dir="second", MAILPULSE_CONFIG=str(self.config_file))
             self.replay(LATER)
-            worker.wait_metric("mailpulse_events_total", len(HISTORY), outcome="duplicate")
+            # a fresh worker first joins the group and restores the tables from the changelogs: on a
+            # busy machine (a CI run) that has taken most of the default 90 s
+            worker.wait_metric("mailpulse_events_total", len(HISTORY), outcome="duplicate", timeout=180)
             triggers, changes = self.outputs(self.expected_later)
             self._stages["restarted"] = Stage(triggers, changes, self.snapshot(worker))
         return self._stages["restarted"]
