@@ -29,7 +29,7 @@ import itertools
 import math
 from typing import Any
 
-from streams.profile import listed_purchases
+from streams.profile import listed_purchases, spent
 
 DAY_MS = 86_400_000
 MISSING = math.nan
@@ -86,7 +86,7 @@ def purchase_history(agg: dict[str, Any], at: int) -> list[tuple[int, float]]:
     missing = agg["orders"] - len(history)
     first, last = agg["first_purchase_at"], agg["last_purchase_at"]
     if missing > 0 and first is not None and last is not None:
-        share = max(0.0, float(agg["total_spend"]) - sum(total for _, total in history)) / missing
+        share = max(0.0, spent(agg) - sum(total for _, total in history)) / missing
         if history:  # the oldest ones: from the first purchase up to (not at) the oldest one held
             end, steps = min(history[0][0], last), missing
         else:  # none held: from the first purchase to the last one
@@ -129,13 +129,13 @@ def _purchase_features(agg: dict[str, Any], at: int) -> list[float]:
     history = purchase_history(agg, at)
     times = [ts for ts, _ in history]
     totals = [total for _, total in history]
-    spent = list(itertools.accumulate(totals, initial=0.0))
+    running = list(itertools.accumulate(totals, initial=0.0))
     counts: list[float] = []
     spends: list[float] = []
     for days in WINDOWS:
         since = bisect.bisect_right(times, at - days * DAY_MS)
         counts.append(float(len(times) - since))
-        spends.append(round(spent[-1] - spent[since], 2))
+        spends.append(round(running[-1] - running[since], 2))
     repeats = agg["orders"] - 1
     span = max(0.0, (min(last, at) - first) / DAY_MS)
     mean_interval = span / repeats if repeats else MISSING
@@ -163,7 +163,7 @@ def feature_row(profile: dict[str, Any], cart: dict[str, Any] | None, at: int) -
     first = min(first_seen.values()) if first_seen else profile["created_at"]
     last = max(last_seen.values()) if last_seen else None
     orders: int = agg["orders"]
-    spend = float(agg["total_spend"])
+    spend = spent(agg)
     tenure_days = max((at - first) / DAY_MS, 1.0)
     consent = profile["consent"].get("email")
     return [

@@ -30,7 +30,7 @@ from typing import Any
 from schemas.timeparse import parse_timestamp
 from streams import possible_matches
 from streams.identity import profile_id_for
-from streams.profile import SEEN_FROM, State, _ordered, cart_view, keep_newest_purchases, listed_purchases
+from streams.profile import SEEN_FROM, State, _ordered, cart_view, keep_newest_purchases, listed_purchases, money, spent
 from streams.rules import recommend
 from streams.rules.triggers import new_rule_state
 from streams.timeline import HISTORY_CAP
@@ -119,7 +119,7 @@ def _add(a: Mapping[str, int], b: Mapping[str, int]) -> dict[str, int]:
 
 
 def _add_money(a: Mapping[str, float], b: Mapping[str, float]) -> dict[str, float]:
-    return {key: round(a.get(key, 0.0) + b.get(key, 0.0), 2) for key in sorted({*a, *b})}
+    return {key: round(money(a.get(key)) + money(b.get(key)), 2) for key in sorted({*a, *b})}
 
 
 def _newest(a_values: Mapping[str, Any], a_times: Mapping[str, list[Any]], b_values: Mapping[str, Any],
@@ -184,7 +184,7 @@ def _merge_aggregates(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         "first_seen": _union_min(a["first_seen"], b["first_seen"]),
         "last_seen": _union_max(a["last_seen"], b["last_seen"]),
         "orders": a["orders"] + b["orders"],
-        "total_spend": round(a["total_spend"] + b["total_spend"], 2),
+        "total_spend": round(spent(a) + spent(b), 2),
         "spend_by_currency": _add_money(a["spend_by_currency"], b["spend_by_currency"]),
         "first_purchase_at": _min_opt(a["first_purchase_at"], b["first_purchase_at"]),
         "last_purchase_at": _max_opt(a["last_purchase_at"], b["last_purchase_at"]),

@@ -12,7 +12,8 @@ the same events give the same profile whatever order partitions and workers read
 
 from __future__ import annotations
 
-from collections.abc import Container
+import math
+from collections.abc import Container, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -199,6 +200,23 @@ def _apply_cart(profile: dict[str, Any], event: Event, ts: int, dropped: Dropped
                 fields[name] = [ts, event_id, value]
 
 
+def money(value: Any) -> float:
+    """A stored amount as a finite float: ``None`` or a non-finite number (an older version let two
+    huge totals overflow to infinity, stored and published as ``null``) reads as 0."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return 0.0
+
+
+def spent(agg: Mapping[str, Any]) -> float:
+    """``agg["total_spend"]``; where a state holds no finite one (see :func:`money`), the sum of its
+    finite per-currency amounts, so a repaired profile goes on adding from what it still knows."""
+    value = agg.get("total_spend")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return round(sum(money(amount) for amount in agg.get("spend_by_currency", {}).values()), 2)
+
+
 def listed_purchases(agg: dict[str, Any]) -> list[list[Any]]:
     """``aggregates["purchases"]``; for a state stored before that list existed, one made from its
     lifetime aggregates: its orders spread evenly from the first purchase to the last, each with an
@@ -209,7 +227,7 @@ def listed_purchases(agg: dict[str, Any]) -> list[list[Any]]:
     orders, first, last = agg["orders"], agg["first_purchase_at"], agg["last_purchase_at"]
     if not orders or first is None or last is None:
         return []
-    share = round(float(agg["total_spend"]) / orders, 2)
+    share = round(spent(agg) / orders, 2)
     steps = max(orders - 1, 1)
     return [[first + round((last - first) * i / steps), share] for i in range(orders)][-MOST_ENTRIES["purchases"]:]
 
@@ -232,7 +250,7 @@ def _apply_purchase(profile: dict[str, Any], event: Event, ts: int, dropped: Dro
         agg["purchases"] = listed_purchases(agg)
     agg["orders"] += 1
     total = float(event.get("total", 0.0))
-    agg["total_spend"] = round(agg["total_spend"] + total, 2)
+    agg["total_spend"] = round(spent(agg) + total, 2)
     # every purchase event counts, as in ``orders``: a repeated event is deduplicated by its event id
     # before it is folded, two events with one order id are two orders
     purchases = agg["purchases"]
@@ -243,7 +261,7 @@ def _apply_purchase(profile: dict[str, Any], event: Event, ts: int, dropped: Dro
         del purchases[0]
         _drop(dropped, "purchases")
     currency = event.get("currency", "USD")
-    agg["spend_by_currency"][currency] = round(agg["spend_by_currency"].get(currency, 0.0) + total, 2)
+    agg["spend_by_currency"][currency] = round(money(agg["spend_by_currency"].get(currency)) + total, 2)
     first, last = agg["first_purchase_at"], agg["last_purchase_at"]
     agg["first_purchase_at"] = ts if first is None else min(first, ts)
     if last is None or ts > last:
@@ -436,8 +454,8 @@ def snapshot(state: State, cart: Any = DERIVE) -> dict[str, Any]:
             "first_seen": {k: _iso(v) for k, v in agg["first_seen"].items()},
             "last_seen": {k: _iso(v) for k, v in agg["last_seen"].items()},
             "orders": agg["orders"],
-            "total_spend": agg["total_spend"],
-            "spend_by_currency": agg["spend_by_currency"],
+            "total_spend": spent(agg),
+            "spend_by_currency": {currency: money(amount) for currency, amount in agg["spend_by_currency"].items()},
             "first_purchase_at": _iso(agg["first_purchase_at"]),
             "last_purchase_at": _iso(agg["last_purchase_at"]),
         },

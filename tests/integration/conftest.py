@@ -73,11 +73,11 @@ class Worker:
             if self.metric(name, **labels) >= expected:
                 return
             time.sleep(0.2)
+        done = {kind: self.metric("mailpulse_events_total", outcome=kind) for kind in ("processed", "duplicate")}
         raise AssertionError(f"{name}{labels} = {self.metric(name, **labels)}, expected {expected} within {timeout} s; "
-                             f"processed {self.metric('mailpulse_events_total', outcome='processed')}, duplicates "
-                             f"{self.metric('mailpulse_events_total', outcome='duplicate')}, dead letters "
-                             f"{self.metric('mailpulse_dead_letters_total')}, lag {self.metric('mailpulse_consumer_lag')}; "
-                             f"the worker's log ends:\n{self.log.read_text(errors='replace')[-3000:]}")
+                             f"events {done}, dead letters {self.metric('mailpulse_dead_letters_total')}, "
+                             f"lag {self.metric('mailpulse_consumer_lag')}; the worker's log ends:\n"
+                             f"{self.log.read_text(errors='replace')[-3000:]}")
 
     def stop(self) -> int:
         if self.process.poll() is None:

@@ -160,3 +160,33 @@ def test_what_events_add_to_a_profile_is_bounded_and_each_drop_counted() -> None
     assert dropped["cart_moves"] == 121 - MOST_ENTRIES["cart_moves"]
     view = cart_view(profile)
     assert view is not None and next(i for i in view["items"] if i["product_id"] == "sku-0")["quantity"] == 1
+
+
+def test_a_state_stored_with_null_spend_is_repaired_by_the_next_purchase_merge_and_score() -> None:
+    """An older version let two huge totals overflow to infinity, stored (and published) as null:
+    such a state reads as the spend it still knows, and the next purchase, a merge and the model's
+    features go on from there instead of raising."""
+    from models.features import feature_row
+    from streams.merge import merge_states
+
+    state = apply_event(None, "u:u-1", HISTORY[3], RET).state
+    assert state is not None
+    agg = state["profile"]["aggregates"]
+    agg["total_spend"], agg["spend_by_currency"] = None, {"USD": None, "EUR": 12.5}
+    stored = orjson.loads(orjson.dumps(state))
+    snap = snapshot(stored)
+    Profile.model_validate(snap)
+    assert snap["aggregates"]["total_spend"] == 12.5 and snap["aggregates"]["spend_by_currency"]["USD"] == 0.0
+
+    later = apply_event(stored, "u:u-1", ev("o2", "purchase", T0 + DAY, order_id="o2", total=5.0, currency="USD"), RET)
+    assert later.state is not None
+    agg = later.state["profile"]["aggregates"]
+    assert agg["total_spend"] == 17.5 and agg["spend_by_currency"] == {"USD": 5.0, "EUR": 12.5}
+
+    other = apply_event(None, "u:u-2", {**HISTORY[3], "event_id": "o9", "user_id": "u-2"}, RET).state
+    assert other is not None
+    merged = merge_states(other, orjson.loads(orjson.dumps(state)), "u:u-2")
+    assert merged["profile"]["aggregates"]["total_spend"] == 37.5
+    from models.features import FEATURES
+    row = dict(zip(FEATURES, feature_row(orjson.loads(orjson.dumps(state))["profile"], None, T0 + DAY), strict=True))
+    assert row["total_spend"] == 12.5
