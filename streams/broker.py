@@ -13,8 +13,9 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
@@ -189,3 +190,30 @@ def check_partitions(bootstrap: str, partitions: int, internal: Iterable[str], o
                           f"{more}: this app id first ran with another count; use it, or a new MAILPULSE_APP_ID")
     return [f"{name} has {counts[name]} partitions, MAILPULSE_PARTITIONS is {partitions}"
             for name in outputs if counts.get(name, partitions) != partitions]
+
+
+#: How often :func:`watch_broker` asks the broker for metadata (seconds), and how long it waits.
+BROKER_PROBE_EVERY_S = 5.0
+
+
+def watch_broker(bootstrap: str, reachable: Callable[[bool], None], stop: threading.Event,
+                 every_s: float = BROKER_PROBE_EVERY_S) -> threading.Thread:
+    """A daemon thread that asks the broker for its metadata every ``every_s`` and reports whether it
+    answered (for /readyz: the consumer and producer retry on their own and do not say when the
+    broker is gone).  One small request per probe."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+
+    def probe() -> None:
+        while not stop.is_set():
+            try:
+                admin.list_topics(timeout=every_s)
+                reachable(True)
+            except Exception:  # a KafkaException on timeout; anything else means the same here
+                reachable(False)
+            stop.wait(every_s)
+
+    thread = threading.Thread(target=probe, name="broker-probe", daemon=True)
+    thread.start()
+    return thread

@@ -149,6 +149,8 @@ class Metrics:
 
 #: Seconds without a turn of the event loop after which /healthz fails.
 STALL_AFTER_S = 15.0
+#: Seconds without an answer to the broker probe after which /readyz fails (probes every 5 s).
+BROKER_SILENT_AFTER_S = 12.0
 WORKER_STATES = ("starting", "recovering", "running", "error")
 
 
@@ -160,6 +162,12 @@ class Health:
     beat: float = field(default_factory=time.monotonic)  # the event loop's last turn
     crashed: str | None = None  # the name of an agent that crashed
     ready: bool = False  # partitions assigned and table recovery done
+    broker_answered: float | None = None  # the last time the broker answered a probe (None: never)
+
+    def broker_reachable(self, answered: bool) -> None:
+        """Called by the broker probe (:func:`streams.broker.watch_broker`) after each probe."""
+        if answered:
+            self.broker_answered = time.monotonic()
 
     def state(self, now: float | None = None) -> str:
         if self.crashed is not None or (now or time.monotonic()) - self.beat > STALL_AFTER_S:
@@ -173,6 +181,8 @@ class Health:
                 return False, f"agent {self.crashed} crashed\n"
             stalled = now - self.beat
             return (True, "ok\n") if stalled <= STALL_AFTER_S else (False, f"event loop stalled {stalled:.0f} s\n")
+        if self.broker_answered is None or now - self.broker_answered > BROKER_SILENT_AFTER_S:
+            return False, "broker unreachable\n"
         return (True, "ready\n") if self.ready else (False, "partitions not assigned or tables recovering\n")
 
 

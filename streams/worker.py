@@ -25,7 +25,14 @@ from schemas.events import INPUT_TOPICS
 from streams import logs
 from streams import topics as names
 from streams.app import create_app
-from streams.broker import EmbeddedBroker, check_partitions, ensure_topics, start_embedded_broker, topic_partitions
+from streams.broker import (
+    EmbeddedBroker,
+    check_partitions,
+    ensure_topics,
+    start_embedded_broker,
+    topic_partitions,
+    watch_broker,
+)
 from streams.logs import say
 from streams.metrics import Health, Metrics
 from streams.settings import Settings
@@ -104,6 +111,7 @@ def run_worker(settings: Settings, demo: bool = False) -> int:
             settings = settings.model_copy(update={"data_dir": data_dir})
             metrics = Metrics()
             health = Health()
+            helpers.append(watch_broker(settings.bootstrap_servers, health.broker_reachable, demo_stop))
             port = metrics.serve(settings.metrics_port, health, settings.metrics_host)
             say(f"metrics, /healthz and /readyz on http://{settings.metrics_host}:{port} (bound there: "
                 f"MAILPULSE_METRICS_HOST), state in {data_dir}")

@@ -195,3 +195,21 @@ def test_metrics_bind_loopback_by_default_and_an_ingest_crash_turns_healthz_red(
     assert status == 503 and b"ingest" in body, body
     assert worker.metric("mailpulse_worker_state", state="error") == 1
     assert took < 10, took
+
+
+def test_readyz_turns_red_when_the_broker_goes_away_while_healthz_stays_green(broker, start_worker) -> None:
+    """Contract 7: /readyz answers 200 once the broker is reachable (and partitions are assigned and
+    tables recovered); a broker that stops answering takes the worker out of service, while /healthz
+    (the process and its event loop) stays green, so an orchestrator waits instead of restarting it."""
+    worker: Worker = start_worker()
+    events = _many_events(20, 5)
+    _produce(broker.bootstrap, events)
+    worker.wait_metric("mailpulse_events_total", len(events), outcome="processed")
+    url = f"http://127.0.0.1:{worker.metrics_port}"
+    wait_until(lambda: _get(url + "/readyz")[0] == 200, timeout=30)
+    broker.stop()
+    gone_at = time.monotonic()
+    wait_until(lambda: _get(url + "/readyz") == (503, b"broker unreachable\n"), timeout=40)
+    assert time.monotonic() - gone_at < 25
+    assert _get(url + "/healthz") == (200, b"ok\n")
+    assert worker.process.poll() is None, worker.log.read_text()[-3000:]

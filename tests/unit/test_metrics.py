@@ -48,7 +48,7 @@ def test_healthz_and_readyz_answer_from_the_health_the_event_loop_keeps() -> Non
     import urllib.request
 
     from streams.broker import free_port
-    from streams.metrics import STALL_AFTER_S, Health, Metrics
+    from streams.metrics import BROKER_SILENT_AFTER_S, STALL_AFTER_S, Health, Metrics
 
     health = Health()
     port = Metrics().serve(free_port(), health)
@@ -63,7 +63,15 @@ def test_healthz_and_readyz_answer_from_the_health_the_event_loop_keeps() -> Non
     assert get("/healthz") == (200, "ok\n")
     assert get("/readyz")[0] == 503  # no partitions assigned yet
     health.ready = True
+    assert get("/readyz") == (503, "broker unreachable\n")  # no probe has reached the broker yet
+    health.broker_reachable(True)
     assert get("/readyz") == (200, "ready\n") and health.state() == "running"
+    health.broker_reachable(False)  # a failed probe right after an answer: still within the grace
+    assert get("/readyz")[0] == 200
+    assert health.broker_answered is not None
+    health.broker_answered -= BROKER_SILENT_AFTER_S + 1  # no answer for longer than that
+    assert get("/readyz") == (503, "broker unreachable\n")
+    health.broker_reachable(True)
     health.beat = time.monotonic() - STALL_AFTER_S - 1  # the event loop stopped turning
     assert get("/healthz")[0] == 503 and health.state() == "error"
     health.beat, health.crashed = time.monotonic(), "ingest"
