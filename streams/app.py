@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -285,17 +286,19 @@ def _consumer_lag(p: Pipeline) -> Any:
 def _health(p: Pipeline) -> Any:
     """Each second: the event loop turned (so /healthz knows it is not stuck), whether an agent's
     actor crashed, and ``mailpulse_worker_state``."""
-    gauges = {state: p.metrics.worker_state.labels(state) for state in WORKER_STATES}
-    gauges["starting"].set(1)
+    # read when scraped, in the HTTP thread: a stalled event loop cannot leave "running" behind
+    def in_state(state: str) -> Callable[[], float]:
+        return lambda: float(p.health.state() == state)
+
+    for state in WORKER_STATES:
+        p.metrics.worker_state.labels(state).set_function(in_state(state))
 
     async def health() -> None:
         p.health.beat = time.monotonic()
+        p.health.started = True
         for name, agent in p.app.agents.items():
             if any(actor._crashed.is_set() for actor in getattr(agent, "_actors", ())):
                 p.health.crashed = name
-        state = p.health.state()
-        for name, gauge in gauges.items():
-            gauge.set(1 if name == state else 0)
 
     return health
 

@@ -169,9 +169,13 @@ class Health:
         if answered:
             self.broker_answered = time.monotonic()
 
+    started: bool = False  # the event loop has reported once
+
     def state(self, now: float | None = None) -> str:
         if self.crashed is not None or (now or time.monotonic()) - self.beat > STALL_AFTER_S:
             return "error"
+        if not self.started:
+            return "starting"
         return "running" if self.ready else "recovering"
 
     def answer(self, path: str) -> tuple[bool, str]:

@@ -65,7 +65,9 @@ def test_healthz_and_readyz_answer_from_the_health_the_event_loop_keeps() -> Non
     health.ready = True
     assert get("/readyz") == (503, "broker unreachable\n")  # no probe has reached the broker yet
     health.broker_reachable(True)
-    assert get("/readyz") == (200, "ready\n") and health.state() == "running"
+    assert get("/readyz") == (200, "ready\n") and health.state() == "starting"  # the loop never reported
+    health.started = True
+    assert health.state() == "running"
     health.broker_reachable(False)  # a failed probe right after an answer: still within the grace
     assert get("/readyz")[0] == 200
     assert health.broker_answered is not None
