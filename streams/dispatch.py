@@ -20,7 +20,7 @@ from streams import identity_graph as graph
 from streams import possible_matches
 from streams.identity import profile_key, rank
 from streams.merge import merge_states
-from streams.profile import State, new_state, snapshot
+from streams.profile import State, new_state, snapshot, trim_traits
 from streams.resolution.blocks import block_keys, drop_member, on_block_message, person_record
 from streams.rules import score_timer
 from streams.timeline import RuleSet, advance, ensure_rule_state, receive
@@ -39,6 +39,7 @@ class Effects:
     limited: list[str] = field(default_factory=list)  # kinds whose identity limit kept two apart
     matches_dropped: int = 0  # possible matches dropped past possible_matches.MOST
     seen_dropped: int = 0  # event ids forgotten past profile.MOST_SEEN
+    traits_dropped: int = 0  # trait values a merge dropped past profile.TRAIT_BYTES
     unknown: str | None = None  # an internal message type this version does not know (skipped)
 
 
@@ -165,6 +166,9 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
     effects.send += possible_matches.aliases_to_send(absorbed.get("profile", {}).get("possible_matches", ()), key)
     merged["rules"]["dirty"] = True  # segments are evaluated again at the next step
     effects.matches_dropped = possible_matches.trim(merged["profile"]["possible_matches"])
+    trimmed: dict[str, int] = {}
+    trim_traits(merged["profile"]["traits"], merged["profile"]["trait_times"], trimmed)
+    effects.traits_dropped = trimmed.get("traits", 0)
     if rules.scorer is not None:
         here = state["profile"]["predictions"] if graph.is_live(state) and state is not None else None
         score_timer.past_changed(rules.config.scoring, merged, [here, absorbed["profile"]["predictions"]])

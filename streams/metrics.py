@@ -97,7 +97,8 @@ class Metrics:
         self.entries_dropped = Counter(
             "mailpulse_profile_entries_dropped",
             "Entries a bounded per-profile collection dropped (possible_matches: the lowest scores past 100; "
-            "traits, consent, context, cart_lines: new keys past the bound; cart_moves: oldest moves combined; "
+            "traits, consent, context, cart_lines: new keys past the bound, traits also the largest values past "
+            "64 KiB; cart_moves: oldest moves combined; "
             "purchases: the oldest past 100; seen: the oldest event ids past 2,000, whose window then counts as "
             "seen)",
             ["collection"], registry=r,

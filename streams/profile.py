@@ -162,6 +162,42 @@ def _apply_newest(
             times[field] = stamp
 
 
+#: Most bytes (about, as JSON) a profile's traits hold.  Each message is under the input limit, but
+#: enough of them with large values for one person would grow the state past the broker's message
+#: limit; then every later event of that person would fail.  Past it the largest values go first.
+TRAIT_BYTES = 64 * 1024
+#: A trait value this large (about, as JSON) has the traits' size checked (small ones cannot get there
+#: before the key bound does).
+LARGE_TRAIT_BYTES = 512
+
+
+def approx_size(value: Any) -> int:
+    """About the bytes of ``value`` as JSON, without encoding it (the domain encodes nothing)."""
+    if isinstance(value, str):
+        return len(value) + 2
+    if isinstance(value, dict):
+        return 2 + sum(len(key) + 4 + approx_size(item) for key, item in value.items())
+    if isinstance(value, list):
+        return 2 + sum(approx_size(item) + 1 for item in value)
+    return 8
+
+
+def trim_traits(values: dict[str, Any], times: dict[str, list[Any]], dropped: Dropped | None = None) -> None:
+    """Past :data:`TRAIT_BYTES`, the largest values are dropped (each counted; equal sizes: the oldest
+    first) until the traits fit.  Depends on the values only, so a merge trims as a fold does."""
+    sizes = {key: approx_size(value) + len(key) + 4 for key, value in values.items()}
+    total = sum(sizes.values())
+    if total <= TRAIT_BYTES:
+        return
+    for key in sorted(values, key=lambda k: (-sizes[k], times.get(k, [0, ""])[:2], k)):
+        del values[key]
+        times.pop(key, None)
+        _drop(dropped, "traits")
+        total -= sizes[key]
+        if total <= TRAIT_BYTES:
+            return
+
+
 ITEM_FIELDS = ("category", "price", "currency")  # published on each cart item
 LINE_FIELDS = (*ITEM_FIELDS, "cart_id")
 
@@ -365,6 +401,8 @@ def fold_event(profile: dict[str, Any], event: Event, linked: Container[str] | N
         traits = event.get("traits") or {}
         event_id = event["event_id"]
         _apply_newest(profile["traits"], profile["trait_times"], traits, ts, event_id, "traits", dropped)
+        if any(approx_size(value) > LARGE_TRAIT_BYTES for value in traits.values()):
+            trim_traits(profile["traits"], profile["trait_times"], dropped)
         _apply_newest(profile["consent"], profile["consent_times"], event.get("consent") or {}, ts, event_id,
                       "consent", dropped)
 

@@ -218,6 +218,8 @@ def step(entries: list[Any], io: StepIO, ctx: StepContext, skip: frozenset[int] 
             result.entries_dropped["possible_matches"] += effects.matches_dropped
         if effects.seen_dropped:
             result.entries_dropped["seen"] += effects.seen_dropped
+        if effects.traits_dropped:
+            result.entries_dropped["traits"] += effects.traits_dropped
         result.blocks_skipped += effects.blocks_skipped
         if effects.unknown is not None:
             result.unknown.append(effects.unknown)

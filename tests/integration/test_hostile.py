@@ -97,3 +97,26 @@ def test_hostile_messages_among_good_traffic_stop_nothing(broker, start_worker) 
         with urllib.request.urlopen(f"http://127.0.0.1:{worker.metrics_port}{path}", timeout=5) as response:
             assert response.status == 200
     assert worker.metric("mailpulse_worker_state", state="running") == 1
+
+
+def test_a_profile_grown_past_the_broker_message_limit_stops_nothing(broker, start_worker) -> None:
+    """Each message is under the input limit, but together one person's traits would grow past the
+    broker's 1 MB message limit: the worker keeps going, every good event after them is processed,
+    and the profile is published within the limit."""
+    big = [{"event_id": f"big-{n}", "type": "identify", "timestamp": 1772359200000 + n * 1000, "user_id": "big",
+            "email": "big@example.com", "traits": {f"k{n}": ["x" * 4000] * 14}} for n in range(40)]
+    good = _many_events(300, 30)
+    worker = start_worker()
+    producer = Producer({"bootstrap.servers": broker.bootstrap})
+    for event in big + good:
+        producer.produce(TOPIC_OF_TYPE[event["type"]], orjson.dumps(event), partition=0)
+    for topic in INPUT_TOPICS:
+        for partition in range(PARTITIONS):
+            producer.produce(topic, orjson.dumps({"type": "tick", "timestamp": UNTIL}), partition=partition)
+    assert producer.flush(30) == 0
+    worker.wait_metric("mailpulse_events_total", len(big) + len(good), outcome="processed", timeout=120)
+    key = profile_id_for("u:big").encode()
+    profiles = latest_by_key(read_topic(broker.bootstrap, "profiles", lambda m: key in latest_by_key(m)))
+    assert len(orjson.dumps(profiles[key])) < 1_000_000
+    assert worker.metric("mailpulse_profile_entries_dropped_total", collection="traits") > 0
+    assert worker.process.poll() is None

@@ -190,3 +190,40 @@ def test_a_state_stored_with_null_spend_is_repaired_by_the_next_purchase_merge_a
     from models.features import FEATURES
     row = dict(zip(FEATURES, feature_row(orjson.loads(orjson.dumps(state))["profile"], None, T0 + DAY), strict=True))
     assert row["total_spend"] == 12.5
+
+
+def test_large_trait_values_are_held_to_a_byte_budget_in_a_fold_and_in_a_merge() -> None:
+    """Each message is under the input limit, but forty of them with 56 KB of traits each would make
+    a 2 MB state, past the broker's message limit: the largest values go first (counted), a small
+    trait such as a first name stays, and the encoded state stays near the budget."""
+    from streams.config import PipelineConfig
+    from streams.dispatch import dispatch
+    from streams.profile import TRAIT_BYTES, fold_event, new_state
+    from streams.timeline import RuleSet
+
+    profile = new_state("u:u-1", T0)["profile"]
+    dropped: dict[str, int] = {}
+    fold_event(profile, ev("name", "identify", T0, traits={"first_name": "Ana"}), dropped=dropped)
+    for n in range(40):
+        fold_event(profile, ev(f"big{n}", "identify", T0 + 1 + n, traits={f"k{n}": ["x" * 4000] * 14}),
+                   dropped=dropped)
+    assert profile["traits"]["first_name"] == "Ana"
+    assert len(orjson.dumps(profile["traits"])) <= TRAIT_BYTES
+    assert dropped["traits"] == 40 - (len(profile["traits"]) - 1)
+    assert set(profile["trait_times"]) == set(profile["traits"])
+
+    # two profiles each at the budget, merged by an absorb: the merge trims too, and counts it
+    rules = RuleSet.build(PipelineConfig(), RET)
+    states: dict[str, Any] = {}
+    for key in ("u:a", "u:b"):
+        state = None
+        for n in range(12):
+            event = ev(f"{key}-{n}", "identify", T0 + n, traits={f"{key}-{n}": ["y" * 4000] * 3})
+            state = apply_event(state, key, event, RET).state
+        states[key] = state
+    absorbed = states.pop("u:b")
+    held = len(states["u:a"]["profile"]["traits"]) + len(absorbed["profile"]["traits"])  # 5 + 5: each at its budget
+    effects = dispatch(states, {}, "u:a", {"type": "_absorb", "from": "u:b", "state": absorbed}, None, rules)
+    merged = states["u:a"]
+    assert merged is not None and len(orjson.dumps(merged["profile"]["traits"])) <= TRAIT_BYTES
+    assert effects.traits_dropped == held - len(merged["profile"]["traits"]) > 0
