@@ -342,6 +342,9 @@ def repeated(state: State, event: Event) -> bool:
 #: A person's real traffic keeps tens to hundreds within the retention; a bot or a replay loop
 #: under one id would otherwise grow the state towards the broker's message limit.
 MOST_SEEN = 2_000
+#: And the most characters of event ids it holds: 2,000 UUIDs are 72,000, but 2,000 ids of the 512
+#: characters an event id may have would be a 1 MB state, past the broker's message limit.
+SEEN_ID_BYTES = 128 * 1024
 
 
 def remember(state: State, event: Event, retention_ms: int, dropped: Dropped | None = None) -> bool:
@@ -355,8 +358,12 @@ def remember(state: State, event: Event, retention_ms: int, dropped: Dropped | N
         # Amortized: a scan per 32 new ids, not per event (a busy person keeps hundreds within the
         # retention, and each of their events scanned them all); the map overshoots by < 32.
         horizon = _prune_seen(seen, max(seen.values()), retention_ms)
-        if len(seen) > MOST_SEEN:
-            horizon = max(horizon or 0, _trim_seen(seen, MOST_SEEN - 32, dropped))
+        keep = MOST_SEEN - 32 if len(seen) > MOST_SEEN else len(seen)
+        id_bytes = sum(map(len, seen))
+        if id_bytes > SEEN_ID_BYTES:  # long ids (up to 512 characters each are valid)
+            keep = min(keep, max(len(seen) * SEEN_ID_BYTES // id_bytes - 32, 32))
+        if keep < len(seen):
+            horizon = max(horizon or 0, _trim_seen(seen, keep, dropped))
         if horizon is not None and horizon > state.get(SEEN_FROM, horizon - 1):
             state[SEEN_FROM] = horizon
     return True

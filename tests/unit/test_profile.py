@@ -227,3 +227,16 @@ def test_large_trait_values_are_held_to_a_byte_budget_in_a_fold_and_in_a_merge()
     merged = states["u:a"]
     assert merged is not None and len(orjson.dumps(merged["profile"]["traits"])) <= TRAIT_BYTES
     assert effects.traits_dropped == held - len(merged["profile"]["traits"]) > 0
+
+
+def test_long_event_ids_are_held_to_a_byte_budget_and_their_replays_still_count_as_repeats() -> None:
+    from streams.profile import SEEN_ID_BYTES
+
+    state = None
+    events = [ev(f"{n:06d}" + "e" * 500, "product_view", T0 + n, product_id="sku-1") for n in range(2_000)]
+    for event in events:
+        state = apply_event(state, "u:u-1", event, RET).state
+    assert state is not None
+    assert sum(map(len, state["seen"])) <= SEEN_ID_BYTES + 32 * 506 and len(orjson.dumps(state)) < 400_000
+    assert all(apply_event(state, "u:u-1", event, RET).duplicate for event in events[::97])
+    assert state["profile"]["aggregates"]["event_counts"] == {"product_view": 2_000}
