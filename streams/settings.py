@@ -106,6 +106,11 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="MAILPULSE_DELIVER_LEDGER_DAYS: trigger ids delivered longer ago are "
         "forgotten (checked hourly); keep it above the triggers topic's retention (7 days by default), or a "
         "trigger read again after that would be sent again.")
+    deliver_max_late_hours: float = Field(
+        default=0.0, ge=0, description="MAILPULSE_DELIVER_MAX_LATE_HOURS: a trigger whose send_at is further "
+        "in the past than this is not sent but goes to delivery-failed with code expired (after an outage of "
+        "deliver, a week-old abandoned-cart e-mail does more harm than good); 0, the default: no limit, as "
+        "replays and backfills of history need.")
     deliver_port: int = Field(default=9110, description="MAILPULSE_DELIVER_PORT: deliver's /metrics, /healthz "
                               "and /unsubscribe.")
     unsubscribe_url: str | None = Field(

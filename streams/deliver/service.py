@@ -7,8 +7,8 @@ and the offset moves on; when it is due (at once, or later from the hold), the l
 ``sending``, the target called with retries, and the outcome written.  Offsets are committed only
 after that.  A process stopped between ``sending`` and the outcome does not send again: at start such
 ids go to ``delivery-failed`` with code ``interrupted``, so nothing is dropped silently and nothing is
-sent twice.  Failures after the retries, templates that fail and malformed triggers go to
-``delivery-failed`` too.
+sent twice.  Failures after the retries, templates that fail, malformed triggers and (with
+``MAILPULSE_DELIVER_MAX_LATE_HOURS``) triggers due too long ago go to ``delivery-failed`` too.
 """
 
 from __future__ import annotations
@@ -118,6 +118,12 @@ class Deliverer:
             self.metrics.deliveries.labels(kind, "duplicate").inc()
             return
         now = self.now_ms()
+        late_ms = now - _send_at_ms(trigger)
+        if self.settings.deliver_max_late_hours and late_ms > self.settings.deliver_max_late_hours * 3_600_000:
+            self.ledger.mark(trigger_id, FAILED, now, code="expired")
+            self._failed(trigger, 0, "expired", f"send_at was {late_ms / 3_600_000:.1f} h ago, past "
+                         f"MAILPULSE_DELIVER_MAX_LATE_HOURS={self.settings.deliver_max_late_hours:g}; not sent")
+            return
         if self.ledger.unsubscribed(str(trigger.get("profile_id")), trigger["email"]):
             self.ledger.mark(trigger_id, SUPPRESSED, now)
             self.metrics.deliveries.labels(kind, "suppressed").inc()

@@ -64,3 +64,24 @@ def test_a_target_that_fails_unclassified_is_not_retried_and_goes_to_delivery_fa
     assert "UnicodeEncodeError" in letter["error"]["message"]
     step.handle(trigger())  # read again: at most once
     assert len(producer.sent) == 1
+
+
+def test_with_a_lateness_limit_a_trigger_due_too_long_ago_expires_and_a_recent_one_is_sent(tmp_path: Path) -> None:
+    now = 1_800_000_000_000
+    producer = Recorder()
+    step = Deliverer(DryRun(tmp_path / "out"), Ledger(tmp_path / "state"), Renderer(), producer,  # type: ignore[arg-type]
+                     DeliverMetrics(), Settings(deliver_max_late_hours=72), "http://u", b"k" * 32,
+                     now_ms=lambda: now, sleep=lambda s: None)
+    from schemas.timeparse import format_ms
+
+    step.handle(trigger(trigger_id="old", send_at=format_ms(now - 73 * 3_600_000)))
+    step.handle(trigger(trigger_id="recent", send_at=format_ms(now - 71 * 3_600_000)))
+    [(topic, letter)] = producer.sent
+    assert topic == "delivery-failed" and letter["trigger_id"] == "old" and letter["error"]["code"] == "expired"
+    assert [path.stem for path in (tmp_path / "out").iterdir()] == ["recent"]
+    step.handle(trigger(trigger_id="old", send_at=format_ms(now - 73 * 3_600_000)))  # read again: once only
+    assert len(producer.sent) == 1
+    # without the limit (the default) the old one is sent
+    default, _ = deliverer(tmp_path / "default", DryRun(tmp_path / "default-out"))
+    default.handle(trigger(trigger_id="old", send_at=format_ms(now - 73 * 3_600_000)))
+    assert [path.stem for path in (tmp_path / "default-out").iterdir()] == ["old"]
