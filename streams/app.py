@@ -28,7 +28,7 @@ from typing import Any
 import faust
 import orjson
 
-from models.bundle import MODEL_NAMES, SHIPPED_DIR, ModelBundle
+from models.bundle import MODEL_NAMES, SHIPPED_DIR, ModelBundle, ModelError
 from models.scoring import Predictor
 from schemas.events import INPUT_TOPICS
 from streams import topics as names
@@ -197,11 +197,17 @@ def create_app(settings: Settings, metrics: Metrics | None = None, output: Outpu
 
 
 def _load_scorer(settings: Settings, config: PipelineConfig, metrics: Metrics) -> Predictor | None:
-    """The models the ``score`` timer uses (None: scoring switched off in the config).  Raises
-    :class:`models.bundle.ModelError` for a directory that cannot be used."""
+    """The models the ``score`` timer uses.  None: scoring switched off in the config, or a model
+    directory that cannot be used; then the worker runs without scores (one error line, and
+    ``mailpulse_models_unavailable`` 1), since profiles, segments and triggers do not need them."""
     if not config.scoring.enabled:
         return None
-    bundle = ModelBundle.load(settings.models_dir or SHIPPED_DIR)
+    try:
+        bundle = ModelBundle.load(settings.models_dir or SHIPPED_DIR)
+    except ModelError as exc:
+        log.error("MAILPULSE_MODELS_DIR %s: running without scores", exc)
+        metrics.models_unavailable.set(1)
+        return None
     for model in MODEL_NAMES:
         metrics.model_info.labels(model, bundle.version).set(1)
     return Predictor(bundle, metrics.scoring_seconds.observe)

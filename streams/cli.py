@@ -134,8 +134,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if config.scoring.enabled:
         from models.bundle import SHIPPED_DIR, ModelBundle, ModelError
 
-        with reported_as_user_error(ModelError, prefix="MAILPULSE_MODELS_DIR "):
+        try:
             ModelBundle.load(settings.models_dir or SHIPPED_DIR)
+        except ModelError as exc:  # profiles, segments and triggers go on; mailpulse_models_unavailable says so
+            print(f"mailpulse: warning: MAILPULSE_MODELS_DIR {exc}: running without scores", file=sys.stderr)
     if settings.identity_model is not None:
         from streams.resolution.model import Model, use_model
 

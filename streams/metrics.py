@@ -60,6 +60,9 @@ class Metrics:
             "mailpulse_scoring_seconds", "Model scoring time per batch", buckets=SCORING_BUCKETS, registry=r
         )
         self.model_info = Gauge("mailpulse_model_info", "1 for each loaded model", ["model", "version"], registry=r)
+        self.models_unavailable = Gauge(
+            "mailpulse_models_unavailable",
+            "1 when scoring is on in the config but the model directory could not be loaded: no scores", registry=r)
         self.profiles_written = Counter(
             "mailpulse_profiles_written", "Profile snapshots published", ["change"], registry=r
         )

@@ -67,19 +67,37 @@ def test_the_readme_config_example_loads(tmp_path: Path) -> None:
     assert list(config.segments.custom()) == ["big_spenders_de"]
 
 
-def test_run_stops_at_start_when_the_models_cannot_be_loaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_says_in_one_line_that_it_runs_without_scores_when_the_models_cannot_be_loaded(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("MAILPULSE_MODELS_DIR", str(tmp_path))
     monkeypatch.delenv("MAILPULSE_CONFIG", raising=False)
+    monkeypatch.setenv("MAILPULSE_BROKER", "kafka://127.0.0.1:1")  # it goes on, and stops for want of a broker
     assert main(["run"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("mailpulse: error: MAILPULSE_MODELS_DIR") and "no manifest.json" in err
-    assert err.count("\n") == 1
-    # without scoring, no models are needed (it then fails later, for want of a broker it may not start here)
+    warning, error = capsys.readouterr().err.splitlines()
+    assert warning.startswith("mailpulse: warning: MAILPULSE_MODELS_DIR") and "no manifest.json" in warning
+    assert warning.endswith("running without scores") and "broker" in error
+    # without scoring, no models are needed: not a word about them
     monkeypatch.setenv("MAILPULSE_CONFIG", str(write(tmp_path, "scoring: {enabled: false}\n")))
-    monkeypatch.setenv("MAILPULSE_BROKER", "kafka://127.0.0.1:1")
     assert main(["run"]) == 2
     assert "MAILPULSE_MODELS_DIR" not in capsys.readouterr().err
+
+
+def test_a_worker_with_an_unusable_model_directory_runs_without_scores_and_says_so(tmp_path: Path) -> None:
+    from streams.app import create_app
+    from streams.settings import Settings
+    from tests.fakes import RecordingOutput
+
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "manifest.json").write_text("{not json")
+    settings = Settings(broker="kafka://127.0.0.1:1", table_store="memory", data_dir=tmp_path,
+                        models_dir=tmp_path / "models")
+    p = create_app(settings, output=RecordingOutput())
+    assert p.rules.scorer is None
+    assert p.metrics.registry.get_sample_value("mailpulse_models_unavailable") == 1
+    shipped = create_app(Settings(broker="kafka://127.0.0.1:1", table_store="memory", data_dir=tmp_path / "s"),
+                         output=RecordingOutput())
+    assert shipped.rules.scorer is not None
+    assert shipped.metrics.registry.get_sample_value("mailpulse_models_unavailable") == 0
 
 
 def test_scoring_keys_are_checked(tmp_path: Path) -> None:
