@@ -153,7 +153,7 @@ def test_prometheus_scrapes_a_live_worker_and_every_dashboard_query_runs(broker,
     processed = _query(base, 'sum by (outcome) (mailpulse_events_total{outcome="processed"})')["data"]["result"]
     assert float(processed[0]["value"][1]) == len(events)
 
-    # the worker's log: one JSON object per line, no e-mail address of anyone in the events
+    # the worker's log: one JSON object per line, no identifier of anyone in the events
     worker.stop()
     lines = worker.log.read_text().splitlines()
     assert len(lines) > 5
@@ -163,6 +163,11 @@ def test_prometheus_scrapes_a_live_worker_and_every_dashboard_query_runs(broker,
     text = worker.log.read_text().lower()
     emails = {str(e["email"]).lower() for e in events if e.get("email")}
     assert emails and not [email for email in emails if email in text]
+    # nor a user id or an anonymous id (as whole words: "u-1" is not in "u-12")
+    ids = {str(e[field]) for e in events for field in ("user_id", "anonymous_id") if e.get(field)}
+    assert len(ids) > 20
+    log_text = worker.log.read_text()
+    assert not [person for person in ids if re.search(rf"(?<![\w-]){re.escape(person)}(?![\w-])", log_text)]
 
 
 def _non_loopback_address() -> str | None:
