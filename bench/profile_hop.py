@@ -32,12 +32,12 @@ from bench.common import events_end, mixed_events
 from schemas.events import INPUT_TOPICS
 from streams import topics as names
 from streams.app import create_app
+from streams.gc_tuning import tune_garbage_collector
 from streams.ingest import IngestPolicy
 from streams.output import OnDelivered
 from streams.routing import InputRecord, route_batch
 from streams.settings import Settings
 from streams.tools.produce import topic_for
-from streams.worker import tune_garbage_collector
 
 PARTITIONS = 8
 BATCH = 500  # input events per ingest batch (BENCH_BATCH)

@@ -18,6 +18,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from schemas.timeparse import parse_timestamp
+from streams.gc_tuning import tune_garbage_collector
 from streams.settings import Settings
 
 EXIT_USAGE = 2
@@ -253,6 +254,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from models.report import report_table
     from models.training import TrainError, train_file
 
+    tune_garbage_collector()  # a history's events stay in memory: the default thresholds rescanned them all
     with reported_as_user_error(TrainError):
         report = train_file(args.events, args.as_of, args.horizon_days, args.out, show_progress=sys.stderr.isatty())
     print(report_table(report), file=sys.stderr)
@@ -264,6 +266,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_score(args: argparse.Namespace) -> int:
     from models.scoring import ScoreError, score_file
+
+    tune_garbage_collector()
 
     with reported_as_user_error(ScoreError):
         stats = score_file(args.events, args.as_of, args.models, args.out, show_progress=sys.stderr.isatty())

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import gc
 import logging
 import os
 import shutil
@@ -33,6 +32,7 @@ from streams.broker import (
     topic_partitions,
     watch_broker,
 )
+from streams.gc_tuning import tune_garbage_collector
 from streams.logs import say
 from streams.metrics import Health, Metrics
 from streams.settings import Settings
@@ -166,22 +166,6 @@ def run_worker(settings: Settings, demo: bool = False) -> int:
             helper.join(15)
         if broker is not None:
             broker.stop()
-
-
-#: Allocations between two young-generation collections (CPython's default: 700).
-GC_YOUNG_THRESHOLD = 50_000
-
-
-def tune_garbage_collector() -> None:
-    """Fewer cyclic-GC passes.  Each record allocates thousands of short-lived dicts (decoded events
-    and states), so CPython's default thresholds ran a collection every few hundred of them, and the
-    older generations, holding every staged state, were scanned again and again: measured here, 40% of
-    a busy worker's time (3.6k -> 6.4k events/s with these thresholds, as with the collector off).
-    Reference counting still frees the states at once; only reference cycles wait longer.  What the
-    worker built before it starts (modules, app, settings) is frozen out of the scans."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, 50, 1000)
 
 
 def _run_faust(app: faust.App, settings: Settings) -> int:

@@ -13,6 +13,7 @@ from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+from schemas.identifiers import hold_every_address
 from streams.ingest import Accepted, Source, decode
 
 
@@ -24,6 +25,7 @@ def accepted_lines(path: Path, show_progress: bool = False,
                    label: str = "reading") -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, accepted event) of each non-blank line of ``path``; :class:`HistoryError` at the
     first line that is not a valid input event."""
+    hold_every_address()
     try:
         size = path.stat().st_size
         handle = path.open("rb")

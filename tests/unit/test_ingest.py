@@ -106,3 +106,17 @@ def test_non_utf8_raw_is_kept_as_base64() -> None:
 
 def test_utf8_raw_is_kept_as_text() -> None:
     assert bad(b"{oops").record["raw"] == "{oops"
+
+
+def test_holding_every_address_gives_the_same_answers() -> None:
+    import pytest
+
+    from schemas import identifiers
+
+    before = [identifiers.normalize_email(raw) for raw in ("Ana@Example.COM", " bo@example.org ")]
+    identifiers.hold_every_address()
+    assert [identifiers.normalize_email(raw) for raw in ("Ana@Example.COM", " bo@example.org ")] == before
+    assert identifiers._held_addresses is not None and "Ana@Example.COM" in identifiers._held_addresses
+    with pytest.raises(ValueError, match="invalid email"):
+        identifiers.normalize_email("not an address")
+    assert "not an address" not in identifiers._held_addresses
