@@ -97,12 +97,14 @@ def score_profiles(local: LocalPipeline, as_of: int, bundle: ModelBundle) -> lis
     return lines
 
 
-def score_file(events_path: Path, as_of: int, models_dir: Path, out: Path, show_progress: bool = False) -> ScoreStats:
+def score_file(events_path: Path, as_of: int, models_dir: Path, out: Path, show_progress: bool = False,
+               jobs: int = 1) -> ScoreStats:
     """``mailpulse score``: writes one JSON line per profile of the history at ``as_of`` to ``out``."""
     started = time.monotonic()
     try:
         bundle = ModelBundle.load(models_dir)
-        events = read_events(events_path, until=as_of, show_progress=show_progress, label="score: reading")
+        events = read_events(events_path, until=as_of, show_progress=show_progress, label="score: reading",
+                             jobs=jobs)
     except (ModelError, HistoryError) as exc:
         raise ScoreError(str(exc)) from None
     lines = score_profiles(profiles_at(events, as_of), as_of, bundle)

@@ -28,8 +28,16 @@ example's (days since last purchase, orders) cell.  The report gives ROC-AUC, PR
 expected calibration error of the three on the test set, for all its examples and for its customers
 (a purchase before the cut) alone.
 
-Training is deterministic (one thread, fixed seeds, LightGBM's deterministic mode): the same history
-and arguments give the same model and version.
+**Processes** (``--jobs``, default one per core): the history is read by that many processes
+(:func:`streams.tools.history.read_events`), and its people are split into as many shards that share
+no identifier and no fuzzy-matching block (:func:`component_shards`), each folded by its own process.
+A person's events never meet another shard's, so each shard folds exactly as within the whole
+history; the examples are then put in (cut, key) order.  On a 100k-customer history (1.04M events,
+2 cores) this took ``train`` from 79 to about 50 s, the same examples.
+
+Training is deterministic (fixed seeds, LightGBM's deterministic mode with a fixed thread count,
+:data:`TREE_THREADS`): the same history and arguments give the same model and version, whatever
+``--jobs`` and the machine's cores.
 """
 
 from __future__ import annotations
@@ -37,7 +45,8 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +58,11 @@ from models.features import FEATURES, feature_row
 from models.report import model_card
 from models.scoring import offline_pipeline
 from schemas.timeparse import format_ms
+from streams.dispatch import reachable_keys
 from streams.identity import profile_key
 from streams.profile import cart_view
 from streams.timeline import advance
+from streams.tools.forked import run_forked
 from streams.tools.history import HistoryError, read_events
 
 DAY_MS = 86_400_000
@@ -59,6 +70,10 @@ DAY_MS = 86_400_000
 MAX_CUTOFFS = 6
 #: Share of the people of the newest cut held out for the test (the rest: validation).
 TEST_SHARE = 0.5
+#: LightGBM's threads: a fixed number, not one per core, so that a history gives the same model on
+#: any machine (deterministic mode gives the same trees for the same thread count).  Two halved the
+#: time of the trees on a 100k-customer history (9.0-10.3 -> 5.2-5.3 s).
+TREE_THREADS = 2
 PARAMS: dict[str, Any] = {
     "objective": "binary",
     "learning_rate": 0.05,
@@ -71,7 +86,7 @@ PARAMS: dict[str, Any] = {
     "seed": 7,
     "deterministic": True,
     "force_row_wise": True,
-    "num_threads": 1,
+    "num_threads": TREE_THREADS,
     "verbose": -1,
     "metric": ["binary_logloss", "auc"],
 }
@@ -105,10 +120,13 @@ class TrainError(ValueError):
 
 @dataclass
 class Examples:
-    rows: list[list[float]] = field(default_factory=list)
-    labels: list[int] = field(default_factory=list)
-    people: list[str] = field(default_factory=list)  # the live profile key at as-of (the person)
-    cuts: list[int] = field(default_factory=list)  # the cut of each example
+    """One row per example, ordered by (cut, key): the same for any number of processes."""
+
+    rows: np.ndarray[Any, np.dtype[np.float64]]  # (examples, features)
+    labels: np.ndarray[Any, np.dtype[np.int64]]
+    people: list[str]  # the live profile key at as-of (the person)
+    cuts: np.ndarray[Any, np.dtype[np.int64]]  # the cut of each example
+    keys: list[str]  # the live profile key at the cut
 
 
 def cutoffs(first_ts: int, as_of: int, horizon_ms: int, most: int = MAX_CUTOFFS) -> list[int]:
@@ -121,11 +139,47 @@ def cutoffs(first_ts: int, as_of: int, horizon_ms: int, most: int = MAX_CUTOFFS)
     return sorted(cuts)
 
 
-def build_examples(events: list[dict[str, Any]], as_of: int, horizon_ms: int, cuts: list[int]) -> Examples:
-    """One example per profile per cut (module docstring).  ``events``: accepted, none after ``as_of``."""
+def component_shards(events: list[dict[str, Any]], shards: int) -> list[list[dict[str, Any]]]:
+    """``events`` split into at most ``shards`` lists of about equal size, each in the original order,
+    such that events whose :func:`~streams.dispatch.reachable_keys` meet (directly or through other
+    events) fall in the same list: each list then folds exactly as it does within the whole history."""
+    parent: dict[str, str] = {}
+
+    def find(key: str) -> str:
+        root = key
+        while (up := parent.get(root, root)) != root:
+            root = up
+        while key != root:  # path compression
+            parent[key], key = root, parent[key]
+        return root
+
+    for event in events:
+        first, *others = reachable_keys(event)
+        top = find(first)
+        for other in others:
+            if (root := find(other)) != top:
+                parent[root] = top
+    roots = [find(profile_key(event)) for event in events]
+    sizes: dict[str, int] = {}
+    for root in roots:
+        sizes[root] = sizes.get(root, 0) + 1
+    loads = [0] * shards
+    shard_of: dict[str, int] = {}
+    for root, size in sorted(sizes.items(), key=lambda item: (-item[1], item[0])):  # largest first
+        shard_of[root] = loads.index(min(loads))
+        loads[shard_of[root]] += size
+    split: list[list[dict[str, Any]]] = [[] for _ in range(shards)]
+    for event, root in zip(events, roots, strict=True):
+        split[shard_of[root]].append(event)
+    return [shard for shard in split if shard]
+
+
+def _shard_examples(events: list[dict[str, Any]], horizon_ms: int, cuts: list[int]) -> Examples:
+    """The examples of one shard (or of the whole history), in the order they are found."""
     ordered = sorted(events, key=lambda event: event["ts"])
     local = offline_pipeline()
-    pending: list[tuple[int, str, list[float]]] = []  # (cut, key then, features)
+    rows: list[list[float]] = []
+    found: list[tuple[int, str]] = []  # (cut, key then)
     fed = 0
     for cut in cuts:
         end = fed
@@ -135,7 +189,8 @@ def build_examples(events: list[dict[str, Any]], as_of: int, horizon_ms: int, cu
         fed = end
         for key, state in local.live():
             advance(state, cut, local.rules, 0)  # the events up to the cut folded (no snapshots wanted)
-            pending.append((cut, key, feature_row(state["profile"], cart_view(state["profile"]), cut)))
+            rows.append(feature_row(state["profile"], cart_view(state["profile"]), cut))
+            found.append((cut, key))
     local.feed(ordered[fed:])
     purchases: dict[str, list[int]] = {}
     for event in ordered:
@@ -143,16 +198,38 @@ def build_examples(events: list[dict[str, Any]], as_of: int, horizon_ms: int, cu
             root = local.root_of(profile_key(event))
             if root is not None:
                 purchases.setdefault(root, []).append(event["ts"])
-    examples = Examples()
-    for cut, key, row in pending:
+    kept: list[int] = []
+    labels: list[int] = []
+    people: list[str] = []
+    for index, (cut, key) in enumerate(found):
         person = local.root_of(key)
         if person is None:  # erased since
             continue
-        examples.rows.append(row)
-        examples.labels.append(int(any(cut < ts <= cut + horizon_ms for ts in purchases.get(person, ()))))
-        examples.people.append(person)
-        examples.cuts.append(cut)
-    return examples
+        kept.append(index)
+        labels.append(int(any(cut < ts <= cut + horizon_ms for ts in purchases.get(person, ()))))
+        people.append(person)
+    return Examples(np.asarray(rows, dtype=np.float64).reshape(-1, len(FEATURES))[kept],
+                    np.asarray(labels, dtype=np.int64), people,
+                    np.asarray([found[index][0] for index in kept], dtype=np.int64),
+                    [found[index][1] for index in kept])
+
+
+def build_examples(events: list[dict[str, Any]], as_of: int, horizon_ms: int, cuts: list[int],
+                   jobs: int = 1) -> Examples:
+    """One example per profile per cut (module docstring).  ``events``: accepted, none after ``as_of``.
+    With ``jobs`` > 1 the people are split into that many shards (:func:`component_shards`), folded
+    by as many processes; the examples are the same."""
+    shards = component_shards(events, jobs) if jobs > 1 else [events]
+    parts = run_forked([partial(_shard_examples, shard, horizon_ms, cuts) for shard in shards])
+    keys = [key for part in parts for key in part.keys]
+    cut_of = np.concatenate([part.cuts for part in parts]) if parts else np.zeros(0, dtype=np.int64)
+    order = sorted(range(len(keys)), key=lambda index: (int(cut_of[index]), keys[index]))
+    people = [person for part in parts for person in part.people]
+    if not parts:
+        return Examples(np.zeros((0, len(FEATURES))), np.zeros(0, dtype=np.int64), [], cut_of, [])
+    return Examples(np.concatenate([part.rows for part in parts])[order],
+                    np.concatenate([part.labels for part in parts])[order],
+                    [people[index] for index in order], cut_of[order], [keys[index] for index in order])
 
 
 def person_fraction(person: str) -> float:
@@ -224,9 +301,10 @@ def _bgnbd_inputs(X: np.ndarray[Any, np.dtype[np.float64]]) -> tuple[Any, Any, A
             _column(X, "days_since_first_purchase"))
 
 
-def train(events: list[dict[str, Any]], as_of: int, horizon_days: int) -> tuple[Trained, dict[str, Any],
-                                                                                 dict[str, bytes]]:
-    """The model, its report (what ``train`` prints) and the report's plots (file stem -> PNG)."""
+def train(events: list[dict[str, Any]], as_of: int, horizon_days: int,
+          jobs: int = 1) -> tuple[Trained, dict[str, Any], dict[str, bytes]]:
+    """The model, its report (what ``train`` prints) and the report's plots (file stem -> PNG).  The
+    same for any number of processes ``jobs``."""
     started = time.monotonic()
     if not events:
         raise TrainError("no events at or before --as-of")
@@ -235,10 +313,10 @@ def train(events: list[dict[str, Any]], as_of: int, horizon_days: int) -> tuple[
     if not cuts:
         raise TrainError(f"the history before --as-of is too short for a {horizon_days}-day horizon: it needs "
                          "events more than one horizon and a day before --as-of")
-    examples = build_examples(events, as_of, horizon_ms, cuts)
+    examples = build_examples(events, as_of, horizon_ms, cuts, jobs)
     timing = {"examples": time.monotonic() - started}
-    X = np.asarray(examples.rows, dtype=np.float64).reshape(-1, len(FEATURES))
-    y = np.asarray(examples.labels, dtype=np.float64)
+    X = examples.rows
+    y = examples.labels.astype(np.float64)
     split = split_examples(examples, cuts)
     train_y = y[split.train]
     if len(set(train_y.tolist())) < 2:
@@ -338,16 +416,18 @@ def train(events: list[dict[str, Any]], as_of: int, horizon_days: int) -> tuple[
 
 
 def train_file(events_path: Path, as_of: int, horizon_days: int, out: Path,
-               show_progress: bool = False) -> dict[str, Any]:
+               show_progress: bool = False, jobs: int = 1) -> dict[str, Any]:
     """``mailpulse train``: trains and writes the model directory ``out``; returns the report."""
     started = time.monotonic()
     try:
-        events = read_events(events_path, until=as_of, show_progress=show_progress, label="train: reading")
+        events = read_events(events_path, until=as_of, show_progress=show_progress, label="train: reading",
+                             jobs=jobs)
     except HistoryError as exc:
         raise TrainError(str(exc)) from None
     read_seconds = time.monotonic() - started
-    trained, report, plots = train(events, as_of, horizon_days)
+    trained, report, plots = train(events, as_of, horizon_days, jobs)
     report["timing"]["reading"] = round(read_seconds, 2)
+    report["seconds"] = round(time.monotonic() - started, 2)  # the whole command but writing its files
     documents = {"card": ("MODEL_CARD.md", model_card(report).encode())}
     documents.update({name: (f"{name}.png", png) for name, png in plots.items()})
     try:

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from schemas.timeparse import parse_timestamp
 from streams.gc_tuning import tune_garbage_collector
 from streams.settings import Settings
+from streams.tools.forked import default_jobs
 
 EXIT_USAGE = 2
 
@@ -256,7 +257,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     tune_garbage_collector()  # a history's events stay in memory: the default thresholds rescanned them all
     with reported_as_user_error(TrainError):
-        report = train_file(args.events, args.as_of, args.horizon_days, args.out, show_progress=sys.stderr.isatty())
+        report = train_file(args.events, args.as_of, args.horizon_days, args.out, show_progress=sys.stderr.isatty(),
+                            jobs=args.jobs or default_jobs())
     print(report_table(report), file=sys.stderr)
     print(f"mailpulse: trained model {report['model_version']} on {report['examples']['train']} examples "
           f"in {report['seconds']:.1f} s; wrote {args.out}", file=sys.stderr)
@@ -270,7 +272,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     tune_garbage_collector()
 
     with reported_as_user_error(ScoreError):
-        stats = score_file(args.events, args.as_of, args.models, args.out, show_progress=sys.stderr.isatty())
+        stats = score_file(args.events, args.as_of, args.models, args.out, show_progress=sys.stderr.isatty(),
+                           jobs=args.jobs or default_jobs())
     print(f"mailpulse: scored {stats.profiles} profiles from {stats.events} events with model "
           f"{stats.model_version} in {stats.seconds:.1f} s; wrote {args.out}", file=sys.stderr)
     return 0
@@ -348,6 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--as-of", type=_timestamp, required=True)
     p.add_argument("--horizon-days", type=_positive_int, required=True)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--jobs", type=_positive_int, help="processes reading the history and folding it (default: one "
+                   "per core, at most 8); the model is the same for any number")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("score", help="offline scoring of profiles")
@@ -355,6 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--as-of", type=_timestamp, required=True)
     p.add_argument("--models", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--jobs", type=_positive_int, help="processes reading the history (default: one per core, at "
+                   "most 8); the scores are the same for any number")
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("resolve", help="batch identity resolution of identify events")

@@ -252,6 +252,17 @@ class LocalRun:
     limited: list[str] = field(default_factory=list)  # kinds of identity limits that kept two apart
 
 
+def reachable_keys(event: dict[str, Any]) -> list[str]:
+    """Every key that this event, or a message it causes, can read or write: its profile key, the
+    identifier keys it names (links, absorbs, forgets travel between them) and, for an ``identify``
+    with a name, its fuzzy-matching blocks (whose members it may be linked with).  Events whose
+    reachable keys never meet, even through other events, fold independently of each other."""
+    keys = [profile_key(event), *graph.identifier_keys(event)]
+    if event["type"] == "identify" and (record := person_record(event)) is not None:
+        keys += block_keys(record)
+    return keys
+
+
 class LocalPipeline:
     """The profile hop without a broker, fed in steps: :meth:`feed` delivers events and every message
     they cause (FIFO, or in a random order with ``shuffle``); :meth:`advance` moves every live

@@ -3,22 +3,46 @@
 Each line is validated and normalized exactly as the stream does it (:func:`streams.ingest.decode`);
 the first bad line stops the command with ``FILE:LINE: reason``.  Blank lines and ticks are skipped
 (a tick moves a clock; these commands take their cut-off time from ``--as-of``).
+
+With ``jobs`` > 1 the file is cut into that many byte ranges at line ends, each decoded by its own
+process (:mod:`streams.tools.forked`): decoding is most of the reading time, and the events come
+back in file order, the same list as with one process.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from schemas.identifiers import hold_every_address
 from streams.ingest import Accepted, Source, decode
+from streams.tools.forked import run_forked
 
 
 class HistoryError(ValueError):
     """The history file cannot be used (a bad line, an unreadable file)."""
+
+
+def _open(path: Path) -> tuple[int, IO[bytes]]:
+    try:
+        return path.stat().st_size, path.open("rb")
+    except OSError as exc:
+        raise HistoryError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _accepted(path: Path, line: bytes, number: int) -> dict[str, Any] | None:
+    """The accepted event of one line (None: a blank line); :class:`HistoryError` if it is not one."""
+    raw = line.rstrip(b"\r\n")
+    if not raw.strip():
+        return None
+    result = decode(raw, Source("history", 0, number, None, 0), 0)
+    if not isinstance(result, Accepted):
+        raise HistoryError(f"{path}:{number}: {result.record['error']['message']}")
+    return result.event
 
 
 def accepted_lines(path: Path, show_progress: bool = False,
@@ -26,11 +50,7 @@ def accepted_lines(path: Path, show_progress: bool = False,
     """(line number, accepted event) of each non-blank line of ``path``; :class:`HistoryError` at the
     first line that is not a valid input event."""
     hold_every_address()
-    try:
-        size = path.stat().st_size
-        handle = path.open("rb")
-    except OSError as exc:
-        raise HistoryError(f"cannot read {path}: {exc.strerror}") from None
+    size, handle = _open(path)
     progress = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), disable=not show_progress,
                         transient=True)
     with progress, handle:
@@ -38,19 +58,90 @@ def accepted_lines(path: Path, show_progress: bool = False,
         done = 0
         for number, line in enumerate(handle, start=1):
             done += len(line)
-            raw = line.rstrip(b"\r\n")
-            if not raw.strip():
+            event = _accepted(path, line, number)
+            if event is None:
                 continue
-            result = decode(raw, Source("history", 0, number, None, 0), 0)
-            if not isinstance(result, Accepted):
-                raise HistoryError(f"{path}:{number}: {result.record['error']['message']}")
-            yield number, result.event
+            yield number, event
             if number % 5000 == 0:
                 progress.update(task, completed=done)
 
 
+def _wanted(event: dict[str, Any], until: int | None) -> bool:
+    return event["type"] != "tick" and (until is None or event["ts"] <= until)
+
+
+def _lines_before(handle: IO[bytes], start: int) -> int:
+    """Newlines in the first ``start`` bytes (so the line number of the line at ``start`` is one more)."""
+    handle.seek(0)
+    count = 0
+    while handle.tell() < start:
+        count += handle.read(min(1 << 24, start - handle.tell())).count(b"\n")
+    return count
+
+
+def _read_range(path: Path, start: int, end: int, until: int | None, show_progress: bool = False,
+                label: str = "reading") -> tuple[list[dict[str, Any]], HistoryError | None]:
+    """The wanted events of the lines that start in ``[start, end)`` (``start`` is 0 or just after a
+    newline), and the error of the first bad one."""
+    hold_every_address()
+    events: list[dict[str, Any]] = []
+    _, handle = _open(path)
+    progress = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), disable=not show_progress,
+                        transient=True)
+    with progress, handle:
+        task = progress.add_task(label, total=end - start)
+        number = _lines_before(handle, start)
+        handle.seek(start)
+        position = start
+        while position < end:
+            line = handle.readline()
+            if not line:
+                break
+            position += len(line)
+            number += 1
+            try:
+                event = _accepted(path, line, number)
+            except HistoryError as exc:
+                return events, exc
+            if event is not None and _wanted(event, until):
+                events.append(event)
+            if number % 5000 == 0:
+                progress.update(task, completed=position - start)
+    return events, None
+
+
+def _line_starts(path: Path, size: int, parts: int) -> list[int]:
+    """``parts`` byte offsets (the first 0), each at the start of a line, ascending, no repeats."""
+    starts = [0]
+    _, handle = _open(path)
+    with handle:
+        for k in range(1, parts):
+            target = size * k // parts
+            if target < 1:
+                continue
+            handle.seek(target - 1)
+            handle.readline()  # past the line holding the byte before the target: a line start
+            offset = handle.tell()
+            if starts[-1] < offset < size:
+                starts.append(offset)
+    return starts
+
+
 def read_events(path: Path, until: int | None = None, show_progress: bool = False,
-                label: str = "reading") -> list[dict[str, Any]]:
-    """The accepted events of ``path`` (no ticks) stamped at or before ``until`` (all: None)."""
-    return [event for _, event in accepted_lines(path, show_progress, label)
-            if event["type"] != "tick" and (until is None or event["ts"] <= until)]
+                label: str = "reading", jobs: int = 1) -> list[dict[str, Any]]:
+    """The accepted events of ``path`` (no ticks) stamped at or before ``until`` (all: None), in file
+    order, read by ``jobs`` processes."""
+    if jobs <= 1:
+        return [event for _, event in accepted_lines(path, show_progress, label) if _wanted(event, until)]
+    size, handle = _open(path)
+    handle.close()
+    starts = _line_starts(path, size, jobs)
+    ends = [*starts[1:], size]
+    parts = run_forked([partial(_read_range, path, start, end, until, show_progress and start == 0, label)
+                        for start, end in zip(starts, ends, strict=True)])
+    events: list[dict[str, Any]] = []
+    for part, error in parts:
+        if error is not None:
+            raise error
+        events += part
+    return events

@@ -12,10 +12,11 @@ import pytest
 
 from models.bundle import MANIFEST, ModelBundle
 from models.features import FEATURES
-from models.training import DAY_MS, build_examples, cutoffs
+from models.training import DAY_MS, build_examples, component_shards, cutoffs
 from streams.cli import main
 from streams.ingest import Accepted, Source, decode
 from streams.tools.generate import BTYD_PARAMS
+from streams.tools.history import read_events
 from tests.models.conftest import AS_OF, BTYD_AS_OF
 from tests.unit.test_timeline import T0, ev, ms
 
@@ -39,7 +40,8 @@ def test_cutoffs_step_back_one_horizon_at_a_time_and_keep_a_day_of_history() -> 
     assert cutoffs(0, 30 * DAY_MS, 30 * DAY_MS) == []
 
 
-def test_labels_are_purchases_in_the_horizon_after_the_cut_also_through_a_later_merge() -> None:
+@pytest.mark.parametrize("jobs", [1, 3])
+def test_labels_are_purchases_in_the_horizon_after_the_cut_also_through_a_later_merge(jobs: int) -> None:
     t = ms(T0)
     day = DAY_MS
     events = [
@@ -52,7 +54,7 @@ def test_labels_are_purchases_in_the_horizon_after_the_cut_also_through_a_later_
         ev("c-2", "identify", t + 15 * day, user="u-c", anonymous_id="anon-c"),
         ev("c-3", "purchase", t + 16 * day, user="u-c", order_id="oc", total=5.0),
     ]
-    examples = build_examples(events, t + 20 * day, 10 * day, [t + 10 * day])
+    examples = build_examples(events, t + 20 * day, 10 * day, [t + 10 * day], jobs)
     assert len(examples.rows) == 3 and all(len(row) == len(FEATURES) for row in examples.rows)
     by_orders = sorted(zip((row[FEATURES.index("orders")] for row in examples.rows), examples.labels, strict=True))
     # two profiles without an order at the cut (a: 1, c: 1), b with one order (0)
@@ -158,3 +160,43 @@ def test_train_on_a_btyd_history_reports_the_model_against_bgnbd_and_the_heurist
                                                                                                rel=0.3)
     # the table goes to stderr, the report stays the last line of stdout
     assert "ROC-AUC" in err and "BG/NBD" in err
+
+
+def test_shards_keep_every_person_together_through_identifiers_and_fuzzy_blocks() -> None:
+    t = ms(T0)
+    named = {"first_name": "Anna", "last_name": "Kowalska", "birthday": "1990-04-12"}
+    events = [
+        anonymous("1", "product_view", t, "anon-1", product_id="x"),
+        ev("2", "identify", t + 1, user="u-1", anonymous_id="anon-1"),  # anon-1 is u-1
+        ev("3", "identify", t + 2, user="u-1", email="anna@example.com"),  # ... and anna@
+        anonymous("4", "cart_add", t + 3, "anon-2", email="anna@example.com", product_id="x", quantity=1,
+                  price=1.0),  # anon-2 through the e-mail
+        ev("5", "identify", t + 4, user="u-2", traits=named),
+        ev("6", "identify", t + 5, user="u-3", traits=named),  # the same person by fuzzy match: one block
+        *(ev(f"o-{n}", "page_view", t + 10 + n, user=f"other-{n}") for n in range(6)),
+    ]
+    shards = component_shards(events, 3)
+    where = {event["event_id"]: index for index, shard in enumerate(shards) for event in shard}
+    assert where["1"] == where["2"] == where["3"] == where["4"]
+    assert where["5"] == where["6"]
+    assert len(shards) == 3 and sum(map(len, shards)) == len(events)
+    assert all(shard == sorted(shard, key=events.index) for shard in shards)  # each in the original order
+    assert component_shards(events, 1) == [events]
+
+
+def test_examples_and_the_model_are_the_same_for_any_number_of_processes(
+        capsys: pytest.CaptureFixture[str], history: Path, tmp_path: Path) -> None:
+    as_of = ms(AS_OF + "T00:00:00Z")
+    events = read_events(history, until=as_of)
+    cuts = cutoffs(min(event["ts"] for event in events), as_of, 30 * DAY_MS)
+    one, three = (build_examples(events, as_of, 30 * DAY_MS, cuts, jobs) for jobs in (1, 3))
+    assert one.keys == three.keys and one.people == three.people and len(set(one.people)) > 300
+    assert one.rows.tobytes() == three.rows.tobytes()
+    assert one.labels.tolist() == three.labels.tolist() and one.cuts.tolist() == three.cuts.tolist()
+    versions = set()
+    for jobs in ("1", "2"):
+        code, out, err = run(capsys, "train", "--events", str(history), "--as-of", AS_OF, "--horizon-days", "30",
+                             "--out", str(tmp_path / jobs), "--jobs", jobs)
+        assert code == 0, err
+        versions.add(json.loads(out.strip().splitlines()[-1])["model_version"])
+    assert len(versions) == 1

@@ -1,0 +1,62 @@
+"""streams.tools.history: a history file read by several processes gives the events, line numbers and
+first error of one process."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import orjson
+import pytest
+
+from streams.tools.generate import generate_history
+from streams.tools.history import HistoryError, read_events
+
+
+@pytest.fixture(scope="module")
+def lines() -> list[bytes]:
+    events = generate_history(60, 20, 3, date(2026, 1, 1))
+    out = [orjson.dumps(event) + b"\n" for event in events]
+    out[10:10] = [b"\n", b"   \r\n"]  # blank lines count as lines, give no event
+    out.insert(40, orjson.dumps({"type": "tick", "timestamp": "2026-01-02T00:00:00Z"}) + b"\n")
+    return out
+
+
+def test_several_processes_read_the_same_events_as_one(lines: list[bytes], tmp_path: Path) -> None:
+    path = tmp_path / "h.jsonl"
+    path.write_bytes(b"".join(lines))
+    one = read_events(path)
+    assert len(one) == len(lines) - 3 and all(event["type"] != "tick" for event in one)
+    for jobs in (2, 3, 7):
+        assert read_events(path, jobs=jobs) == one  # src holds the line number: the same lines
+    until = one[len(one) // 2]["ts"]
+    assert read_events(path, until=until, jobs=3) == read_events(path, until=until)
+
+
+def test_the_first_bad_line_is_reported_whichever_process_reads_it(lines: list[bytes], tmp_path: Path) -> None:
+    path = tmp_path / "h.jsonl"
+    bad = [*lines]
+    bad[-5] = b'{"type": "purchase"}\n'
+    bad[-2] = b"not json\n"
+    path.write_bytes(b"".join(bad))
+    with pytest.raises(HistoryError) as one:
+        read_events(path)
+    assert f"h.jsonl:{len(bad) - 4}:" in str(one.value)
+    for jobs in (2, 5):
+        with pytest.raises(HistoryError) as several:
+            read_events(path, jobs=jobs)
+        assert str(several.value) == str(one.value)
+
+
+@pytest.mark.parametrize("content", [b"", b"\n", orjson.dumps({"event_id": "e", "type": "page_view",
+                                                                 "timestamp": "2026-01-01T00:00:00Z",
+                                                                 "user_id": "u"})])
+def test_files_shorter_than_the_processes(content: bytes, tmp_path: Path) -> None:
+    path = tmp_path / "h.jsonl"
+    path.write_bytes(content)
+    assert read_events(path, jobs=8) == read_events(path)
+
+
+def test_an_unreadable_file_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(HistoryError, match="cannot read"):
+        read_events(tmp_path / "missing.jsonl", jobs=2)
