@@ -252,15 +252,13 @@ class LocalRun:
     limited: list[str] = field(default_factory=list)  # kinds of identity limits that kept two apart
 
 
-def reachable_keys(event: dict[str, Any]) -> list[str]:
-    """Every key that this event, or a message it causes, can read or write: its profile key, the
-    identifier keys it names (links, absorbs, forgets travel between them) and, for an ``identify``
-    with a name, its fuzzy-matching blocks (whose members it may be linked with).  Events whose
-    reachable keys never meet, even through other events, fold independently of each other."""
-    keys = [profile_key(event), *graph.identifier_keys(event)]
-    if event["type"] == "identify" and (record := person_record(event)) is not None:
-        keys += block_keys(record)
-    return keys
+def reachable_keys(event: dict[str, Any]) -> tuple[list[str], dict[str, Any] | None]:
+    """The profile and identifier keys that this event, or a message it causes, can read or write
+    (links, absorbs and forgets travel between them), and for an ``identify`` with a name the person
+    record it sends to its fuzzy-matching blocks (:func:`block_keys`), whose members it may be linked
+    with (:func:`streams.resolution.blocks.linkable_pairs`)."""
+    record = person_record(event) if event["type"] == "identify" else None
+    return [profile_key(event), *graph.identifier_keys(event)], record
 
 
 class LocalPipeline:

@@ -21,6 +21,7 @@ a link between them is unsound, which a block cannot see). Pure functions; no st
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -156,6 +157,38 @@ def on_block_message(members: Mapping[str, Mapping[str, Any]] | None, key: str, 
     stored = {k: current[k] for k in others}
     stored[key] = _record_of(person)  # canonical form, whatever shape the message had
     return BlockOutcome(_sorted_copy(stored), sorted(links), sorted(possible))
+
+
+def linkable_pairs(messages: Iterable[tuple[str, Mapping[str, Any]]], merge_threshold: float = MERGE_THRESHOLD,
+                   max_block: int = MAX_BLOCK) -> list[tuple[str, str]]:
+    """Pairs of keys that the blocks could link, from every block message of a history as (key, person
+    record), in any order: a superset of the links :func:`on_block_message` reports for them in any
+    arrival order, where a message's member key may be any key of that person.
+
+    Every pair of messages of a block with two keys is scored (the stream scores a newcomer only
+    against the records stored then, a subset).  A block that gets more than ``max_block`` messages
+    may fill up, and then what it scores depends on arrival order: all its keys are paired (chained).
+    For splitting a history into shards that fold independently (``train``).
+    """
+    members: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for key, record in messages:
+        for block in block_keys(record):
+            members.setdefault(block, []).append((key, dict(record)))
+    pairs: list[tuple[str, str]] = []
+    for block in sorted(members):
+        found = members[block]
+        keys = sorted({key for key, _ in found})
+        if len(keys) < 2:
+            continue
+        if len(found) > max_block:
+            pairs += itertools.pairwise(keys)
+            continue
+        people = [(key, person_from_record(record)) for key, record in found]
+        for i, (key_a, person_a) in enumerate(people):
+            for key_b, person_b in people[i + 1:]:
+                if key_a != key_b and score(person_a, person_b) >= merge_threshold:
+                    pairs.append((key_a, key_b))
+    return pairs
 
 
 def drop_member(members: Mapping[str, Mapping[str, Any]] | None, key: str) -> dict[str, dict[str, Any]]:

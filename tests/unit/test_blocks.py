@@ -20,6 +20,7 @@ from streams.resolution import (
     block_keys,
     blocking_keys,
     drop_member,
+    linkable_pairs,
     identifier_keys,
     on_block_message,
     person_from_record,
@@ -214,6 +215,38 @@ def test_a_block_over_max_block_is_skipped() -> None:
     assert set(room) == {"a:0", "a:2"}
     assert not on_block_message(room, "a:new", people[0], max_block=3).skipped
     assert len(block_of(*((f"a:{i:03d}", people[0]) for i in range(MAX_BLOCK + 5)))) == MAX_BLOCK
+
+
+def test_linkable_pairs_hold_every_link_the_blocks_report_in_any_order(generated: list[dict[str, Any]]) -> None:
+    """The superset ``train`` splits a history by: whatever the arrival order, and with several
+    messages per key (a member's record replaced), each reported link is a pair it names, also
+    through blocks that fill up (chained: every key of such a block is paired)."""
+    messages = [(f"a:{i % 400:05d}", record) for i, event in enumerate(generated)
+                if (record := person_record(event)) is not None]
+    for max_block in (MAX_BLOCK, 4):
+        parent: dict[str, str] = {}
+
+        def find(key: str) -> str:
+            while parent.get(key, key) != key:
+                key = parent[key]
+            return key
+
+        for a, b in linkable_pairs(messages, max_block=max_block):
+            parent[find(a)] = find(b)
+        for seed in range(3):
+            order = random.Random(seed).sample(messages, len(messages))
+            blocks: dict[str, dict[str, Record]] = {}
+            reported = 0
+            for key, record in order:
+                for block in block_keys(record):
+                    out = on_block_message(blocks.get(block), key, record, max_block=max_block)
+                    blocks[block] = out.members
+                    for x, y, _ in out.links:
+                        assert find(x) == find(y), (x, y)
+                        reported += 1
+            assert reported > 50
+    big = [(f"a:{i}", rec(first="Ana", last="Lopez", birthday=f"19{50 + i}-01-01")) for i in range(6)]
+    assert len({frozenset(pair) for pair in linkable_pairs(big, max_block=4)}) >= 5  # chained, not scored
 
 
 def test_drop_member() -> None:
