@@ -20,8 +20,8 @@ from streams.resolution import (
     block_keys,
     blocking_keys,
     drop_member,
-    linkable_pairs,
     identifier_keys,
+    linkable_pairs,
     on_block_message,
     person_from_record,
     person_of,
@@ -226,7 +226,7 @@ def test_linkable_pairs_hold_every_link_the_blocks_report_in_any_order(generated
     for max_block in (MAX_BLOCK, 4):
         parent: dict[str, str] = {}
 
-        def find(key: str) -> str:
+        def find(key: str, parent: dict[str, str] = parent) -> str:
             while parent.get(key, key) != key:
                 key = parent[key]
             return key
