@@ -9,7 +9,7 @@ does not exist yet (no purchase) is missing (NaN), which LightGBM handles as its
 
 Purchase-history features (for sparse histories: most people buy a few times a year) come from the
 profile's list of its newest purchases (``aggregates.purchases``, ``[ts_ms, total]``, at most
-``streams.profile.MOST_ENTRIES["purchases"]``) together with the exact lifetime aggregates (orders,
+``streams.profile.MOST_PURCHASES``) together with the exact lifetime aggregates (orders,
 spend, first and last purchase): purchases and spend in the last 30/90/180/365 days; the intervals
 between purchases (mean, spread, days since the last purchase in mean intervals); BG/NBD's summary
 of a customer, ``x`` (repeat purchases), ``t_x`` (days from the first purchase to the last) and ``T``

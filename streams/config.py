@@ -12,6 +12,8 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from streams.profile import DEFAULT_LIMITS
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -226,6 +228,24 @@ class TimeGuard(_Strict):
     max_future_minutes: float = Field(default=1440, gt=0)
 
 
+class Limits(_Strict):
+    """The bounds of each profile's collections (:class:`streams.profile.Limits`, whose defaults these
+    are; README "Bounds").  Every worker of a deployment needs the same values: a merge or a replay
+    then trims as the first fold did."""
+
+    traits: int = Field(default=DEFAULT_LIMITS.traits, ge=1)
+    trait_bytes: int = Field(default=DEFAULT_LIMITS.trait_bytes, ge=1024, le=512 * 1024)
+    consent: int = Field(default=DEFAULT_LIMITS.consent, ge=1)
+    context: int = Field(default=DEFAULT_LIMITS.context, ge=1)
+    cart_lines: int = Field(default=DEFAULT_LIMITS.cart_lines, ge=1)
+    cart_moves: int = Field(default=DEFAULT_LIMITS.cart_moves, ge=2)
+    seen_ids: int = Field(default=DEFAULT_LIMITS.seen_ids, ge=64)
+    seen_id_bytes: int = Field(default=DEFAULT_LIMITS.seen_id_bytes, ge=4096, le=512 * 1024)
+    parked_events: int = Field(default=DEFAULT_LIMITS.parked_events, ge=1)
+    history_per_type: int = Field(default=DEFAULT_LIMITS.history_per_type, ge=1)
+    possible_matches: int = Field(default=DEFAULT_LIMITS.possible_matches, ge=1)
+
+
 class PipelineConfig(_Strict):
     guardrails: Guardrails = Guardrails()
     triggers: Triggers = Triggers()
@@ -233,6 +253,7 @@ class PipelineConfig(_Strict):
     scoring: Scoring = Scoring()
     identity: Identity = Identity()
     time: TimeGuard = TimeGuard()
+    limits: Limits = Limits()
 
 
 class ConfigError(ValueError):
@@ -257,7 +278,7 @@ def load_config(path: Path | None) -> PipelineConfig:
         return PipelineConfig()
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping (guardrails, triggers, segments, scoring, "
-                          "identity, time)")
+                          "identity, time, limits)")
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as exc:

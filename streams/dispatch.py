@@ -37,9 +37,10 @@ class Effects:
     changed: bool = False  # the key's state changed: write it back
     blocks_skipped: int = 0
     limited: list[str] = field(default_factory=list)  # kinds whose identity limit kept two apart
-    matches_dropped: int = 0  # possible matches dropped past possible_matches.MOST
-    seen_dropped: int = 0  # event ids forgotten past profile.MOST_SEEN
-    traits_dropped: int = 0  # trait values a merge dropped past profile.TRAIT_BYTES
+    matches_dropped: int = 0  # possible matches dropped past limits.possible_matches
+    seen_dropped: int = 0  # event ids forgotten past limits.seen_ids
+    traits_dropped: int = 0  # trait values a merge dropped past limits.trait_bytes
+    history_dropped: int = 0  # windowed-count timestamps a merge dropped past limits.history_per_type
     unknown: str | None = None  # an internal message type this version does not know (skipped)
 
 
@@ -57,7 +58,7 @@ def dispatch(states: MutableMapping[str, State | None], blocks: MutableMapping[s
     elif kind == graph.ABSORB:
         effects = _on_absorb(states, key, state, message, rules)
     elif kind == graph.POSSIBLE:
-        effects = _on_possible(states, key, state, message)
+        effects = _on_possible(states, key, state, message, rules)
     elif kind == possible_matches.ALIAS:
         effects = _on_alias(states, key, state, message)
     elif kind == graph.FORGET:
@@ -145,13 +146,16 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
         # an erasure marker: the person was erased, and what arrives is theirs (linked before the
         # erase reached it): it is dropped too.  Their later activity starts a new profile here.
         return effects
+    limits = rules.limits
     if graph.is_live(state):
         assert state is not None
-        merged = merge_states(state, absorbed, key)
+        merged = merge_states(state, absorbed, key, limits)
         merged["due"] = state.get("due")
         effects.merges.append(message.get("kind", "exact"))
+        effects.history_dropped = _history_size(state) + _history_size(absorbed) - _history_size(merged)
     else:  # nothing here yet: the arriving profile settles under this key
-        merged = merge_states(ensure_rule_state(new_state(key, absorbed["profile"]["created_at"])), absorbed, key)
+        merged = merge_states(ensure_rule_state(new_state(key, absorbed["profile"]["created_at"])), absorbed, key,
+                              limits)
     links = {*merged.get("links", []), *absorbed.get("links", []), message["from"]} - {key}
     merged["links"] = sorted(links, key=rank)
     graph.add_claims(merged, absorbed.get("claimed", {}))
@@ -165,9 +169,9 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
     # the absorbed side's possible matches now live under this key: their other sides are told
     effects.send += possible_matches.aliases_to_send(absorbed.get("profile", {}).get("possible_matches", ()), key)
     merged["rules"]["dirty"] = True  # segments are evaluated again at the next step
-    effects.matches_dropped = possible_matches.trim(merged["profile"]["possible_matches"])
+    effects.matches_dropped = possible_matches.trim(merged["profile"]["possible_matches"], limits.possible_matches)
     trimmed: dict[str, int] = {}
-    trim_traits(merged["profile"]["traits"], merged["profile"]["trait_times"], trimmed)
+    trim_traits(merged["profile"]["traits"], merged["profile"]["trait_times"], trimmed, limits)
     effects.traits_dropped = trimmed.get("traits", 0)
     if rules.scorer is not None:
         here = state["profile"]["predictions"] if graph.is_live(state) and state is not None else None
@@ -175,6 +179,11 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
     states[key] = merged
     effects.republish = True
     return effects
+
+
+def _history_size(state: State) -> int:
+    """Timestamps a state holds for the segments' windowed counts."""
+    return sum(len(times) for times in (state.get("rules") or {}).get("history", {}).values())
 
 
 def _not_at_a_profile(state: State | None, message: dict[str, Any]) -> Effects | None:
@@ -187,7 +196,7 @@ def _not_at_a_profile(state: State | None, message: dict[str, Any]) -> Effects |
 
 
 def _on_possible(states: MutableMapping[str, State | None], key: str, state: State | None,
-                 message: dict[str, Any]) -> Effects:
+                 message: dict[str, Any], rules: RuleSet) -> Effects:
     """A scored pair (:mod:`streams.possible_matches`); tells the other side this person's root when
     the pair was scored under another of their keys."""
     elsewhere = _not_at_a_profile(state, message)
@@ -198,7 +207,7 @@ def _on_possible(states: MutableMapping[str, State | None], key: str, state: Sta
     entries = state["profile"]["possible_matches"]
     if not possible_matches.record(entries, mine, other, message["score"]):
         return Effects()
-    dropped = possible_matches.trim(entries)
+    dropped = possible_matches.trim(entries, rules.limits.possible_matches)
     if dropped and not any(entry[:2] == [mine, other] for entry in entries if isinstance(entry, list)):
         return Effects(matches_dropped=dropped)  # the new pair was the worst: nothing changed
     states[key] = state

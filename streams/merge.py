@@ -30,15 +30,25 @@ from typing import Any
 from schemas.timeparse import parse_timestamp
 from streams import possible_matches
 from streams.identity import profile_id_for
-from streams.profile import SEEN_FROM, State, _ordered, cart_view, keep_newest_purchases, listed_purchases, money, spent
+from streams.profile import (
+    DEFAULT_LIMITS,
+    SEEN_FROM,
+    Limits,
+    State,
+    _ordered,
+    cart_view,
+    keep_newest_purchases,
+    listed_purchases,
+    money,
+    spent,
+)
 from streams.rules import recommend
 from streams.rules.triggers import new_rule_state
-from streams.timeline import HISTORY_CAP
 
 _MERGED_KEYS = frozenset(("profile", "seen", "pending", "rules", "erased_at", "due", SEEN_FROM))
 
 
-def merge_states(survivor: State, absorbed: State, survivor_key: str) -> State:
+def merge_states(survivor: State, absorbed: State, survivor_key: str, limits: Limits = DEFAULT_LIMITS) -> State:
     """One person's state from two: the union of both profiles' events, keyed ``survivor_key``.
 
     Either side may be an erasure marker ``{"erased_at": ts}``: the newest erasure is kept.  Neither
@@ -72,7 +82,8 @@ def merge_states(survivor: State, absorbed: State, survivor_key: str) -> State:
         result["seen"] = _union_min(a["seen"], b["seen"])
         result["pending"] = merge_pending(a, b)
         result["rules"] = merge_rules(a.get("rules") or new_rule_state(), b.get("rules") or new_rule_state(),
-                                      cart_empty=cart_view(result["profile"]) is None)
+                                      cart_empty=cart_view(result["profile"]) is None,
+                                      most_history=limits.history_per_type)
     seen_from = _max_opt(survivor.get(SEEN_FROM), absorbed.get(SEEN_FROM))
     if seen_from is not None:  # either side's forgotten ids: the later horizon covers both
         result[SEEN_FROM] = seen_from
@@ -257,7 +268,8 @@ def merge_pending(a: State, b: State) -> list[list[Any]]:
 # --- rule state -------------------------------------------------------------------------------------
 
 
-def merge_rules(survivor: dict[str, Any], absorbed: dict[str, Any], cart_empty: bool) -> dict[str, Any]:
+def merge_rules(survivor: dict[str, Any], absorbed: dict[str, Any], cart_empty: bool,
+                most_history: int = DEFAULT_LIMITS.history_per_type) -> dict[str, Any]:
     """The ``rules`` part.  ``cart_empty``: the merged profile's cart is empty.
 
     ``history`` keeps equal timestamps from both sides: it stores bare times, so two equal ones
@@ -275,7 +287,7 @@ def merge_rules(survivor: dict[str, Any], absorbed: dict[str, Any], cart_empty: 
     if "scored_at" in a or "scored_at" in b:  # the time of the newest prediction, which the merge keeps
         rules["scored_at"] = _max_opt(a.get("scored_at"), b.get("scored_at"))
     a_history, b_history = a.get("history", {}), b.get("history", {})
-    rules["history"] = {kind: sorted([*a_history.get(kind, []), *b_history.get(kind, [])])[-HISTORY_CAP:]
+    rules["history"] = {kind: sorted([*a_history.get(kind, []), *b_history.get(kind, [])])[-most_history:]
                         for kind in sorted({*a_history, *b_history})}
     timers: dict[str, list[Any]] = {}
     a_timers, b_timers = a.get("timers", {}), b.get("timers", {})

@@ -99,15 +99,15 @@ class Metrics:
         )
         self.entries_dropped = Counter(
             "mailpulse_profile_entries_dropped",
-            "Entries a bounded per-profile collection dropped (possible_matches: the lowest scores past 100; "
-            "traits, consent, context, cart_lines: new keys past the bound, traits also the largest values past "
-            "64 KiB; cart_moves: oldest moves combined; "
-            "purchases: the oldest past 100; seen: the oldest event ids past 2,000, whose window then counts as "
-            "seen)",
+            "Entries a bounded per-profile collection dropped, past its config limits.* bound "
+            "(possible_matches: the lowest scores; traits, consent, context, cart_lines: new keys, traits also "
+            "the largest values past limits.trait_bytes; cart_moves: oldest moves combined; "
+            "purchases: the oldest past 100; seen: the oldest event ids, whose window then counts as seen; "
+            "history: the oldest timestamps of an event type kept for windowed segment counts)",
             ["collection"], registry=r,
         )
         for collection in ("possible_matches", "traits", "consent", "context", "cart_lines", "cart_moves",
-                           "purchases", "seen"):
+                           "purchases", "seen", "history"):
             self.entries_dropped.labels(collection)
         self.released_early = Counter(
             "mailpulse_events_released_early",

@@ -31,7 +31,7 @@ from streams.identity import profile_id_for, rank
 ALIAS = "_alias"
 
 Entry = list[Any]  # [mine, other, score]
-#: Most entries a profile keeps (the best by score); a drop is counted
+#: Most entries a profile keeps by default (the best by score; ``limits.possible_matches``); a drop is counted
 #: (``mailpulse_profile_entries_dropped_total{collection="possible_matches"}``).
 MOST = 100
 
@@ -57,14 +57,14 @@ def record(entries: list[Entry], mine: str, other: str, score: float) -> bool:
     return True
 
 
-def trim(entries: list[Any]) -> int:
-    """Keeps the :data:`MOST` best entries (highest score, then the order of :func:`_order`); how
-    many were dropped.  Top-N of a union is the top-N of the parts' top-N, so trimming keeps the
-    view order-free."""
-    if len(entries) <= MOST:
+def trim(entries: list[Any], most: int = MOST) -> int:
+    """Keeps the ``most`` (config ``limits.possible_matches``) best entries (highest score, then the
+    order of :func:`_order`); how many were dropped.  Top-N of a union is the top-N of the parts'
+    top-N, so trimming keeps the view order-free."""
+    if len(entries) <= most:
         return 0
-    kept = sorted(entries, key=_best)[:MOST]
-    dropped = len(entries) - MOST
+    kept = sorted(entries, key=_best)[:most]
+    dropped = len(entries) - most
     entries[:] = sorted(kept, key=_order)
     return dropped
 

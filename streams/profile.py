@@ -63,7 +63,7 @@ def new_state(key: str, ts: int) -> State:
                 "spend_by_currency": {},
                 "first_purchase_at": None,
                 "last_purchase_at": None,
-                # [[ts, total], ...] of the newest purchases, oldest first (bound: MOST_ENTRIES["purchases"]);
+                # [[ts, total], ...] of the newest purchases, oldest first (bound: MOST_PURCHASES);
                 # a state written before this list existed has none: see listed_purchases
                 "purchases": [],
             },
@@ -131,11 +131,36 @@ def _apply_identifiers(profile: dict[str, Any], event: Event, ts: int, linked: C
             _add_identifier(profile, "phones", phone, ts)
 
 
-#: Bounds of the per-profile collections an event can grow (a drop is counted in
-#: ``mailpulse_profile_entries_dropped_total{collection}``).  A merge keeps both sides' entries; no
-#: event adds a new one past the bound.
-MOST_ENTRIES = {"traits": 100, "consent": 32, "context": 32, "cart_lines": 100, "cart_moves": 50,
-                "purchases": 100}
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The bounds of a profile's collections: config ``limits`` (README, "Bounds"), the same in every
+    worker.  A drop is counted in ``mailpulse_profile_entries_dropped_total{collection}``, or for parked
+    events in ``mailpulse_events_released_early_total``.  A merge keeps both sides' entries up to the
+    same bounds; no event adds a new one past a bound."""
+
+    traits: int = 100  # trait keys
+    trait_bytes: int = 64 * 1024  # about, as JSON: past it the largest values go first
+    consent: int = 32  # consent keys
+    context: int = 32  # context keys
+    cart_lines: int = 100  # products in the open cart
+    cart_moves: int = 50  # adds/removes kept per cart line (the two oldest then become one)
+    seen_ids: int = 2_000  # event ids kept for exact dedupe within the retention (at least 64)
+    seen_id_bytes: int = 128 * 1024  # characters of those ids
+    parked_events: int = 1_000  # events waiting for the watermark (the oldest are then applied)
+    history_per_type: int = 500  # timestamps per event type for the segments' windowed counts
+    possible_matches: int = 100  # the best-scored pairs kept
+
+    @property
+    def small_traits_can_overflow(self) -> bool:
+        """Whether values under :data:`LARGE_TRAIT_BYTES` (with keys of up to 128 characters) can
+        exceed ``trait_bytes`` before the key bound stops them: then every identify checks the size."""
+        return self.traits * (LARGE_TRAIT_BYTES + 128 + 4) > self.trait_bytes
+
+
+DEFAULT_LIMITS = Limits()
+#: The newest purchases a profile lists (``aggregates.purchases``): not a setting, since the model's
+#: features are computed from that list (:mod:`models.features`) and a model is trained with it.
+MOST_PURCHASES = 100
 Dropped = dict[str, int]  # collection -> entries dropped
 
 
@@ -146,15 +171,15 @@ def _drop(dropped: Dropped | None, collection: str) -> None:
 
 def _apply_newest(
     values: dict[str, Any], times: dict[str, list[Any]], updates: dict[str, Any], ts: int, event_id: str,
-    collection: str = "traits", dropped: Dropped | None = None,
+    collection: str = "traits", dropped: Dropped | None = None, most: int = 100,
 ) -> None:
     """Newest non-empty value per field by event time; equal times: the larger event_id wins.  A new
-    field past the collection's bound is dropped (counted)."""
+    field past ``most`` (the collection's bound) is dropped (counted)."""
     stamp = [ts, event_id]
     for field, value in updates.items():
         if value is None or value == "":
             continue
-        if field not in values and len(values) >= MOST_ENTRIES[collection]:
+        if field not in values and len(values) >= most:
             _drop(dropped, collection)
             continue
         if stamp >= times.get(field, [-1, ""]):
@@ -162,10 +187,9 @@ def _apply_newest(
             times[field] = stamp
 
 
-#: Most bytes (about, as JSON) a profile's traits hold.  Each message is under the input limit, but
+#: Why traits have a byte bound (``Limits.trait_bytes``): each message is under the input limit, but
 #: enough of them with large values for one person would grow the state past the broker's message
 #: limit; then every later event of that person would fail.  Past it the largest values go first.
-TRAIT_BYTES = 64 * 1024
 #: A trait value this large (about, as JSON) has the traits' size checked (small ones cannot get there
 #: before the key bound does).
 LARGE_TRAIT_BYTES = 512
@@ -182,19 +206,20 @@ def approx_size(value: Any) -> int:
     return 8
 
 
-def trim_traits(values: dict[str, Any], times: dict[str, list[Any]], dropped: Dropped | None = None) -> None:
-    """Past :data:`TRAIT_BYTES`, the largest values are dropped (each counted; equal sizes: the oldest
+def trim_traits(values: dict[str, Any], times: dict[str, list[Any]], dropped: Dropped | None = None,
+                limits: Limits = DEFAULT_LIMITS) -> None:
+    """Past ``limits.trait_bytes``, the largest values are dropped (each counted; equal sizes: the oldest
     first) until the traits fit.  Depends on the values only, so a merge trims as a fold does."""
     sizes = {key: approx_size(value) + len(key) + 4 for key, value in values.items()}
     total = sum(sizes.values())
-    if total <= TRAIT_BYTES:
+    if total <= limits.trait_bytes:
         return
     for key in sorted(values, key=lambda k: (-sizes[k], times.get(k, [0, ""])[:2], k)):
         del values[key]
         times.pop(key, None)
         _drop(dropped, "traits")
         total -= sizes[key]
-        if total <= TRAIT_BYTES:
+        if total <= limits.trait_bytes:
             return
 
 
@@ -202,7 +227,8 @@ ITEM_FIELDS = ("category", "price", "currency")  # published on each cart item
 LINE_FIELDS = (*ITEM_FIELDS, "cart_id")
 
 
-def _apply_cart(profile: dict[str, Any], event: Event, ts: int, dropped: Dropped | None = None) -> None:
+def _apply_cart(profile: dict[str, Any], event: Event, ts: int, dropped: Dropped | None,
+                limits: Limits) -> None:
     """Records the cart move with its own time; what the cart holds is derived in :func:`cart_view`."""
     last_purchase = profile["aggregates"]["last_purchase_at"]
     if last_purchase is not None and ts <= last_purchase:
@@ -214,14 +240,14 @@ def _apply_cart(profile: dict[str, Any], event: Event, ts: int, dropped: Dropped
         meta["touched"] = ts if meta["touched"] is None else max(meta["touched"], ts)
         return
     event_id = event.get("event_id", "")
-    if product not in profile["cart"] and len(profile["cart"]) >= MOST_ENTRIES["cart_lines"]:
+    if product not in profile["cart"] and len(profile["cart"]) >= limits.cart_lines:
         _drop(dropped, "cart_lines")
         return
     line = profile["cart"].setdefault(product, {"moves": [], "fields": {}})
     quantity = int(event.get("quantity", 1))
     moves = line["moves"]
     moves.append([ts, event_id, quantity if etype == "cart_add" else -quantity])
-    if len(moves) > MOST_ENTRIES["cart_moves"]:
+    if len(moves) > limits.cart_moves:
         # the two oldest moves become one at the later one's time: the line's quantity stays, and a
         # purchase between their times now closes both (an approximation of a very busy line)
         moves.sort(key=lambda move: (move[0], move[1]))
@@ -256,7 +282,7 @@ def spent(agg: Mapping[str, Any]) -> float:
 def listed_purchases(agg: dict[str, Any]) -> list[list[Any]]:
     """``aggregates["purchases"]``; for a state stored before that list existed, one made from its
     lifetime aggregates: its orders spread evenly from the first purchase to the last, each with an
-    equal share of the spend, the newest :data:`MOST_ENTRIES` of them (a new list: ``agg`` is not changed)."""
+    equal share of the spend, the newest :data:`MOST_PURCHASES` of them (a new list: ``agg`` is not changed)."""
     purchases: list[list[Any]] | None = agg.get("purchases")
     if purchases is not None:
         return purchases
@@ -265,14 +291,14 @@ def listed_purchases(agg: dict[str, Any]) -> list[list[Any]]:
         return []
     share = round(spent(agg) / orders, 2)
     steps = max(orders - 1, 1)
-    return [[first + round((last - first) * i / steps), share] for i in range(orders)][-MOST_ENTRIES["purchases"]:]
+    return [[first + round((last - first) * i / steps), share] for i in range(orders)][-MOST_PURCHASES:]
 
 
 def keep_newest_purchases(purchases: list[list[Any]], dropped: Dropped | None = None) -> list[list[Any]]:
-    """``purchases`` (``[ts, total]`` pairs) sorted by time, the newest :data:`MOST_ENTRIES` kept; each
+    """``purchases`` (``[ts, total]`` pairs) sorted by time, the newest :data:`MOST_PURCHASES` kept; each
     older one left out is counted.  The same list whatever order the purchases came in."""
     purchases.sort()
-    excess = len(purchases) - MOST_ENTRIES["purchases"]
+    excess = len(purchases) - MOST_PURCHASES
     if excess > 0:
         del purchases[:excess]
         for _ in range(excess):
@@ -293,7 +319,7 @@ def _apply_purchase(profile: dict[str, Any], event: Event, ts: int, dropped: Dro
     purchases.append([ts, round(total, 2)])
     if len(purchases) > 1 and purchases[-2] > purchases[-1]:  # arrived out of time order (rare)
         keep_newest_purchases(purchases, dropped)
-    elif len(purchases) > MOST_ENTRIES["purchases"]:
+    elif len(purchases) > MOST_PURCHASES:
         del purchases[0]
         _drop(dropped, "purchases")
     currency = event.get("currency", "USD")
@@ -336,19 +362,16 @@ def repeated(state: State, event: Event) -> bool:
     return seen_from is not None and event["ts"] < seen_from
 
 
-#: The most event ids a profile holds for exact dedupe, whatever the retention: past it the oldest
-#: are forgotten (counted as ``seen`` in ``mailpulse_profile_entries_dropped_total``) and the
-#: forgotten window's horizon moves up to them, so a replay of one of them still counts as a repeat.
-#: A person's real traffic keeps tens to hundreds within the retention; a bot or a replay loop
-#: under one id would otherwise grow the state towards the broker's message limit.
-MOST_SEEN = 2_000
-#: And the most characters of event ids it holds: 2,000 UUIDs are 72,000, but 2,000 ids of the 512
-#: characters an event id may have would be a 1 MB state, past the broker's message limit.
-SEEN_ID_BYTES = 128 * 1024
+def remember(state: State, event: Event, retention_ms: int, dropped: Dropped | None = None,
+             limits: Limits = DEFAULT_LIMITS) -> bool:
+    """Exact dedupe: records the event id; False when it was seen before (then nothing else happens).
 
-
-def remember(state: State, event: Event, retention_ms: int, dropped: Dropped | None = None) -> bool:
-    """Exact dedupe: records the event id; False when it was seen before (then nothing else happens)."""
+    Past ``limits.seen_ids`` ids (or ``limits.seen_id_bytes`` characters: 2,000 UUIDs are 72,000, but
+    2,000 ids of the 512 characters an id may have would be a 1 MB state) the oldest are forgotten,
+    counted as ``seen`` in ``mailpulse_profile_entries_dropped_total``, and the forgotten window's
+    horizon moves up to them, so a replay of one of them still counts as a repeat.  A person's real
+    traffic keeps tens to hundreds within the retention; a bot or a replay loop under one id would
+    otherwise grow the state towards the broker's message limit."""
     seen = state["seen"]
     event_id = event["event_id"]
     if event_id in seen:
@@ -358,10 +381,10 @@ def remember(state: State, event: Event, retention_ms: int, dropped: Dropped | N
         # Amortized: a scan per 32 new ids, not per event (a busy person keeps hundreds within the
         # retention, and each of their events scanned them all); the map overshoots by < 32.
         horizon = _prune_seen(seen, max(seen.values()), retention_ms)
-        keep = MOST_SEEN - 32 if len(seen) > MOST_SEEN else len(seen)
+        keep = limits.seen_ids - 32 if len(seen) > limits.seen_ids else len(seen)
         id_bytes = sum(map(len, seen))
-        if id_bytes > SEEN_ID_BYTES:  # long ids (up to 512 characters each are valid)
-            keep = min(keep, max(len(seen) * SEEN_ID_BYTES // id_bytes - 32, 32))
+        if id_bytes > limits.seen_id_bytes:  # long ids (up to 512 characters each are valid)
+            keep = min(keep, max(len(seen) * limits.seen_id_bytes // id_bytes - 32, 32))
         if keep < len(seen):
             horizon = max(horizon or 0, _trim_seen(seen, keep, dropped))
         if horizon is not None and horizon > state.get(SEEN_FROM, horizon - 1):
@@ -383,10 +406,10 @@ def _trim_seen(seen: dict[str, int], keep: int, dropped: Dropped | None) -> int:
 
 
 def fold_event(profile: dict[str, Any], event: Event, linked: Container[str] | None = None,
-               dropped: Dropped | None = None) -> None:
+               dropped: Dropped | None = None, limits: Limits = DEFAULT_LIMITS) -> None:
     """Folds one accepted, non-tick, non-erase event into the profile (order-tolerant).  ``linked``:
     the identity keys of the profile; an identifier of the event not among them is not recorded.
-    ``dropped`` counts the entries a bound of :data:`MOST_ENTRIES` kept out."""
+    ``dropped`` counts the entries a bound of ``limits`` kept out."""
     ts: int = event["ts"]
     _apply_identifiers(profile, event, ts, linked)
     agg = profile["aggregates"]
@@ -398,20 +421,22 @@ def fold_event(profile: dict[str, Any], event: Event, linked: Container[str] | N
     agg["last_seen"][kind] = ts if last is None else max(last, ts)
     if context := event.get("context"):
         _apply_newest(profile["context"], profile["context_times"], context, ts, event["event_id"], "context",
-                      dropped)
+                      dropped, limits.context)
 
     if kind == "carts":
-        _apply_cart(profile, event, ts, dropped)
+        _apply_cart(profile, event, ts, dropped, limits)
     elif kind == "purchases":
         _apply_purchase(profile, event, ts, dropped)
     elif etype == "identify":
         traits = event.get("traits") or {}
         event_id = event["event_id"]
-        _apply_newest(profile["traits"], profile["trait_times"], traits, ts, event_id, "traits", dropped)
-        if any(approx_size(value) > LARGE_TRAIT_BYTES for value in traits.values()):
-            trim_traits(profile["traits"], profile["trait_times"], dropped)
+        _apply_newest(profile["traits"], profile["trait_times"], traits, ts, event_id, "traits", dropped,
+                      limits.traits)
+        if limits.small_traits_can_overflow or any(approx_size(value) > LARGE_TRAIT_BYTES
+                                                   for value in traits.values()):
+            trim_traits(profile["traits"], profile["trait_times"], dropped, limits)
         _apply_newest(profile["consent"], profile["consent_times"], event.get("consent") or {}, ts, event_id,
-                      "consent", dropped)
+                      "consent", dropped, limits.consent)
 
     profile["created_at"] = min(profile["created_at"], ts)
     profile["updated_at"] = max(profile["updated_at"], ts)

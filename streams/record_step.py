@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 #: broker refuses records over 1 MB by default, and the commit path must never meet one).
 MAX_VALUE_BYTES = 900_000
 #: A live state larger than this releases its parked events at once (folded, as past
-#: ``timeline.MOST_PARKED``, counted in ``released_early``): parked events are what can make a
+#: ``limits.parked_events``, counted in ``released_early``): parked events are what can make a
 #: bounded state big (up to 1,000 input messages of up to 64 KiB each), and folding them shrinks it.
 SOFT_STATE_BYTES = MAX_VALUE_BYTES // 3
 #: The most of an internal entry a ``processing_error`` dead letter carries as ``raw``.
@@ -95,7 +95,7 @@ class RecordResult:
     merges: list[str] = field(default_factory=list)
     limited: list[str] = field(default_factory=list)
     entries_dropped: Counter[str] = field(default_factory=Counter)  # collection -> entries a bound kept out
-    released_early: int = 0  # parked events applied before the watermark (timeline.MOST_PARKED)
+    released_early: int = 0  # parked events applied before the watermark (limits.parked_events)
     blocks_skipped: int = 0
     profiles_written: Counter[str] = field(default_factory=Counter)  # updated | merged | erased
     released: int = 0
@@ -220,6 +220,8 @@ def step(entries: list[Any], io: StepIO, ctx: StepContext, skip: frozenset[int] 
             result.entries_dropped["seen"] += effects.seen_dropped
         if effects.traits_dropped:
             result.entries_dropped["traits"] += effects.traits_dropped
+        if effects.history_dropped:
+            result.entries_dropped["history"] += effects.history_dropped
         result.blocks_skipped += effects.blocks_skipped
         if effects.unknown is not None:
             result.unknown.append(effects.unknown)

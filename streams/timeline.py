@@ -28,17 +28,26 @@ from typing import Any
 
 from schemas.timeparse import format_ms
 from streams.config import PipelineConfig
-from streams.profile import DERIVE, State, cart_view, fold_event, new_state, remember, repeated, snapshot
+from streams.profile import (
+    DERIVE,
+    Limits,
+    State,
+    cart_view,
+    fold_event,
+    new_state,
+    remember,
+    repeated,
+    snapshot,
+)
 from streams.rules import guardrails, payload, recommend, score_timer, segments, triggers
 
 #: Equal timestamps are applied in this order (contract section 4).
 KIND_ORDER = {"identities": 0, "clicks": 1, "carts": 2, "purchases": 3}
 ENGAGEMENT_TYPES = ("email_open", "email_click")
-#: Most timestamps kept per event type for windowed counts (bounds the state of a very busy person).
-HISTORY_CAP = 500
-#: Most events a profile parks while the watermark is held back; the oldest past it are applied at
-#: once (``mailpulse_events_released_early_total``), so a stalled input partition bounds memory.
-MOST_PARKED = 1000
+# Bounds (config ``limits``, :class:`streams.profile.Limits`): ``history_per_type`` timestamps per
+# event type for windowed counts (a very busy person's state); ``parked_events``: events a profile
+# parks while the watermark is held back, the oldest past it applied at once
+# (``mailpulse_events_released_early_total``), so a stalled input partition bounds memory.
 
 
 #: ``scorer(profile, cart, at_ms)`` -> the profile's predictions at that event time
@@ -63,6 +72,11 @@ class RuleSet:
                    scorer if config.scoring.enabled else None)
 
     @functools.cached_property
+    def limits(self) -> Limits:
+        """The bounds of a profile's collections (config ``limits``)."""
+        return Limits(**self.config.limits.model_dump())
+
+    @functools.cached_property
     def identity_limits(self) -> dict[str, int]:
         """``identity.max_per_profile`` as kind -> most identifiers of that kind per profile."""
         return self.config.identity.max_per_profile.model_dump()
@@ -82,8 +96,8 @@ class Outputs:
     released: list[dict[str, Any]] = field(default_factory=list)  # events folded, in order
     pairs: list[tuple[str, str, int]] = field(default_factory=list)  # product co-occurrences to count
     cart: Any = DERIVE  # cart_view of the profile as advance left it, when it derived one
-    dropped: dict[str, int] = field(default_factory=dict)  # entries a bound of profile.MOST_ENTRIES kept out
-    released_early: int = 0  # parked events applied before the watermark (past MOST_PARKED)
+    dropped: dict[str, int] = field(default_factory=dict)  # entries a bound of ``rules.limits`` kept out
+    released_early: int = 0  # parked events applied before the watermark (past limits.parked_events)
 
     def extend(self, later: Outputs) -> None:
         """Adds what a second :func:`advance` of the same profile produced."""
@@ -108,7 +122,7 @@ class Received:
     state: State | None
     outcome: str  # "processed" | "duplicate" | "erased" | "forgotten" (older than the profile's erasure)
     late: bool = False
-    seen_dropped: int = 0  # event ids forgotten past profile.MOST_SEEN
+    seen_dropped: int = 0  # event ids forgotten past limits.seen_ids
 
 
 def ensure_rule_state(state: State) -> State:
@@ -144,7 +158,7 @@ def receive(state: State | None, key: str, event: dict[str, Any], watermark: int
         fresh = ensure_rule_state(new_state(key, later[0][0]))
         fresh["erased_at"] = at
         for entry in later:
-            remember(fresh, entry[3], rules.retention_ms)
+            remember(fresh, entry[3], rules.retention_ms, limits=rules.limits)
         fresh["pending"] = later
         return Received(fresh, "erased")
     if state is None:
@@ -154,7 +168,7 @@ def receive(state: State | None, key: str, event: dict[str, Any], watermark: int
     else:
         state = ensure_rule_state(state)
     dropped: dict[str, int] = {}
-    remember(state, event, rules.retention_ms, dropped)
+    remember(state, event, rules.retention_ms, dropped, rules.limits)
     entry = [event["ts"], KIND_ORDER.get(event["kind"], 9), event["event_id"], event]
     bisect.insort(state["pending"], entry, key=lambda e: (e[0], e[1], e[2]))
     late = watermark is not None and event["ts"] < watermark
@@ -211,7 +225,8 @@ def _note_products(rs: dict[str, Any], event: dict[str, Any], out: Outputs) -> N
     out.pairs += recommend.note_products(rs.setdefault("recent_products", []), products, purchased)
 
 
-def _remember_history(rules_state: dict[str, Any], event: dict[str, Any], windows: dict[str, int]) -> None:
+def _remember_history(rules_state: dict[str, Any], event: dict[str, Any], windows: dict[str, int], most: int,
+                      dropped: dict[str, int]) -> None:
     window = windows.get(event["type"])
     if window is None:
         return
@@ -220,8 +235,10 @@ def _remember_history(rules_state: dict[str, Any], event: dict[str, Any], window
     clock = rules_state["clock"] if rules_state["clock"] is not None else event["ts"]
     horizon = max(clock, event["ts"]) - window
     drop = bisect.bisect_right(times, horizon)
-    if drop or len(times) > HISTORY_CAP:
-        del times[: max(drop, len(times) - HISTORY_CAP)]
+    if drop or len(times) > most:
+        if len(times) - most > drop:  # past the bound, not only out of the window
+            dropped["history"] = dropped.get("history", 0) + len(times) - most - drop
+        del times[: max(drop, len(times) - most)]
 
 
 def _first_timer(timers: dict[str, list[Any]]) -> tuple[str | None, int | None]:
@@ -235,14 +252,18 @@ def _first_timer(timers: dict[str, list[Any]]) -> tuple[str | None, int | None]:
 
 
 def advance(state: State, watermark: int | None, rules: RuleSet, now_ms: int,
-            neighbours_of: NeighboursOf = _no_neighbours, most_parked: int = MOST_PARKED) -> Outputs:
+            neighbours_of: NeighboursOf = _no_neighbours, most_parked: int | None = None) -> Outputs:
     """Walks the profile forward to ``watermark``: releases parked events and fires due timers, in
     event-time order, evaluating segments after each step.  Mutates ``state``.  ``neighbours_of``
     looks up a product's published top neighbours (for the payload's recommendations).  Past
-    ``most_parked`` parked events the oldest are released early (0: all of them)."""
+    ``most_parked`` parked events (None: ``limits.parked_events``) the oldest are released early (0:
+    all of them)."""
     out = Outputs()
     if "profile" not in state:
         return out
+    limits = rules.limits
+    if most_parked is None:
+        most_parked = limits.parked_events
     pending_now = state.get("pending") or ()
     if len(pending_now) > most_parked:
         # the watermark is held back (an input partition carries nothing): this profile may not park
@@ -288,10 +309,10 @@ def advance(state: State, watermark: int | None, rules: RuleSet, now_ms: int,
             event = pending.pop(0)[3]
             step = event_ts
             had_email = profile["email"] is not None
-            fold_event(profile, event, linked, out.dropped)
+            fold_event(profile, event, linked, out.dropped, limits)
             out.changed = True
             out.released.append(event)
-            _remember_history(rs, event, rules.windows)
+            _remember_history(rs, event, rules.windows, limits.history_per_type, out.dropped)
             _note_products(rs, event, out)
             if event["type"] in ENGAGEMENT_TYPES:
                 rs["engagement"] = guardrails.record_engagement(

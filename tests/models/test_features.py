@@ -11,7 +11,7 @@ import pytest
 
 from models.features import FEATURES, WINDOWS, feature_row
 from streams.merge import merge_states
-from streams.profile import MOST_ENTRIES, apply_event, cart_view, fold_event, new_state
+from streams.profile import MOST_PURCHASES, apply_event, cart_view, fold_event, new_state
 from tests.unit.test_timeline import DAY, MIN, T0, ev, ms
 
 
@@ -114,7 +114,7 @@ def test_purchases_arriving_out_of_order_or_in_two_merged_profiles_give_the_same
 
 
 def test_the_list_keeps_the_newest_purchases_and_counts_the_rest_as_dropped() -> None:
-    bound = MOST_ENTRIES["purchases"]
+    bound = MOST_PURCHASES
     daily = [(day, 1.0) for day in range(bound + 5)]  # one a day for 105 days
     profile = new_state("u:u-1", ms(T0))["profile"]
     dropped: dict[str, int] = {}

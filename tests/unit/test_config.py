@@ -41,12 +41,26 @@ def test_overrides_keep_other_defaults(tmp_path: Path) -> None:
         ("triggers:\n  cart_abandoned: {delay_minute: 5}\n", "triggers.cart_abandoned.delay_minute: unknown key"),
         ("triggers:\n  cart_abandoned: {delay_minutes: -5}\n",
          "triggers.cart_abandoned.delay_minutes: Input should be greater than 0"),
+        ("limits:\n  cart_line: 5\n", "limits.cart_line: unknown key"),
+        ("limits:\n  seen_ids: 10\n", "limits.seen_ids: Input should be greater than or equal to 64"),
+        ("limits:\n  traits: 0\n", "limits.traits: Input should be greater than or equal to 1"),
     ],
 )
 def test_bad_files_name_the_key_and_reason(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=r"config\.yaml") as err:
         load_config(write(tmp_path, text))
     assert message in str(err.value)
+
+
+def test_limits_name_every_bound_of_a_profile_with_its_default(tmp_path: Path) -> None:
+    import dataclasses
+
+    from streams.profile import DEFAULT_LIMITS, Limits
+    from streams.timeline import RuleSet
+
+    assert PipelineConfig().limits.model_dump() == dataclasses.asdict(DEFAULT_LIMITS)
+    config = load_config(write(tmp_path, "limits:\n  cart_lines: 500\n  parked_events: 50\n"))
+    assert RuleSet.build(config, 1).limits == Limits(cart_lines=500, parked_events=50)
 
 
 def test_run_stops_at_start_on_a_bad_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

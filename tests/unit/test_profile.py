@@ -6,6 +6,7 @@ import itertools
 from typing import Any
 
 import orjson
+import pytest
 
 from schemas.outputs import Profile
 from streams.profile import apply_event, snapshot
@@ -93,8 +94,15 @@ def test_dedupe_memory_is_bounded_by_retention() -> None:
 
 def test_dedupe_memory_is_bounded_by_count_and_a_forgotten_id_still_counts_as_a_repeat() -> None:
     """A bot under one id, 10,000 events in an hour (all within the retention): the state keeps at most
-    MOST_SEEN ids, the rest are counted, and an old one sent again is still a repeat."""
-    from streams.profile import MOST_SEEN, remember, repeated
+    ``limits.seen_ids`` ids, the rest are counted, and an old one sent again is still a repeat."""
+    from streams.profile import DEFAULT_LIMITS, Limits, remember, repeated
+
+    for limits in (DEFAULT_LIMITS, Limits(seen_ids=300)):
+        _bot_under_one_id(limits, remember, repeated)
+
+
+def _bot_under_one_id(limits: Any, remember: Any, repeated: Any) -> None:
+    most = limits.seen_ids
 
     state = apply_event(None, "u:u-1", ev("v0", "page_view", T0), RET).state
     assert state is not None
@@ -102,8 +110,8 @@ def test_dedupe_memory_is_bounded_by_count_and_a_forgotten_id_still_counts_as_a_
     for n in range(1, 10_000):
         event = ev(f"v{n}", "page_view", T0 + n * 360)
         assert not repeated(state, event)
-        assert remember(state, event, RET, dropped)
-    assert MOST_SEEN - 32 <= len(state["seen"]) <= MOST_SEEN + 32
+        assert remember(state, event, RET, dropped, limits)
+    assert most - 32 <= len(state["seen"]) <= most + 32
     assert dropped["seen"] == 10_000 - len(state["seen"])
     assert repeated(state, ev("v5", "page_view", T0 + 5 * 360))  # forgotten, still not counted twice
     assert repeated(state, ev("v9999", "page_view", T0 + 9999 * 360))  # held
@@ -139,25 +147,30 @@ def test_remove_read_before_its_add_still_removes() -> None:
     assert snap is not None and snap["cart"] is None
 
 
-def test_what_events_add_to_a_profile_is_bounded_and_each_drop_counted() -> None:
-    from streams.profile import MOST_ENTRIES, cart_view, fold_event, new_state
+@pytest.mark.parametrize("small", [False, True], ids=["defaults", "configured"])
+def test_what_events_add_to_a_profile_is_bounded_and_each_drop_counted(small: bool) -> None:
+    from streams.profile import DEFAULT_LIMITS, Limits, cart_view, fold_event, new_state
 
+    limits = Limits(traits=7, consent=3, context=2, cart_lines=5, cart_moves=4) if small else DEFAULT_LIMITS
     profile = new_state("u:u-1", T0)["profile"]
     dropped: dict[str, int] = {}
     for n in range(150):  # an upstream that sends a new trait name with every identify
-        fold_event(profile, ev(f"i{n}", "identify", T0 + n, traits={f"field_{n}": "x"}, consent={f"c{n}": True}),
-                   dropped=dropped)
-    assert len(profile["traits"]) == MOST_ENTRIES["traits"] and len(profile["consent"]) == MOST_ENTRIES["consent"]
-    assert dropped["traits"] == 150 - MOST_ENTRIES["traits"]
-    assert dropped["consent"] == 150 - MOST_ENTRIES["consent"]
+        fold_event(profile, ev(f"i{n}", "identify", T0 + n, traits={f"field_{n}": "x"}, consent={f"c{n}": True},
+                               context={f"x{n}": "y"}), dropped=dropped, limits=limits)
+    assert len(profile["traits"]) == limits.traits and len(profile["consent"]) == limits.consent
+    assert dropped["traits"] == 150 - limits.traits
+    assert dropped["consent"] == 150 - limits.consent
+    assert len(profile["context"]) == limits.context and dropped["context"] == 150 - limits.context
     for n in range(130):  # a bot filling the cart
-        fold_event(profile, ev(f"k{n}", "cart_add", T0 + 1000 + n, product_id=f"sku-{n}", price=1.0), dropped=dropped)
-    assert len(profile["cart"]) == MOST_ENTRIES["cart_lines"] and dropped["cart_lines"] == 30
+        fold_event(profile, ev(f"k{n}", "cart_add", T0 + 1000 + n, product_id=f"sku-{n}", price=1.0),
+                   dropped=dropped, limits=limits)
+    assert len(profile["cart"]) == limits.cart_lines and dropped["cart_lines"] == 130 - limits.cart_lines
     for n in range(120):  # one line added and removed again and again: its moves are combined
         kind = "cart_add" if n % 2 == 0 else "cart_remove"
-        fold_event(profile, ev(f"m{n}", kind, T0 + 5000 + n, product_id="sku-0", quantity=2), dropped=dropped)
-    assert len(profile["cart"]["sku-0"]["moves"]) <= MOST_ENTRIES["cart_moves"]
-    assert dropped["cart_moves"] == 121 - MOST_ENTRIES["cart_moves"]
+        fold_event(profile, ev(f"m{n}", kind, T0 + 5000 + n, product_id="sku-0", quantity=2), dropped=dropped,
+                   limits=limits)
+    assert len(profile["cart"]["sku-0"]["moves"]) <= limits.cart_moves
+    assert dropped["cart_moves"] == 121 - limits.cart_moves
     view = cart_view(profile)
     assert view is not None and next(i for i in view["items"] if i["product_id"] == "sku-0")["quantity"] == 1
 
@@ -198,7 +211,7 @@ def test_large_trait_values_are_held_to_a_byte_budget_in_a_fold_and_in_a_merge()
     trait such as a first name stays, and the encoded state stays near the budget."""
     from streams.config import PipelineConfig
     from streams.dispatch import dispatch
-    from streams.profile import TRAIT_BYTES, fold_event, new_state
+    from streams.profile import DEFAULT_LIMITS, fold_event, new_state
     from streams.timeline import RuleSet
 
     profile = new_state("u:u-1", T0)["profile"]
@@ -208,7 +221,7 @@ def test_large_trait_values_are_held_to_a_byte_budget_in_a_fold_and_in_a_merge()
         fold_event(profile, ev(f"big{n}", "identify", T0 + 1 + n, traits={f"k{n}": ["x" * 4000] * 14}),
                    dropped=dropped)
     assert profile["traits"]["first_name"] == "Ana"
-    assert len(orjson.dumps(profile["traits"])) <= TRAIT_BYTES
+    assert len(orjson.dumps(profile["traits"])) <= DEFAULT_LIMITS.trait_bytes
     assert dropped["traits"] == 40 - (len(profile["traits"]) - 1)
     assert set(profile["trait_times"]) == set(profile["traits"])
 
@@ -225,18 +238,19 @@ def test_large_trait_values_are_held_to_a_byte_budget_in_a_fold_and_in_a_merge()
     held = len(states["u:a"]["profile"]["traits"]) + len(absorbed["profile"]["traits"])  # 5 + 5: each at its budget
     effects = dispatch(states, {}, "u:a", {"type": "_absorb", "from": "u:b", "state": absorbed}, None, rules)
     merged = states["u:a"]
-    assert merged is not None and len(orjson.dumps(merged["profile"]["traits"])) <= TRAIT_BYTES
+    assert merged is not None and len(orjson.dumps(merged["profile"]["traits"])) <= DEFAULT_LIMITS.trait_bytes
     assert effects.traits_dropped == held - len(merged["profile"]["traits"]) > 0
 
 
 def test_long_event_ids_are_held_to_a_byte_budget_and_their_replays_still_count_as_repeats() -> None:
-    from streams.profile import SEEN_ID_BYTES
+    from streams.profile import DEFAULT_LIMITS
 
     state = None
     events = [ev(f"{n:06d}" + "e" * 500, "product_view", T0 + n, product_id="sku-1") for n in range(2_000)]
     for event in events:
         state = apply_event(state, "u:u-1", event, RET).state
     assert state is not None
-    assert sum(map(len, state["seen"])) <= SEEN_ID_BYTES + 32 * 506 and len(orjson.dumps(state)) < 400_000
+    assert sum(map(len, state["seen"])) <= DEFAULT_LIMITS.seen_id_bytes + 32 * 506
+    assert len(orjson.dumps(state)) < 400_000
     assert all(apply_event(state, "u:u-1", event, RET).duplicate for event in events[::97])
     assert state["profile"]["aggregates"]["event_counts"] == {"product_view": 2_000}

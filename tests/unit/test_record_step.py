@@ -323,3 +323,52 @@ def test_a_profile_whose_parked_events_grow_large_folds_them_instead_of_failing(
     assert len(hop.tables[partition]["states"][b"u:big"]) < MAX_VALUE_BYTES
     assert state["profile"]["aggregates"]["event_counts"]["search"] + len(state["pending"]) == 300
     assert not hop.outputs.get(names.DEAD_LETTER)
+
+
+def test_a_profile_fed_far_past_every_configured_bound_keeps_committing_and_counts_each_drop() -> None:
+    """Small ``limits`` from the config, one person sending far more than each of them allows: the
+    step succeeds, the stored state holds at most each bound, and every collection's drops are in
+    the result (``mailpulse_profile_entries_dropped_total{collection}``, ``released_early``)."""
+    limits = {"traits": 5, "consent": 3, "context": 2, "cart_lines": 4, "cart_moves": 3, "seen_ids": 64,
+              "parked_events": 20, "history_per_type": 10}
+    rules = RuleSet.build(PipelineConfig.model_validate({"limits": limits}), 7 * 86_400_000, None)
+    ctx = StepContext(rules=rules, expected_clocks=CTX.expected_clocks, wall_delay_ms=None, partitions=PARTITIONS,
+                      events_topic=CTX.events_topic, cooccurrence_topic=CTX.cooccurrence_topic)
+    t0 = parse_timestamp("2026-03-01T10:00:00Z")
+    raw: list[dict[str, Any]] = []
+    for n in range(40):
+        at = t0 + n * 4000
+        raw += [{"event_id": f"i{n}", "type": "identify", "timestamp": at, "user_id": "p", "traits": {f"t{n}": "x"},
+                 "consent": {f"c{n}": True},
+                 "context": {"device": "d", "os": "o", "locale": "de-DE", "campaign_id": "c", "source": "s"}},
+                {"event_id": f"v{n}", "type": "product_view", "timestamp": at + 1000, "user_id": "p",
+                 "product_id": f"sku-{n}"},
+                {"event_id": f"k{n}", "type": "cart_add", "timestamp": at + 2000, "user_id": "p",
+                 "product_id": f"sku-{n}", "quantity": 1, "price": 1.0},
+                {"event_id": f"m{n}", "type": "cart_add" if n % 2 else "cart_remove", "timestamp": at + 3000,
+                 "user_id": "p", "product_id": "sku-0", "quantity": 1, "price": 1.0}]
+    hop = Hop()
+    records = internal_records(raw, random.Random(0), clocks=False)
+    entries = [entry for _, record in records for entry in orjson.loads(record)]
+    [partition] = {p for p, _ in records}
+    tables = hop.tables[partition]
+    io = StepIO(partition, lambda key: None if (v := tables["states"].get(key.encode())) is None else orjson.loads(v),
+                lambda key: None, {}, lambda upto: set(), NOW, NOW)
+    result = step_isolated(entries, lambda: io, ctx, Source(ctx.events_topic, partition, 0, None, NOW))
+    assert not result.failures
+    apply_result(result, partition, hop)
+    [(_key, value)] = tables["states"].items()
+    state = orjson.loads(value)
+    profile = state["profile"]
+    assert len(profile["traits"]) == 5 and len(profile["consent"]) == 3 and len(profile["context"]) == 2
+    assert len(profile["cart"]) == 4 and all(len(line["moves"]) <= 3 for line in profile["cart"].values())
+    assert len(state["seen"]) <= 64 + 32 and len(state["pending"]) <= 20
+    assert len(state["rules"]["history"]["product_view"]) == 10
+    dropped = result.entries_dropped
+    # the newest 20 events (5 of each kind) still wait for the watermark; the 35 before them are folded
+    assert result.released_early == 140 and len(state["pending"]) == 20
+    assert dropped["traits"] == 35 - 5 and dropped["consent"] == 35 - 3 and dropped["context"] == 35 * 3
+    assert dropped["history"] == 35 - 10 and dropped["cart_lines"] > 0 and dropped["cart_moves"] > 0
+    assert dropped["seen"] == 160 - len(state["seen"])
+    assert profile["aggregates"]["event_counts"] == {"identify": 35, "product_view": 35, "cart_add": 52,
+                                                     "cart_remove": 18}  # nothing lost but what a bound drops

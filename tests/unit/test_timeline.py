@@ -261,17 +261,19 @@ def test_erase_forgets_the_person_and_a_replay_of_older_events_brings_nothing_ba
     assert person.state["profile"]["aggregates"]["event_counts"] == {"product_view": 1}
 
 
-def test_a_profile_parks_at_most_a_bound_while_the_watermark_is_held_back() -> None:
-    from streams.timeline import MOST_PARKED
-
+@pytest.mark.parametrize("most", [1000, 40])
+def test_a_profile_parks_at_most_a_bound_while_the_watermark_is_held_back(most: int) -> None:
+    rules = RULES if most == 1000 else RuleSet.build(PipelineConfig.model_validate(
+        {"limits": {"parked_events": most}}), RULES.retention_ms)
+    assert rules.limits.parked_events == most
     state = None
     t0 = ms("2026-03-01T10:00:00Z")
-    for n in range(MOST_PARKED + 200):
-        got = receive(state, "u:u-1", ev(f"v{n}", "product_view", t0 + n, product_id="sku-1"), None, RULES)
+    for n in range(most + 200):
+        got = receive(state, "u:u-1", ev(f"v{n}", "product_view", t0 + n, product_id="sku-1"), None, rules)
         state = got.state
-    assert state is not None and len(state["pending"]) == MOST_PARKED + 200
-    out = advance(state, None, RULES, 0)  # no watermark at all: an input partition carried nothing
+    assert state is not None and len(state["pending"]) == most + 200
+    out = advance(state, None, rules, 0)  # no watermark at all: an input partition carried nothing
     assert out.released_early == 200 and len(out.released) == 200
-    assert len(state["pending"]) == MOST_PARKED
+    assert len(state["pending"]) == most
     assert [e["event_id"] for e in out.released] == [f"v{n}" for n in range(200)]  # the oldest first
     assert state["profile"]["aggregates"]["event_counts"] == {"product_view": 200}
