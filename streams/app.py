@@ -490,6 +490,8 @@ def _count(p: Pipeline, result: RecordResult, latency: dict[str, Any], updated: 
         metrics.entries_dropped.labels(collection).inc(count)
     if result.released_early:
         metrics.released_early.inc(result.released_early)
+    if result.shrunk:
+        metrics.states_shrunk.inc(result.shrunk)
     for unknown in result.unknown:
         log.warning("skipped an internal message of unknown type %r (a newer worker's?)", unknown)
     for output_topic, waited in result.waits.items():

@@ -111,8 +111,13 @@ class Metrics:
             self.entries_dropped.labels(collection)
         self.released_early = Counter(
             "mailpulse_events_released_early",
-            "Parked events applied before the watermark reached them: a profile parks at most 1,000 while an "
-            "input partition holds the watermark back", registry=r,
+            "Parked events applied before the watermark reached them: a profile parks at most limits.parked_events "
+            "(1,000) while an input partition holds the watermark back", registry=r,
+        )
+        self.states_shrunk = Counter(
+            "mailpulse_profile_states_shrunk",
+            "Profile states whose encoding was over the 900 KB value limit, made smaller by halving their largest "
+            "collections (what went is in mailpulse_profile_entries_dropped_total)", registry=r,
         )
         self.processing_errors = Counter(
             "mailpulse_processing_errors",

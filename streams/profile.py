@@ -12,6 +12,7 @@ the same events give the same profile whatever order partitions and workers read
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Container, Mapping
 from dataclasses import dataclass
@@ -227,6 +228,19 @@ ITEM_FIELDS = ("category", "price", "currency")  # published on each cart item
 LINE_FIELDS = (*ITEM_FIELDS, "cart_id")
 
 
+def _combine_moves(moves: list[list[Any]], most: int, dropped: Dropped | None) -> None:
+    """Past ``most`` moves, the two oldest become one at the later one's time (each counted): the
+    line's quantity stays, and a purchase between their times now closes both (an approximation of
+    a very busy line)."""
+    if len(moves) <= most:
+        return
+    moves.sort(key=lambda move: (move[0], move[1]))
+    while len(moves) > max(most, 1):
+        first, second = moves[0], moves[1]
+        moves[:2] = [[second[0], second[1], first[2] + second[2]]]
+        _drop(dropped, "cart_moves")
+
+
 def _apply_cart(profile: dict[str, Any], event: Event, ts: int, dropped: Dropped | None,
                 limits: Limits) -> None:
     """Records the cart move with its own time; what the cart holds is derived in :func:`cart_view`."""
@@ -247,13 +261,7 @@ def _apply_cart(profile: dict[str, Any], event: Event, ts: int, dropped: Dropped
     quantity = int(event.get("quantity", 1))
     moves = line["moves"]
     moves.append([ts, event_id, quantity if etype == "cart_add" else -quantity])
-    if len(moves) > limits.cart_moves:
-        # the two oldest moves become one at the later one's time: the line's quantity stays, and a
-        # purchase between their times now closes both (an approximation of a very busy line)
-        moves.sort(key=lambda move: (move[0], move[1]))
-        first, second = moves[0], moves[1]
-        moves[:2] = [[second[0], second[1], first[2] + second[2]]]
-        _drop(dropped, "cart_moves")
+    _combine_moves(moves, limits.cart_moves, dropped)
     if etype == "cart_add":
         fields = line["fields"]
         for name in LINE_FIELDS:
@@ -403,6 +411,49 @@ def _trim_seen(seen: dict[str, int], keep: int, dropped: Dropped | None) -> int:
     if dropped is not None:
         dropped["seen"] = dropped.get("seen", 0) + len(old)
     return horizon
+
+
+def shrink(state: State, limits: Limits, dropped: Dropped) -> bool:
+    """One round of making a live state smaller than its bounds allow, for a state whose encoding
+    would be too large to store (each entry a bound holds may be long: 512-character event ids in
+    every cart move and seen id).  Of the seen ids, the cart lines' moves, the event types' history,
+    the possible matches and the traits, each that takes at least an eighth of their total size is
+    halved: the oldest go (the lowest scores, the largest trait values), each drop counted as its
+    bound's drops are.  False when nothing was left to make smaller."""
+    before = sum(dropped.values())
+    profile, rules = state["profile"], state.get("rules") or {}
+    sizes = {"seen": approx_size(state["seen"]), "cart_moves": approx_size(profile["cart"]),
+             "history": approx_size(rules.get("history", {})),
+             "possible_matches": approx_size(profile.get("possible_matches") or []),
+             "traits": approx_size(profile["traits"])}
+    big = {name for name, size in sizes.items() if size * 8 >= sum(sizes.values())}
+    seen = state["seen"]
+    if "seen" in big and len(seen) > 32:
+        horizon = _trim_seen(seen, len(seen) // 2, dropped)
+        if horizon > state.get(SEEN_FROM, horizon - 1):
+            state[SEEN_FROM] = horizon
+    if "cart_moves" in big:
+        for line in profile["cart"].values():
+            _combine_moves(line["moves"], len(line["moves"]) // 2, dropped)
+    if "history" in big:
+        for times in rules["history"].values():
+            cut = len(times) // 2
+            if cut:
+                del times[:cut]
+                _drop_many(dropped, "history", cut)
+    matches = profile.get("possible_matches") or []
+    if "possible_matches" in big and len(matches) > 1:
+        _drop_many(dropped, "possible_matches", possible_matches.trim(matches, len(matches) // 2))
+    traits = profile["traits"]
+    if "traits" in big and len(traits) > 1:
+        budget = sum(approx_size(value) + len(key) + 4 for key, value in traits.items()) // 2
+        trim_traits(traits, profile["trait_times"], dropped, dataclasses.replace(limits, trait_bytes=budget))
+    return sum(dropped.values()) > before
+
+
+def _drop_many(dropped: Dropped, collection: str, count: int) -> None:
+    if count:
+        dropped[collection] = dropped.get(collection, 0) + count
 
 
 def fold_event(profile: dict[str, Any], event: Event, linked: Container[str] | None = None,

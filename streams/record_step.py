@@ -25,7 +25,7 @@ from streams import topics as names
 from streams.dispatch import dispatch
 from streams.identity import profile_id_for
 from streams.ingest import Source, reject
-from streams.profile import snapshot
+from streams.profile import DEFAULT_LIMITS, Limits, shrink, snapshot
 from streams.routing import PartitionBatches, partition_for
 from streams.timeline import NeighboursOf, RuleSet, _no_neighbours, advance, next_due
 from streams.watermark import due_first, merge_clocks, watermark
@@ -96,6 +96,7 @@ class RecordResult:
     limited: list[str] = field(default_factory=list)
     entries_dropped: Counter[str] = field(default_factory=Counter)  # collection -> entries a bound kept out
     released_early: int = 0  # parked events applied before the watermark (limits.parked_events)
+    shrunk: int = 0  # states over the value limit made smaller (profile.shrink)
     blocks_skipped: int = 0
     profiles_written: Counter[str] = field(default_factory=Counter)  # updated | merged | erased
     released: int = 0
@@ -277,7 +278,7 @@ def _advance_one(key: str, states: _Cache, blocks: _Cache, changed: bool, republ
         if out.changed:
             state["published"] = True
 
-    _write(kb, state, result, release_parked)
+    _write(kb, state, result, release_parked, ctx.rules.limits)
     publish = out.changed or republish
     result.released += len(out.released)
     for product, other, weight in out.pairs:
@@ -306,10 +307,11 @@ def _advance_one(key: str, states: _Cache, blocks: _Cache, changed: bool, republ
 
 
 def _write(kb: bytes, state: dict[str, Any], result: RecordResult,
-           release_parked: Callable[[], None] | None = None) -> None:
+           release_parked: Callable[[], None] | None = None, limits: Limits = DEFAULT_LIMITS) -> None:
     """Stages ``state`` with its next due time first (the due index reads it from there).  A live
     state over :data:`SOFT_STATE_BYTES` with parked events calls ``release_parked`` and is encoded
-    again."""
+    again; one still over :data:`MAX_VALUE_BYTES` is made smaller (:func:`streams.profile.shrink`,
+    counted) until it is under :data:`SOFT_STATE_BYTES` or nothing is left to shrink."""
     live = "profile" in state
     previous = state.get("due")  # what the index holds for this key
     if not live:
@@ -323,6 +325,10 @@ def _write(kb: bytes, state: dict[str, Any], result: RecordResult,
             release_parked()
             state["due"] = due = next_due(state)
             data = orjson.dumps(due_first(state))
+        if len(data) > MAX_VALUE_BYTES:
+            while len(data) > SOFT_STATE_BYTES and shrink(state, limits, result.entries_dropped):
+                data = orjson.dumps(due_first(state))
+            result.shrunk += 1
         if len(data) > MAX_VALUE_BYTES:
             raise ValueError(f"value of {len(data)} bytes over the limit of {MAX_VALUE_BYTES}")
     if due != previous:

@@ -254,3 +254,24 @@ def test_long_event_ids_are_held_to_a_byte_budget_and_their_replays_still_count_
     assert len(orjson.dumps(state)) < 400_000
     assert all(apply_event(state, "u:u-1", event, RET).duplicate for event in events[::97])
     assert state["profile"]["aggregates"]["event_counts"] == {"product_view": 2_000}
+
+
+def test_shrink_halves_only_the_collections_that_make_a_state_big_and_counts_what_went() -> None:
+    from streams.profile import DEFAULT_LIMITS, fold_event, new_state, remember, repeated, shrink
+
+    state = new_state("u:u-1", T0)
+    profile = state["profile"]
+    fold_event(profile, ev("name", "identify", T0, traits={"first_name": "Ana"}))
+    for n in range(1000):  # long ids: the seen ids are most of the state
+        remember(state, ev(f"{n:04d}".ljust(128, "x"), "page_view", T0 + n), RET)
+    state.setdefault("rules", {})["history"] = {"product_view": list(range(10))}
+    dropped: dict[str, int] = {}
+    held = len(state["seen"])
+    assert shrink(state, DEFAULT_LIMITS, dropped)
+    assert len(state["seen"]) <= held // 2 + 1 and dropped["seen"] == held - len(state["seen"])
+    assert state["rules"]["history"]["product_view"] == list(range(10))  # small: kept
+    assert profile["traits"] == {"first_name": "Ana"} and "history" not in dropped
+    assert repeated(state, ev("0000".ljust(128, "x"), "page_view", T0))  # a forgotten id still repeats
+    while shrink(state, DEFAULT_LIMITS, dropped):
+        pass
+    assert len(state["seen"]) <= 32 and profile["traits"] == {"first_name": "Ana"}

@@ -25,7 +25,7 @@ from streams import topics as names
 from streams.config import PipelineConfig
 from streams.dispatch import run_locally
 from streams.ingest import IngestPolicy, Source
-from streams.record_step import MAX_VALUE_BYTES, StepContext, StepIO, apply_result, step_isolated
+from streams.record_step import MAX_VALUE_BYTES, SOFT_STATE_BYTES, StepContext, StepIO, apply_result, step_isolated
 from streams.routing import InputRecord, partition_for, route_batch
 from streams.timeline import RuleSet
 from streams.tools.generate import generate_history
@@ -372,3 +372,34 @@ def test_a_profile_fed_far_past_every_configured_bound_keeps_committing_and_coun
     assert dropped["seen"] == 160 - len(state["seen"])
     assert profile["aggregates"]["event_counts"] == {"identify": 35, "product_view": 35, "cart_add": 52,
                                                      "cart_remove": 18}  # nothing lost but what a bound drops
+
+
+def test_a_state_past_the_value_limit_within_its_bounds_is_shrunk_not_dead_lettered() -> None:
+    """100 cart lines of 100 moves each are within bounds a user may configure, but with the
+    128-character event ids an event may carry they make a 1.6 MB state: it is made smaller (moves
+    combined, counted) and stored, the cart's quantities kept, and no event is dead-lettered."""
+    from streams.profile import cart_view
+
+    rules = RuleSet.build(PipelineConfig.model_validate({"limits": {"cart_moves": 100}}), 7 * 86_400_000, None)
+    ctx = StepContext(rules=rules, expected_clocks=CTX.expected_clocks, wall_delay_ms=None, partitions=PARTITIONS,
+                      events_topic=CTX.events_topic, cooccurrence_topic=CTX.cooccurrence_topic)
+    t0 = parse_timestamp("2026-03-01T10:00:00Z")
+    raw = [{"event_id": f"{n:05d}".ljust(128, "x"), "type": "cart_add", "timestamp": t0 + n * 1000,
+            "user_id": "hoarder", "product_id": f"sku-{n % 100}", "quantity": 1, "price": 1.0} for n in range(10_000)]
+    hop = Hop()
+    records = internal_records(raw, random.Random(0), clocks=False)
+    entries = [entry for _, record in records for entry in orjson.loads(record)]
+    [partition] = {p for p, _ in records}
+    tables = hop.tables[partition]
+    io = StepIO(partition, lambda key: None if (v := tables["states"].get(key.encode())) is None else orjson.loads(v),
+                lambda key: None, {}, lambda upto: set(), NOW, NOW)
+    result = step_isolated(entries, lambda: io, ctx, Source(ctx.events_topic, partition, 0, None, NOW))
+    assert not result.failures
+    apply_result(result, partition, hop)
+    [(_key, value)] = tables["states"].items()
+    assert len(value) <= SOFT_STATE_BYTES and result.shrunk == 1
+    state = orjson.loads(value)
+    cart = cart_view(state["profile"])
+    assert cart is not None and len(cart["items"]) == 100 and {item["quantity"] for item in cart["items"]} == {100}
+    assert result.entries_dropped["cart_moves"] >= 100 * 50
+    assert result.outcomes["carts", "processed"] == 10_000
