@@ -22,9 +22,11 @@ import pytest
 from aiosmtpd.controller import Controller
 from confluent_kafka import Producer
 
+from schemas.timeparse import parse_timestamp
 from streams.broker import EmbeddedBroker, free_port
 
-from .conftest import MAILPULSE, PARTITIONS, read_topic, wait_until
+from .conftest import MAILPULSE, PARTITIONS, WorkerFactory, latest_by_key, read_topic, wait_until
+from .conftest import mailpulse as run_cli
 from .conftest import metric_at as metric
 
 pytestmark = pytest.mark.integration
@@ -76,6 +78,14 @@ def produce(bootstrap: str, values: list[bytes], topic: str = "triggers") -> Non
     for n, value in enumerate(values):
         producer.produce(topic, value, partition=n % PARTITIONS)
     assert producer.flush(30) == 0
+
+
+def mailpulse_cli(*args: str) -> bool:
+    """Runs a ``mailpulse`` command; True when it succeeded (its output is shown when it did not)."""
+    done = run_cli(*args)
+    if done.returncode != 0:
+        print(done.stdout, done.stderr)
+    return done.returncode == 0
 
 
 def start_deliver(broker: EmbeddedBroker, tmp: Path, port: int = 0, **env: str) -> tuple[subprocess.Popen[bytes], int]:
@@ -223,3 +233,67 @@ def test_webhook_retries_with_a_stable_idempotency_key_and_failures_end_in_deliv
         process.terminate()
         process.wait(20)
         server.shutdown()
+
+
+def test_a_one_click_unsubscribe_reaches_the_worker_and_holds_back_that_persons_next_trigger(
+        broker: EmbeddedBroker, smtp: tuple[Inbox, int], start_worker: WorkerFactory, tmp_path: Path) -> None:
+    """The whole loop: a worker's cart_abandoned trigger becomes an e-mail, its one-click unsubscribe
+    becomes an event the worker folds (stamped at the click), and the person's next abandoned cart,
+    after it, gives no trigger: the worker holds it back for consent, not only deliver."""
+    inbox, smtp_port = smtp
+    worker = start_worker()
+    process, deliver_port = start_deliver(broker, tmp_path, MAILPULSE_SMTP_HOST="127.0.0.1",
+                                          MAILPULSE_SMTP_PORT=str(smtp_port))
+    person = {"user_id": "u-pia"}
+    first = [
+        {"event_id": "i-pia", "type": "identify", "timestamp": "2026-03-01T09:00:00Z", **person,
+         "traits": {"first_name": "Pia", "email": "pia@example.com"}, "consent": {"email": True}},
+        {"event_id": "k-pia-1", "type": "cart_add", "timestamp": "2026-03-01T10:00:00Z", **person,
+         "product_id": "sku-1", "quantity": 1, "price": 10.0},
+    ]
+    try:
+        history = tmp_path / "first.jsonl"
+        history.write_bytes(b"".join(orjson.dumps(event) + b"\n" for event in first))
+        assert mailpulse_cli("replay", str(history), "--broker", broker.url, "--until", "2026-03-01T12:00:00Z")
+        worker.wait_metric("mailpulse_triggers_total", 1, timeout=120, type="cart_abandoned")
+        # all the person's triggers so far (welcome, and churn_risk as the shipped model scores her)
+        first_ids = {t["trigger_id"] for _, t in read_topic(broker.bootstrap, "triggers", quiet_s=2.0)}
+        wait_until(lambda: set(inbox.trigger_ids()) == first_ids, timeout=60)
+        [message] = [m for m in inbox.messages if "cart" in str(m["Subject"])]
+        assert message["To"] == "pia@example.com"
+        url = str(message["List-Unsubscribe"]).strip("<>")
+        with urllib.request.urlopen(urllib.request.Request(url, data=b"List-Unsubscribe=One-Click"),
+                                    timeout=5) as response:
+            assert response.status == 200
+        clicked = time.time()
+
+        # she buys that cart after the click and leaves a new one a minute later; the watermark
+        # passes the new one's 30-minute delay (a cart gives one cart_abandoned, until it is bought)
+        def stamp(seconds: float) -> str:
+            return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(clicked + seconds))
+
+        later = tmp_path / "later.jsonl"
+        later.write_bytes(b"".join(orjson.dumps(event) + b"\n" for event in [
+            {"event_id": "o-pia", "type": "purchase", "timestamp": stamp(30), **person, "order_id": "o-pia",
+             "total": 10.0, "items": [{"product_id": "sku-1", "quantity": 1, "price": 10.0}]},
+            {"event_id": "k-pia-2", "type": "cart_add", "timestamp": stamp(60), **person, "product_id": "sku-2",
+             "quantity": 1, "price": 20.0}]))
+        assert mailpulse_cli("replay", str(later), "--broker", broker.url, "--until", stamp(3 * 3600))
+        worker.wait_metric("mailpulse_triggers_suppressed_total", 1, timeout=120, type="cart_abandoned",
+                           reason="consent_false")
+        triggers = [t for _, t in read_topic(broker.bootstrap, "triggers", quiet_s=2.0)]
+        # the watermark's jump from March to now fired what was due in between (idle re-scores:
+        # churn_risk, winback), stamped before the click, when she had consent; nothing after it
+        assert all(parse_timestamp(t["at"]) < clicked * 1000 for t in triggers)
+        assert sum(t["type"] == "cart_abandoned" for t in triggers) == 1 and first_ids <= {t["trigger_id"]
+                                                                                            for t in triggers}
+        profiles = latest_by_key(read_topic(broker.bootstrap, "profiles", quiet_s=2.0))
+        [profile] = [p for p in profiles.values() if p is not None and p["user_id"] == "u-pia"]
+        assert profile["consent"]["email"] is False and profile["cart"]["item_count"] == 1
+        # deliver holds those back: the address is on its own list since the click
+        extra = len(triggers) - len(first_ids)
+        wait_until(lambda: metric(deliver_port, "mailpulse_deliveries_total", outcome="suppressed") >= extra)
+        assert set(inbox.trigger_ids()) == first_ids
+    finally:
+        process.terminate()
+        process.wait(20)
