@@ -270,12 +270,9 @@ def test_keys_stay_in_their_partition(history: tuple[list[Any], Any]) -> None:
         assert all(partition_for(key.decode(), PARTITIONS) == partition for key in tables["states"])
 
 
-def test_a_profile_fed_far_past_its_dedupe_bound_keeps_committing_and_counts_the_drops() -> None:
-    """3,000 events of one person in one record: the step succeeds, the stored state stays small, and
-    what the bound dropped is in the result (``mailpulse_profile_entries_dropped_total{collection="seen"}``)."""
-    t0 = parse_timestamp("2026-03-01T10:00:00Z")
-    raw = [{"event_id": f"v{n}", "type": "page_view", "timestamp": t0 + n * 1000, "user_id": "bot"}
-           for n in range(3000)]
+def one_person_in_one_step(raw: list[dict[str, Any]], ctx: StepContext = CTX) -> tuple[Any, bytes]:
+    """Every event of one person (no input clocks: they wait for the watermark) in one step, its
+    result applied: (the step's result, the stored state)."""
     hop = Hop()
     records = internal_records(raw, random.Random(0), clocks=False)
     entries = [entry for _, record in records for entry in orjson.loads(record)]
@@ -283,10 +280,20 @@ def test_a_profile_fed_far_past_its_dedupe_bound_keeps_committing_and_counts_the
     tables = hop.tables[partition]
     io = StepIO(partition, lambda key: None if (v := tables["states"].get(key.encode())) is None else orjson.loads(v),
                 lambda key: None, {}, lambda upto: set(), NOW, NOW)
-    result = step_isolated(entries, lambda: io, CTX, Source(CTX.events_topic, partition, 0, None, NOW))
+    result = step_isolated(entries, lambda: io, ctx, Source(ctx.events_topic, partition, 0, None, NOW))
     assert not result.failures
     apply_result(result, partition, hop)
     [(_key, value)] = tables["states"].items()
+    return result, value
+
+
+def test_a_profile_fed_far_past_its_dedupe_bound_keeps_committing_and_counts_the_drops() -> None:
+    """3,000 events of one person in one record: the step succeeds, the stored state stays small, and
+    what the bound dropped is in the result (``mailpulse_profile_entries_dropped_total{collection="seen"}``)."""
+    t0 = parse_timestamp("2026-03-01T10:00:00Z")
+    raw = [{"event_id": f"v{n}", "type": "page_view", "timestamp": t0 + n * 1000, "user_id": "bot"}
+           for n in range(3000)]
+    result, value = one_person_in_one_step(raw)
     state = orjson.loads(value)
     # 1,000 parked events (timeline.MOST_PARKED, the rest released early) and 2,000 ids: far below the limit
     assert len(state["seen"]) <= 2000 + 32 and len(state["pending"]) <= 1000 and len(value) < MAX_VALUE_BYTES / 3
@@ -347,17 +354,7 @@ def test_a_profile_fed_far_past_every_configured_bound_keeps_committing_and_coun
                  "product_id": f"sku-{n}", "quantity": 1, "price": 1.0},
                 {"event_id": f"m{n}", "type": "cart_add" if n % 2 else "cart_remove", "timestamp": at + 3000,
                  "user_id": "p", "product_id": "sku-0", "quantity": 1, "price": 1.0}]
-    hop = Hop()
-    records = internal_records(raw, random.Random(0), clocks=False)
-    entries = [entry for _, record in records for entry in orjson.loads(record)]
-    [partition] = {p for p, _ in records}
-    tables = hop.tables[partition]
-    io = StepIO(partition, lambda key: None if (v := tables["states"].get(key.encode())) is None else orjson.loads(v),
-                lambda key: None, {}, lambda upto: set(), NOW, NOW)
-    result = step_isolated(entries, lambda: io, ctx, Source(ctx.events_topic, partition, 0, None, NOW))
-    assert not result.failures
-    apply_result(result, partition, hop)
-    [(_key, value)] = tables["states"].items()
+    result, value = one_person_in_one_step(raw, ctx)
     state = orjson.loads(value)
     profile = state["profile"]
     assert len(profile["traits"]) == 5 and len(profile["consent"]) == 3 and len(profile["context"]) == 2
@@ -386,17 +383,7 @@ def test_a_state_past_the_value_limit_within_its_bounds_is_shrunk_not_dead_lette
     t0 = parse_timestamp("2026-03-01T10:00:00Z")
     raw = [{"event_id": f"{n:05d}".ljust(128, "x"), "type": "cart_add", "timestamp": t0 + n * 1000,
             "user_id": "hoarder", "product_id": f"sku-{n % 100}", "quantity": 1, "price": 1.0} for n in range(10_000)]
-    hop = Hop()
-    records = internal_records(raw, random.Random(0), clocks=False)
-    entries = [entry for _, record in records for entry in orjson.loads(record)]
-    [partition] = {p for p, _ in records}
-    tables = hop.tables[partition]
-    io = StepIO(partition, lambda key: None if (v := tables["states"].get(key.encode())) is None else orjson.loads(v),
-                lambda key: None, {}, lambda upto: set(), NOW, NOW)
-    result = step_isolated(entries, lambda: io, ctx, Source(ctx.events_topic, partition, 0, None, NOW))
-    assert not result.failures
-    apply_result(result, partition, hop)
-    [(_key, value)] = tables["states"].items()
+    result, value = one_person_in_one_step(raw, ctx)
     assert len(value) <= SOFT_STATE_BYTES and result.shrunk == 1
     state = orjson.loads(value)
     cart = cart_view(state["profile"])
