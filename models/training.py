@@ -169,7 +169,7 @@ def component_shards(events: list[dict[str, Any]], shards: int) -> list[list[dic
         union(keys)
         if record is not None:
             block_messages.append((keys[0], record))
-    for pair in linkable_pairs(block_messages):
+    for pair in linkable_pairs(block_messages, joined=lambda a, b: find(a) == find(b)):
         union(list(pair))
     roots = [find(profile_key(event)) for event in events]
     sizes: dict[str, int] = {}

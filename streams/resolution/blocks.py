@@ -22,7 +22,7 @@ a link between them is unsound, which a block cannot see). Pure functions; no st
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -160,35 +160,37 @@ def on_block_message(members: Mapping[str, Mapping[str, Any]] | None, key: str, 
 
 
 def linkable_pairs(messages: Iterable[tuple[str, Mapping[str, Any]]], merge_threshold: float = MERGE_THRESHOLD,
-                   max_block: int = MAX_BLOCK) -> list[tuple[str, str]]:
+                   max_block: int = MAX_BLOCK,
+                   joined: Callable[[str, str], bool] = lambda a, b: False) -> Iterator[tuple[str, str]]:
     """Pairs of keys that the blocks could link, from every block message of a history as (key, person
     record), in any order: a superset of the links :func:`on_block_message` reports for them in any
     arrival order, where a message's member key may be any key of that person.
 
-    Every pair of messages of a block with two keys is scored (the stream scores a newcomer only
-    against the records stored then, a subset).  A block that gets more than ``max_block`` messages
-    may fill up, and then what it scores depends on arrival order: all its keys are paired (chained).
-    For splitting a history into shards that fold independently (``train``).
+    Every pair of distinct messages of a block with two keys is scored (the stream scores a newcomer
+    only against the records stored then, a subset), except pairs the caller already ``joined`` (a
+    union-find that takes each pair as it comes: the same person's keys, linked earlier).  A block
+    that gets more than ``max_block`` messages may fill up, and then what it scores depends on
+    arrival order: all its keys are paired (chained).  For splitting a history into shards that fold
+    independently (``train``).
     """
     members: dict[str, list[tuple[str, dict[str, Any]]]] = {}
     for key, record in messages:
         for block in block_keys(record):
             members.setdefault(block, []).append((key, dict(record)))
-    pairs: list[tuple[str, str]] = []
     for block in sorted(members):
         found = members[block]
         keys = sorted({key for key, _ in found})
         if len(keys) < 2:
             continue
         if len(found) > max_block:
-            pairs += itertools.pairwise(keys)
+            yield from itertools.pairwise(keys)
             continue
-        people = [(key, person_from_record(record)) for key, record in found]
+        distinct = {(key, repr(sorted(record.items()))): (key, record) for key, record in found}  # repeats
+        people = [(key, person_from_record(record)) for key, record in distinct.values()]
         for i, (key_a, person_a) in enumerate(people):
             for key_b, person_b in people[i + 1:]:
-                if key_a != key_b and score(person_a, person_b) >= merge_threshold:
-                    pairs.append((key_a, key_b))
-    return pairs
+                if key_a != key_b and not joined(key_a, key_b) and score(person_a, person_b) >= merge_threshold:
+                    yield key_a, key_b
 
 
 def drop_member(members: Mapping[str, Mapping[str, Any]] | None, key: str) -> dict[str, dict[str, Any]]:
