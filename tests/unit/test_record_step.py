@@ -371,22 +371,28 @@ def test_a_profile_fed_far_past_every_configured_bound_keeps_committing_and_coun
                                                      "cart_remove": 18}  # nothing lost but what a bound drops
 
 
-def test_a_state_past_the_value_limit_within_its_bounds_is_shrunk_not_dead_lettered() -> None:
-    """100 cart lines of 100 moves each are within bounds a user may configure, but with the
-    128-character event ids an event may carry they make a 1.6 MB state: it is made smaller (moves
-    combined, counted) and stored, the cart's quantities kept, and no event is dead-lettered."""
+def test_a_state_past_the_value_limit_within_its_bounds_is_shrunk_not_dead_lettered(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cart lines of 100 moves each are within bounds a user may configure, but with the 128-character
+    event ids an event may carry they make a state past the value limit (here a fifth of the real
+    900 KB, so that the test is quick): it is made smaller (moves combined, counted) and stored, the
+    cart's quantities kept, and no event is dead-lettered."""
+    from streams import record_step
     from streams.profile import cart_view
 
+    monkeypatch.setattr(record_step, "MAX_VALUE_BYTES", MAX_VALUE_BYTES // 5)
+    monkeypatch.setattr(record_step, "SOFT_STATE_BYTES", SOFT_STATE_BYTES // 5)
     rules = RuleSet.build(PipelineConfig.model_validate({"limits": {"cart_moves": 100}}), 7 * 86_400_000, None)
     ctx = StepContext(rules=rules, expected_clocks=CTX.expected_clocks, wall_delay_ms=None, partitions=PARTITIONS,
                       events_topic=CTX.events_topic, cooccurrence_topic=CTX.cooccurrence_topic)
     t0 = parse_timestamp("2026-03-01T10:00:00Z")
     raw = [{"event_id": f"{n:05d}".ljust(128, "x"), "type": "cart_add", "timestamp": t0 + n * 1000,
-            "user_id": "hoarder", "product_id": f"sku-{n % 100}", "quantity": 1, "price": 1.0} for n in range(10_000)]
+            "user_id": "hoarder", "product_id": f"sku-{n % 20}", "quantity": 1, "price": 1.0} for n in range(2_000)]
     result, value = one_person_in_one_step(raw, ctx)
-    assert len(value) <= SOFT_STATE_BYTES and result.shrunk == 1
+    assert MAX_VALUE_BYTES // 5 < 20 * 100 * 140  # the moves alone were past the limit
+    assert len(value) <= SOFT_STATE_BYTES // 5 and result.shrunk == 1
     state = orjson.loads(value)
     cart = cart_view(state["profile"])
-    assert cart is not None and len(cart["items"]) == 100 and {item["quantity"] for item in cart["items"]} == {100}
-    assert result.entries_dropped["cart_moves"] >= 100 * 50
-    assert result.outcomes["carts", "processed"] == 10_000
+    assert cart is not None and len(cart["items"]) == 20 and {item["quantity"] for item in cart["items"]} == {100}
+    assert result.entries_dropped["cart_moves"] >= 20 * 50
+    assert result.outcomes["carts", "processed"] == 2_000
