@@ -149,7 +149,7 @@ class Limits:
     seen_id_bytes: int = 128 * 1024  # characters of those ids
     parked_events: int = 1_000  # events waiting for the watermark (the oldest are then applied)
     history_per_type: int = 500  # timestamps per event type for the segments' windowed counts
-    possible_matches: int = 100  # the best-scored pairs kept
+    possible_matches: int = possible_matches.MOST  # the best-scored pairs kept
 
     @property
     def small_traits_can_overflow(self) -> bool:
@@ -165,14 +165,14 @@ MOST_PURCHASES = 100
 Dropped = dict[str, int]  # collection -> entries dropped
 
 
-def _drop(dropped: Dropped | None, collection: str) -> None:
-    if dropped is not None:
-        dropped[collection] = dropped.get(collection, 0) + 1
+def _drop(dropped: Dropped | None, collection: str, count: int = 1) -> None:
+    if dropped is not None and count:
+        dropped[collection] = dropped.get(collection, 0) + count
 
 
 def _apply_newest(
     values: dict[str, Any], times: dict[str, list[Any]], updates: dict[str, Any], ts: int, event_id: str,
-    collection: str = "traits", dropped: Dropped | None = None, most: int = 100,
+    collection: str, dropped: Dropped | None, most: int,
 ) -> None:
     """Newest non-empty value per field by event time; equal times: the larger event_id wins.  A new
     field past ``most`` (the collection's bound) is dropped (counted)."""
@@ -309,8 +309,7 @@ def keep_newest_purchases(purchases: list[list[Any]], dropped: Dropped | None = 
     excess = len(purchases) - MOST_PURCHASES
     if excess > 0:
         del purchases[:excess]
-        for _ in range(excess):
-            _drop(dropped, "purchases")
+        _drop(dropped, "purchases", excess)
     return purchases
 
 
@@ -395,9 +394,15 @@ def remember(state: State, event: Event, retention_ms: int, dropped: Dropped | N
             keep = min(keep, max(len(seen) * limits.seen_id_bytes // id_bytes - 32, 32))
         if keep < len(seen):
             horizon = max(horizon or 0, _trim_seen(seen, keep, dropped))
-        if horizon is not None and horizon > state.get(SEEN_FROM, horizon - 1):
-            state[SEEN_FROM] = horizon
+        if horizon is not None:
+            _move_seen_from(state, horizon)
     return True
+
+
+def _move_seen_from(state: State, horizon: int) -> None:
+    """Everything stamped before ``horizon`` now counts as seen (its ids were forgotten)."""
+    if horizon > state.get(SEEN_FROM, horizon - 1):
+        state[SEEN_FROM] = horizon
 
 
 def _trim_seen(seen: dict[str, int], keep: int, dropped: Dropped | None) -> int:
@@ -408,8 +413,7 @@ def _trim_seen(seen: dict[str, int], keep: int, dropped: Dropped | None) -> int:
     old = [e for e, t in seen.items() if t < horizon]
     for event_id in old:
         del seen[event_id]
-    if dropped is not None:
-        dropped["seen"] = dropped.get("seen", 0) + len(old)
+    _drop(dropped, "seen", len(old))
     return horizon
 
 
@@ -429,9 +433,7 @@ def shrink(state: State, limits: Limits, dropped: Dropped) -> bool:
     big = {name for name, size in sizes.items() if size * 8 >= sum(sizes.values())}
     seen = state["seen"]
     if "seen" in big and len(seen) > 32:
-        horizon = _trim_seen(seen, len(seen) // 2, dropped)
-        if horizon > state.get(SEEN_FROM, horizon - 1):
-            state[SEEN_FROM] = horizon
+        _move_seen_from(state, _trim_seen(seen, len(seen) // 2, dropped))
     if "cart_moves" in big:
         for line in profile["cart"].values():
             _combine_moves(line["moves"], len(line["moves"]) // 2, dropped)
@@ -440,20 +442,15 @@ def shrink(state: State, limits: Limits, dropped: Dropped) -> bool:
             cut = len(times) // 2
             if cut:
                 del times[:cut]
-                _drop_many(dropped, "history", cut)
+                _drop(dropped, "history", cut)
     matches = profile.get("possible_matches") or []
     if "possible_matches" in big and len(matches) > 1:
-        _drop_many(dropped, "possible_matches", possible_matches.trim(matches, len(matches) // 2))
+        _drop(dropped, "possible_matches", possible_matches.trim(matches, len(matches) // 2))
     traits = profile["traits"]
     if "traits" in big and len(traits) > 1:
         budget = sum(approx_size(value) + len(key) + 4 for key, value in traits.items()) // 2
         trim_traits(traits, profile["trait_times"], dropped, dataclasses.replace(limits, trait_bytes=budget))
     return sum(dropped.values()) > before
-
-
-def _drop_many(dropped: Dropped, collection: str, count: int) -> None:
-    if count:
-        dropped[collection] = dropped.get(collection, 0) + count
 
 
 def fold_event(profile: dict[str, Any], event: Event, linked: Container[str] | None = None,
