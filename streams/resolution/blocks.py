@@ -173,20 +173,29 @@ def linkable_pairs(messages: Iterable[tuple[str, Mapping[str, Any]]], merge_thre
     arrival order: all its keys are paired (chained).  For splitting a history into shards that fold
     independently (``train``).
     """
-    members: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    # a key's repeated record is scored once, but every message counts towards filling its blocks:
+    # each can add a member (sent under the person's root of that moment)
+    distinct: dict[tuple[str, str], tuple[str, Person, list[str]]] = {}
+    sent: dict[str, int] = {}  # block -> messages
     for key, record in messages:
-        for block in block_keys(record):
-            members.setdefault(block, []).append((key, dict(record)))
+        mark = (key, repr(sorted(record.items())))
+        if mark not in distinct:
+            person = person_from_record(record)
+            distinct[mark] = (key, person, blocking_keys(person))
+        for block in distinct[mark][2]:
+            sent[block] = sent.get(block, 0) + 1
+    members: dict[str, list[tuple[str, Person]]] = {}
+    for key, person, blocks in distinct.values():
+        for block in blocks:
+            members.setdefault(block, []).append((key, person))
     for block in sorted(members):
-        found = members[block]
-        keys = sorted({key for key, _ in found})
+        people = members[block]
+        keys = sorted({key for key, _ in people})
         if len(keys) < 2:
             continue
-        if len(found) > max_block:
+        if sent[block] > max_block:
             yield from itertools.pairwise(keys)
             continue
-        distinct = {(key, repr(sorted(record.items()))): (key, record) for key, record in found}  # repeats
-        people = [(key, person_from_record(record)) for key, record in distinct.values()]
         for i, (key_a, person_a) in enumerate(people):
             for key_b, person_b in people[i + 1:]:
                 if key_a != key_b and not joined(key_a, key_b) and score(person_a, person_b) >= merge_threshold:
