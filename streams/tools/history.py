@@ -45,25 +45,31 @@ def _accepted(path: Path, line: bytes, number: int) -> dict[str, Any] | None:
     return result.event
 
 
-def accepted_lines(path: Path, show_progress: bool = False,
-                   label: str = "reading") -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, accepted event) of each non-blank line of ``path``; :class:`HistoryError` at the
-    first line that is not a valid input event."""
+def accepted_lines(path: Path, show_progress: bool = False, label: str = "reading", start: int = 0,
+                   end: int | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, accepted event) of each non-blank line of ``path`` that starts in the byte range
+    ``[start, end)`` (``start``: 0 or just after a newline; all the file by default);
+    :class:`HistoryError` at the first line that is not a valid input event."""
     hold_every_address()
     size, handle = _open(path)
     progress = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), disable=not show_progress,
                         transient=True)
     with progress, handle:
-        task = progress.add_task(label, total=size)
-        done = 0
-        for number, line in enumerate(handle, start=1):
-            done += len(line)
+        task = progress.add_task(label, total=(size if end is None else end) - start)
+        number = _lines_before(handle, start)
+        handle.seek(start)
+        position = start
+        while end is None or position < end:
+            line = handle.readline()
+            if not line:
+                break
+            position += len(line)
+            number += 1
             event = _accepted(path, line, number)
-            if event is None:
-                continue
-            yield number, event
+            if event is not None:
+                yield number, event
             if number % 5000 == 0:
-                progress.update(task, completed=done)
+                progress.update(task, completed=position - start)
 
 
 def _wanted(event: dict[str, Any], until: int | None) -> bool:
@@ -81,39 +87,22 @@ def _lines_before(handle: IO[bytes], start: int) -> int:
 
 def _read_range(path: Path, start: int, end: int, until: int | None, show_progress: bool = False,
                 label: str = "reading") -> tuple[list[dict[str, Any]], HistoryError | None]:
-    """The wanted events of the lines that start in ``[start, end)`` (``start`` is 0 or just after a
-    newline), and the error of the first bad one."""
-    hold_every_address()
+    """The wanted events of the lines that start in ``[start, end)``, and the error of the first bad
+    one (returned, not raised: the events before it came from another process's range)."""
     events: list[dict[str, Any]] = []
-    _, handle = _open(path)
-    progress = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), disable=not show_progress,
-                        transient=True)
-    with progress, handle:
-        task = progress.add_task(label, total=end - start)
-        number = _lines_before(handle, start)
-        handle.seek(start)
-        position = start
-        while position < end:
-            line = handle.readline()
-            if not line:
-                break
-            position += len(line)
-            number += 1
-            try:
-                event = _accepted(path, line, number)
-            except HistoryError as exc:
-                return events, exc
-            if event is not None and _wanted(event, until):
+    try:
+        for _, event in accepted_lines(path, show_progress, label, start, end):
+            if _wanted(event, until):
                 events.append(event)
-            if number % 5000 == 0:
-                progress.update(task, completed=position - start)
+    except HistoryError as exc:
+        return events, exc
     return events, None
 
 
-def _line_starts(path: Path, size: int, parts: int) -> list[int]:
-    """``parts`` byte offsets (the first 0), each at the start of a line, ascending, no repeats."""
+def _byte_ranges(path: Path, parts: int) -> list[tuple[int, int]]:
+    """At most ``parts`` consecutive ``[start, end)`` ranges covering the file, each starting a line."""
+    size, handle = _open(path)
     starts = [0]
-    _, handle = _open(path)
     with handle:
         for k in range(1, parts):
             target = size * k // parts
@@ -124,7 +113,7 @@ def _line_starts(path: Path, size: int, parts: int) -> list[int]:
             offset = handle.tell()
             if starts[-1] < offset < size:
                 starts.append(offset)
-    return starts
+    return list(zip(starts, [*starts[1:], size], strict=True))
 
 
 def read_events(path: Path, until: int | None = None, show_progress: bool = False,
@@ -133,12 +122,8 @@ def read_events(path: Path, until: int | None = None, show_progress: bool = Fals
     order, read by ``jobs`` processes."""
     if jobs <= 1:
         return [event for _, event in accepted_lines(path, show_progress, label) if _wanted(event, until)]
-    size, handle = _open(path)
-    handle.close()
-    starts = _line_starts(path, size, jobs)
-    ends = [*starts[1:], size]
     parts = run_forked([partial(_read_range, path, start, end, until, show_progress and start == 0, label)
-                        for start, end in zip(starts, ends, strict=True)])
+                        for start, end in _byte_ranges(path, jobs)])
     events: list[dict[str, Any]] = []
     for part, error in parts:
         if error is not None:
