@@ -232,13 +232,11 @@ def build_examples(events: list[dict[str, Any]], as_of: int, horizon_ms: int, cu
     With ``jobs`` > 1 the people are split into that many shards (:func:`component_shards`), folded
     by as many processes; the examples are the same."""
     shards = component_shards(events, jobs) if jobs > 1 else [events]
-    parts = run_forked([partial(_shard_examples, shard, horizon_ms, cuts) for shard in shards])
+    parts = run_forked([partial(_shard_examples, shard, horizon_ms, cuts) for shard in shards or [[]]])
     keys = [key for part in parts for key in part.keys]
-    cut_of = np.concatenate([part.cuts for part in parts]) if parts else np.zeros(0, dtype=np.int64)
+    cut_of = np.concatenate([part.cuts for part in parts])
     order = sorted(range(len(keys)), key=lambda index: (int(cut_of[index]), keys[index]))
     people = [person for part in parts for person in part.people]
-    if not parts:
-        return Examples(np.zeros((0, len(FEATURES))), np.zeros(0, dtype=np.int64), [], cut_of, [])
     return Examples(np.concatenate([part.rows for part in parts])[order],
                     np.concatenate([part.labels for part in parts])[order],
                     [people[index] for index in order], cut_of[order], [keys[index] for index in order])
