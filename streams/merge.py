@@ -40,6 +40,7 @@ from streams.profile import (
     keep_newest_purchases,
     listed_purchases,
     money,
+    refresh_view,
     spent,
 )
 from streams.rules import recommend
@@ -225,8 +226,10 @@ def merge_carts(a: dict[str, Any], b: dict[str, Any], last_purchase: int | None)
             for name, entry in line["fields"].items():
                 if is_open(entry[0]) and (name not in fields or entry[:2] > fields[name][:2]):
                     fields[name] = copy.deepcopy(entry)
-        cart[product] = {"moves": [list(move) for move in sorted(moves)],
-                         "fields": {name: fields[name] for name in sorted(fields)}}
+        line = {"moves": [list(move) for move in sorted(moves)],
+                "fields": {name: fields[name] for name in sorted(fields)}}
+        refresh_view(line)
+        cart[product] = line
     return cart
 
 

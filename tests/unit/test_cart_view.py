@@ -1,0 +1,97 @@
+"""A cart line's stored summary (``view``) is what replaying its moves gives, whatever the order the
+moves arrive in, the bounds that combine them, the purchases that close them and the merges that
+join two carts: so :func:`streams.profile.cart_view` can read it instead of replaying each move."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
+
+from streams.merge import merge_carts
+from streams.profile import DEFAULT_LIMITS, VIEW_FROM_MOVES, Limits, cart_view, fold_event, line_view, new_state
+
+T0 = 1_772_359_200_000
+LIMITS = Limits(cart_moves=12)  # combines moves of a busy line, past VIEW_FROM_MOVES
+
+
+def cart_event(index: int, etype: str, ts: int, product: int, quantity: int) -> dict[str, Any]:
+    kind = "purchases" if etype == "purchase" else "carts"
+    ev: dict[str, Any] = {"event_id": f"e-{index % 7}-{index}", "type": etype, "ts": T0 + ts, "kind": kind,
+                          "user_id": "u-1", "src": [kind, 0, index, T0]}
+    if etype == "purchase":
+        ev.update(order_id=f"o-{index}", total=10.0, currency="USD")
+    else:
+        ev.update(product_id=f"sku-{product}", quantity=quantity, price=2.5, currency="USD", cart_id=f"c-{ts % 3}")
+    return ev
+
+
+#: (type, seconds after T0, product, quantity): two products, so lines pass VIEW_FROM_MOVES and the
+#: bound of LIMITS, with moves out of time order; a purchase is early in time, so it closes some
+#: moves and later ones still count.
+moves = st.lists(st.tuples(st.sampled_from(["cart_add", "cart_add", "cart_remove", "purchase"]),
+                           st.integers(0, 200), st.integers(0, 1), st.integers(1, 3)), min_size=15, max_size=60)
+
+
+def folded(steps: list[tuple[str, int, int, int]], offset: int = 0, limits: Limits = LIMITS) -> dict[str, Any]:
+    profile: dict[str, Any] = new_state("u:u-1", T0)["profile"]
+    for index, (etype, ts, product, quantity) in enumerate(steps):
+        if etype == "purchase":
+            etype, ts = ("purchase", ts // 10) if index % 5 == 0 else ("cart_add", ts)  # rarer, early
+        fold_event(profile, cart_event(index + offset, etype, ts * 1000, product, quantity), limits=limits)
+    return profile
+
+
+def replayed(profile: dict[str, Any]) -> dict[str, Any] | None:
+    """cart_view of the profile with every stored summary left out: each line replayed."""
+    bare = copy.deepcopy(profile)
+    for line in bare["cart"].values():
+        line.pop("view", None)
+    return cart_view(bare)
+
+
+def assert_views_hold(profile: dict[str, Any]) -> None:
+    for line in profile["cart"].values():
+        if len(line["moves"]) > VIEW_FROM_MOVES:
+            assert line["view"] == line_view(line["moves"])
+        else:
+            assert "view" not in line
+
+
+@settings(max_examples=300, deadline=None)
+@given(moves)
+def test_the_stored_summary_is_the_replayed_line_in_any_arrival_order(steps: list[tuple[str, int, int, int]]) -> None:
+    profile = folded(steps)
+    event("summary", any("view" in line for line in profile["cart"].values()))
+    assert_views_hold(profile)
+    assert cart_view(profile) == replayed(profile)
+
+
+@settings(max_examples=150, deadline=None)
+@given(moves, moves)
+def test_a_merged_cart_keeps_the_summaries_of_its_lines(first: list[Any], second: list[Any]) -> None:
+    a, b = folded(first), folded(second, offset=1000)
+    last = max((p["aggregates"]["last_purchase_at"] for p in (a, b) if p["aggregates"]["last_purchase_at"]),
+               default=None)
+    merged = {**a, "cart": merge_carts(a["cart"], b["cart"], last), "cart_meta": {"touched": None}}
+    assert_views_hold(merged)
+    assert cart_view(merged) == replayed(merged)
+
+
+def test_the_summary_is_kept_past_the_threshold_and_read_instead_of_the_moves() -> None:
+    profile = folded([("cart_add", ts, 0, 1) for ts in range(VIEW_FROM_MOVES + 1)])
+    line = profile["cart"]["sku-0"]
+    assert line["view"][0] == VIEW_FROM_MOVES + 1
+    line["view"][0] = 99  # cart_view reads the summary, not the moves
+    assert cart_view(profile)["items"][0]["quantity"] == 99  # type: ignore[index]
+
+
+def test_a_hoarders_cart_at_the_default_bounds_reads_the_same_from_its_summaries() -> None:
+    """100 lines of 50 moves: ~85 us to read against ~1,150 us to replay (docs/performance.md)."""
+    profile = folded([("cart_add" if i % 3 else "cart_remove", i, i % 100, 1) for i in range(5000)],
+                     limits=DEFAULT_LIMITS)
+    assert len(profile["cart"]) == 100 and all(len(line["moves"]) == 50 for line in profile["cart"].values())
+    assert_views_hold(profile)
+    assert cart_view(profile) == replayed(profile)
