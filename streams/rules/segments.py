@@ -193,7 +193,20 @@ def evaluate(segments: Sequence[Segment], facts: Facts, history: History, t: int
     """Members at event time ``t``, and the earliest later time at which time alone could change that.
 
     The time may be early (the caller then re-evaluates and finds nothing changed) but never late.
+    Runs the rules compiled to one Python function (:func:`compile_evaluator`), built once per
+    rule set; :func:`evaluate_tree` is the same answer from the condition objects.
     """
+    entry = _COMPILED.get(id(segments))
+    if entry is None or entry[0] is not segments:
+        if len(_COMPILED) >= 64:
+            _COMPILED.clear()
+        entry = _COMPILED[id(segments)] = (segments, compile_evaluator(segments))
+    return entry[1](facts, history, t)
+
+
+def evaluate_tree(segments: Sequence[Segment], facts: Facts, history: History, t: int
+                  ) -> tuple[frozenset[str], int | None]:
+    """:func:`evaluate`, by asking each segment's condition objects (the reference of the compiled form)."""
     members = []
     nxt: int | None = None
     for segment in segments:
@@ -203,6 +216,126 @@ def evaluate(segments: Sequence[Segment], facts: Facts, history: History, t: int
         if n is not None and (nxt is None or n < nxt):
             nxt = n
     return frozenset(members), nxt
+
+
+# --- compiling a rule set to one function -----------------------------------------------------------
+
+Evaluator = Callable[[Facts, History, int], tuple[frozenset[str], int | None]]
+#: (segments, their evaluator) by ``id(segments)``: a worker has one rule set, tests a few.
+_COMPILED: dict[int, tuple[Sequence[Segment], Evaluator]] = {}
+#: Junctions nested deeper than this are asked through their objects (each level of the generated
+#: code is a ``while`` block, and CPython allows 20 nested blocks).
+_MOST_NESTED = 8
+
+
+class _Source:
+    """The generated function's lines, and the values it reads (rule operands, paths, tests) as
+    names of its namespace: nothing from a config is written into the source."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.namespace: dict[str, Any] = {"bisect_right": bisect_right}
+        self.count = 0
+
+    def name(self, prefix: str) -> str:
+        self.count += 1
+        return f"{prefix}{self.count}"
+
+    def constant(self, value: Any) -> str:
+        name = self.name("c")
+        self.namespace[name] = value
+        return name
+
+    def emit(self, indent: int, line: str) -> None:
+        self.lines.append("    " * indent + line)
+
+
+def _emit_condition(src: _Source, node: Condition, indent: int, depth: int) -> tuple[str, str]:
+    """Lines that set two new locals to ``node.state(facts, history, t)``; returns their names.
+    The same steps as the ``state`` methods above, inlined."""
+    v, n = src.name("v"), src.name("n")
+    if isinstance(node, FieldCondition):
+        walk = "facts" + "".join(f"[{src.constant(key)}]" for key in node.path)
+        missing = src.constant(node.if_missing)
+        src.emit(indent, "try:")
+        src.emit(indent + 1, f"x = {walk}")
+        src.emit(indent, "except (KeyError, TypeError, IndexError):")
+        src.emit(indent + 1, "x = None")
+        src.emit(indent, f"{v} = {missing} if x is None else {_inline_test(src, node)}")
+        src.emit(indent, f"{n} = None")
+    elif isinstance(node, EventCondition) and len(node.types) == 1:
+        kind, window = src.constant(node.types[0]), src.constant(node.window_ms)
+        least, most = src.constant(node.min_count), src.constant(node.max_count)
+        src.emit(indent, f"times = history.get({kind}, ())")
+        src.emit(indent, "if not times:")
+        src.emit(indent + 1, f"{v}, {n} = {least} == 0, None")
+        src.emit(indent, "else:")
+        src.emit(indent + 1, f"lo = bisect_right(times, t - {window})")
+        src.emit(indent + 1, "count = bisect_right(times, t) - lo")
+        src.emit(indent + 1, f"if {most} is not None and count > {most}:")
+        src.emit(indent + 2, f"{v}, {n} = False, times[lo + count - {most} - 1] + {window}")
+        src.emit(indent + 1, f"elif count >= {least}:")
+        src.emit(indent + 2, f"{v}, {n} = True, (times[lo + count - {least}] + {window} if {least} > 0 else None)")
+        src.emit(indent + 1, "else:")
+        src.emit(indent + 2, f"{v}, {n} = False, None")
+    elif isinstance(node, NotOf):
+        cv, cn = _emit_condition(src, node.child, indent, depth)
+        src.emit(indent, f"{v}, {n} = not {cv}, {cn}")
+    elif isinstance(node, _Junction) and depth < _MOST_NESTED:
+        decisive = node.decisive
+        src.emit(indent, f"{v}, {n} = {not decisive}, None")
+        src.emit(indent, "while True:  # one pass; break: settled")
+        for child in node.children:
+            cv, cn = _emit_condition(src, child, indent + 1, depth + 1)
+            src.emit(indent + 1, f"if bool({cv}) is {decisive}:")
+            src.emit(indent + 2, f"if {cn} is None:  # settled for good (until new events): so is the whole")
+            src.emit(indent + 3, f"{v}, {n} = {decisive}, None")
+            src.emit(indent + 3, "break")
+            src.emit(indent + 2, f"{v} = {decisive}")
+            src.emit(indent + 1, f"if {cn} is not None and ({n} is None or {cn} < {n}):")
+            src.emit(indent + 2, f"{n} = {cn}")
+        src.emit(indent + 1, "break")
+    else:  # several event types, or nested too deep: asked through the object
+        src.emit(indent, f"{v}, {n} = {src.constant(node)}.state(facts, history, t)")
+    return v, n
+
+
+_COMPARISONS = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
+_NUMBER = "(isinstance(x, (int, float)) and x is not True and x is not False)"  # _is_number, inlined
+_OF_KIND = {"number": _NUMBER, "string": "isinstance(x, str)", "bool": "(x is True or x is False)"}
+
+
+def _inline_test(src: _Source, node: FieldCondition) -> str:
+    """``node.test(x)`` as an expression (what :func:`_compile_op` built), or a call of it."""
+    kind = _scalar_kind(node.operand)
+    if node.op == "exists":
+        return src.constant(node.operand)
+    if node.op in _COMPARISONS and kind in ("number", "string"):
+        return f"({_OF_KIND[kind]} and x {_COMPARISONS[node.op]} {src.constant(node.operand)})"
+    if node.op in ("eq", "ne") and kind is not None:
+        same = f"({_OF_KIND[kind]} and x == {src.constant(node.operand)})"
+        return same if node.op == "eq" else f"(not {same})"
+    return f"{src.constant(node.test)}(x)"
+
+
+def compile_evaluator(segments: Sequence[Segment]) -> Evaluator:
+    """The rule set as one generated function, ``(facts, history, t) -> (members, next change)``:
+    the answer of :func:`evaluate_tree` without a method call and a returned tuple per condition
+    (an evaluation runs after every step of every profile)."""
+    src = _Source()
+    src.emit(0, "def evaluate(facts, history, t):")
+    src.emit(1, "members = []")
+    src.emit(1, "nxt = None")
+    for segment in segments:
+        v, n = _emit_condition(src, segment.condition, 1, 0)
+        src.emit(1, f"if {v}:")
+        src.emit(2, f"members.append({src.constant(segment.name)})")
+        src.emit(1, f"if {n} is not None and (nxt is None or {n} < nxt):")
+        src.emit(2, f"nxt = {n}")
+    src.emit(1, "return frozenset(members), nxt")
+    exec(compile("\n".join(src.lines), "<segment rules>", "exec"), src.namespace)
+    evaluator: Evaluator = src.namespace["evaluate"]
+    return evaluator
 
 
 def history_windows(segments: Sequence[Segment]) -> dict[str, int]:
