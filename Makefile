@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test test-unit test-integration chaos bench bench-hop soak eval-identity models lint typecheck schemas clean
+.PHONY: setup run test test-unit test-integration chaos bench bench-hop bench-floor soak eval-identity models lint typecheck schemas clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ bench: $(STAMP)
 
 bench-hop: $(STAMP)
 	$(BIN)/python -m bench.profile_hop
+
+bench-floor: $(STAMP)
+	$(BIN)/python -m bench.typed_floor
 
 soak: $(STAMP)
 	$(BIN)/python -m bench.soak
