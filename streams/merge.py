@@ -42,6 +42,7 @@ from streams.profile import (
     money,
     refresh_view,
     spent,
+    stamp_views,
 )
 from streams.rules import recommend
 from streams.rules.triggers import new_rule_state
@@ -165,7 +166,7 @@ def merge_profiles(a: dict[str, Any], b: dict[str, Any], key: str) -> dict[str, 
     touched = _max_opt(a["cart_meta"]["touched"], b["cart_meta"]["touched"])
     if touched is not None and last_purchase is not None and touched <= last_purchase:
         touched = None
-    return {
+    merged = {
         "profile_id": profile_id_for(key),
         "key": key,
         "user_id": next(iter(_ordered(ids.get("user_ids", {}))), None),
@@ -179,7 +180,7 @@ def merge_profiles(a: dict[str, Any], b: dict[str, Any], key: str) -> dict[str, 
         "context_times": context_times,
         "aggregates": aggregates,
         "cart": merge_carts(a["cart"], b["cart"], last_purchase),
-        "cart_meta": {**copy.deepcopy(a["cart_meta"]), "touched": touched},
+        "cart_meta": {"touched": touched},
         "segments": list(a["segments"]),
         "predictions": _newest_prediction(a["predictions"], b["predictions"]),
         "possible_matches": possible_matches.union(a["possible_matches"], b["possible_matches"]),
@@ -187,6 +188,8 @@ def merge_profiles(a: dict[str, Any], b: dict[str, Any], key: str) -> dict[str, 
         "updated_at": max(a["updated_at"], b["updated_at"]),
         "version": a["version"] + b["version"],
     }
+    stamp_views(merged)  # the merged lines' summaries were made just now
+    return merged
 
 
 def _merge_aggregates(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

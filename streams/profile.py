@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 from collections.abc import Container, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -234,30 +235,61 @@ LINE_FIELDS = (*ITEM_FIELDS, "cart_id")
 #: (at the default bounds, 100 lines of 50 moves cost ~1.2 ms per view replayed).  Smaller lines,
 #: a person's usual cart, store nothing more: replaying them is as cheap as reading a summary.
 VIEW_FROM_MOVES = 8
+#: ``cart_meta`` key: the profile ``version`` up to which the lines' summaries were kept by this code.
+#: A version before the summaries folds events (each adds 1 to ``version``) without keeping them,
+#: so after it they are made again rather than trusted (a rolling upgrade can move a partition back
+#: to such a worker); its one change that adds nothing to ``version``, halving busy lines when a state
+#: is too big, changes a line's number of moves, which the summary records (:func:`_view_of`).
+VIEWS_OF = "views_of"
+
+
+_MOVE_ORDER = operator.itemgetter(0, 1)  # a move's (ts, event_id)
 
 
 def line_view(moves: list[list[Any]]) -> list[Any]:
-    """``[quantity, first add, newest add, newest move ts, its event id]`` of a cart line: its moves
-    replayed in event-time order (ties by event_id), the quantity never below 0."""
+    """A cart line's moves replayed in event-time order (ties by event_id), the quantity never below
+    0: ``[quantity, first add, newest add, newest move ts, its event id]``, then what it was replayed
+    from: ``[number of moves, first listed move's ts, its event id, last listed move's ts, its event
+    id]`` (see :func:`_view_of`)."""
+    ordered = sorted(moves, key=_MOVE_ORDER)
     quantity, first_add, newest_add = 0, None, None
-    for ts, _, delta in sorted(moves, key=lambda move: (move[0], move[1])):
-        quantity = max(0, quantity + delta)
-        if delta > 0:
-            first_add = ts if first_add is None else min(first_add, ts)
-            newest_add = ts if newest_add is None else max(newest_add, ts)
-    last = max(moves, key=lambda move: (move[0], move[1]))
-    return [quantity, first_add, newest_add, last[0], last[1]]
+    for ts, _, delta in ordered:
+        quantity += delta
+        if quantity < 0:
+            quantity = 0
+        if delta > 0:  # in time order: the first add seen is the first, the last the newest
+            if first_add is None:
+                first_add = ts
+            newest_add = ts
+    last = ordered[-1]
+    return [quantity, first_add, newest_add, last[0], last[1],
+            len(moves), moves[0][0], moves[0][1], moves[-1][0], moves[-1][1]]
+
+
+def _view_of(line: dict[str, Any], count: int) -> list[Any] | None:
+    """The line's stored summary if it was made from its first ``count`` moves as they are: the
+    same number of moves, the same first and last.  A version that changes the moves without the
+    summary (one from before it, in a rolling upgrade) appends, drops or combines moves, which
+    changes one of them (event ids are unique), so its summary is replayed instead of trusted."""
+    view = line.get("view")
+    if view is None or len(view) != 10 or view[5] != count:
+        return None
+    moves = line["moves"]
+    first, last = moves[0], moves[count - 1]
+    if first[0] != view[6] or first[1] != view[7] or last[0] != view[8] or last[1] != view[9]:
+        return None
+    return view  # type: ignore[no-any-return]
 
 
 def refresh_view(line: dict[str, Any], added: list[Any] | None = None) -> None:
     """Keeps ``line["view"]`` equal to :func:`line_view` of its moves, for a line past
-    :data:`VIEW_FROM_MOVES` (and drops it below): ``added``, a move appended at or after the newest
-    one, updates it in place; any other change replays the line."""
+    :data:`VIEW_FROM_MOVES` (and drops it below): ``added``, a move just appended at or after the
+    newest one, updates it in place; any other change replays the line."""
     moves = line["moves"]
     if len(moves) <= VIEW_FROM_MOVES:
         line.pop("view", None)
         return
-    view = line.get("view")
+    view = _view_of(line, len(moves) - 1) if added is not None else None
     if added is not None and view is not None and (added[0], added[1]) >= (view[3], view[4]):
         ts, delta = added[0], added[2]
         view[0] = max(0, view[0] + delta)
@@ -265,6 +297,7 @@ def refresh_view(line: dict[str, Any], added: list[Any] | None = None) -> None:
             view[1] = ts if view[1] is None else min(view[1], ts)
             view[2] = ts if view[2] is None else max(view[2], ts)
         view[3], view[4] = ts, added[1]
+        view[5], view[8], view[9] = len(moves), ts, added[1]
     else:
         line["view"] = line_view(moves)
 
@@ -505,6 +538,8 @@ def fold_event(profile: dict[str, Any], event: Event, linked: Container[str] | N
     the identity keys of the profile; an identifier of the event not among them is not recorded.
     ``dropped`` counts the entries a bound of ``limits`` kept out."""
     ts: int = event["ts"]
+    if profile["cart"]:
+        _renew_views(profile)
     _apply_identifiers(profile, event, ts, linked)
     agg = profile["aggregates"]
     etype, kind = event["type"], event["kind"]
@@ -535,6 +570,24 @@ def fold_event(profile: dict[str, Any], event: Event, linked: Container[str] | N
     profile["created_at"] = min(profile["created_at"], ts)
     profile["updated_at"] = max(profile["updated_at"], ts)
     profile["version"] += 1
+    stamp_views(profile)
+
+
+def stamp_views(profile: dict[str, Any]) -> None:
+    """Records that the cart lines' summaries are kept up to this ``version`` (see :data:`VIEWS_OF`)."""
+    meta = profile["cart_meta"]
+    if any("view" in line for line in profile["cart"].values()):
+        meta[VIEWS_OF] = profile["version"]
+    else:
+        meta.pop(VIEWS_OF, None)
+
+
+def _renew_views(profile: dict[str, Any]) -> None:
+    """Makes every line's summary again unless this code kept them up to now (see :data:`VIEWS_OF`)."""
+    if profile["cart_meta"].get(VIEWS_OF) != profile["version"]:
+        for line in profile["cart"].values():
+            if "view" in line:
+                refresh_view(line)
 
 
 def apply_event(state: State | None, key: str, event: Event, retention_ms: int) -> Applied:
@@ -564,9 +617,12 @@ def cart_view(p: dict[str, Any]) -> dict[str, Any] | None:
     opened: list[int] = []
     newest: tuple[int, str, str | None] | None = None  # (newest add ts, product, cart_id)
     last_move: int | None = p["cart_meta"]["touched"]
+    trusted = p["cart_meta"].get(VIEWS_OF) == p["version"]
     for product in sorted(p["cart"]):
         line = p["cart"][product]
-        quantity, first_add, newest_add, newest_move, _ = line.get("view") or line_view(line["moves"])
+        moves = line["moves"]
+        view = _view_of(line, len(moves)) if trusted else None
+        quantity, first_add, newest_add, newest_move = (view or line_view(moves))[:4]
         last_move = newest_move if last_move is None else max(last_move, newest_move)
         if quantity <= 0:
             continue

@@ -95,3 +95,43 @@ def test_a_hoarders_cart_at_the_default_bounds_reads_the_same_from_its_summaries
     assert len(profile["cart"]) == 100 and all(len(line["moves"]) == 50 for line in profile["cart"].values())
     assert_views_hold(profile)
     assert cart_view(profile) == replayed(profile)
+
+
+def _old_combine(moves: list[list[Any]], most: int) -> None:
+    """What a version before the summaries did past the move bound: it knew nothing of ``view``."""
+    if len(moves) > most:
+        moves.sort(key=lambda move: (move[0], move[1]))
+        while len(moves) > most:
+            first, second = moves[0], moves[1]
+            moves[:2] = [[second[0], second[1], first[2] + second[2]]]
+
+
+@settings(max_examples=300, deadline=None)
+@given(moves, st.lists(st.tuples(st.integers(0, 200), st.integers(-2, 3)), min_size=1, max_size=5),
+       st.sampled_from(["append", "append and combine", "close", "shrink"]))
+def test_a_summary_left_stale_by_an_older_version_is_replayed_not_trusted(
+        steps: list[tuple[str, int, int, int]], later: list[tuple[int, int]], how: str) -> None:
+    """In a rolling upgrade a partition can go back to a worker of the version before, which keeps a
+    line's summary as it was: it folds cart adds, removes and purchases (each adding 1 to the
+    profile's version), and halves busy lines of a state too big to store (adding nothing)."""
+    profile = folded(steps)
+    lines = [line for line in profile["cart"].values() if "view" in line]
+    if not lines:
+        return
+    line = lines[0]
+    for index, (ts, delta) in enumerate(later):
+        if how == "shrink":
+            _old_combine(line["moves"], len(line["moves"]) // 2)
+            break
+        if how == "close":
+            line["moves"] = [move for move in line["moves"] if move[0] > T0 + ts * 1000]
+        else:
+            line["moves"].append([T0 + ts * 1000, f"old-{index}", delta or 1])
+            if how == "append and combine":
+                _old_combine(line["moves"], len(line["moves"]) - 1)
+        profile["version"] += 1
+    if not line["moves"]:
+        return
+    assert cart_view(profile) == replayed(profile)
+    fold_event(profile, cart_event(99, "cart_add", 300_000, 0, 1), limits=LIMITS)  # this version again
+    assert cart_view(profile) == replayed(profile)
