@@ -267,10 +267,12 @@ def line_view(moves: list[list[Any]]) -> list[Any]:
 
 
 def _view_of(line: dict[str, Any], count: int) -> list[Any] | None:
-    """The line's stored summary if it was made from its first ``count`` moves as they are: the
-    same number of moves, the same first and last.  A version that changes the moves without the
-    summary (one from before it, in a rolling upgrade) appends, drops or combines moves, which
-    changes one of them (event ids are unique), so its summary is replayed instead of trusted."""
+    """The line's stored summary if it was made from its first ``count`` moves as they are listed:
+    the same number of moves, the same first and last.  Only read where :data:`VIEWS_OF` says this
+    code kept the summaries up to the profile's version: a version from before them changes moves
+    without them when it folds an event (caught by that stamp alone: an older remove combined
+    into the oldest move can leave the number, the first and the last as they were) and when it
+    halves busy lines, which adds nothing to the version and is caught here (the number changes)."""
     view = line.get("view")
     if view is None or len(view) != 10 or view[5] != count:
         return None
@@ -284,7 +286,8 @@ def _view_of(line: dict[str, Any], count: int) -> list[Any] | None:
 def refresh_view(line: dict[str, Any], added: list[Any] | None = None) -> None:
     """Keeps ``line["view"]`` equal to :func:`line_view` of its moves, for a line past
     :data:`VIEW_FROM_MOVES` (and drops it below): ``added``, a move just appended at or after the
-    newest one, updates it in place; any other change replays the line."""
+    newest one, updates it in place; any other change replays the line.  Called by this code's own
+    changes only, after :func:`fold_event` renewed summaries an older version may have left stale."""
     moves = line["moves"]
     if len(moves) <= VIEW_FROM_MOVES:
         line.pop("view", None)
