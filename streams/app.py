@@ -231,6 +231,10 @@ def _on_recovered(p: Pipeline) -> Any:
 
     async def on_rebalance_complete(sender: Any = None, **_: Any) -> None:
         p.due_index.reset()
+        # this runs on the event loop: it has turned, so the state is "running" as soon as /readyz
+        # says ready, not only after the first health beat (up to HEALTH_EVERY_S later)
+        p.health.beat = time.monotonic()
+        p.health.started = True
         p.health.ready = True
 
     return on_rebalance_complete

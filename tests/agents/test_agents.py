@@ -382,6 +382,18 @@ async def test_health_reports_a_crashed_agent_and_the_worker_state(pipeline: Pip
     assert worker_state("error") == 1 and worker_state("running") == 0
 
 
+async def test_the_worker_state_is_running_as_soon_as_it_is_ready(pipeline: Pipeline) -> None:
+    """Recovery done, before the first health beat: /readyz and ``mailpulse_worker_state`` agree (a
+    broker test once read "ready" and then a state that still said "starting")."""
+    from streams.app import _health, _on_recovered
+
+    _health(pipeline)  # the state gauges, without a beat
+    assert pipeline.health.state() == "starting"
+    await _on_recovered(pipeline)()
+    assert pipeline.health.ready and pipeline.health.state() == "running"
+    assert pipeline.metrics.registry.get_sample_value("mailpulse_worker_state", {"state": "running"}) == 1
+
+
 async def test_identifiers_past_the_identity_limit_are_not_linked_and_are_counted(pipeline: Pipeline) -> None:
     identifies = [_event(f"i-{n}", "identify", email=f"a{n:02}@example.com", traits={}, consent={})
                   for n in range(12)]
