@@ -30,7 +30,6 @@ from bench.profile_hop import internal_records, run_hop
 from schemas.timeparse import format_ms
 from streams.config import PipelineConfig
 from streams.gc_tuning import tune_garbage_collector
-from streams.rules import segments
 from streams.timeline import RuleSet
 
 KINDS = {"product_view": "clicks", "cart_add": "carts", "purchase": "purchases", "identify": "identities"}
@@ -162,7 +161,7 @@ class Floor:
         facts = {"aggregates": {"orders": agg.orders, "total_spend": agg.total_spend}, "traits": p.traits,
                  "consent": p.consent, "context": p.context, "cart": {"item_count": items, "value": value},
                  "predictions": p.predictions or {}}
-        members, next_change = segments.evaluate(self.rules.segments, facts, rs.history, rs.clock)
+        members, next_change = self.rules.evaluate_segments(facts, rs.history, rs.clock)
         if next_change is None:
             timers.pop("segments", None)
         else:

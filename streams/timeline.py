@@ -40,6 +40,7 @@ from streams.profile import (
     snapshot,
 )
 from streams.rules import guardrails, payload, recommend, score_timer, segments, triggers
+from streams.rules.segments import Evaluator
 
 #: Equal timestamps are applied in this order (contract section 4).
 KIND_ORDER = {"identities": 0, "clicks": 1, "carts": 2, "purchases": 3}
@@ -70,6 +71,11 @@ class RuleSet:
         compiled = segments.compile_segments(config.segments)
         return cls(config, compiled, segments.history_windows(compiled), retention_ms,
                    scorer if config.scoring.enabled else None)
+
+    @functools.cached_property
+    def evaluate_segments(self) -> Evaluator:
+        """The segment rules compiled once (:func:`streams.rules.segments.compile_evaluator`)."""
+        return segments.compile_evaluator(self.segments)
 
     @functools.cached_property
     def limits(self) -> Limits:
@@ -358,7 +364,7 @@ def _score(state: State, cart: dict[str, Any] | None, at: int, rules: RuleSet, o
 def _evaluate_segments(state: State, cart: dict[str, Any] | None, clock: int, rules: RuleSet, now_ms: int,
                        out: Outputs) -> None:
     profile, rs = state["profile"], state["rules"]
-    members, next_change = segments.evaluate(rules.segments, _facts(profile, cart), rs["history"], clock)
+    members, next_change = rules.evaluate_segments(_facts(profile, cart), rs["history"], clock)
     before = set(profile["segments"])
     if members != before:
         at, emitted = format_ms(clock), format_ms(now_ms)

@@ -193,20 +193,10 @@ def evaluate(segments: Sequence[Segment], facts: Facts, history: History, t: int
     """Members at event time ``t``, and the earliest later time at which time alone could change that.
 
     The time may be early (the caller then re-evaluates and finds nothing changed) but never late.
-    Runs the rules compiled to one Python function (:func:`compile_evaluator`), built once per
-    rule set; :func:`evaluate_tree` is the same answer from the condition objects.
+    Asks each segment's condition objects: the reference of :func:`compile_evaluator`, whose
+    function gives the same answer faster to a caller that evaluates one rule set again and again
+    (the worker's :attr:`RuleSet.evaluate_segments`).
     """
-    entry = _COMPILED.get(id(segments))
-    if entry is None or entry[0] is not segments:
-        if len(_COMPILED) >= 64:
-            _COMPILED.clear()
-        entry = _COMPILED[id(segments)] = (segments, compile_evaluator(segments))
-    return entry[1](facts, history, t)
-
-
-def evaluate_tree(segments: Sequence[Segment], facts: Facts, history: History, t: int
-                  ) -> tuple[frozenset[str], int | None]:
-    """:func:`evaluate`, by asking each segment's condition objects (the reference of the compiled form)."""
     members = []
     nxt: int | None = None
     for segment in segments:
@@ -221,8 +211,6 @@ def evaluate_tree(segments: Sequence[Segment], facts: Facts, history: History, t
 # --- compiling a rule set to one function -----------------------------------------------------------
 
 Evaluator = Callable[[Facts, History, int], tuple[frozenset[str], int | None]]
-#: (segments, their evaluator) by ``id(segments)``: a worker has one rule set, tests a few.
-_COMPILED: dict[int, tuple[Sequence[Segment], Evaluator]] = {}
 #: Junctions nested deeper than this are asked through their objects (each level of the generated
 #: code is a ``while`` block, and CPython allows 20 nested blocks).
 _MOST_NESTED = 8
@@ -320,7 +308,7 @@ def _inline_test(src: _Source, node: FieldCondition) -> str:
 
 def compile_evaluator(segments: Sequence[Segment]) -> Evaluator:
     """The rule set as one generated function, ``(facts, history, t) -> (members, next change)``:
-    the answer of :func:`evaluate_tree` without a method call and a returned tuple per condition
+    the answer of :func:`evaluate` without a method call and a returned tuple per condition
     (an evaluation runs after every step of every profile)."""
     src = _Source()
     src.emit(0, "def evaluate(facts, history, t):")

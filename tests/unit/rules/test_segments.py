@@ -16,9 +16,9 @@ from streams.rules.segments import (
     History,
     RuleError,
     Segment,
+    compile_evaluator,
     compile_rule,
     compile_segments,
-    evaluate,
     history_windows,
     parse_duration,
 )
@@ -29,6 +29,18 @@ D = 24 * H
 T0 = 1_772_000_000_000  # 2026-02-25, any epoch ms will do
 
 DEFAULTS = compile_segments(Segments())
+
+
+_COMPILED: dict[int, tuple[tuple[Segment, ...], Any]] = {}  # by id: equal rules may differ (1 == True)
+
+
+def evaluate(segments: tuple[Segment, ...], f: Facts, history: History, t: int) -> tuple[frozenset[str], int | None]:
+    """The rules as a worker runs them: compiled once per rule set (the condition objects are held
+    equal to them in ``test_segments_compiled.py``)."""
+    entry = _COMPILED.get(id(segments))
+    if entry is None or entry[0] is not segments:
+        entry = _COMPILED[id(segments)] = (segments, compile_evaluator(segments))
+    return entry[1](f, history, t)  # type: ignore[no-any-return]
 
 
 def facts(orders: int = 0, spend: float = 0.0, items: int = 0, predictions: dict[str, Any] | None = None,

@@ -18,7 +18,6 @@ from streams.rules.segments import (
     compile_rule,
     compile_segments,
     evaluate,
-    evaluate_tree,
 )
 
 T0 = 1_772_000_000_000
@@ -83,7 +82,7 @@ def test_the_generated_function_answers_as_the_condition_objects(
     segments = tuple(Segment(f"s{i}", compile_rule(rule, f"segments.s{i}.rule")) for i, rule in enumerate(definitions))
     compiled = compile_evaluator(segments)
     for facts, history, t in cases:
-        assert compiled(facts, history, t) == evaluate_tree(segments, facts, history, t)
+        assert compiled(facts, history, t) == evaluate(segments, facts, history, t)
 
 
 @settings(max_examples=200, deadline=None)
@@ -91,7 +90,7 @@ def test_the_generated_function_answers_as_the_condition_objects(
 def test_the_builtins_compiled_answer_as_their_objects(case: tuple[dict[str, Any], dict[str, list[int]], int]) -> None:
     facts, history, t = case
     builtins = compile_segments(Segments())
-    assert evaluate(builtins, facts, history, t) == evaluate_tree(builtins, facts, history, t)
+    assert compile_evaluator(builtins)(facts, history, t) == evaluate(builtins, facts, history, t)
 
 
 def test_rules_nested_past_the_inlined_depth_are_asked_through_their_objects() -> None:
@@ -103,4 +102,4 @@ def test_rules_nested_past_the_inlined_depth_are_asked_through_their_objects() -
     history = {"purchase": [T0 - 2 * H, T0 - H]}
     for orders, tier in ((0, "gold"), (2, "gold"), (2, "silver"), (None, None)):
         facts = {"aggregates": {"orders": orders}, "traits": {"tier": tier}}
-        assert compile_evaluator(segments)(facts, history, T0) == evaluate_tree(segments, facts, history, T0)
+        assert compile_evaluator(segments)(facts, history, T0) == evaluate(segments, facts, history, T0)
