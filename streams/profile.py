@@ -294,13 +294,13 @@ def refresh_view(line: dict[str, Any], added: list[Any] | None = None) -> None:
         return
     view = _view_of(line, len(moves) - 1) if added is not None else None
     if added is not None and view is not None and (added[0], added[1]) >= (view[3], view[4]):
-        ts, delta = added[0], added[2]
+        ts, event_id, delta = added
         view[0] = max(0, view[0] + delta)
-        if delta > 0:
-            view[1] = ts if view[1] is None else min(view[1], ts)
-            view[2] = ts if view[2] is None else max(view[2], ts)
-        view[3], view[4] = ts, added[1]
-        view[5], view[8], view[9] = len(moves), ts, added[1]
+        if delta > 0:  # the newest move: the newest add, and the first if there was none
+            if view[1] is None:
+                view[1] = ts
+            view[2] = ts
+        view[3], view[4], view[5], view[8], view[9] = ts, event_id, len(moves), ts, event_id
     else:
         line["view"] = line_view(moves)
 
@@ -312,7 +312,7 @@ def _combine_moves(line: dict[str, Any], most: int, dropped: Dropped | None) -> 
     moves = line["moves"]
     if len(moves) <= most:
         return
-    moves.sort(key=lambda move: (move[0], move[1]))
+    moves.sort(key=_MOVE_ORDER)
     while len(moves) > max(most, 1):
         first, second = moves[0], moves[1]
         moves[:2] = [[second[0], second[1], first[2] + second[2]]]
@@ -340,8 +340,10 @@ def _apply_cart(profile: dict[str, Any], event: Event, ts: int, dropped: Dropped
     quantity = int(event.get("quantity", 1))
     move = [ts, event_id, quantity if etype == "cart_add" else -quantity]
     line["moves"].append(move)
-    refresh_view(line, move)
-    _combine_moves(line, limits.cart_moves, dropped)
+    if len(line["moves"]) > limits.cart_moves:
+        _combine_moves(line, limits.cart_moves, dropped)  # replays the line
+    else:
+        refresh_view(line, move)
     if etype == "cart_add":
         fields = line["fields"]
         for name in LINE_FIELDS:
