@@ -150,6 +150,8 @@ def create_app(settings: Settings, metrics: Metrics | None = None, output: Outpu
     app.batched_topics = frozenset(INPUT_TOPICS)  # the ingest agent takes runs of records (streams.consumer)
     metrics = metrics or Metrics()
     output = output or OutputProducer(settings.bootstrap_servers)
+    if isinstance(output, OutputProducer):
+        metrics.output_queued.set_function(output.queued)
     config = config if config is not None else load_config(settings.config)
     options = rocksdb_options(settings.rocksdb_write_buffer_mb)
     small = rocksdb_options(1)  # tables of small values: clocks, blocks, neighbours

@@ -132,6 +132,11 @@ class Metrics:
             "mailpulse_product_recs_read",
             "Records of the product-recs topic read into this worker's replica (payload recommendations)", registry=r,
         )
+        self.output_queued = Gauge(
+            "mailpulse_output_queued_messages",
+            "Outputs handed to the producer that the broker has not acknowledged yet (a number that stays up "
+            "while the worker is idle means a partition is not taking writes)", registry=r,
+        )
         self.rocksdb_memory = Gauge(
             "mailpulse_rocksdb_memory_bytes",
             "RocksDB memtables and block cache of all the worker's table partitions (MAILPULSE_ROCKSDB_MEMORY_MB)",

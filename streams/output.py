@@ -106,6 +106,10 @@ class OutputProducer:
         self.send(topic, key, value, partition, on_delivered)
         self._changelog_written.add((topic, partition))
 
+    def queued(self) -> int:
+        """Messages produced and not yet acknowledged (or failed) by the broker."""
+        return len(self._producer)
+
     def close(self, timeout: float = 10.0) -> None:
         """Delivers what is queued and closes the client, so it does not go on reconnecting (and
         logging it) after the broker is gone."""

@@ -136,6 +136,9 @@ def read_topic(bootstrap: str, topic: str, done: Callable[[list[tuple[bytes | No
         meta = consumer.list_topics(topic, timeout=10).topics[topic]
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions])
         got: list[tuple[bytes | None, Any]] = []
+        read: dict[int, tuple[int, int]] = {}  # partition -> (messages read, last offset)
+        holes: list[tuple[int, int, int]] = []  # (partition, after offset, next offset read)
+        errors: list[str] = []
         deadline = time.monotonic() + timeout
         last = time.monotonic()
         while time.monotonic() < deadline:
@@ -144,6 +147,12 @@ def read_topic(bootstrap: str, topic: str, done: Callable[[list[tuple[bytes | No
                 if msg.error() is None:
                     value = msg.value()
                     got.append((msg.key(), None if value is None else orjson.loads(value)))
+                    count, previous = read.get(msg.partition(), (0, -1))
+                    if msg.offset() != previous + 1 and len(holes) < 10:
+                        holes.append((msg.partition(), previous, msg.offset()))
+                    read[msg.partition()] = (count + 1, msg.offset())
+                elif len(errors) < 5:
+                    errors.append(str(msg.error()))
             if batch:
                 last = time.monotonic()
             if done is not None and done(got):
@@ -151,10 +160,26 @@ def read_topic(bootstrap: str, topic: str, done: Callable[[list[tuple[bytes | No
             if done is None and time.monotonic() - last > quiet_s:
                 return got
         if done is not None:
-            raise AssertionError(f"{topic}: condition not met within {timeout}s ({len(got)} messages)")
+            report = _partition_report(consumer, topic, meta.partitions, read)
+            raise AssertionError(f"{topic}: condition not met within {timeout}s ({len(got)} messages); {report}; "
+                                 f"offsets skipped: {holes}; errors: {errors}")
         return got
     finally:
         consumer.close()
+
+
+def _partition_report(consumer: Consumer, topic: str, partitions: Any, read: dict[int, tuple[int, int]]) -> str:
+    """Per partition: what was read (count, last offset) beside the broker's [low, high) offsets, so a
+    failure tells records the broker holds but the reader missed from records that never landed."""
+    parts = []
+    for p in sorted(partitions):
+        try:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5)
+        except Exception as exc:  # the report must not hide the failure it explains
+            low = high = f"? ({type(exc).__name__})"
+        count, last = read.get(p, (0, -1))
+        parts.append(f"p{p}: read {count} up to {last}, broker [{low}, {high})")
+    return ", ".join(parts)
 
 
 def latest_by_key(messages: list[tuple[bytes | None, Any]]) -> dict[bytes | None, Any]:

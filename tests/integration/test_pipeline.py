@@ -169,6 +169,7 @@ def test_malformed_messages_are_dead_lettered_and_good_ones_all_processed(broker
     budget = Settings.model_fields["rocksdb_memory_mb"].default * 2**20  # the worker runs with the default
     assert 0 < worker.metric("mailpulse_rocksdb_memory_bytes") <= budget
     assert worker.metric("process_resident_memory_bytes") > 0
+    assert worker.metric("mailpulse_output_queued_messages") == 0  # every output acknowledged
     # the commits that wrote those events' outputs and states were timed, both stages
     assert worker.metric("mailpulse_commit_seconds_count", stage="write_out") > 0
     assert worker.metric("mailpulse_commit_seconds_count", stage="flush") > 0
@@ -240,6 +241,16 @@ def test_dedupe_survives_a_restart_with_state_rebuilt_from_the_changelog(broker,
     assert before == {k.encode(): v for k, v in expected_profiles(events).items()}
 
 
+def _read_or_explain(broker: Any, topic: str, done: Any, workers: list[Any]) -> list[tuple[bytes | None, Any]]:
+    """:func:`read_topic`, and when it times out, also what each worker's producer still holds: the
+    failure then tells outputs never made from outputs made and not taken by the broker."""
+    try:
+        return read_topic(broker.bootstrap, topic, done)
+    except AssertionError as exc:
+        queued = [w.metric("mailpulse_output_queued_messages") for w in workers]
+        raise AssertionError(f"{exc}; outputs queued in the workers' producers: {queued}") from None
+
+
 def test_two_workers_give_the_same_profiles_as_one(broker, start_worker, tmp_path) -> None:
     events = _many_events(800, 60)
     expected = {k.encode(): v for k, v in expected_profiles(events).items()}
@@ -261,13 +272,13 @@ def test_two_workers_give_the_same_profiles_as_one(broker, start_worker, tmp_pat
     assert latest_by_key(read_topic(broker.bootstrap, "profiles")) == expected
     run = expected_run(events)
     assert len(run.triggers) > 20 and len(run.changes) > 100  # the history does exercise the rules
-    triggers = read_topic(broker.bootstrap, "triggers", lambda m: len(m) >= len(run.triggers))
+    triggers = _read_or_explain(broker, "triggers", lambda m: len(m) >= len(run.triggers), workers)
     assert sorted(v["trigger_id"] for _, v in triggers) == sorted(run.triggers)
-    changes = read_topic(broker.bootstrap, "segment-changes", lambda m: len(m) >= len(run.changes))
+    changes = _read_or_explain(broker, "segment-changes", lambda m: len(m) >= len(run.changes), workers)
     assert changes_of(changes) == run.changes
     # predictions: the same scores at the same event times, and the segments that read them
     assert len(run.scores) > 100
-    scores = read_topic(broker.bootstrap, "scores", lambda m: len(m) >= len(run.scores))
+    scores = _read_or_explain(broker, "scores", lambda m: len(m) >= len(run.scores), workers)
     assert scores_of(scores) == run.scores
     for _, value in scores:
         Score.model_validate(value)
