@@ -297,7 +297,8 @@ def _consumer_lag(p: Pipeline) -> Any:
 
 def _health(p: Pipeline) -> Any:
     """Each second: the event loop turned (so /healthz knows it is not stuck), whether an agent's
-    actor crashed, and ``mailpulse_worker_state``."""
+    actor crashed, whether the broker still acknowledges outputs (else /readyz fails), and
+    ``mailpulse_worker_state``."""
     # read when scraped, in the HTTP thread: a stalled event loop cannot leave "running" behind
     def in_state(state: str) -> Callable[[], float]:
         return lambda: float(p.health.state() == state)
@@ -305,9 +306,16 @@ def _health(p: Pipeline) -> Any:
     for state in WORKER_STATES:
         p.metrics.worker_state.labels(state).set_function(in_state(state))
 
+    progress = getattr(p.output, "progress", None)  # the real producer's (queued, acknowledged)
+
     async def health() -> None:
         p.health.beat = time.monotonic()
         p.health.started = True
+        if progress is not None:
+            told = p.health.output_progress(*progress())
+            if told is not None:
+                log.log(logging.INFO if p.health.outputs_waiting_since is None else logging.WARNING, "mailpulse: %s",
+                        told)
         for name, agent in p.app.agents.items():
             if any(actor._crashed.is_set() for actor in getattr(agent, "_actors", ())):
                 p.health.crashed = name

@@ -165,6 +165,9 @@ class Metrics:
 STALL_AFTER_S = 15.0
 #: Seconds without an answer to the broker probe after which /readyz fails (probes every 5 s).
 BROKER_SILENT_AFTER_S = 12.0
+#: Seconds with outputs queued and none acknowledged by the broker after which /readyz fails: the
+#: worker goes on consuming while what it makes goes nowhere (a partition that takes no writes).
+OUTPUTS_STUCK_AFTER_S = 30.0
 WORKER_STATES = ("starting", "recovering", "running", "error")
 
 
@@ -184,6 +187,36 @@ class Health:
             self.broker_answered = time.monotonic()
 
     started: bool = False  # the event loop has reported once
+    #: Since when outputs have been queued with none acknowledged (None: the producer is keeping up).
+    outputs_waiting_since: float | None = None
+    _acknowledged: int = -1
+    _stuck_told: bool = False
+
+    def output_progress(self, queued: int, acknowledged: int, now: float | None = None) -> str | None:
+        """Called each second with the producer's counts.  Returns a line for the log when outputs
+        become stuck or move again (once each), else None."""
+        now = time.monotonic() if now is None else now
+        if queued == 0 or acknowledged != self._acknowledged:
+            self._acknowledged = acknowledged
+            self.outputs_waiting_since = None
+            if self._stuck_told:
+                self._stuck_told = False
+                return "outputs are acknowledged by the broker again"
+            return None
+        if self.outputs_waiting_since is None:
+            self.outputs_waiting_since = now
+        if not self._stuck_told and self.outputs_stuck_s(now):
+            self._stuck_told = True
+            return (f"{queued} outputs queued and none acknowledged by the broker for "
+                    f"{now - self.outputs_waiting_since:.0f} s; /readyz fails until they are")
+        return None
+
+    def outputs_stuck_s(self, now: float | None = None) -> float:
+        """Seconds outputs have waited with none acknowledged, past :data:`OUTPUTS_STUCK_AFTER_S` (else 0)."""
+        if self.outputs_waiting_since is None:
+            return 0.0
+        waited = (time.monotonic() if now is None else now) - self.outputs_waiting_since
+        return waited if waited > OUTPUTS_STUCK_AFTER_S else 0.0
 
     def state(self, now: float | None = None) -> str:
         if self.crashed is not None or (now or time.monotonic()) - self.beat > STALL_AFTER_S:
@@ -201,6 +234,9 @@ class Health:
             return (True, "ok\n") if stalled <= STALL_AFTER_S else (False, f"event loop stalled {stalled:.0f} s\n")
         if self.broker_answered is None or now - self.broker_answered > BROKER_SILENT_AFTER_S:
             return False, "broker unreachable\n"
+        stuck = self.outputs_stuck_s(now)
+        if stuck:
+            return False, f"outputs not acknowledged by the broker for {stuck:.0f} s\n"
         return (True, "ready\n") if self.ready else (False, "partitions not assigned or tables recovering\n")
 
 

@@ -46,6 +46,7 @@ class DeliveryFailed(RuntimeError):
 class OutputProducer:
     def __init__(self, bootstrap: str, **extra: Any) -> None:
         self.failed: KafkaError | None = None
+        self.acknowledged = 0  # messages the broker answered for (delivered or failed)
         self._unpolled = 0
         self._changelog_written: set[tuple[str, int]] = set()
         self._callbacks: dict[OnDelivered, Callable[[KafkaError | None, Message], None]] = {}
@@ -62,6 +63,7 @@ class OutputProducer:
         })
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        self.acknowledged += 1
         if err is not None:
             log.error("output to %s lost: %s", msg.topic(), err)
             self.failed = err
@@ -76,6 +78,7 @@ class OutputProducer:
                 if err is not None:
                     on_error(err, msg)
                     return
+                self.acknowledged += 1
                 topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
                 if topic is not None and partition is not None and offset is not None:
                     on_delivered(topic, partition, offset)
@@ -109,6 +112,13 @@ class OutputProducer:
     def queued(self) -> int:
         """Messages produced and not yet acknowledged (or failed) by the broker."""
         return len(self._producer)
+
+    def progress(self) -> tuple[int, int]:
+        """(messages queued, messages acknowledged so far): the health loop's view of the producer.
+        Serves the delivery reports first: the queue counts messages whose report waits to be served,
+        and an idle worker serves none otherwise (it polls every 1,024 sends and flushes at commits)."""
+        self._producer.poll(0)
+        return len(self._producer), self.acknowledged
 
     def close(self, timeout: float = 10.0) -> None:
         """Delivers what is queued and closes the client, so it does not go on reconnecting (and
