@@ -1,0 +1,194 @@
+"""Golden outputs and an upgrade check for the profile hop's pure functions.
+
+``tests/data/golden/`` holds a generated history (with merges, possible matches, repeats, erasures
+and scoring), the states this version stores halfway through it (the bytes a worker writes to its
+``profile-state`` and ``identity-blocks`` tables), and digests of what the pipeline emits:
+
+- **golden**: the whole history through :func:`streams.dispatch.run_locally` gives exactly the
+  profiles, segment changes, triggers and scores pinned here (whole messages);
+- **upgrade**: the stored states, read back and fed the second half, give exactly the outputs pinned
+  for it.  A change of the state's encoding must keep reading these bytes (a worker's state folder
+  and changelogs outlive a deploy).
+
+A change that means to alter outputs rewrites the files: ``python -m tests.unit.test_golden``, and
+says why in its commit.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import sys
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from models.bundle import SHIPPED_DIR, ModelBundle
+from models.scoring import Predictor
+from schemas.timeparse import parse_timestamp
+from streams.config import PipelineConfig
+from streams.dispatch import LocalPipeline, LocalRun
+from streams.identity_graph import is_live
+from streams.timeline import RuleSet, next_due
+from streams.watermark import due_first
+from tests.integration.expected import accepted_events
+
+GOLDEN = Path(__file__).parents[1] / "data" / "golden"
+UNTIL = "2026-03-20T00:00:00Z"
+
+
+def _history() -> list[dict[str, Any]]:
+    """Shop traffic with repeats and erasures, and families at shared addresses (fuzzy merges and
+    possible matches), in time order."""
+    from schemas.timeparse import parse_timestamp
+    from streams.tools.generate import generate_history
+    from tests.households import households
+
+    events = generate_history(100, 6, 5, date(2026, 3, 1), repeats=0.02, erasures=0.3) + households(3)
+    return sorted(events, key=lambda event: parse_timestamp(event["timestamp"]))
+
+
+def _rules() -> RuleSet:
+    return RuleSet.build(PipelineConfig(), 7 * 86_400_000, Predictor(ModelBundle.load(SHIPPED_DIR)))
+
+
+def _outputs(run: LocalRun) -> dict[str, Any]:
+    """What a run emitted, in an order that does not depend on delivery."""
+    def ordered(messages: list[dict[str, Any]]) -> list[bytes]:
+        return sorted(orjson.dumps(message, option=orjson.OPT_SORT_KEYS) for message in messages)
+
+    # whole messages: a trigger's at, send_at and payload count, not only its id (emitted_at is the
+    # wall clock, 0 in a local run)
+    return {
+        "profiles": sorted(run.profiles.items()),
+        "segment_changes": ordered(run.segment_changes),
+        "triggers": ordered(run.triggers),
+        "scores": ordered(run.scores),
+        "merges": len(run.merges),
+    }
+
+
+def _digest(outputs: dict[str, Any]) -> dict[str, Any]:
+    """Per part: how many, and a hash of the canonical JSON (a failure says which part moved)."""
+    out: dict[str, Any] = {}
+    for part, value in outputs.items():
+        if isinstance(value, int):
+            out[part] = value
+        else:
+            canonical = b"\n".join(item if isinstance(item, bytes) else orjson.dumps(item, option=orjson.OPT_SORT_KEYS)
+                                    for item in value)
+            out[part] = [len(value), hashlib.sha256(canonical).hexdigest()]
+    return out
+
+
+def _stored(local: LocalPipeline) -> dict[str, Any]:
+    """The table values a worker would hold now: each key's state as the record step writes it (due
+    time first), each fuzzy-matching block's members; as text, so the file stays readable."""
+    states = {}
+    for key, state in sorted(local.states.items()):
+        if state is None:
+            continue
+        if is_live(state):
+            state["due"] = next_due(state)
+        states[key] = orjson.dumps(due_first(state)).decode()
+    blocks = {key: orjson.dumps(members).decode() for key, members in sorted(local.blocks.items()) if members}
+    return {"states": states, "blocks": blocks}
+
+
+def _halves(events: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
+    """The first half, the rest, and the watermark the first half is advanced to: an hour short of
+    its last event, so the stored states hold parked events too."""
+    half = len(events) // 2
+    return events[:half], events[half:], events[half - 1]["ts"] - 3_600_000
+
+
+def _compute() -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """(history, stored states at the half, digests) as this version makes them."""
+    history = _history()
+    events = accepted_events(history)
+    first, second, cut = _halves(events)
+    rules = _rules()
+    whole = LocalPipeline(rules)
+    whole.feed(events)
+    digests = {"whole": _digest(_outputs(whole.advance(parse_timestamp(UNTIL))))}
+    local = LocalPipeline(rules)
+    local.feed(first)
+    digests["first_half"] = _digest(_outputs(local.advance(cut)))
+    stored = _stored(local)
+    local.merges = []  # the second half's own, as a pipeline started from the stored states counts them
+    local.feed(second)
+    digests["second_half"] = _digest(_outputs(local.advance(parse_timestamp(UNTIL))))
+    return history, stored, digests
+
+
+def _read_json_gz(name: str) -> Any:
+    return orjson.loads(gzip.decompress((GOLDEN / name).read_bytes()))
+
+
+@pytest.fixture(scope="module")
+def golden() -> dict[str, Any]:
+    return orjson.loads((GOLDEN / "digests.json").read_bytes())
+
+
+@pytest.fixture(scope="module")
+def history() -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in gzip.decompress((GOLDEN / "history.jsonl.gz").read_bytes()).splitlines()]
+
+
+def test_the_history_exercises_merges_matches_erasures_and_scores(history: list[dict[str, Any]],
+                                                                   golden: dict[str, Any]) -> None:
+    whole = golden["whole"]
+    assert whole["merges"] > 5 and whole["scores"][0] > 100 and whole["triggers"][0] > 20
+    assert whole["segment_changes"][0] > 100
+    assert sum(event["type"] == "erase" for event in history) >= 5
+    stored = [orjson.loads(value) for value in _read_json_gz("states.json.gz")["states"].values()]
+    assert any(state.get("profile", {}).get("possible_matches") for state in stored)
+    assert any(state.get("pending") for state in stored)
+    assert any("merged_into" in state for state in stored) and any("erased_at" in state for state in stored)
+
+
+def test_the_whole_history_gives_the_golden_outputs(history: list[dict[str, Any]], golden: dict[str, Any]) -> None:
+    local = LocalPipeline(_rules())
+    local.feed(accepted_events(history))
+    assert _digest(_outputs(local.advance(parse_timestamp(UNTIL)))) == golden["whole"]
+
+
+def test_states_stored_by_this_version_are_read_and_carried_on(history: list[dict[str, Any]],
+                                                               golden: dict[str, Any]) -> None:
+    stored = _read_json_gz("states.json.gz")
+    _, second, _ = _halves(accepted_events(history))
+    local = LocalPipeline(_rules())
+    local.states = {key: orjson.loads(value) for key, value in stored["states"].items()}
+    local.blocks = {key: orjson.loads(value) for key, value in stored["blocks"].items()}
+    local.feed(second)
+    assert _digest(_outputs(local.advance(parse_timestamp(UNTIL)))) == golden["second_half"]
+
+
+def test_the_files_are_what_this_version_writes(history: list[dict[str, Any]], golden: dict[str, Any]) -> None:
+    """The stored states and first-half digests are this version's own (so the upgrade check above
+    starts from what a worker of this version really leaves behind)."""
+    events = accepted_events(history)
+    first, _, cut = _halves(events)
+    local = LocalPipeline(_rules())
+    local.feed(first)
+    assert _digest(_outputs(local.advance(cut))) == golden["first_half"]
+    assert _stored(local) == _read_json_gz("states.json.gz")
+
+
+def main() -> None:
+    """Rewrites the golden files from this version (an intended change of outputs)."""
+    history, stored, digests = _compute()
+    GOLDEN.mkdir(parents=True, exist_ok=True)
+    lines = b"\n".join(orjson.dumps(event) for event in history)
+    (GOLDEN / "history.jsonl.gz").write_bytes(gzip.compress(lines, mtime=0))
+    (GOLDEN / "states.json.gz").write_bytes(gzip.compress(orjson.dumps(stored, option=orjson.OPT_SORT_KEYS), mtime=0))
+    (GOLDEN / "digests.json").write_bytes(orjson.dumps(digests, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+    print(f"wrote {GOLDEN}: {len(history)} events, {len(stored['states'])} stored keys", file=sys.stderr)
+    print(orjson.dumps(digests, option=orjson.OPT_INDENT_2).decode())
+
+
+if __name__ == "__main__":
+    main()
