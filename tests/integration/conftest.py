@@ -55,6 +55,16 @@ def wait_until(condition: Callable[[], bool], timeout: float = 60.0, every_s: fl
         time.sleep(every_s)
 
 
+def wait_until_shared(workers: list[Any], timeout: float = 120.0) -> None:
+    """Until every worker holds some input partitions and none holds them all: a history replayed
+    before a late starter joins would be taken in by one worker alone (and a join mid-stream reads
+    the uncommitted part again), which is not what a test of several workers means to look at."""
+    def shared() -> bool:
+        return all(0 < w.metric("mailpulse_assigned_partitions", topic="clicks") < PARTITIONS for w in workers)
+
+    wait_until(shared, timeout)
+
+
 @dataclass
 class Worker:
     process: subprocess.Popen[bytes]
@@ -128,13 +138,21 @@ def start_worker(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[WorkerFacto
 
 def read_topic(bootstrap: str, topic: str, done: Callable[[list[tuple[bytes | None, Any]]], bool] | None = None,
                timeout: float = 60.0, quiet_s: float = 1.5) -> list[tuple[bytes | None, Any]]:
-    """All (key, decoded value) of ``topic`` from the beginning.  Stops when ``done`` says so, or after
-    ``quiet_s`` without a new message (only once something was read or ``done`` is None)."""
+    """All (key, decoded value) of ``topic`` from the beginning.  Stops when ``done`` says so, or
+    (``done`` None) after ``quiet_s`` without a new message once every partition has been read up to
+    where it ended when the read began (a slow start must not end the read early)."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "test-reader", "enable.auto.commit": False,
                          "log_level": 0})
     try:
         meta = consumer.list_topics(topic, timeout=10).topics[topic]
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions])
+        # the offset each partition's last record had at the start (the embedded broker's end offset
+        # is its last batch's base + 1: that batch's first record, read with the whole batch)
+        ends = {}
+        for p in meta.partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            if high > low:
+                ends[p] = high - 1
         got: list[tuple[bytes | None, Any]] = []
         read: dict[int, tuple[int, int]] = {}  # partition -> (messages read, last offset)
         holes: list[tuple[int, int, int]] = []  # (partition, after offset, next offset read)
@@ -157,7 +175,8 @@ def read_topic(bootstrap: str, topic: str, done: Callable[[list[tuple[bytes | No
                 last = time.monotonic()
             if done is not None and done(got):
                 return got
-            if done is None and time.monotonic() - last > quiet_s:
+            if done is None and time.monotonic() - last > quiet_s and \
+                    all(read.get(p, (0, -1))[1] >= end for p, end in ends.items()):
                 return got
         if done is not None:
             report = _partition_report(consumer, topic, meta.partitions, read)

@@ -13,7 +13,7 @@ from streams.identity import profile_id_for
 from streams.tools.generate import generate_history
 from tests.households import households
 
-from .conftest import latest_by_key, read_topic
+from .conftest import latest_by_key, read_topic, wait_until_shared
 from .expected import expected_run
 from .test_crash import assert_profiles, join_and_leave_mid_stream, start_replay
 from .test_pipeline import replay, write_jsonl
@@ -38,6 +38,8 @@ def test_generated_history_gives_one_profile_per_person_with_one_worker_or_two(
     events = _history()
     expected = expected_run(events, UNTIL)
     running = [start_worker(data_dir=f"w{n}") for n in range(workers)]
+    if workers > 1:
+        wait_until_shared(running)
     replay(broker, write_jsonl(tmp_path / "history.jsonl", events), UNTIL)
     deadline = time.monotonic() + 120
     while _processed(running) < len(events) and time.monotonic() < deadline:
@@ -65,6 +67,7 @@ def test_possible_matches_between_merging_people_come_out_the_same_with_two_work
     expected = expected_run(events, "2026-03-02T00:00:00Z")
     assert sum(len(p["possible_matches"]) for p in expected.profiles.values()) > 20
     running = [start_worker(data_dir=f"w{n}") for n in range(2)]
+    wait_until_shared(running)
     replay(broker, write_jsonl(tmp_path / "households.jsonl", events), "2026-03-02T00:00:00Z")
     assert_profiles(broker.bootstrap, expected.profiles)
     assert all(w.metric("mailpulse_events_total", outcome="processed") > 0 for w in running), "one worker idle"

@@ -16,7 +16,7 @@ from schemas.events import INPUT_TOPICS
 from schemas.outputs import DeadLetter, Profile, Score
 from streams.settings import Settings
 
-from .conftest import PARTITIONS, latest_by_key, mailpulse, read_topic
+from .conftest import PARTITIONS, latest_by_key, mailpulse, read_topic, wait_until_shared
 from .expected import UNTIL, changes_of, expected_run, scores_of
 
 pytestmark = pytest.mark.integration
@@ -229,7 +229,9 @@ def test_dedupe_survives_a_restart_with_state_rebuilt_from_the_changelog(broker,
     first = start_worker(data_dir="first")
     replay(broker, history)
     first.wait_metric("mailpulse_events_total", len(events), outcome="processed")
-    before = latest_by_key(read_topic(broker.bootstrap, "profiles"))
+    # counted as each event arrives; its profile is published when the watermark passes it
+    expected = {k.encode(): v for k, v in expected_profiles(events).items()}
+    before = latest_by_key(read_topic(broker.bootstrap, "profiles", lambda m: latest_by_key(m) == expected))
     assert first.stop() == 0
 
     # a new worker with an empty state folder: the table comes back from its changelog topic
@@ -237,8 +239,7 @@ def test_dedupe_survives_a_restart_with_state_rebuilt_from_the_changelog(broker,
     replay(broker, history)
     second.wait_metric("mailpulse_events_total", len(events), outcome="duplicate")
     assert second.metric("mailpulse_events_total", outcome="processed") == 0
-    assert latest_by_key(read_topic(broker.bootstrap, "profiles")) == before
-    assert before == {k.encode(): v for k, v in expected_profiles(events).items()}
+    assert latest_by_key(read_topic(broker.bootstrap, "profiles")) == before == expected
 
 
 def _read_or_explain(broker: Any, topic: str, done: Any, workers: list[Any]) -> list[tuple[bytes | None, Any]]:
@@ -256,6 +257,7 @@ def test_two_workers_give_the_same_profiles_as_one(broker, start_worker, tmp_pat
     expected = {k.encode(): v for k, v in expected_profiles(events).items()}
     history = write_jsonl(tmp_path / "history.jsonl", events)
     workers = [start_worker(data_dir="a"), start_worker(data_dir="b")]
+    wait_until_shared(workers)
     replay(broker, history)
 
     def processed() -> float:
