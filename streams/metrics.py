@@ -189,13 +189,20 @@ class Health:
     started: bool = False  # the event loop has reported once
     #: Since when outputs have been queued with none acknowledged (None: the producer is keeping up).
     outputs_waiting_since: float | None = None
+    #: Outputs the producer gave up on: /readyz fails from then on (the next commit stops the worker;
+    #: an idle worker has none, and a queue emptied by failures must not read as recovered).
+    outputs_lost: int = 0
     _acknowledged: int = -1
     _stuck_told: bool = False
 
-    def output_progress(self, queued: int, acknowledged: int, now: float | None = None) -> str | None:
+    def output_progress(self, queued: int, acknowledged: int, lost: int = 0,
+                        now: float | None = None) -> str | None:
         """Called each second with the producer's counts.  Returns a line for the log when outputs
         become stuck or move again (once each), else None."""
         now = time.monotonic() if now is None else now
+        self.outputs_lost = lost
+        if lost:
+            return None  # the producer logged each one
         if queued == 0 or acknowledged != self._acknowledged:
             self._acknowledged = acknowledged
             self.outputs_waiting_since = None
@@ -213,9 +220,10 @@ class Health:
 
     def outputs_stuck_s(self, now: float | None = None) -> float:
         """Seconds outputs have waited with none acknowledged, past :data:`OUTPUTS_STUCK_AFTER_S` (else 0)."""
-        if self.outputs_waiting_since is None:
+        since = self.outputs_waiting_since  # read once: the event loop's thread may clear it meanwhile
+        if since is None:
             return 0.0
-        waited = (time.monotonic() if now is None else now) - self.outputs_waiting_since
+        waited = (time.monotonic() if now is None else now) - since
         return waited if waited > OUTPUTS_STUCK_AFTER_S else 0.0
 
     def state(self, now: float | None = None) -> str:
@@ -234,7 +242,11 @@ class Health:
             return (True, "ok\n") if stalled <= STALL_AFTER_S else (False, f"event loop stalled {stalled:.0f} s\n")
         if self.broker_answered is None or now - self.broker_answered > BROKER_SILENT_AFTER_S:
             return False, "broker unreachable\n"
-        stuck = self.outputs_stuck_s(now)
+        if self.outputs_lost:
+            return False, f"{self.outputs_lost} outputs lost (the broker did not take them)\n"
+        # counted up to the loop's last turn: a stalled loop cannot see acknowledgements (/healthz
+        # tells that)
+        stuck = self.outputs_stuck_s(min(now, self.beat + 2.0))
         if stuck:
             return False, f"outputs not acknowledged by the broker for {stuck:.0f} s\n"
         return (True, "ready\n") if self.ready else (False, "partitions not assigned or tables recovering\n")

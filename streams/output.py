@@ -46,7 +46,8 @@ class DeliveryFailed(RuntimeError):
 class OutputProducer:
     def __init__(self, bootstrap: str, **extra: Any) -> None:
         self.failed: KafkaError | None = None
-        self.acknowledged = 0  # messages the broker answered for (delivered or failed)
+        self.acknowledged = 0  # messages the broker took
+        self.lost = 0  # messages that failed for good (librdkafka gave up on them)
         self._unpolled = 0
         self._changelog_written: set[tuple[str, int]] = set()
         self._callbacks: dict[OnDelivered, Callable[[KafkaError | None, Message], None]] = {}
@@ -63,10 +64,12 @@ class OutputProducer:
         })
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
-        self.acknowledged += 1
         if err is not None:
             log.error("output to %s lost: %s", msg.topic(), err)
             self.failed = err
+            self.lost += 1
+        else:
+            self.acknowledged += 1
 
     def _delivery_with(self, on_delivered: OnDelivered) -> Callable[[KafkaError | None, Message], None]:
         """One callback per ``on_delivered`` (tables pass the same one with every record)."""
@@ -113,12 +116,12 @@ class OutputProducer:
         """Messages produced and not yet acknowledged (or failed) by the broker."""
         return len(self._producer)
 
-    def progress(self) -> tuple[int, int]:
-        """(messages queued, messages acknowledged so far): the health loop's view of the producer.
+    def progress(self) -> tuple[int, int, int]:
+        """(messages queued, acknowledged so far, lost so far): the health loop's view of the producer.
         Serves the delivery reports first: the queue counts messages whose report waits to be served,
         and an idle worker serves none otherwise (it polls every 1,024 sends and flushes at commits)."""
         self._producer.poll(0)
-        return len(self._producer), self.acknowledged
+        return len(self._producer), self.acknowledged, self.lost
 
     def close(self, timeout: float = 10.0) -> None:
         """Delivers what is queued and closes the client, so it does not go on reconnecting (and

@@ -6,11 +6,13 @@ and scoring), the states this version stores halfway through it (the bytes a wor
 
 - **golden**: the whole history through :func:`streams.dispatch.run_locally` gives exactly the
   profiles, segment changes, triggers and scores pinned here (whole messages);
-- **upgrade**: the stored states, read back and fed the second half, give exactly the outputs pinned
-  for it.  A change of the state's encoding must keep reading these bytes (a worker's state folder
-  and changelogs outlive a deploy).
+- **upgrade**: the states stored by every version so far (``states-<version>.json.gz``), read back
+  and fed the second half, give exactly the outputs pinned for it.  A change of the state's
+  encoding must keep reading them all (a worker's state folder and changelogs outlive a deploy):
+  it adds its own file (``python -m tests.unit.test_golden --states v2``) and moves
+  :data:`WRITTEN_BY_THIS_VERSION`; no stored file is ever rewritten.
 
-A change that means to alter outputs rewrites the files: ``python -m tests.unit.test_golden``, and
+A change that means to alter outputs rewrites the digests (``python -m tests.unit.test_golden``) and
 says why in its commit.
 """
 
@@ -37,6 +39,8 @@ from streams.watermark import due_first
 from tests.integration.expected import accepted_events
 
 GOLDEN = Path(__file__).parents[1] / "data" / "golden"
+#: The stored states this version writes (today's JSON state, due time first).
+WRITTEN_BY_THIS_VERSION = "states-v1.json.gz"
 UNTIL = "2026-03-20T00:00:00Z"
 
 
@@ -144,7 +148,7 @@ def test_the_history_exercises_merges_matches_erasures_and_scores(history: list[
     assert whole["merges"] > 5 and whole["scores"][0] > 100 and whole["triggers"][0] > 20
     assert whole["segment_changes"][0] > 100
     assert sum(event["type"] == "erase" for event in history) >= 5
-    stored = [orjson.loads(value) for value in _read_json_gz("states.json.gz")["states"].values()]
+    stored = [orjson.loads(value) for value in _read_json_gz(WRITTEN_BY_THIS_VERSION)["states"].values()]
     assert any(state.get("profile", {}).get("possible_matches") for state in stored)
     assert any(state.get("pending") for state in stored)
     assert any("merged_into" in state for state in stored) and any("erased_at" in state for state in stored)
@@ -156,9 +160,10 @@ def test_the_whole_history_gives_the_golden_outputs(history: list[dict[str, Any]
     assert _digest(_outputs(local.advance(parse_timestamp(UNTIL)))) == golden["whole"]
 
 
-def test_states_stored_by_this_version_are_read_and_carried_on(history: list[dict[str, Any]],
-                                                               golden: dict[str, Any]) -> None:
-    stored = _read_json_gz("states.json.gz")
+@pytest.mark.parametrize("name", sorted(path.name for path in GOLDEN.glob("states-*.json.gz")))
+def test_states_stored_by_every_version_are_read_and_carried_on(name: str, history: list[dict[str, Any]],
+                                                                golden: dict[str, Any]) -> None:
+    stored = _read_json_gz(name)
     _, second, _ = _halves(accepted_events(history))
     local = LocalPipeline(_rules())
     local.states = {key: orjson.loads(value) for key, value in stored["states"].items()}
@@ -175,20 +180,28 @@ def test_the_files_are_what_this_version_writes(history: list[dict[str, Any]], g
     local = LocalPipeline(_rules())
     local.feed(first)
     assert _digest(_outputs(local.advance(cut))) == golden["first_half"]
-    assert _stored(local) == _read_json_gz("states.json.gz")
+    assert _stored(local) == _read_json_gz(WRITTEN_BY_THIS_VERSION)
 
 
-def main() -> None:
-    """Rewrites the golden files from this version (an intended change of outputs)."""
+def main(argv: list[str]) -> None:
+    """Rewrites the history and the digests from this version (an intended change of outputs); with
+    ``--states TAG``, also writes the states this version stores as ``states-TAG.json.gz``, a new
+    file only."""
     history, stored, digests = _compute()
     GOLDEN.mkdir(parents=True, exist_ok=True)
+    if argv[:1] == ["--states"] and len(argv) == 2:
+        path = GOLDEN / f"states-{argv[1]}.json.gz"
+        if path.exists():
+            raise SystemExit(f"{path} exists: stored states are never rewritten (a new version gets a new tag)")
+        path.write_bytes(gzip.compress(orjson.dumps(stored, option=orjson.OPT_SORT_KEYS), mtime=0))
+    elif argv:
+        raise SystemExit("usage: python -m tests.unit.test_golden [--states TAG]")
     lines = b"\n".join(orjson.dumps(event) for event in history)
     (GOLDEN / "history.jsonl.gz").write_bytes(gzip.compress(lines, mtime=0))
-    (GOLDEN / "states.json.gz").write_bytes(gzip.compress(orjson.dumps(stored, option=orjson.OPT_SORT_KEYS), mtime=0))
     (GOLDEN / "digests.json").write_bytes(orjson.dumps(digests, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
-    print(f"wrote {GOLDEN}: {len(history)} events, {len(stored['states'])} stored keys", file=sys.stderr)
+    print(f"wrote {GOLDEN}: {len(history)} events", file=sys.stderr)
     print(orjson.dumps(digests, option=orjson.OPT_INDENT_2).decode())
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

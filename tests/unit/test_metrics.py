@@ -84,26 +84,36 @@ def test_healthz_and_readyz_answer_from_the_health_the_event_loop_keeps() -> Non
     assert status == 200 and "mailpulse_events_total" in body
 
 
-def test_readyz_fails_while_outputs_wait_with_none_acknowledged() -> None:
+def test_readyz_fails_while_outputs_wait_with_none_acknowledged_or_once_one_is_lost() -> None:
     """A partition that takes no writes: the worker goes on, its outputs pile up in the producer.
-    /readyz says so once that lasted OUTPUTS_STUCK_AFTER_S, and the log is told once each way."""
+    /readyz says so once that lasted OUTPUTS_STUCK_AFTER_S, and the log is told once each way; an
+    output the producer gave up on keeps /readyz failing, though the queue is empty again."""
     from streams.metrics import OUTPUTS_STUCK_AFTER_S, Health
 
     health = Health(ready=True, started=True)
     health.broker_reachable(True)
     t = 1000.0
-    assert health.output_progress(0, 0, t) is None and health.answer("/readyz") == (True, "ready\n")
-    assert health.output_progress(5, 0, t + 1) is None  # queued, none acknowledged yet: waiting starts
-    assert health.output_progress(9, 3, t + 2) is None  # some acknowledged: the producer is moving
-    assert health.output_progress(9, 3, t + 3) is None
+    assert health.output_progress(0, 0, now=t) is None and health.answer("/readyz") == (True, "ready\n")
+    assert health.output_progress(5, 0, now=t + 1) is None  # queued, none acknowledged yet: waiting starts
+    assert health.output_progress(9, 3, now=t + 2) is None  # some acknowledged: the producer is moving
+    assert health.output_progress(9, 3, now=t + 3) is None
     assert health.outputs_stuck_s(t + 3 + OUTPUTS_STUCK_AFTER_S) == 0.0  # not past the limit yet
-    told = health.output_progress(9, 3, t + 3.5 + OUTPUTS_STUCK_AFTER_S)
+    told = health.output_progress(9, 3, now=t + 3.5 + OUTPUTS_STUCK_AFTER_S)
     assert told is not None and told.startswith("9 outputs queued and none acknowledged")
-    assert health.output_progress(12, 3, t + 5 + OUTPUTS_STUCK_AFTER_S) is None  # told once
-    health.outputs_waiting_since = time.monotonic() - OUTPUTS_STUCK_AFTER_S - 2
+    assert health.output_progress(12, 3, now=t + 5 + OUTPUTS_STUCK_AFTER_S) is None  # told once
+    health.beat = time.monotonic()
+    health.outputs_waiting_since = health.beat - OUTPUTS_STUCK_AFTER_S - 2
     ok, text = health.answer("/readyz")
     assert not ok and text.startswith("outputs not acknowledged by the broker for 3")
     assert health.state() == "running" and health.answer("/healthz")[0]  # alive: the broker is the one stuck
+    # a stalled event loop sees no acknowledgement: the wait counts only up to its last turn
+    health.outputs_waiting_since = health.beat - OUTPUTS_STUCK_AFTER_S - 1  # past it by the wall clock
+    health.beat -= 10
+    assert health.answer("/readyz") == (True, "ready\n")
+    health.beat = time.monotonic()
     assert health.output_progress(12, 4) == "outputs are acknowledged by the broker again"
     assert health.answer("/readyz") == (True, "ready\n")
     assert health.output_progress(0, 4) is None
+    # librdkafka gave up on two outputs: the queue is empty, and /readyz still fails
+    assert health.output_progress(0, 4, 2) is None
+    assert health.answer("/readyz") == (False, "2 outputs lost (the broker did not take them)\n")
