@@ -150,8 +150,6 @@ def create_app(settings: Settings, metrics: Metrics | None = None, output: Outpu
     app.batched_topics = frozenset(INPUT_TOPICS)  # the ingest agent takes runs of records (streams.consumer)
     metrics = metrics or Metrics()
     output = output or OutputProducer(settings.bootstrap_servers)
-    if isinstance(output, OutputProducer):
-        metrics.output_queued.set_function(output.queued)
     config = config if config is not None else load_config(settings.config)
     options = rocksdb_options(settings.rocksdb_write_buffer_mb)
     small = rocksdb_options(1)  # tables of small values: clocks, blocks, neighbours
@@ -306,13 +304,15 @@ def _health(p: Pipeline) -> Any:
     for state in WORKER_STATES:
         p.metrics.worker_state.labels(state).set_function(in_state(state))
 
-    progress = getattr(p.output, "progress", None)  # the real producer's (queued, acknowledged)
+    progress = getattr(p.output, "progress", None)  # the real producer's (queued, acknowledged, lost)
 
     async def health() -> None:
         p.health.beat = time.monotonic()
         p.health.started = True
         if progress is not None:
-            told = p.health.output_progress(*progress())
+            queued, acknowledged, lost = progress()
+            p.metrics.output_queued.set(queued)
+            told = p.health.output_progress(queued, acknowledged, lost)
             if told is not None:
                 log.log(logging.INFO if p.health.outputs_waiting_since is None else logging.WARNING, "mailpulse: %s",
                         told)

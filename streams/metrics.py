@@ -134,8 +134,9 @@ class Metrics:
         )
         self.output_queued = Gauge(
             "mailpulse_output_queued_messages",
-            "Outputs handed to the producer that the broker has not acknowledged yet (a number that stays up "
-            "while the worker is idle means a partition is not taking writes)", registry=r,
+            "Outputs handed to the producer that the broker has not acknowledged yet, as the health loop saw "
+            "them last second (a number that stays up while the worker is idle means a partition is not "
+            "taking writes)", registry=r,
         )
         self.rocksdb_memory = Gauge(
             "mailpulse_rocksdb_memory_bytes",

@@ -112,10 +112,6 @@ class OutputProducer:
         self.send(topic, key, value, partition, on_delivered)
         self._changelog_written.add((topic, partition))
 
-    def queued(self) -> int:
-        """Messages produced and not yet acknowledged (or failed) by the broker."""
-        return len(self._producer)
-
     def progress(self) -> tuple[int, int, int]:
         """(messages queued, acknowledged so far, lost so far): the health loop's view of the producer.
         Serves the delivery reports first: the queue counts messages whose report waits to be served,
