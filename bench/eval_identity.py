@@ -19,8 +19,8 @@ Data sets (each a list of decoded identify events and the true person of each):
 Methods, each with pairwise precision / recall / F1 against the true persons, **pairs completeness**
 (the share of true pairs the blocking compares at all) and records/s:
 
-* ``mailpulse`` -- :func:`streams.resolution.resolve_batch` with the shipped model
-  (``streams/resolution/default_model.json``, fitted on generated records of another seed), records
+* ``mailpulse`` -- :func:`streams.domain.resolution.resolve_batch` with the shipped model
+  (``streams/domain/resolution/default_model.json``, fitted on generated records of another seed), records
   stripped of shared identifiers (fuzzy matching alone); on the generated set also ``mailpulse + ids``
   with the e-mails, phones and user ids as generated, and the exact ``name+birthday`` baseline;
 * ``mailpulse fit`` -- the same, the model fitted on the data set itself first (unsupervised EM,
@@ -38,7 +38,7 @@ target is missed: on every set F1 >= the ECM's and precision >= 0.99 (``mailpuls
 sets, both ``mailpulse`` rows on the generated one), >= 10k records/s.
 
 ``--write-model`` fits the shipped model instead (on ``generate(5000, seed=1)``, with the pairs that
-share an identifier as anchors) and writes it to ``streams/resolution/default_model.json``.
+share an identifier as anchors) and writes it to ``streams/domain/resolution/default_model.json``.
 """
 
 from __future__ import annotations
@@ -56,11 +56,11 @@ from typing import Any
 
 import orjson
 
+from streams.domain.resolution import identifier_keys, person_of, resolve_batch
+from streams.domain.resolution import normalize as norm
+from streams.domain.resolution.model import DEFAULT_PATH, Model, fit_model
+from streams.domain.resolution.resolver import MAX_BLOCK, candidate_pairs
 from streams.ingest import Accepted, Source, decode
-from streams.resolution import identifier_keys, person_of, resolve_batch
-from streams.resolution import normalize as norm
-from streams.resolution.model import DEFAULT_PATH, Model, fit_model
-from streams.resolution.resolver import MAX_BLOCK, candidate_pairs
 from streams.tools.generate import FIRST_NAMES, LAST_NAMES, NICKNAMES, STREETS, _typo
 
 TARGET_PRECISION, TARGET_RATE = 0.99, 10_000.0

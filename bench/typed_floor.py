@@ -28,9 +28,9 @@ import orjson
 from bench.common import events_end, mixed_events
 from bench.profile_hop import internal_records, run_hop
 from schemas.timeparse import format_ms
-from streams.config import PipelineConfig
+from streams.domain.config import PipelineConfig
+from streams.domain.timeline import RuleSet
 from streams.gc_tuning import tune_garbage_collector
-from streams.timeline import RuleSet
 
 KINDS = {"product_view": "clicks", "cart_add": "carts", "purchase": "purchases", "identify": "identities"}
 MOST_SEEN = 64

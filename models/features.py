@@ -1,22 +1,22 @@
 """The model features of one profile at one event time: the one feature code of training, offline
 scoring and the stream.
 
-A row is computed from the profile as :mod:`streams.profile` keeps it (epoch-ms times) and its open
-cart (:func:`streams.profile.cart_view`), at time ``at``: the profile must hold the person's events
+A row is computed from the profile as :mod:`streams.domain.profile` keeps it (epoch-ms times) and its open
+cart (:func:`streams.domain.profile.cart_view`), at time ``at``: the profile must hold the person's events
 up to ``at`` and no later ones (the timeline scores at a timer's event time; training and offline
 scoring fold the history up to the cut-off first).  Times become days before ``at``; a time that
 does not exist yet (no purchase) is missing (NaN), which LightGBM handles as its own branch.
 
 Purchase-history features (for sparse histories: most people buy a few times a year) come from the
 profile's list of its newest purchases (``aggregates.purchases``, ``[ts_ms, total]``, at most
-``streams.profile.MOST_PURCHASES``) together with the exact lifetime aggregates (orders,
+``streams.domain.profile.MOST_PURCHASES``) together with the exact lifetime aggregates (orders,
 spend, first and last purchase): purchases and spend in the last 30/90/180/365 days; the intervals
 between purchases (mean, spread, days since the last purchase in mean intervals); BG/NBD's summary
 of a customer, ``x`` (repeat purchases), ``t_x`` (days from the first purchase to the last) and ``T``
 (days since the first purchase: ``days_since_first_purchase``); the trend of the purchase rate
 (recent against older); the spread of the order values.  Purchases the list does not hold are
 approximated: a profile stored before the list existed reads as its orders spread evenly from its
-first purchase to its last (:func:`streams.profile.listed_purchases`, which also starts the list when
+first purchase to its last (:func:`streams.domain.profile.listed_purchases`, which also starts the list when
 such a profile folds its next purchase); purchases older than the list's bound are taken to lie
 evenly between the first purchase and the oldest one held, with an equal share of the spend the list
 does not account for.  Counts and times are exact where the list is complete.
@@ -29,7 +29,7 @@ import itertools
 import math
 from typing import Any
 
-from streams.profile import listed_purchases, spent
+from streams.domain.profile import listed_purchases, spent
 
 DAY_MS = 86_400_000
 MISSING = math.nan

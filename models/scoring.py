@@ -15,10 +15,10 @@ import orjson
 from models.bundle import ModelBundle, ModelError
 from models.features import feature_row
 from schemas.timeparse import format_ms
-from streams.config import PipelineConfig
-from streams.dispatch import LocalPipeline
-from streams.profile import cart_view
-from streams.timeline import RuleSet
+from streams.domain.config import PipelineConfig
+from streams.domain.dispatch import LocalPipeline
+from streams.domain.profile import cart_view
+from streams.domain.timeline import RuleSet
 from streams.tools.history import HistoryError, read_events
 
 #: Retention of event ids for dedupe in offline runs (the stream's default).

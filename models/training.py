@@ -59,11 +59,11 @@ from models.features import FEATURES, feature_row
 from models.report import model_card
 from models.scoring import offline_pipeline
 from schemas.timeparse import format_ms
-from streams.dispatch import reachable_keys
-from streams.identity import profile_key
-from streams.profile import cart_view
-from streams.resolution.blocks import linkable_pairs
-from streams.timeline import advance
+from streams.domain.dispatch import reachable_keys
+from streams.domain.identity import profile_key
+from streams.domain.profile import cart_view
+from streams.domain.resolution.blocks import linkable_pairs
+from streams.domain.timeline import advance
 from streams.tools.forked import run_forked
 from streams.tools.history import HistoryError, read_events
 
@@ -143,7 +143,7 @@ def cutoffs(first_ts: int, as_of: int, horizon_ms: int, most: int = MAX_CUTOFFS)
 
 def component_shards(events: list[dict[str, Any]], shards: int) -> list[list[dict[str, Any]]]:
     """``events`` split into at most ``shards`` lists of about equal size, each in the original order,
-    such that events whose identifier keys meet (:func:`~streams.dispatch.reachable_keys`, directly or
+    such that events whose identifier keys meet (:func:`~streams.domain.dispatch.reachable_keys`, directly or
     through other events), or that fuzzy matching could link (:func:`linkable_pairs`), fall in the same
     list.  Each list then folds as it does within the whole history: the same events, merges and so
     profiles, except for possible matches between people of two lists, which no feature reads."""

@@ -8,12 +8,12 @@ Topology::
                                                                                      └──> scores
                                                        tables: profile-state, partition-clocks
                                                        (scores: the models of models/, at each
-                                                        profile's score timer, streams.rules.score_timer)
+                                                        profile's score timer, streams.domain.rules.score_timer)
     profiles ──> <app>-co-occurrence (by product) ──cooccurrence──> <app>-product-recs (compacted,
                                                    table product-neighbours        read back by every worker)
 
 Agents stay thin: they decode, call the pure functions of :mod:`streams.ingest`,
-:mod:`streams.timeline` and :mod:`streams.watermark`, write the tables and send outputs.
+:mod:`streams.domain.timeline` and :mod:`streams.watermark`, write the tables and send outputs.
 """
 
 from __future__ import annotations
@@ -33,8 +33,11 @@ from models.scoring import Predictor
 from schemas.events import INPUT_TOPICS
 from streams import topics as names
 from streams.broker import free_port
-from streams.config import PipelineConfig, load_config
+from streams.config_file import load_config
 from streams.consumer import App
+from streams.domain.config import PipelineConfig
+from streams.domain.rules.recommend import count_pairs, top_neighbours
+from streams.domain.timeline import RuleSet
 from streams.ingest import IngestPolicy, Source, reject
 from streams.metrics import COMMIT_STAGES, WORKER_STATES, Health, Metrics, observe_many
 from streams.native_memory import release_free_memory
@@ -42,10 +45,8 @@ from streams.output import FlushBeforeCommit, Output, OutputProducer
 from streams.product_recs import ProductRecs
 from streams.record_step import RecordResult, StepContext, StepIO, apply_result, step_isolated
 from streams.routing import InputRecord, partition_for, route_batch
-from streams.rules.recommend import count_pairs, top_neighbours
 from streams.settings import Settings
 from streams.tables import ProfileTable, RocksDBDueIndex, RocksDBMemory, profile_table, rocksdb_options
-from streams.timeline import RuleSet
 from streams.watermark import DueIndex, DueOrder, expected_clocks, stored_due
 
 log = logging.getLogger(__name__)
@@ -394,7 +395,7 @@ def _input_records(events: list[Any]) -> list[InputRecord]:
 
 def _profile_agent(p: Pipeline) -> Any:
     """Parks each profile's events until the watermark reaches them, then walks the profile forward
-    (:func:`streams.timeline.advance`): profile snapshots, segment changes and triggers.  A thin loop
+    (:func:`streams.domain.timeline.advance`): profile snapshots, segment changes and triggers.  A thin loop
     around :func:`streams.record_step.step_isolated`: read, step, apply (stage, send, count)."""
     settings, metrics = p.settings, p.metrics
     table, index = p.profile_state, p.due_index
@@ -538,7 +539,7 @@ def _internal_dead_letter(p: Pipeline, source: Source, raw: bytes | None, exc: B
 
 def _cooccurrence_agent(p: Pipeline) -> Any:
     """Adds co-occurrence counts to each product's neighbours; publishes a product's top neighbours
-    when they change (:mod:`streams.rules.recommend`)."""
+    when they change (:mod:`streams.domain.rules.recommend`)."""
     table, send = p.product_neighbours, p.output.send
     recs_topic = names.product_recs_topic(p.settings.app_id)
 

@@ -129,7 +129,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = _settings(broker=args.broker, clock=args.clock, log_level=args.log_level,
                          partitions=args.partitions)
-    from streams.config import ConfigError, load_config
+    from streams.config_file import ConfigError, load_config
 
     with reported_as_user_error(ConfigError, prefix="MAILPULSE_CONFIG "):
         config = load_config(settings.config)
@@ -141,7 +141,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         except ModelError as exc:  # profiles, segments and triggers go on; mailpulse_models_unavailable says so
             print(f"mailpulse: warning: MAILPULSE_MODELS_DIR {exc}: running without scores", file=sys.stderr)
     if settings.identity_model is not None:
-        from streams.resolution.model import Model, use_model
+        from streams.domain.resolution.model import Model, use_model
 
         with reported_as_user_error(OSError, ValueError, KeyError, TypeError, prefix="MAILPULSE_IDENTITY_MODEL "):
             use_model(Model.load(settings.identity_model))

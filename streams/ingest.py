@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from schemas.events import INPUT_EVENT_ADAPTER, KNOWN_TYPES, TOPIC_OF_TYPE
 from schemas.timeparse import format_ms
-from streams.config import Identity
+from streams.domain.config import Identity
 
 MAX_MESSAGE_BYTES = 64 * 1024
 

@@ -4,7 +4,7 @@ Triggers for any profile may need the neighbours of any product, but those are c
 product's partition, maybe on another worker.  Each product's top neighbours are published on a
 compacted topic; this reader assigns all its partitions (no consumer group, so it never takes part
 in rebalances) and keeps the latest list per product in memory: the size of the catalogue times
-:data:`streams.rules.recommend.TOP_PUBLISHED` ids.  Like a Faust global table, but read-only and
+:data:`streams.domain.rules.recommend.TOP_PUBLISHED` ids.  Like a Faust global table, but read-only and
 outside the stream's offsets: payload recommendations are eventually consistent.
 """
 

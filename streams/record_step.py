@@ -22,12 +22,12 @@ from typing import Any, Protocol
 import orjson
 
 from streams import topics as names
-from streams.dispatch import dispatch
-from streams.identity import profile_id_for
+from streams.domain.dispatch import dispatch
+from streams.domain.identity import profile_id_for
+from streams.domain.profile import DEFAULT_LIMITS, Limits, shrink, snapshot
+from streams.domain.timeline import NeighboursOf, RuleSet, _no_neighbours, advance, next_due
 from streams.ingest import Source, reject
-from streams.profile import DEFAULT_LIMITS, Limits, shrink, snapshot
 from streams.routing import PartitionBatches, partition_for
-from streams.timeline import NeighboursOf, RuleSet, _no_neighbours, advance, next_due
 from streams.watermark import due_first, merge_clocks, watermark
 
 log = logging.getLogger(__name__)
@@ -310,7 +310,7 @@ def _write(kb: bytes, state: dict[str, Any], result: RecordResult,
            release_parked: Callable[[], None] | None = None, limits: Limits = DEFAULT_LIMITS) -> None:
     """Stages ``state`` with its next due time first (the due index reads it from there).  A live
     state over :data:`SOFT_STATE_BYTES` with parked events calls ``release_parked`` and is encoded
-    again; one still over :data:`MAX_VALUE_BYTES` is made smaller (:func:`streams.profile.shrink`,
+    again; one still over :data:`MAX_VALUE_BYTES` is made smaller (:func:`streams.domain.profile.shrink`,
     counted) until it is under :data:`SOFT_STATE_BYTES` or nothing is left to shrink."""
     live = "profile" in state
     previous = state.get("due")  # what the index holds for this key

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from streams.identity import profile_key
+from streams.domain.identity import profile_key
 from streams.ingest import Accepted, IngestPolicy, Source, decode, reject
 
 #: (topic, partition, offset, key, value, timestamp ms) of one input record.

@@ -28,7 +28,7 @@ def events_topic(app_id: str) -> str:
 
 def cooccurrence_topic(app_id: str) -> str:
     """Internal topic: product co-occurrence counts routed by product; each record an orjson list of
-    ``[product, [[other, weight], ...]]`` of one partition (see :mod:`streams.rules.recommend`)."""
+    ``[product, [[other, weight], ...]]`` of one partition (see :mod:`streams.domain.rules.recommend`)."""
     return f"{app_id}-co-occurrence"
 
 

@@ -3,7 +3,7 @@
 Each line is validated and normalized exactly as the stream does it (:func:`streams.ingest.decode`);
 the first line that is not a valid identify event stops the command with ``FILE:LINE: reason`` and
 nothing is written. Blank lines are skipped (they are not events, so they get no output line). Then
-:func:`streams.resolution.resolve_batch` resolves all records at once, so the result does not depend
+:func:`streams.domain.resolution.resolve_batch` resolves all records at once, so the result does not depend
 on the order of the lines, and one line ``{"user_id": ..., "profile_id": ...}`` is written per event,
 in input order (``user_id`` is ``null`` for an event without one).
 """
@@ -18,8 +18,8 @@ from typing import Any
 
 import orjson
 
-from streams.resolution import BatchResult, resolve_batch
-from streams.resolution.model import Model, default_model
+from streams.domain.resolution import BatchResult, resolve_batch
+from streams.domain.resolution.model import Model, default_model
 from streams.tools.history import HistoryError, accepted_lines
 
 #: Fewer records than this are scored with the shipped model even under ``--model fit``: EM on a

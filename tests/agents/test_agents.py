@@ -410,7 +410,7 @@ async def test_identifiers_past_the_identity_limit_are_not_linked_and_are_counte
 
 
 async def test_a_fuzzy_matching_block_past_its_size_is_skipped_and_counted(pipeline: Pipeline) -> None:
-    from streams.resolution import MAX_BLOCK
+    from streams.domain.resolution import MAX_BLOCK
 
     people = MAX_BLOCK + 3  # same name and birthday: one block outgrows its cap
     identifies = [{**_event(f"i-{n}", "identify", user_id=f"twin-{n}",

@@ -10,10 +10,10 @@ import orjson
 from models.bundle import SHIPPED_DIR, ModelBundle
 from models.scoring import Predictor
 from schemas.timeparse import parse_timestamp
-from streams.config import PipelineConfig
-from streams.dispatch import run_locally
+from streams.domain.config import PipelineConfig
+from streams.domain.dispatch import run_locally
+from streams.domain.timeline import RuleSet
 from streams.ingest import Accepted, Source, decode
-from streams.timeline import RuleSet
 
 #: Where the broker tests' ``replay --until`` moves the watermark (after every generated event).
 UNTIL = "2026-03-05T00:00:00Z"
@@ -30,7 +30,7 @@ class Expected:
 def expected_run(events: list[dict[str, Any]], until: str = UNTIL,
                  config: PipelineConfig | None = None) -> Expected:
     """Every event (and every identity message it causes) delivered, then the watermark moved to
-    ``until`` once: :func:`streams.dispatch.run_locally`."""
+    ``until`` once: :func:`streams.domain.dispatch.run_locally`."""
     # the models the workers score with (the shipped ones: the tests do not set MAILPULSE_MODELS_DIR)
     rules = RuleSet.build(config or PipelineConfig(), 7 * 86_400_000, Predictor(ModelBundle.load(SHIPPED_DIR)))
     run = run_locally(accepted_events(events), parse_timestamp(until), rules)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from streams.identity import profile_id_for
+from streams.domain.identity import profile_id_for
 
 from .conftest import MAILPULSE, latest_by_key, read_topic, wait_until
 from .expected import UNTIL, changes_of, expected_run

@@ -13,7 +13,7 @@ import pytest
 from confluent_kafka import Producer
 
 from schemas.events import INPUT_TOPICS, TOPIC_OF_TYPE
-from streams.identity import profile_id_for
+from streams.domain.identity import profile_id_for
 
 from .conftest import PARTITIONS, latest_by_key, read_topic
 from .expected import UNTIL, expected_run

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from streams.identity import profile_id_for
+from streams.domain.identity import profile_id_for
 from streams.tools.generate import generate_history
 from tests.households import households
 

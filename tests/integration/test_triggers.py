@@ -27,7 +27,7 @@ from confluent_kafka import Producer
 
 from schemas.events import INPUT_TOPICS
 from streams.broker import EmbeddedBroker, ensure_topics, free_port, start_embedded_broker
-from streams.config import load_config
+from streams.config_file import load_config
 from streams.topics import COMPACTED_TOPICS, CONTRACT_TOPICS
 
 from .conftest import PARTITIONS, Worker, WorkerFactory, latest_by_key, mailpulse, read_topic

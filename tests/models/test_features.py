@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from models.features import FEATURES, WINDOWS, feature_row
-from streams.merge import merge_states
-from streams.profile import MOST_PURCHASES, apply_event, cart_view, fold_event, new_state
+from streams.domain.merge import merge_states
+from streams.domain.profile import MOST_PURCHASES, apply_event, cart_view, fold_event, new_state
 from tests.unit.test_timeline import DAY, MIN, T0, ev, ms
 
 

@@ -14,7 +14,7 @@ from models.bundle import MANIFEST, SHIPPED_DIR, ModelBundle, ModelError
 from models.scoring import Predictor, profiles_at
 from schemas.timeparse import parse_timestamp
 from streams.cli import main
-from streams.profile import cart_view
+from streams.domain.profile import cart_view
 from streams.tools.history import read_events
 from tests.models.conftest import AS_OF
 

@@ -1,4 +1,4 @@
-"""streams.resolution.blocks: person records, block keys, per-block scoring and its order independence."""
+"""streams.domain.resolution.blocks: person records, block keys, per-block scoring and its order independence."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ import orjson
 import pytest
 
 from bench.eval_identity import decode_all, generate
-from streams.ingest import Accepted, Source, decode
-from streams.resolution import (
+from streams.domain.resolution import (
     MAX_BLOCK,
     BlockOutcome,
     Person,
@@ -29,6 +28,7 @@ from streams.resolution import (
     resolve_all,
     score,
 )
+from streams.ingest import Accepted, Source, decode
 
 Record = dict[str, Any]
 

@@ -1,6 +1,6 @@
 """A cart line's stored summary (``view``) is what replaying its moves gives, whatever the order the
 moves arrive in, the bounds that combine them, the purchases that close them and the merges that
-join two carts: so :func:`streams.profile.cart_view` can read it instead of replaying each move."""
+join two carts: so :func:`streams.domain.profile.cart_view` can read it instead of replaying each move."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from streams.merge import merge_profiles
-from streams.profile import (
+from streams.domain.merge import merge_profiles
+from streams.domain.profile import (
     DEFAULT_LIMITS,
     VIEW_FROM_MOVES,
     VIEWS_OF,

@@ -1,4 +1,4 @@
-"""streams.config: defaults, overrides, and one clear error for a bad file."""
+"""streams.domain.config: defaults, overrides, and one clear error for a bad file."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from streams.cli import main
-from streams.config import ConfigError, PipelineConfig, load_config
+from streams.config_file import ConfigError, load_config
+from streams.domain.config import PipelineConfig
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -55,8 +56,8 @@ def test_bad_files_name_the_key_and_reason(tmp_path: Path, text: str, message: s
 def test_limits_name_every_bound_of_a_profile_with_its_default(tmp_path: Path) -> None:
     import dataclasses
 
-    from streams.profile import DEFAULT_LIMITS, Limits
-    from streams.timeline import RuleSet
+    from streams.domain.profile import DEFAULT_LIMITS, Limits
+    from streams.domain.timeline import RuleSet
 
     assert PipelineConfig().limits.model_dump() == dataclasses.asdict(DEFAULT_LIMITS)
     config = load_config(write(tmp_path, "limits:\n  cart_lines: 500\n  parked_events: 50\n"))

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from streams.config import PipelineConfig
-from streams.dispatch import LocalPipeline
-from streams.timeline import RuleSet
+from streams.domain.config import PipelineConfig
+from streams.domain.dispatch import LocalPipeline
+from streams.domain.timeline import RuleSet
 from tests.integration.expected import accepted_events
 from tests.reference.model import DAY, HOUR, iso, ms
 

@@ -1,4 +1,4 @@
-from streams.config import TimeGuard
+from streams.domain.config import TimeGuard
 from streams.tools.demo import shop_time
 
 

@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 
 from schemas.timeparse import parse_timestamp
-from streams import identity_graph as graph
-from streams.config import PipelineConfig
-from streams.dispatch import dispatch, run_locally
-from streams.identity import profile_key
-from streams.profile import snapshot
+from streams.domain import identity_graph as graph
+from streams.domain.config import PipelineConfig
+from streams.domain.dispatch import dispatch, run_locally
+from streams.domain.identity import profile_key
+from streams.domain.profile import snapshot
+from streams.domain.timeline import RuleSet, advance
 from streams.routing import partition_for
-from streams.timeline import RuleSet, advance
 from streams.tools.generate import generate_history
 from tests.households import households
 from tests.integration.expected import accepted_events

@@ -4,7 +4,7 @@
 and scoring), the states this version stores halfway through it (the bytes a worker writes to its
 ``profile-state`` and ``identity-blocks`` tables), and digests of what the pipeline emits:
 
-- **golden**: the whole history through :func:`streams.dispatch.run_locally` gives exactly the
+- **golden**: the whole history through :func:`streams.domain.dispatch.run_locally` gives exactly the
   profiles, segment changes, triggers and scores pinned here (whole messages);
 - **upgrade**: the states stored by every version so far (``states-<version>.json.gz``), read back
   and fed the second half, give exactly the outputs pinned for it.  A change of the state's
@@ -31,10 +31,10 @@ import pytest
 from models.bundle import SHIPPED_DIR, ModelBundle
 from models.scoring import Predictor
 from schemas.timeparse import parse_timestamp
-from streams.config import PipelineConfig
-from streams.dispatch import LocalPipeline, LocalRun
-from streams.identity_graph import is_live
-from streams.timeline import RuleSet, next_due
+from streams.domain.config import PipelineConfig
+from streams.domain.dispatch import LocalPipeline, LocalRun
+from streams.domain.identity_graph import is_live
+from streams.domain.timeline import RuleSet, next_due
 from streams.watermark import due_first
 from tests.integration.expected import accepted_events
 

@@ -1,4 +1,4 @@
-"""Identity in the stream: links, merges and fuzzy matches through streams.dispatch, without a broker."""
+"""Identity in the stream: links, merges and fuzzy matches through streams.domain.dispatch, without a broker."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import orjson
 import pytest
 
 from schemas.timeparse import parse_timestamp
-from streams import identity_graph as graph
-from streams.config import PipelineConfig
-from streams.dispatch import dispatch, run_locally
-from streams.identity import profile_id_for
+from streams.domain import identity_graph as graph
+from streams.domain.config import PipelineConfig
+from streams.domain.dispatch import dispatch, run_locally
+from streams.domain.identity import profile_id_for
+from streams.domain.timeline import RuleSet
 from streams.ingest import Accepted, Source, decode
-from streams.timeline import RuleSet
 from tests.households import households
 from tests.integration.expected import accepted_events
 

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from streams import possible_matches
-from streams.config import PipelineConfig
-from streams.dispatch import run_locally
-from streams.timeline import RuleSet
+from streams.domain import possible_matches
+from streams.domain.config import PipelineConfig
+from streams.domain.dispatch import run_locally
+from streams.domain.timeline import RuleSet
 from tests.unit.test_identity_graph import UNTIL, ev
 
 RULES = RuleSet.build(PipelineConfig(), 7 * 86_400_000)

@@ -20,11 +20,11 @@ from hypothesis import strategies as st
 from models.bundle import SHIPPED_DIR, ModelBundle
 from models.scoring import Predictor
 from schemas.events import KNOWN_TYPES
-from streams.config import PipelineConfig
-from streams.dispatch import LocalPipeline
+from streams.domain.config import PipelineConfig
+from streams.domain.dispatch import LocalPipeline
+from streams.domain.timeline import RuleSet
 from streams.ingest import Accepted, IngestPolicy, Rejected, Source, decode
 from streams.routing import route_batch
-from streams.timeline import RuleSet
 
 EXAMPLES = int(os.environ.get("PROP_EXAMPLES", "2000"))
 BATCH = 55

@@ -1,4 +1,4 @@
-"""streams.merge: two profiles of one person merge into the profile of all their events."""
+"""streams.domain.merge: two profiles of one person merge into the profile of all their events."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ import orjson
 import pytest
 
 from schemas.timeparse import parse_timestamp
-from streams.config import PipelineConfig
-from streams.identity import profile_id_for
+from streams.domain.config import PipelineConfig
+from streams.domain.identity import profile_id_for
+from streams.domain.merge import merge_states
+from streams.domain.profile import State, snapshot
+from streams.domain.rules import recommend
+from streams.domain.timeline import RuleSet, advance, receive
 from streams.ingest import Accepted, Source, decode
-from streams.merge import merge_states
-from streams.profile import State, snapshot
-from streams.rules import recommend
-from streams.timeline import RuleSet, advance, receive
 
 MIN = 60_000
 DAY = 86_400_000
@@ -341,7 +341,7 @@ def test_possible_matches_predictions_and_bookkeeping() -> None:
                                    "at": "2026-03-02T12:00:00.000Z"}
     merged = merge_states(a, b, KEY)
     profile = merged["profile"]
-    merged["links"] = ["a:anon-9"]  # what the absorb adds (streams.dispatch): the published view leaves out both ids
+    merged["links"] = ["a:anon-9"]  # what the absorb adds: the published view leaves out both ids
     assert snapshot(merged)["possible_matches"] == [{"profile_id": "p-x", "score": 0.7},
                                                     {"profile_id": "p-y", "score": 0.7}]
     assert profile["predictions"] == b["profile"]["predictions"]

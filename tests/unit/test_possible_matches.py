@@ -1,12 +1,12 @@
-"""Possible matches as order-free facts (streams.possible_matches)."""
+"""Possible matches as order-free facts (streams.domain.possible_matches)."""
 
 from __future__ import annotations
 
 import random
 from typing import Any
 
-from streams import possible_matches as pm
-from streams.identity import profile_id_for
+from streams.domain import possible_matches as pm
+from streams.domain.identity import profile_id_for
 
 
 def test_a_pair_is_kept_once_with_its_highest_score() -> None:

@@ -1,4 +1,4 @@
-"""streams.profile: (state, event) -> state; order tolerance and dedupe."""
+"""streams.domain.profile: (state, event) -> state; order tolerance and dedupe."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from schemas.outputs import Profile
-from streams.profile import apply_event, snapshot
+from streams.domain.profile import apply_event, snapshot
 
 DAY = 86_400_000
 T0 = 1_772_359_200_000
@@ -95,7 +95,7 @@ def test_dedupe_memory_is_bounded_by_retention() -> None:
 def test_dedupe_memory_is_bounded_by_count_and_a_forgotten_id_still_counts_as_a_repeat() -> None:
     """A bot under one id, 10,000 events in an hour (all within the retention): the state keeps at most
     ``limits.seen_ids`` ids, the rest are counted, and an old one sent again is still a repeat."""
-    from streams.profile import DEFAULT_LIMITS, Limits, remember, repeated
+    from streams.domain.profile import DEFAULT_LIMITS, Limits, remember, repeated
 
     for limits in (DEFAULT_LIMITS, Limits(seen_ids=300)):
         _bot_under_one_id(limits, remember, repeated)
@@ -149,7 +149,7 @@ def test_remove_read_before_its_add_still_removes() -> None:
 
 @pytest.mark.parametrize("small", [False, True], ids=["defaults", "configured"])
 def test_what_events_add_to_a_profile_is_bounded_and_each_drop_counted(small: bool) -> None:
-    from streams.profile import DEFAULT_LIMITS, Limits, cart_view, fold_event, new_state
+    from streams.domain.profile import DEFAULT_LIMITS, Limits, cart_view, fold_event, new_state
 
     limits = Limits(traits=7, consent=3, context=2, cart_lines=5, cart_moves=4) if small else DEFAULT_LIMITS
     profile = new_state("u:u-1", T0)["profile"]
@@ -180,7 +180,7 @@ def test_a_state_stored_with_null_spend_is_repaired_by_the_next_purchase_merge_a
     such a state reads as the spend it still knows, and the next purchase, a merge and the model's
     features go on from there instead of raising."""
     from models.features import feature_row
-    from streams.merge import merge_states
+    from streams.domain.merge import merge_states
 
     state = apply_event(None, "u:u-1", HISTORY[3], RET).state
     assert state is not None
@@ -209,10 +209,10 @@ def test_large_trait_values_are_held_to_a_byte_budget_in_a_fold_and_in_a_merge()
     """Each message is under the input limit, but forty of them with 56 KB of traits each would make
     a 2 MB state, past the broker's message limit: the largest values go first (counted), a small
     trait such as a first name stays, and the encoded state stays near the budget."""
-    from streams.config import PipelineConfig
-    from streams.dispatch import dispatch
-    from streams.profile import DEFAULT_LIMITS, fold_event, new_state
-    from streams.timeline import RuleSet
+    from streams.domain.config import PipelineConfig
+    from streams.domain.dispatch import dispatch
+    from streams.domain.profile import DEFAULT_LIMITS, fold_event, new_state
+    from streams.domain.timeline import RuleSet
 
     profile = new_state("u:u-1", T0)["profile"]
     dropped: dict[str, int] = {}
@@ -243,7 +243,7 @@ def test_large_trait_values_are_held_to_a_byte_budget_in_a_fold_and_in_a_merge()
 
 
 def test_long_event_ids_are_held_to_a_byte_budget_and_their_replays_still_count_as_repeats() -> None:
-    from streams.profile import DEFAULT_LIMITS
+    from streams.domain.profile import DEFAULT_LIMITS
 
     state = None
     events = [ev(f"{n:06d}" + "e" * 500, "product_view", T0 + n, product_id="sku-1") for n in range(2_000)]
@@ -257,7 +257,7 @@ def test_long_event_ids_are_held_to_a_byte_budget_and_their_replays_still_count_
 
 
 def test_shrink_halves_only_the_collections_that_make_a_state_big_and_counts_what_went() -> None:
-    from streams.profile import DEFAULT_LIMITS, fold_event, new_state, remember, repeated, shrink
+    from streams.domain.profile import DEFAULT_LIMITS, fold_event, new_state, remember, repeated, shrink
 
     state = new_state("u:u-1", T0)
     profile = state["profile"]

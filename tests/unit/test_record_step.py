@@ -7,7 +7,7 @@ sent the first time stay sent and the ingest hop forwards some events twice.
 Unlike ``test_dispatch.py``, which drives the pure dispatch and advance functions, this covers the
 plumbing between them where a loss would lie: the encoded states with their due header, the due
 index (pushes, discards, and its rebuild from the tables after a rollback), the clocks and the
-internal records the step routes.  The expected outcome is :func:`streams.dispatch.run_locally`.
+internal records the step routes.  The expected outcome is :func:`streams.domain.dispatch.run_locally`.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ import pytest
 from schemas.events import INPUT_TOPICS
 from schemas.timeparse import parse_timestamp
 from streams import topics as names
-from streams.config import PipelineConfig
-from streams.dispatch import run_locally
+from streams.domain.config import PipelineConfig
+from streams.domain.dispatch import run_locally
+from streams.domain.timeline import RuleSet
 from streams.ingest import IngestPolicy, Source
 from streams.record_step import MAX_VALUE_BYTES, SOFT_STATE_BYTES, StepContext, StepIO, apply_result, step_isolated
 from streams.routing import InputRecord, partition_for, route_batch
-from streams.timeline import RuleSet
 from streams.tools.generate import generate_history
 from streams.tools.produce import topic_for
 from streams.watermark import DueIndex, clock_name, expected_clocks, stored_due
@@ -378,7 +378,7 @@ def test_a_state_past_the_value_limit_within_its_bounds_is_shrunk_not_dead_lette
     900 KB, so that the test is quick): it is made smaller (moves combined, counted) and stored, the
     cart's quantities kept, and no event is dead-lettered."""
     from streams import record_step
-    from streams.profile import cart_view
+    from streams.domain.profile import cart_view
 
     monkeypatch.setattr(record_step, "MAX_VALUE_BYTES", MAX_VALUE_BYTES // 5)
     monkeypatch.setattr(record_step, "SOFT_STATE_BYTES", SOFT_STATE_BYTES // 5)

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from streams.config import PipelineConfig
-from streams.dispatch import run_locally
-from streams.timeline import RuleSet
+from streams.domain.config import PipelineConfig
+from streams.domain.dispatch import run_locally
+from streams.domain.timeline import RuleSet
 from tests.integration.expected import accepted_events
 from tests.reference import model
 

@@ -1,4 +1,4 @@
-"""streams.resolution: normalization, pair scores, exact and fuzzy merges, determinism, `mailpulse resolve`."""
+"""streams.domain.resolution: normalization, pair scores, exact and fuzzy merges, determinism, `mailpulse resolve`."""
 
 from __future__ import annotations
 
@@ -12,10 +12,18 @@ import pytest
 
 from bench.eval_identity import decode_all, generate, pairwise
 from streams.cli import main
-from streams.identity import profile_id_for, profile_key
+from streams.domain.identity import profile_id_for, profile_key
+from streams.domain.resolution import (
+    Resolver,
+    identifier_keys,
+    person_of,
+    representative,
+    resolve_all,
+    resolve_batch,
+    score,
+)
+from streams.domain.resolution import normalize as norm
 from streams.ingest import Accepted, Source, decode
-from streams.resolution import Resolver, identifier_keys, person_of, representative, resolve_all, resolve_batch, score
-from streams.resolution import normalize as norm
 
 _n = 0
 
@@ -338,7 +346,7 @@ def test_every_normalization_cache_is_bounded() -> None:
     import functools
 
     from schemas import identifiers
-    from streams.resolution import normalize
+    from streams.domain.resolution import normalize
 
     caches = [value for module in (identifiers, normalize) for value in vars(module).values()
               if isinstance(value, functools._lru_cache_wrapper)]

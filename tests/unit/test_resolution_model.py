@@ -1,4 +1,4 @@
-"""streams.resolution's Fellegi-Sunter model: comparison levels, the EM fit, the rules, sound clusters, FEBRL."""
+"""streams.domain.resolution's Fellegi-Sunter model: comparison levels, the EM fit, the rules, sound clusters, FEBRL."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ import orjson
 import pytest
 
 from bench.eval_identity import decode_all, generate, pairwise
-from streams.ingest import Accepted, Source, decode
-from streams.resolution import (
+from streams.domain.resolution import (
     Resolver,
     on_block_message,
     person_from_record,
@@ -22,10 +21,11 @@ from streams.resolution import (
     resolve_batch,
     score,
 )
-from streams.resolution.compare import FIELDS, LEVELS, compare
-from streams.resolution.model import CLASSES, M_FIELDS, Model, default_model, em, fit_model, u_tables
-from streams.resolution.resolver import blocking_keys, candidate_pairs
-from streams.resolution.scoring import UNSPECIFIC_MAX, capped, evidence, levels_of
+from streams.domain.resolution.compare import FIELDS, LEVELS, compare
+from streams.domain.resolution.model import CLASSES, M_FIELDS, Model, default_model, em, fit_model, u_tables
+from streams.domain.resolution.resolver import blocking_keys, candidate_pairs
+from streams.domain.resolution.scoring import UNSPECIFIC_MAX, capped, evidence, levels_of
+from streams.ingest import Accepted, Source, decode
 
 _n = 0
 

@@ -1,4 +1,4 @@
-"""streams.timeline: event-time order up to the watermark, timers, segment changes, triggers."""
+"""streams.domain.timeline: event-time order up to the watermark, timers, segment changes, triggers."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import orjson
 import pytest
 
 from schemas.timeparse import parse_timestamp
-from streams.config import PipelineConfig
-from streams.identity import profile_key
+from streams.domain.config import PipelineConfig
+from streams.domain.identity import profile_key
+from streams.domain.timeline import RuleSet, advance, next_due, receive, trigger_id
 from streams.ingest import Accepted, Source, decode
-from streams.timeline import RuleSet, advance, next_due, receive, trigger_id
 
 T0 = "2026-03-01T10:00:00Z"
 MIN = 60_000

@@ -1,4 +1,4 @@
-"""streams.rules.guardrails: consent and frequency caps, quiet hours, best hour, DST."""
+"""streams.domain.rules.guardrails: consent and frequency caps, quiet hours, best hour, DST."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from streams.config import Guardrails, QuietHours
-from streams.rules.guardrails import (
+from streams.domain.config import Guardrails, QuietHours
+from streams.domain.rules.guardrails import (
     DAY_MS,
     SUPPRESS_REASONS,
     best_hour,

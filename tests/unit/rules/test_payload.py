@@ -1,4 +1,4 @@
-"""streams.rules.payload: the trigger payload from a profile snapshot, with fallbacks."""
+"""streams.domain.rules.payload: the trigger payload from a profile snapshot, with fallbacks."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from typing import Any
 
 import orjson
 
-from streams.profile import apply_event, snapshot
-from streams.rules.payload import FALLBACK_FIRST_NAME, build_payload
+from streams.domain.profile import apply_event, snapshot
+from streams.domain.rules.payload import FALLBACK_FIRST_NAME, build_payload
 
 T0 = 1_772_359_200_000
 

@@ -1,8 +1,8 @@
-"""streams.rules.recommend: co-occurrence pairs, bounded counts, ranked recommendations."""
+"""streams.domain.rules.recommend: co-occurrence pairs, bounded counts, ranked recommendations."""
 
 from __future__ import annotations
 
-from streams.rules import recommend
+from streams.domain.rules import recommend
 
 
 def test_pairs_both_ways_with_recent_products_and_purchases_weigh_more() -> None:

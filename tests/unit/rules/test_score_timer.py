@@ -1,4 +1,4 @@
-"""streams.rules.score_timer and the timeline's ``score`` step: when profiles are scored, what a score emits."""
+"""streams.domain.rules.score_timer and the timeline's ``score`` step: when profiles are scored, what a score emits."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 
 from models.bundle import SHIPPED_DIR, ModelBundle
 from models.scoring import Predictor, predictions
-from streams.config import PipelineConfig, Scoring
-from streams.rules import score_timer
-from streams.timeline import RuleSet, trigger_id
+from streams.domain.config import PipelineConfig, Scoring
+from streams.domain.rules import score_timer
+from streams.domain.timeline import RuleSet, trigger_id
 from tests.unit.test_timeline import DAY, MIN, T0, Person, ev, ms
 
 

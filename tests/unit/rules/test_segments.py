@@ -1,4 +1,4 @@
-"""streams.rules.segments: the built-ins at their boundaries, the rule language, and its errors."""
+"""streams.domain.rules.segments: the built-ins at their boundaries, the rule language, and its errors."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from streams.config import ConfigError, Segments, load_config
-from streams.rules.segments import (
+from streams.config_file import ConfigError, load_config
+from streams.domain.config import Segments
+from streams.domain.rules.segments import (
     BUILTIN_SEGMENTS,
     EventCondition,
     Facts,

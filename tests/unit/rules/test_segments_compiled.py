@@ -10,8 +10,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.config import Segments
-from streams.rules.segments import (
+from streams.domain.config import Segments
+from streams.domain.rules.segments import (
     _MOST_NESTED,
     Segment,
     compile_evaluator,

@@ -9,7 +9,7 @@ carries the event time at which it became true, also when only time changed it (
 timer at the next window expiry).  An event older than the profile's rule clock (late) is folded
 at once; decisions already emitted stay.
 
-A ``score`` timer (:mod:`streams.rules.score_timer`) scores the profile with ``RuleSet.scorer`` at
+A ``score`` timer (:mod:`streams.domain.rules.score_timer`) scores the profile with ``RuleSet.scorer`` at
 event times that follow from its activity: a ``scores`` output, new ``predictions`` for the
 segments that read them, and maybe a ``churn_risk`` trigger.
 
@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from schemas.timeparse import format_ms
-from streams.config import PipelineConfig
-from streams.profile import (
+from streams.domain.config import PipelineConfig
+from streams.domain.profile import (
     DERIVE,
     Limits,
     State,
@@ -39,13 +39,13 @@ from streams.profile import (
     repeated,
     snapshot,
 )
-from streams.rules import guardrails, payload, recommend, score_timer, segments, triggers
-from streams.rules.segments import Evaluator
+from streams.domain.rules import guardrails, payload, recommend, score_timer, segments, triggers
+from streams.domain.rules.segments import Evaluator
 
 #: Equal timestamps are applied in this order (contract section 4).
 KIND_ORDER = {"identities": 0, "clicks": 1, "carts": 2, "purchases": 3}
 ENGAGEMENT_TYPES = ("email_open", "email_click")
-# Bounds (config ``limits``, :class:`streams.profile.Limits`): ``history_per_type`` timestamps per
+# Bounds (config ``limits``, :class:`streams.domain.profile.Limits`): ``history_per_type`` timestamps per
 # event type for windowed counts (a very busy person's state); ``parked_events``: events a profile
 # parks while the watermark is held back, the oldest past it applied at once
 # (``mailpulse_events_released_early_total``), so a stalled input partition bounds memory.
@@ -74,7 +74,7 @@ class RuleSet:
 
     @functools.cached_property
     def evaluate_segments(self) -> Evaluator:
-        """The segment rules compiled once (:func:`streams.rules.segments.compile_evaluator`)."""
+        """The segment rules compiled once (:func:`streams.domain.rules.segments.compile_evaluator`)."""
         return segments.compile_evaluator(self.segments)
 
     @functools.cached_property

@@ -13,7 +13,7 @@ depends on the input only, never on the order workers see it in.
 
 The protocol is label propagation through the internal topic, ``(state, message) -> (state,
 messages)`` per key (:func:`place`, :func:`on_link`, :func:`forward_absorb`; the caller merges an
-arriving profile with :func:`streams.merge.merge_states`):
+arriving profile with :func:`streams.domain.merge.merge_states`):
 
 - An event whose identifiers include a key smaller than the one it was routed to makes that key
   give up: its state travels to the smaller key (``_absorb``) and it becomes a redirect.
@@ -42,8 +42,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from streams.identity import profile_id_for, rank
-from streams.profile import State
+from streams.domain.identity import profile_id_for, rank
+from streams.domain.profile import State
 
 LINK, ABSORB, POSSIBLE, BLOCK, FORGET = "_link", "_absorb", "_possible", "_block", "_forget"
 #: The ``identity.max_per_profile`` name of each key kind.

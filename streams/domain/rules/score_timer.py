@@ -1,6 +1,6 @@
 """When a profile is scored: the ``score`` timer, as a pure function of the profile.
 
-The profile agent scores a profile in event time, inside :func:`streams.timeline.advance`, so a
+The profile agent scores a profile in event time, inside :func:`streams.domain.timeline.advance`, so a
 prediction is made at the same point of the person's history whatever order workers read it in
 (contract section 4), and ``churn_risk``, ``high_intent`` and the ``churn_risk`` trigger come out the
 same on a replay.
@@ -22,7 +22,7 @@ from functools import lru_cache
 from typing import Any
 
 from schemas.timeparse import format_ms
-from streams.config import Scoring
+from streams.domain.config import Scoring
 
 SCORE_TIMER = "score"
 DAY_MS = 86_400_000

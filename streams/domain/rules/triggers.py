@@ -1,6 +1,6 @@
 """Trigger rules: when each built-in trigger becomes due, as pure functions over one profile.
 
-They run inside :func:`streams.timeline.advance`, which hands them the person's events in event-time
+They run inside :func:`streams.domain.timeline.advance`, which hands them the person's events in event-time
 order and fires their timers when the watermark passes them.  A rule keeps what it needs in the
 profile's ``rules`` state: ``timers`` (name -> ``[due_ms, cause, details]``) and ``flags``.
 
@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
-from streams.config import Triggers
-from streams.rules import guardrails
+from streams.domain.config import Triggers
+from streams.domain.rules import guardrails
 
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS

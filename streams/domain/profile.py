@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from schemas.timeparse import format_ms
-from streams import possible_matches
-from streams.identity import profile_id_for
+from streams.domain import possible_matches
+from streams.domain.identity import profile_id_for
 
 State = dict[str, Any]
 Event = dict[str, Any]
@@ -597,7 +597,7 @@ def _renew_views(profile: dict[str, Any]) -> None:
 
 def apply_event(state: State | None, key: str, event: Event, retention_ms: int) -> Applied:
     """Apply one accepted, non-tick event to the profile state of ``key`` at once (no event-time
-    ordering: :mod:`streams.timeline` adds that on top of :func:`remember` and :func:`fold_event`)."""
+    ordering: :mod:`streams.domain.timeline` adds that on top of :func:`remember` and :func:`fold_event`)."""
     if state is not None and repeated(state, event):
         return Applied(state, changed=False, duplicate=True)
     if event["type"] == "erase":

@@ -26,8 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from streams.resolution import normalize as norm
-from streams.resolution.compare import (
+from streams.domain.resolution import normalize as norm
+from streams.domain.resolution.compare import (
     BIRTHDAY,
     EMAIL,
     FAMILY,
@@ -40,7 +40,7 @@ from streams.resolution.compare import (
     STREET,
     compare,
 )
-from streams.resolution.model import Model, default_model
+from streams.domain.resolution.model import Model, default_model
 
 # Agreements strangers reach (a household, a name in a town, ...; see capped()): the score is capped here.
 UNSPECIFIC_MAX = 0.8
@@ -130,7 +130,7 @@ def evidence(a: Person, b: Person, model: Model | None = None) -> dict[str, floa
     """The evidence of each field in bits (``log2(m / u)`` of its level) and the resulting probabilities,
     for explanations and tests; ``inf`` marks a decisive identifier.
 
-    Keys: the field names of :data:`~streams.resolution.compare.FIELDS`, ``"p_person"`` (the model's
+    Keys: the field names of :data:`~streams.domain.resolution.compare.FIELDS`, ``"p_person"`` (the model's
     probability of one person), ``"p_household"`` (of one person or one household), ``"capped"`` (1.0
     when the :data:`UNSPECIFIC_MAX` cap applies) and ``"score"`` (what :func:`score` returns).
     """

@@ -6,13 +6,11 @@ Every key is optional and falls back to the built-in default; an unknown key or 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from streams.profile import DEFAULT_LIMITS
+from streams.domain.profile import DEFAULT_LIMITS
 
 
 class _Strict(BaseModel):
@@ -105,7 +103,7 @@ class HighIntent(_Strict):
 
 
 def _segment_error(detail: str) -> Exception:
-    """A validation error that ``load_config`` prints as is (a plain ValueError gets 'Value error, ')."""
+    """An error that ``load_config`` prints as is (a plain ValueError gets 'Value error, ')."""
     from pydantic_core import PydanticCustomError
 
     return PydanticCustomError("segment_rule", "{detail}", {"detail": detail})
@@ -134,7 +132,7 @@ class CustomSegment(_Strict):
 
     @model_validator(mode="after")
     def _rule_compiles(self) -> CustomSegment:
-        from streams.rules.segments import RuleError, compile_rule
+        from streams.domain.rules.segments import RuleError, compile_rule
 
         try:
             compile_rule(self.rule, "rule")
@@ -229,7 +227,7 @@ class TimeGuard(_Strict):
 
 
 class Limits(_Strict):
-    """The bounds of each profile's collections (:class:`streams.profile.Limits`, whose defaults these
+    """The bounds of each profile's collections (:class:`streams.domain.profile.Limits`, whose defaults these
     are; README "Bounds").  Every worker of a deployment needs the same values: a merge or a replay
     then trims as the first fold did."""
 
@@ -254,35 +252,3 @@ class PipelineConfig(_Strict):
     identity: Identity = Identity()
     time: TimeGuard = TimeGuard()
     limits: Limits = Limits()
-
-
-class ConfigError(ValueError):
-    """The config file cannot be used; the message names the file, key and reason."""
-
-
-def load_config(path: Path | None) -> PipelineConfig:
-    """The built-in defaults, overridden by the YAML file at ``path`` (if any)."""
-    if path is None:
-        return PipelineConfig()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    try:
-        data: Any = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}:{where} not valid YAML: {getattr(exc, 'problem', exc)}") from None
-    if data is None:
-        return PipelineConfig()
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping (guardrails, triggers, segments, scoring, "
-                          "identity, time, limits)")
-    try:
-        return PipelineConfig.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        key = ".".join(str(part) for part in err["loc"])
-        reason = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        raise ConfigError(f"{path}: {key}: {reason}") from None

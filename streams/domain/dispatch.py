@@ -2,7 +2,7 @@
 states: ``dispatch(states, blocks, key, message, ...) -> Effects``.
 
 An entry is an input event routed by profile key, or a message of the identity graph
-(:mod:`streams.identity_graph`): a link, an arriving profile, a possible match, or a person record
+(:mod:`streams.domain.identity_graph`): a link, an arriving profile, a possible match, or a person record
 for a fuzzy-matching block (keys ``b:...``, state in ``blocks``).  ``states`` and ``blocks`` are
 mappings the caller backs with its tables (the agent) or with dicts (tests, ``expected_run``);
 the messages in ``Effects.send`` go back onto the internal topic, routed by their key.
@@ -16,14 +16,14 @@ from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from streams import identity_graph as graph
-from streams import possible_matches
-from streams.identity import profile_key, rank
-from streams.merge import merge_states
-from streams.profile import State, new_state, snapshot, trim_traits
-from streams.resolution.blocks import block_keys, drop_member, on_block_message, person_record
-from streams.rules import score_timer
-from streams.timeline import RuleSet, advance, ensure_rule_state, receive
+from streams.domain import identity_graph as graph
+from streams.domain import possible_matches
+from streams.domain.identity import profile_key, rank
+from streams.domain.merge import merge_states
+from streams.domain.profile import State, new_state, snapshot, trim_traits
+from streams.domain.resolution.blocks import block_keys, drop_member, on_block_message, person_record
+from streams.domain.rules import score_timer
+from streams.domain.timeline import RuleSet, advance, ensure_rule_state, receive
 
 
 @dataclass
@@ -197,7 +197,7 @@ def _not_at_a_profile(state: State | None, message: dict[str, Any]) -> Effects |
 
 def _on_possible(states: MutableMapping[str, State | None], key: str, state: State | None,
                  message: dict[str, Any], rules: RuleSet) -> Effects:
-    """A scored pair (:mod:`streams.possible_matches`); tells the other side this person's root when
+    """A scored pair (:mod:`streams.domain.possible_matches`); tells the other side this person's root when
     the pair was scored under another of their keys."""
     elsewhere = _not_at_a_profile(state, message)
     if elsewhere is not None:
@@ -265,7 +265,7 @@ def reachable_keys(event: dict[str, Any]) -> tuple[list[str], dict[str, Any] | N
     """The profile and identifier keys that this event, or a message it causes, can read or write
     (links, absorbs and forgets travel between them), and for an ``identify`` with a name the person
     record it sends to its fuzzy-matching blocks (:func:`block_keys`), whose members it may be linked
-    with (:func:`streams.resolution.blocks.linkable_pairs`)."""
+    with (:func:`streams.domain.resolution.blocks.linkable_pairs`)."""
     record = person_record(event) if event["type"] == "identify" else None
     return [profile_key(event), *graph.identifier_keys(event)], record
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from schemas.events import CART_TYPES, CLICK_TYPES, PURCHASE_TYPES
 
 if TYPE_CHECKING:
-    from streams.config import Segments
+    from streams.domain.config import Segments
 
 Facts = Mapping[str, Any]
 History = Mapping[str, Sequence[int]]

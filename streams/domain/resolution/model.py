@@ -1,4 +1,4 @@
-"""The Fellegi-Sunter model of :func:`~streams.resolution.scoring.score`: learned, not hand-set.
+"""The Fellegi-Sunter model of :func:`~streams.domain.resolution.scoring.score`: learned, not hand-set.
 
 A pair of records is described by its comparison levels (:func:`.compare.compare`, one level per field).
 For each field ``k`` and level ``l`` the model holds
@@ -53,7 +53,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from streams.resolution.compare import (
+from streams.domain.resolution.compare import (
     BIRTHDAY,
     CITY,
     EMAIL,
@@ -385,7 +385,7 @@ def _initial_h(u_given: Sequence[float]) -> list[float]:
 def fit_model(persons: Sequence[Any], pairs: Sequence[tuple[int, int]],
               levels: Sequence[tuple[int, ...]] | None = None, random_count: int = RANDOM_PAIRS, seed: int = 0,
               info: dict[str, Any] | None = None, anchors: Sequence[tuple[int, int]] = ()) -> Model:
-    """Fit a model on records (:class:`~streams.resolution.scoring.Person`) and the pairs blocking compares.
+    """Fit a model on records (:class:`~streams.domain.resolution.scoring.Person`) and the pairs blocking compares.
 
     Unsupervised: ``u`` from ``random_count`` random pairs of ``persons`` (drawn with ``seed`` by
     position: pass the records in a canonical order for a result that does not depend on input order),

@@ -6,11 +6,11 @@ Building blocks (pure functions of plain data, so the stream can keep their inpu
   ``a:<anonymous_id>``, ``ph:<E.164 phone>``. Two records sharing one are the same profile (exact merge).
 * :func:`blocking_keys` -- where to look for fuzzy candidates, so a record is compared with O(block)
   others, not with everyone (see the function for the keys).
-* :func:`streams.resolution.scoring.score` -- the probability that a pair is one person (a learned
-  Fellegi-Sunter model, :mod:`streams.resolution.model`).
+* :func:`streams.domain.resolution.scoring.score` -- the probability that a pair is one person (a learned
+  Fellegi-Sunter model, :mod:`streams.domain.resolution.model`).
 * :func:`representative` -- the surviving identifier of a cluster, whose :func:`profile_id_for` is the
   cluster's profile id: the smallest ``u:`` key, else the smallest ``e:``, else ``a:``, else ``ph:``.
-  For a record alone this is exactly :func:`streams.identity.profile_key`, so unmerged profiles keep
+  For a record alone this is exactly :func:`streams.domain.identity.profile_key`, so unmerged profiles keep
   the ids they had before identity resolution.
 
 Decisions (defaults, all parameters; the thresholds are match probabilities): a pair scoring
@@ -32,7 +32,7 @@ Two ways to run it:
   ``max_block`` records (a very common name in a big postcode, say) is skipped whole and counted in
   :attr:`BatchResult.skipped_blocks`: its records are still found through their other keys. By default
   the shipped model scores (the stream's); ``fit=True`` fits the model on the records first
-  (unsupervised, :func:`streams.resolution.model.fit_model`; pairs that share an identifier are its
+  (unsupervised, :func:`streams.domain.resolution.model.fit_model`; pairs that share an identifier are its
   anchors).
 * :class:`Resolver` (incremental, for the stream): :meth:`Resolver.add` one event at a time and get its
   :class:`Resolution` right away. After all records are added its clusters equal the batch ones as long
@@ -55,11 +55,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from streams.identity import profile_id_for, rank
-from streams.resolution.compare import compare
-from streams.resolution.model import Model, default_model, fit_model
-from streams.resolution.normalize import phonetic
-from streams.resolution.scoring import Person, person_of, score, score_levels
+from streams.domain.identity import profile_id_for, rank
+from streams.domain.resolution.compare import compare
+from streams.domain.resolution.model import Model, default_model, fit_model
+from streams.domain.resolution.normalize import phonetic
+from streams.domain.resolution.scoring import Person, person_of, score, score_levels
 
 MERGE_THRESHOLD = 0.90      # match probability at or above which a pair is linked
 POSSIBLE_THRESHOLD = 0.50   # ... and from which it is a possible match
@@ -253,7 +253,7 @@ def resolve_batch(events: Sequence[dict[str, Any]], merge_threshold: float = MER
     """Resolve accepted identify events all at once; the result does not depend on their order.
 
     ``model`` scores the pairs (default: the shipped one); with ``fit`` a model is first fitted on these
-    records (:func:`streams.resolution.model.fit_model`, unsupervised) and used instead.
+    records (:func:`streams.domain.resolution.model.fit_model`, unsupervised) and used instead.
     """
     _check(merge_threshold, possible_threshold)
     n = len(events)

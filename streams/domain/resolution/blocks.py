@@ -1,7 +1,7 @@
 """Fuzzy matching one block at a time, for the stream: state in a table keyed by blocking key.
 
-The batch :func:`~streams.resolution.resolver.resolve_batch` and the in-process
-:class:`~streams.resolution.resolver.Resolver` hold every block in memory. The stream cannot: its state
+The batch :func:`~streams.domain.resolution.resolver.resolve_batch` and the in-process
+:class:`~streams.domain.resolution.resolver.Resolver` hold every block in memory. The stream cannot: its state
 lives in a partitioned table, so the fuzzy part is split by block.
 
 * An ``identify`` event with traits reaches its profile (key ``u:...``, ``e:...`` or ``a:...``). The
@@ -26,8 +26,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from streams.resolution.resolver import MAX_BLOCK, MERGE_THRESHOLD, POSSIBLE_THRESHOLD, blocking_keys
-from streams.resolution.scoring import Person, person_of, score
+from streams.domain.resolution.resolver import MAX_BLOCK, MERGE_THRESHOLD, POSSIBLE_THRESHOLD, blocking_keys
+from streams.domain.resolution.scoring import Person, person_of, score
 
 BLOCK_PREFIX = "b:"
 
@@ -134,7 +134,7 @@ def on_block_message(members: Mapping[str, Mapping[str, Any]] | None, key: str, 
     When the block already holds ``max_block`` other members it has outgrown blocking (a very common
     name in a big postcode, say): nothing is stored or scored and ``skipped`` is set. Pairs scored while
     it was smaller stay reported, so past the cap the result can depend on arrival order (as with
-    :class:`~streams.resolution.resolver.Resolver`); the members are found through their other blocks.
+    :class:`~streams.domain.resolution.resolver.Resolver`); the members are found through their other blocks.
     """
     if not 0.0 < possible_threshold <= merge_threshold <= 1.0:
         raise ValueError("need 0 < possible_threshold <= merge_threshold <= 1")

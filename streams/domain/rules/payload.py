@@ -66,7 +66,7 @@ def build_payload(
     recommendations: Sequence[Mapping[str, Any]] = (),
     details: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The payload of a ``trigger_type`` trigger for ``profile`` (a :func:`streams.profile.snapshot`).
+    """The payload of a ``trigger_type`` trigger for ``profile`` (a :func:`streams.domain.profile.snapshot`).
 
     ``details`` are the trigger's own fields (order_id, product_id, ...) and are merged last, so they
     win over a same-named base field.  ``trigger_type`` is not used yet: every type shares the base

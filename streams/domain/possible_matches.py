@@ -9,7 +9,7 @@ derived from them (:func:`view`):
 - **entries** ``[mine, other, score]``: a scored pair, ``mine`` the key this side had when it was
   scored, ``other`` the key of the other side then; one per (mine, other), the highest score.
 - **aliases** ``{old key: new key}``: the other side told us that ``old`` is now part of the profile
-  at ``new`` (an ``_alias`` message); with several, the smallest by :func:`streams.identity.rank`
+  at ``new`` (an ``_alias`` message); with several, the smallest by :func:`streams.domain.identity.rank`
   (a person's root only ever moves to a smaller key).
 
 The profile that holds an entry whose ``mine`` is not its own key sends ``_alias {old: mine, new:
@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from streams.identity import profile_id_for, rank
+from streams.domain.identity import profile_id_for, rank
 
 #: Message type: "the key ``old`` is now part of the profile at ``new``".
 ALIAS = "_alias"

@@ -2,12 +2,12 @@
 
 Pure and deterministic: plain data in, plain data out; the only module-level state is the shipped
 model, read once from ``default_model.json`` on first use, and bounded caches of pure functions. See
-:mod:`streams.resolution.resolver` for the design, :mod:`.scoring` for the pair score, :mod:`.compare`
+:mod:`streams.domain.resolution.resolver` for the design, :mod:`.scoring` for the pair score, :mod:`.compare`
 for the comparison levels, :mod:`.model` for the Fellegi-Sunter model and its EM fit,
 :mod:`.normalize` for the canonical forms of traits and :mod:`.blocks` for the stream's per-block fuzzy step.
 """
 
-from streams.resolution.blocks import (
+from streams.domain.resolution.blocks import (
     BlockOutcome,
     block_keys,
     drop_member,
@@ -16,8 +16,8 @@ from streams.resolution.blocks import (
     person_from_record,
     person_record,
 )
-from streams.resolution.model import Model, default_model, fit_model
-from streams.resolution.resolver import (
+from streams.domain.resolution.model import Model, default_model, fit_model
+from streams.domain.resolution.resolver import (
     MAX_BLOCK,
     MERGE_THRESHOLD,
     POSSIBLE_THRESHOLD,
@@ -31,7 +31,7 @@ from streams.resolution.resolver import (
     resolve_all,
     resolve_batch,
 )
-from streams.resolution.scoring import Person, evidence, person_of, score
+from streams.domain.resolution.scoring import Person, evidence, person_of, score
 
 __all__ = [
     "MAX_BLOCK",

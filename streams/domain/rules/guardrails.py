@@ -13,7 +13,7 @@ from datetime import UTC, datetime, time, timedelta, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from streams.config import Guardrails
+from streams.domain.config import Guardrails
 
 DAY_MS = 86_400_000
 SUPPRESS_REASONS = ("consent_false", "no_consent", "per_type_cap", "per_profile_cap")

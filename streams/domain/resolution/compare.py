@@ -1,6 +1,6 @@
 """Comparison levels of two person records, field by field: the input of the Fellegi-Sunter model.
 
-:func:`compare` turns a pair of :class:`~streams.resolution.scoring.Person` into one small integer per
+:func:`compare` turns a pair of :class:`~streams.domain.resolution.scoring.Person` into one small integer per
 field of :data:`FIELDS` -- its *comparison level*, from the strongest agreement down to disagreement,
 with "missing on either side" as a level of its own. The model (:mod:`.model`) learns how likely each
 level is for two records of one person (``m``) and of two people (``u``); nothing here is a weight.
@@ -40,10 +40,10 @@ from typing import TYPE_CHECKING
 from rapidfuzz.distance import OSA, Hamming, JaroWinkler
 from rapidfuzz.fuzz import partial_ratio, ratio, token_set_ratio, token_sort_ratio
 
-from streams.resolution.normalize import CACHE_SIZE
+from streams.domain.resolution.normalize import CACHE_SIZE
 
 if TYPE_CHECKING:
-    from streams.resolution.scoring import Person
+    from streams.domain.resolution.scoring import Person
 
 MISSING = 0
 

@@ -3,7 +3,7 @@
 Identity resolution finds that two profiles are the same person; the absorbed profile's state then
 travels to the survivor's key and :func:`merge_states` combines them.  The result is the state one
 profile keyed ``survivor_key`` would have had after receiving the events of both (folded to the same
-watermarks).  It is built from the same order-tolerant rules as :func:`streams.profile.fold_event`:
+watermarks).  It is built from the same order-tolerant rules as :func:`streams.domain.profile.fold_event`:
 counts add, first/last times take min/max, the purchase lists join (newest kept), traits, consent,
 context and cart fields keep the value with the newest ``[ts, event_id]`` stamp, and a purchase closes
 every cart move at or before it.  So
@@ -15,9 +15,9 @@ deduplicates it there), so nothing folded twice has to be subtracted.  Parked (`
 are deduplicated by event id, and an event parked on one side that the other side already folded is
 dropped, so nothing is folded twice later either.
 
-Left to the caller: ``due`` is dropped (recompute it from :func:`streams.timeline.next_due`), the
+Left to the caller: ``due`` is dropped (recompute it from :func:`streams.domain.timeline.next_due`), the
 ``segments`` timer is dropped and ``profile["segments"]`` is the survivor's (the next
-:func:`streams.timeline.advance` step re-evaluates them and emits entered/exited changes relative to
+:func:`streams.domain.timeline.advance` step re-evaluates them and emits entered/exited changes relative to
 what was published for the survivor's profile id).
 """
 
@@ -28,9 +28,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from schemas.timeparse import parse_timestamp
-from streams import possible_matches
-from streams.identity import profile_id_for
-from streams.profile import (
+from streams.domain import possible_matches
+from streams.domain.identity import profile_id_for
+from streams.domain.profile import (
     DEFAULT_LIMITS,
     SEEN_FROM,
     Limits,
@@ -44,8 +44,8 @@ from streams.profile import (
     spent,
     stamp_views,
 )
-from streams.rules import recommend
-from streams.rules.triggers import new_rule_state
+from streams.domain.rules import recommend
+from streams.domain.rules.triggers import new_rule_state
 
 _MERGED_KEYS = frozenset(("profile", "seen", "pending", "rules", "erased_at", "due", SEEN_FROM))
 
@@ -57,7 +57,7 @@ def merge_states(survivor: State, absorbed: State, survivor_key: str, limits: Li
     input is changed; the result shares no mutable data with them.
 
     Limitation: events a live profile already folded before the other side's (newer) erasure cannot
-    be taken out of its aggregates; parked ones are dropped, as :func:`streams.timeline.receive`
+    be taken out of its aggregates; parked ones are dropped, as :func:`streams.domain.timeline.receive`
     would have forgotten them.
     """
     for state in (survivor, absorbed):
@@ -101,7 +101,7 @@ def _extras(state: State) -> State:
 
 
 def _forget_until(state: State, erased_at: int) -> None:
-    """Parked events at or before an erasure are forgotten, as :func:`streams.timeline.receive` does."""
+    """Parked events at or before an erasure are forgotten, as :func:`streams.domain.timeline.receive` does."""
     forgotten = {entry[2] for entry in state["pending"] if entry[0] <= erased_at}
     if forgotten:
         state["pending"] = [entry for entry in state["pending"] if entry[2] not in forgotten]
@@ -284,7 +284,7 @@ def merge_rules(survivor: dict[str, Any], absorbed: dict[str, Any], cart_empty: 
 
     Timers: the later due wins per name (the later activity resets a rule's timer), ``segments`` is
     dropped for the caller to re-evaluate.  Flags are OR-ed, except that an empty merged cart
-    cancels ``cart_abandoned`` and clears ``cart_fired``, as :func:`streams.rules.triggers.on_event`
+    cancels ``cart_abandoned`` and clears ``cart_fired``, as :func:`streams.domain.rules.triggers.on_event`
     does when the newest cart or purchase event leaves the cart empty.
     """
     a, b = survivor, absorbed
