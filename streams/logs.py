@@ -43,6 +43,42 @@ def format_root() -> None:
             handler.setFormatter(JsonFormatter())
 
 
+class RepeatFilter(logging.Filter):
+    """Lets one line of each message of the Kafka client libraries through per ``window_s``, and says
+    how many it held back with the next one.  With the broker unreachable aiokafka logs the same
+    handful of errors every 50 ms (~70 lines a second), which buries everything else in the log."""
+
+    def __init__(self, prefixes: tuple[str, ...] = ("aiokafka", "kafka"), window_s: float = 30.0) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+        self.window_s = window_s
+        self._held: dict[tuple[str, object], tuple[float, int]] = {}  # (logger, template) -> (let through at, held)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self.prefixes):
+            return True
+        key = (record.name, record.msg)
+        now = record.created
+        let_at, held = self._held.get(key, (float("-inf"), 0))
+        if now - let_at < self.window_s:
+            self._held[key] = (let_at, held + 1)
+            return False
+        if len(self._held) > 1_000:  # templates are few; a bound all the same
+            self._held.clear()
+        self._held[key] = (now, 0)
+        if held:
+            record.msg = f"{record.getMessage()} (and {held} more like it in the last {now - let_at:.0f} s)"
+            record.args = None
+        return True
+
+
+def quiet_repeats() -> None:
+    """Puts a :class:`RepeatFilter` on the root logger's handlers (set up by Faust's worker)."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RepeatFilter) for f in handler.filters):
+            handler.addFilter(RepeatFilter())
+
+
 def say(message: str) -> None:
     """A start-up line of the worker, on stdout: ``mailpulse: message``, or one JSON object."""
     if _format == "json":

@@ -179,6 +179,7 @@ def _run_faust(app: faust.App, settings: Settings) -> int:
             self.spinner = None
             logger.setLevel(level)
             logs.format_root()
+            logs.quiet_repeats()
 
     worker = QuietWorker(app, loglevel=settings.log_level, quiet=True)
     try:

@@ -1,0 +1,34 @@
+"""The worker's log stays readable when the broker is gone: the Kafka client's repeated lines are held back."""
+
+from __future__ import annotations
+
+import logging
+
+from streams.logs import RepeatFilter
+
+
+def _record(name: str, msg: str, args: tuple[object, ...], at: float) -> logging.LogRecord:
+    record = logging.LogRecord(name, logging.ERROR, __file__, 0, msg, args, None)
+    record.created = at
+    return record
+
+
+def test_one_line_of_each_client_message_per_window_then_how_many_were_held() -> None:
+    quiet = RepeatFilter(window_s=30.0)
+    connect = "Unable connect to node with id %s: %s"
+    let = [quiet.filter(_record("aiokafka.conn", connect, (111, "refused"), 100.0 + i * 0.05)) for i in range(200)]
+    assert let == [True] + [False] * 199  # 10 s of a line every 50 ms
+    # another message of the client is its own line
+    assert quiet.filter(_record("aiokafka.consumer.fetcher", "Failed fetch messages from %s: %s", (111, "x"), 101.0))
+    later = _record("aiokafka.conn", connect, (111, "refused"), 131.0)
+    assert quiet.filter(later)
+    assert later.getMessage() == ("Unable connect to node with id 111: refused "
+                                  "(and 199 more like it in the last 31 s)")
+    after = _record("aiokafka.conn", connect, (111, "refused"), 200.0)
+    assert quiet.filter(after) and after.getMessage() == "Unable connect to node with id 111: refused"
+
+
+def test_the_workers_own_lines_all_pass() -> None:
+    quiet = RepeatFilter()
+    assert all(quiet.filter(_record("streams.app", "Forgot %d offsets", (3,), 100.0)) for _ in range(50))
+    assert all(quiet.filter(_record("faust.worker", "Ready", (), 100.0)) for _ in range(5))
