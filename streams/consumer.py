@@ -25,6 +25,13 @@
    crash or another rebalance in between lost them.  Here the acks of revoked partitions left after
    the revocation are forgotten too (logged: "Forgot N offsets acked while partitions were revoked").
 
+5. aiokafka's consumer ``stop`` raises ``CancelledError`` when a fetch request was still pending
+   (aiokafka issue 647: its fetcher cancels and awaits those tasks without catching it).  With the
+   broker gone that is every stop: the consumer thread died before it told Faust it had stopped, and
+   Faust waited out its 60 s shutdown timeout, longer than an orchestrator's grace period, so a stop
+   during a broker outage became a kill and the next start rebuilt the state folder.  The thread now
+   takes that error as the end of the consumer and closes its client.
+
 Tried and not kept: delivering each message inline instead of through ``wait_first`` made a bare
 pass-through ~40% faster, but lost events when a worker joined or left mid-stream
 (tests/integration/test_crash.py): the flow suspension at a rebalance no longer interrupted it.
@@ -32,6 +39,9 @@ pass-through ~40% faster, but lost events when a worker joined or left mid-strea
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from typing import Any
 
 import faust
@@ -79,6 +89,20 @@ class ShortFetchWaitThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer = super()._create_worker_consumer(transport)
         consumer._fetch_max_wait_ms = getattr(self.consumer.app, "fetch_max_wait_ms", 1500)
         return consumer
+
+    async def on_thread_stop(self) -> None:
+        """Fix 5 of the module doc."""
+        try:
+            await super().on_thread_stop()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this stop itself was cancelled
+            logging.getLogger(__name__).warning("the consumer stopped with a fetch request still pending")
+            client = getattr(self._consumer, "_client", None)
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await client.close()
 
 
 class Consumer(faust_aiokafka.Consumer):

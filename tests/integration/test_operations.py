@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -218,3 +219,12 @@ def test_readyz_turns_red_when_the_broker_goes_away_while_healthz_stays_green(br
     assert time.monotonic() - gone_at < 25
     assert _get(url + "/healthz") == (200, b"ok\n")
     assert worker.process.poll() is None, worker.log.read_text()[-3000:]
+    # the Kafka client's errors while the broker is gone: a line of each per 30 s, not one every 50 ms
+    log = worker.log.read_text(errors="replace")
+    assert log.count("Unable connect to node") <= 3, log[-3000:]
+    # a stop during the outage is a stop, not a wait for the orchestrator's kill (the consumer's
+    # thread used to die in aiokafka's stop, and Faust waited 60 s for it)
+    stopping = time.monotonic()
+    worker.process.send_signal(signal.SIGTERM)
+    worker.process.wait(30)
+    assert time.monotonic() - stopping < 15, worker.log.read_text(errors="replace")[-3000:]
