@@ -37,7 +37,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import orjson
 from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
@@ -54,6 +54,9 @@ DRAIN_S = 10.0  # longest wait, after the last event, for its outputs
 SEGMENT_CHANGES, TRIGGERS, PROFILES = "segment-changes", "triggers", "profiles"
 OUTPUTS = (SEGMENT_CHANGES, TRIGGERS, PROFILES)
 LATENCY_METRIC = "mailpulse_event_latency_seconds"
+RECORD_METRIC = "mailpulse_record_seconds"
+RECORD_AGENTS = ("ingest", "profiles")
+RECORD_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 @dataclass
@@ -191,12 +194,34 @@ def _worker_means(worker: WorkerProcess) -> dict[str, tuple[float, float]]:
             for out in OUTPUTS}
 
 
+def _record_buckets(worker: WorkerProcess) -> dict[str, list[float]]:
+    """Per agent, the cumulative counts of ``mailpulse_record_seconds`` at each bucket bound."""
+    return {agent: [worker.metric(f"{RECORD_METRIC}_bucket", agent=agent, le=str(bound)) for bound in RECORD_BOUNDS]
+            for agent in RECORD_AGENTS}
+
+
+def _bucket_percentile(counts: list[float], q: float) -> float:
+    """The ``q`` quantile in ms of a histogram's cumulative bucket counts, linear within a bucket."""
+    total = counts[-1] if counts else 0.0
+    if total <= 0:
+        return float("nan")
+    rank, lower, below = q * total, 0.0, 0.0
+    for bound, cumulative in zip(RECORD_BOUNDS, counts, strict=True):
+        if cumulative >= rank:
+            inside = cumulative - below
+            return (lower + (bound - lower) * ((rank - below) / inside if inside else 1.0)) * 1000
+        lower, below = bound, cumulative
+    return RECORD_BOUNDS[-1] * 1000
+
+
 @dataclass
 class PipelineLatency:
     outputs: dict[str, Latency]
     worker_mean_ms: dict[str, float]  # the worker's own view, input's produce-time stamp -> output sent
     halves_p50_ms: dict[str, tuple[float, float]]  # p50 of events sent in the 1st / 2nd half of the window
     cpu_share: dict[str, float]  # "worker", "broker", "bench": cores used from the warm-up's end to the last event
+    #: per agent, the worker-side time of a record (fetched -> outputs handed to the producer): p50, p99 in ms
+    record_ms: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 def measure_pipeline_latency(rate: int, seconds: float = 10.0) -> PipelineLatency:
@@ -229,12 +254,14 @@ def measure_pipeline_latency(rate: int, seconds: float = 10.0) -> PipelineLatenc
             producer = make_producer(broker.bootstrap, **{"linger.ms": 1})
             warm_at = time.time() * 1000 + WARMUP_S * 1000
             worker_before: dict[str, tuple[float, float]] = {}
+            records_before: dict[str, list[float]] = {}
             pids = {"worker": worker.process.pid, "broker": broker.process.pid, "bench": os.getpid()}
             cpu_before: dict[str, float] = {}
 
             def send(n: int) -> None:
                 if not worker_before and time.time() * 1000 >= warm_at:
                     worker_before.update(_worker_means(worker))
+                    records_before.update(_record_buckets(worker))
                     cpu_before.update({name: process_cpu_seconds(pid) for name, pid in pids.items()},
                                       at=time.perf_counter())
                 user = f"lat-{n}"
@@ -270,6 +297,7 @@ def measure_pipeline_latency(rate: int, seconds: float = 10.0) -> PipelineLatenc
                          for name, pid in pids.items()}
             _drain(drained, tick, producer)
             worker_after = _worker_means(worker)
+            records_after = _record_buckets(worker)
             producer.flush(10)
             arrivals.close()
         finally:
@@ -291,7 +319,12 @@ def measure_pipeline_latency(rate: int, seconds: float = 10.0) -> PipelineLatenc
     for out in OUTPUTS:
         (s0, c0), (s1, c1) = worker_before.get(out, (0.0, 0.0)), worker_after[out]
         worker_mean[out] = (s1 - s0) / (c1 - c0) * 1000 if c1 > c0 else float("nan")
-    return PipelineLatency(outputs, worker_mean, halves, cpu_share)
+    record_ms = {}
+    for agent in RECORD_AGENTS:
+        before = records_before.get(agent, [0.0] * len(RECORD_BOUNDS))
+        counts = [a - b for a, b in zip(records_after[agent], before, strict=True)]
+        record_ms[agent] = (_bucket_percentile(counts, 0.5), _bucket_percentile(counts, 0.99))
+    return PipelineLatency(outputs, worker_mean, halves, cpu_share, record_ms)
 
 
 def report(rates: tuple[int, ...] = (1000, 5000), seconds: float = 10.0) -> dict[int, dict[str, Latency]]:
@@ -316,6 +349,9 @@ def report(rates: tuple[int, ...] = (1000, 5000), seconds: float = 10.0) -> dict
                   f"p50 = {lat.p50_ms / hop.p50_ms:.1f} x hop)")
         print(f"    {'':>16}in the worker (input's produce stamp -> output sent), mean: "
               + ", ".join(f"{out} {pipe.worker_mean_ms[out]:.1f} ms" for out in OUTPUTS))
+        print(f"    {'':>16}worker-side per record (fetched -> outputs handed to the producer; the rest is broker "
+              f"hops and the watermark wait): "
+              + ", ".join(f"{agent} p50 {p50:.1f} / p99 {p99:.1f} ms" for agent, (p50, p99) in pipe.record_ms.items()))
         print(f"    {'':>16}CPU while events were sent (cores; this machine has {os.cpu_count()}): "
               + ", ".join(f"{name} {share:.2f}" for name, share in pipe.cpu_share.items())
               + " (bench: the producer, the ticks and the reader)")

@@ -365,9 +365,14 @@ def _ingest_agent(p: Pipeline) -> Any:
     def forward(partition: int, record: bytes) -> None:
         send(events_topic, None, record, partition)
 
+    record_seconds = metrics.record_seconds.labels("ingest")
+
     async def ingest(stream: Any) -> None:
         async for batch in stream.take_events(settings.batch_size, within=settings.batch_within_s):
             blocked = route_batch(_input_records(batch), partitions, _now_ms(), policy, forward, dead_letter)
+            sent = time.monotonic()
+            observe_many(record_seconds, [sent - event.message.time_in for event in batch
+                                          if event.message.time_in is not None])
             for field_name, count in blocked.items():
                 metrics.identifiers_blocked.labels(field_name).inc(count)
             for (topic, code), count in dead.items():
@@ -409,6 +414,7 @@ def _profile_agent(p: Pipeline) -> Any:
     latency = {name: metrics.event_latency.labels(name) for name in (names.PROFILES, names.SEGMENT_CHANGES,
                                                                      names.TRIGGERS)}
     updated, applied = metrics.profiles_written.labels("updated"), metrics.events_applied
+    record_seconds = metrics.record_seconds.labels("profiles")
     sink = _AgentSink(p)
 
     def due_entries() -> Any:
@@ -437,6 +443,8 @@ def _profile_agent(p: Pipeline) -> Any:
                 continue
             result = step_isolated(entries, _reader(p, partition, now, source.arrived_ms), ctx, source)
             apply_result(result, partition, sink)
+            if message.time_in is not None:
+                record_seconds.observe(time.monotonic() - message.time_in)
             _count(p, result, latency, updated, applied)
             if p.staged_count > STAGED_LIMIT:
                 p.write_staged()

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 #: The parts of the work each offset commit waits for (``mailpulse_commit_seconds{stage}``).
 COMMIT_STAGES = ("write_out", "flush")
+RECORD_AGENTS = ("ingest", "profiles")
 #: A model call on one profile takes tens of microseconds.
 SCORING_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01, 0.1)
 
@@ -87,6 +88,14 @@ class Metrics:
         )
         for stage in COMMIT_STAGES:
             self.commit_seconds.labels(stage)
+        self.record_seconds = Histogram(
+            "mailpulse_record_seconds",
+            "Worker-side time of a record: from the fetch that brought it to its outputs handed to the "
+            "producer (ingest: the batch wait included)",
+            ["agent"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        for agent in RECORD_AGENTS:
+            self.record_seconds.labels(agent)
         self.identifiers_blocked = Counter(
             "mailpulse_identifiers_blocked",
             "Placeholder identifier values dropped at ingest (identity.blocked_values)",
