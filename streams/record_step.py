@@ -25,6 +25,7 @@ from streams import topics as names
 from streams.domain.dispatch import dispatch
 from streams.domain.identity import profile_id_for
 from streams.domain.profile import DEFAULT_LIMITS, Limits, shrink, snapshot
+from streams.domain.state import State, is_live
 from streams.domain.timeline import NeighboursOf, RuleSet, _no_neighbours, advance, next_due
 from streams.ingest import Source, reject
 from streams.routing import PartitionBatches, partition_for
@@ -306,15 +307,14 @@ def _advance_one(key: str, states: _Cache, blocks: _Cache, changed: bool, republ
     result.deferred += out.deferred
 
 
-def _write(kb: bytes, state: dict[str, Any], result: RecordResult,
+def _write(kb: bytes, state: State, result: RecordResult,
            release_parked: Callable[[], None] | None = None, limits: Limits = DEFAULT_LIMITS) -> None:
     """Stages ``state`` with its next due time first (the due index reads it from there).  A live
     state over :data:`SOFT_STATE_BYTES` with parked events calls ``release_parked`` and is encoded
     again; one still over :data:`MAX_VALUE_BYTES` is made smaller (:func:`streams.domain.profile.shrink`,
     counted) until it is under :data:`SOFT_STATE_BYTES` or nothing is left to shrink."""
-    live = "profile" in state
     previous = state.get("due")  # what the index holds for this key
-    if not live:
+    if not is_live(state):
         state.pop("due", None)  # a redirect or erasure marker keeps nothing but its key's fate
         data = _encoded(state)
         due = None

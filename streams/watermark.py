@@ -169,7 +169,7 @@ class DueIndex:
 DUE_FIRST = b'{"due":'
 
 
-def due_first(state: dict[str, Any]) -> dict[str, Any]:
+def due_first(state: Mapping[str, Any]) -> Mapping[str, Any]:
     """``state`` with ``"due"`` as its first key, for storing (a state read back keeps that order,
     so this copies only a state that never had a due time stored)."""
     if next(iter(state), None) == "due":

@@ -14,15 +14,16 @@ import random
 from collections import deque
 from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from streams.domain import identity_graph as graph
 from streams.domain import possible_matches
 from streams.domain.identity import profile_key, rank
 from streams.domain.merge import merge_states
-from streams.domain.profile import State, new_state, snapshot, trim_traits
+from streams.domain.profile import new_state, snapshot, trim_traits
 from streams.domain.resolution.blocks import block_keys, drop_member, on_block_message, person_record
 from streams.domain.rules import score_timer
+from streams.domain.state import LiveState, State
 from streams.domain.timeline import RuleSet, advance, ensure_rule_state, receive
 
 
@@ -86,9 +87,7 @@ def _apply(states: MutableMapping[str, State | None], key: str, routing: graph.R
 def _on_event(states: MutableMapping[str, State | None], key: str, state: State | None, event: dict[str, Any],
               watermark: int | None, rules: RuleSet) -> Effects:
     if graph.is_redirect(state):
-        assert state is not None
         return Effects(send=[(state["merged_into"], event)])
-    was_live = graph.is_live(state)
     got = receive(state, key, event, watermark, rules)
     effects = Effects(outcome=got.outcome, late=got.late, seen_dropped=got.seen_dropped)
     if got.outcome == "erased":
@@ -102,7 +101,7 @@ def _on_event(states: MutableMapping[str, State | None], key: str, state: State 
             kept = set(admitted)
             marker["links"] = admitted
             effects.limited += limited
-        if was_live and state is not None:
+        if graph.is_live(state):  # as it was before the erase (``receive`` keeps the input's shape)
             if state.get("due") is not None:
                 marker["due"] = state["due"]  # so the caller deletes the due entry
             if state.get("published"):
@@ -116,9 +115,9 @@ def _on_event(states: MutableMapping[str, State | None], key: str, state: State 
         return effects
     if got.outcome != "processed" or got.state is None:
         return effects
-    new = got.state
+    new = cast(LiveState, got.state)  # a processed event is in a live profile
     routing = graph.place(key, new, event, rules.identity_limits)
-    root = routing.state["merged_into"] if graph.is_redirect(routing.state) else key  # type: ignore[index]
+    root = routing.state["merged_into"] if graph.is_redirect(routing.state) else key
     record = person_record(event) if event["type"] == "identify" else None
     if record is not None:
         keys = block_keys(record)
@@ -135,9 +134,8 @@ def _on_event(states: MutableMapping[str, State | None], key: str, state: State 
 def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State | None,
                message: dict[str, Any], rules: RuleSet) -> Effects:
     if graph.is_redirect(state):
-        assert state is not None
         return _apply(states, key, graph.forward_absorb(state, message))
-    absorbed: State = message["state"]
+    absorbed: LiveState = message["state"]
     effects = Effects()
     if state is not None and graph.is_live(state) and absorbed["seen"] and \
             state["seen"].keys() >= absorbed["seen"].keys():
@@ -148,7 +146,6 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
         return effects
     limits = rules.limits
     if graph.is_live(state):
-        assert state is not None
         merged = merge_states(state, absorbed, key, limits)
         merged["due"] = state.get("due")
         effects.merges.append(message.get("kind", "exact"))
@@ -181,28 +178,25 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
     return effects
 
 
-def _history_size(state: State) -> int:
+def _history_size(state: LiveState) -> int:
     """Timestamps a state holds for the segments' windowed counts."""
     return sum(len(times) for times in (state.get("rules") or {}).get("history", {}).values())
 
 
-def _not_at_a_profile(state: State | None, message: dict[str, Any]) -> Effects | None:
+def _not_at_a_profile(state: State | None, message: dict[str, Any]) -> Effects:
     """A message for a live profile at any other key: a redirect forwards it to its root, an erasure
-    marker or an empty key drops it.  ``None`` at a live profile."""
+    marker or an empty key drops it."""
     if graph.is_redirect(state):
-        assert state is not None
         return Effects(send=[(state["merged_into"], message)])
-    return None if graph.is_live(state) else Effects()
+    return Effects()
 
 
 def _on_possible(states: MutableMapping[str, State | None], key: str, state: State | None,
                  message: dict[str, Any], rules: RuleSet) -> Effects:
     """A scored pair (:mod:`streams.domain.possible_matches`); tells the other side this person's root when
     the pair was scored under another of their keys."""
-    elsewhere = _not_at_a_profile(state, message)
-    if elsewhere is not None:
-        return elsewhere
-    assert state is not None
+    if not graph.is_live(state):
+        return _not_at_a_profile(state, message)
     mine, other = message.get("to", key), message["other"]
     entries = state["profile"]["possible_matches"]
     if not possible_matches.record(entries, mine, other, message["score"]):
@@ -220,10 +214,8 @@ def _on_possible(states: MutableMapping[str, State | None], key: str, state: Sta
 def _on_alias(states: MutableMapping[str, State | None], key: str, state: State | None,
               message: dict[str, Any]) -> Effects:
     """The other side of a possible match is now part of the profile at ``new``."""
-    elsewhere = _not_at_a_profile(state, message)
-    if elsewhere is not None:
-        return elsewhere
-    assert state is not None
+    if not graph.is_live(state):
+        return _not_at_a_profile(state, message)
     if not possible_matches.add_alias(state.setdefault("match_aliases", {}), message["old"], message["new"]):
         return Effects()
     states[key] = state
@@ -301,7 +293,6 @@ class LocalPipeline:
         run = LocalRun(self.states, {}, [], [], self.merges, limited=self.limited)
         for state in self.states.values():
             if graph.is_live(state):
-                assert state is not None
                 out = advance(state, watermark, self.rules, 0)
                 run.segment_changes += out.segment_changes
                 run.triggers += out.triggers
@@ -309,11 +300,10 @@ class LocalPipeline:
                 run.profiles[state["profile"]["profile_id"]] = snapshot(state)
         return run
 
-    def live(self) -> Iterator[tuple[str, State]]:
+    def live(self) -> Iterator[tuple[str, LiveState]]:
         """(key, state) of every live profile."""
         for key, state in self.states.items():
             if graph.is_live(state):
-                assert state is not None
                 yield key, state
 
     def root_of(self, key: str) -> str | None:
@@ -321,7 +311,6 @@ class LocalPipeline:
         for _ in range(64):  # redirects point at keys of lower rank: chains are short and end
             state = self.states.get(key)
             if graph.is_redirect(state):
-                assert state is not None
                 key = state["merged_into"]
             else:
                 return key if graph.is_live(state) else None

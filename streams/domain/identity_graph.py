@@ -43,7 +43,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streams.domain.identity import profile_id_for, rank
-from streams.domain.profile import State
+from streams.domain.state import LiveState, Redirect, State
+from streams.domain.state import is_live as is_live
+from streams.domain.state import is_redirect as is_redirect
 
 LINK, ABSORB, POSSIBLE, BLOCK, FORGET = "_link", "_absorb", "_possible", "_block", "_forget"
 #: The ``identity.max_per_profile`` name of each key kind.
@@ -61,7 +63,7 @@ def key_counts(keys: Iterable[str]) -> dict[str, int]:
     return counts
 
 
-def identity_keys(key: str, state: State) -> set[str]:
+def identity_keys(key: str, state: LiveState) -> set[str]:
     """The identifiers of the live profile at ``key``: its key, its links, and those of the profiles
     it agreed to take in (``claimed``) that have not arrived yet."""
     keys = {key, *state.get("links", ())}
@@ -76,7 +78,7 @@ def _over(keys: Iterable[str], limits: Limits) -> list[str]:
     return [kind for kind, most in limits.items() if counts.get(kind, 0) > most]
 
 
-def admit(key: str, state: State, candidates: Iterable[str], limits: Limits | None) -> tuple[list[str], list[str],
+def admit(key: str, state: LiveState, candidates: Iterable[str], limits: Limits | None) -> tuple[list[str], list[str],
                                                                                          list[str]]:
     """(admitted, kept out, kinds of those kept out): the ``candidates`` the live profile at ``key``
     may add to its identifiers, in order, without passing ``limits``."""
@@ -98,7 +100,7 @@ def admit(key: str, state: State, candidates: Iterable[str], limits: Limits | No
     return admitted, over, kinds
 
 
-def _ask(key: str, state: State, root: str, kind: str) -> Routing:
+def _ask(key: str, state: LiveState, root: str, kind: str) -> Routing:
     """The live profile at ``key`` asks ``root`` to take it in, with all its identifiers."""
     return Routing(state, send=[(root, {"type": LINK, "root": key, "kind": kind,
                                         "keys": sorted(identity_keys(key, state), key=rank)})])
@@ -125,14 +127,6 @@ def identifier_keys(event: dict[str, Any]) -> list[str]:
     return sorted(keys, key=rank)
 
 
-def is_redirect(state: State | None) -> bool:
-    return state is not None and "merged_into" in state
-
-
-def is_live(state: State | None) -> bool:
-    return state is not None and "profile" in state
-
-
 @dataclass
 class Routing:
     """What handling one message at one key decided."""
@@ -144,14 +138,14 @@ class Routing:
     erased: str | None = None  # profile_id of a live profile that turned out to be an erased person's
 
 
-def _redirect(root: str, previous: State | None) -> State:
-    state: State = {"merged_into": root}
+def _redirect(root: str, previous: State | None) -> Redirect:
+    state: Redirect = {"merged_into": root}
     if previous is not None and previous.get("due") is not None:
         state["due"] = previous["due"]  # so the caller deletes the due entry
     return state
 
 
-def _give_up(key: str, state: State, root: str, kind: str, also: Iterable[str] = ()) -> Routing:
+def _give_up(key: str, state: LiveState, root: str, kind: str, also: Iterable[str] = ()) -> Routing:
     """``key``'s live profile joins ``root``: its whole state travels, its links are pointed there."""
     links = sorted({*state.get("links", []), *also} - {root, key}, key=rank)
     send: list[tuple[str, dict[str, Any]]] = [(root, {"type": ABSORB, "from": key, "kind": kind, "state": state})]
@@ -159,7 +153,7 @@ def _give_up(key: str, state: State, root: str, kind: str, also: Iterable[str] =
     return Routing(_redirect(root, state), send=send, retired=profile_id_for(key) if state.get("published") else None)
 
 
-def place(key: str, state: State, event: dict[str, Any], limits: Limits | None = None) -> Routing:
+def place(key: str, state: LiveState, event: dict[str, Any], limits: Limits | None = None) -> Routing:
     """After an event was received into ``key``'s live state: if the event names a smaller key, the
     profile joins it; otherwise the event's other identifiers not linked yet are told their root,
     as far as the identity limits allow (the rest stay unlinked, counted in ``limited``)."""
@@ -244,7 +238,7 @@ def on_link(key: str, state: State | None, message: dict[str, Any], limits: Limi
     return Routing(state, send=[(root, {"type": LINK, "root": key, "kind": kind, "ok": True, "keys": approved})])
 
 
-def add_claims(state: State, claims: Mapping[str, Any]) -> None:
+def add_claims(state: LiveState, claims: Mapping[str, Any]) -> None:
     """Notes the asking profiles (key -> its identifiers) a live profile agreed to take in."""
     links = state.get("links", ())
     for asker, keys in claims.items():
@@ -252,13 +246,13 @@ def add_claims(state: State, claims: Mapping[str, Any]) -> None:
             state.setdefault("claimed", {})[asker] = sorted({k for k in keys if isinstance(k, str)}, key=rank)
 
 
-def arrived(state: State, from_key: str) -> None:
+def arrived(state: LiveState, from_key: str) -> None:
     """A profile this one agreed to take in has arrived: its identifiers are links now."""
     claimed = state.get("claimed")
     if claimed and claimed.pop(from_key, None) is not None and not claimed:
         state.pop("claimed")
 
 
-def forward_absorb(state: State, message: dict[str, Any]) -> Routing:
+def forward_absorb(state: Redirect, message: dict[str, Any]) -> Routing:
     """A redirect passes an arriving profile on to its root."""
     return Routing(state, send=[(state["merged_into"], message)])

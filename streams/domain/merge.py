@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast, overload
 
 from schemas.timeparse import parse_timestamp
 from streams.domain import possible_matches
@@ -34,7 +34,6 @@ from streams.domain.profile import (
     DEFAULT_LIMITS,
     SEEN_FROM,
     Limits,
-    State,
     _ordered,
     cart_view,
     keep_newest_purchases,
@@ -46,11 +45,23 @@ from streams.domain.profile import (
 )
 from streams.domain.rules import recommend
 from streams.domain.rules.triggers import new_rule_state
+from streams.domain.state import ErasureMarker, LiveState
+from streams.domain.state import is_live as graph_is_live
 
 _MERGED_KEYS = frozenset(("profile", "seen", "pending", "rules", "erased_at", "due", SEEN_FROM))
 
 
-def merge_states(survivor: State, absorbed: State, survivor_key: str, limits: Limits = DEFAULT_LIMITS) -> State:
+@overload
+def merge_states(survivor: LiveState, absorbed: LiveState | ErasureMarker, survivor_key: str,
+                 limits: Limits = ...) -> LiveState: ...
+@overload
+def merge_states(survivor: LiveState | ErasureMarker, absorbed: LiveState, survivor_key: str,
+                 limits: Limits = ...) -> LiveState: ...
+@overload
+def merge_states(survivor: LiveState | ErasureMarker, absorbed: LiveState | ErasureMarker, survivor_key: str,
+                 limits: Limits = ...) -> LiveState | ErasureMarker: ...
+def merge_states(survivor: LiveState | ErasureMarker, absorbed: LiveState | ErasureMarker, survivor_key: str,
+                 limits: Limits = DEFAULT_LIMITS) -> LiveState | ErasureMarker:
     """One person's state from two: the union of both profiles' events, keyed ``survivor_key``.
 
     Either side may be an erasure marker ``{"erased_at": ts}``: the newest erasure is kept.  Neither
@@ -64,9 +75,13 @@ def merge_states(survivor: State, absorbed: State, survivor_key: str, limits: Li
         if "profile" not in state and "erased_at" not in state:
             raise ValueError("merge_states takes live profiles or erasure markers, not " + ",".join(sorted(state)))
     erased_at = _max_opt(survivor.get("erased_at"), absorbed.get("erased_at"))
-    live = [state for state in (survivor, absorbed) if "profile" in state]
+    live: list[LiveState] = []
+    for state in (survivor, absorbed):
+        if graph_is_live(state):
+            live.append(state)
     if not live:
         return {"erased_at": erased_at}
+    result: LiveState
     if len(live) == 1:
         only = live[0]
         result = _extras(only)
@@ -86,21 +101,22 @@ def merge_states(survivor: State, absorbed: State, survivor_key: str, limits: Li
         result["rules"] = merge_rules(a.get("rules") or new_rule_state(), b.get("rules") or new_rule_state(),
                                       cart_empty=cart_view(result["profile"]) is None,
                                       most_history=limits.history_per_type)
-    seen_from = _max_opt(survivor.get(SEEN_FROM), absorbed.get(SEEN_FROM))
+    seen_from = _max_opt(survivor.get("seen_from"), absorbed.get("seen_from"))
     if seen_from is not None:  # either side's forgotten ids: the later horizon covers both
-        result[SEEN_FROM] = seen_from
+        result["seen_from"] = seen_from
     if erased_at is not None:
         result["erased_at"] = erased_at
         _forget_until(result, erased_at)
     return result
 
 
-def _extras(state: State) -> State:
-    """Copies of the state's keys this module does not merge (e.g. the identity graph's ``links``)."""
-    return {name: copy.deepcopy(value) for name, value in state.items() if name not in _MERGED_KEYS}
+def _extras(state: LiveState) -> LiveState:
+    """Copies of the state's keys this module does not merge (e.g. the identity graph's ``links``);
+    the caller adds the merged ones."""
+    return cast(LiveState, {name: copy.deepcopy(value) for name, value in state.items() if name not in _MERGED_KEYS})
 
 
-def _forget_until(state: State, erased_at: int) -> None:
+def _forget_until(state: LiveState, erased_at: int) -> None:
     """Parked events at or before an erasure are forgotten, as :func:`streams.domain.timeline.receive` does."""
     forgotten = {entry[2] for entry in state["pending"] if entry[0] <= erased_at}
     if forgotten:
@@ -257,7 +273,7 @@ def _newest_prediction(a: dict[str, Any] | None, b: dict[str, Any] | None) -> di
 # --- parked events ----------------------------------------------------------------------------------
 
 
-def merge_pending(a: State, b: State) -> list[list[Any]]:
+def merge_pending(a: LiveState, b: LiveState) -> list[list[Any]]:
     """Both sides' parked events in release order ``(ts, kind order, event_id)``, each once; an event
     parked on one side but already folded on the other (in its ``seen``, not parked) is dropped."""
     entries: dict[str, list[Any]] = {}

@@ -17,13 +17,13 @@ import math
 import operator
 from collections.abc import Container, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from schemas.timeparse import format_ms
 from streams.domain import possible_matches
 from streams.domain.identity import profile_id_for
+from streams.domain.state import LiveState, State
 
-State = dict[str, Any]
 Event = dict[str, Any]
 
 ID_FIELDS = (("user_id", "user_ids"), ("anonymous_id", "anonymous_ids"), ("email", "emails"),
@@ -40,7 +40,7 @@ class Applied:
     erased: bool = False
 
 
-def new_state(key: str, ts: int) -> State:
+def new_state(key: str, ts: int) -> LiveState:
     """An empty profile for ``key``."""
     return {
         "profile": {
@@ -441,10 +441,10 @@ def _prune_seen(seen: dict[str, int], newest: int, retention_ms: int) -> int | N
 
 #: State key: event times before this may belong to ids :func:`remember` has forgotten, so an unknown
 #: id stamped before it cannot be told from a repeat (:func:`repeated`).
-SEEN_FROM = "seen_from"
+SEEN_FROM: Final = "seen_from"
 
 
-def repeated(state: State, event: Event) -> bool:
+def repeated(state: LiveState, event: Event) -> bool:
     """The event was applied before: its id is held, or it is stamped before the window whose ids
     were forgotten (it cannot be told from a repeat, so it counts as one: a replay never counts twice)."""
     if event["event_id"] in state["seen"]:
@@ -453,7 +453,7 @@ def repeated(state: State, event: Event) -> bool:
     return seen_from is not None and event["ts"] < seen_from
 
 
-def remember(state: State, event: Event, retention_ms: int, dropped: Dropped | None = None,
+def remember(state: LiveState, event: Event, retention_ms: int, dropped: Dropped | None = None,
              limits: Limits = DEFAULT_LIMITS) -> bool:
     """Exact dedupe: records the event id; False when it was seen before (then nothing else happens).
 
@@ -483,7 +483,7 @@ def remember(state: State, event: Event, retention_ms: int, dropped: Dropped | N
     return True
 
 
-def _move_seen_from(state: State, horizon: int) -> None:
+def _move_seen_from(state: LiveState, horizon: int) -> None:
     """Everything stamped before ``horizon`` now counts as seen (its ids were forgotten)."""
     if horizon > state.get(SEEN_FROM, horizon - 1):
         state[SEEN_FROM] = horizon
@@ -501,7 +501,7 @@ def _trim_seen(seen: dict[str, int], keep: int, dropped: Dropped | None) -> int:
     return horizon
 
 
-def shrink(state: State, limits: Limits, dropped: Dropped) -> bool:
+def shrink(state: LiveState, limits: Limits, dropped: Dropped) -> bool:
     """One round of making a live state smaller than its bounds allow, for a state whose encoding
     would be too large to store (each entry a bound holds may be long: 512-character event ids in
     every cart move and seen id).  Of the seen ids, the cart lines' moves, the event types' history,
@@ -595,7 +595,7 @@ def _renew_views(profile: dict[str, Any]) -> None:
                 refresh_view(line)
 
 
-def apply_event(state: State | None, key: str, event: Event, retention_ms: int) -> Applied:
+def apply_event(state: LiveState | None, key: str, event: Event, retention_ms: int) -> Applied:
     """Apply one accepted, non-tick event to the profile state of ``key`` at once (no event-time
     ordering: :mod:`streams.domain.timeline` adds that on top of :func:`remember` and :func:`fold_event`)."""
     if state is not None and repeated(state, event):
@@ -654,7 +654,7 @@ def cart_view(p: dict[str, Any]) -> dict[str, Any] | None:
 DERIVE: Any = object()
 
 
-def snapshot(state: State, cart: Any = DERIVE) -> dict[str, Any]:
+def snapshot(state: LiveState, cart: Any = DERIVE) -> dict[str, Any]:
     """The profile as published on ``profiles`` (contract section 5): times as ISO-8601 UTC."""
     p = state["profile"]
     agg = p["aggregates"]

@@ -31,7 +31,6 @@ from streams.domain.config import PipelineConfig
 from streams.domain.profile import (
     DERIVE,
     Limits,
-    State,
     cart_view,
     fold_event,
     new_state,
@@ -41,6 +40,7 @@ from streams.domain.profile import (
 )
 from streams.domain.rules import guardrails, payload, recommend, score_timer, segments, triggers
 from streams.domain.rules.segments import Evaluator
+from streams.domain.state import ErasureMarker, LiveState, State
 
 #: Equal timestamps are applied in this order (contract section 4).
 KIND_ORDER = {"identities": 0, "clicks": 1, "carts": 2, "purchases": 3}
@@ -125,13 +125,13 @@ class Outputs:
 
 @dataclass(frozen=True, slots=True)
 class Received:
-    state: State | None
+    state: LiveState | ErasureMarker | None
     outcome: str  # "processed" | "duplicate" | "erased" | "forgotten" (older than the profile's erasure)
     late: bool = False
     seen_dropped: int = 0  # event ids forgotten past limits.seen_ids
 
 
-def ensure_rule_state(state: State) -> State:
+def ensure_rule_state(state: LiveState) -> LiveState:
     """Adds the timeline's parts (pending events, rule state) to a profile state that lacks them."""
     if "rules" not in state:
         state["pending"] = []
@@ -139,7 +139,7 @@ def ensure_rule_state(state: State) -> State:
     return state
 
 
-def receive(state: State | None, key: str, event: dict[str, Any], watermark: int | None,
+def receive(state: LiveState | ErasureMarker | None, key: str, event: dict[str, Any], watermark: int | None,
             rules: RuleSet) -> Received:
     """Dedupes an accepted (non-tick) event and parks it until the watermark reaches it.
 
@@ -257,7 +257,7 @@ def _first_timer(timers: dict[str, list[Any]]) -> tuple[str | None, int | None]:
     return (None, None) if first is None else (first[1], first[0])
 
 
-def advance(state: State, watermark: int | None, rules: RuleSet, now_ms: int,
+def advance(state: LiveState, watermark: int | None, rules: RuleSet, now_ms: int,
             neighbours_of: NeighboursOf = _no_neighbours, most_parked: int | None = None) -> Outputs:
     """Walks the profile forward to ``watermark``: releases parked events and fires due timers, in
     event-time order, evaluating segments after each step.  Mutates ``state``.  ``neighbours_of``
@@ -344,7 +344,7 @@ def advance(state: State, watermark: int | None, rules: RuleSet, now_ms: int,
     return out
 
 
-def _score(state: State, cart: dict[str, Any] | None, at: int, rules: RuleSet, out: Outputs) -> list[triggers.Due]:
+def _score(state: LiveState, cart: dict[str, Any] | None, at: int, rules: RuleSet, out: Outputs) -> list[triggers.Due]:
     """The ``score`` timer fired: new predictions (a ``scores`` message), the next idle re-score,
     and a ``churn_risk`` trigger when the churn probability crossed its threshold.  The segments
     that read predictions are evaluated after this step, as after any other."""
@@ -361,7 +361,7 @@ def _score(state: State, cart: dict[str, Any] | None, at: int, rules: RuleSet, o
     return triggers.on_predictions(rules.config.triggers, previous, current, at)
 
 
-def _evaluate_segments(state: State, cart: dict[str, Any] | None, clock: int, rules: RuleSet, now_ms: int,
+def _evaluate_segments(state: LiveState, cart: dict[str, Any] | None, clock: int, rules: RuleSet, now_ms: int,
                        out: Outputs) -> None:
     profile, rs = state["profile"], state["rules"]
     members, next_change = rules.evaluate_segments(_facts(profile, cart), rs["history"], clock)
@@ -385,7 +385,8 @@ def _evaluate_segments(state: State, cart: dict[str, Any] | None, clock: int, ru
             timers["segments"] = [next_change, "", {}]
 
 
-def _recommendations(state: State, cart: dict[str, Any] | None, neighbours_of: NeighboursOf) -> list[dict[str, Any]]:
+def _recommendations(state: LiveState, cart: dict[str, Any] | None,
+                     neighbours_of: NeighboursOf) -> list[dict[str, Any]]:
     """Seeds: the cart's products, else the last products seen; never what is in the cart or bought."""
     rs = state["rules"]
     in_cart = [item["product_id"] for item in cart["items"]] if cart else []
@@ -394,7 +395,7 @@ def _recommendations(state: State, cart: dict[str, Any] | None, neighbours_of: N
     return [{"product_id": product} for product in recommend.recommend(neighbours_of, seeds, exclude)]
 
 
-def _emit(state: State, due: triggers.Due, rules: RuleSet, now_ms: int, out: Outputs,
+def _emit(state: LiveState, due: triggers.Due, rules: RuleSet, now_ms: int, out: Outputs,
           neighbours_of: NeighboursOf, cart: dict[str, Any] | None) -> None:
     """Guardrails, then the trigger message (contract section 5)."""
     profile, rs = state["profile"], state["rules"]

@@ -13,8 +13,9 @@ from schemas.timeparse import parse_timestamp
 from streams.domain.config import PipelineConfig
 from streams.domain.identity import profile_id_for
 from streams.domain.merge import merge_states
-from streams.domain.profile import State, snapshot
+from streams.domain.profile import snapshot
 from streams.domain.rules import recommend
+from streams.domain.state import State
 from streams.domain.timeline import RuleSet, advance, receive
 from streams.ingest import Accepted, Source, decode
 

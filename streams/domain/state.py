@@ -1,0 +1,63 @@
+"""The stored shapes of a profile key's state, each field named once: a live profile, a redirect to
+the profile a key's person joined, or an erasure marker.
+
+Plain dicts at run time (JSON in the tables, ``streams/record_step.py``); these TypedDicts let strict
+mypy check every key the domain reads or writes.  A typed record encoding (issue: typed state) is
+to replace them field for field.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NotRequired, TypedDict, final
+
+from typing_extensions import TypeIs
+
+#: A parked event: [ts, kind order, event id, event] (sorted on the first three).
+Parked = list[Any]
+
+
+@final
+class LiveState(TypedDict):
+    """A profile stored under its root key."""
+
+    due: NotRequired[int | None]  # next event time :func:`timeline.advance` has work at (written first)
+    profile: dict[str, Any]  # the published body: identifiers, traits, consent, aggregates, cart, ...
+    seen: dict[str, int]  # event id -> ts, for exact dedupe (bounded: limits.seen_ids)
+    seen_from: NotRequired[int]  # events stamped before this count as seen (their ids were forgotten)
+    # the timeline's parts (:func:`streams.domain.timeline.ensure_rule_state`; every stored profile has them)
+    pending: NotRequired[list[Parked]]  # events parked until the watermark reaches them
+    rules: NotRequired[dict[str, Any]]  # timers, windowed history, sent triggers, the rule clock
+    links: NotRequired[list[str]]  # other keys of this person, pointed here
+    claimed: NotRequired[dict[str, list[str]]]  # asker key -> its keys, agreed to but not arrived yet
+    blocks: NotRequired[list[list[str]]]  # [fuzzy-matching block, member key] pairs this person is in
+    match_aliases: NotRequired[dict[str, str]]  # possible-match keys now part of another profile
+    erased_at: NotRequired[int]  # the person was erased at this time; this is their later activity
+    published: NotRequired[bool]  # a snapshot went out: a merge or erase tombstones it
+
+
+@final
+class Redirect(TypedDict):
+    """A key whose person's profile lives under ``merged_into``."""
+
+    merged_into: str
+    due: NotRequired[int | None]  # the due entry the caller deletes
+
+
+@final
+class ErasureMarker(TypedDict):
+    """A key whose person was erased at ``erased_at``: older events under it are dropped."""
+
+    erased_at: int
+    due: NotRequired[int | None]
+    links: NotRequired[list[str]]
+
+
+State = LiveState | Redirect | ErasureMarker
+
+
+def is_live(state: State | None) -> TypeIs[LiveState]:
+    return state is not None and "profile" in state
+
+
+def is_redirect(state: State | None) -> TypeIs[Redirect]:
+    return state is not None and "merged_into" in state
