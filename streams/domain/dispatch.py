@@ -180,7 +180,8 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
 
 def _history_size(state: LiveState) -> int:
     """Timestamps a state holds for the segments' windowed counts."""
-    return sum(len(times) for times in (state.get("rules") or {}).get("history", {}).values())
+    rules = state.get("rules")
+    return sum(len(times) for times in rules["history"].values()) if rules else 0
 
 
 def _not_at_a_profile(state: State | None, message: dict[str, Any]) -> Effects:

@@ -45,7 +45,7 @@ from streams.domain.profile import (
 )
 from streams.domain.rules import recommend
 from streams.domain.rules.triggers import new_rule_state
-from streams.domain.state import ErasureMarker, LiveState
+from streams.domain.state import ErasureMarker, LiveState, RuleState
 from streams.domain.state import is_live as graph_is_live
 
 _MERGED_KEYS = frozenset(("profile", "seen", "pending", "rules", "erased_at", "due", SEEN_FROM))
@@ -290,8 +290,8 @@ def merge_pending(a: LiveState, b: LiveState) -> list[list[Any]]:
 # --- rule state -------------------------------------------------------------------------------------
 
 
-def merge_rules(survivor: dict[str, Any], absorbed: dict[str, Any], cart_empty: bool,
-                most_history: int = DEFAULT_LIMITS.history_per_type) -> dict[str, Any]:
+def merge_rules(survivor: RuleState, absorbed: RuleState, cart_empty: bool,
+                most_history: int = DEFAULT_LIMITS.history_per_type) -> RuleState:
     """The ``rules`` part.  ``cart_empty``: the merged profile's cart is empty.
 
     ``history`` keeps equal timestamps from both sides: it stores bare times, so two equal ones
@@ -304,7 +304,7 @@ def merge_rules(survivor: dict[str, Any], absorbed: dict[str, Any], cart_empty: 
     does when the newest cart or purchase event leaves the cart empty.
     """
     a, b = survivor, absorbed
-    rules: dict[str, Any] = {name: copy.deepcopy(value) for name, value in a.items()}
+    rules = cast(RuleState, {name: copy.deepcopy(value) for name, value in a.items()})
     rules["clock"] = _max_opt(a.get("clock"), b.get("clock"))
     if "scored_at" in a or "scored_at" in b:  # the time of the newest prediction, which the merge keeps
         rules["scored_at"] = _max_opt(a.get("scored_at"), b.get("scored_at"))

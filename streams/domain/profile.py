@@ -509,9 +509,9 @@ def shrink(state: LiveState, limits: Limits, dropped: Dropped) -> bool:
     halved: the oldest go (the lowest scores, the largest trait values), each drop counted as its
     bound's drops are.  False when nothing was left to make smaller."""
     before = sum(dropped.values())
-    profile, rules = state["profile"], state.get("rules") or {}
+    profile, rules = state["profile"], state.get("rules")
     sizes = {"seen": approx_size(state["seen"]), "cart_moves": approx_size(profile["cart"]),
-             "history": approx_size(rules.get("history", {})),
+             "history": approx_size(rules["history"] if rules else {}),
              "possible_matches": approx_size(profile.get("possible_matches") or []),
              "traits": approx_size(profile["traits"])}
     big = {name for name, size in sizes.items() if size * 8 >= sum(sizes.values())}
@@ -521,7 +521,7 @@ def shrink(state: LiveState, limits: Limits, dropped: Dropped) -> bool:
     if "cart_moves" in big:
         for line in profile["cart"].values():
             _combine_moves(line, len(line["moves"]) // 2, dropped)
-    if "history" in big:
+    if "history" in big and rules:
         for times in rules["history"].values():
             cut = len(times) // 2
             if cut:

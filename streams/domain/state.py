@@ -14,6 +14,23 @@ from typing_extensions import TypeIs
 
 #: A parked event: [ts, kind order, event id, event] (sorted on the first three).
 Parked = list[Any]
+#: A rule's timer: [due ms, cause (an event id, or ""), payload].
+Timer = list[Any]
+
+
+class RuleState(TypedDict):
+    """What the segment and trigger rules keep between steps (``LiveState.rules``)."""
+
+    clock: int | None  # the event time the profile has been walked to
+    history: dict[str, list[int]]  # event type -> times, for the segments' windowed counts
+    timers: dict[str, Timer]  # rule name (and ``segments``, ``score``) -> its next timer
+    flags: dict[str, Any]  # once-per-profile facts: ``welcomed``, ``cart_fired``
+    sent: list[Any]  # [time, type] of triggers sent, for the frequency caps
+    engagement: Any  # newest e-mail open or click time
+    scored_at: NotRequired[int | None]  # when the profile was last scored (None: its predictions were dropped)
+    recent_products: NotRequired[list[str]]  # newest viewed products, for browse abandonment
+    bought: NotRequired[list[str]]  # newest bought products, kept out of recommendations
+    dirty: NotRequired[bool]  # a merge changed the profile: evaluate the segments at the next step
 
 
 @final
@@ -26,7 +43,7 @@ class LiveState(TypedDict):
     seen_from: NotRequired[int]  # events stamped before this count as seen (their ids were forgotten)
     # the timeline's parts (:func:`streams.domain.timeline.ensure_rule_state`; every stored profile has them)
     pending: NotRequired[list[Parked]]  # events parked until the watermark reaches them
-    rules: NotRequired[dict[str, Any]]  # timers, windowed history, sent triggers, the rule clock
+    rules: NotRequired[RuleState]
     links: NotRequired[list[str]]  # other keys of this person, pointed here
     claimed: NotRequired[dict[str, list[str]]]  # asker key -> its keys, agreed to but not arrived yet
     blocks: NotRequired[list[list[str]]]  # [fuzzy-matching block, member key] pairs this person is in

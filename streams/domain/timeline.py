@@ -40,7 +40,7 @@ from streams.domain.profile import (
 )
 from streams.domain.rules import guardrails, payload, recommend, score_timer, segments, triggers
 from streams.domain.rules.segments import Evaluator
-from streams.domain.state import ErasureMarker, LiveState, State
+from streams.domain.state import ErasureMarker, LiveState, RuleState, State
 
 #: Equal timestamps are applied in this order (contract section 4).
 KIND_ORDER = {"identities": 0, "clicks": 1, "carts": 2, "purchases": 3}
@@ -217,7 +217,7 @@ def _no_neighbours(product: str) -> None:
     return None
 
 
-def _note_products(rs: dict[str, Any], event: dict[str, Any], out: Outputs) -> None:
+def _note_products(rs: RuleState, event: dict[str, Any], out: Outputs) -> None:
     if event["type"] in ("product_view", "cart_add") and event.get("product_id"):
         products, purchased = [event["product_id"]], False
     elif event["type"] == "purchase":
@@ -231,7 +231,7 @@ def _note_products(rs: dict[str, Any], event: dict[str, Any], out: Outputs) -> N
     out.pairs += recommend.note_products(rs.setdefault("recent_products", []), products, purchased)
 
 
-def _remember_history(rules_state: dict[str, Any], event: dict[str, Any], windows: dict[str, int], most: int,
+def _remember_history(rules_state: RuleState, event: dict[str, Any], windows: dict[str, int], most: int,
                       dropped: dict[str, int]) -> None:
     window = windows.get(event["type"])
     if window is None:

@@ -23,7 +23,7 @@ from typing import Any
 
 from schemas.timeparse import format_ms
 from streams.domain.config import Scoring
-from streams.domain.state import LiveState
+from streams.domain.state import LiveState, RuleState
 
 SCORE_TIMER = "score"
 DAY_MS = 86_400_000
@@ -60,7 +60,7 @@ def scoring_times(cfg: Scoring, activity: list[int], until: int) -> list[int]:
     return times
 
 
-def rearm(cfg: Scoring, profile: dict[str, Any], rules: dict[str, Any]) -> None:
+def rearm(cfg: Scoring, profile: dict[str, Any], rules: RuleState) -> None:
     """Sets the ``score`` timer to the first scheduled time after the last score (none: removed)."""
     last = last_activity(profile)
     scored_at: int | None = rules.get("scored_at")

@@ -33,6 +33,7 @@ from typing import Any
 
 from streams.domain.config import Triggers
 from streams.domain.rules import guardrails
+from streams.domain.state import RuleState
 
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
@@ -52,7 +53,7 @@ class Due:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def new_rule_state() -> dict[str, Any]:
+def new_rule_state() -> RuleState:
     return {"clock": None, "history": {}, "timers": {}, "flags": {}, "sent": [], "engagement": None}
 
 
@@ -81,16 +82,16 @@ def next_birthday(birthday: str, after: int, timezone: str | None, hour: int) ->
     return None  # pragma: no cover - the following year is always after
 
 
-def _set_timer(rules: dict[str, Any], name: str, due: int, cause: str, details: dict[str, Any] | None = None) -> None:
+def _set_timer(rules: RuleState, name: str, due: int, cause: str, details: dict[str, Any] | None = None) -> None:
     rules["timers"][name] = [due, cause, details or {}]
 
 
-def _cancel(rules: dict[str, Any], *names: str) -> None:
+def _cancel(rules: RuleState, *names: str) -> None:
     for name in names:
         rules["timers"].pop(name, None)
 
 
-def on_event(cfg: Triggers, profile: dict[str, Any], rules: dict[str, Any], event: dict[str, Any],
+def on_event(cfg: Triggers, profile: dict[str, Any], rules: RuleState, event: dict[str, Any],
              cart_items: int, had_email: bool) -> list[Due]:
     """After ``event`` was folded into ``profile``: (re)sets or cancels timers; returns triggers due
     at once.  ``cart_items`` is the cart's item count after the event; ``had_email`` whether the
@@ -138,7 +139,7 @@ def on_event(cfg: Triggers, profile: dict[str, Any], rules: dict[str, Any], even
     return due
 
 
-def arm_birthday(cfg: Triggers, profile: dict[str, Any], rules: dict[str, Any], after: int) -> None:
+def arm_birthday(cfg: Triggers, profile: dict[str, Any], rules: RuleState, after: int) -> None:
     """Sets the birthday timer to the next birthday after ``after`` (from the current trait)."""
     birthday = profile["traits"].get("birthday")
     nxt = next_birthday(birthday, after, profile["context"].get("timezone"), cfg.birthday.hour) if birthday else None
@@ -148,7 +149,7 @@ def arm_birthday(cfg: Triggers, profile: dict[str, Any], rules: dict[str, Any], 
         _set_timer(rules, "birthday", nxt[0], f"birthday:{nxt[1]}")
 
 
-def on_timer(cfg: Triggers, profile: dict[str, Any], rules: dict[str, Any], name: str, timer: list[Any],
+def on_timer(cfg: Triggers, profile: dict[str, Any], rules: RuleState, name: str, timer: list[Any],
              cart_items: int) -> list[Due]:
     """A trigger timer fired (the timeline already removed it): the triggers now due."""
     due_at, cause, details = timer
