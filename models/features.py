@@ -27,6 +27,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from streams.domain.profile import listed_purchases, spent
@@ -154,7 +155,7 @@ def _purchase_features(agg: dict[str, Any], at: int) -> list[float]:
     ]
 
 
-def feature_row(profile: dict[str, Any], cart: dict[str, Any] | None, at: int) -> list[float]:
+def feature_row(profile: Mapping[str, Any], cart: dict[str, Any] | None, at: int) -> list[float]:
     """The :data:`FEATURES` of ``profile`` at event time ``at`` (epoch ms)."""
     agg = profile["aggregates"]
     counts: dict[str, int] = agg["event_counts"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ class Predictor:
         self.version = bundle.version
         self._observe = observe
 
-    def __call__(self, profile: dict[str, Any], cart: dict[str, Any] | None, at: int) -> dict[str, Any]:
+    def __call__(self, profile: Mapping[str, Any], cart: dict[str, Any] | None, at: int) -> dict[str, Any]:
         row = feature_row(profile, cart, at)
         started = time.perf_counter()
         probability = self.bundle.purchase_probabilities([row])[0]

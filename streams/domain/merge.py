@@ -45,7 +45,7 @@ from streams.domain.profile import (
 )
 from streams.domain.rules import recommend
 from streams.domain.rules.triggers import new_rule_state
-from streams.domain.state import ErasureMarker, LiveState, RuleState
+from streams.domain.state import Aggregates, ErasureMarker, Identifiers, LiveState, ProfileBody, RuleState
 from streams.domain.state import is_live as graph_is_live
 
 _MERGED_KEYS = frozenset(("profile", "seen", "pending", "rules", "erased_at", "due", SEEN_FROM))
@@ -170,10 +170,10 @@ def _newest(a_values: Mapping[str, Any], a_times: Mapping[str, list[Any]], b_val
 # --- profile ----------------------------------------------------------------------------------------
 
 
-def merge_profiles(a: dict[str, Any], b: dict[str, Any], key: str) -> dict[str, Any]:
+def merge_profiles(a: ProfileBody, b: ProfileBody, key: str) -> ProfileBody:
     """The ``profile`` part: as if one profile keyed ``key`` had folded the events of both."""
-    ids = {field: _union_min(a["identifiers"].get(field, {}), b["identifiers"].get(field, {}))
-           for field in sorted({*a["identifiers"], *b["identifiers"]})}
+    ids: Identifiers = {field: _union_min(a["identifiers"].get(field, {}), b["identifiers"].get(field, {}))
+                        for field in sorted({*a["identifiers"], *b["identifiers"]})}
     traits, trait_times = _newest(a["traits"], a["trait_times"], b["traits"], b["trait_times"])
     consent, consent_times = _newest(a["consent"], a["consent_times"], b["consent"], b["consent_times"])
     context, context_times = _newest(a["context"], a["context_times"], b["context"], b["context_times"])
@@ -182,7 +182,7 @@ def merge_profiles(a: dict[str, Any], b: dict[str, Any], key: str) -> dict[str, 
     touched = _max_opt(a["cart_meta"]["touched"], b["cart_meta"]["touched"])
     if touched is not None and last_purchase is not None and touched <= last_purchase:
         touched = None
-    merged = {
+    merged: ProfileBody = {
         "profile_id": profile_id_for(key),
         "key": key,
         "user_id": next(iter(_ordered(ids.get("user_ids", {}))), None),
@@ -208,7 +208,7 @@ def merge_profiles(a: dict[str, Any], b: dict[str, Any], key: str) -> dict[str, 
     return merged
 
 
-def _merge_aggregates(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+def _merge_aggregates(a: Aggregates, b: Aggregates) -> Aggregates:
     return {
         "event_counts": _add(a["event_counts"], b["event_counts"]),
         "kind_counts": _add(a["kind_counts"], b["kind_counts"]),

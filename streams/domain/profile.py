@@ -22,7 +22,7 @@ from typing import Any, Final
 from schemas.timeparse import format_ms
 from streams.domain import possible_matches
 from streams.domain.identity import profile_id_for
-from streams.domain.state import LiveState, State
+from streams.domain.state import LiveState, ProfileBody, State
 
 Event = dict[str, Any]
 
@@ -86,7 +86,7 @@ def new_state(key: str, ts: int) -> LiveState:
     }
 
 
-def _add_identifier(profile: dict[str, Any], field: str, value: str | None, ts: int) -> bool:
+def _add_identifier(profile: ProfileBody, field: str, value: str | None, ts: int) -> bool:
     """Records ``value`` with its first time; True when the bucket changed."""
     if not value:
         return False
@@ -103,7 +103,7 @@ def _first_seen(item: tuple[str, int]) -> tuple[int, str]:
     return item[1], item[0]
 
 
-def _ordered(bucket: dict[str, int]) -> list[str]:
+def _ordered(bucket: Mapping[str, int]) -> list[str]:
     if len(bucket) < 2:  # most buckets (hot: four per snapshot)
         return list(bucket)
     return [value for value, _ in sorted(bucket.items(), key=_first_seen)]
@@ -118,7 +118,7 @@ def _oldest(bucket: dict[str, int]) -> str | None:
 KEY_PREFIX = {"user_ids": "u:", "anonymous_ids": "a:", "emails": "e:", "phones": "ph:"}
 
 
-def _apply_identifiers(profile: dict[str, Any], event: Event, ts: int, linked: Container[str] | None) -> None:
+def _apply_identifiers(profile: ProfileBody, event: Event, ts: int, linked: Container[str] | None) -> None:
     ids = profile["identifiers"]
     traits = event.get("traits") or {}
     for plural, value in ((plural, event.get(single)) for single, plural in ID_FIELDS):
@@ -320,7 +320,7 @@ def _combine_moves(line: dict[str, Any], most: int, dropped: Dropped | None) -> 
     refresh_view(line)
 
 
-def _apply_cart(profile: dict[str, Any], event: Event, ts: int, dropped: Dropped | None,
+def _apply_cart(profile: ProfileBody, event: Event, ts: int, dropped: Dropped | None,
                 limits: Limits) -> None:
     """Records the cart move with its own time; what the cart holds is derived in :func:`cart_view`."""
     last_purchase = profile["aggregates"]["last_purchase_at"]
@@ -369,7 +369,7 @@ def spent(agg: Mapping[str, Any]) -> float:
     return round(sum(money(amount) for amount in agg.get("spend_by_currency", {}).values()), 2)
 
 
-def listed_purchases(agg: dict[str, Any]) -> list[list[Any]]:
+def listed_purchases(agg: Mapping[str, Any]) -> list[list[Any]]:
     """``aggregates["purchases"]``; for a state stored before that list existed, one made from its
     lifetime aggregates: its orders spread evenly from the first purchase to the last, each with an
     equal share of the spend, the newest :data:`MOST_PURCHASES` of them (a new list: ``agg`` is not changed)."""
@@ -395,7 +395,7 @@ def keep_newest_purchases(purchases: list[list[Any]], dropped: Dropped | None = 
     return purchases
 
 
-def _apply_purchase(profile: dict[str, Any], event: Event, ts: int, dropped: Dropped | None = None) -> None:
+def _apply_purchase(profile: ProfileBody, event: Event, ts: int, dropped: Dropped | None = None) -> None:
     agg = profile["aggregates"]
     if "purchases" not in agg:  # a state stored before the list: made from what it knows, before this purchase
         agg["purchases"] = listed_purchases(agg)
@@ -537,7 +537,7 @@ def shrink(state: LiveState, limits: Limits, dropped: Dropped) -> bool:
     return sum(dropped.values()) > before
 
 
-def fold_event(profile: dict[str, Any], event: Event, linked: Container[str] | None = None,
+def fold_event(profile: ProfileBody, event: Event, linked: Container[str] | None = None,
                dropped: Dropped | None = None, limits: Limits = DEFAULT_LIMITS) -> None:
     """Folds one accepted, non-tick, non-erase event into the profile (order-tolerant).  ``linked``:
     the identity keys of the profile; an identifier of the event not among them is not recorded.
@@ -578,7 +578,7 @@ def fold_event(profile: dict[str, Any], event: Event, linked: Container[str] | N
     stamp_views(profile)
 
 
-def stamp_views(profile: dict[str, Any]) -> None:
+def stamp_views(profile: ProfileBody) -> None:
     """Records that the cart lines' summaries are kept up to this ``version`` (see :data:`VIEWS_OF`)."""
     meta = profile["cart_meta"]
     if any("view" in line for line in profile["cart"].values()):
@@ -587,7 +587,7 @@ def stamp_views(profile: dict[str, Any]) -> None:
         meta.pop(VIEWS_OF, None)
 
 
-def _renew_views(profile: dict[str, Any]) -> None:
+def _renew_views(profile: ProfileBody) -> None:
     """Makes every line's summary again unless this code kept them up to now (see :data:`VIEWS_OF`)."""
     if profile["cart_meta"].get(VIEWS_OF) != profile["version"]:
         for line in profile["cart"].values():
@@ -613,7 +613,7 @@ def _iso(ms: int | None) -> str | None:
     return None if ms is None else format_ms(ms)
 
 
-def cart_view(p: dict[str, Any]) -> dict[str, Any] | None:
+def cart_view(p: ProfileBody) -> dict[str, Any] | None:
     """The open cart from the moves since the last purchase, replayed in event-time order (ties by
     event_id): a line's quantity never goes below 0; lines at 0 are not in the cart."""
     if not p["cart"]:  # no lines: no cart (hot: once per profile advanced)

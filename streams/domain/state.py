@@ -33,12 +33,61 @@ class RuleState(TypedDict):
     dirty: NotRequired[bool]  # a merge changed the profile: evaluate the segments at the next step
 
 
+#: Kind (``user_ids``, ``anonymous_ids``, ``emails``, ``phones``) -> value -> the first time it was seen.
+Identifiers = dict[str, dict[str, int]]
+
+
+class Aggregates(TypedDict):
+    event_counts: dict[str, int]  # event type -> count
+    kind_counts: dict[str, int]  # clicks / carts / purchases -> count
+    first_seen: dict[str, int]  # kind -> first event time
+    last_seen: dict[str, int]  # kind -> newest event time
+    orders: int
+    total_spend: float
+    spend_by_currency: dict[str, float]
+    first_purchase_at: int | None
+    last_purchase_at: int | None
+    # [[ts, total], ...] of the newest purchases, oldest first; a state written before the list
+    # existed has none (``profile.listed_purchases``)
+    purchases: NotRequired[list[list[Any]]]
+
+
+#: One cart line, by product: ``{"moves": [[ts, event id, +/-quantity], ...], "fields": {name: [ts,
+#: event id, value]}}``, and ``"view"`` (the moves' replayed summary) past ``VIEW_FROM_MOVES`` moves.
+CartLine = dict[str, Any]
+
+
+class ProfileBody(TypedDict):
+    """The profile as the timeline folds it (``LiveState.profile``); ``snapshot`` publishes it."""
+
+    profile_id: str
+    key: str
+    user_id: str | None
+    email: str | None
+    identifiers: Identifiers
+    traits: dict[str, Any]
+    trait_times: dict[str, Any]  # trait -> [ts, event id] of the value kept
+    consent: dict[str, Any]
+    consent_times: dict[str, Any]
+    context: dict[str, Any]
+    context_times: dict[str, Any]
+    aggregates: Aggregates
+    cart: dict[str, CartLine]  # product id -> line, since the last purchase
+    cart_meta: dict[str, Any]  # ``touched``: newest other cart activity; ``views_of``: see ``profile.line_view``
+    segments: list[str]
+    predictions: dict[str, Any] | None
+    possible_matches: list[Any]
+    created_at: int
+    updated_at: int
+    version: int
+
+
 @final
 class LiveState(TypedDict):
     """A profile stored under its root key."""
 
     due: NotRequired[int | None]  # next event time :func:`timeline.advance` has work at (written first)
-    profile: dict[str, Any]  # the published body: identifiers, traits, consent, aggregates, cart, ...
+    profile: ProfileBody
     seen: dict[str, int]  # event id -> ts, for exact dedupe (bounded: limits.seen_ids)
     seen_from: NotRequired[int]  # events stamped before this count as seen (their ids were forgotten)
     # the timeline's parts (:func:`streams.domain.timeline.ensure_rule_state`; every stored profile has them)

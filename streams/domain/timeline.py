@@ -22,7 +22,7 @@ from __future__ import annotations
 import bisect
 import functools
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,7 +40,7 @@ from streams.domain.profile import (
 )
 from streams.domain.rules import guardrails, payload, recommend, score_timer, segments, triggers
 from streams.domain.rules.segments import Evaluator
-from streams.domain.state import ErasureMarker, LiveState, RuleState, State
+from streams.domain.state import ErasureMarker, LiveState, ProfileBody, RuleState, State
 
 #: Equal timestamps are applied in this order (contract section 4).
 KIND_ORDER = {"identities": 0, "clicks": 1, "carts": 2, "purchases": 3}
@@ -53,7 +53,7 @@ ENGAGEMENT_TYPES = ("email_open", "email_click")
 
 #: ``scorer(profile, cart, at_ms)`` -> the profile's predictions at that event time
 #: (``{"churn_probability", "purchase_probability", "model_version", "at"}``): :class:`models.scoring.Predictor`.
-Scorer = Callable[[dict[str, Any], "dict[str, Any] | None", int], dict[str, Any]]
+Scorer = Callable[[Mapping[str, Any], "dict[str, Any] | None", int], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -197,7 +197,7 @@ def trigger_id(profile_id: str, trigger_type: str, cause: str) -> str:
     return digest.hexdigest()
 
 
-def _facts(profile: dict[str, Any], cart: dict[str, Any] | None) -> dict[str, Any]:
+def _facts(profile: ProfileBody, cart: dict[str, Any] | None) -> dict[str, Any]:
     return {
         "aggregates": profile["aggregates"],
         "traits": profile["traits"],

@@ -23,14 +23,14 @@ from typing import Any
 
 from schemas.timeparse import format_ms
 from streams.domain.config import Scoring
-from streams.domain.state import LiveState, RuleState
+from streams.domain.state import LiveState, ProfileBody, RuleState
 
 SCORE_TIMER = "score"
 DAY_MS = 86_400_000
 MINUTE_MS = 60_000
 
 
-def last_activity(profile: dict[str, Any]) -> int | None:
+def last_activity(profile: ProfileBody) -> int | None:
     """The newest event time folded into the profile (any kind)."""
     last_seen: dict[str, int] = profile["aggregates"]["last_seen"]
     return max(last_seen.values()) if last_seen else None
@@ -60,7 +60,7 @@ def scoring_times(cfg: Scoring, activity: list[int], until: int) -> list[int]:
     return times
 
 
-def rearm(cfg: Scoring, profile: dict[str, Any], rules: RuleState) -> None:
+def rearm(cfg: Scoring, profile: ProfileBody, rules: RuleState) -> None:
     """Sets the ``score`` timer to the first scheduled time after the last score (none: removed)."""
     last = last_activity(profile)
     scored_at: int | None = rules.get("scored_at")

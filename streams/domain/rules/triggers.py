@@ -33,7 +33,7 @@ from typing import Any
 
 from streams.domain.config import Triggers
 from streams.domain.rules import guardrails
-from streams.domain.state import RuleState
+from streams.domain.state import ProfileBody, RuleState
 
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
@@ -91,7 +91,7 @@ def _cancel(rules: RuleState, *names: str) -> None:
         rules["timers"].pop(name, None)
 
 
-def on_event(cfg: Triggers, profile: dict[str, Any], rules: RuleState, event: dict[str, Any],
+def on_event(cfg: Triggers, profile: ProfileBody, rules: RuleState, event: dict[str, Any],
              cart_items: int, had_email: bool) -> list[Due]:
     """After ``event`` was folded into ``profile``: (re)sets or cancels timers; returns triggers due
     at once.  ``cart_items`` is the cart's item count after the event; ``had_email`` whether the
@@ -139,7 +139,7 @@ def on_event(cfg: Triggers, profile: dict[str, Any], rules: RuleState, event: di
     return due
 
 
-def arm_birthday(cfg: Triggers, profile: dict[str, Any], rules: RuleState, after: int) -> None:
+def arm_birthday(cfg: Triggers, profile: ProfileBody, rules: RuleState, after: int) -> None:
     """Sets the birthday timer to the next birthday after ``after`` (from the current trait)."""
     birthday = profile["traits"].get("birthday")
     nxt = next_birthday(birthday, after, profile["context"].get("timezone"), cfg.birthday.hour) if birthday else None
@@ -149,7 +149,7 @@ def arm_birthday(cfg: Triggers, profile: dict[str, Any], rules: RuleState, after
         _set_timer(rules, "birthday", nxt[0], f"birthday:{nxt[1]}")
 
 
-def on_timer(cfg: Triggers, profile: dict[str, Any], rules: RuleState, name: str, timer: list[Any],
+def on_timer(cfg: Triggers, profile: ProfileBody, rules: RuleState, name: str, timer: list[Any],
              cart_items: int) -> list[Due]:
     """A trigger timer fired (the timeline already removed it): the triggers now due."""
     due_at, cause, details = timer
