@@ -40,7 +40,7 @@ _DURATION_HINT = "(use e.g. 30d, 48h, 15m)"
 _MISSING: Any = object()  # a path that leads nowhere (or to null)
 
 #: (member now, earliest time > t at which that could change by time alone, or None)
-State = tuple[bool, int | None]
+Membership = tuple[bool, int | None]
 
 
 class RuleError(ValueError):
@@ -60,7 +60,7 @@ class Condition:
 
     __slots__ = ()
 
-    def state(self, facts: Facts, history: History, t: int) -> State:
+    def state(self, facts: Facts, history: History, t: int) -> Membership:
         raise NotImplementedError
 
     def event_conditions(self) -> Iterator[EventCondition]:
@@ -75,7 +75,7 @@ class _Junction(Condition):
     children: tuple[Condition, ...]
     decisive: ClassVar[bool]
 
-    def state(self, facts: Facts, history: History, t: int) -> State:
+    def state(self, facts: Facts, history: History, t: int) -> Membership:
         value, nxt = not self.decisive, None
         for child in self.children:
             v, n = child.state(facts, history, t)
@@ -106,7 +106,7 @@ class AnyOf(_Junction):
 class NotOf(Condition):
     child: Condition
 
-    def state(self, facts: Facts, history: History, t: int) -> State:
+    def state(self, facts: Facts, history: History, t: int) -> Membership:
         v, n = self.child.state(facts, history, t)
         return not v, n
 
@@ -127,7 +127,7 @@ class FieldCondition(Condition):
     test: Callable[[Any], bool] = field(compare=False, repr=False)
     if_missing: bool = field(default=False, compare=False, repr=False)
 
-    def state(self, facts: Facts, history: History, t: int) -> State:
+    def state(self, facts: Facts, history: History, t: int) -> Membership:
         value: Any = facts
         try:
             for key in self.path:
@@ -148,7 +148,7 @@ class EventCondition(Condition):
     min_count: int = 1
     max_count: int | None = None
 
-    def state(self, facts: Facts, history: History, t: int) -> State:
+    def state(self, facts: Facts, history: History, t: int) -> Membership:
         start = t - self.window_ms
         if len(self.types) == 1:
             times = history.get(self.types[0], ())
