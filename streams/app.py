@@ -34,7 +34,7 @@ from schemas.events import INPUT_TOPICS
 from streams import topics as names
 from streams.broker import free_port
 from streams.config_file import load_config
-from streams.consumer import App
+from streams.consumer import App, FetchTimeMonitor
 from streams.domain.config import PipelineConfig
 from streams.domain.rules.recommend import count_pairs, top_neighbours
 from streams.domain.timeline import RuleSet
@@ -129,6 +129,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None, output: Outpu
     for each); default ``settings.partitions`` each."""
     app = App(
         settings.app_id,
+        monitor=FetchTimeMonitor(),
         broker=settings.faust_broker,
         store=f"{settings.table_store}://",
         datadir=str(settings.data_dir),
@@ -371,8 +372,10 @@ def _ingest_agent(p: Pipeline) -> Any:
         async for batch in stream.take_events(settings.batch_size, within=settings.batch_within_s):
             blocked = route_batch(_input_records(batch), partitions, _now_ms(), policy, forward, dead_letter)
             sent = time.monotonic()
+            # one observation per input record (a delivered RecordBatch holds a fetched run of them)
             observe_many(record_seconds, [sent - event.message.time_in for event in batch
-                                          if event.message.time_in is not None])
+                                          if event.message.time_in is not None
+                                          for _ in (event.value if isinstance(event.value, list) else (None,))])
             for field_name, count in blocked.items():
                 metrics.identifiers_blocked.labels(field_name).inc(count)
             for (topic, code), count in dead.items():

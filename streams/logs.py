@@ -44,9 +44,10 @@ def format_root() -> None:
 
 
 class RepeatFilter(logging.Filter):
-    """Lets one line of each message of the Kafka client libraries through per ``window_s``, and says
-    how many it held back with the next one.  With the broker unreachable aiokafka logs the same
-    handful of errors every 50 ms (~70 lines a second), which buries everything else in the log."""
+    """Lets one warning or error line of each message of the Kafka client libraries through per
+    ``window_s``, and says how many it held back with the next one.  With the broker unreachable
+    aiokafka logs the same handful of errors every 50 ms (~70 lines a second), which buries everything
+    else in the log.  Info lines (a rebalance's assignment, the group generation) all pass."""
 
     def __init__(self, prefixes: tuple[str, ...] = ("aiokafka", "kafka"), window_s: float = 30.0) -> None:
         super().__init__()
@@ -55,7 +56,7 @@ class RepeatFilter(logging.Filter):
         self._held: dict[tuple[str, object], tuple[float, int]] = {}  # (logger, template) -> (let through at, held)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not record.name.startswith(self.prefixes):
+        if record.levelno < logging.WARNING or not record.name.startswith(self.prefixes):
             return True
         key = (record.name, record.msg)
         now = record.created

@@ -32,3 +32,11 @@ def test_the_workers_own_lines_all_pass() -> None:
     quiet = RepeatFilter()
     assert all(quiet.filter(_record("streams.app", "Forgot %d offsets", (3,), 100.0)) for _ in range(50))
     assert all(quiet.filter(_record("faust.worker", "Ready", (), 100.0)) for _ in range(5))
+
+
+def test_info_lines_of_the_client_all_pass() -> None:
+    """A rebalance's assignment and generation lines are info: each of them is kept."""
+    quiet = RepeatFilter()
+    joined = "Joined group '%s' (generation %s) with member_id %s"
+    assert all(quiet.filter(logging.LogRecord("aiokafka.consumer.group_coordinator", logging.INFO, __file__, 0,
+                                              joined, ("g", n, "m"), None)) for n in range(5))
