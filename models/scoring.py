@@ -18,6 +18,7 @@ from schemas.timeparse import format_ms
 from streams.domain.config import PipelineConfig
 from streams.domain.dispatch import LocalPipeline
 from streams.domain.profile import cart_view
+from streams.domain.state import Predictions
 from streams.domain.timeline import RuleSet
 from streams.tools.history import HistoryError, read_events
 
@@ -25,7 +26,7 @@ from streams.tools.history import HistoryError, read_events
 RETENTION_MS = 7 * 86_400_000
 
 
-def predictions(purchase_probability: float, version: str, at: int) -> dict[str, Any]:
+def predictions(purchase_probability: float, version: str, at: int) -> Predictions:
     """A profile's ``predictions`` (and the body of a ``scores`` message).  Rounded to 4 places, the
     churn probability being exactly 1 minus the purchase probability."""
     purchase = round(purchase_probability, 4)
@@ -42,7 +43,7 @@ class Predictor:
         self.version = bundle.version
         self._observe = observe
 
-    def __call__(self, profile: Mapping[str, Any], cart: dict[str, Any] | None, at: int) -> dict[str, Any]:
+    def __call__(self, profile: Mapping[str, Any], cart: dict[str, Any] | None, at: int) -> Predictions:
         row = feature_row(profile, cart, at)
         started = time.perf_counter()
         probability = self.bundle.purchase_probabilities([row])[0]

@@ -45,7 +45,16 @@ from streams.domain.profile import (
 )
 from streams.domain.rules import recommend
 from streams.domain.rules.triggers import new_rule_state
-from streams.domain.state import Aggregates, ErasureMarker, Identifiers, LiveState, ProfileBody, RuleState
+from streams.domain.state import (
+    Aggregates,
+    CartLine,
+    ErasureMarker,
+    Identifiers,
+    LiveState,
+    Predictions,
+    ProfileBody,
+    RuleState,
+)
 from streams.domain.state import is_live as graph_is_live
 
 _MERGED_KEYS = frozenset(("profile", "seen", "pending", "rules", "erased_at", "due", SEEN_FROM))
@@ -245,10 +254,10 @@ def merge_carts(a: dict[str, Any], b: dict[str, Any], last_purchase: int | None)
             for name, entry in line["fields"].items():
                 if is_open(entry[0]) and (name not in fields or entry[:2] > fields[name][:2]):
                     fields[name] = copy.deepcopy(entry)
-        line = {"moves": [list(move) for move in sorted(moves)],
-                "fields": {name: fields[name] for name in sorted(fields)}}
-        refresh_view(line)
-        cart[product] = line
+        merged: CartLine = {"moves": [list(move) for move in sorted(moves)],
+                            "fields": {name: fields[name] for name in sorted(fields)}}
+        refresh_view(merged)
+        cart[product] = merged
     return cart
 
 
@@ -262,7 +271,7 @@ def _prediction_time(prediction: Mapping[str, Any]) -> int:
         return -1
 
 
-def _newest_prediction(a: dict[str, Any] | None, b: dict[str, Any] | None) -> dict[str, Any] | None:
+def _newest_prediction(a: Predictions | None, b: Predictions | None) -> Predictions | None:
     """The later prediction by ``at`` (equal times: a fixed choice by content, so order does not matter)."""
     if a is None or b is None:
         return copy.deepcopy(a if b is None else b)

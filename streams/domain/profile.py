@@ -22,7 +22,7 @@ from typing import Any, Final
 from schemas.timeparse import format_ms
 from streams.domain import possible_matches
 from streams.domain.identity import profile_id_for
-from streams.domain.state import LiveState, ProfileBody, State
+from streams.domain.state import CartLine, LiveState, ProfileBody, State
 
 Event = dict[str, Any]
 
@@ -240,7 +240,7 @@ VIEW_FROM_MOVES = 8
 #: so after it they are made again rather than trusted (a rolling upgrade can move a partition back
 #: to such a worker); its one change that adds nothing to ``version``, halving busy lines when a state
 #: is too big, changes a line's number of moves, which the summary records (:func:`_view_of`).
-VIEWS_OF = "views_of"
+VIEWS_OF: Final = "views_of"
 
 
 _MOVE_ORDER = operator.itemgetter(0, 1)  # a move's (ts, event_id)
@@ -266,7 +266,7 @@ def line_view(moves: list[list[Any]]) -> list[Any]:
             len(moves), moves[0][0], moves[0][1], moves[-1][0], moves[-1][1]]
 
 
-def _view_of(line: dict[str, Any], count: int) -> list[Any] | None:
+def _view_of(line: CartLine, count: int) -> list[Any] | None:
     """The line's stored summary if it was made from its first ``count`` moves as they are listed:
     the same number of moves, the same first and last.  Only read where :data:`VIEWS_OF` says this
     code kept the summaries up to the profile's version: a version from before them changes moves
@@ -280,10 +280,10 @@ def _view_of(line: dict[str, Any], count: int) -> list[Any] | None:
     first, last = moves[0], moves[count - 1]
     if first[0] != view[6] or first[1] != view[7] or last[0] != view[8] or last[1] != view[9]:
         return None
-    return view  # type: ignore[no-any-return]
+    return view
 
 
-def refresh_view(line: dict[str, Any], added: list[Any] | None = None) -> None:
+def refresh_view(line: CartLine, added: list[Any] | None = None) -> None:
     """Keeps ``line["view"]`` equal to :func:`line_view` of its moves, for a line past
     :data:`VIEW_FROM_MOVES` (and drops it below): ``added``, a move just appended at or after the
     newest one, updates it in place; any other change replays the line.  Called by this code's own
@@ -305,7 +305,7 @@ def refresh_view(line: dict[str, Any], added: list[Any] | None = None) -> None:
         line["view"] = line_view(moves)
 
 
-def _combine_moves(line: dict[str, Any], most: int, dropped: Dropped | None) -> None:
+def _combine_moves(line: CartLine, most: int, dropped: Dropped | None) -> None:
     """Past ``most`` moves, the two oldest become one at the later one's time (each counted): the
     line's quantity stays, and a purchase between their times now closes both (an approximation of
     a very busy line)."""

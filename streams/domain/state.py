@@ -52,9 +52,27 @@ class Aggregates(TypedDict):
     purchases: NotRequired[list[list[Any]]]
 
 
-#: One cart line, by product: ``{"moves": [[ts, event id, +/-quantity], ...], "fields": {name: [ts,
-#: event id, value]}}``, and ``"view"`` (the moves' replayed summary) past ``VIEW_FROM_MOVES`` moves.
-CartLine = dict[str, Any]
+class CartLine(TypedDict):
+    """One product's cart line since the last purchase; quantities and times are derived from it."""
+
+    moves: list[list[Any]]  # [ts, event id, +/-quantity], as they arrived
+    fields: dict[str, list[Any]]  # name (price, currency, category, cart_id, ...) -> [ts, event id, value]
+    # past ``profile.VIEW_FROM_MOVES`` moves: their replayed summary (``profile.line_view``)
+    view: NotRequired[list[Any]]
+
+
+class CartMeta(TypedDict):
+    touched: int | None  # newest other cart activity (e.g. checkout_started) since the last purchase
+    views_of: NotRequired[int]  # the profile version up to which the lines' summaries were kept
+
+
+class Predictions(TypedDict):
+    """The newest scores (``models.scoring.Predictor``)."""
+
+    churn_probability: float
+    purchase_probability: float
+    model_version: str
+    at: str  # ISO-8601 event time they were made at
 
 
 class ProfileBody(TypedDict):
@@ -73,9 +91,9 @@ class ProfileBody(TypedDict):
     context_times: dict[str, Any]
     aggregates: Aggregates
     cart: dict[str, CartLine]  # product id -> line, since the last purchase
-    cart_meta: dict[str, Any]  # ``touched``: newest other cart activity; ``views_of``: see ``profile.line_view``
+    cart_meta: CartMeta
     segments: list[str]
-    predictions: dict[str, Any] | None
+    predictions: Predictions | None
     possible_matches: list[Any]
     created_at: int
     updated_at: int

@@ -40,7 +40,7 @@ from streams.domain.profile import (
 )
 from streams.domain.rules import guardrails, payload, recommend, score_timer, segments, triggers
 from streams.domain.rules.segments import Evaluator
-from streams.domain.state import ErasureMarker, LiveState, ProfileBody, RuleState, State
+from streams.domain.state import ErasureMarker, LiveState, Predictions, ProfileBody, RuleState, State
 
 #: Equal timestamps are applied in this order (contract section 4).
 KIND_ORDER = {"identities": 0, "clicks": 1, "carts": 2, "purchases": 3}
@@ -53,7 +53,7 @@ ENGAGEMENT_TYPES = ("email_open", "email_click")
 
 #: ``scorer(profile, cart, at_ms)`` -> the profile's predictions at that event time
 #: (``{"churn_probability", "purchase_probability", "model_version", "at"}``): :class:`models.scoring.Predictor`.
-Scorer = Callable[[Mapping[str, Any], "dict[str, Any] | None", int], dict[str, Any]]
+Scorer = Callable[[Mapping[str, Any], "dict[str, Any] | None", int], Predictions]
 
 
 @dataclass(frozen=True)

@@ -19,11 +19,10 @@ predictions of a run that merged them first.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any
 
 from schemas.timeparse import format_ms
 from streams.domain.config import Scoring
-from streams.domain.state import LiveState, ProfileBody, RuleState
+from streams.domain.state import LiveState, Predictions, ProfileBody, RuleState
 
 SCORE_TIMER = "score"
 DAY_MS = 86_400_000
@@ -72,7 +71,7 @@ def rearm(cfg: Scoring, profile: ProfileBody, rules: RuleState) -> None:
     rules["timers"].pop(SCORE_TIMER, None)
 
 
-def past_changed(cfg: Scoring, state: LiveState, candidates: list[dict[str, Any] | None]) -> None:
+def past_changed(cfg: Scoring, state: LiveState, candidates: list[Predictions | None]) -> None:
     """The person's past changed after they were scored: two profiles merged (``candidates``: the
     predictions of both), or an event older than the last score was folded (``candidates``: the
     profile's prediction).  The profile is put where a run that had known it all along would be at

@@ -33,7 +33,7 @@ from typing import Any
 
 from streams.domain.config import Triggers
 from streams.domain.rules import guardrails
-from streams.domain.state import ProfileBody, RuleState
+from streams.domain.state import Predictions, ProfileBody, RuleState
 
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
@@ -173,12 +173,12 @@ def on_timer(cfg: Triggers, profile: ProfileBody, rules: RuleState, name: str, t
     return []
 
 
-def on_predictions(cfg: Triggers, previous: dict[str, Any] | None, current: dict[str, Any], at: int) -> list[Due]:
+def on_predictions(cfg: Triggers, previous: Predictions | None, current: Predictions, at: int) -> list[Due]:
     """A new prediction: ``churn_risk`` is due when the churn probability crosses the threshold."""
     if not cfg.churn_risk.enabled:
         return []
     threshold = cfg.churn_risk.threshold
-    before = (previous or {}).get("churn_probability")
+    before = previous.get("churn_probability") if previous is not None else None
     now = current.get("churn_probability")
     if now is None or now < threshold or (before is not None and before >= threshold):
         return []
