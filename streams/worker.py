@@ -13,6 +13,7 @@ import os
 import shutil
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -34,7 +35,7 @@ from streams.broker import (
 )
 from streams.gc_tuning import tune_garbage_collector
 from streams.logs import say
-from streams.metrics import Health, Metrics
+from streams.metrics import BROKER_SILENT_AFTER_S, Health, Metrics
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -158,7 +159,13 @@ def run_worker(settings: Settings, demo: bool = False) -> int:
                     close()
             if code == 0:
                 clean_stop.touch()
-                say("stopped: offsets committed, outputs delivered, tables closed")
+                answered = health.broker_answered
+                if answered is not None and time.monotonic() - answered <= BROKER_SILENT_AFTER_S:
+                    say("stopped: offsets committed, outputs delivered, tables closed")
+                else:  # the outputs were delivered (or the producer's close would have raised)
+                    say("stopped while the broker was unreachable: outputs delivered, tables closed; the "
+                        "offsets may not be committed: events after the last commit are read again at the "
+                        "next start, and each is applied once")
             return code
     finally:
         demo_stop.set()

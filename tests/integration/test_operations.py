@@ -228,3 +228,6 @@ def test_readyz_turns_red_when_the_broker_goes_away_while_healthz_stays_green(br
     worker.process.send_signal(signal.SIGTERM)
     worker.process.wait(30)
     assert time.monotonic() - stopping < 15, worker.log.read_text(errors="replace")[-3000:]
+    # and says what it could not do, instead of claiming a commit
+    log = worker.log.read_text(errors="replace")
+    assert "stopped while the broker was unreachable" in log and "stopped: offsets committed" not in log, log[-3000:]
