@@ -8,7 +8,7 @@ from __future__ import annotations
 import gzip
 import json
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, get_args, get_origin, get_type_hints
 
 import msgspec
 import pytest
@@ -32,15 +32,25 @@ def _shape(state: State) -> type:
     return LiveState if is_live(state) else Redirect if is_redirect(state) else ErasureMarker
 
 
+def _is_typeddict(shape: Any) -> bool:
+    return isinstance(shape, type) and hasattr(shape, "__required_keys__")
+
+
 def _unknown_keys(value: Any, shape: Any, where: str) -> list[str]:
-    """Keys of ``value`` its TypedDict ``shape`` does not name, here and in nested TypedDicts."""
-    if not (isinstance(shape, type) and hasattr(shape, "__required_keys__")) or not isinstance(value, dict):
+    """Keys of ``value`` its TypedDict ``shape`` does not name, here and in nested TypedDicts (also
+    as the values of a mapping, e.g. cart lines, and in optional ones)."""
+    args = [arg for arg in get_args(shape) if arg is not type(None)]
+    if get_origin(shape) is dict and isinstance(value, dict) and len(args) == 2 and _is_typeddict(args[1]):
+        return [found for key, item in value.items() for found in _unknown_keys(item, args[1], f"{where}[{key}]")]
+    if len(args) == 1 and _is_typeddict(args[0]):  # X | None
+        shape = args[0]
+    if not _is_typeddict(shape) or not isinstance(value, dict):
         return []
     hints = get_type_hints(shape)
     found = [f"{where}.{key}" for key in value if key not in hints]
     for key, field in hints.items():
         if key in value:
-            found += _unknown_keys(value[key], getattr(field, "__origin__", field), f"{where}.{key}")
+            found += _unknown_keys(value[key], field, f"{where}.{key}")
     return found
 
 
