@@ -37,6 +37,11 @@
    stamps ``time_in`` again when a stream takes the message from its buffer; :class:`FetchTimeMonitor`
    keeps the earlier stamp, so the time a record waited in the buffers counts.
 
+7. Faust's commit logs a failure and goes on (and marks the offsets as committed all the same), so a
+   stop cannot tell from Faust whether its final commit reached the broker.  :attr:`Consumer.
+   last_commit_ok` keeps the outcome of the last commit sent (``False`` while one is in flight), and
+   the worker's last line says from it whether the offsets were committed.
+
 Tried and not kept: delivering each message inline instead of through ``wait_first`` made a bare
 pass-through ~40% faster, but lost events when a worker joined or left mid-stream
 (tests/integration/test_crash.py): the flow suspension at a rebalance no longer interrupted it.
@@ -113,6 +118,10 @@ class ShortFetchWaitThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 
 class Consumer(faust_aiokafka.Consumer):
+    #: The outcome of the last offset commit sent to the broker (fix 7): ``None`` before the first,
+    #: ``False`` while one is in flight, after one failed, or when one was cancelled.
+    last_commit_ok: bool | None = None
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         #: The first offset of the batch last delivered for each partition (fix 3).
@@ -121,6 +130,13 @@ class Consumer(faust_aiokafka.Consumer):
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return ShortFetchWaitThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def _commit(self, offsets: Any) -> bool:
+        """Fix 7 of the module doc."""
+        self.last_commit_ok = False
+        ok = bool(await super()._commit(offsets))
+        self.last_commit_ok = ok
+        return ok
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         """Fix 4 of the module doc: after the revocation (in-flight events included), the acks of the
@@ -198,6 +214,13 @@ class Consumer(faust_aiokafka.Consumer):
                         index.add(offset)
                         acked_for_tp.append(offset)
             return acked
+
+
+def offsets_committed(app: faust.App) -> bool:
+    """Whether the last offset commit of ``app``'s consumer reached the broker (fix 7); ``True``
+    when it never had anything to commit."""
+    consumer = getattr(app, "_consumer", None)  # not created: nothing was read
+    return getattr(consumer, "last_commit_ok", None) is not False
 
 
 class FetchTimeMonitor(Monitor):

@@ -33,6 +33,7 @@ from streams.broker import (
     topic_partitions,
     watch_broker,
 )
+from streams.consumer import offsets_committed
 from streams.gc_tuning import tune_garbage_collector
 from streams.logs import say
 from streams.metrics import BROKER_SILENT_AFTER_S, Health, Metrics
@@ -160,12 +161,8 @@ def run_worker(settings: Settings, demo: bool = False) -> int:
             if code == 0:
                 clean_stop.touch()
                 answered = health.broker_answered
-                if answered is not None and time.monotonic() - answered <= BROKER_SILENT_AFTER_S:
-                    say("stopped: offsets committed, outputs delivered, tables closed")
-                else:  # the outputs were delivered (or the producer's close would have raised)
-                    say("stopped while the broker was unreachable: outputs delivered, tables closed; the "
-                        "offsets may not be committed: events after the last commit are read again at the "
-                        "next start, and each is applied once")
+                silent = answered is None or time.monotonic() - answered > BROKER_SILENT_AFTER_S
+                say(stop_line(offsets_committed(pipeline.app), silent))
             return code
     finally:
         demo_stop.set()
@@ -173,6 +170,19 @@ def run_worker(settings: Settings, demo: bool = False) -> int:
             helper.join(15)
         if broker is not None:
             broker.stop()
+
+
+def stop_line(committed: bool, broker_silent: bool) -> str:
+    """The last line of a clean stop.  ``committed``: the last offset commit reached the broker (or
+    there was none to make); the outputs were delivered, or the producer's close would have raised."""
+    if committed:
+        if broker_silent:
+            return ("stopped while the broker was unreachable: offsets committed before it went away, "
+                    "outputs delivered, tables closed")
+        return "stopped: offsets committed, outputs delivered, tables closed"
+    why = "while the broker was unreachable" if broker_silent else "after the last offset commit failed"
+    return (f"stopped {why}: outputs delivered, tables closed; the offsets read since the last commit are "
+            "not committed: those events are read again at the next start, and each is applied once")
 
 
 def _run_faust(app: faust.App, settings: Settings) -> int:

@@ -8,7 +8,8 @@ import pytest
 from faust.types import TP, Message
 
 from streams.app import _input_records
-from streams.consumer import App, Consumer, RecordBatch
+from streams.consumer import App, Consumer, RecordBatch, offsets_committed
+from streams.worker import stop_line
 
 
 def record(offset: int, value: bytes, topic: str = "clicks", partition: int = 3) -> SimpleNamespace:
@@ -120,3 +121,42 @@ def test_acks_of_events_finished_during_a_revocation_are_forgotten_with_their_st
     assert consumer._new_offset(TP_) is None  # nothing processed since the seek
     assert consumer.ack(message(10, b"again"))
     assert consumer._new_offset(TP_) == 11  # and 11 waits for its own second run
+
+
+# --- whether the last commit reached the broker (fix 7) --------------------------------------------------
+
+
+def test_the_last_commit_outcome_is_kept_for_the_stop_line(consumer: Consumer) -> None:
+    """Faust logs a failed commit and goes on; the worker's last line needs to know it."""
+    app = consumer.app
+    assert offsets_committed(app)  # nothing was ever committed: nothing to commit
+
+    async def broker_says(ok: bool) -> bool:
+        return ok
+
+    def commit_answering(ok: bool | None) -> bool:
+        async def commit(offsets: Any) -> bool:
+            if ok is None:
+                raise asyncio.CancelledError  # the stop cancelled it on its way
+            return await broker_says(ok)
+
+        consumer._thread.commit = commit  # type: ignore[method-assign]
+        try:
+            return asyncio.run(consumer._commit({TP_: 11}))
+        except asyncio.CancelledError:
+            return False
+
+    assert commit_answering(True) and offsets_committed(app)
+    assert not commit_answering(False) and not offsets_committed(app)
+    assert commit_answering(True) and offsets_committed(app)  # a later commit took the offsets on
+    commit_answering(None)
+    assert not offsets_committed(app)
+
+
+def test_the_stop_line_claims_a_commit_only_when_there_was_one() -> None:
+    assert stop_line(True, False) == "stopped: offsets committed, outputs delivered, tables closed"
+    assert "offsets committed before it went away" in stop_line(True, True)
+    for silent, why in ((True, "while the broker was unreachable"), (False, "after the last offset commit failed")):
+        line = stop_line(False, silent)
+        assert line.startswith(f"stopped {why}: ") and "not committed" in line
+        assert "offsets committed" not in line
