@@ -372,10 +372,13 @@ def _ingest_agent(p: Pipeline) -> Any:
         async for batch in stream.take_events(settings.batch_size, within=settings.batch_within_s):
             blocked = route_batch(_input_records(batch), partitions, _now_ms(), policy, forward, dead_letter)
             sent = time.monotonic()
-            # one observation per input record (a delivered RecordBatch holds a fetched run of them)
-            observe_many(record_seconds, [sent - event.message.time_in for event in batch
-                                          if event.message.time_in is not None
-                                          for _ in (event.value if isinstance(event.value, list) else (None,))])
+            waits: list[float] = []  # one per input record
+            for event in batch:
+                fetched = event.message.time_in
+                if fetched is not None:
+                    records = len(event.value) if isinstance(event.value, list) else 1  # a RecordBatch: a run
+                    waits += [sent - fetched] * records
+            observe_many(record_seconds, waits)
             for field_name, count in blocked.items():
                 metrics.identifiers_blocked.labels(field_name).inc(count)
             for (topic, code), count in dead.items():

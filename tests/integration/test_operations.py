@@ -211,6 +211,10 @@ def test_readyz_turns_red_when_the_broker_goes_away_while_healthz_stays_green(br
     events = _many_events(20, 5)
     _produce(broker.bootstrap, events)
     worker.wait_metric("mailpulse_events_total", len(events), outcome="processed")
+    # the worker's side of the latency: one observation per input record (fetched in runs), and one
+    # per record of the profile hop
+    assert worker.metric("mailpulse_record_seconds_count", agent="ingest") == len(events)
+    assert worker.metric("mailpulse_record_seconds_count", agent="profiles") >= 1
     url = f"http://127.0.0.1:{worker.metrics_port}"
     wait_until(lambda: _get(url + "/readyz")[0] == 200, timeout=30)
     broker.stop()
