@@ -8,11 +8,13 @@ from __future__ import annotations
 import gzip
 import json
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from types import UnionType
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import msgspec
 import pytest
 
+from streams.domain.profile import VIEW_FROM_MOVES, VIEWS_OF, fold_event, new_state
 from streams.domain.state import ErasureMarker, LiveState, Redirect, State, is_live, is_redirect
 
 GOLDEN = Path(__file__).parents[1] / "data" / "golden"
@@ -39,10 +41,12 @@ def _is_typeddict(shape: Any) -> bool:
 def _unknown_keys(value: Any, shape: Any, where: str) -> list[str]:
     """Keys of ``value`` its TypedDict ``shape`` does not name, here and in nested TypedDicts (also
     as the values of a mapping, e.g. cart lines, and in optional ones)."""
-    args = [arg for arg in get_args(shape) if arg is not type(None)]
-    if get_origin(shape) is dict and isinstance(value, dict) and len(args) == 2 and _is_typeddict(args[1]):
+    origin, args = get_origin(shape), [arg for arg in get_args(shape) if arg is not type(None)]
+    if origin is dict and isinstance(value, dict) and len(args) == 2:
         return [found for key, item in value.items() for found in _unknown_keys(item, args[1], f"{where}[{key}]")]
-    if len(args) == 1 and _is_typeddict(args[0]):  # X | None
+    if origin is list and isinstance(value, list) and len(args) == 1:
+        return [found for i, item in enumerate(value) for found in _unknown_keys(item, args[0], f"{where}[{i}]")]
+    if origin in (Union, UnionType) and len(args) == 1:  # X | None
         shape = args[0]
     if not _is_typeddict(shape) or not isinstance(value, dict):
         return []
@@ -68,3 +72,19 @@ def test_a_stored_state_is_of_its_declared_shape(where: str, state: State) -> No
     shape = _shape(state)
     msgspec.convert(state, shape, strict=True)  # required keys present, every value of its type
     assert _unknown_keys(state, shape, "state") == []
+
+
+def test_a_busy_cart_stores_its_line_summaries_as_declared() -> None:
+    """No golden person has a cart line past VIEW_FROM_MOVES moves: such a line's summary (``view``)
+    and the cart's ``views_of`` are checked on a state folded here."""
+    t0 = 1_772_359_200_000
+    state = new_state("u:u-1", t0)
+    for index in range(VIEW_FROM_MOVES + 3):
+        fold_event(state["profile"], {"event_id": f"e-{index}", "type": "cart_add", "ts": t0 + index * 1000,
+                                      "kind": "carts", "user_id": "u-1", "src": ["carts", 0, index, t0],
+                                      "product_id": "sku-1", "quantity": 1, "price": 2.5, "currency": "USD",
+                                      "cart_id": "c-1"})
+    profile = state["profile"]
+    assert "view" in profile["cart"]["sku-1"] and VIEWS_OF in profile["cart_meta"]
+    msgspec.convert(state, LiveState, strict=True)
+    assert _unknown_keys(state, LiveState, "state") == []
