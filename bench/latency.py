@@ -44,6 +44,7 @@ from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
 
 from bench.common import PARTITIONS, WorkerProcess, process_cpu_seconds, start_broker, start_worker, wait_assigned
 from schemas.events import INPUT_TOPICS
+from streams.metrics import COMMIT_STAGES, LATENCY_BUCKETS
 from streams.tools.produce import make_producer, produce
 
 WARMUP_S = 2.0
@@ -56,7 +57,8 @@ OUTPUTS = (SEGMENT_CHANGES, TRIGGERS, PROFILES)
 LATENCY_METRIC = "mailpulse_event_latency_seconds"
 RECORD_METRIC = "mailpulse_record_seconds"
 RECORD_AGENTS = ("ingest", "profiles")
-RECORD_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+COMMIT_METRIC = "mailpulse_commit_seconds"
+RECORD_BOUNDS = LATENCY_BUCKETS
 
 
 @dataclass
@@ -200,6 +202,14 @@ def _record_buckets(worker: WorkerProcess) -> dict[str, list[float]]:
             for agent in RECORD_AGENTS}
 
 
+def _commit_figures(worker: WorkerProcess) -> dict[str, list[float]]:
+    """Per commit stage, [count, sum seconds, cumulative counts at each bucket bound...]."""
+    return {stage: [worker.metric(f"{COMMIT_METRIC}_count", stage=stage),
+                    worker.metric(f"{COMMIT_METRIC}_sum", stage=stage),
+                    *(worker.metric(f"{COMMIT_METRIC}_bucket", stage=stage, le=str(bound)) for bound in RECORD_BOUNDS)]
+            for stage in COMMIT_STAGES}
+
+
 def _bucket_percentile(counts: list[float], q: float) -> float:
     """The ``q`` quantile in ms of a histogram's cumulative bucket counts, linear within a bucket."""
     total = counts[-1] if counts else 0.0
@@ -222,6 +232,8 @@ class PipelineLatency:
     cpu_share: dict[str, float]  # "worker", "broker", "bench": cores used from the warm-up's end to the last event
     #: per agent, the worker-side time of a record (fetched -> outputs handed to the producer): p50, p99 in ms
     record_ms: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: per commit stage while events were sent: commits, mean ms, p99 ms (the event loop waits for them)
+    commit_ms: dict[str, tuple[float, float, float]] = field(default_factory=dict)
 
 
 def measure_pipeline_latency(rate: int, seconds: float = 10.0) -> PipelineLatency:
@@ -255,6 +267,7 @@ def measure_pipeline_latency(rate: int, seconds: float = 10.0) -> PipelineLatenc
             warm_at = time.time() * 1000 + WARMUP_S * 1000
             worker_before: dict[str, tuple[float, float]] = {}
             records_before: dict[str, list[float]] = {}
+            commits_before: dict[str, list[float]] = {}
             pids = {"worker": worker.process.pid, "broker": broker.process.pid, "bench": os.getpid()}
             cpu_before: dict[str, float] = {}
 
@@ -262,6 +275,7 @@ def measure_pipeline_latency(rate: int, seconds: float = 10.0) -> PipelineLatenc
                 if not worker_before and time.time() * 1000 >= warm_at:
                     worker_before.update(_worker_means(worker))
                     records_before.update(_record_buckets(worker))
+                    commits_before.update(_commit_figures(worker))
                     cpu_before.update({name: process_cpu_seconds(pid) for name, pid in pids.items()},
                                       at=time.perf_counter())
                 user = f"lat-{n}"
@@ -298,6 +312,7 @@ def measure_pipeline_latency(rate: int, seconds: float = 10.0) -> PipelineLatenc
             _drain(drained, tick, producer)
             worker_after = _worker_means(worker)
             records_after = _record_buckets(worker)
+            commits_after = _commit_figures(worker)
             producer.flush(10)
             arrivals.close()
         finally:
@@ -324,7 +339,12 @@ def measure_pipeline_latency(rate: int, seconds: float = 10.0) -> PipelineLatenc
         before = records_before.get(agent, [0.0] * len(RECORD_BOUNDS))
         counts = [a - b for a, b in zip(records_after[agent], before, strict=True)]
         record_ms[agent] = (_bucket_percentile(counts, 0.5), _bucket_percentile(counts, 0.99))
-    return PipelineLatency(outputs, worker_mean, halves, cpu_share, record_ms)
+    commit_ms = {}
+    for stage in COMMIT_STAGES:
+        before = commits_before.get(stage, [0.0] * (len(RECORD_BOUNDS) + 2))
+        count, total, *counts = [a - b for a, b in zip(commits_after[stage], before, strict=True)]
+        commit_ms[stage] = (count, total / count * 1000 if count else float("nan"), _bucket_percentile(counts, 0.99))
+    return PipelineLatency(outputs, worker_mean, halves, cpu_share, record_ms, commit_ms)
 
 
 def report(rates: tuple[int, ...] = (1000, 5000), seconds: float = 10.0) -> dict[int, dict[str, Latency]]:
@@ -352,6 +372,9 @@ def report(rates: tuple[int, ...] = (1000, 5000), seconds: float = 10.0) -> dict
         print(f"    {'':>16}worker-side per record (fetched -> outputs handed to the producer; the rest is broker "
               f"hops and the watermark wait): "
               + ", ".join(f"{agent} p50 {p50:.1f} / p99 {p99:.1f} ms" for agent, (p50, p99) in pipe.record_ms.items()))
+        print(f"    {'':>16}offset commits (write_out and flush hold the event loop, waited does not): "
+              + ", ".join(f"{stage} {count:.0f} x mean {mean:.1f} / p99 {p99:.1f} ms"
+                          for stage, (count, mean, p99) in pipe.commit_ms.items()))
         print(f"    {'':>16}CPU while events were sent (cores; this machine has {os.cpu_count()}): "
               + ", ".join(f"{name} {share:.2f}" for name, share in pipe.cpu_share.items())
               + " (bench: the producer, the ticks and the reader)")

@@ -20,9 +20,10 @@ from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
 
 log = logging.getLogger(__name__)
 
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0,
+                   2.5, 5.0, 10.0, 30.0)
 #: The parts of the work each offset commit waits for (``mailpulse_commit_seconds{stage}``).
-COMMIT_STAGES = ("write_out", "flush")
+COMMIT_STAGES = ("write_out", "flush", "waited")
 RECORD_AGENTS = ("ingest", "profiles")
 #: A model call on one profile takes tens of microseconds.
 SCORING_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01, 0.1)
@@ -81,9 +82,11 @@ class Metrics:
         self.late_events = Counter("mailpulse_late_events", "Events older than the watermark", ["topic"], registry=r)
         self.commit_seconds = Histogram(
             "mailpulse_commit_seconds",
-            "Time each offset commit held the worker: write_out (the outputs sent so far delivered, then "
-            "the staged table values written to RocksDB and queued for the changelog), flush (the rest "
-            "of the queue delivered: changelog records)",
+            "Time of each offset commit by stage. Holding the worker: write_out (the staged table values "
+            "written to RocksDB and queued for the changelog; at a stop or a rebalance the outputs sent so "
+            "far delivered first), flush (at a stop or a rebalance: the rest of the queue delivered). Not "
+            "holding it: waited (the periodic commit waiting for the broker to acknowledge, while the "
+            "agents go on)",
             ["stage"], buckets=LATENCY_BUCKETS, registry=r,
         )
         for stage in COMMIT_STAGES:
