@@ -67,6 +67,12 @@ class CountingOutput:
     def flush(self, timeout: float = 30.0) -> int:
         return 0
 
+    async def delivered(self, timeout: float = 30.0) -> None:
+        return None
+
+    async def flush_soon(self, timeout: float = 30.0) -> None:
+        return None
+
 
 def internal_records(events: list[bytes], batch: int = BATCH) -> tuple[list[tuple[int, bytes]], float]:
     """(profile partition, internal record) as the ingest agent sends them (the same

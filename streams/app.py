@@ -84,6 +84,8 @@ class Pipeline:
     product_recs: ProductRecs  # every product's published top neighbours (started by the worker)
     health: Health = field(default_factory=Health)  # what /healthz and /readyz answer
     untrimmed: int = 0  # values written out since free memory was last given back
+    #: ``(stage, seconds)`` of each offset commit (``mailpulse_commit_seconds``)
+    observe_commit: Callable[[str, float], None] = lambda stage, seconds: None
 
     @property
     def tables(self) -> tuple[ProfileTable, ...]:
@@ -103,6 +105,33 @@ class Pipeline:
             self.output.flush()
         for table in self.tables:
             table.write_staged()
+        self._written(written)
+
+    async def write_out_soon(self) -> None:
+        """What a commit does before its offsets are committed (:meth:`write_staged`, the flush, the
+        changelog offsets), without holding the event loop while the broker acknowledges: the
+        background commit's (streams.consumer, fix 8).  Its cut: the values staged so far are held
+        (and read back) while the outputs sent so far, those of the events they took in, are
+        delivered; then they are written, and the changelog records and everything sent meanwhile
+        are delivered.  The agents go on during both waits and between the chunks of the write; what
+        they stage waits for the next commit."""
+        started = time.perf_counter()
+        held = sum(table.hold_staged() for table in self.tables)
+        cut = time.perf_counter()
+        await self.output.delivered()
+        delivered = time.perf_counter()
+        busy = 0.0
+        for table in self.tables:
+            busy += await table.write_held()
+        written = time.perf_counter()
+        await self.output.flush_soon()
+        for table in self.tables:
+            table.save_persisted_offsets()
+        self.observe_commit("write_out", (cut - started) + busy)  # in chunks, the loop turning in between
+        self.observe_commit("waited", (delivered - cut) + (time.perf_counter() - written))
+        self._written(held)
+
+    def _written(self, written: int) -> None:
         self.untrimmed += written
         if self.untrimmed >= TRIM_AFTER or (not written and self.untrimmed):
             # The staged values just released, or (the first commit with nothing staged: the worker
@@ -183,8 +212,10 @@ def create_app(settings: Settings, metrics: Metrics | None = None, output: Outpu
             table.save_persisted_offsets()
 
     commit_seconds = {stage: metrics.commit_seconds.labels(stage) for stage in COMMIT_STAGES}
+    p.observe_commit = lambda stage, seconds: commit_seconds[stage].observe(seconds)
     app.sensors.add(FlushBeforeCommit(output, after_flush=after_flush, before_flush=p.write_staged,
-                                      observe=lambda stage, seconds: commit_seconds[stage].observe(seconds)))
+                                      observe=p.observe_commit))
+    app.write_out_soon = p.write_out_soon  # the background commit's (streams.consumer, fix 8)
     app.on_partitions_assigned.connect(_on_assignment(p))
     app.on_partitions_revoked.connect(_on_revocation(p))
     app.on_rebalance_complete.connect(_on_recovered(p))

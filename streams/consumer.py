@@ -42,6 +42,17 @@
    last_commit_ok` keeps the outcome of the last commit sent (``False`` while one is in flight), and
    the worker's last line says from it whether the offsets were committed.
 
+8. Faust's periodic commit runs the commit sensor (:class:`streams.output.FlushBeforeCommit`), which
+   holds the event loop while the broker acknowledges every output and changelog record sent since
+   the last commit: measured 46 ms per commit at 1k events/s and 176 ms at 5k, every 2.8 s, time in
+   which no record is processed (a worker-side p99 of 50 ms at 1k).  The periodic commit here
+   (:meth:`Consumer.commit_in_background`) takes a cut instead (the offsets acked so far, and the
+   values staged so far, which are held and read back), waits for the outputs sent before it while
+   the agents go on, writes the held values, waits for their changelog records, then commits the
+   cut's offsets (:meth:`streams.app.Pipeline.write_out_soon`).  The other commits (a rebalance, a
+   stop, ``broker_commit_every``) stay as they were, and wait for a background commit in flight
+   first, then commit everything themselves (Faust's own skipped its commit then).
+
 Tried and not kept: delivering each message inline instead of through ``wait_first`` made a bare
 pass-through ~40% faster, but lost events when a worker joined or left mid-stream
 (tests/integration/test_crash.py): the flow suspension at a rebalance no longer interrupted it.
@@ -53,6 +64,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
@@ -60,6 +72,8 @@ from faust.sensors import Monitor
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from faust.types.tuples import ack_lock
+from mode import Service
+from mode.utils.futures import notify
 
 
 class RecordBatch:
@@ -130,6 +144,41 @@ class Consumer(faust_aiokafka.Consumer):
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return ShortFetchWaitThread(self, loop=self.loop, beacon=self.beacon)
+
+    @Service.task
+    async def _commit_handler(self) -> None:
+        """Fix 8 of the module doc: Faust's periodic commit, in the background."""
+        interval = self.commit_interval
+        await self.sleep(interval)
+        async for _ in self.itertimer(interval, name="commit"):
+            await self.commit_in_background()
+
+    async def commit_in_background(self) -> bool:
+        """Fix 8 of the module doc.  Falls back to Faust's commit while the app rebalances or has no
+        :attr:`App.write_out_soon`."""
+        write_out_soon = getattr(self.app, "write_out_soon", None)
+        if write_out_soon is None or self.app.client_only or self.app.rebalancing:
+            return await self.commit()
+        if await self.maybe_wait_for_commit_to_finish():
+            return False
+        self._commit_fut = asyncio.Future(loop=self.loop)
+        try:
+            offsets = self._filter_committable_offsets(self._filter_tps_with_pending_acks())  # the cut...
+            await write_out_soon()  # ... with the staged values (taken before its first wait)
+            if not offsets:
+                return False
+            await self._handle_attached(offsets)
+            return bool(await self._commit_offsets(offsets))
+        finally:
+            fut, self._commit_fut = self._commit_fut, None
+            notify(fut)
+
+    async def commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
+        """Faust's commit, after a background commit in flight (fix 8) has finished: Faust would skip
+        its own then, and leave what was acked since uncommitted at a stop."""
+        while (running := self._commit_fut) is not None:
+            await asyncio.wait((running,))  # waits for it without raising its errors here; a cancel of ours does raise
+        return bool(await super().commit(topics, start_new_transaction))
 
     async def _commit(self, offsets: Any) -> bool:
         """Fix 7 of the module doc."""
@@ -246,6 +295,8 @@ class App(faust.App):
     fetch_max_wait_ms: int = 1500
     #: Topics whose fetched runs are delivered as one :class:`RecordBatch` each (fix 3).
     batched_topics: frozenset[str] = frozenset()
+    #: What a background commit does before its offsets are committed (fix 8; None: Faust's commit).
+    write_out_soon: Callable[[], Awaitable[None]] | None = None
 
     def _new_transport(self) -> Any:
         url = self.conf.broker_consumer[0]

@@ -4,13 +4,20 @@ Faust's own producer (aiokafka, pure Python) costs tens of microseconds per mess
 batches in C.  At-least-once is kept: :class:`FlushBeforeCommit` is a Faust sensor whose
 ``on_commit_initiated`` flushes this producer synchronously, before Faust computes and commits
 the offsets of acknowledged events, so no offset is committed ahead of the outputs it caused.
+
+The periodic commit does not hold the event loop while the broker acknowledges: it takes a cut (the
+offsets acked so far, the table values staged so far), awaits :meth:`OutputProducer.delivered` for
+the messages sent before the cut while the agents go on, then writes the cut's values and commits
+its offsets (:meth:`streams.consumer.Consumer.commit_in_background`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any, Protocol
 
 from confluent_kafka import KafkaError, Message, Producer
@@ -22,6 +29,9 @@ log = logging.getLogger(__name__)
 #: Called with (topic, partition, offset) once a message is acknowledged by the broker.
 OnDelivered = Callable[[str, int, int], None]
 
+
+#: How often :meth:`OutputProducer.delivered` serves delivery reports while it waits (seconds).
+DELIVERY_POLL_S = 0.002
 
 #: Key of the end marker: a tombstone of a key no table uses (see :meth:`OutputProducer.flush`).
 END_MARKER_KEY = b"\x00mailpulse:end-marker"
@@ -38,6 +48,10 @@ class Output(Protocol):
 
     def flush(self, timeout: float = ...) -> int: ...
 
+    async def delivered(self, timeout: float = ...) -> None: ...
+
+    async def flush_soon(self, timeout: float = ...) -> None: ...
+
 
 class DeliveryFailed(RuntimeError):
     """A message could not be delivered: the worker must stop before it commits past it."""
@@ -50,7 +64,12 @@ class OutputProducer:
         self.lost = 0  # messages that failed for good (librdkafka gave up on them)
         self._unpolled = 0
         self._changelog_written: set[tuple[str, int]] = set()
-        self._callbacks: dict[OnDelivered, Callable[[KafkaError | None, Message], None]] = {}
+        # Delivery marks (:meth:`delivered`): each message's number in send order, and how many of
+        # those sent up to the last mark still wait for their report.
+        self._sent = 0
+        self._outstanding = 0
+        self._mark = 0
+        self._before_mark = 0
         self._producer = Producer({
             "bootstrap.servers": bootstrap,
             "linger.ms": 5,
@@ -63,35 +82,25 @@ class OutputProducer:
             **extra,
         })
 
-    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+    def _report(self, number: int, on_delivered: OnDelivered | None, err: KafkaError | None, msg: Message) -> None:
+        self._outstanding -= 1
+        if number <= self._mark:
+            self._before_mark -= 1
         if err is not None:
             log.error("output to %s lost: %s", msg.topic(), err)
             self.failed = err
             self.lost += 1
-        else:
-            self.acknowledged += 1
-
-    def _delivery_with(self, on_delivered: OnDelivered) -> Callable[[KafkaError | None, Message], None]:
-        """One callback per ``on_delivered`` (tables pass the same one with every record)."""
-        callback = self._callbacks.get(on_delivered)
-        if callback is None:
-            on_error = self._on_delivery
-
-            def callback(err: KafkaError | None, msg: Message) -> None:
-                if err is not None:
-                    on_error(err, msg)
-                    return
-                self.acknowledged += 1
-                topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
-                if topic is not None and partition is not None and offset is not None:
-                    on_delivered(topic, partition, offset)
-
-            self._callbacks[on_delivered] = callback
-        return callback
+            return
+        self.acknowledged += 1
+        if on_delivered is not None:
+            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+            if topic is not None and partition is not None and offset is not None:
+                on_delivered(topic, partition, offset)
 
     def send(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None,
              on_delivered: OnDelivered | None = None) -> None:
-        callback = self._on_delivery if on_delivered is None else self._delivery_with(on_delivered)
+        self._sent = number = self._sent + 1
+        callback = partial(self._report, number, on_delivered)
         produce = self._producer.produce
         part = -1 if partition is None else partition  # -1: the producer's partitioner picks
         while True:
@@ -100,11 +109,35 @@ class OutputProducer:
                 break
             except BufferError:
                 self._producer.poll(0.01)
+        self._outstanding += 1
         # Serve delivery callbacks now and then, not per message (flush serves the rest).
         self._unpolled += 1
         if self._unpolled >= 1024:
             self._unpolled = 0
             self._producer.poll(0)
+
+    async def delivered(self, timeout: float = 30.0) -> None:
+        """Returns once every message sent before the call is acknowledged, serving delivery reports
+        every :data:`DELIVERY_POLL_S` meanwhile: the event loop goes on (messages sent during the wait
+        are not waited for).  Raises :class:`DeliveryFailed` as :meth:`flush` does."""
+        self._mark, self._before_mark = self._sent, self._outstanding
+        deadline = time.monotonic() + timeout
+        while True:
+            self._producer.poll(0)
+            if self.failed is not None:
+                raise DeliveryFailed(f"an output could not be delivered: {self.failed}")
+            if self._before_mark <= 0:
+                return
+            if time.monotonic() > deadline:
+                raise DeliveryFailed(f"{self._before_mark} outputs undelivered after {timeout}s")
+            await asyncio.sleep(DELIVERY_POLL_S)
+
+    async def flush_soon(self, timeout: float = 30.0) -> None:
+        """:meth:`flush` for what was sent before the call, without holding the event loop."""
+        await self.delivered(timeout)
+        if self._changelog_written:
+            self._end_changelogs()
+            await self.delivered(timeout)
 
     def send_changelog(self, topic: str, key: bytes, value: bytes | None, partition: int,
                        on_delivered: OnDelivered | None = None) -> None:
@@ -136,11 +169,14 @@ class OutputProducer:
         """
         left = self._flush(timeout)
         if self._changelog_written:
-            for topic, partition in sorted(self._changelog_written):
-                self.send(topic, END_MARKER_KEY, None, partition)
-            self._changelog_written.clear()
+            self._end_changelogs()
             left = self._flush(timeout)
         return left
+
+    def _end_changelogs(self) -> None:
+        for topic, partition in sorted(self._changelog_written):
+            self.send(topic, END_MARKER_KEY, None, partition)
+        self._changelog_written.clear()
 
     def _flush(self, timeout: float) -> int:
         left: int = self._producer.flush(timeout)

@@ -10,7 +10,9 @@ and on shutdown, so a committed event's table write is durable.  It is also far 
 
 from __future__ import annotations
 
+import asyncio
 import shutil
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,9 @@ from faust.types import TP
 
 from streams.output import Output
 from streams.watermark import DUE_BIAS, due_bytes
+
+#: Values a background commit writes between two turns of the event loop (~2-5 ms of work).
+WRITE_CHUNK = 256
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,9 @@ class ProfileTable(faust.Table[bytes, bytes]):
         self._output = output
         self._delivered: dict[TP, int] = {}
         self._staged: dict[bytes, tuple[int, bytes | None]] = {}  # key -> (partition, value; None: delete)
+        # Staged values a background commit took (:meth:`hold_staged`): written once the outputs sent
+        # before them are delivered (:meth:`write_held`); read back until then.
+        self._held: dict[bytes, tuple[int, bytes | None]] = {}
 
     def _new_store_by_url(self, url: Any) -> Any:
         """Faust's store; a RocksDB one opens its databases within the worker's :class:`RocksDBMemory`."""
@@ -119,10 +127,13 @@ class ProfileTable(faust.Table[bytes, bytes]):
         self.stage(key, None if value is None else orjson.dumps(value), partition)
 
     def read(self, key: bytes, partition: int | None = None) -> bytes | None:
-        """The staged value of ``key`` if any, else the stored one (``partition``: where it lives)."""
+        """The staged value of ``key`` if any, else the held one, else the stored one (``partition``:
+        where it lives)."""
         staged = self._staged.get(key)
         if staged is None:
-            return self._stored(key, partition)
+            staged = self._held.get(key)
+            if staged is None:
+                return self._stored(key, partition)
         return staged[1]
 
     def read_json(self, key: bytes, partition: int | None = None) -> Any:
@@ -142,6 +153,8 @@ class ProfileTable(faust.Table[bytes, bytes]):
         def read(key: str) -> Any:
             kb = key.encode()
             staged = self._staged.get(kb)
+            if staged is None:
+                staged = self._held.get(kb)
             raw = db.get(kb) if staged is None else staged[1]
             return loads(raw) if raw is not None else None
 
@@ -158,31 +171,68 @@ class ProfileTable(faust.Table[bytes, bytes]):
 
     @property
     def staged_count(self) -> int:
-        return len(self._staged)
+        """Values not written yet: staged, or held by a background commit."""
+        return len(self._staged) + len(self._held)
 
     def items_with_staged(self) -> Iterator[tuple[bytes, bytes]]:
-        """Every (key, value) of this worker's partitions, staged values included.  Streamed: the
-        profile-state table of a large population does not fit in memory twice."""
-        staged = self._staged
+        """Every (key, value) of this worker's partitions, staged and held values included.  Streamed:
+        the profile-state table of a large population does not fit in memory twice."""
+        unwritten = {**self._held, **self._staged}
         for key, value in self.items():
-            if key not in staged:
+            if key not in unwritten:
                 yield key, value
-        for key, (_, value) in list(staged.items()):
+        for key, (_, value) in unwritten.items():
             if value is not None:
                 yield key, value
 
     def drop_staged(self, partitions: set[int]) -> None:
-        """Forgets the staged values of ``partitions`` (lost in a rebalance, see streams.app)."""
+        """Forgets the staged and held values of ``partitions`` (lost in a rebalance, see streams.app)."""
         if partitions:
             self._staged = {key: staged for key, staged in self._staged.items() if staged[0] not in partitions}
+            self._held = {key: held for key, held in self._held.items() if held[0] not in partitions}
+
+    def hold_staged(self) -> int:
+        """A background commit's cut: the values staged so far are held (still read back) until
+        :meth:`write_held`; what is staged from now on waits for the next commit.  Returns how many
+        values are held."""
+        if self._staged:
+            if self._held:
+                self._held.update(self._staged)
+            else:
+                self._held = self._staged
+            self._staged = {}
+        return len(self._held)
+
+    async def write_held(self, chunk: int = WRITE_CHUNK) -> float:
+        """Writes the held values (as :meth:`write_staged`), ``chunk`` at a time with the event loop
+        turning in between; they are read back until all are written.  Stops when a write-out took
+        them meanwhile (:meth:`write_staged` writes them before newer values; going on would write
+        them after those) or a rebalance dropped some.  Returns the seconds it held the loop."""
+        held = self._held
+        values = list(held.items())
+        busy = 0.0
+        for start in range(0, len(values), chunk):
+            if self._held is not held:
+                return busy
+            started = time.perf_counter()
+            self._write(dict(values[start:start + chunk]))
+            busy += time.perf_counter() - started
+            await asyncio.sleep(0)
+        if self._held is held:
+            self._held = {}
+        return busy
 
     def write_staged(self) -> None:
-        """Writes the staged values to the local store (one RocksDB write batch per partition) and
-        the changelog (the caller flushes it)."""
+        """Writes the held values, then the staged ones (newer), to the local store (one RocksDB write
+        batch per partition) and the changelog (the caller flushes it)."""
+        self._write({**self._held, **self._staged} if self._held else self._staged)
+        self._held, self._staged = {}, {}
+
+    def _write(self, values: dict[bytes, tuple[int, bytes | None]]) -> None:
         store: Any = self.data
         rocksdict_batches = getattr(store, "use_rocksdict", False) and hasattr(store, "_db_for_partition")
         batches: dict[int, Any] = {}
-        for key, (partition, value) in self._staged.items():
+        for key, (partition, value) in values.items():
             if rocksdict_batches:
                 batch = batches.get(partition)
                 if batch is None:
@@ -204,7 +254,6 @@ class ProfileTable(faust.Table[bytes, bytes]):
             self.send_changelog(partition, key, value)
         for partition, batch in batches.items():
             store._db_for_partition(partition).write(batch)
-        self._staged.clear()
 
     def send_changelog(  # type: ignore[override]  # no FutureMessage: the output producer reports back
         self, partition: int | None, key: Any, value: Any, key_serializer: Any = None, value_serializer: Any = None

@@ -30,3 +30,9 @@ class RecordingOutput:
         self.flushes += 1
         self.log.append("flush")
         return 0
+
+    async def delivered(self, timeout: float = 30.0) -> None:
+        self.log.append("delivered")
+
+    async def flush_soon(self, timeout: float = 30.0) -> None:
+        self.flush(timeout)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from pathlib import Path
@@ -79,3 +80,61 @@ def test_a_staged_value_is_its_json_at_staging_time_until_written(tmp_path: Path
     assert table.read_json(b"k", 1) is None and table.json_reader(1)("k") is None
     table.write_staged()
     assert table.data._db_for_partition(1).get(b"k") is None
+
+
+# --- the background commit's cut: held values (streams.consumer, fix 8) ------------------------------
+
+
+def _stored(table: object, partition: int, key: bytes) -> bytes | None:
+    value: bytes | None = table.data._db_for_partition(partition).get(key)  # type: ignore[attr-defined]
+    return value
+
+
+def test_held_values_are_read_back_until_written_and_newer_staged_ones_win(tmp_path: Path) -> None:
+    [table] = _tables(tmp_path, RocksDBMemory.with_budget(4), count=1)
+    output = table._output
+    table.stage(b"a", b"1", 0)
+    table.stage(b"b", b"1", 1)
+    assert table.hold_staged() == 2  # the cut
+    table.stage(b"a", b"2", 0)  # staged after the cut: the next commit's
+    assert table.read(b"a", 0) == b"2" and table.read(b"b", 1) == b"1"  # staged, then held
+    assert table.json_reader(1)("b") == 1 and _stored(table, 1, b"b") is None
+    assert table.staged_count == 3
+    assert sorted(table.items_with_staged()) == [(b"a", b"2"), (b"b", b"1")]
+    asyncio.run(table.write_held(chunk=1))
+    assert (_stored(table, 0, b"a"), _stored(table, 1, b"b")) == (b"1", b"1")  # the cut's values
+    assert table.read(b"a", 0) == b"2" and table.staged_count == 1
+    assert [key for key, _, _ in output.sent[table.changelog_topic.get_topic_name()]] == [b"a", b"b"]
+
+
+def test_a_write_out_during_a_held_write_writes_the_newer_value_last_and_the_held_write_stops(
+        tmp_path: Path) -> None:
+    """A write-out of everything (a rebalance, a stop, too many staged values) while a background
+    commit writes its held values in chunks: the newer value must end up stored, not the held one."""
+    [table] = _tables(tmp_path, RocksDBMemory.with_budget(4), count=1)
+    for index in range(4):
+        table.stage(b"k%d" % index, b"old", 0)
+    table.hold_staged()
+    table.stage(b"k3", b"new", 0)
+
+    async def commit_meanwhile() -> None:
+        writing = asyncio.create_task(table.write_held(chunk=1))
+        await asyncio.sleep(0)  # the first chunk (k0) is written, then the loop turns
+        table.write_staged()  # held values, then the newer staged ones
+        await writing
+
+    asyncio.run(commit_meanwhile())
+    assert _stored(table, 0, b"k3") == b"new" and _stored(table, 0, b"k2") == b"old"
+    sent = [key for key, _, _ in table._output.sent[table.changelog_topic.get_topic_name()]]
+    assert sent == [b"k0", b"k0", b"k1", b"k2", b"k3"]  # the held write stopped after its first chunk
+
+
+def test_a_rebalance_drops_the_held_values_of_lost_partitions(tmp_path: Path) -> None:
+    [table] = _tables(tmp_path, RocksDBMemory.with_budget(4), count=1)
+    table.stage(b"a", b"1", 0)
+    table.stage(b"b", b"1", 1)
+    table.hold_staged()
+    table.drop_staged({1})
+    assert table.read(b"b", 1) is None and table.read(b"a", 0) == b"1"
+    table.write_staged()
+    assert _stored(table, 0, b"a") == b"1" and _stored(table, 1, b"b") is None
