@@ -10,6 +10,8 @@ import pytest
 
 from streams.output import DeliveryFailed, OutputProducer
 
+pytestmark = pytest.mark.integration
+
 
 def test_delivered_waits_for_what_was_sent_before_it_and_not_for_what_comes_after(broker) -> None:
     output = OutputProducer(broker.bootstrap)
