@@ -100,7 +100,7 @@ class Pipeline:
         are duplicates to that state and cause nothing.  So the outputs and internal messages they
         caused (a snapshot, a trigger, the absorb carrying a profile to its root) must already be
         in their topics when the state is written, or a crash in between would lose them for good."""
-        written = self.staged_count
+        written = sum(table.staged_count + table.held_count for table in self.tables)
         if written:
             self.output.flush()
         for table in self.tables:
@@ -274,10 +274,11 @@ def _on_recovered(p: Pipeline) -> Any:
 
 
 def _on_revocation(p: Pipeline) -> Any:
-    """Staged writes of partitions this worker lost are dropped: Faust commits (and so writes them)
-    while revoking, unless a commit was already running; then their events were not committed
-    either, and the new owner processes them again.  Written later, they would land in the new
-    owner's changelog partitions over its newer values."""
+    """Staged (and held) writes of partitions this worker lost are dropped: Faust commits (and so
+    writes them) while revoking, after a commit already running (streams.consumer, fix 8); what is
+    left was staged after that and its events were not committed either, so the new owner processes
+    them again.  Written later, they would land in the new owner's changelog partitions over its
+    newer values."""
     events_topic = names.events_topic(p.settings.app_id)
     cooccurrence_topic = names.cooccurrence_topic(p.settings.app_id)
 

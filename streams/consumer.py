@@ -18,8 +18,9 @@
 4. At a revocation Faust forgets the acked offsets of the revoked partitions, lets the events in
    flight finish (``stream_wait_empty``; they ack again) and commits: that commit writes every
    staged table value first (:class:`streams.output.FlushBeforeCommit`).  When a commit was
-   already running, Faust waits for it and skips its own; the values staged since are then dropped
-   at the end of the revocation (:mod:`streams.app`) while the acks of the events in flight stayed.
+   already running, Faust waited for it and skipped its own (since fix 8 :meth:`Consumer.commit`
+   commits after waiting); the values staged since were then dropped at the end of the revocation
+   (:mod:`streams.app`) while the acks of the events in flight stayed.
    A partition assigned again then had acks for work thrown away: it could commit past those
    events before it had processed them again since the seek back to its committed offset, and a
    crash or another rebalance in between lost them.  Here the acks of revoked partitions left after
@@ -49,9 +50,10 @@
    (:meth:`Consumer.commit_in_background`) takes a cut instead (the offsets acked so far, and the
    values staged so far, which are held and read back), waits for the outputs sent before it while
    the agents go on, writes the held values, waits for their changelog records, then commits the
-   cut's offsets (:meth:`streams.app.Pipeline.write_out_soon`).  The other commits (a rebalance, a
-   stop, ``broker_commit_every``) stay as they were, and wait for a background commit in flight
-   first, then commit everything themselves (Faust's own skipped its commit then).
+   cut's offsets (:meth:`streams.app.Pipeline.write_out_soon`); when a rebalance began meanwhile it
+   leaves them to the rebalance's commit.  The other commits (a rebalance, a stop,
+   ``broker_commit_every``) stay as they were, and wait for a background commit in flight first,
+   then commit everything themselves (Faust's own skipped its commit then: see fix 4).
 
 Tried and not kept: delivering each message inline instead of through ``wait_first`` made a bare
 pass-through ~40% faster, but lost events when a worker joined or left mid-stream
@@ -156,16 +158,27 @@ class Consumer(faust_aiokafka.Consumer):
     async def commit_in_background(self) -> bool:
         """Fix 8 of the module doc.  Falls back to Faust's commit while the app rebalances or has no
         :attr:`App.write_out_soon`."""
-        write_out_soon = getattr(self.app, "write_out_soon", None)
-        if write_out_soon is None or self.app.client_only or self.app.rebalancing:
+        app = self.app
+        write_out_soon = getattr(app, "write_out_soon", None)
+        if write_out_soon is None or app.client_only or app.rebalancing:
             return await self.commit()
-        if await self.maybe_wait_for_commit_to_finish():
+        if self._commit_fut is not None:  # another commit is running: it takes these acks too
             return False
         self._commit_fut = asyncio.Future(loop=self.loop)
         try:
+            rebalances = app.rebalancing_count
             offsets = self._filter_committable_offsets(self._filter_tps_with_pending_acks())  # the cut...
             await write_out_soon()  # ... with the staged values (taken before its first wait)
             if not offsets:
+                return False
+            if app.rebalancing or app.rebalancing_count != rebalances:
+                # A rebalance began meanwhile and may have dropped held values (those of lost
+                # partitions, and with them the write of the rest stopped): the cut's offsets are not
+                # committed.  Its acks were taken, so they are marked done here as Faust marks a
+                # failed commit's; the rebalance's commit, or the next one, commits past them once
+                # the values still held are written.
+                assigned = self.assignment()
+                self._committed_offset.update({tp: offset for tp, offset in offsets.items() if tp in assigned})
                 return False
             await self._handle_attached(offsets)
             return bool(await self._commit_offsets(offsets))

@@ -171,8 +171,13 @@ class ProfileTable(faust.Table[bytes, bytes]):
 
     @property
     def staged_count(self) -> int:
-        """Values not written yet: staged, or held by a background commit."""
-        return len(self._staged) + len(self._held)
+        """Values staged since the last write-out or background commit's cut."""
+        return len(self._staged)
+
+    @property
+    def held_count(self) -> int:
+        """Values a background commit holds (taken at its cut, not written yet)."""
+        return len(self._held)
 
     def items_with_staged(self) -> Iterator[tuple[bytes, bytes]]:
         """Every (key, value) of this worker's partitions, staged and held values included.  Streamed:

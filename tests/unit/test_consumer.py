@@ -160,3 +160,54 @@ def test_the_stop_line_claims_a_commit_only_when_there_was_one() -> None:
         line = stop_line(False, silent)
         assert line.startswith(f"stopped {why}: ") and "not committed" in line
         assert "offsets committed" not in line
+
+
+# --- the background commit (fix 8) ---------------------------------------------------------------------
+
+
+def _background_commit(consumer: Consumer, write_out: Any) -> tuple[bool, list[dict[TP, int]], list[str]]:
+    """Runs one background commit whose write-out is ``write_out(steps)``; returns its result, the
+    offsets it committed and the steps in order."""
+    steps: list[str] = []
+    committed: list[dict[TP, int]] = []
+
+    async def commit_offsets(offsets: dict[TP, int], start_new_transaction: bool = True) -> bool:
+        steps.append("commit")
+        committed.append(dict(offsets))
+        return True
+
+    async def write_out_soon() -> None:
+        steps.append("write_out")
+        await asyncio.sleep(0)
+        consumer.ack(message(12, b"acked during the write-out"))  # after the cut: the next commit's
+        write_out(steps)
+
+    consumer._commit_offsets = commit_offsets  # type: ignore[method-assign]
+    consumer.assignment = lambda: {TP_}  # type: ignore[method-assign]
+    consumer.app.write_out_soon = write_out_soon
+    ok = asyncio.run(consumer.commit_in_background())
+    return ok, committed, steps
+
+
+def test_the_background_commit_commits_its_cut_after_the_write_out(consumer: Consumer) -> None:
+    for offset in (10, 11):
+        consumer.ack(message(offset, b"done"))
+    ok, committed, steps = _background_commit(consumer, lambda steps: None)
+    assert ok and steps == ["write_out", "commit"]
+    assert committed == [{TP_: 12}]  # the cut: 10 and 11, not 12 acked meanwhile
+    assert consumer._commit_fut is None
+
+
+def test_a_rebalance_during_the_background_commit_leaves_the_cut_to_the_rebalances_commit(
+        consumer: Consumer) -> None:
+    for offset in (10, 11):
+        consumer.ack(message(offset, b"done"))
+
+    def rebalance_begins(steps: list[str]) -> None:
+        consumer.app.rebalancing_count += 1
+
+    ok, committed, steps = _background_commit(consumer, rebalance_begins)
+    assert not ok and committed == [] and steps == ["write_out"]
+    # its acks were taken: marked done, so the next commit is not stuck at a gap before 12
+    assert consumer._committed_offset[TP_] == 12
+    assert consumer._new_offset(TP_) == 13
