@@ -116,6 +116,9 @@ class WorkerFactory:
             "MAILPULSE_METRICS_PORT": str(port),
             "MAILPULSE_PARTITIONS": str(PARTITIONS),
             "MAILPULSE_LOG_LEVEL": "info",
+            # the shortest allowed: a fresh group's first join waits half of it, and a killed
+            # worker's partitions move once it has passed (10 s by default)
+            "MAILPULSE_SESSION_TIMEOUT_S": "6",
             **env,
         }
         process = subprocess.Popen(command or [MAILPULSE, "run"], env=full_env, stdout=log.open("wb"),
