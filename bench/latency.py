@@ -196,17 +196,20 @@ def _worker_means(worker: WorkerProcess) -> dict[str, tuple[float, float]]:
             for out in OUTPUTS}
 
 
+def _buckets(worker: WorkerProcess, metric: str, **labels: str) -> list[float]:
+    """A histogram's cumulative counts at each of :data:`RECORD_BOUNDS`."""
+    return [worker.metric(f"{metric}_bucket", **labels, le=str(bound)) for bound in RECORD_BOUNDS]
+
+
 def _record_buckets(worker: WorkerProcess) -> dict[str, list[float]]:
     """Per agent, the cumulative counts of ``mailpulse_record_seconds`` at each bucket bound."""
-    return {agent: [worker.metric(f"{RECORD_METRIC}_bucket", agent=agent, le=str(bound)) for bound in RECORD_BOUNDS]
-            for agent in RECORD_AGENTS}
+    return {agent: _buckets(worker, RECORD_METRIC, agent=agent) for agent in RECORD_AGENTS}
 
 
 def _commit_figures(worker: WorkerProcess) -> dict[str, list[float]]:
     """Per commit stage, [count, sum seconds, cumulative counts at each bucket bound...]."""
     return {stage: [worker.metric(f"{COMMIT_METRIC}_count", stage=stage),
-                    worker.metric(f"{COMMIT_METRIC}_sum", stage=stage),
-                    *(worker.metric(f"{COMMIT_METRIC}_bucket", stage=stage, le=str(bound)) for bound in RECORD_BOUNDS)]
+                    worker.metric(f"{COMMIT_METRIC}_sum", stage=stage), *_buckets(worker, COMMIT_METRIC, stage=stage)]
             for stage in COMMIT_STAGES}
 
 

@@ -125,11 +125,15 @@ class Pipeline:
             busy += await table.write_held()
         written = time.perf_counter()
         await self.output.flush_soon()
-        for table in self.tables:
-            table.save_persisted_offsets()
+        self.save_persisted_offsets()
         self.observe_commit("write_out", (cut - started) + busy)  # in chunks, the loop turning in between
         self.observe_commit("waited", (delivered - cut) + (time.perf_counter() - written))
         self._written(held)
+
+    def save_persisted_offsets(self) -> None:
+        """After a flush: each table notes how far its changelog is in its local store."""
+        for table in self.tables:
+            table.save_persisted_offsets()
 
     def _written(self, written: int) -> None:
         self.untrimmed += written
@@ -207,13 +211,9 @@ def create_app(settings: Settings, metrics: Metrics | None = None, output: Outpu
         product_recs=ProductRecs(metrics.product_recs_read.inc),
     )
     metrics.rocksdb_memory.set_function(lambda: memory.used)  # read when /metrics is scraped
-    def after_flush() -> None:
-        for table in p.tables:
-            table.save_persisted_offsets()
-
     commit_seconds = {stage: metrics.commit_seconds.labels(stage) for stage in COMMIT_STAGES}
     p.observe_commit = lambda stage, seconds: commit_seconds[stage].observe(seconds)
-    app.sensors.add(FlushBeforeCommit(output, after_flush=after_flush, before_flush=p.write_staged,
+    app.sensors.add(FlushBeforeCommit(output, after_flush=p.save_persisted_offsets, before_flush=p.write_staged,
                                       observe=p.observe_commit))
     app.write_out_soon = p.write_out_soon  # the background commit's (streams.consumer, fix 8)
     app.on_partitions_assigned.connect(_on_assignment(p))

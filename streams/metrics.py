@@ -199,6 +199,10 @@ class Health:
         if answered:
             self.broker_answered = time.monotonic()
 
+    def broker_silent(self, now: float) -> bool:
+        """No probe answered for :data:`BROKER_SILENT_AFTER_S` (or ever)."""
+        return self.broker_answered is None or now - self.broker_answered > BROKER_SILENT_AFTER_S
+
     started: bool = False  # the event loop has reported once
     #: Since when outputs have been queued with none acknowledged (None: the producer is keeping up).
     outputs_waiting_since: float | None = None
@@ -253,7 +257,7 @@ class Health:
                 return False, f"agent {self.crashed} crashed\n"
             stalled = now - self.beat
             return (True, "ok\n") if stalled <= STALL_AFTER_S else (False, f"event loop stalled {stalled:.0f} s\n")
-        if self.broker_answered is None or now - self.broker_answered > BROKER_SILENT_AFTER_S:
+        if self.broker_silent(now):
             return False, "broker unreachable\n"
         if self.outputs_lost:
             return False, f"{self.outputs_lost} outputs lost (the broker did not take them)\n"

@@ -36,7 +36,7 @@ from streams.broker import (
 from streams.consumer import offsets_committed
 from streams.gc_tuning import tune_garbage_collector
 from streams.logs import say
-from streams.metrics import BROKER_SILENT_AFTER_S, Health, Metrics
+from streams.metrics import Health, Metrics
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -160,9 +160,7 @@ def run_worker(settings: Settings, demo: bool = False) -> int:
                     close()
             if code == 0:
                 clean_stop.touch()
-                answered = health.broker_answered
-                silent = answered is None or time.monotonic() - answered > BROKER_SILENT_AFTER_S
-                say(stop_line(offsets_committed(pipeline.app), silent))
+                say(stop_line(offsets_committed(pipeline.app), health.broker_silent(time.monotonic())))
             return code
     finally:
         demo_stop.set()
