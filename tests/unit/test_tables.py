@@ -22,10 +22,10 @@ def _tables(tmp_path: Path, memory: RocksDBMemory | None, count: int = 2) -> lis
     return [profile_table(app, output, f"t{i}", 2, rocksdb_options(write_buffer_mb=4), memory) for i in range(count)]
 
 
-def _fill(table: object, partition: int, megabytes: int) -> None:
+def _fill(table: object, partition: int, megabytes: float) -> None:
     db = table.data._db_for_partition(partition)  # type: ignore[attr-defined]
     value = os.urandom(1024)
-    for i in range(megabytes * 1024):
+    for i in range(int(megabytes * 1024)):
         db.put(b"key-%08d" % i, value)
 
 
@@ -46,13 +46,15 @@ def test_memtables_are_flushed_when_the_budget_is_reached(tmp_path: Path) -> Non
     tables = _tables(tmp_path, memory)
     for table in tables:
         for partition in (0, 1):
-            _fill(table, partition, 6)  # 24 MiB written, each memtable may grow to 4 MiB (x2)
-    # Without the budget: up to 4 x 8 MiB of memtables.  The flushes run on RocksDB's background
-    # threads: on a busy machine the last one may still be running when the writes return.
+            _fill(table, partition, 3)  # below each database's own 4 MiB memtable: none flushes on its own
+    # Unflushed, the four memtables would hold 12 MiB.  RocksDB's bound is soft: it flushes when the
+    # live memtables pass 7/8 of the budget, and memtables still being flushed, with cache
+    # reservations released lazily, may hold up to about as much again.  So: at most twice the budget.
+    # The flushes run on background threads; on a busy machine the last may still be running.
     deadline = time.monotonic() + 20
-    while memory.used > 6 * MIB and time.monotonic() < deadline:
+    while memory.used > 8 * MIB and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert memory.used <= 6 * MIB
+    assert memory.used <= 8 * MIB
     stored = tables[0].data._db_for_partition(0).get(b"key-%08d" % 0)
     assert stored is not None and len(stored) == 1024  # flushed, not lost
 
