@@ -73,6 +73,12 @@ class RepeatFilter(logging.Filter):
         return True
 
 
+#: Where librdkafka's own lines go (the ``logger`` of every confluent-kafka client): through Python
+#: logging, so they take the worker's format and :class:`RepeatFilter`, instead of raw ``%3|...|FAIL|``
+#: lines on stderr.  They are handed over when the client is polled.
+LIBRDKAFKA = logging.getLogger("kafka.librdkafka")
+
+
 def quiet_repeats() -> None:
     """Puts a :class:`RepeatFilter` on the root logger's handlers (set up by Faust's worker)."""
     for handler in logging.getLogger().handlers:

@@ -22,6 +22,8 @@ from typing import Any, Protocol
 from confluent_kafka import KafkaError, Message, Producer
 from faust.sensors import Sensor
 
+from streams.logs import LIBRDKAFKA
+
 log = logging.getLogger(__name__)
 
 
@@ -79,6 +81,7 @@ class OutputProducer:
             "acks": "all",
             "enable.idempotence": True,
             "log_level": 3,
+            "logger": LIBRDKAFKA,
             **extra,
         })
 

@@ -34,6 +34,7 @@ from streams.deliver import unsubscribe
 from streams.deliver.ledger import FAILED, SENDING, SENT, SUPPRESSED, Ledger
 from streams.deliver.render import Renderer, TemplateProblem
 from streams.deliver.targets import DryRun, Permanent, Smtp, Target, Temporary, Webhook, with_retries
+from streams.logs import LIBRDKAFKA
 from streams.metrics import DeliverMetrics, serve_wsgi
 from streams.settings import Settings
 from streams.topics import DELIVERY_FAILED, TRIGGERS
@@ -270,10 +271,11 @@ def run_deliver(settings: Settings, dry_run: Path | None, stop: threading.Event,
     secret = settings.unsubscribe_secret.get_secret_value().encode() if settings.unsubscribe_secret \
         else ledger.secret()
     producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,
-                         "log_level": 3})
+                         "log_level": 3, "logger": LIBRDKAFKA})
     target = make_target(settings, dry_run)
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{settings.app_id}-deliver",
                          "enable.auto.commit": False, "auto.offset.reset": "earliest", "log_level": 3,
+                         "logger": LIBRDKAFKA,
                          # a killed connector's partitions move on after this (librdkafka's default: 45 s)
                          "session.timeout.ms": int(settings.session_timeout_s * 1000),
                          "client.id": f"mailpulse-deliver-{uuid.uuid4().hex[:8]}"})

@@ -4,6 +4,7 @@ for before it writes its held table values and commits its offsets (streams.cons
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import pytest
@@ -56,3 +57,19 @@ def test_delivered_gives_up_with_a_clear_error_when_the_broker_does_not_answer()
     output._producer.purge()  # nothing goes on retrying (and logging) after the test
     output._producer.flush(1)
     del output
+
+
+def test_librdkafka_lines_go_through_python_logging_not_stderr(caplog: pytest.LogCaptureFixture,
+                                                               capfd: pytest.CaptureFixture[str]) -> None:
+    caplog.set_level(logging.WARNING, logger="kafka.librdkafka")
+    output = OutputProducer("127.0.0.1:1")  # nothing listens: librdkafka reports the failed connects
+    output.send("profiles", b"k", b"{}")
+    deadline = time.monotonic() + 10
+    while not any(r.name == "kafka.librdkafka" for r in caplog.records) and time.monotonic() < deadline:
+        output._producer.poll(0.1)  # the lines are handed to Python when the client is polled
+    output._producer.purge()
+    output._producer.flush(1)
+    del output
+    lines = [r.getMessage() for r in caplog.records if r.name == "kafka.librdkafka"]
+    assert lines and any("127.0.0.1:1" in line for line in lines), lines
+    assert "|FAIL|" not in capfd.readouterr().err
