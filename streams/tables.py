@@ -306,6 +306,10 @@ def profile_table(app: faust.App, output: Output, name: str, partitions: int,
     return table
 
 
+#: Due-index changes kept in one write batch, at most, while no pop needs them written.
+PENDING_WRITES = 4096
+
+
 class RocksDBDueIndex:
     """The due order of :class:`streams.watermark.DueIndex` kept in a local RocksDB database: one
     key ``partition (2 bytes) + due (8 bytes) + profile key`` per profile with something due, no
@@ -398,7 +402,17 @@ class RocksDBDueIndex:
         return db
 
     def pop_due(self, partition: int, upto: int) -> list[tuple[int, bytes]]:
-        """The keys of ``partition`` due at or before ``upto``, in (due, key) order, each taken out."""
+        """The keys of ``partition`` due at or before ``upto``, in (due, key) order, each taken out.
+
+        Nothing below ``_low`` can be stored, so a pop that does not reach it returns at once,
+        without writing the batch or seeking: most records of a partition pop at the watermark the
+        record before them popped at (it moves with the upstream clocks, a few times a second).
+        Pushes then wait in the batch, written once it holds :data:`PENDING_WRITES`."""
+        low = self._low.get(partition)
+        if low is not None and low > upto:
+            if len(self._pending) >= PENDING_WRITES:
+                self._write_pending()
+            return []
         db = self._write_pending()
         prefix = partition.to_bytes(2, "big")
         end = prefix + due_bytes(upto + 1)
@@ -423,7 +437,6 @@ class RocksDBDueIndex:
             for stored in popped:
                 batch.delete(stored)
             db.write(batch)
-        low = self._low.get(partition)
         self._low[partition] = upto + 1 if low is None else max(low, upto + 1)
         return found
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from streams.tables import RocksDBDueIndex, RocksDBMemory
+from streams.tables import PENDING_WRITES, RocksDBDueIndex, RocksDBMemory
 from streams.watermark import DueIndex, DueOrder, due_first, expected_clocks, merge_clocks, stored_due, watermark
 
 
@@ -67,6 +67,9 @@ def test_both_due_indexes_pop_what_is_due_once_in_due_order(due_order: DueOrder)
         index.push(2, 10**12 + n, b"busy", previous)
         previous = 10**12 + n
     assert index.pop_due(2, 10**13) == [(10**12 + 1_999, b"busy")]
+    assert index.pop_due(2, 10**13) == []
+    index.push(2, 10**13, b"at the watermark")  # due where the last pop reached: the same pop finds it
+    assert index.pop_due(2, 10**13) == [(10**13, b"at the watermark")]
     index.push(3, 10, b"d")
     index.reset()
     assert not index.built
@@ -99,3 +102,14 @@ def test_stored_due_reads_the_due_time_of_a_state_written_due_first() -> None:
     assert stored_due(orjson.dumps({"erased_at": 3})) is None
     read_back = orjson.loads(stored)
     assert due_first(read_back) is read_back  # stored once, never copied again
+
+
+def test_changes_made_while_the_watermark_stands_still_are_written_in_bounded_batches(tmp_path: Path) -> None:
+    index = RocksDBDueIndex(tmp_path / "due-index", RocksDBMemory.with_budget(4))
+    index.build([])
+    assert index.pop_due(0, 1_000) == []
+    for n in range(3 * PENDING_WRITES):  # events parked past a watermark held back upstream
+        index.push(0, 2_000 + n, b"key-%d" % n)
+        assert index.pop_due(0, 1_000) == []  # nothing can be due: no seek
+        assert len(index._pending) < PENDING_WRITES
+    assert index.pop_due(0, 2_001) == [(2_000, b"key-0"), (2_001, b"key-1")]
