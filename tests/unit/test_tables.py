@@ -47,14 +47,14 @@ def test_memtables_are_flushed_when_the_budget_is_reached(tmp_path: Path) -> Non
     for table in tables:
         for partition in (0, 1):
             _fill(table, partition, 3)  # below each database's own 4 MiB memtable: none flushes on its own
-    # Unflushed, the four memtables would hold 12 MiB.  RocksDB's bound is soft: it flushes when the
-    # live memtables pass 7/8 of the budget, and memtables still being flushed, with cache
-    # reservations released lazily, may hold up to about as much again.  So: at most twice the budget.
-    # The flushes run on background threads; on a busy machine the last may still be running.
+    # Unflushed, the four memtables would hold 12 MiB.  RocksDB's bound is soft: a flush the budget
+    # triggers empties only the memtables of the database being written, so the others' stay, and
+    # memtables still being flushed count until they are done.  Measured with four busy processes
+    # beside the test: up to 7.25 MiB, settled; without the budget's flushes: 14.25 MiB.
     deadline = time.monotonic() + 20
-    while memory.used > 8 * MIB and time.monotonic() < deadline:
+    while memory.used > 10 * MIB and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert memory.used <= 8 * MIB
+    assert memory.used <= 10 * MIB
     stored = tables[0].data._db_for_partition(0).get(b"key-%08d" % 0)
     assert stored is not None and len(stored) == 1024  # flushed, not lost
 

@@ -113,3 +113,7 @@ def test_changes_made_while_the_watermark_stands_still_are_written_in_bounded_ba
         assert index.pop_due(0, 1_000) == []  # nothing can be due: no seek
         assert len(index._pending) < PENDING_WRITES
     assert index.pop_due(0, 2_001) == [(2_000, b"key-0"), (2_001, b"key-1")]
+    for n in range(3 * PENDING_WRITES):  # no pop at all: the watermark is not known yet
+        index.push(1, 5_000 + n, b"new-%d" % n)
+        assert len(index._pending) < PENDING_WRITES
+    assert index.pop_due(1, 5_000) == [(5_000, b"new-0")]
