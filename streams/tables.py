@@ -386,8 +386,7 @@ class RocksDBDueIndex:
         if previous is not None:
             pending.delete(self._key(partition, previous, key))
         pending.put(self._key(partition, due, key), b"")
-        if len(pending) >= PENDING_WRITES:  # no pop may come for a while (the watermark unknown yet)
-            self._write_pending()
+        self._bound_pending()
         low = self._low.get(partition)
         if low is not None and due < low:
             self._low[partition] = due
@@ -395,8 +394,13 @@ class RocksDBDueIndex:
     def discard(self, partition: int, key: bytes, previous: int | None = None) -> None:
         if previous is not None:
             self._pending.delete(self._key(partition, previous, key))
-            if len(self._pending) >= PENDING_WRITES:
-                self._write_pending()
+            self._bound_pending()
+
+    def _bound_pending(self) -> None:
+        """Writes the batch once it holds :data:`PENDING_WRITES` changes: a pop may not come for a
+        while (the watermark unknown yet, or not past ``_low``)."""
+        if len(self._pending) >= PENDING_WRITES:
+            self._write_pending()
 
     def _write_pending(self) -> rocksdict.Rdict:
         db = self._open()
@@ -411,11 +415,9 @@ class RocksDBDueIndex:
         Nothing below ``_low`` can be stored, so a pop that does not reach it returns at once,
         without writing the batch or seeking: most records of a partition pop at the watermark the
         record before them popped at (it moves with the upstream clocks, a few times a second).
-        Pushes then wait in the batch, which is written once it holds :data:`PENDING_WRITES`."""
+        Pushes then wait in the batch (bounded by :meth:`_bound_pending`)."""
         low = self._low.get(partition)
         if low is not None and low > upto:
-            if len(self._pending) >= PENDING_WRITES:
-                self._write_pending()
             return []
         db = self._write_pending()
         prefix = partition.to_bytes(2, "big")
