@@ -55,6 +55,12 @@ DAY_MS = 86_400_000
 #: Staged table writes after which the profile agent writes them out without waiting for a commit
 #: (more: fewer repeated writes of a busy key; fewer: less memory).
 STAGED_LIMIT = 20_000
+#: The most internal records the profile agent takes as one delivered message.  A fetched run is
+#: applied record by record with nothing else run in between (so it is acked, and a commit's cut
+#: taken, only once all of it is applied); a longer run comes as several messages, so that it holds
+#: the event loop for a few records' steps at most.  At 1k events/s 91% of the runs held at most 4
+#: records (1: 43%, 2: 25%, 3: 14%, 4: 8%; the longest 16).
+PROFILE_RUN_RECORDS = 4
 #: A write-out of at least this many staged values gives the freed memory back to the OS after it.
 TRIM_AFTER = 2_000
 #: How often ``mailpulse_consumer_lag`` is updated (seconds).
@@ -182,7 +188,10 @@ def create_app(settings: Settings, metrics: Metrics | None = None, output: Outpu
         cython_optimizations=True,  # the queue fast path of faust's Cython stream iterator
     )
     app.fetch_max_wait_ms = settings.fetch_max_wait_ms
-    app.batched_topics = frozenset(INPUT_TOPICS)  # the ingest agent takes runs of records (streams.consumer)
+    # the ingest and profile agents take fetched runs of records (streams.consumer, fix 3); the
+    # profile agent's at most PROFILE_RUN_RECORDS at a time
+    app.batched_topics = frozenset(INPUT_TOPICS) | {names.events_topic(settings.app_id)}
+    app.batch_records_max = {names.events_topic(settings.app_id): PROFILE_RUN_RECORDS}
     metrics = metrics or Metrics()
     output = output or OutputProducer(settings.bootstrap_servers)
     config = config if config is not None else load_config(settings.config)
@@ -462,30 +471,30 @@ def _profile_agent(p: Pipeline) -> Any:
                 yield partition_for(key.decode(), partitions), due, key
 
     async def profiles(stream: Any) -> None:
-        async for record in stream.events():
-            # One record = one partition's batch; table writes land in this record's partition
-            # because Faust takes it from the current event.
-            message = record.message
-            partition = message.partition
+        async for delivered in stream.events():
+            # A fetched run of one partition's internal records (streams.consumer, fix 3), or one
+            # record; each record is one step, in order, with nothing else run in between, so the run
+            # is acked (and a commit's cut taken) only once all of it is applied.
             if not index.built:
                 index.build(due_entries())
-            now = _now_ms()
-            source = Source(message.topic, partition, message.offset, None,
-                            int(message.timestamp * 1000) if message.timestamp else now)
-            try:
-                entries = orjson.loads(record.value)
-                if not isinstance(entries, list):
-                    raise TypeError("an internal record is a list of [key, message] entries")
-            except Exception as exc:  # not one of ours (or damaged): nothing in it can be applied
-                _internal_dead_letter(p, source, record.value, exc)
-                continue
-            result = step_isolated(entries, _reader(p, partition, now, source.arrived_ms), ctx, source)
-            apply_result(result, partition, sink)
-            if message.time_in is not None:
-                record_seconds.observe(time.monotonic() - message.time_in)
-            _count(p, result, latency, updated, applied)
-            if p.staged_count > STAGED_LIMIT:
-                p.write_staged()
+            fetched = delivered.message.time_in
+            for topic, partition, offset, timestamp_ms, value in _internal_records(delivered):
+                now = _now_ms()
+                source = Source(topic, partition, offset, None, timestamp_ms or now)
+                try:
+                    entries = orjson.loads(value)
+                    if not isinstance(entries, list):
+                        raise TypeError("an internal record is a list of [key, message] entries")
+                except Exception as exc:  # not one of ours (or damaged): nothing in it can be applied
+                    _internal_dead_letter(p, source, value, exc)
+                    continue
+                result = step_isolated(entries, _reader(p, partition, now, source.arrived_ms), ctx, source)
+                apply_result(result, partition, sink)
+                if fetched is not None:
+                    record_seconds.observe(time.monotonic() - fetched)
+                _count(p, result, latency, updated, applied)
+                if p.staged_count > STAGED_LIMIT:
+                    p.write_staged()
 
     return profiles
 
@@ -511,6 +520,17 @@ class _AgentSink:
 
     def discard_due(self, partition: int, key: bytes, previous: int | None) -> None:
         self._p.due_index.discard(partition, key, previous)
+
+
+def _internal_records(delivered: Any) -> list[tuple[str, int, int, int | None, Any]]:
+    """(topic, partition, offset, timestamp ms or None, value) of each internal record of a delivered
+    message: a :class:`streams.consumer.RecordBatch` holds a run of aiokafka records, any other
+    message is one."""
+    value = delivered.value
+    if isinstance(value, list):
+        return [(r.topic, r.partition, r.offset, r.timestamp, r.value) for r in value]
+    msg = delivered.message
+    return [(msg.topic, msg.partition, msg.offset, int(msg.timestamp * 1000) if msg.timestamp else None, value)]
 
 
 def _reader(p: Pipeline, partition: int, now: int, arrived_ms: int) -> Any:

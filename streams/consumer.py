@@ -13,7 +13,8 @@
    event, the stream wakes up for it and acks it.  For the topics in :attr:`App.batched_topics`
    each fetched run of one partition is delivered as one message (:class:`RecordBatch`) instead:
    the machinery runs once per run, not per record, with its semantics unchanged (a batch is
-   delivered, acked and committed as a whole; a rebalance drops or keeps it as a whole).
+   delivered, acked and committed as a whole; a rebalance drops or keeps it as a whole).  A topic
+   in :attr:`App.batch_records_max` has its runs cut into batches of at most that many records.
 
 4. At a revocation Faust forgets the acked offsets of the revoked partitions, lets the events in
    flight finish (``stream_wait_empty``; they ack again) and commits: that commit writes every
@@ -66,7 +67,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import faust
@@ -140,8 +141,8 @@ class Consumer(faust_aiokafka.Consumer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        #: The first offset of the batch last delivered for each partition (fix 3).
-        self._batch_first_offsets: dict[TP, int] = {}
+        #: Per partition, the first offset of each batch of the last fetch, by its last offset (fix 3).
+        self._batch_first_offsets: dict[TP, dict[int, int]] = {}
         self._fetched_at = time.monotonic()  # when the last fetch returned records (fix 6)
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
@@ -239,12 +240,16 @@ class Consumer(faust_aiokafka.Consumer):
             self._fetched_at = time.monotonic()
         batched: frozenset[str] = getattr(self.app, "batched_topics", frozenset())
         if records and batched:
+            # the batches of the previous fetch were all drained (or dropped) before this one
+            self._batch_first_offsets.clear()
+            most_of: Mapping[str, int] = getattr(self.app, "batch_records_max", {})
             runs: dict[TP, list[Any]] = dict(records)
             for tp, run in runs.items():
                 if run and tp.topic in batched:
-                    batch = RecordBatch(run)
-                    runs[tp] = [batch]
-                    self._batch_first_offsets[tp] = batch.first_offset
+                    most = most_of.get(tp.topic) or len(run)
+                    batches = [RecordBatch(run[start:start + most]) for start in range(0, len(run), most)]
+                    runs[tp] = batches
+                    self._batch_first_offsets[tp] = {batch.offset: batch.first_offset for batch in batches}
             records = runs
         return records, active_partitions
 
@@ -253,7 +258,7 @@ class Consumer(faust_aiokafka.Consumer):
         a batch only what lies before its first record is one (the rest is the batch, acked with it).
         A gap that took in the first record too would put its offset twice in the acked list, and
         the commit would then stop short of the batch until the next one."""
-        first = self._batch_first_offsets.get(tp)
+        first = self._batch_first_offsets.get(tp, {}).get(offset_to)
         if first is not None:
             offset_to = min(offset_to, first - 1)
         if offset_from <= offset_to:
@@ -308,6 +313,8 @@ class App(faust.App):
     fetch_max_wait_ms: int = 1500
     #: Topics whose fetched runs are delivered as one :class:`RecordBatch` each (fix 3).
     batched_topics: frozenset[str] = frozenset()
+    #: The most records one batch of a topic holds; a longer run is delivered in several (fix 3).
+    batch_records_max: Mapping[str, int] = {}
     #: What a background commit does before its offsets are committed (fix 8; None: Faust's commit).
     write_out_soon: Callable[[], Awaitable[None]] | None = None
 

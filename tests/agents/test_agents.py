@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -11,6 +12,7 @@ import pytest
 
 from schemas.events import INPUT_TOPICS
 from streams.app import Pipeline, create_app
+from streams.consumer import RecordBatch
 from streams.routing import partition_for
 from streams.settings import Settings
 from streams.tables import RocksDBDueIndex
@@ -121,6 +123,30 @@ async def test_profiles_agent_emits_segment_changes_and_a_trigger_when_the_water
     assert key == trigger["profile_id"].encode()
     assert trigger["payload"]["cart"]["items"][0]["product_id"] == "sku-1"
     assert pipeline.metrics.triggers.labels("cart_abandoned")._value.get() == 1
+
+
+async def test_a_fetched_run_of_internal_records_is_applied_record_by_record_in_order(pipeline: Pipeline) -> None:
+    """The consumer delivers a run of one partition's internal records as one message (a
+    ``RecordBatch``): each record is its own step, in order; a record that is not one of ours is
+    dead-lettered with its own place, without stopping the rest of the run."""
+    t = 1772359200000
+    cart = _event("k-1", "cart_add", product_id="sku-1", price=20.0)
+    cart["kind"], cart["src"][0] = "carts", "carts"
+    values = [_batch(cart, clock=t), b"{not an internal record", _batch(clock=t + 30 * 60_000 - 1),
+              _batch(clock=t + 30 * 60_000)]
+    run = [RecordBatch([SimpleNamespace(topic="mailpulse-profile-events", partition=1, offset=offset,
+                                        timestamp=t, timestamp_type=0, key=None, value=value,
+                                        serialized_value_size=len(value))
+                        for offset, value in enumerate(values, start=10)])]
+    async with agent(pipeline, "profiles").test_context() as profiles:
+        await profiles.put(run[0].value)
+    assert [v["segment"] for _, v, _ in sent(pipeline, "segment-changes")] == ["cart_holders"]
+    [(_, trigger, _)] = sent(pipeline, "triggers")  # fired by the last record's clock, not before
+    assert trigger["type"] == "cart_abandoned" and trigger["at"] == "2026-03-01T10:30:00.000Z"
+    [(_, letter, _)] = sent(pipeline, "dead-letter")
+    assert letter["error"]["code"] == "processing_error" and (letter["partition"], letter["offset"]) == (1, 11)
+    state = orjson.loads(pipeline.profile_state.read(b"u:u-1", 1))
+    assert state["rules"]["clock"] == t + 30 * 60_000
 
 
 @pytest.fixture

@@ -24,9 +24,10 @@ import yaml
 from confluent_kafka import Producer
 
 from schemas.events import TOPIC_OF_TYPE
+from streams import topics as names
 from streams.broker import free_port
 
-from .conftest import PARTITIONS, Worker, wait_until
+from .conftest import PARTITIONS, Worker, read_topic, wait_until
 from .test_pipeline import _many_events
 
 pytestmark = pytest.mark.integration
@@ -211,10 +212,13 @@ def test_readyz_turns_red_when_the_broker_goes_away_while_healthz_stays_green(br
     events = _many_events(20, 5)
     _produce(broker.bootstrap, events)
     worker.wait_metric("mailpulse_events_total", len(events), outcome="processed")
-    # the worker's side of the latency: one observation per input record (fetched in runs), and one
-    # per record of the profile hop
+    # the worker's side of the latency: one observation per input record and one per internal record
+    # of the profile hop, both agents taking fetched runs of records
     assert worker.metric("mailpulse_record_seconds_count", agent="ingest") == len(events)
-    assert worker.metric("mailpulse_record_seconds_count", agent="profiles") >= 1
+    internal = read_topic(broker.bootstrap, names.events_topic("mailpulse"))
+    assert len(internal) >= PARTITIONS
+    wait_until(lambda: worker.metric("mailpulse_record_seconds_count", agent="profiles") == len(internal),
+               timeout=20)
     url = f"http://127.0.0.1:{worker.metrics_port}"
     wait_until(lambda: _get(url + "/readyz")[0] == 200, timeout=30)
     broker.stop()

@@ -5,9 +5,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, Message
 
-from streams.app import _input_records
+from streams.app import _input_records, _internal_records
 from streams.consumer import App, Consumer, RecordBatch, offsets_committed
 from streams.worker import stop_line
 
@@ -37,6 +38,16 @@ def test_input_records_unpack_batches_and_single_messages_alike() -> None:
     ]
 
 
+def test_internal_records_unpack_a_batch_into_its_records_in_order_and_a_message_into_one() -> None:
+    batch = SimpleNamespace(value=[record(1, b"[1]", topic="mailpulse-profile-events"),
+                                   record(2, b"[2]", topic="mailpulse-profile-events")])
+    single = SimpleNamespace(value=b"[3]", message=SimpleNamespace(topic="mailpulse-profile-events", partition=0,
+                                                                  offset=5, timestamp=2.5))
+    assert _internal_records(batch) == [("mailpulse-profile-events", 3, 1, 1_001, b"[1]"),
+                                        ("mailpulse-profile-events", 3, 2, 1_002, b"[2]")]
+    assert _internal_records(single) == [("mailpulse-profile-events", 0, 5, 2_500, b"[3]")]
+
+
 # --- acking a batch: what the consumer would commit ---------------------------------------------------
 
 TP_ = TP("clicks", 3)
@@ -58,7 +69,7 @@ def consumer(tmp_path: Any) -> Consumer:
 
 def deliver(consumer: Consumer, previous_offset: int, batch: RecordBatch) -> None:
     """What the fetch loop does when a batch follows the message at ``previous_offset``."""
-    consumer._batch_first_offsets[TP_] = batch.first_offset
+    consumer._batch_first_offsets.setdefault(TP_, {})[batch.offset] = batch.first_offset
     if batch.offset - previous_offset > 1:
         asyncio.run(consumer._add_gap(TP_, previous_offset + 1, batch.offset))
 
@@ -74,6 +85,44 @@ def test_a_batch_is_committed_only_once_it_is_acked_then_up_to_its_last_record(c
     assert consumer._new_offset(TP_) == 9  # at once: offset 5 is not both in the gap and acked
 
 
+def test_a_run_longer_than_the_topics_most_comes_as_several_batches_committed_in_order(
+    consumer: Consumer, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``batch_records_max``: a fetched run of 10 records of a topic capped at 4 is delivered as
+    batches of 4, 4 and 2; none of them opens a gap, and the commit moves past a batch only once it
+    and every batch before it are acked."""
+    run = [record(offset, b"v") for offset in range(5, 15)]
+    other = TP("views", 0)
+
+    async def fetched(self: Any, timeout: float) -> Any:
+        return {TP_: run, other: [record(1, b"w", topic="views", partition=0)]}, None
+
+    monkeypatch.setattr(faust_aiokafka.Consumer, "_wait_next_records", fetched)
+    consumer.app.batched_topics = frozenset({"clicks", "views"})
+    consumer.app.batch_records_max = {"clicks": 4}
+    records, _ = asyncio.run(consumer._wait_next_records(1.0))
+    batches = records[TP_]
+    assert [[r.offset for r in batch.value] for batch in batches] == [[5, 6, 7, 8], [9, 10, 11, 12], [13, 14]]
+    assert [batch.offset for batch in batches] == [8, 12, 14]
+    assert len(records[other]) == 1 and len(records[other][0].value) == 1  # not capped: one batch
+    assert consumer.ack(message(4, b"before"))
+    previous = 4
+    for batch in batches:  # what the fetch loop does for each, in order
+        if batch.offset - previous > 1:
+            asyncio.run(consumer._add_gap(TP_, previous + 1, batch.offset))
+        previous = batch.offset
+    assert not consumer._gap[TP_]
+    assert consumer.ack(message(8, batches[0].value))
+    assert consumer.ack(message(14, batches[2].value))
+    assert consumer._new_offset(TP_) == 9  # the second batch is not done yet
+    assert consumer.ack(message(12, batches[1].value))
+    assert consumer._new_offset(TP_) == 15
+    # the next fetch forgets the first offsets of this one's batches (all drained by then)
+    run[:] = [record(15, b"v")]
+    asyncio.run(consumer._wait_next_records(1.0))
+    assert consumer._batch_first_offsets[TP_] == {15: 15}
+
+
 def test_a_batch_right_after_the_previous_message_leaves_no_gap(consumer: Consumer) -> None:
     deliver(consumer, 4, RecordBatch([record(5, b"a"), record(6, b"b")]))
     assert not consumer._gap[TP_]
@@ -81,7 +130,7 @@ def test_a_batch_right_after_the_previous_message_leaves_no_gap(consumer: Consum
 
 def test_acking_a_batch_marks_every_offset_of_its_run(consumer: Consumer) -> None:
     batch = RecordBatch([record(10, b"a"), record(11, b"b"), record(12, b"c")])
-    consumer._batch_first_offsets[TP_] = batch.first_offset
+    consumer._batch_first_offsets[TP_] = {batch.offset: batch.first_offset}
     assert consumer.ack(message(12, batch.value))
     assert sorted(consumer._acked[TP_]) == [10, 11, 12]
     assert not consumer.ack(message(12, batch.value))  # acked once
