@@ -11,8 +11,9 @@ event, so the timers due by then fire: 7200000 scores every bench person once); 
 input events per ingest batch; at low input rates batches are small, e.g. 40 gives ~5 events per
 internal record, and each event is then usually parked by one record and released by a later one);
 BENCH_PROFILE=1 (cProfile of the hop, top BENCH_ROWS=30 by BENCH_SORT=tottime); BENCH_LOOP (1: the
-internal records the hop sends itself -- link asks and answers, absorbs, forwarded events -- are put back into the hop, as the
-broker would deliver them; 0: only counted, which hides what an ``identify`` sets off).
+internal records the hop sends itself -- link asks and answers, absorbs, forwarded events -- are put
+back into the hop, as the broker would deliver them; 0: only counted, which hides what an
+``identify`` sets off).
 """
 
 from __future__ import annotations
