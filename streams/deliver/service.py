@@ -308,6 +308,7 @@ def run_deliver(settings: Settings, dry_run: Path | None, stop: threading.Event,
             if batch:
                 consumer.commit(asynchronous=False)
             deliverer.release_due()
+            producer.poll(0)  # its delivery reports and librdkafka's log lines, also while nothing is sent
         return 0
     finally:
         consumer.close()

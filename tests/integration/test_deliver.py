@@ -303,3 +303,28 @@ def test_a_one_click_unsubscribe_reaches_the_worker_and_holds_back_that_persons_
     finally:
         process.terminate()
         process.wait(20)
+
+
+def test_the_connectors_producer_logs_through_python_logging_while_it_runs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """librdkafka hands its log lines over only when its client is polled: the connector's producer,
+    which sends only now and then, is polled every turn of the loop, so a broker it cannot reach is
+    in the log while the connector runs, not only at its stop."""
+    import logging
+
+    from streams.deliver.service import run_deliver
+    from streams.settings import Settings
+
+    caplog.set_level(logging.WARNING, logger="kafka.librdkafka")
+    settings = Settings(broker=f"kafka://127.0.0.1:{free_port()}", data_dir=tmp_path, deliver_port=0)
+    stop = threading.Event()
+    thread = threading.Thread(target=run_deliver, args=(settings, tmp_path / "out", stop), daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: any("#producer-" in r.getMessage() for r in caplog.records
+                               if r.name == "kafka.librdkafka"), timeout=15)
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive()
