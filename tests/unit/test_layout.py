@@ -67,21 +67,53 @@ def test_the_domain_imports_no_plumbing_module() -> None:
 
 def _run_at_import(body: list[ast.stmt]) -> list[ast.stmt]:
     """The statements of ``body`` that run when the module is imported: module level, also inside
-    ``if``, ``try``, ``with`` and class bodies, but not in functions nor under ``if TYPE_CHECKING``."""
+    ``if``, ``try``, ``with``, ``match`` and class bodies, but not in functions nor in the branch of an
+    ``if TYPE_CHECKING`` that only a type checker takes (the ``else`` of ``if TYPE_CHECKING``, the
+    body of ``if not TYPE_CHECKING``, do run)."""
     found: list[ast.stmt] = []
     for node in body:
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
             continue
         if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            found += _run_at_import(node.orelse)
+            negated = isinstance(node.test, ast.UnaryOp) and isinstance(node.test.op, ast.Not)
+            found += _run_at_import(node.body if negated else node.orelse)
             continue
         found.append(node)
-        for field in ("body", "orelse", "finalbody", "handlers"):
+        for field in ("body", "orelse", "finalbody", "handlers", "cases"):
             inner = getattr(node, field, None)
             if isinstance(inner, list):
                 found += _run_at_import([n for n in inner if isinstance(n, ast.stmt)]
-                                        + [s for h in inner if isinstance(h, ast.ExceptHandler) for s in h.body])
+                                        + [s for h in inner if isinstance(h, ast.ExceptHandler) for s in h.body]
+                                        + [s for c in inner if isinstance(c, ast.match_case) for s in c.body])
     return found
+
+
+def test_the_cycle_check_reads_which_imports_run_at_import_time() -> None:
+    source = """
+import a
+if TYPE_CHECKING:
+    import checker_only
+else:
+    import b
+if not TYPE_CHECKING:
+    import c
+else:
+    import checker_only_too
+try:
+    import d
+except ImportError:
+    import e
+match x:
+    case 1:
+        import f
+class K:
+    import g
+def later():
+    import in_a_function
+"""
+    imported = {alias.name for node in _run_at_import(ast.parse(source).body) if isinstance(node, ast.Import)
+                for alias in node.names}
+    assert imported == {"a", "b", "c", "d", "e", "f", "g"}
 
 
 def test_no_import_cycle_among_the_packages_modules() -> None:
