@@ -58,7 +58,6 @@ LATENCY_METRIC = "mailpulse_event_latency_seconds"
 RECORD_METRIC = "mailpulse_record_seconds"
 RECORD_AGENTS = ("ingest", "profiles")
 COMMIT_METRIC = "mailpulse_commit_seconds"
-RECORD_BOUNDS = LATENCY_BUCKETS
 
 
 @dataclass
@@ -197,8 +196,8 @@ def _worker_means(worker: WorkerProcess) -> dict[str, tuple[float, float]]:
 
 
 def _buckets(worker: WorkerProcess, metric: str, **labels: str) -> list[float]:
-    """A histogram's cumulative counts at each of :data:`RECORD_BOUNDS`."""
-    return [worker.metric(f"{metric}_bucket", **labels, le=str(bound)) for bound in RECORD_BOUNDS]
+    """A histogram's cumulative counts at each of :data:`LATENCY_BUCKETS`."""
+    return [worker.metric(f"{metric}_bucket", **labels, le=str(bound)) for bound in LATENCY_BUCKETS]
 
 
 def _record_buckets(worker: WorkerProcess) -> dict[str, list[float]]:
@@ -219,12 +218,12 @@ def _bucket_percentile(counts: list[float], q: float) -> float:
     if total <= 0:
         return float("nan")
     rank, lower, below = q * total, 0.0, 0.0
-    for bound, cumulative in zip(RECORD_BOUNDS, counts, strict=True):
+    for bound, cumulative in zip(LATENCY_BUCKETS, counts, strict=True):
         if cumulative >= rank:
             inside = cumulative - below
             return (lower + (bound - lower) * ((rank - below) / inside if inside else 1.0)) * 1000
         lower, below = bound, cumulative
-    return RECORD_BOUNDS[-1] * 1000
+    return LATENCY_BUCKETS[-1] * 1000
 
 
 @dataclass
@@ -339,12 +338,12 @@ def measure_pipeline_latency(rate: int, seconds: float = 10.0) -> PipelineLatenc
         worker_mean[out] = (s1 - s0) / (c1 - c0) * 1000 if c1 > c0 else float("nan")
     record_ms = {}
     for agent in RECORD_AGENTS:
-        before = records_before.get(agent, [0.0] * len(RECORD_BOUNDS))
+        before = records_before.get(agent, [0.0] * len(LATENCY_BUCKETS))
         counts = [a - b for a, b in zip(records_after[agent], before, strict=True)]
         record_ms[agent] = (_bucket_percentile(counts, 0.5), _bucket_percentile(counts, 0.99))
     commit_ms = {}
     for stage in COMMIT_STAGES:
-        before = commits_before.get(stage, [0.0] * (len(RECORD_BOUNDS) + 2))
+        before = commits_before.get(stage, [0.0] * (len(LATENCY_BUCKETS) + 2))
         count, total, *counts = [a - b for a, b in zip(commits_after[stage], before, strict=True)]
         commit_ms[stage] = (count, total / count * 1000 if count else float("nan"), _bucket_percentile(counts, 0.99))
     return PipelineLatency(outputs, worker_mean, halves, cpu_share, record_ms, commit_ms)
