@@ -474,7 +474,9 @@ def _profile_agent(p: Pipeline) -> Any:
         async for delivered in stream.events():
             # A fetched run of one partition's internal records (streams.consumer, fix 3), or one
             # record; each record is one step, in order, with nothing else run in between, so the run
-            # is acked (and a commit's cut taken) only once all of it is applied.
+            # is acked (and a commit's cut taken) only once all of it is applied.  When a record's
+            # handling raises past step_isolated, the run is not acked: the agent stops (and
+            # /healthz says so) before a commit can pass the records not applied.
             if not index.built:
                 index.build(due_entries())
             fetched = delivered.message.time_in
@@ -495,6 +497,10 @@ def _profile_agent(p: Pipeline) -> Any:
                 _count(p, result, latency, updated, applied)
                 if p.staged_count > STAGED_LIMIT:
                     p.write_staged()
+            # Acks the whole run through the consumer (streams.consumer fix 3).  Faust's compiled
+            # stream iterator acks a message without calling the consumer's ack, so on its own it
+            # would mark only the run's last offset, and the commit could never move past the run.
+            delivered.ack()
 
     return profiles
 

@@ -239,3 +239,26 @@ def test_readyz_turns_red_when_the_broker_goes_away_while_healthz_stays_green(br
     # and says what it could not do, instead of claiming a commit
     log = worker.log.read_text(errors="replace")
     assert "stopped while the broker was unreachable" in log and "stopped: offsets committed" not in log, log[-3000:]
+
+
+def test_the_internal_topics_commits_keep_up_with_the_runs_the_profile_agent_takes(broker, start_worker) -> None:
+    """The profile agent takes fetched runs of internal records as one message; the whole run must be
+    acked, or the commit stops at the first run of three records or more (Faust's compiled stream
+    iterator acks only the message's own offset).  Under load every internal partition's committed
+    offset reaches its end."""
+    worker: Worker = start_worker()
+    events = _many_events(20000, 300)
+    _produce(broker.bootstrap, events)
+    worker.wait_metric("mailpulse_events_total", len(events), outcome="processed", timeout=180)
+    topic = names.events_topic("mailpulse")
+
+    def internal_lags() -> dict[str, float]:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{worker.metrics_port}/metrics", timeout=2).read().decode()
+        return {line.split('partition="', 1)[1].split('"', 1)[0]: float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith("mailpulse_consumer_lag{") and f'topic="{topic}"' in line}
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (len(internal_lags()) < PARTITIONS or any(internal_lags().values())):
+        time.sleep(0.5)
+    assert internal_lags() == {str(n): 0.0 for n in range(PARTITIONS)}
