@@ -475,8 +475,9 @@ def _profile_agent(p: Pipeline) -> Any:
             # A fetched run of one partition's internal records (streams.consumer, fix 3), or one
             # record; each record is one step, in order, with nothing else run in between, so the run
             # is acked (and a commit's cut taken) only once all of it is applied.  When a record's
-            # handling raises past step_isolated, the run is not acked: the agent stops (and
-            # /healthz says so) before a commit can pass the records not applied.
+            # handling raises past step_isolated, the agent stops (/healthz says so) without acking
+            # the run; Faust's iterator still marks the run's last offset, as it marked the one
+            # record before.
             if not index.built:
                 index.build(due_entries())
             fetched = delivered.message.time_in
