@@ -174,7 +174,6 @@ def test_malformed_messages_are_dead_lettered_and_good_ones_all_processed(broker
     while time.monotonic() < deadline and not all_done():
         time.sleep(0.5)
     lags = input_lags()
-    print('LAGS', {k: v for k, v in lags.items() if k[0] not in INPUT_TOPICS})
     assert all_done(), {labels: lag for labels, lag in lags.items() if lag}
     assert {topic for topic, _ in lags} >= {*INPUT_TOPICS, internal[0]}
     # the tables' RocksDB memory (within its budget) and the process's own figures are exported too
