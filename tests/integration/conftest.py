@@ -48,6 +48,17 @@ def metric_at(port: int, name: str, **labels: str) -> float:
     return total
 
 
+def consumer_lags(port: int) -> dict[tuple[str, str], float]:
+    """``mailpulse_consumer_lag`` on ``port``: (topic, partition) -> lag, one entry per series shown."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    lags = {}
+    for line in text.splitlines():
+        if line.startswith("mailpulse_consumer_lag{"):
+            labels = dict(part.split("=", 1) for part in line[line.index("{") + 1:line.index("}")].split(","))
+            lags[labels["topic"].strip('"'), labels["partition"].strip('"')] = float(line.rsplit(" ", 1)[1])
+    return lags
+
+
 def wait_until(condition: Callable[[], bool], timeout: float = 60.0, every_s: float = 0.2) -> None:
     deadline = time.monotonic() + timeout
     while not condition():

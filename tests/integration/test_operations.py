@@ -27,7 +27,7 @@ from schemas.events import TOPIC_OF_TYPE
 from streams import topics as names
 from streams.broker import free_port
 
-from .conftest import PARTITIONS, Worker, read_topic, wait_until
+from .conftest import PARTITIONS, Worker, consumer_lags, read_topic, wait_until
 from .test_pipeline import _many_events
 
 pytestmark = pytest.mark.integration
@@ -253,10 +253,8 @@ def test_the_internal_topics_commits_keep_up_with_the_runs_the_profile_agent_tak
     topic = names.events_topic("mailpulse")
 
     def internal_lags() -> dict[str, float]:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{worker.metrics_port}/metrics", timeout=2).read().decode()
-        return {line.split('partition="', 1)[1].split('"', 1)[0]: float(line.rsplit(" ", 1)[1])
-                for line in text.splitlines()
-                if line.startswith("mailpulse_consumer_lag{") and f'topic="{topic}"' in line}
+        return {partition: lag for (shown, partition), lag in consumer_lags(worker.metrics_port).items()
+                if shown == topic}
 
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and (len(internal_lags()) < PARTITIONS or any(internal_lags().values())):

@@ -17,7 +17,15 @@ from schemas.outputs import DeadLetter, Profile, Score
 from streams import topics as names
 from streams.settings import Settings
 
-from .conftest import PARTITIONS, latest_by_key, mailpulse, read_topic, wait_until, wait_until_shared
+from .conftest import (
+    PARTITIONS,
+    consumer_lags,
+    latest_by_key,
+    mailpulse,
+    read_topic,
+    wait_until,
+    wait_until_shared,
+)
 from .expected import UNTIL, changes_of, expected_run, scores_of
 
 pytestmark = pytest.mark.integration
@@ -150,32 +158,25 @@ def test_malformed_messages_are_dead_lettered_and_good_ones_all_processed(broker
     assert counts(read_topic(broker.bootstrap, "profiles", lambda m: counts(m) == (666, 334))) == (666, 334)
     assert worker.metric("mailpulse_events_total", outcome="dead_letter") == 500
 
-    # Everything read and committed: a lag series for each partition of the input topics and the
-    # internal ones, all at 0 (updated every second).
+    # Everything read and committed: a lag series for each partition of the input topics and of the
+    # profile events (and any of the co-occurrences), all at 0 (updated every second).
     internal = (names.events_topic("mailpulse"), names.cooccurrence_topic("mailpulse"))
+    required = {(topic, str(n)) for topic in (*INPUT_TOPICS, internal[0]) for n in range(PARTITIONS)}
 
-    def input_lags() -> dict[tuple[str, str], float]:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{worker.metrics_port}/metrics", timeout=2).read().decode()
-        lags = {}
-        for line in text.splitlines():
-            if line.startswith("mailpulse_consumer_lag{"):
-                labels = dict(part.split("=", 1) for part in line[line.index("{") + 1:line.index("}")].split(","))
-                topic, partition = labels["topic"].strip('"'), labels["partition"].strip('"')
-                if topic in INPUT_TOPICS or topic in internal:
-                    lags[topic, partition] = float(line.rsplit(" ", 1)[1])
-        return lags
+    def lags() -> dict[tuple[str, str], float]:
+        return {labels: lag for labels, lag in consumer_lags(worker.metrics_port).items()
+                if labels[0] in INPUT_TOPICS or labels[0] in internal}
 
-    def all_done() -> bool:  # every input and profile-events partition shown, every series at 0
-        lags = input_lags()
-        return len([topic for topic, _ in lags if topic != internal[1]]) == 5 * PARTITIONS \
-            and not any(lags.values())
+    def all_done() -> bool:
+        shown = lags()
+        return required <= shown.keys() and not any(shown.values())
 
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not all_done():
         time.sleep(0.5)
-    lags = input_lags()
-    assert all_done(), {labels: lag for labels, lag in lags.items() if lag}
-    assert {topic for topic, _ in lags} >= {*INPUT_TOPICS, internal[0]}
+    shown = lags()
+    assert required <= shown.keys(), sorted(required - shown.keys())
+    assert not any(shown.values()), {labels: lag for labels, lag in shown.items() if lag}
     # the tables' RocksDB memory (within its budget) and the process's own figures are exported too
     budget = Settings.model_fields["rocksdb_memory_mb"].default * 2**20  # the worker runs with the default
     assert 0 < worker.metric("mailpulse_rocksdb_memory_bytes") <= budget
