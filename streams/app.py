@@ -411,7 +411,7 @@ def _ingest_agent(p: Pipeline) -> Any:
 
     async def ingest(stream: Any) -> None:
         async for batch in stream.take_events(settings.batch_size, within=settings.batch_within_s):
-            blocked = route_batch(_input_records(batch), partitions, _now_ms(), policy, forward, dead_letter)
+            blocked = route_batch(_delivered_records(batch), partitions, _now_ms(), policy, forward, dead_letter)
             sent = time.monotonic()
             waits: list[float] = []  # one per input record
             for event in batch:
@@ -430,8 +430,9 @@ def _ingest_agent(p: Pipeline) -> Any:
     return ingest
 
 
-def _input_records(events: list[Any]) -> list[InputRecord]:
-    """(topic, partition, offset, key, value, timestamp ms) of each input record: a delivered
+def _delivered_records(events: list[Any]) -> list[InputRecord]:
+    """(topic, partition, offset, key, value, timestamp ms) of each record the agent was given (the
+    ingest agent's input records, the profile agent's internal ones): a delivered
     :class:`streams.consumer.RecordBatch` holds a run of aiokafka records, any other message is one."""
     out: list[InputRecord] = []
     for event in events:
@@ -481,11 +482,11 @@ def _profile_agent(p: Pipeline) -> Any:
             if not index.built:
                 index.build(due_entries())
             fetched = delivered.message.time_in
-            for topic, partition, offset, timestamp_ms, value in _internal_records(delivered):
+            for topic, partition, offset, _, value, timestamp_ms in _delivered_records([delivered]):
                 now = _now_ms()
                 source = Source(topic, partition, offset, None, timestamp_ms or now)
                 try:
-                    entries = orjson.loads(value)
+                    entries = orjson.loads(value or b"")  # a tombstone fails as an empty value does
                     if not isinstance(entries, list):
                         raise TypeError("an internal record is a list of [key, message] entries")
                 except Exception as exc:  # not one of ours (or damaged): nothing in it can be applied
@@ -527,17 +528,6 @@ class _AgentSink:
 
     def discard_due(self, partition: int, key: bytes, previous: int | None) -> None:
         self._p.due_index.discard(partition, key, previous)
-
-
-def _internal_records(delivered: Any) -> list[tuple[str, int, int, int | None, Any]]:
-    """(topic, partition, offset, timestamp ms or None, value) of each internal record of a delivered
-    message: a :class:`streams.consumer.RecordBatch` holds a run of aiokafka records, any other
-    message is one."""
-    value = delivered.value
-    if isinstance(value, list):
-        return [(r.topic, r.partition, r.offset, r.timestamp, r.value) for r in value]
-    msg = delivered.message
-    return [(msg.topic, msg.partition, msg.offset, int(msg.timestamp * 1000) if msg.timestamp else None, value)]
 
 
 def _reader(p: Pipeline, partition: int, now: int, arrived_ms: int) -> Any:

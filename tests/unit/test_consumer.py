@@ -8,7 +8,7 @@ import pytest
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, Message
 
-from streams.app import _input_records, _internal_records
+from streams.app import _delivered_records
 from streams.consumer import App, Consumer, RecordBatch, offsets_committed
 from streams.worker import stop_line
 
@@ -27,11 +27,11 @@ def test_a_batch_is_addressed_by_its_last_record_and_knows_its_first() -> None:
     assert batch.serialized_value_size == 6
 
 
-def test_input_records_unpack_batches_and_single_messages_alike() -> None:
+def test_delivered_records_unpack_batches_and_single_messages_alike() -> None:
     batch_event = SimpleNamespace(value=[record(1, b"x"), record(2, b"y")])
     single = SimpleNamespace(value=b"z", message=SimpleNamespace(topic="carts", partition=0, offset=5, key=None,
                                                                   timestamp=2.5))
-    assert _input_records([batch_event, single]) == [
+    assert _delivered_records([batch_event, single]) == [
         ("clicks", 3, 1, b"k", b"x", 1_001),
         ("clicks", 3, 2, b"k", b"y", 1_002),
         ("carts", 0, 5, None, b"z", 2_500),
@@ -42,10 +42,10 @@ def test_internal_records_unpack_a_batch_into_its_records_in_order_and_a_message
     batch = SimpleNamespace(value=[record(1, b"[1]", topic="mailpulse-profile-events"),
                                    record(2, b"[2]", topic="mailpulse-profile-events")])
     single = SimpleNamespace(value=b"[3]", message=SimpleNamespace(topic="mailpulse-profile-events", partition=0,
-                                                                  offset=5, timestamp=2.5))
-    assert _internal_records(batch) == [("mailpulse-profile-events", 3, 1, 1_001, b"[1]"),
-                                        ("mailpulse-profile-events", 3, 2, 1_002, b"[2]")]
-    assert _internal_records(single) == [("mailpulse-profile-events", 0, 5, 2_500, b"[3]")]
+                                                                  offset=5, key=None, timestamp=2.5))
+    assert _delivered_records([batch]) == [("mailpulse-profile-events", 3, 1, b"k", b"[1]", 1_001),
+                                           ("mailpulse-profile-events", 3, 2, b"k", b"[2]", 1_002)]
+    assert _delivered_records([single]) == [("mailpulse-profile-events", 0, 5, None, b"[3]", 2_500)]
 
 
 # --- acking a batch: what the consumer would commit ---------------------------------------------------
