@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from streams.domain.config import Guardrails, QuietHours
 from streams.domain.rules.guardrails import (
     DAY_MS,
     SUPPRESS_REASONS,
+    _hour_of,
+    _next_wall_hour,
     best_hour,
     local_hour,
     prune_sent,
@@ -388,3 +393,21 @@ def test_a_skipped_half_hour_and_a_skipped_day() -> None:
     assert send_time(cfg(**NO_QUIET), at, "Australia/Lord_Howe", peak(2)) == (utc(2024, 10, 5, 15, 30), "best_hour")
     at = utc(2011, 12, 29, 20, 0)  # 10:00 on the 29th; 09:00 on the 30th never happened
     assert send_time(cfg(**NO_QUIET), at, "Pacific/Apia", peak(9)) == (utc(2011, 12, 30, 10, 0), "best_hour")
+
+
+@given(at=st.integers(min_value=0, max_value=utc(2100, 1, 1, 0, 0)), hour=st.integers(min_value=0, max_value=23))
+def test_the_utc_arithmetic_agrees_with_the_general_wall_time_path(at: int, hour: int) -> None:
+    """A profile without a time zone (``UTC``) takes the arithmetic path; ``ZoneInfo("UTC")`` takes the
+    general one through datetimes: the same instants and hours."""
+    general = ZoneInfo("UTC")
+    assert _next_wall_hour(at, hour, UTC) == _next_wall_hour(at, hour, general)
+    assert _hour_of(at, UTC) == _hour_of(at, general) == local_hour(at, None)
+
+
+@given(at=st.integers(min_value=0, max_value=utc(2100, 1, 1, 0, 0)),
+       start=st.integers(min_value=0, max_value=23), end=st.integers(min_value=0, max_value=23),
+       engagements=st.lists(st.integers(min_value=0, max_value=5), min_size=24, max_size=24))
+def test_send_time_without_a_time_zone_is_send_time_in_utc(at: int, start: int, end: int,
+                                                           engagements: list[int]) -> None:
+    cfg = Guardrails(quiet_hours=QuietHours(enabled=True, start_hour=start, end_hour=end))
+    assert send_time(cfg, at, None, engagements) == send_time(cfg, at, "UTC", engagements)
