@@ -190,8 +190,9 @@ def create_app(settings: Settings, metrics: Metrics | None = None, output: Outpu
     app.fetch_max_wait_ms = settings.fetch_max_wait_ms
     # the ingest and profile agents take fetched runs of records (streams.consumer, fix 3); the
     # profile agent's at most PROFILE_RUN_RECORDS at a time
-    app.batched_topics = frozenset(INPUT_TOPICS) | {names.events_topic(settings.app_id)}
-    app.batch_records_max = {names.events_topic(settings.app_id): PROFILE_RUN_RECORDS}
+    events_topic = names.events_topic(settings.app_id)
+    app.batched_topics = frozenset(INPUT_TOPICS) | {events_topic}
+    app.batch_records_max = {events_topic: PROFILE_RUN_RECORDS}
     metrics = metrics or Metrics()
     output = output or OutputProducer(settings.bootstrap_servers)
     config = config if config is not None else load_config(settings.config)
@@ -205,7 +206,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None, output: Outpu
         metrics=metrics,
         output=output,
         inputs=_raw_topic(app, *INPUT_TOPICS),
-        events=_raw_topic(app, names.events_topic(settings.app_id), partitions=settings.partitions,
+        events=_raw_topic(app, events_topic, partitions=settings.partitions,
                           internal=True),
         profile_state=profile_table(app, output, "profile-state", settings.partitions, options, memory),
         partition_clocks=profile_table(app, output, "partition-clocks", settings.partitions, small, memory),
