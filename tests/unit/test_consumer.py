@@ -1,6 +1,7 @@
 """The batched input delivery: a fetched run of one partition as one message."""
 
 import asyncio
+import itertools
 from types import SimpleNamespace
 from typing import Any
 
@@ -10,7 +11,7 @@ from faust.types import TP, Message
 from mode.utils.queues import FlowControlQueue
 
 from streams.app import _delivered_records
-from streams.consumer import App, Consumer, RecordBatch, offsets_committed
+from streams.consumer import App, Consumer, RecordBatch, offsets_committed, resumed
 from streams.worker import stop_line
 
 
@@ -313,3 +314,120 @@ def test_nothing_fetched_after_the_seek_at_the_end_of_recovery_is_put_in_a_buffe
     assert left == []
     assert consumer.flow_active and consumer.app.flow_control.is_active()  # the caller resumed the flow
     assert consumer._read_offset[TP_] == 5  # read again from the committed offset
+
+
+# --- the fetch loop (fix 10) ----------------------------------------------------------------------------
+
+def _drain(consumer: Consumer, values: list[Any], on_message: Any) -> tuple[list[Any], int]:
+    """Runs the fetch loop over one fetch of ``values`` (offsets 0, 1, ...) with ``on_message`` as the
+    conductor's callback; returns what was delivered and how often ``wait_first`` was used."""
+    fetcher = SimpleNamespace(_stopped=asyncio.Event())
+    delivered: list[Any] = []
+    waited = [0]
+    plain_wait_first = consumer.wait_first
+
+    async def counting_wait_first(*coros: Any, **kwargs: Any) -> Any:
+        waited[0] += 1
+        return await plain_wait_first(*coros, **kwargs)
+
+    async def getmany(timeout: float) -> Any:
+        for offset, value in enumerate(values):
+            yield TP_, message(offset, value)
+        fetcher._stopped.set()  # one fetch, then the loop ends
+
+    async def callback(msg: Message) -> None:
+        await on_message(msg, consumer)
+        delivered.append(msg.value)
+
+    consumer.getmany = getmany  # type: ignore[method-assign]
+    consumer.callback = callback
+    consumer.wait_first = counting_wait_first  # type: ignore[method-assign]
+    # on the consumer's loop, where wait_first runs; a delivery left hanging fails the test
+    consumer.loop.run_until_complete(asyncio.wait_for(consumer._drain_messages(fetcher), 5))
+    return delivered, waited[0]
+
+
+def test_the_fetch_loop_delivers_a_callback_that_never_waits_without_wait_first(consumer: Consumer) -> None:
+    async def queue_it(msg: Message, consumer: Consumer) -> None:
+        return None
+
+    delivered, waited = _drain(consumer, [b"a", b"b", b"c"], queue_it)
+    assert delivered == [b"a", b"b", b"c"]
+    assert waited == 0
+    assert consumer._read_offset[TP_] == 2
+
+
+def test_the_fetch_loop_finishes_a_callback_that_waits_under_wait_first(consumer: Consumer) -> None:
+    async def wait_for_room(msg: Message, consumer: Consumer) -> None:
+        if msg.value == b"b":  # a full buffer: room comes a moment later
+            room = consumer.loop.create_future()
+            consumer.loop.call_later(0.01, room.set_result, None)
+            await room
+            await asyncio.sleep(0)  # and a bare yield
+
+    delivered, waited = _drain(consumer, [b"a", b"b", b"c"], wait_for_room)
+    assert delivered == [b"a", b"b", b"c"]
+    assert waited == 1
+
+
+def test_a_flow_suspension_still_interrupts_a_callback_that_waits(consumer: Consumer) -> None:
+    """As with Faust's loop: the message whose delivery waits when a rebalance suspends the flow is
+    dropped (the rebalance seeks back to the committed offset), and the loop goes on."""
+    stopped: list[bytes] = []
+
+    async def wait_forever(msg: Message, consumer: Consumer) -> None:
+        if msg.value == b"b":
+            consumer.loop.call_later(0.01, consumer.suspend_flow.set)
+            try:
+                await consumer.loop.create_future()  # never resolved
+            except asyncio.CancelledError:  # thrown in by the driver, not a later close by the collector
+                stopped.append(msg.value)
+                raise
+
+    delivered, waited = _drain(consumer, [b"a", b"b", b"c"], wait_forever)
+    assert delivered == [b"a", b"c"]
+    assert stopped == [b"b"]  # cancelled, not left hanging
+    assert waited == 1
+
+
+def test_resumed_throws_what_the_awaited_future_raised_into_the_coroutine() -> None:
+    async def main() -> str:
+        failing = asyncio.get_running_loop().create_future()
+
+        async def body() -> str:
+            try:
+                await failing
+            except KeyError:
+                return "caught"
+            return "not raised"
+
+        coro = body()
+        waiting_on = coro.send(None)
+        assert waiting_on is failing
+        task = asyncio.ensure_future(resumed(coro, waiting_on))
+        failing.set_exception(KeyError("x"))
+        return await task
+
+    assert asyncio.run(main()) == "caught"
+
+
+def test_the_fetch_loop_lets_the_loop_turn_between_two_deliveries(consumer: Consumer) -> None:
+    """Delivering a whole fetch in one burst starved the streams: after a kill -9 and restart the
+    worker's watermark stayed behind (tests/integration/test_crash.py).  So each delivery is still
+    followed by a turn of the loop, as under wait_first."""
+    order: list[str] = []
+
+    async def note(msg: Message, consumer: Consumer) -> None:
+        order.append(f"delivered {msg.value!r}")
+
+    async def other_task() -> None:
+        while True:
+            order.append("turn")
+            await asyncio.sleep(0)
+
+    ticking = consumer.loop.create_task(other_task())
+    _drain(consumer, [b"a", b"b", b"c"], note)
+    ticking.cancel()
+    deliveries = [i for i, what in enumerate(order) if what.startswith("delivered")]
+    assert len(deliveries) == 3
+    assert all(later - earlier > 1 for earlier, later in itertools.pairwise(deliveries))
