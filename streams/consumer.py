@@ -65,9 +65,10 @@
    fetch in one burst, which lost records this way after every restart in the ``kill -9`` test; the
    stock loop, slower, lost one now and then (the earlier "1 event lost now and then" of the crash
    tests fits it).  Here :meth:`Consumer.perform_seek` stops the flow before it seeks: whatever is
-   fetched from then on is dropped by Faust's fetch loop and read again, and every caller (the two
-   ends of recovery; the fetch loop itself, with the flow already stopped) resumes the flow, and
-   so clears the buffers, right after the seek.
+   fetched from then on is dropped by Faust's fetch loop and read again, and every caller (the end
+   of recovery; the fetch loop itself, with the flow already stopped) resumes the flow, and so
+   clears the buffers, right after a seek that finished.  A seek that did not finish restores the
+   flow as Faust left it.
 
 10. The fetch loop's ``wait_first(callback(message), suspend_flow.wait())`` (fix 3) costs ~23 µs per
    delivered message: four tasks and an ``asyncio.wait``, even though the callback (the conductor
@@ -273,11 +274,27 @@ class Consumer(faust_aiokafka.Consumer):
     async def perform_seek(self) -> None:
         """Fix 9 of the module doc: the flow is stopped before the seek (the caller resumes it, and
         so clears the stream buffers), so that nothing fetched after the seek is put in a buffer
-        that the resume then clears."""
-        if self.flow_active:
+        that the resume then clears.  A seek that does not finish (it timed out: the broker did not
+        answer) leaves the flow running again, as Faust left it, unless a rebalance began meanwhile
+        (it stopped the flow itself) or the worker stops: Faust's recovery then gives up without
+        resuming it, and a stopped flow would be a worker that looks alive and reads nothing."""
+        app = self.app
+        stopped_here = self.flow_active
+        generation = app.consumer_generation_id
+        if stopped_here:
             self.stop_flow()
-            self.app.flow_control.suspend()
-        await super().perform_seek()
+            app.flow_control.suspend()
+        try:
+            await super().perform_seek()
+        except BaseException:
+            if stopped_here and not (app.rebalancing or app.consumer_generation_id != generation
+                                     or app.should_stop or self.should_stop):
+                self.log.error("The seek to the committed offsets did not finish; reading goes on from where it is")
+                self.resume_flow()
+                flow_control = app.flow_control
+                flow_control._suspend.clear()  # what resume() does, without clearing the stream buffers
+                flow_control._resume.set()
+            raise
 
     async def seek_to_committed(self) -> Any:
         """Fix 2 of the module doc: partitions without a committed offset start over (``earliest``)."""

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from faust.tables.recovery import RebalanceAgain, ServiceStopped
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, Message
 from mode.utils.queues import FlowControlQueue
@@ -266,54 +267,67 @@ def test_a_rebalance_during_the_background_commit_leaves_the_cut_to_the_rebalanc
 
 # --- the seek at the end of recovery (fix 9) ----------------------------------------------------------
 
-def _recovery_end(consumer: Consumer) -> tuple[list[str], list[str]]:
-    """Replays the end of a table recovery as Faust runs it, with the flow already running (it read the
-    changelogs): the stream partitions are sought to their committed offsets while the fetch loop goes
-    on, then the flow is resumed, which clears the stream buffers.  Returns what the fetch loop put in
-    a stream buffer during the seek, and what that buffer holds at the end."""
+def _end_recovery(consumer: Consumer, seek_to_committed: Any, gives_up: bool = False) -> FlowControlQueue[str]:
+    """Runs Faust's own end of a table recovery (``Recovery.on_recovery_completed``) with the flow
+    running, as recovery left it after reading the changelogs, and ``seek_to_committed`` standing for
+    the consumer thread's seek; returns a stream buffer that held one record before the seek."""
     app = consumer.app
     buffer: FlowControlQueue[str] = FlowControlQueue(maxsize=10, flow_control=app.flow_control,
-                                                      clear_on_resume=True)  # a stream's buffer
+                                                      clear_on_resume=True)
     consumer.resume_flow()
     app.flow_control.resume()
-    put: list[str] = []
+    buffer.put_nowait("fetched before the seek")
+    consumer.seek_to_committed = seek_to_committed  # type: ignore[method-assign]
+    consumer.assignment = lambda: {TP_}  # type: ignore[method-assign]
+    consumer.resume_partitions = lambda tps: None  # type: ignore[method-assign]
+    app._fetcher = SimpleNamespace(maybe_start=lambda: asyncio.sleep(0))
+    ending = app.tables.recovery.on_recovery_completed(app.consumer_generation_id)
+    if gives_up:  # the seek timed out, or a rebalance cut it short: Faust's recovery loop ends or starts over
+        with pytest.raises((ServiceStopped, RebalanceAgain)):
+            app.loop.run_until_complete(ending)
+    else:
+        app.loop.run_until_complete(ending)
+    return buffer
 
-    async def fetch_loop_delivers(record: str) -> None:
-        """Faust's fetch loop with a record fetched after the seek: ``getmany`` yields it only while
-        the flow runs (else it seeks again), the conductor waits for the flow control, then queues it."""
-        if not consumer.flow_active:
-            return
-        await app.flow_control.acquire()
-        buffer.put_nowait(record)
-        put.append(record)
+
+def test_the_flow_is_stopped_while_recovery_seeks_back_and_resumed_after(consumer: Consumer) -> None:
+    during: list[tuple[bool, bool]] = []
 
     async def seek_to_committed() -> dict[TP, int]:
-        """The seek, done in the consumer thread: the event loop runs the fetch loop meanwhile."""
-        await asyncio.sleep(0)
-        delivering = asyncio.ensure_future(fetch_loop_delivers("fetched after the seek"))
-        await asyncio.sleep(0.01)
-        await delivering
+        # whether a record fetched now could reach a stream buffer: Faust's getmany yields records
+        # only while the flow is active, the conductor queues them only while flow control is
+        during.append((consumer.flow_active, consumer.app.flow_control.is_active()))
         return {TP_: 5}
 
-    consumer.seek_to_committed = seek_to_committed  # type: ignore[method-assign]
-
-    async def on_recovery_completed() -> None:
-        await consumer.perform_seek()
-        app.flow_control.resume()  # clears the stream buffers
-        consumer.resume_flow()
-        await asyncio.sleep(0.01)
-
-    asyncio.run(on_recovery_completed())
-    return put, list(buffer._queue)  # type: ignore[attr-defined]
+    buffer = _end_recovery(consumer, seek_to_committed)
+    assert during == [(False, False)]  # Faust's own order: (True, True), and its resume then cleared what came in
+    assert consumer.flow_active and consumer.app.flow_control.is_active()
+    assert buffer.empty()  # what was fetched before the seek is read again ...
+    assert consumer._read_offset[TP_] == 5  # ... from the committed offset
 
 
-def test_nothing_fetched_after_the_seek_at_the_end_of_recovery_is_put_in_a_buffer_the_resume_clears(
-        consumer: Consumer) -> None:
-    put, left = _recovery_end(consumer)
-    assert put == []  # Faust's stock order put it there, and the resume then cleared it: lost for good
-    assert left == []
-    assert consumer.flow_active and consumer.app.flow_control.is_active()  # the caller resumed the flow
-    assert consumer._read_offset[TP_] == 5  # read again from the committed offset
+def test_a_seek_that_does_not_finish_leaves_the_flow_running_as_faust_left_it(consumer: Consumer) -> None:
+    consumer.app.conf.broker_request_timeout = 0.05
+
+    async def seek_to_committed() -> dict[TP, int]:
+        await asyncio.sleep(10)  # the broker does not answer
+        return {}
+
+    buffer = _end_recovery(consumer, seek_to_committed, gives_up=True)
+    assert consumer.flow_active and consumer.app.flow_control.is_active()  # not a worker that reads nothing
+    assert list(buffer._queue) == ["fetched before the seek"]  # type: ignore[attr-defined]  # nor cleared
+
+
+def test_a_seek_cut_short_by_a_rebalance_leaves_the_flow_to_the_rebalance(consumer: Consumer) -> None:
+    consumer.app.conf.broker_request_timeout = 0.05
+
+    async def seek_to_committed() -> dict[TP, int]:
+        consumer.app.consumer_generation_id += 1  # a rebalance began: it stops the flow itself
+        await asyncio.sleep(10)
+        return {}
+
+    _end_recovery(consumer, seek_to_committed, gives_up=True)
+    assert not consumer.flow_active and not consumer.app.flow_control.is_active()
 
 
 # --- the fetch loop (fix 10) ----------------------------------------------------------------------------
