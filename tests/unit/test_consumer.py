@@ -345,6 +345,7 @@ def _drain(consumer: Consumer, values: list[Any], on_message: Any) -> tuple[list
         return await plain_wait_first(*coros, **kwargs)
 
     async def getmany(timeout: float) -> Any:
+        consumer._seeks_at_fetch = consumer._seeks  # as the real getmany's fetch notes it
         for offset, value in enumerate(values):
             yield TP_, message(offset, value)
         fetcher._stopped.set()  # one fetch, then the loop ends
@@ -445,3 +446,22 @@ def test_the_fetch_loop_lets_the_loop_turn_between_two_deliveries(consumer: Cons
     deliveries = [i for i, what in enumerate(order) if what.startswith("delivered")]
     assert len(deliveries) == 3
     assert all(later - earlier > 1 for earlier, later in itertools.pairwise(deliveries))
+
+
+def test_the_fetch_loop_drops_what_it_still_holds_from_before_a_seek(consumer: Consumer) -> None:
+    """Fix 11: a seek back to the committed offset (1) finishes while ``c`` (2) is delivered, and the
+    flow is resumed; the rest of that fetch is not delivered, nor marked read, so that the records
+    read again from offset 1 are not dropped as read already."""
+    async def seek_meanwhile(msg: Message, consumer: Consumer) -> None:
+        if msg.value == b"c":
+            async def seek_to_committed() -> dict[TP, int]:
+                return {TP_: 1}
+
+            consumer.seek_to_committed = seek_to_committed  # type: ignore[method-assign]
+            await consumer.perform_seek()
+            consumer.app.flow_control.resume()
+            consumer.resume_flow()
+
+    delivered, _ = _drain(consumer, [b"a", b"b", b"c", b"d", b"e"], seek_meanwhile)
+    assert delivered == [b"a", b"b", b"c"]  # d and e come again after the seek
+    assert consumer._read_offset[TP_] == 1  # the seek's: not 2 (c, delivered during it), nor 4
