@@ -9,6 +9,7 @@ events per second.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 
 import phonenumbers
@@ -40,8 +41,36 @@ def normalize_email(raw: str) -> str:
     return normalized
 
 
+#: The common address, plain ASCII, that ``email_validator`` accepts and normalizes to itself (up to
+#: case): a dot-atom local part of letters, digits and ``._+-`` (no leading, trailing or doubled
+#: dot), then domain labels of letters, digits and inner hyphens (none doubled: ``ab--`` and
+#: ``xn--`` labels take the library's IDNA rules), and an alphabetic top-level domain.  ~1 µs
+#: against ~20 µs in the library, for every address not yet in the cache (a new person's); the rest
+#: goes to the library.  Property-tested against it (tests/unit/test_identifiers.py).
+_PLAIN_EMAIL = re.compile(
+    r"(?!\.)(?!.*\.\.)[A-Za-z0-9._+-]{1,64}(?<!\.)"
+    r"@(?!.*--)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+([A-Za-z]{2,63})"
+)
+
+#: Top-level names ``email_validator`` refuses as special-use (its ``SPECIAL_USE_DOMAIN_NAMES``).
+_SPECIAL_USE = frozenset(("arpa", "invalid", "local", "localhost", "onion", "test"))
+
+
+def _plain_email(address: str) -> str | None:
+    """``address`` lower-cased when it is a plain address (:data:`_PLAIN_EMAIL`), else None."""
+    if len(address) > 254:
+        return None
+    match = _PLAIN_EMAIL.fullmatch(address)
+    if match is None or match.group(1).lower() in _SPECIAL_USE:
+        return None
+    return address.lower()
+
+
 @lru_cache(maxsize=CACHE_SIZE)
 def _normalize_email(raw: str) -> str:
+    plain = _plain_email(raw.strip())
+    if plain is not None:
+        return plain
     try:
         info = validate_email(raw.strip(), check_deliverability=False)
     except EmailNotValidError as exc:
