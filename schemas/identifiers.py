@@ -13,7 +13,7 @@ import re
 from functools import lru_cache
 
 import phonenumbers
-from email_validator import EmailNotValidError, validate_email
+from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 
 CACHE_SIZE = 8192
 
@@ -52,8 +52,8 @@ _PLAIN_EMAIL = re.compile(
     r"@(?!.*--)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+([A-Za-z]{2,63})"
 )
 
-#: Top-level names ``email_validator`` refuses as special-use (its ``SPECIAL_USE_DOMAIN_NAMES``).
-_SPECIAL_USE = frozenset(("arpa", "invalid", "local", "localhost", "onion", "test"))
+#: Top-level names ``email_validator`` refuses as special-use: the library's own list.
+_SPECIAL_USE = frozenset(SPECIAL_USE_DOMAIN_NAMES)
 
 
 def _plain_email(address: str) -> str | None:
@@ -68,11 +68,12 @@ def _plain_email(address: str) -> str | None:
 
 @lru_cache(maxsize=CACHE_SIZE)
 def _normalize_email(raw: str) -> str:
-    plain = _plain_email(raw.strip())
+    address = raw.strip()
+    plain = _plain_email(address)
     if plain is not None:
         return plain
     try:
-        info = validate_email(raw.strip(), check_deliverability=False)
+        info = validate_email(address, check_deliverability=False)
     except EmailNotValidError as exc:
         raise ValueError(f"invalid email: {exc}") from None
     return info.normalized.lower()
