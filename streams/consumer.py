@@ -86,13 +86,15 @@
    by the garbage collector instead of cancelled.
 
 11. A seek back to the committed offsets resets Faust's read offsets, but its fetch loop goes on
-   with the fetch it was delivering: after the flow is resumed it delivers that fetch's remaining
-   records, from before the seek, and sets the read offsets to them, so that the same records read
+   with the fetch it was delivering.  Once the flow ran again it delivered that fetch's remaining
+   records, from before the seek, and set the read offsets to them, so that the same records read
    again after the seek were dropped as already read (and a gap computed from the new read offset
-   marked the records between as done).  That needed a seek during a delivery or during the loop's
-   periodic commit: rare, but a loss.  Here the loop counts finished seeks (:meth:`Consumer.
-   perform_seek`) and neither delivers nor marks as read what a fetch from before the latest seek
-   still holds: the seek reads it again.
+   marked the records between as done).  That needed a seek that finishes while a delivery waits,
+   or during the loop's periodic commit: rare, but a loss.  Here the consumer notes which partitions
+   a finished seek moved (:meth:`Consumer.seek_to_committed`: those with a committed offset, and
+   those fix 2 sends to the beginning), and the loop neither delivers nor marks as read what a fetch
+   from before holds for them: the seek reads it again.  A partition the seek did not move (a
+   changelog read by a standby, say) is delivered as before, since nothing would read it again.
 
 Tried and not kept: delivering each message inline instead of through ``wait_first`` made a bare
 pass-through ~40% faster, but lost events when a worker joined or left mid-stream
@@ -207,8 +209,8 @@ class Consumer(faust_aiokafka.Consumer):
         super().__init__(*args, **kwargs)
         #: Per partition, the first offset of each batch of the last fetch, by its last offset (fix 3).
         self._batch_first_offsets: dict[TP, dict[int, int]] = {}
-        self._seeks = 0  # seeks back to the committed offsets that finished (fix 11)
-        self._seeks_at_fetch = 0  # ... when the fetch being delivered returned
+        #: Partitions a finished seek moved since the fetch being delivered returned (fix 11).
+        self._sought: set[TP] = set()
         self._fetched_at = time.monotonic()  # when the last fetch returned records (fix 6)
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
@@ -297,7 +299,6 @@ class Consumer(faust_aiokafka.Consumer):
             app.flow_control.suspend()
         try:
             await super().perform_seek()
-            self._seeks += 1  # what the fetch loop still holds from before is stale (fix 11)
         except BaseException:
             if stopped_here and not (app.rebalancing or app.consumer_generation_id != generation
                                      or app.should_stop or self.should_stop):
@@ -309,14 +310,18 @@ class Consumer(faust_aiokafka.Consumer):
             raise
 
     async def seek_to_committed(self) -> Any:
-        """Fix 2 of the module doc: partitions without a committed offset start over (``earliest``)."""
+        """Fix 2 of the module doc: partitions without a committed offset start over (``earliest``).
+        Notes the partitions the seek moved, for fix 11."""
         committed = await super().seek_to_committed()
+        moved = {tp for tp, offset in committed.items() if offset and offset > 0}  # as aiokafka seeks
         if self.app.conf.consumer_auto_offset_reset == "earliest":
             # (changelog partitions are read by table recovery from offsets of its own)
             uncommitted = [tp for tp, offset in committed.items()
                            if (not offset or offset <= 0) and not tp.topic.endswith("-changelog")]
             if uncommitted:
                 await self._thread.seek_to_beginning(*uncommitted)
+                moved.update(uncommitted)
+        self._sought.update(moved)  # what the fetch loop still holds for these is read again (fix 11)
         return committed
 
     # --- batched delivery (fix 3) -------------------------------------------------------------------
@@ -328,7 +333,7 @@ class Consumer(faust_aiokafka.Consumer):
 
     async def _wait_next_records(self, timeout: float) -> Any:
         records, active_partitions = await super()._wait_next_records(timeout)
-        self._seeks_at_fetch = self._seeks
+        self._sought = set()  # fix 11: this fetch is from after every seek so far
         if records:
             self._fetched_at = time.monotonic()
         batched: frozenset[str] = getattr(self.app, "batched_topics", frozenset())
@@ -360,7 +365,7 @@ class Consumer(faust_aiokafka.Consumer):
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - run by Faust's Fetcher
         """Faust's fetch loop (faust.transport.consumer.Consumer._drain_messages, faust-streaming
         0.15) with two changes: fix 10, a callback that finishes in its first step skips
-        ``wait_first``; fix 11, nothing fetched before the latest seek is delivered or marked read."""
+        ``wait_first``; fix 11, nothing a seek since the fetch moved back is delivered or marked read."""
         callback = self.callback
         getmany = self.getmany
         consumer_should_stop = self._stopped.is_set
@@ -382,12 +387,13 @@ class Consumer(faust_aiokafka.Consumer):
                 await self.sleep(0)
                 if not self.should_stop:
                     async for tp, message in ait:
-                        if self._seeks != self._seeks_at_fetch:
-                            continue  # fetched before a seek that moved the partitions back (fix 11)
                         num_since_yield += 1
                         if num_since_yield > yield_every:
                             await sleep(0)
                             num_since_yield = 0
+                        sought = self._sought  # (a new set per fetch)
+                        if tp in sought:
+                            continue  # fetched before a seek that moved the partition back (fix 11)
                         offset = message.offset
                         r_offset = get_read_offset(tp)
                         if r_offset is None or offset >= r_offset:
@@ -397,7 +403,7 @@ class Consumer(faust_aiokafka.Consumer):
                             if commit_every is not None and self._n_acked >= commit_every:
                                 self._n_acked = 0
                                 await self.commit()
-                                if self._seeks != self._seeks_at_fetch:
+                                if tp in sought:
                                     continue
                             delivering: Any = callback(message)  # the conductor's on_message: a coroutine
                             try:
@@ -406,7 +412,7 @@ class Consumer(faust_aiokafka.Consumer):
                                 await sleep(0)  # a turn of the loop per message: the streams keep up
                             else:
                                 await self.wait_first(resumed(delivering, waiting_on), self.suspend_flow.wait())
-                            if self._seeks == self._seeks_at_fetch:
+                            if tp not in sought:
                                 set_read_offset(tp, offset)
                         else:
                             self.log.dev("DROPPED MESSAGE ROFF %r: k=%r v=%r", offset, message.key, message.value)

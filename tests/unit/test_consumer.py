@@ -4,6 +4,7 @@ import asyncio
 import itertools
 from types import SimpleNamespace
 from typing import Any
+from unittest.mock import patch
 
 import pytest
 from faust.tables.recovery import RebalanceAgain, ServiceStopped
@@ -344,10 +345,15 @@ def _drain(consumer: Consumer, values: list[Any], on_message: Any) -> tuple[list
         waited[0] += 1
         return await plain_wait_first(*coros, **kwargs)
 
-    async def getmany(timeout: float) -> Any:
-        consumer._seeks_at_fetch = consumer._seeks  # as the real getmany's fetch notes it
-        for offset, value in enumerate(values):
-            yield TP_, message(offset, value)
+    async def fetch(self: Any, timeout: float) -> Any:  # the consumer thread's fetch, done
+        return {TP_: list(values)}, {TP_}
+
+    async def getmany(timeout: float) -> Any:  # Faust's, short of its checks
+        with patch.object(faust_aiokafka.Consumer, "_wait_next_records", fetch):
+            fetched, _ = await consumer._wait_next_records(timeout)  # the project's: it notes the fetch
+        for tp, run in fetched.items():
+            for offset, value in enumerate(run):
+                yield tp, message(offset, value)
         fetcher._stopped.set()  # one fetch, then the loop ends
 
     async def callback(msg: Message) -> None:
@@ -448,20 +454,88 @@ def test_the_fetch_loop_lets_the_loop_turn_between_two_deliveries(consumer: Cons
     assert all(later - earlier > 1 for earlier, later in itertools.pairwise(deliveries))
 
 
+def _thread_seeks_to(consumer: Consumer, committed: dict[TP, int | None]) -> list[TP]:
+    """Makes the consumer thread's seek return ``committed`` (``None``: no committed offset), as
+    aiokafka does after seeking; returns the list of partitions then sent to the beginning."""
+    to_beginning: list[TP] = []
+
+    async def seek_to_committed() -> dict[TP, int | None]:
+        return committed
+
+    async def seek_to_beginning(*tps: TP) -> None:
+        to_beginning.extend(tps)
+
+    consumer._thread = SimpleNamespace(seek_to_committed=seek_to_committed,  # type: ignore[assignment]
+                                       seek_to_beginning=seek_to_beginning)
+    return to_beginning
+
+
+async def _seek_back(consumer: Consumer) -> None:
+    """A seek back to the committed offsets, and the resume that follows it."""
+    await consumer.perform_seek()
+    consumer.app.flow_control.resume()
+    consumer.resume_flow()
+
+
 def test_the_fetch_loop_drops_what_it_still_holds_from_before_a_seek(consumer: Consumer) -> None:
     """Fix 11: a seek back to the committed offset (1) finishes while ``c`` (2) is delivered, and the
     flow is resumed; the rest of that fetch is not delivered, nor marked read, so that the records
     read again from offset 1 are not dropped as read already."""
+    _thread_seeks_to(consumer, {TP_: 1})
+
     async def seek_meanwhile(msg: Message, consumer: Consumer) -> None:
         if msg.value == b"c":
-            async def seek_to_committed() -> dict[TP, int]:
-                return {TP_: 1}
-
-            consumer.seek_to_committed = seek_to_committed  # type: ignore[method-assign]
-            await consumer.perform_seek()
-            consumer.app.flow_control.resume()
-            consumer.resume_flow()
+            await _seek_back(consumer)
 
     delivered, _ = _drain(consumer, [b"a", b"b", b"c", b"d", b"e"], seek_meanwhile)
     assert delivered == [b"a", b"b", b"c"]  # d and e come again after the seek
     assert consumer._read_offset[TP_] == 1  # the seek's: not 2 (c, delivered during it), nor 4
+
+
+def test_the_fetch_loop_drops_what_it_holds_from_before_a_seek_during_its_periodic_commit(
+        consumer: Consumer) -> None:
+    _thread_seeks_to(consumer, {TP_: 1})
+
+    async def commit(*args: Any, **kwargs: Any) -> bool:
+        await _seek_back(consumer)
+        return True
+
+    async def ack_c(msg: Message, consumer: Consumer) -> None:
+        if msg.value == b"c":
+            consumer._n_acked = 1  # the commit is due before the next delivery
+
+    consumer._commit_every = 1
+    consumer.commit = commit  # type: ignore[method-assign]
+    delivered, _ = _drain(consumer, [b"a", b"b", b"c", b"d", b"e"], ack_c)
+    assert delivered == [b"a", b"b", b"c"]
+    assert consumer._read_offset[TP_] == 1
+
+
+def test_a_partition_the_seek_did_not_move_is_delivered_on(consumer: Consumer) -> None:
+    """Fix 11 drops only what the seek reads again: a partition without a committed offset that is
+    not sent to the beginning (a changelog, or another reset policy) stays where it was."""
+    _thread_seeks_to(consumer, {TP_: None})
+    consumer.app.conf.consumer_auto_offset_reset = "latest"
+
+    async def seek_meanwhile(msg: Message, consumer: Consumer) -> None:
+        if msg.value == b"c":
+            await _seek_back(consumer)
+
+    delivered, _ = _drain(consumer, [b"a", b"b", b"c", b"d", b"e"], seek_meanwhile)
+    assert delivered == [b"a", b"b", b"c", b"d", b"e"]  # nothing would read d and e again
+    assert consumer._read_offset[TP_] == 4
+
+
+def test_the_seek_notes_the_partitions_it_moves_and_the_next_fetch_forgets_them(consumer: Consumer) -> None:
+    other, changelog, fresh = TP("carts", 0), TP("app-profiles-changelog", 0), TP("clicks", 4)
+    to_beginning = _thread_seeks_to(consumer, {TP_: 7, other: None, changelog: None, fresh: 0})
+    consumer.loop.run_until_complete(consumer.perform_seek())
+    assert sorted(to_beginning) == [other, fresh]  # fix 2: no committed offset, ``earliest``
+    assert consumer._sought == {TP_, other, fresh}  # not the changelog: recovery reads it from its own offsets
+
+    async def fetch(self: Any, timeout: float) -> Any:
+        return {}, set()
+
+    with patch.object(faust_aiokafka.Consumer, "_wait_next_records", fetch):
+        consumer.loop.run_until_complete(consumer._wait_next_records(1.0))
+    assert consumer._sought == set()
