@@ -35,6 +35,7 @@ from streams import topics as names
 from streams.broker import free_port
 from streams.config_file import load_config
 from streams.consumer import App, FetchTimeMonitor
+from streams.cooccurrence import PairBuffer
 from streams.domain.config import PipelineConfig
 from streams.domain.rules.recommend import count_pairs, top_neighbours
 from streams.domain.timeline import RuleSet
@@ -88,6 +89,7 @@ class Pipeline:
     identity_blocks: ProfileTable  # "b:<blocking key>" -> {profile key: person record} (fuzzy matching)
     product_neighbours: ProfileTable  # product -> {other product: count}
     product_recs: ProductRecs  # every product's published top neighbours (started by the worker)
+    pairs: PairBuffer  # co-occurrence pairs of the profile agent's steps, sent at the next commit's cut
     health: Health = field(default_factory=Health)  # what /healthz and /readyz answer
     untrimmed: int = 0  # values written out since free memory was last given back
     #: ``(stage, seconds)`` of each offset commit (``mailpulse_commit_seconds``)
@@ -106,6 +108,7 @@ class Pipeline:
         are duplicates to that state and cause nothing.  So the outputs and internal messages they
         caused (a snapshot, a trigger, the absorb carrying a profile to its root) must already be
         in their topics when the state is written, or a crash in between would lose them for good."""
+        self.send_pairs()  # delivered by the flush that follows, before the offsets are committed
         written = sum(table.staged_count + table.held_count for table in self.tables)
         if written:
             self.output.flush()
@@ -122,6 +125,7 @@ class Pipeline:
         are delivered.  The agents go on during both waits and between the chunks of the write; what
         they stage waits for the next commit."""
         started = time.perf_counter()
+        self.send_pairs()  # delivered below, before the cut's offsets are committed
         held = sum(table.hold_staged() for table in self.tables)
         cut = time.perf_counter()
         await self.output.delivered()
@@ -135,6 +139,13 @@ class Pipeline:
         self.observe_commit("write_out", (cut - started) + busy)  # in chunks, the loop turning in between
         self.observe_commit("waited", (delivered - cut) + (time.perf_counter() - written))
         self._written(held)
+
+    def send_pairs(self) -> None:
+        """Sends the co-occurrence pairs summed since the last time (:mod:`streams.cooccurrence`)."""
+        if self.pairs.held:
+            topic = names.cooccurrence_topic(self.settings.app_id)
+            for target, value in self.pairs.take():
+                self.output.send(topic, None, value, target)
 
     def save_persisted_offsets(self) -> None:
         """After a flush: each table notes how far its changelog is in its local store."""
@@ -219,6 +230,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None, output: Outpu
         identity_blocks=profile_table(app, output, "identity-blocks", settings.partitions, small, memory),
         product_neighbours=profile_table(app, output, "product-neighbours", settings.partitions, small, memory),
         product_recs=ProductRecs(metrics.product_recs_read.inc),
+        pairs=PairBuffer(settings.partitions),
     )
     metrics.rocksdb_memory.set_function(lambda: memory.used)  # read when /metrics is scraped
     commit_seconds = {stage: metrics.commit_seconds.labels(stage) for stage in COMMIT_STAGES}
@@ -299,6 +311,7 @@ def _on_revocation(p: Pipeline) -> Any:
 
         for table in p.tables:  # each table is written from the stream of one topic
             table.drop_staged(lost(cooccurrence_topic if table is p.product_neighbours else events_topic))
+        p.pairs.drop(lost(events_topic))  # the new owner counts them again
 
     return on_partitions_revoked
 
@@ -458,7 +471,6 @@ def _profile_agent(p: Pipeline) -> Any:
         rules=p.rules, expected_clocks=expected_clocks(p.input_partitions),
         wall_delay_ms=int(settings.wall_clock_delay_s * 1000) if settings.clock == "wall" else None,
         partitions=partitions, events_topic=names.events_topic(settings.app_id),
-        cooccurrence_topic=names.cooccurrence_topic(settings.app_id),
     )
     latency = {name: metrics.event_latency.labels(name) for name in (names.PROFILES, names.SEGMENT_CHANGES,
                                                                      names.TRIGGERS)}
@@ -523,6 +535,10 @@ class _AgentSink:
 
     def stage_clocks(self, value: bytes, partition: int) -> None:
         self._p.partition_clocks.stage(b"clocks|%d" % partition, value, partition)
+
+    def add_pairs(self, pairs: dict[str, list[list[Any]]], partition: int) -> None:
+        if self._p.pairs.add(partition, pairs):
+            self._p.send_pairs()  # full: sent now rather than held without bound
 
     def push_due(self, partition: int, due: int, key: bytes, previous: int | None) -> None:
         self._p.due_index.push(partition, due, key, previous)

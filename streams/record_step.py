@@ -76,7 +76,6 @@ class StepContext:
     wall_delay_ms: int | None
     partitions: int
     events_topic: str
-    cooccurrence_topic: str
 
 
 @dataclass
@@ -91,6 +90,9 @@ class RecordResult:
     clocks: bytes | None = None  # the partition's clocks when they moved
     #: (topic, key, value, partition or None) in the order to send them.
     sends: list[tuple[str, bytes | None, bytes | None, int | None]] = field(default_factory=list)
+    #: Co-occurrence pairs of the events folded: product -> [[other product, weight], ...].  Sent by
+    #: the sink (the worker sums them until the next commit: :mod:`streams.cooccurrence`).
+    pairs: dict[str, list[list[Any]]] = field(default_factory=dict)
     outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)  # (input topic, outcome) -> events
     late: Counter[str] = field(default_factory=Counter)
     merges: list[str] = field(default_factory=list)
@@ -123,6 +125,8 @@ class RecordSink(Protocol):
 
     def stage_clocks(self, value: bytes, partition: int) -> None: ...
 
+    def add_pairs(self, pairs: dict[str, list[list[Any]]], partition: int) -> None: ...
+
     def push_due(self, partition: int, due: int, key: bytes, previous: int | None) -> None: ...
 
     def discard_due(self, partition: int, key: bytes, previous: int | None) -> None: ...
@@ -130,9 +134,9 @@ class RecordSink(Protocol):
 
 def apply_result(result: RecordResult, partition: int, sink: RecordSink) -> None:
     """What the profile agent does with a step's result, in its order: the sends, then the clocks,
-    the due index, the states and the blocks.  (A key that gave its profile away is written as a
-    redirect only once the absorb carrying that profile is sent: the writes are staged, and the
-    stage is written after the sends are delivered.)"""
+    the due index, the states, the blocks and the co-occurrence pairs.  (A key that gave its
+    profile away is written as a redirect only once the absorb carrying that profile is sent: the
+    writes are staged, and the stage is written after the sends are delivered.)"""
     for topic, key, value, target in result.sends:
         sink.send(topic, key, value, target)
     if result.clocks is not None:
@@ -146,6 +150,8 @@ def apply_result(result: RecordResult, partition: int, sink: RecordSink) -> None
         sink.stage_state(kb, value, partition)
     for kb, value in result.block_writes:
         sink.stage_block(kb, value, partition)
+    if result.pairs:
+        sink.add_pairs(result.pairs, partition)
 
 
 class _Cache(dict[str, Any]):
@@ -239,12 +245,7 @@ def step(entries: list[Any], io: StepIO, ctx: StepContext, skip: frozenset[int] 
             _advance_one(key, states, blocks, key in changed, key in republish, now_wm, now, io, ctx, result, pairs)
         except Exception as exc:
             raise StepFailure("advance", exc, key=key) from exc
-    if pairs:
-        by_partition: dict[int, list[Any]] = {}
-        for product, counted in pairs.items():
-            by_partition.setdefault(partition_for(product, ctx.partitions), []).append([product, counted])
-        for target, grouped in by_partition.items():
-            result.sends.append((ctx.cooccurrence_topic, None, orjson.dumps(grouped), target))
+    result.pairs = pairs
     if outbox:
         _route_outbox(outbox, ctx, result)
     return result

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 import pytest
+from faust.types import TP
 
 from schemas.events import INPUT_TOPICS
 from streams.app import Pipeline, create_app
@@ -209,9 +210,16 @@ async def test_co_occurrences_are_counted_per_product_and_feed_recommendations(p
     views[1]["ts"] += 1000
     async with agent(pipeline, "profiles").test_context() as profiles:
         await profiles.put(_batch(*views, clock=t + 1000))
-    counted = {product: pairs for _, entries, _ in sent(pipeline, "mailpulse-co-occurrence")
-               for product, pairs in entries}
-    assert counted == {"b": [["a", 1]], "a": [["b", 1]]}
+        assert sent(pipeline, "mailpulse-co-occurrence") == []  # summed until the next commit's cut
+        again = _event("v-2", "product_view", product_id="b")  # another record: its pairs are summed
+        again["ts"] += 1500
+        await profiles.put(_batch(again, clock=t + 1500))
+    pipeline.write_staged()  # what an offset commit does first
+    records = sent(pipeline, "mailpulse-co-occurrence")
+    assert len(records) == len({partition_for(product, pipeline.settings.partitions) for product in "ab"})
+    counted = {product: pairs for _, entries, _ in records for product, pairs in entries}
+    assert counted == {"b": [["a", 2]], "a": [["b", 2]]}
+    assert pipeline.pairs.held == 0
     async with agent(pipeline, "cooccurrence").test_context() as cooccurrence:
         for _, entries, _ in sent(pipeline, "mailpulse-co-occurrence"):
             await cooccurrence.put(orjson.dumps(entries))
@@ -227,6 +235,27 @@ async def test_co_occurrences_are_counted_per_product_and_feed_recommendations(p
         await profiles.put(_batch(cart, clock=t + 2000 + 30 * 60_000))
     [(_, trigger, _)] = sent(pipeline, "triggers")
     assert trigger["payload"]["recommendations"] == [{"product_id": "b"}, {"product_id": "z"}]
+
+
+async def test_co_occurrences_go_out_at_a_background_commits_cut_and_a_lost_partitions_are_dropped(
+        pipeline: Pipeline) -> None:
+    t = 1772359200000
+    views = [_event(f"v-{n}", "product_view", product_id=product) for n, product in enumerate("ab")]
+    views[1]["ts"] += 1000
+    async with agent(pipeline, "profiles").test_context() as profiles:
+        await profiles.put(_batch(*views, clock=t + 1000))
+    await pipeline.write_out_soon()  # the background commit's: sent before it waits for delivery
+    log = pipeline.output.log  # type: ignore[attr-defined]
+    assert "mailpulse-co-occurrence" in log
+    assert log.index("mailpulse-co-occurrence") < log.index("delivered")
+
+    async with agent(pipeline, "profiles").test_context() as profiles:
+        later = [dict(view, event_id=f"w-{n}", ts=view["ts"] + 2000) for n, view in enumerate(views)]
+        await profiles.put(_batch(*later, clock=t + 3000))
+    assert pipeline.pairs.held
+    revoked = {TP("mailpulse-profile-events", partition) for partition in range(pipeline.settings.partitions)}
+    await pipeline.app.on_partitions_revoked.send(revoked=revoked)
+    assert pipeline.pairs.held == 0  # the new owner folds those events again
 
 
 async def test_free_memory_goes_back_after_a_large_write_out_and_when_the_worker_goes_idle(

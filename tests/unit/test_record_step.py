@@ -39,8 +39,7 @@ UNTIL = parse_timestamp("2026-03-08T00:00:00Z")
 NOW = UNTIL + 3_600_000
 RULES = RuleSet.build(PipelineConfig(), 7 * 86_400_000, None)
 CTX = StepContext(rules=RULES, expected_clocks=expected_clocks({t: INPUT_PARTITIONS for t in INPUT_TOPICS}),
-                  wall_delay_ms=None, partitions=PARTITIONS, events_topic=names.events_topic("mailpulse"),
-                  cooccurrence_topic=names.cooccurrence_topic("mailpulse"))
+                  wall_delay_ms=None, partitions=PARTITIONS, events_topic=names.events_topic("mailpulse"))
 
 
 class Hop:
@@ -85,6 +84,9 @@ class Hop:
 
     def stage_clocks(self, value: bytes, partition: int) -> None:
         self._stage("clocks", b"clocks", value, partition)
+
+    def add_pairs(self, pairs: dict[str, list[list[Any]]], partition: int) -> None:
+        self.outputs.setdefault("pairs", []).append((None, orjson.dumps(pairs)))
 
     def push_due(self, partition: int, due: int, key: bytes, previous: int | None) -> None:
         if self.due_updates:
@@ -340,7 +342,7 @@ def test_a_profile_fed_far_past_every_configured_bound_keeps_committing_and_coun
               "parked_events": 20, "history_per_type": 10}
     rules = RuleSet.build(PipelineConfig.model_validate({"limits": limits}), 7 * 86_400_000, None)
     ctx = StepContext(rules=rules, expected_clocks=CTX.expected_clocks, wall_delay_ms=None, partitions=PARTITIONS,
-                      events_topic=CTX.events_topic, cooccurrence_topic=CTX.cooccurrence_topic)
+                      events_topic=CTX.events_topic)
     t0 = parse_timestamp("2026-03-01T10:00:00Z")
     raw: list[dict[str, Any]] = []
     for n in range(40):
@@ -384,7 +386,7 @@ def test_a_state_past_the_value_limit_within_its_bounds_is_shrunk_not_dead_lette
     monkeypatch.setattr(record_step, "SOFT_STATE_BYTES", SOFT_STATE_BYTES // 5)
     rules = RuleSet.build(PipelineConfig.model_validate({"limits": {"cart_moves": 100}}), 7 * 86_400_000, None)
     ctx = StepContext(rules=rules, expected_clocks=CTX.expected_clocks, wall_delay_ms=None, partitions=PARTITIONS,
-                      events_topic=CTX.events_topic, cooccurrence_topic=CTX.cooccurrence_topic)
+                      events_topic=CTX.events_topic)
     t0 = parse_timestamp("2026-03-01T10:00:00Z")
     raw = [{"event_id": f"{n:05d}".ljust(128, "x"), "type": "cart_add", "timestamp": t0 + n * 1000,
             "user_id": "hoarder", "product_id": f"sku-{n % 20}", "quantity": 1, "price": 1.0} for n in range(2_000)]

@@ -1,0 +1,75 @@
+"""Co-occurrence counts on their way from the profile agent to the co-occurrence agent.
+
+Each step of the profile hop yields the (product, other product, weight) pairs of the events it
+folded.  They used to leave as one internal record per target partition per step: at a shop's live
+rates, with a few events per step, that was ~0.46 records of ``<app>-co-occurrence`` per input event
+(``make bench-hop`` with ``BENCH_BATCH=20``), each paying a produce, a broker round and the
+co-occurrence agent's per-record cost for a couple of pairs.  :class:`PairBuffer` sums them per
+product instead, and the worker sends them at the next offset commit's cut (before the commit's
+flush, so no offset is committed before the pairs of the events it covers are delivered), or at once
+when it holds :data:`MOST_PRODUCTS` products.  Recommendations are a slow signal: their counts now
+move once per commit interval (about a second) instead of once per step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import orjson
+
+from streams.routing import partition_for
+
+#: Products held (summed over source partitions) before the buffer asks to be sent.
+MOST_PRODUCTS = 5_000
+#: Products per record sent (a record stays far below the broker's message limit).
+PRODUCTS_PER_RECORD = 500
+
+
+class PairBuffer:
+    """Pair counts per source partition (the profile partition whose events made them), then per
+    product: ``{other product: weight}``, summed."""
+
+    def __init__(self, partitions: int, most_products: int = MOST_PRODUCTS) -> None:
+        self.partitions = partitions
+        self.most_products = most_products
+        self._by_source: dict[int, dict[str, dict[str, int]]] = {}
+        self.held = 0  # products held, over all source partitions
+
+    def add(self, source: int, pairs: Mapping[str, Sequence[Sequence[Any]]]) -> bool:
+        """Adds one step's pairs (``product -> [[other, weight], ...]``); True once the buffer is full."""
+        counts = self._by_source.setdefault(source, {})
+        for product, counted in pairs.items():
+            others = counts.get(product)
+            if others is None:
+                others = counts[product] = {}
+                self.held += 1
+            for other, weight in counted:
+                others[other] = others.get(other, 0) + weight
+        return self.held >= self.most_products
+
+    def take(self) -> list[tuple[int, bytes]]:
+        """Everything held, as records of the co-occurrence topic: ``(target partition, value)``, the
+        value ``[[product, [[other, weight], ...]], ...]`` as the co-occurrence agent reads it."""
+        by_target: dict[int, dict[str, dict[str, int]]] = {}
+        for counts in self._by_source.values():
+            for product, others in counts.items():
+                merged = by_target.setdefault(partition_for(product, self.partitions), {}).setdefault(product, {})
+                for other, weight in others.items():
+                    merged[other] = merged.get(other, 0) + weight
+        self._by_source, self.held = {}, 0
+        records: list[tuple[int, bytes]] = []
+        for target, products in by_target.items():
+            entries = [[product, [[other, weight] for other, weight in others.items()]]
+                       for product, others in products.items()]
+            for start in range(0, len(entries), PRODUCTS_PER_RECORD):
+                records.append((target, orjson.dumps(entries[start:start + PRODUCTS_PER_RECORD])))
+        return records
+
+    def drop(self, sources: Iterable[int]) -> None:
+        """Forgets the pairs of source partitions this worker lost: their events were not committed,
+        so the new owner folds them again and counts their pairs itself."""
+        for source in sources:
+            counts = self._by_source.pop(source, None)
+            if counts:
+                self.held -= len(counts)
