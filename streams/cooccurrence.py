@@ -7,7 +7,7 @@ rates, with a few events per step, that was ~0.46 records of ``<app>-co-occurren
 co-occurrence agent's per-record cost for a couple of pairs.  :class:`PairBuffer` sums them per
 product instead, and the worker sends them at the next offset commit's cut (before the commit's
 flush, so no offset is committed before the pairs of the events it covers are delivered), or at once
-when it holds :data:`MOST_PRODUCTS` products.  Recommendations are a slow signal: their counts now
+when it holds :data:`MOST_PAIRS` counts.  Recommendations are a slow signal: their counts now
 move once per commit interval (about a second) instead of once per step.
 """
 
@@ -20,37 +20,41 @@ import orjson
 
 from streams.routing import partition_for
 
-#: Products held (summed over source partitions) before the buffer asks to be sent.
-MOST_PRODUCTS = 5_000
-#: Products per record sent (a record stays far below the broker's message limit).
-PRODUCTS_PER_RECORD = 500
+#: (product, other product) counts held, over all source partitions, before the buffer asks to be sent.
+MOST_PAIRS = 20_000
+#: About how many bytes of JSON a record sent holds at most (a record stays far below the broker's
+#: message limit, however many neighbours one product gathered since the last commit).
+RECORD_BYTES = 256 * 1024
 
 
 class PairBuffer:
     """Pair counts per source partition (the profile partition whose events made them), then per
     product: ``{other product: weight}``, summed."""
 
-    def __init__(self, partitions: int, most_products: int = MOST_PRODUCTS) -> None:
+    def __init__(self, partitions: int, most_pairs: int = MOST_PAIRS) -> None:
         self.partitions = partitions
-        self.most_products = most_products
+        self.most_pairs = most_pairs
         self._by_source: dict[int, dict[str, dict[str, int]]] = {}
-        self.held = 0  # products held, over all source partitions
+        self.held = 0  # (product, other) counts held, over all source partitions
 
     def add(self, source: int, pairs: Mapping[str, Sequence[Sequence[Any]]]) -> bool:
         """Adds one step's pairs (``product -> [[other, weight], ...]``); True once the buffer is full."""
         counts = self._by_source.setdefault(source, {})
         for product, counted in pairs.items():
-            others = counts.get(product)
-            if others is None:
-                others = counts[product] = {}
-                self.held += 1
+            others = counts.setdefault(product, {})
             for other, weight in counted:
-                others[other] = others.get(other, 0) + weight
-        return self.held >= self.most_products
+                held = others.get(other)
+                if held is None:
+                    others[other] = weight
+                    self.held += 1
+                else:
+                    others[other] = held + weight
+        return self.held >= self.most_pairs
 
     def take(self) -> list[tuple[int, bytes]]:
         """Everything held, as records of the co-occurrence topic: ``(target partition, value)``, the
-        value ``[[product, [[other, weight], ...]], ...]`` as the co-occurrence agent reads it."""
+        value ``[[product, [[other, weight], ...]], ...]`` as the co-occurrence agent reads it (a
+        product whose pairs would not fit one record comes in several entries; their counts add up)."""
         by_target: dict[int, dict[str, dict[str, int]]] = {}
         for counts in self._by_source.values():
             for product, others in counts.items():
@@ -60,10 +64,21 @@ class PairBuffer:
         self._by_source, self.held = {}, 0
         records: list[tuple[int, bytes]] = []
         for target, products in by_target.items():
-            entries = [[product, [[other, weight] for other, weight in others.items()]]
-                       for product, others in products.items()]
-            for start in range(0, len(entries), PRODUCTS_PER_RECORD):
-                records.append((target, orjson.dumps(entries[start:start + PRODUCTS_PER_RECORD])))
+            entries: list[list[Any]] = []
+            size = 2
+            for product, others in products.items():
+                counted: list[list[Any]] = []
+                entries.append([product, counted])
+                size += len(product) + 8
+                for other, weight in others.items():
+                    if size > RECORD_BYTES:  # this record is full: the rest goes in the next
+                        records.append((target, orjson.dumps([entry for entry in entries if entry[1]])))
+                        counted = []
+                        entries = [[product, counted]]
+                        size = 2 + len(product) + 8
+                    counted.append([other, weight])
+                    size += len(other) + 24  # quotes, brackets, commas, a weight; non-ASCII over-counted
+            records.append((target, orjson.dumps([entry for entry in entries if entry[1]])))
         return records
 
     def drop(self, sources: Iterable[int]) -> None:
@@ -72,4 +87,4 @@ class PairBuffer:
         for source in sources:
             counts = self._by_source.pop(source, None)
             if counts:
-                self.held -= len(counts)
+                self.held -= sum(len(others) for others in counts.values())

@@ -26,15 +26,26 @@ def test_pairs_of_several_steps_and_partitions_are_summed_per_product() -> None:
     assert buffer.held == 0 and buffer.take() == []  # taken once
 
 
-def test_a_full_buffer_says_so_and_a_record_holds_a_bounded_number_of_products() -> None:
-    buffer = PairBuffer(1, most_products=3)
+def test_a_full_buffer_says_so() -> None:
+    buffer = PairBuffer(1, most_pairs=3)
     assert not buffer.add(0, {"a": [["x", 1]], "b": [["x", 1]]})
-    assert not buffer.add(0, {"a": [["y", 1]]})  # a product already held adds nothing to the count
-    assert buffer.add(0, {"c": [["x", 1]]})
-    many = PairBuffer(1)
-    many.add(0, {f"p{n}": [["x", 1]] for n in range(cooccurrence.PRODUCTS_PER_RECORD + 1)})
-    records = many.take()
-    assert [len(orjson.loads(value)) for _, value in records] == [cooccurrence.PRODUCTS_PER_RECORD, 1]
+    assert not buffer.add(0, {"a": [["x", 4]]})  # a pair already held adds nothing to the count
+    assert buffer.add(0, {"a": [["y", 1]]})
+
+
+def test_records_stay_under_their_size_however_many_neighbours_one_product_gathered() -> None:
+    buffer = PairBuffer(1)
+    buffer.add(0, {"popular": [[f"sku-{n:06d}", 1] for n in range(30_000)], "quiet": [["sku-1", 2]]})
+    records = buffer.take()
+    assert len(records) > 1
+    assert all(len(value) <= cooccurrence.RECORD_BYTES + 64 for _, value in records)
+    counted: dict[str, dict[str, int]] = {}
+    for _, value in records:
+        for product, pairs in orjson.loads(value):
+            assert pairs  # no empty entry
+            for other, weight in pairs:
+                counted.setdefault(product, {})[other] = counted.get(product, {}).get(other, 0) + weight
+    assert len(counted["popular"]) == 30_000 and counted["quiet"] == {"sku-1": 2}  # nothing lost or doubled
 
 
 def test_the_pairs_of_a_lost_partition_are_dropped_and_the_rest_kept() -> None:
@@ -42,5 +53,5 @@ def test_the_pairs_of_a_lost_partition_are_dropped_and_the_rest_kept() -> None:
     buffer.add(0, {"a": [["b", 1]]})
     buffer.add(3, {"a": [["b", 2]], "c": [["d", 1]]})
     buffer.drop({3, 6})
-    assert buffer.held == 1
+    assert buffer.held == 1  # one (product, other) count
     assert sent(buffer.take()) == {"a": {"b": 1}}
