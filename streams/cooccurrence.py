@@ -18,13 +18,10 @@ from typing import Any
 
 import orjson
 
-from streams.routing import partition_for
+from streams.routing import RECORD_BYTES, partition_for
 
 #: (product, other product) counts held, over all source partitions, before the buffer asks to be sent.
 MOST_PAIRS = 20_000
-#: About how many bytes of JSON a record sent holds at most (a record stays far below the broker's
-#: message limit, however many neighbours one product gathered since the last commit).
-RECORD_BYTES = 256 * 1024
 
 
 class PairBuffer:
@@ -54,7 +51,11 @@ class PairBuffer:
     def take(self) -> list[tuple[int, bytes]]:
         """Everything held, as records of the co-occurrence topic: ``(target partition, value)``, the
         value ``[[product, [[other, weight], ...]], ...]`` as the co-occurrence agent reads it (a
-        product whose pairs would not fit one record comes in several entries; their counts add up)."""
+        product whose pairs would not fit one record comes in several entries; their counts add up).
+        A record holds at most :data:`~streams.routing.RECORD_BYTES` of JSON, counted as orjson
+        writes it (a product id is at most 512 characters, so one pair is at most ~3 KiB).
+        A record the producer refuses fails the output (:meth:`streams.output.OutputProducer.send`),
+        so nothing is committed past the events whose pairs it carried."""
         by_target: dict[int, dict[str, dict[str, int]]] = {}
         for counts in self._by_source.values():
             for product, others in counts.items():
@@ -63,22 +64,27 @@ class PairBuffer:
                     merged[other] = merged.get(other, 0) + weight
         self._by_source, self.held = {}, 0
         records: list[tuple[int, bytes]] = []
+        dumps = orjson.dumps
         for target, products in by_target.items():
             entries: list[list[Any]] = []
-            size = 2
+            size = 2  # the record's brackets
+            filled = False  # the record holds a pair
             for product, others in products.items():
                 counted: list[list[Any]] = []
                 entries.append([product, counted])
-                size += len(product) + 8
+                head = len(dumps(product)) + 6  # '[product,[...]],' as orjson writes it (UTF-8, escapes)
+                size += head
                 for other, weight in others.items():
-                    if size > RECORD_BYTES:  # this record is full: the rest goes in the next
-                        records.append((target, orjson.dumps([entry for entry in entries if entry[1]])))
+                    pair = len(dumps(other)) + len(str(weight)) + 4  # '[other,weight],'
+                    if size + pair > RECORD_BYTES and filled:  # full: the rest goes in the next record
+                        records.append((target, dumps([entry for entry in entries if entry[1]])))
                         counted = []
                         entries = [[product, counted]]
-                        size = 2 + len(product) + 8
+                        size = 2 + head
                     counted.append([other, weight])
-                    size += len(other) + 24  # quotes, brackets, commas, a weight; non-ASCII over-counted
-            records.append((target, orjson.dumps([entry for entry in entries if entry[1]])))
+                    size += pair
+                    filled = True
+            records.append((target, dumps([entry for entry in entries if entry[1]])))
         return records
 
     def drop(self, sources: Iterable[int]) -> None:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from faust.sensors import Sensor
 
 from streams.logs import LIBRDKAFKA
@@ -119,6 +119,13 @@ class OutputProducer:
                 break
             except BufferError:
                 self._producer.poll(0.01)
+            except KafkaException as refused:  # e.g. a message over ``message.max.bytes``
+                # Lost as a failed delivery is: every later flush or delivery wait raises, so no offset
+                # is committed, and no table value written, past what the message carried.
+                log.error("output to %s refused: %s", topic, refused)
+                self.failed = refused.args[0] if refused.args else KafkaError(KafkaError._FAIL)
+                self.lost += 1
+                raise
         self._in_epoch += 1
         # Serve delivery callbacks now and then, not per message (flush serves the rest).
         self._unpolled += 1

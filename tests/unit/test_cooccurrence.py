@@ -1,10 +1,10 @@
 """streams.cooccurrence: the profile agent's co-occurrence pairs, summed until the next commit's cut."""
 
 import orjson
+import pytest
 
-from streams import cooccurrence
 from streams.cooccurrence import PairBuffer
-from streams.routing import partition_for
+from streams.routing import RECORD_BYTES, partition_for
 
 
 def sent(records: list[tuple[int, bytes]]) -> dict[str, dict[str, int]]:
@@ -33,19 +33,42 @@ def test_a_full_buffer_says_so() -> None:
     assert buffer.add(0, {"a": [["y", 1]]})
 
 
-def test_records_stay_under_their_size_however_many_neighbours_one_product_gathered() -> None:
-    buffer = PairBuffer(1)
-    buffer.add(0, {"popular": [[f"sku-{n:06d}", 1] for n in range(30_000)], "quiet": [["sku-1", 2]]})
-    records = buffer.take()
-    assert len(records) > 1
-    assert all(len(value) <= cooccurrence.RECORD_BYTES + 64 for _, value in records)
+def summed(records: list[tuple[int, bytes]]) -> dict[str, dict[str, int]]:
     counted: dict[str, dict[str, int]] = {}
     for _, value in records:
         for product, pairs in orjson.loads(value):
             assert pairs  # no empty entry
             for other, weight in pairs:
                 counted.setdefault(product, {})[other] = counted.get(product, {}).get(other, 0) + weight
-    assert len(counted["popular"]) == 30_000 and counted["quiet"] == {"sku-1": 2}  # nothing lost or doubled
+    return counted
+
+
+@pytest.mark.parametrize("name", [
+    "sku-{:06d}",
+    "\u5546\u54c1-{:06d}-" + "\u00e9" * 40,  # 3- and 2-byte UTF-8: more bytes than characters
+    "\x01\x1f-{:06d}-" + "\x07" * 30,  # control characters: orjson writes each as 6 bytes (\u0007)
+])
+def test_records_stay_under_their_size_however_many_neighbours_one_product_gathered(name: str) -> None:
+    buffer = PairBuffer(1)
+    popular = "popular-" + "\u00fc" * 200
+    buffer.add(0, {"quiet": [["sku-1", 2]], popular: [[name.format(n), 1] for n in range(30_000)]})
+    buffer.add(0, {popular: [[name.format(n), 123_456] for n in range(0, 30_000, 7)]})  # longer weights
+    records = buffer.take()
+    assert len(records) > 1
+    assert all(len(value) <= RECORD_BYTES for _, value in records)
+    assert max(len(value) for _, value in records) > RECORD_BYTES * 0.9  # the records are filled
+    counted = summed(records)
+    assert len(counted[popular]) == 30_000 and counted["quiet"] == {"sku-1": 2}  # nothing lost or doubled
+    assert counted[popular][name.format(7)] == 123_457 and counted[popular][name.format(8)] == 1
+
+
+def test_a_product_that_does_not_fit_the_rest_of_a_record_starts_the_next_one_whole() -> None:
+    buffer = PairBuffer(1)
+    big = [[f"{n:0500d}", 1] for n in range(500)]  # ~254 KB of pairs each
+    buffer.add(0, {"first": big, "second": big})
+    records = buffer.take()
+    assert all(len(value) <= RECORD_BYTES for _, value in records)
+    assert summed(records) == {"first": dict(map(tuple, big)), "second": dict(map(tuple, big))}
 
 
 def test_the_pairs_of_a_lost_partition_are_dropped_and_the_rest_kept() -> None:
@@ -55,3 +78,12 @@ def test_the_pairs_of_a_lost_partition_are_dropped_and_the_rest_kept() -> None:
     buffer.drop({3, 6})
     assert buffer.held == 1  # one (product, other) count
     assert sent(buffer.take()) == {"a": {"b": 1}}
+
+
+def test_a_pair_larger_than_a_record_goes_alone_and_no_record_is_empty() -> None:
+    buffer = PairBuffer(1)
+    huge = "x" * (RECORD_BYTES + 10)  # not a product id ingest lets through (512 characters at most)
+    buffer.add(0, {"a": [[huge, 1], ["b", 1]], "c": [["d", 1], [huge, 1]]})
+    records = buffer.take()
+    assert [len(orjson.loads(value)) for _, value in records] == [1, 2, 1]
+    assert summed(records) == {"a": {huge: 1, "b": 1}, "c": {"d": 1, huge: 1}}

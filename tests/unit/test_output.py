@@ -1,9 +1,14 @@
-"""The flush before each offset commit: order of the steps and their timing."""
+"""The flush before each offset commit: order of the steps and their timing; a message the producer
+refuses fails the output for good (no broker needed)."""
 
+import asyncio
 import time
 from typing import Any
 
-from streams.output import FlushBeforeCommit, OnDelivered
+import pytest
+from confluent_kafka import KafkaError, KafkaException
+
+from streams.output import DeliveryFailed, FlushBeforeCommit, OnDelivered, OutputProducer
 
 
 class SlowOutput:
@@ -40,3 +45,20 @@ def test_commit_writes_out_then_flushes_then_records_offsets_and_times_both_stag
     assert [stage for stage, _ in observed] == ["write_out", "flush"]
     seconds = dict(observed)
     assert seconds["flush"] >= 0.02 > seconds["write_out"] >= 0
+
+
+def test_a_refused_message_fails_every_later_flush_so_nothing_is_committed_past_it() -> None:
+    output = OutputProducer("127.0.0.1:1", **{"message.max.bytes": 10_000})
+    try:
+        with pytest.raises(KafkaException):
+            output.send("co-occurrence", None, b"x" * 20_000, 0)  # over the limit: refused at once
+        assert output.lost == 1
+        assert output.failed is not None and output.failed.code() == KafkaError.MSG_SIZE_TOO_LARGE
+        with pytest.raises(DeliveryFailed, match="MSG_SIZE_TOO_LARGE"):
+            output.flush(1.0)  # the commit path's flush (FlushBeforeCommit, Pipeline.write_staged),
+            # though nothing is queued
+        with pytest.raises(DeliveryFailed, match="MSG_SIZE_TOO_LARGE"):
+            asyncio.run(output.delivered(timeout=1.0))  # the background commit's wait
+    finally:
+        output._producer.purge()
+        output._producer.flush(1)
