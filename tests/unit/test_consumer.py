@@ -492,6 +492,25 @@ def test_the_fetch_loop_drops_what_it_still_holds_from_before_a_seek(consumer: C
     assert consumer._read_offset[TP_] == 1  # the seek's: not 2 (c, delivered during it), nor 4
 
 
+def test_the_fetch_loop_drops_what_it_holds_from_before_a_seek_during_a_delivery_that_waits(
+        consumer: Consumer) -> None:
+    """Fix 11 under ``wait_first``: ``c``'s delivery waits (a full buffer), and the seek finishes
+    while it does."""
+    _thread_seeks_to(consumer, {TP_: 1})
+
+    async def wait_then_seek(msg: Message, consumer: Consumer) -> None:
+        if msg.value == b"c":
+            room = consumer.loop.create_future()
+            consumer.loop.call_later(0.01, room.set_result, None)
+            await room
+            await _seek_back(consumer)
+
+    delivered, waited = _drain(consumer, [b"a", b"b", b"c", b"d", b"e"], wait_then_seek)
+    assert waited == 1
+    assert delivered == [b"a", b"b", b"c"]
+    assert consumer._read_offset[TP_] == 1
+
+
 def test_the_fetch_loop_drops_what_it_holds_from_before_a_seek_during_its_periodic_commit(
         consumer: Consumer) -> None:
     _thread_seeks_to(consumer, {TP_: 1})
