@@ -72,6 +72,11 @@ class Settings(BaseSettings):
         default=20, ge=1, le=10_000,
         description="MAILPULSE_FETCH_MAX_WAIT_MS: longest a consumer fetch waits at the broker for data.",
     )
+    producer_linger_ms: int = Field(
+        default=25, ge=0, le=1_000,
+        description="MAILPULSE_PRODUCER_LINGER_MS: how long the worker's producer gathers messages into one "
+        "batch per partition before it sends them (internal records, outputs, table changelogs).",
+    )
     models_dir: Path | None = Field(
         default=None, description="MAILPULSE_MODELS_DIR: the models to score profiles with (a `mailpulse train` "
         "output directory); unset: the models shipped in models/shipped.",

@@ -12,6 +12,7 @@ import pytest
 from faust.types import TP
 
 from schemas.events import INPUT_TOPICS
+from streams import app as app_module
 from streams.app import Pipeline, create_app
 from streams.consumer import RecordBatch
 from streams.routing import partition_for
@@ -480,3 +481,20 @@ async def test_a_fuzzy_matching_block_past_its_size_is_skipped_and_counted(pipel
         for n in range(0, len(blocks), 100):  # the block messages, delivered to their partitions' agent
             await profiles.put(orjson.dumps(blocks[n:n + 100]))
     assert pipeline.metrics.identity_blocks_skipped._value.get() >= 3
+
+
+def test_the_workers_producer_gathers_messages_as_long_as_the_setting_says(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[tuple[str, dict[str, Any]]] = []
+
+    class Producer(RecordingOutput):
+        def __init__(self, bootstrap: str, **config: Any) -> None:
+            super().__init__()
+            made.append((bootstrap, config))
+
+    monkeypatch.setattr(app_module, "OutputProducer", Producer)
+    settings = Settings(broker="kafka://127.0.0.1:1", table_store="memory", data_dir=tmp_path, partitions=4,
+                        producer_linger_ms=40)
+    create_app(settings)
+    assert made == [("127.0.0.1:1", {"linger.ms": 40})]
+    assert Settings().producer_linger_ms == 25  # the default: fewer, fuller batches for the broker
