@@ -313,8 +313,10 @@ class Consumer(faust_aiokafka.Consumer):
         """Fix 2 of the module doc: partitions without a committed offset start over (``earliest``).
         Notes the partitions the seek moved, for fix 11.  The note is reset by the next fetch, which
         is sound because Faust seeks here only from :meth:`perform_seek`, with the flow stopped (fix
-        9): a fetch begun before the seek and answered after it is dropped by ``getmany`` (flow
-        stopped, or a new generation), so it cannot reset the note and have its records delivered."""
+        9): a fetch begun before the seek and answered after it is dropped, by ``getmany`` while the
+        flow is stopped or the generation changed, or by aiokafka's fetcher once its position moved
+        (``fetcher.py``, the position check on each fetched partition), so it cannot reset the note
+        and have its records delivered."""
         committed = await super().seek_to_committed()
         moved = {tp for tp, offset in committed.items() if offset and offset > 0}  # as aiokafka seeks
         if self.app.conf.consumer_auto_offset_reset == "earliest":

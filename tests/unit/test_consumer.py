@@ -511,6 +511,29 @@ def test_the_fetch_loop_drops_what_it_holds_from_before_a_seek_during_a_delivery
     assert consumer._read_offset[TP_] == 1
 
 
+def test_a_seek_from_recovery_while_a_delivery_waits_drops_that_delivery_and_the_rest(
+        consumer: Consumer) -> None:
+    """The case of production: the seek runs in another task (recovery's) while ``c``'s delivery
+    waits.  Stopping the flow suspends it, so ``c`` is dropped as with a rebalance, and nothing
+    after it is delivered or marked read."""
+    _thread_seeks_to(consumer, {TP_: 1})
+    cancelled: list[bytes] = []
+
+    async def wait_while_recovery_seeks(msg: Message, consumer: Consumer) -> None:
+        if msg.value == b"c":
+            consumer.loop.call_later(0.01, lambda: consumer.loop.create_task(_seek_back(consumer)))
+            try:
+                await consumer.loop.create_future()  # room never comes before the seek
+            except asyncio.CancelledError:
+                cancelled.append(msg.value)
+                raise
+
+    delivered, waited = _drain(consumer, [b"a", b"b", b"c", b"d", b"e"], wait_while_recovery_seeks)
+    assert waited == 1 and cancelled == [b"c"]
+    assert delivered == [b"a", b"b"]
+    assert consumer._read_offset[TP_] == 1
+
+
 def test_the_fetch_loop_drops_what_it_holds_from_before_a_seek_during_its_periodic_commit(
         consumer: Consumer) -> None:
     _thread_seeks_to(consumer, {TP_: 1})
