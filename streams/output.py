@@ -95,9 +95,7 @@ class OutputProducer:
             else:
                 earlier[epoch] -= 1
             if err is not None:
-                log.error("output to %s lost: %s", msg.topic(), err)
-                self.failed = err
-                self.lost += 1
+                self._lose(msg.topic(), err, "lost")
                 return
             self.acknowledged += 1
             if on_delivered is not None:
@@ -120,11 +118,7 @@ class OutputProducer:
             except BufferError:
                 self._producer.poll(0.01)
             except KafkaException as refused:  # e.g. a message over ``message.max.bytes``
-                # Lost as a failed delivery is: every later flush or delivery wait raises, so no offset
-                # is committed, and no table value written, past what the message carried.
-                log.error("output to %s refused: %s", topic, refused)
-                self.failed = refused.args[0] if refused.args else KafkaError(KafkaError._FAIL)
-                self.lost += 1
+                self._lose(topic, refused.args[0] if refused.args else KafkaError(KafkaError._FAIL), "refused")
                 raise
         self._in_epoch += 1
         # Serve delivery callbacks now and then, not per message (flush serves the rest).
@@ -132,6 +126,14 @@ class OutputProducer:
         if self._unpolled >= 1024:
             self._unpolled = 0
             self._producer.poll(0)
+
+    def _lose(self, topic: str | None, err: KafkaError, how: str) -> None:
+        """A message lost for good (its delivery failed, or the producer refused it): every later
+        flush or delivery wait raises, so no offset is committed, and no table value written, past
+        what it carried."""
+        log.error("output to %s %s: %s", topic, how, err)
+        self.failed = err
+        self.lost += 1
 
     def _left_before(self, epoch: int) -> int:
         """Messages of epochs up to ``epoch`` (ended) awaiting their report; forgets epochs done."""
