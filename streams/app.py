@@ -47,7 +47,7 @@ from streams.product_recs import ProductRecs
 from streams.record_step import RecordResult, StepContext, StepIO, apply_result, step_isolated
 from streams.routing import InputRecord, partition_for, route_batch
 from streams.settings import Settings
-from streams.tables import ProfileTable, RocksDBDueIndex, RocksDBMemory, profile_table, rocksdb_options
+from streams.tables import ProfileTable, RocksDBMemory, TieredDueIndex, profile_table, rocksdb_options
 from streams.watermark import DueIndex, DueOrder, expected_clocks, stored_due
 
 log = logging.getLogger(__name__)
@@ -223,7 +223,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None, output: Outpu
         partition_clocks=profile_table(app, output, "partition-clocks", settings.partitions, small, memory),
         rules=RuleSet.build(config, int(settings.dedupe_retention_days * DAY_MS), scorer),
         input_partitions=input_partitions or {topic: settings.partitions for topic in INPUT_TOPICS},
-        due_index=RocksDBDueIndex(settings.data_dir / f"{settings.app_id}-due-index", memory)
+        due_index=TieredDueIndex(settings.data_dir / f"{settings.app_id}-due-index", memory)
         if settings.table_store == "rocksdb" else DueIndex(),
         cooccurrence=_raw_topic(app, names.cooccurrence_topic(settings.app_id), partitions=settings.partitions,
                                 internal=True),

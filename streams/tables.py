@@ -25,7 +25,7 @@ from faust.stores import rocksdb as faust_rocksdb
 from faust.types import TP
 
 from streams.output import Output
-from streams.watermark import DUE_BIAS, due_bytes
+from streams.watermark import DUE_BIAS, DueIndex, due_bytes
 
 #: Values a background commit writes between two turns of the event loop (~2-5 ms of work).
 WRITE_CHUNK = 256
@@ -409,6 +409,11 @@ class RocksDBDueIndex:
             self._pending = rocksdict.WriteBatch(raw_mode=True)
         return db
 
+    def may_hold(self, partition: int, upto: int) -> bool:
+        """False when nothing due at or before ``upto`` can be stored for ``partition`` (a pop returns at once)."""
+        low = self._low.get(partition)
+        return low is None or low <= upto
+
     def pop_due(self, partition: int, upto: int) -> list[tuple[int, bytes]]:
         """The keys of ``partition`` due at or before ``upto``, in (due, key) order, each taken out.
 
@@ -450,3 +455,97 @@ class RocksDBDueIndex:
         if self._db is not None:
             self._db.close()
             self._db = None
+
+
+#: How far past the watermark of a partition's pop :class:`TieredDueIndex` moves entries from RocksDB
+#: into memory (event time, ms): a partition then reads RocksDB about once a minute of event time.
+NEAR_MS = 60_000
+#: The most keys :class:`TieredDueIndex` keeps in memory (all partitions; ~190 bytes each, so ~12 MiB);
+#: past it, entries stay in RocksDB.
+NEAR_KEYS = 65_536
+
+
+class TieredDueIndex:
+    """The due order with what is due within the next minute of event time in memory
+    (:class:`streams.watermark.DueIndex`) and the rest in RocksDB (:class:`RocksDBDueIndex`).
+
+    Why: at live rates the watermark moves at nearly every internal record, and with every entry in
+    RocksDB each record's pop wrote the pending batch, seeked and deleted: nearly every event parks
+    (due at its own time, a second or so ahead of the watermark), and in a steady flow some timer
+    set an hour or a day before comes due every few records.  Here a pop that reaches RocksDB takes
+    out everything due up to :data:`NEAR_MS` past its watermark and keeps what is not due yet in
+    memory, so a partition reads RocksDB about once a minute of event time; a push due by then goes
+    to memory, a later one to RocksDB.
+
+    A key's current entry is in one tier: in memory if the in-memory index holds it (its dict says
+    so), else in RocksDB under the due time the caller last pushed (``previous``).  Memory holds at
+    most :data:`NEAR_KEYS` keys, whatever the population: past that, entries stay in (or go back
+    to) RocksDB, whose pops then seek again.  After a rebalance the index is rebuilt into RocksDB."""
+
+    def __init__(self, path: Path, memory: RocksDBMemory | None = None, near_ms: int = NEAR_MS,
+                 near_keys: int = NEAR_KEYS) -> None:
+        self.near = DueIndex()
+        self.far = RocksDBDueIndex(path, memory)
+        self.near_ms, self.near_keys = near_ms, near_keys
+        self.near_count = 0  # keys held in memory, all partitions
+        self._horizon: dict[int, int] = {}  # partition -> where its last read of RocksDB reached
+        self.built = False
+
+    def reset(self) -> None:
+        self.near.reset()
+        self.far.reset()
+        self._horizon.clear()
+        self.near_count = 0
+        self.built = False
+
+    def build(self, entries: Iterable[tuple[int, int, bytes]]) -> None:
+        self.near.reset()
+        self.far.build(entries)
+        self._horizon.clear()
+        self.near_count = 0
+        self.built = True
+
+    def push(self, partition: int, due: int, key: bytes, previous: int | None = None) -> None:
+        held = self.near.keys(partition)
+        in_near = key in held
+        if in_near:  # its current entry is in memory: RocksDB holds nothing for it
+            previous = None
+        horizon = self._horizon.get(partition)
+        if horizon is not None and due <= horizon and (in_near or self.near_count < self.near_keys):
+            if previous is not None:
+                self.far.discard(partition, key, previous)
+            self.near.push(partition, due, key)
+            self.near_count += not in_near
+        else:
+            if in_near:
+                self.near.discard(partition, key)
+                self.near_count -= 1
+            self.far.push(partition, due, key, previous)
+
+    def discard(self, partition: int, key: bytes, previous: int | None = None) -> None:
+        if key in self.near.keys(partition):
+            self.near.discard(partition, key)
+            self.near_count -= 1
+        else:
+            self.far.discard(partition, key, previous)
+
+    def pop_due(self, partition: int, upto: int) -> list[tuple[int, bytes]]:
+        found = self.near.pop_due(partition, upto)
+        self.near_count -= len(found)
+        if not self.far.may_hold(partition, upto):
+            return found
+        horizon = upto + self.near_ms
+        for due, key in self.far.pop_due(partition, horizon):
+            if due <= upto:
+                found.append((due, key))
+            elif self.near_count < self.near_keys:
+                self.near.push(partition, due, key)
+                self.near_count += 1
+            else:  # memory is full: back to RocksDB, whose next pop seeks again
+                self.far.push(partition, due, key)
+        self._horizon[partition] = horizon
+        found.sort()
+        return found
+
+    def close(self) -> None:
+        self.far.close()

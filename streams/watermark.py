@@ -97,6 +97,9 @@ def _entry(due: int, key: bytes) -> bytes:
     return due_bytes(due) + key
 
 
+_NO_KEYS: Mapping[bytes, bytes] = {}
+
+
 class DueIndex:
     """Per profile partition, a heap of entries (:func:`_entry`) plus each key's current entry.
 
@@ -147,6 +150,10 @@ class DueIndex:
     def discard(self, partition: int, key: bytes, previous: int | None = None) -> None:
         """``key`` has nothing due any more (``previous``: as in :meth:`push`)."""
         self._current.get(partition, {}).pop(key, None)
+
+    def keys(self, partition: int) -> Mapping[bytes, bytes]:
+        """The keys of ``partition`` with something due (a view: key -> its current entry)."""
+        return self._current.get(partition, _NO_KEYS)
 
     def pop_due(self, partition: int, upto: int) -> list[tuple[int, bytes]]:
         """The keys of ``partition`` due at or before ``upto`` (each once; stale entries skipped)."""

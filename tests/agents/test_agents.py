@@ -17,7 +17,7 @@ from streams.app import Pipeline, create_app
 from streams.consumer import RecordBatch
 from streams.routing import partition_for
 from streams.settings import Settings
-from streams.tables import RocksDBDueIndex
+from streams.tables import TieredDueIndex
 from tests.fakes import RecordingOutput
 
 
@@ -171,9 +171,9 @@ async def test_the_due_index_is_rebuilt_from_profile_state_after_a_rebalance(
         pipeline: Pipeline, rocksdb_pipeline: Pipeline, store: str, written: bool) -> None:
     # The due time lives in each stored state; a rebalance resets the index, and the next record
     # rebuilds it from the table (staged values included), so a timer set before still fires.
-    # With RocksDB tables the index is a RocksDB database too (RocksDBDueIndex).
+    # With RocksDB tables the index keeps what is not due soon in a RocksDB database (TieredDueIndex).
     pipeline = rocksdb_pipeline if store == "rocksdb" else pipeline
-    assert isinstance(pipeline.due_index, RocksDBDueIndex) == (store == "rocksdb")
+    assert isinstance(pipeline.due_index, TieredDueIndex) == (store == "rocksdb")
     t = 1772359200000
     cart = _event("k-1", "cart_add", product_id="sku-1", price=20.0)
     cart["kind"], cart["src"][0] = "carts", "carts"

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from streams.tables import PENDING_WRITES, RocksDBDueIndex, RocksDBMemory
+from streams.tables import PENDING_WRITES, RocksDBDueIndex, RocksDBMemory, TieredDueIndex
 from streams.watermark import DueIndex, DueOrder, due_first, expected_clocks, merge_clocks, stored_due, watermark
 
 
@@ -39,11 +42,15 @@ def test_due_index_pops_each_key_once_at_its_current_time_and_stays_bounded() ->
     assert index.pop_due(2, 10**13) == [(10**12 + 9_999, b"busy")]
 
 
-@pytest.fixture(params=["memory", "rocksdb"])
+@pytest.fixture(params=["memory", "rocksdb", "tiered", "tiered, little memory"])
 def due_order(request: pytest.FixtureRequest, tmp_path: Path) -> DueOrder:
     if request.param == "memory":
         return DueIndex()
-    return RocksDBDueIndex(tmp_path / "due-index", RocksDBMemory.with_budget(4))
+    if request.param == "rocksdb":
+        return RocksDBDueIndex(tmp_path / "due-index", RocksDBMemory.with_budget(4))
+    if request.param == "tiered":  # a horizon that some of the test's due times fall within, some not
+        return TieredDueIndex(tmp_path / "due-index", RocksDBMemory.with_budget(4), near_ms=120)
+    return TieredDueIndex(tmp_path / "due-index", near_ms=10**13, near_keys=1)
 
 
 def test_both_due_indexes_pop_what_is_due_once_in_due_order(due_order: DueOrder) -> None:
@@ -117,3 +124,102 @@ def test_changes_made_while_the_watermark_stands_still_are_written_in_bounded_ba
         index.push(1, 5_000 + n, b"new-%d" % n)
         assert len(index._pending) < PENDING_WRITES
     assert index.pop_due(1, 5_000) == [(5_000, b"new-0")]
+
+
+# (operation, partition, key, due): push (due), discard, or pop (due: the watermark).
+_ops = st.lists(st.tuples(st.sampled_from(["push", "push", "discard", "pop"]), st.integers(0, 1),
+                          st.sampled_from([b"a", b"b", b"c"]), st.integers(-10, 120)), min_size=4, max_size=80)
+
+
+@settings(max_examples=400, deadline=None)
+@given(ops=_ops, near_ms=st.sampled_from([0, 10, 40, 10**6]), near_keys=st.integers(0, 3),
+       rebuild_at=st.integers(0, 100))
+def test_the_tiered_due_index_pops_what_the_in_memory_one_pops(ops: list[tuple[str, int, bytes, int]], near_ms: int,
+                                                                near_keys: int, rebuild_at: int) -> None:
+    # The reference is the in-memory index.  The tiered one is driven as the profile agent drives it:
+    # each push and discard names the due time the key was last pushed with (the state's "due").
+    # A rebuild part-way (a rebalance) starts it again from what the reference holds.
+    with tempfile.TemporaryDirectory() as folder:
+        tiered = TieredDueIndex(Path(folder) / "due-index", near_ms=near_ms, near_keys=near_keys)
+        try:
+            reference = DueIndex()
+            tiered.build([])
+            reference.build([])
+            current: dict[tuple[int, bytes], int] = {}  # what each key was last pushed with
+            for step, (op, partition, key, due) in enumerate(ops):
+                if step == rebuild_at:
+                    tiered.reset()
+                    assert not tiered.built
+                    tiered.build([(p, at, k) for (p, k), at in current.items()])
+                previous = current.get((partition, key))
+                if op == "push":
+                    tiered.push(partition, due, key, previous)
+                    reference.push(partition, due, key, previous)
+                    current[partition, key] = due
+                elif op == "discard":
+                    tiered.discard(partition, key, previous)
+                    reference.discard(partition, key, previous)
+                    current.pop((partition, key), None)
+                else:
+                    popped = tiered.pop_due(partition, due)
+                    assert popped == reference.pop_due(partition, due)
+                    for _, popped_key in popped:
+                        del current[partition, popped_key]
+                held = sum(len(tiered.near.keys(p)) for p in (0, 1))
+                assert held == tiered.near_count <= near_keys
+            for partition in (0, 1):
+                assert tiered.pop_due(partition, 10**6) == reference.pop_due(partition, 10**6)
+        finally:  # an open database left behind can hold up the interpreter's exit
+            tiered.close()
+
+
+def test_the_tiered_due_index_reads_rocksdb_about_once_per_horizon(tmp_path: Path) -> None:
+    # A live flow: each event parks at its own time and is folded when the watermark passes it,
+    # setting a timer an hour ahead; the watermark moves at every record.
+    index = TieredDueIndex(tmp_path / "due-index", near_ms=60_000)
+    try:
+        index.build([])
+        seeks = 0
+        pop_far = index.far.pop_due
+
+        def counted(partition: int, upto: int) -> list[tuple[int, bytes]]:
+            nonlocal seeks
+            seeks += 1
+            return pop_far(partition, upto)
+
+        index.far.pop_due = counted  # type: ignore[method-assign]
+        fired = []
+        due: dict[bytes, int] = {}
+        for second in range(2 * 3_600):  # two hours, a record a second
+            t = second * 1_000
+            key = b"person-%d" % (second % 5_000)  # 5,000 people, each back after 5,000 s
+            index.push(0, t + 500, key, due.get(key))
+            due[key] = t + 500
+            for at, popped in index.pop_due(0, t):
+                fired.append((at, popped))
+                timer = at + 3_600_001 if at % 1_000 == 500 else None  # a folded event sets an hour's timer
+                if timer is not None:
+                    index.push(0, timer, popped)
+                    due[popped] = timer
+                else:
+                    del due[popped]
+            assert len(index.near.keys(0)) == index.near_count <= 200  # a minute's events and timers
+        assert len(fired) >= 7_199 + 3_599  # every event folded, and the timers set in the first hour fired
+        assert seeks <= 2 * 60 + 2  # one per minute of event time, not one per record
+    finally:
+        index.close()
+
+
+def test_a_stored_due_index_may_hold_what_is_due_at_its_lowest_time(tmp_path: Path) -> None:
+    index = RocksDBDueIndex(tmp_path / "due-index")
+    try:
+        index.build([])
+        assert index.may_hold(0, 100)  # never popped: anything may be stored
+        assert index.pop_due(0, 100) == []
+        assert not index.may_hold(0, 100)
+        assert index.may_hold(0, 101)
+        index.push(0, 50, b"late")
+        assert index.may_hold(0, 50)  # due exactly at the watermark: popped there
+        assert index.pop_due(0, 50) == [(50, b"late")]
+    finally:
+        index.close()
