@@ -460,9 +460,9 @@ class RocksDBDueIndex:
 #: How far past the watermark of a partition's pop :class:`TieredDueIndex` moves entries from RocksDB
 #: into memory (event time, ms): a partition then reads RocksDB about once a minute of event time.
 NEAR_MS = 60_000
-#: The most keys :class:`TieredDueIndex` keeps in memory (all partitions; ~190 bytes each, so ~12 MiB);
+#: The most keys :class:`TieredDueIndex` keeps in memory (all partitions; ~190 bytes each, so ~3 MiB);
 #: past it, entries stay in RocksDB.
-NEAR_KEYS = 65_536
+NEAR_KEYS = 16_384
 
 
 class TieredDueIndex:

@@ -14,7 +14,8 @@ largest value per input partition in a table, so the watermark survives restarts
 :class:`DueIndex` is the in-memory order of profiles by their next due time, per profile partition
 (the worker with RocksDB tables keeps the same order in a local RocksDB database instead,
 :class:`streams.tables.RocksDBDueIndex`: every profile has a timer, and a Python object per profile
-was ~190 bytes each).  Each stored profile state carries its due time (``"due"``, written first so
+was ~190 bytes each; only what is due within the next minute is kept in memory in front of it,
+:class:`streams.tables.TieredDueIndex`).  Each stored profile state carries its due time (``"due"``, written first so
 :func:`stored_due` reads it without decoding the state); the index is rebuilt from the
 ``profile-state`` table after every rebalance, and nothing is scanned while running.
 """
@@ -65,8 +66,9 @@ def watermark(clocks: Mapping[str, int], expected: Sequence[str], wall_ms: int |
 
 
 class DueOrder(Protocol):
-    """Which profiles of a partition are due by when: :class:`DueIndex` (in memory) or
-    :class:`streams.tables.RocksDBDueIndex` (in a local RocksDB database, for large populations).
+    """Which profiles of a partition are due by when: :class:`DueIndex` (in memory),
+    :class:`streams.tables.RocksDBDueIndex` (in a local RocksDB database, for large populations) or
+    :class:`streams.tables.TieredDueIndex` (what is due soon in memory, the rest in RocksDB).
     ``previous`` is the due time the key was last pushed with (the state's ``"due"``), so a stored
     index can delete that entry without keeping a map of its own."""
 
