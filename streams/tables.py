@@ -414,8 +414,9 @@ class RocksDBDueIndex:
         low = self._low.get(partition)
         return low is None or low <= upto
 
-    def pop_due(self, partition: int, upto: int) -> list[tuple[int, bytes]]:
-        """The keys of ``partition`` due at or before ``upto``, in (due, key) order, each taken out.
+    def pop_due(self, partition: int, upto: int, most: int | None = None) -> list[tuple[int, bytes]]:
+        """The keys of ``partition`` due at or before ``upto``, in (due, key) order, each taken out
+        (``most``: at most that many; the next pop starts at the first one left).
 
         Nothing below ``_low`` can be stored, so a pop that does not reach it returns at once,
         without writing the batch or seeking: most records of a partition pop at the watermark the
@@ -435,12 +436,17 @@ class RocksDBDueIndex:
         bounds.set_iterate_upper_bound(end)  # else a seek steps over every tombstone beyond ``end``
         entries = db.iter(bounds)
         entries.seek(start)
+        left: int | None = None  # the due time of the first entry ``most`` left
         while entries.valid():
             stored: bytes = entries.key()
             if stored >= end:
                 break
+            due = int.from_bytes(stored[2:10], "big") - DUE_BIAS
+            if most is not None and len(found) >= most:
+                left = due
+                break
             popped.append(stored)
-            found.append((int.from_bytes(stored[2:10], "big") - DUE_BIAS, stored[10:]))
+            found.append((due, stored[10:]))
             entries.next()
         del entries
         if popped:
@@ -448,7 +454,7 @@ class RocksDBDueIndex:
             for stored in popped:
                 batch.delete(stored)
             db.write(batch)
-        self._low[partition] = upto + 1 if low is None else max(low, upto + 1)
+        self._low[partition] = left if left is not None else upto + 1 if low is None else max(low, upto + 1)
         return found
 
     def close(self) -> None:
@@ -479,8 +485,9 @@ class TieredDueIndex:
 
     A key's current entry is in one tier: in memory if the in-memory index holds it (its dict says
     so), else in RocksDB under the due time the caller last pushed (``previous``).  Memory holds at
-    most :data:`NEAR_KEYS` keys, whatever the population: past that, entries stay in (or go back
-    to) RocksDB, whose pops then seek again.  After a rebalance the index is rebuilt into RocksDB."""
+    most :data:`NEAR_KEYS` keys, whatever the population: past that, entries stay in RocksDB (a pop
+    takes out no more than memory has room for), whose pops then seek as before.  After a rebalance
+    the index is rebuilt into RocksDB."""
 
     def __init__(self, path: Path, memory: RocksDBMemory | None = None, near_ms: int = NEAR_MS,
                  near_keys: int = NEAR_KEYS) -> None:
@@ -534,16 +541,15 @@ class TieredDueIndex:
         self.near_count -= len(found)
         if not self.far.may_hold(partition, upto):
             return found
-        horizon = upto + self.near_ms
-        for due, key in self.far.pop_due(partition, horizon):
-            if due <= upto:
-                found.append((due, key))
-            elif self.near_count < self.near_keys:
+        found += self.far.pop_due(partition, upto)
+        room = self.near_keys - self.near_count
+        if room > 0:  # what comes due within the horizon, as much as memory may hold
+            horizon = upto + self.near_ms
+            ahead = self.far.pop_due(partition, horizon, most=room)
+            for due, key in ahead:
                 self.near.push(partition, due, key)
-                self.near_count += 1
-            else:  # memory is full: back to RocksDB, whose next pop seeks again
-                self.far.push(partition, due, key)
-        self._horizon[partition] = horizon
+            self.near_count += len(ahead)
+            self._horizon[partition] = horizon
         found.sort()
         return found
 

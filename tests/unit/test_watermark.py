@@ -182,10 +182,10 @@ def test_the_tiered_due_index_reads_rocksdb_about_once_per_horizon(tmp_path: Pat
         seeks = 0
         pop_far = index.far.pop_due
 
-        def counted(partition: int, upto: int) -> list[tuple[int, bytes]]:
+        def counted(partition: int, upto: int, most: int | None = None) -> list[tuple[int, bytes]]:
             nonlocal seeks
-            seeks += 1
-            return pop_far(partition, upto)
+            seeks += most is None  # a read of what is due now (a second one reads ahead)
+            return pop_far(partition, upto, most)
 
         index.far.pop_due = counted  # type: ignore[method-assign]
         fired = []
@@ -221,5 +221,33 @@ def test_a_stored_due_index_may_hold_what_is_due_at_its_lowest_time(tmp_path: Pa
         index.push(0, 50, b"late")
         assert index.may_hold(0, 50)  # due exactly at the watermark: popped there
         assert index.pop_due(0, 50) == [(50, b"late")]
+    finally:
+        index.close()
+
+
+def test_a_stored_due_index_pops_at_most_what_it_is_asked_for(tmp_path: Path) -> None:
+    index = RocksDBDueIndex(tmp_path / "due-index")
+    try:
+        index.build([(0, 5, b"a"), (0, 5, b"b"), (0, 5, b"c"), (0, 9, b"d")])
+        assert index.pop_due(0, 10, most=2) == [(5, b"a"), (5, b"b")]
+        assert index.may_hold(0, 5)  # the next pop starts at the first entry left, due at 5 too
+        assert index.pop_due(0, 10) == [(5, b"c"), (9, b"d")]
+    finally:
+        index.close()
+
+
+def test_a_full_memory_leaves_the_rest_in_rocksdb_without_moving_it_back_and_forth(tmp_path: Path) -> None:
+    index = TieredDueIndex(tmp_path / "due-index", near_ms=10_000, near_keys=10)
+    try:
+        index.build([(0, due, b"k%04d" % due) for due in range(1, 1_001)])
+        assert index.pop_due(0, 0) == []
+        assert index.near_count == 10  # 1-10 read ahead, as many as memory holds
+        assert [due for due, _ in index.pop_due(0, 5)] == [1, 2, 3, 4, 5]
+        assert [due for due, _ in index.pop_due(0, 12)] == list(range(6, 13))
+        assert index.near_count == 10  # 13-22
+        for upto in range(13, 1_001):
+            assert index.pop_due(0, upto) == [(upto, b"k%04d" % upto)]
+            assert index.near_count <= 10
+            assert len(index.far._pending) == 0  # nothing read ahead was written back
     finally:
         index.close()
