@@ -422,8 +422,7 @@ class RocksDBDueIndex:
         without writing the batch or seeking: most records of a partition pop at the watermark the
         record before them popped at (it moves with the upstream clocks, a few times a second).
         Pushes then wait in the batch (bounded by :meth:`_bound_pending`)."""
-        low = self._low.get(partition)
-        if low is not None and low > upto:
+        if not self.may_hold(partition, upto):
             return []
         db = self._write_pending()
         prefix = partition.to_bytes(2, "big")
@@ -454,7 +453,7 @@ class RocksDBDueIndex:
             for stored in popped:
                 batch.delete(stored)
             db.write(batch)
-        self._low[partition] = left if left is not None else upto + 1 if low is None else max(low, upto + 1)
+        self._low[partition] = upto + 1 if left is None else left  # a pop starts at _low, so _low <= upto
         return found
 
     def close(self) -> None:
