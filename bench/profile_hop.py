@@ -13,8 +13,7 @@ internal record, and each event is then usually parked by one record and release
 BENCH_PROFILE=1 (cProfile of the hop, top BENCH_ROWS=30 by BENCH_SORT=tottime); BENCH_LOOP (1: the
 internal records the hop sends itself -- link asks and answers, absorbs, forwarded events -- are put
 back into the hop, as the broker would deliver them; 0: only counted, which hides what an
-``identify`` sets off); BENCH_HOLD (1: events wait until the batches' clocks pass them, as the
-ingest agent holds them, :class:`streams.routing.HeldEvents`; 0: each goes with its batch).
+``identify`` sets off).
 """
 
 from __future__ import annotations
@@ -37,7 +36,7 @@ from streams.app import create_app
 from streams.gc_tuning import tune_garbage_collector
 from streams.ingest import IngestPolicy
 from streams.output import OnDelivered
-from streams.routing import HeldEvents, InputRecord, route_batch
+from streams.routing import InputRecord, route_batch
 from streams.settings import Settings
 from streams.tools.produce import topic_for
 
@@ -87,13 +86,10 @@ def internal_records(events: list[bytes], batch: int = BATCH) -> tuple[list[tupl
         per_topic[topic] = per_topic.get(topic, 0) + 1
         inputs.append((topic, per_topic[topic] % PARTITIONS, offset, None, value, None))
     now = int(time.time() * 1000)
-    held = HeldEvents() if os.environ.get("BENCH_HOLD", "1") != "0" else None
     started = time.perf_counter()
     for start in range(0, len(inputs), batch):
         route_batch(inputs[start:start + batch], PARTITIONS, now, IngestPolicy(),
-                    lambda partition, record: records.append((partition, record)), lambda *_: None, held)
-    if held is not None:
-        records += held.take_all()  # what the worker's next offset commit sends
+                    lambda partition, record: records.append((partition, record)), lambda *_: None)
     return records, time.perf_counter() - started
 
 

@@ -45,7 +45,7 @@ from streams.native_memory import release_free_memory
 from streams.output import FlushBeforeCommit, Output, OutputProducer
 from streams.product_recs import ProductRecs
 from streams.record_step import RecordResult, StepContext, StepIO, apply_result, step_isolated
-from streams.routing import HeldEvents, InputRecord, partition_for, route_batch
+from streams.routing import InputRecord, partition_for, route_batch
 from streams.settings import Settings
 from streams.tables import ProfileTable, RocksDBMemory, TieredDueIndex, profile_table, rocksdb_options
 from streams.watermark import DueIndex, DueOrder, expected_clocks, stored_due
@@ -90,8 +90,6 @@ class Pipeline:
     product_neighbours: ProfileTable  # product -> {other product: count}
     product_recs: ProductRecs  # every product's published top neighbours (started by the worker)
     pairs: PairBuffer  # co-occurrence pairs of the profile agent's steps, sent at the next commit's cut
-    #: events the ingest agent holds until its input clocks pass them; the rest go at the next commit's cut
-    held_events: HeldEvents = field(default_factory=HeldEvents)
     health: Health = field(default_factory=Health)  # what /healthz and /readyz answer
     untrimmed: int = 0  # values written out since free memory was last given back
     #: ``(stage, seconds)`` of each offset commit (``mailpulse_commit_seconds``)
@@ -111,7 +109,6 @@ class Pipeline:
         caused (a snapshot, a trigger, the absorb carrying a profile to its root) must already be
         in their topics when the state is written, or a crash in between would lose them for good."""
         self.send_pairs()  # delivered by the flush that follows, before the offsets are committed
-        self.send_held_events()
         written = sum(table.staged_count + table.held_count for table in self.tables)
         if written:
             self.output.flush()
@@ -129,7 +126,6 @@ class Pipeline:
         they stage waits for the next commit."""
         started = time.perf_counter()
         self.send_pairs()  # delivered below, before the cut's offsets are committed
-        self.send_held_events()
         held = sum(table.hold_staged() for table in self.tables)
         cut = time.perf_counter()
         await self.output.delivered()
@@ -150,15 +146,6 @@ class Pipeline:
             topic = names.cooccurrence_topic(self.settings.app_id)
             for target, value in self.pairs.take():
                 self.output.send(topic, None, value, target)
-
-    def send_held_events(self) -> int:
-        """Sends the events the ingest agent holds (:class:`streams.routing.HeldEvents`); how many."""
-        count = len(self.held_events)
-        if count:
-            topic = names.events_topic(self.settings.app_id)
-            for partition, record in self.held_events.take_all():
-                self.output.send(topic, None, record, partition)
-        return count
 
     def save_persisted_offsets(self) -> None:
         """After a flush: each table notes how far its changelog is in its local store."""
@@ -325,11 +312,6 @@ def _on_revocation(p: Pipeline) -> Any:
         for table in p.tables:  # each table is written from the stream of one topic
             table.drop_staged(lost(cooccurrence_topic if table is p.product_neighbours else events_topic))
         p.pairs.drop(lost(events_topic))  # the new owner counts them again
-        # events held for the profile hop: sent (a commit that covered them sent them already, so
-        # any left are of uncommitted offsets, and the new owner's copies are duplicates to the hop)
-        p.held_events.forget({(tp.topic, tp.partition) for tp in revoked})
-        if p.send_held_events():
-            await p.output.flush_soon()
 
     return on_partitions_revoked
 
@@ -404,7 +386,6 @@ def _wall_clock(p: Pipeline) -> Any:
     events_topic = names.events_topic(p.settings.app_id)
 
     async def wall_clock() -> None:
-        p.send_held_events()  # before the wall clock passes them (streams.routing.HeldEvents)
         record = orjson.dumps([[None, {"wall": _now_ms()}]])
         for partition in range(p.settings.partitions):
             p.output.send(events_topic, None, record, partition)
@@ -441,15 +422,10 @@ def _ingest_agent(p: Pipeline) -> Any:
         send(events_topic, None, record, partition)
 
     record_seconds = metrics.record_seconds.labels("ingest")
-    # --clock wall: an event the wall clock passes within this many ms is not held, as a wall-clock
-    # record of another worker could pass it before this worker's own tick sends it (HeldEvents)
-    wall_margin_ms = int((settings.wall_clock_delay_s - 2 * settings.wall_clock_interval_s - 1.0) * 1000)
 
     async def ingest(stream: Any) -> None:
         async for batch in stream.take_events(settings.batch_size, within=settings.batch_within_s):
-            now = _now_ms()
-            blocked = route_batch(_delivered_records(batch), partitions, now, policy, forward, dead_letter,
-                                  p.held_events, now - wall_margin_ms if settings.clock == "wall" else None)
+            blocked = route_batch(_delivered_records(batch), partitions, _now_ms(), policy, forward, dead_letter)
             sent = time.monotonic()
             waits: list[float] = []  # one per input record
             for event in batch:

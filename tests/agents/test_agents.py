@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -499,45 +498,3 @@ def test_the_workers_producer_gathers_messages_as_long_as_the_setting_says(tmp_p
     create_app(settings)
     assert made == [("127.0.0.1:1", {"linger.ms": 40})]
     assert Settings().producer_linger_ms == 25  # the default: fewer, fuller batches for the broker
-
-
-async def test_ingest_holds_an_event_until_its_clocks_pass_it_and_a_commit_a_revocation_or_the_wall_clock_sends_it(
-        tmp_path: Path) -> None:
-    def view(n: int, ts: int) -> bytes:
-        return orjson.dumps({"event_id": f"e-{n}", "type": "page_view", "timestamp": ts, "user_id": f"u-{n}"})
-
-    def forwarded(p: Pipeline) -> list[str]:
-        return [event["event_id"] for _, batch, _ in sent(p, "mailpulse-profile-events") for key, event in batch if key]
-
-    t = int(time.time() * 1000) - 10_000  # live: the wall clock (less 30 s) is behind the events
-    settings = Settings(broker="kafka://127.0.0.1:1", table_store="memory", data_dir=tmp_path, partitions=4,
-                        clock="wall", wall_clock_delay_s=30)
-    p = create_app(settings, output=RecordingOutput())
-    async with agent(p, "ingest").test_context() as ingest:
-        await ingest.put(view(1, t), partition=0)
-        await ingest.put(view(2, t + 1000), partition=1)  # past partition 0's clock: held
-    assert forwarded(p) == ["e-1"] and len(p.held_events) == 1
-    p.write_staged()  # an offset commit's first step: nothing is committed past a held event
-    assert forwarded(p) == ["e-1", "e-2"] and len(p.held_events) == 0
-
-    async with agent(p, "ingest").test_context() as ingest:
-        await ingest.put(view(3, t + 2000), partition=1)
-    assert len(p.held_events) == 1
-    await p.write_out_soon()  # the background commit's cut: sent before it waits for delivery
-    log = p.output.log  # type: ignore[attr-defined]
-    assert forwarded(p)[-1] == "e-3" and log.index("mailpulse-profile-events", 2) < log.index("delivered")
-
-    async with agent(p, "ingest").test_context() as ingest:
-        await ingest.put(view(4, t + 3000), partition=1)
-    assert len(p.held_events) == 1
-    # (test_context's records come from a channel named "<internal>")
-    await p.app.on_partitions_revoked.send(revoked={TP("<internal>", n) for n in range(4)})
-    assert forwarded(p)[-1] == "e-4" and p.held_events.clocks == {}
-
-    async with agent(p, "ingest").test_context() as ingest:
-        await ingest.put(view(5, t), partition=0)
-        await ingest.put(view(6, t + 4000), partition=1)
-    assert forwarded(p)[-1] == "e-5" and len(p.held_events) == 1
-    await app_module._wall_clock(p)()
-    wall_records = [batch for _, batch, _ in sent(p, "mailpulse-profile-events") if batch[-1][1].get("wall")]
-    assert forwarded(p)[-1] == "e-6" and len(wall_records) == 4
