@@ -45,7 +45,7 @@ from streams.native_memory import release_free_memory
 from streams.output import FlushBeforeCommit, Output, OutputProducer
 from streams.product_recs import ProductRecs
 from streams.record_step import RecordResult, StepContext, StepIO, apply_result, step_isolated
-from streams.routing import InputRecord, partition_for, route_batch
+from streams.routing import DelayedClocks, InputRecord, clock_records, partition_for, route_batch
 from streams.settings import Settings
 from streams.tables import ProfileTable, RocksDBMemory, TieredDueIndex, profile_table, rocksdb_options
 from streams.watermark import DueIndex, DueOrder, expected_clocks, stored_due
@@ -90,6 +90,7 @@ class Pipeline:
     product_neighbours: ProfileTable  # product -> {other product: count}
     product_recs: ProductRecs  # every product's published top neighbours (started by the worker)
     pairs: PairBuffer  # co-occurrence pairs of the profile agent's steps, sent at the next commit's cut
+    delayed_clocks: DelayedClocks  # input clocks of the ingest's batches, sent MAILPULSE_CLOCK_DELAY_MS later
     health: Health = field(default_factory=Health)  # what /healthz and /readyz answer
     untrimmed: int = 0  # values written out since free memory was last given back
     #: ``(stage, seconds)`` of each offset commit (``mailpulse_commit_seconds``)
@@ -109,6 +110,7 @@ class Pipeline:
         caused (a snapshot, a trigger, the absorb carrying a profile to its root) must already be
         in their topics when the state is written, or a crash in between would lose them for good."""
         self.send_pairs()  # delivered by the flush that follows, before the offsets are committed
+        self.send_clocks(every=True)  # the clocks of the events it covers, or a crash would lose them
         written = sum(table.staged_count + table.held_count for table in self.tables)
         if written:
             self.output.flush()
@@ -126,6 +128,7 @@ class Pipeline:
         they stage waits for the next commit."""
         started = time.perf_counter()
         self.send_pairs()  # delivered below, before the cut's offsets are committed
+        self.send_clocks(every=True)
         held = sum(table.hold_staged() for table in self.tables)
         cut = time.perf_counter()
         await self.output.delivered()
@@ -146,6 +149,15 @@ class Pipeline:
             topic = names.cooccurrence_topic(self.settings.app_id)
             for target, value in self.pairs.take():
                 self.output.send(topic, None, value, target)
+
+    def send_clocks(self, every: bool = False) -> None:
+        """Sends the input clocks that are due (``every``: all held, at an offset commit's cut) to
+        every profile partition (:class:`streams.routing.DelayedClocks`)."""
+        clocks = self.delayed_clocks.due(_now_ms(), every)
+        if clocks:
+            topic = names.events_topic(self.settings.app_id)
+            for partition, record in clock_records(clocks, self.settings.partitions):
+                self.output.send(topic, None, record, partition)
 
     def save_persisted_offsets(self) -> None:
         """After a flush: each table notes how far its changelog is in its local store."""
@@ -231,6 +243,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None, output: Outpu
         product_neighbours=profile_table(app, output, "product-neighbours", settings.partitions, small, memory),
         product_recs=ProductRecs(metrics.product_recs_read.inc),
         pairs=PairBuffer(settings.partitions),
+        delayed_clocks=DelayedClocks(settings.clock_delay_ms),
     )
     metrics.rocksdb_memory.set_function(lambda: memory.used)  # read when /metrics is scraped
     commit_seconds = {stage: metrics.commit_seconds.labels(stage) for stage in COMMIT_STAGES}
@@ -246,6 +259,8 @@ def create_app(settings: Settings, metrics: Metrics | None = None, output: Outpu
     app.agent(p.cooccurrence, name="cooccurrence")(_cooccurrence_agent(p))
     if settings.clock == "wall":
         app.timer(interval=settings.wall_clock_interval_s)(_wall_clock(p))
+    if settings.clock_delay_ms:
+        app.timer(interval=max(settings.clock_delay_ms / 2000, 0.01))(_delayed_clocks(p))
     app.timer(interval=LAG_EVERY_S)(_consumer_lag(p))
     app.timer(interval=HEALTH_EVERY_S)(_health(p))
     return p
@@ -380,6 +395,15 @@ def _health(p: Pipeline) -> Any:
     return health
 
 
+def _delayed_clocks(p: Pipeline) -> Any:
+    """Sends the input clocks whose delay is over when no ingest batch came to carry them."""
+
+    async def delayed_clocks() -> None:
+        p.send_clocks()
+
+    return delayed_clocks
+
+
 def _wall_clock(p: Pipeline) -> Any:
     """``--clock wall``: the wall clock reaches every profile partition through the internal topic
     (table writes need a stream event), so time-based rules fire with no input traffic."""
@@ -425,7 +449,8 @@ def _ingest_agent(p: Pipeline) -> Any:
 
     async def ingest(stream: Any) -> None:
         async for batch in stream.take_events(settings.batch_size, within=settings.batch_within_s):
-            blocked = route_batch(_delivered_records(batch), partitions, _now_ms(), policy, forward, dead_letter)
+            blocked = route_batch(_delivered_records(batch), partitions, _now_ms(), policy, forward, dead_letter,
+                                  p.delayed_clocks)
             sent = time.monotonic()
             waits: list[float] = []  # one per input record
             for event in batch:

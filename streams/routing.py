@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import zlib
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -53,17 +53,64 @@ class PartitionBatches:
                 yield partition, orjson.dumps(entries)
 
 
+#: An input partition's clock: (topic, partition) -> the largest event time seen.
+Clocks = dict[tuple[str, int], int]
+
+
+class DelayedClocks:
+    """Input clocks on their way to the profile partitions, each sent ``delay_ms`` (wall time) after
+    the batch that moved it.
+
+    Why: an event whose key is a redirect (an anonymous id or e-mail of an identified person) is
+    forwarded by its key's partition to its root's.  When the clocks that let the watermark pass the
+    event come with the event's own batch (an upstream heartbeat tick does that), the root's
+    partition takes them before the forwarded event arrives, and the event is late there.  Sent
+    ``delay_ms`` later, the clocks give the forward that long.  A clock sent later is always safe:
+    it never overtakes its events."""
+
+    def __init__(self, delay_ms: int) -> None:
+        self.delay_ms = delay_ms
+        self._pending: deque[tuple[int, Clocks]] = deque()  # (wall ms of the batch, the clocks it moved)
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def add(self, moved: Clocks, now_ms: int) -> None:
+        """The clocks one batch moved, read at ``now_ms``."""
+        if moved:
+            self._pending.append((now_ms, moved))
+
+    def due(self, now_ms: int, every: bool = False) -> Clocks:
+        """The clocks of the batches read ``delay_ms`` or more before ``now_ms`` (``every``: all of
+        them), merged, and taken out."""
+        merged: Clocks = {}
+        pending = self._pending
+        while pending and (every or pending[0][0] <= now_ms - self.delay_ms):
+            for tp, ts in pending.popleft()[1].items():
+                if ts > merged.get(tp, -(2**62)):
+                    merged[tp] = ts
+        return merged
+
+
+def clock_records(clocks: Clocks, partitions: int) -> list[tuple[int, bytes]]:
+    """One internal record per profile partition carrying ``clocks`` alone."""
+    record = orjson.dumps([[None, {"clocks": [[topic, n, ts] for (topic, n), ts in clocks.items()]}]])
+    return [(partition, record) for partition in range(partitions)]
+
+
 def route_batch(inputs: Iterable[InputRecord], partitions: int, now_ms: int, policy: IngestPolicy,
                 send_record: Callable[[int, bytes], None],
-                dead_letter: Callable[[str, str, bytes | None, dict[str, Any]], None]) -> Counter[str]:
+                dead_letter: Callable[[str, str, bytes | None, dict[str, Any]], None],
+                delayed: DelayedClocks | None = None) -> Counter[str]:
     """One ingest batch: each input decoded; accepted events (not ticks) batched by profile
     partition into internal records, each followed by the input clocks the batch moved (a clock
-    never overtakes its events); rejects passed to ``dead_letter(topic, code, key, record)``.
-    ``send_record(partition, record)`` gets every internal record, full ones as they fill.  An input
-    whose handling raises is dead-lettered (``processing_error``) and the rest go on.  Returns the
-    identifier fields dropped as placeholders, counted."""
+    never overtakes its events) or, with ``delayed``, the clocks of earlier batches that are due;
+    rejects passed to ``dead_letter(topic, code, key, record)``.  ``send_record(partition, record)``
+    gets every internal record, full ones as they fill.  An input whose handling raises is
+    dead-lettered (``processing_error``) and the rest go on.  Returns the identifier fields
+    dropped as placeholders, counted."""
     records = PartitionBatches()
-    clocks: dict[tuple[str, int], int] = {}
+    clocks: Clocks = {}
     blocked: Counter[str] = Counter()
     for topic, input_partition, offset, input_key, value, timestamp_ms in inputs:
         source = Source(topic, input_partition, offset, input_key, timestamp_ms or now_ms)
@@ -87,6 +134,9 @@ def route_batch(inputs: Iterable[InputRecord], partitions: int, now_ms: int, pol
         except Exception as exc:
             result = reject(source, value, "processing_error", f"ingest: {type(exc).__name__}", now_ms)
         dead_letter(topic, result.code, input_key, result.record)
+    if delayed is not None:
+        delayed.add(clocks, now_ms)
+        clocks = delayed.due(now_ms)
     if clocks:
         update = {"clocks": [[topic, n, ts] for (topic, n), ts in clocks.items()]}
         for partition in range(partitions):

@@ -86,6 +86,11 @@ class Settings(BaseSettings):
         "--save-model`) that fuzzy matching scores with; unset: the shipped one.",
     )
     batch_within_s: float = Field(default=0.02, gt=0, description="MAILPULSE_BATCH_WITHIN_S: max batch wait.")
+    clock_delay_ms: int = Field(
+        default=100, ge=0, le=60_000,
+        description="MAILPULSE_CLOCK_DELAY_MS: how long after its batch an input clock goes to the profile "
+        "partitions, so that an event forwarded from a redirect reaches its root before the watermark passes it.",
+    )
 
     # --- mailpulse deliver (the reference ESP connector) ---
     deliver_target: Literal["smtp", "webhook"] = Field(

@@ -50,11 +50,52 @@ async def test_ingest_routes_good_events_by_profile_and_bad_ones_to_dead_letter(
     [(dl_key, letter, _)] = sent(pipeline, "dead-letter")
     assert dl_key == b"k" and letter["error"]["code"] == "not_json" and letter["raw"] == "{broken"
     # the tick is not forwarded as an event: it moves the input partition's clock, which reaches
-    # every profile partition after the events of the same batch
-    clocks = [(partition, event["clocks"]) for partition, key, event in internal if key is None]
+    # every profile partition after the events of the same batch: MAILPULSE_CLOCK_DELAY_MS later, or
+    # at the next offset commit's cut
+    assert [entry for entry in internal if entry[1] is None] == []
+    pipeline.write_staged()
+    clocks = [(partition, event["clocks"]) for _, batch, partition in sent(pipeline, "mailpulse-profile-events")
+              for key, event in batch if key is None]
     assert sorted(partition for partition, _ in clocks) == [0, 1, 2, 3]
     assert all([ts for _, _, ts in update] == [1772359260000] for _, update in clocks)
     assert pipeline.metrics.dead_letters.labels("not_json")._value.get() == 1
+
+
+async def test_input_clocks_go_to_the_profile_partitions_a_delay_after_their_batch(tmp_path: Path) -> None:
+    """An event forwarded from a redirect gets the delay to reach its root before the clocks of
+    its own batch (streams.routing.DelayedClocks); a later batch or the timer carries them."""
+    settings = Settings(broker="kafka://127.0.0.1:1", table_store="memory", data_dir=tmp_path, partitions=4,
+                        clock_delay_ms=60_000)
+    p = create_app(settings, output=RecordingOutput())
+
+    def view(n: int) -> bytes:
+        return orjson.dumps({"event_id": f"e-{n}", "type": "page_view", "timestamp": 1772359200000 + n,
+                             "user_id": "u-1"})
+
+    def clocks_sent() -> list[list[Any]]:
+        return [event["clocks"] for _, batch, _ in sent(p, "mailpulse-profile-events") for key, event in batch
+                if key is None]
+
+    async with agent(p, "ingest").test_context() as ingest:
+        await ingest.put(view(1))
+    assert clocks_sent() == [] and len(p.delayed_clocks) == 1
+    await app_module._delayed_clocks(p)()  # the timer: not due yet
+    assert clocks_sent() == []
+    p.delayed_clocks.delay_ms = 0  # as if the delay had passed
+    await app_module._delayed_clocks(p)()
+    assert clocks_sent() == [[["<internal>", 0, 1772359200001]]] * 4 and len(p.delayed_clocks) == 0
+    p.delayed_clocks.delay_ms = 60_000
+    async with agent(p, "ingest").test_context() as ingest:
+        await ingest.put(view(2))
+    p.delayed_clocks._pending[0] = (0, p.delayed_clocks._pending[0][1])  # read long ago
+    async with agent(p, "ingest").test_context() as ingest:
+        await ingest.put(view(3))
+    [batch] = [batch for _, batch, _ in sent(p, "mailpulse-profile-events") if batch[0][0] is not None
+               and batch[0][1]["event_id"] == "e-3"]
+    assert batch[1:] == [[None, {"clocks": [["<internal>", 0, 1772359200002]]}]]  # e-2's clock, due
+    assert len(p.delayed_clocks) == 1  # e-3's waits
+    await p.write_out_soon()  # the background commit's cut: the offsets it commits cover e-3
+    assert clocks_sent()[-1] == [["<internal>", 0, 1772359200003]] and len(p.delayed_clocks) == 0
 
 
 def _event(event_id: str, etype: str = "page_view", **extra: Any) -> dict[str, Any]:

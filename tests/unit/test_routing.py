@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 
 from streams.ingest import IngestPolicy
-from streams.routing import PartitionBatches, partition_for, route_batch
+from streams.routing import DelayedClocks, PartitionBatches, clock_records, partition_for, route_batch
 
 
 def test_partition_of_a_key_is_stable_and_in_range() -> None:
@@ -46,3 +46,35 @@ def test_route_batch_sends_events_then_clocks_per_partition_and_rejects_to_dead_
     (key, event), (none, update) = pairs  # the event first, then the clocks the batch moved
     assert key == "u:u-1" and event["event_id"] == "e-1" and event["src"][:3] == ["clicks", 0, 5]
     assert none is None and sorted(update["clocks"]) == [["carts", 0, 1772359260000], ["clicks", 0, 1772359200000]]
+
+
+def test_delayed_clocks_go_out_with_the_first_batch_after_their_delay_merged_and_every_one_at_a_cut() -> None:
+    delayed = DelayedClocks(delay_ms=100)
+    view = orjson.dumps({"event_id": "e-1", "type": "page_view", "timestamp": 1772359200000, "user_id": "u-1"})
+    later = orjson.dumps({"event_id": "e-2", "type": "page_view", "timestamp": 1772359200500, "user_id": "u-1"})
+
+    def batch(raw: bytes, now: int) -> list[list[Any]]:
+        sent: list[tuple[int, list[Any]]] = []
+        route_batch([("clicks", 0, 1, None, raw, None)], 2, now, IngestPolicy(),
+                    lambda partition, record: sent.append((partition, orjson.loads(record))), lambda *_: None,
+                    delayed)
+        return [entry for _, pairs in sent for entry in pairs if entry[0] is None]
+
+    assert batch(view, 1_000) == [] and len(delayed) == 1  # its own clock waits
+    assert batch(later, 1_099) == [] and len(delayed) == 2
+    clocks = batch(view, 1_100)  # e-1's batch is 100 ms old: its clock goes, on every partition
+    assert clocks == [[None, {"clocks": [["clicks", 0, 1772359200000]]}]] * 2 and len(delayed) == 2
+    assert delayed.due(1_199) == {("clicks", 0): 1772359200500}  # e-2's, then...
+    assert delayed.due(1_199) == {} and delayed.due(0, every=True) == {("clicks", 0): 1772359200000}  # ...at a cut
+    assert len(delayed) == 0
+    assert clock_records({("clicks", 0): 5}, 2) == [(0, b'[[null,{"clocks":[["clicks",0,5]]}]]'),
+                                                    (1, b'[[null,{"clocks":[["clicks",0,5]]}]]')]
+
+
+def test_no_delay_sends_a_batchs_clocks_with_it() -> None:
+    sent: list[tuple[int, list[Any]]] = []
+    view = orjson.dumps({"event_id": "e-1", "type": "page_view", "timestamp": 1772359200000, "user_id": "u-1"})
+    route_batch([("clicks", 0, 1, None, view, None)], 2, 1_000, IngestPolicy(),
+                lambda partition, record: sent.append((partition, orjson.loads(record))), lambda *_: None,
+                DelayedClocks(delay_ms=0))
+    assert sorted(partition for partition, pairs in sent if pairs[-1][0] is None) == [0, 1]
