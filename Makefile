@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test test-unit test-integration chaos bench bench-hop bench-floor soak eval-identity models lint typecheck schemas clean
+.PHONY: setup run test test-unit test-integration chaos bench bench-hop bench-floor bench-forwarded soak eval-identity models lint typecheck schemas clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,9 @@ bench-hop: $(STAMP)
 
 bench-floor: $(STAMP)
 	$(BIN)/python -m bench.typed_floor
+
+bench-forwarded: $(STAMP)
+	$(BIN)/python -m bench.forwarded
 
 soak: $(STAMP)
 	$(BIN)/python -m bench.soak
