@@ -101,8 +101,9 @@ class Pipeline:
         return (self.profile_state, self.partition_clocks, self.identity_blocks,
                 self.product_neighbours)
 
-    def write_staged(self) -> None:
-        """Writes every table's staged values (before each offset commit, and when many are staged).
+    def write_staged(self, commit: bool = True) -> None:
+        """Writes every table's staged values (before each offset commit, and when many are staged:
+        ``commit=False``, which keeps the input clocks waiting for their delay).
 
         Everything sent before is delivered first.  A state in the changelog survives a crash, while
         the events it took in are read again only if their offsets were not committed; re-read, they
@@ -110,7 +111,8 @@ class Pipeline:
         caused (a snapshot, a trigger, the absorb carrying a profile to its root) must already be
         in their topics when the state is written, or a crash in between would lose them for good."""
         self.send_pairs()  # delivered by the flush that follows, before the offsets are committed
-        self.send_clocks(every=True)  # the clocks of the events it covers, or a crash would lose them
+        if commit:
+            self.send_clocks(every=True)  # the clocks of the events it covers, or a crash would lose them
         written = sum(table.staged_count + table.held_count for table in self.tables)
         if written:
             self.output.flush()
@@ -536,7 +538,7 @@ def _profile_agent(p: Pipeline) -> Any:
                     record_seconds.observe(time.monotonic() - fetched)
                 _count(p, result, latency, updated, applied)
                 if p.staged_count > STAGED_LIMIT:
-                    p.write_staged()
+                    p.write_staged(commit=False)
             # Acks the whole run through the consumer (streams.consumer fix 3).  Faust's compiled
             # stream iterator acks a message without calling the consumer's ack, so on its own it
             # would mark only the run's last offset, and the commit could never move past the run.

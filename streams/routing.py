@@ -66,7 +66,8 @@ class DelayedClocks:
     event come with the event's own batch (an upstream heartbeat tick does that), the root's
     partition takes them before the forwarded event arrives, and the event is late there.  Sent
     ``delay_ms`` later, the clocks give the forward that long.  A clock sent later is always safe:
-    it never overtakes its events."""
+    it never overtakes its events.  Not a guarantee: a forward that takes longer (a profile hop
+    behind by more than the delay, as when it catches up after a restart) is still late."""
 
     def __init__(self, delay_ms: int) -> None:
         self.delay_ms = delay_ms
@@ -134,8 +135,8 @@ def route_batch(inputs: Iterable[InputRecord], partitions: int, now_ms: int, pol
         except Exception as exc:
             result = reject(source, value, "processing_error", f"ingest: {type(exc).__name__}", now_ms)
         dead_letter(topic, result.code, input_key, result.record)
-    if delayed is not None:
-        delayed.add(clocks, now_ms)
+    moved = clocks
+    if delayed is not None and delayed.delay_ms:
         clocks = delayed.due(now_ms)
     if clocks:
         update = {"clocks": [[topic, n, ts] for (topic, n), ts in clocks.items()]}
@@ -145,4 +146,6 @@ def route_batch(inputs: Iterable[InputRecord], partitions: int, now_ms: int, pol
                 send_record(partition, full)
     for partition, record in records.records():
         send_record(partition, record)
+    if delayed is not None and delayed.delay_ms:
+        delayed.add(moved, now_ms)  # once its events are sent: a clock never overtakes them
     return blocked

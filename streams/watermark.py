@@ -6,9 +6,12 @@ partition that has carried nothing holds it back.  With ``--clock wall`` the wal
 allowed delay also moves it.
 
 How the clocks reach every profile partition: the ingest agent appends, to each internal record it
-sends (one per profile partition per batch), the clocks its batch moved: ``[null, {"clocks":
-[[topic, partition, ts], ...]}]``.  The entry follows the batch's events in that record, so a
-profile partition never sees a clock before the events it covers.  Each profile partition keeps the
+sends (one per profile partition per batch), the clocks that batches moved ``MAILPULSE_CLOCK_DELAY_MS``
+or more before: ``[null, {"clocks": [[topic, partition, ts], ...]}]`` (a timer, or an offset
+commit's cut, sends them in records of their own when no batch comes; with a delay of 0 each batch
+carries its own).  A clock is sent after the events it covers, so a profile partition never sees
+it first; the delay gives an event forwarded from a redirect time to reach its root
+(:class:`streams.routing.DelayedClocks`).  Each profile partition keeps the
 largest value per input partition in a table, so the watermark survives restarts and rebalances.
 
 :class:`DueIndex` is the in-memory order of profiles by their next due time, per profile partition

@@ -37,6 +37,7 @@ def agent(p: Pipeline, name: str) -> Any:
 
 
 async def test_ingest_routes_good_events_by_profile_and_bad_ones_to_dead_letter(pipeline: Pipeline) -> None:
+    pipeline.delayed_clocks.delay_ms = 60_000  # none of the batches' clocks is due before the commit below
     good = {"event_id": "e-1", "type": "page_view", "timestamp": "2026-03-01T10:00:00Z", "user_id": "u-1"}
     async with agent(pipeline, "ingest").test_context() as ingest:
         await ingest.put(orjson.dumps(good), key=b"whatever")
@@ -53,6 +54,8 @@ async def test_ingest_routes_good_events_by_profile_and_bad_ones_to_dead_letter(
     # every profile partition after the events of the same batch: MAILPULSE_CLOCK_DELAY_MS later, or
     # at the next offset commit's cut
     assert [entry for entry in internal if entry[1] is None] == []
+    pipeline.write_staged(commit=False)  # a write-out because many values are staged: no commit, clocks wait
+    assert not [key for _, batch, _ in sent(pipeline, "mailpulse-profile-events") for key, _ in batch if key is None]
     pipeline.write_staged()
     clocks = [(partition, event["clocks"]) for _, batch, partition in sent(pipeline, "mailpulse-profile-events")
               for key, event in batch if key is None]
@@ -67,6 +70,10 @@ async def test_input_clocks_go_to_the_profile_partitions_a_delay_after_their_bat
     settings = Settings(broker="kafka://127.0.0.1:1", table_store="memory", data_dir=tmp_path, partitions=4,
                         clock_delay_ms=60_000)
     p = create_app(settings, output=RecordingOutput())
+    timers = {task.__name__ for task in p.app._app_tasks}
+    assert "delayed_clocks" in timers  # sends what is due when no batch comes
+    assert "delayed_clocks" not in {task.__name__ for task in create_app(
+        settings.model_copy(update={"clock_delay_ms": 0}), output=RecordingOutput()).app._app_tasks}
 
     def view(n: int) -> bytes:
         return orjson.dumps({"event_id": f"e-{n}", "type": "page_view", "timestamp": 1772359200000 + n,
