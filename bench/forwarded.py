@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from bench.common import PARTITIONS, start_broker, start_worker, wait_assigned
-from bench.latency import _paced
+from bench.latency import _paced, heartbeat
 from schemas.events import INPUT_TOPICS
 from streams.tools.produce import key_for, make_producer, produce, topic_for
 
@@ -67,13 +67,7 @@ def main() -> None:
                 event = dict(events[n], timestamp=int(time.time() * 1000))
                 produce(producer, topic_for(event), orjson.dumps(event), key_for(event))
 
-            def tick() -> None:
-                value = orjson.dumps({"type": "tick", "timestamp": int(time.time() * 1000)})
-                for topic in INPUT_TOPICS:
-                    for partition in range(PARTITIONS):
-                        produce(producer, topic, value, partition=partition)
-
-            sent = _paced(rate, seconds, send, every=tick, producer=producer)
+            sent = _paced(rate, seconds, send, every=lambda: heartbeat(producer), producer=producer)
             producer.flush(10)
             time.sleep(5)
             late = {topic: worker.metric("mailpulse_late_events_total", topic=topic) for topic in INPUT_TOPICS}

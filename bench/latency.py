@@ -125,6 +125,14 @@ class _Arrivals:
         self._reader.close()
 
 
+def heartbeat(producer: Producer) -> None:
+    """An upstream heartbeat: a tick with the current time to every input partition."""
+    value = orjson.dumps({"type": "tick", "timestamp": int(time.time() * 1000)})
+    for topic in INPUT_TOPICS:
+        for partition in range(PARTITIONS):
+            produce(producer, topic, value, partition=partition)
+
+
 def _paced(rate: int, seconds: float, send: Callable[[int], None], every: Callable[[], None] | None = None,
            producer: Producer | None = None) -> int:
     """Calls ``send(n)`` ``rate`` times a second for ``seconds``, in steps of ``STEP_S`` (catching up
@@ -300,10 +308,7 @@ def measure_pipeline_latency(rate: int, seconds: float = 10.0) -> PipelineLatenc
                         partition=(n // len(INPUT_TOPICS)) % PARTITIONS)
 
             def tick() -> None:
-                value = orjson.dumps({"type": "tick", "timestamp": int(time.time() * 1000)})
-                for topic in INPUT_TOPICS:
-                    for partition in range(PARTITIONS):
-                        produce(producer, topic, value, partition=partition)
+                heartbeat(producer)
 
             def drained() -> bool:
                 return all(matched[out] >= len(measured[out]) for out in OUTPUTS)

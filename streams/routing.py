@@ -93,9 +93,14 @@ class DelayedClocks:
         return merged
 
 
+def clock_entry(clocks: Clocks) -> dict[str, Any]:
+    """The message of an internal record's clock entry (``[null, <it>]``)."""
+    return {"clocks": [[topic, n, ts] for (topic, n), ts in clocks.items()]}
+
+
 def clock_records(clocks: Clocks, partitions: int) -> list[tuple[int, bytes]]:
     """One internal record per profile partition carrying ``clocks`` alone."""
-    record = orjson.dumps([[None, {"clocks": [[topic, n, ts] for (topic, n), ts in clocks.items()]}]])
+    record = orjson.dumps([[None, clock_entry(clocks)]])
     return [(partition, record) for partition in range(partitions)]
 
 
@@ -139,7 +144,7 @@ def route_batch(inputs: Iterable[InputRecord], partitions: int, now_ms: int, pol
     if delayed is not None and delayed.delay_ms:
         clocks = delayed.due(now_ms)
     if clocks:
-        update = {"clocks": [[topic, n, ts] for (topic, n), ts in clocks.items()]}
+        update = clock_entry(clocks)
         for partition in range(partitions):
             full = records.add(partition, None, update, 64)
             if full is not None:
