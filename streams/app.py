@@ -18,6 +18,7 @@ Agents stay thin: they decode, call the pure functions of :mod:`streams.ingest`,
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter
@@ -130,7 +131,7 @@ class Pipeline:
         they stage waits for the next commit."""
         started = time.perf_counter()
         self.send_pairs()  # delivered below, before the cut's offsets are committed
-        self.send_clocks(every=True)
+        clocks_read = self.delayed_clocks.newest_ms()  # the cut's clocks: sent below, once their delay is over
         held = sum(table.hold_staged() for table in self.tables)
         cut = time.perf_counter()
         await self.output.delivered()
@@ -139,6 +140,8 @@ class Pipeline:
         for table in self.tables:
             busy += await table.write_held()
         written = time.perf_counter()
+        if clocks_read is not None:
+            await self.send_clocks_soon(clocks_read)
         await self.output.flush_soon()
         self.save_persisted_offsets()
         self.observe_commit("write_out", (cut - started) + busy)  # in chunks, the loop turning in between
@@ -152,14 +155,30 @@ class Pipeline:
             for target, value in self.pairs.take():
                 self.output.send(topic, None, value, target)
 
-    def send_clocks(self, every: bool = False) -> None:
-        """Sends the input clocks that are due (``every``: all held, at an offset commit's cut) to
-        every profile partition (:class:`streams.routing.DelayedClocks`)."""
-        clocks = self.delayed_clocks.due(_now_ms(), every)
+    def send_clocks(self, every: bool = False, upto_ms: int | None = None) -> None:
+        """Sends the input clocks that are due (``every``: all held, at a blocking commit; ``upto_ms``:
+        also those of every batch read by then) to every profile partition
+        (:class:`streams.routing.DelayedClocks`)."""
+        clocks = self.delayed_clocks.due(_now_ms(), every, upto_ms)
         if clocks:
             topic = names.events_topic(self.settings.app_id)
             for partition, record in clock_records(clocks, self.settings.partitions):
                 self.output.send(topic, None, record, partition)
+
+    async def send_clocks_soon(self, read_ms: int) -> None:
+        """Sends the clocks of the batches read up to ``read_ms`` once they are due (or the timer or
+        a batch did), at the latest ``hold_ms`` after ``read_ms``: a background commit's cut, whose
+        offsets cover those batches, waits for them instead of sending them early, which made the
+        forwards of the batches just before each commit late."""
+        delayed = self.delayed_clocks
+        while delayed.waiting(read_ms):
+            now = _now_ms()
+            if now >= read_ms + delayed.hold_ms:
+                self.send_clocks(upto_ms=read_ms)
+                break
+            self.send_clocks()
+            if delayed.waiting(read_ms):
+                await asyncio.sleep(max(read_ms + delayed.delay_ms - now, delayed.delay_ms // 4, 5) / 1000)
 
     def save_persisted_offsets(self) -> None:
         """After a flush: each table notes how far its changelog is in its local store."""
@@ -534,6 +553,7 @@ def _profile_agent(p: Pipeline) -> Any:
                     continue
                 result = step_isolated(entries, _reader(p, partition, now, source.arrived_ms), ctx, source)
                 apply_result(result, partition, sink)
+                p.delayed_clocks.applied(partition, entries)  # its events' forwards are sent: their clocks may go
                 if fetched is not None:
                     record_seconds.observe(time.monotonic() - fetched)
                 _count(p, result, latency, updated, applied)

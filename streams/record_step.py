@@ -404,8 +404,8 @@ def _dead_letter(entries: list[Any], skip: set[int], skip_keys: set[str], why: d
             continue
         stage, cause = why.get(index) or why.get(key) or ("record", "Exception")  # type: ignore[arg-type]
         result.failures.append((stage, cause))
-        if key is None and isinstance(message, dict) and ("clocks" in message or "wall" in message):
-            continue  # a clock update: nothing to keep
+        if key is None and isinstance(message, dict) and not {"clocks", "wall", "batch"}.isdisjoint(message):
+            continue  # a clock update or a batch marker: nothing to keep
         src = message.get("src") if isinstance(message, dict) else None
         is_event = isinstance(src, list) and len(src) >= 3
         try:

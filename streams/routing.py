@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import zlib
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -46,6 +47,10 @@ class PartitionBatches:
         self._sizes[partition] = self._sizes.get(partition, 0) + size
         return full
 
+    def partitions(self) -> list[int]:
+        """The partitions pairs were added to (also those whose records were all sent)."""
+        return list(self._entries)
+
     def records(self) -> Iterator[tuple[int, bytes]]:
         """The remaining records, one per partition that has pairs."""
         for partition, entries in self._entries.items():
@@ -57,37 +62,81 @@ class PartitionBatches:
 Clocks = dict[tuple[str, int], int]
 
 
+#: The longest a batch's clocks wait for this worker's profile hop to apply the batch (a multiple
+#: of the delay): past it they go anyway, so a partition revoked meanwhile cannot hold them.
+HOLD_DELAYS = 20
+
+
 class DelayedClocks:
     """Input clocks on their way to the profile partitions, each sent ``delay_ms`` (wall time) after
-    the batch that moved it.
+    the batch that moved it, and once this worker's profile hop has applied that batch.
 
     Why: an event whose key is a redirect (an anonymous id or e-mail of an identified person) is
     forwarded by its key's partition to its root's.  When the clocks that let the watermark pass the
     event come with the event's own batch (an upstream heartbeat tick does that), the root's
-    partition takes them before the forwarded event arrives, and the event is late there.  Sent
-    ``delay_ms`` later, the clocks give the forward that long.  A clock sent later is always safe:
-    it never overtakes its events.  Not a guarantee: a forward that takes longer (a profile hop
-    behind by more than the delay, as when it catches up after a restart) is still late."""
+    partition takes them before the forwarded event arrives, and the event is late there.  So a
+    batch's clocks wait ``delay_ms``, and also until the profile agent of every partition the batch
+    sent events to has applied its record there (each batch's last record to a partition ends with
+    a marker entry ``[null, {"batch": [token, seq]}]``, :meth:`applied`): its forwards are then sent,
+    and the same producer sends the clocks after them.  The wall delay alone was not enough: after
+    a fetch stall the clocks went out before the profile hop had read the events.  A partition this
+    worker's profile agent never reported (another worker's) is waited for by the delay alone, and
+    no batch waits longer than ``HOLD_DELAYS`` delays.  A clock sent later never overtakes its
+    events."""
 
     def __init__(self, delay_ms: int) -> None:
         self.delay_ms = delay_ms
-        self._pending: deque[tuple[int, Clocks]] = deque()  # (wall ms of the batch, the clocks it moved)
+        self.hold_ms = HOLD_DELAYS * delay_ms
+        self.token = secrets.token_hex(4)  # this worker's markers, told apart from another's
+        self._seq = 0
+        self._applied: dict[int, int] = {}  # profile partition -> newest marker of ours its agent applied
+        #: (wall ms of the batch, its marker, the partitions it sent events to, the clocks it moved)
+        self._pending: deque[tuple[int, int, tuple[int, ...], Clocks]] = deque()
 
     def __len__(self) -> int:
         return len(self._pending)
 
-    def add(self, moved: Clocks, now_ms: int) -> None:
-        """The clocks one batch moved, read at ``now_ms``."""
-        if moved:
-            self._pending.append((now_ms, moved))
+    def newest_ms(self) -> int | None:
+        """When the newest pending batch was read (None: nothing pending)."""
+        return self._pending[-1][0] if self._pending else None
 
-    def due(self, now_ms: int, every: bool = False) -> Clocks:
-        """The clocks of the batches read ``delay_ms`` or more before ``now_ms`` (``every``: all of
-        them), merged, and taken out."""
+    def waiting(self, read_ms: int) -> bool:
+        """Whether clocks of a batch read at or before ``read_ms`` are still pending."""
+        return bool(self._pending) and self._pending[0][0] <= read_ms
+
+    def marker(self) -> tuple[int, dict[str, Any]]:
+        """The next batch's marker: its number, and the message of its marker entry."""
+        self._seq += 1
+        return self._seq, {"batch": [self.token, self._seq]}
+
+    def applied(self, partition: int, entries: list[Any]) -> None:
+        """The profile agent applied an internal record of ``partition``: its marker, if it ends with
+        one of ours, counts that batch as applied there."""
+        last = entries[-1] if entries else None
+        if type(last) is list and len(last) == 2 and last[0] is None and type(last[1]) is dict:
+            batch = last[1].get("batch")
+            if (type(batch) is list and len(batch) == 2 and batch[0] == self.token and type(batch[1]) is int
+                    and batch[1] > self._applied.get(partition, 0)):
+                self._applied[partition] = batch[1]
+
+    def add(self, moved: Clocks, now_ms: int, seq: int = 0, partitions: Iterable[int] = ()) -> None:
+        """The clocks one batch moved, read at ``now_ms``; its marker ``seq`` went to ``partitions``."""
+        if moved:
+            self._pending.append((now_ms, seq, tuple(partitions), moved))
+
+    def due(self, now_ms: int, every: bool = False, upto_ms: int | None = None) -> Clocks:
+        """The clocks of the batches that are due at ``now_ms`` (read ``delay_ms`` before and applied,
+        or read ``hold_ms`` before; ``every``: all of them; ``upto_ms``: also every batch read by
+        then), in order, merged, and taken out."""
         merged: Clocks = {}
-        pending = self._pending
-        while pending and (every or pending[0][0] <= now_ms - self.delay_ms):
-            for tp, ts in pending.popleft()[1].items():
+        pending, applied = self._pending, self._applied
+        while pending:
+            read_ms, seq, partitions, moved = pending[0]
+            if not (every or (upto_ms is not None and read_ms <= upto_ms) or read_ms <= now_ms - self.hold_ms
+                    or (read_ms <= now_ms - self.delay_ms and all(applied.get(n, seq) >= seq for n in partitions))):
+                break
+            pending.popleft()
+            for tp, ts in moved.items():
                 if ts > merged.get(tp, -(2**62)):
                     merged[tp] = ts
         return merged
@@ -140,7 +189,7 @@ def route_batch(inputs: Iterable[InputRecord], partitions: int, now_ms: int, pol
         except Exception as exc:
             result = reject(source, value, "processing_error", f"ingest: {type(exc).__name__}", now_ms)
         dead_letter(topic, result.code, input_key, result.record)
-    moved = clocks
+    moved, touched = clocks, records.partitions()
     if delayed is not None and delayed.delay_ms:
         clocks = delayed.due(now_ms)
     if clocks:
@@ -149,8 +198,15 @@ def route_batch(inputs: Iterable[InputRecord], partitions: int, now_ms: int, pol
             full = records.add(partition, None, update, 64)
             if full is not None:
                 send_record(partition, full)
+    seq = 0
+    if delayed is not None and delayed.delay_ms and touched:
+        seq, marker = delayed.marker()
+        for partition in touched:  # each one's last record ends with the marker
+            full = records.add(partition, None, marker, 64)
+            if full is not None:
+                send_record(partition, full)
     for partition, record in records.records():
         send_record(partition, record)
     if delayed is not None and delayed.delay_ms:
-        delayed.add(moved, now_ms)  # once its events are sent: a clock never overtakes them
+        delayed.add(moved, now_ms, seq, touched)  # once its events are sent: a clock never overtakes them
     return blocked

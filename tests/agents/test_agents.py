@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -53,12 +54,14 @@ async def test_ingest_routes_good_events_by_profile_and_bad_ones_to_dead_letter(
     # the tick is not forwarded as an event: it moves the input partition's clock, which reaches
     # every profile partition after the events of the same batch: MAILPULSE_CLOCK_DELAY_MS later, or
     # at the next offset commit's cut
-    assert [entry for entry in internal if entry[1] is None] == []
+    assert [entry for entry in internal if entry[1] is None and "clocks" in entry[2]] == []
+    assert internal[-1] == (partition, None, {"batch": [pipeline.delayed_clocks.token, 1]})  # the batch's marker
     pipeline.write_staged(commit=False)  # a write-out because many values are staged: no commit, clocks wait
-    assert not [key for _, batch, _ in sent(pipeline, "mailpulse-profile-events") for key, _ in batch if key is None]
+    assert not [key for _, batch, _ in sent(pipeline, "mailpulse-profile-events") for key, event in batch
+                if key is None and "clocks" in event]
     pipeline.write_staged()
     clocks = [(partition, event["clocks"]) for _, batch, partition in sent(pipeline, "mailpulse-profile-events")
-              for key, event in batch if key is None]
+              for key, event in batch if key is None and "clocks" in event]
     assert sorted(partition for partition, _ in clocks) == [0, 1, 2, 3]
     assert all([ts for _, _, ts in update] == [1772359260000] for _, update in clocks)
     assert pipeline.metrics.dead_letters.labels("not_json")._value.get() == 1
@@ -81,7 +84,7 @@ async def test_input_clocks_go_to_the_profile_partitions_a_delay_after_their_bat
 
     def clocks_sent() -> list[list[Any]]:
         return [event["clocks"] for _, batch, _ in sent(p, "mailpulse-profile-events") for key, event in batch
-                if key is None]
+                if key is None and "clocks" in event]
 
     async with agent(p, "ingest").test_context() as ingest:
         await ingest.put(view(1))
@@ -94,15 +97,48 @@ async def test_input_clocks_go_to_the_profile_partitions_a_delay_after_their_bat
     p.delayed_clocks.delay_ms = 60_000
     async with agent(p, "ingest").test_context() as ingest:
         await ingest.put(view(2))
-    p.delayed_clocks._pending[0] = (0, p.delayed_clocks._pending[0][1])  # read long ago
+    p.delayed_clocks._pending[0] = (0, *p.delayed_clocks._pending[0][1:])  # read long ago
     async with agent(p, "ingest").test_context() as ingest:
         await ingest.put(view(3))
     [batch] = [batch for _, batch, _ in sent(p, "mailpulse-profile-events") if batch[0][0] is not None
                and batch[0][1]["event_id"] == "e-3"]
-    assert batch[1:] == [[None, {"clocks": [["<internal>", 0, 1772359200002]]}]]  # e-2's clock, due
+    assert batch[1:-1] == [[None, {"clocks": [["<internal>", 0, 1772359200002]]}]]  # e-2's clock, due
     assert len(p.delayed_clocks) == 1  # e-3's waits
-    await p.write_out_soon()  # the background commit's cut: the offsets it commits cover e-3
-    assert clocks_sent()[-1] == [["<internal>", 0, 1772359200003]] and len(p.delayed_clocks) == 0
+    p.delayed_clocks.delay_ms = 400
+    commit = asyncio.ensure_future(p.write_out_soon())  # the background commit's cut: its offsets cover e-3
+    await asyncio.sleep(0.1)
+    assert not commit.done() and len(p.delayed_clocks) == 1  # it waits out e-3's delay...
+    await commit
+    assert clocks_sent()[-1] == [["<internal>", 0, 1772359200003]] and len(p.delayed_clocks) == 0  # ...then sends
+    async with agent(p, "ingest").test_context() as ingest:
+        await ingest.put(view(4))
+    p.delayed_clocks._pending[0] = (0, *p.delayed_clocks._pending[0][1:])  # read long ago: due
+    await asyncio.wait_for(p.write_out_soon(), 1)  # no wait
+    assert clocks_sent()[-1] == [["<internal>", 0, 1772359200004]] and len(p.delayed_clocks) == 0
+
+
+async def test_a_batchs_clocks_wait_until_the_profile_agent_applied_its_record(tmp_path: Path) -> None:
+    """After a stall the delay alone passes before the profile hop has read the batch's events, and
+    their forwards would come after the clocks (streams.routing.DelayedClocks)."""
+    settings = Settings(broker="kafka://127.0.0.1:1", table_store="memory", data_dir=tmp_path, partitions=4)
+    p = create_app(settings, output=RecordingOutput())
+    p.delayed_clocks._applied[partition_for("u:u-1", 4)] = 0  # this worker's agent has reported the partition
+    view = {"event_id": "e-1", "type": "page_view", "timestamp": 1772359200001, "user_id": "u-1"}
+    async with agent(p, "ingest").test_context() as ingest:
+        await ingest.put(orjson.dumps(view))
+    [(_, record, partition)] = sent(p, "mailpulse-profile-events")
+    read_ms = p.delayed_clocks.newest_ms()
+    assert read_ms is not None
+    p.delayed_clocks._pending[0] = (read_ms - 1_000, *p.delayed_clocks._pending[0][1:])  # its delay is over
+    p.send_clocks()
+    assert len(p.delayed_clocks) == 1  # not applied there yet: it waits
+    async with agent(p, "profiles").test_context() as profiles:
+        await profiles.put(orjson.dumps(record), partition=partition)
+    p.send_clocks()
+    assert len(p.delayed_clocks) == 0
+    clocks = [event for _, batch, _ in sent(p, "mailpulse-profile-events") for key, event in batch
+              if key is None and "clocks" in event]
+    assert clocks == [{"clocks": [["<internal>", 0, 1772359200001]]}] * 4
 
 
 def _event(event_id: str, etype: str = "page_view", **extra: Any) -> dict[str, Any]:

@@ -52,23 +52,51 @@ def test_delayed_clocks_go_out_with_the_first_batch_after_their_delay_merged_and
     delayed = DelayedClocks(delay_ms=100)
     view = orjson.dumps({"event_id": "e-1", "type": "page_view", "timestamp": 1772359200000, "user_id": "u-1"})
     later = orjson.dumps({"event_id": "e-2", "type": "page_view", "timestamp": 1772359200500, "user_id": "u-1"})
+    records: list[tuple[int, list[Any]]] = []
 
     def batch(raw: bytes, now: int) -> list[list[Any]]:
         sent: list[tuple[int, list[Any]]] = []
         route_batch([("clicks", 0, 1, None, raw, None)], 2, now, IngestPolicy(),
                     lambda partition, record: sent.append((partition, orjson.loads(record))), lambda *_: None,
                     delayed)
-        return [entry for _, pairs in sent for entry in pairs if entry[0] is None]
+        records.extend(sent)
+        return [entry for _, pairs in sent for entry in pairs if entry[0] is None and "clocks" in entry[1]]
 
-    assert batch(view, 1_000) == [] and len(delayed) == 1  # its own clock waits
+    assert batch(view, 800) == [] and len(delayed) == 1  # its own clock waits
+    [(partition, [event, marker])] = records  # the batch's record to the one partition its event went to
+    assert event[1]["event_id"] == "e-1" and marker == [None, {"batch": [delayed.token, 1]}]
+    delayed.applied(partition, [event, marker])  # the profile agent there applied it
+    assert delayed.due(900) == {("clicks", 0): 1772359200000}
+    records.clear()
+    assert batch(view, 1_000) == [] and len(delayed) == 1
+    [(_, [event, marker])] = records
     assert batch(later, 1_099) == [] and len(delayed) == 2
-    clocks = batch(view, 1_100)  # e-1's batch is 100 ms old: its clock goes, on every partition
-    assert clocks == [[None, {"clocks": [["clicks", 0, 1772359200000]]}]] * 2 and len(delayed) == 2
-    assert delayed.due(1_199) == {("clicks", 0): 1772359200500}  # e-2's, then...
-    assert delayed.due(1_199) == {} and delayed.due(0, every=True) == {("clicks", 0): 1772359200000}  # ...at a cut
-    assert len(delayed) == 0
+    assert batch(view, 1_100) == []  # e-1's batch is 100 ms old, but its record is not applied yet
+    delayed.applied(partition, [event, [None, {"batch": ["another worker", 2]}]])  # not ours: no effect
+    delayed.applied(1 - partition, [[None, {"batch": [delayed.token, 2]}]])  # a partition it did not go to
+    assert delayed.due(1_150) == {}
+    delayed.applied(partition, [event, marker])  # the profile agent applied it: its forwards are sent
+    clocks = batch(view, 1_150)  # e-1's clock goes, on every partition
+    assert clocks == [[None, {"clocks": [["clicks", 0, 1772359200000]]}]] * 2 and len(delayed) == 3
+    assert delayed.due(1_300) == {}  # e-2's (marker 3) is not applied either...
+    assert delayed.due(1_099 + delayed.hold_ms) == {("clicks", 0): 1772359200500}  # ...but has waited long enough
+    assert delayed.waiting(1_100) and not delayed.waiting(1_099)
+    assert delayed.due(0, upto_ms=1_100) == {("clicks", 0): 1772359200000} and len(delayed) == 1  # a commit's cut
+    assert delayed.due(0, every=True) == {("clicks", 0): 1772359200000} and len(delayed) == 0  # a blocking one
     assert clock_records({("clicks", 0): 5}, 2) == [(0, b'[[null,{"clocks":[["clicks",0,5]]}]]'),
                                                     (1, b'[[null,{"clocks":[["clicks",0,5]]}]]')]
+
+
+def test_delayed_clocks_of_partitions_no_agent_here_reported_wait_the_delay_alone() -> None:
+    """Another worker's partitions: this worker cannot see their profile hop."""
+    delayed = DelayedClocks(delay_ms=100)
+    delayed.add({("clicks", 0): 7}, 1_000, 1, [3])
+    assert delayed.due(1_099) == {} and delayed.due(1_100) == {("clicks", 0): 7}
+    delayed.applied(3, [[None, {"batch": [delayed.token, 1]}]])  # once reported, it is waited for
+    delayed.add({("clicks", 0): 8}, 2_000, 2, [3])
+    assert delayed.due(2_100) == {}
+    delayed.applied(3, [[None, {"batch": [delayed.token, 5]}]])  # a later batch applied: this one too
+    assert delayed.due(2_100) == {("clicks", 0): 8}
 
 
 def test_no_delay_sends_a_batchs_clocks_with_it() -> None:
