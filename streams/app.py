@@ -131,7 +131,7 @@ class Pipeline:
         they stage waits for the next commit."""
         started = time.perf_counter()
         self.send_pairs()  # delivered below, before the cut's offsets are committed
-        clocks_read = self.delayed_clocks.newest_ms()  # the cut's clocks: sent below, once their delay is over
+        clocks_cut = self.delayed_clocks.newest()  # the cut's clocks: sent below, once they are due
         held = sum(table.hold_staged() for table in self.tables)
         cut = time.perf_counter()
         await self.output.delivered()
@@ -140,8 +140,8 @@ class Pipeline:
         for table in self.tables:
             busy += await table.write_held()
         written = time.perf_counter()
-        if clocks_read is not None:
-            await self.send_clocks_soon(clocks_read)
+        if clocks_cut is not None:
+            await self.send_clocks_soon(clocks_cut)
         await self.output.flush_soon()
         self.save_persisted_offsets()
         self.observe_commit("write_out", (cut - started) + busy)  # in chunks, the loop turning in between
@@ -155,30 +155,32 @@ class Pipeline:
             for target, value in self.pairs.take():
                 self.output.send(topic, None, value, target)
 
-    def send_clocks(self, every: bool = False, upto_ms: int | None = None) -> None:
-        """Sends the input clocks that are due (``every``: all held, at a blocking commit; ``upto_ms``:
-        also those of every batch read by then) to every profile partition
+    def send_clocks(self, every: bool = False, upto: int | None = None) -> None:
+        """Sends the input clocks that are due (``every``: all held, at a blocking commit; ``upto``:
+        also those of every batch numbered up to it) to every profile partition
         (:class:`streams.routing.DelayedClocks`)."""
-        clocks = self.delayed_clocks.due(_now_ms(), every, upto_ms)
+        clocks = self.delayed_clocks.due(_monotonic_ms(), every, upto)
         if clocks:
             topic = names.events_topic(self.settings.app_id)
             for partition, record in clock_records(clocks, self.settings.partitions):
                 self.output.send(topic, None, record, partition)
 
-    async def send_clocks_soon(self, read_ms: int) -> None:
-        """Sends the clocks of the batches read up to ``read_ms`` once they are due (or the timer or
-        a batch did), at the latest ``hold_ms`` after ``read_ms``: a background commit's cut, whose
-        offsets cover those batches, waits for them instead of sending them early, which made the
-        forwards of the batches just before each commit late."""
-        delayed = self.delayed_clocks
-        while delayed.waiting(read_ms):
-            now = _now_ms()
-            if now >= read_ms + delayed.hold_ms:
-                self.send_clocks(upto_ms=read_ms)
+    async def send_clocks_soon(self, cut: int) -> None:
+        """Sends the clocks of the batches numbered up to ``cut`` once they are due (or the timer or a
+        batch did), at the latest ``hold_ms`` from now: a background commit's cut, whose offsets cover
+        those batches, waits for them instead of sending them early, which made the forwards of the
+        batches just before each commit late.  Sends them at once when another commit waits for this
+        one, or the worker rebalances or stops: the profile agent may not apply their records then."""
+        delayed, app = self.delayed_clocks, self.app
+        give_up = _monotonic_ms() + delayed.hold_ms
+        while delayed.waiting(cut):
+            commits_waiting: int = getattr(app, "commit_waiting", 0)
+            if _monotonic_ms() >= give_up or commits_waiting or app.rebalancing or app.should_stop:
+                self.send_clocks(upto=cut)
                 break
             self.send_clocks()
-            if delayed.waiting(read_ms):
-                await asyncio.sleep(max(read_ms + delayed.delay_ms - now, delayed.delay_ms // 4, 5) / 1000)
+            if delayed.waiting(cut):
+                await asyncio.sleep(max(delayed.delay_ms // 4, 5) / 1000)
 
     def save_persisted_offsets(self) -> None:
         """After a flush: each table notes how far its changelog is in its local store."""
@@ -348,6 +350,7 @@ def _on_revocation(p: Pipeline) -> Any:
         for table in p.tables:  # each table is written from the stream of one topic
             table.drop_staged(lost(cooccurrence_topic if table is p.product_neighbours else events_topic))
         p.pairs.drop(lost(events_topic))  # the new owner counts them again
+        p.delayed_clocks.forget(lost(events_topic))  # their markers may never be applied here
 
     return on_partitions_revoked
 
@@ -438,6 +441,11 @@ def _wall_clock(p: Pipeline) -> Any:
     return wall_clock
 
 
+def _monotonic_ms() -> int:
+    """Milliseconds of a clock that never steps back (input clocks' delays: DelayedClocks)."""
+    return int(time.monotonic() * 1000)
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -471,7 +479,7 @@ def _ingest_agent(p: Pipeline) -> Any:
     async def ingest(stream: Any) -> None:
         async for batch in stream.take_events(settings.batch_size, within=settings.batch_within_s):
             blocked = route_batch(_delivered_records(batch), partitions, _now_ms(), policy, forward, dead_letter,
-                                  p.delayed_clocks)
+                                  p.delayed_clocks, _monotonic_ms())
             sent = time.monotonic()
             waits: list[float] = []  # one per input record
             for event in batch:

@@ -109,7 +109,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from typing import Any
+from typing import Any, cast
 
 import faust
 from faust.sensors import Monitor
@@ -258,8 +258,13 @@ class Consumer(faust_aiokafka.Consumer):
     async def commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
         """Faust's commit, after a background commit in flight (fix 8) has finished: Faust would skip
         its own then, and leave what was acked since uncommitted at a stop."""
-        while (running := self._commit_fut) is not None:
-            await asyncio.wait((running,))  # waits for it without raising its errors here; a cancel of ours does raise
+        app = cast("App", self.app)
+        app.commit_waiting = getattr(app, "commit_waiting", 0) + 1  # a background commit sends its clocks now
+        try:
+            while (running := self._commit_fut) is not None:
+                await asyncio.wait((running,))  # without raising its errors here; a cancel of ours does raise
+        finally:
+            app.commit_waiting -= 1
         return bool(await super().commit(topics, start_new_transaction))
 
     async def _commit(self, offsets: Any) -> bool:
@@ -491,6 +496,8 @@ class App(faust.App):
     batch_records_max: Mapping[str, int] = {}
     #: What a background commit does before its offsets are committed (fix 8; None: Faust's commit).
     write_out_soon: Callable[[], Awaitable[None]] | None = None
+    #: Commits waiting for a background commit in flight to finish (:meth:`Consumer.commit`).
+    commit_waiting: int = 0
 
     def _new_transport(self) -> Any:
         url = self.conf.broker_consumer[0]

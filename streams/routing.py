@@ -68,8 +68,8 @@ HOLD_DELAYS = 20
 
 
 class DelayedClocks:
-    """Input clocks on their way to the profile partitions, each sent ``delay_ms`` (wall time) after
-    the batch that moved it, and once this worker's profile hop has applied that batch.
+    """Input clocks on their way to the profile partitions, each sent ``delay_ms`` after the batch
+    that moved it, and once this worker's profile hop has applied that batch.
 
     Why: an event whose key is a redirect (an anonymous id or e-mail of an identified person) is
     forwarded by its key's partition to its root's.  When the clocks that let the watermark pass the
@@ -78,36 +78,43 @@ class DelayedClocks:
     batch's clocks wait ``delay_ms``, and also until the profile agent of every partition the batch
     sent events to has applied its record there (each batch's last record to a partition ends with
     a marker entry ``[null, {"batch": [token, seq]}]``, :meth:`applied`): its forwards are then sent,
-    and the same producer sends the clocks after them.  The wall delay alone was not enough: after
-    a fetch stall the clocks went out before the profile hop had read the events.  A partition this
-    worker's profile agent never reported (another worker's) is waited for by the delay alone, and
-    no batch waits longer than ``HOLD_DELAYS`` delays.  A clock sent later never overtakes its
-    events."""
+    and the same producer sends the clocks after them.  The delay alone was not enough: after a
+    fetch stall the clocks went out before the profile hop had read the events.  A partition this
+    worker's profile agent does not hold (another worker's, or one it lost: :meth:`forget`) is waited
+    for by the delay alone, and no batch waits longer than ``HOLD_DELAYS`` delays.  A clock sent
+    later never overtakes its events.
+
+    Times are a monotonic clock's milliseconds (the callers' ``time.monotonic()``), so that a wall
+    clock stepping back cannot hold the clocks; a batch is named by its number."""
 
     def __init__(self, delay_ms: int) -> None:
         self.delay_ms = delay_ms
         self.hold_ms = HOLD_DELAYS * delay_ms
         self.token = secrets.token_hex(4)  # this worker's markers, told apart from another's
-        self._seq = 0
+        self._seq = 0  # the newest batch's number
         self._applied: dict[int, int] = {}  # profile partition -> newest marker of ours its agent applied
-        #: (wall ms of the batch, its marker, the partitions it sent events to, the clocks it moved)
+        #: (monotonic ms the batch was read at, its number, the partitions it sent events to, the clocks it moved)
         self._pending: deque[tuple[int, int, tuple[int, ...], Clocks]] = deque()
 
     def __len__(self) -> int:
         return len(self._pending)
 
-    def newest_ms(self) -> int | None:
-        """When the newest pending batch was read (None: nothing pending)."""
-        return self._pending[-1][0] if self._pending else None
+    def newest(self) -> int | None:
+        """The number of the newest pending batch (None: nothing pending)."""
+        return self._pending[-1][1] if self._pending else None
 
-    def waiting(self, read_ms: int) -> bool:
-        """Whether clocks of a batch read at or before ``read_ms`` are still pending."""
-        return bool(self._pending) and self._pending[0][0] <= read_ms
+    def waiting(self, seq: int) -> bool:
+        """Whether the clocks of batch ``seq`` or an earlier one are still pending."""
+        return bool(self._pending) and self._pending[0][1] <= seq
 
-    def marker(self) -> tuple[int, dict[str, Any]]:
-        """The next batch's marker: its number, and the message of its marker entry."""
+    def next_batch(self) -> int:
+        """The number of the next batch."""
         self._seq += 1
-        return self._seq, {"batch": [self.token, self._seq]}
+        return self._seq
+
+    def marker(self, seq: int) -> dict[str, Any]:
+        """The message of batch ``seq``'s marker entry."""
+        return {"batch": [self.token, seq]}
 
     def applied(self, partition: int, entries: list[Any]) -> None:
         """The profile agent applied an internal record of ``partition``: its marker, if it ends with
@@ -119,20 +126,26 @@ class DelayedClocks:
                     and batch[1] > self._applied.get(partition, 0)):
                 self._applied[partition] = batch[1]
 
+    def forget(self, partitions: Iterable[int]) -> None:
+        """This worker's profile agent no longer holds ``partitions`` (a revocation): they are waited
+        for by the delay alone, not the hold."""
+        for partition in partitions:
+            self._applied.pop(partition, None)
+
     def add(self, moved: Clocks, now_ms: int, seq: int = 0, partitions: Iterable[int] = ()) -> None:
-        """The clocks one batch moved, read at ``now_ms``; its marker ``seq`` went to ``partitions``."""
+        """The clocks batch ``seq`` moved, read at ``now_ms``; its marker went to ``partitions``."""
         if moved:
             self._pending.append((now_ms, seq, tuple(partitions), moved))
 
-    def due(self, now_ms: int, every: bool = False, upto_ms: int | None = None) -> Clocks:
+    def due(self, now_ms: int, every: bool = False, upto: int | None = None) -> Clocks:
         """The clocks of the batches that are due at ``now_ms`` (read ``delay_ms`` before and applied,
-        or read ``hold_ms`` before; ``every``: all of them; ``upto_ms``: also every batch read by
-        then), in order, merged, and taken out."""
+        or read ``hold_ms`` before; ``every``: all of them; ``upto``: also every batch numbered up to
+        it), in order, merged, and taken out."""
         merged: Clocks = {}
         pending, applied = self._pending, self._applied
         while pending:
             read_ms, seq, partitions, moved = pending[0]
-            if not (every or (upto_ms is not None and read_ms <= upto_ms) or read_ms <= now_ms - self.hold_ms
+            if not (every or (upto is not None and seq <= upto) or read_ms <= now_ms - self.hold_ms
                     or (read_ms <= now_ms - self.delay_ms and all(applied.get(n, seq) >= seq for n in partitions))):
                 break
             pending.popleft()
@@ -156,14 +169,15 @@ def clock_records(clocks: Clocks, partitions: int) -> list[tuple[int, bytes]]:
 def route_batch(inputs: Iterable[InputRecord], partitions: int, now_ms: int, policy: IngestPolicy,
                 send_record: Callable[[int, bytes], None],
                 dead_letter: Callable[[str, str, bytes | None, dict[str, Any]], None],
-                delayed: DelayedClocks | None = None) -> Counter[str]:
+                delayed: DelayedClocks | None = None, clock_ms: int | None = None) -> Counter[str]:
     """One ingest batch: each input decoded; accepted events (not ticks) batched by profile
     partition into internal records, each followed by the input clocks the batch moved (a clock
     never overtakes its events) or, with ``delayed``, the clocks of earlier batches that are due;
     rejects passed to ``dead_letter(topic, code, key, record)``.  ``send_record(partition, record)``
     gets every internal record, full ones as they fill.  An input whose handling raises is
     dead-lettered (``processing_error``) and the rest go on.  Returns the identifier fields
-    dropped as placeholders, counted."""
+    dropped as placeholders, counted.  ``clock_ms``: ``delayed``'s time (a monotonic clock's ms;
+    default ``now_ms``)."""
     records = PartitionBatches()
     clocks: Clocks = {}
     blocked: Counter[str] = Counter()
@@ -190,23 +204,25 @@ def route_batch(inputs: Iterable[InputRecord], partitions: int, now_ms: int, pol
             result = reject(source, value, "processing_error", f"ingest: {type(exc).__name__}", now_ms)
         dead_letter(topic, result.code, input_key, result.record)
     moved, touched = clocks, records.partitions()
-    if delayed is not None and delayed.delay_ms:
-        clocks = delayed.due(now_ms)
+    delaying = delayed is not None and delayed.delay_ms > 0
+    clock_now = now_ms if clock_ms is None else clock_ms
+    if delayed is not None and delaying:
+        clocks = delayed.due(clock_now)
     if clocks:
         update = clock_entry(clocks)
         for partition in range(partitions):
             full = records.add(partition, None, update, 64)
             if full is not None:
                 send_record(partition, full)
-    seq = 0
-    if delayed is not None and delayed.delay_ms and touched:
-        seq, marker = delayed.marker()
+    if delayed is not None and delaying:
+        seq = delayed.next_batch()
+        marker = delayed.marker(seq)
         for partition in touched:  # each one's last record ends with the marker
             full = records.add(partition, None, marker, 64)
             if full is not None:
                 send_record(partition, full)
     for partition, record in records.records():
         send_record(partition, record)
-    if delayed is not None and delayed.delay_ms:
-        delayed.add(moved, now_ms, seq, touched)  # once its events are sent: a clock never overtakes them
+    if delayed is not None and delaying:
+        delayed.add(moved, clock_now, seq, touched)  # once its events are sent: a clock never overtakes them
     return blocked

@@ -21,8 +21,9 @@ def events_topic(app_id: str) -> str:
     """Internal topic: accepted events routed by profile key.
 
     Each record is a batch: an orjson list of ``[profile_key, event]`` pairs of one partition, in
-    ingest order, then ``[null, {"clocks": [[topic, partition, ts], ...]}]`` (the input clocks the
-    batch moved) or ``[null, {"wall": ms}]``; see :mod:`streams.watermark`."""
+    ingest order, then ``[null, {"clocks": [[topic, partition, ts], ...]}]`` (input clocks of earlier
+    batches, :class:`streams.routing.DelayedClocks`) or ``[null, {"wall": ms}]``, and last the
+    batch's marker ``[null, {"batch": [worker token, batch number]}]``; see :mod:`streams.watermark`."""
     return f"{app_id}-profile-events"
 
 

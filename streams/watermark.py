@@ -7,10 +7,11 @@ allowed delay also moves it.
 
 How the clocks reach every profile partition: the ingest agent appends, to each internal record it
 sends (one per profile partition per batch), the clocks that batches moved ``MAILPULSE_CLOCK_DELAY_MS``
-or more before: ``[null, {"clocks": [[topic, partition, ts], ...]}]`` (a timer, or an offset
-commit's cut, sends them in records of their own when no batch comes; with a delay of 0 each batch
-carries its own).  A clock is sent after the events it covers, so a profile partition never sees
-it first; the delay gives an event forwarded from a redirect time to reach its root
+or more before and whose records this worker's profile agent has applied:
+``[null, {"clocks": [[topic, partition, ts], ...]}]`` (a timer, or an offset commit's cut, sends
+them in records of their own when no batch comes; with a delay of 0 each batch carries its own).
+A clock is sent after the events it covers, so a profile partition never sees it first; the wait
+gives an event forwarded from a redirect time to reach its root
 (:class:`streams.routing.DelayedClocks`).  Each profile partition keeps the
 largest value per input partition in a table, so the watermark survives restarts and rebalances.
 

@@ -14,6 +14,7 @@ from faust.types import TP
 
 from schemas.events import INPUT_TOPICS
 from streams import app as app_module
+from streams import topics as names
 from streams.app import Pipeline, create_app
 from streams.consumer import RecordBatch
 from streams.routing import partition_for
@@ -115,6 +116,11 @@ async def test_input_clocks_go_to_the_profile_partitions_a_delay_after_their_bat
     p.delayed_clocks._pending[0] = (0, *p.delayed_clocks._pending[0][1:])  # read long ago: due
     await asyncio.wait_for(p.write_out_soon(), 1)  # no wait
     assert clocks_sent()[-1] == [["<internal>", 0, 1772359200004]] and len(p.delayed_clocks) == 0
+    async with agent(p, "ingest").test_context() as ingest:
+        await ingest.put(view(5))
+    p.app.commit_waiting = 1  # a rebalance's or a stop's commit waits for this one: no waiting
+    await asyncio.wait_for(p.write_out_soon(), 1)
+    assert clocks_sent()[-1] == [["<internal>", 0, 1772359200005]] and len(p.delayed_clocks) == 0
 
 
 async def test_a_batchs_clocks_wait_until_the_profile_agent_applied_its_record(tmp_path: Path) -> None:
@@ -127,8 +133,7 @@ async def test_a_batchs_clocks_wait_until_the_profile_agent_applied_its_record(t
     async with agent(p, "ingest").test_context() as ingest:
         await ingest.put(orjson.dumps(view))
     [(_, record, partition)] = sent(p, "mailpulse-profile-events")
-    read_ms = p.delayed_clocks.newest_ms()
-    assert read_ms is not None
+    read_ms = p.delayed_clocks._pending[0][0]
     p.delayed_clocks._pending[0] = (read_ms - 1_000, *p.delayed_clocks._pending[0][1:])  # its delay is over
     p.send_clocks()
     assert len(p.delayed_clocks) == 1  # not applied there yet: it waits
@@ -139,6 +144,17 @@ async def test_a_batchs_clocks_wait_until_the_profile_agent_applied_its_record(t
     clocks = [event for _, batch, _ in sent(p, "mailpulse-profile-events") for key, event in batch
               if key is None and "clocks" in event]
     assert clocks == [{"clocks": [["<internal>", 0, 1772359200001]]}] * 4
+
+
+async def test_a_revoked_partition_no_longer_holds_the_clocks(pipeline: Pipeline) -> None:
+    """Its markers may never be applied here: its batches wait the delay alone, not the hold."""
+    clocks = pipeline.delayed_clocks
+    clocks.applied(2, [[None, {"batch": [clocks.token, 1]}]])
+    clocks.add({("clicks", 0): 7}, 1_000, 2, [2])
+    assert clocks.due(1_000 + clocks.delay_ms) == {}
+    events = names.events_topic(pipeline.settings.app_id)
+    await app_module._on_revocation(pipeline)(None, {TP(events, 2), TP("clicks", 2)})
+    assert clocks.due(1_000 + clocks.delay_ms) == {("clicks", 0): 7}
 
 
 def _event(event_id: str, etype: str = "page_view", **extra: Any) -> dict[str, Any]:

@@ -56,9 +56,9 @@ def test_delayed_clocks_go_out_with_the_first_batch_after_their_delay_merged_and
 
     def batch(raw: bytes, now: int) -> list[list[Any]]:
         sent: list[tuple[int, list[Any]]] = []
-        route_batch([("clicks", 0, 1, None, raw, None)], 2, now, IngestPolicy(),
+        route_batch([("clicks", 0, 1, None, raw, None)], 2, 1772359300000, IngestPolicy(),
                     lambda partition, record: sent.append((partition, orjson.loads(record))), lambda *_: None,
-                    delayed)
+                    delayed, now)  # the delays run on their own (monotonic) clock
         records.extend(sent)
         return [entry for _, pairs in sent for entry in pairs if entry[0] is None and "clocks" in entry[1]]
 
@@ -80,8 +80,8 @@ def test_delayed_clocks_go_out_with_the_first_batch_after_their_delay_merged_and
     assert clocks == [[None, {"clocks": [["clicks", 0, 1772359200000]]}]] * 2 and len(delayed) == 3
     assert delayed.due(1_300) == {}  # e-2's (marker 3) is not applied either...
     assert delayed.due(1_099 + delayed.hold_ms) == {("clicks", 0): 1772359200500}  # ...but has waited long enough
-    assert delayed.waiting(1_100) and not delayed.waiting(1_099)
-    assert delayed.due(0, upto_ms=1_100) == {("clicks", 0): 1772359200000} and len(delayed) == 1  # a commit's cut
+    assert delayed.waiting(4) and not delayed.waiting(3) and delayed.newest() == 5  # batches by number
+    assert delayed.due(0, upto=4) == {("clicks", 0): 1772359200000} and len(delayed) == 1  # a commit's cut
     assert delayed.due(0, every=True) == {("clicks", 0): 1772359200000} and len(delayed) == 0  # a blocking one
     assert clock_records({("clicks", 0): 5}, 2) == [(0, b'[[null,{"clocks":[["clicks",0,5]]}]]'),
                                                     (1, b'[[null,{"clocks":[["clicks",0,5]]}]]')]
@@ -97,6 +97,9 @@ def test_delayed_clocks_of_partitions_no_agent_here_reported_wait_the_delay_alon
     assert delayed.due(2_100) == {}
     delayed.applied(3, [[None, {"batch": [delayed.token, 5]}]])  # a later batch applied: this one too
     assert delayed.due(2_100) == {("clicks", 0): 8}
+    delayed.add({("clicks", 0): 9}, 3_000, 6, [3])
+    delayed.forget([3])  # the partition was revoked: its marker may never be applied here
+    assert delayed.due(3_100) == {("clicks", 0): 9}
 
 
 def test_no_delay_sends_a_batchs_clocks_with_it() -> None:
