@@ -658,7 +658,8 @@ def _count(p: Pipeline, result: RecordResult, latency: dict[str, Any], updated: 
         metrics.segment_changes.labels(segment, change_kind).inc(count)
     for stage, _ in result.failures:
         metrics.processing_errors.labels("profiles", stage).inc()
-        metrics.dead_letters.labels("processing_error").inc()
+    if result.letters:
+        metrics.dead_letters.labels("processing_error").inc(result.letters)
 
 
 def _internal_dead_letter(p: Pipeline, source: Source, raw: bytes | None, exc: BaseException) -> None:

@@ -110,8 +110,9 @@ class RecordResult:
     waits: dict[str, list[float]] = field(default_factory=lambda: {
         names.PROFILES: [], names.SEGMENT_CHANGES: [], names.TRIGGERS: []})
     unknown: list[str] = field(default_factory=list)  # internal message types this version does not know
-    #: (stage, exception class) of each failure left out, in order; their dead letters are in ``sends``.
+    #: (stage, exception class) of each entry left out, in order; their dead letters are in ``sends``.
     failures: list[tuple[str, str]] = field(default_factory=list)
+    letters: int = 0  # dead letters of entries left out (none for a clock entry or a batch marker)
 
 
 class RecordSink(Protocol):
@@ -419,5 +420,6 @@ def _dead_letter(entries: list[Any], skip: set[int], skip_keys: set[str], why: d
         letter = reject(place, raw, "processing_error", f"profile hop, {stage}: {cause}", source.arrived_ms).record
         letter["stage"] = "profiles"
         result.sends.append((names.DEAD_LETTER, None, orjson.dumps(letter), None))
+        result.letters += 1
         if is_event:
             result.outcomes[place.topic, "dead_letter"] += 1

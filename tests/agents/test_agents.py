@@ -467,6 +467,26 @@ async def test_a_profile_whose_advance_raises_is_left_out_and_other_profiles_go_
     assert pipeline.metrics.processing_errors.labels("profiles", "advance")._value.get() == 2
 
 
+async def test_a_record_left_out_whole_counts_a_dead_letter_for_each_event_not_for_its_clocks_or_marker(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import streams.record_step as record_step
+
+    def watermark(*_: Any) -> int:
+        raise ZeroDivisionError  # the partition's clocks: a failure no entry or key is named for
+
+    monkeypatch.setattr(record_step, "watermark", watermark)
+    pairs = orjson.loads(_batch(_event("e-1"), clock=1772359200000))
+    pairs.append([None, {"batch": [pipeline.delayed_clocks.token, 1]}])
+    async with agent(pipeline, "profiles").test_context() as profiles:
+        await profiles.put(orjson.dumps(pairs))
+    [(_, letter, _)] = sent(pipeline, "dead-letter")
+    assert orjson.loads(letter["raw"])["event_id"] == "e-1"
+    m = pipeline.metrics
+    assert m.processing_errors.labels("profiles", "record")._value.get() == 3  # each entry left out
+    assert m.dead_letters.labels("processing_error")._value.get() == 1  # each letter sent
+
+
 async def test_an_internal_record_that_is_not_one_is_dead_lettered_whole(pipeline: Pipeline) -> None:
     async with agent(pipeline, "profiles").test_context() as profiles:
         await profiles.put(b'{"not": "a list"}')
