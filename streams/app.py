@@ -311,8 +311,10 @@ def _on_assignment(p: Pipeline) -> Any:
         p.due_index.reset()  # rebuilt from profile-state before the profile agent's next record
         p.health.ready = False  # until table recovery is done
         per_topic = Counter(tp.topic for tp in assigned)
-        for topic in (*INPUT_TOPICS, names.events_topic(sender.conf.id)):
+        events_topic = names.events_topic(sender.conf.id)
+        for topic in (*INPUT_TOPICS, events_topic):
             p.metrics.assigned_partitions.labels(topic).set(per_topic.get(topic, 0))
+        p.delayed_clocks.hold_for(tp.partition for tp in assigned if tp.topic == events_topic)
 
     return on_partitions_assigned
 

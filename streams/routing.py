@@ -80,9 +80,9 @@ class DelayedClocks:
     a marker entry ``[null, {"batch": [token, seq]}]``, :meth:`applied`): its forwards are then sent,
     and the same producer sends the clocks after them.  The delay alone was not enough: after a
     fetch stall the clocks went out before the profile hop had read the events.  A partition this
-    worker's profile agent does not hold (another worker's, or one it lost: :meth:`forget`) is waited
-    for by the delay alone, and no batch waits longer than ``HOLD_DELAYS`` delays.  A clock sent
-    later never overtakes its events.
+    worker's profile agent does not hold (another worker's, or one it lost: :meth:`forget`;
+    :meth:`hold_for` names those it holds) is waited for by the delay alone, and no batch waits
+    longer than ``HOLD_DELAYS`` delays.  A clock sent later never overtakes its events.
 
     Times are a monotonic clock's milliseconds (the callers' ``time.monotonic()``), so that a wall
     clock stepping back cannot hold the clocks; a batch is named by its number."""
@@ -125,6 +125,12 @@ class DelayedClocks:
             if (type(batch) is list and len(batch) == 2 and batch[0] == self.token and type(batch[1]) is int
                     and batch[1] > self._applied.get(partition, 0)):
                 self._applied[partition] = batch[1]
+
+    def hold_for(self, partitions: Iterable[int]) -> None:
+        """This worker's profile agent now holds ``partitions`` (an assignment): their batches wait for
+        its markers from the start, also while it catches up on what an earlier owner left."""
+        for partition in partitions:
+            self._applied.setdefault(partition, 0)
 
     def forget(self, partitions: Iterable[int]) -> None:
         """This worker's profile agent no longer holds ``partitions`` (a revocation): they are waited

@@ -157,6 +157,18 @@ async def test_a_revoked_partition_no_longer_holds_the_clocks(pipeline: Pipeline
     assert clocks.due(1_000 + clocks.delay_ms) == {("clicks", 0): 7}
 
 
+async def test_an_assigned_partition_holds_the_clocks_from_the_start(pipeline: Pipeline) -> None:
+    """Also while its profile agent catches up on what an earlier owner left, before its first marker."""
+    clocks = pipeline.delayed_clocks
+    sender = SimpleNamespace(conf=SimpleNamespace(id=pipeline.settings.app_id))
+    await app_module._on_assignment(pipeline)(sender, {TP(names.events_topic(pipeline.settings.app_id), 1)})
+    clocks.add({("clicks", 0): 7}, 1_000, 1, [1])
+    clocks.add({("clicks", 0): 8}, 1_000, 2, [3])  # another worker's partition: the delay alone
+    assert clocks.due(1_000 + clocks.delay_ms) == {}
+    clocks.applied(1, [[None, {"batch": [clocks.token, 1]}]])
+    assert clocks.due(1_000 + clocks.delay_ms) == {("clicks", 0): 8}
+
+
 def _event(event_id: str, etype: str = "page_view", **extra: Any) -> dict[str, Any]:
     kind = "identities" if etype == "erase" else "clicks"
     return {"event_id": event_id, "type": etype, "ts": 1772359200000, "kind": kind,
