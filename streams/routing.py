@@ -68,21 +68,22 @@ HOLD_DELAYS = 20
 
 
 class DelayedClocks:
-    """Input clocks on their way to the profile partitions, each sent ``delay_ms`` after the batch
-    that moved it, and once this worker's profile hop has applied that batch.
+    """Input clocks on their way to the profile partitions, each sent once this worker's profile hop
+    has applied the batch that moved it, and ``delay_ms`` after it where another worker's is involved.
 
     Why: an event whose key is a redirect (an anonymous id or e-mail of an identified person) is
     forwarded by its key's partition to its root's.  When the clocks that let the watermark pass the
     event come with the event's own batch (an upstream heartbeat tick does that), the root's
     partition takes them before the forwarded event arrives, and the event is late there.  So a
-    batch's clocks wait ``delay_ms``, and also until the profile agent of every partition the batch
-    sent events to has applied its record there (each batch's last record to a partition ends with
-    a marker entry ``[null, {"batch": [token, seq]}]``, :meth:`applied`): its forwards are then sent,
-    and the same producer sends the clocks after them.  The delay alone was not enough: after a
-    fetch stall the clocks went out before the profile hop had read the events.  A partition this
-    worker's profile agent does not hold (another worker's, or one it lost: :meth:`forget`;
-    :meth:`hold_for` names those it holds) is waited for by the delay alone, and no batch waits
-    longer than ``HOLD_DELAYS`` delays.  A clock sent later never overtakes its events.
+    batch's clocks wait until the profile agent of every partition the batch sent events to has
+    applied its record there (each batch's last record to a partition ends with a marker entry
+    ``[null, {"batch": [token, seq]}]``, :meth:`applied`): its forwards are then sent, and the same
+    producer sends the clocks after them.  This worker cannot see the profile hop of a partition it
+    does not hold (another worker's, or one it lost: :meth:`forget`; :meth:`hold_for` names those it
+    holds), so a batch that sent events to one waits ``delay_ms`` as a margin.  (The delay alone, for
+    every batch, was not enough: after a fetch stall the clocks went out before the profile hop had
+    read the events.)  No batch waits longer than ``HOLD_DELAYS`` delays.  A clock sent later never
+    overtakes its events.
 
     Times are a monotonic clock's milliseconds (the callers' ``time.monotonic()``), so that a wall
     clock stepping back cannot hold the clocks; a batch is named by its number."""
@@ -152,7 +153,8 @@ class DelayedClocks:
         while pending:
             read_ms, seq, partitions, moved = pending[0]
             if not (every or (upto is not None and seq <= upto) or read_ms <= now_ms - self.hold_ms
-                    or (read_ms <= now_ms - self.delay_ms and all(applied.get(n, seq) >= seq for n in partitions))):
+                    or (all(applied.get(n, seq) >= seq for n in partitions)
+                        and (read_ms <= now_ms - self.delay_ms or all(n in applied for n in partitions)))):
                 break
             pending.popleft()
             for tp, ts in moved.items():

@@ -89,7 +89,9 @@ class Settings(BaseSettings):
     clock_delay_ms: int = Field(
         default=100, ge=0, le=60_000,
         description="MAILPULSE_CLOCK_DELAY_MS: how long after its batch an input clock goes to the profile "
-        "partitions, so that an event forwarded from a redirect reaches its root before the watermark passes it.",
+        "partitions when the batch sent events to a partition another worker holds (those this worker holds are "
+        "waited for until their profile agent has applied the batch), so that an event forwarded from a redirect "
+        "reaches its root before the watermark passes it.",
     )
 
     # --- mailpulse deliver (the reference ESP connector) ---

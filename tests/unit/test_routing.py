@@ -97,6 +97,12 @@ def test_delayed_clocks_of_partitions_no_agent_here_reported_wait_the_delay_alon
     assert delayed.due(2_100) == {}
     delayed.applied(3, [[None, {"batch": [delayed.token, 5]}]])  # a later batch applied: this one too
     assert delayed.due(2_100) == {("clicks", 0): 8}
+    delayed.add({("clicks", 0): 10}, 2_500, 7, [3])
+    delayed.applied(3, [[None, {"batch": [delayed.token, 7]}]])
+    assert delayed.due(2_500) == {("clicks", 0): 10}  # applied on a partition held here: no delay needed
+    delayed.add({("clicks", 0): 11}, 2_600, 8, [3, 4])
+    delayed.applied(3, [[None, {"batch": [delayed.token, 8]}]])
+    assert delayed.due(2_699) == {} and delayed.due(2_700) == {("clicks", 0): 11}  # 4 is another worker's
     delayed.add({("clicks", 0): 9}, 3_000, 6, [3])
     delayed.forget([3])  # the partition was revoked: its marker may never be applied here
     assert delayed.due(3_100) == {("clicks", 0): 9}
