@@ -43,6 +43,9 @@ class Effects:
     traits_dropped: int = 0  # trait values a merge dropped past limits.trait_bytes
     history_dropped: int = 0  # windowed-count timestamps a merge dropped past limits.history_per_type
     unknown: str | None = None  # an internal message type this version does not know (skipped)
+    #: input topics of the parked events an arriving profile brought that are older than the watermark
+    #: here: late, as an input event would be (a merge's round trips took longer than the clocks)
+    late_absorbed: list[str] = field(default_factory=list)
 
 
 def dispatch(states: MutableMapping[str, State | None], blocks: MutableMapping[str, Any], key: str,
@@ -57,7 +60,7 @@ def dispatch(states: MutableMapping[str, State | None], blocks: MutableMapping[s
     if kind == graph.LINK:
         effects = _apply(states, key, graph.on_link(key, state, message, rules.identity_limits))
     elif kind == graph.ABSORB:
-        effects = _on_absorb(states, key, state, message, rules)
+        effects = _on_absorb(states, key, state, message, watermark, rules)
     elif kind == graph.POSSIBLE:
         effects = _on_possible(states, key, state, message, rules)
     elif kind == possible_matches.ALIAS:
@@ -132,7 +135,7 @@ def _on_event(states: MutableMapping[str, State | None], key: str, state: State 
 
 
 def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State | None,
-               message: dict[str, Any], rules: RuleSet) -> Effects:
+               message: dict[str, Any], watermark: int | None, rules: RuleSet) -> Effects:
     if graph.is_redirect(state):
         return _apply(states, key, graph.forward_absorb(state, message))
     absorbed: LiveState = message["state"]
@@ -145,6 +148,10 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
         # erase reached it): it is dropped too.  Their later activity starts a new profile here.
         return effects
     limits = rules.limits
+    if watermark is not None:
+        parked_here = {entry[2] for entry in state.get("pending", ())} if graph.is_live(state) else set()
+        effects.late_absorbed = [entry[3]["src"][0] for entry in absorbed.get("pending", ())
+                                 if entry[0] < watermark and entry[2] not in parked_here and entry[3].get("src")]
     if graph.is_live(state):
         merged = merge_states(state, absorbed, key, limits)
         merged["due"] = state.get("due")

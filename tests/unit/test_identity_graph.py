@@ -175,6 +175,23 @@ def test_an_absorb_delivered_twice_counts_once() -> None:
     assert len(state["pending"]) == 2  # the purchase once, the view once
 
 
+def test_parked_events_an_absorb_brings_behind_the_watermark_are_counted_late() -> None:
+    """The contract's late event: a merge's round trips took longer than the clocks to the root."""
+    states: dict[str, Any] = {}
+    blocks: dict[str, Any] = {}
+    for event in (ev("p-1", "purchase", 0, anonymous_id="a-5", order_id="o-1", total=100.0),
+                  ev("c-1", "cart_add", 5, anonymous_id="a-5", product_id="sku-1", price=9.0),
+                  ev("v-1", "product_view", 1, user_id="u-1", product_id="sku-1")):
+        dispatch(states, blocks, "a:a-5" if "anonymous_id" in event else "u:u-1", event, None, RULES)
+    link = dispatch(states, blocks, "a:a-5", {"type": graph.LINK, "root": "u:u-1", "kind": "exact", "ok": True},
+                    None, RULES)
+    [(target, absorb)] = [(k, m) for k, m in link.send if m["type"] == graph.ABSORB]
+    assert dispatch(dict(states), blocks, target, absorb, None, RULES).late_absorbed == []  # no watermark yet
+    assert dispatch(dict(states), blocks, target, absorb, T0, RULES).late_absorbed == []  # none older
+    effects = dispatch(states, blocks, target, absorb, T0 + 3 * MIN, RULES)
+    assert effects.late_absorbed == ["t"] and effects.merges == ["exact"]  # p-1, not c-1
+
+
 def test_after_an_erase_the_persons_other_identifiers_forget_them_and_new_activity_is_kept() -> None:
     events = [ev("v-1", "product_view", 0, anonymous_id="a-5", product_id="sku-1"),
               ev("i-1", "identify", 1, anonymous_id="a-5", user_id="u-1"),
