@@ -63,8 +63,10 @@ Clocks = dict[tuple[str, int], int]
 
 
 #: The longest a batch's clocks wait for this worker's profile hop to apply the batch (a multiple
-#: of the delay): past it they go anyway, so a partition revoked meanwhile cannot hold them.
+#: of the delay, and at least ``MIN_HOLD_MS``): past it they go anyway, so a partition that does not
+#: answer cannot hold them for long.
 HOLD_DELAYS = 20
+MIN_HOLD_MS = 2_000
 
 
 class DelayedClocks:
@@ -82,15 +84,15 @@ class DelayedClocks:
     does not hold (another worker's, or one it lost: :meth:`forget`; :meth:`hold_for` names those it
     holds), so a batch that sent events to one waits ``delay_ms`` as a margin.  (The delay alone, for
     every batch, was not enough: after a fetch stall the clocks went out before the profile hop had
-    read the events.)  No batch waits longer than ``HOLD_DELAYS`` delays.  A clock sent later never
-    overtakes its events.
+    read the events.)  No batch waits longer than ``HOLD_DELAYS`` delays (``MIN_HOLD_MS`` at
+    least).  A clock sent later never overtakes its events.
 
     Times are a monotonic clock's milliseconds (the callers' ``time.monotonic()``), so that a wall
     clock stepping back cannot hold the clocks; a batch is named by its number."""
 
     def __init__(self, delay_ms: int) -> None:
         self.delay_ms = delay_ms
-        self.hold_ms = HOLD_DELAYS * delay_ms
+        self.hold_ms = max(HOLD_DELAYS * delay_ms, MIN_HOLD_MS) if delay_ms else 0  # a small delay: no short hold
         self.token = secrets.token_hex(4)  # this worker's markers, told apart from another's
         self._seq = 0  # the newest batch's number
         self._applied: dict[int, int] = {}  # profile partition -> newest marker of ours its agent applied

@@ -69,8 +69,9 @@ async def test_ingest_routes_good_events_by_profile_and_bad_ones_to_dead_letter(
 
 
 async def test_input_clocks_go_to_the_profile_partitions_a_delay_after_their_batch(tmp_path: Path) -> None:
-    """An event forwarded from a redirect gets the delay to reach its root before the clocks of
-    its own batch (streams.routing.DelayedClocks); a later batch or the timer carries them."""
+    """With no marker applied on a partition this worker holds (as for another worker's), an event
+    forwarded from a redirect gets the delay to reach its root before the clocks of its own batch
+    (streams.routing.DelayedClocks); a later batch or the timer carries them."""
     settings = Settings(broker="kafka://127.0.0.1:1", table_store="memory", data_dir=tmp_path, partitions=4,
                         clock_delay_ms=60_000)
     p = create_app(settings, output=RecordingOutput())

@@ -103,9 +103,11 @@ def test_delayed_clocks_of_partitions_no_agent_here_reported_wait_the_delay_alon
     delayed.add({("clicks", 0): 11}, 2_600, 8, [3, 4])
     delayed.applied(3, [[None, {"batch": [delayed.token, 8]}]])
     assert delayed.due(2_699) == {} and delayed.due(2_700) == {("clicks", 0): 11}  # 4 is another worker's
-    delayed.add({("clicks", 0): 9}, 3_000, 6, [3])
+    delayed.add({("clicks", 0): 9}, 3_000, 9, [3])
+    assert delayed.due(3_100) == {}
     delayed.forget([3])  # the partition was revoked: its marker may never be applied here
     assert delayed.due(3_100) == {("clicks", 0): 9}
+    assert DelayedClocks(delay_ms=5).hold_ms == 2_000  # a small delay does not cut the wait for the hop short
 
 
 def test_no_delay_sends_a_batchs_clocks_with_it() -> None:
