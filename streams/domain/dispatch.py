@@ -149,9 +149,12 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
         return effects
     limits = rules.limits
     if watermark is not None:
-        parked_here = {entry[2] for entry in state.get("pending", ())} if graph.is_live(state) else set()
+        # new here: neither parked here nor folded here (merge_pending drops those it already folded)
+        known: set[str] = set()
+        if graph.is_live(state):
+            known = {entry[2] for entry in state.get("pending", ())} | state["seen"].keys()
         effects.late_absorbed = [entry[3]["src"][0] for entry in absorbed.get("pending", ())
-                                 if entry[0] < watermark and entry[2] not in parked_here and entry[3].get("src")]
+                                 if entry[0] < watermark and entry[2] not in known and entry[3].get("src")]
     if graph.is_live(state):
         merged = merge_states(state, absorbed, key, limits)
         merged["due"] = state.get("due")

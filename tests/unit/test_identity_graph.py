@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import random
 from typing import Any
 
@@ -188,6 +189,9 @@ def test_parked_events_an_absorb_brings_behind_the_watermark_are_counted_late() 
     [(target, absorb)] = [(k, m) for k, m in link.send if m["type"] == graph.ABSORB]
     assert dispatch(dict(states), blocks, target, absorb, None, RULES).late_absorbed == []  # no watermark yet
     assert dispatch(dict(states), blocks, target, absorb, T0, RULES).late_absorbed == []  # none older
+    folded = copy.deepcopy(states)
+    folded["u:u-1"]["seen"]["p-1"] = T0  # already folded at the root: the merge drops it, it is not late
+    assert dispatch(folded, blocks, target, absorb, T0 + 3 * MIN, RULES).late_absorbed == []
     effects = dispatch(states, blocks, target, absorb, T0 + 3 * MIN, RULES)
     assert effects.late_absorbed == ["t"] and effects.merges == ["exact"]  # p-1, not c-1
 
