@@ -91,7 +91,7 @@ class Pipeline:
     product_neighbours: ProfileTable  # product -> {other product: count}
     product_recs: ProductRecs  # every product's published top neighbours (started by the worker)
     pairs: PairBuffer  # co-occurrence pairs of the profile agent's steps, sent at the next commit's cut
-    delayed_clocks: DelayedClocks  # input clocks of the ingest's batches, sent MAILPULSE_CLOCK_DELAY_MS later
+    delayed_clocks: DelayedClocks  # input clocks of the ingest's batches, sent once the profile hop applied them
     health: Health = field(default_factory=Health)  # what /healthz and /readyz answer
     untrimmed: int = 0  # values written out since free memory was last given back
     #: ``(stage, seconds)`` of each offset commit (``mailpulse_commit_seconds``)
@@ -104,7 +104,7 @@ class Pipeline:
 
     def write_staged(self, commit: bool = True) -> None:
         """Writes every table's staged values (before each offset commit, and when many are staged:
-        ``commit=False``, which keeps the input clocks waiting for their delay).
+        ``commit=False``, which keeps the input clocks waiting until they are due).
 
         Everything sent before is delivered first.  A state in the changelog survives a crash, while
         the events it took in are read again only if their offsets were not committed; re-read, they
@@ -422,7 +422,7 @@ def _health(p: Pipeline) -> Any:
 
 
 def _delayed_clocks(p: Pipeline) -> Any:
-    """Sends the input clocks whose delay is over when no ingest batch came to carry them."""
+    """Sends the input clocks that are due when no ingest batch came to carry them."""
 
     async def delayed_clocks() -> None:
         p.send_clocks()

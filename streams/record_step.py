@@ -213,8 +213,7 @@ def step(entries: list[Any], io: StepIO, ctx: StepContext, skip: frozenset[int] 
             result.outcomes[topic, "duplicate" if effects.outcome == "duplicate" else "processed"] += 1
             if effects.late:
                 result.late[topic] += 1
-        for topic in effects.late_absorbed:
-            result.late[topic] += 1
+        result.late.update(effects.late_absorbed)
         if effects.changed:
             changed.add(key)
         if effects.republish:

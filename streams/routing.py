@@ -214,9 +214,9 @@ def route_batch(inputs: Iterable[InputRecord], partitions: int, now_ms: int, pol
             result = reject(source, value, "processing_error", f"ingest: {type(exc).__name__}", now_ms)
         dead_letter(topic, result.code, input_key, result.record)
     moved, touched = clocks, records.partitions()
-    delaying = delayed is not None and delayed.delay_ms > 0
+    delayed = delayed if delayed is not None and delayed.delay_ms else None  # a delay of 0: no queue
     clock_now = now_ms if clock_ms is None else clock_ms
-    if delayed is not None and delaying:
+    if delayed is not None:
         clocks = delayed.due(clock_now)
     if clocks:
         update = clock_entry(clocks)
@@ -224,7 +224,8 @@ def route_batch(inputs: Iterable[InputRecord], partitions: int, now_ms: int, pol
             full = records.add(partition, None, update, 64)
             if full is not None:
                 send_record(partition, full)
-    if delayed is not None and delaying:
+    seq = 0
+    if delayed is not None:
         seq = delayed.next_batch()
         marker = delayed.marker(seq)
         for partition in touched:  # each one's last record ends with the marker
@@ -233,6 +234,6 @@ def route_batch(inputs: Iterable[InputRecord], partitions: int, now_ms: int, pol
                 send_record(partition, full)
     for partition, record in records.records():
         send_record(partition, record)
-    if delayed is not None and delaying:
+    if delayed is not None:
         delayed.add(moved, clock_now, seq, touched)  # once its events are sent: a clock never overtakes them
     return blocked

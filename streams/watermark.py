@@ -6,13 +6,13 @@ partition that has carried nothing holds it back.  With ``--clock wall`` the wal
 allowed delay also moves it.
 
 How the clocks reach every profile partition: the ingest agent appends, to each internal record it
-sends (one per profile partition per batch), the clocks that batches moved ``MAILPULSE_CLOCK_DELAY_MS``
-or more before and whose records this worker's profile agent has applied:
-``[null, {"clocks": [[topic, partition, ts], ...]}]`` (a timer, or an offset commit's cut, sends
-them in records of their own when no batch comes; with a delay of 0 each batch carries its own).
-A clock is sent after the events it covers, so a profile partition never sees it first; the wait
-gives an event forwarded from a redirect time to reach its root
-(:class:`streams.routing.DelayedClocks`).  Each profile partition keeps the
+sends (one per profile partition per batch), the clocks of earlier batches whose records this
+worker's profile agent has applied (and, where another worker holds a partition they went to,
+``MAILPULSE_CLOCK_DELAY_MS`` or more before): ``[null, {"clocks": [[topic, partition, ts], ...]}]``
+(a timer, or an offset commit's cut, sends them in records of their own when no batch comes; with a
+delay of 0 each batch carries its own).  A clock is sent after the events it covers, so a profile
+partition never sees it first; the wait lets an event forwarded from a redirect reach its root
+first (:class:`streams.routing.DelayedClocks`).  Each profile partition keeps the
 largest value per input partition in a table, so the watermark survives restarts and rebalances.
 
 :class:`DueIndex` is the in-memory order of profiles by their next due time, per profile partition
