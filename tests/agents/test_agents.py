@@ -38,6 +38,12 @@ def agent(p: Pipeline, name: str) -> Any:
     return p.app.agents[name]
 
 
+def sent_clocks(p: Pipeline) -> list[tuple[int | None, list[Any]]]:
+    """(profile partition, clocks) of every clock entry sent on the internal topic, in order."""
+    return [(partition, event["clocks"]) for _, batch, partition in sent(p, "mailpulse-profile-events")
+            for key, event in batch if key is None and "clocks" in event]
+
+
 async def test_ingest_routes_good_events_by_profile_and_bad_ones_to_dead_letter(pipeline: Pipeline) -> None:
     pipeline.delayed_clocks.delay_ms = 60_000  # none of the batches' clocks is due before the commit below
     good = {"event_id": "e-1", "type": "page_view", "timestamp": "2026-03-01T10:00:00Z", "user_id": "u-1"}
@@ -58,11 +64,9 @@ async def test_ingest_routes_good_events_by_profile_and_bad_ones_to_dead_letter(
     assert [entry for entry in internal if entry[1] is None and "clocks" in entry[2]] == []
     assert internal[-1] == (partition, None, {"batch": [pipeline.delayed_clocks.token, 1]})  # the batch's marker
     pipeline.write_staged(commit=False)  # a write-out because many values are staged: no commit, clocks wait
-    assert not [key for _, batch, _ in sent(pipeline, "mailpulse-profile-events") for key, event in batch
-                if key is None and "clocks" in event]
+    assert not sent_clocks(pipeline)
     pipeline.write_staged()
-    clocks = [(partition, event["clocks"]) for _, batch, partition in sent(pipeline, "mailpulse-profile-events")
-              for key, event in batch if key is None and "clocks" in event]
+    clocks = sent_clocks(pipeline)
     assert sorted(partition for partition, _ in clocks) == [0, 1, 2, 3]
     assert all([ts for _, _, ts in update] == [1772359260000] for _, update in clocks)
     assert pipeline.metrics.dead_letters.labels("not_json")._value.get() == 1
@@ -85,8 +89,7 @@ async def test_input_clocks_go_to_the_profile_partitions_a_delay_after_their_bat
                              "user_id": "u-1"})
 
     def clocks_sent() -> list[list[Any]]:
-        return [event["clocks"] for _, batch, _ in sent(p, "mailpulse-profile-events") for key, event in batch
-                if key is None and "clocks" in event]
+        return [clocks for _, clocks in sent_clocks(p)]
 
     async with agent(p, "ingest").test_context() as ingest:
         await ingest.put(view(1))
@@ -142,9 +145,7 @@ async def test_a_batchs_clocks_wait_until_the_profile_agent_applied_its_record(t
         await profiles.put(orjson.dumps(record), partition=partition)
     p.send_clocks()
     assert len(p.delayed_clocks) == 0
-    clocks = [event for _, batch, _ in sent(p, "mailpulse-profile-events") for key, event in batch
-              if key is None and "clocks" in event]
-    assert clocks == [{"clocks": [["<internal>", 0, 1772359200001]]}] * 4
+    assert sorted(sent_clocks(p)) == [(n, [["<internal>", 0, 1772359200001]]) for n in range(4)]
 
 
 async def test_a_revoked_partition_no_longer_holds_the_clocks(pipeline: Pipeline) -> None:
