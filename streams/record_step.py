@@ -237,8 +237,10 @@ def step(entries: list[Any], io: StepIO, ctx: StepContext, skip: frozenset[int] 
             result.unknown.append(effects.unknown)
     if moved:
         result.clocks = orjson.dumps(clocks)
-    wall = clocks.get("wall")
-    now_wm = watermark(clocks, ctx.expected_clocks, None if delay is None or wall is None else wall - delay)
+        wall = clocks.get("wall")
+        now_wm = watermark(clocks, ctx.expected_clocks, None if delay is None or wall is None else wall - delay)
+    else:  # a record without clock entries leaves the watermark where it was
+        now_wm = before
     due_now = io.pop_due(now_wm) - skip_keys if now_wm is not None else set()
     now = io.now_ms
     pairs: dict[str, list[list[Any]]] = {}
@@ -284,6 +286,8 @@ def _advance_one(key: str, states: _Cache, blocks: _Cache, changed: bool, republ
 
     _write(kb, state, result, release_parked, ctx.rules.limits)
     publish = out.changed or republish
+    if not (publish or out.steps):
+        return  # events parked, nothing folded: nothing to send (at live rates, an event's first pass)
     result.released += len(out.released)
     for product, other, weight in out.pairs:
         pairs.setdefault(product, []).append([other, weight])
