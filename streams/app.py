@@ -234,6 +234,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None, output: Outpu
         cython_optimizations=True,  # the queue fast path of faust's Cython stream iterator
     )
     app.fetch_max_wait_ms = settings.fetch_max_wait_ms
+    app.fetch_idle_wait_ms = settings.fetch_idle_wait_ms
     # the ingest and profile agents take fetched runs of records (streams.consumer, fix 3); the
     # profile agent's at most PROFILE_RUN_RECORDS at a time
     events_topic = names.events_topic(settings.app_id)

@@ -72,6 +72,11 @@ class Settings(BaseSettings):
         default=20, ge=1, le=10_000,
         description="MAILPULSE_FETCH_MAX_WAIT_MS: longest a consumer fetch waits at the broker for data.",
     )
+    fetch_idle_wait_ms: int = Field(
+        default=200, ge=0, le=10_000,
+        description="MAILPULSE_FETCH_IDLE_WAIT_MS: the fetch wait once the worker read nothing for a second "
+        "(the first record brings MAILPULSE_FETCH_MAX_WAIT_MS back); 0, or not above that: off.",
+    )
     producer_linger_ms: int = Field(
         default=25, ge=0, le=1_000,
         description="MAILPULSE_PRODUCER_LINGER_MS: how long the worker's producer gathers messages into one "

@@ -13,7 +13,7 @@ from faust.types import TP, Message
 from mode.utils.queues import FlowControlQueue
 
 from streams.app import _delivered_records
-from streams.consumer import App, Consumer, RecordBatch, offsets_committed, resumed
+from streams.consumer import IDLE_AFTER_S, App, Consumer, RecordBatch, offsets_committed, resumed
 from streams.worker import stop_line
 
 
@@ -581,3 +581,31 @@ def test_the_seek_notes_the_partitions_it_moves_and_the_next_fetch_forgets_them(
     with patch.object(faust_aiokafka.Consumer, "_wait_next_records", fetch):
         consumer.loop.run_until_complete(consumer._wait_next_records(1.0))
     assert consumer._sought == set()
+
+
+def test_the_fetch_wait_grows_after_a_quiet_second_and_the_first_records_bring_the_short_one_back(
+        consumer: Consumer) -> None:
+    consumer.app.fetch_max_wait_ms, consumer.app.fetch_idle_wait_ms = 20, 200
+    fetcher = SimpleNamespace(_fetch_max_wait_ms=20)
+    consumer._thread._consumer = SimpleNamespace(_fetcher=fetcher)
+    fetched: list[Any] = []
+
+    async def fetch(self: Any, timeout: float) -> Any:
+        return (fetched.pop(0) if fetched else {}), set()
+
+    def wait_next(now: float) -> None:
+        with patch.object(faust_aiokafka.Consumer, "_wait_next_records", fetch), \
+                patch("streams.consumer.time.monotonic", lambda: now):
+            consumer.loop.run_until_complete(consumer._wait_next_records(1.0))
+
+    consumer._fetched_at = 100.0
+    wait_next(100.5)
+    assert fetcher._fetch_max_wait_ms == 20  # quiet for less than IDLE_AFTER_S
+    wait_next(100.0 + IDLE_AFTER_S)
+    assert fetcher._fetch_max_wait_ms == 200
+    fetched.append({TP_: [message(1, b"x")]})
+    wait_next(103.0)
+    assert fetcher._fetch_max_wait_ms == 20  # records: the short wait at once
+    consumer.app.fetch_idle_wait_ms = 0  # off
+    wait_next(110.0)
+    assert fetcher._fetch_max_wait_ms == 20
