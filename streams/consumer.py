@@ -100,9 +100,9 @@
    broker, which answers a fetch only when its wait is over, an idle worker took 0.078 of a core and
    the broker 0.155 answering it (each fetch names all of the worker's ~48 partitions).  After
    :data:`IDLE_AFTER_S` without a record the fetches wait :attr:`App.fetch_idle_wait_ms` instead,
-   and the first fetch that returns records brings the short wait back.  The cost: the first event
-   after a quiet second waits up to that much longer at its first hop; under traffic (or an
-   upstream heartbeat) nothing changes.
+   and the consumer thread sets the short wait back as soon as a fetch returns records, before
+   aiokafka builds its next request.  The cost: the first event after a quiet second waits up to
+   that much longer at its first hop; under traffic (or an upstream heartbeat) nothing changes.
 
 Tried and not kept: delivering each message inline instead of through ``wait_first`` made a bare
 pass-through ~40% faster, but lost events when a worker joined or left mid-stream
@@ -196,6 +196,16 @@ class ShortFetchWaitThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer._fetch_max_wait_ms = getattr(self.consumer.app, "fetch_max_wait_ms", 1500)
         return consumer
 
+    async def _fetch_records(self, consumer: Any, active_partitions: Any, timeout: float | None = None,
+                             max_records: int | None = None) -> Any:
+        records = await super()._fetch_records(consumer, active_partitions, timeout=timeout, max_records=max_records)
+        if records:
+            # Fix 12: the short wait for the request aiokafka builds next.  Handing records out woke
+            # its request loop, which runs only after this step: set on the main loop, the wait would
+            # reach the request after that one, and the next hop's records would wait the idle wait.
+            consumer._fetcher._fetch_max_wait_ms = getattr(self.consumer.app, "fetch_max_wait_ms", 1500)
+        return records
+
     async def on_thread_stop(self) -> None:
         """Fix 5 of the module doc."""
         try:
@@ -223,7 +233,6 @@ class Consumer(faust_aiokafka.Consumer):
         #: Partitions a finished seek moved since the fetch being delivered returned (fix 11).
         self._sought: set[TP] = set()
         self._fetched_at = time.monotonic()  # when the last fetch returned records (fix 6)
-        self._fetch_wait_ms: int | None = None  # the wait the fetcher was last given (fix 12)
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return ShortFetchWaitThread(self, loop=self.loop, beacon=self.beacon)
@@ -375,17 +384,16 @@ class Consumer(faust_aiokafka.Consumer):
         return records, active_partitions
 
     def _pace_fetches(self) -> None:
-        """Fix 12: the fetch wait for what the consumer is reading now (the short one while records
-        come, :attr:`App.fetch_idle_wait_ms` once none came for :data:`IDLE_AFTER_S`)."""
+        """Fix 12: :attr:`App.fetch_idle_wait_ms` once no record came for :data:`IDLE_AFTER_S`, else
+        the short wait (which the consumer thread also sets back as soon as records come:
+        :meth:`ShortFetchWaitThread._fetch_records`)."""
         app = self.app
         short: int = getattr(app, "fetch_max_wait_ms", 1500)
         idle: int = getattr(app, "fetch_idle_wait_ms", 0)
         wait = idle if idle > short and time.monotonic() - self._fetched_at >= IDLE_AFTER_S else short
-        if wait != self._fetch_wait_ms:
-            fetcher = getattr(getattr(self._thread, "_consumer", None), "_fetcher", None)
-            if fetcher is not None and hasattr(fetcher, "_fetch_max_wait_ms"):
-                fetcher._fetch_max_wait_ms = wait  # read by each fetch request it builds
-                self._fetch_wait_ms = wait
+        fetcher = getattr(getattr(self._thread, "_consumer", None), "_fetcher", None)
+        if fetcher is not None and hasattr(fetcher, "_fetch_max_wait_ms"):
+            fetcher._fetch_max_wait_ms = wait  # read by each fetch request it builds
 
     async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
         """Faust sees a gap from the previous message's offset to this one's (both ends included); for

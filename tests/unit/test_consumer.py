@@ -1,6 +1,7 @@
 """The batched input delivery: a fetched run of one partition as one message."""
 
 import asyncio
+import contextlib
 import itertools
 from types import SimpleNamespace
 from typing import Any
@@ -586,7 +587,7 @@ def test_the_seek_notes_the_partitions_it_moves_and_the_next_fetch_forgets_them(
 def test_the_fetch_wait_grows_after_a_quiet_second_and_the_first_records_bring_the_short_one_back(
         consumer: Consumer) -> None:
     consumer.app.fetch_max_wait_ms, consumer.app.fetch_idle_wait_ms = 20, 200
-    fetcher = SimpleNamespace(_fetch_max_wait_ms=20)
+    fetcher = SimpleNamespace(_fetch_max_wait_ms=999)
     consumer._thread._consumer = SimpleNamespace(_fetcher=fetcher)
     fetched: list[Any] = []
 
@@ -609,3 +610,28 @@ def test_the_fetch_wait_grows_after_a_quiet_second_and_the_first_records_bring_t
     consumer.app.fetch_idle_wait_ms = 0  # off
     wait_next(110.0)
     assert fetcher._fetch_max_wait_ms == 20
+
+
+def test_the_request_built_right_after_the_first_records_has_the_short_wait(consumer: Consumer) -> None:
+    """Handing records out wakes aiokafka's request loop; it must build its next request with the
+    short wait, not the idle one (else the next hop's records wait the idle wait)."""
+    consumer.app.fetch_max_wait_ms = 20
+    seen: list[int] = []
+
+    class Fetcher:
+        _closed = False
+        _fetch_max_wait_ms = 200  # idle
+        _subscriptions = SimpleNamespace(fetch_context=contextlib.nullcontext)
+
+        async def fetched_records(self, partitions: Any, timeout: Any = None, max_records: Any = None) -> Any:
+            asyncio.get_running_loop().call_soon(lambda: seen.append(self._fetch_max_wait_ms))  # the request loop
+            return {TP_: [message(1, b"x")]}
+
+    aiokafka_consumer = SimpleNamespace(_closed=False, _fetcher=Fetcher())
+
+    async def fetch_then_let_the_loop_turn() -> None:
+        await consumer._thread._fetch_records(aiokafka_consumer, {TP_}, timeout=1.0)
+        await asyncio.sleep(0)
+
+    asyncio.run(fetch_then_let_the_loop_turn())
+    assert seen == [20]
