@@ -100,8 +100,8 @@
    broker, which answers a fetch only when its wait is over, an idle worker took 0.078 of a core and
    the broker 0.155 answering it (each fetch names all of the worker's ~48 partitions).  After
    :data:`IDLE_AFTER_S` without a record the fetches wait :attr:`App.fetch_idle_wait_ms` instead,
-   and the consumer thread sets the short wait back as soon as a fetch returns records, before
-   aiokafka builds its next request.  The cost: the first event after a quiet second waits up to
+   and a fetch that returns records brings the short wait back before aiokafka builds its next
+   request (:meth:`ShortFetchWaitThread._fetch_records`).  The cost: the first event after a quiet second waits up to
    that much longer at its first hop; under traffic (or an upstream heartbeat) nothing changes.
 
 Tried and not kept: delivering each message inline instead of through ``wait_first`` made a bare
@@ -196,14 +196,24 @@ class ShortFetchWaitThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer._fetch_max_wait_ms = getattr(self.consumer.app, "fetch_max_wait_ms", 1500)
         return consumer
 
+    #: When a fetch last returned records (monotonic seconds; fix 12).
+    _records_at: float = 0.0
+
     async def _fetch_records(self, consumer: Any, active_partitions: Any, timeout: float | None = None,
                              max_records: int | None = None) -> Any:
+        """Faust's fetch (Faust asks with a 1 s timeout), then fix 12: the wait of the request aiokafka
+        builds next, :attr:`App.fetch_idle_wait_ms` once no record came for :data:`IDLE_AFTER_S`,
+        else the short one.  Set here, in the step that hands records out: their hand-out woke the
+        request loop, which runs only after this step (set from the main loop, the short wait reached
+        the request after that one, and the next hop's records waited the idle wait too)."""
         records = await super()._fetch_records(consumer, active_partitions, timeout=timeout, max_records=max_records)
-        if records:
-            # Fix 12: the short wait for the request aiokafka builds next.  Handing records out woke
-            # its request loop, which runs only after this step: set on the main loop, the wait would
-            # reach the request after that one, and the next hop's records would wait the idle wait.
-            consumer._fetcher._fetch_max_wait_ms = getattr(self.consumer.app, "fetch_max_wait_ms", 1500)
+        app, now = self.consumer.app, time.monotonic()
+        if records or not self._records_at:
+            self._records_at = now
+        short: int = getattr(app, "fetch_max_wait_ms", 1500)
+        idle: int = getattr(app, "fetch_idle_wait_ms", 0)
+        quiet = idle > short and now - self._records_at >= IDLE_AFTER_S
+        consumer._fetcher._fetch_max_wait_ms = idle if quiet else short  # read by each request it builds
         return records
 
     async def on_thread_stop(self) -> None:
@@ -367,7 +377,6 @@ class Consumer(faust_aiokafka.Consumer):
         self._sought = set()  # fix 11: this fetch is from after every seek so far
         if records:
             self._fetched_at = time.monotonic()
-        self._pace_fetches()
         batched: frozenset[str] = getattr(self.app, "batched_topics", frozenset())
         if records and batched:
             # the batches of the previous fetch were all drained (or dropped) before this one
@@ -382,18 +391,6 @@ class Consumer(faust_aiokafka.Consumer):
                     self._batch_first_offsets[tp] = {batch.offset: batch.first_offset for batch in batches}
             records = runs
         return records, active_partitions
-
-    def _pace_fetches(self) -> None:
-        """Fix 12: :attr:`App.fetch_idle_wait_ms` once no record came for :data:`IDLE_AFTER_S`, else
-        the short wait (which the consumer thread also sets back as soon as records come:
-        :meth:`ShortFetchWaitThread._fetch_records`)."""
-        app = self.app
-        short: int = getattr(app, "fetch_max_wait_ms", 1500)
-        idle: int = getattr(app, "fetch_idle_wait_ms", 0)
-        wait = idle if idle > short and time.monotonic() - self._fetched_at >= IDLE_AFTER_S else short
-        fetcher = getattr(getattr(self._thread, "_consumer", None), "_fetcher", None)
-        if fetcher is not None and hasattr(fetcher, "_fetch_max_wait_ms"):
-            fetcher._fetch_max_wait_ms = wait  # read by each fetch request it builds
 
     async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
         """Faust sees a gap from the previous message's offset to this one's (both ends included); for

@@ -587,28 +587,34 @@ def test_the_seek_notes_the_partitions_it_moves_and_the_next_fetch_forgets_them(
 def test_the_fetch_wait_grows_after_a_quiet_second_and_the_first_records_bring_the_short_one_back(
         consumer: Consumer) -> None:
     consumer.app.fetch_max_wait_ms, consumer.app.fetch_idle_wait_ms = 20, 200
-    fetcher = SimpleNamespace(_fetch_max_wait_ms=999)
-    consumer._thread._consumer = SimpleNamespace(_fetcher=fetcher)
     fetched: list[Any] = []
 
-    async def fetch(self: Any, timeout: float) -> Any:
-        return (fetched.pop(0) if fetched else {}), set()
+    class Fetcher:
+        _closed = False
+        _fetch_max_wait_ms = 999
+        _subscriptions = SimpleNamespace(fetch_context=contextlib.nullcontext)
 
-    def wait_next(now: float) -> None:
-        with patch.object(faust_aiokafka.Consumer, "_wait_next_records", fetch), \
-                patch("streams.consumer.time.monotonic", lambda: now):
-            consumer.loop.run_until_complete(consumer._wait_next_records(1.0))
+        async def fetched_records(self, partitions: Any, timeout: Any = None, max_records: Any = None) -> Any:
+            return fetched.pop(0) if fetched else {}
 
-    consumer._fetched_at = 100.0
-    wait_next(100.5)
+    fetcher = Fetcher()
+    aiokafka_consumer = SimpleNamespace(_closed=False, _fetcher=fetcher)
+
+    def fetch_at(now: float) -> None:
+        with patch("streams.consumer.time.monotonic", lambda: now):
+            asyncio.run(consumer._thread._fetch_records(aiokafka_consumer, {TP_}, timeout=1.0))
+
+    fetch_at(100.0)  # the first fetch: quiet from here on
+    assert fetcher._fetch_max_wait_ms == 20
+    fetch_at(100.5)
     assert fetcher._fetch_max_wait_ms == 20  # quiet for less than IDLE_AFTER_S
-    wait_next(100.0 + IDLE_AFTER_S)
+    fetch_at(100.0 + IDLE_AFTER_S)
     assert fetcher._fetch_max_wait_ms == 200
     fetched.append({TP_: [message(1, b"x")]})
-    wait_next(103.0)
+    fetch_at(103.0)
     assert fetcher._fetch_max_wait_ms == 20  # records: the short wait at once
     consumer.app.fetch_idle_wait_ms = 0  # off
-    wait_next(110.0)
+    fetch_at(110.0)
     assert fetcher._fetch_max_wait_ms == 20
 
 
