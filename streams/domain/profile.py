@@ -187,7 +187,7 @@ def _apply_newest(
             continue
         if stamp >= times.get(field, [-1, ""]):
             values[field] = value
-            times[field] = stamp
+            times[field] = [ts, event_id]  # a list of its own, as a state read back has
 
 
 #: Why traits have a byte bound (``Limits.trait_bytes``): each message is under the input limit, but

@@ -400,12 +400,13 @@ def _emit(state: LiveState, due: triggers.Due, rules: RuleSet, now_ms: int, out:
     """Guardrails, then the trigger message (contract section 5)."""
     profile, rs = state["profile"], state["rules"]
     guard = rules.config.guardrails
-    rs["sent"] = guardrails.prune_sent([(at, kind) for at, kind in rs["sent"]], due.at)
-    reason = guardrails.suppression_reason(guard, profile["consent"], rs["sent"], due.type, due.at)
+    sent = guardrails.prune_sent([(at, kind) for at, kind in rs["sent"]], due.at)
+    rs["sent"] = [[at, kind] for at, kind in sent]  # as a stored state reads back: [time, type]
+    reason = guardrails.suppression_reason(guard, profile["consent"], sent, due.type, due.at)
     if reason is not None:
         out.suppressed.append((due.type, reason))
         return
-    rs["sent"].append((due.at, due.type))
+    rs["sent"].append([due.at, due.type])
     send_at, moved = guardrails.send_time(guard, due.at, profile["context"].get("timezone"), rs["engagement"])
     if moved is not None:
         out.deferred.append((due.type, moved))

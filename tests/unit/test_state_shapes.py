@@ -12,10 +12,14 @@ from types import UnionType
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import msgspec
+import orjson
 import pytest
 
+from schemas.timeparse import parse_timestamp
+from streams.domain.dispatch import LocalPipeline
 from streams.domain.profile import VIEW_FROM_MOVES, VIEWS_OF, fold_event, new_state
 from streams.domain.state import ErasureMarker, LiveState, Redirect, State, is_live, is_redirect
+from tests.integration.expected import accepted_events
 
 GOLDEN = Path(__file__).parents[1] / "data" / "golden"
 
@@ -88,3 +92,41 @@ def test_a_busy_cart_stores_its_line_summaries_as_declared() -> None:
     assert "view" in profile["cart"]["sku-1"] and VIEWS_OF in profile["cart_meta"]
     msgspec.convert(state, LiveState, strict=True)
     assert _unknown_keys(state, LiveState, "state") == []
+
+
+def _containers(value: Any, where: str) -> list[tuple[int, str]]:
+    """(id, path) of every dict and list within ``value``, ``value`` included."""
+    found, todo = [], [(value, where)]
+    while todo:
+        item, path = todo.pop()
+        if isinstance(item, dict):
+            found.append((id(item), path))
+            todo += [(inner, f"{path}/{name}") for name, inner in item.items()]
+        elif isinstance(item, list):
+            found.append((id(item), path))
+            todo += [(inner, f"{path}[{index}]") for index, inner in enumerate(item)]
+    return found
+
+
+def test_a_state_in_memory_is_what_its_stored_bytes_read_back_as() -> None:
+    """The states the pure functions leave in memory (``run_locally``, the tests' yardstick, never
+    encodes them) equal their JSON read back, and share no dict or list, within a state or between
+    two: the step decodes every state afresh for each record, so a tuple kept where JSON gives a
+    list, or one list shared by two fields, would make the yardstick hold what no worker holds."""
+    from tests.unit.test_golden import UNTIL, _rules
+
+    history = [orjson.loads(line) for line in gzip.decompress((GOLDEN / "history.jsonl.gz").read_bytes()).splitlines()]
+    events = accepted_events(history)
+    local = LocalPipeline(_rules())
+    step = len(events) // 8
+    cuts = [events[min(start + step, len(events)) - 1]["ts"] - 3_600_000 for start in range(0, len(events), step)]
+    for start, cut in zip(range(0, len(events), step), [*cuts[:-1], parse_timestamp(UNTIL)], strict=True):
+        local.feed(events[start:start + step])
+        local.advance(cut)  # inside the history: parked events, timers set and not fired yet
+        seen: dict[int, str] = {}
+        for key, state in local.states.items():
+            assert orjson.loads(orjson.dumps(state)) == state, key
+            for ident, path in _containers(state, key):
+                assert ident not in seen, f"{path} is also {seen[ident]}"
+                seen[ident] = path
+    assert sum(1 for _ in local.live()) > 50 and local.merges

@@ -83,7 +83,7 @@ def next_birthday(birthday: str, after: int, timezone: str | None, hour: int) ->
 
 
 def _set_timer(rules: RuleState, name: str, due: int, cause: str, details: dict[str, Any] | None = None) -> None:
-    rules["timers"][name] = [due, cause, details or {}]
+    rules["timers"][name] = [due, cause, dict(details) if details else {}]  # a dict of its own per timer
 
 
 def _cancel(rules: RuleState, *names: str) -> None:
