@@ -10,7 +10,9 @@ the table store, and with it the due index); BENCH_AFTER_MS (a closing clock tha
 event, so the timers due by then fire: 7200000 scores every bench person once); BENCH_BATCH (500:
 input events per ingest batch; at low input rates batches are small, e.g. 40 gives ~5 events per
 internal record, and each event is then usually parked by one record and released by a later one);
-BENCH_PROFILE=1 (cProfile of the hop, top BENCH_ROWS=30 by BENCH_SORT=tottime); BENCH_LOOP (1: the
+BENCH_RUN (1: records
+delivered one at a time; k: in runs of up to k records of a partition, as a worker's fetch delivers
+them); BENCH_PROFILE=1 (cProfile of the hop, top BENCH_ROWS=30 by BENCH_SORT=tottime); BENCH_LOOP (1: the
 internal records the hop sends itself -- link asks and answers, absorbs, forwarded events -- are put
 back into the hop, as the broker would deliver them; 0: only counted, which hides what an
 ``identify`` sets off).
@@ -24,7 +26,9 @@ import os
 import pstats
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -33,6 +37,7 @@ from bench.common import events_end, mixed_events
 from schemas.events import INPUT_TOPICS
 from streams import topics as names
 from streams.app import create_app
+from streams.consumer import RecordBatch
 from streams.gc_tuning import tune_garbage_collector
 from streams.ingest import IngestPolicy
 from streams.output import OnDelivered
@@ -93,8 +98,29 @@ def internal_records(events: list[bytes], batch: int = BATCH) -> tuple[list[tupl
     return records, time.perf_counter() - started
 
 
+def runs_of(records: list[tuple[int, bytes]], run: int) -> Iterator[tuple[int, list[bytes]]]:
+    """(partition, values): each window of ``run`` x partitions records, grouped by partition in the
+    window, as a fetch returns what each partition got since the last one."""
+    window = run * PARTITIONS
+    for start in range(0, len(records), window):
+        grouped: dict[int, list[bytes]] = {}
+        for partition, value in records[start:start + window]:
+            grouped.setdefault(partition, []).append(value)
+        for partition, values in grouped.items():
+            for at in range(0, len(values), run):
+                yield partition, values[at:at + run]
+
+
+def fetched_run(partition: int, values: list[bytes]) -> list[Any]:
+    """A run as the consumer delivers it (:class:`streams.consumer.RecordBatch`'s value)."""
+    topic = names.events_topic("mailpulse")
+    return RecordBatch([SimpleNamespace(topic=topic, partition=partition, offset=offset, timestamp=None,
+                                        timestamp_type=0, key=None, value=value, serialized_value_size=len(value))
+                        for offset, value in enumerate(values)]).value
+
+
 async def run_hop(records: list[tuple[int, bytes]], closing_ms: int | None, store: str,
-                  profile: cProfile.Profile | None, loop: bool = True) -> tuple[float, float, int, int]:
+                  profile: cProfile.Profile | None, loop: bool = True, run: int = 1) -> tuple[float, float, int, int]:
     """(seconds in the profile agent, events applied, messages sent, internal records looped back)."""
     output = CountingOutput(names.events_topic("mailpulse"), loop)
     looped = 0
@@ -107,8 +133,8 @@ async def run_hop(records: list[tuple[int, bytes]], closing_ms: int | None, stor
             started = time.perf_counter()
             if profile is not None:
                 profile.enable()
-            for partition, value in records:
-                await hop.put(value, partition=partition)
+            for partition, values in runs_of(records, run):
+                await hop.put(values[0] if run == 1 else fetched_run(partition, values), partition=partition)
                 while output.internal:  # what the hop sent itself, as the broker would deliver it
                     internal, output.internal = output.internal, []
                     looped += len(internal)
@@ -137,9 +163,11 @@ def main() -> None:
     records, routing = internal_records(events, int(os.environ.get("BENCH_BATCH", BATCH)))
     closing = events_end(n) + int(after) if after else None
     loop = os.environ.get("BENCH_LOOP", "1") != "0"
-    seconds, applied, sent, looped = asyncio.run(run_hop(records, closing, store, profile, loop))
+    run = int(os.environ.get("BENCH_RUN", "1"))
+    seconds, applied, sent, looped = asyncio.run(run_hop(records, closing, store, profile, loop, run))
     print(f"profile hop: {n:,} events, {PARTITIONS} partitions, {store} tables, "
-          f"{len(records):,} internal records of {names.events_topic('mailpulse')}")
+          f"{len(records):,} internal records of {names.events_topic('mailpulse')}"
+          + (f", delivered in runs of up to {run} per partition" if run > 1 else ""))
     print(f"  decode + route (baseline)  {routing / n * 1e6:7.1f} us per event")
     print(f"  profile agent              {seconds / n * 1e6:7.1f} us per event = "
           f"{seconds / routing:.1f} x decode + route  ({applied:,.0f} applied, {sent:,} messages sent, "

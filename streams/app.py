@@ -45,7 +45,7 @@ from streams.metrics import COMMIT_STAGES, WORKER_STATES, Health, Metrics, obser
 from streams.native_memory import release_free_memory
 from streams.output import FlushBeforeCommit, Output, OutputProducer
 from streams.product_recs import ProductRecs
-from streams.record_step import RecordResult, StepContext, StepIO, apply_result, step_isolated
+from streams.record_step import RecordResult, StepContext, StepIO, apply_result, decode_run, step_isolated
 from streams.routing import DelayedClocks, InputRecord, clock_records, partition_for, route_batch
 from streams.settings import Settings
 from streams.tables import ProfileTable, RocksDBMemory, TieredDueIndex, profile_table, rocksdb_options
@@ -544,29 +544,31 @@ def _profile_agent(p: Pipeline) -> Any:
     async def profiles(stream: Any) -> None:
         async for delivered in stream.events():
             # A fetched run of one partition's internal records (streams.consumer, fix 3), or one
-            # record; each record is one step, in order, with nothing else run in between, so the run
-            # is acked (and a commit's cut taken) only once all of it is applied.  When a record's
-            # handling raises past step_isolated, the agent stops (/healthz says so) without acking
-            # the run; Faust's iterator still marks the run's last offset, as it marked the one
-            # record before.
+            # record: applied as one step (streams.record_step.decode_run says why), with nothing else
+            # run in between, so the run is acked (and a commit's cut taken) only once all of it is
+            # applied.  When its handling raises past step_isolated, the agent stops (/healthz says
+            # so) without acking the run; Faust's iterator still marks the run's last offset, as it
+            # marked the one record before.
             if not index.built:
                 index.build(due_entries())
             fetched = delivered.message.time_in
-            for topic, partition, offset, _, value, timestamp_ms in _delivered_records([delivered]):
-                now = _now_ms()
-                source = Source(topic, partition, offset, None, timestamp_ms or now)
-                try:
-                    entries = orjson.loads(value or b"")  # a tombstone fails as an empty value does
-                    if not isinstance(entries, list):
-                        raise TypeError("an internal record is a list of [key, message] entries")
-                except Exception as exc:  # not one of ours (or damaged): nothing in it can be applied
-                    _internal_dead_letter(p, source, value, exc)
-                    continue
-                result = step_isolated(entries, _reader(p, partition, now, source.arrived_ms), ctx, source)
+            now = _now_ms()
+            delivered_records = _delivered_records([delivered])
+            run = decode_run((Source(topic, partition, offset, None, timestamp_ms or now), value)
+                             for topic, partition, offset, _, value, timestamp_ms in delivered_records)
+            for source, value, exc in run.undecodable:
+                _internal_dead_letter(p, source, value, exc)
+            if run.records:
+                partition = delivered_records[-1][1]  # a run is of one partition
+                last_arrived = delivered_records[-1][5] or now
+                result = step_isolated(run.entries, _reader(p, partition, now, last_arrived), ctx, run.sources)
                 apply_result(result, partition, sink)
-                p.delayed_clocks.applied(partition, entries)  # its events' forwards are sent: their clocks may go
+                for entries in run.records:  # their events' forwards are sent: their clocks may go
+                    p.delayed_clocks.applied(partition, entries)
                 if fetched is not None:
-                    record_seconds.observe(time.monotonic() - fetched)
+                    waited = time.monotonic() - fetched
+                    for _ in run.records:
+                        record_seconds.observe(waited)
                 _count(p, result, latency, updated, applied)
                 if p.staged_count > STAGED_LIMIT:
                     p.write_staged(commit=False)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -360,13 +360,48 @@ def _route_outbox(outbox: list[tuple[str, str, dict[str, Any]]], ctx: StepContex
         result.sends.append((ctx.events_topic, None, batch, target))
 
 
+@dataclass
+class Run:
+    """A fetched run of one partition's internal records, decoded, to be applied as one step."""
+
+    entries: list[Any] = field(default_factory=list)  # every record's entries, in order
+    sources: list[Source] = field(default_factory=list)  # each entry's record
+    records: list[list[Any]] = field(default_factory=list)  # each record's entries (its batch marker)
+    #: records that are not one of ours (or damaged): their place, value and what decoding raised
+    undecodable: list[tuple[Source, bytes | None, Exception]] = field(default_factory=list)
+
+
+def decode_run(records: Iterable[tuple[Source, bytes | None]]) -> Run:
+    """The records of a run as one step's entries.  Why one step rather than one per record: a
+    step's own work per record (the clocks read, merged and written, the due index popped, the
+    result built, applied and counted) is paid once per run; a run is applied, acked and committed
+    as a whole anyway (streams.consumer, fix 3), and a record's size is the ingest's batching, which
+    the step does not depend on.  An event of a later record is then judged late against the
+    watermark the run started with, and every profile is advanced once, to where the run's clocks
+    leave the watermark, so the run's events are folded in event-time order."""
+    run = Run()
+    for source, value in records:
+        try:
+            entries = orjson.loads(value or b"")  # a tombstone fails as an empty value does
+            if not isinstance(entries, list):
+                raise TypeError("an internal record is a list of [key, message] entries")
+        except Exception as exc:  # nothing in it can be applied
+            run.undecodable.append((source, value, exc))
+            continue
+        run.entries += entries
+        run.sources += [source] * len(entries)
+        run.records.append(entries)
+    return run
+
+
 def step_isolated(entries: list[Any], make_io: Callable[[], StepIO], ctx: StepContext,
-                  source: Source) -> RecordResult:
+                  source: Source | Sequence[Source]) -> RecordResult:
     """:func:`step`, run again without the culprit each time it fails: a failed entry is left out,
     a failed profile with every entry of the record addressed to it, and a failure that names
     neither (the partition's clocks) the whole record.  What was left out is dead-lettered
     (``processing_error``: the stage and the exception's class, no personal data).  ``make_io`` gives
-    each attempt fresh readers; ``source`` is the internal record's place."""
+    each attempt fresh readers; ``source`` is the internal record's place, or each entry's record's
+    (a :class:`Run`'s ``sources``)."""
     skip: set[int] = set()
     skip_keys: set[str] = set()
     why: dict[int | str, tuple[str, str]] = {}  # entry index or key -> (stage, exception class)
@@ -400,7 +435,7 @@ def step_isolated(entries: list[Any], make_io: Callable[[], StepIO], ctx: StepCo
 
 
 def _dead_letter(entries: list[Any], skip: set[int], skip_keys: set[str], why: dict[int | str, tuple[str, str]],
-                 source: Source, result: RecordResult) -> None:
+                 sources: Source | Sequence[Source], result: RecordResult) -> None:
     """A ``processing_error`` dead letter for every entry left out.  An input event names its input
     place (topic, partition, offset) and carries its normalized form as ``raw``; an internal message
     names the internal record and carries ``[key, message]``."""
@@ -408,6 +443,7 @@ def _dead_letter(entries: list[Any], skip: set[int], skip_keys: set[str], why: d
         key, message = entry if isinstance(entry, list | tuple) and len(entry) == 2 else (None, entry)
         if not (index in skip or (key is not None and key in skip_keys)):
             continue
+        source = sources if isinstance(sources, Source) else sources[index]
         stage, cause = why.get(index) or why.get(key) or ("record", "Exception")  # type: ignore[arg-type]
         result.failures.append((stage, cause))
         if key is None and isinstance(message, dict) and not {"clocks", "wall", "batch"}.isdisjoint(message):

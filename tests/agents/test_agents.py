@@ -241,21 +241,25 @@ async def test_profiles_agent_emits_segment_changes_and_a_trigger_when_the_water
     assert pipeline.metrics.triggers.labels("cart_abandoned")._value.get() == 1
 
 
-async def test_a_fetched_run_of_internal_records_is_applied_record_by_record_in_order(pipeline: Pipeline) -> None:
+def _run(values: list[bytes], first_offset: int = 10) -> list[Any]:
+    """A fetched run of internal records of partition 1, as the consumer delivers it (a ``RecordBatch``'s value)."""
+    return RecordBatch([SimpleNamespace(topic="mailpulse-profile-events", partition=1, offset=offset,
+                                        timestamp=1772359200000, timestamp_type=0, key=None, value=value,
+                                        serialized_value_size=len(value))
+                        for offset, value in enumerate(values, start=first_offset)]).value
+
+
+async def test_a_fetched_run_of_internal_records_is_applied_in_order(pipeline: Pipeline) -> None:
     """The consumer delivers a run of one partition's internal records as one message (a
-    ``RecordBatch``): each record is its own step, in order; a record that is not one of ours is
-    dead-lettered with its own place, without stopping the rest of the run."""
+    ``RecordBatch``): its records are applied in order, as one step; a record that is not one of
+    ours is dead-lettered with its own place, without stopping the rest of the run."""
     t = 1772359200000
     cart = _event("k-1", "cart_add", product_id="sku-1", price=20.0)
     cart["kind"], cart["src"][0] = "carts", "carts"
     values = [_batch(cart, clock=t), b"{not an internal record", _batch(clock=t + 30 * 60_000 - 1),
               _batch(clock=t + 30 * 60_000)]
-    run = [RecordBatch([SimpleNamespace(topic="mailpulse-profile-events", partition=1, offset=offset,
-                                        timestamp=t, timestamp_type=0, key=None, value=value,
-                                        serialized_value_size=len(value))
-                        for offset, value in enumerate(values, start=10)])]
     async with agent(pipeline, "profiles").test_context() as profiles:
-        await profiles.put(run[0].value)
+        await profiles.put(_run(values))
     assert [v["segment"] for _, v, _ in sent(pipeline, "segment-changes")] == ["cart_holders"]
     [(_, trigger, _)] = sent(pipeline, "triggers")  # fired by the last record's clock, not before
     assert trigger["type"] == "cart_abandoned" and trigger["at"] == "2026-03-01T10:30:00.000Z"
@@ -263,6 +267,45 @@ async def test_a_fetched_run_of_internal_records_is_applied_record_by_record_in_
     assert letter["error"]["code"] == "processing_error" and (letter["partition"], letter["offset"]) == (1, 11)
     state = orjson.loads(pipeline.profile_state.read(b"u:u-1", 1))
     assert state["rules"]["clock"] == t + 30 * 60_000
+
+
+async def test_a_run_is_one_step_an_event_behind_an_earlier_record_s_clocks_is_not_late(pipeline: Pipeline) -> None:
+    """A run's records are one step: an event of a later record is judged against the watermark the
+    run started with, and the run's events are folded in event-time order.  (Record by record, e-1
+    would have been late behind the first record's clocks, and folded after e-2.)"""
+    t = 1772359200000
+    late, early = _event("e-2", "product_view", product_id="sku-2"), _event("e-1", "product_view", product_id="sku-1")
+    late["ts"], early["ts"] = t + 2_000, t + 1_000
+    async with agent(pipeline, "profiles").test_context() as profiles:
+        await profiles.put(_run([_batch(late, clock=t + 5_000), _batch(early)]))
+    assert pipeline.metrics.late_events.labels("clicks")._value.get() == 0
+    state = orjson.loads(pipeline.profile_state.read(b"u:u-1", 1))
+    assert state["rules"]["recent_products"] == ["sku-1", "sku-2"]  # folded in event-time order
+    assert pipeline.metrics.events_applied._value.get() == 2
+
+
+async def test_an_entry_left_out_of_a_run_is_dead_lettered_with_its_own_record_s_place(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An internal message (not an input event) names the internal record it came in: within a run,
+    its own record, not the run's first or last."""
+    import streams.record_step as record_step
+
+    real = record_step.dispatch
+
+    def dispatch(states: Any, blocks: Any, key: str, message: dict[str, Any], *args: Any) -> Any:
+        if message.get("type") == "poison":
+            raise KeyError("boom")
+        return real(states, blocks, key, message, *args)
+
+    monkeypatch.setattr(record_step, "dispatch", dispatch)
+    poisoned = orjson.dumps([["u:u-9", {"type": "poison"}]])
+    async with agent(pipeline, "profiles").test_context() as profiles:
+        await profiles.put(_run([_batch(_event("e-1")), poisoned, _batch(_event("e-2"))], first_offset=20))
+    [(_, letter, _)] = sent(pipeline, "dead-letter")
+    assert (letter["topic"], letter["partition"], letter["offset"]) == ("mailpulse-profile-events", 1, 21)
+    assert orjson.loads(letter["raw"]) == ["u:u-9", {"type": "poison"}]
+    assert set(orjson.loads(pipeline.profile_state.read(b"u:u-1", 1))["seen"]) == {"e-1", "e-2"}
 
 
 @pytest.fixture

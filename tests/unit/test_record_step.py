@@ -26,7 +26,15 @@ from streams.domain.config import PipelineConfig
 from streams.domain.dispatch import run_locally
 from streams.domain.timeline import RuleSet
 from streams.ingest import IngestPolicy, Source
-from streams.record_step import MAX_VALUE_BYTES, SOFT_STATE_BYTES, StepContext, StepIO, apply_result, step_isolated
+from streams.record_step import (
+    MAX_VALUE_BYTES,
+    SOFT_STATE_BYTES,
+    StepContext,
+    StepIO,
+    apply_result,
+    decode_run,
+    step_isolated,
+)
 from streams.routing import InputRecord, partition_for, route_batch
 from streams.tools.generate import generate_history
 from streams.tools.produce import topic_for
@@ -57,6 +65,7 @@ class Hop:
         self.index.build([])
         self.outputs: dict[str, list[tuple[bytes | None, bytes | None]]] = {}
         self.read_twice = 0
+        self.runs = 0
 
     @staticmethod
     def _empty() -> dict[str, dict[bytes, bytes]]:
@@ -96,10 +105,12 @@ class Hop:
         if self.due_updates:
             self.index.discard(partition, key, previous)
 
-    def read_one(self, partition: int) -> None:
-        """The next internal record of ``partition``, as the profile agent handles it."""
-        value = self.log[partition][self.position[partition]]
-        self.position[partition] += 1
+    def read_run(self, partition: int, most: int = 1) -> None:
+        """The next run of up to ``most`` internal records of ``partition``, as the profile agent
+        handles a fetched run: one step (:func:`streams.record_step.decode_run`)."""
+        start = self.position[partition]
+        values = self.log[partition][start:start + most]
+        self.position[partition] += len(values)
         tables = self.tables[partition]
         popped: dict[int, set[str]] = {}
 
@@ -116,10 +127,13 @@ class Hop:
             return StepIO(partition, read("states"), read("blocks"), orjson.loads(clocks) if clocks else {},
                           pop_due, NOW, NOW)
 
-        source = Source(CTX.events_topic, partition, self.position[partition] - 1, None, NOW)
-        result = step_isolated(orjson.loads(value), make_io, CTX, source)
+        run = decode_run((Source(CTX.events_topic, partition, start + n, None, NOW), value)
+                         for n, value in enumerate(values))
+        assert not run.undecodable
+        result = step_isolated(run.entries, make_io, CTX, run.sources)
         assert not result.failures, result.failures
         apply_result(result, partition, self)
+        self.runs += 1
 
     def commit(self, partition: int) -> None:
         self.committed[partition] = self.position[partition]
@@ -194,9 +208,7 @@ def run(raw_events: list[dict[str, Any]], seed: int, rollbacks: bool, due_update
             closed = True
             continue
         partition = rng.choice(unread)
-        for _ in range(rng.randrange(1, 6)):
-            if hop.position[partition] < len(hop.log[partition]):
-                hop.read_one(partition)
+        hop.read_run(partition, rng.randrange(1, 6))
         roll = rng.random()
         if roll < 0.3 or not rollbacks:
             hop.commit(partition)
