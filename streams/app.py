@@ -24,6 +24,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import faust
@@ -45,7 +46,7 @@ from streams.metrics import COMMIT_STAGES, WORKER_STATES, Health, Metrics, obser
 from streams.native_memory import release_free_memory
 from streams.output import FlushBeforeCommit, Output, OutputProducer
 from streams.product_recs import ProductRecs
-from streams.record_step import RecordResult, StepContext, StepIO, apply_result, decode_run, step_isolated
+from streams.record_step import RecordResult, StepContext, StepIO, apply_run, decode_run
 from streams.routing import DelayedClocks, InputRecord, clock_records, partition_for, route_batch
 from streams.settings import Settings
 from streams.tables import ProfileTable, RocksDBMemory, TieredDueIndex, profile_table, rocksdb_options
@@ -58,10 +59,11 @@ DAY_MS = 86_400_000
 #: (more: fewer repeated writes of a busy key; fewer: less memory).
 STAGED_LIMIT = 20_000
 #: The most internal records the profile agent takes as one delivered message.  A fetched run is
-#: applied record by record with nothing else run in between (so it is acked, and a commit's cut
-#: taken, only once all of it is applied); a longer run comes as several messages, so that it holds
-#: the event loop for a few records' steps at most.  At 1k events/s 91% of the runs held at most 4
-#: records (1: 43%, 2: 25%, 3: 14%, 4: 8%; the longest 16).
+#: applied as one step (:func:`streams.record_step.apply_run`) with nothing else run in between (so
+#: it is acked, and a commit's cut taken, only once all of it is applied); a longer run comes as
+#: several messages, so that it holds the event loop for a few records' worth at most.  At 1k
+#: events/s 91% of the runs held at most 4 records (1: 43%, 2: 25%, 3: 14%, 4: 8%; the longest 16;
+#: measured 2026-12-04; on 2026-12-06, cut at 4: 1: 14%, 2: 34%, 3: 19%, 4: 33%).
 PROFILE_RUN_RECORDS = 4
 #: A write-out of at least this many staged values gives the freed memory back to the OS after it.
 TRIM_AFTER = 2_000
@@ -520,7 +522,7 @@ def _delivered_records(events: list[Any]) -> list[InputRecord]:
 def _profile_agent(p: Pipeline) -> Any:
     """Parks each profile's events until the watermark reaches them, then walks the profile forward
     (:func:`streams.domain.timeline.advance`): profile snapshots, segment changes and triggers.  A thin loop
-    around :func:`streams.record_step.step_isolated`: read, step, apply (stage, send, count)."""
+    around :func:`streams.record_step.apply_run`: read, step, apply (stage, send, count)."""
     settings, metrics = p.settings, p.metrics
     table, index = p.profile_state, p.due_index
     partitions = settings.partitions
@@ -546,7 +548,7 @@ def _profile_agent(p: Pipeline) -> Any:
             # A fetched run of one partition's internal records (streams.consumer, fix 3), or one
             # record: applied as one step (streams.record_step.decode_run says why), with nothing else
             # run in between, so the run is acked (and a commit's cut taken) only once all of it is
-            # applied.  When its handling raises past step_isolated, the agent stops (/healthz says
+            # applied.  When its handling raises past the step's isolation, the agent stops (/healthz says
             # so) without acking the run; Faust's iterator still marks the run's last offset, as it
             # marked the one record before.
             if not index.built:
@@ -559,17 +561,15 @@ def _profile_agent(p: Pipeline) -> Any:
             for source, value, exc in run.undecodable:
                 _internal_dead_letter(p, source, value, exc)
             if run.records:
-                partition = delivered_records[-1][1]  # a run is of one partition
-                last_arrived = delivered_records[-1][5] or now
-                result = step_isolated(run.entries, _reader(p, partition, now, last_arrived), ctx, run.sources)
-                apply_result(result, partition, sink)
+                partition = run.places[0].partition  # a run is of one partition
+                for result in apply_run(run, partial(_StepReader, p, partition, now), ctx, partition, sink):
+                    _count(p, result, latency, updated, applied)
                 for entries in run.records:  # their events' forwards are sent: their clocks may go
                     p.delayed_clocks.applied(partition, entries)
                 if fetched is not None:
                     waited = time.monotonic() - fetched
                     for _ in run.records:
                         record_seconds.observe(waited)
-                _count(p, result, latency, updated, applied)
                 if p.staged_count > STAGED_LIMIT:
                     p.write_staged(commit=False)
             # Acks the whole run through the consumer (streams.consumer fix 3).  Faust's compiled
@@ -607,23 +607,31 @@ class _AgentSink:
         self._p.due_index.discard(partition, key, previous)
 
 
-def _reader(p: Pipeline, partition: int, now: int, arrived_ms: int) -> Any:
-    """``make_io()`` of one record: fresh table readers for each attempt of its step, and the due
-    index popped once (a retry gets the same keys)."""
-    popped: dict[int, set[str]] = {}
-    neighbours_of = p.product_recs.get
+class _StepReader:
+    """The reads of one step (:class:`streams.record_step.StepReader`): fresh table readers for each
+    attempt, and the due index popped once per watermark (a retry gets the same keys)."""
 
-    def pop_due(upto: int) -> set[str]:
-        if upto not in popped:
-            popped[upto] = {kb.decode() for _, kb in p.due_index.pop_due(partition, upto)}
-        return popped[upto]
+    def __init__(self, p: Pipeline, partition: int, now: int, arrived_ms: int) -> None:
+        self._p, self._partition, self._now, self._arrived_ms = p, partition, now, arrived_ms
+        self._popped: dict[int, list[tuple[int, bytes]]] = {}
 
-    def make_io() -> StepIO:
+    def _pop_due(self, upto: int) -> set[str]:
+        popped = self._popped.get(upto)
+        if popped is None:
+            popped = self._popped[upto] = self._p.due_index.pop_due(self._partition, upto)
+        return {kb.decode() for _, kb in popped}
+
+    def make_io(self) -> StepIO:
+        p, partition = self._p, self._partition
         clocks = p.partition_clocks.read_json(b"clocks|%d" % partition, partition) or {}
         return StepIO(partition, p.profile_state.json_reader(partition), p.identity_blocks.json_reader(partition),
-                      clocks, pop_due, now, arrived_ms, neighbours_of)
+                      clocks, self._pop_due, self._now, self._arrived_ms, p.product_recs.get)
 
-    return make_io
+    def give_back(self) -> None:
+        for popped in self._popped.values():
+            for due, key in popped:
+                self._p.due_index.push(self._partition, due, key)
+        self._popped.clear()
 
 
 def _count(p: Pipeline, result: RecordResult, latency: dict[str, Any], updated: Any, applied: Any) -> None:

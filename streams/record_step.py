@@ -1,4 +1,5 @@
-"""One internal record of the profile hop as one step: ``step(entries, io, rules, ...) -> RecordResult``.
+"""One internal record of the profile hop, or a fetched run of them, as one step:
+``step(entries, io, rules, ...) -> RecordResult``.
 
 The step reads what it needs through :class:`StepIO` and changes nothing outside the states it
 decoded for this record: every table write, due-index change, send and counter comes back in the
@@ -367,8 +368,19 @@ class Run:
     entries: list[Any] = field(default_factory=list)  # every record's entries, in order
     sources: list[Source] = field(default_factory=list)  # each entry's record
     records: list[list[Any]] = field(default_factory=list)  # each record's entries (its batch marker)
+    places: list[Source] = field(default_factory=list)  # each record's place
     #: records that are not one of ours (or damaged): their place, value and what decoding raised
     undecodable: list[tuple[Source, bytes | None, Exception]] = field(default_factory=list)
+
+
+class StepReader(Protocol):
+    """The reads of one step: ``make_io`` gives each attempt fresh readers (the due index popped once
+    per watermark, the same keys for every attempt); ``give_back`` pushes what it popped back, for a
+    step whose result is not applied."""
+
+    def make_io(self) -> StepIO: ...
+
+    def give_back(self) -> None: ...
 
 
 def decode_run(records: Iterable[tuple[Source, bytes | None]]) -> Run:
@@ -391,7 +403,31 @@ def decode_run(records: Iterable[tuple[Source, bytes | None]]) -> Run:
         run.entries += entries
         run.sources += [source] * len(entries)
         run.records.append(entries)
+        run.places.append(source)
     return run
+
+
+def apply_run(run: Run, reader: Callable[[int], StepReader], ctx: StepContext, partition: int,
+              sink: RecordSink) -> list[RecordResult]:
+    """``run`` as one step, applied into ``sink``.  When that step left an entry or a profile out and
+    the run holds more than one record, its result is dropped, what it popped from the due index is
+    given back, and the records are stepped and applied one by one instead: what a failure leaves out
+    is then no more than one record held, as when each record was its own step (a profile that
+    fails in one record keeps its entries of the others; a failure that names no entry or key costs
+    its own record only).  ``reader(arrived_ms)`` gives the reads of one step.  Returns the applied
+    results."""
+    first = reader(run.places[0].arrived_ms)
+    result = step_isolated(run.entries, first.make_io, ctx, run.sources)
+    if not result.failures or len(run.records) == 1:
+        apply_result(result, partition, sink)
+        return [result]
+    first.give_back()
+    results = []
+    for entries, place in zip(run.records, run.places, strict=True):
+        one = step_isolated(entries, reader(place.arrived_ms).make_io, ctx, place)
+        apply_result(one, partition, sink)
+        results.append(one)
+    return results
 
 
 def step_isolated(entries: list[Any], make_io: Callable[[], StepIO], ctx: StepContext,

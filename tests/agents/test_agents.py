@@ -308,6 +308,83 @@ async def test_an_entry_left_out_of_a_run_is_dead_lettered_with_its_own_record_s
     assert set(orjson.loads(pipeline.profile_state.read(b"u:u-1", 1))["seen"]) == {"e-1", "e-2"}
 
 
+async def test_each_record_of_a_run_has_its_batch_marker_noted(pipeline: Pipeline) -> None:
+    """A run is one step, but each record's marker is noted as that record's (a marker ends its
+    record; the run's last record may be one without a marker, e.g. forwarded events)."""
+    clocks = pipeline.delayed_clocks
+    marked = [*orjson.loads(_batch(_event("e-1"))), [None, {"batch": [clocks.token, 1]}]]
+    async with agent(pipeline, "profiles").test_context() as profiles:
+        await profiles.put(_run([orjson.dumps(marked), _batch(_event("e-2"))]))
+    assert clocks._applied.get(1) == 1
+
+
+def _of(user: str, event: dict[str, Any]) -> list[Any]:
+    """The internal entry of ``event`` for user ``user``."""
+    return [f"u:{user}", {**event, "user_id": user}]
+
+
+def _fail_advance_of(monkeypatch: pytest.MonkeyPatch, key: str) -> None:
+    import streams.record_step as record_step
+
+    real = record_step.advance
+
+    def advance(state: Any, *args: Any, **kwargs: Any) -> Any:
+        if state["profile"]["key"] == key:
+            raise ZeroDivisionError
+        return real(state, *args, **kwargs)
+
+    monkeypatch.setattr(record_step, "advance", advance)
+
+
+async def test_a_profile_failing_in_one_record_of_a_run_keeps_its_entries_of_the_others(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the run's step leaves something out, the run is stepped again record by record, so a
+    failure costs what it cost when each record was its own step."""
+    import streams.record_step as record_step
+
+    real = record_step.advance
+
+    def advance(state: Any, *args: Any, **kwargs: Any) -> Any:
+        if any(entry[2] == "poison" for entry in state.get("pending", ())):
+            raise ZeroDivisionError
+        return real(state, *args, **kwargs)
+
+    monkeypatch.setattr(record_step, "advance", advance)
+    t = 1772359200000
+    async with agent(pipeline, "profiles").test_context() as profiles:
+        await profiles.put(_run([_batch(_event("e-1"), clock=t), _batch(_event("poison"), clock=t),
+                                 _batch(_event("e-3"), clock=t)]))
+    letters = [orjson.loads(letter["raw"])["event_id"] for _, letter, _ in sent(pipeline, "dead-letter")]
+    assert letters == ["poison"]
+    assert set(orjson.loads(pipeline.profile_state.read(b"u:u-1", 1))["seen"]) == {"e-1", "e-3"}
+
+
+async def test_a_damaged_record_in_a_run_costs_its_own_entries_only(pipeline: Pipeline) -> None:
+    async with agent(pipeline, "profiles").test_context() as profiles:
+        await profiles.put(_run([_batch(_event("e-1")), b"[1]", _batch(_event("e-2"))], first_offset=30))
+    [(_, letter, _)] = sent(pipeline, "dead-letter")
+    assert (letter["offset"], letter["error"]["message"]) == (31, "profile hop, record: TypeError")
+    assert set(orjson.loads(pipeline.profile_state.read(b"u:u-1", 1))["seen"]) == {"e-1", "e-2"}
+
+
+async def test_a_run_stepped_again_record_by_record_gives_back_what_it_took_from_the_due_index(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """u-1's parked event falls due in the run, whose first step fails for u-2: the keys that step
+    popped from the due index are pushed back, so the records stepped one by one still fold u-1."""
+    _fail_advance_of(monkeypatch, "u:u-2")
+    t = 1772359200000
+    clock = [None, {"clocks": [[topic, n, t + 1_000] for topic in INPUT_TOPICS for n in range(4)]}]
+    async with agent(pipeline, "profiles").test_context() as profiles:
+        await profiles.put(_run([orjson.dumps([_of("u-1", _event("e-1"))])]))  # parked: no clock yet
+        await profiles.put(_run([orjson.dumps([_of("u-2", _event("e-2")), clock]),
+                                 orjson.dumps([_of("u-3", _event("e-3"))])], first_offset=11))
+    state = orjson.loads(pipeline.profile_state.read(b"u:u-1", 1))
+    assert state["profile"]["aggregates"]["event_counts"] == {"page_view": 1}
+    assert [orjson.loads(letter["raw"])["event_id"] for _, letter, _ in sent(pipeline, "dead-letter")] == ["e-2"]
+
+
 @pytest.fixture
 async def rocksdb_pipeline(tmp_path: Path) -> AsyncIterator[Pipeline]:
     settings = Settings(broker="kafka://127.0.0.1:1", table_store="rocksdb", data_dir=tmp_path, partitions=4)
