@@ -46,7 +46,7 @@ from streams.metrics import COMMIT_STAGES, WORKER_STATES, Health, Metrics, obser
 from streams.native_memory import release_free_memory
 from streams.output import FlushBeforeCommit, Output, OutputProducer
 from streams.product_recs import ProductRecs
-from streams.record_step import RecordResult, StepContext, StepIO, apply_run, decode_run
+from streams.record_step import DuePops, RecordResult, StepContext, StepIO, apply_run, decode_run
 from streams.routing import DelayedClocks, InputRecord, clock_records, partition_for, route_batch
 from streams.settings import Settings
 from streams.tables import ProfileTable, RocksDBMemory, TieredDueIndex, profile_table, rocksdb_options
@@ -613,25 +613,14 @@ class _StepReader:
 
     def __init__(self, p: Pipeline, partition: int, now: int, arrived_ms: int) -> None:
         self._p, self._partition, self._now, self._arrived_ms = p, partition, now, arrived_ms
-        self._popped: dict[int, list[tuple[int, bytes]]] = {}
-
-    def _pop_due(self, upto: int) -> set[str]:
-        popped = self._popped.get(upto)
-        if popped is None:
-            popped = self._popped[upto] = self._p.due_index.pop_due(self._partition, upto)
-        return {kb.decode() for _, kb in popped}
+        self._due = DuePops(partial(p.due_index.pop_due, partition), partial(p.due_index.push, partition))
+        self.give_back = self._due.give_back
 
     def make_io(self) -> StepIO:
         p, partition = self._p, self._partition
         clocks = p.partition_clocks.read_json(b"clocks|%d" % partition, partition) or {}
         return StepIO(partition, p.profile_state.json_reader(partition), p.identity_blocks.json_reader(partition),
-                      clocks, self._pop_due, self._now, self._arrived_ms, p.product_recs.get)
-
-    def give_back(self) -> None:
-        for popped in self._popped.values():
-            for due, key in popped:
-                self._p.due_index.push(self._partition, due, key)
-        self._popped.clear()
+                      clocks, self._due.pop_due, self._now, self._arrived_ms, p.product_recs.get)
 
 
 def _count(p: Pipeline, result: RecordResult, latency: dict[str, Any], updated: Any, applied: Any) -> None:

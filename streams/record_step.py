@@ -383,6 +383,27 @@ class StepReader(Protocol):
     def give_back(self) -> None: ...
 
 
+class DuePops:
+    """The due index as one step reads it: popped once per watermark (every attempt of the step gets
+    the same keys), and pushed back by :meth:`give_back` when the step's result is dropped."""
+
+    def __init__(self, pop: Callable[[int], list[tuple[int, bytes]]], push: Callable[[int, bytes], None]) -> None:
+        self._pop, self._push = pop, push
+        self._popped: dict[int, list[tuple[int, bytes]]] = {}
+
+    def pop_due(self, upto: int) -> set[str]:
+        popped = self._popped.get(upto)
+        if popped is None:
+            popped = self._popped[upto] = self._pop(upto)
+        return {kb.decode() for _, kb in popped}
+
+    def give_back(self) -> None:
+        for popped in self._popped.values():
+            for due, key in popped:
+                self._push(due, key)
+        self._popped.clear()
+
+
 def decode_run(records: Iterable[tuple[Source, bytes | None]]) -> Run:
     """The records of a run as one step's entries.  Why one step rather than one per record: a
     step's own work per record (the clocks read, merged and written, the due index popped, the

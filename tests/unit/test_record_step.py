@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 from datetime import date
+from functools import partial
 from typing import Any
 
 import orjson
@@ -29,6 +30,7 @@ from streams.ingest import IngestPolicy, Source
 from streams.record_step import (
     MAX_VALUE_BYTES,
     SOFT_STATE_BYTES,
+    DuePops,
     StepContext,
     StepIO,
     apply_result,
@@ -158,12 +160,8 @@ class HopReader:
 
     def __init__(self, hop: Hop, partition: int) -> None:
         self.hop, self.partition = hop, partition
-        self.popped: dict[int, list[tuple[int, bytes]]] = {}
-
-    def pop_due(self, upto: int) -> set[str]:
-        if upto not in self.popped:
-            self.popped[upto] = self.hop.index.pop_due(self.partition, upto)
-        return {kb.decode() for _, kb in self.popped[upto]}
+        self.due = DuePops(partial(hop.index.pop_due, partition), partial(hop.index.push, partition))
+        self.give_back = self.due.give_back
 
     def make_io(self) -> StepIO:
         tables = self.hop.tables[self.partition]
@@ -173,13 +171,7 @@ class HopReader:
 
         clocks = tables["clocks"].get(b"clocks")
         return StepIO(self.partition, read("states"), read("blocks"), orjson.loads(clocks) if clocks else {},
-                      self.pop_due, NOW, NOW)
-
-    def give_back(self) -> None:
-        for popped in self.popped.values():
-            for due, key in popped:
-                self.hop.index.push(self.partition, due, key)
-        self.popped.clear()
+                      self.due.pop_due, NOW, NOW)
 
 
 def internal_records(raw_events: list[dict[str, Any]], rng: random.Random, clocks: bool) -> list[tuple[int, bytes]]:
