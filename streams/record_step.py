@@ -43,6 +43,10 @@ MAX_VALUE_BYTES = 900_000
 SOFT_STATE_BYTES = MAX_VALUE_BYTES // 3
 #: The most of an internal entry a ``processing_error`` dead letter carries as ``raw``.
 MAX_RAW_CHARS = 64 * 1024
+#: A due profile the step left out after a failure is due again this much event time later (ten
+#: minutes): its timers are not lost, and a profile that fails every time costs one failed attempt
+#: (and one dead letter) per ten minutes of event time, not one per record.
+DUE_RETRY_MS = 10 * 60_000
 
 
 class StepFailure(Exception):
@@ -113,6 +117,9 @@ class RecordResult:
     unknown: list[str] = field(default_factory=list)  # internal message types this version does not know
     #: (stage, exception class) of each entry left out, in order; their dead letters are in ``sends``.
     failures: list[tuple[str, str]] = field(default_factory=list)
+    #: Due profiles left out after a failure -> the event time they are tried at again (:data:`DUE_RETRY_MS`).
+    retry_at: dict[str, int] = field(default_factory=dict)
+    left_out_whole: bool = False  # the record was left out whole: nothing of it is in this result
     letters: int = 0  # dead letters of entries left out (none for a clock entry or a batch marker)
 
 
@@ -242,7 +249,12 @@ def step(entries: list[Any], io: StepIO, ctx: StepContext, skip: frozenset[int] 
         now_wm = watermark(clocks, ctx.expected_clocks, None if delay is None or wall is None else wall - delay)
     else:  # a record without clock entries leaves the watermark where it was
         now_wm = before
-    due_now = io.pop_due(now_wm) - skip_keys if now_wm is not None else set()
+    due_now = io.pop_due(now_wm) if now_wm is not None else set()
+    if skip_keys and now_wm is not None:
+        for key in sorted(due_now & skip_keys):  # left out after a failure: tried again later
+            result.due_changes.append((key.encode(), now_wm + DUE_RETRY_MS, None))
+            result.retry_at[key] = now_wm + DUE_RETRY_MS
+        due_now -= skip_keys
     now = io.now_ms
     pairs: dict[str, list[list[Any]]] = {}
     for key in sorted(changed | due_now):
@@ -435,17 +447,22 @@ def apply_run(run: Run, reader: Callable[[int], StepReader], ctx: StepContext, p
     given back, and the records are stepped and applied one by one instead: what a failure leaves out
     is then no more than one record held, as when each record was its own step (a profile that
     fails in one record keeps its entries of the others; a failure that names no entry or key costs
-    its own record only).  ``reader(arrived_ms)`` gives the reads of one step.  Returns the applied
-    results."""
+    its own record only).  A step that left its record out whole gives back what it popped from the
+    due index.  ``reader(arrived_ms)`` gives the reads of one step.  Returns the applied results."""
     first = reader(run.places[0].arrived_ms)
     result = step_isolated(run.entries, first.make_io, ctx, run.sources)
     if not result.failures or len(run.records) == 1:
+        if result.left_out_whole:  # what its step popped from the due index is due as before
+            first.give_back()
         apply_result(result, partition, sink)
         return [result]
     first.give_back()
     results = []
     for entries, place in zip(run.records, run.places, strict=True):
-        one = step_isolated(entries, reader(place.arrived_ms).make_io, ctx, place)
+        own = reader(place.arrived_ms)
+        one = step_isolated(entries, own.make_io, ctx, place)
+        if one.left_out_whole:
+            own.give_back()
         apply_result(one, partition, sink)
         results.append(one)
     return results
@@ -456,7 +473,9 @@ def step_isolated(entries: list[Any], make_io: Callable[[], StepIO], ctx: StepCo
     """:func:`step`, run again without the culprit each time it fails: a failed entry is left out,
     a failed profile with every entry of the record addressed to it, and a failure that names
     neither (the partition's clocks) the whole record.  What was left out is dead-lettered
-    (``processing_error``: the stage and the exception's class, no personal data).  ``make_io`` gives
+    (``processing_error``: the stage and the exception's class, no personal data), a due profile
+    left out too (no entry names it: a timer's) and, once the step goes on without it, due again
+    :data:`DUE_RETRY_MS` later.  ``make_io`` gives
     each attempt fresh readers; ``source`` is the internal record's place, or each entry's record's
     (a :class:`Run`'s ``sources``)."""
     skip: set[int] = set()
@@ -480,12 +499,12 @@ def step_isolated(entries: list[Any], make_io: Callable[[], StepIO], ctx: StepCo
                 skip_keys.add(failure.key)
                 why[failure.key] = (failure.stage, cause)
             else:  # nothing to single out: the whole record is left out
-                result = RecordResult()
+                result = RecordResult(left_out_whole=True)
                 why.update({index: (failure.stage, cause) for index in range(len(entries)) if index not in skip})
                 skip.update(range(len(entries)))
                 break
     else:  # pragma: no cover - each attempt leaves out one more entry or key, or ends above
-        result = RecordResult()
+        result = RecordResult(left_out_whole=True)
     if why:
         _dead_letter(entries, skip, skip_keys, why, source, result)
     return result
@@ -496,8 +515,11 @@ def _dead_letter(entries: list[Any], skip: set[int], skip_keys: set[str], why: d
     """A ``processing_error`` dead letter for every entry left out.  An input event names its input
     place (topic, partition, offset) and carries its normalized form as ``raw``; an internal message
     names the internal record and carries ``[key, message]``."""
+    named: set[Any] = set()  # the keys the entries address
     for index, entry in enumerate(entries):
         key, message = entry if isinstance(entry, list | tuple) and len(entry) == 2 else (None, entry)
+        if isinstance(key, str):
+            named.add(key)
         if not (index in skip or (key is not None and key in skip_keys)):
             continue
         source = sources if isinstance(sources, Source) else sources[index]
@@ -521,3 +543,14 @@ def _dead_letter(entries: list[Any], skip: set[int], skip_keys: set[str], why: d
         result.letters += 1
         if is_event:
             result.outcomes[place.topic, "dead_letter"] += 1
+    # a profile left out that no entry addressed: it was due (a timer, or a parked event the
+    # watermark reached), and it is tried again at ``retry_at``; its letter names the step's record
+    for key in sorted(skip_keys - named):
+        source = sources if isinstance(sources, Source) else sources[0]
+        stage, cause = why.get(key, ("advance", "Exception"))
+        result.failures.append((stage, cause))
+        raw = orjson.dumps([key, {"due": True, "retry_at": result.retry_at.get(key)}])
+        letter = reject(source, raw, "processing_error", f"profile hop, {stage}: {cause}", source.arrived_ms).record
+        letter["stage"] = "profiles"
+        result.sends.append((names.DEAD_LETTER, None, orjson.dumps(letter), None))
+        result.letters += 1

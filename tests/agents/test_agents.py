@@ -601,6 +601,95 @@ async def test_a_profile_whose_advance_raises_is_left_out_and_other_profiles_go_
     assert pipeline.metrics.processing_errors.labels("profiles", "advance")._value.get() == 2
 
 
+async def test_a_due_profile_whose_advance_raises_is_dead_lettered_and_tried_again_later_not_lost(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """u-1's score timer comes due in a record that names no entry of u-1: the failure is
+    dead-lettered and counted, u-1 is not tried again at every record, and ``DUE_RETRY_MS`` later
+    (in event time) its timer fires as it would have."""
+    import streams.record_step as record_step
+
+    t = 1772359200000
+    hour, retry = 60 * 60_000, record_step.DUE_RETRY_MS
+    real = record_step.advance
+    failing = True
+
+    def advance(state: Any, *args: Any, **kwargs: Any) -> Any:
+        if failing and state["profile"]["key"] == "u:u-1":
+            raise ZeroDivisionError
+        return real(state, *args, **kwargs)
+
+    monkeypatch.setattr(record_step, "advance", advance)
+    failing = False
+    async with agent(pipeline, "profiles").test_context() as profiles:
+        await profiles.put(_batch(_event("e-1", "product_view", product_id="sku-1"), clock=t))
+        failing = True
+        await profiles.put(_batch(clock=t + hour))  # the score timer is due: u-1 fails
+        await profiles.put(_batch(clock=t + hour + retry - 1))  # not tried again yet
+        [(_, letter, _)] = sent(pipeline, "dead-letter")
+        assert letter["error"] == {"code": "processing_error", "message": "profile hop, advance: ZeroDivisionError"}
+        assert orjson.loads(letter["raw"]) == ["u:u-1", {"due": True, "retry_at": t + hour + retry}]
+        assert pipeline.metrics.processing_errors.labels("profiles", "advance")._value.get() == 1
+        assert pipeline.metrics.dead_letters.labels("processing_error")._value.get() == 1
+        assert sent(pipeline, "scores") == []
+        failing = False
+        await profiles.put(_batch(clock=t + hour + retry))
+    [(_, score, _)] = sent(pipeline, "scores")
+    assert score["at"] == "2026-03-01T11:00:00.000Z"  # the timer's own time, not the retry's
+    assert len(sent(pipeline, "dead-letter")) == 1
+
+
+@pytest.mark.parametrize("as_run", [False, True])
+async def test_a_record_left_out_whole_gives_back_the_due_profiles_its_step_took(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, as_run: bool
+) -> None:
+    """A step's first attempt pops u-1 and u-2 (their parked events fall due) and fails for u-1;
+    its second attempt fails for the whole record.  What the first popped is due again, so the next
+    record folds both.  In a run of two records, the run's step fails so, and then the first
+    record's own step does too."""
+    import streams.record_step as record_step
+
+    t = 1772359200000
+    real_advance, real_watermark = record_step.advance, record_step.watermark
+    calls, failing = [0], True
+    raising = {3, 6} if as_run else {3}  # the second attempt of each step that pops: nothing to single out
+
+    def advance(state: Any, *args: Any, **kwargs: Any) -> Any:
+        if failing and state["profile"]["key"] == "u:u-1":
+            raise ZeroDivisionError
+        return real_advance(state, *args, **kwargs)
+
+    def watermark(*args: Any) -> Any:
+        calls[0] += 1
+        if failing and calls[0] in raising:
+            raise ZeroDivisionError
+        return real_watermark(*args)
+
+    other = _event("o-1")
+    other["user_id"] = "u-2"
+    third = _event("t-1")
+    third["user_id"] = "u-3"
+    clock = [None, {"clocks": [[topic, n, t] for topic in INPUT_TOPICS for n in range(4)]}]
+    async with agent(pipeline, "profiles").test_context() as profiles:
+        # partition 1 throughout (_run): the due index is the partition's
+        await profiles.put(_run([orjson.dumps([["u:u-1", _event("e-1")], ["u:u-2", other]])]))  # parked
+        monkeypatch.setattr(record_step, "advance", advance)
+        monkeypatch.setattr(record_step, "watermark", watermark)
+        if as_run:
+            await profiles.put(_run([orjson.dumps([clock]), orjson.dumps([["u:u-3", third]])], first_offset=11))
+        else:
+            await profiles.put(_run([orjson.dumps([clock])], first_offset=11))
+        assert calls[0] >= max(raising)
+        for key in (b"u:u-1", b"u:u-2"):
+            assert orjson.loads(pipeline.profile_state.read(key, 1))["profile"]["version"] == 0
+        failing = False
+        # the same clocks again: the left-out record set none
+        await profiles.put(_run([orjson.dumps([clock])], first_offset=13))
+    for key in (b"u:u-1", b"u:u-2"):
+        assert orjson.loads(pipeline.profile_state.read(key, 1))["profile"]["aggregates"]["event_counts"] == \
+            {"page_view": 1}
+
+
 async def test_a_record_left_out_whole_counts_a_dead_letter_for_each_event_not_for_its_clocks_or_marker(
     pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
 ) -> None:
