@@ -450,7 +450,8 @@ def apply_run(run: Run, reader: Callable[[int], StepReader], ctx: StepContext, p
     its own record only).  A step that left its record out whole gives back what it popped from the
     due index.  ``reader(arrived_ms)`` gives the reads of one step.  Returns the applied results."""
     first = reader(run.places[0].arrived_ms)
-    result = step_isolated(run.entries, first.make_io, ctx, run.sources)
+    # a run of several records whose step fails is stepped again record by record, which logs it
+    result = step_isolated(run.entries, first.make_io, ctx, run.sources, warn=len(run.records) == 1)
     if not result.failures or len(run.records) == 1:
         if result.left_out_whole:  # what its step popped from the due index is due as before
             first.give_back()
@@ -469,7 +470,7 @@ def apply_run(run: Run, reader: Callable[[int], StepReader], ctx: StepContext, p
 
 
 def step_isolated(entries: list[Any], make_io: Callable[[], StepIO], ctx: StepContext,
-                  source: Source | Sequence[Source]) -> RecordResult:
+                  source: Source | Sequence[Source], warn: bool = True) -> RecordResult:
     """:func:`step`, run again without the culprit each time it fails: a failed entry is left out,
     a failed profile with every entry of the record addressed to it, and a failure that names
     neither (the partition's clocks) the whole record.  What was left out is dead-lettered
@@ -477,7 +478,7 @@ def step_isolated(entries: list[Any], make_io: Callable[[], StepIO], ctx: StepCo
     left out too (no entry names it: a timer's) and, once the step goes on without it, due again
     :data:`DUE_RETRY_MS` later.  ``make_io`` gives
     each attempt fresh readers; ``source`` is the internal record's place, or each entry's record's
-    (a :class:`Run`'s ``sources``)."""
+    (a :class:`Run`'s ``sources``); ``warn=False`` logs the failures at debug level only."""
     skip: set[int] = set()
     skip_keys: set[str] = set()
     why: dict[int | str, tuple[str, str]] = {}  # entry index or key -> (stage, exception class)
@@ -489,8 +490,9 @@ def step_isolated(entries: list[Any], make_io: Callable[[], StepIO], ctx: StepCo
             failure = exc if isinstance(exc, StepFailure) else StepFailure("record", exc)
             cause = type(failure.cause).__name__
             where = profile_id_for(failure.key) if failure.key is not None else "-"
-            log.warning("processing_error in the profile hop (%s: %s, profile %s): left out, dead-lettered",
-                        failure.stage, cause, where)
+            log.log(logging.WARNING if warn else logging.DEBUG,
+                    "processing_error in the profile hop (%s: %s, profile %s): left out, dead-lettered",
+                    failure.stage, cause, where)
             log.debug("processing_error detail", exc_info=failure.cause)
             if failure.index is not None and failure.index not in skip:
                 skip.add(failure.index)

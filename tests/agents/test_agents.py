@@ -337,7 +337,7 @@ def _fail_advance_of(monkeypatch: pytest.MonkeyPatch, key: str) -> None:
 
 
 async def test_a_profile_failing_in_one_record_of_a_run_keeps_its_entries_of_the_others(
-    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """When the run's step leaves something out, the run is stepped again record by record, so a
     failure costs what it cost when each record was its own step."""
@@ -358,6 +358,13 @@ async def test_a_profile_failing_in_one_record_of_a_run_keeps_its_entries_of_the
     letters = [orjson.loads(letter["raw"])["event_id"] for _, letter, _ in sent(pipeline, "dead-letter")]
     assert letters == ["poison"]
     assert set(orjson.loads(pipeline.profile_state.read(b"u:u-1", 1))["seen"]) == {"e-1", "e-3"}
+    # the dropped result of the run's step is not counted: each event once, as its record's step saw it
+    m = pipeline.metrics
+    assert m.events.labels("clicks", "processed")._value.get() == 2
+    assert m.events.labels("clicks", "dead_letter")._value.get() == 1
+    assert m.processing_errors.labels("profiles", "advance")._value.get() == 1
+    warned = [r for r in caplog.records if r.levelname == "WARNING" and "processing_error" in r.getMessage()]
+    assert len(warned) == 1  # one failure, one warning: the run's own attempt is logged at debug level
 
 
 async def test_a_damaged_record_in_a_run_costs_its_own_entries_only(pipeline: Pipeline) -> None:
