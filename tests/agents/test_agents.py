@@ -608,14 +608,17 @@ async def test_a_profile_whose_advance_raises_is_left_out_and_other_profiles_go_
     assert pipeline.metrics.processing_errors.labels("profiles", "advance")._value.get() == 2
 
 
+@pytest.mark.parametrize("store", ["memory", "rocksdb"])
 async def test_a_due_profile_whose_advance_raises_is_dead_lettered_and_tried_again_later_not_lost(
-    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+    pipeline: Pipeline, rocksdb_pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, store: str
 ) -> None:
     """u-1's score timer comes due in a record that names no entry of u-1: the failure is
     dead-lettered and counted, u-1 is not tried again at every record, and ``DUE_RETRY_MS`` later
     (in event time) its timer fires as it would have."""
     import streams.record_step as record_step
 
+    pipeline = rocksdb_pipeline if store == "rocksdb" else pipeline
+    partition = partition_for("u:u-1", 4)
     t = 1772359200000
     hour, retry = 60 * 60_000, record_step.DUE_RETRY_MS
     real = record_step.advance
@@ -629,10 +632,10 @@ async def test_a_due_profile_whose_advance_raises_is_dead_lettered_and_tried_aga
     monkeypatch.setattr(record_step, "advance", advance)
     failing = False
     async with agent(pipeline, "profiles").test_context() as profiles:
-        await profiles.put(_batch(_event("e-1", "product_view", product_id="sku-1"), clock=t))
+        await profiles.put(_batch(_event("e-1", "product_view", product_id="sku-1"), clock=t), partition=partition)
         failing = True
-        await profiles.put(_batch(clock=t + hour))  # the score timer is due: u-1 fails
-        await profiles.put(_batch(clock=t + hour + retry - 1))  # not tried again yet
+        await profiles.put(_batch(clock=t + hour), partition=partition)  # the score timer is due: u-1 fails
+        await profiles.put(_batch(clock=t + hour + retry - 1), partition=partition)  # not tried again yet
         [(_, letter, _)] = sent(pipeline, "dead-letter")
         assert letter["error"] == {"code": "processing_error", "message": "profile hop, advance: ZeroDivisionError"}
         assert orjson.loads(letter["raw"]) == ["u:u-1", {"due": True, "retry_at": t + hour + retry}]
@@ -640,7 +643,7 @@ async def test_a_due_profile_whose_advance_raises_is_dead_lettered_and_tried_aga
         assert pipeline.metrics.dead_letters.labels("processing_error")._value.get() == 1
         assert sent(pipeline, "scores") == []
         failing = False
-        await profiles.put(_batch(clock=t + hour + retry))
+        await profiles.put(_batch(clock=t + hour + retry), partition=partition)
     [(_, score, _)] = sent(pipeline, "scores")
     assert score["at"] == "2026-03-01T11:00:00.000Z"  # the timer's own time, not the retry's
     assert len(sent(pipeline, "dead-letter")) == 1
