@@ -119,6 +119,9 @@ class RecordResult:
     failures: list[tuple[str, str]] = field(default_factory=list)
     #: Due profiles left out after a failure -> the event time they are tried at again (:data:`DUE_RETRY_MS`).
     retry_at: dict[str, int] = field(default_factory=dict)
+    #: Profiles left out that no entry named (only due), with (stage, exception class); dead-lettered
+    #: by :func:`step_isolated`.
+    due_failures: dict[str, tuple[str, str]] = field(default_factory=dict)
     left_out_whole: bool = False  # the record was left out whole: nothing of it is in this result
     letters: int = 0  # dead letters of entries left out (none for a clock entry or a batch marker)
 
@@ -252,8 +255,7 @@ def step(entries: list[Any], io: StepIO, ctx: StepContext, skip: frozenset[int] 
     due_now = io.pop_due(now_wm) if now_wm is not None else set()
     if skip_keys and now_wm is not None:
         for key in sorted(due_now & skip_keys):  # left out after a failure: tried again later
-            result.due_changes.append((key.encode(), now_wm + DUE_RETRY_MS, None))
-            result.retry_at[key] = now_wm + DUE_RETRY_MS
+            _retry_later(key, now_wm, result)
         due_now -= skip_keys
     now = io.now_ms
     pairs: dict[str, list[list[Any]]] = {}
@@ -261,11 +263,24 @@ def step(entries: list[Any], io: StepIO, ctx: StepContext, skip: frozenset[int] 
         try:
             _advance_one(key, states, blocks, key in changed, key in republish, now_wm, now, io, ctx, result, pairs)
         except Exception as exc:
-            raise StepFailure("advance", exc, key=key) from exc
+            if key in changed:  # its entries' effects are in this attempt: it goes again without them
+                raise StepFailure("advance", exc, key=key) from exc
+            # only due (no entry here): _advance_one left nothing of it in the result, so it is left
+            # out in place, not by another attempt (one attempt per failing profile would cost a
+            # record with many of them, after a rebalance say, that many steps)
+            assert now_wm is not None  # a key is due only at a watermark
+            _retry_later(key, now_wm, result)
+            result.due_failures[key] = ("advance", type(exc).__name__)
     result.pairs = pairs
     if outbox:
         _route_outbox(outbox, ctx, result)
     return result
+
+
+def _retry_later(key: str, now_wm: int, result: RecordResult) -> None:
+    """A due profile left out of this step is due again :data:`DUE_RETRY_MS` later."""
+    result.due_changes.append((key.encode(), now_wm + DUE_RETRY_MS, None))
+    result.retry_at[key] = now_wm + DUE_RETRY_MS
 
 
 def _advance_one(key: str, states: _Cache, blocks: _Cache, changed: bool, republish: bool, now_wm: int | None,
@@ -297,28 +312,36 @@ def _advance_one(key: str, states: _Cache, blocks: _Cache, changed: bool, republ
         if out.changed:
             state["published"] = True
 
-    _write(kb, state, result, release_parked, ctx.rules.limits)
+    encoded = _encode_state(state, release_parked, ctx.rules.limits)
     publish = out.changed or republish
     if not (publish or out.steps):
+        _stage_state(kb, encoded, result)
         return  # events parked, nothing folded: nothing to send (at live rates, an event's first pass)
+    # what can raise comes before anything goes into the result: a profile that fails here leaves
+    # nothing of itself behind (``step`` leaves a profile that was only due out in place)
+    arrived = max((ev["src"][3] for ev in out.released), default=io.record_arrival_ms)
+    pid = state["profile"]["profile_id"].encode()
+    published = _encoded(snapshot(state, out.cart)) if publish else None
+    changes = [orjson.dumps(change) for change in out.segment_changes]
+    scores = [orjson.dumps(score) for score in out.scores]
+    triggers = [_encoded(trigger) for trigger in out.triggers]
+    _stage_state(kb, encoded, result)
     result.released += len(out.released)
     for product, other, weight in out.pairs:
         pairs.setdefault(product, []).append([other, weight])
-    arrived = max((ev["src"][3] for ev in out.released), default=io.record_arrival_ms)
-    pid = state["profile"]["profile_id"].encode()
     waited = max(0.0, (now - arrived) / 1000)
-    if publish:
-        result.sends.append((names.PROFILES, pid, _encoded(snapshot(state, out.cart)), None))
+    if published is not None:
+        result.sends.append((names.PROFILES, pid, published, None))
         result.profiles_written["updated"] += 1
         result.waits[names.PROFILES].append(waited)
-    for change in out.segment_changes:
-        result.sends.append((names.SEGMENT_CHANGES, pid, orjson.dumps(change), None))
+    for change, value in zip(out.segment_changes, changes, strict=True):
+        result.sends.append((names.SEGMENT_CHANGES, pid, value, None))
         result.segment_changes[change["segment"], change["change"]] += 1
         result.waits[names.SEGMENT_CHANGES].append(waited)
-    for score in out.scores:
-        result.sends.append((names.SCORES, pid, orjson.dumps(score), None))
-    for trigger in out.triggers:
-        result.sends.append((names.TRIGGERS, pid, _encoded(trigger), None))
+    for value in scores:
+        result.sends.append((names.SCORES, pid, value, None))
+    for trigger, value in zip(out.triggers, triggers, strict=True):
+        result.sends.append((names.TRIGGERS, pid, value, None))
         result.triggers[trigger["type"]] += 1
         result.waits[names.TRIGGERS].append(waited)
     result.suppressed += out.suppressed
@@ -327,13 +350,35 @@ def _advance_one(key: str, states: _Cache, blocks: _Cache, changed: bool, republ
     result.deferred += out.deferred
 
 
-def _write(kb: bytes, state: State, result: RecordResult,
-           release_parked: Callable[[], None] | None = None, limits: Limits = DEFAULT_LIMITS) -> None:
-    """Stages ``state`` with its next due time first (the due index reads it from there).  A live
+def _write(kb: bytes, state: State, result: RecordResult) -> None:
+    """Stages ``state`` (:func:`_encode_state`)."""
+    _stage_state(kb, _encode_state(state), result)
+
+
+#: A state's write: (encoded state, its next due time, the due time the index holds, the entries
+#: shrinking dropped or None).
+Encoded = tuple[bytes, int | None, int | None, "Counter[str] | None"]
+
+
+def _stage_state(kb: bytes, encoded: Encoded, result: RecordResult) -> None:
+    data, due, previous, shrunk = encoded
+    if shrunk is not None:
+        result.shrunk += 1
+        result.entries_dropped.update(shrunk)
+    if due != previous:
+        result.due_changes.append((kb, due, previous))
+    result.state_writes.append((kb, data))
+
+
+def _encode_state(state: State, release_parked: Callable[[], None] | None = None,
+                  limits: Limits = DEFAULT_LIMITS) -> Encoded:
+    """``state`` with its next due time first (the due index reads it from there).  A live
     state over :data:`SOFT_STATE_BYTES` with parked events calls ``release_parked`` and is encoded
     again; one still over :data:`MAX_VALUE_BYTES` is made smaller (:func:`streams.domain.profile.shrink`,
-    counted) until it is under :data:`SOFT_STATE_BYTES` or nothing is left to shrink."""
+    counted) until it is under :data:`SOFT_STATE_BYTES` or nothing is left to shrink.  Nothing goes
+    into a result here, so a failure after it leaves none of it behind."""
     previous = state.get("due")  # what the index holds for this key
+    shrunk: Counter[str] | None = None
     if not is_live(state):
         state.pop("due", None)  # a redirect or erasure marker keeps nothing but its key's fate
         data = _encoded(state)
@@ -346,14 +391,12 @@ def _write(kb: bytes, state: State, result: RecordResult,
             state["due"] = due = next_due(state)
             data = orjson.dumps(due_first(state))
         if len(data) > MAX_VALUE_BYTES:
-            while len(data) > SOFT_STATE_BYTES and shrink(state, limits, result.entries_dropped):
+            shrunk = Counter()
+            while len(data) > SOFT_STATE_BYTES and shrink(state, limits, shrunk):
                 data = orjson.dumps(due_first(state))
-            result.shrunk += 1
         if len(data) > MAX_VALUE_BYTES:
             raise ValueError(f"value of {len(data)} bytes over the limit of {MAX_VALUE_BYTES}")
-    if due != previous:
-        result.due_changes.append((kb, due, previous))
-    result.state_writes.append((kb, data))
+    return data, due, previous, shrunk
 
 
 def _route_outbox(outbox: list[tuple[str, str, dict[str, Any]]], ctx: StepContext, result: RecordResult) -> None:
@@ -451,10 +494,14 @@ def apply_run(run: Run, reader: Callable[[int], StepReader], ctx: StepContext, p
     due index.  ``reader(arrived_ms)`` gives the reads of one step.  Returns the applied results."""
     first = reader(run.places[0].arrived_ms)
     # a run of several records whose step fails is stepped again record by record, which logs it
-    result = step_isolated(run.entries, first.make_io, ctx, run.sources, warn=len(run.records) == 1)
-    if not result.failures or len(run.records) == 1:
+    sources = run.sources or run.places[0]  # a run of empty records names its first record
+    result = step_isolated(run.entries, first.make_io, ctx, sources, warn=len(run.records) == 1)
+    # a due profile left out costs no entry: only a left-out entry or key sends the run record by record
+    if len(result.failures) == len(result.due_failures) or len(run.records) == 1:
         if result.left_out_whole:  # what its step popped from the due index is due as before
             first.give_back()
+        if len(run.records) > 1:
+            _warn_due_failures(result)
         apply_result(result, partition, sink)
         return [result]
     first.give_back()
@@ -475,10 +522,10 @@ def step_isolated(entries: list[Any], make_io: Callable[[], StepIO], ctx: StepCo
     a failed profile with every entry of the record addressed to it, and a failure that names
     neither (the partition's clocks) the whole record.  What was left out is dead-lettered
     (``processing_error``: the stage and the exception's class, no personal data), a due profile
-    left out too (no entry names it: a timer's) and, once the step goes on without it, due again
-    :data:`DUE_RETRY_MS` later.  ``make_io`` gives
-    each attempt fresh readers; ``source`` is the internal record's place, or each entry's record's
-    (a :class:`Run`'s ``sources``); ``warn=False`` logs the failures at debug level only."""
+    left out too (no entry names it: a timer's, left out by :func:`step` itself) and due again
+    :data:`DUE_RETRY_MS` later.  ``make_io`` gives each attempt fresh readers; ``source`` is the
+    internal record's place, or each entry's record's (a :class:`Run`'s ``sources``, not empty);
+    ``warn=False`` logs the failures at debug level only."""
     skip: set[int] = set()
     skip_keys: set[str] = set()
     why: dict[int | str, tuple[str, str]] = {}  # entry index or key -> (stage, exception class)
@@ -505,11 +552,21 @@ def step_isolated(entries: list[Any], make_io: Callable[[], StepIO], ctx: StepCo
                 why.update({index: (failure.stage, cause) for index in range(len(entries)) if index not in skip})
                 skip.update(range(len(entries)))
                 break
-    else:  # pragma: no cover - each attempt leaves out one more entry or key, or ends above
+    else:  # pragma: no cover - each attempt leaves out one more entry or a key with entries, or ends above
         result = RecordResult(left_out_whole=True)
-    if why:
+        why.update({index: ("record", "StepFailure") for index in range(len(entries)) if index not in skip})
+        skip.update(range(len(entries)))
+    if warn:
+        _warn_due_failures(result)
+    if why or result.due_failures:
         _dead_letter(entries, skip, skip_keys, why, source, result)
     return result
+
+
+def _warn_due_failures(result: RecordResult) -> None:
+    for key, (stage, cause) in result.due_failures.items():
+        log.warning("processing_error in the profile hop (%s: %s, profile %s, due): left out, tried again later",
+                    stage, cause, profile_id_for(key))
 
 
 def _dead_letter(entries: list[Any], skip: set[int], skip_keys: set[str], why: dict[int | str, tuple[str, str]],
@@ -517,11 +574,8 @@ def _dead_letter(entries: list[Any], skip: set[int], skip_keys: set[str], why: d
     """A ``processing_error`` dead letter for every entry left out.  An input event names its input
     place (topic, partition, offset) and carries its normalized form as ``raw``; an internal message
     names the internal record and carries ``[key, message]``."""
-    named: set[Any] = set()  # the keys the entries address
     for index, entry in enumerate(entries):
         key, message = entry if isinstance(entry, list | tuple) and len(entry) == 2 else (None, entry)
-        if isinstance(key, str):
-            named.add(key)
         if not (index in skip or (key is not None and key in skip_keys)):
             continue
         source = sources if isinstance(sources, Source) else sources[index]
@@ -547,9 +601,8 @@ def _dead_letter(entries: list[Any], skip: set[int], skip_keys: set[str], why: d
             result.outcomes[place.topic, "dead_letter"] += 1
     # a profile left out that no entry addressed: it was due (a timer, or a parked event the
     # watermark reached), and it is tried again at ``retry_at``; its letter names the step's record
-    for key in sorted(skip_keys - named):
+    for key, (stage, cause) in sorted(result.due_failures.items()):
         source = sources if isinstance(sources, Source) else sources[0]
-        stage, cause = why.get(key, ("advance", "Exception"))
         result.failures.append((stage, cause))
         raw = orjson.dumps([key, {"due": True, "retry_at": result.retry_at.get(key)}])
         letter = reject(source, raw, "processing_error", f"profile hop, {stage}: {cause}", source.arrived_ms).record

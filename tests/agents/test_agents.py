@@ -608,33 +608,38 @@ async def test_a_profile_whose_advance_raises_is_left_out_and_other_profiles_go_
     assert pipeline.metrics.processing_errors.labels("profiles", "advance")._value.get() == 2
 
 
-@pytest.mark.parametrize("store", ["memory", "rocksdb"])
+@pytest.mark.parametrize(("store", "failing_call"), [("memory", "advance"), ("rocksdb", "advance"),
+                                                     ("memory", "snapshot")])
 async def test_a_due_profile_whose_advance_raises_is_dead_lettered_and_tried_again_later_not_lost(
-    pipeline: Pipeline, rocksdb_pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, store: str
+    pipeline: Pipeline, rocksdb_pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, store: str,
+    failing_call: str
 ) -> None:
     """u-1's score timer comes due in a record that names no entry of u-1: the failure is
-    dead-lettered and counted, u-1 is not tried again at every record, and ``DUE_RETRY_MS`` later
-    (in event time) its timer fires as it would have."""
+    dead-lettered and counted, nothing of the failed attempt is written, u-1 is not tried again at
+    every record, and ``DUE_RETRY_MS`` later (in event time) its timer fires as it would have.  (A
+    failing snapshot comes after the state's encoding: still nothing of it may be written.)"""
     import streams.record_step as record_step
 
     pipeline = rocksdb_pipeline if store == "rocksdb" else pipeline
     partition = partition_for("u:u-1", 4)
     t = 1772359200000
     hour, retry = 60 * 60_000, record_step.DUE_RETRY_MS
-    real = record_step.advance
+    real = getattr(record_step, failing_call)
     failing = True
 
-    def advance(state: Any, *args: Any, **kwargs: Any) -> Any:
+    def fails(state: Any, *args: Any, **kwargs: Any) -> Any:
         if failing and state["profile"]["key"] == "u:u-1":
             raise ZeroDivisionError
         return real(state, *args, **kwargs)
 
-    monkeypatch.setattr(record_step, "advance", advance)
+    monkeypatch.setattr(record_step, failing_call, fails)
     failing = False
     async with agent(pipeline, "profiles").test_context() as profiles:
         await profiles.put(_batch(_event("e-1", "product_view", product_id="sku-1"), clock=t), partition=partition)
+        before = pipeline.profile_state.read(b"u:u-1", partition)
         failing = True
         await profiles.put(_batch(clock=t + hour), partition=partition)  # the score timer is due: u-1 fails
+        assert pipeline.profile_state.read(b"u:u-1", partition) == before
         await profiles.put(_batch(clock=t + hour + retry - 1), partition=partition)  # not tried again yet
         [(_, letter, _)] = sent(pipeline, "dead-letter")
         assert letter["error"] == {"code": "processing_error", "message": "profile hop, advance: ZeroDivisionError"}
@@ -649,14 +654,85 @@ async def test_a_due_profile_whose_advance_raises_is_dead_lettered_and_tried_aga
     assert len(sent(pipeline, "dead-letter")) == 1
 
 
+async def test_many_due_profiles_failing_in_one_record_are_left_out_in_place_and_the_record_goes_on(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Five parked profiles fall due in a record of one event and its clocks, and each one's advance
+    raises: each is left out by the step itself (advanced once, no attempt per profile), so the
+    record's own event and clocks still go in."""
+    import streams.record_step as record_step
+
+    t = 1772359200000
+    real = record_step.advance
+    tries: dict[str, int] = {}
+
+    def advance(state: Any, *args: Any, **kwargs: Any) -> Any:
+        key = state["profile"]["key"]
+        if key != "u:u-9":
+            tries[key] = tries.get(key, 0) + 1
+            raise ZeroDivisionError
+        return real(state, *args, **kwargs)
+
+    def of(user: str) -> list[Any]:
+        event = _event(f"e-{user}")
+        event["user_id"] = user
+        return [f"u:{user}", event]
+
+    clock = [None, {"clocks": [[topic, n, t] for topic in INPUT_TOPICS for n in range(4)]}]
+    async with agent(pipeline, "profiles").test_context() as profiles:
+        await profiles.put(_run([orjson.dumps([of(f"u-{n}") for n in range(1, 6)])]))  # parked
+        monkeypatch.setattr(record_step, "advance", advance)
+        await profiles.put(_run([orjson.dumps([of("u-9"), clock])], first_offset=11))
+    assert tries == {f"u:u-{n}": 1 for n in range(1, 6)}
+    state = orjson.loads(pipeline.profile_state.read(b"u:u-9", 1))
+    assert state["profile"]["aggregates"]["event_counts"] == {"page_view": 1}
+    assert pipeline.partition_clocks.read_json(b"clocks|1", 1)  # the record's clocks went in
+    letters = [orjson.loads(letter["raw"]) for _, letter, _ in sent(pipeline, "dead-letter")]
+    assert letters == [[f"u:u-{n}", {"due": True, "retry_at": t + record_step.DUE_RETRY_MS}] for n in range(1, 6)]
+    assert pipeline.metrics.processing_errors.labels("profiles", "advance")._value.get() == 5
+
+
+async def test_a_due_profile_failing_in_a_run_of_empty_records_is_dead_lettered_with_the_runs_place(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An internal record ``[]`` has no entry to name a place; a due profile that fails while it is
+    stepped (here: due again at once after the index is rebuilt) is dead-lettered with the record's."""
+    import streams.record_step as record_step
+
+    t = 1772359200000
+    real = record_step.advance
+    failing = False
+
+    def advance(state: Any, *args: Any, **kwargs: Any) -> Any:
+        if failing:
+            raise ZeroDivisionError
+        return real(state, *args, **kwargs)
+
+    monkeypatch.setattr(record_step, "advance", advance)
+    async with agent(pipeline, "profiles").test_context() as profiles:
+        await profiles.put(_run([orjson.dumps([_of("u-1", _event("e-1")), _clock(t)])]))
+        failing = True
+        await profiles.put(_run([orjson.dumps([_clock(t + 60 * 60_000)])], first_offset=11))  # score timer: fails
+        pipeline.due_index.reset()  # a rebalance: rebuilt from the states, whose due is the timer's
+        await profiles.put(_run([b"[]"], first_offset=12))
+    letters = [letter for _, letter, _ in sent(pipeline, "dead-letter")]
+    assert [(letter["partition"], letter["offset"]) for letter in letters] == [(1, 11), (1, 12)]
+    assert all(orjson.loads(letter["raw"])[0] == "u:u-1" for letter in letters)
+
+
+def _clock(at: int) -> list[Any]:
+    """An entry moving every input partition's clock to ``at``."""
+    return [None, {"clocks": [[topic, n, at] for topic in INPUT_TOPICS for n in range(4)]}]
+
+
 @pytest.mark.parametrize("as_run", [False, True])
 async def test_a_record_left_out_whole_gives_back_the_due_profiles_its_step_took(
     pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, as_run: bool
 ) -> None:
-    """A step's first attempt pops u-1 and u-2 (their parked events fall due) and fails for u-1;
-    its second attempt fails for the whole record.  What the first popped is due again, so the next
-    record folds both.  In a run of two records, the run's step fails so, and then the first
-    record's own step does too."""
+    """A step's first attempt pops u-1 and u-2 (their parked events fall due) and fails for u-3,
+    whose event is in the record; its second attempt fails for the whole record.  What the first
+    popped is due again, so the next record folds u-1 and u-2.  In a run of two records, the run's
+    step fails so, and then the first record's own step does too."""
     import streams.record_step as record_step
 
     t = 1772359200000
@@ -665,7 +741,7 @@ async def test_a_record_left_out_whole_gives_back_the_due_profiles_its_step_took
     raising = {3, 6} if as_run else {3}  # the second attempt of each step that pops: nothing to single out
 
     def advance(state: Any, *args: Any, **kwargs: Any) -> Any:
-        if failing and state["profile"]["key"] == "u:u-1":
+        if failing and state["profile"]["key"] == "u:u-3":
             raise ZeroDivisionError
         return real_advance(state, *args, **kwargs)
 
@@ -675,20 +751,22 @@ async def test_a_record_left_out_whole_gives_back_the_due_profiles_its_step_took
             raise ZeroDivisionError
         return real_watermark(*args)
 
-    other = _event("o-1")
-    other["user_id"] = "u-2"
-    third = _event("t-1")
-    third["user_id"] = "u-3"
+    def of(user: str, event_id: str) -> list[Any]:
+        event = _event(event_id)
+        event["user_id"] = user
+        return [f"u:{user}", event]
+
     clock = [None, {"clocks": [[topic, n, t] for topic in INPUT_TOPICS for n in range(4)]}]
     async with agent(pipeline, "profiles").test_context() as profiles:
         # partition 1 throughout (_run): the due index is the partition's
-        await profiles.put(_run([orjson.dumps([["u:u-1", _event("e-1")], ["u:u-2", other]])]))  # parked
+        await profiles.put(_run([orjson.dumps([of("u-1", "e-1"), of("u-2", "e-2")])]))  # parked
         monkeypatch.setattr(record_step, "advance", advance)
         monkeypatch.setattr(record_step, "watermark", watermark)
+        failing_record = orjson.dumps([of("u-3", "e-3"), clock])
         if as_run:
-            await profiles.put(_run([orjson.dumps([clock]), orjson.dumps([["u:u-3", third]])], first_offset=11))
+            await profiles.put(_run([failing_record, orjson.dumps([of("u-4", "e-4")])], first_offset=11))
         else:
-            await profiles.put(_run([orjson.dumps([clock])], first_offset=11))
+            await profiles.put(_run([failing_record], first_offset=11))
         assert calls[0] >= max(raising)
         for key in (b"u:u-1", b"u:u-2"):
             assert orjson.loads(pipeline.profile_state.read(key, 1))["profile"]["version"] == 0
@@ -698,6 +776,7 @@ async def test_a_record_left_out_whole_gives_back_the_due_profiles_its_step_took
     for key in (b"u:u-1", b"u:u-2"):
         assert orjson.loads(pipeline.profile_state.read(key, 1))["profile"]["aggregates"]["event_counts"] == \
             {"page_view": 1}
+    assert "e-3" in {orjson.loads(letter["raw"]).get("event_id") for _, letter, _ in sent(pipeline, "dead-letter")}
 
 
 async def test_a_record_left_out_whole_counts_a_dead_letter_for_each_event_not_for_its_clocks_or_marker(
