@@ -123,6 +123,9 @@ class RecordResult:
     #: by :func:`step_isolated`.
     due_failures: dict[str, tuple[str, str]] = field(default_factory=dict)
     left_out_whole: bool = False  # the record was left out whole: nothing of it is in this result
+    #: What was left out, as lines to log at warning level once the result is applied (a dropped
+    #: result's are not: the run is stepped again, which says it again).
+    warnings: list[str] = field(default_factory=list)
     letters: int = 0  # dead letters of entries left out (none for a clock entry or a batch marker)
 
 
@@ -320,6 +323,7 @@ def _advance_one(key: str, states: _Cache, blocks: _Cache, changed: bool, republ
     # what can raise comes before anything goes into the result: a profile that fails here leaves
     # nothing of itself behind (``step`` leaves a profile that was only due out in place)
     arrived = max((ev["src"][3] for ev in out.released), default=io.record_arrival_ms)
+    waited = max(0.0, (now - arrived) / 1000)
     pid = state["profile"]["profile_id"].encode()
     published = _encoded(snapshot(state, out.cart)) if publish else None
     changes = [orjson.dumps(change) for change in out.segment_changes]
@@ -329,7 +333,6 @@ def _advance_one(key: str, states: _Cache, blocks: _Cache, changed: bool, republ
     result.released += len(out.released)
     for product, other, weight in out.pairs:
         pairs.setdefault(product, []).append([other, weight])
-    waited = max(0.0, (now - arrived) / 1000)
     if published is not None:
         result.sends.append((names.PROFILES, pid, published, None))
         result.profiles_written["updated"] += 1
@@ -493,16 +496,13 @@ def apply_run(run: Run, reader: Callable[[int], StepReader], ctx: StepContext, p
     its own record only).  A step that left its record out whole gives back what it popped from the
     due index.  ``reader(arrived_ms)`` gives the reads of one step.  Returns the applied results."""
     first = reader(run.places[0].arrived_ms)
-    # a run of several records whose step fails is stepped again record by record, which logs it
     sources = run.sources or run.places[0]  # a run of empty records names its first record
-    result = step_isolated(run.entries, first.make_io, ctx, sources, warn=len(run.records) == 1)
+    result = step_isolated(run.entries, first.make_io, ctx, sources)
     # a due profile left out costs no entry: only a left-out entry or key sends the run record by record
     if len(result.failures) == len(result.due_failures) or len(run.records) == 1:
         if result.left_out_whole:  # what its step popped from the due index is due as before
             first.give_back()
-        if len(run.records) > 1:
-            _warn_due_failures(result)
-        apply_result(result, partition, sink)
+        _apply_logged(result, partition, sink)
         return [result]
     first.give_back()
     results = []
@@ -511,21 +511,28 @@ def apply_run(run: Run, reader: Callable[[int], StepReader], ctx: StepContext, p
         one = step_isolated(entries, own.make_io, ctx, place)
         if one.left_out_whole:
             own.give_back()
-        apply_result(one, partition, sink)
+        _apply_logged(one, partition, sink)
         results.append(one)
     return results
 
 
+def _apply_logged(result: RecordResult, partition: int, sink: RecordSink) -> None:
+    for line in result.warnings:
+        log.warning("%s", line)
+    apply_result(result, partition, sink)
+
+
 def step_isolated(entries: list[Any], make_io: Callable[[], StepIO], ctx: StepContext,
-                  source: Source | Sequence[Source], warn: bool = True) -> RecordResult:
+                  source: Source | Sequence[Source]) -> RecordResult:
     """:func:`step`, run again without the culprit each time it fails: a failed entry is left out,
     a failed profile with every entry of the record addressed to it, and a failure that names
     neither (the partition's clocks) the whole record.  What was left out is dead-lettered
     (``processing_error``: the stage and the exception's class, no personal data), a due profile
     left out too (no entry names it: a timer's, left out by :func:`step` itself) and due again
     :data:`DUE_RETRY_MS` later.  ``make_io`` gives each attempt fresh readers; ``source`` is the
-    internal record's place, or each entry's record's (a :class:`Run`'s ``sources``, not empty);
-    ``warn=False`` logs the failures at debug level only."""
+    internal record's place, or each entry's record's (a :class:`Run`'s ``sources``, not empty).
+    What it left out is in the result's ``warnings``, for whoever applies it to log."""
+    warnings: list[str] = []
     skip: set[int] = set()
     skip_keys: set[str] = set()
     why: dict[int | str, tuple[str, str]] = {}  # entry index or key -> (stage, exception class)
@@ -537,9 +544,8 @@ def step_isolated(entries: list[Any], make_io: Callable[[], StepIO], ctx: StepCo
             failure = exc if isinstance(exc, StepFailure) else StepFailure("record", exc)
             cause = type(failure.cause).__name__
             where = profile_id_for(failure.key) if failure.key is not None else "-"
-            log.log(logging.WARNING if warn else logging.DEBUG,
-                    "processing_error in the profile hop (%s: %s, profile %s): left out, dead-lettered",
-                    failure.stage, cause, where)
+            warnings.append(f"processing_error in the profile hop ({failure.stage}: {cause}, profile {where}): "
+                            "left out, dead-lettered")
             log.debug("processing_error detail", exc_info=failure.cause)
             if failure.index is not None and failure.index not in skip:
                 skip.add(failure.index)
@@ -556,17 +562,12 @@ def step_isolated(entries: list[Any], make_io: Callable[[], StepIO], ctx: StepCo
         result = RecordResult(left_out_whole=True)
         why.update({index: ("record", "StepFailure") for index in range(len(entries)) if index not in skip})
         skip.update(range(len(entries)))
-    if warn:
-        _warn_due_failures(result)
+    warnings += [f"processing_error in the profile hop ({stage}: {cause}, profile {profile_id_for(key)}, due): "
+                 "left out, dead-lettered, tried again later" for key, (stage, cause) in result.due_failures.items()]
+    result.warnings = warnings
     if why or result.due_failures:
         _dead_letter(entries, skip, skip_keys, why, source, result)
     return result
-
-
-def _warn_due_failures(result: RecordResult) -> None:
-    for key, (stage, cause) in result.due_failures.items():
-        log.warning("processing_error in the profile hop (%s: %s, profile %s, due): left out, tried again later",
-                    stage, cause, profile_id_for(key))
 
 
 def _dead_letter(entries: list[Any], skip: set[int], skip_keys: set[str], why: dict[int | str, tuple[str, str]],

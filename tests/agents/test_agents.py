@@ -654,6 +654,72 @@ async def test_a_due_profile_whose_advance_raises_is_dead_lettered_and_tried_aga
     assert len(sent(pipeline, "dead-letter")) == 1
 
 
+async def test_a_run_whose_only_failure_is_a_due_profile_is_applied_as_one_step_and_says_so_once(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A due profile left out costs no entry, so the run is not stepped again record by record; the
+    failure is logged once, when the run's result is applied."""
+    import streams.record_step as record_step
+
+    t = 1772359200000
+    real_advance, real_isolated = record_step.advance, record_step.step_isolated
+    steps: list[int] = []
+    failing = False
+
+    def advance(state: Any, *args: Any, **kwargs: Any) -> Any:
+        if failing and state["profile"]["key"] == "u:u-1":
+            raise ZeroDivisionError
+        return real_advance(state, *args, **kwargs)
+
+    def step_isolated(entries: list[Any], *args: Any) -> Any:
+        steps.append(len(entries))
+        return real_isolated(entries, *args)
+
+    monkeypatch.setattr(record_step, "advance", advance)
+    monkeypatch.setattr(record_step, "step_isolated", step_isolated)
+    async with agent(pipeline, "profiles").test_context() as profiles:
+        await profiles.put(_run([orjson.dumps([_of("u-1", _event("e-1")), _clock(t)])]))
+        failing, steps[:] = True, []
+        await profiles.put(_run([orjson.dumps([_clock(t + 60 * 60_000)]),
+                                 orjson.dumps([_of("u-2", _event("e-2"))])], first_offset=11))
+    assert steps == [2]  # the run's two entries, in one step
+    [(_, letter, _)] = sent(pipeline, "dead-letter")
+    assert orjson.loads(letter["raw"])[0] == "u:u-1"
+    assert orjson.loads(pipeline.profile_state.read(b"u:u-2", 1))["seen"] == {"e-2": t}
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "processing_error" in warned[0] and "due" in warned[0]
+
+
+async def test_a_due_profile_failing_with_its_entries_is_tried_again_later_for_what_was_due(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """u-1's parked event falls due in a record that also brings an entry of u-1, and u-1 fails: the
+    entry is dead-lettered, and the parked event, which was due, is folded ``DUE_RETRY_MS`` later."""
+    import streams.record_step as record_step
+
+    t = 1772359200000
+    real = record_step.advance
+    failing = False
+
+    def advance(state: Any, *args: Any, **kwargs: Any) -> Any:
+        if failing and state["profile"]["key"] == "u:u-1":
+            raise ZeroDivisionError
+        return real(state, *args, **kwargs)
+
+    monkeypatch.setattr(record_step, "advance", advance)
+    async with agent(pipeline, "profiles").test_context() as profiles:
+        await profiles.put(_run([orjson.dumps([_of("u-1", _event("e-1"))])]))  # parked: no clock yet
+        failing = True
+        await profiles.put(_run([orjson.dumps([_of("u-1", _event("e-2")), _clock(t)])], first_offset=11))
+        failing = False
+        await profiles.put(_run([orjson.dumps([_clock(t + record_step.DUE_RETRY_MS - 1)])], first_offset=12))
+        assert orjson.loads(pipeline.profile_state.read(b"u:u-1", 1))["profile"]["version"] == 0
+        await profiles.put(_run([orjson.dumps([_clock(t + record_step.DUE_RETRY_MS)])], first_offset=13))
+    assert [orjson.loads(letter["raw"])["event_id"] for _, letter, _ in sent(pipeline, "dead-letter")] == ["e-2"]
+    state = orjson.loads(pipeline.profile_state.read(b"u:u-1", 1))
+    assert state["profile"]["aggregates"]["event_counts"] == {"page_view": 1} and set(state["seen"]) == {"e-1"}
+
+
 async def test_many_due_profiles_failing_in_one_record_are_left_out_in_place_and_the_record_goes_on(
     pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
 ) -> None:
