@@ -280,6 +280,9 @@ def step(entries: list[Any], io: StepIO, ctx: StepContext, skip: frozenset[int] 
     return result
 
 
+_NONE: list[bytes] = []  # no outputs of a kind (shared, never appended to)
+
+
 def _retry_later(key: str, now_wm: int, result: RecordResult) -> None:
     """A due profile left out of this step is due again :data:`DUE_RETRY_MS` later."""
     result.due_changes.append((key.encode(), now_wm + DUE_RETRY_MS, None))
@@ -326,9 +329,9 @@ def _advance_one(key: str, states: _Cache, blocks: _Cache, changed: bool, republ
     waited = max(0.0, (now - arrived) / 1000)
     pid = state["profile"]["profile_id"].encode()
     published = _encoded(snapshot(state, out.cart)) if publish else None
-    changes = [orjson.dumps(change) for change in out.segment_changes]
-    scores = [orjson.dumps(score) for score in out.scores]
-    triggers = [_encoded(trigger) for trigger in out.triggers]
+    changes = [orjson.dumps(change) for change in out.segment_changes] if out.segment_changes else _NONE
+    scores = [orjson.dumps(score) for score in out.scores] if out.scores else _NONE
+    triggers = [_encoded(trigger) for trigger in out.triggers] if out.triggers else _NONE
     _stage_state(kb, encoded, result)
     result.released += len(out.released)
     for product, other, weight in out.pairs:
@@ -337,16 +340,18 @@ def _advance_one(key: str, states: _Cache, blocks: _Cache, changed: bool, republ
         result.sends.append((names.PROFILES, pid, published, None))
         result.profiles_written["updated"] += 1
         result.waits[names.PROFILES].append(waited)
-    for change, value in zip(out.segment_changes, changes, strict=True):
-        result.sends.append((names.SEGMENT_CHANGES, pid, value, None))
-        result.segment_changes[change["segment"], change["change"]] += 1
-        result.waits[names.SEGMENT_CHANGES].append(waited)
+    if changes:
+        for change, value in zip(out.segment_changes, changes, strict=True):
+            result.sends.append((names.SEGMENT_CHANGES, pid, value, None))
+            result.segment_changes[change["segment"], change["change"]] += 1
+            result.waits[names.SEGMENT_CHANGES].append(waited)
     for value in scores:
         result.sends.append((names.SCORES, pid, value, None))
-    for trigger, value in zip(out.triggers, triggers, strict=True):
-        result.sends.append((names.TRIGGERS, pid, value, None))
-        result.triggers[trigger["type"]] += 1
-        result.waits[names.TRIGGERS].append(waited)
+    if triggers:
+        for trigger, value in zip(out.triggers, triggers, strict=True):
+            result.sends.append((names.TRIGGERS, pid, value, None))
+            result.triggers[trigger["type"]] += 1
+            result.waits[names.TRIGGERS].append(waited)
     result.suppressed += out.suppressed
     result.entries_dropped.update(out.dropped)
     result.released_early += out.released_early
