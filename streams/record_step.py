@@ -258,7 +258,7 @@ def step(entries: list[Any], io: StepIO, ctx: StepContext, skip: frozenset[int] 
     due_now = io.pop_due(now_wm) if now_wm is not None else set()
     if skip_keys and now_wm is not None:
         for key in sorted(due_now & skip_keys):  # left out after a failure: tried again later
-            _retry_later(key, now_wm, result)
+            _retry_later(key, now_wm, io, result)
         due_now -= skip_keys
     now = io.now_ms
     pairs: dict[str, list[list[Any]]] = {}
@@ -272,7 +272,7 @@ def step(entries: list[Any], io: StepIO, ctx: StepContext, skip: frozenset[int] 
             # out in place, not by another attempt (one attempt per failing profile would cost a
             # record with many of them, after a rebalance say, that many steps)
             assert now_wm is not None  # a key is due only at a watermark
-            _retry_later(key, now_wm, result)
+            _retry_later(key, now_wm, io, result)
             result.due_failures[key] = ("advance", type(exc).__name__)
     result.pairs = pairs
     if outbox:
@@ -283,10 +283,27 @@ def step(entries: list[Any], io: StepIO, ctx: StepContext, skip: frozenset[int] 
 _NONE: list[bytes] = []  # no outputs of a kind (shared, never appended to)
 
 
-def _retry_later(key: str, now_wm: int, result: RecordResult) -> None:
-    """A due profile left out of this step is due again :data:`DUE_RETRY_MS` later."""
-    result.due_changes.append((key.encode(), now_wm + DUE_RETRY_MS, None))
-    result.retry_at[key] = now_wm + DUE_RETRY_MS
+def _retry_later(key: str, now_wm: int, io: StepIO, result: RecordResult) -> None:
+    """A due profile left out of this step is due again :data:`DUE_RETRY_MS` later: its stored
+    state, read afresh (this step changed nothing of it), is written back with that due time, so the
+    due index and the state agree (a rebuilt index does not try it again at once, and the index's
+    entry is moved, not doubled, when the state is next written).  A state that cannot be read is
+    given the index entry alone."""
+    at = now_wm + DUE_RETRY_MS
+    kb = key.encode()
+    result.retry_at[key] = at
+    try:
+        stored = io.read_state(key)
+        if not is_live(stored):  # pragma: no cover - only a live profile is due
+            raise TypeError("not a live profile")
+        previous = stored.get("due")
+        stored["due"] = at
+        data = orjson.dumps(due_first(stored))
+    except Exception:
+        result.due_changes.append((kb, at, None))
+        return
+    result.due_changes.append((kb, at, previous))
+    result.state_writes.append((kb, data))
 
 
 def _advance_one(key: str, states: _Cache, blocks: _Cache, changed: bool, republish: bool, now_wm: int | None,
