@@ -79,7 +79,7 @@ def dispatch(states: MutableMapping[str, State | None], blocks: MutableMapping[s
 
 def _apply(states: MutableMapping[str, State | None], key: str, routing: graph.Routing) -> Effects:
     states[key] = routing.state
-    effects = Effects(send=list(routing.send), limited=list(routing.limited))
+    effects = Effects(send=list(routing.send), limited=list(routing.limited), changed=routing.changed)
     if routing.retired is not None:
         effects.tombstones.append((routing.retired, "merged"))
     if routing.erased is not None:

@@ -136,6 +136,7 @@ class Routing:
     retired: str | None = None  # profile_id of a live profile that became a redirect (tombstone it)
     limited: list[str] = field(default_factory=list)  # kinds whose identity limit kept a link from merging
     erased: str | None = None  # profile_id of a live profile that turned out to be an erased person's
+    changed: bool = False  # ``state`` is the key's own, changed in place: it must be written back
 
 
 def _redirect(root: str, previous: State | None) -> Redirect:
@@ -235,7 +236,8 @@ def on_link(key: str, state: State | None, message: dict[str, Any], limits: Limi
                        limited=over)
     approved = sorted({root, *theirs}, key=rank)
     add_claims(state, {root: approved})
-    return Routing(state, send=[(root, {"type": LINK, "root": key, "kind": kind, "ok": True, "keys": approved})])
+    return Routing(state, send=[(root, {"type": LINK, "root": key, "kind": kind, "ok": True, "keys": approved})],
+                   changed=True)
 
 
 def add_claims(state: LiveState, claims: Mapping[str, Any]) -> None:

@@ -968,6 +968,34 @@ async def test_identifiers_past_the_identity_limit_are_not_linked_and_are_counte
     assert pipeline.metrics.identity_limited.labels("emails")._value.get() == 2
 
 
+async def test_an_ask_a_profile_agreed_to_counts_against_its_identity_limit_in_later_records(
+    pipeline: Pipeline,
+) -> None:
+    """u-1 holds 9 e-mails (limit 10).  It agrees to take in a profile asking with one more; a second
+    asker, in a later record, would make 11: it is kept apart.  The first agreement is noted in u-1's
+    stored state (``claimed``) although the ask changes nothing else there."""
+    identifies = [_event(f"i-{n}", "identify", email=f"a{n:02}@example.com", traits={}, consent={})
+                  for n in range(9)]
+    for event in identifies:
+        event["kind"] = "identities"
+
+    def ask(email: str) -> bytes:
+        return orjson.dumps([["u:u-1", {"type": "_link", "root": f"e:{email}", "kind": "exact",
+                                        "keys": [f"e:{email}"]}]])
+
+    async with agent(pipeline, "profiles").test_context() as profiles:
+        await profiles.put(_batch(*identifies))
+        await profiles.put(ask("x1@example.com"))
+        assert orjson.loads(pipeline.profile_state.read(b"u:u-1"))["claimed"] == \
+            {"e:x1@example.com": ["e:x1@example.com"]}
+        await profiles.put(ask("x2@example.com"))
+    answers = {(key, message.get("type"), message.get("ok"))
+               for _, batch, _ in sent(pipeline, "mailpulse-profile-events") for key, message in batch
+               if key in ("e:x1@example.com", "e:x2@example.com")}
+    assert answers == {("e:x1@example.com", "_link", True), ("e:x2@example.com", "_possible", None)}
+    assert pipeline.metrics.identity_limited.labels("emails")._value.get() == 1
+
+
 async def test_a_fuzzy_matching_block_past_its_size_is_skipped_and_counted(pipeline: Pipeline) -> None:
     from streams.domain.resolution import MAX_BLOCK
 

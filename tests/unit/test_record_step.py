@@ -419,3 +419,46 @@ def test_a_state_past_the_value_limit_within_its_bounds_is_shrunk_not_dead_lette
     assert cart is not None and len(cart["items"]) == 20 and {item["quantity"] for item in cart["items"]} == {100}
     assert result.entries_dropped["cart_moves"] >= 20 * 50
     assert result.outcomes["carts", "processed"] == 2_000
+
+
+@pytest.mark.parametrize("clocks", [False, True])
+def test_no_step_changes_a_state_it_does_not_write(history: tuple[list[Any], Any],
+                                                   monkeypatch: pytest.MonkeyPatch, clocks: bool) -> None:
+    """Each step decodes its states afresh, so a change it makes to a state it then does not write
+    is gone at the next read (``run_locally``'s dict states keep it, so comparing outcomes cannot see
+    it).  Every state a step read and did not write must be as it was read."""
+    import streams.record_step as record_step
+
+    caches: list[Any] = []
+    unsaved: list[str] = []
+
+    class Watched(record_step._Cache):
+        def __init__(self, load: Any) -> None:
+            super().__init__(load)
+            self.read_as: dict[str, bytes] = {}
+            caches.append(self)
+
+        def get(self, key: str, default: Any = None) -> Any:
+            first = dict.get(self, key, self._NOT_READ) is self._NOT_READ
+            value = super().get(key, default)
+            if first:
+                self.read_as[key] = orjson.dumps(value)
+            return value
+
+    real_step = record_step.step
+
+    def step(entries: list[Any], io: StepIO, ctx: StepContext, skip: frozenset[int] = frozenset(),
+             skip_keys: frozenset[str] = frozenset()) -> Any:
+        caches.clear()
+        result = real_step(entries, io, ctx, skip, skip_keys)
+        written = {key.decode() for key, _ in result.state_writes + result.block_writes}
+        unsaved.extend(key for cache in caches for key, read_as in cache.read_as.items()
+                       if key not in written and orjson.dumps(dict.get(cache, key)) != read_as)
+        return result
+
+    monkeypatch.setattr(record_step, "_Cache", Watched)
+    monkeypatch.setattr(record_step, "step", step)
+    raw, _ = history
+    hop = run(raw, 0, rollbacks=False, clocks=clocks)
+    assert hop.records_read > 0 and caches  # the watch was on
+    assert unsaved == []
