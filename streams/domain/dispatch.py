@@ -214,7 +214,9 @@ def _on_possible(states: MutableMapping[str, State | None], key: str, state: Sta
         return Effects()
     dropped = possible_matches.trim(entries, rules.limits.possible_matches)
     if dropped and not any(entry[:2] == [mine, other] for entry in entries if isinstance(entry, list)):
-        return Effects(matches_dropped=dropped)  # the new pair was the worst: nothing changed
+        # the new pair was the worst: nothing changed, unless the list was over a lowered limit and
+        # lost more than the new pair, a change to write and publish
+        return Effects(matches_dropped=dropped, republish=dropped > 1)
     states[key] = state
     effects = Effects(republish=True, matches_dropped=dropped)
     if mine != key:

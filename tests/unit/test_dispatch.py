@@ -135,3 +135,23 @@ def test_read_again_possible_matches_still_name_the_other_persons_profile(seed: 
 
     assert read_twice > 20
     assert profiles == expected.profiles
+
+
+@pytest.mark.parametrize("most", [2, 4])
+def test_possible_matches_over_a_lowered_limit_are_trimmed_and_written(most: int) -> None:
+    """A profile holds 4 possible matches; with ``limits.possible_matches`` lowered to 2, a new
+    pair scored below them all is dropped, and so are the 2 past the limit: that trim is a change
+    the step must write (and publish).  At a limit of 4 nothing but the new pair goes: no change."""
+    from streams.domain.profile import new_state
+    from streams.domain.timeline import ensure_rule_state
+
+    rules = RuleSet.build(PipelineConfig.model_validate({"limits": {"possible_matches": most}}),
+                          7 * 86_400_000, None)
+    state = ensure_rule_state(new_state("u:a", 0))
+    state["profile"]["possible_matches"] = [["u:a", f"u:{n}", 0.9 - n / 100] for n in range(4)]
+    states: dict[str, Any] = {"u:a": state}
+    effects = dispatch(states, {}, "u:a", {"type": graph.POSSIBLE, "to": "u:a", "other": "u:z", "score": 0.5},
+                       None, rules)
+    assert effects.changed == (most == 2) and effects.republish == (most == 2)
+    assert effects.matches_dropped == (3 if most == 2 else 1)
+    assert [entry[1] for entry in states["u:a"]["profile"]["possible_matches"]] == [f"u:{n}" for n in range(most)]
