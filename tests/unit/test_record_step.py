@@ -42,6 +42,7 @@ from streams.routing import InputRecord, partition_for, route_batch
 from streams.tools.generate import generate_history
 from streams.tools.produce import topic_for
 from streams.watermark import DueIndex, clock_name, expected_clocks, stored_due
+from tests.households import households
 from tests.integration.expected import accepted_events
 
 PARTITIONS = 8
@@ -421,12 +422,13 @@ def test_a_state_past_the_value_limit_within_its_bounds_is_shrunk_not_dead_lette
     assert result.outcomes["carts", "processed"] == 2_000
 
 
-@pytest.mark.parametrize("clocks", [False, True])
-def test_no_step_changes_a_state_it_does_not_write(history: tuple[list[Any], Any],
-                                                   monkeypatch: pytest.MonkeyPatch, clocks: bool) -> None:
+@pytest.mark.parametrize(("events", "clocks"), [("generated", False), ("generated", True), ("households", True)])
+def test_no_step_changes_a_state_it_does_not_write(history: tuple[list[Any], Any], monkeypatch: pytest.MonkeyPatch,
+                                                   events: str, clocks: bool) -> None:
     """Each step decodes its states afresh, so a change it makes to a state it then does not write
     is gone at the next read (``run_locally``'s dict states keep it, so comparing outcomes cannot see
-    it).  Every state a step read and did not write must be as it was read."""
+    it).  Every state a step read and did not write must be as it was read.  (The households are
+    families at shared addresses: fuzzy merges, possible matches and their aliases.)"""
     import streams.record_step as record_step
 
     caches: list[Any] = []
@@ -458,7 +460,9 @@ def test_no_step_changes_a_state_it_does_not_write(history: tuple[list[Any], Any
 
     monkeypatch.setattr(record_step, "_Cache", Watched)
     monkeypatch.setattr(record_step, "step", step)
-    raw, _ = history
+    raw = history[0] if events == "generated" else households(1, addresses=8)
     hop = run(raw, 0, rollbacks=False, clocks=clocks)
     assert hop.records_read > 0 and caches  # the watch was on
+    if events == "households":  # possible matches were exercised
+        assert sum(len(p["possible_matches"]) for p in hop.latest(names.PROFILES).values() if p) > 10
     assert unsaved == []
