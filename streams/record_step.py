@@ -117,11 +117,9 @@ class RecordResult:
     unknown: list[str] = field(default_factory=list)  # internal message types this version does not know
     #: (stage, exception class) of each entry left out, in order; their dead letters are in ``sends``.
     failures: list[tuple[str, str]] = field(default_factory=list)
-    #: Due profiles left out after a failure -> the event time they are tried at again (:data:`DUE_RETRY_MS`).
-    retry_at: dict[str, int] = field(default_factory=dict)
-    #: Profiles left out that no entry named (only due), with (stage, exception class); dead-lettered
-    #: by :func:`step_isolated`.
-    due_failures: dict[str, tuple[str, str]] = field(default_factory=dict)
+    #: Profiles left out that no entry named (only due) -> (stage, exception class, the event time
+    #: they are tried at again); dead-lettered by :func:`step_isolated`.
+    due_failures: dict[str, tuple[str, str, int]] = field(default_factory=dict)
     left_out_whole: bool = False  # the record was left out whole: nothing of it is in this result
     #: What was left out, as lines to log at warning level once the result is applied (a dropped
     #: result's are not: the run is stepped again, which says it again).
@@ -272,26 +270,21 @@ def step(entries: list[Any], io: StepIO, ctx: StepContext, skip: frozenset[int] 
             # out in place, not by another attempt (one attempt per failing profile would cost a
             # record with many of them, after a rebalance say, that many steps)
             assert now_wm is not None  # a key is due only at a watermark
-            _retry_later(key, now_wm, io, result)
-            result.due_failures[key] = ("advance", type(exc).__name__)
+            result.due_failures[key] = ("advance", type(exc).__name__, _retry_later(key, now_wm, io, result))
     result.pairs = pairs
     if outbox:
         _route_outbox(outbox, ctx, result)
     return result
 
 
-_NONE: list[bytes] = []  # no outputs of a kind (shared, never appended to)
-
-
-def _retry_later(key: str, now_wm: int, io: StepIO, result: RecordResult) -> None:
-    """A due profile left out of this step is due again :data:`DUE_RETRY_MS` later: its stored
+def _retry_later(key: str, now_wm: int, io: StepIO, result: RecordResult) -> int:
+    """A due profile left out of this step is due again :data:`DUE_RETRY_MS` later (returned): its stored
     state, read afresh (this step changed nothing of it), is written back with that due time, so the
     due index and the state agree (a rebuilt index does not try it again at once, and the index's
     entry is moved, not doubled, when the state is next written).  A state that cannot be read is
     given the index entry alone."""
     at = now_wm + DUE_RETRY_MS
     kb = key.encode()
-    result.retry_at[key] = at
     try:
         stored = io.read_state(key)
         if not is_live(stored):  # pragma: no cover - only a live profile is due
@@ -301,9 +294,10 @@ def _retry_later(key: str, now_wm: int, io: StepIO, result: RecordResult) -> Non
         data = orjson.dumps(due_first(stored))
     except Exception:
         result.due_changes.append((kb, at, None))
-        return
+        return at
     result.due_changes.append((kb, at, previous))
     result.state_writes.append((kb, data))
+    return at
 
 
 def _advance_one(key: str, states: _Cache, blocks: _Cache, changed: bool, republish: bool, now_wm: int | None,
@@ -346,9 +340,9 @@ def _advance_one(key: str, states: _Cache, blocks: _Cache, changed: bool, republ
     waited = max(0.0, (now - arrived) / 1000)
     pid = state["profile"]["profile_id"].encode()
     published = _encoded(snapshot(state, out.cart)) if publish else None
-    changes = [orjson.dumps(change) for change in out.segment_changes] if out.segment_changes else _NONE
-    scores = [orjson.dumps(score) for score in out.scores] if out.scores else _NONE
-    triggers = [_encoded(trigger) for trigger in out.triggers] if out.triggers else _NONE
+    changes = [orjson.dumps(change) for change in out.segment_changes]
+    scores = [orjson.dumps(score) for score in out.scores]
+    triggers = [_encoded(trigger) for trigger in out.triggers]
     _stage_state(kb, encoded, result)
     result.released += len(out.released)
     for product, other, weight in out.pairs:
@@ -357,18 +351,16 @@ def _advance_one(key: str, states: _Cache, blocks: _Cache, changed: bool, republ
         result.sends.append((names.PROFILES, pid, published, None))
         result.profiles_written["updated"] += 1
         result.waits[names.PROFILES].append(waited)
-    if changes:
-        for change, value in zip(out.segment_changes, changes, strict=True):
-            result.sends.append((names.SEGMENT_CHANGES, pid, value, None))
-            result.segment_changes[change["segment"], change["change"]] += 1
-            result.waits[names.SEGMENT_CHANGES].append(waited)
+    for change, value in zip(out.segment_changes, changes, strict=True):
+        result.sends.append((names.SEGMENT_CHANGES, pid, value, None))
+        result.segment_changes[change["segment"], change["change"]] += 1
+        result.waits[names.SEGMENT_CHANGES].append(waited)
     for value in scores:
         result.sends.append((names.SCORES, pid, value, None))
-    if triggers:
-        for trigger, value in zip(out.triggers, triggers, strict=True):
-            result.sends.append((names.TRIGGERS, pid, value, None))
-            result.triggers[trigger["type"]] += 1
-            result.waits[names.TRIGGERS].append(waited)
+    for trigger, value in zip(out.triggers, triggers, strict=True):
+        result.sends.append((names.TRIGGERS, pid, value, None))
+        result.triggers[trigger["type"]] += 1
+        result.waits[names.TRIGGERS].append(waited)
     result.suppressed += out.suppressed
     result.entries_dropped.update(out.dropped)
     result.released_early += out.released_early
@@ -585,7 +577,7 @@ def step_isolated(entries: list[Any], make_io: Callable[[], StepIO], ctx: StepCo
         why.update({index: ("record", "StepFailure") for index in range(len(entries)) if index not in skip})
         skip.update(range(len(entries)))
     warnings += [f"processing_error in the profile hop ({stage}: {cause}, profile {profile_id_for(key)}, due): "
-                 "left out, dead-lettered, tried again later" for key, (stage, cause) in result.due_failures.items()]
+                 "left out, dead-lettered, tried again later" for key, (stage, cause, _) in result.due_failures.items()]
     result.warnings = warnings
     if why or result.due_failures:
         _dead_letter(entries, skip, skip_keys, why, source, result)
@@ -616,19 +608,20 @@ def _dead_letter(entries: list[Any], skip: set[int], skip_keys: set[str], why: d
             raw = orjson.dumps(message if is_event else [key, message])[:MAX_RAW_CHARS]
         except Exception:
             raw = b"(not encodable)"
-        letter = reject(place, raw, "processing_error", f"profile hop, {stage}: {cause}", source.arrived_ms).record
-        letter["stage"] = "profiles"
-        result.sends.append((names.DEAD_LETTER, None, orjson.dumps(letter), None))
-        result.letters += 1
+        _send_letter(place, raw, stage, cause, source.arrived_ms, result)
         if is_event:
             result.outcomes[place.topic, "dead_letter"] += 1
     # a profile left out that no entry addressed: it was due (a timer, or a parked event the
     # watermark reached), and it is tried again at ``retry_at``; its letter names the step's record
-    for key, (stage, cause) in sorted(result.due_failures.items()):
+    for key, (stage, cause, retry_at) in sorted(result.due_failures.items()):
         source = sources if isinstance(sources, Source) else sources[0]
         result.failures.append((stage, cause))
-        raw = orjson.dumps([key, {"due": True, "retry_at": result.retry_at.get(key)}])
-        letter = reject(source, raw, "processing_error", f"profile hop, {stage}: {cause}", source.arrived_ms).record
-        letter["stage"] = "profiles"
-        result.sends.append((names.DEAD_LETTER, None, orjson.dumps(letter), None))
-        result.letters += 1
+        raw = orjson.dumps([key, {"due": True, "retry_at": retry_at}])
+        _send_letter(source, raw, stage, cause, source.arrived_ms, result)
+
+
+def _send_letter(place: Source, raw: bytes, stage: str, cause: str, arrived_ms: int, result: RecordResult) -> None:
+    letter = reject(place, raw, "processing_error", f"profile hop, {stage}: {cause}", arrived_ms).record
+    letter["stage"] = "profiles"
+    result.sends.append((names.DEAD_LETTER, None, orjson.dumps(letter), None))
+    result.letters += 1
