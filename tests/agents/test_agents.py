@@ -382,7 +382,7 @@ async def test_a_run_stepped_again_record_by_record_gives_back_what_it_took_from
     popped from the due index are pushed back, so the records stepped one by one still fold u-1."""
     _fail_advance_of(monkeypatch, "u:u-2")
     t = 1772359200000
-    clock = [None, {"clocks": [[topic, n, t + 1_000] for topic in INPUT_TOPICS for n in range(4)]}]
+    clock = _clock(t + 1_000)
     async with agent(pipeline, "profiles").test_context() as profiles:
         await profiles.put(_run([orjson.dumps([_of("u-1", _event("e-1"))])]))  # parked: no clock yet
         await profiles.put(_run([orjson.dumps([_of("u-2", _event("e-2")), clock]),
@@ -743,15 +743,12 @@ async def test_many_due_profiles_failing_in_one_record_are_left_out_in_place_and
         return real(state, *args, **kwargs)
 
     def of(user: str) -> list[Any]:
-        event = _event(f"e-{user}")
-        event["user_id"] = user
-        return [f"u:{user}", event]
+        return _of(user, _event(f"e-{user}"))
 
-    clock = [None, {"clocks": [[topic, n, t] for topic in INPUT_TOPICS for n in range(4)]}]
     async with agent(pipeline, "profiles").test_context() as profiles:
         await profiles.put(_run([orjson.dumps([of(f"u-{n}") for n in range(1, 6)])]))  # parked
         monkeypatch.setattr(record_step, "advance", advance)
-        await profiles.put(_run([orjson.dumps([of("u-9"), clock])], first_offset=11))
+        await profiles.put(_run([orjson.dumps([of("u-9"), _clock(t)])], first_offset=11))
     assert tries == {f"u:u-{n}": 1 for n in range(1, 6)}
     state = orjson.loads(pipeline.profile_state.read(b"u:u-9", 1))
     assert state["profile"]["aggregates"]["event_counts"] == {"page_view": 1}
@@ -823,11 +820,9 @@ async def test_a_record_left_out_whole_gives_back_the_due_profiles_its_step_took
         return real_watermark(*args)
 
     def of(user: str, event_id: str) -> list[Any]:
-        event = _event(event_id)
-        event["user_id"] = user
-        return [f"u:{user}", event]
+        return _of(user, _event(event_id))
 
-    clock = [None, {"clocks": [[topic, n, t] for topic in INPUT_TOPICS for n in range(4)]}]
+    clock = _clock(t)
     async with agent(pipeline, "profiles").test_context() as profiles:
         # partition 1 throughout (_run): the due index is the partition's
         await profiles.put(_run([orjson.dumps([of("u-1", "e-1"), of("u-2", "e-2")])]))  # parked
