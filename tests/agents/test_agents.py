@@ -375,11 +375,15 @@ async def test_a_damaged_record_in_a_run_costs_its_own_entries_only(pipeline: Pi
     assert set(orjson.loads(pipeline.profile_state.read(b"u:u-1", 1))["seen"]) == {"e-1", "e-2"}
 
 
+@pytest.mark.parametrize("store", ["memory", "rocksdb"])
 async def test_a_run_stepped_again_record_by_record_gives_back_what_it_took_from_the_due_index(
-    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+    pipeline: Pipeline, rocksdb_pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, store: str
 ) -> None:
     """u-1's parked event falls due in the run, whose first step fails for u-2: the keys that step
-    popped from the due index are pushed back, so the records stepped one by one still fold u-1."""
+    popped from the due index are pushed back, so the records stepped one by one still fold u-1.
+    (With RocksDB tables the index is the two-tier one a worker runs, ``TieredDueIndex``.)"""
+    pipeline = rocksdb_pipeline if store == "rocksdb" else pipeline
+    assert isinstance(pipeline.due_index, TieredDueIndex) == (store == "rocksdb")
     _fail_advance_of(monkeypatch, "u:u-2")
     t = 1772359200000
     clock = _clock(t + 1_000)
@@ -793,15 +797,19 @@ def _clock(at: int) -> list[Any]:
     return [None, {"clocks": [[topic, n, at] for topic in INPUT_TOPICS for n in range(4)]}]
 
 
+@pytest.mark.parametrize("store", ["memory", "rocksdb"])
 @pytest.mark.parametrize("as_run", [False, True])
 async def test_a_record_left_out_whole_gives_back_the_due_profiles_its_step_took(
-    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, as_run: bool
+    pipeline: Pipeline, rocksdb_pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, as_run: bool, store: str
 ) -> None:
     """A step's first attempt pops u-1 and u-2 (their parked events fall due) and fails for u-3,
     whose event is in the record; its second attempt fails for the whole record.  What the first
     popped is due again, so the next record folds u-1 and u-2.  In a run of two records, the run's
     step fails so, and then the first record's own step does too."""
     import streams.record_step as record_step
+
+    pipeline = rocksdb_pipeline if store == "rocksdb" else pipeline
+    assert isinstance(pipeline.due_index, TieredDueIndex) == (store == "rocksdb")
 
     t = 1772359200000
     real_advance, real_watermark = record_step.advance, record_step.watermark
