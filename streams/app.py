@@ -544,13 +544,17 @@ def _profile_agent(p: Pipeline) -> Any:
                 yield partition_for(key.decode(), partitions), due, key
 
     async def profiles(stream: Any) -> None:
+        # Only the agent acks (below).  Faust's iterator would otherwise mark a run's last offset when
+        # its handling raised, and the commit Faust runs when an agent fails misses a hole of one
+        # offset at the head of the acked ones (and every hole of a fresh group): it could commit past
+        # records never applied.
+        stream.enable_acks = False
         async for delivered in stream.events():
             # A fetched run of one partition's internal records (streams.consumer, fix 3), or one
             # record: applied as one step (streams.record_step.decode_run says why), with nothing else
             # run in between, so the run is acked (and a commit's cut taken) only once all of it is
             # applied.  When its handling raises past the step's isolation, the agent stops (/healthz says
-            # so) without acking the run; Faust's iterator still marks the run's last offset, as it
-            # marked the one record before.
+            # so) and nothing of the run is acked: a restart reads it again.
             if not index.built:
                 index.build(due_entries())
             fetched = delivered.message.time_in
@@ -573,8 +577,8 @@ def _profile_agent(p: Pipeline) -> Any:
                 if p.staged_count > STAGED_LIMIT:
                     p.write_staged(commit=False)
             # Acks the whole run through the consumer (streams.consumer fix 3).  Faust's compiled
-            # stream iterator acks a message without calling the consumer's ack, so on its own it
-            # would mark only the run's last offset, and the commit could never move past the run.
+            # stream iterator, had it acked, would have marked only the run's last offset (it does
+            # not call the consumer's ack), and the commit could never move past the run.
             delivered.ack()
 
     return profiles

@@ -1032,3 +1032,26 @@ def test_the_workers_producer_gathers_messages_as_long_as_the_setting_says(tmp_p
     create_app(settings)
     assert made == [("127.0.0.1:1", {"linger.ms": 40})]
     assert Settings().producer_linger_ms == 25  # the default: fewer, fuller batches for the broker
+
+
+async def test_a_run_whose_handling_raises_past_the_step_is_not_acked(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Handling that raises after the step (a table or producer failure, not the input's fault) stops
+    the agent without acking the run.  Were the run's last offset acked, Faust's commit, which it
+    runs when an agent fails and whose check for a hole at the head of the acked offsets misses a
+    hole of one offset and every hole of a fresh group, could commit past the records not applied."""
+    import streams.app as app_module
+
+    def count(*args: Any) -> None:
+        raise OSError("the metrics could not be counted")
+
+    monkeypatch.setattr(app_module, "_count", count)
+    async with agent(pipeline, "profiles").test_context() as profiles:
+        event = await profiles.put(_run([_batch(_event("e-1")), _batch(_event("e-2"))]), wait=False)
+        for _ in range(200):
+            if profiles._crash_reason is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert isinstance(profiles._crash_reason, OSError)
+        assert not event.message.acked
