@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, NoReturn
 
 import faust
 import orjson
@@ -53,6 +55,24 @@ from streams.tables import ProfileTable, RocksDBMemory, TieredDueIndex, profile_
 from streams.watermark import DueIndex, DueOrder, expected_clocks, stored_due
 
 log = logging.getLogger(__name__)
+
+#: The exit status of a worker whose agent failed outside its per-input isolation (EX_SOFTWARE).
+EXIT_AGENT_FAILED = 70
+
+
+def stop_at_once(agent: str, exc: BaseException) -> NoReturn:
+    """Ends the worker process now, as a crash would, when an agent's handling raised outside the
+    isolation that dead-letters bad input (a bug, a table or producer failure).  Faust would restart
+    the agent past the batch it failed on, and the batch's offsets, acked or not, could then be
+    committed past it: lost.  Ending at once commits nothing more, so the next start reads the
+    batch again from the last commit (the tables are rebuilt from their changelogs, as after any
+    crash).  Logs the exception's class only: its text may hold input values."""
+    log.critical("mailpulse: the %s agent failed outside its per-input isolation (%s); the worker stops at once "
+                 "so that nothing after the last commit is committed: the next start reads it again", agent,
+                 type(exc).__name__)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(EXIT_AGENT_FAILED)
 
 DAY_MS = 86_400_000
 #: Staged table writes after which the profile agent writes them out without waiting for a commit
@@ -98,6 +118,10 @@ class Pipeline:
     untrimmed: int = 0  # values written out since free memory was last given back
     #: ``(stage, seconds)`` of each offset commit (``mailpulse_commit_seconds``)
     observe_commit: Callable[[str, float], None] = lambda stage, seconds: None
+
+    def fail(self, agent: str, exc: BaseException) -> NoReturn:
+        """An agent's handling raised outside its per-input isolation: :func:`stop_at_once`."""
+        stop_at_once(agent, exc)
 
     @property
     def tables(self) -> tuple[ProfileTable, ...]:
@@ -481,24 +505,30 @@ def _ingest_agent(p: Pipeline) -> Any:
 
     record_seconds = metrics.record_seconds.labels("ingest")
 
+    def handle(batch: list[Any]) -> None:
+        blocked = route_batch(_delivered_records(batch), partitions, _now_ms(), policy, forward, dead_letter,
+                              p.delayed_clocks, _monotonic_ms())
+        sent = time.monotonic()
+        waits: list[float] = []  # one per input record
+        for event in batch:
+            fetched = event.message.time_in
+            if fetched is not None:
+                records = len(event.value) if isinstance(event.value, list) else 1  # a RecordBatch: a run
+                waits += [sent - fetched] * records
+        observe_many(record_seconds, waits)
+        for field_name, count in blocked.items():
+            metrics.identifiers_blocked.labels(field_name).inc(count)
+        for (topic, code), count in dead.items():
+            metrics.event(topic, "dead_letter").inc(count)
+            metrics.dead_letters.labels(code).inc(count)
+        dead.clear()
+
     async def ingest(stream: Any) -> None:
         async for batch in stream.take_events(settings.batch_size, within=settings.batch_within_s):
-            blocked = route_batch(_delivered_records(batch), partitions, _now_ms(), policy, forward, dead_letter,
-                                  p.delayed_clocks, _monotonic_ms())
-            sent = time.monotonic()
-            waits: list[float] = []  # one per input record
-            for event in batch:
-                fetched = event.message.time_in
-                if fetched is not None:
-                    records = len(event.value) if isinstance(event.value, list) else 1  # a RecordBatch: a run
-                    waits += [sent - fetched] * records
-            observe_many(record_seconds, waits)
-            for field_name, count in blocked.items():
-                metrics.identifiers_blocked.labels(field_name).inc(count)
-            for (topic, code), count in dead.items():
-                metrics.event(topic, "dead_letter").inc(count)
-                metrics.dead_letters.labels(code).inc(count)
-            dead.clear()
+            try:
+                handle(batch)
+            except Exception as exc:  # outside route_batch's per-input guard: take_events would ack the batch
+                p.fail("ingest", exc)
 
     return ingest
 
@@ -543,39 +573,43 @@ def _profile_agent(p: Pipeline) -> Any:
             if due is not None:
                 yield partition_for(key.decode(), partitions), due, key
 
+    def handle(delivered: Any) -> None:
+        """A fetched run of one partition's internal records (streams.consumer, fix 3), or one record:
+        applied as one step (streams.record_step.decode_run says why), with nothing else run in
+        between, so the run is acked (and a commit's cut taken) only once all of it is applied."""
+        if not index.built:
+            index.build(due_entries())
+        fetched = delivered.message.time_in
+        now = _now_ms()
+        delivered_records = _delivered_records([delivered])
+        run = decode_run((Source(topic, partition, offset, None, timestamp_ms or now), value)
+                         for topic, partition, offset, _, value, timestamp_ms in delivered_records)
+        for source, value, exc in run.undecodable:
+            _internal_dead_letter(p, source, value, exc)
+        if run.records:
+            partition = run.places[0].partition  # a run is of one partition
+            for result in apply_run(run, partial(_StepReader, p, partition, now), ctx, partition, sink):
+                _count(p, result, latency, updated, applied)
+            for entries in run.records:  # their events' forwards are sent: their clocks may go
+                p.delayed_clocks.applied(partition, entries)
+            if fetched is not None:
+                waited = time.monotonic() - fetched
+                for _ in run.records:
+                    record_seconds.observe(waited)
+            if p.staged_count > STAGED_LIMIT:
+                p.write_staged(commit=False)
+
     async def profiles(stream: Any) -> None:
-        # Only the agent acks (below).  Faust's iterator would otherwise mark a run's last offset when
-        # its handling raised, and the commit Faust runs when an agent fails misses a hole of one
-        # offset at the head of the acked ones (and every hole of a fresh group): it could commit past
-        # records never applied.
+        # Only the agent acks a run, once it is applied (below).  A failure outside the step's isolation
+        # ends the worker (``p.fail``); were the run acked or skipped instead, a later commit could pass
+        # it (Faust's check for a hole at the head of the acked offsets misses a hole of one offset, and
+        # every hole of a fresh group).
         stream.enable_acks = False
         async for delivered in stream.events():
-            # A fetched run of one partition's internal records (streams.consumer, fix 3), or one
-            # record: applied as one step (streams.record_step.decode_run says why), with nothing else
-            # run in between, so the run is acked (and a commit's cut taken) only once all of it is
-            # applied.  When its handling raises past the step's isolation, the agent stops (/healthz says
-            # so) and nothing of the run is acked: a restart reads it again.
-            if not index.built:
-                index.build(due_entries())
-            fetched = delivered.message.time_in
-            now = _now_ms()
-            delivered_records = _delivered_records([delivered])
-            run = decode_run((Source(topic, partition, offset, None, timestamp_ms or now), value)
-                             for topic, partition, offset, _, value, timestamp_ms in delivered_records)
-            for source, value, exc in run.undecodable:
-                _internal_dead_letter(p, source, value, exc)
-            if run.records:
-                partition = run.places[0].partition  # a run is of one partition
-                for result in apply_run(run, partial(_StepReader, p, partition, now), ctx, partition, sink):
-                    _count(p, result, latency, updated, applied)
-                for entries in run.records:  # their events' forwards are sent: their clocks may go
-                    p.delayed_clocks.applied(partition, entries)
-                if fetched is not None:
-                    waited = time.monotonic() - fetched
-                    for _ in run.records:
-                        record_seconds.observe(waited)
-                if p.staged_count > STAGED_LIMIT:
-                    p.write_staged(commit=False)
+            try:
+                handle(delivered)
+            except Exception as exc:  # outside the step's isolation: nothing of the run is acked
+                p.fail("profiles", exc)
             # Acks the whole run through the consumer (streams.consumer fix 3).  Faust's compiled
             # stream iterator, had it acked, would have marked only the run's last offset (it does
             # not call the consumer's ack), and the commit could never move past the run.
@@ -685,24 +719,32 @@ def _cooccurrence_agent(p: Pipeline) -> Any:
     table, send = p.product_neighbours, p.output.send
     recs_topic = names.product_recs_topic(p.settings.app_id)
 
+    def handle(record: Any) -> None:
+        partition = record.message.partition
+        message = record.message
+        try:
+            entries = orjson.loads(record.value)
+            for product, counted in entries:
+                key = product.encode()
+                neighbours: dict[str, int] = table.read_json(key, partition) or {}
+                before = top_neighbours(neighbours)
+                neighbours = count_pairs(neighbours, ((other, weight) for other, weight in counted))
+                top = top_neighbours(neighbours)
+                value, recs = orjson.dumps(neighbours), orjson.dumps(top) if top != before else None
+                table.stage(key, value, partition)
+                if recs is not None:
+                    send(recs_topic, key, recs)
+        except Exception as exc:  # counts are a recommendation signal: what is left of the record is dropped
+            source = Source(message.topic, partition, message.offset, None, _now_ms())
+            _internal_dead_letter(p, source, record.value, exc)
+
     async def cooccurrence(stream: Any) -> None:
+        stream.enable_acks = False  # acked once handled (below), as the profile agent's runs
         async for record in stream.events():
-            partition = record.message.partition
-            message = record.message
             try:
-                entries = orjson.loads(record.value)
-                for product, counted in entries:
-                    key = product.encode()
-                    neighbours: dict[str, int] = table.read_json(key, partition) or {}
-                    before = top_neighbours(neighbours)
-                    neighbours = count_pairs(neighbours, ((other, weight) for other, weight in counted))
-                    top = top_neighbours(neighbours)
-                    value, recs = orjson.dumps(neighbours), orjson.dumps(top) if top != before else None
-                    table.stage(key, value, partition)
-                    if recs is not None:
-                        send(recs_topic, key, recs)
-            except Exception as exc:  # counts are a recommendation signal: what is left of the record is dropped
-                source = Source(message.topic, partition, message.offset, None, _now_ms())
-                _internal_dead_letter(p, source, record.value, exc)
+                handle(record)
+            except Exception as exc:  # even the dead letter failed
+                p.fail("cooccurrence", exc)
+            record.ack()
 
     return cooccurrence

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 import pytest
@@ -21,6 +21,25 @@ from streams.routing import partition_for
 from streams.settings import Settings
 from streams.tables import TieredDueIndex
 from tests.fakes import RecordingOutput
+
+
+class AgentFailed(Exception):
+    """What ``stop_at_once`` raises here instead of ending the test process."""
+
+
+@pytest.fixture(autouse=True)
+def failures(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """(agent, exception class) of each call of ``stop_at_once``, which raises :class:`AgentFailed`."""
+    import streams.app as app_module
+
+    calls: list[tuple[str, str]] = []
+
+    def fail(agent_name: str, exc: BaseException) -> NoReturn:
+        calls.append((agent_name, type(exc).__name__))
+        raise AgentFailed(agent_name) from exc
+
+    monkeypatch.setattr(app_module, "stop_at_once", fail)
+    return calls
 
 
 @pytest.fixture
@@ -1034,24 +1053,62 @@ def test_the_workers_producer_gathers_messages_as_long_as_the_setting_says(tmp_p
     assert Settings().producer_linger_ms == 25  # the default: fewer, fuller batches for the broker
 
 
-async def test_a_run_whose_handling_raises_past_the_step_is_not_acked(
-    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+async def test_a_run_whose_handling_raises_past_the_step_ends_the_worker_before_it_is_acked(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, failures: list[tuple[str, str]]
 ) -> None:
-    """Handling that raises after the step (a table or producer failure, not the input's fault) stops
-    the agent without acking the run.  Were the run's last offset acked, Faust's commit, which it
-    runs when an agent fails and whose check for a hole at the head of the acked offsets misses a
-    hole of one offset and every hole of a fresh group, could commit past the records not applied."""
+    """Handling that raises after the step (a table or producer failure, not the input's fault) ends
+    the worker (``stop_at_once``) with nothing of the run acked, so the next start reads it again.
+    Faust would otherwise restart the agent past the run, and a later commit could pass it."""
     import streams.app as app_module
+
+    acked_when_failing: list[bool] = []
+    real_fail = app_module.stop_at_once
 
     def count(*args: Any) -> None:
         raise OSError("the metrics could not be counted")
 
+    def fail(agent_name: str, exc: BaseException) -> NoReturn:
+        acked_when_failing.append(event.message.acked)
+        real_fail(agent_name, exc)
+
     monkeypatch.setattr(app_module, "_count", count)
+    monkeypatch.setattr(app_module, "stop_at_once", fail)
     async with agent(pipeline, "profiles").test_context() as profiles:
         event = await profiles.put(_run([_batch(_event("e-1")), _batch(_event("e-2"))]), wait=False)
         for _ in range(200):
-            if profiles._crash_reason is not None:
+            if failures:
                 break
             await asyncio.sleep(0.01)
-        assert isinstance(profiles._crash_reason, OSError)
-        assert not event.message.acked
+    assert failures == [("profiles", "OSError")]
+    assert acked_when_failing == [False]
+    assert not event.message.acked  # nor by the stream's iterator afterwards
+
+
+async def test_an_ingest_batch_whose_handling_raises_outside_the_per_input_guard_ends_the_worker_before_it_is_acked(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, failures: list[tuple[str, str]]
+) -> None:
+    """``take_events`` acks a batch when its body ends, even by an exception: the worker must end
+    first, or the batch's events would be committed past without having been forwarded."""
+    import streams.app as app_module
+
+    acked_when_failing: list[bool] = []
+    real_fail = app_module.stop_at_once
+
+    def route_batch(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug outside the per-input guard")
+
+    def fail(agent_name: str, exc: BaseException) -> NoReturn:
+        acked_when_failing.append(event.message.acked)
+        real_fail(agent_name, exc)
+
+    monkeypatch.setattr(app_module, "route_batch", route_batch)
+    monkeypatch.setattr(app_module, "stop_at_once", fail)
+    async with agent(pipeline, "ingest").test_context() as ingest:
+        event = await ingest.put(orjson.dumps(_event("e-1")), wait=False)
+        for _ in range(200):
+            if failures:
+                break
+            await asyncio.sleep(0.01)
+    assert failures == [("ingest", "RuntimeError")]
+    assert acked_when_failing == [False]
+    assert sent(pipeline, "mailpulse-profile-events") == []
