@@ -1053,6 +1053,29 @@ def test_the_workers_producer_gathers_messages_as_long_as_the_setting_says(tmp_p
     assert Settings().producer_linger_ms == 25  # the default: fewer, fuller batches for the broker
 
 
+async def _put_until_it_fails(p: Pipeline, name: str, value: Any, monkeypatch: pytest.MonkeyPatch,
+                              failures: list[tuple[str, str]]) -> tuple[Any, list[bool]]:
+    """Puts ``value`` to agent ``name`` and waits until its handling fails (``stop_at_once``): the
+    delivered event, and whether it was acked at the moment the worker would have ended."""
+    import streams.app as app_module
+
+    acked_when_failing: list[bool] = []
+    real_fail = app_module.stop_at_once
+
+    def fail(agent_name: str, exc: BaseException) -> NoReturn:
+        acked_when_failing.append(event.message.acked)
+        real_fail(agent_name, exc)
+
+    monkeypatch.setattr(app_module, "stop_at_once", fail)
+    async with agent(p, name).test_context() as wrapper:
+        event = await wrapper.put(value, wait=False)
+        for _ in range(200):
+            if failures:
+                break
+            await asyncio.sleep(0.01)
+    return event, acked_when_failing
+
+
 async def test_a_run_whose_handling_raises_past_the_step_ends_the_worker_before_it_is_acked(
     pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, failures: list[tuple[str, str]]
 ) -> None:
@@ -1061,24 +1084,12 @@ async def test_a_run_whose_handling_raises_past_the_step_ends_the_worker_before_
     Faust would otherwise restart the agent past the run, and a later commit could pass it."""
     import streams.app as app_module
 
-    acked_when_failing: list[bool] = []
-    real_fail = app_module.stop_at_once
-
     def count(*args: Any) -> None:
         raise OSError("the metrics could not be counted")
 
-    def fail(agent_name: str, exc: BaseException) -> NoReturn:
-        acked_when_failing.append(event.message.acked)
-        real_fail(agent_name, exc)
-
     monkeypatch.setattr(app_module, "_count", count)
-    monkeypatch.setattr(app_module, "stop_at_once", fail)
-    async with agent(pipeline, "profiles").test_context() as profiles:
-        event = await profiles.put(_run([_batch(_event("e-1")), _batch(_event("e-2"))]), wait=False)
-        for _ in range(200):
-            if failures:
-                break
-            await asyncio.sleep(0.01)
+    run = _run([_batch(_event("e-1")), _batch(_event("e-2"))])
+    event, acked_when_failing = await _put_until_it_fails(pipeline, "profiles", run, monkeypatch, failures)
     assert failures == [("profiles", "OSError")]
     assert acked_when_failing == [False]
     assert not event.message.acked  # nor by the stream's iterator afterwards
@@ -1091,24 +1102,12 @@ async def test_an_ingest_batch_whose_handling_raises_outside_the_per_input_guard
     first, or the batch's events would be committed past without having been forwarded."""
     import streams.app as app_module
 
-    acked_when_failing: list[bool] = []
-    real_fail = app_module.stop_at_once
-
     def route_batch(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("a bug outside the per-input guard")
 
-    def fail(agent_name: str, exc: BaseException) -> NoReturn:
-        acked_when_failing.append(event.message.acked)
-        real_fail(agent_name, exc)
-
     monkeypatch.setattr(app_module, "route_batch", route_batch)
-    monkeypatch.setattr(app_module, "stop_at_once", fail)
-    async with agent(pipeline, "ingest").test_context() as ingest:
-        event = await ingest.put(orjson.dumps(_event("e-1")), wait=False)
-        for _ in range(200):
-            if failures:
-                break
-            await asyncio.sleep(0.01)
+    _, acked_when_failing = await _put_until_it_fails(pipeline, "ingest", orjson.dumps(_event("e-1")), monkeypatch,
+                                                      failures)
     assert failures == [("ingest", "RuntimeError")]
     assert acked_when_failing == [False]
     assert sent(pipeline, "mailpulse-profile-events") == []

@@ -1,6 +1,7 @@
 """A test build of ``mailpulse run`` whose ingest agent crashes on a record that contains
 ``crash-the-ingest-agent`` (an exception outside the per-input guard, as a bug would raise), for the
-test that such a failure ends the worker and the next start reads the batch again.  ``python -m tests.integration.crashing_worker``."""
+test that such a failure ends the worker and the next start reads the batch again.
+``python -m tests.integration.crashing_worker``."""
 
 from __future__ import annotations
 
