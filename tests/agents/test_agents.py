@@ -1111,3 +1111,21 @@ async def test_an_ingest_batch_whose_handling_raises_outside_the_per_input_guard
     assert failures == [("ingest", "RuntimeError")]
     assert acked_when_failing == [False]
     assert sent(pipeline, "mailpulse-profile-events") == []
+
+
+async def test_a_cooccurrence_record_whose_dead_letter_fails_too_ends_the_worker_before_it_is_acked(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, failures: list[tuple[str, str]]
+) -> None:
+    """A record the agent cannot count is dead-lettered and acked; when even its dead letter raises
+    (the producer refuses it), the worker ends before the record is acked."""
+    import streams.app as app_module
+
+    def dead_letter(*args: Any) -> None:
+        raise OSError("the producer refused the dead letter")
+
+    monkeypatch.setattr(app_module, "_internal_dead_letter", dead_letter)
+    event, acked_when_failing = await _put_until_it_fails(pipeline, "cooccurrence", b"not json", monkeypatch,
+                                                          failures)
+    assert failures == [("cooccurrence", "OSError")]
+    assert acked_when_failing == [False]
+    assert not event.message.acked
