@@ -26,6 +26,9 @@ class DeadLetter(_Out):
     key: str | None
     raw: str | None
     raw_encoding: Literal["base64"] | None = None
+    #: ``raw`` holds only the message's first 64 KiB (``too_large``); ``raw_bytes`` is its whole size
+    raw_truncated: bool | None = None
+    raw_bytes: int | None = None
     error: DeadLetterError
     at: str
 

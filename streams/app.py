@@ -67,12 +67,15 @@ def stop_at_once(agent: str, exc: BaseException) -> NoReturn:
     committed past it: lost.  Ending at once commits nothing more, so the next start reads the
     batch again from the last commit (the tables are rebuilt from their changelogs, as after any
     crash).  Logs the exception's class only: its text may hold input values."""
-    log.critical("mailpulse: the %s agent failed outside its per-input isolation (%s); the worker stops at once "
-                 "so that nothing after the last commit is committed: the next start reads it again", agent,
-                 type(exc).__name__)
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
-    os._exit(EXIT_AGENT_FAILED)
+    try:
+        log.critical("mailpulse: the %s agent failed outside its per-input isolation (%s); the worker stops at "
+                     "once so that nothing after the last commit is committed: the next start reads it again",
+                     agent, type(exc).__name__)
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+    finally:  # whatever the log does: returning would let Faust go on past the batch
+        os._exit(EXIT_AGENT_FAILED)
 
 DAY_MS = 86_400_000
 #: Staged table writes after which the profile agent writes them out without waiting for a commit

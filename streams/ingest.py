@@ -18,6 +18,12 @@ from schemas.timeparse import format_ms
 from streams.domain.config import Identity
 
 MAX_MESSAGE_BYTES = 64 * 1024
+#: The most of a rejected message's bytes its dead letter keeps in ``raw``.  A longer message
+#: (``too_large``) keeps its first ``MAX_RAW_BYTES``, marked ``"raw_truncated": true`` with its size
+#: in ``raw_bytes``: whole, its escaped text could pass the producer's message limit (a byte such as
+#: 0x01 becomes six characters, a non-UTF-8 one a third more in base64), the letter would be refused,
+#: and the worker would stop on a bad input at every start.
+MAX_RAW_BYTES = MAX_MESSAGE_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,19 +70,23 @@ class Rejected:
     record: dict[str, Any]
 
 
-def _text(data: bytes | None) -> tuple[str | None, bool]:
-    """The bytes as text, and whether base64 had to be used."""
+def _text(data: bytes | None, cut: bool = False) -> tuple[str | None, bool]:
+    """The bytes as text, and whether base64 had to be used.  ``cut``: the bytes were cut from a
+    longer message, so a character split at the end is left out."""
     if data is None:
         return None, False
-    try:
-        return data.decode("utf-8"), False
-    except UnicodeDecodeError:
-        return base64.b64encode(data).decode("ascii"), True
+    for end in (len(data), *(len(data) - n for n in (1, 2, 3) if cut)):
+        try:
+            return data[:end].decode("utf-8"), False
+        except UnicodeDecodeError:
+            continue
+    return base64.b64encode(data).decode("ascii"), True
 
 
 def reject(source: Source, raw: bytes | None, code: str, message: str, now_ms: int) -> Rejected:
-    """Build the dead-letter record for a rejected message."""
-    raw_text, raw_b64 = _text(raw)
+    """Build the dead-letter record for a rejected message (``raw``: its first :data:`MAX_RAW_BYTES`)."""
+    truncated = raw is not None and len(raw) > MAX_RAW_BYTES
+    raw_text, raw_b64 = _text(raw[:MAX_RAW_BYTES] if raw is not None and truncated else raw, truncated)
     key_text, key_b64 = _text(source.key)
     record: dict[str, Any] = {
         "topic": source.topic,
@@ -89,6 +99,9 @@ def reject(source: Source, raw: bytes | None, code: str, message: str, now_ms: i
     }
     if raw_b64:
         record["raw_encoding"] = "base64"
+    if truncated:
+        assert raw is not None
+        record["raw_truncated"], record["raw_bytes"] = True, len(raw)
     if key_b64:
         record["key_encoding"] = "base64"
     return Rejected(code, record)

@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from schemas.outputs import DeadLetter
-from streams.ingest import MAX_MESSAGE_BYTES, Accepted, Rejected, Source, decode
+from streams.ingest import MAX_MESSAGE_BYTES, MAX_RAW_BYTES, Accepted, Rejected, Source, decode
 
 SRC = Source("clicks", 3, 42, b"u-1", 1_772_359_200_000)
 NOW = 1_772_359_300_000
@@ -95,6 +95,25 @@ def test_bad_input_is_rejected_with_its_code(raw: bytes | dict[str, object] | No
 def test_too_large_is_rejected_before_parsing() -> None:
     raw = orjson.dumps({**BASE, "url": "x" * MAX_MESSAGE_BYTES})
     assert bad(raw).code == "too_large"
+
+
+@pytest.mark.parametrize("raw", [b"\x01" * 900_000, b'"' * 900_000, b"\xff" * 900_000,
+                                 "\u00e9".encode() * 450_000, b"x" * (MAX_RAW_BYTES - 1) + "\u00e9".encode()])
+def test_a_too_large_message_s_dead_letter_keeps_its_first_bytes_and_stays_under_the_producer_limit(raw: bytes) -> None:
+    """Whole, the escaped text of such a message (0x01 is six characters in JSON, a non-UTF-8 byte a
+    third more in base64) would pass the producer's 1,000,000-byte limit and the letter be refused."""
+    record = bad(raw).record
+    assert record["error"]["code"] == "too_large"
+    assert record["raw_truncated"] is True and record["raw_bytes"] == len(raw)
+    kept = base64.b64decode(record["raw"]) if record.get("raw_encoding") else record["raw"].encode()
+    assert raw.startswith(kept) and MAX_RAW_BYTES - 3 <= len(kept) <= MAX_RAW_BYTES
+    assert len(orjson.dumps(record)) < 1_000_000 // 2
+
+
+def test_a_message_within_the_limit_keeps_all_of_its_bytes_in_its_dead_letter() -> None:
+    raw = b"not json " * 7000  # 63 KB
+    record = bad(raw).record
+    assert record["raw"] == raw.decode() and "raw_truncated" not in record
 
 
 def test_non_utf8_raw_is_kept_as_base64() -> None:
