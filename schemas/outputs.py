@@ -29,6 +29,9 @@ class DeadLetter(_Out):
     #: ``raw`` holds only the message's first 64 KiB (``too_large``); ``raw_bytes`` is its whole size
     raw_truncated: bool | None = None
     raw_bytes: int | None = None
+    #: ``key`` holds only the key's first 4 KiB; ``key_bytes`` is its whole size
+    key_truncated: bool | None = None
+    key_bytes: int | None = None
     error: DeadLetterError
     at: str
 

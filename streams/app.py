@@ -43,7 +43,7 @@ from streams.cooccurrence import PairBuffer
 from streams.domain.config import PipelineConfig
 from streams.domain.rules.recommend import count_pairs, top_neighbours
 from streams.domain.timeline import RuleSet
-from streams.ingest import IngestPolicy, Source, reject
+from streams.ingest import MAX_KEY_BYTES, IngestPolicy, Source, reject
 from streams.metrics import COMMIT_STAGES, WORKER_STATES, Health, Metrics, observe_many
 from streams.native_memory import release_free_memory
 from streams.output import FlushBeforeCommit, Output, OutputProducer
@@ -501,7 +501,8 @@ def _ingest_agent(p: Pipeline) -> Any:
         dead[topic, code] += 1
         if code == "processing_error":
             metrics.processing_errors.labels("ingest", "decode").inc()
-        send(names.DEAD_LETTER, key, orjson.dumps(letter))
+        # a key past MAX_KEY_BYTES is cut in the letter and not its key: the two could pass the message limit
+        send(names.DEAD_LETTER, key if key is None or len(key) <= MAX_KEY_BYTES else None, orjson.dumps(letter))
 
     def forward(partition: int, record: bytes) -> None:
         send(events_topic, None, record, partition)

@@ -24,6 +24,9 @@ MAX_MESSAGE_BYTES = 64 * 1024
 #: 0x01 becomes six characters, a non-UTF-8 one a third more in base64), the letter would be refused,
 #: and the worker would stop on a bad input at every start.
 MAX_RAW_BYTES = MAX_MESSAGE_BYTES
+#: The most of a rejected message's key its dead letter keeps (``key``, cut as ``raw`` is, with
+#: ``key_truncated`` and ``key_bytes``); a longer key is not the letter's own key either.
+MAX_KEY_BYTES = 4 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +90,9 @@ def reject(source: Source, raw: bytes | None, code: str, message: str, now_ms: i
     """Build the dead-letter record for a rejected message (``raw``: its first :data:`MAX_RAW_BYTES`)."""
     truncated = raw is not None and len(raw) > MAX_RAW_BYTES
     raw_text, raw_b64 = _text(raw[:MAX_RAW_BYTES] if raw is not None and truncated else raw, truncated)
-    key_text, key_b64 = _text(source.key)
+    key_cut = source.key is not None and len(source.key) > MAX_KEY_BYTES
+    key_text, key_b64 = _text(source.key[:MAX_KEY_BYTES] if source.key is not None and key_cut else source.key,
+                              key_cut)
     record: dict[str, Any] = {
         "topic": source.topic,
         "partition": source.partition,
@@ -102,6 +107,9 @@ def reject(source: Source, raw: bytes | None, code: str, message: str, now_ms: i
     if truncated:
         assert raw is not None
         record["raw_truncated"], record["raw_bytes"] = True, len(raw)
+    if key_cut:
+        assert source.key is not None
+        record["key_truncated"], record["key_bytes"] = True, len(source.key)
     if key_b64:
         record["key_encoding"] = "base64"
     return Rejected(code, record)

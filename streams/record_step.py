@@ -423,10 +423,12 @@ def _route_outbox(outbox: list[tuple[str, str, dict[str, Any]]], ctx: StepContex
     for source, target_key, message in outbox:
         target = partition_for(target_key, ctx.partitions)
         try:
-            _encoded([target_key, message])
+            size = len(_encoded([target_key, message])) + 1
         except Exception as exc:
             raise StepFailure("route", exc, key=source) from exc
-        full = routed.add(target, target_key, message, 512 + (4096 if "state" in message else 0))
+        # its real size: an estimate let a run's forwards or absorbs make one record over the
+        # producer's message limit, which it refuses (and the worker ends)
+        full = routed.add(target, target_key, message, size)
         if full is not None:
             result.sends.append((ctx.events_topic, None, full, target))
     for target, batch in routed.records():

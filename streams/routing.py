@@ -201,8 +201,9 @@ def route_batch(inputs: Iterable[InputRecord], partitions: int, now_ms: int, pol
                 if ev["type"] != "tick":
                     key = profile_key(ev)
                     partition = partition_for(key, partitions)
-                    size = len(value or b"") + 256  # the normalized event with its key and source fields
-                    orjson.dumps(ev)  # fails here, on its own input, rather than with a whole record
+                    # encoded here, so it fails on its own input rather than with a whole record; its
+                    # real size (normalized, with its key), or records could pass the producer's limit
+                    size = len(orjson.dumps(ev)) + len(key) + 8
                     full = records.add(partition, key, ev, size)
                     if full is not None:
                         send_record(partition, full)

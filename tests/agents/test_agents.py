@@ -1129,3 +1129,16 @@ async def test_a_cooccurrence_record_whose_dead_letter_fails_too_ends_the_worker
     assert failures == [("cooccurrence", "OSError")]
     assert acked_when_failing == [False]
     assert not event.message.acked
+
+
+async def test_a_rejected_input_with_a_long_key_is_dead_lettered_without_it_as_the_letter_s_key(
+    pipeline: Pipeline
+) -> None:
+    """The letter carries the key's first 4 KiB (``key_truncated``): the whole key twice, as the
+    message key and in the letter, could pass the producer's limit, which refuses the letter."""
+    key = b"k" * 10_000
+    async with agent(pipeline, "ingest").test_context() as ingest:
+        await ingest.put(b"oops", key=key)
+    [(letter_key, letter, _)] = sent(pipeline, "dead-letter")
+    assert letter_key is None and letter["key_truncated"] is True and letter["key_bytes"] == len(key)
+    assert letter["key"] == "k" * 4096 and letter["error"]["code"] == "not_json"

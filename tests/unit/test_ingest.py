@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from schemas.outputs import DeadLetter
-from streams.ingest import MAX_MESSAGE_BYTES, MAX_RAW_BYTES, Accepted, Rejected, Source, decode
+from streams.ingest import MAX_KEY_BYTES, MAX_MESSAGE_BYTES, MAX_RAW_BYTES, Accepted, Rejected, Source, decode
 
 SRC = Source("clicks", 3, 42, b"u-1", 1_772_359_200_000)
 NOW = 1_772_359_300_000
@@ -108,6 +108,17 @@ def test_a_too_large_message_s_dead_letter_keeps_its_first_bytes_and_stays_under
     kept = base64.b64decode(record["raw"]) if record.get("raw_encoding") else record["raw"].encode()
     assert raw.startswith(kept) and MAX_RAW_BYTES - 3 <= len(kept) <= MAX_RAW_BYTES
     assert len(orjson.dumps(record)) < 1_000_000 // 2
+
+
+@pytest.mark.parametrize("key", [b"k" * 700_000, b"\x01" * 170_000, b"\xff" * 500_000])
+def test_a_long_key_is_cut_in_its_dead_letter_so_the_letter_stays_under_the_producer_limit(key: bytes) -> None:
+    result = decode(b"oops", Source("clicks", 3, 42, key, 1_772_359_200_000), NOW)
+    assert isinstance(result, Rejected)
+    record = result.record
+    assert record["key_truncated"] is True and record["key_bytes"] == len(key)
+    kept = base64.b64decode(record["key"]) if record.get("key_encoding") else record["key"].encode()
+    assert key.startswith(kept) and MAX_KEY_BYTES - 3 <= len(kept) <= MAX_KEY_BYTES
+    assert len(orjson.dumps(record)) < 100_000
 
 
 def test_a_message_within_the_limit_keeps_all_of_its_bytes_in_its_dead_letter() -> None:

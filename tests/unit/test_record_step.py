@@ -534,3 +534,25 @@ def test_no_step_changes_a_state_it_does_not_write(history: tuple[list[Any], Any
     if events == "households":  # possible matches were exercised
         assert sum(len(p["possible_matches"]) for p in hop.latest(names.PROFILES).values() if p) > 10
     assert unsaved == []
+
+
+def test_the_identity_messages_of_a_step_are_cut_into_records_by_their_real_size() -> None:
+    """A run of four full ingest records whose events all hit one redirect forwards ~1 MB to one
+    partition: sized by an estimate (512 bytes a message), that went out as one record the producer
+    refuses; by its encoding, into records of at most ``RECORD_BYTES``."""
+    from types import SimpleNamespace
+
+    from streams.record_step import RecordResult, _route_outbox
+    from streams.routing import RECORD_BYTES
+
+    event = {"event_id": "e", "type": "purchase", "items": [{"product_id": "a", "quantity": 1}] * 1000}
+    outbox = [("e:x@y.com", "u:u-1", {**event, "event_id": f"e-{n}"}) for n in range(48)]
+    result = RecordResult()
+    _route_outbox(outbox, SimpleNamespace(partitions=4, events_topic="events"), result)  # type: ignore[arg-type]
+    records = [value for topic, _, value, _ in result.sends if topic == "events"]
+    assert value_ids(records) == [f"e-{n}" for n in range(48)]
+    assert len(records) > 1 and max(len(value or b"") for value in records) <= RECORD_BYTES
+
+
+def value_ids(records: list[bytes | None]) -> list[str]:
+    return [entry[1]["event_id"] for record in records for entry in orjson.loads(record or b"[]")]

@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 
 from streams.ingest import IngestPolicy
-from streams.routing import DelayedClocks, PartitionBatches, clock_records, partition_for, route_batch
+from streams.routing import RECORD_BYTES, DelayedClocks, PartitionBatches, clock_records, partition_for, route_batch
 
 
 def test_partition_of_a_key_is_stable_and_in_range() -> None:
@@ -117,3 +117,18 @@ def test_no_delay_sends_a_batchs_clocks_with_it() -> None:
                 lambda partition, record: sent.append((partition, orjson.loads(record))), lambda *_: None,
                 DelayedClocks(delay_ms=0))
     assert sorted(partition for partition, pairs in sent if pairs[-1][0] is None) == [0, 1]
+
+
+def test_internal_records_stay_under_the_record_size_when_events_grow_as_they_are_normalized() -> None:
+    """A purchase of 1,000 items of ``{"product_id": "a"}`` is ~19 KB as sent and ~31 KB normalized
+    (each item gains its quantity): a record sized by the input's bytes was 1.6 times the limit, and
+    a run of four such records forwarded at once made a record the producer refuses."""
+    items = [{"product_id": "a"}] * 1000
+    inputs = [("purchases", n % 4, n, None, orjson.dumps({
+        "event_id": f"e-{n}", "type": "purchase", "timestamp": 1772359200000 + n, "email": "x@y.com",
+        "order_id": f"o-{n}", "total": 10.0, "items": items}), None) for n in range(48)]
+    sent: list[bytes] = []
+    route_batch(inputs, 4, 1772359300000, IngestPolicy(), lambda partition, record: sent.append(record),
+                lambda *letter: None)
+    events = [record for record in sent if orjson.loads(record)[0][0] is not None]
+    assert len(events) > 1 and max(map(len, events)) <= RECORD_BYTES
