@@ -54,6 +54,7 @@ def test_compose_parses_and_refers_to_existing_files_and_the_workers_port() -> N
     assert env["MAILPULSE_METRICS_HOST"] == "0.0.0.0"  # reachable by Prometheus in another container
     assert f"127.0.0.1:{port}/healthz" in " ".join(worker["healthcheck"]["test"])
     assert (ROOT / worker["build"] / "Dockerfile").exists()
+    assert worker["restart"] == "on-failure"  # exit 70 (an agent failed): the restart reads the batch again
     for service in services.values():
         for volume in service.get("volumes", []):
             source = volume.split(":")[0]
