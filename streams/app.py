@@ -43,12 +43,20 @@ from streams.cooccurrence import PairBuffer
 from streams.domain.config import PipelineConfig
 from streams.domain.rules.recommend import count_pairs, top_neighbours
 from streams.domain.timeline import RuleSet
-from streams.ingest import MAX_KEY_BYTES, IngestPolicy, Source, reject
+from streams.ingest import IngestPolicy, Source, reject
 from streams.metrics import COMMIT_STAGES, WORKER_STATES, Health, Metrics, observe_many
 from streams.native_memory import release_free_memory
 from streams.output import FlushBeforeCommit, Output, OutputProducer
 from streams.product_recs import ProductRecs
-from streams.record_step import DuePops, RecordResult, StepContext, StepIO, apply_run, decode_run
+from streams.record_step import (
+    MAX_VALUE_BYTES,
+    DuePops,
+    RecordResult,
+    StepContext,
+    StepIO,
+    apply_run,
+    decode_run,
+)
 from streams.routing import DelayedClocks, InputRecord, clock_records, partition_for, route_batch
 from streams.settings import Settings
 from streams.tables import ProfileTable, RocksDBMemory, TieredDueIndex, profile_table, rocksdb_options
@@ -501,8 +509,9 @@ def _ingest_agent(p: Pipeline) -> Any:
         dead[topic, code] += 1
         if code == "processing_error":
             metrics.processing_errors.labels("ingest", "decode").inc()
-        # a key past MAX_KEY_BYTES is cut in the letter and not its key: the two could pass the message limit
-        send(names.DEAD_LETTER, key if key is None or len(key) <= MAX_KEY_BYTES else None, orjson.dumps(letter))
+        value = orjson.dumps(letter)
+        # the input's key is the letter's (contract), unless the two would pass the message limit
+        send(names.DEAD_LETTER, key if key is None or len(key) + len(value) <= MAX_VALUE_BYTES else None, value)
 
     def forward(partition: int, record: bytes) -> None:
         send(events_topic, None, record, partition)

@@ -24,8 +24,8 @@ MAX_MESSAGE_BYTES = 64 * 1024
 #: 0x01 becomes six characters, a non-UTF-8 one a third more in base64), the letter would be refused,
 #: and the worker would stop on a bad input at every start.
 MAX_RAW_BYTES = MAX_MESSAGE_BYTES
-#: The most of a rejected message's key its dead letter keeps (``key``, cut as ``raw`` is, with
-#: ``key_truncated`` and ``key_bytes``); a longer key is not the letter's own key either.
+#: The most of a rejected message's key its dead letter keeps in ``key`` (cut as ``raw`` is, with
+#: ``key_truncated`` and ``key_bytes``).
 MAX_KEY_BYTES = 4 * 1024
 
 

@@ -41,8 +41,6 @@ MAX_VALUE_BYTES = 900_000
 #: ``limits.parked_events``, counted in ``released_early``): parked events are what can make a
 #: bounded state big (up to 1,000 input messages of up to 64 KiB each), and folding them shrinks it.
 SOFT_STATE_BYTES = MAX_VALUE_BYTES // 3
-#: The most of an internal entry a ``processing_error`` dead letter carries as ``raw``.
-MAX_RAW_CHARS = 64 * 1024
 #: A due profile the step left out after a failure is due again this much event time later (ten
 #: minutes): its timers are not lost, and a profile that fails every time costs one failed attempt
 #: (and one dead letter) per ten minutes of event time, not one per record.
@@ -607,7 +605,7 @@ def _dead_letter(entries: list[Any], skip: set[int], skip_keys: set[str], why: d
         except Exception:
             place, is_event = source, False
         try:
-            raw = orjson.dumps(message if is_event else [key, message])[:MAX_RAW_CHARS]
+            raw = orjson.dumps(message if is_event else [key, message])  # ``reject`` keeps its first 64 KiB
         except Exception:
             raw = b"(not encodable)"
         _send_letter(place, raw, stage, cause, source.arrived_ms, result)

@@ -202,8 +202,9 @@ def route_batch(inputs: Iterable[InputRecord], partitions: int, now_ms: int, pol
                     key = profile_key(ev)
                     partition = partition_for(key, partitions)
                     # encoded here, so it fails on its own input rather than with a whole record; its
-                    # real size (normalized, with its key), or records could pass the producer's limit
-                    size = len(orjson.dumps(ev)) + len(key) + 8
+                    # size as the record holds it (``[key,event],``): an estimate let records pass the
+                    # producer's limit
+                    size = len(orjson.dumps(ev)) + len(orjson.dumps(key)) + 4
                     full = records.add(partition, key, ev, size)
                     if full is not None:
                         send_record(partition, full)

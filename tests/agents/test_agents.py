@@ -1131,14 +1131,17 @@ async def test_a_cooccurrence_record_whose_dead_letter_fails_too_ends_the_worker
     assert not event.message.acked
 
 
-async def test_a_rejected_input_with_a_long_key_is_dead_lettered_without_it_as_the_letter_s_key(
-    pipeline: Pipeline
+@pytest.mark.parametrize("size", [10_000, 900_000])
+async def test_a_rejected_input_with_a_long_key_is_dead_lettered_with_its_first_4_kib_and_its_own_key_if_it_fits(
+    pipeline: Pipeline, size: int
 ) -> None:
-    """The letter carries the key's first 4 KiB (``key_truncated``): the whole key twice, as the
-    message key and in the letter, could pass the producer's limit, which refuses the letter."""
-    key = b"k" * 10_000
+    """The letter carries the key's first 4 KiB (``key_truncated``), and the whole key as its own
+    message key (contract: the original key) unless the two would pass the producer's limit, which
+    would refuse the letter."""
+    key = b"k" * size
     async with agent(pipeline, "ingest").test_context() as ingest:
         await ingest.put(b"oops", key=key)
     [(letter_key, letter, _)] = sent(pipeline, "dead-letter")
-    assert letter_key is None and letter["key_truncated"] is True and letter["key_bytes"] == len(key)
+    assert letter_key == (key if size < 100_000 else None)
+    assert letter["key_truncated"] is True and letter["key_bytes"] == len(key)
     assert letter["key"] == "k" * 4096 and letter["error"]["code"] == "not_json"

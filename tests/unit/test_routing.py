@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import pytest
 
 from streams.ingest import IngestPolicy
 from streams.routing import RECORD_BYTES, DelayedClocks, PartitionBatches, clock_records, partition_for, route_batch
@@ -119,13 +120,14 @@ def test_no_delay_sends_a_batchs_clocks_with_it() -> None:
     assert sorted(partition for partition, pairs in sent if pairs[-1][0] is None) == [0, 1]
 
 
-def test_internal_records_stay_under_the_record_size_when_events_grow_as_they_are_normalized() -> None:
+@pytest.mark.parametrize("user", ["u-1", "\x01" * 512, "\U0001F600" * 512, '"' * 512])
+def test_internal_records_stay_under_the_record_size_when_events_grow_as_they_are_normalized(user: str) -> None:
     """A purchase of 1,000 items of ``{"product_id": "a"}`` is ~19 KB as sent and ~31 KB normalized
     (each item gains its quantity): a record sized by the input's bytes was 1.6 times the limit, and
     a run of four such records forwarded at once made a record the producer refuses."""
     items = [{"product_id": "a"}] * 1000
     inputs = [("purchases", n % 4, n, None, orjson.dumps({
-        "event_id": f"e-{n}", "type": "purchase", "timestamp": 1772359200000 + n, "email": "x@y.com",
+        "event_id": f"e-{n}", "type": "purchase", "timestamp": 1772359200000 + n, "user_id": user,
         "order_id": f"o-{n}", "total": 10.0, "items": items}), None) for n in range(48)]
     sent: list[bytes] = []
     route_batch(inputs, 4, 1772359300000, IngestPolicy(), lambda partition, record: sent.append(record),
