@@ -130,10 +130,6 @@ class Pipeline:
     #: ``(stage, seconds)`` of each offset commit (``mailpulse_commit_seconds``)
     observe_commit: Callable[[str, float], None] = lambda stage, seconds: None
 
-    def fail(self, agent: str, exc: BaseException) -> NoReturn:
-        """An agent's handling raised outside its per-input isolation: :func:`stop_at_once`."""
-        stop_at_once(agent, exc)
-
     @property
     def tables(self) -> tuple[ProfileTable, ...]:
         return (self.profile_state, self.partition_clocks, self.identity_blocks,
@@ -541,7 +537,7 @@ def _ingest_agent(p: Pipeline) -> Any:
             try:
                 handle(batch)
             except Exception as exc:  # outside route_batch's per-input guard: take_events would ack the batch
-                p.fail("ingest", exc)
+                stop_at_once("ingest", exc)
 
     return ingest
 
@@ -614,7 +610,7 @@ def _profile_agent(p: Pipeline) -> Any:
 
     async def profiles(stream: Any) -> None:
         # Only the agent acks a run, once it is applied (below).  A failure outside the step's isolation
-        # ends the worker (``p.fail``); were the run acked or skipped instead, a later commit could pass
+        # ends the worker (``stop_at_once``); were the run acked or skipped instead, a later commit could pass
         # it (Faust's check for a hole at the head of the acked offsets misses a hole of one offset, and
         # every hole of a fresh group).
         stream.enable_acks = False
@@ -622,7 +618,7 @@ def _profile_agent(p: Pipeline) -> Any:
             try:
                 handle(delivered)
             except Exception as exc:  # outside the step's isolation: nothing of the run is acked
-                p.fail("profiles", exc)
+                stop_at_once("profiles", exc)
             # Acks the whole run through the consumer (streams.consumer fix 3).  Faust's compiled
             # stream iterator, had it acked, would have marked only the run's last offset (it does
             # not call the consumer's ack), and the commit could never move past the run.
@@ -757,7 +753,7 @@ def _cooccurrence_agent(p: Pipeline) -> Any:
             try:
                 handle(record)
             except Exception as exc:  # even the dead letter failed
-                p.fail("cooccurrence", exc)
+                stop_at_once("cooccurrence", exc)
             record.ack()
 
     return cooccurrence
