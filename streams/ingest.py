@@ -73,26 +73,25 @@ class Rejected:
     record: dict[str, Any]
 
 
-def _text(data: bytes | None, cut: bool = False) -> tuple[str | None, bool]:
-    """The bytes as text, and whether base64 had to be used.  ``cut``: the bytes were cut from a
-    longer message, so a character split at the end is left out."""
+def _text(data: bytes | None, most: int) -> tuple[str | None, bool, int | None]:
+    """At most the first ``most`` bytes as text, whether base64 had to be used, and the whole size
+    when they were cut (None when not): a character split by the cut is left out."""
     if data is None:
-        return None, False
-    for end in (len(data), *(len(data) - n for n in (1, 2, 3) if cut)):
+        return None, False, None
+    cut = len(data) > most
+    kept = data[:most]
+    for end in (len(kept), *(len(kept) - n for n in (1, 2, 3) if cut)):
         try:
-            return data[:end].decode("utf-8"), False
+            return kept[:end].decode("utf-8"), False, len(data) if cut else None
         except UnicodeDecodeError:
             continue
-    return base64.b64encode(data).decode("ascii"), True
+    return base64.b64encode(kept).decode("ascii"), True, len(data) if cut else None
 
 
 def reject(source: Source, raw: bytes | None, code: str, message: str, now_ms: int) -> Rejected:
     """Build the dead-letter record for a rejected message (``raw``: its first :data:`MAX_RAW_BYTES`)."""
-    truncated = raw is not None and len(raw) > MAX_RAW_BYTES
-    raw_text, raw_b64 = _text(raw[:MAX_RAW_BYTES] if raw is not None and truncated else raw, truncated)
-    key_cut = source.key is not None and len(source.key) > MAX_KEY_BYTES
-    key_text, key_b64 = _text(source.key[:MAX_KEY_BYTES] if source.key is not None and key_cut else source.key,
-                              key_cut)
+    raw_text, raw_b64, raw_bytes = _text(raw, MAX_RAW_BYTES)
+    key_text, key_b64, key_bytes = _text(source.key, MAX_KEY_BYTES)
     record: dict[str, Any] = {
         "topic": source.topic,
         "partition": source.partition,
@@ -104,12 +103,10 @@ def reject(source: Source, raw: bytes | None, code: str, message: str, now_ms: i
     }
     if raw_b64:
         record["raw_encoding"] = "base64"
-    if truncated:
-        assert raw is not None
-        record["raw_truncated"], record["raw_bytes"] = True, len(raw)
-    if key_cut:
-        assert source.key is not None
-        record["key_truncated"], record["key_bytes"] = True, len(source.key)
+    if raw_bytes is not None:
+        record["raw_truncated"], record["raw_bytes"] = True, raw_bytes
+    if key_bytes is not None:
+        record["key_truncated"], record["key_bytes"] = True, key_bytes
     if key_b64:
         record["key_encoding"] = "base64"
     return Rejected(code, record)
