@@ -293,8 +293,7 @@ def _retry_later(key: str, now_wm: int, io: StepIO, result: RecordResult) -> int
     except Exception:
         result.due_changes.append((kb, at, None))
         return at
-    result.due_changes.append((kb, at, previous))
-    result.state_writes.append((kb, data))
+    _stage_state(kb, (data, at, previous, None), result)
     return at
 
 
@@ -313,7 +312,7 @@ def _advance_one(key: str, states: _Cache, blocks: _Cache, changed: bool, republ
     kb = key.encode()
     if "profile" not in state:  # a redirect or an erasure marker
         if changed:
-            _write(kb, state, result)
+            _stage_state(kb, _encode_state(state), result)
         return
     out = advance(state, now_wm, ctx.rules, now, io.neighbours_of)
     if not (out.steps or changed):
@@ -363,11 +362,6 @@ def _advance_one(key: str, states: _Cache, blocks: _Cache, changed: bool, republ
     result.entries_dropped.update(out.dropped)
     result.released_early += out.released_early
     result.deferred += out.deferred
-
-
-def _write(kb: bytes, state: State, result: RecordResult) -> None:
-    """Stages ``state`` (:func:`_encode_state`)."""
-    _stage_state(kb, _encode_state(state), result)
 
 
 #: A state's write: (encoded state, its next due time, the due time the index holds, the entries
