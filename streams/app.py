@@ -41,6 +41,7 @@ from streams.config_file import load_config
 from streams.consumer import App, FetchTimeMonitor
 from streams.cooccurrence import PairBuffer
 from streams.domain.config import PipelineConfig
+from streams.domain.identity import profile_id_for
 from streams.domain.rules.recommend import count_pairs, top_neighbours
 from streams.domain.timeline import RuleSet
 from streams.ingest import IngestPolicy, Source, reject
@@ -576,11 +577,23 @@ def _profile_agent(p: Pipeline) -> Any:
     record_seconds = metrics.record_seconds.labels("profiles")
     sink = _AgentSink(p)
 
+    unreadable = metrics.processing_errors.labels("profiles", "stored_state")
+
     def due_entries() -> Any:
         for key, value in table.items_with_staged():
-            due = stored_due(value)
+            try:
+                name = key.decode()
+                due = stored_due(value)
+            except Exception as exc:
+                # A key or value this version cannot read (written by another program, or a newer
+                # version's after a rollback) must not end the worker at every start: it gets no due
+                # entry, and a step that reads it fails in its isolation (its entries are dead-lettered).
+                unreadable.inc()
+                log.warning("a stored profile state cannot be read (%s, profile %s): no timer of it is kept",
+                            type(exc).__name__, profile_id_for(key.decode(errors="replace")))
+                continue
             if due is not None:
-                yield partition_for(key.decode(), partitions), due, key
+                yield partition_for(name, partitions), due, key
 
     def handle(delivered: Any) -> None:
         """A fetched run of one partition's internal records (streams.consumer, fix 3), or one record:

@@ -453,6 +453,36 @@ async def test_the_due_index_is_rebuilt_from_profile_state_after_a_rebalance(
     assert trigger["type"] == "cart_abandoned"
 
 
+@pytest.mark.parametrize("store", ["memory", "rocksdb"])
+async def test_a_stored_state_that_cannot_be_read_costs_its_own_entries_not_the_worker(
+        pipeline: Pipeline, rocksdb_pipeline: Pipeline, store: str, failures: list[tuple[str, str]]) -> None:
+    # A value or key this version cannot read (another program's, or a newer version's after a
+    # rollback) was read by every rebuild of the due index, which ended the worker at every start.
+    # Now it is counted and has no timer; an event for it is dead-lettered by the step's isolation.
+    pipeline = rocksdb_pipeline if store == "rocksdb" else pipeline
+    t = 1772359200000
+    cart = _event("k-1", "cart_add", product_id="sku-1", price=20.0)
+    cart["kind"], cart["src"][0] = "carts", "carts"
+    partition = partition_for("u:u-1", 4)
+    async with agent(pipeline, "profiles").test_context() as profiles:
+        await profiles.put(_batch(cart, clock=t), partition=partition)
+        pipeline.write_staged()
+        pipeline.profile_state.stage(b"u:u-2", b"\x00 not a state", partition)
+        pipeline.profile_state.stage(b"u:\xff", b'{"due":5}', partition)
+        pipeline.due_index.reset()  # a rebalance, or a start: rebuilt from the table
+        view = _event("v-1", "product_view", product_id="sku-1", user_id="u-2")
+        await profiles.put(orjson.dumps([["u:u-2", view], [None, {"clocks": [[topic, n, t + 30 * 60_000]
+                                                                             for topic in INPUT_TOPICS
+                                                                             for n in range(4)]}]]),
+                           partition=partition)
+    assert failures == []
+    [(_, trigger, _)] = sent(pipeline, "triggers")  # u-1's timer was rebuilt and fired
+    assert trigger["type"] == "cart_abandoned"
+    [(_, letter, _)] = sent(pipeline, "dead-letter")
+    assert letter["error"]["code"] == "processing_error" and orjson.loads(letter["raw"])["event_id"] == "v-1"
+    assert pipeline.metrics.processing_errors.labels("profiles", "stored_state")._value.get() == 2
+
+
 async def test_wall_clock_moves_the_watermark_without_input_clocks(tmp_path: Path) -> None:
     settings = Settings(broker="kafka://127.0.0.1:1", table_store="memory", data_dir=tmp_path, partitions=4,
                         clock="wall", wall_clock_delay_s=5)
