@@ -735,30 +735,61 @@ def _internal_dead_letter(p: Pipeline, source: Source, raw: bytes | None, exc: B
     p.metrics.dead_letters.labels("processing_error").inc()
 
 
+#: The largest pair weight a co-occurrence entry may carry (the profile hop's sums until a commit
+#: stay far below it): a weight past it comes from somewhere else, and counts must stay finite.
+MAX_PAIR_WEIGHT = 2**31
+
+
 def _cooccurrence_agent(p: Pipeline) -> Any:
     """Adds co-occurrence counts to each product's neighbours; publishes a product's top neighbours
     when they change (:mod:`streams.domain.rules.recommend`)."""
     table, send = p.product_neighbours, p.output.send
     recs_topic = names.product_recs_topic(p.settings.app_id)
 
+    def count(product: Any, counted: Any, partition: int) -> tuple[bytes, bytes | None]:
+        """One entry's pairs added to the product's stored counts (staged): the product's key and its
+        new top neighbours when they changed.  Raises on an entry that is not ``[product, [[other,
+        weight], ...]]`` with a positive integer weight, before anything is staged."""
+        pairs = [(other, weight) for other, weight in counted]
+        if not isinstance(product, str) or not all(
+                isinstance(other, str) and type(weight) is int and 0 < weight <= MAX_PAIR_WEIGHT
+                for other, weight in pairs):
+            raise TypeError("not a co-occurrence entry")
+        key = product.encode()
+        neighbours: dict[str, int] = table.read_json(key, partition) or {}
+        before = top_neighbours(neighbours)
+        neighbours = count_pairs(neighbours, pairs)
+        top = top_neighbours(neighbours)
+        table.stage(key, orjson.dumps(neighbours), partition)
+        return key, orjson.dumps(top) if top != before else None
+
     def handle(record: Any) -> None:
-        partition = record.message.partition
+        """Counts are a recommendation signal: an entry that cannot be counted is dead-lettered (the
+        entries of the record that cannot, as one letter) and the others are counted.  A failure to
+        send (the producer's, not the input's) is not caught here: it ends the worker."""
         message = record.message
+        partition = message.partition
+        failed: list[Any] = []
+        cause: BaseException | None = None
         try:
             entries = orjson.loads(record.value)
-            for product, counted in entries:
-                key = product.encode()
-                neighbours: dict[str, int] = table.read_json(key, partition) or {}
-                before = top_neighbours(neighbours)
-                neighbours = count_pairs(neighbours, ((other, weight) for other, weight in counted))
-                top = top_neighbours(neighbours)
-                value, recs = orjson.dumps(neighbours), orjson.dumps(top) if top != before else None
-                table.stage(key, value, partition)
-                if recs is not None:
-                    send(recs_topic, key, recs)
-        except Exception as exc:  # counts are a recommendation signal: what is left of the record is dropped
-            source = Source(message.topic, partition, message.offset, None, _now_ms())
-            _internal_dead_letter(p, source, record.value, exc)
+            if not isinstance(entries, list):
+                raise TypeError("a co-occurrence record is a list of entries")
+        except Exception as exc:
+            entries, failed, cause = [], [record.value], exc
+        for entry in entries:
+            try:
+                product, counted = entry
+                key, recs = count(product, counted, partition)
+            except Exception as exc:
+                failed.append(entry)
+                cause = exc
+                continue
+            if recs is not None:
+                send(recs_topic, key, recs)
+        if cause is not None:
+            raw = failed[0] if not entries else orjson.dumps(failed)
+            _internal_dead_letter(p, Source(message.topic, partition, message.offset, None, _now_ms()), raw, cause)
 
     async def cooccurrence(stream: Any) -> None:
         stream.enable_acks = False  # acked once handled (below), as the profile agent's runs

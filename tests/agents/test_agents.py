@@ -532,6 +532,37 @@ async def test_co_occurrences_are_counted_per_product_and_feed_recommendations(p
     assert trigger["payload"]["recommendations"] == [{"product_id": "b"}, {"product_id": "z"}]
 
 
+async def test_a_co_occurrence_entry_that_cannot_be_counted_costs_only_itself(pipeline: Pipeline) -> None:
+    good = ["a", [["b", 2]]]
+    bad = [["c", [["d", "many"]]], "not an entry", ["e", [["f", 2**40]]], ["g", [["h", 1e308]]]]
+    async with agent(pipeline, "cooccurrence").test_context() as cooccurrence:
+        await cooccurrence.put(orjson.dumps([bad[0], good, *bad[1:]]))
+        await cooccurrence.put(b"not json")
+    assert [(key, value) for key, value, _ in sent(pipeline, "mailpulse-product-recs")] == [(b"a", ["b"])]
+    letters = [letter for _, letter, _ in sent(pipeline, "dead-letter")]
+    assert [letter["error"]["code"] for letter in letters] == ["processing_error"] * 2
+    assert orjson.loads(letters[0]["raw"]) == bad and letters[1]["raw"] == "not json"
+    assert pipeline.product_neighbours.read_json(b"c", 0) is None  # nothing of a bad entry is counted
+
+
+async def test_a_co_occurrence_send_that_fails_ends_the_worker_not_as_the_inputs_fault(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failures: list[tuple[str, str]]
+) -> None:
+    """The producer's failure is not the record's: no dead letter, the worker ends before the ack."""
+    class Refusing(RecordingOutput):
+        def send(self, topic: str, *args: Any, **kwargs: Any) -> None:
+            if topic == "mailpulse-product-recs":
+                raise OSError("the producer is gone")
+            super().send(topic, *args, **kwargs)
+
+    settings = Settings(broker="kafka://127.0.0.1:1", table_store="memory", data_dir=tmp_path, partitions=4)
+    pipeline = create_app(settings, output=Refusing())
+    _, acked_when_failing = await _put_until_it_fails(pipeline, "cooccurrence", orjson.dumps([["a", [["b", 1]]]]),
+                                                      monkeypatch, failures)
+    assert failures == [("cooccurrence", "OSError")] and acked_when_failing == [False]
+    assert sent(pipeline, "dead-letter") == []
+
+
 async def test_co_occurrences_go_out_at_a_background_commits_cut_and_a_lost_partitions_are_dropped(
         pipeline: Pipeline) -> None:
     t = 1772359200000
