@@ -43,9 +43,18 @@ def failures(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
 
 
 @pytest.fixture
-async def pipeline(tmp_path: Path) -> AsyncIterator[Pipeline]:
+async def pipeline(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Pipeline]:
+    """A pipeline with memory tables and due index; ``parametrize("pipeline", ["rocksdb"], indirect=True)``:
+    with RocksDB tables and the two-tier due index, as a worker runs."""
+    if getattr(request, "param", "memory") == "rocksdb":
+        yield _with_rocksdb(tmp_path)
+        return
     settings = Settings(broker="kafka://127.0.0.1:1", table_store="memory", data_dir=tmp_path, partitions=4)
     yield create_app(settings, output=RecordingOutput())
+
+
+#: Runs a test with both the memory tables and the RocksDB tables of a worker (:func:`pipeline`).
+BOTH_STORES = pytest.mark.parametrize("pipeline", ["memory", "rocksdb"], indirect=True)
 
 
 def sent(p: Pipeline, topic: str) -> list[tuple[bytes | None, Any, int | None]]:
@@ -205,6 +214,7 @@ def _batch(*events: dict[str, Any], clock: int | None = None) -> bytes:
     return orjson.dumps(pairs)
 
 
+@BOTH_STORES
 async def test_profiles_agent_writes_table_publishes_and_drops_duplicates(pipeline: Pipeline) -> None:
     async with agent(pipeline, "profiles").test_context() as profiles:
         await profiles.put(_batch(_event("e-1"), _event("e-1")))
@@ -216,7 +226,8 @@ async def test_profiles_agent_writes_table_publishes_and_drops_duplicates(pipeli
         await profiles.put(_batch(_event("x-1", "erase")))
         # only an erasure marker stays: the key and the time, so a replay brings nothing back
         assert orjson.loads(pipeline.profile_state.read(b"u:u-1")) == {"erased_at": 1772359200000}
-        assert all(b"u:u-1" not in due for due in pipeline.due_index._current.values())  # its timers went with it
+        # its timers went with it
+        assert all(key != b"u:u-1" for n in range(4) for _, key in pipeline.due_index.pop_due(n, 2**62))
         # table writes are staged until the next commit, which writes them first
         assert sent(pipeline, "mailpulse-profile-state-changelog") == []
         pipeline.write_staged()
@@ -243,6 +254,7 @@ async def test_what_a_state_caused_is_delivered_before_the_state_is_written(pipe
     assert "flush" in log[last_output:first_state], log
 
 
+@BOTH_STORES
 async def test_profiles_agent_emits_segment_changes_and_a_trigger_when_the_watermark_passes(pipeline: Pipeline) -> None:
     t = 1772359200000
     cart = _event("k-1", "cart_add", product_id="sku-1", price=20.0)
@@ -268,6 +280,7 @@ def _run(values: list[bytes], first_offset: int = 10) -> list[Any]:
                         for offset, value in enumerate(values, start=first_offset)]).value
 
 
+@BOTH_STORES
 async def test_a_fetched_run_of_internal_records_is_applied_in_order(pipeline: Pipeline) -> None:
     """The consumer delivers a run of one partition's internal records as one message (a
     ``RecordBatch``): its records are applied in order, as one step; a record that is not one of
@@ -288,6 +301,7 @@ async def test_a_fetched_run_of_internal_records_is_applied_in_order(pipeline: P
     assert state["rules"]["clock"] == t + 30 * 60_000
 
 
+@BOTH_STORES
 async def test_a_run_is_one_step_an_event_behind_an_earlier_record_s_clocks_is_not_late(pipeline: Pipeline) -> None:
     """A run's records are one step: an event of a later record is judged against the watermark the
     run started with, and the run's events are folded in event-time order.  (Record by record, e-1
@@ -355,6 +369,7 @@ def _fail_advance_of(monkeypatch: pytest.MonkeyPatch, key: str) -> None:
     monkeypatch.setattr(record_step, "advance", advance)
 
 
+@BOTH_STORES
 async def test_a_profile_failing_in_one_record_of_a_run_keeps_its_entries_of_the_others(
     pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -415,8 +430,7 @@ async def test_a_run_stepped_again_record_by_record_gives_back_what_it_took_from
     assert [orjson.loads(letter["raw"])["event_id"] for _, letter, _ in sent(pipeline, "dead-letter")] == ["e-2"]
 
 
-@pytest.fixture
-async def rocksdb_pipeline(tmp_path: Path) -> AsyncIterator[Pipeline]:
+def _with_rocksdb(tmp_path: Path) -> Pipeline:
     settings = Settings(broker="kafka://127.0.0.1:1", table_store="rocksdb", data_dir=tmp_path, partitions=4)
     p = create_app(settings, output=RecordingOutput())
 
@@ -426,7 +440,13 @@ async def rocksdb_pipeline(tmp_path: Path) -> AsyncIterator[Pipeline]:
 
     # Faust's RocksDB store iterates only the partitions assigned to the worker; none are here.
     p.app.assignor.assigned_actives = Everything  # type: ignore[method-assign]
-    yield p
+    assert isinstance(p.due_index, TieredDueIndex)
+    return p
+
+
+@pytest.fixture
+async def rocksdb_pipeline(tmp_path: Path) -> AsyncIterator[Pipeline]:
+    yield _with_rocksdb(tmp_path / "rocksdb")
 
 
 @pytest.mark.parametrize("store", ["memory", "rocksdb"])
@@ -604,6 +624,7 @@ async def test_free_memory_goes_back_after_a_large_write_out_and_when_the_worker
         assert len(trims) == 2 and pipeline.untrimmed == 0
 
 
+@BOTH_STORES
 async def test_profiles_agent_scores_a_profile_an_hour_after_its_last_event(pipeline: Pipeline) -> None:
     t = 1772359200000
     version = pipeline.rules.scorer.version  # type: ignore[union-attr]
@@ -741,6 +762,7 @@ async def test_a_due_profile_whose_advance_raises_is_dead_lettered_and_tried_aga
     assert len(sent(pipeline, "dead-letter")) == 1
 
 
+@BOTH_STORES
 async def test_a_run_whose_only_failure_is_a_due_profile_is_applied_as_one_step_and_says_so_once(
     pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -777,6 +799,7 @@ async def test_a_run_whose_only_failure_is_a_due_profile_is_applied_as_one_step_
     assert len(warned) == 1 and "processing_error" in warned[0] and "due" in warned[0]
 
 
+@BOTH_STORES
 async def test_a_due_profile_failing_with_its_entries_is_tried_again_later_for_what_was_due(
     pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -807,6 +830,7 @@ async def test_a_due_profile_failing_with_its_entries_is_tried_again_later_for_w
     assert state["profile"]["aggregates"]["event_counts"] == {"page_view": 1} and set(state["seen"]) == {"e-1"}
 
 
+@BOTH_STORES
 async def test_many_due_profiles_failing_in_one_record_are_left_out_in_place_and_the_record_goes_on(
     pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -842,6 +866,7 @@ async def test_many_due_profiles_failing_in_one_record_are_left_out_in_place_and
     assert pipeline.metrics.processing_errors.labels("profiles", "advance")._value.get() == 5
 
 
+@BOTH_STORES
 async def test_a_due_profile_failing_in_a_run_of_empty_records_is_dead_lettered_with_the_runs_place(
     pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
 ) -> None:
