@@ -61,7 +61,7 @@ from streams.record_step import (
 from streams.routing import DelayedClocks, InputRecord, clock_records, partition_for, route_batch
 from streams.settings import Settings
 from streams.tables import ProfileTable, RocksDBMemory, TieredDueIndex, profile_table, rocksdb_options
-from streams.watermark import DueIndex, DueOrder, expected_clocks, stored_due
+from streams.watermark import DueIndex, DueOrder, expected_clocks, indexable_due, stored_due
 
 log = logging.getLogger(__name__)
 
@@ -580,20 +580,25 @@ def _profile_agent(p: Pipeline) -> Any:
     unreadable = metrics.processing_errors.labels("profiles", "stored_state")
 
     def due_entries() -> Any:
+        skipped: list[tuple[str, bytes]] = []  # (exception class, key) of what could not be read
         for key, value in table.items_with_staged():
             try:
                 name = key.decode()
                 due = stored_due(value)
             except Exception as exc:
-                # A key or value this version cannot read (written by another program, or a newer
-                # version's after a rollback) must not end the worker at every start: it gets no due
-                # entry, and a step that reads it fails in its isolation (its entries are dead-lettered).
-                unreadable.inc()
-                log.warning("a stored profile state cannot be read (%s, profile %s): no timer of it is kept",
-                            type(exc).__name__, profile_id_for(key.decode(errors="replace")))
+                # A key, value or due time this version cannot read or index (written by another
+                # program, or a newer version's after a rollback) must not end the worker at every
+                # start: it gets no due entry, and a step that reads it fails in its isolation (its
+                # entries are dead-lettered).
+                skipped.append((type(exc).__name__, key))
                 continue
             if due is not None:
                 yield partition_for(name, partitions), due, key
+        if skipped:
+            unreadable.inc(len(skipped))
+            cause, key = skipped[0]
+            log.warning("%d stored profile states cannot be read and keep no timer (the first: %s, profile %s)",
+                        len(skipped), cause, profile_id_for(key.decode(errors="replace")))
 
     def handle(delivered: Any) -> None:
         """A fetched run of one partition's internal records (streams.consumer, fix 3), or one record:
@@ -661,10 +666,18 @@ class _AgentSink:
             self._p.send_pairs()  # full: sent now rather than held without bound
 
     def push_due(self, partition: int, due: int, key: bytes, previous: int | None) -> None:
-        self._p.due_index.push(partition, due, key, previous)
+        self._p.due_index.push(partition, due, key, _indexed(previous))
 
     def discard_due(self, partition: int, key: bytes, previous: int | None) -> None:
-        self._p.due_index.discard(partition, key, previous)
+        self._p.due_index.discard(partition, key, _indexed(previous))
+
+
+def _indexed(previous: Any) -> int | None:
+    """A stored state's ``"due"`` as the index may hold it: one the rebuild could not index is None."""
+    try:
+        return None if previous is None else indexable_due(previous)
+    except ValueError:
+        return None
 
 
 class _StepReader:
@@ -788,7 +801,10 @@ def _cooccurrence_agent(p: Pipeline) -> Any:
             if recs is not None:
                 send(recs_topic, key, recs)
         if cause is not None:
-            raw = failed[0] if not entries else orjson.dumps(failed)
+            try:
+                raw = failed[0] if not entries else orjson.dumps(failed)
+            except Exception:  # a bad entry orjson reads but cannot write (nested past its depth limit)
+                raw = record.value
             _internal_dead_letter(p, Source(message.topic, partition, message.offset, None, _now_ms()), raw, cause)
 
     async def cooccurrence(stream: Any) -> None:

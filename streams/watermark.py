@@ -196,7 +196,14 @@ def stored_due(raw: bytes) -> int | None:
     if raw.startswith(DUE_FIRST):
         end = raw.find(b",", len(DUE_FIRST))
         token = raw[len(DUE_FIRST):end if end > 0 else -1]
-        return None if token == b"null" else int(token)
+        return None if token == b"null" else indexable_due(int(token))
     state = orjson.loads(raw)
     due = state.get("due") if isinstance(state, dict) else None
-    return due if isinstance(due, int) else None
+    return None if due is None else indexable_due(due)
+
+
+def indexable_due(due: object) -> int:
+    """``due`` if the due index can hold it (an int that :func:`due_bytes` encodes), else raises."""
+    if type(due) is not int or not -DUE_BIAS <= due < DUE_BIAS:
+        raise ValueError("not a due time")
+    return due

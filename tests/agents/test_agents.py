@@ -476,31 +476,40 @@ async def test_the_due_index_is_rebuilt_from_profile_state_after_a_rebalance(
 @pytest.mark.parametrize("store", ["memory", "rocksdb"])
 async def test_a_stored_state_that_cannot_be_read_costs_its_own_entries_not_the_worker(
         pipeline: Pipeline, rocksdb_pipeline: Pipeline, store: str, failures: list[tuple[str, str]]) -> None:
-    # A value or key this version cannot read (another program's, or a newer version's after a
-    # rollback) was read by every rebuild of the due index, which ended the worker at every start.
-    # Now it is counted and has no timer; an event for it is dead-lettered by the step's isolation.
+    # A value, key or due time this version cannot read or index (another program's, or a newer
+    # version's after a rollback) was read by every rebuild of the due index, which ended the worker at
+    # every start. Now it is counted and has no timer; an event for it is dead-lettered by the step's
+    # isolation, or goes in if the state is otherwise readable.
     pipeline = rocksdb_pipeline if store == "rocksdb" else pipeline
     t = 1772359200000
     cart = _event("k-1", "cart_add", product_id="sku-1", price=20.0)
     cart["kind"], cart["src"][0] = "carts", "carts"
     partition = partition_for("u:u-1", 4)
+    clocks = [None, {"clocks": [[topic, n, t + 30 * 60_000] for topic in INPUT_TOPICS for n in range(4)]}]
     async with agent(pipeline, "profiles").test_context() as profiles:
-        await profiles.put(_batch(cart, clock=t), partition=partition)
+        await profiles.put(orjson.dumps([["u:u-1", cart], _of("u-4", _event("p-4"))]), partition=partition)
         pipeline.write_staged()
-        pipeline.profile_state.stage(b"u:u-2", b"\x00 not a state", partition)
-        pipeline.profile_state.stage(b"u:\xff", b'{"due":5}', partition)
+        table = pipeline.profile_state
+        table.stage(b"u:u-2", b"\x00 not a state", partition)
+        table.stage(b"u:\xff", b'{"due":5}', partition)
+        table.stage(b"u:u-3", b'{"due":9223372036854775808,"profile":{}}', partition)  # past the index's range
+        table.stage(b"u:u-4", orjson.dumps({**orjson.loads(table.read(b"u:u-4", partition) or b""), "due": 1.5}),
+                    partition)
         pipeline.due_index.reset()  # a rebalance, or a start: rebuilt from the table
-        view = _event("v-1", "product_view", product_id="sku-1", user_id="u-2")
-        await profiles.put(orjson.dumps([["u:u-2", view], [None, {"clocks": [[topic, n, t + 30 * 60_000]
-                                                                             for topic in INPUT_TOPICS
-                                                                             for n in range(4)]}]]),
-                           partition=partition)
+        views = [_of(f"u-{n}", _event(f"v-{n}", "product_view", product_id="sku-1")) for n in (2, 4)]
+        await profiles.put(orjson.dumps([*views, clocks]), partition=partition)
     assert failures == []
     [(_, trigger, _)] = sent(pipeline, "triggers")  # u-1's timer was rebuilt and fired
     assert trigger["type"] == "cart_abandoned"
-    [(_, letter, _)] = sent(pipeline, "dead-letter")
-    assert letter["error"]["code"] == "processing_error" and orjson.loads(letter["raw"])["event_id"] == "v-1"
-    assert pipeline.metrics.processing_errors.labels("profiles", "stored_state")._value.get() == 2
+    letters = [letter for _, letter, _ in sent(pipeline, "dead-letter")]
+    assert {letter["error"]["code"] for letter in letters} == {"processing_error"}
+    assert [orjson.loads(letter["raw"])["event_id"] for letter in letters] == ["v-2"]
+    assert decode_due(table.read(b"u:u-4", partition)) is not None  # its view went in, with a due time again
+    assert pipeline.metrics.processing_errors.labels("profiles", "stored_state")._value.get() == 4
+
+
+def decode_due(value: bytes | None) -> Any:
+    return orjson.loads(value or b"{}").get("due")
 
 
 async def test_wall_clock_moves_the_watermark_without_input_clocks(tmp_path: Path) -> None:
@@ -554,14 +563,18 @@ async def test_co_occurrences_are_counted_per_product_and_feed_recommendations(p
 
 async def test_a_co_occurrence_entry_that_cannot_be_counted_costs_only_itself(pipeline: Pipeline) -> None:
     good = ["a", [["b", 2]]]
-    bad = [["c", [["d", "many"]]], "not an entry", ["e", [["f", 2**40]]], ["g", [["h", 1e308]]]]
+    bad = [["c", [["d", 1], ["x", "many"]]], "not an entry", ["e", [["f", 2**40]]], ["g", [["h", 1e308]]]]
     async with agent(pipeline, "cooccurrence").test_context() as cooccurrence:
         await cooccurrence.put(orjson.dumps([bad[0], good, *bad[1:]]))
         await cooccurrence.put(b"not json")
+        nested = b'[["a",[["b",1]]],' + b"[" * 300 + b'["b",1]' + b"]" * 300 + b"]"
+        # orjson reads 1,024 levels but writes 254: the letter cannot re-encode the bad entry, it keeps the record
+        await cooccurrence.put(nested)
     assert [(key, value) for key, value, _ in sent(pipeline, "mailpulse-product-recs")] == [(b"a", ["b"])]
     letters = [letter for _, letter, _ in sent(pipeline, "dead-letter")]
-    assert [letter["error"]["code"] for letter in letters] == ["processing_error"] * 2
+    assert [letter["error"]["code"] for letter in letters] == ["processing_error"] * 3
     assert orjson.loads(letters[0]["raw"]) == bad and letters[1]["raw"] == "not json"
+    assert letters[2]["raw"].encode() == nested
     assert pipeline.product_neighbours.read_json(b"c", 0) is None  # nothing of a bad entry is counted
 
 

@@ -556,3 +556,16 @@ def test_the_identity_messages_of_a_step_are_cut_into_records_by_their_real_size
 
 def value_ids(records: list[bytes | None]) -> list[str]:
     return [entry[1]["event_id"] for record in records for entry in orjson.loads(record or b"[]")]
+
+
+def test_a_next_due_time_the_due_index_cannot_hold_fails_the_profile_in_the_step() -> None:
+    """A timer of a state another program wrote can put the next due time past what the due index
+    encodes: the step's encoding raises for that profile (dead-lettered in its isolation), rather than
+    the agent applying the result."""
+    from streams.record_step import _encode_state
+
+    state: Any = {"profile": {}, "seen": {}, "pending": [], "rules": {"timers": {"x": [2**64 - 1, "", {}]}}}
+    with pytest.raises(ValueError, match="not a due time"):
+        _encode_state(state)
+    state["rules"]["timers"]["x"][0] = 1772359200000
+    assert _encode_state(state)[1] == 1772359200000
