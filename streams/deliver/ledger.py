@@ -34,6 +34,11 @@ class Ledger:
     def close(self) -> None:
         self.db.close()
 
+    def sync(self) -> None:
+        """What was written so far on disk (RocksDB's log synced): it then outlives a power loss, not
+        only a process crash."""
+        self.db.flush_wal(True)
+
     def _keys(self, prefix: bytes) -> Iterator[bytes]:
         it = self.db.iter()
         it.seek(prefix)

@@ -26,14 +26,14 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from prometheus_client import make_wsgi_app
 
 from schemas.timeparse import format_ms, parse_timestamp
 from streams.deliver import unsubscribe
 from streams.deliver.ledger import FAILED, SENDING, SENT, SUPPRESSED, Ledger
 from streams.deliver.render import Renderer, TemplateProblem
-from streams.deliver.targets import DryRun, Permanent, Smtp, Target, Temporary, Webhook, with_retries
+from streams.deliver.targets import DryRun, OutcomeUnknown, Permanent, Smtp, Target, Temporary, Webhook, with_retries
 from streams.logs import LIBRDKAFKA
 from streams.metrics import DeliverMetrics, serve_wsgi
 from streams.settings import Settings
@@ -135,15 +135,23 @@ class Deliverer:
             self.ledger.mark(trigger_id, FAILED, now, code="template_error")
             self._failed(trigger, 0, "template_error", str(exc))
             return
-        except (ValueError, TypeError) as exc:  # e.g. an address or subject with a line break
+        except Exception as exc:  # e.g. an address or subject with a line break, or one the e-mail
+            # library cannot parse (it raises AttributeError on "x@[1.2.3.4"): the trigger's fault, and
+            # raised past here it would stop the connector at every start
             self.ledger.mark(trigger_id, FAILED, now, code="bad_trigger")
             self._failed(trigger, 0, "bad_trigger", f"cannot be an e-mail: {type(exc).__name__}: {exc}")
             return
         self.ledger.mark(trigger_id, SENDING, now)
+        self.ledger.sync()  # on disk before the send: after a power loss it is "interrupted", not sent again
         retries = self.metrics.retries.labels(self.target.name)
         try:
             sent, attempts = with_retries(lambda: self.target.send(message, trigger), self.settings.deliver_attempts,
                                           self.settings.deliver_backoff_s, retries.inc, self.sleep)
+        except OutcomeUnknown as exc:
+            self.ledger.mark(trigger_id, FAILED, self.now_ms(), code="outcome_unknown")
+            self._failed(trigger, 1, "outcome_unknown", f"{exc}; not sent again (at most once)")
+            self.metrics.ledger_entries.set(self.ledger.entries)
+            return
         except (Temporary, Permanent) as exc:
             code = "rejected" if isinstance(exc, Permanent) else "retries_exhausted"
             attempts = 1 if isinstance(exc, Permanent) else self.settings.deliver_attempts
@@ -218,7 +226,20 @@ def _malformed(trigger: Any) -> str | None:
             return f"missing or empty {field}"
     if "@" not in trigger["email"]:
         return "email is not an address"
+    # absent, it is sent at ``at``; there but unreadable, it is not sent at once (quiet hours)
+    if trigger.get("send_at") is not None and not _is_timestamp(trigger["send_at"]):
+        return "send_at is not an ISO-8601 timestamp"
     return None
+
+
+def _is_timestamp(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        parse_timestamp(value)
+    except ValueError:
+        return False
+    return True
 
 
 def unsubscribe_app(deliverer: Deliverer, metrics_app: Any) -> Any:
@@ -278,6 +299,8 @@ def run_deliver(settings: Settings, dry_run: Path | None, stop: threading.Event,
                          "logger": LIBRDKAFKA,
                          # a killed connector's partitions move on after this (librdkafka's default: 45 s)
                          "session.timeout.ms": int(settings.session_timeout_s * 1000),
+                         # a batch of slow sends (retries, backoff) may take minutes before the next poll
+                         "max.poll.interval.ms": 1_800_000,
                          "client.id": f"mailpulse-deliver-{uuid.uuid4().hex[:8]}"})
     try:
         deliverer = Deliverer(target, ledger, Renderer(settings.templates_dir, settings.mail_brand, settings.shop_url),
@@ -298,6 +321,7 @@ def run_deliver(settings: Settings, dry_run: Path | None, stop: threading.Event,
                 deliverer.prune()
                 pruned_at = time.monotonic()
             batch = consumer.consume(num_messages=200, timeout=0.5)
+            handled = 0
             for message in batch:
                 error = message.error()
                 if error is not None:
@@ -305,8 +329,15 @@ def run_deliver(settings: Settings, dry_run: Path | None, stop: threading.Event,
                         log.warning("deliver: consumer error %s", error)
                     continue
                 deliverer.handle(message.value())
-            if batch:
-                consumer.commit(asynchronous=False)
+                handled += 1
+            if handled:
+                ledger.sync()  # what the offsets pass is on disk first (held triggers, outcomes)
+                try:
+                    consumer.commit(asynchronous=False)
+                except KafkaException as exc:  # e.g. the partitions were taken away meanwhile:
+                    # read again, by this process (its ledger skips what it delivered) or another
+                    log.warning("deliver: offset commit failed (%s); those triggers are read again",
+                                exc.args[0].name() if exc.args and hasattr(exc.args[0], "name") else exc)
             deliverer.release_due()
             producer.poll(0)  # its delivery reports and librdkafka's log lines, also while nothing is sent
         return 0

@@ -4,8 +4,12 @@ or (``--dry-run``) ``.eml`` files.  Each ``send`` raises :class:`Temporary` (wor
 
 from __future__ import annotations
 
+import email.generator
+import email.utils
+import io
 import json
 import random
+import re
 import smtplib
 import ssl
 import time
@@ -16,6 +20,9 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any, Protocol
 
+#: A trigger id the dry run can use as a file name: no path separators, no leading dot.
+SAFE_FILE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
+
 
 class Temporary(Exception):
     """Worth another attempt (a timeout, a 4xx SMTP reply, an HTTP 5xx or 429)."""
@@ -23,6 +30,11 @@ class Temporary(Exception):
 
 class Permanent(Exception):
     """Not worth another attempt (a 5xx SMTP reply, an HTTP 4xx, a rejected address)."""
+
+
+class OutcomeUnknown(Exception):
+    """The message was handed over, but whether it was taken is not known (the connection broke
+    before the server's last reply): another attempt could send it twice, so there is none."""
 
 
 class Sent:
@@ -49,7 +61,7 @@ def with_retries(send: Callable[[], Sent], attempts: int, backoff_s: float, on_r
         except Temporary:
             if attempt == attempts:
                 raise
-        except Permanent:
+        except (Permanent, OutcomeUnknown):
             raise
         except Exception as exc:
             raise Permanent(f"{type(exc).__name__}: {exc}"[:300]) from None
@@ -68,7 +80,10 @@ class DryRun:
         folder.mkdir(parents=True, exist_ok=True)
 
     def send(self, message: EmailMessage, trigger: dict[str, Any]) -> Sent:
-        path = self.folder / f"{trigger['trigger_id']}.eml"
+        trigger_id = trigger["trigger_id"]
+        if not SAFE_FILE_NAME.fullmatch(trigger_id):  # "../x" would write outside the folder
+            raise Permanent("the trigger id cannot be a file name")
+        path = self.folder / f"{trigger_id}.eml"
         part = path.with_suffix(".eml.part")
         part.write_bytes(message.as_bytes())
         part.replace(path)
@@ -84,28 +99,84 @@ class Smtp:
         self.user, self.password, self.timeout_s = user, password, timeout_s
 
     def send(self, message: EmailMessage, trigger: dict[str, Any]) -> Sent:
+        """Connects, says who from and to whom, then hands the message over (DATA).  Anything that
+        fails before the message is handed over is worth another attempt (or not, by the reply's
+        code); a connection that breaks after it, before the server's reply, is
+        :class:`OutcomeUnknown`; and once the server has taken it, nothing after (QUIT) counts."""
+        client: smtplib.SMTP | None = None
         try:
-            client: smtplib.SMTP
             if self.security == "tls":
                 client = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout_s,
                                           context=ssl.create_default_context())
             else:
                 client = smtplib.SMTP(self.host, self.port, timeout=self.timeout_s)
-            with client:
-                if self.security == "starttls":
-                    client.starttls(context=ssl.create_default_context())
-                if self.user and self.password:
-                    client.login(self.user, self.password)
-                client.send_message(message)
+            if self.security == "starttls":
+                client.starttls(context=ssl.create_default_context())
+            if self.user and self.password:
+                client.login(self.user, self.password)
+            _hand_over(client, message)
             return Sent()
         except smtplib.SMTPRecipientsRefused as exc:
-            raise Permanent(f"recipient refused: {_codes(exc.recipients)}") from None
+            temporary = all(400 <= code < 500 for code, _ in exc.recipients.values())
+            raise (Temporary if temporary else Permanent)(f"recipient refused: {_codes(exc.recipients)}") from None
         except smtplib.SMTPResponseException as exc:
             kind = Temporary if 400 <= exc.smtp_code < 500 else Permanent
             error = exc.smtp_error.decode(errors="replace") if isinstance(exc.smtp_error, bytes) else exc.smtp_error
             raise kind(f"SMTP {exc.smtp_code}: {error[:200]}") from None
         except (OSError, smtplib.SMTPException) as exc:  # connection refused, timeouts, disconnects
             raise Temporary(f"SMTP {type(exc).__name__}: {exc}"[:300]) from None
+        finally:
+            if client is not None:
+                _close_quietly(client)
+
+
+def _hand_over(client: smtplib.SMTP, message: EmailMessage) -> None:
+    """What ``client.send_message`` does for our one-recipient messages, with DATA's end apart: once
+    the message's last line went out, a broken connection is :class:`OutcomeUnknown`, not worth
+    another attempt."""
+    sender = email.utils.getaddresses([str(message["From"])])[0][1]
+    recipient = email.utils.getaddresses([str(message["To"])])[0][1]
+    international = not (sender.isascii() and recipient.isascii())
+    options: list[str] = []
+    client.ehlo_or_helo_if_needed()
+    if international:
+        if not client.has_extn("smtputf8"):
+            raise smtplib.SMTPNotSupportedError("the address needs SMTPUTF8, which the server does not offer")
+        options = ["SMTPUTF8", "BODY=8BITMIME"]
+    code, reply = client.mail(sender, options)
+    if code != 250:
+        raise smtplib.SMTPSenderRefused(code, reply, sender)
+    code, reply = client.rcpt(recipient)
+    if code not in (250, 251):
+        raise smtplib.SMTPRecipientsRefused({recipient: (code, reply)})
+    with io.BytesIO() as flat:
+        policy: Any = message.policy
+        if international:
+            policy = policy.clone(utf8=True)
+        email.generator.BytesGenerator(flat, policy=policy).flatten(message, linesep="\r\n")
+        data = re.sub(rb"(?m)^\.", b"..", flat.getvalue())
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    client.putcmd("data")
+    code, reply = client.getreply()
+    if code != 354:
+        raise smtplib.SMTPDataError(code, reply)
+    try:
+        client.send(data + b".\r\n")
+        code, reply = client.getreply()
+    except (OSError, smtplib.SMTPException) as exc:
+        raise OutcomeUnknown(f"SMTP connection lost after the message was handed over ({type(exc).__name__})") \
+            from None
+    if code != 250:
+        raise smtplib.SMTPDataError(code, reply)
+
+
+def _close_quietly(client: smtplib.SMTP) -> None:
+    """QUIT, and the connection closed: its reply changes nothing about the message."""
+    try:
+        client.quit()
+    except (OSError, smtplib.SMTPException):
+        client.close()
 
 
 def _codes(recipients: Any) -> str:

@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from streams.deliver.ledger import Ledger
 from streams.deliver.render import Renderer
 from streams.deliver.service import Deliverer
-from streams.deliver.targets import DryRun, Sent
+from streams.deliver.targets import DryRun, OutcomeUnknown, Sent
 from streams.metrics import DeliverMetrics
 from streams.settings import Settings
 
@@ -85,3 +86,51 @@ def test_with_a_lateness_limit_a_trigger_due_too_long_ago_expires_and_a_recent_o
     default, _ = deliverer(tmp_path / "default", DryRun(tmp_path / "default-out"))
     default.handle(trigger(trigger_id="old", send_at=format_ms(now - 73 * 3_600_000)))
     assert [path.stem for path in (tmp_path / "default-out").iterdir()] == ["old"]
+
+
+def test_an_address_the_e_mail_library_cannot_parse_goes_to_delivery_failed_now_or_when_held(tmp_path: Path) -> None:
+    """``x@[1.2.3.4`` makes the e-mail library raise AttributeError while the ``To:`` header is set:
+    raised past the deliverer, it stopped the connector at every start, and a held one stayed held."""
+    step, producer = deliverer(tmp_path, DryRun(tmp_path / "out"))
+    step.handle(trigger(email="x@[1.2.3.4"))
+    now = [1_800_000_000_000]
+    step.now_ms = lambda: now[0]
+    step.handle(trigger(trigger_id="t-2", email="a@[b", send_at="2030-01-01T08:00:00.000Z"))
+    assert step.ledger.held == 1
+    now[0] = 1_900_000_000_000  # its send_at has come
+    assert step.release_due() == 1 and step.ledger.held == 0
+    assert [(letter["trigger_id"], letter["error"]["code"]) for _, letter in producer.sent] == \
+        [("t-1", "bad_trigger"), ("t-2", "bad_trigger")]
+    assert not list((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize("send_at", ["tomorrow at eight", 1_800_000_000_000, "2301-01-01T00:00:00Z", ["x"]])
+def test_a_send_at_that_is_there_but_not_a_timestamp_is_not_sent_at_once(tmp_path: Path, send_at: Any) -> None:
+    step, producer = deliverer(tmp_path, DryRun(tmp_path / "out"))
+    step.handle(trigger(send_at=send_at))
+    [(topic, letter)] = producer.sent
+    assert topic == "delivery-failed" and letter["error"]["code"] == "bad_trigger"
+    assert not list((tmp_path / "out").iterdir())
+    step.handle(trigger(trigger_id="t-2", send_at=None))  # absent: sent at its ``at`` (here: none, so now)
+    assert [path.stem for path in (tmp_path / "out").iterdir()] == ["t-2"]
+
+
+class HandedOverThenLost:
+    name = "lost"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def send(self, message: EmailMessage, trigger: dict[str, Any]) -> Sent:
+        self.calls += 1
+        raise OutcomeUnknown("SMTP connection lost after the message was handed over (SMTPServerDisconnected)")
+
+
+def test_an_e_mail_whose_outcome_is_unknown_is_not_sent_again_and_is_reported(tmp_path: Path) -> None:
+    target = HandedOverThenLost()
+    step, producer = deliverer(tmp_path, target)
+    step.handle(trigger())
+    step.handle(trigger())  # read again
+    [(topic, letter)] = producer.sent
+    assert topic == "delivery-failed" and letter["error"]["code"] == "outcome_unknown" and target.calls == 1
+    assert step.ledger.outcome("t-1")["state"] == "failed"  # type: ignore[index]

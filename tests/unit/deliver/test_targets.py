@@ -1,0 +1,114 @@
+"""The SMTP target against a real SMTP server on loopback (aiosmtpd): a message is handed over once,
+a connection lost after the hand-over is not retried (at most once), and a reply before it is."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import threading
+from collections.abc import Iterator
+from email.message import EmailMessage
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+
+from streams.broker import free_port
+from streams.deliver.service import POLICY
+from streams.deliver.targets import DryRun, OutcomeUnknown, Permanent, Smtp, Temporary, with_retries
+
+
+class Server:
+    """Keeps what it was given; ``silent_after_data``: takes the message, then never answers."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[str, list[str], EmailMessage]] = []
+        self.lock = threading.Lock()
+        self.silent_after_data = False
+        self.refuse_rcpt: str | None = None
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
+        if self.refuse_rcpt is not None:
+            return self.refuse_rcpt
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        message = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        with self.lock:
+            self.received.append((envelope.mail_from, list(envelope.rcpt_tos), message))  # type: ignore[arg-type]
+        if self.silent_after_data:
+            await asyncio.sleep(3)  # past the client's timeout
+        return "250 OK"
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[Server, int]]:
+    handler = Server()
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    yield handler, port
+    controller.stop()
+
+
+def message(to: str = "ana@example.com") -> EmailMessage:
+    m = EmailMessage(policy=POLICY)
+    m["From"] = "Shop <shop@example.com>"
+    m["To"] = to
+    m["Subject"] = "Hello"
+    m.set_content(".a line that starts with a dot\nand another\n")
+    return m
+
+
+def send(port: int, m: EmailMessage, attempts: int = 3) -> tuple[Any, int]:
+    target = Smtp("127.0.0.1", port, "none", None, None, timeout_s=0.5)
+    return with_retries(lambda: target.send(m, {"trigger_id": "t-1"}), attempts, 0.001, lambda: None,
+                        lambda s: None)
+
+
+def test_a_message_is_handed_over_once_with_its_envelope(server: tuple[Server, int]) -> None:
+    handler, port = server
+    _, attempts = send(port, message())
+    [(sender, recipients, got)] = handler.received
+    assert attempts == 1 and sender == "shop@example.com" and recipients == ["ana@example.com"]
+    assert got["Subject"] == "Hello"
+    assert got.get_content().replace("\r\n", "\n") == ".a line that starts with a dot\nand another\n"
+
+
+def test_an_international_address_goes_with_smtputf8(server: tuple[Server, int]) -> None:
+    handler, port = server
+    send(port, message("zoë@example.com"))
+    [(_, recipients, got)] = handler.received
+    assert recipients == ["zoë@example.com"] and got["To"] == "zoë@example.com"
+
+
+def test_a_connection_lost_after_the_hand_over_is_not_tried_again(server: tuple[Server, int]) -> None:
+    """The server took the message and its reply never came: another attempt could send it twice."""
+    handler, port = server
+    handler.silent_after_data = True
+    with pytest.raises(OutcomeUnknown):
+        send(port, message(), attempts=3)
+    assert len(handler.received) == 1
+
+
+def test_a_refusal_before_the_hand_over_is_classified_by_its_code(server: tuple[Server, int]) -> None:
+    handler, port = server
+    handler.refuse_rcpt = "451 try again later"
+    with pytest.raises(Temporary):
+        send(port, message(), attempts=2)
+    handler.refuse_rcpt = "550 no such user"
+    with pytest.raises(Permanent):
+        send(port, message(), attempts=2)
+    assert handler.received == []
+
+
+def test_the_dry_run_writes_only_file_names_inside_its_folder(tmp_path: Any) -> None:
+    target = DryRun(tmp_path / "out")
+    for bad in ("../escape", "a/b", ".hidden", ""):
+        with pytest.raises(Permanent):
+            target.send(message(), {"trigger_id": bad})
+    target.send(message(), {"trigger_id": "0f3a-x_y.1"})
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["0f3a-x_y.1.eml"]
+    assert not (tmp_path / "escape.eml").exists()
