@@ -34,6 +34,7 @@ from streams.deliver import unsubscribe
 from streams.deliver.ledger import FAILED, SENDING, SENT, SUPPRESSED, Ledger
 from streams.deliver.render import Renderer, TemplateProblem
 from streams.deliver.targets import DryRun, OutcomeUnknown, Permanent, Smtp, Target, Temporary, Webhook, with_retries
+from streams.domain.config import Triggers
 from streams.logs import LIBRDKAFKA
 from streams.metrics import DeliverMetrics, serve_wsgi
 from streams.settings import Settings
@@ -81,7 +82,7 @@ class Deliverer:
         if send_at > self.now_ms():
             if self.ledger.outcome(trigger["trigger_id"]) is None:
                 self.ledger.hold(send_at, trigger["trigger_id"], raw)
-                self.metrics.deliveries.labels(trigger["type"], "held").inc()
+                self.metrics.deliveries.labels(_type_label(trigger["type"]), "held").inc()
                 self.metrics.held.set(self.ledger.held)
             return
         self.deliver(trigger)
@@ -114,7 +115,7 @@ class Deliverer:
 
     # --- one trigger ---
     def deliver(self, trigger: dict[str, Any]) -> None:
-        trigger_id, kind = trigger["trigger_id"], trigger["type"]
+        trigger_id, kind = trigger["trigger_id"], _type_label(trigger["type"])
         if self.ledger.outcome(trigger_id) is not None:
             self.metrics.deliveries.labels(kind, "duplicate").inc()
             return
@@ -195,8 +196,7 @@ class Deliverer:
         self.metrics.unsubscribes.labels(source).inc()
 
     def _failed(self, trigger: Mapping[str, Any], attempts: int, code: str, message: str) -> None:
-        kind = str(trigger.get("type") or "unknown")
-        self.metrics.deliveries.labels(kind, "failed").inc()
+        self.metrics.deliveries.labels(_type_label(trigger.get("type")), "failed").inc()
         profile_id = trigger.get("profile_id")
         record = {"trigger_id": trigger.get("trigger_id"), "type": trigger.get("type"), "profile_id": profile_id,
                   "attempts": attempts, "error": {"code": code, "message": message[:1000]},
@@ -205,6 +205,15 @@ class Deliverer:
                               key=profile_id.encode() if isinstance(profile_id, str) else None)
         self.producer.flush(10)
         log.warning("delivery failed (%s) for trigger %s", code, trigger.get("trigger_id"))
+
+
+#: The ``type`` label of the delivery metrics: the built-in trigger types, and ``other`` for any other
+#: producer's (a label per value read from a message would grow without bound).
+TYPE_LABELS = frozenset(Triggers.model_fields)
+
+
+def _type_label(kind: Any) -> str:
+    return kind if kind in TYPE_LABELS else "other"
 
 
 def _send_at_ms(trigger: Mapping[str, Any]) -> int:

@@ -134,3 +134,15 @@ def test_an_e_mail_whose_outcome_is_unknown_is_not_sent_again_and_is_reported(tm
     [(topic, letter)] = producer.sent
     assert topic == "delivery-failed" and letter["error"]["code"] == "outcome_unknown" and target.calls == 1
     assert step.ledger.outcome("t-1")["state"] == "failed"  # type: ignore[index]
+
+
+def test_a_trigger_type_of_another_producer_is_counted_as_other(tmp_path: Path) -> None:
+    """A label per type read from a message would grow without bound: built-in types, else ``other``."""
+    step, _ = deliverer(tmp_path, DryRun(tmp_path / "out"))
+    for n in range(3):
+        step.handle(trigger(trigger_id=f"t-{n}", type=f"made-up-{n}"))
+    step.handle(trigger(trigger_id="t-9"))
+    sent = {labels["type"]: sample.value for metric in step.metrics.registry.collect()
+            if metric.name == "mailpulse_deliveries" for sample in metric.samples
+            if sample.name.endswith("_total") and (labels := sample.labels)["outcome"] == "sent"}
+    assert sent == {"other": 3, "welcome": 1}
