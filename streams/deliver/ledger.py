@@ -84,9 +84,11 @@ class Ledger:
                 self.entries -= 1
         return len(old)
 
-    def interrupted(self) -> list[str]:
-        """Trigger ids whose sending was under way when the process stopped."""
-        return [key[2:].decode() for key in self._keys(b"d:") if orjson.loads(self._get(key)).get("state") == SENDING]
+    def interrupted(self) -> list[tuple[str, dict[str, Any]]]:
+        """(trigger id, its ``sending`` mark) of the triggers whose sending was under way when the
+        process stopped."""
+        marks = ((key[2:].decode(), orjson.loads(self._get(key))) for key in self._keys(b"d:"))
+        return [(trigger_id, mark) for trigger_id, mark in marks if mark.get("state") == SENDING]
 
     # --- held until send_at ---
     def hold(self, send_at_ms: int, trigger_id: str, trigger: bytes) -> None:

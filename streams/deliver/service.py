@@ -108,10 +108,10 @@ class Deliverer:
 
     def fail_interrupted(self) -> None:
         """Ids left ``sending`` by a process that stopped mid-send: at most once, so not sent again."""
-        for trigger_id in self.ledger.interrupted():
+        for trigger_id, mark in self.ledger.interrupted():
             self.ledger.mark(trigger_id, FAILED, self.now_ms(), code="interrupted")
-            self._failed({"trigger_id": trigger_id}, 1, "interrupted",
-                         "the connector stopped while sending it; not sent again (at most once)")
+            self._failed({"trigger_id": trigger_id, "type": mark.get("type"), "profile_id": mark.get("profile_id")},
+                         1, "interrupted", "the connector stopped while sending it; not sent again (at most once)")
 
     # --- one trigger ---
     def deliver(self, trigger: dict[str, Any]) -> None:
@@ -142,7 +142,7 @@ class Deliverer:
             self.ledger.mark(trigger_id, FAILED, now, code="bad_trigger")
             self._failed(trigger, 0, "bad_trigger", f"cannot be an e-mail: {type(exc).__name__}: {exc}")
             return
-        self.ledger.mark(trigger_id, SENDING, now)
+        self.ledger.mark(trigger_id, SENDING, now, type=trigger["type"], profile_id=trigger.get("profile_id"))
         self.ledger.sync()  # on disk before the send: after a power loss it is "interrupted", not sent again
         retries = self.metrics.retries.labels(self.target.name)
         try:

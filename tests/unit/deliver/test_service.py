@@ -146,3 +146,26 @@ def test_a_trigger_type_of_another_producer_is_counted_as_other(tmp_path: Path) 
             if metric.name == "mailpulse_deliveries" for sample in metric.samples
             if sample.name.endswith("_total") and (labels := sample.labels)["outcome"] == "sent"}
     assert sent == {"other": 3, "welcome": 1}
+
+
+class Dies:
+    """A target whose process dies mid-send (the exception stands for the process ending)."""
+
+    name = "dies"
+
+    def send(self, message: EmailMessage, trigger: dict[str, Any]) -> Sent:
+        raise SystemExit("killed mid-send")
+
+
+def test_a_trigger_left_sending_by_a_process_that_died_is_reported_with_its_type_and_profile(tmp_path: Path) -> None:
+    step, _ = deliverer(tmp_path, Dies())
+    with pytest.raises(SystemExit):
+        step.handle(trigger())
+    step.ledger.close()
+    again, producer = deliverer(tmp_path, DryRun(tmp_path / "out"))  # the next start, same state folder
+    again.fail_interrupted()
+    again.handle(trigger())  # read again: not sent (at most once)
+    [(topic, letter)] = producer.sent
+    assert topic == "delivery-failed" and letter["error"]["code"] == "interrupted"
+    assert (letter["trigger_id"], letter["type"], letter["profile_id"]) == ("t-1", "welcome", "p-1")
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
