@@ -330,8 +330,11 @@ def run_deliver(settings: Settings, dry_run: Path | None, stop: threading.Event,
                 deliverer.prune()
                 pruned_at = time.monotonic()
             batch = consumer.consume(num_messages=200, timeout=0.5)
-            handled = 0
+            handled, stopped = 0, False
             for message in batch:
+                if stop.is_set():  # stopping (SIGTERM): the rest of the batch is read again at the next start
+                    stopped = True
+                    break
                 error = message.error()
                 if error is not None:
                     if error.code() != KafkaError._PARTITION_EOF:
@@ -339,7 +342,7 @@ def run_deliver(settings: Settings, dry_run: Path | None, stop: threading.Event,
                     continue
                 deliverer.handle(message.value())
                 handled += 1
-            if handled:
+            if handled and not stopped:  # (a commit now would pass what was not handled)
                 ledger.sync()  # what the offsets pass is on disk first (held triggers, outcomes)
                 try:
                     consumer.commit(asynchronous=False)

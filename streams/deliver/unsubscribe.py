@@ -24,7 +24,9 @@ def verify(secret: bytes, query: str) -> tuple[str, str] | None:
         [profile_id], [email], [given] = fields["p"], fields["e"], fields["t"]
     except (KeyError, ValueError):
         return None
-    return (profile_id, email) if hmac.compare_digest(token(secret, profile_id, email), given) else None
+    # compared as bytes: compare_digest refuses str with non-ASCII characters (a forged link's ``t``)
+    genuine = hmac.compare_digest(token(secret, profile_id, email).encode(), given.encode(errors="replace"))
+    return (profile_id, email) if genuine else None
 
 
 def headers(url: str) -> dict[str, str]:
