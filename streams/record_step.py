@@ -242,6 +242,8 @@ def step(entries: list[Any], io: StepIO, ctx: StepContext, skip: frozenset[int] 
             result.entries_dropped["traits"] += effects.traits_dropped
         if effects.history_dropped:
             result.entries_dropped["history"] += effects.history_dropped
+        if effects.blocks_dropped:
+            result.entries_dropped["blocks"] += effects.blocks_dropped
         result.blocks_skipped += effects.blocks_skipped
         if effects.unknown is not None:
             result.unknown.append(effects.unknown)

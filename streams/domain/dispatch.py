@@ -42,6 +42,7 @@ class Effects:
     seen_dropped: int = 0  # event ids forgotten past limits.seen_ids
     traits_dropped: int = 0  # trait values a merge dropped past limits.trait_bytes
     history_dropped: int = 0  # windowed-count timestamps a merge dropped past limits.history_per_type
+    blocks_dropped: int = 0  # fuzzy-matching block registrations dropped past limits.blocks
     unknown: str | None = None  # an internal message type this version does not know (skipped)
     #: input topics of the parked events an arriving profile brought that are older than the watermark
     #: here: late, as an input event would be (a merge's round trips took longer than the clocks)
@@ -124,14 +125,32 @@ def _on_event(states: MutableMapping[str, State | None], key: str, state: State 
     record = person_record(event) if event["type"] == "identify" else None
     if record is not None:
         keys = block_keys(record)
-        registered: list[list[str]] = new.setdefault("blocks", [])  # [block, member key] pairs
-        registered.extend([block, root] for block in keys if [block, root] not in registered)
+        registered: list[list[str]] = new.setdefault("blocks", [])  # [block, member key] pairs, oldest first
+        for block in keys:  # a block named again is the newest (the bound drops the oldest)
+            if [block, root] in registered:
+                registered.remove([block, root])
+            registered.append([block, root])
         effects.send += [(block, {"type": graph.BLOCK, "key": root, "person": record}) for block in keys]
+        effects.send += _bound_blocks(registered, rules.limits.blocks, effects)
     applied = _apply(states, key, routing)
     effects.send = applied.send + effects.send
     effects.tombstones += applied.tombstones
     effects.limited += applied.limited
     return effects
+
+
+def _bound_blocks(registered: list[list[str]], most: int, effects: Effects) -> list[tuple[str, dict[str, Any]]]:
+    """Past ``most`` registrations the oldest go (counted), and their blocks are told to drop the
+    member, as at an erasure: a person whose name and address change without end (each identify
+    registers up to ~8 blocks) must not grow the state past the broker's message limit, nor leave
+    records in blocks it no longer knows of."""
+    over = len(registered) - most
+    if over <= 0:
+        return []
+    gone = registered[:over]
+    del registered[:over]
+    effects.blocks_dropped += over
+    return [(block, {"type": graph.BLOCK, "key": member, "drop": True}) for block, member in gone]
 
 
 def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State | None,
@@ -170,6 +189,7 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
     blocks = [*merged.get("blocks", [])]
     blocks += [pair for pair in absorbed.get("blocks", []) if pair not in blocks]
     merged["blocks"] = blocks
+    effects.send += _bound_blocks(blocks, limits.blocks, effects)
     aliases = possible_matches.union_aliases(merged.get("match_aliases", {}), absorbed.get("match_aliases", {}))
     if aliases:
         merged["match_aliases"] = aliases

@@ -152,6 +152,7 @@ class Limits:
     parked_events: int = 1_000  # events waiting for the watermark (the oldest are then applied)
     history_per_type: int = 500  # timestamps per event type for the segments' windowed counts
     possible_matches: int = possible_matches.MOST  # the best-scored pairs kept
+    blocks: int = 64  # [fuzzy-matching block, member] pairs a person is registered in (the oldest then leave)
 
     @property
     def small_traits_can_overflow(self) -> bool:

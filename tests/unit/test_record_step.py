@@ -25,6 +25,7 @@ from schemas.timeparse import parse_timestamp
 from streams import topics as names
 from streams.domain.config import PipelineConfig
 from streams.domain.dispatch import run_locally
+from streams.domain.profile import DEFAULT_LIMITS
 from streams.domain.timeline import RuleSet
 from streams.ingest import IngestPolicy, Source
 from streams.record_step import (
@@ -569,3 +570,23 @@ def test_a_next_due_time_the_due_index_cannot_hold_fails_the_profile_in_the_step
         _encode_state(state)
     state["rules"]["timers"]["x"][0] = 1772359200000
     assert _encode_state(state)[1] == 1772359200000
+
+
+def test_a_person_whose_name_and_address_keep_changing_keeps_a_bounded_block_list_and_commits() -> None:
+    """Each identify with a name registers the person in up to ~8 fuzzy-matching blocks, and nothing
+    bounded that list: 540 identifies with new long postcodes grew the state to the value limit, after
+    which every identify of the person was dead-lettered. Past ``limits.blocks`` the oldest go, their
+    blocks are told to drop the member, and each drop is counted."""
+    t0 = parse_timestamp("2026-03-01T10:00:00Z")
+    raw = [{"event_id": f"i-{n}", "type": "identify", "timestamp": t0 + n * 1000, "user_id": "u-b",
+            "traits": {"first_name": "Ana", "last_name": "Lee", "birthday": f"{1950 + n % 60}-{1 + n % 12:02d}-"
+                       f"{1 + n % 28:02d}", "postcode": f"{n:06d}" + "P" * 500, "street": f"{n} Main Street",
+                       "city": "Lyon"}} for n in range(540)]
+    result, value = one_person_in_one_step(raw)
+    state = orjson.loads(value)
+    assert result.failures == [] and result.outcomes["identities", "processed"] >= 500
+    assert len(state["blocks"]) == DEFAULT_LIMITS.blocks and len(value) < SOFT_STATE_BYTES
+    assert result.entries_dropped["blocks"] > 1000
+    drops = [message for topic, _, record, _ in result.sends if topic == CTX.events_topic
+             for _, message in orjson.loads(record or b"[]") if message.get("drop")]
+    assert len(drops) == result.entries_dropped["blocks"] and {message["key"] for message in drops} == {"u:u-b"}
