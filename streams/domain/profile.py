@@ -306,6 +306,14 @@ def refresh_view(line: CartLine, added: list[Any] | None = None) -> None:
         line["view"] = line_view(moves)
 
 
+def _drop_cart_lines(cart: dict[str, CartLine], count: int, dropped: Dropped) -> None:
+    """The ``count`` lines moved least recently leave the cart (each counted as ``cart_lines``)."""
+    by_age = sorted(cart, key=lambda product: (max((move[0] for move in cart[product]["moves"]), default=0), product))
+    for product in by_age[:count]:
+        del cart[product]
+    _drop(dropped, "cart_lines", count)
+
+
 def _combine_moves(line: CartLine, most: int, dropped: Dropped | None) -> None:
     """Past ``most`` moves, the two oldest become one at the later one's time (each counted): the
     line's quantity stays, and a purchase between their times now closes both (an approximation of
@@ -507,8 +515,9 @@ def shrink(state: LiveState, limits: Limits, dropped: Dropped) -> bool:
     would be too large to store (each entry a bound holds may be long: 512-character event ids in
     every cart move and seen id).  Of the seen ids, the cart lines' moves, the event types' history,
     the possible matches and the traits, each that takes at least an eighth of their total size is
-    halved: the oldest go (the lowest scores, the largest trait values), each drop counted as its
-    bound's drops are.  False when nothing was left to make smaller."""
+    halved: the oldest go (the lowest scores, the largest trait values; cart lines whose moves cannot
+    be combined any more, the least recently moved), each drop counted as its bound's drops are.
+    False when nothing was left to make smaller."""
     before = sum(dropped.values())
     profile, rules = state["profile"], state.get("rules")
     sizes = {"seen": approx_size(state["seen"]), "cart_moves": approx_size(profile["cart"]),
@@ -520,8 +529,13 @@ def shrink(state: LiveState, limits: Limits, dropped: Dropped) -> bool:
     if "seen" in big and len(seen) > 32:
         _move_seen_from(state, _trim_seen(seen, len(seen) // 2, dropped))
     if "cart_moves" in big:
+        combined = dropped.get("cart_moves", 0)
         for line in profile["cart"].values():
             _combine_moves(line, len(line["moves"]) // 2, dropped)
+        if dropped.get("cart_moves", 0) == combined and len(profile["cart"]) > 1:
+            # lines of one move each, too large still (512-character ids and fields of 4-byte
+            # characters): the least recently moved half of the lines go
+            _drop_cart_lines(profile["cart"], len(profile["cart"]) // 2, dropped)
     if "history" in big and rules:
         for times in rules["history"].values():
             cut = len(times) // 2

@@ -590,3 +590,20 @@ def test_a_person_whose_name_and_address_keep_changing_keeps_a_bounded_block_lis
     drops = [message for topic, _, record, _ in result.sends if topic == CTX.events_topic
              for _, message in orjson.loads(record or b"[]") if message.get("drop")]
     assert len(drops) == result.entries_dropped["blocks"] and {message["key"] for message in drops} == {"u:u-b"}
+
+
+def test_a_cart_of_long_product_ids_and_fields_past_the_value_limit_drops_its_oldest_lines() -> None:
+    """100 lines (the bound) of 512-character product ids, categories and cart ids of 4-byte characters
+    are ~700 KB of cart, with one move per line, which no combining of moves shrinks: past the value
+    limit the least recently moved lines go (counted), instead of every new product being dead-lettered."""
+    t0 = parse_timestamp("2026-03-01T10:00:00Z")
+    wide = "\U0001f600"
+    raw = [{"event_id": f"{n:04d}" + wide * 124, "type": "cart_add", "timestamp": t0 + n * 1000, "user_id": "cart-1",
+            "product_id": f"{n:04d}" + wide * 508, "category": wide * 512, "cart_id": wide * 512, "price": 1.0}
+           for n in range(100)]
+    result, value = one_person_in_one_step(raw)
+    state = orjson.loads(value)
+    assert result.failures == [] and result.outcomes["carts", "processed"] == 100
+    assert len(value) <= SOFT_STATE_BYTES and result.entries_dropped["cart_lines"] > 0
+    newest = f"{99:04d}" + wide * 508
+    assert newest in state["profile"]["cart"]  # the newest line stayed
