@@ -41,6 +41,10 @@ MAX_VALUE_BYTES = 900_000
 #: ``limits.parked_events``, counted in ``released_early``): parked events are what can make a
 #: bounded state big (up to 1,000 input messages of up to 64 KiB each), and folding them shrinks it.
 SOFT_STATE_BYTES = MAX_VALUE_BYTES // 3
+#: A live state is made smaller once it is past all but this part (1/7, ~128 KB) of the value limit:
+#: when its key gives the profile away to a smaller key, the absorb message carries the state as
+#: stored plus the event that linked it (up to 64 KiB), which must still fit under the limit.
+ABSORB_ROOM = 7
 #: A due profile the step left out after a failure is due again this much event time later (ten
 #: minutes): its timers are not lost, and a profile that fails every time costs one failed attempt
 #: (and one dead letter) per ten minutes of event time, not one per record.
@@ -392,8 +396,9 @@ def _encode_state(state: State, release_parked: Callable[[], None] | None = None
                   limits: Limits = DEFAULT_LIMITS) -> Encoded:
     """``state`` with its next due time first (the due index reads it from there).  A live
     state over :data:`SOFT_STATE_BYTES` with parked events calls ``release_parked`` and is encoded
-    again; one still over :data:`MAX_VALUE_BYTES` is made smaller (:func:`streams.domain.profile.shrink`,
-    counted) until it is under :data:`SOFT_STATE_BYTES` or nothing is left to shrink.  Nothing goes
+    again; one still past all but :data:`ABSORB_ROOM` of :data:`MAX_VALUE_BYTES` is made smaller
+    (:func:`streams.domain.profile.shrink`, counted) until it is under :data:`SOFT_STATE_BYTES` or
+    nothing is left to shrink.  Nothing goes
     into a result here, so a failure after it leaves none of it behind."""
     previous = state.get("due")  # what the index holds for this key
     shrunk: Counter[str] | None = None
@@ -408,7 +413,7 @@ def _encode_state(state: State, release_parked: Callable[[], None] | None = None
             release_parked()
             state["due"] = due = _indexable(next_due(state))
             data = orjson.dumps(due_first(state))
-        if len(data) > MAX_VALUE_BYTES:
+        if len(data) > MAX_VALUE_BYTES - MAX_VALUE_BYTES // ABSORB_ROOM:
             shrunk = Counter()
             while len(data) > SOFT_STATE_BYTES and shrink(state, limits, shrunk):
                 data = orjson.dumps(due_first(state))

@@ -607,3 +607,26 @@ def test_a_cart_of_long_product_ids_and_fields_past_the_value_limit_drops_its_ol
     assert len(value) <= SOFT_STATE_BYTES and result.entries_dropped["cart_lines"] > 0
     newest = f"{99:04d}" + wide * 508
     assert newest in state["profile"]["cart"]  # the newest line stayed
+
+
+def test_a_stored_state_leaves_room_for_the_absorb_that_carries_it_with_one_more_event() -> None:
+    """A state stored at up to the value limit (here 800 KB of cart moves with long event ids, all
+    within bounds) could not be given away: the absorb message that carries it with the linking event
+    was past the limit, so the link was dead-lettered, and every later one too. States are now made
+    smaller once past all but 1/7 of the limit (``record_step.ABSORB_ROOM``)."""
+    from streams.domain.profile import new_state
+    from streams.domain.timeline import ensure_rule_state
+    from streams.record_step import _encode_state
+
+    t0 = parse_timestamp("2026-03-01T10:00:00Z")
+    state: Any = ensure_rule_state(new_state("a:a-big", t0))
+    for line in range(100):
+        moves = [[t0 + move, f"{line:03d}{move:03d}" + "\U0001f600" * 122, 1] for move in range(16)]
+        state["profile"]["cart"][f"sku-{line}"] = {"moves": moves, "fields": {}}
+    assert 770_000 < len(orjson.dumps(state)) < MAX_VALUE_BYTES  # storable as it is
+    data, _, _, shrunk = _encode_state(state)
+    assert shrunk is not None and shrunk["cart_moves"] > 0 and len(data) <= SOFT_STATE_BYTES
+    stored = orjson.loads(data)
+    stored["pending"].append([t0, 0, "link", {"event_id": "link", "traits": {"note": "x" * 65_000}}])
+    absorb = orjson.dumps([["u:u-big", {"type": "_absorb", "from": "a:a-big", "kind": "exact", "state": stored}]])
+    assert len(absorb) < MAX_VALUE_BYTES
