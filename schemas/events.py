@@ -16,6 +16,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    Strict,
     TypeAdapter,
     ValidationInfo,
     WithJsonSchema,
@@ -46,7 +47,10 @@ _CURRENCY = re.compile(r"^[A-Z]{3}$")
 Text = Annotated[str, Field(min_length=1, max_length=512)]
 #: The largest money amount accepted (``total``, ``price``): sums of many stay finite.
 MAX_AMOUNT = 1e9
-Amount = Annotated[float, Field(ge=0, le=MAX_AMOUNT, allow_inf_nan=False)]
+#: Numbers, flags and counts are strict: ``"12.5"``, ``true`` or ``2.0`` where a number, a flag or a
+#: count belongs are wrong types (contract: dead-lettered), not read as 12.5, 1.0 or 2.
+Amount = Annotated[float, Strict(), Field(ge=0, le=MAX_AMOUNT, allow_inf_nan=False)]
+Count = Annotated[int, Strict(), Field(ge=1, le=100_000)]
 #: Limits of the one free-form part of an event, the traits it does not know: nesting depth, values
 #: (every container and leaf of all of them together) and the length of each text and key.
 MAX_TRAIT_DEPTH = 8
@@ -167,7 +171,7 @@ class CartEvent(_Identified):
     product_id: Text | None = None
     cart_id: Text | None = None
     category: Text | None = None
-    quantity: Annotated[int, Field(ge=1, le=100_000)] = 1
+    quantity: Count = 1
     price: Amount | None = None
     currency: str = "USD"
 
@@ -183,7 +187,7 @@ class CartEvent(_Identified):
 class LineItem(_Model):
     product_id: Text
     category: Text | None = None
-    quantity: Annotated[int, Field(ge=1, le=100_000)] = 1
+    quantity: Count = 1
     price: Amount | None = None
 
 
@@ -239,7 +243,8 @@ class Traits(BaseModel):
 class IdentifyEvent(_Identified):
     type: Literal["identify"]
     traits: Traits = Field(default_factory=Traits)
-    consent: dict[Annotated[str, Field(max_length=64)], bool] = Field(default_factory=dict, max_length=32)
+    consent: dict[Annotated[str, Field(max_length=64)], Annotated[bool, Strict()]] = Field(default_factory=dict,
+                                                                                          max_length=32)
     source: Text | None = None
 
     def _extra_email(self) -> str | None:

@@ -122,7 +122,7 @@ def _code_for(exc: ValidationError) -> tuple[str, str]:
         code = "missing_field" if err["type"] == "missing" else "bad_timestamp"
     elif err["type"] == "missing":
         code = "missing_field"
-    elif field in ("email", "phone"):
+    elif field in ("email", "phone") and loc[0] != "consent":  # consent.email is a flag, not an address
         code = "invalid_identifier"
     else:
         code = "schema"

@@ -81,6 +81,15 @@ def test_source_travels_with_the_event() -> None:
         ({**BASE, "type": "purchase", "order_id": "o", "total": 1, "currency": "dollars"}, "schema"),
         ({**BASE, "context": {"timezone": "Mars/Olympus"}}, "schema"),
         ({**BASE, "user_id": 17}, "schema"),
+        # wrong types are not read as something else: "12.5" and true are not amounts, 2.0 and "3" not
+        # counts, "yes" not a consent flag
+        ({**BASE, "type": "purchase", "order_id": "o", "total": "12.5"}, "schema"),
+        ({**BASE, "type": "purchase", "order_id": "o", "total": True}, "schema"),
+        ({**BASE, "type": "purchase", "order_id": "o", "total": 1, "items": [{"product_id": "p", "quantity": 2.0}]},
+         "schema"),
+        ({**BASE, "type": "cart_add", "product_id": "p", "quantity": "3"}, "schema"),
+        ({**BASE, "type": "cart_add", "product_id": "p", "price": "9.99"}, "schema"),
+        ({**BASE, "type": "identify", "consent": {"email": "yes"}}, "schema"),
         (None, "empty"),
     ],
 )
