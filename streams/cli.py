@@ -155,10 +155,12 @@ def cmd_deliver(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from streams.deliver.service import run_deliver
+    from streams.deliver.service import run_deliver, sender_problem
     from streams.logs import say
 
     settings = _settings(broker=args.broker)
+    if (problem := sender_problem(settings.mail_from)) is not None:  # else every trigger would fail on it
+        raise UserError(f"MAILPULSE_MAIL_FROM {settings.mail_from[:80]!r}: {problem}")
     bootstrap = _bootstrap(settings.broker)
     _check_broker(bootstrap)
     if args.dry_run is None and settings.deliver_target == "webhook" and not settings.webhook_url:

@@ -14,6 +14,7 @@ sent twice.  Failures after the retries, templates that fail, malformed triggers
 from __future__ import annotations
 
 import email.policy
+import email.utils
 import logging
 import threading
 import time
@@ -87,10 +88,12 @@ class Deliverer:
             return
         self.deliver(trigger)
 
-    def release_due(self) -> int:
-        """Delivers the held triggers whose send_at has come; how many."""
+    def release_due(self, stopping: Callable[[], bool] = lambda: False) -> int:
+        """Delivers the held triggers whose send_at has come (until ``stopping`` says so); how many."""
         released = 0
         for key, raw in self.ledger.due(self.now_ms()):
+            if stopping():  # the rest stay held, for the next start
+                break
             self.deliver(orjson.loads(raw))
             self.ledger.release(key)
             released += 1
@@ -213,7 +216,18 @@ TYPE_LABELS = frozenset(Triggers.model_fields)
 
 
 def _type_label(kind: Any) -> str:
-    return kind if kind in TYPE_LABELS else "other"
+    return kind if isinstance(kind, str) and kind in TYPE_LABELS else "other"  # (a list is unhashable)
+
+
+def sender_problem(mail_from: str) -> str | None:
+    """Why ``mail_from`` cannot be the From: of an e-mail (None: it can)."""
+    try:
+        message = EmailMessage(policy=POLICY)
+        message["From"] = mail_from
+        address = email.utils.getaddresses([str(message["From"])])[0][1]
+    except Exception as exc:
+        return f"not an address ({type(exc).__name__})"
+    return None if "@" in address else "not an address"
 
 
 def _send_at_ms(trigger: Mapping[str, Any]) -> int:
@@ -350,7 +364,8 @@ def run_deliver(settings: Settings, dry_run: Path | None, stop: threading.Event,
                     # read again, by this process (its ledger skips what it delivered) or another
                     log.warning("deliver: offset commit failed (%s); those triggers are read again",
                                 exc.args[0].name() if exc.args and hasattr(exc.args[0], "name") else exc)
-            deliverer.release_due()
+            if not stopped:
+                deliverer.release_due(stop.is_set)
             producer.poll(0)  # its delivery reports and librdkafka's log lines, also while nothing is sent
         return 0
     finally:

@@ -119,6 +119,8 @@ class Smtp:
         except smtplib.SMTPRecipientsRefused as exc:
             temporary = all(400 <= code < 500 for code, _ in exc.recipients.values())
             raise (Temporary if temporary else Permanent)(f"recipient refused: {_codes(exc.recipients)}") from None
+        except smtplib.SMTPNotSupportedError as exc:  # the address needs what the server does not offer
+            raise Permanent(f"SMTP: {exc}"[:300]) from None
         except smtplib.SMTPResponseException as exc:
             kind = Temporary if 400 <= exc.smtp_code < 500 else Permanent
             error = exc.smtp_error.decode(errors="replace") if isinstance(exc.smtp_error, bytes) else exc.smtp_error
@@ -161,8 +163,8 @@ def _hand_over(client: smtplib.SMTP, message: EmailMessage) -> None:
     code, reply = client.getreply()
     if code != 354:
         raise smtplib.SMTPDataError(code, reply)
+    client.send(data + b".\r\n")  # raises before the last line is out: the server has nothing to take
     try:
-        client.send(data + b".\r\n")
         code, reply = client.getreply()
     except (OSError, smtplib.SMTPException) as exc:
         raise OutcomeUnknown(f"SMTP connection lost after the message was handed over ({type(exc).__name__})") \

@@ -242,7 +242,7 @@ class Limits(_Strict):
     parked_events: int = Field(default=DEFAULT_LIMITS.parked_events, ge=1)
     history_per_type: int = Field(default=DEFAULT_LIMITS.history_per_type, ge=1)
     possible_matches: int = Field(default=DEFAULT_LIMITS.possible_matches, ge=1)
-    blocks: int = Field(default=DEFAULT_LIMITS.blocks, ge=8)
+    blocks: int = Field(default=DEFAULT_LIMITS.blocks, ge=10)  # an identify registers up to 10
 
 
 class PipelineConfig(_Strict):

@@ -142,7 +142,7 @@ def _on_event(states: MutableMapping[str, State | None], key: str, state: State 
 def _bound_blocks(registered: list[list[str]], most: int, effects: Effects) -> list[tuple[str, dict[str, Any]]]:
     """Past ``most`` registrations the oldest go (counted), and their blocks are told to drop the
     member, as at an erasure: a person whose name and address change without end (each identify
-    registers up to ~8 blocks) must not grow the state past the broker's message limit, nor leave
+    registers up to 10 blocks) must not grow the state past the broker's message limit, nor leave
     records in blocks it no longer knows of."""
     over = len(registered) - most
     if over <= 0:

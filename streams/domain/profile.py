@@ -307,8 +307,13 @@ def refresh_view(line: CartLine, added: list[Any] | None = None) -> None:
 
 
 def _drop_cart_lines(cart: dict[str, CartLine], count: int, dropped: Dropped) -> None:
-    """The ``count`` lines moved least recently leave the cart (each counted as ``cart_lines``)."""
-    by_age = sorted(cart, key=lambda product: (max((move[0] for move in cart[product]["moves"]), default=0), product))
+    """``count`` lines leave the cart (each counted as ``cart_lines``): lines at quantity 0 (products
+    taken out again) first, then those moved least recently."""
+    def order(product: str) -> tuple[bool, int, str]:
+        quantity, _, _, newest_move = line_view(cart[product]["moves"])[:4]
+        return quantity > 0, newest_move, product
+
+    by_age = sorted(cart, key=order)
     for product in by_age[:count]:
         del cart[product]
     _drop(dropped, "cart_lines", count)
@@ -515,8 +520,9 @@ def shrink(state: LiveState, limits: Limits, dropped: Dropped) -> bool:
     would be too large to store (each entry a bound holds may be long: 512-character event ids in
     every cart move and seen id).  Of the seen ids, the cart lines' moves, the event types' history,
     the possible matches and the traits, each that takes at least an eighth of their total size is
-    halved: the oldest go (the lowest scores, the largest trait values; cart lines whose moves cannot
-    be combined any more, the least recently moved), each drop counted as its bound's drops are.
+    halved: the oldest go (the lowest scores, the largest trait values; when the cart is the largest
+    part and its moves cannot be combined any more, half of its lines, emptied ones first, then the
+    least recently moved), each drop counted as its bound's drops are.
     False when nothing was left to make smaller."""
     before = sum(dropped.values())
     profile, rules = state["profile"], state.get("rules")
@@ -532,9 +538,10 @@ def shrink(state: LiveState, limits: Limits, dropped: Dropped) -> bool:
         combined = dropped.get("cart_moves", 0)
         for line in profile["cart"].values():
             _combine_moves(line, len(line["moves"]) // 2, dropped)
-        if dropped.get("cart_moves", 0) == combined and len(profile["cart"]) > 1:
-            # lines of one move each, too large still (512-character ids and fields of 4-byte
-            # characters): the least recently moved half of the lines go
+        if dropped.get("cart_moves", 0) == combined and len(profile["cart"]) > 1 and \
+                sizes["cart_moves"] == max(sizes.values()):
+            # the largest part, and its lines have one move each (512-character ids and fields of
+            # 4-byte characters): half of the lines go, emptied ones first, then the least recently moved
             _drop_cart_lines(profile["cart"], len(profile["cart"]) // 2, dropped)
     if "history" in big and rules:
         for times in rules["history"].values():

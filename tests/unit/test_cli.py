@@ -51,6 +51,13 @@ def test_no_broker_is_a_one_line_error(capsys: pytest.CaptureFixture[str], monke
     assert code == 2 and err.count("\n") == 1 and err.startswith("mailpulse: error: no broker")
 
 
+def test_deliver_with_a_sender_that_is_not_an_address_is_a_one_line_error(capsys: pytest.CaptureFixture[str],
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAILPULSE_MAIL_FROM", "Shop <shop@[1.2.3.4>")
+    code, _, err = run(capsys, "deliver", "--broker", "kafka://127.0.0.1:1")
+    assert code == 2 and err.count("\n") == 1 and err.startswith("mailpulse: error: MAILPULSE_MAIL_FROM")
+
+
 def test_unreachable_broker_is_a_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "tail", "profiles", "--broker", "kafka://127.0.0.1:1")
     assert code == 2 and err.startswith("mailpulse: error: broker at 127.0.0.1:1 did not answer")

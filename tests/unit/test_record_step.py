@@ -630,3 +630,22 @@ def test_a_stored_state_leaves_room_for_the_absorb_that_carries_it_with_one_more
     stored["pending"].append([t0, 0, "link", {"event_id": "link", "traits": {"note": "x" * 65_000}}])
     absorb = orjson.dumps([["u:u-big", {"type": "_absorb", "from": "a:a-big", "kind": "exact", "state": stored}]])
     assert len(absorb) < MAX_VALUE_BYTES
+
+
+def test_a_cart_that_is_not_the_largest_part_of_a_state_being_shrunk_keeps_its_lines() -> None:
+    """A state past the shrink threshold because of its seen ids and history keeps every line of an
+    ordinary cart (lines of one move each cannot be combined; dropping them would change the cart)."""
+    from streams.domain.profile import new_state
+    from streams.domain.timeline import ensure_rule_state
+    from streams.record_step import _encode_state
+
+    t0 = parse_timestamp("2026-03-01T10:00:00Z")
+    state: Any = ensure_rule_state(new_state("u:u-1", t0))
+    state["seen"] = {f"{n:05d}" + "\U0001f600" * 120: t0 + n for n in range(1600)}
+    state["rules"]["history"] = {f"type-{k}": [t0 + n for n in range(500)] for k in range(12)}
+    for line in range(100):
+        state["profile"]["cart"][f"sku-{line}"] = {"moves": [[t0 + line, f"k-{line}", 1]], "fields": {}}
+    assert len(orjson.dumps(state)) > MAX_VALUE_BYTES - MAX_VALUE_BYTES // 7
+    data, _, _, shrunk = _encode_state(state)
+    assert shrunk is not None and shrunk["seen"] > 0 and "cart_lines" not in shrunk
+    assert len(orjson.loads(data)["profile"]["cart"]) == 100

@@ -169,3 +169,29 @@ def test_a_trigger_left_sending_by_a_process_that_died_is_reported_with_its_type
     assert topic == "delivery-failed" and letter["error"]["code"] == "interrupted"
     assert (letter["trigger_id"], letter["type"], letter["profile_id"]) == ("t-1", "welcome", "p-1")
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize("kind", [[], {"a": 1}, 7])
+def test_a_trigger_whose_type_is_not_text_goes_to_delivery_failed(tmp_path: Path, kind: Any) -> None:
+    step, producer = deliverer(tmp_path, DryRun(tmp_path / "out"))
+    step.handle(trigger(type=kind))  # a list as a metric label raised (unhashable): the connector stopped
+    [(topic, letter)] = producer.sent
+    assert topic == "delivery-failed" and letter["error"]["code"] == "bad_trigger"
+
+
+def test_held_triggers_stay_held_when_the_connector_is_stopping(tmp_path: Path) -> None:
+    step, _ = deliverer(tmp_path, DryRun(tmp_path / "out"))
+    now = [1_800_000_000_000]
+    step.now_ms = lambda: now[0]
+    for n in range(3):
+        step.handle(trigger(trigger_id=f"t-{n}", send_at="2030-01-01T08:00:00.000Z"))
+    now[0] = 1_900_000_000_000
+    calls = iter([False, True])  # stopping after the first
+    assert step.release_due(lambda: next(calls, True)) == 1 and step.ledger.held == 2
+
+
+def test_a_sender_that_is_not_an_address_is_found_before_any_trigger() -> None:
+    from streams.deliver.service import sender_problem
+
+    assert sender_problem("Shop <shop@example.com>") is None
+    assert sender_problem("Shop <shop@[1.2.3.4>") is not None and sender_problem("shop") is not None

@@ -62,7 +62,7 @@ def message(to: str = "ana@example.com") -> EmailMessage:
     return m
 
 
-def send(port: int, m: EmailMessage, attempts: int = 3) -> tuple[Any, int]:
+def send_with(port: int, m: EmailMessage, attempts: int = 3) -> tuple[Any, int]:
     target = Smtp("127.0.0.1", port, "none", None, None, timeout_s=0.5)
     return with_retries(lambda: target.send(m, {"trigger_id": "t-1"}), attempts, 0.001, lambda: None,
                         lambda s: None)
@@ -70,7 +70,7 @@ def send(port: int, m: EmailMessage, attempts: int = 3) -> tuple[Any, int]:
 
 def test_a_message_is_handed_over_once_with_its_envelope(server: tuple[Server, int]) -> None:
     handler, port = server
-    _, attempts = send(port, message())
+    _, attempts = send_with(port, message())
     [(sender, recipients, got)] = handler.received
     assert attempts == 1 and sender == "shop@example.com" and recipients == ["ana@example.com"]
     assert got["Subject"] == "Hello"
@@ -79,7 +79,7 @@ def test_a_message_is_handed_over_once_with_its_envelope(server: tuple[Server, i
 
 def test_an_international_address_goes_with_smtputf8(server: tuple[Server, int]) -> None:
     handler, port = server
-    send(port, message("zoë@example.com"))
+    send_with(port, message("zoë@example.com"))
     [(_, recipients, got)] = handler.received
     assert recipients == ["zoë@example.com"] and got["To"] == "zoë@example.com"
 
@@ -89,18 +89,37 @@ def test_a_connection_lost_after_the_hand_over_is_not_tried_again(server: tuple[
     handler, port = server
     handler.silent_after_data = True
     with pytest.raises(OutcomeUnknown):
-        send(port, message(), attempts=3)
+        send_with(port, message(), attempts=3)
     assert len(handler.received) == 1
+
+
+def test_a_message_that_could_not_be_written_whole_is_tried_again(server: tuple[Server, int],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write that fails before the final dot went out leaves the server nothing to accept."""
+    import smtplib
+
+    handler, port = server
+    real_send, broken = smtplib.SMTP.send, [True]
+
+    def send(self: smtplib.SMTP, data: Any) -> None:
+        if isinstance(data, bytes) and data.endswith(b"\r\n.\r\n") and broken:
+            broken.clear()
+            raise smtplib.SMTPServerDisconnected("timed out writing the message")
+        real_send(self, data)
+
+    monkeypatch.setattr(smtplib.SMTP, "send", send)
+    _, attempts = send_with(port, message())
+    assert attempts == 2 and len(handler.received) == 1
 
 
 def test_a_refusal_before_the_hand_over_is_classified_by_its_code(server: tuple[Server, int]) -> None:
     handler, port = server
     handler.refuse_rcpt = "451 try again later"
     with pytest.raises(Temporary):
-        send(port, message(), attempts=2)
+        send_with(port, message(), attempts=2)
     handler.refuse_rcpt = "550 no such user"
     with pytest.raises(Permanent):
-        send(port, message(), attempts=2)
+        send_with(port, message(), attempts=2)
     assert handler.received == []
 
 
