@@ -91,6 +91,11 @@ def _currency(value: str) -> str:
     return code
 
 
+#: Names the system's zone files answer to that are no IANA time zone: ``localtime`` is whatever the
+#: host is set to (two workers could differ), ``Factory`` and ``posixrules`` are placeholders.
+_NOT_IANA = frozenset(("localtime", "Factory", "posixrules"))
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -109,6 +114,8 @@ class Context(_Model):
         if value is None:
             return None
         try:
+            if value in _NOT_IANA or value.startswith(("posix/", "right/")):
+                raise ValueError(value)
             ZoneInfo(value)
         except Exception:
             raise ValueError(f"unknown IANA time zone {value[:64]!r}") from None

@@ -155,6 +155,7 @@ def cmd_deliver(args: argparse.Namespace) -> int:
     import signal
     import threading
 
+    from streams.deliver.ledger import LedgerInUse
     from streams.deliver.service import run_deliver, sender_problem
     from streams.logs import say
 
@@ -168,7 +169,8 @@ def cmd_deliver(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    code = run_deliver(settings, args.dry_run, stop, say)
+    with reported_as_user_error(LedgerInUse):
+        code = run_deliver(settings, args.dry_run, stop, say)
     say("deliver stopped")
     return code
 

@@ -20,10 +20,20 @@ import rocksdict
 SENDING, SENT, FAILED, SUPPRESSED = "sending", "sent", "failed", "suppressed"
 
 
+class LedgerInUse(OSError):
+    """Another process has the ledger open (RocksDB's lock)."""
+
+
 class Ledger:
     def __init__(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        self.db = rocksdict.Rdict(str(folder / "ledger"))
+        try:
+            self.db = rocksdict.Rdict(str(folder / "ledger"))
+        except Exception as exc:  # rocksdict raises a bare Exception
+            if "lock" not in str(exc).lower():
+                raise
+            raise LedgerInUse(f"{folder} is in use by another deliver process (each needs its own "
+                              "MAILPULSE_DATA_DIR)") from None
         if self.db.get(b"k:aged") is None:  # a ledger from before the age index: index what it holds
             for key in list(self._keys(b"d:")):
                 self.db[b"t:%013d:" % max(orjson.loads(self._get(key)).get("at", 0), 0) + key[2:]] = b""

@@ -80,6 +80,8 @@ def test_source_travels_with_the_event() -> None:
         ({**BASE, "type": "purchase", "order_id": "o", "total": -1}, "schema"),
         ({**BASE, "type": "purchase", "order_id": "o", "total": 1, "currency": "dollars"}, "schema"),
         ({**BASE, "context": {"timezone": "Mars/Olympus"}}, "schema"),
+        ({**BASE, "context": {"timezone": "localtime"}}, "schema"),  # the host's zone, not an IANA name
+        ({**BASE, "context": {"timezone": "posix/Europe/Berlin"}}, "schema"),
         ({**BASE, "user_id": 17}, "schema"),
         # wrong types are not read as something else: "12.5" and true are not amounts, 2.0 and "3" not
         # counts, "yes" not a consent flag

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import orjson
+import pytest
 
 from streams.deliver.ledger import SENT, Ledger
 from streams.deliver.service import Deliverer
@@ -58,3 +59,14 @@ def test_the_deliverer_prunes_past_its_setting_and_counts_it(tmp_path: Path) -> 
                           Settings(deliver_ledger_days=2.5), "http://u", b"k" * 32, now_ms=lambda: NOW)
     assert deliverer.prune() == 3
     assert metrics.ledger_pruned._value.get() == 3 and metrics.ledger_entries._value.get() == 3
+
+
+def test_a_ledger_another_process_holds_is_a_clear_error(tmp_path: Path) -> None:
+    from streams.deliver.ledger import LedgerInUse
+
+    first = Ledger(tmp_path)
+    try:
+        with pytest.raises(LedgerInUse, match="another deliver process"):
+            Ledger(tmp_path)
+    finally:
+        first.close()
