@@ -675,7 +675,7 @@ class _AgentSink:
 def _indexed(previous: Any) -> int | None:
     """A stored state's ``"due"`` as the index may hold it: one the rebuild could not index is None."""
     try:
-        return None if previous is None else indexable_due(previous)
+        return indexable_due(previous)
     except ValueError:
         return None
 

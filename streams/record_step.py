@@ -385,13 +385,6 @@ def _stage_state(kb: bytes, encoded: Encoded, result: RecordResult) -> None:
     result.state_writes.append((kb, data))
 
 
-def _indexable(due: int | None) -> int | None:
-    """A state's next due time, checked here, in the step's isolation, so that a time the due index
-    cannot hold (a timer of a state another program wrote) fails this profile, not the agent that
-    applies the result."""
-    return None if due is None else indexable_due(due)
-
-
 def _encode_state(state: State, release_parked: Callable[[], None] | None = None,
                   limits: Limits = DEFAULT_LIMITS) -> Encoded:
     """``state`` with its next due time first (the due index reads it from there).  A live
@@ -407,11 +400,13 @@ def _encode_state(state: State, release_parked: Callable[[], None] | None = None
         data = _encoded(state)
         due = None
     else:
-        state["due"] = due = _indexable(next_due(state))
+        # checked here, in the step's isolation: a time the due index cannot hold (a timer of a state
+        # another program wrote) fails this profile, not the agent that applies the result
+        state["due"] = due = indexable_due(next_due(state))
         data = orjson.dumps(due_first(state))
         if len(data) > SOFT_STATE_BYTES and state.get("pending") and release_parked is not None:
             release_parked()
-            state["due"] = due = _indexable(next_due(state))
+            state["due"] = due = indexable_due(next_due(state))
             data = orjson.dumps(due_first(state))
         if len(data) > MAX_VALUE_BYTES - MAX_VALUE_BYTES // ABSORB_ROOM:
             shrunk = Counter()

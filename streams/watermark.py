@@ -199,11 +199,13 @@ def stored_due(raw: bytes) -> int | None:
         return None if token == b"null" else indexable_due(int(token))
     state = orjson.loads(raw)
     due = state.get("due") if isinstance(state, dict) else None
-    return None if due is None else indexable_due(due)
+    return indexable_due(due)
 
 
-def indexable_due(due: object) -> int:
-    """``due`` if the due index can hold it (an int that :func:`due_bytes` encodes), else raises."""
+def indexable_due(due: object) -> int | None:
+    """``due`` if the due index can hold it (None, or an int that :func:`due_bytes` encodes), else raises."""
+    if due is None:
+        return None
     if type(due) is not int or not -DUE_BIAS <= due < DUE_BIAS:
         raise ValueError("not a due time")
     return due
