@@ -580,7 +580,8 @@ def _profile_agent(p: Pipeline) -> Any:
     unreadable = metrics.processing_errors.labels("profiles", "stored_state")
 
     def due_entries() -> Any:
-        skipped: list[tuple[str, bytes]] = []  # (exception class, key) of what could not be read
+        skipped = 0
+        first: tuple[str, bytes] | None = None  # (exception class, key) of the first that could not be read
         for key, value in table.items_with_staged():
             try:
                 name = key.decode()
@@ -590,15 +591,15 @@ def _profile_agent(p: Pipeline) -> Any:
                 # program, or a newer version's after a rollback) must not end the worker at every
                 # start: it gets no due entry, and a step that reads it fails in its isolation (its
                 # entries are dead-lettered).
-                skipped.append((type(exc).__name__, key))
+                skipped += 1
+                first = first or (type(exc).__name__, key)
                 continue
             if due is not None:
                 yield partition_for(name, partitions), due, key
-        if skipped:
-            unreadable.inc(len(skipped))
-            cause, key = skipped[0]
+        if first is not None:
+            unreadable.inc(skipped)
             log.warning("%d stored profile states cannot be read and keep no timer (the first: %s, profile %s)",
-                        len(skipped), cause, profile_id_for(key.decode(errors="replace")))
+                        skipped, first[0], profile_id_for(first[1].decode(errors="replace")))
 
     def handle(delivered: Any) -> None:
         """A fetched run of one partition's internal records (streams.consumer, fix 3), or one record:
@@ -788,8 +789,8 @@ def _cooccurrence_agent(p: Pipeline) -> Any:
             entries = orjson.loads(record.value)
             if not isinstance(entries, list):
                 raise TypeError("a co-occurrence record is a list of entries")
-        except Exception as exc:
-            entries, failed, cause = [], [record.value], exc
+        except Exception as exc:  # nothing in it can be counted: the letter keeps the record
+            entries, cause = [], exc
         for entry in entries:
             try:
                 product, counted = entry
@@ -802,7 +803,7 @@ def _cooccurrence_agent(p: Pipeline) -> Any:
                 send(recs_topic, key, recs)
         if cause is not None:
             try:
-                raw = failed[0] if not entries else orjson.dumps(failed)
+                raw = orjson.dumps(failed) if failed else record.value
             except Exception:  # a bad entry orjson reads but cannot write (nested past its depth limit)
                 raw = record.value
             _internal_dead_letter(p, Source(message.topic, partition, message.offset, None, _now_ms()), raw, cause)
