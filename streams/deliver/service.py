@@ -230,14 +230,20 @@ def sender_problem(mail_from: str) -> str | None:
     return None if "@" in address else "not an address"
 
 
+def _timestamp_ms(value: Any) -> int | None:
+    """An ISO-8601 timestamp's epoch milliseconds (None: not one)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return parse_timestamp(value)
+    except ValueError:
+        return None
+
+
 def _send_at_ms(trigger: Mapping[str, Any]) -> int:
     for field in ("send_at", "at"):
-        value = trigger.get(field)
-        if isinstance(value, str):
-            try:
-                return parse_timestamp(value)
-            except ValueError:
-                continue
+        if (ms := _timestamp_ms(trigger.get(field))) is not None:
+            return ms
     return 0
 
 
@@ -250,19 +256,9 @@ def _malformed(trigger: Any) -> str | None:
     if "@" not in trigger["email"]:
         return "email is not an address"
     # absent, it is sent at ``at``; there but unreadable, it is not sent at once (quiet hours)
-    if trigger.get("send_at") is not None and not _is_timestamp(trigger["send_at"]):
+    if trigger.get("send_at") is not None and _timestamp_ms(trigger["send_at"]) is None:
         return "send_at is not an ISO-8601 timestamp"
     return None
-
-
-def _is_timestamp(value: Any) -> bool:
-    if not isinstance(value, str):
-        return False
-    try:
-        parse_timestamp(value)
-    except ValueError:
-        return False
-    return True
 
 
 def unsubscribe_app(deliverer: Deliverer, metrics_app: Any) -> Any:
