@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import email
+import email.policy
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from email.message import EmailMessage
 from typing import Any
 
 import orjson
@@ -36,3 +43,53 @@ class RecordingOutput:
 
     async def flush_soon(self, timeout: float = 30.0) -> None:
         self.flush(timeout)
+
+
+class SmtpInbox:
+    """An aiosmtpd handler that keeps what it was given, (mail from, recipients, message) each.
+    ``refuse_rcpt``: the reply to every RCPT; ``silent_after_data``: takes the message, then answers
+    only after the client's timeout."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[str, list[str], EmailMessage]] = []
+        self.lock = threading.Lock()
+        self.silent_after_data = False
+        self.refuse_rcpt: str | None = None
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
+        if self.refuse_rcpt is not None:
+            return self.refuse_rcpt
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        message = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        with self.lock:
+            self.received.append((envelope.mail_from, list(envelope.rcpt_tos), message))
+        if self.silent_after_data:
+            await asyncio.sleep(3)
+        return "250 OK"
+
+    @property
+    def messages(self) -> list[EmailMessage]:
+        with self.lock:
+            return [message for _, _, message in self.received]
+
+    def trigger_ids(self) -> list[str]:
+        return [str(m["X-Mailpulse-Trigger"]).split()[1] for m in self.messages]
+
+
+@contextmanager
+def serving_smtp(inbox: SmtpInbox) -> Iterator[int]:
+    """An SMTP server on a free loopback port, handled by ``inbox``: the port."""
+    from aiosmtpd.controller import Controller
+
+    from streams.broker import free_port
+
+    port = free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield port
+    finally:
+        controller.stop()

@@ -3,8 +3,6 @@ with triggers on the embedded broker; kill -9 and replays; the one-click unsubsc
 
 from __future__ import annotations
 
-import email
-import email.policy
 import json
 import math
 import os
@@ -13,18 +11,17 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from aiosmtpd.controller import Controller
 from confluent_kafka import Producer
 
 from schemas.timeparse import parse_timestamp
 from streams.broker import EmbeddedBroker, free_port
+from tests.fakes import SmtpInbox, serving_smtp
 
 from .conftest import MAILPULSE, PARTITIONS, WorkerFactory, latest_by_key, read_topic, wait_until
 from .conftest import mailpulse as run_cli
@@ -46,32 +43,11 @@ def trigger(n: int, kind: str = "cart_abandoned", send_at: str = PAST, email_add
             "payload": {**base, **payload}, "predictions": None}
 
 
-class Inbox:
-    """An SMTP server's received messages."""
-
-    def __init__(self) -> None:
-        self.messages: list[EmailMessage] = []
-        self.lock = threading.Lock()
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        message = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        with self.lock:
-            self.messages.append(message)  # type: ignore[arg-type]
-        return "250 OK"
-
-    def trigger_ids(self) -> list[str]:
-        with self.lock:
-            return [str(m["X-Mailpulse-Trigger"]).split()[1] for m in self.messages]
-
-
 @pytest.fixture
-def smtp() -> Iterator[tuple[Inbox, int]]:
-    inbox = Inbox()
-    port = free_port()
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    yield inbox, port
-    controller.stop()
+def smtp() -> Iterator[tuple[SmtpInbox, int]]:
+    inbox = SmtpInbox()
+    with serving_smtp(inbox) as port:
+        yield inbox, port
 
 
 def produce(bootstrap: str, values: list[bytes], topic: str = "triggers") -> None:
@@ -99,7 +75,7 @@ def start_deliver(broker: EmbeddedBroker, tmp: Path, port: int = 0, **env: str) 
 
 
 def test_smtp_each_trigger_once_through_replays_and_kill_9_and_one_click_unsubscribe(
-        broker: EmbeddedBroker, smtp: tuple[Inbox, int], tmp_path: Path) -> None:
+        broker: EmbeddedBroker, smtp: tuple[SmtpInbox, int], tmp_path: Path) -> None:
     inbox, smtp_port = smtp
     env = {"MAILPULSE_SMTP_HOST": "127.0.0.1", "MAILPULSE_SMTP_PORT": str(smtp_port)}
     first = [trigger(n) for n in range(20)]
@@ -242,7 +218,7 @@ def test_webhook_retries_with_a_stable_idempotency_key_and_failures_end_in_deliv
 
 
 def test_a_one_click_unsubscribe_reaches_the_worker_and_holds_back_that_persons_next_trigger(
-        broker: EmbeddedBroker, smtp: tuple[Inbox, int], start_worker: WorkerFactory, tmp_path: Path) -> None:
+        broker: EmbeddedBroker, smtp: tuple[SmtpInbox, int], start_worker: WorkerFactory, tmp_path: Path) -> None:
     """The whole loop: a worker's cart_abandoned trigger becomes an e-mail, its one-click unsubscribe
     becomes an event the worker folds (stamped at the click), and the person's next abandoned cart,
     after it, gives no trigger: the worker holds it back for consent, not only deliver."""

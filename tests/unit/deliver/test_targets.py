@@ -3,54 +3,22 @@ a connection lost after the hand-over is not retried (at most once), and a reply
 
 from __future__ import annotations
 
-import asyncio
-import email
-import email.policy
-import threading
 from collections.abc import Iterator
 from email.message import EmailMessage
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 
-from streams.broker import free_port
 from streams.deliver.service import POLICY
 from streams.deliver.targets import DryRun, OutcomeUnknown, Permanent, Smtp, Temporary, with_retries
-
-
-class Server:
-    """Keeps what it was given; ``silent_after_data``: takes the message, then never answers."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[str, list[str], EmailMessage]] = []
-        self.lock = threading.Lock()
-        self.silent_after_data = False
-        self.refuse_rcpt: str | None = None
-
-    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
-        if self.refuse_rcpt is not None:
-            return self.refuse_rcpt
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        message = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        with self.lock:
-            self.received.append((envelope.mail_from, list(envelope.rcpt_tos), message))  # type: ignore[arg-type]
-        if self.silent_after_data:
-            await asyncio.sleep(3)  # past the client's timeout
-        return "250 OK"
+from tests.fakes import SmtpInbox, serving_smtp
 
 
 @pytest.fixture
-def server() -> Iterator[tuple[Server, int]]:
-    handler = Server()
-    port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    yield handler, port
-    controller.stop()
+def server() -> Iterator[tuple[SmtpInbox, int]]:
+    inbox = SmtpInbox()
+    with serving_smtp(inbox) as port:
+        yield inbox, port
 
 
 def message(to: str = "ana@example.com") -> EmailMessage:
@@ -68,7 +36,7 @@ def send_with(port: int, m: EmailMessage, attempts: int = 3) -> tuple[Any, int]:
                         lambda s: None)
 
 
-def test_a_message_is_handed_over_once_with_its_envelope(server: tuple[Server, int]) -> None:
+def test_a_message_is_handed_over_once_with_its_envelope(server: tuple[SmtpInbox, int]) -> None:
     handler, port = server
     _, attempts = send_with(port, message())
     [(sender, recipients, got)] = handler.received
@@ -77,14 +45,14 @@ def test_a_message_is_handed_over_once_with_its_envelope(server: tuple[Server, i
     assert got.get_content().replace("\r\n", "\n") == ".a line that starts with a dot\nand another\n"
 
 
-def test_an_international_address_goes_with_smtputf8(server: tuple[Server, int]) -> None:
+def test_an_international_address_goes_with_smtputf8(server: tuple[SmtpInbox, int]) -> None:
     handler, port = server
     send_with(port, message("zoë@example.com"))
     [(_, recipients, got)] = handler.received
     assert recipients == ["zoë@example.com"] and got["To"] == "zoë@example.com"
 
 
-def test_a_connection_lost_after_the_hand_over_is_not_tried_again(server: tuple[Server, int]) -> None:
+def test_a_connection_lost_after_the_hand_over_is_not_tried_again(server: tuple[SmtpInbox, int]) -> None:
     """The server took the message and its reply never came: another attempt could send it twice."""
     handler, port = server
     handler.silent_after_data = True
@@ -93,7 +61,7 @@ def test_a_connection_lost_after_the_hand_over_is_not_tried_again(server: tuple[
     assert len(handler.received) == 1
 
 
-def test_a_message_that_could_not_be_written_whole_is_tried_again(server: tuple[Server, int],
+def test_a_message_that_could_not_be_written_whole_is_tried_again(server: tuple[SmtpInbox, int],
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """A write that fails before the final dot went out leaves the server nothing to accept."""
     import smtplib
@@ -112,7 +80,7 @@ def test_a_message_that_could_not_be_written_whole_is_tried_again(server: tuple[
     assert attempts == 2 and len(handler.received) == 1
 
 
-def test_a_refusal_before_the_hand_over_is_classified_by_its_code(server: tuple[Server, int]) -> None:
+def test_a_refusal_before_the_hand_over_is_classified_by_its_code(server: tuple[SmtpInbox, int]) -> None:
     handler, port = server
     handler.refuse_rcpt = "451 try again later"
     with pytest.raises(Temporary):
