@@ -570,6 +570,7 @@ def _profile_agent(p: Pipeline) -> Any:
         rules=p.rules, expected_clocks=expected_clocks(p.input_partitions),
         wall_delay_ms=int(settings.wall_clock_delay_s * 1000) if settings.clock == "wall" else None,
         partitions=partitions, events_topic=names.events_topic(settings.app_id),
+        withdrawals_topic=names.withdrawals_topic(settings.app_id),
     )
     latency = {name: metrics.event_latency.labels(name) for name in (names.PROFILES, names.SEGMENT_CHANGES,
                                                                      names.TRIGGERS)}

@@ -291,6 +291,11 @@ class DeliverMetrics:
                                     ["source"], registry=r)
         for source in ("unsubscribe", "bounce"):
             self.unsubscribes.labels(source)
+        self.withdrawals = Counter("mailpulse_delivery_withdrawals",
+                                   "Consent withdrawals and erasures read from the pipeline (their triggers are "
+                                   "cancelled)", ["reason"], registry=r)
+        for reason in ("consent", "erased", "other", "unreadable"):
+            self.withdrawals.labels(reason)
 
 
 def serve_wsgi(host: str, port: int, app: Any, name: str = "metrics-http") -> int:

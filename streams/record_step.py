@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from schemas.timeparse import format_ms
 from streams import topics as names
 from streams.domain.dispatch import dispatch
 from streams.domain.identity import profile_id_for
@@ -83,6 +84,7 @@ class StepContext:
     wall_delay_ms: int | None
     partitions: int
     events_topic: str
+    withdrawals_topic: str = names.withdrawals_topic("mailpulse")
 
 
 @dataclass
@@ -233,9 +235,11 @@ def step(entries: list[Any], io: StepIO, ctx: StepContext, skip: frozenset[int] 
         if effects.republish:
             republish.add(key)
         outbox += [(key, target, sent) for target, sent in effects.send]
-        for profile_id, why in effects.tombstones:
+        for profile_id, why, erased_at in effects.tombstones:
             result.sends.append((names.PROFILES, profile_id.encode(), None, None))
             result.profiles_written[why] += 1
+            if erased_at is not None:
+                result.sends.append(_withdrawal(ctx, profile_id, "erased", erased_at))
         result.merges += effects.merges
         result.limited += effects.limited
         if effects.matches_dropped:
@@ -303,6 +307,12 @@ def _retry_later(key: str, now_wm: int, io: StepIO, result: RecordResult) -> int
     return at
 
 
+def _withdrawal(ctx: StepContext, profile_id: str, reason: str, at: int) -> tuple[str, bytes, bytes, None]:
+    """The message that tells ``deliver`` to drop what it still has of this profile stamped up to ``at``."""
+    value = orjson.dumps({"profile_id": profile_id, "reason": reason, "at": format_ms(at)})
+    return ctx.withdrawals_topic, profile_id.encode(), value, None
+
+
 def _advance_one(key: str, states: _Cache, blocks: _Cache, changed: bool, republish: bool, now_wm: int | None,
                  now: int, io: StepIO, ctx: StepContext, result: RecordResult,
                  pairs: dict[str, list[list[Any]]]) -> None:
@@ -364,6 +374,8 @@ def _advance_one(key: str, states: _Cache, blocks: _Cache, changed: bool, republ
         result.sends.append((names.TRIGGERS, pid, value, None))
         result.triggers[trigger["type"]] += 1
         result.waits[names.TRIGGERS].append(waited)
+    if out.withdrawn is not None:
+        result.sends.append(_withdrawal(ctx, state["profile"]["profile_id"], "consent", out.withdrawn))
     result.suppressed += out.suppressed
     result.entries_dropped.update(out.dropped)
     result.released_early += out.released_early

@@ -33,6 +33,14 @@ def cooccurrence_topic(app_id: str) -> str:
     return f"{app_id}-co-occurrence"
 
 
+def withdrawals_topic(app_id: str) -> str:
+    """Internal topic: profile id -> ``{"profile_id", "reason", "at"}`` when a person withdrew e-mail
+    consent (``reason`` "consent") or was erased ("erased") at event time ``at`` (ISO-8601).  Read whole
+    by every ``deliver``, which then drops the triggers of that profile stamped at or before ``at`` that
+    it still holds or has yet to read (``streams.deliver.service``)."""
+    return f"{app_id}-withdrawals"
+
+
 def product_recs_topic(app_id: str) -> str:
     """Internal compacted topic: product -> its top neighbours (a JSON list), read by every worker."""
     return f"{app_id}-product-recs"

@@ -125,8 +125,8 @@ def run_worker(settings: Settings, demo: bool = False) -> int:
             if isinstance(scorer, Predictor):
                 say(f"scoring profiles with model {scorer.version} from {scorer.bundle.directory}")
             recs_topic = names.product_recs_topic(settings.app_id)
-            ensure_topics(settings.bootstrap_servers, settings.partitions, [recs_topic], [recs_topic],
-                          settings.replication_factor)
+            ensure_topics(settings.bootstrap_servers, settings.partitions, [recs_topic],
+                          [recs_topic, names.withdrawals_topic(settings.app_id)], settings.replication_factor)
             pipeline.product_recs.start(settings.bootstrap_servers, recs_topic)
             if demo:
                 from streams.deliver.service import run_deliver

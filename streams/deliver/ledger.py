@@ -5,7 +5,10 @@ neither sends twice nor forgets a held trigger.
 
 Keys: ``d:<trigger id>`` the outcome; ``t:<first marked, ms>:<trigger id>`` the same ids by age, so
 that :meth:`Ledger.prune` forgets the oldest without a scan; ``h:<send_at, ms>:<trigger id>`` held
-triggers; ``u:``/``ue:`` unsubscribed profile ids and addresses (kept); ``k:`` the link secret."""
+triggers, and ``p:<profile id>\0<hold key>`` the same by profile; ``u:``/``ue:`` unsubscribed profile ids and
+addresses (kept); ``w:<profile id>`` the latest event time at which the pipeline said that profile withdrew
+consent or was erased (kept for the ledger's retention), and ``o:<partition>`` how far its withdrawals
+topic was read; ``k:`` the link secret."""
 
 from __future__ import annotations
 
@@ -18,6 +21,10 @@ import orjson
 import rocksdict
 
 SENDING, SENT, FAILED, SUPPRESSED = "sending", "sent", "failed", "suppressed"
+
+
+def _by_profile(profile_id: str) -> bytes:
+    return b"p:" + profile_id.encode() + b"\0"
 
 
 class LedgerInUse(OSError):
@@ -101,11 +108,18 @@ class Ledger:
         return [(trigger_id, mark) for trigger_id, mark in marks if mark.get("state") == SENDING]
 
     # --- held until send_at ---
-    def hold(self, send_at_ms: int, trigger_id: str, trigger: bytes) -> None:
+    def hold(self, send_at_ms: int, trigger_id: str, trigger: bytes, profile_id: str) -> None:
         key = b"h:%013d:" % max(send_at_ms, 0) + trigger_id.encode()
         if self.db.get(key) is None:
             self.held += 1
         self.db[key] = trigger
+        self.db[_by_profile(profile_id) + key] = b""
+
+    def held_for(self, profile_id: str) -> list[tuple[bytes, bytes]]:
+        """(hold key, trigger) of the triggers held for ``profile_id``."""
+        prefix = _by_profile(profile_id)
+        return [(key[len(prefix):], raw) for key in list(self._keys(prefix))
+                if (raw := self.db.get(key[len(prefix):])) is not None]
 
     def due(self, now_ms: int) -> Iterator[tuple[bytes, bytes]]:
         """(hold key, trigger) of held triggers whose send_at has come, earliest first.  Only those are
@@ -118,10 +132,39 @@ class Ledger:
         for key in due:
             yield key, self._get(key)
 
-    def release(self, key: bytes) -> None:
+    def release(self, key: bytes, profile_id: str) -> None:
         if self.db.get(key) is not None:
             self.held -= 1
             del self.db[key]
+        if self.db.get(_by_profile(profile_id) + key) is not None:
+            del self.db[_by_profile(profile_id) + key]
+
+    # --- what the pipeline withdrew ---
+    def note_withdrawal(self, profile_id: str, at_ms: int, now_ms: int) -> None:
+        key = b"w:" + profile_id.encode()
+        if (known := self.withdrawn_at(profile_id)) is None or at_ms > known:
+            self.db[key] = orjson.dumps({"at": at_ms, "noted": now_ms})
+
+    def withdrawn_at(self, profile_id: str) -> int | None:
+        """The latest event time the pipeline said ``profile_id`` withdrew consent or was erased at."""
+        raw = self.db.get(b"w:" + profile_id.encode())
+        return None if raw is None else int(orjson.loads(raw)["at"])
+
+    def prune_withdrawals(self, before_ms: int) -> int:
+        """Forgets the withdrawals noted before ``before_ms`` (their triggers are past the ledger's
+        retention too); how many."""
+        old = [key for key in self._keys(b"w:") if orjson.loads(self._get(key))["noted"] < before_ms]
+        for key in old:
+            del self.db[key]
+        return len(old)
+
+    def read_up_to(self, partition: int) -> int | None:
+        """The next offset to read of the withdrawals topic's ``partition`` (None: from its start)."""
+        raw = self.db.get(b"o:%d" % partition)
+        return None if raw is None else int(raw)
+
+    def note_read(self, partition: int, next_offset: int) -> None:
+        self.db[b"o:%d" % partition] = b"%d" % next_offset
 
     # --- unsubscribed people ---
     def unsubscribe(self, profile_id: str, email: str, at_ms: int) -> None:

@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from prometheus_client import make_wsgi_app
 
 from schemas.timeparse import format_ms, parse_timestamp
+from streams.broker import ensure_topics, topic_partitions
 from streams.deliver import unsubscribe
 from streams.deliver.ledger import FAILED, SENDING, SENT, SUPPRESSED, Ledger
 from streams.deliver.render import Renderer, TemplateProblem
@@ -39,7 +40,7 @@ from streams.domain.config import Triggers
 from streams.logs import LIBRDKAFKA
 from streams.metrics import DeliverMetrics, serve_wsgi
 from streams.settings import Settings
-from streams.topics import DELIVERY_FAILED, TRIGGERS
+from streams.topics import DELIVERY_FAILED, TRIGGERS, withdrawals_topic
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +82,8 @@ class Deliverer:
             return
         send_at = _send_at_ms(trigger)
         if send_at > self.now_ms():
-            if self.ledger.outcome(trigger["trigger_id"]) is None:
-                self.ledger.hold(send_at, trigger["trigger_id"], raw)
+            if self.ledger.outcome(trigger["trigger_id"]) is None and not self._withdrawn(trigger):
+                self.ledger.hold(send_at, trigger["trigger_id"], raw, str(trigger.get("profile_id")))
                 self.metrics.deliveries.labels(_type_label(trigger["type"]), "held").inc()
                 self.metrics.held.set(self.ledger.held)
             return
@@ -94,15 +95,53 @@ class Deliverer:
         for key, raw in self.ledger.due(self.now_ms()):
             if stopping():  # the rest stay held, for the next start
                 break
-            self.deliver(orjson.loads(raw))
-            self.ledger.release(key)
+            trigger = orjson.loads(raw)
+            self.deliver(trigger)
+            self.ledger.release(key, str(trigger.get("profile_id")))
             released += 1
         if released:
             self.metrics.held.set(self.ledger.held)
         return released
 
+    def withdrawal(self, raw: bytes | None) -> None:
+        """A record of the pipeline's withdrawals topic: the profile's triggers stamped at or before its
+        ``at`` are not sent, those held now and those read later (the two topics are read apart)."""
+        try:
+            message = orjson.loads(raw or b"")
+            profile_id, at = message["profile_id"], _timestamp_ms(message["at"])
+            if not isinstance(profile_id, str) or at is None:
+                raise ValueError(message)
+        except (orjson.JSONDecodeError, TypeError, KeyError, ValueError):
+            self.metrics.withdrawals.labels("unreadable").inc()
+            log.warning("deliver: a withdrawal that cannot be read was skipped")
+            return
+        self.metrics.withdrawals.labels(message.get("reason") if message.get("reason") in WITHDRAWAL_REASONS
+                                        else "other").inc()
+        self.ledger.note_withdrawal(profile_id, at, self.now_ms())
+        for key, held in self.ledger.held_for(profile_id):
+            trigger = orjson.loads(held)
+            if self._withdrawn(trigger):
+                self.ledger.release(key, profile_id)  # (and with it the address it held)
+        self.metrics.held.set(self.ledger.held)
+
+    def _withdrawn(self, trigger: Mapping[str, Any]) -> bool:
+        """Whether the pipeline withdrew this trigger's profile at or after the trigger's time; if so
+        the trigger is marked, counted (``cancelled``) and not sent, now or when read again."""
+        withdrawn = self.ledger.withdrawn_at(str(trigger.get("profile_id")))
+        if withdrawn is None:
+            return False
+        at = _timestamp_ms(trigger.get("at"))
+        if (at if at is not None else _send_at_ms(trigger)) > withdrawn:
+            return False  # made after it (consent given again, or a new profile of the same key)
+        if self.ledger.outcome(trigger["trigger_id"]) is None:
+            self.ledger.mark(trigger["trigger_id"], SUPPRESSED, self.now_ms(), code="withdrawn")
+            self.metrics.deliveries.labels(_type_label(trigger["type"]), "cancelled").inc()
+            self.metrics.ledger_entries.set(self.ledger.entries)
+        return True
+
     def prune(self) -> int:
         """Forgets trigger ids older than the ledger's retention; how many."""
+        self.ledger.prune_withdrawals(self.now_ms() - int(self.settings.deliver_ledger_days * 86_400_000))
         pruned = self.ledger.prune(self.now_ms() - int(self.settings.deliver_ledger_days * 86_400_000))
         if pruned:
             self.metrics.ledger_pruned.inc(pruned)
@@ -128,6 +167,8 @@ class Deliverer:
             self.ledger.mark(trigger_id, FAILED, now, code="expired")
             self._failed(trigger, 0, "expired", f"send_at was {late_ms / 3_600_000:.1f} h ago, past "
                          f"MAILPULSE_DELIVER_MAX_LATE_HOURS={self.settings.deliver_max_late_hours:g}; not sent")
+            return
+        if self._withdrawn(trigger):
             return
         if self.ledger.unsubscribed(str(trigger.get("profile_id")), trigger["email"]):
             self.ledger.mark(trigger_id, SUPPRESSED, now)
@@ -213,6 +254,10 @@ class Deliverer:
 #: The ``type`` label of the delivery metrics: the built-in trigger types, and ``other`` for any other
 #: producer's (a label per value read from a message would grow without bound).
 TYPE_LABELS = frozenset(Triggers.model_fields)
+
+
+#: The ``reason`` label of ``mailpulse_delivery_withdrawals_total`` (besides ``other`` and ``unreadable``).
+WITHDRAWAL_REASONS = ("consent", "erased")
 
 
 def _type_label(kind: Any) -> str:
@@ -321,6 +366,7 @@ def run_deliver(settings: Settings, dry_run: Path | None, stop: threading.Event,
                          # a batch of slow sends (retries, backoff) may take minutes before the next poll
                          "max.poll.interval.ms": 1_800_000,
                          "client.id": f"mailpulse-deliver-{uuid.uuid4().hex[:8]}"})
+    withdrawals: _Withdrawals | None = None
     try:
         deliverer = Deliverer(target, ledger, Renderer(settings.templates_dir, settings.mail_brand, settings.shop_url),
                               producer, metrics, settings, "", secret)
@@ -333,12 +379,15 @@ def run_deliver(settings: Settings, dry_run: Path | None, stop: threading.Event,
         announce(f"deliver: {target.name}{' to ' + str(dry_run) if dry_run else ''}; /metrics and /unsubscribe "
                  f"on http://{settings.metrics_host}:{port}; state in {folder}")
         deliverer.fail_interrupted()
+        withdrawals = _read_withdrawals(settings, ledger, deliverer)
+        withdrawals.catch_up(stop)  # before any trigger: a fresh ledger reads both topics from their start
         consumer.subscribe([TRIGGERS])
         pruned_at = 0.0
         while not stop.is_set():
             if time.monotonic() - pruned_at > 3600 or not pruned_at:
                 deliverer.prune()
                 pruned_at = time.monotonic()
+            withdrawals.poll()
             batch = consumer.consume(num_messages=200, timeout=0.5)
             handled, stopped = 0, False
             for message in batch:
@@ -366,5 +415,61 @@ def run_deliver(settings: Settings, dry_run: Path | None, stop: threading.Event,
         return 0
     finally:
         consumer.close()
+        if withdrawals is not None:
+            withdrawals.close()
         producer.flush(10)
         ledger.close()
+
+
+class _Withdrawals:
+    """Every partition of the pipeline's withdrawals topic, read by this process alone (its position kept
+    in the ledger, not in a group): the topic is keyed by profile id and ``triggers`` may be cut otherwise,
+    so each connector reads all of it, as few records as there are withdrawals."""
+
+    def __init__(self, consumer: Consumer, partitions: list[int], ledger: Ledger, deliverer: Deliverer) -> None:
+        self.consumer, self.partitions, self.ledger, self.deliverer = consumer, partitions, ledger, deliverer
+
+    def poll(self, timeout: float = 0) -> tuple[int, set[int]]:
+        """Applies what has arrived; (records applied, partitions found at their end)."""
+        applied, ended = 0, set()
+        for message in self.consumer.consume(num_messages=500, timeout=timeout):
+            error, partition, offset = message.error(), message.partition(), message.offset()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF and partition is not None:
+                    ended.add(partition)
+                elif error.code() != KafkaError._PARTITION_EOF:
+                    log.warning("deliver: withdrawals consumer error %s", error)
+                continue
+            self.deliverer.withdrawal(message.value())
+            if partition is not None and offset is not None:
+                self.ledger.note_read(partition, offset + 1)
+            applied += 1
+        return applied, ended
+
+    def catch_up(self, stop: threading.Event, timeout_s: float = 30.0) -> None:
+        """Reads every partition to its end (or for ``timeout_s``)."""
+        ended: set[int] = set()
+        deadline = time.monotonic() + timeout_s
+        while not stop.is_set() and not ended >= set(self.partitions):
+            if time.monotonic() > deadline:
+                log.warning("deliver: the withdrawals topic was not read to its end in %.0f s; going on", timeout_s)
+                return
+            ended |= self.poll(0.5)[1]
+        self.ledger.sync()
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def _read_withdrawals(settings: Settings, ledger: Ledger, deliverer: Deliverer) -> _Withdrawals:
+    topic = withdrawals_topic(settings.app_id)
+    ensure_topics(settings.bootstrap_servers, settings.partitions, [], [topic], settings.replication_factor)
+    partitions = range(topic_partitions(settings.bootstrap_servers, [topic])[topic])
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers,
+                         "group.id": f"{settings.app_id}-deliver-withdrawals",  # (assigned, never joined)
+                         "enable.auto.commit": False, "enable.partition.eof": True, "auto.offset.reset": "earliest",
+                         "log_level": 3,
+                         "logger": LIBRDKAFKA})
+    consumer.assign([TopicPartition(topic, n, OFFSET_BEGINNING if (at := ledger.read_up_to(n)) is None else at)
+                     for n in partitions])
+    return _Withdrawals(consumer, list(partitions), ledger, deliverer)

@@ -23,14 +23,15 @@ from streams.domain.merge import merge_states
 from streams.domain.profile import new_state, snapshot, trim_traits
 from streams.domain.resolution.blocks import block_keys, drop_member, on_block_message, person_record
 from streams.domain.rules import score_timer
-from streams.domain.state import LiveState, State
+from streams.domain.state import ErasureMarker, LiveState, State
 from streams.domain.timeline import RuleSet, advance, ensure_rule_state, receive
 
 
 @dataclass
 class Effects:
     send: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (target key, message)
-    tombstones: list[tuple[str, str]] = field(default_factory=list)  # (profile id, "erased" | "merged")
+    #: (profile id, "erased" | "merged", the erasure's event time or None when merged away)
+    tombstones: list[tuple[str, str, int | None]] = field(default_factory=list)
     outcome: str | None = None  # input events: processed | duplicate | erased | forgotten
     late: bool = False
     merges: list[str] = field(default_factory=list)  # kinds of profiles absorbed into a live one here
@@ -82,9 +83,9 @@ def _apply(states: MutableMapping[str, State | None], key: str, routing: graph.R
     states[key] = routing.state
     effects = Effects(send=list(routing.send), limited=list(routing.limited), changed=routing.changed)
     if routing.retired is not None:
-        effects.tombstones.append((routing.retired, "merged"))
-    if routing.erased is not None:
-        effects.tombstones.append((routing.erased, "erased"))
+        effects.tombstones.append((routing.retired, "merged", None))
+    if routing.erased is not None:  # its state is then the person's erasure marker
+        effects.tombstones.append((routing.erased, "erased", cast(ErasureMarker, routing.state)["erased_at"]))
     return effects
 
 
@@ -109,7 +110,7 @@ def _on_event(states: MutableMapping[str, State | None], key: str, state: State 
             if state.get("due") is not None:
                 marker["due"] = state["due"]  # so the caller deletes the due entry
             if state.get("published"):
-                effects.tombstones.append((state["profile"]["profile_id"], "erased"))
+                effects.tombstones.append((state["profile"]["profile_id"], "erased", marker["erased_at"]))
             # the person's person records leave their blocks; their other identifiers forget them
             effects.send += [(block, {"type": graph.BLOCK, "key": member, "drop": True})
                              for block, member in state.get("blocks", [])]

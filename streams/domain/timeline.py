@@ -104,6 +104,9 @@ class Outputs:
     cart: Any = DERIVE  # cart_view of the profile as advance left it, when it derived one
     dropped: dict[str, int] = field(default_factory=dict)  # entries a bound of ``rules.limits`` kept out
     released_early: int = 0  # parked events applied before the watermark (past limits.parked_events)
+    #: The event time of the last event folded that turned e-mail consent false (from true or unknown):
+    #: triggers of the profile stamped before it and still on their way are to be dropped.
+    withdrawn: int | None = None
 
     def extend(self, later: Outputs) -> None:
         """Adds what a second :func:`advance` of the same profile produced."""
@@ -121,6 +124,8 @@ class Outputs:
         for collection, count in later.dropped.items():
             self.dropped[collection] = self.dropped.get(collection, 0) + count
         self.released_early += later.released_early
+        if later.withdrawn is not None:
+            self.withdrawn = later.withdrawn
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,6 +300,8 @@ def advance(state: LiveState, watermark: int | None, rules: RuleSet, now_ms: int
         # merged with another profile: its segments are evaluated again at the current time
         out.steps += 1
         out.changed = True
+        if profile["consent"].get("email") is False:  # the merged consent: what is on its way stops here
+            out.withdrawn = rs["clock"]
         _evaluate_segments(state, cart, rs["clock"], rules, now_ms, out)
     while True:
         timer_name, timer_due = _first_timer(timers)
@@ -315,7 +322,10 @@ def advance(state: LiveState, watermark: int | None, rules: RuleSet, now_ms: int
             event = pending.pop(0)[3]
             step = event_ts
             had_email = profile["email"] is not None
+            consented = profile["consent"].get("email")
             fold_event(profile, event, linked, out.dropped, limits)
+            if consented is not False and profile["consent"].get("email") is False:
+                out.withdrawn = event_ts
             out.changed = True
             out.released.append(event)
             _remember_history(rs, event, rules.windows, limits.history_per_type, out.dropped)

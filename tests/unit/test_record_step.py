@@ -25,6 +25,7 @@ from schemas.timeparse import parse_timestamp
 from streams import topics as names
 from streams.domain.config import PipelineConfig
 from streams.domain.dispatch import run_locally
+from streams.domain.identity import profile_id_for
 from streams.domain.profile import DEFAULT_LIMITS
 from streams.domain.timeline import RuleSet
 from streams.ingest import IngestPolicy, Source
@@ -202,12 +203,13 @@ def internal_records(raw_events: list[dict[str, Any]], rng: random.Random, clock
 
 
 def run(raw_events: list[dict[str, Any]], seed: int, rollbacks: bool, due_updates: bool = True,
-        clocks: bool = False, entries_may_fail: bool = False) -> Hop:
+        clocks: bool = False, entries_may_fail: bool = False, hop: Hop | None = None, until: int = UNTIL) -> Hop:
+    """``raw_events`` through the step, then the input clocks closed at ``until`` (on ``hop``: a later part)."""
     rng = random.Random(seed)
-    hop = Hop(due_updates, entries_may_fail)
+    hop = hop or Hop(due_updates, entries_may_fail)
     for partition, record in internal_records(raw_events, rng, clocks):
         hop.log[partition].append(record)
-    closing = orjson.dumps([[None, {"clocks": [[topic, n, UNTIL] for topic in INPUT_TOPICS
+    closing = orjson.dumps([[None, {"clocks": [[topic, n, until] for topic in INPUT_TOPICS
                                                for n in range(INPUT_PARTITIONS)]}]])
     closed = False
     while True:
@@ -649,3 +651,39 @@ def test_a_cart_that_is_not_the_largest_part_of_a_state_being_shrunk_keeps_its_l
     data, _, _, shrunk = _encode_state(state)
     assert shrunk is not None and shrunk["seen"] > 0 and "cart_lines" not in shrunk
     assert len(orjson.loads(data)["profile"]["cart"]) == 100
+
+
+@pytest.mark.parametrize("rollbacks", [False, True])
+def test_a_consent_withdrawal_and_an_erasure_tell_deliver_what_to_drop(rollbacks: bool) -> None:
+    """The withdrawals topic gets one message per published profile that withdrew e-mail consent
+    (stamped at the event that withdrew it) and per erased one (stamped at the erase); consent given,
+    kept, or withdrawn again gives none."""
+    withdrawals = names.withdrawals_topic("mailpulse")
+    t = parse_timestamp("2026-03-01T10:00:00Z")
+    minute, DAY = 60_000, 86_400_000
+
+    def identify(n: int, who: str, at: int, **fields: Any) -> dict[str, Any]:
+        return {"event_id": f"i-{who}-{n}", "type": "identify", "timestamp": at, "user_id": who, **fields}
+
+    raw = [
+        identify(1, "pia", t, traits={"email": "pia@example.com"}, consent={"email": True}),
+        {"event_id": "k-pia", "type": "cart_add", "timestamp": t + minute, "user_id": "pia", "product_id": "sku-1",
+         "quantity": 1, "price": 10.0},
+        identify(2, "pia", t + DAY + 40 * minute, consent={"email": False}),
+        identify(3, "pia", t + DAY + 45 * minute, consent={"email": False}),
+        identify(1, "eve", t, traits={"email": "eve@example.com"}, consent={"email": True}),
+        {"event_id": "e-eve", "type": "erase", "timestamp": t + DAY + 50 * minute, "user_id": "eve"},
+        identify(1, "max", t, traits={"email": "max@example.com"}, consent={"email": True}),
+        identify(2, "max", t + 5 * minute, consent={"email": True}),
+    ]
+    hop = run(raw[:2] + raw[4:5] + raw[6:], 7, rollbacks=rollbacks, until=t + 35 * minute)
+    assert not hop.outputs.get(withdrawals)
+    # 10:31, with consent (sent once, or again after a rollback: the same trigger id)
+    [cart] = {t["trigger_id"]: t for t in hop.values(names.TRIGGERS) if t["type"] == "cart_abandoned"}.values()
+    # a day later her consent is withdrawn (twice: the second changes nothing) and eve is erased
+    run(raw[2:4] + raw[5:6], 8, rollbacks=rollbacks, hop=hop)
+    said = {(w["profile_id"], w["reason"], w["at"]) for w in hop.values(withdrawals)}
+    pia, eve = profile_id_for("u:pia"), profile_id_for("u:eve")
+    assert said == {(pia, "consent", "2026-03-02T10:40:00.000Z"), (eve, "erased", "2026-03-02T10:50:00.000Z")}
+    assert {key for key, _ in hop.outputs[withdrawals]} == {pia.encode(), eve.encode()}
+    assert cart["profile_id"] == pia and parse_timestamp(cart["at"]) < t + DAY  # deliver drops it if still held

@@ -25,7 +25,7 @@ def test_prune_forgets_the_ids_marked_before_the_cut_and_nothing_else(tmp_path: 
     for n in range(10):
         ledger.mark(f"t-{n}", SENT, NOW - (10 - n) * DAY)
     ledger.mark("t-3", SENT, NOW)  # marked again later: its age is its first mark
-    ledger.hold(NOW + DAY, "t-held", b"{}")
+    ledger.hold(NOW + DAY, "t-held", b"{}", "p-1")
     ledger.unsubscribe("p-1", "ana@example.com", NOW - 100 * DAY)
 
     assert ledger.prune(NOW - 5 * DAY) == 5

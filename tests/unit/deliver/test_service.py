@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
+from schemas.timeparse import parse_timestamp
 from streams.deliver.ledger import Ledger
 from streams.deliver.render import Renderer
 from streams.deliver.service import Deliverer
@@ -195,3 +196,61 @@ def test_a_sender_that_is_not_an_address_is_found_before_any_trigger() -> None:
 
     assert sender_problem("Shop <shop@example.com>") is None
     assert sender_problem("Shop <shop@[1.2.3.4>") is not None and sender_problem("shop") is not None
+
+
+def withdrawal(profile_id: str, at: str, reason: str = "consent") -> bytes:
+    return orjson.dumps({"profile_id": profile_id, "reason": reason, "at": at})
+
+
+def test_a_withdrawal_cancels_the_profiles_held_triggers_made_before_it_and_those_read_after_it(
+        tmp_path: Path) -> None:
+    """Consent withdrawn (or an erase) upstream while deliver holds a person's triggers: those stamped
+    at or before it are dropped with their addresses, as are such triggers read later (the topics are
+    read apart); a trigger made after it, and other people's, are sent."""
+    out = tmp_path / "out"
+    step, producer = deliverer(tmp_path, DryRun(out))
+    now = [parse_timestamp("2026-03-01T12:00:00Z")]
+    step.now_ms = lambda: now[0]
+    later = "2026-03-02T08:00:00.000Z"  # quiet hours: held until then
+    step.handle(trigger(trigger_id="pia-cart", profile_id="p-pia", at="2026-03-01T10:30:00.000Z", send_at=later))
+    step.handle(trigger(trigger_id="pia-welcome", profile_id="p-pia", at="2026-03-01T09:00:00.000Z", send_at=later))
+    step.handle(trigger(trigger_id="max-cart", profile_id="p-max", at="2026-03-01T10:30:00.000Z", send_at=later))
+    assert step.ledger.held == 3
+    step.withdrawal(withdrawal("p-pia", "2026-03-01T11:00:00.000Z"))
+    assert step.ledger.held == 1 and [raw for _, raw in step.ledger.held_for("p-pia")] == []
+    assert all(b"pia" not in value for _, value in step.ledger.db.items() if isinstance(value, bytes))  # her address
+    # read after the withdrawal: one made before it (a replay, another partition) and one made after
+    step.handle(trigger(trigger_id="pia-browse", profile_id="p-pia", at="2026-03-01T10:45:00.000Z"))
+    step.handle(trigger(trigger_id="pia-new", profile_id="p-pia", at="2026-03-01T11:30:00.000Z", send_at=later))
+    step.handle(trigger(trigger_id="pia-cart", profile_id="p-pia", at="2026-03-01T10:30:00.000Z", send_at=later))
+    now[0] = parse_timestamp(later)
+    assert step.release_due() == 2
+    assert sorted(path.stem for path in out.iterdir()) == ["max-cart", "pia-new"] and not producer.sent
+    cancelled = step.metrics.deliveries.labels("welcome", "cancelled")._value.get()
+    assert cancelled == 3 and step.metrics.withdrawals.labels("consent")._value.get() == 1
+    assert step.ledger.outcome("pia-cart") == {"state": "suppressed", "at": parse_timestamp("2026-03-01T12:00:00Z"),
+                                               "code": "withdrawn"}
+
+
+@pytest.mark.parametrize("raw", [b"not json", b"[]", b'{"profile_id": 1, "at": "2026-03-01T11:00:00Z"}',
+                                 b'{"profile_id": "p-1", "at": "yesterday"}', None])
+def test_a_withdrawal_that_cannot_be_read_is_counted_and_skipped(tmp_path: Path, raw: bytes | None) -> None:
+    step, _ = deliverer(tmp_path, DryRun(tmp_path / "out"))
+    step.withdrawal(raw)
+    assert step.metrics.withdrawals.labels("unreadable")._value.get() == 1
+    assert step.ledger.withdrawn_at("p-1") is None
+
+
+def test_withdrawals_are_forgotten_with_the_ledgers_retention_and_the_latest_one_counts(tmp_path: Path) -> None:
+    step, _ = deliverer(tmp_path, DryRun(tmp_path / "out"))
+    now = [parse_timestamp("2026-03-01T12:00:00Z")]
+    step.now_ms = lambda: now[0]
+    step.withdrawal(withdrawal("p-1", "2026-03-01T11:00:00Z", "erased"))
+    step.withdrawal(withdrawal("p-1", "2026-03-01T10:00:00Z"))  # older: the later one stays
+    assert step.ledger.withdrawn_at("p-1") == parse_timestamp("2026-03-01T11:00:00Z")
+    now[0] += int(step.settings.deliver_ledger_days * 86_400_000) - 1
+    step.prune()
+    assert step.ledger.withdrawn_at("p-1") is not None
+    now[0] += 2
+    step.prune()
+    assert step.ledger.withdrawn_at("p-1") is None
