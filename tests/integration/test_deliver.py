@@ -281,6 +281,58 @@ def test_a_one_click_unsubscribe_reaches_the_worker_and_holds_back_that_persons_
         process.wait(20)
 
 
+def test_a_consent_withdrawal_or_an_erasure_upstream_cancels_what_deliver_holds_for_that_person(
+        broker: EmbeddedBroker, smtp: tuple[SmtpInbox, int], start_worker: WorkerFactory, tmp_path: Path) -> None:
+    """Quiet hours around now hold every trigger in deliver.  Then a CRM withdraws Pia's consent and Eve
+    is erased: their held triggers are dropped (with the addresses deliver kept), Max's stay held, and
+    nothing is sent."""
+    inbox, smtp_port = smtp
+    hour = time.gmtime().tm_hour
+    config = tmp_path / "config.yaml"
+    config.write_text(f"guardrails:\n  quiet_hours: {{start_hour: {(hour - 3) % 24}, end_hour: {(hour + 3) % 24}}}\n")
+    worker = start_worker(MAILPULSE_CONFIG=str(config))
+    process, deliver_port = start_deliver(broker, tmp_path, MAILPULSE_SMTP_HOST="127.0.0.1",
+                                          MAILPULSE_SMTP_PORT=str(smtp_port))
+    began = time.time()
+
+    def stamp(seconds: float) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(began + seconds))
+
+    def replay(name: str, events: list[dict[str, Any]], until: str) -> None:
+        history = tmp_path / name
+        history.write_bytes(b"".join(orjson.dumps(event) + b"\n" for event in events))
+        assert mailpulse_cli("replay", str(history), "--broker", broker.url, "--until", until)
+
+    people = ("pia", "eve", "max")
+    try:
+        replay("first.jsonl", [event for who in people for event in (
+            {"event_id": f"i-{who}", "type": "identify", "timestamp": stamp(-3600), "user_id": who,
+             "traits": {"first_name": who.title(), "email": f"{who}@example.com"}, "consent": {"email": True}},
+            {"event_id": f"k-{who}", "type": "cart_add", "timestamp": stamp(-3500), "user_id": who,
+             "product_id": "sku-1", "quantity": 1, "price": 10.0})], stamp(-120))
+        worker.wait_metric("mailpulse_triggers_total", 3, timeout=120, type="cart_abandoned")
+        triggers = [t for _, t in read_topic(broker.bootstrap, "triggers", quiet_s=2.0)]
+        owner = {profile["profile_id"]: profile["user_id"] for profile in latest_by_key(
+            read_topic(broker.bootstrap, "profiles", quiet_s=1.0)).values() if profile is not None}
+        made = {who: sum(owner[t["profile_id"]] == who for t in triggers) for who in people}
+        assert all(count >= 2 for count in made.values()), made  # welcome and cart_abandoned at least
+        assert all(parse_timestamp(t["send_at"]) > time.time() * 1000 for t in triggers)  # all held
+        wait_until(lambda: metric(deliver_port, "mailpulse_deliveries_held") == len(triggers), timeout=60)
+
+        replay("later.jsonl", [
+            {"event_id": "i-pia-2", "type": "identify", "timestamp": stamp(-60), "user_id": "pia",
+             "consent": {"email": False}},
+            {"event_id": "e-eve", "type": "erase", "timestamp": stamp(-60), "user_id": "eve"}], stamp(-30))
+        wait_until(lambda: metric(deliver_port, "mailpulse_deliveries_held") == made["max"], timeout=90)
+        assert metric(deliver_port, "mailpulse_deliveries_total", outcome="cancelled") == made["pia"] + made["eve"]
+        assert metric(deliver_port, "mailpulse_delivery_withdrawals_total", reason="consent") == 1
+        assert metric(deliver_port, "mailpulse_delivery_withdrawals_total", reason="erased") == 1
+        assert inbox.trigger_ids() == []
+    finally:
+        process.terminate()
+        process.wait(20)
+
+
 def test_the_connectors_producer_logs_through_python_logging_while_it_runs(
     tmp_path: Path, caplog: pytest.LogCaptureFixture,
 ) -> None:
