@@ -240,6 +240,8 @@ def step(entries: list[Any], io: StepIO, ctx: StepContext, skip: frozenset[int] 
             result.profiles_written[why] += 1
             if erased_at is not None:
                 result.sends.append(_withdrawal(ctx, profile_id, "erased", erased_at))
+        for profile_id, at in effects.withdrawn:
+            result.sends.append(_withdrawal(ctx, profile_id, "consent", at))
         result.merges += effects.merges
         result.limited += effects.limited
         if effects.matches_dropped:

@@ -32,6 +32,9 @@ class Effects:
     send: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (target key, message)
     #: (profile id, "erased" | "merged", the erasure's event time or None when merged away)
     tombstones: list[tuple[str, str, int | None]] = field(default_factory=list)
+    #: (profile id, event time) of a profile merged away into one whose e-mail consent is false: what is
+    #: still on its way for it, made up to then, is withdrawn (``streams.record_step``)
+    withdrawn: list[tuple[str, int]] = field(default_factory=list)
     outcome: str | None = None  # input events: processed | duplicate | erased | forgotten
     late: bool = False
     merges: list[str] = field(default_factory=list)  # kinds of profiles absorbed into a live one here
@@ -183,6 +186,11 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
     else:  # nothing here yet: the arriving profile settles under this key
         merged = merge_states(ensure_rule_state(new_state(key, absorbed["profile"]["created_at"])), absorbed, key,
                               limits)
+    if merged["profile"]["consent"].get("email") is False and absorbed["profile"]["consent"].get("email") is not False:
+        # all it made is stamped up to its clock; it makes nothing more under its own id
+        made_up_to = absorbed.get("rules", {}).get("clock")
+        effects.withdrawn.append((absorbed["profile"]["profile_id"], max(
+            made_up_to if made_up_to is not None else 0, merged["profile"]["consent_times"]["email"][0])))
     links = {*merged.get("links", []), *absorbed.get("links", []), message["from"]} - {key}
     merged["links"] = sorted(links, key=rank)
     graph.add_claims(merged, absorbed.get("claimed", {}))

@@ -687,3 +687,46 @@ def test_a_consent_withdrawal_and_an_erasure_tell_deliver_what_to_drop(rollbacks
     assert said == {(pia, "consent", "2026-03-02T10:40:00.000Z"), (eve, "erased", "2026-03-02T10:50:00.000Z")}
     assert {key for key, _ in hop.outputs[withdrawals]} == {pia.encode(), eve.encode()}
     assert cart["profile_id"] == pia and parse_timestamp(cart["at"]) < t + DAY  # deliver drops it if still held
+
+
+def test_a_merge_whose_newest_consent_is_false_withdraws_the_surviving_profile() -> None:
+    """Pia's profile had consent; an anonymous visitor withdrew it the next day, and then logged in as
+    her: the merged profile's consent is the newer, false, so what is on its way for Pia is withdrawn."""
+    withdrawals = names.withdrawals_topic("mailpulse")
+    t = parse_timestamp("2026-03-01T10:00:00Z")
+    day = 86_400_000
+    hop = run([{"event_id": "i-1", "type": "identify", "timestamp": t, "user_id": "pia",
+                "traits": {"email": "pia@example.com"}, "consent": {"email": True}}], 3, False, until=t + 60_000)
+    run([{"event_id": "i-2", "type": "identify", "timestamp": t + day, "anonymous_id": "anon-1",
+          "consent": {"email": False}}], 4, False, hop=hop, until=t + day + 60_000)
+    pia, anon = profile_id_for("u:pia"), profile_id_for("a:anon-1")
+    assert {w["profile_id"] for w in hop.values(withdrawals)} == {anon}  # its own consent, from unknown
+    run([{"event_id": "i-3", "type": "identify", "timestamp": t + 2 * day, "anonymous_id": "anon-1",
+          "user_id": "pia"}], 5, False, hop=hop, until=t + 2 * day + 60_000)
+    assert hop.latest(names.PROFILES)[pia.encode()]["consent"]["email"] is False
+    [merged] = [w for w in hop.values(withdrawals) if w["profile_id"] == pia]
+    assert merged["reason"] == "consent" and parse_timestamp(merged["at"]) >= t + day
+
+
+def test_a_profile_with_consent_merged_into_one_that_withdrew_it_is_withdrawn_under_its_own_id() -> None:
+    """A visitor gave consent and got triggers under her anonymous profile; the next day, signed in,
+    she withdrew it; then the two were linked: the anonymous profile is merged away, and what deliver
+    still holds under its id is withdrawn, up to the last time it made anything."""
+    withdrawals = names.withdrawals_topic("mailpulse")
+    t = parse_timestamp("2026-03-01T10:00:00Z")
+    day = 86_400_000
+    hop = run([{"event_id": "i-1", "type": "identify", "timestamp": t, "anonymous_id": "anon-2",
+                "traits": {"email": "zoe@example.com"}, "consent": {"email": True}},
+               {"event_id": "k-1", "type": "cart_add", "timestamp": t + 60_000, "anonymous_id": "anon-2",
+                "product_id": "sku-1", "quantity": 1, "price": 10.0},
+               {"event_id": "i-2", "type": "identify", "timestamp": t + day, "user_id": "zoe",
+                "consent": {"email": False}}], 3, False, until=t + day + 60_000)
+    anon, zoe = profile_id_for("e:zoe@example.com"), profile_id_for("u:zoe")  # (the e-mail roots it)
+    assert {w["profile_id"] for w in hop.values(withdrawals)} == {zoe}
+    made = {t["type"]: t for t in hop.values(names.TRIGGERS) if t["profile_id"] == anon}
+    assert {"welcome", "cart_abandoned"} <= made.keys()
+    run([{"event_id": "i-3", "type": "identify", "timestamp": t + 2 * day, "anonymous_id": "anon-2",
+          "user_id": "zoe"}], 4, False, hop=hop, until=t + 2 * day + 60_000)
+    [gone] = [w for w in hop.values(withdrawals) if w["profile_id"] == anon]
+    assert gone["reason"] == "consent"
+    assert all(parse_timestamp(trigger["at"]) <= parse_timestamp(gone["at"]) for trigger in made.values())
