@@ -285,6 +285,9 @@ class DeliverMetrics:
         self.ledger_entries = Gauge("mailpulse_delivery_ledger_entries", "Trigger ids in the delivery ledger",
                                     registry=r)
         self.held = Gauge("mailpulse_deliveries_held", "Triggers held until their send_at", registry=r)
+        self.target_up = Gauge("mailpulse_delivery_target_up", "0 while the target counts as down (triggers in a "
+                               "row failed temporarily), else 1", registry=r)
+        self.target_up.set(1)
         self.ledger_pruned = Counter("mailpulse_delivery_ledger_pruned",
                                      "Trigger ids forgotten past MAILPULSE_DELIVER_LEDGER_DAYS", registry=r)
         self.unsubscribes = Counter("mailpulse_unsubscribes", "Unsubscribes (one-click links and bounces)",

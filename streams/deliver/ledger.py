@@ -6,7 +6,8 @@ neither sends twice nor forgets a held trigger.
 Keys: ``d:<trigger id>`` the outcome; ``t:<first marked, ms>:<trigger id>`` the same ids by age, so
 that :meth:`Ledger.prune` forgets the oldest without a scan; ``h:<send_at, ms>:<trigger id>`` held
 triggers, and ``p:<profile id>\0<hold key>`` the same by profile; ``u:``/``ue:`` unsubscribed profile ids and
-addresses (kept); ``w:<profile id>`` the latest event time at which the pipeline said that profile withdrew
+addresses (kept); ``r:<trigger id>`` the rounds of a trigger tried again later (until its outcome);
+``w:<profile id>`` the latest event time at which the pipeline said that profile withdrew
 consent or was erased (kept for the ledger's retention), and ``o:<partition>`` how far its withdrawals
 topic was read; ``k:`` the link secret."""
 
@@ -85,6 +86,32 @@ class Ledger:
             self.entries += 1
             self.db[b"t:%013d:" % max(at_ms, 0) + trigger_id.encode()] = b""
         self.db[key] = orjson.dumps({"state": state, "at": at_ms, **extra})
+        if state != SENDING and self.db.get(b"r:" + trigger_id.encode()) is not None:
+            del self.db[b"r:" + trigger_id.encode()]  # an outcome: no more rounds
+
+    def forget(self, trigger_id: str) -> None:
+        """No outcome for ``trigger_id`` (it was not sent, and will be tried again)."""
+        key = b"d:" + trigger_id.encode()
+        raw = self.db.get(key)
+        if raw is None:
+            return
+        del self.db[key]
+        self.entries -= 1
+        aged = b"t:%013d:" % max(orjson.loads(raw).get("at", 0), 0) + trigger_id.encode()
+        if self.db.get(aged) is not None:
+            del self.db[aged]
+
+    # --- rounds of a trigger whose target failed for a while ---
+    def rounds(self, trigger_id: str) -> tuple[int, int] | None:
+        """(rounds failed so far, when the first failed, ms) of a trigger being tried again."""
+        raw = self.db.get(b"r:" + trigger_id.encode())
+        if raw is None:
+            return None
+        value = orjson.loads(raw)
+        return int(value["rounds"]), int(value["since"])
+
+    def note_round(self, trigger_id: str, rounds: int, since_ms: int) -> None:
+        self.db[b"r:" + trigger_id.encode()] = orjson.dumps({"rounds": rounds, "since": since_ms})
 
     def prune(self, before_ms: int) -> int:
         """Forgets the trigger ids first marked before ``before_ms``; how many.  (A trigger read

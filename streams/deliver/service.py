@@ -31,7 +31,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from prometheus_client import make_wsgi_app
 
 from schemas.timeparse import format_ms, parse_timestamp
-from streams.broker import ensure_topics, topic_partitions
+from streams.broker import BrokerError, ensure_topics, topic_partitions
 from streams.deliver import unsubscribe
 from streams.deliver.ledger import FAILED, SENDING, SENT, SUPPRESSED, Ledger
 from streams.deliver.render import Renderer, TemplateProblem
@@ -63,6 +63,7 @@ class Deliverer:
         self.target, self.ledger, self.renderer, self.producer = target, ledger, renderer, producer
         self.metrics, self.settings, self.now_ms, self.sleep = metrics, settings, now_ms, sleep
         self.unsubscribe_base, self.secret = unsubscribe_base, secret
+        self.outage = Outage()
         metrics.ledger_entries.set(ledger.entries)
         metrics.held.set(ledger.held)
 
@@ -186,6 +187,8 @@ class Deliverer:
             self.ledger.mark(trigger_id, FAILED, now, code="bad_trigger")
             self._failed(trigger, 0, "bad_trigger", f"cannot be an e-mail: {type(exc).__name__}: {exc}")
             return
+        if self.outage.down(now) and self._again_later(trigger, "the target is down (no attempt)"):
+            return
         self.ledger.mark(trigger_id, SENDING, now, type=trigger["type"], profile_id=trigger.get("profile_id"))
         self.ledger.sync()  # on disk before the send: after a power loss it is "interrupted", not sent again
         retries = self.metrics.retries.labels(self.target.name)
@@ -197,13 +200,21 @@ class Deliverer:
             self._failed(trigger, 1, "outcome_unknown", f"{exc}; not sent again (at most once)")
             self.metrics.ledger_entries.set(self.ledger.entries)
             return
-        except (Temporary, Permanent) as exc:
-            code = "rejected" if isinstance(exc, Permanent) else "retries_exhausted"
-            attempts = 1 if isinstance(exc, Permanent) else self.settings.deliver_attempts
-            self.ledger.mark(trigger_id, FAILED, self.now_ms(), code=code)
-            self._failed(trigger, attempts, code, str(exc))
+        except Temporary as exc:
+            self.outage.failed(self.now_ms())
+            if not self._again_later(trigger, str(exc)):
+                self.ledger.mark(trigger_id, FAILED, self.now_ms(), code="retries_exhausted")
+                self._failed(trigger, self.settings.deliver_attempts, "retries_exhausted", str(exc))
+            self.metrics.ledger_entries.set(self.ledger.entries)
+            self.metrics.target_up.set(0 if self.outage.down(self.now_ms()) else 1)
+            return
+        except Permanent as exc:
+            self.ledger.mark(trigger_id, FAILED, self.now_ms(), code="rejected")
+            self._failed(trigger, 1, "rejected", str(exc))
             self.metrics.ledger_entries.set(self.ledger.entries)
             return
+        self.outage.sent()
+        self.metrics.target_up.set(1)
         done = self.now_ms()
         self.ledger.mark(trigger_id, SENT, done, attempts=attempts)
         self.metrics.deliveries.labels(kind, "sent").inc()
@@ -211,6 +222,22 @@ class Deliverer:
         self.metrics.ledger_entries.set(self.ledger.entries)
         if sent.bounced:
             self.withdraw(str(trigger.get("profile_id")), trigger["email"], "bounce")
+
+    def _again_later(self, trigger: dict[str, Any], why: str) -> bool:
+        """Holds a trigger not sent (its target failed temporarily, or is down) for its next round;
+        False when its rounds are used up (``MAILPULSE_DELIVER_RETRY_HOURS``)."""
+        trigger_id, now = trigger["trigger_id"], self.now_ms()
+        rounds, since = self.ledger.rounds(trigger_id) or (0, now)
+        if now - since >= self.settings.deliver_retry_hours * 3_600_000:
+            return False
+        self.ledger.forget(trigger_id)  # (its ``sending`` mark: it was not sent)
+        self.ledger.note_round(trigger_id, rounds + 1, since)
+        self.ledger.hold(now + round_delay_ms(rounds + 1), trigger_id, orjson.dumps(trigger),
+                         str(trigger.get("profile_id")))
+        self.metrics.deliveries.labels(_type_label(trigger["type"]), "deferred").inc()
+        self.metrics.held.set(self.ledger.held)
+        log.info("deliver: trigger %s tried again in round %d (%s)", trigger_id, rounds + 2, why[:200])
+        return True
 
     def message(self, trigger: Mapping[str, Any]) -> EmailMessage:
         url = unsubscribe.link(self.unsubscribe_base, self.secret, str(trigger.get("profile_id")), trigger["email"])
@@ -254,6 +281,37 @@ class Deliverer:
 #: The ``type`` label of the delivery metrics: the built-in trigger types, and ``other`` for any other
 #: producer's (a label per value read from a message would grow without bound).
 TYPE_LABELS = frozenset(Triggers.model_fields)
+
+
+#: How long a trigger not sent waits for its next round: 1 min, doubling, at most 1 h.
+FIRST_ROUND_MS, LONGEST_ROUND_MS = 60_000, 3_600_000
+#: Triggers failed temporarily in a row after which the target counts as down.
+DOWN_AFTER = 3
+
+
+def round_delay_ms(rounds: int) -> int:
+    return int(min(FIRST_ROUND_MS * 2 ** min(rounds - 1, 16), LONGEST_ROUND_MS))
+
+
+class Outage:
+    """Whether the target is down: :data:`DOWN_AFTER` triggers in a row failed temporarily after all
+    their attempts.  Then due triggers wait for a round without trying (a down target would otherwise
+    cost every one its attempts and backoff), until the next round's first trigger tries."""
+
+    def __init__(self) -> None:
+        self.in_a_row = 0
+        self.until_ms = 0
+
+    def failed(self, now_ms: int) -> None:
+        self.in_a_row += 1
+        if self.in_a_row >= DOWN_AFTER:
+            self.until_ms = now_ms + round_delay_ms(self.in_a_row - DOWN_AFTER + 1)
+
+    def sent(self) -> None:
+        self.in_a_row, self.until_ms = 0, 0
+
+    def down(self, now_ms: int) -> bool:
+        return now_ms < self.until_ms
 
 
 #: The ``reason`` label of ``mailpulse_delivery_withdrawals_total`` (besides ``other`` and ``unreadable``).
@@ -379,14 +437,25 @@ def run_deliver(settings: Settings, dry_run: Path | None, stop: threading.Event,
         announce(f"deliver: {target.name}{' to ' + str(dry_run) if dry_run else ''}; /metrics and /unsubscribe "
                  f"on http://{settings.metrics_host}:{port}; state in {folder}")
         deliverer.fail_interrupted()
-        withdrawals = _read_withdrawals(settings, ledger, deliverer)
-        withdrawals.catch_up(stop)  # before any trigger: a fresh ledger reads both topics from their start
-        consumer.subscribe([TRIGGERS])
-        pruned_at = 0.0
+        pruned_at, withdrawals_tried = 0.0, 0.0
         while not stop.is_set():
             if time.monotonic() - pruned_at > 3600 or not pruned_at:
                 deliverer.prune()
                 pruned_at = time.monotonic()
+            if withdrawals is None:  # first the withdrawals, to their end: no trigger is sent before
+                producer.poll(0)  # (librdkafka's log lines: e.g. a broker it cannot reach)
+                if time.monotonic() - withdrawals_tried < 5:
+                    stop.wait(0.2)
+                    continue
+                withdrawals_tried = time.monotonic()
+                try:
+                    withdrawals = _read_withdrawals(settings, ledger, deliverer)
+                except (KafkaException, BrokerError, KeyError) as exc:  # no broker yet, no right to create it
+                    log.warning("deliver: the withdrawals topic cannot be read yet (%s); triggers wait for it",
+                                exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else exc)
+                    continue
+                withdrawals.catch_up(stop)  # a fresh ledger reads both topics from their start
+                consumer.subscribe([TRIGGERS])
             withdrawals.poll()
             batch = consumer.consume(num_messages=200, timeout=0.5)
             handled, stopped = 0, False

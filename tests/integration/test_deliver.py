@@ -191,7 +191,7 @@ def test_webhook_retries_with_a_stable_idempotency_key_and_failures_end_in_deliv
                 {**trigger(3), "trigger_id": "t-bounce"}, {**trigger(4), "trigger_id": "t-fine"}]
     process, port = start_deliver(broker, tmp_path, MAILPULSE_DELIVER_TARGET="webhook",
                                   MAILPULSE_WEBHOOK_URL=f"http://127.0.0.1:{server.server_port}/send",
-                                  MAILPULSE_DELIVER_ATTEMPTS="4")
+                                  MAILPULSE_DELIVER_ATTEMPTS="4", MAILPULSE_DELIVER_RETRY_HOURS="0")
     try:
         produce(broker.bootstrap, [orjson.dumps(t) for t in triggers])
         letters = read_topic(broker.bootstrap, "delivery-failed", lambda m: len(m) >= 1)

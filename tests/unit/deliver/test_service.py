@@ -254,3 +254,82 @@ def test_withdrawals_are_forgotten_with_the_ledgers_retention_and_the_latest_one
     now[0] += 2
     step.prune()
     assert step.ledger.withdrawn_at("p-1") is None
+
+
+class Flaky:
+    """A target that is down (every attempt a Temporary failure) until told otherwise."""
+
+    name = "flaky"
+
+    def __init__(self) -> None:
+        self.up, self.attempts, self.sent = False, 0, []
+
+    def send(self, message: EmailMessage, trigger: dict[str, Any]) -> Sent:
+        from streams.deliver.targets import Temporary
+
+        self.attempts += 1
+        if not self.up:
+            raise Temporary("421 try again later")
+        self.sent.append(trigger["trigger_id"])
+        return Sent()
+
+
+def test_a_target_that_is_down_for_an_hour_loses_no_trigger_and_is_not_tried_for_each(tmp_path: Path) -> None:
+    """Three triggers fail their attempts: each is held for a later round, and the target counts as down,
+    so the next due ones wait without an attempt.  When it is back, a round sends every one, once."""
+    from streams.deliver.service import DOWN_AFTER, round_delay_ms
+
+    target = Flaky()
+    step, producer = deliverer(tmp_path, target)
+    now = [parse_timestamp("2026-03-01T12:00:00Z")]
+    step.now_ms = lambda: now[0]
+    for n in range(10):
+        step.handle(trigger(trigger_id=f"t-{n}"))
+    assert target.attempts == DOWN_AFTER * 3 and step.ledger.held == 10 and not producer.sent
+    assert step.metrics.target_up._value.get() == 0
+    assert step.metrics.deliveries.labels("welcome", "deferred")._value.get() == 10
+    minutes = 0
+    while minutes < 60:  # an hour down: rounds come, one trigger tries each time the target may be up
+        now[0] += 60_000
+        minutes += 1
+        step.release_due()
+    assert not producer.sent and not target.sent and step.ledger.held == 10
+    assert target.attempts < DOWN_AFTER * 3 + 3 * 10  # far from every trigger's attempts at every round
+    target.up = True
+    now[0] += round_delay_ms(99)  # the longest wait
+    step.release_due()
+    assert sorted(target.sent) == sorted(f"t-{n}" for n in range(10)) and step.ledger.held == 0
+    assert step.metrics.target_up._value.get() == 1
+    assert all(step.ledger.outcome(f"t-{n}")["state"] == "sent" for n in range(10))  # type: ignore[index]
+    assert not list(step.ledger._keys(b"r:")) and step.ledger.entries == 10
+    step.handle(trigger(trigger_id="t-0"))  # read again
+    assert target.sent.count("t-0") == 1
+
+
+def test_a_trigger_whose_target_fails_past_the_retry_window_goes_to_delivery_failed(tmp_path: Path) -> None:
+    target = Flaky()
+    producer = Recorder()
+    now = [parse_timestamp("2026-03-01T12:00:00Z")]
+    step = Deliverer(target, Ledger(tmp_path / "state"), Renderer(), producer,  # type: ignore[arg-type]
+                     DeliverMetrics(), Settings(deliver_attempts=2, deliver_backoff_s=0.001, deliver_retry_hours=1),
+                     "http://u", b"k" * 32, now_ms=lambda: now[0], sleep=lambda s: None)
+    step.handle(trigger())
+    assert step.ledger.held == 1 and step.ledger.outcome("t-1") is None
+    for _ in range(200):
+        now[0] += 60_000
+        step.release_due()
+    [(topic, letter)] = producer.sent
+    assert topic == "delivery-failed" and letter["error"]["code"] == "retries_exhausted"
+    assert step.ledger.held == 0 and step.ledger.outcome("t-1")["code"] == "retries_exhausted"  # type: ignore[index]
+    assert not list(step.ledger._keys(b"r:"))
+
+
+def test_the_rounds_of_a_trigger_outlive_a_restart(tmp_path: Path) -> None:
+    target = Flaky()
+    step, _ = deliverer(tmp_path, target)
+    now = parse_timestamp("2026-03-01T12:00:00Z")
+    step.now_ms = lambda: now
+    step.handle(trigger())
+    step.ledger.close()
+    again = Ledger(tmp_path / "state")
+    assert again.held == 1 and again.rounds("t-1") == (1, now) and again.outcome("t-1") is None
