@@ -116,11 +116,12 @@ class Metrics:
             "the largest values past limits.trait_bytes; cart_moves: oldest moves combined; "
             "purchases: the oldest past 100; seen: the oldest event ids, whose window then counts as seen; "
             "history: the oldest timestamps of an event type kept for windowed segment counts; "
-            "blocks: the oldest fuzzy-matching block registrations)",
+            "blocks: the oldest fuzzy-matching block registrations; currencies: the smallest amounts of "
+            "spend_by_currency)",
             ["collection"], registry=r,
         )
         for collection in ("possible_matches", "traits", "consent", "context", "cart_lines", "cart_moves",
-                           "purchases", "seen", "history", "blocks"):
+                           "purchases", "seen", "history", "blocks", "currencies"):
             self.entries_dropped.labels(collection)
         self.released_early = Counter(
             "mailpulse_events_released_early",

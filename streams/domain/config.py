@@ -243,6 +243,7 @@ class Limits(_Strict):
     history_per_type: int = Field(default=DEFAULT_LIMITS.history_per_type, ge=1)
     possible_matches: int = Field(default=DEFAULT_LIMITS.possible_matches, ge=1)
     blocks: int = Field(default=DEFAULT_LIMITS.blocks, ge=10)  # an identify registers up to 10
+    currencies: int = Field(default=DEFAULT_LIMITS.currencies, ge=1)
 
 
 class PipelineConfig(_Strict):

@@ -20,7 +20,7 @@ from streams.domain import identity_graph as graph
 from streams.domain import possible_matches
 from streams.domain.identity import profile_key, rank
 from streams.domain.merge import merge_states
-from streams.domain.profile import new_state, snapshot, trim_traits
+from streams.domain.profile import new_state, snapshot, trim_currencies, trim_traits
 from streams.domain.resolution.blocks import block_keys, drop_member, on_block_message, person_record
 from streams.domain.rules import score_timer
 from streams.domain.state import ErasureMarker, LiveState, State
@@ -47,6 +47,7 @@ class Effects:
     traits_dropped: int = 0  # trait values a merge dropped past limits.trait_bytes
     history_dropped: int = 0  # windowed-count timestamps a merge dropped past limits.history_per_type
     blocks_dropped: int = 0  # fuzzy-matching block registrations dropped past limits.blocks
+    currencies_dropped: int = 0  # spend_by_currency entries a merge dropped past limits.currencies
     unknown: str | None = None  # an internal message type this version does not know (skipped)
     #: input topics of the parked events an arriving profile brought that are older than the watermark
     #: here: late, as an input event would be (a merge's round trips took longer than the clocks)
@@ -208,7 +209,9 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
     effects.matches_dropped = possible_matches.trim(merged["profile"]["possible_matches"], limits.possible_matches)
     trimmed: dict[str, int] = {}
     trim_traits(merged["profile"]["traits"], merged["profile"]["trait_times"], trimmed, limits)
+    trim_currencies(merged["profile"]["aggregates"]["spend_by_currency"], trimmed, limits)
     effects.traits_dropped = trimmed.get("traits", 0)
+    effects.currencies_dropped = trimmed.get("currencies", 0)
     if rules.scorer is not None:
         here = state["profile"]["predictions"] if graph.is_live(state) and state is not None else None
         score_timer.past_changed(rules.config.scoring, merged, [here, absorbed["profile"]["predictions"]])

@@ -153,6 +153,7 @@ class Limits:
     history_per_type: int = 500  # timestamps per event type for the segments' windowed counts
     possible_matches: int = possible_matches.MOST  # the best-scored pairs kept
     blocks: int = 64  # [fuzzy-matching block, member] pairs a person is registered in (the oldest then leave)
+    currencies: int = 16  # currencies of spend_by_currency (the smallest amounts then go)
 
     @property
     def small_traits_can_overflow(self) -> bool:
@@ -409,7 +410,19 @@ def keep_newest_purchases(purchases: list[list[Any]], dropped: Dropped | None = 
     return purchases
 
 
-def _apply_purchase(profile: ProfileBody, event: Event, ts: int, dropped: Dropped | None = None) -> None:
+def trim_currencies(spend: dict[str, float], dropped: Dropped | None = None, limits: Limits = DEFAULT_LIMITS) -> None:
+    """Past ``limits.currencies``, the smallest amounts go (each counted; equal amounts: by code), while
+    ``total_spend`` keeps them.  Depends on the amounts only, so a merge trims as a fold does."""
+    excess = len(spend) - limits.currencies
+    if excess <= 0:
+        return
+    for currency in sorted(spend, key=lambda code: (money(spend[code]), code))[:excess]:
+        del spend[currency]
+        _drop(dropped, "currencies")
+
+
+def _apply_purchase(profile: ProfileBody, event: Event, ts: int, dropped: Dropped | None = None,
+                    limits: Limits = DEFAULT_LIMITS) -> None:
     agg = profile["aggregates"]
     if "purchases" not in agg:  # a state stored before the list: made from what it knows, before this purchase
         agg["purchases"] = listed_purchases(agg)
@@ -427,6 +440,8 @@ def _apply_purchase(profile: ProfileBody, event: Event, ts: int, dropped: Droppe
         _drop(dropped, "purchases")
     currency = event.get("currency", "USD")
     agg["spend_by_currency"][currency] = round(money(agg["spend_by_currency"].get(currency)) + total, 2)
+    if len(agg["spend_by_currency"]) > limits.currencies:
+        trim_currencies(agg["spend_by_currency"], dropped, limits)
     first, last = agg["first_purchase_at"], agg["last_purchase_at"]
     agg["first_purchase_at"] = ts if first is None else min(first, ts)
     if last is None or ts > last:
@@ -582,7 +597,7 @@ def fold_event(profile: ProfileBody, event: Event, linked: Container[str] | None
     if kind == "carts":
         _apply_cart(profile, event, ts, dropped, limits)
     elif kind == "purchases":
-        _apply_purchase(profile, event, ts, dropped)
+        _apply_purchase(profile, event, ts, dropped, limits)
     elif etype == "identify":
         traits = event.get("traits") or {}
         event_id = event["event_id"]

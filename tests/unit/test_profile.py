@@ -275,3 +275,42 @@ def test_shrink_halves_only_the_collections_that_make_a_state_big_and_counts_wha
     while shrink(state, DEFAULT_LIMITS, dropped):
         pass
     assert len(state["seen"]) <= 32 and profile["traits"] == {"first_name": "Ana"}
+
+
+def test_spend_by_currency_is_held_to_its_bound_in_a_fold_and_in_a_merge_and_the_total_keeps_all() -> None:
+    """Purchases in forty currencies (the ingest takes any three letters): the profile keeps the 16
+    largest amounts, counts each one dropped, and its total spend and orders still count every one."""
+    from streams.domain.config import PipelineConfig
+    from streams.domain.dispatch import dispatch
+    from streams.domain.profile import DEFAULT_LIMITS, fold_event, new_state
+    from streams.domain.timeline import RuleSet
+
+    def code(n: int) -> str:
+        return "Q" + chr(65 + n // 26) + chr(65 + n % 26)
+
+    profile = new_state("u:u-1", T0)["profile"]
+    dropped: dict[str, int] = {}
+    for n in range(40):
+        fold_event(profile, ev(f"o{n}", "purchase", T0 + n, order_id=f"o{n}", total=float(n + 1), currency=code(n)),
+                   dropped=dropped)
+    agg = profile["aggregates"]
+    assert DEFAULT_LIMITS.currencies == 16 and agg["spend_by_currency"] == {code(n): n + 1.0 for n in range(24, 40)}
+    assert dropped["currencies"] == 24 and agg["orders"] == 40 and agg["total_spend"] == sum(range(1, 41))
+
+    # two profiles of 10 currencies each, merged by an absorb: 16 kept, the 4 smallest counted
+    rules = RuleSet.build(PipelineConfig(), RET)
+    states: dict[str, Any] = {}
+    for side, key in enumerate(("u:a", "u:b")):
+        state = None
+        for n in range(10):
+            event = ev(f"{key}-{n}", "purchase", T0 + n, order_id=f"{key}-{n}", total=float(10 * n + side + 1),
+                       currency=code(10 * side + n))
+            state = apply_event(state, key, event, RET).state
+        states[key] = state
+    absorbed = states.pop("u:b")
+    effects = dispatch(states, {}, "u:a", {"type": "_absorb", "from": "u:b", "state": absorbed}, None, rules)
+    merged = states["u:a"]
+    assert merged is not None and effects.currencies_dropped == 4
+    spend = merged["profile"]["aggregates"]["spend_by_currency"]
+    totals = sorted(float(10 * n + side + 1) for side in (0, 1) for n in range(10))
+    assert sorted(spend.values()) == totals[4:] and merged["profile"]["aggregates"]["total_spend"] == sum(totals)
