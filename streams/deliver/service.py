@@ -197,7 +197,7 @@ class Deliverer:
                                           self.settings.deliver_backoff_s, retries.inc, self.sleep)
         except OutcomeUnknown as exc:
             self.ledger.mark(trigger_id, FAILED, self.now_ms(), code="outcome_unknown")
-            self._failed(trigger, 1, "outcome_unknown", f"{exc}; not sent again (at most once)")
+            self._failed(trigger, exc.attempts, "outcome_unknown", f"{exc}; not sent again (at most once)")
             self.metrics.ledger_entries.set(self.ledger.entries)
             return
         except Temporary as exc:
@@ -210,7 +210,7 @@ class Deliverer:
             return
         except Permanent as exc:
             self.ledger.mark(trigger_id, FAILED, self.now_ms(), code="rejected")
-            self._failed(trigger, 1, "rejected", str(exc))
+            self._failed(trigger, exc.attempts, "rejected", str(exc))
             self.metrics.ledger_entries.set(self.ledger.entries)
             return
         self.outage.sent()
@@ -436,6 +436,10 @@ def run_deliver(settings: Settings, dry_run: Path | None, stop: threading.Event,
         deliverer.unsubscribe_base = settings.unsubscribe_url or f"http://{settings.metrics_host}:{port}"
         announce(f"deliver: {target.name}{' to ' + str(dry_run) if dry_run else ''}; /metrics and /unsubscribe "
                  f"on http://{settings.metrics_host}:{port}; state in {folder}")
+        if dry_run is None and not settings.unsubscribe_url:
+            log.warning("deliver: the unsubscribe links in e-mails point at %s, which recipients cannot reach "
+                        "unless it is public; set MAILPULSE_UNSUBSCRIBE_URL to the public address of /unsubscribe",
+                        deliverer.unsubscribe_base)
         deliverer.fail_interrupted()
         pruned_at, withdrawals_tried = 0.0, 0.0
         while not stop.is_set():

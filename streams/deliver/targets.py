@@ -31,10 +31,14 @@ class Temporary(Exception):
 class Permanent(Exception):
     """Not worth another attempt (a 5xx SMTP reply, an HTTP 4xx, a rejected address)."""
 
+    attempts = 1  # on which attempt it came (set by :func:`with_retries`)
+
 
 class OutcomeUnknown(Exception):
     """The message was handed over, but whether it was taken is not known (the connection broke
     before the server's last reply): another attempt could send it twice, so there is none."""
+
+    attempts = 1  # on which attempt it came (set by :func:`with_retries`)
 
 
 class Sent:
@@ -61,10 +65,13 @@ def with_retries(send: Callable[[], Sent], attempts: int, backoff_s: float, on_r
         except Temporary:
             if attempt == attempts:
                 raise
-        except (Permanent, OutcomeUnknown):
+        except (Permanent, OutcomeUnknown) as exc:
+            exc.attempts = attempt
             raise
         except Exception as exc:
-            raise Permanent(f"{type(exc).__name__}: {exc}"[:300]) from None
+            unclassified = Permanent(f"{type(exc).__name__}: {exc}"[:300])
+            unclassified.attempts = attempt
+            raise unclassified from None
         on_retry()
         sleep(rng.uniform(0, backoff_s * 2 ** (attempt - 1)))  # "full jitter"
     raise AssertionError("unreachable")

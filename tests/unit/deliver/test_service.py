@@ -333,3 +333,29 @@ def test_the_rounds_of_a_trigger_outlive_a_restart(tmp_path: Path) -> None:
     step.ledger.close()
     again = Ledger(tmp_path / "state")
     assert again.held == 1 and again.rounds("t-1") == (1, now) and again.outcome("t-1") is None
+
+
+class FailsThen:
+    """Temporary failures, then the given exception."""
+
+    name = "fails-then"
+
+    def __init__(self, temporary: int, then: Exception) -> None:
+        self.temporary, self.then, self.calls = temporary, then, 0
+
+    def send(self, message: EmailMessage, trigger: dict[str, Any]) -> Sent:
+        from streams.deliver.targets import Temporary
+
+        self.calls += 1
+        if self.calls <= self.temporary:
+            raise Temporary("503")
+        raise self.then
+
+
+@pytest.mark.parametrize("then,code", [(OutcomeUnknown("connection lost after the hand-over"), "outcome_unknown"),
+                                       (ValueError("unclassified"), "rejected")])
+def test_a_failure_on_a_later_attempt_reports_that_attempt(tmp_path: Path, then: Exception, code: str) -> None:
+    step, producer = deliverer(tmp_path, FailsThen(2, then))
+    step.handle(trigger())
+    [(_, letter)] = producer.sent
+    assert letter["error"]["code"] == code and letter["attempts"] == 3
