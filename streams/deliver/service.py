@@ -35,7 +35,18 @@ from streams.broker import BrokerError, ensure_topics, topic_partitions
 from streams.deliver import unsubscribe
 from streams.deliver.ledger import FAILED, SENDING, SENT, SUPPRESSED, Ledger
 from streams.deliver.render import Renderer, TemplateProblem
-from streams.deliver.targets import DryRun, OutcomeUnknown, Permanent, Smtp, Target, Temporary, Webhook, with_retries
+from streams.deliver.targets import (
+    AlreadyTaken,
+    DryRun,
+    OutcomeUnknown,
+    Permanent,
+    Sent,
+    Smtp,
+    Target,
+    Temporary,
+    Webhook,
+    with_retries,
+)
 from streams.domain.config import Triggers
 from streams.logs import LIBRDKAFKA
 from streams.metrics import DeliverMetrics, serve_wsgi
@@ -208,6 +219,13 @@ class Deliverer:
             self.metrics.ledger_entries.set(self.ledger.entries)
             self.metrics.target_up.set(0 if self.outage.down(self.now_ms()) else 1)
             return
+        except AlreadyTaken as exc:
+            if self.ledger.rounds(trigger_id) is None:  # never tried before: not ours
+                self.ledger.mark(trigger_id, FAILED, self.now_ms(), code="rejected")
+                self._failed(trigger, exc.attempts, "rejected", str(exc))
+                self.metrics.ledger_entries.set(self.ledger.entries)
+                return
+            sent, attempts = Sent(), exc.attempts  # an earlier round's attempt was taken; its answer was lost
         except Permanent as exc:
             self.ledger.mark(trigger_id, FAILED, self.now_ms(), code="rejected")
             self._failed(trigger, exc.attempts, "rejected", str(exc))

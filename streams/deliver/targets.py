@@ -34,6 +34,11 @@ class Permanent(Exception):
     attempts = 1  # on which attempt it came (set by :func:`with_retries`)
 
 
+class AlreadyTaken(Permanent):
+    """The target says it has a message with this idempotency key (HTTP 409): after an earlier attempt
+    of the same trigger (one whose answer was lost), that is the trigger delivered."""
+
+
 class OutcomeUnknown(Exception):
     """The message was handed over, but whether it was taken is not known (the connection broke
     before the server's last reply): another attempt could send it twice, so there is none."""
@@ -65,6 +70,11 @@ def with_retries(send: Callable[[], Sent], attempts: int, backoff_s: float, on_r
         except Temporary:
             if attempt == attempts:
                 raise
+        except AlreadyTaken as exc:
+            if attempt > 1:
+                return Sent(), attempt  # taken by an earlier attempt whose answer was lost
+            exc.attempts = attempt
+            raise
         except (Permanent, OutcomeUnknown) as exc:
             exc.attempts = attempt
             raise
@@ -223,6 +233,8 @@ class Webhook:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                 answer = response.read()
         except urllib.error.HTTPError as exc:
+            if exc.code == 409:
+                raise AlreadyTaken("HTTP 409: a message with this idempotency key exists") from None
             kind = Temporary if exc.code >= 500 or exc.code in (408, 429) else Permanent
             raise kind(f"HTTP {exc.code}") from None
         except (OSError, ValueError) as exc:

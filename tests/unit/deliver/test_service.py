@@ -359,3 +359,20 @@ def test_a_failure_on_a_later_attempt_reports_that_attempt(tmp_path: Path, then:
     step.handle(trigger())
     [(_, letter)] = producer.sent
     assert letter["error"]["code"] == code and letter["attempts"] == 3
+
+
+def test_a_409_in_a_later_round_is_the_trigger_delivered_and_on_a_first_try_a_refusal(tmp_path: Path) -> None:
+    from streams.deliver.targets import AlreadyTaken
+
+    step, producer = deliverer(tmp_path, FailsThen(3, AlreadyTaken("HTTP 409")))  # 3: every attempt of a round
+    now = [parse_timestamp("2026-03-01T12:00:00Z")]
+    step.now_ms = lambda: now[0]
+    step.handle(trigger())
+    assert step.ledger.held == 1
+    now[0] += 3_600_000
+    step.release_due()
+    assert step.ledger.outcome("t-1")["state"] == "sent" and not producer.sent  # type: ignore[index]
+    step.target = FailsThen(0, AlreadyTaken("HTTP 409"))
+    step.handle(trigger(trigger_id="t-2"))
+    [(_, letter)] = producer.sent
+    assert letter["trigger_id"] == "t-2" and letter["error"]["code"] == "rejected"

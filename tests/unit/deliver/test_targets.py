@@ -99,3 +99,60 @@ def test_the_dry_run_writes_only_file_names_inside_its_folder(tmp_path: Any) -> 
     target.send(message(), {"trigger_id": "0f3a-x_y.1"})
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["0f3a-x_y.1.eml"]
     assert not (tmp_path / "escape.eml").exists()
+
+
+class _Idempotent:
+    """An HTTP e-mail API on loopback that times out its first answer (after taking the message), then
+    answers a repeated idempotency key with 409, as some ESPs do."""
+
+    def __init__(self) -> None:
+        self.taken: list[str] = []
+        self.calls = 0
+
+
+def _serving(api: _Idempotent) -> Any:
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            api.calls += 1
+            key = self.headers["Idempotency-Key"]
+            if key in api.taken:
+                self.send_response(409)
+                self.end_headers()
+                return
+            api.taken.append(key)
+            if api.calls == 1:
+                time.sleep(0.6)  # past the client's timeout: the answer is lost
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_a_webhook_409_after_an_attempt_whose_answer_was_lost_is_the_trigger_delivered() -> None:
+    from streams.deliver.targets import AlreadyTaken, Webhook
+
+    api = _Idempotent()
+    server = _serving(api)
+    try:
+        hook = Webhook(f"http://127.0.0.1:{server.server_port}/send", None, timeout_s=0.3)
+        m = message()
+        sent, attempts = with_retries(lambda: hook.send(m, {"trigger_id": "t-1", "type": "welcome",
+                                                            "email": "ana@example.com"}), 3, 0.001, lambda: None,
+                                      lambda s: None)
+        assert attempts == 2 and api.taken == ["t-1"] and not sent.bounced
+        # a 409 on the first attempt of a trigger is not ours: refused
+        with pytest.raises(AlreadyTaken):
+            with_retries(lambda: hook.send(m, {"trigger_id": "t-1", "type": "welcome", "email": "ana@example.com"}),
+                         3, 0.001, lambda: None, lambda s: None)
+    finally:
+        server.shutdown()
