@@ -26,6 +26,7 @@ from schemas.timeparse import format_ms
 from streams import topics as names
 from streams.domain.dispatch import dispatch
 from streams.domain.identity import profile_id_for
+from streams.domain.identity_graph import withdrawal_ids
 from streams.domain.profile import DEFAULT_LIMITS, Limits, shrink, snapshot
 from streams.domain.state import State, is_live
 from streams.domain.timeline import NeighboursOf, RuleSet, _no_neighbours, advance, next_due
@@ -235,13 +236,11 @@ def step(entries: list[Any], io: StepIO, ctx: StepContext, skip: frozenset[int] 
         if effects.republish:
             republish.add(key)
         outbox += [(key, target, sent) for target, sent in effects.send]
-        for profile_id, why, erased_at in effects.tombstones:
+        for profile_id, why in effects.tombstones:
             result.sends.append((names.PROFILES, profile_id.encode(), None, None))
             result.profiles_written[why] += 1
-            if erased_at is not None:
-                result.sends.append(_withdrawal(ctx, profile_id, "erased", erased_at))
-        for profile_id, at in effects.withdrawn:
-            result.sends.append(_withdrawal(ctx, profile_id, "consent", at))
+        for profile_id, reason, up_to in effects.withdrawn:
+            result.sends.append(_withdrawal(ctx, profile_id, reason, up_to))
         result.merges += effects.merges
         result.limited += effects.limited
         if effects.matches_dropped:
@@ -364,6 +363,9 @@ def _advance_one(key: str, states: _Cache, blocks: _Cache, changed: bool, republ
     result.released += len(out.released)
     for product, other, weight in out.pairs:
         pairs.setdefault(product, []).append([other, weight])
+    if out.withdrawn is not None:  # (before the triggers: deliver reads it apart from them, as early as it can)
+        result.sends += [_withdrawal(ctx, profile_id, "consent", out.withdrawn)
+                         for profile_id in withdrawal_ids(key, state)]
     if published is not None:
         result.sends.append((names.PROFILES, pid, published, None))
         result.profiles_written["updated"] += 1
@@ -378,8 +380,6 @@ def _advance_one(key: str, states: _Cache, blocks: _Cache, changed: bool, republ
         result.sends.append((names.TRIGGERS, pid, value, None))
         result.triggers[trigger["type"]] += 1
         result.waits[names.TRIGGERS].append(waited)
-    if out.withdrawn is not None:
-        result.sends.append(_withdrawal(ctx, state["profile"]["profile_id"], "consent", out.withdrawn))
     result.suppressed += out.suppressed
     result.entries_dropped.update(out.dropped)
     result.released_early += out.released_early

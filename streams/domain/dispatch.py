@@ -23,18 +23,17 @@ from streams.domain.merge import merge_states
 from streams.domain.profile import new_state, snapshot, trim_currencies, trim_traits
 from streams.domain.resolution.blocks import block_keys, drop_member, on_block_message, person_record
 from streams.domain.rules import score_timer
-from streams.domain.state import ErasureMarker, LiveState, State
+from streams.domain.state import LiveState, State
 from streams.domain.timeline import RuleSet, advance, ensure_rule_state, receive
 
 
 @dataclass
 class Effects:
     send: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (target key, message)
-    #: (profile id, "erased" | "merged", the erasure's event time or None when merged away)
-    tombstones: list[tuple[str, str, int | None]] = field(default_factory=list)
-    #: (profile id, event time) of a profile merged away into one whose e-mail consent is false: what is
-    #: still on its way for it, made up to then, is withdrawn (``streams.record_step``)
-    withdrawn: list[tuple[str, int]] = field(default_factory=list)
+    tombstones: list[tuple[str, str]] = field(default_factory=list)  # (profile id, "erased" | "merged")
+    #: (profile id, "erased" | "consent", made up to): what is still on its way for a person who was erased,
+    #: or whose consent turned out false when a profile merged, stamped up to then (``streams.record_step``)
+    withdrawn: list[tuple[str, str, int]] = field(default_factory=list)
     outcome: str | None = None  # input events: processed | duplicate | erased | forgotten
     late: bool = False
     merges: list[str] = field(default_factory=list)  # kinds of profiles absorbed into a live one here
@@ -87,9 +86,10 @@ def _apply(states: MutableMapping[str, State | None], key: str, routing: graph.R
     states[key] = routing.state
     effects = Effects(send=list(routing.send), limited=list(routing.limited), changed=routing.changed)
     if routing.retired is not None:
-        effects.tombstones.append((routing.retired, "merged", None))
-    if routing.erased is not None:  # its state is then the person's erasure marker
-        effects.tombstones.append((routing.erased, "erased", cast(ErasureMarker, routing.state)["erased_at"]))
+        effects.tombstones.append((routing.retired, "merged"))
+    if routing.erased is not None:
+        effects.tombstones.append((routing.erased, "erased"))
+    effects.withdrawn += [(profile_id, "erased", up_to) for profile_id, up_to in routing.withdrawn]
     return effects
 
 
@@ -114,7 +114,10 @@ def _on_event(states: MutableMapping[str, State | None], key: str, state: State 
             if state.get("due") is not None:
                 marker["due"] = state["due"]  # so the caller deletes the due entry
             if state.get("published"):
-                effects.tombstones.append((state["profile"]["profile_id"], "erased", marker["erased_at"]))
+                effects.tombstones.append((state["profile"]["profile_id"], "erased"))
+            # what is on its way for them, made up to the erase or anything folded since (a late erase)
+            made_up_to = max(marker["erased_at"], state.get("rules", {}).get("clock") or 0)
+            effects.withdrawn += [(profile_id, "erased", made_up_to) for profile_id in graph.withdrawal_ids(key, state)]
             # the person's person records leave their blocks; their other identifiers forget them
             effects.send += [(block, {"type": graph.BLOCK, "key": member, "drop": True})
                              for block, member in state.get("blocks", [])]
@@ -170,6 +173,9 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
     if state is not None and not graph.is_live(state):
         # an erasure marker: the person was erased, and what arrives is theirs (linked before the
         # erase reached it): it is dropped too.  Their later activity starts a new profile here.
+        made_up_to = max(state["erased_at"], absorbed.get("rules", {}).get("clock") or 0)
+        effects.withdrawn += [(profile_id, "erased", made_up_to)
+                              for profile_id in graph.withdrawal_ids(message["from"], absorbed)]
         return effects
     limits = rules.limits
     if watermark is not None:
@@ -188,10 +194,10 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
         merged = merge_states(ensure_rule_state(new_state(key, absorbed["profile"]["created_at"])), absorbed, key,
                               limits)
     if merged["profile"]["consent"].get("email") is False and absorbed["profile"]["consent"].get("email") is not False:
-        # all it made is stamped up to its clock; it makes nothing more under its own id
-        made_up_to = absorbed.get("rules", {}).get("clock")
-        effects.withdrawn.append((absorbed["profile"]["profile_id"], max(
-            made_up_to if made_up_to is not None else 0, merged["profile"]["consent_times"]["email"][0])))
+        # all it made is stamped up to its clock; it makes nothing more under its own ids
+        made_up_to = max(absorbed.get("rules", {}).get("clock") or 0, merged["profile"]["consent_times"]["email"][0])
+        effects.withdrawn += [(profile_id, "consent", made_up_to)
+                              for profile_id in graph.withdrawal_ids(message["from"], absorbed)]
     links = {*merged.get("links", []), *absorbed.get("links", []), message["from"]} - {key}
     merged["links"] = sorted(links, key=rank)
     graph.add_claims(merged, absorbed.get("claimed", {}))

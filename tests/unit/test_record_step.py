@@ -684,8 +684,11 @@ def test_a_consent_withdrawal_and_an_erasure_tell_deliver_what_to_drop(rollbacks
     run(raw[2:4] + raw[5:6], 8, rollbacks=rollbacks, hop=hop)
     said = {(w["profile_id"], w["reason"], w["at"]) for w in hop.values(withdrawals)}
     pia, eve = profile_id_for("u:pia"), profile_id_for("u:eve")
-    assert said == {(pia, "consent", "2026-03-02T10:40:00.000Z"), (eve, "erased", "2026-03-02T10:50:00.000Z")}
-    assert {key for key, _ in hop.outputs[withdrawals]} == {pia.encode(), eve.encode()}
+    # each under the ids their triggers may carry: the profile's, and those its links' profiles had
+    pia_ids, eve_ids = {pia, profile_id_for("e:pia@example.com")}, {eve, profile_id_for("e:eve@example.com")}
+    assert said == {*((p, "consent", "2026-03-02T10:40:00.000Z") for p in pia_ids),
+                    *((p, "erased", "2026-03-02T10:50:00.000Z") for p in eve_ids)}
+    assert {key for key, _ in hop.outputs[withdrawals]} == {p.encode() for p in pia_ids | eve_ids}
     assert cart["profile_id"] == pia and parse_timestamp(cart["at"]) < t + DAY  # deliver drops it if still held
 
 
@@ -709,24 +712,59 @@ def test_a_merge_whose_newest_consent_is_false_withdraws_the_surviving_profile()
 
 
 def test_a_profile_with_consent_merged_into_one_that_withdrew_it_is_withdrawn_under_its_own_id() -> None:
-    """A visitor gave consent and got triggers under her anonymous profile; the next day, signed in,
-    she withdrew it; then the two were linked: the anonymous profile is merged away, and what deliver
-    still holds under its id is withdrawn, up to the last time it made anything."""
+    """A visitor gave consent under her e-mail at 9:00; signed in as zoe, she withdrew it at 10:00; as the
+    visitor she left a cart at 11:00 and got its trigger at 11:30.  Then the two were linked: the
+    e-mail's profile is merged away, its consent (older) gives way to zoe's, and what deliver still holds
+    under its ids is withdrawn, up to the last time it made anything (after the withdrawal itself)."""
     withdrawals = names.withdrawals_topic("mailpulse")
     t = parse_timestamp("2026-03-01T10:00:00Z")
-    day = 86_400_000
-    hop = run([{"event_id": "i-1", "type": "identify", "timestamp": t, "anonymous_id": "anon-2",
+    hour, day = 3_600_000, 86_400_000
+    hop = run([{"event_id": "i-1", "type": "identify", "timestamp": t - hour, "anonymous_id": "anon-2",
                 "traits": {"email": "zoe@example.com"}, "consent": {"email": True}},
-               {"event_id": "k-1", "type": "cart_add", "timestamp": t + 60_000, "anonymous_id": "anon-2",
+               {"event_id": "k-1", "type": "cart_add", "timestamp": t + hour, "anonymous_id": "anon-2",
                 "product_id": "sku-1", "quantity": 1, "price": 10.0},
-               {"event_id": "i-2", "type": "identify", "timestamp": t + day, "user_id": "zoe",
-                "consent": {"email": False}}], 3, False, until=t + day + 60_000)
+               {"event_id": "i-2", "type": "identify", "timestamp": t, "user_id": "zoe",
+                "consent": {"email": False}}], 3, False, until=t + day)
     anon, zoe = profile_id_for("e:zoe@example.com"), profile_id_for("u:zoe")  # (the e-mail roots it)
     assert {w["profile_id"] for w in hop.values(withdrawals)} == {zoe}
     made = {t["type"]: t for t in hop.values(names.TRIGGERS) if t["profile_id"] == anon}
     assert {"welcome", "cart_abandoned"} <= made.keys()
     run([{"event_id": "i-3", "type": "identify", "timestamp": t + 2 * day, "anonymous_id": "anon-2",
           "user_id": "zoe"}], 4, False, hop=hop, until=t + 2 * day + 60_000)
-    [gone] = [w for w in hop.values(withdrawals) if w["profile_id"] == anon]
-    assert gone["reason"] == "consent"
-    assert all(parse_timestamp(trigger["at"]) <= parse_timestamp(gone["at"]) for trigger in made.values())
+    gone = [w for w in hop.values(withdrawals) if w["profile_id"] == anon]
+    assert gone and {w["reason"] for w in gone} == {"consent"}
+    up_to = max(parse_timestamp(w["at"]) for w in gone)
+    assert parse_timestamp(made["cart_abandoned"]["at"]) > t and all(
+        parse_timestamp(trigger["at"]) <= up_to for trigger in made.values())
+
+
+def test_a_late_withdrawal_and_an_erase_after_a_merge_reach_every_trigger_already_made() -> None:
+    """Ana's consent withdrawal stamped 10:10 arrives after her 10:31 abandoned-cart trigger was made:
+    it withdraws up to her clock, so that trigger too.  Zoe's triggers were made under her e-mail's
+    profile, which a sign-in then merged into her user profile; her erase withdraws that id as well."""
+    withdrawals = names.withdrawals_topic("mailpulse")
+    t = parse_timestamp("2026-03-01T10:00:00Z")
+    minute, hour = 60_000, 3_600_000
+    hop = run([{"event_id": "i-ana", "type": "identify", "timestamp": t, "user_id": "ana",
+                "traits": {"email": "ana@example.com"}, "consent": {"email": True}},
+               {"event_id": "k-ana", "type": "cart_add", "timestamp": t + minute, "user_id": "ana",
+                "product_id": "sku-1", "quantity": 1, "price": 10.0},
+               {"event_id": "i-zoe", "type": "identify", "timestamp": t, "anonymous_id": "anon-3",
+                "traits": {"email": "zoe@example.com"}, "consent": {"email": True}},
+               {"event_id": "k-zoe", "type": "cart_add", "timestamp": t + minute, "anonymous_id": "anon-3",
+                "product_id": "sku-1", "quantity": 1, "price": 10.0}], 5, False, until=t + hour)
+    made = {(trigger["profile_id"], trigger["type"]): parse_timestamp(trigger["at"])
+            for trigger in hop.values(names.TRIGGERS)}
+    ana, zoe_email = profile_id_for("u:ana"), profile_id_for("e:zoe@example.com")
+    assert made[ana, "cart_abandoned"] == made[zoe_email, "cart_abandoned"] == t + 31 * minute
+    run([{"event_id": "i-ana-2", "type": "identify", "timestamp": t + 10 * minute, "user_id": "ana",
+          "consent": {"email": False}},
+         {"event_id": "i-zoe-2", "type": "identify", "timestamp": t + 2 * hour, "anonymous_id": "anon-3",
+          "user_id": "zoe"}], 6, False, hop=hop, until=t + 3 * hour)
+    assert hop.latest(names.PROFILES)[ana.encode()]["consent"]["email"] is False
+    run([{"event_id": "e-zoe", "type": "erase", "timestamp": t + 4 * hour, "user_id": "zoe"}], 7, False, hop=hop,
+        until=t + 5 * hour)
+    up_to: dict[str, int] = {}
+    for w in hop.values(withdrawals):
+        up_to[w["profile_id"]] = max(up_to.get(w["profile_id"], 0), parse_timestamp(w["at"]))
+    assert all(at <= up_to.get(profile_id, -1) for (profile_id, _), at in made.items()), (made, up_to)
