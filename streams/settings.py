@@ -119,6 +119,10 @@ class Settings(BaseSettings):
                                   "delivery-failed.")
     deliver_backoff_s: float = Field(default=1.0, gt=0, description="MAILPULSE_DELIVER_BACKOFF_S: first retry "
                                      "wait; doubled each time, with jitter.")
+    deliver_grace_s: float = Field(
+        default=3.0, ge=0, description="MAILPULSE_DELIVER_GRACE_S: every trigger is held at least this long after "
+        "deliver reads it, so that a consent withdrawal or erasure the pipeline published with it (on another "
+        "topic, read apart) comes first and cancels it.")
     deliver_retry_hours: float = Field(
         default=24.0, ge=0, description="MAILPULSE_DELIVER_RETRY_HOURS: a trigger whose target still fails "
         "temporarily after MAILPULSE_DELIVER_ATTEMPTS is held and tried again in rounds (1 min, doubling up to "

@@ -46,6 +46,14 @@ class Ledger:
             for key in list(self._keys(b"d:")):
                 self.db[b"t:%013d:" % max(orjson.loads(self._get(key)).get("at", 0), 0) + key[2:]] = b""
             self.db[b"k:aged"] = b"1"
+        if self.db.get(b"k:by-profile") is None:  # held before the profile index: index them
+            for key in list(self._keys(b"h:")):
+                try:
+                    profile_id = orjson.loads(self._get(key)).get("profile_id")
+                except (orjson.JSONDecodeError, AttributeError):
+                    continue  # (held triggers were read as JSON objects)
+                self.db[_by_profile(str(profile_id)) + key] = b""
+            self.db[b"k:by-profile"] = b"1"
         self.entries = sum(1 for _ in self._keys(b"d:"))
         self.held = sum(1 for _ in self._keys(b"h:"))
 
@@ -141,6 +149,10 @@ class Ledger:
             self.held += 1
         self.db[key] = trigger
         self.db[_by_profile(profile_id) + key] = b""
+
+    def is_held(self, trigger_id: str, profile_id: str) -> bool:
+        start = len(_by_profile(profile_id)) + len(b"h:0000000000000:")  # the hold key's trigger id
+        return any(key[start:] == trigger_id.encode() for key in self._keys(_by_profile(profile_id)))
 
     def held_for(self, profile_id: str) -> list[tuple[bytes, bytes]]:
         """(hold key, trigger) of the triggers held for ``profile_id``."""

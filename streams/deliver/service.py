@@ -31,7 +31,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from prometheus_client import make_wsgi_app
 
 from schemas.timeparse import format_ms, parse_timestamp
-from streams.broker import BrokerError, ensure_topics, topic_partitions
+from streams.broker import BrokerError, ensure_topics
 from streams.deliver import unsubscribe
 from streams.deliver.ledger import FAILED, SENDING, SENT, SUPPRESSED, Ledger
 from streams.deliver.render import Renderer, TemplateProblem
@@ -80,7 +80,8 @@ class Deliverer:
 
     # --- in ---
     def handle(self, raw: bytes | None) -> None:
-        """A record of ``triggers``: hold it, or deliver it now."""
+        """A record of ``triggers``: held until its ``send_at``, and at least ``MAILPULSE_DELIVER_GRACE_S``
+        (a withdrawal published with it may still be on its way), then delivered."""
         if raw is None:
             return
         try:
@@ -92,14 +93,22 @@ class Deliverer:
         if problem is not None:
             self._failed(trigger if isinstance(trigger, dict) else {}, 0, "bad_trigger", problem)
             return
-        send_at = _send_at_ms(trigger)
-        if send_at > self.now_ms():
-            if self.ledger.outcome(trigger["trigger_id"]) is None and not self._withdrawn(trigger):
-                self.ledger.hold(send_at, trigger["trigger_id"], raw, str(trigger.get("profile_id")))
-                self.metrics.deliveries.labels(_type_label(trigger["type"]), "held").inc()
-                self.metrics.held.set(self.ledger.held)
+        if self.ledger.outcome(trigger["trigger_id"]) is not None:
+            self.metrics.deliveries.labels(_type_label(trigger["type"]), "duplicate").inc()
             return
-        self.deliver(trigger)
+        if self._withdrawn(trigger):
+            return
+        now, send_at = self.now_ms(), _send_at_ms(trigger)
+        until = max(send_at, now + int(self.settings.deliver_grace_s * 1000))
+        if until <= now:
+            self.deliver(trigger)
+            return
+        if self.ledger.is_held(trigger["trigger_id"], str(trigger.get("profile_id"))):
+            return  # read again while held (a grace's end differs from read to read)
+        self.ledger.hold(until, trigger["trigger_id"], raw, str(trigger.get("profile_id")))
+        if send_at > now:
+            self.metrics.deliveries.labels(_type_label(trigger["type"]), "held").inc()
+        self.metrics.held.set(self.ledger.held)
 
     def release_due(self, stopping: Callable[[], bool] = lambda: False) -> int:
         """Delivers the held triggers whose send_at has come (until ``stopping`` says so); how many."""
@@ -142,8 +151,8 @@ class Deliverer:
         withdrawn = self.ledger.withdrawn_at(str(trigger.get("profile_id")))
         if withdrawn is None:
             return False
-        at = _timestamp_ms(trigger.get("at"))
-        if (at if at is not None else _send_at_ms(trigger)) > withdrawn:
+        at = _timestamp_ms(trigger.get("at"))  # (without one it may be older: it goes)
+        if at is not None and at > withdrawn:
             return False  # made after it (consent given again, or a new profile of the same key)
         if self.ledger.outcome(trigger["trigger_id"]) is None:
             self.ledger.mark(trigger["trigger_id"], SUPPRESSED, self.now_ms(), code="withdrawn")
@@ -463,6 +472,11 @@ def run_deliver(settings: Settings, dry_run: Path | None, stop: threading.Event,
         while not stop.is_set():
             if time.monotonic() - pruned_at > 3600 or not pruned_at:
                 deliverer.prune()
+                if withdrawals is not None:
+                    try:
+                        withdrawals.assign_new()  # partitions added since
+                    except KafkaException as exc:
+                        log.warning("deliver: the withdrawals topic's partitions were not checked (%s)", exc)
                 pruned_at = time.monotonic()
             if withdrawals is None:  # first the withdrawals, to their end: no trigger is sent before
                 producer.poll(0)  # (librdkafka's log lines: e.g. a broker it cannot reach)
@@ -517,8 +531,31 @@ class _Withdrawals:
     in the ledger, not in a group): the topic is keyed by profile id and ``triggers`` may be cut otherwise,
     so each connector reads all of it, as few records as there are withdrawals."""
 
-    def __init__(self, consumer: Consumer, partitions: list[int], ledger: Ledger, deliverer: Deliverer) -> None:
-        self.consumer, self.partitions, self.ledger, self.deliverer = consumer, partitions, ledger, deliverer
+    def __init__(self, consumer: Consumer, topic: str, ledger: Ledger, deliverer: Deliverer) -> None:
+        self.consumer, self.topic, self.ledger, self.deliverer = consumer, topic, ledger, deliverer
+        self.partitions: set[int] = set()
+
+    def assign_new(self) -> None:
+        """Assigns the topic's partitions not read yet (all at start; later, those added since), each from
+        the position the ledger keeps, or from its start: also when that position is past its end (the
+        topic was made anew, e.g. by a restarted in-memory broker), which a broker need not report."""
+        metadata = self.consumer.list_topics(self.topic, timeout=10).topics[self.topic]
+        if metadata.error is not None:
+            raise KafkaException(metadata.error)
+        new = sorted(set(metadata.partitions) - self.partitions)
+        places = []
+        for n in new:
+            at = self.ledger.read_up_to(n)
+            if at is not None:
+                _, end = self.consumer.get_watermark_offsets(TopicPartition(self.topic, n), timeout=10, cached=False)
+                if at > end:
+                    log.warning("deliver: the withdrawals topic's partition %d ends at %d, before the %d read "
+                                "here: read again from its start", n, end, at)
+                    at = None
+            places.append(TopicPartition(self.topic, n, OFFSET_BEGINNING if at is None else at))
+        if places:
+            self.consumer.incremental_assign(places)
+            self.partitions.update(new)
 
     def poll(self, timeout: float = 0) -> tuple[int, set[int]]:
         """Applies what has arrived; (records applied, partitions found at their end)."""
@@ -537,15 +574,19 @@ class _Withdrawals:
             applied += 1
         return applied, ended
 
-    def catch_up(self, stop: threading.Event, timeout_s: float = 30.0) -> None:
-        """Reads every partition to its end (or for ``timeout_s``)."""
+    def catch_up(self, stop: threading.Event) -> None:
+        """Reads every partition to its end (until stopped; a line every 30 s says it still waits)."""
         ended: set[int] = set()
-        deadline = time.monotonic() + timeout_s
-        while not stop.is_set() and not ended >= set(self.partitions):
-            if time.monotonic() > deadline:
-                log.warning("deliver: the withdrawals topic was not read to its end in %.0f s; going on", timeout_s)
-                return
-            ended |= self.poll(0.5)[1]
+        said, read = time.monotonic(), 0
+        while not stop.is_set() and not ended >= self.partitions:
+            if time.monotonic() - said > 30:
+                log.warning("deliver: reading the withdrawals topic to its end before any trigger (%d read, "
+                            "%d of %d partitions at their end)", read, len(ended & self.partitions),
+                            len(self.partitions))
+                said = time.monotonic()
+            applied, now_ended = self.poll(0.5)
+            read += applied
+            ended |= now_ended
         self.ledger.sync()
 
     def close(self) -> None:
@@ -555,12 +596,14 @@ class _Withdrawals:
 def _read_withdrawals(settings: Settings, ledger: Ledger, deliverer: Deliverer) -> _Withdrawals:
     topic = withdrawals_topic(settings.app_id)
     ensure_topics(settings.bootstrap_servers, settings.partitions, [], [topic], settings.replication_factor)
-    partitions = range(topic_partitions(settings.bootstrap_servers, [topic])[topic])
     consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers,
                          "group.id": f"{settings.app_id}-deliver-withdrawals",  # (assigned, never joined)
                          "enable.auto.commit": False, "enable.partition.eof": True, "auto.offset.reset": "earliest",
-                         "log_level": 3,
-                         "logger": LIBRDKAFKA})
-    consumer.assign([TopicPartition(topic, n, OFFSET_BEGINNING if (at := ledger.read_up_to(n)) is None else at)
-                     for n in partitions])
-    return _Withdrawals(consumer, list(partitions), ledger, deliverer)
+                         "log_level": 3, "logger": LIBRDKAFKA})
+    withdrawals = _Withdrawals(consumer, topic, ledger, deliverer)
+    try:
+        withdrawals.assign_new()
+    except BaseException:
+        consumer.close()
+        raise
+    return withdrawals

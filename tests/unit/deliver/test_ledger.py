@@ -70,3 +70,13 @@ def test_a_ledger_another_process_holds_is_a_clear_error(tmp_path: Path) -> None
             Ledger(tmp_path)
     finally:
         first.close()
+
+
+def test_triggers_held_by_a_ledger_before_the_profile_index_are_found_by_their_profile(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path)
+    ledger.db[b"h:%013d:t-old" % (NOW + DAY)] = b'{"trigger_id": "t-old", "profile_id": "p-7"}'
+    del ledger.db[b"k:by-profile"]  # as a ledger of the version before
+    ledger.close()
+    again = Ledger(tmp_path)
+    assert [key for key, _ in again.held_for("p-7")] == [b"h:%013d:t-old" % (NOW + DAY)]
+    assert again.is_held("t-old", "p-7") and not again.is_held("t-ol", "p-7")

@@ -41,7 +41,7 @@ class Broken:
 def deliverer(tmp: Path, target: Any) -> tuple[Deliverer, Recorder]:
     producer = Recorder()
     return Deliverer(target, Ledger(tmp / "state"), Renderer(), producer, DeliverMetrics(),  # type: ignore[arg-type]
-                     Settings(deliver_attempts=3, deliver_backoff_s=0.001), "http://u", b"k" * 32,
+                     Settings(deliver_attempts=3, deliver_backoff_s=0.001, deliver_grace_s=0), "http://u", b"k" * 32,
                      now_ms=lambda: 1_800_000_000_000, sleep=lambda s: None), producer
 
 
@@ -72,7 +72,7 @@ def test_with_a_lateness_limit_a_trigger_due_too_long_ago_expires_and_a_recent_o
     now = 1_800_000_000_000
     producer = Recorder()
     step = Deliverer(DryRun(tmp_path / "out"), Ledger(tmp_path / "state"), Renderer(), producer,  # type: ignore[arg-type]
-                     DeliverMetrics(), Settings(deliver_max_late_hours=72), "http://u", b"k" * 32,
+                     DeliverMetrics(), Settings(deliver_max_late_hours=72, deliver_grace_s=0), "http://u", b"k" * 32,
                      now_ms=lambda: now, sleep=lambda s: None)
     from schemas.timeparse import format_ms
 
@@ -311,7 +311,8 @@ def test_a_trigger_whose_target_fails_past_the_retry_window_goes_to_delivery_fai
     producer = Recorder()
     now = [parse_timestamp("2026-03-01T12:00:00Z")]
     step = Deliverer(target, Ledger(tmp_path / "state"), Renderer(), producer,  # type: ignore[arg-type]
-                     DeliverMetrics(), Settings(deliver_attempts=2, deliver_backoff_s=0.001, deliver_retry_hours=1),
+                     DeliverMetrics(),
+                     Settings(deliver_attempts=2, deliver_backoff_s=0.001, deliver_retry_hours=1, deliver_grace_s=0),
                      "http://u", b"k" * 32, now_ms=lambda: now[0], sleep=lambda s: None)
     step.handle(trigger())
     assert step.ledger.held == 1 and step.ledger.outcome("t-1") is None
@@ -376,3 +377,26 @@ def test_a_409_in_a_later_round_is_the_trigger_delivered_and_on_a_first_try_a_re
     step.handle(trigger(trigger_id="t-2"))
     [(_, letter)] = producer.sent
     assert letter["trigger_id"] == "t-2" and letter["error"]["code"] == "rejected"
+
+
+def test_a_trigger_due_now_waits_its_grace_so_a_withdrawal_read_just_after_it_still_cancels_it(
+        tmp_path: Path) -> None:
+    """The hop publishes a withdrawal with the trigger it made before it (a watermark that jumped over a
+    cart's timer and a CRM's consent withdrawal): deliver reads the two topics apart, the trigger
+    first here.  It waits MAILPULSE_DELIVER_GRACE_S, the withdrawal comes, and nothing is sent; a trigger
+    of someone else is sent once its grace is over, and one read again meanwhile is held once."""
+    out = tmp_path / "out"
+    producer = Recorder()
+    now = [parse_timestamp("2026-03-01T12:00:00Z")]
+    step = Deliverer(DryRun(out), Ledger(tmp_path / "state"), Renderer(), producer,  # type: ignore[arg-type]
+                     DeliverMetrics(), Settings(), "http://u", b"k" * 32, now_ms=lambda: now[0], sleep=lambda s: None)
+    assert step.settings.deliver_grace_s == 3
+    step.handle(trigger(trigger_id="pia-cart", profile_id="p-pia", at="2026-03-01T10:31:00.000Z"))
+    step.handle(trigger(trigger_id="max-cart", profile_id="p-max", at="2026-03-01T10:31:00.000Z"))
+    now[0] += 1000
+    step.handle(trigger(trigger_id="max-cart", profile_id="p-max", at="2026-03-01T10:31:00.000Z"))  # read again
+    assert step.release_due() == 0 and step.ledger.held == 2
+    step.withdrawal(withdrawal("p-pia", "2026-03-01T10:40:00.000Z"))
+    now[0] += 2000
+    assert step.release_due() == 1 and [path.stem for path in out.iterdir()] == ["max-cart"]
+    assert step.ledger.held == 0 and step.ledger.outcome("pia-cart")["code"] == "withdrawn"  # type: ignore[index]
