@@ -116,8 +116,8 @@ class Metrics:
             "the largest values past limits.trait_bytes; cart_moves: oldest moves combined; "
             "purchases: the oldest past 100; seen: the oldest event ids, whose window then counts as seen; "
             "history: the oldest timestamps of an event type kept for windowed segment counts; "
-            "blocks: the oldest fuzzy-matching block registrations; currencies: the smallest amounts of "
-            "spend_by_currency)",
+            "blocks: the oldest fuzzy-matching block registrations; currencies: the codes that sort "
+            "last in spend_by_currency)",
             ["collection"], registry=r,
         )
         for collection in ("possible_matches", "traits", "consent", "context", "cart_lines", "cart_moves",
@@ -285,7 +285,8 @@ class DeliverMetrics:
                                registry=r)
         self.ledger_entries = Gauge("mailpulse_delivery_ledger_entries", "Trigger ids in the delivery ledger",
                                     registry=r)
-        self.held = Gauge("mailpulse_deliveries_held", "Triggers held until their send_at", registry=r)
+        self.held = Gauge("mailpulse_deliveries_held", "Triggers held: until their send_at, their grace after they "
+                          "were read, or their next round", registry=r)
         self.target_up = Gauge("mailpulse_delivery_target_up", "0 while the target counts as down (triggers in a "
                                "row failed temporarily), else 1", registry=r)
         self.target_up.set(1)

@@ -5,11 +5,11 @@ neither sends twice nor forgets a held trigger.
 
 Keys: ``d:<trigger id>`` the outcome; ``t:<first marked, ms>:<trigger id>`` the same ids by age, so
 that :meth:`Ledger.prune` forgets the oldest without a scan; ``h:<send_at, ms>:<trigger id>`` held
-triggers, and ``p:<profile id>\0<hold key>`` the same by profile; ``u:``/``ue:`` unsubscribed profile ids and
-addresses (kept); ``r:<trigger id>`` the rounds of a trigger tried again later (until its outcome);
-``w:<profile id>`` the latest event time at which the pipeline said that profile withdrew
-consent or was erased (kept for the ledger's retention), and ``o:<partition>`` how far its withdrawals
-topic was read; ``k:`` the link secret."""
+triggers, and ``p:<length of the profile id>:<profile id>:<hold key>`` the same by profile;
+``u:``/``ue:`` unsubscribed profile ids and addresses (kept); ``r:<trigger id>`` the rounds of a
+trigger tried again later (until its outcome); ``w:<profile id>`` the latest event time at which the
+pipeline said that profile withdrew consent or was erased (kept for the ledger's retention), and
+``o:<partition>`` how far its withdrawals topic was read; ``k:`` the link secret."""
 
 from __future__ import annotations
 
@@ -25,7 +25,10 @@ SENDING, SENT, FAILED, SUPPRESSED = "sending", "sent", "failed", "suppressed"
 
 
 def _by_profile(profile_id: str) -> bytes:
-    return b"p:" + profile_id.encode() + b"\0"
+    """The index's prefix of one profile's held triggers (its id's length first: no profile's prefix
+    starts another's)."""
+    encoded = profile_id.encode()
+    return b"p:%d:" % len(encoded) + encoded + b":"
 
 
 class LedgerInUse(OSError):

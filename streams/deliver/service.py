@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import email.policy
 import email.utils
+import hashlib
 import logging
 import threading
 import time
@@ -22,7 +23,7 @@ import urllib.parse
 import uuid
 from collections.abc import Callable, Mapping
 from email.message import EmailMessage
-from email.utils import formatdate, make_msgid
+from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +37,9 @@ from streams.deliver import unsubscribe
 from streams.deliver.ledger import FAILED, SENDING, SENT, SUPPRESSED, Ledger
 from streams.deliver.render import Renderer, TemplateProblem
 from streams.deliver.targets import (
-    AlreadyTaken,
     DryRun,
     OutcomeUnknown,
     Permanent,
-    Sent,
     Smtp,
     Target,
     Temporary,
@@ -113,6 +112,7 @@ class Deliverer:
     def release_due(self, stopping: Callable[[], bool] = lambda: False) -> int:
         """Delivers the held triggers whose send_at has come (until ``stopping`` says so); how many."""
         released = 0
+        self.metrics.target_up.set(0 if self.outage.down(self.now_ms()) else 1)
         for key, raw in self.ledger.due(self.now_ms()):
             if stopping():  # the rest stay held, for the next start
                 break
@@ -207,7 +207,10 @@ class Deliverer:
             self.ledger.mark(trigger_id, FAILED, now, code="bad_trigger")
             self._failed(trigger, 0, "bad_trigger", f"cannot be an e-mail: {type(exc).__name__}: {exc}")
             return
-        if self.outage.down(now) and self._again_later(trigger, "the target is down (no attempt)"):
+        if self.outage.down(now):  # it waits for the probe, without an attempt and without using a round
+            self.ledger.hold(self.outage.until_ms, trigger_id, orjson.dumps(trigger), str(trigger.get("profile_id")))
+            self.metrics.deliveries.labels(kind, "deferred").inc()
+            self.metrics.held.set(self.ledger.held)
             return
         self.ledger.mark(trigger_id, SENDING, now, type=trigger["type"], profile_id=trigger.get("profile_id"))
         self.ledger.sync()  # on disk before the send: after a power loss it is "interrupted", not sent again
@@ -221,26 +224,24 @@ class Deliverer:
             self.metrics.ledger_entries.set(self.ledger.entries)
             return
         except Temporary as exc:
-            self.outage.failed(self.now_ms())
+            if exc.target_down:
+                self.outage.failed(self.now_ms())
+            else:  # the target answered: it is up (this message may go through later)
+                self.outage.up()
             if not self._again_later(trigger, str(exc)):
                 self.ledger.mark(trigger_id, FAILED, self.now_ms(), code="retries_exhausted")
                 self._failed(trigger, self.settings.deliver_attempts, "retries_exhausted", str(exc))
             self.metrics.ledger_entries.set(self.ledger.entries)
             self.metrics.target_up.set(0 if self.outage.down(self.now_ms()) else 1)
             return
-        except AlreadyTaken as exc:
-            if self.ledger.rounds(trigger_id) is None:  # never tried before: not ours
-                self.ledger.mark(trigger_id, FAILED, self.now_ms(), code="rejected")
-                self._failed(trigger, exc.attempts, "rejected", str(exc))
-                self.metrics.ledger_entries.set(self.ledger.entries)
-                return
-            sent, attempts = Sent(), exc.attempts  # an earlier round's attempt was taken; its answer was lost
         except Permanent as exc:
+            self.outage.up()  # it answered
+            self.metrics.target_up.set(1)
             self.ledger.mark(trigger_id, FAILED, self.now_ms(), code="rejected")
             self._failed(trigger, exc.attempts, "rejected", str(exc))
             self.metrics.ledger_entries.set(self.ledger.entries)
             return
-        self.outage.sent()
+        self.outage.up()
         self.metrics.target_up.set(1)
         done = self.now_ms()
         self.ledger.mark(trigger_id, SENT, done, attempts=attempts)
@@ -259,8 +260,10 @@ class Deliverer:
             return False
         self.ledger.forget(trigger_id)  # (its ``sending`` mark: it was not sent)
         self.ledger.note_round(trigger_id, rounds + 1, since)
-        self.ledger.hold(now + round_delay_ms(rounds + 1), trigger_id, orjson.dumps(trigger),
-                         str(trigger.get("profile_id")))
+        # after the triggers waiting for the target to come back (one of them probes it, not this one)
+        at = max(now + round_delay_ms(rounds + 1), self.outage.until_ms + 1000 if self.outage.down(now) else 0)
+        self.ledger.hold(at, trigger_id, orjson.dumps(trigger), str(trigger.get("profile_id")))
+        self.ledger.sync()  # (else a power loss brings back its ``sending`` mark: "interrupted", never sent)
         self.metrics.deliveries.labels(_type_label(trigger["type"]), "deferred").inc()
         self.metrics.held.set(self.ledger.held)
         log.info("deliver: trigger %s tried again in round %d (%s)", trigger_id, rounds + 2, why[:200])
@@ -274,7 +277,8 @@ class Deliverer:
         message["To"] = trigger["email"]
         message["Subject"] = rendered.subject
         message["Date"] = formatdate(self.now_ms() / 1000, usegmt=True)
-        message["Message-ID"] = make_msgid(idstring=trigger["trigger_id"], domain="mailpulse.local")
+        # the same in every attempt and round: an idempotency key's requests must not differ
+        message["Message-ID"] = f"<{hashlib.sha256(trigger['trigger_id'].encode()).hexdigest()[:40]}@mailpulse.local>"
         message["X-Mailpulse-Trigger"] = f"{trigger['type']} {trigger['trigger_id']}"
         for name, value in unsubscribe.headers(url).items():
             message[name] = value
@@ -321,9 +325,10 @@ def round_delay_ms(rounds: int) -> int:
 
 
 class Outage:
-    """Whether the target is down: :data:`DOWN_AFTER` triggers in a row failed temporarily after all
-    their attempts.  Then due triggers wait for a round without trying (a down target would otherwise
-    cost every one its attempts and backoff), until the next round's first trigger tries."""
+    """Whether the target is down: :data:`DOWN_AFTER` triggers in a row failed after all their attempts
+    for the target's sake (no connection, timeouts, SMTP 421, HTTP 5xx).  Then due triggers wait, without
+    an attempt and without using one of their rounds (a down target would otherwise cost every one its
+    attempts and backoff), until the first of them probes it; any answer from the target ends it."""
 
     def __init__(self) -> None:
         self.in_a_row = 0
@@ -334,7 +339,8 @@ class Outage:
         if self.in_a_row >= DOWN_AFTER:
             self.until_ms = now_ms + round_delay_ms(self.in_a_row - DOWN_AFTER + 1)
 
-    def sent(self) -> None:
+    def up(self) -> None:
+        """The target answered (it took a message, or refused one for that message's sake)."""
         self.in_a_row, self.until_ms = 0, 0
 
     def down(self, now_ms: int) -> bool:

@@ -25,18 +25,19 @@ SAFE_FILE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
 
 
 class Temporary(Exception):
-    """Worth another attempt (a timeout, a 4xx SMTP reply, an HTTP 5xx or 429)."""
+    """Worth another attempt (a timeout, a 4xx SMTP reply, an HTTP 5xx or 429).  ``target_down``: the
+    target itself failed (no connection, a timeout, SMTP 421, HTTP 5xx, 408 or 429), not this message
+    (a full mailbox, greylisting, a request still in progress): only those make it count as down."""
+
+    def __init__(self, message: str, target_down: bool = True) -> None:
+        super().__init__(message)
+        self.target_down = target_down
 
 
 class Permanent(Exception):
     """Not worth another attempt (a 5xx SMTP reply, an HTTP 4xx, a rejected address)."""
 
     attempts = 1  # on which attempt it came (set by :func:`with_retries`)
-
-
-class AlreadyTaken(Permanent):
-    """The target says it has a message with this idempotency key (HTTP 409): after an earlier attempt
-    of the same trigger (one whose answer was lost), that is the trigger delivered."""
 
 
 class OutcomeUnknown(Exception):
@@ -70,11 +71,6 @@ def with_retries(send: Callable[[], Sent], attempts: int, backoff_s: float, on_r
         except Temporary:
             if attempt == attempts:
                 raise
-        except AlreadyTaken as exc:
-            if attempt > 1:
-                return Sent(), attempt  # taken by an earlier attempt whose answer was lost
-            exc.attempts = attempt
-            raise
         except (Permanent, OutcomeUnknown) as exc:
             exc.attempts = attempt
             raise
@@ -134,14 +130,18 @@ class Smtp:
             _hand_over(client, message)
             return Sent()
         except smtplib.SMTPRecipientsRefused as exc:
-            temporary = all(400 <= code < 500 for code, _ in exc.recipients.values())
-            raise (Temporary if temporary else Permanent)(f"recipient refused: {_codes(exc.recipients)}") from None
+            refused = f"recipient refused: {_codes(exc.recipients)}"
+            if all(400 <= code < 500 for code, _ in exc.recipients.values()):  # e.g. a full mailbox, greylisting
+                raise Temporary(refused, target_down=any(code == 421 for code, _ in exc.recipients.values())) \
+                    from None
+            raise Permanent(refused) from None
         except smtplib.SMTPNotSupportedError as exc:  # the address needs what the server does not offer
             raise Permanent(f"SMTP: {exc}"[:300]) from None
         except smtplib.SMTPResponseException as exc:
-            kind = Temporary if 400 <= exc.smtp_code < 500 else Permanent
             error = exc.smtp_error.decode(errors="replace") if isinstance(exc.smtp_error, bytes) else exc.smtp_error
-            raise kind(f"SMTP {exc.smtp_code}: {error[:200]}") from None
+            if 400 <= exc.smtp_code < 500:  # 421: the service is not available; others: this message, for now
+                raise Temporary(f"SMTP {exc.smtp_code}: {error[:200]}", target_down=exc.smtp_code == 421) from None
+            raise Permanent(f"SMTP {exc.smtp_code}: {error[:200]}") from None
         except (OSError, smtplib.SMTPException) as exc:  # connection refused, timeouts, disconnects
             raise Temporary(f"SMTP {type(exc).__name__}: {exc}"[:300]) from None
         finally:
@@ -233,8 +233,9 @@ class Webhook:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                 answer = response.read()
         except urllib.error.HTTPError as exc:
-            if exc.code == 409:
-                raise AlreadyTaken("HTTP 409: a message with this idempotency key exists") from None
+            if exc.code == 409:  # the request with this idempotency key is still in progress (its answer
+                # was lost): asked again later, the target answers with that request's outcome
+                raise Temporary("HTTP 409: a request with this idempotency key is in progress", False) from None
             kind = Temporary if exc.code >= 500 or exc.code in (408, 429) else Permanent
             raise kind(f"HTTP {exc.code}") from None
         except (OSError, ValueError) as exc:

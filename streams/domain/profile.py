@@ -153,7 +153,7 @@ class Limits:
     history_per_type: int = 500  # timestamps per event type for the segments' windowed counts
     possible_matches: int = possible_matches.MOST  # the best-scored pairs kept
     blocks: int = 64  # [fuzzy-matching block, member] pairs a person is registered in (the oldest then leave)
-    currencies: int = 16  # currencies of spend_by_currency (the smallest amounts then go)
+    currencies: int = 16  # currencies of spend_by_currency (those whose codes sort last then go)
 
     @property
     def small_traits_can_overflow(self) -> bool:
@@ -411,12 +411,14 @@ def keep_newest_purchases(purchases: list[list[Any]], dropped: Dropped | None = 
 
 
 def trim_currencies(spend: dict[str, float], dropped: Dropped | None = None, limits: Limits = DEFAULT_LIMITS) -> None:
-    """Past ``limits.currencies``, the smallest amounts go (each counted; equal amounts: by code), while
-    ``total_spend`` keeps them.  Depends on the amounts only, so a merge trims as a fold does."""
+    """Past ``limits.currencies``, the currencies whose codes sort last go (each counted), while
+    ``total_spend`` keeps their amounts.  A code dropped once always has that many lower codes kept, so it
+    never comes back with a part of its sum: a merge and a fold keep the same, in any order (a rule by
+    amount could not, as a dropped currency's later purchases would start it afresh)."""
     excess = len(spend) - limits.currencies
     if excess <= 0:
         return
-    for currency in sorted(spend, key=lambda code: (money(spend[code]), code))[:excess]:
+    for currency in sorted(spend)[-excess:]:
         del spend[currency]
         _drop(dropped, "currencies")
 

@@ -362,21 +362,30 @@ def test_a_failure_on_a_later_attempt_reports_that_attempt(tmp_path: Path, then:
     assert letter["error"]["code"] == code and letter["attempts"] == 3
 
 
-def test_a_409_in_a_later_round_is_the_trigger_delivered_and_on_a_first_try_a_refusal(tmp_path: Path) -> None:
-    from streams.deliver.targets import AlreadyTaken
+def test_failures_of_one_message_do_not_make_the_target_count_as_down(tmp_path: Path) -> None:
+    """Three full mailboxes (SMTP 452, a Temporary that is the message's) fail all their attempts: each
+    waits for a later round, but the target stays up and the next trigger is sent at once."""
+    from streams.deliver.targets import Temporary
 
-    step, producer = deliverer(tmp_path, FailsThen(3, AlreadyTaken("HTTP 409")))  # 3: every attempt of a round
-    now = [parse_timestamp("2026-03-01T12:00:00Z")]
-    step.now_ms = lambda: now[0]
-    step.handle(trigger())
-    assert step.ledger.held == 1
-    now[0] += 3_600_000
-    step.release_due()
-    assert step.ledger.outcome("t-1")["state"] == "sent" and not producer.sent  # type: ignore[index]
-    step.target = FailsThen(0, AlreadyTaken("HTTP 409"))
-    step.handle(trigger(trigger_id="t-2"))
-    [(_, letter)] = producer.sent
-    assert letter["trigger_id"] == "t-2" and letter["error"]["code"] == "rejected"
+    class FullMailboxes:
+        name = "full-mailboxes"
+
+        def __init__(self) -> None:
+            self.sent: list[str] = []
+
+        def send(self, message: EmailMessage, trigger: dict[str, Any]) -> Sent:
+            if trigger["trigger_id"].startswith("full"):
+                raise Temporary("recipient refused: 452", target_down=False)
+            self.sent.append(trigger["trigger_id"])
+            return Sent()
+
+    target = FullMailboxes()
+    step, producer = deliverer(tmp_path, target)
+    for n in range(3):
+        step.handle(trigger(trigger_id=f"full-{n}", profile_id=f"p-{n}"))
+    step.handle(trigger(trigger_id="fine", profile_id="p-9"))
+    assert target.sent == ["fine"] and step.ledger.held == 3 and not producer.sent
+    assert step.metrics.target_up._value.get() == 1
 
 
 def test_a_trigger_due_now_waits_its_grace_so_a_withdrawal_read_just_after_it_still_cancels_it(
