@@ -172,7 +172,9 @@ class Ledger:
                 break
             due.append(key)
         for key in due:
-            yield key, self._get(key)
+            raw = self.db.get(key)
+            if raw is not None:  # (a withdrawal read meanwhile may have released it)
+                yield key, raw
 
     def release(self, key: bytes, profile_id: str) -> None:
         if self.db.get(key) is not None:

@@ -1,14 +1,17 @@
 """The deliver loop: ``triggers`` in (its own consumer group), e-mails out, each ``trigger_id`` at most
 once ever (contract v1.1).
 
-Per trigger: a ``send_at`` still ahead puts it in the ledger's hold (so no partition waits behind it)
-and the offset moves on; when it is due (at once, or later from the hold), the ledger is asked first
-(delivered before: skipped), the person's unsubscribe checked, the e-mail rendered, the id marked
-``sending``, the target called with retries, and the outcome written.  Offsets are committed only
-after that.  A process stopped between ``sending`` and the outcome does not send again: at start such
-ids go to ``delivery-failed`` with code ``interrupted``, so nothing is dropped silently and nothing is
-sent twice.  Failures after the retries, templates that fail, malformed triggers and (with
-``MAILPULSE_DELIVER_MAX_LATE_HOURS``) triggers due too long ago go to ``delivery-failed`` too.
+Per trigger: it goes into the ledger's hold until its ``send_at``, and at least
+``MAILPULSE_DELIVER_GRACE_S`` after it was read (so no partition waits behind it, and a withdrawal the
+pipeline published with it comes first), and the offset moves on.  When it is due, the ledger is asked
+first (delivered before: skipped), the pipeline's withdrawals and the person's unsubscribe checked, the
+e-mail rendered, the id marked ``sending``, the target called with retries, and the outcome written.
+Offsets are committed only after that.  A process stopped between ``sending`` and the outcome does not
+send again: at start such ids go to ``delivery-failed`` with code ``interrupted``, so nothing is dropped
+silently and nothing is sent twice.  A target that fails temporarily gets the trigger again in later
+rounds (:class:`Outage` tells when it is down).  Failures after the rounds, templates that fail,
+malformed triggers and (with ``MAILPULSE_DELIVER_MAX_LATE_HOURS``) triggers due too long ago go to
+``delivery-failed`` too.
 """
 
 from __future__ import annotations
@@ -98,24 +101,29 @@ class Deliverer:
         if self._withdrawn(trigger):
             return
         now, send_at = self.now_ms(), _send_at_ms(trigger)
+        if self.ledger.is_held(trigger["trigger_id"], str(trigger.get("profile_id"))):
+            return  # read again while held (a grace's or a round's end differs from read to read)
         until = max(send_at, now + int(self.settings.deliver_grace_s * 1000))
         if until <= now:
             self.deliver(trigger)
             return
-        if self.ledger.is_held(trigger["trigger_id"], str(trigger.get("profile_id"))):
-            return  # read again while held (a grace's end differs from read to read)
         self.ledger.hold(until, trigger["trigger_id"], raw, str(trigger.get("profile_id")))
         if send_at > now:
             self.metrics.deliveries.labels(_type_label(trigger["type"]), "held").inc()
         self.metrics.held.set(self.ledger.held)
 
-    def release_due(self, stopping: Callable[[], bool] = lambda: False) -> int:
-        """Delivers the held triggers whose send_at has come (until ``stopping`` says so); how many."""
+    def release_due(self, stopping: Callable[[], bool] = lambda: False,
+                    read_withdrawals: Callable[[], None] = lambda: None) -> int:
+        """Delivers the held triggers whose send_at has come (until ``stopping`` says so), reading what
+        was withdrawn before each (a pass of slow sends can take minutes); how many."""
         released = 0
         self.metrics.target_up.set(0 if self.outage.down(self.now_ms()) else 1)
         for key, raw in self.ledger.due(self.now_ms()):
             if stopping():  # the rest stay held, for the next start
                 break
+            read_withdrawals()
+            if self.ledger.db.get(key) is None:
+                continue  # withdrawn just now
             trigger = orjson.loads(raw)
             self.deliver(trigger)
             self.ledger.release(key, str(trigger.get("profile_id")))
@@ -326,7 +334,7 @@ def round_delay_ms(rounds: int) -> int:
 
 class Outage:
     """Whether the target is down: :data:`DOWN_AFTER` triggers in a row failed after all their attempts
-    for the target's sake (no connection, timeouts, SMTP 421, HTTP 5xx).  Then due triggers wait, without
+    for the target's sake (no connection, timeouts, SMTP 421, HTTP 5xx, 408 or 429).  Then due triggers wait, without
     an attempt and without using one of their rounds (a down target would otherwise cost every one its
     attempts and backoff), until the first of them probes it; any answer from the target ends it."""
 
@@ -498,7 +506,7 @@ def run_deliver(settings: Settings, dry_run: Path | None, stop: threading.Event,
                     continue
                 withdrawals.catch_up(stop)  # a fresh ledger reads both topics from their start
                 consumer.subscribe([TRIGGERS])
-            withdrawals.poll()
+            withdrawals.drain()
             batch = consumer.consume(num_messages=200, timeout=0.5)
             handled, stopped = 0, False
             for message in batch:
@@ -521,7 +529,8 @@ def run_deliver(settings: Settings, dry_run: Path | None, stop: threading.Event,
                     log.warning("deliver: offset commit failed (%s); those triggers are read again",
                                 exc.args[0].name() if exc.args and hasattr(exc.args[0], "name") else exc)
             if not stopped:
-                deliverer.release_due(stop.is_set)
+                withdrawals.drain()
+                deliverer.release_due(stop.is_set, withdrawals.drain)
             producer.poll(0)  # its delivery reports and librdkafka's log lines, also while nothing is sent
         return 0
     finally:
@@ -530,6 +539,9 @@ def run_deliver(settings: Settings, dry_run: Path | None, stop: threading.Event,
             withdrawals.close()
         producer.flush(10)
         ledger.close()
+
+
+POLL_MOST = 500  # withdrawals taken from the consumer at a time
 
 
 class _Withdrawals:
@@ -566,7 +578,7 @@ class _Withdrawals:
     def poll(self, timeout: float = 0) -> tuple[int, set[int]]:
         """Applies what has arrived; (records applied, partitions found at their end)."""
         applied, ended = 0, set()
-        for message in self.consumer.consume(num_messages=500, timeout=timeout):
+        for message in self.consumer.consume(num_messages=POLL_MOST, timeout=timeout):
             error, partition, offset = message.error(), message.partition(), message.offset()
             if error is not None:
                 if error.code() == KafkaError._PARTITION_EOF and partition is not None:
@@ -579,6 +591,11 @@ class _Withdrawals:
                 self.ledger.note_read(partition, offset + 1)
             applied += 1
         return applied, ended
+
+    def drain(self) -> None:
+        """Applies every withdrawal that has arrived (a burst of thousands too: a CRM's consent sync)."""
+        while self.poll()[0] >= POLL_MOST:
+            pass
 
     def catch_up(self, stop: threading.Event) -> None:
         """Reads every partition to its end (until stopped; a line every 30 s says it still waits)."""

@@ -25,7 +25,7 @@ SAFE_FILE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
 
 
 class Temporary(Exception):
-    """Worth another attempt (a timeout, a 4xx SMTP reply, an HTTP 5xx or 429).  ``target_down``: the
+    """Worth another attempt (a timeout, a 4xx SMTP reply, an HTTP 5xx, 408, 409 or 429).  ``target_down``: the
     target itself failed (no connection, a timeout, SMTP 421, HTTP 5xx, 408 or 429), not this message
     (a full mailbox, greylisting, a request still in progress): only those make it count as down."""
 

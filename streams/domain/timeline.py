@@ -104,9 +104,9 @@ class Outputs:
     cart: Any = DERIVE  # cart_view of the profile as advance left it, when it derived one
     dropped: dict[str, int] = field(default_factory=dict)  # entries a bound of ``rules.limits`` kept out
     released_early: int = 0  # parked events applied before the watermark (past limits.parked_events)
-    #: E-mail consent turned false (from true or unknown, by an event or a merge): the profile's triggers
-    #: stamped up to this time (the event's, or the profile's clock when that is later: a late event)
-    #: and still on their way are to be dropped.
+    #: E-mail consent turned false (from true or unknown, by an event or a merge) and stayed so: the
+    #: profile's triggers stamped up to this time (the event's, or the profile's clock when that is later: a
+    #: late event) and still on their way are to be dropped.
     withdrawn: int | None = None
 
     def extend(self, later: Outputs) -> None:
@@ -327,6 +327,8 @@ def advance(state: LiveState, watermark: int | None, rules: RuleSet, now_ms: int
             fold_event(profile, event, linked, out.dropped, limits)
             if consented is not False and profile["consent"].get("email") is False:
                 out.withdrawn = event_ts if rs["clock"] is None else max(rs["clock"], event_ts)
+            elif consented is False and profile["consent"].get("email") is not False:
+                out.withdrawn = None  # given again (late events of one pass): what is on its way may go
             out.changed = True
             out.released.append(event)
             _remember_history(rs, event, rules.windows, limits.history_per_type, out.dropped)

@@ -768,3 +768,22 @@ def test_a_late_withdrawal_and_an_erase_after_a_merge_reach_every_trigger_alread
     for w in hop.values(withdrawals):
         up_to[w["profile_id"]] = max(up_to.get(w["profile_id"], 0), parse_timestamp(w["at"]))
     assert all(at <= up_to.get(profile_id, -1) for (profile_id, _), at in made.items()), (made, up_to)
+
+
+def test_consent_withdrawn_and_given_again_by_late_events_of_one_pass_withdraws_nothing() -> None:
+    """Late events withdraw Ana's consent at 10:10 and give it again at 10:20, after her 10:31 trigger was
+    made: her consent is true, so what is on its way for her may go."""
+    withdrawals = names.withdrawals_topic("mailpulse")
+    t = parse_timestamp("2026-03-01T10:00:00Z")
+    minute, hour = 60_000, 3_600_000
+    hop = run([{"event_id": "i-1", "type": "identify", "timestamp": t, "user_id": "ana",
+                "traits": {"email": "ana@example.com"}, "consent": {"email": True}},
+               {"event_id": "k-1", "type": "cart_add", "timestamp": t + minute, "user_id": "ana",
+                "product_id": "sku-1", "quantity": 1, "price": 10.0}], 5, False, until=t + hour)
+    assert any(trigger["type"] == "cart_abandoned" for trigger in hop.values(names.TRIGGERS))
+    run([{"event_id": "i-2", "type": "identify", "timestamp": t + 10 * minute, "user_id": "ana",
+          "consent": {"email": False}},
+         {"event_id": "i-3", "type": "identify", "timestamp": t + 20 * minute, "user_id": "ana",
+          "consent": {"email": True}}], 6, False, hop=hop, until=t + 2 * hour)
+    assert hop.latest(names.PROFILES)[profile_id_for("u:ana").encode()]["consent"]["email"] is True
+    assert not hop.outputs.get(withdrawals)

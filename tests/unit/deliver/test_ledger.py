@@ -80,3 +80,11 @@ def test_triggers_held_by_a_ledger_before_the_profile_index_are_found_by_their_p
     again = Ledger(tmp_path)
     assert [key for key, _ in again.held_for("p-7")] == [b"h:%013d:t-old" % (NOW + DAY)]
     assert again.is_held("t-old", "p-7") and not again.is_held("t-ol", "p-7")
+
+
+def test_a_released_trigger_leaves_the_profile_index(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path)
+    ledger.hold(NOW + DAY, "t-1", b"{}", "p-1")
+    [(key, _)] = ledger.held_for("p-1")
+    ledger.release(key, "p-1")
+    assert ledger.held == 0 and not list(ledger._keys(b"p:")) and not list(ledger._keys(b"h:"))

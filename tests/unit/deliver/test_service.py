@@ -409,3 +409,67 @@ def test_a_trigger_due_now_waits_its_grace_so_a_withdrawal_read_just_after_it_st
     now[0] += 2000
     assert step.release_due() == 1 and [path.stem for path in out.iterdir()] == ["max-cart"]
     assert step.ledger.held == 0 and step.ledger.outcome("pia-cart")["code"] == "withdrawn"  # type: ignore[index]
+
+
+def test_withdrawals_read_during_a_pass_over_due_triggers_cancel_the_rest_of_it(tmp_path: Path) -> None:
+    """A pass of slow sends can take minutes: a withdrawal read between two deliveries still stops the
+    later one."""
+    out = tmp_path / "out"
+    step, _ = deliverer(tmp_path, DryRun(out))
+    now = [parse_timestamp("2026-03-01T12:00:00Z")]
+    step.now_ms = lambda: now[0]
+    later = "2026-03-02T08:00:00.000Z"
+    for n in range(3):
+        step.handle(trigger(trigger_id=f"t-{n}", profile_id=f"p-{n}", at="2026-03-01T10:00:00.000Z", send_at=later))
+    now[0] = parse_timestamp(later)
+    calls = iter([[], [withdrawal("p-1", "2026-03-01T11:00:00.000Z")], []])
+
+    def read_withdrawals() -> None:
+        for raw in next(calls, []):
+            step.withdrawal(raw)
+
+    assert step.release_due(read_withdrawals=read_withdrawals) == 2
+    assert sorted(path.stem for path in out.iterdir()) == ["t-0", "t-2"] and step.ledger.held == 0
+
+
+def test_a_burst_of_withdrawals_is_read_whole_before_the_next_trigger(tmp_path: Path) -> None:
+    from streams.deliver.service import POLL_MOST, _Withdrawals
+
+    class Message:
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+        def error(self) -> None:
+            return None
+
+        def partition(self) -> int:
+            return 0
+
+        def offset(self) -> int:
+            return self.n
+
+        def value(self) -> bytes:
+            return withdrawal(f"p-{self.n}", "2026-03-01T11:00:00Z")
+
+    class Consumer:  # what librdkafka hands over: at most ``num_messages`` at a time
+        def __init__(self, total: int) -> None:
+            self.left = [Message(n) for n in range(total)]
+
+        def consume(self, num_messages: int, timeout: float) -> list[Message]:
+            taken, self.left = self.left[:num_messages], self.left[num_messages:]
+            return taken
+
+    step, _ = deliverer(tmp_path, DryRun(tmp_path / "out"))
+    total = 2 * POLL_MOST + 7
+    _Withdrawals(Consumer(total), "w", step.ledger, step).drain()  # type: ignore[arg-type]
+    assert step.metrics.withdrawals.labels("consent")._value.get() == total
+    assert step.ledger.read_up_to(0) == total
+
+
+def test_with_no_grace_a_trigger_read_again_while_in_a_round_is_not_started_again(tmp_path: Path) -> None:
+    target = Flaky()
+    step, _ = deliverer(tmp_path, target)  # (no grace)
+    step.handle(trigger())
+    attempts = target.attempts
+    step.handle(trigger())  # read again: it waits for its round
+    assert target.attempts == attempts and step.ledger.held == 1 and step.ledger.rounds("t-1") == (1, step.now_ms())

@@ -159,3 +159,41 @@ def test_a_webhook_409_is_tried_again_and_then_gets_the_first_requests_answer() 
         assert attempts == 3 and api.taken == ["t-1"] and api.answers == [409, 200, 200] and not sent.bounced
     finally:
         server.shutdown()
+
+
+@pytest.mark.parametrize("reply,down", [("452 4.2.2 Mailbox full", False), ("450 4.7.1 Greylisted", False),
+                                        ("421 4.3.2 Service shutting down", True)])
+def test_a_refused_recipient_is_a_failure_of_the_target_only_when_it_says_so(
+        server: tuple[SmtpInbox, int], reply: str, down: bool) -> None:
+    handler, port = server
+    handler.refuse_rcpt = reply
+    with pytest.raises(Temporary) as failed:
+        send_with(port, message(), attempts=1)
+    assert failed.value.target_down is down
+
+
+@pytest.mark.parametrize("status,down", [(409, False), (503, True), (429, True)])
+def test_a_webhook_answer_is_a_failure_of_the_target_only_for_5xx_408_and_429(status: int, down: bool) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from streams.deliver.targets import Webhook
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(status)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    web = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    try:
+        hook = Webhook(f"http://127.0.0.1:{web.server_port}/send", None, timeout_s=2)
+        with pytest.raises(Temporary) as failed:
+            hook.send(message(), {"trigger_id": "t-1", "type": "welcome", "email": "ana@example.com"})
+        assert failed.value.target_down is down
+    finally:
+        web.shutdown()
