@@ -3,9 +3,12 @@ a connection lost after the hand-over is not retried (at most once), and a reply
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from email.message import EmailMessage
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -102,36 +105,15 @@ def test_the_dry_run_writes_only_file_names_inside_its_folder(tmp_path: Any) -> 
     assert not (tmp_path / "escape.eml").exists()
 
 
-class _Idempotent:
-    """An HTTP e-mail API on loopback that keeps idempotency keys as the IETF draft says: a request whose
-    key is in progress gets 409, one whose key completed gets that request's answer again.  Its first
-    request takes longer than the client waits."""
-
-    def __init__(self) -> None:
-        self.taken: list[str] = []
-        self.answers: list[int] = []
-        self.done: dict[str, int] = {}
-
-
-def _serving(api: _Idempotent) -> Any:
-    import threading
-    import time
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+@contextmanager
+def serving_http(answer: Callable[[str], int]) -> Iterator[str]:
+    """An HTTP e-mail API on loopback whose POSTs get ``answer(idempotency key)`` as their status; the
+    URL to send to."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers["Content-Length"]))
-            key = self.headers["Idempotency-Key"]
-            if key in api.done:
-                status = api.done[key]
-            elif key in api.taken:
-                status = 409
-            else:
-                api.taken.append(key)
-                time.sleep(1.0)  # past the client's timeout: this answer is lost
-                status = api.done[key] = 200
-            api.answers.append(status)
-            self.send_response(status)
+            self.send_response(answer(self.headers["Idempotency-Key"]))
             self.end_headers()
 
         def log_message(self, *args: Any) -> None:
@@ -139,26 +121,45 @@ def _serving(api: _Idempotent) -> Any:
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/send"
+    finally:
+        server.shutdown()
+
+
+WELCOME = {"trigger_id": "t-1", "type": "welcome", "email": "ana@example.com"}
 
 
 def test_a_webhook_409_is_tried_again_and_then_gets_the_first_requests_answer() -> None:
     """A 409 (the key's first request still in progress) is neither a delivery nor a refusal: tried
-    again, the target answers with that request's outcome, and the e-mail was taken once."""
+    again, the target answers with that request's outcome, and the e-mail was taken once.  The API keeps
+    idempotency keys as the IETF draft says (in progress: 409; completed: that request's answer again),
+    and its first request takes longer than the client waits."""
     from streams.deliver.targets import Webhook
 
-    api = _Idempotent()
-    server = _serving(api)
-    try:
-        hook = Webhook(f"http://127.0.0.1:{server.server_port}/send", None, timeout_s=0.3)
+    taken: list[str] = []
+    answers: list[int] = []
+    done: dict[str, int] = {}
+
+    def answer(key: str) -> int:
+        if key in done:
+            status = done[key]
+        elif key in taken:
+            status = 409
+        else:
+            taken.append(key)
+            time.sleep(1.0)  # past the client's timeout: this answer is lost
+            status = done[key] = 200
+        answers.append(status)
+        return status
+
+    with serving_http(answer) as url:
+        hook = Webhook(url, None, timeout_s=0.3)
         m = message()
         waits = iter([0.05, 1.0])  # the second attempt while the first is in progress, the third after
-        sent, attempts = with_retries(lambda: hook.send(m, {"trigger_id": "t-1", "type": "welcome",
-                                                            "email": "ana@example.com"}), 3, 0.001, lambda: None,
+        sent, attempts = with_retries(lambda: hook.send(m, WELCOME), 3, 0.001, lambda: None,
                                       lambda s: time.sleep(next(waits)))
-        assert attempts == 3 and api.taken == ["t-1"] and api.answers == [409, 200, 200] and not sent.bounced
-    finally:
-        server.shutdown()
+    assert attempts == 3 and taken == ["t-1"] and answers == [409, 200, 200] and not sent.bounced
 
 
 @pytest.mark.parametrize("reply,down", [("452 4.2.2 Mailbox full", False), ("450 4.7.1 Greylisted", False),
@@ -174,26 +175,8 @@ def test_a_refused_recipient_is_a_failure_of_the_target_only_when_it_says_so(
 
 @pytest.mark.parametrize("status,down", [(409, False), (503, True), (429, True)])
 def test_a_webhook_answer_is_a_failure_of_the_target_only_for_5xx_408_and_429(status: int, down: bool) -> None:
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
     from streams.deliver.targets import Webhook
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers["Content-Length"]))
-            self.send_response(status)
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    web = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=web.serve_forever, daemon=True).start()
-    try:
-        hook = Webhook(f"http://127.0.0.1:{web.server_port}/send", None, timeout_s=2)
-        with pytest.raises(Temporary) as failed:
-            hook.send(message(), {"trigger_id": "t-1", "type": "welcome", "email": "ana@example.com"})
-        assert failed.value.target_down is down
-    finally:
-        web.shutdown()
+    with serving_http(lambda key: status) as url, pytest.raises(Temporary) as failed:
+        Webhook(url, None, timeout_s=2).send(message(), WELCOME)
+    assert failed.value.target_down is down
