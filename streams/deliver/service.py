@@ -489,7 +489,7 @@ def run_deliver(settings: Settings, dry_run: Path | None, stop: threading.Event,
                 if withdrawals is not None:
                     try:
                         withdrawals.assign_new()  # partitions added since
-                    except KafkaException as exc:
+                    except (KafkaException, KeyError) as exc:  # (a broker away, the topic gone)
                         log.warning("deliver: the withdrawals topic's partitions were not checked (%s)", exc)
                 pruned_at = time.monotonic()
             if withdrawals is None:  # first the withdrawals, to their end: no trigger is sent before
