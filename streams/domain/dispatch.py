@@ -89,7 +89,7 @@ def _apply(states: MutableMapping[str, State | None], key: str, routing: graph.R
         effects.tombstones.append((routing.retired, "merged"))
     if routing.erased is not None:
         effects.tombstones.append((routing.erased, "erased"))
-    effects.withdrawn += [(profile_id, "erased", up_to) for profile_id, up_to in routing.withdrawn]
+    effects.withdrawn += routing.withdrawn
     return effects
 
 
@@ -116,8 +116,7 @@ def _on_event(states: MutableMapping[str, State | None], key: str, state: State 
             if state.get("published"):
                 effects.tombstones.append((state["profile"]["profile_id"], "erased"))
             # what is on its way for them, made up to the erase or anything folded since (a late erase)
-            made_up_to = max(marker["erased_at"], state.get("rules", {}).get("clock") or 0)
-            effects.withdrawn += [(profile_id, "erased", made_up_to) for profile_id in graph.withdrawal_ids(key, state)]
+            effects.withdrawn += graph.withdrawals(key, state, "erased", marker["erased_at"])
             # the person's person records leave their blocks; their other identifiers forget them
             effects.send += [(block, {"type": graph.BLOCK, "key": member, "drop": True})
                              for block, member in state.get("blocks", [])]
@@ -173,9 +172,7 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
     if state is not None and not graph.is_live(state):
         # an erasure marker: the person was erased, and what arrives is theirs (linked before the
         # erase reached it): it is dropped too.  Their later activity starts a new profile here.
-        made_up_to = max(state["erased_at"], absorbed.get("rules", {}).get("clock") or 0)
-        effects.withdrawn += [(profile_id, "erased", made_up_to)
-                              for profile_id in graph.withdrawal_ids(message["from"], absorbed)]
+        effects.withdrawn += graph.withdrawals(message["from"], absorbed, "erased", state["erased_at"])
         return effects
     limits = rules.limits
     if watermark is not None:
@@ -195,9 +192,8 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
                               limits)
     if merged["profile"]["consent"].get("email") is False and absorbed["profile"]["consent"].get("email") is not False:
         # all it made is stamped up to its clock; it makes nothing more under its own ids
-        made_up_to = max(absorbed.get("rules", {}).get("clock") or 0, merged["profile"]["consent_times"]["email"][0])
-        effects.withdrawn += [(profile_id, "consent", made_up_to)
-                              for profile_id in graph.withdrawal_ids(message["from"], absorbed)]
+        effects.withdrawn += graph.withdrawals(message["from"], absorbed, "consent",
+                                               merged["profile"]["consent_times"]["email"][0])
     links = {*merged.get("links", []), *absorbed.get("links", []), message["from"]} - {key}
     merged["links"] = sorted(links, key=rank)
     graph.add_claims(merged, absorbed.get("claimed", {}))

@@ -136,8 +136,8 @@ class Routing:
     retired: str | None = None  # profile_id of a live profile that became a redirect (tombstone it)
     limited: list[str] = field(default_factory=list)  # kinds whose identity limit kept a link from merging
     erased: str | None = None  # profile_id of a live profile that turned out to be an erased person's
-    #: (profile id, made up to) of the profiles that were that person's: ``withdrawal_ids`` of the key's state
-    withdrawn: list[tuple[str, int]] = field(default_factory=list)
+    #: (profile id, "erased", made up to) of the profiles that were that person's (:func:`withdrawals`)
+    withdrawn: list[tuple[str, str, int]] = field(default_factory=list)
     changed: bool = False  # ``state`` is the key's own, changed in place: it must be written back
 
 
@@ -145,6 +145,14 @@ def withdrawal_ids(key: str, state: LiveState) -> list[str]:
     """The profile ids a person's triggers may carry: the profile's own, and those of the profiles it
     absorbed (keyed by its links, which the identity limits bound)."""
     return [profile_id_for(key), *(profile_id_for(other) for other in state.get("links", ()))]
+
+
+def withdrawals(key: str, state: LiveState, reason: str, at: int) -> list[tuple[str, str, int]]:
+    """(profile id, ``reason``, made up to) for each of :func:`withdrawal_ids`: what the profile made is
+    stamped up to ``at`` or, when later (a late erase or consent event), up to its clock."""
+    clock = state.get("rules", {}).get("clock")
+    made_up_to = at if clock is None else max(at, clock)
+    return [(profile_id, reason, made_up_to) for profile_id in withdrawal_ids(key, state)]
 
 
 def _redirect(root: str, previous: State | None) -> Redirect:
@@ -227,8 +235,7 @@ def on_link(key: str, state: State | None, message: dict[str, Any], limits: Limi
                 routing.retired = None
                 if state.get("published"):
                     routing.erased = profile_id_for(key)
-                made_up_to = max(message["erased_at"], state.get("rules", {}).get("clock") or 0)
-                routing.withdrawn = [(profile_id, made_up_to) for profile_id in withdrawal_ids(key, state)]
+                routing.withdrawn = withdrawals(key, state, "erased", message["erased_at"])
             return routing
         return _ask(key, state, root, kind)  # ask the root whether this profile may join it
     # the profile at ``root`` asks to join this one
