@@ -176,12 +176,16 @@ class Ledger:
             if raw is not None:  # (a withdrawal read meanwhile may have released it)
                 yield key, raw
 
+    def holds(self, key: bytes) -> bool:
+        return self.db.get(key) is not None
+
     def release(self, key: bytes, profile_id: str) -> None:
-        if self.db.get(key) is not None:
+        if self.holds(key):
             self.held -= 1
             del self.db[key]
-        if self.db.get(_by_profile(profile_id) + key) is not None:
-            del self.db[_by_profile(profile_id) + key]
+        indexed = _by_profile(profile_id) + key
+        if self.db.get(indexed) is not None:
+            del self.db[indexed]
 
     # --- what the pipeline withdrew ---
     def note_withdrawal(self, profile_id: str, at_ms: int, now_ms: int) -> None:

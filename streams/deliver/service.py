@@ -117,12 +117,12 @@ class Deliverer:
         """Delivers the held triggers whose send_at has come (until ``stopping`` says so), reading what
         was withdrawn before each (a pass of slow sends can take minutes); how many."""
         released = 0
-        self.metrics.target_up.set(0 if self.outage.down(self.now_ms()) else 1)
+        self._show_target()
         for key, raw in self.ledger.due(self.now_ms()):
             if stopping():  # the rest stay held, for the next start
                 break
             read_withdrawals()
-            if self.ledger.db.get(key) is None:
+            if not self.ledger.holds(key):
                 continue  # withdrawn just now
             trigger = orjson.loads(raw)
             self.deliver(trigger)
@@ -170,8 +170,9 @@ class Deliverer:
 
     def prune(self) -> int:
         """Forgets trigger ids older than the ledger's retention; how many."""
-        self.ledger.prune_withdrawals(self.now_ms() - int(self.settings.deliver_ledger_days * 86_400_000))
-        pruned = self.ledger.prune(self.now_ms() - int(self.settings.deliver_ledger_days * 86_400_000))
+        cut = self.now_ms() - int(self.settings.deliver_ledger_days * 86_400_000)
+        self.ledger.prune_withdrawals(cut)
+        pruned = self.ledger.prune(cut)
         if pruned:
             self.metrics.ledger_pruned.inc(pruned)
             self.metrics.ledger_entries.set(self.ledger.entries)
@@ -240,17 +241,17 @@ class Deliverer:
                 self.ledger.mark(trigger_id, FAILED, self.now_ms(), code="retries_exhausted")
                 self._failed(trigger, self.settings.deliver_attempts, "retries_exhausted", str(exc))
             self.metrics.ledger_entries.set(self.ledger.entries)
-            self.metrics.target_up.set(0 if self.outage.down(self.now_ms()) else 1)
+            self._show_target()
             return
         except Permanent as exc:
             self.outage.up()  # it answered
-            self.metrics.target_up.set(1)
+            self._show_target()
             self.ledger.mark(trigger_id, FAILED, self.now_ms(), code="rejected")
             self._failed(trigger, exc.attempts, "rejected", str(exc))
             self.metrics.ledger_entries.set(self.ledger.entries)
             return
         self.outage.up()
-        self.metrics.target_up.set(1)
+        self._show_target()
         done = self.now_ms()
         self.ledger.mark(trigger_id, SENT, done, attempts=attempts)
         self.metrics.deliveries.labels(kind, "sent").inc()
@@ -258,6 +259,9 @@ class Deliverer:
         self.metrics.ledger_entries.set(self.ledger.entries)
         if sent.bounced:
             self.withdraw(str(trigger.get("profile_id")), trigger["email"], "bounce")
+
+    def _show_target(self) -> None:
+        self.metrics.target_up.set(0 if self.outage.down(self.now_ms()) else 1)
 
     def _again_later(self, trigger: dict[str, Any], why: str) -> bool:
         """Holds a trigger not sent (its target failed temporarily, or is down) for its next round;

@@ -35,7 +35,8 @@ class Temporary(Exception):
 
 
 class Permanent(Exception):
-    """Not worth another attempt (a 5xx SMTP reply, an HTTP 4xx, a rejected address)."""
+    """Not worth another attempt (a 5xx SMTP reply, an HTTP 4xx other than 408, 409 and 429, a rejected
+    address)."""
 
     attempts = 1  # on which attempt it came (set by :func:`with_retries`)
 
