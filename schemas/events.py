@@ -61,6 +61,9 @@ MAX_TRAIT_TEXT = 4096
 def free_form_problem(values: dict[str, Any]) -> str | None:
     """Why free-form ``values`` are over the limits (None: within them).  Iterative: input nested
     deeper than the interpreter's recursion limit is met here too."""
+    for key in values:
+        if len(key) > MAX_TRAIT_TEXT:
+            return f"traits: a key longer than {MAX_TRAIT_TEXT} characters"
     stack: list[tuple[Any, int, str]] = [(value, 1, str(key)) for key, value in values.items()]
     seen = 0
     while stack:

@@ -43,6 +43,9 @@ def test_free_form_traits_are_bounded_in_values_and_text() -> None:
     assert code({**IDENTIFY, "traits": {"tags": list(range(MAX_TRAIT_VALUES))}}) == "schema"
     assert code({**IDENTIFY, "traits": {"tags": list(range(MAX_TRAIT_VALUES - 2))}}) is None
     assert code({**IDENTIFY, "traits": {"note": "x" * 5000}}) == "schema"
+    assert code({**IDENTIFY, "traits": {"k" * 5000: 1}}) == "schema"  # a trait's name, as a nested key
+    assert code({**IDENTIFY, "traits": {"note": {"k" * 5000: 1}}}) == "schema"
+    assert code({**IDENTIFY, "traits": {"k" * 4096: 1}}) is None
     assert code({**IDENTIFY, "consent": {f"c{n}": True for n in range(40)}}) == "schema"
 
 
