@@ -114,7 +114,8 @@ class Ledger:
 
     # --- rounds of a trigger whose target failed for a while ---
     def rounds(self, trigger_id: str) -> tuple[int, int] | None:
-        """(rounds failed so far, when the first failed, ms) of a trigger being tried again."""
+        """(rounds failed so far, when the first failed or waited for a target that was down, ms) of a
+        trigger being tried again."""
         raw = self.db.get(b"r:" + trigger_id.encode())
         if raw is None:
             return None

@@ -217,6 +217,15 @@ class Deliverer:
             self._failed(trigger, 0, "bad_trigger", f"cannot be an e-mail: {type(exc).__name__}: {exc}")
             return
         if self.outage.down(now):  # it waits for the probe, without an attempt and without using a round
+            waited = self.ledger.rounds(trigger_id)
+            if waited is None:  # its retry window starts now, as a failure's would
+                self.ledger.note_round(trigger_id, 0, now)
+            elif now - waited[1] >= self.settings.deliver_retry_hours * 3_600_000:
+                self.ledger.mark(trigger_id, FAILED, now, code="retries_exhausted")
+                self._failed(trigger, 0, "retries_exhausted", f"the target was down for the whole retry window "
+                             f"(MAILPULSE_DELIVER_RETRY_HOURS={self.settings.deliver_retry_hours:g}); not sent")
+                self.metrics.held.set(self.ledger.held)
+                return
             self.ledger.hold(self.outage.until_ms, trigger_id, orjson.dumps(trigger), str(trigger.get("profile_id")))
             self.metrics.deliveries.labels(kind, "deferred").inc()
             self.metrics.held.set(self.ledger.held)

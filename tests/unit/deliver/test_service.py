@@ -325,6 +325,36 @@ def test_a_trigger_whose_target_fails_past_the_retry_window_goes_to_delivery_fai
     assert not list(step.ledger._keys(b"r:"))
 
 
+def test_triggers_that_wait_for_a_down_target_past_the_retry_window_go_to_delivery_failed(tmp_path: Path) -> None:
+    """Those that never had an attempt of their own too: an outage longer than the window does not
+    leave them held until the target is back (a stale e-mail, days late)."""
+    from streams.deliver.service import DOWN_AFTER
+
+    target = Flaky()
+    producer = Recorder()
+    now = [parse_timestamp("2026-03-01T12:00:00Z")]
+    step = Deliverer(target, Ledger(tmp_path / "state"), Renderer(), producer,  # type: ignore[arg-type]
+                     DeliverMetrics(),
+                     Settings(deliver_attempts=2, deliver_backoff_s=0.001, deliver_retry_hours=1, deliver_grace_s=0),
+                     "http://u", b"k" * 32, now_ms=lambda: now[0], sleep=lambda s: None)
+    for n in range(8):
+        step.handle(trigger(trigger_id=f"t-{n}"))
+    assert target.attempts == DOWN_AFTER * 2 and step.ledger.held == 8
+    for _ in range(50):  # within the window: all still held
+        now[0] += 60_000
+        step.release_due()
+    assert not producer.sent and step.ledger.held == 8
+    for _ in range(30):
+        now[0] += 60_000
+        step.release_due()
+    assert sorted(letter["trigger_id"] for _, letter in producer.sent) == [f"t-{n}" for n in range(8)]
+    assert {letter["error"]["code"] for _, letter in producer.sent} == {"retries_exhausted"}
+    assert step.ledger.held == 0 and not list(step.ledger._keys(b"r:"))
+    waited = [letter for _, letter in producer.sent if letter["attempts"] == 0]
+    assert len(waited) >= 8 - DOWN_AFTER  # those that only waited report no attempt of their own
+    assert not target.sent
+
+
 def test_the_rounds_of_a_trigger_outlive_a_restart(tmp_path: Path) -> None:
     target = Flaky()
     step, _ = deliverer(tmp_path, target)
