@@ -117,11 +117,12 @@ class Metrics:
             "purchases: the oldest past 100; seen: the oldest event ids, whose window then counts as seen; "
             "history: the oldest timestamps of an event type kept for windowed segment counts; "
             "blocks: the oldest fuzzy-matching block registrations; currencies: the codes that sort "
-            "last in spend_by_currency)",
+            "last in spend_by_currency; match_aliases: new names of possible matches' keys, those no "
+            "kept match uses first)",
             ["collection"], registry=r,
         )
         for collection in ("possible_matches", "traits", "consent", "context", "cart_lines", "cart_moves",
-                           "purchases", "seen", "history", "blocks", "currencies"):
+                           "purchases", "seen", "history", "blocks", "currencies", "match_aliases"):
             self.entries_dropped.labels(collection)
         self.released_early = Counter(
             "mailpulse_events_released_early",

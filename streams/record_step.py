@@ -255,6 +255,8 @@ def step(entries: list[Any], io: StepIO, ctx: StepContext, skip: frozenset[int] 
             result.entries_dropped["blocks"] += effects.blocks_dropped
         if effects.currencies_dropped:
             result.entries_dropped["currencies"] += effects.currencies_dropped
+        if effects.aliases_dropped:
+            result.entries_dropped["match_aliases"] += effects.aliases_dropped
         result.blocks_skipped += effects.blocks_skipped
         if effects.unknown is not None:
             result.unknown.append(effects.unknown)

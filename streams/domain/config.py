@@ -244,6 +244,7 @@ class Limits(_Strict):
     possible_matches: int = Field(default=DEFAULT_LIMITS.possible_matches, ge=1)
     blocks: int = Field(default=DEFAULT_LIMITS.blocks, ge=10)  # an identify registers up to 10
     currencies: int = Field(default=DEFAULT_LIMITS.currencies, ge=1)
+    match_aliases: int = Field(default=DEFAULT_LIMITS.match_aliases, ge=1)
 
 
 class PipelineConfig(_Strict):

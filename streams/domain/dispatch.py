@@ -47,6 +47,7 @@ class Effects:
     history_dropped: int = 0  # windowed-count timestamps a merge dropped past limits.history_per_type
     blocks_dropped: int = 0  # fuzzy-matching block registrations dropped past limits.blocks
     currencies_dropped: int = 0  # spend_by_currency entries a merge dropped past limits.currencies
+    aliases_dropped: int = 0  # possible matches' aliases dropped past limits.match_aliases
     unknown: str | None = None  # an internal message type this version does not know (skipped)
     #: input topics of the parked events an arriving profile brought that are older than the watermark
     #: here: late, as an input event would be (a merge's round trips took longer than the clocks)
@@ -69,7 +70,7 @@ def dispatch(states: MutableMapping[str, State | None], blocks: MutableMapping[s
     elif kind == graph.POSSIBLE:
         effects = _on_possible(states, key, state, message, rules)
     elif kind == possible_matches.ALIAS:
-        effects = _on_alias(states, key, state, message)
+        effects = _on_alias(states, key, state, message, rules.limits.match_aliases)
     elif kind == graph.FORGET:
         effects = _on_forget(states, key, state, message)
     elif isinstance(kind, str) and kind.startswith("_"):
@@ -204,6 +205,8 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
     effects.send += _bound_blocks(blocks, limits.blocks, effects)
     aliases = possible_matches.union_aliases(merged.get("match_aliases", {}), absorbed.get("match_aliases", {}))
     if aliases:
+        effects.aliases_dropped = possible_matches.trim_aliases(aliases, merged["profile"]["possible_matches"],
+                                                                limits.match_aliases)
         merged["match_aliases"] = aliases
     # the absorbed side's possible matches now live under this key: their other sides are told
     effects.send += possible_matches.aliases_to_send(absorbed.get("profile", {}).get("possible_matches", ()), key)
@@ -259,14 +262,16 @@ def _on_possible(states: MutableMapping[str, State | None], key: str, state: Sta
 
 
 def _on_alias(states: MutableMapping[str, State | None], key: str, state: State | None,
-              message: dict[str, Any]) -> Effects:
+              message: dict[str, Any], most: int) -> Effects:
     """The other side of a possible match is now part of the profile at ``new``."""
     if not graph.is_live(state):
         return _not_at_a_profile(state, message)
-    if not possible_matches.add_alias(state.setdefault("match_aliases", {}), message["old"], message["new"]):
+    aliases = state.setdefault("match_aliases", {})
+    if not possible_matches.add_alias(aliases, message["old"], message["new"]):
         return Effects()
     states[key] = state
-    return Effects(republish=True)
+    dropped = possible_matches.trim_aliases(aliases, state["profile"]["possible_matches"], most)
+    return Effects(republish=True, aliases_dropped=dropped)
 
 
 def _on_block(blocks: MutableMapping[str, Any], key: str, message: dict[str, Any]) -> Effects:

@@ -119,6 +119,29 @@ def aliases_to_send(entries: Iterable[Any], own_key: str) -> Iterator[tuple[str,
             yield entry[1], {"type": ALIAS, "old": entry[0], "new": own_key}
 
 
+def trim_aliases(aliases: dict[str, str], entries: Iterable[Any], most: int) -> int:
+    """Keeps at most ``most`` (config ``limits.match_aliases``) aliases; how many were dropped.  An alias
+    can arrive before the entry it renames, so all are kept while there is room.  Past it, those no
+    entry leads to go first, then those the view follows; each group by the key that sorts last
+    (:func:`streams.domain.identity.rank`), so the same aliases are kept whatever order they came in."""
+    excess = len(aliases) - most
+    if excess <= 0:
+        return 0
+    followed: set[str] = set()
+    for entry in entries:
+        if _legacy(entry) is None:
+            key = entry[1]
+            for _ in range(64):  # as far as :func:`resolve` goes
+                nxt = aliases.get(key)
+                if nxt is None or rank(nxt) >= rank(key) or key in followed:
+                    break
+                followed.add(key)
+                key = nxt
+    for old in sorted(aliases, key=lambda old: (old not in followed, rank(old)), reverse=True)[:excess]:
+        del aliases[old]
+    return excess
+
+
 def resolve(aliases: Mapping[str, str], key: str) -> str:
     """The key ``key`` is known to be part of now (following aliases; they only lead to smaller keys)."""
     for _ in range(64):

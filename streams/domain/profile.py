@@ -154,6 +154,7 @@ class Limits:
     possible_matches: int = possible_matches.MOST  # the best-scored pairs kept
     blocks: int = 64  # [fuzzy-matching block, member] pairs a person is registered in (the oldest then leave)
     currencies: int = 16  # currencies of spend_by_currency (those whose codes sort last then go)
+    match_aliases: int = 400  # new names of possible matches' keys (unused ones go first)
 
     @property
     def small_traits_can_overflow(self) -> bool:

@@ -155,3 +155,31 @@ def test_possible_matches_over_a_lowered_limit_are_trimmed_and_written(most: int
     assert effects.changed == (most == 2) and effects.republish == (most == 2)
     assert effects.matches_dropped == (3 if most == 2 else 1)
     assert [entry[1] for entry in states["u:a"]["profile"]["possible_matches"]] == [f"u:{n}" for n in range(most)]
+
+
+def test_aliases_of_possible_matches_are_bounded_keeping_those_the_view_follows() -> None:
+    """A profile told of 30 keys of other people merged elsewhere (``_alias``), at
+    ``limits.match_aliases`` 8: it keeps 8, the ones its possible matches lead to among them, and
+    counts the 22 it dropped.  The published view still names each match by its new root."""
+    from streams.domain import possible_matches as pm
+    from streams.domain.profile import new_state
+    from streams.domain.timeline import ensure_rule_state
+
+    rules = RuleSet.build(PipelineConfig.model_validate({"limits": {"match_aliases": 8}}), 7 * 86_400_000, None)
+    state = ensure_rule_state(new_state("u:a", 0))
+    state["profile"]["possible_matches"] = [["u:a", "a:m1", 0.9], ["u:a", "a:m2", 0.8]]
+    states: dict[str, Any] = {"u:a": state}
+    dropped = 0
+    order = [f"a:x{n:02}" for n in range(28)] + ["a:m1", "a:m2"]
+    random.Random(3).shuffle(order)
+    for old in order:
+        new = {"a:m1": "e:m1@x", "a:m2": "u:m2"}.get(old, "u:elsewhere")
+        effects = dispatch(states, {}, "u:a", {"type": pm.ALIAS, "old": old, "new": new}, None, rules)
+        assert effects.republish
+        dropped += effects.aliases_dropped
+    aliases = states["u:a"]["match_aliases"]
+    assert len(aliases) == 8 and dropped == 22
+    assert aliases["a:m1"] == "e:m1@x" and aliases["a:m2"] == "u:m2"
+    assert sorted(k for k in aliases if k.startswith("a:x")) == [f"a:x{n:02}" for n in range(6)]  # the first by key
+    view = snapshot(states["u:a"])["possible_matches"]
+    assert [match["profile_id"] for match in view] == [graph.profile_id_for("e:m1@x"), graph.profile_id_for("u:m2")]

@@ -72,3 +72,15 @@ def test_a_profile_keeps_the_best_possible_matches_and_counts_what_it_drops() ->
         dropped += pm.trim(merged)
         assert len(merged) == pm.MOST and sorted(map(tuple, merged)) == sorted(map(tuple, best))
         assert dropped == len(scored) - pm.MOST
+
+
+def test_aliases_past_their_bound_drop_those_no_entry_follows_first_then_by_key() -> None:
+    entries: list[Any] = [["u:me", "a:anon", 0.7], {"profile_id": "p-legacy", "score": 0.5}]
+    chain = {"a:anon": "e:peter@x", "e:peter@x": "u:peter"}  # the view follows both
+    unused = {f"a:z{n}": "u:other" for n in range(5)}
+    for order in (list(chain.items()) + list(unused.items()), list(unused.items()) + list(chain.items())):
+        aliases = dict(order)
+        assert pm.trim_aliases(aliases, entries, 4) == 3
+        assert aliases == {**chain, "a:z0": "u:other", "a:z1": "u:other"}
+        assert pm.trim_aliases(aliases, entries, 1) == 3 and aliases == {"e:peter@x": "u:peter"}  # by key
+        assert pm.trim_aliases(aliases, entries, 1) == 0
