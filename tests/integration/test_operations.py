@@ -74,16 +74,16 @@ def test_promtool_checks_the_config_and_the_rules_and_each_alert_fires_only_on_t
 
 @pytest.fixture
 def prometheus(tmp_path: Path) -> Iterator[Any]:
-    """Starts Prometheus on loopback with deploy/prometheus/prometheus.yml, its targets pointed at
-    the given worker ports: ``start(ports) -> base URL``."""
+    """Starts Prometheus on loopback with deploy/prometheus/prometheus.yml, the one job ``job`` kept and
+    its targets pointed at the given ports: ``start(ports, job="mailpulse") -> base URL``."""
     assert PROMETHEUS is not None
     processes: list[subprocess.Popen[bytes]] = []
 
-    def start(ports: list[int]) -> str:
+    def start(ports: list[int], job_name: str = "mailpulse") -> str:
         config = yaml.safe_load((DEPLOY / "prometheus/prometheus.yml").read_text())
         config["global"]["scrape_interval"] = "1s"
         config["global"]["evaluation_interval"] = "1s"
-        [job] = config["scrape_configs"]
+        [job] = config["scrape_configs"] = [j for j in config["scrape_configs"] if j["job_name"] == job_name]
         job.pop("dns_sd_configs")
         job["static_configs"] = [{"targets": [f"127.0.0.1:{port}" for port in ports]}]
         shutil.copy(DEPLOY / "prometheus/alerts.yml", tmp_path / "alerts.yml")
@@ -170,6 +170,49 @@ def test_prometheus_scrapes_a_live_worker_and_every_dashboard_query_runs(broker,
     assert len(ids) > 20
     log_text = worker.log.read_text()
     assert not [person for person in ids if re.search(rf"(?<![\w-]){re.escape(person)}(?![\w-])", log_text)]
+
+
+def _value(base: str, expr: str) -> float | None:
+    result = _query(base, expr)["data"]["result"]
+    return float(result[0]["value"][1]) if result else None
+
+
+@needs_prometheus
+def test_prometheus_scrapes_a_live_deliver_and_sees_its_target_go_down(broker, prometheus, tmp_path: Path) -> None:
+    """deploy/prometheus's deliver job against a live ``mailpulse deliver`` on loopback, whose target
+    is an SMTP server on loopback: the e-mails sent are scraped as sent; once the server answers 421
+    (down) to three triggers in a row, ``mailpulse_delivery_target_up`` is 0 in Prometheus, and the
+    alert that watches it is loaded.  Every deliver panel of the dashboard runs on that data."""
+    from tests.fakes import SmtpInbox, serving_smtp
+
+    from .test_deliver import produce, start_deliver, trigger
+
+    inbox = SmtpInbox()
+    with serving_smtp(inbox) as smtp_port:
+        process, port = start_deliver(broker, tmp_path, MAILPULSE_SMTP_HOST="127.0.0.1",
+                                      MAILPULSE_SMTP_PORT=str(smtp_port), MAILPULSE_DELIVER_GRACE_S="0")
+        try:
+            base = prometheus([port], "mailpulse-deliver")
+            produce(broker.bootstrap, [orjson.dumps(trigger(n)) for n in range(3)])
+            wait_until(lambda: _value(base, 'sum(mailpulse_deliveries_total{outcome="sent"})') == 3)
+            targets = json.loads(_get(base + "/api/v1/targets")[1])["data"]["activeTargets"]
+            assert [(t["labels"]["job"], t["health"]) for t in targets] == [("mailpulse-deliver", "up")]
+            assert _value(base, "min(mailpulse_delivery_target_up)") == 1
+            inbox.refuse_rcpt = "421 4.3.2 service not available"
+            produce(broker.bootstrap, [orjson.dumps(trigger(n)) for n in range(3, 8)])
+            wait_until(lambda: _value(base, "min(mailpulse_delivery_target_up)") == 0)
+            assert len(inbox.received) == 3
+            wait_until(lambda: _value(base, 'sum(mailpulse_deliveries_total{outcome="deferred"})') == 5)
+            rules = json.loads(_get(base + "/api/v1/rules")[1])["data"]["groups"]
+            assert "MailpulseDeliveryTargetDown" in {rule["name"] for group in rules for rule in group["rules"]}
+            dashboard = json.loads((DEPLOY / "grafana/dashboards/mailpulse.json").read_text())
+            exprs = [t["expr"] for panel in dashboard["panels"] if panel["title"].startswith("deliver:")
+                     for t in panel["targets"]]
+            assert len(exprs) == 4
+            assert all(_query(base, expr)["data"]["result"] for expr in exprs)
+        finally:
+            process.terminate()
+            process.wait(30)
 
 
 def _non_loopback_address() -> str | None:

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import yaml
 
-from streams.metrics import Metrics
+from streams.metrics import DeliverMetrics, Metrics
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 SUFFIXES = ("_bucket", "_sum", "_count", "_total")
 
 
 def _families() -> set[str]:
-    return {family.name for family in Metrics().registry.collect()}
+    return {family.name for metrics in (Metrics(), DeliverMetrics()) for family in metrics.registry.collect()}
 
 
 def _family_of(series: str) -> str:
@@ -61,8 +61,14 @@ def test_compose_parses_and_refers_to_existing_files_and_the_workers_port() -> N
             if source.startswith("."):
                 assert (ROOT / source).exists(), volume
     prometheus = yaml.safe_load((DEPLOY / "prometheus/prometheus.yml").read_text())
-    [job] = prometheus["scrape_configs"]
-    assert job["dns_sd_configs"][0]["port"] == int(port)
+    jobs = {job["job_name"]: job for job in prometheus["scrape_configs"]}
+    assert jobs["mailpulse"]["dns_sd_configs"][0]["port"] == int(port)
+    deliver = services["deliver"]  # started with --profile deliver
+    assert deliver["profiles"] == ["deliver"] and deliver["command"][0] == "deliver"
+    deliver_port = deliver["environment"]["MAILPULSE_DELIVER_PORT"]
+    assert deliver["environment"]["MAILPULSE_METRICS_HOST"] == "0.0.0.0"
+    assert jobs["mailpulse-deliver"]["dns_sd_configs"][0] == {"names": ["deliver"], "type": "A", "port": int(deliver_port)}
+    assert f"127.0.0.1:{deliver_port}/healthz" in " ".join(deliver["healthcheck"]["test"])
     assert all((DEPLOY / "prometheus" / name).exists() for name in prometheus["rule_files"])
 
 
