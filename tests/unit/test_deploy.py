@@ -67,7 +67,8 @@ def test_compose_parses_and_refers_to_existing_files_and_the_workers_port() -> N
     assert deliver["profiles"] == ["deliver"] and deliver["command"][0] == "deliver"
     deliver_port = deliver["environment"]["MAILPULSE_DELIVER_PORT"]
     assert deliver["environment"]["MAILPULSE_METRICS_HOST"] == "0.0.0.0"
-    assert jobs["mailpulse-deliver"]["dns_sd_configs"][0] == {"names": ["deliver"], "type": "A", "port": int(deliver_port)}
+    [deliver_sd] = jobs["mailpulse-deliver"]["dns_sd_configs"]
+    assert deliver_sd == {"names": ["deliver"], "type": "A", "port": int(deliver_port)}
     assert f"127.0.0.1:{deliver_port}/healthz" in " ".join(deliver["healthcheck"]["test"])
     assert all((DEPLOY / "prometheus" / name).exists() for name in prometheus["rule_files"])
 
