@@ -57,6 +57,9 @@ class Winback(TriggerToggle):
 
 class ChurnRiskTrigger(TriggerToggle):
     threshold: float = Field(default=0.7, ge=0, le=1)
+    # purchases a profile needs before it can be at risk of churning: for someone who never bought,
+    # the churn probability is only 1 - a low purchase probability (0: everyone, as before)
+    min_orders: int = Field(default=1, ge=0)
 
 
 class Birthday(TriggerToggle):

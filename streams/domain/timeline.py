@@ -371,7 +371,7 @@ def _score(state: LiveState, cart: dict[str, Any] | None, at: int, rules: RuleSe
     out.changed = True
     rs["scored_at"] = at
     score_timer.rearm(rules.config.scoring, profile, rs)
-    return triggers.on_predictions(rules.config.triggers, previous, current, at)
+    return triggers.on_predictions(rules.config.triggers, previous, current, at, profile["aggregates"]["orders"])
 
 
 def _evaluate_segments(state: LiveState, cart: dict[str, Any] | None, clock: int, rules: RuleSet, now_ms: int,

@@ -21,8 +21,9 @@ The rules (README "Triggers" repeats them for users):
 - ``birthday``: at ``hour`` local time (the profile's time zone, else UTC) on the birthday trait's
   month and day (29 February: 28 February in other years), every year, caused by the year.
 - ``welcome``: the first ``identify`` event that gives the profile an e-mail address.
-- ``churn_risk``: when a new prediction's churn probability reaches ``threshold`` while the previous
-  one was below it (or absent), caused by the prediction's model version and time.
+- ``churn_risk``: for a customer (at least ``min_orders`` purchases, 1), when a new prediction's churn
+  probability reaches ``threshold`` while the previous one was below it (or absent), caused by the
+  prediction's model version and time.
 """
 
 from __future__ import annotations
@@ -173,9 +174,11 @@ def on_timer(cfg: Triggers, profile: ProfileBody, rules: RuleState, name: str, t
     return []
 
 
-def on_predictions(cfg: Triggers, previous: Predictions | None, current: Predictions, at: int) -> list[Due]:
-    """A new prediction: ``churn_risk`` is due when the churn probability crosses the threshold."""
-    if not cfg.churn_risk.enabled:
+def on_predictions(cfg: Triggers, previous: Predictions | None, current: Predictions, at: int,
+                   orders: int) -> list[Due]:
+    """A new prediction: ``churn_risk`` is due when the churn probability of a profile with at least
+    ``min_orders`` purchases crosses the threshold."""
+    if not cfg.churn_risk.enabled or orders < cfg.churn_risk.min_orders:
         return []
     threshold = cfg.churn_risk.threshold
     before = previous.get("churn_probability") if previous is not None else None

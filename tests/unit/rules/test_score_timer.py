@@ -112,9 +112,13 @@ def test_a_session_is_scored_once_after_it_ends_then_while_the_person_stays_away
     assert person.state["rules"]["timers"]["score"][0] == last + 7 * DAY
 
 
+BOUGHT = {"order_id": "o-1", "total": 20.0, "items": [{"product_id": "a", "quantity": 1, "price": 20.0}]}
+
+
 def test_churn_risk_fires_once_when_the_probability_crosses_and_the_segment_follows() -> None:
     t = ms(T0)
-    person = ScoredPerson().arrive(ev("i-1", "identify", t, traits={"email": "a@example.com"}))
+    person = ScoredPerson().arrive(ev("i-1", "identify", t, traits={"email": "a@example.com"}),
+                                   ev("o-1", "purchase", t, **BOUGHT))
     person.to(t + 30 * DAY)
     # churn probability 0.1 + 0.1/day: 0.7 is first reached at the 7-day re-score
     churn = [trigger for trigger in person.triggers if trigger["type"] == "churn_risk"]
@@ -129,6 +133,25 @@ def test_churn_risk_fires_once_when_the_probability_crosses_and_the_segment_foll
     # a new session brings the probability down: scored an hour after it, the segment is left
     person.arrive(ev("v-9", "product_view", t + 31 * DAY, product_id="a")).to(t + 32 * DAY)
     assert ("churn_risk", "exited", "2026-04-01T11:00:00.000Z") in person.changes
+
+
+def test_churn_risk_is_for_customers_unless_min_orders_is_0() -> None:
+    """Someone who never bought reaches the same churn probability (the segment says so), but gets
+    no churn_risk trigger at the default ``min_orders`` 1; at 0 they do, as a customer does."""
+    t = ms(T0)
+
+    def churn_triggers(rules: RuleSet, *events: dict[str, Any]) -> tuple[list[str], bool]:
+        person = ScoredPerson(rules).arrive(*events)
+        person.to(t + 30 * DAY)
+        entered = ("churn_risk", "entered", "2026-03-08T10:00:00.000Z") in person.changes
+        return [trigger["at"] for trigger in person.triggers if trigger["type"] == "churn_risk"], entered
+
+    identify = ev("i-1", "identify", t, traits={"email": "a@example.com"})
+    assert churn_triggers(SCORED, identify) == ([], True)
+    assert churn_triggers(SCORED, identify, ev("o-1", "purchase", t, **BOUGHT)) == (["2026-03-08T10:00:00.000Z"], True)
+    anyone = RuleSet.build(PipelineConfig.model_validate({"triggers": {"churn_risk": {"min_orders": 0}}}), 7 * DAY,
+                           away_scorer)
+    assert churn_triggers(anyone, identify) == (["2026-03-08T10:00:00.000Z"], True)
 
 
 def test_high_intent_needs_a_high_purchase_probability_and_no_recent_purchase() -> None:
