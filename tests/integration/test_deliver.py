@@ -238,7 +238,7 @@ def test_a_one_click_unsubscribe_reaches_the_worker_and_holds_back_that_persons_
         history.write_bytes(b"".join(orjson.dumps(event) + b"\n" for event in first))
         assert mailpulse_cli("replay", str(history), "--broker", broker.url, "--until", "2026-03-01T12:00:00Z")
         worker.wait_metric("mailpulse_triggers_total", 1, timeout=120, type="cart_abandoned")
-        # all the person's triggers so far (welcome, and churn_risk as the shipped model scores her)
+        # all the person's triggers so far (welcome; no churn_risk before a purchase)
         first_ids = {t["trigger_id"] for _, t in read_topic(broker.bootstrap, "triggers", quiet_s=2.0)}
         wait_until(lambda: set(inbox.trigger_ids()) == first_ids, timeout=60)
         [message] = [m for m in inbox.messages if "cart" in str(m["Subject"])]
@@ -264,8 +264,8 @@ def test_a_one_click_unsubscribe_reaches_the_worker_and_holds_back_that_persons_
         worker.wait_metric("mailpulse_triggers_suppressed_total", 1, timeout=120, type="cart_abandoned",
                            reason="consent_false")
         triggers = [t for _, t in read_topic(broker.bootstrap, "triggers", quiet_s=2.0)]
-        # the watermark's jump from March to now fired what was due in between (idle re-scores:
-        # churn_risk, winback), stamped before the click, when she had consent; nothing after it
+        # the watermark's jump from March to now fired what was due in between, stamped before the
+        # click, when she had consent; nothing after it
         assert all(parse_timestamp(t["at"]) < clicked * 1000 for t in triggers)
         assert sum(t["type"] == "cart_abandoned" for t in triggers) == 1 and first_ids <= {t["trigger_id"]
                                                                                             for t in triggers}
