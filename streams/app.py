@@ -705,6 +705,8 @@ def _count(p: Pipeline, result: RecordResult, latency: dict[str, Any], updated: 
         metrics.event(topic, outcome).inc(count)
     for topic, count in result.late.items():
         metrics.late_events.labels(topic).inc(count)
+    for topic, count in result.before_dedupe.items():
+        metrics.before_dedupe.labels(topic).inc(count)
     for why, count in result.profiles_written.items():
         (updated if why == "updated" else metrics.profiles_written.labels(why)).inc(count)
     for kind in result.merges:

@@ -80,6 +80,12 @@ class Metrics:
             "mailpulse_events_applied", "Events folded into profiles (released by the watermark)", registry=r,
         )
         self.late_events = Counter("mailpulse_late_events", "Events older than the watermark", ["topic"], registry=r)
+        self.before_dedupe = Counter(
+            "mailpulse_events_before_dedupe_window",
+            "Events counted as duplicates only because they are stamped before the window of event ids their "
+            "profile still holds (MAILPULSE_DEDUPE_RETENTION_DAYS behind its newest event, or past "
+            "limits.seen_ids): a replay of old history, or old history sent for the first time, which "
+            "then needs a longer retention", ["topic"], registry=r)
         self.commit_seconds = Histogram(
             "mailpulse_commit_seconds",
             "Time of each offset commit by stage. Holding the worker: write_out (the staged table values "

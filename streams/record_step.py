@@ -105,6 +105,7 @@ class RecordResult:
     pairs: dict[str, list[list[Any]]] = field(default_factory=dict)
     outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)  # (input topic, outcome) -> events
     late: Counter[str] = field(default_factory=Counter)
+    before_dedupe: Counter[str] = field(default_factory=Counter)  # input topic -> duplicates by their time only
     merges: list[str] = field(default_factory=list)
     limited: list[str] = field(default_factory=list)
     entries_dropped: Counter[str] = field(default_factory=Counter)  # collection -> entries a bound kept out
@@ -230,6 +231,8 @@ def step(entries: list[Any], io: StepIO, ctx: StepContext, skip: frozenset[int] 
             result.outcomes[topic, "duplicate" if effects.outcome == "duplicate" else "processed"] += 1
             if effects.late:
                 result.late[topic] += 1
+            if effects.before_dedupe:
+                result.before_dedupe[topic] += 1
         result.late.update(effects.late_absorbed)
         if effects.changed:
             changed.add(key)

@@ -35,6 +35,7 @@ class Effects:
     #: or whose consent turned out false when a profile merged, stamped up to then (``streams.record_step``)
     withdrawn: list[tuple[str, str, int]] = field(default_factory=list)
     outcome: str | None = None  # input events: processed | duplicate | erased | forgotten
+    before_dedupe: bool = False  # a duplicate stamped before the window of ids the profile still holds
     late: bool = False
     merges: list[str] = field(default_factory=list)  # kinds of profiles absorbed into a live one here
     republish: bool = False  # the profile changed outside the timeline (merge, possible match)
@@ -99,7 +100,8 @@ def _on_event(states: MutableMapping[str, State | None], key: str, state: State 
     if graph.is_redirect(state):
         return Effects(send=[(state["merged_into"], event)])
     got = receive(state, key, event, watermark, rules)
-    effects = Effects(outcome=got.outcome, late=got.late, seen_dropped=got.seen_dropped)
+    effects = Effects(outcome=got.outcome, late=got.late, seen_dropped=got.seen_dropped,
+                      before_dedupe=got.before_dedupe)
     if got.outcome == "erased":
         assert got.state is not None
         marker = got.state

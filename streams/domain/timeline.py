@@ -135,6 +135,9 @@ class Received:
     outcome: str  # "processed" | "duplicate" | "erased" | "forgotten" (older than the profile's erasure)
     late: bool = False
     seen_dropped: int = 0  # event ids forgotten past limits.seen_ids
+    #: a duplicate only because it is stamped before the window whose ids were forgotten (its own id is
+    #: not held): a repeat of history then, or older history arriving for the first time
+    before_dedupe: bool = False
 
 
 def ensure_rule_state(state: LiveState) -> LiveState:
@@ -158,7 +161,7 @@ def receive(state: LiveState | ErasureMarker | None, key: str, event: dict[str, 
     if state is not None and "profile" not in state:  # an erasure marker; the event is newer
         state = None
     elif state is not None and repeated(state, event):
-        return Received(state, "duplicate")
+        return Received(state, "duplicate", before_dedupe=event["event_id"] not in state["seen"])
     if event["type"] == "erase":
         previous = state.get("erased_at") if state is not None else None
         at = event["ts"] if previous is None else max(previous, event["ts"])

@@ -240,6 +240,20 @@ async def test_profiles_agent_writes_table_publishes_and_drops_duplicates(pipeli
     assert pipeline.metrics.events.labels("clicks", "duplicate")._value.get() == 1
 
 
+async def test_an_event_before_the_dedupe_window_is_a_duplicate_counted_apart(pipeline: Pipeline) -> None:
+    """20 days of views forget the ids of the first 13 (7 days' retention): an event stamped back then
+    under an id never seen is dropped as a duplicate and counted in
+    ``mailpulse_events_before_dedupe_window_total``; a repeat of a held id is a duplicate only."""
+    day, t = 86_400_000, 1772359200000
+    views = [{**_event(f"v-{n}", "product_view", product_id="sku-1"), "ts": t + n * day // 10} for n in range(200)]
+    async with agent(pipeline, "profiles").test_context() as profiles:
+        await profiles.put(_batch(*views, clock=t + 20 * day))
+        await profiles.put(_batch({**_event("old-new", "product_view", product_id="sku-1"), "ts": t + day},
+                                  views[-1]))
+    assert pipeline.metrics.events.labels("clicks", "duplicate")._value.get() == 2
+    assert pipeline.metrics.before_dedupe.labels("clicks")._value.get() == 1
+
+
 async def test_what_a_state_caused_is_delivered_before_the_state_is_written(pipeline: Pipeline) -> None:
     # After a crash the changelog's state says its events were seen, so re-reading them causes
     # nothing: their snapshot and segment changes must be in their topics before that state is.

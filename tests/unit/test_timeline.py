@@ -277,3 +277,22 @@ def test_a_profile_parks_at_most_a_bound_while_the_watermark_is_held_back(most: 
     assert len(state["pending"]) == most
     assert [e["event_id"] for e in out.released] == [f"v{n}" for n in range(200)]  # the oldest first
     assert state["profile"]["aggregates"]["event_counts"] == {"product_view": 200}
+
+
+def test_an_event_older_than_the_dedupe_window_is_a_duplicate_that_says_so() -> None:
+    """A person active for 20 days forgets the ids of their first 13 (the 7-day retention): an event
+    stamped back then with an id never seen is dropped as a duplicate (a replay must not count twice),
+    flagged ``before_dedupe`` so it is counted apart; a repeat of a held id is not flagged."""
+
+    state: Any = None
+    t = ms(T0)
+    for n in range(200):
+        got = receive(state, "u:u-1", ev(f"v{n}", "product_view", t + n * DAY // 10, product_id="a"), None, RULES)
+        assert got.outcome == "processed"
+        state = got.state
+    old = receive(state, "u:u-1", ev("new-old", "product_view", t + DAY, product_id="a"), None, RULES)
+    assert old.outcome == "duplicate" and old.before_dedupe
+    again = receive(state, "u:u-1", ev("v199", "product_view", t + 199 * DAY // 10, product_id="a"), None, RULES)
+    assert again.outcome == "duplicate" and not again.before_dedupe
+    recent = receive(state, "u:u-1", ev("new-recent", "product_view", t + 19 * DAY, product_id="a"), None, RULES)
+    assert recent.outcome == "processed" and not recent.before_dedupe
