@@ -222,9 +222,11 @@ class Deliverer:
                 self.ledger.note_round(trigger_id, 0, now)
             elif now - waited[1] >= self.settings.deliver_retry_hours * 3_600_000:
                 self.ledger.mark(trigger_id, FAILED, now, code="retries_exhausted")
-                self._failed(trigger, 0, "retries_exhausted", f"the target was down for the whole retry window "
+                # (the attempts of the rounds it failed before the target counted as down, if any)
+                self._failed(trigger, waited[0] * self.settings.deliver_attempts, "retries_exhausted",
+                             f"the target was down for the rest of the retry window "
                              f"(MAILPULSE_DELIVER_RETRY_HOURS={self.settings.deliver_retry_hours:g}); not sent")
-                self.metrics.held.set(self.ledger.held)
+                self.metrics.ledger_entries.set(self.ledger.entries)
                 return
             self.ledger.hold(self.outage.until_ms, trigger_id, orjson.dumps(trigger), str(trigger.get("profile_id")))
             self.metrics.deliveries.labels(kind, "deferred").inc()
@@ -247,8 +249,10 @@ class Deliverer:
             else:  # the target answered: it is up (this message may go through later)
                 self.outage.up()
             if not self._again_later(trigger, str(exc)):
+                rounds_before = (self.ledger.rounds(trigger_id) or (0, 0))[0]  # (mark forgets them)
                 self.ledger.mark(trigger_id, FAILED, self.now_ms(), code="retries_exhausted")
-                self._failed(trigger, self.settings.deliver_attempts, "retries_exhausted", str(exc))
+                self._failed(trigger, (rounds_before + 1) * self.settings.deliver_attempts, "retries_exhausted",
+                             str(exc))
             self.metrics.ledger_entries.set(self.ledger.entries)
             self._show_target()
             return
@@ -270,7 +274,9 @@ class Deliverer:
             self.withdraw(str(trigger.get("profile_id")), trigger["email"], "bounce")
 
     def _show_target(self) -> None:
-        self.metrics.target_up.set(0 if self.outage.down(self.now_ms()) else 1)
+        # 0 from the outage's start until the target answers: not back to 1 while the wait for the next
+        # probe is over but the probe has not answered (the alert on it watches for 10 minutes of 0)
+        self.metrics.target_up.set(0 if self.outage.counted_down else 1)
 
     def _again_later(self, trigger: dict[str, Any], why: str) -> bool:
         """Holds a trigger not sent (its target failed temporarily, or is down) for its next round;
@@ -366,6 +372,11 @@ class Outage:
 
     def down(self, now_ms: int) -> bool:
         return now_ms < self.until_ms
+
+    @property
+    def counted_down(self) -> bool:
+        """Down until the target answers again (between probes too, and while one runs)."""
+        return self.in_a_row >= DOWN_AFTER
 
 
 #: The ``reason`` label of ``mailpulse_delivery_withdrawals_total`` (besides ``other`` and ``unreadable``).
