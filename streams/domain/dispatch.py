@@ -207,13 +207,14 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
     effects.send += _bound_blocks(blocks, limits.blocks, effects)
     aliases = possible_matches.union_aliases(merged.get("match_aliases", {}), absorbed.get("match_aliases", {}))
     if aliases:
-        effects.aliases_dropped = possible_matches.trim_aliases(aliases, merged["profile"]["possible_matches"],
-                                                                limits.match_aliases)
         merged["match_aliases"] = aliases
     # the absorbed side's possible matches now live under this key: their other sides are told
     effects.send += possible_matches.aliases_to_send(absorbed.get("profile", {}).get("possible_matches", ()), key)
     merged["rules"]["dirty"] = True  # segments are evaluated again at the next step
     effects.matches_dropped = possible_matches.trim(merged["profile"]["possible_matches"], limits.possible_matches)
+    if aliases:  # (after the matches' own trim: the aliases of matches dropped there are not kept first)
+        effects.aliases_dropped = possible_matches.trim_aliases(aliases, merged["profile"]["possible_matches"],
+                                                                limits.match_aliases)
     trimmed: dict[str, int] = {}
     trim_traits(merged["profile"]["traits"], merged["profile"]["trait_times"], trimmed, limits)
     trim_currencies(merged["profile"]["aggregates"]["spend_by_currency"], trimmed, limits)
@@ -269,10 +270,13 @@ def _on_alias(states: MutableMapping[str, State | None], key: str, state: State 
     if not graph.is_live(state):
         return _not_at_a_profile(state, message)
     aliases = state.setdefault("match_aliases", {})
+    new = message["old"] not in aliases
     if not possible_matches.add_alias(aliases, message["old"], message["new"]):
         return Effects()
-    states[key] = state
     dropped = possible_matches.trim_aliases(aliases, state["profile"]["possible_matches"], most)
+    if new and dropped == 1 and message["old"] not in aliases:  # it was the one past the bound: no change
+        return Effects(aliases_dropped=dropped)
+    states[key] = state
     return Effects(republish=True, aliases_dropped=dropped)
 
 

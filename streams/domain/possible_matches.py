@@ -121,9 +121,11 @@ def aliases_to_send(entries: Iterable[Any], own_key: str) -> Iterator[tuple[str,
 
 def trim_aliases(aliases: dict[str, str], entries: Iterable[Any], most: int) -> int:
     """Keeps at most ``most`` (config ``limits.match_aliases``) aliases; how many were dropped.  An alias
-    can arrive before the entry it renames, so all are kept while there is room.  Past it, those no
-    entry leads to go first, then those the view follows; each group by the key that sorts last
-    (:func:`streams.domain.identity.rank`), so the same aliases are kept whatever order they came in."""
+    can arrive before the entry it renames, so all are kept while there is room, and below the bound
+    the view is the same whatever order messages come in.  Past it, those no entry leads to go first,
+    then those the view follows; each group by the key that sorts last
+    (:func:`streams.domain.identity.rank`).  There order counts: an alias dropped before its entry
+    arrived is not sent again, and the view names that match by the key it was scored under."""
     excess = len(aliases) - most
     if excess <= 0:
         return 0
