@@ -202,7 +202,8 @@ def test_prometheus_scrapes_a_live_deliver_and_sees_its_target_go_down(broker, p
             produce(broker.bootstrap, [orjson.dumps(trigger(n)) for n in range(3, 8)])
             wait_until(lambda: _value(base, "min(mailpulse_delivery_target_up)") == 0)
             assert len(inbox.received) == 3
-            wait_until(lambda: _value(base, 'sum(mailpulse_deliveries_total{outcome="deferred"})') == 5)
+            # three failed their attempts, two waited without one (more once a minute's round came)
+            wait_until(lambda: (_value(base, 'sum(mailpulse_deliveries_total{outcome="deferred"})') or 0) >= 5)
             rules = json.loads(_get(base + "/api/v1/rules")[1])["data"]["groups"]
             assert "MailpulseDeliveryTargetDown" in {rule["name"] for group in rules for rule in group["rules"]}
             dashboard = json.loads((DEPLOY / "grafana/dashboards/mailpulse.json").read_text())
