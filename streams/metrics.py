@@ -83,9 +83,10 @@ class Metrics:
         self.before_dedupe = Counter(
             "mailpulse_events_before_dedupe_window",
             "Events counted as duplicates only because they are stamped before the window of event ids their "
-            "profile still holds (MAILPULSE_DEDUPE_RETENTION_DAYS behind its newest event, or past "
-            "limits.seen_ids): a replay of old history, or old history sent for the first time, which "
-            "then needs a longer retention", ["topic"], registry=r)
+            "profile still holds (MAILPULSE_DEDUPE_RETENTION_DAYS behind its newest event, or ids forgotten "
+            "past limits.seen_ids or seen_id_bytes, or by shrinking an oversize state): a replay of old "
+            "history, old history sent for the first time (which needs a longer retention), or a very "
+            "busy profile's slightly late events", ["topic"], registry=r)
         self.commit_seconds = Histogram(
             "mailpulse_commit_seconds",
             "Time of each offset commit by stage. Holding the worker: write_out (the staged table values "
@@ -294,8 +295,10 @@ class DeliverMetrics:
                                     registry=r)
         self.held = Gauge("mailpulse_deliveries_held", "Triggers held: until their send_at, their grace after they "
                           "were read, or their next round", registry=r)
-        self.target_up = Gauge("mailpulse_delivery_target_up", "0 while the target counts as down (triggers in a "
-                               "row failed temporarily), else 1", registry=r)
+        self.target_up = Gauge("mailpulse_delivery_target_up", "0 from the third trigger in a row that failed "
+                               "for the target's sake (no connection, timeout, SMTP 421, HTTP 5xx/408/429) until "
+                               "the target answers a later attempt (or, with no trigger held to try it, its wait "
+                               "is over), else 1", registry=r)
         self.target_up.set(1)
         self.ledger_pruned = Counter("mailpulse_delivery_ledger_pruned",
                                      "Trigger ids forgotten past MAILPULSE_DELIVER_LEDGER_DAYS", registry=r)

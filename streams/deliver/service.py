@@ -275,8 +275,10 @@ class Deliverer:
 
     def _show_target(self) -> None:
         # 0 from the outage's start until the target answers: not back to 1 while the wait for the next
-        # probe is over but the probe has not answered (the alert on it watches for 10 minutes of 0)
-        self.metrics.target_up.set(0 if self.outage.counted_down else 1)
+        # probe is over but the probe has not answered (the alert on it watches for 10 minutes of 0).
+        # With nothing held to probe it and that wait over, it is not known to be down: 1 again
+        down = self.outage.counted_down and (self.ledger.held > 0 or self.outage.down(self.now_ms()))
+        self.metrics.target_up.set(0 if down else 1)
 
     def _again_later(self, trigger: dict[str, Any], why: str) -> bool:
         """Holds a trigger not sent (its target failed temporarily, or is down) for its next round;

@@ -357,6 +357,9 @@ def test_triggers_that_wait_for_a_down_target_past_the_retry_window_go_to_delive
     assert sorted(letter["trigger_id"] for _, letter in producer.sent) == [f"t-{n}" for n in range(8)]
     assert {letter["error"]["code"] for _, letter in producer.sent} == {"retries_exhausted"}
     assert step.ledger.held == 0 and not list(step.ledger._keys(b"r:"))
+    now[0] += 3_600_000  # nothing left to probe it: once the wait is over, it is not known to be down
+    step.release_due()
+    assert step.metrics.target_up._value.get() == 1
     # each reports the attempts it made (those that only waited: none), and together every attempt
     assert sum(letter["attempts"] for _, letter in producer.sent) == target.attempts
     assert sum(letter["attempts"] == 0 for _, letter in producer.sent) >= 8 - DOWN_AFTER
