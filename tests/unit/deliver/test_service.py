@@ -309,14 +309,20 @@ def test_a_target_that_is_down_for_an_hour_loses_no_trigger_and_is_not_tried_for
     assert target.sent.count("t-0") == 1
 
 
-def test_a_trigger_whose_target_fails_past_the_retry_window_goes_to_delivery_failed(tmp_path: Path) -> None:
-    target = Flaky()
+def _with_a_window_of_an_hour(tmp: Path, target: Any) -> tuple[Deliverer, Recorder, list[int]]:
+    """A deliverer of 2 attempts per round and a retry window of 1 h, on a clock the test moves."""
     producer = Recorder()
     now = [parse_timestamp("2026-03-01T12:00:00Z")]
-    step = Deliverer(target, Ledger(tmp_path / "state"), Renderer(), producer,  # type: ignore[arg-type]
+    step = Deliverer(target, Ledger(tmp / "state"), Renderer(), producer,  # type: ignore[arg-type]
                      DeliverMetrics(),
                      Settings(deliver_attempts=2, deliver_backoff_s=0.001, deliver_retry_hours=1, deliver_grace_s=0),
                      "http://u", b"k" * 32, now_ms=lambda: now[0], sleep=lambda s: None)
+    return step, producer, now
+
+
+def test_a_trigger_whose_target_fails_past_the_retry_window_goes_to_delivery_failed(tmp_path: Path) -> None:
+    target = Flaky()
+    step, producer, now = _with_a_window_of_an_hour(tmp_path, target)
     step.handle(trigger())
     assert step.ledger.held == 1 and step.ledger.outcome("t-1") is None
     for _ in range(200):
@@ -334,12 +340,7 @@ def test_triggers_that_wait_for_a_down_target_past_the_retry_window_go_to_delive
     from streams.deliver.service import DOWN_AFTER
 
     target = Flaky()
-    producer = Recorder()
-    now = [parse_timestamp("2026-03-01T12:00:00Z")]
-    step = Deliverer(target, Ledger(tmp_path / "state"), Renderer(), producer,  # type: ignore[arg-type]
-                     DeliverMetrics(),
-                     Settings(deliver_attempts=2, deliver_backoff_s=0.001, deliver_retry_hours=1, deliver_grace_s=0),
-                     "http://u", b"k" * 32, now_ms=lambda: now[0], sleep=lambda s: None)
+    step, producer, now = _with_a_window_of_an_hour(tmp_path, target)
     for n in range(8):
         step.handle(trigger(trigger_id=f"t-{n}"))
     assert target.attempts == DOWN_AFTER * 2 and step.ledger.held == 8
