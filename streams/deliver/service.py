@@ -181,9 +181,8 @@ class Deliverer:
     def fail_interrupted(self) -> None:
         """Ids left ``sending`` by a process that stopped mid-send: at most once, so not sent again."""
         for trigger_id, mark in self.ledger.interrupted():
-            self.ledger.mark(trigger_id, FAILED, self.now_ms(), code="interrupted")
-            self._failed({"trigger_id": trigger_id, "type": mark.get("type"), "profile_id": mark.get("profile_id")},
-                         1, "interrupted", "the connector stopped while sending it; not sent again (at most once)")
+            self._give_up({"trigger_id": trigger_id, "type": mark.get("type"), "profile_id": mark.get("profile_id")},
+                          "interrupted", 1, "the connector stopped while sending it; not sent again (at most once)")
 
     # --- one trigger ---
     def deliver(self, trigger: dict[str, Any]) -> None:
@@ -194,9 +193,8 @@ class Deliverer:
         now = self.now_ms()
         late_ms = now - _send_at_ms(trigger)
         if self.settings.deliver_max_late_hours and late_ms > self.settings.deliver_max_late_hours * 3_600_000:
-            self.ledger.mark(trigger_id, FAILED, now, code="expired")
-            self._failed(trigger, 0, "expired", f"send_at was {late_ms / 3_600_000:.1f} h ago, past "
-                         f"MAILPULSE_DELIVER_MAX_LATE_HOURS={self.settings.deliver_max_late_hours:g}; not sent")
+            self._give_up(trigger, "expired", 0, f"send_at was {late_ms / 3_600_000:.1f} h ago, past "
+                          f"MAILPULSE_DELIVER_MAX_LATE_HOURS={self.settings.deliver_max_late_hours:g}; not sent")
             return
         if self._withdrawn(trigger):
             return
@@ -207,26 +205,22 @@ class Deliverer:
         try:
             message = self.message(trigger)
         except TemplateProblem as exc:
-            self.ledger.mark(trigger_id, FAILED, now, code="template_error")
-            self._failed(trigger, 0, "template_error", str(exc))
+            self._give_up(trigger, "template_error", 0, str(exc))
             return
         except Exception as exc:  # e.g. an address or subject with a line break, or one the e-mail
             # library cannot parse (it raises AttributeError on "x@[1.2.3.4"): the trigger's fault, and
             # raised past here it would stop the connector at every start
-            self.ledger.mark(trigger_id, FAILED, now, code="bad_trigger")
-            self._failed(trigger, 0, "bad_trigger", f"cannot be an e-mail: {type(exc).__name__}: {exc}")
+            self._give_up(trigger, "bad_trigger", 0, f"cannot be an e-mail: {type(exc).__name__}: {exc}")
             return
         if self.outage.down(now):  # it waits for the probe, without an attempt and without using a round
             waited = self.ledger.rounds(trigger_id)
             if waited is None:  # its retry window starts now, as a failure's would
                 self.ledger.note_round(trigger_id, 0, now)
             elif now - waited[1] >= self.settings.deliver_retry_hours * 3_600_000:
-                self.ledger.mark(trigger_id, FAILED, now, code="retries_exhausted")
                 # (the attempts of the rounds it failed before the target counted as down, if any)
-                self._failed(trigger, waited[0] * self.settings.deliver_attempts, "retries_exhausted",
-                             f"the target was down for the rest of the retry window "
-                             f"(MAILPULSE_DELIVER_RETRY_HOURS={self.settings.deliver_retry_hours:g}); not sent")
-                self.metrics.ledger_entries.set(self.ledger.entries)
+                self._give_up(trigger, "retries_exhausted", waited[0] * self.settings.deliver_attempts,
+                              f"the target was down for the rest of the retry window "
+                              f"(MAILPULSE_DELIVER_RETRY_HOURS={self.settings.deliver_retry_hours:g}); not sent")
                 return
             self.ledger.hold(self.outage.until_ms, trigger_id, orjson.dumps(trigger), str(trigger.get("profile_id")))
             self.metrics.deliveries.labels(kind, "deferred").inc()
@@ -239,9 +233,7 @@ class Deliverer:
             sent, attempts = with_retries(lambda: self.target.send(message, trigger), self.settings.deliver_attempts,
                                           self.settings.deliver_backoff_s, retries.inc, self.sleep)
         except OutcomeUnknown as exc:
-            self.ledger.mark(trigger_id, FAILED, self.now_ms(), code="outcome_unknown")
-            self._failed(trigger, exc.attempts, "outcome_unknown", f"{exc}; not sent again (at most once)")
-            self.metrics.ledger_entries.set(self.ledger.entries)
+            self._give_up(trigger, "outcome_unknown", exc.attempts, f"{exc}; not sent again (at most once)")
             return
         except Temporary as exc:
             if exc.target_down:
@@ -249,19 +241,17 @@ class Deliverer:
             else:  # the target answered: it is up (this message may go through later)
                 self.outage.up()
             if not self._again_later(trigger, str(exc)):
-                rounds_before = (self.ledger.rounds(trigger_id) or (0, 0))[0]  # (mark forgets them)
-                self.ledger.mark(trigger_id, FAILED, self.now_ms(), code="retries_exhausted")
-                self._failed(trigger, (rounds_before + 1) * self.settings.deliver_attempts, "retries_exhausted",
-                             str(exc))
-            self.metrics.ledger_entries.set(self.ledger.entries)
+                rounds_before = (self.ledger.rounds(trigger_id) or (0, 0))[0]  # (marking it forgets them)
+                self._give_up(trigger, "retries_exhausted", (rounds_before + 1) * self.settings.deliver_attempts,
+                              str(exc))
+            else:
+                self.metrics.ledger_entries.set(self.ledger.entries)
             self._show_target()
             return
         except Permanent as exc:
             self.outage.up()  # it answered
             self._show_target()
-            self.ledger.mark(trigger_id, FAILED, self.now_ms(), code="rejected")
-            self._failed(trigger, exc.attempts, "rejected", str(exc))
-            self.metrics.ledger_entries.set(self.ledger.entries)
+            self._give_up(trigger, "rejected", exc.attempts, str(exc))
             return
         self.outage.up()
         self._show_target()
@@ -325,6 +315,12 @@ class Deliverer:
         self.producer.produce(IDENTITIES, orjson.dumps(event), key=email.encode())
         self.producer.flush(10)
         self.metrics.unsubscribes.labels(source).inc()
+
+    def _give_up(self, trigger: Mapping[str, Any], code: str, attempts: int, message: str) -> None:
+        """Marks the trigger failed with ``code`` (never tried again) and reports it on ``delivery-failed``."""
+        self.ledger.mark(str(trigger["trigger_id"]), FAILED, self.now_ms(), code=code)
+        self._failed(trigger, attempts, code, message)
+        self.metrics.ledger_entries.set(self.ledger.entries)
 
     def _failed(self, trigger: Mapping[str, Any], attempts: int, code: str, message: str) -> None:
         self.metrics.deliveries.labels(_type_label(trigger.get("type")), "failed").inc()
