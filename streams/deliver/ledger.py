@@ -164,21 +164,22 @@ class Ledger:
         return [(key[len(prefix):], raw) for key in list(self._keys(prefix))
                 if (raw := self.db.get(key[len(prefix):])) is not None]
 
-    def due(self, now_ms: int) -> Iterator[tuple[bytes, bytes]]:
-        """(hold key, trigger) of held triggers whose send_at has come, earliest first.  Only those are
-        read (keys sort by send_at); the caller may release them as it goes."""
+    def due(self, now_ms: int) -> list[bytes]:
+        """The hold keys of held triggers whose send_at has come, earliest first (keys sort by send_at,
+        so no later one is read).  The caller reads each with :meth:`held_trigger` when it gets to it: a
+        withdrawal read meanwhile may have released it."""
         due = []
         for key in self._keys(b"h:"):
             if int(key[2:15]) > now_ms:
                 break
             due.append(key)
-        for key in due:
-            raw = self.db.get(key)
-            if raw is not None:  # (a withdrawal read meanwhile may have released it)
-                yield key, raw
+        return due
+
+    def held_trigger(self, key: bytes) -> bytes | None:
+        return self.db.get(key)
 
     def holds(self, key: bytes) -> bool:
-        return self.db.get(key) is not None
+        return self.held_trigger(key) is not None
 
     def release(self, key: bytes, profile_id: str) -> None:
         if self.holds(key):

@@ -118,12 +118,13 @@ class Deliverer:
         was withdrawn before each (a pass of slow sends can take minutes); how many."""
         released = 0
         self._show_target()
-        for key, raw in self.ledger.due(self.now_ms()):
+        for key in self.ledger.due(self.now_ms()):
             if stopping():  # the rest stay held, for the next start
                 break
             read_withdrawals()
-            if not self.ledger.holds(key):
-                continue  # withdrawn just now
+            raw = self.ledger.held_trigger(key)
+            if raw is None:
+                continue  # withdrawn just now, or during an earlier delivery of this pass
             trigger = orjson.loads(raw)
             self.deliver(trigger)
             self.ledger.release(key, str(trigger.get("profile_id")))
