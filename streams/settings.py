@@ -126,7 +126,8 @@ class Settings(BaseSettings):
     deliver_retry_hours: float = Field(
         default=24.0, ge=0, description="MAILPULSE_DELIVER_RETRY_HOURS: a trigger whose target still fails "
         "temporarily after MAILPULSE_DELIVER_ATTEMPTS is held and tried again in rounds (1 min, doubling up to "
-        "1 h apart) for this long before it goes to delivery-failed (retries_exhausted); while three triggers in a "
+        "1 h apart) for this long (from its first failure, or its first wait for a down target) before it goes to "
+        "delivery-failed (retries_exhausted); while three triggers in a "
         "row have failed so for the target's sake (no connection, timeouts, SMTP 421, HTTP 5xx, 408, 429), it "
         "counts as down and due triggers wait, without an attempt, until one of them probes it.  0: no rounds.")
     deliver_ledger_days: float = Field(
