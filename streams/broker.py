@@ -21,6 +21,18 @@ from dataclasses import dataclass
 log = logging.getLogger(__name__)
 
 
+#: Where a reader that starts over begins: offset 0, not the broker's "beginning" (``OFFSET_BEGINNING``,
+#: a ListOffsets for the earliest offset).  The embedded broker answers that with the partition's
+#: batch stored first in wall time, not the lowest offset (Tansu 0.6, ``dynostore.rs``
+#: ``list_offsets``): when two producers write one partition, a batch can get its offset before the
+#: other's and be stored after it, and a reader sent to the "beginning" then skips every record
+#: below (seen: 27 records of a partition of ``segment-changes`` in the two-worker test, and in 1 of
+#: 6 runs of six producers writing large batches at once).  On Apache Kafka, where retention may have
+#: moved the log's start past 0, offset 0 is out of range and the reader's ``auto.offset.reset:
+#: earliest`` takes it to the first record kept.
+FIRST_OFFSET = 0
+
+
 class BrokerError(RuntimeError):
     """The embedded broker could not be started or did not answer."""
 

@@ -6,7 +6,8 @@
    from ``MAILPULSE_FETCH_MAX_WAIT_MS`` (:attr:`App.fetch_max_wait_ms`).
 2. After a rebalance Faust seeks each partition back to its committed offset so that whatever the
    rebalance dropped from the stream buffers is read again; aiokafka skips that seek where no offset
-   (or 0) is committed yet, so those messages were skipped.  Such partitions go back to the start.
+   (or 0) is committed yet, so those messages were skipped.  Such partitions go back to offset 0
+   (:data:`streams.broker.FIRST_OFFSET`: the embedded broker's "earliest" can be a later offset).
 
 3. Where Faust spends its time: per message, its fetch loop runs ``wait_first(callback(message),
    suspend_flow.wait())`` (two tasks and an ``asyncio.wait``), the conductor decodes and queues an
@@ -127,6 +128,8 @@ from faust.types import TP
 from faust.types.tuples import ack_lock
 from mode import Service
 from mode.utils.futures import notify
+
+from streams.broker import FIRST_OFFSET
 
 #: A consumer that read nothing for this long fetches with the idle wait (fix 12).
 IDLE_AFTER_S = 1.0
@@ -359,9 +362,9 @@ class Consumer(faust_aiokafka.Consumer):
             # (changelog partitions are read by table recovery from offsets of its own)
             uncommitted = [tp for tp, offset in committed.items()
                            if (not offset or offset <= 0) and not tp.topic.endswith("-changelog")]
-            if uncommitted:
-                await self._thread.seek_to_beginning(*uncommitted)
-                moved.update(uncommitted)
+            for tp in uncommitted:  # offset 0, not the broker's "beginning": see FIRST_OFFSET
+                self._thread.seek(tp, FIRST_OFFSET)
+            moved.update(uncommitted)
         self._sought.update(moved)  # what the fetch loop still holds for these is read again (fix 11)
         return committed
 

@@ -60,7 +60,9 @@ class ProductRecs:
                 self._stop.wait(1.0)
 
     def _read(self, bootstrap: str, topic: str) -> None:
-        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+        from confluent_kafka import Consumer, TopicPartition
+
+        from streams.broker import FIRST_OFFSET
 
         consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "mailpulse-product-recs-reader",
                              "enable.auto.commit": False, "auto.offset.reset": "earliest", "log_level": 0})
@@ -71,7 +73,7 @@ class ProductRecs:
                 partitions = sorted(metadata.partitions) if metadata is not None and metadata.error is None else []
                 if not partitions:
                     self._stop.wait(0.5)
-            consumer.assign([TopicPartition(topic, n, OFFSET_BEGINNING) for n in partitions])
+            consumer.assign([TopicPartition(topic, n, FIRST_OFFSET) for n in partitions])
             while not self._stop.is_set():
                 for message in consumer.consume(1000, timeout=0.5):
                     if message.error() is None:

@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from prometheus_client import make_wsgi_app
 
 from schemas.timeparse import format_ms, parse_timestamp
-from streams.broker import BrokerError, ensure_topics
+from streams.broker import FIRST_OFFSET, BrokerError, ensure_topics
 from streams.deliver import unsubscribe
 from streams.deliver.ledger import FAILED, SENDING, SENT, SUPPRESSED, Ledger
 from streams.deliver.render import Renderer, TemplateProblem
@@ -528,7 +528,7 @@ def run_deliver(settings: Settings, dry_run: Path | None, stop: threading.Event,
                                 exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else exc)
                     continue
                 withdrawals.catch_up(stop)  # a fresh ledger reads both topics from their start
-                consumer.subscribe([TRIGGERS])
+                consumer.subscribe([TRIGGERS], on_assign=start_uncommitted_at_first_offset)
             withdrawals.drain()
             batch = consumer.consume(num_messages=200, timeout=0.5)
             handled, stopped = 0, False
@@ -564,6 +564,22 @@ def run_deliver(settings: Settings, dry_run: Path | None, stop: threading.Event,
         ledger.close()
 
 
+def start_uncommitted_at_first_offset(consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    """``on_assign`` of the triggers subscription: a partition without a committed offset starts at
+    offset 0, not where the broker says it begins (:data:`streams.broker.FIRST_OFFSET`); the others
+    at their committed offsets.  If the committed offsets cannot be read now, librdkafka's own choice
+    (committed, else ``auto.offset.reset``) stands."""
+    try:
+        committed = consumer.committed(partitions, timeout=10)
+    except KafkaException as exc:
+        log.warning("deliver: the committed offsets of the triggers topic were not read (%s)", exc)
+        return
+    for tp in committed:
+        if tp.offset < 0:  # OFFSET_INVALID: nothing committed yet
+            tp.offset = FIRST_OFFSET
+    consumer.assign(committed)
+
+
 POLL_MOST = 500  # withdrawals taken from the consumer at a time
 
 
@@ -593,7 +609,7 @@ class _Withdrawals:
                     log.warning("deliver: the withdrawals topic's partition %d ends at %d, before the %d read "
                                 "here: read again from its start", n, end, at)
                     at = None
-            places.append(TopicPartition(self.topic, n, OFFSET_BEGINNING if at is None else at))
+            places.append(TopicPartition(self.topic, n, FIRST_OFFSET if at is None else at))
         if places:
             self.consumer.incremental_assign(places)
             self.partitions.update(new)

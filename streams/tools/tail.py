@@ -8,7 +8,9 @@ import uuid
 from typing import TextIO
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_END, Consumer, KafkaError, TopicPartition
+
+from streams.broker import FIRST_OFFSET
 
 
 class TailError(RuntimeError):
@@ -33,6 +35,7 @@ def tail(topic: str, bootstrap: str, from_beginning: bool = False, count: int | 
         "group.id": f"mailpulse-tail-{uuid.uuid4().hex}",  # required by the client; never joined
         "enable.auto.commit": False,
         "enable.partition.eof": False,
+        "auto.offset.reset": "earliest",  # --from-beginning on a log whose start has moved past 0
         "log_level": 0,
     })
     try:
@@ -40,7 +43,7 @@ def tail(topic: str, bootstrap: str, from_beginning: bool = False, count: int | 
         info = meta.topics.get(topic)
         if info is None or info.error is not None or not info.partitions:
             raise TailError(f"topic {topic!r} does not exist")
-        start = OFFSET_BEGINNING if from_beginning else OFFSET_END
+        start = FIRST_OFFSET if from_beginning else OFFSET_END
         consumer.assign([TopicPartition(topic, p, start) for p in info.partitions])
         printed = 0
         last = time.monotonic()

@@ -15,9 +15,9 @@ from typing import Any
 
 import orjson
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
-from streams.broker import EmbeddedBroker, ensure_topics, free_port, start_embedded_broker
+from streams.broker import FIRST_OFFSET, EmbeddedBroker, ensure_topics, free_port, start_embedded_broker
 from streams.topics import COMPACTED_TOPICS, CONTRACT_TOPICS
 
 PARTITIONS = 8
@@ -156,10 +156,10 @@ def read_topic(bootstrap: str, topic: str, done: Callable[[list[tuple[bytes | No
     (``done`` None) after ``quiet_s`` without a new message once every partition has been read up to
     where it ended when the read began (a slow start must not end the read early)."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "test-reader", "enable.auto.commit": False,
-                         "log_level": 0})
+                         "auto.offset.reset": "earliest", "log_level": 0})
     try:
         meta = consumer.list_topics(topic, timeout=10).topics[topic]
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions])
+        consumer.assign([TopicPartition(topic, p, FIRST_OFFSET) for p in meta.partitions])
         # the offset each partition's last record had at the start (the embedded broker's end offset
         # is its last batch's base + 1: that batch's first record, read with the whole batch)
         ends = {}

@@ -457,17 +457,22 @@ def test_the_fetch_loop_lets_the_loop_turn_between_two_deliveries(consumer: Cons
 
 def _thread_seeks_to(consumer: Consumer, committed: dict[TP, int | None]) -> list[TP]:
     """Makes the consumer thread's seek return ``committed`` (``None``: no committed offset), as
-    aiokafka does after seeking; returns the list of partitions then sent to the beginning."""
+    aiokafka does after seeking; returns the list of partitions then sent to offset 0 (not to the
+    broker's "beginning", which the embedded broker can answer with a later offset)."""
     to_beginning: list[TP] = []
 
     async def seek_to_committed() -> dict[TP, int | None]:
         return committed
 
+    def seek(tp: TP, offset: int) -> None:
+        assert offset == 0, offset
+        to_beginning.append(tp)
+
     async def seek_to_beginning(*tps: TP) -> None:
-        to_beginning.extend(tps)
+        raise AssertionError("seek_to_beginning asks the broker for its earliest offset")
 
     consumer._thread = SimpleNamespace(seek_to_committed=seek_to_committed,  # type: ignore[assignment]
-                                       seek_to_beginning=seek_to_beginning)
+                                       seek=seek, seek_to_beginning=seek_to_beginning)
     return to_beginning
 
 

@@ -8,14 +8,16 @@ from typing import Any
 
 import orjson
 import pytest
+from confluent_kafka import OFFSET_INVALID, KafkaError, KafkaException, TopicPartition
 
 from schemas.timeparse import parse_timestamp
 from streams.deliver.ledger import Ledger
 from streams.deliver.render import Renderer
-from streams.deliver.service import Deliverer
+from streams.deliver.service import Deliverer, start_uncommitted_at_first_offset
 from streams.deliver.targets import DryRun, OutcomeUnknown, Sent
 from streams.metrics import DeliverMetrics
 from streams.settings import Settings
+from streams.topics import TRIGGERS
 
 
 class Recorder:
@@ -515,3 +517,31 @@ def test_with_no_grace_a_trigger_read_again_while_in_a_round_is_not_started_agai
     attempts = target.attempts
     step.handle(trigger())  # read again: it waits for its round
     assert target.attempts == attempts and step.ledger.held == 1 and step.ledger.rounds("t-1") == (1, step.now_ms())
+
+
+class AssignsAt:
+    """A consumer's ``committed`` and ``assign``, as the triggers subscription's ``on_assign`` uses them."""
+
+    def __init__(self, committed: dict[int, int], fails: bool = False) -> None:
+        self.offsets, self.fails, self.assigned = committed, fails, None
+
+    def committed(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+        if self.fails:
+            raise KafkaException(KafkaError(KafkaError._TRANSPORT))
+        return [TopicPartition(tp.topic, tp.partition, self.offsets.get(tp.partition, OFFSET_INVALID))
+                for tp in partitions]
+
+    def assign(self, partitions: list[TopicPartition]) -> None:
+        self.assigned = {tp.partition: tp.offset for tp in partitions}
+
+
+def test_a_triggers_partition_without_a_committed_offset_starts_at_offset_0_not_the_brokers_beginning() -> None:
+    consumer = AssignsAt({0: 17})
+    start_uncommitted_at_first_offset(consumer, [TopicPartition(TRIGGERS, n) for n in range(3)])  # type: ignore[arg-type]
+    assert consumer.assigned == {0: 17, 1: 0, 2: 0}
+
+
+def test_without_the_committed_offsets_the_assignment_is_left_to_the_client() -> None:
+    consumer = AssignsAt({}, fails=True)
+    start_uncommitted_at_first_offset(consumer, [TopicPartition(TRIGGERS, 0)])  # type: ignore[arg-type]
+    assert consumer.assigned is None
