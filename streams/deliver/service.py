@@ -234,7 +234,8 @@ class Deliverer:
             sent, attempts = with_retries(lambda: self.target.send(message, trigger), self.settings.deliver_attempts,
                                           self.settings.deliver_backoff_s, retries.inc, self.sleep)
         except OutcomeUnknown as exc:
-            self._give_up(trigger, "outcome_unknown", exc.attempts, f"{exc}; not sent again (at most once)")
+            self._give_up(trigger, "outcome_unknown", self._earlier_attempts(trigger_id) + exc.attempts,
+                          f"{exc}; not sent again (at most once)")
             return
         except Temporary as exc:
             if exc.target_down:
@@ -242,9 +243,8 @@ class Deliverer:
             else:  # the target answered: it is up (this message may go through later)
                 self.outage.up()
             if not self._again_later(trigger, str(exc)):
-                rounds_before = (self.ledger.rounds(trigger_id) or (0, 0))[0]  # (marking it forgets them)
-                self._give_up(trigger, "retries_exhausted", (rounds_before + 1) * self.settings.deliver_attempts,
-                              str(exc))
+                self._give_up(trigger, "retries_exhausted",
+                              self._earlier_attempts(trigger_id) + self.settings.deliver_attempts, str(exc))
             else:
                 self.metrics.ledger_entries.set(self.ledger.entries)
             self._show_target()
@@ -252,7 +252,7 @@ class Deliverer:
         except Permanent as exc:
             self.outage.up()  # it answered
             self._show_target()
-            self._give_up(trigger, "rejected", exc.attempts, str(exc))
+            self._give_up(trigger, "rejected", self._earlier_attempts(trigger_id) + exc.attempts, str(exc))
             return
         self.outage.up()
         self._show_target()
@@ -263,6 +263,11 @@ class Deliverer:
         self.metrics.ledger_entries.set(self.ledger.entries)
         if sent.bounced:
             self.withdraw(str(trigger.get("profile_id")), trigger["email"], "bounce")
+
+    def _earlier_attempts(self, trigger_id: str) -> int:
+        """The attempts of the rounds this trigger failed before this one (none for one that only
+        waited for a down target); read before its outcome is marked, which forgets its rounds."""
+        return (self.ledger.rounds(trigger_id) or (0, 0))[0] * self.settings.deliver_attempts
 
     def _show_target(self) -> None:
         # 0 from the outage's start until the target answers: not back to 1 while the wait for the next

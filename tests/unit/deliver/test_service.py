@@ -406,6 +406,22 @@ def test_a_failure_on_a_later_attempt_reports_that_attempt(tmp_path: Path, then:
     assert letter["error"]["code"] == code and letter["attempts"] == 3
 
 
+@pytest.mark.parametrize("then,code", [(OutcomeUnknown("connection lost after the hand-over"), "outcome_unknown"),
+                                       (ValueError("unclassified"), "rejected")])
+def test_a_failure_in_a_later_round_reports_the_attempts_of_every_round(tmp_path: Path, then: Exception,
+                                                                        code: str) -> None:
+    target = FailsThen(4, then)  # round 1: three temporary failures; round 2: one more, then ``then``
+    step, producer = deliverer(tmp_path, target)
+    now = [parse_timestamp("2026-03-01T12:00:00Z")]
+    step.now_ms = lambda: now[0]
+    step.handle(trigger())
+    assert not producer.sent and step.ledger.rounds("t-1") == (1, now[0])
+    now[0] += 3_600_000
+    step.release_due()
+    [(_, letter)] = producer.sent
+    assert letter["error"]["code"] == code and letter["attempts"] == target.calls == 5
+
+
 def test_failures_of_one_message_do_not_make_the_target_count_as_down(tmp_path: Path) -> None:
     """Three full mailboxes (SMTP 452, a Temporary that is the message's) fail all their attempts: each
     waits for a later round, but the target stays up and the next trigger is sent at once."""
