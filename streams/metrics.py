@@ -297,9 +297,11 @@ class DeliverMetrics:
                           "were read, or their next round", registry=r)
         self.target_up = Gauge("mailpulse_delivery_target_up", "0 from the third trigger in a row that failed "
                                "for the target's sake (no connection, timeout, SMTP 421, HTTP 5xx/408/429) until "
-                               "the target answers a later attempt (or, with no trigger held to try it, its wait "
-                               "is over), else 1", registry=r)
+                               "the target answers a later attempt or a probe, else 1", registry=r)
         self.target_up.set(1)
+        self.probes = Counter("mailpulse_delivery_probes", "Probes of a down target when no trigger was due to "
+                              "try it (SMTP: an envelope without a message; webhook: HEAD)", ["target", "outcome"],
+                              registry=r)
         self.ledger_pruned = Counter("mailpulse_delivery_ledger_pruned",
                                      "Trigger ids forgotten past MAILPULSE_DELIVER_LEDGER_DAYS", registry=r)
         self.unsubscribes = Counter("mailpulse_unsubscribes", "Unsubscribes (one-click links and bounces)",

@@ -116,9 +116,12 @@ class Deliverer:
                     read_withdrawals: Callable[[], None] = lambda: None) -> int:
         """Delivers the held triggers whose send_at has come (until ``stopping`` says so), reading what
         was withdrawn before each (a pass of slow sends can take minutes); how many."""
-        released = 0
+        released, now = 0, self.now_ms()
+        due = self.ledger.due(now)
+        if not due and self.outage.counted_down and not self.outage.down(now):
+            self._probe()  # no trigger to try the target with: its wait is over, so ask it
         self._show_target()
-        for key in self.ledger.due(self.now_ms()):
+        for key in due:
             if stopping():  # the rest stay held, for the next start
                 break
             read_withdrawals()
@@ -269,12 +272,25 @@ class Deliverer:
         waited for a down target); read before its outcome is marked, which forgets its rounds."""
         return (self.ledger.rounds(trigger_id) or (0, 0))[0] * self.settings.deliver_attempts
 
+    def _probe(self) -> None:
+        """Asks a down target whether it answers again, sending nothing (:meth:`Target.probe`)."""
+        try:
+            self.target.probe(self.settings.mail_from)
+        except Temporary as exc:
+            self.outage.failed(self.now_ms())
+            self.metrics.probes.labels(self.target.name, "unanswered").inc()
+            log.info("deliver: the target did not answer a probe (%s); the next in %.0f s", str(exc)[:200],
+                     max(0, self.outage.until_ms - self.now_ms()) / 1000)
+            return
+        self.outage.up()
+        self.metrics.probes.labels(self.target.name, "answered").inc()
+        log.info("deliver: the target answered a probe: it counts as up again")
+
     def _show_target(self) -> None:
-        # 0 from the outage's start until the target answers: not back to 1 while the wait for the next
-        # probe is over but the probe has not answered (the alert on it watches for 10 minutes of 0).
-        # With nothing held to probe it and that wait over, it is not known to be down: 1 again
-        down = self.outage.counted_down and (self.ledger.held > 0 or self.outage.down(self.now_ms()))
-        self.metrics.target_up.set(0 if down else 1)
+        # 0 from the outage's start until the target answers a trigger's attempt or a probe; not back
+        # to 1 while the wait for the next probe is over but it has not answered yet (the alert on it
+        # watches for 10 minutes of 0)
+        self.metrics.target_up.set(0 if self.outage.counted_down else 1)
 
     def _again_later(self, trigger: dict[str, Any], why: str) -> bool:
         """Holds a trigger not sent (its target failed temporarily, or is down) for its next round;
@@ -359,7 +375,8 @@ class Outage:
     """Whether the target is down: :data:`DOWN_AFTER` triggers in a row failed after all their attempts
     for the target's sake (no connection, timeouts, SMTP 421, HTTP 5xx, 408 or 429).  Then due triggers wait, without
     an attempt and without using one of their rounds (a down target would otherwise cost every one its
-    attempts and backoff), until the first of them probes it; any answer from the target ends it."""
+    attempts and backoff), until the first of them probes it (or, with none due when a wait ends,
+    :meth:`Deliverer._probe`); any answer from the target ends it."""
 
     def __init__(self) -> None:
         self.in_a_row = 0

@@ -60,6 +60,10 @@ class Target(Protocol):
 
     def send(self, message: EmailMessage, trigger: dict[str, Any]) -> Sent: ...
 
+    def probe(self, sender: str) -> None:
+        """Whether the target answers, sending nothing: returns when it answered (a refusal is an
+        answer too), raises :class:`Temporary` when it failed for its own sake (as ``send`` would)."""
+
 
 def with_retries(send: Callable[[], Sent], attempts: int, backoff_s: float, on_retry: Callable[[], None],
                  sleep: Callable[[float], None] = time.sleep, rng: random.Random | None = None) -> tuple[Sent, int]:
@@ -93,6 +97,9 @@ class DryRun:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
 
+    def probe(self, sender: str) -> None:
+        """A folder always answers."""
+
     def send(self, message: EmailMessage, trigger: dict[str, Any]) -> Sent:
         trigger_id = trigger["trigger_id"]
         if not SAFE_FILE_NAME.fullmatch(trigger_id):  # "../x" would write outside the folder
@@ -117,6 +124,24 @@ class Smtp:
         fails before the message is handed over is worth another attempt (or not, by the reply's
         code); a connection that breaks after it, before the server's reply, is
         :class:`OutcomeUnknown`; and once the server has taken it, nothing after (QUIT) counts."""
+        self._session(lambda client: _hand_over(client, message))
+        return Sent()
+
+    def probe(self, sender: str) -> None:
+        """The envelope of a message from ``sender`` to itself, without one (MAIL, RCPT, RSET): the
+        path a send takes up to DATA, so a server that refuses recipients with 421 still counts as
+        down, as it would for a trigger."""
+        try:
+            self._session(lambda client: _envelope_only(client, sender))
+        except Temporary as exc:
+            if exc.target_down:
+                raise
+        except Permanent:
+            pass  # a refusal is an answer
+
+    def _session(self, talk: Callable[[smtplib.SMTP], None]) -> None:
+        """Connects (TLS, STARTTLS, login as configured), runs ``talk`` and says goodbye; SMTP's
+        failures as :class:`Temporary` or :class:`Permanent` by their reply."""
         client: smtplib.SMTP | None = None
         try:
             if self.security == "tls":
@@ -128,8 +153,7 @@ class Smtp:
                 client.starttls(context=ssl.create_default_context())
             if self.user and self.password:
                 client.login(self.user, self.password)
-            _hand_over(client, message)
-            return Sent()
+            talk(client)
         except smtplib.SMTPRecipientsRefused as exc:
             refused = f"recipient refused: {_codes(exc.recipients)}"
             if all(400 <= code < 500 for code, _ in exc.recipients.values()):  # e.g. a full mailbox, greylisting
@@ -191,6 +215,18 @@ def _hand_over(client: smtplib.SMTP, message: EmailMessage) -> None:
         raise smtplib.SMTPDataError(code, reply)
 
 
+def _envelope_only(client: smtplib.SMTP, sender: str) -> None:
+    address = email.utils.getaddresses([sender])[0][1] or sender
+    client.ehlo_or_helo_if_needed()
+    code, reply = client.mail(address)
+    if code != 250:
+        raise smtplib.SMTPSenderRefused(code, reply, address)
+    code, reply = client.rcpt(address)
+    if code not in (250, 251):
+        raise smtplib.SMTPRecipientsRefused({address: (code, reply)})
+    client.rset()
+
+
 def _close_quietly(client: smtplib.SMTP) -> None:
     """QUIT, and the connection closed: its reply changes nothing about the message."""
     try:
@@ -212,6 +248,19 @@ class Webhook:
 
     def __init__(self, url: str, token: str | None, timeout_s: float) -> None:
         self.url, self.token, self.timeout_s = url, token, timeout_s
+
+    def probe(self, sender: str) -> None:
+        """A HEAD request, which sends nothing: any answer but HTTP 5xx, 408 or 429 (a 405 too) is one."""
+        request = urllib.request.Request(self.url, method="HEAD", headers={
+            **({"Authorization": f"Bearer {self.token}"} if self.token else {})})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s):
+                pass
+        except urllib.error.HTTPError as exc:
+            if exc.code >= 500 or exc.code in (408, 429):
+                raise Temporary(f"HTTP {exc.code}") from None
+        except (OSError, ValueError) as exc:
+            raise Temporary(f"HTTP {type(exc).__name__}: {exc}"[:300]) from None
 
     def send(self, message: EmailMessage, trigger: dict[str, Any]) -> Sent:
         html = message.get_body(("html",))

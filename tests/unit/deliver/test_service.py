@@ -264,8 +264,15 @@ class Flaky:
     name = "flaky"
 
     def __init__(self) -> None:
-        self.up, self.attempts, self.sent = False, 0, []
+        self.up, self.attempts, self.sent, self.probes = False, 0, [], 0
         self.during: list[Any] = []  # called at each attempt (what a scrape would see meanwhile)
+
+    def probe(self, sender: str) -> None:
+        from streams.deliver.targets import Temporary
+
+        self.probes += 1
+        if not self.up:
+            raise Temporary("421 try again later")
 
     def send(self, message: EmailMessage, trigger: dict[str, Any]) -> Sent:
         from streams.deliver.targets import Temporary
@@ -360,9 +367,18 @@ def test_triggers_that_wait_for_a_down_target_past_the_retry_window_go_to_delive
     assert sorted(letter["trigger_id"] for _, letter in producer.sent) == [f"t-{n}" for n in range(8)]
     assert {letter["error"]["code"] for _, letter in producer.sent} == {"retries_exhausted"}
     assert step.ledger.held == 0 and not list(step.ledger._keys(b"r:"))
-    now[0] += 3_600_000  # nothing left to probe it: once the wait is over, it is not known to be down
+    # no trigger left to try it: once a wait is over, deliver asks the target itself
+    probes = target.probes
+    now[0] += 3_600_000
     step.release_due()
-    assert step.metrics.target_up._value.get() == 1
+    assert target.probes == probes + 1 and step.metrics.target_up._value.get() == 0  # still down
+    target.up = True
+    now[0] += 3_600_000
+    step.release_due()
+    assert target.probes == probes + 2 and step.metrics.target_up._value.get() == 1
+    now[0] += 3_600_000
+    step.release_due()
+    assert target.probes == probes + 2  # up: not asked again
     # each reports the attempts it made (those that only waited: none), and together every attempt
     assert sum(letter["attempts"] for _, letter in producer.sent) == target.attempts
     assert sum(letter["attempts"] == 0 for _, letter in producer.sent) >= 8 - DOWN_AFTER

@@ -180,3 +180,64 @@ def test_a_webhook_answer_is_a_failure_of_the_target_only_for_5xx_408_and_429(st
     with serving_http(lambda key: status) as url, pytest.raises(Temporary) as failed:
         Webhook(url, None, timeout_s=2).send(message(), WELCOME)
     assert failed.value.target_down is down
+
+
+def test_an_smtp_probe_sends_nothing_and_a_server_that_refuses_recipients_with_421_counts_as_down(
+        server: tuple[SmtpInbox, int]) -> None:
+    inbox, port = server
+    target = Smtp("127.0.0.1", port, "none", None, None, timeout_s=0.5)
+    target.probe("Shop <shop@example.com>")  # answered
+    inbox.refuse_rcpt = "550 5.7.1 relaying denied"
+    target.probe("Shop <shop@example.com>")  # a refusal is an answer
+    inbox.refuse_rcpt = "421 4.3.2 service not available"
+    with pytest.raises(Temporary) as raised:
+        target.probe("Shop <shop@example.com>")
+    assert raised.value.target_down
+    assert not inbox.received
+
+
+def test_an_smtp_probe_of_a_closed_port_fails() -> None:
+    from streams.broker import free_port
+
+    with pytest.raises(Temporary):
+        Smtp("127.0.0.1", free_port(), "none", None, None, timeout_s=0.5).probe("shop@example.com")
+
+
+@contextmanager
+def serving_head(status: list[int]) -> Iterator[str]:
+    """An HTTP server on loopback whose HEAD answers ``status[0]``; POSTs are counted in ``status``."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_HEAD(self) -> None:
+            self.send_response(status[0])
+            self.end_headers()
+
+        def do_POST(self) -> None:  # pragma: no cover - a probe must not POST
+            status.append(-1)
+            self.send_response(500)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/send"
+    finally:
+        server.shutdown()
+
+
+@pytest.mark.parametrize("status,down", [(200, False), (405, False), (401, False), (503, True), (429, True)])
+def test_a_webhook_probe_is_a_head_and_only_5xx_408_and_429_count_as_down(status: int, down: bool) -> None:
+    from streams.deliver.targets import Webhook
+
+    answers = [status]
+    with serving_head(answers) as url:
+        target = Webhook(url, "tok", timeout_s=2)
+        if down:
+            with pytest.raises(Temporary):
+                target.probe("shop@example.com")
+        else:
+            target.probe("shop@example.com")
+    assert answers == [status]  # nothing POSTed
