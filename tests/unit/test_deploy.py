@@ -91,3 +91,12 @@ def test_kubernetes_manifests_parse_and_probe_health_and_readiness_on_the_metric
     assert docs["Service"]["spec"]["ports"][0]["targetPort"] == port["name"]
     assert env["MAILPULSE_CONFIG"].startswith(container["volumeMounts"][1]["mountPath"])
     assert "config.yaml" in docs["ConfigMap"]["data"]
+
+
+def test_the_kubernetes_config_is_the_built_in_defaults() -> None:
+    """What the config map's comment says: a user who edits it starts from what runs without it."""
+    from streams.domain.config import PipelineConfig
+
+    configmap = yaml.safe_load((DEPLOY / "kubernetes/configmap.yaml").read_text())
+    given = yaml.safe_load(configmap["data"]["config.yaml"])
+    assert PipelineConfig.model_validate(given) == PipelineConfig()
