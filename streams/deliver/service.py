@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from prometheus_client import make_wsgi_app
 
 from schemas.timeparse import format_ms, parse_timestamp
@@ -276,15 +276,22 @@ class Deliverer:
         """Asks a down target whether it answers again, sending nothing (:meth:`Target.probe`)."""
         try:
             self.target.probe(self.settings.mail_from)
-        except Temporary as exc:
+        except Exception as exc:  # (Temporary, or what no target classified: never past here)
+            if isinstance(exc, Temporary) and not exc.target_down:
+                self._probe_answered()
+                return
             self.outage.failed(self.now_ms())
             self.metrics.probes.labels(self.target.name, "unanswered").inc()
-            log.info("deliver: the target did not answer a probe (%s); the next in %.0f s", str(exc)[:200],
+            log.info("deliver: the target did not answer a probe (%s); the next in %.0f s",
+                     str(exc)[:200] if isinstance(exc, Temporary) else type(exc).__name__,
                      max(0, self.outage.until_ms - self.now_ms()) / 1000)
             return
-        self.outage.up()
+        self._probe_answered()
+
+    def _probe_answered(self) -> None:
+        self.outage.answered_probe()
         self.metrics.probes.labels(self.target.name, "answered").inc()
-        log.info("deliver: the target answered a probe: it counts as up again")
+        log.info("deliver: the target answered a probe: due triggers are tried again")
 
     def _show_target(self) -> None:
         # 0 from the outage's start until the target answers a trigger's attempt or a probe; not back
@@ -381,15 +388,23 @@ class Outage:
     def __init__(self) -> None:
         self.in_a_row = 0
         self.until_ms = 0
+        self.waits = 0  # waits since the target last answered a message (each twice the last)
 
     def failed(self, now_ms: int) -> None:
         self.in_a_row += 1
         if self.in_a_row >= DOWN_AFTER:
-            self.until_ms = now_ms + round_delay_ms(self.in_a_row - DOWN_AFTER + 1)
+            self.waits += 1
+            self.until_ms = now_ms + round_delay_ms(self.waits)
 
     def up(self) -> None:
         """The target answered (it took a message, or refused one for that message's sake)."""
-        self.in_a_row, self.until_ms = 0, 0
+        self.in_a_row, self.until_ms, self.waits = 0, 0, 0
+
+    def answered_probe(self) -> None:
+        """The target answered a probe, which carries no message: it counts as up and due triggers are
+        tried, but the next one that fails for the target's sake counts it down again, and the waits
+        go on doubling (a webhook's router may answer HEAD while every POST gets a 503)."""
+        self.in_a_row, self.until_ms = DOWN_AFTER - 1, 0
 
     def down(self, now_ms: int) -> bool:
         return now_ms < self.until_ms
@@ -596,10 +611,16 @@ def start_uncommitted_at_first_offset(consumer: Consumer, partitions: list[Topic
     except KafkaException as exc:
         log.warning("deliver: the committed offsets of the triggers topic were not read (%s)", exc)
         return
-    for tp in committed:
-        if tp.offset < 0:  # OFFSET_INVALID: nothing committed yet
-            tp.offset = FIRST_OFFSET
-    consumer.assign(committed)
+    places = [TopicPartition(tp.topic, tp.partition,
+                             # (a partition whose committed offset came with an error: librdkafka's choice)
+                             OFFSET_INVALID if tp.error is not None
+                             else FIRST_OFFSET if tp.offset < 0  # OFFSET_INVALID: nothing committed yet
+                             else tp.offset)
+              for tp in committed]
+    try:
+        consumer.assign(places)
+    except KafkaException as exc:  # (not raised past here: it would end the loop from consume())
+        log.warning("deliver: the triggers partitions could not be assigned at their offsets (%s)", exc)
 
 
 POLL_MOST = 500  # withdrawals taken from the consumer at a time

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import email.generator
 import email.utils
+import http.client
 import io
 import json
 import random
@@ -218,7 +219,12 @@ def _hand_over(client: smtplib.SMTP, message: EmailMessage) -> None:
 def _envelope_only(client: smtplib.SMTP, sender: str) -> None:
     address = email.utils.getaddresses([sender])[0][1] or sender
     client.ehlo_or_helo_if_needed()
-    code, reply = client.mail(address)
+    options: list[str] = []
+    if not address.isascii():  # as :func:`_hand_over` sends it
+        if not client.has_extn("smtputf8"):
+            raise smtplib.SMTPNotSupportedError("the sender needs SMTPUTF8, which the server does not offer")
+        options = ["SMTPUTF8"]
+    code, reply = client.mail(address, options)
     if code != 250:
         raise smtplib.SMTPSenderRefused(code, reply, address)
     code, reply = client.rcpt(address)
@@ -249,17 +255,21 @@ class Webhook:
     def __init__(self, url: str, token: str | None, timeout_s: float) -> None:
         self.url, self.token, self.timeout_s = url, token, timeout_s
 
+    #: HEAD answers that say the service is not there: any other (405 and 501 from a server that
+    #: takes only POST, 500 from one that fails on HEAD) is an answer.
+    DOWN_STATUSES = frozenset({502, 503, 504, 408, 429})
+
     def probe(self, sender: str) -> None:
-        """A HEAD request, which sends nothing: any answer but HTTP 5xx, 408 or 429 (a 405 too) is one."""
+        """A HEAD request, which sends nothing."""
         request = urllib.request.Request(self.url, method="HEAD", headers={
             **({"Authorization": f"Bearer {self.token}"} if self.token else {})})
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s):
                 pass
         except urllib.error.HTTPError as exc:
-            if exc.code >= 500 or exc.code in (408, 429):
+            if exc.code in self.DOWN_STATUSES:
                 raise Temporary(f"HTTP {exc.code}") from None
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, http.client.HTTPException) as exc:  # (e.g. not HTTP at all)
             raise Temporary(f"HTTP {type(exc).__name__}: {exc}"[:300]) from None
 
     def send(self, message: EmailMessage, trigger: dict[str, Any]) -> Sent:

@@ -577,3 +577,59 @@ def test_without_the_committed_offsets_the_assignment_is_left_to_the_client() ->
     consumer = AssignsAt({}, fails=True)
     start_uncommitted_at_first_offset(consumer, [TopicPartition(TRIGGERS, 0)])  # type: ignore[arg-type]
     assert consumer.assigned is None
+
+
+class AnswersProbesOnly(Flaky):
+    """A webhook whose router answers HEAD while every POST gets a 503."""
+
+    def probe(self, sender: str) -> None:
+        self.probes += 1
+
+
+def _counted_down_with_nothing_held(tmp: Path, target: Flaky) -> tuple[Deliverer, list[int]]:
+    from streams.deliver.service import DOWN_AFTER
+
+    step, _, now = _with_a_window_of_an_hour(tmp, target)
+    for n in range(DOWN_AFTER):
+        step.handle(trigger(trigger_id=f"t-{n}"))
+    for key, _ in step.ledger.held_for("p-1"):  # (withdrawn, say): nothing left to try the target
+        step.ledger.release(key, "p-1")
+    assert step.outage.counted_down and step.outage.waits == 1 and step.ledger.held == 0
+    return step, now
+
+
+def test_a_target_that_answers_probes_but_fails_every_send_counts_as_down_again_and_its_waits_go_on_doubling(
+        tmp_path: Path) -> None:
+    from streams.deliver.service import round_delay_ms
+
+    target = AnswersProbesOnly()
+    step, now = _counted_down_with_nothing_held(tmp_path, target)
+    for cycle in range(2, 6):
+        now[0] = step.outage.until_ms
+        step.release_due()  # the wait is over, no trigger is due: deliver asks the target, which answers
+        assert step.metrics.target_up._value.get() == 1 and not step.outage.counted_down
+        attempts = target.attempts
+        step.handle(trigger(trigger_id=f"new-{cycle}"))  # and the next trigger fails all its attempts
+        assert target.attempts - attempts == step.settings.deliver_attempts  # one trigger's, not three
+        assert step.metrics.target_up._value.get() == 0 and step.outage.waits == cycle
+        assert step.outage.until_ms - now[0] == round_delay_ms(cycle)  # each wait twice the last
+        for key, _ in step.ledger.held_for("p-1"):
+            step.ledger.release(key, "p-1")
+    assert target.probes == 4
+
+
+class ProbeRaises(Flaky):
+    def probe(self, sender: str) -> None:
+        self.probes += 1
+        "Bücher <news@bücher.de>".encode("ascii")  # what smtplib raised without SMTPUTF8
+
+
+def test_a_probe_that_raises_what_no_target_classified_counts_as_unanswered_and_deliver_goes_on(
+        tmp_path: Path) -> None:
+    target = ProbeRaises()
+    step, now = _counted_down_with_nothing_held(tmp_path, target)
+    for _ in range(30):
+        now[0] += 60_000
+        step.release_due()
+    assert target.probes >= 3 and step.metrics.target_up._value.get() == 0
+    assert step.metrics.probes.labels("flaky", "unanswered")._value.get() == target.probes

@@ -187,6 +187,7 @@ def test_an_smtp_probe_sends_nothing_and_a_server_that_refuses_recipients_with_4
     inbox, port = server
     target = Smtp("127.0.0.1", port, "none", None, None, timeout_s=0.5)
     target.probe("Shop <shop@example.com>")  # answered
+    target.probe("Bücher <news@bücher.de>")  # (with SMTPUTF8, as its e-mails go)
     inbox.refuse_rcpt = "550 5.7.1 relaying denied"
     target.probe("Shop <shop@example.com>")  # a refusal is an answer
     inbox.refuse_rcpt = "421 4.3.2 service not available"
@@ -228,8 +229,10 @@ def serving_head(status: list[int]) -> Iterator[str]:
         server.shutdown()
 
 
-@pytest.mark.parametrize("status,down", [(200, False), (405, False), (401, False), (503, True), (429, True)])
-def test_a_webhook_probe_is_a_head_and_only_5xx_408_and_429_count_as_down(status: int, down: bool) -> None:
+@pytest.mark.parametrize("status,down", [(200, False), (405, False), (401, False), (501, False), (500, False),
+                                         (502, True), (503, True), (504, True), (429, True)])
+def test_a_webhook_probe_is_a_head_and_only_gateway_and_availability_answers_count_as_down(
+        status: int, down: bool) -> None:
     from streams.deliver.targets import Webhook
 
     answers = [status]
@@ -241,3 +244,23 @@ def test_a_webhook_probe_is_a_head_and_only_5xx_408_and_429_count_as_down(status
         else:
             target.probe("shop@example.com")
     assert answers == [status]  # nothing POSTed
+
+
+def test_a_webhook_probe_of_a_server_that_does_not_speak_http_fails() -> None:
+    import socket
+
+    from streams.deliver.targets import Webhook
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+
+        def answer() -> None:
+            connection, _ = listener.accept()
+            connection.recv(1024)
+            connection.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+            connection.close()
+
+        threading.Thread(target=answer, daemon=True).start()
+        with pytest.raises(Temporary):
+            Webhook(f"http://127.0.0.1:{listener.getsockname()[1]}/send", None, timeout_s=2).probe("a@b.c")
