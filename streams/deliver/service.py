@@ -186,7 +186,8 @@ class Deliverer:
         """Ids left ``sending`` by a process that stopped mid-send: at most once, so not sent again."""
         for trigger_id, mark in self.ledger.interrupted():
             self._give_up({"trigger_id": trigger_id, "type": mark.get("type"), "profile_id": mark.get("profile_id")},
-                          "interrupted", 1, "the connector stopped while sending it; not sent again (at most once)")
+                          "interrupted", self._earlier_attempts(trigger_id) + 1,
+                          "the connector stopped while sending it; not sent again (at most once)")
 
     # --- one trigger ---
     def deliver(self, trigger: dict[str, Any]) -> None:
@@ -197,7 +198,8 @@ class Deliverer:
         now = self.now_ms()
         late_ms = now - _send_at_ms(trigger)
         if self.settings.deliver_max_late_hours and late_ms > self.settings.deliver_max_late_hours * 3_600_000:
-            self._give_up(trigger, "expired", 0, f"send_at was {late_ms / 3_600_000:.1f} h ago, past "
+            self._give_up(trigger, "expired", self._earlier_attempts(trigger_id),
+                          f"send_at was {late_ms / 3_600_000:.1f} h ago, past "
                           f"MAILPULSE_DELIVER_MAX_LATE_HOURS={self.settings.deliver_max_late_hours:g}; not sent")
             return
         if self._withdrawn(trigger):

@@ -298,7 +298,8 @@ class Webhook:
                 raise Temporary("HTTP 409: a request with this idempotency key is in progress", False) from None
             kind = Temporary if exc.code >= 500 or exc.code in (408, 429) else Permanent
             raise kind(f"HTTP {exc.code}") from None
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, http.client.HTTPException) as exc:  # (an answer cut short: sent
+            # again with the same idempotency key, the API answers with the first request's outcome)
             raise Temporary(f"HTTP {type(exc).__name__}: {exc}"[:300]) from None
         try:
             reply = json.loads(answer) if answer else {}

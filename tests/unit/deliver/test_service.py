@@ -633,3 +633,23 @@ def test_a_probe_that_raises_what_no_target_classified_counts_as_unanswered_and_
         step.release_due()
     assert target.probes >= 3 and step.metrics.target_up._value.get() == 0
     assert step.metrics.probes.labels("flaky", "unanswered")._value.get() == target.probes
+
+
+class DiesInRoundTwo(FailsThen):
+    def __init__(self) -> None:
+        super().__init__(3, SystemExit())  # (as a process killed mid-send)
+
+
+def test_a_trigger_interrupted_in_a_later_round_reports_the_attempts_of_every_round(tmp_path: Path) -> None:
+    step, _ = deliverer(tmp_path, DiesInRoundTwo())
+    now = [parse_timestamp("2026-03-01T12:00:00Z")]
+    step.now_ms = lambda: now[0]
+    step.handle(trigger())  # round 1: three temporary failures
+    now[0] += 3_600_000
+    with pytest.raises(SystemExit):
+        step.release_due()  # round 2: the process dies while sending
+    step.ledger.close()
+    again, producer = deliverer(tmp_path, DryRun(tmp_path / "out"))
+    again.fail_interrupted()
+    [(_, letter)] = producer.sent
+    assert letter["error"]["code"] == "interrupted" and letter["attempts"] == 3 + 1

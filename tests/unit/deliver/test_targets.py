@@ -264,3 +264,35 @@ def test_a_webhook_probe_of_a_server_that_does_not_speak_http_fails() -> None:
         threading.Thread(target=answer, daemon=True).start()
         with pytest.raises(Temporary):
             Webhook(f"http://127.0.0.1:{listener.getsockname()[1]}/send", None, timeout_s=2).probe("a@b.c")
+
+
+def test_a_webhook_answer_cut_short_is_tried_again_with_the_same_key_not_rejected() -> None:
+    """The request may have been taken: a retry with its idempotency key gets that request's outcome."""
+    from streams.deliver.targets import Webhook
+
+    keys: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            keys.append(self.headers["Idempotency-Key"])
+            self.send_response(200)
+            self.send_header("Content-Length", "100")
+            self.end_headers()
+            if len(keys) == 1:
+                self.wfile.write(b'{"status": ')  # and the connection closes: 11 bytes of 100
+                self.close_connection = True
+            else:
+                self.wfile.write(b" " * 100)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        hook = Webhook(f"http://127.0.0.1:{server.server_port}/send", None, timeout_s=2)
+        _, attempts = with_retries(lambda: hook.send(message(), WELCOME), 3, 0.001, lambda: None, lambda s: None)
+    finally:
+        server.shutdown()
+    assert attempts == 2 and keys == ["t-1", "t-1"]
