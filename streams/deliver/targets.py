@@ -181,19 +181,7 @@ def _hand_over(client: smtplib.SMTP, message: EmailMessage) -> None:
     another attempt."""
     sender = email.utils.getaddresses([str(message["From"])])[0][1]
     recipient = email.utils.getaddresses([str(message["To"])])[0][1]
-    international = not (sender.isascii() and recipient.isascii())
-    options: list[str] = []
-    client.ehlo_or_helo_if_needed()
-    if international:
-        if not client.has_extn("smtputf8"):
-            raise smtplib.SMTPNotSupportedError("the address needs SMTPUTF8, which the server does not offer")
-        options = ["SMTPUTF8", "BODY=8BITMIME"]
-    code, reply = client.mail(sender, options)
-    if code != 250:
-        raise smtplib.SMTPSenderRefused(code, reply, sender)
-    code, reply = client.rcpt(recipient)
-    if code not in (250, 251):
-        raise smtplib.SMTPRecipientsRefused({recipient: (code, reply)})
+    international = _envelope(client, sender, recipient)
     with io.BytesIO() as flat:
         policy: Any = message.policy
         if international:
@@ -216,20 +204,27 @@ def _hand_over(client: smtplib.SMTP, message: EmailMessage) -> None:
         raise smtplib.SMTPDataError(code, reply)
 
 
+def _envelope(client: smtplib.SMTP, sender: str, recipient: str) -> bool:
+    """EHLO, MAIL and RCPT of one recipient, with SMTPUTF8 when an address needs it; whether it did."""
+    international = not (sender.isascii() and recipient.isascii())
+    options: list[str] = []
+    client.ehlo_or_helo_if_needed()
+    if international:
+        if not client.has_extn("smtputf8"):
+            raise smtplib.SMTPNotSupportedError("the address needs SMTPUTF8, which the server does not offer")
+        options = ["SMTPUTF8", "BODY=8BITMIME"]
+    code, reply = client.mail(sender, options)
+    if code != 250:
+        raise smtplib.SMTPSenderRefused(code, reply, sender)
+    code, reply = client.rcpt(recipient)
+    if code not in (250, 251):
+        raise smtplib.SMTPRecipientsRefused({recipient: (code, reply)})
+    return international
+
+
 def _envelope_only(client: smtplib.SMTP, sender: str) -> None:
     address = email.utils.getaddresses([sender])[0][1] or sender
-    client.ehlo_or_helo_if_needed()
-    options: list[str] = []
-    if not address.isascii():  # as :func:`_hand_over` sends it
-        if not client.has_extn("smtputf8"):
-            raise smtplib.SMTPNotSupportedError("the sender needs SMTPUTF8, which the server does not offer")
-        options = ["SMTPUTF8"]
-    code, reply = client.mail(address, options)
-    if code != 250:
-        raise smtplib.SMTPSenderRefused(code, reply, address)
-    code, reply = client.rcpt(address)
-    if code not in (250, 251):
-        raise smtplib.SMTPRecipientsRefused({address: (code, reply)})
+    _envelope(client, address, address)
     client.rset()
 
 

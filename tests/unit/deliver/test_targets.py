@@ -106,14 +106,18 @@ def test_the_dry_run_writes_only_file_names_inside_its_folder(tmp_path: Any) -> 
 
 
 @contextmanager
-def serving_http(answer: Callable[[str], int]) -> Iterator[str]:
-    """An HTTP e-mail API on loopback whose POSTs get ``answer(idempotency key)`` as their status; the
-    URL to send to."""
+def serving_http(answer: Callable[[str], int], head: int = 501) -> Iterator[str]:
+    """An HTTP e-mail API on loopback whose POSTs get ``answer(idempotency key)`` as their status, and
+    HEAD requests ``head``; the URL to send to."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers["Content-Length"]))
             self.send_response(answer(self.headers["Idempotency-Key"]))
+            self.end_headers()
+
+        def do_HEAD(self) -> None:
+            self.send_response(head)
             self.end_headers()
 
         def log_message(self, *args: Any) -> None:
@@ -204,46 +208,21 @@ def test_an_smtp_probe_of_a_closed_port_fails() -> None:
         Smtp("127.0.0.1", free_port(), "none", None, None, timeout_s=0.5).probe("shop@example.com")
 
 
-@contextmanager
-def serving_head(status: list[int]) -> Iterator[str]:
-    """An HTTP server on loopback whose HEAD answers ``status[0]``; POSTs are counted in ``status``."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_HEAD(self) -> None:
-            self.send_response(status[0])
-            self.end_headers()
-
-        def do_POST(self) -> None:  # pragma: no cover - a probe must not POST
-            status.append(-1)
-            self.send_response(500)
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/send"
-    finally:
-        server.shutdown()
-
-
 @pytest.mark.parametrize("status,down", [(200, False), (405, False), (401, False), (501, False), (500, False),
                                          (502, True), (503, True), (504, True), (429, True)])
 def test_a_webhook_probe_is_a_head_and_only_gateway_and_availability_answers_count_as_down(
         status: int, down: bool) -> None:
     from streams.deliver.targets import Webhook
 
-    answers = [status]
-    with serving_head(answers) as url:
+    posted: list[str] = []
+    with serving_http(lambda key: posted.append(key) or 500, head=status) as url:
         target = Webhook(url, "tok", timeout_s=2)
         if down:
             with pytest.raises(Temporary):
                 target.probe("shop@example.com")
         else:
             target.probe("shop@example.com")
-    assert answers == [status]  # nothing POSTed
+    assert not posted
 
 
 def test_a_webhook_probe_of_a_server_that_does_not_speak_http_fails() -> None:
