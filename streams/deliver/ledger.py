@@ -9,7 +9,9 @@ triggers, and ``p:<length of the profile id>:<profile id>:<hold key>`` the same 
 ``u:``/``ue:`` unsubscribed profile ids and addresses (kept); ``r:<trigger id>`` the rounds of a
 trigger tried again later (until its outcome); ``w:<profile id>`` the latest event time at which the
 pipeline said that profile withdrew consent or was erased (kept for the ledger's retention), and
-``o:<partition>`` how far its withdrawals topic was read; ``k:`` the link secret."""
+``o:<partition>`` how far its withdrawals topic was read; ``k:`` the link secret and, in
+``k:outage``, whether the target counts as down (so that a restart during an outage does not forget
+it)."""
 
 from __future__ import annotations
 
@@ -226,6 +228,18 @@ class Ledger:
             self.db.get(b"ue:" + email.lower().encode()) is not None
 
     # --- the unsubscribe links' key ---
+    def outage(self) -> dict[str, Any]:
+        """What :meth:`note_outage` kept ({} when the target was up)."""
+        raw = self.db.get(b"k:outage")
+        value = orjson.loads(raw) if isinstance(raw, bytes) else {}
+        return value if isinstance(value, dict) else {}
+
+    def note_outage(self, state: dict[str, Any]) -> None:
+        if state:
+            self.db[b"k:outage"] = orjson.dumps(state)
+        elif self.db.get(b"k:outage") is not None:
+            del self.db[b"k:outage"]
+
     def secret(self) -> bytes:
         key = b"k:unsubscribe"
         value = self.db.get(key)

@@ -76,7 +76,9 @@ class Deliverer:
         self.target, self.ledger, self.renderer, self.producer = target, ledger, renderer, producer
         self.metrics, self.settings, self.now_ms, self.sleep = metrics, settings, now_ms, sleep
         self.unsubscribe_base, self.secret = unsubscribe_base, secret
-        self.outage = Outage()
+        self._outage_kept = ledger.outage()
+        self.outage = Outage(self._outage_kept)  # (a restart during an outage goes on with it)
+        metrics.target_up.set(0 if self.outage.counted_down else 1)
         metrics.ledger_entries.set(ledger.entries)
         metrics.held.set(ledger.held)
 
@@ -118,8 +120,9 @@ class Deliverer:
         was withdrawn before each (a pass of slow sends can take minutes); how many."""
         released, now = 0, self.now_ms()
         due = self.ledger.due(now)
-        if not due and self.outage.counted_down and not self.outage.down(now):
-            self._probe()  # no trigger to try the target with: its wait is over, so ask it
+        # no trigger to try the target with (a failed one is held a second past the wait): ask it
+        if self.outage.counted_down and not self.outage.down(now) and not self.ledger.due(now + 1000):
+            self._probe()
         self._show_target()
         for key in due:
             if stopping():  # the rest stay held, for the next start
@@ -211,12 +214,13 @@ class Deliverer:
         try:
             message = self.message(trigger)
         except TemplateProblem as exc:
-            self._give_up(trigger, "template_error", 0, str(exc))
+            self._give_up(trigger, "template_error", self._earlier_attempts(trigger_id), str(exc))
             return
         except Exception as exc:  # e.g. an address or subject with a line break, or one the e-mail
             # library cannot parse (it raises AttributeError on "x@[1.2.3.4"): the trigger's fault, and
             # raised past here it would stop the connector at every start
-            self._give_up(trigger, "bad_trigger", 0, f"cannot be an e-mail: {type(exc).__name__}: {exc}")
+            self._give_up(trigger, "bad_trigger", self._earlier_attempts(trigger_id),
+                          f"cannot be an e-mail: {type(exc).__name__}: {exc}")
             return
         if self.outage.down(now):  # it waits for the probe, without an attempt and without using a round
             waited = self.ledger.rounds(trigger_id)
@@ -224,7 +228,7 @@ class Deliverer:
                 self.ledger.note_round(trigger_id, 0, now)
             elif now - waited[1] >= self.settings.deliver_retry_hours * 3_600_000:
                 # (the attempts of the rounds it failed before the target counted as down, if any)
-                self._give_up(trigger, "retries_exhausted", waited[0] * self.settings.deliver_attempts,
+                self._give_up(trigger, "retries_exhausted", self._earlier_attempts(trigger_id),
                               f"the target was down for the rest of the retry window "
                               f"(MAILPULSE_DELIVER_RETRY_HOURS={self.settings.deliver_retry_hours:g}); not sent")
                 return
@@ -291,7 +295,7 @@ class Deliverer:
         self._probe_answered()
 
     def _probe_answered(self) -> None:
-        self.outage.answered_probe()
+        self.outage.answered_probe(self.now_ms())
         self.metrics.probes.labels(self.target.name, "answered").inc()
         log.info("deliver: the target answered a probe: due triggers are tried again")
 
@@ -300,6 +304,10 @@ class Deliverer:
         # to 1 while the wait for the next probe is over but it has not answered yet (the alert on it
         # watches for 10 minutes of 0)
         self.metrics.target_up.set(0 if self.outage.counted_down else 1)
+        state = self.outage.state()
+        if state != self._outage_kept:
+            self.ledger.note_outage(state)
+            self._outage_kept = state
 
     def _again_later(self, trigger: dict[str, Any], why: str) -> bool:
         """Holds a trigger not sent (its target failed temporarily, or is down) for its next round;
@@ -387,12 +395,23 @@ class Outage:
     attempts and backoff), until the first of them probes it (or, with none due when a wait ends,
     :meth:`Deliverer._probe`); any answer from the target ends it."""
 
-    def __init__(self) -> None:
-        self.in_a_row = 0
-        self.until_ms = 0
-        self.waits = 0  # waits since the target last answered a message (each twice the last)
+    def __init__(self, kept: Mapping[str, Any] | None = None) -> None:
+        kept = kept or {}
+        self.in_a_row: int = kept.get("in_a_row", 0)
+        self.until_ms: int = kept.get("until_ms", 0)
+        self.waits: int = kept.get("waits", 0)  # waits since the target last answered a message
+        self.probe_answered_ms: int | None = kept.get("probe_answered_ms")
+
+    def state(self) -> dict[str, Any]:
+        """What a restart needs to go on ({} when nothing is counted: the target is up)."""
+        kept = {"in_a_row": self.in_a_row, "until_ms": self.until_ms, "waits": self.waits,
+                "probe_answered_ms": self.probe_answered_ms}
+        return {name: value for name, value in kept.items() if value}
 
     def failed(self, now_ms: int) -> None:
+        if self.probe_answered_ms is not None and now_ms - self.probe_answered_ms > LONGEST_ROUND_MS:
+            self.in_a_row, self.waits = 0, 0  # an answered probe long ago: counted afresh
+        self.probe_answered_ms = None
         self.in_a_row += 1
         if self.in_a_row >= DOWN_AFTER:
             self.waits += 1
@@ -400,13 +419,14 @@ class Outage:
 
     def up(self) -> None:
         """The target answered (it took a message, or refused one for that message's sake)."""
-        self.in_a_row, self.until_ms, self.waits = 0, 0, 0
+        self.in_a_row, self.until_ms, self.waits, self.probe_answered_ms = 0, 0, 0, None
 
-    def answered_probe(self) -> None:
+    def answered_probe(self, now_ms: int) -> None:
         """The target answered a probe, which carries no message: it counts as up and due triggers are
-        tried, but the next one that fails for the target's sake counts it down again, and the waits
-        go on doubling (a webhook's router may answer HEAD while every POST gets a 503)."""
-        self.in_a_row, self.until_ms = DOWN_AFTER - 1, 0
+        tried, but a trigger that fails for the target's sake within the longest wait counts it down
+        again, and the waits go on doubling (a webhook's router may answer HEAD while every POST gets
+        a 503); a failure later than that is counted afresh."""
+        self.in_a_row, self.until_ms, self.probe_answered_ms = DOWN_AFTER - 1, 0, now_ms
 
     def down(self, now_ms: int) -> bool:
         return now_ms < self.until_ms
@@ -613,16 +633,22 @@ def start_uncommitted_at_first_offset(consumer: Consumer, partitions: list[Topic
     except KafkaException as exc:
         log.warning("deliver: the committed offsets of the triggers topic were not read (%s)", exc)
         return
-    places = [TopicPartition(tp.topic, tp.partition,
-                             # (a partition whose committed offset came with an error: librdkafka's choice)
-                             OFFSET_INVALID if tp.error is not None
-                             else FIRST_OFFSET if tp.offset < 0  # OFFSET_INVALID: nothing committed yet
-                             else tp.offset)
-              for tp in committed]
+    places = []
+    for tp in committed:
+        if tp.error is not None:  # its committed offset unknown: librdkafka looks it up itself
+            tp = TopicPartition(tp.topic, tp.partition, OFFSET_INVALID)
+        elif tp.offset < 0:  # OFFSET_INVALID: nothing committed yet
+            tp.offset = FIRST_OFFSET
+        places.append(tp)
     try:
-        consumer.assign(places)
-    except KafkaException as exc:  # (not raised past here: it would end the loop from consume())
+        consumer.assign(places)  # (the group's default eager protocol: a cooperative one needs
+        # incremental_assign here)
+    except KafkaException as exc:
+        # confluent-kafka does not assign the partitions itself once ``assign`` was called from here:
+        # as given, else the error ends the loop (and the process, to be restarted) rather than
+        # leaving it in the group reading nothing
         log.warning("deliver: the triggers partitions could not be assigned at their offsets (%s)", exc)
+        consumer.assign(partitions)
 
 
 POLL_MOST = 500  # withdrawals taken from the consumer at a time

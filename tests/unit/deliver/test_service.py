@@ -554,8 +554,9 @@ def test_with_no_grace_a_trigger_read_again_while_in_a_round_is_not_started_agai
 class AssignsAt:
     """A consumer's ``committed`` and ``assign``, as the triggers subscription's ``on_assign`` uses them."""
 
-    def __init__(self, committed: dict[int, int], fails: bool = False) -> None:
+    def __init__(self, committed: dict[int, int], fails: bool = False, assign_fails: int = 0) -> None:
         self.offsets, self.fails, self.assigned = committed, fails, None
+        self.assign_fails = assign_fails
 
     def committed(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
         if self.fails:
@@ -564,6 +565,9 @@ class AssignsAt:
                 for tp in partitions]
 
     def assign(self, partitions: list[TopicPartition]) -> None:
+        if self.assign_fails:
+            self.assign_fails -= 1
+            raise KafkaException(KafkaError(KafkaError._STATE))
         self.assigned = {tp.partition: tp.offset for tp in partitions}
 
 
@@ -653,3 +657,62 @@ def test_a_trigger_interrupted_in_a_later_round_reports_the_attempts_of_every_ro
     again.fail_interrupted()
     [(_, letter)] = producer.sent
     assert letter["error"]["code"] == "interrupted" and letter["attempts"] == 3 + 1
+
+
+
+def test_when_the_assignment_at_offset_0_fails_the_partitions_go_as_given_or_the_error_ends_the_loop() -> None:
+    consumer = AssignsAt({}, assign_fails=1)
+    start_uncommitted_at_first_offset(consumer, [TopicPartition(TRIGGERS, 0)])  # type: ignore[arg-type]
+    assert consumer.assigned == {0: OFFSET_INVALID}  # librdkafka's own choice: committed, else the reset
+    consumer = AssignsAt({}, assign_fails=2)
+    with pytest.raises(KafkaException):  # rather than staying in the group with nothing to read
+        start_uncommitted_at_first_offset(consumer, [TopicPartition(TRIGGERS, 0)])  # type: ignore[arg-type]
+
+
+def test_a_restart_during_an_outage_goes_on_with_it(tmp_path: Path) -> None:
+    target = Flaky()
+    step, _ = _counted_down_with_nothing_held(tmp_path, target)
+    until = step.outage.until_ms
+    step.ledger.close()
+    producer = Recorder()
+    again = Deliverer(target, Ledger(tmp_path / "state"), Renderer(), producer,  # type: ignore[arg-type]
+                      DeliverMetrics(), step.settings, "http://u", b"k" * 32, now_ms=step.now_ms,
+                      sleep=lambda s: None)
+    assert again.metrics.target_up._value.get() == 0 and again.outage.until_ms == until
+    attempts = target.attempts
+    again.handle(trigger(trigger_id="after-restart"))  # waits for the probe, without an attempt
+    assert target.attempts == attempts and again.ledger.held == 1
+    target.up = True
+    again.now_ms = lambda: until + 2000
+    again.release_due()
+    assert target.sent == ["after-restart"] and again.metrics.target_up._value.get() == 1
+    assert again.ledger.outage() == {}
+
+
+def test_a_probe_answered_long_ago_does_not_make_the_next_failure_count_the_target_down(tmp_path: Path) -> None:
+    target = AnswersProbesOnly()
+    step, now = _counted_down_with_nothing_held(tmp_path, target)
+    now[0] = step.outage.until_ms
+    step.release_due()  # answered
+    assert not step.outage.counted_down
+    now[0] += 3 * 3_600_000  # hours later, one trigger fails on a blip
+    step.handle(trigger(trigger_id="later"))
+    assert not step.outage.counted_down and step.metrics.target_up._value.get() == 1
+
+
+def test_no_probe_goes_ahead_of_a_trigger_due_a_second_after_the_wait(tmp_path: Path) -> None:
+    from streams.deliver.service import DOWN_AFTER
+
+    target = Flaky()
+    step, _, now = _with_a_window_of_an_hour(tmp_path, target)
+    for n in range(DOWN_AFTER):
+        step.handle(trigger(trigger_id=f"t-{n}"))
+    for key, _ in step.ledger.held_for("p-1")[:-1]:  # the last one left, held a second past the wait
+        step.ledger.release(key, "p-1")
+    now[0] = step.outage.until_ms
+    attempts = target.attempts
+    step.release_due()
+    assert target.probes == 0 and target.attempts == attempts  # the trigger is due in a second: it tries
+    now[0] += 1000
+    step.release_due()
+    assert target.probes == 0 and target.attempts == attempts + step.settings.deliver_attempts
