@@ -227,11 +227,15 @@ class Ledger:
         return self.db.get(b"u:" + profile_id.encode()) is not None or \
             self.db.get(b"ue:" + email.lower().encode()) is not None
 
-    # --- the unsubscribe links' key ---
+    # --- whether the target counts as down ---
     def outage(self) -> dict[str, Any]:
-        """What :meth:`note_outage` kept ({} when the target was up)."""
+        """What :meth:`note_outage` kept ({} when the target was up, or when what is kept cannot be
+        read: the state is advisory, a start must not fail on it)."""
         raw = self.db.get(b"k:outage")
-        value = orjson.loads(raw) if isinstance(raw, bytes) else {}
+        try:
+            value = orjson.loads(raw) if isinstance(raw, bytes) else {}
+        except orjson.JSONDecodeError:
+            return {}
         return value if isinstance(value, dict) else {}
 
     def note_outage(self, state: dict[str, Any]) -> None:
@@ -240,6 +244,7 @@ class Ledger:
         elif self.db.get(b"k:outage") is not None:
             del self.db[b"k:outage"]
 
+    # --- the unsubscribe links' key ---
     def secret(self) -> bytes:
         key = b"k:unsubscribe"
         value = self.db.get(key)

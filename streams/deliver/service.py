@@ -76,8 +76,10 @@ class Deliverer:
         self.target, self.ledger, self.renderer, self.producer = target, ledger, renderer, producer
         self.metrics, self.settings, self.now_ms, self.sleep = metrics, settings, now_ms, sleep
         self.unsubscribe_base, self.secret = unsubscribe_base, secret
-        self._outage_kept = ledger.outage()
-        self.outage = Outage(self._outage_kept)  # (a restart during an outage goes on with it)
+        # a restart during an outage goes on with it, when the target is still the same one
+        kept = ledger.outage()
+        self._outage_kept = kept if kept.get("target") == _target_id(target) else {}
+        self.outage = Outage(self._outage_kept, now_ms())
         metrics.target_up.set(0 if self.outage.counted_down else 1)
         metrics.ledger_entries.set(ledger.entries)
         metrics.held.set(ledger.held)
@@ -251,6 +253,7 @@ class Deliverer:
                 self.outage.failed(self.now_ms())
             else:  # the target answered: it is up (this message may go through later)
                 self.outage.up()
+            self._show_target()  # (kept before what follows may take a while, or fail)
             if not self._again_later(trigger, str(exc)):
                 self._give_up(trigger, "retries_exhausted",
                               self._earlier_attempts(trigger_id) + self.settings.deliver_attempts, str(exc))
@@ -305,8 +308,11 @@ class Deliverer:
         # watches for 10 minutes of 0)
         self.metrics.target_up.set(0 if self.outage.counted_down else 1)
         state = self.outage.state()
+        if state:
+            state["target"] = _target_id(self.target)
         if state != self._outage_kept:
             self.ledger.note_outage(state)
+            self.ledger.sync()  # (rare: the outage began, ended or waits longer)
             self._outage_kept = state
 
     def _again_later(self, trigger: dict[str, Any], why: str) -> bool:
@@ -395,12 +401,17 @@ class Outage:
     attempts and backoff), until the first of them probes it (or, with none due when a wait ends,
     :meth:`Deliverer._probe`); any answer from the target ends it."""
 
-    def __init__(self, kept: Mapping[str, Any] | None = None) -> None:
-        kept = kept or {}
-        self.in_a_row: int = kept.get("in_a_row", 0)
-        self.until_ms: int = kept.get("until_ms", 0)
-        self.waits: int = kept.get("waits", 0)  # waits since the target last answered a message
-        self.probe_answered_ms: int | None = kept.get("probe_answered_ms")
+    def __init__(self, kept: Mapping[str, Any] | None = None, now_ms: int = 0) -> None:
+        """``kept``: a :meth:`state` from before a restart, read as far as it makes sense at
+        ``now_ms`` (no wait longer than the longest, nothing answered in the future)."""
+        def count(name: str) -> int:
+            value = (kept or {}).get(name, 0)
+            return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+        self.in_a_row = count("in_a_row")
+        self.until_ms = min(count("until_ms"), now_ms + LONGEST_ROUND_MS)  # (a clock set back meanwhile)
+        self.waits = count("waits")  # waits since the target last answered a message
+        self.probe_answered_ms: int | None = min(count("probe_answered_ms"), now_ms) or None
 
     def state(self) -> dict[str, Any]:
         """What a restart needs to go on ({} when nothing is counted: the target is up)."""
@@ -439,6 +450,13 @@ class Outage:
 
 #: The ``reason`` label of ``mailpulse_delivery_withdrawals_total`` (besides ``other`` and ``unreadable``).
 WITHDRAWAL_REASONS = ("consent", "erased")
+
+
+def _target_id(target: Target) -> str:
+    """Which target an outage was counted for: its kind and a digest of where it is (a webhook's URL
+    may carry a token), so that a state folder used with another target does not start it down."""
+    where = f"{getattr(target, 'host', '')}:{getattr(target, 'port', '')}:{getattr(target, 'url', '')}"
+    return f"{target.name}:{hashlib.sha256(where.encode()).hexdigest()[:16]}"
 
 
 def _type_label(kind: Any) -> str:
@@ -645,9 +663,11 @@ def start_uncommitted_at_first_offset(consumer: Consumer, partitions: list[Topic
         # incremental_assign here)
     except KafkaException as exc:
         # confluent-kafka does not assign the partitions itself once ``assign`` was called from here:
-        # as given, else the error ends the loop (and the process, to be restarted) rather than
-        # leaving it in the group reading nothing
-        log.warning("deliver: the triggers partitions could not be assigned at their offsets (%s)", exc)
+        # as given (where nothing is committed, at the broker's "beginning"), else the error ends the
+        # loop (in ``mailpulse deliver``, the process, to be restarted) rather than leaving it in the
+        # group reading nothing
+        log.warning("deliver: the triggers partitions could not be assigned at offset 0 (%s); assigned "
+                    "from their committed offsets or the broker's beginning instead", exc)
         consumer.assign(partitions)
 
 

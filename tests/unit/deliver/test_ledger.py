@@ -88,3 +88,17 @@ def test_a_released_trigger_leaves_the_profile_index(tmp_path: Path) -> None:
     [(key, _)] = ledger.held_for("p-1")
     ledger.release(key, "p-1")
     assert ledger.held == 0 and not list(ledger._keys(b"p:")) and not list(ledger._keys(b"h:"))
+
+
+def test_the_outage_kept_survives_a_reopen_and_is_gone_once_the_target_is_up(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "state")
+    assert ledger.outage() == {}
+    ledger.note_outage({"in_a_row": 3, "until_ms": 5, "target": "smtp:x"})
+    ledger.close()
+    ledger = Ledger(tmp_path / "state")
+    assert ledger.outage() == {"in_a_row": 3, "until_ms": 5, "target": "smtp:x"}
+    ledger.note_outage({})
+    assert ledger.outage() == {}
+    ledger.db[b"k:outage"] = b"not json"  # (another version's, or damaged): a start must not fail on it
+    assert ledger.outage() == {}
+    ledger.close()

@@ -716,3 +716,45 @@ def test_no_probe_goes_ahead_of_a_trigger_due_a_second_after_the_wait(tmp_path: 
     now[0] += 1000
     step.release_due()
     assert target.probes == 0 and target.attempts == attempts + step.settings.deliver_attempts
+
+
+
+def _restarted(step: Deliverer, target: Any, tmp: Path) -> Deliverer:
+    step.ledger.close()
+    return Deliverer(target, Ledger(tmp / "state"), Renderer(), Recorder(),  # type: ignore[arg-type]
+                     DeliverMetrics(), step.settings, "http://u", b"k" * 32, now_ms=step.now_ms,
+                     sleep=lambda s: None)
+
+
+def test_an_outage_kept_for_another_target_or_unreadable_or_too_far_ahead_is_not_taken_over(tmp_path: Path) -> None:
+    from streams.deliver.service import LONGEST_ROUND_MS, Outage
+
+    target = Flaky()
+    step, now = _counted_down_with_nothing_held(tmp_path, target)
+    other = AnswersProbesOnly()
+    other.name = "other-target"
+    again = _restarted(step, other, tmp_path)
+    assert not again.outage.counted_down and again.metrics.target_up._value.get() == 1
+    assert Outage({"in_a_row": "3", "until_ms": None, "waits": True}, now[0]).state() == {}
+    ahead = Outage({"in_a_row": 3, "until_ms": now[0] + 365 * 86_400_000, "waits": 5}, now[0])
+    assert ahead.counted_down and ahead.until_ms == now[0] + LONGEST_ROUND_MS  # (a clock set back)
+
+
+@pytest.mark.parametrize("later_min,counted_down", [(30, True), (61, False), (180, False)])
+def test_an_answered_probe_holds_the_count_for_the_longest_wait_and_through_a_restart(
+        tmp_path: Path, later_min: int, counted_down: bool) -> None:
+    from streams.deliver.service import DOWN_AFTER
+
+    target = AnswersProbesOnly()
+    step, now = _counted_down_with_nothing_held(tmp_path, target)
+    now[0] = step.outage.until_ms
+    step.release_due()  # answered
+    waits = step.outage.waits
+    step = _restarted(step, target, tmp_path)
+    now[0] += later_min * 60_000
+    step.handle(trigger(trigger_id="later"))  # fails all its attempts
+    assert step.outage.counted_down is counted_down
+    if counted_down:
+        assert step.outage.waits == waits + 1
+    else:
+        assert (step.outage.in_a_row, step.outage.waits) == (1, 0) and DOWN_AFTER > 1
