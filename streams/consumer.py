@@ -219,16 +219,6 @@ class ShortFetchWaitThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer._fetcher._fetch_max_wait_ms = idle if quiet else short  # read by each request it builds
         return records
 
-    async def seek_to_first_offset(self, *partitions: TP) -> None:
-        """Fix 2: seeks ``partitions`` to offset 0 (:data:`streams.broker.FIRST_OFFSET`) on this
-        thread, whose event loop the aiokafka consumer belongs to (as Faust's ``seek_to_beginning``)."""
-        await self.call_thread(self._seek_to_first_offset, *partitions)
-
-    async def _seek_to_first_offset(self, *partitions: TP) -> None:
-        consumer = self._ensure_consumer()
-        for tp in partitions:
-            consumer.seek(tp, FIRST_OFFSET)
-
     async def on_thread_stop(self) -> None:
         """Fix 5 of the module doc."""
         try:
@@ -372,8 +362,9 @@ class Consumer(faust_aiokafka.Consumer):
             # (changelog partitions are read by table recovery from offsets of its own)
             uncommitted = [tp for tp, offset in committed.items()
                            if (not offset or offset <= 0) and not tp.topic.endswith("-changelog")]
-            if uncommitted:  # offset 0, not the broker's "beginning": see FIRST_OFFSET
-                await cast(ShortFetchWaitThread, self._thread).seek_to_first_offset(*uncommitted)
+            if uncommitted:  # offset 0, not the broker's "beginning": see FIRST_OFFSET (Faust's
+                # seek_wait seeks on the consumer thread, whose event loop the aiokafka consumer uses)
+                await self.seek_wait({tp: FIRST_OFFSET for tp in uncommitted})
                 moved.update(uncommitted)
         self._sought.update(moved)  # what the fetch loop still holds for these is read again (fix 11)
         return committed

@@ -464,8 +464,9 @@ def _thread_seeks_to(consumer: Consumer, committed: dict[TP, int | None]) -> lis
     async def seek_to_committed() -> dict[TP, int | None]:
         return committed
 
-    async def seek_to_first_offset(*tps: TP) -> None:  # (on the consumer thread)
-        to_beginning.extend(tps)
+    async def seek_wait(offsets: dict[TP, int]) -> None:  # (on the consumer thread)
+        assert set(offsets.values()) == {0}, offsets
+        to_beginning.extend(offsets)
 
     async def seek_to_beginning(*tps: TP) -> None:
         raise AssertionError("seek_to_beginning asks the broker for its earliest offset")
@@ -474,7 +475,7 @@ def _thread_seeks_to(consumer: Consumer, committed: dict[TP, int | None]) -> lis
         raise AssertionError("a seek from the main loop: the aiokafka consumer belongs to its thread's loop")
 
     consumer._thread = SimpleNamespace(seek_to_committed=seek_to_committed,  # type: ignore[assignment]
-                                       seek_to_first_offset=seek_to_first_offset, seek=seek,
+                                       seek_wait=seek_wait, seek=seek,
                                        seek_to_beginning=seek_to_beginning)
     return to_beginning
 
