@@ -77,8 +77,8 @@ class Deliverer:
         self.metrics, self.settings, self.now_ms, self.sleep = metrics, settings, now_ms, sleep
         self.unsubscribe_base, self.secret = unsubscribe_base, secret
         # a restart during an outage goes on with it, when the target is still the same one
-        kept = ledger.outage()
-        self._outage_kept = kept if kept.get("target") == _target_id(target) else {}
+        kept, self._target_id = ledger.outage(), _target_id(target)
+        self._outage_kept = kept if kept.get("target") == self._target_id else {}
         self.outage = Outage(self._outage_kept, now_ms())
         metrics.target_up.set(0 if self.outage.counted_down else 1)
         metrics.ledger_entries.set(ledger.entries)
@@ -123,7 +123,7 @@ class Deliverer:
         released, now = 0, self.now_ms()
         due = self.ledger.due(now)
         # no trigger to try the target with (a failed one is held a second past the wait): ask it
-        if self.outage.counted_down and not self.outage.down(now) and not self.ledger.due(now + 1000):
+        if not due and self.outage.counted_down and not self.outage.down(now) and not self.ledger.due(now + 1000):
             self._probe()
         self._show_target()
         for key in due:
@@ -259,7 +259,6 @@ class Deliverer:
                               self._earlier_attempts(trigger_id) + self.settings.deliver_attempts, str(exc))
             else:
                 self.metrics.ledger_entries.set(self.ledger.entries)
-            self._show_target()
             return
         except Permanent as exc:
             self.outage.up()  # it answered
@@ -309,7 +308,7 @@ class Deliverer:
         self.metrics.target_up.set(0 if self.outage.counted_down else 1)
         state = self.outage.state()
         if state:
-            state["target"] = _target_id(self.target)
+            state["target"] = self._target_id
         if state != self._outage_kept:
             self.ledger.note_outage(state)
             self.ledger.sync()  # (rare: the outage began, ended or waits longer)
