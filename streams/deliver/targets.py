@@ -240,6 +240,11 @@ def _codes(recipients: Any) -> str:
     return ", ".join(str(code) for code, _ in recipients.values()) if isinstance(recipients, dict) else "?"
 
 
+#: What an HTTP request that got no (whole) answer raises: no connection, a timeout, a reply cut
+#: short or not HTTP at all.
+NO_ANSWER = (OSError, ValueError, http.client.HTTPException)
+
+
 class Webhook:
     """POSTs ``{"idempotency_key", "from", "to", "subject", "html", "text", "headers", "metadata"}``
     with an ``Idempotency-Key`` header (the trigger id, the same on every attempt).  A 2xx answer
@@ -250,21 +255,23 @@ class Webhook:
     def __init__(self, url: str, token: str | None, timeout_s: float) -> None:
         self.url, self.token, self.timeout_s = url, token, timeout_s
 
+    def _authorization(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
     #: HEAD answers that say the service is not there: any other (405 and 501 from a server that
     #: takes only POST, 500 from one that fails on HEAD) is an answer.
     DOWN_STATUSES = frozenset({502, 503, 504, 408, 429})
 
     def probe(self, sender: str) -> None:
         """A HEAD request, which sends nothing."""
-        request = urllib.request.Request(self.url, method="HEAD", headers={
-            **({"Authorization": f"Bearer {self.token}"} if self.token else {})})
+        request = urllib.request.Request(self.url, method="HEAD", headers=self._authorization())
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s):
                 pass
         except urllib.error.HTTPError as exc:
             if exc.code in self.DOWN_STATUSES:
                 raise Temporary(f"HTTP {exc.code}") from None
-        except (OSError, ValueError, http.client.HTTPException) as exc:  # (e.g. not HTTP at all)
+        except NO_ANSWER as exc:
             raise Temporary(f"HTTP {type(exc).__name__}: {exc}"[:300]) from None
 
     def send(self, message: EmailMessage, trigger: dict[str, Any]) -> Sent:
@@ -282,8 +289,7 @@ class Webhook:
                          "profile_id": trigger.get("profile_id")},
         }
         request = urllib.request.Request(self.url, data=json.dumps(body).encode(), method="POST", headers={
-            "Content-Type": "application/json", "Idempotency-Key": trigger["trigger_id"],
-            **({"Authorization": f"Bearer {self.token}"} if self.token else {})})
+            "Content-Type": "application/json", "Idempotency-Key": trigger["trigger_id"], **self._authorization()})
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                 answer = response.read()
@@ -293,8 +299,8 @@ class Webhook:
                 raise Temporary("HTTP 409: a request with this idempotency key is in progress", False) from None
             kind = Temporary if exc.code >= 500 or exc.code in (408, 429) else Permanent
             raise kind(f"HTTP {exc.code}") from None
-        except (OSError, ValueError, http.client.HTTPException) as exc:  # (an answer cut short: sent
-            # again with the same idempotency key, the API answers with the first request's outcome)
+        except NO_ANSWER as exc:  # (an answer cut short too: sent again with the same idempotency
+            # key, the API answers with the first request's outcome)
             raise Temporary(f"HTTP {type(exc).__name__}: {exc}"[:300]) from None
         try:
             reply = json.loads(answer) if answer else {}
