@@ -673,11 +673,7 @@ def test_a_restart_during_an_outage_goes_on_with_it(tmp_path: Path) -> None:
     target = Flaky()
     step, _ = _counted_down_with_nothing_held(tmp_path, target)
     until = step.outage.until_ms
-    step.ledger.close()
-    producer = Recorder()
-    again = Deliverer(target, Ledger(tmp_path / "state"), Renderer(), producer,  # type: ignore[arg-type]
-                      DeliverMetrics(), step.settings, "http://u", b"k" * 32, now_ms=step.now_ms,
-                      sleep=lambda s: None)
+    again = _restarted(step, target, tmp_path)
     assert again.metrics.target_up._value.get() == 0 and again.outage.until_ms == until
     attempts = target.attempts
     again.handle(trigger(trigger_id="after-restart"))  # waits for the probe, without an attempt
