@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 
 from models import bgnbd, evaluation
-from models.bundle import write_bundle
+from models.bundle import import_lightgbm, write_bundle
 from models.features import FEATURES, feature_row
 from models.report import model_card
 from models.scoring import offline_pipeline
@@ -287,8 +287,7 @@ def fit_model(train_x: np.ndarray[Any, np.dtype[np.float64]], train_y: np.ndarra
               valid_x: np.ndarray[Any, np.dtype[np.float64]],
               valid_y: np.ndarray[Any, np.dtype[np.float64]]) -> Trained:
     """LightGBM with early stopping on the validation set, then isotonic calibration on it."""
-    import lightgbm
-
+    lightgbm = import_lightgbm()
     params = dict(PARAMS, monotone_constraints=[MONOTONE.get(name, 0) for name in FEATURES],
                   monotone_constraints_method="advanced")
     train_set = lightgbm.Dataset(train_x, train_y, feature_name=list(FEATURES), free_raw_data=False)
