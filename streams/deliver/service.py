@@ -99,6 +99,12 @@ class Deliverer:
         if problem is not None:
             self._failed(trigger if isinstance(trigger, dict) else {}, 0, "bad_trigger", problem)
             return
+        if trigger["email"] is None:
+            # nobody's address is known yet (an anonymous visitor's cart or browsing): no e-mail can be
+            # sent, and that is no delivery failure (shop traffic has many; as failures they would set
+            # off MailpulseDeliveriesFailing for good).  Counted; its trigger stays on ``triggers``.
+            self.metrics.deliveries.labels(_type_label(trigger["type"]), "no_address").inc()
+            return
         if self.ledger.outcome(trigger["trigger_id"]) is not None:
             self.metrics.deliveries.labels(_type_label(trigger["type"]), "duplicate").inc()
             return
@@ -493,11 +499,15 @@ def _send_at_ms(trigger: Mapping[str, Any]) -> int:
 def _malformed(trigger: Any) -> str | None:
     if not isinstance(trigger, dict):
         return "not a JSON object"
-    for field in ("trigger_id", "type", "email"):
+    for field in ("trigger_id", "type"):
         if not isinstance(trigger.get(field), str) or not trigger[field].strip():
             return f"missing or empty {field}"
-    if "@" not in trigger["email"]:
-        return "email is not an address"
+    email = trigger.get("email", "")  # null: no address known (the pipeline's anonymous profiles), not malformed
+    if email is not None:
+        if not isinstance(email, str) or not email.strip():
+            return "missing or empty email"
+        if "@" not in email:
+            return "email is not an address"
     # absent, it is sent at ``at``; there but unreadable, it is not sent at once (quiet hours)
     if trigger.get("send_at") is not None and _timestamp_ms(trigger["send_at"]) is None:
         return "send_at is not an ISO-8601 timestamp"

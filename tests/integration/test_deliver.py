@@ -221,7 +221,8 @@ def test_a_one_click_unsubscribe_reaches_the_worker_and_holds_back_that_persons_
         broker: EmbeddedBroker, smtp: tuple[SmtpInbox, int], start_worker: WorkerFactory, tmp_path: Path) -> None:
     """The whole loop: a worker's cart_abandoned trigger becomes an e-mail, its one-click unsubscribe
     becomes an event the worker folds (stamped at the click), and the person's next abandoned cart,
-    after it, gives no trigger: the worker holds it back for consent, not only deliver."""
+    after it, gives no trigger: the worker holds it back for consent, not only deliver.  An anonymous
+    visitor's abandoned cart gives a trigger without an address: counted, not a delivery failure."""
     inbox, smtp_port = smtp
     worker = start_worker()
     process, deliver_port = start_deliver(broker, tmp_path, MAILPULSE_SMTP_HOST="127.0.0.1",
@@ -232,15 +233,21 @@ def test_a_one_click_unsubscribe_reaches_the_worker_and_holds_back_that_persons_
          "traits": {"first_name": "Pia", "email": "pia@example.com"}, "consent": {"email": True}},
         {"event_id": "k-pia-1", "type": "cart_add", "timestamp": "2026-03-01T10:00:00Z", **person,
          "product_id": "sku-1", "quantity": 1, "price": 10.0},
+        {"event_id": "k-anon-1", "type": "cart_add", "timestamp": "2026-03-01T10:05:00Z", "anonymous_id": "a-anon",
+         "product_id": "sku-3", "quantity": 1, "price": 5.0},
     ]
     try:
         history = tmp_path / "first.jsonl"
         history.write_bytes(b"".join(orjson.dumps(event) + b"\n" for event in first))
         assert mailpulse_cli("replay", str(history), "--broker", broker.url, "--until", "2026-03-01T12:00:00Z")
-        worker.wait_metric("mailpulse_triggers_total", 1, timeout=120, type="cart_abandoned")
-        # all the person's triggers so far (welcome; no churn_risk before a purchase)
-        first_ids = {t["trigger_id"] for _, t in read_topic(broker.bootstrap, "triggers", quiet_s=2.0)}
+        worker.wait_metric("mailpulse_triggers_total", 2, timeout=120, type="cart_abandoned")
+        # all the person's triggers so far (welcome; no churn_risk before a purchase), and the visitor's
+        so_far = [t for _, t in read_topic(broker.bootstrap, "triggers", quiet_s=2.0)]
+        first_ids = {t["trigger_id"] for t in so_far if t["email"] is not None}
+        assert [(t["type"], t["user_id"]) for t in so_far if t["email"] is None] == [("cart_abandoned", None)]
         wait_until(lambda: set(inbox.trigger_ids()) == first_ids, timeout=60)
+        wait_until(lambda: metric(deliver_port, "mailpulse_deliveries_total", outcome="no_address") == 1)
+        assert metric(deliver_port, "mailpulse_deliveries_total", outcome="failed") == 0
         [message] = [m for m in inbox.messages if "cart" in str(m["Subject"])]
         assert message["To"] == "pia@example.com"
         url = str(message["List-Unsubscribe"]).strip("<>")
@@ -263,7 +270,7 @@ def test_a_one_click_unsubscribe_reaches_the_worker_and_holds_back_that_persons_
         assert mailpulse_cli("replay", str(later), "--broker", broker.url, "--until", stamp(3 * 3600))
         worker.wait_metric("mailpulse_triggers_suppressed_total", 1, timeout=120, type="cart_abandoned",
                            reason="consent_false")
-        triggers = [t for _, t in read_topic(broker.bootstrap, "triggers", quiet_s=2.0)]
+        triggers = [t for _, t in read_topic(broker.bootstrap, "triggers", quiet_s=2.0) if t["email"] is not None]
         # the watermark's jump from March to now fired what was due in between, stamped before the
         # click, when she had consent; nothing after it
         assert all(parse_timestamp(t["at"]) < clicked * 1000 for t in triggers)
