@@ -196,7 +196,10 @@ def _run_faust(app: faust.App, settings: Settings) -> int:
             logs.format_root()
             logs.quiet_repeats()
 
-    worker = QuietWorker(app, loglevel=settings.log_level, quiet=True)
+    # redirect_stdouts off: Faust would log what is printed once it runs as warnings of ``mode.redirect``
+    # (the demo's deliver announcing itself from its thread: a warning, and in the JSON log format a
+    # JSON line inside another's message); ``logs.say`` already writes start-up lines as they should be
+    worker = QuietWorker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:

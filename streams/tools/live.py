@@ -46,7 +46,7 @@ class LiveView:
     def __init__(self, registry: CollectorRegistry, bootstrap: str, console: Console | None = None) -> None:
         self.registry = registry
         self.bootstrap = bootstrap
-        # the terminal as it is now: Faust's worker later replaces sys.stdout with a logger
+        # the terminal as it is now (whatever replaces sys.stdout later)
         self.console = console or Console(file=sys.stdout)
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
         self._stop = threading.Event()
