@@ -185,6 +185,7 @@ def stop_line(committed: bool, broker_silent: bool) -> str:
 
 def _run_faust(app: faust.App, settings: Settings) -> int:
     from faust.worker import Worker
+    from mode.utils.logging import redirect_stdouts
 
     class QuietWorker(Worker):
         """Faust's terminal spinner sets the root logger to DEBUG so it can spin on every record: every
@@ -196,10 +197,13 @@ def _run_faust(app: faust.App, settings: Settings) -> int:
             logs.format_root()
             logs.quiet_repeats()
 
-    # redirect_stdouts off: Faust would log what is printed once it runs as warnings of ``mode.redirect``
-    # (the demo's deliver announcing itself from its thread: a warning, and in the JSON log format a
-    # JSON line inside another's message); ``logs.say`` already writes start-up lines as they should be
-    worker = QuietWorker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+        def _redirect_stdouts(self) -> None:
+            """stderr only, as log records of ``mode.redirect`` (a thread's traceback, a Python warning);
+            stdout stays where ``logs.say`` writes the lines a person reads (redirected, the demo's
+            deliver announced itself as a warning, in the JSON format as a JSON line inside another's)."""
+            self.add_context(redirect_stdouts(severity=self.redirect_stdouts_level, stdout=False))
+
+    worker = QuietWorker(app, loglevel=settings.log_level, quiet=True)
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:
