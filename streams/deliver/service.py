@@ -99,14 +99,11 @@ class Deliverer:
         if problem is not None:
             self._failed(trigger if isinstance(trigger, dict) else {}, 0, "bad_trigger", problem)
             return
-        if trigger["email"] is None:
-            # nobody's address is known yet (an anonymous visitor's cart or browsing): no e-mail can be
-            # sent, and that is no delivery failure (shop traffic has many; as failures they would set
-            # off MailpulseDeliveriesFailing for good).  Counted; its trigger stays on ``triggers``.
-            self.metrics.deliveries.labels(_type_label(trigger["type"]), "no_address").inc()
-            return
         if self.ledger.outcome(trigger["trigger_id"]) is not None:
             self.metrics.deliveries.labels(_type_label(trigger["type"]), "duplicate").inc()
+            return
+        if trigger["email"] is None:
+            self._no_address(trigger)
             return
         if self._withdrawn(trigger):
             return
@@ -374,14 +371,28 @@ class Deliverer:
 
     def _failed(self, trigger: Mapping[str, Any], attempts: int, code: str, message: str) -> None:
         self.metrics.deliveries.labels(_type_label(trigger.get("type")), "failed").inc()
+        self._report(trigger, attempts, code, message)
+        self.producer.flush(10)
+        log.warning("delivery failed (%s) for trigger %s", code, trigger.get("trigger_id"))
+
+    def _no_address(self, trigger: Mapping[str, Any]) -> None:
+        """A trigger with ``"email": null``: nobody's address is known yet (an anonymous visitor's cart or
+        browsing), so no e-mail can be sent.  It goes to ``delivery-failed`` with code ``no_address``, as
+        the contract has every trigger not delivered, but it is no failure of delivery: it counts as
+        ``outcome="no_address"``, not ``failed`` (shop traffic has many, which set off
+        MailpulseDeliveriesFailing for good as ``bad_trigger``), logs nothing, and is marked, so a
+        replay does not report it again.  The record is flushed before the offsets pass it."""
+        self._report(trigger, 0, "no_address", "no e-mail address is known for this person")
+        self.ledger.mark(str(trigger["trigger_id"]), FAILED, self.now_ms(), code="no_address")
+        self.metrics.deliveries.labels(_type_label(trigger["type"]), "no_address").inc()
+
+    def _report(self, trigger: Mapping[str, Any], attempts: int, code: str, message: str) -> None:
         profile_id = trigger.get("profile_id")
         record = {"trigger_id": trigger.get("trigger_id"), "type": trigger.get("type"), "profile_id": profile_id,
                   "attempts": attempts, "error": {"code": code, "message": message[:1000]},
                   "at": format_ms(self.now_ms())}
         self.producer.produce(DELIVERY_FAILED, orjson.dumps(record),
                               key=profile_id.encode() if isinstance(profile_id, str) else None)
-        self.producer.flush(10)
-        log.warning("delivery failed (%s) for trigger %s", code, trigger.get("trigger_id"))
 
 
 #: The ``type`` label of the delivery metrics: the built-in trigger types, and ``other`` for any other
@@ -630,7 +641,8 @@ def run_deliver(settings: Settings, dry_run: Path | None, stop: threading.Event,
                 deliverer.handle(message.value())
                 handled += 1
             if handled and not stopped:  # (a commit now would pass what was not handled)
-                ledger.sync()  # what the offsets pass is on disk first (held triggers, outcomes)
+                producer.flush(10)  # what the offsets pass was reported first (no_address records)
+                ledger.sync()  # and is on disk (held triggers, outcomes)
                 try:
                     consumer.commit(asynchronous=False)
                 except KafkaException as exc:  # e.g. the partitions were taken away meanwhile:
