@@ -320,8 +320,8 @@ def test_the_live_scores_topic_agrees_with_mailpulse_score_for_the_same_history(
     expected = len(expected_run(events).scores)
     scores = [value for _, value in read_topic(broker.bootstrap, "scores", lambda m: len(m) >= expected)]
     assert len(scores) == expected > 100
-    # the worker scored without pandas and scikit-learn, which `mailpulse score` below (and this test's
-    # process) may load with lightgbm: the parity holds across both
+    # the worker scored without pandas and scikit-learn mapped (tests/models/test_scoring.py compares
+    # the predictions with a lightgbm that imported them)
     mapped = Path(f"/proc/{worker.process.pid}/maps").read_text()
     assert "lib_lightgbm" in mapped and "/pandas/" not in mapped and "/sklearn/" not in mapped
     sample = random.Random(5).sample(scores, 8)

@@ -105,7 +105,9 @@ def test_lightgbm_is_loaded_without_pandas_and_sklearn_and_predicts_the_same() -
     import sys
     from ast import literal_eval
 
-    pytest.importorskip("pandas")  # installed with the development extras; without them there is nothing to leave out
+    # installed with the development extras; without them there is nothing to leave out
+    pytest.importorskip("pandas")
+    pytest.importorskip("sklearn")
     runs = {}
     for first in ("", "import pandas", "import lightgbm"):
         done = subprocess.run([sys.executable, "-c", _SCORE_WITHOUT.format(first=first)], capture_output=True,
