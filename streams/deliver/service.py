@@ -102,10 +102,10 @@ class Deliverer:
         if self.ledger.outcome(trigger["trigger_id"]) is not None:
             self.metrics.deliveries.labels(_type_label(trigger["type"]), "duplicate").inc()
             return
+        if self._withdrawn(trigger):
+            return
         if trigger["email"] is None:
             self._no_address(trigger)
-            return
-        if self._withdrawn(trigger):
             return
         now, send_at = self.now_ms(), _send_at_ms(trigger)
         if self.ledger.is_held(trigger["trigger_id"], str(trigger.get("profile_id"))):
@@ -380,10 +380,10 @@ class Deliverer:
         browsing), so no e-mail can be sent.  It goes to ``delivery-failed`` with code ``no_address``, as
         the contract has every trigger not delivered, but it is no failure of delivery: it counts as
         ``outcome="no_address"``, not ``failed`` (shop traffic has many, which set off
-        MailpulseDeliveriesFailing for good as ``bad_trigger``), logs nothing, and is marked, so a
-        replay does not report it again.  The record is flushed before the offsets pass it."""
+        MailpulseDeliveriesFailing for good as ``bad_trigger``) and logs nothing.  Not marked in the
+        ledger (a mark could outlive a record the broker never took): read again, it is reported
+        again, as a ``bad_trigger`` is.  The loop flushes the record before its offsets pass it."""
         self._report(trigger, 0, "no_address", "no e-mail address is known for this person")
-        self.ledger.mark(str(trigger["trigger_id"]), FAILED, self.now_ms(), code="no_address")
         self.metrics.deliveries.labels(_type_label(trigger["type"]), "no_address").inc()
 
     def _report(self, trigger: Mapping[str, Any], attempts: int, code: str, message: str) -> None:
@@ -640,9 +640,12 @@ def run_deliver(settings: Settings, dry_run: Path | None, stop: threading.Event,
                     continue
                 deliverer.handle(message.value())
                 handled += 1
-            if handled and not stopped:  # (a commit now would pass what was not handled)
-                producer.flush(10)  # what the offsets pass was reported first (no_address records)
-                ledger.sync()  # and is on disk (held triggers, outcomes)
+            if handled and not stopped and producer.flush(10):
+                # what the offsets would pass was not all reported (no_address records): the broker
+                # does not take them now; not committed, so a restart reads those triggers again
+                log.warning("deliver: delivery-failed records not acknowledged by the broker; offsets not committed")
+            elif handled and not stopped:  # (a commit now would pass what was not handled)
+                ledger.sync()  # what the offsets pass is on disk first (held triggers, outcomes)
                 try:
                     consumer.commit(asynchronous=False)
                 except KafkaException as exc:  # e.g. the partitions were taken away meanwhile:
