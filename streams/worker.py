@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import IO
 
 import faust
+from mode.utils.logging import redirect_stdouts
 
 from models.scoring import Predictor
 from schemas.events import INPUT_TOPICS
@@ -183,26 +184,26 @@ def stop_line(committed: bool, broker_silent: bool) -> str:
             "not committed: those events are read again at the next start, and each is applied once")
 
 
+class QuietWorker(faust.Worker):
+    """Faust's worker, with two changes."""
+
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        """No spinner: Faust's terminal spinner sets the root logger to DEBUG so it can spin on every
+        record, and every debug line of aiokafka then builds a LogRecord (10-20% of a busy worker's CPU)."""
+        self.spinner = None
+        logger.setLevel(level)
+        logs.format_root()
+        logs.quiet_repeats()
+
+    def _redirect_stdouts(self) -> None:
+        """stderr only goes to the log, as ``mode.redirect`` warnings, line by line (a Python warning, a
+        thread's traceback); stdout stays where ``logs.say`` writes the lines a person reads (redirected,
+        the demo's deliver announced itself as a warning, in the JSON format as a JSON line inside
+        another's)."""
+        self.add_context(redirect_stdouts(severity=self.redirect_stdouts_level, stdout=False))
+
+
 def _run_faust(app: faust.App, settings: Settings) -> int:
-    from faust.worker import Worker
-    from mode.utils.logging import redirect_stdouts
-
-    class QuietWorker(Worker):
-        """Faust's terminal spinner sets the root logger to DEBUG so it can spin on every record: every
-        debug line of aiokafka then builds a LogRecord (10-20% of a busy worker's CPU).  No spinner."""
-
-        def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
-            self.spinner = None
-            logger.setLevel(level)
-            logs.format_root()
-            logs.quiet_repeats()
-
-        def _redirect_stdouts(self) -> None:
-            """stderr only, as log records of ``mode.redirect`` (a thread's traceback, a Python warning);
-            stdout stays where ``logs.say`` writes the lines a person reads (redirected, the demo's
-            deliver announced itself as a warning, in the JSON format as a JSON line inside another's)."""
-            self.add_context(redirect_stdouts(severity=self.redirect_stdouts_level, stdout=False))
-
     worker = QuietWorker(app, loglevel=settings.log_level, quiet=True)
     try:
         worker.execute_from_commandline()

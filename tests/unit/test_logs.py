@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from streams.logs import RepeatFilter
 
@@ -40,3 +41,28 @@ def test_info_lines_of_the_client_all_pass() -> None:
     joined = "Joined group '%s' (generation %s) with member_id %s"
     assert all(quiet.filter(logging.LogRecord("aiokafka.consumer.group_coordinator", logging.INFO, __file__, 0,
                                               joined, ("g", n, "m"), None)) for n in range(5))
+
+
+def test_the_worker_sends_stderr_to_the_log_and_leaves_stdout_to_its_own_lines(tmp_path: Path) -> None:
+    """Faust's worker redirects both stdout and stderr into its log by default; ``QuietWorker`` only
+    stderr (a warning, a thread's traceback), so ``logs.say``'s lines, also those the demo's deliver
+    writes from its thread, stay one line of the chosen format each.  Also fails if mode renames the
+    hook it overrides."""
+    import sys
+
+    import faust
+    from mode.utils.logging import FileLogProxy
+
+    from streams.worker import QuietWorker
+
+    assert "_redirect_stdouts" in vars(faust.Worker) or any("_redirect_stdouts" in vars(base)
+                                                           for base in faust.Worker.__mro__[1:])
+    app = faust.App("test-quiet-worker", broker="memory://", datadir=str(tmp_path), autodiscover=False)
+    worker = QuietWorker(app, quiet=True)
+    stdout, stderr = sys.stdout, sys.stderr
+    try:
+        worker._redirect_stdouts()
+        assert sys.stdout is stdout and isinstance(sys.stderr, FileLogProxy)
+    finally:
+        worker.exit_stack.close()
+        sys.stdout, sys.stderr = stdout, stderr
