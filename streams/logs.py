@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 from typing import Literal
 
@@ -93,3 +94,19 @@ def say(message: str) -> None:
         print(JsonFormatter().format(record), file=sys.stdout, flush=True)
     else:
         print(f"mailpulse: {message}", flush=True)
+
+
+def log_thread_crashes() -> None:
+    """A helper thread (the demo's deliver, the product recommendations reader, the live view) that
+    raises ends with one error line naming the thread and the exception's class, its traceback at
+    debug level.  Python's default writes the traceback to stderr, which the worker's log takes line
+    by line, a warning each, with the exception's text, which can hold an input's values."""
+    def log_crash(args: threading.ExceptHookArgs) -> None:
+        if args.exc_type is SystemExit:
+            return
+        name = args.thread.name if args.thread is not None else "?"
+        logging.getLogger("mailpulse").error("thread %s stopped: %s", name, args.exc_type.__name__)
+        if args.exc_value is not None:
+            logging.getLogger("mailpulse").debug("thread %s stopped", name, exc_info=args.exc_value)
+
+    threading.excepthook = log_crash

@@ -88,6 +88,7 @@ def _empty_folder(folder: Path) -> None:
 def run_worker(settings: Settings, demo: bool = False) -> int:
     """Run one worker until it is stopped.  Returns the exit code."""
     logs.use(settings.log_format)
+    logs.log_thread_crashes()
     broker: EmbeddedBroker | None = None
     if not settings.broker:
         broker = start_embedded_broker(settings.embedded_broker_port)

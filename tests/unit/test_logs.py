@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import pytest
+
 from streams.logs import RepeatFilter
 
 
@@ -66,3 +68,28 @@ def test_the_worker_sends_stderr_to_the_log_and_leaves_stdout_to_its_own_lines(t
     finally:
         worker.exit_stack.close()
         sys.stdout, sys.stderr = stdout, stderr
+
+
+def test_a_helper_thread_that_raises_ends_with_one_error_line_without_the_exceptions_text(
+        caplog: pytest.LogCaptureFixture) -> None:
+    import threading
+
+    from streams.logs import log_thread_crashes
+
+    def crash() -> None:
+        raise ValueError("ana@example.com is not a number")
+
+    before = threading.excepthook
+    try:
+        log_thread_crashes()
+        with caplog.at_level(logging.DEBUG, logger="mailpulse"):
+            thread = threading.Thread(target=crash, name="helper")
+            thread.start()
+            thread.join()
+    finally:
+        threading.excepthook = before
+    errors = [record for record in caplog.records if record.levelno >= logging.INFO]
+    assert [record.getMessage() for record in errors] == ["thread helper stopped: ValueError"]
+    assert not [record for record in errors if record.exc_info]
+    [detail] = [record for record in caplog.records if record.levelno == logging.DEBUG]
+    assert detail.exc_info is not None and "ana@example.com" in str(detail.exc_info[1])  # at debug only
