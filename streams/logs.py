@@ -105,8 +105,9 @@ def log_thread_crashes() -> None:
         if args.exc_type is SystemExit:
             return
         name = args.thread.name if args.thread is not None else "?"
-        logging.getLogger("mailpulse").error("thread %s stopped: %s", name, args.exc_type.__name__)
+        log = logging.getLogger("mailpulse")
+        log.error("thread %s stopped: %s", name, args.exc_type.__name__)
         if args.exc_value is not None:
-            logging.getLogger("mailpulse").debug("thread %s stopped", name, exc_info=args.exc_value)
+            log.debug("thread %s stopped", name, exc_info=args.exc_value)
 
     threading.excepthook = log_crash

@@ -197,10 +197,10 @@ class QuietWorker(faust.Worker):
         logs.quiet_repeats()
 
     def _redirect_stdouts(self) -> None:
-        """stderr only goes to the log, as ``mode.redirect`` warnings, line by line (a Python warning, a
-        thread's traceback); stdout stays where ``logs.say`` writes the lines a person reads (redirected,
-        the demo's deliver announced itself as a warning, in the JSON format as a JSON line inside
-        another's)."""
+        """stderr only goes to the log, as ``mode.redirect`` warnings, line by line (a Python warning,
+        whatever else is written there; a thread that raises is logged by ``logs.log_thread_crashes``);
+        stdout stays where ``logs.say`` writes the lines a person reads (redirected, the demo's deliver
+        announced itself as a warning, in the JSON format as a JSON line inside another's)."""
         self.add_context(redirect_stdouts(severity=self.redirect_stdouts_level, stdout=False))
 
 
