@@ -91,9 +91,14 @@ def say(message: str) -> None:
     """A start-up line of the worker, on stdout: ``mailpulse: message``, or one JSON object."""
     if _format == "json":
         record = logging.LogRecord("mailpulse", logging.INFO, __file__, 0, message, None, None)
-        print(JsonFormatter().format(record), file=sys.stdout, flush=True)
+        line = JsonFormatter().format(record)
     else:
-        print(f"mailpulse: {message}", flush=True)
+        line = f"mailpulse: {message}"
+    # One write with its newline: the demo's deliver says its line from its own thread while Faust's
+    # root handler logs to the same stdout, and ``print`` writes the newline in a second call, between
+    # which another thread's line could land.
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def log_thread_crashes() -> None:

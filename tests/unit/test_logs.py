@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import io
+import json
 import logging
+import sys
+import threading
 from pathlib import Path
 
 import pytest
 
+from streams import logs
 from streams.logs import RepeatFilter
 
 
@@ -50,8 +55,6 @@ def test_the_worker_sends_stderr_to_the_log_and_leaves_stdout_to_its_own_lines(t
     stderr (a Python warning, whatever else is written there), so ``logs.say``'s lines, also those the demo's deliver
     writes from its thread, stay one line of the chosen format each.  Also fails if mode renames the
     hook it overrides."""
-    import sys
-
     import faust
     from mode.utils.logging import FileLogProxy
 
@@ -71,8 +74,6 @@ def test_the_worker_sends_stderr_to_the_log_and_leaves_stdout_to_its_own_lines(t
 
 def test_a_helper_thread_that_raises_ends_with_one_error_line_without_the_exceptions_text(
         caplog: pytest.LogCaptureFixture) -> None:
-    import threading
-
     from streams.logs import log_thread_crashes
 
     def crash() -> None:
@@ -92,3 +93,34 @@ def test_a_helper_thread_that_raises_ends_with_one_error_line_without_the_except
     assert not [record for record in errors if record.exc_info]
     [detail] = [record for record in caplog.records if record.levelno == logging.DEBUG]
     assert detail.exc_info is not None and "ana@example.com" in str(detail.exc_info[1])  # at debug only
+
+
+def test_a_line_said_from_one_thread_is_never_split_by_a_log_line_from_another(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo's deliver says its start-up line from its own thread while Faust's main thread logs,
+    both to the same stdout (Faust's root handler writes there).  ``print`` writes a line and its
+    newline in two calls, so a log line could land between them: two JSON objects on one line."""
+    out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+    monkeypatch.setattr(sys, "stdout", out)
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(logs.JsonFormatter())
+    logger = logging.getLogger("test.interleave")
+    logger.propagate = False
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    monkeypatch.setattr(logs, "_format", "json")
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # let the threads change places as often as they can
+    try:
+        sayer = threading.Thread(target=lambda: [logs.say("deliver: dry-run") for _ in range(3_000)])
+        sayer.start()
+        for _ in range(3_000):
+            logger.info("[^--Consumer]: Starting...")
+        sayer.join()
+    finally:
+        sys.setswitchinterval(interval)
+        logger.removeHandler(handler)
+    out.flush()
+    lines = out.buffer.getvalue().decode().splitlines()  # type: ignore[attr-defined]
+    assert len(lines) == 6_000
+    assert {json.loads(line)["message"] for line in lines} == {"deliver: dry-run", "[^--Consumer]: Starting..."}
