@@ -313,6 +313,13 @@ class DeliverMetrics:
                                    "cancelled)", ["reason"], registry=r)
         for reason in ("consent", "erased", "other", "unreadable"):
             self.withdrawals.labels(reason)
+        self.reports_unacknowledged = Gauge(
+            "mailpulse_delivery_records_unacknowledged", "Records for Kafka (delivery-failed reports, consent "
+            "withdrawals) kept in the ledger until the broker acknowledges them", registry=r)
+        self.report_errors = Counter("mailpulse_delivery_record_errors", "Records for Kafka the broker did not "
+                                     "take (kept and produced again)", ["topic"], registry=r)
+        for topic in ("delivery-failed", "identities"):
+            self.report_errors.labels(topic)
 
 
 def serve_wsgi(host: str, port: int, app: Any, name: str = "metrics-http") -> int:

@@ -9,7 +9,9 @@ triggers, and ``p:<length of the profile id>:<profile id>:<hold key>`` the same 
 ``u:``/``ue:`` unsubscribed profile ids and addresses (kept); ``r:<trigger id>`` the rounds of a
 trigger tried again later (until its outcome); ``w:<profile id>`` the latest event time at which the
 pipeline said that profile withdrew consent or was erased (kept for the ledger's retention), and
-``o:<partition>`` how far its withdrawals topic was read; ``k:`` the link secret and, in
+``o:<partition>`` how far its withdrawals topic was read; ``x:<kept at, ms>:<random>`` the records
+for Kafka (``delivery-failed`` reports, consent withdrawals) the broker has not acknowledged yet;
+``k:`` the link secret and, in
 ``k:outage``, whether the target counts as down (so that a restart during an outage does not forget
 it)."""
 
@@ -61,6 +63,7 @@ class Ledger:
             self.db[b"k:by-profile"] = b"1"
         self.entries = sum(1 for _ in self._keys(b"d:"))
         self.held = sum(1 for _ in self._keys(b"h:"))
+        self.unacknowledged = sum(1 for _ in self._keys(b"x:"))
 
     def close(self) -> None:
         self.db.close()
@@ -217,6 +220,31 @@ class Ledger:
 
     def note_read(self, partition: int, next_offset: int) -> None:
         self.db[b"o:%d" % partition] = b"%d" % next_offset
+
+    # --- records for Kafka, until the broker acknowledges them ---
+    def keep_record(self, topic: str, key: bytes | None, value: bytes, at_ms: int) -> bytes:
+        """Keeps a record about to be produced; returns its entry, for :meth:`acknowledged`.  (Bounded
+        by what gives up while the broker is away: held triggers, unsubscribe clicks, bounces.)"""
+        entry = b"x:%013d:" % max(at_ms, 0) + secrets.token_hex(8).encode()
+        self.db[entry] = orjson.dumps({"topic": topic, "key": None if key is None else key.decode(),
+                                       "value": value.decode()})
+        self.unacknowledged += 1
+        return entry
+
+    def acknowledged(self, entry: bytes) -> None:
+        if self.db.get(entry) is not None:
+            del self.db[entry]
+            self.unacknowledged -= 1
+
+    def kept_records(self) -> list[tuple[bytes, str, bytes | None, bytes]]:
+        """(entry, topic, key, value) of the records not acknowledged yet, oldest first."""
+        kept = []
+        for entry in list(self._keys(b"x:")):
+            record = orjson.loads(self._get(entry))
+            key = record["key"]
+            kept.append((entry, str(record["topic"]), None if key is None else str(key).encode(),
+                         str(record["value"]).encode()))
+        return kept
 
     # --- unsubscribed people ---
     def unsubscribe(self, profile_id: str, email: str, at_ms: int) -> None:

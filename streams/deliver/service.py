@@ -83,6 +83,56 @@ class Deliverer:
         metrics.target_up.set(0 if self.outage.counted_down else 1)
         metrics.ledger_entries.set(ledger.entries)
         metrics.held.set(ledger.held)
+        metrics.reports_unacknowledged.set(ledger.unacknowledged)
+        # the kept records produced and not acknowledged yet; the unsubscribe server's thread produces too
+        self._in_flight: set[bytes] = set()
+        self._records_lock = threading.Lock()
+
+    # --- records for Kafka, kept in the ledger until the broker has them ---
+    def produce(self, topic: str, value: bytes, key: bytes | None) -> None:
+        """Produces a record that must not be lost (a ``delivery-failed`` report, a consent withdrawal):
+        kept in the ledger first, forgotten when the broker acknowledges it, produced again by
+        :meth:`produce_kept` when it does not (at-least-once: a record may come out twice).  Without
+        this a record the broker did not take (away longer than librdkafka's 5 minutes) was gone while
+        the offsets of its trigger moved on."""
+        with self._records_lock:
+            entry = self.ledger.keep_record(topic, key, value, self.now_ms())
+        self._produce_kept(entry, topic, key, value)
+
+    def produce_kept(self) -> int:
+        """Produces again the kept records not acknowledged and not on their way now (at start, and
+        every minute); how many."""
+        with self._records_lock:
+            again = [record for record in self.ledger.kept_records() if record[0] not in self._in_flight]
+        for entry, topic, key, value in again:
+            self._produce_kept(entry, topic, key, value)
+        return len(again)
+
+    def _produce_kept(self, entry: bytes, topic: str, key: bytes | None, value: bytes) -> None:
+        with self._records_lock:
+            self._in_flight.add(entry)
+            self.metrics.reports_unacknowledged.set(self.ledger.unacknowledged)
+        try:
+            self.producer.produce(topic, value, key=key,
+                                  on_delivery=lambda error, _message: self._acknowledged(entry, topic, error))
+        except (BufferError, KafkaException) as exc:  # its queue full, say: kept, produced again later
+            with self._records_lock:
+                self._in_flight.discard(entry)
+            self.metrics.report_errors.labels(topic).inc()
+            log.warning("deliver: a %s record was not produced (%s); kept, produced again within a minute",
+                        topic, type(exc).__name__)
+
+    def _acknowledged(self, entry: bytes, topic: str, error: KafkaError | None) -> None:
+        """The producer's delivery report of a kept record (served by ``poll`` or ``flush``)."""
+        with self._records_lock:
+            self._in_flight.discard(entry)
+            if error is None:
+                self.ledger.acknowledged(entry)
+            self.metrics.reports_unacknowledged.set(self.ledger.unacknowledged)
+        if error is not None:
+            self.metrics.report_errors.labels(topic).inc()
+            log.warning("deliver: the broker did not take a %s record (%s); kept, produced again within a minute",
+                        topic, error.name())
 
     # --- in ---
     def handle(self, raw: bytes | None) -> None:
@@ -359,8 +409,8 @@ class Deliverer:
         now = self.now_ms()
         self.ledger.unsubscribe(profile_id, email, now)
         event = unsubscribe.consent_withdrawn(email, now, "unsubscribe" if source == "unsubscribe" else "bounce")
-        self.producer.produce(IDENTITIES, orjson.dumps(event), key=email.encode())
-        self.producer.flush(10)
+        self.produce(IDENTITIES, orjson.dumps(event), email.encode())
+        self.producer.poll(0)  # (delivery reports so far)
         self.metrics.unsubscribes.labels(source).inc()
 
     def _give_up(self, trigger: Mapping[str, Any], code: str, attempts: int, message: str) -> None:
@@ -372,7 +422,6 @@ class Deliverer:
     def _failed(self, trigger: Mapping[str, Any], attempts: int, code: str, message: str) -> None:
         self.metrics.deliveries.labels(_type_label(trigger.get("type")), "failed").inc()
         self._report(trigger, attempts, code, message)
-        self.producer.flush(10)
         log.warning("delivery failed (%s) for trigger %s", code, trigger.get("trigger_id"))
 
     def _no_address(self, trigger: Mapping[str, Any]) -> None:
@@ -381,8 +430,7 @@ class Deliverer:
         the contract has every trigger not delivered, but it is no failure of delivery: it counts as
         ``outcome="no_address"``, not ``failed`` (shop traffic has many, which set off
         MailpulseDeliveriesFailing for good as ``bad_trigger``) and logs nothing.  Not marked in the
-        ledger (a mark could outlive a record the broker never took): read again, it is reported
-        again, as a ``bad_trigger`` is.  The loop flushes the record before its offsets pass it."""
+        ledger: read again, it is reported again, as a ``bad_trigger`` is."""
         self._report(trigger, 0, "no_address", "no e-mail address is known for this person")
         self.metrics.deliveries.labels(_type_label(trigger["type"]), "no_address").inc()
 
@@ -391,8 +439,8 @@ class Deliverer:
         record = {"trigger_id": trigger.get("trigger_id"), "type": trigger.get("type"), "profile_id": profile_id,
                   "attempts": attempts, "error": {"code": code, "message": message[:1000]},
                   "at": format_ms(self.now_ms())}
-        self.producer.produce(DELIVERY_FAILED, orjson.dumps(record),
-                              key=profile_id.encode() if isinstance(profile_id, str) else None)
+        key = profile_id.encode() if isinstance(profile_id, str) else None
+        self.produce(DELIVERY_FAILED, orjson.dumps(record), key)
 
 
 #: The ``type`` label of the delivery metrics: the built-in trigger types, and ``other`` for any other
@@ -602,8 +650,13 @@ def run_deliver(settings: Settings, dry_run: Path | None, stop: threading.Event,
                         "unless it is public; set MAILPULSE_UNSUBSCRIBE_URL to the public address of /unsubscribe",
                         deliverer.unsubscribe_base)
         deliverer.fail_interrupted()
-        pruned_at, withdrawals_tried = 0.0, 0.0
+        if kept := deliverer.produce_kept():
+            log.info("deliver: %d records for Kafka not acknowledged before the last stop, produced again", kept)
+        pruned_at, withdrawals_tried, kept_at = 0.0, 0.0, time.monotonic()
         while not stop.is_set():
+            if time.monotonic() - kept_at > 60:
+                deliverer.produce_kept()
+                kept_at = time.monotonic()
             if time.monotonic() - pruned_at > 3600 or not pruned_at:
                 deliverer.prune()
                 if withdrawals is not None:
@@ -640,12 +693,10 @@ def run_deliver(settings: Settings, dry_run: Path | None, stop: threading.Event,
                     continue
                 deliverer.handle(message.value())
                 handled += 1
-            if handled and not stopped and producer.flush(10):
-                # what the offsets would pass was not all reported (no_address records): the broker
-                # does not take them now; not committed, so a restart reads those triggers again
-                log.warning("deliver: delivery-failed records not acknowledged by the broker; offsets not committed")
-            elif handled and not stopped:  # (a commit now would pass what was not handled)
-                ledger.sync()  # what the offsets pass is on disk first (held triggers, outcomes)
+            if handled and not stopped:  # (a commit now would pass what was not handled)
+                # what the offsets pass is on disk first: held triggers, outcomes, and the reports the
+                # broker has not acknowledged yet (produced again until it does)
+                ledger.sync()
                 try:
                     consumer.commit(asynchronous=False)
                 except KafkaException as exc:  # e.g. the partitions were taken away meanwhile:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 from confluent_kafka import OFFSET_INVALID, KafkaError, KafkaException, TopicPartition
 
 from schemas.timeparse import parse_timestamp
+from streams.broker import free_port
 from streams.deliver.ledger import Ledger
 from streams.deliver.render import Renderer
 from streams.deliver.service import Deliverer, start_uncommitted_at_first_offset
@@ -22,15 +24,28 @@ from streams.topics import TRIGGERS
 
 
 class Recorder:
-    """A producer that keeps what it was given."""
+    """A producer that keeps what it was given; ``poll`` and ``flush`` report each delivered (the
+    broker's acknowledgement), or failed with ``error`` when it is set."""
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, Any]] = []
+        self.reports: list[Callable[[KafkaError | None, None], None]] = []
+        self.error: KafkaError | None = None
 
-    def produce(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+    def produce(self, topic: str, value: bytes, key: bytes | None = None,
+                on_delivery: Callable[[KafkaError | None, None], None] | None = None) -> None:
         self.sent.append((topic, orjson.loads(value)))
+        if on_delivery is not None:
+            self.reports.append(on_delivery)
+
+    def poll(self, timeout: float = 0) -> int:
+        reports, self.reports = self.reports, []
+        for report in reports:
+            report(self.error, None)
+        return len(reports)
 
     def flush(self, timeout: float = 0) -> int:
+        self.poll()
         return 0
 
 
@@ -783,3 +798,41 @@ def test_an_answered_probe_holds_the_count_for_the_longest_wait_and_through_a_re
         assert step.outage.waits == waits + 1
     else:
         assert (step.outage.in_a_row, step.outage.waits) == (1, 0) and DOWN_AFTER > 1
+
+
+def test_a_report_the_broker_did_not_take_is_kept_and_produced_again_until_it_does(tmp_path: Path) -> None:
+    """A delivery-failed report (here ``no_address``, whose trigger's offset moves on at once) stays in
+    the ledger until the broker acknowledges it: a failed delivery report counts an error, and the
+    record is produced again by ``produce_kept``, also by a restarted deliver."""
+    step, producer = deliverer(tmp_path, DryRun(tmp_path / "out"))
+    producer.error = KafkaError(KafkaError._MSG_TIMED_OUT)
+    step.handle(trigger(email=None))
+    assert step.produce_kept() == 0  # on its way: not produced twice
+    producer.poll()
+    assert step.ledger.unacknowledged == 1 and step.metrics.reports_unacknowledged._value.get() == 1
+    assert step.metrics.report_errors.labels("delivery-failed")._value.get() == 1
+    step.ledger.close()
+
+    again, producer = deliverer(tmp_path, DryRun(tmp_path / "out"))  # a restart
+    assert again.metrics.reports_unacknowledged._value.get() == 1
+    assert again.produce_kept() == 1
+    [(topic, letter)] = producer.sent
+    assert (topic, letter["trigger_id"], letter["error"]["code"]) == ("delivery-failed", "t-1", "no_address")
+    producer.poll()  # acknowledged
+    assert again.ledger.unacknowledged == 0 and again.ledger.kept_records() == []
+    assert again.metrics.reports_unacknowledged._value.get() == 0 and again.produce_kept() == 0
+
+
+def test_a_report_a_real_producer_cannot_deliver_stays_kept(tmp_path: Path) -> None:
+    """librdkafka itself: no broker on the port, the record times out, the ledger keeps it."""
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": f"127.0.0.1:{free_port()}", "message.timeout.ms": 300,
+                         "log_level": 0})
+    step = Deliverer(DryRun(tmp_path / "out"), Ledger(tmp_path / "state"), Renderer(), producer, DeliverMetrics(),
+                     Settings(deliver_grace_s=0), "http://u", b"k" * 32, now_ms=lambda: 1_800_000_000_000)
+    step.handle(trigger(email=None))
+    assert producer.flush(5) == 0
+    assert step.ledger.unacknowledged == 1 and step.metrics.report_errors.labels("delivery-failed")._value.get() == 1
+    [(_, topic, key, value)] = step.ledger.kept_records()
+    assert (topic, key, orjson.loads(value)["error"]["code"]) == ("delivery-failed", b"p-1", "no_address")
