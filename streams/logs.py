@@ -95,8 +95,9 @@ def say(message: str) -> None:
     else:
         line = f"mailpulse: {message}"
     # One write with its newline: the demo's deliver says its line from its own thread while Faust's
-    # root handler logs to the same stdout, and ``print`` writes the newline in a second call, between
-    # which another thread's line could land.
+    # root handler logs to stderr, and where both go to one file (``2>&1``, a container's log) with
+    # stdout unbuffered (``PYTHONUNBUFFERED``), ``print``'s second write, the newline, let another
+    # thread's line land between them.
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
 

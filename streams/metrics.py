@@ -316,8 +316,9 @@ class DeliverMetrics:
         self.reports_unacknowledged = Gauge(
             "mailpulse_delivery_records_unacknowledged", "Records for Kafka (delivery-failed reports, consent "
             "withdrawals) kept in the ledger until the broker acknowledges them", registry=r)
-        self.report_errors = Counter("mailpulse_delivery_record_errors", "Records for Kafka the broker did not "
-                                     "take (kept and produced again)", ["topic"], registry=r)
+        self.report_errors = Counter("mailpulse_delivery_record_errors", "Attempts to produce a kept record for "
+                                     "Kafka that the broker or the producer did not take (it is produced again)",
+                                     ["topic"], registry=r)
         for topic in ("delivery-failed", "identities"):
             self.report_errors.labels(topic)
 

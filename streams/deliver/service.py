@@ -87,6 +87,9 @@ class Deliverer:
         # the kept records produced and not acknowledged yet; the unsubscribe server's thread produces too
         self._in_flight: set[bytes] = set()
         self._records_lock = threading.Lock()
+        self._not_taken, self._last_error = 0, ""  # since the last warning (one a minute at most)
+        #: the producer's fatal error (its idempotence broken, say): no record can be produced any more
+        self.fatal: str | None = None
 
     # --- records for Kafka, kept in the ledger until the broker has them ---
     def produce(self, topic: str, value: bytes, key: bytes | None) -> None:
@@ -97,42 +100,54 @@ class Deliverer:
         the offsets of its trigger moved on."""
         with self._records_lock:
             entry = self.ledger.keep_record(topic, key, value, self.now_ms())
+            self._in_flight.add(entry)  # (before the lock is let go: produce_kept must not take it too)
+            self.metrics.reports_unacknowledged.set(self.ledger.unacknowledged)
         self._produce_kept(entry, topic, key, value)
 
     def produce_kept(self) -> int:
         """Produces again the kept records not acknowledged and not on their way now (at start, and
-        every minute); how many."""
+        every minute: a record waits for librdkafka to give up on it first, 5 minutes by default);
+        how many.  Says once what the broker did not take since the last time."""
         with self._records_lock:
             again = [record for record in self.ledger.kept_records() if record[0] not in self._in_flight]
-        for entry, topic, key, value in again:
-            self._produce_kept(entry, topic, key, value)
+            self._in_flight.update(entry for entry, *_ in again)
+            not_taken, last_error, self._not_taken = self._not_taken, self._last_error, 0
+        if not_taken:
+            log.warning("deliver: %d records for Kafka were not taken (last: %s); kept, produced again", not_taken,
+                        last_error)
+        for n, (entry, topic, key, value) in enumerate(again):
+            if not self._produce_kept(entry, topic, key, value):  # (the rest would not be taken either)
+                with self._records_lock:
+                    self._in_flight.difference_update(entry for entry, *_ in again[n + 1:])
+                return n
         return len(again)
 
-    def _produce_kept(self, entry: bytes, topic: str, key: bytes | None, value: bytes) -> None:
-        with self._records_lock:
-            self._in_flight.add(entry)
-            self.metrics.reports_unacknowledged.set(self.ledger.unacknowledged)
+    def _produce_kept(self, entry: bytes, topic: str, key: bytes | None, value: bytes) -> bool:
+        """Produces a kept record marked in flight; False when the producer refused it."""
         try:
             self.producer.produce(topic, value, key=key,
                                   on_delivery=lambda error, _message: self._acknowledged(entry, topic, error))
         except (BufferError, KafkaException) as exc:  # its queue full, say: kept, produced again later
-            with self._records_lock:
-                self._in_flight.discard(entry)
-            self.metrics.report_errors.labels(topic).inc()
-            log.warning("deliver: a %s record was not produced (%s); kept, produced again within a minute",
-                        topic, type(exc).__name__)
+            error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+            self._acknowledged(entry, topic, error if isinstance(error, KafkaError) else
+                               KafkaError(KafkaError._QUEUE_FULL, type(exc).__name__))
+            return False
+        return True
 
     def _acknowledged(self, entry: bytes, topic: str, error: KafkaError | None) -> None:
-        """The producer's delivery report of a kept record (served by ``poll`` or ``flush``)."""
+        """The producer's delivery report of a kept record (served by ``poll`` or ``flush``, on the
+        thread that called them), or its refusal to take it."""
         with self._records_lock:
             self._in_flight.discard(entry)
             if error is None:
                 self.ledger.acknowledged(entry)
+            else:
+                self._not_taken, self._last_error = self._not_taken + 1, error.name()
+                if error.fatal():
+                    self.fatal = error.str()
             self.metrics.reports_unacknowledged.set(self.ledger.unacknowledged)
         if error is not None:
             self.metrics.report_errors.labels(topic).inc()
-            log.warning("deliver: the broker did not take a %s record (%s); kept, produced again within a minute",
-                        topic, error.name())
 
     # --- in ---
     def handle(self, raw: bytes | None) -> None:
@@ -410,6 +425,7 @@ class Deliverer:
         self.ledger.unsubscribe(profile_id, email, now)
         event = unsubscribe.consent_withdrawn(email, now, "unsubscribe" if source == "unsubscribe" else "bounce")
         self.produce(IDENTITIES, orjson.dumps(event), email.encode())
+        self.ledger.sync()  # the unsubscribe and its record outlive a power loss before the page says done
         self.producer.poll(0)  # (delivery reports so far)
         self.metrics.unsubscribes.labels(source).inc()
 
@@ -654,6 +670,9 @@ def run_deliver(settings: Settings, dry_run: Path | None, stop: threading.Event,
             log.info("deliver: %d records for Kafka not acknowledged before the last stop, produced again", kept)
         pruned_at, withdrawals_tried, kept_at = 0.0, 0.0, time.monotonic()
         while not stop.is_set():
+            if deliverer.fatal is not None:  # a restart makes a new producer; what it did not take is kept
+                log.error("deliver: the producer failed for good (%s); stopping", deliverer.fatal)
+                return 1
             if time.monotonic() - kept_at > 60:
                 deliverer.produce_kept()
                 kept_at = time.monotonic()

@@ -97,9 +97,10 @@ def test_a_helper_thread_that_raises_ends_with_one_error_line_without_the_except
 
 def test_a_line_said_from_one_thread_is_never_split_by_a_log_line_from_another(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """The demo's deliver says its start-up line from its own thread while Faust's main thread logs,
-    both to the same stdout (Faust's root handler writes there).  ``print`` writes a line and its
-    newline in two calls, so a log line could land between them: two JSON objects on one line."""
+    """The demo's deliver says its start-up line from its own thread while Faust's main thread logs.
+    Where stdout and stderr go to one file (the broker tests, ``2>&1``) and stdout is unbuffered
+    (``PYTHONUNBUFFERED``), ``print`` wrote a line and its newline in two writes, so a log line could
+    land between them: two JSON objects on one line.  One stream stands in for that file here."""
     out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
     monkeypatch.setattr(sys, "stdout", out)
     handler = logging.StreamHandler(out)

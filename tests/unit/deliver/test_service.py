@@ -811,6 +811,8 @@ def test_a_report_the_broker_did_not_take_is_kept_and_produced_again_until_it_do
     producer.poll()
     assert step.ledger.unacknowledged == 1 and step.metrics.reports_unacknowledged._value.get() == 1
     assert step.metrics.report_errors.labels("delivery-failed")._value.get() == 1
+    assert step.produce_kept() == 1 and len(producer.sent) == 2  # not taken: produced again
+    assert step.produce_kept() == 0
     step.ledger.close()
 
     again, producer = deliverer(tmp_path, DryRun(tmp_path / "out"))  # a restart
@@ -836,3 +838,23 @@ def test_a_report_a_real_producer_cannot_deliver_stays_kept(tmp_path: Path) -> N
     assert step.ledger.unacknowledged == 1 and step.metrics.report_errors.labels("delivery-failed")._value.get() == 1
     [(_, topic, key, value)] = step.ledger.kept_records()
     assert (topic, key, orjson.loads(value)["error"]["code"]) == ("delivery-failed", b"p-1", "no_address")
+
+
+def test_a_full_queue_keeps_the_records_and_a_fatal_producer_error_is_raised_to_the_loop(tmp_path: Path) -> None:
+    step, producer = deliverer(tmp_path, DryRun(tmp_path / "out"))
+
+    def full(*args: Any, **kwargs: Any) -> None:
+        raise BufferError("Local: Queue full")
+
+    refusing = producer.produce
+    producer.produce = full  # type: ignore[method-assign]
+    for n in range(3):
+        step.handle(trigger(trigger_id=f"t-{n}", email=None))
+    assert step.ledger.unacknowledged == 3 and step.metrics.report_errors.labels("delivery-failed")._value.get() == 3
+    assert step.produce_kept() == 0  # stops at the first refusal, none left marked on its way
+    assert step.metrics.report_errors.labels("delivery-failed")._value.get() == 4
+    producer.produce = refusing  # type: ignore[method-assign]
+    assert step.produce_kept() == 3 and step.fatal is None
+    producer.error = KafkaError(KafkaError._FATAL, "idempotence broken", fatal=True)
+    producer.poll()
+    assert step.fatal is not None and step.ledger.unacknowledged == 3
