@@ -139,7 +139,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         try:
             ModelBundle.load(settings.models_dir or SHIPPED_DIR)
         except ModelError as exc:  # profiles, segments and triggers go on; mailpulse_models_unavailable says so
-            print(f"mailpulse: warning: MAILPULSE_MODELS_DIR {exc}: running without scores", file=sys.stderr)
+            from streams import logs
+
+            logs.use(settings.log_format)  # (the worker sets it again)
+            logs.warn(f"MAILPULSE_MODELS_DIR {exc}: running without scores")
     if settings.identity_model is not None:
         from streams.domain.resolution.model import Model, use_model
 

@@ -10,7 +10,7 @@ import logging
 import sys
 import threading
 import time
-from typing import Literal
+from typing import Literal, TextIO
 
 import orjson
 
@@ -89,17 +89,27 @@ def quiet_repeats() -> None:
 
 def say(message: str) -> None:
     """A start-up line of the worker, on stdout: ``mailpulse: message``, or one JSON object."""
+    _write(sys.stdout, logging.INFO, message)
+
+
+def warn(message: str) -> None:
+    """A warning before the worker's logging is set up, on stderr: ``mailpulse: warning: message``,
+    or one JSON object."""
+    _write(sys.stderr, logging.WARNING, message)
+
+
+def _write(stream: TextIO, level: int, message: str) -> None:
     if _format == "json":
-        record = logging.LogRecord("mailpulse", logging.INFO, __file__, 0, message, None, None)
+        record = logging.LogRecord("mailpulse", level, __file__, 0, message, None, None)
         line = JsonFormatter().format(record)
     else:
-        line = f"mailpulse: {message}"
+        line = f"mailpulse: {'warning: ' if level == logging.WARNING else ''}{message}"
     # One write with its newline: the demo's deliver says its line from its own thread while Faust's
     # root handler logs to stderr, and where both go to one file (``2>&1``, a container's log) with
     # stdout unbuffered (``PYTHONUNBUFFERED``), ``print``'s second write, the newline, let another
     # thread's line land between them.
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
+    stream.write(line + "\n")
+    stream.flush()
 
 
 def log_thread_crashes() -> None:
