@@ -24,6 +24,7 @@ SCHEMAS: dict[str, Any] = {
     "triggers": outputs.Trigger,
     "scores": outputs.Score,
     "dead-letter": outputs.DeadLetter,
+    "delivery-failed": outputs.DeliveryFailed,
 }
 
 

@@ -133,3 +133,23 @@ class Score(_Out):
     purchase_probability: float
     model_version: str
     at: str
+
+
+class DeliveryError(_Out):
+    code: str
+    message: str
+
+
+class DeliveryFailed(_Out):
+    """A trigger ``deliver`` did not deliver (v1.1), keyed by ``profile_id``.  ``error.code``:
+    ``bad_trigger``, ``no_address``, ``template_error``, ``rejected``, ``retries_exhausted``,
+    ``outcome_unknown``, ``interrupted``, ``expired``.  A malformed trigger's fields are passed on as
+    they came, so ``trigger_id``, ``type`` and ``profile_id`` may be missing (``null``) or of another
+    type there."""
+
+    trigger_id: Any
+    type: Any
+    profile_id: Any
+    attempts: int
+    error: DeliveryError
+    at: str

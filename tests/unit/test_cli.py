@@ -69,7 +69,7 @@ def test_schemas_writes_one_file_per_message_type(capsys: pytest.CaptureFixture[
     assert code == 0
     names = {p.name for p in tmp_path.iterdir()}
     for topic in ("clicks", "carts", "purchases", "profiles", "segment-changes", "triggers", "scores",
-                  "dead-letter"):
+                  "dead-letter", "delivery-failed"):
         assert f"{topic}.schema.json" in names
     profile = json.loads((tmp_path / "profiles.schema.json").read_text())
     assert "aggregates" in profile["properties"]

@@ -12,6 +12,7 @@ import orjson
 import pytest
 from confluent_kafka import OFFSET_INVALID, KafkaError, KafkaException, TopicPartition
 
+from schemas.outputs import DeliveryFailed
 from schemas.timeparse import parse_timestamp
 from streams.broker import free_port
 from streams.deliver.ledger import Ledger
@@ -20,12 +21,13 @@ from streams.deliver.service import Deliverer, start_uncommitted_at_first_offset
 from streams.deliver.targets import DryRun, OutcomeUnknown, Sent
 from streams.metrics import DeliverMetrics
 from streams.settings import Settings
-from streams.topics import TRIGGERS
+from streams.topics import DELIVERY_FAILED, TRIGGERS
 
 
 class Recorder:
-    """A producer that keeps what it was given; ``poll`` and ``flush`` report each delivered (the
-    broker's acknowledgement), or failed with ``error`` when it is set."""
+    """A producer that keeps what it was given (a delivery-failed report checked against its schema);
+    ``poll`` and ``flush`` report each delivered (the broker's acknowledgement), or failed with
+    ``error`` when it is set."""
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, Any]] = []
@@ -34,7 +36,10 @@ class Recorder:
 
     def produce(self, topic: str, value: bytes, key: bytes | None = None,
                 on_delivery: Callable[[KafkaError | None, None], None] | None = None) -> None:
-        self.sent.append((topic, orjson.loads(value)))
+        record = orjson.loads(value)
+        if topic == DELIVERY_FAILED:  # every report of every test has the documented shape
+            DeliveryFailed.model_validate(record)
+        self.sent.append((topic, record))
         if on_delivery is not None:
             self.reports.append(on_delivery)
 
