@@ -209,7 +209,7 @@ def test_prometheus_scrapes_a_live_deliver_and_sees_its_target_go_down(broker, p
             dashboard = json.loads((DEPLOY / "grafana/dashboards/mailpulse.json").read_text())
             exprs = [t["expr"] for panel in dashboard["panels"] if panel["title"].startswith("deliver:")
                      for t in panel["targets"]]
-            assert len(exprs) == 4
+            assert len(exprs) == 5
             assert all(_query(base, expr)["data"]["result"] for expr in exprs)
         finally:
             process.terminate()
