@@ -129,6 +129,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = _settings(broker=args.broker, clock=args.clock, log_level=args.log_level,
                          partitions=args.partitions)
+    from streams import logs
+
+    logs.use(settings.log_format)  # its warnings and its error line too (the worker sets it again)
     from streams.config_file import ConfigError, load_config
 
     with reported_as_user_error(ConfigError, prefix="MAILPULSE_CONFIG "):
@@ -139,9 +142,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         try:
             ModelBundle.load(settings.models_dir or SHIPPED_DIR)
         except ModelError as exc:  # profiles, segments and triggers go on; mailpulse_models_unavailable says so
-            from streams import logs
-
-            logs.use(settings.log_format)  # (the worker sets it again)
             logs.warn(f"MAILPULSE_MODELS_DIR {exc}: running without scores")
     if settings.identity_model is not None:
         from streams.domain.resolution.model import Model, use_model
@@ -396,7 +396,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args)
         return code
     except UserError as exc:
-        print(f"mailpulse: error: {exc}", file=sys.stderr)
+        from streams import logs
+
+        logs.error(str(exc))  # (one JSON object where `run` was told MAILPULSE_LOG_FORMAT=json)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130

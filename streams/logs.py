@@ -87,6 +87,9 @@ def quiet_repeats() -> None:
             handler.addFilter(RepeatFilter())
 
 
+_TEXT_LEVEL = {logging.WARNING: "warning: ", logging.ERROR: "error: "}
+
+
 def say(message: str) -> None:
     """A start-up line of the worker, on stdout: ``mailpulse: message``, or one JSON object."""
     _write(sys.stdout, logging.INFO, message)
@@ -98,12 +101,18 @@ def warn(message: str) -> None:
     _write(sys.stderr, logging.WARNING, message)
 
 
+def error(message: str) -> None:
+    """The one line a command that cannot go on ends with, on stderr: ``mailpulse: error: message``,
+    or one JSON object."""
+    _write(sys.stderr, logging.ERROR, message)
+
+
 def _write(stream: TextIO, level: int, message: str) -> None:
     if _format == "json":
         record = logging.LogRecord("mailpulse", level, __file__, 0, message, None, None)
         line = JsonFormatter().format(record)
     else:
-        line = f"mailpulse: {'warning: ' if level == logging.WARNING else ''}{message}"
+        line = f"mailpulse: {_TEXT_LEVEL.get(level, '')}{message}"
     # One write with its newline: the demo's deliver says its line from its own thread while Faust's
     # root handler logs to stderr, and where both go to one file (``2>&1``, a container's log) with
     # stdout unbuffered (``PYTHONUNBUFFERED``), ``print``'s second write, the newline, let another

@@ -236,6 +236,10 @@ class Ledger:
             del self.db[entry]
             self.unacknowledged -= 1
 
+    def oldest_kept_ms(self) -> int | None:
+        """When the oldest record not acknowledged yet was kept (ms), None when there is none."""
+        return next((int(entry[2:15]) for entry in self._keys(b"x:")), None)
+
     def kept_records(self) -> list[tuple[bytes, str, bytes | None, bytes]]:
         """(entry, topic, key, value) of the records not acknowledged yet, oldest first."""
         kept = []

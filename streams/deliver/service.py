@@ -113,26 +113,60 @@ class Deliverer:
             self._in_flight.update(entry for entry, *_ in again)
             not_taken, last_error, self._not_taken = self._not_taken, self._last_error, 0
         if not_taken:
-            log.warning("deliver: %d records for Kafka were not taken (last: %s); kept, produced again", not_taken,
-                        last_error)
-        for n, (entry, topic, key, value) in enumerate(again):
-            if not self._produce_kept(entry, topic, key, value):  # (the rest would not be taken either)
-                with self._records_lock:
-                    self._in_flight.difference_update(entry for entry, *_ in again[n + 1:])
-                return n
-        return len(again)
+            log.warning("deliver: %d attempts to produce kept records were not taken (last: %s); kept, produced "
+                        "again", not_taken, last_error)
+        done = 0
+        try:
+            for entry, topic, key, value in again:
+                if not self._produce_kept(entry, topic, key, value):  # its queue full: so for the rest too
+                    break
+                done += 1
+        finally:  # (also if something raised) the rest are not on their way
+            with self._records_lock:
+                self._in_flight.difference_update(entry for entry, *_ in again[done:])
+        return done
 
     def _produce_kept(self, entry: bytes, topic: str, key: bytes | None, value: bytes) -> bool:
-        """Produces a kept record marked in flight; False when the producer refused it."""
+        """Produces a kept record marked in flight; False when the producer's queue is full.  A record
+        the producer refuses for itself (too large, say) stays kept, and the next ones go on."""
         try:
             self.producer.produce(topic, value, key=key,
                                   on_delivery=lambda error, _message: self._acknowledged(entry, topic, error))
-        except (BufferError, KafkaException) as exc:  # its queue full, say: kept, produced again later
-            error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
-            self._acknowledged(entry, topic, error if isinstance(error, KafkaError) else
-                               KafkaError(KafkaError._QUEUE_FULL, type(exc).__name__))
+        except BufferError:
+            self._acknowledged(entry, topic, KafkaError(KafkaError._QUEUE_FULL, "the producer's queue is full"))
             return False
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else \
+                KafkaError(KafkaError._FAIL, str(exc))
+            self._acknowledged(entry, topic, error)
         return True
+
+    def poll_producer(self) -> None:
+        """Serves the producer's delivery reports; a fatal error of the producer (raised there, or
+        reported through ``error_cb`` by :meth:`producer_error`) is kept in :attr:`fatal`."""
+        try:
+            self.producer.poll(0)
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            if error is None or _is_fatal(error):
+                self.fatal = str(exc)
+            else:
+                log.warning("deliver: the producer reported %s", error.name())
+
+    def show_waiting(self) -> None:
+        """Sets how long the oldest kept record has waited (the loop calls it, not the scrape: the
+        ledger is closed when the loop ends, the metrics server is not)."""
+        with self._records_lock:
+            oldest = self.ledger.oldest_kept_ms()
+        self.metrics.oldest_record_age.set(0 if oldest is None else max(0, self.now_ms() - oldest) / 1000)
+
+    def producer_error(self, error: KafkaError) -> None:
+        """The producer's ``error_cb``: librdkafka's own errors, mostly passing (a broker away); a
+        fatal one ends ``deliver`` (see :attr:`fatal`)."""
+        if _is_fatal(error):
+            self.fatal = error.str()
+        else:  # (librdkafka's log lines say it too, at its level)
+            log.debug("deliver: the producer reported %s", error.name())
 
     def _acknowledged(self, entry: bytes, topic: str, error: KafkaError | None) -> None:
         """The producer's delivery report of a kept record (served by ``poll`` or ``flush``, on the
@@ -143,7 +177,7 @@ class Deliverer:
                 self.ledger.acknowledged(entry)
             else:
                 self._not_taken, self._last_error = self._not_taken + 1, error.name()
-                if error.fatal():
+                if _is_fatal(error):
                     self.fatal = error.str()
             self.metrics.reports_unacknowledged.set(self.ledger.unacknowledged)
         if error is not None:
@@ -426,7 +460,7 @@ class Deliverer:
         event = unsubscribe.consent_withdrawn(email, now, "unsubscribe" if source == "unsubscribe" else "bounce")
         self.produce(IDENTITIES, orjson.dumps(event), email.encode())
         self.ledger.sync()  # the unsubscribe and its record outlive a power loss before the page says done
-        self.producer.poll(0)  # (delivery reports so far)
+        self.poll_producer()  # (delivery reports so far)
         self.metrics.unsubscribes.labels(source).inc()
 
     def _give_up(self, trigger: Mapping[str, Any], code: str, attempts: int, message: str) -> None:
@@ -451,11 +485,11 @@ class Deliverer:
         self.metrics.deliveries.labels(_type_label(trigger["type"]), "no_address").inc()
 
     def _report(self, trigger: Mapping[str, Any], attempts: int, code: str, message: str) -> None:
-        profile_id = trigger.get("profile_id")
-        record = {"trigger_id": trigger.get("trigger_id"), "type": trigger.get("type"), "profile_id": profile_id,
+        record = {"trigger_id": _cut(trigger.get("trigger_id")), "type": _cut(trigger.get("type")),
+                  "profile_id": _cut(trigger.get("profile_id")),
                   "attempts": attempts, "error": {"code": code, "message": message[:1000]},
                   "at": format_ms(self.now_ms())}
-        key = profile_id.encode() if isinstance(profile_id, str) else None
+        key = record["profile_id"].encode() if isinstance(record["profile_id"], str) else None
         self.produce(DELIVERY_FAILED, orjson.dumps(record), key)
 
 
@@ -530,6 +564,21 @@ class Outage:
 
 #: The ``reason`` label of ``mailpulse_delivery_withdrawals_total`` (besides ``other`` and ``unreadable``).
 WITHDRAWAL_REASONS = ("consent", "erased")
+
+
+def _cut(value: Any, limit: int = 1000) -> Any:
+    """A malformed trigger's field as its report passes it on, cut to ``limit`` characters (its JSON
+    text where it is no string), so that no report outgrows the broker's message size."""
+    if isinstance(value, str):
+        return value[:limit]
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    text = orjson.dumps(value, default=str).decode()
+    return value if len(text) <= limit else text[:limit]
+
+
+def _is_fatal(error: KafkaError) -> bool:
+    return bool(error.fatal()) or error.code() == KafkaError._FATAL
 
 
 def _target_id(target: Target) -> str:
@@ -638,8 +687,10 @@ def run_deliver(settings: Settings, dry_run: Path | None, stop: threading.Event,
     metrics = DeliverMetrics()
     secret = settings.unsubscribe_secret.get_secret_value().encode() if settings.unsubscribe_secret \
         else ledger.secret()
+    reports_to: list[Deliverer] = []  # (the producer's errors go to the deliverer made with it)
     producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,
-                         "log_level": 3, "logger": LIBRDKAFKA})
+                         "log_level": 3, "logger": LIBRDKAFKA,
+                         "error_cb": lambda error: reports_to[0].producer_error(error) if reports_to else None})
     target = make_target(settings, dry_run)
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{settings.app_id}-deliver",
                          "enable.auto.commit": False, "auto.offset.reset": "earliest", "log_level": 3,
@@ -653,6 +704,7 @@ def run_deliver(settings: Settings, dry_run: Path | None, stop: threading.Event,
     try:
         deliverer = Deliverer(target, ledger, Renderer(settings.templates_dir, settings.mail_brand, settings.shop_url),
                               producer, metrics, settings, "", secret)
+        reports_to.append(deliverer)
         app = unsubscribe_app(deliverer, make_wsgi_app(metrics.registry))
         try:
             port = serve_wsgi(settings.metrics_host, settings.deliver_port, app, "deliver-http")
@@ -685,7 +737,7 @@ def run_deliver(settings: Settings, dry_run: Path | None, stop: threading.Event,
                         log.warning("deliver: the withdrawals topic's partitions were not checked (%s)", exc)
                 pruned_at = time.monotonic()
             if withdrawals is None:  # first the withdrawals, to their end: no trigger is sent before
-                producer.poll(0)  # (librdkafka's log lines: e.g. a broker it cannot reach)
+                deliverer.poll_producer()  # (librdkafka's log lines: e.g. a broker it cannot reach)
                 if time.monotonic() - withdrawals_tried < 5:
                     stop.wait(0.2)
                     continue
@@ -725,13 +777,17 @@ def run_deliver(settings: Settings, dry_run: Path | None, stop: threading.Event,
             if not stopped:
                 withdrawals.drain()
                 deliverer.release_due(stop.is_set, withdrawals.drain)
-            producer.poll(0)  # its delivery reports and librdkafka's log lines, also while nothing is sent
+            deliverer.poll_producer()  # its delivery reports and librdkafka's log lines, also while nothing is sent
+            deliverer.show_waiting()
         return 0
     finally:
         consumer.close()
         if withdrawals is not None:
             withdrawals.close()
-        producer.flush(10)
+        try:
+            producer.flush(10)  # (what it does not deliver now is kept, for the next start)
+        except KafkaException as exc:
+            log.warning("deliver: the producer's last flush failed (%s)", exc)
         ledger.close()
 
 

@@ -92,14 +92,15 @@ def test_run_says_in_one_line_that_it_runs_without_scores_when_the_models_cannot
     warning, error = capsys.readouterr().err.splitlines()
     assert warning.startswith("mailpulse: warning: MAILPULSE_MODELS_DIR") and "no manifest.json" in warning
     assert warning.endswith("running without scores") and "broker" in error
-    # with JSON logs, the warning is a JSON object as every line of the worker's log is
+    # with JSON logs, the warning and the error are JSON objects as every line of the worker's log is
     from streams import logs
 
     monkeypatch.setattr(logs, "_format", "text")  # (restored after the test)
     monkeypatch.setenv("MAILPULSE_LOG_FORMAT", "json")
     assert main(["run"]) == 2
-    warning = json.loads(capsys.readouterr().err.splitlines()[0])
+    warning, error = (json.loads(line) for line in capsys.readouterr().err.splitlines())
     assert warning["level"] == "warning" and warning["message"].endswith("running without scores")
+    assert error["level"] == "error" and "broker" in error["message"]
     monkeypatch.delenv("MAILPULSE_LOG_FORMAT")
     # without scoring, no models are needed: not a word about them
     monkeypatch.setenv("MAILPULSE_CONFIG", str(write(tmp_path, "scoring: {enabled: false}\n")))

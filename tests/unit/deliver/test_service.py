@@ -818,6 +818,9 @@ def test_a_report_the_broker_did_not_take_is_kept_and_produced_again_until_it_do
     assert step.metrics.report_errors.labels("delivery-failed")._value.get() == 1
     assert step.produce_kept() == 1 and len(producer.sent) == 2  # not taken: produced again
     assert step.produce_kept() == 0
+    step.now_ms = lambda: 1_800_000_090_000  # type: ignore[method-assign]
+    step.show_waiting()
+    assert step.metrics.oldest_record_age._value.get() == 90
     step.ledger.close()
 
     again, producer = deliverer(tmp_path, DryRun(tmp_path / "out"))  # a restart
@@ -828,6 +831,8 @@ def test_a_report_the_broker_did_not_take_is_kept_and_produced_again_until_it_do
     producer.poll()  # acknowledged
     assert again.ledger.unacknowledged == 0 and again.ledger.kept_records() == []
     assert again.metrics.reports_unacknowledged._value.get() == 0 and again.produce_kept() == 0
+    again.show_waiting()
+    assert again.metrics.oldest_record_age._value.get() == 0
 
 
 def test_a_report_a_real_producer_cannot_deliver_stays_kept(tmp_path: Path) -> None:
@@ -860,6 +865,52 @@ def test_a_full_queue_keeps_the_records_and_a_fatal_producer_error_is_raised_to_
     assert step.metrics.report_errors.labels("delivery-failed")._value.get() == 4
     producer.produce = refusing  # type: ignore[method-assign]
     assert step.produce_kept() == 3 and step.fatal is None
-    producer.error = KafkaError(KafkaError._FATAL, "idempotence broken", fatal=True)
+    # librdkafka reports a fatal error by its code (its delivery reports' errors never say fatal())
+    producer.error = KafkaError(KafkaError._FATAL, "idempotence broken")
     producer.poll()
     assert step.fatal is not None and step.ledger.unacknowledged == 3
+
+
+def test_a_fatal_error_the_producer_raises_from_poll_or_reports_through_its_callback_is_kept(
+        tmp_path: Path) -> None:
+    step, producer = deliverer(tmp_path, DryRun(tmp_path / "out"))
+
+    def fatal(timeout: float = 0) -> int:
+        raise KafkaException(KafkaError(KafkaError._FATAL, "fenced"))
+
+    producer.poll = fatal  # type: ignore[method-assign]
+    step.poll_producer()
+    assert step.fatal is not None and "fenced" in step.fatal
+    again, _ = deliverer(tmp_path / "again", DryRun(tmp_path / "out"))
+    again.producer_error(KafkaError(KafkaError._TRANSPORT, "broker away"))
+    assert again.fatal is None
+    again.producer_error(KafkaError(KafkaError._FATAL, "fenced"))
+    assert again.fatal is not None
+
+
+def test_a_record_the_producer_refuses_for_itself_does_not_hold_back_the_others(tmp_path: Path) -> None:
+    step, producer = deliverer(tmp_path, DryRun(tmp_path / "out"))
+    taken = producer.produce
+
+    def too_large_first(topic: str, value: bytes, key: bytes | None = None, on_delivery: Any = None) -> None:
+        if orjson.loads(value)["trigger_id"] == "t-0":
+            raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "too large"))
+        taken(topic, value, key, on_delivery)
+
+    producer.produce = too_large_first  # type: ignore[method-assign]
+    for n in range(3):
+        step.handle(trigger(trigger_id=f"t-{n}", email=None))
+    producer.poll()
+    assert [letter["trigger_id"] for _, letter in producer.sent] == ["t-1", "t-2"]
+    assert step.ledger.unacknowledged == 1
+    assert step.produce_kept() == 1 and step.ledger.unacknowledged == 1  # refused again, still kept
+
+
+def test_a_malformed_triggers_long_fields_are_cut_in_its_report(tmp_path: Path) -> None:
+    step, producer = deliverer(tmp_path, DryRun(tmp_path / "out"))
+    step.handle(orjson.dumps({"trigger_id": "t" * 5000, "type": ["x" * 100] * 100, "profile_id": "p" * 5000,
+                              "email": "ana@example.com", "send_at": "2026-03-01T10:00:00.000Z"}))
+    [(_, letter)] = producer.sent
+    assert letter["error"]["code"] == "bad_trigger"
+    assert len(letter["trigger_id"]) == len(letter["type"]) == len(letter["profile_id"]) == 1000
+    assert letter["type"].startswith('["xxx')
