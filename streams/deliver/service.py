@@ -165,8 +165,8 @@ class Deliverer:
         fatal one ends ``deliver`` (see :attr:`fatal`)."""
         if _is_fatal(error):
             self.fatal = error.str()
-        else:  # (librdkafka's log lines say it too, at its level)
-            log.debug("deliver: the producer reported %s", error.name())
+        else:  # (with an error_cb, librdkafka logs these no more; through its logger, repeats are held back)
+            LIBRDKAFKA.warning("deliver's producer: %s", error.str())
 
     def _acknowledged(self, entry: bytes, topic: str, error: KafkaError | None) -> None:
         """The producer's delivery report of a kept record (served by ``poll`` or ``flush``, on the
@@ -573,7 +573,10 @@ def _cut(value: Any, limit: int = 1000) -> Any:
         return value[:limit]
     if value is None or isinstance(value, (bool, int, float)):
         return value
-    text = orjson.dumps(value, default=str).decode()
+    try:
+        text = orjson.dumps(value, default=str).decode()
+    except orjson.JSONEncodeError:  # nested deeper than orjson writes (it reads deeper than it writes)
+        return f"<{type(value).__name__} nested too deeply to pass on>"
     return value if len(text) <= limit else text[:limit]
 
 
@@ -738,6 +741,7 @@ def run_deliver(settings: Settings, dry_run: Path | None, stop: threading.Event,
                 pruned_at = time.monotonic()
             if withdrawals is None:  # first the withdrawals, to their end: no trigger is sent before
                 deliverer.poll_producer()  # (librdkafka's log lines: e.g. a broker it cannot reach)
+                deliverer.show_waiting()
                 if time.monotonic() - withdrawals_tried < 5:
                     stop.wait(0.2)
                     continue
@@ -788,6 +792,7 @@ def run_deliver(settings: Settings, dry_run: Path | None, stop: threading.Event,
             producer.flush(10)  # (what it does not deliver now is kept, for the next start)
         except KafkaException as exc:
             log.warning("deliver: the producer's last flush failed (%s)", exc)
+        reports_to.clear()
         ledger.close()
 
 

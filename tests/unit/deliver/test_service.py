@@ -914,3 +914,6 @@ def test_a_malformed_triggers_long_fields_are_cut_in_its_report(tmp_path: Path) 
     assert letter["error"]["code"] == "bad_trigger"
     assert len(letter["trigger_id"]) == len(letter["type"]) == len(letter["profile_id"]) == 1000
     assert letter["type"].startswith('["xxx')
+    # nested deeper than orjson writes (it reads up to 1024 levels): passed on as a note, not raised
+    step.handle(b'{"trigger_id":"t-2","type":"welcome","email":null,"profile_id":' + b"[" * 300 + b"]" * 300 + b"}")
+    assert producer.sent[-1][1]["profile_id"] == "<list nested too deeply to pass on>"
