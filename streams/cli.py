@@ -160,8 +160,9 @@ def cmd_deliver(args: argparse.Namespace) -> int:
 
     from streams.deliver.ledger import LedgerInUse
     from streams.deliver.service import run_deliver, sender_problem
-    from streams.logs import say
+    from streams.logs import quiet_repeats, say
 
+    quiet_repeats()  # the Kafka clients' repeated lines once per 30 s, as in the worker's log
     settings = _settings(broker=args.broker)
     if (problem := sender_problem(settings.mail_from)) is not None:  # else every trigger would fail on it
         raise UserError(f"MAILPULSE_MAIL_FROM {settings.mail_from[:80]!r}: {problem}")
