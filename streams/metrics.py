@@ -13,7 +13,7 @@ from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from wsgiref.simple_server import make_server
+from wsgiref.simple_server import WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
@@ -326,12 +326,12 @@ class DeliverMetrics:
             self.report_errors.labels(topic)
 
 
-def serve_wsgi(host: str, port: int, app: Any, name: str = "metrics-http") -> int:
-    """Serves a WSGI ``app`` in a daemon thread with prometheus-client's server; returns the port
-    (a free one when ``port`` is 0)."""
+def serve_wsgi(host: str, port: int, app: Any, name: str = "metrics-http") -> WSGIServer:
+    """Serves a WSGI ``app`` in a daemon thread with prometheus-client's server; returns the server
+    (its ``server_port`` a free one when ``port`` is 0; ``shutdown`` stops it)."""
     server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_SilentHandler)
     threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
-    return int(server.server_port)
+    return server
 
 
 def _serve(host: str, port: int, registry: CollectorRegistry, health: Health | None) -> int:
@@ -346,7 +346,7 @@ def _serve(host: str, port: int, registry: CollectorRegistry, health: Health | N
             return [body.encode()]
         return metrics_app(environ, start_response)
 
-    return serve_wsgi(host, port, app)
+    return int(serve_wsgi(host, port, app).server_port)
 
 
 def observe_many(histogram: Any, amounts: Sequence[float]) -> None:

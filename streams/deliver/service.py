@@ -29,6 +29,7 @@ from email.message import EmailMessage
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any
+from wsgiref.simple_server import WSGIServer
 
 import orjson
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -704,15 +705,17 @@ def run_deliver(settings: Settings, dry_run: Path | None, stop: threading.Event,
                          "max.poll.interval.ms": 1_800_000,
                          "client.id": f"mailpulse-deliver-{uuid.uuid4().hex[:8]}"})
     withdrawals: _Withdrawals | None = None
+    server: WSGIServer | None = None
     try:
         deliverer = Deliverer(target, ledger, Renderer(settings.templates_dir, settings.mail_brand, settings.shop_url),
                               producer, metrics, settings, "", secret)
         reports_to.append(deliverer)
         app = unsubscribe_app(deliverer, make_wsgi_app(metrics.registry))
         try:
-            port = serve_wsgi(settings.metrics_host, settings.deliver_port, app, "deliver-http")
+            server = serve_wsgi(settings.metrics_host, settings.deliver_port, app, "deliver-http")
         except OSError:  # taken (a second deliver on this machine): any free port, announced below
-            port = serve_wsgi(settings.metrics_host, 0, app, "deliver-http")
+            server = serve_wsgi(settings.metrics_host, 0, app, "deliver-http")
+        port = server.server_port
         deliverer.unsubscribe_base = settings.unsubscribe_url or f"http://{settings.metrics_host}:{port}"
         announce(f"deliver: {target.name}{' to ' + str(dry_run) if dry_run else ''}; /metrics and /unsubscribe "
                  f"on http://{settings.metrics_host}:{port}; state in {folder}")
@@ -785,6 +788,9 @@ def run_deliver(settings: Settings, dry_run: Path | None, stop: threading.Event,
             deliverer.show_waiting()
         return 0
     finally:
+        if server is not None:  # no unsubscribe click reaches the ledger once it is closed (and the port is free)
+            server.shutdown()
+            server.server_close()
         consumer.close()
         if withdrawals is not None:
             withdrawals.close()
