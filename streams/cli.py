@@ -18,6 +18,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from schemas.timeparse import parse_timestamp
+from streams import logs
 from streams.gc_tuning import tune_garbage_collector
 from streams.settings import Settings
 from streams.tools.forked import default_jobs
@@ -129,8 +130,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = _settings(broker=args.broker, clock=args.clock, log_level=args.log_level,
                          partitions=args.partitions)
-    from streams import logs
-
     logs.use(settings.log_format)  # its warnings and its error line too (the worker sets it again)
     from streams.config_file import ConfigError, load_config
 
@@ -160,9 +159,8 @@ def cmd_deliver(args: argparse.Namespace) -> int:
 
     from streams.deliver.ledger import LedgerInUse
     from streams.deliver.service import run_deliver, sender_problem
-    from streams.logs import quiet_repeats, say
 
-    quiet_repeats()  # the Kafka clients' repeated lines once per 30 s, as in the worker's log
+    logs.quiet_repeats()  # the Kafka clients' repeated lines once per 30 s, as in the worker's log
     settings = _settings(broker=args.broker)
     if (problem := sender_problem(settings.mail_from)) is not None:  # else every trigger would fail on it
         raise UserError(f"MAILPULSE_MAIL_FROM {settings.mail_from[:80]!r}: {problem}")
@@ -174,8 +172,8 @@ def cmd_deliver(args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     with reported_as_user_error(LedgerInUse):
-        code = run_deliver(settings, args.dry_run, stop, say)
-    say("deliver stopped")
+        code = run_deliver(settings, args.dry_run, stop, logs.say)
+    logs.say("deliver stopped")
     return code
 
 
@@ -397,8 +395,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args)
         return code
     except UserError as exc:
-        from streams import logs
-
         logs.error(str(exc))  # (one JSON object where `run` was told MAILPULSE_LOG_FORMAT=json)
         return EXIT_USAGE
     except KeyboardInterrupt:
