@@ -313,17 +313,17 @@ class DeliverMetrics:
                                    "cancelled)", ["reason"], registry=r)
         for reason in ("consent", "erased", "other", "unreadable"):
             self.withdrawals.labels(reason)
-        self.reports_unacknowledged = Gauge(
+        self.records_unacknowledged = Gauge(
             "mailpulse_delivery_records_unacknowledged", "Records for Kafka (delivery-failed reports, consent "
             "withdrawals) kept in the ledger until the broker acknowledges them", registry=r)
         self.oldest_record_age = Gauge(
             "mailpulse_delivery_oldest_record_age_seconds", "How long the oldest record for Kafka kept in the "
             "ledger has waited for the broker to acknowledge it (0 when none waits)", registry=r)
-        self.report_errors = Counter("mailpulse_delivery_record_errors", "Attempts to produce a kept record for "
+        self.record_errors = Counter("mailpulse_delivery_record_errors", "Attempts to produce a kept record for "
                                      "Kafka that the broker or the producer did not take (it is produced again)",
                                      ["topic"], registry=r)
         for topic in ("delivery-failed", "identities"):
-            self.report_errors.labels(topic)
+            self.record_errors.labels(topic)
 
 
 def serve_wsgi(host: str, port: int, app: Any, name: str = "metrics-http") -> WSGIServer:

@@ -84,7 +84,7 @@ class Deliverer:
         metrics.target_up.set(0 if self.outage.counted_down else 1)
         metrics.ledger_entries.set(ledger.entries)
         metrics.held.set(ledger.held)
-        metrics.reports_unacknowledged.set(ledger.unacknowledged)
+        metrics.records_unacknowledged.set(ledger.unacknowledged)
         # the kept records produced and not acknowledged yet; the unsubscribe server's thread produces too
         self._in_flight: set[bytes] = set()
         self._records_lock = threading.Lock()
@@ -102,7 +102,7 @@ class Deliverer:
         with self._records_lock:
             entry = self.ledger.keep_record(topic, key, value, self.now_ms())
             self._in_flight.add(entry)  # (before the lock is let go: produce_kept must not take it too)
-            self.metrics.reports_unacknowledged.set(self.ledger.unacknowledged)
+            self.metrics.records_unacknowledged.set(self.ledger.unacknowledged)
         self._produce_kept(entry, topic, key, value)
 
     def produce_kept(self) -> int:
@@ -137,26 +137,26 @@ class Deliverer:
             self._acknowledged(entry, topic, KafkaError(KafkaError._QUEUE_FULL, "the producer's queue is full"))
             return False
         except KafkaException as exc:
-            error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else \
-                KafkaError(KafkaError._FAIL, str(exc))
-            self._acknowledged(entry, topic, error)
+            self._acknowledged(entry, topic, _kafka_error(exc) or KafkaError(KafkaError._FAIL, str(exc)))
         return True
 
     def poll_producer(self) -> None:
-        """Serves the producer's delivery reports; a fatal error of the producer (raised there, or
-        reported through ``error_cb`` by :meth:`producer_error`) is kept in :attr:`fatal`."""
+        """Serves the producer's delivery reports (and librdkafka's log lines), then shows how long
+        the oldest kept record has waited; a fatal error of the producer (raised there, or reported
+        through ``error_cb`` by :meth:`producer_error`) is kept in :attr:`fatal`."""
         try:
             self.producer.poll(0)
         except KafkaException as exc:
-            error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            error = _kafka_error(exc)
             if error is None or _is_fatal(error):
                 self.fatal = str(exc)
             else:
                 log.warning("deliver: the producer reported %s", error.name())
+        self.show_waiting()
 
     def show_waiting(self) -> None:
-        """Sets how long the oldest kept record has waited (the loop calls it, not the scrape: the
-        ledger is closed when the loop ends, the metrics server is not)."""
+        """Sets how long the oldest kept record has waited (after each poll, not at the scrape: the
+        ledger is closed when the loop ends, the metrics server may still answer)."""
         with self._records_lock:
             oldest = self.ledger.oldest_kept_ms()
         self.metrics.oldest_record_age.set(0 if oldest is None else max(0, self.now_ms() - oldest) / 1000)
@@ -180,9 +180,9 @@ class Deliverer:
                 self._not_taken, self._last_error = self._not_taken + 1, error.name()
                 if _is_fatal(error):
                     self.fatal = error.str()
-            self.metrics.reports_unacknowledged.set(self.ledger.unacknowledged)
+            self.metrics.records_unacknowledged.set(self.ledger.unacknowledged)
         if error is not None:
-            self.metrics.report_errors.labels(topic).inc()
+            self.metrics.record_errors.labels(topic).inc()
 
     # --- in ---
     def handle(self, raw: bytes | None) -> None:
@@ -581,6 +581,11 @@ def _cut(value: Any, limit: int = 1000) -> Any:
     return value if len(text) <= limit else text[:limit]
 
 
+def _kafka_error(exc: KafkaException) -> KafkaError | None:
+    """The error a ``KafkaException`` carries (its first argument), if it carries one."""
+    return exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+
+
 def _is_fatal(error: KafkaError) -> bool:
     return bool(error.fatal()) or error.code() == KafkaError._FATAL
 
@@ -744,7 +749,6 @@ def run_deliver(settings: Settings, dry_run: Path | None, stop: threading.Event,
                 pruned_at = time.monotonic()
             if withdrawals is None:  # first the withdrawals, to their end: no trigger is sent before
                 deliverer.poll_producer()  # (librdkafka's log lines: e.g. a broker it cannot reach)
-                deliverer.show_waiting()
                 if time.monotonic() - withdrawals_tried < 5:
                     stop.wait(0.2)
                     continue
@@ -785,7 +789,6 @@ def run_deliver(settings: Settings, dry_run: Path | None, stop: threading.Event,
                 withdrawals.drain()
                 deliverer.release_due(stop.is_set, withdrawals.drain)
             deliverer.poll_producer()  # its delivery reports and librdkafka's log lines, also while nothing is sent
-            deliverer.show_waiting()
         return 0
     finally:
         if server is not None:  # no unsubscribe click reaches the ledger once it is closed (and the port is free)

@@ -814,8 +814,8 @@ def test_a_report_the_broker_did_not_take_is_kept_and_produced_again_until_it_do
     step.handle(trigger(email=None))
     assert step.produce_kept() == 0  # on its way: not produced twice
     producer.poll()
-    assert step.ledger.unacknowledged == 1 and step.metrics.reports_unacknowledged._value.get() == 1
-    assert step.metrics.report_errors.labels("delivery-failed")._value.get() == 1
+    assert step.ledger.unacknowledged == 1 and step.metrics.records_unacknowledged._value.get() == 1
+    assert step.metrics.record_errors.labels("delivery-failed")._value.get() == 1
     assert step.produce_kept() == 1 and len(producer.sent) == 2  # not taken: produced again
     assert step.produce_kept() == 0
     step.now_ms = lambda: 1_800_000_090_000  # type: ignore[method-assign]
@@ -824,13 +824,13 @@ def test_a_report_the_broker_did_not_take_is_kept_and_produced_again_until_it_do
     step.ledger.close()
 
     again, producer = deliverer(tmp_path, DryRun(tmp_path / "out"))  # a restart
-    assert again.metrics.reports_unacknowledged._value.get() == 1
+    assert again.metrics.records_unacknowledged._value.get() == 1
     assert again.produce_kept() == 1
     [(topic, letter)] = producer.sent
     assert (topic, letter["trigger_id"], letter["error"]["code"]) == ("delivery-failed", "t-1", "no_address")
     producer.poll()  # acknowledged
     assert again.ledger.unacknowledged == 0 and again.ledger.kept_records() == []
-    assert again.metrics.reports_unacknowledged._value.get() == 0 and again.produce_kept() == 0
+    assert again.metrics.records_unacknowledged._value.get() == 0 and again.produce_kept() == 0
     again.show_waiting()
     assert again.metrics.oldest_record_age._value.get() == 0
 
@@ -845,7 +845,7 @@ def test_a_report_a_real_producer_cannot_deliver_stays_kept(tmp_path: Path) -> N
                      Settings(deliver_grace_s=0), "http://u", b"k" * 32, now_ms=lambda: 1_800_000_000_000)
     step.handle(trigger(email=None))
     assert producer.flush(5) == 0
-    assert step.ledger.unacknowledged == 1 and step.metrics.report_errors.labels("delivery-failed")._value.get() == 1
+    assert step.ledger.unacknowledged == 1 and step.metrics.record_errors.labels("delivery-failed")._value.get() == 1
     [(_, topic, key, value)] = step.ledger.kept_records()
     assert (topic, key, orjson.loads(value)["error"]["code"]) == ("delivery-failed", b"p-1", "no_address")
 
@@ -860,9 +860,9 @@ def test_a_full_queue_keeps_the_records_and_a_fatal_producer_error_is_raised_to_
     producer.produce = full  # type: ignore[method-assign]
     for n in range(3):
         step.handle(trigger(trigger_id=f"t-{n}", email=None))
-    assert step.ledger.unacknowledged == 3 and step.metrics.report_errors.labels("delivery-failed")._value.get() == 3
+    assert step.ledger.unacknowledged == 3 and step.metrics.record_errors.labels("delivery-failed")._value.get() == 3
     assert step.produce_kept() == 0  # stops at the first refusal, none left marked on its way
-    assert step.metrics.report_errors.labels("delivery-failed")._value.get() == 4
+    assert step.metrics.record_errors.labels("delivery-failed")._value.get() == 4
     producer.produce = refusing  # type: ignore[method-assign]
     assert step.produce_kept() == 3 and step.fatal is None
     # librdkafka reports a fatal error by its code (its delivery reports' errors never say fatal())
