@@ -74,14 +74,12 @@ def test_the_worker_sends_stderr_to_the_log_and_leaves_stdout_to_its_own_lines(t
 
 def test_a_helper_thread_that_raises_ends_with_one_error_line_without_the_exceptions_text(
         caplog: pytest.LogCaptureFixture) -> None:
-    from streams.logs import log_thread_crashes
-
     def crash() -> None:
         raise ValueError("ana@example.com is not a number")
 
     before = threading.excepthook
     try:
-        log_thread_crashes()
+        logs.log_thread_crashes()
         with caplog.at_level(logging.DEBUG, logger="mailpulse"):
             thread = threading.Thread(target=crash, name="helper")
             thread.start()
