@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
+from typing import NoReturn
 
 from pydantic import ValidationError
 
@@ -160,8 +161,10 @@ def cmd_deliver(args: argparse.Namespace) -> int:
     from streams.deliver.ledger import LedgerInUse
     from streams.deliver.service import run_deliver, sender_problem
 
-    logs.quiet_repeats()  # the Kafka clients' repeated lines once per 30 s, as in the worker's log
     settings = _settings(broker=args.broker)
+    logs.use(settings.log_format)
+    logs.format_root()  # its warnings, and librdkafka's lines, in that format too
+    logs.quiet_repeats()  # the Kafka clients' repeated lines once per 30 s, as in the worker's log
     if (problem := sender_problem(settings.mail_from)) is not None:  # else every trigger would fail on it
         raise UserError(f"MAILPULSE_MAIL_FROM {settings.mail_from[:80]!r}: {problem}")
     bootstrap = _bootstrap(settings.broker)
@@ -298,8 +301,19 @@ def cmd_schemas(args: argparse.Namespace) -> int:
 
 # --- parser ---------------------------------------------------------------------------------------
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose usage errors are one JSON object in a JSON log (argparse writes
+    the usage and the error as two lines of text).  Its subcommands' parsers are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        if not logs.is_json():
+            super().error(message)
+        logs.error(f"{self.prog}: {message}")
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mailpulse", description="Real-time personalization pipeline for email.")
+    parser = _Parser(prog="mailpulse", description="Real-time personalization pipeline for email.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def broker_flag(p: argparse.ArgumentParser) -> None:
@@ -386,11 +400,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     raw = list(sys.argv[1:] if argv is None else argv)
+    logs.use_environment()  # (a command that reads its settings chooses again from them)
     parser = build_parser()
     args = parser.parse_args(raw)
     if getattr(args, "until", None) is not None:
         args.until_text = raw[raw.index("--until") + 1] if "--until" in raw else str(args.until)
     logging.basicConfig(level=logging.WARNING, format="mailpulse: %(message)s")
+    logs.format_root()
     try:
         code: int = args.func(args)
         return code

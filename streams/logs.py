@@ -7,6 +7,7 @@ JSON.  Nothing the worker logs at info level or above names a person: profiles b
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 import time
@@ -31,17 +32,38 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(line, default=str).decode()
 
 
+#: Taken for every line this process writes, by :func:`say` and the root logger's handlers alike.  A
+#: line longer than a pipe takes at once (4 KiB is all POSIX promises) is written in parts, and where
+#: stdout and stderr go to one pipe (``2>&1``, a container's log) a line from another thread could
+#: land between them: two half lines that are not JSON.
+_WRITE_LOCK = threading.RLock()
+
+
 def use(log_format: LogFormat) -> None:
     """Chooses the format of :func:`say` and of :func:`format_root`."""
     global _format
     _format = log_format
 
 
+def is_json() -> bool:
+    """Whether lines are JSON objects (:func:`use`)."""
+    return _format == "json"
+
+
+def use_environment() -> None:
+    """The format ``MAILPULSE_LOG_FORMAT`` names, before a command reads its settings: so that a
+    command's first line (a usage error, a setting it cannot read) is in it too.  Anything but
+    ``json`` is text here; the settings then say what is wrong with it."""
+    use("json" if os.environ.get("MAILPULSE_LOG_FORMAT") == "json" else "text")
+
+
 def format_root() -> None:
-    """Gives the root logger's handlers (set up by Faust's worker) the chosen format."""
-    if _format == "json":
-        for handler in logging.getLogger().handlers:
+    """Gives the root logger's handlers (set up by Faust's worker, or ``logging.basicConfig``) the
+    chosen format, and :data:`_WRITE_LOCK` as their lock."""
+    for handler in logging.getLogger().handlers:
+        if _format == "json":
             handler.setFormatter(JsonFormatter())
+        handler.lock = _WRITE_LOCK  # (Handler.acquire takes ``self.lock``)
 
 
 class RepeatFilter(logging.Filter):
@@ -117,8 +139,9 @@ def _write(stream: TextIO, level: int, message: str) -> None:
     # root handler logs to stderr, and where both go to one file (``2>&1``, a container's log) with
     # stdout unbuffered (``PYTHONUNBUFFERED``), ``print``'s second write, the newline, let another
     # thread's line land between them.
-    stream.write(line + "\n")
-    stream.flush()
+    with _WRITE_LOCK:
+        stream.write(line + "\n")
+        stream.flush()
 
 
 def log_thread_crashes() -> None:

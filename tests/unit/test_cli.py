@@ -73,3 +73,30 @@ def test_schemas_writes_one_file_per_message_type(capsys: pytest.CaptureFixture[
         assert f"{topic}.schema.json" in names
     profile = json.loads((tmp_path / "profiles.schema.json").read_text())
     assert "aggregates" in profile["properties"]
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "fragment"),
+    [
+        (("run", "--clock", "sundial"), {}, "run: argument --clock: invalid choice"),
+        (("run",), {"MAILPULSE_PARTITIONS": "many"}, "setting partitions (MAILPULSE_PARTITIONS)"),
+        (("deliver", "--broker", "kafka://127.0.0.1:1"), {}, "broker at 127.0.0.1:1 did not answer"),
+        (("tail", "profiles"), {"MAILPULSE_BROKER": ""}, "no broker"),
+    ],
+)
+def test_in_a_json_log_a_commands_error_is_one_json_object(capsys: pytest.CaptureFixture[str],
+                                                           monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...],
+                                                           env: dict[str, str], fragment: str) -> None:
+    """``MAILPULSE_LOG_FORMAT=json`` holds for a usage error and a setting that cannot be read too,
+    which come before any command has read its settings, and for ``deliver``."""
+    from streams import logs
+
+    monkeypatch.setattr(logs, "_format", "text")  # (main chooses; put back after the test)
+    monkeypatch.setenv("MAILPULSE_LOG_FORMAT", "json")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    code, out, err = run(capsys, *args)
+    assert code == 2 and out == ""
+    [line] = err.splitlines()
+    record = json.loads(line)
+    assert record["level"] == "error" and fragment in record["message"], record

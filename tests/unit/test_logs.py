@@ -123,3 +123,41 @@ def test_a_line_said_from_one_thread_is_never_split_by_a_log_line_from_another(
     lines = out.buffer.getvalue().decode().splitlines()  # type: ignore[attr-defined]
     assert len(lines) == 6_000
     assert {json.loads(line)["message"] for line in lines} == {"deliver: dry-run", "[^--Consumer]: Starting..."}
+
+
+def test_lines_longer_than_a_pipe_takes_at_once_are_not_split_by_another_threads_line(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """stdout and stderr on one pipe (``2>&1``, a container's log): a line past the pipe's capacity
+    goes in several writes, and without one lock for both streams a line from another thread (here a
+    log handler's on stderr) could land between them."""
+    import os
+
+    read_end, write_end = os.pipe()
+    out = os.fdopen(os.dup(write_end), "w", encoding="utf-8")
+    err = os.fdopen(os.dup(write_end), "w", encoding="utf-8")
+    os.close(write_end)
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(logs, "_format", "json")
+    handler = logging.StreamHandler(err)
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [handler])
+    logs.format_root()
+    logger = logging.getLogger("test.long_lines")
+    logger.setLevel(logging.INFO)
+    received = bytearray()
+    reader = threading.Thread(target=lambda: [received.extend(chunk) for chunk in iter(
+        lambda: os.read(read_end, 4096), b"")])
+    reader.start()
+    long = "x" * 200_000  # past a pipe's 64 KiB
+    sayer = threading.Thread(target=lambda: [logs.say(f"said {long}") for _ in range(20)])
+    sayer.start()
+    for _ in range(20):
+        logger.info("logged %s", long)
+    sayer.join()
+    out.close()
+    err.close()
+    reader.join()
+    os.close(read_end)
+    lines = received.decode().splitlines()
+    assert len(lines) == 40
+    assert sorted(json.loads(line)["message"][:6] for line in lines) == ["logged"] * 20 + ["said x"] * 20
