@@ -326,10 +326,29 @@ class DeliverMetrics:
             self.record_errors.labels(topic)
 
 
-def serve_wsgi(host: str, port: int, app: Any, name: str = "metrics-http") -> WSGIServer:
+class _FinishingWSGIServer(ThreadingWSGIServer):
+    """prometheus-client's server, whose ``server_close`` waits for the requests in progress."""
+
+    daemon_threads = False
+    block_on_close = True
+
+
+class _TimedHandler(_SilentHandler):
+    """A request whose client sends nothing for this long is dropped (so a silent client holds
+    ``server_close`` no longer than that)."""
+
+    timeout = 10
+
+
+def serve_wsgi(host: str, port: int, app: Any, name: str = "metrics-http", finish_requests: bool = False) -> WSGIServer:
     """Serves a WSGI ``app`` in a daemon thread with prometheus-client's server; returns the server
-    (its ``server_port`` a free one when ``port`` is 0; ``shutdown`` stops it)."""
-    server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_SilentHandler)
+    (its ``server_port`` a free one when ``port`` is 0; ``shutdown`` stops it).  ``finish_requests``:
+    its ``server_close`` waits for the requests in progress (whose app writes what must outlive them:
+    ``deliver``'s unsubscribes, to a ledger closed after the server)."""
+    if finish_requests:
+        server = make_server(host, port, app, _FinishingWSGIServer, handler_class=_TimedHandler)
+    else:
+        server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_SilentHandler)
     threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
     return server
 

@@ -717,9 +717,9 @@ def run_deliver(settings: Settings, dry_run: Path | None, stop: threading.Event,
         reports_to.append(deliverer)
         app = unsubscribe_app(deliverer, make_wsgi_app(metrics.registry))
         try:
-            server = serve_wsgi(settings.metrics_host, settings.deliver_port, app, "deliver-http")
+            server = serve_wsgi(settings.metrics_host, settings.deliver_port, app, "deliver-http", finish_requests=True)
         except OSError:  # taken (a second deliver on this machine): any free port, announced below
-            server = serve_wsgi(settings.metrics_host, 0, app, "deliver-http")
+            server = serve_wsgi(settings.metrics_host, 0, app, "deliver-http", finish_requests=True)
         port = server.server_port
         deliverer.unsubscribe_base = settings.unsubscribe_url or f"http://{settings.metrics_host}:{port}"
         announce(f"deliver: {target.name}{' to ' + str(dry_run) if dry_run else ''}; /metrics and /unsubscribe "
@@ -791,8 +791,8 @@ def run_deliver(settings: Settings, dry_run: Path | None, stop: threading.Event,
             deliverer.poll_producer()  # its delivery reports and librdkafka's log lines, also while nothing is sent
         return 0
     finally:
-        if server is not None:  # no unsubscribe click reaches the ledger once it is closed (and the port is free)
-            server.shutdown()
+        if server is not None:  # no unsubscribe click reaches the ledger once it is closed (and the port is free):
+            server.shutdown()  # no new request; then those in progress are waited for
             server.server_close()
         consumer.close()
         if withdrawals is not None:

@@ -117,3 +117,45 @@ def test_readyz_fails_while_outputs_wait_with_none_acknowledged_or_once_one_is_l
     # librdkafka gave up on two outputs: the queue is empty, and /readyz still fails
     assert health.output_progress(0, 4, 2) is None
     assert health.answer("/readyz") == (False, "2 outputs lost (the broker did not take them)\n")
+
+
+@pytest.mark.parametrize("finish_requests", [True, False])
+def test_a_server_that_finishes_requests_closes_only_once_the_request_in_progress_has_answered(
+        finish_requests: bool) -> None:
+    """``deliver`` closes its ledger after its HTTP server: an unsubscribe click in progress at the
+    stop must still reach the ledger and be answered.  prometheus-client's own server (daemon request
+    threads) closes at once, which the second case shows."""
+    import threading
+    import urllib.request
+
+    from streams.metrics import serve_wsgi
+
+    entered, release = threading.Event(), threading.Event()
+
+    def app(environ: dict[str, object], start_response: object) -> list[bytes]:
+        entered.set()
+        release.wait(10)
+        start_response("200 OK", [("Content-Type", "text/plain")])  # type: ignore[operator]
+        return [b"done\n"]
+
+    server = serve_wsgi("127.0.0.1", 0, app, "test-http", finish_requests=finish_requests)
+    answers: list[tuple[int, bytes]] = []
+
+    def click() -> None:
+        with urllib.request.urlopen(urllib.request.Request(
+                f"http://127.0.0.1:{server.server_port}/unsubscribe", data=b"", method="POST"), timeout=10) as response:
+            answers.append((response.status, response.read()))
+
+    client = threading.Thread(target=click)
+    client.start()
+    assert entered.wait(5)
+    server.shutdown()  # serves no new request
+    closing = threading.Thread(target=server.server_close)
+    closing.start()
+    closing.join(0.5)
+    assert closing.is_alive() is finish_requests  # waits for the request in progress, or does not
+    release.set()
+    closing.join(5)
+    client.join(5)
+    assert not closing.is_alive()
+    assert answers == [(200, b"done\n")]
