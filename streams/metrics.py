@@ -345,10 +345,8 @@ def serve_wsgi(host: str, port: int, app: Any, name: str = "metrics-http", finis
     (its ``server_port`` a free one when ``port`` is 0; ``shutdown`` stops it).  ``finish_requests``:
     its ``server_close`` waits for the requests in progress (whose app writes what must outlive them:
     ``deliver``'s unsubscribes, to a ledger closed after the server)."""
-    if finish_requests:
-        server = make_server(host, port, app, _FinishingWSGIServer, handler_class=_TimedHandler)
-    else:
-        server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_SilentHandler)
+    server: WSGIServer = make_server(host, port, app, _FinishingWSGIServer, handler_class=_TimedHandler) \
+        if finish_requests else make_server(host, port, app, ThreadingWSGIServer, handler_class=_SilentHandler)
     threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
     return server
 

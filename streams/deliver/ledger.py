@@ -41,6 +41,7 @@ class LedgerInUse(OSError):
 
 class Ledger:
     def __init__(self, folder: Path) -> None:
+        self.closed = False
         folder.mkdir(parents=True, exist_ok=True)
         try:
             self.db = rocksdict.Rdict(str(folder / "ledger"))
@@ -66,6 +67,7 @@ class Ledger:
         self.unacknowledged = sum(1 for _ in self._keys(b"x:"))
 
     def close(self) -> None:
+        self.closed = True
         self.db.close()
 
     def sync(self) -> None:

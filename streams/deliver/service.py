@@ -82,12 +82,14 @@ class Deliverer:
         self._outage_kept = kept if kept.get("target") == self._target_id else {}
         self.outage = Outage(self._outage_kept, now_ms())
         metrics.target_up.set(0 if self.outage.counted_down else 1)
-        metrics.ledger_entries.set(ledger.entries)
-        metrics.held.set(ledger.held)
-        metrics.records_unacknowledged.set(ledger.unacknowledged)
         # the kept records produced and not acknowledged yet; the unsubscribe server's thread produces too
         self._in_flight: set[bytes] = set()
         self._records_lock = threading.Lock()
+        # read at each scrape, so they are current also while slow sends hold the loop
+        metrics.ledger_entries.set_function(lambda: ledger.entries)
+        metrics.held.set_function(lambda: ledger.held)
+        metrics.records_unacknowledged.set_function(lambda: ledger.unacknowledged)
+        metrics.oldest_record_age.set_function(self.oldest_record_age)
         self._not_taken, self._last_error = 0, ""  # since the last warning (one a minute at most)
         #: the producer's fatal error (its idempotence broken, say): no record can be produced any more
         self.fatal: str | None = None
@@ -102,7 +104,6 @@ class Deliverer:
         with self._records_lock:
             entry = self.ledger.keep_record(topic, key, value, self.now_ms())
             self._in_flight.add(entry)  # (before the lock is let go: produce_kept must not take it too)
-            self.metrics.records_unacknowledged.set(self.ledger.unacknowledged)
         self._produce_kept(entry, topic, key, value)
 
     def produce_kept(self) -> int:
@@ -141,9 +142,9 @@ class Deliverer:
         return True
 
     def poll_producer(self) -> None:
-        """Serves the producer's delivery reports (and librdkafka's log lines), then shows how long
-        the oldest kept record has waited; a fatal error of the producer (raised there, or reported
-        through ``error_cb`` by :meth:`producer_error`) is kept in :attr:`fatal`."""
+        """Serves the producer's delivery reports (and librdkafka's log lines); a fatal error of the
+        producer (raised there, or reported through ``error_cb`` by :meth:`producer_error`) is kept in
+        :attr:`fatal`."""
         try:
             self.producer.poll(0)
         except KafkaException as exc:
@@ -152,14 +153,13 @@ class Deliverer:
                 self.fatal = str(exc)
             else:
                 log.warning("deliver: the producer reported %s", error.name())
-        self.show_waiting()
 
-    def show_waiting(self) -> None:
-        """Sets how long the oldest kept record has waited (after each poll, not at the scrape: the
-        ledger is closed when the loop ends, the metrics server may still answer)."""
+    def oldest_record_age(self) -> float:
+        """How long the oldest kept record has waited, in seconds (0: none waits), for the scrape.
+        (``run_deliver`` closes the ledger only once its HTTP server has answered its last request.)"""
         with self._records_lock:
-            oldest = self.ledger.oldest_kept_ms()
-        self.metrics.oldest_record_age.set(0 if oldest is None else max(0, self.now_ms() - oldest) / 1000)
+            oldest = None if self.ledger.closed else self.ledger.oldest_kept_ms()
+        return 0.0 if oldest is None else max(0, self.now_ms() - oldest) / 1000
 
     def producer_error(self, error: KafkaError) -> None:
         """The producer's ``error_cb``: librdkafka's own errors, mostly passing (a broker away); a
@@ -180,7 +180,6 @@ class Deliverer:
                 self._not_taken, self._last_error = self._not_taken + 1, error.name()
                 if _is_fatal(error):
                     self.fatal = error.str()
-            self.metrics.records_unacknowledged.set(self.ledger.unacknowledged)
         if error is not None:
             self.metrics.record_errors.labels(topic).inc()
 
@@ -217,7 +216,6 @@ class Deliverer:
         self.ledger.hold(until, trigger["trigger_id"], raw, str(trigger.get("profile_id")))
         if send_at > now:
             self.metrics.deliveries.labels(_type_label(trigger["type"]), "held").inc()
-        self.metrics.held.set(self.ledger.held)
 
     def release_due(self, stopping: Callable[[], bool] = lambda: False,
                     read_withdrawals: Callable[[], None] = lambda: None) -> int:
@@ -240,8 +238,6 @@ class Deliverer:
             self.deliver(trigger)
             self.ledger.release(key, str(trigger.get("profile_id")))
             released += 1
-        if released:
-            self.metrics.held.set(self.ledger.held)
         return released
 
     def withdrawal(self, raw: bytes | None) -> None:
@@ -263,7 +259,6 @@ class Deliverer:
             trigger = orjson.loads(held)
             if self._withdrawn(trigger):
                 self.ledger.release(key, profile_id)  # (and with it the address it held)
-        self.metrics.held.set(self.ledger.held)
 
     def _withdrawn(self, trigger: Mapping[str, Any]) -> bool:
         """Whether the pipeline withdrew this trigger's profile at or after the trigger's time; if so
@@ -277,7 +272,6 @@ class Deliverer:
         if self.ledger.outcome(trigger["trigger_id"]) is None:
             self.ledger.mark(trigger["trigger_id"], SUPPRESSED, self.now_ms(), code="withdrawn")
             self.metrics.deliveries.labels(_type_label(trigger["type"]), "cancelled").inc()
-            self.metrics.ledger_entries.set(self.ledger.entries)
         return True
 
     def prune(self) -> int:
@@ -287,7 +281,6 @@ class Deliverer:
         pruned = self.ledger.prune(cut)
         if pruned:
             self.metrics.ledger_pruned.inc(pruned)
-            self.metrics.ledger_entries.set(self.ledger.entries)
         return pruned
 
     def fail_interrupted(self) -> None:
@@ -339,7 +332,6 @@ class Deliverer:
                 return
             self.ledger.hold(self.outage.until_ms, trigger_id, orjson.dumps(trigger), str(trigger.get("profile_id")))
             self.metrics.deliveries.labels(kind, "deferred").inc()
-            self.metrics.held.set(self.ledger.held)
             return
         self.ledger.mark(trigger_id, SENDING, now, type=trigger["type"], profile_id=trigger.get("profile_id"))
         self.ledger.sync()  # on disk before the send: after a power loss it is "interrupted", not sent again
@@ -360,8 +352,6 @@ class Deliverer:
             if not self._again_later(trigger, str(exc)):
                 self._give_up(trigger, "retries_exhausted",
                               self._earlier_attempts(trigger_id) + self.settings.deliver_attempts, str(exc))
-            else:
-                self.metrics.ledger_entries.set(self.ledger.entries)
             return
         except Permanent as exc:
             self.outage.up()  # it answered
@@ -374,7 +364,6 @@ class Deliverer:
         self.ledger.mark(trigger_id, SENT, done, attempts=attempts)
         self.metrics.deliveries.labels(kind, "sent").inc()
         self.metrics.delay.observe(max(0.0, (done - _send_at_ms(trigger)) / 1000))
-        self.metrics.ledger_entries.set(self.ledger.entries)
         if sent.bounced:
             self.withdraw(str(trigger.get("profile_id")), trigger["email"], "bounce")
 
@@ -431,7 +420,6 @@ class Deliverer:
         self.ledger.hold(at, trigger_id, orjson.dumps(trigger), str(trigger.get("profile_id")))
         self.ledger.sync()  # (else a power loss brings back its ``sending`` mark: "interrupted", never sent)
         self.metrics.deliveries.labels(_type_label(trigger["type"]), "deferred").inc()
-        self.metrics.held.set(self.ledger.held)
         log.info("deliver: trigger %s tried again in round %d (%s)", trigger_id, rounds + 2, why[:200])
         return True
 
@@ -468,7 +456,6 @@ class Deliverer:
         """Marks the trigger failed with ``code`` (never tried again) and reports it on ``delivery-failed``."""
         self.ledger.mark(str(trigger["trigger_id"]), FAILED, self.now_ms(), code=code)
         self._failed(trigger, attempts, code, message)
-        self.metrics.ledger_entries.set(self.ledger.entries)
 
     def _failed(self, trigger: Mapping[str, Any], attempts: int, code: str, message: str) -> None:
         self.metrics.deliveries.labels(_type_label(trigger.get("type")), "failed").inc()
