@@ -53,17 +53,42 @@ def is_json() -> bool:
 def use_environment() -> None:
     """The format ``MAILPULSE_LOG_FORMAT`` names, before a command reads its settings: so that a
     command's first line (a usage error, a setting it cannot read) is in it too.  Anything but
-    ``json`` is text here; the settings then say what is wrong with it."""
-    use("json" if os.environ.get("MAILPULSE_LOG_FORMAT") == "json" else "text")
+    ``json`` is text here; the settings then say what is wrong with it.  (Its name in any case, as
+    the settings read it.)"""
+    named = [value for name, value in os.environ.items() if name.upper() == "MAILPULSE_LOG_FORMAT"]
+    use("json" if named == ["json"] else "text")
+
+
+class _LockedStream:
+    """A handler's stream whose writes take :data:`_WRITE_LOCK` (``StreamHandler.emit`` writes a
+    line with its newline in one call).  The stream is wrapped, not the handler's own lock replaced: a
+    thread inside the handler while the lock changed would let go of a lock it never took."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        with _WRITE_LOCK:
+            written = self.stream.write(text)
+            self.stream.flush()
+        return written
+
+    def flush(self) -> None:
+        with _WRITE_LOCK:
+            self.stream.flush()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.stream, name)
 
 
 def format_root() -> None:
     """Gives the root logger's handlers (set up by Faust's worker, or ``logging.basicConfig``) the
-    chosen format, and :data:`_WRITE_LOCK` as their lock."""
+    chosen format, and their streams :data:`_WRITE_LOCK`."""
     for handler in logging.getLogger().handlers:
         if _format == "json":
             handler.setFormatter(JsonFormatter())
-        handler.lock = _WRITE_LOCK  # (Handler.acquire takes ``self.lock``)
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler.stream, _LockedStream):
+            handler.setStream(_LockedStream(handler.stream))  # (under the handler's lock)
 
 
 class RepeatFilter(logging.Filter):

@@ -7,6 +7,7 @@ once per worker by the app factory and handed to the agents.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from bisect import bisect_left
@@ -327,17 +328,69 @@ class DeliverMetrics:
 
 
 class _FinishingWSGIServer(ThreadingWSGIServer):
-    """prometheus-client's server, whose ``server_close`` waits for the requests in progress."""
+    """prometheus-client's server, whose ``server_close`` waits for the requests in progress, up to
+    :attr:`finish_within_s` in all (a client that trickles its request must not hold a stop).  Its
+    request threads stay daemon threads: none holds the interpreter's exit."""
 
-    daemon_threads = False
-    block_on_close = True
+    finish_within_s = 5.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._requests: list[threading.Thread] = []
+        self._requests_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        thread = threading.Thread(target=self.process_request_thread, args=(request, client_address), daemon=True)
+        with self._requests_lock:
+            self._requests = [*(t for t in self._requests if t.is_alive()), thread]
+        thread.start()
+
+    def server_close(self) -> None:
+        WSGIServer.server_close(self)  # the socket (ThreadingMixIn's own would wait without a limit)
+        deadline = time.monotonic() + self.finish_within_s
+        with self._requests_lock:
+            requests = list(self._requests)
+        for thread in requests:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """One log line instead of socketserver's traceback on stderr: a client that went quiet or
+        away at debug level, anything else as an error naming its class (its traceback at debug)."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, TimeoutError | ConnectionError):
+            log.debug("http: a client went quiet or away (%s)", type(exc).__name__)
+        else:
+            log.error("http: a request failed: %s", type(exc).__name__)
+            log.debug("http: the failed request", exc_info=exc)
 
 
 class _TimedHandler(_SilentHandler):
-    """A request whose client sends nothing for this long is dropped (so a silent client holds
-    ``server_close`` no longer than that)."""
+    """A read of a request that waits longer than :attr:`timeout` for its client gives up on it.
+    What wsgiref writes to stderr (the traceback of an app that raised) goes to the log instead."""
 
-    timeout = 10
+    timeout = 5
+
+    def get_stderr(self) -> Any:
+        return _LoggedTraceback()
+
+
+class _LoggedTraceback:
+    """wsgiref's stderr for one request: the traceback it prints when the app raised becomes one
+    error line, the text itself at debug level (an exception's text can hold a request's values)."""
+
+    def __init__(self) -> None:
+        self._text: list[str] = []
+
+    def write(self, text: str) -> int:
+        self._text.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        if self._text:
+            text, self._text = "".join(self._text), []
+            last = text.strip().splitlines()[-1] if text.strip() else ""
+            log.error("http: a request's app raised %s; answered 500", last.split(":", 1)[0][:100])
+            log.debug("http: the app's traceback: %s", text)
 
 
 def serve_wsgi(host: str, port: int, app: Any, name: str = "metrics-http", finish_requests: bool = False) -> WSGIServer:

@@ -10,6 +10,12 @@ import pytest
 from streams.cli import main
 
 
+@pytest.fixture(autouse=True)
+def _text_log(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The one-line errors below are text unless a test asks for JSON (a shell may export it)."""
+    monkeypatch.delenv("MAILPULSE_LOG_FORMAT", raising=False)
+
+
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     try:
         code = main(list(args))

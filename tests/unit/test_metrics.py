@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
@@ -159,3 +160,74 @@ def test_a_server_that_finishes_requests_closes_only_once_the_request_in_progres
     client.join(5)
     assert not closing.is_alive()
     assert answers == [(200, b"done\n")]
+
+
+def test_a_client_that_trickles_its_request_holds_the_close_no_longer_than_its_limit(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]) -> None:
+    """A byte every 0.2 s keeps each read alive; the close waits ``finish_within_s`` in all, not for
+    the request.  A client that goes quiet is one debug line, not socketserver's traceback on stderr."""
+    import logging
+    import socket
+    import threading
+
+    from streams import metrics
+    from streams.metrics import serve_wsgi
+
+    monkeypatch.setattr(metrics._FinishingWSGIServer, "finish_within_s", 1.0)
+    monkeypatch.setattr(metrics._TimedHandler, "timeout", 0.5)
+    caplog.set_level(logging.DEBUG, logger="streams.metrics")
+    def app(environ: dict[str, object], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [])
+        return [b""]
+
+    server = serve_wsgi("127.0.0.1", 0, app, "test-http", finish_requests=True)
+    stop_trickling = threading.Event()
+
+    def trickle() -> None:
+        with socket.create_connection(("127.0.0.1", server.server_port)) as conn:
+            conn.sendall(b"POST /unsubscribe HTTP/1.1\r\n")
+            while not stop_trickling.wait(0.2):
+                conn.sendall(b"X")
+
+    quiet = socket.create_connection(("127.0.0.1", server.server_port))  # sends nothing: times out
+    trickler = threading.Thread(target=trickle)
+    trickler.start()
+    time.sleep(1.0)  # both in progress; the quiet one has timed out
+    server.shutdown()
+    started = time.monotonic()
+    server.server_close()
+    took = time.monotonic() - started
+    stop_trickling.set()
+    trickler.join(5)
+    quiet.close()
+    assert 0.8 < took < 2.0
+    assert "Traceback" not in capsys.readouterr().err
+    assert [r.levelno for r in caplog.records if r.name == "streams.metrics"] == [logging.DEBUG]
+
+
+def test_an_app_that_raises_answers_500_and_logs_one_error_line_without_the_exceptions_text(
+        caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]) -> None:
+    """wsgiref prints the traceback of an app that raised to stderr (not JSON, and its text can hold
+    a request's values, an e-mail address say): one error line naming the class instead."""
+    import logging
+    import urllib.error
+    import urllib.request
+
+    from streams.metrics import serve_wsgi
+
+    def app(environ: dict[str, object], start_response: Any) -> list[bytes]:
+        raise ValueError("ana@example.com")
+
+    server = serve_wsgi("127.0.0.1", 0, app, "test-http", finish_requests=True)
+    caplog.set_level(logging.DEBUG, logger="streams.metrics")
+    try:
+        with pytest.raises(urllib.error.HTTPError) as raised:
+            urllib.request.urlopen(f"http://127.0.0.1:{server.server_port}/unsubscribe", timeout=5)
+        assert raised.value.code == 500
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "ana@example.com" not in capsys.readouterr().err
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == ["http: a request's app raised ValueError; answered 500"]
+    assert any("ana@example.com" in r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG)
