@@ -69,9 +69,15 @@ def send_ticks(producer: Producer, timestamp: int | str) -> int:
     """A ``tick`` at ``timestamp`` to every partition of every input topic; returns how many."""
     import orjson
 
-    value = orjson.dumps({"type": "tick", "timestamp": timestamp})
+    return produce_everywhere(producer, orjson.dumps({"type": "tick", "timestamp": timestamp}))
+
+
+def produce_everywhere(producer: Producer, value: bytes, counts: dict[str, int] | None = None) -> int:
+    """``value`` to every partition of every input topic (a tick: the watermark is the smallest
+    clock of them all, so a tick on one partition alone would hardly move it); returns how many.
+    ``counts``: the topics' partition counts (else asked of the broker)."""
     sent = 0
-    for topic, count in partition_counts(producer).items():
+    for topic, count in (counts or partition_counts(producer)).items():
         for partition in range(count):
             produce(producer, topic, value, partition=partition)
             sent += 1

@@ -1,4 +1,6 @@
-"""``mailpulse replay``: a JSON-lines file of input events to the input topics, routed by ``type``."""
+"""``mailpulse replay``: a JSON-lines file of input events to the input topics, routed by ``type``.
+A ``tick`` line (contract section 3: any input topic) goes to every partition of every input topic,
+after the lines before it, as ``--until``'s closing tick does: time has passed for the whole stream."""
 
 from __future__ import annotations
 
@@ -8,7 +10,16 @@ from pathlib import Path
 import orjson
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from streams.tools.produce import RoutingError, key_for, make_producer, produce, send_ticks, topic_for
+from streams.tools.produce import (
+    RoutingError,
+    key_for,
+    make_producer,
+    partition_counts,
+    produce,
+    produce_everywhere,
+    send_ticks,
+    topic_for,
+)
 
 
 class ReplayError(ValueError):
@@ -21,6 +32,7 @@ def replay_file(path: Path, bootstrap: str, rate: float | None = None, until: in
     total = sum(1 for line in path.open("rb") if line.strip())
     producer = make_producer(bootstrap)
     sent = 0
+    counts: dict[str, int] | None = None  # the input topics' partitions, asked at the first tick
     started = time.monotonic()
     progress = Progress(TextColumn("replay"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                         TimeRemainingColumn(), disable=not show_progress, transient=False)
@@ -33,11 +45,15 @@ def replay_file(path: Path, bootstrap: str, rate: float | None = None, until: in
                 event = orjson.loads(line)
                 if not isinstance(event, dict):
                     raise RoutingError("not a JSON object")
-                topic = topic_for(event)
+                topic = None if event.get("type") == "tick" else topic_for(event)
             except (orjson.JSONDecodeError, RoutingError) as exc:
                 producer.flush(30)
                 raise ReplayError(f"{path}:{number}: {exc} ({sent} events were sent before it)") from None
-            produce(producer, topic, line.rstrip(b"\r\n"), key_for(event))
+            if topic is None:
+                counts = counts or partition_counts(producer)
+                produce_everywhere(producer, line.rstrip(b"\r\n"), counts)
+            else:
+                produce(producer, topic, line.rstrip(b"\r\n"), key_for(event))
             sent += 1
             if rate:
                 ahead = sent / rate - (time.monotonic() - started)

@@ -1,0 +1,56 @@
+"""``mailpulse replay`` routes each line by its ``type``; a ``tick`` line goes to every partition of
+every input topic (contract section 3: ``tick`` -> any input topic), after the lines before it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from streams.tools import replay
+
+
+class Recorder:
+    """A producer that records (topic, partition, value) in order."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, int | None, bytes]] = []
+
+    def produce(self, topic: str, key: bytes | None = None, value: bytes | None = None,
+                partition: int | None = None) -> None:
+        assert value is not None
+        self.sent.append((topic, partition, value))
+
+    def poll(self, timeout: float = 0) -> int:
+        return 0
+
+    def flush(self, timeout: float = 0) -> int:
+        return 0
+
+
+def test_a_tick_line_goes_to_every_partition_of_every_input_topic_after_the_lines_before_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    producer = Recorder()
+    asked: list[int] = []
+    counts = {"clicks": 2, "carts": 1, "purchases": 1, "identities": 3}
+
+    def partition_counts(_: Any) -> dict[str, int]:
+        asked.append(1)
+        return counts
+
+    monkeypatch.setattr(replay, "make_producer", lambda bootstrap: producer)
+    monkeypatch.setattr(replay, "partition_counts", partition_counts)
+    view = {"event_id": "v1", "type": "product_view", "timestamp": "2026-03-01T10:00:00Z", "anonymous_id": "a-1",
+            "product_id": "p-1"}
+    tick = {"type": "tick", "timestamp": "2026-03-01T12:00:00Z"}
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"\n".join(orjson.dumps(line) for line in (view, tick, {**view, "event_id": "v2"}, tick)) + b"\n")
+    assert replay.replay_file(path, "unused", show_progress=False) == 4
+    ticks = [(topic, partition) for topic, partition, value in producer.sent if orjson.loads(value) == tick]
+    everywhere = [(topic, n) for topic, count in counts.items() for n in range(count)]
+    assert ticks == everywhere * 2
+    assert [orjson.loads(value).get("event_id") for _, _, value in producer.sent] == (
+        ["v1"] + [None] * 7 + ["v2"] + [None] * 7)
+    assert producer.sent[0][0] == "clicks" and asked == [1]  # the partitions asked once
