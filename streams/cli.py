@@ -302,14 +302,13 @@ def cmd_schemas(args: argparse.Namespace) -> int:
 # --- parser ---------------------------------------------------------------------------------------
 
 class _Parser(argparse.ArgumentParser):
-    """argparse's parser, whose usage errors are one JSON object in a JSON log (argparse writes
-    the usage and the error as two lines of text).  Its subcommands' parsers are of this class too."""
+    """argparse's parser, whose usage errors are one line (contract section 1; argparse writes the
+    usage block first), or one JSON object in a JSON log.  Its subcommands' parsers are of this class."""
 
     def error(self, message: str) -> NoReturn:
-        if not logs.is_json():
-            super().error(message)
-        logs.error(f"{self.prog}: {message}")
-        sys.exit(2)
+        command = self.prog.removeprefix("mailpulse").strip()
+        logs.error(f"{command + ': ' if command else ''}{message} (see {self.prog} --help)")
+        sys.exit(EXIT_USAGE)
 
 
 def build_parser() -> argparse.ArgumentParser:

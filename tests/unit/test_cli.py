@@ -49,6 +49,7 @@ def test_bad_arguments_end_with_one_line(capsys: pytest.CaptureFixture[str], arg
     code, _, err = run(capsys, *args)
     assert code == 2
     assert fragment in err and "Traceback" not in err
+    assert err.count("\n") == 1 and err.startswith("mailpulse: error: ")  # one line (contract section 1)
 
 
 def test_no_broker_is_a_one_line_error(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
