@@ -7,6 +7,9 @@ record), so the agent only has to route them.
 from __future__ import annotations
 
 import base64
+import contextlib
+import functools
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +17,7 @@ import orjson
 from pydantic import ValidationError
 
 from schemas.events import INPUT_EVENT_ADAPTER, KNOWN_TYPES, TOPIC_OF_TYPE
+from schemas.identifiers import normalize_email, normalize_phone
 from schemas.timeparse import format_ms
 from streams.domain.config import Identity
 
@@ -151,7 +155,7 @@ def decode(raw: bytes | None, source: Source, now_ms: int,
         shown = "missing" if etype is None else repr(etype)[:64] if isinstance(etype, str) else \
             f"of JSON type {_json_type(etype)}"
         return reject(source, raw, "unknown_type", f"type {shown} is not a known event type", now_ms)
-    obj, blocked = _without_placeholders(obj, policy.blocked_values)
+    obj, blocked = _without_placeholders(obj, policy.blocked_values, policy.phone_region)
     if blocked and etype != "tick" and not _has_identifier(obj, etype):
         return reject(source, raw, "invalid_identifier",
                       f"{blocked[0]}: a placeholder value names nobody, and no other identifier is given", now_ms)
@@ -177,17 +181,60 @@ IDENTIFIER_FIELDS = ("user_id", "anonymous_id", "email", "phone")
 TRAIT_IDENTIFIER_FIELDS = ("email", "phone")
 
 
-def _is_placeholder(value: Any, blocked: frozenset[str]) -> bool:
-    return isinstance(value, str) and (not value.strip() or value.strip().casefold() in blocked)
+#: ASCII control characters (NUL, tabs, line breaks, DEL), which no identifier is made of.
+_ASCII_CONTROLS = dict.fromkeys([*range(32), 127])
 
 
-def _without_placeholders(obj: dict[str, Any], blocked: frozenset[str]) -> tuple[dict[str, Any], tuple[str, ...]]:
+def comparable(value: str) -> str:
+    """``value`` as it is compared with the blocked values: compatibility-normalized (NFKC: full-width
+    and other look-alike forms of letters become the letters), without invisible characters (format
+    and control characters: zero-width spaces, the byte-order mark, NUL), trimmed and case-folded.
+    So ``"null"`` in full-width letters, ``"null\u200b"`` and ``"\u200b"`` (empty) name nobody either."""
+    if value.isascii():
+        return value.translate(_ASCII_CONTROLS).strip().casefold()
+    text = unicodedata.normalize("NFKC", value)
+    return "".join(ch for ch in text if unicodedata.category(ch)[0] != "C").strip().casefold()
+
+
+@functools.cache
+def _blocked_normalized(blocked: frozenset[str], phone_region: str) -> frozenset[str]:
+    """The blocked values, plus each one that is an e-mail address or a phone number as the ingest
+    normalizes those (an address's domain, a number's formatting)."""
+    forms = set(blocked)
+    for value in blocked:
+        for normalize in (normalize_email, lambda text: normalize_phone(text, phone_region)):
+            with contextlib.suppress(ValueError):
+                forms.add(normalize(value))
+    return frozenset(forms)
+
+
+def _is_placeholder(name: str, value: Any, blocked: frozenset[str], phone_region: str) -> bool:
+    """Whether an identifier's value names nobody: empty or blocked as it is compared
+    (:func:`comparable`), or an e-mail address or phone number that normalizes to a blocked one
+    (``test@`` and ``test.com`` in full-width letters is ``test@test.com``; ``(201) 555-0123`` is
+    ``+12015550123``)."""
+    if not isinstance(value, str):
+        return False
+    text = comparable(value)
+    if not text or text in blocked:
+        return True
+    if name not in ("email", "phone"):
+        return False
+    try:
+        normalized = normalize_email(value) if name == "email" else normalize_phone(value, phone_region)
+    except ValueError:
+        return False  # not one: the event's validation says so
+    return normalized in _blocked_normalized(blocked, phone_region)
+
+
+def _without_placeholders(obj: dict[str, Any], blocked: frozenset[str],
+                          phone_region: str = "US") -> tuple[dict[str, Any], tuple[str, ...]]:
     """``obj`` without identifier fields whose value names nobody, and those fields' names (a copy
     only where one is dropped: most events have none)."""
-    dropped = [name for name in IDENTIFIER_FIELDS if _is_placeholder(obj.get(name), blocked)]
+    dropped = [name for name in IDENTIFIER_FIELDS if _is_placeholder(name, obj.get(name), blocked, phone_region)]
     traits = obj.get("traits")
-    dropped_traits = [name for name in TRAIT_IDENTIFIER_FIELDS
-                      if isinstance(traits, dict) and _is_placeholder(traits.get(name), blocked)]
+    dropped_traits = [name for name in TRAIT_IDENTIFIER_FIELDS if isinstance(traits, dict)
+                      and _is_placeholder(name, traits.get(name), blocked, phone_region)]
     if not (dropped or dropped_traits):
         return obj, ()
     cleaned = {key: value for key, value in obj.items() if key not in dropped}
