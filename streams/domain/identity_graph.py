@@ -15,8 +15,10 @@ The protocol is label propagation through the internal topic, ``(state, message)
 messages)`` per key (:func:`place`, :func:`on_link`, :func:`forward_absorb`; the caller merges an
 arriving profile with :func:`streams.domain.merge.merge_states`):
 
-- An event whose identifiers include a key smaller than the one it was routed to makes that key
-  give up: its state travels to the smaller key (``_absorb``) and it becomes a redirect.
+- An event whose identifiers include a key smaller than the one it was routed to makes that key's
+  profile ask the smaller key to take it in (identity limits, below; without limits it gives up at
+  once).  A profile that gives up sends its state to the smaller key (``_absorb``) and becomes a
+  redirect.
 - Other identifiers of the event, not yet linked, get ``_link {root}``: an empty key becomes a
   redirect; a live profile with a larger key is absorbed; a smaller one answers with a link back.
 - Redirects forward events and absorbs to their root.
@@ -176,11 +178,11 @@ def place(key: str, state: LiveState, event: dict[str, Any], limits: Limits | No
     as far as the identity limits allow (the rest stay unlinked, counted in ``limited``)."""
     keys = identifier_keys(event)
     root = smallest([*keys, key])
-    if root != key:
+    if root != key and limits is None:
         return _give_up(key, state, root, "exact", also=keys)
     links: list[str] = state.setdefault("links", [])
-    new = [k for k in keys if k != key and k not in links]
-    if not new:
+    new = [k for k in keys if k not in (key, root) and k not in links]
+    if not new and root == key:
         return Routing(state)  # the common case: nothing new
     new, over, limited = admit(key, state, new, limits)
     send: list[tuple[str, dict[str, Any]]] = []
@@ -191,6 +193,12 @@ def place(key: str, state: LiveState, event: dict[str, Any], limits: Limits | No
         send += [(k, {"type": LINK, "root": key, "kind": "exact", "keys": mine}) for k in new]
     # an identifier beyond the limit stays apart: if it has a profile, that profile notes this one
     send += [(k, {"type": POSSIBLE, "to": k, "other": key, "score": 0.0}) for k in over]
+    if root != key:
+        # The event names a smaller key (only an event with two e-mail addresses, its ``email`` and a
+        # smaller ``traits.email``: events are routed to their user id, else that ``email``).  This
+        # profile asks that key's profile to take it in, which decides on the union, as between any
+        # two live profiles; giving itself up at once let a shared address gather any number of people.
+        send += _ask(key, state, root, "exact").send
     return Routing(state, send=send, limited=limited)
 
 

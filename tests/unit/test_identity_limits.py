@@ -95,3 +95,19 @@ def test_events_after_an_erase_that_arrived_before_it_keep_the_limits() -> None:
     assert len(profile["identifiers"]["emails"]) == LIMITS["emails"]
     assert sum(1 for link in run.states["u:u-1"]["links"] if link.startswith("e:")) == LIMITS["emails"]
     assert profile["aggregates"]["event_counts"] == {"identify": 14}
+
+
+def test_a_shared_address_that_sorts_first_gathers_no_more_than_the_limit_of_people_arriving_over_time() -> None:
+    """An identify whose ``traits.email`` (a shared office address) sorts before its ``email`` names a
+    smaller key than the one it was routed to.  That profile gave itself up to the smaller key at
+    once, unasked, so every person of the office became one profile (16 addresses past a limit of 10);
+    it asks now, and the shared profile decides on the union as for any link."""
+    from streams.domain.dispatch import LocalPipeline
+
+    local = LocalPipeline(RULES)
+    for n in range(15):  # one at a time: each person's ask finds the shared profile there
+        local.feed([ev(f"i{n}", "identify", n, email=f"p{n:02}@example.com", traits={"email": "a-office@example.com"})])
+    run = local.advance(UNTIL)
+    _within_limits(run.profiles, LIMITS)
+    sizes = sorted(len(p["identifiers"]["emails"]) for p in run.profiles.values())
+    assert sizes == [1] * 6 + [10] and local.limited == ["emails"] * 6
