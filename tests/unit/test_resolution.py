@@ -354,3 +354,31 @@ def test_every_normalization_cache_is_bounded() -> None:
     for cache in caches:
         maxsize = cache.cache_parameters()["maxsize"]
         assert maxsize is not None and maxsize <= 8192, cache
+
+
+@pytest.mark.parametrize("traits", [
+    {"first_name": "unknown", "last_name": "unknown", "birthday": "1900-01-01"},
+    {"first_name": "Guest", "last_name": "Guest", "postcode": "00000"},
+    {"first_name": "n/a", "last_name": "N/A", "street": "n/a", "postcode": "00000"},
+    {"first_name": "undefined", "last_name": "null", "birthday": "1970-01-01", "city": "Unknown"},
+])
+def test_placeholder_names_addresses_and_birthdays_merge_no_strangers(traits: dict[str, Any]) -> None:
+    """What forms fill in where a person gave nothing reads as missing to fuzzy matching: seven
+    strangers with their own ids and addresses, all "Guest Guest" at postcode 00000, stay seven
+    (four fuzzy merges made five of them one before)."""
+    from streams.domain.config import PipelineConfig
+    from streams.domain.dispatch import run_locally
+    from streams.domain.timeline import RuleSet
+    from tests.unit.test_identity_graph import UNTIL, ev
+
+    events = [ev(f"i{n}", "identify", n, user_id=f"customer-{n}", email=f"person{n}@mail{n}.com", traits=traits)
+              for n in range(7)]
+    run = run_locally(events, UNTIL, RuleSet.build(PipelineConfig(), 7 * 86_400_000))
+    assert run.merges == [] and len(run.profiles) == 7
+
+
+def test_a_real_name_that_looks_like_a_placeholder_word_is_kept() -> None:
+    assert norm.name("Na") == "na" and norm.name("n/a") == ""
+    assert norm.postcode("10115") == "10115" and norm.postcode("0000") == ""
+    assert norm.birthday("1980-01-01") == "1980-01-01" and norm.birthday("1900-01-01") == ""
+    assert norm.street("12 Main St.") == ("12", "main street") and norm.street("N/A") == ("", "")

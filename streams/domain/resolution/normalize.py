@@ -83,10 +83,26 @@ def fold(text: str) -> str:
     return _SPACES.sub(" ", text).strip()
 
 
+#: What forms and tag managers fill in where a person gave nothing, folded (:func:`fold`): no one's
+#: name, street or city, so fuzzy matching reads them as missing.  ``"n/a"`` folds to ``"n a"``; the
+#: given name Na is kept.  (Without this, strangers named "Guest Guest" at postcode 00000 merged.)
+PLACEHOLDER_WORDS = frozenset({
+    "unknown", "guest", "n a", "none", "null", "undefined", "nan", "nil", "anonymous", "test", "tbd",
+    "noname", "no name", "not provided", "not given", "customer", "user", "name", "first name", "last name",
+    "firstname", "lastname", "street", "city", "address", "dummy", "sample", "xxx", "xx", "x",
+})
+#: Birthdays that forms and systems fill in by default (the year 1900, the Unix epoch).
+PLACEHOLDER_BIRTHDAYS = frozenset({"0001-01-01", "1800-01-01", "1900-01-01", "1901-01-01", "1970-01-01"})
+
+
 @lru_cache(maxsize=CACHE_SIZE)
 def name(text: str | None) -> str:
-    """A folded name with inner spaces removed (``"Mc Donald"`` and ``"McDonald"`` are one name)."""
-    return fold(text).replace(" ", "") if text else ""
+    """A folded name with inner spaces removed (``"Mc Donald"`` and ``"McDonald"`` are one name);
+    ``""`` for a placeholder (:data:`PLACEHOLDER_WORDS`)."""
+    if not text:
+        return ""
+    folded = fold(text)
+    return "" if folded in PLACEHOLDER_WORDS else folded.replace(" ", "")
 
 
 @lru_cache(maxsize=CACHE_SIZE)
@@ -133,9 +149,12 @@ def street(text: str | None) -> tuple[str, str]:
     """
     if not text:
         return "", ""
+    folded = fold(text)
+    if folded in PLACEHOLDER_WORDS:
+        return "", ""
     numbers: list[str] = []
     words: list[str] = []
-    for token in fold(text).split(" "):
+    for token in folded.split(" "):
         if _DIGITS.search(token):
             numbers.append(token)
             continue
@@ -148,10 +167,16 @@ def street(text: str | None) -> tuple[str, str]:
 
 @lru_cache(maxsize=CACHE_SIZE)
 def postcode(text: str | None) -> str:
-    """Upper case, no spaces or dashes: ``"sw1a 1aa"`` -> ``"SW1A1AA"``."""
-    return "".join(ch for ch in text.upper() if ch.isalnum()) if text else ""
+    """Upper case, no spaces or dashes: ``"sw1a 1aa"`` -> ``"SW1A1AA"``; ``""`` for one character
+    repeated (``00000``, ``XXXX``: a placeholder) or a placeholder word."""
+    if not text:
+        return ""
+    code = "".join(ch for ch in text.upper() if ch.isalnum())
+    return "" if len(set(code)) <= 1 or fold(text) in PLACEHOLDER_WORDS else code
 
 
 def birthday(text: str | None) -> str:
-    """``YYYY-MM-DD`` (what ingest already made of it), or ``""``."""
-    return text[:10] if text and len(text) >= 10 else ""
+    """``YYYY-MM-DD`` (what ingest already made of it), or ``""`` (also for a placeholder date,
+    :data:`PLACEHOLDER_BIRTHDAYS`)."""
+    day = text[:10] if text and len(text) >= 10 else ""
+    return "" if day in PLACEHOLDER_BIRTHDAYS else day
