@@ -243,6 +243,15 @@ class Traits(BaseModel):
     def _email(cls, value: str | None) -> str | None:
         return None if value is None else normalize_email(value)
 
+    @field_validator("birthday", mode="before")
+    @classmethod
+    def _birthday_text(cls, value: Any) -> Any:
+        """YYYY-MM-DD text (contract 3): a number is a wrong type, not a day since 1970 (``0`` read as
+        1970-01-01 fed fuzzy matching a made-up date)."""
+        if value is not None and not isinstance(value, str):
+            raise ValueError("birthday must be text, YYYY-MM-DD")
+        return value
+
     @field_validator("phone")
     @classmethod
     def _phone(cls, value: str | None, info: ValidationInfo) -> str | None:

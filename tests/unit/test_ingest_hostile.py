@@ -173,3 +173,11 @@ def test_overlong_addresses_and_numbers_are_refused_at_once_and_not_cached() -> 
     identifiers._normalize_email.cache_clear()
     assert code(padded) == "invalid_identifier"
     assert identifiers._normalize_email.cache_info().currsize == 0  # refused before the cache
+
+
+@pytest.mark.parametrize("birthday", [0, 19800101, True, [1980, 1, 1]])
+def test_a_birthday_that_is_not_text_is_a_wrong_type(birthday: Any) -> None:
+    """``traits.birthday`` is YYYY-MM-DD (contract 3): ``0`` was read as 1970-01-01, a made-up date
+    for fuzzy matching."""
+    assert code({**IDENTIFY, "traits": {"birthday": birthday}}) == "schema"
+    assert code({**IDENTIFY, "traits": {"birthday": "1980-01-01"}}) is None
