@@ -383,8 +383,9 @@ class Deliverer:
             self.outage.failed(self.now_ms())
             self.metrics.probes.labels(self.target.name, "unanswered").inc()
             log.info("deliver: the target did not answer a probe (%s); the next in %.0f s",
-                     str(exc)[:200] if isinstance(exc, Temporary) else type(exc).__name__,
+                     _failure_class(str(exc)) if isinstance(exc, Temporary) else type(exc).__name__,
                      max(0, self.outage.until_ms - self.now_ms()) / 1000)
+            log.debug("deliver: the probe's failure: %s", str(exc)[:300])
             return
         self._probe_answered()
 
@@ -420,7 +421,8 @@ class Deliverer:
         self.ledger.hold(at, trigger_id, orjson.dumps(trigger), str(trigger.get("profile_id")))
         self.ledger.sync()  # (else a power loss brings back its ``sending`` mark: "interrupted", never sent)
         self.metrics.deliveries.labels(_type_label(trigger["type"]), "deferred").inc()
-        log.info("deliver: trigger %s tried again in round %d (%s)", trigger_id, rounds + 2, why[:200])
+        log.info("deliver: trigger %s tried again in round %d (%s)", trigger_id, rounds + 2, _failure_class(why))
+        log.debug("deliver: trigger %s: %s", trigger_id, why[:300])
         return True
 
     def message(self, trigger: Mapping[str, Any]) -> EmailMessage:
@@ -566,6 +568,13 @@ def _cut(value: Any, limit: int = 1000) -> Any:
     except orjson.JSONEncodeError:  # nested deeper than orjson writes (it reads deeper than it writes)
         return f"<{type(value).__name__} nested too deeply to pass on>"
     return value if len(text) <= limit else text[:limit]
+
+
+def _failure_class(why: str) -> str:
+    """What kind of failure a target's message names (``SMTP 450``, ``HTTP 503``, ``recipient refused``,
+    ``SMTP TimeoutError``), without the rest: a server's reply text can quote the recipient's address,
+    and an info line names no person."""
+    return why.partition(":")[0][:60]
 
 
 def _kafka_error(exc: KafkaException) -> KafkaError | None:

@@ -921,3 +921,24 @@ def test_a_malformed_triggers_long_fields_are_cut_in_its_report(tmp_path: Path) 
     # nested deeper than orjson writes (it reads up to 1024 levels): passed on as a note, not raised
     step.handle(b'{"trigger_id":"t-2","type":"welcome","email":null,"profile_id":' + b"[" * 300 + b"]" * 300 + b"}")
     assert producer.sent[-1][1]["profile_id"] == "<list nested too deeply to pass on>"
+
+
+def test_a_servers_reply_that_quotes_the_address_stays_out_of_info_lines(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """SMTP replies often quote the recipient ("450 4.2.2 <ana@example.com>: mailbox full"): the info
+    line of a trigger tried again later names the kind of failure only, the reply at debug level."""
+    from streams.deliver.targets import Temporary
+
+    class QuotesTheAddress:
+        name = "quotes"
+
+        def send(self, message: EmailMessage, trigger: dict[str, Any]) -> Sent:
+            raise Temporary(f"SMTP 450: 4.2.2 <{trigger['email']}>: mailbox full", target_down=False)
+
+    step, _ = deliverer(tmp_path, QuotesTheAddress())
+    caplog.set_level(logging.DEBUG, logger="streams.deliver.service")
+    step.handle(trigger())
+    info = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert any("tried again in round 2 (SMTP 450)" in line for line in info), info
+    assert not any("ana@example.com" in line for line in info)
+    assert any("ana@example.com" in r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG)
