@@ -181,17 +181,13 @@ IDENTIFIER_FIELDS = ("user_id", "anonymous_id", "email", "phone")
 TRAIT_IDENTIFIER_FIELDS = ("email", "phone")
 
 
-#: ASCII control characters (NUL, tabs, line breaks, DEL), which no identifier is made of.
-_ASCII_CONTROLS = dict.fromkeys([*range(32), 127])
-
-
 def comparable(value: str) -> str:
     """``value`` as it is compared with the blocked values: compatibility-normalized (NFKC: full-width
     and other look-alike forms of letters become the letters), without invisible characters (format
     and control characters: zero-width spaces, the byte-order mark, NUL), trimmed and case-folded.
     So ``"null"`` in full-width letters, ``"null\u200b"`` and ``"\u200b"`` (empty) name nobody either."""
-    if value.isascii():
-        return value.translate(_ASCII_CONTROLS).strip().casefold()
+    if value.isascii() and value.isprintable():  # (the common case, no character to drop: fast)
+        return value.strip().casefold()
     text = unicodedata.normalize("NFKC", value)
     return "".join(ch for ch in text if unicodedata.category(ch)[0] != "C").strip().casefold()
 
@@ -218,8 +214,8 @@ def _is_placeholder(name: str, value: Any, blocked: frozenset[str], phone_region
     text = comparable(value)
     if not text or text in blocked:
         return True
-    if name not in ("email", "phone"):
-        return False
+    if name not in ("email", "phone") or (name == "email" and value.isascii()):
+        return False  # (an ASCII address normalizes to what ``comparable`` made of it)
     try:
         normalized = normalize_email(value) if name == "email" else normalize_phone(value, phone_region)
     except ValueError:
