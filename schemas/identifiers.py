@@ -10,6 +10,7 @@ events per second.
 from __future__ import annotations
 
 import re
+import unicodedata
 from functools import lru_cache
 
 import phonenumbers
@@ -31,18 +32,33 @@ def hold_every_address() -> None:
         _held_addresses = {}
 
 
-#: The longest e-mail address taken, in characters, surrounding spaces included (RFC 5321 allows 254
+#: The longest e-mail address taken, in characters, surrounding spaces left out (RFC 5321 allows 254
 #: in a path; 320 is the sum of its part limits).  Checked before anything else: a 64 KiB value took
-#: ~50 ms to refuse, and each distinct one stayed in the cache below.
+#: ~50 ms to refuse, and each distinct one stayed in the cache below (which is keyed by the trimmed
+#: text when the value was that long).
 MAX_EMAIL_CHARS = 320
 #: The longest phone number text taken (formatting and an extension included).
 MAX_PHONE_CHARS = 64
 
 
+def comparable(value: str) -> str:
+    """An identifier as it is compared with ``identity.blocked_values`` (and those values as they are
+    listed): compatibility-normalized (NFKC: full-width and other look-alike forms of letters become
+    the letters), without invisible characters (control and format characters: NUL, line breaks,
+    zero-width spaces, the byte-order mark), trimmed and case-folded.  So ``"null"`` in full-width
+    letters, ``"null\u200b"`` and ``"\u200b"`` (empty) name nobody either."""
+    if value.isascii() and value.isprintable():  # (the common case, no character to drop: fast)
+        return value.strip().casefold()
+    text = unicodedata.normalize("NFKC", value)
+    return "".join(ch for ch in text if unicodedata.category(ch) not in ("Cc", "Cf")).strip().casefold()
+
+
 def normalize_email(raw: str) -> str:
     """Validated, lower-cased e-mail address; ValueError when it is not one."""
     if len(raw) > MAX_EMAIL_CHARS:
-        raise ValueError(f"invalid email: longer than {MAX_EMAIL_CHARS} characters")
+        raw = raw.strip()  # (padding of a fixed-width export is no part of it)
+        if len(raw) > MAX_EMAIL_CHARS:
+            raise ValueError(f"invalid email: longer than {MAX_EMAIL_CHARS} characters")
     if _held_addresses is None:
         return _normalize_email(raw)
     normalized = _held_addresses.get(raw)
@@ -92,7 +108,9 @@ def _normalize_email(raw: str) -> str:
 def normalize_phone(raw: str, default_region: str = "US") -> str:
     """Phone number in E.164; ValueError when it cannot be a valid number."""
     if len(raw) > MAX_PHONE_CHARS:
-        raise ValueError(f"invalid phone: longer than {MAX_PHONE_CHARS} characters")
+        raw = raw.strip()
+        if len(raw) > MAX_PHONE_CHARS:
+            raise ValueError(f"invalid phone: longer than {MAX_PHONE_CHARS} characters")
     return _normalize_phone(raw, default_region)
 
 

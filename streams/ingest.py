@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import functools
-import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +16,7 @@ import orjson
 from pydantic import ValidationError
 
 from schemas.events import INPUT_EVENT_ADAPTER, KNOWN_TYPES, TOPIC_OF_TYPE
-from schemas.identifiers import normalize_email, normalize_phone
+from schemas.identifiers import comparable, normalize_email, normalize_phone
 from schemas.timeparse import format_ms
 from streams.domain.config import Identity
 
@@ -179,17 +178,6 @@ def decode(raw: bytes | None, source: Source, now_ms: int,
 #: Identifier fields of an event and of its traits, as checked against ``identity.blocked_values``.
 IDENTIFIER_FIELDS = ("user_id", "anonymous_id", "email", "phone")
 TRAIT_IDENTIFIER_FIELDS = ("email", "phone")
-
-
-def comparable(value: str) -> str:
-    """``value`` as it is compared with the blocked values: compatibility-normalized (NFKC: full-width
-    and other look-alike forms of letters become the letters), without invisible characters (format
-    and control characters: zero-width spaces, the byte-order mark, NUL), trimmed and case-folded.
-    So ``"null"`` in full-width letters, ``"null\u200b"`` and ``"\u200b"`` (empty) name nobody either."""
-    if value.isascii() and value.isprintable():  # (the common case, no character to drop: fast)
-        return value.strip().casefold()
-    text = unicodedata.normalize("NFKC", value)
-    return "".join(ch for ch in text if unicodedata.category(ch)[0] != "C").strip().casefold()
 
 
 @functools.cache

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from schemas.identifiers import comparable
 from streams.domain.profile import DEFAULT_LIMITS
 
 
@@ -220,8 +221,8 @@ class Identity(_Strict):
                 if v is None or isinstance(v, bool | int | float) else v for v in values]
 
     def blocked(self) -> frozenset[str]:
-        """The blocked values as compared: trimmed and case-folded."""
-        return frozenset(value.strip().casefold() for value in self.blocked_values)
+        """The blocked values as compared (:func:`schemas.identifiers.comparable`)."""
+        return frozenset(comparable(value) for value in self.blocked_values)
 
 
 class TimeGuard(_Strict):

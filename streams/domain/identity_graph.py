@@ -173,9 +173,10 @@ def _give_up(key: str, state: LiveState, root: str, kind: str, also: Iterable[st
 
 
 def place(key: str, state: LiveState, event: dict[str, Any], limits: Limits | None = None) -> Routing:
-    """After an event was received into ``key``'s live state: if the event names a smaller key, the
-    profile joins it; otherwise the event's other identifiers not linked yet are told their root,
-    as far as the identity limits allow (the rest stay unlinked, counted in ``limited``)."""
+    """After an event was received into ``key``'s live state: the event's other identifiers not linked
+    yet are told their root, as far as the identity limits allow (the rest stay unlinked, counted in
+    ``limited``), and if the event names a smaller key, the profile asks that key to take it in
+    (without limits it joins it at once)."""
     keys = identifier_keys(event)
     root = smallest([*keys, key])
     if root != key and limits is None:
@@ -210,7 +211,16 @@ def on_link(key: str, state: State | None, message: dict[str, Any], limits: Limi
         return Routing(state)
     if state is None:
         if rank(root) > rank(key):  # an ask reached an empty key: the asker settles here
-            return Routing(None, send=[(root, {"type": LINK, "root": key, "kind": kind, "ok": True})])
+            theirs = message.get("keys")
+            if limits is None or not isinstance(theirs, list) or not all(isinstance(k, str) for k in theirs):
+                return Routing(None, send=[(root, {"type": LINK, "root": key, "kind": kind, "ok": True})])
+            # within the limits, with this key too (an asker at its limit of e-mails stays apart from
+            # one more address); the ``keys`` approved, so an asker that took others in meanwhile asks again
+            over = _over({key, root, *theirs}, limits)
+            if over:
+                return Routing(None, limited=over)
+            return Routing(None, send=[(root, {"type": LINK, "root": key, "kind": kind, "ok": True,
+                                               "keys": sorted({key, root, *theirs}, key=rank)})])
         return Routing(_redirect(root, None))
     if is_redirect(state):
         current = state["merged_into"]
