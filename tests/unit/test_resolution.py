@@ -378,7 +378,12 @@ def test_placeholder_names_addresses_and_birthdays_merge_no_strangers(traits: di
 
 
 def test_a_real_name_that_looks_like_a_placeholder_word_is_kept() -> None:
-    assert norm.name("Na") == "na" and norm.name("n/a") == ""
-    assert norm.postcode("10115") == "10115" and norm.postcode("0000") == ""
+    assert norm.name("Na") == "na" and norm.name("n/a") == "" and norm.name("Unknown") == ""
+    assert norm.name("Nan") == "nan" and norm.name("Guest") == "guest"  # real names, alone
+    assert norm.names("Guest", "Guest") == ("", "") and norm.names("Test", "User") == ("", "")
+    assert norm.names("Nan", "Li") == ("nan", "li") and norm.names("Ann", "Guest") == ("ann", "guest")
+    assert norm.names("Guest", None) == ("guest", "")
+    assert norm.postcode("10115") == "10115" and norm.postcode("0000") == "" and norm.postcode("XXXXX") == ""
+    assert norm.postcode("1111") == "1111" and norm.postcode("55555") == "55555"  # Budapest XI, a US code
     assert norm.birthday("1980-01-01") == "1980-01-01" and norm.birthday("1900-01-01") == ""
     assert norm.street("12 Main St.") == ("12", "main street") and norm.street("N/A") == ("", "")

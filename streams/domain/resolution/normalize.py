@@ -71,6 +71,7 @@ STREET_WORDS: dict[str, str] = {
 _NOT_LETTERS = re.compile(r"[^a-z0-9 ]+")
 _SPACES = re.compile(r"\s+")
 _DIGITS = re.compile(r"\d")
+_PLACEHOLDER_CODE = re.compile(r"0{3,}|9{3,}|X{3,}")
 
 
 @lru_cache(maxsize=CACHE_SIZE)
@@ -85,14 +86,28 @@ def fold(text: str) -> str:
 
 #: What forms and tag managers fill in where a person gave nothing, folded (:func:`fold`): no one's
 #: name, street or city, so fuzzy matching reads them as missing.  ``"n/a"`` folds to ``"n a"``; the
-#: given name Na is kept.  (Without this, strangers named "Guest Guest" at postcode 00000 merged.)
+#: given name Na is kept.  (Without this, strangers named "Unknown Unknown" born 1900-01-01 merged.)
 PLACEHOLDER_WORDS = frozenset({
-    "unknown", "guest", "n a", "none", "null", "undefined", "nan", "nil", "anonymous", "test", "tbd",
-    "noname", "no name", "not provided", "not given", "customer", "user", "name", "first name", "last name",
-    "firstname", "lastname", "street", "city", "address", "dummy", "sample", "xxx", "xx", "x",
+    "unknown", "n a", "none", "null", "undefined", "anonymous", "tbd", "noname", "no name", "not provided",
+    "not given", "first name", "last name", "firstname", "lastname", "xxx", "xx",
+})
+#: Words that are placeholders as both parts of a name, or as a name given twice ("Guest Guest", "Test
+#: User"), and real names otherwise (Nan, Nil, the surnames Guest, Test and Street).
+PLACEHOLDER_NAME_PARTS = frozenset({
+    "guest", "test", "user", "customer", "name", "sample", "dummy", "nan", "nil", "x", *PLACEHOLDER_WORDS,
 })
 #: Birthdays that forms and systems fill in by default (the year 1900, the Unix epoch).
 PLACEHOLDER_BIRTHDAYS = frozenset({"0001-01-01", "1800-01-01", "1900-01-01", "1901-01-01", "1970-01-01"})
+
+
+def names(first: str | None, last: str | None) -> tuple[str, str]:
+    """(:func:`name` of each part), both ``""`` when both parts are placeholders or one placeholder
+    word is given twice (:data:`PLACEHOLDER_NAME_PARTS`: "Guest Guest", "Test User")."""
+    folded = (fold(first) if first else "", fold(last) if last else "")
+    if all(part in PLACEHOLDER_NAME_PARTS for part in folded if part) and any(folded) and (
+            all(folded) or folded[0] == folded[1]):
+        return "", ""
+    return name(first), name(last)
 
 
 @lru_cache(maxsize=CACHE_SIZE)
@@ -150,7 +165,7 @@ def street(text: str | None) -> tuple[str, str]:
     if not text:
         return "", ""
     folded = fold(text)
-    if folded in PLACEHOLDER_WORDS:
+    if folded in PLACEHOLDER_WORDS or folded in ("street", "address"):
         return "", ""
     numbers: list[str] = []
     words: list[str] = []
@@ -167,12 +182,12 @@ def street(text: str | None) -> tuple[str, str]:
 
 @lru_cache(maxsize=CACHE_SIZE)
 def postcode(text: str | None) -> str:
-    """Upper case, no spaces or dashes: ``"sw1a 1aa"`` -> ``"SW1A1AA"``; ``""`` for one character
-    repeated (``00000``, ``XXXX``: a placeholder) or a placeholder word."""
+    """Upper case, no spaces or dashes: ``"sw1a 1aa"`` -> ``"SW1A1AA"``; ``""`` for a placeholder:
+    a run of at least three 0s, 9s or Xs (``00000``; 1111 and 55555 are real codes), or a placeholder word."""
     if not text:
         return ""
     code = "".join(ch for ch in text.upper() if ch.isalnum())
-    return "" if len(set(code)) <= 1 or fold(text) in PLACEHOLDER_WORDS else code
+    return "" if _PLACEHOLDER_CODE.fullmatch(code) or fold(text) in PLACEHOLDER_WORDS else code
 
 
 def birthday(text: str | None) -> str:

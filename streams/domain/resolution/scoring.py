@@ -85,8 +85,7 @@ def person_of(event: dict[str, Any]) -> Person:
     traits: dict[str, Any] = event.get("traits") or {}
     emails = {e for e in (event.get("email"), traits.get("email")) if e}
     phones = {p for p in (event.get("phone"), traits.get("phone")) if p}
-    first = norm.name(traits.get("first_name"))
-    last = norm.name(traits.get("last_name"))
+    first, last = norm.names(traits.get("first_name"), traits.get("last_name"))
     house, street = norm.street(traits.get("street"))
     locals_ = set()
     for email in emails:
