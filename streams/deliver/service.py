@@ -577,7 +577,7 @@ def _failure_class(why: str) -> str:
     return why.partition(":")[0][:60]
 
 
-def _kafka_error(exc: KafkaException) -> KafkaError | None:
+def _kafka_error(exc: BaseException) -> KafkaError | None:
     """The error a ``KafkaException`` carries (its first argument), if it carries one."""
     return exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
 
@@ -753,7 +753,7 @@ def run_deliver(settings: Settings, dry_run: Path | None, stop: threading.Event,
                     withdrawals = _read_withdrawals(settings, ledger, deliverer)
                 except (KafkaException, BrokerError, KeyError) as exc:  # no broker yet, no right to create it
                     log.warning("deliver: the withdrawals topic cannot be read yet (%s); triggers wait for it",
-                                exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else exc)
+                                error.str() if (error := _kafka_error(exc)) is not None else exc)
                     continue
                 withdrawals.catch_up(stop)  # a fresh ledger reads both topics from their start
                 consumer.subscribe([TRIGGERS], on_assign=start_uncommitted_at_first_offset)
@@ -780,7 +780,7 @@ def run_deliver(settings: Settings, dry_run: Path | None, stop: threading.Event,
                 except KafkaException as exc:  # e.g. the partitions were taken away meanwhile:
                     # read again, by this process (its ledger skips what it delivered) or another
                     log.warning("deliver: offset commit failed (%s); those triggers are read again",
-                                exc.args[0].name() if exc.args and hasattr(exc.args[0], "name") else exc)
+                                error.name() if (error := _kafka_error(exc)) is not None else exc)
             if not stopped:
                 withdrawals.drain()
                 deliverer.release_due(stop.is_set, withdrawals.drain)
