@@ -45,11 +45,6 @@ def use(log_format: LogFormat) -> None:
     _format = log_format
 
 
-def is_json() -> bool:
-    """Whether lines are JSON objects (:func:`use`)."""
-    return _format == "json"
-
-
 def use_environment() -> None:
     """The format ``MAILPULSE_LOG_FORMAT`` names, before a command reads its settings: so that a
     command's first line (a usage error, a setting it cannot read) is in it too.  Anything but
