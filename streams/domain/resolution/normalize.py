@@ -101,11 +101,10 @@ PLACEHOLDER_BIRTHDAYS = frozenset({"0001-01-01", "1800-01-01", "1900-01-01", "19
 
 
 def names(first: str | None, last: str | None) -> tuple[str, str]:
-    """(:func:`name` of each part), both ``""`` when both parts are placeholders or one placeholder
-    word is given twice (:data:`PLACEHOLDER_NAME_PARTS`: "Guest Guest", "Test User")."""
+    """(:func:`name` of each part), both ``""`` when both parts are given and both are placeholders
+    (:data:`PLACEHOLDER_NAME_PARTS`: "Guest Guest", "Test User")."""
     folded = (fold(first) if first else "", fold(last) if last else "")
-    if all(part in PLACEHOLDER_NAME_PARTS for part in folded if part) and any(folded) and (
-            all(folded) or folded[0] == folded[1]):
+    if all(folded) and all(part in PLACEHOLDER_NAME_PARTS for part in folded):
         return "", ""
     return name(first), name(last)
 
