@@ -53,12 +53,19 @@ def comparable(value: str) -> str:
     return "".join(ch for ch in text if unicodedata.category(ch) not in ("Cc", "Cf")).strip().casefold()
 
 
+def _within(raw: str, most: int, what: str) -> str:
+    """``raw``, trimmed when it is longer than ``most`` characters (padding of a fixed-width export is
+    no part of it); ValueError when it is longer still."""
+    if len(raw) > most:
+        raw = raw.strip()
+        if len(raw) > most:
+            raise ValueError(f"invalid {what}: longer than {most} characters")
+    return raw
+
+
 def normalize_email(raw: str) -> str:
     """Validated, lower-cased e-mail address; ValueError when it is not one."""
-    if len(raw) > MAX_EMAIL_CHARS:
-        raw = raw.strip()  # (padding of a fixed-width export is no part of it)
-        if len(raw) > MAX_EMAIL_CHARS:
-            raise ValueError(f"invalid email: longer than {MAX_EMAIL_CHARS} characters")
+    raw = _within(raw, MAX_EMAIL_CHARS, "email")
     if _held_addresses is None:
         return _normalize_email(raw)
     normalized = _held_addresses.get(raw)
@@ -107,11 +114,7 @@ def _normalize_email(raw: str) -> str:
 
 def normalize_phone(raw: str, default_region: str = "US") -> str:
     """Phone number in E.164; ValueError when it cannot be a valid number."""
-    if len(raw) > MAX_PHONE_CHARS:
-        raw = raw.strip()
-        if len(raw) > MAX_PHONE_CHARS:
-            raise ValueError(f"invalid phone: longer than {MAX_PHONE_CHARS} characters")
-    return _normalize_phone(raw, default_region)
+    return _normalize_phone(_within(raw, MAX_PHONE_CHARS, "phone"), default_region)
 
 
 @lru_cache(maxsize=CACHE_SIZE)
