@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import datetime
 from functools import lru_cache
@@ -9,6 +10,13 @@ from functools import lru_cache
 # Epoch-ms bounds we accept: 1990-01-01 .. 2200-01-01.  Outside: almost surely seconds or garbage.
 MIN_EPOCH_MS = 631_152_000_000
 MAX_EPOCH_MS = 7_258_118_400_000
+
+#: The ISO-8601 forms we read: a date (calendar, week or ordinal), ``T`` or one space, a time, and
+#: ``Z`` or an offset in hours and minutes.  ``datetime.fromisoformat`` alone also reads a NUL or a
+#: space before the ``Z``, a NUL after it and offsets with seconds, which no ISO-8601 writer makes.
+_ISO_FORM = re.compile(
+    r"\d{4}-?(?:\d{2}-?\d{2}|W\d{2}-?\d|\d{3})[T ]\d{2}(?::?\d{2}(?::?\d{2}(?:[.,]\d+)?)?)?"
+    r"(?:Z|[+-]\d{2}(?::?\d{2})?)", re.ASCII)
 
 
 def parse_timestamp(value: object) -> int:
@@ -21,6 +29,8 @@ def parse_timestamp(value: object) -> int:
         return value
     if isinstance(value, str):
         try:
+            if _ISO_FORM.fullmatch(value) is None:
+                raise ValueError
             parsed = datetime.fromisoformat(value)
         except ValueError:
             raise ValueError(f"cannot parse timestamp {value[:64]!r}") from None

@@ -203,3 +203,17 @@ def test_a_configured_blocked_value_is_compared_as_identifiers_are_and_unusual_c
     for value in ("\U0001fae8", "\uf8ff", "\u05d0\u200f\u05d1"):  # an emoji, private use, with an RTL mark
         result = decode(orjson.dumps({**IDENTIFY, "user_id": value}), SRC, NOW)
         assert isinstance(result, Accepted) and result.event["user_id"] == value
+
+
+@pytest.mark.parametrize("stamp", ["2026-03-01T10:00:00\x00Z", "2026-03-01T10:00:00 Z", "2026-03-01T10:00:00Z\x00",
+                                   "2026-03-01T10:00:00Z\n", "2026-03-01T10:00:00+00:00:30",
+                                   "2026-03-01T10:00:00-00:00:00.5", "\uff12026-03-01T10:00:00Z"])
+def test_a_timestamp_that_only_python_reads_is_a_bad_timestamp(stamp: str) -> None:
+    assert code({**IDENTIFY, "timestamp": stamp}) == "bad_timestamp"
+
+
+@pytest.mark.parametrize("stamp", ["2026-03-01T10:00:00Z", "2026-03-01 10:00:00Z", "2026-03-01T11:00:00.5+01:00",
+                                   "2026-03-01T11:00:00+0100", "2026-03-01T10:00Z", "20260301T100000Z",
+                                   "2026-03-01T10:00:00,5Z", "2026-03-01T10:00:00.1234567Z"])
+def test_iso_8601_forms_with_an_offset_are_read(stamp: str) -> None:
+    assert code({**IDENTIFY, "timestamp": stamp}) is None
