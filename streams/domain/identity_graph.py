@@ -199,7 +199,9 @@ def place(key: str, state: LiveState, event: dict[str, Any], limits: Limits | No
         # smaller ``traits.email``: events are routed to their user id, else that ``email``).  This
         # profile asks that key's profile to take it in, which decides on the union, as between any
         # two live profiles; giving itself up at once let a shared address gather any number of people.
-        send += _ask(key, state, root, "exact").send
+        ask = _ask(key, state, root, "exact").send
+        ask[0][1]["at"] = event["ts"]  # an erasure marker at the root tells the person's from a newcomer by it
+        send += ask
     return Routing(state, send=send, limited=limited)
 
 
@@ -232,9 +234,13 @@ def on_link(key: str, state: State | None, message: dict[str, Any], limits: Limi
         # that was meant for a profile that has since joined another)
         return Routing(state, send=[(current, {k: v for k, v in message.items() if k != "ok"})])
     if not is_live(state):  # an erasure marker: the erased person is not linked to anything again
-        if rank(root) > rank(key) and "keys" in message:
+        at, erased_at = message.get("at"), state.get("erased_at")
+        after = isinstance(at, int) and isinstance(erased_at, int) and at > erased_at
+        if rank(root) > rank(key) and "keys" in message and not after:
             # a profile linked to the person before the erase reached it asks to join: it is theirs,
-            # so it is let in, and dropped on arrival (as an absorb at a marker is)
+            # so it is let in, and dropped on arrival (as an absorb at a marker is).  An ask that an
+            # event stamped after the erase made (it names the erased key as a second address) is a
+            # newcomer's: left unanswered, the two stay apart, as the person's later activity starts anew
             return Routing(state, send=[(root, {"type": LINK, "root": key, "kind": kind, "ok": True,
                                                 "erased_at": state.get("erased_at")})])
         return Routing(state)

@@ -209,6 +209,25 @@ def test_after_an_erase_the_persons_other_identifiers_forget_them_and_new_activi
     assert profile["identifiers"]["anonymous_ids"] == ["a-5"]
 
 
+def test_a_newcomer_naming_an_erased_address_as_a_second_one_is_not_erased_with_that_person() -> None:
+    """The erased address sorts first, so the newcomer's profile asks its erasure marker to take it in.
+    An ask made by an event stamped after the erase is not the person's: the two stay apart."""
+    events = [ev("i-1", "identify", 0, email="a@example.com", traits={"first_name": "Ana"}),
+              ev("x-1", "erase", 2, email="a@example.com"),
+              ev("v-2", "product_view", 3, email="z@example.com", product_id="sku-1"),
+              ev("i-2", "identify", 10, email="z@example.com", traits={"email": "a@example.com"})]
+    run = run_locally(events, UNTIL, RULES)
+    assert run.states["e:a@example.com"] == {"erased_at": T0 + 2 * MIN}
+    [profile] = run.profiles.values()
+    assert profile["email"] == "z@example.com"
+    assert profile["aggregates"]["event_counts"] == {"product_view": 1, "identify": 1}
+    # the same ask from before the erase is the person's: that profile goes with them
+    before = [ev("i-1", "identify", 0, email="a@example.com"), ev("x-1", "erase", 20, email="a@example.com"),
+              ev("i-2", "identify", 10, email="z@example.com", traits={"email": "a@example.com"})]
+    run = run_locally(before, UNTIL, RULES)
+    assert run.profiles == {} and run.states["e:z@example.com"] == {"erased_at": T0 + 20 * MIN}
+
+
 def test_an_internal_message_of_an_unknown_type_is_skipped_not_taken_for_an_event() -> None:
     """A newer worker of a rolling upgrade may send message types this version does not know."""
     states: dict[str, Any] = {}
