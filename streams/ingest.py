@@ -16,7 +16,7 @@ import orjson
 from pydantic import ValidationError
 
 from schemas.events import INPUT_EVENT_ADAPTER, KNOWN_TYPES, TOPIC_OF_TYPE
-from schemas.identifiers import comparable, normalize_email, normalize_phone
+from schemas.identifiers import MAX_COMPARED_CHARS, comparable, normalize_email, normalize_phone
 from schemas.timeparse import format_ms
 from streams.domain.config import Identity
 
@@ -199,6 +199,10 @@ def _is_placeholder(name: str, value: Any, blocked: frozenset[str], phone_region
     ``+12015550123``)."""
     if not isinstance(value, str):
         return False
+    if len(value) > MAX_COMPARED_CHARS:
+        value = value.strip()  # (padding: a padded address is one once trimmed)
+        if len(value) > MAX_COMPARED_CHARS:
+            return False  # too long to be an identifier: the event's validation refuses it
     text = comparable(value)
     if not text or text in blocked:
         return True

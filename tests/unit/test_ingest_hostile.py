@@ -217,3 +217,21 @@ def test_a_timestamp_that_only_python_reads_is_a_bad_timestamp(stamp: str) -> No
                                    "2026-03-01T10:00:00,5Z", "2026-03-01T10:00:00.1234567Z"])
 def test_iso_8601_forms_with_an_offset_are_read(stamp: str) -> None:
     assert code({**IDENTIFY, "timestamp": stamp}) is None
+
+
+def test_long_identifiers_of_combining_marks_are_not_normalized(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Normalizing many combining marks costs the square of their count: a 64 KiB ``user_id`` of
+    them took ~0.8 s before its length was checked.  Text longer than any identifier is refused
+    unnormalized; a padded placeholder is still one."""
+    import streams.ingest as ingest
+
+    lengths: list[int] = []
+    real = ingest.comparable
+    monkeypatch.setattr(ingest, "comparable", lambda value: lengths.append(len(value)) or real(value))
+    marks = "a" + "\u0301\u0316" * 8_000
+    assert code({**IDENTIFY, "user_id": marks}) == "schema"
+    assert code({**IDENTIFY, "anonymous_id": marks, "traits": {"email": marks}}) in ("schema", "invalid_identifier")
+    assert lengths and max(lengths) <= ingest.MAX_COMPARED_CHARS
+    padded = {**IDENTIFY, "user_id": "u-2", "email": " " * 5_000 + "test@test.com" + " " * 5_000}
+    result = decode(orjson.dumps(padded), SRC, NOW, IngestPolicy(blocked_values=frozenset({"test@test.com"})))
+    assert isinstance(result, Accepted) and result.event.get("email") is None
