@@ -111,3 +111,91 @@ def test_a_shared_address_that_sorts_first_gathers_no_more_than_the_limit_of_peo
     _within_limits(run.profiles, LIMITS)
     sizes = sorted(len(p["identifiers"]["emails"]) for p in run.profiles.values())
     assert sizes == [1] * 6 + [10] and local.limited == ["emails"] * 6
+
+
+@pytest.mark.parametrize("seed", [None, 1, 2, 3])
+def test_a_shared_address_that_sorts_first_gathers_no_more_than_the_limit_of_people_arriving_at_once(
+        seed: int | None) -> None:
+    """All at once, each person's ask reaches the shared address while it is still empty, and an
+    empty key approves each alone.  The root that the first arrival made sends every later profile
+    that would take it past the limits back to its key, which takes it up again."""
+    events = [ev(f"i{n}", "identify", n, email=f"p{n:02}@example.com", traits={"email": "a-office@example.com"})
+              for n in range(15)]
+    run = run_locally(events, UNTIL, RULES, shuffle=None if seed is None else random.Random(seed))
+    _within_limits(run.profiles, LIMITS)
+    people = sorted(e for p in run.profiles.values() for e in p["identifiers"]["emails"] if e.startswith("p"))
+    assert people == [f"p{n:02}@example.com" for n in range(15)]  # nobody lost, nobody twice
+    assert sum(p["aggregates"]["event_counts"]["identify"] for p in run.profiles.values()) == 15
+    assert len(run.limited) == len(run.profiles) - 1  # each profile sent back was counted
+
+
+def _limits_rules(limits: dict[str, int]) -> RuleSet:
+    return RuleSet.build(PipelineConfig.model_validate({"identity": {"max_per_profile": limits}}), 7 * 86_400_000)
+
+
+@pytest.mark.parametrize("mode", ["at once", "one at a time"])
+def test_people_over_two_shared_addresses_end_within_small_limits_whatever_the_message_order(mode: str) -> None:
+    """Six people, some with user ids and shared browser ids, twenty identifies naming two shared
+    addresses as a second e-mail: 60 message orders, none ends past a limit or loses an event."""
+    from streams.domain.dispatch import LocalPipeline
+
+    limits = {"emails": 3, "user_ids": 2, "anonymous_ids": 3, "phones": 2}
+    rules = _limits_rules(limits)
+    for seed in range(60):
+        rng = random.Random(seed)
+        events = []
+        for n in range(20):
+            person = rng.randrange(6)
+            fields: dict[str, Any] = {"email": f"p{person}@example.com"}
+            draw = rng.random()
+            if draw < 0.5:
+                fields["traits"] = {"email": "a-shared@example.com" if draw < 0.3 else "b-shared@example.com"}
+            if rng.random() < 0.3:
+                fields["user_id"] = f"u{person}"
+            if rng.random() < 0.4:
+                fields["anonymous_id"] = f"anon{rng.randrange(4)}"
+            events.append(ev(f"i{n}", "identify", n, **fields))
+        local = LocalPipeline(rules, random.Random(seed + 1000))
+        for batch in ([events] if mode == "at once" else [[event] for event in events]):
+            local.feed(batch)
+        run = local.advance(UNTIL)
+        _within_limits(run.profiles, limits)
+        assert sum(p["aggregates"]["event_counts"]["identify"] for p in run.profiles.values()) == 20, seed
+
+
+def test_a_profile_sent_back_is_taken_up_once_and_a_sender_of_an_older_version_is_taken_in() -> None:
+    """The return at the dispatch level: the key takes its profile up again and points its links back;
+    the same return delivered again, or a late copy after the profile left again, changes nothing;
+    an absorb without ``returns`` (an older worker's, which could not take its profile back) is
+    taken in past the limits, as before."""
+    import copy
+
+    from streams.domain import identity_graph as graph
+    from streams.domain.dispatch import LocalPipeline, dispatch
+
+    rules = _limits_rules({"emails": 2, "user_ids": 2, "anonymous_ids": 3, "phones": 2})
+    local = LocalPipeline(rules)
+    local.feed([ev("i1", "identify", 1, email="a@example.com", traits={"email": "b@example.com"}),
+                ev("i2", "identify", 2, email="c@example.com", anonymous_id="anon-c")])
+    root, asker = "e:a@example.com", "e:c@example.com"
+    states, blocks = local.states, local.blocks
+    leaving = copy.deepcopy(states[asker])
+    given = graph._give_up(asker, leaving, root, "exact")  # as if an empty key had approved its ask
+    states[asker] = given.state
+    [(_, absorb)] = [sent for sent in given.send if sent[1]["type"] == graph.ABSORB]
+    effects = dispatch(states, blocks, root, copy.deepcopy(absorb), None, rules)
+    [(to, back)] = [sent for sent in effects.send if sent[1]["type"] == graph.RETURN]
+    assert to == asker and effects.limited == ["emails"] and graph.is_live(states[root])
+    taken = dispatch(states, blocks, asker, copy.deepcopy(back), None, rules)
+    assert graph.is_live(states[asker]) and taken.republish
+    assert taken.send == [("a:anon-c", {"type": graph.LINK, "root": asker, "kind": "exact", "from": root})]
+    again = dispatch(states, blocks, asker, copy.deepcopy(back), None, rules)
+    assert again.send == [] and not again.changed and graph.is_live(states[asker])
+    # it leaves again; a late copy of the first return is not the profile now on its way
+    second = graph._give_up(asker, copy.deepcopy(states[asker]), root, "exact")
+    states[asker] = second.state
+    late = dispatch(states, blocks, asker, copy.deepcopy(back), None, rules)
+    assert graph.is_redirect(states[asker]) and late.send == []
+    older = {key: value for key, value in absorb.items() if key != "returns"}
+    merged = dispatch(states, blocks, root, older, None, rules)
+    assert merged.merges == ["exact"] and len(graph.identity_keys(root, states[root])) > 3
