@@ -462,7 +462,7 @@ class Deliverer:
     def _failed(self, trigger: Mapping[str, Any], attempts: int, code: str, message: str) -> None:
         self.metrics.deliveries.labels(_type_label(trigger.get("type")), "failed").inc()
         self._report(trigger, attempts, code, message)
-        log.warning("delivery failed (%s) for trigger %s", code, trigger.get("trigger_id"))
+        log.warning("delivery failed (%s) for trigger %r", code, _cut(trigger.get("trigger_id"), 128))
 
     def _no_address(self, trigger: Mapping[str, Any]) -> None:
         """A trigger with ``"email": null``: nobody's address is known yet (an anonymous visitor's cart or
@@ -628,9 +628,13 @@ def _send_at_ms(trigger: Mapping[str, Any]) -> int:
 def _malformed(trigger: Any) -> str | None:
     if not isinstance(trigger, dict):
         return "not a JSON object"
-    for field in ("trigger_id", "type"):
+    for field in ("trigger_id", "type", "profile_id"):  # (the ledger keeps held triggers and opt-outs by profile)
         if not isinstance(trigger.get(field), str) or not trigger[field].strip():
             return f"missing or empty {field}"
+    try:  # held and marked in the ledger as JSON: nested past what the encoder takes, it would fail there
+        orjson.dumps(trigger)
+    except orjson.JSONEncodeError:
+        return "nested too deeply"
     email = trigger.get("email", "")  # null: no address known (the pipeline's anonymous profiles), not malformed
     if email is not None:
         if not isinstance(email, str) or not email.strip():

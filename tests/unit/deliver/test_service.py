@@ -942,3 +942,31 @@ def test_a_servers_reply_that_quotes_the_address_stays_out_of_info_lines(
     assert any("tried again in round 2 (SMTP 450)" in line for line in info), info
     assert not any("ana@example.com" in line for line in info)
     assert any("ana@example.com" in r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG)
+
+
+@pytest.mark.parametrize("profile_id", [None, "", 17, ["p-1"], b"[" * 300 + b"]" * 300])
+def test_a_trigger_without_a_profile_id_or_nested_past_the_encoder_goes_to_delivery_failed(
+        tmp_path: Path, profile_id: Any) -> None:
+    """A ``profile_id`` nested 300 deep stopped ``deliver`` at every start: the ledger could not
+    encode its mark.  Without a profile id, held triggers and opt-outs shared one ledger key."""
+    step, producer = deliverer(tmp_path, DryRun(tmp_path / "out"))
+    raw = trigger(profile_id="@") if isinstance(profile_id, bytes) else trigger(profile_id=profile_id)
+    if isinstance(profile_id, bytes):
+        raw = raw.replace(b'"profile_id":"@"', b'"profile_id":' + profile_id)
+    step.handle(raw)
+    deep = trigger(trigger_id="t-2", payload="@").replace(b'"payload":"@"', b'"payload":' + b'{"a":' * 300 + b"1"
+                                                          + b"}" * 300)
+    step.handle(deep)
+    assert [(letter["trigger_id"], letter["error"]["code"]) for _, letter in producer.sent] == \
+        [("t-1", "bad_trigger"), ("t-2", "bad_trigger")]
+    assert step.ledger.held == 0 and not list((tmp_path / "out").iterdir())
+    step.handle(trigger(trigger_id="t-3"))  # the next one goes on
+    assert [path.stem for path in (tmp_path / "out").iterdir()] == ["t-3"]
+
+
+def test_a_trigger_id_is_logged_on_one_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    step, _ = deliverer(tmp_path, DryRun(tmp_path / "out"))
+    with caplog.at_level("WARNING"):
+        step.handle(trigger(trigger_id="t-1\nWARNING forged line" + "x" * 5_000, email=None, type=""))
+    [line] = [record.getMessage() for record in caplog.records]
+    assert "\n" not in line and len(line) < 300
