@@ -16,7 +16,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class Settings(BaseSettings):
     """Worker settings.  Env var = ``MAILPULSE_`` + field name in upper case."""
 
-    model_config = SettingsConfigDict(env_prefix="MAILPULSE_", frozen=True, extra="ignore")
+    # (an infinite grace, retention or delay was read, then overflowed where it became milliseconds)
+    model_config = SettingsConfigDict(env_prefix="MAILPULSE_", frozen=True, extra="ignore", allow_inf_nan=False)
 
     broker: str | None = Field(
         default=None,

@@ -15,7 +15,8 @@ from streams.domain.profile import DEFAULT_LIMITS
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # (an infinite delay or threshold loaded, then failed every event it was applied to)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class QuietHours(_Strict):
@@ -148,7 +149,7 @@ class CustomSegment(_Strict):
 class Segments(_Strict):
     """Thresholds of the built-in segments; every other key is a custom segment (docs/segments.md)."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
     __pydantic_extra__: dict[str, CustomSegment] = Field(init=False)
 
     recent_browsers: RecentBrowsers = RecentBrowsers()

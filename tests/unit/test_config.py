@@ -46,12 +46,33 @@ def test_overrides_keep_other_defaults(tmp_path: Path) -> None:
         ("limits:\n  cart_line: 5\n", "limits.cart_line: unknown key"),
         ("limits:\n  seen_ids: 10\n", "limits.seen_ids: Input should be greater than or equal to 64"),
         ("limits:\n  traits: 0\n", "limits.traits: Input should be greater than or equal to 1"),
+        ("triggers:\n  cart_abandoned: {delay_minutes: .inf}\n",
+         "triggers.cart_abandoned.delay_minutes: Input should be a finite number"),
+        ("segments:\n  recent_browsers: {within_hours: .nan}\n", "Input should be a finite number"),
+        ("guardrails: " + "[" * 3000 + "]" * 3000 + "\n", "nested too deeply"),
     ],
 )
 def test_bad_files_name_the_key_and_reason(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=r"config\.yaml") as err:
         load_config(write(tmp_path, text))
     assert message in str(err.value)
+
+
+def test_a_file_that_is_not_utf_8_is_named_with_the_reason(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_bytes("segments:\n  caf\u00e9: {}\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"config\.yaml: not UTF-8 text"):
+        load_config(path)
+
+
+def test_settings_refuse_infinite_and_undefined_numbers(monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    for name, value in (("MAILPULSE_DELIVER_GRACE_S", "inf"), ("MAILPULSE_WALL_CLOCK_DELAY_S", "nan")):
+        monkeypatch.setenv(name, value)
+        assert main(["run"]) == 2
+        err = capsys.readouterr().err
+        assert "finite number" in err and err.count("\n") == 1
+        monkeypatch.delenv(name)
 
 
 def test_limits_name_every_bound_of_a_profile_with_its_default(tmp_path: Path) -> None:
