@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 
 # Epoch-ms bounds we accept: 1990-01-01 .. 2200-01-01.  Outside: almost surely seconds or garbage.
 MIN_EPOCH_MS = 631_152_000_000
 MAX_EPOCH_MS = 7_258_118_400_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
 
 #: The ISO-8601 forms we read: a date (calendar, week or ordinal), ``T`` or one space, a time, and
 #: ``Z`` or an offset in hours and minutes.  ``datetime.fromisoformat`` alone also reads a NUL or a
@@ -36,7 +38,7 @@ def parse_timestamp(value: object) -> int:
             raise ValueError(f"cannot parse timestamp {value[:64]!r}") from None
         if parsed.tzinfo is None:
             raise ValueError(f"timestamp {value[:64]!r} has no UTC offset")
-        ms = int(parsed.timestamp() * 1000)
+        ms = (parsed - _EPOCH) // _MS  # exact (``timestamp() * 1000`` in floating point read some a millisecond early)
         if not MIN_EPOCH_MS <= ms <= MAX_EPOCH_MS:
             raise ValueError(f"timestamp {value[:64]!r} out of range (1990..2200)")
         return ms
