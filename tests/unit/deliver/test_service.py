@@ -152,7 +152,9 @@ def test_an_address_the_e_mail_library_cannot_parse_goes_to_delivery_failed_now_
     step.handle(trigger(email="x@[1.2.3.4"))
     now = [1_800_000_000_000]
     step.now_ms = lambda: now[0]
-    step.handle(trigger(trigger_id="t-2", email="a@[b", send_at="2030-01-01T08:00:00.000Z"))
+    # held by an earlier version, which took any address with an "@" (this one refuses it at once)
+    step.ledger.hold(1_900_000_000_000, "t-2", trigger(trigger_id="t-2", email="a@[b",
+                                                        send_at="2030-01-01T08:00:00.000Z"), "p-1")
     assert step.ledger.held == 1
     now[0] = 1_900_000_000_000  # its send_at has come
     assert step.release_due() == 1 and step.ledger.held == 0
@@ -970,3 +972,25 @@ def test_a_trigger_id_is_logged_on_one_line(tmp_path: Path, caplog: pytest.LogCa
         step.handle(trigger(trigger_id="t-1\nWARNING forged line" + "x" * 5_000, email=None, type=""))
     [line] = [record.getMessage() for record in caplog.records]
     assert "\n" not in line and len(line) < 300
+
+
+@pytest.mark.parametrize("address", ["Ana <ana@example.com>", "ana@example.com, eve@example.org",
+                                     "ana@example.com eve@example.org", "ana@@example.com"])
+def test_an_email_that_is_not_one_bare_address_goes_to_delivery_failed(tmp_path: Path, address: str) -> None:
+    """After ``ana@example.com`` unsubscribed, such forms were sent: to her, or to more recipients
+    than the unsubscribe and bounce paths know of."""
+    step, producer = deliverer(tmp_path, DryRun(tmp_path / "out"))
+    step.withdraw("p-0", "ana@example.com", "unsubscribe")
+    step.handle(trigger(email=address))
+    [letter] = [letter for topic, letter in producer.sent if topic == "delivery-failed"]
+    assert letter["error"] == {"code": "bad_trigger", "message": "email is not an address"}
+    assert not list((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize("address", [" ana@example.com", "Ana@Example.COM", "ana@example.com "])
+def test_an_unsubscribed_address_written_otherwise_is_suppressed(tmp_path: Path, address: str) -> None:
+    step, producer = deliverer(tmp_path, DryRun(tmp_path / "out"))
+    step.withdraw("p-0", "ana@example.com", "unsubscribe")
+    step.handle(trigger(email=address))
+    assert not list((tmp_path / "out").iterdir()) and not [t for t, _ in producer.sent if t == "delivery-failed"]
+    assert step.ledger.outcome("t-1")["state"] == "suppressed"  # type: ignore[index]
