@@ -73,8 +73,8 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{value} must be greater than 0")
+    if not 0 < value < float("inf"):  # (nan too: a --timeout of nan never ran out)
+        raise argparse.ArgumentTypeError(f"{value} must be a finite number greater than 0")
     return value
 
 
@@ -207,6 +207,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from streams.tools.generate import generate_history
 
+    if args.start < date(1990, 1, 1) or (date(2199, 1, 1) - args.start).days < args.days:
+        # the times an input event may carry (contract: 1990..2200); a year is left for the history's tail
+        raise UserError(f"--start {args.start} with --days {args.days} is outside 1990-01-01 .. 2199-01-01")
     events = generate_history(args.users, args.days, args.seed, args.start, args.repeats, args.erasures,
                               args.purchases)
     try:

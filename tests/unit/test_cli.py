@@ -40,7 +40,12 @@ def test_every_command_has_help(capsys: pytest.CaptureFixture[str], command: str
          "is not a date"),
         (("replay", "/no/such/file.jsonl", "--broker", "kafka://127.0.0.1:1"), "no such file"),
         (("replay", __file__, "--broker", "kafka://127.0.0.1:1", "--until", "tomorrow"), "cannot parse timestamp"),
-        (("tail", "profiles", "--timeout", "-1"), "must be greater than 0"),
+        (("tail", "profiles", "--timeout", "-1"), "must be a finite number greater than 0"),
+        (("tail", "profiles", "--timeout", "nan"), "must be a finite number greater than 0"),
+        (("generate", "--users", "5", "--days", "1", "--seed", "1", "--start", "9999-12-30", "--out", "x"),
+         "is outside 1990-01-01 .. 2199-01-01"),
+        (("generate", "--users", "5", "--days", "3", "--seed", "1", "--start", "1970-01-01", "--out", "x"),
+         "is outside 1990-01-01 .. 2199-01-01"),
         (("run", "--clock", "sundial"), "invalid choice"),
     ],
 )
