@@ -107,7 +107,10 @@ class DryRun:
             raise Permanent("the trigger id cannot be a file name")
         path = self.folder / f"{trigger_id}.eml"
         part = path.with_suffix(".eml.part")
-        part.write_bytes(message.as_bytes())
+        policy = message.policy
+        if not str(message.get("To", "")).isascii():  # an international address is written as it is (as
+            policy = policy.clone(utf8=True)  # SMTPUTF8 sends it): an encoded word is no part of an address
+        part.write_bytes(message.as_bytes(policy=policy))
         part.replace(path)
         return Sent()
 

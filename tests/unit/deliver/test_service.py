@@ -994,3 +994,15 @@ def test_an_unsubscribed_address_written_otherwise_is_suppressed(tmp_path: Path,
     step.handle(trigger(email=address))
     assert not list((tmp_path / "out").iterdir()) and not [t for t, _ in producer.sent if t == "delivery-failed"]
     assert step.ledger.outcome("t-1")["state"] == "suppressed"  # type: ignore[index]
+
+
+def test_an_international_address_is_written_as_it_is_in_a_dry_run(tmp_path: Path) -> None:
+    """The e-mail library wrote ``To: =?utf-8?q?jos=C3=A9?=@example.com``: no address at all."""
+    import email
+
+    step, _ = deliverer(tmp_path, DryRun(tmp_path / "out"))
+    step.handle(trigger(email="josé@example.com"))
+    [path] = (tmp_path / "out").iterdir()
+    written = email.message_from_bytes(path.read_bytes(), policy=email.policy.SMTPUTF8)
+    assert written["To"] == "josé@example.com" and b"=?utf-8?" not in path.read_bytes().split(b"\n\n")[0].split(
+        b"To:")[1].split(b"\n")[0]
