@@ -5,6 +5,7 @@ or (``--dry-run``) ``.eml`` files.  Each ``send`` raises :class:`Temporary` (wor
 from __future__ import annotations
 
 import email.generator
+import email.policy
 import email.utils
 import http.client
 import io
@@ -89,6 +90,10 @@ def with_retries(send: Callable[[], Sent], attempts: int, backoff_s: float, on_r
     raise AssertionError("unreachable")
 
 
+#: The service's policy (streams.deliver.service.POLICY) as SMTPUTF8 writes it: 8-bit headers.
+SMTPUTF8_POLICY = email.policy.SMTPUTF8.clone(max_line_length=998)
+
+
 class DryRun:
     """Writes each e-mail to ``folder/<trigger_id>.eml`` (RFC 5322)."""
 
@@ -109,7 +114,7 @@ class DryRun:
         part = path.with_suffix(".eml.part")
         policy = message.policy
         if not str(message.get("To", "")).isascii():  # an international address is written as it is (as
-            policy = policy.clone(utf8=True)  # SMTPUTF8 sends it): an encoded word is no part of an address
+            policy = SMTPUTF8_POLICY  # SMTPUTF8 sends it): an encoded word is no part of an address
         part.write_bytes(message.as_bytes(policy=policy))
         part.replace(path)
         return Sent()
