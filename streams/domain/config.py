@@ -13,6 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from schemas.identifiers import comparable
 from streams.domain.profile import DEFAULT_LIMITS
 
+#: The longest wait or window a setting may name, in its unit: a century (a due time far past that
+#: could not be held by the due index, and failed every profile the rule was applied to).
+MAX_MINUTES, MAX_HOURS, MAX_DAYS = 100 * 366 * 24 * 60, 100 * 366 * 24, 100 * 366
+
 
 class _Strict(BaseModel):
     # (an infinite delay or threshold loaded, then failed every event it was applied to)
@@ -42,19 +46,19 @@ class TriggerToggle(_Strict):
 
 
 class CartAbandoned(TriggerToggle):
-    delay_minutes: float = Field(default=30, gt=0)
+    delay_minutes: float = Field(default=30, gt=0, le=MAX_MINUTES)
 
 
 class BrowseAbandoned(TriggerToggle):
-    delay_minutes: float = Field(default=60, gt=0)
+    delay_minutes: float = Field(default=60, gt=0, le=MAX_MINUTES)
 
 
 class PostPurchase(TriggerToggle):
-    delay_hours: float = Field(default=72, ge=0)
+    delay_hours: float = Field(default=72, ge=0, le=MAX_HOURS)
 
 
 class Winback(TriggerToggle):
-    after_days: float = Field(default=90, gt=0)
+    after_days: float = Field(default=90, gt=0, le=MAX_DAYS)
 
 
 class ChurnRiskTrigger(TriggerToggle):
@@ -79,7 +83,7 @@ class Triggers(_Strict):
 
 
 class RecentBrowsers(_Strict):
-    within_hours: float = Field(default=48, gt=0)
+    within_hours: float = Field(default=48, gt=0, le=MAX_HOURS)
 
 
 class CartHolders(_Strict):
@@ -87,11 +91,11 @@ class CartHolders(_Strict):
 
 
 class WithinDays(_Strict):
-    within_days: float = Field(default=30, gt=0)
+    within_days: float = Field(default=30, gt=0, le=MAX_DAYS)
 
 
 class LapsedCustomers(_Strict):
-    after_days: float = Field(default=90, gt=0)
+    after_days: float = Field(default=90, gt=0, le=MAX_DAYS)
 
 
 class HighValue(_Strict):
@@ -104,7 +108,7 @@ class ChurnRiskSegment(_Strict):
 
 class HighIntent(_Strict):
     min_probability: float = Field(default=0.6, ge=0, le=1)
-    no_purchase_days: float = Field(default=7, ge=0)
+    no_purchase_days: float = Field(default=7, ge=0, le=MAX_DAYS)
 
 
 def _segment_error(detail: str) -> Exception:
@@ -185,8 +189,8 @@ class Scoring(_Strict):
     stay empty)."""
 
     enabled: bool = True
-    delay_minutes: float = Field(default=60, gt=0)
-    idle_days: tuple[Annotated[float, Field(gt=0)], ...] = (1, 3, 7, 14, 30, 60, 90, 180, 365)
+    delay_minutes: float = Field(default=60, gt=0, le=MAX_MINUTES)
+    idle_days: tuple[Annotated[float, Field(gt=0, le=MAX_DAYS)], ...] = (1, 3, 7, 14, 30, 60, 90, 180, 365)
 
 
 #: Identifier values that name nobody (tag-manager and form bugs, test data): they never link anything.
@@ -228,7 +232,7 @@ class Identity(_Strict):
 
 class TimeGuard(_Strict):
     #: An event more than this far ahead of the worker's wall clock is dead-lettered (``future_timestamp``).
-    max_future_minutes: float = Field(default=1440, gt=0)
+    max_future_minutes: float = Field(default=1440, gt=0, le=MAX_MINUTES)
 
 
 class Limits(_Strict):

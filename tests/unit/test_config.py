@@ -153,3 +153,17 @@ def test_scoring_keys_are_checked(tmp_path: Path) -> None:
         load_config(write(tmp_path, "scoring: {idle_days: [1, -3]}\n"))
     with pytest.raises(ConfigError, match=r"scoring\.every: unknown key"):
         load_config(write(tmp_path, "scoring: {every: 3}\n"))
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("triggers:\n  cart_abandoned: {delay_minutes: 1.0e+300}\n", "triggers.cart_abandoned.delay_minutes"),
+    ("scoring:\n  idle_days: [1, 1.0e+12]\n", "scoring.idle_days.1"),
+    ("time:\n  max_future_minutes: 1.0e+20\n", "time.max_future_minutes"),
+    ("segments:\n  loyal:\n    rule: {event: {type: purchase, within: 99999999999d}}\n", "longer than a century"),
+])
+def test_a_wait_or_window_past_a_century_is_refused(tmp_path: Path, text: str, message: str) -> None:
+    """A finite but huge delay loaded, then every profile its rule touched failed: its due time was
+    past what the due index holds."""
+    with pytest.raises(ConfigError, match=r"config\.yaml") as err:
+        load_config(write(tmp_path, text))
+    assert message in str(err.value)
