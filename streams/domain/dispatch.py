@@ -68,8 +68,6 @@ def dispatch(states: MutableMapping[str, State | None], blocks: MutableMapping[s
         effects = _apply(states, key, graph.on_link(key, state, message, rules.identity_limits))
     elif kind == graph.ABSORB:
         effects = _on_absorb(states, key, state, message, watermark, rules)
-    elif kind == graph.RETURN:
-        effects = _on_return(states, key, state, message, watermark, rules)
     elif kind == graph.POSSIBLE:
         effects = _on_possible(states, key, state, message, rules)
     elif kind == possible_matches.ALIAS:
@@ -179,10 +177,6 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
         # erase reached it): it is dropped too.  Their later activity starts a new profile here.
         effects.withdrawn += graph.withdrawals(message["from"], absorbed, "erased", state["erased_at"])
         return effects
-    if graph.is_live(state):
-        refused = graph.refuse_absorb(key, state, message, rules.identity_limits)
-        if refused is not None:
-            return _apply(states, key, refused)
     limits = rules.limits
     if watermark is not None:
         # new here: neither parked here nor folded here (merge_pending drops those it already folded)
@@ -231,24 +225,6 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
         score_timer.past_changed(rules.config.scoring, merged, [here, absorbed["profile"]["predictions"]])
     states[key] = merged
     effects.republish = True
-    return effects
-
-
-def _on_return(states: MutableMapping[str, State | None], key: str, state: State | None,
-               message: dict[str, Any], watermark: int | None, rules: RuleSet) -> Effects:
-    """This key's profile, sent back by a root that refused it (:func:`graph.refuse_absorb`): taken
-    up again.  Anything else is a copy delivered again (the profile is back, or has left again
-    since) or comes to a key erased since, where it is dropped with the person."""
-    if state is None and graph.is_live(message.get("state")):  # (the key's redirect is gone): it settles here
-        return _on_absorb(states, key, state, {"type": graph.ABSORB, "from": key, "state": message["state"]},
-                          watermark, rules)
-    if not graph.is_redirect(state) or not graph.is_live(message.get("state")):
-        return Effects()
-    routing = graph.take_back(key, state, message)
-    if routing is None:
-        return Effects()
-    effects = _apply(states, key, routing)
-    effects.republish = True  # its profile was tombstoned when it left: published again
     return effects
 
 

@@ -50,8 +50,6 @@ from streams.domain.state import is_live as is_live
 from streams.domain.state import is_redirect as is_redirect
 
 LINK, ABSORB, POSSIBLE, BLOCK, FORGET = "_link", "_absorb", "_possible", "_block", "_forget"
-#: An arriving profile sent back to its key by a root that never agreed to take it in (:func:`refuse_absorb`).
-RETURN = "_return"
 #: The ``identity.max_per_profile`` name of each key kind.
 LIMIT_OF_KIND = {"u": "user_ids", "e": "emails", "ph": "phones", "a": "anonymous_ids"}
 _KINDS = frozenset(LIMIT_OF_KIND.values())
@@ -169,14 +167,9 @@ def _redirect(root: str, previous: State | None) -> Redirect:
 def _give_up(key: str, state: LiveState, root: str, kind: str, also: Iterable[str] = ()) -> Routing:
     """``key``'s live profile joins ``root``: its whole state travels, its links are pointed there."""
     links = sorted({*state.get("links", []), *also} - {root, key}, key=rank)
-    state["gave_up"] = given = state.get("gave_up", 0) + 1
-    # ``returns``: this version takes its profile back if the root refuses it (older ones did not)
-    send: list[tuple[str, dict[str, Any]]] = [(root, {"type": ABSORB, "from": key, "kind": kind, "state": state,
-                                                      "returns": True})]
+    send: list[tuple[str, dict[str, Any]]] = [(root, {"type": ABSORB, "from": key, "kind": kind, "state": state})]
     send += [(k, {"type": LINK, "root": root, "kind": kind, "from": key}) for k in links]
-    redirect = _redirect(root, state)
-    redirect["given"] = given
-    return Routing(redirect, send=send, retired=profile_id_for(key) if state.get("published") else None)
+    return Routing(_redirect(root, state), send=send, retired=profile_id_for(key) if state.get("published") else None)
 
 
 def place(key: str, state: LiveState, event: dict[str, Any], limits: Limits | None = None) -> Routing:
@@ -301,44 +294,6 @@ def arrived(state: LiveState, from_key: str) -> None:
     claimed = state.get("claimed")
     if claimed and claimed.pop(from_key, None) is not None and not claimed:
         state.pop("claimed")
-
-
-def refuse_absorb(key: str, state: LiveState, message: dict[str, Any], limits: Limits | None) -> Routing | None:
-    """An arriving profile that the live profile at ``key`` never agreed to take in, and that would
-    take it past the limits, goes back to its key (None: it is taken in).
-
-    How it can come: an ask that reaches an empty key is approved there with nothing written, so
-    profiles that ask one shared empty key before any of them has arrived are each approved alone.
-    The first to arrive settles; the others arrive at a live profile.  A sender of an older version
-    (no ``returns``) could not take its profile back, so its profile is taken in, as it was then."""
-    asker = message.get("from")
-    absorbed = message.get("state")
-    if limits is None or not message.get("returns") or not isinstance(asker, str) or not is_live(absorbed):
-        return None
-    if asker in state.get("claimed", {}):
-        return None  # agreed to here (a key linked from here may still bring others past the limits)
-    over = _over(identity_keys(key, state) | identity_keys(asker, absorbed), limits)
-    if not over:
-        return None
-    return Routing(state, send=[(asker, {"type": RETURN, "from": key, "state": absorbed}),
-                                (key, {"type": POSSIBLE, "to": key, "other": asker, "score": 0.0}),
-                                (asker, {"type": POSSIBLE, "to": asker, "other": key, "score": 0.0})],
-                   limited=over)
-
-
-def take_back(key: str, state: Redirect, message: dict[str, Any]) -> Routing | None:
-    """``key`` gave its profile away and a root sends it back (:func:`refuse_absorb`; the root that
-    refused may be past the one this key points to): live here again, and its links, which were
-    pointed where this key points, are pointed back here.  None: a late copy of an earlier return
-    (this key has taken its profile back and given it away again since)."""
-    returned: LiveState = message["state"]
-    if state.get("given") != returned.get("gave_up"):
-        return None
-    returned["due"] = state.get("due")  # what the due index holds for this key (a redirect: nothing)
-    went = state["merged_into"]
-    send: list[tuple[str, dict[str, Any]]] = [(k, {"type": LINK, "root": key, "kind": "exact", "from": went})
-                                              for k in returned.get("links", ()) if k not in (key, went)]
-    return Routing(returned, send=send, changed=True)
 
 
 def forward_absorb(state: Redirect, message: dict[str, Any]) -> Routing:

@@ -117,9 +117,6 @@ class LiveState(TypedDict):
     match_aliases: NotRequired[dict[str, str]]  # possible-match keys now part of another profile
     erased_at: NotRequired[int]  # the person was erased at this time; this is their later activity
     published: NotRequired[bool]  # a snapshot went out: a merge or erase tombstones it
-    # times this profile left its key for a root (``identity_graph._give_up``): a root that refuses it
-    # sends it back with this count, so a late copy of an earlier return is told from the current one
-    gave_up: NotRequired[int]
 
 
 @final
@@ -128,7 +125,6 @@ class Redirect(TypedDict):
 
     merged_into: str
     due: NotRequired[int | None]  # the due entry the caller deletes
-    given: NotRequired[int]  # the ``gave_up`` count of the profile this key gave away
 
 
 @final
