@@ -185,14 +185,17 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
             known = {entry[2] for entry in state.get("pending", ())} | state["seen"].keys()
         effects.late_absorbed = [entry[3]["src"][0] for entry in absorbed.get("pending", ())
                                  if entry[0] < watermark and entry[2] not in known and entry[3].get("src")]
-    if graph.is_live(state):
+    if graph.is_live(state) and not graph.is_holding(state):
         merged = merge_states(state, absorbed, key, limits)
         merged["due"] = state.get("due")
         effects.merges.append(message.get("kind", "exact"))
         effects.history_dropped = _history_size(state) + _history_size(absorbed) - _history_size(merged)
-    else:  # nothing here yet: the arriving profile settles under this key
+    else:  # nothing here yet (or only the claims of askers): the arriving profile settles under this key
         merged = merge_states(ensure_rule_state(new_state(key, absorbed["profile"]["created_at"])), absorbed, key,
                               limits)
+        if graph.is_live(state):
+            merged["due"] = state.get("due")
+            graph.add_claims(merged, state.get("claimed", {}))
     if merged["profile"]["consent"].get("email") is False and absorbed["profile"]["consent"].get("email") is not False:
         # all it made is stamped up to its clock; it makes nothing more under its own ids
         effects.withdrawn += graph.withdrawals(message["from"], absorbed, "consent",
@@ -245,8 +248,9 @@ def _not_at_a_profile(state: State | None, message: dict[str, Any]) -> Effects:
 def _on_possible(states: MutableMapping[str, State | None], key: str, state: State | None,
                  message: dict[str, Any], rules: RuleSet) -> Effects:
     """A scored pair (:mod:`streams.domain.possible_matches`); tells the other side this person's root when
-    the pair was scored under another of their keys."""
-    if not graph.is_live(state):
+    the pair was scored under another of their keys.  (A holding profile, with nobody in it yet, takes
+    none: as an empty key did.)"""
+    if not graph.is_live(state) or graph.is_holding(state):
         return _not_at_a_profile(state, message)
     mine, other = message.get("to", key), message["other"]
     entries = state["profile"]["possible_matches"]
@@ -267,7 +271,7 @@ def _on_possible(states: MutableMapping[str, State | None], key: str, state: Sta
 def _on_alias(states: MutableMapping[str, State | None], key: str, state: State | None,
               message: dict[str, Any], most: int) -> Effects:
     """The other side of a possible match is now part of the profile at ``new``."""
-    if not graph.is_live(state):
+    if not graph.is_live(state) or graph.is_holding(state):
         return _not_at_a_profile(state, message)
     aliases = state.setdefault("match_aliases", {})
     new = message["old"] not in aliases
@@ -350,7 +354,7 @@ class LocalPipeline:
         """Every live profile walked forward to ``watermark``: what that emitted, and the snapshots."""
         run = LocalRun(self.states, {}, [], [], self.merges, limited=self.limited)
         for state in self.states.values():
-            if graph.is_live(state):
+            if graph.is_live(state) and not graph.is_holding(state):  # (nobody in it: never published)
                 out = advance(state, watermark, self.rules, 0)
                 run.segment_changes += out.segment_changes
                 run.triggers += out.triggers
@@ -361,7 +365,7 @@ class LocalPipeline:
     def live(self) -> Iterator[tuple[str, LiveState]]:
         """(key, state) of every live profile."""
         for key, state in self.states.items():
-            if graph.is_live(state):
+            if graph.is_live(state) and not graph.is_holding(state):
                 yield key, state
 
     def root_of(self, key: str) -> str | None:

@@ -44,7 +44,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from schemas.timeparse import MAX_EPOCH_MS, MIN_EPOCH_MS
 from streams.domain.identity import profile_id_for, rank
+from streams.domain.profile import new_state
+from streams.domain.rules.triggers import new_rule_state
 from streams.domain.state import LiveState, Redirect, State
 from streams.domain.state import is_live as is_live
 from streams.domain.state import is_redirect as is_redirect
@@ -106,6 +109,25 @@ def _ask(key: str, state: LiveState, root: str, kind: str) -> Routing:
     """The live profile at ``key`` asks ``root`` to take it in, with all its identifiers."""
     return Routing(state, send=[(root, {"type": LINK, "root": key, "kind": kind,
                                         "keys": sorted(identity_keys(key, state), key=rank)})])
+
+
+def holding(key: str) -> LiveState:
+    """A live profile with nothing in it yet, at an empty key that approved an ask: it holds the claim,
+    so the next ask is decided on the union (nothing written, every asker of one shared empty key was
+    approved alone, and together they passed the limits).  Its times are the neutral ones of a merge
+    (created latest, updated earliest), so the first arrival's are the profile's."""
+    state = new_state(key, MAX_EPOCH_MS)
+    state["profile"]["updated_at"] = MIN_EPOCH_MS
+    state["pending"] = []
+    state["rules"] = new_rule_state()
+    return state
+
+
+def is_holding(state: State | None) -> bool:
+    """A :func:`holding` profile that nothing has arrived in yet (no event, no profile): no profile to
+    publish, match or score."""
+    return (is_live(state) and not state["seen"] and not state.get("pending") and state["profile"]["version"] == 0
+            and "claimed" in state and not state.get("links"))
 
 
 def smallest(keys: Iterable[str]) -> str:
@@ -221,8 +243,11 @@ def on_link(key: str, state: State | None, message: dict[str, Any], limits: Limi
             over = _over({key, root, *theirs}, limits)
             if over:
                 return Routing(None, limited=over)
-            return Routing(None, send=[(root, {"type": LINK, "root": key, "kind": kind, "ok": True,
-                                               "keys": sorted({key, root, *theirs}, key=rank)})])
+            agreed = sorted({key, root, *theirs}, key=rank)
+            held = holding(key)
+            add_claims(held, {root: agreed})
+            return Routing(held, send=[(root, {"type": LINK, "root": key, "kind": kind, "ok": True, "keys": agreed})],
+                           changed=True)
         return Routing(_redirect(root, None))
     if is_redirect(state):
         current = state["merged_into"]

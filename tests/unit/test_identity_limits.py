@@ -111,3 +111,50 @@ def test_a_shared_address_that_sorts_first_gathers_no_more_than_the_limit_of_peo
     _within_limits(run.profiles, LIMITS)
     sizes = sorted(len(p["identifiers"]["emails"]) for p in run.profiles.values())
     assert sizes == [1] * 6 + [10] and local.limited == ["emails"] * 6
+
+
+@pytest.mark.parametrize("seed", [None, 1, 2, 3])
+def test_a_shared_address_that_sorts_first_gathers_no_more_than_the_limit_of_people_arriving_at_once(
+        seed: int | None) -> None:
+    """All at once, each person's ask reaches the shared address before anyone has arrived there.  An
+    empty key approved each alone (nothing written), and all 15 became one profile of 16 addresses.
+    The key now holds a profile with nothing in it but the claims, so each ask is decided on the union."""
+    from streams.domain import identity_graph as graph
+
+    events = [ev(f"i{n}", "identify", n, email=f"p{n:02}@example.com", traits={"email": "a-office@example.com"})
+              for n in range(15)]
+    run = run_locally(events, UNTIL, RULES, shuffle=None if seed is None else random.Random(seed))
+    _within_limits(run.profiles, LIMITS)
+    people = sorted(e for p in run.profiles.values() for e in p["identifiers"]["emails"] if e.startswith("p"))
+    assert people == [f"p{n:02}@example.com" for n in range(15)]  # nobody lost, nobody twice
+    assert sum(p["aggregates"]["event_counts"]["identify"] for p in run.profiles.values()) == 15
+    assert len(run.profiles) == 7 and set(run.limited) == {"emails"} and len(run.limited) >= 6  # one for each apart
+    assert not any(graph.is_holding(state) for state in run.states.values())  # the first arrival filled it
+    office = run.states["e:a-office@example.com"]
+    assert graph.is_live(office) and "claimed" not in office
+
+
+def test_a_holding_profile_is_no_profile_until_someone_arrives() -> None:
+    """Its claims count towards the limits; it is not published, matched or listed; the first arrival's
+    times are the profile's, and the claims of askers still on their way stay."""
+    from streams.domain import identity_graph as graph
+    from streams.domain.dispatch import LocalPipeline, dispatch
+
+    local = LocalPipeline(RULES)
+    key = "e:a-office@example.com"
+    ask = {"type": graph.LINK, "root": "e:p01@example.com", "kind": "exact", "keys": ["e:p01@example.com"]}
+    effects = dispatch(local.states, local.blocks, key, ask, None, RULES)
+    assert effects.changed and graph.is_holding(local.states[key])
+    assert effects.send == [("e:p01@example.com", {"type": graph.LINK, "root": key, "kind": "exact", "ok": True,
+                                                   "keys": [key, "e:p01@example.com"]})]
+    second = {**ask, "root": "e:p02@example.com", "keys": ["e:p02@example.com"]}
+    dispatch(local.states, local.blocks, key, second, None, RULES)
+    assert sorted(local.states[key]["claimed"]) == ["e:p01@example.com", "e:p02@example.com"]
+    possible = {"type": graph.POSSIBLE, "to": key, "other": "e:z@example.com", "score": 0.0}
+    assert dispatch(local.states, local.blocks, key, possible, None, RULES).republish is False
+    assert local.advance(UNTIL).profiles == {} and list(local.live()) == []
+    local.feed([ev("i1", "identify", 5, email="p01@example.com", traits={"email": "a-office@example.com"})])
+    run = local.advance(UNTIL)
+    [profile] = run.profiles.values()
+    assert profile["created_at"] == profile["updated_at"] == "2026-03-01T10:05:00.000Z"
+    assert "e:p02@example.com" in local.states[key].get("claimed", {})  # still on its way
