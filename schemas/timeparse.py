@@ -13,11 +13,11 @@ MAX_EPOCH_MS = 7_258_118_400_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 
-#: The ISO-8601 forms we read: a date (calendar, week or ordinal), ``T`` or one space, a time, and
+#: The ISO-8601 forms we read: a date (calendar, week or ordinal), ``T`` (``t``) or one space, a time, and
 #: ``Z`` or an offset in hours and minutes.  ``datetime.fromisoformat`` alone also reads a NUL or a
 #: space before the ``Z``, a NUL after it and offsets with seconds, which no ISO-8601 writer makes.
 _ISO_FORM = re.compile(
-    r"\d{4}-?(?:\d{2}-?\d{2}|W\d{2}-?\d|\d{3})[T ]\d{2}(?::?\d{2}(?::?\d{2}(?:[.,]\d+)?)?)?"
+    r"\d{4}-?(?:\d{2}-?\d{2}|W\d{2}-?\d|\d{3})[Tt ]\d{2}(?::?\d{2}(?::?\d{2}(?:[.,]\d+)?)?)?"
     r"(?:Z|[+-]\d{2}(?::?\d{2})?)", re.ASCII)
 
 
