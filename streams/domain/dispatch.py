@@ -20,11 +20,11 @@ from streams.domain import identity_graph as graph
 from streams.domain import possible_matches
 from streams.domain.identity import profile_key, rank
 from streams.domain.merge import merge_states
-from streams.domain.profile import new_state, snapshot, trim_currencies, trim_traits
+from streams.domain.profile import snapshot, trim_currencies, trim_traits
 from streams.domain.resolution.blocks import block_keys, drop_member, on_block_message, person_record
 from streams.domain.rules import score_timer
 from streams.domain.state import LiveState, State
-from streams.domain.timeline import RuleSet, advance, ensure_rule_state, receive
+from streams.domain.timeline import RuleSet, advance, receive
 
 
 @dataclass
@@ -188,11 +188,12 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
     if graph.is_live(state) and not graph.is_holding(state):
         merged = merge_states(state, absorbed, key, limits)
         merged["due"] = state.get("due")
-        effects.merges.append(message.get("kind", "exact"))
+        if not graph.is_holding(absorbed):  # (one with nobody in it brings only its claims and links)
+            effects.merges.append(message.get("kind", "exact"))
         effects.history_dropped = _history_size(state) + _history_size(absorbed) - _history_size(merged)
     else:  # nothing here yet (or only the claims of askers): the arriving profile settles under this key
-        merged = merge_states(ensure_rule_state(new_state(key, absorbed["profile"]["created_at"])), absorbed, key,
-                              limits)
+        # from a state of neutral times (created latest, updated earliest): the arrival's are the profile's
+        merged = merge_states(graph.holding(key), absorbed, key, limits)
         if graph.is_live(state):
             merged["due"] = state.get("due")
             graph.add_claims(merged, state.get("claimed", {}))
@@ -213,6 +214,9 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
         merged["match_aliases"] = aliases
     # the absorbed side's possible matches now live under this key: their other sides are told
     effects.send += possible_matches.aliases_to_send(absorbed.get("profile", {}).get("possible_matches", ()), key)
+    if graph.is_holding(merged):  # nobody in it yet: nothing to evaluate or publish
+        states[key] = merged
+        return effects
     merged["rules"]["dirty"] = True  # segments are evaluated again at the next step
     effects.matches_dropped = possible_matches.trim(merged["profile"]["possible_matches"], limits.possible_matches)
     if aliases:  # (after the matches' own trim: the aliases of matches dropped there are not kept first)
@@ -227,7 +231,7 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
         here = state["profile"]["predictions"] if graph.is_live(state) and state is not None else None
         score_timer.past_changed(rules.config.scoring, merged, [here, absorbed["profile"]["predictions"]])
     states[key] = merged
-    effects.republish = True
+    effects.republish = not graph.is_holding(absorbed)  # (one with nobody in it changed nothing published)
     return effects
 
 

@@ -124,10 +124,11 @@ def holding(key: str) -> LiveState:
 
 
 def is_holding(state: State | None) -> bool:
-    """A :func:`holding` profile that nothing has arrived in yet (no event, no profile): no profile to
-    publish, match or score."""
-    return (is_live(state) and not state["seen"] and not state.get("pending") and state["profile"]["version"] == 0
-            and "claimed" in state and not state.get("links"))
+    """A live state with nobody in it yet (no event received, none parked): a :func:`holding` profile,
+    or one made of such states only (their neutral creation time, which any event's time replaces).
+    No profile to publish, match, score or count as a merge."""
+    return (is_live(state) and not state["seen"] and not state.get("pending")
+            and state["profile"]["created_at"] == MAX_EPOCH_MS and state["profile"]["version"] == 0)
 
 
 def smallest(keys: Iterable[str]) -> str:
@@ -294,7 +295,12 @@ def on_link(key: str, state: State | None, message: dict[str, Any], limits: Limi
     if not isinstance(theirs, list) or not all(isinstance(k, str) for k in theirs):
         # told without its identifiers (a link passed on by a redirect, a fuzzy match): it asks
         return Routing(state, send=[(root, {"type": LINK, "root": key, "kind": kind})])
-    # the union, so an ask read again, or from a profile already here, is decided the same way
+    # the union, so an ask read again, or from a profile already here, is decided the same way; an
+    # earlier claim of the same asker is replaced by this ask (it asks again because it took others
+    # in: refused, its old claim would hold room it can no longer use)
+    claimed = state.get("claimed")
+    if claimed and claimed.pop(root, None) is not None and not claimed:
+        state.pop("claimed")
     over = _over(identity_keys(key, state) | {root, *theirs}, limits)
     if over:
         return Routing(state, send=[(key, {"type": POSSIBLE, "to": key, "other": root, "score": 0.0}),

@@ -158,3 +158,40 @@ def test_a_holding_profile_is_no_profile_until_someone_arrives() -> None:
     [profile] = run.profiles.values()
     assert profile["created_at"] == profile["updated_at"] == "2026-03-01T10:05:00.000Z"
     assert "e:p02@example.com" in local.states[key].get("claimed", {})  # still on its way
+
+
+def _limits_rules(limits: dict[str, int]) -> RuleSet:
+    return RuleSet.build(PipelineConfig.model_validate({"identity": {"max_per_profile": limits}}), 7 * 86_400_000)
+
+
+def test_a_profile_made_of_holdings_takes_the_times_of_its_first_event_whatever_the_order() -> None:
+    """Two asks of one person make two holdings; one holding can join the other before anyone
+    arrived.  Settling from the arrival's creation time, the profile kept the holding's 2200."""
+    events = [ev("i1", "identify", 0, email="c@example.com", traits={"email": "a@example.com"}),
+              ev("i2", "identify", 1, email="c@example.com", traits={"email": "b@example.com"})]
+    rules = _limits_rules({"emails": 3, "user_ids": 2, "anonymous_ids": 3, "phones": 2})
+    for seed in range(120):
+        run = run_locally(events, UNTIL, rules, shuffle=random.Random(seed))
+        [profile] = run.profiles.values()
+        assert (profile["created_at"], profile["updated_at"]) == \
+            ("2026-03-01T10:00:00.000Z", "2026-03-01T10:01:00.000Z"), seed
+
+
+def test_an_asker_that_asks_again_replaces_its_claim_and_a_refusal_frees_the_room() -> None:
+    """It took another address in after it was approved, so it asked again and was refused: its old
+    claim held the room for good, and a later asker that fits was refused too."""
+    from streams.domain import identity_graph as graph
+    from streams.domain.dispatch import LocalPipeline, dispatch
+
+    rules = _limits_rules({"emails": 2, "user_ids": 2, "anonymous_ids": 3, "phones": 2})
+    local = LocalPipeline(rules)
+    key, p1 = "e:a-office@example.com", "e:p1@example.com"
+    dispatch(local.states, local.blocks, key, {"type": graph.LINK, "root": p1, "kind": "exact", "keys": [p1]},
+             None, rules)
+    assert local.states[key]["claimed"] == {p1: [key, p1]}
+    again = dispatch(local.states, local.blocks, key, {"type": graph.LINK, "root": p1, "kind": "exact",
+                                                      "keys": [p1, "e:z@example.com"]}, None, rules)
+    assert again.limited == ["emails"] and "claimed" not in local.states[key]
+    local.feed([ev("i3", "identify", 2, email="q@example.com", traits={"email": "a-office@example.com"})])
+    [profile] = local.advance(UNTIL).profiles.values()
+    assert sorted(profile["identifiers"]["emails"]) == ["a-office@example.com", "q@example.com"]
