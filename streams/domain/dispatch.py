@@ -172,11 +172,19 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
     if state is not None and graph.is_live(state) and absorbed["seen"] and \
             state["seen"].keys() >= absorbed["seen"].keys():
         return effects  # delivered again (at least once): its events are all here already
+    erased_at: int | None = None
     if state is not None and not graph.is_live(state):
         # an erasure marker: the person was erased, and what arrives is theirs (linked before the
-        # erase reached it): it is dropped too.  Their later activity starts a new profile here.
-        effects.withdrawn += graph.withdrawals(message["from"], absorbed, "erased", state["erased_at"])
-        return effects
+        # erase reached it): it is dropped too.  Their later activity starts a new profile here: so
+        # does a profile all of whose events are stamped after the erasure (a newcomer whose ask was
+        # approved before the erase came, or the person's own activity since), which it cannot hold
+        # anything of the erased person in.
+        erased_at = state["erased_at"]
+        if not (absorbed["seen"] and min(absorbed["seen"].values()) > erased_at
+                and all(entry[0] > erased_at for entry in absorbed.get("pending", ()))):
+            effects.withdrawn += graph.withdrawals(message["from"], absorbed, "erased", erased_at)
+            return effects
+        state = None
     limits = rules.limits
     if watermark is not None:
         # new here: neither parked here nor folded here (merge_pending drops those it already folded)
@@ -197,6 +205,8 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
         if graph.is_live(state):
             merged["due"] = state.get("due")
             graph.add_claims(merged, state.get("claimed", {}))
+        if erased_at is not None:  # older events of the erased person arriving here are still dropped
+            merged["erased_at"] = erased_at
     if merged["profile"]["consent"].get("email") is False and absorbed["profile"]["consent"].get("email") is not False:
         # all it made is stamped up to its clock; it makes nothing more under its own ids
         effects.withdrawn += graph.withdrawals(message["from"], absorbed, "consent",

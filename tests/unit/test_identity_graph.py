@@ -228,6 +228,38 @@ def test_a_newcomer_naming_an_erased_address_as_a_second_one_is_not_erased_with_
     assert run.profiles == {} and run.states["e:z@example.com"] == {"erased_at": T0 + 20 * MIN}
 
 
+def test_a_profile_that_arrives_at_an_erasure_marker_keeps_what_is_stamped_after_the_erase() -> None:
+    """A newcomer's ask approved by the person's profile just before the erase reached it: its absorb
+    arrives at the marker, which dropped it with its events, all stamped after the erase.  A profile
+    with anything stamped at or before the erase is still dropped (its folded counts cannot be split)."""
+    from collections import deque
+
+    from streams.domain.identity import profile_key
+
+    person = ev("p1", "identify", 1, email="a-old@example.com")
+    erase = ev("x", "erase", 5, email="a-old@example.com")
+    newcomer = ev("n1", "identify", 10, email="new@example.com", traits={"email": "a-old@example.com"})
+    for stamped_before in (False, True):
+        states: dict[str, Any] = {}
+        blocks: dict[str, Any] = {}
+        arrivals = [newcomer] + ([ev("n0", "page_view", 3, email="new@example.com")] if stamped_before else [])
+        queue = deque((profile_key(e), e) for e in [person, *arrivals])
+        erased = False
+        while queue:
+            key, message = queue.popleft()
+            if not erased and key == "e:new@example.com" and message.get("type") == graph.LINK and message.get("ok"):
+                queue.extend(dispatch(states, blocks, profile_key(erase), erase, None, RULES).send)
+                erased = True  # the erase reaches the person's key before the newcomer gives up
+            queue.extend(dispatch(states, blocks, key, message, None, RULES).send)
+        assert erased
+        live = {key: sorted(state["seen"]) for key, state in states.items() if graph.is_live(state)}
+        if stamped_before:
+            assert live == {}
+        else:
+            assert live == {"e:a-old@example.com": ["n1"]}
+            assert states["e:a-old@example.com"]["erased_at"] == T0 + 5 * MIN
+
+
 def test_an_internal_message_of_an_unknown_type_is_skipped_not_taken_for_an_event() -> None:
     """A newer worker of a rolling upgrade may send message types this version does not know."""
     states: dict[str, Any] = {}
