@@ -260,6 +260,47 @@ def test_a_profile_that_arrives_at_an_erasure_marker_keeps_what_is_stamped_after
             assert states["e:a-old@example.com"]["erased_at"] == T0 + 5 * MIN
 
 
+@pytest.mark.parametrize("newcomer_first", [True, False])
+def test_what_arrives_after_an_erase_keeps_nothing_stamped_before_it_in_either_order(newcomer_first: bool) -> None:
+    """The person's other profile (a purchase before the erase) and a newcomer were both approved just
+    before the erase came.  Once the newcomer had settled at the erased key, the person's profile
+    arrived at a live profile and was merged, purchase and all."""
+    from collections import deque
+
+    from streams.domain.identity import profile_key
+    from streams.domain.timeline import advance
+
+    states: dict[str, Any] = {}
+    blocks: dict[str, Any] = {}
+
+    def deliver(queue: deque[Any]) -> None:
+        while queue:
+            queue.extend(dispatch(states, blocks, *queue.popleft(), None, RULES).send)
+
+    buy = ev("b0", "purchase", 2, email="b-person@example.com", order_id="o1", total=50.0,
+             items=[{"product_id": "s1", "quantity": 1, "price": 50.0}])
+    deliver(deque((profile_key(e), e) for e in (ev("p1", "identify", 1, email="a-old@example.com"), buy)))
+    advance(states["e:b-person@example.com"], T0 + 3 * MIN, RULES, 0)  # the purchase is folded
+    oks: dict[str, Any] = {}
+    asks = deque((profile_key(e), e) for e in (
+        ev("b1", "identify", 3, email="b-person@example.com", traits={"email": "a-old@example.com"}),
+        ev("n1", "identify", 10, email="new@example.com", traits={"email": "a-old@example.com"})))
+    while asks:
+        for target, message in dispatch(states, blocks, *asks.popleft(), None, RULES).send:
+            if message.get("type") == graph.LINK and message.get("ok"):
+                oks[target] = message
+            else:
+                asks.append((target, message))
+    erase = ev("x", "erase", 5, email="a-old@example.com")
+    deliver(deque(dispatch(states, blocks, profile_key(erase), erase, None, RULES).send))
+    order = ["e:new@example.com", "e:b-person@example.com"]
+    for target in order if newcomer_first else reversed(order):
+        deliver(deque(dispatch(states, blocks, target, oks[target], None, RULES).send))
+    settled = states["e:a-old@example.com"]
+    assert graph.is_live(settled) and sorted(settled["seen"]) == ["n1"]
+    assert settled["profile"]["aggregates"]["orders"] == 0 and settled["erased_at"] == T0 + 5 * MIN
+
+
 def test_an_internal_message_of_an_unknown_type_is_skipped_not_taken_for_an_event() -> None:
     """A newer worker of a rolling upgrade may send message types this version does not know."""
     states: dict[str, Any] = {}

@@ -175,6 +175,11 @@ def test_a_profile_made_of_holdings_takes_the_times_of_its_first_event_whatever_
         [profile] = run.profiles.values()
         assert (profile["created_at"], profile["updated_at"]) == \
             ("2026-03-01T10:00:00.000Z", "2026-03-01T10:01:00.000Z"), seed
+        # every key that points to the profile is one of its links (a holding made of holdings lost
+        # those of the holding it took in, and a later ask was then decided without them)
+        [(root, state)] = [(key, state) for key, state in run.states.items() if "profile" in state]
+        pointing = {key for key, state in run.states.items() if state.get("merged_into") == root}
+        assert pointing <= set(state.get("links", [])), seed
 
 
 def test_an_asker_that_asks_again_replaces_its_claim_and_a_refusal_frees_the_room() -> None:
