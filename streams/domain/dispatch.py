@@ -172,17 +172,14 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
     if state is not None and graph.is_live(state) and absorbed["seen"] and \
             state["seen"].keys() >= absorbed["seen"].keys():
         return effects  # delivered again (at least once): its events are all here already
-    erased_at = state.get("erased_at") if state is not None else None
-    if erased_at is not None:
-        # an erasure marker, or the new profile of an erased person's later activity: what arrives
-        # was linked to the person before the erase reached it, and is dropped too, unless all of
-        # it is stamped after the erasure (a newcomer whose ask was approved before the erase came,
-        # or the person's own activity since), so that it cannot hold anything of the erased person
-        if not _all_after(absorbed, erased_at):
-            effects.withdrawn += graph.withdrawals(message["from"], absorbed, "erased", erased_at)
-            return effects
-        if not graph.is_live(state):  # at a marker it starts the new profile here
-            state = None
+    if state is not None and not graph.is_live(state):
+        # an erasure marker: the person was erased, and what arrives is theirs (linked before the
+        # erase reached it): it is dropped too.  Their later activity starts a new profile here.
+        # (A profile all of whose events are stamped after the erasure, a newcomer whose ask the
+        # person approved just before the erase came, is dropped too: settled here, it let the
+        # person's other profiles approved before the erase merge into it later, older data and all.)
+        effects.withdrawn += graph.withdrawals(message["from"], absorbed, "erased", state["erased_at"])
+        return effects
     limits = rules.limits
     if watermark is not None:
         # new here: neither parked here nor folded here (merge_pending drops those it already folded)
@@ -204,8 +201,6 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
             merged["due"] = state.get("due")
             graph.add_claims(merged, state.get("claimed", {}))
             merged["links"] = [*merged.get("links", []), *state.get("links", [])]
-        if erased_at is not None:  # older events of the erased person arriving here are still dropped
-            merged["erased_at"] = max(erased_at, merged.get("erased_at", erased_at))
     if merged["profile"]["consent"].get("email") is False and absorbed["profile"]["consent"].get("email") is not False:
         # all it made is stamped up to its clock; it makes nothing more under its own ids
         effects.withdrawn += graph.withdrawals(message["from"], absorbed, "consent",
@@ -242,13 +237,6 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
     states[key] = merged
     effects.republish = not graph.is_holding(absorbed)  # (one with nobody in it changed nothing published)
     return effects
-
-
-def _all_after(state: LiveState, erased_at: int) -> bool:
-    """Whether everything in a profile is stamped after ``erased_at``: its creation (the first event
-    it folded or parked, also one whose id was forgotten since), its events and its parked ones."""
-    return (state["profile"]["created_at"] > erased_at and all(ts > erased_at for ts in state["seen"].values())
-            and all(entry[0] > erased_at for entry in state.get("pending", ())))
 
 
 def _history_size(state: LiveState) -> int:
