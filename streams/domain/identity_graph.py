@@ -299,13 +299,14 @@ def on_link(key: str, state: State | None, message: dict[str, Any], limits: Limi
     # earlier claim of the same asker is replaced by this ask (it asks again because it took others
     # in: refused, its old claim would hold room it can no longer use)
     claimed = state.get("claimed")
-    if claimed and claimed.pop(root, None) is not None and not claimed:
+    replaced = claimed is not None and claimed.pop(root, None) is not None
+    if claimed is not None and not claimed:
         state.pop("claimed")
     over = _over(identity_keys(key, state) | {root, *theirs}, limits)
-    if over:
+    if over:  # (a claim dropped here is a change to write)
         return Routing(state, send=[(key, {"type": POSSIBLE, "to": key, "other": root, "score": 0.0}),
                                     (root, {"type": POSSIBLE, "to": root, "other": key, "score": 0.0})],
-                       limited=over)
+                       limited=over, changed=replaced)
     approved = sorted({root, *theirs}, key=rank)
     add_claims(state, {root: approved})
     return Routing(state, send=[(root, {"type": LINK, "root": key, "kind": kind, "ok": True, "keys": approved})],

@@ -196,7 +196,7 @@ def test_an_asker_that_asks_again_replaces_its_claim_and_a_refusal_frees_the_roo
     assert local.states[key]["claimed"] == {p1: [key, p1]}
     again = dispatch(local.states, local.blocks, key, {"type": graph.LINK, "root": p1, "kind": "exact",
                                                       "keys": [p1, "e:z@example.com"]}, None, rules)
-    assert again.limited == ["emails"] and "claimed" not in local.states[key]
+    assert again.limited == ["emails"] and again.changed and "claimed" not in local.states[key]  # written back
     local.feed([ev("i3", "identify", 2, email="q@example.com", traits={"email": "a-office@example.com"})])
     [profile] = local.advance(UNTIL).profiles.values()
     assert sorted(profile["identifiers"]["emails"]) == ["a-office@example.com", "q@example.com"]
