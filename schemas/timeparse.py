@@ -10,6 +10,9 @@ from functools import lru_cache
 # Epoch-ms bounds we accept: 1990-01-01 .. 2200-01-01.  Outside: almost surely seconds or garbage.
 MIN_EPOCH_MS = 631_152_000_000
 MAX_EPOCH_MS = 7_258_118_400_000
+#: The longest wait or window a setting or a rule may name: a century (a due time far past it could
+#: not be held by the due index, and failed every profile the rule was applied to).
+MAX_SPAN_MS = 100 * 366 * 86_400_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 

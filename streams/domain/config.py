@@ -11,11 +11,11 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from schemas.identifiers import comparable
+from schemas.timeparse import MAX_SPAN_MS
 from streams.domain.profile import DEFAULT_LIMITS
 
-#: The longest wait or window a setting may name, in its unit: a century (a due time far past that
-#: could not be held by the due index, and failed every profile the rule was applied to).
-MAX_MINUTES, MAX_HOURS, MAX_DAYS = 100 * 366 * 24 * 60, 100 * 366 * 24, 100 * 366
+#: The longest wait or window a setting may name (:data:`MAX_SPAN_MS`), in its unit.
+MAX_MINUTES, MAX_HOURS, MAX_DAYS = MAX_SPAN_MS // 60_000, MAX_SPAN_MS // 3_600_000, MAX_SPAN_MS // 86_400_000
 
 
 class _Strict(BaseModel):

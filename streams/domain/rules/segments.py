@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from schemas.events import CART_TYPES, CLICK_TYPES, PURCHASE_TYPES
+from schemas.timeparse import MAX_SPAN_MS
 
 if TYPE_CHECKING:
     from streams.domain.config import Segments
@@ -492,10 +493,6 @@ def _compile_op(op: str, operand: Any, where: str) -> tuple[Callable[[Any], bool
     return (lambda v: same(v) and v <= operand), False
 
 
-#: The longest window a rule may name: a century.
-MAX_DURATION_MS = 100 * 366 * 86_400_000
-
-
 def parse_duration(text: Any, where: str) -> int:
     """``<number><unit>`` with unit s, m, h or d, in milliseconds (at least 1)."""
     match = _DURATION.fullmatch(text) if isinstance(text, str) else None
@@ -504,7 +501,7 @@ def parse_duration(text: Any, where: str) -> int:
     ms = round(float(match.group(1)) * _UNIT_MS[match.group(2)])
     if ms <= 0:
         raise RuleError(where, f"duration {text!r} must be at least 1 ms")
-    if ms > MAX_DURATION_MS:  # (its window's end would be no time the due index holds)
+    if ms > MAX_SPAN_MS:  # (its window's end would be no time the due index holds)
         raise RuleError(where, f"duration {text!r} is longer than a century")
     return ms
 
