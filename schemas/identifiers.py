@@ -59,7 +59,7 @@ def comparable(value: str) -> str:
     return "".join(ch for ch in text if unicodedata.category(ch) not in ("Cc", "Cf")).strip().casefold()
 
 
-def _within(raw: str, most: int, what: str) -> str:
+def within(raw: str, most: int, what: str) -> str:
     """``raw``, trimmed when it is longer than ``most`` characters (padding of a fixed-width export is
     no part of it); ValueError when it is longer still."""
     if len(raw) > most:
@@ -71,7 +71,7 @@ def _within(raw: str, most: int, what: str) -> str:
 
 def normalize_email(raw: str) -> str:
     """Validated, lower-cased e-mail address; ValueError when it is not one."""
-    raw = _within(raw, MAX_EMAIL_CHARS, "email")
+    raw = within(raw, MAX_EMAIL_CHARS, "email")
     if _held_addresses is None:
         return _normalize_email(raw)
     normalized = _held_addresses.get(raw)
@@ -120,7 +120,7 @@ def _normalize_email(raw: str) -> str:
 
 def normalize_phone(raw: str, default_region: str = "US") -> str:
     """Phone number in E.164; ValueError when it cannot be a valid number."""
-    return _normalize_phone(_within(raw, MAX_PHONE_CHARS, "phone"), default_region)
+    return _normalize_phone(within(raw, MAX_PHONE_CHARS, "phone"), default_region)
 
 
 @lru_cache(maxsize=CACHE_SIZE)

@@ -16,7 +16,7 @@ import orjson
 from pydantic import ValidationError
 
 from schemas.events import INPUT_EVENT_ADAPTER, KNOWN_TYPES, TOPIC_OF_TYPE
-from schemas.identifiers import MAX_COMPARED_CHARS, comparable, normalize_email, normalize_phone
+from schemas.identifiers import MAX_COMPARED_CHARS, comparable, normalize_email, normalize_phone, within
 from schemas.timeparse import format_ms
 from streams.domain.config import Identity
 
@@ -180,7 +180,7 @@ IDENTIFIER_FIELDS = ("user_id", "anonymous_id", "email", "phone")
 TRAIT_IDENTIFIER_FIELDS = ("email", "phone")
 
 
-@functools.cache
+@functools.lru_cache(maxsize=16)  # (one policy per worker; tests make a few)
 def _blocked_normalized(blocked: frozenset[str], phone_region: str) -> frozenset[str]:
     """The blocked values, plus each one that is an e-mail address or a phone number as the ingest
     normalizes those (an address's domain, a number's formatting)."""
@@ -199,10 +199,10 @@ def _is_placeholder(name: str, value: Any, blocked: frozenset[str], phone_region
     ``+12015550123``)."""
     if not isinstance(value, str):
         return False
-    if len(value) > MAX_COMPARED_CHARS:
-        value = value.strip()  # (padding: a padded address is one once trimmed)
-        if len(value) > MAX_COMPARED_CHARS:
-            return False  # too long to be an identifier: the event's validation refuses it
+    try:
+        value = within(value, MAX_COMPARED_CHARS, "identifier")  # (a padded address is one once trimmed)
+    except ValueError:
+        return False  # too long to be an identifier: the event's validation refuses it
     text = comparable(value)
     if not text or text in blocked:
         return True
