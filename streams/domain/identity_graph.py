@@ -47,10 +47,10 @@ from typing import Any
 from schemas.timeparse import MAX_EPOCH_MS, MIN_EPOCH_MS
 from streams.domain.identity import profile_id_for, rank
 from streams.domain.profile import new_state
-from streams.domain.rules.triggers import new_rule_state
 from streams.domain.state import LiveState, Redirect, State
 from streams.domain.state import is_live as is_live
 from streams.domain.state import is_redirect as is_redirect
+from streams.domain.timeline import ensure_rule_state
 
 LINK, ABSORB, POSSIBLE, BLOCK, FORGET = "_link", "_absorb", "_possible", "_block", "_forget"
 #: The ``identity.max_per_profile`` name of each key kind.
@@ -105,10 +105,14 @@ def admit(key: str, state: LiveState, candidates: Iterable[str], limits: Limits 
     return admitted, over, kinds
 
 
-def _ask(key: str, state: LiveState, root: str, kind: str) -> Routing:
-    """The live profile at ``key`` asks ``root`` to take it in, with all its identifiers."""
-    return Routing(state, send=[(root, {"type": LINK, "root": key, "kind": kind,
-                                        "keys": sorted(identity_keys(key, state), key=rank)})])
+def _ask(key: str, state: LiveState, root: str, kind: str, at: int | None = None) -> Routing:
+    """The live profile at ``key`` asks ``root`` to take it in, with all its identifiers (``at``: the
+    time of the event that made it ask, by which an erasure marker at ``root`` tells the person's
+    profile from a newcomer's)."""
+    ask: dict[str, Any] = {"type": LINK, "root": key, "kind": kind, "keys": sorted(identity_keys(key, state), key=rank)}
+    if at is not None:
+        ask["at"] = at
+    return Routing(state, send=[(root, ask)])
 
 
 def holding(key: str) -> LiveState:
@@ -116,10 +120,8 @@ def holding(key: str) -> LiveState:
     so the next ask is decided on the union (nothing written, every asker of one shared empty key was
     approved alone, and together they passed the limits).  Its times are the neutral ones of a merge
     (created latest, updated earliest), so the first arrival's are the profile's."""
-    state = new_state(key, MAX_EPOCH_MS)
+    state = ensure_rule_state(new_state(key, MAX_EPOCH_MS))
     state["profile"]["updated_at"] = MIN_EPOCH_MS
-    state["pending"] = []
-    state["rules"] = new_rule_state()
     return state
 
 
@@ -222,9 +224,7 @@ def place(key: str, state: LiveState, event: dict[str, Any], limits: Limits | No
         # smaller ``traits.email``: events are routed to their user id, else that ``email``).  This
         # profile asks that key's profile to take it in, which decides on the union, as between any
         # two live profiles; giving itself up at once let a shared address gather any number of people.
-        ask = _ask(key, state, root, "exact").send
-        ask[0][1]["at"] = event["ts"]  # an erasure marker at the root tells the person's from a newcomer by it
-        send += ask
+        send += _ask(key, state, root, "exact", at=event["ts"]).send
     return Routing(state, send=send, limited=limited)
 
 
