@@ -295,8 +295,6 @@ class Deliverer:
     # --- one trigger ---
     def deliver(self, trigger: dict[str, Any]) -> None:
         trigger_id, kind = trigger["trigger_id"], _type_label(trigger["type"])
-        with contextlib.suppress(ValueError):  # (one held by an earlier version may be no address: see message())
-            trigger = {**trigger, "email": normalize_email(trigger["email"])}  # as opt-outs are kept
         if self.ledger.outcome(trigger_id) is not None:
             self.metrics.deliveries.labels(kind, "duplicate").inc()
             return
@@ -309,7 +307,7 @@ class Deliverer:
             return
         if self._withdrawn(trigger):
             return
-        if self.ledger.unsubscribed(str(trigger.get("profile_id")), trigger["email"]):
+        if self.ledger.unsubscribed(str(trigger.get("profile_id")), _opt_out_address(trigger["email"])):
             self.ledger.mark(trigger_id, SUPPRESSED, now)
             self.metrics.deliveries.labels(kind, "suppressed").inc()
             return
@@ -369,7 +367,7 @@ class Deliverer:
         self.metrics.deliveries.labels(kind, "sent").inc()
         self.metrics.delay.observe(max(0.0, (done - _send_at_ms(trigger)) / 1000))
         if sent.bounced:
-            self.withdraw(str(trigger.get("profile_id")), trigger["email"], "bounce")
+            self.withdraw(str(trigger.get("profile_id")), _opt_out_address(trigger["email"]), "bounce")
 
     def _earlier_attempts(self, trigger_id: str) -> int:
         """The attempts of the rounds this trigger failed before this one (none for one that only
@@ -430,7 +428,8 @@ class Deliverer:
         return True
 
     def message(self, trigger: Mapping[str, Any]) -> EmailMessage:
-        url = unsubscribe.link(self.unsubscribe_base, self.secret, str(trigger.get("profile_id")), trigger["email"])
+        url = unsubscribe.link(self.unsubscribe_base, self.secret, str(trigger.get("profile_id")),
+                               _opt_out_address(trigger["email"]))
         rendered = self.renderer.render(trigger, url)
         message = EmailMessage(policy=POLICY)
         message["From"] = self.settings.mail_from
@@ -579,6 +578,16 @@ def _failure_class(why: str) -> str:
     ``SMTP TimeoutError``), without the rest: a server's reply text can quote the recipient's address,
     and an info line names no person."""
     return why.partition(":")[0][:60]
+
+
+def _opt_out_address(email: Any) -> Any:
+    """An address as opt-outs are kept and compared: as the ingest normalizes it (one written with
+    padding or capitals is the same person's); as given when it is none (a trigger held by an earlier
+    version, which took any text with an "@").  ``To:`` is the trigger's ``email`` as given (contract)."""
+    if isinstance(email, str):
+        with contextlib.suppress(ValueError):
+            return normalize_email(email)
+    return email
 
 
 def _kafka_error(exc: BaseException) -> KafkaError | None:

@@ -1006,3 +1006,18 @@ def test_an_international_address_is_written_as_it_is_in_a_dry_run(tmp_path: Pat
     written = email.message_from_bytes(path.read_bytes(), policy=email.policy.SMTPUTF8)
     assert written["To"] == "josé@example.com" and b"=?utf-8?" not in path.read_bytes().split(b"\n\n")[0].split(
         b"To:")[1].split(b"\n")[0]
+
+
+def test_to_is_the_triggers_email_as_given_and_its_opt_out_link_names_the_address_normalized(tmp_path: Path) -> None:
+    """Contract 1: ``To:`` the trigger's ``email``.  Only the opt-out comparisons use the normalized
+    address, so an unsubscribe from this e-mail covers the address however it was written."""
+    import email
+
+    step, _ = deliverer(tmp_path, DryRun(tmp_path / "out"))
+    step.handle(trigger(email="Ana@Example.com"))
+    [path] = (tmp_path / "out").iterdir()
+    written = email.message_from_bytes(path.read_bytes(), policy=email.policy.SMTP)
+    assert written["To"] == "Ana@Example.com"
+    step.withdraw("p-1", "ana@example.com", "unsubscribe")
+    step.handle(trigger(trigger_id="t-2", email="Ana@Example.com"))
+    assert step.ledger.outcome("t-2")["state"] == "suppressed"  # type: ignore[index]
