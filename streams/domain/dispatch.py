@@ -24,7 +24,7 @@ from streams.domain.profile import snapshot, trim_currencies, trim_traits
 from streams.domain.resolution.blocks import block_keys, drop_member, on_block_message, person_record
 from streams.domain.rules import score_timer
 from streams.domain.state import LiveState, State
-from streams.domain.timeline import RuleSet, advance, receive
+from streams.domain.timeline import Received, RuleSet, advance, receive
 
 
 @dataclass
@@ -73,7 +73,7 @@ def dispatch(states: MutableMapping[str, State | None], blocks: MutableMapping[s
     elif kind == possible_matches.ALIAS:
         effects = _on_alias(states, key, state, message, rules.limits.match_aliases)
     elif kind == graph.FORGET:
-        effects = _on_forget(states, key, state, message)
+        effects = _on_forget(states, key, state, message, rules)
     elif isinstance(kind, str) and kind.startswith("_"):
         # from a newer worker of a rolling upgrade: skipped, not taken for an input event
         return Effects(unknown=kind)
@@ -103,29 +103,7 @@ def _on_event(states: MutableMapping[str, State | None], key: str, state: State 
     effects = Effects(outcome=got.outcome, late=got.late, seen_dropped=got.seen_dropped,
                       before_dedupe=got.before_dedupe)
     if got.outcome == "erased":
-        assert got.state is not None
-        marker = got.state
-        kept: set[str] = set()  # identifiers of events stamped after the erasure that had arrived before it
-        if "profile" in marker:
-            named = {k for entry in marker["pending"] for k in graph.identifier_keys(entry[3])} - {key}
-            # as placing those events after the erase would have: within the identity limits
-            admitted, _, limited = graph.admit(key, marker, sorted(named, key=rank), rules.identity_limits)
-            kept = set(admitted)
-            marker["links"] = admitted
-            effects.limited += limited
-        if graph.is_live(state):  # as it was before the erase (``receive`` keeps the input's shape)
-            if state.get("due") is not None:
-                marker["due"] = state["due"]  # so the caller deletes the due entry
-            if state.get("published"):
-                effects.tombstones.append((state["profile"]["profile_id"], "erased"))
-            # what is on its way for them, made up to the erase or anything folded since (a late erase)
-            effects.withdrawn += graph.withdrawals(key, state, "erased", marker["erased_at"])
-            # the person's person records leave their blocks; their other identifiers forget them
-            effects.send += [(block, {"type": graph.BLOCK, "key": member, "drop": True})
-                             for block, member in state.get("blocks", [])]
-            effects.send += [(other, {"type": graph.FORGET, "root": key, "erased_at": marker["erased_at"]})
-                             for other in state.get("links", []) if other not in kept]
-        states[key] = marker
+        _erased(states, key, state, got, rules, effects)
         return effects
     if got.outcome != "processed" or got.state is None:
         return effects
@@ -147,6 +125,35 @@ def _on_event(states: MutableMapping[str, State | None], key: str, state: State 
     effects.tombstones += applied.tombstones
     effects.limited += applied.limited
     return effects
+
+
+def _erased(states: MutableMapping[str, State | None], key: str, state: State | None, got: Received,
+            rules: RuleSet, effects: Effects) -> None:
+    """``key``'s person was erased (``got``, what :func:`receive` made of the erase): the marker is
+    stored, and the profile's tombstone, withdrawals, block drops and forgets go into ``effects``."""
+    assert got.state is not None
+    marker = got.state
+    kept: set[str] = set()  # identifiers of events stamped after the erasure that had arrived before it
+    if "profile" in marker:
+        named = {k for entry in marker["pending"] for k in graph.identifier_keys(entry[3])} - {key}
+        # as placing those events after the erase would have: within the identity limits
+        admitted, _, limited = graph.admit(key, marker, sorted(named, key=rank), rules.identity_limits)
+        kept = set(admitted)
+        marker["links"] = admitted
+        effects.limited += limited
+    if graph.is_live(state):  # as it was before the erase (``receive`` keeps the input's shape)
+        if state.get("due") is not None:
+            marker["due"] = state["due"]  # so the caller deletes the due entry
+        if state.get("published"):
+            effects.tombstones.append((state["profile"]["profile_id"], "erased"))
+        # what is on its way for them, made up to the erase or anything folded since (a late erase)
+        effects.withdrawn += graph.withdrawals(key, state, "erased", marker["erased_at"])
+        # the person's person records leave their blocks; their other identifiers forget them
+        effects.send += [(block, {"type": graph.BLOCK, "key": member, "drop": True})
+                         for block, member in state.get("blocks", [])]
+        effects.send += [(other, {"type": graph.FORGET, "root": key, "erased_at": marker["erased_at"]})
+                         for other in state.get("links", []) if other not in kept]
+    states[key] = marker
 
 
 def _bound_blocks(registered: list[list[str]], most: int, effects: Effects) -> list[tuple[str, dict[str, Any]]]:
@@ -397,12 +404,33 @@ def run_locally(events: Iterable[dict[str, Any]], watermark: int, rules: RuleSet
 
 
 def _on_forget(states: MutableMapping[str, State | None], key: str, state: State | None,
-               message: dict[str, Any]) -> Effects:
+               message: dict[str, Any], rules: RuleSet) -> Effects:
     """The person ``key`` redirected to was erased: the key becomes an erasure marker too, so their
-    older events arriving under it are dropped and newer activity starts a new profile here."""
-    if graph.is_redirect(state) and state is not None and state["merged_into"] == message["root"]:
-        marker: State = {"erased_at": message["erased_at"]}
-        if state.get("due") is not None:
-            marker["due"] = state["due"]
-        states[key] = marker
+    older events arriving under it are dropped and newer activity starts a new profile here.
+
+    With ``claimed``, the word of an erased key whose person's profile had asked to join this one,
+    and was let in, before the erase reached it: this profile is the person's, and is erased as of
+    the same time (its redirects pass the word on to their root, where the claim went).  Only a
+    profile that holds the key's claim, or has it among its links, takes it for itself."""
+    if graph.is_redirect(state) and state is not None:
+        if state["merged_into"] == message["root"]:
+            marker: State = {"erased_at": message["erased_at"]}
+            if state.get("due") is not None:
+                marker["due"] = state["due"]
+            states[key] = marker
+        elif message.get("claimed"):
+            return Effects(send=[(state["merged_into"], message)])
+        return Effects()
+    erased_at = message.get("erased_at")
+    if (message.get("claimed") and graph.is_live(state)
+            and (message["root"] in state.get("claimed", {}) or message["root"] in state.get("links", ()))
+            and isinstance(erased_at, int) and not isinstance(erased_at, bool)):
+        erase = {"type": "erase", "event_id": f"{graph.FORGET}:{message['root']}", "ts": erased_at,
+                 "kind": "identities"}
+        got = receive(state, key, erase, None, rules)
+        effects = Effects()
+        if got.outcome == "erased":
+            _erased(states, key, state, got, rules, effects)
+            effects.changed = True
+        return effects
     return Effects()

@@ -115,6 +115,21 @@ def _ask(key: str, state: LiveState, root: str, kind: str, at: int | None = None
     return Routing(state, send=[(root, ask)])
 
 
+def _at(message: Mapping[str, Any]) -> int | None:
+    """The time of the event that made a link, as the link message carries it (older workers' do not)."""
+    at = message.get("at")
+    return at if isinstance(at, int) and not isinstance(at, bool) else None
+
+
+def _approval(key: str, kind: str, keys: list[str], ask: Mapping[str, Any]) -> dict[str, Any]:
+    """``key``'s yes to an ask, with the identifiers it agreed to and the time the ask carried."""
+    ok: dict[str, Any] = {"type": LINK, "root": key, "kind": kind, "ok": True, "keys": keys}
+    at = _at(ask)
+    if at is not None:
+        ok["at"] = at
+    return ok
+
+
 def holding(key: str) -> LiveState:
     """A live profile with nothing in it yet, at an empty key that approved an ask: it holds the claim,
     so the next ask is decided on the union (nothing written, every asker of one shared empty key was
@@ -216,7 +231,7 @@ def place(key: str, state: LiveState, event: dict[str, Any], limits: Limits | No
         links.extend(new)
         links.sort(key=rank)
         mine = sorted(identity_keys(key, state), key=rank)  # read as an ask if a redirect passes it on
-        send += [(k, {"type": LINK, "root": key, "kind": "exact", "keys": mine}) for k in new]
+        send += [(k, {"type": LINK, "root": key, "kind": "exact", "keys": mine, "at": event["ts"]}) for k in new]
     # an identifier beyond the limit stays apart: if it has a profile, that profile notes this one
     send += [(k, {"type": POSSIBLE, "to": k, "other": key, "score": 0.0}) for k in over]
     if root != key:
@@ -247,8 +262,7 @@ def on_link(key: str, state: State | None, message: dict[str, Any], limits: Limi
             agreed = sorted({key, root, *theirs}, key=rank)
             held = holding(key)
             add_claims(held, {root: agreed})
-            return Routing(held, send=[(root, {"type": LINK, "root": key, "kind": kind, "ok": True, "keys": agreed})],
-                           changed=True)
+            return Routing(held, send=[(root, _approval(key, kind, agreed, message))], changed=True)
         return Routing(_redirect(root, None))
     if is_redirect(state):
         current = state["merged_into"]
@@ -262,6 +276,15 @@ def on_link(key: str, state: State | None, message: dict[str, Any], limits: Limi
     if not is_live(state):  # an erasure marker: the erased person is not linked to anything again
         at, erased_at = message.get("at"), state.get("erased_at")
         after = isinstance(at, int) and isinstance(erased_at, int) and at > erased_at
+        if (rank(root) < rank(key) and _at(message) is not None and not after and "erased_at" not in message
+                and isinstance(erased_at, int)):
+            # A smaller profile names this key as its person's, by an event stamped at or before the
+            # erase: a link its identify sent, or its yes to an ask the person's profile made here
+            # before the erase reached it.  What it holds is the erased person's, and is erased too.
+            # It holds this key among its links or claims, by which it knows the word is meant for it.
+            # (A link made after the erase, a newcomer's, is left; so is one that carries no time, from
+            # a fuzzy match or an older worker: a guess is not enough to erase a profile.)
+            return Routing(state, send=[(root, {"type": FORGET, "root": key, "erased_at": erased_at, "claimed": True})])
         if rank(root) > rank(key) and "keys" in message and not after:
             # a profile linked to the person before the erase reached it asks to join: it is theirs,
             # so it is let in, and dropped on arrival (as an absorb at a marker is).  An ask that an
@@ -273,7 +296,8 @@ def on_link(key: str, state: State | None, message: dict[str, Any], limits: Limi
     if rank(root) < rank(key):
         approved = message.get("keys")
         if message.get("ok") and isinstance(approved, list) and not identity_keys(key, state) <= set(approved):
-            return _ask(key, state, root, kind)  # it took others in after it asked: the root decides on all
+            # it took others in after it asked: the root decides on all
+            return _ask(key, state, root, kind, _at(message))
         if message.get("ok"):
             routing = _give_up(key, state, root, kind)
             if isinstance(message.get("erased_at"), int):  # the root is an erased person: so is this
@@ -287,7 +311,7 @@ def on_link(key: str, state: State | None, message: dict[str, Any], limits: Limi
                     routing.erased = profile_id_for(key)
                 routing.withdrawn = withdrawals(key, state, "erased", message["erased_at"])
             return routing
-        return _ask(key, state, root, kind)  # ask the root whether this profile may join it
+        return _ask(key, state, root, kind, _at(message))  # ask the root whether this profile may join it
     # the profile at ``root`` asks to join this one
     theirs = message.get("keys")
     if limits is None:
@@ -309,8 +333,7 @@ def on_link(key: str, state: State | None, message: dict[str, Any], limits: Limi
                        limited=over, changed=replaced)
     approved = sorted({root, *theirs}, key=rank)
     add_claims(state, {root: approved})
-    return Routing(state, send=[(root, {"type": LINK, "root": key, "kind": kind, "ok": True, "keys": approved})],
-                   changed=True)
+    return Routing(state, send=[(root, _approval(key, kind, approved, message))], changed=True)
 
 
 def add_claims(state: LiveState, claims: Mapping[str, Any]) -> None:

@@ -160,7 +160,9 @@ def receive(state: LiveState | ErasureMarker | None, key: str, event: dict[str, 
         return Received(state, "forgotten")
     if state is not None and "profile" not in state:  # an erasure marker; the event is newer
         state = None
-    elif state is not None and repeated(state, event):
+    elif state is not None and event["type"] != "erase" and repeated(state, event):
+        # (an erase is never a repeat: one stamped before the window of ids the profile still holds
+        # is still the person's word, and an erase read again finds a marker, above)
         return Received(state, "duplicate", before_dedupe=event["event_id"] not in state["seen"])
     if event["type"] == "erase":
         previous = state.get("erased_at") if state is not None else None

@@ -261,6 +261,20 @@ def test_erase_forgets_the_person_and_a_replay_of_older_events_brings_nothing_ba
     assert person.state["profile"]["aggregates"]["event_counts"] == {"product_view": 1}
 
 
+def test_an_erase_stamped_before_the_window_of_remembered_ids_still_erases() -> None:
+    """Past the bound of seen ids the oldest are forgotten, and anything stamped before the newest of
+    them counts as a repeat.  An erase is never a repeat: one that arrives late, stamped before that
+    window, erased nothing before (the person's profile stayed as it was)."""
+    t = ms(T0)
+    got = receive(None, "u:u-1", ev("v-1", "product_view", t + 10 * MIN, product_id="a"), None, RULES)
+    assert got.state is not None
+    got.state["seen_from"] = t + 8 * MIN  # ids of events before this were forgotten
+    erased = receive(got.state, "u:u-1", ev("x-1", "erase", t + 5 * MIN), None, RULES)
+    assert erased.outcome == "erased"
+    assert erased.state is not None and erased.state["erased_at"] == t + 5 * MIN
+    assert [entry[2] for entry in erased.state["pending"]] == ["v-1"]  # stamped after it: a new profile
+
+
 @pytest.mark.parametrize("most", [1000, 40])
 def test_a_profile_parks_at_most_a_bound_while_the_watermark_is_held_back(most: int) -> None:
     rules = RULES if most == 1000 else RuleSet.build(PipelineConfig.model_validate(
