@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from schemas.timeparse import MAX_EPOCH_MS, MIN_EPOCH_MS
 from streams.domain import identity_graph as graph
 from streams.domain import possible_matches
 from streams.domain.identity import profile_key, rank
@@ -24,7 +25,7 @@ from streams.domain.profile import snapshot, trim_currencies, trim_traits
 from streams.domain.resolution.blocks import block_keys, drop_member, on_block_message, person_record
 from streams.domain.rules import score_timer
 from streams.domain.state import LiveState, State
-from streams.domain.timeline import Received, RuleSet, advance, receive
+from streams.domain.timeline import Received, RuleSet, advance, later_activity, receive
 
 
 @dataclass
@@ -65,7 +66,11 @@ def dispatch(states: MutableMapping[str, State | None], blocks: MutableMapping[s
         return effects
     state = states.get(key)
     if kind == graph.LINK:
-        effects = _apply(states, key, graph.on_link(key, state, message, rules.identity_limits))
+        routing = graph.on_link(key, state, message, rules.identity_limits)
+        if routing.erase_as_of is not None:
+            effects = _erase_as_of(states, key, state, routing.erase_as_of, f"{kind}:{message['root']}", rules)
+        else:
+            effects = _apply(states, key, routing)
     elif kind == graph.ABSORB:
         effects = _on_absorb(states, key, state, message, watermark, rules)
     elif kind == graph.POSSIBLE:
@@ -104,6 +109,9 @@ def _on_event(states: MutableMapping[str, State | None], key: str, state: State 
                       before_dedupe=got.before_dedupe)
     if got.outcome == "erased":
         _erased(states, key, state, got, rules, effects)
+        marker = states[key]
+        assert marker is not None and "erased_at" in marker
+        marker["erased_here"] = True
         return effects
     if got.outcome != "processed" or got.state is None:
         return effects
@@ -179,14 +187,20 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
     if state is not None and graph.is_live(state) and absorbed["seen"] and \
             state["seen"].keys() >= absorbed["seen"].keys():
         return effects  # delivered again (at least once): its events are all here already
-    if state is not None and not graph.is_live(state):
-        # an erasure marker: the person was erased, and what arrives is theirs (linked before the
-        # erase reached it): it is dropped too.  Their later activity starts a new profile here.
-        # (A profile all of whose events are stamped after the erasure, a newcomer whose ask the
-        # person approved just before the erase came, is dropped too: settled here, it let the
-        # person's other profiles approved before the erase merge into it later, older data and all.)
-        effects.withdrawn += graph.withdrawals(message["from"], absorbed, "erased", state["erased_at"])
-        return effects
+    erased_at = state.get("erased_at") if state is not None else None
+    if erased_at is not None and (graph.oldest_event_ms(absorbed) <= erased_at
+                                  or (not graph.is_live(state) and graph.is_holding(absorbed))):
+        # The person here was erased (an erasure marker, or their later activity), and what arrives
+        # holds something stamped at or before the erasure: it is theirs (linked before the erase
+        # reached it), and is dropped too, also when their later activity has started a new profile
+        # here (before 2026-12-07 it merged into that one, older data and all).  A profile all of
+        # whose events are stamped after the erasure (a newcomer whose ask the person approved just
+        # before the erase came) is later activity: it settles here (before, it was dropped).
+        effects.withdrawn += graph.withdrawals(message["from"], absorbed, "erased", erased_at)
+        later = later_activity(absorbed, message["from"], erased_at, rules)
+        if later is None:
+            return effects
+        absorbed = later  # its events stamped after the erasure, still parked: later activity, kept
     limits = rules.limits
     if watermark is not None:
         # new here: neither parked here nor folded here (merge_pending drops those it already folded)
@@ -201,9 +215,13 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
         if not graph.is_holding(absorbed):  # (one with nobody in it brings only its claims and links)
             effects.merges.append(message.get("kind", "exact"))
         effects.history_dropped = _history_size(state) + _history_size(absorbed) - _history_size(merged)
-    else:  # nothing here yet (or only the claims of askers): the arriving profile settles under this key
+    else:  # nothing here yet (or only the claims of askers, or a marker): the arriving profile settles here
         # from a state of neutral times (created latest, updated earliest): the arrival's are the profile's
         merged = merge_states(graph.holding(key), absorbed, key, limits)
+        if erased_at is not None and state is not None:  # an erased person's later activity: older events stay dropped
+            merged["erased_at"] = max(erased_at, merged.get("erased_at", erased_at))
+            if state.get("erased_here") is True:
+                merged["erased_here"] = True
         if graph.is_live(state):  # a holding: its claims, and the links of holdings it took in
             merged["due"] = state.get("due")
             graph.add_claims(merged, state.get("claimed", {}))
@@ -412,25 +430,41 @@ def _on_forget(states: MutableMapping[str, State | None], key: str, state: State
     and was let in, before the erase reached it: this profile is the person's, and is erased as of
     the same time (its redirects pass the word on to their root, where the claim went).  Only a
     profile that holds the key's claim, or has it among its links, takes it for itself."""
-    if graph.is_redirect(state) and state is not None:
-        if state["merged_into"] == message["root"]:
-            marker: State = {"erased_at": message["erased_at"]}
+    root, erased_at = message.get("root"), message.get("erased_at")
+    if not isinstance(root, str) or not isinstance(erased_at, int) or not MIN_EPOCH_MS <= erased_at <= MAX_EPOCH_MS:
+        return Effects()  # not one of ours (``bool`` is no time either: True is 1, before MIN_EPOCH_MS)
+    if graph.is_redirect(state):
+        if state["merged_into"] == root:
+            marker: State = {"erased_at": erased_at}
             if state.get("due") is not None:
                 marker["due"] = state["due"]
             states[key] = marker
-        elif message.get("claimed"):
+        elif message.get("claimed") is True:
             return Effects(send=[(state["merged_into"], message)])
         return Effects()
-    erased_at = message.get("erased_at")
-    if (message.get("claimed") and graph.is_live(state)
-            and (message["root"] in state.get("claimed", {}) or message["root"] in state.get("links", ()))
-            and isinstance(erased_at, int) and not isinstance(erased_at, bool)):
-        erase = {"type": "erase", "event_id": f"{graph.FORGET}:{message['root']}", "ts": erased_at,
-                 "kind": "identities"}
-        got = receive(state, key, erase, None, rules)
-        effects = Effects()
-        if got.outcome == "erased":
-            _erased(states, key, state, got, rules, effects)
-            effects.changed = True
-        return effects
+    if message.get("claimed") is True and graph.is_live(state):
+        named = {root, message.get("via")}
+        if not named.isdisjoint([*state.get("claimed", {}), *state.get("links", ())]):
+            return _erase_as_of(states, key, state, erased_at, f"{graph.FORGET}:{root}", rules)
     return Effects()
+
+
+def _erase_as_of(states: MutableMapping[str, State | None], key: str, state: State | None, erased_at: int,
+                 cause: str, rules: RuleSet) -> Effects:
+    """The live profile at ``key`` turned out to be a person's who was erased at ``erased_at``: it is
+    erased as the erase would have erased it.  One that holds nothing stamped at or before then (a
+    newcomer's, or nobody's yet) is their later activity: it keeps what it has, and from now on
+    drops what comes stamped at or before the erasure, as a profile started after an erase does."""
+    if not graph.is_live(state):
+        return Effects()
+    if graph.oldest_event_ms(state) > erased_at:
+        if state.get("erased_at", erased_at - 1) >= erased_at:
+            return Effects()
+        state["erased_at"] = erased_at
+        return Effects(changed=True)
+    got = receive(state, key, {"type": "erase", "event_id": cause, "ts": erased_at, "kind": "identities"},
+                  None, rules)
+    effects = Effects(changed=True)
+    if got.outcome == "erased":
+        _erased(states, key, state, got, rules, effects)
+    return effects

@@ -148,6 +148,13 @@ def is_holding(state: State | None) -> bool:
             and state["profile"]["created_at"] == MAX_EPOCH_MS and state["profile"]["version"] == 0)
 
 
+def oldest_event_ms(state: LiveState) -> int:
+    """The time of the oldest event a live state holds, folded or parked (:data:`MAX_EPOCH_MS`: none)."""
+    pending = state.get("pending")
+    oldest: int = state["profile"]["created_at"]
+    return min(oldest, pending[0][0]) if pending else oldest
+
+
 def smallest(keys: Iterable[str]) -> str:
     return min(keys, key=rank)
 
@@ -181,6 +188,8 @@ class Routing:
     #: (profile id, "erased", made up to) of the profiles that were that person's (:func:`withdrawals`)
     withdrawn: list[tuple[str, str, int]] = field(default_factory=list)
     changed: bool = False  # ``state`` is the key's own, changed in place: it must be written back
+    #: the profile turned out to be a person's who was erased at this time (the caller erases it)
+    erase_as_of: int | None = None
 
 
 def withdrawal_ids(key: str, state: LiveState) -> list[str]:
@@ -246,8 +255,8 @@ def place(key: str, state: LiveState, event: dict[str, Any], limits: Limits | No
 def on_link(key: str, state: State | None, message: dict[str, Any], limits: Limits | None = None) -> Routing:
     """``key`` belongs to the component of ``message["root"]``.  Between two live profiles this is
     an ask, answered by the smaller one (module doc, identity limits)."""
-    root, kind = message["root"], message.get("kind", "exact")
-    if root == key:
+    root, kind = message.get("root"), message.get("kind", "exact")
+    if root == key or not isinstance(root, str):  # (not one of ours: no root to link to)
         return Routing(state)
     if state is None:
         if rank(root) > rank(key):  # an ask reached an empty key: the asker settles here
@@ -271,20 +280,30 @@ def on_link(key: str, state: State | None, message: dict[str, Any], limits: Limi
         if message.get("from") == current:  # this key's profile moved to ``root``
             return Routing({**state, "merged_into": root})
         # anyone else's word goes to this key's profile, which asks or decides (never an ``ok``:
-        # that was meant for a profile that has since joined another)
-        return Routing(state, send=[(current, {k: v for k, v in message.items() if k != "ok"})])
+        # that was meant for a profile that has since joined another); ``via``: the key it was sent to
+        passed = {k: v for k, v in message.items() if k != "ok"}
+        passed.setdefault("via", key)
+        return Routing(state, send=[(current, passed)])
+    erased_at = state.get("erased_at")  # (a marker, or a profile of an erased person's later activity)
+    at = _at(message)
+    if (isinstance(erased_at, int) and at is not None and at <= erased_at and rank(root) < rank(key)
+            and "erased_at" not in message
+            and ((message.get("ok") is True and not is_live(state)) or state.get("erased_here") is True)):
+        # A smaller profile names this key as its person's, by an event stamped at or before the erase:
+        # its yes to an ask the person's profile made here before the erase reached it, or, where the
+        # erase was carried out (this was the person's root, not an identifier they may have shared
+        # with someone the identity limits kept apart), a link its identify sent.  What it holds is the
+        # erased person's, and is erased too; this key does not join it.  It holds this key (or the key
+        # the link was sent to, ``via``) among its links or claims, by which it knows the word is meant
+        # for it.  A link made after the erase (a newcomer's) is handled as any other; so is one that
+        # carries no time (a fuzzy match's, an older worker's): a guess is not enough to erase a profile.
+        forget: dict[str, Any] = {"type": FORGET, "root": key, "erased_at": erased_at, "claimed": True}
+        if isinstance(message.get("via"), str):
+            forget["via"] = message["via"]
+        return Routing(state, send=[(root, forget)])
     if not is_live(state):  # an erasure marker: the erased person is not linked to anything again
-        at, erased_at = message.get("at"), state.get("erased_at")
-        after = isinstance(at, int) and isinstance(erased_at, int) and at > erased_at
-        if (rank(root) < rank(key) and _at(message) is not None and not after and "erased_at" not in message
-                and isinstance(erased_at, int)):
-            # A smaller profile names this key as its person's, by an event stamped at or before the
-            # erase: a link its identify sent, or its yes to an ask the person's profile made here
-            # before the erase reached it.  What it holds is the erased person's, and is erased too.
-            # It holds this key among its links or claims, by which it knows the word is meant for it.
-            # (A link made after the erase, a newcomer's, is left; so is one that carries no time, from
-            # a fuzzy match or an older worker: a guess is not enough to erase a profile.)
-            return Routing(state, send=[(root, {"type": FORGET, "root": key, "erased_at": erased_at, "claimed": True})])
+        # (an ask from a fuzzy match, which carries no time, is not taken for the person's either)
+        after = (at is not None and isinstance(erased_at, int) and at > erased_at) or (at is None and kind == "fuzzy")
         if rank(root) > rank(key) and "keys" in message and not after:
             # a profile linked to the person before the erase reached it asks to join: it is theirs,
             # so it is let in, and dropped on arrival (as an absorb at a marker is).  An ask that an
@@ -299,18 +318,10 @@ def on_link(key: str, state: State | None, message: dict[str, Any], limits: Limi
             # it took others in after it asked: the root decides on all
             return _ask(key, state, root, kind, _at(message))
         if message.get("ok"):
-            routing = _give_up(key, state, root, kind)
-            if isinstance(message.get("erased_at"), int):  # the root is an erased person: so is this
-                marker: State = {"erased_at": message["erased_at"]}
-                if state.get("due") is not None:
-                    marker["due"] = state["due"]
-                routing.state = marker
-                routing.send = routing.send[1:]  # the absorb would be dropped there anyway
-                routing.retired = None
-                if state.get("published"):
-                    routing.erased = profile_id_for(key)
-                routing.withdrawn = withdrawals(key, state, "erased", message["erased_at"])
-            return routing
+            erased_at = message.get("erased_at")
+            if isinstance(erased_at, int) and not isinstance(erased_at, bool):
+                return Routing(state, erase_as_of=erased_at)  # the root is an erased person: so is this
+            return _give_up(key, state, root, kind)
         return _ask(key, state, root, kind, _at(message))  # ask the root whether this profile may join it
     # the profile at ``root`` asks to join this one
     theirs = message.get("keys")

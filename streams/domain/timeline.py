@@ -148,6 +148,21 @@ def ensure_rule_state(state: LiveState) -> LiveState:
     return state
 
 
+def later_activity(state: LiveState, key: str, erased_at: int, rules: RuleSet) -> LiveState | None:
+    """What of an erased person's profile is kept: the events stamped after the erasure that arrived
+    before it (still parked) are their later activity, and start a new profile, as they would have
+    had they come after it (None: there are none)."""
+    later = [entry for entry in state.get("pending", ()) if entry[0] > erased_at]
+    if not later:
+        return None
+    fresh = ensure_rule_state(new_state(key, later[0][0]))
+    fresh["erased_at"] = erased_at
+    for entry in later:
+        remember(fresh, entry[3], rules.retention_ms, limits=rules.limits)
+    fresh["pending"] = later
+    return fresh
+
+
 def receive(state: LiveState | ErasureMarker | None, key: str, event: dict[str, Any], watermark: int | None,
             rules: RuleSet) -> Received:
     """Dedupes an accepted (non-tick) event and parks it until the watermark reaches it.
@@ -158,6 +173,7 @@ def receive(state: LiveState | ErasureMarker | None, key: str, event: dict[str, 
     erased_at = state.get("erased_at") if state is not None else None
     if erased_at is not None and event["ts"] <= erased_at:
         return Received(state, "forgotten")
+    previous_state = state
     if state is not None and "profile" not in state:  # an erasure marker; the event is newer
         state = None
     elif state is not None and event["type"] != "erase" and repeated(state, event):
@@ -167,21 +183,15 @@ def receive(state: LiveState | ErasureMarker | None, key: str, event: dict[str, 
     if event["type"] == "erase":
         previous = state.get("erased_at") if state is not None else None
         at = event["ts"] if previous is None else max(previous, event["ts"])
-        # events stamped after the erasure that arrived before it (still parked) are the person's
-        # later activity: they start the new profile, as they would have had they come after it
-        later = [entry for entry in state["pending"] if entry[0] > at] if state is not None else []
-        if not later:
-            return Received({"erased_at": at}, "erased")
-        fresh = ensure_rule_state(new_state(key, later[0][0]))
-        fresh["erased_at"] = at
-        for entry in later:
-            remember(fresh, entry[3], rules.retention_ms, limits=rules.limits)
-        fresh["pending"] = later
-        return Received(fresh, "erased")
+        fresh = later_activity(state, key, at, rules) if state is not None else None
+        return Received(fresh if fresh is not None else {"erased_at": at}, "erased")
     if state is None:
+        here = previous_state is not None and previous_state.get("erased_here") is True
         state = ensure_rule_state(new_state(key, event["ts"]))
         if erased_at is not None:
             state["erased_at"] = erased_at
+            if here:
+                state["erased_here"] = True
     else:
         state = ensure_rule_state(state)
     dropped: dict[str, int] = {}

@@ -158,7 +158,7 @@ def test_erase_after_a_merge_forgets_every_identifier_of_the_person() -> None:
               ev("v-3", "product_view", 1, anonymous_id="a-5", product_id="sku-3")]
     run = run_locally(events + replay, UNTIL, RULES)
     assert run.profiles == {}
-    assert run.states["u:u-17"] == {"erased_at": T0 + 2 * MIN}
+    assert run.states["u:u-17"] == {"erased_at": T0 + 2 * MIN, "erased_here": True}
 
 
 def test_an_absorb_delivered_twice_counts_once() -> None:
@@ -217,7 +217,7 @@ def test_a_newcomer_naming_an_erased_address_as_a_second_one_is_not_erased_with_
               ev("v-2", "product_view", 3, email="z@example.com", product_id="sku-1"),
               ev("i-2", "identify", 10, email="z@example.com", traits={"email": "a@example.com"})]
     run = run_locally(events, UNTIL, RULES)
-    assert run.states["e:a@example.com"] == {"erased_at": T0 + 2 * MIN}
+    assert run.states["e:a@example.com"] == {"erased_at": T0 + 2 * MIN, "erased_here": True}
     [profile] = run.profiles.values()
     assert profile["email"] == "z@example.com"
     assert profile["aggregates"]["event_counts"] == {"product_view": 1, "identify": 1}
@@ -231,8 +231,10 @@ def test_a_newcomer_naming_an_erased_address_as_a_second_one_is_not_erased_with_
 @pytest.mark.parametrize("newcomer_first", [True, False])
 def test_what_arrives_after_an_erase_keeps_nothing_stamped_before_it_in_either_order(newcomer_first: bool) -> None:
     """The person's other profile (a purchase before the erase) and a newcomer were both approved just
-    before the erase came.  A version that let the newcomer (all stamped after the erase) settle at
-    the erased key then merged the person's profile into it, purchase and all: both are dropped."""
+    before the erase came.  The newcomer (all stamped after the erase) settles at the erased key as
+    later activity; the person's profile is dropped, whichever comes first.  (A version that let the
+    newcomer settle merged the person's profile into it later, purchase and all; the next dropped the
+    newcomer too.)"""
     from collections import deque
 
     from streams.domain.identity import profile_key
@@ -264,7 +266,9 @@ def test_what_arrives_after_an_erase_keeps_nothing_stamped_before_it_in_either_o
     order = ["e:new@example.com", "e:b-person@example.com"]
     for target in order if newcomer_first else reversed(order):
         deliver(deque(dispatch(states, blocks, target, oks[target], None, RULES).send))
-    assert states["e:a-old@example.com"] == {"erased_at": T0 + 5 * MIN}
+    kept = states["e:a-old@example.com"]
+    assert graph.is_live(kept) and kept["erased_at"] == T0 + 5 * MIN and kept["seen"].keys() == {"n1"}
+    assert kept["profile"]["created_at"] == T0 + 10 * MIN and kept["profile"]["aggregates"]["orders"] == 0
     assert not [key for key, state in states.items() if graph.is_live(state) and "b0" in state["seen"]]
 
 
@@ -327,7 +331,7 @@ def test_a_link_from_before_the_erase_reaching_the_marker_erases_the_profile_tha
     after = [erase, ev("n-i1", "identify", 8, user_id="u-n", traits={"email": "p@example.com"}),
              ev("n-v2", "product_view", 9, user_id="u-n", product_id="s2")]
     run = run_locally(after, UNTIL, RULES)
-    assert run.states["e:p@example.com"] == {"erased_at": T0 + 5 * MIN}
+    assert run.states["e:p@example.com"] == {"erased_at": T0 + 5 * MIN, "erased_here": True}
     assert live_keys(run.states) == ["u:u-n"] and run.states["u:u-n"]["seen"].keys() == {"n-i1", "n-v2"}
 
 
@@ -345,15 +349,98 @@ def test_a_redirect_passes_the_erased_keys_word_on_to_its_root_and_other_profile
     assert states["u:u-a"] == {"erased_at": T0 + 5 * MIN}
 
 
-@pytest.mark.parametrize("seed", range(40))
-def test_no_profile_keeps_an_erased_persons_events_whatever_the_identity_messages_order(seed: int) -> None:
-    """Every event of three people is received, then their identity messages are delivered in a random
-    order with the erase of one of them (by any of their identifiers) somewhere among them.  Before the
-    erased key answered the links and yeses that came after the erase, 66 of 300 such runs ended
-    with a profile holding the erased person's older events."""
+def test_the_persons_profile_arriving_after_their_later_activity_began_brings_nothing_older() -> None:
+    """The person's anonymous profile (a purchase) was let in just before the erase; the person came back
+    under the erased address before it arrived.  It merged into that new profile, purchase and all."""
     from collections import deque
 
     from streams.domain.identity import profile_key
+    from streams.domain.timeline import advance
+
+    states: dict[str, Any] = {}
+    blocks: dict[str, Any] = {}
+    person = [ev("p-v1", "product_view", 1, email="a@example.com", product_id="s1"),
+              ev("p-b1", "purchase", 2, anonymous_id="x", order_id="o1", total=50.0,
+                 items=[{"product_id": "s2", "quantity": 1, "price": 50.0}]),
+              ev("p-i1", "identify", 3, anonymous_id="x", email="a@example.com")]
+    oks = _deliver(states, blocks, deque((profile_key(e), e) for e in person),
+                   hold=lambda target, m: target == "a:x" and m.get("ok"))
+    advance(states["a:x"], T0 + 4 * MIN, RULES, 0)  # the purchase is folded
+    absorbs = _deliver(states, blocks, deque(oks), hold=lambda target, m: m.get("type") == graph.ABSORB)
+    erase = ev("x-1", "erase", 5, email="a@example.com")
+    later = ev("p-v9", "product_view", 7, email="a@example.com", product_id="s9")
+    _deliver(states, blocks, deque([(profile_key(erase), erase), (profile_key(later), later)]))
+    effects = dispatch(states, blocks, *absorbs[0], None, RULES)
+    assert [why for _, why, _ in effects.withdrawn] == ["erased"]  # what the purchase may have made
+    kept = states["e:a@example.com"]
+    assert kept["seen"].keys() == {"p-v9"} and kept["profile"]["aggregates"]["orders"] == 0
+    assert kept["profile"]["identifiers"]["anonymous_ids"] == {}
+
+
+def test_a_profile_arriving_at_a_marker_with_older_and_newer_events_keeps_the_newer_ones() -> None:
+    """The person's anonymous profile had a view before the erase and one after it (parked), and was let
+    in just before the erase: it arrives at the marker.  Its older part is dropped; the view after the
+    erase is their later activity and starts the new profile (it was dropped with the rest)."""
+    from collections import deque
+
+    from streams.domain.identity import profile_key
+
+    states: dict[str, Any] = {}
+    blocks: dict[str, Any] = {}
+    person = [ev("p-i1", "identify", 1, user_id="u-p", anonymous_id="x"),
+              ev("p-v1", "product_view", 2, anonymous_id="x", product_id="s1"),
+              ev("p-v9", "product_view", 9, anonymous_id="x", product_id="s9")]
+    absorbs = _deliver(states, blocks, deque((profile_key(e), e) for e in person[1:]))
+    assert graph.is_live(states["a:x"])
+    absorbs = _deliver(states, blocks, deque([("u:u-p", person[0])]), hold=lambda t, m: m.get("type") == graph.ABSORB)
+    erase = ev("x-1", "erase", 5, user_id="u-p")
+    _deliver(states, blocks, deque([(profile_key(erase), erase)]))
+    assert states["u:u-p"] == {"erased_at": T0 + 5 * MIN, "erased_here": True}
+    effects = dispatch(states, blocks, *absorbs[0], None, RULES)
+    assert [why for _, why, _ in effects.withdrawn] == ["erased"]
+    kept = states["u:u-p"]
+    assert kept["erased_at"] == T0 + 5 * MIN and kept["seen"].keys() == {"p-v9"}
+    assert [entry[2] for entry in kept["pending"]] == ["p-v9"] and kept["profile"]["created_at"] == T0 + 9 * MIN
+
+
+def test_the_persons_later_activity_does_not_join_a_profile_their_older_identify_named() -> None:
+    """Erased by their anonymous id while their later activity was already parked there, the person's
+    profile at that key is their later activity.  Their user id's identify from before the erase then
+    tells it to join the user id's profile: that profile is theirs, and is erased; the later activity
+    stays where it is (it joined it, and the user id's older events stayed)."""
+    from collections import deque
+
+    from streams.domain.identity import profile_key
+
+    states: dict[str, Any] = {}
+    blocks: dict[str, Any] = {}
+    events = [ev("p-v1", "product_view", 1, anonymous_id="x", product_id="s1"),
+              ev("p-v9", "product_view", 9, anonymous_id="x", product_id="s9"),
+              ev("p-i1", "identify", 2, user_id="u-p", anonymous_id="x"),
+              ev("p-v2", "product_view", 3, user_id="u-p", product_id="s2")]
+    links = _deliver(states, blocks, deque((profile_key(e), e) for e in events),
+                     hold=lambda target, m: target == "a:x" and m.get("type") == graph.LINK)
+    erase = ev("x-1", "erase", 5, anonymous_id="x")
+    _deliver(states, blocks, deque([(profile_key(erase), erase)]))
+    assert states["a:x"]["seen"].keys() == {"p-v9"}  # the later activity, parked before the erase came
+    _deliver(states, blocks, deque(links))
+    assert states["u:u-p"] == {"erased_at": T0 + 5 * MIN}
+    assert live_keys(states) == ["a:x"] and states["a:x"]["seen"].keys() == {"p-v9"}
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_an_erase_among_identity_messages_keeps_nothing_older_and_loses_nothing_newer(seed: int) -> None:
+    """Three people's events are received, then their identity messages are delivered in a random order
+    (a fifth of them twice, as at-least-once delivery may), with profiles advanced at random times, and,
+    somewhere among them, the erase of one person (by any of their identifiers), that person's later
+    activity, and a newcomer naming the erased address.  No profile may end with the erased person's
+    events stamped at or before the erase, and every other event must be in some profile.  At the
+    start of 2026-12-07, 300 such runs ended with older events kept in 147-181 and newer ones lost in
+    103-122 (with the newcomer's events received before the erase, or delivered with it)."""
+    from collections import deque
+
+    from streams.domain.identity import profile_key
+    from streams.domain.timeline import advance
 
     rng = random.Random(seed)
     events = []
@@ -367,8 +454,15 @@ def test_no_profile_keeps_an_erased_persons_events_whatever_the_identity_message
             events += [ev(f"p{i}-i2", "identify", t + 3, email=f"p{i}@example.com", anonymous_id=f"b-{i}"),
                        ev(f"p{i}-v3", "product_view", t + 4, anonymous_id=f"b-{i}", product_id="s3")]
     field_name, value = rng.choice([("email", "p0@example.com"), ("user_id", "u-0"), ("anonymous_id", "a-0")])
-    erase = ev("x-0", "erase", 10, **{field_name: value})
-    later = ev("p0-late", "product_view", 12, anonymous_id="a-0", product_id="s9")
+    late = rng.choice([11, 13])
+    newcomer = [ev("n-i1", "identify", late, email="z@example.com", traits={"email": "p0@example.com"}),
+                ev("n-v1", "product_view", late + 1, email="z@example.com", product_id="s7")]
+    after = [ev("x-0", "erase", 10, **{field_name: value}),
+             ev("p0-late", "product_view", 12, anonymous_id="a-0", product_id="s9")]
+    if rng.random() < 0.5:
+        events += newcomer  # received before the erase (its own events are all stamped after it)
+    else:
+        after += newcomer
     states: dict[str, Any] = {}
     blocks: dict[str, Any] = {}
     rng.shuffle(events)
@@ -379,18 +473,23 @@ def test_no_profile_keeps_an_erased_persons_events_whatever_the_identity_message
     delivered = 0
     while queue or erase_after is not None:
         if erase_after is not None and (delivered >= erase_after or not queue):
-            queue.extend((profile_key(e), e) for e in (erase, later))
+            queue.extend((profile_key(e), e) for e in after)
             erase_after = None
         queue.rotate(-rng.randrange(len(queue)))
         target, message = queue.popleft()
         delivered += 1
+        if message["type"].startswith("_") and rng.random() < 0.2:
+            queue.append((target, copy.deepcopy(message)))
+        if rng.random() < 0.1:  # the watermark moves, short of the erase: profiles fold what they hold
+            for state in list(states.values()):
+                if graph.is_live(state) and not graph.is_holding(state):
+                    advance(state, T0 + 9 * MIN, RULES, 0)
         queue.extend(dispatch(states, blocks, target, message, None, RULES).send)
-    older = [key for key, state in states.items() if graph.is_live(state)
-             and {event_id for event_id in [*state["seen"], *(entry[2] for entry in state.get("pending", ()))]
-                  if event_id.startswith("p0-") and event_id != "p0-late"}]
-    assert older == []
-    held = {event_id for state in states.values() if graph.is_live(state) for event_id in state["seen"]}
-    assert {e["event_id"] for e in events if not e["event_id"].startswith("p0-")} <= held  # nothing else lost
+    held = {event_id for state in states.values() if graph.is_live(state)
+            for event_id in [*state["seen"], *(entry[2] for entry in state.get("pending", ()))]}
+    assert not {event_id for event_id in held if event_id.startswith("p0-") and event_id != "p0-late"}
+    assert {e["event_id"] for e in [*events, *after] if e["event_id"] != "x-0"} - held <= {
+        e["event_id"] for e in events if e["event_id"].startswith("p0-")}  # nothing else lost
 
 
 def test_an_internal_message_of_an_unknown_type_is_skipped_not_taken_for_an_event() -> None:
