@@ -111,7 +111,15 @@ def _on_event(states: MutableMapping[str, State | None], key: str, state: State 
         _erased(states, key, state, got, rules, effects)
         marker = states[key]
         assert marker is not None and "erased_at" in marker
-        marker["erased_here"] = True
+        # how many identifiers of each kind the person had (this key's alone when it held nothing), so
+        # that a profile an older event linked here can be asked whether it would have taken them in
+        # (sorted: the stored bytes must not depend on the order of a set)
+        if graph.is_live(state):
+            marker["erased_keys"] = dict(sorted(graph.key_counts(graph.identity_keys(key, state)).items()))
+        elif state is None:
+            marker["erased_keys"] = graph.key_counts([key])
+        elif "erased_keys" in state:  # erased again at a marker: the person is the same
+            marker["erased_keys"] = state["erased_keys"]
         return effects
     if got.outcome != "processed" or got.state is None:
         return effects
@@ -188,19 +196,17 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
             state["seen"].keys() >= absorbed["seen"].keys():
         return effects  # delivered again (at least once): its events are all here already
     erased_at = state.get("erased_at") if state is not None else None
-    if erased_at is not None and (graph.oldest_event_ms(absorbed) <= erased_at
-                                  or (not graph.is_live(state) and graph.is_holding(absorbed))):
+    if state is not None and erased_at is not None and _the_erased_persons(state, absorbed, message, erased_at):
         # The person here was erased (an erasure marker, or their later activity), and what arrives
-        # holds something stamped at or before the erasure: it is theirs (linked before the erase
-        # reached it), and is dropped too, also when their later activity has started a new profile
-        # here (before 2026-12-07 it merged into that one, older data and all).  A profile all of
-        # whose events are stamped after the erasure (a newcomer whose ask the person approved just
-        # before the erase came) is later activity: it settles here (before, it was dropped).
+        # is theirs: it is dropped too (its person records leave their blocks), but for its parked
+        # events stamped after the erasure, their later activity, which stay here.
         effects.withdrawn += graph.withdrawals(message["from"], absorbed, "erased", erased_at)
+        effects.send += [(block, {"type": graph.BLOCK, "key": member, "drop": True})
+                         for block, member in absorbed.get("blocks", [])]
         later = later_activity(absorbed, message["from"], erased_at, rules)
         if later is None:
             return effects
-        absorbed = later  # its events stamped after the erasure, still parked: later activity, kept
+        absorbed = later
     limits = rules.limits
     if watermark is not None:
         # new here: neither parked here nor folded here (merge_pending drops those it already folded)
@@ -210,7 +216,14 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
         effects.late_absorbed = [entry[3]["src"][0] for entry in absorbed.get("pending", ())
                                  if entry[0] < watermark and entry[2] not in known and entry[3].get("src")]
     if graph.is_live(state) and not graph.is_holding(state):
-        merged = merge_states(state, absorbed, key, limits)
+        if erased_at is not None and "erased_at" not in absorbed:
+            # a later link's profile joins the person's later activity: its own parked events stamped
+            # before the erasure are its own, not the person's, and stay (the erasure time is kept)
+            merged = merge_states(cast(LiveState, {k: v for k, v in state.items() if k != "erased_at"}),
+                                  absorbed, key, limits)
+            merged["erased_at"] = erased_at
+        else:
+            merged = merge_states(state, absorbed, key, limits)
         merged["due"] = state.get("due")
         if not graph.is_holding(absorbed):  # (one with nobody in it brings only its claims and links)
             effects.merges.append(message.get("kind", "exact"))
@@ -220,8 +233,8 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
         merged = merge_states(graph.holding(key), absorbed, key, limits)
         if erased_at is not None and state is not None:  # an erased person's later activity: older events stay dropped
             merged["erased_at"] = max(erased_at, merged.get("erased_at", erased_at))
-            if state.get("erased_here") is True:
-                merged["erased_here"] = True
+            if "erased_keys" in state:  # where the erase was carried out
+                merged["erased_keys"] = state["erased_keys"]
         if graph.is_live(state):  # a holding: its claims, and the links of holdings it took in
             merged["due"] = state.get("due")
             graph.add_claims(merged, state.get("claimed", {}))
@@ -262,6 +275,21 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
     states[key] = merged
     effects.republish = not graph.is_holding(absorbed)  # (one with nobody in it changed nothing published)
     return effects
+
+
+def _the_erased_persons(state: State, absorbed: LiveState, message: dict[str, Any], erased_at: int) -> bool:
+    """Whether a profile arriving at a key whose person was erased is that person's.  The absorb says
+    when the link it answers was made (``at``): at or before the erasure, it is the person's profile,
+    which their profile here agreed to take in before the erase reached it; after it, a later link's
+    (a newcomer's, or the person's later activity's), whatever its history.  Without a time (an older
+    worker's) it is theirs if it holds anything stamped at or before the erasure, but a fuzzy match's
+    (a guess) only at a marker, where a holding with nobody in it is dropped too."""
+    at = message.get("at")
+    if isinstance(at, int) and not isinstance(at, bool) and MIN_EPOCH_MS <= at <= MAX_EPOCH_MS:
+        return at <= erased_at
+    if not graph.is_live(state):
+        return graph.is_holding(absorbed) or graph.oldest_event_ms(absorbed) <= erased_at
+    return message.get("kind") != "fuzzy" and graph.oldest_event_ms(absorbed) <= erased_at
 
 
 def _history_size(state: LiveState) -> int:
@@ -442,10 +470,9 @@ def _on_forget(states: MutableMapping[str, State | None], key: str, state: State
         elif message.get("claimed") is True:
             return Effects(send=[(state["merged_into"], message)])
         return Effects()
-    if message.get("claimed") is True and graph.is_live(state):
-        named = {root, message.get("via")}
-        if not named.isdisjoint([*state.get("claimed", {}), *state.get("links", ())]):
-            return _erase_as_of(states, key, state, erased_at, f"{graph.FORGET}:{root}", rules)
+    if (message.get("claimed") is True and graph.is_live(state)
+            and (root in state.get("claimed", {}) or root in state.get("links", ()))):
+        return _erase_as_of(states, key, state, erased_at, f"{graph.FORGET}:{root}", rules)
     return Effects()
 
 

@@ -115,10 +115,11 @@ def _ask(key: str, state: LiveState, root: str, kind: str, at: int | None = None
     return Routing(state, send=[(root, ask)])
 
 
-def _at(message: Mapping[str, Any]) -> int | None:
-    """The time of the event that made a link, as the link message carries it (older workers' do not)."""
-    at = message.get("at")
-    return at if isinstance(at, int) and not isinstance(at, bool) else None
+def _at(message: Mapping[str, Any], field: str = "at") -> int | None:
+    """The time of the event that made a link, as the link message carries it (older workers' do not),
+    or another event time a message carries (``field``); None: none, or not a time."""
+    at = message.get(field)
+    return at if isinstance(at, int) and not isinstance(at, bool) and MIN_EPOCH_MS <= at <= MAX_EPOCH_MS else None
 
 
 def _approval(key: str, kind: str, keys: list[str], ask: Mapping[str, Any]) -> dict[str, Any]:
@@ -213,11 +214,20 @@ def _redirect(root: str, previous: State | None) -> Redirect:
     return state
 
 
-def _give_up(key: str, state: LiveState, root: str, kind: str, also: Iterable[str] = ()) -> Routing:
-    """``key``'s live profile joins ``root``: its whole state travels, its links are pointed there."""
+def _give_up(key: str, state: LiveState, root: str, kind: str, also: Iterable[str] = (),
+             at: int | None = None) -> Routing:
+    """``key``'s live profile joins ``root``: its whole state travels, its links are pointed there.
+    ``at``: the time of the event that linked the two, by which an erased key tells the person's
+    profile (linked before the erasure) from a later one's."""
     links = sorted({*state.get("links", []), *also} - {root, key}, key=rank)
-    send: list[tuple[str, dict[str, Any]]] = [(root, {"type": ABSORB, "from": key, "kind": kind, "state": state})]
-    send += [(k, {"type": LINK, "root": root, "kind": kind, "from": key}) for k in links]
+    absorb: dict[str, Any] = {"type": ABSORB, "from": key, "kind": kind, "state": state}
+    if at is not None:
+        absorb["at"] = at
+    send: list[tuple[str, dict[str, Any]]] = [(root, absorb)]
+    told: dict[str, Any] = {"type": LINK, "root": root, "kind": kind, "from": key}
+    if at is not None:  # (the time the two were linked: the best known of when this person had these keys)
+        told["at"] = at
+    send += [(k, dict(told)) for k in links]
     return Routing(_redirect(root, state), send=send, retired=profile_id_for(key) if state.get("published") else None)
 
 
@@ -229,7 +239,7 @@ def place(key: str, state: LiveState, event: dict[str, Any], limits: Limits | No
     keys = identifier_keys(event)
     root = smallest([*keys, key])
     if root != key and limits is None:
-        return _give_up(key, state, root, "exact", also=keys)
+        return _give_up(key, state, root, "exact", also=keys, at=_at(event, "ts"))
     links: list[str] = state.setdefault("links", [])
     new = [k for k in keys if k not in (key, root) and k not in links]
     if not new and root == key:
@@ -287,20 +297,25 @@ def on_link(key: str, state: State | None, message: dict[str, Any], limits: Limi
     erased_at = state.get("erased_at")  # (a marker, or a profile of an erased person's later activity)
     at = _at(message)
     if (isinstance(erased_at, int) and at is not None and at <= erased_at and rank(root) < rank(key)
-            and "erased_at" not in message
-            and ((message.get("ok") is True and not is_live(state)) or state.get("erased_here") is True)):
-        # A smaller profile names this key as its person's, by an event stamped at or before the erase:
-        # its yes to an ask the person's profile made here before the erase reached it, or, where the
-        # erase was carried out (this was the person's root, not an identifier they may have shared
-        # with someone the identity limits kept apart), a link its identify sent.  What it holds is the
-        # erased person's, and is erased too; this key does not join it.  It holds this key (or the key
-        # the link was sent to, ``via``) among its links or claims, by which it knows the word is meant
-        # for it.  A link made after the erase (a newcomer's) is handled as any other; so is one that
-        # carries no time (a fuzzy match's, an older worker's): a guess is not enough to erase a profile.
-        forget: dict[str, Any] = {"type": FORGET, "root": key, "erased_at": erased_at, "claimed": True}
-        if isinstance(message.get("via"), str):
-            forget["via"] = message["via"]
-        return Routing(state, send=[(root, forget)])
+            and "erased_at" not in message):
+        # A smaller profile names this key by an event stamped at or before the erasure.  Where the
+        # erase was carried out, that profile is asked whether it would have taken the person in (the
+        # identity limits on its identifiers and the person's counts); its yes, or its yes to an ask
+        # the person's profile made here before the erase reached it, makes it the person's: what it
+        # holds is erased too.  It holds this key among its links, by which it knows the word is meant
+        # for it.  A key that was only one of the person's identifiers (``_forget``) may have been
+        # shared with someone the limits kept apart, and a link that carries no time (a fuzzy
+        # match's, an older worker's) is a guess: neither erases anything.
+        person = state.get("erased_keys")
+        if isinstance(person, dict):
+            if message.get("ok") is True:
+                return Routing(state, send=[(root, {"type": FORGET, "root": key, "erased_at": erased_at,
+                                                    "claimed": True})])
+            if message.get("ok") is None and "via" not in message and "counts" not in message:
+                return Routing(state, send=[(root, {"type": LINK, "root": key, "kind": kind, "counts": person,
+                                                    "at": at})])
+        if is_live(state) and message.get("ok") is None:
+            return Routing(state)  # the person's later activity does not join what named them before
     if not is_live(state):  # an erasure marker: the erased person is not linked to anything again
         # (an ask from a fuzzy match, which carries no time, is not taken for the person's either)
         after = (at is not None and isinstance(erased_at, int) and at > erased_at) or (at is None and kind == "fuzzy")
@@ -308,7 +323,14 @@ def on_link(key: str, state: State | None, message: dict[str, Any], limits: Limi
             # a profile linked to the person before the erase reached it asks to join: it is theirs,
             # so it is let in, and dropped on arrival (as an absorb at a marker is).  An ask that an
             # event stamped after the erase made (it names the erased key as a second address) is a
-            # newcomer's: left unanswered, the two stay apart, as the person's later activity starts anew
+            # newcomer's: left unanswered, the two stay apart, as the person's later activity starts anew.
+            # Where the erase was carried out the identity limits apply as the person's profile would
+            # have applied them (its counts and the asker's keys, this key counted once): one the limits
+            # would have kept apart is someone else sharing an identifier, and is left unanswered too.
+            person, theirs = state.get("erased_keys"), message.get("keys")
+            if (isinstance(person, dict) and limits is not None and isinstance(theirs, list)
+                    and not _within(person, key_counts({k for k in theirs if isinstance(k, str)} - {key}), limits)):
+                return Routing(state)
             return Routing(state, send=[(root, {"type": LINK, "root": key, "kind": kind, "ok": True,
                                                 "erased_at": state.get("erased_at")})])
         return Routing(state)
@@ -318,18 +340,24 @@ def on_link(key: str, state: State | None, message: dict[str, Any], limits: Limi
             # it took others in after it asked: the root decides on all
             return _ask(key, state, root, kind, _at(message))
         if message.get("ok"):
-            erased_at = message.get("erased_at")
-            if isinstance(erased_at, int) and not isinstance(erased_at, bool):
-                return Routing(state, erase_as_of=erased_at)  # the root is an erased person: so is this
-            return _give_up(key, state, root, kind)
+            erased = _at(message, "erased_at")
+            if erased is not None:
+                return Routing(state, erase_as_of=erased)  # the root is an erased person: so is this
+            return _give_up(key, state, root, kind, at=_at(message))
         return _ask(key, state, root, kind, _at(message))  # ask the root whether this profile may join it
     # the profile at ``root`` asks to join this one
+    counts = message.get("counts")
+    if isinstance(counts, dict):
+        return _would_take_in(key, state, root, kind, counts, message, limits)
     theirs = message.get("keys")
     if limits is None:
         return Routing(state, send=[(root, {"type": LINK, "root": key, "kind": kind, "ok": True})])
     if not isinstance(theirs, list) or not all(isinstance(k, str) for k in theirs):
         # told without its identifiers (a link passed on by a redirect, a fuzzy match): it asks
-        return Routing(state, send=[(root, {"type": LINK, "root": key, "kind": kind})])
+        ask: dict[str, Any] = {"type": LINK, "root": key, "kind": kind}
+        if _at(message) is not None:
+            ask["at"] = _at(message)
+        return Routing(state, send=[(root, ask)])
     # the union, so an ask read again, or from a profile already here, is decided the same way; an
     # earlier claim of the same asker is replaced by this ask (it asks again because it took others
     # in: refused, its old claim would hold room it can no longer use)
@@ -345,6 +373,34 @@ def on_link(key: str, state: State | None, message: dict[str, Any], limits: Limi
     approved = sorted({root, *theirs}, key=rank)
     add_claims(state, {root: approved})
     return Routing(state, send=[(root, _approval(key, kind, approved, message))], changed=True)
+
+
+def _would_take_in(key: str, state: LiveState, root: str, kind: str, counts: Mapping[str, Any],
+                   message: Mapping[str, Any], limits: Limits | None) -> Routing:
+    """An erased person's key asks whether this profile, which an event stamped before the erasure
+    linked to it, would have taken the person (``counts`` identifiers of each kind) in: yes within the
+    limits, with the key counted once (this profile links it already).  A no is silence: the two stay
+    apart, as they would have, and nothing is recorded of the erased person."""
+    shared = LIMIT_OF_KIND.get(root.partition(":")[0], "")
+    theirs = {name: count - (name == shared) for name, count in counts.items() if isinstance(count, int)}
+    if limits is not None and not _within(theirs, key_counts(identity_keys(key, state) | {root}), limits):
+        return Routing(state)
+    ok: dict[str, Any] = {"type": LINK, "root": key, "kind": kind, "ok": True}
+    at = _at(message)
+    if at is not None:
+        ok["at"] = at
+    return Routing(state, send=[(root, ok)])
+
+
+def _within(person: Mapping[str, Any], others: Mapping[str, int], limits: Limits) -> bool:
+    """Whether an erased person's identifiers (``person``: counts by kind) and ``others`` (counts of
+    identifiers not among them) stay within ``limits`` together.  Counts that are not counts (not one
+    of our markers) are over."""
+    for name, most in limits.items():
+        count = person.get(name, 0)
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0 or count + others.get(name, 0) > most:
+            return False
+    return True
 
 
 def add_claims(state: LiveState, claims: Mapping[str, Any]) -> None:

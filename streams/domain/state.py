@@ -116,7 +116,7 @@ class LiveState(TypedDict):
     blocks: NotRequired[list[list[str]]]  # [fuzzy-matching block, member key] pairs this person is in
     match_aliases: NotRequired[dict[str, str]]  # possible-match keys now part of another profile
     erased_at: NotRequired[int]  # the person was erased at this time; this is their later activity
-    erased_here: NotRequired[bool]  # an erase event was carried out at this key (:class:`ErasureMarker`)
+    erased_keys: NotRequired[dict[str, int]]  # the erased person's identifiers by kind (:class:`ErasureMarker`)
     published: NotRequired[bool]  # a snapshot went out: a merge or erase tombstones it
 
 
@@ -133,10 +133,12 @@ class ErasureMarker(TypedDict):
     """A key whose person was erased at ``erased_at``: older events under it are dropped."""
 
     erased_at: int
-    #: an erase event was carried out here (the person's root), not only passed on to this key as one of
-    #: their other identifiers (``_forget``): a link that an event stamped before the erasure sends
-    #: here names this person, not someone who only shares an identifier with them
-    erased_here: NotRequired[bool]
+    #: Where an erase event was carried out (not a key the erase only passed on to as one of the person's
+    #: other identifiers, ``_forget``): how many identifiers of each kind (``identity.max_per_profile``'s
+    #: names) the person's profile had, the key itself included; no identifier is kept.  A profile that
+    #: an event stamped before the erasure linked to this key is asked whether it would have taken the
+    #: person in within the identity limits (``identity_graph.on_link``): if so, it is theirs.
+    erased_keys: NotRequired[dict[str, int]]
     due: NotRequired[int | None]
     links: NotRequired[list[str]]
 

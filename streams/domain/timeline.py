@@ -186,12 +186,11 @@ def receive(state: LiveState | ErasureMarker | None, key: str, event: dict[str, 
         fresh = later_activity(state, key, at, rules) if state is not None else None
         return Received(fresh if fresh is not None else {"erased_at": at}, "erased")
     if state is None:
-        here = previous_state is not None and previous_state.get("erased_here") is True
         state = ensure_rule_state(new_state(key, event["ts"]))
-        if erased_at is not None:
+        if erased_at is not None and previous_state is not None:
             state["erased_at"] = erased_at
-            if here:
-                state["erased_here"] = True
+            if "erased_keys" in previous_state:  # where the erase was carried out
+                state["erased_keys"] = previous_state["erased_keys"]
     else:
         state = ensure_rule_state(state)
     dropped: dict[str, int] = {}

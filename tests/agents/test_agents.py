@@ -224,14 +224,16 @@ async def test_profiles_agent_writes_table_publishes_and_drops_duplicates(pipeli
         state = orjson.loads(pipeline.profile_state.read(b"u:u-1"))
         assert state["profile"]["aggregates"]["event_counts"] == {"page_view": 1, "product_view": 1}
         await profiles.put(_batch(_event("x-1", "erase")))
-        # only an erasure marker stays: the key, the time and that the erase was carried out here
-        assert orjson.loads(pipeline.profile_state.read(b"u:u-1")) == {"erased_at": 1772359200000, "erased_here": True}
+        # only an erasure marker stays: the key, the time and how many identifiers the person had
+        assert orjson.loads(pipeline.profile_state.read(b"u:u-1")) == {
+            "erased_at": 1772359200000, "erased_keys": {"user_ids": 1}}
         # its timers went with it
         assert all(key != b"u:u-1" for n in range(4) for _, key in pipeline.due_index.pop_due(n, 2**62))
         # table writes are staged until the next commit, which writes them first
         assert sent(pipeline, "mailpulse-profile-state-changelog") == []
         pipeline.write_staged()
-        assert orjson.loads(pipeline.profile_state[b"u:u-1"]) == {"erased_at": 1772359200000, "erased_here": True}
+        assert orjson.loads(pipeline.profile_state[b"u:u-1"]) == {"erased_at": 1772359200000,
+                                                                   "erased_keys": {"user_ids": 1}}
     changelog = sent(pipeline, "mailpulse-profile-state-changelog")
     assert [key for key, _, _ in changelog][-1] == b"u:u-1"
     published = sent(pipeline, "profiles")

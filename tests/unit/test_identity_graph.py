@@ -158,7 +158,7 @@ def test_erase_after_a_merge_forgets_every_identifier_of_the_person() -> None:
               ev("v-3", "product_view", 1, anonymous_id="a-5", product_id="sku-3")]
     run = run_locally(events + replay, UNTIL, RULES)
     assert run.profiles == {}
-    assert run.states["u:u-17"] == {"erased_at": T0 + 2 * MIN, "erased_here": True}
+    assert run.states["u:u-17"] == {"erased_at": T0 + 2 * MIN, "erased_keys": {"user_ids": 1, "anonymous_ids": 1}}
 
 
 def test_an_absorb_delivered_twice_counts_once() -> None:
@@ -217,7 +217,7 @@ def test_a_newcomer_naming_an_erased_address_as_a_second_one_is_not_erased_with_
               ev("v-2", "product_view", 3, email="z@example.com", product_id="sku-1"),
               ev("i-2", "identify", 10, email="z@example.com", traits={"email": "a@example.com"})]
     run = run_locally(events, UNTIL, RULES)
-    assert run.states["e:a@example.com"] == {"erased_at": T0 + 2 * MIN, "erased_here": True}
+    assert run.states["e:a@example.com"] == {"erased_at": T0 + 2 * MIN, "erased_keys": {"emails": 1}}
     [profile] = run.profiles.values()
     assert profile["email"] == "z@example.com"
     assert profile["aggregates"]["event_counts"] == {"product_view": 1, "identify": 1}
@@ -331,7 +331,7 @@ def test_a_link_from_before_the_erase_reaching_the_marker_erases_the_profile_tha
     after = [erase, ev("n-i1", "identify", 8, user_id="u-n", traits={"email": "p@example.com"}),
              ev("n-v2", "product_view", 9, user_id="u-n", product_id="s2")]
     run = run_locally(after, UNTIL, RULES)
-    assert run.states["e:p@example.com"] == {"erased_at": T0 + 5 * MIN, "erased_here": True}
+    assert run.states["e:p@example.com"] == {"erased_at": T0 + 5 * MIN, "erased_keys": {"emails": 1}}
     assert live_keys(run.states) == ["u:u-n"] and run.states["u:u-n"]["seen"].keys() == {"n-i1", "n-v2"}
 
 
@@ -395,7 +395,7 @@ def test_a_profile_arriving_at_a_marker_with_older_and_newer_events_keeps_the_ne
     absorbs = _deliver(states, blocks, deque([("u:u-p", person[0])]), hold=lambda t, m: m.get("type") == graph.ABSORB)
     erase = ev("x-1", "erase", 5, user_id="u-p")
     _deliver(states, blocks, deque([(profile_key(erase), erase)]))
-    assert states["u:u-p"] == {"erased_at": T0 + 5 * MIN, "erased_here": True}
+    assert states["u:u-p"] == {"erased_at": T0 + 5 * MIN, "erased_keys": {"user_ids": 1, "anonymous_ids": 1}}
     effects = dispatch(states, blocks, *absorbs[0], None, RULES)
     assert [why for _, why, _ in effects.withdrawn] == ["erased"]
     kept = states["u:u-p"]
@@ -426,6 +426,84 @@ def test_the_persons_later_activity_does_not_join_a_profile_their_older_identify
     _deliver(states, blocks, deque(links))
     assert states["u:u-p"] == {"erased_at": T0 + 5 * MIN}
     assert live_keys(states) == ["a:x"] and states["a:x"]["seen"].keys() == {"p-v9"}
+
+
+def _limited(**most: int) -> RuleSet:
+    return RuleSet.build(PipelineConfig.model_validate({"identity": {"max_per_profile": most}}), 7 * 86_400_000)
+
+
+@pytest.mark.parametrize("erase_first", [False, True])
+def test_someone_the_limits_kept_apart_from_the_erased_person_is_not_erased_with_them(erase_first: bool) -> None:
+    """Two people share an address; the identity limits keep them apart (one anonymous id each, at most).
+    The erased person's marker asks the other whether it would have taken the person in, with how many
+    identifiers of each kind the person had: it would not have, so it stays, whichever came first (a
+    version of 2026-12-07 erased it when its link came after the erase)."""
+    from collections import deque
+
+    from streams.domain.identity import profile_key
+
+    rules = _limited(anonymous_ids=1)
+    states: dict[str, Any] = {}
+    blocks: dict[str, Any] = {}
+
+    def deliver(queue: Any, hold: Any = lambda target, m: False) -> list[tuple[str, dict[str, Any]]]:
+        held = []
+        while queue:
+            target, message = queue.popleft()
+            if hold(target, message):
+                held.append((target, message))
+                continue
+            queue.extend(dispatch(states, blocks, target, message, None, rules).send)
+        return held
+
+    first = ev("p0-v1", "product_view", 1, email="fam@example.com", anonymous_id="x", product_id="s1")
+    deliver(deque([(profile_key(first), first)]))
+    other = [ev("p1-v1", "product_view", 1, user_id="u-1", anonymous_id="y", product_id="s1"),
+             ev("p1-i2", "identify", 2, user_id="u-1", traits={"email": "fam@example.com"})]
+    link = deliver(deque((profile_key(e), e) for e in other),
+                   hold=lambda target, m: target == "e:fam@example.com" and m.get("root") == "u:u-1")
+    erase = ev("x-0", "erase", 5, email="fam@example.com")
+    if erase_first:
+        deliver(deque([(profile_key(erase), erase)]))
+        deliver(deque(link))
+    else:
+        deliver(deque(link))
+        deliver(deque([(profile_key(erase), erase)]))
+    assert states["e:fam@example.com"]["erased_keys"] == {"anonymous_ids": 1, "emails": 1}
+    assert graph.is_live(states["u:u-1"]) and states["u:u-1"]["seen"].keys() == {"p1-v1", "p1-i2"}
+    # without the limit the two would have been one person: then the other profile is the person's
+    states.clear()
+    rules = RULES
+    deliver(deque([(profile_key(first), first)]))
+    link = deliver(deque((profile_key(e), e) for e in other),
+                   hold=lambda target, m: target == "e:fam@example.com" and m.get("root") == "u:u-1")
+    deliver(deque([(profile_key(erase), erase)]))
+    deliver(deque(link))
+    assert states["u:u-1"] == {"erased_at": T0 + 5 * MIN}
+
+
+def test_a_newcomer_with_older_history_of_its_own_joining_the_persons_later_activity_keeps_it() -> None:
+    """The person's later activity took a newcomer in, linked after the erasure: the newcomer's own
+    events from before the erasure are its own (a version of 2026-12-07 dropped them as the person's)."""
+    from collections import deque
+
+    from streams.domain.identity import profile_key
+    from streams.domain.timeline import advance
+
+    states: dict[str, Any] = {}
+    blocks: dict[str, Any] = {}
+    erase = ev("x-1", "erase", 5, user_id="u-p")
+    person = [ev("p-v1", "product_view", 1, user_id="u-p", product_id="s1"), erase,
+              ev("p-v7", "product_view", 7, user_id="u-p", product_id="s7")]
+    _deliver(states, blocks, deque((profile_key(e), e) for e in person))
+    newcomer = [ev("z-v1", "product_view", 1, user_id="u-z", product_id="s2")]
+    _deliver(states, blocks, deque((profile_key(e), e) for e in newcomer))
+    advance(states["u:u-z"], T0 + 2 * MIN, RULES, 0)  # its view is folded
+    late = ev("z-i8", "identify", 8, user_id="u-z", traits={"email": "p@example.com"})
+    link = ev("p-i8", "identify", 8, user_id="u-p", traits={"email": "p@example.com"})
+    _deliver(states, blocks, deque((profile_key(e), e) for e in (link, late)))
+    held = {event_id for state in states.values() if graph.is_live(state) for event_id in state["seen"]}
+    assert {"z-v1", "z-i8", "p-v7", "p-i8"} <= held and "p-v1" not in held
 
 
 @pytest.mark.parametrize("seed", range(60))
