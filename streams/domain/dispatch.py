@@ -24,7 +24,7 @@ from streams.domain.merge import merge_states
 from streams.domain.profile import snapshot, trim_currencies, trim_traits
 from streams.domain.resolution.blocks import block_keys, drop_member, on_block_message, person_record
 from streams.domain.rules import score_timer
-from streams.domain.state import LiveState, State
+from streams.domain.state import ErasureMarker, LiveState, State
 from streams.domain.timeline import Received, RuleSet, advance, later_activity, receive
 
 
@@ -68,7 +68,8 @@ def dispatch(states: MutableMapping[str, State | None], blocks: MutableMapping[s
     if kind == graph.LINK:
         routing = graph.on_link(key, state, message, rules.identity_limits)
         if routing.erase_as_of is not None:
-            effects = _erase_as_of(states, key, state, routing.erase_as_of, f"{kind}:{message['root']}", rules)
+            effects = _erase_as_of(states, key, state, routing.erase_as_of, f"{kind}:{message['root']}", rules,
+                                   message.get("erased_keys"))
         else:
             effects = _apply(states, key, routing)
     elif kind == graph.ABSORB:
@@ -108,18 +109,8 @@ def _on_event(states: MutableMapping[str, State | None], key: str, state: State 
     effects = Effects(outcome=got.outcome, late=got.late, seen_dropped=got.seen_dropped,
                       before_dedupe=got.before_dedupe)
     if got.outcome == "erased":
-        _erased(states, key, state, got, rules, effects)
-        marker = states[key]
-        assert marker is not None and "erased_at" in marker
-        # how many identifiers of each kind the person had (this key's alone when it held nothing), so
-        # that a profile an older event linked here can be asked whether it would have taken them in
-        # (sorted: the stored bytes must not depend on the order of a set)
-        if graph.is_live(state):
-            marker["erased_keys"] = dict(sorted(graph.key_counts(graph.identity_keys(key, state)).items()))
-        elif state is None:
-            marker["erased_keys"] = graph.key_counts([key])
-        elif "erased_keys" in state:  # erased again at a marker: the person is the same
-            marker["erased_keys"] = state["erased_keys"]
+        named = profile_key(event)  # the key the erase was sent to (a redirect passed it on to this root)
+        _erased(states, key, state, got, rules, effects, named if named != key else None)
         return effects
     if got.outcome != "processed" or got.state is None:
         return effects
@@ -144,16 +135,22 @@ def _on_event(states: MutableMapping[str, State | None], key: str, state: State 
 
 
 def _erased(states: MutableMapping[str, State | None], key: str, state: State | None, got: Received,
-            rules: RuleSet, effects: Effects) -> None:
+            rules: RuleSet, effects: Effects, named: str | None = None, also: Any = None) -> None:
     """``key``'s person was erased (``got``, what :func:`receive` made of the erase): the marker is
-    stored, and the profile's tombstone, withdrawals, block drops and forgets go into ``effects``."""
+    stored, and the profile's tombstone, withdrawals, block drops and forgets go into ``effects``.
+    The marker keeps how many identifiers of each kind the person had (``erased_keys``), so that a
+    profile an older event linked here can be asked whether it would have taken them in; so does the
+    marker of ``named``, the key the erase was sent to when a redirect passed it on here."""
     assert got.state is not None
     marker = got.state
+    counts = _erased_keys(key, state, also)
+    if counts is not None:
+        marker["erased_keys"] = counts
     kept: set[str] = set()  # identifiers of events stamped after the erasure that had arrived before it
     if "profile" in marker:
-        named = {k for entry in marker["pending"] for k in graph.identifier_keys(entry[3])} - {key}
+        later_keys = {k for entry in marker["pending"] for k in graph.identifier_keys(entry[3])} - {key}
         # as placing those events after the erase would have: within the identity limits
-        admitted, _, limited = graph.admit(key, marker, sorted(named, key=rank), rules.identity_limits)
+        admitted, _, limited = graph.admit(key, marker, sorted(later_keys, key=rank), rules.identity_limits)
         kept = set(admitted)
         marker["links"] = admitted
         effects.limited += limited
@@ -167,9 +164,34 @@ def _erased(states: MutableMapping[str, State | None], key: str, state: State | 
         # the person's person records leave their blocks; their other identifiers forget them
         effects.send += [(block, {"type": graph.BLOCK, "key": member, "drop": True})
                          for block, member in state.get("blocks", [])]
-        effects.send += [(other, {"type": graph.FORGET, "root": key, "erased_at": marker["erased_at"]})
-                         for other in state.get("links", []) if other not in kept]
+        for other in state.get("links", []):
+            if other not in kept:
+                forget: dict[str, Any] = {"type": graph.FORGET, "root": key, "erased_at": marker["erased_at"]}
+                if other == named and counts is not None:
+                    forget["erased_keys"] = counts
+                effects.send.append((other, forget))
     states[key] = marker
+
+
+def _erased_keys(key: str, state: State | None, also: Any = None) -> dict[str, int] | None:
+    """How many identifiers of each kind the person erased at ``key`` had: the profile's, added to
+    those of an earlier erasure whose later activity it was (the key counted once), or to ``also``,
+    the counts of the marker that told it the person was erased (more is the side that erases less);
+    this key alone where nothing was; an earlier erasure's at a marker.  Sorted: the stored bytes
+    must not depend on the order of a set."""
+    if graph.is_live(state):
+        counts = graph.key_counts(graph.identity_keys(key, state))
+        kind = graph.LIMIT_OF_KIND.get(key.partition(":")[0])
+        for earlier, overlap in ((state.get("erased_keys"), kind), (also, None)):
+            if isinstance(earlier, dict):
+                for name, count in earlier.items():
+                    if isinstance(name, str) and isinstance(count, int) and not isinstance(count, bool):
+                        counts[name] = counts.get(name, 0) + max(0, count - (name == overlap))
+        return dict(sorted(counts.items()))
+    if state is None:
+        return graph.key_counts([key])
+    kept = state.get("erased_keys")
+    return cast(dict[str, int], kept) if isinstance(kept, dict) else None
 
 
 def _bound_blocks(registered: list[list[str]], most: int, effects: Effects) -> list[tuple[str, dict[str, Any]]]:
@@ -463,7 +485,10 @@ def _on_forget(states: MutableMapping[str, State | None], key: str, state: State
         return Effects()  # not one of ours (``bool`` is no time either: True is 1, before MIN_EPOCH_MS)
     if graph.is_redirect(state):
         if state["merged_into"] == root:
-            marker: State = {"erased_at": erased_at}
+            marker: ErasureMarker = {"erased_at": erased_at}
+            counts = message.get("erased_keys")
+            if isinstance(counts, dict):  # the key the erase was sent to: as good as carried out here
+                marker["erased_keys"] = counts
             if state.get("due") is not None:
                 marker["due"] = state["due"]
             states[key] = marker
@@ -477,7 +502,7 @@ def _on_forget(states: MutableMapping[str, State | None], key: str, state: State
 
 
 def _erase_as_of(states: MutableMapping[str, State | None], key: str, state: State | None, erased_at: int,
-                 cause: str, rules: RuleSet) -> Effects:
+                 cause: str, rules: RuleSet, also: Any = None) -> Effects:
     """The live profile at ``key`` turned out to be a person's who was erased at ``erased_at``: it is
     erased as the erase would have erased it.  One that holds nothing stamped at or before then (a
     newcomer's, or nobody's yet) is their later activity: it keeps what it has, and from now on
@@ -493,5 +518,5 @@ def _erase_as_of(states: MutableMapping[str, State | None], key: str, state: Sta
                   None, rules)
     effects = Effects(changed=True)
     if got.outcome == "erased":
-        _erased(states, key, state, got, rules, effects)
+        _erased(states, key, state, got, rules, effects, also=also)
     return effects

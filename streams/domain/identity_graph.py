@@ -331,8 +331,11 @@ def on_link(key: str, state: State | None, message: dict[str, Any], limits: Limi
             if (isinstance(person, dict) and limits is not None and isinstance(theirs, list)
                     and not _within(person, key_counts({k for k in theirs if isinstance(k, str)} - {key}), limits)):
                 return Routing(state)
-            return Routing(state, send=[(root, {"type": LINK, "root": key, "kind": kind, "ok": True,
-                                                "erased_at": state.get("erased_at")})])
+            answer: dict[str, Any] = {"type": LINK, "root": key, "kind": kind, "ok": True,
+                                      "erased_at": state.get("erased_at")}
+            if isinstance(person, dict):  # (the asker's marker counts the person's identifiers too)
+                answer["erased_keys"] = person
+            return Routing(state, send=[(root, answer)])
         return Routing(state)
     if rank(root) < rank(key):
         approved = message.get("keys")

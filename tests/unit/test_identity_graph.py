@@ -203,7 +203,7 @@ def test_after_an_erase_the_persons_other_identifiers_forget_them_and_new_activi
               # later: someone with that browser id buys under a new e-mail address
               ev("p-1", "purchase", 10, anonymous_id="a-5", email="new@example.com", order_id="o", total=5.0)]
     run = run_locally(events, UNTIL, RULES)
-    assert run.states["a:a-5"] == {"erased_at": T0 + 2 * MIN}
+    assert run.states["a:a-5"] == {"erased_at": T0 + 2 * MIN, "erased_keys": {"anonymous_ids": 2, "user_ids": 1}}
     [profile] = run.profiles.values()
     assert profile["email"] == "new@example.com" and profile["aggregates"]["event_counts"] == {"purchase": 1}
     assert profile["identifiers"]["anonymous_ids"] == ["a-5"]
@@ -225,7 +225,8 @@ def test_a_newcomer_naming_an_erased_address_as_a_second_one_is_not_erased_with_
     before = [ev("i-1", "identify", 0, email="a@example.com"), ev("x-1", "erase", 20, email="a@example.com"),
               ev("i-2", "identify", 10, email="z@example.com", traits={"email": "a@example.com"})]
     run = run_locally(before, UNTIL, RULES)
-    assert run.profiles == {} and run.states["e:z@example.com"] == {"erased_at": T0 + 20 * MIN}
+    assert run.profiles == {}
+    assert run.states["e:z@example.com"] == {"erased_at": T0 + 20 * MIN, "erased_keys": {"emails": 2}}
 
 
 @pytest.mark.parametrize("newcomer_first", [True, False])
@@ -312,7 +313,7 @@ def test_a_profile_that_let_the_person_in_just_before_the_erase_reached_them_is_
     _deliver(states, blocks, deque([(profile_key(erase), erase)]))
     assert graph.is_live(states["u:u-p"])  # not reached by the erase: the two were not joined yet
     _deliver(states, blocks, deque(asks))
-    assert states["u:u-p"] == {"erased_at": T0 + 5 * MIN}
+    assert states["u:u-p"] == {"erased_at": T0 + 5 * MIN, "erased_keys": {"emails": 1, "user_ids": 1}}
     assert _holding_events_of(states, "p-") == []
     # the person's later activity starts anew, under either identifier
     _deliver(states, blocks, deque([("u:u-p", ev("p-v9", "product_view", 9, user_id="u-p", product_id="s9"))]))
@@ -327,7 +328,8 @@ def test_a_link_from_before_the_erase_reaching_the_marker_erases_the_profile_tha
     before = [erase, ev("p-i1", "identify", 2, user_id="u-p", traits={"email": "p@example.com"}),
               ev("p-v2", "product_view", 3, user_id="u-p", product_id="s2")]
     run = run_locally(before, UNTIL, RULES)
-    assert run.states["u:u-p"] == {"erased_at": T0 + 5 * MIN} and run.profiles == {}
+    assert run.profiles == {}
+    assert run.states["u:u-p"] == {"erased_at": T0 + 5 * MIN, "erased_keys": {"emails": 1, "user_ids": 1}}
     after = [erase, ev("n-i1", "identify", 8, user_id="u-n", traits={"email": "p@example.com"}),
              ev("n-v2", "product_view", 9, user_id="u-n", product_id="s2")]
     run = run_locally(after, UNTIL, RULES)
@@ -346,7 +348,7 @@ def test_a_redirect_passes_the_erased_keys_word_on_to_its_root_and_other_profile
     assert dispatch(states, {}, "u:u-a", word, None, RULES).send == [] and graph.is_live(states["u:u-a"])
     graph.add_claims(states["u:u-a"], {"e:p@example.com": ["e:p@example.com"]})
     dispatch(states, {}, "u:u-a", word, None, RULES)
-    assert states["u:u-a"] == {"erased_at": T0 + 5 * MIN}
+    assert states["u:u-a"] == {"erased_at": T0 + 5 * MIN, "erased_keys": {"emails": 1, "user_ids": 1}}
 
 
 def test_the_persons_profile_arriving_after_their_later_activity_began_brings_nothing_older() -> None:
@@ -424,7 +426,7 @@ def test_the_persons_later_activity_does_not_join_a_profile_their_older_identify
     _deliver(states, blocks, deque([(profile_key(erase), erase)]))
     assert states["a:x"]["seen"].keys() == {"p-v9"}  # the later activity, parked before the erase came
     _deliver(states, blocks, deque(links))
-    assert states["u:u-p"] == {"erased_at": T0 + 5 * MIN}
+    assert states["u:u-p"] == {"erased_at": T0 + 5 * MIN, "erased_keys": {"anonymous_ids": 1, "user_ids": 1}}
     assert live_keys(states) == ["a:x"] and states["a:x"]["seen"].keys() == {"p-v9"}
 
 
@@ -479,7 +481,8 @@ def test_someone_the_limits_kept_apart_from_the_erased_person_is_not_erased_with
                    hold=lambda target, m: target == "e:fam@example.com" and m.get("root") == "u:u-1")
     deliver(deque([(profile_key(erase), erase)]))
     deliver(deque(link))
-    assert states["u:u-1"] == {"erased_at": T0 + 5 * MIN}
+    assert states["u:u-1"] == {"erased_at": T0 + 5 * MIN,
+                               "erased_keys": {"anonymous_ids": 1, "emails": 1, "user_ids": 1}}
 
 
 def test_a_newcomer_with_older_history_of_its_own_joining_the_persons_later_activity_keeps_it() -> None:
