@@ -274,7 +274,7 @@ def test_what_arrives_after_an_erase_keeps_nothing_stamped_before_it_in_either_o
 
 
 def _deliver(states: dict[str, Any], blocks: dict[str, Any], queue: Any,
-             hold: Any = lambda target, message: False) -> list[tuple[str, dict[str, Any]]]:
+             hold: Any = lambda target, message: False, rules: RuleSet = RULES) -> list[tuple[str, dict[str, Any]]]:
     """Delivers ``queue`` (FIFO) and what it causes; the messages ``hold`` picks are returned, not delivered."""
     held = []
     while queue:
@@ -282,7 +282,7 @@ def _deliver(states: dict[str, Any], blocks: dict[str, Any], queue: Any,
         if hold(target, message):
             held.append((target, message))
             continue
-        queue.extend(dispatch(states, blocks, target, message, None, RULES).send)
+        queue.extend(dispatch(states, blocks, target, message, None, rules).send)
     return held
 
 
@@ -449,14 +449,7 @@ def test_someone_the_limits_kept_apart_from_the_erased_person_is_not_erased_with
     blocks: dict[str, Any] = {}
 
     def deliver(queue: Any, hold: Any = lambda target, m: False) -> list[tuple[str, dict[str, Any]]]:
-        held = []
-        while queue:
-            target, message = queue.popleft()
-            if hold(target, message):
-                held.append((target, message))
-                continue
-            queue.extend(dispatch(states, blocks, target, message, None, rules).send)
-        return held
+        return _deliver(states, blocks, queue, hold, rules)
 
     first = ev("p0-v1", "product_view", 1, email="fam@example.com", anonymous_id="x", product_id="s1")
     deliver(deque([(profile_key(first), first)]))
