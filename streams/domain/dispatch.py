@@ -16,7 +16,6 @@ from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from schemas.timeparse import MAX_EPOCH_MS, MIN_EPOCH_MS
 from streams.domain import identity_graph as graph
 from streams.domain import possible_matches
 from streams.domain.identity import profile_key, rank
@@ -306,8 +305,8 @@ def _the_erased_persons(state: State, absorbed: LiveState, message: dict[str, An
     (a newcomer's, or the person's later activity's), whatever its history.  Without a time (an older
     worker's) it is theirs if it holds anything stamped at or before the erasure, but a fuzzy match's
     (a guess) only at a marker, where a holding with nobody in it is dropped too."""
-    at = message.get("at")
-    if isinstance(at, int) and not isinstance(at, bool) and MIN_EPOCH_MS <= at <= MAX_EPOCH_MS:
+    at = graph.event_time(message)
+    if at is not None:
         return at <= erased_at
     if not graph.is_live(state):
         return graph.is_holding(absorbed) or graph.oldest_event_ms(absorbed) <= erased_at
@@ -480,9 +479,9 @@ def _on_forget(states: MutableMapping[str, State | None], key: str, state: State
     and was let in, before the erase reached it: this profile is the person's, and is erased as of
     the same time (its redirects pass the word on to their root, where the claim went).  Only a
     profile that holds the key's claim, or has it among its links, takes it for itself."""
-    root, erased_at = message.get("root"), message.get("erased_at")
-    if not isinstance(root, str) or not isinstance(erased_at, int) or not MIN_EPOCH_MS <= erased_at <= MAX_EPOCH_MS:
-        return Effects()  # not one of ours (``bool`` is no time either: True is 1, before MIN_EPOCH_MS)
+    root, erased_at = message.get("root"), graph.event_time(message, "erased_at")
+    if not isinstance(root, str) or erased_at is None:
+        return Effects()  # not one of ours
     if graph.is_redirect(state):
         if state["merged_into"] == root:
             marker: ErasureMarker = {"erased_at": erased_at}

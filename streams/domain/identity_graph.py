@@ -109,26 +109,27 @@ def _ask(key: str, state: LiveState, root: str, kind: str, at: int | None = None
     """The live profile at ``key`` asks ``root`` to take it in, with all its identifiers (``at``: the
     time of the event that made it ask, by which an erasure marker at ``root`` tells the person's
     profile from a newcomer's)."""
-    ask: dict[str, Any] = {"type": LINK, "root": key, "kind": kind, "keys": sorted(identity_keys(key, state), key=rank)}
-    if at is not None:
-        ask["at"] = at
-    return Routing(state, send=[(root, ask)])
+    keys = sorted(identity_keys(key, state), key=rank)
+    return Routing(state, send=[(root, _stamped({"type": LINK, "root": key, "kind": kind, "keys": keys}, at))])
 
 
-def _at(message: Mapping[str, Any], field: str = "at") -> int | None:
+def event_time(message: Mapping[str, Any], field: str = "at") -> int | None:
     """The time of the event that made a link, as the link message carries it (older workers' do not),
-    or another event time a message carries (``field``); None: none, or not a time."""
+    or another event time a message carries (``field``); None: none, or not a time (``bool`` is none)."""
     at = message.get(field)
     return at if isinstance(at, int) and not isinstance(at, bool) and MIN_EPOCH_MS <= at <= MAX_EPOCH_MS else None
 
 
+def _stamped(message: dict[str, Any], at: int | None) -> dict[str, Any]:
+    """``message`` with the time of the event that made the link it is about, when that is known."""
+    if at is not None:
+        message["at"] = at
+    return message
+
+
 def _approval(key: str, kind: str, keys: list[str], ask: Mapping[str, Any]) -> dict[str, Any]:
     """``key``'s yes to an ask, with the identifiers it agreed to and the time the ask carried."""
-    ok: dict[str, Any] = {"type": LINK, "root": key, "kind": kind, "ok": True, "keys": keys}
-    at = _at(ask)
-    if at is not None:
-        ok["at"] = at
-    return ok
+    return _stamped({"type": LINK, "root": key, "kind": kind, "ok": True, "keys": keys}, event_time(ask))
 
 
 def holding(key: str) -> LiveState:
@@ -220,14 +221,10 @@ def _give_up(key: str, state: LiveState, root: str, kind: str, also: Iterable[st
     ``at``: the time of the event that linked the two, by which an erased key tells the person's
     profile (linked before the erasure) from a later one's."""
     links = sorted({*state.get("links", []), *also} - {root, key}, key=rank)
-    absorb: dict[str, Any] = {"type": ABSORB, "from": key, "kind": kind, "state": state}
-    if at is not None:
-        absorb["at"] = at
-    send: list[tuple[str, dict[str, Any]]] = [(root, absorb)]
-    told: dict[str, Any] = {"type": LINK, "root": root, "kind": kind, "from": key}
-    if at is not None:  # (the time the two were linked: the best known of when this person had these keys)
-        told["at"] = at
-    send += [(k, dict(told)) for k in links]
+    send: list[tuple[str, dict[str, Any]]] = [(root, _stamped({"type": ABSORB, "from": key, "kind": kind,
+                                                               "state": state}, at))]
+    # (the time the two were linked: the best known of when this person had these keys)
+    send += [(k, _stamped({"type": LINK, "root": root, "kind": kind, "from": key}, at)) for k in links]
     return Routing(_redirect(root, state), send=send, retired=profile_id_for(key) if state.get("published") else None)
 
 
@@ -239,7 +236,7 @@ def place(key: str, state: LiveState, event: dict[str, Any], limits: Limits | No
     keys = identifier_keys(event)
     root = smallest([*keys, key])
     if root != key and limits is None:
-        return _give_up(key, state, root, "exact", also=keys, at=_at(event, "ts"))
+        return _give_up(key, state, root, "exact", also=keys, at=event_time(event, "ts"))
     links: list[str] = state.setdefault("links", [])
     new = [k for k in keys if k not in (key, root) and k not in links]
     if not new and root == key:
@@ -295,7 +292,7 @@ def on_link(key: str, state: State | None, message: dict[str, Any], limits: Limi
         passed.setdefault("via", key)
         return Routing(state, send=[(current, passed)])
     erased_at = state.get("erased_at")  # (a marker, or a profile of an erased person's later activity)
-    at = _at(message)
+    at = event_time(message)
     if (isinstance(erased_at, int) and at is not None and at <= erased_at and rank(root) < rank(key)
             and "erased_at" not in message):
         # A smaller profile names this key by an event stamped at or before the erasure.  Where the
@@ -341,13 +338,13 @@ def on_link(key: str, state: State | None, message: dict[str, Any], limits: Limi
         approved = message.get("keys")
         if message.get("ok") and isinstance(approved, list) and not identity_keys(key, state) <= set(approved):
             # it took others in after it asked: the root decides on all
-            return _ask(key, state, root, kind, _at(message))
+            return _ask(key, state, root, kind, event_time(message))
         if message.get("ok"):
-            erased = _at(message, "erased_at")
+            erased = event_time(message, "erased_at")
             if erased is not None:
                 return Routing(state, erase_as_of=erased)  # the root is an erased person: so is this
-            return _give_up(key, state, root, kind, at=_at(message))
-        return _ask(key, state, root, kind, _at(message))  # ask the root whether this profile may join it
+            return _give_up(key, state, root, kind, at=event_time(message))
+        return _ask(key, state, root, kind, event_time(message))  # ask the root whether this profile may join it
     # the profile at ``root`` asks to join this one
     counts = message.get("counts")
     if isinstance(counts, dict):
@@ -357,10 +354,7 @@ def on_link(key: str, state: State | None, message: dict[str, Any], limits: Limi
         return Routing(state, send=[(root, {"type": LINK, "root": key, "kind": kind, "ok": True})])
     if not isinstance(theirs, list) or not all(isinstance(k, str) for k in theirs):
         # told without its identifiers (a link passed on by a redirect, a fuzzy match): it asks
-        ask: dict[str, Any] = {"type": LINK, "root": key, "kind": kind}
-        if _at(message) is not None:
-            ask["at"] = _at(message)
-        return Routing(state, send=[(root, ask)])
+        return Routing(state, send=[(root, _stamped({"type": LINK, "root": key, "kind": kind}, event_time(message)))])
     # the union, so an ask read again, or from a profile already here, is decided the same way; an
     # earlier claim of the same asker is replaced by this ask (it asks again because it took others
     # in: refused, its old claim would hold room it can no longer use)
@@ -388,11 +382,8 @@ def _would_take_in(key: str, state: LiveState, root: str, kind: str, counts: Map
     theirs = {name: count - (name == shared) for name, count in counts.items() if isinstance(count, int)}
     if limits is not None and not _within(theirs, key_counts(identity_keys(key, state) | {root}), limits):
         return Routing(state)
-    ok: dict[str, Any] = {"type": LINK, "root": key, "kind": kind, "ok": True}
-    at = _at(message)
-    if at is not None:
-        ok["at"] = at
-    return Routing(state, send=[(root, ok)])
+    return Routing(state, send=[(root, _stamped({"type": LINK, "root": key, "kind": kind, "ok": True},
+                                                event_time(message)))])
 
 
 def _within(person: Mapping[str, Any], others: Mapping[str, int], limits: Limits) -> bool:
