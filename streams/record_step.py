@@ -26,7 +26,7 @@ from schemas.timeparse import format_ms
 from streams import topics as names
 from streams.domain.dispatch import dispatch
 from streams.domain.identity import profile_id_for
-from streams.domain.identity_graph import is_holding, withdrawal_ids
+from streams.domain.identity_graph import holds_someone, withdrawal_ids
 from streams.domain.profile import DEFAULT_LIMITS, Limits, shrink, snapshot
 from streams.domain.state import State, is_live
 from streams.domain.timeline import NeighboursOf, RuleSet, _no_neighbours, advance, next_due
@@ -334,7 +334,7 @@ def _advance_one(key: str, states: _Cache, blocks: _Cache, changed: bool, republ
     if state is None:
         return
     kb = key.encode()
-    if "profile" not in state or is_holding(state):  # a redirect, an erasure marker, or nobody yet
+    if not holds_someone(state):  # a redirect, an erasure marker, or nobody yet
         if changed:
             _stage_state(kb, _encode_state(state), result)
         return

@@ -161,8 +161,7 @@ def _erased(states: MutableMapping[str, State | None], key: str, state: State | 
         # what is on its way for them, made up to the erase or anything folded since (a late erase)
         effects.withdrawn += graph.withdrawals(key, state, "erased", marker["erased_at"])
         # the person's person records leave their blocks; their other identifiers forget them
-        effects.send += [(block, {"type": graph.BLOCK, "key": member, "drop": True})
-                         for block, member in state.get("blocks", [])]
+        effects.send += _block_drops(state.get("blocks", []))
         for other in state.get("links", []):
             if other not in kept:
                 forget: dict[str, Any] = {"type": graph.FORGET, "root": key, "erased_at": marker["erased_at"]}
@@ -204,7 +203,12 @@ def _bound_blocks(registered: list[list[str]], most: int, effects: Effects) -> l
     gone = registered[:over]
     del registered[:over]
     effects.blocks_dropped += over
-    return [(block, {"type": graph.BLOCK, "key": member, "drop": True}) for block, member in gone]
+    return _block_drops(gone)
+
+
+def _block_drops(registered: Iterable[list[str]]) -> list[tuple[str, dict[str, Any]]]:
+    """Tells each fuzzy-matching block of these [block, member key] pairs to drop the member's record."""
+    return [(block, {"type": graph.BLOCK, "key": member, "drop": True}) for block, member in registered]
 
 
 def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State | None,
@@ -222,8 +226,7 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
         # is theirs: it is dropped too (its person records leave their blocks), but for its parked
         # events stamped after the erasure, their later activity, which stay here.
         effects.withdrawn += graph.withdrawals(message["from"], absorbed, "erased", erased_at)
-        effects.send += [(block, {"type": graph.BLOCK, "key": member, "drop": True})
-                         for block, member in absorbed.get("blocks", [])]
+        effects.send += _block_drops(absorbed.get("blocks", []))
         later = later_activity(absorbed, message["from"], erased_at, rules)
         if later is None:
             return effects
@@ -236,7 +239,7 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
             known = {entry[2] for entry in state.get("pending", ())} | state["seen"].keys()
         effects.late_absorbed = [entry[3]["src"][0] for entry in absorbed.get("pending", ())
                                  if entry[0] < watermark and entry[2] not in known and entry[3].get("src")]
-    if graph.is_live(state) and not graph.is_holding(state):
+    if graph.holds_someone(state):
         if erased_at is not None and "erased_at" not in absorbed:
             # a later link's profile joins the person's later activity: its own parked events stamped
             # before the erasure are its own, not the person's, and stay (the erasure time is kept)
@@ -332,7 +335,7 @@ def _on_possible(states: MutableMapping[str, State | None], key: str, state: Sta
     """A scored pair (:mod:`streams.domain.possible_matches`); tells the other side this person's root when
     the pair was scored under another of their keys.  (A holding profile, with nobody in it yet, takes
     none: as an empty key did.)"""
-    if not graph.is_live(state) or graph.is_holding(state):
+    if not graph.holds_someone(state):
         return _not_at_a_profile(state, message)
     mine, other = message.get("to", key), message["other"]
     entries = state["profile"]["possible_matches"]
@@ -353,7 +356,7 @@ def _on_possible(states: MutableMapping[str, State | None], key: str, state: Sta
 def _on_alias(states: MutableMapping[str, State | None], key: str, state: State | None,
               message: dict[str, Any], most: int) -> Effects:
     """The other side of a possible match is now part of the profile at ``new``."""
-    if not graph.is_live(state) or graph.is_holding(state):
+    if not graph.holds_someone(state):
         return _not_at_a_profile(state, message)
     aliases = state.setdefault("match_aliases", {})
     new = message["old"] not in aliases
@@ -436,7 +439,7 @@ class LocalPipeline:
         """Every live profile walked forward to ``watermark``: what that emitted, and the snapshots."""
         run = LocalRun(self.states, {}, [], [], self.merges, limited=self.limited)
         for state in self.states.values():
-            if graph.is_live(state) and not graph.is_holding(state):  # (nobody in it: never published)
+            if graph.holds_someone(state):  # (a holding has nobody in it: never published)
                 out = advance(state, watermark, self.rules, 0)
                 run.segment_changes += out.segment_changes
                 run.triggers += out.triggers
@@ -447,7 +450,7 @@ class LocalPipeline:
     def live(self) -> Iterator[tuple[str, LiveState]]:
         """(key, state) of every live profile."""
         for key, state in self.states.items():
-            if graph.is_live(state) and not graph.is_holding(state):
+            if graph.holds_someone(state):
                 yield key, state
 
     def root_of(self, key: str) -> str | None:

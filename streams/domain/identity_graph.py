@@ -44,6 +44,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from typing_extensions import TypeIs
+
 from schemas.timeparse import MAX_EPOCH_MS, MIN_EPOCH_MS
 from streams.domain.identity import profile_id_for, rank
 from streams.domain.profile import new_state
@@ -148,6 +150,11 @@ def is_holding(state: State | None) -> bool:
     No profile to publish, match, score or count as a merge."""
     return (is_live(state) and not state["seen"] and not state.get("pending")
             and state["profile"]["created_at"] == MAX_EPOCH_MS and state["profile"]["version"] == 0)
+
+
+def holds_someone(state: State | None) -> TypeIs[LiveState]:
+    """A live profile with someone in it: not a redirect, a marker, nor a :func:`holding` profile."""
+    return is_live(state) and not is_holding(state)
 
 
 def oldest_event_ms(state: LiveState) -> int:
