@@ -181,15 +181,12 @@ def _erased_keys(key: str, state: State | None, also: Any = None) -> dict[str, i
         counts = graph.key_counts(graph.identity_keys(key, state))
         kind = graph.LIMIT_OF_KIND.get(key.partition(":")[0])
         for earlier, overlap in ((state.get("erased_keys"), kind), (also, None)):
-            if isinstance(earlier, dict):
-                for name, count in earlier.items():
-                    if isinstance(name, str) and isinstance(count, int) and not isinstance(count, bool):
-                        counts[name] = counts.get(name, 0) + max(0, count - (name == overlap))
-        return dict(sorted(counts.items()))
+            for name, count in (graph.person_counts(earlier) or {}).items():
+                counts[name] = counts.get(name, 0) + max(0, count - (name == overlap))
+        return graph.person_counts(counts)
     if state is None:
         return graph.key_counts([key])
-    kept = state.get("erased_keys")
-    return cast(dict[str, int], kept) if isinstance(kept, dict) else None
+    return graph.person_counts(state.get("erased_keys"))
 
 
 def _bound_blocks(registered: list[list[str]], most: int, effects: Effects) -> list[tuple[str, dict[str, Any]]]:
@@ -488,8 +485,8 @@ def _on_forget(states: MutableMapping[str, State | None], key: str, state: State
     if graph.is_redirect(state):
         if state["merged_into"] == root:
             marker: ErasureMarker = {"erased_at": erased_at}
-            counts = message.get("erased_keys")
-            if isinstance(counts, dict):  # the key the erase was sent to: as good as carried out here
+            counts = graph.person_counts(message.get("erased_keys"))
+            if counts is not None:  # the key the erase was sent to: as good as carried out here
                 marker["erased_keys"] = counts
             if state.get("due") is not None:
                 marker["due"] = state["due"]

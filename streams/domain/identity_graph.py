@@ -61,6 +61,16 @@ _KINDS = frozenset(LIMIT_OF_KIND.values())
 Limits = Mapping[str, int]  # user_ids | emails | phones | anonymous_ids -> most per profile
 
 
+def person_counts(value: Any) -> dict[str, int] | None:
+    """An erased person's identifier counts as a message or a marker carries them (``erased_keys``):
+    the known kinds only, with counts that are counts, sorted (so a stored marker's bytes do not
+    depend on the order they came in, and nothing else is kept); None: not counts at all."""
+    if not isinstance(value, dict):
+        return None
+    return {kind: count for kind, count in sorted(value.items()) if kind in _KINDS
+            and isinstance(count, int) and not isinstance(count, bool) and count >= 0}
+
+
 def key_counts(keys: Iterable[str]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for k in keys:

@@ -571,3 +571,13 @@ def test_an_internal_message_of_an_unknown_type_is_skipped_not_taken_for_an_even
     states: dict[str, Any] = {}
     effects = dispatch(states, {}, "u:1", {"type": "_from_the_future", "x": 1}, None, RULES)
     assert effects.unknown == "_from_the_future" and not effects.changed and states == {}
+
+
+def test_a_marker_keeps_only_counts_of_the_known_kinds_whatever_a_message_carries() -> None:
+    """A marker's counts come from internal messages: only the four kinds, with counts that are counts,
+    are kept (a stored marker must not grow with what a damaged message carries)."""
+    states: dict[str, Any] = {"a:k": {"merged_into": "u:u-p"}}
+    junk = {"emails": 2, "user_ids": True, "phones": -1, **{f"x{n}": n for n in range(1000)}}
+    dispatch(states, {}, "a:k", {"type": graph.FORGET, "root": "u:u-p", "erased_at": T0, "erased_keys": junk},
+             None, RULES)
+    assert states["a:k"] == {"erased_at": T0, "erased_keys": {"emails": 2}}
