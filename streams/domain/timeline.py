@@ -173,8 +173,9 @@ def receive(state: LiveState | ErasureMarker | None, key: str, event: dict[str, 
     erased_at = state.get("erased_at") if state is not None else None
     if erased_at is not None and event["ts"] <= erased_at:
         return Received(state, "forgotten")
-    previous_state = state
+    erased_keys = None  # where the erase was carried out, what follows keeps the person's counts
     if state is not None and "profile" not in state:  # an erasure marker; the event is newer
+        erased_keys = state.get("erased_keys")
         state = None
     elif state is not None and event["type"] != "erase" and repeated(state, event):
         # (an erase is never a repeat: one stamped before the window of ids the profile still holds
@@ -187,10 +188,10 @@ def receive(state: LiveState | ErasureMarker | None, key: str, event: dict[str, 
         return Received(fresh if fresh is not None else {"erased_at": at}, "erased")
     if state is None:
         state = ensure_rule_state(new_state(key, event["ts"]))
-        if erased_at is not None and previous_state is not None:
+        if erased_at is not None:
             state["erased_at"] = erased_at
-            if "erased_keys" in previous_state:  # where the erase was carried out
-                state["erased_keys"] = previous_state["erased_keys"]
+            if erased_keys is not None:
+                state["erased_keys"] = erased_keys
     else:
         state = ensure_rule_state(state)
     dropped: dict[str, int] = {}
