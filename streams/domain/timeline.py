@@ -212,6 +212,17 @@ def next_due(state: State) -> int | None:
     return min(candidates) if candidates else None
 
 
+def idle(state: LiveState, watermark: int | None, most_parked: int, first_due: int | None) -> bool:
+    """True when :func:`advance` of ``state`` to ``watermark`` (``first_due``: its :func:`next_due`)
+    would do nothing at all: no parked event past ``most_parked``, no watermark yet or nothing due by
+    it, no merge to evaluate, and the rule state already there.  At live rates this is an event's
+    first pass (parked by one record, folded by a later one), which then costs only its write."""
+    rs = state.get("rules")
+    if rs is None or len(state["pending"]) > most_parked:
+        return False
+    return watermark is None or (not rs.get("dirty") and (first_due is None or first_due > watermark))
+
+
 def trigger_id(profile_id: str, trigger_type: str, cause: str) -> str:
     """Same profile, type and cause: same id (connectors drop repeats by it)."""
     digest = hashlib.blake2b(f"{profile_id}\x1f{trigger_type}\x1f{cause}".encode(), digest_size=16)

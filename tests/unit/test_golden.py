@@ -18,6 +18,7 @@ says why in its commit.
 
 from __future__ import annotations
 
+import copy
 import gzip
 import hashlib
 import sys
@@ -34,7 +35,7 @@ from schemas.timeparse import parse_timestamp
 from streams.domain.config import PipelineConfig
 from streams.domain.dispatch import LocalPipeline, LocalRun
 from streams.domain.identity_graph import is_live
-from streams.domain.timeline import RuleSet, next_due
+from streams.domain.timeline import RuleSet, advance, idle, next_due
 from streams.watermark import due_first
 from tests.integration.expected import accepted_events
 
@@ -212,3 +213,29 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+
+
+def test_a_state_idle_at_a_watermark_is_one_advance_leaves_as_it_was() -> None:
+    """``timeline.idle`` lets the profile hop skip ``advance`` (an event's first pass at live rates):
+    wherever it says so, on every stored live state at watermarks around its due time, with its
+    merge flag and its bound on parked events either way, ``advance`` changes nothing and emits nothing."""
+    rules = _rules()
+    states = [orjson.loads(value) for value in _read_json_gz(WRITTEN_BY_THIS_VERSION)["states"].values()]
+    said = {True: 0, False: 0}
+    for stored in filter(is_live, states):
+        for dirty in (False, True):
+            state = copy.deepcopy(stored)
+            if dirty:
+                state["rules"]["dirty"] = True
+            due = next_due(state)
+            marks = [None, 0] if due is None else [None, due - 1, due, due + 1]
+            for mark in marks:
+                for most_parked in (0, rules.limits.parked_events):
+                    quiet = idle(state, mark, most_parked, due)
+                    said[quiet] += 1
+                    if not quiet:
+                        continue
+                    walked = copy.deepcopy(state)
+                    out = advance(walked, mark, rules, 0, most_parked=most_parked)
+                    assert walked == state and not (out.steps or out.changed or out.released_early)
+    assert said[True] > 50 and said[False] > 50
