@@ -42,11 +42,23 @@ def expected_clocks(input_partitions: Mapping[str, int]) -> tuple[str, ...]:
     return tuple(clock_name(topic, n) for topic, count in sorted(input_partitions.items()) for n in range(count))
 
 
+#: (topic, partition) -> :func:`clock_name`, for the input partitions seen (every internal record
+#: with clocks names all of a batch's partitions); at most :data:`NAMES_KEPT` kept.
+_names: dict[tuple[str, int], str] = {}
+NAMES_KEPT = 4_096
+
+
 def merge_clocks(clocks: dict[str, int], updates: Iterable[Sequence[Any]]) -> bool:
     """Raises each named clock to the update's value (clocks never go back).  True if one moved."""
     moved = False
+    names = _names
     for topic, partition, ts in updates:
-        name = clock_name(topic, partition)
+        try:
+            name = names[topic, partition]
+        except (KeyError, TypeError):  # (a damaged entry's unhashable name is not kept)
+            name = clock_name(topic, partition)
+            if type(topic) is str and type(partition) is int and len(names) < NAMES_KEPT:
+                names[topic, partition] = name
         if ts > clocks.get(name, -(2**62)):
             clocks[name] = ts
             moved = True
@@ -56,14 +68,11 @@ def merge_clocks(clocks: dict[str, int], updates: Iterable[Sequence[Any]]) -> bo
 def watermark(clocks: Mapping[str, int], expected: Sequence[str], wall_ms: int | None = None) -> int | None:
     """The smallest clock over ``expected`` (None while one has carried nothing), raised to
     ``wall_ms`` when the wall clock drives it too."""
-    low: int | None = None
-    for name in expected:
-        value = clocks.get(name)
-        if value is None:
-            low = None
-            break
-        if low is None or value < low:
-            low = value
+    low: int | None
+    try:
+        low = min(map(clocks.__getitem__, expected)) if expected else None
+    except (KeyError, TypeError):  # one has carried nothing (or a damaged value: none)
+        low = None
     if wall_ms is not None and (low is None or wall_ms > low):
         return wall_ms
     return low
