@@ -121,8 +121,11 @@ KEY_PREFIX = {"user_ids": "u:", "anonymous_ids": "a:", "emails": "e:", "phones":
 def _apply_identifiers(profile: ProfileBody, event: Event, ts: int, linked: Container[str] | None) -> None:
     ids = profile["identifiers"]
     traits = event.get("traits") or {}
-    for plural, value in ((plural, event.get(single)) for single, plural in ID_FIELDS):
-        if linked is not None and value and KEY_PREFIX[plural] + value not in linked:
+    for single, plural in ID_FIELDS:
+        value = event.get(single)
+        if not value:  # (most events name one or two of the four)
+            continue
+        if linked is not None and KEY_PREFIX[plural] + value not in linked:
             continue  # kept out of this profile by an identity limit
         if _add_identifier(profile, plural, value, ts) and plural in ("user_ids", "emails"):
             profile["user_id" if plural == "user_ids" else "email"] = _oldest(ids[plural])
@@ -704,15 +707,16 @@ def snapshot(state: LiveState, cart: Any = DERIVE) -> dict[str, Any]:
         "profile_id": p["profile_id"],
         "user_id": p["user_id"],
         "email": p["email"],
-        "identifiers": {field: _ordered(bucket) for field, bucket in p["identifiers"].items()},
+        "identifiers": {field: list(bucket) if len(bucket) < 2 else _ordered(bucket)
+                        for field, bucket in p["identifiers"].items()},
         "traits": p["traits"],
         "consent": p["consent"],
         "context": p["context"],
         "aggregates": {
             "event_counts": agg["event_counts"],
             "kind_counts": agg["kind_counts"],
-            "first_seen": {k: _iso(v) for k, v in agg["first_seen"].items()},
-            "last_seen": {k: _iso(v) for k, v in agg["last_seen"].items()},
+            "first_seen": {k: format_ms(v) for k, v in agg["first_seen"].items()},  # (times, never None)
+            "last_seen": {k: format_ms(v) for k, v in agg["last_seen"].items()},
             "orders": agg["orders"],
             "total_spend": spent(agg),
             "spend_by_currency": {currency: money(amount) for currency, amount in agg["spend_by_currency"].items()},
@@ -725,7 +729,7 @@ def snapshot(state: LiveState, cart: Any = DERIVE) -> dict[str, Any]:
         "possible_matches": possible_matches.view(p["possible_matches"], state.get("match_aliases", {}),
                                                   {p["key"], *state.get("links", ())})
         if p["possible_matches"] else [],
-        "created_at": _iso(p["created_at"]),
-        "updated_at": _iso(p["updated_at"]),
+        "created_at": format_ms(p["created_at"]),
+        "updated_at": format_ms(p["updated_at"]),
         "version": p["version"],
     }
