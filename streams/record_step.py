@@ -252,14 +252,12 @@ def step(entries: list[Any], io: StepIO, ctx: StepContext, skip: frozenset[int] 
             result.entries_dropped["possible_matches"] += effects.matches_dropped
         if effects.seen_dropped:
             result.entries_dropped["seen"] += effects.seen_dropped
-        if effects.traits_dropped:
-            result.entries_dropped["traits"] += effects.traits_dropped
         if effects.history_dropped:
             result.entries_dropped["history"] += effects.history_dropped
         if effects.blocks_dropped:
             result.entries_dropped["blocks"] += effects.blocks_dropped
-        if effects.currencies_dropped:
-            result.entries_dropped["currencies"] += effects.currencies_dropped
+        if effects.merge_dropped:
+            result.entries_dropped.update(effects.merge_dropped)
         if effects.aliases_dropped:
             result.entries_dropped["match_aliases"] += effects.aliases_dropped
         result.blocks_skipped += effects.blocks_skipped

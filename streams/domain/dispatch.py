@@ -20,7 +20,7 @@ from streams.domain import identity_graph as graph
 from streams.domain import possible_matches
 from streams.domain.identity import profile_key, rank
 from streams.domain.merge import merge_states
-from streams.domain.profile import snapshot, trim_currencies, trim_traits
+from streams.domain.profile import bound_merged, snapshot, trim_currencies, trim_traits
 from streams.domain.resolution.blocks import block_keys, drop_member, on_block_message, person_record
 from streams.domain.rules import score_timer
 from streams.domain.state import ErasureMarker, LiveState, State
@@ -44,10 +44,11 @@ class Effects:
     limited: list[str] = field(default_factory=list)  # kinds whose identity limit kept two apart
     matches_dropped: int = 0  # possible matches dropped past limits.possible_matches
     seen_dropped: int = 0  # event ids forgotten past limits.seen_ids
-    traits_dropped: int = 0  # trait values a merge dropped past limits.trait_bytes
     history_dropped: int = 0  # windowed-count timestamps a merge dropped past limits.history_per_type
     blocks_dropped: int = 0  # fuzzy-matching block registrations dropped past limits.blocks
-    currencies_dropped: int = 0  # spend_by_currency entries a merge dropped past limits.currencies
+    #: collection -> entries a merge dropped to keep the merged profile within the bounds a fold keeps
+    #: (traits, consent, context, cart lines and moves, purchases, currencies)
+    merge_dropped: dict[str, int] = field(default_factory=dict)
     aliases_dropped: int = 0  # possible matches' aliases dropped past limits.match_aliases
     unknown: str | None = None  # an internal message type this version does not know (skipped)
     #: input topics of the parked events an arriving profile brought that are older than the watermark
@@ -241,10 +242,10 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
             # a later link's profile joins the person's later activity: its own parked events stamped
             # before the erasure are its own, not the person's, and stay (the erasure time is kept)
             merged = merge_states(cast(LiveState, {k: v for k, v in state.items() if k != "erased_at"}),
-                                  absorbed, key, limits)
+                                  absorbed, key, limits, effects.merge_dropped)
             merged["erased_at"] = erased_at
         else:
-            merged = merge_states(state, absorbed, key, limits)
+            merged = merge_states(state, absorbed, key, limits, effects.merge_dropped)
         merged["due"] = state.get("due")
         if not graph.is_holding(absorbed):  # (one with nobody in it brings only its claims and links)
             effects.merges.append(message.get("kind", "exact"))
@@ -285,11 +286,10 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
     if aliases:  # (after the matches' own trim: the aliases of matches dropped there are not kept first)
         effects.aliases_dropped = possible_matches.trim_aliases(aliases, merged["profile"]["possible_matches"],
                                                                 limits.match_aliases)
-    trimmed: dict[str, int] = {}
+    trimmed = effects.merge_dropped
+    bound_merged(merged["profile"], limits, trimmed)
     trim_traits(merged["profile"]["traits"], merged["profile"]["trait_times"], trimmed, limits)
     trim_currencies(merged["profile"]["aggregates"]["spend_by_currency"], trimmed, limits)
-    effects.traits_dropped = trimmed.get("traits", 0)
-    effects.currencies_dropped = trimmed.get("currencies", 0)
     if rules.scorer is not None:
         here = state["profile"]["predictions"] if graph.is_live(state) and state is not None else None
         score_timer.past_changed(rules.config.scoring, merged, [here, absorbed["profile"]["predictions"]])

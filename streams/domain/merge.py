@@ -33,6 +33,7 @@ from streams.domain.identity import profile_id_for
 from streams.domain.profile import (
     DEFAULT_LIMITS,
     SEEN_FROM,
+    Dropped,
     Limits,
     _ordered,
     cart_view,
@@ -62,15 +63,15 @@ _MERGED_KEYS = frozenset(("profile", "seen", "pending", "rules", "erased_at", "d
 
 @overload
 def merge_states(survivor: LiveState, absorbed: LiveState | ErasureMarker, survivor_key: str,
-                 limits: Limits = ...) -> LiveState: ...
+                 limits: Limits = ..., dropped: Dropped | None = ...) -> LiveState: ...
 @overload
 def merge_states(survivor: LiveState | ErasureMarker, absorbed: LiveState, survivor_key: str,
-                 limits: Limits = ...) -> LiveState: ...
+                 limits: Limits = ..., dropped: Dropped | None = ...) -> LiveState: ...
 @overload
 def merge_states(survivor: LiveState | ErasureMarker, absorbed: LiveState | ErasureMarker, survivor_key: str,
-                 limits: Limits = ...) -> LiveState | ErasureMarker: ...
+                 limits: Limits = ..., dropped: Dropped | None = ...) -> LiveState | ErasureMarker: ...
 def merge_states(survivor: LiveState | ErasureMarker, absorbed: LiveState | ErasureMarker, survivor_key: str,
-                 limits: Limits = DEFAULT_LIMITS) -> LiveState | ErasureMarker:
+                 limits: Limits = DEFAULT_LIMITS, dropped: Dropped | None = None) -> LiveState | ErasureMarker:
     """One person's state from two: the union of both profiles' events, keyed ``survivor_key``.
 
     Either side may be an erasure marker ``{"erased_at": ts}``: the newest erasure is kept.  Neither
@@ -104,7 +105,7 @@ def merge_states(survivor: LiveState | ErasureMarker, absorbed: LiveState | Eras
     else:
         a, b = live
         result = _extras(a)
-        result["profile"] = merge_profiles(a["profile"], b["profile"], survivor_key)
+        result["profile"] = merge_profiles(a["profile"], b["profile"], survivor_key, dropped)
         result["seen"] = _union_min(a["seen"], b["seen"])
         result["pending"] = merge_pending(a, b)
         result["rules"] = merge_rules(a.get("rules") or new_rule_state(), b.get("rules") or new_rule_state(),
@@ -179,14 +180,16 @@ def _newest(a_values: Mapping[str, Any], a_times: Mapping[str, list[Any]], b_val
 # --- profile ----------------------------------------------------------------------------------------
 
 
-def merge_profiles(a: ProfileBody, b: ProfileBody, key: str) -> ProfileBody:
-    """The ``profile`` part: as if one profile keyed ``key`` had folded the events of both."""
+def merge_profiles(a: ProfileBody, b: ProfileBody, key: str, dropped: Dropped | None = None) -> ProfileBody:
+    """The ``profile`` part: as if one profile keyed ``key`` had folded the events of both (the newest
+    purchases kept, those left out counted in ``dropped``; the caller keeps the other bounds:
+    :func:`streams.domain.profile.bound_merged`)."""
     ids: Identifiers = {field: _union_min(a["identifiers"].get(field, {}), b["identifiers"].get(field, {}))
                         for field in sorted({*a["identifiers"], *b["identifiers"]})}
     traits, trait_times = _newest(a["traits"], a["trait_times"], b["traits"], b["trait_times"])
     consent, consent_times = _newest(a["consent"], a["consent_times"], b["consent"], b["consent_times"])
     context, context_times = _newest(a["context"], a["context_times"], b["context"], b["context_times"])
-    aggregates = _merge_aggregates(a["aggregates"], b["aggregates"])
+    aggregates = _merge_aggregates(a["aggregates"], b["aggregates"], dropped)
     last_purchase = aggregates["last_purchase_at"]
     touched = _max_opt(a["cart_meta"]["touched"], b["cart_meta"]["touched"])
     if touched is not None and last_purchase is not None and touched <= last_purchase:
@@ -217,7 +220,7 @@ def merge_profiles(a: ProfileBody, b: ProfileBody, key: str) -> ProfileBody:
     return merged
 
 
-def _merge_aggregates(a: Aggregates, b: Aggregates) -> Aggregates:
+def _merge_aggregates(a: Aggregates, b: Aggregates, dropped: Dropped | None = None) -> Aggregates:
     return {
         "event_counts": _add(a["event_counts"], b["event_counts"]),
         "kind_counts": _add(a["kind_counts"], b["kind_counts"]),
@@ -230,7 +233,8 @@ def _merge_aggregates(a: Aggregates, b: Aggregates) -> Aggregates:
         "last_purchase_at": _max_opt(a["last_purchase_at"], b["last_purchase_at"]),
         # both sides' purchases (two events, never one folded twice) by time, the newest kept as a
         # profile folding all of them keeps them (a state from before the list: see listed_purchases)
-        "purchases": keep_newest_purchases([list(entry) for entry in (*listed_purchases(a), *listed_purchases(b))]),
+        "purchases": keep_newest_purchases([list(entry) for entry in (*listed_purchases(a), *listed_purchases(b))],
+                                           dropped),
     }
 
 

@@ -178,17 +178,22 @@ def _drop(dropped: Dropped | None, collection: str, count: int = 1) -> None:
         dropped[collection] = dropped.get(collection, 0) + count
 
 
+#: The consent the guardrails read (``rules.guardrails``): the bound on consent keys never drops it, so
+#: a withdrawal always counts, whatever other consent keys a profile gathered first (a bound of one more).
+CONSENT_CHANNEL = "email"
+
+
 def _apply_newest(
     values: dict[str, Any], times: dict[str, list[Any]], updates: dict[str, Any], ts: int, event_id: str,
-    collection: str, dropped: Dropped | None, most: int,
+    collection: str, dropped: Dropped | None, most: int, always: str | None = None,
 ) -> None:
     """Newest non-empty value per field by event time; equal times: the larger event_id wins.  A new
-    field past ``most`` (the collection's bound) is dropped (counted)."""
+    field past ``most`` (the collection's bound) is dropped (counted), unless it is ``always``."""
     stamp = [ts, event_id]
     for field, value in updates.items():
         if value is None or value == "":
             continue
-        if field not in values and len(values) >= most:
+        if field not in values and len(values) >= most and field != always:
             _drop(dropped, collection)
             continue
         if stamp >= times.get(field, [-1, ""]):
@@ -311,7 +316,7 @@ def refresh_view(line: CartLine, added: list[Any] | None = None) -> None:
         line["view"] = line_view(moves)
 
 
-def _drop_cart_lines(cart: dict[str, CartLine], count: int, dropped: Dropped) -> None:
+def _drop_cart_lines(cart: dict[str, CartLine], count: int, dropped: Dropped | None) -> None:
     """``count`` lines leave the cart (each counted as ``cart_lines``): lines at quantity 0 (products
     taken out again) first, then those moved least recently."""
     def order(product: str) -> tuple[bool, int, str]:
@@ -322,6 +327,36 @@ def _drop_cart_lines(cart: dict[str, CartLine], count: int, dropped: Dropped) ->
     for product in by_age[:count]:
         del cart[product]
     _drop(dropped, "cart_lines", count)
+
+
+def _keep_newest_fields(values: dict[str, Any], times: dict[str, list[Any]], most: int, collection: str,
+                       dropped: Dropped | None, always: str | None = None) -> None:
+    """Past ``most`` fields, those with the oldest ``[ts, event_id]`` stamps go (each counted; equal
+    stamps by name), ``always`` never: a rule on the content alone, so a merge keeps the same whichever
+    side absorbs the other."""
+    excess = len(values) - most - (always in values)
+    if excess <= 0:
+        return
+    oldest = sorted((name for name in values if name != always), key=lambda name: (times.get(name, [-1, ""])[:2], name))
+    for name in oldest[:excess]:
+        del values[name]
+        times.pop(name, None)
+    _drop(dropped, collection, excess)
+
+
+def bound_merged(profile: ProfileBody, limits: Limits, dropped: Dropped | None) -> None:
+    """A merged profile held to the bounds a fold keeps (each drop counted): two profiles within them
+    can hold up to twice as many trait, consent and context keys and cart lines, and twice the moves
+    of a product's line, together."""
+    _keep_newest_fields(profile["traits"], profile["trait_times"], limits.traits, "traits", dropped)
+    _keep_newest_fields(profile["consent"], profile["consent_times"], limits.consent, "consent", dropped,
+                        always=CONSENT_CHANNEL)
+    _keep_newest_fields(profile["context"], profile["context_times"], limits.context, "context", dropped)
+    cart = profile["cart"]
+    for line in cart.values():
+        _combine_moves(line, limits.cart_moves, dropped)
+    if len(cart) > limits.cart_lines:
+        _drop_cart_lines(cart, len(cart) - limits.cart_lines, dropped)
 
 
 def _combine_moves(line: CartLine, most: int, dropped: Dropped | None) -> None:
@@ -613,7 +648,7 @@ def fold_event(profile: ProfileBody, event: Event, linked: Container[str] | None
                                                    for value in traits.values()):
             trim_traits(profile["traits"], profile["trait_times"], dropped, limits)
         _apply_newest(profile["consent"], profile["consent_times"], event.get("consent") or {}, ts, event_id,
-                      "consent", dropped, limits.consent)
+                      "consent", dropped, limits.consent, always=CONSENT_CHANNEL)
 
     profile["created_at"] = min(profile["created_at"], ts)
     profile["updated_at"] = max(profile["updated_at"], ts)

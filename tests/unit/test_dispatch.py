@@ -184,3 +184,29 @@ def test_aliases_of_possible_matches_are_bounded_keeping_those_the_view_follows(
     assert sorted(k for k in aliases if k.startswith("a:x")) == [f"a:x{n:02}" for n in range(6)]  # the first by key
     view = snapshot(states["u:a"])["possible_matches"]
     assert [match["profile_id"] for match in view] == [graph.profile_id_for("e:m1@x"), graph.profile_id_for("u:m2")]
+
+
+def test_many_profiles_of_one_person_merged_one_by_one_stay_within_the_bounds() -> None:
+    """Forty anonymous profiles, each with as many consent keys of the longest name as the bound
+    allows, then joined one by one under one user id: before, a merge added the consent keys (and
+    trait keys, cart lines, moves) of both sides, so the person's state grew past the broker's value
+    limit and the step failed; the merged profile now keeps the fold's bounds."""
+    from streams.domain.dispatch import LocalPipeline
+    from streams.domain.profile import DEFAULT_LIMITS
+
+    t0 = parse_timestamp("2026-03-01T10:00:00Z")
+    rules = RuleSet.build(PipelineConfig(), 7 * 86_400_000)
+    local = LocalPipeline(rules)
+    anonymous = [{"event_id": f"a{n}", "type": "identify", "timestamp": t0 + n, "anonymous_id": f"anon-{n}",
+                  "consent": {f"{n:03d}-{c:02d}-" + "k" * 57: True for c in range(DEFAULT_LIMITS.consent)}}
+                 for n in range(40)]
+    local.feed(accepted_events(anonymous))
+    local.advance(t0 + 1_000)
+    joins = [{"event_id": f"j{n}", "type": "identify", "timestamp": t0 + 2_000 + n, "user_id": "u-1",
+              "anonymous_id": f"anon-{n}"} for n in range(40)]
+    local.feed(accepted_events(joins))
+    local.advance(t0 + 10_000)
+    [(key, state)] = [(key, state) for key, state in local.live() if not graph.is_holding(state)]
+    assert key == "u:u-1" and len(state["profile"]["identifiers"]["anonymous_ids"]) == 40
+    assert len(state["profile"]["consent"]) == DEFAULT_LIMITS.consent
+    assert len(str(state)) < 100_000

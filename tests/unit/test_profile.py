@@ -175,6 +175,72 @@ def test_what_events_add_to_a_profile_is_bounded_and_each_drop_counted(small: bo
     assert view is not None and next(i for i in view["items"] if i["product_id"] == "sku-0")["quantity"] == 1
 
 
+def test_an_email_consent_past_the_consent_bound_is_kept_so_a_withdrawal_always_counts() -> None:
+    from streams.domain.profile import Limits, fold_event, new_state
+
+    limits = Limits(consent=3)
+    profile = new_state("u:u-1", T0)["profile"]
+    dropped: dict[str, int] = {}
+    for n in range(5):  # an upstream that fills the consent keys first
+        fold_event(profile, ev(f"c{n}", "identify", T0 + n, consent={f"c{n}": True}), dropped=dropped, limits=limits)
+    fold_event(profile, ev("off", "identify", T0 + 10, consent={"email": False, "sms": True}), dropped=dropped,
+               limits=limits)
+    assert profile["consent"]["email"] is False and "sms" not in profile["consent"]
+    assert len(profile["consent"]) == limits.consent + 1 and dropped["consent"] == 3
+
+
+def test_a_merge_of_two_profiles_at_every_bound_keeps_the_bounds_and_counts_each_drop() -> None:
+    """Two profiles can hold up to twice the bounds together (here each side was folded under the
+    default bounds, the merge runs under smaller ones): the absorb keeps the merged profile within
+    them (the newest fields, the cart lines moved last, moves combined, the newest purchases), the
+    e-mail consent whatever its age, and counts what went by collection."""
+    from streams.domain.config import PipelineConfig
+    from streams.domain.dispatch import dispatch
+    from streams.domain.profile import Limits, cart_view
+    from streams.domain.timeline import RuleSet
+
+    limits = Limits(traits=6, consent=4, context=3, cart_lines=5, cart_moves=4)
+    config = PipelineConfig.model_validate({"limits": {"traits": 6, "consent": 4, "context": 3, "cart_lines": 5,
+                                                       "cart_moves": 4}})
+    rules = RuleSet.build(config, RET)
+    assert rules.limits.cart_moves == limits.cart_moves
+    states: dict[str, Any] = {}
+    for side, key in enumerate(("u:a", "u:b")):
+        state = None
+        t = T0 + side * 1000
+
+        def fold(event: dict[str, Any], key: str = key) -> None:
+            nonlocal state
+            state = apply_event(state, key, event, RET).state
+
+        if side == 0:  # the e-mail withdrawal is the oldest field of all
+            fold(ev(f"{key}-email", "identify", T0 - 5000, consent={"email": False}))
+        for n in range(limits.traits):
+            fold(ev(f"{key}-i{n}", "identify", t + n, traits={f"{key}-t{n}": "x"}, context={"timezone": "UTC"}
+                    if n == 0 else {}, consent={f"{key}-c{n}": True} if n < limits.consent - (side == 0) else {}))
+        for n in range(limits.cart_lines):
+            fold(ev(f"{key}-k{n}", "cart_add", t + 100 + n, product_id=f"{key}-sku{n}", price=1.0))
+        for n in range(limits.cart_moves):  # both sides move one shared line
+            fold(ev(f"{key}-m{n}", "cart_add", t + 200 + n, product_id="shared", price=1.0))
+        for n in range(60):
+            fold(ev(f"{key}-o{n}", "purchase", t - 4000 + n, order_id=f"{key}-o{n}", total=1.0))
+        assert state is not None
+        states[key] = orjson.loads(orjson.dumps(state))
+    absorbed = states.pop("u:b")
+    effects = dispatch(states, {}, "u:a", {"type": "_absorb", "from": "u:b", "state": absorbed}, None, rules)
+    profile = states["u:a"]["profile"]
+    assert len(profile["traits"]) == limits.traits and len(profile["consent"]) == limits.consent + 1
+    assert profile["consent"]["email"] is False
+    assert set(profile["trait_times"]) == set(profile["traits"])
+    assert set(profile["consent_times"]) == set(profile["consent"])
+    assert len(profile["cart"]) == limits.cart_lines and len(profile["cart"]["shared"]["moves"]) == limits.cart_moves
+    assert len(profile["aggregates"]["purchases"]) == 100 and profile["aggregates"]["orders"] == 120
+    assert effects.merge_dropped == {"traits": limits.traits, "consent": limits.consent - 1, "cart_lines": 6,
+                                     "cart_moves": limits.cart_moves, "purchases": 20}
+    view = cart_view(profile)
+    assert view is not None and len(view["items"]) == limits.cart_lines
+
+
 def test_a_state_stored_with_null_spend_is_repaired_by_the_next_purchase_merge_and_score() -> None:
     """An older version let two huge totals overflow to infinity, stored (and published) as null:
     such a state reads as the spend it still knows, and the next purchase, a merge and the model's
@@ -239,7 +305,7 @@ def test_large_trait_values_are_held_to_a_byte_budget_in_a_fold_and_in_a_merge()
     effects = dispatch(states, {}, "u:a", {"type": "_absorb", "from": "u:b", "state": absorbed}, None, rules)
     merged = states["u:a"]
     assert merged is not None and len(orjson.dumps(merged["profile"]["traits"])) <= DEFAULT_LIMITS.trait_bytes
-    assert effects.traits_dropped == held - len(merged["profile"]["traits"]) > 0
+    assert effects.merge_dropped["traits"] == held - len(merged["profile"]["traits"]) > 0
 
 
 def test_long_event_ids_are_held_to_a_byte_budget_and_their_replays_still_count_as_repeats() -> None:
@@ -320,5 +386,5 @@ def test_spend_by_currency_is_held_to_its_bound_in_a_fold_and_in_a_merge_and_the
     effects = dispatch(states, {}, "u:a", {"type": "_absorb", "from": "u:b", "state": absorbed}, None, rules)
     merged = states["u:a"]
     assert merged is not None and merged["profile"]["aggregates"]["spend_by_currency"] == kept
-    assert len(union) > 16 and effects.currencies_dropped == len(union) - 16
+    assert len(union) > 16 and effects.merge_dropped["currencies"] == len(union) - 16
     assert merged["profile"]["aggregates"]["total_spend"] == 2 * sum(range(1, 41))
