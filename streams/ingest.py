@@ -70,10 +70,23 @@ class Accepted:
 
 @dataclass(frozen=True, slots=True)
 class Rejected:
-    """A bad input message: ``record`` is the contract's dead-letter value."""
+    """A bad input message: ``record`` is the contract's dead-letter value.  ``field``: the event
+    field at fault, a name the schema declares ("" when none is), never a value or a key of the input."""
 
     code: str
     record: dict[str, Any]
+    field: str = ""
+
+    def reason(self) -> str:
+        """Why, without the input's values (a dead letter's message may quote them; a command-line
+        error or a log line must not: they may be personal data)."""
+        if self.code in _VALUE_FREE:
+            return str(self.record["error"]["message"])
+        return f"{self.code} at {self.field}" if self.field else self.code
+
+
+#: Codes whose dead-letter message quotes nothing of the input.
+_VALUE_FREE = frozenset(("empty", "too_large", "not_json", "not_object"))
 
 
 def _text(data: bytes | None, most: int) -> tuple[str | None, bool, int | None]:
@@ -91,7 +104,7 @@ def _text(data: bytes | None, most: int) -> tuple[str | None, bool, int | None]:
     return base64.b64encode(kept).decode("ascii"), True, len(data) if cut else None
 
 
-def reject(source: Source, raw: bytes | None, code: str, message: str, now_ms: int) -> Rejected:
+def reject(source: Source, raw: bytes | None, code: str, message: str, now_ms: int, field: str = "") -> Rejected:
     """Build the dead-letter record for a rejected message (``raw``: its first :data:`MAX_RAW_BYTES`)."""
     raw_text, raw_b64, raw_bytes = _text(raw, MAX_RAW_BYTES)
     key_text, key_b64, key_bytes = _text(source.key, MAX_KEY_BYTES)
@@ -112,11 +125,12 @@ def reject(source: Source, raw: bytes | None, code: str, message: str, now_ms: i
         record["key_truncated"], record["key_bytes"] = True, key_bytes
     if key_b64:
         record["key_encoding"] = "base64"
-    return Rejected(code, record)
+    return Rejected(code, record, field)
 
 
-def _code_for(exc: ValidationError) -> tuple[str, str]:
-    """Map the first pydantic error to a dead-letter code and a one-line message."""
+def _code_for(exc: ValidationError) -> tuple[str, str, str]:
+    """Map the first pydantic error to a dead-letter code, a one-line message and the event field at
+    fault (a declared one: the events ignore undeclared fields; what follows it may be a key of the input)."""
     err = exc.errors(include_url=False)[0]
     loc = [str(part) for part in err["loc"]][1:]  # drop the union tag
     where = ".".join(loc) or "event"
@@ -130,7 +144,7 @@ def _code_for(exc: ValidationError) -> tuple[str, str]:
     else:
         code = "schema"
     msg = str(err["msg"]).removeprefix("Value error, ")
-    return code, f"{where}: {msg}"[:500]
+    return code, f"{where}: {msg}"[:500], loc[0] if loc else ""
 
 
 DEFAULT_POLICY = IngestPolicy()
@@ -153,22 +167,23 @@ def decode(raw: bytes | None, source: Source, now_ms: int,
     if not isinstance(etype, str) or etype not in KNOWN_TYPES:
         shown = "missing" if etype is None else repr(etype)[:64] if isinstance(etype, str) else \
             f"of JSON type {_json_type(etype)}"
-        return reject(source, raw, "unknown_type", f"type {shown} is not a known event type", now_ms)
+        return reject(source, raw, "unknown_type", f"type {shown} is not a known event type", now_ms, "type")
     obj, blocked = _without_placeholders(obj, policy.blocked_values, policy.phone_region)
     if blocked and etype != "tick" and not _has_identifier(obj, etype):
         return reject(source, raw, "invalid_identifier",
-                      f"{blocked[0]}: a placeholder value names nobody, and no other identifier is given", now_ms)
+                      f"{blocked[0]}: a placeholder value names nobody, and no other identifier is given", now_ms,
+                      blocked[0])
     try:
         model = INPUT_EVENT_ADAPTER.validate_python(obj, context={"phone_region": policy.phone_region})
     except ValidationError as exc:
-        code, message = _code_for(exc)
-        return reject(source, raw, code, message, now_ms)
+        code, message, field = _code_for(exc)
+        return reject(source, raw, code, message, now_ms, field)
     event = model.model_dump(mode="json", exclude_none=True)
     ts = event.pop("timestamp")
     if policy.max_future_ms is not None and ts > now_ms + policy.max_future_ms:
         return reject(source, raw, "future_timestamp",
                       f"timestamp {format_ms(ts)} is more than {policy.max_future_ms // 60_000} minutes ahead of "
-                      f"the worker's clock ({format_ms(now_ms)})", now_ms)
+                      f"the worker's clock ({format_ms(now_ms)})", now_ms, "timestamp")
     event["ts"] = ts
     event["kind"] = TOPIC_OF_TYPE.get(etype, source.topic)
     event["src"] = [source.topic, source.partition, source.offset, source.arrived_ms]

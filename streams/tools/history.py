@@ -41,7 +41,7 @@ def _accepted(path: Path, line: bytes, number: int) -> dict[str, Any] | None:
         return None
     result = decode(raw, Source("history", 0, number, None, 0), 0)
     if not isinstance(result, Accepted):
-        raise HistoryError(f"{path}:{number}: {result.record['error']['message']}")
+        raise HistoryError(f"{path}:{number}: {result.reason()}")
     return result.event
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from confluent_kafka import Producer
@@ -16,8 +17,13 @@ class RoutingError(ValueError):
 def topic_for(event: dict[str, Any]) -> str:
     etype = event.get("type")
     if not isinstance(etype, str) or etype not in TOPIC_OF_TYPE:
-        raise RoutingError(f"type {etype!r} is not an input event type")
+        # shown only when it looks like a type name (a typo, say): free text may be personal data
+        shown = f" {etype!r}" if isinstance(etype, str) and _TYPE_NAME.fullmatch(etype) else ""
+        raise RoutingError(f"type{shown} is not an input event type")
     return TOPIC_OF_TYPE[etype]
+
+
+_TYPE_NAME = re.compile(r"[a-z][a-z_]{0,39}")
 
 
 def key_for(event: dict[str, Any]) -> bytes | None:

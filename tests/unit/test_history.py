@@ -60,3 +60,26 @@ def test_files_shorter_than_the_processes(content: bytes, tmp_path: Path) -> Non
 def test_an_unreadable_file_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(HistoryError, match="cannot read"):
         read_events(tmp_path / "missing.jsonl", jobs=2)
+
+
+@pytest.mark.parametrize(("line", "reason"), [
+    (b'{"event_id": "e", "type": "identify", "timestamp": "2026-03-01T00:00:00Z", "user_id": "u",'
+     b' "phone": "+1 555 0100 Alice"}', "invalid_identifier at phone"),
+    (b'{"event_id": "e", "type": "identify", "timestamp": "2026-03-01T00:00:00Z", "user_id": "u",'
+     b' "consent": {"alice.doe@example.com": "yes"}}', "schema at consent"),
+    (b'{"event_id": "e", "type": "page_view", "timestamp": "Alice 2026", "user_id": "u"}',
+     "bad_timestamp at timestamp"),
+    (b'{"event_id": "e", "type": "alice.doe@example.com", "timestamp": 1, "user_id": "u"}', "unknown_type at type"),
+    (b'{"event_id": "e", "type": "purchase", "timestamp": "2026-03-01T00:00:00Z", "user_id": "u",'
+     b' "order_id": "o-1", "total": 5, "currency": "Alice"}', "schema at currency"),
+])
+def test_a_bad_line_is_named_by_place_code_and_field_without_its_values(tmp_path: Path, line: bytes,
+                                                                       reason: str) -> None:
+    """A command's error line may be logged (``MAILPULSE_LOG_FORMAT=json``): it names the line, the
+    dead-letter code and the declared field, and quotes nothing of the input."""
+    path = tmp_path / "h.jsonl"
+    path.write_bytes(line + b"\n")
+    with pytest.raises(HistoryError) as bad:
+        read_events(path)
+    assert str(bad.value) == f"{path}:1: {reason}"
+    assert "Alice" not in str(bad.value) and "alice" not in str(bad.value)

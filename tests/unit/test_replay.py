@@ -54,3 +54,14 @@ def test_a_tick_line_goes_to_every_partition_of_every_input_topic_after_the_line
     assert [orjson.loads(value).get("event_id") for _, _, value in producer.sent] == (
         ["v1"] + [None] * 7 + ["v2"] + [None] * 7)
     assert producer.sent[0][0] == "clicks" and asked == [1]  # the partitions asked once
+
+
+@pytest.mark.parametrize(("etype", "shown"), [("page_veiw", "type 'page_veiw' is"),
+                                              ("alice.doe@example.com", "type is"), (5, "type is")])
+def test_a_line_of_an_unknown_type_names_the_type_only_when_it_looks_like_one(etype: Any, shown: str) -> None:
+    """A typo is shown; free text (which may be personal data) is not repeated in the error line."""
+    from streams.tools.produce import RoutingError, topic_for
+
+    with pytest.raises(RoutingError) as bad:
+        topic_for({"type": etype})
+    assert str(bad.value).startswith(shown) and "alice" not in str(bad.value)

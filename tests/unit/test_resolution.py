@@ -275,7 +275,7 @@ def test_resolve_command_writes_one_line_per_event(capsys: pytest.CaptureFixture
          "in.jsonl:2: a page_view event, not an identify event"),
         (json.dumps({"event_id": "x", "type": "identify", "timestamp": 1772359200000}), "in.jsonl:2: "),
         (json.dumps({"event_id": "x", "type": "identify", "timestamp": 1772359200000, "email": "nope"}),
-         "invalid email"),
+         "in.jsonl:2: invalid_identifier at email"),
     ],
 )
 def test_resolve_command_stops_at_a_bad_line_with_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path,
