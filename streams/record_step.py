@@ -32,7 +32,7 @@ from streams.domain.state import LiveState, State, is_live
 from streams.domain.timeline import NeighboursOf, RuleSet, _no_neighbours, advance, idle, next_due
 from streams.ingest import Source, reject
 from streams.routing import PartitionBatches, partition_for
-from streams.watermark import due_first, indexable_due, merge_clocks, watermark
+from streams.watermark import clock_time, due_first, indexable_due, merge_clocks, watermark
 
 log = logging.getLogger(__name__)
 
@@ -212,20 +212,24 @@ def step(entries: list[Any], io: StepIO, ctx: StepContext, skip: frozenset[int] 
     republish: set[str] = set()
     outbox: list[tuple[str, str, dict[str, Any]]] = []  # (source key, target key, message)
     moved = False
-    for index, (key, message) in enumerate(entries):
-        if index in skip or (key is not None and key in skip_keys):
+    for index, entry in enumerate(entries):
+        if index in skip:
             continue
+        key = None
         try:
+            key, message = entry  # (a damaged entry fails here, alone)
+            if key is not None and key in skip_keys:
+                continue
             if key is None:  # clocks of input partitions, or the wall clock
                 if "clocks" in message:
                     moved |= merge_clocks(clocks, message["clocks"])
-                elif message.get("wall", 0) > clocks.get("wall", 0):
+                elif "wall" in message and clock_time(message["wall"]) > clocks.get("wall", 0):
                     clocks["wall"] = message["wall"]
                     moved = True
                 continue
             effects = dispatch(states, blocks, key, message, before, rules)
         except Exception as exc:
-            raise StepFailure("dispatch", exc, index=index, key=key) from exc
+            raise StepFailure("dispatch", exc, index=index, key=key if isinstance(key, str) else None) from exc
         if effects.outcome is not None:
             topic = message["src"][0]
             result.outcomes[topic, "duplicate" if effects.outcome == "duplicate" else "processed"] += 1

@@ -32,6 +32,8 @@ from typing import Any, Protocol
 
 import orjson
 
+from schemas.timeparse import MAX_EPOCH_MS
+
 
 def clock_name(topic: str, partition: int) -> str:
     return f"{topic}/{partition}"
@@ -48,8 +50,21 @@ _names: dict[tuple[str, int], str] = {}
 NAMES_KEPT = 4_096
 
 
+def clock_time(ts: Any) -> int:
+    """``ts`` as a clock's time: an integer from 0 to the latest accepted event time (a clock never goes
+    back, so one far ahead would make every later event late, and one past 64 bits could not be
+    stored); else :class:`ValueError`."""
+    if type(ts) is not int or not 0 <= ts <= MAX_EPOCH_MS:
+        raise ValueError("a clock time is an integer from 0 to the latest accepted event time")
+    return ts
+
+
 def merge_clocks(clocks: dict[str, int], updates: Iterable[Sequence[Any]]) -> bool:
-    """Raises each named clock to the update's value (clocks never go back).  True if one moved."""
+    """Raises each named clock to the update's value (clocks never go back).  True if one moved.
+    :class:`ValueError` (before anything moved) on a time that is not a clock's (:func:`clock_time`)."""
+    updates = list(updates)
+    for _, _, ts in updates:
+        clock_time(ts)
     moved = False
     names = _names
     for topic, partition, ts in updates:

@@ -421,7 +421,7 @@ async def test_a_damaged_record_in_a_run_costs_its_own_entries_only(pipeline: Pi
     async with agent(pipeline, "profiles").test_context() as profiles:
         await profiles.put(_run([_batch(_event("e-1")), b"[1]", _batch(_event("e-2"))], first_offset=30))
     [(_, letter, _)] = sent(pipeline, "dead-letter")
-    assert (letter["offset"], letter["error"]["message"]) == (31, "profile hop, record: TypeError")
+    assert (letter["offset"], letter["error"]["message"]) == (31, "profile hop, dispatch: TypeError")  # (its entry)
     assert set(orjson.loads(pipeline.profile_state.read(b"u:u-1", 1))["seen"]) == {"e-1", "e-2"}
 
 

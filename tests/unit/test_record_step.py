@@ -788,3 +788,26 @@ def test_consent_withdrawn_and_given_again_by_late_events_of_one_pass_withdraws_
           "consent": {"email": True}}], 6, False, hop=hop, until=t + 2 * hour)
     assert hop.latest(names.PROFILES)[profile_id_for("u:ana").encode()]["consent"]["email"] is True
     assert not hop.outputs.get(withdrawals)
+
+
+@pytest.mark.parametrize("bad", [
+    ["u:x"],  # not a [key, message] pair
+    [None, {"clocks": [["clicks", 0, 1.5e12]]}],  # a clock time that is not an integer
+    [None, {"clocks": [["clicks", 0, 2**70]]}],  # past 64 bits: the clocks could not be stored
+    [None, {"clocks": [["clicks", 0, 2**62]]}],  # far ahead: every later event would be late
+    [None, {"wall": 2**70}],
+])
+def test_a_damaged_entry_among_good_ones_is_left_out_alone(bad: list[Any]) -> None:
+    """Before, a damaged entry failed outside the entry's isolation (its unpacking), or was stored and
+    failed later steps (a float clock reached the due index, a clock past 64 bits could not be
+    encoded): the whole record was left out and its good events dead-lettered with it."""
+    t0 = parse_timestamp("2026-03-01T10:00:00Z")
+    [event] = accepted_events([{"event_id": "v1", "type": "page_view", "timestamp": t0, "user_id": "u-1"}])
+    entries = [["u:u-1", event], bad, [None, {"clocks": [["clicks", 0, t0 + 1]]}]]
+    states: dict[bytes, bytes] = {}
+    io = StepIO(0, lambda key: None if (v := states.get(key.encode())) is None else orjson.loads(v),
+                lambda key: None, {}, lambda upto: set(), NOW, NOW)
+    result = step_isolated(entries, lambda: io, CTX, Source(CTX.events_topic, 0, 0, None, NOW))
+    assert not result.left_out_whole and len(result.failures) == 1
+    assert [kb for kb, _ in result.state_writes] == [b"u:u-1"]
+    assert result.clocks is not None and orjson.loads(result.clocks) == {clock_name("clicks", 0): t0 + 1}
