@@ -104,6 +104,9 @@ def _apply(states: MutableMapping[str, State | None], key: str, routing: graph.R
 def _on_event(states: MutableMapping[str, State | None], key: str, state: State | None, event: dict[str, Any],
               watermark: int | None, rules: RuleSet) -> Effects:
     if graph.is_redirect(state):
+        erased_at = state.get("erased_at")
+        if erased_at is not None and event["ts"] <= erased_at:
+            return Effects(outcome="forgotten")  # the erased person's, as at the key's marker before
         return Effects(send=[(state["merged_into"], event)])
     got = receive(state, key, event, watermark, rules)
     effects = Effects(outcome=got.outcome, late=got.late, seen_dropped=got.seen_dropped,
@@ -229,6 +232,11 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
         if later is None:
             return effects
         absorbed = later
+    if erased_at is None and "erased_at" in absorbed:
+        # The later activity of an erased person's key joins a profile that is not theirs (someone named
+        # that key after the erase).  Its erasure time guards the key's older events, which the key's
+        # redirect goes on dropping (``identity_graph._redirect``); here it would drop this profile's own.
+        absorbed = cast(LiveState, {k: v for k, v in absorbed.items() if k not in ("erased_at", "erased_keys")})
     limits = rules.limits
     if watermark is not None:
         # new here: neither parked here nor folded here (merge_pending drops those it already folded)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from typing_extensions import TypeIs
+
 
 def profile_key(event: dict[str, Any]) -> str:
     """The routing/table key of the profile an (accepted, non-tick) event belongs to."""
@@ -23,6 +25,12 @@ def profile_key(event: dict[str, Any]) -> str:
 
 #: Identifier kinds by precedence: user ids, then e-mails, anonymous ids, phones.
 _KIND_RANK = {"u": 0, "e": 1, "a": 2, "ph": 3}
+
+
+def is_identity_key(key: object) -> TypeIs[str]:
+    """A key of one of the four identifier kinds (``u:``, ``e:``, ``a:``, ``ph:``): the only keys the
+    identity graph links."""
+    return isinstance(key, str) and key.partition(":")[0] in _KIND_RANK
 
 
 def rank(key: str) -> tuple[int, str]:

@@ -47,7 +47,7 @@ from typing import Any
 from typing_extensions import TypeIs
 
 from schemas.timeparse import MAX_EPOCH_MS, MIN_EPOCH_MS
-from streams.domain.identity import profile_id_for, rank
+from streams.domain.identity import is_identity_key, profile_id_for, rank
 from streams.domain.profile import new_state
 from streams.domain.state import LiveState, Redirect, State
 from streams.domain.state import is_live as is_live
@@ -229,6 +229,9 @@ def _redirect(root: str, previous: State | None) -> Redirect:
     state: Redirect = {"merged_into": root}
     if previous is not None and previous.get("due") is not None:
         state["due"] = previous["due"]  # so the caller deletes the due entry
+    erased_at = previous.get("erased_at") if previous is not None else None
+    if isinstance(erased_at, int):  # an erased person's key whose later activity joins another profile
+        state["erased_at"] = erased_at
     return state
 
 
@@ -280,8 +283,13 @@ def on_link(key: str, state: State | None, message: dict[str, Any], limits: Limi
     """``key`` belongs to the component of ``message["root"]``.  Between two live profiles this is
     an ask, answered by the smaller one (module doc, identity limits)."""
     root, kind = message.get("root"), message.get("kind", "exact")
-    if root == key or not isinstance(root, str):  # (not one of ours: no root to link to)
+    if root == key or not is_identity_key(root):  # (not one of ours: no root to link to)
         return Routing(state)
+    theirs_given = message.get("keys")
+    if isinstance(theirs_given, list) and not all(is_identity_key(k) for k in theirs_given):
+        # (not one of ours either: identity limits count the four kinds, so other keys would be claims
+        # without a bound)
+        message = {**message, "keys": [k for k in theirs_given if is_identity_key(k)]}
     if state is None:
         if rank(root) > rank(key):  # an ask reached an empty key: the asker settles here
             theirs = message.get("keys")
@@ -302,7 +310,8 @@ def on_link(key: str, state: State | None, message: dict[str, Any], limits: Limi
         if current == root:
             return Routing(state)
         if message.get("from") == current:  # this key's profile moved to ``root``
-            return Routing({**state, "merged_into": root})
+            # (always to a smaller key, as profiles join: so redirects never form a loop)
+            return Routing({**state, "merged_into": root} if rank(root) < rank(current) else state)
         # anyone else's word goes to this key's profile, which asks or decides (never an ``ok``:
         # that was meant for a profile that has since joined another); ``via``: the key it was sent to
         passed = {k: v for k, v in message.items() if k != "ok"}

@@ -126,6 +126,9 @@ class Redirect(TypedDict):
 
     merged_into: str
     due: NotRequired[int | None]  # the due entry the caller deletes
+    #: the key's person was erased at this time, and the key's later activity joined ``merged_into``
+    #: (someone named the key after the erase): its events stamped up to then are dropped, not passed on
+    erased_at: NotRequired[int]
 
 
 @final

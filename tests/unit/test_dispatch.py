@@ -210,3 +210,68 @@ def test_many_profiles_of_one_person_merged_one_by_one_stay_within_the_bounds() 
     assert key == "u:u-1" and len(state["profile"]["identifiers"]["anonymous_ids"]) == 40
     assert len(state["profile"]["consent"]) == DEFAULT_LIMITS.consent
     assert len(str(state)) < 100_000
+
+
+@pytest.mark.parametrize("order", ["pv er pr", "pv pr er", "er pv pr", "er pr pv", "pr pv er", "pr er pv"])
+def test_an_erase_of_an_address_nobody_had_loses_no_one_elses_events_whatever_the_order(order: str) -> None:
+    """An erase names an address nobody had; a later event names it beside a browser id a user had
+    used before.  Before, when that event's profile (the erased key's later activity) joined the
+    user's, the erasure time came along and dropped the user's own earlier events.  Now no event is
+    lost in any order; the erased key's redirect still drops what is stamped up to the erasure."""
+    from streams.domain.dispatch import LocalPipeline
+
+    t = parse_timestamp("2026-03-01T10:00:00Z")
+    events = {
+        "pv": {"event_id": "pv", "type": "page_view", "timestamp": t - 60_000, "user_id": "u1", "anonymous_id": "a1"},
+        "er": {"event_id": "er", "type": "erase", "timestamp": t, "email": "p@example.com"},
+        "pr": {"event_id": "pr", "type": "product_view", "timestamp": t + 60_000, "anonymous_id": "a1",
+               "email": "p@example.com", "product_id": "sku"},
+    }
+    rules = RuleSet.build(PipelineConfig(), 7 * 86_400_000)
+    local = LocalPipeline(rules)
+    local.feed(accepted_events([events[name] for name in order.split()]))
+    late = [{"event_id": "old", "type": "page_view", "timestamp": t - 30_000, "email": "p@example.com"},
+            {"event_id": "new", "type": "page_view", "timestamp": t + 30_000, "email": "p@example.com"}]
+    local.feed(accepted_events(late))
+    run = local.advance(t + 3_600_000)
+    counted = [profile["aggregates"]["event_counts"] for profile in run.profiles.values()]
+    assert sum(counts.get("page_view", 0) for counts in counted) == 2  # pv and "new"; "old" was the erased person's
+    assert sum(counts.get("product_view", 0) for counts in counted) == 1
+    assert all(state.get("erased_at") is None for _, state in local.live() if "u1" in str(state["profile"]["user_id"]))
+
+
+def test_a_redirect_moves_only_to_a_smaller_key_so_forwards_always_end() -> None:
+    """Crafted links once pointed two redirects at each other, and an event bounced between them for good."""
+    rules = RuleSet.build(PipelineConfig(), 7 * 86_400_000)
+    states: dict[str, Any] = {}
+    for key, message in [("a:p", {"type": "_link", "root": "a:a"}),
+                         ("a:p", {"type": "_link", "root": "a:q", "from": "a:a"}),
+                         ("a:q", {"type": "_link", "root": "a:p"})]:
+        dispatch(states, {}, key, message, None, rules)
+    assert states["a:p"] == {"merged_into": "a:a"} and states["a:q"] == {"merged_into": "a:p"}
+    [event] = accepted_events([{"event_id": "v1", "type": "page_view", "timestamp": "2026-03-01T10:00:00Z",
+                                "anonymous_id": "q"}])
+    queue, hops = [(profile_key(event), event)], 0
+    while queue and hops < 10:
+        hops += 1
+        key, message = queue.pop(0)
+        queue += dispatch(states, {}, key, message, None, rules).send
+    assert not queue and hops < 10
+    assert [entry[2] for entry in states["a:a"]["pending"]] == ["v1"]  # it ended at the root
+
+
+def test_links_name_only_identifier_keys_so_claims_stay_within_the_identity_limits() -> None:
+    """A link whose root (or whose keys) are not of the four identifier kinds is not ours: before, each
+    such ask was stored as a claim the identity limits did not count, without any bound."""
+    rules = RuleSet.build(PipelineConfig(), 7 * 86_400_000)
+    states: dict[str, Any] = {}
+    [event] = accepted_events([{"event_id": "v1", "type": "page_view", "timestamp": "2026-03-01T10:00:00Z",
+                                "user_id": "t"}])
+    dispatch(states, {}, "u:t", event, None, rules)
+    for n in range(50):
+        dispatch(states, {}, "u:t", {"type": "_link", "root": f"zz:{n}", "keys": [f"zz:{n}"]}, None, rules)
+        ask = {"type": "_link", "root": f"a:{n}", "keys": [f"a:{n}", *(f"zz:{n}-{i}" for i in range(40))]}
+        dispatch(states, {}, "u:t", ask, None, rules)
+    claimed = states["u:t"].get("claimed", {})
+    assert not any(key.startswith("zz:") for key in claimed)
+    assert all(not key.startswith("zz:") for keys in claimed.values() for key in keys)
