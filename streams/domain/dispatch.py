@@ -20,7 +20,7 @@ from streams.domain import identity_graph as graph
 from streams.domain import possible_matches
 from streams.domain.identity import profile_key, rank
 from streams.domain.merge import merge_states
-from streams.domain.profile import bound_merged, snapshot, trim_currencies, trim_traits
+from streams.domain.profile import bound_merged, bound_seen, snapshot, trim_currencies, trim_traits
 from streams.domain.resolution.blocks import block_keys, drop_member, on_block_message, person_record
 from streams.domain.rules import score_timer
 from streams.domain.state import ErasureMarker, LiveState, State
@@ -296,6 +296,8 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
                                                                 limits.match_aliases)
     trimmed = effects.merge_dropped
     bound_merged(merged["profile"], limits, trimmed)
+    if len(merged["seen"]) > limits.seen_ids or sum(map(len, merged["seen"])) > limits.seen_id_bytes:
+        bound_seen(merged, rules.retention_ms, limits, trimmed)
     trim_traits(merged["profile"]["traits"], merged["profile"]["trait_times"], trimmed, limits)
     trim_currencies(merged["profile"]["aggregates"]["spend_by_currency"], trimmed, limits)
     if rules.scorer is not None:
