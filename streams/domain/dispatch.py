@@ -18,7 +18,7 @@ from typing import Any, cast
 
 from streams.domain import identity_graph as graph
 from streams.domain import possible_matches
-from streams.domain.identity import profile_key, rank
+from streams.domain.identity import is_identity_key, profile_key, rank
 from streams.domain.merge import merge_states
 from streams.domain.profile import bound_merged, bound_seen, snapshot, trim_currencies, trim_traits
 from streams.domain.resolution.blocks import block_keys, drop_member, on_block_message, person_record
@@ -344,7 +344,10 @@ def _on_possible(states: MutableMapping[str, State | None], key: str, state: Sta
     none: as an empty key did.)"""
     if not graph.holds_someone(state):
         return _not_at_a_profile(state, message)
-    mine, other = message.get("to", key), message["other"]
+    mine, other, score = message.get("to", key), message.get("other"), message.get("score")
+    if not (is_identity_key(mine) and is_identity_key(other) and isinstance(score, int | float)
+            and not isinstance(score, bool) and 0 <= score <= 1):
+        return Effects()  # not one of ours: stored, it would fail this profile's later steps
     entries = state["profile"]["possible_matches"]
     if not possible_matches.record(entries, mine, other, message["score"]):
         return Effects()
@@ -365,6 +368,8 @@ def _on_alias(states: MutableMapping[str, State | None], key: str, state: State 
     """The other side of a possible match is now part of the profile at ``new``."""
     if not graph.holds_someone(state):
         return _not_at_a_profile(state, message)
+    if not (is_identity_key(message.get("old")) and is_identity_key(message.get("new"))):
+        return Effects()  # not one of ours: stored, it would fail this profile's later steps
     aliases = state.setdefault("match_aliases", {})
     new = message["old"] not in aliases
     if not possible_matches.add_alias(aliases, message["old"], message["new"]):

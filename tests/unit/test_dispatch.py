@@ -275,3 +275,27 @@ def test_links_name_only_identifier_keys_so_claims_stay_within_the_identity_limi
     claimed = states["u:t"].get("claimed", {})
     assert not any(key.startswith("zz:") for key in claimed)
     assert all(not key.startswith("zz:") for keys in claimed.values() for key in keys)
+
+
+@pytest.mark.parametrize("damaged", [
+    {"type": "_alias", "old": "u:zz", "new": 5},
+    {"type": "_alias", "old": ["u:zz"], "new": "u:t"},
+    {"type": "_possible", "other": "u:zz", "score": "high"},
+    {"type": "_possible", "other": 7, "score": 0.5},
+    {"type": "_possible", "other": "u:zz", "score": 1e308},
+])
+def test_a_damaged_possible_match_message_is_not_stored_to_fail_the_profile_later(damaged: dict[str, Any]) -> None:
+    """Before, such a message was stored without a check, and the profile's later good messages and
+    snapshots failed on it (found in review)."""
+    rules = RuleSet.build(PipelineConfig(), 7 * 86_400_000)
+    states: dict[str, Any] = {}
+    [event] = accepted_events([{"event_id": "v1", "type": "page_view", "timestamp": "2026-03-01T10:00:00Z",
+                                "user_id": "t"}])
+    dispatch(states, {}, "u:t", event, None, rules)
+    before = copy.deepcopy(states["u:t"])
+    assert not dispatch(states, {}, "u:t", damaged, None, rules).republish
+    assert states["u:t"] == before
+    dispatch(states, {}, "u:t", {"type": "_possible", "other": "u:zz", "score": 0.5}, None, rules)
+    dispatch(states, {}, "u:t", {"type": "_alias", "old": "u:zz", "new": "u:b"}, None, rules)
+    advance(states["u:t"], parse_timestamp("2026-03-01T11:00:00Z"), rules, 0)
+    assert snapshot(states["u:t"])["possible_matches"]
