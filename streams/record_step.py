@@ -20,15 +20,16 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import msgspec
 import orjson
 
 from schemas.timeparse import format_ms
 from streams import topics as names
 from streams.domain.dispatch import dispatch
 from streams.domain.identity import profile_id_for
-from streams.domain.identity_graph import holds_someone, withdrawal_ids
+from streams.domain.identity_graph import ABSORB, holds_someone, withdrawal_ids
 from streams.domain.profile import DEFAULT_LIMITS, Limits, shrink, snapshot
-from streams.domain.state import LiveState, State, is_live
+from streams.domain.state import ErasureMarker, LiveState, State, is_live
 from streams.domain.timeline import NeighboursOf, RuleSet, _no_neighbours, advance, idle, next_due
 from streams.ingest import Source, reject
 from streams.routing import PartitionBatches, partition_for
@@ -227,6 +228,8 @@ def step(entries: list[Any], io: StepIO, ctx: StepContext, skip: frozenset[int] 
                     clocks["wall"] = message["wall"]
                     moved = True
                 continue
+            if type(message) is dict and message.get("type") == ABSORB:
+                check_absorbed(message.get("state"))
             effects = dispatch(states, blocks, key, message, before, rules)
         except Exception as exc:
             raise StepFailure("dispatch", exc, index=index, key=key if isinstance(key, str) else None) from exc
@@ -295,6 +298,18 @@ def step(entries: list[Any], io: StepIO, ctx: StepContext, skip: frozenset[int] 
     if outbox:
         _route_outbox(outbox, ctx, result)
     return result
+
+
+def check_absorbed(state: Any) -> None:
+    """An absorb's state is of its declared shape (``streams/domain/state.py``, strictly) with timers
+    of ``[due, cause, payload]``, else :class:`ValueError` or :class:`msgspec.ValidationError`: a
+    damaged one merged would fail the profile's later steps, past this step's isolation."""
+    shape = LiveState if isinstance(state, dict) and "profile" in state else ErasureMarker
+    msgspec.convert(state, shape, strict=True)
+    timers = state.get("rules", {}).get("timers", {})
+    for timer in timers.values():
+        if not (len(timer) == 3 and type(timer[0]) is int and isinstance(timer[1], str) and isinstance(timer[2], dict)):
+            raise ValueError("a timer is [due, cause, payload]")
 
 
 def _retry_later(key: str, now_wm: int, io: StepIO, result: RecordResult) -> int:

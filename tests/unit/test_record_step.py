@@ -811,3 +811,40 @@ def test_a_damaged_entry_among_good_ones_is_left_out_alone(bad: list[Any]) -> No
     assert not result.left_out_whole and len(result.failures) == 1
     assert [kb for kb, _ in result.state_writes] == [b"u:u-1"]
     assert result.clocks is not None and orjson.loads(result.clocks) == {clock_name("clicks", 0): t0 + 1}
+
+
+@pytest.mark.parametrize("damage", ["timer", "cart", "identifiers", "bought", "none"])
+def test_a_damaged_absorb_is_left_out_before_it_is_merged(damage: str) -> None:
+    """Before, an absorb carrying a damaged state was merged without a check, and every later event
+    of the person failed (found in review: a timer's payload, a cart line, identifiers, the bought
+    list).  Now it fails alone, as its own entry; a sound one is merged."""
+    t0 = parse_timestamp("2026-03-01T10:00:00Z")
+    [mine, theirs] = accepted_events([
+        {"event_id": "t1", "type": "page_view", "timestamp": t0, "user_id": "t"},
+        {"event_id": "z1", "type": "cart_add", "timestamp": t0 + 5, "anonymous_id": "z", "product_id": "p",
+         "price": 2.0}])
+    states: dict[bytes, bytes] = {}
+    io = StepIO(0, lambda key: None if (v := states.get(key.encode())) is None else orjson.loads(v),
+                lambda key: None, {}, lambda upto: set(), NOW, NOW)
+    source = Source(CTX.events_topic, 0, 0, None, NOW)
+    for key, event in (("u:t", mine), ("a:z", theirs)):
+        result = step_isolated([[key, event]], lambda: io, CTX, source)
+        states.update(result.state_writes)
+    absorbed = orjson.loads(states[b"a:z"])
+    if damage == "timer":
+        absorbed["rules"]["timers"]["post_purchase"] = [t0 + 86_400_000, "x", 5]
+    elif damage == "cart":
+        absorbed["profile"]["cart"]["p"] = {"moves": 7, "fields": {}}
+    elif damage == "identifiers":
+        absorbed["profile"]["identifiers"]["anonymous_ids"]["z"] = "yesterday"
+    elif damage == "bought":
+        absorbed["rules"]["bought"] = {"p": 1}
+    absorb = ["u:t", {"type": "_absorb", "from": "a:z", "kind": "exact", "state": absorbed}]
+    result = step_isolated([absorb], lambda: io, CTX, source)
+    states.update(result.state_writes)
+    merged = orjson.loads(states[b"u:t"])
+    if damage == "none":
+        assert not result.failures and "z1" in merged["seen"]
+    else:
+        assert [stage for stage, _ in result.failures] == ["dispatch"] and "z1" not in merged["seen"]
+        assert [letter for topic, _, letter, _ in result.sends if topic == names.DEAD_LETTER]
