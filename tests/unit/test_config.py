@@ -167,3 +167,17 @@ def test_a_wait_or_window_past_a_century_is_refused(tmp_path: Path, text: str, m
     with pytest.raises(ConfigError, match=r"config\.yaml") as err:
         load_config(write(tmp_path, text))
     assert message in str(err.value)
+
+
+def test_a_key_given_twice_in_the_config_file_is_an_error_not_a_silent_override(tmp_path: Path) -> None:
+    """PyYAML keeps the last of two equal keys: a second ``triggers:`` section replaced the first, and
+    a second segment of one name the first (found in review)."""
+    from streams.config_file import ConfigError, load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("triggers:\n  cart_abandoned: {delay_minutes: 5}\ntriggers:\n  winback: {after_days: 30}\n")
+    with pytest.raises(ConfigError, match=r"line 3.*'triggers' is given twice"):
+        load_config(path)
+    path.write_text("segments:\n  vip: {path: aggregates.orders, gte: 3}\n  vip: {path: aggregates.orders, gte: 9}\n")
+    with pytest.raises(ConfigError, match="'vip' is given twice"):
+        load_config(path)
