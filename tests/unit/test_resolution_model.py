@@ -389,3 +389,20 @@ def test_febrl1_fitted_and_shipped() -> None:
     shipped = pairwise(resolve_batch(events).profile_ids, truth)
     assert shipped.precision >= 0.99 and shipped.f1 >= 0.95
     assert not math.isnan(fitted.f1)
+
+
+@pytest.mark.parametrize("damage", ["nan", "above_one", "zero_prior", "not_an_object"])
+def test_a_model_file_with_probabilities_that_are_not_is_refused(damage: str) -> None:
+    """NaN and probabilities above 1 passed the model's checks (found in review)."""
+    data: Any = orjson.loads(orjson.dumps(default_model().to_json()))
+    field = FIELDS[0]
+    if damage == "nan":
+        data["fields"][field]["m"][0] = math.nan
+    elif damage == "above_one":
+        data["fields"][field]["u"][0] = 5.0
+    elif damage == "zero_prior":
+        data["classes"][CLASSES[0]] = 0.0
+    else:
+        data = [data]
+    with pytest.raises(ValueError, match="model"):
+        Model.from_json(data)

@@ -108,12 +108,12 @@ class Model:
         for name, m, u in zip(FIELDS, self.m, self.u, strict=True):
             if len(m) != len(LEVELS[name]) or len(u) != len(LEVELS[name]):
                 raise ValueError(f"model: field {name!r} needs {len(LEVELS[name])} levels")
-            if min(m) <= 0 or min(u) <= 0:
-                raise ValueError(f"model: field {name!r} has a probability <= 0")
-        if len(self.h) != len(LEVELS["given"]) or min(self.h) <= 0:
+            if not all(0 < p <= 1 for p in (*m, *u)):  # (NaN fails too)
+                raise ValueError(f"model: field {name!r} has a probability outside (0, 1]")
+        if len(self.h) != len(LEVELS["given"]) or not all(0 < p <= 1 for p in self.h):
             raise ValueError("model: bad household given-name table")
-        if min(self.priors) <= 0:
-            raise ValueError("model: a class weight is <= 0")
+        if not all(0 < p < math.inf for p in self.priors):
+            raise ValueError("model: a class weight is not a positive number")
         # natural-log tables per class and field
         weights = tuple(tuple(tuple(math.log(p) for p in self.table(c, k)) for k in range(len(FIELDS)))
                         for c in range(len(CLASSES)))
@@ -171,7 +171,7 @@ class Model:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Model:
-        if data.get("format") != FORMAT:
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ValueError(f"model: not a {FORMAT} file")
         fields = data["fields"]
         for name in FIELDS:
