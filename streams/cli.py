@@ -10,7 +10,7 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
@@ -68,6 +68,18 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _bounded_int(most: int) -> Callable[[str], int]:
+    """A whole number from 1 to ``most`` (a port, a number of processes)."""
+
+    def parse(text: str) -> int:
+        value = _positive_int(text)
+        if value > most:
+            raise argparse.ArgumentTypeError(f"{value} must be at most {most}")
+        return value
+
+    return parse
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -76,6 +88,41 @@ def _positive_float(text: str) -> float:
     if not 0 < value < float("inf"):  # (nan too: a --timeout of nan never ran out)
         raise argparse.ArgumentTypeError(f"{value} must be a finite number greater than 0")
     return value
+
+
+#: The most processes ``train`` and ``score`` may be told to use (``--jobs``): each reads a part of the
+#: history, and more parts than this only add processes.
+MOST_JOBS = 64
+
+
+def _rate(text: str) -> float:
+    """Events per second: at least one a day (a slower rate would wait past what a clock can sleep)."""
+    value = _positive_float(text)
+    if value < 1 / 86_400:
+        raise argparse.ArgumentTypeError(f"{value} must be at least one event a day ({1 / 86_400:.6g})")
+    return value
+
+
+def _usable_folder(path: Path, what: str) -> None:
+    """``path`` is a folder, or can be made one (a file there would fail deep in a worker's start)."""
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{what} {path}: not a folder")
+
+
+def _bindable_host(host: str, what: str) -> None:
+    import socket
+
+    try:
+        socket.getaddrinfo(host, None)
+    except OSError:
+        raise UserError(f"{what} {host[:80]!r}: not an address of this machine") from None
+
+
+def _replaceable(path: Path) -> None:
+    """``--out`` of a command that writes a temporary file and moves it there: nothing, or a regular
+    file (a FIFO, a device or a symlink would be replaced by the file, not written to)."""
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise UserError(f"--out {path}: not a regular file (the output would replace it)")
 
 
 def _existing_file(text: str) -> Path:
@@ -148,6 +195,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         with reported_as_user_error(OSError, ValueError, KeyError, TypeError, prefix="MAILPULSE_IDENTITY_MODEL "):
             use_model(Model.load(settings.identity_model))
+    _usable_folder(settings.data_dir, "MAILPULSE_DATA_DIR")
+    _bindable_host(settings.metrics_host, "MAILPULSE_METRICS_HOST")
     if settings.broker:
         _check_broker(settings.bootstrap_servers)
     with reported_as_user_error(BrokerError):
@@ -167,10 +216,15 @@ def cmd_deliver(args: argparse.Namespace) -> int:
     logs.quiet_repeats()  # the Kafka clients' repeated lines once per 30 s, as in the worker's log
     if (problem := sender_problem(settings.mail_from)) is not None:  # else every trigger would fail on it
         raise UserError(f"MAILPULSE_MAIL_FROM {settings.mail_from[:80]!r}: {problem}")
+    _usable_folder(settings.data_dir, "MAILPULSE_DATA_DIR")
+    if args.dry_run is not None:
+        _usable_folder(args.dry_run, "--dry-run")
+    _bindable_host(settings.metrics_host, "MAILPULSE_METRICS_HOST")
     bootstrap = _bootstrap(settings.broker)
     _check_broker(bootstrap)
     if args.dry_run is None and settings.deliver_target == "webhook" and not settings.webhook_url:
         raise UserError("MAILPULSE_DELIVER_TARGET=webhook needs MAILPULSE_WEBHOOK_URL")
+
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
@@ -251,6 +305,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 
 def cmd_resolve(args: argparse.Namespace) -> int:
+    _replaceable(args.out)
     from streams.tools.resolve import ResolveError, resolve_file
 
     with reported_as_user_error(ResolveError):
@@ -279,6 +334,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
+    _replaceable(args.out)
     from models.scoring import ScoreError, score_file
 
     tune_garbage_collector()
@@ -336,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_deliver)
 
     p = sub.add_parser("broker", help="run the embedded broker alone, in the foreground")
-    p.add_argument("--port", type=_positive_int, default=9092)
+    p.add_argument("--port", type=_bounded_int(65535), default=9092)
     p.add_argument("--partitions", type=_positive_int, default=8, help="partitions of the topics it creates")
     p.set_defaults(func=cmd_broker)
 
@@ -356,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("replay", help="produce a JSON-lines file of input events to the input topics")
     p.add_argument("file", type=_existing_file)
     broker_flag(p)
-    p.add_argument("--rate", type=_positive_float, help="events per second (default: as fast as possible)")
+    p.add_argument("--rate", type=_rate, help="events per second (default: as fast as possible)")
     p.add_argument("--until", type=_timestamp, help="afterwards, a tick at this time on every input partition")
     p.set_defaults(func=cmd_replay)
 
@@ -373,8 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--as-of", type=_timestamp, required=True)
     p.add_argument("--horizon-days", type=_positive_int, required=True)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--jobs", type=_positive_int, help="processes reading the history and folding it (default: one "
-                   "per core, at most 8); the model is the same for any number")
+    p.add_argument("--jobs", type=_bounded_int(MOST_JOBS),
+                   help="processes reading the history and folding it (default: one per core, at most 8); the "
+                   "model is the same for any number")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("score", help="offline scoring of profiles")
@@ -382,8 +439,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--as-of", type=_timestamp, required=True)
     p.add_argument("--models", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--jobs", type=_positive_int, help="processes reading the history (default: one per core, at "
-                   "most 8); the scores are the same for any number")
+    p.add_argument("--jobs", type=_bounded_int(MOST_JOBS),
+                   help="processes reading the history (default: one per core, at most 8); the scores are the "
+                   "same for any number")
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("resolve", help="batch identity resolution of identify events")

@@ -335,9 +335,11 @@ class _FinishingWSGIServer(ThreadingWSGIServer):
     finish_within_s = 5.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+        # (before the socket: a bind that fails calls server_close, whose error then hid the bind's own,
+        # and the caller's fall-back to a free port never ran)
         self._requests: list[threading.Thread] = []
         self._requests_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         thread = threading.Thread(target=self.process_request_thread, args=(request, client_address), daemon=True)

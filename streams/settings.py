@@ -8,9 +8,14 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr
+import phonenumbers
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: The longest wait or window a setting may name (README, "MAILPULSE_CONFIG"): a century, in seconds.
+CENTURY_S = 100 * 365.25 * 86_400
 
 
 class Settings(BaseSettings):
@@ -24,49 +29,67 @@ class Settings(BaseSettings):
         description="MAILPULSE_BROKER: kafka://host:port[,host:port]. Unset: start the embedded broker.",
     )
     data_dir: Path = Field(default=Path(".mailpulse"), description="MAILPULSE_DATA_DIR: local table state.")
-    metrics_port: int = Field(default=9108, description="MAILPULSE_METRICS_PORT: Prometheus /metrics port.")
+    metrics_port: int = Field(
+        default=9108, ge=0, le=65535,
+        description="MAILPULSE_METRICS_PORT: Prometheus /metrics port.")
     metrics_host: str = Field(
         default="127.0.0.1", description="MAILPULSE_METRICS_HOST: address /metrics, /healthz and /readyz bind "
         "to; 0.0.0.0 for every interface (containers, Kubernetes).",
     )
     config: Path | None = Field(default=None, description="MAILPULSE_CONFIG: YAML of segments/triggers/guardrails.")
     clock: Literal["event", "wall"] = Field(default="event", description="MAILPULSE_CLOCK: event or wall.")
-    wall_clock_delay_s: float = Field(default=5.0, description="MAILPULSE_WALL_CLOCK_DELAY_S: allowed lateness.")
+    wall_clock_delay_s: float = Field(
+        default=5.0, ge=0, le=CENTURY_S,
+        description="MAILPULSE_WALL_CLOCK_DELAY_S: allowed lateness.")
     wall_clock_interval_s: float = Field(
-        default=1.0, gt=0, description="MAILPULSE_WALL_CLOCK_INTERVAL_S: how often --clock wall moves the watermark."
+        default=1.0, gt=0, le=86_400,
+        description="MAILPULSE_WALL_CLOCK_INTERVAL_S: how often --clock wall moves the watermark."
     )
-    app_id: str = Field(default="mailpulse", description="MAILPULSE_APP_ID: consumer group and table prefix.")
-    partitions: int = Field(default=8, ge=1, description="MAILPULSE_PARTITIONS: partitions of created topics.")
-    web_port: int = Field(default=0, description="MAILPULSE_WEB_PORT: Faust web port; 0 picks a free one.")
+    app_id: str = Field(
+        default="mailpulse", pattern=r"^[A-Za-z0-9._-]{1,100}$",
+        description="MAILPULSE_APP_ID: consumer group and table prefix (letters, digits, '.', '_', '-': it "
+        "names topics and folders).")
+    partitions: int = Field(
+        default=8, ge=1, le=10_000,
+        description="MAILPULSE_PARTITIONS: partitions of created topics.")
+    web_port: int = Field(
+        default=0, ge=0, le=65535,
+        description="MAILPULSE_WEB_PORT: Faust web port; 0 picks a free one.")
     table_store: Literal["rocksdb", "memory"] = Field(
         default="rocksdb", description="MAILPULSE_TABLE_STORE: rocksdb (durable) or memory (agent tests)."
     )
-    log_level: str = Field(default="warn", description="MAILPULSE_LOG_LEVEL: crit|error|warn|info|debug.")
+    log_level: Literal["crit", "error", "warn", "info", "debug"] = Field(
+        default="warn",
+        description="MAILPULSE_LOG_LEVEL: crit|error|warn|info|debug.")
     live_view: Literal["auto", "on", "off"] = Field(
         default="auto", description="MAILPULSE_LIVE_VIEW: the live terminal view of `run`; auto: when stdout is a "
         "terminal and the log format is text.")
     log_format: Literal["text", "json"] = Field(
         default="text", description="MAILPULSE_LOG_FORMAT: text, or json (one JSON object per line).")
     dedupe_retention_days: float = Field(
-        default=7.0, gt=0, description="MAILPULSE_DEDUPE_RETENTION_DAYS: event-time retention of event ids."
+        default=7.0, gt=0, le=CENTURY_S / 86_400,
+        description="MAILPULSE_DEDUPE_RETENTION_DAYS: event-time retention of event ids."
     )
     default_phone_region: str = Field(
         default="US", description="MAILPULSE_DEFAULT_PHONE_REGION: region for phones without +country."
     )
     embedded_broker_port: int = Field(
-        default=9092, description="MAILPULSE_EMBEDDED_BROKER_PORT: preferred port of the embedded broker."
+        default=9092, ge=1, le=65535,
+        description="MAILPULSE_EMBEDDED_BROKER_PORT: preferred port of the embedded broker."
     )
     session_timeout_s: float = Field(
-        default=10.0, ge=6, description="MAILPULSE_SESSION_TIMEOUT_S: consumer-group session timeout; a new "
+        default=10.0, ge=6, le=60, description="MAILPULSE_SESSION_TIMEOUT_S: consumer-group session timeout; a new "
         "group's first join waits about half of it",
     )
     replication_factor: int = Field(default=1, ge=1, description="MAILPULSE_REPLICATION_FACTOR: of created topics.")
-    batch_size: int = Field(default=500, ge=1, description="MAILPULSE_BATCH_SIZE: events per agent batch.")
+    batch_size: int = Field(default=500, ge=1, le=100_000, description="MAILPULSE_BATCH_SIZE: events per agent batch.")
     rocksdb_write_buffer_mb: int = Field(
-        default=4, ge=1, description="MAILPULSE_ROCKSDB_WRITE_BUFFER_MB: memtable size per table partition (2 of them)."
+        default=4, ge=1, le=4_096,
+        description="MAILPULSE_ROCKSDB_WRITE_BUFFER_MB: memtable size per table partition (2 of them)."
     )
     rocksdb_memory_mb: int = Field(
-        default=32, ge=4, description="MAILPULSE_ROCKSDB_MEMORY_MB: one budget for the memtables and the read "
+        default=32, ge=4, le=1_048_576,
+        description="MAILPULSE_ROCKSDB_MEMORY_MB: one budget for the memtables and the read "
         "cache of all the worker's table partitions together.",
     )
     fetch_max_wait_ms: int = Field(
@@ -91,7 +114,7 @@ class Settings(BaseSettings):
         default=None, description="MAILPULSE_IDENTITY_MODEL: a fitted identity model (`mailpulse resolve "
         "--save-model`) that fuzzy matching scores with; unset: the shipped one.",
     )
-    batch_within_s: float = Field(default=0.02, gt=0, description="MAILPULSE_BATCH_WITHIN_S: max batch wait.")
+    batch_within_s: float = Field(default=0.02, gt=0, le=60, description="MAILPULSE_BATCH_WITHIN_S: max batch wait.")
     clock_delay_ms: int = Field(
         default=100, ge=0, le=60_000,
         description="MAILPULSE_CLOCK_DELAY_MS: how long after its batch an input clock goes to the profile "
@@ -115,32 +138,42 @@ class Settings(BaseSettings):
     webhook_url: str | None = Field(default=None, description="MAILPULSE_WEBHOOK_URL: the HTTP target's URL.")
     webhook_token: SecretStr | None = Field(
         default=None, description="MAILPULSE_WEBHOOK_TOKEN: sent as a bearer token (never logged).")
-    deliver_timeout_s: float = Field(default=10.0, gt=0, description="MAILPULSE_DELIVER_TIMEOUT_S: per attempt.")
+    deliver_timeout_s: float = Field(
+        default=10.0, gt=0, le=3_600,
+        description="MAILPULSE_DELIVER_TIMEOUT_S: per attempt.")
     deliver_attempts: int = Field(default=5, ge=1, le=50, description="MAILPULSE_DELIVER_ATTEMPTS: before "
                                   "delivery-failed.")
-    deliver_backoff_s: float = Field(default=1.0, gt=0, description="MAILPULSE_DELIVER_BACKOFF_S: first retry "
+    deliver_backoff_s: float = Field(
+        default=1.0, gt=0, le=3_600,
+        description="MAILPULSE_DELIVER_BACKOFF_S: first retry "
                                      "wait; doubled each time, with jitter.")
     deliver_grace_s: float = Field(
-        default=3.0, ge=0, description="MAILPULSE_DELIVER_GRACE_S: every trigger is held at least this long after "
+        default=3.0, ge=0, le=86_400,
+        description="MAILPULSE_DELIVER_GRACE_S: every trigger is held at least this long after "
         "deliver reads it, so that a consent withdrawal or erasure the pipeline published with it (on another "
         "topic, read apart) comes first and cancels it.")
     deliver_retry_hours: float = Field(
-        default=24.0, ge=0, description="MAILPULSE_DELIVER_RETRY_HOURS: a trigger whose target still fails "
+        default=24.0, ge=0, le=CENTURY_S / 3600,
+        description="MAILPULSE_DELIVER_RETRY_HOURS: a trigger whose target still fails "
         "temporarily after MAILPULSE_DELIVER_ATTEMPTS is held and tried again in rounds (1 min, doubling up to "
         "1 h apart) for this long (from its first failure, or its first wait for a down target) before it goes to "
         "delivery-failed (retries_exhausted); while three triggers in a "
         "row have failed so for the target's sake (no connection, timeouts, SMTP 421, HTTP 5xx, 408, 429), it "
         "counts as down and due triggers wait, without an attempt, until one of them probes it.  0: no rounds.")
     deliver_ledger_days: float = Field(
-        default=30.0, gt=0, description="MAILPULSE_DELIVER_LEDGER_DAYS: trigger ids delivered longer ago are "
+        default=30.0, gt=0, le=CENTURY_S / 86_400,
+        description="MAILPULSE_DELIVER_LEDGER_DAYS: trigger ids delivered longer ago are "
         "forgotten (checked hourly); keep it above the triggers topic's retention (7 days by default), or a "
         "trigger read again after that would be sent again.")
     deliver_max_late_hours: float = Field(
-        default=0.0, ge=0, description="MAILPULSE_DELIVER_MAX_LATE_HOURS: a trigger whose send_at is further "
+        default=0.0, ge=0, le=CENTURY_S / 3600,
+        description="MAILPULSE_DELIVER_MAX_LATE_HOURS: a trigger whose send_at is further "
         "in the past than this is not sent but goes to delivery-failed with code expired (after an outage of "
         "deliver, a week-old abandoned-cart e-mail does more harm than good); 0, the default: no limit, as "
         "replays and backfills of history need.")
-    deliver_port: int = Field(default=9110, description="MAILPULSE_DELIVER_PORT: deliver's /metrics, /healthz "
+    deliver_port: int = Field(
+        default=9110, ge=0, le=65535,
+        description="MAILPULSE_DELIVER_PORT: deliver's /metrics, /healthz "
                               "and /unsubscribe.")
     unsubscribe_url: str | None = Field(
         default=None, description="MAILPULSE_UNSUBSCRIBE_URL: public base URL of /unsubscribe; unset: "
@@ -151,6 +184,22 @@ class Settings(BaseSettings):
     templates_dir: Path | None = Field(
         default=None, description="MAILPULSE_TEMPLATES_DIR: e-mail templates that override the shipped ones, "
         "by file name (<trigger type>.j2).")
+
+    @field_validator("default_phone_region")
+    @classmethod
+    def _known_region(cls, region: str) -> str:
+        if region not in phonenumbers.SUPPORTED_REGIONS:  # else every national-format phone is dead-lettered
+            raise ValueError("a region of two capital letters that phone numbers know, e.g. US or DE")
+        return region
+
+    @field_validator("shop_url", "webhook_url", "unsubscribe_url")
+    @classmethod
+    def _web_address(cls, url: str | None) -> str | None:
+        if url is not None:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("an http:// or https:// URL with a host")  # (links in e-mails, the webhook)
+        return url
 
     @property
     def bootstrap_servers(self) -> str:

@@ -204,8 +204,13 @@ class QuietWorker(faust.Worker):
         self.add_context(redirect_stdouts(severity=self.redirect_stdouts_level, stdout=False))
 
 
+def mode_level(settings: Settings) -> str:
+    """``MAILPULSE_LOG_LEVEL`` as the worker's logging library names it (it knows no ``crit``)."""
+    return {"crit": "critical", "warn": "warning"}.get(settings.log_level, settings.log_level)
+
+
 def _run_faust(app: faust.App, settings: Settings) -> int:
-    worker = QuietWorker(app, loglevel=settings.log_level, quiet=True)
+    worker = QuietWorker(app, loglevel=mode_level(settings), quiet=True)
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:

@@ -112,3 +112,118 @@ def test_in_a_json_log_a_commands_error_is_one_json_object(capsys: pytest.Captur
     [line] = err.splitlines()
     record = json.loads(line)
     assert record["level"] == "error" and fragment in record["message"], record
+
+
+@pytest.mark.parametrize(("env", "value"), [
+    ("MAILPULSE_LOG_LEVEL", "bogus"),
+    ("MAILPULSE_SESSION_TIMEOUT_S", "120"),  # past the client's request timeout: the worker's consumer died
+    ("MAILPULSE_METRICS_PORT", "99999"),
+    ("MAILPULSE_WEB_PORT", "-5"),
+    ("MAILPULSE_EMBEDDED_BROKER_PORT", "70000"),
+    ("MAILPULSE_APP_ID", ""),
+    ("MAILPULSE_APP_ID", "a b/c"),  # it names topics and folders
+    ("MAILPULSE_ROCKSDB_MEMORY_MB", "99999999999999"),
+    ("MAILPULSE_DEFAULT_PHONE_REGION", "us"),  # else every national-format phone is dead-lettered
+    ("MAILPULSE_WALL_CLOCK_DELAY_S", "-3600"),  # the watermark an hour ahead of the wall clock
+    ("MAILPULSE_SHOP_URL", "not a url"),
+    ("MAILPULSE_UNSUBSCRIBE_URL", "shop.example.com/unsub"),  # broke the one-click unsubscribe header
+    ("MAILPULSE_DELIVER_TIMEOUT_S", "1e10"),
+])
+def test_a_setting_out_of_its_range_is_a_one_line_error(capsys: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch, env: str, value: str) -> None:
+    """Each of these was accepted and then failed with a traceback, or ran wrong (found in review)."""
+    monkeypatch.setenv(env, value)
+    code, _, err = run(capsys, "run", "--broker", "kafka://127.0.0.1:1")
+    assert code == 2 and err.count("\n") == 1 and err.startswith(f"mailpulse: error: setting {env[10:].lower()} ")
+    assert "Traceback" not in err
+
+
+def test_every_documented_log_level_is_one_the_worker_can_set() -> None:
+    from mode.utils.logging import level_number
+
+    from streams.settings import Settings
+    from streams.worker import mode_level
+
+    for name in ("crit", "error", "warn", "info", "debug"):
+        assert level_number(mode_level(Settings(log_level=name)))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("args", [
+    ("replay", __file__, "--broker", "kafka://127.0.0.1:1", "--rate", "1e-300"),
+    ("train", "--events", __file__, "--as-of", "2026-03-01", "--horizon-days", "30", "--out", "x", "--jobs", "100000"),
+    ("broker", "--port", "70000"),
+])
+def test_numbers_past_what_a_command_can_use_are_refused(capsys: pytest.CaptureFixture[str],
+                                                         args: tuple[str, ...]) -> None:
+    code, _, err = run(capsys, *args)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("setting", ["MAILPULSE_DATA_DIR", "--dry-run"])
+def test_a_folder_that_is_a_file_is_a_one_line_error(capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                      setting: str) -> None:
+    afile = tmp_path / "f"
+    afile.write_text("x")
+    if setting == "MAILPULSE_DATA_DIR":
+        monkeypatch.setenv(setting, str(afile))
+        code, _, err = run(capsys, "run", "--broker", "kafka://127.0.0.1:1")
+    else:
+        monkeypatch.setenv("MAILPULSE_DATA_DIR", str(tmp_path / "state"))
+        code, _, err = run(capsys, "deliver", "--broker", "kafka://127.0.0.1:1", "--dry-run", str(afile))
+    assert code == 2 and err.count("\n") == 1 and err.startswith(f"mailpulse: error: {setting} ")
+    assert "not a folder" in err
+
+
+def test_a_metrics_host_that_is_no_address_is_a_one_line_error(capsys: pytest.CaptureFixture[str],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAILPULSE_METRICS_HOST", "not.a.host.invalid")
+    code, _, err = run(capsys, "run", "--broker", "kafka://127.0.0.1:1")
+    assert code == 2 and err.startswith("mailpulse: error: MAILPULSE_METRICS_HOST") and "Traceback" not in err
+
+
+@pytest.mark.parametrize("content", ["[]", '"x"', "5"])
+def test_an_identity_model_that_is_not_a_json_object_is_a_one_line_error(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, content: str) -> None:
+    model = tmp_path / "model.json"
+    model.write_text(content)
+    monkeypatch.setenv("MAILPULSE_IDENTITY_MODEL", str(model))
+    code, _, err = run(capsys, "run", "--broker", "kafka://127.0.0.1:1")
+    assert code == 2 and err.count("\n") == 1 and err.startswith("mailpulse: error: MAILPULSE_IDENTITY_MODEL")
+
+
+def test_a_server_whose_port_is_taken_raises_the_bind_error_so_callers_fall_back() -> None:
+    """A failed bind called server_close before the server's own fields existed: an AttributeError
+    hid the OSError, and deliver's fall-back to a free port never ran (found in review)."""
+    import socket
+
+    from streams.metrics import serve_wsgi
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        with pytest.raises(OSError):
+            serve_wsgi("127.0.0.1", taken.getsockname()[1], lambda environ, start: [], finish_requests=True)
+    finally:
+        taken.close()
+
+
+@pytest.mark.parametrize("command", ["resolve", "score"])
+def test_an_output_that_is_not_a_regular_file_is_refused_not_replaced(capsys: pytest.CaptureFixture[str],
+                                                                       tmp_path: Path, command: str) -> None:
+    """Both write a temporary file and move it onto ``--out``: a FIFO or a symlink there was replaced."""
+    import os
+
+    target = tmp_path / "kept.jsonl"
+    target.write_text("mine\n")
+    link = tmp_path / "out.jsonl"
+    link.symlink_to(target)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for out in (link, fifo):
+        args = (("resolve", "--input", __file__) if command == "resolve" else
+                ("score", "--events", __file__, "--as-of", "2026-03-01", "--models", str(tmp_path)))
+        code, _, err = run(capsys, *args, "--out", str(out))
+        assert code == 2 and err.startswith(f"mailpulse: error: --out {out}: not a regular file")
+    assert target.read_text() == "mine\n" and link.is_symlink() and fifo.exists() and not fifo.is_file()
