@@ -61,13 +61,13 @@ def clock_time(ts: Any) -> int:
 
 def merge_clocks(clocks: dict[str, int], updates: Iterable[Sequence[Any]]) -> bool:
     """Raises each named clock to the update's value (clocks never go back).  True if one moved.
-    :class:`ValueError` (before anything moved) on a time that is not a clock's (:func:`clock_time`)."""
-    updates = list(updates)
-    for _, _, ts in updates:
-        clock_time(ts)
+    :class:`ValueError` on a time that is not a clock's (:func:`clock_time`; the step that gets it
+    reads its clocks afresh for its next attempt, so what moved before it is not kept)."""
     moved = False
     names = _names
     for topic, partition, ts in updates:
+        if type(ts) is not int or not 0 <= ts <= MAX_EPOCH_MS:  # (clock_time, inline: every clock of every record)
+            clock_time(ts)
         try:
             name = names[topic, partition]
         except (KeyError, TypeError):  # (a damaged entry's unhashable name is not kept)
