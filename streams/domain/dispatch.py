@@ -20,7 +20,7 @@ from streams.domain import identity_graph as graph
 from streams.domain import possible_matches
 from streams.domain.identity import is_identity_key, profile_key, rank
 from streams.domain.merge import merge_states
-from streams.domain.profile import bound_merged, bound_seen, snapshot, trim_currencies, trim_traits
+from streams.domain.profile import bound_merged, snapshot, trim_currencies, trim_traits
 from streams.domain.resolution.blocks import block_keys, drop_member, on_block_message, person_record
 from streams.domain.rules import score_timer
 from streams.domain.state import ErasureMarker, LiveState, State
@@ -214,8 +214,6 @@ def _block_drops(registered: Iterable[list[str]]) -> list[tuple[str, dict[str, A
 
 def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State | None,
                message: dict[str, Any], watermark: int | None, rules: RuleSet) -> Effects:
-    if graph.is_redirect(state):
-        return _apply(states, key, graph.forward_absorb(state, message))
     absorbed: LiveState = message["state"]
     effects = Effects()
     if state is not None and graph.is_live(state) and absorbed["seen"] and \
@@ -223,15 +221,22 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
         return effects  # delivered again (at least once): its events are all here already
     erased_at = state.get("erased_at") if state is not None else None
     if state is not None and erased_at is not None and _the_erased_persons(state, absorbed, message, erased_at):
-        # The person here was erased (an erasure marker, or their later activity), and what arrives
-        # is theirs: it is dropped too (its person records leave their blocks), but for its parked
-        # events stamped after the erasure, their later activity, which stay here.
+        # The person here was erased (an erasure marker, their later activity, or the redirect their
+        # later activity left when it joined someone else), and what arrives is theirs: it is dropped
+        # too (its person records leave their blocks), but for its parked events stamped after the
+        # erasure, their later activity, which stay (at a redirect: go on to its root).
         effects.withdrawn += graph.withdrawals(message["from"], absorbed, "erased", erased_at)
         effects.send += _block_drops(absorbed.get("blocks", []))
         later = later_activity(absorbed, message["from"], erased_at, rules)
         if later is None:
             return effects
         absorbed = later
+        message = {**message, "state": later}
+    if graph.is_redirect(state):
+        forwarded = _apply(states, key, graph.forward_absorb(state, message))
+        forwarded.withdrawn += effects.withdrawn
+        forwarded.send += effects.send
+        return forwarded
     if erased_at is None and "erased_at" in absorbed:
         # The later activity of an erased person's key joins a profile that is not theirs (someone named
         # that key after the erase).  Its erasure time guards the key's older events, which the key's
@@ -296,8 +301,6 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
                                                                 limits.match_aliases)
     trimmed = effects.merge_dropped
     bound_merged(merged["profile"], limits, trimmed)
-    if len(merged["seen"]) > limits.seen_ids or sum(map(len, merged["seen"])) > limits.seen_id_bytes:
-        bound_seen(merged, rules.retention_ms, limits, trimmed)
     trim_traits(merged["profile"]["traits"], merged["profile"]["trait_times"], trimmed, limits)
     trim_currencies(merged["profile"]["aggregates"]["spend_by_currency"], trimmed, limits)
     if rules.scorer is not None:
@@ -499,7 +502,8 @@ def _on_forget(states: MutableMapping[str, State | None], key: str, state: State
         return Effects()  # not one of ours
     if graph.is_redirect(state):
         if state["merged_into"] == root:
-            marker: ErasureMarker = {"erased_at": erased_at}
+            # (a redirect that already keeps a later erasure, its key's own: the later one stands)
+            marker: ErasureMarker = {"erased_at": max(erased_at, state.get("erased_at", erased_at))}
             counts = graph.person_counts(message.get("erased_keys"))
             if counts is not None:  # the key the erase was sent to: as good as carried out here
                 marker["erased_keys"] = counts

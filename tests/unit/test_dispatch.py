@@ -299,3 +299,50 @@ def test_a_damaged_possible_match_message_is_not_stored_to_fail_the_profile_late
     dispatch(states, {}, "u:t", {"type": "_alias", "old": "u:zz", "new": "u:b"}, None, rules)
     advance(states["u:t"], parse_timestamp("2026-03-01T11:00:00Z"), rules, 0)
     assert snapshot(states["u:t"])["possible_matches"]
+
+
+def test_an_erased_persons_late_absorb_at_the_redirect_their_later_activity_left_is_dropped_there() -> None:
+    """The erased person's piece (linked before the erase, its absorb late) reaches the erased key
+    after the key's later activity joined someone else: the redirect keeps the erasure time and drops
+    it, as the marker would have, instead of passing it on to the newcomer (found in review)."""
+    rules = RuleSet.build(PipelineConfig(), 7 * 86_400_000)
+    t0 = parse_timestamp("2026-03-01T10:00:00Z")
+    t1 = t0 + 60_000  # the erase
+    states: dict[str, Any] = {}
+    held: list[tuple[str, dict[str, Any]]] = []
+
+    def send(**event: Any) -> None:
+        [accepted] = accepted_events([event])
+        queue = [(profile_key(accepted), accepted)]
+        while queue:
+            key, message = queue.pop(0)
+            if message.get("type") == "_absorb" and message.get("from") == "a:z" and not held:
+                held.append((key, message))
+                continue
+            queue += dispatch(states, {}, key, message, None, rules).send
+
+    send(event_id="z0", type="product_view", timestamp=t0, anonymous_id="z", product_id="secret-item")
+    send(event_id="p0", type="page_view", timestamp=t0, email="p@x.com")
+    send(event_id="p1", type="page_view", timestamp=t0 + 1000, email="p@x.com", anonymous_id="z")
+    send(event_id="er", type="erase", timestamp=t1, email="p@x.com")
+    send(event_id="p2", type="page_view", timestamp=t1 + 1000, email="p@x.com")  # later activity
+    send(event_id="n1", type="identify", timestamp=t1 + 2000, user_id="new", email="p@x.com")  # joins u:new
+    assert held and states["e:p@x.com"] == {"merged_into": "u:new", "erased_at": t1}
+    queue = list(held)
+    while queue:
+        key, message = queue.pop(0)
+        queue += dispatch(states, {}, key, message, None, rules).send
+    root = states["u:new"]
+    kept = set(root["seen"]) | {entry[2] for entry in root.get("pending", ())}
+    assert kept >= {"p2", "n1"} and not kept & {"z0", "p0", "p1"}
+
+
+def test_a_forget_at_a_redirect_that_keeps_a_later_erasure_keeps_the_later_time() -> None:
+    rules = RuleSet.build(PipelineConfig(), 7 * 86_400_000)
+    t1 = parse_timestamp("2026-03-02T10:00:00Z")
+    t2 = t1 - 86_400_000
+    states: dict[str, Any] = {"a:x": {"merged_into": "u:y", "erased_at": t1}}
+    dispatch(states, {}, "a:x", {"type": "_forget", "root": "u:y", "erased_at": t2}, None, rules)
+    assert states["a:x"] == {"erased_at": t1}
+    [old] = accepted_events([{"event_id": "old", "type": "page_view", "timestamp": t1 - 1000, "anonymous_id": "x"}])
+    assert dispatch(states, {}, "a:x", old, None, rules).outcome == "forgotten"

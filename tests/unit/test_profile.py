@@ -390,22 +390,26 @@ def test_spend_by_currency_is_held_to_its_bound_in_a_fold_and_in_a_merge_and_the
     assert merged["profile"]["aggregates"]["total_spend"] == 2 * sum(range(1, 41))
 
 
-def test_a_merge_keeps_the_bound_on_seen_ids_and_a_dropped_id_still_counts_as_a_repeat() -> None:
+def test_an_absorb_delivered_again_after_a_merge_past_the_seen_bound_is_not_merged_twice() -> None:
+    """The at-least-once guard of an absorb reads the survivor's seen ids: a merge does not trim them
+    (the next events do, by :func:`streams.domain.profile.remember`), so a redelivered absorb still
+    finds all of its ids there.  (Trimming them at the merge, tried this session, merged a redelivery
+    twice: found in review.)"""
     from streams.domain.config import PipelineConfig
     from streams.domain.dispatch import dispatch
-    from streams.domain.profile import DEFAULT_LIMITS, repeated
     from streams.domain.timeline import RuleSet
 
-    rules = RuleSet.build(PipelineConfig(), RET)
+    config = PipelineConfig.model_validate({"limits": {"seen_ids": 64}})
+    rules = RuleSet.build(config, RET)
     states: dict[str, Any] = {}
     for side, key in enumerate(("u:a", "u:b")):
         state = None
-        for n in range(1_500):
+        for n in range(40):
             state = apply_event(state, key, ev(f"{key}-{n}", "page_view", T0 + side + 2 * n), RET).state
         states[key] = state
     absorbed = states.pop("u:b")
-    effects = dispatch(states, {}, "u:a", {"type": "_absorb", "from": "u:b", "state": absorbed}, None, rules)
-    merged = states["u:a"]
-    assert len(merged["seen"]) <= DEFAULT_LIMITS.seen_ids
-    assert effects.merge_dropped["seen"] == 3_000 - len(merged["seen"])
-    assert repeated(merged, ev("u:a-0", "page_view", T0)) and repeated(merged, ev("u:b-0", "page_view", T0 + 1))
+    message = {"type": "_absorb", "from": "u:b", "state": absorbed}
+    dispatch(states, {}, "u:a", message, None, rules)
+    counted = dict(states["u:a"]["profile"]["aggregates"]["event_counts"])
+    assert not dispatch(states, {}, "u:a", message, None, rules).merges
+    assert states["u:a"]["profile"]["aggregates"]["event_counts"] == counted == {"page_view": 80}
