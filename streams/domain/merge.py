@@ -157,7 +157,7 @@ def _add(a: Mapping[str, int], b: Mapping[str, int]) -> dict[str, int]:
     return {key: a.get(key, 0) + b.get(key, 0) for key in sorted({*a, *b})}
 
 
-def _add_money(a: Mapping[str, float], b: Mapping[str, float]) -> dict[str, float]:
+def _add_money(a: Mapping[str, float | None], b: Mapping[str, float | None]) -> dict[str, float | None]:
     return {key: round(money(a.get(key)) + money(b.get(key)), 2) for key in sorted({*a, *b})}
 
 

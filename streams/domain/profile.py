@@ -449,7 +449,8 @@ def keep_newest_purchases(purchases: list[list[Any]], dropped: Dropped | None = 
     return purchases
 
 
-def trim_currencies(spend: dict[str, float], dropped: Dropped | None = None, limits: Limits = DEFAULT_LIMITS) -> None:
+def trim_currencies(spend: dict[str, float | None], dropped: Dropped | None = None,
+                    limits: Limits = DEFAULT_LIMITS) -> None:
     """Past ``limits.currencies``, the currencies whose codes sort last go (each counted), while
     ``total_spend`` keeps their amounts.  A code dropped once always has that many lower codes kept, so it
     never comes back with a part of its sum: a merge and a fold keep the same, in any order (a rule by

@@ -43,8 +43,8 @@ class Aggregates(TypedDict):
     first_seen: dict[str, int]  # kind -> first event time
     last_seen: dict[str, int]  # kind -> newest event time
     orders: int
-    total_spend: float
-    spend_by_currency: dict[str, float]
+    total_spend: float | None  # None: an older version stored it after an overflow (profile.spent repairs it)
+    spend_by_currency: dict[str, float | None]  # (None: as total_spend)
     first_purchase_at: int | None
     last_purchase_at: int | None
     # [[ts, total], ...] of the newest purchases, oldest first; a state written before the list

@@ -848,3 +848,20 @@ def test_a_damaged_absorb_is_left_out_before_it_is_merged(damage: str) -> None:
     else:
         assert [stage for stage, _ in result.failures] == ["dispatch"] and "z1" not in merged["seen"]
         assert [letter for topic, _, letter, _ in result.sends if topic == names.DEAD_LETTER]
+
+
+def test_an_absorbed_state_an_older_version_stored_with_null_spend_passes_the_shape_check() -> None:
+    """``profile.spent`` and ``money`` repair a spend an older version stored as null after an
+    overflow; the shape check of absorbed states takes it as the merge does (found in review)."""
+    from streams.domain.merge import merge_states
+    from streams.domain.profile import new_state
+    from streams.domain.timeline import ensure_rule_state
+    from streams.record_step import check_absorbed
+
+    old = ensure_rule_state(new_state("a:old", parse_timestamp("2026-03-01T10:00:00Z")))
+    old["profile"]["aggregates"]["total_spend"] = None
+    old["profile"]["aggregates"]["spend_by_currency"] = {"EUR": None}
+    stored = orjson.loads(orjson.dumps(old))
+    check_absorbed(stored)
+    merged = merge_states(ensure_rule_state(new_state("u:n", parse_timestamp("2026-03-01T10:00:00Z"))), stored, "u:n")
+    assert merged["profile"]["aggregates"]["total_spend"] == 0.0
