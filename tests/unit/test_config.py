@@ -181,3 +181,11 @@ def test_a_key_given_twice_in_the_config_file_is_an_error_not_a_silent_override(
     path.write_text("segments:\n  vip: {path: aggregates.orders, gte: 3}\n  vip: {path: aggregates.orders, gte: 9}\n")
     with pytest.raises(ConfigError, match="'vip' is given twice"):
         load_config(path)
+
+
+def test_a_yaml_merge_key_is_not_taken_for_a_key_given_twice(tmp_path: Path) -> None:
+    from streams.config_file import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("scoring:\n  <<: {delay_minutes: 30}\n  idle_days: [7]\n")
+    assert load_config(path).scoring.delay_minutes == 30
