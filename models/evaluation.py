@@ -174,6 +174,8 @@ class Isotonic:
         x, y = tuple(float(v) for v in data["x"]), tuple(float(v) for v in data["y"])
         if not x or len(x) != len(y) or any(b < a for a, b in itertools.pairwise(x)):
             raise ValueError("calibration knots must be non-empty, paired and ascending")
+        if not all(0.0 <= v <= 1.0 for v in (*x, *y)):  # (NaN fails too) else scores outside [0, 1] went out
+            raise ValueError("calibration knots must be probabilities, from 0 to 1")
         return cls(x, y)
 
 

@@ -81,3 +81,10 @@ def test_the_plots_are_png_images() -> None:
                        ("b", rng.random(200))], "test")
     assert set(images) == {"roc", "calibration"}
     assert all(png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000 for png in images.values())
+
+
+@pytest.mark.parametrize("y", [[5.0, 7.0], [0.1, float("nan")], [-0.2, 0.5]])
+def test_a_calibration_whose_knots_are_not_probabilities_is_refused(y: list[float]) -> None:
+    """Such a manifest was read, and scoring then wrote probabilities of -5.2 and 6.2 (found in review)."""
+    with pytest.raises(ValueError, match="probabilities"):
+        Isotonic.from_json({"method": "isotonic", "x": [0.2, 0.8], "y": y})
