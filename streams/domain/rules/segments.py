@@ -28,6 +28,16 @@ History = Mapping[str, Sequence[int]]
 EVENT_TYPES: tuple[str, ...] = (*CLICK_TYPES, *CART_TYPES, *PURCHASE_TYPES, "identify")
 #: Top-level keys of the facts the caller builds from a profile; a path must start with one of them.
 FACT_ROOTS: tuple[str, ...] = ("aggregates", "traits", "consent", "context", "cart", "predictions")
+#: The fields of the roots whose shape is fixed (what ``timeline._facts`` gives the rules; traits,
+#: consent and context are free-form), each with whether a key follows it (``event_counts.purchase``):
+#: a path naming another field is a typo, which would never match (or, with ``ne``, always).
+FIXED_FIELDS: dict[str, dict[str, bool]] = {
+    "aggregates": {"event_counts": True, "kind_counts": True, "first_seen": True, "last_seen": True, "orders": False,
+                   "total_spend": False, "spend_by_currency": True, "first_purchase_at": False,
+                   "last_purchase_at": False},
+    "cart": {"item_count": False, "value": False, "lines": False},
+    "predictions": {"churn_probability": False, "purchase_probability": False, "model_version": False, "at": False},
+}
 #: Built-in segment names in contract order.
 BUILTIN_SEGMENTS: tuple[str, ...] = (
     "recent_browsers", "cart_holders", "recent_buyers", "lapsed_customers",
@@ -447,6 +457,14 @@ def _compile_field(body: Any, where: str) -> FieldCondition:
     keys = tuple(path.split("."))
     if keys[0] not in FACT_ROOTS:
         raise RuleError(_join(where, "path"), f"unknown root {keys[0]!r} (use {_keys(FACT_ROOTS)})")
+    fields = FIXED_FIELDS.get(keys[0])
+    if fields is not None:
+        if len(keys) < 2 or keys[1] not in fields:
+            named = f"field {keys[1]!r}" if len(keys) > 1 else "no field"
+            raise RuleError(_join(where, "path"), f"{named} of {keys[0]} (use {_keys(tuple(fields))})")
+        if len(keys) > (3 if fields[keys[1]] else 2):
+            raise RuleError(_join(where, "path"), f"{keys[0]}.{keys[1]} has no field {keys[2]!r}"
+                            if not fields[keys[1]] else f"{keys[0]}.{keys[1]} takes one key after it")
     ops = [op for op in _OPS if op in spec]
     if len(ops) != 1:
         got = f"got {_keys(ops)}" if ops else "got none"

@@ -249,7 +249,7 @@ def test_field_ops_on_a_present_value(op: dict[str, Any], value: Any, expected: 
      ({"lte": 0}, False), ({"in": [1]}, False), ({"exists": True}, False), ({"exists": False}, True)],
 )
 @pytest.mark.parametrize("path", ["traits.missing", "traits.v.deeper", "predictions.churn_probability",
-                                  "traits.none", "cart.item_count.x"])
+                                  "traits.none", "aggregates.event_counts.never"])
 def test_a_missing_path_is_false_except_for_ne_and_exists_false(op: dict[str, Any], expected: bool,
                                                                   path: str) -> None:
     f = facts(traits={"v": "text", "none": None}, cart={"item_count": 2})
@@ -322,6 +322,12 @@ RULE_ERRORS: list[tuple[Any, str, str]] = [
     ({"field": {"path": "cart.value"}}, "r.field", "got none"),
     ({"field": {"path": "cart.value", "gtee": 1}}, "r.field.gtee", "unknown key"),
     ({"field": {"path": "aggregate.orders", "gt": 1}}, "r.field.path", "unknown root 'aggregate'"),
+    # typos under the roots of a fixed shape, which never matched (or, with ne, always: found in review)
+    ({"field": {"path": "aggregates.total_spnd", "gte": 100}}, "r.field.path", "field 'total_spnd' of aggregates"),
+    ({"field": {"path": "cart.valu", "ne": 0}}, "r.field.path", "field 'valu' of cart (use item_count, value, lines)"),
+    ({"field": {"path": "predictions", "exists": True}}, "r.field.path", "no field of predictions"),
+    ({"field": {"path": "cart.value.x", "gt": 1}}, "r.field.path", "cart.value has no field 'x'"),
+    ({"field": {"path": "aggregates.event_counts.a.b", "gt": 1}}, "r.field.path", "takes one key after it"),
     ({"field": {"path": "traits..x", "gt": 1}}, "r.field.path", "dotted path"),
     ({"field": {"gt": 1}}, "r.field.path", "dotted path"),
     ({"field": {"path": "cart.value", "gt": True}}, "r.field.gt", "a number or a string"),
