@@ -95,6 +95,17 @@ def _positive_float(text: str) -> float:
 MOST_JOBS = 64
 
 
+def _seed(text: str) -> int:
+    """A seed from 0 (Python's random number generator seeds -n as it seeds n)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be 0 or more (-n gives the history of n)")
+    return value
+
+
 def _rate(text: str) -> float:
     """Events per second: at least one a day (a slower rate would wait past what a clock can sleep)."""
     value = _positive_float(text)
@@ -279,13 +290,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from streams.tools.produce import RoutingError
-    from streams.tools.replay import ReplayError, replay_file
+    from streams.tools.replay import ReplayError, ReplayStopped, replay_file
 
     bootstrap = _bootstrap(args.broker)
     _check_broker(bootstrap)
-    with reported_as_user_error(ReplayError, RoutingError):
-        sent = replay_file(args.file, bootstrap, rate=args.rate, until=args.until,
-                           show_progress=sys.stderr.isatty())
+    try:
+        with reported_as_user_error(ReplayError, RoutingError):
+            sent = replay_file(args.file, bootstrap, rate=args.rate, until=args.until,
+                               show_progress=sys.stderr.isatty())
+    except ReplayStopped as stopped:
+        print(f"mailpulse: replay stopped: {stopped.sent} events from {args.file} were sent", file=sys.stderr)
+        return 130
     tick = f", then a tick at {args.until_text} on every input partition" if args.until is not None else ""
     print(f"mailpulse: replayed {sent} events from {args.file}{tick}", file=sys.stderr)
     return 0
@@ -399,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="write synthetic history as JSON lines of input events")
     p.add_argument("--users", type=_positive_int, required=True)
     p.add_argument("--days", type=_positive_int, required=True)
-    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--seed", type=_seed, required=True)
     p.add_argument("--start", type=_date, default=date(2026, 1, 1), help="first day, YYYY-MM-DD")
     p.add_argument("--repeats", type=_fraction, default=0.0, help="fraction of events sent twice (0-1)")
     p.add_argument("--erasures", type=_fraction, default=0.0, help="fraction of people erased at some point (0-1)")

@@ -227,3 +227,9 @@ def test_an_output_that_is_not_a_regular_file_is_refused_not_replaced(capsys: py
         code, _, err = run(capsys, *args, "--out", str(out))
         assert code == 2 and err.startswith(f"mailpulse: error: --out {out}: not a regular file")
     assert target.read_text() == "mine\n" and link.is_symlink() and fifo.exists() and not fifo.is_file()
+
+
+def test_a_negative_seed_is_refused_as_python_seeds_it_as_its_absolute_value(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "generate", "--users", "5", "--days", "1", "--seed", "-1", "--out", "x")
+    assert code == 2 and "must be 0 or more" in err

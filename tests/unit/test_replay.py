@@ -65,3 +65,26 @@ def test_a_line_of_an_unknown_type_names_the_type_only_when_it_looks_like_one(et
     with pytest.raises(RoutingError) as bad:
         topic_for({"type": etype})
     assert str(bad.value).startswith(shown) and "alice" not in str(bad.value)
+
+
+def test_ctrl_c_flushes_what_was_sent_and_says_how_much(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Ctrl-C during a replay ended with exit 130 and no word of what had gone out (found in review)."""
+    producer = Recorder()
+    flushed: list[float] = []
+    monkeypatch.setattr(producer, "flush", lambda timeout=0: flushed.append(timeout) or 0, raising=False)
+    monkeypatch.setattr(replay, "make_producer", lambda bootstrap: producer)
+    line = orjson.dumps({"event_id": "v", "type": "product_view", "timestamp": "2026-03-01T10:00:00Z",
+                         "anonymous_id": "a-1", "product_id": "p-1"})
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"\n".join([line] * 5) + b"\n")
+    real_produce = replay.produce
+
+    def produce(*args: Any) -> None:
+        if len(producer.sent) == 3:
+            raise KeyboardInterrupt
+        real_produce(*args)
+
+    monkeypatch.setattr(replay, "produce", produce)
+    with pytest.raises(replay.ReplayStopped) as stopped:
+        replay.replay_file(path, "unused", show_progress=False)
+    assert stopped.value.sent == 3 and flushed
