@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 import orjson
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -41,50 +40,45 @@ def replay_file(path: Path, bootstrap: str, rate: float | None = None, until: in
     Ctrl-C, once what was sent is flushed (briefly)."""
     total = sum(1 for line in path.open("rb") if line.strip())
     producer = make_producer(bootstrap)
-    progress = Progress(TextColumn("replay"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-                        TimeRemainingColumn(), disable=not show_progress, transient=False)
-    sent = [0]  # (counted in the loop, read here when it is stopped)
-    try:
-        return _replay_lines(path, producer, total, rate, until, progress, sent)
-    except KeyboardInterrupt:
-        producer.flush(5)
-        raise ReplayStopped(sent[0]) from None
-
-
-def _replay_lines(path: Path, producer: Any, total: int, rate: float | None, until: int | str | None,
-                  progress: Progress, sent: list[int]) -> int:
+    sent = 0
     counts: dict[str, int] | None = None  # the input topics' partitions, asked at the first tick
     started = time.monotonic()
-    with progress, path.open("rb") as lines:
-        task = progress.add_task("replay", total=total, rate="")
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                event = orjson.loads(line)
-                if not isinstance(event, dict):
-                    raise RoutingError("not a JSON object")
-                topic = None if event.get("type") == "tick" else topic_for(event)
-            except (orjson.JSONDecodeError, RoutingError) as exc:
+    progress = Progress(TextColumn("replay"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+                        TimeRemainingColumn(), disable=not show_progress, transient=False)
+    try:
+        with progress, path.open("rb") as lines:
+            task = progress.add_task("replay", total=total, rate="")
+            for number, line in enumerate(lines, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    event = orjson.loads(line)
+                    if not isinstance(event, dict):
+                        raise RoutingError("not a JSON object")
+                    topic = None if event.get("type") == "tick" else topic_for(event)
+                except (orjson.JSONDecodeError, RoutingError) as exc:
+                    producer.flush(30)
+                    raise ReplayError(f"{path}:{number}: {exc} ({sent} events were sent before it)") from None
+                if topic is None:
+                    counts = counts or partition_counts(producer)
+                    produce_everywhere(producer, line.rstrip(b"\r\n"), counts)
+                else:
+                    produce(producer, topic, line.rstrip(b"\r\n"), key_for(event))
+                sent += 1
+                if rate:
+                    ahead = sent / rate - (time.monotonic() - started)
+                    if ahead > 0:
+                        time.sleep(ahead)
+                if sent % 1000 == 0:
+                    producer.poll(0)
+                    elapsed = max(time.monotonic() - started, 1e-6)
+                    progress.update(task, completed=sent, rate=f"{sent / elapsed:,.0f} ev/s")
+            progress.update(task, completed=sent)
+            producer.flush(60)
+            if until is not None:
+                send_ticks(producer, until)
                 producer.flush(30)
-                raise ReplayError(f"{path}:{number}: {exc} ({sent[0]} events were sent before it)") from None
-            if topic is None:
-                counts = counts or partition_counts(producer)
-                produce_everywhere(producer, line.rstrip(b"\r\n"), counts)
-            else:
-                produce(producer, topic, line.rstrip(b"\r\n"), key_for(event))
-            sent[0] += 1
-            if rate:
-                ahead = sent[0] / rate - (time.monotonic() - started)
-                if ahead > 0:
-                    time.sleep(ahead)
-            if sent[0] % 1000 == 0:
-                producer.poll(0)
-                elapsed = max(time.monotonic() - started, 1e-6)
-                progress.update(task, completed=sent[0], rate=f"{sent[0] / elapsed:,.0f} ev/s")
-        progress.update(task, completed=sent[0])
-        producer.flush(60)
-        if until is not None:
-            send_ticks(producer, until)
-            producer.flush(30)
-    return sent[0]
+    except KeyboardInterrupt:
+        producer.flush(5)
+        raise ReplayStopped(sent) from None
+    return sent
