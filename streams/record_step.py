@@ -30,7 +30,7 @@ from streams.domain.identity import profile_id_for
 from streams.domain.identity_graph import ABSORB, holds_someone, withdrawal_ids
 from streams.domain.profile import DEFAULT_LIMITS, Limits, shrink, snapshot
 from streams.domain.state import ErasureMarker, LiveState, State, is_live
-from streams.domain.timeline import NeighboursOf, RuleSet, _no_neighbours, advance, idle, next_due
+from streams.domain.timeline import NeighboursOf, Outputs, RuleSet, _no_neighbours, advance, idle, next_due
 from streams.ingest import Source, reject
 from streams.routing import PartitionBatches, partition_for
 from streams.watermark import clock_time, due_first, indexable_due, merge_clocks, watermark
@@ -357,17 +357,10 @@ def _advance_one(key: str, states: _Cache, blocks: _Cache, changed: bool, republ
         if changed:
             _stage_state(kb, _encode_state(state), result)
         return
-    limits = ctx.rules.limits
-    if changed and not republish:
-        first_due = next_due(state)
-        if idle(state, now_wm, limits.parked_events, first_due):
-            # events parked, nothing due (at live rates, an event's first pass): only the write, unless
-            # the state is big enough to release its parked events (below)
-            encoded = _encode_idle(state, first_due)
-            if encoded is not None:
-                _stage_state(kb, encoded, result)
-                return
-    out = advance(state, now_wm, ctx.rules, now, io.neighbours_of)
+    if changed and not republish and idle(state, now_wm, ctx.rules.limits.parked_events, next_due(state)):
+        out = Outputs()  # what advance would give: nothing is due (at live rates, an event's first pass)
+    else:
+        out = advance(state, now_wm, ctx.rules, now, io.neighbours_of)
     if not (out.steps or changed):
         return  # a stale index entry: nothing was due
     publish = out.changed or republish
@@ -379,7 +372,7 @@ def _advance_one(key: str, states: _Cache, blocks: _Cache, changed: bool, republ
         if out.changed:
             state["published"] = True
 
-    encoded = _encode_state(state, release_parked, limits)
+    encoded = _encode_state(state, release_parked, ctx.rules.limits)
     publish = out.changed or republish
     if not (publish or out.steps):
         _stage_state(kb, encoded, result)
@@ -466,23 +459,6 @@ def _encode_state(state: State, release_parked: Callable[[], None] | None = None
         if len(data) > MAX_VALUE_BYTES:
             raise ValueError(f"value of {len(data)} bytes over the limit of {MAX_VALUE_BYTES}")
     return data, due, previous, shrunk
-
-
-def _encode_idle(state: LiveState, due: int | None) -> Encoded | None:
-    """What :func:`_encode_state` makes of a live state that :func:`advance` would leave as it is
-    (``due``: its next due time); None, with ``state`` unchanged, when it is past
-    :data:`SOFT_STATE_BYTES` (for :func:`_encode_state` to release its parked events or shrink it)."""
-    had_due = "due" in state
-    previous = state.get("due")
-    state["due"] = indexable_due(due)
-    data = orjson.dumps(due_first(state))
-    if len(data) <= SOFT_STATE_BYTES:
-        return data, state["due"], previous, None
-    if had_due:
-        state["due"] = previous
-    else:
-        del state["due"]
-    return None
 
 
 def _route_outbox(outbox: list[tuple[str, str, dict[str, Any]]], ctx: StepContext, result: RecordResult) -> None:

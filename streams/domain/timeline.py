@@ -318,8 +318,7 @@ def advance(state: LiveState, watermark: int | None, rules: RuleSet, now_ms: int
     profile, rs, pending = state["profile"], state["rules"], state["pending"]
     timers: dict[str, list[Any]] = rs["timers"]
     cfg = rules.config
-    first_due = next_due(state)
-    if not rs.get("dirty") and (first_due is None or first_due > watermark):
+    if idle(state, watermark, most_parked, next_due(state)):
         return out  # nothing due yet
     # an identifier an identity limit kept out of the links is not folded (states the identity
     # graph never placed, as in some tests, have no links and are not limited)
