@@ -542,26 +542,16 @@ def remember(state: LiveState, event: Event, retention_ms: int, dropped: Dropped
     if len(seen) > 64 and len(seen) % 32 == 0:
         # Amortized: a scan per 32 new ids, not per event (a busy person keeps hundreds within the
         # retention, and each of their events scanned them all); the map overshoots by < 32.
-        bound_seen(state, retention_ms, limits, dropped)
+        horizon = _prune_seen(seen, max(seen.values()), retention_ms)
+        keep = limits.seen_ids - 32 if len(seen) > limits.seen_ids else len(seen)
+        id_bytes = sum(map(len, seen))
+        if id_bytes > limits.seen_id_bytes:  # long ids (up to 512 characters each are valid)
+            keep = min(keep, max(len(seen) * limits.seen_id_bytes // id_bytes - 32, 32))
+        if keep < len(seen):
+            horizon = max(horizon or 0, _trim_seen(seen, keep, dropped))
+        if horizon is not None:
+            _move_seen_from(state, horizon)
     return True
-
-
-def bound_seen(state: LiveState, retention_ms: int, limits: Limits, dropped: Dropped | None) -> None:
-    """The ids past the retention forgotten, then past ``limits.seen_ids`` ids (or
-    ``limits.seen_id_bytes`` characters) the oldest, counted; the forgotten window's horizon moves up
-    to them (:func:`remember`, and a merge, whose two sides' ids together may be past the bounds)."""
-    seen = state["seen"]
-    if not seen:
-        return
-    horizon = _prune_seen(seen, max(seen.values()), retention_ms)
-    keep = limits.seen_ids - 32 if len(seen) > limits.seen_ids else len(seen)
-    id_bytes = sum(map(len, seen))
-    if id_bytes > limits.seen_id_bytes:  # long ids (up to 512 characters each are valid)
-        keep = min(keep, max(len(seen) * limits.seen_id_bytes // id_bytes - 32, 32))
-    if keep < len(seen):
-        horizon = max(horizon or 0, _trim_seen(seen, keep, dropped))
-    if horizon is not None:
-        _move_seen_from(state, horizon)
 
 
 def _move_seen_from(state: LiveState, horizon: int) -> None:
