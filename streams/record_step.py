@@ -285,7 +285,8 @@ def step(entries: list[Any], io: StepIO, ctx: StepContext, skip: frozenset[int] 
     pairs: dict[str, list[list[Any]]] = {}
     for key in sorted(changed | due_now):
         try:
-            _advance_one(key, states, blocks, key in changed, key in republish, now_wm, now, io, ctx, result, pairs)
+            _advance_one(key, states, blocks, key in changed, key in republish, key in due_now, now_wm, now, io, ctx,
+                         result, pairs)
         except Exception as exc:
             if key in changed:  # its entries' effects are in this attempt: it goes again without them
                 raise StepFailure("advance", exc, key=key) from exc
@@ -324,13 +325,12 @@ def _retry_later(key: str, now_wm: int, io: StepIO, result: RecordResult) -> int
         stored = io.read_state(key)
         if not is_live(stored):  # pragma: no cover - only a live profile is due
             raise TypeError("not a live profile")
-        previous = stored.get("due")
         stored["due"] = at
         data = orjson.dumps(due_first(stored))
     except Exception:
         result.due_changes.append((kb, at, None))
         return at
-    _stage_state(kb, (data, at, previous, None), result)
+    _stage_state(kb, (data, at, None, None), result, popped=True)  # (it is left out where it was popped)
     return at
 
 
@@ -340,11 +340,12 @@ def _withdrawal(ctx: StepContext, profile_id: str, reason: str, at: int) -> tupl
     return ctx.withdrawals_topic, profile_id.encode(), value, None
 
 
-def _advance_one(key: str, states: _Cache, blocks: _Cache, changed: bool, republish: bool, now_wm: int | None,
-                 now: int, io: StepIO, ctx: StepContext, result: RecordResult,
+def _advance_one(key: str, states: _Cache, blocks: _Cache, changed: bool, republish: bool, popped: bool,
+                 now_wm: int | None, now: int, io: StepIO, ctx: StepContext, result: RecordResult,
                  pairs: dict[str, list[list[Any]]]) -> None:
     """One changed or due key: a block written back, a redirect or marker written, or a live profile
-    advanced, written and published."""
+    advanced, written and published.  ``popped``: this step took the key's entry out of the due index
+    (its write then has no old entry to move)."""
     if key.startswith("b:"):
         members = blocks.get(key)
         result.block_writes.append((key.encode(), _encoded(members) if members else None))
@@ -355,7 +356,7 @@ def _advance_one(key: str, states: _Cache, blocks: _Cache, changed: bool, republ
     kb = key.encode()
     if not holds_someone(state):  # a redirect, an erasure marker, or nobody yet
         if changed:
-            _stage_state(kb, _encode_state(state), result)
+            _stage_state(kb, _encode_state(state), result, popped)
         return
     if changed and not republish and idle(state, now_wm, ctx.rules.limits.parked_events, next_due(state)):
         out = Outputs()  # what advance would give: nothing is due (at live rates, an event's first pass)
@@ -375,7 +376,7 @@ def _advance_one(key: str, states: _Cache, blocks: _Cache, changed: bool, republ
     encoded = _encode_state(state, release_parked, ctx.rules.limits)
     publish = out.changed or republish
     if not (publish or out.steps):
-        _stage_state(kb, encoded, result)
+        _stage_state(kb, encoded, result, popped)
         return  # events parked, nothing folded: nothing to send (at live rates, an event's first pass)
     # what can raise comes before anything goes into the result: a profile that fails here leaves
     # nothing of itself behind (``step`` leaves a profile that was only due out in place)
@@ -386,7 +387,7 @@ def _advance_one(key: str, states: _Cache, blocks: _Cache, changed: bool, republ
     changes = [orjson.dumps(change) for change in out.segment_changes]
     scores = [orjson.dumps(score) for score in out.scores]
     triggers = [_encoded(trigger) for trigger in out.triggers]
-    _stage_state(kb, encoded, result)
+    _stage_state(kb, encoded, result, popped)
     result.released += len(out.released)
     for product, other, weight in out.pairs:
         pairs.setdefault(product, []).append([other, weight])
@@ -419,8 +420,13 @@ def _advance_one(key: str, states: _Cache, blocks: _Cache, changed: bool, republ
 Encoded = tuple[bytes, int | None, int | None, "Counter[str] | None"]
 
 
-def _stage_state(kb: bytes, encoded: Encoded, result: RecordResult) -> None:
+def _stage_state(kb: bytes, encoded: Encoded, result: RecordResult, popped: bool = False) -> None:
+    """``encoded`` into the result; ``popped``: the key's old entry is already out of the due index
+    (its pop took it), so nothing is deleted for it: a delete there was a RocksDB tombstone of an
+    entry long gone, written for every fold."""
     data, due, previous, shrunk = encoded
+    if popped:
+        previous = None
     if shrunk is not None:
         result.shrunk += 1
         result.entries_dropped.update(shrunk)
