@@ -61,7 +61,7 @@ from streams.record_step import (
 from streams.routing import DelayedClocks, InputRecord, clock_records, partition_for, route_batch
 from streams.settings import Settings
 from streams.tables import ProfileTable, RocksDBMemory, TieredDueIndex, profile_table, rocksdb_options
-from streams.watermark import DueIndex, DueOrder, expected_clocks, indexable_due, stored_due
+from streams.watermark import DUE_BIAS, DueIndex, DueOrder, expected_clocks, indexable_due, stored_due
 
 log = logging.getLogger(__name__)
 
@@ -653,12 +653,8 @@ class _AgentSink:
     def __init__(self, p: Pipeline) -> None:
         self._p = p
         self.send = p.output.send
-
-    def stage_state(self, key: bytes, value: bytes | None, partition: int) -> None:
-        self._p.profile_state.stage(key, value, partition)
-
-    def stage_block(self, key: bytes, value: bytes | None, partition: int) -> None:
-        self._p.identity_blocks.stage(key, value, partition)
+        self.stage_state = p.profile_state.stage  # (bound here: a write per event pass)
+        self.stage_block = p.identity_blocks.stage
 
     def stage_clocks(self, value: bytes, partition: int) -> None:
         self._p.partition_clocks.stage(b"clocks|%d" % partition, value, partition)
@@ -668,7 +664,9 @@ class _AgentSink:
             self._p.send_pairs()  # full: sent now rather than held without bound
 
     def push_due(self, partition: int, due: int, key: bytes, previous: int | None) -> None:
-        self._p.due_index.push(partition, due, key, _indexed(previous))
+        if previous is not None and not (type(previous) is int and -DUE_BIAS <= previous < DUE_BIAS):
+            previous = None  # (as _indexed, written out: a push per event pass)
+        self._p.due_index.push(partition, due, key, previous)
 
     def discard_due(self, partition: int, key: bytes, previous: int | None) -> None:
         self._p.due_index.discard(partition, key, _indexed(previous))

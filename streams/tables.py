@@ -358,7 +358,7 @@ class RocksDBDueIndex:
 
     @staticmethod
     def _key(partition: int, due: int, key: bytes) -> bytes:
-        return partition.to_bytes(2, "big") + due_bytes(due) + key
+        return partition.to_bytes(2, "big") + (due + DUE_BIAS).to_bytes(8, "big") + key  # (due_bytes)
 
     def reset(self) -> None:
         """After a rebalance: emptied, and rebuilt from the table before the next use."""
@@ -512,8 +512,7 @@ class TieredDueIndex:
         self.built = True
 
     def push(self, partition: int, due: int, key: bytes, previous: int | None = None) -> None:
-        held = self.near.keys(partition)
-        in_near = key in held
+        in_near = key in self.near.keys(partition)
         if in_near:  # its current entry is in memory: RocksDB holds nothing for it
             previous = None
         horizon = self._horizon.get(partition)
