@@ -440,7 +440,9 @@ def _emit(state: LiveState, due: triggers.Due, rules: RuleSet, now_ms: int, out:
     """Guardrails, then the trigger message (contract section 5)."""
     profile, rs = state["profile"], state["rules"]
     guard = rules.config.guardrails
-    sent = guardrails.prune_sent([(at, kind) for at, kind in rs["sent"]], due.at)
+    # kept for the caps of triggers up to the dedupe retention late (a late event's, an offline app's)
+    clock = rs["clock"] if rs["clock"] is not None else due.at
+    sent = guardrails.prune_sent([(at, kind) for at, kind in rs["sent"]], min(due.at, clock - rules.retention_ms))
     rs["sent"] = [[at, kind] for at, kind in sent]  # as a stored state reads back: [time, type]
     reason = guardrails.suppression_reason(guard, profile["consent"], sent, due.type, due.at)
     if reason is not None:

@@ -41,7 +41,7 @@ from tests.integration.expected import accepted_events
 
 GOLDEN = Path(__file__).parents[1] / "data" / "golden"
 #: The stored states this version writes (JSON, due time first; v2: a marker says where the erase was carried out).
-WRITTEN_BY_THIS_VERSION = "states-v2.json.gz"
+WRITTEN_BY_THIS_VERSION = "states-v3.json.gz"
 UNTIL = "2026-03-20T00:00:00Z"
 
 

@@ -310,3 +310,21 @@ def test_an_event_older_than_the_dedupe_window_is_a_duplicate_that_says_so() -> 
     assert again.outcome == "duplicate" and not again.before_dedupe
     recent = receive(state, "u:u-1", ev("new-recent", "product_view", t + 19 * DAY, product_id="a"), None, RULES)
     assert recent.outcome == "processed" and not recent.before_dedupe
+
+
+def test_a_late_events_trigger_counts_against_the_caps_with_the_triggers_sent_after_it() -> None:
+    """Contract 5: at most three triggers per profile in any 24 h.  Three went out from 07:00 to 09:00;
+    a late identify stamped 05:00 then gives the profile its e-mail, and its welcome (05:00) would be
+    the fourth within 24 h: it is held back, as it would have been in time order."""
+    hour = 60 * MIN
+    t = ms("2026-03-02T06:00:00Z")
+    p = Person()
+    p.arrive(ev("i-1", "identify", t - 10 * hour, traits={"birthday": "1990-03-02"}))  # no e-mail yet
+    p.arrive(ev("v-1", "product_view", t, product_id="sku-1"))  # browse_abandoned 07:00
+    p.arrive(ev("k-1", "cart_add", t + 90 * MIN, product_id="sku-2", price=5.0))  # cart_abandoned 08:00
+    p.to(t + 4 * hour)  # and the birthday at 09:00
+    assert len(p.triggers) == 3, p.types()
+    p.arrive(ev("i-2", "identify", t - hour, traits={"email": "ana@example.com"}))
+    p.to(t + 5 * hour)
+    assert len(p.triggers) == 3, p.types()
+    assert ("welcome", "per_profile_cap") in p.suppressed

@@ -28,20 +28,31 @@ def suppression_reason(
 ) -> str | None:
     """Why a trigger of ``trigger_type`` due at ``at`` is held back (None: it may go out).
 
-    ``sent`` is what was already emitted for this profile, ``(at, type)`` in any order; only those in
-    the 24 h up to ``at`` count, so a replay of older input sees the caps as they were then.
+    ``sent`` is what was already emitted for this profile, ``(at, type)`` in any order.  A cap holds
+    in every 24 h of event time: a trigger at ``at`` may not fill any window ``(e - 24 h, e]`` that
+    holds it, so sends after ``at`` count too (a late event's trigger comes after later ones went out).
     """
     email = consent.get("email")
     if email is False:
         return "consent_false"
     if cfg.require_consent and email is not True:
         return "no_consent"
-    window = [s_type for s_at, s_type in sent if at - DAY_MS < s_at <= at]
-    if cfg.per_type_per_day and sum(1 for s_type in window if s_type == trigger_type) >= cfg.per_type_per_day:
+    near = [(s_at, s_type) for s_at, s_type in sent if at - DAY_MS < s_at < at + DAY_MS]
+    if not near:
+        return None
+    if cfg.per_type_per_day and \
+            _most_in_a_day([s_at for s_at, s_type in near if s_type == trigger_type], at) >= cfg.per_type_per_day:
         return "per_type_cap"
-    if cfg.per_profile_per_day and len(window) >= cfg.per_profile_per_day:
+    if cfg.per_profile_per_day and _most_in_a_day([s_at for s_at, _ in near], at) >= cfg.per_profile_per_day:
         return "per_profile_cap"
     return None
+
+
+def _most_in_a_day(times: Sequence[int], at: int) -> int:
+    """The most of ``times`` in one window ``(e - 24 h, e]`` with ``at <= e < at + 24 h`` (the windows
+    that hold ``at``): a window's count rises only where it takes in a time, so ``e`` is ``at`` or
+    one of the times after it."""
+    return max(sum(1 for t in times if e - DAY_MS < t <= e) for e in [at, *(t for t in times if t > at)])
 
 
 def prune_sent(sent: Sequence[tuple[int, str]], t: int) -> list[tuple[int, str]]:

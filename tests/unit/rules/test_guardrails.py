@@ -102,9 +102,18 @@ def test_the_24_hour_window_boundary() -> None:
     assert suppression_reason(cfg(), {}, sent, "winback", T) == "per_type_cap"  # same instant counts
 
 
-def test_sends_after_the_trigger_time_do_not_count() -> None:
-    # A replay of older input is judged by what had gone out by then.
-    assert suppression_reason(cfg(), {}, [(T + 1, "winback")], "winback", T) is None
+def test_sends_after_the_trigger_time_count_too() -> None:
+    """A late event's trigger comes after later ones went out: the caps hold in every 24 h of event
+    time, so a window holding it and sends after it is full too."""
+    assert suppression_reason(cfg(), {}, [(T + 1, "winback")], "winback", T) == "per_type_cap"
+    assert suppression_reason(cfg(), {}, [(T + DAY_MS - 1, "winback")], "winback", T) == "per_type_cap"
+    assert suppression_reason(cfg(), {}, [(T + DAY_MS, "winback")], "winback", T) is None
+    after = [(T + HOUR, "welcome"), (T + 2 * HOUR, "birthday"), (T + 3 * HOUR, "cart_abandoned")]
+    assert suppression_reason(cfg(), {}, after, "post_purchase", T) == "per_profile_cap"
+    # two before and two after it, but no 24 h holds three of them besides it
+    spread = [(T - 20 * HOUR, "a"), (T - 19 * HOUR, "b"), (T + 5 * HOUR, "c"), (T + 6 * HOUR, "d")]
+    assert suppression_reason(cfg(), {}, spread, "post_purchase", T) is None
+    assert suppression_reason(cfg(), {}, [*spread, (T + 4 * HOUR, "e")], "post_purchase", T) == "per_profile_cap"
 
 
 def test_per_profile_cap_over_all_types_and_in_any_order() -> None:
