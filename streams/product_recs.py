@@ -16,13 +16,17 @@ from collections.abc import Callable, Sequence
 
 import orjson
 
+from streams.domain.rules.recommend import TOP_PUBLISHED
+
 log = logging.getLogger(__name__)
 
 
 class ProductRecs:
-    def __init__(self, on_read: Callable[[], object] = lambda: None) -> None:
+    def __init__(self, on_read: Callable[[], object] = lambda: None,
+                 on_damaged: Callable[[], object] = lambda: None) -> None:
         self._top: dict[str, list[str]] = {}
         self._on_read = on_read  # called for each record read (a metric)
+        self._on_damaged = on_damaged  # called for each record that is not a list of product ids
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -35,8 +39,18 @@ class ProductRecs:
         product = key.decode("utf-8", "replace")
         if value is None:
             self._top.pop(product, None)
-        else:
-            self._top[product] = orjson.loads(value)
+            return
+        try:
+            top = orjson.loads(value)
+            if not (isinstance(top, list) and len(top) <= TOP_PUBLISHED and all(type(o) is str for o in top)):
+                raise ValueError("not a list of product ids")
+        except ValueError as exc:  # (a JSONDecodeError too) every trigger naming the product would fail,
+            # and the reader, raising here, would start again at this record for good
+            self._top.pop(product, None)
+            self._on_damaged()
+            log.warning("a product-recs record is left out: %s", type(exc).__name__)
+            return
+        self._top[product] = top
 
     def start(self, bootstrap: str, topic: str) -> None:
         self._thread = threading.Thread(target=self._run, args=(bootstrap, topic), name="product-recs",

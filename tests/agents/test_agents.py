@@ -577,6 +577,26 @@ async def test_co_occurrences_are_counted_per_product_and_feed_recommendations(p
     assert trigger["payload"]["recommendations"] == [{"product_id": "b"}, {"product_id": "z"}]
 
 
+@pytest.mark.parametrize("damaged", [b"5", b'[["x"]]', b"not json", orjson.dumps([f"p-{n}" for n in range(11)])])
+async def test_a_damaged_product_recs_record_is_left_out_not_the_triggers_that_name_its_product(
+        pipeline: Pipeline, damaged: bytes) -> None:
+    """Every worker reads the recommendations topic into a replica; a record there that is not a list of
+    at most ten product ids failed the step of each profile whose trigger named the product (its good
+    events dead-lettered), and one that is not JSON made the reader start again at it for good."""
+    pipeline.product_recs.apply(b"a", orjson.dumps(["b"]))
+    pipeline.product_recs.apply(b"a", damaged)  # what the reader thread does with each record
+    assert pipeline.product_recs.get("a") is None  # (the damaged value replaced the older one)
+    t = 1772359200000
+    cart = _event("k-1", "cart_add", product_id="a", price=2.0)
+    cart["kind"], cart["src"][0], cart["ts"] = "carts", "carts", t + 2000
+    async with agent(pipeline, "profiles").test_context() as profiles:
+        await profiles.put(_batch(cart, clock=t + 2000 + 30 * 60_000))
+    assert sent(pipeline, "dead-letter") == []
+    [(_, trigger, _)] = sent(pipeline, "triggers")
+    assert trigger["payload"]["recommendations"] == []
+    assert pipeline.metrics.processing_errors.labels("product_recs", "record")._value.get() == 1
+
+
 async def test_a_co_occurrence_entry_that_cannot_be_counted_costs_only_itself(pipeline: Pipeline) -> None:
     good = ["a", [["b", 2]]]
     bad = [["c", [["d", 1], ["x", "many"]]], "not an entry", ["e", [["f", 2**40]]], ["g", [["h", 1e308]]]]
