@@ -328,3 +328,30 @@ def test_a_late_events_trigger_counts_against_the_caps_with_the_triggers_sent_af
     p.to(t + 5 * hour)
     assert len(p.triggers) == 3, p.types()
     assert ("welcome", "per_profile_cap") in p.suppressed
+
+
+@pytest.mark.parametrize(("zone", "expected"), [("America/Los_Angeles", "2026-03-05T17:00:00.000Z"),
+                                                ("Pacific/Auckland", "2026-03-04T20:00:00.000Z")])
+def test_the_birthday_follows_a_time_zone_learnt_after_the_birthday(zone: str, expected: str) -> None:
+    """README: the birthday at ``hour`` (9) in the profile's time zone.  The zone came with a later
+    event's context; the timer had been set in UTC and stayed there (in Auckland the e-mail then
+    landed on the day after the birthday)."""
+    t = ms("2026-03-01T10:00:00Z")
+    p = Person()
+    p.arrive(ev("i-1", "identify", t, traits={"birthday": "1990-03-05"}))
+    p.arrive(ev("c-1", "page_view", t + MIN, context={"timezone": zone}))
+    p.to(t + 6 * DAY)
+    assert [at for kind, at in p.types() if kind == "birthday"] == [expected]
+
+
+def test_a_time_zone_that_puts_the_birthday_before_the_clock_fires_it_at_once() -> None:
+    """09:00 in Tokyo on 5 March is 00:00 UTC; the zone comes at 08:00 UTC that day, with the UTC timer
+    (09:00) not fired yet: this year's birthday goes out, stamped with its moment, not next year's."""
+    t = ms("2026-03-05T08:00:00Z")
+    p = Person()
+    p.arrive(ev("i-1", "identify", t - 2 * DAY, traits={"birthday": "1990-03-05"}))
+    p.to(t - MIN)
+    p.arrive(ev("c-1", "page_view", t, context={"timezone": "Asia/Tokyo"}))
+    p.to(t + MIN)
+    assert [at for kind, at in p.types() if kind == "birthday"] == ["2026-03-05T00:00:00.000Z"]
+    assert p.state["rules"]["timers"]["birthday"][1] == "birthday:2027"

@@ -29,7 +29,7 @@ The rules (README "Triggers" repeats them for users):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, tzinfo
 from typing import Any
 
 from streams.domain.config import Triggers
@@ -74,13 +74,36 @@ def next_birthday(birthday: str, after: int, timezone: str | None, hour: int) ->
     zone = guardrails.zone_of(timezone)
     local_year = datetime.fromtimestamp(after / 1000, tz=UTC).astimezone(zone).year
     for year in (local_year - 1, local_year, local_year + 1):
-        day = _birthday_in(year, born.month, born.day)
-        moment = datetime(day.year, day.month, day.day, hour, tzinfo=zone)
-        # a local time skipped by a DST change: the first valid instant after it
-        due = int(moment.astimezone(UTC).timestamp() * 1000)
+        due = _birthday_moment(born, year, zone, hour)
         if due > after:
             return due, year
     return None  # pragma: no cover - the following year is always after
+
+
+def _birthday_moment(born: date, year: int, zone: tzinfo, hour: int) -> int:
+    """The birthday of ``year`` at ``hour`` local time, in ms."""
+    day = _birthday_in(year, born.month, born.day)
+    moment = datetime(day.year, day.month, day.day, hour, tzinfo=zone)
+    # a local time skipped by a DST change: the first valid instant after it
+    return int(moment.astimezone(UTC).timestamp() * 1000)
+
+
+def follow_time_zone(cfg: Triggers, profile: ProfileBody, rules: RuleState) -> None:
+    """The birthday timer moved to ``hour`` in the profile's time zone as it is now, for the same
+    year (a time zone can come after the birthday, with a later event's context).  A moment the
+    zone puts before the profile's clock fires at the next step, stamped with it, as a late event's
+    trigger is."""
+    timer = rules["timers"].get("birthday")
+    birthday = profile["traits"].get("birthday")
+    if timer is None or not birthday or not timer[1].startswith("birthday:"):
+        return
+    try:
+        born, year = date.fromisoformat(birthday), int(timer[1].removeprefix("birthday:"))
+        due = _birthday_moment(born, year, guardrails.zone_of(profile["context"].get("timezone")), cfg.birthday.hour)
+    except (TypeError, ValueError, OverflowError):
+        return
+    if due != timer[0]:
+        timer[0] = due
 
 
 def _set_timer(rules: RuleState, name: str, due: int, cause: str, details: dict[str, Any] | None = None) -> None:
@@ -137,6 +160,9 @@ def on_event(cfg: Triggers, profile: ProfileBody, rules: RuleState, event: dict[
             due.append(Due("welcome", ts, event_id, {"source": event.get("source")}))
         if cfg.birthday.enabled and (event.get("traits") or {}).get("birthday"):
             arm_birthday(cfg, profile, rules, ts if rules["clock"] is None else max(ts, rules["clock"]))
+            return due
+    if cfg.birthday.enabled and (event.get("context") or {}).get("timezone"):
+        follow_time_zone(cfg, profile, rules)
     return due
 
 
