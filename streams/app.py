@@ -300,7 +300,8 @@ def create_app(settings: Settings, metrics: Metrics | None = None, output: Outpu
         identity_blocks=profile_table(app, output, "identity-blocks", settings.partitions, small, memory),
         product_neighbours=profile_table(app, output, "product-neighbours", settings.partitions, small, memory),
         product_recs=ProductRecs(metrics.product_recs_read.inc,
-                                 metrics.processing_errors.labels("product_recs", "record").inc),
+                                 metrics.processing_errors.labels("product_recs", "record").inc,
+                                 settings.recs_products, metrics.product_recs_evicted.inc),
         pairs=PairBuffer(settings.partitions),
         delayed_clocks=DelayedClocks(settings.clock_delay_ms),
     )

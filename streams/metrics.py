@@ -155,6 +155,11 @@ class Metrics:
             "mailpulse_product_recs_read",
             "Records of the product-recs topic read into this worker's replica (payload recommendations)", registry=r,
         )
+        self.product_recs_evicted = Counter(
+            "mailpulse_product_recs_evicted",
+            "Products dropped from this worker's replica of the recommendations past MAILPULSE_RECS_PRODUCTS "
+            "(those written longest ago): their triggers recommend nothing until their next record", registry=r,
+        )
         self.output_queued = Gauge(
             "mailpulse_output_queued_messages",
             "Outputs handed to the producer that the broker has not acknowledged yet, as the health loop saw "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 import orjson
@@ -21,12 +22,25 @@ from streams.domain.rules.recommend import TOP_PUBLISHED
 log = logging.getLogger(__name__)
 
 
+#: :class:`ProductRecs`'s default bound (``MAILPULSE_RECS_PRODUCTS``).
+MOST_PRODUCTS = 200_000
+
+
 class ProductRecs:
+    """The replica.  It holds at most ``most`` products (~0.5-1 KB each): the product ids come from
+    the input, so an upstream that sends a session id as ``product_id`` would otherwise grow every
+    worker's memory without end.  Past it, the products written longest ago go (``on_evicted``)."""
+
     def __init__(self, on_read: Callable[[], object] = lambda: None,
-                 on_damaged: Callable[[], object] = lambda: None) -> None:
-        self._top: dict[str, list[str]] = {}
+                 on_damaged: Callable[[], object] = lambda: None, most: int = MOST_PRODUCTS,
+                 on_evicted: Callable[[], object] = lambda: None) -> None:
+        # (read by the profile agent while the reader thread writes: each OrderedDict operation is one
+        # call into C, under the GIL)
+        self._top: OrderedDict[str, list[str]] = OrderedDict()
+        self._most = most
         self._on_read = on_read  # called for each record read (a metric)
         self._on_damaged = on_damaged  # called for each record that is not a list of product ids
+        self._on_evicted = on_evicted  # called for each product dropped past the bound
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -50,7 +64,12 @@ class ProductRecs:
             self._on_damaged()
             log.warning("a product-recs record is left out: %s", type(exc).__name__)
             return
-        self._top[product] = top
+        top_of = self._top
+        top_of[product] = top
+        top_of.move_to_end(product)
+        while len(top_of) > self._most:
+            top_of.popitem(last=False)
+            self._on_evicted()
 
     def start(self, bootstrap: str, topic: str) -> None:
         self._thread = threading.Thread(target=self._run, args=(bootstrap, topic), name="product-recs",

@@ -115,6 +115,11 @@ class Settings(BaseSettings):
         "--save-model`) that fuzzy matching scores with; unset: the shipped one.",
     )
     batch_within_s: float = Field(default=0.02, gt=0, le=60, description="MAILPULSE_BATCH_WITHIN_S: max batch wait.")
+    recs_products: int = Field(
+        default=200_000, ge=1, le=100_000_000,
+        description="MAILPULSE_RECS_PRODUCTS: the most products whose recommendations each worker keeps in memory "
+        "(those written longest ago go first, counted in mailpulse_product_recs_evicted_total).",
+    )
     clock_delay_ms: int = Field(
         default=100, ge=0, le=60_000,
         description="MAILPULSE_CLOCK_DELAY_MS: how long after its batch an input clock goes to the profile "

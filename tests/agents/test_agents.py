@@ -616,6 +616,20 @@ async def test_a_rebalance_does_not_count_a_co_occurrence_record_twice(pipeline:
     assert pipeline.product_neighbours.read_json(b"a", 0) == {"b": 1}
 
 
+def test_the_recommendations_replica_keeps_at_most_its_bound_and_counts_what_goes(tmp_path: Path) -> None:
+    """Product ids come from the input: past ``MAILPULSE_RECS_PRODUCTS`` the products written longest
+    ago leave each worker's replica (counted), so bogus ids cannot grow its memory without end."""
+    settings = Settings(broker="kafka://127.0.0.1:1", table_store="memory", data_dir=tmp_path, recs_products=3)
+    p = create_app(settings, output=RecordingOutput())
+    recs = p.product_recs
+    for product in "abcd":
+        recs.apply(product.encode(), orjson.dumps(["x"]))
+    recs.apply(b"b", orjson.dumps(["y"]))  # written again: now the newest
+    recs.apply(b"e", orjson.dumps(["x"]))
+    assert [recs.get(product) for product in "abcde"] == [None, ["y"], None, ["x"], ["x"]]
+    assert p.metrics.product_recs_evicted._value.get() == 2
+
+
 async def test_a_co_occurrence_entry_that_cannot_be_counted_costs_only_itself(pipeline: Pipeline) -> None:
     good = ["a", [["b", 2]]]
     bad = [["c", [["d", 1], ["x", "many"]]], "not an entry", ["e", [["f", 2**40]]], ["g", [["h", 1e308]]]]
