@@ -778,6 +778,7 @@ def _cooccurrence_agent(p: Pipeline) -> Any:
     when they change (:mod:`streams.domain.rules.recommend`)."""
     table, send = p.product_neighbours, p.output.send
     recs_topic = names.product_recs_topic(p.settings.app_id)
+    dropped = p.metrics.product_neighbours_dropped
 
     def count(product: Any, counted: Any, partition: int) -> tuple[bytes, bytes | None]:
         """One entry's pairs added to the product's stored counts (staged): the product's key and its
@@ -791,7 +792,10 @@ def _cooccurrence_agent(p: Pipeline) -> Any:
         key = product.encode()
         neighbours: dict[str, int] = table.read_json(key, partition) or {}
         before = top_neighbours(neighbours)
+        named = len(neighbours.keys() | {other for other, _ in pairs})
         neighbours = count_pairs(neighbours, pairs)
+        if len(neighbours) < named:  # past NEIGHBOURS_KEPT the weakest go
+            dropped.inc(named - len(neighbours))
         top = top_neighbours(neighbours)
         table.stage(key, orjson.dumps(neighbours), partition)
         return key, orjson.dumps(top) if top != before else None

@@ -155,6 +155,11 @@ class Metrics:
             "mailpulse_product_recs_read",
             "Records of the product-recs topic read into this worker's replica (payload recommendations)", registry=r,
         )
+        self.product_neighbours_dropped = Counter(
+            "mailpulse_product_neighbours_dropped",
+            "Co-occurring products dropped from a product's counts past the strongest 50 it keeps (the weakest "
+            "go; a product dropped and seen again starts from its new count)", registry=r,
+        )
         self.product_recs_evicted = Counter(
             "mailpulse_product_recs_evicted",
             "Products dropped from this worker's replica of the recommendations past MAILPULSE_RECS_PRODUCTS "

@@ -630,6 +630,16 @@ def test_the_recommendations_replica_keeps_at_most_its_bound_and_counts_what_goe
     assert p.metrics.product_recs_evicted._value.get() == 2
 
 
+async def test_co_occurring_products_past_the_strongest_fifty_are_counted_as_dropped(pipeline: Pipeline) -> None:
+    pairs = [[f"p{n:02d}", 2] for n in range(50)]
+    async with agent(pipeline, "cooccurrence").test_context() as cooccurrence:
+        await cooccurrence.put(orjson.dumps([["a", pairs]]))
+        await cooccurrence.put(orjson.dumps([["a", [["weak", 1], ["p00", 1]]]]))
+    assert len(pipeline.product_neighbours.read_json(b"a", 0)) == 50
+    assert "weak" not in pipeline.product_neighbours.read_json(b"a", 0)
+    assert pipeline.metrics.product_neighbours_dropped._value.get() == 1
+
+
 async def test_a_co_occurrence_entry_that_cannot_be_counted_costs_only_itself(pipeline: Pipeline) -> None:
     good = ["a", [["b", 2]]]
     bad = [["c", [["d", 1], ["x", "many"]]], "not an entry", ["e", [["f", 2**40]]], ["g", [["h", 1e308]]]]
