@@ -311,7 +311,6 @@ def create_app(settings: Settings, metrics: Metrics | None = None, output: Outpu
     app.sensors.add(FlushBeforeCommit(output, after_flush=p.save_persisted_offsets, before_flush=p.write_staged,
                                       observe=p.observe_commit))
     app.write_out_soon = p.write_out_soon  # the background commit's (streams.consumer, fix 8)
-    app.before_revocation = _before_revocation(p)  # (streams.consumer, fix 4)
     app.on_partitions_assigned.connect(_on_assignment(p))
     app.on_partitions_revoked.connect(_on_revocation(p))
     app.on_rebalance_complete.connect(_on_recovered(p))
@@ -393,21 +392,6 @@ def _on_revocation(p: Pipeline) -> Any:
         p.delayed_clocks.forget(lost(events_topic))  # their markers may never be applied here
 
     return on_partitions_revoked
-
-
-def _before_revocation(p: Pipeline) -> Callable[[set[Any]], None]:
-    """Co-occurrence sums staged for partitions being revoked are dropped before the revocation's
-    commit, which would write them without the offsets of the records they add up (Faust has forgotten
-    those acks by then): the new owner reads the records again and adds them, so they counted twice
-    at every rebalance.  Held sums stay: a background commit cut them with their offsets.  (A profile
-    state written so is harmless: the events read again are duplicates to it.)"""
-    cooccurrence_topic = names.cooccurrence_topic(p.settings.app_id)
-
-    def before_revocation(revoked: set[Any]) -> None:
-        p.product_neighbours.drop_staged({tp.partition for tp in revoked if tp.topic == cooccurrence_topic},
-                                         held=False)
-
-    return before_revocation
 
 
 def _consumer_lag(p: Pipeline) -> Any:

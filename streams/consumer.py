@@ -27,9 +27,6 @@
    events before it had processed them again since the seek back to its committed offset, and a
    crash or another rebalance in between lost them.  Here the acks of revoked partitions left after
    the revocation are forgotten too (logged: "Forgot N offsets acked while partitions were revoked").
-   That commit writes the revoked partitions' staged values without their offsets; for a value
-   that records read again would add to once more (a co-occurrence sum), :attr:`App.before_revocation`
-   drops them first.
 
 5. aiokafka's consumer ``stop`` raises ``CancelledError`` when a fetch request was still pending
    (aiokafka issue 647: its fetcher cancels and awaits those tasks without catching it).  With the
@@ -313,13 +310,7 @@ class Consumer(faust_aiokafka.Consumer):
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         """Fix 4 of the module doc: after the revocation (in-flight events included), the acks of the
-        revoked partitions are forgotten, as their staged state was; they are read again.  Before
-        it, the app's ``before_revocation(revoked)`` (if set) drops what the revocation's commit
-        must not write: Faust forgets the revoked partitions' acks first, so that commit writes
-        their staged values without their offsets."""
-        before: Callable[[set[TP]], None] | None = getattr(self.app, "before_revocation", None)
-        if before is not None:
-            before(revoked)
+        revoked partitions are forgotten, as their staged state was; they are read again."""
         await super().on_partitions_revoked(revoked)
         with ack_lock:
             forgotten = sum(len(self._acked.get(tp) or ()) for tp in revoked)
@@ -545,8 +536,6 @@ class App(faust.App):
     write_out_soon: Callable[[], Awaitable[None]] | None = None
     #: Commits waiting for a background commit in flight to finish (:meth:`Consumer.commit`).
     commit_waiting: int = 0
-    #: What a revocation drops before its commit (fix 4; None: nothing).
-    before_revocation: Callable[[set[TP]], None] | None = None
 
     def _new_transport(self) -> Any:
         url = self.conf.broker_consumer[0]

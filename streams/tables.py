@@ -190,13 +190,11 @@ class ProfileTable(faust.Table[bytes, bytes]):
             if value is not None:
                 yield key, value
 
-    def drop_staged(self, partitions: set[int], held: bool = True) -> None:
-        """Forgets the staged values of ``partitions`` (lost in a rebalance, see streams.app), and the
-        held ones unless ``held`` is False."""
+    def drop_staged(self, partitions: set[int]) -> None:
+        """Forgets the staged and held values of ``partitions`` (lost in a rebalance, see streams.app)."""
         if partitions:
             self._staged = {key: staged for key, staged in self._staged.items() if staged[0] not in partitions}
-            if held:
-                self._held = {key: held for key, held in self._held.items() if held[0] not in partitions}
+            self._held = {key: held for key, held in self._held.items() if held[0] not in partitions}
 
     def hold_staged(self) -> int:
         """A background commit's cut: the values staged so far are held (still read back) until

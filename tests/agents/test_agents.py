@@ -597,25 +597,6 @@ async def test_a_damaged_product_recs_record_is_left_out_not_the_triggers_that_n
     assert pipeline.metrics.processing_errors.labels("product_recs", "record")._value.get() == 1
 
 
-async def test_a_rebalance_does_not_count_a_co_occurrence_record_twice(pipeline: Pipeline) -> None:
-    """The revocation's commit comes after Faust forgot the revoked partitions' acks, so the records
-    whose sums it would write are read again by the next owner and added again: their staged sums are
-    dropped before it (``before_revocation``, which the consumer calls first; streams.consumer fix 4)."""
-    record = orjson.dumps([["a", [["b", 1]]]])
-    async with agent(pipeline, "cooccurrence").test_context() as cooccurrence:
-        await cooccurrence.put(record, partition=0)  # handled and acked, not committed yet
-    app_id = pipeline.settings.app_id
-    revoked = {TP(topic, n) for n in range(pipeline.settings.partitions)
-               for topic in (names.cooccurrence_topic(app_id), names.events_topic(app_id))}
-    pipeline.app.before_revocation(revoked)  # type: ignore[attr-defined]
-    pipeline.write_staged()  # the revocation's commit (its offsets leave the record out)
-    await pipeline.app.on_partitions_revoked.send(revoked=revoked)
-    async with agent(pipeline, "cooccurrence").test_context() as cooccurrence:  # assigned again: read again
-        await cooccurrence.put(record, partition=0)
-    pipeline.write_staged()
-    assert pipeline.product_neighbours.read_json(b"a", 0) == {"b": 1}
-
-
 def test_the_recommendations_replica_keeps_at_most_its_bound_and_counts_what_goes(tmp_path: Path) -> None:
     """Product ids come from the input: past ``MAILPULSE_RECS_PRODUCTS`` the products written longest
     ago leave each worker's replica (counted), so bogus ids cannot grow its memory without end."""

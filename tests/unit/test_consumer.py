@@ -177,25 +177,6 @@ def test_acks_of_events_finished_during_a_revocation_are_forgotten_with_their_st
     assert consumer._new_offset(TP_) == 11  # and 11 waits for its own second run
 
 
-def test_the_apps_before_revocation_runs_before_faust_forgets_the_acks_and_commits(consumer: Consumer) -> None:
-    """What the revocation's commit must not write is dropped before it: by then Faust has forgotten
-    the revoked partitions' acks, so their staged values would be written without their offsets."""
-    order: list[str] = []
-    assert consumer.ack(message(10, b"done before"))
-
-    def before_revocation(revoked: set[TP]) -> None:
-        assert revoked == {TP_} and TP_ in consumer._acked  # (Faust has not started on it yet)
-        order.append("before")
-
-    async def app_revocation(revoked: set[TP]) -> None:  # Faust's app handler: its commit
-        order.append("commit")
-
-    consumer.app.before_revocation = before_revocation  # type: ignore[attr-defined]
-    consumer._on_partitions_revoked = app_revocation  # type: ignore[assignment]
-    asyncio.run(consumer.on_partitions_revoked({TP_}))
-    assert order == ["before", "commit"]
-
-
 # --- whether the last commit reached the broker (fix 7) --------------------------------------------------
 
 
