@@ -790,6 +790,13 @@ def _cooccurrence_agent(p: Pipeline) -> Any:
         send (the producer's, not the input's) is not caught here: it ends the worker."""
         message = record.message
         partition = message.partition
+        marker = b"\xffapplied|%d" % partition
+        try:
+            applied = table.read_json(marker, partition)
+        except ValueError:  # (not JSON: as if none, the record is counted)
+            applied = None
+        if type(applied) is int and message.offset <= applied:
+            return  # read again (a rebalance, a restart): its counts are in the table already
         failed: list[Any] = []
         cause: BaseException | None = None
         try:
@@ -808,6 +815,12 @@ def _cooccurrence_agent(p: Pipeline) -> Any:
                 continue
             if recs is not None:
                 send(recs_topic, key, recs)
+        # Counts are not idempotent: a record whose sums were written without its offset (the commit
+        # of a revocation, which Faust makes after forgetting the revoked partitions' acks; one a
+        # rebalance stopped) would be added again by whoever reads it next.  So the partition's table
+        # keeps the offset of the last record counted, written after the sums it covers; the marker's
+        # key is not UTF-8, so no product's.
+        table.stage_last(marker, b"%d" % message.offset, partition)
         if cause is not None:
             try:
                 raw = orjson.dumps(failed) if failed else record.value

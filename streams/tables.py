@@ -121,6 +121,12 @@ class ProfileTable(faust.Table[bytes, bytes]):
         """Sets (or with ``None`` deletes) ``key`` in ``partition`` at the next :meth:`write_staged`."""
         self._staged[key] = (partition, value)
 
+    def stage_last(self, key: bytes, value: bytes | None, partition: int) -> None:
+        """As :meth:`stage`, and written after every value staged before it (in its partition's
+        changelog too, whose records a new owner reads in order): a mark of what those values took in."""
+        self._staged.pop(key, None)
+        self._staged[key] = (partition, value)
+
     def stage_json(self, key: bytes, value: Any, partition: int) -> None:
         """Sets ``key`` to the JSON of ``value`` (``None``: deletes it) at the next :meth:`write_staged`.
         ``value`` is encoded now: changes made to it later are not staged."""
@@ -230,7 +236,14 @@ class ProfileTable(faust.Table[bytes, bytes]):
     def write_staged(self) -> None:
         """Writes the held values, then the staged ones (newer), to the local store (one RocksDB write
         batch per partition) and the changelog (the caller flushes it)."""
-        self._write({**self._held, **self._staged} if self._held else self._staged)
+        if self._held:
+            values = dict(self._held)
+            for key, staged in self._staged.items():  # a value staged again goes after the held ones
+                values.pop(key, None)
+                values[key] = staged
+        else:
+            values = self._staged
+        self._write(values)
         self._held, self._staged = {}, {}
 
     def _write(self, values: dict[bytes, tuple[int, bytes | None]]) -> None:

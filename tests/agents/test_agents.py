@@ -597,6 +597,25 @@ async def test_a_damaged_product_recs_record_is_left_out_not_the_triggers_that_n
     assert pipeline.metrics.processing_errors.labels("product_recs", "record")._value.get() == 1
 
 
+async def test_a_co_occurrence_record_read_again_after_its_counts_were_written_is_not_counted_twice(
+        pipeline: Pipeline) -> None:
+    """A revocation's commit writes the staged counts without the offsets of their records (Faust has
+    forgotten the revoked partitions' acks by then), and so does a background commit a rebalance
+    stops: whoever reads the records again must not add them again.  The partition's table keeps the
+    offset of the last record counted, after the counts in its changelog."""
+    record, other = orjson.dumps([["a", [["b", 1]]]]), orjson.dumps([["a", [["c", 1]]]])
+    async with agent(pipeline, "cooccurrence").test_context() as cooccurrence:
+        await cooccurrence.put(record, partition=0)  # offset 0: counted and acked, its offset not committed
+    pipeline.write_staged()  # the revocation's commit
+    changelog = [key for key, _, partition in sent(pipeline, "mailpulse-product-neighbours-changelog")]
+    assert changelog == [b"a", b"\xffapplied|0"]  # the mark after what it covers
+    async with agent(pipeline, "cooccurrence").test_context() as cooccurrence:  # read again from offset 0
+        await cooccurrence.put(record, partition=0)
+        await cooccurrence.put(other, partition=0)  # offset 1: new
+    pipeline.write_staged()
+    assert pipeline.product_neighbours.read_json(b"a", 0) == {"b": 1, "c": 1}
+
+
 def test_the_recommendations_replica_keeps_at_most_its_bound_and_counts_what_goes(tmp_path: Path) -> None:
     """Product ids come from the input: past ``MAILPULSE_RECS_PRODUCTS`` the products written longest
     ago leave each worker's replica (counted), so bogus ids cannot grow its memory without end."""

@@ -131,6 +131,22 @@ def test_a_write_out_during_a_held_write_writes_the_newer_value_last_and_the_hel
     assert sent == [b"k0", b"k0", b"k1", b"k2", b"k3"]  # the held write stopped after its first chunk
 
 
+def test_a_value_staged_last_is_written_after_every_value_staged_or_held_before_it(tmp_path: Path) -> None:
+    """A mark of what the values before it took in (the co-occurrence agent's last counted offset)
+    must follow them in the changelog, which a new owner reads in order, also when a background
+    commit held an older one (a value staged again used to keep the held one's place)."""
+    [table] = _tables(tmp_path, RocksDBMemory.with_budget(4), count=1)
+    table.stage_last(b"mark", b"1", 0)
+    table.stage(b"a", b"1", 0)
+    table.stage_last(b"mark", b"2", 0)
+    table.hold_staged()
+    table.stage(b"b", b"1", 0)
+    table.stage_last(b"mark", b"3", 0)
+    table.write_staged()
+    assert [key for key, _, _ in table._output.sent[table.changelog_topic.get_topic_name()]] == [b"a", b"b", b"mark"]
+    assert _stored(table, 0, b"mark") == b"3"
+
+
 def test_a_rebalance_drops_the_held_values_of_lost_partitions(tmp_path: Path) -> None:
     [table] = _tables(tmp_path, RocksDBMemory.with_budget(4), count=1)
     table.stage(b"a", b"1", 0)

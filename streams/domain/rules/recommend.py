@@ -8,8 +8,9 @@ top neighbours are then published on a compacted topic that every worker reads b
 :func:`recommend` ranks them for a trigger's payload, leaving out what the person has in the cart or
 has bought.
 
-The counts are approximate by design: a record re-delivered after a crash counts twice.  Trigger ids
-never depend on them.
+The counts are approximate by design: after a crash, the pairs of events the profile hop folds again
+can count twice (a record read again after a rebalance is not: the co-occurrence agent keeps each
+partition's last counted offset).  Trigger ids never depend on them.
 """
 
 from __future__ import annotations
