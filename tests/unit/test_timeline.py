@@ -355,3 +355,28 @@ def test_a_time_zone_that_puts_the_birthday_before_the_clock_fires_it_at_once() 
     p.to(t + MIN)
     assert [at for kind, at in p.types() if kind == "birthday"] == ["2026-03-05T00:00:00.000Z"]
     assert p.state["rules"]["timers"]["birthday"][1] == "birthday:2027"
+
+
+def test_an_identify_that_repeats_the_birthday_with_a_time_zone_keeps_this_years_birthday() -> None:
+    """A CRM's sync sends every trait again, now with a time zone that puts this year's birthday behind
+    the clock: it fires at once, as with any other event bringing that zone (it was set again for the
+    next birthday after the clock, so this year's was skipped)."""
+    t = ms("2026-03-05T08:00:00Z")
+    p = Person()
+    p.arrive(ev("i-1", "identify", t - 2 * DAY, traits={"birthday": "1990-03-05"}))
+    p.to(t - MIN)
+    p.arrive(ev("i-2", "identify", t, traits={"birthday": "1990-03-05"}, context={"timezone": "Asia/Tokyo"}))
+    p.to(t + 2 * DAY)
+    assert [at for kind, at in p.types() if kind == "birthday"] == ["2026-03-05T00:00:00.000Z"]
+    assert p.state["rules"]["timers"]["birthday"][1] == "birthday:2027"
+
+
+def test_an_identify_with_a_new_birthday_sets_the_timer_from_it() -> None:
+    t = ms("2026-03-03T08:00:00Z")
+    p = Person()
+    p.arrive(ev("i-1", "identify", t - DAY, traits={"birthday": "1990-03-05"}))
+    p.to(t - MIN)
+    p.arrive(ev("i-2", "identify", t, traits={"birthday": "1990-03-01"}))  # corrected: already past this year
+    p.to(t + 3 * DAY)
+    assert [kind for kind, _ in p.types() if kind == "birthday"] == []
+    assert p.state["rules"]["timers"]["birthday"][:2] == [ms("2027-03-01T09:00:00Z"), "birthday:2027"]

@@ -40,6 +40,10 @@ MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
 DAY_MS = 24 * HOUR_MS
 
+#: The birthday timer's payload key: the birthday trait it was set from (an identify that names the same
+#: one again moves it only with the time zone, :func:`follow_time_zone`).
+BIRTHDAY_ON = "on"
+
 #: Timers owned by trigger rules (the timeline also keeps a ``segments`` timer).
 TRIGGER_TIMERS = ("cart_abandoned", "browse_abandoned", "post_purchase", "winback", "birthday")
 
@@ -159,7 +163,11 @@ def on_event(cfg: Triggers, profile: ProfileBody, rules: RuleState, event: dict[
             flags["welcomed"] = True
             due.append(Due("welcome", ts, event_id, {"source": event.get("source")}))
         if cfg.birthday.enabled and (event.get("traits") or {}).get("birthday"):
-            arm_birthday(cfg, profile, rules, ts if rules["clock"] is None else max(ts, rules["clock"]))
+            timer = rules["timers"].get("birthday")
+            if timer is not None and timer[2].get(BIRTHDAY_ON) == profile["traits"].get("birthday"):
+                follow_time_zone(cfg, profile, rules)  # the same birthday again (a CRM's sync of every trait)
+            else:
+                arm_birthday(cfg, profile, rules, ts if rules["clock"] is None else max(ts, rules["clock"]))
             return due
     if cfg.birthday.enabled and (event.get("context") or {}).get("timezone"):
         follow_time_zone(cfg, profile, rules)
@@ -173,7 +181,7 @@ def arm_birthday(cfg: Triggers, profile: ProfileBody, rules: RuleState, after: i
     if nxt is None:
         _cancel(rules, "birthday")
     else:
-        _set_timer(rules, "birthday", nxt[0], f"birthday:{nxt[1]}")
+        _set_timer(rules, "birthday", nxt[0], f"birthday:{nxt[1]}", {BIRTHDAY_ON: birthday})
 
 
 def on_timer(cfg: Triggers, profile: ProfileBody, rules: RuleState, name: str, timer: list[Any],
