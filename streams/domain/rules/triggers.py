@@ -88,7 +88,7 @@ def _birthday_moment(born: date, year: int, zone: tzinfo, hour: int) -> int:
     """The birthday of ``year`` at ``hour`` local time, in ms."""
     day = _birthday_in(year, born.month, born.day)
     moment = datetime(day.year, day.month, day.day, hour, tzinfo=zone)
-    # a local time skipped by a DST change: the first valid instant after it
+    # a local time skipped by a DST change comes out as late as the gap is long (02:30 in a one-hour gap: 03:30)
     return int(moment.astimezone(UTC).timestamp() * 1000)
 
 
