@@ -440,15 +440,18 @@ def _emit(state: LiveState, due: triggers.Due, rules: RuleSet, now_ms: int, out:
     """Guardrails, then the trigger message (contract section 5)."""
     profile, rs = state["profile"], state["rules"]
     guard = rules.config.guardrails
-    # kept for the caps of triggers up to the dedupe retention late (a late event's, an offline app's)
+    # kept for the caps of triggers up to the dedupe retention late (a late event's, an offline app's),
+    # at most a week: with the default caps, 24 sends at most
     clock = rs["clock"] if rs["clock"] is not None else due.at
-    sent = guardrails.prune_sent([(at, kind) for at, kind in rs["sent"]], min(due.at, clock - rules.retention_ms))
+    late = min(rules.retention_ms, guardrails.MOST_LATE_MS)
+    sent = guardrails.prune_sent([(at, kind) for at, kind in rs["sent"]], min(due.at, clock - late))
     rs["sent"] = [[at, kind] for at, kind in sent]  # as a stored state reads back: [time, type]
     reason = guardrails.suppression_reason(guard, profile["consent"], sent, due.type, due.at)
     if reason is not None:
         out.suppressed.append((due.type, reason))
         return
-    rs["sent"].append([due.at, due.type])
+    if guard.per_type_per_day or guard.per_profile_per_day:  # (only the caps read them)
+        rs["sent"].append([due.at, due.type])
     send_at, moved = guardrails.send_time(guard, due.at, profile["context"].get("timezone"), rs["engagement"])
     if moved is not None:
         out.deferred.append((due.type, moved))

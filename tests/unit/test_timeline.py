@@ -380,3 +380,18 @@ def test_an_identify_with_a_new_birthday_sets_the_timer_from_it() -> None:
     p.to(t + 3 * DAY)
     assert [kind for kind, _ in p.types() if kind == "birthday"] == []
     assert p.state["rules"]["timers"]["birthday"][:2] == [ms("2027-03-01T09:00:00Z"), "birthday:2027"]
+
+
+@pytest.mark.parametrize(("retention_days", "caps", "most_kept"), [(36_500, True, 8), (7, False, 0)])
+def test_a_profile_keeps_its_sends_for_a_week_and_a_day_at_most_and_none_without_caps(
+        retention_days: int, caps: bool, most_kept: int) -> None:
+    """The caps read a profile's sends, kept for triggers up to the dedupe retention late: with a
+    retention of a century every browse abandonment of a daily visitor stayed in the state."""
+    guardrails = {} if caps else {"guardrails": {"per_type_per_day": 0, "per_profile_per_day": 0}}
+    rules = RuleSet.build(PipelineConfig.model_validate(guardrails), retention_days * DAY)
+    t = ms(T0)
+    p = Person(rules)
+    for day in range(30):
+        p.arrive(ev(f"v-{day}", "product_view", t + day * DAY, product_id="sku-1")).to(t + day * DAY + 2 * 3_600_000)
+    assert len([kind for kind, _ in p.types() if kind == "browse_abandoned"]) == 30
+    assert p.state is not None and len(p.state["rules"]["sent"]) == most_kept

@@ -17,6 +17,9 @@ from streams.domain.config import Guardrails
 
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
+#: How late a trigger may be (in event time, behind the profile's clock) and still be capped against
+#: every send around it; the dedupe retention if shorter.  Bounds what a profile keeps of its sends.
+MOST_LATE_MS = 7 * DAY_MS
 SUPPRESS_REASONS = ("consent_false", "no_consent", "per_type_cap", "per_profile_cap")
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
