@@ -350,6 +350,7 @@ def advance(state: LiveState, watermark: int | None, rules: RuleSet, now_ms: int
             event = pending.pop(0)[3]
             step = event_ts
             had_email = profile["email"] is not None
+            birthday_before = profile["traits"].get("birthday") if event["type"] == "identify" else None
             consented = profile["consent"].get("email")
             fold_event(profile, event, linked, out.dropped, limits)
             if consented is not False and profile["consent"].get("email") is False:
@@ -365,7 +366,8 @@ def advance(state: LiveState, watermark: int | None, rules: RuleSet, now_ms: int
                     rs["engagement"], event["ts"], profile["context"].get("timezone"))
             if event["kind"] in ("carts", "purchases"):
                 cart = cart_view(profile)
-            dues = triggers.on_event(cfg.triggers, profile, rs, event, cart["item_count"] if cart else 0, had_email)
+            dues = triggers.on_event(cfg.triggers, profile, rs, event, cart["item_count"] if cart else 0, had_email,
+                                     birthday_before)
             if rules.scorer is not None:
                 scored_at = rs.get("scored_at")
                 if scored_at is not None and event_ts <= scored_at:  # late for the last score

@@ -40,10 +40,6 @@ MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
 DAY_MS = 24 * HOUR_MS
 
-#: The birthday timer's payload key: the birthday trait it was set from (an identify that names the same
-#: one again moves it only with the time zone, :func:`follow_time_zone`).
-BIRTHDAY_ON = "on"
-
 #: Timers owned by trigger rules (the timeline also keeps a ``segments`` timer).
 TRIGGER_TIMERS = ("cart_abandoned", "browse_abandoned", "post_purchase", "winback", "birthday")
 
@@ -120,10 +116,11 @@ def _cancel(rules: RuleState, *names: str) -> None:
 
 
 def on_event(cfg: Triggers, profile: ProfileBody, rules: RuleState, event: dict[str, Any],
-             cart_items: int, had_email: bool) -> list[Due]:
+             cart_items: int, had_email: bool, birthday_before: Any = None) -> list[Due]:
     """After ``event`` was folded into ``profile``: (re)sets or cancels timers; returns triggers due
     at once.  ``cart_items`` is the cart's item count after the event; ``had_email`` whether the
-    profile had an e-mail address before it."""
+    profile had an e-mail address before it; ``birthday_before`` its birthday trait before it (an
+    identify's)."""
     ts: int = event["ts"]
     etype, kind, event_id = event["type"], event["kind"], event["event_id"]
     flags = rules["flags"]
@@ -163,8 +160,7 @@ def on_event(cfg: Triggers, profile: ProfileBody, rules: RuleState, event: dict[
             flags["welcomed"] = True
             due.append(Due("welcome", ts, event_id, {"source": event.get("source")}))
         if cfg.birthday.enabled and (event.get("traits") or {}).get("birthday"):
-            timer = rules["timers"].get("birthday")
-            if timer is not None and timer[2].get(BIRTHDAY_ON) == profile["traits"].get("birthday"):
+            if "birthday" in rules["timers"] and profile["traits"].get("birthday") == birthday_before:
                 follow_time_zone(cfg, profile, rules)  # the same birthday again (a CRM's sync of every trait)
             else:
                 arm_birthday(cfg, profile, rules, ts if rules["clock"] is None else max(ts, rules["clock"]))
@@ -181,7 +177,7 @@ def arm_birthday(cfg: Triggers, profile: ProfileBody, rules: RuleState, after: i
     if nxt is None:
         _cancel(rules, "birthday")
     else:
-        _set_timer(rules, "birthday", nxt[0], f"birthday:{nxt[1]}", {BIRTHDAY_ON: birthday})
+        _set_timer(rules, "birthday", nxt[0], f"birthday:{nxt[1]}")
 
 
 def on_timer(cfg: Triggers, profile: ProfileBody, rules: RuleState, name: str, timer: list[Any],
