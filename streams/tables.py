@@ -207,12 +207,18 @@ class ProfileTable(faust.Table[bytes, bytes]):
         :meth:`write_held`; what is staged from now on waits for the next commit.  Returns how many
         values are held."""
         if self._staged:
-            if self._held:
-                self._held.update(self._staged)
-            else:
-                self._held = self._staged
+            self._held = self._after_held() if self._held else self._staged
             self._staged = {}
         return len(self._held)
+
+    def _after_held(self) -> dict[bytes, tuple[int, bytes | None]]:
+        """The held values, then the staged ones, a value staged again in its new place (after the
+        values held before it: :meth:`stage_last`'s order)."""
+        values = dict(self._held)
+        for key, staged in self._staged.items():
+            values.pop(key, None)
+            values[key] = staged
+        return values
 
     async def write_held(self, chunk: int = WRITE_CHUNK) -> float:
         """Writes the held values (as :meth:`write_staged`), ``chunk`` at a time with the event loop
@@ -236,14 +242,7 @@ class ProfileTable(faust.Table[bytes, bytes]):
     def write_staged(self) -> None:
         """Writes the held values, then the staged ones (newer), to the local store (one RocksDB write
         batch per partition) and the changelog (the caller flushes it)."""
-        if self._held:
-            values = dict(self._held)
-            for key, staged in self._staged.items():  # a value staged again goes after the held ones
-                values.pop(key, None)
-                values[key] = staged
-        else:
-            values = self._staged
-        self._write(values)
+        self._write(self._after_held() if self._held else self._staged)
         self._held, self._staged = {}, {}
 
     def _write(self, values: dict[bytes, tuple[int, bytes | None]]) -> None:

@@ -145,6 +145,15 @@ def test_a_value_staged_last_is_written_after_every_value_staged_or_held_before_
     table.write_staged()
     assert [key for key, _, _ in table._output.sent[table.changelog_topic.get_topic_name()]] == [b"a", b"b", b"mark"]
     assert _stored(table, 0, b"mark") == b"3"
+    # a second cut while values are still held (none today: one background commit at a time)
+    table.stage_last(b"mark", b"4", 0)
+    table.stage(b"c", b"1", 0)
+    table.hold_staged()
+    table.stage(b"d", b"1", 0)
+    table.stage_last(b"mark", b"5", 0)
+    table.hold_staged()
+    asyncio.run(table.write_held(chunk=1))
+    assert [key for key, _, _ in table._output.sent[table.changelog_topic.get_topic_name()]][3:] == [b"c", b"d", b"mark"]
 
 
 def test_a_rebalance_drops_the_held_values_of_lost_partitions(tmp_path: Path) -> None:
