@@ -153,7 +153,8 @@ def test_a_value_staged_last_is_written_after_every_value_staged_or_held_before_
     table.stage_last(b"mark", b"5", 0)
     table.hold_staged()
     asyncio.run(table.write_held(chunk=1))
-    assert [key for key, _, _ in table._output.sent[table.changelog_topic.get_topic_name()]][3:] == [b"c", b"d", b"mark"]
+    sent = [key for key, _, _ in table._output.sent[table.changelog_topic.get_topic_name()]]
+    assert sent[3:] == [b"c", b"d", b"mark"]
 
 
 def test_a_rebalance_drops_the_held_values_of_lost_partitions(tmp_path: Path) -> None:
