@@ -14,6 +14,8 @@ import phonenumbers
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from streams.product_recs import MOST_PRODUCTS
+
 #: The longest wait or window a setting may name (README, "MAILPULSE_CONFIG"): a century, in seconds.
 CENTURY_S = 100 * 365.25 * 86_400
 
@@ -116,7 +118,7 @@ class Settings(BaseSettings):
     )
     batch_within_s: float = Field(default=0.02, gt=0, le=60, description="MAILPULSE_BATCH_WITHIN_S: max batch wait.")
     recs_products: int = Field(
-        default=200_000, ge=1, le=100_000_000,
+        default=MOST_PRODUCTS, ge=1, le=100_000_000,
         description="MAILPULSE_RECS_PRODUCTS: the most products whose recommendations each worker keeps in memory "
         "(those written longest ago go first, counted in mailpulse_product_recs_evicted_total).",
     )
