@@ -44,9 +44,11 @@ INPUT_TOPICS = ("clicks", "carts", "purchases", "identities")
 KIND_ORDER = {"identities": 0, "clicks": 1, "carts": 2, "purchases": 3}
 
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
+_BIRTHDAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 Text = Annotated[str, Field(min_length=1, max_length=512)]
-#: The largest money amount accepted (``total``, ``price``): sums of many stay finite.
-MAX_AMOUNT = 1e9
+#: The largest money amount accepted (``total``, ``price``): sums of many stay finite, and cents stay
+#: exact in a float.  (1e9 refused real orders in currencies of small units: 1.5e9 VND is ~$57k.)
+MAX_AMOUNT = 1e12
 #: Numbers, flags and counts are strict: ``"12.5"``, ``true`` or ``2.0`` where a number, a flag or a
 #: count belongs are wrong types (contract: dead-lettered), not read as 12.5, 1.0 or 2.
 Amount = Annotated[float, Strict(), Field(ge=0, le=MAX_AMOUNT, allow_inf_nan=False)]
@@ -101,6 +103,17 @@ _NOT_IANA = frozenset(("localtime", "Factory", "posixrules"))
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_absent(cls, data: Any) -> Any:
+        """``null`` in a field that may be left out is taken as left out (its default): ``"currency":
+        null`` or ``"traits": null`` was dead-lettered, while ``"price": null`` was not."""
+        if isinstance(data, dict) and None in data.values():
+            fields = cls.model_fields
+            data = {key: value for key, value in data.items()
+                    if value is not None or (key in fields and fields[key].is_required())}
+        return data
 
 
 class Context(_Model):
@@ -232,6 +245,11 @@ class Traits(BaseModel):
     @classmethod
     def _bounded(cls, data: Any) -> Any:
         if isinstance(data, dict):
+            # a known trait given as null or "" is not given (the fold keeps no empty value): an empty
+            # last name dead-lettered the whole identify, its consent withdrawal with it
+            if any((value is None or value == "") and key in cls.model_fields for key, value in data.items()):
+                data = {key: value for key, value in data.items()
+                        if not ((value is None or value == "") and key in cls.model_fields)}
             extra = {key: value for key, value in data.items() if key not in cls.model_fields}
             problem = free_form_problem(extra) if extra else None
             if problem is not None:
@@ -248,8 +266,8 @@ class Traits(BaseModel):
     def _birthday_text(cls, value: Any) -> Any:
         """YYYY-MM-DD text (contract 3): a number is a wrong type, not a day since 1970 (``0`` read as
         1970-01-01 fed fuzzy matching a made-up date)."""
-        if value is not None and not isinstance(value, str):
-            raise ValueError("birthday must be text, YYYY-MM-DD")
+        if value is not None and not (isinstance(value, str) and _BIRTHDAY.fullmatch(value)):
+            raise ValueError("birthday must be text, YYYY-MM-DD")  # ("0" was read as 1970-01-01 too)
         return value
 
     @field_validator("phone")
@@ -265,6 +283,14 @@ class IdentifyEvent(_Identified):
     consent: dict[Annotated[str, Field(max_length=64)], Annotated[bool, Strict()]] = Field(default_factory=dict,
                                                                                           max_length=32)
     source: Text | None = None
+
+    @field_validator("consent", mode="before")
+    @classmethod
+    def _consent_null_is_absent(cls, value: Any) -> Any:
+        """A channel given as ``null`` says nothing of it (its other channels still count)."""
+        if isinstance(value, dict) and None in value.values():
+            return {channel: given for channel, given in value.items() if given is not None}
+        return value
 
     def _extra_email(self) -> str | None:
         # A CRM or form record may carry its address only in traits: that identifies it too.

@@ -161,3 +161,36 @@ def test_holding_every_address_gives_the_same_answers() -> None:
     with pytest.raises(ValueError, match="invalid email"):
         identifiers.normalize_email("not an address")
     assert "not an address" not in identifiers._held_addresses
+
+
+# --- valid input that was refused or misread (a review against contract section 3) ---------------------
+
+
+@pytest.mark.parametrize("birthday", ["0", "86400", "1990-3-5", "19900305"])
+def test_a_birthday_not_written_yyyy_mm_dd_is_refused_not_read_as_seconds_since_1970(birthday: str) -> None:
+    assert bad({**BASE, "type": "identify", "traits": {"birthday": birthday}}).record["error"]["code"] == "schema"
+    assert ok({**BASE, "type": "identify", "traits": {"birthday": "1990-03-05"}})["traits"]["birthday"] == "1990-03-05"
+
+
+def test_an_empty_or_null_known_trait_is_not_given_and_the_identify_keeps_its_consent() -> None:
+    """An empty last name dead-lettered the whole identify, and with it a consent withdrawal."""
+    event = ok({**BASE, "type": "identify", "traits": {"first_name": "Ana", "last_name": "", "email": "",
+                                                       "city": None, "note": ""}, "consent": {"email": False}})
+    assert event["consent"] == {"email": False}
+    assert event["traits"] == {"first_name": "Ana", "note": ""}  # (a trait of its own is kept as given)
+
+
+def test_null_in_a_field_that_may_be_left_out_takes_its_default() -> None:
+    cart = ok({**BASE, "type": "cart_add", "product_id": "sku-1", "price": None, "currency": None, "quantity": None})
+    assert (cart["currency"], cart["quantity"]) == ("USD", 1)
+    purchase = ok({**BASE, "type": "purchase", "order_id": "o-1", "total": 5.0, "items": None, "currency": None})
+    assert (purchase["currency"], purchase.get("items") or []) == ("USD", [])
+    identify = ok({**BASE, "type": "identify", "traits": None, "consent": {"email": None, "sms": True}})
+    assert identify["consent"] == {"sms": True}
+    assert bad({**BASE, "event_id": None}).record["error"]["code"] == "schema"  # (a required field stays required)
+
+
+def test_an_order_in_a_currency_of_small_units_is_taken() -> None:
+    """1.5e9 VND is about $57k: the amount bound refused it."""
+    assert ok({**BASE, "type": "purchase", "order_id": "o-1", "total": 1_500_000_000, "currency": "VND"})["total"] \
+        == 1.5e9
