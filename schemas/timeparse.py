@@ -16,12 +16,13 @@ MAX_SPAN_MS = 100 * 366 * 86_400_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 
-#: The ISO-8601 forms we read: a date (calendar, week or ordinal), ``T`` (``t``) or one space, a time, and
-#: ``Z`` or an offset in hours and minutes.  ``datetime.fromisoformat`` alone also reads a NUL or a
-#: space before the ``Z``, a NUL after it and offsets with seconds, which no ISO-8601 writer makes.
+#: The ISO-8601 forms we read: a date (calendar or week; Python's ``fromisoformat`` reads no ordinal
+#: date), ``T`` (``t``) or one space, a time, and ``Z`` (``z``, as RFC 3339 allows) or an offset in hours
+#: and minutes.  ``datetime.fromisoformat`` alone also reads a NUL or a space before the ``Z``, a NUL
+#: after it and offsets with seconds, which no ISO-8601 writer makes.
 _ISO_FORM = re.compile(
-    r"\d{4}-?(?:\d{2}-?\d{2}|W\d{2}-?\d|\d{3})[Tt ]\d{2}(?::?\d{2}(?::?\d{2}(?:[.,]\d+)?)?)?"
-    r"(?:Z|[+-]\d{2}(?::?\d{2})?)", re.ASCII)
+    r"\d{4}-?(?:\d{2}-?\d{2}|W\d{2}-?\d)[Tt ]\d{2}(?::?\d{2}(?::?\d{2}(?:[.,]\d+)?)?)?"
+    r"(?:[Zz]|[+-]\d{2}(?::?\d{2})?)", re.ASCII)
 
 
 def parse_timestamp(value: object) -> int:
@@ -36,7 +37,7 @@ def parse_timestamp(value: object) -> int:
         try:
             if _ISO_FORM.fullmatch(value) is None:
                 raise ValueError
-            parsed = datetime.fromisoformat(value)
+            parsed = datetime.fromisoformat(value[:-1] + "Z" if value[-1] == "z" else value)
         except ValueError:
             raise ValueError(f"cannot parse timestamp {value[:64]!r}") from None
         if parsed.tzinfo is None:

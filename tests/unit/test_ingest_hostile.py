@@ -214,7 +214,8 @@ def test_a_timestamp_that_only_python_reads_is_a_bad_timestamp(stamp: str) -> No
 
 @pytest.mark.parametrize("stamp", ["2026-03-01T10:00:00Z", "2026-03-01 10:00:00Z", "2026-03-01T11:00:00.5+01:00",
                                    "2026-03-01T11:00:00+0100", "2026-03-01T10:00Z", "20260301T100000Z",
-                                   "2026-03-01T10:00:00,5Z", "2026-03-01T10:00:00.1234567Z", "2026-03-01t10:00:00Z"])
+                                   "2026-03-01T10:00:00,5Z", "2026-03-01T10:00:00.1234567Z", "2026-03-01t10:00:00Z",
+                                   "2026-03-01T10:00:00z", "2026-W09-7T10:00:00Z"])
 def test_iso_8601_forms_with_an_offset_are_read(stamp: str) -> None:
     assert code({**IDENTIFY, "timestamp": stamp}) is None
 
