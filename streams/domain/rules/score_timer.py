@@ -37,8 +37,12 @@ def last_activity(profile: ProfileBody) -> int | None:
 
 @lru_cache(maxsize=16)
 def _offsets(delay_minutes: float, idle_days: tuple[float, ...]) -> tuple[tuple[int, str], ...]:
-    return ((int(delay_minutes * MINUTE_MS), "activity"),
-            *((int(days * DAY_MS), "idle") for days in sorted(idle_days)))
+    """After an activity: the score ``delay_minutes`` later, then each idle day past it, in order (an
+    idle day within the delay is no time to score at: :func:`rearm` never set one, while
+    :func:`scoring_times` listed it out of order, and a late event then scored at it)."""
+    delay = int(delay_minutes * MINUTE_MS)
+    return ((delay, "activity"), *((offset, "idle") for offset in sorted(int(days * DAY_MS) for days in idle_days)
+                                   if offset > delay))
 
 
 def schedule(cfg: Scoring, last: int) -> list[tuple[int, str]]:

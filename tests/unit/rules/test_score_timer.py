@@ -199,3 +199,28 @@ def test_an_event_older_than_the_last_score_has_the_person_scored_again_as_if_it
     assert was_late.state is not None and in_time.state is not None
     assert was_late.state["profile"]["predictions"] == in_time.state["profile"]["predictions"]
     assert was_late.scores[0]["purchase_probability"] != was_late.scores[1]["purchase_probability"]
+
+
+def test_with_a_delay_longer_than_an_idle_day_the_scoring_times_are_the_timers() -> None:
+    """``delay_minutes`` of two days and idle days (1, 7): the timer scores a person active at 0 at 2 d
+    and 7 d, never at 1 d; the scoring times a merge or a late event is judged by listed 1 d too."""
+    cfg = Scoring(delay_minutes=2 * 24 * 60, idle_days=(1, 7))
+    rules: dict[str, Any] = {"timers": {}}
+    profile: Any = {"aggregates": {"last_seen": {"clicks": 0}}, "predictions": None}
+    timer_times = []
+    score_timer.rearm(cfg, profile, rules)  # type: ignore[arg-type]
+    while "score" in rules["timers"]:
+        timer_times.append(rules["timers"]["score"][0])
+        rules["scored_at"] = timer_times[-1]
+        score_timer.rearm(cfg, profile, rules)  # type: ignore[arg-type]
+    assert timer_times == [2 * DAY, 7 * DAY] == score_timer.scoring_times(cfg, [0], 8 * DAY)
+
+
+def test_with_a_long_delay_a_late_event_scores_at_no_time_a_run_that_knew_it_scores_at() -> None:
+    cfg = PipelineConfig.model_validate({"scoring": {"delay_minutes": 2 * 24 * 60, "idle_days": [1, 7]}})
+    rules = RuleSet.build(cfg, 7 * DAY, lambda profile, cart, at: predictions(0.5, "v", at))
+    t = ms(T0)
+    person = Person(rules).arrive(ev("v-1", "page_view", t)).to(t + 2 * DAY + MIN)
+    person.arrive(ev("v-0", "page_view", t - DAY)).to(t + 2 * DAY + 2 * MIN)  # late: a day before
+    # scored again at 2 d (its past changed), never at 1 d, which the late event's idle day named
+    assert {score["at"] for score in person.scores} == {"2026-03-03T10:00:00.000Z"}
