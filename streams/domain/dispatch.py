@@ -130,9 +130,6 @@ def _on_event(states: MutableMapping[str, State | None], key: str, state: State 
             registered.append([block, root])
         effects.send += [(block, {"type": graph.BLOCK, "key": root, "person": record}) for block in keys]
         effects.send += _bound_blocks(registered, rules.limits.blocks, effects)
-    if not (routing.send or routing.limited) and routing.retired is None and routing.erased is None:
-        states[key] = routing.state  # (the common case: what _apply would do, without its Effects)
-        return effects
     applied = _apply(states, key, routing)
     effects.send = applied.send + effects.send
     effects.tombstones += applied.tombstones
