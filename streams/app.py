@@ -61,7 +61,7 @@ from streams.record_step import (
 from streams.routing import DelayedClocks, InputRecord, clock_records, partition_for, route_batch
 from streams.settings import Settings
 from streams.tables import ProfileTable, RocksDBMemory, TieredDueIndex, profile_table, rocksdb_options
-from streams.watermark import DUE_BIAS, DueIndex, DueOrder, expected_clocks, indexable_due, stored_due
+from streams.watermark import DueIndex, DueOrder, expected_clocks, indexable_due, stored_due
 
 log = logging.getLogger(__name__)
 
@@ -666,9 +666,7 @@ class _AgentSink:
             self._p.send_pairs()  # full: sent now rather than held without bound
 
     def push_due(self, partition: int, due: int, key: bytes, previous: int | None) -> None:
-        if previous is not None and not (type(previous) is int and -DUE_BIAS <= previous < DUE_BIAS):
-            previous = None  # (as _indexed, written out: a push per event pass)
-        self._p.due_index.push(partition, due, key, previous)
+        self._p.due_index.push(partition, due, key, _indexed(previous))
 
     def discard_due(self, partition: int, key: bytes, previous: int | None) -> None:
         self._p.due_index.discard(partition, key, _indexed(previous))

@@ -370,7 +370,7 @@ class RocksDBDueIndex:
 
     @staticmethod
     def _key(partition: int, due: int, key: bytes) -> bytes:
-        return partition.to_bytes(2, "big") + (due + DUE_BIAS).to_bytes(8, "big") + key  # (due_bytes)
+        return partition.to_bytes(2, "big") + due_bytes(due) + key
 
     def reset(self) -> None:
         """After a rebalance: emptied, and rebuilt from the table before the next use."""

@@ -169,7 +169,7 @@ class DueIndex:
         """``key`` is next due at ``due`` (``previous``: what it was pushed with before, if anything;
         unused here, the dict holds each key's current entry)."""
         current = self._current.setdefault(partition, {})
-        entry = (due + DUE_BIAS).to_bytes(8, "big") + key  # (_entry, written out: a push per event pass)
+        entry = _entry(due, key)
         current[key] = entry
         heap = self._heaps.setdefault(partition, [])
         heapq.heappush(heap, entry)

@@ -163,14 +163,8 @@ def is_holding(state: State | None) -> bool:
 
 
 def holds_someone(state: State | None) -> TypeIs[LiveState]:
-    """A live profile with someone in it: not a redirect, a marker, nor a :func:`holding` profile.
-    (:func:`is_live` and not :func:`is_holding`, written out: twice per event in the profile hop.)"""
-    if state is None or "profile" not in state:
-        return False
-    if state["seen"] or state.get("pending"):
-        return True
-    profile = state["profile"]
-    return profile["created_at"] != MAX_EPOCH_MS or profile["version"] != 0
+    """A live profile with someone in it: not a redirect, a marker, nor a :func:`holding` profile."""
+    return is_live(state) and not is_holding(state)
 
 
 def oldest_event_ms(state: LiveState) -> int:
