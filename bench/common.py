@@ -211,6 +211,7 @@ class Measured:
     seconds: float  # from the first handled event to the last
     handled: float
     cpu: list[float]  # CPU seconds each worker process used in that window
+    broker_cpu: float | None = None  # CPU seconds the embedded broker used in it (None: not ours to see)
 
     @property
     def rate(self) -> float:
@@ -218,13 +219,17 @@ class Measured:
 
 
 def wait_processed(workers: list[WorkerProcess], expected: int, timeout: float = 600.0,
-                   applied: int | None = None, scored: int | None = None) -> Measured:
+                   applied: int | None = None, scored: int | None = None,
+                   broker: EmbeddedBroker | ExternalBroker | None = None) -> Measured:
     """Poll the workers' ``mailpulse_events_total`` until ``expected`` events are handled and (when
     given) ``mailpulse_events_applied_total`` until ``applied`` events are folded into profiles,
     i.e. released by the watermark: the whole work, not only the parking of events; and (when given)
-    until ``scored`` profiles were scored (``mailpulse_scoring_seconds_count``)."""
+    until ``scored`` profiles were scored (``mailpulse_scoring_seconds_count``).  With an embedded
+    ``broker``, also its CPU in the same window: the two share the machine's cores."""
     first = 0.0
     cpu_first: list[float] = []
+    broker_pid = broker.process.pid if isinstance(broker, EmbeddedBroker) else None
+    broker_first = 0.0
     deadline = time.monotonic() + timeout
     done = 0.0
     while time.monotonic() < deadline:
@@ -232,11 +237,14 @@ def wait_processed(workers: list[WorkerProcess], expected: int, timeout: float =
         if done and not first:
             first = time.perf_counter()
             cpu_first = [w.cpu_seconds() for w in workers]
+            broker_first = process_cpu_seconds(broker_pid) if broker_pid is not None else 0.0
         if done >= expected and (applied is None or sum(w.metric("mailpulse_events_applied_total")
                                                          for w in workers) >= applied) \
                 and (scored is None or sum(w.metric("mailpulse_scoring_seconds_count") for w in workers) >= scored):
             elapsed = time.perf_counter() - first
-            return Measured(elapsed, done, [w.cpu_seconds() - c for w, c in zip(workers, cpu_first, strict=True)])
+            broker_cpu = process_cpu_seconds(broker_pid) - broker_first if broker_pid is not None else None
+            return Measured(elapsed, done, [w.cpu_seconds() - c for w, c in zip(workers, cpu_first, strict=True)],
+                            broker_cpu)
         time.sleep(0.1)  # each poll renders every metric in the worker: keep it light
     raise RuntimeError(f"pipeline handled {done} of {expected} events within {timeout}s")
 
