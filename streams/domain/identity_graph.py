@@ -312,6 +312,13 @@ def on_link(key: str, state: State | None, message: dict[str, Any], limits: Limi
         if message.get("from") == current:  # this key's profile moved to ``root``
             # (always to a smaller key, as profiles join: so redirects never form a loop)
             return Routing({**state, "merged_into": root} if rank(root) < rank(current) else state)
+        left = state.get("erased_at")  # (the later activity of an erased key joined ``current``)
+        at = event_time(message)
+        if isinstance(left, int) and at is not None and at <= left and "counts" not in message:
+            # a link made at or before the erasure named the erased person's key: it is theirs, not the
+            # later activity's, so it is not passed on to the profile that took that in (as a marker
+            # would not link it to anything again)
+            return Routing(state)
         # anyone else's word goes to this key's profile, which asks or decides (never an ``ok``:
         # that was meant for a profile that has since joined another); ``via``: the key it was sent to
         passed = {k: v for k, v in message.items() if k != "ok"}
@@ -342,6 +349,15 @@ def on_link(key: str, state: State | None, message: dict[str, Any], limits: Limi
     if not is_live(state):  # an erasure marker: the erased person is not linked to anything again
         # (an ask from a fuzzy match, which carries no time, is not taken for the person's either)
         after = (at is not None and isinstance(erased_at, int) and at > erased_at) or (at is None and kind == "fuzzy")
+        if (after and at is not None and rank(root) < rank(key) and message.get("ok") is None
+                and "erased_keys" not in state):
+            # A smaller profile's event stamped after the erasure names this key, one of the erased
+            # person's identifiers (``_forget``): that profile holds it among its links from now on, so
+            # the key's later activity is theirs, as an empty key's would be.  Left a marker, the key
+            # started a second profile of its own with an address the first one lists.  What is
+            # stamped up to the erasure stays dropped (the redirect keeps ``erased_at``).  Where the
+            # erase was carried out (``erased_keys``) the marker stays, to weigh older links.
+            return Routing(_redirect(root, state))
         if rank(root) > rank(key) and "keys" in message and not after:
             # a profile linked to the person before the erase reached it asks to join: it is theirs,
             # so it is let in, and dropped on arrival (as an absorb at a marker is).  An ask that an

@@ -40,8 +40,13 @@ from streams.watermark import due_first
 from tests.integration.expected import accepted_events
 
 GOLDEN = Path(__file__).parents[1] / "data" / "golden"
-#: The stored states this version writes (JSON, due time first; v2: a marker says where the erase was carried out).
-WRITTEN_BY_THIS_VERSION = "states-v3.json.gz"
+#: The stored states this version writes (JSON, due time first; v2: a marker says where the erase was carried out;
+#: v4: an erased address the person's later activity named again is a redirect to it, not a marker).
+WRITTEN_BY_THIS_VERSION = "states-v4.json.gz"
+#: States stored before v4 hold a marker where v4 leaves that redirect (an address the golden history's
+#: erased person named again after the erase): carried on, they keep the two profiles it made then
+#: (``second_half_of_states_before_v4``), which a later version cannot join without knowing who named it.
+BEFORE_V4 = ("states-v1.json.gz", "states-v2.json.gz", "states-v3.json.gz")
 UNTIL = "2026-03-20T00:00:00Z"
 
 
@@ -177,7 +182,8 @@ def test_states_stored_by_every_version_are_read_and_carried_on(name: str, histo
     local.states = {key: orjson.loads(value) for key, value in stored["states"].items()}
     local.blocks = {key: orjson.loads(value) for key, value in stored["blocks"].items()}
     local.feed(second)
-    assert _digest(_outputs(local.advance(parse_timestamp(UNTIL)))) == golden["second_half"]
+    expected = golden["second_half_of_states_before_v4"] if name in BEFORE_V4 else golden["second_half"]
+    assert _digest(_outputs(local.advance(parse_timestamp(UNTIL)))) == expected
 
 
 def test_the_files_are_what_this_version_writes(this_version: tuple[dict[str, Any], dict[str, Any]],
@@ -204,6 +210,10 @@ def main(argv: list[str]) -> None:
         path.write_bytes(gzip.compress(orjson.dumps(stored, option=orjson.OPT_SORT_KEYS), mtime=0))
     elif argv:
         raise SystemExit("usage: python -m tests.unit.test_golden [--states TAG]")
+    kept = GOLDEN / "digests.json"
+    if kept.exists():  # what older versions' stored states give is theirs: carried over, never recomputed
+        digests.update({part: value for part, value in orjson.loads(kept.read_bytes()).items()
+                        if part.startswith("second_half_of_states_before_")})
     lines = b"\n".join(orjson.dumps(event) for event in history)
     (GOLDEN / "history.jsonl.gz").write_bytes(gzip.compress(lines, mtime=0))
     (GOLDEN / "digests.json").write_bytes(orjson.dumps(digests, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))

@@ -581,3 +581,47 @@ def test_a_marker_keeps_only_counts_of_the_known_kinds_whatever_a_message_carrie
     dispatch(states, {}, "a:k", {"type": graph.FORGET, "root": "u:u-p", "erased_at": T0, "erased_keys": junk},
              None, RULES)
     assert states["a:k"] == {"erased_at": T0, "erased_keys": {"emails": 2}}
+
+
+@pytest.mark.parametrize("fold_between", [False, True])
+def test_an_erased_address_named_again_by_the_persons_later_activity_is_in_one_profile_only(fold_between: bool) -> None:
+    """The person is erased by their user id, which forgets their address too.  Their later activity
+    names the user id and the address again: the address is the later profile's, so an identify that
+    names only the address later joins it.  Before, the address's marker ignored the later link
+    while the user id's profile listed the address among its identifiers: the identify started a
+    second profile with the same address (the golden history showed it when its watermark moved in
+    between)."""
+    from collections import deque
+
+    from streams.domain.identity import profile_key
+    from streams.domain.timeline import advance
+
+    states: dict[str, Any] = {}
+    blocks: dict[str, Any] = {}
+    earlier = [ev("p-i1", "identify", 1, user_id="u-p", traits={"email": "pat@example.com"}),
+               ev("x-1", "erase", 5, user_id="u-p"),
+               ev("p-v6", "product_view", 6, user_id="u-p", email="pat@example.com", product_id="s6")]
+    _deliver(states, blocks, deque((profile_key(e), e) for e in earlier))
+    if fold_between:
+        advance(states["u:u-p"], T0 + 60 * MIN, RULES, 0)
+    crm = ev("p-i9", "identify", 90, email="pat@example.com", traits={"first_name": "Pat"})
+    _deliver(states, blocks, deque([(profile_key(crm), crm)]))
+    holding = [key for key in live_keys(states) if "pat@example.com" in states[key]["profile"]["identifiers"]["emails"]
+               or any(entry[3].get("email") == "pat@example.com" for entry in states[key].get("pending", ()))]
+    assert holding == ["u:u-p"]
+    assert states["e:pat@example.com"].get("merged_into") == "u:u-p"
+    assert states["e:pat@example.com"]["erased_at"] == T0 + 5 * MIN  # what is stamped up to then stays dropped
+
+
+def test_a_link_made_before_the_erasure_is_not_passed_on_by_the_erased_keys_redirect() -> None:
+    """An erased key whose later activity joined another profile is a redirect that keeps the erasure
+    time.  A link stamped at or before it named the erased person's key: it is not passed on to the
+    profile that took the later activity in (which would join the person's older profile with it),
+    as the marker before it would not have linked it; one stamped after it is passed on as any."""
+    redirect = {"merged_into": "u:u-p", "erased_at": T0 + 5 * MIN}
+    older = {"type": graph.LINK, "root": "u:u-a", "at": T0 + 1 * MIN, "keys": ["u:u-a", "e:pat@example.com"]}
+    routing = graph.on_link("e:pat@example.com", copy.deepcopy(redirect), older)
+    assert routing.state == redirect and routing.send == []
+    later = {**older, "at": T0 + 6 * MIN}
+    routing = graph.on_link("e:pat@example.com", copy.deepcopy(redirect), later)
+    assert routing.send == [("u:u-p", {**later, "via": "e:pat@example.com"})]
