@@ -410,8 +410,10 @@ def serve_wsgi(host: str, port: int, app: Any, name: str = "metrics-http", finis
     (its ``server_port`` a free one when ``port`` is 0; ``shutdown`` stops it).  ``finish_requests``:
     its ``server_close`` waits for the requests in progress (whose app writes what must outlive them:
     ``deliver``'s unsubscribes, to a ledger closed after the server)."""
-    server: WSGIServer = make_server(host, port, app, _FinishingWSGIServer, handler_class=_TimedHandler) \
-        if finish_requests else make_server(host, port, app, ThreadingWSGIServer, handler_class=_SilentHandler)
+    # every request's read gives up after ``_TimedHandler.timeout``: a client that connects and sends
+    # nothing (a half-open probe, a port scan) held a request thread of the worker's server for good
+    server: WSGIServer = make_server(host, port, app, _FinishingWSGIServer if finish_requests else ThreadingWSGIServer,
+                                     handler_class=_TimedHandler)
     threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
     return server
 

@@ -231,3 +231,26 @@ def test_an_app_that_raises_answers_500_and_logs_one_error_line_without_the_exce
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == ["http: a request's app raised ValueError; answered 500"]
     assert any("ana@example.com" in r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG)
+
+
+def test_a_client_that_connects_and_sends_nothing_is_let_go() -> None:
+    """The worker's /metrics, /healthz and /readyz server gave each connection a thread that read
+    without a timeout: a client that connected and sent nothing (a half-open probe, a port scan) held
+    one for good, without bound.  It is let go after the handler's timeout, as deliver's are."""
+    import socket
+    import urllib.request
+
+    from streams.metrics import Health, Metrics, _TimedHandler
+
+    port = Metrics().serve(0, Health())
+    quiet = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+    try:
+        time.sleep(_TimedHandler.timeout + 1.5)
+        for connection in quiet:
+            connection.settimeout(1)
+            assert connection.recv(1) == b""  # closed by the server (a timeout here raises)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as answer:
+            assert answer.status == 200  # and it still serves
+    finally:
+        for connection in quiet:
+            connection.close()
