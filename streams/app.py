@@ -45,7 +45,7 @@ from streams.domain.identity import profile_id_for
 from streams.domain.rules.recommend import count_pairs, top_neighbours
 from streams.domain.timeline import RuleSet
 from streams.ingest import IngestPolicy, Source, reject
-from streams.metrics import COMMIT_STAGES, WORKER_STATES, Health, Metrics, observe_many
+from streams.metrics import COMMIT_STAGES, WORKER_STATES, Health, Metrics, input_topic, observe_many
 from streams.native_memory import release_free_memory
 from streams.output import FlushBeforeCommit, Output, OutputProducer
 from streams.product_recs import ProductRecs
@@ -702,9 +702,9 @@ def _count(p: Pipeline, result: RecordResult, latency: dict[str, Any], updated: 
     for (topic, outcome), count in result.outcomes.items():
         metrics.event(topic, outcome).inc(count)
     for topic, count in result.late.items():
-        metrics.late_events.labels(topic).inc(count)
+        metrics.late_events.labels(input_topic(topic)).inc(count)
     for topic, count in result.before_dedupe.items():
-        metrics.before_dedupe.labels(topic).inc(count)
+        metrics.before_dedupe.labels(input_topic(topic)).inc(count)
     for why, count in result.profiles_written.items():
         (updated if why == "updated" else metrics.profiles_written.labels(why)).inc(count)
     for kind in result.merges:

@@ -19,6 +19,8 @@ from wsgiref.simple_server import WSGIServer, make_server
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
 
+from schemas.events import INPUT_TOPICS
+
 log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0,
@@ -180,8 +182,11 @@ class Metrics:
     def event(self, topic: str, outcome: str) -> Any:
         """The ``mailpulse_events_total`` child for (topic, outcome), cached: agents count per event."""
         child = self._event_children.get((topic, outcome))
-        if child is None:
-            child = self._event_children[(topic, outcome)] = self.events.labels(topic, outcome)
+        if child is None:  # (cached by label: a topic that is not an input topic adds no entry)
+            label = input_topic(topic)
+            child = self._event_children.get((label, outcome))
+            if child is None:
+                child = self._event_children[(label, outcome)] = self.events.labels(label, outcome)
         return child
 
     def serve(self, port: int, health: Health | None = None, host: str = "127.0.0.1") -> int:
@@ -203,6 +208,17 @@ BROKER_SILENT_AFTER_S = 12.0
 #: worker goes on consuming while what it makes goes nowhere (a partition that takes no writes).
 OUTPUTS_STUCK_AFTER_S = 30.0
 WORKER_STATES = ("starting", "recovering", "running", "error")
+
+
+#: The ``topic`` label of an input event whose topic is not one of the contract's input topics.
+OTHER_TOPIC = "other"
+
+
+def input_topic(topic: object) -> str:
+    """The ``topic`` label for an input event's topic: one of the input topics, else :data:`OTHER_TOPIC`.
+    The profile hop reads an event's topic from its internal record, where a damaged or foreign record
+    could carry any text (an address, say): each would have been a label value, a series of its own."""
+    return topic if isinstance(topic, str) and topic in INPUT_TOPICS else OTHER_TOPIC
 
 
 @dataclass

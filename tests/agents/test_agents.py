@@ -1323,3 +1323,24 @@ async def test_a_rejected_input_with_a_long_key_is_dead_lettered_with_its_first_
     assert letter_key == (key if size < 100_000 else None)
     assert letter["key_truncated"] is True and letter["key_bytes"] == len(key)
     assert letter["key"] == "k" * 4096 and letter["error"]["code"] == "not_json"
+
+
+async def test_an_internal_records_topic_field_never_becomes_a_metric_label(pipeline: Pipeline) -> None:
+    """The profile agent counts an event under the input topic its internal record names (``src``).
+    A damaged or foreign record could name anything there, an address say, and each value became a
+    ``topic`` label of ``mailpulse_events_total`` and ``mailpulse_late_events_total``: a series of its
+    own, with personal data in it.  Now such an event is counted under ``other``."""
+    events: list[Any] = [["u:u-1", {"event_id": f"e-{n}", "type": "page_view", "ts": 1772359200000, "kind": "clicks",
+                                    "user_id": "u-1", "src": [f"ana{n}@example.com", 0, n, 1772359200000]}]
+                         for n in range(3)]
+    events.append([None, {"clocks": [[topic, n, 1772359300000 + 1000 * (topic == "clicks")]
+                                     for topic in INPUT_TOPICS for n in range(4)]}])
+    events.append(["u:u-2", {"event_id": "late-1", "type": "page_view", "ts": 1772359250000, "kind": "clicks",
+                             "user_id": "u-2", "src": ["bo@example.com", 0, 9, 1772359200000]}])
+    async with agent(pipeline, "profiles").test_context() as profiles:
+        await profiles.put(orjson.dumps(events[:4]))
+        await profiles.put(orjson.dumps(events[4:]))
+    labels = {(sample.name, sample.labels["topic"]) for metric in pipeline.metrics.registry.collect()
+              for sample in metric.samples if "topic" in sample.labels and sample.name.endswith("_total")
+              and metric.name in ("mailpulse_events", "mailpulse_late_events")}
+    assert labels == {("mailpulse_events_total", "other"), ("mailpulse_late_events_total", "other")}
