@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import sys
 import time
 from collections import Counter
@@ -64,6 +65,8 @@ from streams.tables import ProfileTable, RocksDBMemory, TieredDueIndex, profile_
 from streams.watermark import DueIndex, DueOrder, expected_clocks, indexable_due, stored_due
 
 log = logging.getLogger(__name__)
+#: What an internal message's type looks like (``_link``): a skipped one is named in the log only then.
+_TYPE_NAME = re.compile(r"_[a-z][a-z_]{0,39}")
 
 #: The exit status of a worker whose agent failed outside its per-input isolation (EX_SOFTWARE).
 EXIT_AGENT_FAILED = 70
@@ -719,8 +722,12 @@ def _count(p: Pipeline, result: RecordResult, latency: dict[str, Any], updated: 
         metrics.released_early.inc(result.released_early)
     if result.shrunk:
         metrics.states_shrunk.inc(result.shrunk)
-    for unknown in result.unknown:
-        log.warning("skipped an internal message of unknown type %r (a newer worker's?)", unknown)
+    if result.unknown:
+        metrics.internal_skipped.inc(len(result.unknown))
+        first = result.unknown[0]  # named only when it looks like a type name: the text is a record's
+        log.warning("skipped %d internal message(s) of a type this version does not know (a newer worker's?), "
+                    "the first: %s", len(result.unknown),
+                    first if _TYPE_NAME.fullmatch(first) else f"(not a type name, {len(first)} characters)")
     for output_topic, waited in result.waits.items():
         observe_many(latency[output_topic], waited)
     if result.released:

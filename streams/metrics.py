@@ -144,6 +144,11 @@ class Metrics:
             "Profile states whose encoding was over the 900 KB value limit, made smaller by halving their largest "
             "collections (what went is in mailpulse_profile_entries_dropped_total)", registry=r,
         )
+        self.internal_skipped = Counter(
+            "mailpulse_internal_messages_skipped",
+            "Internal messages of a type this version does not know (a newer worker's, in a rolling upgrade), "
+            "skipped", registry=r,
+        )
         self.processing_errors = Counter(
             "mailpulse_processing_errors",
             "Messages or profiles whose handling raised; the input is dead-lettered (processing_error), the rest "

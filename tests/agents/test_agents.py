@@ -1344,3 +1344,18 @@ async def test_an_internal_records_topic_field_never_becomes_a_metric_label(pipe
               for sample in metric.samples if "topic" in sample.labels and sample.name.endswith("_total")
               and metric.name in ("mailpulse_events", "mailpulse_late_events")}
     assert labels == {("mailpulse_events_total", "other"), ("mailpulse_late_events_total", "other")}
+
+
+async def test_an_internal_message_of_an_unknown_type_is_counted_and_logged_without_its_text(
+        pipeline: Pipeline, caplog: pytest.LogCaptureFixture) -> None:
+    """A message of a type this version does not know (a newer worker's) is skipped.  It was counted by
+    no metric, and its warning quoted the whole type, of any length and content, as the record held it."""
+    import logging
+
+    value = "_" + "ana@example.com " * 500
+    with caplog.at_level(logging.WARNING):
+        async with agent(pipeline, "profiles").test_context() as profiles:
+            await profiles.put(orjson.dumps([["u:u-1", {"type": value}], ["u:u-2", {"type": "_newer_kind"}]]))
+    assert pipeline.metrics.registry.get_sample_value("mailpulse_internal_messages_skipped_total") == 2
+    [line] = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and "skipped" in r.getMessage()]
+    assert "example.com" not in line and "(not a type name, 8001 characters)" in line and line.startswith("skipped 2")
