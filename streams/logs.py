@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -86,6 +87,9 @@ def format_root() -> None:
             handler.setStream(_LockedStream(handler.stream))  # (under the handler's lock)
 
 
+_DIGITS = re.compile(r"\d+")
+
+
 class RepeatFilter(logging.Filter):
     """Lets one warning or error line of each message of the Kafka client libraries through per
     ``window_s``, and says how many it held back with the next one.  With the broker unreachable
@@ -96,12 +100,15 @@ class RepeatFilter(logging.Filter):
         super().__init__()
         self.prefixes = prefixes
         self.window_s = window_s
-        self._held: dict[tuple[str, object], tuple[float, int]] = {}  # (logger, template) -> (let through at, held)
+        self._held: dict[tuple[str, str], tuple[float, int]] = {}  # (logger, line) -> (let through at, held)
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING or not record.name.startswith(self.prefixes):
             return True
-        key = (record.name, record.msg)
+        # the line as written, its numbers left out (ports, node ids, offsets, milliseconds): librdkafka's
+        # lines all share one template ("%s [%s] %s"), so keyed by template, a connection failure held
+        # back every other librdkafka warning or error of every client (an authorization failure) too
+        key = (record.name, _DIGITS.sub("#", record.getMessage())[:200])
         now = record.created
         let_at, held = self._held.get(key, (float("-inf"), 0))
         if now - let_at < self.window_s:

@@ -36,6 +36,23 @@ def test_one_line_of_each_client_message_per_window_then_how_many_were_held() ->
     assert quiet.filter(after) and after.getMessage() == "Unable connect to node with id 111: refused"
 
 
+def test_a_different_librdkafka_line_is_not_held_back_as_a_repeat_of_another() -> None:
+    """confluent-kafka hands every librdkafka line over with one template, ``"%s [%s] %s"`` (facility,
+    client, text).  Held back by template, a connection failure's repeats hid every other librdkafka
+    warning or error of every client for the window (an authorization failure here); repeats of the
+    same failure, with other numbers in them, are still held back."""
+    from streams.logs import LIBRDKAFKA
+
+    def line(facility: str, text: str, at: float) -> logging.LogRecord:
+        return _record(LIBRDKAFKA.name, "%s [%s] %s", (facility, "rdkafka#producer-1", text), at)
+
+    failed = "127.0.0.1:9092/bootstrap: Connect to ipv4#127.0.0.1:9092 failed (after %dms)"
+    quiet = RepeatFilter()
+    assert quiet.filter(line("FAIL", failed % 0, 100))
+    assert quiet.filter(line("ERROR", "Topic mailpulse-profile-events: Broker: Topic authorization failed", 101))
+    assert not quiet.filter(line("FAIL", failed % 3, 102))
+
+
 def test_the_workers_own_lines_all_pass() -> None:
     quiet = RepeatFilter()
     assert all(quiet.filter(_record("streams.app", "Forgot %d offsets", (3,), 100.0)) for _ in range(50))
