@@ -183,7 +183,7 @@ def _check_broker(bootstrap: str) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from streams.broker import BrokerError
     from streams.native_memory import fix_mmap_threshold, limit_malloc_arenas
-    from streams.worker import run_worker
+    from streams.worker import StateFolderError, run_worker
 
     limit_malloc_arenas()  # before the first Kafka client starts its threads (_check_broker's)
     fix_mmap_threshold()
@@ -211,7 +211,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _bindable_host(settings.metrics_host, "MAILPULSE_METRICS_HOST")
     if settings.broker:
         _check_broker(settings.bootstrap_servers)
-    with reported_as_user_error(BrokerError):
+    with reported_as_user_error(BrokerError, StateFolderError):
         return run_worker(settings, demo=args.demo)
 
 

@@ -7,6 +7,7 @@ demo feed and the embedded broker are stopped, in that order.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -43,6 +44,10 @@ from streams.settings import Settings
 log = logging.getLogger(__name__)
 
 
+class StateFolderError(Exception):
+    """The worker's state folder cannot be used (a one-line error at start)."""
+
+
 @contextlib.contextmanager
 def locked_data_dir(base: Path) -> Iterator[Path]:
     """A per-worker state folder under ``base``: ``worker-0``, or the next one not locked by a live
@@ -55,8 +60,14 @@ def locked_data_dir(base: Path) -> Iterator[Path]:
         handle: IO[str] = open(folder / ".lock", "w")  # noqa: SIM115 - held for the worker's life
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as exc:
             handle.close()
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                # not held by another worker: the filesystem cannot lock at all (NFS without its lock
+                # service, some FUSE mounts).  Taken for "held", the start tried worker-1, worker-2, ...
+                # for ever, with no word.
+                raise StateFolderError(f"MAILPULSE_DATA_DIR {base}: cannot lock a state folder there "
+                                       f"({os.strerror(exc.errno or 0)}); use a local filesystem") from None
             index += 1
             continue
         try:

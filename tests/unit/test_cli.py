@@ -233,3 +233,27 @@ def test_a_negative_seed_is_refused_as_python_seeds_it_as_its_absolute_value(
         capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "generate", "--users", "5", "--days", "1", "--seed", "-1", "--out", "x")
     assert code == 2 and "must be 0 or more" in err
+
+
+def test_a_state_folder_that_cannot_be_locked_stops_the_start_with_an_error(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each worker locks its state folder, and one held by another worker sends it on to the next
+    (worker-1).  Every other lock error was taken for "held" too: on a filesystem that cannot lock
+    (NFS without its lock service: ENOLCK) the start made worker-0, worker-1, ... for ever, without a
+    word.  Now it stops with one line."""
+    import errno
+    import fcntl
+
+    from streams import worker
+
+    with worker.locked_data_dir(tmp_path) as first, worker.locked_data_dir(tmp_path) as second:
+        assert (first.name, second.name) == ("worker-0", "worker-1")  # held: the next one
+
+    def no_locks(handle: object, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(worker.StateFolderError, match="cannot lock a state folder there"), \
+            worker.locked_data_dir(tmp_path / "nfs"):
+        pytest.fail("no folder can be locked here")
+    assert [child.name for child in (tmp_path / "nfs").iterdir()] == ["worker-0"]
