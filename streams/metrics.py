@@ -233,6 +233,9 @@ class Health:
 
     beat: float = field(default_factory=time.monotonic)  # the event loop's last turn
     crashed: str | None = None  # the name of an agent that crashed
+    #: Threads the worker runs beside its agents (the demo's feed and deliver): one that ended fails
+    #: /healthz as a crashed agent does (it ended on an error, or the worker is stopping).
+    helpers: dict[str, threading.Thread] = field(default_factory=dict)
     ready: bool = False  # partitions assigned and table recovery done
     broker_answered: float | None = None  # the last time the broker answered a probe (None: never)
 
@@ -285,8 +288,13 @@ class Health:
         waited = (time.monotonic() if now is None else now) - since
         return waited if waited > OUTPUTS_STUCK_AFTER_S else 0.0
 
+    def stopped_helper(self) -> str | None:
+        """The name of a helper thread that is no longer running (None: all run)."""
+        return next((name for name, thread in self.helpers.items() if not thread.is_alive()), None)
+
     def state(self, now: float | None = None) -> str:
-        if self.crashed is not None or (now or time.monotonic()) - self.beat > STALL_AFTER_S:
+        if self.crashed is not None or self.stopped_helper() is not None \
+                or (now or time.monotonic()) - self.beat > STALL_AFTER_S:
             return "error"
         if not self.started:
             return "starting"
@@ -297,6 +305,9 @@ class Health:
         if path == "/healthz":
             if self.crashed is not None:
                 return False, f"agent {self.crashed} crashed\n"
+            helper = self.stopped_helper()
+            if helper is not None:
+                return False, f"{helper} stopped\n"
             stalled = now - self.beat
             return (True, "ok\n") if stalled <= STALL_AFTER_S else (False, f"event loop stalled {stalled:.0f} s\n")
         if self.broker_silent(now):

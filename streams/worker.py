@@ -145,11 +145,12 @@ def run_worker(settings: Settings, demo: bool = False) -> int:
                 from streams.deliver.service import run_deliver
                 from streams.tools.demo import start_demo_feed
 
-                start_demo_feed(settings.bootstrap_servers, demo_stop)
+                health.helpers["demo feed"] = start_demo_feed(settings.bootstrap_servers, demo_stop)
                 deliver = threading.Thread(target=run_deliver, args=(settings, data_dir / "outbox", demo_stop, say),
                                            name="deliver", daemon=True)
                 deliver.start()
                 helpers.append(deliver)
+                health.helpers["deliver"] = deliver  # (its end fails /healthz: the demo's e-mails stopped)
                 say("demo traffic is flowing (its shop clock runs 60x: a cart is abandoned after "
                     "30 s); watch it with `.venv/bin/mailpulse tail triggers --broker "
                     f"{settings.broker}` (or segment-changes, profiles); `mailpulse deliver --dry-run` writes their "

@@ -254,3 +254,21 @@ def test_a_client_that_connects_and_sends_nothing_is_let_go() -> None:
     finally:
         for connection in quiet:
             connection.close()
+
+
+def test_healthz_fails_once_a_helper_thread_of_the_worker_ended() -> None:
+    """``run --demo`` runs its shop feed and deliver in threads beside the agents.  When deliver's
+    thread ended on an error, /healthz still said ok while no e-mail went out again."""
+    import threading
+
+    from streams.metrics import Health
+
+    health = Health()
+    release = threading.Event()
+    running = threading.Thread(target=release.wait, daemon=True)
+    running.start()
+    health.helpers["deliver"] = running
+    assert health.answer("/healthz") == (True, "ok\n")
+    release.set()
+    running.join(5)
+    assert health.answer("/healthz") == (False, "deliver stopped\n") and health.state() == "error"
