@@ -395,7 +395,7 @@ def _on_block(blocks: MutableMapping[str, Any], key: str, message: dict[str, Any
     effects = Effects(blocks_skipped=int(outcome.skipped))
     for a, b, _ in outcome.links:
         small, large = sorted((a, b), key=rank)
-        effects.send.append((large, {"type": graph.LINK, "root": small, "kind": "fuzzy", "block": key}))
+        effects.send.append((large, {"type": graph.LINK, "root": small, "kind": "fuzzy"}))
     for a, b, score in outcome.possible:
         effects.send.append((a, {"type": graph.POSSIBLE, "to": a, "other": b, "score": round(score, 4)}))
         effects.send.append((b, {"type": graph.POSSIBLE, "to": b, "other": a, "score": round(score, 4)}))

@@ -117,29 +117,12 @@ def admit(key: str, state: LiveState, candidates: Iterable[str], limits: Limits 
     return admitted, over, kinds
 
 
-def _ask(key: str, state: LiveState, root: str, kind: str, at: int | None = None, block: Any = None) -> Routing:
+def _ask(key: str, state: LiveState, root: str, kind: str, at: int | None = None) -> Routing:
     """The live profile at ``key`` asks ``root`` to take it in, with all its identifiers (``at``: the
     time of the event that made it ask, by which an erasure marker at ``root`` tells the person's
-    profile from a newcomer's; ``block``: the fuzzy-matching block whose match made it ask)."""
+    profile from a newcomer's)."""
     keys = sorted(identity_keys(key, state), key=rank)
-    ask = _stamped({"type": LINK, "root": key, "kind": kind, "keys": keys}, at)
-    if isinstance(block, str):
-        ask["block"] = block
-    return Routing(state, send=[(root, ask)])
-
-
-def _matched_here(state: LiveState, message: Mapping[str, Any], key: str) -> bool:
-    """Whether a fuzzy match's link or ask (which names its ``block``) was made on a person record this
-    profile still has in that block: its member key (the key the message was sent to, ``via`` when a
-    redirect passed it on) among the profile's ``blocks``.  Not so when the record is the erased
-    person's: the erase takes the profile's records out of their blocks by messages, and a newcomer
-    scored in a block before its drop arrived was matched on it, and joined the person's later
-    activity, or not, by how the partitions' records interleaved.  Links without a block (exact ones,
-    an older worker's) are not a fuzzy match's."""
-    block = message.get("block")
-    if message.get("kind") != "fuzzy" or not isinstance(block, str):
-        return True
-    return [block, message.get("via", key)] in state.get("blocks", ())
+    return Routing(state, send=[(root, _stamped({"type": LINK, "root": key, "kind": kind, "keys": keys}, at))])
 
 
 def event_time(message: Mapping[str, Any], field: str = "at") -> int | None:
@@ -403,13 +386,8 @@ def on_link(key: str, state: State | None, message: dict[str, Any], limits: Limi
             if erased is not None:
                 return Routing(state, erase_as_of=erased)  # the root is an erased person: so is this
             return _give_up(key, state, root, kind, at=event_time(message))
-        if not _matched_here(state, message, key):
-            return Routing(state)
-        # ask the root whether this profile may join it
-        return _ask(key, state, root, kind, event_time(message), message.get("block"))
+        return _ask(key, state, root, kind, event_time(message))  # ask the root whether this profile may join it
     # the profile at ``root`` asks to join this one
-    if not _matched_here(state, message, key):
-        return Routing(state)
     counts = message.get("counts")
     if isinstance(counts, dict):
         return _would_take_in(key, state, root, kind, counts, message, limits)

@@ -625,32 +625,3 @@ def test_a_link_made_before_the_erasure_is_not_passed_on_by_the_erased_keys_redi
     later = {**older, "at": T0 + 6 * MIN}
     routing = graph.on_link("e:pat@example.com", copy.deepcopy(redirect), later)
     assert routing.send == [("u:u-p", {**later, "via": "e:pat@example.com"})]
-
-
-@pytest.mark.parametrize("drops_late", [False, True])
-def test_a_newcomer_is_not_matched_on_the_erased_persons_record_while_its_drop_is_on_its_way(drops_late: bool) -> None:
-    """The erase takes the person's records out of their fuzzy-matching blocks by messages.  A newcomer
-    scored in a block before the drop arrived was matched on the erased record, and joined the
-    person's later activity (an event after the erase under their user id), with the erased person's
-    name, birthday and address as the only evidence: whether it did depended on how the partitions'
-    records interleaved (found by a review simulating delivery orders).  Now the match's link names its
-    block, and a profile that no longer has a record there does not take it."""
-    from collections import deque
-
-    from streams.domain.identity import profile_key
-
-    traits = {"first_name": "Anna", "last_name": "Nelson", "birthday": "1981-03-07", "street": "63 Oak Avenue",
-              "city": "Los Angeles", "country": "US"}
-    states: dict[str, Any] = {}
-    blocks: dict[str, Any] = {}
-    person = ev("i-1", "identify", 0, user_id="u-204", traits={**traits, "email": "anna@example.com"})
-    _deliver(states, blocks, deque([(profile_key(person), person)]))
-    later = [ev("x-1", "erase", 2 * 24 * 60, user_id="u-204"),
-             ev("v-1", "product_view", 2 * 24 * 60 + 1, user_id="u-204", product_id="sku-1")]
-    drops = _deliver(states, blocks, deque((profile_key(e), e) for e in later),
-                     hold=lambda target, m: drops_late and m.get("type") == graph.BLOCK and m.get("drop"))
-    crm = ev("crm-1", "identify", 5 * 24 * 60, email="anelson@example.org", traits={**traits, "first_name": "Ana"})
-    _deliver(states, blocks, deque([(profile_key(crm), crm)]))
-    _deliver(states, blocks, deque(drops))
-    assert live_keys(states) == ["e:anelson@example.org", "u:u-204"]
-    assert states["u:u-204"]["links"] == [] and states["u:u-204"]["seen"].keys() == {"v-1"}
