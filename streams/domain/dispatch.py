@@ -157,6 +157,15 @@ def _erased(states: MutableMapping[str, State | None], key: str, state: State | 
         kept = set(admitted)
         marker["links"] = admitted
         effects.limited += limited
+        # each of them is told so, with the time of the first later event that named it: one the erase
+        # left a marker (it was the person's too) then takes the later activity in, as it would an
+        # event naming it after the erasure (else the later profile listed it while it started a
+        # second profile of its own)
+        mine = sorted(graph.identity_keys(key, marker), key=rank)
+        for other in admitted:
+            named_at = min(entry[0] for entry in marker["pending"] if other in graph.identifier_keys(entry[3]))
+            effects.send.append((other, {"type": graph.LINK, "root": key, "kind": "exact", "keys": mine,
+                                         "at": named_at}))
     if graph.is_live(state):  # as it was before the erase (``receive`` keeps the input's shape)
         if state.get("due") is not None:
             marker["due"] = state["due"]  # so the caller deletes the due entry

@@ -49,7 +49,7 @@ from typing_extensions import TypeIs
 from schemas.timeparse import MAX_EPOCH_MS, MIN_EPOCH_MS
 from streams.domain.identity import is_identity_key, profile_id_for, rank
 from streams.domain.profile import new_state
-from streams.domain.state import LiveState, Redirect, State
+from streams.domain.state import LiveState, Redirect, State, is_marker
 from streams.domain.state import is_live as is_live
 from streams.domain.state import is_redirect as is_redirect
 from streams.domain.timeline import ensure_rule_state
@@ -232,6 +232,9 @@ def _redirect(root: str, previous: State | None) -> Redirect:
     erased_at = previous.get("erased_at") if previous is not None else None
     if isinstance(erased_at, int):  # an erased person's key whose later activity joins another profile
         state["erased_at"] = erased_at
+        person = previous.get("erased_keys") if previous is not None else None
+        if isinstance(person, dict):  # (where the erase was carried out: older links are weighed here)
+            state["erased_keys"] = person
     return state
 
 
@@ -305,27 +308,25 @@ def on_link(key: str, state: State | None, message: dict[str, Any], limits: Limi
             add_claims(held, {root: agreed})
             return Routing(held, send=[(root, _approval(key, kind, agreed, message))], changed=True)
         return Routing(_redirect(root, None))
-    if is_redirect(state):
+    left = state.get("erased_at") if is_redirect(state) else None  # (an erased key's later activity joined another)
+    at = event_time(message)
+    older = isinstance(left, int) and at is not None and at <= left and "counts" not in message
+    if is_redirect(state) and not older:
         current = state["merged_into"]
         if current == root:
             return Routing(state)
         if message.get("from") == current:  # this key's profile moved to ``root``
             # (always to a smaller key, as profiles join: so redirects never form a loop)
             return Routing({**state, "merged_into": root} if rank(root) < rank(current) else state)
-        left = state.get("erased_at")  # (the later activity of an erased key joined ``current``)
-        at = event_time(message)
-        if isinstance(left, int) and at is not None and at <= left and "counts" not in message:
-            # a link made at or before the erasure named the erased person's key: it is theirs, not the
-            # later activity's, so it is not passed on to the profile that took that in (as a marker
-            # would not link it to anything again)
-            return Routing(state)
         # anyone else's word goes to this key's profile, which asks or decides (never an ``ok``:
         # that was meant for a profile that has since joined another); ``via``: the key it was sent to
         passed = {k: v for k, v in message.items() if k != "ok"}
         passed.setdefault("via", key)
         return Routing(state, send=[(current, passed)])
-    erased_at = state.get("erased_at")  # (a marker, or a profile of an erased person's later activity)
-    at = event_time(message)
+    # (a marker, a profile of an erased person's later activity, or the redirect such later activity
+    # left, for a link made at or before the erasure: that named the erased person's key, and is
+    # answered as the marker would have answered it, not passed on to whoever took the later activity in)
+    erased_at = state.get("erased_at")
     if (isinstance(erased_at, int) and at is not None and at <= erased_at and rank(root) < rank(key)
             and "erased_at" not in message):
         # A smaller profile names this key by an event stamped at or before the erasure.  Where the
@@ -349,14 +350,13 @@ def on_link(key: str, state: State | None, message: dict[str, Any], limits: Limi
     if not is_live(state):  # an erasure marker: the erased person is not linked to anything again
         # (an ask from a fuzzy match, which carries no time, is not taken for the person's either)
         after = (at is not None and isinstance(erased_at, int) and at > erased_at) or (at is None and kind == "fuzzy")
-        if (after and at is not None and rank(root) < rank(key) and message.get("ok") is None
-                and "erased_keys" not in state):
+        if after and at is not None and rank(root) < rank(key) and message.get("ok") is None and is_marker(state):
             # A smaller profile's event stamped after the erasure names this key, one of the erased
-            # person's identifiers (``_forget``): that profile holds it among its links from now on, so
-            # the key's later activity is theirs, as an empty key's would be.  Left a marker, the key
-            # started a second profile of its own with an address the first one lists.  What is
-            # stamped up to the erasure stays dropped (the redirect keeps ``erased_at``).  Where the
-            # erase was carried out (``erased_keys``) the marker stays, to weigh older links.
+            # person's identifiers: that profile holds it among its links from now on, so the key's
+            # later activity is theirs, as an empty key's would be.  Left a marker, the key started a
+            # second profile of its own with an address the first one lists.  The redirect keeps
+            # ``erased_at`` (what is stamped up to it stays dropped, and older links are answered as
+            # here) and ``erased_keys`` (with which they are weighed, where the erase was carried out).
             return Routing(_redirect(root, state))
         if rank(root) > rank(key) and "keys" in message and not after:
             # a profile linked to the person before the erase reached it asks to join: it is theirs,

@@ -129,6 +129,8 @@ class Redirect(TypedDict):
     #: the key's person was erased at this time, and the key's later activity joined ``merged_into``
     #: (someone named the key after the erase): its events stamped up to then are dropped, not passed on
     erased_at: NotRequired[int]
+    #: where the erase was carried out, as :class:`ErasureMarker` keeps them: older links are weighed by them
+    erased_keys: NotRequired[dict[str, int]]
 
 
 @final
@@ -155,3 +157,8 @@ def is_live(state: State | None) -> TypeIs[LiveState]:
 
 def is_redirect(state: State | None) -> TypeIs[Redirect]:
     return state is not None and "merged_into" in state
+
+
+def is_marker(state: State | None) -> TypeIs[ErasureMarker]:
+    """An erasure marker: neither a live profile nor a redirect."""
+    return state is not None and "profile" not in state and "merged_into" not in state

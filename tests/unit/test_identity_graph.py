@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import random
+from collections import deque
 from typing import Any
 
 import orjson
@@ -323,7 +324,9 @@ def test_a_profile_that_let_the_person_in_just_before_the_erase_reached_them_is_
 def test_a_link_from_before_the_erase_reaching_the_marker_erases_the_profile_that_sent_it() -> None:
     """The erase came while nothing was stored under the address yet; the user id's identify, stamped
     before the erase, named that address: its link finds the marker, and the user id's profile is the
-    person's.  A link made by an event stamped after the erase is a newcomer's and changes nothing."""
+    person's.  A link made by an event stamped after the erase is a newcomer's and erases nothing: the
+    newcomer holds the address from then on (the marker becomes a redirect to it that keeps what the
+    marker kept, so what is stamped up to the erasure is still dropped there)."""
     erase = ev("x-1", "erase", 5, email="p@example.com")
     before = [erase, ev("p-i1", "identify", 2, user_id="u-p", traits={"email": "p@example.com"}),
               ev("p-v2", "product_view", 3, user_id="u-p", product_id="s2")]
@@ -333,7 +336,8 @@ def test_a_link_from_before_the_erase_reaching_the_marker_erases_the_profile_tha
     after = [erase, ev("n-i1", "identify", 8, user_id="u-n", traits={"email": "p@example.com"}),
              ev("n-v2", "product_view", 9, user_id="u-n", product_id="s2")]
     run = run_locally(after, UNTIL, RULES)
-    assert run.states["e:p@example.com"] == {"erased_at": T0 + 5 * MIN, "erased_keys": {"emails": 1}}
+    assert run.states["e:p@example.com"] == {"merged_into": "u:u-n", "erased_at": T0 + 5 * MIN,
+                                             "erased_keys": {"emails": 1}}
     assert live_keys(run.states) == ["u:u-n"] and run.states["u:u-n"]["seen"].keys() == {"n-i1", "n-v2"}
 
 
@@ -625,3 +629,83 @@ def test_a_link_made_before_the_erasure_is_not_passed_on_by_the_erased_keys_redi
     later = {**older, "at": T0 + 6 * MIN}
     routing = graph.on_link("e:pat@example.com", copy.deepcopy(redirect), later)
     assert routing.send == [("u:u-p", {**later, "via": "e:pat@example.com"})]
+
+
+def _feed_events(states: dict[str, Any], blocks: dict[str, Any], events: list[dict[str, Any]],
+                 hold: Any = None) -> list[tuple[str, dict[str, Any]]]:
+    from collections import deque
+
+    from streams.domain.identity import profile_key
+
+    return _deliver(states, blocks, deque((profile_key(e), e) for e in events),
+                    **({"hold": hold} if hold is not None else {}))
+
+
+@pytest.mark.parametrize("later_activity_first", [False, True])
+def test_an_older_ask_at_a_forgotten_address_erases_the_asker_whether_or_not_later_activity_named_it(
+        later_activity_first: bool) -> None:
+    """The person's second address e:zed asked their address e:pat to take it in (event p-z2, stamped
+    before the erase, names pat as a second address); the ask is still on its way when the person is
+    erased by user id (which forgets e:pat).  At the marker the ask is answered as the person's, and
+    e:zed is erased with them (docs/identity.md, Erase).  When the person's later activity named e:pat
+    first, e:pat is a redirect that keeps erased_at; a first version of it dropped the ask, and e:zed
+    kept the person's older event (found in review).  It answers as the marker would."""
+    states: dict[str, Any] = {}
+    blocks: dict[str, Any] = {}
+    person = [ev("p-v0", "product_view", 0, email="pat@example.com", product_id="s0"),
+              ev("p-z2", "identify", 2, email="zed@example.com", traits={"email": "pat@example.com"}),
+              ev("p-i3", "identify", 3, user_id="u-p", traits={"email": "pat@example.com"})]
+    asks = _feed_events(states, blocks, person,
+                 hold=lambda target, m: target == "e:pat@example.com" and m.get("root") == "e:zed@example.com")
+    assert len(asks) == 1 and asks[0][1]["at"] == T0 + 2 * MIN
+    _feed_events(states, blocks, [ev("x-1", "erase", 5, user_id="u-p")])
+    assert states["e:pat@example.com"] == {"erased_at": T0 + 5 * MIN}  # a _forget marker
+    later = [ev("p-v6", "product_view", 6, user_id="u-p", email="pat@example.com", product_id="s6")]
+    if later_activity_first:
+        _feed_events(states, blocks, later)
+        _deliver(states, blocks, deque(asks))
+    else:
+        _deliver(states, blocks, deque(asks))
+        _feed_events(states, blocks, later)
+    # nothing of the person's stamped up to the erase is left in a live profile, in either order
+    assert _holding_events_of(states, "p-") == ["u:u-p"]
+    assert {e for k in live_keys(states) for e in states[k]["seen"]} == {"p-v6"}
+
+
+@pytest.mark.parametrize("erased_by", [{"user_id": "u-p"}, {"email": "pat@example.com"}])
+def test_an_erased_address_named_again_is_in_one_profile_only_whichever_identifier_the_erase_named(
+        erased_by: dict[str, str]) -> None:
+    """As above, with the erase sent to the user id or to the address.  Sent to the address, the erase
+    left a marker that keeps the person's counts, which stayed a marker while the later profile listed
+    the address (and sent it no link of its own: its link went before the erase); now the later
+    activity tells each identifier it keeps, and the marker becomes a redirect that keeps the counts
+    (found in review)."""
+    states: dict[str, Any] = {}
+    blocks: dict[str, Any] = {}
+    _feed_events(states, blocks, [ev("p-i1", "identify", 1, user_id="u-p", traits={"email": "pat@example.com"}),
+                           ev("x-1", "erase", 5, **erased_by),
+                           ev("p-v6", "product_view", 6, user_id="u-p", email="pat@example.com", product_id="s6")])
+    _feed_events(states, blocks, [ev("p-i9", "identify", 90, email="pat@example.com", traits={"first_name": "Pat"})])
+    assert "e:pat@example.com" in states["u:u-p"]["links"]
+    holding = [key for key in live_keys(states) if "pat@example.com" in states[key]["profile"]["identifiers"]["emails"]
+               or any(entry[3].get("email") == "pat@example.com" for entry in states[key].get("pending", ()))]
+    assert holding == ["u:u-p"]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_households_give_the_same_profiles_in_more_delivery_orders(seed: int) -> None:
+    """The households (fuzzy merges among them) delivered in twelve more random orders each: the profiles
+    equal the FIFO run's (a first version of a block check on fuzzy links lost merges in 2 of 120)."""
+    from streams.domain.dispatch import run_locally
+    from tests.households import households
+    from tests.integration.expected import accepted_events
+    from tests.unit.test_identity_graph import UNTIL
+
+    events = accepted_events(households(seed))
+    fifo = run_locally(events, UNTIL, RULES)
+    for again in range(3, 15):
+        rng = random.Random(seed * 100 + again)
+        shuffled_events = list(events)
+        rng.shuffle(shuffled_events)
+        shuffled = run_locally(shuffled_events, UNTIL, RULES, shuffle=rng)
+        assert sorted(shuffled.profiles) == sorted(fifo.profiles), again
