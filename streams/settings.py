@@ -147,7 +147,8 @@ class Settings(BaseSettings):
         default=None, description="MAILPULSE_WEBHOOK_TOKEN: sent as a bearer token (never logged).")
     deliver_timeout_s: float = Field(
         default=10.0, gt=0, le=3_600,
-        description="MAILPULSE_DELIVER_TIMEOUT_S: per attempt.")
+        description="MAILPULSE_DELIVER_TIMEOUT_S: per attempt, its whole time (connect, "
+        "request, answer).")
     deliver_attempts: int = Field(default=5, ge=1, le=50, description="MAILPULSE_DELIVER_ATTEMPTS: before "
                                   "delivery-failed.")
     deliver_backoff_s: float = Field(

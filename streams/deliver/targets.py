@@ -1,9 +1,11 @@
 """Where an e-mail goes: an SMTP server, an HTTP webhook in the shape of transactional e-mail APIs,
 or (``--dry-run``) ``.eml`` files.  Each ``send`` raises :class:`Temporary` (worth a retry) or
-:class:`Permanent`; :func:`with_retries` retries with exponential backoff and full jitter."""
+:class:`Permanent`; :func:`with_retries` retries with exponential backoff and full jitter.  A send of
+SMTP or the webhook takes at most its timeout, whole (:class:`Deadline`)."""
 
 from __future__ import annotations
 
+import contextlib
 import email.generator
 import email.policy
 import email.utils
@@ -13,13 +15,16 @@ import json
 import random
 import re
 import smtplib
+import socket
 import ssl
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from email.message import EmailMessage
 from pathlib import Path
+from types import TracebackType
 from typing import Any, Protocol
 
 #: A trigger id the dry run can use as a file name: no path separators, no leading dot.
@@ -90,6 +95,54 @@ def with_retries(send: Callable[[], Sent], attempts: int, backoff_s: float, on_r
     raise AssertionError("unreachable")
 
 
+class Deadline:
+    """The time a send may take, whole: connect, request and answer.  A socket's timeout bounds each
+    read alone, so a target (or a proxy) that sends a byte a little more often than that would hold a
+    send, and the deliver loop with it, for as long as it goes on.  When the deadline passes, a timer
+    shuts down the connections it watches: a read blocked on one returns at once (the end of the
+    stream) and the send fails.  Used with ``with``: the timer is stopped and joined when the block
+    ends, so no thread outlives the send."""
+
+    def __init__(self, seconds: float) -> None:
+        self.passed = False
+        self._watched: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._pass)
+        self._timer.name, self._timer.daemon = "deliver-send-deadline", True
+
+    def __enter__(self) -> Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self._timer.cancel()
+        self._timer.join()
+        for watched in self._watched:
+            watched.close()
+
+    def watch(self, connection: socket.socket) -> None:
+        """Shuts ``connection`` down when the deadline passes (at once if it has).  Through a copy of
+        its descriptor, which is the same connection: TLS, which takes the descriptor of the socket it
+        wraps, changes nothing, and what the send closes is never shut down here."""
+        watched = connection.dup()
+        with self._lock:
+            self._watched.append(watched)
+            if self.passed:
+                _shut_down(watched)
+
+    def _pass(self) -> None:
+        with self._lock:
+            self.passed = True  # (before the shutdown: whoever sees a read cut short sees this too)
+            for watched in self._watched:
+                _shut_down(watched)
+
+
+def _shut_down(connection: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # (not connected any more)
+        connection.shutdown(socket.SHUT_RDWR)
+
+
 #: The service's policy (streams.deliver.service.POLICY) as SMTPUTF8 writes it: 8-bit headers.
 SMTPUTF8_POLICY = email.policy.SMTPUTF8.clone(max_line_length=998)
 
@@ -148,16 +201,26 @@ class Smtp:
         except Permanent:
             pass  # a refusal is an answer
 
-    def _session(self, talk: Callable[[smtplib.SMTP], None]) -> None:
-        """Connects (TLS, STARTTLS, login as configured), runs ``talk`` and says goodbye; SMTP's
-        failures as :class:`Temporary` or :class:`Permanent` by their reply."""
-        client: smtplib.SMTP | None = None
+    def _session(self, talk: Callable[[_Smtp], None]) -> None:
+        """Connects (TLS, STARTTLS, login as configured), runs ``talk`` and says goodbye, all within the
+        timeout (:class:`Deadline`); SMTP's failures as :class:`Temporary` or :class:`Permanent` by their
+        reply, and any once the deadline passed as :class:`Temporary` (a reply it cut short may read as
+        another code)."""
+        with Deadline(self.timeout_s) as deadline:
+            try:
+                self._talk(deadline, talk)
+            except (Temporary, Permanent):
+                if deadline.passed:
+                    raise Temporary(f"SMTP: not done within the send's timeout ({self.timeout_s:g} s)") from None
+                raise
+
+    def _talk(self, deadline: Deadline, talk: Callable[[_Smtp], None]) -> None:
+        client: _Smtp | None = None
         try:
             if self.security == "tls":
-                client = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout_s,
-                                          context=ssl.create_default_context())
+                client = _SmtpTls(deadline, self.host, self.port, self.timeout_s)
             else:
-                client = smtplib.SMTP(self.host, self.port, timeout=self.timeout_s)
+                client = _Smtp(deadline, self.host, self.port, self.timeout_s)
             if self.security == "starttls":
                 client.starttls(context=ssl.create_default_context())
             if self.user and self.password:
@@ -183,10 +246,34 @@ class Smtp:
                 _close_quietly(client)
 
 
-def _hand_over(client: smtplib.SMTP, message: EmailMessage) -> None:
+class _Smtp(smtplib.SMTP):
+    """smtplib's client, its connection watched by a send's :class:`Deadline` from the start (the
+    greeting is read while connecting)."""
+
+    def __init__(self, deadline: Deadline, host: str, port: int, timeout_s: float) -> None:
+        self.deadline = deadline
+        super().__init__(host, port, timeout=timeout_s)
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        connection = socket.create_connection((host, port), timeout, self.source_address)
+        self.deadline.watch(connection)
+        return connection
+
+
+class _SmtpTls(smtplib.SMTP_SSL, _Smtp):
+    """The same over TLS: ``SMTP_SSL._get_socket`` wraps what ``_Smtp._get_socket`` connected, so
+    the handshake is watched too."""
+
+    def __init__(self, deadline: Deadline, host: str, port: int, timeout_s: float) -> None:
+        self.deadline = deadline
+        smtplib.SMTP_SSL.__init__(self, host, port, timeout=timeout_s, context=ssl.create_default_context())
+
+
+def _hand_over(client: _Smtp, message: EmailMessage) -> None:
     """What ``client.send_message`` does for our one-recipient messages, with DATA's end apart: once
     the message's last line went out, a broken connection is :class:`OutcomeUnknown`, not worth
-    another attempt."""
+    another attempt, and so is a reply other than 250 once the send's deadline passed (it may be a
+    250 cut short)."""
     sender = email.utils.getaddresses([str(message["From"])])[0][1]
     recipient = email.utils.getaddresses([str(message["To"])])[0][1]
     international = _envelope(client, sender, recipient)
@@ -208,6 +295,8 @@ def _hand_over(client: smtplib.SMTP, message: EmailMessage) -> None:
     except (OSError, smtplib.SMTPException) as exc:
         raise OutcomeUnknown(f"SMTP connection lost after the message was handed over ({type(exc).__name__})") \
             from None
+    if code != 250 and client.deadline.passed:
+        raise OutcomeUnknown("SMTP: the send's timeout passed while the server replied to the message")
     if code != 250:
         raise smtplib.SMTPDataError(code, reply)
 
@@ -230,7 +319,7 @@ def _envelope(client: smtplib.SMTP, sender: str, recipient: str) -> bool:
     return international
 
 
-def _envelope_only(client: smtplib.SMTP, sender: str) -> None:
+def _envelope_only(client: _Smtp, sender: str) -> None:
     address = email.utils.getaddresses([sender])[0][1] or sender
     _envelope(client, address, address)
     client.rset()
@@ -253,6 +342,47 @@ def _codes(recipients: Any) -> str:
 NO_ANSWER = (OSError, ValueError, http.client.HTTPException)
 
 
+class _WatchedHttp(http.client.HTTPConnection):
+    """http.client's connection, watched by a send's :class:`Deadline` once connected."""
+
+    deadline: Deadline
+
+    def connect(self) -> None:
+        super().connect()
+        self.deadline.watch(self.sock)
+
+
+class _WatchedHttps(http.client.HTTPSConnection, _WatchedHttp):
+    """The same over TLS: ``HTTPSConnection.connect`` wraps what ``_WatchedHttp.connect`` connected, so
+    the handshake is watched too."""
+
+
+class _Watching(urllib.request.HTTPHandler, urllib.request.HTTPSHandler):
+    """urllib's HTTP and HTTPS handlers (in place of the defaults), their connections watched by
+    ``deadline``."""
+
+    def __init__(self, deadline: Deadline) -> None:
+        super().__init__()
+        self.deadline = deadline
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(lambda host, **options: self._watched(_WatchedHttp(host, **options)), req)
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(lambda host, **options: self._watched(_WatchedHttps(host, **options)), req)
+
+    def _watched(self, connection: _WatchedHttp) -> _WatchedHttp:
+        connection.deadline = self.deadline
+        return connection
+
+
+def _open(request: urllib.request.Request, deadline: Deadline, timeout_s: float) -> http.client.HTTPResponse:
+    """``urllib.request.urlopen`` with the connection watched by ``deadline``."""
+    response: http.client.HTTPResponse = urllib.request.build_opener(_Watching(deadline)).open(request,
+                                                                                               timeout=timeout_s)
+    return response
+
+
 class Webhook:
     """POSTs ``{"idempotency_key", "from", "to", "subject", "html", "text", "headers", "metadata"}``
     with an ``Idempotency-Key`` header (the trigger id, the same on every attempt).  A 2xx answer
@@ -273,14 +403,15 @@ class Webhook:
     def probe(self, sender: str) -> None:
         """A HEAD request, which sends nothing."""
         request = urllib.request.Request(self.url, method="HEAD", headers=self._authorization())
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s):
-                pass
-        except urllib.error.HTTPError as exc:
-            if exc.code in self.DOWN_STATUSES:
-                raise Temporary(f"HTTP {exc.code}") from None
-        except NO_ANSWER as exc:
-            raise Temporary(f"HTTP {type(exc).__name__}: {exc}"[:300]) from None
+        with Deadline(self.timeout_s) as deadline:
+            try:
+                with _open(request, deadline, self.timeout_s):
+                    pass
+            except urllib.error.HTTPError as exc:
+                if exc.code in self.DOWN_STATUSES:
+                    raise Temporary(f"HTTP {exc.code}") from None
+            except NO_ANSWER as exc:
+                raise Temporary(self._no_answer(exc, deadline)) from None
 
     def send(self, message: EmailMessage, trigger: dict[str, Any]) -> Sent:
         html = message.get_body(("html",))
@@ -298,21 +429,27 @@ class Webhook:
         }
         request = urllib.request.Request(self.url, data=json.dumps(body).encode(), method="POST", headers={
             "Content-Type": "application/json", "Idempotency-Key": trigger["trigger_id"], **self._authorization()})
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                answer = response.read()
-        except urllib.error.HTTPError as exc:
-            if exc.code == 409:  # the request with this idempotency key is still in progress (its answer
-                # was lost): asked again later, the target answers with that request's outcome
-                raise Temporary("HTTP 409: a request with this idempotency key is in progress", False) from None
-            kind = Temporary if exc.code >= 500 or exc.code in (408, 429) else Permanent
-            raise kind(f"HTTP {exc.code}") from None
-        except NO_ANSWER as exc:  # (an answer cut short too: sent again with the same idempotency
-            # key, the API answers with the first request's outcome)
-            raise Temporary(f"HTTP {type(exc).__name__}: {exc}"[:300]) from None
+        with Deadline(self.timeout_s) as deadline:  # (the whole request: a socket's timeout is per read)
+            try:
+                with _open(request, deadline, self.timeout_s) as response:
+                    answer = response.read()
+            except urllib.error.HTTPError as exc:
+                if exc.code == 409:  # the request with this idempotency key is still in progress (its answer
+                    # was lost): asked again later, the target answers with that request's outcome
+                    raise Temporary("HTTP 409: a request with this idempotency key is in progress", False) from None
+                kind = Temporary if exc.code >= 500 or exc.code in (408, 429) else Permanent
+                raise kind(f"HTTP {exc.code}") from None
+            except NO_ANSWER as exc:  # (an answer cut short too: sent again with the same idempotency
+                # key, the API answers with the first request's outcome)
+                raise Temporary(self._no_answer(exc, deadline)) from None
         try:
             reply = json.loads(answer) if answer else {}
         except ValueError:
             reply = {}
         bounced = isinstance(reply, dict) and (reply.get("bounced") is True or reply.get("status") == "bounced")
         return Sent(bounced=bounced)
+
+    def _no_answer(self, exc: Exception, deadline: Deadline) -> str:
+        if deadline.passed:
+            return f"HTTP: no whole answer within the send's timeout ({self.timeout_s:g} s)"
+        return f"HTTP {type(exc).__name__}: {exc}"[:300]

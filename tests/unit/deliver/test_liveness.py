@@ -1,0 +1,87 @@
+"""deliver keeps doing its work, and says so when it does not: a target that trickles its answer cannot
+hold a send past its timeout."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from email.message import EmailMessage
+
+import pytest
+
+from streams.deliver.service import POLICY
+from streams.deliver.targets import Smtp, Target, Temporary, Webhook
+
+TRIGGER = {"trigger_id": "t-1", "type": "welcome", "profile_id": "p-1", "email": "ana@example.com"}
+TIMEOUT_S = 0.5
+
+
+def message() -> EmailMessage:
+    m = EmailMessage(policy=POLICY)
+    m["From"] = "shop@example.com"
+    m["To"] = "ana@example.com"
+    m["Subject"] = "Hello"
+    m.set_content("hi\n")
+    return m
+
+
+@contextmanager
+def trickling(first: bytes, drip: bytes, every_s: float = 0.2, for_s: float = 8.0) -> Iterator[int]:
+    """A loopback server that answers a connection with ``first``, then a byte of ``drip`` every
+    ``every_s`` (more often than the client's timeout) for ``for_s`` seconds; its port."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    done = threading.Event()
+
+    def serve() -> None:
+        with listener:
+            conn, _ = listener.accept()
+            with conn:
+                conn.settimeout(0.2)
+                with suppress(OSError):  # the request, if it comes
+                    conn.recv(65536)
+                conn.sendall(first)
+                until = time.monotonic() + for_s
+                while time.monotonic() < until and not done.is_set():
+                    try:
+                        conn.sendall(drip)
+                    except OSError:
+                        return
+                    time.sleep(every_s)
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        done.set()
+        server.join(5)
+
+
+def sends_within_its_timeout(target: Target) -> None:
+    """``target.send`` fails as :class:`Temporary` within a few times its timeout, and leaves no
+    thread of its own behind."""
+    started = time.monotonic()
+    with pytest.raises(Temporary):
+        target.send(message(), dict(TRIGGER))
+    took = time.monotonic() - started
+    assert took < 3 * TIMEOUT_S, f"the send took {took:.1f} s with a {TIMEOUT_S} s timeout"
+    assert not [thread for thread in threading.enumerate() if thread.name == "deliver-send-deadline"]
+
+
+def test_a_webhook_that_trickles_its_answer_does_not_hold_a_send_past_its_timeout() -> None:
+    """The timeout bounded each socket read only: a target (or a proxy) that sent a byte a little more
+    often than that held the send, and the whole deliver loop, for as long as it went on."""
+    with trickling(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n", b"{") as port:
+        sends_within_its_timeout(Webhook(f"http://127.0.0.1:{port}/send", None, timeout_s=TIMEOUT_S))
+
+
+def test_an_smtp_server_that_trickles_its_greeting_does_not_hold_a_send_past_its_timeout() -> None:
+    """The same for SMTP: a greeting line that never ends, a byte at a time, held the send."""
+    with trickling(b"220-", b"x") as port:
+        sends_within_its_timeout(Smtp("127.0.0.1", port, "none", None, None, timeout_s=TIMEOUT_S))
+
