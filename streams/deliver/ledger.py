@@ -5,7 +5,8 @@ neither sends twice nor forgets a held trigger.
 
 Keys: ``d:<trigger id>`` the outcome; ``t:<first marked, ms>:<trigger id>`` the same ids by age, so
 that :meth:`Ledger.prune` forgets the oldest without a scan; ``h:<send_at, ms>:<trigger id>`` held
-triggers, and ``p:<length of the profile id>:<profile id>:<hold key>`` the same by profile;
+triggers, and ``ph:<length of the profile id>:<profile id>:<trigger id>`` the same by profile and id
+(its value the hold key: whether a trigger is held is one read);
 ``u:``/``ue:`` unsubscribed profile ids and addresses (kept); ``r:<trigger id>`` the rounds of a
 trigger tried again later (until its outcome); ``w:<profile id>`` the latest event time at which the
 pipeline said that profile withdrew consent or was erased (kept for the ledger's retention), and
@@ -32,7 +33,11 @@ def _by_profile(profile_id: str) -> bytes:
     """The index's prefix of one profile's held triggers (its id's length first: no profile's prefix
     starts another's)."""
     encoded = profile_id.encode()
-    return b"p:%d:" % len(encoded) + encoded + b":"
+    return b"ph:%d:" % len(encoded) + encoded + b":"
+
+
+#: Where a hold key's trigger id starts (``h:<13 digits>:``).
+HOLD_ID_AT = len(b"h:0000000000000:")
 
 
 class LedgerInUse(OSError):
@@ -54,14 +59,19 @@ class Ledger:
             for key in list(self._keys(b"d:")):
                 self.db[b"t:%013d:" % max(orjson.loads(self._get(key)).get("at", 0), 0) + key[2:]] = b""
             self.db[b"k:aged"] = b"1"
-        if self.db.get(b"k:by-profile") is None:  # held before the profile index: index them
+        if self.db.get(b"k:held-by-id") is None:  # held before this index (with none, or the profile index
+            # of ``p:<length>:<profile id>:<hold key>``, which is read by a scan of the profile): made anew
+            for key in list(self._keys(b"p:")):
+                del self.db[key]
             for key in list(self._keys(b"h:")):
                 try:
                     profile_id = orjson.loads(self._get(key)).get("profile_id")
                 except (orjson.JSONDecodeError, AttributeError):
                     continue  # (held triggers were read as JSON objects)
-                self.db[_by_profile(str(profile_id)) + key] = b""
-            self.db[b"k:by-profile"] = b"1"
+                self.db[_by_profile(str(profile_id)) + key[HOLD_ID_AT:]] = key
+            if self.db.get(b"k:by-profile") is not None:
+                del self.db[b"k:by-profile"]
+            self.db[b"k:held-by-id"] = b"1"
         self.entries = sum(1 for _ in self._keys(b"d:"))
         self.held = sum(1 for _ in self._keys(b"h:"))
         self.unacknowledged = sum(1 for _ in self._keys(b"x:"))
@@ -159,17 +169,17 @@ class Ledger:
         if self.db.get(key) is None:
             self.held += 1
         self.db[key] = trigger
-        self.db[_by_profile(profile_id) + key] = b""
+        # (held again for a later round, it is indexed by its new hold key before the old one is released)
+        self.db[_by_profile(profile_id) + trigger_id.encode()] = key
 
     def is_held(self, trigger_id: str, profile_id: str) -> bool:
-        start = len(_by_profile(profile_id)) + len(b"h:0000000000000:")  # the hold key's trigger id
-        return any(key[start:] == trigger_id.encode() for key in self._keys(_by_profile(profile_id)))
+        key = self.db.get(_by_profile(profile_id) + trigger_id.encode())
+        return isinstance(key, bytes) and self.holds(key)
 
     def held_for(self, profile_id: str) -> list[tuple[bytes, bytes]]:
         """(hold key, trigger) of the triggers held for ``profile_id``."""
-        prefix = _by_profile(profile_id)
-        return [(key[len(prefix):], raw) for key in list(self._keys(prefix))
-                if (raw := self.db.get(key[len(prefix):])) is not None]
+        return [(key, raw) for indexed in list(self._keys(_by_profile(profile_id)))
+                if isinstance(key := self.db.get(indexed), bytes) and (raw := self.db.get(key)) is not None]
 
     def due(self, now_ms: int) -> list[bytes]:
         """The hold keys of held triggers whose send_at has come, earliest first (keys sort by send_at,
@@ -192,8 +202,8 @@ class Ledger:
         if self.holds(key):
             self.held -= 1
             del self.db[key]
-        indexed = _by_profile(profile_id) + key
-        if self.db.get(indexed) is not None:
+        indexed = _by_profile(profile_id) + key[HOLD_ID_AT:]
+        if self.db.get(indexed) == key:  # (not when it is held again, under another key)
             del self.db[indexed]
 
     # --- what the pipeline withdrew ---

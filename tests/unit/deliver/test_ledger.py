@@ -76,11 +76,30 @@ def test_a_ledger_another_process_holds_is_a_clear_error(tmp_path: Path) -> None
 def test_triggers_held_by_a_ledger_before_the_profile_index_are_found_by_their_profile(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path)
     ledger.db[b"h:%013d:t-old" % (NOW + DAY)] = b'{"trigger_id": "t-old", "profile_id": "p-7"}'
-    del ledger.db[b"k:by-profile"]  # as a ledger of the version before
+    del ledger.db[b"k:held-by-id"]  # as a ledger of a version before any profile index
     ledger.close()
     again = Ledger(tmp_path)
     assert [key for key, _ in again.held_for("p-7")] == [b"h:%013d:t-old" % (NOW + DAY)]
     assert again.is_held("t-old", "p-7") and not again.is_held("t-ol", "p-7")
+
+
+def test_triggers_held_by_a_ledger_with_the_scanned_profile_index_are_found_by_their_id(tmp_path: Path) -> None:
+    """A ledger of the version before kept ``p:<length>:<profile id>:<hold key>``, read by a scan of
+    the profile's holds: at open it is indexed by trigger id, and the old entries are gone."""
+    ledger = Ledger(tmp_path)
+    for trigger_id in ("t-1", "t-2"):
+        key = b"h:%013d:" % (NOW + DAY) + trigger_id.encode()
+        ledger.db[key] = orjson.dumps({"trigger_id": trigger_id, "profile_id": "p-7"})
+        ledger.db[b"p:3:p-7:" + key] = b""  # as the version before wrote them
+    del ledger.db[b"k:held-by-id"]
+    ledger.db[b"k:by-profile"] = b"1"
+    ledger.close()
+    again = Ledger(tmp_path)
+    assert again.held == 2 and not list(again._keys(b"p:"))
+    assert again.is_held("t-1", "p-7") and again.is_held("t-2", "p-7") and not again.is_held("t-1", "p-8")
+    assert [key for key, _ in again.held_for("p-7")] == [b"h:%013d:t-%d" % (NOW + DAY, n) for n in (1, 2)]
+    again.release(b"h:%013d:t-1" % (NOW + DAY), "p-7")
+    assert not again.is_held("t-1", "p-7") and again.is_held("t-2", "p-7")
 
 
 def test_a_released_trigger_leaves_the_profile_index(tmp_path: Path) -> None:
@@ -88,7 +107,16 @@ def test_a_released_trigger_leaves_the_profile_index(tmp_path: Path) -> None:
     ledger.hold(NOW + DAY, "t-1", b"{}", "p-1")
     [(key, _)] = ledger.held_for("p-1")
     ledger.release(key, "p-1")
-    assert ledger.held == 0 and not list(ledger._keys(b"p:")) and not list(ledger._keys(b"h:"))
+    assert ledger.held == 0 and not list(ledger._keys(b"ph:")) and not list(ledger._keys(b"h:"))
+    assert not ledger.is_held("t-1", "p-1")
+
+
+def test_a_trigger_held_again_for_a_later_round_stays_indexed_when_its_old_hold_is_released(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path)
+    ledger.hold(NOW, "t-1", b"{}", "p-1")
+    ledger.hold(NOW + DAY, "t-1", b"{}", "p-1")  # its round failed: held again, then the due one released
+    ledger.release(b"h:%013d:t-1" % NOW, "p-1")
+    assert ledger.is_held("t-1", "p-1") and [key for key, _ in ledger.held_for("p-1")] == [b"h:%013d:t-1" % (NOW + DAY)]
 
 
 def test_the_outage_kept_survives_a_reopen_and_is_gone_once_the_target_is_up(tmp_path: Path) -> None:
