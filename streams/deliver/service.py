@@ -46,6 +46,7 @@ from streams.deliver.targets import (
     DryRun,
     OutcomeUnknown,
     Permanent,
+    Sent,
     Smtp,
     Target,
     Temporary,
@@ -54,7 +55,7 @@ from streams.deliver.targets import (
 )
 from streams.domain.config import Triggers
 from streams.logs import LIBRDKAFKA
-from streams.metrics import DeliverMetrics, serve_wsgi
+from streams.metrics import STALL_AFTER_S, DeliverMetrics, serve_wsgi
 from streams.settings import Settings
 from streams.topics import DELIVERY_FAILED, TRIGGERS, withdrawals_topic
 
@@ -68,6 +69,27 @@ POLICY = email.policy.SMTP.clone(max_line_length=998)
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+class Heartbeat:
+    """Whether deliver's loop still turns, for its /healthz: stalled once it has not beaten for
+    :data:`~streams.metrics.STALL_AFTER_S` (as the worker's event loop) past the longest wait it said
+    its next step may take (a send's attempt, which its timeout bounds whole, or a retry's backoff).
+    Beaten by the loop thread, read by the HTTP thread: plain values, no lock."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.beat()
+
+    def beat(self, waiting_s: float = 0.0) -> None:
+        """The loop turned; its next beat may take ``waiting_s`` longer than a turn."""
+        self.last = self.clock()
+        self.stalls_at = self.last + waiting_s + STALL_AFTER_S
+
+    def stalled_s(self) -> float:
+        """How long the loop has not beaten, when it counts as stalled (else 0)."""
+        now = self.clock()
+        return now - self.last if now > self.stalls_at else 0.0
 
 
 class Deliverer:
@@ -95,6 +117,7 @@ class Deliverer:
         self._not_taken, self._last_error = 0, ""  # since the last warning (one a minute at most)
         #: the producer's fatal error (its idempotence broken, say): no record can be produced any more
         self.fatal: str | None = None
+        self.heartbeat = Heartbeat()  # (what /healthz tells)
 
     # --- records for Kafka, kept in the ledger until the broker has them ---
     def produce(self, topic: str, value: bytes, key: bytes | None) -> None:
@@ -232,6 +255,7 @@ class Deliverer:
         for key in due:
             if stopping():  # the rest stay held, for the next start
                 break
+            self.heartbeat.beat()  # (between sends: a slow target that answers is no stall)
             read_withdrawals()
             raw = self.ledger.held_trigger(key)
             if raw is None:
@@ -338,9 +362,18 @@ class Deliverer:
         self.ledger.mark(trigger_id, SENDING, now, type=trigger["type"], profile_id=trigger.get("profile_id"))
         self.ledger.sync()  # on disk before the send: after a power loss it is "interrupted", not sent again
         retries = self.metrics.retries.labels(self.target.name)
+
+        def attempt() -> Sent:
+            self.heartbeat.beat(self.settings.deliver_timeout_s)  # (the send's timeout bounds it whole)
+            return self.target.send(message, trigger)
+
+        def backoff(seconds: float) -> None:
+            self.heartbeat.beat(seconds)
+            self.sleep(seconds)
+
         try:
-            sent, attempts = with_retries(lambda: self.target.send(message, trigger), self.settings.deliver_attempts,
-                                          self.settings.deliver_backoff_s, retries.inc, self.sleep)
+            sent, attempts = with_retries(attempt, self.settings.deliver_attempts, self.settings.deliver_backoff_s,
+                                          retries.inc, backoff)
         except OutcomeUnknown as exc:
             self._give_up(trigger, "outcome_unknown", self._earlier_attempts(trigger_id) + exc.attempts,
                           f"{exc}; not sent again (at most once)")
@@ -376,6 +409,7 @@ class Deliverer:
 
     def _probe(self) -> None:
         """Asks a down target whether it answers again, sending nothing (:meth:`Target.probe`)."""
+        self.heartbeat.beat(self.settings.deliver_timeout_s)
         try:
             self.target.probe(self.settings.mail_from)
         except Exception as exc:  # (Temporary, or what no target classified: never past here)
@@ -665,11 +699,16 @@ def _malformed(trigger: Any) -> str | None:
 
 def unsubscribe_app(deliverer: Deliverer, metrics_app: Any) -> Any:
     """WSGI: ``POST /unsubscribe?...`` (RFC 8058 one-click) unsubscribes; ``GET`` shows a page with a
-    button that posts (link scanners follow GETs); ``/metrics``; ``/healthz``."""
+    button that posts (link scanners follow GETs); ``/metrics``; ``/healthz`` (503 once deliver's loop
+    stalled: :class:`Heartbeat`)."""
 
     def app(environ: dict[str, Any], start_response: Any) -> Any:
         path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "GET")
         if path == "/healthz":
+            stalled = deliverer.heartbeat.stalled_s()
+            if stalled:
+                start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+                return [f"deliver's loop stalled {stalled:.0f} s\n".encode()]
             start_response("200 OK", [("Content-Type", "text/plain")])
             return [b"ok\n"]
         if path != "/unsubscribe":
@@ -749,6 +788,7 @@ def run_deliver(settings: Settings, dry_run: Path | None, stop: threading.Event,
             log.info("deliver: %d records for Kafka not acknowledged before the last stop, produced again", kept)
         pruned_at, withdrawals_tried, kept_at = 0.0, 0.0, time.monotonic()
         while not stop.is_set():
+            deliverer.heartbeat.beat()
             if deliverer.fatal is not None:  # a restart makes a new producer; what it did not take is kept
                 log.error("deliver: the producer failed for good (%s); stopping", deliverer.fatal)
                 return 1
@@ -789,6 +829,7 @@ def run_deliver(settings: Settings, dry_run: Path | None, stop: threading.Event,
                     if error.code() != KafkaError._PARTITION_EOF:
                         log.warning("deliver: consumer error %s", error)
                     continue
+                deliverer.heartbeat.beat()  # (a trigger due at once is sent from here)
                 deliverer.handle(message.value())
                 handled += 1
             if handled and not stopped:  # (a commit now would pass what was not handled)
@@ -887,6 +928,7 @@ class _Withdrawals:
 
     def poll(self, timeout: float = 0) -> tuple[int, set[int]]:
         """Applies what has arrived; (records applied, partitions found at their end)."""
+        self.deliverer.heartbeat.beat()  # (reading them to their end at start may take a while)
         applied, ended = 0, set()
         for message in self.consumer.consume(num_messages=POLL_MOST, timeout=timeout):
             error, partition, offset = message.error(), message.partition(), message.offset()

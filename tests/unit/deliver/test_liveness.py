@@ -1,21 +1,28 @@
 """deliver keeps doing its work, and says so when it does not: a target that trickles its answer cannot
-hold a send past its timeout, and a profile with many triggers held does not make each of its next
-ones cost more."""
+hold a send past its timeout, /healthz fails once the loop stops turning (and not while a slow target
+answers), and a profile with many triggers held does not make each of its next ones cost more."""
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from streams.deliver.service import POLICY
-from streams.deliver.targets import DryRun, Smtp, Target, Temporary, Webhook
+import streams.deliver.service as service
+from streams.deliver.service import POLICY, Deliverer, Heartbeat, unsubscribe_app
+from streams.deliver.targets import DryRun, Sent, Smtp, Target, Temporary, Webhook
+from streams.metrics import STALL_AFTER_S
+from streams.settings import Settings
 
 from .test_service import deliverer, trigger
 
@@ -116,3 +123,85 @@ def test_handling_a_trigger_does_not_cost_more_the_more_its_profile_has_held(tmp
 
     spread, piled = cost(False, tmp_path / "spread"), cost(True, tmp_path / "piled")
     assert piled < 5 * spread, f"{piled:.3f} s for one profile's 200 against {spread:.3f} s spread"
+
+
+def healthz(step: Deliverer) -> tuple[str, bytes]:
+    """What deliver's /healthz answers now (its status line, its body)."""
+    answered: list[str] = []
+    body = unsubscribe_app(step, None)({"PATH_INFO": "/healthz"}, lambda status, headers: answered.append(status))
+    return answered[0], b"".join(body)
+
+
+def test_deliver_healthz_fails_once_its_loop_stops_turning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """deliver's /healthz answered 200 whatever its loop did: a loop held in one call (as a trickling
+    target held a send) still read as healthy, so a liveness probe never restarted a connector that
+    delivered nothing.  Now it fails after STALL_AFTER_S without a turn, as the worker's does."""
+    stuck, release = threading.Event(), threading.Event()
+
+    def held(*args: Any, **kwargs: Any) -> Any:
+        stuck.set()
+        release.wait(60)
+        raise service.BrokerError("released")
+
+    monkeypatch.setattr(service, "_read_withdrawals", held)
+    settings = Settings(broker="kafka://127.0.0.1:1", data_dir=tmp_path, deliver_port=0,
+                        unsubscribe_url="http://example.com")
+    lines: list[str] = []
+    stop = threading.Event()
+    loop = threading.Thread(target=service.run_deliver, args=(settings, tmp_path / "out", stop, lines.append),
+                            daemon=True)
+    loop.start()
+    try:
+        assert stuck.wait(20)
+        port = int(re.search(r":(\d+);", lines[0]).group(1))  # type: ignore[union-attr]
+        deadline = time.monotonic() + STALL_AFTER_S + 5
+        status, body = 200, b""
+        while time.monotonic() < deadline and status == 200:
+            time.sleep(1)
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as answer:
+                    status = answer.status
+            except urllib.error.HTTPError as exc:
+                status, body = exc.code, exc.read()
+        assert status == 503 and body.startswith(b"deliver's loop stalled"), "still ok with its loop held"
+    finally:
+        stop.set()
+        release.set()
+        loop.join(20)
+
+
+class Slow:
+    """A target whose sends take ``took_s`` on ``clock`` (longer than STALL_AFTER_S, within the send's
+    timeout), and that asks deliver's /healthz while it sends."""
+
+    name = "slow"
+
+    def __init__(self, clock: list[float], took_s: float) -> None:
+        self.clock, self.took_s = clock, took_s
+        self.step: Deliverer | None = None
+        self.answers: list[str] = []
+
+    def send(self, message: EmailMessage, trigger: dict[str, Any]) -> Sent:
+        self.clock[0] += self.took_s
+        assert self.step is not None
+        self.answers.append(healthz(self.step)[0])
+        return Sent()
+
+
+def test_a_slow_target_that_answers_within_the_send_timeout_is_no_stall(tmp_path: Path) -> None:
+    """The loop beats between sends and says how long the next may take: sends of 20 s each (the
+    timeout is 30 s) keep /healthz at 200, one past the timeout and STALL_AFTER_S does not."""
+    clock = [0.0]
+    target = Slow(clock, took_s=20.0)
+    step, _ = deliverer(tmp_path, target)
+    step.settings = step.settings.model_copy(update={"deliver_timeout_s": 30.0})
+    step.heartbeat = Heartbeat(lambda: clock[0])
+    target.step = step
+    for n in range(3):
+        step.handle(trigger(trigger_id=f"t-{n}", profile_id=f"p-{n}"))
+    assert target.answers == ["200 OK"] * 3
+    target.took_s = 30.0 + STALL_AFTER_S + 1
+    step.handle(trigger(trigger_id="t-late", profile_id="p-late"))
+    assert target.answers[-1] == "503 Service Unavailable"
+    step.heartbeat.beat()
+    assert healthz(step) == ("200 OK", b"ok\n")
