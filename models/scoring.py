@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from streams.domain.profile import cart_view
 from streams.domain.state import Predictions
 from streams.domain.timeline import RuleSet
 from streams.tools.history import HistoryError, read_events
+from streams.tools.output_file import write_lines
 
 #: Retention of event ids for dedupe in offline runs (the stream's default).
 RETENTION_MS = 7 * 86_400_000
@@ -109,12 +109,8 @@ def score_file(events_path: Path, as_of: int, models_dir: Path, out: Path, show_
     except (ModelError, HistoryError) as exc:
         raise ScoreError(str(exc)) from None
     lines = score_profiles(profiles_at(events, as_of), as_of, bundle)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        with tmp.open("wb") as handle:
-            handle.writelines(orjson.dumps(line) + b"\n" for line in lines)
-        tmp.replace(out)
+        write_lines(out, (orjson.dumps(line) + b"\n" for line in lines))
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise ScoreError(f"cannot write {out}: {exc.strerror}") from None
     return ScoreStats(len(events), len(lines), bundle.version, time.monotonic() - started)

@@ -272,6 +272,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import orjson
 
     from streams.tools.generate import generate_history
+    from streams.tools.output_file import write_lines
 
     if args.start < date(1990, 1, 1) or (date(2199, 1, 1) - args.start).days < args.days:
         # the times an input event may carry (contract: 1990..2200); a year is left for the history's tail
@@ -279,9 +280,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     events = generate_history(args.users, args.days, args.seed, args.start, args.repeats, args.erasures,
                               args.purchases)
     try:
-        with args.out.open("wb") as out:
-            for event in events:
-                out.write(orjson.dumps(event) + b"\n")
+        write_lines(args.out, (orjson.dumps(event) + b"\n" for event in events))
     except OSError as exc:
         raise UserError(f"cannot write {args.out}: {exc.strerror}") from None
     print(f"mailpulse: wrote {len(events)} events for {args.users} users over {args.days} days to {args.out}",

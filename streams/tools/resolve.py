@@ -10,7 +10,6 @@ in input order (``user_id`` is ``null`` for an event without one).
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import orjson
 from streams.domain.resolution import BatchResult, resolve_batch
 from streams.domain.resolution.model import Model, default_model
 from streams.tools.history import HistoryError, accepted_lines
+from streams.tools.output_file import write_lines
 
 #: Fewer records than this are scored with the shipped model even under ``--model fit``: EM on a
 #: handful of pairs learns noise (a pair of four records is not a population).
@@ -73,14 +73,10 @@ def resolve_file(path: Path, out: Path, show_progress: bool = False, model: str 
             (result.model or default_model()).save(save_model)
         except OSError as exc:
             raise ResolveError(f"--save-model {save_model}: {exc}") from None
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        with tmp.open("wb") as handle:
-            handle.writelines(orjson.dumps({"user_id": event.get("user_id"), "profile_id": pid}) + b"\n"
-                              for event, pid in zip(events, result.profile_ids, strict=True))
-        tmp.replace(out)
+        write_lines(out, (orjson.dumps({"user_id": event.get("user_id"), "profile_id": pid}) + b"\n"
+                          for event, pid in zip(events, result.profile_ids, strict=True)))
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise ResolveError(f"cannot write {out}: {exc.strerror}") from None
     return ResolveStats(records=len(events), profiles=len(set(result.profile_ids)),
                         possible_matches=len(result.possible_matches), seconds=time.monotonic() - started,
