@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import Producer
@@ -48,11 +49,13 @@ def make_producer(bootstrap: str, **extra: Any) -> Producer:
 
 
 def produce(producer: Producer, topic: str, value: bytes | None, key: bytes | None = None,
-            partition: int | None = None) -> None:
+            partition: int | None = None, on_delivery: Callable[[Any, Any], None] | None = None) -> None:
     """Produce, waiting for room when the local queue is full."""
     kwargs: dict[str, Any] = {"key": key, "value": value}
     if partition is not None:
         kwargs["partition"] = partition
+    if on_delivery is not None:
+        kwargs["on_delivery"] = on_delivery
     while True:
         try:
             producer.produce(topic, **kwargs)

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import orjson
+from confluent_kafka import KafkaError, KafkaException
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from streams.tools.produce import (
@@ -26,6 +27,24 @@ class ReplayError(ValueError):
     """A line of the input file cannot be replayed."""
 
 
+class _Deliveries:
+    """Counts the events the broker did not take (librdkafka reports them after ``produce`` returned)."""
+
+    def __init__(self) -> None:
+        self.failed = 0
+        self.first = ""
+
+    def __call__(self, error: KafkaError | None, message: object) -> None:
+        if error is not None:
+            self.failed += 1
+            self.first = self.first or error.str()
+
+
+def _reason(exc: KafkaException) -> str:
+    error = exc.args[0] if exc.args else None
+    return error.str() if isinstance(error, KafkaError) else type(exc).__name__
+
+
 class ReplayStopped(Exception):
     """Stopped (Ctrl-C) after ``sent`` events were handed to the producer and flushed."""
 
@@ -40,6 +59,7 @@ def replay_file(path: Path, bootstrap: str, rate: float | None = None, until: in
     Ctrl-C, once what was sent is flushed (briefly)."""
     total = sum(1 for line in path.open("rb") if line.strip())
     producer = make_producer(bootstrap)
+    delivery = _Deliveries()
     sent = 0
     counts: dict[str, int] | None = None  # the input topics' partitions, asked at the first tick
     started = time.monotonic()
@@ -59,11 +79,16 @@ def replay_file(path: Path, bootstrap: str, rate: float | None = None, until: in
                 except (orjson.JSONDecodeError, RoutingError) as exc:
                     producer.flush(30)
                     raise ReplayError(f"{path}:{number}: {exc} ({sent} events were sent before it)") from None
-                if topic is None:
-                    counts = counts or partition_counts(producer)
-                    produce_everywhere(producer, line.rstrip(b"\r\n"), counts)
-                else:
-                    produce(producer, topic, line.rstrip(b"\r\n"), key_for(event))
+                try:
+                    if topic is None:
+                        counts = counts or partition_counts(producer)
+                        produce_everywhere(producer, line.rstrip(b"\r\n"), counts)
+                    else:
+                        produce(producer, topic, line.rstrip(b"\r\n"), key_for(event), on_delivery=delivery)
+                except KafkaException as exc:  # (a line over the producer's message size, say)
+                    producer.flush(30)
+                    raise ReplayError(f"{path}:{number}: the broker client refused it: {_reason(exc)} "
+                                      f"({sent} events were sent before it)") from None
                 sent += 1
                 if rate:
                     ahead = sent / rate - (time.monotonic() - started)
@@ -74,7 +99,11 @@ def replay_file(path: Path, bootstrap: str, rate: float | None = None, until: in
                     elapsed = max(time.monotonic() - started, 1e-6)
                     progress.update(task, completed=sent, rate=f"{sent / elapsed:,.0f} ev/s")
             progress.update(task, completed=sent)
-            producer.flush(60)
+            left = producer.flush(60)
+            if left or delivery.failed:
+                raise ReplayError(f"{path}: {delivery.failed + left} of {sent} events were not delivered"
+                                  + (f" (the first: {delivery.first})" if delivery.first else
+                                     f" ({left} not acknowledged by the broker within 60 s)"))
             if until is not None:
                 send_ticks(producer, until)
                 producer.flush(30)

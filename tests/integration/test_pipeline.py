@@ -334,3 +334,30 @@ def test_the_live_scores_topic_agrees_with_mailpulse_score_for_the_same_history(
         line = offline[record["profile_id"]]
         assert (line["purchase_probability"], line["churn_probability"], line["model_version"], line["user_id"]) == (
             record["purchase_probability"], record["churn_probability"], record["model_version"], record["user_id"])
+
+
+def test_replay_stops_at_a_line_the_broker_cannot_take_with_one_line_and_keeps_those_before(
+        broker, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 2 MB line (the pipeline would dead-letter it as too large; the producer cannot even send it)
+    made librdkafka's produce raise, which nothing caught: a traceback, and the line before it, still
+    in the producer's queue, never sent (found in review).  Now replay stops there with one line
+    naming it, after the lines before it were sent, as it does at a line that is not JSON."""
+    import io
+    import json
+
+    from streams.cli import main
+    from streams.tools.tail import tail
+
+    monkeypatch.delenv("MAILPULSE_LOG_FORMAT", raising=False)
+    first = {"event_id": "first", "type": "page_view", "timestamp": "2026-03-01T00:00:00Z", "user_id": "u-1"}
+    big = {"event_id": "big", "type": "page_view", "timestamp": "2026-03-01T00:00:01Z", "user_id": "u-2",
+           "url": "x" * 2_000_000}
+    source = tmp_path / "history.jsonl"
+    source.write_text(json.dumps(first) + "\n" + json.dumps(big) + "\n")
+    code = main(["replay", str(source), "--broker", broker.url])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith(f"mailpulse: error: {source}:2: ")
+    assert "(1 events were sent before it)" in err
+    seen = io.StringIO()
+    tail("clicks", broker.bootstrap, from_beginning=True, timeout=3, out=seen)
+    assert [json.loads(line)["event_id"] for line in seen.getvalue().splitlines()] == ["first"]
