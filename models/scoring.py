@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +14,12 @@ import orjson
 from models.bundle import ModelBundle, ModelError
 from models.features import feature_row
 from schemas.timeparse import format_ms
-from streams.domain.config import PipelineConfig
+from streams.domain.config import Identity, PipelineConfig
 from streams.domain.dispatch import LocalPipeline
 from streams.domain.profile import cart_view
 from streams.domain.state import Predictions
 from streams.domain.timeline import RuleSet
+from streams.ingest import DEFAULT_POLICY, IngestPolicy
 from streams.tools.history import HistoryError, read_events
 from streams.tools.output_file import write_lines
 
@@ -64,19 +65,35 @@ class ScoreStats:
     seconds: float
 
 
-def offline_pipeline() -> LocalPipeline:
+@dataclass(frozen=True, slots=True)
+class StreamRules:
+    """What the stream's settings decide about how a history folds into profiles (``train``, ``score``
+    and ``resolve`` read them as ``run`` does): ``identity`` (``MAILPULSE_CONFIG``'s blocked values and
+    identity limits), the ingest's ``policy`` (its phone region and blocked values) and the dedupe
+    ``retention_ms``."""
+
+    identity: Identity = field(default_factory=Identity)
+    policy: IngestPolicy = DEFAULT_POLICY
+    retention_ms: int = RETENTION_MS
+
+
+#: The built-in defaults (what a worker without settings or config file does).
+DEFAULT_RULES = StreamRules()
+
+
+def offline_pipeline(rules: StreamRules = DEFAULT_RULES) -> LocalPipeline:
     """The profile hop without a broker and without what the features do not read (``train``,
     ``score``): no scorer, no segments, every trigger off.  Profiles fold, merge and close their carts
     exactly as in the stream (segments and triggers only write ``segments`` and the rule state)."""
     config = PipelineConfig.model_validate(
         {"triggers": {name: {"enabled": False} for name in PipelineConfig().triggers.model_dump()},
-         "scoring": {"enabled": False}})
-    return LocalPipeline(RuleSet(config, (), {}, RETENTION_MS))
+         "scoring": {"enabled": False}, "identity": rules.identity.model_dump()})
+    return LocalPipeline(RuleSet(config, (), {}, rules.retention_ms))
 
 
-def profiles_at(events: list[dict[str, Any]], as_of: int) -> LocalPipeline:
+def profiles_at(events: list[dict[str, Any]], as_of: int, rules: StreamRules = DEFAULT_RULES) -> LocalPipeline:
     """The profiles of a history at ``as_of``: the events up to it folded as the stream folds them."""
-    local = offline_pipeline()
+    local = offline_pipeline(rules)
     # in time order, as a live stream mostly delivers them (each profile's parked events stay few)
     local.feed(sorted((event for event in events if event["ts"] <= as_of), key=lambda event: event["ts"]))
     local.advance(as_of)
@@ -99,16 +116,16 @@ def score_profiles(local: LocalPipeline, as_of: int, bundle: ModelBundle) -> lis
 
 
 def score_file(events_path: Path, as_of: int, models_dir: Path, out: Path, show_progress: bool = False,
-               jobs: int = 1) -> ScoreStats:
+               jobs: int = 1, rules: StreamRules = DEFAULT_RULES) -> ScoreStats:
     """``mailpulse score``: writes one JSON line per profile of the history at ``as_of`` to ``out``."""
     started = time.monotonic()
     try:
         bundle = ModelBundle.load(models_dir)
         events = read_events(events_path, until=as_of, show_progress=show_progress, label="score: reading",
-                             jobs=jobs)
+                             jobs=jobs, policy=rules.policy)
     except (ModelError, HistoryError) as exc:
         raise ScoreError(str(exc)) from None
-    lines = score_profiles(profiles_at(events, as_of), as_of, bundle)
+    lines = score_profiles(profiles_at(events, as_of, rules), as_of, bundle)
     try:
         write_lines(out, (orjson.dumps(line) + b"\n" for line in lines))
     except OSError as exc:

@@ -57,7 +57,7 @@ from models import bgnbd, evaluation
 from models.bundle import import_lightgbm, write_bundle
 from models.features import FEATURES, feature_row
 from models.report import model_card
-from models.scoring import offline_pipeline
+from models.scoring import DEFAULT_RULES, StreamRules, offline_pipeline
 from schemas.timeparse import format_ms
 from streams.domain.dispatch import reachable_keys
 from streams.domain.identity import profile_key
@@ -186,10 +186,11 @@ def component_shards(events: list[dict[str, Any]], shards: int) -> list[list[dic
     return [shard for shard in split if shard]
 
 
-def _shard_examples(events: list[dict[str, Any]], horizon_ms: int, cuts: list[int]) -> Examples:
+def _shard_examples(events: list[dict[str, Any]], horizon_ms: int, cuts: list[int],
+                    rules: StreamRules = DEFAULT_RULES) -> Examples:
     """The examples of one shard (or of the whole history), in the order they are found."""
     ordered = sorted(events, key=lambda event: event["ts"])
-    local = offline_pipeline()
+    local = offline_pipeline(rules)
     rows: list[list[float]] = []
     found: list[tuple[int, str]] = []  # (cut, key then)
     fed = 0
@@ -227,12 +228,12 @@ def _shard_examples(events: list[dict[str, Any]], horizon_ms: int, cuts: list[in
 
 
 def build_examples(events: list[dict[str, Any]], as_of: int, horizon_ms: int, cuts: list[int],
-                   jobs: int = 1) -> Examples:
+                   jobs: int = 1, rules: StreamRules = DEFAULT_RULES) -> Examples:
     """One example per profile per cut (module docstring).  ``events``: accepted, none after ``as_of``.
     With ``jobs`` > 1 the people are split into that many shards (:func:`component_shards`), folded
     by as many processes; the examples are the same."""
     shards = component_shards(events, jobs) if jobs > 1 else [events]
-    parts = run_forked([partial(_shard_examples, shard, horizon_ms, cuts) for shard in shards or [[]]])
+    parts = run_forked([partial(_shard_examples, shard, horizon_ms, cuts, rules) for shard in shards or [[]]])
     keys = [key for part in parts for key in part.keys]
     cut_of = np.concatenate([part.cuts for part in parts])
     order = sorted(range(len(keys)), key=lambda index: (int(cut_of[index]), keys[index]))
@@ -311,7 +312,7 @@ def _bgnbd_inputs(X: np.ndarray[Any, np.dtype[np.float64]]) -> tuple[Any, Any, A
 
 
 def train(events: list[dict[str, Any]], as_of: int, horizon_days: int,
-          jobs: int = 1) -> tuple[Trained, dict[str, Any], dict[str, bytes]]:
+          jobs: int = 1, rules: StreamRules = DEFAULT_RULES) -> tuple[Trained, dict[str, Any], dict[str, bytes]]:
     """The model, its report (what ``train`` prints) and the report's plots (file stem -> PNG).  The
     same for any number of processes ``jobs``."""
     started = time.monotonic()
@@ -322,7 +323,7 @@ def train(events: list[dict[str, Any]], as_of: int, horizon_days: int,
     if not cuts:
         raise TrainError(f"the history before --as-of is too short for a {horizon_days}-day horizon: it needs "
                          "events more than one horizon and a day before --as-of")
-    examples = build_examples(events, as_of, horizon_ms, cuts, jobs)
+    examples = build_examples(events, as_of, horizon_ms, cuts, jobs, rules)
     timing = {"examples": time.monotonic() - started}
     X = examples.rows
     y = examples.labels.astype(np.float64)
@@ -425,16 +426,16 @@ def train(events: list[dict[str, Any]], as_of: int, horizon_days: int,
 
 
 def train_file(events_path: Path, as_of: int, horizon_days: int, out: Path,
-               show_progress: bool = False, jobs: int = 1) -> dict[str, Any]:
+               show_progress: bool = False, jobs: int = 1, rules: StreamRules = DEFAULT_RULES) -> dict[str, Any]:
     """``mailpulse train``: trains and writes the model directory ``out``; returns the report."""
     started = time.monotonic()
     try:
         events = read_events(events_path, until=as_of, show_progress=show_progress, label="train: reading",
-                             jobs=jobs)
+                             jobs=jobs, policy=rules.policy)
     except HistoryError as exc:
         raise TrainError(str(exc)) from None
     read_seconds = time.monotonic() - started
-    trained, report, plots = train(events, as_of, horizon_days, jobs)
+    trained, report, plots = train(events, as_of, horizon_days, jobs, rules)
     report["timing"]["reading"] = round(read_seconds, 2)
     report["seconds"] = round(time.monotonic() - started, 2)  # the whole command but writing its files
     documents = {"card": ("MODEL_CARD.md", model_card(report).encode())}

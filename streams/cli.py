@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from pydantic import ValidationError
 
@@ -23,6 +23,9 @@ from streams import logs
 from streams.gc_tuning import tune_garbage_collector
 from streams.settings import Settings
 from streams.tools.forked import default_jobs
+
+if TYPE_CHECKING:
+    from models.scoring import StreamRules
 
 EXIT_USAGE = 2
 
@@ -162,6 +165,22 @@ def _settings(**overrides: object) -> Settings:
         err = exc.errors(include_url=False)[0]
         field = ".".join(str(x) for x in err["loc"])
         raise UserError(f"setting {field} (MAILPULSE_{field.upper()}): {err['msg']}") from None
+
+
+def _stream_rules() -> StreamRules:
+    """What the worker's settings decide about how a history folds (``MAILPULSE_CONFIG``'s identity
+    section, ``MAILPULSE_DEFAULT_PHONE_REGION``, ``MAILPULSE_DEDUPE_RETENTION_DAYS``), read as ``run``
+    reads them, so that ``train``, ``score`` and ``resolve`` resolve and fold a history as the stream
+    does (they used the built-in defaults whatever the worker was told)."""
+    from models.scoring import StreamRules
+    from streams.config_file import ConfigError, load_config
+    from streams.ingest import IngestPolicy
+
+    settings = _settings()
+    with reported_as_user_error(ConfigError, prefix="MAILPULSE_CONFIG "):
+        identity = load_config(settings.config).identity
+    return StreamRules(identity, IngestPolicy(settings.default_phone_region, identity.blocked()),
+                       int(settings.dedupe_retention_days * 86_400_000))
 
 
 def _bootstrap(broker: str | None) -> str:
@@ -323,9 +342,10 @@ def cmd_resolve(args: argparse.Namespace) -> int:
     _replaceable(args.out)
     from streams.tools.resolve import ResolveError, resolve_file
 
+    rules = _stream_rules()
     with reported_as_user_error(ResolveError):
         stats = resolve_file(args.input, args.out, show_progress=sys.stderr.isatty(), model=args.model,
-                             save_model=args.save_model)
+                             save_model=args.save_model, policy=rules.policy)
     print(f"mailpulse: resolved {stats.records} identify events to {stats.profiles} profiles "
           f"({stats.possible_matches} with possible matches) in {stats.seconds:.2f} s, model {stats.model}; "
           f"wrote {args.out}",
@@ -337,10 +357,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from models.report import report_table
     from models.training import TrainError, train_file
 
+    rules = _stream_rules()
     tune_garbage_collector()  # a history's events stay in memory: the default thresholds rescanned them all
     with reported_as_user_error(TrainError):
         report = train_file(args.events, args.as_of, args.horizon_days, args.out, show_progress=sys.stderr.isatty(),
-                            jobs=args.jobs or default_jobs())
+                            jobs=args.jobs or default_jobs(), rules=rules)
     print(report_table(report), file=sys.stderr)
     print(f"mailpulse: trained model {report['model_version']} on {report['examples']['train']} examples "
           f"in {report['seconds']:.1f} s; wrote {args.out}", file=sys.stderr)
@@ -352,11 +373,12 @@ def cmd_score(args: argparse.Namespace) -> int:
     _replaceable(args.out)
     from models.scoring import ScoreError, score_file
 
+    rules = _stream_rules()
     tune_garbage_collector()
 
     with reported_as_user_error(ScoreError):
         stats = score_file(args.events, args.as_of, args.models, args.out, show_progress=sys.stderr.isatty(),
-                           jobs=args.jobs or default_jobs())
+                           jobs=args.jobs or default_jobs(), rules=rules)
     print(f"mailpulse: scored {stats.profiles} profiles from {stats.events} events with model "
           f"{stats.model_version} in {stats.seconds:.1f} s; wrote {args.out}", file=sys.stderr)
     return 0

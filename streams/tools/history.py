@@ -19,7 +19,7 @@ from typing import IO, Any
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from schemas.identifiers import hold_every_address
-from streams.ingest import Accepted, Source, decode
+from streams.ingest import DEFAULT_POLICY, Accepted, IngestPolicy, Source, decode
 from streams.tools.forked import run_forked
 
 
@@ -34,22 +34,24 @@ def _open(path: Path) -> tuple[int, IO[bytes]]:
         raise HistoryError(f"cannot read {path}: {exc.strerror}") from None
 
 
-def _accepted(path: Path, line: bytes, number: int) -> dict[str, Any] | None:
+def _accepted(path: Path, line: bytes, number: int, policy: IngestPolicy = DEFAULT_POLICY) -> dict[str, Any] | None:
     """The accepted event of one line (None: a blank line); :class:`HistoryError` if it is not one."""
     raw = line.rstrip(b"\r\n")
     if not raw.strip():
         return None
-    result = decode(raw, Source("history", 0, number, None, 0), 0)
+    result = decode(raw, Source("history", 0, number, None, 0), 0, policy)
     if not isinstance(result, Accepted):
         raise HistoryError(f"{path}:{number}: {result.reason()}")
     return result.event
 
 
 def accepted_lines(path: Path, show_progress: bool = False, label: str = "reading", start: int = 0,
-                   end: int | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+                   end: int | None = None,
+                   policy: IngestPolicy = DEFAULT_POLICY) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, accepted event) of each non-blank line of ``path`` that starts in the byte range
-    ``[start, end)`` (``start``: 0 or just after a newline; all the file by default);
-    :class:`HistoryError` at the first line that is not a valid input event."""
+    ``[start, end)`` (``start``: 0 or just after a newline; all the file by default), decoded as the
+    worker's ingest with ``policy`` decodes it; :class:`HistoryError` at the first line that is not a
+    valid input event."""
     hold_every_address()
     size, handle = _open(path)
     progress = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), disable=not show_progress,
@@ -65,7 +67,7 @@ def accepted_lines(path: Path, show_progress: bool = False, label: str = "readin
                 break
             position += len(line)
             number += 1
-            event = _accepted(path, line, number)
+            event = _accepted(path, line, number, policy)
             if event is not None:
                 yield number, event
             if number % 5000 == 0:
@@ -86,12 +88,13 @@ def _lines_before(handle: IO[bytes], start: int) -> int:
 
 
 def _read_range(path: Path, start: int, end: int, until: int | None, show_progress: bool = False,
-                label: str = "reading") -> tuple[list[dict[str, Any]], HistoryError | None]:
+                label: str = "reading", policy: IngestPolicy = DEFAULT_POLICY
+                ) -> tuple[list[dict[str, Any]], HistoryError | None]:
     """The wanted events of the lines that start in ``[start, end)``, and the error of the first bad
     one (returned, not raised: the events before it came from another process's range)."""
     events: list[dict[str, Any]] = []
     try:
-        for _, event in accepted_lines(path, show_progress, label, start, end):
+        for _, event in accepted_lines(path, show_progress, label, start, end, policy):
             if _wanted(event, until):
                 events.append(event)
     except HistoryError as exc:
@@ -117,12 +120,13 @@ def _byte_ranges(path: Path, parts: int) -> list[tuple[int, int]]:
 
 
 def read_events(path: Path, until: int | None = None, show_progress: bool = False,
-                label: str = "reading", jobs: int = 1) -> list[dict[str, Any]]:
+                label: str = "reading", jobs: int = 1, policy: IngestPolicy = DEFAULT_POLICY) -> list[dict[str, Any]]:
     """The accepted events of ``path`` (no ticks) stamped at or before ``until`` (all: None), in file
     order, read by ``jobs`` processes."""
     if jobs <= 1:
-        return [event for _, event in accepted_lines(path, show_progress, label) if _wanted(event, until)]
-    parts = run_forked([partial(_read_range, path, start, end, until, show_progress and start == 0, label)
+        return [event for _, event in accepted_lines(path, show_progress, label, policy=policy)
+                if _wanted(event, until)]
+    parts = run_forked([partial(_read_range, path, start, end, until, show_progress and start == 0, label, policy)
                         for start, end in _byte_ranges(path, jobs)])
     events: list[dict[str, Any]] = []
     for part, error in parts:

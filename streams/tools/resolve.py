@@ -19,6 +19,7 @@ import orjson
 
 from streams.domain.resolution import BatchResult, resolve_batch
 from streams.domain.resolution.model import Model, default_model
+from streams.ingest import DEFAULT_POLICY, IngestPolicy
 from streams.tools.history import HistoryError, accepted_lines
 from streams.tools.output_file import write_lines
 
@@ -40,11 +41,13 @@ class ResolveStats:
     model: str = "shipped"     # what scored: fitted, shipped, or the file given
 
 
-def read_identify_events(path: Path, show_progress: bool = False) -> list[dict[str, Any]]:
-    """The accepted identify events of ``path``; :class:`ResolveError` at the first bad line."""
+def read_identify_events(path: Path, show_progress: bool = False,
+                         policy: IngestPolicy = DEFAULT_POLICY) -> list[dict[str, Any]]:
+    """The accepted identify events of ``path`` (decoded as the worker's ingest with ``policy`` decodes
+    them); :class:`ResolveError` at the first bad line."""
     events: list[dict[str, Any]] = []
     try:
-        for number, event in accepted_lines(path, show_progress, "resolve: reading"):
+        for number, event in accepted_lines(path, show_progress, "resolve: reading", policy=policy):
             if event.get("type") != "identify":
                 raise ResolveError(f"{path}:{number}: a {event.get('type')} event, not an identify event")
             events.append(event)
@@ -54,12 +57,12 @@ def read_identify_events(path: Path, show_progress: bool = False) -> list[dict[s
 
 
 def resolve_file(path: Path, out: Path, show_progress: bool = False, model: str = "fit",
-                 save_model: Path | None = None) -> ResolveStats:
+                 save_model: Path | None = None, policy: IngestPolicy = DEFAULT_POLICY) -> ResolveStats:
     """Resolve the identify events of ``path``; write one ``{"user_id", "profile_id"}`` line each to ``out``.
     ``model``: ``fit`` (fitted on these records, unsupervised), ``shipped``, or a saved model file;
     ``save_model``: where to write the model that scored (``MAILPULSE_IDENTITY_MODEL`` of ``run``)."""
     started = time.monotonic()
-    events = read_identify_events(path, show_progress)
+    events = read_identify_events(path, show_progress, policy)
     chosen: Model | None = None
     if model not in ("fit", "shipped"):
         try:
