@@ -345,7 +345,8 @@ def cmd_resolve(args: argparse.Namespace) -> int:
     rules = _stream_rules()
     with reported_as_user_error(ResolveError):
         stats = resolve_file(args.input, args.out, show_progress=sys.stderr.isatty(), model=args.model,
-                             save_model=args.save_model, policy=rules.policy)
+                             save_model=args.save_model, policy=rules.policy,
+                             limits=rules.identity.max_per_profile.model_dump())
     print(f"mailpulse: resolved {stats.records} identify events to {stats.profiles} profiles "
           f"({stats.possible_matches} with possible matches) in {stats.seconds:.2f} s, model {stats.model}; "
           f"wrote {args.out}",

@@ -11,6 +11,7 @@ in input order (``user_id`` is ``null`` for an event without one).
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,8 @@ def read_identify_events(path: Path, show_progress: bool = False,
 
 
 def resolve_file(path: Path, out: Path, show_progress: bool = False, model: str = "fit",
-                 save_model: Path | None = None, policy: IngestPolicy = DEFAULT_POLICY) -> ResolveStats:
+                 save_model: Path | None = None, policy: IngestPolicy = DEFAULT_POLICY,
+                 limits: Mapping[str, int] | None = None) -> ResolveStats:
     """Resolve the identify events of ``path``; write one ``{"user_id", "profile_id"}`` line each to ``out``.
     ``model``: ``fit`` (fitted on these records, unsupervised), ``shipped``, or a saved model file;
     ``save_model``: where to write the model that scored (``MAILPULSE_IDENTITY_MODEL`` of ``run``)."""
@@ -70,7 +72,7 @@ def resolve_file(path: Path, out: Path, show_progress: bool = False, model: str 
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ResolveError(f"--model {model}: {exc}") from None
     fit = model == "fit" and len(events) >= MIN_FIT_RECORDS
-    result: BatchResult = resolve_batch(events, model=chosen, fit=fit)
+    result: BatchResult = resolve_batch(events, model=chosen, fit=fit, limits=limits)
     if save_model is not None:
         try:
             (result.model or default_model()).save(save_model)

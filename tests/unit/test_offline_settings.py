@@ -103,3 +103,19 @@ def test_a_config_that_does_not_parse_stops_train_with_one_line(capsys: pytest.C
                  "--out", str(tmp_path / "models")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and err.startswith("mailpulse: error: MAILPULSE_CONFIG ")
+
+
+def test_resolve_keeps_the_identity_limits_the_worker_keeps(capsys: pytest.CaptureFixture[str],
+                                                            tmp_path: Path) -> None:
+    """Seven accounts share one family address: the worker keeps at most five user ids in one profile
+    (``identity.max_per_profile``, the first five to come), the other two each alone; `resolve` joined
+    all seven."""
+    raw = [{"event_id": f"i{n}", "type": "identify", "timestamp": f"2026-03-01T10:0{n}:00Z", "user_id": f"u-{n}",
+            "email": "family@example.com"} for n in range(7)]
+    stream = _stream_profile_ids(raw, PipelineConfig(), IngestPolicy())
+    assert len(set(stream)) == 3
+    out = tmp_path / "out.jsonl"
+    code = main(["resolve", "--input", str(_history(tmp_path / "in.jsonl", raw[::-1])), "--out", str(out),
+                 "--model", "shipped"])  # (the file's order is not what counts: the events' times are)
+    assert code == 0, capsys.readouterr().err
+    assert [json.loads(line)["profile_id"] for line in out.read_text().splitlines()] == stream[::-1]

@@ -51,11 +51,12 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from streams.domain.identity import profile_id_for, rank
+from streams.domain.identity_graph import key_counts
 from streams.domain.resolution.compare import compare
 from streams.domain.resolution.model import Model, default_model, fit_model
 from streams.domain.resolution.normalize import phonetic
@@ -249,11 +250,16 @@ def candidate_pairs(persons: Sequence[Person], max_block: int = MAX_BLOCK,
 
 def resolve_batch(events: Sequence[dict[str, Any]], merge_threshold: float = MERGE_THRESHOLD,
                   possible_threshold: float = POSSIBLE_THRESHOLD, max_block: int = MAX_BLOCK,
-                  model: Model | None = None, fit: bool = False) -> BatchResult:
+                  model: Model | None = None, fit: bool = False,
+                  limits: Mapping[str, int] | None = None) -> BatchResult:
     """Resolve accepted identify events all at once; the result does not depend on their order.
 
     ``model`` scores the pairs (default: the shipped one); with ``fit`` a model is first fitted on these
     records (:func:`streams.domain.resolution.model.fit_model`, unsupervised) and used instead.
+    ``limits`` (``identity.max_per_profile``: kind -> most identifiers of it per profile) keeps apart, as
+    a possible match of score 0, two profiles that together would pass them, as the stream does: shared
+    identifiers join records in event-time order, so the first to come are together and the rest stay
+    apart (a family address, a kiosk's browser id); a fuzzy link is held back the same way.
     """
     _check(merge_threshold, possible_threshold)
     n = len(events)
@@ -265,12 +271,14 @@ def resolve_batch(events: Sequence[dict[str, Any]], merge_threshold: float = MER
     for pos, i in enumerate(order):
         position[i] = pos
     uf = _UnionFind(n)
+    fits = _Limits(uf, ids, limits)
     owner: dict[str, int] = {}
-    for i in order:
+    refused: list[tuple[int, int, float]] = []  # shared identifiers the limits kept apart
+    for i in sorted(order, key=lambda i: (events[i].get("ts", 0), position[i])):
         for key in ids[i]:
             j = owner.setdefault(key, i)
-            if j != i:
-                uf.union(i, j)
+            if j != i and not fits.join(i, j):
+                refused.append((i, j, 0.0))
     candidates, skipped = candidate_pairs(persons, max_block, order)
     find = uf.find
     pairs: list[tuple[int, int]] = []
@@ -296,12 +304,13 @@ def resolve_batch(events: Sequence[dict[str, Any]], merge_threshold: float = MER
         elif s >= possible_threshold:
             possible.append((i, j, s))
     links.sort()
-    clusters = _Clusters(uf, persons, model, order)
+    clusters = _Clusters(uf, persons, model, order, fits)
     held_back = 0
     for negative, _, _, i, j in links:
         if not clusters.join(i, j):
             held_back += 1
             possible.append((i, j, -negative))
+    possible += [(i, j, s) for i, j, s in refused if find(i) != find(j)]
     keys_of: dict[int, set[str]] = defaultdict(set)
     for i in range(n):
         keys_of[find(i)].update(ids[i])
@@ -323,11 +332,13 @@ class _Clusters:
     them (at most :data:`SOUND_CHECK` records of each, the first in canonical order) average at least
     :data:`SOUND_LOGIT` log-odds of being one person."""
 
-    def __init__(self, uf: _UnionFind, persons: Sequence[Person], model: Model, order: Sequence[int]) -> None:
+    def __init__(self, uf: _UnionFind, persons: Sequence[Person], model: Model, order: Sequence[int],
+                 fits: _Limits | None = None) -> None:
         self.uf = uf
         self.persons = persons
         self.model = model
         self.order = order
+        self.fits = fits
         # members by canonical position (so the records checked do not depend on input order)
         self.members: dict[int, list[int]] = defaultdict(list)
         for pos, i in enumerate(order):
@@ -343,8 +354,44 @@ class _Clusters:
         if not _sound(self.persons, self.model, [order[p] for p in left[:SOUND_CHECK]],
                       [order[p] for p in right[:SOUND_CHECK]]):
             return False
-        root = self.uf.union(ri, rj)
+        if self.fits is not None and not self.fits.within(ri, rj):
+            return False
+        root = self.fits.union(ri, rj) if self.fits is not None else self.uf.union(ri, rj)
         self.members[root] = sorted(self.members.pop(ri) + self.members.pop(rj))
+        return True
+
+
+class _Limits:
+    """The identifiers of each cluster, and whether two clusters together stay within the identity
+    limits (None: no limits)."""
+
+    def __init__(self, uf: _UnionFind, ids: Sequence[Sequence[str]], limits: Mapping[str, int] | None) -> None:
+        self.uf, self.limits = uf, limits
+        self.keys: dict[int, set[str]] = {i: set(keys) for i, keys in enumerate(ids)} if limits is not None else {}
+
+    def within(self, a: int, b: int) -> bool:
+        limits = self.limits
+        if limits is None:
+            return True
+        ra, rb = self.uf.find(a), self.uf.find(b)
+        counts = key_counts(self.keys[ra] | self.keys[rb])
+        return all(counts.get(kind, 0) <= most for kind, most in limits.items())
+
+    def union(self, a: int, b: int) -> int:
+        """Joins the clusters of ``a`` and ``b`` when they fit together (see :meth:`join`); the root."""
+        ra, rb = self.uf.find(a), self.uf.find(b)
+        root = self.uf.union(ra, rb)
+        if self.limits is not None and ra != rb:
+            other = rb if root == ra else ra
+            self.keys[root] |= self.keys.pop(other)
+        return root
+
+    def join(self, a: int, b: int) -> bool:
+        if self.uf.find(a) == self.uf.find(b):
+            return True
+        if not self.within(a, b):
+            return False
+        self.union(a, b)
         return True
 
 
