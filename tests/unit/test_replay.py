@@ -19,9 +19,11 @@ class Recorder:
         self.sent: list[tuple[str, int | None, bytes]] = []
 
     def produce(self, topic: str, key: bytes | None = None, value: bytes | None = None,
-                partition: int | None = None) -> None:
+                partition: int | None = None, on_delivery: Any = None) -> None:
         assert value is not None
         self.sent.append((topic, partition, value))
+        if on_delivery is not None:
+            on_delivery(None, None)  # (delivered)
 
     def poll(self, timeout: float = 0) -> int:
         return 0
@@ -79,12 +81,34 @@ def test_ctrl_c_flushes_what_was_sent_and_says_how_much(monkeypatch: pytest.Monk
     path.write_bytes(b"\n".join([line] * 5) + b"\n")
     real_produce = replay.produce
 
-    def produce(*args: Any) -> None:
+    def produce(*args: Any, **kwargs: Any) -> None:
         if len(producer.sent) == 3:
             raise KeyboardInterrupt
-        real_produce(*args)
+        real_produce(*args, **kwargs)
 
     monkeypatch.setattr(replay, "produce", produce)
     with pytest.raises(replay.ReplayStopped) as stopped:
         replay.replay_file(path, "unused", show_progress=False)
     assert stopped.value.sent == 3 and flushed
+
+
+def test_events_the_broker_did_not_take_are_said_instead_of_replayed(monkeypatch: pytest.MonkeyPatch,
+                                                                     tmp_path: Path) -> None:
+    """librdkafka reports a message it could not deliver after produce returned; replay did not listen,
+    and said "replayed N" with exit 0 whatever was lost (found in review)."""
+    from confluent_kafka import KafkaError
+
+    class Refusing(Recorder):
+        def produce(self, topic: str, key: bytes | None = None, value: bytes | None = None,
+                    partition: int | None = None, on_delivery: Any = None) -> None:
+            super().produce(topic, key, value, partition)
+            if on_delivery is not None:
+                on_delivery(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE) if len(self.sent) == 2 else None, None)
+
+    monkeypatch.setattr(replay, "make_producer", lambda bootstrap: Refusing())
+    line = orjson.dumps({"event_id": "v", "type": "product_view", "timestamp": "2026-03-01T10:00:00Z",
+                         "anonymous_id": "a-1", "product_id": "p-1"})
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"\n".join([line] * 3) + b"\n")
+    with pytest.raises(replay.ReplayError, match="1 of 3 events were not delivered"):
+        replay.replay_file(path, "unused", show_progress=False)
