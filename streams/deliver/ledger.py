@@ -59,9 +59,11 @@ class Ledger:
             for key in list(self._keys(b"d:")):
                 self.db[b"t:%013d:" % max(orjson.loads(self._get(key)).get("at", 0), 0) + key[2:]] = b""
             self.db[b"k:aged"] = b"1"
-        if self.db.get(b"k:held-by-id") is None:  # held before this index (with none, or the profile index
-            # of ``p:<length>:<profile id>:<hold key>``, which is read by a scan of the profile): made anew
-            for key in list(self._keys(b"p:")):
+        # held before this index (with none, or the profile index of ``p:<length>:<profile id>:<hold key>``,
+        # read by a scan of the profile), or by an earlier version since (a rollback writes ``p:`` again,
+        # and holds this index does not know): made anew from the holds
+        if self.db.get(b"k:held-by-id") is None or next(self._keys(b"p:"), None) is not None:
+            for key in [*self._keys(b"p:"), *self._keys(b"ph:")]:
                 del self.db[key]
             for key in list(self._keys(b"h:")):
                 try:

@@ -131,3 +131,37 @@ def test_the_outage_kept_survives_a_reopen_and_is_gone_once_the_target_is_up(tmp
     ledger.db[b"k:outage"] = b"not json"  # (another version's, or damaged): a start must not fail on it
     assert ledger.outage() == {}
     ledger.close()
+
+
+_ROLLBACK_AT = 1_780_000_000_000
+
+
+def _hold_as_the_version_before(ledger: Ledger, trigger_id: str, profile_id: str, send_at: int) -> None:
+    """What the version before 47d2c10 did at open (index held triggers under ``p:`` unless
+    ``k:by-profile``) and at ``hold``."""
+    if ledger.db.get(b"k:by-profile") is None:
+        for key in list(ledger._keys(b"h:")):
+            pid = orjson.loads(ledger.db[key]).get("profile_id")
+            encoded = str(pid).encode()
+            ledger.db[b"p:%d:" % len(encoded) + encoded + b":" + key] = b""
+        ledger.db[b"k:by-profile"] = b"1"
+    key = b"h:%013d:" % send_at + trigger_id.encode()
+    ledger.db[key] = orjson.dumps({"trigger_id": trigger_id, "profile_id": profile_id})
+    encoded = profile_id.encode()
+    ledger.db[b"p:%d:" % len(encoded) + encoded + b":" + key] = b""
+
+
+def test_a_trigger_held_by_the_version_before_after_a_rollback_is_found_again_after_the_upgrade(
+        tmp_path: Path) -> None:
+    """Upgraded, rolled back (the older version indexes its holds under ``p:`` again and holds one
+    more), upgraded again: the index by trigger id was built once, and the hold made in between was
+    neither seen as held nor cancelled by a withdrawal (found in review).  ``p:`` entries make it anew."""
+    Ledger(tmp_path).close()  # the new version opened it once (k:held-by-id set, k:by-profile gone)
+    old = Ledger(tmp_path)  # (the same RocksDB, written as the version before writes it)
+    _hold_as_the_version_before(old, "t-rolled", "p-7", _ROLLBACK_AT + 86_400_000)
+    old.close()
+    again = Ledger(tmp_path)  # upgraded again
+    assert again.held == 1
+    assert again.is_held("t-rolled", "p-7"), "a held trigger is not seen as held (it would be held twice)"
+    assert [key for key, _ in again.held_for("p-7")] == [b"h:%013d:t-rolled" % (_ROLLBACK_AT + 86_400_000)], \
+        "a withdrawal of p-7 would not cancel the trigger the older version held"
