@@ -50,3 +50,14 @@ def test_generate_that_cannot_write_leaves_the_previous_file(capsys: pytest.Capt
     _, err = capsys.readouterr()
     assert code == 2 and err.startswith("mailpulse: error: cannot write") and err.count("\n") == 1
     assert out.read_text() == "previous\n" and [p.name for p in tmp_path.iterdir()] == ["history.jsonl"]
+
+
+def test_an_out_that_is_a_symlink_is_written_through_not_replaced(tmp_path: Path) -> None:
+    """Moved into place, the new file replaced a symlink given as ``--out`` (and a FIFO, ``/dev/stdout``),
+    and its target got nothing (found in review)."""
+    target = tmp_path / "target.jsonl"
+    target.write_text("previous\n")
+    link = tmp_path / "out.jsonl"
+    link.symlink_to(target)
+    write_lines(link, [b"1\n", b"2\n"])
+    assert link.is_symlink() and target.read_text() == "1\n2\n"
