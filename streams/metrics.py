@@ -226,6 +226,16 @@ def input_topic(topic: object) -> str:
     return topic if isinstance(topic, str) and topic in INPUT_TOPICS else OTHER_TOPIC
 
 
+#: The ``kind`` labels of ``mailpulse_profile_merges_total`` (contract 7); a kind an internal message
+#: names otherwise (a damaged or foreign one) is counted under :data:`OTHER_TOPIC`'s ``other``.
+MERGE_KINDS = frozenset({"exact", "fuzzy"})
+
+
+def merge_kind(kind: object) -> str:
+    """The ``kind`` label for a merge's kind, which the profile hop reads from an absorb message."""
+    return kind if isinstance(kind, str) and kind in MERGE_KINDS else OTHER_TOPIC
+
+
 @dataclass
 class Health:
     """What /healthz and /readyz answer (contract 7, v1.1), kept up to date from the event loop

@@ -1359,3 +1359,27 @@ async def test_an_internal_message_of_an_unknown_type_is_counted_and_logged_with
     assert pipeline.metrics.registry.get_sample_value("mailpulse_internal_messages_skipped_total") == 2
     [line] = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and "skipped" in r.getMessage()]
     assert "example.com" not in line and "(not a type name, 8001 characters)" in line and line.startswith("skipped 2")
+
+
+def test_a_damaged_absorbs_kind_does_not_become_a_merge_label() -> None:
+    """An absorb's ``kind`` (copied from its link's) was the ``kind`` label of
+    ``mailpulse_profile_merges_total`` as the internal message held it: a damaged or foreign one made a
+    series of each value, an address among them (found in review).  Now it is ``other``."""
+    from streams.domain.dispatch import dispatch, run_locally
+    from streams.metrics import Metrics
+    from streams.record_step import RecordResult
+    from tests.unit.test_identity_graph import RULES, UNTIL, ev
+
+    states: dict[str, Any] = dict(run_locally([ev("a-1", "page_view", 1, user_id="u-1")], UNTIL, RULES).states)
+    other = run_locally([ev("b-1", "page_view", 2, anonymous_id="anon-9")], UNTIL, RULES).states
+    [absorbed] = [state for state in other.values() if state is not None and "profile" in state]
+    message = {"type": "_absorb", "from": "a:anon-9", "kind": "ana@example.com", "state": absorbed}
+    merges = dispatch(states, {}, "u:u-1", message, None, RULES).merges
+    assert merges == ["ana@example.com"]
+    metrics = Metrics()
+    app_module._count(SimpleNamespace(metrics=metrics), RecordResult(merges=merges, waits={}),  # type: ignore[arg-type]
+                      {}, metrics.profiles_written.labels("updated"), metrics.events_applied)
+    assert metrics.registry.get_sample_value("mailpulse_profile_merges_total", {"kind": "other"}) == 1
+    kinds = {sample.labels["kind"] for metric in metrics.registry.collect() if metric.name == "mailpulse_profile_merges"
+             for sample in metric.samples if "kind" in sample.labels}
+    assert kinds == {"other"}
