@@ -14,7 +14,7 @@ import orjson
 from models.bundle import ModelBundle, ModelError
 from models.features import feature_row
 from schemas.timeparse import format_ms
-from streams.domain.config import Identity, PipelineConfig
+from streams.domain.config import Identity, Limits, PipelineConfig
 from streams.domain.dispatch import LocalPipeline
 from streams.domain.profile import cart_view
 from streams.domain.state import Predictions
@@ -69,12 +69,13 @@ class ScoreStats:
 class StreamRules:
     """What the stream's settings decide about how a history folds into profiles (``train``, ``score``
     and ``resolve`` read them as ``run`` does): ``identity`` (``MAILPULSE_CONFIG``'s blocked values and
-    identity limits), the ingest's ``policy`` (its phone region and blocked values) and the dedupe
-    ``retention_ms``."""
+    identity limits), the ingest's ``policy`` (its phone region and blocked values), the dedupe
+    ``retention_ms`` and the config's ``limits``."""
 
     identity: Identity = field(default_factory=Identity)
     policy: IngestPolicy = DEFAULT_POLICY
     retention_ms: int = RETENTION_MS
+    limits: Limits = field(default_factory=Limits)  # (the bounds of a profile's collections: seen ids, history)
 
 
 #: The built-in defaults (what a worker without settings or config file does).
@@ -87,7 +88,7 @@ def offline_pipeline(rules: StreamRules = DEFAULT_RULES) -> LocalPipeline:
     exactly as in the stream (segments and triggers only write ``segments`` and the rule state)."""
     config = PipelineConfig.model_validate(
         {"triggers": {name: {"enabled": False} for name in PipelineConfig().triggers.model_dump()},
-         "scoring": {"enabled": False}, "identity": rules.identity.model_dump()})
+         "scoring": {"enabled": False}, "identity": rules.identity.model_dump(), "limits": rules.limits.model_dump()})
     return LocalPipeline(RuleSet(config, (), {}, rules.retention_ms))
 
 

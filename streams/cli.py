@@ -168,8 +168,8 @@ def _settings(**overrides: object) -> Settings:
 
 
 def _stream_rules() -> StreamRules:
-    """What the worker's settings decide about how a history folds (``MAILPULSE_CONFIG``'s identity
-    section, ``MAILPULSE_DEFAULT_PHONE_REGION``, ``MAILPULSE_DEDUPE_RETENTION_DAYS``), read as ``run``
+    """What the worker's settings decide about how a history folds (``MAILPULSE_CONFIG``'s identity and
+    limits sections, ``MAILPULSE_DEFAULT_PHONE_REGION``, ``MAILPULSE_DEDUPE_RETENTION_DAYS``), read as ``run``
     reads them, so that ``train``, ``score`` and ``resolve`` resolve and fold a history as the stream
     does (they used the built-in defaults whatever the worker was told)."""
     from models.scoring import StreamRules
@@ -178,9 +178,9 @@ def _stream_rules() -> StreamRules:
 
     settings = _settings()
     with reported_as_user_error(ConfigError, prefix="MAILPULSE_CONFIG "):
-        identity = load_config(settings.config).identity
-    return StreamRules(identity, IngestPolicy(settings.default_phone_region, identity.blocked()),
-                       int(settings.dedupe_retention_days * 86_400_000))
+        config = load_config(settings.config)
+    return StreamRules(config.identity, IngestPolicy(settings.default_phone_region, config.identity.blocked()),
+                       int(settings.dedupe_retention_days * 86_400_000), config.limits)
 
 
 def _bootstrap(broker: str | None) -> str:

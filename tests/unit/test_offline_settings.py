@@ -119,3 +119,19 @@ def test_resolve_keeps_the_identity_limits_the_worker_keeps(capsys: pytest.Captu
                  "--model", "shipped"])  # (the file's order is not what counts: the events' times are)
     assert code == 0, capsys.readouterr().err
     assert [json.loads(line)["profile_id"] for line in out.read_text().splitlines()] == stream[::-1]
+
+
+def test_the_offline_fold_keeps_the_workers_limits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``MAILPULSE_CONFIG``'s ``limits`` (the bounds of a profile's collections, dedupe's seen ids among
+    them) shape the profiles the features read: the offline fold took the built-in ones (found in
+    review)."""
+    from models.scoring import offline_pipeline
+    from streams.cli import _stream_rules
+
+    config = tmp_path / "pipeline.yaml"
+    config.write_text("limits:\n  history_per_type: 2\n  seen_ids: 64\n")
+    monkeypatch.setenv("MAILPULSE_CONFIG", str(config))
+    worker = RuleSet.build(load_config(config), 7 * 86_400_000)
+    offline = offline_pipeline(_stream_rules()).rules
+    assert (offline.limits.history_per_type, offline.limits.seen_ids) == \
+        (worker.limits.history_per_type, worker.limits.seen_ids) == (2, 64)
