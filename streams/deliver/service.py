@@ -71,6 +71,11 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+#: How long a synchronous offset commit may wait for an unreachable broker (librdkafka's request
+#: timeout, ``socket.timeout.ms``): /healthz allows it.
+COMMIT_WAIT_S = 60.0
+
+
 class Heartbeat:
     """Whether deliver's loop still turns, for its /healthz: stalled once it has not beaten for
     :data:`~streams.metrics.STALL_AFTER_S` (as the worker's event loop) past the longest wait it said
@@ -836,6 +841,8 @@ def run_deliver(settings: Settings, dry_run: Path | None, stop: threading.Event,
                 # what the offsets pass is on disk first: held triggers, outcomes, and the reports the
                 # broker has not acknowledged yet (produced again until it does)
                 ledger.sync()
+                # (a broker gone just now holds the commit until librdkafka's request times out, 60 s: no stall)
+                deliverer.heartbeat.beat(COMMIT_WAIT_S)
                 try:
                     consumer.commit(asynchronous=False)
                 except KafkaException as exc:  # e.g. the partitions were taken away meanwhile:
