@@ -89,7 +89,7 @@ def identity_keys(key: str, state: LiveState) -> set[str]:
     return keys
 
 
-def _over(keys: Iterable[str], limits: Limits) -> list[str]:
+def over_limits(keys: Iterable[str], limits: Limits) -> list[str]:
     """The kinds of which ``keys`` hold more than ``limits`` allow."""
     counts = key_counts(keys)
     return [kind for kind, most in limits.items() if counts.get(kind, 0) > most]
@@ -300,7 +300,7 @@ def on_link(key: str, state: State | None, message: dict[str, Any], limits: Limi
                 return Routing(None, send=[(root, {"type": LINK, "root": key, "kind": kind, "ok": True})])
             # within the limits, with this key too (an asker at its limit of e-mails stays apart from
             # one more address); the ``keys`` approved, so an asker that took others in meanwhile asks again
-            over = _over({key, root, *theirs}, limits)
+            over = over_limits({key, root, *theirs}, limits)
             if over:
                 return Routing(None, limited=over)
             agreed = sorted({key, root, *theirs}, key=rank)
@@ -404,7 +404,7 @@ def on_link(key: str, state: State | None, message: dict[str, Any], limits: Limi
     replaced = claimed is not None and claimed.pop(root, None) is not None
     if claimed is not None and not claimed:
         state.pop("claimed")
-    over = _over(identity_keys(key, state) | {root, *theirs}, limits)
+    over = over_limits(identity_keys(key, state) | {root, *theirs}, limits)
     if over:  # (a claim dropped here is a change to write)
         return Routing(state, send=[(key, {"type": POSSIBLE, "to": key, "other": root, "score": 0.0}),
                                     (root, {"type": POSSIBLE, "to": root, "other": key, "score": 0.0})],

@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streams.domain.identity import profile_id_for, rank
-from streams.domain.identity_graph import key_counts
+from streams.domain.identity_graph import over_limits
 from streams.domain.resolution.compare import compare
 from streams.domain.resolution.model import Model, default_model, fit_model
 from streams.domain.resolution.normalize import phonetic
@@ -333,7 +333,7 @@ class _Clusters:
     :data:`SOUND_LOGIT` log-odds of being one person."""
 
     def __init__(self, uf: _UnionFind, persons: Sequence[Person], model: Model, order: Sequence[int],
-                 fits: _Limits | None = None) -> None:
+                 fits: _Limits) -> None:
         self.uf = uf
         self.persons = persons
         self.model = model
@@ -354,9 +354,9 @@ class _Clusters:
         if not _sound(self.persons, self.model, [order[p] for p in left[:SOUND_CHECK]],
                       [order[p] for p in right[:SOUND_CHECK]]):
             return False
-        if self.fits is not None and not self.fits.within(ri, rj):
+        if not self.fits.within(ri, rj):
             return False
-        root = self.fits.union(ri, rj) if self.fits is not None else self.uf.union(ri, rj)
+        root = self.fits.union(ri, rj)
         self.members[root] = sorted(self.members.pop(ri) + self.members.pop(rj))
         return True
 
@@ -371,14 +371,10 @@ class _Limits:
 
     def within(self, a: int, b: int) -> bool:
         limits = self.limits
-        if limits is None:
-            return True
-        ra, rb = self.uf.find(a), self.uf.find(b)
-        counts = key_counts(self.keys[ra] | self.keys[rb])
-        return all(counts.get(kind, 0) <= most for kind, most in limits.items())
+        return limits is None or not over_limits(self.keys[self.uf.find(a)] | self.keys[self.uf.find(b)], limits)
 
     def union(self, a: int, b: int) -> int:
-        """Joins the clusters of ``a`` and ``b`` when they fit together (see :meth:`join`); the root."""
+        """Joins the clusters of ``a`` and ``b`` (whether they fit is :meth:`within`'s); the root."""
         ra, rb = self.uf.find(a), self.uf.find(b)
         root = self.uf.union(ra, rb)
         if self.limits is not None and ra != rb:
