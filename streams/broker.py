@@ -17,8 +17,19 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from confluent_kafka import KafkaError
 
 log = logging.getLogger(__name__)
+
+
+def kafka_error(exc: BaseException) -> KafkaError | None:
+    """The error a ``KafkaException`` carries (its first argument), if it carries one."""
+    from confluent_kafka import KafkaError
+
+    return exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
 
 
 #: Where a reader that starts over begins: offset 0, not the broker's "beginning" (``OFFSET_BEGINNING``,

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from faust.sensors import Sensor
 
+from streams.broker import kafka_error
 from streams.logs import LIBRDKAFKA
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,7 @@ class OutputProducer:
             except BufferError:
                 self._producer.poll(0.01)
             except KafkaException as refused:  # e.g. a message over ``message.max.bytes``
-                self._lose(topic, refused.args[0] if refused.args else KafkaError(KafkaError._FAIL), "refused")
+                self._lose(topic, kafka_error(refused) or KafkaError(KafkaError._FAIL), "refused")
                 raise
         self._in_epoch += 1
         # Serve delivery callbacks now and then, not per message (flush serves the rest).

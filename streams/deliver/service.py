@@ -38,7 +38,7 @@ from prometheus_client import make_wsgi_app
 
 from schemas.identifiers import normalize_email
 from schemas.timeparse import format_ms, parse_timestamp
-from streams.broker import FIRST_OFFSET, BrokerError, ensure_topics
+from streams.broker import FIRST_OFFSET, BrokerError, ensure_topics, kafka_error
 from streams.deliver import unsubscribe
 from streams.deliver.ledger import FAILED, SENDING, SENT, SUPPRESSED, Ledger
 from streams.deliver.render import Renderer, TemplateProblem
@@ -168,7 +168,7 @@ class Deliverer:
             self._acknowledged(entry, topic, KafkaError(KafkaError._QUEUE_FULL, "the producer's queue is full"))
             return False
         except KafkaException as exc:
-            self._acknowledged(entry, topic, _kafka_error(exc) or KafkaError(KafkaError._FAIL, str(exc)))
+            self._acknowledged(entry, topic, kafka_error(exc) or KafkaError(KafkaError._FAIL, str(exc)))
         return True
 
     def poll_producer(self) -> None:
@@ -178,7 +178,7 @@ class Deliverer:
         try:
             self.producer.poll(0)
         except KafkaException as exc:
-            error = _kafka_error(exc)
+            error = kafka_error(exc)
             if error is None or _is_fatal(error):
                 self.fatal = str(exc)
             else:
@@ -629,11 +629,6 @@ def _opt_out_address(email: Any) -> Any:
     return email
 
 
-def _kafka_error(exc: BaseException) -> KafkaError | None:
-    """The error a ``KafkaException`` carries (its first argument), if it carries one."""
-    return exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
-
-
 def _is_fatal(error: KafkaError) -> bool:
     return bool(error.fatal()) or error.code() == KafkaError._FATAL
 
@@ -818,7 +813,7 @@ def run_deliver(settings: Settings, dry_run: Path | None, stop: threading.Event,
                     withdrawals = _read_withdrawals(settings, ledger, deliverer)
                 except (KafkaException, BrokerError, KeyError) as exc:  # no broker yet, no right to create it
                     log.warning("deliver: the withdrawals topic cannot be read yet (%s); triggers wait for it",
-                                error.str() if (error := _kafka_error(exc)) is not None else exc)
+                                error.str() if (error := kafka_error(exc)) is not None else exc)
                     continue
                 withdrawals.catch_up(stop)  # a fresh ledger reads both topics from their start
                 consumer.subscribe([TRIGGERS], on_assign=start_uncommitted_at_first_offset)
@@ -848,7 +843,7 @@ def run_deliver(settings: Settings, dry_run: Path | None, stop: threading.Event,
                 except KafkaException as exc:  # e.g. the partitions were taken away meanwhile:
                     # read again, by this process (its ledger skips what it delivered) or another
                     log.warning("deliver: offset commit failed (%s); those triggers are read again",
-                                error.name() if (error := _kafka_error(exc)) is not None else exc)
+                                error.name() if (error := kafka_error(exc)) is not None else exc)
             if not stopped:
                 withdrawals.drain()
                 deliverer.release_due(stop.is_set, withdrawals.drain)

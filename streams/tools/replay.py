@@ -11,6 +11,7 @@ import orjson
 from confluent_kafka import KafkaError, KafkaException
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from streams.broker import kafka_error
 from streams.tools.produce import (
     RoutingError,
     key_for,
@@ -41,8 +42,8 @@ class _Deliveries:
 
 
 def _reason(exc: KafkaException) -> str:
-    error = exc.args[0] if exc.args else None
-    return error.str() if isinstance(error, KafkaError) else type(exc).__name__
+    error = kafka_error(exc)
+    return error.str() if error is not None else type(exc).__name__
 
 
 class ReplayStopped(Exception):
