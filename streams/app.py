@@ -46,7 +46,16 @@ from streams.domain.identity import profile_id_for
 from streams.domain.rules.recommend import count_pairs, top_neighbours
 from streams.domain.timeline import RuleSet
 from streams.ingest import IngestPolicy, Source, reject
-from streams.metrics import COMMIT_STAGES, WORKER_STATES, Health, Metrics, input_topic, merge_kind, observe_many
+from streams.metrics import (
+    COMMIT_STAGES,
+    MERGE_KINDS,
+    WORKER_STATES,
+    Health,
+    Metrics,
+    fixed_label,
+    input_topic,
+    observe_many,
+)
 from streams.native_memory import release_free_memory
 from streams.output import FlushBeforeCommit, Output, OutputProducer
 from streams.product_recs import ProductRecs
@@ -711,7 +720,7 @@ def _count(p: Pipeline, result: RecordResult, latency: dict[str, Any], updated: 
     for why, count in result.profiles_written.items():
         (updated if why == "updated" else metrics.profiles_written.labels(why)).inc(count)
     for kind in result.merges:
-        metrics.profile_merges.labels(merge_kind(kind)).inc()
+        metrics.profile_merges.labels(fixed_label(kind, MERGE_KINDS)).inc()
     for kind in result.limited:
         metrics.identity_limited.labels(kind).inc()
     if result.blocks_skipped:

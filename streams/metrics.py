@@ -215,25 +215,21 @@ OUTPUTS_STUCK_AFTER_S = 30.0
 WORKER_STATES = ("starting", "recovering", "running", "error")
 
 
-#: The ``topic`` label of an input event whose topic is not one of the contract's input topics.
-OTHER_TOPIC = "other"
-
-
-def input_topic(topic: object) -> str:
-    """The ``topic`` label for an input event's topic: one of the input topics, else :data:`OTHER_TOPIC`.
-    The profile hop reads an event's topic from its internal record, where a damaged or foreign record
-    could carry any text (an address, say): each would have been a label value, a series of its own."""
-    return topic if isinstance(topic, str) and topic in INPUT_TOPICS else OTHER_TOPIC
-
-
-#: The ``kind`` labels of ``mailpulse_profile_merges_total`` (contract 7); a kind an internal message
-#: names otherwise (a damaged or foreign one) is counted under :data:`OTHER_TOPIC`'s ``other``.
+#: The label value of what an internal record names outside a fixed label set (a damaged or foreign
+#: record: its text, an address say, would have been a label value, a series of its own).
+OTHER_LABEL = "other"
+#: The ``kind`` labels of ``mailpulse_profile_merges_total`` (contract 7).
 MERGE_KINDS = frozenset({"exact", "fuzzy"})
 
 
-def merge_kind(kind: object) -> str:
-    """The ``kind`` label for a merge's kind, which the profile hop reads from an absorb message."""
-    return kind if isinstance(kind, str) and kind in MERGE_KINDS else OTHER_TOPIC
+def fixed_label(value: object, allowed: frozenset[str] | tuple[str, ...]) -> str:
+    """``value`` as a label of a fixed set: itself when ``allowed``, else :data:`OTHER_LABEL`."""
+    return value if isinstance(value, str) and value in allowed else OTHER_LABEL
+
+
+def input_topic(topic: object) -> str:
+    """The ``topic`` label of an input event (the profile hop reads it from its internal record)."""
+    return fixed_label(topic, INPUT_TOPICS)
 
 
 @dataclass
