@@ -98,7 +98,7 @@ def stop_at_once(agent: str, exc: BaseException) -> NoReturn:
     finally:  # whatever the log does: returning would let Faust go on past the batch
         os._exit(EXIT_AGENT_FAILED)
 
-DAY_MS = 86_400_000
+
 #: Staged table writes after which the profile agent writes them out without waiting for a commit
 #: (more: fewer repeated writes of a busy key; fewer: less memory).
 STAGED_LIMIT = 20_000
@@ -303,7 +303,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None, output: Outpu
                           internal=True),
         profile_state=profile_table(app, output, "profile-state", settings.partitions, options, memory),
         partition_clocks=profile_table(app, output, "partition-clocks", settings.partitions, small, memory),
-        rules=RuleSet.build(config, int(settings.dedupe_retention_days * DAY_MS), scorer),
+        rules=RuleSet.build(config, settings.dedupe_retention_ms, scorer),
         input_partitions=input_partitions or {topic: settings.partitions for topic in INPUT_TOPICS},
         due_index=TieredDueIndex(settings.data_dir / f"{settings.app_id}-due-index", memory)
         if settings.table_store == "rocksdb" else DueIndex(),

@@ -180,7 +180,7 @@ def _stream_rules() -> StreamRules:
     with reported_as_user_error(ConfigError, prefix="MAILPULSE_CONFIG "):
         config = load_config(settings.config)
     return StreamRules(config.identity, IngestPolicy(settings.default_phone_region, config.identity.blocked()),
-                       int(settings.dedupe_retention_days * 86_400_000), config.limits)
+                       settings.dedupe_retention_ms, config.limits)
 
 
 def _bootstrap(broker: str | None) -> str:

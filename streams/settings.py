@@ -217,6 +217,11 @@ class Settings(BaseSettings):
         return bootstrap_servers(self.broker)
 
     @property
+    def dedupe_retention_ms(self) -> int:
+        """``dedupe_retention_days`` in event-time milliseconds, as the profile hop keeps event ids."""
+        return int(self.dedupe_retention_days * 86_400_000)
+
+    @property
     def faust_broker(self) -> str:
         """The broker URL in Faust's form (``kafka://``)."""
         return ";".join(f"kafka://{host}" for host in self.bootstrap_servers.split(","))
