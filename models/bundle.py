@@ -2,7 +2,8 @@
 
 A model directory holds::
 
-    manifest.json                    version, horizon, as-of, feature names, calibration, file names
+    manifest.json                    version, horizon, as-of, feature names, calibration, file names,
+                                     the model file's SHA-256 (checked at load)
     purchase-<version>.txt           the LightGBM booster (text format)
     metrics-<version>.json           the training report (also printed by ``train``)
     MODEL_CARD.md                    the report for people: data, split, metrics against the baselines
@@ -17,6 +18,7 @@ two always add up to 1.  ``models/shipped`` is the directory the stream uses unl
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from collections.abc import Sequence
@@ -85,16 +87,31 @@ class ModelBundle:
         try:
             version, horizon, as_of = manifest["version"], float(manifest["horizon_days"]), manifest["as_of"]
             features, model_file = manifest["features"], manifest["files"]["purchase"]
+            checksum = (manifest.get("sha256") or {}).get("purchase")  # (none before the manifest kept it)
             calibration = None if manifest.get("calibration") is None else Isotonic.from_json(manifest["calibration"])
-        except (KeyError, TypeError, ValueError) as exc:
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"{path}: incomplete manifest ({exc})") from None
         if tuple(features) != FEATURES:
             raise ModelError(f"{path}: trained with other features than this version computes; "
                              "train again with `mailpulse train`")
+        model_path = directory / model_file
         try:
-            booster = lightgbm.Booster(model_file=str(directory / model_file))
-        except Exception as exc:  # lightgbm raises its own LightGBMError (or OSError) for a bad file
-            raise ModelError(f"{directory / model_file}: cannot load the model: {exc}") from None
+            data = model_path.read_bytes()
+        except OSError as exc:
+            raise ModelError(f"{model_path}: cannot read: {exc.strerror or exc}") from None
+        # LightGBM ends the process (a segmentation fault, or an abort from its parallel parse) on a model
+        # file cut short or damaged inside a tree, rather than raising: such a file is refused before it parses
+        if checksum is not None and hashlib.sha256(data).hexdigest() != checksum:
+            raise ModelError(f"{model_path}: not the file its manifest was written with (its SHA-256 differs): "
+                             "damaged or replaced; restore it or train again")
+        problem = _layout_problem(data)
+        if problem is not None:
+            raise ModelError(f"{model_path}: not a whole LightGBM model ({problem}): damaged or cut short; "
+                             "restore it or train again")
+        try:
+            booster = lightgbm.Booster(model_str=data.decode())
+        except Exception as exc:  # lightgbm raises its own LightGBMError for a bad model; the decode a ValueError
+            raise ModelError(f"{model_path}: cannot load the model: {exc}") from None
         if booster.num_feature() != len(FEATURES):  # predict would fail on every profile
             raise ModelError(f"{directory / model_file}: the model takes {booster.num_feature()} features, "
                              f"the manifest names {len(FEATURES)}")
@@ -109,6 +126,30 @@ class ModelBundle:
         return raw if self.calibration is None else [self.calibration.one(p) for p in raw]
 
 
+def _layout_problem(data: bytes) -> str | None:
+    """What keeps ``data`` from being a whole LightGBM text model, as far as LightGBM trusts it unchecked:
+    its parse reads each tree at the offset its header's ``tree_sizes`` gives (None: nothing found)."""
+    if not data.startswith(b"tree\n"):
+        return "no model header"
+    body = data.find(b"\nTree=0\n") + 1  # (0: not found)
+    sizes = next((line.removeprefix(b"tree_sizes=") for line in data[:body].split(b"\n")
+                  if line.startswith(b"tree_sizes=")), None)
+    if not body or sizes is None:
+        return "no trees"
+    try:
+        lengths = [int(size) for size in sizes.split()]
+    except ValueError:
+        return "its tree sizes are not numbers"
+    at = body
+    for number, length in enumerate(lengths):
+        if length <= 0 or not data.startswith(b"Tree=%d\n" % number, at):
+            return f"tree {number} is not where its header puts it"
+        at += length
+    if not data.startswith(b"end of trees\n", at):
+        return "it ends before its last tree does"
+    return None
+
+
 def write_bundle(directory: Path, booster: Any, calibration: Isotonic | None, version: str, horizon_days: float,
                  as_of: str, report: dict[str, Any], documents: dict[str, tuple[str, bytes]] | None = None) -> Path:
     """Writes the model, its report, ``documents`` (name in the manifest -> (file name, content)) and
@@ -116,6 +157,7 @@ def write_bundle(directory: Path, booster: Any, calibration: Isotonic | None, ve
     directory.mkdir(parents=True, exist_ok=True)
     model_file, metrics_file = f"purchase-{version}.txt", f"metrics-{version}.json"
     booster.save_model(str(directory / model_file))
+    checksum = hashlib.sha256((directory / model_file).read_bytes()).hexdigest()
     (directory / metrics_file).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     files = {"purchase": model_file, "metrics": metrics_file}
     for name, (file_name, content) in (documents or {}).items():
@@ -128,6 +170,7 @@ def write_bundle(directory: Path, booster: Any, calibration: Isotonic | None, ve
         "features": list(FEATURES),
         "calibration": None if calibration is None else calibration.to_json(),
         "files": files,
+        "sha256": {"purchase": checksum},  # checked at load: LightGBM crashes on a damaged model file
         "churn_probability": "1 - purchase_probability",
     }
     tmp = directory / f".{MANIFEST}.tmp"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import lightgbm
@@ -71,6 +73,8 @@ def test_score_refuses_a_directory_that_is_not_a_model(capsys: pytest.CaptureFix
 def test_a_model_file_that_does_not_match_the_manifest_is_refused(tmp_path: Path) -> None:
     shutil.copytree(SHIPPED_DIR, tmp_path / "m")
     manifest = json.loads((tmp_path / "m" / MANIFEST).read_text())
+    del manifest["sha256"]  # as a manifest written before it kept one: the file is read for what it is
+    (tmp_path / "m" / MANIFEST).write_text(json.dumps(manifest))
     rng = np.random.default_rng(1)
     small = lightgbm.train({"objective": "binary", "verbose": -1, "num_threads": 1},
                            lightgbm.Dataset(rng.normal(size=(200, 3)), rng.integers(0, 2, 200)), num_boost_round=2)
@@ -78,8 +82,55 @@ def test_a_model_file_that_does_not_match_the_manifest_is_refused(tmp_path: Path
     with pytest.raises(ModelError, match="takes 3 features"):
         ModelBundle.load(tmp_path / "m")
     (tmp_path / "m" / manifest["files"]["purchase"]).write_text("not a model")
-    with pytest.raises(ModelError, match="cannot load the model"):
+    with pytest.raises(ModelError, match="not a whole LightGBM model"):
         ModelBundle.load(tmp_path / "m")
+
+
+_LOAD = "from pathlib import Path; from models.bundle import ModelBundle; ModelBundle.load(Path({path!r}))"
+
+
+@pytest.mark.parametrize(("damage", "kept"), [("cut short", True), ("cut short", False), ("a digit changed", True),
+                                              ("a digit changed", False)])
+def test_a_damaged_model_file_is_a_one_line_error_not_a_crash(tmp_path: Path, damage: str, kept: bool) -> None:
+    """LightGBM's parse ends the process on such files (a segmentation fault when cut short, an abort
+    when a number inside a tree is damaged): they are refused before it runs (in a process of its own
+    here, so that the code before shows as a crash, not as the end of this test run).  ``kept``: the
+    manifest keeps the file's checksum (a bundle trained before it did is checked by its layout alone)."""
+    shutil.copytree(SHIPPED_DIR, tmp_path / "m")
+    manifest = json.loads((tmp_path / "m" / MANIFEST).read_text())
+    model = tmp_path / "m" / manifest["files"]["purchase"]
+    text = model.read_text()
+    if damage == "cut short":  # a copy that stopped part way (a full disk, an interrupted transfer)
+        model.write_text(text[: len(text) // 3])
+        expected = "its SHA-256 differs" if kept else "not a whole LightGBM model"
+    else:
+        at = text.index("leaf_value=", text.index("Tree=3")) + len("leaf_value=")
+        model.write_text(text[:at] + ("9" if text[at] != "9" else "8") + text[at + 1:])
+        expected = "its SHA-256 differs" if kept else ""  # without the checksum: a model still, another one
+    if not kept:
+        del manifest["sha256"]
+        (tmp_path / "m" / MANIFEST).write_text(json.dumps(manifest))
+    done = subprocess.run([sys.executable, "-c", _LOAD.format(path=str(tmp_path / "m"))], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode >= 0, f"the process crashed (signal {-done.returncode}): {done.stderr[-300:]}"
+    if expected:
+        assert done.returncode == 1 and "ModelError" in done.stderr and expected in done.stderr, done.stderr[-500:]
+        assert "[LightGBM]" not in done.stderr  # refused before LightGBM read it
+    else:
+        assert done.returncode == 0, done.stderr[-500:]
+
+
+def test_score_with_a_damaged_model_says_so_in_one_line(history: Path, tmp_path: Path) -> None:
+    shutil.copytree(SHIPPED_DIR, tmp_path / "m")
+    manifest = json.loads((tmp_path / "m" / MANIFEST).read_text())
+    model = tmp_path / "m" / manifest["files"]["purchase"]
+    model.write_bytes(model.read_bytes()[:2000])
+    cli = "import sys; from streams.cli import main; sys.exit(main(sys.argv[1:]))"
+    done = subprocess.run([sys.executable, "-c", cli, "score", "--events", str(history), "--as-of", AS_OF,
+                           "--models", str(tmp_path / "m"), "--out", str(tmp_path / "scores.jsonl")],
+                          capture_output=True, text=True, timeout=120)
+    err = done.stderr
+    assert done.returncode > 0 and len(err.strip().splitlines()) == 1 and "its SHA-256 differs" in err, err[-500:]
 
 
 
