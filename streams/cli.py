@@ -119,9 +119,15 @@ def _rate(text: str) -> float:
 
 
 def _usable_folder(path: Path, what: str) -> None:
-    """``path`` is a folder, or can be made one (a file there would fail deep in a worker's start)."""
+    """``path`` is a folder, or can be made one (a file there, or on the way to it, would fail deep in a
+    worker's start with a traceback)."""
     if path.exists() and not path.is_dir():
         raise UserError(f"{what} {path}: not a folder")
+    existing = path
+    while not existing.exists():  # (``exists`` is False below a file too) the folder it would be made in
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{what} {path}: not a folder ({existing} is a file)")
 
 
 def _bindable_host(host: str, what: str) -> None:

@@ -159,18 +159,20 @@ def test_numbers_past_what_a_command_can_use_are_refused(capsys: pytest.CaptureF
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
 
 
+@pytest.mark.parametrize("below", [False, True], ids=["a file", "below a file"])
 @pytest.mark.parametrize("setting", ["MAILPULSE_DATA_DIR", "--dry-run"])
 def test_a_folder_that_is_a_file_is_a_one_line_error(capsys: pytest.CaptureFixture[str],
                                                       monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                                                      setting: str) -> None:
+                                                      setting: str, below: bool) -> None:
     afile = tmp_path / "f"
     afile.write_text("x")
+    folder = afile / "state" / "x" if below else afile  # (below a file: a traceback from mkdir at the start)
     if setting == "MAILPULSE_DATA_DIR":
-        monkeypatch.setenv(setting, str(afile))
+        monkeypatch.setenv(setting, str(folder))
         code, _, err = run(capsys, "run", "--broker", "kafka://127.0.0.1:1")
     else:
         monkeypatch.setenv("MAILPULSE_DATA_DIR", str(tmp_path / "state"))
-        code, _, err = run(capsys, "deliver", "--broker", "kafka://127.0.0.1:1", "--dry-run", str(afile))
+        code, _, err = run(capsys, "deliver", "--broker", "kafka://127.0.0.1:1", "--dry-run", str(folder))
     assert code == 2 and err.count("\n") == 1 and err.startswith(f"mailpulse: error: {setting} ")
     assert "not a folder" in err
 
