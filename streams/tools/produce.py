@@ -74,20 +74,23 @@ def partition_counts(producer: Producer, topics: tuple[str, ...] = INPUT_TOPICS)
     return counts
 
 
-def send_ticks(producer: Producer, timestamp: int | str) -> int:
+def send_ticks(producer: Producer, timestamp: int | str,
+               on_delivery: Callable[[Any, Any], None] | None = None) -> int:
     """A ``tick`` at ``timestamp`` to every partition of every input topic; returns how many."""
     import orjson
 
-    return produce_everywhere(producer, orjson.dumps({"type": "tick", "timestamp": timestamp}))
+    return produce_everywhere(producer, orjson.dumps({"type": "tick", "timestamp": timestamp}),
+                              on_delivery=on_delivery)
 
 
-def produce_everywhere(producer: Producer, value: bytes, counts: dict[str, int] | None = None) -> int:
+def produce_everywhere(producer: Producer, value: bytes, counts: dict[str, int] | None = None,
+                       on_delivery: Callable[[Any, Any], None] | None = None) -> int:
     """``value`` to every partition of every input topic (a tick: the watermark is the smallest
     clock of them all, so a tick on one partition alone would hardly move it); returns how many.
     ``counts``: the topics' partition counts (else asked of the broker)."""
     sent = 0
     for topic, count in (counts or partition_counts(producer)).items():
         for partition in range(count):
-            produce(producer, topic, value, partition=partition)
+            produce(producer, topic, value, partition=partition, on_delivery=on_delivery)
             sent += 1
     return sent

@@ -61,6 +61,7 @@ def replay_file(path: Path, bootstrap: str, rate: float | None = None, until: in
     total = sum(1 for line in path.open("rb") if line.strip())
     producer = make_producer(bootstrap)
     delivery = _Deliveries()
+    ticks = _Deliveries()  # the tick messages (one per input partition for each tick line, and --until's)
     sent = 0
     counts: dict[str, int] | None = None  # the input topics' partitions, asked at the first tick
     started = time.monotonic()
@@ -83,7 +84,7 @@ def replay_file(path: Path, bootstrap: str, rate: float | None = None, until: in
                 try:
                     if topic is None:
                         counts = counts or partition_counts(producer)
-                        produce_everywhere(producer, line.rstrip(b"\r\n"), counts)
+                        produce_everywhere(producer, line.rstrip(b"\r\n"), counts, on_delivery=ticks)
                     else:
                         produce(producer, topic, line.rstrip(b"\r\n"), key_for(event), on_delivery=delivery)
                 except KafkaException as exc:  # (a line over the producer's message size, say)
@@ -106,8 +107,12 @@ def replay_file(path: Path, bootstrap: str, rate: float | None = None, until: in
                                   + (f" (the first: {delivery.first})" if delivery.first else
                                      f" ({left} not acknowledged by the broker within 60 s)"))
             if until is not None:
-                send_ticks(producer, until)
-                producer.flush(30)
+                send_ticks(producer, until, on_delivery=ticks)
+                left = producer.flush(30)
+            if left or ticks.failed:  # a tick lost leaves the watermark short of its time (and exit 0 said nothing)
+                raise ReplayError(f"{path}: {ticks.failed + left} tick messages (one per input partition) were not "
+                                  "delivered" + (f" (the first: {ticks.first})" if ticks.first else
+                                                 f" ({left} not acknowledged by the broker within 30 s)"))
     except KeyboardInterrupt:
         producer.flush(5)
         raise ReplayStopped(sent) from None

@@ -112,3 +112,34 @@ def test_events_the_broker_did_not_take_are_said_instead_of_replayed(monkeypatch
     path.write_bytes(b"\n".join([line] * 3) + b"\n")
     with pytest.raises(replay.ReplayError, match="1 of 3 events were not delivered"):
         replay.replay_file(path, "unused", show_progress=False)
+
+
+@pytest.mark.parametrize("until", [None, "2026-03-01T12:00:00Z"], ids=["a tick line", "--until"])
+def test_ticks_the_broker_did_not_take_are_said(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                until: str | None) -> None:
+    """A tick (a tick line's or ``--until``'s, one message per input partition) was produced without a
+    delivery report and ``--until``'s flush was not checked: a tick the broker refused left the
+    watermark short of its time while replay said "then a tick at T on every input partition", exit 0."""
+    from confluent_kafka import KafkaError
+
+    class RefusingTicks(Recorder):
+        def produce(self, topic: str, key: bytes | None = None, value: bytes | None = None,
+                    partition: int | None = None, on_delivery: Any = None) -> None:
+            super().produce(topic, key, value, partition)
+            assert value is not None
+            refused = orjson.loads(value)["type"] == "tick" and topic == "carts"
+            if on_delivery is not None:
+                on_delivery(KafkaError(KafkaError._MSG_TIMED_OUT) if refused else None, None)
+
+    monkeypatch.setattr(replay, "make_producer", lambda bootstrap: RefusingTicks())
+    monkeypatch.setattr(replay, "partition_counts", lambda _: {"clicks": 2, "carts": 1, "purchases": 1,
+                                                                 "identities": 1})
+    monkeypatch.setattr("streams.tools.produce.partition_counts", lambda _: {"clicks": 2, "carts": 1,
+                                                                              "purchases": 1, "identities": 1})
+    view = {"event_id": "v1", "type": "product_view", "timestamp": "2026-03-01T10:00:00Z", "anonymous_id": "a-1",
+            "product_id": "p-1"}
+    lines = [view] if until else [view, {"type": "tick", "timestamp": "2026-03-01T11:00:00Z"}]
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"\n".join(orjson.dumps(line) for line in lines) + b"\n")
+    with pytest.raises(replay.ReplayError, match=r"1 tick messages .* were not delivered"):
+        replay.replay_file(path, "unused", until=until, show_progress=False)
