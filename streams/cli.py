@@ -253,6 +253,9 @@ def cmd_deliver(args: argparse.Namespace) -> int:
     logs.quiet_repeats()  # the Kafka clients' repeated lines once per 30 s, as in the worker's log
     if (problem := sender_problem(settings.mail_from)) is not None:  # else every trigger would fail on it
         raise UserError(f"MAILPULSE_MAIL_FROM {settings.mail_from[:80]!r}: {problem}")
+    if settings.templates_dir is not None and not settings.templates_dir.is_dir():
+        # (else every e-mail went out with the shipped templates, and nothing said the folder was not read)
+        raise UserError(f"MAILPULSE_TEMPLATES_DIR {settings.templates_dir}: not a folder")
     _usable_folder(settings.data_dir, "MAILPULSE_DATA_DIR")
     if args.dry_run is not None:
         _usable_folder(args.dry_run, "--dry-run")

@@ -26,7 +26,7 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
 
 
 @pytest.mark.parametrize("command", ["run", "broker", "generate", "replay", "tail", "train", "score", "resolve",
-                                     "schemas"])
+                                     "schemas", "deliver"])
 def test_every_command_has_help(capsys: pytest.CaptureFixture[str], command: str) -> None:
     code, out, _ = run(capsys, command, "--help")
     assert code == 0 and out.startswith(f"usage: mailpulse {command}")
@@ -68,6 +68,22 @@ def test_deliver_with_a_sender_that_is_not_an_address_is_a_one_line_error(capsys
     monkeypatch.setenv("MAILPULSE_MAIL_FROM", "Shop <shop@[1.2.3.4>")
     code, _, err = run(capsys, "deliver", "--broker", "kafka://127.0.0.1:1")
     assert code == 2 and err.count("\n") == 1 and err.startswith("mailpulse: error: MAILPULSE_MAIL_FROM")
+
+
+@pytest.mark.parametrize("kind", ["missing", "a file"])
+def test_deliver_with_a_templates_folder_that_is_none_is_a_one_line_error(capsys: pytest.CaptureFixture[str],
+                                                                          monkeypatch: pytest.MonkeyPatch,
+                                                                          tmp_path: Path, kind: str) -> None:
+    """A mistyped MAILPULSE_TEMPLATES_DIR was not read, without a word: every e-mail went out with the
+    shipped templates."""
+    folder = tmp_path / "templates"
+    if kind == "a file":
+        folder.write_text("x")
+    monkeypatch.setenv("MAILPULSE_TEMPLATES_DIR", str(folder))
+    monkeypatch.setenv("MAILPULSE_DATA_DIR", str(tmp_path / "state"))
+    code, _, err = run(capsys, "deliver", "--broker", "kafka://127.0.0.1:1", "--dry-run", str(tmp_path / "out"))
+    assert code == 2 and err.count("\n") == 1 and err.startswith("mailpulse: error: MAILPULSE_TEMPLATES_DIR ")
+    assert "not a folder" in err
 
 
 def test_unreachable_broker_is_a_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
