@@ -6,6 +6,7 @@ SMTP or the webhook takes at most its timeout, whole (:class:`Deadline`)."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import email.generator
 import email.policy
 import email.utils
@@ -22,10 +23,13 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from email.headerregistry import Address
 from email.message import EmailMessage
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
+
+import idna
 
 #: A trigger id the dry run can use as a file name: no path separators, no leading dot.
 SAFE_FILE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
@@ -274,13 +278,15 @@ def _hand_over(client: _Smtp, message: EmailMessage) -> None:
     the message's last line went out, a broken connection is :class:`OutcomeUnknown`, not worth
     another attempt, and so is a reply other than 250 once the send's deadline passed (it may be a
     250 cut short)."""
-    sender = email.utils.getaddresses([str(message["From"])])[0][1]
-    recipient = email.utils.getaddresses([str(message["To"])])[0][1]
+    sender = _ascii_domain(email.utils.getaddresses([str(message["From"])])[0][1])
+    recipient = _ascii_domain(email.utils.getaddresses([str(message["To"])])[0][1])
     international = _envelope(client, sender, recipient)
     with io.BytesIO() as flat:
         policy: Any = message.policy
         if international:
             policy = policy.clone(utf8=True)
+        else:  # (an address header written with encoded words would name no mailbox)
+            message = _with_ascii_domains(message)
         email.generator.BytesGenerator(flat, policy=policy).flatten(message, linesep="\r\n")
         data = re.sub(rb"(?m)^\.", b"..", flat.getvalue())
     if not data.endswith(b"\r\n"):
@@ -299,6 +305,33 @@ def _hand_over(client: _Smtp, message: EmailMessage) -> None:
         raise OutcomeUnknown("SMTP: the send's timeout passed while the server replied to the message")
     if code != 250:
         raise smtplib.SMTPDataError(code, reply)
+
+
+def _ascii_domain(address: str) -> str:
+    """``address`` with its domain in IDNA when only the domain is international (``ana@bücher.de`` is
+    ``ana@xn--bcher-kva.de``, the same mailbox): it then needs no SMTPUTF8, which many relays do not
+    offer.  As it is when its local part is international too, or its domain is no IDNA name."""
+    local, at, domain = address.rpartition("@")
+    if not at or not local.isascii() or domain.isascii():
+        return address
+    try:
+        return f"{local}@{idna.encode(domain, uts46=True).decode('ascii')}"
+    except idna.IDNAError:
+        return address
+
+
+def _with_ascii_domains(message: EmailMessage) -> EmailMessage:
+    """``message`` with the addresses of From: and To: as :func:`_ascii_domain` writes them (a copy, when
+    one changes: the next attempt sends the message it was given)."""
+    changed: EmailMessage | None = None
+    for name in ("From", "To"):
+        header = message[name]
+        if header is None or str(header).isascii():
+            continue
+        addresses = [Address(a.display_name, addr_spec=_ascii_domain(a.addr_spec)) for a in header.addresses]
+        changed = changed or copy.deepcopy(message)
+        changed.replace_header(name, ", ".join(str(a) for a in addresses))
+    return changed or message
 
 
 def _envelope(client: smtplib.SMTP, sender: str, recipient: str) -> bool:
@@ -320,7 +353,7 @@ def _envelope(client: smtplib.SMTP, sender: str, recipient: str) -> bool:
 
 
 def _envelope_only(client: _Smtp, sender: str) -> None:
-    address = email.utils.getaddresses([sender])[0][1] or sender
+    address = _ascii_domain(email.utils.getaddresses([sender])[0][1] or sender)  # (as e-mails go)
     _envelope(client, address, address)
     client.rset()
 

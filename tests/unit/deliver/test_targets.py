@@ -193,7 +193,7 @@ def test_an_smtp_probe_sends_nothing_and_a_server_that_refuses_recipients_with_4
     target.probe("Shop <shop@example.com>")  # answered
     from streams.deliver.targets import _envelope_only
 
-    target._session(lambda client: _envelope_only(client, "Bücher <news@bücher.de>"))  # (SMTPUTF8, as e-mails go)
+    target._session(lambda client: _envelope_only(client, "Bücher <news@bücher.de>"))  # (IDNA, as e-mails go)
     inbox.refuse_rcpt = "550 5.7.1 relaying denied"
     target.probe("Shop <shop@example.com>")  # a refusal is an answer
     inbox.refuse_rcpt = "421 4.3.2 service not available"
@@ -277,3 +277,27 @@ def test_a_webhook_answer_cut_short_is_tried_again_with_the_same_key_not_rejecte
     finally:
         server.shutdown()
     assert attempts == 2 and keys == ["t-1", "t-1"]
+
+
+def test_an_address_whose_domain_alone_is_international_goes_in_idna_to_a_server_without_smtputf8() -> None:
+    """``ana@bücher.de`` is ``ana@xn--bcher-kva.de``: no SMTPUTF8 needed (relays such as Amazon SES
+    do not offer it), and no encoded word in an address header."""
+    from aiosmtpd.controller import Controller
+
+    from streams.broker import free_port
+
+    inbox, port = SmtpInbox(), free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port, enable_SMTPUTF8=False)
+    controller.start()
+    try:
+        m = message("ana@bücher.de")
+        m.replace_header("From", "Bücher <news@bücher.de>")
+        send_with(port, m)
+    finally:
+        controller.stop()
+    [(sender, recipients, got)] = inbox.received
+    assert sender == "news@xn--bcher-kva.de" and recipients == ["ana@xn--bcher-kva.de"]
+    assert got["To"].addresses[0].addr_spec == "ana@xn--bcher-kva.de"
+    assert got["From"].addresses[0].addr_spec == "news@xn--bcher-kva.de"
+    assert got["From"].addresses[0].display_name == "Bücher"
+    assert m["To"] == "ana@bücher.de"  # (the message of the next attempt is unchanged)
