@@ -20,6 +20,7 @@ import contextlib
 import email.policy
 import email.utils
 import hashlib
+import html
 import logging
 import threading
 import time
@@ -723,7 +724,9 @@ def unsubscribe_app(deliverer: Deliverer, metrics_app: Any) -> Any:
             start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
             return [b"<p>You are unsubscribed. You will get no more e-mails from us.</p>\n"]
         start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
-        action = "/unsubscribe?" + urllib.parse.quote(query, safe="=&%")
+        # relative to the page's own address: the link's, whatever path a proxy serves it under
+        # (``MAILPULSE_UNSUBSCRIBE_URL=https://shop.example.com/mail``), where "/unsubscribe" is not ours
+        action = html.escape("?" + urllib.parse.quote(query, safe="=&%"))
         return [f'<form method="post" action="{action}"><button>Unsubscribe</button></form>\n'.encode()]
 
     return app

@@ -1021,3 +1021,25 @@ def test_to_is_the_triggers_email_as_given_and_its_opt_out_link_names_the_addres
     step.withdraw("p-1", "ana@example.com", "unsubscribe")
     step.handle(trigger(trigger_id="t-2", email="Ana@Example.com"))
     assert step.ledger.outcome("t-2")["state"] == "suppressed"  # type: ignore[index]
+
+
+def test_the_unsubscribe_pages_button_posts_to_the_link_also_under_a_path_of_a_public_address(
+        tmp_path: Path) -> None:
+    """Behind a proxy, ``MAILPULSE_UNSUBSCRIBE_URL=https://shop.example.com/mail`` makes links
+    ``.../mail/unsubscribe?...``: the button of the page a GET shows posts to that same link."""
+    import re
+    import urllib.parse
+
+    from streams.deliver import unsubscribe
+    from streams.deliver.service import unsubscribe_app
+
+    step, producer = deliverer(tmp_path, DryRun(tmp_path / "out"))
+    link = unsubscribe.link("https://shop.example.com/mail", step.secret, "p-1", "ana@example.com")
+    query = urllib.parse.urlsplit(link).query
+    answered: list[str] = []
+    environ = {"PATH_INFO": "/unsubscribe", "REQUEST_METHOD": "GET", "QUERY_STRING": query}
+    page = b"".join(unsubscribe_app(step, None)(environ, lambda status, headers: answered.append(status)))
+    assert answered == ["200 OK"]
+    [action] = re.findall(r'action="([^"]*)"', page.decode())
+    assert urllib.parse.urljoin(link, action.replace("&amp;", "&")) == link
+    assert not producer.sent  # (a GET unsubscribes nobody)
