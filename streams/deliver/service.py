@@ -17,7 +17,6 @@ malformed triggers and (with ``MAILPULSE_DELIVER_MAX_LATE_HOURS``) triggers due 
 from __future__ import annotations
 
 import contextlib
-import email.policy
 import email.utils
 import hashlib
 import html
@@ -43,6 +42,7 @@ from streams.broker import FIRST_OFFSET, BrokerError, ensure_topics, kafka_error
 from streams.deliver import unsubscribe
 from streams.deliver.ledger import FAILED, SENDING, SENT, SUPPRESSED, Ledger
 from streams.deliver.render import Renderer, TemplateProblem
+from streams.deliver.targets import POLICY as POLICY  # (CRLF; headers folded, the unsubscribe URL's unfolded)
 from streams.deliver.targets import (
     DryRun,
     OutcomeUnknown,
@@ -63,11 +63,6 @@ from streams.topics import DELIVERY_FAILED, TRIGGERS, withdrawals_topic
 log = logging.getLogger(__name__)
 
 IDENTITIES = "identities"
-#: CRLF line ends, and header lines up to RFC 5322's 998 characters: the unsubscribe URL is one
-#: unbreakable token that the default 78 would fold into RFC 2047 encoded words mail clients cannot use.
-POLICY = email.policy.SMTP.clone(max_line_length=998)
-
-
 def _now_ms() -> int:
     return int(time.time() * 1000)
 

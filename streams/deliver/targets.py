@@ -147,8 +147,30 @@ def _shut_down(connection: socket.socket) -> None:
         connection.shutdown(socket.SHUT_RDWR)
 
 
-#: The service's policy (streams.deliver.service.POLICY) as SMTPUTF8 writes it: 8-bit headers.
-SMTPUTF8_POLICY = email.policy.SMTPUTF8.clone(max_line_length=998)
+class MailPolicy(email.policy.EmailPolicy):
+    """How e-mails are written: CRLF line ends, header lines folded (so that an encoded word, a subject's
+    non-ASCII name, is at most the 75 characters of RFC 2047), but the headers of
+    :data:`UNFOLDED` on one line up to RFC 5322's 998: the unsubscribe URL is one unbreakable token that
+    78 would fold into RFC 2047 encoded words mail clients cannot use."""
+
+    def fold(self, name: str, value: str) -> str:
+        folded: str = email.policy.EmailPolicy.fold(self._for(name), name, value)
+        return folded
+
+    def fold_binary(self, name: str, value: str) -> bytes:
+        return email.policy.EmailPolicy.fold_binary(self._for(name), name, value)
+
+    def _for(self, name: str) -> email.policy.EmailPolicy:
+        return self.clone(max_line_length=998) if name.lower() in UNFOLDED else self
+
+
+#: Headers written on one line however long (machine-read tokens: a URL, a trigger id).
+UNFOLDED = frozenset({"list-unsubscribe", "x-mailpulse-trigger"})
+#: The service's policy (streams.deliver.service.POLICY), folding at 76: the e-mail library fills a
+#: continuation line, its leading space included, with one encoded word up to the line's length.
+POLICY = MailPolicy(linesep="\r\n", max_line_length=76)
+#: The same as SMTPUTF8 writes it: 8-bit headers.
+SMTPUTF8_POLICY = POLICY.clone(utf8=True)
 
 
 class DryRun:

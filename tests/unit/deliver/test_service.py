@@ -1043,3 +1043,23 @@ def test_the_unsubscribe_pages_button_posts_to_the_link_also_under_a_path_of_a_p
     [action] = re.findall(r'action="([^"]*)"', page.decode())
     assert urllib.parse.urljoin(link, action.replace("&amp;", "&")) == link
     assert not producer.sent  # (a GET unsubscribes nobody)
+
+
+def test_a_subject_with_a_long_non_ascii_name_is_encoded_words_of_at_most_75_characters(tmp_path: Path) -> None:
+    """RFC 2047: an encoded word is at most 75 characters (a header line at most 78 where it folds);
+    the unsubscribe URL stays one line, however long."""
+    import email
+    import email.policy
+    import re
+
+    step, _ = deliverer(tmp_path, DryRun(tmp_path / "out"))
+    product = "有機栽培の緑茶ティーバッグ 50個入り 京都宇治産"
+    step.handle(trigger(type="browse_abandoned", payload={"first_name": "さくら", "product_name": product}))
+    raw = (tmp_path / "out" / "t-1.eml").read_bytes()
+    head = raw.split(b"\r\n\r\n")[0].decode("ascii")
+    words = re.findall(r"=\?[^?]+\?[bqBQ]\?[^?]*\?=", head)
+    assert words and max(len(word) for word in words) <= 75
+    [unfolded] = [line for line in head.split("\r\n") if line.startswith("List-Unsubscribe: ")]
+    assert unfolded.endswith(">") and "=?" not in unfolded
+    got = email.message_from_bytes(raw, policy=email.policy.default)
+    assert got["Subject"] == f"Still thinking about {product}, さくら?"
