@@ -19,7 +19,7 @@ it)."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,9 @@ def _by_profile(profile_id: str) -> bytes:
     encoded = profile_id.encode()
     return b"ph:%d:" % len(encoded) + encoded + b":"
 
+
+#: Ids read between two calls of a long read's ``progress`` (a few milliseconds' worth).
+PROGRESS_EVERY = 1000
 
 #: Where a hold key's trigger id starts (``h:<13 digits>:``).
 HOLD_ID_AT = len(b"h:0000000000000:")
@@ -159,11 +162,18 @@ class Ledger:
                 self.entries -= 1
         return len(old)
 
-    def interrupted(self) -> list[tuple[str, dict[str, Any]]]:
+    def interrupted(self, progress: Callable[[], None] = lambda: None) -> list[tuple[str, dict[str, Any]]]:
         """(trigger id, its ``sending`` mark) of the triggers whose sending was under way when the
-        process stopped."""
-        marks = ((key[2:].decode(), orjson.loads(self._get(key))) for key in self._keys(b"d:"))
-        return [(trigger_id, mark) for trigger_id, mark in marks if mark.get("state") == SENDING]
+        process stopped.  A read of every id (millions, at a large shop's retention: seconds each):
+        ``progress`` is called every :data:`PROGRESS_EVERY` of them."""
+        found = []
+        for n, key in enumerate(self._keys(b"d:"), 1):
+            if n % PROGRESS_EVERY == 0:
+                progress()
+            mark = orjson.loads(self._get(key))
+            if mark.get("state") == SENDING:
+                found.append((key[2:].decode(), mark))
+        return found
 
     # --- held until send_at ---
     def hold(self, send_at_ms: int, trigger_id: str, trigger: bytes, profile_id: str) -> None:

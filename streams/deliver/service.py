@@ -311,8 +311,9 @@ class Deliverer:
         return pruned
 
     def fail_interrupted(self) -> None:
-        """Ids left ``sending`` by a process that stopped mid-send: at most once, so not sent again."""
-        for trigger_id, mark in self.ledger.interrupted():
+        """Ids left ``sending`` by a process that stopped mid-send: at most once, so not sent again.
+        (Found by a read of the whole ledger, which beats the heartbeat: /healthz says no stall.)"""
+        for trigger_id, mark in self.ledger.interrupted(self.heartbeat.beat):
             self._give_up({"trigger_id": trigger_id, "type": mark.get("type"), "profile_id": mark.get("profile_id")},
                           "interrupted", self._earlier_attempts(trigger_id) + 1,
                           "the connector stopped while sending it; not sent again (at most once)")

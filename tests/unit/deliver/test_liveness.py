@@ -211,3 +211,32 @@ def test_a_slow_target_that_answers_within_the_send_timeout_is_no_stall(tmp_path
     assert target.answers[-1] == "503 Service Unavailable"
     step.heartbeat.beat()
     assert healthz(step) == ("200 OK", b"ok\n")
+
+
+def test_the_start_reading_a_large_ledger_for_interrupted_sends_is_no_stall(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """At start every id of the ledger is read (millions at 30 days of a large shop: ~6 µs each):
+    /healthz must not answer 503 meanwhile (a liveness probe would restart it, and the next start
+    read them again).  Here each id read takes 1 ms of the heartbeat's clock."""
+    import orjson
+
+    import streams.deliver.ledger as ledger_module
+    from streams.deliver.ledger import SENT
+
+    step, _ = deliverer(tmp_path, DryRun(tmp_path / "out"))
+    for n in range(20_000):
+        step.ledger.mark(f"t-{n}", SENT, 1_800_000_000_000)
+    clock = [0.0]
+    step.heartbeat = Heartbeat(lambda: clock[0])
+    stalled: list[float] = []
+
+    class SlowJson:
+        @staticmethod
+        def loads(raw: bytes) -> object:
+            clock[0] += 0.001
+            stalled.append(step.heartbeat.stalled_s())
+            return orjson.loads(raw)
+
+    monkeypatch.setattr(ledger_module, "orjson", SlowJson)
+    step.fail_interrupted()
+    assert clock[0] >= 20 and max(stalled) == 0
