@@ -47,16 +47,30 @@ MAX_PHONE_CHARS = 64
 MAX_COMPARED_CHARS = 1024
 
 
+#: Characters that show nothing and are neither control nor format characters: variation selectors
+#: (U+FE00..U+FE0F, U+E0100..U+E01EF, Mongolian U+180B..U+180F), the combining grapheme joiner, the Khmer
+#: inherent vowels, the Hangul fillers (U+3164 and U+FFA0 are U+1160 once NFKC-normalized) and the blank
+#: braille pattern.  (Unicode's default-ignorable characters outside Cc and Cf, and U+2800: an
+#: identifier of nothing but these, or ``null`` followed by one, named nobody and linked strangers.)
+_INVISIBLE = frozenset(
+    "\u034f\u115f\u1160\u17b4\u17b5\u180b\u180c\u180d\u180f\u2800\u3164\uffa0"
+    + "".join(map(chr, range(0xFE00, 0xFE10))) + "".join(map(chr, range(0xE0100, 0xE01F0))))
+#: Dashes and the minus sign NFKC leaves as they are, read as the ASCII hyphen-minus (U+2212 and 1 is ``-1``).
+_DASHES = str.maketrans(dict.fromkeys("\u2010\u2011\u2012\u2013\u2212", "-"))
+
+
 def comparable(value: str) -> str:
     """An identifier as it is compared with ``identity.blocked_values`` (and those values as they are
     listed): compatibility-normalized (NFKC: full-width and other look-alike forms of letters become
-    the letters), without invisible characters (control and format characters: NUL, line breaks,
-    zero-width spaces, the byte-order mark), trimmed and case-folded.  So ``"null"`` in full-width
-    letters, ``"null\u200b"`` and ``"\u200b"`` (empty) name nobody either."""
+    the letters; dashes and the minus sign a hyphen-minus), without invisible characters (control and
+    format characters: NUL, line breaks, zero-width spaces, the byte-order mark; and the others of
+    :data:`_INVISIBLE`), trimmed and case-folded.  So ``"null"`` in full-width letters, ``"null\u200b"``,
+    ``"null\ufe0f"``, ``"\u200b"`` and ``"\u3164"`` (empty) name nobody either."""
     if value.isascii() and value.isprintable():  # (the common case, no character to drop: fast)
         return value.strip().casefold()
-    text = unicodedata.normalize("NFKC", value)
-    return "".join(ch for ch in text if unicodedata.category(ch) not in ("Cc", "Cf")).strip().casefold()
+    text = unicodedata.normalize("NFKC", value).translate(_DASHES)
+    return "".join(ch for ch in text if ch not in _INVISIBLE
+                   and unicodedata.category(ch) not in ("Cc", "Cf")).strip().casefold()
 
 
 def within(raw: str, most: int, what: str) -> str:

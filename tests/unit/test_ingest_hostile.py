@@ -126,6 +126,12 @@ def test_route_batch_dead_letters_an_input_whose_handling_raises_and_routes_the_
     ("anonymous_id", "undefined\x00"),
     ("user_id", "\u200b"),  # invisible only: empty
     ("user_id", "\ufeff\u2060"),
+    ("user_id", "null\ufe0f"),  # a variation selector: invisible, though neither control nor format
+    ("user_id", "\u3164"),  # the Hangul filler: a "blank" name, NFKC-normalized to U+1160
+    ("user_id", "\u2800"),  # the blank braille pattern
+    ("anonymous_id", "undefined\u180b"),  # a Mongolian free variation selector
+    ("user_id", "n\u034full"),  # the combining grapheme joiner
+    ("user_id", "\u2212" "1"),  # -1 with the minus sign
 ])
 def test_a_placeholder_in_disguise_is_a_placeholder(field: str, value: str) -> None:
     """Look-alike letters, invisible characters and forms the ingest normalizes anyway do not make a
