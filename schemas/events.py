@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from schemas.identifiers import normalize_email, normalize_phone
+from schemas.identifiers import comparable, normalize_email, normalize_phone
 from schemas.timeparse import parse_timestamp
 
 CLICK_TYPES = ("page_view", "product_view", "category_view", "search", "email_open", "email_click")
@@ -58,6 +58,8 @@ Count = Annotated[int, Strict(), Field(ge=1, le=100_000)]
 MAX_TRAIT_DEPTH = 8
 MAX_TRAIT_VALUES = 500
 MAX_TRAIT_TEXT = 4096
+#: The longest consent channel name.
+MAX_CONSENT_NAME = 64
 
 
 def free_form_problem(values: dict[str, Any]) -> str | None:
@@ -280,17 +282,33 @@ class Traits(BaseModel):
 class IdentifyEvent(_Identified):
     type: Literal["identify"]
     traits: Traits = Field(default_factory=Traits)
-    consent: dict[Annotated[str, Field(max_length=64)], Annotated[bool, Strict()]] = Field(default_factory=dict,
-                                                                                          max_length=32)
+    consent: dict[Annotated[str, Field(max_length=MAX_CONSENT_NAME)], Annotated[bool, Strict()]] = Field(
+        default_factory=dict, max_length=32)
     source: Text | None = None
 
     @field_validator("consent", mode="before")
     @classmethod
-    def _consent_null_is_absent(cls, value: Any) -> Any:
-        """A channel given as ``null`` says nothing of it (its other channels still count)."""
-        if isinstance(value, dict) and None in value.values():
-            return {channel: given for channel, given in value.items() if given is not None}
-        return value
+    def _consent_channels(cls, value: Any) -> Any:
+        """A channel given as ``null`` says nothing of it (its other channels still count).  A channel's
+        name is read as identifiers are compared (:func:`comparable`: trimmed, case-folded, without
+        invisible characters): ``{"Email": false}`` from a CRM export withdraws the e-mail consent the
+        guardrails read (it was kept under ``"Email"``, and triggers went on).  Two spellings of one
+        channel that disagree: a withdrawal wins."""
+        if not isinstance(value, dict):
+            return value
+        channels: dict[Any, Any] = {}
+        for channel, given in value.items():
+            if given is None:
+                continue
+            # (a name past the limit is left as it is, for the validation to refuse: normalizing a long
+            # text of combining marks takes time)
+            name = comparable(channel) if isinstance(channel, str) and len(channel) <= MAX_CONSENT_NAME else channel
+            if name == "":
+                continue  # (names no channel)
+            held = channels.get(name)
+            if name not in channels or (type(held) is bool and (given is False or type(given) is not bool)):
+                channels[name] = given  # a withdrawal, or a wrong type the validation refuses, wins
+        return channels
 
     def _extra_email(self) -> str | None:
         # A CRM or form record may carry its address only in traits: that identifies it too.

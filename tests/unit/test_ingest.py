@@ -180,6 +180,17 @@ def test_an_empty_or_null_known_trait_is_not_given_and_the_identify_keeps_its_co
     assert event["traits"] == {"first_name": "Ana", "note": ""}  # (a trait of its own is kept as given)
 
 
+@pytest.mark.parametrize("consent", [{"Email": False}, {"EMAIL": False}, {" email ": False}, {"email\u200b": False},
+                                     {"email": True, "Email": False}, {"Email": False, "email": True}])
+def test_a_consent_channel_is_named_in_any_case_and_a_withdrawal_wins(consent: dict[str, bool]) -> None:
+    """``{"Email": false}`` (a CRM export's spelling) was kept under ``"Email"``: the guardrails read
+    ``"email"``, so the person who withdrew went on getting e-mails."""
+    assert ok({**BASE, "type": "identify", "consent": consent})["consent"] == {"email": False}
+    assert ok({**BASE, "type": "identify", "consent": {"SMS": True, "": True}})["consent"] == {"sms": True}
+    assert bad({**BASE, "type": "identify", "consent": {"Email": True, "email": "yes"}}).record["error"]["code"] == \
+        "schema"  # (a wrong type is not hidden by another spelling)
+
+
 def test_null_in_a_field_that_may_be_left_out_takes_its_default() -> None:
     cart = ok({**BASE, "type": "cart_add", "product_id": "sku-1", "price": None, "currency": None, "quantity": None})
     assert (cart["currency"], cart["quantity"]) == ("USD", 1)
