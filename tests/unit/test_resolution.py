@@ -387,3 +387,19 @@ def test_a_real_name_that_looks_like_a_placeholder_word_is_kept() -> None:
     assert norm.postcode("1111") == "1111" and norm.postcode("55555") == "55555"  # Budapest XI, a US code
     assert norm.birthday("1980-01-01") == "1980-01-01" and norm.birthday("1900-01-01") == ""
     assert norm.street("12 Main St.") == ("12", "main street") and norm.street("N/A") == ("", "")
+
+
+@pytest.mark.parametrize("local", ["null", "Unknown", "guest", "noemail", "no.email", "nobody", "user", "n.a"])
+def test_a_placeholder_local_part_is_no_evidence_of_one_person(local: str) -> None:
+    """Two John Smiths of two towns whose forms were filled in with ``null@gmail.com`` and
+    ``null@yahoo.com`` merged: the shared local part counted as a shared address."""
+    springfield = identify("John", "Smith", city="Springfield", postcode="62701", user_id="u-1",
+                           email=f"{local}@gmail.com")
+    portland = identify("John", "Smith", city="Portland", postcode="97201", user_id="u-2", email=f"{local}@yahoo.com")
+    assert not person_of(springfield).locals
+    first, second = resolve_all([springfield, portland])
+    assert first != second
+    # a real local part still counts
+    jsmith = [identify("John", "Smith", city="Springfield", postcode="62701", user_id="u-3", email="jsmith@gmail.com"),
+              identify("John", "Smith", city="Portland", postcode="97201", user_id="u-4", email="jsmith@yahoo.com")]
+    assert person_of(jsmith[0]).locals == {"jsmith"}

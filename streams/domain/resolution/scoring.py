@@ -51,6 +51,18 @@ HOUSEHOLD_SCORE = 0.5
 
 _GENERIC_LOCALS = frozenset({"info", "contact", "mail", "email", "office", "admin", "hello", "kontakt", "test",
                              "noreply", "no-reply", "support", "service"})
+#: Local parts (folded, :func:`norm.fold`) that forms and tag managers fill in where a person gave no
+#: address, besides the placeholder words of names (``null``, ``unknown``, ``guest``, ``user``, ...):
+#: ``null@gmail.com`` and ``null@yahoo.com`` share no person, yet a shared local part with one name
+#: merged two John Smiths of two towns.
+_PLACEHOLDER_LOCALS = frozenset({"noemail", "no email", "nomail", "no mail", "nobody", "noone", "no one",
+                                 "example", "fake", "asdf", "qwerty", "abc", "abc123", "123", "1234", "12345",
+                                 "firstname lastname", "first last", "name", "yourname", "your name", "me"})
+
+
+def _placeholder_local(local: str) -> bool:
+    folded = norm.fold(local)
+    return not folded or folded in norm.PLACEHOLDER_NAME_PARTS or folded in _PLACEHOLDER_LOCALS
 _BIRTHDAY_DIFFERS = (LEVELS["birthday"].index("year"), LEVELS["birthday"].index("different"))
 _BIRTHDAY_AGREES = (LEVELS["birthday"].index("exact"), LEVELS["birthday"].index("day_month"))
 _SHARED = LEVELS["email"].index("shared")
@@ -90,7 +102,7 @@ def person_of(event: dict[str, Any]) -> Person:
     locals_ = set()
     for email in emails:
         local = email.partition("@")[0]
-        if len(local) >= 3 and local not in _GENERIC_LOCALS:
+        if len(local) >= 3 and local not in _GENERIC_LOCALS and not _placeholder_local(local):
             locals_.add(local)
     return Person(
         first=first, first_canon=norm.NICKNAMES.get(first, first), last=last,
