@@ -109,12 +109,14 @@ class _Model(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _null_is_absent(cls, data: Any) -> Any:
-        """``null`` in a field that may be left out is taken as left out (its default): ``"currency":
-        null`` or ``"traits": null`` was dead-lettered, while ``"price": null`` was not."""
-        if isinstance(data, dict) and None in data.values():
+        """``null`` or ``""`` in a field that may be left out is taken as left out (its default):
+        ``"currency": null`` or ``"traits": null`` was dead-lettered, while ``"price": null`` was not;
+        and an empty ``campaign_id`` (a tag manager's unset variable), ``source`` or item ``category``
+        dead-lettered a whole page view, identify (its consent withdrawal with it) or purchase."""
+        if isinstance(data, dict) and (None in data.values() or "" in data.values()):
             fields = cls.model_fields
             data = {key: value for key, value in data.items()
-                    if value is not None or (key in fields and fields[key].is_required())}
+                    if (value is not None and value != "") or (key in fields and fields[key].is_required())}
         return data
 
 

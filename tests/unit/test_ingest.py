@@ -180,6 +180,22 @@ def test_an_empty_or_null_known_trait_is_not_given_and_the_identify_keeps_its_co
     assert event["traits"] == {"first_name": "Ana", "note": ""}  # (a trait of its own is kept as given)
 
 
+def test_an_empty_optional_field_is_not_given_and_the_event_is_kept() -> None:
+    """An empty ``campaign_id`` (a tag manager's unset variable), ``source`` or item ``category``
+    dead-lettered the whole page view, identify (its consent withdrawal with it) or purchase."""
+    view = ok({**BASE, "campaign_id": "", "category": "", "context": {"campaign_id": "", "device": "mobile"}})
+    assert "campaign_id" not in view and "category" not in view and view["context"] == {"device": "mobile"}
+    identify = ok({**BASE, "type": "identify", "source": "", "consent": {"email": False}})
+    assert "source" not in identify and identify["consent"] == {"email": False}
+    purchase = ok({**BASE, "type": "purchase", "order_id": "o-1", "total": 5.0, "currency": "",
+                   "items": [{"product_id": "sku-1", "category": ""}]})
+    assert purchase["currency"] == "USD" and purchase["items"] == [{"product_id": "sku-1", "quantity": 1}]
+    # a required field stays required
+    assert bad({**BASE, "type": "purchase", "order_id": "", "total": 5.0}).record["error"]["code"] == "schema"
+    assert bad({**BASE, "type": "cart_add", "product_id": ""}).record["error"]["code"] == "schema"
+    assert bad({**BASE, "event_id": ""}).record["error"]["code"] == "schema"
+
+
 @pytest.mark.parametrize("consent", [{"Email": False}, {"EMAIL": False}, {" email ": False}, {"email\u200b": False},
                                      {"email": True, "Email": False}, {"Email": False, "email": True}])
 def test_a_consent_channel_is_named_in_any_case_and_a_withdrawal_wins(consent: dict[str, bool]) -> None:
