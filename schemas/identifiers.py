@@ -137,6 +137,25 @@ def normalize_phone(raw: str, default_region: str = "US") -> str:
     return _normalize_phone(within(raw, MAX_PHONE_CHARS, "phone"), default_region)
 
 
+#: Digit runs no one's number has in practice: seven digits counting up or down as on a keypad
+#: (``06 12 34 56 78``, ``0412 345 678``) or seven of one digit (``+33 6 00 00 00 00``).  Valid
+#: numbers to the phone library.
+_MADE_UP_NUMBER = re.compile("|".join(
+    [run[start:start + 7] for run in ("01234567890", "09876543210") for start in range(5)] + [r"(\d)\1{6}"]))
+
+
+@lru_cache(maxsize=CACHE_SIZE)
+def made_up_number(e164: str) -> bool:
+    """Whether a normalized number (E.164) has a made-up run (:data:`_MADE_UP_NUMBER`) in its national
+    part (the country code left out: ``+45 67 89 01 23`` is a real Danish number): such a number names
+    nobody, and linked every stranger who typed it."""
+    try:
+        national = str(phonenumbers.parse(e164).national_number)
+    except phonenumbers.NumberParseException:
+        return False
+    return _MADE_UP_NUMBER.search(national) is not None
+
+
 @lru_cache(maxsize=CACHE_SIZE)
 def _normalize_phone(raw: str, default_region: str) -> str:
     try:

@@ -16,7 +16,14 @@ import orjson
 from pydantic import ValidationError
 
 from schemas.events import INPUT_EVENT_ADAPTER, KNOWN_TYPES, TOPIC_OF_TYPE
-from schemas.identifiers import MAX_COMPARED_CHARS, comparable, normalize_email, normalize_phone, within
+from schemas.identifiers import (
+    MAX_COMPARED_CHARS,
+    comparable,
+    made_up_number,
+    normalize_email,
+    normalize_phone,
+    within,
+)
 from schemas.timeparse import format_ms
 from streams.domain.config import Identity
 
@@ -211,7 +218,7 @@ def _is_placeholder(name: str, value: Any, blocked: frozenset[str], phone_region
     """Whether an identifier's value names nobody: empty or blocked as it is compared
     (:func:`comparable`), or an e-mail address or phone number that normalizes to a blocked one
     (``test@`` and ``test.com`` in full-width letters is ``test@test.com``; ``(201) 555-0123`` is
-    ``+12015550123``)."""
+    ``+12015550123``), or a made-up phone number (:func:`made_up_number`: ``+33 6 12 34 56 78``)."""
     if not isinstance(value, str):
         return False
     try:
@@ -227,7 +234,7 @@ def _is_placeholder(name: str, value: Any, blocked: frozenset[str], phone_region
         normalized = normalize_email(value) if name == "email" else normalize_phone(value, phone_region)
     except ValueError:
         return False  # not one: the event's validation says so
-    return normalized in _blocked_normalized(blocked, phone_region)
+    return normalized in _blocked_normalized(blocked, phone_region) or (name == "phone" and made_up_number(normalized))
 
 
 def _without_placeholders(obj: dict[str, Any], blocked: frozenset[str],

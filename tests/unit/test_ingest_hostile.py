@@ -143,6 +143,21 @@ def test_a_placeholder_in_disguise_is_a_placeholder(field: str, value: str) -> N
         assert code({**IDENTIFY, field: value}) == "invalid_identifier"
 
 
+def test_a_made_up_phone_number_links_nothing() -> None:
+    """``+33 6 12 34 56 78`` and ``0412 345 678`` are valid numbers that forms are filled in with: every
+    stranger who typed one was linked to the others by it."""
+    event = {**IDENTIFY, "phone": "+33 6 12 34 56 78", "traits": {"phone": "+61 412 345 678", "first_name": "Ana"}}
+    result = decode(orjson.dumps(event), SRC, NOW)
+    assert isinstance(result, Accepted) and result.blocked == ("phone", "traits.phone")
+    assert "phone" not in result.event and "phone" not in result.event["traits"]
+    for phone in ("+33 6 00 00 00 00", "+49 151 98765432", "(201) 555-5555"):
+        result = decode(orjson.dumps({**IDENTIFY, "phone": phone}), SRC, NOW)
+        assert isinstance(result, Accepted) and result.blocked == ("phone",), phone
+    for phone in ("+33 6 42 17 93 08", "+45 67 89 01 23", "+1 201 555 0123"):  # (a run across the country code)
+        result = decode(orjson.dumps({**IDENTIFY, "phone": phone}), SRC, NOW)
+        assert isinstance(result, Accepted) and result.blocked == () and result.event["phone"], phone
+
+
 def test_a_blocked_phone_number_is_blocked_in_any_formatting() -> None:
     policy = IngestPolicy(blocked_values=frozenset({"+12015550123"}))
     for phone in ("(201) 555-0123", "201-555-0123", "\uff12\uff10\uff11\uff15\uff15\uff15\uff10\uff11\uff12\uff13",

@@ -56,9 +56,9 @@ def test_resolve_reads_phones_in_the_region_the_worker_reads_them_in(capsys: pyt
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MAILPULSE_DEFAULT_PHONE_REGION", "DE")
     raw = [{"event_id": "i1", "type": "identify", "timestamp": "2026-03-01T10:00:00Z", "user_id": "u-1",
-            "phone": "030 12345678"},
+            "phone": "030 12983476"},
            {"event_id": "i2", "type": "identify", "timestamp": "2026-03-01T10:01:00Z", "user_id": "u-2",
-            "phone": "+49 30 12345678"}]
+            "phone": "+49 30 12983476"}]
     stream = _stream_profile_ids(raw, PipelineConfig(), IngestPolicy("DE"))
     assert stream[0] == stream[1]  # one person, by the phone as the worker reads it
     out = tmp_path / "out.jsonl"
