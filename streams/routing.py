@@ -192,7 +192,10 @@ def route_batch(inputs: Iterable[InputRecord], partitions: int, now_ms: int, pol
     clocks: Clocks = {}
     blocked: Counter[str] = Counter()
     for topic, input_partition, offset, input_key, value, timestamp_ms in inputs:
-        source = Source(topic, input_partition, offset, input_key, timestamp_ms or now_ms)
+        # the record's time is its producer's to set (-1 for none, a device clock years ahead): one that is
+        # not in the past is read as now, or one such event hid the latency of all released with it
+        arrived_ms = timestamp_ms if timestamp_ms is not None and 0 < timestamp_ms <= now_ms else now_ms
+        source = Source(topic, input_partition, offset, input_key, arrived_ms)
         try:
             result = decode(value, source, now_ms, policy)
             if isinstance(result, Accepted):

@@ -49,6 +49,22 @@ def test_route_batch_sends_events_then_clocks_per_partition_and_rejects_to_dead_
     assert none is None and sorted(update["clocks"]) == [["carts", 0, 1772359260000], ["clicks", 0, 1772359200000]]
 
 
+@pytest.mark.parametrize(("timestamp_ms", "arrived_ms"), [
+    (None, 1772359300000), (-1, 1772359300000), (0, 1772359300000), (2**63 - 1, 1772359300000),
+    (1772359299000, 1772359299000),
+])
+def test_an_input_record_s_time_is_its_arrival_only_when_it_is_in_the_past(timestamp_ms: int | None,
+                                                                           arrived_ms: int) -> None:
+    """A record's time is its producer's to set: one years ahead made the profile hop's latency of every
+    event released with it 0 (``max(arrival)``), and -1 (no time) 56 years."""
+    good = orjson.dumps({"event_id": "e-1", "type": "page_view", "timestamp": 1772359200000, "user_id": "u-1"})
+    sent: list[list[Any]] = []
+    route_batch([("clicks", 0, 5, None, good, timestamp_ms)], 1, 1772359300000, IngestPolicy(),
+                lambda partition, record: sent.extend(orjson.loads(record)), lambda *letter: None)
+    [event] = [event for key, event in sent if key is not None]
+    assert event["src"] == ["clicks", 0, 5, arrived_ms]
+
+
 def test_delayed_clocks_go_out_with_the_first_batch_after_their_delay_merged_and_every_one_at_a_cut() -> None:
     delayed = DelayedClocks(delay_ms=100)
     view = orjson.dumps({"event_id": "e-1", "type": "page_view", "timestamp": 1772359200000, "user_id": "u-1"})
