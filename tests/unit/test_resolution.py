@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from bench.eval_identity import decode_all, generate, pairwise
+from bench.eval_identity import decode_all, generate, link_scores, pairwise
 from streams.cli import main
 from streams.domain.identity import profile_id_for, profile_key
 from streams.domain.resolution import (
@@ -224,6 +224,14 @@ def test_quality_on_generated_records_beats_the_targets(generated: tuple[list[di
     events, truth = generated
     s = pairwise(resolve_all(events), truth)
     assert s.precision >= 0.98 and s.f1 >= 0.95
+
+
+def test_a_baselines_links_are_scored_as_the_profiles_they_make() -> None:
+    # links a-b and b-c put a, b and c in one profile: three pairs, all true here, all wrong but one there
+    assert link_scores([(0, 1), (1, 2)], [7, 7, 7]) == pairwise(["p", "p", "p"], [7, 7, 7])
+    assert link_scores([(0, 1), (1, 2)], [7, 7, 7]).recall == 1.0
+    assert link_scores([(0, 1), (1, 2)], [7, 7, 8]).precision == pytest.approx(1 / 3)
+    assert link_scores([], [7, 7]).recall == 0.0
 
 
 # --- mailpulse resolve -----------------------------------------------------------------------------
