@@ -64,6 +64,27 @@ def test_names_are_folded_and_nicknames_canonical() -> None:
     assert norm.given_name("Liz") == "elizabeth" and norm.given_name("Anna") == "anna"
 
 
+def _identify(n: int, **traits: str) -> dict[str, Any]:
+    return {"type": "identify", "anonymous_id": f"x-{n}", "traits": traits}
+
+
+def test_names_in_other_scripts_are_names_not_missing() -> None:
+    assert norm.fold("Иван Петров") == "иван петров" and norm.fold("Γιάννης") == "γιαννης"
+    assert norm.fold("王 伟") == "王 伟" and norm.fold("Đorđe O\u02bcBrien") == "ore obrien"  # Latin as before
+    assert norm.phonetic("петров") == "ПЕТР" and norm.phonetic("smith") == "S530"
+    ivan = {"first_name": "Иван", "last_name": "Петров", "birthday": "1985-03-14", "city": "Москва",
+            "street": "ул. Ленина 5", "postcode": "101000"}
+    events = [_identify(1, **ivan), _identify(2, **{**ivan, "first_name": "Иавн"}),
+              _identify(3, **{**ivan, "street": "пр. Мира 12", "postcode": "129090"}),
+              _identify(4, **{**ivan, "first_name": "Ольга", "last_name": "Петрова", "birthday": "1987-11-02"}),
+              _identify(5, **{**ivan, "birthday": "1962-07-30", "city": "Казань", "street": "", "postcode": "420000"}),
+              _identify(6, first_name="王", last_name="伟", birthday="1990-01-05"),
+              _identify(7, first_name="王", last_name="伟", birthday="1991-06-05")]
+    ids = resolve_all(events)
+    assert ids[0] == ids[1] == ids[2]  # a typo, a move: one person, as in Latin letters
+    assert len({ids[0], *ids[3:]}) == 5  # a household member, a namesake elsewhere, two namesakes: apart
+
+
 def test_streets_postcodes_and_phonetic_keys() -> None:
     assert norm.street("12a Main St.") == ("12a", "main street")
     assert norm.street("Hauptstr. 5") == norm.street("Hauptstraße 5") == ("5", "hauptstrasse")

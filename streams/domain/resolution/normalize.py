@@ -68,18 +68,30 @@ STREET_WORDS: dict[str, str] = {
     "w": "west", "mt": "mount", "apt": "apartment", "ste": "suite",
 }
 
-_NOT_LETTERS = re.compile(r"[^a-z0-9 ]+")
+#: ASCII that is no letter, digit or space (the letters of other scripts that :func:`fold` keeps are not ASCII).
+_NOT_LETTERS = re.compile(r"[^a-z0-9 \u0080-\U0010ffff]+")
 _SPACES = re.compile(r"\s+")
 _DIGITS = re.compile(r"\d")
 _PLACEHOLDER_CODE = re.compile(r"0{3,}|9{3,}|X{3,}")
 
 
+def _kept(ch: str) -> bool:
+    """Whether :func:`fold` keeps a character of the NFKD form of a name: ASCII, and the letters and
+    digits of scripts other than Latin (Cyrillic, Greek, Arabic, Han, ...), which have no ASCII form;
+    not accents (combining marks), modifier letters (U+02BC) nor Latin letters without an ASCII base
+    (``đ``), as before."""
+    return ch.isascii() or (ch.isalnum() and unicodedata.category(ch) != "Lm"  # (marks are no alnum)
+                            and not unicodedata.name(ch, "LATIN").startswith("LATIN"))
+
+
 @lru_cache(maxsize=CACHE_SIZE)
 def fold(text: str) -> str:
-    """Lower case ASCII letters, digits and single spaces: ``"  Müller-Lüdenscheidt "`` -> ``"muller ludenscheidt"``."""
+    """Lower case ASCII letters, digits and single spaces: ``"  Müller-Lüdenscheidt "`` -> ``"muller ludenscheidt"``;
+    the letters of other scripts stay (``"Иван Петров"`` -> ``"иван петров"``): dropping them made every name
+    in Cyrillic, Greek, Arabic or Chinese a missing one, so such records were never compared."""
     text = text.strip().lower().replace("ß", "ss").replace("æ", "ae").replace("ø", "o").replace("ł", "l")
     if not text.isascii():
-        text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+        text = "".join(ch for ch in unicodedata.normalize("NFKD", text) if _kept(ch))
     text = _NOT_LETTERS.sub(" ", text)
     return _SPACES.sub(" ", text).strip()
 
@@ -136,10 +148,11 @@ def phonetic(text: str) -> str:
     American Soundex with German ``sch`` folded to ``s``; h/w do not separate equal codes, vowels do.
     Typo-tolerant for dropped, doubled or swapped vowels and for many consonant slips; the first letter is
     kept as is, so blocking on it assumes first letters are mostly right (other keys catch the rest).
+    A name without a Latin letter (another script) keys on its first four letters.
     """
     letters = "".join(ch for ch in text if "a" <= ch <= "z").replace("sch", "s")
-    if not letters:
-        return ""
+    if not letters:  # another script (:func:`fold`): its first four letters
+        return "".join(ch for ch in text if ch.isalpha())[:4].upper()
     codes = letters.translate(_SOUNDEX)
     out = [letters[0].upper()]
     last = codes[0] if codes[0].isdigit() else ""
