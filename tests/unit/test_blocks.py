@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
-from bench.eval_identity import decode_all, generate
+from bench.eval_identity import decode_all, evaluate_set, generate, stream_profiles
 from streams.domain.resolution import (
     MAX_BLOCK,
     BlockOutcome,
@@ -383,3 +383,18 @@ def test_routing_by_block_ends_where_the_batch_resolver_does(generated: list[dic
         batch[pid].add(i)
     assert sorted(map(sorted, streamed.values())) == sorted(map(sorted, batch.values()))
     assert len(links) > 50
+
+
+def test_the_evaluation_measures_what_the_worker_decides_beside_the_batch() -> None:
+    """The bridge of docs/identity.md: "J Smith" at the address of John and of Jane Smith.  The batch
+    resolver joins it to one of them; the worker's blocks, which see pairs and not clusters, chain all
+    three into one profile.  ``make eval-identity`` shows both (``mailpulse stream``)."""
+    address = {"street": "12 Oak Road", "city": "Berlin", "postcode": "10115"}
+    events = [{"type": "identify", "anonymous_id": f"x-{n}", "traits": {**traits, **address}} for n, traits in
+              enumerate([{"first_name": "John", "last_name": "Smith", "birthday": "1980-05-04"},
+                         {"first_name": "Jane", "last_name": "Smith", "birthday": "1982-07-09"},
+                         {"first_name": "J", "last_name": "Smith"}])]
+    assert len(set(resolve_all(events))) == 2
+    assert len(set(stream_profiles(events))) == 1
+    rows = {row.method: row.scores for row in evaluate_set("bridge", events, [0, 1, 1], None)}  # J is Jane
+    assert rows["mailpulse"].precision == 1.0 and rows["mailpulse stream"].precision == pytest.approx(1 / 3)
