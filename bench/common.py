@@ -76,8 +76,10 @@ def synthetic_events(n: int, users: int = 20_000, bad_every: int = 0) -> list[by
 #: events, 70% product views over 2,000 SKUs, 15% cart adds, 5% purchases, 10% identifies with an
 #: e-mail that links a new key), ``views`` (``people`` with product views only) or ``identifies``
 #: (``views`` with every tenth event an ``identify`` of that mix: an identify's cost is then
-#: (cost of ``identifies`` - 0.9 x cost of ``views``) / 0.1 per event).
-MIXES = ("bench", "people", "views", "identifies")
+#: (cost of ``identifies`` - 0.9 x cost of ``views``) / 0.1 per event) or ``newcomers`` (the latency
+#: bench's traffic, ``bench/latency.py``: every event a new person, a product view and an identify with
+#: an e-mail and consent alternating).
+MIXES = ("bench", "people", "views", "identifies", "newcomers")
 
 
 def mixed_events(n: int, mix: str | None = None) -> list[bytes]:
@@ -90,6 +92,15 @@ def mixed_events(n: int, mix: str | None = None) -> list[bytes]:
     people = max(n // 4, 1)
     out: list[bytes] = []
     t0 = 1_772_359_200_000
+    if mix == "newcomers":
+        for i in range(n):
+            user, ts = f"lat-{i}", t0 + i * 50
+            out.append(orjson.dumps(
+                {"event_id": user, "type": "product_view", "timestamp": ts, "user_id": user,
+                 "product_id": f"sku-{i % 300}", "category": "books"} if i % 2 == 0 else
+                {"event_id": user, "type": "identify", "timestamp": ts, "user_id": user,
+                 "traits": {"email": f"{user}@example.com"}, "consent": {"email": True}}))
+        return out
     for i in range(n):
         user = f"p-{(i * 7919) % people}"
         ts = t0 + i * 50
