@@ -279,6 +279,11 @@ class Ledger:
         self.db[b"u:" + profile_id.encode()] = orjson.dumps({"at": at_ms})
         self.db[b"ue:" + email.lower().encode()] = orjson.dumps({"at": at_ms})
 
+    def unsubscribed_both(self, profile_id: str, email: str) -> bool:
+        """Whether this profile and this address have each unsubscribed already."""
+        return self.db.get(b"u:" + profile_id.encode()) is not None and \
+            self.db.get(b"ue:" + email.lower().encode()) is not None
+
     def unsubscribed(self, profile_id: str, email: str) -> bool:
         return self.db.get(b"u:" + profile_id.encode()) is not None or \
             self.db.get(b"ue:" + email.lower().encode()) is not None

@@ -484,7 +484,11 @@ class Deliverer:
     # --- the unsubscribe loop ---
     def withdraw(self, profile_id: str, email: str, source: str) -> None:
         """No more e-mail to this person: noted here (their triggers already on the way are held back)
-        and sent to the pipeline as an ``identify`` with ``consent.email=false``."""
+        and sent to the pipeline as an ``identify`` with ``consent.email=false``.  Once per person and
+        address: the same link used again (a page reloaded, or anyone holding it, without end) writes and
+        sends nothing more (the first ``identify`` is kept in the ledger until the broker takes it)."""
+        if self.ledger.unsubscribed_both(profile_id, email):
+            return
         now = self.now_ms()
         self.ledger.unsubscribe(profile_id, email, now)
         event = unsubscribe.consent_withdrawn(email, now, "unsubscribe" if source == "unsubscribe" else "bounce")

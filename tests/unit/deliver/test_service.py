@@ -987,6 +987,18 @@ def test_an_email_that_is_not_one_bare_address_goes_to_delivery_failed(tmp_path:
     assert not list((tmp_path / "out").iterdir())
 
 
+def test_an_unsubscribe_link_used_again_writes_and_sends_nothing_more(tmp_path: Path) -> None:
+    """Each use wrote the ledger (synced) and sent another ``identify``: anyone holding one link could
+    flood both."""
+    step, producer = deliverer(tmp_path, DryRun(tmp_path / "out"))
+    for _ in range(5):
+        step.withdraw("p-0", "ana@example.com", "unsubscribe")
+    assert [letter["consent"] for topic, letter in producer.sent if topic == "identities"] == [{"email": False}]
+    step.withdraw("p-1", "ana@example.com", "unsubscribe")  # another profile of the address: its own word
+    assert len([topic for topic, _ in producer.sent if topic == "identities"]) == 2
+    assert step.ledger.unsubscribed("p-1", "bea@example.com")
+
+
 @pytest.mark.parametrize("address", [" ana@example.com", "Ana@Example.COM", "ana@example.com "])
 def test_an_unsubscribed_address_written_otherwise_is_suppressed(tmp_path: Path, address: str) -> None:
     step, producer = deliverer(tmp_path, DryRun(tmp_path / "out"))
