@@ -291,8 +291,9 @@ class IdentifyEvent(_Identified):
     @field_validator("consent", mode="before")
     @classmethod
     def _consent_channels(cls, value: Any) -> Any:
-        """A channel given as ``null`` says nothing of it (its other channels still count).  A channel's
-        name is read as identifiers are compared (:func:`comparable`: trimmed, case-folded, without
+        """A channel given as ``null`` or ``""`` (a CRM export's empty cell) says nothing of it (its other
+        channels still count, a withdrawal among them: ``""`` dead-lettered the whole identify).  A
+        channel's name is read as identifiers are compared (:func:`comparable`: trimmed, case-folded, without
         invisible characters): ``{"Email": false}`` from a CRM export withdraws the e-mail consent the
         guardrails read (it was kept under ``"Email"``, and triggers went on).  Two spellings of one
         channel that disagree: a withdrawal wins."""
@@ -300,7 +301,7 @@ class IdentifyEvent(_Identified):
             return value
         channels: dict[Any, Any] = {}
         for channel, given in value.items():
-            if given is None:
+            if given is None or given == "":
                 continue
             # (a name past the limit is left as it is, for the validation to refuse: normalizing a long
             # text of combining marks takes time)

@@ -187,6 +187,9 @@ def test_an_empty_optional_field_is_not_given_and_the_event_is_kept() -> None:
     assert "campaign_id" not in view and "category" not in view and view["context"] == {"device": "mobile"}
     identify = ok({**BASE, "type": "identify", "source": "", "consent": {"email": False}})
     assert "source" not in identify and identify["consent"] == {"email": False}
+    # an empty consent cell of another channel (a CRM export) says nothing of it: the withdrawal stays
+    identify = ok({**BASE, "type": "identify", "consent": {"email": False, "sms": ""}})
+    assert identify["consent"] == {"email": False}
     purchase = ok({**BASE, "type": "purchase", "order_id": "o-1", "total": 5.0, "currency": "",
                    "items": [{"product_id": "sku-1", "category": ""}]})
     assert purchase["currency"] == "USD" and purchase["items"] == [{"product_id": "sku-1", "quantity": 1}]
