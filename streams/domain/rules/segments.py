@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from schemas.events import CART_TYPES, CLICK_TYPES, PURCHASE_TYPES
+from schemas.identifiers import comparable
 from schemas.timeparse import MAX_SPAN_MS
 
 if TYPE_CHECKING:
@@ -457,6 +458,8 @@ def _compile_field(body: Any, where: str) -> FieldCondition:
     keys = tuple(path.split("."))
     if keys[0] not in FACT_ROOTS:
         raise RuleError(_join(where, "path"), f"unknown root {keys[0]!r} (use {_keys(FACT_ROOTS)})")
+    if keys[0] == "consent" and len(keys) > 1:  # a channel as events name it (schemas.events: case-folded)
+        keys = (keys[0], comparable(keys[1]), *keys[2:])
     fields = FIXED_FIELDS.get(keys[0])
     if fields is not None:
         if len(keys) < 2 or keys[1] not in fields:

@@ -441,3 +441,19 @@ def test_bad_custom_segments_stop_the_load(tmp_path: Path, text: str, message: s
     with pytest.raises(ConfigError) as err:
         load_config(write(tmp_path, text))
     assert message in str(err.value)
+
+
+def test_a_consent_path_names_its_channel_as_events_do() -> None:
+    """Events' consent channels are stored case-folded (``{"Newsletter": true}`` is ``newsletter``): a rule
+    written ``consent.Newsletter`` (as the CRM spells it) matched before that and would never match since."""
+    import orjson
+
+    from streams.ingest import Accepted, Source, decode
+
+    raw = {"event_id": "i-1", "type": "identify", "timestamp": T0, "user_id": "u-1", "consent": {"Newsletter": True}}
+    result = decode(orjson.dumps(raw), Source("identities", 0, 0, None, T0), T0)
+    assert isinstance(result, Accepted)
+    consent = result.event["consent"]
+    for path in ("consent.Newsletter", "consent.newsletter", "consent. NEWSLETTER"):
+        assert holds({"field": {"path": path, "eq": True}}, facts(consent=consent)), path
+    assert not holds({"field": {"path": "consent.Newsletter", "eq": True}}, facts(consent={"sms": True}))
