@@ -85,6 +85,22 @@ def test_names_in_other_scripts_are_names_not_missing() -> None:
     assert len({ids[0], *ids[3:]}) == 5  # a household member, a namesake elsewhere, two namesakes: apart
 
 
+def test_the_vowel_signs_of_other_scripts_are_letters_not_accents() -> None:
+    """Dropped as accents, the vowel signs of Devanagari (or the kana voicing marks) made different names
+    one: मधु (Madhu) and मेधा (Medha) of one household were one person, Madhu and Medha two."""
+    assert norm.fold("मधु") != norm.fold("मेधा") and norm.fold("राम") != norm.fold("रमा")
+    assert norm.fold("ガク") != norm.fold("カク")
+    # accents go, as Latin's do: Greek's, Cyrillic's, Arabic's harakat, Hebrew's points, the nukta
+    assert norm.fold("Γιάννης") == "γιαννης" and norm.fold("Ёлкин") == "елкин"
+    assert norm.fold("مُحَمَّد") == norm.fold("محمد") and norm.fold("שָׁלוֹם") == norm.fold("שלום")
+    assert norm.fold("ज़ोया") == norm.fold("जोया")
+    home = {"street": "12 MG Road", "city": "Pune", "postcode": "411001"}
+    for madhu, medha, sharma in (("Madhu", "Medha", "Sharma"), ("मधु", "मेधा", "शर्मा")):
+        events = [_identify(1, first_name=madhu, last_name=sharma, **home),
+                  _identify(2, first_name=medha, last_name=sharma, **home)]
+        assert len(set(resolve_all(events))) == 2, madhu
+
+
 def test_streets_postcodes_and_phonetic_keys() -> None:
     assert norm.street("12a Main St.") == ("12a", "main street")
     assert norm.street("Hauptstr. 5") == norm.street("Hauptstraße 5") == ("5", "hauptstrasse")

@@ -75,13 +75,28 @@ _DIGITS = re.compile(r"\d")
 _PLACEHOLDER_CODE = re.compile(r"0{3,}|9{3,}|X{3,}")
 
 
+#: Combining marks that are accents, left out in writing as often as not, which :func:`fold` drops as it
+#: does Latin's: the combining diacritics (Latin, Greek and Cyrillic letters' after NFKD), Cyrillic's
+#: titlo, Hebrew's points, Arabic's harakat and the nukta of Indic scripts.  The other marks are letters:
+#: the vowel signs of Indic and South-East Asian scripts (मधु, Madhu, is not मेधा, Medha) and the kana
+#: voicing marks (ガク is not カク).
+_ACCENTS = re.compile("[\u0300-\u036f\u0483-\u0489\u0591-\u05c7\u0610-\u061a\u064b-\u065f\u0670"
+                      "\u06d6-\u06ed\u093c\u09bc\u0a3c\u0abc\u0b3c\u0c3c\u0cbc\u1ab0-\u1aff\u1dc0-\u1dff"
+                      "\u20d0-\u20ff\ufe20-\ufe2f]")
+
+
 def _kept(ch: str) -> bool:
-    """Whether :func:`fold` keeps a character of the NFKD form of a name: ASCII, and the letters and
-    digits of scripts other than Latin (Cyrillic, Greek, Arabic, Han, ...), which have no ASCII form;
-    not accents (combining marks), modifier letters (U+02BC) nor Latin letters without an ASCII base
-    (``đ``), as before."""
-    return ch.isascii() or (ch.isalnum() and unicodedata.category(ch) != "Lm"  # (marks are no alnum)
-                            and not unicodedata.name(ch, "LATIN").startswith("LATIN"))
+    """Whether :func:`fold` keeps a character of the NFKD form of a name: ASCII, and the letters, digits
+    and vowel signs of scripts other than Latin (Cyrillic, Greek, Arabic, Han, Devanagari, ...), which
+    have no ASCII form; not accents (:data:`_ACCENTS`), modifier letters (U+02BC) nor Latin letters
+    without an ASCII base (``đ``), as before."""
+    if ch.isascii():
+        return True
+    category = unicodedata.category(ch)
+    if category[0] == "M":  # a combining mark: a letter's part, unless an accent
+        return _ACCENTS.match(ch) is None
+    return (ch.isalnum() and category != "Lm"
+            and not unicodedata.name(ch, "LATIN").startswith("LATIN"))
 
 
 @lru_cache(maxsize=CACHE_SIZE)
