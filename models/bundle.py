@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -105,6 +106,8 @@ class ModelBundle:
             raise ModelError(f"{model_path}: not the file its manifest was written with (its SHA-256 differs): "
                              "damaged or replaced; restore it or train again")
         problem = _layout_problem(data)
+        if problem is None and checksum is None:  # (a bundle trained before the manifest kept it)
+            problem = _parse_problem(data)  # a number damaged inside a tree: only a parse tells, and it aborts
         if problem is not None:
             raise ModelError(f"{model_path}: not a whole LightGBM model ({problem}): damaged or cut short; "
                              "restore it or train again")
@@ -148,6 +151,24 @@ def _layout_problem(data: bytes) -> str | None:
     if not data.startswith(b"end of trees\n", at):
         return "it ends before its last tree does"
     return None
+
+
+#: The parse of :func:`_parse_problem`, in a process of its own: the model text on stdin.
+_PARSE = "import sys; from models.bundle import import_lightgbm; import_lightgbm().Booster(model_str=sys.stdin.read())"
+
+
+def _parse_problem(data: bytes) -> str | None:
+    """What LightGBM's parse of ``data`` met, asked of a process of its own (None: it parsed, or no
+    process could be started): on a number damaged inside a tree it ends the process it runs in."""
+    try:
+        done = subprocess.run([sys.executable, "-c", _PARSE], input=data, capture_output=True, timeout=300,
+                              cwd=Path(__file__).resolve().parent.parent)
+    except (OSError, subprocess.SubprocessError):
+        return None  # (not checked: parsed here, as before)
+    if done.returncode == 0:
+        return None
+    said = [line for line in done.stderr.decode(errors="replace").splitlines() if "[Fatal]" in line]
+    return said[-1].split("[Fatal]", 1)[1].strip()[:200] if said else "LightGBM cannot parse it"
 
 
 def write_bundle(directory: Path, booster: Any, calibration: Isotonic | None, version: str, horizon_days: float,

@@ -90,7 +90,8 @@ _LOAD = "from pathlib import Path; from models.bundle import ModelBundle; ModelB
 
 
 @pytest.mark.parametrize(("damage", "kept"), [("cut short", True), ("cut short", False), ("a digit changed", True),
-                                              ("a digit changed", False)])
+                                              ("a digit changed", False), ("a number damaged", True),
+                                              ("a number damaged", False)])
 def test_a_damaged_model_file_is_a_one_line_error_not_a_crash(tmp_path: Path, damage: str, kept: bool) -> None:
     """LightGBM's parse ends the process on such files (a segmentation fault when cut short, an abort
     when a number inside a tree is damaged): they are refused before it runs (in a process of its own
@@ -103,10 +104,14 @@ def test_a_damaged_model_file_is_a_one_line_error_not_a_crash(tmp_path: Path, da
     if damage == "cut short":  # a copy that stopped part way (a full disk, an interrupted transfer)
         model.write_text(text[: len(text) // 3])
         expected = "its SHA-256 differs" if kept else "not a whole LightGBM model"
-    else:
+    elif damage == "a digit changed":
         at = text.index("leaf_value=", text.index("Tree=3")) + len("leaf_value=")
         model.write_text(text[:at] + ("9" if text[at] != "9" else "8") + text[at + 1:])
         expected = "its SHA-256 differs" if kept else ""  # without the checksum: a model still, another one
+    else:  # a bit flipped in a number: the layout is whole, LightGBM's parallel parse aborts on it
+        at = text.index("threshold=", text.index("Tree=3")) + len("threshold=")
+        model.write_text(text[:at] + "x" + text[at + 1:])
+        expected = "its SHA-256 differs" if kept else "no conversion to double"
     if not kept:
         del manifest["sha256"]
         (tmp_path / "m" / MANIFEST).write_text(json.dumps(manifest))
