@@ -125,6 +125,9 @@ def _usable_folder(path: Path, what: str) -> None:
         raise UserError(f"{what} {path}: not a folder")
     existing = path
     while not existing.exists():  # (``exists`` is False below a file too) the folder it would be made in
+        if existing.is_symlink():  # a link to nothing (a volume not mounted): mkdir's FileExistsError
+            raise UserError(f"{what} {path}: not a folder ({existing} links to {existing.readlink()}, "
+                            "which does not exist)")
         existing = existing.parent
     if not existing.is_dir():
         raise UserError(f"{what} {path}: not a folder ({existing} is a file)")

@@ -175,14 +175,17 @@ def test_numbers_past_what_a_command_can_use_are_refused(capsys: pytest.CaptureF
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
 
 
-@pytest.mark.parametrize("below", [False, True], ids=["a file", "below a file"])
+@pytest.mark.parametrize("place", ["a file", "below a file", "a link to nothing", "below a link to nothing"])
 @pytest.mark.parametrize("setting", ["MAILPULSE_DATA_DIR", "--dry-run"])
 def test_a_folder_that_is_a_file_is_a_one_line_error(capsys: pytest.CaptureFixture[str],
                                                       monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                                                      setting: str, below: bool) -> None:
+                                                      setting: str, place: str) -> None:
     afile = tmp_path / "f"
     afile.write_text("x")
-    folder = afile / "state" / "x" if below else afile  # (below a file: a traceback from mkdir at the start)
+    (tmp_path / "link").symlink_to(tmp_path / "unmounted" / "state")  # (a volume not mounted: mkdir's FileExistsError)
+    # (below a file: a traceback from mkdir at the start)
+    folder = {"a file": afile, "below a file": afile / "state" / "x", "a link to nothing": tmp_path / "link",
+              "below a link to nothing": tmp_path / "link" / "x"}[place]
     if setting == "MAILPULSE_DATA_DIR":
         monkeypatch.setenv(setting, str(folder))
         code, _, err = run(capsys, "run", "--broker", "kafka://127.0.0.1:1")
