@@ -51,7 +51,7 @@ import random
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -445,7 +445,7 @@ class Row:
 
 
 def ecm(data: str, frame: Any, truth: Sequence[int]) -> Row:
-    """recordlinkage's ECM on ``frame`` (FEBRL columns), its links scored as pairs."""
+    """recordlinkage's ECM on ``frame`` (FEBRL columns), its links scored as the profiles they make."""
     import recordlinkage  # type: ignore[import-untyped,unused-ignore]
 
     frame = frame.reset_index(drop=True)
@@ -485,7 +485,13 @@ def link_scores(links: Sequence[tuple[int, int]], truth: Sequence[int]) -> Score
     """Pairwise scores of a linker's links taken as a clustering (their transitive closure), as the
     profiles of ``mailpulse`` are: linked records are one profile, so a chain a-b, b-c puts a and c
     together too, for better (a pair the linker missed) or worse (two people chained)."""
-    parent = list(range(len(truth)))
+    return pairwise(components(len(truth), links), truth)
+
+
+def components(count: int, links: Iterable[tuple[int, int]]) -> list[str]:
+    """The connected component of each of ``count`` records under ``links`` (pairs of record numbers),
+    named by its smallest record number: the profiles that links chained into one make."""
+    parent = list(range(count))
 
     def find(i: int) -> int:
         while parent[i] != i:
@@ -497,7 +503,7 @@ def link_scores(links: Sequence[tuple[int, int]], truth: Sequence[int]) -> Score
         ra, rb = find(a), find(b)
         if ra != rb:
             parent[max(ra, rb)] = min(ra, rb)
-    return pairwise([str(find(i)) for i in range(len(truth))], truth)
+    return [str(find(i)) for i in range(count)]
 
 
 def _ecm_row(data: str, frame: Any, truth: Sequence[int]) -> Row | None:
@@ -535,22 +541,12 @@ def stream_profiles(events: Sequence[dict[str, Any]], seed: int = 1) -> list[str
               if (record := person_record(event)) is not None for block in block_keys(record)]
     random.Random(seed).shuffle(routed)
     table: dict[str, dict[str, dict[str, Any]]] = {}
-    parent = list(range(len(events)))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
+    links: list[tuple[int, int]] = []
     for block, key, record in routed:
         outcome = on_block_message(table.get(block), key, record)
         table[block] = outcome.members
-        for a, b, _ in outcome.links:
-            ra, rb = find(index[a]), find(index[b])
-            if ra != rb:
-                parent[max(ra, rb)] = min(ra, rb)
-    return [str(find(n)) for n in range(len(events))]
+        links += [(index[a], index[b]) for a, b, _ in outcome.links]
+    return components(len(events), links)
 
 
 def _stream_row(data: str, events: Sequence[dict[str, Any]], truth: Sequence[int], completeness: float) -> Row:
