@@ -59,10 +59,6 @@ _PLACEHOLDER_LOCALS = frozenset({"noemail", "no email", "nomail", "no mail", "no
                                  "example", "fake", "asdf", "qwerty", "abc", "abc123", "123", "1234", "12345",
                                  "firstname lastname", "first last", "name", "yourname", "your name", "me"})
 
-
-def _placeholder_local(local: str) -> bool:
-    folded = norm.fold(local)
-    return not folded or folded in norm.PLACEHOLDER_NAME_PARTS or folded in _PLACEHOLDER_LOCALS
 _BIRTHDAY_DIFFERS = (LEVELS["birthday"].index("year"), LEVELS["birthday"].index("different"))
 _BIRTHDAY_AGREES = (LEVELS["birthday"].index("exact"), LEVELS["birthday"].index("day_month"))
 _SHARED = LEVELS["email"].index("shared")
@@ -92,6 +88,16 @@ class Person:
                 self.gender, ",".join(sorted(self.emails)), ",".join(sorted(self.phones)))
 
 
+def _names_a_person(local: str) -> bool:
+    """Whether an e-mail local part is evidence of one person: not too short, not a shared mailbox's
+    (:data:`_GENERIC_LOCALS`) nor what forms fill in for no address (:data:`_PLACEHOLDER_LOCALS`, the
+    placeholder words of names)."""
+    if len(local) < 3 or local in _GENERIC_LOCALS:
+        return False
+    folded = norm.fold(local)
+    return bool(folded) and folded not in norm.PLACEHOLDER_NAME_PARTS and folded not in _PLACEHOLDER_LOCALS
+
+
 def person_of(event: dict[str, Any]) -> Person:
     """The :class:`Person` of an accepted (decoded) identify event; other events give an empty one."""
     traits: dict[str, Any] = event.get("traits") or {}
@@ -102,7 +108,7 @@ def person_of(event: dict[str, Any]) -> Person:
     locals_ = set()
     for email in emails:
         local = email.partition("@")[0]
-        if len(local) >= 3 and local not in _GENERIC_LOCALS and not _placeholder_local(local):
+        if _names_a_person(local):
             locals_.add(local)
     return Person(
         first=first, first_canon=norm.NICKNAMES.get(first, first), last=last,
