@@ -36,6 +36,11 @@ def _by_profile(profile_id: str) -> bytes:
     return b"ph:%d:" % len(encoded) + encoded + b":"
 
 
+def _opt_out_keys(profile_id: str, email: str) -> tuple[bytes, bytes]:
+    """The keys of a profile's and an address's unsubscribe (``u:``, ``ue:``; the address lower-cased)."""
+    return b"u:" + profile_id.encode(), b"ue:" + email.lower().encode()
+
+
 #: Ids read between two calls of a long read's ``progress`` (a few milliseconds' worth).
 PROGRESS_EVERY = 1000
 
@@ -276,17 +281,15 @@ class Ledger:
 
     # --- unsubscribed people ---
     def unsubscribe(self, profile_id: str, email: str, at_ms: int) -> None:
-        self.db[b"u:" + profile_id.encode()] = orjson.dumps({"at": at_ms})
-        self.db[b"ue:" + email.lower().encode()] = orjson.dumps({"at": at_ms})
+        for key in _opt_out_keys(profile_id, email):
+            self.db[key] = orjson.dumps({"at": at_ms})
 
     def unsubscribed_both(self, profile_id: str, email: str) -> bool:
         """Whether this profile and this address have each unsubscribed already."""
-        return self.db.get(b"u:" + profile_id.encode()) is not None and \
-            self.db.get(b"ue:" + email.lower().encode()) is not None
+        return all(self.db.get(key) is not None for key in _opt_out_keys(profile_id, email))
 
     def unsubscribed(self, profile_id: str, email: str) -> bool:
-        return self.db.get(b"u:" + profile_id.encode()) is not None or \
-            self.db.get(b"ue:" + email.lower().encode()) is not None
+        return any(self.db.get(key) is not None for key in _opt_out_keys(profile_id, email))
 
     # --- whether the target counts as down ---
     def outage(self) -> dict[str, Any]:
