@@ -40,6 +40,14 @@ class _Deliveries:
             self.failed += 1
             self.first = self.first or error.str()
 
+    def check(self, path: Path, what: str, left: int, waited_s: int) -> None:
+        """:class:`ReplayError` when any of ``what`` was not delivered: refused, or among the ``left`` the
+        broker had not acknowledged after ``waited_s``."""
+        if left or self.failed:
+            raise ReplayError(f"{path}: {self.failed + left} {what} not delivered"
+                              + (f" (the first: {self.first})" if self.first else
+                                 f" ({left} not acknowledged by the broker within {waited_s} s)"))
+
 
 def _reason(exc: KafkaException) -> str:
     error = kafka_error(exc)
@@ -101,18 +109,11 @@ def replay_file(path: Path, bootstrap: str, rate: float | None = None, until: in
                     elapsed = max(time.monotonic() - started, 1e-6)
                     progress.update(task, completed=sent, rate=f"{sent / elapsed:,.0f} ev/s")
             progress.update(task, completed=sent)
-            left = producer.flush(60)
-            if left or delivery.failed:
-                raise ReplayError(f"{path}: {delivery.failed + left} of {sent} events were not delivered"
-                                  + (f" (the first: {delivery.first})" if delivery.first else
-                                     f" ({left} not acknowledged by the broker within 60 s)"))
+            delivery.check(path, f"of {sent} events were", producer.flush(60), 60)
+            # a tick lost leaves the watermark short of its time (and exit 0 said nothing)
             if until is not None:
                 send_ticks(producer, until, on_delivery=ticks)
-                left = producer.flush(30)
-            if left or ticks.failed:  # a tick lost leaves the watermark short of its time (and exit 0 said nothing)
-                raise ReplayError(f"{path}: {ticks.failed + left} tick messages (one per input partition) were not "
-                                  "delivered" + (f" (the first: {ticks.first})" if ticks.first else
-                                                 f" ({left} not acknowledged by the broker within 30 s)"))
+            ticks.check(path, "tick messages (one per input partition) were", producer.flush(30), 30)
     except KeyboardInterrupt:
         producer.flush(5)
         raise ReplayStopped(sent) from None
