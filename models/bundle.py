@@ -116,7 +116,7 @@ class ModelBundle:
         except Exception as exc:  # lightgbm raises its own LightGBMError for a bad model; the decode a ValueError
             raise ModelError(f"{model_path}: cannot load the model: {exc}") from None
         if booster.num_feature() != len(FEATURES):  # predict would fail on every profile
-            raise ModelError(f"{directory / model_file}: the model takes {booster.num_feature()} features, "
+            raise ModelError(f"{model_path}: the model takes {booster.num_feature()} features, "
                              f"the manifest names {len(FEATURES)}")
         return cls(str(version), horizon, str(as_of), booster, directory, calibration)
 

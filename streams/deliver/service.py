@@ -63,6 +63,8 @@ from streams.topics import DELIVERY_FAILED, TRIGGERS, withdrawals_topic
 log = logging.getLogger(__name__)
 
 IDENTITIES = "identities"
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
