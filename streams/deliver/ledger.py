@@ -41,7 +41,7 @@ def _opt_out_keys(profile_id: str, email: str) -> tuple[bytes, bytes]:
     return b"u:" + profile_id.encode(), b"ue:" + email.lower().encode()
 
 
-#: Ids read between two calls of a long read's ``progress`` (a few milliseconds' worth).
+#: Keys read or deleted between two calls of :attr:`Ledger.progress` (a few milliseconds' worth).
 PROGRESS_EVERY = 1000
 
 #: Where a hold key's trigger id starts (``h:<13 digits>:``).
@@ -52,9 +52,17 @@ class LedgerInUse(OSError):
     """Another process has the ledger open (RocksDB's lock)."""
 
 
+def _nothing() -> None:
+    return None
+
+
 class Ledger:
     def __init__(self, folder: Path) -> None:
         self.closed = False
+        #: called every :data:`PROGRESS_EVERY` keys a scan reads or a prune deletes: a read of every id
+        #: (millions at a large shop's retention: seconds) or a prune after a long stop is then no stall
+        #: of deliver's /healthz (its owner beats its heartbeat here)
+        self.progress: Callable[[], None] = _nothing
         folder.mkdir(parents=True, exist_ok=True)
         try:
             self.db = rocksdict.Rdict(str(folder / "ledger"))
@@ -98,12 +106,22 @@ class Ledger:
     def _keys(self, prefix: bytes) -> Iterator[bytes]:
         it = self.db.iter()
         it.seek(prefix)
+        read = 0
         while it.valid():
             key = it.key()
             if not isinstance(key, bytes) or not key.startswith(prefix):
                 break
             yield key
+            read += 1
+            if read % PROGRESS_EVERY == 0:
+                self.progress()
             it.next()
+
+    def _delete(self, keys: list[bytes]) -> None:
+        for n, key in enumerate(keys, 1):
+            del self.db[key]
+            if n % PROGRESS_EVERY == 0:
+                self.progress()
 
     def _get(self, key: bytes) -> bytes:
         value = self.db[key]
@@ -160,25 +178,17 @@ class Ledger:
             if int(key[2:15]) >= before_ms:
                 break
             old.append(key)
-        for key in old:
-            del self.db[key]
-            if self.db.get(b"d:" + key[16:]) is not None:
-                del self.db[b"d:" + key[16:]]
-                self.entries -= 1
+        self._delete(old)
+        done = [b"d:" + key[16:] for key in old if self.db.get(b"d:" + key[16:]) is not None]
+        self._delete(done)
+        self.entries -= len(done)
         return len(old)
 
-    def interrupted(self, progress: Callable[[], None] = lambda: None) -> list[tuple[str, dict[str, Any]]]:
+    def interrupted(self) -> list[tuple[str, dict[str, Any]]]:
         """(trigger id, its ``sending`` mark) of the triggers whose sending was under way when the
-        process stopped.  A read of every id (millions, at a large shop's retention: seconds each):
-        ``progress`` is called every :data:`PROGRESS_EVERY` of them."""
-        found = []
-        for n, key in enumerate(self._keys(b"d:"), 1):
-            if n % PROGRESS_EVERY == 0:
-                progress()
-            mark = orjson.loads(self._get(key))
-            if mark.get("state") == SENDING:
-                found.append((key[2:].decode(), mark))
-        return found
+        process stopped: a read of every id (:attr:`progress` is called along)."""
+        marks = ((key[2:].decode(), orjson.loads(self._get(key))) for key in self._keys(b"d:"))
+        return [(trigger_id, mark) for trigger_id, mark in marks if mark.get("state") == SENDING]
 
     # --- held until send_at ---
     def hold(self, send_at_ms: int, trigger_id: str, trigger: bytes, profile_id: str) -> None:
@@ -238,8 +248,7 @@ class Ledger:
         """Forgets the withdrawals noted before ``before_ms`` (their triggers are past the ledger's
         retention too); how many."""
         old = [key for key in self._keys(b"w:") if orjson.loads(self._get(key))["noted"] < before_ms]
-        for key in old:
-            del self.db[key]
+        self._delete(old)
         return len(old)
 
     def read_up_to(self, partition: int) -> int | None:

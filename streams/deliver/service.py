@@ -121,6 +121,10 @@ class Deliverer:
         #: the producer's fatal error (its idempotence broken, say): no record can be produced any more
         self.fatal: str | None = None
         self.heartbeat = Heartbeat()  # (what /healthz tells)
+        ledger.progress = self._beat  # (its long scans and prunes: no stall)
+
+    def _beat(self) -> None:
+        self.heartbeat.beat()
 
     # --- records for Kafka, kept in the ledger until the broker has them ---
     def produce(self, topic: str, value: bytes, key: bytes | None) -> None:
@@ -315,7 +319,7 @@ class Deliverer:
     def fail_interrupted(self) -> None:
         """Ids left ``sending`` by a process that stopped mid-send: at most once, so not sent again.
         (Found by a read of the whole ledger, which beats the heartbeat: /healthz says no stall.)"""
-        for trigger_id, mark in self.ledger.interrupted(self.heartbeat.beat):
+        for trigger_id, mark in self.ledger.interrupted():
             self._give_up({"trigger_id": trigger_id, "type": mark.get("type"), "profile_id": mark.get("profile_id")},
                           "interrupted", self._earlier_attempts(trigger_id) + 1,
                           "the connector stopped while sending it; not sent again (at most once)")

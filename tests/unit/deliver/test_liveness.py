@@ -240,3 +240,18 @@ def test_the_start_reading_a_large_ledger_for_interrupted_sends_is_no_stall(tmp_
     monkeypatch.setattr(ledger_module, "orjson", SlowJson)
     step.fail_interrupted()
     assert clock[0] >= 20 and max(stalled) == 0
+
+
+def test_a_prune_of_many_ids_after_a_long_stop_is_no_stall(tmp_path: Path) -> None:
+    """The first turn after a stop longer than the retention forgets every id at once (millions, ~10 µs
+    each): the ledger's scans and deletes call its ``progress`` (deliver's heartbeat) along."""
+    from streams.deliver.ledger import PROGRESS_EVERY, SENT
+
+    step, _ = deliverer(tmp_path, DryRun(tmp_path / "out"))
+    for n in range(5 * PROGRESS_EVERY):
+        step.ledger.mark(f"t-{n}", SENT, 1_700_000_000_000)
+    beats = [0]
+    step.ledger.progress = lambda: beats.__setitem__(0, beats[0] + 1)
+    assert step.ledger.prune(1_800_000_000_000) == 5 * PROGRESS_EVERY
+    assert beats[0] >= 3 * 5  # the scan of the ages, their deletes and the ids' deletes
+    assert step.ledger.entries == 0
