@@ -19,6 +19,7 @@ from collections.abc import Container, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from schemas.identifiers import comparable
 from schemas.timeparse import format_ms
 from streams.domain import possible_matches
 from streams.domain.identity import profile_id_for
@@ -181,6 +182,27 @@ def _drop(dropped: Dropped | None, collection: str, count: int = 1) -> None:
 #: The consent the guardrails read (``rules.guardrails``): the bound on consent keys never drops it, so
 #: a withdrawal always counts, whatever other consent keys a profile gathered first (a bound of one more).
 CONSENT_CHANNEL = "email"
+
+
+def fold_consent_names(profile: ProfileBody) -> None:
+    """Consent channels named as events name them (``schemas.events``: :func:`comparable`, trimmed and
+    case-folded), in a profile an earlier version stored with names as given: ``{"Email": false}`` was
+    kept so, and every reader of ``email`` (the guardrails, the withdrawals, the segments, the scores)
+    missed the withdrawal.  Spellings of one channel merge as events do: the newest by its time, a
+    withdrawal winning a tie; a name of nothing goes."""
+    consent = profile["consent"]
+    if len(consent) <= 1 and (not consent or CONSENT_CHANNEL in consent):
+        return  # (the common case: no consent, or the e-mail channel alone)
+    if all(name == comparable(name) for name in consent):
+        return
+    times = profile["consent_times"]
+    for name in [name for name in consent if name != comparable(name)]:
+        given, stamp, channel = consent.pop(name), times.pop(name, [-1, ""]), comparable(name)
+        if not channel:
+            continue
+        held = times.get(channel, [-1, ""])
+        if channel not in consent or stamp > held or (stamp == held and given is False):
+            consent[channel], times[channel] = given, stamp
 
 
 def _apply_newest(

@@ -32,6 +32,7 @@ from streams.domain.profile import (
     DERIVE,
     Limits,
     cart_view,
+    fold_consent_names,
     fold_event,
     new_state,
     remember,
@@ -141,10 +142,12 @@ class Received:
 
 
 def ensure_rule_state(state: LiveState) -> LiveState:
-    """Adds the timeline's parts (pending events, rule state) to a profile state that lacks them."""
+    """A profile state as this version reads it: the timeline's parts (pending events, rule state) added
+    where they lack, and consent channels named as events now name them (:func:`fold_consent_names`)."""
     if "rules" not in state:
         state["pending"] = []
         state["rules"] = triggers.new_rule_state()
+    fold_consent_names(state["profile"])
     return state
 
 

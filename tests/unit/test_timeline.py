@@ -155,6 +155,46 @@ def test_welcome_and_birthday_and_consent() -> None:
     assert sorted(refused.suppressed) == [("cart_abandoned", "consent_false"), ("welcome", "consent_false")]
 
 
+@pytest.mark.parametrize(
+    ("stored", "require", "expected"),
+    [
+        ({"Email": False}, False, [("cart_abandoned", "consent_false")]),
+        ({"email": True, " EMAIL": False}, False, [("cart_abandoned", "consent_false")]),  # one time: withdrawn
+        ({"Email": True}, True, []),
+        ({"Emails": False, "sms": False}, True, [("cart_abandoned", "no_consent")]),
+    ],
+)
+def test_a_consent_stored_under_another_spelling_is_read_as_events_name_it_now(
+        stored: dict[str, bool], require: bool, expected: list[tuple[str, str]]) -> None:
+    """A state an earlier version stored keeps the channel names its events gave (``{"Email": false}``):
+    the step reads them as events name them now, so a withdrawal so spelled holds triggers back."""
+    t = ms(T0)
+    rules = RuleSet.build(PipelineConfig.model_validate({"guardrails": {"require_consent": require}}), 7 * DAY)
+    person = Person(rules).arrive(ev("i-1", "identify", t, traits={"email": "a@example.com"})).to(t)
+    assert person.state is not None
+    person.state["profile"]["consent"] = dict(stored)
+    person.state["profile"]["consent_times"] = {name: [t, "i-1"] for name in stored}
+    person.triggers, person.suppressed = [], []  # (the identify's welcome)
+    person.arrive(ev("k-1", "cart_add", t + MIN, product_id="x", price=1.0)).to(t + DAY)
+    assert person.suppressed == expected and len(person.triggers) == (not expected)
+    assert all(name == name.strip().casefold() for name in person.state["profile"]["consent"])
+
+
+def test_a_consent_given_again_after_a_withdrawal_stored_under_another_spelling_counts() -> None:
+    """The newest word wins, as between events: a withdrawal stored as ``{"Email": false}`` before channel
+    names were folded does not outweigh the person's later consent (it did, read beside ``email``)."""
+    t = ms(T0)
+    person = Person().arrive(ev("i-1", "identify", t, traits={"email": "a@example.com"})).to(t)
+    assert person.state is not None
+    person.state["profile"]["consent"] = {"Email": False}
+    person.state["profile"]["consent_times"] = {"Email": [t, "i-1"]}
+    person.triggers = []  # (the identify's welcome)
+    person.arrive(ev("i-2", "identify", t + MIN, consent={"email": True}),
+                  ev("k-1", "cart_add", t + 2 * MIN, product_id="x", price=1.0)).to(t + DAY)
+    assert person.state["profile"]["consent"] == {"email": True}
+    assert person.suppressed == [] and [t["type"] for t in person.triggers] == ["cart_abandoned"]
+
+
 def test_caps_hold_back_a_second_trigger_of_a_type_within_24_hours() -> None:
     t = ms(T0)
     person = Person().arrive(ev("k-1", "cart_add", t, product_id="a", price=1.0),

@@ -13,7 +13,6 @@ from datetime import UTC, datetime, time, timedelta, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from schemas.identifiers import comparable
 from streams.domain.config import Guardrails
 
 DAY_MS = 86_400_000
@@ -27,22 +26,6 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 
 
-def email_consent(consent: Mapping[str, Any]) -> Any:
-    """A profile's e-mail consent: its ``email`` channel, and the channels spelled otherwise that events
-    read as it (schemas.events: trimmed, case-folded), a withdrawal winning.  A state stored before channel
-    names were read so keeps ``{"Email": false}`` as given: the person withdrew, and the guardrails, which
-    read ``email`` only, let triggers go on."""
-    email = consent.get("email")
-    if email is False or len(consent) == (email is not None):
-        return email  # (the common case: nothing else is there)
-    for name, given in consent.items():
-        if name != "email" and given is not None and comparable(name) == "email":
-            if given is False:
-                return False
-            email = given if email is None else email
-    return email
-
-
 def suppression_reason(
     cfg: Guardrails, consent: Mapping[str, Any], sent: Sequence[tuple[int, str]], trigger_type: str, at: int
 ) -> str | None:
@@ -52,7 +35,7 @@ def suppression_reason(
     in every 24 h of event time: a trigger at ``at`` may not fill any window ``(e - 24 h, e]`` that
     holds it, so sends after ``at`` count too (a late event's trigger comes after later ones went out).
     """
-    email = email_consent(consent)
+    email = consent.get("email")
     if email is False:
         return "consent_false"
     if cfg.require_consent and email is not True:

@@ -77,11 +77,6 @@ def test_consent_false_is_suppressed_first_whatever_require_consent() -> None:
         ({"email": True}, False, None),
         ({"email": False}, True, "consent_false"),
         ({"email": False}, False, "consent_false"),
-        # a state stored before channel names were case-folded keeps the spelling its event gave
-        ({"Email": False}, False, "consent_false"),
-        ({"email": True, " EMAIL": False}, False, "consent_false"),
-        ({"Email": True}, True, None),
-        ({"Emails": False, "sms": False}, True, "no_consent"),
     ],
 )
 def test_require_consent(consent: dict[str, Any], require: bool, expected: str | None) -> None:
