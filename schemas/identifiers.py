@@ -148,12 +148,15 @@ _MADE_UP_NUMBER = re.compile("|".join(
 def made_up_number(e164: str) -> bool:
     """Whether a normalized number (E.164) has a made-up run (:data:`_MADE_UP_NUMBER`) in its national
     part (the country code left out: ``+45 67 89 01 23`` is a real Danish number): such a number names
-    nobody, and linked every stranger who typed it."""
-    try:
-        national = str(phonenumbers.parse(e164).national_number)
-    except phonenumbers.NumberParseException:
+    nobody, and linked every stranger who typed it.  The country code is read off the text (E.164's
+    codes are one to three digits, none the start of another) rather than by parsing the number again,
+    which :func:`normalize_phone` did (~25 µs each)."""
+    digits = e164.removeprefix("+")
+    length = next((n for n in (1, 2, 3) if digits[:n].isdigit()
+                   and int(digits[:n]) in phonenumbers.COUNTRY_CODE_TO_REGION_CODE), None)
+    if length is None:
         return False
-    return _MADE_UP_NUMBER.search(national) is not None
+    return _MADE_UP_NUMBER.search(digits[length:].lstrip("0")) is not None
 
 
 @lru_cache(maxsize=CACHE_SIZE)
