@@ -151,7 +151,11 @@ def _erased(states: MutableMapping[str, State | None], key: str, state: State | 
         marker["erased_keys"] = counts
     kept: set[str] = set()  # identifiers of events stamped after the erasure that had arrived before it
     if "profile" in marker:
-        later_keys = {k for entry in marker["pending"] for k in graph.identifier_keys(entry[3])} - {key}
+        first_named: dict[str, int] = {}  # identifier -> the time of the first later event that named it
+        for entry in marker["pending"]:
+            for named in graph.identifier_keys(entry[3]):
+                first_named[named] = min(first_named.get(named, entry[0]), entry[0])
+        later_keys = first_named.keys() - {key}
         # as placing those events after the erase would have: within the identity limits
         admitted, _, limited = graph.admit(key, marker, sorted(later_keys, key=rank), rules.identity_limits)
         kept = set(admitted)
@@ -162,10 +166,7 @@ def _erased(states: MutableMapping[str, State | None], key: str, state: State | 
         # event naming it after the erasure (else the later profile listed it while it started a
         # second profile of its own)
         mine = sorted(graph.identity_keys(key, marker), key=rank)
-        for other in admitted:
-            named_at = min(entry[0] for entry in marker["pending"] if other in graph.identifier_keys(entry[3]))
-            effects.send.append((other, {"type": graph.LINK, "root": key, "kind": "exact", "keys": mine,
-                                         "at": named_at}))
+        effects.send += [(other, graph.taken_in(key, mine, first_named[other])) for other in admitted]
     if graph.is_live(state):  # as it was before the erase (``receive`` keeps the input's shape)
         if state.get("due") is not None:
             marker["due"] = state["due"]  # so the caller deletes the due entry

@@ -139,6 +139,12 @@ def _stamped(message: dict[str, Any], at: int | None) -> dict[str, Any]:
     return message
 
 
+def taken_in(root: str, keys: list[str], at: int) -> dict[str, Any]:
+    """The exact link ``root`` sends a key it took in: ``keys``, its own identity keys (read as an ask if
+    a redirect passes it on), and ``at``, the time of the event that named the key."""
+    return {"type": LINK, "root": root, "kind": "exact", "keys": keys, "at": at}
+
+
 def _approval(key: str, kind: str, keys: list[str], ask: Mapping[str, Any]) -> dict[str, Any]:
     """``key``'s yes to an ask, with the identifiers it agreed to and the time the ask carried."""
     return _stamped({"type": LINK, "root": key, "kind": kind, "ok": True, "keys": keys}, event_time(ask))
@@ -269,8 +275,8 @@ def place(key: str, state: LiveState, event: dict[str, Any], limits: Limits | No
     if new:
         links.extend(new)
         links.sort(key=rank)
-        mine = sorted(identity_keys(key, state), key=rank)  # read as an ask if a redirect passes it on
-        send += [(k, {"type": LINK, "root": key, "kind": "exact", "keys": mine, "at": event["ts"]}) for k in new]
+        mine = sorted(identity_keys(key, state), key=rank)
+        send += [(k, taken_in(key, mine, event["ts"])) for k in new]
     # an identifier beyond the limit stays apart: if it has a profile, that profile notes this one
     send += [(k, {"type": POSSIBLE, "to": k, "other": key, "score": 0.0}) for k in over]
     if root != key:
