@@ -349,12 +349,12 @@ class _Clusters:
         ri, rj = self.uf.find(i), self.uf.find(j)
         if ri == rj:
             return True
+        if not self.fits.within(ri, rj):  # (a set union: before the soundness check's model scores)
+            return False
         order = self.order
         left, right = self.members[ri], self.members[rj]
         if not _sound(self.persons, self.model, [order[p] for p in left[:SOUND_CHECK]],
                       [order[p] for p in right[:SOUND_CHECK]]):
-            return False
-        if not self.fits.within(ri, rj):
             return False
         root = self.fits.union(ri, rj)
         self.members[root] = sorted(self.members.pop(ri) + self.members.pop(rj))
