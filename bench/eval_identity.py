@@ -63,7 +63,7 @@ from streams.domain.resolution import identifier_keys, person_of, resolve_batch
 from streams.domain.resolution import normalize as norm
 from streams.domain.resolution.blocks import block_keys, on_block_message, person_record
 from streams.domain.resolution.model import DEFAULT_PATH, Model, fit_model
-from streams.domain.resolution.resolver import MAX_BLOCK, candidate_pairs
+from streams.domain.resolution.resolver import MAX_BLOCK, UnionFind, candidate_pairs
 from streams.ingest import Accepted, Source, decode
 from streams.tools.generate import FIRST_NAMES, LAST_NAMES, NICKNAMES, STREETS, _typo
 
@@ -491,19 +491,10 @@ def link_scores(links: Sequence[tuple[int, int]], truth: Sequence[int]) -> Score
 def components(count: int, links: Iterable[tuple[int, int]]) -> list[str]:
     """The connected component of each of ``count`` records under ``links`` (pairs of record numbers),
     named by its smallest record number: the profiles that links chained into one make."""
-    parent = list(range(count))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
+    clusters = UnionFind(count)
     for a, b in links:
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    return [str(find(i)) for i in range(count)]
+        clusters.union(a, b)
+    return [str(clusters.find(i)) for i in range(count)]
 
 
 def _ecm_row(data: str, frame: Any, truth: Sequence[int]) -> Row | None:

@@ -161,7 +161,9 @@ class BatchResult:
     model: Model | None = None   # the model that scored (the shipped one unless fitted)
 
 
-class _UnionFind:
+class UnionFind:
+    """Clusters of record numbers; a cluster is named by its smallest number."""
+
     def __init__(self, n: int = 0) -> None:
         self.parent = list(range(n))
 
@@ -270,7 +272,7 @@ def resolve_batch(events: Sequence[dict[str, Any]], merge_threshold: float = MER
     position = [0] * n
     for pos, i in enumerate(order):
         position[i] = pos
-    uf = _UnionFind(n)
+    uf = UnionFind(n)
     fits = _Limits(uf, ids, limits)
     owner: dict[str, int] = {}
     refused: list[tuple[int, int, float]] = []  # shared identifiers the limits kept apart
@@ -332,7 +334,7 @@ class _Clusters:
     them (at most :data:`SOUND_CHECK` records of each, the first in canonical order) average at least
     :data:`SOUND_LOGIT` log-odds of being one person."""
 
-    def __init__(self, uf: _UnionFind, persons: Sequence[Person], model: Model, order: Sequence[int],
+    def __init__(self, uf: UnionFind, persons: Sequence[Person], model: Model, order: Sequence[int],
                  fits: _Limits) -> None:
         self.uf = uf
         self.persons = persons
@@ -365,7 +367,7 @@ class _Limits:
     """The identifiers of each cluster, and whether two clusters together stay within the identity
     limits (None: no limits)."""
 
-    def __init__(self, uf: _UnionFind, ids: Sequence[Sequence[str]], limits: Mapping[str, int] | None) -> None:
+    def __init__(self, uf: UnionFind, ids: Sequence[Sequence[str]], limits: Mapping[str, int] | None) -> None:
         self.uf, self.limits = uf, limits
         self.keys: dict[int, set[str]] = {i: set(keys) for i, keys in enumerate(ids)} if limits is not None else {}
 
@@ -411,7 +413,7 @@ class Resolver:
         self.max_block = max_block
         self.model = model or default_model()
         self._persons: list[Person] = []
-        self._uf = _UnionFind()
+        self._uf = UnionFind()
         self._owner: dict[str, int] = {}            # identifier key -> first record that carried it
         self._rep: dict[int, str] = {}              # cluster root -> representative identifier key
         self._members: dict[int, list[int]] = {}    # cluster root -> its records
