@@ -82,6 +82,18 @@ def synthetic_events(n: int, users: int = 20_000, bad_every: int = 0) -> list[by
 MIXES = ("bench", "people", "views", "identifies", "newcomers")
 
 
+def newcomer_event(n: int, ts: int) -> dict[str, object]:
+    """The ``n``-th event of the latency bench's traffic (``newcomers``), of a new person ``lat-<n>``: a
+    product view when ``n`` is even (its profile enters ``recent_browsers``), else an identify with an
+    e-mail and consent (a ``welcome``)."""
+    user = f"lat-{n}"
+    if n % 2 == 0:
+        return {"event_id": user, "type": "product_view", "timestamp": ts, "user_id": user,
+                "product_id": f"sku-{n % 300}", "category": "books"}
+    return {"event_id": user, "type": "identify", "timestamp": ts, "user_id": user,
+            "traits": {"email": f"{user}@example.com"}, "consent": {"email": True}}
+
+
 def mixed_events(n: int, mix: str | None = None) -> list[bytes]:
     """The events of ``mix`` (default: BENCH_MIX, else ``bench``)."""
     mix = mix or os.environ.get("BENCH_MIX", "bench")
@@ -93,14 +105,7 @@ def mixed_events(n: int, mix: str | None = None) -> list[bytes]:
     out: list[bytes] = []
     t0 = 1_772_359_200_000
     if mix == "newcomers":
-        for i in range(n):
-            user, ts = f"lat-{i}", t0 + i * 50
-            out.append(orjson.dumps(
-                {"event_id": user, "type": "product_view", "timestamp": ts, "user_id": user,
-                 "product_id": f"sku-{i % 300}", "category": "books"} if i % 2 == 0 else
-                {"event_id": user, "type": "identify", "timestamp": ts, "user_id": user,
-                 "traits": {"email": f"{user}@example.com"}, "consent": {"email": True}}))
-        return out
+        return [orjson.dumps(newcomer_event(i, t0 + i * 50)) for i in range(n)]
     for i in range(n):
         user = f"p-{(i * 7919) % people}"
         ts = t0 + i * 50

@@ -42,7 +42,15 @@ from dataclasses import dataclass, field
 import orjson
 from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
 
-from bench.common import PARTITIONS, WorkerProcess, process_cpu_seconds, start_broker, start_worker, wait_assigned
+from bench.common import (
+    PARTITIONS,
+    WorkerProcess,
+    newcomer_event,
+    process_cpu_seconds,
+    start_broker,
+    start_worker,
+    wait_assigned,
+)
 from schemas.events import INPUT_TOPICS
 from streams.metrics import COMMIT_STAGES, LATENCY_BUCKETS
 from streams.tools.produce import make_producer, produce
@@ -290,14 +298,8 @@ def measure_pipeline_latency(rate: int, seconds: float = 10.0) -> PipelineLatenc
                                       at=time.perf_counter())
                 user = f"lat-{n}"
                 now = time.time() * 1000
-                if n % 2 == 0:
-                    event = {"event_id": user, "type": "product_view", "timestamp": int(now), "user_id": user,
-                             "product_id": f"sku-{n % 300}", "category": "books"}
-                    output = SEGMENT_CHANGES
-                else:
-                    event = {"event_id": user, "type": "identify", "timestamp": int(now), "user_id": user,
-                             "traits": {"email": f"{user}@example.com"}, "consent": {"email": True}}
-                    output = TRIGGERS
+                event = newcomer_event(n, int(now))
+                output = SEGMENT_CHANGES if n % 2 == 0 else TRIGGERS
                 sent_ms[user] = now
                 if now >= warm_at:
                     counted.add(user)
