@@ -294,13 +294,19 @@ class Health:
         waited = (time.monotonic() if now is None else now) - since
         return waited if waited > OUTPUTS_STUCK_AFTER_S else 0.0
 
-    def stopped_helper(self) -> str | None:
-        """The name of a helper thread that is no longer running (None: all run)."""
-        return next((name for name, thread in self.helpers.items() if not thread.is_alive()), None)
+    def failing(self, now: float | None = None) -> str | None:
+        """Why the worker is not alive, as /healthz says it (None: it is): an agent crashed, a helper
+        thread ended, or the event loop stalled."""
+        if self.crashed is not None:
+            return f"agent {self.crashed} crashed"
+        helper = next((name for name, thread in self.helpers.items() if not thread.is_alive()), None)
+        if helper is not None:
+            return f"{helper} stopped"
+        stalled = (time.monotonic() if now is None else now) - self.beat
+        return f"event loop stalled {stalled:.0f} s" if stalled > STALL_AFTER_S else None
 
     def state(self, now: float | None = None) -> str:
-        if self.crashed is not None or self.stopped_helper() is not None \
-                or (now or time.monotonic()) - self.beat > STALL_AFTER_S:
+        if self.failing(now) is not None:
             return "error"
         if not self.started:
             return "starting"
@@ -309,13 +315,8 @@ class Health:
     def answer(self, path: str) -> tuple[bool, str]:
         now = time.monotonic()
         if path == "/healthz":
-            if self.crashed is not None:
-                return False, f"agent {self.crashed} crashed\n"
-            helper = self.stopped_helper()
-            if helper is not None:
-                return False, f"{helper} stopped\n"
-            stalled = now - self.beat
-            return (True, "ok\n") if stalled <= STALL_AFTER_S else (False, f"event loop stalled {stalled:.0f} s\n")
+            failing = self.failing(now)
+            return (True, "ok\n") if failing is None else (False, failing + "\n")
         if self.broker_silent(now):
             return False, "broker unreachable\n"
         if self.outputs_lost:
