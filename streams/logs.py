@@ -114,7 +114,7 @@ class RepeatFilter(logging.Filter):
         if now - let_at < self.window_s:
             self._held[key] = (let_at, held + 1)
             return False
-        if len(self._held) > 1_000:  # templates are few; a bound all the same
+        if len(self._held) > 1_000:  # one key per kind of line (numbers left out): emptied when past the bound
             self._held.clear()
         self._held[key] = (now, 0)
         if held:
