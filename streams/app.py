@@ -254,10 +254,12 @@ def _raw_topic(app: faust.App, *topic_names: str, **kwargs: Any) -> Any:
 
 
 def create_app(settings: Settings, metrics: Metrics | None = None, output: Output | None = None,
-               config: PipelineConfig | None = None, input_partitions: dict[str, int] | None = None) -> Pipeline:
+               config: PipelineConfig | None = None, input_partitions: dict[str, int] | None = None,
+               models: ModelBundle | None = None) -> Pipeline:
     """Build the Faust app.  No broker is contacted until a worker starts it (the output producer
     connects lazily too).  ``input_partitions``: partitions per input topic (the watermark waits
-    for each); default ``settings.partitions`` each."""
+    for each); default ``settings.partitions`` each.  ``models``: the bundle ``run`` loaded already
+    (else loaded here)."""
     app = App(
         settings.app_id,
         monitor=FetchTimeMonitor(),
@@ -292,7 +294,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None, output: Outpu
     options = rocksdb_options(settings.rocksdb_write_buffer_mb)
     small = rocksdb_options(1)  # tables of small values: clocks, blocks, neighbours
     memory = RocksDBMemory.with_budget(settings.rocksdb_memory_mb)
-    scorer = _load_scorer(settings, config, metrics)
+    scorer = _load_scorer(settings, config, metrics, models)
     p = Pipeline(
         settings=settings,
         app=app,
@@ -338,14 +340,16 @@ def create_app(settings: Settings, metrics: Metrics | None = None, output: Outpu
     return p
 
 
-def _load_scorer(settings: Settings, config: PipelineConfig, metrics: Metrics) -> Predictor | None:
-    """The models the ``score`` timer uses.  None: scoring switched off in the config, or a model
-    directory that cannot be used; then the worker runs without scores (one error line, and
-    ``mailpulse_models_unavailable`` 1), since profiles, segments and triggers do not need them."""
+def _load_scorer(settings: Settings, config: PipelineConfig, metrics: Metrics,
+                 loaded: ModelBundle | None = None) -> Predictor | None:
+    """The models the ``score`` timer uses (``loaded``, when given: its load checks and parses the whole
+    model file).  None: scoring switched off in the config, or a model directory that cannot be used;
+    then the worker runs without scores (one error line, and ``mailpulse_models_unavailable`` 1), since
+    profiles, segments and triggers do not need them."""
     if not config.scoring.enabled:
         return None
     try:
-        bundle = ModelBundle.load(settings.models_dir or SHIPPED_DIR)
+        bundle = loaded if loaded is not None else ModelBundle.load(settings.models_dir or SHIPPED_DIR)
     except ModelError as exc:
         log.error("MAILPULSE_MODELS_DIR %s: running without scores", exc)
         metrics.models_unavailable.set(1)

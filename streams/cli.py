@@ -223,11 +223,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     with reported_as_user_error(ConfigError, prefix="MAILPULSE_CONFIG "):
         config = load_config(settings.config)
+    models = None  # (loaded once: the worker scores with it)
     if config.scoring.enabled:
         from models.bundle import SHIPPED_DIR, ModelBundle, ModelError
 
         try:
-            ModelBundle.load(settings.models_dir or SHIPPED_DIR)
+            models = ModelBundle.load(settings.models_dir or SHIPPED_DIR)
         except ModelError as exc:  # profiles, segments and triggers go on; mailpulse_models_unavailable says so
             logs.warn(f"MAILPULSE_MODELS_DIR {exc}: running without scores")
     if settings.identity_model is not None:
@@ -240,7 +241,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if settings.broker:
         _check_broker(settings.bootstrap_servers)
     with reported_as_user_error(BrokerError, StateFolderError):
-        return run_worker(settings, demo=args.demo)
+        return run_worker(settings, demo=args.demo, models=models)
 
 
 def cmd_deliver(args: argparse.Namespace) -> int:

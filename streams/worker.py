@@ -22,6 +22,7 @@ from typing import IO
 import faust
 from mode.utils.logging import redirect_stdouts
 
+from models.bundle import ModelBundle
 from models.scoring import Predictor
 from schemas.events import INPUT_TOPICS
 from streams import logs
@@ -96,8 +97,9 @@ def _empty_folder(folder: Path) -> None:
             child.unlink()
 
 
-def run_worker(settings: Settings, demo: bool = False) -> int:
-    """Run one worker until it is stopped.  Returns the exit code."""
+def run_worker(settings: Settings, demo: bool = False, models: ModelBundle | None = None) -> int:
+    """Run one worker until it is stopped.  Returns the exit code.  ``models``: the bundle already
+    loaded (else the app loads it)."""
     logs.use(settings.log_format)
     logs.log_thread_crashes()
     broker: EmbeddedBroker | None = None
@@ -132,7 +134,7 @@ def run_worker(settings: Settings, demo: bool = False) -> int:
                 f"MAILPULSE_METRICS_HOST), state in {data_dir}")
             # the watermark waits for every partition the input topics really have
             inputs = topic_partitions(settings.bootstrap_servers, INPUT_TOPICS)
-            pipeline = create_app(settings, metrics, input_partitions=inputs)
+            pipeline = create_app(settings, metrics, input_partitions=inputs, models=models)
             pipeline.health = health
             scorer = pipeline.rules.scorer
             if isinstance(scorer, Predictor):

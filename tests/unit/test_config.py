@@ -147,6 +147,33 @@ def test_a_worker_with_an_unusable_model_directory_runs_without_scores_and_says_
     assert shipped.metrics.registry.get_sample_value("mailpulse_models_unavailable") == 0
 
 
+def test_run_loads_the_models_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``run`` loads the bundle to say at start whether it can score, and the worker scores with that
+    one: a load reads, hashes and checks the whole model file (for an older bundle, a parse in a process
+    of its own), and was done again by the app."""
+    from models.bundle import ModelBundle
+    from streams import worker
+    from streams.app import create_app
+    from streams.settings import Settings
+    from tests.fakes import RecordingOutput
+
+    loads: list[Path] = []
+    load = ModelBundle.load.__func__  # type: ignore[attr-defined]
+    monkeypatch.setattr(ModelBundle, "load", classmethod(lambda cls, directory: loads.append(directory)
+                                                         or load(cls, directory)))
+    handed: list[object] = []
+    monkeypatch.setattr(worker, "run_worker", lambda settings, demo=False, models=None: handed.append(models) or 0)
+    monkeypatch.delenv("MAILPULSE_CONFIG", raising=False)
+    monkeypatch.delenv("MAILPULSE_BROKER", raising=False)
+    monkeypatch.setenv("MAILPULSE_DATA_DIR", str(tmp_path / "data"))
+    assert main(["run"]) == 0
+    [bundle] = handed
+    assert isinstance(bundle, ModelBundle) and len(loads) == 1
+    p = create_app(Settings(broker="kafka://127.0.0.1:1", table_store="memory", data_dir=tmp_path),
+                   output=RecordingOutput(), models=bundle)
+    assert p.rules.scorer is not None and len(loads) == 1
+
+
 def test_scoring_keys_are_checked(tmp_path: Path) -> None:
     assert load_config(write(tmp_path, "scoring: {delay_minutes: 5}\n")).scoring.delay_minutes == 5
     with pytest.raises(ConfigError, match=r"scoring\.idle_days\.1"):
