@@ -26,6 +26,7 @@ from streams.tools.forked import default_jobs
 
 if TYPE_CHECKING:
     from models.scoring import StreamRules
+    from streams.domain.config import PipelineConfig
 
 EXIT_USAGE = 2
 
@@ -176,18 +177,24 @@ def _settings(**overrides: object) -> Settings:
         raise UserError(f"setting {field} (MAILPULSE_{field.upper()}): {err['msg']}") from None
 
 
+def _config(settings: Settings) -> PipelineConfig:
+    """``MAILPULSE_CONFIG`` (a problem in it: one line)."""
+    from streams.config_file import ConfigError, load_config
+
+    with reported_as_user_error(ConfigError, prefix="MAILPULSE_CONFIG "):
+        return load_config(settings.config)
+
+
 def _stream_rules() -> StreamRules:
     """What the worker's settings decide about how a history folds (``MAILPULSE_CONFIG``'s identity and
     limits sections, ``MAILPULSE_DEFAULT_PHONE_REGION``, ``MAILPULSE_DEDUPE_RETENTION_DAYS``), read as ``run``
     reads them, so that ``train``, ``score`` and ``resolve`` resolve and fold a history as the stream
     does (they used the built-in defaults whatever the worker was told)."""
     from models.scoring import StreamRules
-    from streams.config_file import ConfigError, load_config
     from streams.ingest import IngestPolicy
 
     settings = _settings()
-    with reported_as_user_error(ConfigError, prefix="MAILPULSE_CONFIG "):
-        config = load_config(settings.config)
+    config = _config(settings)
     return StreamRules(config.identity, IngestPolicy(settings.default_phone_region, config.identity.blocked()),
                        settings.dedupe_retention_ms, config.limits)
 
@@ -206,6 +213,18 @@ def _check_broker(bootstrap: str) -> None:
         wait_until_ready(bootstrap, timeout=5)
 
 
+def _check_e_mails(settings: Settings) -> None:
+    """What every e-mail ``deliver`` writes reads (``deliver``, and ``run --demo``'s deliver thread): a
+    sender every trigger would fail on, or a templates folder that is not one (every e-mail would go out
+    with the shipped templates, and nothing said the folder was not read), is a one-line error."""
+    from streams.deliver.service import sender_problem
+
+    if (problem := sender_problem(settings.mail_from)) is not None:
+        raise UserError(f"MAILPULSE_MAIL_FROM {settings.mail_from[:80]!r}: {problem}")
+    if settings.templates_dir is not None and not settings.templates_dir.is_dir():
+        raise UserError(f"MAILPULSE_TEMPLATES_DIR {settings.templates_dir}: not a folder")
+
+
 # --- commands -------------------------------------------------------------------------------------
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -219,10 +238,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(broker=args.broker, clock=args.clock, log_level=args.log_level,
                          partitions=args.partitions)
     logs.use(settings.log_format)  # its warnings and its error line too (the worker sets it again)
-    from streams.config_file import ConfigError, load_config
-
-    with reported_as_user_error(ConfigError, prefix="MAILPULSE_CONFIG "):
-        config = load_config(settings.config)
+    config = _config(settings)
+    if args.demo:
+        _check_e_mails(settings)  # (its deliver thread writes the demo's e-mails)
     models = None  # (loaded once: the worker scores with it)
     if config.scoring.enabled:
         from models.bundle import SHIPPED_DIR, ModelBundle, ModelError
@@ -249,17 +267,13 @@ def cmd_deliver(args: argparse.Namespace) -> int:
     import threading
 
     from streams.deliver.ledger import LedgerInUse
-    from streams.deliver.service import run_deliver, sender_problem
+    from streams.deliver.service import run_deliver
 
     settings = _settings(broker=args.broker)
     logs.use(settings.log_format)
     logs.format_root()  # its warnings, and librdkafka's lines, in that format too
     logs.quiet_repeats()  # the Kafka clients' repeated lines once per 30 s, as in the worker's log
-    if (problem := sender_problem(settings.mail_from)) is not None:  # else every trigger would fail on it
-        raise UserError(f"MAILPULSE_MAIL_FROM {settings.mail_from[:80]!r}: {problem}")
-    if settings.templates_dir is not None and not settings.templates_dir.is_dir():
-        # (else every e-mail went out with the shipped templates, and nothing said the folder was not read)
-        raise UserError(f"MAILPULSE_TEMPLATES_DIR {settings.templates_dir}: not a folder")
+    _check_e_mails(settings)
     _usable_folder(settings.data_dir, "MAILPULSE_DATA_DIR")
     if args.dry_run is not None:
         _usable_folder(args.dry_run, "--dry-run")

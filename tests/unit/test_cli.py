@@ -70,18 +70,21 @@ def test_deliver_with_a_sender_that_is_not_an_address_is_a_one_line_error(capsys
     assert code == 2 and err.count("\n") == 1 and err.startswith("mailpulse: error: MAILPULSE_MAIL_FROM")
 
 
+@pytest.mark.parametrize("command", [("deliver", "--dry-run", "out"), ("run", "--demo")])
 @pytest.mark.parametrize("kind", ["missing", "a file"])
 def test_deliver_with_a_templates_folder_that_is_none_is_a_one_line_error(capsys: pytest.CaptureFixture[str],
                                                                           monkeypatch: pytest.MonkeyPatch,
-                                                                          tmp_path: Path, kind: str) -> None:
+                                                                          tmp_path: Path, kind: str,
+                                                                          command: tuple[str, ...]) -> None:
     """A mistyped MAILPULSE_TEMPLATES_DIR was not read, without a word: every e-mail went out with the
-    shipped templates."""
+    shipped templates (``run --demo`` runs deliver too)."""
     folder = tmp_path / "templates"
     if kind == "a file":
         folder.write_text("x")
     monkeypatch.setenv("MAILPULSE_TEMPLATES_DIR", str(folder))
     monkeypatch.setenv("MAILPULSE_DATA_DIR", str(tmp_path / "state"))
-    code, _, err = run(capsys, "deliver", "--broker", "kafka://127.0.0.1:1", "--dry-run", str(tmp_path / "out"))
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, *command, "--broker", "kafka://127.0.0.1:1")
     assert code == 2 and err.count("\n") == 1 and err.startswith("mailpulse: error: MAILPULSE_TEMPLATES_DIR ")
     assert "not a folder" in err
 
