@@ -314,9 +314,9 @@ def on_link(key: str, state: State | None, message: dict[str, Any], limits: Limi
             add_claims(held, {root: agreed})
             return Routing(held, send=[(root, _approval(key, kind, agreed, message))], changed=True)
         return Routing(_redirect(root, None))
-    left = state.get("erased_at") if is_redirect(state) else None  # (an erased key's later activity joined another)
+    erased_at = state.get("erased_at")  # (of a redirect: an erased key's later activity joined another)
     at = event_time(message)
-    older = isinstance(left, int) and at is not None and at <= left and "counts" not in message
+    older = isinstance(erased_at, int) and at is not None and at <= erased_at and "counts" not in message
     if is_redirect(state) and not older:
         current = state["merged_into"]
         if current == root:
@@ -332,7 +332,6 @@ def on_link(key: str, state: State | None, message: dict[str, Any], limits: Limi
     # (a marker, a profile of an erased person's later activity, or the redirect such later activity
     # left, for a link made at or before the erasure: that named the erased person's key, and is
     # answered as the marker would have answered it, not passed on to whoever took the later activity in)
-    erased_at = state.get("erased_at")
     if (isinstance(erased_at, int) and at is not None and at <= erased_at and rank(root) < rank(key)
             and "erased_at" not in message):
         # A smaller profile names this key by an event stamped at or before the erasure.  Where the
