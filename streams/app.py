@@ -45,7 +45,7 @@ from streams.domain.config import PipelineConfig
 from streams.domain.identity import profile_id_for
 from streams.domain.rules.recommend import count_pairs, top_neighbours
 from streams.domain.timeline import RuleSet
-from streams.ingest import IngestPolicy, Source, reject
+from streams.ingest import IngestPolicy, Source, arrival_ms, reject
 from streams.metrics import (
     COMMIT_STAGES,
     MERGE_KINDS,
@@ -629,7 +629,7 @@ def _profile_agent(p: Pipeline) -> Any:
         fetched = delivered.message.time_in
         now = _now_ms()
         delivered_records = _delivered_records([delivered])
-        run = decode_run((Source(topic, partition, offset, None, timestamp_ms or now), value)
+        run = decode_run((Source(topic, partition, offset, None, arrival_ms(timestamp_ms, now)), value)
                          for topic, partition, offset, _, value, timestamp_ms in delivered_records)
         for source, value, exc in run.undecodable:
             _internal_dead_letter(p, source, value, exc)

@@ -63,6 +63,13 @@ class Source:
     arrived_ms: int
 
 
+def arrival_ms(record_ms: int | None, now_ms: int) -> int:
+    """A read record's arrival (``Source.arrived_ms``): its time, which its producer sets (-1 for none, a
+    device clock years ahead), only when that is in the past; else ``now_ms``.  One record stamped ahead
+    hid the latency of every event released with it."""
+    return record_ms if record_ms is not None and 0 < record_ms <= now_ms else now_ms
+
+
 @dataclass(frozen=True, slots=True)
 class Accepted:
     """A valid input event, normalized, as the dict that travels on internal topics.

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 
 from streams.domain.identity import profile_key
-from streams.ingest import Accepted, IngestPolicy, Source, decode, reject
+from streams.ingest import Accepted, IngestPolicy, Source, arrival_ms, decode, reject
 
 #: (topic, partition, offset, key, value, timestamp ms) of one input record.
 InputRecord = tuple[str, int, int, "bytes | None", "bytes | None", "int | None"]
@@ -192,10 +192,7 @@ def route_batch(inputs: Iterable[InputRecord], partitions: int, now_ms: int, pol
     clocks: Clocks = {}
     blocked: Counter[str] = Counter()
     for topic, input_partition, offset, input_key, value, timestamp_ms in inputs:
-        # the record's time is its producer's to set (-1 for none, a device clock years ahead): one that is
-        # not in the past is read as now, or one such event hid the latency of all released with it
-        arrived_ms = timestamp_ms if timestamp_ms is not None and 0 < timestamp_ms <= now_ms else now_ms
-        source = Source(topic, input_partition, offset, input_key, arrived_ms)
+        source = Source(topic, input_partition, offset, input_key, arrival_ms(timestamp_ms, now_ms))
         try:
             result = decode(value, source, now_ms, policy)
             if isinstance(result, Accepted):
