@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test test-unit test-integration chaos bench bench-hop bench-floor bench-forwarded soak eval-identity models lint typecheck schemas clean
+.PHONY: setup run test test-unit test-integration chaos bench bench-hop bench-floor bench-forwarded soak eval-identity eval-predictions models lint typecheck schemas clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,10 @@ models: $(STAMP)
 
 eval-identity: $(STAMP)
 	$(BIN)/python -m bench.eval_identity
+
+# The purchase model on CDNOW beside BG/NBD and recency-frequency (bench/eval_predictions.py; fetches the data once).
+eval-predictions: $(STAMP)
+	$(BIN)/python -m bench.eval_predictions
 
 lint: $(STAMP)
 	$(BIN)/ruff check streams schemas models tests bench
