@@ -216,3 +216,12 @@ def test_a_yaml_merge_key_is_not_taken_for_a_key_given_twice(tmp_path: Path) -> 
     path = tmp_path / "c.yaml"
     path.write_text("scoring:\n  <<: {delay_minutes: 30}\n  idle_days: [7]\n")
     assert load_config(path).scoring.delay_minutes == 30
+
+
+def test_the_readme_documents_every_setting() -> None:
+    """Each field of the one settings class is named in the README by its environment variable."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    from streams.settings import Settings
+    missing = [f"MAILPULSE_{name.upper()}" for name in Settings.model_fields
+               if f"`MAILPULSE_{name.upper()}`" not in readme]
+    assert missing == []
