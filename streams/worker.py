@@ -85,6 +85,27 @@ def locked_data_dir(base: Path) -> Iterator[Path]:
 #: then be dropped as duplicates and their outputs lost.  So such a folder starts empty and the
 #: tables are rebuilt from their changelog topics.
 CLEAN_STOP_MARKER = ".clean-stop"
+#: A folder stopped cleanly longer ago than this is rebuilt too.  A changelog keeps a deletion (a
+#: tombstone: an erasure, a block emptied, a key absorbed) only ``delete.retention.ms`` after
+#: compaction (Kafka's default: 24 h); a folder older than that, whose partitions another worker held
+#: meanwhile, would keep what was deleted there, an erased person's state or block record among it.
+STATE_MAX_AGE_S = 12 * 3600
+
+
+def stale_state(data_dir: Path, now: float) -> str | None:
+    """Why the state in ``data_dir`` cannot be used as it is (then it is emptied and rebuilt from the
+    changelogs), or None.  An empty folder needs no reason."""
+    if not any(p.name not in (".lock", CLEAN_STOP_MARKER) for p in data_dir.iterdir()):
+        return None
+    marker = data_dir / CLEAN_STOP_MARKER
+    try:
+        stopped = marker.stat().st_mtime
+    except FileNotFoundError:
+        return "the last worker on this state folder did not stop cleanly"
+    if now - stopped > STATE_MAX_AGE_S:
+        return (f"the last worker on this state folder stopped more than {STATE_MAX_AGE_S // 3600} hours ago "
+                "(deletions older than the changelogs' delete.retention.ms would not reach it)")
+    return None
 
 
 def _empty_folder(folder: Path) -> None:
@@ -119,10 +140,10 @@ def run_worker(settings: Settings, demo: bool = False, models: ModelBundle | Non
             say(f"note: {warning}")
         with locked_data_dir(settings.data_dir) as data_dir:
             clean_stop = data_dir / CLEAN_STOP_MARKER
-            if broker is None and not clean_stop.exists() and any(p.name != ".lock" for p in data_dir.iterdir()):
-                say("the last worker on this state folder did not stop cleanly; "
-                    "rebuilding table state from the changelog topics")
-            if broker is not None or not clean_stop.exists():
+            stale = stale_state(data_dir, time.time())
+            if broker is None and stale is not None:
+                say(f"{stale}; rebuilding table state from the changelog topics")
+            if broker is not None or stale is not None or not clean_stop.exists():
                 _empty_folder(data_dir)
             clean_stop.unlink(missing_ok=True)
             settings = settings.model_copy(update={"data_dir": data_dir})
