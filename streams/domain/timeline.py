@@ -327,12 +327,15 @@ def advance(state: LiveState, watermark: int | None, rules: RuleSet, now_ms: int
     # graph never placed, as in some tests, have no links and are not limited)
     linked = {profile["key"], *state["links"]} if "links" in state else None
     cart = cart_view(profile)  # changes only when a cart or purchase event is folded (below)
+    # the last withdrawal of this pass stamped with its own time (not a late event's, stamped with the
+    # clock): consent given again later in the pass does not take it back, as it would not in a later pass
+    withdrawn_on_time: int | None = None
     if rs.pop("dirty", False) and rs["clock"] is not None:
         # merged with another profile: its segments are evaluated again at the current time
         out.steps += 1
         out.changed = True
         if profile["consent"].get("email") is False:  # the merged consent: what is on its way stops here
-            out.withdrawn = rs["clock"]
+            out.withdrawn = withdrawn_on_time = rs["clock"]
         _evaluate_segments(state, cart, rs["clock"], rules, now_ms, out)
     while True:
         timer_name, timer_due = _first_timer(timers)
@@ -358,8 +361,12 @@ def advance(state: LiveState, watermark: int | None, rules: RuleSet, now_ms: int
             fold_event(profile, event, linked, out.dropped, limits)
             if consented is not False and profile["consent"].get("email") is False:
                 out.withdrawn = event_ts if rs["clock"] is None else max(rs["clock"], event_ts)
+                if out.withdrawn == event_ts:
+                    withdrawn_on_time = event_ts
             elif consented is False and profile["consent"].get("email") is not False:
-                out.withdrawn = None  # given again (late events of one pass): what is on its way may go
+                # given again: a late withdrawal (late events of one pass) is taken back, what is on its
+                # way may go; one on time still drops what was made up to it (the event times decide)
+                out.withdrawn = withdrawn_on_time
             out.changed = True
             out.released.append(event)
             _remember_history(rs, event, rules.windows, limits.history_per_type, out.dropped)

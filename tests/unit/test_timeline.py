@@ -435,3 +435,28 @@ def test_a_profile_keeps_its_sends_for_a_week_and_a_day_at_most_and_none_without
         p.arrive(ev(f"v-{day}", "product_view", t + day * DAY, product_id="sku-1")).to(t + day * DAY + 2 * 3_600_000)
     assert len([kind for kind, _ in p.types() if kind == "browse_abandoned"]) == 30
     assert p.state is not None and len(p.state["rules"]["sent"]) == most_kept
+
+
+def _withdrawals(*watermarks: int) -> list[int | None]:
+    """The consent withdrawal time of each pass, for a cart left at 21:30 (its trigger due at 22:00 is
+    sent at 08:00, after quiet hours), consent withdrawn at 22:30 and given again at 23:00."""
+    t = ms("2026-03-01T21:30:00Z")
+    person = Person().arrive(ev("k-1", "cart_add", t, product_id="a", price=1.0),
+                             ev("i-1", "identify", t + 60 * MIN, email="ana@example.com", consent={"email": False}),
+                             ev("i-2", "identify", t + 90 * MIN, consent={"email": True}))
+    said = []
+    for watermark in watermarks:
+        assert person.state is not None
+        said.append(advance(person.state, watermark, RULES, 0).withdrawn)
+    return said
+
+
+def test_consent_withdrawn_and_given_again_withdraws_what_was_on_its_way_whatever_the_passes() -> None:
+    """README "Withdrawn upstream": a trigger made before a withdrawal is not sent, also when it is read
+    after consent was given again (the event times decide); contract 4: the same outputs whatever the
+    watermark's steps.  The 22:00 trigger (sent at 08:00) was withdrawn when the watermark stopped
+    between the withdrawal and the new consent, and went out when one pass took both (the new consent
+    took the withdrawal back)."""
+    t = ms("2026-03-01T21:30:00Z")
+    assert _withdrawals(t + 75 * MIN, t + 2 * 60 * MIN) == [t + 60 * MIN, None]
+    assert _withdrawals(t + 2 * 60 * MIN) == [t + 60 * MIN]
