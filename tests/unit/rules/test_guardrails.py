@@ -420,3 +420,13 @@ def test_send_time_without_a_time_zone_is_send_time_in_utc(at: int, start: int, 
                                                            engagements: list[int]) -> None:
     cfg = Guardrails(quiet_hours=QuietHours(enabled=True, start_hour=start, end_hour=end))
     assert send_time(cfg, at, None, engagements) == send_time(cfg, at, "UTC", engagements)
+
+
+def test_two_sends_exactly_24_hours_apart_are_never_in_one_window() -> None:
+    """A window is (e - 24 h, e]: sends at T - 6 h and T + 18 h share none, so with a cap of 2 a trigger
+    at T between them fills no window (a window closed at both ends would hold all three)."""
+    two = cfg(per_type_per_day=2, per_profile_per_day=2)
+    apart = [(T - 6 * HOUR, "winback"), (T + 18 * HOUR, "winback")]
+    assert suppression_reason(two, {}, apart, "winback", T) is None
+    closer = [(T - 6 * HOUR, "winback"), (T + 18 * HOUR - 1, "winback")]
+    assert suppression_reason(two, {}, closer, "winback", T) == "per_type_cap"
