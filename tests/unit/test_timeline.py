@@ -460,3 +460,28 @@ def test_consent_withdrawn_and_given_again_withdraws_what_was_on_its_way_whateve
     t = ms("2026-03-01T21:30:00Z")
     assert _withdrawals(t + 75 * MIN, t + 2 * 60 * MIN) == [t + 60 * MIN, None]
     assert _withdrawals(t + 2 * 60 * MIN) == [t + 60 * MIN]
+
+
+def test_a_late_older_purchase_moves_neither_winback_nor_post_purchase() -> None:
+    """winback and post_purchase run from the newest purchase: an older one read late (after a newer
+    one was applied) changes neither timer."""
+    t = ms(T0)
+    person = Person().arrive(ev("p-2", "purchase", t + 10 * DAY, order_id="o-2", total=20.0)).to(t + 10 * DAY + MIN)
+    person.arrive(ev("p-1", "purchase", t, order_id="o-1", total=20.0))
+    assert person.late == 1
+    person.to(t + 200 * DAY)
+    assert person.state is not None and person.state["profile"]["aggregates"]["orders"] == 2
+    assert sorted(person.types()) == [("post_purchase", "2026-03-14T10:00:00.000Z"),
+                                      ("winback", "2026-06-09T10:00:00.000Z")]
+
+
+def test_no_welcome_for_an_identify_that_does_not_give_the_address() -> None:
+    """welcome: the first identify that gives the profile an e-mail address.  A profile that already
+    has one (from a purchase) gets none from a later identify, with or without the same address."""
+    t = ms(T0)
+    person = Person().arrive(ev("p-1", "purchase", t, order_id="o-1", total=20.0, email="ana@example.com"),
+                             ev("i-1", "identify", t + MIN, traits={"first_name": "Ana"}),
+                             ev("i-2", "identify", t + 2 * MIN, traits={"email": "ana@example.com"}))
+    person.to(t + DAY)
+    assert person.state is not None and person.state["profile"]["email"] == "ana@example.com"
+    assert person.types() == []  # (post_purchase comes after 72 h)
