@@ -485,3 +485,24 @@ def test_no_welcome_for_an_identify_that_does_not_give_the_address() -> None:
     person.to(t + DAY)
     assert person.state is not None and person.state["profile"]["email"] == "ana@example.com"
     assert person.types() == []  # (post_purchase comes after 72 h)
+
+
+def test_an_event_stamped_at_the_erasure_is_forgotten_with_it() -> None:
+    """An erase forgets everything at or before it: an event stamped at the erase's very time, read
+    after it, is the erased person's and starts no new profile."""
+    t = ms(T0)
+    person = Person().arrive(ev("v-1", "product_view", t - MIN, product_id="a"), ev("x-1", "erase", t))
+    got = receive(person.state, "u:u-1", ev("k-1", "cart_add", t, product_id="a", price=1.0), None, RULES)
+    assert got.outcome == "forgotten" and got.state == {"erased_at": t}
+    after = receive(got.state, "u:u-1", ev("k-2", "cart_add", t + 1, product_id="a", price=1.0), None, RULES)
+    assert after.outcome == "processed" and "profile" in after.state  # a millisecond later: a new profile
+
+
+def test_only_an_event_older_than_the_watermark_is_late() -> None:
+    """Late means older than the watermark (contract 4): one stamped at the watermark is not."""
+    t = ms(T0)
+    person = Person().arrive(ev("v-1", "product_view", t, product_id="a")).to(t + 10 * MIN)
+    person.arrive(ev("v-2", "product_view", t + 10 * MIN, product_id="a"))
+    assert person.late == 0
+    person.arrive(ev("v-3", "product_view", t + 10 * MIN - 1, product_id="a"))
+    assert person.late == 1
