@@ -69,3 +69,16 @@ def test_an_event_older_than_the_window_is_dropped_as_it_cannot_be_told_from_a_r
                "user_id": "u-1", "product_id": "sku-1"}
     local.feed(accepted_events([ancient]))
     assert counts(local) == {"product_view": 300}
+
+
+def test_a_new_event_stamped_at_the_horizon_of_forgotten_ids_counts() -> None:
+    """Only ids stamped before the horizon were forgotten (an unknown one there may be a repeat): a
+    new event stamped at the horizon itself is new and counts; one a millisecond before it does not."""
+    local = LocalPipeline(rules(7))
+    local.feed(accepted_events(views(300, 6 * HOUR)))
+    horizon = local.states["u:u-1"]["seen_from"]
+    assert T0 < horizon < T0 + 299 * 6 * HOUR
+    at, before = ({"event_id": event_id, "type": "product_view", "timestamp": iso(ts), "user_id": "u-1",
+                   "product_id": "sku-1"} for event_id, ts in (("edge-1", horizon), ("edge-0", horizon - 1)))
+    local.feed(accepted_events([at, before]))
+    assert counts(local) == {"product_view": 301}
