@@ -290,6 +290,24 @@ def test_a_withdrawal_cancels_the_profiles_held_triggers_made_before_it_and_thos
                                                "code": "withdrawn"}
 
 
+def test_a_trigger_stamped_at_the_withdrawal_itself_is_cancelled_and_one_a_millisecond_after_is_sent(
+        tmp_path: Path) -> None:
+    """At or before the withdrawal is cancelled: the boundary, held before it and read after it."""
+    out = tmp_path / "out"
+    step, _ = deliverer(tmp_path, DryRun(out))
+    now = [parse_timestamp("2026-03-01T12:00:00Z")]
+    step.now_ms = lambda: now[0]
+    later = "2026-03-02T08:00:00.000Z"
+    step.handle(trigger(trigger_id="held-at", profile_id="p-pia", at="2026-03-01T11:00:00.000Z", send_at=later))
+    step.withdrawal(withdrawal("p-pia", "2026-03-01T11:00:00.000Z"))
+    step.handle(trigger(trigger_id="read-at", profile_id="p-pia", at="2026-03-01T11:00:00.000Z", send_at=later))
+    step.handle(trigger(trigger_id="read-after", profile_id="p-pia", at="2026-03-01T11:00:00.001Z", send_at=later))
+    now[0] = parse_timestamp(later)
+    step.release_due()
+    assert sorted(path.stem for path in out.iterdir()) == ["read-after"]
+    assert step.ledger.outcome("read-at") is not None and step.ledger.outcome("read-at")["code"] == "withdrawn"
+
+
 @pytest.mark.parametrize("raw", [b"not json", b"[]", b'{"profile_id": 1, "at": "2026-03-01T11:00:00Z"}',
                                  b'{"profile_id": "p-1", "at": "yesterday"}', None])
 def test_a_withdrawal_that_cannot_be_read_is_counted_and_skipped(tmp_path: Path, raw: bytes | None) -> None:
