@@ -23,6 +23,7 @@ from streams.domain.rules.segments import (
     history_windows,
     parse_duration,
 )
+from streams.domain.rules.segments import evaluate as interpreted
 
 S = 1_000
 H = 3_600 * S
@@ -128,6 +129,16 @@ def test_high_value_at_its_threshold() -> None:
     assert "high_value" in members(facts(spend=500), {}, T0)
     assert "high_value" not in members(facts(spend=499.99), {}, T0)
     assert "high_value" not in members(facts(spend="900"), {}, T0)  # type: ignore[arg-type]
+
+
+def test_thresholds_at_their_boundary_in_the_condition_objects_too() -> None:
+    """The condition objects (the reference of the compiled function, and what it asks for rules
+    nested too deep) hold ``>=`` thresholds at the boundary: spend 500 is high value, one item a
+    cart holder."""
+    [now, _] = interpreted(DEFAULTS, facts(spend=500, items=1), {}, T0)
+    assert {"high_value", "cart_holders"} <= now
+    [now, _] = interpreted(DEFAULTS, facts(spend=499.99, items=0), {}, T0)
+    assert not {"high_value", "cart_holders"} & now
 
 
 def test_engaged_email_counts_opens_and_clicks() -> None:
