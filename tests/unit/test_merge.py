@@ -365,6 +365,15 @@ def test_erasure_markers() -> None:
         merge_states({"merged_into": "u:u-0"}, live, KEY)
 
 
+def test_a_parked_event_stamped_at_the_erasure_is_forgotten_in_a_merge_and_a_later_one_kept() -> None:
+    """At or before the erasure is forgotten (as receive forgets it): the boundary, both ways round."""
+    live = build([ev("a1", "page_view", T, user_id="u-1"), ev("a2", "page_view", T + 60 * MIN, user_id="u-1"),
+                  ev("a3", "page_view", T + 60 * MIN + 1, user_id="u-1")], T, key="a:anon-1")
+    for merged in (merge_states({"erased_at": T + 60 * MIN}, live, KEY),
+                   merge_states(live, {"erased_at": T + 60 * MIN}, KEY)):
+        assert [entry[2] for entry in merged["pending"]] == ["a3"]
+        assert "a2" not in merged["seen"] and "a3" in merged["seen"]
+
 def test_the_inputs_are_not_changed() -> None:
     a = build([ev("a1", "cart_add", T, user_id="u-1", product_id="sku-1", price=2.0),
                ev("a2", "identify", T + 99 * MIN, user_id="u-1", traits={"city": "Lyon"})], T + 5 * MIN)
