@@ -506,3 +506,17 @@ def test_only_an_event_older_than_the_watermark_is_late() -> None:
     assert person.late == 0
     person.arrive(ev("v-3", "product_view", t + 10 * MIN - 1, product_id="a"))
     assert person.late == 1
+
+
+def test_at_equal_timestamps_an_identify_comes_before_the_click() -> None:
+    """The identify stamped with a view is applied first: the view's segment change already names the
+    address it gave."""
+    t = ms(T0)
+    state = None
+    for event in (ev("v-1", "product_view", t, product_id="sku-1"),
+                  ev("i-1", "identify", t, traits={"email": "ana@example.com"})):
+        state = receive(state, "u:u-1", event, None, RULES).state
+    assert state is not None
+    out = advance(state, t, RULES, 0)
+    [entered] = [c for c in out.segment_changes if c["segment"] == "recent_browsers"]
+    assert entered["email"] == "ana@example.com" and entered["at"] == "2026-03-01T10:00:00.000Z"
