@@ -520,3 +520,18 @@ def test_at_equal_timestamps_an_identify_comes_before_the_click() -> None:
     out = advance(state, t, RULES, 0)
     [entered] = [c for c in out.segment_changes if c["segment"] == "recent_browsers"]
     assert entered["email"] == "ana@example.com" and entered["at"] == "2026-03-01T10:00:00.000Z"
+
+
+def test_a_late_older_cart_event_or_view_does_not_pull_the_abandonment_deadline_back() -> None:
+    """cart_abandoned is due 30 minutes after the last cart activity, browse_abandoned an hour after the
+    last product view: a late event older than the last one moves neither deadline earlier."""
+    t = ms(T0)
+    cart = Person().arrive(ev("k-2", "cart_add", t + 20 * MIN, product_id="a", price=1.0)).to(t + 21 * MIN)
+    cart.arrive(ev("k-1", "cart_add", t, product_id="b", price=1.0))
+    assert cart.late == 1
+    cart.to(t + 2 * 60 * MIN)
+    assert cart.types() == [("cart_abandoned", "2026-03-01T10:50:00.000Z")]
+    view = Person().arrive(ev("v-2", "product_view", t + 20 * MIN, product_id="a")).to(t + 21 * MIN)
+    view.arrive(ev("v-1", "product_view", t, product_id="b"))
+    view.to(t + 3 * 60 * MIN)
+    assert view.types() == [("browse_abandoned", "2026-03-01T11:20:00.000Z")]
