@@ -39,8 +39,9 @@ def person_history(rng: random.Random, n: int, erase: bool = True) -> list[dict[
                        **({"context": context} if context else {}), **fields})
 
     for _ in range(rng.randint(3, 30)):
-        # gaps from a minute to weeks, now and then to the evening (quiet hours) or a round time
-        t += rng.choice([model.MIN, 5 * model.MIN, 29 * model.MIN, 30 * model.MIN, 31 * model.MIN, model.HOUR,
+        # gaps from none (two events at one time: the kinds' order decides) to weeks, now and then to the
+        # evening (quiet hours) or a round time
+        t += rng.choice([0, model.MIN, 5 * model.MIN, 29 * model.MIN, 30 * model.MIN, 31 * model.MIN, model.HOUR,
                          61 * model.MIN, 5 * model.HOUR, model.DAY, 3 * model.DAY, 10 * model.DAY, 31 * model.DAY])
         if t > UNTIL - model.DAY:
             break
