@@ -92,7 +92,7 @@ class ModelBundle:
             calibration = None if manifest.get("calibration") is None else Isotonic.from_json(manifest["calibration"])
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"{path}: incomplete manifest ({exc})") from None
-        if tuple(features) != FEATURES:
+        if not isinstance(features, list) or tuple(features) != FEATURES:  # (not a list: a TypeError here)
             raise ModelError(f"{path}: trained with other features than this version computes; "
                              "train again with `mailpulse train`")
         model_path = directory / model_file

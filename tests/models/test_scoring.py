@@ -70,6 +70,16 @@ def test_score_refuses_a_directory_that_is_not_a_model(capsys: pytest.CaptureFix
     assert not (tmp_path / "o.jsonl").exists()
 
 
+@pytest.mark.parametrize("features", [None, 5, True])
+def test_a_manifest_whose_features_are_not_a_list_is_a_model_error(tmp_path: Path, features: object) -> None:
+    shutil.copytree(SHIPPED_DIR, tmp_path / "m")
+    manifest = json.loads((tmp_path / "m" / MANIFEST).read_text())
+    manifest["features"] = features  # (was a TypeError: a traceback from score, a crashed worker)
+    (tmp_path / "m" / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match="features"):
+        ModelBundle.load(tmp_path / "m")
+
+
 def test_a_model_file_that_does_not_match_the_manifest_is_refused(tmp_path: Path) -> None:
     shutil.copytree(SHIPPED_DIR, tmp_path / "m")
     manifest = json.loads((tmp_path / "m" / MANIFEST).read_text())
