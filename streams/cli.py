@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -148,6 +149,22 @@ def _replaceable(path: Path) -> None:
     file (a FIFO, a device or a symlink would be replaced by the file, not written to)."""
     if path.is_symlink() or (path.exists() and not path.is_file()):
         raise UserError(f"--out {path}: not a regular file (the output would replace it)")
+
+
+def _not_an_input(out: Path | None, what: str, *inputs: tuple[str, Path | None]) -> None:
+    """``out`` (written whole at the end) is none of ``inputs``: written over one, it replaced what the
+    command read (the history, the identify events, a model) with its result, and nothing said so."""
+    if out is None:
+        return
+    for name, path in inputs:
+        if path is None:
+            continue
+        try:
+            same = out.resolve() == path.resolve() or os.path.samefile(out, path)
+        except (OSError, RuntimeError):  # (one of them does not exist, a symlink loop: not the same file)
+            same = False
+        if same:
+            raise UserError(f"{what} {out}: is {name} {path}, which it would replace; choose another file")
 
 
 def _existing_file(text: str) -> Path:
@@ -367,6 +384,9 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 def cmd_resolve(args: argparse.Namespace) -> int:
     _replaceable(args.out)
+    model_file = None if args.model in ("fit", "shipped") else Path(args.model)
+    _not_an_input(args.out, "--out", ("--input", args.input), ("--model", model_file))
+    _not_an_input(args.save_model, "--save-model", ("--input", args.input), ("--out", args.out))
     from streams.tools.resolve import ResolveError, resolve_file
 
     rules = _stream_rules()
@@ -399,6 +419,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_score(args: argparse.Namespace) -> int:
     _replaceable(args.out)
+    _not_an_input(args.out, "--out", ("--events", args.events), ("the model's", args.models / "manifest.json"))
     from models.scoring import ScoreError, score_file
 
     rules = _stream_rules()

@@ -281,3 +281,26 @@ def test_a_state_folder_that_cannot_be_locked_stops_the_start_with_an_error(tmp_
             worker.locked_data_dir(tmp_path / "nfs"):
         pytest.fail("no folder can be locked here")
     assert [child.name for child in (tmp_path / "nfs").iterdir()] == ["worker-0"]
+
+
+def test_an_output_that_is_the_input_is_refused_and_the_input_kept(capsys: pytest.CaptureFixture[str],
+                                                                    tmp_path: Path) -> None:
+    events = tmp_path / "id.jsonl"
+    text = (json.dumps({"event_id": "e1", "type": "identify", "timestamp": "2026-01-01T00:00:00Z",
+                        "user_id": "u-1", "email": "a@example.com"}) + "\n")
+    events.write_text(text)
+    link = tmp_path / "link.jsonl"
+    link.hardlink_to(events)
+    for args in (("resolve", "--input", str(events), "--out", str(events)),
+                 ("resolve", "--input", str(events), "--out", str(link)),
+                 ("resolve", "--input", str(events), "--out", str(tmp_path / "o.jsonl"), "--save-model", str(events)),
+                 ("score", "--events", str(events), "--as-of", "2026-02-01", "--models", str(tmp_path),
+                  "--out", str(events))):
+        code, _, err = run(capsys, *args)
+        assert code == 2 and "which it would replace" in err and len(err.strip().splitlines()) == 1, (args, err)
+        assert events.read_text() == text
+    code, _, err = run(capsys, "resolve", "--input", str(events), "--out", str(tmp_path / "o.jsonl"),
+                       "--save-model", str(tmp_path / "o.jsonl"))
+    assert code == 2 and "--save-model" in err and "is --out" in err
+    code, _, err = run(capsys, "resolve", "--input", str(events), "--out", str(tmp_path / "o.jsonl"))
+    assert code == 0 and json.loads((tmp_path / "o.jsonl").read_text())["user_id"] == "u-1"
