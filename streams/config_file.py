@@ -33,6 +33,59 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+#: The most values aliases (``*name``) may add to the file as written.  Anchors that each repeat the one
+#: before nine times (the "billion laughs") are a few lines that expand to hundreds of millions of values,
+#: whose rules were checked for hours, in gigabytes.
+MOST_ALIASED = 100_000
+
+
+class _Aliases(Exception):
+    """What is wrong with the aliases of a config (a message, and the node where it shows)."""
+
+    def __init__(self, message: str, node: yaml.Node) -> None:
+        super().__init__(message)
+        self.node = node
+
+
+def _check_aliases(root: yaml.Node) -> None:
+    """:class:`_Aliases` if an alias refers to a value that holds it (a rule that is its own child: a
+    RecursionError) or the aliases expand the file by more than :data:`MOST_ALIASED` values."""
+    sizes: dict[int, int] = {}  # id of a node -> the values it stands for, expanded
+    open_nodes: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            raise _Aliases("an alias refers to a value that holds it", node)
+        open_nodes.add(key)
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            total += sum(size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in node.value)
+        open_nodes.discard(key)
+        sizes[key] = total
+        return total
+
+    if size(root) - len(sizes) > MOST_ALIASED:
+        raise _Aliases(f"its aliases expand it by more than {MOST_ALIASED} values", root)
+
+
+def _parse(text: str) -> Any:
+    """``text`` as YAML (:class:`_UniqueKeyLoader`), its aliases checked before they are expanded."""
+    loader = _UniqueKeyLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_aliases(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def load_config(path: Path | None) -> PipelineConfig:
     """The built-in defaults, overridden by the YAML file at ``path`` (if any)."""
     if path is None:
@@ -44,7 +97,10 @@ def load_config(path: Path | None) -> PipelineConfig:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     try:
-        data: Any = yaml.load(text, Loader=_UniqueKeyLoader)  # (a SafeLoader)
+        data: Any = _parse(text)
+    except _Aliases as exc:
+        mark = exc.node.start_mark
+        raise ConfigError(f"{path}: line {mark.line + 1} not usable YAML: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""

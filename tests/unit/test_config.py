@@ -225,3 +225,28 @@ def test_the_readme_documents_every_setting() -> None:
     missing = [f"MAILPULSE_{name.upper()}" for name in Settings.model_fields
                if f"`MAILPULSE_{name.upper()}`" not in readme]
     assert missing == []
+
+
+def test_an_alias_bomb_in_a_rule_is_refused_at_once(tmp_path: Path) -> None:
+    """Nine anchors, each nine of the one before, in a custom segment's rule: 9**9 conditions, which were
+    compiled for hours in gigabytes (every command that reads the config hung)."""
+    leaf = "{field: {path: aggregates.total_spend, gte: 1}}"
+    lines = ["segments:", "  vip:", "    rule:", "      any:", f"        - &a0 {{all: [{', '.join([leaf] * 9)}]}}"]
+    lines += [f"        - &a{n} {{all: [{', '.join([f'*a{n - 1}'] * 9)}]}}" for n in range(1, 9)]
+    path = write(tmp_path, "\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match="aliases expand it by more than"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("text", ["segments:\n  vip:\n    rule: &r {not: *r}\n",
+                                  "limits: &r {traits: 5, x: *r}\n"])
+def test_an_alias_inside_its_own_anchor_is_a_config_error(tmp_path: Path, text: str) -> None:
+    with pytest.raises(ConfigError, match=r"line .*an alias refers to a value that holds it"):  # (a RecursionError)
+        load_config(write(tmp_path, text))
+
+
+def test_aliases_of_a_usual_config_still_load(tmp_path: Path) -> None:
+    path = write(tmp_path, "triggers:\n  cart_abandoned: &t {enabled: false}\n  browse_abandoned: *t\n"
+                 "  post_purchase: {<<: *t, delay_hours: 5}\n")
+    config = load_config(path)
+    assert not config.triggers.browse_abandoned.enabled and config.triggers.post_purchase.delay_hours == 5
