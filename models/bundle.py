@@ -85,6 +85,8 @@ class ModelBundle:
             raise ModelError(f"{directory}: no {MANIFEST} (not a directory written by `mailpulse train`)") from None
         except (OSError, ValueError) as exc:
             raise ModelError(f"{path}: cannot read: {exc}") from None
+        except RecursionError:  # (JSON nested deeper than the interpreter's recursion limit)
+            raise ModelError(f"{path}: cannot read: not a manifest (nested too deeply)") from None
         try:
             version, horizon, as_of = manifest["version"], float(manifest["horizon_days"]), manifest["as_of"]
             features, model_file = manifest["features"], manifest["files"]["purchase"]

@@ -80,6 +80,12 @@ def test_a_manifest_whose_features_are_not_a_list_is_a_model_error(tmp_path: Pat
         ModelBundle.load(tmp_path / "m")
 
 
+def test_a_manifest_nested_too_deeply_is_a_model_error(tmp_path: Path) -> None:
+    (tmp_path / MANIFEST).write_text("[" * 100_000 + "]" * 100_000)  # (was a RecursionError: a traceback)
+    with pytest.raises(ModelError, match="nested too deeply"):
+        ModelBundle.load(tmp_path)
+
+
 def test_a_model_file_that_does_not_match_the_manifest_is_refused(tmp_path: Path) -> None:
     shutil.copytree(SHIPPED_DIR, tmp_path / "m")
     manifest = json.loads((tmp_path / "m" / MANIFEST).read_text())
