@@ -243,6 +243,14 @@ def test_a_model_saves_and_loads(tmp_path: Path) -> None:
     assert Model.load(path) == default_model()
 
 
+def test_a_model_file_nested_too_deeply_is_a_value_error(tmp_path: Path) -> None:
+    """(resolve --model, MAILPULSE_IDENTITY_MODEL: a RecursionError was a traceback, a worker that did not start)"""
+    path = tmp_path / "model.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match="nested too deeply"):
+        Model.load(path)
+
+
 def test_fit_on_generated_records_is_close_to_the_shipped_model() -> None:
     raw, _ = generate(600, 21)
     persons = sorted((person_of(e) for e in decode_all(raw)), key=lambda p: p.sort_key())

@@ -195,7 +195,10 @@ class Model:
     def load(cls, path: Path) -> Model:
         import json
 
-        loaded: dict[str, Any] = json.loads(path.read_text())
+        try:
+            loaded: dict[str, Any] = json.loads(path.read_text())
+        except RecursionError:  # (every caller reports a ValueError in one line; this was a traceback)
+            raise ValueError(f"model: not a {FORMAT} file (nested too deeply)") from None
         return cls.from_json(loaded)
 
 
