@@ -26,7 +26,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             if key_node.tag == "tag:yaml.org,2002:merge":  # ``<<``: merged in by the base loader, not a key
                 continue
             key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, str | int | float | bool) and key in seen:
+            if not isinstance(key, str | int | float | bool):  # (a list or mapping as a key: unhashable, a
+                continue  # TypeError here; the base loader says "found unhashable key")
+            if key in seen:
                 raise yaml.constructor.ConstructorError(None, None, f"the key {str(key)[:64]!r} is given twice",
                                                         key_node.start_mark)
             seen.add(key)

@@ -210,6 +210,12 @@ def test_a_key_given_twice_in_the_config_file_is_an_error_not_a_silent_override(
         load_config(path)
 
 
+@pytest.mark.parametrize("text", ["? [a, b]\n: 1\n", "segments:\n  {a: 1}: 2\n", "triggers: {[x]: 1}\n"])
+def test_a_list_or_mapping_as_a_key_is_a_config_error(tmp_path: Path, text: str) -> None:
+    with pytest.raises(ConfigError, match=r"line .*unhashable key"):  # (was a TypeError: a traceback)
+        load_config(write(tmp_path, text))
+
+
 def test_a_yaml_merge_key_is_not_taken_for_a_key_given_twice(tmp_path: Path) -> None:
     from streams.config_file import load_config
 
