@@ -9,6 +9,7 @@ no clock, no I/O, no state between calls, so a replay computes exactly what live
 from __future__ import annotations
 
 import heapq
+import math
 import re
 from bisect import bisect_right
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -492,10 +493,12 @@ def _compile_op(op: str, operand: Any, where: str) -> tuple[Callable[[Any], bool
             kind = _scalar_kind(item)
             if kind is None:
                 raise RuleError(f"{where}[{i}]", f"needs a string, number or boolean, got {_kind(item)}")
+            _finite(item, f"{where}[{i}]")
             tagged.add((kind, item))
         members = frozenset(tagged)
         return (lambda v: (_scalar_kind(v), v) in members if _scalar_kind(v) else False), False
     kind = _scalar_kind(operand)
+    _finite(operand, where)
     if op in ("eq", "ne"):
         if kind is None:
             raise RuleError(where, f"needs a string, number or boolean, got {_kind(operand)} (for null use exists)")
@@ -512,6 +515,13 @@ def _compile_op(op: str, operand: Any, where: str) -> tuple[Callable[[Any], bool
     if op == "lt":
         return (lambda v: same(v) and v < operand), False
     return (lambda v: same(v) and v <= operand), False
+
+
+def _finite(operand: Any, where: str) -> None:
+    """A number to compare with is finite: YAML's .nan equals nothing and orders nowhere (a segment with
+    gte: .nan stayed empty, one with ne: .nan held everyone), and .inf is past every value."""
+    if _is_number(operand) and not math.isfinite(operand):
+        raise RuleError(where, f"needs a finite number, got {operand}")
 
 
 def parse_duration(text: Any, where: str) -> int:

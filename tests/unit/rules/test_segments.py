@@ -346,6 +346,11 @@ RULE_ERRORS: list[tuple[Any, str, str]] = [
     ({"field": {"path": "cart.value", "in": []}}, "r.field.in", "non-empty list"),
     ({"field": {"path": "cart.value", "in": ["a", ["b"]]}}, "r.field.in[1]", "string, number or boolean"),
     ({"field": {"path": "cart.value", "exists": "yes"}}, "r.field.exists", "true or false"),
+    # YAML's .nan and .inf: a segment that silently never (or always) matched
+    ({"field": {"path": "aggregates.total_spend", "gte": float("nan")}}, "r.field.gte", "finite number"),
+    ({"field": {"path": "aggregates.total_spend", "ne": float("nan")}}, "r.field.ne", "finite number"),
+    ({"field": {"path": "aggregates.total_spend", "lt": float("inf")}}, "r.field.lt", "finite number"),
+    ({"field": {"path": "aggregates.total_spend", "in": [1, float("-inf")]}}, "r.field.in[1]", "finite number"),
 ]
 
 
