@@ -193,6 +193,15 @@ class Settings(BaseSettings):
         default=None, description="MAILPULSE_TEMPLATES_DIR: e-mail templates that override the shipped ones, "
         "by file name (<trigger type>.j2).")
 
+    @field_validator("data_dir", "config", "models_dir", "identity_model", "templates_dir", mode="before")
+    @classmethod
+    def _not_empty(cls, path: object) -> object:
+        # ("" is Path("."), the current folder: MAILPULSE_DATA_DIR= kept the tables there, MAILPULSE_MODELS_DIR=
+        # ran without scores, MAILPULSE_TEMPLATES_DIR= read templates from it, without a word)
+        if isinstance(path, str) and not path.strip():
+            raise ValueError("an empty path; unset the variable for the default")
+        return path
+
     @field_validator("default_phone_region")
     @classmethod
     def _known_region(cls, region: str) -> str:

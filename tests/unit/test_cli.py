@@ -147,6 +147,12 @@ def test_in_a_json_log_a_commands_error_is_one_json_object(capsys: pytest.Captur
     ("MAILPULSE_SHOP_URL", "not a url"),
     ("MAILPULSE_UNSUBSCRIBE_URL", "shop.example.com/unsub"),  # broke the one-click unsubscribe header
     ("MAILPULSE_DELIVER_TIMEOUT_S", "1e10"),
+    # an empty path was the current folder: the tables kept there, no scores, templates read from it
+    ("MAILPULSE_DATA_DIR", ""),
+    ("MAILPULSE_MODELS_DIR", ""),
+    ("MAILPULSE_TEMPLATES_DIR", " "),
+    ("MAILPULSE_CONFIG", ""),
+    ("MAILPULSE_IDENTITY_MODEL", ""),
 ])
 def test_a_setting_out_of_its_range_is_a_one_line_error(capsys: pytest.CaptureFixture[str],
                                                          monkeypatch: pytest.MonkeyPatch, env: str, value: str) -> None:
