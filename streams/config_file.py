@@ -103,10 +103,14 @@ def load_config(path: Path | None) -> PipelineConfig:
     except _Aliases as exc:
         mark = exc.node.start_mark
         raise ConfigError(f"{path}: line {mark.line + 1} not usable YAML: {exc}") from None
+    except yaml.reader.ReaderError as exc:  # (its message is two lines, the second "in <unicode string>")
+        line = text.count("\n", 0, exc.position) + 1
+        raise ConfigError(f"{path}: line {line} not valid YAML: {exc.reason} (#x{exc.character:04x})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}:{where} not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        problem = " ".join(str(getattr(exc, "problem", exc)).split())  # (one line, whatever the error)
+        raise ConfigError(f"{path}:{where} not valid YAML: {problem}") from None
     except RecursionError:
         raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
     if data is None:

@@ -216,6 +216,21 @@ def test_a_list_or_mapping_as_a_key_is_a_config_error(tmp_path: Path, text: str)
         load_config(write(tmp_path, text))
 
 
+@pytest.mark.parametrize("text", ["guardrails:\n  per_type_per_day: 2\n\x00\n", "guardrails: \x07\n"])
+def test_a_control_character_in_the_config_is_a_one_line_error(capsys: pytest.CaptureFixture[str],
+                                                                monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                                text: str) -> None:
+    """PyYAML's ReaderError reads '... not allowed' then '  in "<unicode string>", position 34' on a line of its own."""
+    monkeypatch.delenv("MAILPULSE_LOG_FORMAT", raising=False)
+    monkeypatch.setenv("MAILPULSE_CONFIG", str(write(tmp_path, text)))
+    events = tmp_path / "none.jsonl"
+    events.write_text("")
+    code = main(["resolve", "--input", str(events), "--out", str(tmp_path / "out.jsonl")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "not valid YAML: special characters are not allowed" in err, err
+    assert ("line 3" if "\x00" in text else "line 1") in err
+
+
 def test_a_yaml_merge_key_is_not_taken_for_a_key_given_twice(tmp_path: Path) -> None:
     from streams.config_file import load_config
 
