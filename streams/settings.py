@@ -83,7 +83,8 @@ class Settings(BaseSettings):
         default=10.0, ge=6, le=60, description="MAILPULSE_SESSION_TIMEOUT_S: consumer-group session timeout; a new "
         "group's first join waits about half of it",
     )
-    replication_factor: int = Field(default=1, ge=1, description="MAILPULSE_REPLICATION_FACTOR: of created topics.")
+    replication_factor: int = Field(  # (Kafka's is an INT16: a larger one was an OverflowError creating topics)
+        default=1, ge=1, le=32_767, description="MAILPULSE_REPLICATION_FACTOR: of created topics.")
     batch_size: int = Field(default=500, ge=1, le=100_000, description="MAILPULSE_BATCH_SIZE: events per agent batch.")
     rocksdb_write_buffer_mb: int = Field(
         default=4, ge=1, le=4_096,

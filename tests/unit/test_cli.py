@@ -153,6 +153,7 @@ def test_in_a_json_log_a_commands_error_is_one_json_object(capsys: pytest.Captur
     ("MAILPULSE_TEMPLATES_DIR", " "),
     ("MAILPULSE_CONFIG", ""),
     ("MAILPULSE_IDENTITY_MODEL", ""),
+    ("MAILPULSE_REPLICATION_FACTOR", "99999999999"),  # an OverflowError (a traceback) creating the topics
 ])
 def test_a_setting_out_of_its_range_is_a_one_line_error(capsys: pytest.CaptureFixture[str],
                                                          monkeypatch: pytest.MonkeyPatch, env: str, value: str) -> None:
