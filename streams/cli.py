@@ -23,7 +23,7 @@ from schemas.timeparse import parse_timestamp
 from streams import logs
 from streams.gc_tuning import tune_garbage_collector
 from streams.settings import Settings
-from streams.tools.forked import default_jobs
+from streams.tools.forked import ChildFailed, default_jobs
 
 if TYPE_CHECKING:
     from models.scoring import StreamRules
@@ -407,7 +407,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     rules = _stream_rules()
     tune_garbage_collector()  # a history's events stay in memory: the default thresholds rescanned them all
-    with reported_as_user_error(TrainError):
+    with reported_as_user_error(TrainError, ChildFailed):
         report = train_file(args.events, args.as_of, args.horizon_days, args.out, show_progress=sys.stderr.isatty(),
                             jobs=args.jobs or default_jobs(), rules=rules)
     print(report_table(report), file=sys.stderr)
@@ -425,7 +425,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     rules = _stream_rules()
     tune_garbage_collector()
 
-    with reported_as_user_error(ScoreError):
+    with reported_as_user_error(ScoreError, ChildFailed):
         stats = score_file(args.events, args.as_of, args.models, args.out, show_progress=sys.stderr.isatty(),
                            jobs=args.jobs or default_jobs(), rules=rules)
     print(f"mailpulse: scored {stats.profiles} profiles from {stats.events} events with model "

@@ -78,8 +78,10 @@ def run_forked(tasks: Sequence[Callable[[], T]]) -> list[T]:
                 payload = pipe.read()
             _, status = os.waitpid(pid, 0)
             if not payload:
+                code = os.waitstatus_to_exitcode(status)
+                killed = " (killed: out of memory? fewer --jobs hold less at once)" if code < 0 else ""
                 outcomes.append((False, ChildFailed(f"a worker process ended without a result "
-                                                    f"(status {os.waitstatus_to_exitcode(status)})")))
+                                                    f"(status {code}){killed}")))
             else:
                 outcomes.append(pickle.loads(payload))
         children = []

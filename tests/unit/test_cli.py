@@ -311,3 +311,28 @@ def test_an_output_that_is_the_input_is_refused_and_the_input_kept(capsys: pytes
     assert code == 2 and "--save-model" in err and "is --out" in err
     code, _, err = run(capsys, "resolve", "--input", str(events), "--out", str(tmp_path / "o.jsonl"))
     assert code == 0 and json.loads((tmp_path / "o.jsonl").read_text())["user_id"] == "u-1"
+
+
+def test_a_killed_worker_process_of_score_is_a_one_line_error(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A forked reader killed (the OOM killer, kill -9): ChildFailed was a traceback."""
+    import os
+    import signal
+
+    from models.bundle import SHIPPED_DIR
+    from streams.tools import history
+
+    events = tmp_path / "h.jsonl"
+    assert run(capsys, "generate", "--users", "5", "--days", "5", "--seed", "1", "--out", str(events))[0] == 0
+    real = history._read_range
+
+    def killed_past_the_first(path: Path, start: int, *args: object) -> object:
+        if start:  # (a child: the first range is read in this process)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(path, start, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(history, "_read_range", killed_past_the_first)
+    code, _, err = run(capsys, "score", "--events", str(events), "--as-of", "2026-02-01", "--models", str(SHIPPED_DIR),
+                       "--out", str(tmp_path / "s.jsonl"), "--jobs", "2")
+    assert code == 2 and err.count("\n") == 1 and "worker process ended without a result (status -9)" in err, err
+    assert not (tmp_path / "s.jsonl").exists()
