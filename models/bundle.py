@@ -90,6 +90,8 @@ class ModelBundle:
         try:
             version, horizon, as_of = manifest["version"], float(manifest["horizon_days"]), manifest["as_of"]
             features, model_file = manifest["features"], manifest["files"]["purchase"]
+            if not isinstance(model_file, str) or not model_file or "\0" in model_file:  # (else a TypeError or
+                raise ValueError(f"files.purchase {model_file!r} is not a file name")  # ValueError in the read)
             checksum = (manifest.get("sha256") or {}).get("purchase")  # (none before the manifest kept it)
             calibration = None if manifest.get("calibration") is None else Isotonic.from_json(manifest["calibration"])
         except (AttributeError, KeyError, TypeError, ValueError) as exc:

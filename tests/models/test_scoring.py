@@ -80,6 +80,16 @@ def test_a_manifest_whose_features_are_not_a_list_is_a_model_error(tmp_path: Pat
         ModelBundle.load(tmp_path / "m")
 
 
+@pytest.mark.parametrize("name", [None, 5, "", "a\0b"])
+def test_a_manifest_whose_model_file_is_not_a_file_name_is_a_model_error(tmp_path: Path, name: object) -> None:
+    shutil.copytree(SHIPPED_DIR, tmp_path / "m")
+    manifest = json.loads((tmp_path / "m" / MANIFEST).read_text())
+    manifest["files"]["purchase"] = name  # (was a TypeError or 'embedded null byte': a traceback)
+    (tmp_path / "m" / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match=r"incomplete manifest .*not a file name"):
+        ModelBundle.load(tmp_path / "m")
+
+
 def test_a_manifest_nested_too_deeply_is_a_model_error(tmp_path: Path) -> None:
     (tmp_path / MANIFEST).write_text("[" * 100_000 + "]" * 100_000)  # (was a RecursionError: a traceback)
     with pytest.raises(ModelError, match="nested too deeply"):
