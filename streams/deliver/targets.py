@@ -499,7 +499,7 @@ class Webhook:
                 raise Temporary(self._no_answer(exc, deadline)) from None
         try:
             reply = json.loads(answer) if answer else {}
-        except ValueError:
+        except (ValueError, RecursionError):  # (a 2xx all the same: taken; RecursionError: nested too deeply)
             reply = {}
         bounced = isinstance(reply, dict) and (reply.get("bounced") is True or reply.get("status") == "bounced")
         return Sent(bounced=bounced)

@@ -106,15 +106,18 @@ def test_the_dry_run_writes_only_file_names_inside_its_folder(tmp_path: Any) -> 
 
 
 @contextmanager
-def serving_http(answer: Callable[[str], int], head: int = 501) -> Iterator[str]:
-    """An HTTP e-mail API on loopback whose POSTs get ``answer(idempotency key)`` as their status, and
-    HEAD requests ``head``; the URL to send to."""
+def serving_http(answer: Callable[[str], int], head: int = 501, body: bytes = b"") -> Iterator[str]:
+    """An HTTP e-mail API on loopback whose POSTs get ``answer(idempotency key)`` as their status (and
+    ``body``), and HEAD requests ``head``; the URL to send to."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers["Content-Length"]))
             self.send_response(answer(self.headers["Idempotency-Key"]))
+            if body:
+                self.send_header("Content-Length", str(len(body)))
             self.end_headers()
+            self.wfile.write(body)
 
         def do_HEAD(self) -> None:
             self.send_response(head)
@@ -164,6 +167,18 @@ def test_a_webhook_409_is_tried_again_and_then_gets_the_first_requests_answer() 
         sent, attempts = with_retries(lambda: hook.send(m, WELCOME), 3, 0.001, lambda: None,
                                       lambda s: time.sleep(next(waits)))
     assert attempts == 3 and taken == ["t-1"] and answers == [409, 200, 200] and not sent.bounced
+
+
+def test_a_webhook_answer_nested_too_deeply_is_still_a_delivery() -> None:
+    """A 2xx whose JSON body nests deeper than the interpreter's recursion limit: the e-mail was taken.
+    json.loads raised RecursionError, which with_retries made a Permanent refusal (delivery-failed
+    "rejected", the ledger without the send) for an e-mail the target had accepted."""
+    from streams.deliver.targets import Webhook
+
+    with serving_http(lambda key: 200, body=b"[" * 100_000 + b"]" * 100_000) as url:
+        sent, attempts = with_retries(lambda: Webhook(url, None, timeout_s=5).send(message(), WELCOME), 3, 0.001,
+                                      lambda: None, lambda s: None)
+    assert attempts == 1 and not sent.bounced
 
 
 @pytest.mark.parametrize("reply,down", [("452 4.2.2 Mailbox full", False), ("450 4.7.1 Greylisted", False),
