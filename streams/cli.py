@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from schemas.timeparse import parse_timestamp
 from streams import logs
 from streams.gc_tuning import tune_garbage_collector
-from streams.settings import Settings
+from streams.settings import MOST_PARTITIONS, Settings
 from streams.tools.forked import ChildFailed, default_jobs
 
 if TYPE_CHECKING:
@@ -479,7 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("broker", help="run the embedded broker alone, in the foreground")
     p.add_argument("--port", type=_bounded_int(65535), default=9092)
-    p.add_argument("--partitions", type=_positive_int, default=8, help="partitions of the topics it creates")
+    p.add_argument("--partitions", type=_bounded_int(MOST_PARTITIONS), default=8,
+                   help="partitions of the topics it creates")
     p.set_defaults(func=cmd_broker)
 
     p = sub.add_parser("generate", help="write synthetic history as JSON lines of input events")

@@ -20,6 +20,10 @@ from streams.product_recs import MOST_PRODUCTS
 CENTURY_S = 100 * 365.25 * 86_400
 
 
+#: The most partitions of a created topic (MAILPULSE_PARTITIONS, ``mailpulse broker --partitions``).
+MOST_PARTITIONS = 10_000
+
+
 class Settings(BaseSettings):
     """Worker settings.  Env var = ``MAILPULSE_`` + field name in upper case."""
 
@@ -52,7 +56,7 @@ class Settings(BaseSettings):
         description="MAILPULSE_APP_ID: consumer group and table prefix (letters, digits, '.', '_', '-': it "
         "names topics and folders).")
     partitions: int = Field(
-        default=8, ge=1, le=10_000,
+        default=8, ge=1, le=MOST_PARTITIONS,
         description="MAILPULSE_PARTITIONS: partitions of created topics.")
     web_port: int = Field(
         default=0, ge=0, le=65535,

@@ -336,3 +336,14 @@ def test_a_killed_worker_process_of_score_is_a_one_line_error(capsys: pytest.Cap
                        "--out", str(tmp_path / "s.jsonl"), "--jobs", "2")
     assert code == 2 and err.count("\n") == 1 and "worker process ended without a result (status -9)" in err, err
     assert not (tmp_path / "s.jsonl").exists()
+
+
+def test_broker_partitions_past_the_settings_bound_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """`mailpulse broker --partitions` is bounded as MAILPULSE_PARTITIONS is (an OverflowError creating the
+    topics, a traceback, past Kafka's INT32; up to it, topics of more partitions than a worker accepts)."""
+    from streams.settings import Settings
+
+    most = max(m.le for m in Settings.model_fields["partitions"].metadata if hasattr(m, "le"))
+    for text in ("99999999999", str(most + 1)):
+        code, _, err = run(capsys, "broker", "--port", "1", "--partitions", text)
+        assert code == 2 and err.count("\n") == 1 and "--partitions" in err, err
