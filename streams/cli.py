@@ -167,6 +167,14 @@ def _not_an_input(out: Path | None, what: str, *inputs: tuple[str, Path | None])
             raise UserError(f"{what} {out}: is {name} {path}, which it would replace; choose another file")
 
 
+def _path(text: str) -> Path:
+    """A path argument: "" (an unset shell variable) would be Path("."), the current folder, as an
+    empty MAILPULSE_* path setting would (refused there too)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path")
+    return Path(text)
+
+
 def _existing_file(text: str) -> Path:
     path = Path(text)
     if not path.is_file():
@@ -474,7 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("deliver", help="the reference ESP connector: render triggers into e-mails and deliver "
                        "each once (SMTP or webhook, from MAILPULSE_* settings)")
     p.add_argument("--broker", help="kafka://host:port; unset: MAILPULSE_BROKER")
-    p.add_argument("--dry-run", type=Path, metavar="DIR", help="write each e-mail to DIR/<trigger_id>.eml instead")
+    p.add_argument("--dry-run", type=_path, metavar="DIR", help="write each e-mail to DIR/<trigger_id>.eml instead")
     p.set_defaults(func=cmd_deliver)
 
     p = sub.add_parser("broker", help="run the embedded broker alone, in the foreground")
@@ -493,7 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--purchases", choices=("sessions", "btyd"), default="sessions",
                    help="sessions: browsing sessions whose carts are bought at a personal propensity (default); "
                         "btyd: customers buying as BG/NBD's buy-till-you-die process, with product views")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=_path, required=True)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("replay", help="produce a JSON-lines file of input events to the input topics")
@@ -515,7 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--events", type=_existing_file, required=True)
     p.add_argument("--as-of", type=_timestamp, required=True)
     p.add_argument("--horizon-days", type=_positive_int, required=True)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=_path, required=True)
     p.add_argument("--jobs", type=_bounded_int(MOST_JOBS),
                    help="processes reading the history and folding it (default: one per core, at most 8); the "
                    "model is the same for any number")
@@ -524,8 +532,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("score", help="offline scoring of profiles")
     p.add_argument("--events", type=_existing_file, required=True)
     p.add_argument("--as-of", type=_timestamp, required=True)
-    p.add_argument("--models", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--models", type=_path, required=True)
+    p.add_argument("--out", type=_path, required=True)
     p.add_argument("--jobs", type=_bounded_int(MOST_JOBS),
                    help="processes reading the history (default: one per core, at most 8); the scores are the "
                    "same for any number")
@@ -533,14 +541,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("resolve", help="batch identity resolution of identify events")
     p.add_argument("--input", type=_existing_file, required=True, help="JSON lines of identify events")
-    p.add_argument("--out", type=Path, required=True, help='one {"user_id", "profile_id"} line per event')
+    p.add_argument("--out", type=_path, required=True, help='one {"user_id", "profile_id"} line per event')
     p.add_argument("--model", default="fit", help="fit (default: m and u fitted on the input by EM), shipped, "
                    "or a model file written by --save-model")
-    p.add_argument("--save-model", type=Path, help="write the model that scored (for MAILPULSE_IDENTITY_MODEL)")
+    p.add_argument("--save-model", type=_path, help="write the model that scored (for MAILPULSE_IDENTITY_MODEL)")
     p.set_defaults(func=cmd_resolve)
 
     p = sub.add_parser("schemas", help="write one JSON Schema per topic message type")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=_path, required=True)
     p.set_defaults(func=cmd_schemas)
     return parser
 

@@ -347,3 +347,24 @@ def test_broker_partitions_past_the_settings_bound_is_a_usage_error(capsys: pyte
     for text in ("99999999999", str(most + 1)):
         code, _, err = run(capsys, "broker", "--port", "1", "--partitions", text)
         assert code == 2 and err.count("\n") == 1 and "--partitions" in err, err
+
+
+@pytest.mark.parametrize("args", [
+    ("train", "--as-of", "2026-02-01", "--horizon-days", "30", "--out", ""),
+    ("schemas", "--out", " "),
+    ("score", "--as-of", "2026-02-01", "--models", "", "--out", "s.jsonl"),
+    ("resolve", "--out", "r.jsonl", "--save-model", ""),
+])
+def test_an_empty_path_argument_is_a_usage_error_not_the_current_folder(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        args: tuple[str, ...]) -> None:
+    """As an empty MAILPULSE_* path is: `--out ""` (an unset shell variable) was Path("."): train wrote its
+    model files and schemas its schemas into the current folder."""
+    monkeypatch.chdir(tmp_path)
+    events = tmp_path / "h.jsonl"
+    events.write_text("")
+    flag = "--input" if args[0] == "resolve" else "--events"
+    extra = () if args[0] == "schemas" else (flag, str(events))
+    code, _, err = run(capsys, *args, *extra)
+    assert code == 2 and err.count("\n") == 1 and "empty path" in err, err
+    assert [p.name for p in tmp_path.iterdir()] == ["h.jsonl"]
