@@ -143,7 +143,7 @@ def run_worker(settings: Settings, demo: bool = False, models: ModelBundle | Non
             stale = stale_state(data_dir, time.time())
             if broker is None and stale is not None:
                 say(f"{stale}; rebuilding table state from the changelog topics")
-            if broker is not None or stale is not None or not clean_stop.exists():
+            if broker is not None or stale is not None:  # (stale_state: no marker, or an old one)
                 _empty_folder(data_dir)
             clean_stop.unlink(missing_ok=True)
             settings = settings.model_copy(update={"data_dir": data_dir})
