@@ -187,6 +187,8 @@ def test_scoring_keys_are_checked(tmp_path: Path) -> None:
     ("scoring:\n  idle_days: [1, 1.0e+12]\n", "scoring.idle_days.1"),
     ("time:\n  max_future_minutes: 1.0e+20\n", "time.max_future_minutes"),
     ("segments:\n  loyal:\n    rule: {event: {type: purchase, within: 99999999999d}}\n", "longer than a century"),
+    # 309 digits and more are an infinite float: an OverflowError rounding it to milliseconds (a traceback)
+    ("segments:\n  loyal:\n    rule: {event: {type: purchase, within: " + "9" * 400 + "d}}\n", "longer than a century"),
 ])
 def test_a_wait_or_window_past_a_century_is_refused(tmp_path: Path, text: str, message: str) -> None:
     """A finite but huge delay loaded, then every profile its rule touched failed: its due time was

@@ -529,7 +529,10 @@ def parse_duration(text: Any, where: str) -> int:
     match = _DURATION.fullmatch(text) if isinstance(text, str) else None
     if match is None:
         raise RuleError(where, f"bad duration {text!r} {_DURATION_HINT}")
-    ms = round(float(match.group(1)) * _UNIT_MS[match.group(2)])
+    amount = float(match.group(1))
+    if not math.isfinite(amount):  # (309 digits and more: an OverflowError rounding it)
+        raise RuleError(where, f"duration {text[:40]!r}... is longer than a century")
+    ms = round(amount * _UNIT_MS[match.group(2)])
     if ms <= 0:
         raise RuleError(where, f"duration {text!r} must be at least 1 ms")
     if ms > MAX_SPAN_MS:  # (its window's end would be no time the due index holds)
