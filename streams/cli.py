@@ -210,6 +210,17 @@ def _config(settings: Settings) -> PipelineConfig:
         return load_config(settings.config)
 
 
+def _use_identity_model(settings: Settings) -> None:
+    """``MAILPULSE_IDENTITY_MODEL``: the fitted model fuzzy matching scores with, for ``run`` and for the
+    folds of ``train`` and ``score`` (which merged by the shipped one, so their profiles and features
+    were not the stream's).  ``resolve`` scores with what its ``--model`` says."""
+    if settings.identity_model is not None:
+        from streams.domain.resolution.model import Model, use_model
+
+        with reported_as_user_error(OSError, ValueError, KeyError, TypeError, prefix="MAILPULSE_IDENTITY_MODEL "):
+            use_model(Model.load(settings.identity_model))
+
+
 def _stream_rules() -> StreamRules:
     """What the worker's settings decide about how a history folds (``MAILPULSE_CONFIG``'s identity and
     limits sections, ``MAILPULSE_DEFAULT_PHONE_REGION``, ``MAILPULSE_DEDUPE_RETENTION_DAYS``), read as ``run``
@@ -274,11 +285,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             models = ModelBundle.load(settings.models_dir or SHIPPED_DIR)
         except ModelError as exc:  # profiles, segments and triggers go on; mailpulse_models_unavailable says so
             logs.warn(f"MAILPULSE_MODELS_DIR {exc}: running without scores")
-    if settings.identity_model is not None:
-        from streams.domain.resolution.model import Model, use_model
-
-        with reported_as_user_error(OSError, ValueError, KeyError, TypeError, prefix="MAILPULSE_IDENTITY_MODEL "):
-            use_model(Model.load(settings.identity_model))
+    _use_identity_model(settings)
     _usable_folder(settings.data_dir, "MAILPULSE_DATA_DIR")
     _bindable_host(settings.metrics_host, "MAILPULSE_METRICS_HOST")
     if settings.broker:
@@ -414,6 +421,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from models.training import TrainError, train_file
 
     rules = _stream_rules()
+    _use_identity_model(_settings())
     tune_garbage_collector()  # a history's events stay in memory: the default thresholds rescanned them all
     with reported_as_user_error(TrainError, ChildFailed):
         report = train_file(args.events, args.as_of, args.horizon_days, args.out, show_progress=sys.stderr.isatty(),
@@ -431,6 +439,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     from models.scoring import ScoreError, score_file
 
     rules = _stream_rules()
+    _use_identity_model(_settings())
     tune_garbage_collector()
 
     with reported_as_user_error(ScoreError, ChildFailed):
