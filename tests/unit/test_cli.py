@@ -341,11 +341,14 @@ def test_a_killed_worker_process_of_score_is_a_one_line_error(capsys: pytest.Cap
 def test_broker_partitions_past_the_settings_bound_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     """`mailpulse broker --partitions` is bounded as MAILPULSE_PARTITIONS is (an OverflowError creating the
     topics, a traceback, past Kafka's INT32; up to it, topics of more partitions than a worker accepts)."""
+    from streams.broker import free_port
     from streams.settings import Settings
 
     most = max(m.le for m in Settings.model_fields["partitions"].metadata if hasattr(m, "le"))
     for text in ("99999999999", str(most + 1)):
-        code, _, err = run(capsys, "broker", "--port", "1", "--partitions", text)
+        # (a free port, not 1: the code before started a broker first, and on port 1 it answered the other
+        # tests' "no broker at 127.0.0.1:1" for as long as it ran)
+        code, _, err = run(capsys, "broker", "--port", str(free_port()), "--partitions", text)
         assert code == 2 and err.count("\n") == 1 and "--partitions" in err, err
 
 
