@@ -472,8 +472,9 @@ class Consumer(faust_aiokafka.Consumer):
                 self.log.info("Consumer shutting down for user cancel.")
                 return
             raise
-        except Exception as exc:
-            self.log.exception("Drain messages raised: %r", exc)
+        except Exception as exc:  # the exception's class only: its text may quote a key (an e-mail) or a value
+            self.log.error("Drain messages raised %s", type(exc).__name__)
+            self.log.debug("Drain messages raised", exc_info=exc)
             raise
         finally:
             unset_flag(CONSUMER_FETCHING)
