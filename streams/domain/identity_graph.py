@@ -415,7 +415,9 @@ def on_link(key: str, state: State | None, message: dict[str, Any], limits: Limi
                                     (root, {"type": POSSIBLE, "to": root, "other": key, "score": 0.0})],
                        limited=over, changed=replaced)
     approved = sorted({root, *theirs}, key=rank)
-    add_claims(state, {root: approved})
+    # (claimed also when this profile links the asker's key already, an event here named it: the
+    # asker brings its own links, which the union above counted and a later ask must count too)
+    state.setdefault("claimed", {})[root] = approved
     return Routing(state, send=[(root, _approval(key, kind, approved, message))], changed=True)
 
 

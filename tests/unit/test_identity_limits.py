@@ -12,7 +12,7 @@ from streams.domain import possible_matches
 from streams.domain.config import PipelineConfig
 from streams.domain.dispatch import run_locally
 from streams.domain.timeline import RuleSet
-from tests.unit.test_identity_graph import UNTIL, ev
+from tests.unit.test_identity_graph import UNTIL, _limited, ev
 
 RULES = RuleSet.build(PipelineConfig(), 7 * 86_400_000)
 LIMITS = RULES.identity_limits
@@ -200,3 +200,16 @@ def test_an_asker_that_asks_again_replaces_its_claim_and_a_refusal_frees_the_roo
     local.feed([ev("i3", "identify", 2, email="q@example.com", traits={"email": "a-office@example.com"})])
     [profile] = local.advance(UNTIL).profiles.values()
     assert sorted(profile["identifiers"]["emails"]) == ["a-office@example.com", "q@example.com"]
+
+
+def test_an_asker_the_root_already_links_is_claimed_with_the_keys_it_brings() -> None:
+    """The root had linked the asker's key itself (its own event named it); the asker brings one more
+    address.  The root approved on the union, so it must hold that union until the asker arrives: a
+    third asker's addresses are then refused, not let in past the limit."""
+    rules = _limited(emails=2)
+    events = [ev("e0", "identify", 0, email="p0@example.com", traits={"email": "p2@example.com"}),
+              ev("e1", "product_view", 0, user_id="u-0", email="p0@example.com", phone="+12015550123"),
+              ev("e2", "product_view", 0, email="p1@example.com", phone="+12015550123")]
+    run = run_locally(events, UNTIL, rules)
+    _within_limits(run.profiles, rules.identity_limits)
+    assert "emails" in run.limited
