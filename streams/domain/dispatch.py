@@ -176,6 +176,12 @@ def _erased(states: MutableMapping[str, State | None], key: str, state: State | 
         effects.withdrawn += graph.withdrawals(key, state, "erased", marker["erased_at"])
         # the person's person records leave their blocks; their other identifiers forget them
         effects.send += _block_drops(state.get("blocks", []))
+        # askers whose asks it approved are the person's: the yes goes again with the erasure time, so
+        # the asker is erased as of it when it comes, also after the first yes was overtaken
+        for asker in state.get("claimed", {}):
+            if asker not in kept:
+                effects.send.append((asker, {"type": graph.LINK, "root": key, "kind": "exact", "ok": True,
+                                             "erased_at": marker["erased_at"]}))
         for other in state.get("links", []):
             if other not in kept:
                 forget: dict[str, Any] = {"type": graph.FORGET, "root": key, "erased_at": marker["erased_at"]}

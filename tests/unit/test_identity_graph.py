@@ -709,3 +709,25 @@ def test_households_give_the_same_profiles_in_more_delivery_orders(seed: int) ->
         rng.shuffle(shuffled_events)
         shuffled = run_locally(shuffled_events, UNTIL, RULES, shuffle=rng)
         assert sorted(shuffled.profiles) == sorted(fifo.profiles), again
+
+
+def test_a_piece_the_person_approved_before_the_erase_is_erased_when_their_later_activity_overtakes_the_yes() -> None:
+    """The person's profile (u-1) approved the e-mail profile's ask, then was erased while the yes was
+    on its way; the person's later activity names the e-mail again and is answered before that yes
+    arrives.  The e-mail's older identify is the erased person's: it must not join the later activity."""
+    states: dict[str, Any] = {}
+    blocks: dict[str, Any] = {}
+
+    def first_yes(target: str, message: dict[str, Any]) -> bool:  # (the yes to v-1's link)
+        return message.get("ok") is True and message.get("at") == T0 + 2 * MIN
+
+    held = _deliver(states, blocks, deque([("e:a@example.com", ev("i-1", "identify", 1, email="a@example.com")),
+                                           ("u:u-1", ev("v-1", "product_view", 2, user_id="u-1",
+                                                        email="a@example.com", product_id="sku-1"))]), first_yes)
+    assert [target for target, _ in held] == ["e:a@example.com"]  # approved: the e-mail is the person's
+    held += _deliver(states, blocks, deque([("u:u-1", ev("x-1", "erase", 3, user_id="u-1")),
+                                            ("u:u-1", ev("v-2", "product_view", 4, user_id="u-1",
+                                                         email="a@example.com", product_id="sku-1"))]), first_yes)
+    _deliver(states, blocks, deque(held))
+    assert _holding_events_of(states, "i-") == []
+    assert _holding_events_of(states, "v-2") == ["u:u-1"]
