@@ -180,8 +180,11 @@ def _erased(states: MutableMapping[str, State | None], key: str, state: State | 
         # the asker is erased as of it when it comes, also after the first yes was overtaken
         for asker in state.get("claimed", {}):
             if asker not in kept:
-                effects.send.append((asker, {"type": graph.LINK, "root": key, "kind": "exact", "ok": True,
-                                             "erased_at": marker["erased_at"]}))
+                again: dict[str, Any] = {"type": graph.LINK, "root": key, "kind": "exact", "ok": True,
+                                         "erased_at": marker["erased_at"]}
+                if counts is not None:  # (as a marker's yes: the asker's marker counts the person's too)
+                    again["erased_keys"] = counts
+                effects.send.append((asker, again))
         for other in state.get("links", []):
             if other not in kept:
                 forget: dict[str, Any] = {"type": graph.FORGET, "root": key, "erased_at": marker["erased_at"]}
