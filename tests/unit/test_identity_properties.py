@@ -4,6 +4,7 @@ events over a few people who share identifiers, placeholders mixed in, delivered
 
 from __future__ import annotations
 
+import os
 import random
 from itertools import pairwise
 from typing import Any
@@ -133,7 +134,10 @@ def reference_grouping(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> se
     return {frozenset(g) for g in groups.values()}
 
 
-SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+# derandomized (fixed examples, no database): the same run in CI every time; a wider random search is
+# MAILPULSE_PROPERTY_RANDOM=1
+SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck),
+                    derandomize=not os.environ.get("MAILPULSE_PROPERTY_RANDOM"), database=None)
 
 
 @SETTINGS
@@ -268,6 +272,11 @@ def test_an_erase_drops_the_persons_older_events_and_nothing_else(pairs: Any, se
             # (an erase that comes while the person's profiles are still joining, or messages overtaking
             # each other around it: docs/identity.md, Erase, lists the orders in which a piece of the
             # person is left or joins their later activity; checked here: none of it crashes)
+            continue
+        if later_keys & erased:
+            # (a later event names an erased identifier: a newcomer naming it as a second address stays
+            # apart from the key's own later activity, a choice docs/identity.md (Erase) makes and
+            # test_identity_graph's newcomer test holds; the union-find here would join them)
             continue
         assert set(got) == expected, mode
         for keys in got.values():
