@@ -118,7 +118,8 @@ def grouping(local: LocalPipeline) -> dict[frozenset[str], frozenset[str]]:
     return out
 
 
-def reference_grouping(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> set[frozenset[str]]:
+def linked(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> UnionFind:
+    """The identifier keys of ``pairs``' events, each event's keys joined."""
     uf = UnionFind()
     for raw, _ in pairs:
         keys = sorted(reference_keys(raw))
@@ -126,6 +127,11 @@ def reference_grouping(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> se
             uf.find(k)
         for a, b in pairwise(keys):
             uf.union(a, b)
+    return uf
+
+
+def reference_grouping(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> set[frozenset[str]]:
+    uf = linked(pairs)
     groups: dict[str, set[str]] = {}
     for raw, _ in pairs:
         keys = reference_keys(raw)
@@ -219,13 +225,7 @@ def reference_after_erase(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) ->
     among the events stamped up to it; the other events group as a union-find over themselves."""
     [erase] = [raw for raw, _ in pairs if raw["type"] == "erase"]
     before = [(raw, e) for raw, e in pairs if raw["type"] != "erase" and raw["timestamp"] <= erase["timestamp"]]
-    uf = UnionFind()
-    for raw, _ in before:
-        keys = sorted(reference_keys(raw))
-        for k in keys:
-            uf.find(k)
-        for a, b in pairwise(keys):
-            uf.union(a, b)
+    uf = linked(before)
     [target] = reference_keys(erase)
     dropped = {raw["event_id"] for raw, _ in before if uf.find(next(iter(reference_keys(raw)))) == uf.find(target)}
     erased_keys = {k for k in uf.parent if uf.find(k) == uf.find(target)} | {target}
