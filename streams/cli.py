@@ -221,7 +221,7 @@ def _use_identity_model(settings: Settings) -> None:
             use_model(Model.load(settings.identity_model))
 
 
-def _stream_rules() -> StreamRules:
+def _stream_rules(settings: Settings) -> StreamRules:
     """What the worker's settings decide about how a history folds (``MAILPULSE_CONFIG``'s identity and
     limits sections, ``MAILPULSE_DEFAULT_PHONE_REGION``, ``MAILPULSE_DEDUPE_RETENTION_DAYS``), read as ``run``
     reads them, so that ``train``, ``score`` and ``resolve`` resolve and fold a history as the stream
@@ -229,7 +229,6 @@ def _stream_rules() -> StreamRules:
     from models.scoring import StreamRules
     from streams.ingest import IngestPolicy
 
-    settings = _settings()
     config = _config(settings)
     return StreamRules(config.identity, IngestPolicy(settings.default_phone_region, config.identity.blocked()),
                        settings.dedupe_retention_ms, config.limits)
@@ -404,7 +403,7 @@ def cmd_resolve(args: argparse.Namespace) -> int:
     _not_an_input(args.save_model, "--save-model", ("--input", args.input), ("--out", args.out))
     from streams.tools.resolve import ResolveError, resolve_file
 
-    rules = _stream_rules()
+    rules = _stream_rules(_settings())
     with reported_as_user_error(ResolveError):
         stats = resolve_file(args.input, args.out, show_progress=sys.stderr.isatty(), model=args.model,
                              save_model=args.save_model, policy=rules.policy,
@@ -420,8 +419,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from models.report import report_table
     from models.training import TrainError, train_file
 
-    rules = _stream_rules()
-    _use_identity_model(_settings())
+    settings = _settings()
+    rules = _stream_rules(settings)
+    _use_identity_model(settings)
     tune_garbage_collector()  # a history's events stay in memory: the default thresholds rescanned them all
     with reported_as_user_error(TrainError, ChildFailed):
         report = train_file(args.events, args.as_of, args.horizon_days, args.out, show_progress=sys.stderr.isatty(),
@@ -438,8 +438,9 @@ def cmd_score(args: argparse.Namespace) -> int:
     _not_an_input(args.out, "--out", ("--events", args.events), ("the model's", args.models / "manifest.json"))
     from models.scoring import ScoreError, score_file
 
-    rules = _stream_rules()
-    _use_identity_model(_settings())
+    settings = _settings()
+    rules = _stream_rules(settings)
+    _use_identity_model(settings)
     tune_garbage_collector()
 
     with reported_as_user_error(ScoreError, ChildFailed):
