@@ -100,7 +100,7 @@ def stale_state(data_dir: Path, now: float) -> str | None:
     marker = data_dir / CLEAN_STOP_MARKER
     try:
         stopped = marker.stat().st_mtime
-    except FileNotFoundError:
+    except OSError:  # (none, or none that can be read: as the marker's ``exists()`` read it before)
         return "the last worker on this state folder did not stop cleanly"
     if now - stopped > STATE_MAX_AGE_S:
         return (f"the last worker on this state folder stopped more than {STATE_MAX_AGE_S // 3600} hours ago "
