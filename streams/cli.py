@@ -221,7 +221,7 @@ def _use_identity_model(settings: Settings) -> None:
             use_model(Model.load(settings.identity_model))
 
 
-def _stream_rules(settings: Settings) -> StreamRules:
+def _stream_rules(settings: Settings | None = None) -> StreamRules:
     """What the worker's settings decide about how a history folds (``MAILPULSE_CONFIG``'s identity and
     limits sections, ``MAILPULSE_DEFAULT_PHONE_REGION``, ``MAILPULSE_DEDUPE_RETENTION_DAYS``), read as ``run``
     reads them, so that ``train``, ``score`` and ``resolve`` resolve and fold a history as the stream
@@ -229,6 +229,7 @@ def _stream_rules(settings: Settings) -> StreamRules:
     from models.scoring import StreamRules
     from streams.ingest import IngestPolicy
 
+    settings = settings or _settings()
     config = _config(settings)
     return StreamRules(config.identity, IngestPolicy(settings.default_phone_region, config.identity.blocked()),
                        settings.dedupe_retention_ms, config.limits)
@@ -403,7 +404,7 @@ def cmd_resolve(args: argparse.Namespace) -> int:
     _not_an_input(args.save_model, "--save-model", ("--input", args.input), ("--out", args.out))
     from streams.tools.resolve import ResolveError, resolve_file
 
-    rules = _stream_rules(_settings())
+    rules = _stream_rules()
     with reported_as_user_error(ResolveError):
         stats = resolve_file(args.input, args.out, show_progress=sys.stderr.isatty(), model=args.model,
                              save_model=args.save_model, policy=rules.policy,
