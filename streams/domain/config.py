@@ -19,8 +19,9 @@ MAX_MINUTES, MAX_HOURS, MAX_DAYS = MAX_SPAN_MS // 60_000, MAX_SPAN_MS // 3_600_0
 
 
 class _Strict(BaseModel):
-    # (an infinite delay or threshold loaded, then failed every event it was applied to)
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    # (an infinite delay or threshold loaded, then failed every event it was applied to; ``strict``: a
+    # ``true`` or a quoted ``'5'`` was taken as the number 1 or 5, and a quoted ``'no'`` as false)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
 
 
 class QuietHours(_Strict):
@@ -153,7 +154,7 @@ class CustomSegment(_Strict):
 class Segments(_Strict):
     """Thresholds of the built-in segments; every other key is a custom segment (docs/segments.md)."""
 
-    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False, strict=True)
     __pydantic_extra__: dict[str, CustomSegment] = Field(init=False)
 
     recent_browsers: RecentBrowsers = RecentBrowsers()
@@ -190,7 +191,8 @@ class Scoring(_Strict):
 
     enabled: bool = True
     delay_minutes: float = Field(default=60, gt=0, le=MAX_MINUTES)
-    idle_days: tuple[Annotated[float, Field(gt=0, le=MAX_DAYS)], ...] = (1, 3, 7, 14, 30, 60, 90, 180, 365)
+    idle_days: tuple[Annotated[float, Field(gt=0, le=MAX_DAYS)], ...] = Field(
+        default=(1, 3, 7, 14, 30, 60, 90, 180, 365), strict=False)  # (YAML gives a list; each item stays strict)
 
 
 #: Identifier values that name nobody (tag-manager and form bugs, test data): they never link anything.
@@ -213,7 +215,7 @@ class MaxPerProfile(_Strict):
 
 
 class Identity(_Strict):
-    blocked_values: tuple[str, ...] = DEFAULT_BLOCKED_VALUES
+    blocked_values: tuple[str, ...] = Field(default=DEFAULT_BLOCKED_VALUES, strict=False)  # (as ``idle_days``)
     max_per_profile: MaxPerProfile = MaxPerProfile()
 
     @field_validator("blocked_values", mode="before")

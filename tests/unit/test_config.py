@@ -273,3 +273,38 @@ def test_aliases_of_a_usual_config_still_load(tmp_path: Path) -> None:
                  "  post_purchase: {<<: *t, delay_hours: 5}\n")
     config = load_config(path)
     assert not config.triggers.browse_abandoned.enabled and config.triggers.post_purchase.delay_hours == 5
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("guardrails: {per_type_per_day: true}\n", "guardrails.per_type_per_day"),
+        ("guardrails: {per_profile_per_day: '5'}\n", "guardrails.per_profile_per_day"),
+        ("triggers: {cart_abandoned: {delay_minutes: '30'}}\n", "triggers.cart_abandoned.delay_minutes"),
+        ("triggers: {welcome: {enabled: 'no'}}\n", "triggers.welcome.enabled"),
+        ("segments: {high_value: {min_spend: yes}}\n", "segments.high_value.min_spend"),
+        ("scoring: {idle_days: [1, '3']}\n", "scoring.idle_days.1"),
+    ],
+)
+def test_a_boolean_or_quoted_number_is_not_taken_for_another_type(tmp_path: Path, text: str, where: str) -> None:
+    """``true`` was the number 1, ``'5'`` the number 5 and a quoted ``'no'`` false."""
+    with pytest.raises(ConfigError, match=rf"config\.yaml: {where.replace('.', '[.]')}: Input should be a valid"):
+        load_config(write(tmp_path, text))
+
+
+def test_numbers_and_lists_of_a_usual_config_still_load(tmp_path: Path) -> None:
+    text = ("scoring: {idle_days: [1, 2.5]}\ntriggers: {cart_abandoned: {delay_minutes: 45}}\n"
+            "identity: {blocked_values: [null, 0, -1, guest]}\n")
+    config = load_config(write(tmp_path, text))
+    assert config.scoring.idle_days == (1.0, 2.5) and config.triggers.cart_abandoned.delay_minutes == 45.0
+    assert config.identity.blocked_values == ("null", "0", "-1", "guest")
+
+
+def test_a_config_past_its_size_bound_is_refused_before_it_is_parsed(tmp_path: Path) -> None:
+    from streams.config_file import MOST_CONFIG_BYTES
+
+    path = write(tmp_path, "identity:\n  blocked_values:\n" + "    - x\n" * (MOST_CONFIG_BYTES // 8 + 1))
+    with pytest.raises(ConfigError, match=r"config\.yaml: larger than 1024 KiB"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="/dev/zero: larger than"):  # (read without end before)
+        load_config(Path("/dev/zero"))
