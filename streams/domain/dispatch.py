@@ -20,7 +20,7 @@ from streams.domain import identity_graph as graph
 from streams.domain import possible_matches
 from streams.domain.identity import is_identity_key, profile_key, rank
 from streams.domain.merge import merge_states
-from streams.domain.profile import bound_merged, snapshot, trim_currencies, trim_traits
+from streams.domain.profile import ABSORBS_KEPT, absorb_mark, bound_merged, snapshot, trim_currencies, trim_traits
 from streams.domain.resolution.blocks import block_keys, drop_member, on_block_message, person_record
 from streams.domain.rules import score_timer
 from streams.domain.state import ErasureMarker, LiveState, State
@@ -235,8 +235,9 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
                message: dict[str, Any], watermark: int | None, rules: RuleSet) -> Effects:
     absorbed: LiveState = message["state"]
     effects = Effects()
-    if state is not None and graph.is_live(state) and absorbed["seen"] and \
-            state["seen"].keys() >= absorbed["seen"].keys():
+    mark = absorb_mark(absorbed["seen"]) if absorbed.get("seen") else None
+    if state is not None and graph.is_live(state) and mark is not None and \
+            (mark in state.get("absorbed", ()) or state["seen"].keys() >= absorbed["seen"].keys()):
         return effects  # delivered again (at least once): its events are all here already
     erased_at = state.get("erased_at") if state is not None else None
     if state is not None and erased_at is not None and _the_erased_persons(state, absorbed, message, erased_at):
@@ -284,7 +285,7 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
         effects.history_dropped = _history_size(state) + _history_size(absorbed) - _history_size(merged)
     else:  # nothing here yet (or only the claims of askers, or a marker): the arriving profile settles here
         # from a state of neutral times (created latest, updated earliest): the arrival's are the profile's
-        merged = merge_states(graph.holding(key), absorbed, key, limits)
+        merged = merge_states(graph.holding(key), absorbed, key, limits, effects.merge_dropped)
         if erased_at is not None and state is not None:  # an erased person's later activity: older events stay dropped
             merged["erased_at"] = max(erased_at, merged.get("erased_at", erased_at))
             if "erased_keys" in state:  # where the erase was carried out
@@ -301,6 +302,8 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
     merged["links"] = sorted(links, key=rank)
     graph.add_claims(merged, absorbed.get("claimed", {}))
     graph.arrived(merged, message["from"])
+    if mark is not None:
+        merged["absorbed"] = [*(m for m in merged.get("absorbed", ()) if m != mark), mark][-ABSORBS_KEPT:]
     blocks = [*merged.get("blocks", [])]
     blocks += [pair for pair in absorbed.get("blocks", []) if pair not in blocks]
     merged["blocks"] = blocks

@@ -31,11 +31,13 @@ from schemas.timeparse import parse_timestamp
 from streams.domain import possible_matches
 from streams.domain.identity import profile_id_for
 from streams.domain.profile import (
+    ABSORBS_KEPT,
     DEFAULT_LIMITS,
     SEEN_FROM,
     Dropped,
     Limits,
     _ordered,
+    bound_seen,
     cart_view,
     keep_newest_purchases,
     listed_purchases,
@@ -58,7 +60,7 @@ from streams.domain.state import (
 )
 from streams.domain.state import is_live as graph_is_live
 
-_MERGED_KEYS = frozenset(("profile", "seen", "pending", "rules", "erased_at", "due", SEEN_FROM))
+_MERGED_KEYS = frozenset(("profile", "seen", "pending", "rules", "erased_at", "due", SEEN_FROM, "absorbed"))
 
 
 @overload
@@ -114,6 +116,11 @@ def merge_states(survivor: LiveState | ErasureMarker, absorbed: LiveState | Eras
     seen_from = _max_opt(survivor.get("seen_from"), absorbed.get("seen_from"))
     if seen_from is not None:  # either side's forgotten ids: the later horizon covers both
         result["seen_from"] = seen_from
+    # both sides' ids, cut to the bound at once (an absorb delivered again is known by its mark, below)
+    bound_seen(result, limits, dropped)
+    marks = [mark for state in live for mark in state.get("absorbed", ())]
+    if marks:  # (the absorbed side's own: one delivered again to its key is forwarded here)
+        result["absorbed"] = list(dict.fromkeys(marks))[-ABSORBS_KEPT:]
     if erased_at is not None:
         result["erased_at"] = erased_at
         _forget_until(result, erased_at)

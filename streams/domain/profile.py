@@ -13,6 +13,7 @@ the same events give the same profile whatever order partitions and workers read
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import operator
 from collections.abc import Container, Mapping
@@ -580,6 +581,30 @@ def _move_seen_from(state: LiveState, horizon: int) -> None:
     """Everything stamped before ``horizon`` now counts as seen (its ids were forgotten)."""
     if horizon > state.get(SEEN_FROM, horizon - 1):
         state[SEEN_FROM] = horizon
+
+
+def bound_seen(state: LiveState, limits: Limits, dropped: Dropped | None) -> None:
+    """The seen ids cut to their bounds at once (a merge's union of both sides' ids), the oldest
+    forgotten and counted, as :func:`remember` cuts them."""
+    seen = state["seen"]
+    keep = min(len(seen), limits.seen_ids)
+    id_bytes = sum(map(len, seen))
+    if id_bytes > limits.seen_id_bytes:
+        keep = min(keep, max(len(seen) * limits.seen_id_bytes // id_bytes, 32))
+    if keep < len(seen):
+        _move_seen_from(state, _trim_seen(seen, keep, dropped))
+
+
+#: The newest absorbs a profile remembers having taken (:func:`absorb_mark`); a redelivery comes within
+#: a commit interval or a rebalance, long before a person's profile takes in this many others.
+ABSORBS_KEPT: Final = 16
+
+
+def absorb_mark(seen: Mapping[str, int]) -> str:
+    """What identifies an absorbed profile's events: a digest of its seen ids.  The survivor keeps the
+    marks of the absorbs it took (``LiveState.absorbed``), so one delivered again is known even after
+    the merge's seen ids were cut to their bound."""
+    return hashlib.blake2b("\x1f".join(sorted(seen)).encode(), digest_size=8).hexdigest()
 
 
 def _trim_seen(seen: dict[str, int], keep: int, dropped: Dropped | None) -> int:

@@ -108,6 +108,9 @@ class LiveState(TypedDict):
     profile: ProfileBody
     seen: dict[str, int]  # event id -> ts, for exact dedupe (bounded: limits.seen_ids)
     seen_from: NotRequired[int]  # events stamped before this count as seen (their ids were forgotten)
+    #: :func:`profile.absorb_mark` of each profile taken in, newest last (at most ``profile.ABSORBS_KEPT``):
+    #: an absorb delivered again is known by it after the merged seen ids were cut to their bound
+    absorbed: NotRequired[list[str]]
     # the timeline's parts (:func:`streams.domain.timeline.ensure_rule_state`; every stored profile has them)
     pending: NotRequired[list[Parked]]  # events parked until the watermark reaches them
     rules: NotRequired[RuleState]

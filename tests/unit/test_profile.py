@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from schemas.outputs import Profile
-from streams.domain.profile import apply_event, snapshot
+from streams.domain.profile import apply_event, fold_event, remember, snapshot
 
 DAY = 86_400_000
 T0 = 1_772_359_200_000
@@ -391,10 +391,11 @@ def test_spend_by_currency_is_held_to_its_bound_in_a_fold_and_in_a_merge_and_the
 
 
 def test_an_absorb_delivered_again_after_a_merge_past_the_seen_bound_is_not_merged_twice() -> None:
-    """The at-least-once guard of an absorb reads the survivor's seen ids: a merge does not trim them
-    (the next events do, by :func:`streams.domain.profile.remember`), so a redelivered absorb still
-    finds all of its ids there.  (Trimming them at the merge, tried this session, merged a redelivery
-    twice: found in review.)"""
+    """A merge cuts the union of both sides' seen ids to the bound at once (a profile that took in k
+    others held up to k times the bound until its next events), and the absorb is remembered by its
+    mark (:func:`streams.domain.profile.absorb_mark`): delivered again, right after the merge or after
+    later events cut the ids again, it is not merged twice.  (The ids alone were the guard before: kept
+    whole at the merge, and gone after the next cut.)"""
     from streams.domain.config import PipelineConfig
     from streams.domain.dispatch import dispatch
     from streams.domain.timeline import RuleSet
@@ -409,7 +410,35 @@ def test_an_absorb_delivered_again_after_a_merge_past_the_seen_bound_is_not_merg
         states[key] = state
     absorbed = states.pop("u:b")
     message = {"type": "_absorb", "from": "u:b", "state": absorbed}
-    dispatch(states, {}, "u:a", message, None, rules)
+    effects = dispatch(states, {}, "u:a", message, None, rules)
+    assert len(states["u:a"]["seen"]) <= 64 and effects.merge_dropped["seen"] == 80 - len(states["u:a"]["seen"])
     counted = dict(states["u:a"]["profile"]["aggregates"]["event_counts"])
     assert not dispatch(states, {}, "u:a", message, None, rules).merges
     assert states["u:a"]["profile"]["aggregates"]["event_counts"] == counted == {"page_view": 80}
+    merged = states["u:a"]
+    for n in range(40, 140):  # later events: the ids are cut again, the absorb's all gone
+        event = ev(f"u:a-{n}", "page_view", T0 + 2 * n)
+        assert remember(merged, event, RET, limits=rules.limits)
+        fold_event(merged["profile"], event)
+    assert not set(absorbed["seen"]) & set(merged["seen"])
+    states["u:a"] = merged
+    assert not dispatch(states, {}, "u:a", message, None, rules).merges
+    assert states["u:a"]["profile"]["aggregates"]["event_counts"] == {"page_view": 180}
+
+
+def test_a_profile_that_takes_in_many_others_keeps_its_seen_ids_and_marks_within_their_bounds() -> None:
+    from streams.domain.config import PipelineConfig
+    from streams.domain.dispatch import dispatch
+    from streams.domain.profile import ABSORBS_KEPT
+    from streams.domain.timeline import RuleSet
+
+    rules = RuleSet.build(PipelineConfig.model_validate({"limits": {"seen_ids": 64}}), RET)
+    states: dict[str, Any] = {"u:a": apply_event(None, "u:a", ev("u:a-0", "page_view", T0), RET).state}
+    for other in range(ABSORBS_KEPT + 4):
+        key, state = f"u:b{other:02d}", None
+        for n in range(50):
+            state = apply_event(state, key, ev(f"{key}-{n}", "page_view", T0 + 100 * other + n), RET).state
+        dispatch(states, {}, "u:a", {"type": "_absorb", "from": key, "state": state}, None, rules)
+        assert len(states["u:a"]["seen"]) <= 64
+    assert len(states["u:a"]["absorbed"]) == ABSORBS_KEPT
+    assert states["u:a"]["profile"]["aggregates"]["event_counts"] == {"page_view": 1 + 50 * (ABSORBS_KEPT + 4)}
