@@ -28,6 +28,11 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0
 #: The parts of the work each offset commit waits for (``mailpulse_commit_seconds{stage}``).
 COMMIT_STAGES = ("write_out", "flush", "waited")
 RECORD_AGENTS = ("ingest", "profiles")
+#: The (agent, stage) pairs of ``mailpulse_processing_errors_total``, exported at 0 from the start: a
+#: series that first appears at 1 shows no ``increase``, and the alert on it missed a first error.
+PROCESSING_ERROR_STAGES = (("ingest", "decode"), ("profiles", "dispatch"), ("profiles", "advance"),
+                           ("profiles", "route"), ("profiles", "record"), ("profiles", "stored_state"),
+                           ("cooccurrence", "record"), ("product_recs", "record"))
 #: A model call on one profile takes tens of microseconds.
 SCORING_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01, 0.1)
 
@@ -154,6 +159,8 @@ class Metrics:
             "Messages or profiles whose handling raised; the input is dead-lettered (processing_error), the rest "
             "of the batch goes on", ["agent", "stage"], registry=r,
         )
+        for agent, stage in PROCESSING_ERROR_STAGES:
+            self.processing_errors.labels(agent, stage)
         self.worker_state = Gauge(
             "mailpulse_worker_state", "1 for the state the worker is in (what /healthz and /readyz tell)", ["state"],
             registry=r,

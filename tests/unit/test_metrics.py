@@ -272,3 +272,17 @@ def test_healthz_fails_once_a_helper_thread_of_the_worker_ended() -> None:
     release.set()
     running.join(5)
     assert health.answer("/healthz") == (False, "deliver stopped\n") and health.state() == "error"
+
+
+def test_every_processing_error_series_is_exported_at_zero_before_the_first_error() -> None:
+    """MailpulseProcessingErrors alerts on ``increase(...) > 0``: a series that first appears at 1
+    shows no increase, so the first input that raised (often the only one) never fired it."""
+    from streams.metrics import Metrics
+
+    registry = Metrics().registry
+    # every (agent, stage) that streams/app.py counts
+    expected = {("ingest", "decode"), ("cooccurrence", "record"), ("product_recs", "record"),
+                *(("profiles", stage) for stage in ("dispatch", "advance", "route", "record", "stored_state"))}
+    missing = {labels for labels in expected if registry.get_sample_value(
+        "mailpulse_processing_errors_total", dict(zip(("agent", "stage"), labels, strict=True))) != 0}
+    assert not missing
