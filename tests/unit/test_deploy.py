@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from streams.metrics import DeliverMetrics, Metrics
+from streams.metrics import RECORD_AGENTS, WORKER_STATES, DeliverMetrics, Metrics
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 SUFFIXES = ("_bucket", "_sum", "_count", "_total")
@@ -40,6 +40,58 @@ def test_alerts_query_exported_metrics() -> None:
     exprs = [rule["expr"] for group in alerts["groups"] for rule in group["rules"]]
     assert exprs
     assert _named(exprs) <= _families()
+
+
+def _label_names() -> dict[str, set[str]]:
+    """family -> its label names (``le`` for histograms), of every metric the worker and deliver export."""
+    names: dict[str, set[str]] = {}
+    for metrics in (Metrics(), DeliverMetrics()):
+        for collector in set(metrics.registry._collector_to_names):
+            labels = set(getattr(collector, "_labelnames", ()))
+            for family in collector.collect():
+                names[family.name] = labels | ({"le"} if family.type == "histogram" else set())
+    return names
+
+
+#: The values a fixed label of a metric takes, where the deploy files name one.
+LABEL_VALUES = {
+    ("mailpulse_events", "outcome"): {"processed", "duplicate", "dead_letter"},
+    ("mailpulse_worker_state", "state"): set(WORKER_STATES),
+    ("mailpulse_record_seconds", "agent"): set(RECORD_AGENTS),
+    ("mailpulse_deliveries", "outcome"): {"sent", "failed", "deferred", "held", "duplicate", "suppressed",
+                                          "cancelled", "no_address"},
+}
+
+
+def _deploy_expressions() -> list[str]:
+    dashboard = json.loads((DEPLOY / "grafana/dashboards/mailpulse.json").read_text())
+    alerts = yaml.safe_load((DEPLOY / "prometheus/alerts.yml").read_text())
+    return ([target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+            + [rule["expr"] for group in alerts["groups"] for rule in group["rules"]])
+
+
+def test_the_labels_the_deploy_files_select_and_group_by_are_those_the_metrics_have() -> None:
+    """A label misspelt in a matcher or a ``by`` selects nothing (an alert that never fires, an empty
+    panel) where a metric name misspelt at least fails the test above."""
+    known = _label_names()
+    scrape = {"job", "instance"}  # added by Prometheus
+    wrong = []
+    for expr in _deploy_expressions():
+        families = {_family_of(name) for name in re.findall(r"\b(?:mailpulse|process)_[a-z_]+", expr)}
+        for name, matchers in re.findall(r"\b((?:mailpulse|process)_[a-z_]+)\{([^}]*)\}", expr):
+            family = _family_of(name)
+            for label, op, value in re.findall(r'(\w+)\s*(=~|!=|!~|=)\s*"([^"]*)"', matchers):
+                if label not in known[family] | scrape:
+                    wrong.append((expr, label))
+                allowed = LABEL_VALUES.get((family, label))
+                if allowed is not None and op in ("=", "=~"):
+                    values = set(value.split("|")) if op == "=~" else {value}
+                    wrong += [(expr, f"{label}={v}") for v in values - allowed]
+        for group in re.findall(r"\bby\s*\(([^)]*)\)", expr):
+            labels = {label.strip() for label in group.split(",") if label.strip()}
+            have = set().union(*(known[family] for family in families)) | scrape
+            wrong += [(expr, label) for label in labels - have]
+    assert not wrong
 
 
 ROOT = DEPLOY.parent
