@@ -71,7 +71,7 @@ from streams.record_step import (
 from streams.routing import DelayedClocks, InputRecord, clock_records, partition_for, route_batch
 from streams.settings import Settings
 from streams.tables import ProfileTable, RocksDBMemory, TieredDueIndex, profile_table, rocksdb_options
-from streams.watermark import DueIndex, DueOrder, expected_clocks, indexable_due, stored_due
+from streams.watermark import DueIndex, DueOrder, expected_clocks, indexable_due, stored_clocks, stored_due
 
 log = logging.getLogger(__name__)
 #: What an internal message's type looks like (``_link``): a skipped one is named in the log only then.
@@ -707,7 +707,7 @@ class _StepReader:
 
     def make_io(self) -> StepIO:
         p, partition = self._p, self._partition
-        clocks = p.partition_clocks.read_json(b"clocks|%d" % partition, partition) or {}
+        clocks = stored_clocks(p.partition_clocks.read(b"clocks|%d" % partition, partition))
         return StepIO(partition, p.profile_state.json_reader(partition), p.identity_blocks.json_reader(partition),
                       clocks, self._due.pop_due, self._now, self._arrived_ms, p.product_recs.get)
 

@@ -59,6 +59,26 @@ def clock_time(ts: Any) -> int:
     return ts
 
 
+def stored_clocks(raw: bytes | None) -> dict[str, int]:
+    """A profile partition's stored clocks (the ``partition-clocks`` table) as a step reads them: each
+    named clock whose value is a clock's time (:func:`clock_time`); ``{}`` for no value, or one that is
+    not a JSON object.  Why: a value this version cannot read (another program's, a newer version's
+    after a rollback) failed every record of the partition, each left out whole and dead-lettered,
+    and a clock that is no time failed every clock entry merged into it, so the watermark never moved
+    again there.  What is left out is carried again by the next clocks of its input partition."""
+    if raw is None:
+        return {}
+    try:
+        value = orjson.loads(raw)
+    except ValueError:
+        return {}
+    if type(value) is not dict:
+        return {}
+    if all(type(ts) is int and 0 <= ts <= MAX_EPOCH_MS for ts in value.values()):
+        return value  # (every record's: a clock never holds anything else unless damaged)
+    return {name: ts for name, ts in value.items() if type(ts) is int and 0 <= ts <= MAX_EPOCH_MS}
+
+
 def merge_clocks(clocks: dict[str, int], updates: Iterable[Sequence[Any]]) -> bool:
     """Raises each named clock to the update's value (clocks never go back).  True if one moved.
     :class:`ValueError` on a time that is not a clock's (:func:`clock_time`; the step that gets it

@@ -524,6 +524,25 @@ async def test_a_stored_state_that_cannot_be_read_costs_its_own_entries_not_the_
     assert pipeline.metrics.processing_errors.labels("profiles", "stored_state")._value.get() == 4
 
 
+@pytest.mark.parametrize("stored", [b"\x00 not JSON", b"[1, 2]", b'{"clicks/0": null}', b'{"clicks/0": "x"}'])
+async def test_stored_clocks_that_cannot_be_read_cost_nothing_but_themselves(
+        pipeline: Pipeline, stored: bytes, failures: list[tuple[str, str]]) -> None:
+    # A partition's stored clocks this version cannot read (another program's, a newer version's after
+    # a rollback) left every record of the partition out whole, dead-lettered, or failed every clock
+    # entry merged into them, so the watermark never moved there again and events stayed parked.
+    partition = partition_for("u:u-1", 4)
+    pipeline.partition_clocks.stage(b"clocks|%d" % partition, stored, partition)
+    async with agent(pipeline, "profiles").test_context() as profiles:
+        await profiles.put(_batch(_event("e-1")), partition=partition)
+        await profiles.put(_batch(_event("e-2", "product_view", product_id="sku-1"), clock=1772359200000),
+                           partition=partition)
+    assert failures == [] and sent(pipeline, "dead-letter") == []
+    state = orjson.loads(pipeline.profile_state.read(b"u:u-1", partition) or b"null")
+    assert state["profile"]["aggregates"]["event_counts"] == {"page_view": 1, "product_view": 1}
+    clocks = orjson.loads(pipeline.partition_clocks.read(b"clocks|%d" % partition, partition) or b"null")
+    assert clocks["clicks/0"] == 1772359200000
+
+
 def decode_due(value: bytes | None) -> Any:
     return orjson.loads(value or b"{}").get("due")
 
