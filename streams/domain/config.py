@@ -201,6 +201,9 @@ DEFAULT_BLOCKED_VALUES: tuple[str, ...] = (
     "undefined", "null", "none", "nan", "0", "-1", "anonymous", "unknown", "guest", "n/a",
     "test@test.com", "test@example.com", "email@example.com", "user@example.com", "example@example.com",
     "noreply@example.com", "no-reply@example.com", "none@none.com", "null@null.com", "a@a.com",
+    # the advertising id iOS and Android report for everyone who opted out of tracking (a common
+    # anonymous id: it merged every such person who also gave a user id or an e-mail address)
+    "00000000-0000-0000-0000-000000000000",
 )
 
 

@@ -77,6 +77,15 @@ def test_placeholder_identifiers_are_dropped_and_reported() -> None:
     assert code({**IDENTIFY, "user_id": "0"}, IngestPolicy(blocked_values=frozenset({"guest"}))) is None
 
 
+def test_the_opted_out_advertising_id_is_a_placeholder_by_default() -> None:
+    # iOS and Android report it for everyone who opted out of tracking: people who shared it as their
+    # anonymous id, each with their own user id and e-mail, were merged into one profile
+    for value in ("00000000-0000-0000-0000-000000000000", " 00000000-0000-0000-0000-000000000000 "):
+        result = decode(orjson.dumps({**IDENTIFY, "anonymous_id": value}), SRC, NOW)
+        assert isinstance(result, Accepted) and "anonymous_id" not in result.event
+        assert result.blocked == ("anonymous_id",)
+
+
 def test_an_event_far_ahead_of_the_wall_clock_is_rejected_and_moves_no_clock() -> None:
     guard = IngestPolicy(max_future_ms=86_400_000)
     ahead = {**IDENTIFY, "timestamp": NOW + 86_400_000 + 1}
