@@ -204,6 +204,8 @@ DEFAULT_BLOCKED_VALUES: tuple[str, ...] = (
     # the advertising id iOS and Android report for everyone who opted out of tracking (a common
     # anonymous id: it merged every such person who also gave a user id or an e-mail address)
     "00000000-0000-0000-0000-000000000000",
+    # what a tag or form sends when it prints an object or a null it should not: JavaScript's, C's printf
+    "[object object]", "(null)", "nil",
 )
 
 

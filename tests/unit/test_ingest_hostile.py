@@ -86,6 +86,13 @@ def test_the_opted_out_advertising_id_is_a_placeholder_by_default() -> None:
         assert result.blocked == ("anonymous_id",)
 
 
+@pytest.mark.parametrize("value", ["[object Object]", "(null)", "NIL"])
+def test_what_a_tag_prints_for_an_object_or_a_null_is_a_placeholder_by_default(value: str) -> None:
+    result = decode(orjson.dumps({**IDENTIFY, "anonymous_id": value}), SRC, NOW)
+    assert isinstance(result, Accepted) and "anonymous_id" not in result.event
+    assert result.blocked == ("anonymous_id",)
+
+
 def test_an_event_far_ahead_of_the_wall_clock_is_rejected_and_moves_no_clock() -> None:
     guard = IngestPolicy(max_future_ms=86_400_000)
     ahead = {**IDENTIFY, "timestamp": NOW + 86_400_000 + 1}
