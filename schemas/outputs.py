@@ -32,8 +32,12 @@ class DeadLetter(_Out):
     #: ``key`` holds only the key's first 4 KiB; ``key_bytes`` is its whole size
     key_truncated: bool | None = None
     key_bytes: int | None = None
+    #: ``key`` is base64 (the key is not UTF-8)
+    key_encoding: Literal["base64"] | None = None
     error: DeadLetterError
     at: str
+    #: on a ``processing_error``: the agent whose handling raised (``profiles``, ``cooccurrence``)
+    stage: str | None = None
 
 
 class Identifiers(_Out):

@@ -224,3 +224,16 @@ def test_an_order_in_a_currency_of_small_units_is_taken() -> None:
     """1.5e9 VND is about $57k: the amount bound refused it."""
     assert ok({**BASE, "type": "purchase", "order_id": "o-1", "total": 1_500_000_000, "currency": "VND"})["total"] \
         == 1.5e9
+
+
+def test_the_dead_letter_schema_declares_every_field_a_letter_can_carry() -> None:
+    """``mailpulse schemas`` writes the dead-letter schema: a field the worker writes (``key_encoding`` for a
+    key that is not UTF-8, ``stage`` on a ``processing_error``) is declared there, with its type."""
+    from schemas.export import SCHEMAS, json_schema
+
+    declared = json_schema(SCHEMAS["dead-letter"])["properties"]
+    record = decode(b"\xff" * (MAX_MESSAGE_BYTES + 1), Source("clicks", 3, 42, b"\xfe" * 5000, 0), NOW).record
+    assert {"raw_encoding", "raw_truncated", "key_encoding", "key_truncated"} <= record.keys()
+    assert sorted(set(record) - set(declared)) == []
+    assert "stage" in declared
+    DeadLetter.model_validate({**record, "stage": "profiles"})
