@@ -399,3 +399,18 @@ def test_train_and_score_fold_with_the_identity_model_the_workers_use(
     code, _, err = run(capsys, *args)
     use_model(None)
     assert code == 2 and err.startswith("mailpulse: error: MAILPULSE_IDENTITY_MODEL") and err.count("\n") == 1
+
+
+def test_every_option_of_every_command_is_named_in_the_readme() -> None:
+    """The README's "Commands" section names each command's options (contract section 1's and the
+    project's own), as each setting is named by its variable."""
+    import argparse
+
+    from streams.cli import build_parser
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    commands = next(action for action in build_parser()._actions if isinstance(action, argparse._SubParsersAction))
+    missing = [f"{name} {option}" for name, parser in commands.choices.items() for action in parser._actions
+               for option in action.option_strings if option.startswith("--") and option != "--help"
+               and f"{option}" not in readme[readme.index("## Commands"):readme.index("## Input validation")]]
+    assert missing == []
