@@ -237,3 +237,29 @@ def test_the_dead_letter_schema_declares_every_field_a_letter_can_carry() -> Non
     assert sorted(set(record) - set(declared)) == []
     assert "stage" in declared
     DeadLetter.model_validate({**record, "stage": "profiles"})
+
+
+def test_the_readme_names_every_size_bound_of_an_input_event() -> None:
+    """Each length, count and amount bound of the input events (past which an event is dead-lettered as
+    ``schema``) is stated in the README's "Input validation and dead letters" section."""
+    from pathlib import Path
+
+    from schemas.export import SCHEMAS, json_schema
+
+    bounds: set[float] = set()
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            bounds.update(value for key, value in node.items()
+                          if key in ("maxLength", "maximum", "maxItems", "maxProperties"))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(json_schema(SCHEMAS["input-event"]))
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme[readme.index("## Input validation"):readme.index("## Profiles")]
+    shown = {bound: f"10^{len(str(int(bound))) - 1}" if bound >= 10**9 else f"{int(bound):,}" for bound in bounds}
+    assert sorted(bound for bound, text in shown.items() if text not in section) == []
