@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import sys
 import time
 import uuid
@@ -17,13 +19,27 @@ class TailError(RuntimeError):
     pass
 
 
+#: 19 digits or more: a number that may be past 64 bits, which orjson reads as a float (rounded)
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+
+
+def _refuse(constant: str) -> None:
+    raise ValueError(f"{constant} is not JSON")
+
+
 def render(value: bytes | None) -> bytes:
     """One output line: the JSON value as compact JSON, ``null`` for a tombstone, else a JSON string."""
     if value is None:
         return b"null"
-    try:
-        return orjson.dumps(orjson.loads(value))
-    except orjson.JSONDecodeError:
+    if _LONG_DIGITS.search(value) is None:
+        try:
+            return orjson.dumps(orjson.loads(value))
+        except orjson.JSONDecodeError:
+            return orjson.dumps(value.decode("utf-8", errors="replace"))
+    try:  # the standard library keeps every integer whole
+        return json.dumps(json.loads(value, parse_constant=_refuse), separators=(",", ":"), ensure_ascii=False,
+                          allow_nan=False).encode()
+    except (ValueError, RecursionError):  # (not JSON, or a number past a float: 1e400; a lone surrogate)
         return orjson.dumps(value.decode("utf-8", errors="replace"))
 
 

@@ -1,0 +1,30 @@
+"""``mailpulse tail``'s rendering of one message (contract section 1: JSON lines, a tombstone as null)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from streams.tools.tail import render
+
+
+@pytest.mark.parametrize("value", [
+    b'{"total": 12345678901234567890123}',  # past 64 bits: JSON, but no 64-bit integer
+    b'{"id": 18446744073709551616, "n": [-9223372036854775809]}',
+])
+def test_a_json_message_with_a_long_integer_is_printed_with_that_integer(value: bytes) -> None:
+    """A producer's number past 64 bits was printed as a float (``1.2345678901234568e+22``): the line did
+    not show what the message holds."""
+    assert json.loads(render(value)) == json.loads(value)
+    assert isinstance(json.loads(render(value)), dict)
+
+
+def test_json_is_printed_compact_a_tombstone_as_null_and_anything_else_as_a_string() -> None:
+    assert render(b'{"a": [1, 2.5, "x"]}') == b'{"a":[1,2.5,"x"]}'
+    assert render(None) == b"null"
+    assert json.loads(render(b"not json")) == "not json"
+    assert json.loads(render(b'{"a": 1e400}')) == '{"a": 1e400}'  # (no JSON number holds it)
+    assert json.loads(render(b'{"a": NaN}')) == '{"a": NaN}'
+    assert json.loads(render(b'{"a": "\\ud800"}')) == '{"a": "\\ud800"}'
+    assert json.loads(render(b'{"a": "12345678901234567890123"}')) == {"a": "12345678901234567890123"}
