@@ -128,10 +128,13 @@ def wait_until_ready(bootstrap: str, timeout: float = 20.0) -> None:
     raise BrokerError(f"broker at {bootstrap} did not answer within {timeout:.0f}s: {last}")
 
 
-def start_embedded_broker(preferred_port: int = 9092, quiet: bool = True) -> EmbeddedBroker:
-    """Start Tansu on loopback; if ``preferred_port`` is taken, on a free port (and say so)."""
+def start_embedded_broker(preferred_port: int = 9092, quiet: bool = True, exact: bool = False) -> EmbeddedBroker:
+    """Start Tansu on loopback; if ``preferred_port`` is taken, on a free port (and say so), or with
+    ``exact`` (a port the user named) :class:`BrokerError`."""
     port = preferred_port
     if not port_is_free(port):
+        if exact:
+            raise BrokerError(f"port {port} is taken (another broker or program listens there)")
         port = free_port()
         log.warning("port %d is taken; the embedded broker uses port %d", preferred_port, port)
     url = f"tcp://127.0.0.1:{port}"

@@ -332,7 +332,8 @@ def cmd_broker(args: argparse.Namespace) -> int:
     from streams.topics import COMPACTED_TOPICS, CONTRACT_TOPICS
 
     with reported_as_user_error(BrokerError):
-        broker = start_embedded_broker(args.port)
+        # (a port named on the command line is that port or an error; by default a taken 9092 gives way)
+        broker = start_embedded_broker(args.port or 9092, exact=args.port is not None)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -497,7 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_deliver)
 
     p = sub.add_parser("broker", help="run the embedded broker alone, in the foreground")
-    p.add_argument("--port", type=_bounded_int(65535), default=9092)
+    p.add_argument("--port", type=_bounded_int(65535),
+                   help="the port to listen on, an error when taken (default: 9092, or a free port when it is taken)")
     p.add_argument("--partitions", type=_bounded_int(MOST_PARTITIONS), default=8,
                    help="partitions of the topics it creates")
     p.set_defaults(func=cmd_broker)

@@ -414,3 +414,17 @@ def test_every_option_of_every_command_is_named_in_the_readme() -> None:
                for option in action.option_strings if option.startswith("--") and option != "--help"
                and f"{option}" not in readme[readme.index("## Commands"):readme.index("## Input validation")]]
     assert missing == []
+
+
+def test_broker_on_a_taken_port_is_a_one_line_error_not_another_port(capsys: pytest.CaptureFixture[str]) -> None:
+    """`mailpulse broker --port P` with P taken started on some free port with a warning, so the clients
+    the user pointed at P reached whatever else listened there."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, out, err = run(capsys, "broker", "--port", str(port))
+    assert code == 2 and err.count("\n") == 1 and f"port {port} is taken" in err, err
+    assert "listening" not in out
