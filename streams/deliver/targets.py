@@ -46,8 +46,8 @@ class Temporary(Exception):
 
 
 class Permanent(Exception):
-    """Not worth another attempt (a 5xx SMTP reply, an HTTP 4xx other than 408, 409 and 429, a rejected
-    address)."""
+    """Not worth another attempt (a 5xx SMTP reply, an HTTP 4xx other than 408, 409 and 429, an HTTP
+    redirect, a rejected address)."""
 
     attempts = 1  # on which attempt it came (set by :func:`with_retries`)
 
@@ -431,10 +431,20 @@ class _Watching(urllib.request.HTTPHandler, urllib.request.HTTPSHandler):
         return connection
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is an answer (an :class:`urllib.error.HTTPError` of its 3xx), not followed: urllib
+    would repeat a POST as a GET without its body (an e-mail "sent" that the API never got) and pass the
+    bearer token on to wherever the ``Location`` points."""
+
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any,
+                         newurl: str) -> None:
+        return None
+
+
 def _open(request: urllib.request.Request, deadline: Deadline, timeout_s: float) -> http.client.HTTPResponse:
-    """``urllib.request.urlopen`` with the connection watched by ``deadline``."""
-    response: http.client.HTTPResponse = urllib.request.build_opener(_Watching(deadline)).open(request,
-                                                                                               timeout=timeout_s)
+    """``urllib.request.urlopen`` with the connection watched by ``deadline``, redirects not followed."""
+    opener = urllib.request.build_opener(_Watching(deadline), _NoRedirects())
+    response: http.client.HTTPResponse = opener.open(request, timeout=timeout_s)
     return response
 
 
@@ -493,7 +503,8 @@ class Webhook:
                     # was lost): asked again later, the target answers with that request's outcome
                     raise Temporary("HTTP 409: a request with this idempotency key is in progress", False) from None
                 kind = Temporary if exc.code >= 500 or exc.code in (408, 429) else Permanent
-                raise kind(f"HTTP {exc.code}") from None
+                raise kind(f"HTTP {exc.code}{' (a redirect: not followed)' if 300 <= exc.code < 400 else ''}") \
+                    from None
             except NO_ANSWER as exc:  # (an answer cut short too: sent again with the same idempotency
                 # key, the API answers with the first request's outcome)
                 raise Temporary(self._no_answer(exc, deadline)) from None

@@ -294,6 +294,44 @@ def test_a_webhook_answer_cut_short_is_tried_again_with_the_same_key_not_rejecte
     assert attempts == 2 and keys == ["t-1", "t-1"]
 
 
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_webhook_redirect_is_a_refusal_not_followed(status: int) -> None:
+    """A 3xx (an API moved, an http:// URL sent on to https://, a login page) is not a delivery: urllib
+    followed 301, 302 and 303 by a GET without the body, whose 200 made the e-mail "sent" though the API
+    never got it, and passed the bearer token on to the ``Location``."""
+    from streams.deliver.targets import Webhook
+
+    requests: list[tuple[str, str | None]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            requests.append(("POST", self.headers.get("Authorization")))
+            self.send_response(status)
+            self.send_header("Location", "/elsewhere")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def do_GET(self) -> None:
+            requests.append(("GET", self.headers.get("Authorization")))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        hook = Webhook(f"http://127.0.0.1:{server.server_port}/send", "tok", timeout_s=2)
+        with pytest.raises(Permanent, match=f"HTTP {status}"):
+            with_retries(lambda: hook.send(message(), WELCOME), 3, 0.001, lambda: None, lambda s: None)
+    finally:
+        server.shutdown()
+    assert requests == [("POST", "Bearer tok")]
+
+
 def test_an_address_whose_domain_alone_is_international_goes_in_idna_to_a_server_without_smtputf8() -> None:
     """``ana@bücher.de`` is ``ana@xn--bcher-kva.de``: no SMTPUTF8 needed (relays such as Amazon SES
     do not offer it), and no encoded word in an address header."""
