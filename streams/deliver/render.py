@@ -8,6 +8,7 @@ same file.  A type without a template of its own uses ``default.j2``."""
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,9 +89,13 @@ class Renderer:
             raise TemplateProblem(f"template {self._where(exc, name)}: {exc}") from None
         except Exception as exc:  # a template is user code: whatever it raises is its problem, named
             raise TemplateProblem(f"template {self._where(exc, name)}: {type(exc).__name__}: {exc}") from None
-        return Rendered(" ".join(str(subject).split()), str(html).strip() + "\n", _tidy(str(text)))
+        return Rendered(_one_line(str(subject)), str(html).strip() + "\n", _tidy(str(text)))
 
 
+def _one_line(subject: str) -> str:
+    """A subject as a header carries it: on one line, without control characters (a name with a NUL
+    or an ESC from a form would otherwise go into the header as it is, which RFC 5322 does not allow)."""
+    return " ".join("".join(c for c in subject if c.isspace() or unicodedata.category(c) != "Cc").split())
 
 
 def _tidy(text: str) -> str:

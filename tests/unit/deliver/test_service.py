@@ -1093,3 +1093,18 @@ def test_a_subject_with_a_long_non_ascii_name_is_encoded_words_of_at_most_75_cha
     assert unfolded.endswith(">") and "=?" not in unfolded
     got = email.message_from_bytes(raw, policy=email.policy.default)
     assert got["Subject"] == f"Still thinking about {product}, さくら?"
+
+
+@pytest.mark.parametrize("name", ["A\x00na", "A\x1bna", "A\x7fna", "A\x08na"])
+def test_a_name_with_control_characters_leaves_them_out_of_the_subject(tmp_path: Path, name: str) -> None:
+    """A first name from a form with a NUL, an ESC or a DEL went into the Subject header as it was:
+    no RFC 5322 header may carry them, and mail servers refuse or mangle such messages."""
+    import email
+    import email.policy
+
+    step, _ = deliverer(tmp_path, DryRun(tmp_path / "out"))
+    step.handle(trigger(payload={"first_name": name}))
+    raw = (tmp_path / "out" / "t-1.eml").read_bytes()
+    head = raw.split(b"\r\n\r\n")[0]
+    assert not [byte for byte in head if (byte < 32 and byte not in (9, 10, 13)) or byte == 127]
+    assert email.message_from_bytes(raw, policy=email.policy.default)["Subject"] == "Welcome to Our shop, Ana"
