@@ -37,7 +37,8 @@ SAFE_FILE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
 
 class Temporary(Exception):
     """Worth another attempt (a timeout, a 4xx SMTP reply, an HTTP 5xx, 408, 409 or 429).  ``target_down``: the
-    target itself failed (no connection, a timeout, SMTP 421, HTTP 5xx, 408 or 429), not this message
+    target itself failed (no connection, a timeout, SMTP 421 or a session that cannot start, HTTP 5xx,
+    408 or 429), not this message
     (a full mailbox, greylisting, a request still in progress): only those make it count as down."""
 
     def __init__(self, message: str, target_down: bool = True) -> None:
@@ -247,10 +248,16 @@ class Smtp:
                 client = _SmtpTls(deadline, self.host, self.port, self.timeout_s)
             else:
                 client = _Smtp(deadline, self.host, self.port, self.timeout_s)
-            if self.security == "starttls":
-                client.starttls(context=ssl.create_default_context())
-            if self.user and self.password:
-                client.login(self.user, self.password)
+            try:
+                if self.security == "starttls":
+                    client.starttls(context=ssl.create_default_context())
+                if self.user and self.password:
+                    client.login(self.user, self.password)
+            except (smtplib.SMTPAuthenticationError, smtplib.SMTPNotSupportedError) as exc:
+                # the session cannot start (a login refused, STARTTLS not offered): the target's set-up,
+                # not this message's fault, so it counts as down rather than refusing every message
+                what = f"SMTP {exc.smtp_code}" if isinstance(exc, smtplib.SMTPAuthenticationError) else "SMTP"
+                raise Temporary(f"{what}: the session could not start ({type(exc).__name__})") from None
             talk(client)
         except smtplib.SMTPRecipientsRefused as exc:
             refused = f"recipient refused: {_codes(exc.recipients)}"

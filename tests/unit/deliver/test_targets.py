@@ -218,6 +218,33 @@ def test_an_smtp_probe_sends_nothing_and_a_server_that_refuses_recipients_with_4
     assert not inbox.received
 
 
+@pytest.mark.parametrize("security,user", [("none", "shop"), ("starttls", None)])
+def test_an_smtp_session_that_cannot_start_is_a_failure_of_the_target_not_a_refusal(
+        security: str, user: str | None) -> None:
+    """A login refused (535: a password rotated, a typo) or STARTTLS not offered is the target's set-up,
+    the same for every message: each trigger went to delivery-failed as "rejected" at once, never tried
+    again, instead of the target counting as down until it is fixed."""
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import AuthResult
+
+    from streams.broker import free_port
+
+    inbox, port = SmtpInbox(), free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port, auth_require_tls=False,
+                            authenticator=lambda *args: AuthResult(success=False, handled=False))
+    controller.start()
+    try:
+        target = Smtp("127.0.0.1", port, security, user, "wrong" if user else None, timeout_s=2)
+        with pytest.raises(Temporary) as failed:
+            target.send(message(), {"trigger_id": "t-1"})
+        assert failed.value.target_down
+        with pytest.raises(Temporary):
+            target.probe("shop@example.com")
+    finally:
+        controller.stop()
+    assert not inbox.received
+
+
 def test_an_smtp_probe_of_a_closed_port_fails() -> None:
     from streams.broker import free_port
 
