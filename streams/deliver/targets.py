@@ -486,6 +486,10 @@ class Webhook:
                 raise Temporary(self._no_answer(exc, deadline)) from None
 
     def send(self, message: EmailMessage, trigger: dict[str, Any]) -> Sent:
+        try:  # http.client writes header values in Latin-1: failing there, it read as no answer
+            trigger["trigger_id"].encode("latin-1")
+        except UnicodeEncodeError:
+            raise Permanent("the trigger id cannot be an HTTP header (Idempotency-Key)") from None
         html = message.get_body(("html",))
         text = message.get_body(("plain",))
         body = {

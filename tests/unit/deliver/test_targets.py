@@ -359,6 +359,22 @@ def test_a_webhook_redirect_is_a_refusal_not_followed(status: int) -> None:
     assert requests == [("POST", "Bearer tok")]
 
 
+def test_a_trigger_id_that_cannot_be_an_http_header_is_refused_not_a_failure_of_the_webhook() -> None:
+    """The id is the Idempotency-Key header, which http.client writes in Latin-1: an id beyond it
+    failed before anything was sent and read as no answer, a failure of the target, so it was tried
+    for the whole retry window and three such triggers made the webhook count as down for everyone's."""
+    from streams.deliver.targets import Webhook
+
+    posted: list[str] = []
+    with serving_http(lambda key: posted.append(key) or 200) as url:
+        hook = Webhook(url, None, timeout_s=2)
+        with pytest.raises(Permanent, match="cannot be an HTTP header"):
+            with_retries(lambda: hook.send(message(), {**WELCOME, "trigger_id": "t-€"}), 3, 0.001, lambda: None,
+                         lambda s: None)
+        hook.send(message(), {**WELCOME, "trigger_id": "t-é"})  # (Latin-1: as before)
+    assert posted == ["t-é"]
+
+
 def test_an_address_whose_domain_alone_is_international_goes_in_idna_to_a_server_without_smtputf8() -> None:
     """``ana@bücher.de`` is ``ana@xn--bcher-kva.de``: no SMTPUTF8 needed (relays such as Amazon SES
     do not offer it), and no encoded word in an address header."""
