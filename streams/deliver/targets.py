@@ -193,11 +193,18 @@ class DryRun:
         path = self.folder / f"{trigger_id}.eml"
         part = path.with_suffix(".eml.part")
         policy = message.policy
-        if not str(message.get("To", "")).isascii():  # an international address is written as it is (as
-            policy = SMTPUTF8_POLICY  # SMTPUTF8 sends it): an encoded word is no part of an address
+        if _international(message):  # an international address is written as it is (as SMTPUTF8 sends
+            policy = SMTPUTF8_POLICY  # it): an encoded word is no part of an address
         part.write_bytes(message.as_bytes(policy=policy))
         part.replace(path)
         return Sent()
+
+
+def _international(message: EmailMessage) -> bool:
+    """Whether an address of From: or To: (not only a display name, which encoded words carry) is
+    international."""
+    return any(not address.addr_spec.isascii() for name in ("From", "To") if (header := message[name]) is not None
+               for address in header.addresses)
 
 
 class Smtp:

@@ -1038,6 +1038,23 @@ def test_an_international_address_is_written_as_it_is_in_a_dry_run(tmp_path: Pat
         b"To:")[1].split(b"\n")[0]
 
 
+@pytest.mark.parametrize("sender", ["Bücher <news@bücher.de>", "news@bücher.de"])
+def test_an_international_sender_is_written_as_it_is_in_a_dry_run(tmp_path: Path, sender: str) -> None:
+    """``MAILPULSE_MAIL_FROM`` with an international domain (a To: in ASCII): the dry run wrote
+    ``From: <news@=?utf-8?q?b=C3=BCcher?=.de>``, an encoded word in an address, which names no mailbox."""
+    import email
+
+    step = Deliverer(DryRun(tmp_path / "out"), Ledger(tmp_path / "state"), Renderer(), Recorder(),  # type: ignore[arg-type]
+                     DeliverMetrics(), Settings(deliver_grace_s=0, mail_from=sender), "http://u", b"k" * 32,
+                     now_ms=lambda: 1_800_000_000_000)
+    step.handle(trigger())
+    raw = (tmp_path / "out" / "t-1.eml").read_bytes()
+    assert b"=?utf-8?" not in raw.split(b"\r\n\r\n")[0]
+    written = email.message_from_string(raw.decode(), policy=email.policy.SMTPUTF8)
+    assert [a.addr_spec for a in written["From"].addresses] == ["news@bücher.de"] and not written["From"].defects
+    assert written["To"] == "ana@example.com"
+
+
 def test_to_is_the_triggers_email_as_given_and_its_opt_out_link_names_the_address_normalized(tmp_path: Path) -> None:
     """Contract 1: ``To:`` the trigger's ``email``.  Only the opt-out comparisons use the normalized
     address, so an unsubscribe from this e-mail covers the address however it was written."""
