@@ -172,7 +172,7 @@ class Settings(BaseSettings):
         "1 h apart) for this long (from its first failure, or its first wait for a down target) before it goes to "
         "delivery-failed (retries_exhausted); while three triggers in a "
         "row have failed so for the target's sake (no connection, timeouts, SMTP 421 or a session that cannot "
-        "start, HTTP 5xx, 408, 429), it "
+        "start, HTTP 5xx, 401, 408, 429), it "
         "counts as down and due triggers wait, without an attempt, until one of them probes it.  0: no rounds.")
     deliver_ledger_days: float = Field(
         default=30.0, gt=0, le=CENTURY_S / 86_400,

@@ -548,11 +548,11 @@ def round_delay_ms(rounds: int) -> int:
 
 
 class Outage:
-    """Whether the target is down: :data:`DOWN_AFTER` triggers in a row failed after all their attempts
-    for the target's sake (no connection, timeouts, SMTP 421, HTTP 5xx, 408 or 429).  Then due triggers wait, without
-    an attempt and without using one of their rounds (a down target would otherwise cost every one its
-    attempts and backoff), until the first of them probes it (or, with none due when a wait ends,
-    :meth:`Deliverer._probe`); any answer from the target ends it."""
+    """Whether the target is down: :data:`DOWN_AFTER` triggers in a row failed after all their attempts for the
+    target's sake (no connection, timeouts, SMTP 421 or a session that cannot start, HTTP 5xx, 401, 408 or 429).
+    Then due triggers wait, without an attempt and without using one of their rounds (a down target would
+    otherwise cost every one its attempts and backoff), until the first of them probes it (or, with none due
+    when a wait ends, :meth:`Deliverer._probe`); any answer from the target ends it."""
 
     def __init__(self, kept: Mapping[str, Any] | None = None, now_ms: int = 0) -> None:
         """``kept``: a :meth:`state` from before a restart, read as far as it makes sense at

@@ -36,9 +36,9 @@ SAFE_FILE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
 
 
 class Temporary(Exception):
-    """Worth another attempt (a timeout, a 4xx SMTP reply, an HTTP 5xx, 408, 409 or 429).  ``target_down``: the
-    target itself failed (no connection, a timeout, SMTP 421 or a session that cannot start, HTTP 5xx,
-    408 or 429), not this message
+    """Worth another attempt (a timeout, a 4xx SMTP reply, an HTTP 5xx, 401, 408, 409 or 429).  ``target_down``:
+    the target itself failed (no connection, a timeout, SMTP 421 or a session that cannot start, HTTP 5xx,
+    401, 408 or 429), not this message
     (a full mailbox, greylisting, a request still in progress): only those make it count as down."""
 
     def __init__(self, message: str, target_down: bool = True) -> None:
@@ -47,7 +47,7 @@ class Temporary(Exception):
 
 
 class Permanent(Exception):
-    """Not worth another attempt (a 5xx SMTP reply, an HTTP 4xx other than 408, 409 and 429, an HTTP
+    """Not worth another attempt (a 5xx SMTP reply, an HTTP 4xx other than 401, 408, 409 and 429, an HTTP
     redirect, a rejected address)."""
 
     attempts = 1  # on which attempt it came (set by :func:`with_retries`)
@@ -520,6 +520,9 @@ class Webhook:
                 if exc.code == 409:  # the request with this idempotency key is still in progress (its answer
                     # was lost): asked again later, the target answers with that request's outcome
                     raise Temporary("HTTP 409: a request with this idempotency key is in progress", False) from None
+                if exc.code == 401:  # the token refused (rotated, mistyped): the target's set-up, the same
+                    # for every message, so it counts as down rather than refusing each
+                    raise Temporary("HTTP 401: the token was refused") from None
                 kind = Temporary if exc.code >= 500 or exc.code in (408, 429) else Permanent
                 raise kind(f"HTTP {exc.code}{' (a redirect: not followed)' if 300 <= exc.code < 400 else ''}") \
                     from None

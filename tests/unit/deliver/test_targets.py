@@ -201,6 +201,19 @@ def test_a_webhook_answer_is_a_failure_of_the_target_only_for_5xx_408_and_429(st
     assert failed.value.target_down is down
 
 
+def test_a_webhook_that_refuses_its_token_is_a_failure_of_the_target_not_a_refusal_of_the_message() -> None:
+    """A 401 (the token rotated or mistyped) is the same for every message: each trigger went to
+    delivery-failed as "rejected" at once, never tried again, instead of the target counting as down
+    until the token is fixed.  (A 403 or 400 still refuses the message.)"""
+    from streams.deliver.targets import Webhook
+
+    with serving_http(lambda key: 401) as url, pytest.raises(Temporary) as failed:
+        Webhook(url, "old-token", timeout_s=2).send(message(), WELCOME)
+    assert failed.value.target_down
+    with serving_http(lambda key: 403) as url, pytest.raises(Permanent):
+        Webhook(url, "tok", timeout_s=2).send(message(), WELCOME)
+
+
 def test_an_smtp_probe_sends_nothing_and_a_server_that_refuses_recipients_with_421_counts_as_down(
         server: tuple[SmtpInbox, int]) -> None:
     inbox, port = server
