@@ -251,20 +251,24 @@ class Smtp:
     def _talk(self, deadline: Deadline, talk: Callable[[_Smtp], None]) -> None:
         client: _Smtp | None = None
         try:
-            if self.security == "tls":
-                client = _SmtpTls(deadline, self.host, self.port, self.timeout_s)
-            else:
-                client = _Smtp(deadline, self.host, self.port, self.timeout_s)
             try:
+                if self.security == "tls":
+                    client = _SmtpTls(deadline, self.host, self.port, self.timeout_s)
+                else:
+                    client = _Smtp(deadline, self.host, self.port, self.timeout_s)
                 if self.security == "starttls":
                     client.starttls(context=ssl.create_default_context())
                 if self.user and self.password:
                     client.login(self.user, self.password)
-            except (smtplib.SMTPAuthenticationError, smtplib.SMTPNotSupportedError) as exc:
-                # the session cannot start (a login refused, STARTTLS not offered): the target's set-up,
-                # not this message's fault, so it counts as down rather than refusing every message
-                what = f"SMTP {exc.smtp_code}" if isinstance(exc, smtplib.SMTPAuthenticationError) else "SMTP"
-                raise Temporary(f"{what}: the session could not start ({type(exc).__name__})") from None
+                client.ehlo_or_helo_if_needed()
+            except (smtplib.SMTPConnectError, smtplib.SMTPHeloError, smtplib.SMTPAuthenticationError,
+                    smtplib.SMTPNotSupportedError) as exc:
+                # the session cannot start (a greeting or EHLO refused, a login refused, STARTTLS not
+                # offered): the target's set-up, not this message's fault, so it counts as down rather
+                # than refusing every message
+                code = getattr(exc, "smtp_code", None)
+                raise Temporary(f"SMTP{f' {code}' if code else ''}: the session could not start "
+                                f"({type(exc).__name__})") from None
             talk(client)
         except smtplib.SMTPRecipientsRefused as exc:
             refused = f"recipient refused: {_codes(exc.recipients)}"

@@ -258,6 +258,39 @@ def test_an_smtp_session_that_cannot_start_is_a_failure_of_the_target_not_a_refu
     assert not inbox.received
 
 
+@pytest.mark.parametrize("greeting,ehlo", [(b"554 5.7.1 no service for you", b""),
+                                           (b"220 mx ready", b"550 5.7.1 EHLO refused"),
+                                           (b"220 mx ready", b"501 5.5.4 syntax")])
+def test_an_smtp_greeting_or_ehlo_refused_is_a_failure_of_the_target_not_a_refusal(greeting: bytes,
+                                                                                   ehlo: bytes) -> None:
+    """A 5xx greeting (the sending host blocked) or a refused EHLO and HELO say nothing of a message yet:
+    each trigger went to delivery-failed as "rejected" at once instead of waiting for the server."""
+    import socket
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+
+        def serve() -> None:
+            for _ in range(2):  # a send, then a probe
+                connection, _ = listener.accept()
+                with connection, connection.makefile("rb") as lines:
+                    connection.sendall(greeting + b"\r\n")
+                    for line in lines:
+                        if line.upper().startswith(b"QUIT"):
+                            connection.sendall(b"221 bye\r\n")
+                            break
+                        connection.sendall((ehlo or b"500 no") + b"\r\n")
+
+        threading.Thread(target=serve, daemon=True).start()
+        target = Smtp("127.0.0.1", listener.getsockname()[1], "none", None, None, timeout_s=2)
+        with pytest.raises(Temporary) as failed:
+            target.send(message(), {"trigger_id": "t-1"})
+        assert failed.value.target_down and "could not start" in str(failed.value)
+        with pytest.raises(Temporary):
+            target.probe("shop@example.com")
+
+
 def test_an_smtp_probe_of_a_closed_port_fails() -> None:
     from streams.broker import free_port
 
