@@ -656,9 +656,12 @@ def sender_problem(mail_from: str) -> str | None:
     try:
         message = EmailMessage(policy=POLICY)
         message["From"] = mail_from
-        address = email.utils.getaddresses([str(message["From"])])[0][1]
+        addresses = email.utils.getaddresses([str(message["From"])])
+        address = addresses[0][1]
     except Exception as exc:
         return f"not an address ({type(exc).__name__})"
+    if len(addresses) > 1:  # (a From: of several needs a Sender:, and a webhook's "from" takes one)
+        return "more than one address"
     return None if "@" in address else "not an address"
 
 

@@ -256,6 +256,16 @@ def test_a_sender_that_is_not_an_address_is_found_before_any_trigger() -> None:
     assert sender_problem("Shop <shop@[1.2.3.4>") is not None and sender_problem("shop") is not None
 
 
+@pytest.mark.parametrize("sender", ["shop@example.com, news@example.com", "Shop <shop@example.com>, x@example.com"])
+def test_a_sender_of_several_addresses_is_found_before_any_trigger(sender: str) -> None:
+    """Two addresses passed the check (the first has an "@"): every e-mail then had a From: of two
+    mailboxes without the Sender: RFC 5322 asks for, and a webhook got them as its one "from"."""
+    from streams.deliver.service import sender_problem
+
+    assert sender_problem(sender) == "more than one address"
+    assert sender_problem('"Shop, Inc." <shop@example.com>') is None  # (a comma inside quotes is a name's)
+
+
 def withdrawal(profile_id: str, at: str, reason: str = "consent") -> bytes:
     return orjson.dumps({"profile_id": profile_id, "reason": reason, "at": at})
 
