@@ -466,6 +466,10 @@ def _open(request: urllib.request.Request, deadline: Deadline, timeout_s: float)
     return response
 
 
+#: The most of a webhook's 2xx body read (for a bounce it may report); a longer one is not read on.
+MOST_ANSWER = 1 << 20
+
+
 class Webhook:
     """POSTs ``{"idempotency_key", "from", "to", "subject", "html", "text", "headers", "metadata"}``
     with an ``Idempotency-Key`` header (the trigger id, the same on every attempt).  A 2xx answer
@@ -519,7 +523,10 @@ class Webhook:
         with Deadline(self.timeout_s) as deadline:  # (the whole request: a socket's timeout is per read)
             try:
                 with _open(request, deadline, self.timeout_s) as response:
-                    answer = response.read()
+                    answer = response.read(MOST_ANSWER + 1)  # (the status is the answer; past this, the
+                    # rest is not read: a body without end held the send until its timeout, then a retry)
+                    if len(answer) <= MOST_ANSWER and response.length:  # ended before its Content-Length
+                        raise http.client.IncompleteRead(answer, response.length)
             except urllib.error.HTTPError as exc:
                 if exc.code == 409:  # the request with this idempotency key is still in progress (its answer
                     # was lost): asked again later, the target answers with that request's outcome
@@ -534,7 +541,7 @@ class Webhook:
                 # key, the API answers with the first request's outcome)
                 raise Temporary(self._no_answer(exc, deadline)) from None
         try:
-            reply = json.loads(answer) if answer else {}
+            reply = json.loads(answer) if answer and len(answer) <= MOST_ANSWER else {}
         except (ValueError, RecursionError):  # (a 2xx all the same: taken; RecursionError: nested too deeply)
             reply = {}
         bounced = isinstance(reply, dict) and (reply.get("bounced") is True or reply.get("status") == "bounced")

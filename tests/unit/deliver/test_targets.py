@@ -405,6 +405,37 @@ def test_a_webhook_redirect_is_a_refusal_not_followed(status: int) -> None:
     assert requests == [("POST", "Bearer tok")]
 
 
+def test_a_webhook_2xx_whose_body_does_not_end_is_a_delivery() -> None:
+    """The status is the answer: the whole body was read, so one without end (a proxy streaming, a
+    Content-Length far too large) held the send until its timeout and then read as no answer, tried
+    again and again for an e-mail the API had taken."""
+    from streams.deliver.targets import Webhook
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Length", str(1 << 40))
+            self.end_headers()
+            try:
+                while True:
+                    self.wfile.write(b" " * 65536)
+            except OSError:
+                pass
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        started = time.monotonic()
+        sent = Webhook(f"http://127.0.0.1:{server.server_port}/send", None, timeout_s=3).send(message(), WELCOME)
+        assert not sent.bounced and time.monotonic() - started < 3
+    finally:
+        server.shutdown()
+
+
 def test_a_trigger_id_that_cannot_be_an_http_header_is_refused_not_a_failure_of_the_webhook() -> None:
     """The id is the Idempotency-Key header, which http.client writes in Latin-1: an id beyond it
     failed before anything was sent and read as no answer, a failure of the target, so it was tried
