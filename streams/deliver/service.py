@@ -397,7 +397,8 @@ class Deliverer:
                               self._earlier_attempts(trigger_id) + self.settings.deliver_attempts, str(exc))
             return
         except Permanent as exc:
-            self.outage.up()  # it answered
+            if exc.answered:  # (not one refused before the target was asked: a down target stays down)
+                self.outage.up()
             self._show_target()
             self._give_up(trigger, "rejected", self._earlier_attempts(trigger_id) + exc.attempts, str(exc))
             return

@@ -48,9 +48,14 @@ class Temporary(Exception):
 
 class Permanent(Exception):
     """Not worth another attempt (a 5xx SMTP reply, an HTTP 4xx other than 401, 408, 409 and 429, an HTTP
-    redirect, a rejected address)."""
+    redirect, a rejected address).  ``answered``: the target refused it (False: it was refused before the
+    target was asked, which says nothing of whether the target is up)."""
 
     attempts = 1  # on which attempt it came (set by :func:`with_retries`)
+
+    def __init__(self, message: str, answered: bool = True) -> None:
+        super().__init__(message)
+        self.answered = answered
 
 
 class OutcomeUnknown(Exception):
@@ -92,7 +97,7 @@ def with_retries(send: Callable[[], Sent], attempts: int, backoff_s: float, on_r
             exc.attempts = attempt
             raise
         except Exception as exc:
-            unclassified = Permanent(f"{type(exc).__name__}: {exc}"[:300])
+            unclassified = Permanent(f"{type(exc).__name__}: {exc}"[:300], answered=False)
             unclassified.attempts = attempt
             raise unclassified from None
         on_retry()
@@ -189,7 +194,7 @@ class DryRun:
     def send(self, message: EmailMessage, trigger: dict[str, Any]) -> Sent:
         trigger_id = trigger["trigger_id"]
         if not SAFE_FILE_NAME.fullmatch(trigger_id):  # "../x" would write outside the folder
-            raise Permanent("the trigger id cannot be a file name")
+            raise Permanent("the trigger id cannot be a file name", answered=False)
         path = self.folder / f"{trigger_id}.eml"
         part = path.with_suffix(".eml.part")
         policy = message.policy
@@ -504,7 +509,7 @@ class Webhook:
         try:  # http.client writes header values in Latin-1: failing there, it read as no answer
             trigger["trigger_id"].encode("latin-1")
         except UnicodeEncodeError:
-            raise Permanent("the trigger id cannot be an HTTP header (Idempotency-Key)") from None
+            raise Permanent("the trigger id cannot be an HTTP header (Idempotency-Key)", answered=False) from None
         html = message.get_body(("html",))
         text = message.get_body(("plain",))
         body = {

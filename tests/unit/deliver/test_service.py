@@ -1135,3 +1135,44 @@ def test_a_name_with_control_characters_leaves_them_out_of_the_subject(tmp_path:
     head = raw.split(b"\r\n\r\n")[0]
     assert not [byte for byte in head if (byte < 32 and byte not in (9, 10, 13)) or byte == 127]
     assert email.message_from_bytes(raw, policy=email.policy.default)["Subject"] == "Welcome to Our shop, Ana"
+
+
+def test_a_trigger_refused_before_the_target_is_asked_does_not_make_a_down_target_count_as_up(
+        tmp_path: Path) -> None:
+    """A webhook that answers 503: three triggers make it count as down.  The first trigger due after
+    the wait has an id no HTTP header can carry, refused before any request: it made the target count
+    as up (``mailpulse_delivery_target_up`` 1, the outage forgotten), and the next triggers each spent
+    their attempts on it again."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from streams.deliver.service import DOWN_AFTER
+    from streams.deliver.targets import Webhook
+
+    class Down(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Down)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        step, producer = deliverer(tmp_path, Webhook(f"http://127.0.0.1:{server.server_port}/send", None, 2))
+        now = [parse_timestamp("2026-03-01T12:00:00Z")]
+        step.now_ms = lambda: now[0]
+        for n in range(DOWN_AFTER):
+            step.handle(trigger(trigger_id=f"x-{n}"))
+        step.handle(trigger(trigger_id="t-€"))  # waits for the target
+        assert step.metrics.target_up._value.get() == 0 and step.ledger.held == DOWN_AFTER + 1
+        now[0] = step.outage.until_ms  # its wait is over: it is the first due, then x-0 and x-1 (x-2 after)
+        assert step.release_due() == 3
+        [(_, letter)] = producer.sent
+        assert (letter["trigger_id"], letter["error"]["code"]) == ("t-€", "rejected")
+        assert step.metrics.target_up._value.get() == 0 and step.outage.counted_down
+    finally:
+        server.shutdown()
