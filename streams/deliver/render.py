@@ -53,6 +53,8 @@ class Renderer:
             env.globals.update(self.globals)
 
     def template_name(self, trigger_type: str) -> str:
+        if trigger_type.startswith("_"):  # (``_blocks.j2`` and a user's ``_*.j2`` are partials, not e-mails)
+            return "default.j2"
         name = f"{trigger_type}.j2"
         try:
             self._text.loader.get_source(self._text, name)  # type: ignore[union-attr]

@@ -107,3 +107,11 @@ def test_the_examples_under_docs_are_what_the_templates_render(tmp_path: Path) -
     docs = Path(__file__).resolve().parents[3] / "docs" / "emails"
     for path in write(tmp_path):
         assert (docs / path.name).read_text() == path.read_text(), f"run: python -m streams.deliver.examples {docs}"
+
+
+def test_a_trigger_type_named_like_a_partial_gets_the_default_template() -> None:
+    """A type ``_blocks`` (a producer other than the pipeline) rendered the shared partial as its
+    e-mail, and ended as ``template_error`` instead of the default e-mail."""
+    assert Renderer().template_name("_blocks") == "default.j2"
+    out = Renderer().render(trigger("_blocks", first_name="Ana"), "https://u")
+    assert "Ana" in str(out)
