@@ -121,7 +121,7 @@ def _rate(text: str) -> float:
 
 
 def _usable_folder(path: Path, what: str) -> None:
-    """``path`` is a folder, or can be made one (a file there, or on the way to it, would fail deep in a
+    """``path`` is a folder, or is made one here (a file there, or on the way to it, would fail deep in a
     worker's start with a traceback)."""
     if path.exists() and not path.is_dir():
         raise UserError(f"{what} {path}: not a folder")
@@ -133,6 +133,10 @@ def _usable_folder(path: Path, what: str) -> None:
         existing = existing.parent
     if not existing.is_dir():
         raise UserError(f"{what} {path}: not a folder ({existing} is a file)")
+    try:  # (a read-only mount, no permission: mkdir's traceback at the start otherwise)
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{what} {path}: the folder cannot be made ({exc.strerror or exc})") from None
 
 
 def _bindable_host(host: str, what: str) -> None:

@@ -206,6 +206,24 @@ def test_a_folder_that_is_a_file_is_a_one_line_error(capsys: pytest.CaptureFixtu
     assert "not a folder" in err
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs procfs, where no folder can be made")
+@pytest.mark.parametrize("setting", ["MAILPULSE_DATA_DIR", "--dry-run"])
+def test_a_folder_that_cannot_be_made_is_a_one_line_error(capsys: pytest.CaptureFixture[str],
+                                                          monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                          setting: str) -> None:
+    """A folder whose parent is a folder but takes no new one (a read-only mount, no permission; here
+    procfs) ended ``run`` and ``deliver`` with mkdir's traceback and exit status 1."""
+    folder = Path("/proc/mailpulse-no-such-folder/state")
+    if setting == "MAILPULSE_DATA_DIR":
+        monkeypatch.setenv(setting, str(folder))
+        code, _, err = run(capsys, "run", "--broker", "kafka://127.0.0.1:1")
+    else:
+        monkeypatch.setenv("MAILPULSE_DATA_DIR", str(tmp_path / "state"))
+        code, _, err = run(capsys, "deliver", "--broker", "kafka://127.0.0.1:1", "--dry-run", str(folder))
+    assert code == 2 and err.count("\n") == 1 and err.startswith(f"mailpulse: error: {setting} ")
+    assert "cannot be made" in err and "Traceback" not in err
+
+
 def test_a_metrics_host_that_is_no_address_is_a_one_line_error(capsys: pytest.CaptureFixture[str],
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MAILPULSE_METRICS_HOST", "not.a.host.invalid")
