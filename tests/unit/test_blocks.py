@@ -398,3 +398,25 @@ def test_the_evaluation_measures_what_the_worker_decides_beside_the_batch() -> N
     assert len(set(stream_profiles(events))) == 1
     rows = {row.method: row.scores for row in evaluate_set("bridge", events, [0, 1, 1], None)}  # J is Jane
     assert rows["mailpulse"].precision == 1.0 and rows["mailpulse stream"].precision == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("letter", ["\ufdfa", "\U00020000", "\ufb03"])  # 18 letters under NFKD; 4 bytes; FFI
+def test_a_full_block_of_the_longest_records_stays_under_the_value_limit(letter: str) -> None:
+    """Every text field at its longest, of letters that folding makes longer or that take 4 bytes, the
+    longest identifiers beside them: a block of ``MAX_BLOCK`` such people is still one storable value
+    (before, the 12th such person made the block too large to write: it and every later member were
+    dead-lettered)."""
+    from streams.record_step import MAX_VALUE_BYTES
+
+    members: dict[str, Record] = {}
+    for n in range(MAX_BLOCK + 5):
+        text = letter * 508 + f"{n:04d}"
+        local = "x" * 60 + f"{n:04d}"
+        email = f"{local}@{'d' * 60}.{'e' * 60}.{'f' * 60}.com"
+        record = rec(first=text, last=text, birthday="1980-01-02", street="1 " + text[2:], city=text,
+                     postcode="AB" + text[2:], user_id=letter * 508 + f"{n:04d}", email=email,
+                     traits={"email": "y" + email})
+        outcome = on_block_message(members, f"u:{letter * 508}{n:04d}", record)
+        members = outcome.members
+        assert len(orjson.dumps(members)) <= MAX_VALUE_BYTES, n
+    assert len(members) == MAX_BLOCK

@@ -48,6 +48,11 @@ UNSPECIFIC_MAX = 0.8
 # not differ is a possible match at least, with this score (the default possible-match threshold).
 HOUSEHOLD_SURE = 0.9
 HOUSEHOLD_SCORE = 0.5
+#: The most characters of each text field of a :class:`Person` (names, postcode, city, street, house number),
+#: past which the rest is left out: longer than any real one, while folding can make a name of 512
+#: characters 15 times longer (U+FDFA).  A fuzzy-matching block stores up to ``MAX_BLOCK`` records in one
+#: table value, which must stay under the broker's message limit.
+MAX_FIELD_CHARS = 128
 
 _GENERIC_LOCALS = frozenset({"info", "contact", "mail", "email", "office", "admin", "hello", "kontakt", "test",
                              "noreply", "no-reply", "support", "service"})
@@ -103,8 +108,8 @@ def person_of(event: dict[str, Any]) -> Person:
     traits: dict[str, Any] = event.get("traits") or {}
     emails = {e for e in (event.get("email"), traits.get("email")) if e}
     phones = {p for p in (event.get("phone"), traits.get("phone")) if p}
-    first, last = norm.names(traits.get("first_name"), traits.get("last_name"))
-    house, street = norm.street(traits.get("street"))
+    first, last = (part[:MAX_FIELD_CHARS] for part in norm.names(traits.get("first_name"), traits.get("last_name")))
+    house, street = (part[:MAX_FIELD_CHARS] for part in norm.street(traits.get("street")))
     locals_ = set()
     for email in emails:
         local = email.partition("@")[0]
@@ -112,8 +117,10 @@ def person_of(event: dict[str, Any]) -> Person:
             locals_.add(local)
     return Person(
         first=first, first_canon=norm.NICKNAMES.get(first, first), last=last,
-        birthday=norm.birthday(traits.get("birthday")), postcode=norm.postcode(traits.get("postcode")),
-        city=norm.name(traits.get("city")), house=house, street=street, gender=norm.name(traits.get("gender"))[:1],
+        birthday=norm.birthday(traits.get("birthday")),
+        postcode=norm.postcode(traits.get("postcode"))[:MAX_FIELD_CHARS],
+        city=norm.name(traits.get("city"))[:MAX_FIELD_CHARS], house=house, street=street,
+        gender=norm.name(traits.get("gender"))[:1],
         emails=frozenset(emails), phones=frozenset(phones), locals=frozenset(locals_))
 
 
