@@ -448,3 +448,13 @@ def test_a_placeholder_local_part_is_no_evidence_of_one_person(local: str) -> No
     jsmith = [identify("John", "Smith", city="Springfield", postcode="62701", user_id="u-3", email="jsmith@gmail.com"),
               identify("John", "Smith", city="Portland", postcode="97201", user_id="u-4", email="jsmith@yahoo.com")]
     assert person_of(jsmith[0]).locals == {"jsmith"}
+
+
+def test_folding_a_text_of_many_letter_characters_stays_as_long_as_the_longest_text() -> None:
+    """U+FDFA decomposes into 18 characters: a name of 512 of them folded to 9,216 letters (kept in each
+    cache of the module, and read letter by letter); now at most twice the longest text a trait takes."""
+    for letter in ("\ufdfa", "\U00020000", "é"):
+        folded = norm.fold(letter * 512)
+        assert folded and len(folded) <= 1024
+        assert norm.name(letter * 512) == folded.replace(" ", "")
+    assert norm.fold("Müller-Lüdenscheidt") == "muller ludenscheidt"
