@@ -444,6 +444,17 @@ def _consumer_lag(p: Pipeline) -> Any:
     return consumer_lag
 
 
+def _queued(app: Any, agent: Any) -> int:
+    """Records the consumer handed to an agent that it has not taken yet: the queues of the channels
+    its streams iterate (Faust's conductor, ``app.topics``, delivers each fetched record to them)."""
+    try:
+        names = set(agent.channel.topics)
+        return sum(channel.queue.qsize() for channel in app.topics
+                   if channel.is_iterator and names & set(channel.topics))
+    except Exception:  # (none iterated yet, or not Faust's: nothing is known to wait)
+        return 0
+
+
 def _health(p: Pipeline) -> Any:
     """Each second: the event loop turned (so /healthz knows it is not stuck), whether an agent's
     actor crashed, whether the broker still acknowledges outputs (else /readyz fails), and
@@ -467,9 +478,13 @@ def _health(p: Pipeline) -> Any:
             if told is not None:
                 log.log(logging.INFO if p.health.outputs_waiting_since is None else logging.WARNING, "mailpulse: %s",
                         told)
+        waiting: dict[str, int] = {}
         for name, agent in p.app.agents.items():
-            if any(actor._crashed.is_set() for actor in getattr(agent, "_actors", ())):
+            actors = getattr(agent, "_actors", ())
+            if any(actor._crashed.is_set() for actor in actors):
                 p.health.crashed = name
+            waiting[name] = _queued(p.app, agent)
+        p.health.watch_agents(waiting)
 
     return health
 
@@ -553,6 +568,7 @@ def _ingest_agent(p: Pipeline) -> Any:
 
     async def ingest(stream: Any) -> None:
         async for batch in stream.take_events(settings.batch_size, within=settings.batch_within_s):
+            p.health.took("ingest")
             try:
                 handle(batch)
             except Exception as exc:  # outside route_batch's per-input guard: take_events would ack the batch
@@ -653,6 +669,7 @@ def _profile_agent(p: Pipeline) -> Any:
         # every hole of a fresh group).
         stream.enable_acks = False
         async for delivered in stream.events():
+            p.health.took("profiles")
             try:
                 handle(delivered)
             except Exception as exc:  # outside the step's isolation: nothing of the run is acked
@@ -849,6 +866,7 @@ def _cooccurrence_agent(p: Pipeline) -> Any:
     async def cooccurrence(stream: Any) -> None:
         stream.enable_acks = False  # acked once handled (below), as the profile agent's runs
         async for record in stream.events():
+            p.health.took("cooccurrence")
             try:
                 handle(record)
             except Exception as exc:  # even the dead letter failed

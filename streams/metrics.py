@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from wsgiref.simple_server import WSGIServer, make_server
@@ -219,6 +219,10 @@ BROKER_SILENT_AFTER_S = 12.0
 #: Seconds with outputs queued and none acknowledged by the broker after which /readyz fails: the
 #: worker goes on consuming while what it makes goes nowhere (a partition that takes no writes).
 OUTPUTS_STUCK_AFTER_S = 30.0
+#: Seconds an agent may take no record while records handed to it wait, before /healthz fails: its
+#: event loop turns (a handler runs inside it, so a long one stalls the loop, which fails sooner), but
+#: the agent awaits something that never comes, and its partitions stop while the worker looks alive.
+AGENT_STALL_AFTER_S = 120.0
 WORKER_STATES = ("starting", "recovering", "running", "error")
 
 
@@ -261,6 +265,30 @@ class Health:
         """No probe answered for :data:`BROKER_SILENT_AFTER_S` (or ever)."""
         return self.broker_answered is None or now - self.broker_answered > BROKER_SILENT_AFTER_S
 
+    #: Records (batches, runs) each agent has taken, counted by the agents (:meth:`watch_agents` reads it).
+    taken: dict[str, int] = field(default_factory=dict)
+    #: Why an agent is not running: it took no record for :data:`AGENT_STALL_AFTER_S` while records wait.
+    wedged: str | None = None
+    _idle: dict[str, tuple[int, float]] = field(default_factory=dict)  # agent -> (taken, since when)
+
+    def took(self, agent: str) -> None:
+        self.taken[agent] = self.taken.get(agent, 0) + 1
+
+    def watch_agents(self, waiting: Mapping[str, int], now: float | None = None) -> None:
+        """Called each second from the event loop with the records handed to each agent and not yet
+        taken: an agent with records waiting that has taken none for :data:`AGENT_STALL_AFTER_S` while
+        the worker is ready (not while its tables recover) is wedged."""
+        now = time.monotonic() if now is None else now
+        wedged = None
+        for agent, queued in sorted(waiting.items()):
+            count = self.taken.get(agent, 0)
+            idle = self._idle.get(agent)
+            if not queued or not self.ready or idle is None or idle[0] != count:
+                self._idle[agent] = (count, now)
+            elif wedged is None and now - idle[1] > AGENT_STALL_AFTER_S:
+                wedged = f"agent {agent} took no record for {now - idle[1]:.0f} s while {queued} wait"
+        self.wedged = wedged
+
     started: bool = False  # the event loop has reported once
     #: Since when outputs have been queued with none acknowledged (None: the producer is keeping up).
     outputs_waiting_since: float | None = None
@@ -302,10 +330,12 @@ class Health:
         return waited if waited > OUTPUTS_STUCK_AFTER_S else 0.0
 
     def failing(self, now: float | None = None) -> str | None:
-        """Why the worker is not alive, as /healthz says it (None: it is): an agent crashed, a helper
-        thread ended, or the event loop stalled."""
+        """Why the worker is not alive, as /healthz says it (None: it is): an agent crashed or is wedged,
+        a helper thread ended, or the event loop stalled."""
         if self.crashed is not None:
             return f"agent {self.crashed} crashed"
+        if self.wedged is not None:
+            return self.wedged
         helper = next((name for name, thread in self.helpers.items() if not thread.is_alive()), None)
         if helper is not None:
             return f"{helper} stopped"

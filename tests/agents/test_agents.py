@@ -1160,6 +1160,32 @@ async def test_health_reports_a_crashed_agent_and_the_worker_state(pipeline: Pip
     assert worker_state("error") == 1 and worker_state("running") == 0
 
 
+async def test_health_reads_the_records_waiting_at_each_agent(pipeline: Pipeline) -> None:
+    """What the health beat gives :meth:`Health.watch_agents`: the records Faust's conductor handed to
+    the channels an agent's streams iterate, not taken yet; one whose records wait with none taken for
+    AGENT_STALL_AFTER_S fails /healthz."""
+    from streams.app import _health
+    from streams.metrics import AGENT_STALL_AFTER_S
+
+    events = agent(pipeline, "profiles").channel
+    iterated = events.clone(is_iterator=True)  # as a stream's iteration makes it, with its own queue
+    pipeline.app.topics.add(iterated)
+    for n in range(3):
+        iterated.queue.put_nowait(n)
+    pipeline.health.ready = True
+    check = _health(pipeline)
+    await check()
+    assert pipeline.health._idle["profiles"][0] == 0 and pipeline.health._idle.get("ingest", (0, 0))[0] == 0
+    count, since = pipeline.health._idle["profiles"]
+    pipeline.health._idle["profiles"] = (count, since - AGENT_STALL_AFTER_S - 1)  # no record taken since
+    await check()
+    healthy, body = pipeline.health.answer("/healthz")
+    assert not healthy and body.startswith("agent profiles took no record for") and "while 3 wait" in body
+    pipeline.health.took("profiles")
+    await check()
+    assert pipeline.health.answer("/healthz") == (True, "ok\n")
+
+
 async def test_the_worker_state_is_running_as_soon_as_it_is_ready(pipeline: Pipeline) -> None:
     """Recovery done, before the first health beat: /readyz and ``mailpulse_worker_state`` agree (a
     broker test once read "ready" and then a state that still said "starting")."""

@@ -286,3 +286,30 @@ def test_every_processing_error_series_is_exported_at_zero_before_the_first_erro
     missing = {labels for labels in expected if registry.get_sample_value(
         "mailpulse_processing_errors_total", dict(zip(("agent", "stage"), labels, strict=True))) != 0}
     assert not missing
+
+
+def test_healthz_fails_for_an_agent_that_takes_no_record_while_records_wait() -> None:
+    """The contract's /healthz is 200 "while every agent runs": an agent awaiting something that never
+    comes (its records handed to it and waiting, the event loop turning) was reported alive."""
+    from streams.metrics import AGENT_STALL_AFTER_S, Health
+
+    health = Health(ready=True, started=True)
+    t = 1000.0
+    health.watch_agents({"ingest": 5, "profiles": 0}, now=t)
+    health.took("ingest")  # busy: it takes records as they come
+    health.watch_agents({"ingest": 5, "profiles": 0}, now=t + AGENT_STALL_AFTER_S + 10)
+    assert health.failing(now=t + AGENT_STALL_AFTER_S + 10) is None
+    # then it takes none while they wait
+    health.watch_agents({"ingest": 7, "profiles": 0}, now=t + 2 * AGENT_STALL_AFTER_S + 11)
+    assert health.failing(now=t + 2 * AGENT_STALL_AFTER_S + 11) == \
+        f"agent ingest took no record for {AGENT_STALL_AFTER_S + 1:.0f} s while 7 wait"
+    health.took("ingest")  # it moves again
+    health.watch_agents({"ingest": 7, "profiles": 0}, now=t + 2 * AGENT_STALL_AFTER_S + 12)
+    assert health.failing(now=t + 2 * AGENT_STALL_AFTER_S + 12) is None
+    # nothing waiting (idle), or tables recovering (not ready): never wedged, however long
+    idle = Health(ready=True, started=True)
+    recovering = Health(ready=False, started=True)
+    for n in range(3):
+        idle.watch_agents({"profiles": 0}, now=t + n * AGENT_STALL_AFTER_S)
+        recovering.watch_agents({"profiles": 9}, now=t + n * AGENT_STALL_AFTER_S)
+    assert idle.wedged is None and recovering.wedged is None
