@@ -185,6 +185,20 @@ def test_numbers_past_what_a_command_can_use_are_refused(capsys: pytest.CaptureF
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
 
 
+def _started_with_folder(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                         setting: str, folder: Path) -> str:
+    """``run`` with ``folder`` as its state folder, or ``deliver`` as its dry-run folder: the one-line
+    error it ends with (exit code 2)."""
+    if setting == "MAILPULSE_DATA_DIR":
+        monkeypatch.setenv(setting, str(folder))
+        code, _, err = run(capsys, "run", "--broker", "kafka://127.0.0.1:1")
+    else:
+        monkeypatch.setenv("MAILPULSE_DATA_DIR", str(tmp_path / "state"))
+        code, _, err = run(capsys, "deliver", "--broker", "kafka://127.0.0.1:1", "--dry-run", str(folder))
+    assert code == 2 and err.count("\n") == 1 and err.startswith(f"mailpulse: error: {setting} ")
+    return err
+
+
 @pytest.mark.parametrize("place", ["a file", "below a file", "a link to nothing", "below a link to nothing"])
 @pytest.mark.parametrize("setting", ["MAILPULSE_DATA_DIR", "--dry-run"])
 def test_a_folder_that_is_a_file_is_a_one_line_error(capsys: pytest.CaptureFixture[str],
@@ -196,13 +210,7 @@ def test_a_folder_that_is_a_file_is_a_one_line_error(capsys: pytest.CaptureFixtu
     # (below a file: a traceback from mkdir at the start)
     folder = {"a file": afile, "below a file": afile / "state" / "x", "a link to nothing": tmp_path / "link",
               "below a link to nothing": tmp_path / "link" / "x"}[place]
-    if setting == "MAILPULSE_DATA_DIR":
-        monkeypatch.setenv(setting, str(folder))
-        code, _, err = run(capsys, "run", "--broker", "kafka://127.0.0.1:1")
-    else:
-        monkeypatch.setenv("MAILPULSE_DATA_DIR", str(tmp_path / "state"))
-        code, _, err = run(capsys, "deliver", "--broker", "kafka://127.0.0.1:1", "--dry-run", str(folder))
-    assert code == 2 and err.count("\n") == 1 and err.startswith(f"mailpulse: error: {setting} ")
+    err = _started_with_folder(capsys, monkeypatch, tmp_path, setting, folder)
     assert "not a folder" in err
 
 
@@ -214,13 +222,7 @@ def test_a_folder_that_cannot_be_made_is_a_one_line_error(capsys: pytest.Capture
     """A folder whose parent is a folder but takes no new one (a read-only mount, no permission; here
     procfs) ended ``run`` and ``deliver`` with mkdir's traceback and exit status 1."""
     folder = Path("/proc/mailpulse-no-such-folder/state")
-    if setting == "MAILPULSE_DATA_DIR":
-        monkeypatch.setenv(setting, str(folder))
-        code, _, err = run(capsys, "run", "--broker", "kafka://127.0.0.1:1")
-    else:
-        monkeypatch.setenv("MAILPULSE_DATA_DIR", str(tmp_path / "state"))
-        code, _, err = run(capsys, "deliver", "--broker", "kafka://127.0.0.1:1", "--dry-run", str(folder))
-    assert code == 2 and err.count("\n") == 1 and err.startswith(f"mailpulse: error: {setting} ")
+    err = _started_with_folder(capsys, monkeypatch, tmp_path, setting, folder)
     assert "cannot be made" in err and "Traceback" not in err
 
 

@@ -1143,11 +1143,11 @@ def test_a_trigger_refused_before_the_target_is_asked_does_not_make_a_down_targe
     the wait has an id no HTTP header can carry, refused before any request: it made the target count
     as up (``mailpulse_delivery_target_up`` 1, the outage forgotten), and the next triggers each spent
     their attempts on it again."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from http.server import BaseHTTPRequestHandler
 
     from streams.deliver.service import DOWN_AFTER
     from streams.deliver.targets import Webhook
+    from tests.unit.deliver.test_targets import serving
 
     class Down(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
@@ -1159,10 +1159,8 @@ def test_a_trigger_refused_before_the_target_is_asked_does_not_make_a_down_targe
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Down)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        step, producer = deliverer(tmp_path, Webhook(f"http://127.0.0.1:{server.server_port}/send", None, 2))
+    with serving(Down) as url:
+        step, producer = deliverer(tmp_path, Webhook(url, None, 2))
         now = [parse_timestamp("2026-03-01T12:00:00Z")]
         step.now_ms = lambda: now[0]
         for n in range(DOWN_AFTER):
@@ -1174,5 +1172,3 @@ def test_a_trigger_refused_before_the_target_is_asked_does_not_make_a_down_targe
         [(_, letter)] = producer.sent
         assert (letter["trigger_id"], letter["error"]["code"]) == ("t-€", "rejected")
         assert step.metrics.target_up._value.get() == 0 and step.outage.counted_down
-    finally:
-        server.shutdown()

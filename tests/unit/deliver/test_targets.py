@@ -126,7 +126,14 @@ def serving_http(answer: Callable[[str], int], head: int = 501, body: bytes = b"
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    with serving(Handler) as url:
+        yield url
+
+
+@contextmanager
+def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """An HTTP server on loopback answering with ``handler``; the URL to send to."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         yield f"http://127.0.0.1:{server.server_port}/send"
@@ -357,13 +364,9 @@ def test_a_webhook_answer_cut_short_is_tried_again_with_the_same_key_not_rejecte
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        hook = Webhook(f"http://127.0.0.1:{server.server_port}/send", None, timeout_s=2)
+    with serving(Handler) as url:
+        hook = Webhook(url, None, timeout_s=2)
         _, attempts = with_retries(lambda: hook.send(message(), WELCOME), 3, 0.001, lambda: None, lambda s: None)
-    finally:
-        server.shutdown()
     assert attempts == 2 and keys == ["t-1", "t-1"]
 
 
@@ -394,14 +397,10 @@ def test_a_webhook_redirect_is_a_refusal_not_followed(status: int) -> None:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        hook = Webhook(f"http://127.0.0.1:{server.server_port}/send", "tok", timeout_s=2)
+    with serving(Handler) as url:
+        hook = Webhook(url, "tok", timeout_s=2)
         with pytest.raises(Permanent, match=f"HTTP {status}"):
             with_retries(lambda: hook.send(message(), WELCOME), 3, 0.001, lambda: None, lambda s: None)
-    finally:
-        server.shutdown()
     assert requests == [("POST", "Bearer tok")]
 
 
@@ -426,14 +425,10 @@ def test_a_webhook_2xx_whose_body_does_not_end_is_a_delivery() -> None:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with serving(Handler) as url:
         started = time.monotonic()
-        sent = Webhook(f"http://127.0.0.1:{server.server_port}/send", None, timeout_s=3).send(message(), WELCOME)
+        sent = Webhook(url, None, timeout_s=3).send(message(), WELCOME)
         assert not sent.bounced and time.monotonic() - started < 3
-    finally:
-        server.shutdown()
 
 
 def test_a_trigger_id_that_cannot_be_an_http_header_is_refused_not_a_failure_of_the_webhook() -> None:
