@@ -74,8 +74,9 @@ def stored_clocks(raw: bytes | None) -> dict[str, int]:
         return {}
     if type(value) is not dict:
         return {}
-    if all(type(ts) is int and 0 <= ts <= MAX_EPOCH_MS for ts in value.values()):
-        return value  # (every record's: a clock never holds anything else unless damaged)
+    times = value.values()
+    if not times or ({*map(type, times)} == {int} and min(times) >= 0 and max(times) <= MAX_EPOCH_MS):
+        return value  # (every record's, checked in C: a clock never holds anything else unless damaged)
     return {name: ts for name, ts in value.items() if type(ts) is int and 0 <= ts <= MAX_EPOCH_MS}
 
 
