@@ -103,6 +103,29 @@ class ProfileTable(faust.Table[bytes, bytes]):
             store.rocksdb_options = BudgetedRocksDBOptions(self._rocksdb_memory, **options, use_rocksdict=True)
         return store
 
+    async def on_rebalance(self, assigned: set[TP], revoked: set[TP], newly_assigned: set[TP],
+                           generation_id: int = 0) -> None:
+        """Faust's, and: a partition assigned to this worker whose local database was last written more
+        than ``STATE_MAX_AGE_S`` ago (it was on another worker meanwhile) starts empty and is rebuilt
+        from its changelog.  The database still holds what this worker wrote before; the changelog
+        brings the changes made meanwhile, except deletions (an erasure, a profile absorbed, a block
+        emptied) whose tombstones compaction dropped after ``delete.retention.ms``, which would come
+        back to life here (an erased person's state among them), as in a whole state folder that old
+        (:mod:`streams.worker`).  The time is that of the database's newest file, RocksDB's own log
+        aside (written while a database is merely open)."""
+        store: Any = self.data
+        partition_path = getattr(store, "partition_path", None)
+        if partition_path is not None:  # (the memory store keeps nothing between rebalances)
+            from streams.worker import STATE_MAX_AGE_S  # (streams.worker imports this module)
+
+            now = time.time()
+            for tp in newly_assigned:
+                path: Path = partition_path(tp.partition)
+                if tp.topic in self.changelog_topic.topics and now - _last_written(path) > STATE_MAX_AGE_S:
+                    store._dbs.pop(tp.partition, None)
+                    shutil.rmtree(path, ignore_errors=True)
+        await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
+
     # --- write-behind ------------------------------------------------------------------------------
     # An agent that writes a key several times between two offset commits (a profile parks an event,
     # then folds it when the watermark passes; its due time moves) pays Faust's per-write cost (table
@@ -301,6 +324,16 @@ class ProfileTable(faust.Table[bytes, bytes]):
         for tp, offset in self._delivered.items():
             self.data.set_persisted_offset(tp, offset)
         self._delivered.clear()
+
+
+def _last_written(partition_path: Path) -> float:
+    """When the database at ``partition_path`` was last written (its newest file but RocksDB's info
+    log), or the infinite future when there is none."""
+    try:
+        times = [f.stat().st_mtime for f in partition_path.iterdir() if not f.name.startswith("LOG")]
+    except OSError:
+        times = []
+    return max(times, default=float("inf"))
 
 
 def rocksdb_options(write_buffer_mb: int) -> dict[str, int]:

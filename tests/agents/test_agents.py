@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -1428,3 +1429,28 @@ def test_a_damaged_absorbs_kind_does_not_become_a_merge_label() -> None:
     kinds = {sample.labels["kind"] for metric in metrics.registry.collect() if metric.name == "mailpulse_profile_merges"
              for sample in metric.samples if "kind" in sample.labels}
     assert kinds == {"other"}
+
+
+@pytest.mark.parametrize("away_hours", [1, 13])
+async def test_a_partition_back_after_half_a_day_on_another_worker_is_rebuilt_not_kept_stale(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, away_hours: int) -> None:
+    # With two workers a partition can move away and come back to a worker still running (or
+    # restarted on the same state folder).  Its local database then still holds what the worker wrote
+    # before; the changelog brings the changes made meanwhile, but a deletion (an erasure, a profile
+    # absorbed, a block emptied) is kept there only delete.retention.ms (24 h) after compaction.  So
+    # a partition whose database was last written longer ago than the state folder's limit starts
+    # empty and is rebuilt from its changelog, as a whole state folder that old is
+    # (streams.worker.STATE_MAX_AGE_S).
+    import streams.tables as tables_module
+
+    p = _with_rocksdb(tmp_path)
+    table = p.profile_state
+    tp = TP(table.changelog_topic.get_topic_name(), 1)
+    table.stage(b"u:erased", b'{"due":null}', 1)
+    table.write_staged()
+    await table.on_rebalance(set(), {tp}, set())  # the partition moves to another worker
+    now = time.time()
+    monkeypatch.setattr(tables_module.time, "time", lambda: now + away_hours * 3600)
+    await table.on_rebalance({tp}, set(), {tp})  # and comes back
+    kept = table.read(b"u:erased", 1)
+    assert kept == (b'{"due":null}' if away_hours == 1 else None)
