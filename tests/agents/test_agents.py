@@ -200,6 +200,21 @@ async def test_an_assigned_partition_holds_the_clocks_from_the_start(pipeline: P
     assert clocks.due(1_000 + clocks.delay_ms) == {("clicks", 0): 8}
 
 
+async def test_assigned_partitions_are_counted_for_every_topic_the_agents_read(pipeline: Pipeline) -> None:
+    """The co-occurrence topic's partitions were left out of ``mailpulse_assigned_partitions``."""
+    app_id = pipeline.settings.app_id
+    sender = SimpleNamespace(conf=SimpleNamespace(id=app_id))
+    assigned = {TP("clicks", 0), TP(names.events_topic(app_id), 1), TP(names.cooccurrence_topic(app_id), 1),
+                TP(names.cooccurrence_topic(app_id), 2)}
+    await app_module._on_assignment(pipeline)(sender, assigned)
+
+    def owned(topic: str) -> float | None:
+        return pipeline.metrics.registry.get_sample_value("mailpulse_assigned_partitions", {"topic": topic})
+
+    assert (owned("clicks"), owned("carts"), owned(names.events_topic(app_id))) == (1, 0, 1)
+    assert owned(names.cooccurrence_topic(app_id)) == 2
+
+
 def _event(event_id: str, etype: str = "page_view", **extra: Any) -> dict[str, Any]:
     kind = "identities" if etype == "erase" else "clicks"
     return {"event_id": event_id, "type": etype, "ts": 1772359200000, "kind": kind,
