@@ -397,6 +397,28 @@ def test_a_time_zone_that_puts_the_birthday_before_the_clock_fires_it_at_once() 
     assert p.state["rules"]["timers"]["birthday"][1] == "birthday:2027"
 
 
+def test_a_time_zone_west_of_utc_learnt_after_the_utc_moment_keeps_this_years_birthday() -> None:
+    """The birthday learnt at 10:00 UTC on the day (after 09:00 UTC: the timer went to next year), the
+    zone a minute later: 09:00 in Los Angeles is 17:00 UTC, still to come.  It was skipped to 2027."""
+    t = ms("2026-03-05T10:00:00Z")
+    p = Person()
+    p.arrive(ev("i-1", "identify", t, traits={"birthday": "1990-03-05"}),
+             ev("c-1", "page_view", t + MIN, context={"timezone": "America/Los_Angeles"}))
+    p.to(t + 2 * DAY)
+    assert [at for kind, at in p.types() if kind == "birthday"] == ["2026-03-05T17:00:00.000Z"]
+    assert p.state is not None and p.state["rules"]["timers"]["birthday"][1] == "birthday:2027"
+
+
+def test_a_birthday_that_fired_is_not_sent_again_when_the_zone_moves_west() -> None:
+    t = ms("2026-03-01T10:00:00Z")
+    p = Person()
+    p.arrive(ev("i-1", "identify", t, traits={"birthday": "1990-03-05"}, context={"timezone": "Asia/Tokyo"}))
+    p.to(ms("2026-03-05T01:00:00Z"))  # fired at 00:00 UTC (09:00 in Tokyo)
+    p.arrive(ev("c-1", "page_view", ms("2026-03-05T02:00:00Z"), context={"timezone": "America/Los_Angeles"}))
+    p.to(t + 10 * DAY)
+    assert [at for kind, at in p.types() if kind == "birthday"] == ["2026-03-05T00:00:00.000Z"]
+
+
 def test_an_identify_that_repeats_the_birthday_with_a_time_zone_keeps_this_years_birthday() -> None:
     """A CRM's sync sends every trait again, now with a time zone that puts this year's birthday behind
     the clock: it fires at once, as with any other event bringing that zone (it was set again for the

@@ -40,6 +40,8 @@ MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
 DAY_MS = 24 * HOUR_MS
 
+#: The widest gap between two zones' clocks (UTC-12 to UTC+14): how far a birthday moment can move.
+ZONE_SPREAD_MS = 26 * HOUR_MS
 #: Timers owned by trigger rules (the timeline also keeps a ``segments`` timer).
 TRIGGER_TIMERS = ("cart_abandoned", "browse_abandoned", "post_purchase", "winback", "birthday")
 
@@ -88,22 +90,31 @@ def _birthday_moment(born: date, year: int, zone: tzinfo, hour: int) -> int:
     return int(moment.astimezone(UTC).timestamp() * 1000)
 
 
-def follow_time_zone(cfg: Triggers, profile: ProfileBody, rules: RuleState) -> None:
+def follow_time_zone(cfg: Triggers, profile: ProfileBody, rules: RuleState, now: int | None = None) -> None:
     """The birthday timer moved to ``hour`` in the profile's time zone as it is now, for the same
     year (a time zone can come after the birthday, with a later event's context).  A moment the
     zone puts before the profile's clock fires at the next step, stamped with it, as a late event's
-    trigger is."""
+    trigger is.  A timer set for next year because the birthday was learnt after this year's moment
+    (``learnt`` in its details) goes back to this year when the zone puts that moment after ``now``
+    (the step's time): learnt at 10:00 UTC on the birthday, a zone eight hours west still has 09:00
+    to come."""
     timer = rules["timers"].get("birthday")
     birthday = profile["traits"].get("birthday")
     if timer is None or not birthday or not timer[1].startswith("birthday:"):
         return
     try:
         born, year = date.fromisoformat(birthday), int(timer[1].removeprefix("birthday:"))
-        due = _birthday_moment(born, year, guardrails.zone_of(profile["context"].get("timezone")), cfg.birthday.hour)
+        zone = guardrails.zone_of(profile["context"].get("timezone"))
+        due = _birthday_moment(born, year, zone, cfg.birthday.hour)
+        if timer[2].get("learnt"):
+            step = [moment for moment in (now, rules["clock"]) if moment is not None]
+            earlier = _birthday_moment(born, year - 1, zone, cfg.birthday.hour)
+            if step and earlier > max(step):
+                year, due = year - 1, earlier
     except (TypeError, ValueError, OverflowError):
         return
-    if due != timer[0]:
-        timer[0] = due
+    if due != timer[0] or timer[1] != f"birthday:{year}":
+        timer[0], timer[1] = due, f"birthday:{year}"
 
 
 def _set_timer(rules: RuleState, name: str, due: int, cause: str, details: dict[str, Any] | None = None) -> None:
@@ -161,23 +172,31 @@ def on_event(cfg: Triggers, profile: ProfileBody, rules: RuleState, event: dict[
             due.append(Due("welcome", ts, event_id, {"source": event.get("source")}))
         if cfg.birthday.enabled and (event.get("traits") or {}).get("birthday"):
             if "birthday" in rules["timers"] and profile["traits"].get("birthday") == birthday_before:
-                follow_time_zone(cfg, profile, rules)  # the same birthday again (a CRM's sync of every trait)
+                follow_time_zone(cfg, profile, rules, ts)  # the same birthday again (a CRM's sync of every trait)
             else:
-                arm_birthday(cfg, profile, rules, ts if rules["clock"] is None else max(ts, rules["clock"]))
+                after = ts if rules["clock"] is None else max(ts, rules["clock"])
+                arm_birthday(cfg, profile, rules, after, learnt=True)
             return due
     if cfg.birthday.enabled and (event.get("context") or {}).get("timezone"):
-        follow_time_zone(cfg, profile, rules)
+        follow_time_zone(cfg, profile, rules, ts)
     return due
 
 
-def arm_birthday(cfg: Triggers, profile: ProfileBody, rules: RuleState, after: int) -> None:
-    """Sets the birthday timer to the next birthday after ``after`` (from the current trait)."""
+def arm_birthday(cfg: Triggers, profile: ProfileBody, rules: RuleState, after: int, learnt: bool = False) -> None:
+    """Sets the birthday timer to the next birthday after ``after`` (from the current trait);
+    ``learnt``: the trait was just given (not a birthday that fired), so the year before was not sent."""
     birthday = profile["traits"].get("birthday")
     nxt = next_birthday(birthday, after, profile["context"].get("timezone"), cfg.birthday.hour) if birthday else None
     if nxt is None:
         _cancel(rules, "birthday")
-    else:
-        _set_timer(rules, "birthday", nxt[0], f"birthday:{nxt[1]}")
+        return
+    details = None
+    if learnt and birthday:  # marked only where another zone could still put the skipped year's moment ahead
+        skipped = _birthday_moment(date.fromisoformat(birthday), nxt[1] - 1, guardrails.zone_of(
+            profile["context"].get("timezone")), cfg.birthday.hour)
+        if after - skipped < ZONE_SPREAD_MS:
+            details = {"learnt": True}
+    _set_timer(rules, "birthday", nxt[0], f"birthday:{nxt[1]}", details)
 
 
 def on_timer(cfg: Triggers, profile: ProfileBody, rules: RuleState, name: str, timer: list[Any],
