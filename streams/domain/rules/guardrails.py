@@ -179,4 +179,8 @@ def send_time(cfg: Guardrails, at: int, timezone: str | None, hours: Sequence[in
     quiet = cfg.quiet_hours
     if quiet.enabled and _in_quiet_hours(_hour_of(send_at, zone), quiet.start_hour, quiet.end_hour):
         send_at, reason = _next_wall_hour(send_at, quiet.end_hour, zone), "quiet_hours"
+        # a DST change that skips the end hour and the open hours after it (Apia skipped 30 December
+        # 2011) lands the first instant after it back in quiet hours: their next end, a day on
+        while _in_quiet_hours(_hour_of(send_at, zone), quiet.start_hour, quiet.end_hour):
+            send_at = _next_wall_hour(send_at + 1, quiet.end_hour, zone)
     return send_at, reason

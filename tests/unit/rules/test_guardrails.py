@@ -404,6 +404,16 @@ def test_a_skipped_half_hour_and_a_skipped_day() -> None:
     assert send_time(cfg(**NO_QUIET), at, "Pacific/Apia", peak(9)) == (utc(2011, 12, 30, 10, 0), "best_hour")
 
 
+def test_a_dst_change_that_skips_the_end_of_quiet_hours_and_the_hours_after_sends_at_their_next_end() -> None:
+    """The first instant after a skipped end hour can itself be quiet: Apia skipped 30 December 2011, so
+    a trigger at 22:00 on the 29th went out at 00:00 on the 31st; with quiet hours 03:00-02:00 the one
+    open hour of the Berlin spring night does not exist, and 03:00 CEST is quiet again."""
+    at = utc(2011, 12, 30, 8, 0)  # 22:00 on the 29th (-10); 08:00 on the 31st (+14) is 18:00 UTC on the 30th
+    assert send_time(cfg(), at, "Pacific/Apia", None) == (utc(2011, 12, 30, 18, 0), "quiet_hours")
+    at = utc(2024, 3, 30, 20, 0)  # 21:00 CET; 02:00 on the 31st is skipped, 02:00 CEST on 1 April is 00:00 UTC
+    assert send_time(quiet(3, 2), at, BERLIN, None) == (utc(2024, 4, 1, 0, 0), "quiet_hours")
+
+
 @given(at=st.integers(min_value=0, max_value=utc(2100, 1, 1, 0, 0)), hour=st.integers(min_value=0, max_value=23))
 def test_the_utc_arithmetic_agrees_with_the_general_wall_time_path(at: int, hour: int) -> None:
     """A profile without a time zone (``UTC``) takes the arithmetic path; ``ZoneInfo("UTC")`` takes the
