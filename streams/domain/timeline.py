@@ -336,6 +336,7 @@ def advance(state: LiveState, watermark: int | None, rules: RuleSet, now_ms: int
         out.changed = True
         if profile["consent"].get("email") is False:  # the merged consent: what is on its way stops here
             out.withdrawn = withdrawn_on_time = rs["clock"]
+        triggers.follow_merge(cfg.triggers, profile, rs)
         _evaluate_segments(state, cart, rs["clock"], rules, now_ms, out)
     while True:
         timer_name, timer_due = _first_timer(timers)

@@ -11,6 +11,7 @@ import pytest
 from schemas.timeparse import parse_timestamp
 from streams.domain.config import PipelineConfig
 from streams.domain.identity import profile_key
+from streams.domain.merge import merge_states
 from streams.domain.timeline import RuleSet, advance, next_due, receive, trigger_id
 from streams.ingest import Accepted, Source, decode
 
@@ -417,6 +418,27 @@ def test_a_birthday_that_fired_is_not_sent_again_when_the_zone_moves_west() -> N
     p.arrive(ev("c-1", "page_view", ms("2026-03-05T02:00:00Z"), context={"timezone": "America/Los_Angeles"}))
     p.to(t + 10 * DAY)
     assert [at for kind, at in p.types() if kind == "birthday"] == ["2026-03-05T00:00:00.000Z"]
+
+
+@pytest.mark.parametrize(
+    ("birthday_a", "context_b", "birthday_b", "expected"),
+    [("1990-03-05", {"timezone": "Pacific/Auckland"}, None, "2026-03-04T20:00:00.000Z"),  # 09:00 in Auckland
+     ("1990-07-01", {}, "1990-03-05", "2026-03-05T09:00:00.000Z")],  # the merged (newest) birthday's day
+)
+def test_a_merge_reads_the_birthday_timer_with_the_merged_trait_and_time_zone(
+        birthday_a: str, context_b: dict[str, str], birthday_b: str | None, expected: str) -> None:
+    """Two profiles of one person merged: the birthday timer kept (the later of the two) was read with
+    neither the merged time zone (09:00 UTC, 22:00 in Auckland: sent the day after the birthday) nor
+    the merged birthday (the older trait's day, 1 July, for a person whose birthday is 5 March)."""
+    t = ms("2026-03-01T10:00:00Z")
+    a = Person().arrive(ev("i-1", "identify", t, traits={"birthday": birthday_a})).to(t)
+    traits = {"birthday": birthday_b} if birthday_b else {}
+    b = Person().arrive(ev("i-2", "identify", t + MIN, user="u-2", traits=traits, context=context_b)).to(t + MIN)
+    assert a.state is not None and b.state is not None
+    merged = merge_states(a.state, b.state, a.state["profile"]["key"])
+    merged["rules"]["dirty"] = True  # as the identity graph marks a merged profile
+    out = advance(merged, t + 200 * DAY, RULES, 0)
+    assert [tr["at"] for tr in out.triggers if tr["type"] == "birthday"] == [expected]
 
 
 def test_an_identify_that_repeats_the_birthday_with_a_time_zone_keeps_this_years_birthday() -> None:

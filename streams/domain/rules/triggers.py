@@ -117,6 +117,21 @@ def follow_time_zone(cfg: Triggers, profile: ProfileBody, rules: RuleState, now:
         timer[0], timer[1] = due, f"birthday:{year}"
 
 
+def follow_merge(cfg: Triggers, profile: ProfileBody, rules: RuleState) -> None:
+    """After a merge: the birthday timer (the later of both profiles') read with the merged trait and
+    time zone, as one profile that had known both would have it.  In the zone now known it moves as
+    :func:`follow_time_zone` moves it; one set for the other profile's birthday (a different day)
+    is set again from the merged trait, after the clock."""
+    timer = rules["timers"].get("birthday")
+    clock = rules["clock"]
+    if not cfg.birthday.enabled or timer is None or clock is None:
+        return
+    before = timer[0]
+    follow_time_zone(cfg, profile, rules, clock)
+    if abs(timer[0] - before) >= ZONE_SPREAD_MS:
+        arm_birthday(cfg, profile, rules, clock)
+
+
 def _set_timer(rules: RuleState, name: str, due: int, cause: str, details: dict[str, Any] | None = None) -> None:
     rules["timers"][name] = [due, cause, dict(details) if details else {}]  # a dict of its own per timer
 
