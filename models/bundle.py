@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -110,6 +111,8 @@ class ModelBundle:
             raise ModelError(f"{model_path}: not the file its manifest was written with (its SHA-256 differs): "
                              "damaged or replaced; restore it or train again")
         problem = _layout_problem(data)
+        if problem is None:
+            problem = _leaf_problem(data)
         if problem is None and checksum is None:  # (a bundle trained before the manifest kept it)
             problem = _parse_problem(data)  # a number damaged inside a tree: only a parse tells, and it aborts
         if problem is not None:
@@ -154,6 +157,19 @@ def _layout_problem(data: bytes) -> str | None:
         at += length
     if not data.startswith(b"end of trees\n", at):
         return "it ends before its last tree does"
+    return None
+
+
+def _leaf_problem(data: bytes) -> str | None:
+    """A leaf value that is not a finite number (NaN or infinite): LightGBM reads it, and a profile that
+    reaches that leaf gets no probability (NaN) or one that the calibration cannot place."""
+    for number, line in enumerate(line for line in data.split(b"\n") if line.startswith(b"leaf_value=")):
+        try:
+            values = [float(value) for value in line.removeprefix(b"leaf_value=").split()]
+        except ValueError:
+            return f"a leaf value of tree {number} is not a number"
+        if not all(math.isfinite(value) for value in values):
+            return f"a leaf value of tree {number} is not a number"
     return None
 
 

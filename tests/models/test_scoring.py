@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import lightgbm
 import numpy as np
@@ -200,3 +203,36 @@ def test_lightgbm_is_loaded_without_pandas_and_sklearn_and_predicts_the_same() -
         "": [], "import pandas": ["pandas"], "import lightgbm": ["pandas", "sklearn"]}
     predictions = [predicted for _, predicted in runs.values()]
     assert len(predictions[0]) == 200 and predictions[0] == predictions[1] == predictions[2]
+
+
+def _edited_model(tmp_path: Path, edit: Any, calibrated: bool = True) -> Path:
+    """A copy of the shipped models whose model file ``edit`` (text -> text) changed, the sizes of the
+    trees in its header and the manifest's checksum made to match (a whole file, as LightGBM reads it)."""
+    shutil.copytree(SHIPPED_DIR, tmp_path / "m")
+    manifest = json.loads((tmp_path / "m" / MANIFEST).read_text())
+    model = tmp_path / "m" / manifest["files"]["purchase"]
+    head, trees = model.read_text().split("\nTree=0\n", 1)
+    first, rest = ("Tree=0\n" + trees).split("\nTree=1\n", 1)
+    header, first = edit(head), edit(first + "\n")
+    sizes = re.search(r"tree_sizes=(.*)", header)
+    assert sizes is not None
+    numbers = sizes.group(1).split()
+    numbers[0] = str(len(first))
+    header = header.replace(sizes.group(0), "tree_sizes=" + " ".join(numbers))
+    model.write_text(header + "\n" + first + "Tree=1\n" + rest)
+    manifest["sha256"]["purchase"] = hashlib.sha256(model.read_bytes()).hexdigest()
+    if not calibrated:
+        manifest["calibration"] = None
+    (tmp_path / "m" / MANIFEST).write_text(json.dumps(manifest))
+    return tmp_path / "m"
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+@pytest.mark.parametrize("calibrated", [True, False])
+def test_a_model_whose_leaf_is_not_a_number_is_refused(tmp_path: Path, value: str, calibrated: bool) -> None:
+    # (was loaded: a profile that reached that leaf was scored NaN, written as null by score and sent on
+    # scores, or the calibration's lookup raised an IndexError, a traceback from score and a crashed worker)
+    directory = _edited_model(tmp_path, lambda text: re.sub(r"leaf_value=\S+", f"leaf_value={value}", text,
+                                                            count=1), calibrated)
+    with pytest.raises(ModelError, match="not a number"):
+        ModelBundle.load(directory)
