@@ -125,6 +125,9 @@ class ModelBundle:
         if booster.num_feature() != len(FEATURES):  # predict would fail on every profile
             raise ModelError(f"{model_path}: the model takes {booster.num_feature()} features, "
                              f"the manifest names {len(FEATURES)}")
+        if booster.feature_name() != list(FEATURES):  # each row's columns would go to the wrong feature
+            raise ModelError(f"{model_path}: trained with other features (or another order) than this version "
+                             "computes; train again with `mailpulse train`")
         return cls(str(version), horizon, str(as_of), booster, directory, calibration)
 
     def purchase_probabilities(self, rows: Sequence[Sequence[float]]) -> list[float]:

@@ -236,3 +236,12 @@ def test_a_model_whose_leaf_is_not_a_number_is_refused(tmp_path: Path, value: st
                                                             count=1), calibrated)
     with pytest.raises(ModelError, match="not a number"):
         ModelBundle.load(directory)
+
+
+def test_a_model_trained_with_its_features_in_another_order_is_refused(tmp_path: Path) -> None:
+    # (was loaded: every row's columns went to the model in the order it was not trained on)
+    directory = _edited_model(tmp_path, lambda text: text.replace(
+        "feature_names=days_since_first_seen days_since_last_activity",
+        "feature_names=days_since_last_activity days_since_first_seen"))
+    with pytest.raises(ModelError, match="other features"):
+        ModelBundle.load(directory)
