@@ -128,6 +128,11 @@ class ModelBundle:
         if booster.feature_name() != list(FEATURES):  # each row's columns would go to the wrong feature
             raise ModelError(f"{model_path}: trained with other features (or another order) than this version "
                              "computes; train again with `mailpulse train`")
+        objective = next((line.removeprefix(b"objective=").split(b" ")[0] for line in data.split(b"\n", 64)[:64]
+                          if line.startswith(b"objective=")), b"")
+        if objective != b"binary":  # its outputs are no probabilities: scores below 0 or above 1
+            raise ModelError(f"{model_path}: a model with objective {objective.decode(errors='replace')[:40]!r}, "
+                             "not 'binary': its outputs are not purchase probabilities")
         return cls(str(version), horizon, str(as_of), booster, directory, calibration)
 
     def purchase_probabilities(self, rows: Sequence[Sequence[float]]) -> list[float]:

@@ -238,6 +238,15 @@ def test_a_model_whose_leaf_is_not_a_number_is_refused(tmp_path: Path, value: st
         ModelBundle.load(directory)
 
 
+@pytest.mark.parametrize("objective", ["regression", "poisson", "lambdarank"])
+def test_a_model_that_does_not_give_probabilities_is_refused(tmp_path: Path, objective: str) -> None:
+    # (was loaded: its raw outputs became purchase probabilities below 0 or above 1, churn the rest)
+    directory = _edited_model(tmp_path, lambda text: text.replace("objective=binary sigmoid:1",
+                                                                  f"objective={objective}"), calibrated=False)
+    with pytest.raises(ModelError, match="objective"):
+        ModelBundle.load(directory)
+
+
 def test_a_model_trained_with_its_features_in_another_order_is_refused(tmp_path: Path) -> None:
     # (was loaded: every row's columns went to the model in the order it was not trained on)
     directory = _edited_model(tmp_path, lambda text: text.replace(
