@@ -36,6 +36,8 @@ from models.features import FEATURES
 MANIFEST = "manifest.json"
 #: The models shipped with mailpulse (trained on ``mailpulse generate`` history: see its manifest).
 SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
+#: The longest ``version`` a manifest may hold (``train`` writes ``YYYYMMDD-`` and 8 hex digits).
+MAX_VERSION = 128
 #: ``mailpulse_model_info``'s ``model`` labels.
 MODEL_NAMES = ("purchase_probability", "churn_probability")
 #: Libraries lightgbm imports whenever they are installed (for DataFrame input and its scikit-learn
@@ -91,6 +93,9 @@ class ModelBundle:
         try:
             version, horizon, as_of = manifest["version"], float(manifest["horizon_days"]), manifest["as_of"]
             features, model_file = manifest["features"], manifest["files"]["purchase"]
+            if not isinstance(version, str) or not 0 < len(version) <= MAX_VERSION or not version.isprintable():
+                raise ValueError(f"version {str(version)[:40]!r} is not a name of one line")  # (it is in every
+                # scores message, prediction and churn trigger id, and in score's summary line)
             if not isinstance(model_file, str) or not model_file or "\0" in model_file:  # (else a TypeError or
                 raise ValueError(f"files.purchase {model_file!r} is not a file name")  # ValueError in the read)
             checksum = (manifest.get("sha256") or {}).get("purchase")  # (none before the manifest kept it)
@@ -133,7 +138,7 @@ class ModelBundle:
         if objective != b"binary":  # its outputs are no probabilities: scores below 0 or above 1
             raise ModelError(f"{model_path}: a model with objective {objective.decode(errors='replace')[:40]!r}, "
                              "not 'binary': its outputs are not purchase probabilities")
-        return cls(str(version), horizon, str(as_of), booster, directory, calibration)
+        return cls(version, horizon, str(as_of), booster, directory, calibration)
 
     def purchase_probabilities(self, rows: Sequence[Sequence[float]]) -> list[float]:
         """P(at least one purchase in the horizon) for each feature row (:func:`models.features.feature_row`)."""

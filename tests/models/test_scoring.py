@@ -254,3 +254,16 @@ def test_a_model_trained_with_its_features_in_another_order_is_refused(tmp_path:
         "feature_names=days_since_last_activity days_since_first_seen"))
     with pytest.raises(ModelError, match="other features"):
         ModelBundle.load(directory)
+
+
+@pytest.mark.parametrize("version", ["20260531-bab6c673\nmailpulse: scored 0 profiles", "", None, 5, {"a": 1},
+                                     "v" * 1000])
+def test_a_manifest_whose_version_is_not_a_one_line_name_is_a_model_error(tmp_path: Path, version: object) -> None:
+    # (was loaded as str(version): a line of its own in score's summary, and that text in every scores
+    # message, every prediction and the churn trigger's id)
+    shutil.copytree(SHIPPED_DIR, tmp_path / "m")
+    manifest = json.loads((tmp_path / "m" / MANIFEST).read_text())
+    manifest["version"] = version
+    (tmp_path / "m" / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match="version"):
+        ModelBundle.load(tmp_path / "m")
