@@ -117,7 +117,7 @@ class ModelBundle:
                              "damaged or replaced; restore it or train again")
         problem = _layout_problem(data)
         if problem is None:
-            problem = _leaf_problem(data)
+            problem = _header_problem(data) or _leaf_problem(data)
         if problem is None and checksum is None:  # (a bundle trained before the manifest kept it)
             problem = _parse_problem(data)  # a number damaged inside a tree: only a parse tells, and it aborts
         if problem is not None:
@@ -170,6 +170,18 @@ def _layout_problem(data: bytes) -> str | None:
         at += length
     if not data.startswith(b"end of trees\n", at):
         return "it ends before its last tree does"
+    return None
+
+
+def _header_problem(data: bytes) -> str | None:
+    """A header of other than one tree an iteration for one class, as ``train`` writes: two classes give
+    no single probability, two trees an iteration other sums, and a huge number ends LightGBM's parse
+    (a segmentation fault)."""
+    header = data[:data.find(b"\nTree=0\n")].split(b"\n")
+    for name in (b"num_class", b"num_tree_per_iteration"):
+        value = next((line.removeprefix(name + b"=") for line in header if line.startswith(name + b"=")), b"")
+        if value != b"1":
+            return f"{name.decode()} is {value.decode(errors='replace')[:20] or 'missing'}, not 1"
     return None
 
 

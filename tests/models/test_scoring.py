@@ -267,3 +267,16 @@ def test_a_manifest_whose_version_is_not_a_one_line_name_is_a_model_error(tmp_pa
     (tmp_path / "m" / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(ModelError, match="version"):
         ModelBundle.load(tmp_path / "m")
+
+
+@pytest.mark.parametrize(("line", "value"), [("num_class", 2), ("num_tree_per_iteration", 2),
+                                             ("num_tree_per_iteration", 10**9), ("num_class", 10**9)])
+def test_a_model_of_more_than_one_output_is_refused_before_it_parses(tmp_path: Path, line: str, value: int) -> None:
+    """(was parsed: two classes made every prediction a TypeError, a traceback from score; two trees an
+    iteration gave other probabilities than the model's; 10^9 ended the process with a segmentation
+    fault.)  In a process of its own, so that a crash shows as one."""
+    directory = _edited_model(tmp_path, lambda text: text.replace(f"\n{line}=1\n", f"\n{line}={value}\n"))
+    done = subprocess.run([sys.executable, "-c", _LOAD.format(path=str(directory))], capture_output=True,
+                          text=True, timeout=120, cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 1, done.stderr[-500:]
+    assert "ModelError" in done.stderr and f"{line} is {value}" in done.stderr
