@@ -133,11 +133,15 @@ class ModelBundle:
         if booster.feature_name() != list(FEATURES):  # each row's columns would go to the wrong feature
             raise ModelError(f"{model_path}: trained with other features (or another order) than this version "
                              "computes; train again with `mailpulse train`")
-        objective = next((line.removeprefix(b"objective=").split(b" ")[0] for line in data.split(b"\n", 64)[:64]
-                          if line.startswith(b"objective=")), b"")
+        objective, *options = next((line.removeprefix(b"objective=").split(b" ") for line in data.split(b"\n", 64)[:64]
+                                    if line.startswith(b"objective=")), [b""])
         if objective != b"binary":  # its outputs are no probabilities: scores below 0 or above 1
             raise ModelError(f"{model_path}: a model with objective {objective.decode(errors='replace')[:40]!r}, "
                              "not 'binary': its outputs are not purchase probabilities")
+        for option in options:  # NaN or infinite: outputs NaN (LightGBM refuses 0 and negative ones itself)
+            if option.startswith(b"sigmoid:") and not 0 < _number(option.removeprefix(b"sigmoid:")) < math.inf:
+                raise ModelError(f"{model_path}: a binary model whose {option.decode(errors='replace')[:40]!r} is "
+                                 "not a positive number: its outputs are not purchase probabilities")
         return cls(version, horizon, str(as_of), booster, directory, calibration)
 
     def purchase_probabilities(self, rows: Sequence[Sequence[float]]) -> list[float]:
@@ -171,6 +175,14 @@ def _layout_problem(data: bytes) -> str | None:
     if not data.startswith(b"end of trees\n", at):
         return "it ends before its last tree does"
     return None
+
+
+def _number(text: bytes) -> float:
+    """``text`` as a number (NaN: not one)."""
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
 
 
 def _header_problem(data: bytes) -> str | None:

@@ -280,3 +280,15 @@ def test_a_model_of_more_than_one_output_is_refused_before_it_parses(tmp_path: P
                           text=True, timeout=120, cwd=Path(__file__).resolve().parents[2])
     assert done.returncode == 1, done.stderr[-500:]
     assert "ModelError" in done.stderr and f"{line} is {value}" in done.stderr
+
+
+@pytest.mark.parametrize("sigmoid", ["nan", "inf"])
+@pytest.mark.parametrize("calibrated", [True, False])
+def test_a_binary_model_whose_sigmoid_is_not_a_finite_number_is_refused(tmp_path: Path, sigmoid: str,
+                                                                          calibrated: bool) -> None:
+    # (was loaded: NaN made every prediction NaN, null in score's output and on scores, or an IndexError
+    # in the calibration; LightGBM itself refuses 0 and negative ones)
+    directory = _edited_model(tmp_path, lambda text: text.replace("objective=binary sigmoid:1",
+                                                                  f"objective=binary sigmoid:{sigmoid}"), calibrated)
+    with pytest.raises(ModelError, match="sigmoid"):
+        ModelBundle.load(directory)
