@@ -36,6 +36,8 @@ from models.features import FEATURES
 MANIFEST = "manifest.json"
 #: The models shipped with mailpulse (trained on ``mailpulse generate`` history: see its manifest).
 SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
+#: The most leaves a tree may have (LightGBM's own bound on ``num_leaves``).
+MAX_LEAVES = 131_072
 #: The longest ``version`` a manifest may hold (``train`` writes ``YYYYMMDD-`` and 8 hex digits).
 MAX_VERSION = 128
 #: ``mailpulse_model_info``'s ``model`` labels.
@@ -197,14 +199,31 @@ def _header_problem(data: bytes) -> str | None:
     return None
 
 
+#: The per-node lists of a tree: (name, entries less than its leaves).
+_NODE_LISTS = ((b"split_feature", 1), (b"split_gain", 1), (b"threshold", 1), (b"decision_type", 1),
+               (b"left_child", 1), (b"right_child", 1), (b"leaf_value", 0), (b"leaf_weight", 0), (b"leaf_count", 0),
+               (b"internal_value", 1), (b"internal_weight", 1), (b"internal_count", 1))
+
+
 def _leaf_problem(data: bytes) -> str | None:
-    """A leaf value that is not a finite number (NaN or infinite): LightGBM reads it, and a profile that
-    reaches that leaf gets no probability (NaN) or one that the calibration cannot place."""
-    for number, line in enumerate(line for line in data.split(b"\n") if line.startswith(b"leaf_value=")):
+    """A tree whose lists do not hold as many entries as its ``num_leaves`` says, whose children point
+    outside it, or a leaf value that is not a finite number (NaN or infinite).  LightGBM ends the
+    process on the first (an abort in its parse), reads outside the tree on the second, and on the
+    third a profile that reaches that leaf gets no probability (NaN) or one the calibration cannot place."""
+    for number, tree in enumerate(data.split(b"\nTree=")[1:]):
+        lines = dict(line.split(b"=", 1) for line in tree.split(b"\n", 20)[1:20] if b"=" in line)
         try:
-            values = [float(value) for value in line.removeprefix(b"leaf_value=").split()]
+            leaves = int(lines.get(b"num_leaves", b""))
+            lists = {name: lines[name].split() for name, _ in _NODE_LISTS if name in lines}
+            values = [float(value) for value in lists.get(b"leaf_value", ())]
+            children = [int(child) for name in (b"left_child", b"right_child") for child in lists.get(name, ())]
         except ValueError:
-            return f"a leaf value of tree {number} is not a number"
+            return f"tree {number} holds a value that is not a number"
+        if not 0 < leaves <= MAX_LEAVES or any(len(lists[name]) != leaves - fewer for name, fewer in _NODE_LISTS
+                                                if name in lists) or len(values) != leaves:
+            return f"tree {number} does not hold the {leaves} leaves it says"
+        if any(not -leaves <= child < leaves - 1 for child in children):
+            return f"tree {number} has a node outside it"
         if not all(math.isfinite(value) for value in values):
             return f"a leaf value of tree {number} is not a number"
     return None

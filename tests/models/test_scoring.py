@@ -292,3 +292,16 @@ def test_a_binary_model_whose_sigmoid_is_not_a_finite_number_is_refused(tmp_path
                                                                   f"objective=binary sigmoid:{sigmoid}"), calibrated)
     with pytest.raises(ModelError, match="sigmoid"):
         ModelBundle.load(directory)
+
+
+@pytest.mark.parametrize(("old", "new"), [("\nnum_leaves=31\n", "\nnum_leaves=1000000000\n"),
+                                          ("\nnum_leaves=31\n", "\nnum_leaves=30\n"),
+                                          ("\nleft_child=1 ", "\nleft_child=100000 ")])
+def test_a_tree_that_is_not_what_it_says_is_refused_before_it_parses(tmp_path: Path, old: str, new: str) -> None:
+    """(was parsed, its checksum matching: LightGBM aborted the process, and run or score died without a
+    word.)  In a process of its own, so that a crash shows as one."""
+    directory = _edited_model(tmp_path, lambda text: text.replace(old, new, 1))
+    done = subprocess.run([sys.executable, "-c", _LOAD.format(path=str(directory))], capture_output=True,
+                          text=True, timeout=120, cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 1, done.stderr[-500:]
+    assert "ModelError" in done.stderr and "tree 0" in done.stderr
