@@ -217,6 +217,7 @@ def _leaf_problem(data: bytes) -> str | None:
             lists = {name: lines[name].split() for name, _ in _NODE_LISTS if name in lines}
             values = [float(value) for value in lists.get(b"leaf_value", ())]
             children = [int(child) for name in (b"left_child", b"right_child") for child in lists.get(name, ())]
+            features = [int(feature) for feature in lists.get(b"split_feature", ())]
         except ValueError:
             return f"tree {number} holds a value that is not a number"
         if not 0 < leaves <= MAX_LEAVES or any(len(lists[name]) != leaves - fewer for name, fewer in _NODE_LISTS
@@ -224,6 +225,8 @@ def _leaf_problem(data: bytes) -> str | None:
             return f"tree {number} does not hold the {leaves} leaves it says"
         if any(not -leaves <= child < leaves - 1 for child in children):
             return f"tree {number} has a node outside it"
+        if any(not 0 <= feature < len(FEATURES) for feature in features):  # (a read outside the row)
+            return f"tree {number} splits on a feature the rows do not have"
         if not all(math.isfinite(value) for value in values):
             return f"a leaf value of tree {number} is not a number"
     return None

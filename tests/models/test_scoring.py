@@ -296,7 +296,9 @@ def test_a_binary_model_whose_sigmoid_is_not_a_finite_number_is_refused(tmp_path
 
 @pytest.mark.parametrize(("old", "new"), [("\nnum_leaves=31\n", "\nnum_leaves=1000000000\n"),
                                           ("\nnum_leaves=31\n", "\nnum_leaves=30\n"),
-                                          ("\nleft_child=1 ", "\nleft_child=100000 ")])
+                                          ("\nleft_child=1 ", "\nleft_child=100000 "),
+                                          ("\nsplit_feature=2 ", "\nsplit_feature=1000000 "),
+                                          ("\nsplit_feature=2 ", "\nsplit_feature=-1 ")])
 def test_a_tree_that_is_not_what_it_says_is_refused_before_it_parses(tmp_path: Path, old: str, new: str) -> None:
     """(was parsed, its checksum matching: LightGBM aborted the process, and run or score died without a
     word.)  In a process of its own, so that a crash shows as one."""
