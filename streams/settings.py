@@ -222,7 +222,34 @@ class Settings(BaseSettings):
             parts = urlsplit(url)
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ValueError("an http:// or https:// URL with a host")  # (links in e-mails, the webhook)
+            try:
+                parts.port  # noqa: B018 (it parses the port)
+            except ValueError:
+                raise ValueError("an http:// or https:// URL whose port is a number up to 65535") from None
         return url
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_address(cls, url: str | None) -> str | None:
+        """What the HTTP client can send to: every send to another URL failed as the target being
+        down, until the triggers ran out of retries."""
+        if url is not None:
+            if "@" in urlsplit(url).netloc:
+                raise ValueError("a URL without user:password@ (the client does not send them; the token goes "
+                                 "in MAILPULSE_WEBHOOK_TOKEN)")
+            if not all(33 <= ord(c) <= 126 for c in url):
+                raise ValueError("a URL of printable ASCII without spaces (percent-encode the rest; a host "
+                                 "in its xn-- form)")
+        return url
+
+    @field_validator("webhook_token")
+    @classmethod
+    def _header_token(cls, token: SecretStr | None) -> SecretStr | None:
+        """It is sent in a header, which carries printable Latin-1 only."""
+        if token is not None and not all(32 <= ord(c) <= 126 or 160 <= ord(c) <= 255
+                                         for c in token.get_secret_value()):
+            raise ValueError("a token of printable characters that an HTTP header carries (Latin-1)")
+        return token
 
     @property
     def bootstrap_servers(self) -> str:

@@ -146,6 +146,11 @@ def test_in_a_json_log_a_commands_error_is_one_json_object(capsys: pytest.Captur
     ("MAILPULSE_WALL_CLOCK_DELAY_S", "-3600"),  # the watermark an hour ahead of the wall clock
     ("MAILPULSE_SHOP_URL", "not a url"),
     ("MAILPULSE_UNSUBSCRIBE_URL", "shop.example.com/unsub"),  # broke the one-click unsubscribe header
+    # each of these made every webhook send fail as "target down" until the retries ran out
+    ("MAILPULSE_WEBHOOK_URL", "https://user:secret@api.example.com/send"),
+    ("MAILPULSE_WEBHOOK_URL", "https://api.example.com/send mail"),
+    ("MAILPULSE_WEBHOOK_URL", "https://api.example.com:99999/send"),
+    ("MAILPULSE_WEBHOOK_TOKEN", "tok\u20ac"),
     ("MAILPULSE_DELIVER_TIMEOUT_S", "1e10"),
     # an empty path was the current folder: the tables kept there, no scores, templates read from it
     ("MAILPULSE_DATA_DIR", ""),
