@@ -458,3 +458,11 @@ def test_folding_a_text_of_many_letter_characters_stays_as_long_as_the_longest_t
         assert folded and len(folded) <= 1024
         assert norm.name(letter * 512) == folded.replace(" ", "")
     assert norm.fold("Müller-Lüdenscheidt") == "muller ludenscheidt"
+
+
+def test_folding_keeps_the_capitals_a_compatibility_form_brings() -> None:
+    """Lowered before the compatibility decomposition only, U+210C (a black-letter H) and U+3250 (PTE in
+    a square) gave capitals that the letters' filter then dropped: U+210C 'ans' read as 'ans'."""
+    assert norm.fold("\u210cans") == "hans"
+    assert norm.fold("\u3250") == "pte"
+    assert norm.fold("\uff2a\uff4f\uff48\uff4e \u2167") == "john viii"  # (full-width John, Roman eight)

@@ -111,7 +111,9 @@ def fold(text: str) -> str:
     in Cyrillic, Greek, Arabic or Chinese a missing one, so such records were never compared."""
     text = text.strip().lower().replace("ß", "ss").replace("æ", "ae").replace("ø", "o").replace("ł", "l")
     if not text.isascii():
-        text = "".join(ch for ch in unicodedata.normalize("NFKD", text)[:FOLD_READ] if _kept(ch))
+        # (lowered again: a compatibility form can bring capitals the first lowering did not see, as
+        # U+210C's H or U+3250's PTE, which were dropped as not letters)
+        text = "".join(ch for ch in unicodedata.normalize("NFKD", text)[:FOLD_READ].lower() if _kept(ch))
     text = _NOT_LETTERS.sub(" ", text)
     return _SPACES.sub(" ", text).strip()
 
