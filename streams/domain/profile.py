@@ -566,10 +566,7 @@ def remember(state: LiveState, event: Event, retention_ms: int, dropped: Dropped
         # Amortized: a scan per 32 new ids, not per event (a busy person keeps hundreds within the
         # retention, and each of their events scanned them all); the map overshoots by < 32.
         horizon = _prune_seen(seen, max(seen.values()), retention_ms)
-        keep = limits.seen_ids - 32 if len(seen) > limits.seen_ids else len(seen)
-        id_bytes = sum(map(len, seen))
-        if id_bytes > limits.seen_id_bytes:  # long ids (up to 512 characters each are valid)
-            keep = min(keep, max(len(seen) * limits.seen_id_bytes // id_bytes - 32, 32))
+        keep = _seen_kept(seen, limits, 32)
         if keep < len(seen):
             horizon = max(horizon or 0, _trim_seen(seen, keep, dropped))
         if horizon is not None:
@@ -583,14 +580,21 @@ def _move_seen_from(state: LiveState, horizon: int) -> None:
         state[SEEN_FROM] = horizon
 
 
-def bound_seen(state: LiveState, limits: Limits, dropped: Dropped | None) -> None:
-    """The seen ids cut to their bounds at once (a merge's union of both sides' ids), the oldest
-    forgotten and counted, as :func:`remember` cuts them."""
-    seen = state["seen"]
-    keep = min(len(seen), limits.seen_ids)
+def _seen_kept(seen: Mapping[str, int], limits: Limits, slack: int) -> int:
+    """How many of the seen ids stay: all of them within ``limits.seen_ids`` and ``limits.seen_id_bytes``
+    (long ids: up to 512 characters each are valid), else ``slack`` fewer than the bound they pass."""
+    keep = limits.seen_ids - slack if len(seen) > limits.seen_ids else len(seen)
     id_bytes = sum(map(len, seen))
     if id_bytes > limits.seen_id_bytes:
-        keep = min(keep, max(len(seen) * limits.seen_id_bytes // id_bytes, 32))
+        keep = min(keep, max(len(seen) * limits.seen_id_bytes // id_bytes - slack, 32))
+    return keep
+
+
+def bound_seen(state: LiveState, limits: Limits, dropped: Dropped | None) -> None:
+    """The seen ids cut to their bounds at once (a merge's union of both sides' ids), the oldest
+    forgotten and counted, as :func:`remember` cuts them (without its slack: a merge cuts once)."""
+    seen = state["seen"]
+    keep = _seen_kept(seen, limits, 0)
     if keep < len(seen):
         _move_seen_from(state, _trim_seen(seen, keep, dropped))
 
