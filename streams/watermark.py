@@ -31,6 +31,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import orjson
+from typing_extensions import TypeIs
 
 from schemas.timeparse import MAX_EPOCH_MS
 
@@ -54,9 +55,14 @@ def clock_time(ts: Any) -> int:
     """``ts`` as a clock's time: an integer from 0 to the latest accepted event time (a clock never goes
     back, so one far ahead would make every later event late, and one past 64 bits could not be
     stored); else :class:`ValueError`."""
-    if type(ts) is not int or not 0 <= ts <= MAX_EPOCH_MS:
+    if not is_clock_time(ts):
         raise ValueError("a clock time is an integer from 0 to the latest accepted event time")
     return ts
+
+
+def is_clock_time(ts: object) -> TypeIs[int]:
+    """:func:`clock_time`'s rule, as a test."""
+    return type(ts) is int and 0 <= ts <= MAX_EPOCH_MS
 
 
 def stored_clocks(raw: bytes | None) -> dict[str, int]:
@@ -77,7 +83,7 @@ def stored_clocks(raw: bytes | None) -> dict[str, int]:
     times = value.values()
     if not times or ({*map(type, times)} == {int} and min(times) >= 0 and max(times) <= MAX_EPOCH_MS):
         return value  # (every record's, checked in C: a clock never holds anything else unless damaged)
-    return {name: ts for name, ts in value.items() if type(ts) is int and 0 <= ts <= MAX_EPOCH_MS}
+    return {name: ts for name, ts in value.items() if is_clock_time(ts)}
 
 
 def merge_clocks(clocks: dict[str, int], updates: Iterable[Sequence[Any]]) -> bool:
