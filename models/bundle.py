@@ -117,9 +117,10 @@ class ModelBundle:
         if checksum is not None and hashlib.sha256(data).hexdigest() != checksum:
             raise ModelError(f"{model_path}: not the file its manifest was written with (its SHA-256 differs): "
                              "damaged or replaced; restore it or train again")
+        header = _header(data)
         problem = _layout_problem(data)
         if problem is None:
-            problem = _header_problem(data) or _leaf_problem(data)
+            problem = _header_problem(header) or _leaf_problem(data)
         if problem is None and checksum is None:  # (a bundle trained before the manifest kept it)
             problem = _parse_problem(data)  # a number damaged inside a tree: only a parse tells, and it aborts
         if problem is not None:
@@ -135,8 +136,7 @@ class ModelBundle:
         if booster.feature_name() != list(FEATURES):  # each row's columns would go to the wrong feature
             raise ModelError(f"{model_path}: trained with other features (or another order) than this version "
                              "computes; train again with `mailpulse train`")
-        objective, *options = next((line.removeprefix(b"objective=").split(b" ") for line in data.split(b"\n", 64)[:64]
-                                    if line.startswith(b"objective=")), [b""])
+        objective, *options = header.get(b"objective", b"").split(b" ")
         if objective != b"binary":  # its outputs are no probabilities: scores below 0 or above 1
             raise ModelError(f"{model_path}: a model with objective {objective.decode(errors='replace')[:40]!r}, "
                              "not 'binary': its outputs are not purchase probabilities")
@@ -187,13 +187,22 @@ def _number(text: bytes) -> float:
         return math.nan
 
 
-def _header_problem(data: bytes) -> str | None:
+def _header(data: bytes) -> dict[bytes, bytes]:
+    """The model file's header (the lines before its first tree) as name -> value, the first of a name."""
+    header: dict[bytes, bytes] = {}
+    for line in data[:data.find(b"\nTree=0\n")].split(b"\n"):
+        name, equals, value = line.partition(b"=")
+        if equals:
+            header.setdefault(name, value)
+    return header
+
+
+def _header_problem(header: dict[bytes, bytes]) -> str | None:
     """A header of other than one tree an iteration for one class, as ``train`` writes: two classes give
     no single probability, two trees an iteration other sums, and a huge number ends LightGBM's parse
     (a segmentation fault)."""
-    header = data[:data.find(b"\nTree=0\n")].split(b"\n")
     for name in (b"num_class", b"num_tree_per_iteration"):
-        value = next((line.removeprefix(name + b"=") for line in header if line.startswith(name + b"=")), b"")
+        value = header.get(name, b"")
         if value != b"1":
             return f"{name.decode()} is {value.decode(errors='replace')[:20] or 'missing'}, not 1"
     return None
