@@ -20,7 +20,7 @@ from streams.domain import identity_graph as graph
 from streams.domain import possible_matches
 from streams.domain.identity import is_identity_key, profile_key, rank
 from streams.domain.merge import merge_states
-from streams.domain.profile import ABSORBS_KEPT, absorb_mark, bound_merged, snapshot, trim_currencies, trim_traits
+from streams.domain.profile import absorb_mark, bound_merged, newest_marks, snapshot, trim_currencies, trim_traits
 from streams.domain.resolution.blocks import block_keys, drop_member, on_block_message, person_record
 from streams.domain.rules import score_timer
 from streams.domain.state import ErasureMarker, LiveState, State
@@ -303,7 +303,7 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
     graph.add_claims(merged, absorbed.get("claimed", {}))
     graph.arrived(merged, message["from"])
     if mark is not None:
-        merged["absorbed"] = [*(m for m in merged.get("absorbed", ()) if m != mark), mark][-ABSORBS_KEPT:]
+        merged["absorbed"] = newest_marks([*merged.get("absorbed", ()), mark])
     blocks = [*merged.get("blocks", [])]
     blocks += [pair for pair in absorbed.get("blocks", []) if pair not in blocks]
     merged["blocks"] = blocks

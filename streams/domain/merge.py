@@ -31,7 +31,6 @@ from schemas.timeparse import parse_timestamp
 from streams.domain import possible_matches
 from streams.domain.identity import profile_id_for
 from streams.domain.profile import (
-    ABSORBS_KEPT,
     DEFAULT_LIMITS,
     SEEN_FROM,
     Dropped,
@@ -42,6 +41,7 @@ from streams.domain.profile import (
     keep_newest_purchases,
     listed_purchases,
     money,
+    newest_marks,
     refresh_view,
     spent,
     stamp_views,
@@ -120,7 +120,7 @@ def merge_states(survivor: LiveState | ErasureMarker, absorbed: LiveState | Eras
     bound_seen(result, limits, dropped)
     marks = [mark for state in live for mark in state.get("absorbed", ())]
     if marks:  # (the absorbed side's own: one delivered again to its key is forwarded here)
-        result["absorbed"] = list(dict.fromkeys(marks))[-ABSORBS_KEPT:]
+        result["absorbed"] = newest_marks(marks)
     if erased_at is not None:
         result["erased_at"] = erased_at
         _forget_until(result, erased_at)

@@ -16,7 +16,7 @@ import dataclasses
 import hashlib
 import math
 import operator
-from collections.abc import Container, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -602,6 +602,11 @@ def bound_seen(state: LiveState, limits: Limits, dropped: Dropped | None) -> Non
 #: The newest absorbs a profile remembers having taken (:func:`absorb_mark`); a redelivery comes within
 #: a commit interval or a rebalance, long before a person's profile takes in this many others.
 ABSORBS_KEPT: Final = 16
+
+
+def newest_marks(marks: Iterable[str]) -> list[str]:
+    """Absorb marks, oldest first, without repeats: the newest :data:`ABSORBS_KEPT` of them."""
+    return list(dict.fromkeys(marks))[-ABSORBS_KEPT:]
 
 
 def absorb_mark(seen: Mapping[str, int]) -> str:
