@@ -40,7 +40,7 @@ from streams import topics as names
 from streams.broker import free_port
 from streams.config_file import load_config
 from streams.consumer import App, FetchTimeMonitor
-from streams.cooccurrence import PairBuffer
+from streams.cooccurrence import CountedProducts, PairBuffer
 from streams.domain.config import PipelineConfig
 from streams.domain.identity import profile_id_for
 from streams.domain.rules.recommend import count_pairs, top_neighbours
@@ -135,6 +135,7 @@ class Pipeline:
     cooccurrence: Any
     identity_blocks: ProfileTable  # "b:<blocking key>" -> {profile key: person record} (fuzzy matching)
     product_neighbours: ProfileTable  # product -> {other product: count}
+    counted_products: CountedProducts  # the products it holds, per partition, in the order they go
     product_recs: ProductRecs  # every product's published top neighbours (started by the worker)
     pairs: PairBuffer  # co-occurrence pairs of the profile agent's steps, sent at the next commit's cut
     delayed_clocks: DelayedClocks  # input clocks of the ingest's batches, sent once the profile hop applied them
@@ -295,6 +296,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None, output: Outpu
     small = rocksdb_options(1)  # tables of small values: clocks, blocks, neighbours
     memory = RocksDBMemory.with_budget(settings.rocksdb_memory_mb)
     scorer = _load_scorer(settings, config, metrics, models)
+    neighbours = profile_table(app, output, "product-neighbours", settings.partitions, small, memory)
     p = Pipeline(
         settings=settings,
         app=app,
@@ -312,7 +314,11 @@ def create_app(settings: Settings, metrics: Metrics | None = None, output: Outpu
         cooccurrence=_raw_topic(app, names.cooccurrence_topic(settings.app_id), partitions=settings.partitions,
                                 internal=True),
         identity_blocks=profile_table(app, output, "identity-blocks", settings.partitions, small, memory),
-        product_neighbours=profile_table(app, output, "product-neighbours", settings.partitions, small, memory),
+        product_neighbours=neighbours,
+        counted_products=CountedProducts(
+            -(-settings.recs_products // settings.partitions),
+            lambda partition: neighbours.partition_items(
+                partition, lambda key: partition_for(key.decode("utf-8", "replace"), settings.partitions))),
         product_recs=ProductRecs(metrics.product_recs_read.inc,
                                  metrics.processing_errors.labels("product_recs", "record").inc,
                                  settings.recs_products, metrics.product_recs_evicted.inc),
@@ -405,6 +411,7 @@ def _on_revocation(p: Pipeline) -> Any:
         for table in p.tables:  # each table is written from the stream of one topic
             table.drop_staged(lost(cooccurrence_topic if table is p.product_neighbours else events_topic))
         p.pairs.drop(lost(events_topic))  # the new owner counts them again
+        p.counted_products.drop(lost(cooccurrence_topic))
         p.delayed_clocks.forget(lost(events_topic))  # their markers may never be applied here
 
     return on_partitions_revoked
@@ -798,6 +805,7 @@ def _cooccurrence_agent(p: Pipeline) -> Any:
     table, send = p.product_neighbours, p.output.send
     recs_topic = names.product_recs_topic(p.settings.app_id)
     dropped = p.metrics.product_neighbours_dropped
+    held_products, evicted = p.counted_products, p.metrics.product_neighbours_evicted
 
     def count(product: Any, counted: Any, partition: int) -> tuple[bytes, bytes | None]:
         """One entry's pairs added to the product's stored counts (staged): the product's key and its
@@ -817,6 +825,10 @@ def _cooccurrence_agent(p: Pipeline) -> Any:
             dropped.inc(named - len(neighbours))
         top = top_neighbours(neighbours)
         table.stage(key, orjson.dumps(neighbours), partition)
+        for gone in held_products.counted(partition, key):  # past the bound: the least recently counted go
+            table.stage(gone, None, partition)
+            send(recs_topic, gone, None)  # (the replicas drop it; compaction removes the key)
+            evicted.inc()
         return key, orjson.dumps(top) if top != before else None
 
     def handle(record: Any) -> None:

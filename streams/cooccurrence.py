@@ -9,11 +9,14 @@ product instead, and the worker sends them at the next offset commit's cut (befo
 flush, so no offset is committed before the pairs of the events it covers are delivered), or at once
 when it holds :data:`MOST_PAIRS` counts.  Recommendations are a slow signal: their counts now
 move once per commit interval (about a second) instead of once per step.
+
+:class:`CountedProducts` bounds how many products the co-occurrence agent's table holds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -94,3 +97,50 @@ class PairBuffer:
             counts = self._by_source.pop(source, None)
             if counts:
                 self.held -= sum(len(others) for others in counts.values())
+
+
+class CountedProducts:
+    """The products the ``product-neighbours`` table holds, per partition, least recently counted
+    first, and at most ``most`` in each: a product id comes from the input, so an upstream that sends
+    a session id as ``product_id`` would otherwise grow the table, its changelog and the compacted
+    recommendations topic by one key per session, for good.  Past the bound the least recently counted
+    products go (:meth:`counted` names them; the caller deletes them from the table and the topic).
+
+    A partition's order is built the first time it is counted on this worker, from what the table
+    holds: then the products with the fewest counts go first, until each is counted again."""
+
+    def __init__(self, most: int, load: Callable[[int], Iterable[tuple[bytes, bytes]]]) -> None:
+        self.most = most
+        self._load = load  # a partition's (key, value) pairs, as the table holds them
+        self._order: dict[int, OrderedDict[bytes, None]] = {}
+
+    def counted(self, partition: int, key: bytes) -> list[bytes]:
+        """``key`` was counted in ``partition``: the keys to delete now to stay within the bound."""
+        order = self._order.get(partition)
+        if order is None:
+            order = self._order[partition] = self._built(partition)
+        order[key] = None
+        order.move_to_end(key)
+        gone: list[bytes] = []
+        while len(order) > self.most:
+            gone.append(order.popitem(last=False)[0])
+        return gone
+
+    def _built(self, partition: int) -> OrderedDict[bytes, None]:
+        weights: list[tuple[int, bytes]] = []
+        for key, value in self._load(partition):
+            if key[:1] == b"\xff":  # the partition's applied-offset marker: no product (not UTF-8)
+                continue
+            try:
+                counts = orjson.loads(value)
+                weight = sum(counts.values()) if isinstance(counts, dict) else 0
+            except (ValueError, TypeError):  # (a damaged value: first to go)
+                weight = 0
+            weights.append((weight if isinstance(weight, int) else 0, key))
+        weights.sort()
+        return OrderedDict.fromkeys(key for _, key in weights)
+
+    def drop(self, partitions: Iterable[int]) -> None:
+        """Forgets the partitions this worker lost: a new owner builds their order from the table."""
+        for partition in partitions:
+            self._order.pop(partition, None)

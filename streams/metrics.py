@@ -174,6 +174,12 @@ class Metrics:
             "Co-occurring products dropped from a product's counts past the strongest 50 it keeps (the weakest "
             "go; a product dropped and seen again starts from its new count)", registry=r,
         )
+        self.product_neighbours_evicted = Counter(
+            "mailpulse_product_neighbours_evicted",
+            "Products deleted from the product-neighbours table and the recommendations topic past "
+            "MAILPULSE_RECS_PRODUCTS over the partitions (the least recently counted go first; one counted "
+            "again starts from its new counts)", registry=r,
+        )
         self.product_recs_evicted = Counter(
             "mailpulse_product_recs_evicted",
             "Products dropped from this worker's replica of the recommendations past MAILPULSE_RECS_PRODUCTS "

@@ -125,7 +125,9 @@ class Settings(BaseSettings):
     recs_products: int = Field(
         default=MOST_PRODUCTS, ge=1, le=100_000_000,
         description="MAILPULSE_RECS_PRODUCTS: the most products whose recommendations each worker keeps in memory "
-        "(those written longest ago go first, counted in mailpulse_product_recs_evicted_total).",
+        "(those written longest ago go first, counted in mailpulse_product_recs_evicted_total), and the most "
+        "products the product-neighbours table counts over its partitions (those counted longest ago are deleted, "
+        "counted in mailpulse_product_neighbours_evicted_total).",
     )
     clock_delay_ms: int = Field(
         default=100, ge=0, le=60_000,

@@ -219,6 +219,23 @@ class ProfileTable(faust.Table[bytes, bytes]):
             if value is not None:
                 yield key, value
 
+    def partition_items(self, partition: int, partition_of: Callable[[bytes], int]) -> Iterator[tuple[bytes, bytes]]:
+        """Every (key, value) of ``partition``, staged and held values included (``partition_of``: a
+        key's partition, for a store that keeps all partitions in one place)."""
+        unwritten = {key: value for key, (part, value) in {**self._held, **self._staged}.items() if part == partition}
+        store: Any = self.data
+        stored: Iterable[tuple[bytes, bytes]]
+        if hasattr(store, "_db_for_partition"):
+            stored = store._db_for_partition(partition).items()
+        else:
+            stored = ((key, value) for key, value in self.items() if partition_of(key) == partition)
+        for key, value in stored:
+            if key not in unwritten:
+                yield key, value
+        for key, last in unwritten.items():
+            if last is not None:
+                yield key, last
+
     def drop_staged(self, partitions: set[int]) -> None:
         """Forgets the staged and held values of ``partitions`` (lost in a rebalance, see streams.app)."""
         if partitions:

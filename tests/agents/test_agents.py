@@ -464,7 +464,10 @@ async def test_a_run_stepped_again_record_by_record_gives_back_what_it_took_from
 
 def _with_rocksdb(tmp_path: Path) -> Pipeline:
     settings = Settings(broker="kafka://127.0.0.1:1", table_store="rocksdb", data_dir=tmp_path, partitions=4)
-    p = create_app(settings, output=RecordingOutput())
+    return _with_rocksdb_of(create_app(settings, output=RecordingOutput()))
+
+
+def _with_rocksdb_of(p: Pipeline) -> Pipeline:
 
     class Everything:
         def __contains__(self, tp: Any) -> bool:
@@ -663,6 +666,42 @@ def test_the_recommendations_replica_keeps_at_most_its_bound_and_counts_what_goe
     recs.apply(b"e", orjson.dumps(["x"]))
     assert [recs.get(product) for product in "abcde"] == [None, ["y"], None, ["x"], ["x"]]
     assert p.metrics.product_recs_evicted._value.get() == 2
+
+
+@pytest.mark.parametrize("store", ["memory", "rocksdb"])
+async def test_the_product_neighbours_table_keeps_at_most_its_bound_per_partition_and_tombstones_what_goes(
+        tmp_path: Path, store: str) -> None:
+    """Product ids come from the input: past ``MAILPULSE_RECS_PRODUCTS`` over the partitions the least
+    recently counted products leave the table (a changelog tombstone) and the recommendations topic (a
+    tombstone there too), counted; after a restart the products with the fewest counts go first."""
+    settings = Settings(broker="kafka://127.0.0.1:1", table_store=store, data_dir=tmp_path, partitions=4,
+                        recs_products=8)  # 2 products per partition
+    p = create_app(settings, output=RecordingOutput())
+    if store == "rocksdb":
+        p = _with_rocksdb_of(p)
+    products = [product for product in (f"p{n}" for n in range(200)) if partition_for(product, 4) == 0][:4]
+    first, second, third, fourth = products
+    async with agent(p, "cooccurrence").test_context() as cooccurrence:
+        await cooccurrence.put(orjson.dumps([[first, [["x", 5]]], [second, [["x", 1]]]]), partition=0)
+        await cooccurrence.put(orjson.dumps([[first, [["y", 1]]], [third, [["x", 1]]]]), partition=0)
+    table = p.product_neighbours
+    assert table.read_json(second.encode(), 0) is None  # counted longest ago: gone
+    assert table.read_json(first.encode(), 0) == {"x": 5, "y": 1} and table.read_json(third.encode(), 0) == {"x": 1}
+    assert (second.encode(), None) in [(key, value) for key, value, _ in sent(p, "mailpulse-product-recs")]
+    assert p.metrics.product_neighbours_evicted._value.get() == 1
+    p.write_staged()
+    changelog = [(key, value) for key, value, _ in p.output.sent.get(table.changelog_topic.get_topic_name(), [])]
+    assert (second.encode(), None) in changelog
+
+    p.counted_products.drop({0})  # the partition went and came back: its order is built from the table
+    async with agent(p, "cooccurrence").test_context() as cooccurrence:
+        for _ in range(2):  # (offsets 0 and 1 again: counted already)
+            await cooccurrence.put(b"[]", partition=0)
+        await cooccurrence.put(orjson.dumps([[fourth, [["x", 1]]]]), partition=0)
+    assert table.read_json(third.encode(), 0) is None  # the fewest counts: first to go
+    assert table.read_json(first.encode(), 0) == {"x": 5, "y": 1}
+    assert table.read_json(fourth.encode(), 0) == {"x": 1}
+    assert p.metrics.product_neighbours_evicted._value.get() == 2
 
 
 async def test_co_occurring_products_past_the_strongest_fifty_are_counted_as_dropped(pipeline: Pipeline) -> None:
