@@ -99,6 +99,11 @@ class PairBuffer:
                 self.held -= sum(len(others) for others in counts.values())
 
 
+#: The most products one count deletes: a table far past its bound (the bound lowered, or written by a
+#: version without one) shrinks by one product per count, not all at once in one record's handling.
+EVICTED_PER_COUNT = 2
+
+
 class CountedProducts:
     """The products the ``product-neighbours`` table holds, per partition, least recently counted
     first, and at most ``most`` in each: a product id comes from the input, so an upstream that sends
@@ -122,7 +127,7 @@ class CountedProducts:
         order[key] = None
         order.move_to_end(key)
         gone: list[bytes] = []
-        while len(order) > self.most:
+        while len(order) > self.most and len(gone) < EVICTED_PER_COUNT:
             gone.append(order.popitem(last=False)[0])
         return gone
 

@@ -3,7 +3,7 @@
 import orjson
 import pytest
 
-from streams.cooccurrence import PairBuffer
+from streams.cooccurrence import CountedProducts, PairBuffer
 from streams.routing import RECORD_BYTES, partition_for
 
 
@@ -87,3 +87,12 @@ def test_a_pair_larger_than_a_record_goes_alone_and_no_record_is_empty() -> None
     records = buffer.take()
     assert [len(orjson.loads(value)) for _, value in records] == [1, 2, 1]
     assert summed(records) == {"a": {huge: 1, "b": 1}, "c": {"d": 1, huge: 1}}
+
+
+def test_a_table_far_past_its_bound_shrinks_by_one_product_per_count_not_all_at_once() -> None:
+    stored = [(b"\xffapplied|0", b"7"), *((f"p{n}".encode(), orjson.dumps({"x": n + 1})) for n in range(10))]
+    products = CountedProducts(3, lambda partition: iter(stored))
+    assert products.counted(0, b"new") == [b"p0", b"p1"]  # the fewest counts first, two at most
+    assert products.counted(0, b"p9") == [b"p2", b"p3"]
+    gone = [products.counted(0, b"p9") for _ in range(4)]  # (the marker is never one of them)
+    assert gone == [[b"p4", b"p5"], [b"p6", b"p7"], [], []]
