@@ -113,6 +113,9 @@ PROFILE_RUN_RECORDS = 4
 TRIM_AFTER = 2_000
 #: How often ``mailpulse_consumer_lag`` is updated (seconds).
 LAG_EVERY_S = 1.0
+#: How often the broker is asked for the end of each assigned partition (seconds): the lag and the
+#: check that every partition is read (:meth:`streams.metrics.Health.watch_partitions`) use it.
+ENDS_EVERY_S = 10.0
 #: How often the event loop reports to /healthz and ``mailpulse_worker_state`` (seconds).
 HEALTH_EVERY_S = 1.0
 
@@ -143,6 +146,8 @@ class Pipeline:
     untrimmed: int = 0  # values written out since free memory was last given back
     #: ``(stage, seconds)`` of each offset commit (``mailpulse_commit_seconds``)
     observe_commit: Callable[[str, float], None] = lambda stage, seconds: None
+    #: The broker's end of each assigned partition the agents read, as last asked (:func:`_partition_ends`)
+    broker_ends: dict[Any, int] = field(default_factory=dict)
 
     @property
     def tables(self) -> tuple[ProfileTable, ...]:
@@ -342,6 +347,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None, output: Outpu
     if settings.clock_delay_ms:
         app.timer(interval=max(settings.clock_delay_ms / 2000, 0.01))(_delayed_clocks(p))
     app.timer(interval=LAG_EVERY_S)(_consumer_lag(p))
+    app.timer(interval=ENDS_EVERY_S)(_partition_ends(p))
     app.timer(interval=HEALTH_EVERY_S)(_health(p))
     return p
 
@@ -417,12 +423,59 @@ def _on_revocation(p: Pipeline) -> Any:
     return on_partitions_revoked
 
 
+def _read_topics(p: Pipeline) -> set[str]:
+    """The topics the agents read."""
+    return {*INPUT_TOPICS, names.events_topic(p.settings.app_id), names.cooccurrence_topic(p.settings.app_id)}
+
+
+def _end(consumer: Any, tp: Any, asked: int | None) -> int | None:
+    """A partition's end: the further of the broker's answer (``asked``) and the end as of the last
+    fetch (the embedded broker answers with the start of the partition's last batch, not its end)."""
+    fetched: int | None
+    try:
+        fetched = consumer.highwater(tp)  # None until the partition was fetched once
+    except Exception:  # (a partition revoked meanwhile)
+        fetched = None
+    if fetched is None:
+        return asked
+    return fetched if asked is None else max(fetched, asked)
+
+
+def _partition_ends(p: Pipeline) -> Any:
+    """Asks the broker for the end of every assigned partition the agents read, for the lag (the
+    end as of the last fetch stays put when fetching stops) and for the check that each is read: a
+    committed offset that does not move while the broker holds records past it fails /healthz (a
+    fetch that stopped, a partition left paused, records fetched and never handed on or acked, a
+    commit that the group no longer takes)."""
+    topics = _read_topics(p)
+
+    async def partition_ends() -> None:
+        consumer: Any = p.app.consumer
+        try:  # a check never stops the worker; a broker that does not answer is the broker probe's to tell
+            tps = [tp for tp in consumer.assignment() if tp.topic in topics]
+            ends = dict(await asyncio.wait_for(consumer.highwaters(*tps), ENDS_EVERY_S)) if tps else {}
+            # the committed offset: every step from the fetch to the agents' acks and the commit made it
+            positions: dict[Any, int | None] = {tp: consumer._committed_offset.get(tp) for tp in ends}
+            unknown = [tp for tp, position in positions.items() if position is None]  # nothing committed yet
+            if unknown:
+                positions.update(await asyncio.wait_for(consumer.earliest_offsets(*unknown), ENDS_EVERY_S))
+        except Exception as exc:
+            log.debug("partition ends not read: %s", type(exc).__name__)
+            return
+        p.broker_ends = ends
+        p.health.watch_partitions({f"{tp.topic}/{tp.partition}": (position, _end(consumer, tp, ends[tp]) or 0)
+                                   for tp, position in positions.items() if position is not None})
+
+    return partition_ends
+
+
 def _consumer_lag(p: Pipeline) -> Any:
     """``mailpulse_consumer_lag``: for each assigned partition of a topic the agents read, the messages
-    between its committed offset and the partition's end as of the last fetch (what a restart would
-    read again).  Partitions no longer assigned lose their series."""
+    between its committed offset and the partition's end, as of the last fetch or the broker's last
+    answer (:func:`_partition_ends`), whichever is further (what a restart would read again).
+    Partitions no longer assigned lose their series."""
     gauge = p.metrics.consumer_lag
-    topics = {*INPUT_TOPICS, names.events_topic(p.settings.app_id), names.cooccurrence_topic(p.settings.app_id)}
+    topics = _read_topics(p)
     shown: set[tuple[str, str]] = set()
 
     async def consumer_lag() -> None:
@@ -431,10 +484,7 @@ def _consumer_lag(p: Pipeline) -> Any:
         for tp in consumer.assignment():
             if tp.topic not in topics:
                 continue
-            try:  # a metric never stops the worker: a partition revoked meanwhile is skipped
-                end = consumer.highwater(tp)  # None until the partition was fetched once
-            except Exception:
-                continue
+            end = _end(consumer, tp, p.broker_ends.get(tp))  # (a fetch that stopped leaves its end behind)
             if end is None:
                 continue
             # From the committed offset, not the acked ones: what a restart would read again, so a

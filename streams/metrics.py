@@ -295,6 +295,28 @@ class Health:
                 wedged = f"agent {agent} took no record for {now - idle[1]:.0f} s while {queued} wait"
         self.wedged = wedged
 
+    #: Why a partition is not read: the broker holds records past its committed offset, which did not
+    #: move for :data:`AGENT_STALL_AFTER_S` while the worker was ready (a fetch that stopped, a partition
+    #: left paused: nothing reaches the agents, so :meth:`watch_agents` sees nothing waiting).
+    unread: str | None = None
+    _reading: dict[str, tuple[int, float]] = field(default_factory=dict)  # partition -> (position, since when)
+
+    def watch_partitions(self, positions: Mapping[str, tuple[int, int]], now: float | None = None) -> None:
+        """Called every few seconds with each assigned partition's (committed offset, the broker's
+        end): one whose offset stayed put for :data:`AGENT_STALL_AFTER_S` while records wait past
+        it, with the worker ready, is not being read."""
+        now = time.monotonic() if now is None else now
+        unread = None
+        for name, (position, end) in sorted(positions.items()):
+            seen = self._reading.get(name)
+            if position >= end or not self.ready or seen is None or seen[0] != position:
+                self._reading[name] = (position, now)
+            elif unread is None and now - seen[1] > AGENT_STALL_AFTER_S:
+                unread = f"partition {name} read nothing for {now - seen[1]:.0f} s while {end - position} records wait"
+        for name in self._reading.keys() - positions.keys():
+            del self._reading[name]
+        self.unread = unread
+
     started: bool = False  # the event loop has reported once
     #: Since when outputs have been queued with none acknowledged (None: the producer is keeping up).
     outputs_waiting_since: float | None = None
@@ -337,11 +359,13 @@ class Health:
 
     def failing(self, now: float | None = None) -> str | None:
         """Why the worker is not alive, as /healthz says it (None: it is): an agent crashed or is wedged,
-        a helper thread ended, or the event loop stalled."""
+        a partition is not read, a helper thread ended, or the event loop stalled."""
         if self.crashed is not None:
             return f"agent {self.crashed} crashed"
         if self.wedged is not None:
             return self.wedged
+        if self.unread is not None:
+            return self.unread
         helper = next((name for name, thread in self.helpers.items() if not thread.is_alive()), None)
         if helper is not None:
             return f"{helper} stopped"

@@ -1241,6 +1241,47 @@ async def test_health_reads_the_records_waiting_at_each_agent(pipeline: Pipeline
     assert pipeline.health.answer("/healthz") == (True, "ok\n")
 
 
+async def test_the_broker_ends_give_the_lag_and_a_partition_read_nothing_of_fails_healthz(pipeline: Pipeline) -> None:
+    """The lag counted to the end as of the last fetch, so a fetch that stopped showed none; the check
+    asks the broker for the ends, and reads each partition's position from its committed offset (else
+    the partition's start)."""
+    from streams.app import _consumer_lag, _partition_ends
+    from streams.metrics import AGENT_STALL_AFTER_S
+
+    clicks = [TP("clicks", n) for n in range(3)]
+
+    class Consumer:
+        ends = {clicks[0]: 50, clicks[1]: 9, clicks[2]: 30}
+        _committed_offset = {clicks[0]: 20, clicks[1]: 9}  # records up to 19 taken in, then nothing
+
+        def assignment(self) -> set[TP]:
+            return {*clicks, TP("elsewhere", 0)}
+
+        def highwater(self, tp: TP) -> int | None:
+            return 20 if tp == clicks[0] else None  # as of the last fetch
+
+        async def highwaters(self, *tps: TP) -> dict[TP, int]:
+            return {tp: self.ends[tp] for tp in tps}
+
+        async def earliest_offsets(self, *tps: TP) -> dict[TP, int]:
+            assert tps == (clicks[2],)  # nothing committed there
+            return {clicks[2]: 30}  # (retention took all it had)
+
+    pipeline.app.consumer = Consumer()  # type: ignore[assignment]
+    pipeline.health.ready = True
+    ends, lag = _partition_ends(pipeline), _consumer_lag(pipeline)
+    await ends()
+    await lag()
+    assert pipeline.metrics.consumer_lag.labels("clicks", "0")._value.get() == 30
+    assert pipeline.health.answer("/healthz") == (True, "ok\n")
+    position, since = pipeline.health._reading["clicks/0"]
+    pipeline.health._reading["clicks/0"] = (position, since - AGENT_STALL_AFTER_S - 1)
+    await ends()
+    healthy, body = pipeline.health.answer("/healthz")
+    assert not healthy and body.startswith("partition clicks/0 read nothing for") and "30 records wait" in body
+    assert set(pipeline.health._reading) == {"clicks/0", "clicks/1", "clicks/2"}
+
+
 async def test_the_worker_state_is_running_as_soon_as_it_is_ready(pipeline: Pipeline) -> None:
     """Recovery done, before the first health beat: /readyz and ``mailpulse_worker_state`` agree (a
     broker test once read "ready" and then a state that still said "starting")."""

@@ -264,6 +264,37 @@ def test_metrics_bind_loopback_and_an_ingest_failure_ends_the_worker_and_the_nex
     assert wanted <= forwarded(internal)
 
 
+def test_a_partition_the_worker_stops_reading_fails_healthz_and_shows_its_lag(broker, start_worker) -> None:
+    """A fetch that stopped (here: the partition left paused) hands the agents nothing, so none has
+    records waiting, and the lag counted to the end as of the last fetch stayed 0: the worker looked
+    alive and caught up while a partition's events piled up at the broker.  The broker's ends are
+    asked every few seconds (1 s and a 3 s wait in this test build)."""
+    worker: Worker = start_worker(command=[sys.executable, "-m", "tests.integration.stalled_worker"])
+    events = _many_events(20, 5)
+    _produce(broker.bootstrap, events)
+    worker.wait_metric("mailpulse_events_total", len(events), outcome="processed")
+    url = f"http://127.0.0.1:{worker.metrics_port}"
+    wait_until(lambda: _get(url + "/readyz")[0] == 200, timeout=30)
+    producer = Producer({"bootstrap.servers": broker.bootstrap})
+    stop = {"event_id": "stop-reading-this-partition", "timestamp": 1772445600000, "user_id": "s-1",
+            "type": "product_view", "product_id": "sku-1"}
+    producer.produce("clicks", orjson.dumps(stop), partition=1)
+    assert producer.flush(30) == 0
+    worker.wait_metric("mailpulse_events_total", len(events) + 1, outcome="processed")
+    for n in range(25):  # nothing of these is read
+        later = {**stop, "event_id": f"later-{n}", "timestamp": stop["timestamp"] + n}
+        producer.produce("clicks", orjson.dumps(later), partition=1)
+    assert producer.flush(30) == 0
+    seen: list[bytes] = []
+    try:
+        wait_until(lambda: seen.append(_get(url + "/healthz")[1]) or b"25 records wait" in seen[-1], timeout=30)
+    except AssertionError:
+        raise AssertionError(f"{sorted(set(seen))} {consumer_lags(worker.metrics_port)}") from None
+    assert seen[-1].startswith(b"partition clicks/1 read nothing for"), seen
+    assert consumer_lags(worker.metrics_port)[("clicks", "1")] == 25
+    assert worker.metric("mailpulse_worker_state", state="error") == 1
+
+
 def test_readyz_turns_red_when_the_broker_goes_away_while_healthz_stays_green(broker, start_worker) -> None:
     """Contract 7: /readyz answers 200 once the broker is reachable (and partitions are assigned and
     tables recovered); a broker that stops answering takes the worker out of service, while /healthz
