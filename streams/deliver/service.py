@@ -391,10 +391,13 @@ class Deliverer:
                 self.outage.failed(self.now_ms())
             else:  # the target answered: it is up (this message may go through later)
                 self.outage.up()
+            if exc.retry_after_s is not None:  # (a 429 or 503 that says when: every trigger waits for it)
+                self.outage.told_to_wait(self.now_ms() + int(exc.retry_after_s * 1000))
             self._show_target()  # (kept before what follows may take a while, or fail)
             if not self._again_later(trigger, str(exc)):
                 self._give_up(trigger, "retries_exhausted",
-                              self._earlier_attempts(trigger_id) + self.settings.deliver_attempts, str(exc))
+                              self._earlier_attempts(trigger_id) + (exc.attempts or self.settings.deliver_attempts),
+                              str(exc))
             return
         except Permanent as exc:
             if exc.answered:  # (not one refused before the target was asked: a down target stays down)
@@ -592,6 +595,13 @@ class Outage:
         again, and the waits go on doubling (a webhook's router may answer HEAD while every POST gets
         a 503); a failure later than that is counted afresh."""
         self.in_a_row, self.until_ms, self.probe_answered_ms = DOWN_AFTER - 1, 0, now_ms
+
+    def told_to_wait(self, until_ms: int) -> None:
+        """The target answered that it takes nothing before ``until_ms`` (a ``Retry-After``): it counts
+        as down until then, whatever the triggers in a row, and then the first trigger due probes it."""
+        self.in_a_row = max(self.in_a_row, DOWN_AFTER)
+        self.until_ms = max(self.until_ms, until_ms)
+        self.probe_answered_ms = None
 
     def down(self, now_ms: int) -> bool:
         return now_ms < self.until_ms

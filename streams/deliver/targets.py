@@ -41,9 +41,34 @@ class Temporary(Exception):
     401, 408 or 429), not this message
     (a full mailbox, greylisting, a request still in progress): only those make it count as down."""
 
-    def __init__(self, message: str, target_down: bool = True) -> None:
+    def __init__(self, message: str, target_down: bool = True, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.target_down = target_down
+        #: the target's ``Retry-After``: no request to it before that many seconds from now
+        self.retry_after_s = retry_after_s
+        self.attempts: int | None = None  # how many were made (set by :func:`with_retries`)
+
+
+#: The longest ``Retry-After`` taken (seconds): a longer one is taken as this (the rounds' longest wait).
+LONGEST_RETRY_AFTER_S = 3600.0
+
+
+def retry_after_s(value: str | None, now: float | None = None) -> float | None:
+    """A ``Retry-After`` header's wait in seconds (RFC 9110: delay-seconds or an HTTP-date), at most
+    :data:`LONGEST_RETRY_AFTER_S`; None when absent or unreadable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return min(float(int(value[:12])), LONGEST_RETRY_AFTER_S)
+    try:
+        at = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if at.tzinfo is None:  # (-0000: an HTTP-date is in GMT)
+        return None
+    wait = at.timestamp() - (time.time() if now is None else now)
+    return min(max(wait, 0.0), LONGEST_RETRY_AFTER_S)
 
 
 class Permanent(Exception):
@@ -90,9 +115,15 @@ def with_retries(send: Callable[[], Sent], attempts: int, backoff_s: float, on_r
     for attempt in range(1, attempts + 1):
         try:
             return send(), attempt
-        except Temporary:
+        except Temporary as exc:
+            exc.attempts = attempt
             if attempt == attempts:
                 raise
+            wait = rng.uniform(0, backoff_s * 2 ** (attempt - 1))  # "full jitter"
+            if exc.retry_after_s is not None:  # the target said when: not sooner, and not here if it is
+                if exc.retry_after_s > backoff_s * 2 ** (attempts - 1):  # past the longest backoff: the
+                    raise  # caller holds the trigger (and the target) until then
+                wait = max(wait, exc.retry_after_s)
         except (Permanent, OutcomeUnknown) as exc:
             exc.attempts = attempt
             raise
@@ -101,7 +132,7 @@ def with_retries(send: Callable[[], Sent], attempts: int, backoff_s: float, on_r
             unclassified.attempts = attempt
             raise unclassified from None
         on_retry()
-        sleep(rng.uniform(0, backoff_s * 2 ** (attempt - 1)))  # "full jitter"
+        sleep(wait)
     raise AssertionError("unreachable")
 
 
@@ -539,8 +570,10 @@ class Webhook:
                 if exc.code == 401:  # the token refused (rotated, mistyped): the target's set-up, the same
                     # for every message, so it counts as down rather than refusing each
                     raise Temporary("HTTP 401: the token was refused") from None
-                kind = Temporary if exc.code >= 500 or exc.code in (408, 429) else Permanent
-                raise kind(f"HTTP {exc.code}{' (a redirect: not followed)' if 300 <= exc.code < 400 else ''}") \
+                if exc.code >= 500 or exc.code in (408, 429):
+                    raise Temporary(f"HTTP {exc.code}", retry_after_s=retry_after_s(exc.headers.get("Retry-After"))
+                                    if exc.code in (429, 503) else None) from None
+                raise Permanent(f"HTTP {exc.code}{' (a redirect: not followed)' if 300 <= exc.code < 400 else ''}") \
                     from None
             except NO_ANSWER as exc:  # (an answer cut short too: sent again with the same idempotency
                 # key, the API answers with the first request's outcome)

@@ -1172,3 +1172,40 @@ def test_a_trigger_refused_before_the_target_is_asked_does_not_make_a_down_targe
         [(_, letter)] = producer.sent
         assert (letter["trigger_id"], letter["error"]["code"]) == ("t-€", "rejected")
         assert step.metrics.target_up._value.get() == 0 and step.outage.counted_down
+
+
+def test_a_webhook_that_asks_to_wait_holds_every_trigger_until_then(tmp_path: Path) -> None:
+    """A 429 with ``Retry-After: 600``: the trigger was tried again after a minute, and the triggers
+    after it each spent their attempts on the target meanwhile (three in a row to count it as down)."""
+    from http.server import BaseHTTPRequestHandler
+
+    from streams.deliver.targets import Webhook
+    from tests.unit.deliver.test_targets import serving
+
+    posts: list[str] = []
+
+    class Limited(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            posts.append(self.headers["Idempotency-Key"])
+            self.send_response(429)
+            self.send_header("Retry-After", "600")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    with serving(Limited) as url:
+        step, producer = deliverer(tmp_path, Webhook(url, None, 2))
+        now = [parse_timestamp("2026-03-01T12:00:00Z")]
+        step.now_ms = lambda: now[0]
+        step.handle(trigger(trigger_id="a"))
+        step.handle(trigger(trigger_id="b"))
+        assert posts == ["a"] and step.outage.counted_down and step.outage.until_ms == now[0] + 600_000
+        assert step.metrics.target_up._value.get() == 0 and step.ledger.held == 2 and not producer.sent
+        now[0] += 599_000
+        assert step.release_due() == 0 and posts == ["a"]
+        now[0] += 2_000
+        step.release_due()
+        assert posts[:2] == ["a", "b"]  # the first due probes it, no sooner than it asked

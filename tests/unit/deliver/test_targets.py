@@ -3,6 +3,7 @@ a connection lost after the hand-over is not retried (at most once), and a reply
 
 from __future__ import annotations
 
+import email.utils
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -469,3 +470,48 @@ def test_an_address_whose_domain_alone_is_international_goes_in_idna_to_a_server
     assert got["From"].addresses[0].addr_spec == "news@xn--bcher-kva.de"
     assert got["From"].addresses[0].display_name == "Bücher"
     assert m["To"] == "ana@bücher.de"  # (the message of the next attempt is unchanged)
+
+
+def test_a_retry_after_is_read_as_seconds_or_an_http_date_and_bounded() -> None:
+    from streams.deliver.targets import LONGEST_RETRY_AFTER_S, retry_after_s
+
+    now = 1_800_000_000.0
+    assert retry_after_s("120", now) == 120.0 and retry_after_s(" 0 ", now) == 0.0
+    assert retry_after_s(email.utils.formatdate(now + 90, usegmt=True), now) == 90.0
+    assert retry_after_s(email.utils.formatdate(now - 90, usegmt=True), now) == 0.0  # past: at once
+    assert retry_after_s("9" * 40, now) == LONGEST_RETRY_AFTER_S
+    assert [retry_after_s(value, now) for value in (None, "soon", "-5", "1.5", "٣")] == [None] * 5
+
+
+def test_a_webhook_429_or_503_that_says_when_is_tried_again_no_sooner_and_not_at_once_when_that_is_far() -> None:
+    """``Retry-After`` was not read: each attempt came after the backoff's jitter (milliseconds to
+    seconds), however long the target asked to wait, and every one was refused again."""
+    from streams.deliver.targets import Webhook
+
+    asked: list[str] = []
+
+    def limited(wait: str, status: int = 429) -> type[BaseHTTPRequestHandler]:
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                asked.append(self.command)
+                self.send_response(status if len(asked) == 1 else 200)
+                self.send_header("Retry-After", wait)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        return Handler
+
+    slept: list[float] = []
+    with serving(limited("2")) as url:
+        target = Webhook(url, None, timeout_s=2)
+        _, attempts = with_retries(lambda: target.send(message(), WELCOME), 3, 1.0, lambda: None, slept.append)
+    assert attempts == 2 and slept and slept[0] >= 2.0  # the second attempt no sooner than asked
+    asked.clear()
+    with serving(limited("60", 503)) as url, pytest.raises(Temporary) as failed:
+        target = Webhook(url, None, timeout_s=2)
+        with_retries(lambda: target.send(message(), WELCOME), 3, 1.0, lambda: None, slept.append)
+    assert failed.value.retry_after_s == 60.0 and failed.value.attempts == 1 and asked == ["POST"]
