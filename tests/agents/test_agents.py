@@ -1176,7 +1176,7 @@ async def test_consumer_lag_counts_from_the_committed_offset_not_the_acked_ones(
             return 100
 
     fake = SimpleNamespace(app=SimpleNamespace(consumer=Consumer()), metrics=pipeline.metrics,
-                           settings=pipeline.settings)
+                           settings=pipeline.settings, broker_ends={})
     await _consumer_lag(fake)()  # type: ignore[arg-type]
     gauge = pipeline.metrics.consumer_lag
     assert gauge.labels("clicks", "3")._value.get() == 60
