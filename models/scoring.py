@@ -63,6 +63,7 @@ class ScoreStats:
     profiles: int
     model_version: str
     seconds: float
+    model_as_of: str = ""  # the model's training cut (its manifest's ``as_of``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,4 +132,4 @@ def score_file(events_path: Path, as_of: int, models_dir: Path, out: Path, show_
         write_lines(out, (orjson.dumps(line) + b"\n" for line in lines))
     except OSError as exc:
         raise ScoreError(f"cannot write {out}: {exc.strerror}") from None
-    return ScoreStats(len(events), len(lines), bundle.version, time.monotonic() - started)
+    return ScoreStats(len(events), len(lines), bundle.version, time.monotonic() - started, bundle.as_of)

@@ -454,6 +454,13 @@ def cmd_score(args: argparse.Namespace) -> int:
                            jobs=args.jobs or default_jobs(), rules=rules)
     print(f"mailpulse: scored {stats.profiles} profiles from {stats.events} events with model "
           f"{stats.model_version} in {stats.seconds:.1f} s; wrote {args.out}", file=sys.stderr)
+    try:
+        trained_at: int | None = parse_timestamp(stats.model_as_of)
+    except ValueError:  # (a manifest without a readable cut: nothing to compare)
+        trained_at = None
+    if trained_at is not None and args.as_of < trained_at:
+        print(f"mailpulse: note: --as-of is before the model's training cut ({stats.model_as_of}): it learnt "
+              "from what followed, so these scores are no test of it", file=sys.stderr)
     return 0
 
 

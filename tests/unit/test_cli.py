@@ -453,3 +453,17 @@ def test_broker_on_a_taken_port_is_a_one_line_error_not_another_port(capsys: pyt
         code, out, err = run(capsys, "broker", "--port", str(port))
     assert code == 2 and err.count("\n") == 1 and f"port {port} is taken" in err, err
     assert "listening" not in out
+
+
+def test_score_notes_an_as_of_before_the_models_training_cut(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Scores of a time the model's training labels came after look like a test of the model and are
+    none: the note says so (the shipped model's cut is 2026-05-31)."""
+    from models.bundle import SHIPPED_DIR
+
+    events = tmp_path / "h.jsonl"
+    assert run(capsys, "generate", "--users", "5", "--days", "5", "--seed", "1", "--out", str(events))[0] == 0
+    for as_of, noted in (("2026-02-01", True), ("2026-06-01", False)):
+        code, _, err = run(capsys, "score", "--events", str(events), "--as-of", as_of, "--models", str(SHIPPED_DIR),
+                           "--out", str(tmp_path / "s.jsonl"), "--jobs", "1")
+        assert code == 0 and ("before the model's training cut (2026-05-31T00:00:00.000Z)" in err) is noted, err
