@@ -19,10 +19,13 @@ _MS = timedelta(milliseconds=1)
 #: The ISO-8601 forms we read: a date (calendar or week; Python's ``fromisoformat`` reads no ordinal
 #: date), ``T`` (``t``) or one space, a time, and ``Z`` (``z``, as RFC 3339 allows) or an offset in hours
 #: and minutes.  ``datetime.fromisoformat`` alone also reads a NUL or a space before the ``Z``, a NUL
-#: after it and offsets with seconds, which no ISO-8601 writer makes.
+#: after it and offsets with seconds, which no ISO-8601 writer makes.  (Group 1: the seconds.)
 _ISO_FORM = re.compile(
-    r"\d{4}-?(?:\d{2}-?\d{2}|W\d{2}-?\d)[Tt ]\d{2}(?::?\d{2}(?::?\d{2}(?:[.,]\d+)?)?)?"
+    r"\d{4}-?(?:\d{2}-?\d{2}|W\d{2}-?\d)[Tt ]\d{2}(?::?\d{2}(?::?(\d{2})(?:[.,]\d+)?)?)?"
     r"(?:[Zz]|[+-]\d{2}(?::?\d{2})?)", re.ASCII)
+#: Milliseconds in a day, and the start of a day's last second.
+_DAY_MS = 86_400_000
+_LAST_SECOND_MS = _DAY_MS - 1000
 
 
 def parse_timestamp(value: object) -> int:
@@ -34,15 +37,27 @@ def parse_timestamp(value: object) -> int:
             raise ValueError(f"epoch milliseconds {value} out of range (1990..2200)")
         return value
     if isinstance(value, str):
+        leap = False
         try:
-            if _ISO_FORM.fullmatch(value) is None:
+            form = _ISO_FORM.fullmatch(value)
+            if form is None:
                 raise ValueError
-            parsed = datetime.fromisoformat(value[:-1] + "Z" if value[-1] == "z" else value)
+            text = value[:-1] + "Z" if value[-1] == "z" else value
+            if form.group(1) == "60":  # a leap second (ISO 8601 and RFC 3339 write it so): read after :59
+                leap = True
+                text = text[:form.start(1)] + "59" + text[form.end(1):]
+            parsed = datetime.fromisoformat(text)
         except ValueError:
             raise ValueError(f"cannot parse timestamp {value[:64]!r}") from None
         if parsed.tzinfo is None:
             raise ValueError(f"timestamp {value[:64]!r} has no UTC offset")
         ms = (parsed - _EPOCH) // _MS  # exact (``timestamp() * 1000`` in floating point read some a millisecond early)
+        if leap:
+            # only the last minute of a UTC day has one; it counts as the next day's first second, as
+            # epoch time (POSIX) counts it
+            if ms % _DAY_MS // 1000 * 1000 != _LAST_SECOND_MS:
+                raise ValueError(f"timestamp {value[:64]!r}: second 60 outside the last minute of a UTC day")
+            ms += 1000
         if not MIN_EPOCH_MS <= ms <= MAX_EPOCH_MS:
             raise ValueError(f"timestamp {value[:64]!r} out of range (1990..2200)")
         return ms

@@ -285,3 +285,20 @@ def test_an_iso_timestamp_is_read_to_its_exact_millisecond() -> None:
     rng = random.Random(7)
     for ms in [rng.randrange(MIN_EPOCH_MS, MAX_EPOCH_MS) for _ in range(20_000)]:
         assert parse_timestamp(format_ms(ms)) == ms
+
+
+@pytest.mark.parametrize(("stamp", "ms"), [
+    ("2016-12-31T23:59:60Z", 1_483_228_800_000), ("2016-12-31T23:59:60.5Z", 1_483_228_800_500),
+    ("2017-01-01T00:59:60+01:00", 1_483_228_800_000), ("20161231T235960Z", 1_483_228_800_000)])
+def test_a_leap_second_is_read_as_epoch_time_counts_it(stamp: str, ms: int) -> None:
+    """ISO 8601 writes a leap second as second 60 of a UTC day's last minute: a valid timestamp (it was
+    dead-lettered); epoch time counts it as the next day's first second."""
+    from schemas.timeparse import parse_timestamp
+
+    assert code({**IDENTIFY, "timestamp": stamp}) is None
+    assert parse_timestamp(stamp) == ms
+
+
+@pytest.mark.parametrize("stamp", ["2016-12-31T23:58:60Z", "2016-12-31T23:59:60+01:00", "2016-12-31T23:59:61Z"])
+def test_second_60_outside_a_utc_day_s_last_minute_is_a_bad_timestamp(stamp: str) -> None:
+    assert code({**IDENTIFY, "timestamp": stamp}) == "bad_timestamp"
