@@ -92,8 +92,10 @@ def free_form_problem(values: dict[str, Any]) -> str | None:
 
 
 def _currency(value: str) -> str:
-    code = value.strip().upper()
-    if not _CURRENCY.match(code):
+    code = value.strip()
+    # checked before upper-casing too: ``"ßd".upper()`` is ``"SSD"``, ``"\ufb00x".upper()`` ``"FFX"``
+    code = code.upper() if code.isascii() else code
+    if not _CURRENCY.fullmatch(code):
         raise ValueError(f"currency {value[:16]!r} is not an ISO 4217 code")
     return code
 

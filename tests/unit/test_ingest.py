@@ -263,3 +263,10 @@ def test_the_readme_names_every_size_bound_of_an_input_event() -> None:
     section = readme[readme.index("## Input validation"):readme.index("## Profiles")]
     shown = {bound: f"10^{len(str(int(bound))) - 1}" if bound >= 10**9 else f"{int(bound):,}" for bound in bounds}
     assert sorted(bound for bound, text in shown.items() if text not in section) == []
+
+
+@pytest.mark.parametrize("currency", ["\u00dfd", "\ufb00x", "\u01c6xy"])
+def test_a_currency_that_is_no_code_is_not_upper_cased_into_one(currency: str) -> None:
+    """``"ßd".upper()`` is ``"SSD"``: such a value was taken as a made-up code, not refused."""
+    assert bad({**BASE, "type": "purchase", "order_id": "o", "total": 1, "currency": currency}).code == "schema"
+    assert ok({**BASE, "type": "purchase", "order_id": "o", "total": 1, "currency": " gbp "})["currency"] == "GBP"
