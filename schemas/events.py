@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -51,7 +52,8 @@ Text = Annotated[str, Field(min_length=1, max_length=512)]
 MAX_AMOUNT = 1e12
 #: Numbers, flags and counts are strict: ``"12.5"``, ``true`` or ``2.0`` where a number, a flag or a
 #: count belongs are wrong types (contract: dead-lettered), not read as 12.5, 1.0 or 2.
-Amount = Annotated[float, Strict(), Field(ge=0, le=MAX_AMOUNT, allow_inf_nan=False)]
+#: ``-0.0`` (which ``ge=0`` lets through) is read as ``0.0``: an amount carries no sign of zero into outputs.
+Amount = Annotated[float, Strict(), Field(ge=0, le=MAX_AMOUNT, allow_inf_nan=False), AfterValidator(lambda v: v or 0.0)]
 Count = Annotated[int, Strict(), Field(ge=1, le=100_000)]
 #: Limits of the one free-form part of an event, the traits it does not know: nesting depth, values
 #: (every container and leaf of all of them together) and the length of each text and key.

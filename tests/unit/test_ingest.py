@@ -270,3 +270,13 @@ def test_a_currency_that_is_no_code_is_not_upper_cased_into_one(currency: str) -
     """``"ßd".upper()`` is ``"SSD"``: such a value was taken as a made-up code, not refused."""
     assert bad({**BASE, "type": "purchase", "order_id": "o", "total": 1, "currency": currency}).code == "schema"
     assert ok({**BASE, "type": "purchase", "order_id": "o", "total": 1, "currency": " gbp "})["currency"] == "GBP"
+
+
+def test_an_amount_of_minus_zero_is_zero() -> None:
+    """``-0.0`` passes ``>= 0``; it was kept, and published as a cart item's ``"price": -0.0``."""
+    import math
+
+    ev = ok({**BASE, "type": "purchase", "order_id": "o", "total": -0.0, "items": [{"product_id": "p", "price": -0.0}]})
+    assert math.copysign(1, ev["total"]) == 1 and math.copysign(1, ev["items"][0]["price"]) == 1
+    ev = ok({**BASE, "type": "cart_add", "product_id": "p", "price": -0.0})
+    assert math.copysign(1, ev["price"]) == 1
