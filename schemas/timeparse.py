@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import calendar
 import re
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 
 # Epoch-ms bounds we accept: 1990-01-01 .. 2200-01-01.  Outside: almost surely seconds or garbage.
@@ -16,12 +17,14 @@ MAX_SPAN_MS = 100 * 366 * 86_400_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 
-#: The ISO-8601 forms we read: a date (calendar or week; Python's ``fromisoformat`` reads no ordinal
-#: date), ``T`` (``t``) or one space, a time, and ``Z`` (``z``, as RFC 3339 allows) or an offset in hours
-#: and minutes.  ``datetime.fromisoformat`` alone also reads a NUL or a space before the ``Z``, a NUL
-#: after it and offsets with seconds, which no ISO-8601 writer makes.  (Group 1: the seconds.)
+#: The ISO-8601 forms we read: a date (calendar, week or ordinal: Python's ``fromisoformat`` reads no
+#: ordinal date, it is read here as the calendar date it names), ``T`` (``t``) or one space, a time,
+#: and ``Z`` (``z``, as RFC 3339 allows) or an offset in hours and minutes.  ``datetime.fromisoformat``
+#: alone also reads a NUL or a space before the ``Z``, a NUL after it and offsets with seconds, which
+#: no ISO-8601 writer makes.  (Groups: ``year`` and ``day`` of an ordinal date, ``second``.)
 _ISO_FORM = re.compile(
-    r"\d{4}-?(?:\d{2}-?\d{2}|W\d{2}-?\d)[Tt ]\d{2}(?::?\d{2}(?::?(\d{2})(?:[.,]\d+)?)?)?"
+    r"(?:\d{4}-?(?:\d{2}-?\d{2}|W\d{2}-?\d)|(?P<year>\d{4})-?(?P<day>\d{3}))"
+    r"[Tt ]\d{2}(?::?\d{2}(?::?(?P<second>\d{2})(?:[.,]\d+)?)?)?"
     r"(?:[Zz]|[+-]\d{2}(?::?\d{2})?)", re.ASCII)
 #: Milliseconds in a day, and the start of a day's last second.
 _DAY_MS = 86_400_000
@@ -43,9 +46,14 @@ def parse_timestamp(value: object) -> int:
             if form is None:
                 raise ValueError
             text = value[:-1] + "Z" if value[-1] == "z" else value
-            if form.group(1) == "60":  # a leap second (ISO 8601 and RFC 3339 write it so): read after :59
+            if form["second"] == "60":  # a leap second (ISO 8601 and RFC 3339 write it so): read after :59
                 leap = True
-                text = text[:form.start(1)] + "59" + text[form.end(1):]
+                text = text[:form.start("second")] + "59" + text[form.end("second"):]
+            if form["day"] is not None:  # an ordinal date (``2026-060``): the calendar date it names
+                year, day = int(form["year"]), int(form["day"])
+                if not 1 <= day <= (366 if calendar.isleap(year) else 365):
+                    raise ValueError
+                text = (date(year, 1, 1) + timedelta(days=day - 1)).isoformat() + text[form.end("day"):]
             parsed = datetime.fromisoformat(text)
         except ValueError:
             raise ValueError(f"cannot parse timestamp {value[:64]!r}") from None

@@ -302,3 +302,20 @@ def test_a_leap_second_is_read_as_epoch_time_counts_it(stamp: str, ms: int) -> N
 @pytest.mark.parametrize("stamp", ["2016-12-31T23:58:60Z", "2016-12-31T23:59:60+01:00", "2016-12-31T23:59:61Z"])
 def test_second_60_outside_a_utc_day_s_last_minute_is_a_bad_timestamp(stamp: str) -> None:
     assert code({**IDENTIFY, "timestamp": stamp}) == "bad_timestamp"
+
+
+@pytest.mark.parametrize(("stamp", "ms"), [
+    ("2026-060T10:00:00Z", 1_772_359_200_000), ("2026060T100000Z", 1_772_359_200_000),
+    ("2024-366T10:00:00Z", 1_735_639_200_000), ("2026-060T11:00:00+01:00", 1_772_359_200_000)])
+def test_an_ordinal_date_is_read_as_the_calendar_date_it_names(stamp: str, ms: int) -> None:
+    """``2026-060`` (day 60 of 2026) is an ISO-8601 date; it was dead-lettered (``fromisoformat``
+    reads none)."""
+    from schemas.timeparse import parse_timestamp
+
+    assert code({**IDENTIFY, "timestamp": stamp}) is None
+    assert parse_timestamp(stamp) == ms
+
+
+@pytest.mark.parametrize("stamp", ["2025-366T10:00:00Z", "2026-000T10:00:00Z", "0000-001T10:00:00Z"])
+def test_an_ordinal_day_the_year_does_not_have_is_a_bad_timestamp(stamp: str) -> None:
+    assert code({**IDENTIFY, "timestamp": stamp}) == "bad_timestamp"
