@@ -11,6 +11,7 @@ and on shutdown, so a committed event's table write is durable.  It is also far 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -94,6 +95,7 @@ class ProfileTable(faust.Table[bytes, bytes]):
         # Staged values a background commit took (:meth:`hold_staged`): written once the outputs sent
         # before them are delivered (:meth:`write_held`); read back until then.
         self._held: dict[bytes, tuple[int, bytes | None]] = {}
+        self._stamped: dict[int, float] = {}  # partition -> when its write time was last stamped
 
     def _new_store_by_url(self, url: Any) -> Any:
         """Faust's store; a RocksDB one opens its databases within the worker's :class:`RocksDBMemory`."""
@@ -124,6 +126,8 @@ class ProfileTable(faust.Table[bytes, bytes]):
                 if tp.topic in self.changelog_topic.topics and now - _last_written(path) > STATE_MAX_AGE_S:
                     store._dbs.pop(tp.partition, None)
                     shutil.rmtree(path, ignore_errors=True)
+                    _stamp_path(path).unlink(missing_ok=True)
+                    self._stamped.pop(tp.partition, None)
         await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
 
     # --- write-behind ------------------------------------------------------------------------------
@@ -338,19 +342,45 @@ class ProfileTable(faust.Table[bytes, bytes]):
         store how far the changelog is already contained in it, so a restart reads only the rest.
         (Per record it was a RocksDB write per table write; writing less often only means a restart
         re-reads a little more of the changelog.)"""
+        store: Any = self.data
+        partition_path = getattr(store, "partition_path", None)
+        now = time.time()
         for tp, offset in self._delivered.items():
-            self.data.set_persisted_offset(tp, offset)
+            store.set_persisted_offset(tp, offset)
+            if partition_path is not None and now - self._stamped.get(tp.partition, 0.0) > STAMP_EVERY_S:
+                _stamp(partition_path(tp.partition), now)
+                self._stamped[tp.partition] = now
         self._delivered.clear()
 
 
+#: How often at most a partition's write time is stamped beside its database (seconds).
+STAMP_EVERY_S = 60.0
+
+
+def _stamp_path(partition_path: Path) -> Path:
+    """Where a partition database's write time is stamped: beside it, as the text of a file, which a
+    copy keeps (a copy without file times, ``cp -r``, made an old database look written just now)."""
+    return partition_path.with_name(partition_path.name + ".written-at")
+
+
+def _stamp(partition_path: Path, now: float) -> None:
+    with contextlib.suppress(OSError):  # (a stamp is a safeguard: no write of it stops a commit)
+        _stamp_path(partition_path).write_text(f"{now:.3f}\n")
+
+
 def _last_written(partition_path: Path) -> float:
-    """When the database at ``partition_path`` was last written (its newest file but RocksDB's info
-    log), or the infinite future when there is none."""
+    """When the database at ``partition_path`` was last written: the older of its stamp (when there
+    is one) and its newest file but RocksDB's info log; the infinite future when there is none."""
     try:
         times = [f.stat().st_mtime for f in partition_path.iterdir() if not f.name.startswith("LOG")]
     except OSError:
         times = []
-    return max(times, default=float("inf"))
+    newest = max(times, default=float("inf"))
+    try:
+        stamped = float(_stamp_path(partition_path).read_text()[:40])
+    except (OSError, ValueError):  # (none: a database no stamp was written for yet, or by an older version)
+        return newest
+    return min(newest, stamped) if stamped == stamped else newest  # (NaN: unreadable)
 
 
 def rocksdb_options(write_buffer_mb: int) -> dict[str, int]:

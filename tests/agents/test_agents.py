@@ -1526,6 +1526,34 @@ def test_a_damaged_absorbs_kind_does_not_become_a_merge_label() -> None:
     assert kinds == {"other"}
 
 
+async def test_a_partition_database_copied_without_its_file_times_is_as_old_as_its_stamp_says(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each partition's write time is stamped beside its database (at most once a minute, as offsets
+    are persisted): a copy without file times (``cp -r``) made a database last written a day ago look
+    written just now, and it was kept with keys whose deletions compaction had dropped."""
+    import os
+
+    import streams.tables as tables_module
+
+    p = _with_rocksdb(tmp_path)
+    table = p.profile_state
+    tp = TP(table.changelog_topic.get_topic_name(), 1)
+    table.stage(b"u:erased", b'{"due":null}', 1)
+    table.write_staged()
+    table._persisted(tp.topic, 1, 0)  # the changelog took it
+    now = time.time()
+    monkeypatch.setattr(tables_module.time, "time", lambda: now - 13 * 3600)  # written 13 h ago
+    table.save_persisted_offsets()
+    monkeypatch.setattr(tables_module.time, "time", lambda: now)
+    await table.on_rebalance(set(), {tp}, set())
+    path = table.data.partition_path(1)
+    for file in [path, *path.iterdir()]:  # the copy's file times: just now
+        os.utime(file, (now, now))
+    await table.on_rebalance({tp}, set(), {tp})
+    assert table.read(b"u:erased", 1) is None  # rebuilt from the changelog
+    assert not tables_module._stamp_path(path).exists()  # (the rebuilt database has its own times)
+
+
 @pytest.mark.parametrize("away_hours", [1, 13])
 async def test_a_partition_back_after_half_a_day_on_another_worker_is_rebuilt_not_kept_stale(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, away_hours: int) -> None:

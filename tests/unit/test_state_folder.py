@@ -39,3 +39,16 @@ def test_a_clean_stop_older_than_a_changelog_keeps_its_deletions_rebuilds(tmp_pa
 def test_an_empty_folder_needs_no_rebuild(tmp_path: Path) -> None:
     (tmp_path / ".lock").touch()
     assert stale_state(tmp_path, 2_000_000_000.0) is None
+
+
+def test_a_folder_copied_without_its_file_times_is_as_old_as_its_stop_says(tmp_path: Path) -> None:
+    """``cp -r`` gives every file the copy's time: an old folder's marker read as a stop just now,
+    and the folder was used with what its changelogs' compaction no longer deletes."""
+    now = 2_000_000_000.0
+    folder = _folder(tmp_path, now)  # the copy's file time
+    (folder / CLEAN_STOP_MARKER).write_text(f"{now - STATE_MAX_AGE_S - 1:.3f}\n")  # the stop it holds
+    reason = stale_state(folder, now)
+    assert reason is not None and "stopped more than 12 hours ago" in reason
+    (folder / CLEAN_STOP_MARKER).write_text("")  # a marker of an older version: its file time
+    os.utime(folder / CLEAN_STOP_MARKER, (now, now))
+    assert stale_state(folder, now) is None
