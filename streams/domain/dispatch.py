@@ -271,11 +271,15 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
         effects.late_absorbed = [entry[3]["src"][0] for entry in absorbed.get("pending", ())
                                  if entry[0] < watermark and entry[2] not in known and entry[3].get("src")]
     if graph.holds_someone(state):
-        if erased_at is not None and "erased_at" not in absorbed:
+        if erased_at is not None:
             # a later link's profile joins the person's later activity: its own parked events stamped
-            # before the erasure are its own, not the person's, and stay (the erasure time is kept)
+            # before the erasure are its own, not the person's, and stay (the erasure time is kept);
+            # so are those of one that is another erased key's later activity: its erasure time guards
+            # that key's older events, which the key's redirect goes on dropping
             merged = merge_states(cast(LiveState, {k: v for k, v in state.items() if k != "erased_at"}),
-                                  absorbed, key, limits, effects.merge_dropped)
+                                  cast(LiveState, {k: v for k, v in absorbed.items()
+                                                   if k not in ("erased_at", "erased_keys")}),
+                                  key, limits, effects.merge_dropped)
             merged["erased_at"] = erased_at
         else:
             merged = merge_states(state, absorbed, key, limits, effects.merge_dropped)

@@ -13,7 +13,7 @@ import pytest
 from schemas.timeparse import parse_timestamp
 from streams.domain import identity_graph as graph
 from streams.domain.config import PipelineConfig
-from streams.domain.dispatch import dispatch, run_locally
+from streams.domain.dispatch import LocalPipeline, dispatch, run_locally
 from streams.domain.identity import profile_id_for
 from streams.domain.timeline import RuleSet
 from streams.ingest import Accepted, Source, decode
@@ -731,3 +731,24 @@ def test_a_piece_the_person_approved_before_the_erase_is_erased_when_their_later
     _deliver(states, blocks, deque(held))
     assert _holding_events_of(states, "i-") == []
     assert _holding_events_of(states, "v-2") == ["u:u-1"]
+
+
+@pytest.mark.parametrize("seed", [None, *range(8)])
+def test_two_erased_keys_later_activities_joining_keep_each_ones_events_after_its_own_erasure(
+        seed: int | None) -> None:
+    """Two user ids are erased at different times, and their later activities join (an address each
+    named after its erasure): each brings what it has stamped after its own erasure.  The profile
+    that took the other in used to apply its own erasure time to the arrival as well, and dropped
+    the address's view stamped between the two erasures: the profile lacked it in the delivery
+    orders where the later-erased key took the other in before both joined the third profile."""
+    events = [ev("x-2", "erase", 1, user_id="u-2"),
+              ev("p-v2", "product_view", 2, email="p@example.com", product_id="s2"),
+              ev("x-1", "erase", 3, user_id="u-1"),
+              ev("p-i4", "identify", 4, user_id="u-2", email="p@example.com"),
+              ev("q-v5", "product_view", 5, user_id="u-0", anonymous_id="a-0", product_id="s5"),
+              ev("q-i6", "identify", 6, user_id="u-1", anonymous_id="a-0", email="p@example.com")]
+    local = LocalPipeline(RULES, None if seed is None else random.Random(seed))
+    for event in events:  # each settled before the next: only the identity messages' order varies
+        local.feed([event])
+    [(_, state)] = local.live()
+    assert set(state["seen"]) == {"p-v2", "p-i4", "q-v5", "q-i6"}
