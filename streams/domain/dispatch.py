@@ -526,6 +526,9 @@ def _on_forget(states: MutableMapping[str, State | None], key: str, state: State
     root, erased_at = message.get("root"), graph.event_time(message, "erased_at")
     if not isinstance(root, str) or erased_at is None:
         return Effects()  # not one of ours
+    asker = message.get("ask")
+    if isinstance(asker, str):
+        return _forget_along(key, state, root, erased_at, asker, message)
     if graph.is_redirect(state):
         if state["merged_into"] == root:
             # (a redirect that already keeps a later erasure, its key's own: the later one stands)
@@ -538,11 +541,33 @@ def _on_forget(states: MutableMapping[str, State | None], key: str, state: State
             states[key] = marker
         elif message.get("claimed") is True:
             return Effects(send=[(state["merged_into"], message)])
+        else:
+            # This key still points at a profile that joined the erased root after this key joined it
+            # (the root's word that it moved reached that profile's other keys, not this one): the
+            # key it points at is asked whether it was the erased person's, along its redirects.
+            return Effects(send=[(state["merged_into"], {**message, "ask": key})])
         return Effects()
     if (message.get("claimed") is True and graph.is_live(state)
             and (root in state.get("claimed", {}) or root in state.get("links", ()))):
         return _erase_as_of(states, key, state, erased_at, f"{graph.FORGET}:{root}", rules)
     return Effects()
+
+
+def _forget_along(key: str, state: State | None, root: str, erased_at: int, asker: str,
+                  message: dict[str, Any]) -> Effects:
+    """``asker``, a redirect to this key, was told that ``root``'s person was erased: it is theirs if
+    this key is (a redirect to ``root``, or the marker ``root``'s word left here), and is told so as
+    this key's own identifier; a redirect elsewhere passes the question on; a live profile (someone
+    the identity limits kept apart) leaves the asker as it is."""
+    if graph.is_redirect(state):
+        if state["merged_into"] != root:
+            return Effects(send=[(state["merged_into"], message)])
+    elif state is None or graph.is_live(state) or state.get("erased_at") != erased_at:
+        return Effects()
+    told: dict[str, Any] = {"type": graph.FORGET, "root": key, "erased_at": erased_at}
+    if "erased_keys" in message:
+        told["erased_keys"] = message["erased_keys"]
+    return Effects(send=[(asker, told)])
 
 
 def _erase_as_of(states: MutableMapping[str, State | None], key: str, state: State | None, erased_at: int,
