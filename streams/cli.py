@@ -382,7 +382,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
             sent = replay_file(args.file, bootstrap, rate=args.rate, until=args.until,
                                show_progress=sys.stderr.isatty())
     except ReplayStopped as stopped:
-        print(f"mailpulse: replay stopped: {stopped.sent} events from {args.file} were sent", file=sys.stderr)
+        lost = (f", but {stopped.unconfirmed} of their messages were not acknowledged by the broker (not delivered, "
+                "or not known to be)" if stopped.unconfirmed else "")
+        print(f"mailpulse: replay stopped: {stopped.sent} events from {args.file} were sent{lost}", file=sys.stderr)
         return 130
     tick = f", then a tick at {args.until_text} on every input partition" if args.until is not None else ""
     print(f"mailpulse: replayed {sent} events from {args.file}{tick}", file=sys.stderr)

@@ -55,11 +55,14 @@ def _reason(exc: KafkaException) -> str:
 
 
 class ReplayStopped(Exception):
-    """Stopped (Ctrl-C) after ``sent`` events were handed to the producer and flushed."""
+    """Stopped (Ctrl-C) after ``sent`` events were handed to the producer and flushed; ``unconfirmed``
+    of the messages they made (a tick line makes one per input partition) the broker did not
+    acknowledge: refused, or still queued when the brief flush ended (dropped at exit)."""
 
-    def __init__(self, sent: int) -> None:
+    def __init__(self, sent: int, unconfirmed: int = 0) -> None:
         super().__init__(f"stopped after {sent} events were sent")
         self.sent = sent
+        self.unconfirmed = unconfirmed
 
 
 def replay_file(path: Path, bootstrap: str, rate: float | None = None, until: int | str | None = None,
@@ -115,6 +118,6 @@ def replay_file(path: Path, bootstrap: str, rate: float | None = None, until: in
                 send_ticks(producer, until, on_delivery=ticks)
             ticks.check(path, "tick messages (one per input partition) were", producer.flush(30), 30)
     except KeyboardInterrupt:
-        producer.flush(5)
-        raise ReplayStopped(sent) from None
+        left = producer.flush(5)
+        raise ReplayStopped(sent, left + delivery.failed + ticks.failed) from None
     return sent

@@ -92,6 +92,37 @@ def test_ctrl_c_flushes_what_was_sent_and_says_how_much(monkeypatch: pytest.Monk
     assert stopped.value.sent == 3 and flushed
 
 
+def test_ctrl_c_says_what_the_brief_flush_left_unacknowledged(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """Ctrl-C flushed for 5 s and said "N events were sent" whatever the flush left queued (dropped at
+    exit) or the broker had refused: events were lost and the line counted them as sent."""
+    from confluent_kafka import KafkaError
+
+    from streams import cli
+
+    class Slow(Recorder):
+        def produce(self, topic: str, key: bytes | None = None, value: bytes | None = None,
+                    partition: int | None = None, on_delivery: Any = None) -> None:
+            if len(self.sent) == 4:
+                raise KeyboardInterrupt
+            super().produce(topic, key, value, partition)
+            if on_delivery is not None and len(self.sent) == 1:
+                on_delivery(KafkaError(KafkaError._MSG_TIMED_OUT), None)
+
+        def flush(self, timeout: float = 0) -> int:
+            return 2  # two still queued when the flush gave up
+
+    monkeypatch.setattr(replay, "make_producer", lambda bootstrap: Slow())
+    monkeypatch.setattr(cli, "_check_broker", lambda bootstrap: None)
+    line = orjson.dumps({"event_id": "v", "type": "product_view", "timestamp": "2026-03-01T10:00:00Z",
+                         "anonymous_id": "a-1", "product_id": "p-1"})
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"\n".join([line] * 6) + b"\n")
+    assert cli.main(["replay", str(path), "--broker", "kafka://127.0.0.1:9092"]) == 130
+    said = capsys.readouterr().err
+    assert "4 events" in said and "3 of their messages were not acknowledged" in said, said
+
+
 def test_events_the_broker_did_not_take_are_said_instead_of_replayed(monkeypatch: pytest.MonkeyPatch,
                                                                      tmp_path: Path) -> None:
     """librdkafka reports a message it could not deliver after produce returned; replay did not listen,
