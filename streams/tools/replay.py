@@ -69,7 +69,11 @@ def replay_file(path: Path, bootstrap: str, rate: float | None = None, until: in
                 show_progress: bool = True) -> int:
     """Produce every line of ``path``; returns the number of events sent.  :class:`ReplayStopped` on
     Ctrl-C, once what was sent is flushed (briefly)."""
-    total = sum(1 for line in path.open("rb") if line.strip())
+    try:  # (a file without read permission: an OSError's traceback otherwise)
+        with path.open("rb") as counted:
+            total = sum(1 for line in counted if line.strip())
+    except OSError as exc:
+        raise ReplayError(f"cannot read {path}: {exc.strerror or exc}") from None
     producer = make_producer(bootstrap)
     delivery = _Deliveries()
     ticks = _Deliveries()  # the tick messages (one per input partition for each tick line, and --until's)

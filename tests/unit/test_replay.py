@@ -174,3 +174,26 @@ def test_ticks_the_broker_did_not_take_are_said(monkeypatch: pytest.MonkeyPatch,
     path.write_bytes(b"\n".join(orjson.dumps(line) for line in lines) + b"\n")
     with pytest.raises(replay.ReplayError, match=r"1 tick messages .* were not delivered"):
         replay.replay_file(path, "unused", until=until, show_progress=False)
+
+
+def test_a_file_that_cannot_be_read_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """A file without read permission (chmod 000, another user's) passed the argument check (it is a
+    file) and replay ended with a PermissionError's traceback."""
+    from streams import cli
+
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"{}\n")
+    real_open = Path.open
+
+    def refusing_open(self: Path, *args: Any, **kwargs: Any) -> Any:
+        if self == path:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", refusing_open)
+    monkeypatch.setattr(replay, "make_producer", lambda bootstrap: Recorder())
+    monkeypatch.setattr(cli, "_check_broker", lambda bootstrap: None)
+    assert cli.main(["replay", str(path), "--broker", "kafka://127.0.0.1:9092"]) == cli.EXIT_USAGE
+    said = capsys.readouterr().err
+    assert said.count("\n") == 1 and "cannot read" in said and "Permission denied" in said, said
