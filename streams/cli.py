@@ -181,6 +181,8 @@ def _path(text: str) -> Path:
 
 def _existing_file(text: str) -> Path:
     path = Path(text)
+    if path.is_dir():  # (it exists: "no such file" sent the user looking for a typo)
+        raise argparse.ArgumentTypeError(f"{text} is a folder, not a file")
     if not path.is_file():
         raise argparse.ArgumentTypeError(f"no such file: {text}")
     return path
