@@ -54,6 +54,11 @@ def _reason(exc: KafkaException) -> str:
     return error.str() if error is not None else type(exc).__name__
 
 
+def _unacknowledged(messages: int) -> str:
+    """What a stop's line adds about the messages sent before it that the broker did not acknowledge."""
+    return f"; {messages} of their messages were not acknowledged by the broker" if messages else ""
+
+
 class ReplayStopped(Exception):
     """Stopped (Ctrl-C) after ``sent`` events were handed to the producer and flushed; ``unconfirmed``
     of the messages they made (a tick line makes one per input partition) the broker did not
@@ -94,8 +99,8 @@ def replay_file(path: Path, bootstrap: str, rate: float | None = None, until: in
                         raise RoutingError("not a JSON object")
                     topic = None if event.get("type") == "tick" else topic_for(event)
                 except (orjson.JSONDecodeError, RoutingError) as exc:
-                    producer.flush(30)
-                    raise ReplayError(f"{path}:{number}: {exc} ({sent} events were sent before it)") from None
+                    lost = _unacknowledged(producer.flush(30) + delivery.failed + ticks.failed)
+                    raise ReplayError(f"{path}:{number}: {exc} ({sent} events were sent before it{lost})") from None
                 try:
                     if topic is None:
                         counts = counts or partition_counts(producer)
@@ -103,9 +108,9 @@ def replay_file(path: Path, bootstrap: str, rate: float | None = None, until: in
                     else:
                         produce(producer, topic, line.rstrip(b"\r\n"), key_for(event), on_delivery=delivery)
                 except KafkaException as exc:  # (a line over the producer's message size, say)
-                    producer.flush(30)
+                    lost = _unacknowledged(producer.flush(30) + delivery.failed + ticks.failed)
                     raise ReplayError(f"{path}:{number}: the broker client refused it: {_reason(exc)} "
-                                      f"({sent} events were sent before it)") from None
+                                      f"({sent} events were sent before it{lost})") from None
                 sent += 1
                 if rate:
                     ahead = sent / rate - (time.monotonic() - started)

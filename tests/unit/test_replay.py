@@ -197,3 +197,27 @@ def test_a_file_that_cannot_be_read_is_one_line(monkeypatch: pytest.MonkeyPatch,
     assert cli.main(["replay", str(path), "--broker", "kafka://127.0.0.1:9092"]) == cli.EXIT_USAGE
     said = capsys.readouterr().err
     assert said.count("\n") == 1 and "cannot read" in said and "Permission denied" in said, said
+
+
+@pytest.mark.parametrize("bad", [b"garbage", b"[1]"])
+def test_a_bad_line_says_what_the_broker_did_not_take_before_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                                bad: bytes) -> None:
+    """At a bad line replay flushed and said "N events were sent before it" without looking at the
+    deliveries: events the broker refused were counted as sent."""
+    from confluent_kafka import KafkaError
+
+    class Refusing(Recorder):
+        def produce(self, topic: str, key: bytes | None = None, value: bytes | None = None,
+                    partition: int | None = None, on_delivery: Any = None) -> None:
+            super().produce(topic, key, value, partition)
+            if on_delivery is not None:
+                on_delivery(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE) if len(self.sent) == 1 else None, None)
+
+    monkeypatch.setattr(replay, "make_producer", lambda bootstrap: Refusing())
+    line = orjson.dumps({"event_id": "v", "type": "product_view", "timestamp": "2026-03-01T10:00:00Z",
+                         "anonymous_id": "a-1", "product_id": "p-1"})
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"\n".join([line, line, bad, line]) + b"\n")
+    with pytest.raises(replay.ReplayError, match=r":3: .*\(2 events were sent before it; 1 of their messages "
+                                                 r"were not acknowledged by the broker\)"):
+        replay.replay_file(path, "unused", show_progress=False)
