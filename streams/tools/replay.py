@@ -111,6 +111,10 @@ def replay_file(path: Path, bootstrap: str, rate: float | None = None, until: in
                     lost = _unacknowledged(producer.flush(30) + delivery.failed + ticks.failed)
                     raise ReplayError(f"{path}:{number}: the broker client refused it: {_reason(exc)} "
                                       f"({sent} events were sent before it{lost})") from None
+                except RoutingError as exc:  # a tick line, and an input topic the broker does not have
+                    lost = _unacknowledged(producer.flush(30) + delivery.failed + ticks.failed)
+                    raise ReplayError(f"{path}:{number}: a tick line: {exc} "
+                                      f"({sent} events were sent before it{lost})") from None
                 sent += 1
                 if rate:
                     ahead = sent / rate - (time.monotonic() - started)
@@ -124,7 +128,10 @@ def replay_file(path: Path, bootstrap: str, rate: float | None = None, until: in
             delivery.check(path, f"of {sent} events were", producer.flush(60), 60)
             # a tick lost leaves the watermark short of its time (and exit 0 said nothing)
             if until is not None:
-                send_ticks(producer, until, on_delivery=ticks)
+                try:
+                    send_ticks(producer, until, on_delivery=ticks)
+                except RoutingError as exc:
+                    raise ReplayError(f"{path}: its {sent} events were sent, but not --until's tick: {exc}") from None
             ticks.check(path, "tick messages (one per input partition) were", producer.flush(30), 30)
     except KeyboardInterrupt:
         left = producer.flush(5)

@@ -221,3 +221,33 @@ def test_a_bad_line_says_what_the_broker_did_not_take_before_it(monkeypatch: pyt
     with pytest.raises(replay.ReplayError, match=r":3: .*\(2 events were sent before it; 1 of their messages "
                                                  r"were not acknowledged by the broker\)"):
         replay.replay_file(path, "unused", show_progress=False)
+
+
+@pytest.mark.parametrize("until", [None, "2026-03-01T12:00:00Z"], ids=["a tick line", "--until"])
+def test_a_tick_to_a_topic_the_broker_lacks_says_what_was_sent(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                               until: str | None) -> None:
+    """A tick (a tick line's or ``--until``'s) on a broker without every input topic stopped replay with
+    only "topic 'carts' does not exist": no line number, no word of the events sent before it, and
+    (at a tick line) no flush of them."""
+    from streams.tools.produce import RoutingError
+
+    producer = Recorder()
+    flushed: list[float] = []
+    monkeypatch.setattr(producer, "flush", lambda timeout=0: flushed.append(timeout) or 0, raising=False)
+    monkeypatch.setattr(replay, "make_producer", lambda bootstrap: producer)
+
+    def missing(_: Any) -> dict[str, int]:
+        raise RoutingError("topic 'carts' does not exist on the broker (start `mailpulse run` first)")
+
+    monkeypatch.setattr(replay, "partition_counts", missing)
+    monkeypatch.setattr("streams.tools.produce.partition_counts", missing)
+    view = orjson.dumps({"event_id": "v1", "type": "product_view", "timestamp": "2026-03-01T10:00:00Z",
+                         "anonymous_id": "a-1", "product_id": "p-1"})
+    tick = orjson.dumps({"type": "tick", "timestamp": "2026-03-01T11:00:00Z"})
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"\n".join([view, view] if until else [view, view, tick, view]) + b"\n")
+    expected = (r"its 2 events were sent, but not --until's tick: topic 'carts'" if until else
+                r":3: a tick line: topic 'carts' does not exist .*\(2 events were sent before it\)")
+    with pytest.raises(replay.ReplayError, match=expected):
+        replay.replay_file(path, "unused", until=until, show_progress=False)
+    assert flushed
