@@ -183,6 +183,8 @@ def _existing_file(text: str) -> Path:
     path = Path(text)
     if path.is_dir():  # (it exists: "no such file" sent the user looking for a typo)
         raise argparse.ArgumentTypeError(f"{text} is a folder, not a file")
+    if path.exists() and not path.is_file():  # <(zcat h.jsonl.gz): the file is read twice, or from an offset
+        raise argparse.ArgumentTypeError(f"{text} is not a regular file (a pipe or a device): give a file")
     if not path.is_file():
         raise argparse.ArgumentTypeError(f"no such file: {text}")
     return path

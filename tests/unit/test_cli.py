@@ -40,6 +40,7 @@ def test_every_command_has_help(capsys: pytest.CaptureFixture[str], command: str
          "is not a date"),
         (("replay", "/no/such/file.jsonl", "--broker", "kafka://127.0.0.1:1"), "no such file"),
         (("replay", "/", "--broker", "kafka://127.0.0.1:1"), "/ is a folder, not a file"),
+        (("resolve", "--input", "/dev/null", "--out", "x"), "/dev/null is not a regular file (a pipe or a device)"),
         (("train", "--events", "/", "--as-of", "2026-01-01", "--horizon-days", "1", "--out", "x"),
          "/ is a folder, not a file"),
         (("replay", __file__, "--broker", "kafka://127.0.0.1:1", "--until", "tomorrow"), "cannot parse timestamp"),
