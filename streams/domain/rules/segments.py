@@ -519,8 +519,9 @@ def _compile_op(op: str, operand: Any, where: str) -> tuple[Callable[[Any], bool
 
 def _finite(operand: Any, where: str) -> None:
     """A number to compare with is finite: YAML's .nan equals nothing and orders nowhere (a segment with
-    gte: .nan stayed empty, one with ne: .nan held everyone), and .inf is past every value."""
-    if _is_number(operand) and not math.isfinite(operand):
+    gte: .nan stayed empty, one with ne: .nan held everyone), and .inf is past every value.  A whole
+    number always is, however long (``math.isfinite`` would convert it to a float: an OverflowError)."""
+    if isinstance(operand, float) and not math.isfinite(operand):
         raise RuleError(where, f"needs a finite number, got {operand}")
 
 

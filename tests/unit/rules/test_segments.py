@@ -473,3 +473,15 @@ def test_a_consent_path_names_its_channel_as_events_do() -> None:
     for path in ("consent.Newsletter", "consent.newsletter", "consent. NEWSLETTER"):
         assert holds({"field": {"path": path, "eq": True}}, facts(consent=consent)), path
     assert not holds({"field": {"path": "consent.Newsletter", "eq": True}}, facts(consent={"sms": True}))
+
+
+def test_a_whole_number_past_a_float_is_a_rule_operand(tmp_path: Path) -> None:
+    """A whole number too long for a float (YAML reads it as an int) is finite: checking it as a float
+    stopped the load with an OverflowError traceback."""
+    huge = 10**400
+    text = (f"segments:\n  big: {{rule: {{field: {{path: traits.n, gte: {huge}}}}}}}\n"
+            f"  listed: {{rule: {{field: {{path: traits.n, in: [1, {huge}]}}}}}}\n")
+    segments = compile_segments(load_config(write(tmp_path, text)).segments)
+    assert {"big", "listed"} <= members(facts(traits={"n": huge}), {}, T0, segments)
+    assert not {"big", "listed"} & members(facts(traits={"n": 1e308}), {}, T0, segments)
+    assert "listed" in members(facts(traits={"n": 1}), {}, T0, segments)
