@@ -138,4 +138,4 @@ def load_config(path: Path | None) -> PipelineConfig:
         err = exc.errors(include_url=False)[0]
         key = ".".join(str(part) for part in err["loc"])
         reason = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        raise ConfigError(f"{path}: {key}: {reason}") from None
+        raise ConfigError(f"{path}: {key}: {reason}" if key else f"{path}: {reason}") from None

@@ -271,3 +271,15 @@ class PipelineConfig(_Strict):
     identity: Identity = Identity()
     time: TimeGuard = TimeGuard()
     limits: Limits = Limits()
+
+    @model_validator(mode="after")
+    def _counts_within_history(self) -> PipelineConfig:
+        """Each custom rule's event counts within the event times a profile keeps (``limits``)."""
+        from streams.domain.rules.segments import RuleError, compile_rule
+
+        for name, definition in self.segments.custom().items():
+            try:
+                compile_rule(definition["rule"], "rule", self.limits.history_per_type)
+            except RuleError as exc:
+                raise _segment_error(f"segments.{name}: {exc}") from None
+        return self

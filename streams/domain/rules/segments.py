@@ -421,8 +421,10 @@ def _scalar_kind(value: Any) -> str | None:
     return None
 
 
-def compile_rule(rule: Any, where: str) -> Condition:
-    """Compile one condition; a bad rule raises RuleError naming its key path below ``where``."""
+def compile_rule(rule: Any, where: str, most_history: int | None = None) -> Condition:
+    """Compile one condition; a bad rule raises RuleError naming its key path below ``where``.
+    ``most_history``: the event times a profile keeps per type (``limits.history_per_type``), which
+    an event condition's counts must stay within."""
     if not isinstance(rule, Mapping) or len(rule) != 1:
         got = f"got keys {_keys([str(k) for k in rule])}" if isinstance(rule, Mapping) else f"got {_kind(rule)}"
         raise RuleError(where, f"a condition is a mapping with exactly one key (all, any, not, field, event); {got}")
@@ -431,14 +433,14 @@ def compile_rule(rule: Any, where: str) -> Condition:
     if key in ("all", "any"):
         if not isinstance(body, list) or not body:
             raise RuleError(here, f"needs a non-empty list of conditions, got {_kind(body)}")
-        children = tuple(compile_rule(child, f"{here}[{i}]") for i, child in enumerate(body))
+        children = tuple(compile_rule(child, f"{here}[{i}]", most_history) for i, child in enumerate(body))
         return AllOf(children) if key == "all" else AnyOf(children)
     if key == "not":
-        return NotOf(compile_rule(body, here))
+        return NotOf(compile_rule(body, here, most_history))
     if key == "field":
         return _compile_field(body, here)
     if key == "event":
-        return _compile_event(body, here)
+        return _compile_event(body, here, most_history)
     raise RuleError(here, "unknown condition (use all, any, not, field, event)")
 
 
@@ -547,7 +549,7 @@ def _count(value: Any, where: str) -> int:
     return value
 
 
-def _compile_event(body: Any, where: str) -> EventCondition:
+def _compile_event(body: Any, where: str, most_history: int | None = None) -> EventCondition:
     spec = _mapping(body, where, ("type", "within", "min_count", "max_count"))
     for required in ("type", "within"):
         if required not in spec:
@@ -573,4 +575,12 @@ def _compile_event(body: Any, where: str) -> EventCondition:
         max_count = _count(spec["max_count"], _join(where, "max_count"))
         if max_count < min_count:
             raise RuleError(_join(where, "max_count"), f"must be >= min_count ({min_count})")
+    # A profile keeps the newest ``most_history`` times of each type: a count past them is never seen
+    # (min_count 600 of 500 kept never held; max_count 500 held however many there were).
+    if most_history is not None and min_count > most_history:
+        raise RuleError(_join(where, "min_count"), f"{min_count} is more than the {most_history} event times a "
+                        "profile keeps per type (limits.history_per_type)")
+    if most_history is not None and max_count is not None and max_count >= most_history:
+        raise RuleError(_join(where, "max_count"), f"{max_count} must be below the {most_history} event times a "
+                        "profile keeps per type (limits.history_per_type)")
     return EventCondition(tuple(types), window, min_count, max_count)

@@ -485,3 +485,29 @@ def test_a_whole_number_past_a_float_is_a_rule_operand(tmp_path: Path) -> None:
     assert {"big", "listed"} <= members(facts(traits={"n": huge}), {}, T0, segments)
     assert not {"big", "listed"} & members(facts(traits={"n": 1e308}), {}, T0, segments)
     assert "listed" in members(facts(traits={"n": 1}), {}, T0, segments)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("segments:\n  bots: {rule: {event: {type: product_view, within: 1d, min_count: 501}}}\n",
+         "config.yaml: segments.bots: rule.event.min_count: 501 is more than the 500 event times a profile keeps"),
+        ("segments:\n  few: {rule: {not: {event: {type: [cart_add, purchase], within: 1d, max_count: 500}}}}\n",
+         "config.yaml: segments.few: rule.not.event.max_count: 500 must be below the 500 event times"),
+        ("limits: {history_per_type: 20}\n"
+         "segments:\n  bots: {rule: {any: [{event: {type: search, within: 1h, min_count: 30}}]}}\n",
+         "config.yaml: segments.bots: rule.any[0].event.min_count: 30 is more than the 20 event times"),
+    ],
+)
+def test_event_counts_past_the_kept_history_stop_the_load(tmp_path: Path, text: str, message: str) -> None:
+    """A profile keeps the newest ``limits.history_per_type`` times of each event type: a rule counting
+    past them loaded, then never held (min_count) or held however many events there were (max_count)."""
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text))
+    assert str(err.value).startswith(f"{tmp_path / message}") and "\n" not in str(err.value)
+
+
+def test_event_counts_within_the_kept_history_load(tmp_path: Path) -> None:
+    text = ("limits: {history_per_type: 1000}\n"
+            "segments:\n  bots: {rule: {event: {type: product_view, within: 1d, min_count: 501, max_count: 999}}}\n")
+    assert "bots" in load_config(write(tmp_path, text)).segments.custom()
