@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from schemas.events import CART_TYPES, CLICK_TYPES, PURCHASE_TYPES
+from schemas.events import CART_TYPES, CLICK_TYPES, PURCHASE_TYPES, Context
 from schemas.identifiers import comparable
 from schemas.timeparse import MAX_SPAN_MS
 
@@ -30,15 +30,17 @@ History = Mapping[str, Sequence[int]]
 EVENT_TYPES: tuple[str, ...] = (*CLICK_TYPES, *CART_TYPES, *PURCHASE_TYPES, "identify")
 #: Top-level keys of the facts the caller builds from a profile; a path must start with one of them.
 FACT_ROOTS: tuple[str, ...] = ("aggregates", "traits", "consent", "context", "cart", "predictions")
-#: The fields of the roots whose shape is fixed (what ``timeline._facts`` gives the rules; traits,
-#: consent and context are free-form), each with whether a key follows it (``event_counts.purchase``):
-#: a path naming another field is a typo, which would never match (or, with ``ne``, always).
+#: The fields of the roots whose shape is fixed (what ``timeline._facts`` gives the rules; traits and
+#: consent are free-form, and an event's context keeps only the contract's fields), each with whether a key
+#: follows it (``event_counts.purchase``): a path naming another field is a typo, which would never
+#: match (or, with ``ne``, always).
 FIXED_FIELDS: dict[str, dict[str, bool]] = {
     "aggregates": {"event_counts": True, "kind_counts": True, "first_seen": True, "last_seen": True, "orders": False,
                    "total_spend": False, "spend_by_currency": True, "first_purchase_at": False,
                    "last_purchase_at": False},
     "cart": {"item_count": False, "value": False, "lines": False},
     "predictions": {"churn_probability": False, "purchase_probability": False, "model_version": False, "at": False},
+    "context": dict.fromkeys(Context.model_fields, False),
 }
 #: Built-in segment names in contract order.
 BUILTIN_SEGMENTS: tuple[str, ...] = (

@@ -339,6 +339,11 @@ RULE_ERRORS: list[tuple[Any, str, str]] = [
     ({"field": {"path": "predictions", "exists": True}}, "r.field.path", "no field of predictions"),
     ({"field": {"path": "cart.value.x", "gt": 1}}, "r.field.path", "cart.value has no field 'x'"),
     ({"field": {"path": "aggregates.event_counts.a.b", "gt": 1}}, "r.field.path", "takes one key after it"),
+    # an event's context keeps only the contract's fields: context.country loaded and never matched
+    ({"field": {"path": "context.country", "eq": "DE"}}, "r.field.path",
+     "field 'country' of context (use device, os, timezone, locale, campaign_id, source)"),
+    ({"field": {"path": "context.Timezone", "ne": "UTC"}}, "r.field.path", "field 'Timezone' of context"),
+    ({"field": {"path": "context.device.x", "exists": True}}, "r.field.path", "context.device has no field 'x'"),
     ({"field": {"path": "traits..x", "gt": 1}}, "r.field.path", "dotted path"),
     ({"field": {"gt": 1}}, "r.field.path", "dotted path"),
     ({"field": {"path": "cart.value", "gt": True}}, "r.field.gt", "a number or a string"),

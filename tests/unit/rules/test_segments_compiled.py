@@ -23,7 +23,7 @@ from streams.domain.rules.segments import (
 T0 = 1_772_000_000_000
 H = 3_600_000
 PATHS = ("aggregates.orders", "aggregates.total_spend", "cart.item_count", "cart.value", "traits.tier",
-         "traits.vip", "traits.nested.deep", "predictions.churn_probability", "context.country", "consent.email")
+         "traits.vip", "traits.nested.deep", "predictions.churn_probability", "context.device", "consent.email")
 TYPES = ("product_view", "cart_add", "purchase", "email_open", "identify")
 
 scalars = st.one_of(st.integers(-5, 5), st.floats(-5, 5, allow_nan=False), st.sampled_from(["a", "b", "gold"]),
