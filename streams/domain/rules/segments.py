@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from schemas.events import CART_TYPES, CLICK_TYPES, PURCHASE_TYPES, Context
+from schemas.events import CART_TYPES, CLICK_TYPES, MAX_CONSENT_NAME, PURCHASE_TYPES, Context
 from schemas.identifiers import comparable
 from schemas.timeparse import MAX_SPAN_MS
 
@@ -463,8 +463,12 @@ def _compile_field(body: Any, where: str) -> FieldCondition:
     keys = tuple(path.split("."))
     if keys[0] not in FACT_ROOTS:
         raise RuleError(_join(where, "path"), f"unknown root {keys[0]!r} (use {_keys(FACT_ROOTS)})")
-    if keys[0] == "consent" and len(keys) > 1:  # a channel as events name it (schemas.events: case-folded)
-        keys = (keys[0], comparable(keys[1]), *keys[2:])
+    if keys[0] == "consent":  # a channel as events name it (schemas.events: case-folded), which holds a boolean
+        channel = comparable(keys[1]) if len(keys) == 2 else ""
+        if not 0 < len(channel) <= MAX_CONSENT_NAME:  # (events name no such channel: it would never match)
+            raise RuleError(_join(where, "path"), f"consent takes one channel name after it, of 1 to "
+                            f"{MAX_CONSENT_NAME} characters (consent.email), got {path[:80]!r}")
+        keys = (keys[0], channel)
     fields = FIXED_FIELDS.get(keys[0])
     if fields is not None:
         if len(keys) < 2 or keys[1] not in fields:

@@ -344,6 +344,11 @@ RULE_ERRORS: list[tuple[Any, str, str]] = [
      "field 'country' of context (use device, os, timezone, locale, campaign_id, source)"),
     ({"field": {"path": "context.Timezone", "ne": "UTC"}}, "r.field.path", "field 'Timezone' of context"),
     ({"field": {"path": "context.device.x", "exists": True}}, "r.field.path", "context.device has no field 'x'"),
+    # a consent channel as events name it, or none: these loaded and never matched (with ne, always)
+    ({"field": {"path": "consent.email.x", "eq": True}}, "r.field.path", "consent takes one channel name"),
+    ({"field": {"path": "consent", "exists": True}}, "r.field.path", "consent takes one channel name"),
+    ({"field": {"path": "consent.\u200b", "ne": True}}, "r.field.path", "consent takes one channel name"),
+    ({"field": {"path": f"consent.{'n' * 65}", "eq": True}}, "r.field.path", "of 1 to 64 characters"),
     ({"field": {"path": "traits..x", "gt": 1}}, "r.field.path", "dotted path"),
     ({"field": {"gt": 1}}, "r.field.path", "dotted path"),
     ({"field": {"path": "cart.value", "gt": True}}, "r.field.gt", "a number or a string"),
