@@ -13,7 +13,12 @@ from streams.domain.config import PipelineConfig
 
 
 class ConfigError(ValueError):
-    """The config file cannot be used; the message names the file, key and reason."""
+    """The config file cannot be used; the message names the file, key and reason, on one line: a
+    character that is not printable (a line break in a key: ``"so\nme":``) is written as its escape."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii")
+                                 for ch in message))
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

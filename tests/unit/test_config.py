@@ -308,3 +308,23 @@ def test_a_config_past_its_size_bound_is_refused_before_it_is_parsed(tmp_path: P
         load_config(path)
     with pytest.raises(ConfigError, match="/dev/zero: larger than"):  # (read without end before)
         load_config(Path("/dev/zero"))
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ('triggers: {"a\\nb": 1}\n', "triggers.a\\nb: unknown key"),
+        ('segments:\n  x: {rule: {"so\\u2028me": []}}\n', "segments.x: rule.so\\u2028me: unknown condition"),
+        ('segments:\n  x: {rule: {field: {path: traits.a, "gt\\rx": 1}}}\n', "rule.field.gt\\rx: unknown key"),
+        ('segments:\n  x: {rule: {field: {path: traits.a, gt: 1}, "b\\nc": 1}}\n', "got keys field, b\\nc"),
+    ],
+)
+def test_a_line_break_in_a_key_is_shown_escaped_in_the_one_line_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], text: str,
+        shown: str) -> None:
+    """A key is echoed in the error: with a line break in it (a quoted YAML key may hold one) the error
+    came out on two lines, the second looking like a line of its own."""
+    monkeypatch.setenv("MAILPULSE_CONFIG", str(write(tmp_path, text)))
+    assert main(["run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mailpulse: error: MAILPULSE_CONFIG") and err.count("\n") == 1 and shown in err, err
