@@ -328,3 +328,22 @@ def test_a_line_break_in_a_key_is_shown_escaped_in_the_one_line_error(
     assert main(["run"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("mailpulse: error: MAILPULSE_CONFIG") and err.count("\n") == 1 and shown in err, err
+
+
+def test_only_true_and_false_are_booleans(tmp_path: Path) -> None:
+    """YAML 1.1 reads yes, no, on and off as booleans: a segment on ``traits.country in: [DE, NO]`` held
+    false for Norway (and never matched a Norwegian), and ``eq: yes`` never matched the text "yes"."""
+    from streams.domain.rules.segments import compile_evaluator, compile_segments
+
+    text = ("segments:\n  nordic: {rule: {field: {path: traits.country, in: [DK, NO, SE]}}}\n"
+            "  keen: {rule: {field: {path: traits.answer, eq: yes}}}\n"
+            "  switched: {rule: {field: {path: traits.vip, eq: True}}}\n"
+            "guardrails: {require_consent: true, quiet_hours: {enabled: FALSE}}\n")
+    config = load_config(write(tmp_path, text))
+    assert config.guardrails.require_consent is True and config.guardrails.quiet_hours.enabled is False
+    evaluate = compile_evaluator(compile_segments(config.segments))
+    facts = {"traits": {"country": "NO", "answer": "yes", "vip": True}}
+    assert {"nordic", "keen", "switched"} <= evaluate(facts, {}, 0)[0]
+    assert not {"nordic", "keen"} & evaluate({"traits": {"country": False, "answer": True}}, {}, 0)[0]
+    with pytest.raises(ConfigError, match=r"config\.yaml: triggers\.welcome\.enabled: Input should be a valid boolean"):
+        load_config(write(tmp_path, "triggers: {welcome: {enabled: no}}\n"))
