@@ -41,14 +41,26 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-# Only ``true`` and ``false`` are booleans, as in YAML 1.2: YAML 1.1 also reads ``yes``, ``no``, ``on`` and
-# ``off`` as booleans, so a rule's ``in: [DE, NO, SE]`` held false for Norway and never matched its people.
+# Booleans and numbers as YAML 1.2 reads them.  Only ``true`` and ``false`` are booleans: YAML 1.1 also reads
+# ``yes``, ``no``, ``on`` and ``off`` as booleans, so a rule's ``in: [DE, NO, SE]`` held false for Norway and
+# never matched its people.  ``1e6`` and ``2.5e3`` are numbers (YAML 1.1: text, so ``gte: 1e6`` compared a
+# number with text and never held); ``10:30`` and ``01234`` are text (YAML 1.1: the base-60 number 630 and
+# the octal 668, so ``eq: 10:30`` or a post code ``eq: 02134`` never matched the text a trait holds).
+_REPLACED = ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
 _UniqueKeyLoader.yaml_implicit_resolvers = {
-    first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:bool"]
+    first: [(tag, pattern) for tag, pattern in resolvers if tag not in _REPLACED]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _UniqueKeyLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
                                        list("tTfF"))
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?(?:0|[1-9][0-9_]*)|[-+]?0b[0-1_]+|[-+]?0x[0-9a-fA-F_]+)$"),
+    list("-+0123456789"))
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*\.[0-9_]*|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?|[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+"
+               r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."))
 
 
 #: The most values aliases (``*name``) may add to the file as written.  Anchors that each repeat the one

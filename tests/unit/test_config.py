@@ -347,3 +347,26 @@ def test_only_true_and_false_are_booleans(tmp_path: Path) -> None:
     assert not {"nordic", "keen"} & evaluate({"traits": {"country": False, "answer": True}}, {}, 0)[0]
     with pytest.raises(ConfigError, match=r"config\.yaml: triggers\.welcome\.enabled: Input should be a valid boolean"):
         load_config(write(tmp_path, "triggers: {welcome: {enabled: no}}\n"))
+
+
+def test_numbers_are_read_as_yaml_1_2_reads_them(tmp_path: Path) -> None:
+    """YAML 1.1 reads ``1e6`` and ``2.5e3`` as text (a rule's ``gte: 1e6`` compared a number with text and
+    never held), ``10:30`` as the base-60 number 630 and ``02134`` as the octal 668 (a rule's ``eq`` then
+    never matched the text a trait holds)."""
+    from streams.domain.rules.segments import compile_evaluator, compile_segments
+
+    text = ("segments:\n  whales: {rule: {field: {path: aggregates.total_spend, gte: 1e6}}}\n"
+            "  big: {rule: {field: {path: aggregates.total_spend, gt: 2.5e3}}}\n"
+            "  morning: {rule: {field: {path: traits.slot, eq: 10:30}}}\n"
+            "  boston: {rule: {field: {path: traits.postcode, in: [02134, 02135]}}}\n"
+            "  hex: {rule: {field: {path: traits.n, in: [0x1f, 1_000, -7]}}}\n"
+            "triggers: {winback: {after_days: 1.2e2}}\n")
+    config = load_config(write(tmp_path, text))
+    assert config.triggers.winback.after_days == 120
+    evaluate = compile_evaluator(compile_segments(config.segments))
+    facts = {"aggregates": {"total_spend": 1_000_000}, "traits": {"slot": "10:30", "postcode": "02134", "n": 31}}
+    assert {"whales", "big", "morning", "boston", "hex"} <= evaluate(facts, {}, 0)[0]
+    facts = {"aggregates": {"total_spend": 2500}, "traits": {"slot": 630, "postcode": 668, "n": 1000}}
+    assert evaluate(facts, {}, 0)[0] & {"whales", "big", "morning", "boston", "hex"} == {"hex"}
+    with pytest.raises(ConfigError, match=r"guardrails\.per_type_per_day: Input should be a valid integer"):
+        load_config(write(tmp_path, "guardrails: {per_type_per_day: 010}\n"))
