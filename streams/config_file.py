@@ -28,7 +28,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
-        for key_node, _ in node.value:
+        for key_node, _ in node.value if isinstance(node, yaml.MappingNode) else ():  # (!!set [1]: the base says)
             if key_node.tag == "tag:yaml.org,2002:merge":  # ``<<``: merged in by the base loader, not a key
                 continue
             key = self.construct_object(key_node, deep=deep)
@@ -39,6 +39,17 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                                                         key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        """A value given a tag it cannot be read as (``!!int abc``, ``!!float x``, ``!!bool maybe``,
+        ``!!timestamp x``) is a YAML error at its line: the constructor raised ValueError, KeyError or
+        AttributeError, a traceback."""
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, KeyError, AttributeError, TypeError, OverflowError):
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{str(node.value)[:64]!r} cannot be read as {node.tag.rsplit(':', 1)[-1]}",
+                node.start_mark) from None
 
 
 # Booleans and numbers as YAML 1.2 reads them.  Only ``true`` and ``false`` are booleans: YAML 1.1 also reads

@@ -370,3 +370,27 @@ def test_numbers_are_read_as_yaml_1_2_reads_them(tmp_path: Path) -> None:
     assert evaluate(facts, {}, 0)[0] & {"whales", "big", "morning", "boston", "hex"} == {"hex"}
     with pytest.raises(ConfigError, match=r"guardrails\.per_type_per_day: Input should be a valid integer"):
         load_config(write(tmp_path, "guardrails: {per_type_per_day: 010}\n"))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("guardrails: {per_type_per_day: !!int abc}\n", "line 1 not valid YAML: 'abc' cannot be read as int"),
+        ("segments:\n  x: {rule: {field: {path: traits.n, gte: !!float x}}}\n",
+         "line 2 not valid YAML: 'x' cannot be read as float"),
+        ("segments:\n  x: {rule: {field: {path: traits.n, eq: !!bool maybe}}}\n",
+         "line 2 not valid YAML: 'maybe' cannot be read as bool"),
+        ("segments:\n  x: {rule: {field: {path: traits.n, gt: !!timestamp x}}}\n",
+         "line 2 not valid YAML: 'x' cannot be read as timestamp"),
+        ("segments:\n  x: {rule: {field: {path: traits.d, eq: 2024-13-45}}}\n",  # (a date without a tag too)
+         "line 2 not valid YAML: '2024-13-45' cannot be read as timestamp"),
+        ("segments:\n  x: {rule: !!set [1]}\n", "line 2 not valid YAML: expected a mapping node, but found sequence"),
+        ("segments: !!map x\n", "line 1 not valid YAML: expected a mapping node, but found scalar"),
+    ],
+)
+def test_a_value_its_tag_cannot_read_is_a_one_line_yaml_error(tmp_path: Path, text: str, message: str) -> None:
+    """An explicit tag on a value it cannot read, or a date that is none (2024-13-45), stopped the load
+    with a ValueError, KeyError, AttributeError or TypeError traceback."""
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text))
+    assert str(err.value) == f"{tmp_path / 'config.yaml'}: {message}"
