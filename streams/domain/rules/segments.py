@@ -581,12 +581,15 @@ def _compile_event(body: Any, where: str, most_history: int | None = None) -> Ev
         max_count = _count(spec["max_count"], _join(where, "max_count"))
         if max_count < min_count:
             raise RuleError(_join(where, "max_count"), f"must be >= min_count ({min_count})")
-    # A profile keeps the newest ``most_history`` times of each type: a count past them is never seen
-    # (min_count 600 of 500 kept never held; max_count 500 held however many there were).
-    if most_history is not None and min_count > most_history:
-        raise RuleError(_join(where, "min_count"), f"{min_count} is more than the {most_history} event times a "
-                        "profile keeps per type (limits.history_per_type)")
-    if most_history is not None and max_count is not None and max_count >= most_history:
-        raise RuleError(_join(where, "max_count"), f"{max_count} must be below the {most_history} event times a "
-                        "profile keeps per type (limits.history_per_type)")
+    # A profile keeps the newest ``most_history`` times of each type, and a condition counts those of
+    # all its types: a count past them is never seen (min_count 600 of 500 kept never held; max_count
+    # 500 held however many there were).
+    kept = None if most_history is None else most_history * len(types)
+    per_type = "" if len(types) == 1 else f" ({most_history} per type of {len(types)})"
+    if kept is not None and min_count > kept:
+        raise RuleError(_join(where, "min_count"), f"{min_count} is more than the {kept} event times a "
+                        f"profile keeps{per_type or ' per type'} (limits.history_per_type)")
+    if kept is not None and max_count is not None and max_count >= kept:
+        raise RuleError(_join(where, "max_count"), f"{max_count} must be below the {kept} event times a "
+                        f"profile keeps{per_type or ' per type'} (limits.history_per_type)")
     return EventCondition(tuple(types), window, min_count, max_count)

@@ -502,8 +502,11 @@ def test_a_whole_number_past_a_float_is_a_rule_operand(tmp_path: Path) -> None:
     [
         ("segments:\n  bots: {rule: {event: {type: product_view, within: 1d, min_count: 501}}}\n",
          "config.yaml: segments.bots: rule.event.min_count: 501 is more than the 500 event times a profile keeps"),
-        ("segments:\n  few: {rule: {not: {event: {type: [cart_add, purchase], within: 1d, max_count: 500}}}}\n",
+        ("segments:\n  few: {rule: {not: {event: {type: cart_add, within: 1d, max_count: 500}}}}\n",
          "config.yaml: segments.few: rule.not.event.max_count: 500 must be below the 500 event times"),
+        ("segments:\n  few: {rule: {event: {type: [cart_add, purchase], within: 1d, max_count: 1000}}}\n",
+         "config.yaml: segments.few: rule.event.max_count: 1000 must be below the 1000 event times a profile "
+         "keeps (500 per type of 2)"),
         ("limits: {history_per_type: 20}\n"
          "segments:\n  bots: {rule: {any: [{event: {type: search, within: 1h, min_count: 30}}]}}\n",
          "config.yaml: segments.bots: rule.any[0].event.min_count: 30 is more than the 20 event times"),
@@ -521,3 +524,14 @@ def test_event_counts_within_the_kept_history_load(tmp_path: Path) -> None:
     text = ("limits: {history_per_type: 1000}\n"
             "segments:\n  bots: {rule: {event: {type: product_view, within: 1d, min_count: 501, max_count: 999}}}\n")
     assert "bots" in load_config(write(tmp_path, text)).segments.custom()
+
+
+def test_event_counts_of_several_types_count_each_type_kept(tmp_path: Path) -> None:
+    """A condition on several types counts the kept times of each: 500 page views and 500 product
+    views are 1,000 events, so counts up to that can hold (the load refused them)."""
+    text = ("segments:\n  browsers: {rule: {event: {type: [page_view, product_view], within: 30d, min_count: 600}}}\n"
+            "  some: {rule: {event: {type: [page_view, product_view], within: 30d, max_count: 700}}}\n")
+    segments = compile_segments(load_config(write(tmp_path, text)).segments)
+    history = {"page_view": list(range(T0 - 500, T0)), "product_view": list(range(T0 - 500, T0))}
+    assert members(facts(), history, T0, segments) >= {"browsers"}
+    assert "some" not in members(facts(), history, T0, segments)
