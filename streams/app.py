@@ -454,11 +454,14 @@ def _partition_ends(p: Pipeline) -> Any:
         try:  # a check never stops the worker; a broker that does not answer is the broker probe's to tell
             tps = [tp for tp in consumer.assignment() if tp.topic in topics]
             ends = dict(await asyncio.wait_for(consumer.highwaters(*tps), ENDS_EVERY_S)) if tps else {}
-            # the committed offset: every step from the fetch to the agents' acks and the commit made it
-            positions: dict[Any, int | None] = {tp: consumer._committed_offset.get(tp) for tp in ends}
-            unknown = [tp for tp, position in positions.items() if position is None]  # nothing committed yet
-            if unknown:
-                positions.update(await asyncio.wait_for(consumer.earliest_offsets(*unknown), ENDS_EVERY_S))
+            # the committed offset: every step from the fetch to the agents' acks and the commit made it;
+            # else, or when retention deleted the records past it, the partition's start (where the fetch
+            # goes on: with nothing there to read, no commit moves the committed offset)
+            starts = dict(await asyncio.wait_for(consumer.earliest_offsets(*ends), ENDS_EVERY_S)) if ends else {}
+            positions: dict[Any, int | None] = {}
+            for tp in ends:
+                committed, start = consumer._committed_offset.get(tp), starts.get(tp)
+                positions[tp] = start if committed is None else committed if start is None else max(committed, start)
         except Exception as exc:
             log.debug("partition ends not read: %s", type(exc).__name__)
             return

@@ -1264,8 +1264,9 @@ async def test_the_broker_ends_give_the_lag_and_a_partition_read_nothing_of_fail
             return {tp: self.ends[tp] for tp in tps}
 
         async def earliest_offsets(self, *tps: TP) -> dict[TP, int]:
-            assert tps == (clicks[2],)  # nothing committed there
-            return {clicks[2]: 30}  # (retention took all it had)
+            return {tp: self.starts[tp] for tp in tps}
+
+        starts = {clicks[0]: 0, clicks[1]: 0, clicks[2]: 30}  # (clicks/2: nothing committed, retention took all)
 
     pipeline.app.consumer = Consumer()  # type: ignore[assignment]
     pipeline.health.ready = True
@@ -1280,6 +1281,41 @@ async def test_the_broker_ends_give_the_lag_and_a_partition_read_nothing_of_fail
     healthy, body = pipeline.health.answer("/healthz")
     assert not healthy and body.startswith("partition clicks/0 read nothing for") and "30 records wait" in body
     assert set(pipeline.health._reading) == {"clicks/0", "clicks/1", "clicks/2"}
+
+
+async def test_a_partition_whose_unread_records_retention_deleted_is_read(pipeline: Pipeline) -> None:
+    """A worker stopped longer than the input's retention: the records past its committed offset are
+    gone, the fetch starts at the partition's start, which is its end, and with nothing to read no
+    commit moves the committed offset.  The partition is read to its end: /healthz stays ok (a check
+    from the committed offset alone failed it for good, and a restart changed nothing)."""
+    from streams.app import _partition_ends
+    from streams.metrics import AGENT_STALL_AFTER_S
+
+    clicks = TP("clicks", 0)
+
+    class Consumer:
+        _committed_offset = {clicks: 20}
+
+        def assignment(self) -> set[TP]:
+            return {clicks}
+
+        def highwater(self, tp: TP) -> int | None:
+            return None  # nothing fetched: there is nothing
+
+        async def highwaters(self, *tps: TP) -> dict[TP, int]:
+            return {clicks: 50}
+
+        async def earliest_offsets(self, *tps: TP) -> dict[TP, int]:
+            return {clicks: 50}  # records 20 to 49 deleted by retention
+
+    pipeline.app.consumer = Consumer()  # type: ignore[assignment]
+    pipeline.health.ready = True
+    ends = _partition_ends(pipeline)
+    await ends()
+    position, since = pipeline.health._reading["clicks/0"]
+    pipeline.health._reading["clicks/0"] = (position, since - AGENT_STALL_AFTER_S - 1)
+    await ends()
+    assert pipeline.health.answer("/healthz") == (True, "ok\n")
 
 
 async def test_the_worker_state_is_running_as_soon_as_it_is_ready(pipeline: Pipeline) -> None:
