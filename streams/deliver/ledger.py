@@ -167,8 +167,21 @@ class Ledger:
         value = orjson.loads(raw)
         return int(value["rounds"]), int(value["since"])
 
-    def note_round(self, trigger_id: str, rounds: int, since_ms: int) -> None:
-        self.db[b"r:" + trigger_id.encode()] = orjson.dumps({"rounds": rounds, "since": since_ms})
+    def attempts(self, trigger_id: str, per_round: int) -> int:
+        """The attempts made in the rounds a trigger failed so far (``per_round`` each for rounds noted
+        without their attempts, by an older version)."""
+        raw = self.db.get(b"r:" + trigger_id.encode())
+        if raw is None:
+            return 0
+        value = orjson.loads(raw)
+        made = value.get("attempts")
+        return int(made) if made is not None else int(value["rounds"]) * per_round
+
+    def note_round(self, trigger_id: str, rounds: int, since_ms: int, attempts: int | None = None) -> None:
+        value: dict[str, int] = {"rounds": rounds, "since": since_ms}
+        if attempts is not None:  # (a round stopped early by a ``Retry-After`` made fewer than its share)
+            value["attempts"] = attempts
+        self.db[b"r:" + trigger_id.encode()] = orjson.dumps(value)
 
     def prune(self, before_ms: int) -> int:
         """Forgets the trigger ids first marked before ``before_ms``; how many.  (A trigger read

@@ -394,7 +394,7 @@ class Deliverer:
             if exc.retry_after_s is not None:  # (a 429 or 503 that says when: every trigger waits for it)
                 self.outage.told_to_wait(self.now_ms() + int(exc.retry_after_s * 1000))
             self._show_target()  # (kept before what follows may take a while, or fail)
-            if not self._again_later(trigger, str(exc)):
+            if not self._again_later(trigger, str(exc), exc.attempts or self.settings.deliver_attempts):
                 self._give_up(trigger, "retries_exhausted",
                               self._earlier_attempts(trigger_id) + (exc.attempts or self.settings.deliver_attempts),
                               str(exc))
@@ -417,7 +417,7 @@ class Deliverer:
     def _earlier_attempts(self, trigger_id: str) -> int:
         """The attempts of the rounds this trigger failed before this one (none for one that only
         waited for a down target); read before its outcome is marked, which forgets its rounds."""
-        return (self.ledger.rounds(trigger_id) or (0, 0))[0] * self.settings.deliver_attempts
+        return self.ledger.attempts(trigger_id, self.settings.deliver_attempts)
 
     def _probe(self) -> None:
         """Asks a down target whether it answers again, sending nothing (:meth:`Target.probe`)."""
@@ -455,15 +455,17 @@ class Deliverer:
             self.ledger.sync()  # (rare: the outage began, ended or waits longer)
             self._outage_kept = state
 
-    def _again_later(self, trigger: dict[str, Any], why: str) -> bool:
+    def _again_later(self, trigger: dict[str, Any], why: str, attempts: int) -> bool:
         """Holds a trigger not sent (its target failed temporarily, or is down) for its next round;
-        False when its rounds are used up (``MAILPULSE_DELIVER_RETRY_HOURS``)."""
+        False when its rounds are used up (``MAILPULSE_DELIVER_RETRY_HOURS``).  ``attempts``: this
+        round's."""
         trigger_id, now = trigger["trigger_id"], self.now_ms()
         rounds, since = self.ledger.rounds(trigger_id) or (0, now)
         if now - since >= self.settings.deliver_retry_hours * 3_600_000:
             return False
+        made = self._earlier_attempts(trigger_id) + attempts
         self.ledger.forget(trigger_id)  # (its ``sending`` mark: it was not sent)
-        self.ledger.note_round(trigger_id, rounds + 1, since)
+        self.ledger.note_round(trigger_id, rounds + 1, since, made)
         # after the triggers waiting for the target to come back (one of them probes it, not this one)
         at = max(now + round_delay_ms(rounds + 1), self.outage.until_ms + 1000 if self.outage.down(now) else 0)
         self.ledger.hold(at, trigger_id, orjson.dumps(trigger), str(trigger.get("profile_id")))

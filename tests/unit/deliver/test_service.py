@@ -1209,3 +1209,35 @@ def test_a_webhook_that_asks_to_wait_holds_every_trigger_until_then(tmp_path: Pa
         now[0] += 2_000
         step.release_due()
         assert posts[:2] == ["a", "b"]  # the first due probes it, no sooner than it asked
+
+
+class WaitThen:
+    """A target that answers a 429 asking to wait ten minutes, then fails with ``then``."""
+
+    name = "webhook"
+
+    def __init__(self, then: Exception) -> None:
+        self.calls, self.then = 0, then
+
+    def send(self, message: EmailMessage, trigger: dict[str, Any]) -> Sent:
+        from streams.deliver.targets import Temporary
+
+        self.calls += 1
+        if self.calls == 1:
+            raise Temporary("HTTP 429", retry_after_s=600)
+        raise self.then
+
+
+def test_a_round_a_retry_after_stopped_counts_the_attempts_it_made(tmp_path: Path) -> None:
+    """A ``Retry-After`` past the longest backoff stops a round after one attempt: a later give-up
+    reported the attempts as if each earlier round had made all of its own (3 + 1, not 1 + 1)."""
+    target = WaitThen(OutcomeUnknown("connection lost after the hand-over"))
+    step, producer = deliverer(tmp_path, target)
+    now = [parse_timestamp("2026-03-01T12:00:00Z")]
+    step.now_ms = lambda: now[0]
+    step.handle(trigger())
+    assert not producer.sent and step.ledger.rounds("t-1") == (1, now[0])
+    now[0] += 3_600_000
+    step.release_due()
+    [(_, letter)] = producer.sent
+    assert letter["error"]["code"] == "outcome_unknown" and letter["attempts"] == target.calls == 2
