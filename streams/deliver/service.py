@@ -52,6 +52,7 @@ from streams.deliver.targets import (
     Target,
     Temporary,
     Webhook,
+    longest_backoff_s,
     with_retries,
 )
 from streams.domain.config import Triggers
@@ -391,10 +392,13 @@ class Deliverer:
                 self.outage.failed(self.now_ms())
             else:  # the target answered: it is up (this message may go through later)
                 self.outage.up()
-            if exc.retry_after_s is not None:  # (a 429 or 503 that says when: every trigger waits for it)
+            if exc.retry_after_s is not None and exc.retry_after_s > longest_backoff_s(
+                    self.settings.deliver_attempts, self.settings.deliver_backoff_s):
+                # (a 429 or 503 that says when, past what a round waits: every trigger waits for it)
                 self.outage.told_to_wait(self.now_ms() + int(exc.retry_after_s * 1000))
             self._show_target()  # (kept before what follows may take a while, or fail)
-            if not self._again_later(trigger, str(exc), exc.attempts or self.settings.deliver_attempts):
+            told = 0 if exc.retry_after_s is None else self.now_ms() + int(exc.retry_after_s * 1000)
+            if not self._again_later(trigger, str(exc), exc.attempts or self.settings.deliver_attempts, told):
                 self._give_up(trigger, "retries_exhausted",
                               self._earlier_attempts(trigger_id) + (exc.attempts or self.settings.deliver_attempts),
                               str(exc))
@@ -455,10 +459,10 @@ class Deliverer:
             self.ledger.sync()  # (rare: the outage began, ended or waits longer)
             self._outage_kept = state
 
-    def _again_later(self, trigger: dict[str, Any], why: str, attempts: int) -> bool:
+    def _again_later(self, trigger: dict[str, Any], why: str, attempts: int, not_before_ms: int = 0) -> bool:
         """Holds a trigger not sent (its target failed temporarily, or is down) for its next round;
         False when its rounds are used up (``MAILPULSE_DELIVER_RETRY_HOURS``).  ``attempts``: this
-        round's."""
+        round's; ``not_before_ms``: when the target's ``Retry-After`` ends (0: none)."""
         trigger_id, now = trigger["trigger_id"], self.now_ms()
         rounds, since = self.ledger.rounds(trigger_id) or (0, now)
         if now - since >= self.settings.deliver_retry_hours * 3_600_000:
@@ -467,7 +471,8 @@ class Deliverer:
         self.ledger.forget(trigger_id)  # (its ``sending`` mark: it was not sent)
         self.ledger.note_round(trigger_id, rounds + 1, since, made)
         # after the triggers waiting for the target to come back (one of them probes it, not this one)
-        at = max(now + round_delay_ms(rounds + 1), self.outage.until_ms + 1000 if self.outage.down(now) else 0)
+        at = max(now + round_delay_ms(rounds + 1), self.outage.until_ms + 1000 if self.outage.down(now) else 0,
+                 not_before_ms)
         self.ledger.hold(at, trigger_id, orjson.dumps(trigger), str(trigger.get("profile_id")))
         self.ledger.sync()  # (else a power loss brings back its ``sending`` mark: "interrupted", never sent)
         self.metrics.deliveries.labels(_type_label(trigger["type"]), "deferred").inc()

@@ -71,6 +71,11 @@ def retry_after_s(value: str | None, now: float | None = None) -> float | None:
     return min(max(wait, 0.0), LONGEST_RETRY_AFTER_S)
 
 
+def longest_backoff_s(attempts: int, backoff_s: float) -> float:
+    """The longest wait between two attempts of a round (:func:`with_retries`)."""
+    return backoff_s * float(2 ** (attempts - 1))
+
+
 class Permanent(Exception):
     """Not worth another attempt (a 5xx SMTP reply, an HTTP 4xx other than 401, 408, 409 and 429, an HTTP
     redirect, a rejected address).  ``answered``: the target refused it (False: it was refused before the
@@ -121,7 +126,7 @@ def with_retries(send: Callable[[], Sent], attempts: int, backoff_s: float, on_r
                 raise
             wait = rng.uniform(0, backoff_s * 2 ** (attempt - 1))  # "full jitter"
             if exc.retry_after_s is not None:  # the target said when: not sooner, and not here if it is
-                if exc.retry_after_s > backoff_s * 2 ** (attempts - 1):  # past the longest backoff: the
+                if exc.retry_after_s > longest_backoff_s(attempts, backoff_s):  # past the longest backoff: the
                     raise  # caller holds the trigger (and the target) until then
                 wait = max(wait, exc.retry_after_s)
         except (Permanent, OutcomeUnknown) as exc:

@@ -1241,3 +1241,60 @@ def test_a_round_a_retry_after_stopped_counts_the_attempts_it_made(tmp_path: Pat
     step.release_due()
     [(_, letter)] = producer.sent
     assert letter["error"]["code"] == "outcome_unknown" and letter["attempts"] == target.calls == 2
+
+
+class AlwaysBusy:
+    """A target that answers every message with a 503 saying to try again at once."""
+
+    name = "webhook"
+
+    def send(self, message: EmailMessage, trigger: dict[str, Any]) -> Sent:
+        from streams.deliver.targets import Temporary
+
+        raise Temporary("HTTP 503", retry_after_s=0.0)
+
+
+def test_a_retry_after_within_the_backoff_does_not_count_the_target_down_at_once(tmp_path: Path) -> None:
+    """A ``Retry-After`` a round's backoff already waits for is one failure of the target, as a 503
+    without it: one trigger whose attempts got ``Retry-After: 0`` made the target count as down
+    (``mailpulse_delivery_target_up`` 0, every trigger waiting for a probe)."""
+    step, producer = deliverer(tmp_path, AlwaysBusy())
+    step.handle(trigger())
+    assert step.ledger.held == 1 and not producer.sent
+    assert not step.outage.counted_down and step.outage.in_a_row == 1
+    assert step.metrics.target_up._value.get() == 1
+
+
+class BusyFor:
+    """A target that answers every message with a 503 saying to try again in ``seconds``."""
+
+    name = "webhook"
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.calls = seconds, 0
+
+    def send(self, message: EmailMessage, trigger: dict[str, Any]) -> Sent:
+        from streams.deliver.targets import Temporary
+
+        self.calls += 1
+        raise Temporary("HTTP 503", retry_after_s=self.seconds)
+
+
+def test_a_retry_after_on_a_rounds_last_attempt_holds_its_next_round(tmp_path: Path) -> None:
+    """A ``Retry-After`` within the longest backoff (here 4 min) that came with a round's last attempt:
+    the next round, a minute later, does not come before it."""
+    target = BusyFor(200)
+    producer = Recorder()
+    step = Deliverer(target, Ledger(tmp_path / "state"), Renderer(), producer, DeliverMetrics(),  # type: ignore[arg-type]
+                     Settings(deliver_attempts=3, deliver_backoff_s=60, deliver_grace_s=0), "http://u", b"k" * 32,
+                     now_ms=lambda: 0, sleep=lambda s: None)
+    now = [parse_timestamp("2026-03-01T12:00:00Z")]
+    step.now_ms = lambda: now[0]
+    step.handle(trigger())
+    assert target.calls == 3 and step.ledger.held == 1 and not step.outage.counted_down
+    now[0] += 61_000
+    step.release_due()
+    assert target.calls == 3
+    now[0] += 140_000
+    step.release_due()
+    assert target.calls == 6
