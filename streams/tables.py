@@ -229,8 +229,8 @@ class ProfileTable(faust.Table[bytes, bytes]):
         unwritten = {key: value for key, (part, value) in {**self._held, **self._staged}.items() if part == partition}
         store: Any = self.data
         stored: Iterable[tuple[bytes, bytes]]
-        if hasattr(store, "_db_for_partition"):
-            stored = store._db_for_partition(partition).items()
+        if hasattr(store, "_db_for_partition"):  # (without Faust's own key, the changelog offset it holds)
+            stored = store._visible_items(store._db_for_partition(partition))
         else:
             stored = ((key, value) for key, value in self.items() if partition_of(key) == partition)
         for key, value in stored:

@@ -166,3 +166,22 @@ def test_a_rebalance_drops_the_held_values_of_lost_partitions(tmp_path: Path) ->
     assert table.read(b"b", 1) is None and table.read(b"a", 0) == b"1"
     table.write_staged()
     assert _stored(table, 0, b"a") == b"1" and _stored(table, 1, b"b") is None
+
+
+def test_a_partitions_items_leave_out_the_changelog_offset_the_store_keeps(tmp_path: Path) -> None:
+    """The product-neighbours bound is built from a partition's items: with the store's own offset key
+    among them (a value of no counts, so the first to go), the first product past the bound deleted
+    that key (a tombstone on the recommendations topic and the changelog, one eviction counted, and
+    a restart reading the changelog from its start) instead of a product."""
+    from faust.types import TP
+
+    from streams.cooccurrence import CountedProducts
+
+    [table] = _tables(tmp_path, RocksDBMemory.with_budget(4), count=1)
+    table.stage(b"p-1", b'{"p-2":3}', 0)
+    table.write_staged()
+    table.data.set_persisted_offset(TP(table.changelog_topic.get_topic_name(), 0), 42)
+    table.stage(b"p-3", b'{"p-1":1}', 0)
+    assert sorted(table.partition_items(0, lambda key: 0)) == [(b"p-1", b'{"p-2":3}'), (b"p-3", b'{"p-1":1}')]
+    held = CountedProducts(1, lambda partition: table.partition_items(partition, lambda key: 0))
+    assert held.counted(0, b"p-3") == [b"p-1"]
