@@ -100,7 +100,7 @@ class PairBuffer:
 
 
 #: The most products one count deletes: a table far past its bound (the bound lowered, or written by a
-#: version without one) shrinks by one product per count, not all at once in one record's handling.
+#: version without one) shrinks by up to two products per count, not all at once in one record's handling.
 EVICTED_PER_COUNT = 2
 
 
