@@ -464,6 +464,9 @@ def _partition_ends(p: Pipeline) -> Any:
                 positions[tp] = start if committed is None else committed if start is None else max(committed, start)
         except Exception as exc:
             log.debug("partition ends not read: %s", type(exc).__name__)
+            # watched afresh once the broker answers: a commit cannot move while it does not, and a
+            # partition that waited out an outage is no partition the worker stopped reading
+            p.health.watch_partitions({})
             return
         p.broker_ends = ends
         p.health.watch_partitions({f"{tp.topic}/{tp.partition}": (position, _end(consumer, tp, ends[tp]) or 0)

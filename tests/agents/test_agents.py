@@ -1282,6 +1282,13 @@ async def test_the_broker_ends_give_the_lag_and_a_partition_read_nothing_of_fail
     assert not healthy and body.startswith("partition clicks/0 read nothing for") and "30 records wait" in body
     assert set(pipeline.health._reading) == {"clicks/0", "clicks/1", "clicks/2"}
 
+    async def unanswered(*tps: TP) -> dict[TP, int]:
+        raise TimeoutError
+
+    pipeline.app.consumer.highwaters = unanswered  # type: ignore[method-assign]
+    await ends()  # the broker does not answer: watched afresh once it does (no commit moves meanwhile)
+    assert pipeline.health.answer("/healthz") == (True, "ok\n") and not pipeline.health._reading
+
 
 async def test_a_partition_whose_unread_records_retention_deleted_is_read(pipeline: Pipeline) -> None:
     """A worker stopped longer than the input's retention: the records past its committed offset are
