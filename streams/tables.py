@@ -130,6 +130,20 @@ class ProfileTable(faust.Table[bytes, bytes]):
                     self._stamped.pop(tp.partition, None)
         await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
 
+    async def on_recovery_completed(self, active_tps: set[TP], standby_tps: set[TP]) -> None:
+        """Faust's, and each active partition's write time stamped: its database now holds the
+        changelog up to now (a recovery writes through Faust, not :meth:`save_persisted_offsets`, and
+        a database recovered and then left idle looked as old as its stamp from before)."""
+        await super().on_recovery_completed(active_tps, standby_tps)
+        partition_path = getattr(self.data, "partition_path", None)
+        if partition_path is None:
+            return
+        now = time.time()
+        for tp in active_tps:
+            if tp.topic in self.changelog_topic.topics:
+                _stamp(partition_path(tp.partition), now)
+                self._stamped[tp.partition] = now
+
     # --- write-behind ------------------------------------------------------------------------------
     # An agent that writes a key several times between two offset commits (a profile parks an event,
     # then folds it when the watermark passes; its due time moves) pays Faust's per-write cost (table

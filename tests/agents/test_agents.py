@@ -1597,6 +1597,24 @@ async def test_a_partition_database_copied_without_its_file_times_is_as_old_as_i
     assert not tables_module._stamp_path(path).exists()  # (the rebuilt database has its own times)
 
 
+async def test_a_recovered_partition_is_stamped_as_written_when_its_recovery_ends(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A recovery writes through Faust, not the table's write-out: a partition stamped 11 h ago,
+    recovered from its changelog and then left idle, would look as old as that stamp and be rebuilt
+    again at its next assignment."""
+    import streams.tables as tables_module
+
+    p = _with_rocksdb(tmp_path)
+    table = p.profile_state
+    tp = TP(table.changelog_topic.get_topic_name(), 1)
+    path = table.data.partition_path(1)
+    path.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    tables_module._stamp(path, now - 11 * 3600)
+    await table.on_recovery_completed({tp}, set())
+    assert abs(tables_module._last_written(path) - now) < 60
+
+
 @pytest.mark.parametrize("away_hours", [1, 13])
 async def test_a_partition_back_after_half_a_day_on_another_worker_is_rebuilt_not_kept_stale(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, away_hours: int) -> None:
