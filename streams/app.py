@@ -441,6 +441,17 @@ def _end(consumer: Any, tp: Any, asked: int | None) -> int | None:
     return fetched if asked is None else max(fetched, asked)
 
 
+async def _passed_to_end(consumer: Any, tp: Any, end: int) -> bool:
+    """Whether the consumer's fetch position reached ``end`` with every message it delivered of the
+    partition acked and committed: the offsets left between the committed offset and the end are
+    then none a record was delivered for (a transaction's commit or abort marker, which a producer
+    writing in transactions leaves after its records), so nothing waits to be read."""
+    if consumer._acked.get(tp) or any(message.tp == tp for message in list(consumer._unacked_messages)):
+        return False
+    fetched = await asyncio.wait_for(consumer.position(tp), ENDS_EVERY_S)
+    return fetched is not None and fetched >= end
+
+
 def _partition_ends(p: Pipeline) -> Any:
     """Asks the broker for the end of every assigned partition the agents read, for the lag (the
     end as of the last fetch stays put when fetching stops) and for the check that each is read: a
@@ -462,6 +473,11 @@ def _partition_ends(p: Pipeline) -> Any:
             for tp in ends:
                 committed, start = consumer._committed_offset.get(tp), starts.get(tp)
                 positions[tp] = start if committed is None else committed if start is None else max(committed, start)
+            watched = {tp: (position, _end(consumer, tp, ends[tp]) or 0)
+                       for tp, position in positions.items() if position is not None}
+            for tp, (position, end) in watched.items():
+                if position < end and await _passed_to_end(consumer, tp, end):
+                    watched[tp] = (end, end)
         except Exception as exc:
             log.debug("partition ends not read: %s", type(exc).__name__)
             # watched afresh once the broker answers: a commit cannot move while it does not, and a
@@ -469,8 +485,7 @@ def _partition_ends(p: Pipeline) -> Any:
             p.health.watch_partitions({})
             return
         p.broker_ends = ends
-        p.health.watch_partitions({f"{tp.topic}/{tp.partition}": (position, _end(consumer, tp, ends[tp]) or 0)
-                                   for tp, position in positions.items() if position is not None})
+        p.health.watch_partitions({f"{tp.topic}/{tp.partition}": watched[tp] for tp in watched})
 
     return partition_ends
 

@@ -1253,6 +1253,11 @@ async def test_the_broker_ends_give_the_lag_and_a_partition_read_nothing_of_fail
     class Consumer:
         ends = {clicks[0]: 50, clicks[1]: 9, clicks[2]: 30}
         _committed_offset = {clicks[0]: 20, clicks[1]: 9}  # records up to 19 taken in, then nothing
+        _acked: dict[TP, list[int]] = {}
+        _unacked_messages: set[Any] = set()
+
+        async def position(self, tp: TP) -> int:
+            return self._committed_offset.get(tp, 30)  # (the fetch stopped there)
 
         def assignment(self) -> set[TP]:
             return {*clicks, TP("elsewhere", 0)}

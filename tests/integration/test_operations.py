@@ -295,6 +295,31 @@ def test_a_partition_the_worker_stops_reading_fails_healthz_and_shows_its_lag(br
     assert worker.metric("mailpulse_worker_state", state="error") == 1
 
 
+def test_a_partition_that_ends_in_a_transaction_marker_is_read(broker, start_worker) -> None:
+    """A producer that writes an input topic in transactions leaves a commit marker after its records:
+    an offset the consumer passes over and no agent gets.  Every record read and committed, the
+    committed offset stays one short of the broker's end for good; /healthz must not call that a
+    partition read nothing (a restart finds it the same: a restart loop)."""
+    worker: Worker = start_worker(command=[sys.executable, "-m", "tests.integration.stalled_worker"])
+    url = f"http://127.0.0.1:{worker.metrics_port}"
+    worker.wait_metric("mailpulse_worker_state", 1, state="running")
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "transactional.id": "upstream"})
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    for n in range(3):
+        event = {"event_id": f"tx-{n}", "timestamp": 1772445600000 + n, "user_id": "t-1", "type": "product_view",
+                 "product_id": "sku-1"}
+        producer.produce("clicks", orjson.dumps(event), partition=0)
+    producer.commit_transaction(30)
+    worker.wait_metric("mailpulse_events_total", 3, outcome="processed")
+    seen = []
+    for _ in range(20):  # past the 3 s wait of this build, the ends asked every second
+        seen.append(_get(url + "/healthz"))
+        time.sleep(0.5)
+    assert set(seen) == {(200, b"ok\n")}, sorted(set(seen))
+    assert worker.metric("mailpulse_worker_state", state="error") == 0
+
+
 def test_readyz_turns_red_when_the_broker_goes_away_while_healthz_stays_green(broker, start_worker) -> None:
     """Contract 7: /readyz answers 200 once the broker is reachable (and partitions are assigned and
     tables recovered); a broker that stops answering takes the worker out of service, while /healthz
