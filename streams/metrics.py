@@ -229,6 +229,11 @@ OUTPUTS_STUCK_AFTER_S = 30.0
 #: event loop turns (a handler runs inside it, so a long one stalls the loop, which fails sooner), but
 #: the agent awaits something that never comes, and its partitions stop while the worker looks alive.
 AGENT_STALL_AFTER_S = 120.0
+#: Seconds a partition's committed offset may stay put while records wait past it, before /healthz
+#: fails (:meth:`Health.watch_partitions`).  Longer than an agent's: in a long catch-up the fetch reads
+#: the partitions unevenly (holds of 15-22 s were seen with 100k records waiting), and a restart
+#: there would start the catch-up again.
+PARTITION_STALL_AFTER_S = 300.0
 WORKER_STATES = ("starting", "recovering", "running", "error")
 
 
@@ -296,14 +301,14 @@ class Health:
         self.wedged = wedged
 
     #: Why a partition is not read: the broker holds records past its committed offset, which did not
-    #: move for :data:`AGENT_STALL_AFTER_S` while the worker was ready (a fetch that stopped, a partition
+    #: move for :data:`PARTITION_STALL_AFTER_S` while the worker was ready (a fetch that stopped, a partition
     #: left paused: nothing reaches the agents, so :meth:`watch_agents` sees nothing waiting).
     unread: str | None = None
     _reading: dict[str, tuple[int, float]] = field(default_factory=dict)  # partition -> (position, since when)
 
     def watch_partitions(self, positions: Mapping[str, tuple[int, int]], now: float | None = None) -> None:
         """Called every few seconds with each assigned partition's (committed offset, the broker's
-        end): one whose offset stayed put for :data:`AGENT_STALL_AFTER_S` while records wait past
+        end): one whose offset stayed put for :data:`PARTITION_STALL_AFTER_S` while records wait past
         it, with the worker ready, is not being read."""
         now = time.monotonic() if now is None else now
         unread = None
@@ -311,7 +316,7 @@ class Health:
             seen = self._reading.get(name)
             if position >= end or not self.ready or seen is None or seen[0] != position:
                 self._reading[name] = (position, now)
-            elif unread is None and now - seen[1] > AGENT_STALL_AFTER_S:
+            elif unread is None and now - seen[1] > PARTITION_STALL_AFTER_S:
                 unread = f"partition {name} read nothing for {now - seen[1]:.0f} s while {end - position} records wait"
         for name in self._reading.keys() - positions.keys():
             del self._reading[name]

@@ -1246,7 +1246,7 @@ async def test_the_broker_ends_give_the_lag_and_a_partition_read_nothing_of_fail
     asks the broker for the ends, and reads each partition's position from its committed offset (else
     the partition's start)."""
     from streams.app import _consumer_lag, _partition_ends
-    from streams.metrics import AGENT_STALL_AFTER_S
+    from streams.metrics import PARTITION_STALL_AFTER_S
 
     clicks = [TP("clicks", n) for n in range(3)]
 
@@ -1281,7 +1281,7 @@ async def test_the_broker_ends_give_the_lag_and_a_partition_read_nothing_of_fail
     assert pipeline.metrics.consumer_lag.labels("clicks", "0")._value.get() == 30
     assert pipeline.health.answer("/healthz") == (True, "ok\n")
     position, since = pipeline.health._reading["clicks/0"]
-    pipeline.health._reading["clicks/0"] = (position, since - AGENT_STALL_AFTER_S - 1)
+    pipeline.health._reading["clicks/0"] = (position, since - PARTITION_STALL_AFTER_S - 1)
     await ends()
     healthy, body = pipeline.health.answer("/healthz")
     assert not healthy and body.startswith("partition clicks/0 read nothing for") and "30 records wait" in body

@@ -1,6 +1,6 @@
 """A test build of ``mailpulse run`` whose consumer leaves the input partition of a record that
 contains ``stop-reading-this-partition`` paused (nothing of it is taken in from then on, as with a
-fetch that stopped), and whose check that every partition is read waits 3 s instead of 120, for the test
+fetch that stopped), and whose check that every partition is read waits 3 s instead of 300, for the test
 that /healthz and the lag show such a partition.  ``python -m tests.integration.stalled_worker``."""
 
 from __future__ import annotations
@@ -38,5 +38,5 @@ if __name__ == "__main__":
     worker_module.create_app = _capturing_create_app  # type: ignore[assignment]
     app_module.route_batch = _pausing_route_batch  # type: ignore[assignment]
     app_module.ENDS_EVERY_S = 1.0
-    metrics_module.AGENT_STALL_AFTER_S = 3.0
+    metrics_module.PARTITION_STALL_AFTER_S = 3.0
     sys.exit(main(["run"]))

@@ -318,22 +318,22 @@ def test_healthz_fails_for_an_agent_that_takes_no_record_while_records_wait() ->
 def test_healthz_fails_for_a_partition_the_worker_reads_nothing_of_while_the_broker_holds_records() -> None:
     """A fetch that stopped, or a partition left paused: nothing reaches the agents, so none has
     records waiting, and a worker whose other partitions go on kept /healthz at ok."""
-    from streams.metrics import AGENT_STALL_AFTER_S, Health
+    from streams.metrics import PARTITION_STALL_AFTER_S, Health
 
     health = Health(ready=True, started=True)
     t = 1000.0
     health.watch_partitions({"clicks/0": (10, 15), "clicks/1": (4, 4)}, now=t)
-    health.watch_partitions({"clicks/0": (12, 20), "clicks/1": (4, 4)}, now=t + AGENT_STALL_AFTER_S)  # read on
-    assert health.failing(now=t + AGENT_STALL_AFTER_S) is None
-    health.watch_partitions({"clicks/0": (12, 25), "clicks/1": (4, 4)}, now=t + 2 * AGENT_STALL_AFTER_S + 1)
-    assert health.failing(now=t + 2 * AGENT_STALL_AFTER_S + 1) == \
-        f"partition clicks/0 read nothing for {AGENT_STALL_AFTER_S + 1:.0f} s while 13 records wait"
-    health.watch_partitions({"clicks/0": (25, 25), "clicks/1": (4, 4)}, now=t + 2 * AGENT_STALL_AFTER_S + 2)
-    assert health.failing(now=t + 2 * AGENT_STALL_AFTER_S + 2) is None
+    health.watch_partitions({"clicks/0": (12, 20), "clicks/1": (4, 4)}, now=t + PARTITION_STALL_AFTER_S)  # read on
+    assert health.failing(now=t + PARTITION_STALL_AFTER_S) is None
+    health.watch_partitions({"clicks/0": (12, 25), "clicks/1": (4, 4)}, now=t + 2 * PARTITION_STALL_AFTER_S + 1)
+    assert health.failing(now=t + 2 * PARTITION_STALL_AFTER_S + 1) == \
+        f"partition clicks/0 read nothing for {PARTITION_STALL_AFTER_S + 1:.0f} s while 13 records wait"
+    health.watch_partitions({"clicks/0": (25, 25), "clicks/1": (4, 4)}, now=t + 2 * PARTITION_STALL_AFTER_S + 2)
+    assert health.failing(now=t + 2 * PARTITION_STALL_AFTER_S + 2) is None
     # at its end (idle), or tables recovering (not ready): never unread, however long
     idle = Health(ready=True, started=True)
     recovering = Health(ready=False, started=True)
     for n in range(3):
-        idle.watch_partitions({"clicks/0": (7, 7)}, now=t + n * AGENT_STALL_AFTER_S)
-        recovering.watch_partitions({"clicks/0": (7, 90)}, now=t + n * AGENT_STALL_AFTER_S)
+        idle.watch_partitions({"clicks/0": (7, 7)}, now=t + n * PARTITION_STALL_AFTER_S)
+        recovering.watch_partitions({"clicks/0": (7, 90)}, now=t + n * PARTITION_STALL_AFTER_S)
     assert idle.unread is None and recovering.unread is None
