@@ -61,10 +61,12 @@ from streams.output import FlushBeforeCommit, Output, OutputProducer
 from streams.product_recs import ProductRecs
 from streams.record_step import (
     MAX_VALUE_BYTES,
+    MOST_DUE_PER_STEP,
     DuePops,
     RecordResult,
     StepContext,
     StepIO,
+    apply_due,
     apply_run,
     decode_run,
 )
@@ -414,6 +416,7 @@ def _on_revocation(p: Pipeline) -> Any:
         def lost(topic: str) -> set[int]:
             return {tp.partition for tp in revoked if tp.topic == topic}
 
+        p.due_index.reset()  # (a record's due profiles advanced in chunks stop here: advance_left)
         for table in p.tables:  # each table is written from the stream of one topic
             table.drop_staged(lost(cooccurrence_topic if table is p.product_neighbours else events_topic))
         p.pairs.drop(lost(events_topic))  # the new owner counts them again
@@ -714,10 +717,11 @@ def _profile_agent(p: Pipeline) -> Any:
             log.warning("%d stored profile states cannot be read and keep no timer (the first: %s, profile %s)",
                         skipped, first[0], profile_id_for(first[1].decode(errors="replace")))
 
-    def handle(delivered: Any) -> None:
+    def handle(delivered: Any) -> list[tuple[int, RecordResult, Source]]:
         """A fetched run of one partition's internal records (streams.consumer, fix 3), or one record:
-        applied as one step (streams.record_step.decode_run says why), with nothing else run in
-        between, so the run is acked (and a commit's cut taken) only once all of it is applied."""
+        applied as one step (streams.record_step.decode_run says why), so the run is acked only once
+        all of it is applied.  Returns what its steps left due past ``MOST_DUE_PER_STEP`` (partition,
+        result, place), for :func:`advance_left` before the ack."""
         if not index.built:
             index.build(due_entries())
         fetched = delivered.message.time_in
@@ -727,10 +731,14 @@ def _profile_agent(p: Pipeline) -> Any:
                          for topic, partition, offset, _, value, timestamp_ms in delivered_records)
         for source, value, exc in run.undecodable:
             _internal_dead_letter(p, source, value, exc)
+        left: list[tuple[int, RecordResult, Source]] = []
         if run.records:
             partition = run.places[0].partition  # a run is of one partition
-            for result in apply_run(run, partial(_StepReader, p, partition, now), ctx, partition, sink):
+            for result in apply_run(run, partial(_StepReader, p, partition, now), ctx, partition, sink,
+                                    MOST_DUE_PER_STEP):
                 _count(p, result, latency, updated, applied)
+                if result.due_left:
+                    left.append((partition, result, run.places[-1]))
             for entries in run.records:  # their events' forwards are sent: their clocks may go
                 p.delayed_clocks.applied(partition, entries)
             if fetched is not None:
@@ -739,6 +747,26 @@ def _profile_agent(p: Pipeline) -> Any:
                     record_seconds.observe(waited)
             if p.staged_count > STAGED_LIMIT:
                 p.write_staged(commit=False)
+        return left
+
+    async def advance_left(left: list[tuple[int, RecordResult, Source]]) -> None:
+        """The due profiles a record's steps left, ``MOST_DUE_PER_STEP`` at a time, the event loop
+        turning between them (the health beat, the broker's heartbeats, the other agents).  A
+        rebalance meanwhile ends it: the partition may be another worker's now, and the due index,
+        rebuilt from the profile states, holds what is left."""
+        for partition, result, place in left:
+            keys, at = result.due_left, result.due_at
+            assert at is not None  # (set with due_left)
+            for start in range(0, len(keys), MOST_DUE_PER_STEP):
+                await asyncio.sleep(0)
+                if not index.built:  # a rebalance reset it: nothing more of this record here
+                    return
+                reader = _StepReader(p, partition, _now_ms(), place.arrived_ms)
+                more = apply_due(keys[start:start + MOST_DUE_PER_STEP], at, reader, ctx, place, partition, sink,
+                                 partial(p.due_index.push, partition))
+                _count(p, more, latency, updated, applied)
+                if p.staged_count > STAGED_LIMIT:
+                    p.write_staged(commit=False)
 
     async def profiles(stream: Any) -> None:
         # Only the agent acks a run, once it is applied (below).  A failure outside the step's isolation
@@ -749,7 +777,9 @@ def _profile_agent(p: Pipeline) -> Any:
         async for delivered in stream.events():
             p.health.took("profiles")
             try:
-                handle(delivered)
+                left = handle(delivered)
+                if left:
+                    await advance_left(left)
             except Exception as exc:  # outside the step's isolation: nothing of the run is acked
                 stop_at_once("profiles", exc)
             # Acks the whole run through the consumer (streams.consumer fix 3).  Faust's compiled

@@ -52,6 +52,11 @@ ABSORB_ROOM = 7
 #: minutes): its timers are not lost, and a profile that fails every time costs one failed attempt
 #: (and one dead letter) per ten minutes of event time, not one per record.
 DUE_RETRY_MS = 10 * 60_000
+#: The most due profiles one step advances besides those its entries changed: a clock that makes a whole
+#: partition due at once (a closing tick, the wall clock after a stop) is advanced in chunks of this many,
+#: the event loop turning between them (the health beat, the broker's heartbeats, the other agents).  A
+#: due profile at a closing tick costs 0.5-0.8 ms: in one step, a partition of 100k held the loop a minute.
+MOST_DUE_PER_STEP = 1000
 
 
 class StepFailure(Exception):
@@ -128,6 +133,10 @@ class RecordResult:
     #: they are tried at again); dead-lettered by :func:`step_isolated`.
     due_failures: dict[str, tuple[str, str, int]] = field(default_factory=dict)
     left_out_whole: bool = False  # the record was left out whole: nothing of it is in this result
+    #: Due profiles popped but not advanced (past ``most_due``): the caller advances them in later steps
+    #: (``due_keys``) at the watermark ``due_at``, before the record is acked.
+    due_left: list[str] = field(default_factory=list)
+    due_at: int | None = None
     #: What was left out, as lines to log at warning level once the result is applied (a dropped
     #: result's are not: the run is stepped again, which says it again).
     warnings: list[str] = field(default_factory=list)
@@ -198,10 +207,14 @@ def _encoded(value: Any) -> bytes:
 
 
 def step(entries: list[Any], io: StepIO, ctx: StepContext, skip: frozenset[int] = frozenset(),
-         skip_keys: frozenset[str] = frozenset()) -> RecordResult:
+         skip_keys: frozenset[str] = frozenset(), most_due: int | None = None,
+         due_keys: Sequence[str] | None = None) -> RecordResult:
     """One record's entries (``[key, message]``; key ``None``: clocks) applied to the states they
     address, then every changed or due profile advanced to the watermark.  Raises
-    :class:`StepFailure` naming the culprit; ``skip``/``skip_keys`` leave entries and profiles out."""
+    :class:`StepFailure` naming the culprit; ``skip``/``skip_keys`` leave entries and profiles out.
+    ``most_due``: at most that many due profiles besides the changed ones (the rest, popped, are in
+    the result's ``due_left``); ``due_keys``: the due profiles to advance, popped by an earlier step
+    (the due index is not read)."""
     rules = ctx.rules
     result = RecordResult()
     clocks = io.clocks
@@ -276,11 +289,18 @@ def step(entries: list[Any], io: StepIO, ctx: StepContext, skip: frozenset[int] 
         now_wm = watermark(clocks, ctx.expected_clocks, None if delay is None or wall is None else wall - delay)
     else:  # a record without clock entries leaves the watermark where it was
         now_wm = before
-    due_now = io.pop_due(now_wm) if now_wm is not None else set()
+    if due_keys is not None:
+        due_now = set(due_keys) if now_wm is not None else set()
+    else:
+        due_now = io.pop_due(now_wm) if now_wm is not None else set()
     if skip_keys and now_wm is not None:
         for key in sorted(due_now & skip_keys):  # left out after a failure: tried again later
             _retry_later(key, now_wm, io, result)
         due_now -= skip_keys
+    if most_due is not None and len(due_now - changed) > most_due:
+        rest = sorted(due_now - changed)
+        result.due_left, result.due_at = rest[most_due:], now_wm
+        due_now -= set(result.due_left)
     now = io.now_ms
     pairs: dict[str, list[list[Any]]] = {}
     for key in sorted(changed | due_now):
@@ -554,17 +574,18 @@ def decode_run(records: Iterable[tuple[Source, bytes | None]]) -> Run:
 
 
 def apply_run(run: Run, reader: Callable[[int], StepReader], ctx: StepContext, partition: int,
-              sink: RecordSink) -> list[RecordResult]:
+              sink: RecordSink, most_due: int | None = None) -> list[RecordResult]:
     """``run`` as one step, applied into ``sink``.  When that step left an entry or a profile out and
     the run holds more than one record, its result is dropped, what it popped from the due index is
     given back, and the records are stepped and applied one by one instead: what a failure leaves out
     is then no more than one record held, as when each record was its own step (a profile that
     fails in one record keeps its entries of the others; a failure that names no entry or key costs
     its own record only).  A step that left its record out whole gives back what it popped from the
-    due index.  ``reader(arrived_ms)`` gives the reads of one step.  Returns the applied results."""
+    due index.  ``reader(arrived_ms)`` gives the reads of one step.  Returns the applied results; the
+    due profiles a step left past ``most_due`` are in their ``due_left``, for :func:`apply_due`."""
     first = reader(run.places[0].arrived_ms)
     sources = run.sources or run.places[0]  # a run of empty records names its first record
-    result = step_isolated(run.entries, first.make_io, ctx, sources)
+    result = step_isolated(run.entries, first.make_io, ctx, sources, most_due)
     # a due profile left out costs no entry: only a left-out entry or key sends the run record by record
     if len(result.failures) == len(result.due_failures) or len(run.records) == 1:
         if result.left_out_whole:  # what its step popped from the due index is due as before
@@ -575,12 +596,25 @@ def apply_run(run: Run, reader: Callable[[int], StepReader], ctx: StepContext, p
     results = []
     for entries, place in zip(run.records, run.places, strict=True):
         own = reader(place.arrived_ms)
-        one = step_isolated(entries, own.make_io, ctx, place)
+        one = step_isolated(entries, own.make_io, ctx, place, most_due)
         if one.left_out_whole:
             own.give_back()
         _apply_logged(one, partition, sink)
         results.append(one)
     return results
+
+
+def apply_due(keys: Sequence[str], at: int, reader: StepReader, ctx: StepContext, place: Source, partition: int,
+              sink: RecordSink, push: Callable[[int, bytes], None]) -> RecordResult:
+    """Due profiles an earlier step of the record popped and left (its ``due_left``), advanced to the
+    watermark ``at`` as one step without entries, applied into ``sink``.  A step left out whole puts
+    them back in the due index, due at ``at`` (``push(due, key)``): the next record takes them."""
+    result = step_isolated([], reader.make_io, ctx, place, due_keys=keys)
+    if result.left_out_whole:
+        for key in keys:
+            push(at, key.encode())
+    _apply_logged(result, partition, sink)
+    return result
 
 
 def _apply_logged(result: RecordResult, partition: int, sink: RecordSink) -> None:
@@ -590,7 +624,8 @@ def _apply_logged(result: RecordResult, partition: int, sink: RecordSink) -> Non
 
 
 def step_isolated(entries: list[Any], make_io: Callable[[], StepIO], ctx: StepContext,
-                  source: Source | Sequence[Source]) -> RecordResult:
+                  source: Source | Sequence[Source], most_due: int | None = None,
+                  due_keys: Sequence[str] | None = None) -> RecordResult:
     """:func:`step`, run again without the culprit each time it fails: a failed entry is left out,
     a failed profile with every entry of the record addressed to it, and a failure that names
     neither (the partition's clocks) the whole record.  What was left out is dead-lettered
@@ -598,14 +633,15 @@ def step_isolated(entries: list[Any], make_io: Callable[[], StepIO], ctx: StepCo
     left out too (no entry names it: a timer's, left out by :func:`step` itself) and due again
     :data:`DUE_RETRY_MS` later.  ``make_io`` gives each attempt fresh readers; ``source`` is the
     internal record's place, or each entry's record's (a :class:`Run`'s ``sources``, not empty).
-    What it left out is in the result's ``warnings``, for whoever applies it to log."""
+    What it left out is in the result's ``warnings``, for whoever applies it to log.  ``most_due``
+    and ``due_keys``: as :func:`step`'s."""
     warnings: list[str] = []
     skip: set[int] = set()
     skip_keys: set[str] = set()
     why: dict[int | str, tuple[str, str]] = {}  # entry index or key -> (stage, exception class)
     for _ in range(len(entries) + 2):
         try:
-            result = step(entries, make_io(), ctx, frozenset(skip), frozenset(skip_keys))
+            result = step(entries, make_io(), ctx, frozenset(skip), frozenset(skip_keys), most_due, due_keys)
             break
         except Exception as exc:
             failure = exc if isinstance(exc, StepFailure) else StepFailure("record", exc)

@@ -304,6 +304,57 @@ async def test_profiles_agent_emits_segment_changes_and_a_trigger_when_the_water
     assert pipeline.metrics.triggers.labels("cart_abandoned")._value.get() == 1
 
 
+@BOTH_STORES
+async def test_a_clock_that_makes_many_profiles_due_advances_them_in_chunks_with_the_loop_turning_between(
+        pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A clock that makes a whole partition due at once (a closing tick, the wall clock after a stop)
+    advanced every due profile in one step: a partition of 100k profiles held the event loop for
+    about a minute (/healthz failed, the broker's heartbeats stopped).  Now ``MOST_DUE_PER_STEP`` at a time,
+    the loop turning between them, every one before the record is acked."""
+    import asyncio
+
+    import streams.record_step as record_step_module
+
+    monkeypatch.setattr(app_module, "MOST_DUE_PER_STEP", 5)
+    t = 1772359200000
+    carts = []
+    for n in range(12):
+        cart = _event(f"k-{n}", "cart_add", product_id="sku-1", price=20.0)
+        cart["kind"], cart["src"][0], cart["user_id"] = "carts", "carts", f"u-{n}"
+        carts.append(cart)
+    record = orjson.loads(_batch(clock=t))
+    folded = orjson.dumps([[f"u:u-{n}", cart] for n, cart in enumerate(carts)] + record)
+    steps: list[int] = []
+    real_apply_due = record_step_module.apply_due
+
+    def counted(keys: Any, *args: Any) -> Any:
+        steps.append(len(keys))
+        return real_apply_due(keys, *args)
+
+    monkeypatch.setattr(app_module, "apply_due", counted)
+    turns = 0
+
+    async def turning() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    async with agent(pipeline, "profiles").test_context() as profiles:
+        await profiles.put(folded)
+        assert sent(pipeline, "triggers") == []
+        beside = asyncio.ensure_future(turning())
+        await asyncio.sleep(0)
+        turns = 0
+        await profiles.put(_batch(clock=t + 30 * 60_000))  # only time moved: 12 profiles due at once
+        beside.cancel()
+    fired = sorted(trigger["payload"]["cart"]["items"][0]["product_id"] and key for key, trigger, _ in
+                   sent(pipeline, "triggers") if trigger["type"] == "cart_abandoned")
+    assert len(fired) == 12 == len(set(fired))
+    assert steps == [5, 2]  # 5 in the record's own step, then the rest in chunks of 5
+    assert turns >= 2  # the loop turned between the chunks
+
+
 def _run(values: list[bytes], first_offset: int = 10) -> list[Any]:
     """A fetched run of internal records of partition 1, as the consumer delivers it (a ``RecordBatch``'s value)."""
     return RecordBatch([SimpleNamespace(topic="mailpulse-profile-events", partition=1, offset=offset,
@@ -946,9 +997,9 @@ async def test_a_run_whose_only_failure_is_a_due_profile_is_applied_as_one_step_
             raise ZeroDivisionError
         return real_advance(state, *args, **kwargs)
 
-    def step_isolated(entries: list[Any], *args: Any) -> Any:
+    def step_isolated(entries: list[Any], *args: Any, **kwargs: Any) -> Any:
         steps.append(len(entries))
-        return real_isolated(entries, *args)
+        return real_isolated(entries, *args, **kwargs)
 
     monkeypatch.setattr(record_step, "advance", advance)
     monkeypatch.setattr(record_step, "step_isolated", step_isolated)

@@ -354,9 +354,9 @@ def test_events_that_make_the_step_raise_cost_only_themselves_as_runs_fall_back_
             raise KeyError("poisoned")
         return real_dispatch(states, blocks, key, message, *args)
 
-    def step_isolated(*args: Any) -> Any:
+    def step_isolated(*args: Any, **kwargs: Any) -> Any:
         steps[0] += 1
-        return real_isolated(*args)
+        return real_isolated(*args, **kwargs)
 
     monkeypatch.setattr(record_step, "dispatch", dispatch)
     monkeypatch.setattr(record_step, "step_isolated", step_isolated)
@@ -550,9 +550,9 @@ def test_no_step_changes_a_state_it_does_not_write(history: tuple[list[Any], Any
     real_step = record_step.step
 
     def step(entries: list[Any], io: StepIO, ctx: StepContext, skip: frozenset[int] = frozenset(),
-             skip_keys: frozenset[str] = frozenset()) -> Any:
+             skip_keys: frozenset[str] = frozenset(), *rest: Any) -> Any:
         caches.clear()
-        result = real_step(entries, io, ctx, skip, skip_keys)
+        result = real_step(entries, io, ctx, skip, skip_keys, *rest)
         written = {key.decode() for key, _ in result.state_writes + result.block_writes}
         unsaved.extend(key for cache in caches for key, read_as in cache.read_as.items()
                        if key not in written and orjson.dumps(dict.get(cache, key)) != read_as)
