@@ -32,6 +32,20 @@ class Recorder:
         return 0
 
 
+def _refusing(nth: int) -> Recorder:
+    """A producer whose ``nth`` message's delivery report says the broker refused it (too large)."""
+    from confluent_kafka import KafkaError
+
+    class Refusing(Recorder):
+        def produce(self, topic: str, key: bytes | None = None, value: bytes | None = None,
+                    partition: int | None = None, on_delivery: Any = None) -> None:
+            super().produce(topic, key, value, partition)
+            if on_delivery is not None:
+                on_delivery(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE) if len(self.sent) == nth else None, None)
+
+    return Refusing()
+
+
 def test_a_tick_line_goes_to_every_partition_of_every_input_topic_after_the_lines_before_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     producer = Recorder()
@@ -127,16 +141,7 @@ def test_events_the_broker_did_not_take_are_said_instead_of_replayed(monkeypatch
                                                                      tmp_path: Path) -> None:
     """librdkafka reports a message it could not deliver after produce returned; replay did not listen,
     and said "replayed N" with exit 0 whatever was lost (found in review)."""
-    from confluent_kafka import KafkaError
-
-    class Refusing(Recorder):
-        def produce(self, topic: str, key: bytes | None = None, value: bytes | None = None,
-                    partition: int | None = None, on_delivery: Any = None) -> None:
-            super().produce(topic, key, value, partition)
-            if on_delivery is not None:
-                on_delivery(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE) if len(self.sent) == 2 else None, None)
-
-    monkeypatch.setattr(replay, "make_producer", lambda bootstrap: Refusing())
+    monkeypatch.setattr(replay, "make_producer", lambda bootstrap: _refusing(2))
     line = orjson.dumps({"event_id": "v", "type": "product_view", "timestamp": "2026-03-01T10:00:00Z",
                          "anonymous_id": "a-1", "product_id": "p-1"})
     path = tmp_path / "events.jsonl"
@@ -204,16 +209,7 @@ def test_a_bad_line_says_what_the_broker_did_not_take_before_it(monkeypatch: pyt
                                                                 bad: bytes) -> None:
     """At a bad line replay flushed and said "N events were sent before it" without looking at the
     deliveries: events the broker refused were counted as sent."""
-    from confluent_kafka import KafkaError
-
-    class Refusing(Recorder):
-        def produce(self, topic: str, key: bytes | None = None, value: bytes | None = None,
-                    partition: int | None = None, on_delivery: Any = None) -> None:
-            super().produce(topic, key, value, partition)
-            if on_delivery is not None:
-                on_delivery(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE) if len(self.sent) == 1 else None, None)
-
-    monkeypatch.setattr(replay, "make_producer", lambda bootstrap: Refusing())
+    monkeypatch.setattr(replay, "make_producer", lambda bootstrap: _refusing(1))
     line = orjson.dumps({"event_id": "v", "type": "product_view", "timestamp": "2026-03-01T10:00:00Z",
                          "anonymous_id": "a-1", "product_id": "p-1"})
     path = tmp_path / "events.jsonl"

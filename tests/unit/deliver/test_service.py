@@ -511,6 +511,12 @@ def test_a_failure_on_a_later_attempt_reports_that_attempt(tmp_path: Path, then:
 def test_a_failure_in_a_later_round_reports_the_attempts_of_every_round(tmp_path: Path, then: Exception,
                                                                         code: str) -> None:
     target = FailsThen(4, then)  # round 1: three temporary failures; round 2: one more, then ``then``
+    letter = _given_up_in_the_second_round(tmp_path, target)
+    assert letter["error"]["code"] == code and letter["attempts"] == target.calls == 5
+
+
+def _given_up_in_the_second_round(tmp_path: Path, target: Any) -> Any:
+    """The delivery-failed report of a trigger whose first round failed and whose second gave up."""
     step, producer = deliverer(tmp_path, target)
     now = [parse_timestamp("2026-03-01T12:00:00Z")]
     step.now_ms = lambda: now[0]
@@ -519,7 +525,7 @@ def test_a_failure_in_a_later_round_reports_the_attempts_of_every_round(tmp_path
     now[0] += 3_600_000
     step.release_due()
     [(_, letter)] = producer.sent
-    assert letter["error"]["code"] == code and letter["attempts"] == target.calls == 5
+    return letter
 
 
 def test_failures_of_one_message_do_not_make_the_target_count_as_down(tmp_path: Path) -> None:
@@ -1177,26 +1183,11 @@ def test_a_trigger_refused_before_the_target_is_asked_does_not_make_a_down_targe
 def test_a_webhook_that_asks_to_wait_holds_every_trigger_until_then(tmp_path: Path) -> None:
     """A 429 with ``Retry-After: 600``: the trigger was tried again after a minute, and the triggers
     after it each spent their attempts on the target meanwhile (three in a row to count it as down)."""
-    from http.server import BaseHTTPRequestHandler
-
     from streams.deliver.targets import Webhook
-    from tests.unit.deliver.test_targets import serving
+    from tests.unit.deliver.test_targets import serving_http
 
     posts: list[str] = []
-
-    class Limited(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers["Content-Length"]))
-            posts.append(self.headers["Idempotency-Key"])
-            self.send_response(429)
-            self.send_header("Retry-After", "600")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    with serving(Limited) as url:
+    with serving_http(lambda key: posts.append(key) or 429, headers={"Retry-After": "600"}) as url:
         step, producer = deliverer(tmp_path, Webhook(url, None, 2))
         now = [parse_timestamp("2026-03-01T12:00:00Z")]
         step.now_ms = lambda: now[0]
@@ -1232,14 +1223,7 @@ def test_a_round_a_retry_after_stopped_counts_the_attempts_it_made(tmp_path: Pat
     """A ``Retry-After`` past the longest backoff stops a round after one attempt: a later give-up
     reported the attempts as if each earlier round had made all of its own (3 + 1, not 1 + 1)."""
     target = WaitThen(OutcomeUnknown("connection lost after the hand-over"))
-    step, producer = deliverer(tmp_path, target)
-    now = [parse_timestamp("2026-03-01T12:00:00Z")]
-    step.now_ms = lambda: now[0]
-    step.handle(trigger())
-    assert not producer.sent and step.ledger.rounds("t-1") == (1, now[0])
-    now[0] += 3_600_000
-    step.release_due()
-    [(_, letter)] = producer.sent
+    letter = _given_up_in_the_second_round(tmp_path, target)
     assert letter["error"]["code"] == "outcome_unknown" and letter["attempts"] == target.calls == 2
 
 
