@@ -761,6 +761,7 @@ def _profile_agent(p: Pipeline) -> Any:
                 await asyncio.sleep(0)
                 if not index.built:  # a rebalance reset it: nothing more of this record here
                     return
+                p.health.took("profiles")  # (busy with one record, not wedged: /healthz's watch)
                 reader = _StepReader(p, partition, _now_ms(), place.arrived_ms)
                 more = apply_due(keys[start:start + MOST_DUE_PER_STEP], at, reader, ctx, place, partition, sink,
                                  partial(p.due_index.push, partition))

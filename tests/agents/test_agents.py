@@ -353,6 +353,7 @@ async def test_a_clock_that_makes_many_profiles_due_advances_them_in_chunks_with
     assert len(fired) == 12 == len(set(fired))
     assert steps == [5, 2]  # 5 in the record's own step, then the rest in chunks of 5
     assert turns >= 2  # the loop turned between the chunks
+    assert pipeline.health.taken["profiles"] == 4  # two records, two chunks: busy, not wedged
 
 
 def _run(values: list[bytes], first_offset: int = 10) -> list[Any]:
