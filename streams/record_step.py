@@ -297,10 +297,11 @@ def step(entries: list[Any], io: StepIO, ctx: StepContext, skip: frozenset[int] 
         for key in sorted(due_now & skip_keys):  # left out after a failure: tried again later
             _retry_later(key, now_wm, io, result)
         due_now -= skip_keys
-    if most_due is not None and len(due_now - changed) > most_due:
+    if most_due is not None and len(due_now) > most_due:  # (rare: no set is made for a record's few)
         rest = sorted(due_now - changed)
-        result.due_left, result.due_at = rest[most_due:], now_wm
-        due_now -= set(result.due_left)
+        if len(rest) > most_due:
+            result.due_left, result.due_at = rest[most_due:], now_wm
+            due_now -= set(result.due_left)
     now = io.now_ms
     pairs: dict[str, list[list[Any]]] = {}
     for key in sorted(changed | due_now):
