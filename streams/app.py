@@ -379,7 +379,7 @@ def _on_assignment(p: Pipeline) -> Any:
         p.health.ready = False  # until table recovery is done
         per_topic = Counter(tp.topic for tp in assigned)
         events_topic = names.events_topic(sender.conf.id)
-        for topic in (*INPUT_TOPICS, events_topic, names.cooccurrence_topic(sender.conf.id)):
+        for topic in _read_topics(p):
             p.metrics.assigned_partitions.labels(topic).set(per_topic.get(topic, 0))
         p.delayed_clocks.hold_for(tp.partition for tp in assigned if tp.topic == events_topic)
 
