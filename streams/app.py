@@ -444,12 +444,13 @@ def _end(consumer: Any, tp: Any, asked: int | None) -> int | None:
     return fetched if asked is None else max(fetched, asked)
 
 
-async def _passed_to_end(consumer: Any, tp: Any, end: int) -> bool:
+async def _passed_to_end(consumer: Any, tp: Any, end: int, unacked: set[Any]) -> bool:
     """Whether the consumer's fetch position reached ``end`` with every message it delivered of the
-    partition acked and committed: the offsets left between the committed offset and the end are
-    then none a record was delivered for (a transaction's commit or abort marker, which a producer
-    writing in transactions leaves after its records), so nothing waits to be read."""
-    if consumer._acked.get(tp) or any(message.tp == tp for message in list(consumer._unacked_messages)):
+    partition acked and committed (``unacked``: the partitions of messages delivered and not acked):
+    the offsets left between the committed offset and the end are then none a record was delivered
+    for (a transaction's commit or abort marker, which a producer writing in transactions leaves after
+    its records), so nothing waits to be read."""
+    if consumer._acked.get(tp) or tp in unacked:
         return False
     fetched = await asyncio.wait_for(consumer.position(tp), ENDS_EVERY_S)
     return fetched is not None and fetched >= end
@@ -478,8 +479,9 @@ def _partition_ends(p: Pipeline) -> Any:
                 positions[tp] = start if committed is None else committed if start is None else max(committed, start)
             watched = {tp: (position, _end(consumer, tp, ends[tp]) or 0)
                        for tp, position in positions.items() if position is not None}
+            unacked = {message.tp for message in list(consumer._unacked_messages)}  # (once, not per partition)
             for tp, (position, end) in watched.items():
-                if position < end and await _passed_to_end(consumer, tp, end):
+                if position < end and await _passed_to_end(consumer, tp, end, unacked):
                     watched[tp] = (end, end)
         except Exception as exc:
             log.debug("partition ends not read: %s", type(exc).__name__)
