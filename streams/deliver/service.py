@@ -392,12 +392,12 @@ class Deliverer:
                 self.outage.failed(self.now_ms())
             else:  # the target answered: it is up (this message may go through later)
                 self.outage.up()
+            told = 0 if exc.retry_after_s is None else self.now_ms() + int(exc.retry_after_s * 1000)
             if exc.retry_after_s is not None and exc.retry_after_s > longest_backoff_s(
                     self.settings.deliver_attempts, self.settings.deliver_backoff_s):
                 # (a 429 or 503 that says when, past what a round waits: every trigger waits for it)
-                self.outage.told_to_wait(self.now_ms() + int(exc.retry_after_s * 1000))
+                self.outage.told_to_wait(told)
             self._show_target()  # (kept before what follows may take a while, or fail)
-            told = 0 if exc.retry_after_s is None else self.now_ms() + int(exc.retry_after_s * 1000)
             if not self._again_later(trigger, str(exc), exc.attempts or self.settings.deliver_attempts, told):
                 self._give_up(trigger, "retries_exhausted",
                               self._earlier_attempts(trigger_id) + (exc.attempts or self.settings.deliver_attempts),
