@@ -141,8 +141,12 @@ class ProfileTable(faust.Table[bytes, bytes]):
         now = time.time()
         for tp in active_tps:
             if tp.topic in self.changelog_topic.topics:
-                _stamp(partition_path(tp.partition), now)
-                self._stamped[tp.partition] = now
+                self._stamp_partition(partition_path, tp.partition, now)
+
+    def _stamp_partition(self, partition_path: Callable[[int], Path], partition: int, now: float) -> None:
+        """``partition``'s write time stamped beside its database, and noted (:data:`STAMP_EVERY_S`)."""
+        _stamp(partition_path(partition), now)
+        self._stamped[partition] = now
 
     # --- write-behind ------------------------------------------------------------------------------
     # An agent that writes a key several times between two offset commits (a profile parks an event,
@@ -362,8 +366,7 @@ class ProfileTable(faust.Table[bytes, bytes]):
         for tp, offset in self._delivered.items():
             store.set_persisted_offset(tp, offset)
             if partition_path is not None and now - self._stamped.get(tp.partition, 0.0) > STAMP_EVERY_S:
-                _stamp(partition_path(tp.partition), now)
-                self._stamped[tp.partition] = now
+                self._stamp_partition(partition_path, tp.partition, now)
         self._delivered.clear()
 
 
@@ -377,9 +380,25 @@ def _stamp_path(partition_path: Path) -> Path:
     return partition_path.with_name(partition_path.name + ".written-at")
 
 
+def stamp_text(now: float) -> str:
+    """A time as a stamp file holds it (the state folder's clean-stop marker, a partition's stamp): a
+    copy keeps it where it keeps no file times.  :func:`stamped_time` reads it back."""
+    return f"{now:.3f}\n"
+
+
+def stamped_time(text: str) -> float | None:
+    """The time a stamp's text holds; None for none (an empty clean-stop marker of an older version)
+    or one that is not a number."""
+    try:
+        stamped = float(text[:40])
+    except ValueError:
+        return None
+    return stamped if stamped == stamped else None  # (NaN: not a time)
+
+
 def _stamp(partition_path: Path, now: float) -> None:
     with contextlib.suppress(OSError):  # (a stamp is a safeguard: no write of it stops a commit)
-        _stamp_path(partition_path).write_text(f"{now:.3f}\n")
+        _stamp_path(partition_path).write_text(stamp_text(now))
 
 
 def _last_written(partition_path: Path) -> float:
@@ -391,10 +410,10 @@ def _last_written(partition_path: Path) -> float:
         times = []
     newest = max(times, default=float("inf"))
     try:
-        stamped = float(_stamp_path(partition_path).read_text()[:40])
+        stamped = stamped_time(_stamp_path(partition_path).read_text())
     except (OSError, ValueError):  # (none: a database no stamp was written for yet, or by an older version)
-        return newest
-    return min(newest, stamped) if stamped == stamped else newest  # (NaN: unreadable)
+        stamped = None
+    return newest if stamped is None else min(newest, stamped)
 
 
 def rocksdb_options(write_buffer_mb: int) -> dict[str, int]:

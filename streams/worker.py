@@ -41,6 +41,7 @@ from streams.gc_tuning import tune_garbage_collector
 from streams.logs import say
 from streams.metrics import Health, Metrics
 from streams.settings import Settings
+from streams.tables import stamp_text, stamped_time
 
 log = logging.getLogger(__name__)
 
@@ -100,15 +101,11 @@ def stale_state(data_dir: Path, now: float) -> str | None:
     marker = data_dir / CLEAN_STOP_MARKER
     try:
         stopped = marker.stat().st_mtime
-        text = marker.read_text(errors="replace")[:40]
+        stamped = stamped_time(marker.read_text(errors="replace"))
     except OSError:  # (none, or none that can be read: as the marker's ``exists()`` read it before)
         return "the last worker on this state folder did not stop cleanly"
-    try:  # the stop time it holds (a copy without file times, ``cp -r``, made an old folder look fresh)
-        stamped = float(text)
-    except ValueError:  # (an empty marker, of an older version: its file time only)
-        stamped = stopped
-    if stamped == stamped:  # (not NaN)
-        stopped = min(stopped, stamped)
+    if stamped is not None:  # the stop time it holds (a copy without file times, ``cp -r``, made an old
+        stopped = min(stopped, stamped)  # folder look fresh); an empty marker, an older version's: its file time
     if now - stopped > STATE_MAX_AGE_S:
         return (f"the last worker on this state folder stopped more than {STATE_MAX_AGE_S // 3600} hours ago "
                 "(deletions older than the changelogs' delete.retention.ms would not reach it)")
@@ -203,7 +200,7 @@ def run_worker(settings: Settings, demo: bool = False, models: ModelBundle | Non
                 if close is not None:
                     close()
             if code == 0:
-                clean_stop.write_text(f"{time.time():.3f}\n")
+                clean_stop.write_text(stamp_text(time.time()))
                 say(stop_line(offsets_committed(pipeline.app), health.broker_silent(time.monotonic())))
             return code
     finally:
