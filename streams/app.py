@@ -479,10 +479,12 @@ def _partition_ends(p: Pipeline) -> Any:
                 positions[tp] = start if committed is None else committed if start is None else max(committed, start)
             watched = {tp: (position, _end(consumer, tp, ends[tp]) or 0)
                        for tp, position in positions.items() if position is not None}
-            unacked = {message.tp for message in list(consumer._unacked_messages)}  # (once, not per partition)
-            for tp, (position, end) in watched.items():
-                if position < end and await _passed_to_end(consumer, tp, end, unacked):
-                    watched[tp] = (end, end)
+            behind = [(tp, end) for tp, (position, end) in watched.items() if position < end]
+            if behind:  # (read once, not per partition, and only when one is behind its end)
+                unacked = {message.tp for message in list(consumer._unacked_messages)}
+                for tp, end in behind:
+                    if await _passed_to_end(consumer, tp, end, unacked):
+                        watched[tp] = (end, end)
         except Exception as exc:
             log.debug("partition ends not read: %s", type(exc).__name__)
             # watched afresh once the broker answers: a commit cannot move while it does not, and a

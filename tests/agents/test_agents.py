@@ -1353,7 +1353,7 @@ async def test_a_partition_whose_unread_records_retention_deleted_is_read(pipeli
     commit moves the committed offset.  The partition is read to its end: /healthz stays ok (a check
     from the committed offset alone failed it for good, and a restart changed nothing)."""
     from streams.app import _partition_ends
-    from streams.metrics import AGENT_STALL_AFTER_S
+    from streams.metrics import PARTITION_STALL_AFTER_S
 
     clicks = TP("clicks", 0)
 
@@ -1377,7 +1377,7 @@ async def test_a_partition_whose_unread_records_retention_deleted_is_read(pipeli
     ends = _partition_ends(pipeline)
     await ends()
     position, since = pipeline.health._reading["clicks/0"]
-    pipeline.health._reading["clicks/0"] = (position, since - AGENT_STALL_AFTER_S - 1)
+    pipeline.health._reading["clicks/0"] = (position, since - PARTITION_STALL_AFTER_S - 1)
     await ends()
     assert pipeline.health.answer("/healthz") == (True, "ok\n")
 
