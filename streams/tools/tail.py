@@ -43,10 +43,21 @@ def render(value: bytes | None) -> bytes:
         return orjson.dumps(value.decode("utf-8", errors="replace"))
 
 
+
+
 def tail(topic: str, bootstrap: str, from_beginning: bool = False, count: int | None = None,
-         timeout: float | None = None, out: TextIO = sys.stdout) -> int:
-    """Print messages of ``topic``; returns how many were printed."""
+         timeout: float | None = None, out: TextIO = sys.stdout, notices: TextIO = sys.stderr) -> int:
+    """Print messages of ``topic``; returns how many were printed.  A broker that stops answering is
+    said once on ``notices`` (tail goes on waiting for it, as it waits for new messages), and again
+    when messages come after it."""
+    unreachable: list[str] = []  # librdkafka's reasons since the last message, from its own thread
+
+    def error_cb(error: KafkaError) -> None:
+        if error.code() == KafkaError._ALL_BROKERS_DOWN:  # (librdkafka goes on trying on its own)
+            unreachable.append(error.str())
+
     consumer = Consumer({
+        "error_cb": error_cb,
         "bootstrap.servers": bootstrap,
         "group.id": f"mailpulse-tail-{uuid.uuid4().hex}",  # required by the client; never joined
         "enable.auto.commit": False,
@@ -64,12 +75,22 @@ def tail(topic: str, bootstrap: str, from_beginning: bool = False, count: int | 
         printed = 0
         last = time.monotonic()
         buffer = out.buffer if hasattr(out, "buffer") else None
+        told = False  # the broker's absence was said
         while count is None or printed < count:
             batch = consumer.consume(num_messages=min(500, (count - printed) if count else 500), timeout=0.2)
             if not batch:
+                if unreachable and not told:
+                    until = "" if timeout is None else f"--timeout {timeout:g} s, "
+                    print(f"mailpulse: tail: the broker at {bootstrap} does not answer; still waiting "
+                          f"({until}Ctrl-C stops)", file=notices, flush=True)
+                    told = True
                 if timeout is not None and time.monotonic() - last >= timeout:
                     break
                 continue
+            if told:
+                print(f"mailpulse: tail: the broker at {bootstrap} answers again", file=notices, flush=True)
+                told = False
+            unreachable.clear()
             last = time.monotonic()
             for msg in batch:
                 err = msg.error()

@@ -361,3 +361,27 @@ def test_replay_stops_at_a_line_the_broker_cannot_take_with_one_line_and_keeps_t
     seen = io.StringIO()
     tail("clicks", broker.bootstrap, from_beginning=True, timeout=3, out=seen)
     assert [json.loads(line)["event_id"] for line in seen.getvalue().splitlines()] == ["first"]
+
+
+def test_tail_says_once_that_the_broker_stopped_answering(broker) -> None:
+    """``tail`` without ``--timeout`` waited silently forever once the broker was gone: nothing told a
+    user that the topic was not quiet but out of reach.  Now one line on stderr says so (it goes on
+    waiting, as librdkafka goes on trying)."""
+    import io
+    import threading
+
+    from streams.tools.tail import tail
+
+    seen, notices = io.StringIO(), io.StringIO()
+    printed: list[int] = []
+    tailing = threading.Thread(target=lambda: printed.append(
+        tail("clicks", broker.bootstrap, timeout=15, out=seen, notices=notices)))
+    tailing.start()
+    time.sleep(2)
+    assert notices.getvalue() == ""  # a quiet topic is not a missing broker
+    broker.stop()
+    tailing.join(30)
+    assert printed == [0] and seen.getvalue() == ""
+    lines = notices.getvalue().splitlines()
+    assert lines == [f"mailpulse: tail: the broker at {broker.bootstrap} does not answer; still waiting "
+                     "(--timeout 15 s, Ctrl-C stops)"]
