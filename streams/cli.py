@@ -356,21 +356,26 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    import orjson
-
-    from streams.tools.generate import generate_history
+    from streams.tools.generate import history_lines
     from streams.tools.output_file import write_lines
 
     if args.start < date(1990, 1, 1) or (date(2199, 1, 1) - args.start).days < args.days:
         # the times an input event may carry (contract: 1990..2200); a year is left for the history's tail
         raise UserError(f"--start {args.start} with --days {args.days} is outside 1990-01-01 .. 2199-01-01")
-    events = generate_history(args.users, args.days, args.seed, args.start, args.repeats, args.erasures,
-                              args.purchases)
+    lines = history_lines(args.users, args.days, args.seed, args.start, args.repeats, args.erasures, args.purchases)
+    written = 0
+
+    def counted() -> Iterator[bytes]:
+        nonlocal written
+        for line in lines:
+            written += 1
+            yield line
+
     try:
-        write_lines(args.out, (orjson.dumps(event) + b"\n" for event in events))
+        write_lines(args.out, counted())
     except OSError as exc:
         raise UserError(f"cannot write {args.out}: {exc.strerror}") from None
-    print(f"mailpulse: wrote {len(events)} events for {args.users} users over {args.days} days to {args.out}",
+    print(f"mailpulse: wrote {written} events for {args.users} users over {args.days} days to {args.out}",
           file=sys.stderr)
     return 0
 

@@ -5,11 +5,17 @@ Deterministic for a seed: only ``random.Random(seed)`` is used, never the clock.
 
 from __future__ import annotations
 
+import heapq
+import pickle
 import random
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
+
+import orjson
 
 from schemas.timeparse import parse_timestamp
 
@@ -398,13 +404,8 @@ def _btyd_customer(index: int, rng: random.Random, clock: _Clock, products: list
     return person.events
 
 
-def generate_history(users: int, days: int, seed: int, start: date, repeats: float = 0.0,
-                     erasures: float = 0.0, purchases: str = "sessions") -> list[dict[str, Any]]:
-    """Input events of ``users`` people over ``days`` days from ``start``, sorted by time.  With
-    ``repeats``, that fraction of events comes twice (the same event again, as an at-least-once
-    producer sends it); with ``erasures``, that fraction of people gets an ``erase`` at a random time
-    of their history.  Both off: the same history as without them.  ``purchases``: ``sessions`` (the
-    default: :data:`GENERATOR_DOC`) or ``btyd`` (:data:`BTYD_DOC`)."""
+def _people(users: int, days: int, seed: int, start: date, purchases: str) -> Iterator[list[dict[str, Any]]]:
+    """Each person's events in the period, with ``_ms``, person by person (one ``Random(seed)`` for all)."""
     if purchases not in PURCHASE_PROCESSES:
         raise ValueError(f"purchases must be one of {', '.join(PURCHASE_PROCESSES)}, not {purchases!r}")
     rng = random.Random(seed)
@@ -412,21 +413,152 @@ def generate_history(users: int, days: int, seed: int, start: date, repeats: flo
     clock = _Clock(rng)
     start_ms = int(datetime(start.year, start.month, start.day, tzinfo=UTC).timestamp() * 1000)
     end_ms = start_ms + days * 86_400_000
-    events: list[dict[str, Any]] = []
     for index in range(users):
         if purchases == "btyd":
-            events.extend(e for e in _btyd_customer(index, rng, clock, products, start_ms, days)
-                          if start_ms <= e["_ms"] < end_ms)
+            customer = _btyd_customer(index, rng, clock, products, start_ms, days)
+            yield [e for e in customer if start_ms <= e["_ms"] < end_ms]
             continue
         person = _person(index, rng, days)
         _simulate(person, rng, clock, products, start_ms, days)
-        events.extend(e for e in person.events if e["_ms"] < end_ms)
+        yield [e for e in person.events if e["_ms"] < end_ms]
+
+
+def generate_history(users: int, days: int, seed: int, start: date, repeats: float = 0.0,
+                     erasures: float = 0.0, purchases: str = "sessions") -> list[dict[str, Any]]:
+    """Input events of ``users`` people over ``days`` days from ``start``, sorted by time.  With
+    ``repeats``, that fraction of events comes twice (the same event again, as an at-least-once
+    producer sends it); with ``erasures``, that fraction of people gets an ``erase`` at a random time
+    of their history.  Both off: the same history as without them.  ``purchases``: ``sessions`` (the
+    default: :data:`GENERATOR_DOC`) or ``btyd`` (:data:`BTYD_DOC`).  :func:`history_lines` gives the
+    same history as JSON lines without holding it in memory."""
+    events = [event for own in _people(users, days, seed, start, purchases) for event in own]
     events.sort(key=lambda e: (e["_ms"], e["event_id"]))
     for event in events:
         del event["_ms"]
     if repeats or erasures:
         events = _damaged(events, random.Random(seed + 1), repeats, erasures)
     return events
+
+
+#: Events :func:`history_lines` holds in memory before it writes a sorted run to a temporary file.
+LINES_IN_MEMORY = 200_000
+
+
+def history_lines(users: int, days: int, seed: int, start: date, repeats: float = 0.0, erasures: float = 0.0,
+                  purchases: str = "sessions", in_memory: int = LINES_IN_MEMORY) -> Iterator[bytes]:
+    """:func:`generate_history`'s events as JSON lines (each ending in a newline), byte for byte, with
+    at most ~``in_memory`` events held at a time: sorted runs go to temporary files and are merged
+    (a history of millions of events took gigabytes as a list of dicts)."""
+    def keyed() -> Iterator[tuple[Any, bytes]]:
+        for own in _people(users, days, seed, start, purchases):
+            for event in own:
+                key = (event.pop("_ms"), event["event_id"])
+                yield key, orjson.dumps(event) + b"\n"
+
+    with tempfile.TemporaryDirectory(prefix="mailpulse-generate-") as spill:
+        ordered = _sorted_externally(keyed(), in_memory, Path(spill))
+        if not erasures:
+            draw = random.Random(seed + 1).random
+            for line in ordered:
+                yield line
+                if repeats and draw() < repeats:
+                    yield line
+            return
+        yield from _damaged_lines(ordered, random.Random(seed + 1), repeats, erasures, in_memory, Path(spill))
+
+
+def _who(event: dict[str, Any]) -> str:
+    """The person an event of the history is of, for its erasures."""
+    return str(event.get("user_id") or event.get("anonymous_id") or event.get("email"))
+
+
+def _damaged_lines(ordered: Iterator[bytes], rng: random.Random, repeats: float, erasures: float, in_memory: int,
+                   spill: Path) -> Iterator[bytes]:
+    """:func:`_damaged` of sorted lines, in three passes over a copy on disk: the repeats drawn and each
+    person's events counted; the erased people and their events drawn; the lines and the erasures
+    sorted by their times (as ``_damaged`` sorts them: whole seconds where a time is ISO text)."""
+    copy = spill / "ordered.jsonl"
+    again = bytearray()  # one flag per event: it comes twice
+    by_person: dict[str, list[Any]] = {}  # who -> [events, the first one's user_id]
+    with copy.open("wb") as written:
+        for line in ordered:
+            written.write(line)
+            again.append(rng.random() < repeats)
+            event = orjson.loads(line)
+            who = _who(event)
+            seen = by_person.get(who)
+            if seen is None:
+                by_person[who] = [1, event.get("user_id")]
+            else:
+                seen[0] += 1
+    chosen: dict[str, dict[int, int]] = {}  # who -> the index of the event whose time it is erased at -> n
+    for n, (who, (count, user_id)) in enumerate(sorted(by_person.items())):
+        if rng.random() >= erasures or not user_id:
+            continue
+        chosen.setdefault(who, {})[rng.randrange(count)] = n  # (as ``rng.choice`` of the events draws)
+    erases: list[tuple[int, dict[str, Any]]] = []  # (n, the erase event)
+    ranks: dict[str, int] = {}
+    with copy.open("rb") as reading:
+        for line in reading:
+            event = orjson.loads(line)
+            who = _who(event)
+            rank = ranks[who] = ranks.get(who, -1) + 1
+            erased = chosen.get(who, {}).get(rank)
+            if erased is not None:
+                erases.append((erased, {"event_id": f"erase-{erased}", "type": "erase",
+                                        "timestamp": event["timestamp"], "user_id": by_person[who][1]}))
+    erases.sort(key=lambda entry: entry[0])
+
+    def timed() -> Iterator[tuple[Any, bytes]]:
+        order = 0
+        with copy.open("rb") as handle:
+            for line, twice in zip(handle, again, strict=True):
+                at = parse_timestamp(orjson.loads(line)["timestamp"])
+                for _ in range(1 + twice):
+                    yield (at, order), line
+                    order += 1
+        for _, erase in erases:
+            yield (parse_timestamp(erase["timestamp"]), order), orjson.dumps(erase) + b"\n"
+            order += 1
+
+    yield from _sorted_externally(timed(), in_memory, spill)
+
+
+def _sorted_externally(items: Iterator[tuple[Any, bytes]], in_memory: int, spill: Path) -> Iterator[bytes]:
+    """The lines of ``(key, line)`` items in the order of their (distinct) keys: runs of ``in_memory``
+    items sorted and written to files in ``spill``, then merged."""
+    runs: list[Path] = []
+    chunk: list[tuple[Any, bytes]] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= in_memory:
+            runs.append(_write_run(sorted(chunk), spill, max(1, min(1000, in_memory // 100))))
+            chunk = []
+    chunk.sort()
+    if not runs:
+        yield from (line for _, line in chunk)
+        return
+    yield from (line for _, line in heapq.merge(*(_read_run(run) for run in runs), iter(chunk)))
+
+
+def _write_run(items: list[tuple[Any, bytes]], spill: Path, block: int) -> Path:
+    """``items`` into a new file of ``spill``, in pickled blocks (the merge holds one block of each run)."""
+    handle_no, name = tempfile.mkstemp(dir=spill, suffix=".run")
+    path = Path(name)
+    with open(handle_no, "wb") as handle:
+        for start in range(0, len(items), block):
+            pickle.dump(items[start:start + block], handle, protocol=pickle.HIGHEST_PROTOCOL)
+    return path
+
+
+def _read_run(path: Path) -> Iterator[tuple[Any, bytes]]:
+    with path.open("rb") as handle:
+        while True:
+            try:
+                block = pickle.load(handle)
+            except EOFError:
+                return
+            yield from block
 
 
 def _damaged(events: list[dict[str, Any]], rng: random.Random, repeats: float,
@@ -440,8 +572,7 @@ def _damaged(events: list[dict[str, Any]], rng: random.Random, repeats: float,
     if erasures:
         by_person: dict[str, list[dict[str, Any]]] = {}
         for event in events:
-            who = event.get("user_id") or event.get("anonymous_id") or event.get("email")
-            by_person.setdefault(str(who), []).append(event)
+            by_person.setdefault(_who(event), []).append(event)
         for n, (_, own) in enumerate(sorted(by_person.items())):
             if rng.random() >= erasures or not own[0].get("user_id"):
                 continue
