@@ -54,12 +54,15 @@ class StateFolderError(Exception):
 def locked_data_dir(base: Path) -> Iterator[Path]:
     """A per-worker state folder under ``base``: ``worker-0``, or the next one not locked by a live
     process, so several workers on one machine never share a RocksDB folder."""
-    base.mkdir(parents=True, exist_ok=True)
     index = 0
     while True:
         folder = base / f"worker-{index}"
-        folder.mkdir(exist_ok=True)
-        handle: IO[str] = open(folder / ".lock", "w")  # noqa: SIM115 - held for the worker's life
+        try:  # (a file there, another user's folder or lock file, a read-only mount: a traceback otherwise)
+            folder.mkdir(parents=True, exist_ok=True)
+            handle: IO[str] = open(folder / ".lock", "w")  # noqa: SIM115 - held for the worker's life
+        except OSError as exc:
+            raise StateFolderError(f"MAILPULSE_DATA_DIR {base}: {folder} cannot be used "
+                                   f"({exc.strerror or exc})") from None
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

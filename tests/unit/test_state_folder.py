@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
-from streams.worker import CLEAN_STOP_MARKER, STATE_MAX_AGE_S, stale_state
+import pytest
+
+from streams.worker import CLEAN_STOP_MARKER, STATE_MAX_AGE_S, StateFolderError, locked_data_dir, stale_state
 
 
 def _folder(tmp_path: Path, stopped_at: float | None) -> Path:
@@ -52,3 +55,25 @@ def test_a_folder_copied_without_its_file_times_is_as_old_as_its_stop_says(tmp_p
     (folder / CLEAN_STOP_MARKER).write_text("")  # a marker of an older version: its file time
     os.utime(folder / CLEAN_STOP_MARKER, (now, now))
     assert stale_state(folder, now) is None
+
+
+@pytest.mark.parametrize("place", ["a file", "below a file", "a lock that is a folder", "cannot be made"])
+def test_a_state_folder_that_cannot_be_used_is_a_one_line_error(tmp_path: Path, place: str) -> None:
+    """``worker-0`` a file or below one, its lock file one that cannot be opened (another user's: here a folder),
+    a folder that takes no new one (a read-only mount, no permission; here procfs): mkdir's or open's
+    traceback ended the start."""
+    base = tmp_path
+    if place == "a file":
+        (tmp_path / "worker-0").write_text("x")
+    elif place == "below a file":  # (the embedded broker's ``embedded`` folder)
+        base = tmp_path / "embedded"
+        base.write_text("x")
+    elif place == "a lock that is a folder":
+        (tmp_path / "worker-0" / ".lock").mkdir(parents=True)
+    else:
+        if not Path("/proc/self").is_dir():
+            pytest.skip("needs procfs, where no folder can be made")
+        base = Path("/proc/self")
+    line = f"MAILPULSE_DATA_DIR {base}: {base / 'worker-0'} cannot be used ("
+    with pytest.raises(StateFolderError, match=re.escape(line)), locked_data_dir(base):
+        pytest.fail("no state folder can be used here")
