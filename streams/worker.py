@@ -76,12 +76,30 @@ def locked_data_dir(base: Path) -> Iterator[Path]:
             index += 1
             continue
         try:
+            if (stuck := _unwritable(folder)) is not None:
+                raise StateFolderError(f"MAILPULSE_DATA_DIR {base}: {stuck} cannot be read and written by this "
+                                       "process (another user's, or a read-only mount): give the folder to the user "
+                                       "the worker runs as")
             handle.write(str(os.getpid()))
             handle.flush()
             yield folder
         finally:
             handle.close()
         return
+
+
+def _unwritable(folder: Path) -> Path | None:
+    """The first folder or file in ``folder`` (itself too) this process cannot read and write, or None.
+    Left by a worker run as another user (``sudo``), its tables failed to open deep in Faust's start,
+    with a traceback; a stale folder failed to be emptied."""
+    every, each_file = os.R_OK | os.W_OK | os.X_OK, os.R_OK | os.W_OK
+    if not os.access(folder, every):
+        return folder
+    for root, folders, files in os.walk(folder):  # (a folder is checked before it is read)
+        for name, needs in [*((name, every) for name in folders), *((name, each_file) for name in files)]:
+            if not os.access(path := os.path.join(root, name), needs):
+                return Path(path)
+    return None
 
 
 #: Written when a worker stops cleanly.  Without it the local RocksDB state may hold writes whose

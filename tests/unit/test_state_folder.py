@@ -77,3 +77,28 @@ def test_a_state_folder_that_cannot_be_used_is_a_one_line_error(tmp_path: Path, 
     line = f"MAILPULSE_DATA_DIR {base}: {base / 'worker-0'} cannot be used ("
     with pytest.raises(StateFolderError, match=re.escape(line)), locked_data_dir(base):
         pytest.fail("no state folder can be used here")
+
+
+def test_state_this_user_cannot_write_is_a_one_line_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Table state left by a worker run as another user (``sudo mailpulse run`` once): the folder
+    was locked, then the worker crashed opening its tables, with a traceback from deep in Faust
+    (or, its state stale, from emptying the folder)."""
+    table = tmp_path / "worker-0" / "v1" / "tables" / "profiles-0"
+    table.mkdir(parents=True)
+    (table / "000012.sst").write_text("x")
+    with locked_data_dir(tmp_path):  # (a folder it can write is used)
+        pass
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: (Path(path).name != "profiles-0"
+                                                                and access(path, mode, **kw)))
+    with pytest.raises(StateFolderError, match=re.escape(f"MAILPULSE_DATA_DIR {tmp_path}: {table} cannot be ")), \
+            locked_data_dir(tmp_path):
+        pytest.fail("the state cannot be written")
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: (Path(path).suffix != ".sst"
+                                                                and access(path, mode, **kw)))
+    with pytest.raises(StateFolderError, match=re.escape(f"{table / '000012.sst'} cannot be ")), \
+            locked_data_dir(tmp_path):
+        pytest.fail("the state cannot be written")
+    monkeypatch.undo()
+    with locked_data_dir(tmp_path) as folder:
+        assert folder.name == "worker-0"  # (its lock was let go)
