@@ -306,7 +306,7 @@ def cmd_deliver(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from streams.deliver.ledger import LedgerInUse
+    from streams.deliver.ledger import LedgerError
     from streams.deliver.service import run_deliver
 
     settings = _settings(broker=args.broker)
@@ -326,7 +326,7 @@ def cmd_deliver(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    with reported_as_user_error(LedgerInUse):
+    with reported_as_user_error(LedgerError):
         code = run_deliver(settings, args.dry_run, stop, logs.say)
     logs.say("deliver stopped")
     return code

@@ -48,7 +48,11 @@ PROGRESS_EVERY = 1000
 HOLD_ID_AT = len(b"h:0000000000000:")
 
 
-class LedgerInUse(OSError):
+class LedgerError(OSError):
+    """The ledger's folder cannot be used (a one-line error at start)."""
+
+
+class LedgerInUse(LedgerError):
     """Another process has the ledger open (RocksDB's lock)."""
 
 
@@ -63,14 +67,17 @@ class Ledger:
         #: (millions at a large shop's retention: seconds) or a prune after a long stop is then no stall
         #: of deliver's /healthz (its owner beats its heartbeat here)
         self.progress: Callable[[], None] = _nothing
-        folder.mkdir(parents=True, exist_ok=True)
+        try:  # (a file there, another user's folder, a read-only mount: mkdir's traceback otherwise)
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LedgerError(f"{folder}: the deliver state folder cannot be made ({exc.strerror or exc})") from None
         try:
             self.db = rocksdict.Rdict(str(folder / "ledger"))
-        except Exception as exc:  # rocksdict raises a bare Exception
-            if "lock" not in str(exc).lower():
-                raise
-            raise LedgerInUse(f"{folder} is in use by another deliver process (each needs its own "
-                              "MAILPULSE_DATA_DIR)") from None
+        except Exception as exc:  # rocksdict raises a bare Exception (or an OSError), with one line of RocksDB's
+            if "lock" in str(exc).lower():
+                raise LedgerInUse(f"{folder} is in use by another deliver process (each needs its own "
+                                  "MAILPULSE_DATA_DIR)") from None
+            raise LedgerError(f"{folder}: the deliver state in it cannot be opened ({exc})") from None
         if self.db.get(b"k:aged") is None:  # a ledger from before the age index: index what it holds
             for key in list(self._keys(b"d:")):
                 self.db[b"t:%013d:" % max(orjson.loads(self._get(key)).get("at", 0), 0) + key[2:]] = b""

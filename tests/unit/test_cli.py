@@ -235,6 +235,20 @@ def test_a_folder_that_cannot_be_made_is_a_one_line_error(capsys: pytest.Capture
     assert "cannot be made" in err and "Traceback" not in err
 
 
+def test_a_deliver_state_folder_that_cannot_be_used_is_a_one_line_error(capsys: pytest.CaptureFixture[str],
+                                                                         monkeypatch: pytest.MonkeyPatch,
+                                                                         tmp_path: Path) -> None:
+    """``$MAILPULSE_DATA_DIR/deliver`` a file (or another user's, or its RocksDB's): a traceback."""
+    from streams import cli
+
+    monkeypatch.setattr(cli, "_check_broker", lambda bootstrap: None)
+    monkeypatch.setenv("MAILPULSE_DATA_DIR", str(tmp_path))
+    (tmp_path / "deliver").write_text("x")
+    code, _, err = run(capsys, "deliver", "--broker", "kafka://127.0.0.1:1", "--dry-run", str(tmp_path / "out"))
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"mailpulse: error: {tmp_path / 'deliver'}: the deliver state folder cannot be made")
+
+
 def test_a_metrics_host_that_is_no_address_is_a_one_line_error(capsys: pytest.CaptureFixture[str],
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MAILPULSE_METRICS_HOST", "not.a.host.invalid")

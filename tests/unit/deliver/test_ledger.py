@@ -73,6 +73,26 @@ def test_a_ledger_another_process_holds_is_a_clear_error(tmp_path: Path) -> None
         first.close()
 
 
+@pytest.mark.parametrize("place", ["below a file", "a file in its place", "cannot be made"])
+def test_a_ledger_folder_that_cannot_be_used_is_a_clear_error(tmp_path: Path, place: str) -> None:
+    """A file where the folder would be made, a file where RocksDB's folder is, a folder that takes no
+    new one (another user's, a read-only mount; here procfs): mkdir's or RocksDB's traceback."""
+    from streams.deliver.ledger import LedgerError
+
+    folder = tmp_path / "state" / "deliver"
+    if place == "below a file":
+        (tmp_path / "state").write_text("x")
+    elif place == "a file in its place":
+        folder.mkdir(parents=True)
+        (folder / "ledger").write_text("x")
+    else:
+        if not Path("/proc/self").is_dir():
+            pytest.skip("needs procfs, where no folder can be made")
+        folder = Path("/proc/self/mailpulse-deliver")
+    with pytest.raises(LedgerError, match=f"^{folder}: the deliver state .* cannot be "):
+        Ledger(folder)
+
+
 def test_triggers_held_by_a_ledger_before_the_profile_index_are_found_by_their_profile(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path)
     ledger.db[b"h:%013d:t-old" % (NOW + DAY)] = b'{"trigger_id": "t-old", "profile_id": "p-7"}'
