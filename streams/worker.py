@@ -59,7 +59,8 @@ def locked_data_dir(base: Path) -> Iterator[Path]:
         folder = base / f"worker-{index}"
         try:  # (a file there, another user's folder or lock file, a read-only mount: a traceback otherwise)
             folder.mkdir(parents=True, exist_ok=True)
-            handle: IO[str] = open(folder / ".lock", "w")  # noqa: SIM115 - held for the worker's life
+            # (appended to, not emptied: the worker holding it keeps its process id there)
+            handle: IO[str] = open(folder / ".lock", "a")  # noqa: SIM115 - held for the worker's life
         except OSError as exc:
             raise StateFolderError(f"MAILPULSE_DATA_DIR {base}: {folder} cannot be used "
                                    f"({exc.strerror or exc})") from None
@@ -80,6 +81,7 @@ def locked_data_dir(base: Path) -> Iterator[Path]:
                 raise StateFolderError(f"MAILPULSE_DATA_DIR {base}: {stuck} cannot be read and written by this "
                                        "process (another user's, or a read-only mount): give the folder to the user "
                                        "the worker runs as")
+            handle.truncate(0)
             handle.write(str(os.getpid()))
             handle.flush()
             yield folder

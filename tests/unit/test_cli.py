@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -322,6 +323,8 @@ def test_a_state_folder_that_cannot_be_locked_stops_the_start_with_an_error(tmp_
 
     with worker.locked_data_dir(tmp_path) as first, worker.locked_data_dir(tmp_path) as second:
         assert (first.name, second.name) == ("worker-0", "worker-1")  # held: the next one
+        # the second start's look at worker-0 left its holder's process id there
+        assert (first / ".lock").read_text() == (second / ".lock").read_text() == str(os.getpid())
 
     def no_locks(handle: object, operation: int) -> None:
         raise OSError(errno.ENOLCK, "No locks available")
