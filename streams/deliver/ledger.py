@@ -74,7 +74,7 @@ class Ledger:
         try:
             self.db = rocksdict.Rdict(str(folder / "ledger"))
         except Exception as exc:  # rocksdict raises a bare Exception (or an OSError), with one line of RocksDB's
-            if "lock" in str(exc).lower():
+            if "/LOCK: " in str(exc):  # (RocksDB's lock file; not "lock" anywhere: a path may hold it)
                 raise LedgerInUse(f"{folder} is in use by another deliver process (each needs its own "
                                   "MAILPULSE_DATA_DIR)") from None
             raise LedgerError(f"{folder}: the deliver state in it cannot be opened ({exc})") from None

@@ -73,6 +73,25 @@ def test_a_ledger_another_process_holds_is_a_clear_error(tmp_path: Path) -> None
         first.close()
 
 
+def test_a_ledger_that_cannot_be_opened_under_a_path_naming_a_lock_is_not_called_in_use(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any open error whose text held "lock" was "in use by another deliver process": under a folder
+    such as ``/srv/blocklist`` a permission error sent the user looking for a process that was not there."""
+    import rocksdict
+
+    from streams.deliver.ledger import LedgerError, LedgerInUse
+
+    folder = tmp_path / "blocklist"
+
+    def denied(path: str) -> None:
+        raise Exception(f"IO error: While open a file for appending: {path}/000004.log: Permission denied")
+
+    monkeypatch.setattr(rocksdict, "Rdict", denied)
+    with pytest.raises(LedgerError, match=r"cannot be opened .*Permission denied") as raised:
+        Ledger(folder)
+    assert not isinstance(raised.value, LedgerInUse)
+
+
 @pytest.mark.parametrize("place", ["below a file", "a file in its place", "cannot be made"])
 def test_a_ledger_folder_that_cannot_be_used_is_a_clear_error(tmp_path: Path, place: str) -> None:
     """A file where the folder would be made, a file where RocksDB's folder is, a folder that takes no
