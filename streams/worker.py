@@ -223,7 +223,9 @@ def run_worker(settings: Settings, demo: bool = False, models: ModelBundle | Non
                 if close is not None:
                     close()
             if code == 0:
-                clean_stop.write_text(stamp_text(time.time()))
+                unmarked = mark_clean_stop(clean_stop)
+                if unmarked is not None:
+                    say(unmarked)
                 say(stop_line(offsets_committed(pipeline.app), health.broker_silent(time.monotonic())))
             return code
     finally:
@@ -232,6 +234,17 @@ def run_worker(settings: Settings, demo: bool = False, models: ModelBundle | Non
             helper.join(15)
         if broker is not None:
             broker.stop()
+
+
+def mark_clean_stop(marker: Path) -> str | None:
+    """Writes the clean-stop marker; a line saying what the next start does without it when it cannot be
+    written (a full disk), instead of a traceback as the stop ends."""
+    try:
+        marker.write_text(stamp_text(time.time()))
+    except OSError as exc:
+        return (f"note: {marker} could not be written ({exc.strerror or exc}): the next start rebuilds "
+                "the table state from the changelog topics")
+    return None
 
 
 def stop_line(committed: bool, broker_silent: bool) -> str:

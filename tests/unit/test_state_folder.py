@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 
 import pytest
 
-from streams.worker import CLEAN_STOP_MARKER, STATE_MAX_AGE_S, StateFolderError, locked_data_dir, stale_state
+from streams.worker import (
+    CLEAN_STOP_MARKER,
+    STATE_MAX_AGE_S,
+    StateFolderError,
+    locked_data_dir,
+    mark_clean_stop,
+    stale_state,
+)
 
 
 def _folder(tmp_path: Path, stopped_at: float | None) -> Path:
@@ -102,3 +110,16 @@ def test_state_this_user_cannot_write_is_a_one_line_error(tmp_path: Path, monkey
     monkeypatch.undo()
     with locked_data_dir(tmp_path) as folder:
         assert folder.name == "worker-0"  # (its lock was let go)
+
+
+def test_a_clean_stop_marker_that_cannot_be_written_is_a_note_and_the_next_start_rebuilds(tmp_path: Path) -> None:
+    """A full disk as the worker stopped: the marker's write raised, and the clean stop ended in a
+    traceback.  Now one line says what follows; without the marker the next start rebuilds."""
+    assert mark_clean_stop(tmp_path / CLEAN_STOP_MARKER) is None
+    assert stale_state(tmp_path, time.time()) is None
+    (tmp_path / CLEAN_STOP_MARKER).unlink()
+    (tmp_path / "table").write_text("x")
+    (tmp_path / CLEAN_STOP_MARKER).mkdir()  # (cannot be written, as on a full disk)
+    note = mark_clean_stop(tmp_path / CLEAN_STOP_MARKER)
+    assert note is not None and note.count("\n") == 0
+    assert "could not be written" in note and "rebuilds the table state" in note
