@@ -34,6 +34,9 @@ MAX_MESSAGE_BYTES = 64 * 1024
 #: 0x01 becomes six characters, a non-UTF-8 one a third more in base64), the letter would be refused,
 #: and the worker would stop on a bad input at every start.
 MAX_RAW_BYTES = MAX_MESSAGE_BYTES
+#: The UTF-8 byte-order mark.  A Windows tool may write one before a JSON text, and a parser may skip
+#: it (RFC 8259, 8.1): one before a message (or a line of a file) is skipped, not dead-lettered.
+UTF8_BOM = b"\xef\xbb\xbf"
 #: The most of a rejected message's key its dead letter keeps in ``key`` (cut as ``raw`` is, with
 #: ``key_truncated`` and ``key_bytes``).
 MAX_KEY_BYTES = 4 * 1024
@@ -172,7 +175,7 @@ def decode(raw: bytes | None, source: Source, now_ms: int,
     if len(raw) > MAX_MESSAGE_BYTES:
         return reject(source, raw, "too_large", f"message is {len(raw)} bytes, limit {MAX_MESSAGE_BYTES}", now_ms)
     try:
-        obj = orjson.loads(raw)
+        obj = orjson.loads(raw.removeprefix(UTF8_BOM))
     except orjson.JSONDecodeError as exc:
         return reject(source, raw, "not_json", f"not JSON: {exc}"[:500], now_ms)
     if not isinstance(obj, dict):

@@ -19,7 +19,7 @@ from typing import IO, Any
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from schemas.identifiers import hold_every_address
-from streams.ingest import DEFAULT_POLICY, Accepted, IngestPolicy, Source, decode
+from streams.ingest import DEFAULT_POLICY, UTF8_BOM, Accepted, IngestPolicy, Source, decode
 from streams.tools.forked import run_forked
 
 
@@ -36,7 +36,7 @@ def _open(path: Path) -> tuple[int, IO[bytes]]:
 
 def _accepted(path: Path, line: bytes, number: int, policy: IngestPolicy = DEFAULT_POLICY) -> dict[str, Any] | None:
     """The accepted event of one line (None: a blank line); :class:`HistoryError` if it is not one."""
-    raw = line.rstrip(b"\r\n")
+    raw = line.rstrip(b"\r\n").removeprefix(UTF8_BOM)  # (a line of only a byte-order mark is blank too)
     if not raw.strip():
         return None
     result = decode(raw, Source("history", 0, number, None, 0), 0, policy)

@@ -12,6 +12,7 @@ from confluent_kafka import KafkaError, KafkaException
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from streams.broker import kafka_error
+from streams.ingest import UTF8_BOM
 from streams.tools.produce import (
     RoutingError,
     key_for,
@@ -76,7 +77,7 @@ def replay_file(path: Path, bootstrap: str, rate: float | None = None, until: in
     Ctrl-C, once what was sent is flushed (briefly)."""
     try:  # (a file without read permission: an OSError's traceback otherwise)
         with path.open("rb") as counted:
-            total = sum(1 for line in counted if line.strip())
+            total = sum(1 for line in counted if line.removeprefix(UTF8_BOM).strip())
     except OSError as exc:
         raise ReplayError(f"cannot read {path}: {exc.strerror or exc}") from None
     producer = make_producer(bootstrap)
@@ -90,7 +91,8 @@ def replay_file(path: Path, bootstrap: str, rate: float | None = None, until: in
     try:
         with progress, path.open("rb") as lines:
             task = progress.add_task("replay", total=total, rate="")
-            for number, line in enumerate(lines, start=1):
+            for number, marked in enumerate(lines, start=1):
+                line = marked.removeprefix(UTF8_BOM)  # (a Windows tool's "UTF-8 with BOM"; sent without it)
                 if not line.strip():
                     continue
                 try:

@@ -83,3 +83,11 @@ def test_a_bad_line_is_named_by_place_code_and_field_without_its_values(tmp_path
         read_events(path)
     assert str(bad.value) == f"{path}:1: {reason}"
     assert "Alice" not in str(bad.value) and "alice" not in str(bad.value)
+
+
+def test_a_file_that_starts_with_a_byte_order_mark_is_read_as_without_it(lines: list[bytes], tmp_path: Path) -> None:
+    """A history saved by a Windows editor as "UTF-8 with BOM" (its first line was a bad line)."""
+    path, marked = tmp_path / "h.jsonl", tmp_path / "bom.jsonl"
+    path.write_bytes(b"".join(lines))
+    marked.write_bytes(b"\xef\xbb\xbf" + b"".join(lines))
+    assert read_events(marked) == read_events(path)

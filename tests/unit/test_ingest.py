@@ -280,3 +280,11 @@ def test_an_amount_of_minus_zero_is_zero() -> None:
     assert math.copysign(1, ev["total"]) == 1 and math.copysign(1, ev["items"][0]["price"]) == 1
     ev = ok({**BASE, "type": "cart_add", "product_id": "p", "price": -0.0})
     assert math.copysign(1, ev["price"]) == 1
+
+
+def test_one_byte_order_mark_before_a_message_is_skipped() -> None:
+    """A Windows tool may write a UTF-8 byte-order mark before the JSON (RFC 8259 lets a parser skip
+    it): the event is read as without it (it was dead-lettered ``not_json``); a second one is no JSON."""
+    assert ok(b"\xef\xbb\xbf" + orjson.dumps(BASE)) == ok(BASE)
+    assert bad(b"\xef\xbb\xbf\xef\xbb\xbf" + orjson.dumps(BASE)).code == "not_json"
+    assert bad(b"\xef\xbb\xbf").code == "not_json"

@@ -247,3 +247,17 @@ def test_a_tick_to_a_topic_the_broker_lacks_says_what_was_sent(monkeypatch: pyte
     with pytest.raises(replay.ReplayError, match=expected):
         replay.replay_file(path, "unused", until=until, show_progress=False)
     assert flushed
+
+
+def test_a_file_that_starts_with_a_byte_order_mark_is_replayed_without_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file saved by a Windows tool as "UTF-8 with BOM": its first line is sent as the event it holds
+    (replay stopped there: not JSON), without the mark."""
+    producer = Recorder()
+    monkeypatch.setattr(replay, "make_producer", lambda bootstrap: producer)
+    view = orjson.dumps({"event_id": "v1", "type": "product_view", "timestamp": "2026-03-01T10:00:00Z",
+                         "anonymous_id": "a-1"})
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + view + b"\r\n" + view + b"\r\n")
+    assert replay.replay_file(path, "unused", show_progress=False) == 2
+    assert [value for _, _, value in producer.sent] == [view, view]
