@@ -216,7 +216,9 @@ class CartEvent(_Identified):
 
 
 class LineItem(_Model):
-    product_id: Text
+    #: A line may name no product (shipping, a fee): the contract marks no item field required, and
+    #: the order and its total count all the same (such a line is no product bought).
+    product_id: Text | None = None
     category: Text | None = None
     quantity: Count = 1
     price: Amount | None = None

@@ -288,3 +288,15 @@ def test_one_byte_order_mark_before_a_message_is_skipped() -> None:
     assert ok(b"\xef\xbb\xbf" + orjson.dumps(BASE)) == ok(BASE)
     assert bad(b"\xef\xbb\xbf\xef\xbb\xbf" + orjson.dumps(BASE)).code == "not_json"
     assert bad(b"\xef\xbb\xbf").code == "not_json"
+
+
+@pytest.mark.parametrize("line", [{"category": "shipping", "price": 4.9}, {"product_id": None, "price": 4.9},
+                                  {"product_id": "", "price": 4.9}])
+def test_a_purchase_with_a_line_that_names_no_product_counts(line: dict[str, object]) -> None:
+    """A shipping or fee line has no product (contract 3 marks no item field required): the order and
+    its total count, and the line is kept as a line of no product (the whole purchase was dead-lettered
+    ``missing_field``)."""
+    ev = ok({**BASE, "type": "purchase", "order_id": "o-1", "total": 24.9,
+             "items": [{"product_id": "sku-1", "price": 20.0}, line]})
+    assert ev["total"] == 24.9 and ev["items"][0]["product_id"] == "sku-1"
+    assert "product_id" not in ev["items"][1] and ev["items"][1]["price"] == 4.9

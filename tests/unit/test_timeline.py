@@ -579,3 +579,14 @@ def test_a_late_older_cart_event_or_view_does_not_pull_the_abandonment_deadline_
     view.arrive(ev("v-1", "product_view", t, product_id="b"))
     view.to(t + 3 * 60 * MIN)
     assert view.types() == [("browse_abandoned", "2026-03-01T11:20:00.000Z")]
+
+
+def test_a_purchase_line_that_names_no_product_counts_in_the_order_and_is_no_product_bought() -> None:
+    """A shipping line (no ``product_id``): the order and its total count; only the products are bought."""
+    at = ms(T0)
+    person = Person().arrive(ev("o-1", "purchase", at, order_id="o-1", total=25.0, items=[
+        {"product_id": "sku-1", "price": 20.0}, {"category": "shipping", "price": 5.0}])).to(at + MIN)
+    assert person.state is not None
+    assert person.state["profile"]["aggregates"]["orders"] == 1
+    assert person.state["profile"]["aggregates"]["total_spend"] == 25.0
+    assert person.state["rules"]["bought"] == ["sku-1"]
