@@ -21,10 +21,11 @@ _MS = timedelta(milliseconds=1)
 #: ordinal date, it is read here as the calendar date it names), ``T`` (``t``) or one space, a time,
 #: and ``Z`` (``z``, as RFC 3339 allows) or an offset in hours and minutes.  ``datetime.fromisoformat``
 #: alone also reads a NUL or a space before the ``Z``, a NUL after it and offsets with seconds, which
-#: no ISO-8601 writer makes.  (Groups: ``year`` and ``day`` of an ordinal date, ``second``.)
+#: no ISO-8601 writer makes.  (Groups: ``year`` and ``day`` of an ordinal date, ``time`` of day,
+#: ``second``.)
 _ISO_FORM = re.compile(
     r"(?:\d{4}-?(?:\d{2}-?\d{2}|W\d{2}-?\d)|(?P<year>\d{4})-?(?P<day>\d{3}))"
-    r"[Tt ]\d{2}(?::?\d{2}(?::?(?P<second>\d{2})(?:[.,]\d+)?)?)?"
+    r"[Tt ](?P<time>\d{2}(?::?\d{2}(?::?(?P<second>\d{2})(?:[.,]\d+)?)?)?)"
     r"(?:[Zz]|[+-]\d{2}(?::?\d{2})?)", re.ASCII)
 #: Milliseconds in a day, and the start of a day's last second.
 _DAY_MS = 86_400_000
@@ -40,12 +41,17 @@ def parse_timestamp(value: object) -> int:
             raise ValueError(f"epoch milliseconds {value} out of range (1990..2200)")
         return value
     if isinstance(value, str):
-        leap = False
+        leap = end_of_day = False
         try:
             form = _ISO_FORM.fullmatch(value)
             if form is None:
                 raise ValueError
             text = value[:-1] + "Z" if value[-1] == "z" else value
+            if form["time"].startswith("24"):  # the end of a day (ISO 8601's 24:00): the next day's 00:00
+                if form["time"][2:].strip("0:.,"):  # (24:00:01 is no time of day)
+                    raise ValueError
+                end_of_day = True
+                text = text[:form.start("time")] + "00" + text[form.start("time") + 2:]
             if form["second"] == "60":  # a leap second (ISO 8601 and RFC 3339 write it so): read after :59
                 leap = True
                 text = text[:form.start("second")] + "59" + text[form.end("second"):]
@@ -66,6 +72,8 @@ def parse_timestamp(value: object) -> int:
             if ms % _DAY_MS // 1000 * 1000 != _LAST_SECOND_MS:
                 raise ValueError(f"timestamp {value[:64]!r}: second 60 outside the last minute of a UTC day")
             ms += 1000
+        if end_of_day:
+            ms += _DAY_MS
         if not MIN_EPOCH_MS <= ms <= MAX_EPOCH_MS:
             raise ValueError(f"timestamp {value[:64]!r} out of range (1990..2200)")
         return ms

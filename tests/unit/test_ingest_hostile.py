@@ -319,3 +319,22 @@ def test_an_ordinal_date_is_read_as_the_calendar_date_it_names(stamp: str, ms: i
 @pytest.mark.parametrize("stamp", ["2025-366T10:00:00Z", "2026-000T10:00:00Z", "0000-001T10:00:00Z"])
 def test_an_ordinal_day_the_year_does_not_have_is_a_bad_timestamp(stamp: str) -> None:
     assert code({**IDENTIFY, "timestamp": stamp}) == "bad_timestamp"
+
+
+@pytest.mark.parametrize(("stamp", "ms"), [
+    ("2026-02-28T24:00:00Z", 1_772_323_200_000), ("2026-02-28T24:00Z", 1_772_323_200_000),
+    ("2026-02-28T24:00:00.000Z", 1_772_323_200_000), ("20260228T240000Z", 1_772_323_200_000),
+    ("2026-03-01T00:00:00+01:00", 1_772_319_600_000), ("2026-02-28T24:00:00+01:00", 1_772_319_600_000),
+    ("2024-12-31T24:00:00Z", 1_735_689_600_000)])
+def test_the_end_of_a_day_written_24_00_is_the_next_day_s_start(stamp: str, ms: int) -> None:
+    """ISO 8601 writes the end of a day as ``24:00`` (it was dead-lettered): the next day's 00:00."""
+    from schemas.timeparse import parse_timestamp
+
+    assert code({**IDENTIFY, "timestamp": stamp}) is None
+    assert parse_timestamp(stamp) == ms
+
+
+@pytest.mark.parametrize("stamp", ["2026-02-28T24:00:01Z", "2026-02-28T24:01Z", "2026-02-28T24:00:00.5Z",
+                                   "2026-02-28T25:00:00Z"])
+def test_a_time_past_24_00_is_a_bad_timestamp(stamp: str) -> None:
+    assert code({**IDENTIFY, "timestamp": stamp}) == "bad_timestamp"
