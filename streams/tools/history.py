@@ -34,6 +34,22 @@ def _open(path: Path) -> tuple[int, IO[bytes]]:
         raise HistoryError(f"cannot read {path}: {exc.strerror}") from None
 
 
+#: The first bytes of compressed files (gzip, bzip2, xz, zstd, zip), by their name.
+_COMPRESSED = ((b"\x1f\x8b", "gzip"), (b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz"), (b"\x28\xb5\x2f\xfd", "zstd"),
+               (b"PK\x03\x04", "zip"))
+
+
+def not_text_hint(line: bytes) -> str:
+    """What to do with a line that is no JSON when it looks like a compressed file's start or UTF-16
+    text (a byte-order mark, or NUL bytes, which UTF-8 JSON never holds): ``"; it looks ..."``, else ""."""
+    for magic, name in _COMPRESSED:
+        if line.startswith(magic):
+            return f"; it looks {name}-compressed: decompress it first"
+    if line.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in line:
+        return "; it looks UTF-16-encoded: save it as UTF-8"
+    return ""
+
+
 def _accepted(path: Path, line: bytes, number: int, policy: IngestPolicy = DEFAULT_POLICY) -> dict[str, Any] | None:
     """The accepted event of one line (None: a blank line); :class:`HistoryError` if it is not one."""
     raw = line.rstrip(b"\r\n").removeprefix(UTF8_BOM)  # (a line of only a byte-order mark is blank too)
@@ -41,7 +57,8 @@ def _accepted(path: Path, line: bytes, number: int, policy: IngestPolicy = DEFAU
         return None
     result = decode(raw, Source("history", 0, number, None, 0), 0, policy)
     if not isinstance(result, Accepted):
-        raise HistoryError(f"{path}:{number}: {result.reason()}")
+        hint = not_text_hint(raw) if result.code == "not_json" else ""
+        raise HistoryError(f"{path}:{number}: {result.reason()}{hint}")
     return result.event
 
 

@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from streams.broker import kafka_error
 from streams.ingest import UTF8_BOM
+from streams.tools.history import not_text_hint
 from streams.tools.produce import (
     RoutingError,
     key_for,
@@ -102,7 +103,9 @@ def replay_file(path: Path, bootstrap: str, rate: float | None = None, until: in
                     topic = None if event.get("type") == "tick" else topic_for(event)
                 except (orjson.JSONDecodeError, RoutingError) as exc:
                     lost = _unacknowledged(producer.flush(30) + delivery.failed + ticks.failed)
-                    raise ReplayError(f"{path}:{number}: {exc} ({sent} events were sent before it{lost})") from None
+                    hint = not_text_hint(line) if isinstance(exc, orjson.JSONDecodeError) else ""
+                    raise ReplayError(f"{path}:{number}: {exc}{hint} ({sent} events were sent before it{lost})"
+                                      ) from None
                 try:
                     if topic is None:
                         counts = counts or partition_counts(producer)

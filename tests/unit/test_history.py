@@ -91,3 +91,13 @@ def test_a_file_that_starts_with_a_byte_order_mark_is_read_as_without_it(lines: 
     path.write_bytes(b"".join(lines))
     marked.write_bytes(b"\xef\xbb\xbf" + b"".join(lines))
     assert read_events(marked) == read_events(path)
+
+
+def test_a_gzip_compressed_file_is_said_to_be_one(lines: list[bytes], tmp_path: Path) -> None:
+    import gzip
+
+    path = tmp_path / "h.jsonl.gz"
+    path.write_bytes(gzip.compress(b"".join(lines)))
+    with pytest.raises(HistoryError, match=r"h\.jsonl\.gz:1: not JSON.*; it looks gzip-compressed: decompress it "
+                                           r"first$"):
+        read_events(path)

@@ -3,6 +3,8 @@ every input topic (contract section 3: ``tick`` -> any input topic), after the l
 
 from __future__ import annotations
 
+import bz2
+import gzip
 from pathlib import Path
 from typing import Any
 
@@ -261,3 +263,25 @@ def test_a_file_that_starts_with_a_byte_order_mark_is_replayed_without_it(
     path.write_bytes(b"\xef\xbb\xbf" + view + b"\r\n" + view + b"\r\n")
     assert replay.replay_file(path, "unused", show_progress=False) == 2
     assert [value for _, _, value in producer.sent] == [view, view]
+
+
+LINE = orjson.dumps({"event_id": "v1", "type": "product_view", "timestamp": "2026-03-01T10:00:00Z",
+                     "anonymous_id": "a-1"}) + b"\n"
+
+
+@pytest.mark.parametrize(("content", "hint"), [
+    (gzip.compress(LINE * 3), "looks gzip-compressed: decompress it first"),
+    (bz2.compress(LINE * 3), "looks bzip2-compressed: decompress it first"),
+    ((LINE * 3).decode().encode("utf-16"), "looks UTF-16-encoded: save it as UTF-8"),
+    ((LINE * 3).decode().encode("utf-16-le"), "looks UTF-16-encoded: save it as UTF-8")])
+def test_a_compressed_or_utf_16_file_is_said_to_be_one(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                       content: bytes, hint: str) -> None:
+    """Its first line was "not valid UTF-8: surrogates not allowed" and nothing more."""
+    monkeypatch.setattr(replay, "make_producer", lambda bootstrap: Recorder())
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(replay.ReplayError, match=rf":1: .*; it {hint} \(0 events were sent before it\)$"):
+        replay.replay_file(path, "unused", show_progress=False)
+    path.write_bytes(LINE + b"garbage\n")
+    with pytest.raises(replay.ReplayError, match=r":2: [^;]*\(1 events were sent before it\)$"):
+        replay.replay_file(path, "unused", show_progress=False)
