@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import functools
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -145,6 +146,47 @@ def reject(source: Source, raw: bytes | None, code: str, message: str, now_ms: i
     return Rejected(code, record, field)
 
 
+#: A JSON escape: ``\\uXXXX`` of a surrogate (group 1: its hex digits), or a backslash and the character
+#: it escapes (so ``\\\\u...`` is an escaped backslash and text, not an escape).
+_ESCAPE = re.compile(rb"\\(?:u([dD][89a-fA-F][0-9a-fA-F]{2})|.)", re.DOTALL)
+
+
+def _unpaired_surrogates_replaced(raw: bytes) -> bytes:
+    """``raw`` with each escaped surrogate that is not half of a pair (a high one right before a low
+    one) escaped as U+FFFD."""
+    found = [match for match in _ESCAPE.finditer(raw) if match[1] is not None]
+    parts: list[bytes] = []
+    last = i = 0
+    while i < len(found):
+        match = found[i]
+        if (match[1][1:2] in b"89abAB" and i + 1 < len(found) and found[i + 1].start() == match.end()
+                and found[i + 1][1][1:2] in b"cdefCDEF"):
+            i += 2
+            continue
+        parts += (raw[last:match.start()], rb"\ufffd")
+        last = match.end()
+        i += 1
+    return b"".join((*parts, raw[last:]))
+
+
+def parse_json(raw: bytes) -> Any:
+    """The JSON value of a message (or a line of a file): one leading byte-order mark skipped, and an
+    escaped surrogate that is not half of a pair read as U+FFFD (JSON allows one; JavaScript's
+    ``JSON.stringify`` writes one for a string cut in the middle of an emoji).  orjson.JSONDecodeError
+    when it is no JSON."""
+    raw = raw.removeprefix(UTF8_BOM)
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        repaired = _unpaired_surrogates_replaced(raw) if b"\\u" in raw else raw
+        if repaired == raw:
+            raise
+        try:
+            return orjson.loads(repaired)
+        except orjson.JSONDecodeError:
+            raise exc from None  # (the message's own error)
+
+
 def _code_for(exc: ValidationError) -> tuple[str, str, str]:
     """Map the first pydantic error to a dead-letter code, a one-line message and the event field at
     fault (a declared one: the events ignore undeclared fields; what follows it may be a key of the input)."""
@@ -175,7 +217,7 @@ def decode(raw: bytes | None, source: Source, now_ms: int,
     if len(raw) > MAX_MESSAGE_BYTES:
         return reject(source, raw, "too_large", f"message is {len(raw)} bytes, limit {MAX_MESSAGE_BYTES}", now_ms)
     try:
-        obj = orjson.loads(raw.removeprefix(UTF8_BOM))
+        obj = parse_json(raw)
     except orjson.JSONDecodeError as exc:
         return reject(source, raw, "not_json", f"not JSON: {exc}"[:500], now_ms)
     if not isinstance(obj, dict):

@@ -12,7 +12,7 @@ from confluent_kafka import KafkaError, KafkaException
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from streams.broker import kafka_error
-from streams.ingest import UTF8_BOM
+from streams.ingest import UTF8_BOM, parse_json
 from streams.tools.history import not_text_hint
 from streams.tools.produce import (
     RoutingError,
@@ -97,7 +97,7 @@ def replay_file(path: Path, bootstrap: str, rate: float | None = None, until: in
                 if not line.strip():
                     continue
                 try:
-                    event = orjson.loads(line)
+                    event = parse_json(line)  # (as the worker reads it)
                     if not isinstance(event, dict):
                         raise RoutingError("not a JSON object")
                     topic = None if event.get("type") == "tick" else topic_for(event)

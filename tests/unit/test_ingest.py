@@ -300,3 +300,17 @@ def test_a_purchase_with_a_line_that_names_no_product_counts(line: dict[str, obj
              "items": [{"product_id": "sku-1", "price": 20.0}, line]})
     assert ev["total"] == 24.9 and ev["items"][0]["product_id"] == "sku-1"
     assert "product_id" not in ev["items"][1] and ev["items"][1]["price"] == 4.9
+
+
+@pytest.mark.parametrize(("text", "read"), [
+    (rb"caf\ud83d", "caf\ufffd"), (rb"\ude00x", "\ufffdx"), (rb"\ud83d\ude00", "\U0001f600"),
+    (rb"\ud83d\ud83d\ude00", "\ufffd\U0001f600"), (rb"\ud83d\ude00\ude00", "\U0001f600\ufffd"),
+    (rb"\\ud83d", "\\ud83d"), (rb"\\\ud83d", "\\\ufffd"), (rb"\ud83d\u0041", "\ufffdA")])
+def test_an_unpaired_surrogate_escape_is_read_as_the_replacement_character(text: bytes, read: str) -> None:
+    """JSON text may escape half of a surrogate pair: JavaScript's ``JSON.stringify`` writes one for a
+    string cut in the middle of an emoji (a query, a page title).  The event is read with U+FFFD in its
+    place (it was dead-lettered ``not_json``); a pair, and an escaped backslash before ``u``, are read
+    as they are."""
+    assert ok(b'{"event_id": "e-1", "type": "search", "timestamp": 1772359260000, "user_id": "u-1", '
+              b'"query": "' + text + b'"}')["query"] == read
+    assert bad(b'{"event_id": "e-1", "type": "search", "query": "\\ud83d", "timestamp": }').code == "not_json"

@@ -285,3 +285,16 @@ def test_a_compressed_or_utf_16_file_is_said_to_be_one(monkeypatch: pytest.Monke
     path.write_bytes(LINE + b"garbage\n")
     with pytest.raises(replay.ReplayError, match=r":2: [^;]*\(1 events were sent before it\)$"):
         replay.replay_file(path, "unused", show_progress=False)
+
+
+def test_a_line_with_an_unpaired_surrogate_escape_is_replayed_as_it_is(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker reads it (U+FFFD in its place): replay stopped at it, not JSON."""
+    producer = Recorder()
+    monkeypatch.setattr(replay, "make_producer", lambda bootstrap: producer)
+    line = (b'{"event_id": "s1", "type": "search", "timestamp": "2026-03-01T10:00:00Z", "anonymous_id": "a-1", '
+            b'"query": "caf\\ud83d"}')
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(line + b"\n")
+    assert replay.replay_file(path, "unused", show_progress=False) == 1
+    assert producer.sent == [("clicks", None, line)]
