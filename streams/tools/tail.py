@@ -13,6 +13,7 @@ import orjson
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, TopicPartition
 
 from streams.broker import FIRST_OFFSET
+from streams.ingest import UTF8_BOM, parse_json
 
 
 class TailError(RuntimeError):
@@ -33,12 +34,12 @@ def render(value: bytes | None) -> bytes:
         return b"null"
     if _LONG_DIGITS.search(value) is None:
         try:
-            return orjson.dumps(orjson.loads(value))
+            return orjson.dumps(parse_json(value))  # (as the worker reads it: a byte-order mark, a lone surrogate)
         except orjson.JSONDecodeError:
             return orjson.dumps(value.decode("utf-8", errors="replace"))
     try:  # the standard library keeps every integer whole
-        return json.dumps(json.loads(value, parse_constant=_refuse), separators=(",", ":"), ensure_ascii=False,
-                          allow_nan=False).encode()
+        read = json.loads(value.removeprefix(UTF8_BOM), parse_constant=_refuse)
+        return json.dumps(read, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
     except (ValueError, RecursionError):  # (not JSON, or a number past a float: 1e400; a lone surrogate)
         return orjson.dumps(value.decode("utf-8", errors="replace"))
 

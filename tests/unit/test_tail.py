@@ -26,5 +26,13 @@ def test_json_is_printed_compact_a_tombstone_as_null_and_anything_else_as_a_stri
     assert json.loads(render(b"not json")) == "not json"
     assert json.loads(render(b'{"a": 1e400}')) == '{"a": 1e400}'  # (no JSON number holds it)
     assert json.loads(render(b'{"a": NaN}')) == '{"a": NaN}'
-    assert json.loads(render(b'{"a": "\\ud800"}')) == '{"a": "\\ud800"}'
+    assert json.loads(render(b'{"a": "\\ud800"}')) == {"a": "\ufffd"}  # (as the worker reads it)
     assert json.loads(render(b'{"a": "12345678901234567890123"}')) == {"a": "12345678901234567890123"}
+
+
+def test_a_message_the_worker_reads_as_json_is_printed_as_that_json() -> None:
+    """A value with a byte-order mark, or with half of an emoji's escape, which the worker reads as
+    JSON, was printed as a JSON string of its text."""
+    assert json.loads(render(b'\xef\xbb\xbf{"a": 1}')) == {"a": 1}
+    assert json.loads(render(b'\xef\xbb\xbf{"a": 12345678901234567890123}')) == {"a": 12345678901234567890123}
+    assert json.loads(render(b'{"q": "hi \\ud83d"}')) == {"q": "hi \ufffd"}
