@@ -288,6 +288,13 @@ def test_every_processing_error_series_is_exported_at_zero_before_the_first_erro
     assert not missing
 
 
+def _failing_at(health: Any, now: float) -> str | None:
+    """What /healthz says at ``now`` (a test's own clock), the event loop having just turned: the
+    beat is then no older than ``now``, whatever the machine's monotonic clock reads."""
+    health.beat = now
+    return health.failing(now=now)
+
+
 def test_healthz_fails_for_an_agent_that_takes_no_record_while_records_wait() -> None:
     """The contract's /healthz is 200 "while every agent runs": an agent awaiting something that never
     comes (its records handed to it and waiting, the event loop turning) was reported alive."""
@@ -298,14 +305,14 @@ def test_healthz_fails_for_an_agent_that_takes_no_record_while_records_wait() ->
     health.watch_agents({"ingest": 5, "profiles": 0}, now=t)
     health.took("ingest")  # busy: it takes records as they come
     health.watch_agents({"ingest": 5, "profiles": 0}, now=t + AGENT_STALL_AFTER_S + 10)
-    assert health.failing(now=t + AGENT_STALL_AFTER_S + 10) is None
+    assert _failing_at(health, t + AGENT_STALL_AFTER_S + 10) is None
     # then it takes none while they wait
     health.watch_agents({"ingest": 7, "profiles": 0}, now=t + 2 * AGENT_STALL_AFTER_S + 11)
-    assert health.failing(now=t + 2 * AGENT_STALL_AFTER_S + 11) == \
+    assert _failing_at(health, t + 2 * AGENT_STALL_AFTER_S + 11) == \
         f"agent ingest took no record for {AGENT_STALL_AFTER_S + 1:.0f} s while 7 wait"
     health.took("ingest")  # it moves again
     health.watch_agents({"ingest": 7, "profiles": 0}, now=t + 2 * AGENT_STALL_AFTER_S + 12)
-    assert health.failing(now=t + 2 * AGENT_STALL_AFTER_S + 12) is None
+    assert _failing_at(health, t + 2 * AGENT_STALL_AFTER_S + 12) is None
     # nothing waiting (idle), or tables recovering (not ready): never wedged, however long
     idle = Health(ready=True, started=True)
     recovering = Health(ready=False, started=True)
@@ -324,12 +331,12 @@ def test_healthz_fails_for_a_partition_the_worker_reads_nothing_of_while_the_bro
     t = 1000.0
     health.watch_partitions({"clicks/0": (10, 15), "clicks/1": (4, 4)}, now=t)
     health.watch_partitions({"clicks/0": (12, 20), "clicks/1": (4, 4)}, now=t + PARTITION_STALL_AFTER_S)  # read on
-    assert health.failing(now=t + PARTITION_STALL_AFTER_S) is None
+    assert _failing_at(health, t + PARTITION_STALL_AFTER_S) is None
     health.watch_partitions({"clicks/0": (12, 25), "clicks/1": (4, 4)}, now=t + 2 * PARTITION_STALL_AFTER_S + 1)
-    assert health.failing(now=t + 2 * PARTITION_STALL_AFTER_S + 1) == \
+    assert _failing_at(health, t + 2 * PARTITION_STALL_AFTER_S + 1) == \
         f"partition clicks/0 read nothing for {PARTITION_STALL_AFTER_S + 1:.0f} s while 13 records wait"
     health.watch_partitions({"clicks/0": (25, 25), "clicks/1": (4, 4)}, now=t + 2 * PARTITION_STALL_AFTER_S + 2)
-    assert health.failing(now=t + 2 * PARTITION_STALL_AFTER_S + 2) is None
+    assert _failing_at(health, t + 2 * PARTITION_STALL_AFTER_S + 2) is None
     # at its end (idle), or tables recovering (not ready): never unread, however long
     idle = Health(ready=True, started=True)
     recovering = Health(ready=False, started=True)
