@@ -151,10 +151,7 @@ def _erased(states: MutableMapping[str, State | None], key: str, state: State | 
         marker["erased_keys"] = counts
     kept: set[str] = set()  # identifiers of events stamped after the erasure that had arrived before it
     if "profile" in marker:
-        first_named: dict[str, int] = {}  # identifier -> the time of the first later event that named it
-        for entry in marker["pending"]:
-            for named in graph.identifier_keys(entry[3]):
-                first_named[named] = min(first_named.get(named, entry[0]), entry[0])
+        first_named = _first_named(marker)
         later_keys = first_named.keys() - {key}
         # as placing those events after the erase would have: within the identity limits
         admitted, _, limited = graph.admit(key, marker, sorted(later_keys, key=rank), rules.identity_limits)
@@ -192,6 +189,15 @@ def _erased(states: MutableMapping[str, State | None], key: str, state: State | 
                     forget["erased_keys"] = counts
                 effects.send.append((other, forget))
     states[key] = marker
+
+
+def _first_named(state: LiveState) -> dict[str, int]:
+    """Identifier -> the time of the first parked event that names it."""
+    first_named: dict[str, int] = {}
+    for entry in state.get("pending", ()):
+        for named in graph.identifier_keys(entry[3]):
+            first_named[named] = min(first_named.get(named, entry[0]), entry[0])
+    return first_named
 
 
 def _erased_keys(key: str, state: State | None, also: Any = None) -> dict[str, int] | None:
@@ -235,6 +241,7 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
                message: dict[str, Any], watermark: int | None, rules: RuleSet) -> Effects:
     absorbed: LiveState = message["state"]
     effects = Effects()
+    told: dict[str, int] = {}  # identifiers the arrival brings to later activity here -> when they were named
     mark = absorb_mark(absorbed["seen"]) if absorbed.get("seen") else None
     if state is not None and graph.is_live(state) and mark is not None and \
             (mark in state.get("absorbed", ()) or state["seen"].keys() >= absorbed["seen"].keys()):
@@ -250,8 +257,14 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
         later = later_activity(absorbed, message["from"], erased_at, rules)
         if later is None:
             return effects
+        # (its identifiers that those events named are the later activity's too)
+        named = _first_named(later)
+        later["links"] = [other for other in absorbed.get("links", ()) if other in named]
+        told = {other: named[other] for other in later["links"]}
         absorbed = later
         message = {**message, "state": later}
+    elif erased_at is not None and (at := graph.event_time(message)) is not None:
+        told = dict.fromkeys(absorbed.get("links", ()), at)  # (a profile linked after the erasure)
     if graph.is_redirect(state):
         forwarded = _apply(states, key, graph.forward_absorb(state, message))
         forwarded.withdrawn += effects.withdrawn
@@ -304,6 +317,14 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
                                                merged["profile"]["consent_times"]["email"][0])
     links = {*merged.get("links", []), *absorbed.get("links", []), message["from"]} - {key}
     merged["links"] = sorted(links, key=rank)
+    if told:
+        # Later activity joins the person's later activity here (a profile linked after the erasure, or
+        # what the person's own profile holds stamped after it): the identifiers it brings are told, with
+        # the time they were named, as the events that named them would have told them here.  The
+        # erase's ``_forget`` may have reached one after its profile's word that it moved: it became a
+        # marker while this profile lists it, and the key's next event started a second profile.
+        mine = sorted(graph.identity_keys(key, merged), key=rank)
+        effects.send += [(other, graph.taken_in(key, mine, at)) for other, at in told.items() if other != key]
     graph.add_claims(merged, absorbed.get("claimed", {}))
     graph.arrived(merged, message["from"])
     if mark is not None:
