@@ -231,6 +231,50 @@ def withdrawals(key: str, state: LiveState, reason: str, at: int) -> list[tuple[
     return [(profile_id, reason, made_up_to) for profile_id in withdrawal_ids(key, state)]
 
 
+def passed_on(key: str, state: Redirect, message: dict[str, Any]) -> dict[str, Any]:
+    """``message`` as the redirect at ``key`` passes it on to its root: stamped ``hop`` (this key) when
+    the redirect keeps no erasure time, so a root erased since it was made can tell it was sent before
+    the erase's word reached this key (:func:`returned_to`).  One sent back (``returned``) is passed on
+    unstamped: it is returned once at most."""
+    message = {k: v for k, v in message.items() if k != "hop"}
+    if "erased_at" not in state and not message.get("returned"):
+        message["hop"] = key
+    return message
+
+
+def returned_to(key: str, state: State | None, message: Mapping[str, Any], at: int | None) -> str | None:
+    """The key to send ``message`` back to, or None to handle it here.
+
+    A redirect made before the erase of its root's person passes on what comes to it until the root's
+    ``_forget`` reaches it, and the two cross (Kafka keeps order within a partition, not between
+    them): an event or link stamped after the erasure, meant for the key, would join the person's
+    later activity at the root (which the erase cut off from that key) or be answered by the marker
+    as if the root's key were named.  So a key whose person was erased (a marker, their later
+    activity, or the redirect it left) sends a message stamped after the erasure that a redirect
+    keeping no erasure time passed on (``hop``) back to that redirect's key, once: the ``_forget``
+    this key sent it went first on the same way, so the key handles it as it would have.  Not when
+    the later activity here links that key (it joined it since); a key it never told otherwise (one
+    the word reaches along another way) is still a redirect here and passes it on again,
+    ``returned``, to be taken as before."""
+    hop, erased_at = message.get("hop"), state.get("erased_at") if state is not None else None
+    if (is_identity_key(hop) and hop != key and not message.get("returned") and isinstance(erased_at, int)
+            and at is not None and at > erased_at and not (is_live(state) and hop in identity_keys(key, state))):
+        return hop
+    return None
+
+
+def sent_back(message: Mapping[str, Any]) -> dict[str, Any]:
+    """``message`` as :func:`returned_to` sends it back."""
+    return {**{k: v for k, v in message.items() if k != "hop"}, "returned": True}
+
+
+def arrived_as_sent(message: dict[str, Any]) -> dict[str, Any]:
+    """``message`` without what redirects added on its way (``hop``, ``returned``)."""
+    if "hop" in message or "returned" in message:
+        return {k: v for k, v in message.items() if k not in ("hop", "returned")}
+    return message
+
+
 def _redirect(root: str, previous: State | None) -> Redirect:
     state: Redirect = {"merged_into": root}
     if previous is not None and previous.get("due") is not None:
@@ -294,6 +338,11 @@ def on_link(key: str, state: State | None, message: dict[str, Any], limits: Limi
     root, kind = message.get("root"), message.get("kind", "exact")
     if root == key or not is_identity_key(root):  # (not one of ours: no root to link to)
         return Routing(state)
+    back = returned_to(key, state, message, event_time(message))
+    if back is not None:  # (crossed the erase's ``_forget`` to the key it was meant for)
+        return Routing(state, send=[(back, sent_back(message))])
+    if not is_redirect(state):
+        message = arrived_as_sent(message)
     theirs_given = message.get("keys")
     if isinstance(theirs_given, list) and not all(is_identity_key(k) for k in theirs_given):
         # (not one of ours either: identity limits count the four kinds, so other keys would be claims
@@ -328,7 +377,7 @@ def on_link(key: str, state: State | None, message: dict[str, Any], limits: Limi
         # that was meant for a profile that has since joined another); ``via``: the key it was sent to
         passed = {k: v for k, v in message.items() if k != "ok"}
         passed.setdefault("via", key)
-        return Routing(state, send=[(current, passed)])
+        return Routing(state, send=[(current, passed_on(key, state, passed))])
     # (a marker, a profile of an erased person's later activity, or the redirect such later activity
     # left, for a link made at or before the erasure: that named the erased person's key, and is
     # answered as the marker would have answered it, not passed on to whoever took the later activity in)
