@@ -103,15 +103,17 @@ def _apply(states: MutableMapping[str, State | None], key: str, routing: graph.R
 
 def _on_event(states: MutableMapping[str, State | None], key: str, state: State | None, event: dict[str, Any],
               watermark: int | None, rules: RuleSet) -> Effects:
-    back = graph.returned_to(key, state, event, event["ts"])
-    if back is not None:  # (crossed the erase's ``_forget`` to the key it was meant for)
-        return Effects(send=[(back, graph.sent_back(event))])
+    if "hop" in event or "returned" in event:  # (passed on by a redirect: :func:`graph.passed_on`)
+        back = graph.returned_to(key, state, event, event["ts"])
+        if back is not None:  # (crossed the erase's ``_forget`` to the key it was meant for)
+            return Effects(send=[(back, graph.sent_back(event))])
+        if not graph.is_redirect(state):
+            event = graph.arrived_as_sent(event)
     if graph.is_redirect(state):
         erased_at = state.get("erased_at")
         if erased_at is not None and event["ts"] <= erased_at:
             return Effects(outcome="forgotten")  # the erased person's, as at the key's marker before
         return Effects(send=[(state["merged_into"], graph.passed_on(key, state, event))])
-    event = graph.arrived_as_sent(event)
     got = receive(state, key, event, watermark, rules)
     effects = Effects(outcome=got.outcome, late=got.late, seen_dropped=got.seen_dropped,
                       before_dedupe=got.before_dedupe)
