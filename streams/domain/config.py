@@ -6,13 +6,16 @@ Every key is optional and falls back to the built-in default; an unknown key or 
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from schemas.identifiers import comparable
 from schemas.timeparse import MAX_SPAN_MS
 from streams.domain.profile import DEFAULT_LIMITS
+
+if TYPE_CHECKING:
+    from streams.domain.rules.segments import Segment
 
 #: The longest wait or window a setting may name (:data:`MAX_SPAN_MS`), in its unit.
 MAX_MINUTES, MAX_HOURS, MAX_DAYS = MAX_SPAN_MS // 60_000, MAX_SPAN_MS // 3_600_000, MAX_SPAN_MS // 86_400_000
@@ -126,7 +129,8 @@ def _is_segment_name(name: Any) -> bool:
 
 
 class CustomSegment(_Strict):
-    """A segment defined in the segment rule language (docs/segments.md); checked when the file loads."""
+    """A segment defined in the segment rule language (docs/segments.md); its rule is compiled, and so
+    checked, by :class:`PipelineConfig`, which knows the event times a profile keeps (``limits``)."""
 
     rule: Any
     description: str | None = None
@@ -140,15 +144,6 @@ class CustomSegment(_Strict):
             raise _segment_error(f"not a built-in segment ({builtins}) nor a custom one (needs rule:)")
         return data
 
-    @model_validator(mode="after")
-    def _rule_compiles(self) -> CustomSegment:
-        from streams.domain.rules.segments import RuleError, compile_rule
-
-        try:
-            compile_rule(self.rule, "rule")
-        except RuleError as exc:
-            raise _segment_error(str(exc)) from None
-        return self
 
 
 class Segments(_Strict):
@@ -272,14 +267,29 @@ class PipelineConfig(_Strict):
     time: TimeGuard = TimeGuard()
     limits: Limits = Limits()
 
-    @model_validator(mode="after")
-    def _counts_within_history(self) -> PipelineConfig:
-        """Each custom rule's event counts within the event times a profile keeps (``limits``)."""
-        from streams.domain.rules.segments import RuleError, compile_rule
+    # The custom segments compiled as the config was checked, with the ``segments`` they were compiled from.
+    _custom: tuple[Segments, tuple[Segment, ...]] | None = PrivateAttr(default=None)
 
+    @model_validator(mode="after")
+    def _rules_compile(self) -> PipelineConfig:
+        """Each custom rule compiles, its event counts within the event times a profile keeps (``limits``).
+        Compiled once, here: :meth:`custom_segments` keeps the result for the worker's rules."""
+        self._custom = (self.segments, self._compile_custom())
+        return self
+
+    def _compile_custom(self) -> tuple[Segment, ...]:
+        from streams.domain.rules.segments import RuleError, Segment, compile_rule
+
+        compiled = []
         for name, definition in self.segments.custom().items():
             try:
-                compile_rule(definition["rule"], "rule", self.limits.history_per_type)
+                compiled.append(Segment(name, compile_rule(definition["rule"], "rule", self.limits.history_per_type)))
             except RuleError as exc:
                 raise _segment_error(f"segments.{name}: {exc}") from None
-        return self
+        return tuple(compiled)
+
+    def custom_segments(self) -> tuple[Segment, ...]:
+        """The custom segments by name, compiled (:func:`streams.domain.rules.segments.compile_rule`)."""
+        if self._custom is None or self._custom[0] is not self.segments:  # (built unchecked: model_construct, or
+            self._custom = (self.segments, self._compile_custom())  # a model_copy given other segments)
+        return self._custom[1]

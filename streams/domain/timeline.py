@@ -69,7 +69,7 @@ class RuleSet:
 
     @classmethod
     def build(cls, config: PipelineConfig, retention_ms: int, scorer: Scorer | None = None) -> RuleSet:
-        compiled = segments.compile_segments(config.segments)
+        compiled = segments.builtin_segments(config.segments) + config.custom_segments()  # (compiled as checked)
         return cls(config, compiled, segments.history_windows(compiled), retention_ms,
                    scorer if config.scoring.enabled else None)
 

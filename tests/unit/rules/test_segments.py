@@ -535,3 +535,25 @@ def test_event_counts_of_several_types_count_each_type_kept(tmp_path: Path) -> N
     history = {"page_view": list(range(T0 - 500, T0)), "product_view": list(range(T0 - 500, T0))}
     assert members(facts(), history, T0, segments) >= {"browsers"}
     assert "some" not in members(facts(), history, T0, segments)
+
+
+def test_a_custom_rule_is_compiled_once_as_the_config_loads_and_the_worker_builds_its_rules(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rule was compiled alone, again against ``limits.history_per_type``, and a third time for the
+    worker's rules: seconds of start for a large rule set."""
+    from streams.domain.rules import segments as module
+    from streams.domain.timeline import RuleSet
+
+    whole: list[str] = []
+
+    def counting(rule: Any, where: str, most_history: int | None = None) -> Any:
+        if where.endswith("rule"):  # (not the conditions within it)
+            whole.append(where)
+        return compile_rule(rule, where, most_history)
+
+    monkeypatch.setattr(module, "compile_rule", counting)
+    config = load_config(write(tmp_path, CUSTOM_YAML))
+    rules = RuleSet.build(config, D)
+    assert len(whole) == 2, whole
+    assert rules.segments == compile_segments(config.segments)
+    assert [s.name for s in rules.segments] == [*BUILTIN_SEGMENTS, "browsers_without_cart", "vip"]
