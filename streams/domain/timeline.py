@@ -66,17 +66,18 @@ class RuleSet:
     windows: dict[str, int]
     retention_ms: int
     scorer: Scorer | None = None
+    #: The segment rules compiled to one function (:func:`streams.domain.rules.segments.compile_evaluator`),
+    #: when the rules are built, at start: a large rule set takes seconds, which stalled the first event.
+    evaluate_segments: Evaluator = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "evaluate_segments", segments.compile_evaluator(self.segments))  # (frozen)
 
     @classmethod
     def build(cls, config: PipelineConfig, retention_ms: int, scorer: Scorer | None = None) -> RuleSet:
         compiled = segments.builtin_segments(config.segments) + config.custom_segments()  # (compiled as checked)
         return cls(config, compiled, segments.history_windows(compiled), retention_ms,
                    scorer if config.scoring.enabled else None)
-
-    @functools.cached_property
-    def evaluate_segments(self) -> Evaluator:
-        """The segment rules compiled once (:func:`streams.domain.rules.segments.compile_evaluator`)."""
-        return segments.compile_evaluator(self.segments)
 
     @functools.cached_property
     def limits(self) -> Limits:

@@ -590,3 +590,24 @@ def test_a_purchase_line_that_names_no_product_counts_in_the_order_and_is_no_pro
     assert person.state["profile"]["aggregates"]["orders"] == 1
     assert person.state["profile"]["aggregates"]["total_spend"] == 25.0
     assert person.state["rules"]["bought"] == ["sku-1"]
+
+
+def test_the_segment_rules_are_compiled_to_one_function_when_the_rules_are_built(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """At start, not at the first event: a large rule set takes seconds to compile, and that stalled the
+    first event's record."""
+    from streams.domain.rules import segments
+
+    compiled: list[int] = []
+    real = segments.compile_evaluator
+
+    def counting(rules: Any) -> Any:
+        compiled.append(len(rules))
+        return real(rules)
+
+    monkeypatch.setattr(segments, "compile_evaluator", counting)
+    config = PipelineConfig.model_validate({"segments": {"vip": {"rule": {"field": {"path": "cart.value", "gt": 1}}}}})
+    rules = RuleSet.build(config, DAY)
+    assert compiled == [9]
+    assert rules.evaluate_segments({"cart": {"value": 2}}, {}, 0)[0] == {"vip"}
+    assert compiled == [9]
