@@ -128,6 +128,30 @@ def _read(path: Path) -> str:
     return data.decode("utf-8")
 
 
+_NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+
+
+def _child(node: yaml.Node, key: str) -> yaml.Node | None:
+    """The value of ``key`` in a mapping node (None: not a mapping, or no such key)."""
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.value == key and isinstance(value, yaml.Node):
+                return value
+    return None
+
+
+def _blocked_values_as_written(root: yaml.Node) -> None:
+    """A bare number among ``identity.blocked_values`` is read as the text written: they are identifier
+    texts, and ``1e5`` or ``1.50`` read as a number became ``100000.0`` or ``1.5``, which blocked an id
+    nobody wrote and let the one written through."""
+    identity = _child(root, "identity")
+    values = None if identity is None else _child(identity, "blocked_values")
+    if isinstance(values, yaml.SequenceNode):
+        values.value = [yaml.ScalarNode("tag:yaml.org,2002:str", item.value, item.start_mark, item.end_mark)
+                        if isinstance(item, yaml.ScalarNode) and item.tag in _NUMBER_TAGS else item
+                        for item in values.value]
+
+
 def _parse(text: str) -> Any:
     """``text`` as YAML (:class:`_UniqueKeyLoader`), its aliases checked before they are expanded."""
     loader = _UniqueKeyLoader(text)
@@ -136,6 +160,7 @@ def _parse(text: str) -> Any:
         if node is None:
             return None
         _check_aliases(node)
+        _blocked_values_as_written(node)
         return loader.construct_document(node)
     finally:
         loader.dispose()

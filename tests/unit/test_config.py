@@ -300,6 +300,17 @@ def test_numbers_and_lists_of_a_usual_config_still_load(tmp_path: Path) -> None:
     assert config.identity.blocked_values == ("null", "0", "-1", "guest")
 
 
+def test_a_bare_number_among_blocked_values_is_the_text_as_written(tmp_path: Path) -> None:
+    """Blocked values are identifier texts: ``1e5`` or ``1.50`` read as a number became ``100000.0`` or
+    ``1.5``, which blocked an id nobody wrote and let through the one written."""
+    text = ("identity: {blocked_values: [1e5, 1.50, 0x1F, 1_000, +7, .5, 0, -1, null, guest, '2.0']}\n"
+            "segments:\n  big: {rule: {field: {path: aggregates.total_spend, gte: 1e5}}}\n")
+    config = load_config(write(tmp_path, text))
+    assert config.identity.blocked_values == (
+        "1e5", "1.50", "0x1F", "1_000", "+7", ".5", "0", "-1", "null", "guest", "2.0")
+    assert config.segments.custom()["big"]["rule"]["field"]["gte"] == 100_000  # (a number elsewhere)
+
+
 def test_a_config_past_its_size_bound_is_refused_before_it_is_parsed(tmp_path: Path) -> None:
     from streams.config_file import MOST_CONFIG_BYTES
 
