@@ -29,7 +29,7 @@ class _Strict(BaseModel):
 
 class QuietHours(_Strict):
     """No e-mail is sent from ``start_hour`` to ``end_hour`` (local time of the profile; UTC when its
-    time zone is unknown): a trigger due then gets ``send_at`` = the next ``end_hour``."""
+    time zone is unknown): a trigger due then gets ``send_at`` = the next ``end_hour``.  Equal hours: none."""
 
     enabled: bool = True
     start_hour: int = Field(default=21, ge=0, le=23)
