@@ -23,6 +23,7 @@ import html
 import logging
 import threading
 import time
+import unicodedata
 import urllib.parse
 import uuid
 from collections.abc import Callable, Mapping
@@ -494,6 +495,7 @@ class Deliverer:
         message["X-Mailpulse-Trigger"] = f"{trigger['type']} {trigger['trigger_id']}"
         for name, value in unsubscribe.headers(url).items():
             message[name] = value
+        _check_headers(message)
         message.set_content(rendered.text)
         message.add_alternative(rendered.html, subtype="html")
         return message
@@ -652,6 +654,17 @@ def _opt_out_address(email: Any) -> Any:
         with contextlib.suppress(ValueError):
             return normalize_email(email)
     return email
+
+
+def _check_headers(message: EmailMessage) -> None:
+    """Raises ValueError when a header, as the e-mail library reads it, holds a line break or another
+    control character (tabs aside).  The library decodes RFC 2047 encoded words in the text it is given,
+    so a name typed as ``=?utf-8?q?x=0D=0ABcc:_all@example.net?=`` reads as a line break, which Python
+    before 3.11.10 (CVE-2024-6923) wrote out as it reads: a ``Bcc:`` header, or a blank line and a body
+    of the name's own."""
+    for name, value in message.items():
+        if any(c != "\t" and unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in str(value)):
+            raise ValueError(f"its {name} header would hold a line break or a control character")
 
 
 def _is_fatal(error: KafkaError) -> bool:

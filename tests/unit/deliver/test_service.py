@@ -1282,3 +1282,45 @@ def test_a_retry_after_on_a_rounds_last_attempt_holds_its_next_round(tmp_path: P
     now[0] += 140_000
     step.release_due()
     assert target.calls == 6
+
+
+#: A line break as an RFC 2047 encoded word: the e-mail library decodes it when the header is set, and
+#: Python before 3.11.10 (CVE-2024-6923) wrote it out decoded, a header of its own.
+ENCODED_BREAK = "=?utf-8?q?x=0D=0ABcc:_all@example.net?="
+
+
+@pytest.mark.parametrize("fields", [
+    {"payload": {"first_name": ENCODED_BREAK}},
+    {"payload": {"first_name": "=?utf-8?q?x=0D=0A=0D=0A<p>Your account is locked</p>?="}},  # (the body's start)
+    {"payload": {"first_name": "=?utf-8?q?x=0DBcc:_all@example.net?="}},  # (a lone CR)
+    {"type": "browse_abandoned", "payload": {"first_name": "Ana", "product_name": ENCODED_BREAK, "product_id": "p"}},
+    {"type": f"welcome {ENCODED_BREAK}"},  # (X-Mailpulse-Trigger)
+], ids=["first_name", "first_name-blank-line", "first_name-cr", "product_name", "type"])
+def test_text_that_would_put_a_line_break_in_a_header_is_refused_not_written(
+        tmp_path: Path, fields: dict[str, Any]) -> None:
+    """A name typed as an encoded line break became a ``Bcc:`` header in the e-mail (or, with a blank
+    line, cut the headers short and wrote its own body).  The trigger goes to delivery-failed instead,
+    with nothing written."""
+    step, producer = deliverer(tmp_path, DryRun(tmp_path / "out"))
+    step.handle(trigger(**fields))
+    assert [(topic, letter["error"]["code"]) for topic, letter in producer.sent] == [("delivery-failed", "bad_trigger")]
+    assert "header" in producer.sent[0][1]["error"]["message"]
+    assert not list((tmp_path / "out").iterdir())
+
+
+def test_an_encoded_line_break_sent_by_smtp_adds_no_header_and_no_recipient(tmp_path: Path) -> None:
+    """What the SMTP server is handed: a trigger id (anyone may produce to ``triggers``) and a name with
+    an encoded ``Bcc:`` are refused; the same person with a plain name gets the one e-mail, to her alone."""
+    from streams.deliver.targets import Smtp
+    from tests.fakes import SmtpInbox, serving_smtp
+
+    inbox = SmtpInbox()
+    with serving_smtp(inbox) as port:
+        step, producer = deliverer(tmp_path, Smtp("127.0.0.1", port, "none", None, None, timeout_s=5))
+        step.handle(trigger(trigger_id=ENCODED_BREAK))
+        step.handle(trigger(trigger_id="t-1\n"))  # (X-Mailpulse-Trigger: welcome t-1\n: the headers' end)
+        step.handle(trigger(trigger_id="t-2", payload={"first_name": ENCODED_BREAK}))
+        step.handle(trigger(trigger_id="t-3", payload={"first_name": "=?utf-8?q?Jos=C3=A9?="}))
+    assert [letter["error"]["code"] for _, letter in producer.sent] == ["bad_trigger"] * 3
+    [(_, recipients, got)] = inbox.received
+    assert recipients == ["ana@example.com"] and "Bcc" not in got and got["Subject"] == "Welcome to Our shop, José"
