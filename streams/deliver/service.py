@@ -732,6 +732,9 @@ def _malformed(trigger: Any) -> str | None:
             normalize_email(email)
         except ValueError:
             return "email is not an address"
+        # read with its padding stripped, but To: is the email as given: a line break there ends the headers
+        if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in email):
+            return "email is not an address"
     # absent, it is sent at ``at``; there but unreadable, it is not sent at once (quiet hours)
     if trigger.get("send_at") is not None and _timestamp_ms(trigger["send_at"]) is None:
         return "send_at is not an ISO-8601 timestamp"

@@ -1324,3 +1324,23 @@ def test_an_encoded_line_break_sent_by_smtp_adds_no_header_and_no_recipient(tmp_
     assert [letter["error"]["code"] for _, letter in producer.sent] == ["bad_trigger"] * 3
     [(_, recipients, got)] = inbox.received
     assert recipients == ["ana@example.com"] and "Bcc" not in got and got["Subject"] == "Welcome to Our shop, José"
+
+
+@pytest.mark.parametrize("address", ["ana@example.com\n", "ana@example.com\r\n", "ana@example.com\u2028",
+                                     "ana@example.com\x85", "\x0bana@example.com"])
+def test_an_address_padded_with_a_line_break_goes_to_delivery_failed(tmp_path: Path, address: str) -> None:
+    """The address is read as the ingest reads it, padding stripped, but ``To:`` is written as given:
+    ``To: ana@example.com\\n`` ended the headers there (the subject, the unsubscribe headers and the
+    MIME structure became body), ``\\u2028`` made an encoded word of the domain."""
+    import email
+
+    step, producer = deliverer(tmp_path, DryRun(tmp_path / "out"))
+    step.handle(trigger(email=address))
+    assert [(topic, letter["error"]) for topic, letter in producer.sent] == [
+        ("delivery-failed", {"code": "bad_trigger", "message": "email is not an address"})]
+    assert not list((tmp_path / "out").iterdir())
+    step.handle(trigger(trigger_id="t-2", email=" ana@example.com "))  # (spaces: To: carries them harmlessly)
+    [path] = (tmp_path / "out").iterdir()
+    written = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+    assert path.name == "t-2.eml" and [a.addr_spec for a in written["To"].addresses] == ["ana@example.com"]
+    assert written["Subject"] == "Welcome to Our shop, Ana" and written["List-Unsubscribe"]
