@@ -18,6 +18,7 @@ it)."""
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -71,6 +72,10 @@ class Ledger:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise LedgerError(f"{folder}: the deliver state folder cannot be made ({exc.strerror or exc})") from None
+        # its owner's alone, also when an earlier version made it: it keeps the key that signs unsubscribe
+        # links (with it, anyone could withdraw anyone's consent) and the held triggers' addresses
+        with contextlib.suppress(OSError):  # (another user's folder: RocksDB says so below)
+            folder.chmod(0o700)
         try:
             self.db = rocksdict.Rdict(str(folder / "ledger"))
         except Exception as exc:  # rocksdict raises a bare Exception (or an OSError), with one line of RocksDB's

@@ -204,3 +204,25 @@ def test_a_trigger_held_by_the_version_before_after_a_rollback_is_found_again_af
     assert again.is_held("t-rolled", "p-7"), "a held trigger is not seen as held (it would be held twice)"
     assert [key for key, _ in again.held_for("p-7")] == [b"h:%013d:t-rolled" % (_ROLLBACK_AT + 86_400_000)], \
         "a withdrawal of p-7 would not cancel the trigger the older version held"
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_the_state_folder_that_keeps_the_link_key_is_its_owners_alone(tmp_path: Path, existing: bool) -> None:
+    """Without ``MAILPULSE_UNSUBSCRIBE_SECRET`` the key that signs unsubscribe links is made and kept in
+    the ledger, whose files the umask left readable to every user of the machine (0644 in a 0755
+    folder): anyone there could sign a link for any person and withdraw their consent (and read the
+    held triggers' addresses and names).  The folder is made, or kept, for its owner alone."""
+    import os
+    import stat
+
+    folder = tmp_path / "data" / "deliver"
+    if existing:  # made by an earlier version
+        folder.mkdir(parents=True, mode=0o755)
+        os.chmod(folder, 0o755)
+    ledger = Ledger(folder)
+    try:
+        ledger.secret()
+        ledger.sync()
+    finally:
+        ledger.close()
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
