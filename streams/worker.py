@@ -59,6 +59,8 @@ def locked_data_dir(base: Path) -> Iterator[Path]:
         folder = base / f"worker-{index}"
         try:  # (a file there, another user's folder or lock file, a read-only mount: a traceback otherwise)
             folder.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(OSError):  # (another user's: the lock file's open says so)
+                folder.chmod(0o700)  # its owner's alone: its tables hold the profiles (personal data)
             # (appended to, not emptied: the worker holding it keeps its process id there)
             handle: IO[str] = open(folder / ".lock", "a")  # noqa: SIM115 - held for the worker's life
         except OSError as exc:

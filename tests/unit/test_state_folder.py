@@ -123,3 +123,14 @@ def test_a_clean_stop_marker_that_cannot_be_written_is_a_note_and_the_next_start
     note = mark_clean_stop(tmp_path / CLEAN_STOP_MARKER)
     assert note is not None and note.count("\n") == 0
     assert "could not be written" in note and "rebuilds the table state" in note
+
+
+def test_a_state_folder_is_its_owners_alone(tmp_path: Path) -> None:
+    """The tables hold the profiles (names, addresses, birthdays): a folder made with the usual umask
+    (0755) let every local user read them.  A new one, and one an earlier version made, are 0700."""
+    old = tmp_path / "worker-0"
+    old.mkdir(mode=0o755)
+    old.chmod(0o755)
+    with locked_data_dir(tmp_path) as first, locked_data_dir(tmp_path) as second:
+        assert (first, second.name) == (old, "worker-1")
+        assert {first.stat().st_mode & 0o777, second.stat().st_mode & 0o777} == {0o700}
