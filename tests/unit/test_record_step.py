@@ -35,9 +35,11 @@ from streams.record_step import (
     DuePops,
     StepContext,
     StepIO,
+    apply_due,
     apply_result,
     apply_run,
     decode_run,
+    step,
     step_isolated,
 )
 from streams.routing import InputRecord, partition_for, route_batch
@@ -894,3 +896,39 @@ def test_an_absorbed_state_an_older_version_stored_with_null_spend_passes_the_sh
     check_absorbed(stored)
     merged = merge_states(ensure_rule_state(new_state("u:n", parse_timestamp("2026-03-01T10:00:00Z"))), stored, "u:n")
     assert merged["profile"]["aggregates"]["total_spend"] == 0.0
+
+
+def test_a_step_advances_at_most_most_due_of_its_due_profiles_and_leaves_the_rest_at_its_watermark() -> None:
+    """``most_due``: a clock that makes more profiles due than that advances that many in the step; the
+    rest, popped, are left in ``due_left`` (not advanced here: each is advanced once, by a later step),
+    due at the watermark the record's clocks reached."""
+    t0 = parse_timestamp("2026-03-01T10:00:00Z")
+    tick = [None, {"clocks": [[t, n, t0 + 60_000] for t in INPUT_TOPICS for n in range(INPUT_PARTITIONS)]}]
+    for due, left in ((3, []), (4, ["u:p-3"]), (6, ["u:p-3", "u:p-4", "u:p-5"])):
+        advanced: list[str] = []  # the profiles the step read to advance (none is stored)
+        popped: list[int] = []
+        due_keys = {f"u:p-{n}" for n in range(due)}
+        clocks = {clock_name(t, n): t0 for t in INPUT_TOPICS for n in range(INPUT_PARTITIONS)}
+        io = StepIO(0, advanced.append, lambda key: None, clocks,
+                    lambda upto, popped=popped, due_keys=due_keys: popped.append(upto) or due_keys, NOW, NOW)
+        result = step([tick], io, CTX, most_due=3)
+        assert popped == [t0 + 60_000]
+        assert result.due_left == left and sorted(advanced) == ["u:p-0", "u:p-1", "u:p-2"]
+        assert result.due_at == (t0 + 60_000 if left else None)
+
+
+def test_due_profiles_whose_chunk_is_left_out_whole_go_back_to_the_due_index_at_their_watermark() -> None:
+    """:func:`apply_due`: a chunk of due profiles whose step failed as a whole (nothing singled out)
+    loses none of their timers: each is pushed back, due at the watermark they were left at."""
+    class Failing:
+        def make_io(self) -> StepIO:
+            raise OSError("the table went away")
+
+        def give_back(self) -> None:  # pragma: no cover - apply_due pushes its keys itself
+            raise AssertionError("not popped by this step")
+
+    pushed: list[tuple[int, bytes]] = []
+    at = parse_timestamp("2026-03-01T10:00:00Z")
+    result = apply_due(["u:a", "u:b"], at, Failing(), CTX, Source(CTX.events_topic, 0, 0, None, NOW), 0, Hop(),
+                       lambda due, key: pushed.append((due, key)))
+    assert result.left_out_whole and pushed == [(at, b"u:a"), (at, b"u:b")]
