@@ -96,3 +96,13 @@ def test_a_table_far_past_its_bound_shrinks_by_one_product_per_count_not_all_at_
     assert products.counted(0, b"p9") == [b"p2", b"p3"]
     gone = [products.counted(0, b"p9") for _ in range(4)]  # (the marker is never one of them)
     assert gone == [[b"p4", b"p5"], [b"p6", b"p7"], [], []]
+
+
+def test_a_product_whose_stored_counts_cannot_be_read_is_the_first_to_go() -> None:
+    """A damaged value (not JSON, or counts that are no whole numbers) weighs nothing: it goes first,
+    and is still one of the products the bound counts."""
+    stored = [(b"p0", orjson.dumps({"x": 1})), (b"bad", b"{not json"), (b"odd", orjson.dumps({"x": 1.5})),
+              (b"p1", orjson.dumps({"x": 2}))]
+    products = CountedProducts(3, lambda partition: iter(stored))
+    assert products.counted(0, b"new") == [b"bad", b"odd"]
+    assert products.counted(0, b"newer") == [b"p0"]
