@@ -344,3 +344,19 @@ def test_healthz_fails_for_a_partition_the_worker_reads_nothing_of_while_the_bro
         idle.watch_partitions({"clicks/0": (7, 7)}, now=t + n * PARTITION_STALL_AFTER_S)
         recovering.watch_partitions({"clicks/0": (7, 90)}, now=t + n * PARTITION_STALL_AFTER_S)
     assert idle.unread is None and recovering.unread is None
+
+
+def test_a_partition_held_longer_than_an_agent_may_wait_but_within_its_own_time_is_still_read() -> None:
+    """In a long catch-up the fetch holds a partition for a while: its committed offset may stay put
+    for :data:`PARTITION_STALL_AFTER_S` (5 minutes), longer than an agent may take no record, before
+    /healthz fails."""
+    from streams.metrics import AGENT_STALL_AFTER_S, PARTITION_STALL_AFTER_S, Health
+
+    assert AGENT_STALL_AFTER_S < PARTITION_STALL_AFTER_S
+    health = Health(ready=True, started=True)
+    t = 1000.0
+    for now in (t, t + AGENT_STALL_AFTER_S + 1, t + PARTITION_STALL_AFTER_S):
+        health.watch_partitions({"clicks/0": (10, 15)}, now=now)
+        assert _failing_at(health, now) is None
+    health.watch_partitions({"clicks/0": (10, 15)}, now=t + PARTITION_STALL_AFTER_S + 1)
+    assert _failing_at(health, t + PARTITION_STALL_AFTER_S + 1) is not None
