@@ -356,6 +356,52 @@ async def test_a_clock_that_makes_many_profiles_due_advances_them_in_chunks_with
     assert pipeline.health.taken["profiles"] == 4  # two records, two chunks: busy, not wedged
 
 
+
+@pytest.mark.parametrize("rebalance", [False, True])
+async def test_the_due_profiles_a_record_left_go_in_chunks_to_the_last_one_unless_a_rebalance_comes_between(
+        pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, rebalance: bool) -> None:
+    """The chunks after the record's own step: each advanced, a last one of a single profile too, with
+    the staged writes written out between them when many are staged; a rebalance between two chunks
+    (the due index reset) ends them, the partition perhaps another worker's now."""
+    import streams.record_step as record_step_module
+
+    monkeypatch.setattr(app_module, "MOST_DUE_PER_STEP", 5)
+    monkeypatch.setattr(app_module, "STAGED_LIMIT", 0)
+    t = 1772359200000
+    carts = []
+    for n in range(16):
+        cart = _event(f"k-{n}", "cart_add", product_id="sku-1", price=20.0)
+        cart["kind"], cart["src"][0], cart["user_id"] = "carts", "carts", f"u-{n}"
+        carts.append(cart)
+    record = orjson.loads(_batch(clock=t))
+    folded = orjson.dumps([[f"u:u-{n}", cart] for n, cart in enumerate(carts)] + record)
+    steps: list[int] = []
+    writes: list[int] = []  # the chunks advanced by each write of the staged values
+    real_apply_due, real_write_staged = record_step_module.apply_due, pipeline.write_staged
+
+    def counted(keys: Any, *args: Any) -> Any:
+        steps.append(len(keys))
+        if rebalance:
+            pipeline.due_index.reset()
+        return real_apply_due(keys, *args)
+
+    def written(commit: bool = True) -> None:
+        writes.append(len(steps))
+        real_write_staged(commit)
+
+    monkeypatch.setattr(app_module, "apply_due", counted)
+    monkeypatch.setattr(pipeline, "write_staged", written)
+    async with agent(pipeline, "profiles").test_context() as profiles:
+        await profiles.put(folded)
+        writes.clear()
+        await profiles.put(_batch(clock=t + 30 * 60_000))  # only time moved: 16 profiles due at once
+    fired = [key for key, trigger, _ in sent(pipeline, "triggers") if trigger["type"] == "cart_abandoned"]
+    if rebalance:
+        assert steps == [5] and len(fired) == 10  # the record's own 5 and one chunk
+    else:
+        assert steps == [5, 5, 1] and len(fired) == 16 == len(set(fired))
+        assert writes == [0, 1, 2, 3]  # after the record's step, then after each chunk
+
 def _run(values: list[bytes], first_offset: int = 10) -> list[Any]:
     """A fetched run of internal records of partition 1, as the consumer delivers it (a ``RecordBatch``'s value)."""
     return RecordBatch([SimpleNamespace(topic="mailpulse-profile-events", partition=1, offset=offset,
@@ -1381,6 +1427,50 @@ async def test_a_partition_whose_unread_records_retention_deleted_is_read(pipeli
     await ends()
     assert pipeline.health.answer("/healthz") == (True, "ok\n")
 
+
+async def test_a_partition_fetched_to_its_end_is_read_once_every_message_of_it_is_acked_and_committed(
+        pipeline: Pipeline) -> None:
+    """A producer writing in transactions leaves a commit marker after its records: the fetch passes over
+    it and no agent gets it, so the committed offset stays one short of the broker's end.  A partition
+    whose fetch position reached its end is read, unless a message of it waits for its ack (delivered,
+    not acked) or for its commit (acked, not committed): that one is still behind."""
+    from streams.app import _partition_ends
+    from streams.metrics import PARTITION_STALL_AFTER_S
+
+    marked, acked, unacked, fetching = (TP("clicks", n) for n in range(4))
+
+    class Consumer:
+        _committed_offset = {marked: 20, acked: 20, unacked: 20, fetching: 20}
+        _acked = {acked: [20]}
+        _unacked_messages = [SimpleNamespace(tp=unacked)]
+        positions = {marked: 21, acked: 21, unacked: 21, fetching: 20}
+
+        def assignment(self) -> set[TP]:
+            return set(self._committed_offset)
+
+        def highwater(self, tp: TP) -> int | None:
+            return None
+
+        async def highwaters(self, *tps: TP) -> dict[TP, int]:
+            return {tp: 21 for tp in tps}
+
+        async def earliest_offsets(self, *tps: TP) -> dict[TP, int]:
+            return {tp: 0 for tp in tps}
+
+        async def position(self, tp: TP) -> int:
+            return self.positions[tp]
+
+    pipeline.app.consumer = Consumer()  # type: ignore[assignment]
+    pipeline.health.ready = True
+    ends = _partition_ends(pipeline)
+    await ends()
+    for name, (position, since) in list(pipeline.health._reading.items()):
+        pipeline.health._reading[name] = (position, since - PARTITION_STALL_AFTER_S - 1)
+    await ends()
+    assert {name: position for name, (position, _) in pipeline.health._reading.items()} == {
+        "clicks/0": 21, "clicks/1": 20, "clicks/2": 20, "clicks/3": 20}
+    healthy, body = pipeline.health.answer("/healthz")
+    assert not healthy and body.startswith("partition clicks/1 read nothing for")
 
 async def test_the_worker_state_is_running_as_soon_as_it_is_ready(pipeline: Pipeline) -> None:
     """Recovery done, before the first health beat: /readyz and ``mailpulse_worker_state`` agree (a
