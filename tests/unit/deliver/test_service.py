@@ -1344,3 +1344,16 @@ def test_an_address_padded_with_a_line_break_goes_to_delivery_failed(tmp_path: P
     written = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
     assert path.name == "t-2.eml" and [a.addr_spec for a in written["To"].addresses] == ["ana@example.com"]
     assert written["Subject"] == "Welcome to Our shop, Ana" and written["List-Unsubscribe"]
+
+
+def test_a_retry_after_shorter_than_the_outage_already_counted_does_not_shorten_it() -> None:
+    """``told_to_wait``: the target counts as down until the later of its ``Retry-After`` and the wait
+    its failures in a row already set."""
+    from streams.deliver.service import Outage
+
+    now = parse_timestamp("2026-03-01T12:00:00Z")
+    outage = Outage({"in_a_row": 3, "until_ms": now + 3_600_000, "waits": 4}, now)
+    outage.told_to_wait(now + 60_000)
+    assert outage.counted_down and outage.until_ms == now + 3_600_000
+    outage.told_to_wait(now + 7_200_000)
+    assert outage.until_ms == now + 7_200_000

@@ -483,7 +483,10 @@ def test_a_retry_after_is_read_as_seconds_or_an_http_date_and_bounded() -> None:
     assert retry_after_s(email.utils.formatdate(now + 90, usegmt=True), now) == 90.0
     assert retry_after_s(email.utils.formatdate(now - 90, usegmt=True), now) == 0.0  # past: at once
     assert retry_after_s("9" * 40, now) == LONGEST_RETRY_AFTER_S
+    assert retry_after_s(email.utils.formatdate(now + 86_400, usegmt=True), now) == LONGEST_RETRY_AFTER_S
     assert [retry_after_s(value, now) for value in (None, "soon", "-5", "1.5", "٣")] == [None] * 5
+    # a date of no known zone (-0000) is no HTTP-date, which is in GMT
+    assert retry_after_s(email.utils.formatdate(now + 90).rsplit(" ", 1)[0] + " -0000", now) is None
 
 
 def test_a_webhook_429_or_503_that_says_when_is_tried_again_no_sooner_and_not_at_once_when_that_is_far() -> None:
