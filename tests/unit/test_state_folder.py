@@ -56,8 +56,14 @@ def test_a_folder_copied_without_its_file_times_is_as_old_as_its_stop_says(tmp_p
     """``cp -r`` gives every file the copy's time: an old folder's marker read as a stop just now,
     and the folder was used with what its changelogs' compaction no longer deletes."""
     now = 2_000_000_000.0
-    folder = _folder(tmp_path, now)  # the copy's file time
+    folder = _folder(tmp_path, None)
     (folder / CLEAN_STOP_MARKER).write_text(f"{now - STATE_MAX_AGE_S - 1:.3f}\n")  # the stop it holds
+    os.utime(folder / CLEAN_STOP_MARKER, (now, now))  # the copy's file time (set after the write, which moves it)
+    reason = stale_state(folder, now)
+    assert reason is not None and "stopped more than 12 hours ago" in reason
+    # the older of the two counts, whichever it is
+    (folder / CLEAN_STOP_MARKER).write_text(f"{now:.3f}\n")
+    os.utime(folder / CLEAN_STOP_MARKER, (now - STATE_MAX_AGE_S - 1, now - STATE_MAX_AGE_S - 1))
     reason = stale_state(folder, now)
     assert reason is not None and "stopped more than 12 hours ago" in reason
     (folder / CLEAN_STOP_MARKER).write_text("")  # a marker of an older version: its file time
