@@ -185,3 +185,20 @@ def test_a_partitions_items_leave_out_the_changelog_offset_the_store_keeps(tmp_p
     assert sorted(table.partition_items(0, lambda key: 0)) == [(b"p-1", b'{"p-2":3}'), (b"p-3", b'{"p-1":1}')]
     held = CountedProducts(1, lambda partition: table.partition_items(partition, lambda key: 0))
     assert held.counted(0, b"p-3") == [b"p-1"]
+
+
+def test_a_partitions_write_time_leaves_out_rocksdbs_info_log(tmp_path: Path) -> None:
+    """RocksDB writes its info log (``LOG``, ``LOG.old.*``) each time it opens a database: an old
+    database opened just now is still as old as its newest other file (or its stamp)."""
+    from streams.tables import _last_written, _stamp
+
+    path = tmp_path / "profile-state-1.db"
+    path.mkdir()
+    written, opened = 1_700_000_000.0, 1_700_050_000.0
+    for name, at in (("000012.sst", written - 60), ("MANIFEST-000005", written), ("LOG", opened),
+                     ("LOG.old.1700049000", opened)):
+        (path / name).write_text("x")
+        os.utime(path / name, (at, at))
+    assert _last_written(path) == written
+    _stamp(path, written - 3600)  # the older of the stamp and the files
+    assert _last_written(path) == written - 3600
