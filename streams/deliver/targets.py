@@ -72,8 +72,9 @@ def retry_after_s(value: str | None, now: float | None = None) -> float | None:
 
 
 def longest_backoff_s(attempts: int, backoff_s: float) -> float:
-    """The longest wait between two attempts of a round (:func:`with_retries`)."""
-    return backoff_s * float(2 ** (attempts - 1))
+    """The longest wait between two attempts of a round (:func:`with_retries`: after attempt k it waits
+    up to ``backoff_s * 2 ** (k - 1)``, and not after the last); 0 for a round of one attempt."""
+    return backoff_s * float(2 ** (attempts - 2)) if attempts > 1 else 0.0
 
 
 class Permanent(Exception):

@@ -1265,9 +1265,9 @@ class BusyFor:
 
 
 def test_a_retry_after_on_a_rounds_last_attempt_holds_its_next_round(tmp_path: Path) -> None:
-    """A ``Retry-After`` within the longest backoff (here 4 min) that came with a round's last attempt:
+    """A ``Retry-After`` within the longest backoff (here 2 min) that came with a round's last attempt:
     the next round, a minute later, does not come before it."""
-    target = BusyFor(200)
+    target = BusyFor(100)
     producer = Recorder()
     step = Deliverer(target, Ledger(tmp_path / "state"), Renderer(), producer, DeliverMetrics(),  # type: ignore[arg-type]
                      Settings(deliver_attempts=3, deliver_backoff_s=60, deliver_grace_s=0), "http://u", b"k" * 32,
@@ -1279,9 +1279,23 @@ def test_a_retry_after_on_a_rounds_last_attempt_holds_its_next_round(tmp_path: P
     now[0] += 61_000
     step.release_due()
     assert target.calls == 3
-    now[0] += 140_000
+    now[0] += 40_000
     step.release_due()
     assert target.calls == 6
+
+
+def test_a_retry_after_past_the_longest_wait_of_a_round_stops_the_round(tmp_path: Path) -> None:
+    """A round of 3 attempts 60 s apart, doubling, waits at most 2 min (after its second attempt).  A
+    ``Retry-After`` of 200 s was taken as within it (the longest counted as 4 min): the round slept
+    those 200 s between its attempts.  Now the attempts stop at the first, and the target counts as
+    down until then."""
+    target = BusyFor(200)
+    slept: list[float] = []
+    step = Deliverer(target, Ledger(tmp_path / "state"), Renderer(), Recorder(), DeliverMetrics(),  # type: ignore[arg-type]
+                     Settings(deliver_attempts=3, deliver_backoff_s=60, deliver_grace_s=0), "http://u", b"k" * 32,
+                     now_ms=lambda: parse_timestamp("2026-03-01T12:00:00Z"), sleep=slept.append)
+    step.handle(trigger())
+    assert target.calls == 1 and not slept and step.ledger.held == 1 and step.outage.counted_down
 
 
 #: A line break as an RFC 2047 encoded word: the e-mail library decodes it when the header is set, and
