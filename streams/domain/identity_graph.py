@@ -417,19 +417,16 @@ def on_link(key: str, state: State | None, message: dict[str, Any], limits: Limi
             # so it is let in, and dropped on arrival (as an absorb at a marker is).  An ask that an
             # event stamped after the erase made (it names the erased key as a second address) is a
             # newcomer's: left unanswered, the two stay apart, as the person's later activity starts anew.
-            # Where the erase was carried out the identity limits apply as the person's profile would
-            # have applied them (its counts and the asker's keys, this key counted once): one the limits
-            # would have kept apart is someone else sharing an identifier, and is left unanswered too.
-            person, theirs = state.get("erased_keys"), message.get("keys")
-            if (isinstance(person, dict) and limits is not None and isinstance(theirs, list)
-                    and not _within(person, key_counts({k for k in theirs if isinstance(k, str)} - {key}), limits)):
-                return Routing(state)
-            answer: dict[str, Any] = {"type": LINK, "root": key, "kind": kind, "ok": True,
-                                      "erased_at": state.get("erased_at")}
-            if isinstance(person, dict):  # (the asker's marker counts the person's identifiers too)
-                answer["erased_keys"] = person
-            return Routing(state, send=[(root, answer)])
+            return _answer_as_the_persons(key, state, root, kind, message, limits)
         return Routing(state)
+    if (isinstance(erased_at, int) and at is not None and at <= erased_at and rank(root) > rank(key)
+            and "keys" in message and message.get("ok") is None and "counts" not in message):
+        # The person's later activity, asked by a larger key on a link made at or before the erasure:
+        # the asker's key was linked to the person then (the link reached it after its own later
+        # activity had started a profile there), and is answered as the marker would have answered
+        # it.  Approved as a newcomer's ask, that profile came as the person's, and its later activity
+        # joined theirs: the erased link between the two keys lived on.
+        return _answer_as_the_persons(key, state, root, kind, message, limits)
     if rank(root) < rank(key):
         approved = message.get("keys")
         if message.get("ok") and isinstance(approved, list) and not identity_keys(key, state) <= set(approved):
@@ -468,6 +465,24 @@ def on_link(key: str, state: State | None, message: dict[str, Any], limits: Limi
     # asker brings its own links, which the union above counted and a later ask must count too)
     state.setdefault("claimed", {})[root] = approved
     return Routing(state, send=[(root, _approval(key, kind, approved, message))], changed=True)
+
+
+def _answer_as_the_persons(key: str, state: State, root: str, kind: str, message: Mapping[str, Any],
+                           limits: Limits | None) -> Routing:
+    """An erased person's key (a marker, their later activity, or the redirect it left) answers an ask
+    from a larger key linked to the person before the erasure: yes with the erasure time, so the asker
+    is erased as of it (what it holds stamped after it stays).  Where the erase was carried out the
+    identity limits apply as the person's profile would have applied them (its counts and the asker's
+    keys, this key counted once): one the limits would have kept apart is someone else sharing an
+    identifier, and is left unanswered."""
+    person, theirs = state.get("erased_keys"), message.get("keys")
+    if (isinstance(person, dict) and limits is not None and isinstance(theirs, list)
+            and not _within(person, key_counts({k for k in theirs if isinstance(k, str)} - {key}), limits)):
+        return Routing(state)
+    answer: dict[str, Any] = {"type": LINK, "root": key, "kind": kind, "ok": True, "erased_at": state.get("erased_at")}
+    if isinstance(person, dict):  # (the asker's marker counts the person's identifiers too)
+        answer["erased_keys"] = person
+    return Routing(state, send=[(root, answer)])
 
 
 def _would_take_in(key: str, state: LiveState, root: str, kind: str, counts: Mapping[str, Any],
