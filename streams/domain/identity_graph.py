@@ -419,13 +419,16 @@ def on_link(key: str, state: State | None, message: dict[str, Any], limits: Limi
             # newcomer's: left unanswered, the two stay apart, as the person's later activity starts anew.
             return _answer_as_the_persons(key, state, root, kind, message, limits)
         return Routing(state)
-    if (isinstance(erased_at, int) and at is not None and at <= erased_at and rank(root) > rank(key)
-            and "keys" in message and message.get("ok") is None and "counts" not in message):
+    if (isinstance(erased_at, int) and (at <= erased_at if at is not None else kind != "fuzzy")
+            and rank(root) > rank(key) and "keys" in message and message.get("ok") is None
+            and "counts" not in message):
         # The person's later activity, asked by a larger key on a link made at or before the erasure:
         # the asker's key was linked to the person then (the link reached it after its own later
         # activity had started a profile there), and is answered as the marker would have answered
         # it.  Approved as a newcomer's ask, that profile came as the person's, and its later activity
-        # joined theirs: the erased link between the two keys lived on.
+        # joined theirs: the erased link between the two keys lived on.  So is an exact ask with no
+        # time, as at the marker: the erasure's yes, passed on without its ``ok`` by the asker's redirect
+        # (the asker joined a newcomer since), made the newcomer ask with none.
         return _answer_as_the_persons(key, state, root, kind, message, limits)
     if rank(root) < rank(key):
         approved = message.get("keys")
