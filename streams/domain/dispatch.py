@@ -23,7 +23,7 @@ from streams.domain.merge import merge_states
 from streams.domain.profile import absorb_mark, bound_merged, newest_marks, snapshot, trim_currencies, trim_traits
 from streams.domain.resolution.blocks import block_keys, drop_member, on_block_message, person_record
 from streams.domain.rules import score_timer
-from streams.domain.state import ErasureMarker, LiveState, State
+from streams.domain.state import LiveState, State
 from streams.domain.timeline import Received, RuleSet, advance, later_activity, receive
 
 
@@ -266,7 +266,9 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
         # (its identifiers that those events named are the later activity's too)
         named = _first_named(later)
         later["links"] = [other for other in absorbed.get("links", ()) if other in named]
-        told = {other: named[other] for other in later["links"]}
+        # (and its own key, which this profile lists from now on: the erase's yes again to it, sent
+        # before this word on the same way, leaves it a marker, which this word makes a redirect again)
+        told = {other: named[other] for other in [*later["links"], message["from"]] if other in named}
         absorbed = later
         message = {**message, "state": later}
     elif erased_at is not None and (at := graph.event_time(message)) is not None:
@@ -558,14 +560,9 @@ def _on_forget(states: MutableMapping[str, State | None], key: str, state: State
         return _forget_along(key, state, root, erased_at, asker, message)
     if graph.is_redirect(state):
         if state["merged_into"] == root:
-            # (a redirect that already keeps a later erasure, its key's own: the later one stands)
-            marker: ErasureMarker = {"erased_at": max(erased_at, state.get("erased_at", erased_at))}
-            counts = graph.person_counts(message.get("erased_keys"))
-            if counts is not None:  # the key the erase was sent to: as good as carried out here
-                marker["erased_keys"] = counts
-            if state.get("due") is not None:
-                marker["due"] = state["due"]
-            states[key] = marker
+            # (a redirect that already keeps a later erasure, its key's own: the later one stands; with
+            # counts, the key the erase was sent to: as good as carried out here)
+            states[key] = graph.forgotten(state, erased_at, message.get("erased_keys"))
         elif message.get("claimed") is True:
             return Effects(send=[(state["merged_into"], message)])
         else:

@@ -49,7 +49,7 @@ from typing_extensions import TypeIs
 from schemas.timeparse import MAX_EPOCH_MS, MIN_EPOCH_MS
 from streams.domain.identity import is_identity_key, profile_id_for, rank
 from streams.domain.profile import new_state
-from streams.domain.state import LiveState, Redirect, State, is_marker
+from streams.domain.state import ErasureMarker, LiveState, Redirect, State, is_marker
 from streams.domain.state import is_live as is_live
 from streams.domain.state import is_redirect as is_redirect
 from streams.domain.timeline import ensure_rule_state
@@ -369,6 +369,13 @@ def on_link(key: str, state: State | None, message: dict[str, Any], limits: Limi
     if is_redirect(state) and not older:
         current = state["merged_into"]
         if current == root:
+            erased = event_time(message, "erased_at")
+            if message.get("ok") is True and erased is not None:
+                # the erased root's yes again, to an asker that had given up to it before the erase (its
+                # first yes came first): the key is the person's, and forgets them as at a ``_forget``.
+                # Left a redirect to the erased root, its later activity went there, and was published
+                # under the erased person's profile id with this key linked again
+                return Routing(forgotten(state, erased, message.get("erased_keys")))
             return Routing(state)
         if message.get("from") == current:  # this key's profile moved to ``root``
             # (always to a smaller key, as profiles join: so redirects never form a loop)
@@ -526,6 +533,18 @@ def arrived(state: LiveState, from_key: str) -> None:
     claimed = state.get("claimed")
     if claimed and claimed.pop(from_key, None) is not None and not claimed:
         state.pop("claimed")
+
+
+def forgotten(state: Redirect, erased_at: int, counts: Any = None) -> ErasureMarker:
+    """The marker a redirect to an erased root becomes (the later of two erasure times, should the key
+    keep one of its own), with the person's ``counts`` where the word carries them."""
+    marker: ErasureMarker = {"erased_at": max(erased_at, state.get("erased_at", erased_at))}
+    person = person_counts(counts)
+    if person is not None:
+        marker["erased_keys"] = person
+    if state.get("due") is not None:
+        marker["due"] = state["due"]
+    return marker
 
 
 def forward_absorb(state: Redirect, message: dict[str, Any]) -> Routing:
