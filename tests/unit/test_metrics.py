@@ -360,3 +360,21 @@ def test_a_partition_held_longer_than_an_agent_may_wait_but_within_its_own_time_
         assert _failing_at(health, now) is None
     health.watch_partitions({"clicks/0": (10, 15)}, now=t + PARTITION_STALL_AFTER_S + 1)
     assert _failing_at(health, t + PARTITION_STALL_AFTER_S + 1) is not None
+
+
+def test_the_readme_names_every_metric_and_processing_error_series() -> None:
+    """Each mailpulse metric of the worker and of deliver is named in the README by its exposed name,
+    and each (agent, stage) of ``mailpulse_processing_errors_total`` by its label values."""
+    from pathlib import Path
+
+    from streams.metrics import PROCESSING_ERROR_STAGES, DeliverMetrics, Metrics
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    named = {metric.name + ("_total" if metric.type == "counter" else "")
+             for metrics in (Metrics(), DeliverMetrics()) for metric in metrics.registry.collect()
+             if metric.name.startswith("mailpulse_")}
+    assert sorted(name for name in named if f"`{name}" not in readme) == []
+    section = readme[readme.index("`mailpulse_processing_errors_total{agent,stage}`"):]
+    assert [(agent, stage) for agent, stage in PROCESSING_ERROR_STAGES
+            if f'agent="{agent}"' not in section or (f"`{stage}`" not in section and f'stage="{stage}"' not in section)
+            ] == []
