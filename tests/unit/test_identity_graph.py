@@ -577,6 +577,30 @@ def test_an_internal_message_of_an_unknown_type_is_skipped_not_taken_for_an_even
     assert effects.unknown == "_from_the_future" and not effects.changed and states == {}
 
 
+def test_events_an_older_worker_parked_with_a_redirects_stamps_fold_as_without_them() -> None:
+    """In a rolling upgrade a worker of the version before this one receives events a redirect of this
+    one stamped (``hop``, ``returned``: :func:`graph.passed_on`) and parks them as they came; this
+    version then folds them (the partition moved back, or the state was absorbed here).  The stamps
+    change no profile, segment change, trigger or score."""
+    from datetime import date
+
+    from streams.tools.generate import generate_history
+
+    events = accepted_events(generate_history(8, 3, 5, date(2026, 3, 1), repeats=0.05) + households(3))
+    pipeline = LocalPipeline(RULES)
+    pipeline.feed(events)
+    stamped = LocalPipeline(RULES)
+    stamped.states = copy.deepcopy(pipeline.states)
+    parked = [entry[3] for state in stamped.states.values() if graph.is_live(state) for entry in state["pending"]]
+    for n, event in enumerate(parked):
+        event.update({"hop": f"a:stale-{n}"} if n % 2 else {"returned": True})
+    watermark = max(e["ts"] for e in events) + 2 * 86_400_000
+    plain, with_stamps = pipeline.advance(watermark), stamped.advance(watermark)
+    assert len(parked) == len({e["event_id"] for e in events}) and with_stamps.triggers  # (every event, once)
+    assert with_stamps.profiles == plain.profiles and with_stamps.triggers == plain.triggers
+    assert with_stamps.segment_changes == plain.segment_changes and with_stamps.scores == plain.scores
+
+
 def test_a_marker_keeps_only_counts_of_the_known_kinds_whatever_a_message_carries() -> None:
     """A marker's counts come from internal messages: only the four kinds, with counts that are counts,
     are kept (a stored marker must not grow with what a damaged message carries)."""
