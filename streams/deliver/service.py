@@ -21,6 +21,7 @@ import email.utils
 import hashlib
 import html
 import logging
+import math
 import threading
 import time
 import unicodedata
@@ -832,7 +833,8 @@ def run_deliver(settings: Settings, dry_run: Path | None, stop: threading.Event,
         deliverer.fail_interrupted()
         if kept := deliverer.produce_kept():
             log.info("deliver: %d records for Kafka not acknowledged before the last stop, produced again", kept)
-        pruned_at, withdrawals_tried, kept_at = 0.0, 0.0, time.monotonic()
+        # (-inf: not yet; 0.0 was "not yet" only on a machine up more than the waits below)
+        pruned_at, withdrawals_tried, kept_at = -math.inf, -math.inf, time.monotonic()
         while not stop.is_set():
             deliverer.heartbeat.beat()
             if deliverer.fatal is not None:  # a restart makes a new producer; what it did not take is kept
@@ -841,7 +843,7 @@ def run_deliver(settings: Settings, dry_run: Path | None, stop: threading.Event,
             if time.monotonic() - kept_at > 60:
                 deliverer.produce_kept()
                 kept_at = time.monotonic()
-            if time.monotonic() - pruned_at > 3600 or not pruned_at:
+            if time.monotonic() - pruned_at > 3600:
                 deliverer.prune()
                 if withdrawals is not None:
                     try:
