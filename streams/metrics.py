@@ -418,7 +418,8 @@ class DeliverMetrics:
         self.held = Gauge("mailpulse_deliveries_held", "Triggers held: until their send_at, their grace after they "
                           "were read, or their next round", registry=r)
         self.target_up = Gauge("mailpulse_delivery_target_up", "0 from the third trigger in a row that failed "
-                               "for the target's sake (no connection, timeout, SMTP 421, HTTP 5xx/408/429) until "
+                               "for the target's sake (no connection, timeout, SMTP 421 or a session that cannot "
+                               "start, HTTP 5xx/401/408/429) until "
                                "the target answers a later attempt or a probe, else 1", registry=r)
         self.target_up.set(1)
         self.probes = Counter("mailpulse_delivery_probes", "Probes of a down target when no trigger was due to "

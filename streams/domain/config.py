@@ -239,7 +239,7 @@ class TimeGuard(_Strict):
 
 class Limits(_Strict):
     """The bounds of each profile's collections (:class:`streams.domain.profile.Limits`, whose defaults these
-    are; README "Bounds").  Every worker of a deployment needs the same values: a merge or a replay
+    are; README, `MAILPULSE_CONFIG`, `limits`).  Every worker of a deployment needs the same values: a merge or a replay
     then trims as the first fold did."""
 
     traits: int = Field(default=DEFAULT_LIMITS.traits, ge=1)

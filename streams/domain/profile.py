@@ -141,7 +141,7 @@ def _apply_identifiers(profile: ProfileBody, event: Event, ts: int, linked: Cont
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """The bounds of a profile's collections: config ``limits`` (README, "Bounds"), the same in every
+    """The bounds of a profile's collections: config ``limits`` (README, ``MAILPULSE_CONFIG``), the same in every
     worker.  A drop is counted in ``mailpulse_profile_entries_dropped_total{collection}``, or for parked
     events in ``mailpulse_events_released_early_total``.  A merge keeps both sides' entries up to the
     same bounds; no event adds a new one past a bound."""
