@@ -118,8 +118,7 @@ def _on_event(states: MutableMapping[str, State | None], key: str, state: State 
     effects = Effects(outcome=got.outcome, late=got.late, seen_dropped=got.seen_dropped,
                       before_dedupe=got.before_dedupe)
     if got.outcome == "erased":
-        named = profile_key(event)  # the key the erase was sent to (a redirect passed it on to this root)
-        _erased(states, key, state, got, rules, effects, named if named != key else None)
+        _erased(states, key, state, got, rules, effects)
         return effects
     if got.outcome != "processed" or got.state is None:
         return effects
@@ -144,12 +143,14 @@ def _on_event(states: MutableMapping[str, State | None], key: str, state: State 
 
 
 def _erased(states: MutableMapping[str, State | None], key: str, state: State | None, got: Received,
-            rules: RuleSet, effects: Effects, named: str | None = None, also: Any = None) -> None:
+            rules: RuleSet, effects: Effects, also: Any = None) -> None:
     """``key``'s person was erased (``got``, what :func:`receive` made of the erase): the marker is
     stored, and the profile's tombstone, withdrawals, block drops and forgets go into ``effects``.
     The marker keeps how many identifiers of each kind the person had (``erased_keys``), so that a
     profile an older event linked here can be asked whether it would have taken them in; so does the
-    marker of ``named``, the key the erase was sent to when a redirect passed it on here."""
+    marker each of its ``_forget`` leaves (at the key the erase was sent to, when a redirect passed it
+    on here, and at every other identifier of the person), so an older link that reaches one of them
+    first is weighed as it would have been here."""
     assert got.state is not None
     marker = got.state
     counts = _erased_keys(key, state, also)
@@ -191,7 +192,7 @@ def _erased(states: MutableMapping[str, State | None], key: str, state: State | 
         for other in state.get("links", []):
             if other not in kept:
                 forget: dict[str, Any] = {"type": graph.FORGET, "root": key, "erased_at": marker["erased_at"]}
-                if other == named and counts is not None:
+                if counts is not None:  # (so the marker it leaves weighs an older link as this key would)
                     forget["erased_keys"] = counts
                 effects.send.append((other, forget))
     states[key] = marker

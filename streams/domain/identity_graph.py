@@ -283,7 +283,7 @@ def _redirect(root: str, previous: State | None) -> Redirect:
     if isinstance(erased_at, int):  # an erased person's key whose later activity joins another profile
         state["erased_at"] = erased_at
         person = previous.get("erased_keys") if previous is not None else None
-        if isinstance(person, dict):  # (where the erase was carried out: older links are weighed here)
+        if isinstance(person, dict):  # (older links are weighed by them here)
             state["erased_keys"] = person
     return state
 
@@ -391,13 +391,14 @@ def on_link(key: str, state: State | None, message: dict[str, Any], limits: Limi
     if (isinstance(erased_at, int) and at is not None and at <= erased_at and rank(root) < rank(key)
             and "erased_at" not in message):
         # A smaller profile names this key by an event stamped at or before the erasure.  Where the
-        # erase was carried out, that profile is asked whether it would have taken the person in (the
-        # identity limits on its identifiers and the person's counts); its yes, or its yes to an ask
-        # the person's profile made here before the erase reached it, makes it the person's: what it
-        # holds is erased too.  It holds this key among its links, by which it knows the word is meant
-        # for it.  A key that was only one of the person's identifiers (``_forget``) may have been
-        # shared with someone the limits kept apart, and a link that carries no time (a fuzzy
-        # match's, an older worker's) is a guess: neither erases anything.
+        # person's counts are kept (the erase's key, and each key its ``_forget`` made a marker), that
+        # profile is asked whether it would have taken the person in (the identity limits on its
+        # identifiers and the person's counts: someone sharing one of the person's identifiers whom
+        # the limits kept apart says no); its yes, or its yes to an ask the person's profile made here
+        # before the erase reached it, makes it the person's: what it holds is erased too.  It holds
+        # this key among its links, by which it knows the word is meant for it.  A marker without
+        # counts (stored before, or an older worker's ``_forget``'s) and a link that carries no time
+        # (a fuzzy match's, an older worker's) cannot weigh it: neither erases anything.
         person = state.get("erased_keys")
         if isinstance(person, dict):
             if message.get("ok") is True:
@@ -417,7 +418,7 @@ def on_link(key: str, state: State | None, message: dict[str, Any], limits: Limi
             # later activity is theirs, as an empty key's would be.  Left a marker, the key started a
             # second profile of its own with an address the first one lists.  The redirect keeps
             # ``erased_at`` (what is stamped up to it stays dropped, and older links are answered as
-            # here) and ``erased_keys`` (with which they are weighed, where the erase was carried out).
+            # here) and ``erased_keys`` (with which they are weighed).
             return Routing(_redirect(root, state))
         if rank(root) > rank(key) and "keys" in message and not after:
             # a profile linked to the person before the erase reached it asks to join: it is theirs,
@@ -481,7 +482,7 @@ def _answer_as_the_persons(key: str, state: State, root: str, kind: str, message
                            limits: Limits | None) -> Routing:
     """An erased person's key (a marker, their later activity, or the redirect it left) answers an ask
     from a larger key linked to the person before the erasure: yes with the erasure time, so the asker
-    is erased as of it (what it holds stamped after it stays).  Where the erase was carried out the
+    is erased as of it (what it holds stamped after it stays).  Where the person's counts are kept the
     identity limits apply as the person's profile would have applied them (its counts and the asker's
     keys, this key counted once): one the limits would have kept apart is someone else sharing an
     identifier, and is left unanswered."""

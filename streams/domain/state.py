@@ -132,7 +132,7 @@ class Redirect(TypedDict):
     #: the key's person was erased at this time, and the key's later activity joined ``merged_into``
     #: (someone named the key after the erase): its events stamped up to then are dropped, not passed on
     erased_at: NotRequired[int]
-    #: where the erase was carried out, as :class:`ErasureMarker` keeps them: older links are weighed by them
+    #: as :class:`ErasureMarker` keeps them: older links are weighed by them
     erased_keys: NotRequired[dict[str, int]]
 
 
@@ -141,11 +141,12 @@ class ErasureMarker(TypedDict):
     """A key whose person was erased at ``erased_at``: older events under it are dropped."""
 
     erased_at: int
-    #: Where an erase event was carried out (not a key the erase only passed on to as one of the person's
-    #: other identifiers, ``_forget``): how many identifiers of each kind (``identity.max_per_profile``'s
-    #: names) the person's profile had, the key itself included; no identifier is kept.  A profile that
-    #: an event stamped before the erasure linked to this key is asked whether it would have taken the
-    #: person in within the identity limits (``identity_graph.on_link``): if so, it is theirs.
+    #: How many identifiers of each kind (``identity.max_per_profile``'s names) the person's profile had
+    #: where the erase event was carried out, the key itself included; no identifier is kept.  Also at
+    #: the person's other identifiers, which its ``_forget`` carries them to (markers stored before
+    #: states-v6 keep them only where the erase was carried out).  A profile that an event stamped
+    #: before the erasure linked to this key is asked whether it would have taken the person in within
+    #: the identity limits (``identity_graph.on_link``): if so, it is theirs.
     erased_keys: NotRequired[dict[str, int]]
     due: NotRequired[int | None]
     links: NotRequired[list[str]]
