@@ -117,12 +117,18 @@ def admit(key: str, state: LiveState, candidates: Iterable[str], limits: Limits 
     return admitted, over, kinds
 
 
-def _ask(key: str, state: LiveState, root: str, kind: str, at: int | None = None) -> Routing:
+def _ask(key: str, state: LiveState, root: str, kind: str, at: int | None = None, told: Any = None) -> Routing:
     """The live profile at ``key`` asks ``root`` to take it in, with all its identifiers (``at``: the
     time of the event that made it ask, by which an erasure marker at ``root`` tells the person's
-    profile from a newcomer's)."""
+    profile from a newcomer's).  ``told``: the identifiers ``root``'s link said it holds; those this
+    profile holds too go as ``listed``, so a marker at ``root``, which keeps only the erased person's
+    counts, counts them once (as the person's profile, deciding on the union, would have)."""
     keys = sorted(identity_keys(key, state), key=rank)
-    return Routing(state, send=[(root, _stamped({"type": LINK, "root": key, "kind": kind, "keys": keys}, at))])
+    ask: dict[str, Any] = {"type": LINK, "root": key, "kind": kind, "keys": keys}
+    listed = [k for k in keys if isinstance(told, list) and k in told]
+    if listed:
+        ask["listed"] = listed
+    return Routing(state, send=[(root, _stamped(ask, at))])
 
 
 def event_time(message: Mapping[str, Any], field: str = "at") -> int | None:
@@ -448,7 +454,8 @@ def on_link(key: str, state: State | None, message: dict[str, Any], limits: Limi
             if erased is not None:
                 return Routing(state, erase_as_of=erased)  # the root is an erased person: so is this
             return _give_up(key, state, root, kind, at=event_time(message))
-        return _ask(key, state, root, kind, event_time(message))  # ask the root whether this profile may join it
+        # ask the root whether this profile may join it
+        return _ask(key, state, root, kind, event_time(message), message.get("keys"))
     # the profile at ``root`` asks to join this one
     counts = message.get("counts")
     if isinstance(counts, dict):
@@ -484,11 +491,13 @@ def _answer_as_the_persons(key: str, state: State, root: str, kind: str, message
     from a larger key linked to the person before the erasure: yes with the erasure time, so the asker
     is erased as of it (what it holds stamped after it stays).  Where the person's counts are kept the
     identity limits apply as the person's profile would have applied them (its counts and the asker's
-    keys, this key counted once): one the limits would have kept apart is someone else sharing an
-    identifier, and is left unanswered."""
-    person, theirs = state.get("erased_keys"), message.get("keys")
+    keys, this key and those the person's link listed counted once): one the limits would have kept
+    apart is someone else sharing an identifier, and is left unanswered."""
+    person, theirs, listed = state.get("erased_keys"), message.get("keys"), message.get("listed")
+    # (the asker's identifiers the person's profile said it holds are among the counts already)
+    counted = {key, *(k for k in listed if isinstance(k, str))} if isinstance(listed, list) else {key}
     if (isinstance(person, dict) and limits is not None and isinstance(theirs, list)
-            and not _within(person, key_counts({k for k in theirs if isinstance(k, str)} - {key}), limits)):
+            and not _within(person, key_counts({k for k in theirs if isinstance(k, str)} - counted), limits)):
         return Routing(state)
     answer: dict[str, Any] = {"type": LINK, "root": key, "kind": kind, "ok": True, "erased_at": state.get("erased_at")}
     if isinstance(person, dict):  # (the asker's marker counts the person's identifiers too)
