@@ -151,7 +151,7 @@ def reject(source: Source, raw: bytes | None, code: str, message: str, now_ms: i
 _ESCAPE = re.compile(rb"\\(?:u([dD][89a-fA-F][0-9a-fA-F]{2})|.)", re.DOTALL)
 
 
-def _unpaired_surrogates_replaced(raw: bytes) -> bytes:
+def unpaired_surrogates_replaced(raw: bytes) -> bytes:
     """``raw`` with each escaped surrogate that is not half of a pair (a high one right before a low
     one) escaped as U+FFFD."""
     found = [match for match in _ESCAPE.finditer(raw) if match[1] is not None]
@@ -178,7 +178,7 @@ def parse_json(raw: bytes) -> Any:
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        repaired = _unpaired_surrogates_replaced(raw) if b"\\u" in raw else raw
+        repaired = unpaired_surrogates_replaced(raw) if b"\\u" in raw else raw
         if repaired == raw:
             raise
         try:

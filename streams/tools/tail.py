@@ -13,7 +13,7 @@ import orjson
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, TopicPartition
 
 from streams.broker import FIRST_OFFSET
-from streams.ingest import UTF8_BOM, parse_json
+from streams.ingest import UTF8_BOM, parse_json, unpaired_surrogates_replaced
 
 
 class TailError(RuntimeError):
@@ -38,9 +38,11 @@ def render(value: bytes | None) -> bytes:
         except orjson.JSONDecodeError:
             return orjson.dumps(value.decode("utf-8", errors="replace"))
     try:  # the standard library keeps every integer whole
-        read = json.loads(value.removeprefix(UTF8_BOM), parse_constant=_refuse)
+        text = value.removeprefix(UTF8_BOM)
+        # (the standard library reads a lone surrogate as one, which cannot be printed: as U+FFFD, as the worker)
+        read = json.loads(unpaired_surrogates_replaced(text) if b"\\u" in text else text, parse_constant=_refuse)
         return json.dumps(read, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
-    except (ValueError, RecursionError):  # (not JSON, or a number past a float: 1e400; a lone surrogate)
+    except (ValueError, RecursionError):  # (not JSON, or a number past a float: 1e400)
         return orjson.dumps(value.decode("utf-8", errors="replace"))
 
 

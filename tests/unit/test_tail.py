@@ -36,3 +36,14 @@ def test_a_message_the_worker_reads_as_json_is_printed_as_that_json() -> None:
     assert json.loads(render(b'\xef\xbb\xbf{"a": 1}')) == {"a": 1}
     assert json.loads(render(b'\xef\xbb\xbf{"a": 12345678901234567890123}')) == {"a": 12345678901234567890123}
     assert json.loads(render(b'{"q": "hi \\ud83d"}')) == {"q": "hi \ufffd"}
+
+
+def test_a_long_number_and_half_of_an_emoji_s_escape_are_printed_as_the_worker_reads_them() -> None:
+    """A value with 19 digits or more (read by the standard library, which keeps an integer whole) and
+    an escaped surrogate that is not half of a pair: the worker reads it as JSON with U+FFFD."""
+    assert json.loads(render(b'{"q": "hi \\ud83d", "n": 12345678901234567890123}')) == \
+        {"q": "hi \ufffd", "n": 12345678901234567890123}
+    assert json.loads(render(b'{"order_id": "12345678901234567890", "q": "\\udc00"}')) == \
+        {"order_id": "12345678901234567890", "q": "\ufffd"}
+    assert json.loads(render(b'{"q": "\\ud83d\\ude00", "n": 12345678901234567890123}')) == \
+        {"q": "\U0001f600", "n": 12345678901234567890123}  # (a pair: the emoji)
