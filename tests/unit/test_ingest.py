@@ -305,7 +305,8 @@ def test_a_purchase_with_a_line_that_names_no_product_counts(line: dict[str, obj
 @pytest.mark.parametrize(("text", "read"), [
     (rb"caf\ud83d", "caf\ufffd"), (rb"\ude00x", "\ufffdx"), (rb"\ud83d\ude00", "\U0001f600"),
     (rb"\ud83d\ud83d\ude00", "\ufffd\U0001f600"), (rb"\ud83d\ude00\ude00", "\U0001f600\ufffd"),
-    (rb"\\ud83d", "\\ud83d"), (rb"\\\ud83d", "\\\ufffd"), (rb"\ud83d\u0041", "\ufffdA")])
+    (rb"\\ud83d", "\\ud83d"), (rb"\\\ud83d", "\\\ufffd"), (rb"\ud83d\u0041", "\ufffdA"),
+    (rb"\ud83d x\ude00", "\ufffd x\ufffd")])  # (a high and a low apart are no pair)
 def test_an_unpaired_surrogate_escape_is_read_as_the_replacement_character(text: bytes, read: str) -> None:
     """JSON text may escape half of a surrogate pair: JavaScript's ``JSON.stringify`` writes one for a
     string cut in the middle of an emoji (a query, a page title).  The event is read with U+FFFD in its
