@@ -356,7 +356,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from streams.tools.generate import history_lines
+    from streams.tools.generate import SpillError, history_lines
     from streams.tools.output_file import write_lines
 
     if args.start < date(1990, 1, 1) or (date(2199, 1, 1) - args.start).days < args.days:
@@ -373,6 +373,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     try:
         write_lines(args.out, counted())
+    except SpillError as exc:
+        raise UserError(f"cannot write the temporary files of the sort in {exc.filename}: {exc.strerror} "
+                        "(TMPDIR names another folder)") from None
     except OSError as exc:
         raise UserError(f"cannot write {args.out}: {exc.strerror}") from None
     print(f"mailpulse: wrote {written} events for {args.users} users over {args.days} days to {args.out}",

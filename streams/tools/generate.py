@@ -444,6 +444,10 @@ def generate_history(users: int, days: int, seed: int, start: date, repeats: flo
 LINES_IN_MEMORY = 200_000
 
 
+class SpillError(OSError):
+    """The temporary files :func:`history_lines` sorts in cannot be written (``filename``: their folder)."""
+
+
 def history_lines(users: int, days: int, seed: int, start: date, repeats: float = 0.0, erasures: float = 0.0,
                   purchases: str = "sessions", in_memory: int = LINES_IN_MEMORY) -> Iterator[bytes]:
     """:func:`generate_history`'s events as JSON lines (each ending in a newline), byte for byte, with
@@ -455,16 +459,19 @@ def history_lines(users: int, days: int, seed: int, start: date, repeats: float 
                 key = (event.pop("_ms"), event["event_id"])
                 yield key, orjson.dumps(event) + b"\n"
 
-    with tempfile.TemporaryDirectory(prefix="mailpulse-generate-") as spill:
-        ordered = _sorted_externally(keyed(), in_memory, Path(spill))
-        if not erasures:
-            draw = random.Random(seed + 1).random
-            for line in ordered:
-                yield line
-                if repeats and draw() < repeats:
+    try:  # (a full temporary folder, such as a small /tmp in memory, is not the output's disk)
+        with tempfile.TemporaryDirectory(prefix="mailpulse-generate-") as spill:
+            ordered = _sorted_externally(keyed(), in_memory, Path(spill))
+            if not erasures:
+                draw = random.Random(seed + 1).random
+                for line in ordered:
                     yield line
-            return
-        yield from _damaged_lines(ordered, random.Random(seed + 1), repeats, erasures, in_memory, Path(spill))
+                    if repeats and draw() < repeats:
+                        yield line
+                return
+            yield from _damaged_lines(ordered, random.Random(seed + 1), repeats, erasures, in_memory, Path(spill))
+    except OSError as exc:
+        raise SpillError(exc.errno, exc.strerror or str(exc), tempfile.gettempdir()) from None
 
 
 def _who(event: dict[str, Any]) -> str:

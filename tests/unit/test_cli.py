@@ -488,3 +488,25 @@ def test_score_notes_an_as_of_before_the_models_training_cut(
         code, _, err = run(capsys, "score", "--events", str(events), "--as-of", as_of, "--models", str(SHIPPED_DIR),
                            "--out", str(tmp_path / "s.jsonl"), "--jobs", "1")
         assert code == 0 and ("before the model's training cut (2026-05-31T00:00:00.000Z)" in err) is noted, err
+
+
+def test_a_full_temporary_folder_is_named_as_what_generate_cannot_write(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """``generate`` sorts a large history in temporary files: a full temporary folder (a small /tmp
+    tmpfs) was reported as ``cannot write <--out>``, a file on a disk that may have room."""
+    import errno
+    import tempfile
+    from collections.abc import Iterator
+
+    import streams.tools.generate as generate
+
+    def no_room(*_: object) -> Iterator[bytes]:
+        raise OSError(errno.ENOSPC, "No space left on device")
+        yield b""
+
+    monkeypatch.setattr(generate, "_sorted_externally", no_room)
+    out = tmp_path / "history.jsonl"
+    code, _, err = run(capsys, "generate", "--users", "5", "--days", "1", "--seed", "1", "--out", str(out))
+    assert code == 2 and not out.exists()
+    assert err.strip() == ("mailpulse: error: cannot write the temporary files of the sort in "
+                           f"{tempfile.gettempdir()}: No space left on device (TMPDIR names another folder)")
