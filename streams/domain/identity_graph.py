@@ -242,10 +242,9 @@ def passed_on(key: str, state: Redirect, message: dict[str, Any]) -> dict[str, A
     the redirect keeps no erasure time, so a root erased since it was made can tell it was sent before
     the erase's word reached this key (:func:`returned_to`).  One sent back (``returned``) is passed on
     unstamped: it is returned once at most."""
-    message = {k: v for k, v in message.items() if k != "hop"}
     if "erased_at" not in state and not message.get("returned"):
-        message["hop"] = key
-    return message
+        return {**message, "hop": key}
+    return {k: v for k, v in message.items() if k != "hop"} if "hop" in message else message
 
 
 def returned_to(key: str, state: State | None, message: Mapping[str, Any], at: int | None) -> str | None:
