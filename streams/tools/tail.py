@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import threading
 import time
 import uuid
 from typing import TextIO
@@ -53,11 +54,11 @@ def tail(topic: str, bootstrap: str, from_beginning: bool = False, count: int | 
     """Print messages of ``topic``; returns how many were printed.  A broker that stops answering is
     said once on ``notices`` (tail goes on waiting for it, as it waits for new messages), and again
     when messages come after it."""
-    unreachable: list[str] = []  # librdkafka's reasons since the last message, from its own thread
+    unreachable = threading.Event()  # librdkafka said so since the last message (from its own thread)
 
     def error_cb(error: KafkaError) -> None:
         if error.code() == KafkaError._ALL_BROKERS_DOWN:  # (librdkafka goes on trying on its own)
-            unreachable.append(error.str())
+            unreachable.set()
 
     consumer = Consumer({
         "error_cb": error_cb,
@@ -82,7 +83,7 @@ def tail(topic: str, bootstrap: str, from_beginning: bool = False, count: int | 
         while count is None or printed < count:
             batch = consumer.consume(num_messages=min(500, (count - printed) if count else 500), timeout=0.2)
             if not batch:
-                if unreachable and not told:
+                if unreachable.is_set() and not told:
                     until = "" if timeout is None else f"--timeout {timeout:g} s, "
                     print(f"mailpulse: tail: the broker at {bootstrap} does not answer; still waiting "
                           f"({until}Ctrl-C stops)", file=notices, flush=True)
