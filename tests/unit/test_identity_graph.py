@@ -1029,3 +1029,19 @@ def test_the_persons_second_address_asking_them_at_the_limit_is_erased_with_them
         held = {event_id for key in live_keys(states)
                 for event_id in [*states[key]["seen"], *(entry[2] for entry in states[key].get("pending", ()))]}
         assert held == {"a4"}, seed
+
+
+def test_a_redirect_to_the_persons_root_told_yes_again_with_the_erasure_time_forgets_them() -> None:
+    """A key that gave up to the person's root before the erase gets the erase's yes again, carrying the
+    erasure time: it forgets the person, as at the erase's ``_forget`` (the counts kept), instead of
+    staying a redirect to the erased root.  (Stamped messages also bring it there; an older worker's,
+    which carry no stamp, only this.)"""
+    erased_at = parse_timestamp("2026-03-01T10:02:00Z")
+    counts = {"user_ids": 1, "anonymous_ids": 1, "emails": 0, "phones": 0}
+    yes = {"type": graph.LINK, "root": "u:u-2", "kind": "exact", "ok": True, "erased_at": erased_at,
+           "erased_keys": counts}
+    routing = graph.on_link("a:a-2", {"merged_into": "u:u-2"}, yes, None)
+    assert routing.state == {"erased_at": erased_at, "erased_keys": counts} and not routing.send
+    # a yes without the erasure time (the first one) leaves the redirect as it is
+    assert graph.on_link("a:a-2", {"merged_into": "u:u-2"}, {**yes, "erased_at": None}, None).state == \
+        {"merged_into": "u:u-2"}
