@@ -304,6 +304,16 @@ async def test_profiles_agent_emits_segment_changes_and_a_trigger_when_the_water
     assert pipeline.metrics.triggers.labels("cart_abandoned")._value.get() == 1
 
 
+def _carts_of_people(people: int, t: int) -> bytes:
+    """One record: a cart add of each of ``people`` people (``u:u-0``, ...), then the clocks at ``t``."""
+    carts = []
+    for n in range(people):
+        cart = _event(f"k-{n}", "cart_add", product_id="sku-1", price=20.0)
+        cart["kind"], cart["src"][0], cart["user_id"] = "carts", "carts", f"u-{n}"
+        carts.append(cart)
+    return orjson.dumps([[f"u:u-{n}", cart] for n, cart in enumerate(carts)] + orjson.loads(_batch(clock=t)))
+
+
 @BOTH_STORES
 async def test_a_clock_that_makes_many_profiles_due_advances_them_in_chunks_with_the_loop_turning_between(
         pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -317,13 +327,7 @@ async def test_a_clock_that_makes_many_profiles_due_advances_them_in_chunks_with
 
     monkeypatch.setattr(app_module, "MOST_DUE_PER_STEP", 5)
     t = 1772359200000
-    carts = []
-    for n in range(12):
-        cart = _event(f"k-{n}", "cart_add", product_id="sku-1", price=20.0)
-        cart["kind"], cart["src"][0], cart["user_id"] = "carts", "carts", f"u-{n}"
-        carts.append(cart)
-    record = orjson.loads(_batch(clock=t))
-    folded = orjson.dumps([[f"u:u-{n}", cart] for n, cart in enumerate(carts)] + record)
+    folded = _carts_of_people(12, t)
     steps: list[int] = []
     real_apply_due = record_step_module.apply_due
 
@@ -368,13 +372,7 @@ async def test_the_due_profiles_a_record_left_go_in_chunks_to_the_last_one_unles
     monkeypatch.setattr(app_module, "MOST_DUE_PER_STEP", 5)
     monkeypatch.setattr(app_module, "STAGED_LIMIT", 0)
     t = 1772359200000
-    carts = []
-    for n in range(16):
-        cart = _event(f"k-{n}", "cart_add", product_id="sku-1", price=20.0)
-        cart["kind"], cart["src"][0], cart["user_id"] = "carts", "carts", f"u-{n}"
-        carts.append(cart)
-    record = orjson.loads(_batch(clock=t))
-    folded = orjson.dumps([[f"u:u-{n}", cart] for n, cart in enumerate(carts)] + record)
+    folded = _carts_of_people(16, t)
     steps: list[int] = []
     writes: list[int] = []  # the chunks advanced by each write of the staged values
     real_apply_due, real_write_staged = record_step_module.apply_due, pipeline.write_staged

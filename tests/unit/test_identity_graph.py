@@ -37,6 +37,12 @@ def live_keys(states: dict[str, Any]) -> list[str]:
     return sorted(key for key, state in states.items() if graph.is_live(state))
 
 
+def _held_event_ids(states: dict[str, Any]) -> set[str]:
+    """The ids of the events the live profiles hold, folded or parked."""
+    return {event_id for key in live_keys(states)
+            for event_id in [*states[key]["seen"], *(entry[2] for entry in states[key].get("pending", ()))]}
+
+
 def test_rank_puts_user_ids_first_then_emails_anonymous_ids_phones() -> None:
     assert graph.smallest(["a:1", "e:x@y.z", "ph:+4930", "u:9"]) == "u:9"
     assert graph.smallest(["a:1", "ph:+4930"]) == "a:1"
@@ -976,8 +982,7 @@ def test_an_older_identify_naming_a_forgotten_browser_id_is_erased_with_the_pers
               ev("n4", "product_view", 4, user_id="u-2", product_id="s")]
     for seed in range(400):
         states = _run_in_kafka_order(events, random.Random(seed))
-        held = {event_id for key in live_keys(states)
-                for event_id in [*states[key]["seen"], *(entry[2] for entry in states[key].get("pending", ()))]}
+        held = _held_event_ids(states)
         assert held == {"n4"}, seed
 
 
@@ -1005,8 +1010,7 @@ def test_someone_sharing_an_address_with_the_erased_person_at_the_limit_keeps_th
     rules = _limited(user_ids=1, emails=2)
     for seed in range(400):
         states = _run_in_kafka_order(events, random.Random(seed), rules)
-        held = {event_id for key in live_keys(states)
-                for event_id in [*states[key]["seen"], *(entry[2] for entry in states[key].get("pending", ()))]}
+        held = _held_event_ids(states)
         assert held == {"b2", "z2", "b4", "z4", "a4"}, seed
 
 
@@ -1026,8 +1030,7 @@ def test_the_persons_second_address_asking_them_at_the_limit_is_erased_with_them
     rules = _limited(user_ids=1, emails=2)
     for seed in range(400):
         states = _run_in_kafka_order(events, random.Random(seed), rules)
-        held = {event_id for key in live_keys(states)
-                for event_id in [*states[key]["seen"], *(entry[2] for entry in states[key].get("pending", ()))]}
+        held = _held_event_ids(states)
         assert held == {"a4"}, seed
 
 
