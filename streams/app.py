@@ -150,6 +150,9 @@ class Pipeline:
     observe_commit: Callable[[str, float], None] = lambda stage, seconds: None
     #: The broker's end of each assigned partition the agents read, as last asked (:func:`_partition_ends`)
     broker_ends: dict[Any, int] = field(default_factory=dict)
+    #: Partitions found read to that end though their committed offset is short of it (a transaction's
+    #: marker last: :func:`_passed_to_end`), as last asked: their lag is 0
+    read_to_end: dict[Any, int] = field(default_factory=dict)
 
     @property
     def tables(self) -> tuple[ProfileTable, ...]:
@@ -480,18 +483,20 @@ def _partition_ends(p: Pipeline) -> Any:
             watched = {tp: (position, _end(consumer, tp, ends[tp]) or 0)
                        for tp, position in positions.items() if position is not None}
             behind = [(tp, end) for tp, (position, end) in watched.items() if position < end]
+            read_to_end: dict[Any, int] = {}
             if behind:  # (read once, not per partition, and only when one is behind its end)
                 unacked = {message.tp for message in list(consumer._unacked_messages)}
                 for tp, end in behind:
                     if await _passed_to_end(consumer, tp, end, unacked):
                         watched[tp] = (end, end)
+                        read_to_end[tp] = end
         except Exception as exc:
             log.debug("partition ends not read: %s", type(exc).__name__)
             # watched afresh once the broker answers: a commit cannot move while it does not, and a
             # partition that waited out an outage is no partition the worker stopped reading
             p.health.watch_partitions({})
             return
-        p.broker_ends = ends
+        p.broker_ends, p.read_to_end = ends, read_to_end
         p.health.watch_partitions({f"{tp.topic}/{tp.partition}": watched[tp] for tp in watched})
 
     return partition_ends
@@ -518,6 +523,8 @@ def _consumer_lag(p: Pipeline) -> Any:
             # From the committed offset, not the acked ones: what a restart would read again, so a
             # commit that is stuck (while events are still processed) shows as growing lag.
             done = consumer._committed_offset.get(tp) or 0
+            if p.read_to_end.get(tp) == end:  # (a transaction's marker last: nothing left to read)
+                done = end
             labels = (tp.topic, str(tp.partition))
             gauge.labels(*labels).set(max(0, end - done))
             current.add(labels)

@@ -1272,7 +1272,7 @@ async def test_consumer_lag_counts_from_the_committed_offset_not_the_acked_ones(
             return 100
 
     fake = SimpleNamespace(app=SimpleNamespace(consumer=Consumer()), metrics=pipeline.metrics,
-                           settings=pipeline.settings, broker_ends={})
+                           settings=pipeline.settings, broker_ends={}, read_to_end={})
     await _consumer_lag(fake)()  # type: ignore[arg-type]
     gauge = pipeline.metrics.consumer_lag
     assert gauge.labels("clicks", "3")._value.get() == 60
@@ -1469,6 +1469,14 @@ async def test_a_partition_fetched_to_its_end_is_read_once_every_message_of_it_i
         "clicks/0": 21, "clicks/1": 20, "clicks/2": 20, "clicks/3": 20}
     healthy, body = pipeline.health.answer("/healthz")
     assert not healthy and body.startswith("partition clicks/1 read nothing for")
+    # and its lag is 0, not the marker's 1 (the others' 1 waits to be committed or read)
+    from streams.app import _consumer_lag
+
+    await _consumer_lag(pipeline)()
+    assert {partition: pipeline.metrics.registry.get_sample_value(
+        "mailpulse_consumer_lag", {"topic": "clicks", "partition": partition}) for partition in "0123"} == {
+        "0": 0, "1": 1, "2": 1, "3": 1}
+
 
 async def test_the_worker_state_is_running_as_soon_as_it_is_ready(pipeline: Pipeline) -> None:
     """Recovery done, before the first health beat: /readyz and ``mailpulse_worker_state`` agree (a
