@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from pydantic import ValidationError
 
-from schemas.timeparse import parse_timestamp
+from schemas.timeparse import format_ms, parse_timestamp
 from streams import logs
 from streams.gc_tuning import tune_garbage_collector
 from streams.settings import MOST_PARTITIONS, Settings
@@ -398,7 +398,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 "or not known to be)" if stopped.unconfirmed else "")
         print(f"mailpulse: replay stopped: {stopped.sent} events from {args.file} were sent{lost}", file=sys.stderr)
         return 130
-    tick = f", then a tick at {args.until_text} on every input partition" if args.until is not None else ""
+    # (the time as ISO 8601 in UTC, whichever form --until was given in: also --until=T or --unt T)
+    tick = f", then a tick at {format_ms(args.until)} on every input partition" if args.until is not None else ""
     print(f"mailpulse: replayed {sent} events from {args.file}{tick}", file=sys.stderr)
     return 0
 
@@ -596,8 +597,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.use_environment()  # (a command that reads its settings chooses again from them)
     parser = build_parser()
     args = parser.parse_args(raw)
-    if getattr(args, "until", None) is not None:
-        args.until_text = raw[raw.index("--until") + 1] if "--until" in raw else str(args.until)
     logging.basicConfig(level=logging.WARNING, format="mailpulse: %(message)s")
     logs.format_root()
     try:

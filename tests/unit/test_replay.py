@@ -298,3 +298,23 @@ def test_a_line_with_an_unpaired_surrogate_escape_is_replayed_as_it_is(
     path.write_bytes(line + b"\n")
     assert replay.replay_file(path, "unused", show_progress=False) == 1
     assert producer.sent == [("clicks", None, line)]
+
+
+@pytest.mark.parametrize(("flag", "at"), [
+    (["--until", "2026-03-01T13:00:00+01:00"], "2026-03-01T12:00:00.000Z"),
+    (["--until=2026-03-01"], "2026-03-01T00:00:00.000Z"),
+    (["--unt", "1772323200000"], "2026-03-01T00:00:00.000Z"),
+], ids=["offset", "equals", "abbreviated"])
+def test_the_last_line_names_the_tick_time_in_utc_however_until_was_given(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: list[str],
+        at: str) -> None:
+    """``--until=T`` and an abbreviated ``--unt T`` are argparse's too: the last line echoed the text
+    after a literal ``--until`` and fell back to epoch milliseconds for them."""
+    from streams import cli
+
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"{}\n")
+    monkeypatch.setattr(cli, "_check_broker", lambda bootstrap: None)
+    monkeypatch.setattr(replay, "replay_file", lambda *args, **kwargs: 1)
+    assert cli.main(["replay", str(path), "--broker", "kafka://127.0.0.1:1", *flag]) == 0
+    assert capsys.readouterr().err.endswith(f"then a tick at {at} on every input partition\n")
