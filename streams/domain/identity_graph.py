@@ -375,11 +375,14 @@ def on_link(key: str, state: State | None, message: dict[str, Any], limits: Limi
         current = state["merged_into"]
         if current == root:
             erased = event_time(message, "erased_at")
-            if message.get("ok") is True and erased is not None:
+            if message.get("ok") is True and erased is not None and state.get("erased_at") != erased:
                 # the erased root's yes again, to an asker that had given up to it before the erase (its
                 # first yes came first): the key is the person's, and forgets them as at a ``_forget``.
                 # Left a redirect to the erased root, its later activity went there, and was published
-                # under the erased person's profile id with this key linked again
+                # under the erased person's profile id with this key linked again.  (One that keeps this
+                # erasure forgot them already and was taken in by their later activity since: the yes is
+                # a copy read again, which made it a marker again while the profile that took it in
+                # lists it, and its next event started a second profile.)
                 return Routing(forgotten(state, erased, message.get("erased_keys")))
             return Routing(state)
         if message.get("from") == current:  # this key's profile moved to ``root``
