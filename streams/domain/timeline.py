@@ -164,6 +164,10 @@ def later_activity(state: LiveState, key: str, erased_at: int, rules: RuleSet) -
     for entry in later:
         remember(fresh, entry[3], rules.retention_ms, limits=rules.limits)
     fresh["pending"] = later
+    if state.get("absorbed"):
+        # (the profiles it took in came: one delivered again is still known, not taken for a newcomer's
+        # that brings the erased person's older events back)
+        fresh["absorbed"] = state["absorbed"]
     return fresh
 
 
