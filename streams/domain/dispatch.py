@@ -562,8 +562,11 @@ def _on_forget(states: MutableMapping[str, State | None], key: str, state: State
     if graph.is_redirect(state):
         if state["merged_into"] == root:
             # (a redirect that already keeps a later erasure, its key's own: the later one stands; with
-            # counts, the key the erase was sent to: as good as carried out here)
-            states[key] = graph.forgotten(state, erased_at, message.get("erased_keys"))
+            # counts, the key the erase was sent to: as good as carried out here.  One that keeps this
+            # erasure forgot the person already, and the later activity took it in since: the word is a
+            # copy read again, which made it a marker again while that profile lists it)
+            if state.get("erased_at") != erased_at:
+                states[key] = graph.forgotten(state, erased_at, message.get("erased_keys"))
         elif message.get("claimed") is True:
             return Effects(send=[(state["merged_into"], message)])
         else:

@@ -422,3 +422,31 @@ def test_a_profile_taken_in_before_the_erase_and_delivered_again_after_it_brings
     effects = dispatch(states, {}, *absorbs[0], None, RULES)
     assert set(states["u:u-1"]["seen"]) == {"p6"} and [e[2] for e in states["u:u-1"]["pending"]] == ["p6"]
     assert not effects.changed and not effects.send
+
+
+def test_an_erases_forget_read_again_leaves_the_key_its_later_activity_took_in_where_it_points() -> None:
+    """The erase by the user id tells a-2 to forget the person, and the later view naming both takes
+    a-2 in again.  The ``_forget`` read again after that (the user id's partition rolled back and sent
+    it once more) made a-2 a marker again, while u-2's profile listed it, so a-2's next view, coming
+    before the later view's link sent again, started a second profile (in the simulation of rollbacks,
+    an event held by two profiles).  A redirect that keeps that erasure forgot the person already: it
+    stays."""
+    events = _erased_and_later(user_id="u-2")
+    states: dict[str, Any] = {}
+    forgets: list[tuple[str, dict[str, Any]]] = []
+    queue = [(profile_key(event), event) for event in events]
+    while queue:
+        key, message = queue.pop(0)
+        if message.get("type") == graph.FORGET:
+            forgets.append((key, message))
+        queue += dispatch(states, {}, key, message, None, RULES).send
+    assert [key for key, _ in forgets] == ["a:a-2"] and states["a:a-2"]["merged_into"] == "u:u-2"
+    dispatch(states, {}, *forgets[0], None, RULES)
+    [later] = accepted_events([{"event_id": "v5", "type": "product_view", "timestamp": "2026-03-01T10:05:00Z",
+                                "anonymous_id": "a-2", "product_id": "s"}])
+    queue = [(profile_key(later), later)]
+    while queue:
+        queue += dispatch(states, {}, *queue.pop(0), None, RULES).send
+    assert [key for key, state in states.items() if graph.holds_someone(state)] == ["u:u-2"]
+    assert states["a:a-2"].get("merged_into") == "u:u-2"
+    assert {entry[2] for entry in states["u:u-2"]["pending"]} == {"v3", "v4", "v5"}
