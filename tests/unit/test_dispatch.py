@@ -395,6 +395,20 @@ def test_an_erase_read_again_leaves_the_keys_its_later_activity_took_in_where_th
     assert rolled_back > 100
 
 
+def _delivered_in_order(states: dict[str, Any], events: list[dict[str, Any]],
+                        kind: str) -> list[tuple[str, dict[str, Any]]]:
+    """``events`` and what they set off, each message delivered in the order it was sent; the
+    internal messages of ``kind`` (key, message) as they were delivered."""
+    seen: list[tuple[str, dict[str, Any]]] = []
+    queue = [(profile_key(event), event) for event in events]
+    while queue:
+        key, message = queue.pop(0)
+        if message.get("type") == kind:
+            seen.append((key, message))
+        queue += dispatch(states, {}, key, message, None, RULES).send
+    return seen
+
+
 def test_a_profile_taken_in_before_the_erase_and_delivered_again_after_it_brings_nothing_back() -> None:
     """The address's profile (i1, p3, which names the browser id a-1) joins the user id's on a link
     made after the erasure (p6), then the erase by a-1 reaches the user id's profile, which keeps only
@@ -410,13 +424,7 @@ def test_a_profile_taken_in_before_the_erase_and_delivered_again_after_it_brings
          "product_id": "s"},
         {"event_id": "x4", "type": "erase", "timestamp": t + 240_000, "anonymous_id": "a-1"}])  # (late)
     states: dict[str, Any] = {}
-    absorbs: list[tuple[str, dict[str, Any]]] = []
-    queue = [(profile_key(event), event) for event in events]
-    while queue:
-        key, message = queue.pop(0)
-        if message.get("type") == graph.ABSORB:
-            absorbs.append((key, message))
-        queue += dispatch(states, {}, key, message, None, RULES).send
+    absorbs = _delivered_in_order(states, events, graph.ABSORB)
     assert [(key, message["from"]) for key, message in absorbs] == [("u:u-1", "e:p1@x.com")]
     assert set(states["u:u-1"]["seen"]) == {"p6"}
     effects = dispatch(states, {}, *absorbs[0], None, RULES)
@@ -433,13 +441,7 @@ def test_an_erases_forget_read_again_leaves_the_key_its_later_activity_took_in_w
     stays."""
     events = _erased_and_later(user_id="u-2")
     states: dict[str, Any] = {}
-    forgets: list[tuple[str, dict[str, Any]]] = []
-    queue = [(profile_key(event), event) for event in events]
-    while queue:
-        key, message = queue.pop(0)
-        if message.get("type") == graph.FORGET:
-            forgets.append((key, message))
-        queue += dispatch(states, {}, key, message, None, RULES).send
+    forgets = _delivered_in_order(states, events, graph.FORGET)
     assert [key for key, _ in forgets] == ["a:a-2"] and states["a:a-2"]["merged_into"] == "u:u-2"
     dispatch(states, {}, *forgets[0], None, RULES)
     [later] = accepted_events([{"event_id": "v5", "type": "product_view", "timestamp": "2026-03-01T10:05:00Z",
