@@ -548,8 +548,13 @@ def repeated(state: LiveState, event: Event) -> bool:
 
 
 def remember(state: LiveState, event: Event, retention_ms: int, dropped: Dropped | None = None,
-             limits: Limits = DEFAULT_LIMITS) -> bool:
+             limits: Limits = DEFAULT_LIMITS, watermark: int | None = None) -> bool:
     """Exact dedupe: records the event id; False when it was seen before (then nothing else happens).
+
+    Ids are forgotten past the retention behind the profile's newest event, and never past the
+    retention behind ``watermark`` (the input clocks' smallest): each input topic is read at its own
+    pace, so a profile's clicks can be days ahead of its identify or purchase still unread on another
+    topic, which is stamped at or after the watermark and must not be taken for a forgotten repeat.
 
     Past ``limits.seen_ids`` ids (or ``limits.seen_id_bytes`` characters: 2,000 UUIDs are 72,000, but
     2,000 ids of the 512 characters an id may have would be a 1 MB state) the oldest are forgotten,
@@ -565,7 +570,8 @@ def remember(state: LiveState, event: Event, retention_ms: int, dropped: Dropped
     if len(seen) > 64 and len(seen) % 32 == 0:
         # Amortized: a scan per 32 new ids, not per event (a busy person keeps hundreds within the
         # retention, and each of their events scanned them all); the map overshoots by < 32.
-        horizon = _prune_seen(seen, max(seen.values()), retention_ms)
+        newest = max(seen.values())
+        horizon = _prune_seen(seen, newest if watermark is None else min(newest, watermark), retention_ms)
         keep = _seen_kept(seen, limits, 32)
         if keep < len(seen):
             horizon = max(horizon or 0, _trim_seen(seen, keep, dropped))

@@ -203,7 +203,7 @@ def receive(state: LiveState | ErasureMarker | None, key: str, event: dict[str, 
     else:
         state = ensure_rule_state(state)
     dropped: dict[str, int] = {}
-    remember(state, event, rules.retention_ms, dropped, rules.limits)
+    remember(state, event, rules.retention_ms, dropped, rules.limits, watermark)
     entry = [event["ts"], KIND_ORDER.get(event["kind"], 9), event["event_id"], event]
     bisect.insort(state["pending"], entry, key=lambda e: (e[0], e[1], e[2]))
     late = watermark is not None and event["ts"] < watermark

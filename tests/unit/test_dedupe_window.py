@@ -82,3 +82,21 @@ def test_a_new_event_stamped_at_the_horizon_of_forgotten_ids_counts() -> None:
                    "product_id": "sku-1"} for event_id, ts in (("edge-1", horizon), ("edge-0", horizon - 1)))
     local.feed(accepted_events([at, before]))
     assert counts(local) == {"product_view": 301}
+
+
+def test_an_event_read_after_a_week_of_the_profiles_newer_events_on_another_topic_counts() -> None:
+    """A person's views of ten days are read before their identify of the first day, which waits on
+    the identities topic: the watermark (the slowest topic's clock) is still before it.  The window
+    followed the newest view alone, so the identify was dropped as a repeat of a forgotten id; the
+    ids are kept while the watermark is within the retention of them."""
+    from streams.domain.dispatch import dispatch
+    from streams.domain.identity import profile_key
+
+    retention = rules(7)
+    identify = {"event_id": "i-1", "type": "identify", "timestamp": iso(T0 + HOUR), "user_id": "u-1",
+                "traits": {"first_name": "Ada"}}
+    states: dict[str, Any] = {}
+    outcomes = [dispatch(states, {}, profile_key(event), event, T0, retention).outcome
+                for event in accepted_events([*views(100, 2 * HOUR + 24 * 60_000), identify])]
+    assert outcomes == ["processed"] * 101
+    assert states["u:u-1"]["seen"].keys() >= {"i-1", "v-0"}
