@@ -133,7 +133,8 @@ def _on_event(states: MutableMapping[str, State | None], key: str, state: State 
             if [block, root] in registered:
                 registered.remove([block, root])
             registered.append([block, root])
-        effects.send += [(block, {"type": graph.BLOCK, "key": root, "person": record}) for block in keys]
+        effects.send += [(block, {"type": graph.BLOCK, "key": root, "person": record, "at": event["ts"]})
+                         for block in keys]
         effects.send += _bound_blocks(registered, rules.limits.blocks, effects)
     applied = _apply(states, key, routing)
     effects.send = applied.send + effects.send
@@ -403,6 +404,8 @@ def _on_possible(states: MutableMapping[str, State | None], key: str, state: Sta
     none: as an empty key did.)"""
     if not graph.holds_someone(state):
         return _not_at_a_profile(state, message)
+    if graph.made_on_erased_data(key, state, message):
+        return Effects()
     mine, other, score = message.get("to", key), message.get("other"), message.get("score")
     if not (is_identity_key(mine) and is_identity_key(other) and isinstance(score, int | float)
             and not isinstance(score, bool) and 0 <= score <= 1):
@@ -446,15 +449,23 @@ def _on_block(blocks: MutableMapping[str, Any], key: str, message: dict[str, Any
         if members and message["key"] in members:
             blocks[key] = drop_member(members, message["key"]) or None
         return Effects()
-    outcome = on_block_message(members, message["key"], message["person"])
+    outcome = on_block_message(members, message["key"], message["person"], at=graph.event_time(message))
     blocks[key] = outcome.members
     effects = Effects(blocks_skipped=int(outcome.skipped))
+
+    def stamped(sent: dict[str, Any], *scored: str) -> dict[str, Any]:
+        # the times of the records matched: the member key of a person erased since refuses a match on
+        # their record (the erase's drop reached the block after the match, or after a late record)
+        records = {member: at for member in scored
+                   if (at := graph.event_time(outcome.members.get(member, {}))) is not None}
+        return {**sent, "records": records} if records else sent
+
     for a, b, _ in outcome.links:
         small, large = sorted((a, b), key=rank)
-        effects.send.append((large, {"type": graph.LINK, "root": small, "kind": "fuzzy"}))
+        effects.send.append((large, stamped({"type": graph.LINK, "root": small, "kind": "fuzzy"}, large, small)))
     for a, b, score in outcome.possible:
-        effects.send.append((a, {"type": graph.POSSIBLE, "to": a, "other": b, "score": round(score, 4)}))
-        effects.send.append((b, {"type": graph.POSSIBLE, "to": b, "other": a, "score": round(score, 4)}))
+        effects.send.append((a, stamped({"type": graph.POSSIBLE, "to": a, "other": b, "score": round(score, 4)}, a)))
+        effects.send.append((b, stamped({"type": graph.POSSIBLE, "to": b, "other": a, "score": round(score, 4)}, b)))
     return effects
 
 

@@ -117,18 +117,27 @@ def admit(key: str, state: LiveState, candidates: Iterable[str], limits: Limits 
     return admitted, over, kinds
 
 
-def _ask(key: str, state: LiveState, root: str, kind: str, at: int | None = None, told: Any = None) -> Routing:
+def _with_records(message: dict[str, Any], records: Any) -> dict[str, Any]:
+    """``message`` with a fuzzy match's record times (:func:`made_on_erased_data`), when it has them."""
+    if isinstance(records, dict):
+        message["records"] = records
+    return message
+
+
+def _ask(key: str, state: LiveState, root: str, kind: str, at: int | None = None, told: Any = None,
+         records: Any = None) -> Routing:
     """The live profile at ``key`` asks ``root`` to take it in, with all its identifiers (``at``: the
     time of the event that made it ask, by which an erasure marker at ``root`` tells the person's
     profile from a newcomer's).  ``told``: the identifiers ``root``'s link said it holds; those this
     profile holds too go as ``listed``, so a marker at ``root``, which keeps only the erased person's
-    counts, counts them once (as the person's profile, deciding on the union, would have)."""
+    counts, counts them once (as the person's profile, deciding on the union, would have).  ``records``:
+    a fuzzy match's record times, passed along."""
     keys = sorted(identity_keys(key, state), key=rank)
     ask: dict[str, Any] = {"type": LINK, "root": key, "kind": kind, "keys": keys}
     listed = [k for k in keys if isinstance(told, list) and k in told]
     if listed:
         ask["listed"] = listed
-    return Routing(state, send=[(root, _stamped(ask, at))])
+    return Routing(state, send=[(root, _with_records(_stamped(ask, at), records))])
 
 
 def event_time(message: Mapping[str, Any], field: str = "at") -> int | None:
@@ -136,6 +145,17 @@ def event_time(message: Mapping[str, Any], field: str = "at") -> int | None:
     or another event time a message carries (``field``); None: none, or not a time (``bool`` is none)."""
     at = message.get(field)
     return at if isinstance(at, int) and not isinstance(at, bool) and MIN_EPOCH_MS <= at <= MAX_EPOCH_MS else None
+
+
+def made_on_erased_data(key: str, state: State, message: Mapping[str, Any]) -> bool:
+    """Whether a fuzzy match (a block's link or possible match, or the ask it made) used ``key``'s person
+    record stamped at or before the erasure of its person (``records``: member key -> the time of the
+    record scored): the block held it until the erase's drop reached it, and a later record matched it.
+    Taken, it linked the erased person's data to their later activity or to someone else again.  (Only
+    at the member key itself: a profile that took others in since holds their records too.)"""
+    records, erased_at = message.get("records"), state.get("erased_at")
+    used = event_time(records, key) if isinstance(records, dict) else None
+    return isinstance(erased_at, int) and not isinstance(erased_at, bool) and used is not None and used <= erased_at
 
 
 def _stamped(message: dict[str, Any], at: int | None) -> dict[str, Any]:
@@ -368,6 +388,8 @@ def on_link(key: str, state: State | None, message: dict[str, Any], limits: Limi
             add_claims(held, {root: agreed})
             return Routing(held, send=[(root, _approval(key, kind, agreed, message))], changed=True)
         return Routing(_redirect(root, None))
+    if kind == "fuzzy" and made_on_erased_data(key, state, message):
+        return Routing(state)
     erased_at = state.get("erased_at")  # (of a redirect: an erased key's later activity joined another)
     at = event_time(message)
     older = isinstance(erased_at, int) and at is not None and at <= erased_at and "counts" not in message
@@ -457,7 +479,7 @@ def on_link(key: str, state: State | None, message: dict[str, Any], limits: Limi
                 return Routing(state, erase_as_of=erased)  # the root is an erased person: so is this
             return _give_up(key, state, root, kind, at=event_time(message))
         # ask the root whether this profile may join it
-        return _ask(key, state, root, kind, event_time(message), message.get("keys"))
+        return _ask(key, state, root, kind, event_time(message), message.get("keys"), message.get("records"))
     # the profile at ``root`` asks to join this one
     counts = message.get("counts")
     if isinstance(counts, dict):
@@ -467,7 +489,8 @@ def on_link(key: str, state: State | None, message: dict[str, Any], limits: Limi
         return Routing(state, send=[(root, {"type": LINK, "root": key, "kind": kind, "ok": True})])
     if not isinstance(theirs, list) or not all(isinstance(k, str) for k in theirs):
         # told without its identifiers (a link passed on by a redirect, a fuzzy match): it asks
-        return Routing(state, send=[(root, _stamped({"type": LINK, "root": key, "kind": kind}, event_time(message)))])
+        return Routing(state, send=[(root, _with_records(_stamped({"type": LINK, "root": key, "kind": kind},
+                                                                  event_time(message)), message.get("records")))])
     # the union, so an ask read again, or from a profile already here, is decided the same way; an
     # earlier claim of the same asker is replaced by this ask (it asks again because it took others
     # in: refused, its old claim would hold room it can no longer use)

@@ -406,6 +406,7 @@ def test_a_full_block_of_the_longest_records_stays_under_the_value_limit(letter:
     longest identifiers beside them: a block of ``MAX_BLOCK`` such people is still one storable value
     (before, the 12th such person made the block too large to write: it and every later member were
     dead-lettered)."""
+    from schemas.timeparse import MAX_EPOCH_MS
     from streams.record_step import MAX_VALUE_BYTES
 
     members: dict[str, Record] = {}
@@ -416,7 +417,19 @@ def test_a_full_block_of_the_longest_records_stays_under_the_value_limit(letter:
         record = rec(first=text, last=text, birthday="1980-01-02", street="1 " + text[2:], city=text,
                      postcode="AB" + text[2:], user_id=letter * 508 + f"{n:04d}", email=email,
                      traits={"email": "y" + email})
-        outcome = on_block_message(members, f"u:{letter * 508}{n:04d}", record)
+        outcome = on_block_message(members, f"u:{letter * 508}{n:04d}", record, at=MAX_EPOCH_MS)  # (its time too)
         members = outcome.members
         assert len(orjson.dumps(members)) <= MAX_VALUE_BYTES, n
     assert len(members) == MAX_BLOCK
+
+
+def test_a_record_keeps_the_time_of_its_event_and_a_replacement_its_own() -> None:
+    """``at`` is stored beside the person fields (no person field: the score is the same) and replaced
+    with the record; a record sent without it (an older worker's) stores none."""
+    a = b = rec(first="Anna", last="Smith", birthday="1980-01-02")
+    members = on_block_message(None, "e:a@x.example", a, at=1_000).members
+    assert members["e:a@x.example"] == {**a, "at": 1_000} and person_from_record(members["e:a@x.example"]) == \
+        person_from_record(a)
+    outcome = on_block_message(members, "e:b@x.example", b)
+    assert "at" not in outcome.members["e:b@x.example"] and outcome.links
+    assert on_block_message(outcome.members, "e:a@x.example", a, at=2_000).members["e:a@x.example"]["at"] == 2_000

@@ -42,8 +42,9 @@ from tests.integration.expected import accepted_events
 GOLDEN = Path(__file__).parents[1] / "data" / "golden"
 #: The stored states this version writes (JSON, due time first; v2: a marker says where the erase was carried out;
 #: v4: an erased address the person's later activity named again is a redirect to it, not a marker; v6: the
-#: markers an erase's ``_forget`` leaves keep the person's counts too).
-WRITTEN_BY_THIS_VERSION = "states-v6.json.gz"
+#: markers an erase's ``_forget`` leaves keep the person's counts too; v7: a block's person record keeps the time of its
+#: event, ``at``).
+WRITTEN_BY_THIS_VERSION = "states-v7.json.gz"
 #: States stored before v4 hold a marker where v4 leaves that redirect (an address the golden history's
 #: erased person named again after the erase): carried on, they keep the two profiles it made then
 #: (``second_half_of_states_before_v4``), which a later version cannot join without knowing who named it.

@@ -1048,3 +1048,61 @@ def test_a_redirect_to_the_persons_root_told_yes_again_with_the_erasure_time_for
     # a yes without the erasure time (the first one) leaves the redirect as it is
     assert graph.on_link("a:a-2", {"merged_into": "u:u-2"}, {**yes, "erased_at": None}, None).state == \
         {"merged_into": "u:u-2"}
+
+
+@pytest.mark.parametrize("other", ["jsmith@work.example", "aj.smith@work.example"])  # (the root of the link; not)
+def test_a_fuzzy_match_on_an_erased_persons_record_does_not_link_their_later_activity(other: str) -> None:
+    """The person's first identify (an address with their name) sends its person record to the blocks;
+    the address joins the user id's profile, which is erased, and the erase's drops reach the blocks
+    (from the user id's partition) before the record does (from the address's).  A CRM record with the
+    same name, stamped after the erasure, reaches the blocks before the late record, which the blocks
+    then score against it.  The match was made on the erased person's data: the address's later
+    activity refuses it, and no profile links or lists the person's address.  Before, the CRM record
+    joined the later activity (a fuzzy link carries no event time: it was taken for a newcomer's),
+    whichever of the two addresses is the link's root."""
+    from streams.domain.identity import profile_key
+
+    crm = {"birthday": "1988-04-12", "street": "12 Baker Street", "city": "London", "postcode": "NW1 6XE"}
+    own = "jonathan.smith@example.com"
+    events = [ev("i1", "identify", 1, email=own, traits={"first_name": "Jonathan", "last_name": "Smith", **crm}),
+              ev("i2", "identify", 2, user_id="u-1", email=own),
+              ev("x3", "erase", 3, user_id="u-1"),
+              ev("i4", "product_view", 4, email=own, product_id="s"),
+              ev("c5", "identify", 5, email=other, source="crm",
+                 traits={"first_name": "Jon", "last_name": "Smtih", **crm})]
+    states: dict[str, Any] = {}
+    blocks: dict[str, Any] = {}
+    late: list[tuple[str, dict[str, Any]]] = []
+    for event in events:  # each in turn, the person's records to the blocks held back
+        late += _deliver(states, blocks, deque([(profile_key(event), event)]),
+                         hold=lambda target, message: target.startswith("b:") and message.get("key") == f"e:{own}"
+                         and "person" in message)
+    assert late and states[f"e:{own}"]["erased_at"] == T0 + 3 * MIN
+    _deliver(states, blocks, deque(late))
+    held = {event_id: key for key in live_keys(states) for event_id in states[key]["seen"]}
+    assert held == {"i4": f"e:{own}", "c5": f"e:{other}"}
+    for key in live_keys(states):
+        assert not states[key]["profile"].get("possible_matches"), key
+        assert f"e:{own}" not in states[key].get("links", []) or key == f"e:{own}", key
+
+
+def test_a_possible_match_on_an_erased_persons_record_is_not_kept_by_their_later_activity() -> None:
+    """A block's possible match carries the time of the receiver's record it scored: the person's later
+    activity keeps none made on their record stamped at or before the erasure, and keeps one made on a
+    later record, or on another key's (a profile holds the records of those it took in too)."""
+    from streams.domain.identity import profile_key
+
+    states: dict[str, Any] = {}
+    events = [ev("i1", "identify", 1, email=P1), ev("x2", "erase", 2, email=P1),
+              ev("v3", "product_view", 3, email=P1, product_id="s")]
+    for event in events:
+        _deliver(states, {}, deque([(profile_key(event), event)]))
+    assert states[f"e:{P1}"]["erased_at"] == T0 + 2 * MIN and graph.is_live(states[f"e:{P1}"])
+    possible = {"type": graph.POSSIBLE, "to": f"e:{P1}", "other": f"e:{P0}", "score": 0.7}
+    dispatch(states, {}, f"e:{P1}", {**possible, "records": {f"e:{P1}": T0 + 1 * MIN}}, None, RULES)
+    assert not states[f"e:{P1}"]["profile"]["possible_matches"]
+    dispatch(states, {}, f"e:{P1}", {**possible, "to": "a:a-1", "records": {"a:a-1": T0 + 1 * MIN}}, None, RULES)
+    assert states[f"e:{P1}"]["profile"]["possible_matches"] == [["a:a-1", f"e:{P0}", 0.7]]
+    states[f"e:{P1}"]["profile"]["possible_matches"] = []
+    dispatch(states, {}, f"e:{P1}", {**possible, "records": {f"e:{P1}": T0 + 3 * MIN}}, None, RULES)
+    assert states[f"e:{P1}"]["profile"]["possible_matches"] == [[f"e:{P1}", f"e:{P0}", 0.7]]

@@ -117,7 +117,7 @@ def _sorted_copy(members: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str
 
 def on_block_message(members: Mapping[str, Mapping[str, Any]] | None, key: str, record: Mapping[str, Any],
                      merge_threshold: float = MERGE_THRESHOLD, possible_threshold: float = POSSIBLE_THRESHOLD,
-                     max_block: int = MAX_BLOCK) -> BlockOutcome:
+                     max_block: int = MAX_BLOCK, at: int | None = None) -> BlockOutcome:
     """Store ``key``'s record in the block and score it against every other member (never against itself).
 
     ``members`` is the block's table value (``None`` for a new block). Each pair is reported at most once
@@ -135,6 +135,9 @@ def on_block_message(members: Mapping[str, Mapping[str, Any]] | None, key: str, 
     name in a big postcode, say): nothing is stored or scored and ``skipped`` is set. Pairs scored while
     it was smaller stay reported, so past the cap the result can depend on arrival order (as with
     :class:`~streams.domain.resolution.resolver.Resolver`); the members are found through their other blocks.
+
+    ``at``, the time of the event the record is from, is stored with it (field ``at``; no person field):
+    a match on the record of a person erased since tells that person's key it was made on their data.
     """
     if not 0.0 < possible_threshold <= merge_threshold <= 1.0:
         raise ValueError("need 0 < possible_threshold <= merge_threshold <= 1")
@@ -155,7 +158,7 @@ def on_block_message(members: Mapping[str, Mapping[str, Any]] | None, key: str, 
             continue
         found.append((key, other, s) if key < other else (other, key, s))
     stored = {k: current[k] for k in others}
-    stored[key] = _record_of(person)  # canonical form, whatever shape the message had
+    stored[key] = _record_of(person) | ({} if at is None else {"at": at})  # canonical, whatever the message's shape
     return BlockOutcome(_sorted_copy(stored), sorted(links), sorted(possible))
 
 
