@@ -264,7 +264,7 @@ def passed_on(key: str, state: Redirect, message: dict[str, Any]) -> dict[str, A
     unstamped: it is returned once at most."""
     if "erased_at" not in state and not message.get("returned"):
         return {**message, "hop": key}
-    return {k: v for k, v in message.items() if k != "hop"} if "hop" in message else message
+    return _without(message, "hop")
 
 
 def returned_to(key: str, state: State | None, message: Mapping[str, Any], at: int | None) -> str | None:
@@ -290,14 +290,19 @@ def returned_to(key: str, state: State | None, message: Mapping[str, Any], at: i
 
 def sent_back(message: Mapping[str, Any]) -> dict[str, Any]:
     """``message`` as :func:`returned_to` sends it back."""
-    return {**{k: v for k, v in message.items() if k != "hop"}, "returned": True}
+    return {**_without(message, "hop"), "returned": True}
 
 
 def arrived_as_sent(message: dict[str, Any]) -> dict[str, Any]:
     """``message`` without what redirects added on its way (``hop``, ``returned``)."""
-    if "hop" in message or "returned" in message:
-        return {k: v for k, v in message.items() if k not in ("hop", "returned")}
-    return message
+    return _without(message, "hop", "returned")
+
+
+def _without(message: Mapping[str, Any], *stamps: str) -> dict[str, Any]:
+    """``message`` without the redirects' ``stamps`` (itself when it carries none)."""
+    if any(stamp in message for stamp in stamps):
+        return {k: v for k, v in message.items() if k not in stamps}
+    return message if isinstance(message, dict) else dict(message)
 
 
 def _redirect(root: str, previous: State | None) -> Redirect:
