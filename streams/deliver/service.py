@@ -657,6 +657,11 @@ def _opt_out_address(email: Any) -> Any:
     return email
 
 
+def _breaks_a_line(text: str) -> bool:
+    """Whether ``text`` holds a line break or another control character (Unicode's Cc, Zl, Zp)."""
+    return any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in text)
+
+
 def _check_headers(message: EmailMessage) -> None:
     """Raises ValueError when a header, as the e-mail library reads it, holds a line break or another
     control character (tabs aside).  The library decodes RFC 2047 encoded words in the text it is given,
@@ -664,7 +669,7 @@ def _check_headers(message: EmailMessage) -> None:
     before 3.11.10 (CVE-2024-6923) wrote out as it reads: a ``Bcc:`` header, or a blank line and a body
     of the name's own."""
     for name, value in message.items():
-        if any(c != "\t" and unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in str(value)):
+        if _breaks_a_line(str(value).replace("\t", " ")):  # (a tab folds a header; it breaks no line)
             raise ValueError(f"its {name} header would hold a line break or a control character")
 
 
@@ -734,7 +739,7 @@ def _malformed(trigger: Any) -> str | None:
         except ValueError:
             return "email is not an address"
         # read with its padding stripped, but To: is the email as given: a line break there ends the headers
-        if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in email):
+        if _breaks_a_line(email):
             return "email is not an address"
     # absent, it is sent at ``at``; there but unreadable, it is not sent at once (quiet hours)
     if trigger.get("send_at") is not None and _timestamp_ms(trigger["send_at"]) is None:
