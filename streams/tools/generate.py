@@ -430,14 +430,8 @@ def generate_history(users: int, days: int, seed: int, start: date, repeats: flo
     producer sends it); with ``erasures``, that fraction of people gets an ``erase`` at a random time
     of their history.  Both off: the same history as without them.  ``purchases``: ``sessions`` (the
     default: :data:`GENERATOR_DOC`) or ``btyd`` (:data:`BTYD_DOC`).  :func:`history_lines` gives the
-    same history as JSON lines without holding it in memory."""
-    events = [event for own in _people(users, days, seed, start, purchases) for event in own]
-    events.sort(key=lambda e: (e["_ms"], e["event_id"]))
-    for event in events:
-        del event["_ms"]
-    if repeats or erasures:
-        events = _damaged(events, random.Random(seed + 1), repeats, erasures)
-    return events
+    same history as JSON lines without holding it in memory; this is those lines read back."""
+    return [orjson.loads(line) for line in history_lines(users, days, seed, start, repeats, erasures, purchases)]
 
 
 #: Events :func:`history_lines` holds in memory before it writes a sorted run to a temporary file.
@@ -481,9 +475,11 @@ def _who(event: dict[str, Any]) -> str:
 
 def _damaged_lines(ordered: Iterator[bytes], rng: random.Random, repeats: float, erasures: float, in_memory: int,
                    spill: Path) -> Iterator[bytes]:
-    """:func:`_damaged` of sorted lines, in three passes over a copy on disk: the repeats drawn and each
-    person's events counted; the erased people and their events drawn; the lines and the erasures
-    sorted by their times (as ``_damaged`` sorts them: whole seconds where a time is ISO text)."""
+    """Repeats (right after their original) and erasures of whole people (an ``erase`` at the time of
+    one of their events, drawn) added to sorted lines, in three passes over a copy on disk: the repeats
+    drawn and each person's events counted; the erased people and their events drawn; the lines and
+    the erasures sorted by their times (whole seconds where a time is ISO text; the erasures after the
+    events of their second)."""
     copy = spill / "ordered.jsonl"
     again = bytearray()  # one flag per event: it comes twice
     by_person: dict[str, list[Any]] = {}  # who -> [events, the first one's user_id]
@@ -566,27 +562,6 @@ def _read_run(path: Path) -> Iterator[tuple[Any, bytes]]:
             except EOFError:
                 return
             yield from block
-
-
-def _damaged(events: list[dict[str, Any]], rng: random.Random, repeats: float,
-             erasures: float) -> list[dict[str, Any]]:
-    """Repeats right after their original, and erasures of whole people, kept in time order."""
-    out: list[dict[str, Any]] = []
-    for event in events:
-        out.append(event)
-        if rng.random() < repeats:
-            out.append(dict(event))
-    if erasures:
-        by_person: dict[str, list[dict[str, Any]]] = {}
-        for event in events:
-            by_person.setdefault(_who(event), []).append(event)
-        for n, (_, own) in enumerate(sorted(by_person.items())):
-            if rng.random() >= erasures or not own[0].get("user_id"):
-                continue
-            at = rng.choice(own)["timestamp"]
-            out.append({"event_id": f"erase-{n}", "type": "erase", "timestamp": at, "user_id": own[0]["user_id"]})
-        out.sort(key=lambda e: parse_timestamp(e["timestamp"]))
-    return out
 
 
 def live_events(seed: int, now_ms: Callable[[], int], users: int = 200) -> Iterator[dict[str, Any]]:
