@@ -54,6 +54,10 @@ MAX_AMOUNT = 1e12
 #: count belongs are wrong types (contract: dead-lettered), not read as 12.5, 1.0 or 2.
 #: ``-0.0`` (which ``ge=0`` lets through) is read as ``0.0``: an amount carries no sign of zero into outputs.
 Amount = Annotated[float, Strict(), Field(ge=0, le=MAX_AMOUNT, allow_inf_nan=False), AfterValidator(lambda v: v or 0.0)]
+#: A purchase line's price, which a discount or coupon line gives as negative (the contract bounds
+#: only the total and a cart's price); within the same bound either way.
+LinePrice = Annotated[float, Strict(), Field(ge=-MAX_AMOUNT, le=MAX_AMOUNT, allow_inf_nan=False),
+                      AfterValidator(lambda v: v or 0.0)]
 Count = Annotated[int, Strict(), Field(ge=1, le=100_000)]
 #: Limits of the one free-form part of an event, the traits it does not know: nesting depth, values
 #: (every container and leaf of all of them together) and the length of each text and key.
@@ -217,11 +221,12 @@ class CartEvent(_Identified):
 
 class LineItem(_Model):
     #: A line may name no product (shipping, a fee): the contract marks no item field required, and
-    #: the order and its total count all the same (such a line is no product bought).
+    #: the order and its total count all the same (such a line is no product bought).  A discount
+    #: line's price is negative.
     product_id: Text | None = None
     category: Text | None = None
     quantity: Count = 1
-    price: Amount | None = None
+    price: LinePrice | None = None
 
 
 class PurchaseEvent(_Identified):

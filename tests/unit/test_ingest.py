@@ -315,3 +315,17 @@ def test_an_unpaired_surrogate_escape_is_read_as_the_replacement_character(text:
     assert ok(b'{"event_id": "e-1", "type": "search", "timestamp": 1772359260000, "user_id": "u-1", '
               b'"query": "' + text + b'"}')["query"] == read
     assert bad(b'{"event_id": "e-1", "type": "search", "query": "\\ud83d", "timestamp": }').code == "not_json"
+
+
+@pytest.mark.parametrize("price", [-5.0, -0.01, -1e12])
+def test_a_purchase_with_a_discount_line_counts(price: float) -> None:
+    """A discount or coupon line carries a negative price (contract 3 bounds only the total and a cart's
+    price): the order counts with its lines as given (the whole purchase was dead-lettered ``schema``);
+    a line's price stays a finite number within the amount bound, and a cart's price stays >= 0."""
+    ev = ok({**BASE, "type": "purchase", "order_id": "o-1", "total": 15.0,
+             "items": [{"product_id": "sku-1", "price": 20.0}, {"category": "coupon", "price": price}]})
+    assert ev["total"] == 15.0 and ev["items"][1]["price"] == price
+    for wrong in (-1.1e12, "-5"):
+        assert bad({**BASE, "type": "purchase", "order_id": "o-1", "total": 15.0,
+                    "items": [{"product_id": "sku-1", "price": wrong}]}).code == "schema"
+    assert bad({**BASE, "type": "cart_add", "product_id": "p", "price": price}).code == "schema"
