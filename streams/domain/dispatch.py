@@ -23,7 +23,7 @@ from streams.domain.merge import merge_states
 from streams.domain.profile import absorb_mark, bound_merged, newest_marks, snapshot, trim_currencies, trim_traits
 from streams.domain.resolution.blocks import block_keys, drop_member, on_block_message, person_record
 from streams.domain.rules import score_timer
-from streams.domain.state import LiveState, State
+from streams.domain.state import LiveState, State, is_marker
 from streams.domain.timeline import Received, RuleSet, advance, later_activity, receive
 
 
@@ -78,6 +78,8 @@ def dispatch(states: MutableMapping[str, State | None], blocks: MutableMapping[s
         effects = _on_possible(states, key, state, message, rules)
     elif kind == possible_matches.ALIAS:
         effects = _on_alias(states, key, state, message, rules.limits.match_aliases)
+    elif kind == possible_matches.UNMATCH:
+        effects = _on_unmatch(states, key, state, message)
     elif kind == graph.FORGET:
         effects = _on_forget(states, key, state, message, rules)
     elif isinstance(kind, str) and kind.startswith("_"):
@@ -179,8 +181,10 @@ def _erased(states: MutableMapping[str, State | None], key: str, state: State | 
             effects.tombstones.append((state["profile"]["profile_id"], "erased"))
         # what is on its way for them, made up to the erase or anything folded since (a late erase)
         effects.withdrawn += graph.withdrawals(key, state, "erased", marker["erased_at"])
-        # the person's person records leave their blocks; their other identifiers forget them
+        # the person's person records leave their blocks, their possible matches the other people's
+        # profiles; their other identifiers forget them
         effects.send += _block_drops(state.get("blocks", []))
+        effects.send += possible_matches.withdrawals(state["profile"]["possible_matches"], key)
         # askers whose asks it approved are the person's: the yes goes again with the erasure time, so
         # the asker is erased as of it when it comes, also after the first yes was overtaken
         for asker in state.get("claimed", {}):
@@ -262,6 +266,7 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
         # erasure, their later activity, which stay (at a redirect: go on to its root).
         effects.withdrawn += graph.withdrawals(message["from"], absorbed, "erased", erased_at)
         effects.send += _block_drops(absorbed.get("blocks", []))
+        effects.send += possible_matches.withdrawals(absorbed["profile"]["possible_matches"], message["from"])
         later = later_activity(absorbed, message["from"], erased_at, rules)
         if later is None:
             return effects
@@ -402,11 +407,14 @@ def _on_possible(states: MutableMapping[str, State | None], key: str, state: Sta
     """A scored pair (:mod:`streams.domain.possible_matches`); tells the other side this person's root when
     the pair was scored under another of their keys.  (A holding profile, with nobody in it yet, takes
     none: as an empty key did.)"""
+    mine, other, score = message.get("to", key), message.get("other"), message.get("score")
+    if is_marker(state) or (graph.holds_someone(state) and graph.made_on_erased_data(key, state, message)):
+        # made on the erased person's record (its block held it until the erase's drop came): the
+        # other side takes it out too
+        return Effects(send=[(other, {"type": possible_matches.UNMATCH, "keys": sorted({mine, key})})]
+                       if is_identity_key(mine) and is_identity_key(other) else [])
     if not graph.holds_someone(state):
         return _not_at_a_profile(state, message)
-    if graph.made_on_erased_data(key, state, message):
-        return Effects()
-    mine, other, score = message.get("to", key), message.get("other"), message.get("score")
     if not (is_identity_key(mine) and is_identity_key(other) and isinstance(score, int | float)
             and not isinstance(score, bool) and 0 <= score <= 1):
         return Effects()  # not one of ours: stored, it would fail this profile's later steps
@@ -441,6 +449,20 @@ def _on_alias(states: MutableMapping[str, State | None], key: str, state: State 
         return Effects(aliases_dropped=dropped)
     states[key] = state
     return Effects(republish=True, aliases_dropped=dropped)
+
+
+def _on_unmatch(states: MutableMapping[str, State | None], key: str, state: State | None,
+                message: dict[str, Any]) -> Effects:
+    """The other side of some possible matches was erased: they go, and the profile is published again."""
+    if not graph.holds_someone(state):
+        return _not_at_a_profile(state, message)
+    keys = message.get("keys")
+    if not (isinstance(keys, list) and all(is_identity_key(other) for other in keys)):
+        return Effects()  # not one of ours
+    if not possible_matches.withdraw(state["profile"]["possible_matches"], state.get("match_aliases", {}), keys):
+        return Effects()
+    states[key] = state
+    return Effects(republish=True)
 
 
 def _on_block(blocks: MutableMapping[str, Any], key: str, message: dict[str, Any]) -> Effects:

@@ -29,6 +29,8 @@ from streams.domain.identity import profile_id_for, rank
 
 #: Message type: "the key ``old`` is now part of the profile at ``new``".
 ALIAS = "_alias"
+#: Message type: "the person at ``keys`` was erased: take out every match naming them".
+UNMATCH = "_unmatch"
 
 Entry = list[Any]  # [mine, other, score]
 #: Most entries a profile keeps by default (the best by score; ``limits.possible_matches``); a drop is counted
@@ -117,6 +119,34 @@ def aliases_to_send(entries: Iterable[Any], own_key: str) -> Iterator[tuple[str,
     for entry in entries:  # one per (mine, other): one message each
         if _legacy(entry) is None and entry[0] != own_key:
             yield entry[1], {"type": ALIAS, "old": entry[0], "new": own_key}
+
+
+def withdrawals(entries: Iterable[Any], own_key: str) -> list[tuple[str, dict[str, Any]]]:
+    """``(target key, _unmatch message)`` for each other person an erased profile's entries name: the
+    keys this side was scored under, so the other side drops the pairs (and aliases) naming them."""
+    scored_as: dict[str, set[str]] = {}
+    for entry in entries:
+        if _legacy(entry) is None:
+            scored_as.setdefault(entry[1], {own_key}).add(entry[0])
+    return [(other, {"type": UNMATCH, "keys": sorted(keys)}) for other, keys in sorted(scored_as.items())]
+
+
+def withdraw(entries: list[Any], aliases: dict[str, str], keys: Iterable[str]) -> bool:
+    """Takes out the entries whose other side is one of ``keys`` (an erased person's), by the key it was
+    scored under or the one an alias leads to, and the aliases of those keys; whether anything changed.
+    (An entry written before entries named keys goes when it names one of the keys' profile ids.)"""
+    gone = set(keys)
+    pids = {profile_id_for(key) for key in gone}
+    kept = [entry for entry in entries
+            if not ((legacy[0] in pids) if (legacy := _legacy(entry)) is not None
+                    else (entry[1] in gone or resolve(aliases, entry[1]) in gone))]
+    stale = [old for old, new in aliases.items() if old in gone or new in gone]
+    for old in stale:
+        del aliases[old]
+    if len(kept) == len(entries):
+        return bool(stale)
+    entries[:] = kept
+    return True
 
 
 def trim_aliases(aliases: dict[str, str], entries: Iterable[Any], most: int) -> int:

@@ -1106,3 +1106,42 @@ def test_a_possible_match_on_an_erased_persons_record_is_not_kept_by_their_later
     states[f"e:{P1}"]["profile"]["possible_matches"] = []
     dispatch(states, {}, f"e:{P1}", {**possible, "records": {f"e:{P1}": T0 + 3 * MIN}}, None, RULES)
     assert states[f"e:{P1}"]["profile"]["possible_matches"] == [[f"e:{P1}", f"e:{P0}", 0.7]]
+
+
+_HOUSEHOLD = {"last_name": "Smith", "street": "12 Baker Street", "city": "London", "postcode": "NW1 6XE"}
+
+
+@pytest.mark.parametrize("seed", [None, *range(6)])
+def test_an_erased_persons_possible_match_leaves_the_other_persons_profile(seed: int | None) -> None:
+    """Mary and Peter share a surname and an address: each profile names the other as a possible
+    match.  Peter is erased (contract: no later output mentions him): Mary's profile is published
+    again without him, in any order the messages arrive in.  Before, it named Peter's profile id for
+    good."""
+    events = [ev("h-1", "identify", 0, email="mary@example.com", traits={"first_name": "Mary", **_HOUSEHOLD}),
+              ev("h-2", "identify", 5, email="peter@example.com", traits={"first_name": "Peter", **_HOUSEHOLD}),
+              ev("v-3", "product_view", 30, email="peter@example.com", product_id="sku-1"),
+              ev("x-4", "erase", 60, email="peter@example.com")]
+    before = run_locally(events[:3], UNTIL, RULES)
+    peter = profile_id_for("e:peter@example.com")
+    assert any(m["profile_id"] == peter for p in before.profiles.values() for m in p["possible_matches"])
+    pipeline = LocalPipeline(RULES, shuffle=None if seed is None else random.Random(seed))
+    for event in events:
+        pipeline.feed([event])
+    run = pipeline.advance(UNTIL)
+    [mary] = run.profiles.values()
+    assert mary["identifiers"]["emails"] == ["mary@example.com"] and mary["possible_matches"] == []
+    assert peter not in orjson.dumps(run.states).decode()
+
+
+def test_a_possible_match_that_reaches_an_erasure_marker_is_withdrawn_from_the_other_side() -> None:
+    """A block scored the erased person's record after the erase (its drop still on the way): the
+    marker takes no match, and tells the other side to take it out too."""
+    from streams.domain.identity import profile_key
+
+    states: dict[str, Any] = {}
+    for event in (ev("i1", "identify", 1, email=P1), ev("x2", "erase", 2, email=P1)):
+        _deliver(states, {}, deque([(profile_key(event), event)]))
+    assert graph.is_marker(states[f"e:{P1}"])
+    effects = dispatch(states, {}, f"e:{P1}", {"type": graph.POSSIBLE, "to": f"e:{P1}", "other": f"e:{P0}",
+                                               "score": 0.7, "records": {f"e:{P1}": T0 + 1 * MIN}}, None, RULES)
+    assert effects.send == [(f"e:{P0}", {"type": "_unmatch", "keys": [f"e:{P1}"]})]

@@ -84,3 +84,16 @@ def test_aliases_past_their_bound_drop_those_no_entry_follows_first_then_by_key(
         assert aliases == {**chain, "a:z0": "u:other", "a:z1": "u:other"}
         assert pm.trim_aliases(aliases, entries, 1) == 3 and aliases == {"e:peter@x": "u:peter"}  # by key
         assert pm.trim_aliases(aliases, entries, 1) == 0
+
+
+def test_withdraw_takes_out_the_pairs_naming_the_erased_keys_directly_or_through_a_rename() -> None:
+    """``_unmatch``: an erased person's keys leave every pair that names them (as scored, or renamed
+    since), their renames, and a legacy entry of their profile id; the other pairs stay."""
+    entries: list[Any] = [["e:m", "a:p", 0.6], ["e:m", "e:q", 0.7], ["e:m", "u:z", 0.5],
+                          {"profile_id": profile_id_for("e:p"), "score": 0.55}]
+    aliases = {"a:p": "e:p", "e:q": "u:q"}
+    assert pm.withdraw(entries, aliases, ["e:p"])
+    assert entries == [["e:m", "e:q", 0.7], ["e:m", "u:z", 0.5]] and aliases == {"e:q": "u:q"}
+    assert not pm.withdraw(entries, aliases, ["e:p"])  # (again: nothing left to take out)
+    assert pm.withdrawals([["e:p", "e:m", 0.6], ["a:p", "e:m", 0.6], ["e:p", "u:z", 0.5]], "e:p") == [
+        ("e:m", {"type": pm.UNMATCH, "keys": ["a:p", "e:p"]}), ("u:z", {"type": pm.UNMATCH, "keys": ["e:p"]})]
