@@ -638,8 +638,9 @@ def shrink(state: LiveState, limits: Limits, dropped: Dropped) -> bool:
     """One round of making a live state smaller than its bounds allow, for a state whose encoding
     would be too large to store (each entry a bound holds may be long: 512-character event ids in
     every cart move and seen id).  Of the seen ids, the cart lines' moves, the event types' history,
-    the possible matches and the traits, each that takes at least an eighth of their total size is
-    halved: the oldest go (the lowest scores, the largest trait values; when the cart is the largest
+    the possible matches, their aliases and the traits, each that takes at least an eighth of their
+    total size is halved: the oldest go (the lowest scores, the aliases no kept match uses, the
+    largest trait values; when the cart is the largest
     part and its moves cannot be combined any more, half of its lines, emptied ones first, then the
     least recently moved), each drop counted as its bound's drops are.
     False when nothing was left to make smaller."""
@@ -648,6 +649,7 @@ def shrink(state: LiveState, limits: Limits, dropped: Dropped) -> bool:
     sizes = {"seen": approx_size(state["seen"]), "cart_moves": approx_size(profile["cart"]),
              "history": approx_size(rules["history"] if rules else {}),
              "possible_matches": approx_size(profile.get("possible_matches") or []),
+             "match_aliases": approx_size(state.get("match_aliases") or {}),
              "traits": approx_size(profile["traits"])}
     big = {name for name, size in sizes.items() if size * 8 >= sum(sizes.values())}
     seen = state["seen"]
@@ -671,6 +673,9 @@ def shrink(state: LiveState, limits: Limits, dropped: Dropped) -> bool:
     matches = profile.get("possible_matches") or []
     if "possible_matches" in big and len(matches) > 1:
         _drop(dropped, "possible_matches", possible_matches.trim(matches, len(matches) // 2))
+    aliases = state.get("match_aliases")
+    if "match_aliases" in big and aliases:  # (after the matches: the aliases of those dropped go first)
+        _drop(dropped, "match_aliases", possible_matches.trim_aliases(aliases, matches, len(aliases) // 2))
     traits = profile["traits"]
     if "traits" in big and len(traits) > 1:
         budget = sum(approx_size(value) + len(key) + 4 for key, value in traits.items()) // 2

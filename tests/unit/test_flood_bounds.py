@@ -188,3 +188,37 @@ def test_one_person_fed_far_past_every_bound_at_once_stays_bounded_and_counts_ev
     assert agg["total_spend"] == 2 * MOST_PURCHASES * MAX_AMOUNT
     published = [orjson.loads(value) for _, value in hop.outputs.get("profiles", []) if value is not None]
     assert published and all(finite(snapshot) for snapshot in published)
+
+
+def test_a_state_made_too_big_by_match_aliases_is_shrunk_not_dead_lettered(monkeypatch: Any) -> None:
+    """Aliases of possible matches are bounded by count (``limits.match_aliases``), but each holds two
+    keys of up to 514 characters: 400 of them are ~420 KB, and a raised bound passes the value limit
+    (here the limit is a fifth of the real 900 KB, so the default bound does).  The state is made
+    smaller (the aliases no match uses first, counted as ``match_aliases``), not dead-lettered with
+    every later event of the person."""
+    from streams import record_step
+
+    monkeypatch.setattr(record_step, "MAX_VALUE_BYTES", MAX_VALUE_BYTES // 5)
+    monkeypatch.setattr(record_step, "SOFT_STATE_BYTES", record_step.SOFT_STATE_BYTES // 5)
+    hop = Hop()
+    dropped: Counter[str] = Counter()
+    totals: Counter[str] = Counter()
+    raw = [{"event_id": "v", "type": "page_view", "timestamp": T0, "user_id": "p"}]
+    for partition, record in internal_records(raw, random.Random(0), clocks=False):
+        hop.log[partition].append(record)
+    _step_all(hop, dropped, totals)
+
+    def key(name: str) -> str:
+        return "u:" + name.ljust(512, "x")
+
+    aliases = [{"type": possible_matches.ALIAS, "old": key(f"other{i:04d}"), "new": key(f"moved{i:04d}")}
+               for i in range(LIMITS.match_aliases)]
+    for start in range(0, len(aliases), 20):
+        partition, record = _internal("u:p", aliases[start:start + 20])
+        hop.log[partition].append(record)
+    _step_all(hop, dropped, totals)
+
+    stored = hop.tables[partition_for("u:p", PARTITIONS)]["states"][b"u:p"]
+    assert len(stored) <= record_step.SOFT_STATE_BYTES and totals["shrunk"] > 0
+    kept = len(orjson.loads(stored).get("match_aliases", {}))
+    assert dropped["match_aliases"] == LIMITS.match_aliases - kept > 0
