@@ -204,6 +204,14 @@ DEFAULT_BLOCKED_VALUES: tuple[str, ...] = (
 )
 
 
+#: The most identifiers of all kinds together ``identity.max_per_profile`` may let one profile hold.
+#: Identifiers are never dropped, and each (up to 512 characters) is kept twice in the state (its
+#: identifiers and its links): ~1 KB each, so these stay well under the value limit with the rest of
+#: the state (1,000 anonymous ids made a state that could not be stored, and every later event of
+#: that person was dead-lettered).
+MOST_IDENTIFIERS = 250
+
+
 class MaxPerProfile(_Strict):
     """Most identifiers of each kind one profile may hold (contract 3, v1.1): a link past a limit does
     not merge; it becomes a possible match and is counted (``mailpulse_identity_limited_total``)."""
@@ -212,6 +220,14 @@ class MaxPerProfile(_Strict):
     emails: int = Field(default=10, ge=1)
     phones: int = Field(default=5, ge=1)
     anonymous_ids: int = Field(default=100, ge=1)
+
+    @model_validator(mode="after")
+    def _storable(self) -> MaxPerProfile:
+        total = self.user_ids + self.emails + self.phones + self.anonymous_ids
+        if total > MOST_IDENTIFIERS:
+            raise ValueError(f"{total} identifiers in all, past the {MOST_IDENTIFIERS} "
+                             "a profile can hold and still be stored")
+        return self
 
 
 class Identity(_Strict):

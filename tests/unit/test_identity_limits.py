@@ -213,3 +213,28 @@ def test_an_asker_the_root_already_links_is_claimed_with_the_keys_it_brings() ->
     run = run_locally(events, UNTIL, rules)
     _within_limits(run.profiles, rules.identity_limits)
     assert "emails" in run.limited
+
+
+def test_identity_limits_that_would_make_a_profile_too_big_to_store_are_refused() -> None:
+    """Identifiers are never dropped: a profile keeps each (up to 512 characters) in its identifiers
+    and its links, ~1 KB each.  ``anonymous_ids: 1000`` let a person with long anonymous ids grow past
+    the value limit, and every later event of theirs was dead-lettered (``processing_error``); such
+    limits are refused at start, and a person at the largest accepted ones is stored."""
+    from pydantic import ValidationError
+
+    from schemas.timeparse import parse_timestamp
+    from streams.domain.config import MOST_IDENTIFIERS
+    from streams.record_step import SOFT_STATE_BYTES, StepContext
+    from tests.unit.test_record_step import CTX, PARTITIONS, one_person_in_one_step
+
+    with pytest.raises(ValidationError, match="1020 identifiers in all"):
+        PipelineConfig.model_validate({"identity": {"max_per_profile": {"anonymous_ids": 1000}}})
+    most = {"user_ids": 5, "emails": 10, "phones": 5, "anonymous_ids": MOST_IDENTIFIERS - 20}
+    rules = RuleSet.build(PipelineConfig.model_validate({"identity": {"max_per_profile": most}}), 7 * 86_400_000, None)
+    ctx = StepContext(rules=rules, expected_clocks=CTX.expected_clocks, wall_delay_ms=None, partitions=PARTITIONS,
+                      events_topic=CTX.events_topic)
+    t0 = parse_timestamp("2026-03-01T10:00:00Z")
+    raw = [{"event_id": f"v{n}", "type": "page_view", "timestamp": t0 + n * 1000, "user_id": "u" * 512,
+            "anonymous_id": f"{n:05d}".ljust(512, "a")} for n in range(most["anonymous_ids"])]
+    _, value = one_person_in_one_step(raw, ctx)
+    assert len(value) < SOFT_STATE_BYTES
