@@ -260,7 +260,8 @@ class Limits(_Strict):
 
     traits: int = Field(default=DEFAULT_LIMITS.traits, ge=1)
     trait_bytes: int = Field(default=DEFAULT_LIMITS.trait_bytes, ge=1024, le=512 * 1024)
-    consent: int = Field(default=DEFAULT_LIMITS.consent, ge=1)
+    # (consent, blocks, currencies: not made smaller in a state too big to store; these fit with the rest)
+    consent: int = Field(default=DEFAULT_LIMITS.consent, ge=1, le=256)
     context: int = Field(default=DEFAULT_LIMITS.context, ge=1)
     cart_lines: int = Field(default=DEFAULT_LIMITS.cart_lines, ge=1)
     cart_moves: int = Field(default=DEFAULT_LIMITS.cart_moves, ge=2)
@@ -269,8 +270,8 @@ class Limits(_Strict):
     parked_events: int = Field(default=DEFAULT_LIMITS.parked_events, ge=1)
     history_per_type: int = Field(default=DEFAULT_LIMITS.history_per_type, ge=1)
     possible_matches: int = Field(default=DEFAULT_LIMITS.possible_matches, ge=1)
-    blocks: int = Field(default=DEFAULT_LIMITS.blocks, ge=10)  # an identify registers up to 10
-    currencies: int = Field(default=DEFAULT_LIMITS.currencies, ge=1)
+    blocks: int = Field(default=DEFAULT_LIMITS.blocks, ge=10, le=256)  # an identify registers up to 10
+    currencies: int = Field(default=DEFAULT_LIMITS.currencies, ge=1, le=1000)
     match_aliases: int = Field(default=DEFAULT_LIMITS.match_aliases, ge=1)
 
 

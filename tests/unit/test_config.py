@@ -405,3 +405,18 @@ def test_a_value_its_tag_cannot_read_is_a_one_line_yaml_error(tmp_path: Path, te
     with pytest.raises(ConfigError) as err:
         load_config(write(tmp_path, text))
     assert str(err.value) == f"{tmp_path / 'config.yaml'}: {message}"
+
+
+@pytest.mark.parametrize(("name", "most"), [("consent", 256), ("blocks", 256), ("currencies", 1000)])
+def test_a_bound_no_too_big_state_can_be_made_smaller_in_is_refused_past_what_fits(name: str, most: int) -> None:
+    """Consent channels, block registrations and currencies are not made smaller when a state is too big
+    to store (``profile.shrink``): a bound raised far enough (``consent: 100000``: 32 long channels per
+    identify) grew a person's state past the value limit, and every later event of theirs was
+    dead-lettered.  Such a bound is refused at start."""
+    from pydantic import ValidationError
+
+    from streams.domain.config import PipelineConfig
+
+    assert PipelineConfig.model_validate({"limits": {name: most}}).limits.model_dump()[name] == most
+    with pytest.raises(ValidationError, match=f"limits.{name}|{name}"):
+        PipelineConfig.model_validate({"limits": {name: most + 1}})
