@@ -232,12 +232,30 @@ def _apply_newest(
 LARGE_TRAIT_BYTES = 512
 
 
+#: Bytes of a character as JSON writes it, where that is not one: the short escapes, and ``\\u00XX``.
+_ESCAPED = {**{chr(code): 6 for code in range(0x20)}, "\b": 2, "\t": 2, "\n": 2, "\f": 2, "\r": 2,
+            '"': 2, "\\": 2}
+
+
+def text_size(value: str) -> int:
+    """The bytes of ``value`` as a JSON string, quotes included: UTF-8, with the escapes (a control
+    character is six bytes, an emoji four: counted as one each, traits of them were kept at up to
+    six times ``limits.trait_bytes``)."""
+    if value.isascii() and value.isprintable():  # (the common case: one byte a character)
+        return len(value) + 2 + value.count('"') + value.count("\\")
+    size = 2
+    for char in value:
+        code = ord(char)
+        size += _ESCAPED.get(char, 1) if code < 0x80 else 2 if code < 0x800 else 3 if code < 0x10000 else 4
+    return size
+
+
 def approx_size(value: Any) -> int:
     """About the bytes of ``value`` as JSON, without encoding it (the domain encodes nothing)."""
     if isinstance(value, str):
-        return len(value) + 2
+        return text_size(value)
     if isinstance(value, dict):
-        return 2 + sum(len(key) + 4 + approx_size(item) for key, item in value.items())
+        return 2 + sum(text_size(key) + 2 + approx_size(item) for key, item in value.items())
     if isinstance(value, list):
         return 2 + sum(approx_size(item) + 1 for item in value)
     return 8
@@ -247,7 +265,7 @@ def trim_traits(values: dict[str, Any], times: dict[str, list[Any]], dropped: Dr
                 limits: Limits = DEFAULT_LIMITS) -> None:
     """Past ``limits.trait_bytes``, the largest values are dropped (each counted; equal sizes: the oldest
     first) until the traits fit.  Depends on the values only, so a merge trims as a fold does."""
-    sizes = {key: approx_size(value) + len(key) + 4 for key, value in values.items()}
+    sizes = {key: approx_size(value) + text_size(key) + 2 for key, value in values.items()}
     total = sum(sizes.values())
     if total <= limits.trait_bytes:
         return
@@ -678,7 +696,7 @@ def shrink(state: LiveState, limits: Limits, dropped: Dropped) -> bool:
         _drop(dropped, "match_aliases", possible_matches.trim_aliases(aliases, matches, len(aliases) // 2))
     traits = profile["traits"]
     if "traits" in big and len(traits) > 1:
-        budget = sum(approx_size(value) + len(key) + 4 for key, value in traits.items()) // 2
+        budget = sum(approx_size(value) + text_size(key) + 2 for key, value in traits.items()) // 2
         trim_traits(traits, profile["trait_times"], dropped, dataclasses.replace(limits, trait_bytes=budget))
     return sum(dropped.values()) > before
 

@@ -442,3 +442,17 @@ def test_a_profile_that_takes_in_many_others_keeps_its_seen_ids_and_marks_within
         assert len(states["u:a"]["seen"]) <= 64
     assert len(states["u:a"]["absorbed"]) == ABSORBS_KEPT
     assert states["u:a"]["profile"]["aggregates"]["event_counts"] == {"page_view": 1 + 50 * (ABSORBS_KEPT + 4)}
+
+
+@pytest.mark.parametrize("char", ["\x01", "\"", "\U0001f600", "é"])
+def test_the_trait_byte_bound_holds_for_text_that_takes_more_bytes_as_json_than_characters(char: str) -> None:
+    """``limits.trait_bytes`` bounds the traits as JSON: a control character is written as six bytes
+    (``\\u0001``), a quote as two, an emoji as four.  Counted as one character each, traits of such
+    text were kept at six times the bound (384 KB stored, and published with every change of the
+    profile)."""
+    from streams.domain.profile import DEFAULT_LIMITS, fold_event, new_state
+
+    profile = new_state("u:u-1", T0)["profile"]
+    for n in range(40):
+        fold_event(profile, ev(f"t{n}", "identify", T0 + n, traits={f"k{n}": [char * 4000] * 2}))
+    assert len(orjson.dumps(profile["traits"])) <= DEFAULT_LIMITS.trait_bytes
