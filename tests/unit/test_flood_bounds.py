@@ -222,3 +222,44 @@ def test_a_state_made_too_big_by_match_aliases_is_shrunk_not_dead_lettered(monke
     assert len(stored) <= record_step.SOFT_STATE_BYTES and totals["shrunk"] > 0
     kept = len(orjson.loads(stored).get("match_aliases", {}))
     assert dropped["match_aliases"] == LIMITS.match_aliases - kept > 0
+
+
+def test_a_big_state_that_leaves_with_a_record_of_its_own_large_events_is_made_smaller_not_dead_lettered() -> None:
+    """A stored state keeps room for the absorb that carries it with one more event, but the record that
+    brings its person's join can bring more of their events (each parked in the state): a 670 KB state
+    and four identifies of 60 KB made an absorb past the value limit, and the join and the four events
+    were dead-lettered.  The absorb's state is made smaller as a stored one is (counted), and sent."""
+    hop = Hop()
+    dropped: Counter[str] = Counter()
+    totals: Counter[str] = Counter()
+    raw = [{"event_id": f"c{i}".ljust(128, "x"), "type": "cart_add", "timestamp": T0 + i, "user_id": "p",
+            "product_id": f"{i:03d}".ljust(512, "s"), "category": "c" * 512, "cart_id": "k" * 512, "price": 1.0}
+           for i in range(LIMITS.cart_lines)]
+    for partition, record in internal_records(raw, random.Random(0), clocks=False):
+        hop.log[partition].append(record)
+    _step_all(hop, dropped, totals)
+
+    def key(name: str) -> str:
+        return "u:" + name.ljust(512, "x")
+
+    aliases = [{"type": possible_matches.ALIAS, "old": key(f"o{i:04d}"), "new": key(f"m{i:04d}")}
+               for i in range(LIMITS.match_aliases)]
+    for start in range(0, len(aliases), 20):
+        partition, record = _internal("u:p", aliases[start:start + 20])
+        hop.log[partition].append(record)
+    _step_all(hop, dropped, totals)
+    home = partition_for("u:p", PARTITIONS)
+    assert len(hop.tables[home]["states"][b"u:p"]) > 600_000 and not totals["shrunk"]
+
+    big = [{"event_id": f"i{i}".ljust(128, "x"), "type": "identify", "timestamp": T0 + 1000 + i, "user_id": "p",
+            "traits": {f"t{i}_{k}": "z" * 4000 for k in range(15)}} for i in range(4)]
+    entries = {orjson.dumps(entry): entry for _, record in internal_records(big, random.Random(0), clocks=False)
+               for entry in orjson.loads(record)}  # (without the repeats the ingest forwards)
+    join = {"type": "_link", "root": "u:a", "kind": "exact", "ok": True, "keys": ["u:a", "u:p"], "at": T0 + 2000}
+    hop.log[home].append(orjson.dumps([*entries.values(), ["u:p", join]]))
+    _step_all(hop, dropped, totals)
+
+    assert not hop.outputs.get("dead-letter") and totals["shrunk"] > 0 and dropped["match_aliases"] > 0
+    assert orjson.loads(hop.tables[home]["states"][b"u:p"]) == {"merged_into": "u:a"}
+    joined = orjson.loads(hop.tables[partition_for("u:a", PARTITIONS)]["states"][b"u:a"])
+    assert joined["profile"]["aggregates"]["event_counts"].get("identify", 0) + len(joined.get("pending", [])) == 4
