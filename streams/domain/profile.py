@@ -575,7 +575,7 @@ def remember(state: LiveState, event: Event, retention_ms: int, dropped: Dropped
     topic, which is stamped at or after the watermark and must not be taken for a forgotten repeat.
 
     Past ``limits.seen_ids`` ids (or ``limits.seen_id_bytes`` characters: 2,000 UUIDs are 72,000, but
-    2,000 ids of the 512 characters an id may have would be a 1 MB state) the oldest are forgotten,
+    2,000 ids of the 128 characters an id may have are 256 KB of a state) the oldest are forgotten,
     counted as ``seen`` in ``mailpulse_profile_entries_dropped_total``, and the forgotten window's
     horizon moves up to them, so a replay of one of them still counts as a repeat.  A person's real
     traffic keeps tens to hundreds within the retention; a bot or a replay loop under one id would
@@ -606,7 +606,7 @@ def _move_seen_from(state: LiveState, horizon: int) -> None:
 
 def _seen_kept(seen: Mapping[str, int], limits: Limits, slack: int) -> int:
     """How many of the seen ids stay: all of them within ``limits.seen_ids`` and ``limits.seen_id_bytes``
-    (long ids: up to 512 characters each are valid), else ``slack`` fewer than the bound they pass."""
+    (long ids: up to 128 characters each are valid), else ``slack`` fewer than the bound they pass."""
     keep = limits.seen_ids - slack if len(seen) > limits.seen_ids else len(seen)
     id_bytes = sum(map(len, seen))
     if id_bytes > limits.seen_id_bytes:
@@ -654,11 +654,11 @@ def _trim_seen(seen: dict[str, int], keep: int, dropped: Dropped | None) -> int:
 
 def shrink(state: LiveState, limits: Limits, dropped: Dropped) -> bool:
     """One round of making a live state smaller than its bounds allow, for a state whose encoding
-    would be too large to store (each entry a bound holds may be long: 512-character event ids in
-    every cart move and seen id).  Of the seen ids, the cart lines' moves, the event types' history,
-    the possible matches, their aliases and the traits, each that takes at least an eighth of their
-    total size is halved: the oldest go (the lowest scores, the aliases no kept match uses, the
-    largest trait values; when the cart is the largest
+    would be too large to store (each entry a bound holds may be long: 128-character event ids in
+    every cart move and seen id, 512-character product ids and fields).  Of the seen ids, the cart
+    lines' moves, the event types' history, the possible matches, their aliases and the traits, each
+    that takes at least an eighth of their total size is halved: the oldest go (the lowest scores, the
+    aliases no kept match uses, the largest trait values; when the cart is the largest
     part and its moves cannot be combined any more, half of its lines, emptied ones first, then the
     least recently moved), each drop counted as its bound's drops are.
     False when nothing was left to make smaller."""
@@ -679,7 +679,7 @@ def shrink(state: LiveState, limits: Limits, dropped: Dropped) -> bool:
             _combine_moves(line, len(line["moves"]) // 2, dropped)
         if dropped.get("cart_moves", 0) == combined and len(profile["cart"]) > 1 and \
                 sizes["cart_moves"] == max(sizes.values()):
-            # the largest part, and its lines have one move each (512-character ids and fields of
+            # the largest part, and its lines have one move each (512-character product ids and fields of
             # 4-byte characters): half of the lines go, emptied ones first, then the least recently moved
             _drop_cart_lines(profile["cart"], len(profile["cart"]) // 2, dropped)
     if "history" in big and rules:
