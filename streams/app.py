@@ -25,7 +25,7 @@ import re
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, NoReturn
@@ -354,6 +354,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None, output: Outpu
     app.timer(interval=LAG_EVERY_S)(_consumer_lag(p))
     app.timer(interval=ENDS_EVERY_S)(_partition_ends(p))
     app.timer(interval=HEALTH_EVERY_S)(_health(p))
+    app.early_tasks = (_early_beat(p),)
     return p
 
 
@@ -579,6 +580,20 @@ def _health(p: Pipeline) -> Any:
         p.health.watch_agents(waiting)
 
     return health
+
+
+def _early_beat(p: Pipeline) -> Callable[[], Awaitable[None]]:
+    """The event loop's beat from the app's start until the health timer takes over: Faust starts
+    its timers only once the first table recovery is done, and a recovery longer than
+    :data:`streams.metrics.STALL_AFTER_S` (a large changelog, a state folder rebuilt) read as a stalled loop, so a
+    liveness probe restarted the worker in the middle of it, again and again."""
+
+    async def early_beat() -> None:
+        while not p.health.started:
+            p.health.beat = time.monotonic()
+            await asyncio.sleep(HEALTH_EVERY_S)
+
+    return early_beat
 
 
 def _delayed_clocks(p: Pipeline) -> Any:

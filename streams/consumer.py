@@ -537,6 +537,14 @@ class App(faust.App):
     write_out_soon: Callable[[], Awaitable[None]] | None = None
     #: Commits waiting for a background commit in flight to finish (:meth:`Consumer.commit`).
     commit_waiting: int = 0
+    #: Tasks started with the app, before its first table recovery (Faust starts its timers and
+    #: tasks only once that is done, which can take minutes).
+    early_tasks: tuple[Callable[[], Awaitable[None]], ...] = ()
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        for task in self.early_tasks:
+            self.add_future(task())
 
     def _new_transport(self) -> Any:
         url = self.conf.broker_consumer[0]

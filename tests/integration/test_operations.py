@@ -376,3 +376,31 @@ def test_the_internal_topics_commits_keep_up_with_the_runs_the_profile_agent_tak
     while time.monotonic() < deadline and (len(internal_lags()) < PARTITIONS or any(internal_lags().values())):
         time.sleep(0.5)
     assert internal_lags() == {str(n): 0.0 for n in range(PARTITIONS)}
+
+
+def test_healthz_stays_green_while_the_tables_recover_at_the_first_start(broker, start_worker) -> None:
+    """Faust starts its timers, the health beat among them, only once the first table recovery is
+    done; a recovery longer than the stall limit (a large changelog, a state folder rebuilt) made
+    /healthz answer "event loop stalled" while the loop turned, and a liveness probe restarted the
+    worker in the middle of its recovery, again and again.  While tables recover, /readyz is red
+    and /healthz green."""
+    worker: Worker = start_worker(command=[sys.executable, "-m", "tests.integration.slow_recovery_worker"])
+    url = f"http://127.0.0.1:{worker.metrics_port}"
+
+    def answers_at_all() -> bool:
+        try:
+            return _get(url + "/readyz")[0] in (200, 503)
+        except urllib.error.URLError:  # (not listening yet)
+            return False
+
+    wait_until(answers_at_all, timeout=30)
+    answers: list[tuple[int, bytes, int]] = []
+    while (ready := _get(url + "/readyz")[0]) != 200:
+        assert worker.process.poll() is None, worker.log.read_text(errors="replace")[-3000:]
+        answers.append((*_get(url + "/healthz"), ready))
+        assert len(answers) < 200, answers[-3:]
+        time.sleep(0.25)
+    assert len(answers) > 20, answers  # (the recovery took its 12 s)
+    assert [answer for answer in answers if answer[0] != 200] == []
+    assert _get(url + "/healthz")[0] == 200
+    assert worker.metric("mailpulse_worker_state", state="running") == 1
