@@ -210,6 +210,28 @@ class Settings(BaseSettings):
             raise ValueError("an empty path; unset the variable for the default")
         return path
 
+    @field_validator("broker")
+    @classmethod
+    def _broker_addresses(cls, url: str | None) -> str | None:
+        """Each address a host, with a port up to 65535 or none (the client's 9092): a URL without a
+        host or with a port that is none was tried for 5 s and reported as a broker that did not answer."""
+        if url:
+            for part in url.split(","):
+                address = part.strip().split("://", 1)[-1]
+                if address.startswith("["):  # [IPv6]:port
+                    host, _, rest = address[1:].partition("]")
+                    port = rest.removeprefix(":") if rest.startswith(":") else (None if not rest else "x")
+                elif address.count(":") > 1:  # an IPv6 address without a port
+                    host, port = address, None
+                else:
+                    host, colon, port = address.partition(":")
+                    port = port if colon else None
+                if not host or "/" in address or (
+                        port is not None and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535)):
+                    raise ValueError("kafka://host:port[,host:port]: each address a host, and a port up to 65535 "
+                                     "if given")
+        return url
+
     @field_validator("default_phone_region")
     @classmethod
     def _known_region(cls, region: str) -> str:

@@ -100,6 +100,25 @@ def test_unreachable_broker_is_a_one_line_error(capsys: pytest.CaptureFixture[st
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("url", ["kafka://", "kafka://host:notaport", "kafka://127.0.0.1:99999",
+                                 "kafka://127.0.0.1:9092,", "kafka://:9092"])
+def test_a_broker_url_without_a_host_or_with_a_bad_port_says_so(capsys: pytest.CaptureFixture[str], url: str) -> None:
+    """Such a URL was tried for 5 s and reported as a broker that "did not answer" (``broker at  did
+    not answer``), as if the address were right and the broker down."""
+    for command in (("tail", "profiles"), ("replay", __file__), ("run",)):
+        code, _, err = run(capsys, *command, "--broker", url)
+        assert code == 2 and err.count("\n") == 1, err
+        assert err.startswith("mailpulse: error: setting broker (MAILPULSE_BROKER): ") and "answer" not in err, err
+
+
+@pytest.mark.parametrize("url", ["kafka://127.0.0.1:1", "127.0.0.1:1", "kafka://a:1,kafka://b:2", "kafka://a:1,b:2",
+                                 "kafka://kafka", "kafka://[::1]:1", "kafka://[::1]"])
+def test_a_broker_url_of_hosts_with_or_without_ports_is_taken(url: str) -> None:
+    from streams.settings import Settings
+
+    assert Settings(broker=url).broker == url
+
+
 def test_schemas_writes_one_file_per_message_type(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, _, _ = run(capsys, "schemas", "--out", str(tmp_path))
     assert code == 0
