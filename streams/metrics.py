@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
 
 from schemas.events import INPUT_TOPICS
+from streams.domain.config import Triggers
 
 log = logging.getLogger(__name__)
 
@@ -409,6 +410,11 @@ class DeliverMetrics:
         ProcessCollector(registry=r)
         self.deliveries = Counter("mailpulse_deliveries", "Triggers handled by deliver", ["type", "outcome"],
                                   registry=r)
+        # exported at 0 from the start: MailpulseDeliveriesFailing reads their rates, and a series that
+        # first appears at 1 shows no increase (a type's first failure went uncounted)
+        for kind in Triggers.model_fields:
+            for outcome in ("sent", "failed"):
+                self.deliveries.labels(kind, outcome)
         self.delay = Histogram("mailpulse_delivery_delay_seconds", "Delivery time past the trigger's send_at",
                                buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 14400, 86400), registry=r)
         self.retries = Counter("mailpulse_delivery_retries", "Delivery attempts after the first", ["target"],

@@ -378,3 +378,16 @@ def test_the_readme_names_every_metric_and_processing_error_series() -> None:
     assert [(agent, stage) for agent, stage in PROCESSING_ERROR_STAGES
             if f'agent="{agent}"' not in section or (f"`{stage}`" not in section and f'stage="{stage}"' not in section)
             ] == []
+
+
+def test_every_delivery_outcome_the_failing_alert_reads_is_exported_at_zero_before_the_first() -> None:
+    """MailpulseDeliveriesFailing divides ``rate`` of ``outcome="failed"`` by that of sent and failed: a
+    series that first appears at 1 shows no increase, so each trigger type's first failure (a
+    low-volume type's only one) never counted."""
+    from streams.deliver.service import TYPE_LABELS
+    from streams.metrics import DeliverMetrics
+
+    registry = DeliverMetrics().registry
+    missing = {(kind, outcome) for kind in TYPE_LABELS for outcome in ("sent", "failed")
+               if registry.get_sample_value("mailpulse_deliveries_total", {"type": kind, "outcome": outcome}) != 0}
+    assert not missing
