@@ -34,6 +34,12 @@ RECORD_AGENTS = ("ingest", "profiles")
 PROCESSING_ERROR_STAGES = (("ingest", "decode"), ("profiles", "dispatch"), ("profiles", "advance"),
                            ("profiles", "route"), ("profiles", "record"), ("profiles", "stored_state"),
                            ("cooccurrence", "record"), ("product_recs", "record"))
+#: The codes of ``mailpulse_dead_letters_total{reason}`` (the README's table), and the outcomes of
+#: ``mailpulse_events_total``: exported at 0 from the start, as the processing errors are (the dead
+#: letters of a first bad batch came as one increment, which the alert's ``rate`` did not see).
+DEAD_LETTER_CODES = ("empty", "too_large", "not_json", "not_object", "unknown_type", "missing_field",
+                     "bad_timestamp", "invalid_identifier", "schema", "future_timestamp", "processing_error")
+EVENT_OUTCOMES = ("processed", "duplicate", "dead_letter")
 #: A model call on one profile takes tens of microseconds.
 SCORING_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01, 0.1)
 
@@ -48,6 +54,11 @@ class Metrics:
         self._event_children: dict[tuple[str, str], Any] = {}
         self.events = Counter("mailpulse_events", "Input events handled", ["topic", "outcome"], registry=r)
         self.dead_letters = Counter("mailpulse_dead_letters", "Rejected inputs", ["reason"], registry=r)
+        for code in DEAD_LETTER_CODES:
+            self.dead_letters.labels(code)
+        for topic in INPUT_TOPICS:
+            for outcome in EVENT_OUTCOMES:
+                self.event(topic, outcome)
         self.profile_merges = Counter("mailpulse_profile_merges", "Profiles merged", ["kind"], registry=r)
         self.segment_changes = Counter(
             "mailpulse_segment_changes", "Segment membership changes emitted", ["segment", "change"], registry=r

@@ -391,3 +391,25 @@ def test_every_delivery_outcome_the_failing_alert_reads_is_exported_at_zero_befo
     missing = {(kind, outcome) for kind in TYPE_LABELS for outcome in ("sent", "failed")
                if registry.get_sample_value("mailpulse_deliveries_total", {"type": kind, "outcome": outcome}) != 0}
     assert not missing
+
+
+def test_every_dead_letter_series_the_alert_reads_is_exported_at_zero_before_the_first() -> None:
+    """MailpulseDeadLettersHigh reads ``rate`` of the dead letters: a series that first appears with a
+    batch's count shows no increase, so a first batch of bad input (a bad deploy's first minutes) was
+    invisible to it.  Every code of the README's table, and every input topic's ``dead_letter``."""
+    import re
+    from pathlib import Path
+
+    from schemas.events import INPUT_TOPICS
+    from streams.metrics import DEAD_LETTER_CODES, Metrics
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    table = readme[readme.index("| code | cause |"):]
+    table = table[:table.index("\n\n")]
+    assert sorted(DEAD_LETTER_CODES) == sorted(re.findall(r"^\| `([a-z_]+)` \|", table, re.MULTILINE))
+    registry = Metrics().registry
+    missing = [code for code in DEAD_LETTER_CODES
+               if registry.get_sample_value("mailpulse_dead_letters_total", {"reason": code}) != 0]
+    missing += [topic for topic in INPUT_TOPICS if registry.get_sample_value(
+        "mailpulse_events_total", {"topic": topic, "outcome": "dead_letter"}) != 0]
+    assert not missing
