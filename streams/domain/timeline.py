@@ -395,9 +395,10 @@ def advance(state: LiveState, watermark: int | None, rules: RuleSet, now_ms: int
         out.steps += 1
         clock = step if rs["clock"] is None else max(rs["clock"], step)
         rs["clock"] = clock
+        # the segments of this step first: a trigger's payload names those the profile is in at its time
+        _evaluate_segments(state, cart, clock, rules, now_ms, out)
         for due in dues:
             _emit(state, due, rules, now_ms, out, neighbours_of, cart)
-        _evaluate_segments(state, cart, clock, rules, now_ms, out)
     out.cart = cart
     return out
 

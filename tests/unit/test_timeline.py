@@ -611,3 +611,28 @@ def test_the_segment_rules_are_compiled_to_one_function_when_the_rules_are_built
     assert compiled == [9]
     assert rules.evaluate_segments({"cart": {"value": 2}}, {}, 0)[0] == {"vip"}
     assert compiled == [9]
+
+
+def test_a_triggers_payload_names_the_segments_the_profile_is_in_at_its_time() -> None:
+    """The churn_risk trigger and the churn_risk segment come from one score: the payload's segments
+    hold the segment entered at the trigger's own time, as `segment-changes` says (they were the
+    segments of the step before)."""
+    def scorer(profile: Any, cart: Any, at: int) -> dict[str, Any]:
+        return {"churn_probability": 0.9, "purchase_probability": 0.1, "model_version": "v1", "at": at}
+
+    t = ms(T0)
+    person = Person(RuleSet.build(PipelineConfig(), 7 * DAY, scorer)).arrive(
+        ev("p-1", "purchase", t, order_id="o", total=600.0)).to(t + DAY)
+    churn = [trigger for trigger in person.triggers if trigger["type"] == "churn_risk"]
+    assert len(churn) == 1
+    entered = [at for segment, change, at in person.changes if segment == "churn_risk" and change == "entered"]
+    assert entered == [churn[0]["at"]]
+    assert churn[0]["payload"]["segments"] == ["churn_risk", "high_value", "recent_buyers"]
+
+    # a welcome's identify that puts the profile in a segment: the welcome names it
+    rules = RuleSet.build(PipelineConfig.model_validate(
+        {"segments": {"named": {"rule": {"field": {"path": "traits.first_name", "exists": True}}}}}), 7 * DAY)
+    welcomed = Person(rules).arrive(ev("i-1", "identify", t, traits={"email": "a@example.com",
+                                                                   "first_name": "Ana"})).to(t)
+    assert welcomed.state is not None and "named" in welcomed.state["profile"]["segments"]
+    assert [trigger["payload"]["segments"] for trigger in welcomed.triggers] == [["named"]]
