@@ -267,7 +267,9 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
         effects.withdrawn += graph.withdrawals(message["from"], absorbed, "erased", erased_at)
         effects.send += _block_drops(absorbed.get("blocks", []))
         effects.send += possible_matches.withdrawals(absorbed["profile"]["possible_matches"], message["from"])
-        later = later_activity(absorbed, message["from"], erased_at, rules)
+        dropped: dict[str, int] = {}
+        later = later_activity(absorbed, message["from"], erased_at, rules, dropped)
+        effects.seen_dropped += dropped.get("seen", 0)
         if later is None:
             return effects
         # (its identifiers that those events named are the later activity's too)
@@ -646,7 +648,7 @@ def _erase_as_of(states: MutableMapping[str, State | None], key: str, state: Sta
         return Effects(changed=True)
     got = receive(state, key, {"type": "erase", "event_id": cause, "ts": erased_at, "kind": "identities"},
                   None, rules)
-    effects = Effects(changed=True)
+    effects = Effects(changed=True, seen_dropped=got.seen_dropped)
     if got.outcome == "erased":
         _erased(states, key, state, got, rules, effects, also=also)
     return effects

@@ -30,6 +30,7 @@ from schemas.timeparse import format_ms
 from streams.domain.config import PipelineConfig
 from streams.domain.profile import (
     DERIVE,
+    Dropped,
     Limits,
     cart_view,
     fold_consent_names,
@@ -152,17 +153,19 @@ def ensure_rule_state(state: LiveState) -> LiveState:
     return state
 
 
-def later_activity(state: LiveState, key: str, erased_at: int, rules: RuleSet) -> LiveState | None:
+def later_activity(state: LiveState, key: str, erased_at: int, rules: RuleSet,
+                   dropped: Dropped | None = None) -> LiveState | None:
     """What of an erased person's profile is kept: the events stamped after the erasure that arrived
     before it (still parked) are their later activity, and start a new profile, as they would have
-    had they come after it (None: there are none)."""
+    had they come after it (None: there are none).  Their ids past ``limits.seen_ids`` go into
+    ``dropped``, as a fold's do."""
     later = [entry for entry in state.get("pending", ()) if entry[0] > erased_at]
     if not later:
         return None
     fresh = ensure_rule_state(new_state(key, later[0][0]))
     fresh["erased_at"] = erased_at
     for entry in later:
-        remember(fresh, entry[3], rules.retention_ms, limits=rules.limits)
+        remember(fresh, entry[3], rules.retention_ms, dropped, limits=rules.limits)
     fresh["pending"] = later
     if state.get("absorbed"):
         # (the profiles it took in came: one delivered again is still known, not taken for a newcomer's
@@ -192,8 +195,10 @@ def receive(state: LiveState | ErasureMarker | None, key: str, event: dict[str, 
     if event["type"] == "erase":
         previous = state.get("erased_at") if state is not None else None
         at = event["ts"] if previous is None else max(previous, event["ts"])
-        fresh = later_activity(state, key, at, rules) if state is not None else None
-        return Received(fresh if fresh is not None else {"erased_at": at}, "erased")
+        dropped: Dropped = {}
+        fresh = later_activity(state, key, at, rules, dropped) if state is not None else None
+        return Received(fresh if fresh is not None else {"erased_at": at}, "erased",
+                        seen_dropped=dropped.get("seen", 0))
     if state is None:
         state = ensure_rule_state(new_state(key, event["ts"]))
         if erased_at is not None:
@@ -202,7 +207,7 @@ def receive(state: LiveState | ErasureMarker | None, key: str, event: dict[str, 
                 state["erased_keys"] = erased_keys
     else:
         state = ensure_rule_state(state)
-    dropped: dict[str, int] = {}
+    dropped = {}
     remember(state, event, rules.retention_ms, dropped, rules.limits, watermark)
     entry = [event["ts"], KIND_ORDER.get(event["kind"], 9), event["event_id"], event]
     bisect.insort(state["pending"], entry, key=lambda e: (e[0], e[1], e[2]))

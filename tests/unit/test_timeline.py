@@ -636,3 +636,17 @@ def test_a_triggers_payload_names_the_segments_the_profile_is_in_at_its_time() -
                                                                    "first_name": "Ana"})).to(t)
     assert welcomed.state is not None and "named" in welcomed.state["profile"]["segments"]
     assert [trigger["payload"]["segments"] for trigger in welcomed.triggers] == [["named"]]
+
+
+def test_the_ids_an_erased_persons_later_activity_forgets_past_its_bound_are_counted() -> None:
+    """Parked events stamped after an erasure that reached the profile before it start the later
+    activity; with more of them than ``limits.seen_ids`` (parked events may be configured above it),
+    the ids it forgets were not counted as a fold's are."""
+    rules = RuleSet.build(PipelineConfig(limits={"seen_ids": 64, "parked_events": 500}), 7 * DAY)
+    state = None
+    for n in range(200):
+        got = receive(state, "u:u-1", ev(f"v-{n}", "page_view", ms(T0) + (10 + n) * MIN), None, rules)
+        state = got.state
+    got = receive(state, "u:u-1", ev("x-1", "erase", ms(T0) + 5 * MIN), None, rules)
+    assert got.outcome == "erased" and len(got.state["pending"]) == 200
+    assert got.seen_dropped == 200 - len(got.state["seen"]) and len(got.state["seen"]) < 64 + 32  # (amortized)
