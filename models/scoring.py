@@ -102,6 +102,30 @@ def profiles_at(events: list[dict[str, Any]], as_of: int, rules: StreamRules = D
     return local
 
 
+def person_after(local: LocalPipeline, key: str, cut: int) -> str | None:
+    """The key of the live profile that the person of ``key`` (a live profile's key at ``cut``) is in
+    now, or None when an erase after ``cut`` took that person away: the contract's erase leaves no
+    later output or derived record of them.  An erased key keeps the erase's time (``erased_at``),
+    also when its identifier comes back later as a new person's, so that one does not count."""
+    state = local.states.get(key)
+    erased_at = state.get("erased_at") if state is not None else None
+    if isinstance(erased_at, int) and erased_at > cut:
+        return None
+    return local.root_of(key)
+
+
+def erased_later(local: LocalPipeline, later: list[dict[str, Any]], as_of: int) -> set[str]:
+    """The profile ids of ``local``'s live profiles (the history folded up to ``as_of``) whose person
+    an erase among ``later`` (the events after ``as_of``) erases (:func:`person_after`): ``score``
+    writes its lines after that erase.  The later events are folded in time order, identity merges
+    after ``as_of`` included; ``local`` moves on past ``as_of``."""
+    if not any(event["type"] == "erase" for event in later):
+        return set()
+    keys = {key: state["profile"]["profile_id"] for key, state in local.live()}
+    local.feed(sorted(later, key=lambda event: event["ts"]))
+    return {profile_id for key, profile_id in keys.items() if person_after(local, key, as_of) is None}
+
+
 def score_profiles(local: LocalPipeline, as_of: int, bundle: ModelBundle) -> list[dict[str, Any]]:
     """One ``{"user_id", "profile_id", "churn_probability", "purchase_probability", "model_version"}``
     per live profile, by profile id."""
@@ -123,13 +147,18 @@ def score_file(events_path: Path, as_of: int, models_dir: Path, out: Path, show_
     started = time.monotonic()
     try:
         bundle = ModelBundle.load(models_dir)
-        events = read_events(events_path, until=as_of, show_progress=show_progress, label="score: reading",
-                             jobs=jobs, policy=rules.policy)
+        # all of it: an erase after as-of still takes its person out (:func:`erased_later`)
+        events = read_events(events_path, show_progress=show_progress, label="score: reading", jobs=jobs,
+                             policy=rules.policy)
     except (ModelError, HistoryError) as exc:
         raise ScoreError(str(exc)) from None
-    lines = score_profiles(profiles_at(events, as_of, rules), as_of, bundle)
+    local = profiles_at(events, as_of, rules)
+    lines = score_profiles(local, as_of, bundle)
+    gone = erased_later(local, [event for event in events if event["ts"] > as_of], as_of)
+    lines = [line for line in lines if line["profile_id"] not in gone]
     try:
         write_lines(out, (orjson.dumps(line) + b"\n" for line in lines))
     except OSError as exc:
         raise ScoreError(f"cannot write {out}: {exc.strerror}") from None
-    return ScoreStats(len(events), len(lines), bundle.version, time.monotonic() - started, bundle.as_of)
+    used = sum(event["ts"] <= as_of for event in events)
+    return ScoreStats(used, len(lines), bundle.version, time.monotonic() - started, bundle.as_of)

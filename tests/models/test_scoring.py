@@ -307,3 +307,33 @@ def test_a_tree_that_is_not_what_it_says_is_refused_before_it_parses(tmp_path: P
                           text=True, timeout=120, cwd=Path(__file__).resolve().parents[2])
     assert done.returncode == 1, done.stderr[-500:]
     assert "ModelError" in done.stderr and "tree 0" in done.stderr
+
+
+def test_score_leaves_out_people_the_history_erases_after_as_of(capsys: pytest.CaptureFixture[str],
+                                                                 tmp_path: Path) -> None:
+    # contract: an erased person's profile is deleted and no later output mentions it; `score` runs
+    # after the erase, so its lines must not name them, whatever --as-of is
+    day = 86_400_000
+    start = parse_timestamp("2026-03-01T00:00:00Z")
+    events: list[dict[str, Any]] = []
+    for n, user in enumerate(("u-kept", "u-erased", "u-merged", "u-back")):
+        events += [{"event_id": f"v-{user}", "type": "page_view", "timestamp": start + n, "user_id": user},
+                   {"event_id": f"o-{user}", "type": "purchase", "timestamp": start + day + n, "user_id": user,
+                    "order_id": f"o-{user}", "total": 20.0}]
+    events.append({"event_id": "v-anon", "type": "page_view", "timestamp": start + 3, "anonymous_id": "a-later"})
+    # after as-of: u-erased is erased; a-later logs in as u-merged, who is then erased through it
+    events += [{"event_id": "e-1", "type": "erase", "timestamp": start + 10 * day, "user_id": "u-erased"},
+               {"event_id": "i-1", "type": "identify", "timestamp": start + 10 * day, "user_id": "u-merged",
+                "anonymous_id": "a-later"},
+               {"event_id": "e-2", "type": "erase", "timestamp": start + 11 * day, "anonymous_id": "a-later"},
+               # u-back is erased and comes back: someone new, who does not bring the old profile back
+               {"event_id": "e-3", "type": "erase", "timestamp": start + 10 * day, "user_id": "u-back"},
+               {"event_id": "v-back", "type": "page_view", "timestamp": start + 12 * day, "user_id": "u-back"}]
+    history = tmp_path / "history.jsonl"
+    history.write_text("".join(json.dumps(event) + "\n" for event in events))
+    out = tmp_path / "scores.jsonl"
+    code, _, err = run(capsys, "score", "--events", str(history), "--as-of", "2026-03-05T00:00:00Z", "--models",
+                       str(SHIPPED_DIR), "--out", str(out), "--jobs", "1")
+    assert code == 0, err
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [line["user_id"] for line in lines] == ["u-kept"]
