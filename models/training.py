@@ -57,7 +57,7 @@ from models import bgnbd, evaluation
 from models.bundle import import_lightgbm, write_bundle
 from models.features import FEATURES, feature_row
 from models.report import model_card
-from models.scoring import DEFAULT_RULES, StreamRules, offline_pipeline
+from models.scoring import DEFAULT_RULES, StreamRules, offline_pipeline, person_after
 from schemas.timeparse import format_ms
 from streams.domain.dispatch import reachable_keys
 from streams.domain.identity import profile_key
@@ -215,8 +215,8 @@ def _shard_examples(events: list[dict[str, Any]], horizon_ms: int, cuts: list[in
     labels: list[int] = []
     people: list[str] = []
     for index, (cut, key) in enumerate(found):
-        person = local.root_of(key)
-        if person is None:  # erased since
+        person = person_after(local, key, cut)
+        if person is None:  # erased since (also when their identifiers came back as someone new)
             continue
         kept.append(index)
         labels.append(int(any(cut < ts <= cut + horizon_ms for ts in purchases.get(person, ()))))

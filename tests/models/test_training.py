@@ -200,3 +200,24 @@ def test_examples_and_the_model_are_the_same_for_any_number_of_processes(
         assert code == 0, err
         versions.add(json.loads(out.strip().splitlines()[-1])["model_version"])
     assert len(versions) == 1
+
+
+@pytest.mark.parametrize("jobs", [1, 3])
+def test_no_example_comes_from_a_person_erased_after_its_cut_even_one_who_comes_back(jobs: int) -> None:
+    # contract: an erase deletes the person with every derived record; their profile at a cut before
+    # the erase is no example, and the same ids coming back after it are a new person, whose later
+    # purchase must not label the erased person's past
+    t = ms(T0)
+    day = DAY_MS
+    events = [
+        ev("k-1", "product_view", t, user="u-kept", product_id="x"),
+        ev("k-2", "purchase", t + 12 * day, user="u-kept", order_id="ok", total=5.0),
+        ev("g-1", "product_view", t, user="u-gone", product_id="x"),
+        ev("g-2", "erase", t + 11 * day, user="u-gone"),
+        ev("b-1", "product_view", t, user="u-back", product_id="x"),
+        ev("b-2", "erase", t + 11 * day, user="u-back"),
+        ev("b-3", "purchase", t + 13 * day, user="u-back", order_id="ob", total=5.0),  # a new person
+    ]
+    examples = build_examples(events, t + 20 * day, 10 * day, [t + 10 * day], jobs)
+    assert examples.keys == ["u:u-kept"]
+    assert examples.labels.tolist() == [1]
