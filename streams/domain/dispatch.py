@@ -183,7 +183,7 @@ def _erased(states: MutableMapping[str, State | None], key: str, state: State | 
         effects.withdrawn += graph.withdrawals(key, state, "erased", marker["erased_at"])
         # the person's person records leave their blocks, their possible matches the other people's
         # profiles; their other identifiers forget them
-        effects.send += _block_drops(state.get("blocks", []))
+        effects.send += _block_drops(state.get("blocks", []), erased=True)
         effects.send += possible_matches.withdrawals(state["profile"]["possible_matches"], key)
         # askers whose asks it approved are the person's: the yes goes again with the erasure time, so
         # the asker is erased as of it when it comes, also after the first yes was overtaken
@@ -244,9 +244,11 @@ def _bound_blocks(registered: list[list[str]], most: int, effects: Effects) -> l
     return _block_drops(gone)
 
 
-def _block_drops(registered: Iterable[list[str]]) -> list[tuple[str, dict[str, Any]]]:
-    """Tells each fuzzy-matching block of these [block, member key] pairs to drop the member's record."""
-    return [(block, {"type": graph.BLOCK, "key": member, "drop": True}) for block, member in registered]
+def _block_drops(registered: Iterable[list[str]], erased: bool = False) -> list[tuple[str, dict[str, Any]]]:
+    """Tells each fuzzy-matching block of these [block, member key] pairs to drop the member's record
+    (``erased``: the member's person was erased, and the block withdraws the matches it reported)."""
+    extra = {"erased": True} if erased else {}
+    return [(block, {"type": graph.BLOCK, "key": member, "drop": True, **extra}) for block, member in registered]
 
 
 def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State | None,
@@ -265,7 +267,7 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
         # too (its person records leave their blocks), but for its parked events stamped after the
         # erasure, their later activity, which stay (at a redirect: go on to its root).
         effects.withdrawn += graph.withdrawals(message["from"], absorbed, "erased", erased_at)
-        effects.send += _block_drops(absorbed.get("blocks", []))
+        effects.send += _block_drops(absorbed.get("blocks", []), erased=True)
         effects.send += possible_matches.withdrawals(absorbed["profile"]["possible_matches"], message["from"])
         dropped: dict[str, int] = {}
         later = later_activity(absorbed, message["from"], erased_at, rules, dropped)
@@ -470,8 +472,17 @@ def _on_unmatch(states: MutableMapping[str, State | None], key: str, state: Stat
 def _on_block(blocks: MutableMapping[str, Any], key: str, message: dict[str, Any]) -> Effects:
     members = blocks.get(key)
     if message.get("drop"):
-        if members and message["key"] in members:
-            blocks[key] = drop_member(members, message["key"]) or None
+        gone = message["key"]
+        if members and gone in members:
+            blocks[key] = drop_member(members, gone) or None
+        if members and message.get("erased") is True and is_identity_key(gone):
+            # A possible match this block reported on the erased person's record may still be on its
+            # way to the other member, and arrive after the erased profile's own _unmatch: this one,
+            # sent after it on the same way, takes it out there.  (To every other member, also when the
+            # drop is read again: a match scored on an older record of the key, or a first _unmatch
+            # lost with the outputs of a step whose table write survived, leaves nothing behind.)
+            return Effects(send=[(other, {"type": possible_matches.UNMATCH, "keys": [gone]})
+                                 for other in sorted(members) if other != gone and is_identity_key(other)])
         return Effects()
     outcome = on_block_message(members, message["key"], message["person"], at=graph.event_time(message))
     blocks[key] = outcome.members
