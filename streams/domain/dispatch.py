@@ -181,10 +181,9 @@ def _erased(states: MutableMapping[str, State | None], key: str, state: State | 
             effects.tombstones.append((state["profile"]["profile_id"], "erased"))
         # what is on its way for them, made up to the erase or anything folded since (a late erase)
         effects.withdrawn += graph.withdrawals(key, state, "erased", marker["erased_at"])
-        # the person's person records leave their blocks, their possible matches the other people's
-        # profiles; their other identifiers forget them
-        effects.send += _block_drops(state.get("blocks", []), erased=True)
-        effects.send += possible_matches.withdrawals(state["profile"]["possible_matches"], key)
+        # the person's person records leave their blocks, which take their possible matches out of the
+        # other people's profiles; their other identifiers forget them
+        effects.send += _erased_drops(state, key, rules)
         # askers whose asks it approved are the person's: the yes goes again with the erasure time, so
         # the asker is erased as of it when it comes, also after the first yes was overtaken
         for asker in state.get("claimed", {}):
@@ -244,6 +243,20 @@ def _bound_blocks(registered: list[list[str]], most: int, effects: Effects) -> l
     return _block_drops(gone)
 
 
+def _erased_drops(state: LiveState, key: str, rules: RuleSet) -> list[tuple[str, dict[str, Any]]]:
+    """The erased person's records leave their blocks, each of which withdraws the possible matches it
+    reported on them (``_unmatch`` to its other members, after what it sent them on the same way).  Not
+    the profile itself: its ``_unmatch`` comes on another way than the blocks' matches, and could take
+    out a match a block scored on the person's later activity under the same key, which came first.
+    Only a profile whose registrations reached their bound (the oldest left their blocks without an
+    erase, and those blocks' matches with nobody to withdraw them) tells its possible matches itself."""
+    registered = state.get("blocks", [])
+    sent = _block_drops(registered, erased=True)
+    if len(registered) >= rules.limits.blocks:
+        sent += possible_matches.withdrawals(state["profile"]["possible_matches"], key)
+    return sent
+
+
 def _block_drops(registered: Iterable[list[str]], erased: bool = False) -> list[tuple[str, dict[str, Any]]]:
     """Tells each fuzzy-matching block of these [block, member key] pairs to drop the member's record
     (``erased``: the member's person was erased, and the block withdraws the matches it reported)."""
@@ -267,8 +280,7 @@ def _on_absorb(states: MutableMapping[str, State | None], key: str, state: State
         # too (its person records leave their blocks), but for its parked events stamped after the
         # erasure, their later activity, which stay (at a redirect: go on to its root).
         effects.withdrawn += graph.withdrawals(message["from"], absorbed, "erased", erased_at)
-        effects.send += _block_drops(absorbed.get("blocks", []), erased=True)
-        effects.send += possible_matches.withdrawals(absorbed["profile"]["possible_matches"], message["from"])
+        effects.send += _erased_drops(absorbed, message["from"], rules)
         dropped: dict[str, int] = {}
         later = later_activity(absorbed, message["from"], erased_at, rules, dropped)
         effects.seen_dropped += dropped.get("seen", 0)
@@ -413,10 +425,10 @@ def _on_possible(states: MutableMapping[str, State | None], key: str, state: Sta
     none: as an empty key did.)"""
     mine, other, score = message.get("to", key), message.get("other"), message.get("score")
     if is_marker(state) or (graph.holds_someone(state) and graph.made_on_erased_data(key, state, message)):
-        # made on the erased person's record (its block held it until the erase's drop came): the
-        # other side takes it out too
-        return Effects(send=[(other, {"type": possible_matches.UNMATCH, "keys": sorted({mine, key})})]
-                       if is_identity_key(mine) and is_identity_key(other) else [])
+        # made on the erased person's record (its block held it until the erase's drop came): not
+        # taken; the block withdraws the other side's copy when the drop reaches it (an _unmatch from
+        # here could take out a match on the person's later activity that the other side has already)
+        return Effects()
     if not graph.holds_someone(state):
         return _not_at_a_profile(state, message)
     if not (is_identity_key(mine) and is_identity_key(other) and isinstance(score, int | float)

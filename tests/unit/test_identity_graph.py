@@ -1133,9 +1133,10 @@ def test_an_erased_persons_possible_match_leaves_the_other_persons_profile(seed:
     assert peter not in orjson.dumps(run.states).decode()
 
 
-def test_a_possible_match_that_reaches_an_erasure_marker_is_withdrawn_from_the_other_side() -> None:
+def test_a_possible_match_that_reaches_an_erasure_marker_is_withdrawn_from_the_other_side_by_the_block() -> None:
     """A block scored the erased person's record after the erase (its drop still on the way): the
-    marker takes no match, and tells the other side to take it out too."""
+    marker takes no match, and the block, when the drop reaches it, tells the other side to take it
+    out too, after the copy it sent there."""
     from streams.domain.identity import profile_key
 
     states: dict[str, Any] = {}
@@ -1144,7 +1145,14 @@ def test_a_possible_match_that_reaches_an_erasure_marker_is_withdrawn_from_the_o
     assert graph.is_marker(states[f"e:{P1}"])
     effects = dispatch(states, {}, f"e:{P1}", {"type": graph.POSSIBLE, "to": f"e:{P1}", "other": f"e:{P0}",
                                                "score": 0.7, "records": {f"e:{P1}": T0 + 1 * MIN}}, None, RULES)
-    assert effects.send == [(f"e:{P0}", {"type": "_unmatch", "keys": [f"e:{P1}"]})]
+    assert effects.send == [] and graph.is_marker(states[f"e:{P1}"])
+    blocks = {"b:x": {f"e:{P0}": {"at": T0}, f"e:{P1}": {"at": T0 + MIN}}}
+    drop = {"type": graph.BLOCK, "key": f"e:{P1}", "drop": True, "erased": True}
+    assert dispatch(states, blocks, "b:x", drop, None, RULES).send == [
+        (f"e:{P0}", {"type": "_unmatch", "keys": [f"e:{P1}"]})]
+    assert blocks["b:x"] == {f"e:{P0}": {"at": T0}}
+    # (a drop past the registrations' bound is no erasure: the block's matches stay)
+    assert dispatch(states, blocks, "b:x", {**drop, "erased": False}, None, RULES).send == []
 
 
 def _kafka_order(events: list[dict[str, Any]], seed: int) -> LocalPipeline:
@@ -1177,3 +1185,37 @@ def test_an_erased_persons_possible_match_leaves_the_other_person_in_every_order
         [mary] = run.profiles.values()
         assert mary["possible_matches"] == [], seed
         assert peter not in orjson.dumps(run.states).decode(), seed
+
+
+def test_a_match_of_an_erased_persons_later_activity_stays_on_the_other_persons_profile() -> None:
+    """Peter is erased and identifies again with the same name and address: his new profile and Mary's
+    name each other, whatever order the messages come in.  The _unmatch of the erase (or of a match on
+    his erased record that reached his later activity) must not take out the match scored on his new
+    record, which Mary may have recorded first."""
+    peter, mary = profile_id_for("e:peter@example.com"), profile_id_for("e:mary@example.com")
+    events = [ev("h-1", "identify", 0, email="mary@example.com", traits={"first_name": "Mary", **_HOUSEHOLD}),
+              ev("h-2", "identify", 5, email="peter@example.com", traits={"first_name": "Peter", **_HOUSEHOLD}),
+              ev("x-3", "erase", 60, email="peter@example.com"),
+              ev("h-4", "identify", 90, email="peter@example.com", traits={"first_name": "Peter", **_HOUSEHOLD})]
+    for seed in range(60):
+        run = _kafka_order(events, seed).advance(UNTIL)
+        assert [m["profile_id"] for m in run.profiles[peter]["possible_matches"]] == [mary], seed
+        assert [m["profile_id"] for m in run.profiles[mary]["possible_matches"]] == [peter], seed
+
+
+def test_an_erased_profile_at_its_registrations_bound_withdraws_its_possible_matches_itself() -> None:
+    """The oldest registrations of a profile at its bound left their blocks without an erase, and the
+    matches those blocks reported have nobody else to withdraw them: the profile sends the _unmatch."""
+    events = [ev("h-1", "identify", 0, email="mary@example.com", traits={"first_name": "Mary", **_HOUSEHOLD}),
+              ev("h-2", "identify", 5, email="peter@example.com", traits={"first_name": "Peter", **_HOUSEHOLD})]
+    for at_bound in (False, True):
+        pipeline = LocalPipeline(RULES)
+        pipeline.feed(events)
+        peter = pipeline.states["e:peter@example.com"]
+        if at_bound:
+            peter["blocks"] += [[f"b:old{n}", "e:peter@example.com"]
+                                for n in range(RULES.limits.blocks - len(peter["blocks"]))]
+        erase = ev("x-3", "erase", 60, email="peter@example.com")
+        sent = dispatch(pipeline.states, pipeline.blocks, "e:peter@example.com", erase, None, RULES).send
+        unmatch = ("e:mary@example.com", {"type": "_unmatch", "keys": ["e:peter@example.com"]})
+        assert (unmatch in sent) is at_bound
