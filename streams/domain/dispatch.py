@@ -427,7 +427,13 @@ def _on_possible(states: MutableMapping[str, State | None], key: str, state: Sta
     if is_marker(state) or (graph.holds_someone(state) and graph.made_on_erased_data(key, state, message)):
         # made on the erased person's record (its block held it until the erase's drop came): not
         # taken; the block withdraws the other side's copy when the drop reaches it (an _unmatch from
-        # here could take out a match on the person's later activity that the other side has already)
+        # here could take out a match on the person's later activity that the other side has already).
+        # The block holds the record still (its drop overtook the registration, from another sender):
+        # it drops it now, unless it holds a later record of the key, and withdraws its matches
+        block, erased_at = message.get("block"), graph.event_time(state, "erased_at")
+        if isinstance(block, str) and block.startswith("b:") and is_identity_key(mine) and erased_at is not None:
+            return Effects(send=[(block, {"type": graph.BLOCK, "key": mine, "drop": True, "erased": True,
+                                          "until": erased_at})])
         return Effects()
     if not graph.holds_someone(state):
         return _not_at_a_profile(state, message)
@@ -484,7 +490,9 @@ def _on_unmatch(states: MutableMapping[str, State | None], key: str, state: Stat
 def _on_block(blocks: MutableMapping[str, Any], key: str, message: dict[str, Any]) -> Effects:
     members = blocks.get(key)
     if message.get("drop"):
-        gone = message["key"]
+        gone, until = message["key"], graph.event_time(message, "until")
+        if members and gone in members and until is not None and (graph.event_time(members[gone]) or 0) > until:
+            return Effects()  # a record of the key's later activity: not the erased person's
         if members and gone in members:
             blocks[key] = drop_member(members, gone) or None
         if members and message.get("erased") is True and is_identity_key(gone):
@@ -511,8 +519,11 @@ def _on_block(blocks: MutableMapping[str, Any], key: str, message: dict[str, Any
         small, large = sorted((a, b), key=rank)
         effects.send.append((large, stamped({"type": graph.LINK, "root": small, "kind": "fuzzy"}, large, small)))
     for a, b, score in outcome.possible:
-        effects.send.append((a, stamped({"type": graph.POSSIBLE, "to": a, "other": b, "score": round(score, 4)}, a)))
-        effects.send.append((b, stamped({"type": graph.POSSIBLE, "to": b, "other": a, "score": round(score, 4)}, b)))
+        # (with the block: a side whose person was erased since has it drop their record again)
+        effects.send.append((a, stamped({"type": graph.POSSIBLE, "to": a, "other": b, "score": round(score, 4),
+                                         "block": key}, a)))
+        effects.send.append((b, stamped({"type": graph.POSSIBLE, "to": b, "other": a, "score": round(score, 4),
+                                         "block": key}, b)))
     return effects
 
 

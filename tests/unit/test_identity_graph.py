@@ -1219,3 +1219,34 @@ def test_an_erased_profile_at_its_registrations_bound_withdraws_its_possible_mat
         sent = dispatch(pipeline.states, pipeline.blocks, "e:peter@example.com", erase, None, RULES).send
         unmatch = ("e:mary@example.com", {"type": "_unmatch", "keys": ["e:peter@example.com"]})
         assert (unmatch in sent) is at_bound
+
+
+@pytest.mark.parametrize("seed", [182, *range(20)])
+def test_an_erased_persons_record_that_reaches_a_block_after_its_drop_leaves_no_match(seed: int) -> None:
+    """Peter's anonymous profile registers its record in its blocks, then joins his e-mail's profile,
+    which is erased: the block drops sent by the erase can come before the registration (another
+    sender), and the block then scores the record with Mary.  The copy of the pair that reaches
+    Peter's marker has the block drop the record again, and the block withdraws Mary's copy after it:
+    neither Mary's profile nor any block keeps anything of Peter's."""
+    events = [ev("h-1", "identify", 0, email="mary@example.com", traits={"first_name": "Mary", **_HOUSEHOLD}),
+              ev("h-2", "identify", 5, anonymous_id="anon-p", traits={"first_name": "Peter", **_HOUSEHOLD}),
+              ev("h-3", "identify", 10, anonymous_id="anon-p", email="peter@example.com"),
+              ev("h-4", "identify", 15, user_id="uid-p", email="peter@example.com"),
+              ev("x-5", "erase", 60, email="peter@example.com")]
+    pipeline = _kafka_order(events, seed)
+    run = pipeline.advance(UNTIL)
+    [mary] = run.profiles.values()
+    assert mary["possible_matches"] == []
+    held = orjson.dumps([pipeline.blocks, [state for _, state in pipeline.live()]]).decode()
+    assert not any(word in held for word in ("anon-p", "peter", "uid-p", "Peter"))
+
+
+def test_a_drop_again_for_an_erased_record_keeps_a_later_record_of_the_key() -> None:
+    """The drop a late match on the erased record asks for again carries the erasure time: the
+    block keeps the key's later activity's record (and its matches) as they are."""
+    blocks = {"b:x": {f"e:{P0}": {"at": T0}, f"e:{P1}": {"at": T0 + 9 * MIN}}}
+    drop = {"type": graph.BLOCK, "key": f"e:{P1}", "drop": True, "erased": True, "until": T0 + 5 * MIN}
+    assert dispatch({}, blocks, "b:x", drop, None, RULES).send == [] and f"e:{P1}" in blocks["b:x"]
+    assert dispatch({}, blocks, "b:x", {**drop, "until": T0 + 9 * MIN}, None, RULES).send == [
+        (f"e:{P0}", {"type": "_unmatch", "keys": [f"e:{P1}"]})]
+    assert blocks["b:x"] == {f"e:{P0}": {"at": T0}}
