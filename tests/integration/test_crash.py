@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -120,7 +119,11 @@ def test_kill_9_mid_stream_then_restart_gives_the_uninterrupted_profiles(
     worker = start_worker(data_dir="state")
     expected, replay = replay_in_background(broker, tmp_path, events, rate=1000)
     worker.wait_metric("mailpulse_events_total", 1500, outcome="processed")
-    time.sleep(3)  # past a commit interval (2.8 s): some offsets are committed, later ones are not
+    # a whole commit since (two write-outs: the first one's offsets are committed before the second
+    # starts), so some offsets are committed, later ones are not (3 s, a commit interval, was too
+    # short on a busy machine: nothing was committed, and the restart read all 6,000 again)
+    done = worker.metric("mailpulse_commit_seconds_count", stage="waited")
+    worker.wait_metric("mailpulse_commit_seconds_count", done + 2, stage="waited")
     worker.process.kill()  # SIGKILL: no flush, no commit, no clean close of RocksDB
     worker.process.wait(10)
     with pytest.raises(OSError):  # it is really gone: nothing answers on its metrics port
