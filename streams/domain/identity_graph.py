@@ -434,14 +434,21 @@ def on_link(key: str, state: State | None, message: dict[str, Any], limits: Limi
         # this key among its links, by which it knows the word is meant for it.  A marker without
         # counts (stored before, or an older worker's ``_forget``'s) and a link that carries no time
         # (a fuzzy match's, an older worker's) cannot weigh it: neither erases anything.
-        person = state.get("erased_keys")
+        # At a marker, a link a redirect passed on (``via``: a key that redirects to a marker was the
+        # person's: nothing joins a marker) is weighed as one naming this key, and the profile is
+        # told by ``via``, which it links (unasked, it kept the person's key and events).  Not at
+        # their later activity: a key it took in after the erasure was not theirs.
+        person, via = state.get("erased_keys"), message.get("via")
+        named = via if is_identity_key(via) and is_marker(state) else key
         if isinstance(person, dict):
             if message.get("ok") is True:
-                return Routing(state, send=[(root, {"type": FORGET, "root": key, "erased_at": erased_at,
+                return Routing(state, send=[(root, {"type": FORGET, "root": named, "erased_at": erased_at,
                                                     "claimed": True})])
-            if message.get("ok") is None and "via" not in message and "counts" not in message:
-                return Routing(state, send=[(root, {"type": LINK, "root": key, "kind": kind, "counts": person,
-                                                    "at": at})])
+            if message.get("ok") is None and (via is None or named != key) and "counts" not in message:
+                ask = {"type": LINK, "root": key, "kind": kind, "counts": person, "at": at}
+                if named != key:
+                    ask["via"] = named
+                return Routing(state, send=[(root, ask)])
         if is_live(state) and message.get("ok") is None:
             return Routing(state)  # the person's later activity does not join what named them before
     if not is_live(state):  # an erasure marker: the erased person is not linked to anything again
@@ -541,12 +548,17 @@ def _would_take_in(key: str, state: LiveState, root: str, kind: str, counts: Map
     linked to it, would have taken the person (``counts`` identifiers of each kind) in: yes within the
     limits, with the key counted once (this profile links it already).  A no is silence: the two stay
     apart, as they would have, and nothing is recorded of the erased person."""
-    shared = LIMIT_OF_KIND.get(root.partition(":")[0], "")
+    mine = identity_keys(key, state)
+    via = message.get("via")  # (the person's key this profile named, when it is not ``root``)
+    named = via if is_identity_key(via) and via in mine else root
+    shared = LIMIT_OF_KIND.get(named.partition(":")[0], "")
     theirs = {name: count - (name == shared) for name, count in counts.items() if isinstance(count, int)}
-    if limits is not None and not _within(theirs, key_counts(identity_keys(key, state) | {root}), limits):
+    if limits is not None and not _within(theirs, key_counts(mine | {named}), limits):
         return Routing(state)
-    return Routing(state, send=[(root, _stamped({"type": LINK, "root": key, "kind": kind, "ok": True},
-                                                event_time(message)))])
+    answer = _stamped({"type": LINK, "root": key, "kind": kind, "ok": True}, event_time(message))
+    if named != root:
+        answer["via"] = named
+    return Routing(state, send=[(root, answer)])
 
 
 def _within(person: Mapping[str, Any], others: Mapping[str, int], limits: Limits) -> bool:
