@@ -1270,3 +1270,79 @@ def test_an_erase_by_a_browser_id_a_user_id_named_first_erases_the_user_ids_prof
         run = _kafka_order(events, seed).advance(UNTIL)
         assert run.profiles == {}, seed
         assert not any(graph.is_live(state) for state in run.states.values()), seed
+
+
+def test_an_unmatch_publishes_the_other_persons_profile_again_and_skips_what_is_not_ours() -> None:
+    """The profile that loses a possible match to an erase is written and published again; an
+    _unmatch whose keys are not identifier keys (damaged) changes nothing and fails nothing."""
+    events = [ev("h-1", "identify", 0, email="mary@example.com", traits={"first_name": "Mary", **_HOUSEHOLD}),
+              ev("h-2", "identify", 5, email="peter@example.com", traits={"first_name": "Peter", **_HOUSEHOLD})]
+    pipeline = LocalPipeline(RULES)
+    pipeline.feed(events)
+    mary = "e:mary@example.com"
+    assert pipeline.states[mary]["profile"]["possible_matches"]
+    for keys in ([5], [["e:peter@example.com"]], [None], "e:peter@example.com", [{}]):
+        before = orjson.dumps(pipeline.states[mary])
+        effects = dispatch(pipeline.states, pipeline.blocks, mary, {"type": "_unmatch", "keys": keys}, None, RULES)
+        assert not effects.republish and not effects.send and orjson.dumps(pipeline.states[mary]) == before
+    effects = dispatch(pipeline.states, pipeline.blocks, mary,
+                       {"type": "_unmatch", "keys": ["e:peter@example.com"]}, None, RULES)
+    assert effects.republish and effects.changed
+    assert pipeline.states[mary]["profile"]["possible_matches"] == []
+
+
+def test_a_match_at_a_marker_has_only_a_block_drop_the_record_again() -> None:
+    """The block a refused match names must be a block's key: a damaged one sends nothing."""
+    from streams.domain.identity import profile_key
+
+    states: dict[str, Any] = {}
+    for event in (ev("i1", "identify", 1, email=P1), ev("x2", "erase", 2, email=P1)):
+        _deliver(states, {}, deque([(profile_key(event), event)]))
+    possible = {"type": graph.POSSIBLE, "to": f"e:{P1}", "other": f"e:{P0}", "score": 0.7,
+                "records": {f"e:{P1}": T0 + 1 * MIN}}
+    assert dispatch(states, {}, f"e:{P1}", {**possible, "block": "b:x"}, None, RULES).send == [
+        ("b:x", {"type": graph.BLOCK, "key": f"e:{P1}", "drop": True, "erased": True, "until": T0 + 2 * MIN})]
+    for block in (f"e:{P0}", "u:x", 5, None):
+        assert dispatch(states, {}, f"e:{P1}", {**possible, "block": block}, None, RULES).send == []
+
+
+@pytest.mark.parametrize("via", ["a:anon-q", "a:someone-else"])
+def test_an_ask_by_a_via_key_is_weighed_with_that_key_counted_once(via: str) -> None:
+    """A marker asks by the key the profile linked (``via``): the person's counts share that key's
+    kind, and the profile's own identifiers are counted as they are (the marker's key is not one of
+    them).  At one e-mail and one browser id each, Quinn's profile (user id, browser id) would have
+    taken in the person (one e-mail, that browser id): yes, naming the via key.  A via key the
+    profile does not link is no such key: the ask is weighed as naming the marker's key."""
+    pipeline = LocalPipeline(RULES)
+    pipeline.feed([ev("q-1", "identify", 0, user_id="uid-q", anonymous_id="anon-q")])
+    state = pipeline.states["u:uid-q"]
+    assert graph.is_live(state) and "a:anon-q" in graph.identity_keys("u:uid-q", state)
+    limits = {"user_ids": 5, "emails": 1, "phones": 5, "anonymous_ids": 1}
+    ask = {"type": graph.LINK, "root": "e:peter@example.com", "kind": "exact", "at": T0,
+           "counts": {"user_ids": 0, "emails": 1, "phones": 0, "anonymous_ids": 1}, "via": via}
+    routing = graph.on_link("u:uid-q", state, ask, limits)
+    if via == "a:anon-q":
+        assert routing.send == [("e:peter@example.com", {"type": graph.LINK, "root": "u:uid-q", "kind": "exact",
+                                                         "ok": True, "at": T0, "via": via})]
+    else:  # (the person's browser id and Quinn's: two, past the one allowed)
+        assert routing.send == []
+        roomy = {**limits, "anonymous_ids": 2}
+        assert graph.on_link("u:uid-q", state, ask, roomy).send == [
+            ("e:peter@example.com", {"type": graph.LINK, "root": "u:uid-q", "kind": "exact", "ok": True, "at": T0})]
+
+
+def test_a_yes_passed_on_to_an_erased_persons_later_activity_is_weighed_by_its_own_key() -> None:
+    """Only a marker answers by the ``via`` key a redirect passed a link on by: a key the person's
+    later activity took in after the erasure was not theirs, so its _forget names the later
+    activity's own key."""
+    from streams.domain.timeline import receive
+
+    key, erased_at = f"e:{P1}", T0 + 5 * MIN
+    state = receive(None, key, ev("v0", "page_view", 0, email=P1), None, RULES).state
+    state = receive(state, key, ev("v1", "page_view", 10, email=P1), None, RULES).state
+    state = receive(state, key, {**ev("x2", "erase", 5, email=P1), "kind": "identities"}, None, RULES).state
+    assert graph.is_live(state) and state["erased_at"] == erased_at
+    state["erased_keys"] = {"user_ids": 0, "emails": 1, "phones": 0, "anonymous_ids": 0}
+    yes = {"type": graph.LINK, "root": "u:uid-q", "kind": "exact", "ok": True, "at": T0, "via": "a:anon-q"}
+    assert graph.on_link(key, state, yes, RULES.identity_limits).send == [
+        ("u:uid-q", {"type": graph.FORGET, "root": key, "erased_at": erased_at, "claimed": True})]

@@ -97,3 +97,16 @@ def test_withdraw_takes_out_the_pairs_naming_the_erased_keys_directly_or_through
     assert not pm.withdraw(entries, aliases, ["e:p"])  # (again: nothing left to take out)
     assert pm.withdrawals([["e:p", "e:m", 0.6], ["a:p", "e:m", 0.6], ["e:p", "u:z", 0.5]], "e:p") == [
         ("e:m", {"type": pm.UNMATCH, "keys": ["a:p", "e:p"]}), ("u:z", {"type": pm.UNMATCH, "keys": ["e:p"]})]
+
+
+def test_an_unmatch_takes_out_a_pair_scored_under_a_key_renamed_since_and_its_alias() -> None:
+    """Peter was scored under his browser id, which was renamed to his address since: the _unmatch
+    for the browser id takes the pair out (the key it names, not only where the alias leads) and
+    the alias itself, which names his browser id; an alias alone gone is a change too."""
+    entries: list[Any] = [["e:mary@example.com", "a:anon-p", 0.7]]
+    aliases = {"a:anon-p": "e:peter@example.com"}
+    assert pm.withdraw(entries, aliases, ["a:anon-p"]) is True
+    assert entries == [] and aliases == {}
+    aliases = {"a:anon-p": "e:peter@example.com"}
+    assert pm.withdraw([], aliases, ["a:anon-p"]) is True and aliases == {}
+    assert pm.withdraw([], {}, ["a:anon-p"]) is False
