@@ -650,3 +650,34 @@ def test_the_ids_an_erased_persons_later_activity_forgets_past_its_bound_are_cou
     got = receive(state, "u:u-1", ev("x-1", "erase", ms(T0) + 5 * MIN), None, rules)
     assert got.outcome == "erased" and len(got.state["pending"]) == 200
     assert got.seen_dropped == 200 - len(got.state["seen"]) and len(got.state["seen"]) < 64 + 32  # (amortized)
+
+
+def _parked_past_the_seen_bound(rules: RuleSet, key: str) -> dict[str, Any]:
+    """A profile of one event before ``T0 + 5 min`` and 200 parked page views after it."""
+    state = receive(None, key, ev("v-0", "page_view", ms(T0)), None, rules).state
+    for n in range(200):
+        state = receive(state, key, ev(f"v-{n + 1}", "page_view", ms(T0) + (10 + n) * 60_000), None, rules).state
+    return state
+
+
+def test_the_ids_an_erased_persons_later_activity_forgets_are_counted_on_every_way_an_erase_comes() -> None:
+    """An erase that reaches a profile by a link (its root was erased) and a profile that arrives at
+    an erased key: the later activity they keep forgets ids past ``limits.seen_ids``, counted as at
+    an erase event."""
+    from streams.domain import identity_graph as graph
+    from streams.domain.dispatch import dispatch
+
+    rules = RuleSet.build(PipelineConfig(limits={"seen_ids": 64, "parked_events": 500}), 7 * DAY)
+    erased_at = ms(T0) + 5 * 60_000
+    states: dict[str, Any] = {"a:anon-1": _parked_past_the_seen_bound(rules, "a:anon-1")}
+    yes = {"type": graph.LINK, "root": "u:u-1", "kind": "exact", "ok": True, "erased_at": erased_at,
+           "at": ms(T0)}
+    effects = dispatch(states, {}, "a:anon-1", yes, None, rules)
+    later = states["a:anon-1"]
+    assert graph.is_live(later) and later["erased_at"] == erased_at and len(later["pending"]) == 200
+    assert effects.seen_dropped == 200 - len(later["seen"]) > 0
+    states = {"u:u-1": {"erased_at": erased_at}}
+    absorb = {"type": graph.ABSORB, "from": "a:anon-1", "state": _parked_past_the_seen_bound(rules, "a:anon-1"),
+              "at": ms(T0)}
+    effects = dispatch(states, {}, "u:u-1", absorb, None, rules)
+    assert effects.seen_dropped > 0
