@@ -456,3 +456,14 @@ def test_the_trait_byte_bound_holds_for_text_that_takes_more_bytes_as_json_than_
     for n in range(40):
         fold_event(profile, ev(f"t{n}", "identify", T0 + n, traits={f"k{n}": [char * 4000] * 2}))
     assert len(orjson.dumps(profile["traits"])) <= DEFAULT_LIMITS.trait_bytes
+
+
+@pytest.mark.parametrize("text", ["", "plain", 'a "quoted" \\ path', "\x00\x1f\x7f", "\b\t\n\f\r", "é ñ", "€ 中",
+                                  "\U0001f600\U0001f4a9", "mixed é € \U0001f600 \x02 \""])
+def test_text_is_sized_as_json_writes_it(text: str) -> None:
+    """A trait's text is sized as the bytes JSON writes it in: two for an accented letter, three for
+    a euro sign, four for an emoji, six for a control character, quotes included."""
+    from streams.domain.profile import approx_size, text_size
+
+    assert text_size(text) == len(orjson.dumps(text))
+    assert approx_size({text: [text]}) == len(orjson.dumps({text: [text]})) + 2  # (a separator after each entry)
