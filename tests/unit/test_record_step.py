@@ -932,3 +932,19 @@ def test_due_profiles_whose_chunk_is_left_out_whole_go_back_to_the_due_index_at_
     result = apply_due(["u:a", "u:b"], at, Failing(), CTX, Source(CTX.events_topic, 0, 0, None, NOW), 0, Hop(),
                        lambda due, key: pushed.append((due, key)))
     assert result.left_out_whole and pushed == [(at, b"u:a"), (at, b"u:b")]
+
+
+def test_an_identity_message_past_the_value_limit_fails_the_key_that_sent_it() -> None:
+    """A forward too big for one value (nothing to make smaller in it) fails its sender's key in the
+    step, rather than going to the producer, which refuses it."""
+    from types import SimpleNamespace
+
+    import pytest
+
+    from streams.record_step import MAX_VALUE_BYTES, RecordResult, StepFailure, _route_outbox
+
+    event = {"event_id": "e-1", "type": "identify", "traits": {"t": "z" * MAX_VALUE_BYTES}}
+    with pytest.raises(StepFailure) as failed:
+        _route_outbox([("e:x@y.com", "u:u-1", event)], SimpleNamespace(partitions=4, events_topic="events"),
+                      RecordResult())  # type: ignore[arg-type]
+    assert failed.value.stage == "route" and failed.value.key == "e:x@y.com"
