@@ -529,3 +529,14 @@ def test_a_full_temporary_folder_is_named_as_what_generate_cannot_write(
     assert code == 2 and not out.exists()
     assert err.strip() == ("mailpulse: error: cannot write the temporary files of the sort in "
                            f"{tempfile.gettempdir()}: No space left on device (TMPDIR names another folder)")
+
+
+@pytest.mark.parametrize("url", ["kafka://host:0", "kafka://host:", "kafka://[::1]x", "kafka://[::1]:", "kafka://host/x",
+                                 "kafka://host:+1", "kafka://host:\uff11\uff12"])
+def test_a_broker_url_whose_port_is_no_port_is_refused(url: str) -> None:
+    from pydantic import ValidationError
+
+    from streams.settings import Settings
+
+    with pytest.raises(ValidationError, match="each address a host"):
+        Settings(broker=url)
