@@ -337,3 +337,4 @@ def test_score_leaves_out_people_the_history_erases_after_as_of(capsys: pytest.C
     assert code == 0, err
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [line["user_id"] for line in lines] == ["u-kept"]
+    assert "scored 1 profiles from 9 events " in err, err  # (the events up to --as-of: those scored)
