@@ -110,3 +110,13 @@ def test_an_unmatch_takes_out_a_pair_scored_under_a_key_renamed_since_and_its_al
     aliases = {"a:anon-p": "e:peter@example.com"}
     assert pm.withdraw([], aliases, ["a:anon-p"]) is True and aliases == {}
     assert pm.withdraw([], {}, ["a:anon-p"]) is False
+
+
+def test_an_erased_profiles_unmatch_names_every_key_it_was_scored_under_and_its_own() -> None:
+    """The other side may name the erased profile by the key its pair was scored under or by the
+    profile's own key (its root, which an alias or a later scoring gave it)."""
+    entries = [["a:anon-p", "e:mary@example.com", 0.7], ["u:uid-p", "e:mary@example.com", 0.6],
+               ["a:anon-p", "e:zoe@example.com", 0.5]]
+    assert pm.withdrawals(entries, "e:peter@example.com") == [
+        ("e:mary@example.com", {"type": pm.UNMATCH, "keys": ["a:anon-p", "e:peter@example.com", "u:uid-p"]}),
+        ("e:zoe@example.com", {"type": pm.UNMATCH, "keys": ["a:anon-p", "e:peter@example.com"]})]
