@@ -488,6 +488,8 @@ def _on_unmatch(states: MutableMapping[str, State | None], key: str, state: Stat
 
 
 def _on_block(blocks: MutableMapping[str, Any], key: str, message: dict[str, Any]) -> Effects:
+    if not is_identity_key(message.get("key")) or not (message.get("drop") or isinstance(message.get("person"), dict)):
+        return Effects()  # not one of ours: no member key, or no record to store
     members = blocks.get(key)
     if message.get("drop"):
         gone, until = message["key"], graph.event_time(message, "until")

@@ -500,3 +500,24 @@ def test_input_topics_read_at_their_own_pace_lose_no_event_to_the_dedupe_window(
             profiles[state["profile"]["profile_id"]] = snapshot(state)
     assert duplicates == 0
     assert profiles == expected.profiles
+
+
+@pytest.mark.parametrize("damaged", [
+    {"type": "_block", "key": [], "drop": True},
+    {"type": "_block", "key": {"a": 1}, "drop": True, "erased": True},
+    {"type": "_block", "key": "e:b@example.com"},
+    {"type": "_block", "key": "e:b@example.com", "drop": False},
+    {"type": "_block", "key": 5, "person": {"first": "Ann"}},
+    {"type": "_block", "key": "e:b@example.com", "person": "Ann"},
+])
+def test_a_damaged_block_message_leaves_the_block_as_it_is(damaged: dict[str, Any]) -> None:
+    """A block message whose member key is no key or whose record is missing raised in the step
+    (``unhashable``, ``KeyError``): the entry was dead-lettered as a processing error.  It is not one of
+    ours: the block is left as it is, and its good messages go on."""
+    rules = RuleSet.build(PipelineConfig(), 7 * 86_400_000)
+    blocks: dict[str, Any] = {"b:x": {"e:a@example.com": {"first": "Ann", "last": "Lee"}}}
+    before = copy.deepcopy(blocks)
+    assert dispatch({}, blocks, "b:x", damaged, None, rules).send == []
+    assert blocks == before
+    dispatch({}, blocks, "b:x", {"type": "_block", "key": "e:a@example.com", "drop": True}, None, rules)
+    assert blocks["b:x"] is None
