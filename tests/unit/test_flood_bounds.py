@@ -190,6 +190,18 @@ def test_one_person_fed_far_past_every_bound_at_once_stays_bounded_and_counts_ev
     assert published and all(finite(snapshot) for snapshot in published)
 
 
+def _feed_long_aliases(hop: Hop, old: str, new: str, dropped: Counter[str], totals: Counter[str]) -> None:
+    """``limits.match_aliases`` aliases of keys of 514 characters to the profile at ``u:p``, 20 a record."""
+    def key(name: str) -> str:
+        return "u:" + name.ljust(512, "x")
+
+    aliases = [{"type": possible_matches.ALIAS, "old": key(f"{old}{i:04d}"), "new": key(f"{new}{i:04d}")}
+               for i in range(LIMITS.match_aliases)]
+    for start in range(0, len(aliases), 20):
+        partition, record = _internal("u:p", aliases[start:start + 20])
+        hop.log[partition].append(record)
+    _step_all(hop, dropped, totals)
+
 def test_a_state_made_too_big_by_match_aliases_is_shrunk_not_dead_lettered(monkeypatch: Any) -> None:
     """Aliases of possible matches are bounded by count (``limits.match_aliases``), but each holds two
     keys of up to 514 characters: 400 of them are ~420 KB, and a raised bound passes the value limit
@@ -208,15 +220,7 @@ def test_a_state_made_too_big_by_match_aliases_is_shrunk_not_dead_lettered(monke
         hop.log[partition].append(record)
     _step_all(hop, dropped, totals)
 
-    def key(name: str) -> str:
-        return "u:" + name.ljust(512, "x")
-
-    aliases = [{"type": possible_matches.ALIAS, "old": key(f"other{i:04d}"), "new": key(f"moved{i:04d}")}
-               for i in range(LIMITS.match_aliases)]
-    for start in range(0, len(aliases), 20):
-        partition, record = _internal("u:p", aliases[start:start + 20])
-        hop.log[partition].append(record)
-    _step_all(hop, dropped, totals)
+    _feed_long_aliases(hop, "other", "moved", dropped, totals)
 
     stored = hop.tables[partition_for("u:p", PARTITIONS)]["states"][b"u:p"]
     assert len(stored) <= record_step.SOFT_STATE_BYTES and totals["shrunk"] > 0
@@ -239,15 +243,7 @@ def test_a_big_state_that_leaves_with_a_record_of_its_own_large_events_is_made_s
         hop.log[partition].append(record)
     _step_all(hop, dropped, totals)
 
-    def key(name: str) -> str:
-        return "u:" + name.ljust(512, "x")
-
-    aliases = [{"type": possible_matches.ALIAS, "old": key(f"o{i:04d}"), "new": key(f"m{i:04d}")}
-               for i in range(LIMITS.match_aliases)]
-    for start in range(0, len(aliases), 20):
-        partition, record = _internal("u:p", aliases[start:start + 20])
-        hop.log[partition].append(record)
-    _step_all(hop, dropped, totals)
+    _feed_long_aliases(hop, "o", "m", dropped, totals)
     home = partition_for("u:p", PARTITIONS)
     assert len(hop.tables[home]["states"][b"u:p"]) > 600_000 and not totals["shrunk"]
 
