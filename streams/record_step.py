@@ -199,11 +199,21 @@ class _Cache(dict[str, Any]):
         return value
 
 
-def _encoded(value: Any) -> bytes:
-    data = orjson.dumps(value)
+def _checked(data: bytes) -> bytes:
+    """``data``, or ValueError when it is over the broker's value limit."""
     if len(data) > MAX_VALUE_BYTES:
         raise ValueError(f"value of {len(data)} bytes over the limit of {MAX_VALUE_BYTES}")
     return data
+
+
+def _encoded(value: Any) -> bytes:
+    return _checked(orjson.dumps(value))
+
+
+def _shrink_past() -> int:
+    """A live state, stored or carried by an absorb, is made smaller past this many bytes: all but
+    :data:`ABSORB_ROOM` of :data:`MAX_VALUE_BYTES` (read at the call: tests lower the limit)."""
+    return MAX_VALUE_BYTES - MAX_VALUE_BYTES // ABSORB_ROOM
 
 
 def step(entries: list[Any], io: StepIO, ctx: StepContext, skip: frozenset[int] = frozenset(),
@@ -475,48 +485,48 @@ def _encode_state(state: State, release_parked: Callable[[], None] | None = None
         # another program wrote) fails this profile, not the agent that applies the result
         state["due"] = due = indexable_due(next_due(state))
         data = orjson.dumps(due_first(state))
-        if len(data) > SOFT_STATE_BYTES and state.get("pending") and release_parked is not None:
-            release_parked()
-            state["due"] = due = indexable_due(next_due(state))
-            data = orjson.dumps(due_first(state))
-        if len(data) > MAX_VALUE_BYTES - MAX_VALUE_BYTES // ABSORB_ROOM:
-            shrunk = Counter()
-            while len(data) > SOFT_STATE_BYTES and shrink(state, limits, shrunk):
+        if len(data) > SOFT_STATE_BYTES:  # (rare; a third of the value limit, under _shrink_past)
+            if state.get("pending") and release_parked is not None:
+                release_parked()
+                state["due"] = due = indexable_due(next_due(state))
                 data = orjson.dumps(due_first(state))
-        if len(data) > MAX_VALUE_BYTES:
-            raise ValueError(f"value of {len(data)} bytes over the limit of {MAX_VALUE_BYTES}")
+            if len(data) > _shrink_past():
+                shrunk = Counter()
+                while len(data) > SOFT_STATE_BYTES and shrink(state, limits, shrunk):
+                    data = orjson.dumps(due_first(state))
+            data = _checked(data)
     return data, due, previous, shrunk
 
 
-def _fit_absorbed(target_key: str, message: dict[str, Any], limits: Limits, result: RecordResult) -> None:
-    """An absorb's live state made smaller as a stored one is (:func:`_encode_state`) when the message
-    would pass the value limit: it was stored with room for one more event, but the record that made
-    it leave can have parked more of its person's events in it (each drop counted)."""
+def _fit_absorbed(target_key: str, message: dict[str, Any], data: bytes, limits: Limits,
+                  result: RecordResult) -> bytes:
+    """An absorb (``data``, its encoding) whose live state is made smaller as a stored one is
+    (:func:`_encode_state`) while the message is past :func:`_shrink_past`: it was stored with room
+    for one more event, but the record that made it leave can have parked more of its person's events
+    in it (each drop counted).  Its encoding as it is then."""
     state: LiveState = message["state"]
     shrunk: Counter[str] = Counter()
-    while len(orjson.dumps([target_key, message])) > MAX_VALUE_BYTES - MAX_VALUE_BYTES // ABSORB_ROOM and \
-            shrink(state, limits, shrunk):
-        pass
+    while len(data) > _shrink_past() and shrink(state, limits, shrunk):
+        data = orjson.dumps([target_key, message])
     if shrunk:
         result.shrunk += 1
         result.entries_dropped.update(shrunk)
+    return data
 
 
 def _route_outbox(outbox: list[tuple[str, str, dict[str, Any]]], ctx: StepContext, result: RecordResult) -> None:
     """The identity messages of this record, batched per target partition onto the internal topic.
     A message that cannot be encoded fails the key that sent it."""
     routed = PartitionBatches()
+    shrink_past = _shrink_past()
     for source, target_key, message in outbox:
         target = partition_for(target_key, ctx.partitions)
         try:
             data = orjson.dumps([target_key, message])
-            if len(data) > MAX_VALUE_BYTES - MAX_VALUE_BYTES // ABSORB_ROOM and message.get("type") == ABSORB \
+            if len(data) > shrink_past and message.get("type") == ABSORB \
                     and is_live(message.get("state")):  # (rare: the step's encode keeps states under it)
-                _fit_absorbed(target_key, message, ctx.rules.limits, result)
-                data = orjson.dumps([target_key, message])
-            if len(data) > MAX_VALUE_BYTES:
-                raise ValueError(f"value of {len(data)} bytes over the limit of {MAX_VALUE_BYTES}")
-            size = len(data) + 1
+                data = _fit_absorbed(target_key, message, data, ctx.rules.limits, result)
+            size = len(_checked(data)) + 1
         except Exception as exc:
             raise StepFailure("route", exc, key=source) from exc
         # its real size: an estimate let a run's forwards or absorbs make one record over the
