@@ -257,10 +257,14 @@ def _erased_drops(state: LiveState, key: str, rules: RuleSet) -> list[tuple[str,
     return sent
 
 
-def _block_drops(registered: Iterable[list[str]], erased: bool = False) -> list[tuple[str, dict[str, Any]]]:
+def _block_drops(registered: Iterable[list[str]], erased: bool = False,
+                 until: int | None = None) -> list[tuple[str, dict[str, Any]]]:
     """Tells each fuzzy-matching block of these [block, member key] pairs to drop the member's record
-    (``erased``: the member's person was erased, and the block withdraws the matches it reported)."""
-    extra = {"erased": True} if erased else {}
+    (``erased``: the member's person was erased, and the block withdraws the matches it reported;
+    ``until``: the erasure's time, so a later record of the key stays)."""
+    extra: dict[str, Any] = {"erased": True} if erased else {}
+    if until is not None:
+        extra["until"] = until
     return [(block, {"type": graph.BLOCK, "key": member, "drop": True, **extra}) for block, member in registered]
 
 
@@ -432,8 +436,7 @@ def _on_possible(states: MutableMapping[str, State | None], key: str, state: Sta
         # it drops it now, unless it holds a later record of the key, and withdraws its matches
         block, erased_at = message.get("block"), graph.event_time(state, "erased_at")
         if isinstance(block, str) and block.startswith("b:") and is_identity_key(mine) and erased_at is not None:
-            return Effects(send=[(block, {"type": graph.BLOCK, "key": mine, "drop": True, "erased": True,
-                                          "until": erased_at})])
+            return Effects(send=_block_drops([[block, mine]], erased=True, until=erased_at))
         return Effects()
     if not graph.holds_someone(state):
         return _not_at_a_profile(state, message)
@@ -493,11 +496,11 @@ def _on_block(blocks: MutableMapping[str, Any], key: str, message: dict[str, Any
     members = blocks.get(key)
     if message.get("drop"):
         gone, until = message["key"], graph.event_time(message, "until")
-        if members and gone in members and until is not None and (graph.event_time(members[gone]) or 0) > until:
-            return Effects()  # a record of the key's later activity: not the erased person's
         if members and gone in members:
+            if until is not None and (graph.event_time(members[gone]) or 0) > until:
+                return Effects()  # a record of the key's later activity: not the erased person's
             blocks[key] = drop_member(members, gone) or None
-        if members and message.get("erased") is True and is_identity_key(gone):
+        if members and message.get("erased") is True:
             # A possible match this block reported on the erased person's record may still be on its
             # way to the other member, and arrive after the erased profile's own _unmatch: this one,
             # sent after it on the same way, takes it out there.  (To every other member, also when the
