@@ -216,8 +216,7 @@ class Settings(BaseSettings):
         """Each address a host, with a port up to 65535 or none (the client's 9092): a URL without a
         host or with a port that is none was tried for 5 s and reported as a broker that did not answer."""
         if url:
-            for part in url.split(","):
-                address = part.strip().split("://", 1)[-1]
+            for address in (part.strip() for part in bootstrap_servers(url).split(",")):  # (as the clients get it)
                 if address.startswith("["):  # [IPv6]:port
                     host, _, rest = address[1:].partition("]")
                     port = rest.removeprefix(":") if rest.startswith(":") else (None if not rest else "x")
