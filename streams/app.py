@@ -118,6 +118,9 @@ LAG_EVERY_S = 1.0
 #: How often the broker is asked for the end of each assigned partition (seconds): the lag and the
 #: check that every partition is read (:meth:`streams.metrics.Health.watch_partitions`) use it.
 ENDS_EVERY_S = 10.0
+#: How often ``mailpulse_consumer_lag`` is read from the broker during the first table recovery,
+#: before the lag timer runs (seconds; :func:`_early_lag`).
+EARLY_LAG_EVERY_S = 2.0
 #: How often the event loop reports to /healthz and ``mailpulse_worker_state`` (seconds).
 HEALTH_EVERY_S = 1.0
 
@@ -351,10 +354,11 @@ def create_app(settings: Settings, metrics: Metrics | None = None, output: Outpu
         app.timer(interval=settings.wall_clock_interval_s)(_wall_clock(p))
     if settings.clock_delay_ms:
         app.timer(interval=max(settings.clock_delay_ms / 2000, 0.01))(_delayed_clocks(p))
-    app.timer(interval=LAG_EVERY_S)(_consumer_lag(p))
+    lag_shown: set[tuple[str, str]] = set()  # the lag's series, shared by the early reading and the timer
+    app.timer(interval=LAG_EVERY_S)(_consumer_lag(p, lag_shown))
     app.timer(interval=ENDS_EVERY_S)(_partition_ends(p))
     app.timer(interval=HEALTH_EVERY_S)(_health(p))
-    app.early_tasks = (_early_beat(p),)
+    app.early_tasks = (_early_beat(p), _early_lag(p, lag_shown))
     return p
 
 
@@ -503,14 +507,13 @@ def _partition_ends(p: Pipeline) -> Any:
     return partition_ends
 
 
-def _consumer_lag(p: Pipeline) -> Any:
+def _consumer_lag(p: Pipeline, shown: set[tuple[str, str]]) -> Any:
     """``mailpulse_consumer_lag``: for each assigned partition of a topic the agents read, the messages
     between its committed offset and the partition's end, as of the last fetch or the broker's last
     answer (:func:`_partition_ends`), whichever is further (what a restart would read again).
-    Partitions no longer assigned lose their series."""
+    Partitions no longer assigned lose their series (``shown``: the series set, also by :func:`_early_lag`)."""
     gauge = p.metrics.consumer_lag
     topics = _read_topics(p)
-    shown: set[tuple[str, str]] = set()
 
     async def consumer_lag() -> None:
         consumer: Any = p.app.consumer  # a streams.consumer.Consumer (Faust's offset bookkeeping)
@@ -594,6 +597,54 @@ def _early_beat(p: Pipeline) -> Callable[[], Awaitable[None]]:
             await asyncio.sleep(HEALTH_EVERY_S)
 
     return early_beat
+
+
+def _early_lag(p: Pipeline, shown: set[tuple[str, str]]) -> Callable[[], Awaitable[None]]:
+    """``mailpulse_consumer_lag`` from the app's start until the lag timer takes over (Faust starts
+    timers once the first table recovery is done): without it the lag had no series during that
+    recovery, however long, and however far the input piled up meanwhile.  The committed offsets are
+    asked of the group (Faust reads them only as the recovery ends) and the ends of the broker,
+    every :data:`EARLY_LAG_EVERY_S`; the agents read nothing yet, so the lag is what waits for them."""
+    gauge = p.metrics.consumer_lag
+    topics = _read_topics(p)
+
+    async def early_lag() -> None:
+        while not p.health.started:
+            try:  # a reading never stops the worker; a broker that does not answer is the broker probe's to tell
+                consumer: Any = p.app.consumer
+                tps = sorted(tp for tp in consumer.assignment() if tp.topic in topics)
+                if tps:
+                    ends = dict(await asyncio.wait_for(consumer.highwaters(*tps), ENDS_EVERY_S))
+                    committed = await asyncio.wait_for(_committed_offsets(consumer, tps), ENDS_EVERY_S)
+                    if not p.health.started:  # (the timer may have taken over while the broker answered)
+                        current: set[tuple[str, str]] = set()
+                        for tp in tps:
+                            end = _end(consumer, tp, ends.get(tp))
+                            if end is not None:
+                                labels = (tp.topic, str(tp.partition))
+                                gauge.labels(*labels).set(max(0, end - (committed.get(tp) or 0)))
+                                current.add(labels)
+                        for labels in shown - current:
+                            gauge.remove(*labels)
+                        shown.clear()
+                        shown.update(current)
+            except Exception as exc:
+                log.debug("consumer lag not read: %s", type(exc).__name__)
+            await asyncio.sleep(EARLY_LAG_EVERY_S)
+
+    return early_lag
+
+
+async def _committed_offsets(consumer: Any, tps: list[Any]) -> dict[Any, int]:
+    """The group's committed offset of each of ``tps`` that has one, asked of the group coordinator
+    in the consumer's thread (one request)."""
+    client = consumer._thread._ensure_consumer()
+
+    async def fetch() -> Any:
+        return await client._coordinator.fetch_committed_offsets(list(tps))
+
+    answer = await consumer._thread.call_thread(fetch)
+    return {tp: meta.offset for tp, meta in answer.items() if meta.offset >= 0}
 
 
 def _delayed_clocks(p: Pipeline) -> Any:

@@ -1273,7 +1273,7 @@ async def test_consumer_lag_counts_from_the_committed_offset_not_the_acked_ones(
 
     fake = SimpleNamespace(app=SimpleNamespace(consumer=Consumer()), metrics=pipeline.metrics,
                            settings=pipeline.settings, broker_ends={}, read_to_end={})
-    await _consumer_lag(fake)()  # type: ignore[arg-type]
+    await _consumer_lag(fake, set())()  # type: ignore[arg-type]
     gauge = pipeline.metrics.consumer_lag
     assert gauge.labels("clicks", "3")._value.get() == 60
     assert gauge.labels("clicks", "4")._value.get() == 100  # nothing committed yet: all of it
@@ -1371,7 +1371,7 @@ async def test_the_broker_ends_give_the_lag_and_a_partition_read_nothing_of_fail
 
     pipeline.app.consumer = Consumer()  # type: ignore[assignment]
     pipeline.health.ready = True
-    ends, lag = _partition_ends(pipeline), _consumer_lag(pipeline)
+    ends, lag = _partition_ends(pipeline), _consumer_lag(pipeline, set())
     await ends()
     await lag()
     assert pipeline.metrics.consumer_lag.labels("clicks", "0")._value.get() == 30
@@ -1472,7 +1472,7 @@ async def test_a_partition_fetched_to_its_end_is_read_once_every_message_of_it_i
     # and its lag is 0, not the marker's 1 (the others' 1 waits to be committed or read)
     from streams.app import _consumer_lag
 
-    await _consumer_lag(pipeline)()
+    await _consumer_lag(pipeline, set())()
     assert {partition: pipeline.metrics.registry.get_sample_value(
         "mailpulse_consumer_lag", {"topic": "clicks", "partition": partition}) for partition in "0123"} == {
         "0": 0, "1": 1, "2": 1, "3": 1}

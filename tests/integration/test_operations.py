@@ -383,7 +383,8 @@ def test_healthz_stays_green_while_the_tables_recover_at_the_first_start(broker,
     done; a recovery longer than the stall limit (a large changelog, a state folder rebuilt) made
     /healthz answer "event loop stalled" while the loop turned, and a liveness probe restarted the
     worker in the middle of its recovery, again and again.  While tables recover, /readyz is red
-    and /healthz green."""
+    and /healthz green.  The consumer lag, also a timer's, had no series then either, however far
+    the input piled up."""
     worker: Worker = start_worker(command=[sys.executable, "-m", "tests.integration.slow_recovery_worker"])
     url = f"http://127.0.0.1:{worker.metrics_port}"
 
@@ -394,13 +395,28 @@ def test_healthz_stays_green_while_the_tables_recover_at_the_first_start(broker,
             return False
 
     wait_until(answers_at_all, timeout=30)
+    # events that wait while the tables recover (one batch each: the embedded broker may tell a
+    # partition's end by the start of its last batch)
+    producer = Producer({"bootstrap.servers": broker.bootstrap})
+    for n in range(3 * PARTITIONS):
+        view = {"event_id": f"waits-{n}", "type": "product_view", "timestamp": 1772359200000 + n,
+                "user_id": f"u-{n}", "product_id": "sku-1"}
+        producer.produce("clicks", orjson.dumps(view), partition=n % PARTITIONS)
+        assert producer.flush(30) == 0
     answers: list[tuple[int, bytes, int]] = []
+    lags_while_recovering: dict[tuple[str, str], float] = {}
     while (ready := _get(url + "/readyz")[0]) != 200:
         assert worker.process.poll() is None, worker.log.read_text(errors="replace")[-3000:]
         answers.append((*_get(url + "/healthz"), ready))
+        lags_while_recovering.update(consumer_lags(worker.metrics_port))
         assert len(answers) < 200, answers[-3:]
         time.sleep(0.25)
     assert len(answers) > 20, answers  # (the recovery took its 12 s)
     assert [answer for answer in answers if answer[0] != 200] == []
     assert _get(url + "/healthz")[0] == 200
     assert worker.metric("mailpulse_worker_state", state="running") == 1
+    # the lag had series while the tables recovered: the input that waited, counted from the broker
+    assert {partition: lag for (topic, partition), lag in lags_while_recovering.items() if topic == "clicks"} \
+        == {str(n): 3.0 for n in range(PARTITIONS)}, lags_while_recovering
+    wait_until(lambda: not any(lag for (topic, _), lag in consumer_lags(worker.metrics_port).items()
+                               if topic == "clicks"), timeout=30)
