@@ -12,12 +12,13 @@ import fcntl
 import logging
 import os
 import shutil
+import signal
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import faust
 from mode.utils.logging import redirect_stdouts
@@ -147,9 +148,29 @@ def _empty_folder(folder: Path) -> None:
             child.unlink()
 
 
+class StoppedBeforeStart(Exception):
+    """A stop signal (SIGTERM) came before Faust took the stop signals over."""
+
+
+def _stop_before_start(signum: int, frame: Any) -> None:
+    raise StoppedBeforeStart
+
+
 def run_worker(settings: Settings, demo: bool = False, models: ModelBundle | None = None) -> int:
     """Run one worker until it is stopped.  Returns the exit code.  ``models``: the bundle already
-    loaded (else the app loads it)."""
+    loaded (else the app loads it).  A SIGTERM before Faust starts (it then handles the stop
+    signals itself) ends the start with a line and exit status 0: nothing was read yet."""
+    previous = signal.signal(signal.SIGTERM, _stop_before_start)
+    try:
+        return _run_worker(settings, demo, models)
+    except StoppedBeforeStart:
+        say("stopped before the worker started: nothing was read, the state folder is as it was")
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_worker(settings: Settings, demo: bool, models: ModelBundle | None) -> int:
     logs.use(settings.log_format)
     logs.log_thread_crashes()
     broker: EmbeddedBroker | None = None
@@ -174,7 +195,6 @@ def run_worker(settings: Settings, demo: bool = False, models: ModelBundle | Non
                 say(f"{stale}; rebuilding table state from the changelog topics")
             if broker is not None or stale is not None:  # (stale_state: no marker, or an old one)
                 _empty_folder(data_dir)
-            clean_stop.unlink(missing_ok=True)
             settings = settings.model_copy(update={"data_dir": data_dir})
             metrics = Metrics()
             health = Health()
@@ -215,6 +235,9 @@ def run_worker(settings: Settings, demo: bool = False, models: ModelBundle | Non
                 view = LiveView(metrics.registry, settings.bootstrap_servers)
                 view.start()
             tune_garbage_collector()
+            # the marker goes only now, as the tables are about to be opened: a stop before left the state
+            # folder as it was, and removing the marker at the check made the next start rebuild it
+            clean_stop.unlink(missing_ok=True)
             try:
                 code = _run_faust(pipeline.app, settings)
             finally:

@@ -420,3 +420,19 @@ def test_healthz_stays_green_while_the_tables_recover_at_the_first_start(broker,
         == {str(n): 3.0 for n in range(PARTITIONS)}, lags_while_recovering
     wait_until(lambda: not any(lag for (topic, _), lag in consumer_lags(worker.metrics_port).items()
                                if topic == "clicks"), timeout=30)
+
+
+def test_a_stop_before_the_worker_started_leaves_its_state_folder_usable(broker, start_worker) -> None:
+    """A SIGTERM in the seconds before Faust starts (topics checked, the app and its models built)
+    killed the process with no line, and the clean-stop marker was already gone: the next start took
+    the untouched state folder for a crashed worker's and rebuilt every table from the changelogs."""
+    first = start_worker(data_dir="state")
+    first.wait_metric("mailpulse_assigned_partitions", 1)
+    assert first.stop() == 0
+    slow = start_worker(data_dir="state", command=[sys.executable, "-m", "tests.integration.slow_start_worker"])
+    wait_until(lambda: b"starting slowly" in slow.log.read_bytes(), timeout=60)
+    assert slow.stop() == 0, slow.log.read_text(errors="replace")[-3000:]
+    assert "stopped before the worker started" in slow.log.read_text()
+    again = start_worker(data_dir="state")
+    again.wait_metric("mailpulse_assigned_partitions", 1)
+    assert "did not stop cleanly" not in again.log.read_text()
