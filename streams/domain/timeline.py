@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas.timeparse import format_ms
+from schemas.timeparse import format_ms, parse_timestamp
 from streams.domain.config import PipelineConfig
 from streams.domain.profile import (
     DERIVE,
@@ -388,7 +388,7 @@ def advance(state: LiveState, watermark: int | None, rules: RuleSet, now_ms: int
             if event["kind"] in ("carts", "purchases"):
                 cart = cart_view(profile)
             dues = triggers.on_event(cfg.triggers, profile, rs, event, cart["item_count"] if cart else 0, had_email,
-                                     birthday_before)
+                                     birthday_before, parse_timestamp(cart["updated_at"]) if cart else None)
             if rules.scorer is not None:
                 scored_at = rs.get("scored_at")
                 if scored_at is not None and event_ts <= scored_at:  # late for the last score

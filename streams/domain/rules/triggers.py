@@ -10,10 +10,11 @@ gives the same id.
 
 The rules (README "Triggers" repeats them for users):
 
-- ``cart_abandoned``: each cart event that leaves the cart non-empty (re)sets a timer to its time +
-  ``delay_minutes``; a purchase or an emptied cart cancels it.  When it fires and the cart is still
-  non-empty, the trigger is due at the timer's time, caused by the last cart event.  Once per cart:
-  no second one until the cart has been bought or emptied.
+- ``cart_abandoned``: each cart event that leaves the cart non-empty (re)sets a timer to the cart's
+  last activity (its own time, or a newer one a late event finds) + ``delay_minutes``; a purchase or
+  an emptied cart cancels it.  When it fires and the cart is still non-empty, the trigger is due at
+  the timer's time, caused by the last cart event.  Once per cart: no second one until the cart has
+  been bought or emptied.
 - ``browse_abandoned``: each ``product_view`` (re)sets a timer to its time + ``delay_minutes``; a
   ``cart_add``, ``checkout_started`` or purchase cancels it.  Due when it fires and the cart is empty.
 - ``post_purchase``: ``delay_hours`` after the newest purchase, caused by it.
@@ -142,11 +143,13 @@ def _cancel(rules: RuleState, *names: str) -> None:
 
 
 def on_event(cfg: Triggers, profile: ProfileBody, rules: RuleState, event: dict[str, Any],
-             cart_items: int, had_email: bool, birthday_before: Any = None) -> list[Due]:
+             cart_items: int, had_email: bool, birthday_before: Any = None,
+             cart_touched: int | None = None) -> list[Due]:
     """After ``event`` was folded into ``profile``: (re)sets or cancels timers; returns triggers due
     at once.  ``cart_items`` is the cart's item count after the event; ``had_email`` whether the
     profile had an e-mail address before it; ``birthday_before`` its birthday trait before it (an
-    identify's)."""
+    identify's); ``cart_touched`` the open cart's last activity (a late event's cart may have a newer
+    one, applied while the cart was still empty: the abandonment counts from that)."""
     ts: int = event["ts"]
     etype, kind, event_id = event["type"], event["kind"], event["event_id"]
     flags = rules["flags"]
@@ -159,8 +162,9 @@ def on_event(cfg: Triggers, profile: ProfileBody, rules: RuleState, event: dict[
         elif cfg.cart_abandoned.enabled and not flags.get("cart_fired"):
             delay = int(cfg.cart_abandoned.delay_minutes * MINUTE_MS)
             current = rules["timers"].get("cart_abandoned")
-            if current is None or current[0] <= ts + delay:
-                _set_timer(rules, "cart_abandoned", ts + delay, event_id)
+            touched = ts if cart_touched is None else max(ts, cart_touched)
+            if current is None or current[0] <= touched + delay:
+                _set_timer(rules, "cart_abandoned", touched + delay, event_id)
         if etype in ("cart_add", "checkout_started") or kind == "purchases":
             _cancel(rules, "browse_abandoned")
 
