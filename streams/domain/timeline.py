@@ -385,10 +385,12 @@ def advance(state: LiveState, watermark: int | None, rules: RuleSet, now_ms: int
             if event["type"] in ENGAGEMENT_TYPES:
                 rs["engagement"] = guardrails.record_engagement(
                     rs["engagement"], event["ts"], profile["context"].get("timezone"))
+            touched = None  # the open cart's last activity, which only a cart or purchase event reads
             if event["kind"] in ("carts", "purchases"):
                 cart = cart_view(profile)
+                touched = parse_timestamp(cart["updated_at"]) if cart else None
             dues = triggers.on_event(cfg.triggers, profile, rs, event, cart["item_count"] if cart else 0, had_email,
-                                     birthday_before, parse_timestamp(cart["updated_at"]) if cart else None)
+                                     birthday_before, touched)
             if rules.scorer is not None:
                 scored_at = rs.get("scored_at")
                 if scored_at is not None and event_ts <= scored_at:  # late for the last score
