@@ -6,6 +6,7 @@ passes as keyword arguments.  The object is frozen: build a new one instead of m
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -264,6 +265,21 @@ class Settings(BaseSettings):
                 raise ValueError("a URL of printable ASCII without spaces (percent-encode the rest; a host "
                                  "in its xn-- form)")
         return url
+
+    @field_validator("smtp_host")
+    @classmethod
+    def _smtp_host(cls, host: str) -> str:
+        """A host name or an IP address, as the SMTP client connects to it: a port, a scheme or spaces
+        in it made every send fail as the target being down, until the triggers ran out of retries."""
+        try:
+            ipaddress.ip_address(host)  # (an IPv6 address has colons)
+            return host
+        except ValueError:
+            pass
+        if not host or any(c in ":/@[]" or c.isspace() or not c.isprintable() for c in host):
+            raise ValueError("a host name or an IP address, without a scheme, a port (MAILPULSE_SMTP_PORT) "
+                             "or spaces")
+        return host
 
     @field_validator("webhook_token")
     @classmethod

@@ -175,6 +175,12 @@ def test_in_a_json_log_a_commands_error_is_one_json_object(capsys: pytest.Captur
     ("MAILPULSE_WEBHOOK_URL", "https://api.example.com/send mail"),
     ("MAILPULSE_WEBHOOK_URL", "https://api.example.com:99999/send"),
     ("MAILPULSE_WEBHOOK_TOKEN", "tok\u20ac"),
+    # and these every SMTP send, each trigger held in rounds for a day before delivery-failed
+    ("MAILPULSE_SMTP_HOST", "smtp.example.com:587"),
+    ("MAILPULSE_SMTP_HOST", "smtp://smtp.example.com"),
+    ("MAILPULSE_SMTP_HOST", ""),
+    ("MAILPULSE_SMTP_HOST", " smtp.example.com"),
+    ("MAILPULSE_SMTP_HOST", "[::1]"),
     ("MAILPULSE_DELIVER_TIMEOUT_S", "1e10"),
     # an empty path was the current folder: the tables kept there, no scores, templates read from it
     ("MAILPULSE_DATA_DIR", ""),
