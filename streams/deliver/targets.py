@@ -508,6 +508,13 @@ def _open(request: urllib.request.Request, deadline: Deadline, timeout_s: float)
     return response
 
 
+def _addressee(message: EmailMessage, given: str) -> str:
+    """The one address of ``message``'s To: (``given`` stripped when it names none)."""
+    header = message["To"]
+    addresses: tuple[Address, ...] = header.addresses if header is not None else ()
+    return addresses[0].addr_spec if len(addresses) == 1 and addresses[0].addr_spec else given.strip()
+
+
 #: The most of a webhook's 2xx body read (for a bounce it may report); a longer one is not read on.
 MOST_ANSWER = 1 << 20
 
@@ -552,7 +559,9 @@ class Webhook:
         body = {
             "idempotency_key": trigger["trigger_id"],
             "from": message["From"],
-            "to": [{"email": trigger["email"]}],
+            # the address To: names: the trigger's email may be padded, which To: carries harmlessly and
+            # an e-mail API refuses as no address
+            "to": [{"email": _addressee(message, trigger["email"])}],
             "subject": message["Subject"],
             "html": html.get_content() if html is not None else None,
             "text": text.get_content() if text is not None else None,

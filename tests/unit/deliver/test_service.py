@@ -1372,3 +1372,37 @@ def test_a_retry_after_shorter_than_the_outage_already_counted_does_not_shorten_
     assert outage.counted_down and outage.until_ms == now + 3_600_000
     outage.told_to_wait(now + 7_200_000)
     assert outage.until_ms == now + 7_200_000
+
+
+def test_a_webhooks_to_is_the_bare_address_the_e_mail_goes_to(tmp_path: Path) -> None:
+    """An address padded with spaces is taken (``To:`` carries them harmlessly), but the webhook's ``to``
+    passed them on: ``{"email": " ana@example.com "}``, which an e-mail API refuses as no address (an
+    HTTP 400: delivery-failed, ``rejected``).  It gets the address ``To:`` names."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from streams.deliver.targets import Webhook
+
+    bodies: list[dict[str, Any]] = []
+
+    class Api(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200 if "@" in bodies[-1]["to"][0]["email"].strip() == bodies[-1]["to"][0]["email"]
+                               else 400)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Api)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        step, producer = deliverer(tmp_path, Webhook(f"http://127.0.0.1:{server.server_port}/send", None, 5))
+        step.handle(trigger(email=" Ana@example.com  "))
+    finally:
+        server.shutdown()
+    assert [body["to"] for body in bodies] == [[{"email": "Ana@example.com"}]]
+    assert not producer.sent and step.ledger.outcome("t-1")["state"] == "sent"  # type: ignore[index]
