@@ -7,7 +7,8 @@ Keys: ``d:<trigger id>`` the outcome; ``t:<first marked, ms>:<trigger id>`` the 
 that :meth:`Ledger.prune` forgets the oldest without a scan; ``h:<send_at, ms>:<trigger id>`` held
 triggers, and ``ph:<length of the profile id>:<profile id>:<trigger id>`` the same by profile and id
 (its value the hold key: whether a trigger is held is one read);
-``u:``/``ue:`` unsubscribed profile ids and addresses (kept); ``r:<trigger id>`` the rounds of a
+``u:``/``ue:`` unsubscribed profile ids and addresses (kept until they give consent again);
+``r:<trigger id>`` the rounds of a
 trigger tried again later (until its outcome); ``w:<profile id>`` the latest event time at which the
 pipeline said that profile withdrew consent or was erased (kept for the ledger's retention), and
 ``o:<partition>`` how far its withdrawals topic was read; ``x:<kept at, ms>:<random>`` the records
@@ -323,7 +324,20 @@ class Ledger:
         return all(self.db.get(key) is not None for key in _opt_out_keys(profile_id, email))
 
     def unsubscribed(self, profile_id: str, email: str) -> bool:
-        return any(self.db.get(key) is not None for key in _opt_out_keys(profile_id, email))
+        return self.unsubscribed_at(profile_id, email) is not None
+
+    def unsubscribed_at(self, profile_id: str, email: str) -> int | None:
+        """When this profile or this address last unsubscribed (ms); None: neither has."""
+        ats = [int(orjson.loads(raw)["at"]) for key in _opt_out_keys(profile_id, email)
+               if isinstance(raw := self.db.get(key), bytes)]
+        return max(ats) if ats else None
+
+    def subscribed_again(self, profile_id: str, email: str) -> None:
+        """Forgets the unsubscribe of this profile and this address (they gave consent again): the link
+        unsubscribes again."""
+        for key in _opt_out_keys(profile_id, email):
+            if self.db.get(key) is not None:
+                del self.db[key]
 
     # --- whether the target counts as down ---
     def outage(self) -> dict[str, Any]:

@@ -310,6 +310,16 @@ class Deliverer:
             self.metrics.deliveries.labels(_type_label(trigger["type"]), "cancelled").inc()
         return True
 
+    def _subscribed_again(self, trigger: Mapping[str, Any], unsubscribed_ms: int) -> bool:
+        """Whether a trigger of a person who unsubscribed at ``unsubscribed_ms`` was made after they gave
+        consent again: the pipeline has read the unsubscribe (its withdrawal of the profile, stamped with
+        the click's time or its later clock, is at or after it) and the trigger, not withdrawn by it
+        (:meth:`_withdrawn`, asked first), was stamped after that.  Until the withdrawal comes, what is
+        on its way stays held back, however its time reads."""
+        withdrawn = self.ledger.withdrawn_at(str(trigger.get("profile_id")))
+        at = _timestamp_ms(trigger.get("at"))
+        return withdrawn is not None and withdrawn >= unsubscribed_ms and at is not None and at > withdrawn
+
     def prune(self) -> int:
         """Forgets trigger ids older than the ledger's retention; how many."""
         cut = self.now_ms() - int(self.settings.deliver_ledger_days * 86_400_000)
@@ -342,7 +352,8 @@ class Deliverer:
             return
         if self._withdrawn(trigger):
             return
-        if self.ledger.unsubscribed(str(trigger.get("profile_id")), _opt_out_address(trigger["email"])):
+        unsubscribed = self.ledger.unsubscribed_at(str(trigger.get("profile_id")), _opt_out_address(trigger["email"]))
+        if unsubscribed is not None and not self._subscribed_again(trigger, unsubscribed):
             self.ledger.mark(trigger_id, SUPPRESSED, now)
             self.metrics.deliveries.labels(kind, "suppressed").inc()
             return
@@ -417,6 +428,8 @@ class Deliverer:
         self.ledger.mark(trigger_id, SENT, done, attempts=attempts)
         self.metrics.deliveries.labels(kind, "sent").inc()
         self.metrics.delay.observe(max(0.0, (done - _send_at_ms(trigger)) / 1000))
+        if unsubscribed is not None:  # sent to a person who gave consent again: their link unsubscribes again
+            self.ledger.subscribed_again(str(trigger.get("profile_id")), _opt_out_address(trigger["email"]))
         if sent.bounced:
             self.withdraw(str(trigger.get("profile_id")), _opt_out_address(trigger["email"]), "bounce")
 

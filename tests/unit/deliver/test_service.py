@@ -1406,3 +1406,28 @@ def test_a_webhooks_to_is_the_bare_address_the_e_mail_goes_to(tmp_path: Path) ->
         server.shutdown()
     assert [body["to"] for body in bodies] == [[{"email": "Ana@example.com"}]]
     assert not producer.sent and step.ledger.outcome("t-1")["state"] == "sent"  # type: ignore[index]
+
+
+def test_a_person_who_unsubscribed_and_gave_consent_again_gets_e_mails_again(tmp_path: Path) -> None:
+    """An unsubscribe by the link was kept for good: once the pipeline had read it (its withdrawal, at
+    or after the click) and the person then gave consent again, every trigger the pipeline made for
+    them was suppressed, for ever.  Now a trigger stamped after that withdrawal is sent (as one made
+    after any withdrawal is), and the link works again; what was on its way at the click is not sent."""
+    out = tmp_path / "out"
+    step, producer = deliverer(tmp_path, DryRun(out))
+    now = [parse_timestamp("2026-03-01T12:00:00Z")]
+    step.now_ms = lambda: now[0]
+    step.withdraw("p-1", "ana@example.com", "unsubscribe")
+    # on its way at the click, stamped a minute ahead (a shop's clock): held back before and after the
+    # pipeline's withdrawal comes
+    step.handle(trigger(trigger_id="on-its-way", at="2026-03-01T12:01:00.000Z"))
+    assert step.ledger.outcome("on-its-way")["state"] == "suppressed"  # type: ignore[index]
+    step.withdrawal(withdrawal("p-1", "2026-03-01T12:02:00.000Z"))  # (the profile's clock, past the click)
+    now[0] = parse_timestamp("2026-03-05T12:00:00Z")
+    step.handle(trigger(trigger_id="old", at="2026-03-01T12:01:30.000Z"))
+    step.handle(trigger(trigger_id="again", at="2026-03-05T11:00:00.000Z"))  # consent given again on the 4th
+    assert sorted(path.stem for path in out.iterdir()) == ["again"]
+    step.withdraw("p-1", "ana@example.com", "unsubscribe")  # the link, used again: a second identify
+    assert [topic for topic, _ in producer.sent] == ["identities", "identities"]
+    step.handle(trigger(trigger_id="after-second", at="2026-03-05T11:30:00.000Z"))
+    assert sorted(path.stem for path in out.iterdir()) == ["again"]
