@@ -110,12 +110,20 @@ def _tidy(text: str) -> str:
     return "\n".join(out).strip() + "\n"
 
 
+#: The explicit bidi embeddings, overrides and isolates (U+202A-U+202E, U+2066-U+2069), which a name
+#: does not need (its letters give its direction) and which, left open, turn the text after it: the rest
+#: of the subject's line or the body's paragraph.  (Right-to-left and left-to-right marks stay.)
+_BIDI_CONTROLS = dict.fromkeys([*range(0x202A, 0x202F), *range(0x2066, 0x206A)])
+
+
 def _context(trigger: Mapping[str, Any], unsubscribe_url: str) -> dict[str, Any]:
     """What a template sees; every part present (empty when the trigger lacks it)."""
     payload = trigger.get("payload") if isinstance(trigger.get("payload"), Mapping) else {}
     assert isinstance(payload, Mapping)
     predictions = trigger.get("predictions") if isinstance(trigger.get("predictions"), Mapping) else {}
     first = payload.get("first_name")
+    if isinstance(first, str):
+        first = first.translate(_BIDI_CONTROLS)
     known = first.strip() if isinstance(first, str) and first.strip() and first.strip() != FALLBACK_FIRST_NAME \
         else None
     cart = payload.get("cart") if isinstance(payload.get("cart"), Mapping) else None

@@ -115,3 +115,18 @@ def test_a_trigger_type_named_like_a_partial_gets_the_default_template() -> None
     assert Renderer().template_name("_blocks") == "default.j2"
     out = Renderer().render(trigger("_blocks", first_name="Ana"), "https://u")
     assert "Ana" in str(out)
+
+
+@pytest.mark.parametrize("name", ["\u202eAna", "Ana\u202b", "\u2067Ana", "A\u202dna\u2069"])
+def test_a_name_with_bidi_controls_does_not_turn_the_text_after_it(name: str) -> None:
+    """A right-to-left override typed into a name was written into the subject and the body as it was:
+    the rest of the line after the name displayed reversed (``Ana‮, your cart is waiting`` reads
+    "gnitiaw si trac ruoy ,"), text of the shop's that whoever typed the name could turn.  The name's
+    letters stay; the embedding, override and isolate controls, which no name needs, go."""
+    controls = {chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))}
+    out = Renderer().render(trigger("cart_abandoned", first_name=name, cart=CART), "https://u/x")
+    assert out.subject == "Ana, your cart is waiting"
+    assert not controls & set(out.subject + out.text + out.html)
+    assert "Hi Ana," in out.text and "Hi Ana," in out.html
+    hebrew = Renderer().render(trigger("cart_abandoned", first_name="\u05d3\u05e0\u05d4\u200f", cart=CART), "u")
+    assert hebrew.subject == "\u05d3\u05e0\u05d4\u200f, your cart is waiting"  # (a right-to-left mark is kept)
