@@ -318,6 +318,9 @@ class Smtp:
                 raise Temporary(refused, target_down=any(code == 421 for code, _ in exc.recipients.values())) \
                     from None
             raise Permanent(refused) from None
+        except _SenderRefused as exc:  # MAILPULSE_MAIL_FROM, the same in every message: the set-up's fault
+            error = exc.smtp_error.decode(errors="replace") if isinstance(exc.smtp_error, bytes) else exc.smtp_error
+            raise Temporary(f"SMTP {exc.smtp_code}: the sender refused ({error[:200]})") from None
         except smtplib.SMTPNotSupportedError as exc:  # the address needs what the server does not offer
             raise Permanent(f"SMTP: {exc}"[:300]) from None
         except smtplib.SMTPResponseException as exc:
@@ -416,6 +419,12 @@ def _with_ascii_domains(message: EmailMessage) -> EmailMessage:
     return changed or message
 
 
+class _SenderRefused(smtplib.SMTPSenderRefused):
+    """MAIL FROM refused without options of a message's own: the sender is refused, whatever the message
+    (a relay that does not let the login send as MAILPULSE_MAIL_FROM), so the target counts as down
+    until it is set right, rather than every trigger being refused."""
+
+
 def _envelope(client: smtplib.SMTP, sender: str, recipient: str) -> bool:
     """EHLO, MAIL and RCPT of one recipient, with SMTPUTF8 when an address needs it; whether it did."""
     international = not (sender.isascii() and recipient.isascii())
@@ -426,8 +435,8 @@ def _envelope(client: smtplib.SMTP, sender: str, recipient: str) -> bool:
             raise smtplib.SMTPNotSupportedError("the address needs SMTPUTF8, which the server does not offer")
         options = ["SMTPUTF8", "BODY=8BITMIME"]
     code, reply = client.mail(sender, options)
-    if code != 250:
-        raise smtplib.SMTPSenderRefused(code, reply, sender)
+    if code != 250:  # (with SMTPUTF8's options, this message's; else any message's)
+        raise (smtplib.SMTPSenderRefused if international else _SenderRefused)(code, reply, sender)
     code, reply = client.rcpt(recipient)
     if code not in (250, 251):
         raise smtplib.SMTPRecipientsRefused({recipient: (code, reply)})

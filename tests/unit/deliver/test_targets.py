@@ -509,3 +509,33 @@ def test_a_webhook_429_or_503_that_says_when_is_tried_again_no_sooner_and_not_at
         target = Webhook(url, None, timeout_s=2)
         with_retries(lambda: target.send(message(), WELCOME), 3, 1.0, lambda: None, slept.append)
     assert failed.value.retry_after_s == 60.0 and failed.value.attempts == 1 and len(asked) == 1
+
+
+class RefusesSender(SmtpInbox):
+    """A relay that refuses the sender (MAIL FROM) with ``reply``."""
+
+    def __init__(self, reply: str) -> None:
+        super().__init__()
+        self.reply = reply
+
+    async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
+        return self.reply
+
+
+@pytest.mark.parametrize("reply", ["553 5.7.1 <shop@example.com>: Sender address rejected: not owned by user",
+                                   "550 5.7.60 SMTP; Client does not have permissions to send as this sender"])
+def test_a_sender_the_smtp_server_refuses_is_a_failure_of_the_target_not_a_refusal_of_the_message(
+        reply: str) -> None:
+    """The sender is MAILPULSE_MAIL_FROM, the same in every message: a relay that does not let the login
+    send as it (a From: of another domain, a typo) refused each message alike, and each trigger went
+    to delivery-failed as "rejected" at once, never tried again, instead of the target counting as down
+    until it is set right.  A probe (the same envelope) does not count it as up either."""
+    inbox = RefusesSender(reply)
+    with serving_smtp(inbox) as port:
+        target = Smtp("127.0.0.1", port, "none", None, None, timeout_s=2)
+        with pytest.raises(Temporary) as failed:
+            target.send(message(), {"trigger_id": "t-1"})
+        assert failed.value.target_down and "sender refused" in str(failed.value)
+        with pytest.raises(Temporary):
+            target.probe("shop@example.com")
+    assert not inbox.received
