@@ -36,9 +36,9 @@ SAFE_FILE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
 
 
 class Temporary(Exception):
-    """Worth another attempt (a timeout, a 4xx SMTP reply, an HTTP 5xx, 401, 408, 409 or 429).  ``target_down``:
-    the target itself failed (no connection, a timeout, SMTP 421 or a session that cannot start, HTTP 5xx,
-    401, 408 or 429), not this message
+    """Worth another attempt (a timeout, a 4xx SMTP reply, an HTTP 5xx, 3xx, 401, 408, 409 or 429).
+    ``target_down``: the target itself failed (no connection, a timeout, SMTP 421 or a session that cannot
+    start, HTTP 5xx, 3xx, 401, 408 or 429), not this message
     (a full mailbox, greylisting, a request still in progress): only those make it count as down."""
 
     def __init__(self, message: str, target_down: bool = True, retry_after_s: float | None = None) -> None:
@@ -78,8 +78,8 @@ def longest_backoff_s(attempts: int, backoff_s: float) -> float:
 
 
 class Permanent(Exception):
-    """Not worth another attempt (a 5xx SMTP reply, an HTTP 4xx other than 401, 408, 409 and 429, an HTTP
-    redirect, a rejected address).  ``answered``: the target refused it (False: it was refused before the
+    """Not worth another attempt (a 5xx SMTP reply, an HTTP 4xx other than 401, 408, 409 and 429, a
+    rejected address).  ``answered``: the target refused it (False: it was refused before the
     target was asked, which says nothing of whether the target is up)."""
 
     attempts = 1  # on which attempt it came (set by :func:`with_retries`)
@@ -543,7 +543,7 @@ class Webhook:
 
     #: HEAD answers that say the service is not there: any other (405 and 501 from a server that
     #: takes only POST, 500 from one that fails on HEAD) is an answer.
-    DOWN_STATUSES = frozenset({502, 503, 504, 408, 429})
+    DOWN_STATUSES = frozenset({502, 503, 504, 408, 429, 300, 301, 302, 303, 305, 307, 308})  # (3xx: sends fail too)
 
     def probe(self, sender: str) -> None:
         """A HEAD request, which sends nothing."""
@@ -594,11 +594,14 @@ class Webhook:
                 if exc.code == 401:  # the token refused (rotated, mistyped): the target's set-up, the same
                     # for every message, so it counts as down rather than refusing each
                     raise Temporary("HTTP 401: the token was refused") from None
+                if 300 <= exc.code < 400:  # the URL's (moved, http:// sent on to https://), the same for every
+                    # message: the target counts as down until it is set to the final URL, none is refused
+                    raise Temporary(f"HTTP {exc.code}: a redirect, not followed (set MAILPULSE_WEBHOOK_URL to "
+                                    "the final URL)") from None
                 if exc.code >= 500 or exc.code in (408, 429):
                     raise Temporary(f"HTTP {exc.code}", retry_after_s=retry_after_s(exc.headers.get("Retry-After"))
                                     if exc.code in (429, 503) else None) from None
-                raise Permanent(f"HTTP {exc.code}{' (a redirect: not followed)' if 300 <= exc.code < 400 else ''}") \
-                    from None
+                raise Permanent(f"HTTP {exc.code}") from None
             except NO_ANSWER as exc:  # (an answer cut short too: sent again with the same idempotency
                 # key, the API answers with the first request's outcome)
                 raise Temporary(self._no_answer(exc, deadline)) from None

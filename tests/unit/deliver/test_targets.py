@@ -375,10 +375,13 @@ def test_a_webhook_answer_cut_short_is_tried_again_with_the_same_key_not_rejecte
 
 
 @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
-def test_a_webhook_redirect_is_a_refusal_not_followed(status: int) -> None:
+def test_a_webhook_redirect_is_not_followed_and_counts_the_target_down(status: int) -> None:
     """A 3xx (an API moved, an http:// URL sent on to https://, a login page) is not a delivery: urllib
     followed 301, 302 and 303 by a GET without the body, whose 200 made the e-mail "sent" though the API
-    never got it, and passed the bearer token on to the ``Location``."""
+    never got it, and passed the bearer token on to the ``Location``.  Nor is it a refusal of the
+    message: it is the URL's, the same for every message, and each trigger went to delivery-failed as
+    "rejected" at once, never tried again; the target now counts as down (a probe's HEAD too) until
+    MAILPULSE_WEBHOOK_URL is set to the final URL."""
     from streams.deliver.targets import Webhook
 
     requests: list[tuple[str, str | None]] = []
@@ -401,11 +404,19 @@ def test_a_webhook_redirect_is_a_refusal_not_followed(status: int) -> None:
         def log_message(self, *args: Any) -> None:
             pass
 
+        def do_HEAD(self) -> None:
+            self.send_response(status)
+            self.send_header("Location", "/elsewhere")
+            self.end_headers()
+
     with serving(Handler) as url:
         hook = Webhook(url, "tok", timeout_s=2)
-        with pytest.raises(Permanent, match=f"HTTP {status}"):
+        with pytest.raises(Temporary, match=f"HTTP {status}") as failed:
             with_retries(lambda: hook.send(message(), WELCOME), 3, 0.001, lambda: None, lambda s: None)
-    assert requests == [("POST", "Bearer tok")]
+        assert failed.value.target_down
+        with pytest.raises(Temporary):
+            hook.probe("shop@example.com")
+    assert requests == [("POST", "Bearer tok")] * 3
 
 
 def test_a_webhook_2xx_whose_body_does_not_end_is_a_delivery() -> None:
