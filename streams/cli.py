@@ -314,6 +314,10 @@ def cmd_deliver(args: argparse.Namespace) -> int:
     logs.format_root()  # its warnings, and librdkafka's lines, in that format too
     logs.quiet_repeats()  # the Kafka clients' repeated lines once per 30 s, as in the worker's log
     _check_e_mails(settings)
+    if args.dry_run is None and settings.deliver_target == "smtp" and bool(settings.smtp_user) != bool(
+            settings.smtp_password and settings.smtp_password.get_secret_value()):
+        # (the client logs in with both only: half of them sent every e-mail unauthenticated, to be refused)
+        raise UserError("MAILPULSE_SMTP_USER and MAILPULSE_SMTP_PASSWORD: set both to log in, or neither")
     _usable_folder(settings.data_dir, "MAILPULSE_DATA_DIR")
     if args.dry_run is not None:
         _usable_folder(args.dry_run, "--dry-run")

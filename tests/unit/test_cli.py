@@ -75,6 +75,22 @@ def test_deliver_with_a_sender_that_is_not_an_address_is_a_one_line_error(capsys
     assert code == 2 and err.count("\n") == 1 and err.startswith("mailpulse: error: MAILPULSE_MAIL_FROM")
 
 
+@pytest.mark.parametrize("env", [{"MAILPULSE_SMTP_USER": "shop"}, {"MAILPULSE_SMTP_PASSWORD": "secret-pw"}])
+def test_deliver_with_half_an_smtp_login_is_a_one_line_error(capsys: pytest.CaptureFixture[str],
+                                                             monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                             env: dict[str, str]) -> None:
+    """A user without a password (or a password without a user) was taken as no login at all: every
+    e-mail went to the relay unauthenticated, which refuses to relay it (each trigger "rejected")."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("MAILPULSE_DATA_DIR", str(tmp_path / "state"))
+    code, _, err = run(capsys, "deliver", "--broker", "kafka://127.0.0.1:1")
+    assert code == 2 and err.count("\n") == 1 and err.startswith("mailpulse: error: MAILPULSE_SMTP_")
+    assert "secret-pw" not in err
+    code, _, err = run(capsys, "deliver", "--broker", "kafka://127.0.0.1:1", "--dry-run", str(tmp_path / "out"))
+    assert "MAILPULSE_SMTP_" not in err  # (a dry run sends nothing)
+
+
 @pytest.mark.parametrize("command", [("deliver", "--dry-run", "out"), ("run", "--demo")])
 @pytest.mark.parametrize("kind", ["missing", "a file"])
 def test_deliver_with_a_templates_folder_that_is_none_is_a_one_line_error(capsys: pytest.CaptureFixture[str],
