@@ -111,6 +111,7 @@ class Deliverer:
         kept, self._target_id = ledger.outage(), _target_id(target)
         self._outage_kept = kept if kept.get("target") == self._target_id else {}
         self.outage = Outage(self._outage_kept, now_ms())
+        self._said_down = False  # (a restart during an outage says it again)
         metrics.target_up.set(0 if self.outage.counted_down else 1)
         # the kept records produced and not acknowledged yet; the unsubscribe server's thread produces too
         self._in_flight: set[bytes] = set()
@@ -410,7 +411,7 @@ class Deliverer:
                     self.settings.deliver_attempts, self.settings.deliver_backoff_s):
                 # (a 429 or 503 that says when, past what a round waits: every trigger waits for it)
                 self.outage.told_to_wait(told)
-            self._show_target()  # (kept before what follows may take a while, or fail)
+            self._show_target(str(exc))  # (kept before what follows may take a while, or fail)
             if not self._again_later(trigger, str(exc), exc.attempts or self.settings.deliver_attempts, told):
                 self._give_up(trigger, "retries_exhausted",
                               self._earlier_attempts(trigger_id) + (exc.attempts or self.settings.deliver_attempts),
@@ -461,11 +462,22 @@ class Deliverer:
         self.metrics.probes.labels(self.target.name, "answered").inc()
         log.info("deliver: the target answered a probe: due triggers are tried again")
 
-    def _show_target(self) -> None:
+    def _show_target(self, why: str = "") -> None:
         # 0 from the outage's start until the target answers a trigger's attempt or a probe; not back
         # to 1 while the wait for the next probe is over but it has not answered yet (the alert on it
         # watches for 10 minutes of 0)
         self.metrics.target_up.set(0 if self.outage.counted_down else 1)
+        # said at the default level (warn), once when it starts and once when a trigger goes through
+        # again: else e-mails stopped for up to the retry window without a line in the log
+        if self.outage.counted_down and not self._said_down:
+            self._said_down = True
+            log.warning("deliver: the target (%s) counts as down%s; due triggers wait for it and it is probed "
+                        "now and then (mailpulse_delivery_target_up)", self.target.name,
+                        f" ({_failure_class(why)})" if why else "")
+        elif self._said_down and not self.outage.state():
+            self._said_down = False
+            log.warning("deliver: the target (%s) takes e-mails again; the waiting triggers are sent",
+                        self.target.name)
         state = self.outage.state()
         if state:
             state["target"] = self._target_id

@@ -1431,3 +1431,28 @@ def test_a_person_who_unsubscribed_and_gave_consent_again_gets_e_mails_again(tmp
     assert [topic for topic, _ in producer.sent] == ["identities", "identities"]
     step.handle(trigger(trigger_id="after-second", at="2026-03-05T11:30:00.000Z"))
     assert sorted(path.stem for path in out.iterdir()) == ["again"]
+
+
+def test_a_target_that_goes_down_and_comes_back_is_said_once_each_at_the_default_log_level(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A target counted as down (a login or sender refused, a redirect, a relay away) was said only at
+    info, which the default level (warn) does not show: e-mails stopped for up to the retry window, a
+    day, without a line in the log.  Its start and its end are now warnings, once each, naming the kind
+    of failure (no address)."""
+    target = Flaky()
+    step, _ = deliverer(tmp_path, target)
+    now = [parse_timestamp("2026-03-01T12:00:00Z")]
+    step.now_ms = lambda: now[0]
+    with caplog.at_level(logging.WARNING, logger="streams.deliver.service"):
+        for n in range(6):
+            step.handle(trigger(trigger_id=f"t-{n}"))
+        for _ in range(30):
+            now[0] += 60_000
+            step.release_due()
+        down = [r.getMessage() for r in caplog.records]
+        target.up = True
+        now[0] += 3_600_000
+        step.release_due()
+    said = [r.getMessage() for r in caplog.records]
+    assert len(down) == 1 and "down" in down[0] and "421" in down[0] and "ana@" not in down[0]
+    assert len(said) == 2 and "again" in said[1] and sorted(target.sent) == [f"t-{n}" for n in range(6)]
