@@ -36,9 +36,9 @@ SAFE_FILE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
 
 
 class Temporary(Exception):
-    """Worth another attempt (a timeout, a 4xx SMTP reply, an HTTP 5xx, 3xx, 401, 408, 409 or 429).
-    ``target_down``: the target itself failed (no connection, a timeout, SMTP 421 or a session that cannot
-    start, HTTP 5xx, 3xx, 401, 408 or 429), not this message
+    """Worth another attempt (a timeout, a 4xx SMTP reply, an HTTP 5xx, 3xx, 401, 404, 405, 408, 409, 410
+    or 429).  ``target_down``: the target itself failed (no connection, a timeout, SMTP 421 or a session
+    that cannot start, HTTP 5xx, 3xx, 401, 404, 405, 408, 410 or 429), not this message
     (a full mailbox, greylisting, a request still in progress): only those make it count as down."""
 
     def __init__(self, message: str, target_down: bool = True, retry_after_s: float | None = None) -> None:
@@ -78,8 +78,8 @@ def longest_backoff_s(attempts: int, backoff_s: float) -> float:
 
 
 class Permanent(Exception):
-    """Not worth another attempt (a 5xx SMTP reply, an HTTP 4xx other than 401, 408, 409 and 429, a
-    rejected address).  ``answered``: the target refused it (False: it was refused before the
+    """Not worth another attempt (a 5xx SMTP reply, an HTTP 4xx other than 401, 404, 405, 408, 409, 410
+    and 429, a rejected address).  ``answered``: the target refused it (False: it was refused before the
     target was asked, which says nothing of whether the target is up)."""
 
     attempts = 1  # on which attempt it came (set by :func:`with_retries`)
@@ -598,6 +598,10 @@ class Webhook:
                     # message: the target counts as down until it is set to the final URL, none is refused
                     raise Temporary(f"HTTP {exc.code}: a redirect, not followed (set MAILPULSE_WEBHOOK_URL to "
                                     "the final URL)") from None
+                if exc.code in (404, 405, 410):  # the URL takes no e-mail (a mistyped path, a page, an endpoint
+                    # retired): the same for every message, so the target counts as down until it is set right
+                    raise Temporary(f"HTTP {exc.code}: the URL takes no e-mail (check MAILPULSE_WEBHOOK_URL)") \
+                        from None
                 if exc.code >= 500 or exc.code in (408, 429):
                     raise Temporary(f"HTTP {exc.code}", retry_after_s=retry_after_s(exc.headers.get("Retry-After"))
                                     if exc.code in (429, 503) else None) from None

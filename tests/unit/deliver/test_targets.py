@@ -550,3 +550,19 @@ def test_a_sender_the_smtp_server_refuses_is_a_failure_of_the_target_not_a_refus
         with pytest.raises(Temporary):
             target.probe("shop@example.com")
     assert not inbox.received
+
+
+@pytest.mark.parametrize("status", [404, 405, 410])
+def test_a_webhook_url_that_takes_no_e_mail_is_a_failure_of_the_target_not_a_refusal(status: int) -> None:
+    """A mistyped MAILPULSE_WEBHOOK_URL path (404), a page that takes no POST (405) or an endpoint
+    retired (410) answers every message alike: each trigger went to delivery-failed as "rejected" at
+    once, never tried again.  The target counts as down until the URL is set right; a 400 or 422 still
+    refuses the message."""
+    from streams.deliver.targets import Webhook
+
+    with serving_http(lambda key: status) as url, pytest.raises(Temporary, match=f"HTTP {status}") as failed:
+        Webhook(url, None, timeout_s=2).send(message(), WELCOME)
+    assert failed.value.target_down and "MAILPULSE_WEBHOOK_URL" in str(failed.value)
+    for refused in (400, 422):
+        with serving_http(lambda key, refused=refused: refused) as url, pytest.raises(Permanent):
+            Webhook(url, None, timeout_s=2).send(message(), WELCOME)
