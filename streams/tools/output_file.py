@@ -10,9 +10,9 @@ from pathlib import Path
 def write_lines(out: Path, lines: Iterable[bytes]) -> None:
     """``lines`` into ``out`` through a temporary file beside it, moved into place once all is written:
     a failure part-way (a full disk, a file size limit) leaves ``out`` as it was, instead of cut short
-    with what it held before gone.  Raises the ``OSError`` (the temporary file removed).  An ``out`` that
-    is a symlink, a FIFO or a device (``/dev/stdout``) is written to, as it is: moved into place, the file
-    would replace it."""
+    with what it held before gone.  Raises the ``OSError`` (the temporary file removed, as on Ctrl-C).  An
+    ``out`` that is a symlink, a FIFO or a device (``/dev/stdout``) is written to, as it is: moved into
+    place, the file would replace it."""
     if out.is_symlink() or (out.exists() and not out.is_file()):
         with out.open("wb") as handle:
             handle.writelines(lines)
@@ -22,6 +22,6 @@ def write_lines(out: Path, lines: Iterable[bytes]) -> None:
         with tmp.open("wb") as handle:
             handle.writelines(lines)
         tmp.replace(out)
-    except OSError:
+    except BaseException:  # (Ctrl-C too: the partial file was left beside ``out``)
         tmp.unlink(missing_ok=True)
         raise

@@ -61,3 +61,18 @@ def test_an_out_that_is_a_symlink_is_written_through_not_replaced(tmp_path: Path
     link.symlink_to(target)
     write_lines(link, [b"1\n", b"2\n"])
     assert link.is_symlink() and target.read_text() == "1\n2\n"
+
+
+def test_a_write_stopped_by_ctrl_c_leaves_no_temporary_file(tmp_path: Path) -> None:
+    """Ctrl-C during `generate` (or `score`, `resolve`) left the hidden ``.<name>.<pid>.tmp`` beside
+    ``--out``, as large as what was written by then (found in review)."""
+    out = tmp_path / "history.jsonl"
+    out.write_text("previous\n")
+
+    def lines() -> Iterator[bytes]:
+        yield b'{"n": 1}\n'
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_lines(out, lines())
+    assert out.read_text() == "previous\n" and [p.name for p in tmp_path.iterdir()] == ["history.jsonl"]
