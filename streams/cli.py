@@ -120,9 +120,9 @@ def _rate(text: str) -> float:
     return value
 
 
-def _usable_folder(path: Path, what: str) -> None:
+def _usable_folder(path: Path, what: str, make: bool = True) -> None:
     """``path`` is a folder, or is made one here (a file there, or on the way to it, would fail deep in a
-    worker's start with a traceback)."""
+    worker's start with a traceback); ``make=False``: one could be made there (it is made later)."""
     if path.exists() and not path.is_dir():
         raise UserError(f"{what} {path}: not a folder")
     existing = path
@@ -133,6 +133,10 @@ def _usable_folder(path: Path, what: str) -> None:
         existing = existing.parent
     if not existing.is_dir():
         raise UserError(f"{what} {path}: not a folder ({existing} is a file)")
+    if not make:
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise UserError(f"{what} {path}: the folder cannot be made or written ({existing}: no permission)")
+        return
     try:  # (a read-only mount, no permission: mkdir's traceback at the start otherwise)
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -444,6 +448,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from models.report import report_table
     from models.training import TrainError, train_file
 
+    _usable_folder(args.out, "--out", make=False)  # (before the history is read and the model trained)
     settings = _settings()
     rules = _stream_rules(settings)
     _use_identity_model(settings)

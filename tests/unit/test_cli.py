@@ -562,3 +562,23 @@ def test_a_broker_url_whose_port_is_no_port_is_refused(url: str) -> None:
 
     with pytest.raises(ValidationError, match="each address a host"):
         Settings(broker=url)
+
+
+@pytest.mark.parametrize("where", ["a file", "below a file"])
+def test_train_refuses_an_out_that_cannot_be_its_folder_before_it_reads_the_history(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], where: str) -> None:
+    """``train --out`` was first tried once the history was read and the model trained (minutes on a large
+    history), and a file there was reported as "File exists" (found in review)."""
+    import models.training
+
+    def not_reached(*_: object, **__: object) -> None:
+        raise AssertionError("the history was read")
+
+    monkeypatch.setattr(models.training, "train_file", not_reached)
+    history = tmp_path / "history.jsonl"
+    history.write_text("")
+    out = history if where == "a file" else history / "models"
+    code, _, err = run(capsys, "train", "--events", str(history), "--as-of", "2026-01-02", "--horizon-days", "30",
+                       "--out", str(out))
+    assert code == 2 and err.startswith(f"mailpulse: error: --out {out}: not a folder") and err.count("\n") == 1
+    assert not (tmp_path / "models").exists()
