@@ -211,7 +211,9 @@ def _settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         field = ".".join(str(x) for x in err["loc"])
-        raise UserError(f"setting {field} (MAILPULSE_{field.upper()}): {err['msg']}") from None
+        # (an override is the command's flag of that name: ``--broker``, not the variable the user did not set)
+        source = f"--{field.replace('_', '-')}" if field in clean else f"MAILPULSE_{field.upper()}"
+        raise UserError(f"setting {field} ({source}): {err['msg']}") from None
 
 
 def _config(settings: Settings) -> PipelineConfig:

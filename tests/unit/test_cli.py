@@ -120,11 +120,16 @@ def test_unreachable_broker_is_a_one_line_error(capsys: pytest.CaptureFixture[st
                                  "kafka://127.0.0.1:9092,", "kafka://:9092"])
 def test_a_broker_url_without_a_host_or_with_a_bad_port_says_so(capsys: pytest.CaptureFixture[str], url: str) -> None:
     """Such a URL was tried for 5 s and reported as a broker that "did not answer" (``broker at  did
-    not answer``), as if the address were right and the broker down."""
+    not answer``), as if the address were right and the broker down.  It names where the URL was given:
+    the flag (it named MAILPULSE_BROKER, which the user had not set), or the variable."""
     for command in (("tail", "profiles"), ("replay", __file__), ("run",)):
         code, _, err = run(capsys, *command, "--broker", url)
         assert code == 2 and err.count("\n") == 1, err
-        assert err.startswith("mailpulse: error: setting broker (MAILPULSE_BROKER): ") and "answer" not in err, err
+        assert err.startswith("mailpulse: error: setting broker (--broker): ") and "answer" not in err, err
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("MAILPULSE_BROKER", url)
+            code, _, err = run(capsys, *command)
+        assert code == 2 and err.startswith("mailpulse: error: setting broker (MAILPULSE_BROKER): "), err
 
 
 @pytest.mark.parametrize("url", ["kafka://127.0.0.1:1", "127.0.0.1:1", "kafka://a:1,kafka://b:2", "kafka://a:1,b:2",
