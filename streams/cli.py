@@ -52,8 +52,9 @@ def _timestamp(text: str) -> int:
         value = f"{value}T00:00:00Z"
     try:
         return parse_timestamp(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    except ValueError as exc:  # (quoting the text as typed, not with the midnight added to a bare date)
+        message = str(exc).replace(repr(value), repr(text)) if isinstance(value, str) else str(exc)
+        raise argparse.ArgumentTypeError(message) from None
 
 
 def _date(text: str) -> date:

@@ -587,3 +587,14 @@ def test_train_refuses_an_out_that_cannot_be_its_folder_before_it_reads_the_hist
                        "--out", str(out))
     assert code == 2 and err.startswith(f"mailpulse: error: --out {out}: not a folder") and err.count("\n") == 1
     assert not (tmp_path / "models").exists()
+
+
+@pytest.mark.parametrize(("text", "fragment"), [("2026-13-01", "cannot parse timestamp '2026-13-01' "),
+                                                ("2026/01/01", "cannot parse timestamp '2026/01/01' "),
+                                                ("2299-01-01", "timestamp '2299-01-01' out of range")])
+def test_a_bad_as_of_is_quoted_as_typed(capsys: pytest.CaptureFixture[str], text: str, fragment: str) -> None:
+    """A ten-character ``--as-of`` (``--until``) is read as a date at UTC midnight; one that is no date was
+    quoted with the ``T00:00:00Z`` the parser had added (``'2026-13-01T00:00:00Z'``), which the user never
+    typed (found in review)."""
+    code, _, err = run(capsys, "score", "--events", __file__, "--as-of", text, "--models", "m", "--out", "s.jsonl")
+    assert code == 2 and fragment in err and "T00:00:00Z" not in err, err
