@@ -306,7 +306,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if settings.broker:
         _check_broker(settings.bootstrap_servers)
     with reported_as_user_error(BrokerError, StateFolderError):
-        return run_worker(settings, demo=args.demo, models=models)
+        return run_worker(settings, demo=args.demo, models=models, config=config)
 
 
 def cmd_deliver(args: argparse.Namespace) -> int:

@@ -38,6 +38,7 @@ from streams.broker import (
     watch_broker,
 )
 from streams.consumer import offsets_committed
+from streams.domain.config import PipelineConfig
 from streams.gc_tuning import tune_garbage_collector
 from streams.logs import say
 from streams.metrics import Health, Metrics
@@ -156,13 +157,16 @@ def _stop_before_start(signum: int, frame: Any) -> None:
     raise StoppedBeforeStart
 
 
-def run_worker(settings: Settings, demo: bool = False, models: ModelBundle | None = None) -> int:
+def run_worker(settings: Settings, demo: bool = False, models: ModelBundle | None = None,
+               config: PipelineConfig | None = None) -> int:
     """Run one worker until it is stopped.  Returns the exit code.  ``models``: the bundle already
-    loaded (else the app loads it).  A SIGTERM before Faust starts (it then handles the stop
-    signals itself) ends the start with a line and exit status 0: nothing was read yet."""
+    loaded (else the app loads it); ``config``: ``MAILPULSE_CONFIG`` as already read and checked (else
+    the app reads it: a pipe read twice was empty the second time).  A SIGTERM before Faust starts
+    (it then handles the stop signals itself) ends the start with a line and exit status 0: nothing
+    was read yet."""
     previous = signal.signal(signal.SIGTERM, _stop_before_start)
     try:
-        return _run_worker(settings, demo, models)
+        return _run_worker(settings, demo, models, config)
     except StoppedBeforeStart:
         say("stopped before the worker started: nothing was read, the state folder is as it was")
         return 0
@@ -170,7 +174,7 @@ def run_worker(settings: Settings, demo: bool = False, models: ModelBundle | Non
         signal.signal(signal.SIGTERM, previous)
 
 
-def _run_worker(settings: Settings, demo: bool, models: ModelBundle | None) -> int:
+def _run_worker(settings: Settings, demo: bool, models: ModelBundle | None, config: PipelineConfig | None) -> int:
     logs.use(settings.log_format)
     logs.log_thread_crashes()
     broker: EmbeddedBroker | None = None
@@ -204,7 +208,7 @@ def _run_worker(settings: Settings, demo: bool, models: ModelBundle | None) -> i
                 f"MAILPULSE_METRICS_HOST), state in {data_dir}")
             # the watermark waits for every partition the input topics really have
             inputs = topic_partitions(settings.bootstrap_servers, INPUT_TOPICS)
-            pipeline = create_app(settings, metrics, input_partitions=inputs, models=models)
+            pipeline = create_app(settings, metrics, config=config, input_partitions=inputs, models=models)
             pipeline.health = health
             scorer = pipeline.rules.scorer
             if isinstance(scorer, Predictor):

@@ -598,3 +598,33 @@ def test_a_bad_as_of_is_quoted_as_typed(capsys: pytest.CaptureFixture[str], text
     typed (found in review)."""
     code, _, err = run(capsys, "score", "--events", __file__, "--as-of", text, "--models", "m", "--out", "s.jsonl")
     assert code == 2 and fragment in err and "T00:00:00Z" not in err, err
+
+
+def test_run_reads_mailpulse_config_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """``run`` checked ``MAILPULSE_CONFIG``, then the worker read it again: a config given as a pipe
+    (``MAILPULSE_CONFIG=<(envsubst < config.yaml)``) was empty the second time, and the worker ran with
+    the built-in defaults without a word (found in review)."""
+    import streams.worker
+    from streams.config_file import load_config
+
+    seen = {}
+
+    def worker(settings: object, demo: bool = False, models: object = None, config: object = None) -> int:
+        # (as the worker does: the config it is given, else the file read)
+        seen["config"] = config if config is not None else load_config(settings.config)  # type: ignore[attr-defined]
+        return 0
+
+    monkeypatch.setattr(streams.worker, "run_worker", worker)
+    read, write = os.pipe()
+    os.write(write, b"limits:\n  traits: 10\n")
+    os.close(write)
+    monkeypatch.setenv("MAILPULSE_CONFIG", f"/dev/fd/{read}")
+    monkeypatch.setenv("MAILPULSE_DATA_DIR", str(tmp_path / "state"))
+    monkeypatch.delenv("MAILPULSE_BROKER", raising=False)
+    try:
+        code, _, err = run(capsys, "run")
+    finally:
+        os.close(read)
+    assert code == 0, err
+    assert seen["config"].limits.traits == 10  # type: ignore[attr-defined]

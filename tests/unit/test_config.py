@@ -162,7 +162,8 @@ def test_run_loads_the_models_once(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(ModelBundle, "load", classmethod(lambda cls, directory: loads.append(directory)
                                                          or load(cls, directory)))
     handed: list[object] = []
-    monkeypatch.setattr(worker, "run_worker", lambda settings, demo=False, models=None: handed.append(models) or 0)
+    monkeypatch.setattr(worker, "run_worker",
+                        lambda settings, demo=False, models=None, config=None: handed.append(models) or 0)
     monkeypatch.delenv("MAILPULSE_CONFIG", raising=False)
     monkeypatch.delenv("MAILPULSE_BROKER", raising=False)
     monkeypatch.setenv("MAILPULSE_DATA_DIR", str(tmp_path / "data"))
