@@ -494,6 +494,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 def cmd_schemas(args: argparse.Namespace) -> int:
     from schemas.export import write_schemas
 
+    _usable_folder(args.out, "--out")  # (a file there: "cannot write to FILE: File exists")
     try:
         written = write_schemas(args.out)
     except OSError as exc:

@@ -628,3 +628,12 @@ def test_run_reads_mailpulse_config_once(tmp_path: Path, monkeypatch: pytest.Mon
         os.close(read)
     assert code == 0, err
     assert seen["config"].limits.traits == 10  # type: ignore[attr-defined]
+
+
+def test_schemas_to_an_out_that_is_a_file_says_it_is_not_a_folder(capsys: pytest.CaptureFixture[str],
+                                                                   tmp_path: Path) -> None:
+    """``schemas --out FILE`` said "cannot write to FILE: File exists" (found in review)."""
+    out = tmp_path / "schemas"
+    out.write_text("")
+    code, _, err = run(capsys, "schemas", "--out", str(out))
+    assert code == 2 and err == f"mailpulse: error: --out {out}: not a folder\n", err
