@@ -637,11 +637,13 @@ def _early_lag(p: Pipeline, shown: set[tuple[str, str]]) -> Callable[[], Awaitab
 
 async def _committed_offsets(consumer: Any, tps: list[Any]) -> dict[Any, int]:
     """The group's committed offset of each of ``tps`` that has one, asked of the group coordinator
-    in the consumer's thread (one request)."""
+    in the consumer's thread (one request).  Given up there after :data:`EARLY_LAG_EVERY_S`: the
+    coordinator's fetch retries until the broker answers, and the thread runs two calls at a time,
+    so calls that waited out an outage held up Faust's own (seeks, commits) behind them."""
     client = consumer._thread._ensure_consumer()
 
     async def fetch() -> Any:
-        return await client._coordinator.fetch_committed_offsets(list(tps))
+        return await asyncio.wait_for(client._coordinator.fetch_committed_offsets(list(tps)), EARLY_LAG_EVERY_S)
 
     answer = await consumer._thread.call_thread(fetch)
     return {tp: meta.offset for tp, meta in answer.items() if meta.offset >= 0}

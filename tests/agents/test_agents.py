@@ -1279,6 +1279,39 @@ async def test_consumer_lag_counts_from_the_committed_offset_not_the_acked_ones(
     assert gauge.labels("clicks", "4")._value.get() == 100  # nothing committed yet: all of it
 
 
+async def test_the_early_lag_gives_up_a_committed_offsets_fetch_that_waits_for_the_broker(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The group coordinator's fetch of committed offsets retries until the broker answers, and the
+    consumer's thread runs two calls at a time: fetches left waiting through an outage held up
+    Faust's own calls (seeks, commits) in that thread.  Each is given up in the thread."""
+    from streams.app import _committed_offsets
+
+    monkeypatch.setattr(app_module, "EARLY_LAG_EVERY_S", 0.05)
+    ended: list[str] = []
+
+    class Coordinator:
+        async def fetch_committed_offsets(self, partitions: list[TP]) -> dict[TP, Any]:
+            try:
+                await asyncio.sleep(3600)  # the broker does not answer
+            finally:
+                ended.append("given up")
+            return {}
+
+    class Thread:
+        def _ensure_consumer(self) -> Any:
+            return SimpleNamespace(_coordinator=Coordinator())
+
+        async def call_thread(self, fun: Any) -> Any:
+            # (the thread's loop is here the test's; as in the thread, the call goes on when its caller
+            # stops waiting for it)
+            return await asyncio.shield(asyncio.ensure_future(fun()))
+
+    consumer = SimpleNamespace(_thread=Thread())
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(_committed_offsets(consumer, [TP("clicks", 0)]), 1)
+    assert ended == ["given up"]
+
+
 async def test_health_reports_a_crashed_agent_and_the_worker_state(pipeline: Pipeline) -> None:
     import asyncio
 
