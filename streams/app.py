@@ -614,8 +614,10 @@ def _early_lag(p: Pipeline, shown: set[tuple[str, str]]) -> Callable[[], Awaitab
                 consumer: Any = p.app.consumer
                 tps = sorted(tp for tp in consumer.assignment() if tp.topic in topics)
                 if tps:
-                    ends = dict(await asyncio.wait_for(consumer.highwaters(*tps), ENDS_EVERY_S))
-                    committed = await asyncio.wait_for(_committed_offsets(consumer, tps), ENDS_EVERY_S)
+                    # (awaited to the end, not given up: one call of this loop at a time in the consumer's
+                    # thread, whose calls go on when their callers stop waiting)
+                    ends = dict(await consumer.highwaters(*tps))
+                    committed = await _committed_offsets(consumer, tps)
                     if not p.health.started:  # (the timer may have taken over while the broker answered)
                         current: set[tuple[str, str]] = set()
                         for tp in tps:

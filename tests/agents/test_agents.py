@@ -1312,6 +1312,35 @@ async def test_the_early_lag_gives_up_a_committed_offsets_fetch_that_waits_for_t
     assert ended == ["given up"]
 
 
+async def test_the_early_lag_keeps_one_call_in_the_consumers_thread_while_the_broker_does_not_answer(
+        pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A call to the consumer's thread goes on when its caller stops waiting: an early lag that gave
+    up on the broker's ends and asked again queued one more call there each round of an outage."""
+    from streams.app import _early_lag
+
+    monkeypatch.setattr(app_module, "EARLY_LAG_EVERY_S", 0.01)
+    monkeypatch.setattr(app_module, "ENDS_EVERY_S", 0.01)
+    calls: list[TP] = []
+
+    class Consumer:
+        def assignment(self) -> set[TP]:
+            return {TP("clicks", 0)}
+
+        async def highwaters(self, *tps: TP) -> dict[TP, int]:
+            calls.extend(tps)
+            await asyncio.shield(asyncio.Event().wait())  # (as in the thread: not ended by its caller)
+            return {}
+
+    health = SimpleNamespace(started=False)
+    fake = SimpleNamespace(app=SimpleNamespace(consumer=Consumer()), metrics=pipeline.metrics,
+                           settings=pipeline.settings, health=health)
+    task = asyncio.ensure_future(_early_lag(fake, set())())  # type: ignore[arg-type]
+    await asyncio.sleep(0.3)
+    health.started = True
+    task.cancel()
+    assert calls == [TP("clicks", 0)]
+
+
 async def test_health_reports_a_crashed_agent_and_the_worker_state(pipeline: Pipeline) -> None:
     import asyncio
 
