@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -239,11 +239,11 @@ def _run_worker(settings: Settings, demo: bool, models: ModelBundle | None, conf
                 view = LiveView(metrics.registry, settings.bootstrap_servers)
                 view.start()
             tune_garbage_collector()
-            # the marker goes only now, as the tables are about to be opened: a stop before left the state
-            # folder as it was, and removing the marker at the check made the next start rebuild it
-            clean_stop.unlink(missing_ok=True)
             try:
-                code = _run_faust(pipeline.app, settings)
+                # the marker goes only once Faust handles the stop signals, before it opens the tables: a
+                # stop before left the state folder as it was, and removing the marker at the check made
+                # the next start rebuild it
+                code = _run_faust(pipeline.app, settings, lambda: clean_stop.unlink(missing_ok=True))
             finally:
                 if view is not None:
                     view.stop()
@@ -290,7 +290,15 @@ def stop_line(committed: bool, broker_silent: bool) -> str:
 
 
 class QuietWorker(faust.Worker):
-    """Faust's worker, with two changes."""
+    """Faust's worker, with three changes."""
+
+    #: Called as soon as the worker handles the stop signals itself, before the app (and its tables) starts.
+    on_signals_taken: Callable[[], None] | None = None
+
+    def install_signal_handlers(self) -> None:
+        super().install_signal_handlers()
+        if self.on_signals_taken is not None:
+            self.on_signals_taken()
 
     def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
         """No spinner: Faust's terminal spinner sets the root logger to DEBUG so it can spin on every
@@ -313,8 +321,13 @@ def mode_level(settings: Settings) -> str:
     return {"crit": "critical", "warn": "warning"}.get(settings.log_level, settings.log_level)
 
 
-def _run_faust(app: faust.App, settings: Settings) -> int:
+def _run_faust(app: faust.App, settings: Settings, on_signals_taken: Callable[[], None] | None = None) -> int:
+    """Runs Faust's worker; ``on_signals_taken``: called once it handles the stop signals itself."""
     worker = QuietWorker(app, loglevel=mode_level(settings), quiet=True)
+    worker.on_signals_taken = on_signals_taken
+    # A SIGTERM from here until Faust handles the stop signals (its worker's first steps) stops it as
+    # Faust would: raised inside its start, it ended the process with a traceback and exit status 1
+    signal.signal(signal.SIGTERM, lambda signum, frame: worker.loop.call_soon(worker._on_sigterm))
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:
