@@ -165,6 +165,7 @@ def run_worker(settings: Settings, demo: bool = False, models: ModelBundle | Non
     (it then handles the stop signals itself) ends the start with a line and exit status 0: nothing
     was read yet."""
     previous = signal.signal(signal.SIGTERM, _stop_before_start)
+    previous_int = signal.getsignal(signal.SIGINT)
     try:
         return _run_worker(settings, demo, models, config)
     except StoppedBeforeStart:
@@ -172,6 +173,8 @@ def run_worker(settings: Settings, demo: bool = False, models: ModelBundle | Non
         return 0
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if previous_int is not None:  # (None: set outside Python)
+            signal.signal(signal.SIGINT, previous_int)
 
 
 def _run_worker(settings: Settings, demo: bool, models: ModelBundle | None, config: PipelineConfig | None) -> int:
@@ -332,4 +335,10 @@ def _run_faust(app: faust.App, settings: Settings, on_signals_taken: Callable[[]
         worker.execute_from_commandline()
     except SystemExit as exc:
         return int(exc.code or 0)
+    finally:
+        # Faust's loop, closed, left the stop signals at their defaults: another SIGTERM or Ctrl-C while
+        # the producer closes and the clean-stop marker is written killed the worker there (no marker:
+        # the next start rebuilt every table).  The stop is under way; it is ignored, as Faust does.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     return 0

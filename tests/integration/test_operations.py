@@ -442,3 +442,20 @@ def test_a_stop_before_the_worker_started_leaves_its_state_folder_usable(broker,
     again = start_worker(data_dir="state")
     again.wait_metric("mailpulse_assigned_partitions", 1)
     assert "did not stop cleanly" not in again.log.read_text()
+
+
+@pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT])
+def test_a_second_stop_signal_after_faust_stopped_does_not_cut_the_stop_short(broker, start_worker, second) -> None:
+    """A second SIGTERM (or Ctrl-C) after Faust had stopped, while the worker closed its producer and
+    wrote the clean-stop marker, killed it there (Faust's loop, closed, left the signals at their
+    defaults): no marker, no last line, and the next start rebuilt every table from the changelogs."""
+    slow = start_worker(data_dir="state", command=[sys.executable, "-m", "tests.integration.slow_stop_worker"])
+    slow.wait_metric("mailpulse_assigned_partitions", 1)
+    slow.process.send_signal(signal.SIGTERM)
+    wait_until(lambda: b"stopping slowly" in slow.log.read_bytes(), timeout=60)
+    slow.process.send_signal(second)
+    assert slow.process.wait(30) == 0, slow.log.read_text(errors="replace")[-3000:]
+    assert "stopped: " in slow.log.read_text()
+    again = start_worker(data_dir="state")
+    again.wait_metric("mailpulse_assigned_partitions", 1)
+    assert "did not stop cleanly" not in again.log.read_text()
