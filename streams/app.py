@@ -517,7 +517,7 @@ def _consumer_lag(p: Pipeline, shown: set[tuple[str, str]]) -> Any:
 
     async def consumer_lag() -> None:
         consumer: Any = p.app.consumer  # a streams.consumer.Consumer (Faust's offset bookkeeping)
-        current: set[tuple[str, str]] = set()
+        lags: dict[tuple[str, str], int] = {}
         for tp in consumer.assignment():
             if tp.topic not in topics:
                 continue
@@ -529,15 +529,20 @@ def _consumer_lag(p: Pipeline, shown: set[tuple[str, str]]) -> Any:
             done = consumer._committed_offset.get(tp) or 0
             if p.read_to_end.get(tp) == end:  # (a transaction's marker last: nothing left to read)
                 done = end
-            labels = (tp.topic, str(tp.partition))
-            gauge.labels(*labels).set(max(0, end - done))
-            current.add(labels)
-        for labels in shown - current:
-            gauge.remove(*labels)
-        shown.clear()
-        shown.update(current)
+            lags[tp.topic, str(tp.partition)] = max(0, end - done)
+        _show_lags(gauge, shown, lags)
 
     return consumer_lag
+
+
+def _show_lags(gauge: Any, shown: set[tuple[str, str]], lags: dict[tuple[str, str], int]) -> None:
+    """``lags`` (topic, partition) -> messages on ``gauge``; the series of ``shown`` not among them removed."""
+    for labels, lag in lags.items():
+        gauge.labels(*labels).set(lag)
+    for labels in shown - lags.keys():
+        gauge.remove(*labels)
+    shown.clear()
+    shown.update(lags)
 
 
 def _queued(app: Any, agent: Any) -> int:
@@ -619,17 +624,9 @@ def _early_lag(p: Pipeline, shown: set[tuple[str, str]]) -> Callable[[], Awaitab
                     ends = dict(await consumer.highwaters(*tps))
                     committed = await _committed_offsets(consumer, tps)
                     if not p.health.started:  # (the timer may have taken over while the broker answered)
-                        current: set[tuple[str, str]] = set()
-                        for tp in tps:
-                            end = _end(consumer, tp, ends.get(tp))
-                            if end is not None:
-                                labels = (tp.topic, str(tp.partition))
-                                gauge.labels(*labels).set(max(0, end - (committed.get(tp) or 0)))
-                                current.add(labels)
-                        for labels in shown - current:
-                            gauge.remove(*labels)
-                        shown.clear()
-                        shown.update(current)
+                        lags = {(tp.topic, str(tp.partition)): max(0, end - (committed.get(tp) or 0))
+                                for tp in tps if (end := _end(consumer, tp, ends.get(tp))) is not None}
+                        _show_lags(gauge, shown, lags)
             except Exception as exc:
                 log.debug("consumer lag not read: %s", type(exc).__name__)
             await asyncio.sleep(EARLY_LAG_EVERY_S)
