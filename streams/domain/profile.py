@@ -780,8 +780,14 @@ def _iso(ms: int | None) -> str | None:
 def cart_view(p: ProfileBody) -> dict[str, Any] | None:
     """The open cart from the moves since the last purchase, replayed in event-time order (ties by
     event_id): a line's quantity never goes below 0; lines at 0 are not in the cart."""
+    return cart_and_activity(p)[0]
+
+
+def cart_and_activity(p: ProfileBody) -> tuple[dict[str, Any] | None, int | None]:
+    """:func:`cart_view`, and the open cart's last activity in ms (its ``updated_at``; None without a
+    cart), for a caller that compares times with it."""
     if not p["cart"]:  # no lines: no cart (hot: once per profile advanced)
-        return None
+        return None, None
     items: list[dict[str, Any]] = []
     opened: list[int] = []
     newest: tuple[int, str, str | None] | None = None  # (newest add ts, product, cart_id)
@@ -803,7 +809,7 @@ def cart_view(p: ProfileBody) -> dict[str, Any] | None:
         if newest is None or (newest_add, product) > newest[:2]:
             newest = (newest_add, product, fields["cart_id"][2] if "cart_id" in fields else None)
     if not items or newest is None:
-        return None
+        return None, None
     return {
         "cart_id": newest[2],
         "items": items,
@@ -811,7 +817,7 @@ def cart_view(p: ProfileBody) -> dict[str, Any] | None:
         "value": round(sum(item.get("price", 0.0) * item["quantity"] for item in items), 2),
         "opened_at": _iso(min(opened)),
         "updated_at": _iso(last_move),
-    }
+    }, last_move
 
 
 #: ``snapshot``'s default: derive the cart (a caller that has :func:`cart_view` of the profile passes it).

@@ -26,12 +26,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas.timeparse import format_ms, parse_timestamp
+from schemas.timeparse import format_ms
 from streams.domain.config import PipelineConfig
 from streams.domain.profile import (
     DERIVE,
     Dropped,
     Limits,
+    cart_and_activity,
     cart_view,
     fold_consent_names,
     fold_event,
@@ -387,8 +388,7 @@ def advance(state: LiveState, watermark: int | None, rules: RuleSet, now_ms: int
                     rs["engagement"], event["ts"], profile["context"].get("timezone"))
             touched = None  # the open cart's last activity, which only a cart or purchase event reads
             if event["kind"] in ("carts", "purchases"):
-                cart = cart_view(profile)
-                touched = parse_timestamp(cart["updated_at"]) if cart else None
+                cart, touched = cart_and_activity(profile)
             dues = triggers.on_event(cfg.triggers, profile, rs, event, cart["item_count"] if cart else 0, had_email,
                                      birthday_before, touched)
             if rules.scorer is not None:
